@@ -1,0 +1,164 @@
+"""HELM run-spec conf files from a task list and an instance budget: `llmkit helm-conf quick|open|TASKS.yaml`.
+
+A task list (`helm_eval/suites/<name>.yaml`) names families of HELM run entries: a scenario, its args (a list
+value gives one run per element) and a `share` of the budget. The budget is apportioned over the families by
+share (largest remainder), then evenly over each family's runs, the remainder going to the last runs, which is
+how the challenge's 600-instance open suite was split.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+LOG = logging.getLogger(__name__)
+
+SUITES_DIR = Path(__file__).parent / "suites"
+HELM_MODEL = "neurips/local"  # built into crfm-helm: HTTPModelClient at $HELM_HTTP_MODEL_BASE_URL
+
+
+class ConfError(ValueError):
+    """A task list that cannot be read, or a budget that cannot cover its runs."""
+
+
+class TaskFamily(BaseModel):
+    """A group of HELM run entries sharing one part of the budget."""
+
+    name: str = Field(description="Label, written as a comment above the family's entries.")
+    scenario: str = Field(description="HELM run-spec function name, e.g. mmlu or big_bench.")
+    share: int = Field(1, ge=1, description="Relative part of the suite's instance budget.")
+    args: dict[str, str | list[str]] = Field(
+        default_factory=dict, description="Run-spec args; a list value expands into one run per element."
+    )
+
+    @field_validator("args")
+    @classmethod
+    def _no_reserved_args(cls, args: dict) -> dict:
+        reserved = {"model", "max_eval_instances"} & set(args)
+        if reserved:
+            raise ValueError(f"{sorted(reserved)} are set by the generator, not the task list")
+        return args
+
+    def run_args(self) -> list[dict[str, str]]:
+        """One ordered arg dict per run: the cartesian product of the list-valued args."""
+        choices = [value if isinstance(value, list) else [value] for value in self.args.values()]
+        return [dict(zip(self.args, combo, strict=True)) for combo in itertools.product(*choices)]
+
+
+class TaskList(BaseModel):
+    """A suite: its families and, optionally, its instance budget."""
+
+    budget: int | None = Field(None, ge=1, description="Total eval instances; none: helm-run's --max-eval-instances.")
+    families: list[TaskFamily] = Field(min_length=1)
+
+
+class RunEntry(BaseModel):
+    family: str
+    description: str
+    max_eval_instances: int | None = None
+
+
+def load_task_list(name_or_path: str | Path) -> TaskList:
+    """`quick`/`open` (the project's suites) or a path to a task-list YAML."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SUITES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in SUITES_DIR.glob("*.yaml")))
+        raise ConfError(f"no task list {name_or_path!r} (known: {known}, or a path to a .yaml file)")
+    try:
+        return TaskList.model_validate(yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, ValidationError) as err:
+        raise ConfError(f"{path}: {err}") from None
+
+
+def apportion(total: int, weights: list[int]) -> list[int]:
+    """Split `total` in proportion to `weights` (largest remainder; ties go to the earlier weight)."""
+    quotas = [total * weight / sum(weights) for weight in weights]
+    parts = [math.floor(quota) for quota in quotas]
+    by_remainder = sorted(range(len(weights)), key=lambda i: parts[i] - quotas[i])
+    for i in by_remainder[: total - sum(parts)]:
+        parts[i] += 1
+    return parts
+
+
+def _split_evenly(total: int, count: int) -> list[int]:
+    base, extra = divmod(total, count)
+    return [base + (i >= count - extra) for i in range(count)]
+
+
+def _description(scenario: str, args: dict[str, str], model: str, max_eval_instances: int | None) -> str:
+    pairs = {"model": model, **args}
+    if max_eval_instances is not None:
+        pairs["max_eval_instances"] = str(max_eval_instances)
+    return f"{scenario}:" + ",".join(f"{key}={value}" for key, value in pairs.items())
+
+
+def generate(
+    tasks: TaskList, *, budget: int | None = None, cap: int | None = None, model: str = HELM_MODEL
+) -> list[RunEntry]:
+    """Run entries for a task list.
+
+    Args:
+        tasks: the suite's families.
+        budget: total eval instances (default: the task list's own; none leaves the count to helm-run).
+        cap: at most this many instances per run (a quick look at a budgeted suite).
+        model: HELM model name in every entry.
+    """
+    budget = budget or tasks.budget
+    runs = [(family, args) for family in tasks.families for args in family.run_args()]
+    if budget is None:
+        counts = [cap] * len(runs)
+    else:
+        if budget < len(runs):
+            raise ConfError(f"a budget of {budget} instances cannot cover the {len(runs)} runs of this task list")
+        counts = []
+        for family, family_budget in zip(tasks.families, apportion(budget, [f.share for f in tasks.families])):
+            n_runs = len(family.run_args())
+            if family_budget < n_runs:
+                raise ConfError(f"family {family.name!r} gets {family_budget} instances for its {n_runs} runs")
+            counts += [min(n, cap or n) for n in _split_evenly(family_budget, n_runs)]
+    return [
+        RunEntry(family=family.name, description=_description(family.scenario, args, model, n), max_eval_instances=n)
+        for (family, args), n in zip(runs, counts, strict=True)
+    ]
+
+
+def render_conf(entries: list[RunEntry]) -> str:
+    """HELM's conf syntax (HOCON): one `{description, priority}` per run, a comment above each family."""
+    lines = ["entries: ["]
+    for family, group in itertools.groupby(entries, key=lambda entry: entry.family):
+        lines += ["", f"# {family}"]
+        lines += [f'{{description: "{entry.description}", priority: 1}}' for entry in group]
+    return "\n".join([*lines, "]", ""])
+
+
+def write_conf(entries: list[RunEntry], path: Path) -> Path:
+    """Write atomically (temp file + rename), so a half-written conf never exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        tmp.write(render_conf(entries))
+    os.replace(tmp.name, path)
+    return path
+
+
+def parse_conf(text: str) -> list[str]:
+    """The run-entry descriptions of a HELM conf file (ours or the challenge's)."""
+    import re
+
+    return re.findall(r'description:\s*"([^"]*)"', text)
+
+
+def normalize_description(description: str, model: str = HELM_MODEL) -> tuple[str, frozenset[tuple[str, str]]]:
+    """(scenario, {(key, value)}) with the model set to `model`: entries compare equal whatever the arg order."""
+    scenario, _, arg_text = description.partition(":")
+    args = dict(pair.split("=", 1) for pair in arg_text.split(",") if pair)
+    args["model"] = model
+    return scenario.strip(), frozenset(args.items())

@@ -1,0 +1,32 @@
+"""python -m server [--model ...] [--adapter ...] [--host ...] [--port ...]: serve HELM's HTTP API.
+
+Every flag is a field of `ServerSettings` (also settable as an `LLMKIT_<FIELD>` environment variable).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from server.settings import ServerSettings
+
+
+def parse_settings(argv: Sequence[str] | None = None) -> ServerSettings:
+    return ServerSettings(
+        _cli_parse_args=list(argv) if argv is not None else True,
+        _cli_prog_name="python -m server",
+        _cli_kebab_case=True,
+        _cli_implicit_flags=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = parse_settings(argv)
+    from server.app import serve
+
+    serve(settings)
+
+
+if __name__ == "__main__":
+    main()

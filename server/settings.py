@@ -1,0 +1,53 @@
+"""Server settings: one pydantic-settings class, read from CLI flags or `LLMKIT_*` environment variables."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Dtype(str, Enum):
+    auto = "auto"  # bfloat16 on a GPU that supports it, float32 on the CPU
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Quantization(str, Enum):
+    none = "none"
+    nf4 = "nf4"  # bitsandbytes 4-bit NF4 with double quantization
+    int8 = "int8"  # bitsandbytes 8-bit LLM.int8()
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class ServerSettings(BaseSettings):
+    """Everything that decides how the server loads and runs its model."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMKIT_", protected_namespaces=())
+
+    model: str | None = Field(
+        None, description="Hub id or local model directory; empty: the embedded default (SmolLM2-135M-Instruct)."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of `model`.")
+    adapter: str | None = Field(None, description="Directory of an unmerged peft adapter applied on top of `model`.")
+    dtype: Dtype = Field(Dtype.auto, description="Weight and compute dtype.")
+    quantization: Quantization = Field(Quantization.none, description="bitsandbytes weight quantization.")
+    device: Device = Field(Device.auto, description="Where the model runs.")
+    max_context: int = Field(2048, gt=0, description="Prompt plus completion tokens, the challenge's limit.")
+    max_new_tokens_limit: int = Field(1024, gt=0, description="Largest max_new_tokens a request may ask for.")
+    stop_at_newline: bool = Field(
+        True,
+        description=(
+            "End a completion at its first newline after non-blank text when the request names no stop "
+            "sequences (HELM's multiple-choice requests name none and score the whole completion)."
+        ),
+    )
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8080, ge=0, le=65535, description="Port to bind (80 inside the submission image).")

@@ -1,0 +1,70 @@
+"""Token ids to text pieces, and where a completion must end. No torch, no FastAPI."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class IncrementalDecoder:
+    """Turns token ids, one at a time, into text pieces whose concatenation is the decoded text.
+
+    Decoding a token alone loses context (SentencePiece drops a leading space; a multi-byte character split over
+    byte tokens decodes to U+FFFD), so each piece is the text a token adds after a few tokens of context, and a
+    piece that ends in an incomplete character is held back until the character completes.
+    """
+
+    def __init__(self, tokenizer, context_ids: Sequence[int] = ()):
+        self.tokenizer = tokenizer
+        self.ids = list(context_ids)
+        self.prefix_offset = max(0, len(self.ids) - 6)
+        self.read_offset = len(self.ids)
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def push(self, token_id: int, final: bool = False) -> str:
+        self.ids.append(token_id)
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        text = self._decode(self.ids[self.prefix_offset :])
+        if len(text) > len(prefix) and (final or not text.endswith("\ufffd")):
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            return text[len(prefix) :]
+        return ""
+
+    def flush(self) -> str:
+        """Text held back at the end (an incomplete character), so nothing decoded is lost."""
+        if self.read_offset == len(self.ids):
+            return ""
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        text = self._decode(self.ids[self.prefix_offset :])
+        self.prefix_offset = self.read_offset = len(self.ids)
+        return text[len(prefix) :]
+
+
+def stop_index(text: str, stop_sequences: Sequence[str], stop_at_newline: bool) -> int | None:
+    """Where the completion `text` must end, or None to go on.
+
+    Args:
+        stop_sequences: the request's; the completion ends before the first occurrence of any of them.
+        stop_at_newline: with no stop sequences, end at the first newline after non-blank text. HELM's
+            multiple-choice requests name no stop sequence and compare the whole stripped completion with the
+            gold letter, so " B\\n\\nQuestion: ..." would score 0 although the model answered B.
+    """
+    cuts = [i for i in (text.find(s) for s in stop_sequences if s) if i >= 0]
+    if stop_at_newline and not any(stop_sequences):
+        start = len(text) - len(text.lstrip())
+        newline = text.find("\n", start)
+        if start < len(text) and newline >= 0:
+            cuts.append(newline)
+    return min(cuts) if cuts else None
+
+
+def cut_pieces(pieces: list[str], end: int) -> list[str]:
+    """The pieces covering text[:end]: later pieces dropped, the one straddling `end` trimmed."""
+    kept, start = [], 0
+    for piece in pieces:
+        if start >= end:
+            break
+        kept.append(piece[: end - start])
+        start += len(piece)
+    return kept

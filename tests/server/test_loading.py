@@ -1,0 +1,74 @@
+"""The models the server loads: local directory, base + unmerged adapter, dtype and bitsandbytes options."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from server.launch import ServerStartError
+from server.models import resolve_model
+
+PROMPT = "The capital of France is "
+BODY = {"prompt": PROMPT, "max_new_tokens": 12, "temperature": 0, "stop_sequences": ["<<none>>"]}
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory, default_model_dir):
+    """A LoRA adapter with random (non-zero) B matrices, so it visibly changes the model's output."""
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    path = tmp_path_factory.mktemp("adapter")
+    get_peft_model(base, config).save_pretrained(path)
+    return path
+
+
+def test_local_directory_resolves(default_model_dir):
+    resolved = resolve_model(str(default_model_dir))
+    assert resolved.path == default_model_dir.resolve() and resolved.revision == "local"
+
+
+def test_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_model(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        resolve_model(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_serves_base_plus_unmerged_adapter(start_server, default_model_dir, adapter_dir):
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    expected = tokenizer.decode(model.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1] :])
+
+    server = start_server("--model", str(default_model_dir), "--adapter", str(adapter_dir))
+    text = httpx.post(f"{server.url}/process", json=BODY, timeout=120).json()["text"]
+    plain = start_server("--model", str(default_model_dir))
+    base_text = httpx.post(f"{plain.url}/process", json=BODY, timeout=120).json()["text"]
+    assert text == expected.removesuffix(tokenizer.eos_token)
+    assert text != base_text  # the adapter is really applied
+    assert server.info["adapter"] == str(adapter_dir)
+    plain.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("flags", "dtype", "quantization"), [
+    (["--dtype", "bfloat16"], "bfloat16", "none"),
+    (["--quantization", "nf4", "--dtype", "bfloat16"], "bfloat16", "nf4"),
+])  # fmt: skip
+def test_dtype_and_quantization_options(start_server, flags, dtype, quantization):
+    server = start_server(*flags)
+    assert (server.info["dtype"], server.info["quantization"]) == (dtype, quantization)
+    response = httpx.post(f"{server.url}/process", json={**BODY, "top_k_per_token": 2}, timeout=120).json()
+    assert response["text"].strip() and all(t["logprob"] <= 0 for t in response["tokens"])
+    server.stop()
+
+
+def test_bad_adapter_fails_start_with_message(start_server, tmp_path):
+    with pytest.raises(ServerStartError, match="adapter_config.json"):
+        start_server("--adapter", str(tmp_path), startup_timeout=120)
