@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 opt = $(if $($(1)),$(2) $($(1)))
 
-.PHONY: setup serve test test-fast bench quality style train validate merge submission verify-submission helm-setup helm-eval clean
+.PHONY: setup serve test test-fast bench quality style train validate merge submission verify-submission helm-setup helm-eval clean preprocess default-dataset
 
 setup: $(STAMP)
 
@@ -34,6 +34,49 @@ test-fast: setup
 
 bench: setup
 	$(LLMKIT) bench
+
+validate: setup
+	@test -n "$(CONFIG)" || { echo "usage: make validate CONFIG=axolotl_configs/<name>.yml" >&2; exit 2; }
+	$(LLMKIT) validate $(CONFIG) $(if $(filter 1 true yes,$(STRICT)),--strict)
+
+# `make train CONFIG=... [NPROC=2] [ARGS="--max-steps 5"]`: NPROC>1 runs one DDP process per GPU through
+# `accelerate launch` (on a machine without CUDA: CPU processes over gloo); rerun the same command to resume.
+DDP_LAUNCH = $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(NPROC) --num_machines 1 --mixed_precision no --dynamo_backend no -m cli
+train: setup
+	@test -n "$(CONFIG)" || { echo "usage: make train CONFIG=axolotl_configs/<name>.yml [NPROC=2] [ARGS=\"--max-steps 5\"]" >&2; exit 2; }
+	$(if $(filter-out 0 1,$(NPROC)),$(DDP_LAUNCH),$(LLMKIT)) train $(CONFIG) $(ARGS)
+
+# `make merge CONFIG=...` or `make merge ADAPTER=dir [BASE=...] [OUT=...]` [WEIGHTED=fusion.yml OUT=...] [NF4=1] [ARGS=...]
+merge: setup
+	@test -n "$(CONFIG)$(ADAPTER)$(WEIGHTED)" || { echo "usage: make merge CONFIG=... | ADAPTER=dir [BASE=...] [OUT=...] | WEIGHTED=fusion.yml OUT=... [NF4=1] [ARGS=...]" >&2; exit 2; }
+	$(LLMKIT) merge $(CONFIG) $(call opt,BASE,--base) $(call opt,ADAPTER,--adapter) $(call opt,OUT,--out) \
+		$(call opt,WEIGHTED,--weighted) $(if $(filter 1 true yes,$(NF4)),--nf4-roundtrip) $(ARGS)
+
+# The main job: `make submission TRACK=4090` trains, merges and packages the embedded default.
+submission: setup
+	@test -n "$(TRACK)" || { echo "usage: make submission TRACK=4090|A100 [CONFIG=... | MODEL=... [REVISION=...] [ADAPTER=...]] [N=1] [LOADING=bf16|int8|nf4] [BUNDLE=1]" >&2; exit 2; }
+	$(LLMKIT) submission --track $(TRACK) $(call opt,CONFIG,--config) $(call opt,MODEL,--model) $(call opt,REVISION,--revision) \
+		$(call opt,ADAPTER,--adapter) $(call opt,N,--number) $(call opt,LOADING,--loading) $(if $(filter 1 true yes,$(BUNDLE)),--bundle-weights)
+
+verify-submission: setup
+	@test -n "$(ZIP)" || { echo "usage: make verify-submission ZIP=submissions/<track>_track/<track>_submission_N.zip [SMOKE=1]" >&2; exit 2; }
+	$(LLMKIT) verify-submission $(ZIP) $(if $(filter 1 true yes,$(SMOKE)),--smoke)
+
+# `make preprocess CONFIG=...`: tokenize, mask and pack the config's data into its dataset_prepared_path.
+preprocess: setup
+	@test -n "$(CONFIG)" || { echo "usage: make preprocess CONFIG=axolotl_configs/<name>.yml" >&2; exit 2; }
+	$(LLMKIT) preprocess $(CONFIG)
+
+default-dataset: setup
+	$(LLMKIT) default-dataset
+
+helm-setup: setup
+	$(LLMKIT) helm-setup
+
+# `make helm-eval [MODEL=... | URL=...] [COMPARE=...] [CONF=quick|open|PATH] [MAX_EVAL_INSTANCES=N] [SUITE=...] [ARGS="--dtype float32"]`
+helm-eval: setup
+	$(LLMKIT) helm-eval $(call opt,MODEL,--model) $(call opt,URL,--url) $(call opt,COMPARE,--compare) $(call opt,CONF,--conf) \
+		$(call opt,MAX_EVAL_INSTANCES,--max-eval-instances) $(call opt,BUDGET,--budget) $(call opt,SUITE,--suite) $(ARGS)
 
 quality: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

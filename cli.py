@@ -6,7 +6,11 @@ Each command only parses its arguments and hands over to the stage's module, imp
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+
+from submit.tracks import Loading, Track
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
@@ -27,6 +31,261 @@ def bench(out: str = typer.Option("bench-results", help="Folder for the JSON res
     from server.bench import run_benchmarks
 
     run_benchmarks(out)
+
+
+# --- config: finetune/config.py, finetune/plan.py -------------------------------------------------------------
+@app.command()
+def validate(
+    config: str = typer.Argument(..., help="Axolotl-style YAML config."),
+    strict: bool = typer.Option(False, "--strict", help="Unknown or unimplemented keys are errors."),
+) -> None:
+    """Check a config without training; print the plan (targets, parameters, steps, memory per track)."""
+    from finetune.validate import validate as run
+
+    raise typer.Exit(run(config, strict=strict))
+
+
+@app.command("config-keys")
+def config_keys() -> None:
+    """Print every config key with its type, default and meaning (the README's Configs table)."""
+    from finetune.config import AxolotlConfig
+    from finetune.config_keys import markdown_table
+
+    typer.echo(markdown_table(AxolotlConfig))
+
+
+# --- train: finetune/train.py ---------------------------------------------------------------------------------
+@app.command()
+def train(
+    config: str = typer.Argument(..., help="Axolotl-style YAML config."),
+    max_steps: int | None = typer.Option(None, help="Override the config's max_steps (a quick trial run)."),
+    output_dir: str | None = typer.Option(None, help="Override the config's output_dir."),
+    cpu_fallback: bool = typer.Option(False, help="Without CUDA, use the plain variant of a paged optimizer."),
+) -> None:
+    """Fine-tune as the config says; the same command again resumes from the newest checkpoint in output_dir."""
+    import os
+
+    _logging()
+    from finetune.config import ConfigError, load_config
+    from finetune.data import DataError
+    from finetune.report import summary_table
+    from finetune.train import train as run
+
+    overrides = {key: value for key, value in {"max_steps": max_steps, "output_dir": output_dir}.items() if value}
+    try:
+        out = run(load_config(config, overrides), cpu_fallback=cpu_fallback)
+    except (ConfigError, DataError) as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(1) from None
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns here; one summary is enough
+        from rich.console import Console
+
+        Console().print(summary_table(out))
+
+
+# --- data: finetune/data.py, finetune/default_dataset.py -----------------------------------------------------
+@app.command()
+def preprocess(config: str = typer.Argument(..., help="Axolotl-style YAML config.")) -> None:
+    """Tokenize, mask, split and pack the config's datasets (into dataset_prepared_path); print what was kept."""
+    _logging()
+    from rich.console import Console
+
+    from finetune.config import ConfigError, load_config
+    from finetune.data import DataError, build_datasets, stats_table
+    from finetune.modeling import load_tokenizer
+
+    try:
+        cfg = load_config(config)
+        data = build_datasets(cfg, load_tokenizer(cfg))
+    except (ConfigError, DataError) as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(1) from None
+    Console().print(stats_table(data.stats))
+
+
+@app.command("default-dataset")
+def default_dataset(
+    check: bool = typer.Option(False, "--check", help="Only check that the committed file is the generator's output."),
+) -> None:
+    """Regenerate the embedded default config's training data (axolotl_configs/data/mcqa_letters.jsonl)."""
+    from finetune.default_dataset import main
+
+    raise typer.Exit(main(["--check"] if check else []))
+
+
+# --- merge: finetune/merge.py ---------------------------------------------------------------------------------
+@app.command()
+def merge(
+    config: str | None = typer.Argument(None, help="Axolotl-style YAML: merge the adapter in its output_dir."),
+    base: str | None = typer.Option(None, help="Base model, hub id or directory (default: the adapter's base)."),
+    adapter: Annotated[list[str] | None, typer.Option(help="Adapter directory; repeat for a weighted merge.")] = None,
+    out: str | None = typer.Option(None, help="Merged model directory (default: <adapter dir>/merged)."),
+    dtype: str | None = typer.Option(None, help="bfloat16, float16 or float32 (default: the training dtype)."),
+    nf4_roundtrip: bool = typer.Option(False, help="Round-trip targeted base weights through NF4 (QLoRA)."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip comparing with base + unmerged adapter."),
+    max_shard_size: str = typer.Option("5GB", help="Largest safetensors file."),
+    weighted: str | None = typer.Option(None, help="Weighted merge of several adapters from this YAML file."),
+    weight: Annotated[list[float] | None, typer.Option(help="Weight of each --adapter (weighted merge).")] = None,
+    combination: str = typer.Option("linear", help="Weighted merge: linear, cat, ties, dare_ties, dare_linear..."),
+    density: float | None = typer.Option(None, help="Weighted merge: fraction of entries kept (ties, dare_*)."),
+    hub_model_id: str | None = typer.Option(None, help="Upload the merged folder to this hub repo."),
+    dry_run: bool = typer.Option(False, help="With --hub-model-id: list what would be uploaded, upload nothing."),
+) -> None:
+    """Fold a LoRA adapter (or several, weighted) into 16-bit base weights; verify; optionally upload."""
+    _logging()
+    from rich.console import Console
+
+    from finetune.merge_command import merge_command, report_table
+
+    try:
+        report, uploaded = merge_command(
+            config, base=base, adapters=adapter, weights=weight, combination=combination, density=density,
+            weighted=weighted, out=out, hub_model_id=hub_model_id, dry_run=dry_run, dtype=dtype,
+            nf4_roundtrip=nf4_roundtrip, verify=not no_verify, max_shard_size=max_shard_size,
+        )  # fmt: skip
+    except (ValueError, OSError, RuntimeError) as err:  # bad input, mismatch, failed verification: message says which
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(1) from None
+    Console().print(report_table(report, uploaded, hub_model_id))
+
+
+# --- submission: submit/ --------------------------------------------------------------------------------------
+@app.command()
+def submission(
+    track: Annotated[Track, typer.Option(help="The challenge track the image targets.")],
+    config: str | None = typer.Option(None, help="Train, merge and bundle this config (default: the embedded one)."),
+    model: str | None = typer.Option(None, help="Hub id the image downloads, or a local directory (bundled)."),
+    revision: str | None = typer.Option(None, help="Hub revision of --model (default: its current commit)."),
+    adapter: str | None = typer.Option(None, help="Unmerged peft adapter on --model: hub id or local directory."),
+    number: int | None = typer.Option(None, help="N in <track>_submission_N (default: the next free one)."),
+    loading: Annotated[
+        Loading | None, typer.Option(help="Weights on the GPU (default: bf16, else what fits).")
+    ] = None,
+    bundle_weights: bool = typer.Option(False, help="Put weight files in the zip (self-hosting; not accepted)."),
+) -> None:
+    """Build submissions/<track>_track/<track>_submission_N.zip (and the files unpacked beside it)."""
+    _logging()
+    from submit.package import build_submission, describe
+
+    try:
+        path = build_submission(
+            track, config=config, model=model, revision=revision, adapter=adapter, number=number,
+            loading=loading, bundle_weights=bundle_weights,
+        )  # fmt: skip
+    except (ValueError, LookupError, OSError) as err:  # bad input, no fit, unknown model: the message says which
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(describe(path))
+
+
+@app.command("verify-submission")
+def verify_submission(
+    zip_path: str = typer.Argument(..., metavar="ZIP", help="A submission zip."),
+    smoke: bool = typer.Option(False, help="Also start its server as the Dockerfile's CMD says and query it."),
+) -> None:
+    """Check a submission zip: Dockerfile, hadolint, secrets, weights, manifest hashes (and --smoke: requests)."""
+    _logging()
+    from submit.verify import verify_submission as verify
+
+    problems = verify(zip_path)
+    for problem in problems:
+        typer.echo(f"problem: {problem}", err=True)
+    if smoke and not problems:
+        from rich.console import Console
+        from rich.table import Table
+
+        from submit.smoke import smoke_test
+
+        results = smoke_test(zip_path)
+        table = Table("request", "ok", "seconds", "detail", title=f"Smoke test of {zip_path}")
+        for result in results:
+            table.add_row(result.name, "yes" if result.ok else "NO", f"{result.seconds:.2f}", result.detail)
+        Console().print(table)
+        problems += [r.name for r in results if not r.ok]
+    typer.echo(f"{zip_path}: " + (f"{len(problems)} problem(s)" if problems else "OK"))
+    raise typer.Exit(1 if problems else 0)
+
+
+# --- helm: helm_eval/ -----------------------------------------------------------------------------------------
+@app.command("helm-setup")
+def helm_setup(force: bool = typer.Option(False, help="Reinstall even when the stamp says it is there.")) -> None:
+    """Install crfm-helm into its own venv (~/.cache/llmkit/helm-venv-<version>, or $HELM_VENV); idempotent."""
+    _logging()
+    from helm_eval.setup import helm_setup as setup
+
+    typer.echo(f"HELM venv: {setup(force=force)}")
+
+
+@app.command("helm-conf")
+def helm_conf(
+    tasks: str = typer.Argument("quick", help="quick, open, or a task-list YAML."),
+    budget: int | None = typer.Option(None, help="Total eval instances (default: the task list's own)."),
+    out: str | None = typer.Option(None, help="Write the conf here instead of printing it."),
+) -> None:
+    """Generate a HELM run-spec conf from a task list and an instance budget."""
+    from pathlib import Path
+
+    from helm_eval import confgen
+
+    try:
+        entries = confgen.generate(confgen.load_task_list(tasks), budget=budget)
+    except confgen.ConfError as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(confgen.write_conf(entries, Path(out)) if out else confgen.render_conf(entries), nl=not out)
+
+
+@app.command("helm-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def helm_eval(
+    ctx: typer.Context,
+    model: str | None = typer.Option(None, help="Model to serve: hub id or local dir (default: the embedded one)."),
+    url: str | None = typer.Option(None, help="Evaluate the server already running here instead."),
+    compare: str | None = typer.Option(None, help="A second model, served the same way, scored side by side."),
+    conf: str = typer.Option("quick", help="quick (offline), open (the challenge's suite; needs internet) or PATH."),
+    max_eval_instances: int | None = typer.Option(None, help="At most this many instances per run."),
+    budget: int | None = typer.Option(None, help="Total instances for a generated conf."),
+    suite: str | None = typer.Option(None, help="HELM suite name (default: conf-model-time)."),
+    out: str = typer.Option("helm-results", help="Folder for HELM's output, confs, logs and reports."),
+) -> None:
+    """Run HELM (helm-run, helm-summarize) against the server; extra flags go to `python -m server`."""
+    import logging
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from rich.console import Console
+
+    _logging()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per /health probe otherwise
+    from helm_eval.confgen import ConfError
+    from helm_eval.evaluate import helm_eval as run
+    from helm_eval.run import HelmRunError
+    from helm_eval.setup import HelmSetupError
+    from helm_eval.summary import rich_table
+
+    command = shlex.join(["llmkit", *sys.argv[1:]])
+    try:
+        result = run(
+            model=model, url=url, compare=compare, conf=conf, max_eval_instances=max_eval_instances, budget=budget,
+            suite=suite, server_args=ctx.args, out_dir=Path(out), command=command,
+        )  # fmt: skip
+    except (HelmRunError, HelmSetupError, ConfError) as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(1) from None
+    console = Console()
+    labels = " vs ".join(scores.label for scores in result.suites)
+    console.print(rich_table(result.suites, title=f"HELM: {labels} on {result.conf_path.name}"))
+    for label, projection in result.report.projections:
+        console.print(f"{label}: {projection.sentence()}")
+    console.print(f"Report: {result.report.markdown}, chart: {result.report.chart}")
+    for scores in result.suites:
+        console.print(f"HELM's output: {scores.runs_dir}")
+
+
+def _logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
 if __name__ == "__main__":

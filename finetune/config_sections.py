@@ -167,7 +167,9 @@ class LoraSection(BaseModel):
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter's input.")
     lora_target_modules: list[str] | None = Field(None, description="Module names to wrap (q_proj, v_proj, ...).")
     lora_target_linear: bool = Field(False, description="Wrap every linear layer except lm_head, plus the list.")
-    lora_modules_to_save: list[str] | None = Field(None, description="Modules trained in full (embed_tokens, lm_head).")
+    lora_modules_to_save: list[str] | None = Field(
+        None, description="Modules trained in full (embed_tokens, lm_head)."
+    )
     peft_use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (adds a magnitude vector).")
     peft_use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale alpha/sqrt(r).")
     peft_vera_r: int = Field(256, gt=0, description="peft: vera: rank of the shared random projections.")
@@ -223,7 +225,9 @@ class TrainingSection(BaseModel):
     )
     neftune_noise_alpha: float | None = Field(None, gt=0, description="NEFTune noise scale on input embeddings.")
     output_dir: str = Field("./model-out", description="Adapter, checkpoints and logs.")
-    save_steps: int | float | None = Field(None, gt=0, description="Checkpoint every N steps (a fraction < 1: of all).")
+    save_steps: int | float | None = Field(
+        None, gt=0, description="Checkpoint every N steps (a fraction < 1: of all)."
+    )
     save_total_limit: int | None = Field(None, gt=0, description="Keep at most this many checkpoints.")
     eval_steps: int | float | None = Field(None, gt=0, description="Evaluate every N steps (a fraction < 1: of all).")
     logging_steps: int | None = Field(None, gt=0, description="Log the loss every N steps.")

@@ -42,6 +42,7 @@ class Parts:
 
     segments: list[tuple[str, bool]]
     add_eos: bool = True
+    add_special_tokens: bool = True  # BOS etc. on the first segment; off where a chat template writes its own
     chunked: bool = False  # completion text: split into sequence_len pieces instead of dropping long rows
 
 
@@ -114,8 +115,10 @@ def chat_messages(row: dict, spec: Any) -> list[dict[str, str]]:
     turns = row.get(field)
     if not isinstance(turns, list) or not turns:
         raise FieldError(field, "must be a non-empty list of messages")
-    role_key = _field_name(spec, "message_field_role", "role" if "role" in turns[0] else "from")
-    content_key = _field_name(spec, "message_field_content", "content" if "content" in turns[0] else "value")
+    first = turns[0] if isinstance(turns[0], dict) else {}
+    sharegpt = "from" in first or ("role" not in first and field == "conversations")
+    role_key = _field_name(spec, "message_field_role", "from" if sharegpt else "role")
+    content_key = _field_name(spec, "message_field_content", "value" if sharegpt else "content")
     messages = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
@@ -129,34 +132,54 @@ def chat_messages(row: dict, spec: Any) -> list[dict[str, str]]:
 
 
 def make_chat_builder(tokenizer: Any) -> Callable[[dict, Any], Parts]:
-    """The chat_template builder: the tokenizer's template renders the conversation; assistant turns are trained.
+    """The chat_template builder: a chat template renders the conversation; assistant turns are trained.
 
-    Each assistant turn's text is what rendering the conversation up to it adds after the generation prompt,
-    so the role header stays masked and the turn's end marker (the template's EOS) is trained.
+    The template is the spec's `chat_template` (a Jinja string), else the tokenizer's, else ChatML. Each
+    trained turn's text is what rendering the conversation up to it adds after the generation prompt, so the
+    role header stays masked and the turn's end marker (the template's EOS) is trained.
     """
-    template = tokenizer.chat_template or CHATML_TEMPLATE
-
-    def render(messages: list[dict], generation_prompt: bool) -> str:
-        return tokenizer.apply_chat_template(
-            messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
-        )
 
     def build(row: dict, spec: Any) -> Parts:
+        template = chat_template_for(spec, tokenizer)
+        trained_roles = set(getattr(spec, "roles_to_train", None) or ["assistant"])
         messages = chat_messages(row, spec)
         segments, done = [], ""
         for i, message in enumerate(messages):
-            if message["role"] == "assistant":
-                prompt = render(messages[:i], True) if i else ""
+            trained = message["role"] in trained_roles
+            if message["role"] == "assistant" and i:
+                prompt = _render(tokenizer, template, messages[:i], generation_prompt=True)
                 segments.append((prompt[len(done) :], False))
                 done = prompt
-            full = render(messages[: i + 1], False)
+            full = _render(tokenizer, template, messages[: i + 1], generation_prompt=False)
             if not full.startswith(done):
                 raise FieldError("messages", "cannot be split into turns: the chat template is not incremental")
-            segments.append((full[len(done) :], message["role"] == "assistant"))
+            segments.append((full[len(done) :], trained))
             done = full
-        return Parts([s for s in segments if s[0]], add_eos=False)
+        return Parts([s for s in segments if s[0]], add_eos=False, add_special_tokens=False)
 
     return build
+
+
+def chat_template_for(spec: Any, tokenizer: Any) -> str:
+    """The spec's `chat_template`: tokenizer_default (or unset), chatml, or a Jinja string.
+
+    Raises:
+        ValueError: a template name this project does not ship (axolotl's llama3, gemma, ...).
+    """
+    own = getattr(spec, "chat_template", None)
+    if not own or own == "tokenizer_default":
+        return tokenizer.chat_template or CHATML_TEMPLATE
+    if own == "chatml":
+        return CHATML_TEMPLATE
+    if "{{" not in own and "{%" not in own:
+        raise ValueError(f"chat_template {own!r}: use tokenizer_default, chatml or a Jinja template string")
+    return own
+
+
+def _render(tokenizer: Any, template: str, messages: list[dict], *, generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+    )
 
 
 # Builders that need no tokenizer; chat_template (alias sharegpt) is added per tokenizer by `builders_for`.

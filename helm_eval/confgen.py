@@ -12,6 +12,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -120,7 +121,8 @@ def generate(
         if budget < len(runs):
             raise ConfError(f"a budget of {budget} instances cannot cover the {len(runs)} runs of this task list")
         counts = []
-        for family, family_budget in zip(tasks.families, apportion(budget, [f.share for f in tasks.families])):
+        shares = apportion(budget, [f.share for f in tasks.families])
+        for family, family_budget in zip(tasks.families, shares, strict=True):
             n_runs = len(family.run_args())
             if family_budget < n_runs:
                 raise ConfError(f"family {family.name!r} gets {family_budget} instances for its {n_runs} runs")
@@ -151,8 +153,6 @@ def write_conf(entries: list[RunEntry], path: Path) -> Path:
 
 def parse_conf(text: str) -> list[str]:
     """The run-entry descriptions of a HELM conf file (ours or the challenge's)."""
-    import re
-
     return re.findall(r'description:\s*"([^"]*)"', text)
 
 

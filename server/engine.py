@@ -146,8 +146,8 @@ class Engine:
 
     def _forward(self, input_ids: list[int], cache, keep_all: bool):
         batch = torch.tensor([input_ids], device=self.device)
-        out = self.model(input_ids=batch, past_key_values=cache, use_cache=True, logits_to_keep=0 if keep_all else 1)
-        return out.logits[0].float(), out.past_key_values
+        out = self.model(input_ids=batch, cache=cache, use_cache=True, logits_to_keep=0 if keep_all else 1)
+        return out.logits[0].float(), out.cache
 
     def _top(self, logprobs: torch.Tensor, k: int) -> dict[str, float]:
         if k == 0:

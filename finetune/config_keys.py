@@ -1,0 +1,131 @@
+"""Which keys a config may carry: axolotl keys this project knows but does not implement, and the key table.
+
+`llmkit config-keys` prints `key_table()`: the README's "Configs" table is that output, never a hand copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from difflib import get_close_matches
+from enum import Enum
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+# axolotl keys that real configs (the team's included) carry and this project does not act on. A key here is
+# reported by name as ignored; any other unknown key is reported as unknown, with a "did you mean".
+UNIMPLEMENTED_KEYS = frozenset(
+    """
+    is_llama_derived_model is_mistral_derived_model is_falcon_derived_model is_qwen_derived_model
+    lora_fan_in_fan_out lora_model_dir lora_on_cpu peft_layers_to_transform peft_init_lora_weights loraplus_lr_ratio
+    xformers_attention sdp_attention s2_attention flash_attn_cross_entropy flash_attn_rms_norm flash_attn_fuse_qkv
+    flash_attn_fuse_mlp flash_optimum early_stopping_patience local_rank debug deepspeed fsdp fsdp_config
+    eval_table_size eval_table_max_new_tokens eval_max_new_tokens eval_causal_lm_metrics do_bench_eval
+    group_by_length gptq merge_lora relora_steps relora_warmup_steps unfrozen_parameters tokens chat_template
+    default_system_message dataset_processes dataset_shard_num dataset_shard_idx push_dataset_to_hub
+    hf_use_auth_token test_datasets pretraining_dataset shuffle_merged_datasets eval_sample_packing
+    sample_packing_eff_est total_num_tokens max_packed_sequence_len evals_per_epoch saves_per_epoch save_strategy
+    eval_strategy evaluation_strategy save_safetensors hub_strategy torch_compile torch_compile_backend ddp_timeout
+    ddp_bucket_cap_mb ddp_broadcast_buffers adam_beta1 adam_beta2 adam_epsilon lr_quadratic_warmup
+    cosine_min_lr_ratio lr_div_factor optim_args optim_target_modules noisy_embedding_alpha
+    auto_resume_from_checkpoints loss_watchdog_threshold loss_watchdog_patience rope_scaling overrides_of_model_config
+    trust_remote_code
+    low_cpu_mem_usage resize_token_embeddings_to_32x use_wandb wandb_mode mlflow_tracking_uri mlflow_experiment_name
+    gpu_memory_limit torchdistx_path rl dpo_beta plugins model_config_type tokenizer_use_fast tokenizer_legacy
+    """.split()
+)
+DATASET_UNIMPLEMENTED_KEYS = frozenset(
+    "shards revision train_on_split trust_remote_code roles drop_system_message".split()
+)
+
+EMPTY_VALUES = (None, False, "", [], {})  # an unimplemented key set to one of these changes nothing
+
+
+def suggest(key: str, candidates: list[str]) -> str | None:
+    """The known key a typo most likely meant, or None."""
+    match = get_close_matches(key, candidates, n=1, cutoff=0.75)
+    return match[0] if match else None
+
+
+@dataclass(frozen=True)
+class IgnoredKey:
+    path: str  # `debug`, `datasets[0].shards`
+    value: Any
+    known: bool  # an axolotl key this project does not implement (False: unknown, likely a typo)
+    suggestion: str | None = None
+
+    @property
+    def effective(self) -> bool:
+        """Whether the value would have changed anything (empty and false values change nothing)."""
+        return not any(self.value == empty and type(self.value) is type(empty) for empty in EMPTY_VALUES)
+
+    def describe(self) -> str:
+        hint = f" (did you mean {self.suggestion}?)" if self.suggestion else ""
+        kind = "not implemented here" if self.known else "unknown key"
+        value = f"={self.value!r}" if self.effective else f" ({self.value!r}: no effect)"
+        return f"{self.path}{value}: {kind}{hint}"
+
+
+def split_keys(data: dict, fields: list[str], unimplemented: frozenset, prefix: str) -> tuple[dict, list]:
+    """Drop empty values and keys the model doesn't declare; return the rest and the dropped keys."""
+    kept, ignored = {}, []
+    for key, value in data.items():
+        if key in fields:
+            if value is not None:  # empty means unset: the field's default applies
+                kept[key] = value
+        else:
+            known = key in unimplemented
+            hint = None if known else suggest(str(key), fields)
+            ignored.append(IgnoredKey(f"{prefix}{key}", value, known, hint))
+    return kept, ignored
+
+
+def ignored_message(ignored: list[IgnoredKey]) -> str:
+    """Unknown or set keys one by one; known keys left empty or false (no effect either way) as one list."""
+    named = [key.describe() for key in ignored if not key.known or key.effective]
+    empty = [key.path for key in ignored if key.known and not key.effective]
+    if empty:
+        named.append(f"left empty or false, not implemented here either way: {', '.join(empty)}")
+    return "config keys that change nothing: " + "; ".join(named)
+
+
+def describe_type(annotation) -> str:
+    """A short human form of a field's type: `int`, `lora | qlora`, `list[str]`, `bool | "auto"`."""
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return " | ".join(member.value for member in annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "{" + ", ".join(annotation.model_fields) + "}"
+    if get_origin(annotation) is Literal:
+        return " | ".join(f'"{arg}"' for arg in get_args(annotation))
+    args = [arg for arg in get_args(annotation) if arg is not type(None)]
+    if get_origin(annotation) is list:
+        return f"list[{describe_type(args[0])}]"
+    if args:
+        return " | ".join(describe_type(arg) for arg in args)
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _default(field: FieldInfo) -> str:
+    if field.is_required():
+        return "**required**"
+    default = field.default
+    return "" if default is None else f"`{default.value if isinstance(default, Enum) else default}`"
+
+
+def key_table(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Markdown rows `| key | type | default | meaning |` for every field of `model` (and `datasets[]` entries)."""
+    rows = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        kind = describe_type(annotation).replace("|", "\\|")  # a bare | would split the Markdown cell
+        rows.append(f"| `{prefix}{name}` | {kind} | {_default(field)} | {field.description} |")
+        item = get_args(annotation)[0] if get_origin(annotation) is list else None
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            rows.extend(key_table(item, prefix=f"{prefix}{name}[]."))
+    return rows
+
+
+def markdown_table(model: type[BaseModel]) -> str:
+    header = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    return "\n".join(header + key_table(model))

@@ -1,0 +1,80 @@
+"""What a finished training run left in its output_dir, as a picture (loss curve) and a summary for the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+LOSS_CURVE = "loss_curve.png"
+TRAINER_STATE = "trainer_state.json"
+
+
+def plot_loss_curve(log_history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Train loss per logging step and eval loss per evaluation, from the Trainer's `state.log_history`."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on training machines
+    import matplotlib.pyplot as plt
+
+    train = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
+    evals = [(entry["step"], entry["eval_loss"]) for entry in log_history if "eval_loss" in entry]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss", color="tab:blue")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss", color="tab:orange")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy loss")
+    ax.set_title(title or "Training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def summarize(output_dir: str | Path) -> dict[str, Any]:
+    """Steps, first/final train loss, final eval loss, run time and artefact paths of a finished run."""
+    output_dir = Path(output_dir)
+    state = json.loads((output_dir / TRAINER_STATE).read_text())
+    history = state["log_history"]
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    evals = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
+    runtime = [entry["train_runtime"] for entry in history if "train_runtime" in entry]
+    weights = next((p for p in ("adapter_model.safetensors", "model.safetensors") if (output_dir / p).exists()), None)
+    return {
+        "steps": state["global_step"],
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "first_eval_loss": evals[0] if evals else None,
+        "final_eval_loss": evals[-1] if evals else None,
+        "train_seconds": runtime[-1] if runtime else None,
+        "weights": str(output_dir / weights) if weights else None,
+        "loss_curve": str(output_dir / LOSS_CURVE),
+        "output_dir": str(output_dir),
+    }
+
+
+def summary_table(output_dir: str | Path) -> Any:
+    """`summarize` as a rich table, printed by `llmkit train` at the end."""
+    from rich.table import Table
+
+    summary = summarize(output_dir)
+    table = Table(title=f"Training finished: {summary['output_dir']}", show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # paths stay whole, folded over lines
+
+    def loss(first: float | None, final: float | None) -> str:
+        return "-" if final is None else f"{first:.4f} -> {final:.4f}"
+
+    table.add_row("optimizer steps", str(summary["steps"]))
+    table.add_row("train loss (first -> last logged)", loss(summary["first_loss"], summary["final_loss"]))
+    table.add_row("eval loss (first -> last)", loss(summary["first_eval_loss"], summary["final_eval_loss"]))
+    seconds = summary["train_seconds"]
+    table.add_row("training time (this run)", "-" if seconds is None else f"{seconds:.0f} s")
+    table.add_row("weights", summary["weights"] or "-")
+    table.add_row("loss curve", summary["loss_curve"])
+    table.add_row("TensorBoard", f"tensorboard --logdir {Path(summary['output_dir']) / 'runs'}")
+    return table

@@ -1,0 +1,85 @@
+"""`llmkit helm-eval`: one model, or two side by side (--compare), on one conf; then the report.
+
+Both models of a comparison are served with the same server flags and scored on the same conf file.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from helm_eval.report import Report, write_report
+from helm_eval.run import DEFAULT_MAX_EVAL_INSTANCES, HelmRunError, prepare_conf, run_helm
+from helm_eval.setup import helm_setup
+from helm_eval.summary import SuiteScores
+
+LOG = logging.getLogger(__name__)
+
+
+class EvalResult(BaseModel):
+    conf_path: Path
+    suites: list[SuiteScores]
+    report: Report
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", Path(text).name or text).strip("-").lower()[:40] or "model"
+
+
+def helm_eval(
+    *,
+    model: str | None = None,
+    url: str | None = None,
+    compare: str | None = None,
+    conf: str = "quick",
+    max_eval_instances: int | None = None,
+    budget: int | None = None,
+    suite: str | None = None,
+    server_args: Sequence[str] = (),
+    out_dir: Path = Path("helm-results"),
+    command: str = "",
+) -> EvalResult:
+    """Evaluate `model` (or the server at `url`), and `compare` beside it, on a conf; write the report.
+
+    Args:
+        model: hub id or local model directory to serve (None: the embedded default model).
+        url: evaluate the running server there instead of starting one.
+        compare: a second model, served with the same flags and scored on the same conf.
+        conf: `quick`, `open`, a task-list YAML, or a HELM .conf file.
+        max_eval_instances: per-run cap (generated confs) / helm-run's --max-eval-instances (.conf files).
+        budget: total instances for a generated conf (default: the task list's own).
+        suite: HELM suite name (default: conf, model and time); a comparison appends -1-<model>, -2-<model>.
+        server_args: extra `python -m server` flags for every server started.
+        out_dir: where HELM's output, the conf, logs and reports go.
+        command: the command line, quoted in the report.
+    """
+    if url and (model or compare):
+        raise HelmRunError("--url evaluates a running server: give either --url or --model/--compare")
+    helm_setup()  # idempotent: a stamp check when crfm-helm is already there
+    out_dir = out_dir.resolve()
+    targets = [model] + ([compare] if compare else [])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = suite or f"{Path(conf).stem}-{_slug(url or model or 'default') if not compare else 'compare'}-{stamp}"
+    conf_path = prepare_conf(conf, out_dir, name, budget=budget, cap=max_eval_instances)
+    results = []
+    for i, target in enumerate(targets):
+        suite_name = name if len(targets) == 1 else f"{name}-{i + 1}-{_slug(target or 'default')}"
+        LOG.info("HELM suite %s: %s on %s", suite_name, url or target or "the default model", conf_path)
+        results.append(
+            run_helm(
+                model=target,
+                url=url,
+                conf_path=conf_path,
+                suite=suite_name,
+                out_dir=out_dir,
+                server_args=server_args,
+                max_eval_instances=max_eval_instances or DEFAULT_MAX_EVAL_INSTANCES,
+            )  # fmt: skip
+        )
+    report = write_report(results, out_dir, name, command)
+    return EvalResult(conf_path=conf_path, suites=results, report=report)

@@ -1,0 +1,216 @@
+"""Score a model the way the organisers do: `llmkit helm-eval [--model M | --url U] [--conf quick|open|PATH]`.
+
+Starts the server on a free loopback port (or checks the one at --url), runs crfm-helm's `helm-run` against
+it with HELM_HTTP_MODEL_BASE_URL set, then `helm-summarize`, and stops the server it started, also on Ctrl-C
+or failure. While helm-run works, the server is watched: helm-run itself would retry a dead URL for minutes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import httpx
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from helm_eval import confgen
+from helm_eval.setup import helm_executable, require_helm
+from helm_eval.summary import SuiteScores, load_suite
+from server.launch import ServerProcess, ServerStartError, wait_healthy
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MAX_EVAL_INSTANCES = 10  # per run, for entries whose conf sets no count of their own
+# Scenarios that build their data in code (../shared/docs/helm-protocol.md); every other one downloads it.
+OFFLINE_SCENARIOS = {
+    "simple_mcqa", "simple_classification", "simple_short_answer_qa", "simple1",
+    "synthetic_reasoning", "synthetic_reasoning_natural", "dyck_language",
+}  # fmt: skip
+# What a failed dataset download looks like in helm-run's log (wget, urllib, requests, huggingface_hub).
+_OFFLINE_SIGNS = re.compile(
+    r"Failed to run: wget|unable to resolve host|Name or service not known|Temporary failure in name resolution|"
+    r"NameResolutionError|Could not resolve host|Max retries exceeded|urlopen error|Network is unreachable|"
+    r"LocalEntryNotFoundError|offline mode is enabled",
+    re.IGNORECASE,
+)
+_HEALTH_FAILURES_ALLOWED = 3  # consecutive failed /health probes before the server counts as dead
+_HEALTH_INTERVAL_S = 2.0
+
+
+class HelmRunError(RuntimeError):
+    """helm-run or helm-summarize failed, or the server died under it; the message says which and why."""
+
+
+def prepare_conf(
+    conf: str | Path, out_dir: Path, suite: str, *, budget: int | None = None, cap: int | None = None
+) -> Path:
+    """A conf file for helm-run: `quick`/`open`/a task-list YAML are generated, a .conf path is used as is."""
+    path = Path(conf)
+    if path.suffix == ".conf":
+        if not path.is_file():
+            raise HelmRunError(f"conf file {path} does not exist")
+        return path.resolve()
+    entries = confgen.generate(confgen.load_task_list(conf), budget=budget, cap=cap)
+    return confgen.write_conf(entries, out_dir / "confs" / f"{suite}.conf").resolve()
+
+
+def conf_scenarios(conf_path: Path) -> set[str]:
+    return {confgen.normalize_description(d)[0] for d in confgen.parse_conf(conf_path.read_text())}
+
+
+@contextlib.contextmanager
+def serve(model: str | None, url: str | None, server_args: Sequence[str] = (), startup_timeout: float = 300):
+    """Yield (base URL, server process or None): a server started here, or the healthy one at `url`."""
+    if url:
+        try:
+            wait_healthy(url.rstrip("/"), timeout=10)
+        except ServerStartError as err:
+            raise HelmRunError(f"no healthy HELM server at {url}: {err}") from None
+        yield url.rstrip("/"), None
+        return
+    args = [*(["--model", model] if model else []), *server_args]
+    server = ServerProcess(args, cwd=ROOT, startup_timeout=startup_timeout)
+    try:  # stop() also when Ctrl-C lands while it is still starting
+        try:
+            server.start()
+        except ServerStartError as err:
+            raise HelmRunError(f"the server did not start: {err}") from None
+        yield server.url, server
+    finally:
+        server.stop()
+
+
+def _helm_run(
+    *,
+    conf_path: Path,
+    suite: str,
+    base_url: str,
+    server: ServerProcess | None,
+    out_dir: Path,
+    max_eval_instances: int = DEFAULT_MAX_EVAL_INSTANCES,
+    num_threads: int = 4,
+) -> float:
+    """helm-run against a live server (watched: the process if started here, /health either way), then
+    helm-summarize; return helm-run's wall seconds. `num_threads` concurrent requests, 4 as in the challenge."""
+    venv = require_helm()
+    log_path = out_dir / "logs" / f"{suite}.helm-run.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        str(helm_executable("helm-run", venv)), "--conf-paths", str(conf_path), "--suite", suite,
+        "--max-eval-instances", str(max_eval_instances), "--num-threads", str(num_threads),
+        "--output-path", str(out_dir / "benchmark_output"), "--local-path", str(out_dir / "prod_env"),
+        # No response cache: every model is "neurips/local" to HELM, so a cache would mix base and tuned answers.
+        "--disable-cache", "--exit-on-error",
+    ]  # fmt: skip
+    env = {**os.environ, "HELM_HTTP_MODEL_BASE_URL": base_url}
+    started = time.monotonic()
+    with open(log_path, "w") as log, _process(command, env, log, cwd=out_dir) as helm:
+        _watch(helm, log_path, base_url, server, total=len(confgen.parse_conf(conf_path.read_text())))
+    wall_s = time.monotonic() - started
+    if helm.returncode != 0:
+        raise HelmRunError(_failure_message(log_path, conf_path, helm.returncode))
+    _summarize(venv, suite, out_dir)
+    return wall_s
+
+
+@contextlib.contextmanager
+def _process(command: list[str], env: dict, log, cwd: Path) -> Iterator[subprocess.Popen]:
+    """A child in its own process group, killed with everything it spawned if we leave early (Ctrl-C, errors)."""
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _watch(helm: subprocess.Popen, log_path: Path, base_url: str, server: ServerProcess | None, total: int) -> None:
+    """Wait for helm-run with a progress bar (finished runs), raising as soon as the server is gone."""
+    columns = (TextColumn("helm-run"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"), TimeElapsedColumn())
+    failures = 0
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task("helm-run", total=total)
+        while helm.poll() is None:
+            time.sleep(_HEALTH_INTERVAL_S)
+            progress.update(task, completed=log_path.read_text(errors="replace").count("/stats.json"))
+            if server is not None and server.process.poll() is not None:
+                raise HelmRunError(
+                    f"the server exited with code {server.process.returncode} during helm-run\n"
+                    f"--- server log ({server.log_path}) ---\n{server.log_tail()}"
+                )
+            failures = 0 if _healthy(base_url) else failures + 1
+            if failures >= _HEALTH_FAILURES_ALLOWED:
+                raise HelmRunError(f"the server at {base_url} stopped answering /health during helm-run")
+
+
+def _healthy(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/health", timeout=10).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _failure_message(log_path: Path, conf_path: Path, returncode: int) -> str:
+    log = log_path.read_text(errors="replace")
+    tail = "\n".join(log.splitlines()[-25:])
+    online = sorted(conf_scenarios(conf_path) - OFFLINE_SCENARIOS)
+    offline_lines = [line.strip() for line in log.splitlines() if _OFFLINE_SIGNS.search(line)]
+    if online and offline_lines:
+        return (
+            f"helm-run could not download the datasets of {', '.join(online)}: these scenarios need the internet "
+            f"(only {', '.join(sorted(OFFLINE_SCENARIOS))} run offline; try --conf quick).\n"
+            f"Last download error: {offline_lines[-1]}\nFull log: {log_path}"
+        )
+    return f"helm-run failed with exit code {returncode}\n--- helm-run log ({log_path}) ---\n{tail}"
+
+
+def _summarize(venv: Path, suite: str, out_dir: Path) -> None:
+    log_path = out_dir / "logs" / f"{suite}.helm-summarize.log"
+    command = [str(helm_executable("helm-summarize", venv)), "--suite", suite, "--output-path",
+               str(out_dir / "benchmark_output"), "--local-path", str(out_dir / "prod_env")]  # fmt: skip
+    with open(log_path, "w") as log:
+        result = subprocess.run(command, cwd=out_dir, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if result.returncode != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+        raise HelmRunError(f"helm-summarize failed with exit code {result.returncode}\n{tail}")
+
+
+def run_helm(
+    *,
+    model: str | None,
+    url: str | None,
+    conf_path: Path,
+    suite: str,
+    out_dir: Path,
+    server_args: Sequence[str] = (),
+    max_eval_instances: int = DEFAULT_MAX_EVAL_INSTANCES,
+) -> SuiteScores:
+    """Serve one model (or reach the server at `url`), run helm-run and helm-summarize, read back the scores.
+
+    Args:
+        model: what the server loads (hub id or local directory; None: the embedded default). Ignored with url.
+        url: a running server to evaluate instead of starting one.
+        conf_path: HELM conf file (see `prepare_conf`).
+        suite: HELM suite name; results land in `out_dir/benchmark_output/runs/<suite>/`.
+        out_dir: HELM's output root (benchmark_output/, prod_env/, logs/).
+        server_args: extra `python -m server` flags (--dtype, --quantization, --adapter, ...).
+        max_eval_instances: helm-run's --max-eval-instances, for entries that set no count themselves.
+    """
+    out_dir = out_dir.resolve()  # helm-run runs inside it
+    with serve(model, url, server_args) as (base_url, server):
+        wall_s = _helm_run(
+            conf_path=conf_path, suite=suite, base_url=base_url, server=server, out_dir=out_dir,
+            max_eval_instances=max_eval_instances,
+        )  # fmt: skip
+    label = url or model or "default model (SmolLM2-135M-Instruct)"
+    return load_suite(out_dir / "benchmark_output", suite, label=label, wall_s=wall_s)

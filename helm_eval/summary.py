@@ -1,0 +1,208 @@
+"""Score tables from HELM's output: one row per run (main metric, instances, mean inference time).
+
+Reads `benchmark_output/runs/<suite>/<run>/{run_spec,stats,scenario_state}.json`; the main metric of a run
+comes from the `schema.json` that helm-summarize writes beside them (each run group's `main_name`), falling
+back to exact_match for groups the schema does not list (simple_mcqa, big_bench).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from pydantic import BaseModel
+from rich.table import Table
+
+LOG = logging.getLogger(__name__)
+
+FALLBACK_METRIC = "exact_match"
+
+
+class HelmReportError(RuntimeError):
+    """HELM's output for a suite is missing or unreadable."""
+
+
+class RunScore(BaseModel):
+    run: str  # HELM's run name, e.g. simple_mcqa:model=neurips_local
+    metric: str
+    score: float | None  # None: the metric is absent (e.g. the run failed its metrics)
+    instances: int
+    requests: int
+    mean_request_s: float | None
+
+
+class SuiteScores(BaseModel):
+    suite: str
+    label: str  # what was evaluated: the model, or the server URL
+    runs_dir: Path
+    rows: list[RunScore]
+    wall_s: float | None = None  # helm-run's wall-clock time, when known
+
+    @property
+    def requests(self) -> int:
+        return sum(row.requests for row in self.rows)
+
+
+def _main_metrics(suite_dir: Path) -> dict[str, tuple[str, str]]:
+    """Run group → (main metric, split), from the schema.json helm-summarize wrote (empty if it did not)."""
+    schema_path = suite_dir / "schema.json"
+    if not schema_path.is_file():
+        return {}
+    groups = json.loads(schema_path.read_text()).get("run_groups", [])
+    return {
+        group["name"]: (group["environment"]["main_name"], group["environment"].get("main_split", "test"))
+        for group in groups
+        if "main_name" in group.get("environment", {})
+    }
+
+
+def _stat(stats: list[dict], name: str, split: str) -> dict | None:
+    for stat in stats:
+        key = stat["name"]
+        if key["name"] == name and key.get("split") == split and "perturbation" not in key and "sub_split" not in key:
+            return stat
+    return None
+
+
+def _run_score(run_dir: Path, main_metrics: dict[str, tuple[str, str]]) -> RunScore:
+    groups = json.loads((run_dir / "run_spec.json").read_text()).get("groups", [])
+    stats = json.loads((run_dir / "stats.json").read_text())
+    # Groups go from general to specific (synthetic_reasoning, synthetic_reasoning_natural): the most specific
+    # group whose main metric the run has wins.
+    candidates = [main_metrics[g] for g in reversed(groups) if g in main_metrics]
+    present = [c for c in candidates if _stat(stats, *c) or _stat(stats, c[0], "valid")]
+    metric, split = (present or candidates or [(FALLBACK_METRIC, "test")])[0]
+    if _stat(stats, "num_instances", split) is None:  # some scenarios only have a valid split
+        split = "valid"
+    score, instances = _stat(stats, metric, split), _stat(stats, "num_instances", split)
+    states = json.loads((run_dir / "scenario_state.json").read_text())["request_states"]
+    times = [s["result"]["request_time"] for s in states if s.get("result") and s["result"].get("request_time")]
+    return RunScore(
+        run=run_dir.name,
+        metric=metric,
+        score=score["mean"] if score and score["count"] else None,
+        instances=int(instances["mean"]) if instances else 0,
+        requests=len(states),
+        mean_request_s=sum(times) / len(times) if times else None,
+    )
+
+
+def load_suite(benchmark_output: Path, suite: str, *, label: str = "", wall_s: float | None = None) -> SuiteScores:
+    """The scores of every run of `suite` under HELM's output folder."""
+    suite_dir = benchmark_output / "runs" / suite
+    run_dirs = sorted(path.parent for path in suite_dir.glob("*/stats.json"))
+    if not run_dirs:
+        raise HelmReportError(f"no finished runs in {suite_dir} (no */stats.json)")
+    main_metrics = _main_metrics(suite_dir)
+    rows = [_run_score(run_dir, main_metrics) for run_dir in run_dirs]
+    return SuiteScores(suite=suite, label=label or suite, runs_dir=suite_dir, rows=rows, wall_s=wall_s)
+
+
+def _aligned(suites: list[SuiteScores]) -> list[tuple[str, str, list[RunScore | None]]]:
+    """(run, metric, one score per suite) for the union of runs, in first-seen order."""
+    names = list(dict.fromkeys(row.run for suite in suites for row in suite.rows))
+    by_suite = [{row.run: row for row in suite.rows} for suite in suites]
+    aligned = []
+    for name in names:
+        rows = [rows_by_run.get(name) for rows_by_run in by_suite]
+        metric = next(row.metric for row in rows if row is not None)
+        aligned.append((name, metric, rows))
+    return aligned
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def short_run_name(run: str) -> str:
+    """simple_mcqa:model=neurips_local,max_eval_instances=20 → simple_mcqa (the model is always neurips/local)."""
+    scenario, _, args = run.partition(":")
+    kept = [arg for arg in args.split(",") if arg and not arg.startswith(("model=", "max_eval_instances="))]
+    return scenario + (":" + ",".join(kept) if kept else "")
+
+
+def legend(suites: list[SuiteScores]) -> str:
+    """What the numbered columns of a comparison stand for."""
+    return "; ".join(f"[{i}] {suite.label}" for i, suite in enumerate(suites, 1)) if len(suites) > 1 else ""
+
+
+def table_rows(suites: list[SuiteScores]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows; with two suites or more (columns [1], [2], ... as `legend` says): scores side by side,
+    the change vs [1], then the times."""
+    if len(suites) == 1:
+        header = ["run", "metric", "score", "instances", "mean s/request"]
+    else:
+        numbers = [f"[{i}]" for i in range(1, len(suites) + 1)]
+        header = ["run", "metric", *[f"score {n}" for n in numbers], *[f"Δ {n}−[1]" for n in numbers[1:]]]
+        header += ["instances", *[f"s/request {n}" for n in numbers]]
+    body = []
+    for name, metric, rows in _aligned(suites):
+        first = rows[0]
+        deltas = [
+            f"{row.score - first.score:+.3f}" if row and first and None not in (row.score, first.score) else "–"
+            for row in rows[1:]
+        ]
+        instances = "/".join(dict.fromkeys(str(row.instances) for row in rows if row))
+        body.append(
+            [short_run_name(name), metric, *[_fmt(row.score if row else None) for row in rows], *deltas, instances]
+            + [_fmt(row.mean_request_s if row else None, 2) for row in rows]
+        )
+    return header, body
+
+
+def rich_table(suites: list[SuiteScores], title: str) -> Table:
+    header, body = table_rows(suites)
+    table = Table(*header, title=title, caption=legend(suites) or None)
+    for cells in body:
+        table.add_row(*cells)
+    return table
+
+
+def markdown_table(suites: list[SuiteScores]) -> str:
+    header, body = table_rows(suites)
+    lines = [legend(suites), ""] if len(suites) > 1 else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(suites: list[SuiteScores], path: Path, title: str) -> Path:
+    """Grouped horizontal bars: one group per run, one bar per suite."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    aligned = _aligned(suites)
+    height = 0.8 / len(suites)
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.45 * len(aligned) * len(suites)))
+    for i, suite in enumerate(suites):
+        scores = [(rows[i].score or 0.0) if rows[i] else 0.0 for _, _, rows in aligned]
+        positions = [k + i * height for k in range(len(aligned))]
+        ax.barh(positions, scores, height=height, label=suite.label)
+    ax.set_yticks([k + height * (len(suites) - 1) / 2 for k in range(len(aligned))])
+    ax.set_yticklabels([f"{short_run_name(name)}\n({metric})" for name, metric, _ in aligned])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("main metric")
+    ax.set_title(title, fontsize=10, wrap=True)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    _atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def _atomic_save(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        write(tmp)
+    os.replace(tmp.name, path)
+
+
+def write_text(path: Path, text: str) -> Path:
+    _atomic_save(path, lambda tmp: tmp.write(text.encode()))
+    return path

@@ -1,0 +1,150 @@
+"""llmkit bench (make bench): serving benchmarks on the embedded default model; prints ratios, writes JSON.
+
+Two HELM-shaped workloads: a ~400-token multiple-choice prompt (max_new_tokens 5, top_k_per_token 5, no stop
+sequences) and a 128-token generation. For each: the end-to-end /process time over HTTP against the in-process
+engine time (HTTP overhead), and against plain transformers `generate(output_scores=True,
+return_dict_in_generate=True)` plus log_softmax over the scores. Also decode tokens/s against the memory-bandwidth
+bound (measured copy bandwidth / model bytes: each decoded token reads every weight once).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import httpx
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from server.engine import Engine
+from server.launch import ServerProcess
+from server.protocol import ProcessRequest
+from server.settings import ServerSettings
+
+LOG = logging.getLogger(__name__)
+NEVER_STOP = ["<<no such text>>"]
+
+
+def _mc_prompt(target_tokens: int, engine: Engine) -> str:
+    """A HELM multiple-choice prompt (instructions, in-context examples, the question) of about target_tokens."""
+    head = "The following are multiple choice questions (with answers) about arithmetic.\n\n"
+    shots, n = [], 0
+    while True:
+        a, b = 3 + n * 7 % 41, 5 + n * 11 % 37
+        shots.append(f"Question: What is {a} + {b}?\nA. {a + b}\nB. {a + b + 2}\nC. {a + b - 3}\nD. {a * b}\nAnswer: A\n")
+        prompt = head + "\n".join(shots) + "\nQuestion: What is 12 + 30?\nA. 44\nB. 42\nC. 39\nD. 360\nAnswer:"
+        if len(engine.encode(prompt)) >= target_tokens:
+            return prompt
+        n += 1
+
+
+def _workloads(engine: Engine) -> dict[str, ProcessRequest]:
+    counting = ", ".join(str(i) for i in range(1, 20)) + ","
+    common = {"temperature": 1e-7, "num_return_sequences": 1, "top_p": 1.0, "echo_prompt": False}
+    return {
+        "multiple_choice_400": ProcessRequest(
+            prompt=_mc_prompt(400, engine), max_new_tokens=5, top_k_per_token=5, stop_sequences=[], **common
+        ),
+        "generation_128": ProcessRequest(
+            prompt=counting, max_new_tokens=128, top_k_per_token=1, stop_sequences=NEVER_STOP, **common
+        ),
+    }
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _transformers_baseline(engine: Engine, request: ProcessRequest) -> None:
+    ids = torch.tensor([engine.encode(request.prompt, special=True)], device=engine.device)
+    with torch.inference_mode():
+        out = engine.model.generate(
+            ids, max_new_tokens=request.max_new_tokens, do_sample=False, output_scores=True,
+            return_dict_in_generate=True, pad_token_id=engine.tokenizer.eos_token_id,
+        )  # fmt: skip
+        for scores in out.scores:
+            torch.topk(torch.log_softmax(scores[0].float(), dim=-1), max(request.top_k_per_token, 1))
+
+
+def _memory_bandwidth(megabytes: int = 512) -> float:
+    """Bytes/s of a large tensor copy (one read + one write per byte)."""
+    src = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    seconds = _median_seconds(lambda: dst.copy_(src), 5)
+    return 2 * src.numel() * 4 / seconds
+
+
+def run(out_dir: Path, repeats: int = 5) -> dict:
+    """Measure both workloads in-process, over HTTP and with plain transformers; return the results."""
+    settings = ServerSettings()
+    engine = Engine.load(settings)
+    workloads = _workloads(engine)
+    results: dict = {"model": engine.loaded.source.model_id, "device": engine.loaded.device, "workloads": {}}
+    for name, request in workloads.items():
+        completion = engine.process(request)
+        results["workloads"][name] = {
+            "prompt_tokens": len(engine.encode(request.prompt, special=True)),
+            "completion_tokens": len(completion.tokens),
+            "engine_s": _median_seconds(lambda r=request: engine.process(r), repeats),
+            "transformers_generate_s": _median_seconds(lambda r=request: _transformers_baseline(engine, r), repeats),
+        }
+    with ServerProcess(cwd=Path(__file__).resolve().parents[1]) as server, httpx.Client(timeout=600) as http:
+        for name, request in workloads.items():
+            body = request.model_dump(exclude_none=True)
+            post = lambda b=body: http.post(f"{server.url}/process", json=b).raise_for_status()  # noqa: E731
+            results["workloads"][name]["http_s"] = _median_seconds(post, repeats)
+    for row in results["workloads"].values():
+        row["http_overhead"] = row["http_s"] / row["engine_s"] - 1
+        row["speedup_vs_transformers"] = row["transformers_generate_s"] / row["engine_s"]
+    generation = results["workloads"]["generation_128"]
+    model_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
+    bandwidth = _memory_bandwidth()
+    results["decode"] = {
+        "tokens_per_s": generation["completion_tokens"] / generation["engine_s"],
+        "bandwidth_bytes_per_s": bandwidth,
+        "model_bytes": model_bytes,
+        "bound_tokens_per_s": bandwidth / model_bytes,
+    }
+    results["decode"]["fraction_of_bound"] = results["decode"]["tokens_per_s"] / results["decode"]["bound_tokens_per_s"]
+    engine.close()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "server.json").write_text(json.dumps(results, indent=2))
+    _print(results)
+    return results
+
+
+def _print(results: dict) -> None:
+    table = Table(title=f"Serving {results['model']} on {results['device']} (median seconds)")
+    for column in ["workload", "tokens in/out", "engine", "HTTP", "HTTP overhead (≤10%)", "transformers",
+                   "engine speed-up vs transformers"]:  # fmt: skip
+        table.add_column(column)
+    for name, row in results["workloads"].items():
+        table.add_row(
+            name, f"{row['prompt_tokens']}/{row['completion_tokens']}", f"{row['engine_s']:.3f}",
+            f"{row['http_s']:.3f}", f"{row['http_overhead']:+.1%}", f"{row['transformers_generate_s']:.3f}",
+            f"{row['speedup_vs_transformers']:.2f}x",
+        )  # fmt: skip
+    console = Console()
+    console.print(table)
+    decode = results["decode"]
+    console.print(
+        f"Decode: {decode['tokens_per_s']:.1f} tokens/s; memory-bandwidth bound "
+        f"{decode['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s / {decode['model_bytes'] / 1e6:.0f} MB = "
+        f"{decode['bound_tokens_per_s']:.1f} tokens/s ({decode['fraction_of_bound']:.0%} of the bound)"
+    )
+
+
+def run_benchmarks(out: str) -> None:
+    """Every stage's benchmark, one after another; each writes <out>/<stage>.json."""
+    logging.basicConfig(level=logging.WARNING)
+    run(Path(out))

@@ -1,0 +1,66 @@
+"""The conf generator: the open task list must reproduce the challenge's open-evaluation suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helm_eval import confgen
+from helm_eval.run import OFFLINE_SCENARIOS
+
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "helm" / "run_specs_full_coarse_600_budget.conf"
+
+
+def _entry_set(descriptions):
+    return {confgen.normalize_description(d) for d in descriptions}
+
+
+def test_open_task_list_reproduces_the_reference_conf(tmp_path):
+    if not REFERENCE.is_file():
+        pytest.fail(f"reference conf missing: {REFERENCE} (the shared/ folder beside the repository)")
+    reference = confgen.parse_conf(REFERENCE.read_text())
+    path = confgen.write_conf(confgen.generate(confgen.load_task_list("open")), tmp_path / "open.conf")
+    generated = confgen.parse_conf(path.read_text())  # read back what HELM would read
+    assert len(generated) == len(reference) == 88
+    assert _entry_set(generated) == _entry_set(reference)
+
+
+def test_budget_is_apportioned_over_families_then_runs():
+    tasks = confgen.load_task_list("open")
+    entries = confgen.generate(tasks)
+    assert sum(e.max_eval_instances for e in entries) == tasks.budget == 600
+    half = confgen.generate(tasks, budget=300)
+    assert sum(e.max_eval_instances for e in half) == 300
+    capped = confgen.generate(tasks, cap=2)
+    assert max(e.max_eval_instances for e in capped) == 2 and len(capped) == 88
+
+
+def test_apportion_and_even_split():
+    assert confgen.apportion(10, [1, 1, 1]) == [4, 3, 3]
+    assert confgen.apportion(600, [18, 19]) == [292, 308]
+    entries = confgen.generate(
+        confgen.TaskList(families=[confgen.TaskFamily(name="f", scenario="s", share=1, args={"k": ["a", "b", "c"]})]),
+        budget=8,
+    )
+    assert [e.max_eval_instances for e in entries] == [2, 3, 3]  # the remainder goes to the last runs
+    assert entries[0].description == "s:model=neurips/local,k=a,max_eval_instances=2"
+
+
+def test_quick_suite_runs_offline():
+    scenarios = {
+        confgen.normalize_description(e.description)[0] for e in confgen.generate(confgen.load_task_list("quick"))
+    }
+    assert "simple_mcqa" in scenarios
+    assert scenarios <= OFFLINE_SCENARIOS
+
+
+def test_bad_inputs_name_what_is_wrong(tmp_path):
+    with pytest.raises(confgen.ConfError, match="no task list 'nope'.*known: open, quick"):
+        confgen.load_task_list("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("families:\n  - name: x\n    scenario: mmlu\n    args: {model: other}\n")
+    with pytest.raises(confgen.ConfError, match=r"(?s)bad.yaml.*families\.0\.args.*set by the generator"):
+        confgen.load_task_list(bad)
+    with pytest.raises(confgen.ConfError, match="budget of 10 instances cannot cover the 88 runs"):
+        confgen.generate(confgen.load_task_list("open"), budget=10)

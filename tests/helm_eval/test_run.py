@@ -1,0 +1,98 @@
+"""helm-run against the real server with the embedded model, and the failures that must not hang."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+from helm_eval.report import project_open_eval, write_report
+from helm_eval.run import ROOT, HelmRunError, run_helm
+from server.launch import ServerProcess, free_port
+
+
+def _server_children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True) if "server" in " ".join(p.cmdline())}
+
+
+@pytest.mark.slow
+def test_offline_helm_run_scores_the_embedded_model(helm_venv, mcqa_conf, tmp_path):
+    before = _server_children()
+    scores = run_helm(model=None, url=None, conf_path=mcqa_conf, suite="ci-mcqa", out_dir=tmp_path)
+    assert _server_children() <= before, "the server run_helm started is still running"
+
+    [row] = scores.rows
+    assert (row.run, row.metric, row.instances, row.requests) == (
+        "simple_mcqa:model=neurips_local,max_eval_instances=4",
+        "exact_match",
+        4,
+        4,
+    )
+    assert 0.0 <= row.score <= 1.0 and row.mean_request_s > 0
+    assert (tmp_path / "benchmark_output/runs/ci-mcqa/schema.json").is_file()  # helm-summarize ran
+
+    report = write_report([scores], tmp_path, "ci")
+    assert "| simple_mcqa | exact_match |" in report.markdown.read_text()
+    assert report.chart.read_bytes()[:4] == b"\x89PNG"
+    projection = project_open_eval(scores)
+    assert projection.open_requests == 600 and projection.projected_s > 0
+
+
+def test_failed_server_start_is_a_clear_error(tmp_path, mcqa_conf):
+    started = time.monotonic()
+    with pytest.raises(HelmRunError, match="the server did not start"):
+        run_helm(model=str(tmp_path / "no-such-model"), url=None, conf_path=mcqa_conf, suite="x", out_dir=tmp_path)
+    assert time.monotonic() - started < 120
+
+
+def test_no_server_at_url_is_a_clear_error(tmp_path, mcqa_conf):
+    url = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(HelmRunError, match=f"no healthy HELM server at {url}"):
+        run_helm(model=None, url=url, conf_path=mcqa_conf, suite="x", out_dir=tmp_path)
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.slow
+def test_server_dying_during_helm_run_stops_it_quickly(helm_venv, mcqa_conf, tmp_path):
+    server = ServerProcess(cwd=ROOT).start()
+    killed_at: list[float] = []
+
+    def kill_once_helm_calls():
+        deadline = time.monotonic() + 180
+        while "POST /" not in server.log_tail() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.killpg(server.process.pid, signal.SIGKILL)  # a crash, not a graceful shutdown
+        killed_at.append(time.monotonic())
+
+    killer = threading.Thread(target=kill_once_helm_calls, daemon=True)
+    killer.start()
+    try:
+        with pytest.raises(HelmRunError, match="stopped answering /health during helm-run"):
+            run_helm(model=None, url=server.url, conf_path=mcqa_conf, suite="dies", out_dir=tmp_path)
+    finally:
+        server.stop()
+    assert killed_at and time.monotonic() - killed_at[0] < 30
+    assert not [p for p in psutil.Process().children(recursive=True) if "helm-run" in " ".join(p.cmdline())]
+
+
+def test_failed_download_says_the_suite_needs_the_internet(tmp_path):
+    from helm_eval import confgen
+    from helm_eval.run import _failure_message
+
+    conf = confgen.write_conf(confgen.generate(confgen.load_task_list("open"), cap=1), tmp_path / "open.conf")
+    log = tmp_path / "helm-run.log"  # the last lines of a real offline helm-run of the open suite
+    log.write_text(
+        '  File ".../helm/common/general.py", line 111, in ensure_file_downloaded\n'
+        "    urllib.request.urlretrieve(source_url, tmp_path)\n"
+        "urllib.error.URLError: <urlopen error [Errno -2] Name or service not known>\n"
+    )
+    message = _failure_message(log, conf, 1)
+    assert "could not download the datasets of bbq, big_bench, gsm, mmlu" in message
+    assert "need the internet" in message and "Name or service not known" in message
+    quick = confgen.write_conf(confgen.generate(confgen.load_task_list("quick")), tmp_path / "quick.conf")
+    assert _failure_message(log, quick, 1).startswith("helm-run failed with exit code 1")

@@ -1,0 +1,57 @@
+"""Reading HELM's output files and laying out the score table."""
+
+from __future__ import annotations
+
+import json
+
+from helm_eval.summary import RunScore, SuiteScores, load_suite, markdown_table, table_rows
+
+
+def _write_run(suite_dir, name, groups, stats, request_times):
+    run_dir = suite_dir / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "run_spec.json").write_text(json.dumps({"name": name, "groups": groups}))
+    stat_list = [{"name": {"name": key, "split": "test"}, "count": 1, "mean": value} for key, value in stats.items()]
+    stat_list.append({"name": {"name": "exact_match", "split": "test", "perturbation": {"name": "x"}}, "mean": 0.0})
+    (run_dir / "stats.json").write_text(json.dumps(stat_list))
+    states = [{"result": {"request_time": t}} for t in request_times]
+    (run_dir / "scenario_state.json").write_text(json.dumps({"request_states": states}))
+
+
+def test_main_metric_is_the_most_specific_groups_that_the_run_has(tmp_path):
+    suite_dir = tmp_path / "runs" / "s"
+    schema = {"run_groups": [
+        {"name": "synthetic_reasoning", "environment": {"main_name": "quasi_exact_match", "main_split": "test"}},
+        {"name": "synthetic_reasoning_natural", "environment": {"main_name": "f1_set_match", "main_split": "test"}},
+    ]}  # fmt: skip
+    suite_dir.mkdir(parents=True)
+    (suite_dir / "schema.json").write_text(json.dumps(schema))
+    stats = {"f1_set_match": 0.25, "quasi_exact_match": 0.0, "num_instances": 2}
+    _write_run(suite_dir, "natural", ["synthetic_reasoning", "synthetic_reasoning_natural"], stats, [1.0, 3.0])
+    _write_run(suite_dir, "mcqa", ["simple_mcqa"], {"exact_match": 0.5, "num_instances": 2}, [2.0, 2.0])
+    rows = {row.run: row for row in load_suite(tmp_path, "s").rows}
+    assert (rows["natural"].metric, rows["natural"].score, rows["natural"].mean_request_s) == (
+        "f1_set_match",
+        0.25,
+        2.0,
+    )
+    assert (rows["mcqa"].metric, rows["mcqa"].score, rows["mcqa"].requests) == ("exact_match", 0.5, 2)
+
+
+def _suite(label, scores):
+    rows = [
+        RunScore(run=f"{run}:model=neurips_local,max_eval_instances=4", metric="exact_match", score=score,
+                 instances=4, requests=4, mean_request_s=0.5)
+        for run, score in scores.items()
+    ]  # fmt: skip
+    return SuiteScores(suite=label, label=label, runs_dir="/x", rows=rows)
+
+
+def test_comparison_puts_scores_side_by_side_with_the_change():
+    header, body = table_rows(
+        [_suite("base", {"simple_mcqa": 0.25, "dyck": 1.0}), _suite("tuned", {"simple_mcqa": 1.0})]
+    )
+    assert header[:5] == ["run", "metric", "score [1]", "score [2]", "Δ [2]−[1]"]
+    assert body[0][:5] == ["simple_mcqa", "exact_match", "0.250", "1.000", "+0.750"]
+    assert body[1][:5] == ["dyck", "exact_match", "1.000", "–", "–"]  # a run only one side has
+    assert markdown_table([_suite("base", {"a": 0.5}), _suite("tuned", {"a": 0.5})]).startswith("[1] base; [2] tuned")

@@ -1,0 +1,68 @@
+"""Fixtures for the submission tests: real zips built by build_submission into temporary folders."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from server.models import DEFAULT_MODEL_ID
+from submit.manifest import MANIFEST_NAME, sha256_bytes
+from submit.package import build_submission
+
+
+@pytest.fixture(scope="session")
+def default_zips(tmp_path_factory) -> dict[str, Path]:
+    """Both tracks' submissions for the default model's hub id (the image would download it)."""
+    root = tmp_path_factory.mktemp("submissions")
+    return {track: build_submission(track, model=DEFAULT_MODEL_ID, out_root=root) for track in ("4090", "A100")}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer random Llama with the default model's tokenizer: a local model small enough to bundle quickly."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from server.models import resolve_model
+
+    torch.manual_seed(0)
+    target = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(None).path)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+@pytest.fixture()
+def rewrite_zip():
+    """Factory: copy a submission zip with some files changed (see _rewrite_zip)."""
+    return _rewrite_zip
+
+
+def _rewrite_zip(source: Path, target: Path, changes: dict[str, bytes | None], *, fix_manifest: bool = True) -> Path:
+    """Copy a submission zip with files replaced, added (bytes) or removed (None); re-hash the manifest if asked."""
+    with zipfile.ZipFile(source) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    for name, data in changes.items():
+        if data is None:
+            files.pop(name, None)
+        else:
+            files[name] = data
+    if fix_manifest and MANIFEST_NAME in files:
+        manifest = json.loads(files[MANIFEST_NAME])
+        manifest["files"] = {n: sha256_bytes(d) for n, d in sorted(files.items()) if n != MANIFEST_NAME}
+        files[MANIFEST_NAME] = json.dumps(manifest, indent=2).encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    target.write_bytes(buffer.getvalue())
+    return target

@@ -1,0 +1,76 @@
+"""The image's pinned requirements are what this project is tested with, and cover everything the server imports."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from submit.image import DOCKER_DIR, render_requirements, server_files
+from submit.tracks import TRACKS, Track
+
+# The image's platform, for evaluating dependency markers.
+IMAGE_ENV = {"python_version": "3.11", "python_full_version": "3.11.18", "sys_platform": "linux",
+             "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+             "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}  # fmt: skip
+CUDA_ONLY = ("cuda-", "nvidia-", "triton")  # torch's CUDA wheels: not in this CPU environment
+
+
+def _pins() -> dict[str, str]:
+    lines = (DOCKER_DIR / "requirements.txt").read_text().splitlines()
+    pins = [Requirement(line) for line in lines if line and not line.startswith("#")]
+    assert all(len(r.specifier) == 1 and next(iter(r.specifier)).operator == "==" for r in pins), "unpinned line"
+    return {canonicalize_name(r.name): next(iter(r.specifier)).version for r in pins}
+
+
+def test_pins_are_the_tested_versions():
+    for name, version in _pins().items():
+        if name.startswith(CUDA_ONLY):
+            continue
+        assert metadata.version(name) == version, f"docker/requirements.txt pins {name}=={version}"
+    local_torch = metadata.version("torch").split("+")[0]
+    assert all(TRACKS[track].torch_version == local_torch for track in Track)
+
+
+def test_pins_include_every_dependency():
+    pins = _pins() | {"torch": TRACKS[Track.rtx4090].torch_version}
+    for name in list(pins):
+        if name.startswith(CUDA_ONLY):
+            continue
+        for line in metadata.requires(name) or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate(IMAGE_ENV):
+                assert canonicalize_name(requirement.name) in pins, f"{name} needs {requirement.name}: not pinned"
+
+
+def test_pins_cover_every_module_the_shipped_server_imports():
+    distributions = metadata.packages_distributions()
+    imported = set()
+    for source, _ in server_files():
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"server"}
+    assert {"torch", "transformers", "fastapi"} <= third_party
+    assert {"bitsandbytes", "accelerate"} <= set(_pins())  # loaded by transformers for nf4/int8 and device_map
+    pins = _pins() | {"torch": "any"}
+    for module in third_party:
+        assert any(canonicalize_name(d) in pins for d in distributions[module]), f"{module} is not pinned"
+
+
+def test_requirements_per_track_carry_the_torch_build():
+    for track in Track:
+        rendered = render_requirements(track)
+        assert f"torch=={TRACKS[track].torch_version}\n" in rendered
+        assert rendered.endswith((DOCKER_DIR / "requirements.txt").read_text())
+
+
+def test_only_server_modules_ship():
+    shipped = {Path(zip_path).parts[0] for _, zip_path in server_files()}
+    assert shipped == {"server"}

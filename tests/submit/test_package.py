@@ -1,0 +1,111 @@
+"""build_submission: the zip's layout, its Dockerfile per track, determinism, numbering, bundling."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+
+from server.models import DEFAULT_MODEL_ID
+from submit.dockerfile import exec_form, final_stage, last, parse_dockerfile
+from submit.image import render_dockerfile
+from submit.package import build_submission
+from submit.sources import SubmissionError, Weights
+from submit.tracks import TRACKS, Loading, Track
+from submit.verify import hadolint, verify_submission
+
+
+@pytest.mark.parametrize("track", ["4090", "A100"])
+def test_default_model_zip_per_track(default_zips, track):
+    zip_path = default_zips[track]
+    assert zip_path.name == f"{track}_submission_1.zip" and zip_path.parent.name == f"{track}_track"
+    with zipfile.ZipFile(zip_path) as archive:
+        names = archive.namelist()
+        dockerfile = archive.read("Dockerfile").decode()
+        manifest = json.loads(archive.read("manifest.json"))
+        requirements = archive.read("requirements.txt").decode()
+    assert {"Dockerfile", ".dockerignore", "manifest.json", "requirements.txt", "server/__main__.py"} <= set(names)
+    assert [n for n in names if "dockerfile" in n.lower()] == ["Dockerfile"]
+    assert "server/bench.py" not in names and "server/launch.py" not in names  # not imported by `python -m server`
+    assert not any(n.endswith(".safetensors") for n in names)
+    assert f"FROM {TRACKS[Track(track)].cuda_base_image}" in dockerfile
+    assert f"torch=={TRACKS[Track(track)].torch_version}" in requirements
+    command = exec_form(last(final_stage(parse_dockerfile(dockerfile)), "CMD"))
+    assert command[1:7] == ["-m", "server", "--host", "0.0.0.0", "--port", "80"]
+    assert command[command.index("--model") + 1] == DEFAULT_MODEL_ID and "--revision" in command
+    assert manifest["track"] == track and manifest["model"]["id"] == DEFAULT_MODEL_ID
+    assert manifest["loading"] == "bf16" and manifest["estimated_gpu_memory"]["total_gib"] < 3
+    assert set(manifest["files"]) == set(names) - {"manifest.json"}
+    assert verify_submission(zip_path) == []
+    unpacked = zip_path.with_suffix("")
+    assert sorted(p.relative_to(unpacked).as_posix() for p in unpacked.rglob("*") if p.is_file()) == sorted(names)
+
+
+def test_same_inputs_give_byte_identical_zips(tmp_path, monkeypatch):
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    args = {"model": DEFAULT_MODEL_ID, "revision": "main", "number": 1}
+    first = build_submission("4090", out_root=tmp_path / "a", **args).read_bytes()
+    second = build_submission("4090", out_root=tmp_path / "b", **args)
+    assert second.read_bytes() == first
+    again = build_submission("4090", out_root=tmp_path / "b", **args)  # N=1 again replaces it, same bytes
+    assert again == second and again.read_bytes() == first
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # the only input the timestamps come from
+    assert build_submission("4090", out_root=tmp_path / "c", **args).read_bytes() != first
+
+
+def test_numbers_count_up_and_the_loading_can_be_chosen(tmp_path):
+    first = build_submission("A100", model=DEFAULT_MODEL_ID, revision="main", out_root=tmp_path)
+    second = build_submission("A100", model=DEFAULT_MODEL_ID, revision="main", out_root=tmp_path, loading="nf4")
+    assert (first.name, second.name) == ("A100_submission_1.zip", "A100_submission_2.zip")
+    with zipfile.ZipFile(second) as archive:
+        assert '"--quantization", "nf4"' in archive.read("Dockerfile").decode()
+    assert sorted(p.name for p in (tmp_path / "A100_track").iterdir()) == [
+        "A100_submission_1", "A100_submission_1.zip", "A100_submission_2", "A100_submission_2.zip",
+    ]  # fmt: skip  # no temporary folder left behind
+
+
+def test_a_local_model_needs_bundling(tmp_path, tiny_model_dir):
+    with pytest.raises(SubmissionError, match="local directory.*--bundle-weights"):
+        build_submission("4090", model=str(tiny_model_dir), out_root=tmp_path)
+    assert not (tmp_path / "4090_track").exists()  # refused before anything was written
+
+
+def test_bundled_local_model(tmp_path, tiny_model_dir, caplog):
+    zip_path = build_submission("4090", model=str(tiny_model_dir), bundle_weights=True, out_root=tmp_path)
+    assert "the challenge does not accept it" in caplog.text
+    with zipfile.ZipFile(zip_path) as archive:
+        weights = archive.getinfo("model/model.safetensors")
+        manifest = json.loads(archive.read("manifest.json"))
+        dockerfile = archive.read("Dockerfile").decode()
+    assert weights.compress_type == zipfile.ZIP_STORED
+    assert manifest["bundled_weights"] and manifest["model"]["bundled"]
+    assert "COPY model/ /opt/model/" in dockerfile and "--mount=type=secret" not in dockerfile
+    assert verify_submission(zip_path) == []
+
+
+def test_bad_arguments_are_named(tmp_path):
+    with pytest.raises(SubmissionError, match="not both"):
+        build_submission("4090", config="x.yml", model=DEFAULT_MODEL_ID, out_root=tmp_path)
+    with pytest.raises(SubmissionError, match="neither a local directory nor a hub id"):
+        build_submission("4090", model="no-such-dir", out_root=tmp_path)
+    with pytest.raises(SubmissionError, match="numbered from 1"):
+        build_submission("4090", model=DEFAULT_MODEL_ID, number=0, out_root=tmp_path)
+    with pytest.raises(ValueError, match="'H100' is not a valid Track"):
+        build_submission("H100", model=DEFAULT_MODEL_ID, out_root=tmp_path)
+
+
+@pytest.mark.parametrize("track", list(Track))
+@pytest.mark.parametrize(
+    "model, adapter",
+    [
+        (Weights("meta-llama/Llama-2-7b-hf", "main"), Weights("someone/llama-adapter", "0123abc")),
+        (Weights("meta-llama/Llama-2-7b-hf", "main"), Weights("/local/adapter", local_dir="/local/adapter")),
+        (Weights("/local/merged", local_dir="/local/merged"), None),
+    ],
+    ids=["hub model + hub adapter", "hub model + bundled adapter", "bundled model"],
+)
+def test_every_dockerfile_variant_passes_hadolint(track, model, adapter):
+    dockerfile = render_dockerfile(track, model, adapter, Loading.nf4)
+    assert hadolint(dockerfile) == []
+    assert "HF_TOKEN=" not in dockerfile and "ARG " not in dockerfile

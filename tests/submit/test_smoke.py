@@ -1,0 +1,66 @@
+"""The container-equivalent smoke test: the zip's own server, started as its Dockerfile's CMD says."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from finetune.architectures import KNOWN_SHAPES
+from server.models import DEFAULT_MODEL_ID, resolve_model
+from submit.fit import estimate_memory
+from submit.manifest import Manifest, WeightsSource
+from submit.smoke import SmokeError, local_command, smoke_test
+from submit.tracks import Loading, Track
+
+
+def _manifest(model: WeightsSource) -> Manifest:
+    return Manifest(
+        track=Track.rtx4090, gpu="x", model=model, loading=Loading.nf4, quantization="nf4",
+        estimated_gpu_memory=estimate_memory(KNOWN_SHAPES[DEFAULT_MODEL_ID], Loading.nf4, Track.rtx4090),
+        bundled_weights=model.bundled, files={},
+    )  # fmt: skip
+
+
+def test_cmd_is_rewritten_for_a_loopback_port_and_local_weights(tmp_path):
+    cmd = ["/opt/venv/bin/python", "-m", "server", "--host", "0.0.0.0", "--port", "80", "--model", "/opt/model",
+           "--dtype", "bfloat16", "--quantization", "nf4"]  # fmt: skip
+    bundled = _manifest(WeightsSource(id="outputs/merged", bundled=True))
+    assert local_command(cmd, bundled, tmp_path) == [
+        sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "{port}", "--model", str(tmp_path / "model"),
+        "--dtype", "bfloat16", "--quantization", "nf4",
+    ]  # fmt: skip
+    hub = _manifest(WeightsSource(id=DEFAULT_MODEL_ID, revision="main"))
+    hub_cmd = [*cmd[:8], DEFAULT_MODEL_ID, "--revision", "main"]
+    # Offline, the default's hub id stands for the embedded copy; the revision flag goes with the hub.
+    assert local_command(hub_cmd, hub, tmp_path)[7:] == ["--model", str(resolve_model(None).path)]
+    with pytest.raises(SmokeError, match="not a python"):
+        local_command(["uvicorn", *cmd[1:]], bundled, tmp_path)
+    with pytest.raises(SmokeError, match="names no adapter"):
+        local_command([*cmd, "--adapter", "/opt/adapter"], bundled, tmp_path)
+
+
+@pytest.mark.slow
+def test_default_model_zip_answers_the_harness_and_helm(default_zips):
+    results = smoke_test(default_zips["4090"])
+    assert [r.name for r in results] == [
+        "harness probe", "generation with stop sequences", "multiple choice (5 tokens, top 5)",
+        "echo_prompt scoring (0 new tokens)", "/tokenize with truncation + /decode",
+    ]  # fmt: skip
+    failed = [f"{r.name}: {r.detail}" for r in results if not r.ok]
+    assert not failed
+
+
+@pytest.mark.slow
+def test_a_zip_whose_server_cannot_start_fails_loudly(default_zips, tmp_path, rewrite_zip):
+    import zipfile
+
+    from server.launch import ServerStartError
+
+    with zipfile.ZipFile(default_zips["4090"]) as archive:
+        dockerfile = archive.read("Dockerfile").decode().replace('"bfloat16"', '"bfloat17"')
+    broken = rewrite_zip(default_zips["4090"], tmp_path / "bad.zip", {"Dockerfile": dockerfile.encode()})
+    with pytest.raises(ServerStartError, match="bfloat17"):
+        smoke_test(broken, startup_timeout=120)
+    assert Path(broken).is_file()
