@@ -26,7 +26,8 @@ $(STAMP): pyproject.toml
 serve: setup
 	$(LLMKIT) serve $(call opt,MODEL,--model) $(call opt,ADAPTER,--adapter) --host $(HOST) --port $(PORT) $(ARGS)
 
-test: setup
+# The tests include an offline helm-run against the real server, so HELM's own venv is set up too.
+test: setup helm-setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup

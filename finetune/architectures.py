@@ -33,7 +33,8 @@ class ModelShape:
 
     def linear_layers(self) -> dict[str, tuple[int, int]]:
         """(in_features, out_features) of each linear module in one decoder layer, by module name."""
-        h, q, kv, i = self.hidden_size, self.num_heads * self.head_size, self.num_kv_heads * self.head_size, self.intermediate_size
+        h, i = self.hidden_size, self.intermediate_size
+        q, kv = self.num_heads * self.head_size, self.num_kv_heads * self.head_size
         return {
             "q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
             "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),

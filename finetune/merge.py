@@ -210,7 +210,8 @@ def run_merge(base: ResolvedModel, adapter_source: Callable[[Path], Path], input
         adapter = adapter_source(staging)
         write_merged(base.path, adapter, tmp, options)
         if options.verify:
-            result: Agreement = verify_merge(tmp, base.path, adapter, options.dtype)
+            nf4_from = getattr(torch, options.nf4.dtype) if options.nf4 else None
+            result: Agreement = verify_merge(tmp, base.path, adapter, options.dtype, nf4_from=nf4_from)
             report.verification = {**result.to_dict(), "tolerance": asdict(TOLERANCES[options.dtype])}
         report.files = sorted(p.name for p in tmp.iterdir())
         report.size_bytes = sum(p.stat().st_size for p in tmp.iterdir())

@@ -123,15 +123,25 @@ def agreement(model_dir: Path, dtype: torch.dtype, reference) -> Agreement:
     return result
 
 
-def verify_merge(merged_dir: Path, base_dir: Path, adapter_dir: Path, dtype: torch.dtype) -> Agreement:
-    """Compare the merged model with base + adapter in the same dtype; raise if beyond `TOLERANCES[dtype]`."""
-    result = agreement(merged_dir, dtype, reference_of(base_dir, adapter_dir, dtype))
+def verify_merge(
+    merged_dir: Path, base_dir: Path, adapter_dir: Path, dtype: torch.dtype, *, nf4_from: torch.dtype | None = None
+) -> Agreement:
+    """Compare the merged model with base + adapter in the same dtype; raise if beyond `TOLERANCES[dtype]`.
+
+    `nf4_from`: the merge round-tripped the base through NF4, quantizing from this dtype (training's). The
+    reference is then what training ran, the NF4 base (quantized from that dtype) + adapter, and both models
+    compute in it; the tolerance stays the merged weights' dtype's, the rounding being compared.
+    """
+    compute = nf4_from or dtype
+    reference = reference_of(base_dir, adapter_dir, compute, quantization="nf4" if nf4_from else "none")
+    result = agreement(merged_dir, compute, reference)
+    nf4_base = nf4_from is not None
     tolerance = TOLERANCES[dtype]
-    LOG.info("Merged vs base + adapter (%s): %s", dtype, result)
+    LOG.info("Merged vs %sbase + adapter (%s): %s", "NF4 " if nf4_base else "", compute, result)
     if not result.within(tolerance):
         raise VerificationError(
-            f"The merged model disagrees with base + adapter in {dtype}: largest logit difference "
-            f"{result.max_logit_diff:.3g} (tolerance {tolerance.max_logit_diff}), greedy-token agreement "
+            f"The merged model disagrees with {'NF4 ' if nf4_base else ''}base + adapter in {compute}: largest logit "
+            f"difference {result.max_logit_diff:.3g} (tolerance {tolerance.max_logit_diff}), greedy-token agreement "
             f"{result.token_agreement:.1%} (at least {tolerance.min_token_agreement:.0%} required)"
         )
     return result

@@ -35,7 +35,8 @@ def _mc_prompt(target_tokens: int, engine: Engine) -> str:
     shots, n = [], 0
     while True:
         a, b = 3 + n * 7 % 41, 5 + n * 11 % 37
-        shots.append(f"Question: What is {a} + {b}?\nA. {a + b}\nB. {a + b + 2}\nC. {a + b - 3}\nD. {a * b}\nAnswer: A\n")
+        options = f"A. {a + b}\nB. {a + b + 2}\nC. {a + b - 3}\nD. {a * b}"
+        shots.append(f"Question: What is {a} + {b}?\n{options}\nAnswer: A\n")
         prompt = head + "\n".join(shots) + "\nQuestion: What is 12 + 30?\nA. 44\nB. 42\nC. 39\nD. 360\nAnswer:"
         if len(engine.encode(prompt)) >= target_tokens:
             return prompt
@@ -115,7 +116,8 @@ def run(out_dir: Path, repeats: int = 5) -> dict:
         "model_bytes": model_bytes,
         "bound_tokens_per_s": bandwidth / model_bytes,
     }
-    results["decode"]["fraction_of_bound"] = results["decode"]["tokens_per_s"] / results["decode"]["bound_tokens_per_s"]
+    decode = results["decode"]
+    decode["fraction_of_bound"] = decode["tokens_per_s"] / decode["bound_tokens_per_s"]
     engine.close()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "server.json").write_text(json.dumps(results, indent=2))

@@ -44,7 +44,8 @@ class _Scored:
 
     def tokens(self, count: int | None = None) -> list[Token]:
         pieces = self.pieces[:count] if count is not None else self.pieces
-        return [Token(text=p, logprob=lp, top_logprob=t) for p, lp, t in zip(pieces, self.logprobs, self.tops)]
+        rows = zip(pieces, self.logprobs, self.tops, strict=False)  # pieces may be cut shorter
+        return [Token(text=p, logprob=lp, top_logprob=t) for p, lp, t in rows]
 
 
 class Engine:
@@ -155,7 +156,7 @@ class Engine:
         values, indices = torch.topk(logprobs, k)
         top: dict[str, float] = {}
         with self._tokenizer_lock:
-            for value, index in zip(values.tolist(), indices.tolist()):
+            for value, index in zip(values.tolist(), indices.tolist(), strict=True):
                 top.setdefault(self.tokenizer.decode([index]), value)  # two ids may share a text: keep the likelier
         return top
 

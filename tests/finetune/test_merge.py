@@ -260,3 +260,90 @@ def test_hub_dry_run_lists_the_merged_files_offline(adapters, tiny_model_dir, tm
         "--no-verify", "--hub-model-id", "not a repo id", "--dry-run",
     ])  # fmt: skip
     assert result.exit_code == 1 and "not a valid repo id" in result.output
+
+
+# --- the embedded model and an adapter trained from the default config ----------------------------------------
+MCQA_PROMPTS = [
+    "Answer the following questions with a single letter only.\n\nQuestion: Which of the following is a fruit?\n"
+    "A. mouse\nB. purple\nC. peach\nD. hammer\nAnswer:",
+    "The following are multiple choice questions (with answers) about arithmetic.\n\nQuestion: What is 7 + 5?\n"
+    "A. 11\nB. 12\nC. 13\nD. 10\nAnswer:",
+    "Question: Which planet is known as the red planet?\nA. Venus\nB. Jupiter\nC. Mars\nD. Saturn\nAnswer:",
+    "The capital of France is",
+]
+
+
+@pytest.fixture(scope="module")
+def trained_cfg(tmp_path_factory):
+    """The embedded default config (QLoRA, as shipped) trained for 2 steps into a temporary output_dir."""
+    from finetune.config import load_config
+    from finetune.train import train
+
+    overrides = {
+        "max_steps": 2, "micro_batch_size": 1, "gradient_accumulation_steps": 1, "warmup_steps": 0,
+        "val_set_size": 0.0, "save_steps": 100, "logging_steps": 1,
+        "output_dir": str(tmp_path_factory.mktemp("default-run") / "out"),
+        "dataset_prepared_path": str(tmp_path_factory.mktemp("prepared")),
+    }  # fmt: skip
+    shipped = load_config(ROOT / "axolotl_configs" / "smollm2-135m-qlora.yml", overrides)  # dataset path resolved
+    path = tmp_path_factory.mktemp("config") / "default-2-steps.yml"
+    path.write_text(yaml.safe_dump(shipped.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    cfg = load_config(path)
+    train(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def merged_default(trained_cfg) -> Path:
+    from finetune.merge import merge_from_config
+
+    return merge_from_config(trained_cfg)
+
+
+@pytest.mark.slow
+def test_merge_of_the_default_config_adapter(trained_cfg, merged_default):
+    manifest = json.loads((merged_default / MANIFEST).read_text())
+    check = manifest["verification"]
+    assert check["max_logit_diff"] <= 3.0 and check["token_agreement"] >= 0.9
+    # training ran in float32 on this CPU; the merged model is still 16-bit, never silently float32
+    assert json.loads((merged_default / "config.json").read_text())["dtype"] == "bfloat16"
+    assert {t.dtype for t in saved_tensors(merged_default).values()} == {torch.bfloat16}
+    size = sum(p.stat().st_size for p in merged_default.glob("*.safetensors"))
+    assert 250e6 < size < 300e6  # 135M parameters x 2 bytes (tied embeddings stored once)
+    result = CliRunner().invoke(app, ["merge", str(trained_cfg.source)])  # again: inputs unchanged
+    assert result.exit_code == 0 and "unchanged, skipped" in result.output, result.output
+
+
+@pytest.mark.slow
+def test_nf4_roundtrip_reproduces_the_trained_qlora_model(trained_cfg, merged_default, default_model_dir, tmp_path):
+    from finetune.merge_verify import agreement_with_trained
+
+    adapter = Path(trained_cfg.output_dir)
+    nf4 = merge_adapter(None, adapter, tmp_path / "nf4", nf4_roundtrip=True, verify=False)
+    assert nf4.nf4_roundtrip and nf4.dtype == "bfloat16"
+    found = agreement_with_trained(
+        {"plain": merged_default, "nf4": tmp_path / "nf4"}, default_model_dir, adapter, torch.float32
+    )
+    # the adapter learned against NF4-rounded weights: the round-tripped merge is the model that was trained
+    assert found["nf4"].mean_logit_diff < found["plain"].mean_logit_diff / 4
+    assert found["nf4"].max_logit_diff < found["plain"].max_logit_diff
+    assert found["nf4"].token_agreement >= 0.95
+
+
+@pytest.mark.slow
+def test_served_merged_model_answers_like_base_plus_adapter(start_server, trained_cfg, merged_default):
+    import httpx
+
+    merged = start_server("--model", str(merged_default), "--dtype", "bfloat16")
+    unmerged = start_server("--adapter", trained_cfg.output_dir, "--dtype", "bfloat16")
+    answers = {}
+    for name, server in (("merged", merged), ("unmerged", unmerged)):
+        answers[name] = []
+        for prompt in MCQA_PROMPTS:
+            body = {"prompt": prompt, "temperature": 0, "max_new_tokens": 3, "num_return_sequences": 1,
+                    "top_p": 1, "echo_prompt": False, "top_k_per_token": 1, "stop_sequences": []}  # fmt: skip
+            response = httpx.post(f"{server.url}/process", json=body, timeout=120)
+            assert response.status_code == 200, response.text
+            answers[name].append(response.json()["text"])
+    assert answers["merged"] == answers["unmerged"]
+    assert any(text.strip() for text in answers["merged"])

@@ -11,8 +11,11 @@ import torch
 
 from server.protocol import DecodeResponse, HealthResponse, ProcessResponse, TokenizeResponse
 
-NEVER = ["<<no such text>>"]  # a stop sequence that never appears: turns the newline option off for a request
-PROMPTS = ["The capital of France is ", "List three colors:\n1.", "Question: What is 2+2?\nAnswer:", "def add(a, b):\n"]
+# A stop sequence that never appears: turns the newline option off for a request.
+NEVER = ["<<no such text>>"]
+PROMPTS = [
+    "The capital of France is ", "List three colors:\n1.", "Question: What is 2+2?\nAnswer:", "def add(a, b):\n",
+]
 
 
 def helm_request(prompt: str, **overrides) -> dict:
@@ -76,7 +79,7 @@ def test_logprobs_match_forward_pass(client, reference, prompt):
     prompt_ids = tokenizer(prompt).input_ids
     completion_ids = reference_greedy(reference, prompt, 12)[: len(result.tokens)]
     logprobs = reference_logprobs(reference, prompt_ids + completion_ids)
-    for i, (token, token_id) in enumerate(zip(result.tokens, completion_ids)):
+    for i, (token, token_id) in enumerate(zip(result.tokens, completion_ids, strict=True)):
         position = len(prompt_ids) + i - 1
         assert token.logprob == pytest.approx(logprobs[position, token_id].item(), abs=1e-4)
         top = torch.topk(logprobs[position], 5)
@@ -135,7 +138,8 @@ def test_newline_option_can_be_switched_off(start_server):
 def test_tokenize_truncation_and_decode_round_trip(client, reference):
     _, tokenizer = reference
     text = "Efficiency challenge: one GPU, one day, ünïcödé and emoji 🤖 too."
-    full = TokenizeResponse.model_validate(client.post("/tokenize", json={"text": text, "truncation": False, "max_length": 3}).json())
+    answer = client.post("/tokenize", json={"text": text, "truncation": False, "max_length": 3})
+    full = TokenizeResponse.model_validate(answer.json())
     assert full.tokens == tokenizer(text, add_special_tokens=False).input_ids and len(full.tokens) > 3
     cut = client.post("/tokenize", json={"text": text, "truncation": True, "max_length": 3}).json()
     assert cut["tokens"] == full.tokens[:3]
@@ -167,7 +171,7 @@ def test_concurrent_greedy_equals_sequential(server):
         sequential = [http.post("/process", json=b).json() for b in bodies]
         with concurrent.futures.ThreadPoolExecutor(4) as pool:  # HELM's 4 request threads
             concurrent_results = list(pool.map(lambda b: http.post("/process", json=b).json(), bodies))
-    for one, other in zip(sequential, concurrent_results):
+    for one, other in zip(sequential, concurrent_results, strict=True):
         assert (one["text"], [t["logprob"] for t in one["tokens"]]) == (
             other["text"], [t["logprob"] for t in other["tokens"]]
         )  # fmt: skip

@@ -30,7 +30,8 @@ def test_probe_needs_only_a_prompt():
 
 
 def test_sample_server_fields_accepted():
-    request = ProcessRequest.model_validate({"prompt": "x", "num_samples": 1, "top_k": 200, "seed": 3, "temperature": 0.8})
+    body = {"prompt": "x", "num_samples": 1, "top_k": 200, "seed": 3, "temperature": 0.8}
+    request = ProcessRequest.model_validate(body)
     assert (request.top_k, request.seed, request.greedy) == (200, 3, False)
 
 
