@@ -15,12 +15,10 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from tqdm import tqdm
 
 from finetune import merge_weights as mw
@@ -232,13 +230,11 @@ def write_merged(base_dir: Path, adapter_dir: Path, out: Path, options: MergeOpt
     shards = mw.split_shards(plans, options.max_shard_bytes)
     names = mw.shard_names(len(shards))
     nf4 = options.nf4.roundtrip if options.nf4 else None
-    with ExitStack() as stack, tqdm(total=sum(p.nbytes for p in plans), unit="B", unit_scale=True,
-                                    desc="Merging") as progress:  # fmt: skip
-        handles = {f: stack.enter_context(safe_open(f, "pt")) for f in {p.source_file for p in plans} - {None}}
+    with tqdm(total=sum(p.nbytes for p in plans), unit="B", unit_scale=True, desc="Merging") as progress:
 
         def tensors(shard):
             for plan in shard:
-                yield mw.merged_tensor(plan, handles.get(plan.source_file), adapter, nf4)
+                yield mw.merged_tensor(plan, adapter, nf4)
                 progress.update(plan.nbytes)
                 _test_pause()
 

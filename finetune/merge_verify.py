@@ -25,7 +25,7 @@ PROMPTS = (
     "Question: What is 12 plus 7?\nAnswer:",
     "def fibonacci(n):\n",
 )
-NEW_TOKENS = 16
+NEW_TOKENS = 8
 
 
 @dataclass(frozen=True)
@@ -64,29 +64,50 @@ class Agreement:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Reference:
+    """What base + adapter made of the prompts: token sequences (prompt + greedy continuation) and their logits."""
+
+    sequences: list[torch.Tensor]
+    logits: list[torch.Tensor]
+    pad: int
+
+
 class VerificationError(RuntimeError):
     """The merged model disagrees with base + adapter beyond the tolerance."""
 
 
 @torch.inference_mode()
-def _reference_outputs(model, tokenizer, prompts, new_tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    outputs = []
-    for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt").input_ids
-        attention = torch.ones_like(ids)
-        sequence = model.generate(
-            input_ids=ids, attention_mask=attention, max_new_tokens=new_tokens, do_sample=False,
-            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-        )  # fmt: skip
-        outputs.append((sequence, model(input_ids=sequence).logits[0].float()))
-    return outputs
+def _score(model, sequences: list[torch.Tensor], pad: int) -> list[torch.Tensor]:
+    """Logits (float32) at every position of each sequence, from one right-padded batch: one forward pass."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, sequence in enumerate(sequences):
+        ids[i, : len(sequence)], mask[i, : len(sequence)] = sequence, 1
+    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    return [logits[i, : len(sequence)] for i, sequence in enumerate(sequences)]
 
 
 @torch.inference_mode()
-def _compare(model, reference: list[tuple[torch.Tensor, torch.Tensor]]) -> Agreement:
+def _reference_outputs(model, tokenizer, prompts, new_tokens: int) -> Reference:
+    # Batched (left-padded) generation: a 4-bit model dequantizes every weight per step, so steps are the cost.
+    tokenizer.padding_side = "left"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    generated = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+    width, sequences = batch.input_ids.shape[1], []
+    for row, mask in zip(generated, batch.attention_mask, strict=True):
+        continuation = row[width:].tolist()
+        ends = [i for i, token in enumerate(continuation) if token in (pad, tokenizer.eos_token_id)]
+        continuation = continuation[: ends[0] + 1] if ends else continuation  # up to the first end of text
+        sequences.append(torch.cat([row[int((mask == 0).sum()) : width], torch.tensor(continuation)]))
+    return Reference(sequences, _score(model, sequences, pad), pad)
+
+
+def _compare(model, reference: Reference) -> Agreement:
     max_diff, total_diff, agree, positions = 0.0, 0.0, 0, 0
-    for sequence, expected in reference:
-        logits = model(input_ids=sequence).logits[0].float()
+    for logits, expected in zip(_score(model, reference.sequences, reference.pad), reference.logits, strict=True):
         if logits.shape != expected.shape:
             raise VerificationError(f"logits shaped {list(logits.shape)}, base + adapter gave {list(expected.shape)}")
         diff = (logits - expected).abs()

@@ -202,10 +202,17 @@ def _check_fit(base_dir: Path, adapter: Adapter, shapes: dict, tied_embeddings: 
             )
 
 
-def merged_tensor(plan: TensorPlan, handle, adapter: Adapter, nf4: Callable | None) -> torch.Tensor:
+def read_tensor(file: Path, name: str) -> torch.Tensor:
+    # A safetensors handle maps its whole file, and every page read stays in our resident set while the handle
+    # is open: reading a shard through one handle costs the shard's size in RSS. One handle per tensor doesn't.
+    with safe_open(file, "pt") as handle:
+        return handle.get_tensor(name)
+
+
+def merged_tensor(plan: TensorPlan, adapter: Adapter, nf4: Callable | None) -> torch.Tensor:
     """The output tensor for `plan`: base tensor (cast), adapter replacement, or base + LoRA delta."""
     replaced = plan.name in adapter.replacements  # saved whole (modules_to_save, resized embeddings)
-    stored = adapter.replacements[plan.name] if replaced else handle.get_tensor(plan.name)
+    stored = adapter.replacements[plan.name] if replaced else read_tensor(plan.source_file, plan.name)
     tensor = stored.to(plan.dtype)  # peft merges into the base as loaded in the merge dtype; so do we
     module = adapter.modules.get(plan.name.removesuffix(".weight")) if plan.name.endswith(".weight") else None
     if module is not None:

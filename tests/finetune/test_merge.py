@@ -347,3 +347,13 @@ def test_served_merged_model_answers_like_base_plus_adapter(start_server, traine
             answers[name].append(response.json()["text"])
     assert answers["merged"] == answers["unmerged"]
     assert any(text.strip() for text in answers["merged"])
+
+
+@pytest.mark.slow
+def test_merge_peak_memory_stays_under_three_times_the_merged_size(default_model_dir, tmp_path):
+    from finetune.bench_merge import PEAK_BOUND, _measure, _synthetic_adapter
+
+    adapter = _synthetic_adapter(default_model_dir, tmp_path / "adapter")
+    child = _measure(adapter, tmp_path / "merged", verify=False)  # a fresh process: its own peak RSS
+    size = sum(p.stat().st_size for p in (tmp_path / "merged").glob("*.safetensors"))
+    assert child["peak_rss_bytes"] < PEAK_BOUND * size, (child, size)
