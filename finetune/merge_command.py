@@ -75,9 +75,8 @@ def report_table(report: MergeReport, uploaded: list[dict] | None, hub_model_id:
     """A rich table of what was merged, how it checked out, and what was (or would be) uploaded."""
     from rich.table import Table
 
-    table = Table(
-        "", "", title=f"Merged model: {report.out_dir}" + (" (unchanged, skipped)" if report.skipped else "")
-    )
+    title = f"Merged model: {report.out_dir}" + (" (unchanged, skipped)" if report.skipped else "")
+    table = Table(show_header=False, title=title)
     table.add_row("base", report.base)
     table.add_row("adapter", report.adapter)
     table.add_row("dtype", report.dtype + (", NF4 round-trip of targeted weights" if report.nf4_roundtrip else ""))
