@@ -77,10 +77,6 @@ def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False) -> Path:
     resume = _checkpoint_to_resume(cfg, output_dir, is_main=trainer.is_world_process_zero())
     if trainer.is_world_process_zero():
         _unpublish(output_dir)
-    if data.eval is not None and resume is None:
-        # The untrained model's held-out loss, where the curve starts. Not `eval_on_start`: measured here, that
-        # evaluation inside the training loop left QLoRA stuck at the starting loss.
-        trainer.evaluate()
     trainer.train(resume_from_checkpoint=resume)
     evaluated = [entry["step"] for entry in trainer.state.log_history if "eval_loss" in entry]
     if data.eval is not None and evaluated[-1:] != [trainer.state.global_step]:
@@ -135,6 +131,7 @@ def _training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments
         neftune_noise_alpha=cfg.neftune_noise_alpha,
         eval_strategy=("steps" if cfg.eval_steps else "epoch") if has_eval else "no",
         eval_steps=cfg.eval_steps,
+        eval_on_start=has_eval,  # the untrained model's held-out loss, where the curve starts (skipped on resume)
         save_strategy="steps" if cfg.save_steps else "epoch",
         save_steps=cfg.save_steps or 500,  # unused with save_strategy epoch
         save_total_limit=cfg.save_total_limit,

@@ -5,6 +5,7 @@ resuming after a kill, and two DDP processes on the CPU through the Makefile's l
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -178,8 +179,10 @@ def test_a_killed_run_resumes_from_its_checkpoint(tiny_config):
 def test_make_train_nproc_2_runs_two_ddp_processes_on_the_cpu(tiny_config):
     # QLoRA with gradient checkpointing: the case that needs non-reentrant checkpointing under DDP.
     path = tiny_config(max_steps=None, num_epochs=1, adapter="qlora", load_in_4bit=True, gradient_checkpointing=True)
-    dry_run = subprocess.run(["make", "-n", "train", f"CONFIG={path}", "NPROC=2"], cwd=ROOT, capture_output=True,
-                             text=True, check=True)  # fmt: skip
+    # Under `make test` the parent's MAKEFLAGS/MAKELEVEL would add "make[1]: Entering directory" lines.
+    env = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    dry_run = subprocess.run(["make", "-n", "--no-print-directory", "train", f"CONFIG={path}", "NPROC=2"], cwd=ROOT,
+                             capture_output=True, text=True, check=True, env=env)  # fmt: skip
     launch = shlex.split(dry_run.stdout.strip().splitlines()[-1])
     assert launch[0].endswith("accelerate") and "--num_processes" in launch
     result = subprocess.run(launch, cwd=ROOT, capture_output=True, text=True, timeout=600)
