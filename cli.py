@@ -27,10 +27,17 @@ def serve(ctx: typer.Context) -> None:
 
 @app.command()
 def bench(out: str = typer.Option("bench-results", help="Folder for the JSON results.")) -> None:
-    """Benchmarks on the embedded default model; prints ratios and writes JSON."""
-    from server.bench import run_benchmarks
+    """Benchmarks on the embedded default model: serving, training, merging; prints ratios and writes JSON."""
+    import logging
+    from pathlib import Path
 
-    run_benchmarks(out)
+    from finetune import bench as training
+    from finetune import bench_merge as merging
+    from server import bench as serving
+
+    logging.basicConfig(level=logging.WARNING)
+    for stage in (serving, training, merging):  # each writes <out>/<stage>.json and prints its table
+        stage.run(Path(out))
 
 
 # --- config: finetune/config.py, finetune/plan.py -------------------------------------------------------------

@@ -14,6 +14,9 @@ import logging
 import tempfile
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from finetune.config import AxolotlConfig, load_config
 
 LOG = logging.getLogger(__name__)
@@ -82,6 +85,24 @@ def run(out_dir: Path, *, config: Path = DEFAULT_CONFIG, steps: int = BENCH_STEP
         "runs": {"packed": packed, "unpacked": unpacked},
     }
     (out_dir / "train_bench.json").write_text(json.dumps(result, indent=2))
-    LOG.info("Training: %.0f tokens/s packed, %.0f unpacked; weights %.0f MB NF4 vs %.0f MB bf16",
-             packed["tokens_per_s"], unpacked["tokens_per_s"], nf4_mb, bf16_mb)  # fmt: skip
+    _print(result)
     return result
+
+
+def _print(result: dict) -> None:
+    table = Table(title=f"Training {Path(result['config']).name} on {_device()} ({BENCH_STEPS} optimizer steps each)")
+    for column in ("measure", "value", "ratio"):
+        table.add_column(column)
+    table.add_row("tokens/s, sample_packing on", f"{result['train_tokens_per_s_packed']:.0f}",
+                  f"{result['packing_speedup']:.2f}x the unpacked rate")  # fmt: skip
+    table.add_row("tokens/s, sample_packing off", f"{result['train_tokens_per_s_unpacked']:.0f}", "1.00x")
+    table.add_row("base weights, 4-bit NF4", f"{result['weights_mb_nf4']:.0f} MB",
+                  f"{result['nf4_memory_fraction']:.2f}x the 16-bit size")  # fmt: skip
+    table.add_row("base weights, bfloat16", f"{result['weights_mb_bf16']:.0f} MB", "1.00x")
+    Console().print(table)
+
+
+def _device() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"

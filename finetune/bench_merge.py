@@ -65,7 +65,25 @@ def run(out_dir: Path) -> dict:
             }  # fmt: skip
     results["bound"] = PEAK_BOUND
     (out_dir / "merge.json").write_text(json.dumps(results, indent=2) + "\n")
+    _print(results)
     return results
+
+
+def _print(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Merging a LoRA adapter into the embedded default: peak memory (bound {PEAK_BOUND}x)")
+    for column in ("merge", "merged size", "peak", "peak / merged size", "above the imports", "seconds"):
+        table.add_column(column)
+    for name in ("merge_only", "with_verify"):
+        row = results[name]
+        verdict = "" if name == "with_verify" else (" (within)" if row["within_bound"] else " (OVER the bound)")
+        table.add_row(
+            name.replace("_", " "), f"{row['merged_bytes'] / 1e6:.0f} MB", f"{row['peak_rss_bytes'] / 1e6:.0f} MB",
+            f"{row['peak_ratio']:.2f}x{verdict}", f"{row['peak_above_imports_ratio']:.2f}x", f"{row['seconds']}",
+        )  # fmt: skip
+    Console().print(table)
 
 
 def _peak_rss() -> int:

@@ -44,6 +44,9 @@ __all__ = [
     "IgnoredKey", "LrScheduler", "Optimizer", "PeftMethod", "load_config",
 ]  # fmt: skip
 
+# The config as training ran it, written beside the adapter by `llmkit train` and read back by `llmkit merge`.
+RESOLVED_CONFIG = "config.resolved.yml"
+
 
 class ConfigError(ValueError):
     """A config that cannot be used; `problems` are `key.path: what is wrong` lines."""

@@ -117,8 +117,7 @@ def trained_on(adapter: Path) -> str:
 
 def training_config(adapter: Path):
     """The config as training ran it (`config.resolved.yml`, written by `llmkit train`), or None."""
-    from finetune.config import load_config
-    from finetune.train import RESOLVED_CONFIG
+    from finetune.config import RESOLVED_CONFIG, load_config
 
     path = adapter / RESOLVED_CONFIG
     return load_config(path) if path.is_file() else None

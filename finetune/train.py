@@ -26,14 +26,13 @@ import yaml
 from peft import PeftModel
 from transformers import Trainer, TrainingArguments, set_seed
 
-from finetune.config import AxolotlConfig, ConfigError
+from finetune.config import RESOLVED_CONFIG, AxolotlConfig, ConfigError
 from finetune.data import build_datasets, make_collator
 from finetune.modeling import build_peft_model, gradient_checkpointing_kwargs, load_base_model, load_tokenizer
 from finetune.report import LOSS_CURVE, TRAINER_STATE, plot_loss_curve
 
 LOG = logging.getLogger(__name__)
 
-RESOLVED_CONFIG = "config.resolved.yml"
 # What the later stages (merge, serve) look for; moved into output_dir last and removed first on a new run.
 COMPLETION_MARKERS = ("adapter_config.json", "config.json")
 # Paged optimizers page their state through CUDA unified memory; without CUDA the plain variant is the same maths.

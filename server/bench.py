@@ -144,9 +144,3 @@ def _print(results: dict) -> None:
         f"{decode['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s / {decode['model_bytes'] / 1e6:.0f} MB = "
         f"{decode['bound_tokens_per_s']:.1f} tokens/s ({decode['fraction_of_bound']:.0%} of the bound)"
     )
-
-
-def run_benchmarks(out: str) -> None:
-    """Every stage's benchmark, one after another; each writes <out>/<stage>.json."""
-    logging.basicConfig(level=logging.WARNING)
-    run(Path(out))

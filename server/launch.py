@@ -102,7 +102,11 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         LOG.info("Starting %s", " ".join(self.command))
         self.process = subprocess.Popen(
-            self.command, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            self.command,
+            cwd=self.cwd,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so stop() also ends anything it spawned
         )
         try:

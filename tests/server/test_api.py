@@ -14,7 +14,10 @@ from server.protocol import DecodeResponse, HealthResponse, ProcessResponse, Tok
 # A stop sequence that never appears: turns the newline option off for a request.
 NEVER = ["<<no such text>>"]
 PROMPTS = [
-    "The capital of France is ", "List three colors:\n1.", "Question: What is 2+2?\nAnswer:", "def add(a, b):\n",
+    "The capital of France is ",
+    "List three colors:\n1.",
+    "Question: What is 2+2?\nAnswer:",
+    "def add(a, b):\n",
 ]
 
 
