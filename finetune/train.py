@@ -130,7 +130,7 @@ def _training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments
         neftune_noise_alpha=cfg.neftune_noise_alpha,
         eval_strategy=("steps" if cfg.eval_steps else "epoch") if has_eval else "no",
         eval_steps=cfg.eval_steps,
-        eval_on_start=has_eval,  # the untrained model's held-out loss, where the curve starts (skipped on resume)
+        eval_on_start=has_eval,  # the held-out loss where the curve starts (the untrained model, or the resumed one)
         save_strategy="steps" if cfg.save_steps else "epoch",
         save_steps=cfg.save_steps or 500,  # unused with save_strategy epoch
         save_total_limit=cfg.save_total_limit,
