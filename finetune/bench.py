@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 from pathlib import Path
 
@@ -18,8 +17,6 @@ from rich.console import Console
 from rich.table import Table
 
 from finetune.config import AxolotlConfig, load_config
-
-LOG = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "axolotl_configs" / "smollm2-135m-qlora.yml"
 BENCH_STEPS = 4  # enough to see the steady rate on a CPU; a GPU run is over in seconds
