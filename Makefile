@@ -55,9 +55,10 @@ merge: setup
 
 # The main job: `make submission TRACK=4090` trains, merges and packages the embedded default.
 submission: setup
-	@test -n "$(TRACK)" || { echo "usage: make submission TRACK=4090|A100 [CONFIG=... | MODEL=... [REVISION=...] [ADAPTER=...]] [N=1] [LOADING=bf16|int8|nf4] [BUNDLE=1]" >&2; exit 2; }
+	@test -n "$(TRACK)" || { echo "usage: make submission TRACK=4090|A100 [CONFIG=... | MODEL=... [REVISION=...] [ADAPTER=...]] [N=1] [LOADING=bf16|int8|nf4] [BUNDLE=1] [SMOKE=0]" >&2; exit 2; }
 	$(LLMKIT) submission --track $(TRACK) $(call opt,CONFIG,--config) $(call opt,MODEL,--model) $(call opt,REVISION,--revision) \
-		$(call opt,ADAPTER,--adapter) $(call opt,N,--number) $(call opt,LOADING,--loading) $(if $(filter 1 true yes,$(BUNDLE)),--bundle-weights)
+		$(call opt,ADAPTER,--adapter) $(call opt,N,--number) $(call opt,LOADING,--loading) $(if $(filter 1 true yes,$(BUNDLE)),--bundle-weights) \
+		$(if $(filter 0 false no,$(SMOKE)),--no-smoke)
 
 verify-submission: setup
 	@test -n "$(ZIP)" || { echo "usage: make verify-submission ZIP=submissions/<track>_track/<track>_submission_N.zip [SMOKE=1]" >&2; exit 2; }

@@ -9,11 +9,34 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from typer.core import TyperArgument, TyperOption
 
 from submit.tracks import Loading, Track
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+# typer 0.29 (fastapi/typer#1863) labels a value with its Python type in angle brackets ("--max-steps <int>"), in the
+# rich help also on flags, which take none ("--help <bool>"), and braces required arguments ("{config}"). The help
+# here keeps click's classic form: "--max-steps INTEGER", bare flags, and arguments by their metavar ("CONFIG").
+_TYPE_NAMES = {"int": "INTEGER", "float": "FLOAT", "str": "TEXT"}
+
+
+def _option_metavar(option: TyperOption, ctx: typer.Context) -> str | None:
+    if option.metavar is not None or option.is_flag:
+        return option.metavar
+    label = option.display_type(ctx)[1:-1].removeprefix("list[").removesuffix("]")  # repeatable: one value's type
+    return _TYPE_NAMES.get(label, f"[{label}]" if option.type_descriptor.is_choice else label.upper())
+
+
+def _argument_usage(argument: TyperArgument) -> str:
+    name = argument.display_name_raw if argument.required else f"[{argument.display_name_raw}]"
+    return name + ("..." if argument.nargs != 1 else "")
+
+
+TyperOption.display_type_rich = _option_metavar
+TyperArgument.display_type_rich = lambda argument, ctx: None  # its metavar says what it is
+TyperArgument._usage_display_name = _argument_usage
 
 
 # --- serve: server/ -------------------------------------------------------------------------------------------
@@ -43,7 +66,7 @@ def bench(out: str = typer.Option("bench-results", help="Folder for the JSON res
 # --- config: finetune/config.py, finetune/plan.py -------------------------------------------------------------
 @app.command()
 def validate(
-    config: str = typer.Argument(..., help="Axolotl-style YAML config."),
+    config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl-style YAML config."),
     strict: bool = typer.Option(False, "--strict", help="Unknown or unimplemented keys are errors."),
 ) -> None:
     """Check a config without training; print the plan (targets, parameters, steps, memory per track)."""
@@ -64,12 +87,13 @@ def config_keys() -> None:
 # --- train: finetune/train.py ---------------------------------------------------------------------------------
 @app.command()
 def train(
-    config: str = typer.Argument(..., help="Axolotl-style YAML config."),
+    config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl-style YAML config."),
     max_steps: int | None = typer.Option(None, help="Override the config's max_steps (a quick trial run)."),
     output_dir: str | None = typer.Option(None, help="Override the config's output_dir."),
     cpu_fallback: bool = typer.Option(False, help="Without CUDA, use the plain variant of a paged optimizer."),
+    fresh: bool = typer.Option(False, "--fresh", help="Delete output_dir's checkpoints and train from step 0."),
 ) -> None:
-    """Fine-tune as the config says; the same command again resumes from the newest checkpoint in output_dir."""
+    """Fine-tune as the config says; rerun to resume an interrupted run (a finished one is left as it is)."""
     import os
 
     _logging()
@@ -80,7 +104,7 @@ def train(
 
     overrides = {key: value for key, value in {"max_steps": max_steps, "output_dir": output_dir}.items() if value}
     try:
-        out = run(load_config(config, overrides), cpu_fallback=cpu_fallback)
+        out = run(load_config(config, overrides), cpu_fallback=cpu_fallback, fresh=fresh)
     except (ConfigError, DataError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
@@ -92,7 +116,7 @@ def train(
 
 # --- data: finetune/data.py, finetune/default_dataset.py -----------------------------------------------------
 @app.command()
-def preprocess(config: str = typer.Argument(..., help="Axolotl-style YAML config.")) -> None:
+def preprocess(config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl-style YAML config.")) -> None:
     """Tokenize, mask, split and pack the config's datasets (into dataset_prepared_path); print what was kept."""
     _logging()
     from rich.console import Console
@@ -123,7 +147,9 @@ def default_dataset(
 # --- merge: finetune/merge.py ---------------------------------------------------------------------------------
 @app.command()
 def merge(
-    config: str | None = typer.Argument(None, help="Axolotl-style YAML: merge the adapter in its output_dir."),
+    config: str | None = typer.Argument(
+        None, metavar="CONFIG", help="Axolotl-style YAML: merge the adapter in its output_dir."
+    ),
     base: str | None = typer.Option(None, help="Base model, hub id or directory (default: the adapter's base)."),
     adapter: Annotated[list[str] | None, typer.Option(help="Adapter directory; repeat for a weighted merge.")] = None,
     out: str | None = typer.Option(None, help="Merged model directory (default: <adapter dir>/merged)."),
@@ -169,20 +195,29 @@ def submission(
         Loading | None, typer.Option(help="Weights on the GPU (default: bf16, else what fits).")
     ] = None,
     bundle_weights: bool = typer.Option(False, help="Put weight files in the zip (self-hosting; not accepted)."),
+    smoke: bool = typer.Option(
+        True, help="Then run the zip's server as its Dockerfile says and time one request of each HELM kind."
+    ),
+    out: str | None = typer.Option(None, help="Folder holding <track>_track/ (default: the project's submissions/)."),
 ) -> None:
-    """Build submissions/<track>_track/<track>_submission_N.zip (and the files unpacked beside it)."""
+    """Build submissions/<track>_track/<track>_submission_N.zip (and the files unpacked beside it), smoke-test it."""
+    import logging
+
     _logging()
-    from submit.package import build_submission, describe
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per smoke request otherwise
+    from submit.package import build_submission
+    from submit.summary import summarize
 
     try:
         path = build_submission(
             track, config=config, model=model, revision=revision, adapter=adapter, number=number,
-            loading=loading, bundle_weights=bundle_weights,
+            loading=loading, bundle_weights=bundle_weights, out_root=out,
         )  # fmt: skip
     except (ValueError, LookupError, OSError) as err:  # bad input, no fit, unknown model: the message says which
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(describe(path))
+    # build_submission raised unless verify_submission found no problem; exit 1 when a smoke request fails.
+    raise typer.Exit(summarize(path, problems=[], smoke=smoke, built=True))
 
 
 @app.command("verify-submission")
@@ -191,26 +226,17 @@ def verify_submission(
     smoke: bool = typer.Option(False, help="Also start its server as the Dockerfile's CMD says and query it."),
 ) -> None:
     """Check a submission zip: Dockerfile, hadolint, secrets, weights, manifest hashes (and --smoke: requests)."""
+    import logging
+
     _logging()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per smoke request otherwise
+    from submit.summary import summarize
     from submit.verify import verify_submission as verify
 
     problems = verify(zip_path)
     for problem in problems:
         typer.echo(f"problem: {problem}", err=True)
-    if smoke and not problems:
-        from rich.console import Console
-        from rich.table import Table
-
-        from submit.smoke import smoke_test
-
-        results = smoke_test(zip_path)
-        table = Table("request", "ok", "seconds", "detail", title=f"Smoke test of {zip_path}")
-        for result in results:
-            table.add_row(result.name, "yes" if result.ok else "NO", f"{result.seconds:.2f}", result.detail)
-        Console().print(table)
-        problems += [r.name for r in results if not r.ok]
-    typer.echo(f"{zip_path}: " + (f"{len(problems)} problem(s)" if problems else "OK"))
-    raise typer.Exit(1 if problems else 0)
+    raise typer.Exit(summarize(zip_path, problems=problems, smoke=smoke))
 
 
 # --- helm: helm_eval/ -----------------------------------------------------------------------------------------
@@ -225,7 +251,7 @@ def helm_setup(force: bool = typer.Option(False, help="Reinstall even when the s
 
 @app.command("helm-conf")
 def helm_conf(
-    tasks: str = typer.Argument("quick", help="quick, open, or a task-list YAML."),
+    tasks: str = typer.Argument("quick", metavar="TASKS", help="quick, open, or a task-list YAML."),
     budget: int | None = typer.Option(None, help="Total eval instances (default: the task list's own)."),
     out: str | None = typer.Option(None, help="Write the conf here instead of printing it."),
 ) -> None:

@@ -34,7 +34,8 @@ def _file_digests(path: Path) -> list[tuple[str, str]]:
     return digests
 
 
-def _spec_dict(spec: Any) -> dict:
+def dataset_identity(spec: Any) -> dict:
+    """A dataset spec's settings, with the sha256 of its local files (None for a hub dataset)."""
     raw = spec.model_dump(mode="json") if hasattr(spec, "model_dump") else dict(vars(spec))
     local = Path(spec.path).expanduser()
     raw["_files"] = _file_digests(local) if local.exists() else None  # hub datasets: the spec names them
@@ -56,7 +57,7 @@ def cache_key(cfg: Any, tokenizer: Any) -> str:
     """Hash of the dataset specs with their files' contents, the tokenizer and the settings that shape rows."""
     identity = {
         "format": PREPARED_FORMAT,
-        "datasets": [_spec_dict(spec) for spec in cfg.datasets],
+        "datasets": [dataset_identity(spec) for spec in cfg.datasets],
         "tokenizer": _tokenizer_identity(tokenizer),
         "sequence_len": cfg.sequence_len,
         "train_on_inputs": bool(cfg.train_on_inputs),

@@ -3,11 +3,12 @@
     llmkit train axolotl_configs/smollm2-135m-qlora.yml              # one process (GPU if present, else CPU)
     make train CONFIG=axolotl_configs/smollm2-135m-qlora.yml NPROC=2  # DDP: one process per device (torchrun)
 
-`train` reads top to bottom: optimizer check, TrainingArguments, tokenizer, data, model + peft, Trainer, train,
-publish. Running the same command again after an interruption resumes from the newest complete `checkpoint-*` in
-output_dir (or from `resume_from_checkpoint`). The final adapter, tokenizer, `config.resolved.yml`,
-`trainer_state.json` and `loss_curve.png` are written to a temporary folder and moved into output_dir with the
-adapter's config last, so output_dir never looks finished while it is not.
+`train` reads top to bottom: optimizer check, TrainingArguments, what output_dir holds, tokenizer, data,
+model + peft, Trainer, train, publish. Running the same command again after an interruption resumes from the
+newest complete `checkpoint-*` in output_dir (or from `resume_from_checkpoint`); after a finished run it does
+nothing (finetune/resume.py). The final adapter, tokenizer, `config.resolved.yml`, `trainer_state.json` and
+`loss_curve.png` are written to a temporary folder and moved into output_dir with the adapter's config last, so
+output_dir never looks finished while it is not.
 """
 
 from __future__ import annotations
@@ -24,17 +25,16 @@ from pathlib import Path
 import torch
 import yaml
 from peft import PeftModel
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainerState, TrainingArguments, set_seed
 
 from finetune.config import RESOLVED_CONFIG, AxolotlConfig, ConfigError
 from finetune.data import build_datasets, make_collator
 from finetune.modeling import build_peft_model, gradient_checkpointing_kwargs, load_base_model, load_tokenizer
 from finetune.report import LOSS_CURVE, TRAINER_STATE, plot_loss_curve
+from finetune.resume import COMPLETION_MARKERS, plan_run, start_fresh, unpublish, write_record
 
 LOG = logging.getLogger(__name__)
 
-# What the later stages (merge, serve) look for; moved into output_dir last and removed first on a new run.
-COMPLETION_MARKERS = ("adapter_config.json", "config.json")
 # Paged optimizers page their state through CUDA unified memory; without CUDA the plain variant is the same maths.
 PAGED_TO_PLAIN = {
     "paged_adamw_32bit": "adamw_torch",
@@ -46,18 +46,33 @@ PAGED_TO_PLAIN = {
 }
 
 
-def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False) -> Path:
+def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False, fresh: bool = False) -> Path:
     """Train the configured adapter (or the full model) and write it to `cfg.output_dir`; returns that folder.
 
     Args:
         cfg: the validated config.
         cpu_fallback: on a machine without CUDA, replace a paged optimizer by its plain variant instead of failing.
+        fresh: remove a previous run's checkpoints in output_dir and start from step 0.
 
     Raises:
-        ConfigError: a setting this machine cannot run (paged optimizer or tf32 without CUDA, W&B not installed).
+        ConfigError: a setting this machine cannot run (paged optimizer or tf32 without CUDA, W&B not installed),
+            or an output_dir holding a run of another config (without `fresh`).
     """
     output_dir = Path(cfg.output_dir)
     args = _training_arguments(cfg, _optimizer_name(cfg, cpu_fallback))
+    is_main = args.process_index == 0
+    with args.main_process_first(desc="checking output_dir"):  # rank 0 cleans up before the others look
+        if fresh and is_main:
+            start_fresh(output_dir)
+        plan = plan_run(cfg, output_dir, is_main=is_main)
+    if plan.done:
+        state = json.loads((output_dir / TRAINER_STATE).read_text())
+        LOG.info("Training already complete: %s holds this config's finished run (step %d of %d); nothing to do "
+                 "(--fresh trains it again)", output_dir, state["global_step"], state["max_steps"])  # fmt: skip
+        return output_dir
+    if is_main:
+        write_record(cfg, output_dir)
+        unpublish(output_dir)
     set_seed(cfg.seed)  # before the adapter exists: its initialisation is part of the run
     tokenizer = load_tokenizer(cfg)
     with args.main_process_first(desc="dataset preparation"):  # rank 0 fills dataset_prepared_path first
@@ -73,10 +88,12 @@ def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False) -> Path:
         data_collator=make_collator(cfg, tokenizer),
         processing_class=tokenizer,
     )
-    resume = _checkpoint_to_resume(cfg, output_dir, is_main=trainer.is_world_process_zero())
-    if trainer.is_world_process_zero():
-        _unpublish(output_dir)
-    trainer.train(resume_from_checkpoint=resume)
+    if plan.finished_checkpoint:  # killed after the last step, before publishing: one more step would overshoot
+        LOG.info("%s is at the end of the schedule; publishing it without training", plan.checkpoint)
+        trainer._load_from_checkpoint(str(plan.checkpoint))
+        trainer.state = TrainerState.load_from_json(str(plan.checkpoint / TRAINER_STATE))
+    else:
+        trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
     evaluated = [entry["step"] for entry in trainer.state.log_history if "eval_loss" in entry]
     if data.eval is not None and evaluated[-1:] != [trainer.state.global_step]:
         trainer.evaluate()  # the final model's held-out loss, for the curve and the summary
@@ -159,47 +176,6 @@ def _report_to(cfg: AxolotlConfig) -> list[str]:
                  "WANDB_RUN_ID": cfg.wandb_run_id, "WANDB_LOG_MODEL": cfg.wandb_log_model}  # fmt: skip
     os.environ.update({key: value for key, value in wandb_env.items() if value})
     return ["tensorboard", "wandb"]
-
-
-def _is_complete_checkpoint(path: Path) -> bool:
-    # The Trainer writes trainer_state.json last; a checkpoint killed while being written lacks it (or has half).
-    try:
-        json.loads((path / TRAINER_STATE).read_text())
-        return True
-    except (OSError, ValueError):
-        return False
-
-
-def _step(checkpoint: Path) -> int:
-    suffix = checkpoint.name.removeprefix("checkpoint-")
-    return int(suffix) if suffix.isdigit() else -1
-
-
-def _checkpoint_to_resume(cfg: AxolotlConfig, output_dir: Path, *, is_main: bool) -> str | None:
-    """`resume_from_checkpoint`, else the newest complete `checkpoint-*` in output_dir (axolotl's auto-resume)."""
-    if cfg.resume_from_checkpoint:
-        path = Path(cfg.resume_from_checkpoint)
-        if not _is_complete_checkpoint(path):
-            raise ConfigError([f"resume_from_checkpoint: {path} is not a complete Trainer checkpoint "
-                               f"(no readable {TRAINER_STATE})"], cfg.source)  # fmt: skip
-        return str(path)
-    found = sorted((p for p in output_dir.glob("checkpoint-*") if _step(p) >= 0), key=_step)
-    complete = [p for p in found if _is_complete_checkpoint(p)]
-    newest = complete[-1] if complete else None
-    for broken in found:
-        if is_main and _step(broken) > (_step(newest) if newest else -1):
-            LOG.warning("Removing %s: written only in part (the run was interrupted while saving it)", broken)
-            shutil.rmtree(broken, ignore_errors=True)
-    if newest:
-        LOG.info("Resuming from %s; delete the checkpoint-* folders in %s to start from step 0", newest, output_dir)
-    return str(newest) if newest else None
-
-
-def _unpublish(output_dir: Path) -> None:
-    for name in COMPLETION_MARKERS:
-        if (output_dir / name).exists():
-            LOG.info("Removing the previous run's %s until this run finishes", output_dir / name)
-            (output_dir / name).unlink()
 
 
 def _publish(trainer: Trainer, cfg: AxolotlConfig, output_dir: Path) -> None:

@@ -18,21 +18,30 @@ TIME_LIMIT_S = 2 * 3600  # challenge rule: the whole HELM run of the sample conf
 
 
 class Projection(BaseModel):
-    """The open suite's duration at the per-request pace measured here."""
+    """The open suite's duration at a per-request pace measured here, and what that pace was measured from."""
 
     open_requests: int
-    seconds_per_request: float  # helm-run wall time / requests: includes HELM's overhead and its 4-way concurrency
+    seconds_per_request: float
     projected_s: float
     limit_s: int = TIME_LIMIT_S
+    basis: str  # where seconds_per_request comes from, as a phrase after "s/request"
+    caveat: str  # why the real run will take longer or shorter
+
+    @property
+    def ratio(self) -> float:
+        return self.projected_s / self.limit_s
+
+    def verdict(self) -> str:
+        within = "within" if self.ratio <= 1 else f"{self.ratio:.1f}× over"
+        return (
+            f"about {_duration(self.projected_s)}, {within} the challenge's {_duration(self.limit_s)} limit "
+            f"({self.ratio:.0%} of it)"
+        )
 
     def sentence(self) -> str:
-        ratio = self.projected_s / self.limit_s
-        verdict = "within" if ratio <= 1 else f"{ratio:.1f}× over"
         return (
             f"Open evaluation ({self.open_requests} requests) at {self.seconds_per_request:.2f} s/request "
-            f"measured here ({platform.node()}): about {_duration(self.projected_s)}, {verdict} the challenge's "
-            f"{_duration(self.limit_s)} limit ({ratio:.0%} of it). The open suite's prompts are longer (few-shot) and "
-            "gsm/summarization generate more tokens than the quick suite, so take this as a lower bound."
+            f"{self.basis}: {self.verdict()}. {self.caveat}"
         )
 
 
@@ -47,12 +56,29 @@ def open_suite_requests() -> int:
     return sum(entry.max_eval_instances or 0 for entry in entries)
 
 
+def project(seconds_per_request: float, *, basis: str, caveat: str) -> Projection:
+    """The open suite's duration at `seconds_per_request`; `basis` and `caveat` say what that pace is worth."""
+    requests = open_suite_requests()
+    projected_s = seconds_per_request * requests
+    return Projection(
+        open_requests=requests,
+        seconds_per_request=seconds_per_request,
+        projected_s=projected_s,
+        basis=basis,
+        caveat=caveat,
+    )
+
+
 def project_open_eval(scores: SuiteScores) -> Projection | None:
+    """From a helm-run: its wall time / requests, which includes HELM's overhead and its 4-way concurrency."""
     if not scores.wall_s or not scores.requests:
         return None
-    per_request = scores.wall_s / scores.requests
-    requests = open_suite_requests()
-    return Projection(open_requests=requests, seconds_per_request=per_request, projected_s=per_request * requests)
+    return project(
+        scores.wall_s / scores.requests,
+        basis=f"measured here ({platform.node()})",
+        caveat="The open suite's prompts are longer (few-shot) and gsm/summarization generate more tokens than the "
+        "quick suite, so take this as a lower bound.",
+    )
 
 
 class Report(BaseModel):

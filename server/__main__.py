@@ -17,6 +17,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> ServerSettings:
         _cli_prog_name="python -m server",
         _cli_kebab_case=True,
         _cli_implicit_flags=True,
+        _cli_hide_none_type=True,  # help: "--model str", not "--model {str,null}" (still accepts null)
     )
 
 

@@ -9,7 +9,6 @@ the memory fit check and verify_submission pass, and the zip and folder are rena
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -120,6 +119,9 @@ def _write(
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=track_dir) as tmp:
         stage, staged_zip = Path(tmp) / name, Path(tmp) / f"{name}.zip"
         _stage(stage, track, weights, adapter, estimate)
+        if unpacked.is_dir() and _unchanged(zip_path, stage / MANIFEST_NAME):
+            LOG.info("%s already holds this submission (its files' hashes are unchanged); kept as it is", zip_path)
+            return zip_path
         write_zip(stage, staged_zip)
         problems = verify_submission(staged_zip)
         if problems:
@@ -130,6 +132,17 @@ def _write(
         stage.rename(unpacked)
     LOG.info("Wrote %s (unpacked in %s)", zip_path, unpacked)
     return zip_path
+
+
+def _unchanged(zip_path: Path, staged_manifest: Path) -> bool:
+    """True when `zip_path` exists and its manifest, which hashes every other file, equals the staged one."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            return archive.read(MANIFEST_NAME) == staged_manifest.read_bytes() and archive.testzip() is None
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return False
 
 
 def _stage(stage: Path, track: Track, weights: Weights, adapter: Weights | None, estimate: MemoryEstimate) -> None:
@@ -175,19 +188,3 @@ def _copy_weights(source: Path, target: Path) -> None:
     for path in files:
         shutil.copyfile(path, target / path.name)
     LOG.info("Bundled %d files from %s", len(files), source)
-
-
-def describe(zip_path: Path) -> str:
-    """A short summary of a written submission, for the CLI."""
-    import zipfile
-
-    with zipfile.ZipFile(zip_path) as zf:
-        manifest = json.loads(zf.read(MANIFEST_NAME))
-    model = manifest["model"]
-    served = model["id"] + (f"@{model['revision']}" if model.get("revision") else "")
-    memory = manifest["estimated_gpu_memory"]
-    bundled = " (weights bundled: not accepted by the challenge)" if manifest["bundled_weights"] else ""
-    return (
-        f"{zip_path}: {served}, {manifest['loading']}, ~{memory['total_gib']} of {memory['available_gib']} GiB on "
-        f"the {manifest['track']} track{bundled}"
-    )

@@ -3,12 +3,14 @@
 Unpack the zip, take the Dockerfile's exec-form CMD (and its ENV), run it from the unpacked folder with this
 environment's python on a loopback port (port 80 -> a free port, host 0.0.0.0 -> 127.0.0.1) and the model the
 manifest names (the bundled files, or the hub id resolved locally: the default's id is the embedded copy), then
-send the harness's probe and one request of each kind HELM sends.
+send the harness's probe and one request of each kind HELM sends. `run_smoke` reports a server that does not start
+as a failed result instead of raising, for the summary (submit/summary.py).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import tempfile
 import time
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from server.launch import ServerProcess
+from server.launch import ServerProcess, ServerStartError
 from submit.dockerfile import DockerfileError, env_vars, exec_form, final_stage, last, parse_dockerfile
 from submit.manifest import MANIFEST_NAME, ZIP_ADAPTER_DIR, ZIP_MODEL_DIR, Manifest, WeightsSource
 
@@ -27,6 +29,9 @@ LOG = logging.getLogger(__name__)
 
 HARNESS_PROBE = {"prompt": "The capital of France is "}  # exactly what the organisers' harness sends
 _TEXT = "The quick brown fox jumps over the lazy dog. " * 8
+
+
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Exit)\b")
 
 
 class SmokeError(RuntimeError):
@@ -39,10 +44,59 @@ class SmokeResult:
     ok: bool
     seconds: float
     detail: str
+    process_request: bool = True  # one POST /process: what HELM sends once per instance (not /tokenize, /decode)
+
+
+@dataclass
+class SmokeReport:
+    """One smoke test: its results, where the zip's server ran, and how long it took to become healthy."""
+
+    results: list[SmokeResult]
+    device: str = ""  # "cpu" or "cuda (NVIDIA ...)", with the dtype; empty when the server did not start
+    startup_s: float = 0.0
+    error: str = ""  # the whole error (server log tail included) when the server did not start
+
+    @property
+    def failed(self) -> list[SmokeResult]:
+        return [result for result in self.results if not result.ok]
+
+    @property
+    def timed_requests(self) -> list[SmokeResult]:
+        """The /process requests that succeeded: what a per-request pace is measured from."""
+        return [result for result in self.results if result.ok and result.process_request]
 
 
 def smoke_test(zip_path: str | Path, *, startup_timeout: float = 300) -> list[SmokeResult]:
     """Start the submission's server from its unpacked zip and send one request of each kind; one result each."""
+    return _smoke(zip_path, startup_timeout).results
+
+
+def run_smoke(zip_path: str | Path, *, startup_timeout: float = 300) -> SmokeReport:
+    """smoke_test, with a server that cannot be started (or a CMD that cannot be run here) as a failed result."""
+    start = time.perf_counter()
+    try:
+        return _smoke(zip_path, startup_timeout)
+    except (SmokeError, DockerfileError, ServerStartError, OSError, ValueError, zipfile.BadZipFile) as err:
+        seconds = round(time.perf_counter() - start, 3)
+        detail = f"{type(err).__name__}: {_headline(str(err))}"
+        return SmokeReport([SmokeResult("server start", False, seconds, detail, False)], error=str(err))
+
+
+def _headline(message: str) -> str:
+    """The first line of an error; for a server that died, also the exception its log ends with (the cause)."""
+    first, _, log = message.partition("\n--- server log")
+    headline = first.strip().splitlines()[0] if first.strip() else message
+    lines = [line.strip() for line in log.splitlines()[1:] if line.strip()]
+    raised = [i for i, line in enumerate(lines) if _EXCEPTION_LINE.match(line)]
+    if not raised:
+        return f"{headline}: {lines[-1]}" if lines else headline
+    # The exception without its module, and the lines that explain it (pydantic: the field, what it should be).
+    name, colon, text = lines[raised[-1]].partition(":")
+    cause = [name.rpartition(".")[2] + colon + text, *lines[raised[-1] + 1 : raised[-1] + 3]]
+    return f"{headline}: " + " ".join(line for line in cause if not line.startswith("For further information"))
+
+
+def _smoke(zip_path: str | Path, startup_timeout: float) -> SmokeReport:
     with tempfile.TemporaryDirectory(prefix="llmkit-smoke-") as folder:
         root = Path(folder)
         with zipfile.ZipFile(zip_path) as archive:
@@ -57,9 +111,24 @@ def smoke_test(zip_path: str | Path, *, startup_timeout: float = 300) -> list[Sm
         env = {k: v for k, v in env_vars(stage).items() if not v.startswith("/")}
         env["PYTHONPATH"] = str(root)  # the zip's server package, not the checkout's
         LOG.info("Running the Dockerfile's CMD as: %s", " ".join(command))
+        start = time.perf_counter()
         with ServerProcess(command=command, cwd=root, env=env, startup_timeout=startup_timeout) as server:
+            startup_s = round(time.perf_counter() - start, 3)
             with httpx.Client(base_url=server.url, timeout=600) as client:
-                return [_run(name, check, client) for name, check in CHECKS.items()]
+                results = [_run(name, check, client) for name, check in CHECKS.items()]
+        return SmokeReport(results, _device(server.info), startup_s)
+
+
+def _device(health: dict) -> str:
+    """Where the server ran, from its /health answer: "cpu, bfloat16" or "cuda (NVIDIA H100), bfloat16, nf4"."""
+    device = str(health.get("device", "unknown device"))
+    if device.startswith("cuda"):
+        import torch  # the server runs here, with the same CUDA_VISIBLE_DEVICES
+
+        device = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    quantization = health.get("quantization")
+    parts = [device, health.get("dtype"), quantization if quantization not in (None, "none") else None]
+    return ", ".join(str(part) for part in parts if part)
 
 
 def local_command(cmd: list[str], manifest: Manifest, root: Path) -> list[str]:
@@ -113,7 +182,7 @@ def _run(name: str, check: Callable[[httpx.Client], str], client: httpx.Client) 
         detail, ok = check(client), True
     except (AssertionError, httpx.HTTPError, KeyError, ValueError) as err:
         detail, ok = f"{type(err).__name__}: {err}", False
-    return SmokeResult(name, ok, round(time.perf_counter() - start, 3), detail)
+    return SmokeResult(name, ok, round(time.perf_counter() - start, 3), detail, name not in _TOKENIZER_CHECKS)
 
 
 def _post(client: httpx.Client, path: str, body: dict) -> dict:
@@ -174,3 +243,4 @@ CHECKS: dict[str, Callable[[httpx.Client], str]] = {
     "echo_prompt scoring (0 new tokens)": _scoring,
     "/tokenize with truncation + /decode": _tokenize_decode,
 }
+_TOKENIZER_CHECKS = {"/tokenize with truncation + /decode"}  # the others are one POST /process each

@@ -5,12 +5,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from server.launch import ServerProcess
 from server.models import resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
+# Seconds one HTTP request of a test may take (httpx's default is 5 s): generous, because a loaded 2-core machine
+# without a GPU can take minutes for a long generation. A test that hangs is still stopped by pytest-timeout.
+HTTP_TIMEOUT = 300.0
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +36,13 @@ def start_server():
     yield _start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def http():
+    """The tests' HTTP client (absolute URLs) with HTTP_TIMEOUT; `http.timeout` sizes any other client a test makes."""
+    with httpx.Client(timeout=HTTP_TIMEOUT) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

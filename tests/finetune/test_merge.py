@@ -331,9 +331,7 @@ def test_nf4_roundtrip_reproduces_the_trained_qlora_model(trained_cfg, merged_de
 
 
 @pytest.mark.slow
-def test_served_merged_model_answers_like_base_plus_adapter(start_server, trained_cfg, merged_default):
-    import httpx
-
+def test_served_merged_model_answers_like_base_plus_adapter(start_server, http, trained_cfg, merged_default):
     merged = start_server("--model", str(merged_default), "--dtype", "bfloat16")
     unmerged = start_server("--adapter", trained_cfg.output_dir, "--dtype", "bfloat16")
     answers = {}
@@ -342,7 +340,7 @@ def test_served_merged_model_answers_like_base_plus_adapter(start_server, traine
         for prompt in MCQA_PROMPTS:
             body = {"prompt": prompt, "temperature": 0, "max_new_tokens": 3, "num_return_sequences": 1,
                     "top_p": 1, "echo_prompt": False, "top_k_per_token": 1, "stop_sequences": []}  # fmt: skip
-            response = httpx.post(f"{server.url}/process", json=body, timeout=120)
+            response = http.post(f"{server.url}/process", json=body)
             assert response.status_code == 200, response.text
             answers[name].append(response.json()["text"])
     assert answers["merged"] == answers["unmerged"]

@@ -170,6 +170,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(tiny_config):
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"Resuming from {out / f'checkpoint-{killed_at}'}" in second.stderr
     assert _state(out)["global_step"] == 30 and (out / "adapter_config.json").is_file()
+    assert max(_state(c)["global_step"] for c in out.glob("checkpoint-*")) == 30  # stopped exactly at the end
     first_run, second_run = sorted((out / "runs").iterdir(), key=lambda run: run.stat().st_mtime)
     assert _tensorboard_steps(second_run)[0] == killed_at + 1  # continued, not restarted from step 1
     assert _tensorboard_steps(first_run)[0] == 1

@@ -13,9 +13,9 @@ def server(start_server):
 
 
 @pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=120) as http:
-        yield http
+def client(server, http):
+    with httpx.Client(base_url=server.url, timeout=http.timeout) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

@@ -50,8 +50,8 @@ def reference_logprobs(reference, ids: list[int]) -> torch.Tensor:
     return torch.log_softmax(logits, dim=-1)
 
 
-def test_harness_probe_without_content_type(server):
-    response = httpx.post(f"{server.url}/process", content='{"prompt": "The capital of France is "}', timeout=60)
+def test_harness_probe_without_content_type(server, http):
+    response = http.post(f"{server.url}/process", content='{"prompt": "The capital of France is "}')
     assert response.status_code == 200
     assert ProcessResponse.model_validate_json(response.text).text
 
@@ -131,11 +131,11 @@ def test_newline_option_ends_at_first_newline_after_text(client):
 
 
 @pytest.mark.slow
-def test_newline_option_can_be_switched_off(start_server):
+def test_newline_option_can_be_switched_off(start_server, http):
     server = start_server("--no-stop-at-newline")
-    response = httpx.post(f"{server.url}/process", json=helm_request("List three colors:\n1.", max_new_tokens=16))
+    response = http.post(f"{server.url}/process", json=helm_request("List three colors:\n1.", max_new_tokens=16))
     assert "\n" in response.json()["text"].strip()
-    assert httpx.get(f"{server.url}/health").json()["stop_at_newline"] is False
+    assert http.get(f"{server.url}/health").json()["stop_at_newline"] is False
 
 
 def test_tokenize_truncation_and_decode_round_trip(client, reference):
@@ -168,27 +168,26 @@ def test_request_time_is_wall_time(client):
     assert 0 < result.request_time <= elapsed
 
 
-def test_concurrent_greedy_equals_sequential(server):
+def test_concurrent_greedy_equals_sequential(client):
     bodies = [helm_request(p, max_new_tokens=16, stop_sequences=NEVER, top_k_per_token=3) for p in PROMPTS * 2]
-    with httpx.Client(base_url=server.url, timeout=300) as http:
-        sequential = [http.post("/process", json=b).json() for b in bodies]
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # HELM's 4 request threads
-            concurrent_results = list(pool.map(lambda b: http.post("/process", json=b).json(), bodies))
+    sequential = [client.post("/process", json=b).json() for b in bodies]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # HELM's 4 request threads
+        concurrent_results = list(pool.map(lambda b: client.post("/process", json=b).json(), bodies))
     for one, other in zip(sequential, concurrent_results, strict=True):
         assert (one["text"], [t["logprob"] for t in one["tokens"]]) == (
             other["text"], [t["logprob"] for t in other["tokens"]]
         )  # fmt: skip
 
 
-def test_event_loop_free_during_generation(server):
+def test_event_loop_free_during_generation(server, http):
     counting = ", ".join(str(i) for i in range(1, 30)) + ","
     body = helm_request(counting, max_new_tokens=400, stop_sequences=NEVER)  # counting on does not hit EOS early
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         started = time.perf_counter()
-        long = pool.submit(httpx.post, f"{server.url}/process", json=body, timeout=300)
+        long = pool.submit(http.post, f"{server.url}/process", json=body)
         time.sleep(0.5)
-        health = httpx.get(f"{server.url}/health", timeout=30)
-        tokenized = httpx.post(f"{server.url}/tokenize", json={"text": "hi"}, timeout=30)
+        health = http.get(f"{server.url}/health")
+        tokenized = http.post(f"{server.url}/tokenize", json={"text": "hi"})
         answered_at = time.perf_counter()
         assert not long.done(), "the long generation ended before the check: make it longer"
         assert health.status_code == 200 and tokenized.status_code == 200

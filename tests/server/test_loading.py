@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -39,7 +38,7 @@ def test_missing_directory_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_serves_base_plus_unmerged_adapter(start_server, default_model_dir, adapter_dir):
+def test_serves_base_plus_unmerged_adapter(start_server, http, default_model_dir, adapter_dir):
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
     base = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, adapter_dir).eval()
@@ -47,9 +46,9 @@ def test_serves_base_plus_unmerged_adapter(start_server, default_model_dir, adap
     expected = tokenizer.decode(model.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1] :])
 
     server = start_server("--model", str(default_model_dir), "--adapter", str(adapter_dir))
-    text = httpx.post(f"{server.url}/process", json=BODY, timeout=120).json()["text"]
+    text = http.post(f"{server.url}/process", json=BODY).json()["text"]
     plain = start_server("--model", str(default_model_dir))
-    base_text = httpx.post(f"{plain.url}/process", json=BODY, timeout=120).json()["text"]
+    base_text = http.post(f"{plain.url}/process", json=BODY).json()["text"]
     assert text == expected.removesuffix(tokenizer.eos_token)
     assert text != base_text  # the adapter is really applied
     assert server.info["adapter"] == str(adapter_dir)
@@ -61,10 +60,10 @@ def test_serves_base_plus_unmerged_adapter(start_server, default_model_dir, adap
     (["--dtype", "bfloat16"], "bfloat16", "none"),
     (["--quantization", "nf4", "--dtype", "bfloat16"], "bfloat16", "nf4"),
 ])  # fmt: skip
-def test_dtype_and_quantization_options(start_server, flags, dtype, quantization):
+def test_dtype_and_quantization_options(start_server, http, flags, dtype, quantization):
     server = start_server(*flags)
     assert (server.info["dtype"], server.info["quantization"]) == (dtype, quantization)
-    response = httpx.post(f"{server.url}/process", json={**BODY, "top_k_per_token": 2}, timeout=120).json()
+    response = http.post(f"{server.url}/process", json={**BODY, "top_k_per_token": 2}).json()
     assert response["text"].strip() and all(t["logprob"] <= 0 for t in response["tokens"])
     server.stop()
 

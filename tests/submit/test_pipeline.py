@@ -1,8 +1,10 @@
-"""The main job end to end: `make submission TRACK=...` with no CONFIG or MODEL trains, merges and packages."""
+"""The main job end to end: `make submission TRACK=...` with no CONFIG or MODEL trains, merges and packages;
+run again, it finds each stage done and writes the same bytes."""
 
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 
 import pytest
@@ -34,3 +36,17 @@ def test_default_pipeline_trains_merges_and_packages_a_working_zip(tmp_path, cap
     assert verify_submission(zip_path) == []
     failed = [f"{r.name}: {r.detail}" for r in smoke_test(zip_path) if not r.ok]
     assert not failed
+
+    # The same command again: training and merging find their work done, and the next zip has the same bytes.
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    second = build_submission("A100", config_overrides=overrides, out_root=tmp_path / "submissions")
+    assert second.name == "A100_submission_2.zip" and second.read_bytes() == zip_path.read_bytes()
+    assert "Training already complete" in caplog.text and "already holds this merge (inputs unchanged)" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-1"]
+    # Rebuilding an existing number with unchanged inputs leaves its zip alone.
+    caplog.clear()
+    written = zip_path.stat().st_mtime_ns
+    again = build_submission("A100", config_overrides=overrides, number=1, out_root=tmp_path / "submissions")
+    assert again == zip_path
+    assert "already holds this submission" in caplog.text and zip_path.stat().st_mtime_ns == written

@@ -1,0 +1,48 @@
+"""`llmkit --help`, every subcommand's --help and the server's read cleanly: no type labels in angle brackets."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from cli import app
+
+COMMANDS = sorted(get_command(app).commands)
+# What typer 0.29 prints by itself ("--help <bool>", "<int>", "{config}") and pydantic-settings ("{str,null}").
+ARTEFACTS = re.compile(r"<(bool|str|int|float|list\[\w+\])>|\{\w+\}|\bnull\}")
+
+
+def _help(*args: str) -> str:
+    result = CliRunner().invoke(app, [*args, "--help"], prog_name="llmkit")
+    assert result.exit_code == 0, result.output
+    assert not ARTEFACTS.search(result.output), result.output
+    return result.output
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_help_exits_0_without_artefacts(command):
+    output = _help(*filter(None, [command]))
+    assert "usage:" in output.lower()
+    assert re.search(r"--help\s+(Show|show) this", output), output  # a flag: no value after it
+
+
+def test_options_flags_and_arguments_show_classic_metavars():
+    train = _help("train")
+    assert "Usage: llmkit train [OPTIONS] CONFIG" in train
+    assert re.search(r"--max-steps\s+INTEGER\s", train) and re.search(r"--output-dir\s+TEXT\s", train)
+    assert re.search(r"--cpu-fallback\s+--no-cpu-fallback\s+Without CUDA", train)
+    assert "Usage: llmkit merge [OPTIONS] [CONFIG]" in _help("merge")
+    assert re.search(r"--track\s+\[4090\|A100\]", _help("submission"))
+
+
+def test_serve_shows_the_servers_own_help():
+    served = _help("serve")
+    direct = subprocess.run([sys.executable, "-m", "server", "--help"], capture_output=True, text=True, timeout=120)
+    assert direct.returncode == 0, direct.stderr
+    assert served.split() == direct.stdout.split() and not ARTEFACTS.search(direct.stdout)  # wrapped to its width
+    assert "--model str " in direct.stdout and "--port int " in direct.stdout
