@@ -1,4 +1,4 @@
-# Every target calls the one CLI (cli.py, installed as `llmkit`); no logic lives here.
+# Every target calls the one CLI (llmkit/cli.py, installed as `llmkit`); no logic lives here.
 # `make setup` is idempotent: it reinstalls only when pyproject.toml changed.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -42,7 +42,7 @@ validate: setup
 
 # `make train CONFIG=... [NPROC=2] [ARGS="--max-steps 5"]`: NPROC>1 runs one DDP process per GPU through
 # `accelerate launch` (on a machine without CUDA: CPU processes over gloo); rerun the same command to resume.
-DDP_LAUNCH = $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(NPROC) --num_machines 1 --mixed_precision no --dynamo_backend no -m cli
+DDP_LAUNCH = $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(NPROC) --num_machines 1 --mixed_precision no --dynamo_backend no -m llmkit.cli
 train: setup
 	@test -n "$(CONFIG)" || { echo "usage: make train CONFIG=axolotl_configs/<name>.yml [NPROC=2] [ARGS=\"--max-steps 5\"]" >&2; exit 2; }
 	$(if $(filter-out 0 1,$(NPROC)),$(DDP_LAUNCH),$(LLMKIT)) train $(CONFIG) $(ARGS)

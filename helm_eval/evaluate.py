@@ -13,10 +13,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from helm_eval.report import Report, write_report
-from helm_eval.run import DEFAULT_MAX_EVAL_INSTANCES, HelmRunError, prepare_conf, run_helm
-from helm_eval.setup import helm_setup
-from helm_eval.summary import SuiteScores
+from llmkit.helm_eval.report import Report, write_report
+from llmkit.helm_eval.run import DEFAULT_MAX_EVAL_INSTANCES, HelmRunError, prepare_conf, run_helm
+from llmkit.helm_eval.setup import helm_setup
+from llmkit.helm_eval.summary import SuiteScores
 
 LOG = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def helm_eval(
         max_eval_instances: per-run cap (generated confs) / helm-run's --max-eval-instances (.conf files).
         budget: total instances for a generated conf (default: the task list's own).
         suite: HELM suite name (default: conf, model and time); a comparison appends -1-<model>, -2-<model>.
-        server_args: extra `python -m server` flags for every server started.
+        server_args: extra `python -m llmkit.server` flags for every server started.
         out_dir: where HELM's output, the conf, logs and reports go.
         command: the command line, quoted in the report.
     """

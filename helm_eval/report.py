@@ -9,64 +9,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from helm_eval import confgen
-from helm_eval.summary import SuiteScores, bar_chart, markdown_table, write_text
+from llmkit.core.challenge import Projection, project
+from llmkit.helm_eval.summary import SuiteScores, bar_chart, markdown_table, write_text
 
 LOG = logging.getLogger(__name__)
-
-TIME_LIMIT_S = 2 * 3600  # challenge rule: the whole HELM run of the sample conf within 2 hours on the track GPU
-
-
-class Projection(BaseModel):
-    """The open suite's duration at a per-request pace measured here, and what that pace was measured from."""
-
-    open_requests: int
-    seconds_per_request: float
-    projected_s: float
-    limit_s: int = TIME_LIMIT_S
-    basis: str  # where seconds_per_request comes from, as a phrase after "s/request"
-    caveat: str  # why the real run will take longer or shorter
-
-    @property
-    def ratio(self) -> float:
-        return self.projected_s / self.limit_s
-
-    def verdict(self) -> str:
-        within = "within" if self.ratio <= 1 else f"{self.ratio:.1f}× over"
-        return (
-            f"about {_duration(self.projected_s)}, {within} the challenge's {_duration(self.limit_s)} limit "
-            f"({self.ratio:.0%} of it)"
-        )
-
-    def sentence(self) -> str:
-        return (
-            f"Open evaluation ({self.open_requests} requests) at {self.seconds_per_request:.2f} s/request "
-            f"{self.basis}: {self.verdict()}. {self.caveat}"
-        )
-
-
-def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
-
-
-def open_suite_requests() -> int:
-    """Requests in the open suite: one per instance (its adapters are generation and joint multiple choice)."""
-    entries = confgen.generate(confgen.load_task_list("open"))
-    return sum(entry.max_eval_instances or 0 for entry in entries)
-
-
-def project(seconds_per_request: float, *, basis: str, caveat: str) -> Projection:
-    """The open suite's duration at `seconds_per_request`; `basis` and `caveat` say what that pace is worth."""
-    requests = open_suite_requests()
-    projected_s = seconds_per_request * requests
-    return Projection(
-        open_requests=requests,
-        seconds_per_request=seconds_per_request,
-        projected_s=projected_s,
-        basis=basis,
-        caveat=caveat,
-    )
 
 
 def project_open_eval(scores: SuiteScores) -> Projection | None:

@@ -19,12 +19,11 @@ from pathlib import Path
 import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from helm_eval import confgen
-from helm_eval.setup import helm_executable, require_helm
-from helm_eval.summary import SuiteScores, load_suite
-from server.launch import ServerProcess, ServerStartError, wait_healthy
+from llmkit.helm_eval import confgen
+from llmkit.helm_eval.setup import helm_executable, require_helm
+from llmkit.helm_eval.summary import SuiteScores, load_suite
+from llmkit.server.launch import ServerProcess, ServerStartError, wait_healthy
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MAX_EVAL_INSTANCES = 10  # per run, for entries whose conf sets no count of their own
 # Scenarios that build their data in code (../shared/docs/helm-protocol.md); every other one downloads it.
 OFFLINE_SCENARIOS = {
@@ -74,7 +73,7 @@ def serve(model: str | None, url: str | None, server_args: Sequence[str] = (), s
         yield url.rstrip("/"), None
         return
     args = [*(["--model", model] if model else []), *server_args]
-    server = ServerProcess(args, cwd=ROOT, startup_timeout=startup_timeout)
+    server = ServerProcess(args, startup_timeout=startup_timeout)
     try:  # stop() also when Ctrl-C lands while it is still starting
         try:
             server.start()
@@ -203,7 +202,7 @@ def run_helm(
         conf_path: HELM conf file (see `prepare_conf`).
         suite: HELM suite name; results land in `out_dir/benchmark_output/runs/<suite>/`.
         out_dir: HELM's output root (benchmark_output/, prod_env/, logs/).
-        server_args: extra `python -m server` flags (--dtype, --quantization, --adapter, ...).
+        server_args: extra `python -m llmkit.server` flags (--dtype, --quantization, --adapter, ...).
         max_eval_instances: helm-run's --max-eval-instances, for entries that set no count themselves.
     """
     out_dir = out_dir.resolve()  # helm-run runs inside it

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from server.models import cache_dir
+from llmkit.core.models import cache_dir
 
 LOG = logging.getLogger(__name__)
 

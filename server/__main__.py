@@ -1,4 +1,4 @@
-"""python -m server [--model ...] [--adapter ...] [--host ...] [--port ...]: serve HELM's HTTP API.
+"""python -m llmkit.server [--model ...] [--adapter ...] [--host ...] [--port ...]: serve HELM's HTTP API.
 
 Every flag is a field of `ServerSettings` (also settable as an `LLMKIT_<FIELD>` environment variable).
 """
@@ -8,13 +8,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from server.settings import ServerSettings
+from llmkit.server.settings import ServerSettings
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> ServerSettings:
     return ServerSettings(
         _cli_parse_args=list(argv) if argv is not None else True,
-        _cli_prog_name="python -m server",
+        _cli_prog_name="python -m llmkit.server",
         _cli_kebab_case=True,
         _cli_implicit_flags=True,
         _cli_hide_none_type=True,  # help: "--model str", not "--model {str,null}" (still accepts null)
@@ -24,7 +24,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> ServerSettings:
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = parse_settings(argv)
-    from server.app import serve
+    from llmkit.server.app import serve
 
     serve(settings)
 

@@ -1,4 +1,4 @@
-"""The FastAPI app speaking HELM's HTTP API: `python -m server` runs it (see server/__main__.py).
+"""The FastAPI app speaking HELM's HTTP API: `python -m llmkit.server` runs it (see server/__main__.py).
 
 Routes are thin: validate with the wire models, hand the work to the engine's model thread, time the request.
 """
@@ -16,8 +16,8 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from server.engine import Engine, RequestError
-from server.protocol import (
+from llmkit.server.engine import Engine, RequestError
+from llmkit.server.protocol import (
     DecodeRequest,
     DecodeResponse,
     ErrorResponse,
@@ -28,7 +28,7 @@ from server.protocol import (
     TokenizeResponse,
     WireModel,
 )
-from server.settings import ServerSettings
+from llmkit.server.settings import ServerSettings
 
 LOG = logging.getLogger(__name__)
 ERRORS = {422: {"model": ErrorResponse, "description": "The request is malformed or cannot be served as asked."}}

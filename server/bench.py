@@ -20,10 +20,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from server.engine import Engine
-from server.launch import ServerProcess
-from server.protocol import ProcessRequest
-from server.settings import ServerSettings
+from llmkit.server.engine import Engine
+from llmkit.server.launch import ServerProcess
+from llmkit.server.protocol import ProcessRequest
+from llmkit.server.settings import ServerSettings
 
 LOG = logging.getLogger(__name__)
 NEVER_STOP = ["<<no such text>>"]
@@ -99,7 +99,7 @@ def run(out_dir: Path, repeats: int = 5) -> dict:
             "engine_s": _median_seconds(lambda r=request: engine.process(r), repeats),
             "transformers_generate_s": _median_seconds(lambda r=request: _transformers_baseline(engine, r), repeats),
         }
-    with ServerProcess(cwd=Path(__file__).resolve().parents[1]) as server, httpx.Client(timeout=600) as http:
+    with ServerProcess() as server, httpx.Client(timeout=600) as http:
         for name, request in workloads.items():
             body = request.model_dump(exclude_none=True)
             post = lambda b=body: http.post(f"{server.url}/process", json=b).raise_for_status()  # noqa: E731

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import psutil
 import torch
 
-from server.models import LoadedModel, load_for_inference
-from server.protocol import ProcessRequest, ProcessResponse, Token
-from server.settings import ServerSettings
-from server.text import IncrementalDecoder, cut_pieces, stop_index
+from llmkit.core.models import LoadedModel, load_for_inference
+from llmkit.server.protocol import ProcessRequest, ProcessResponse, Token
+from llmkit.server.settings import ServerSettings
+from llmkit.server.text import IncrementalDecoder, cut_pieces, stop_index
 
 LOG = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def server_command(args: Sequence[str] = (), python: str = sys.executable) -> list[str]:
-    """The command line that runs `python -m server` with extra CLI flags."""
-    return [python, "-m", "server", *args]
+    """The command line that runs `python -m llmkit.server` with extra CLI flags."""
+    return [python, "-m", "llmkit.server", *args]
 
 
 def wait_healthy(url: str, timeout: float, process: subprocess.Popen | None = None) -> dict:
@@ -58,7 +58,7 @@ class ServerProcess:
     """Context manager: a server child process on a free loopback port; stopped on exit, even on errors.
 
     Args:
-        args: extra flags for `python -m server` (for example ["--model", path]).
+        args: extra flags for `python -m llmkit.server` (for example ["--model", path]).
         command: a full command line instead (the submission smoke test runs the Dockerfile's CMD); it must
             contain the literal `{port}`, which is replaced by the chosen port.
         cwd, env: where and with which environment the process runs.

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmkit.core.challenge import CONTEXT_TOKENS
+
 GREEDY_TEMPERATURE = 1e-5  # HELM sends 1e-7 when a task asks for temperature 0
 
 
@@ -61,7 +63,7 @@ class ProcessResponse(WireModel):
 class TokenizeRequest(WireModel):
     text: str
     truncation: bool = False
-    max_length: int = Field(2048, ge=1)
+    max_length: int = Field(CONTEXT_TOKENS, ge=1)
 
 
 class TokenizeResponse(WireModel):

@@ -7,6 +7,8 @@ from enum import Enum
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llmkit.core.challenge import CONTEXT_TOKENS
+
 
 class Dtype(str, Enum):
     auto = "auto"  # bfloat16 on a GPU that supports it, float32 on the CPU
@@ -40,7 +42,7 @@ class ServerSettings(BaseSettings):
     dtype: Dtype = Field(Dtype.auto, description="Weight and compute dtype.")
     quantization: Quantization = Field(Quantization.none, description="bitsandbytes weight quantization.")
     device: Device = Field(Device.auto, description="Where the model runs.")
-    max_context: int = Field(2048, gt=0, description="Prompt plus completion tokens, the challenge's limit.")
+    max_context: int = Field(CONTEXT_TOKENS, gt=0, description="Prompt plus completion tokens, the challenge's limit.")
     max_new_tokens_limit: int = Field(1024, gt=0, description="Largest max_new_tokens a request may ask for.")
     stop_at_newline: bool = Field(
         True,

@@ -1,15 +1,20 @@
-"""Fixtures shared by every test area: the real embedded model, and a real server on a loopback port."""
+"""Fixtures shared by every test area: the real embedded model and its tokenizer, a tiny random Llama and data to
+train it on, configs written to tmp_path, and a real server on a loopback port."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
-from server.launch import ServerProcess
-from server.models import resolve_model
+from llmkit.core.assets import DEFAULT_CONFIG
+from llmkit.core.models import resolve_model
+from llmkit.server.launch import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 # Seconds one HTTP request of a test may take (httpx's default is 5 s): generous, because a loaded 2-core machine
@@ -25,7 +30,7 @@ def default_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def start_server():
-    """Factory: start `python -m server <args>` on a free loopback port; every server started is stopped at the end."""
+    """Factory: start `python -m llmkit.server <args>` on a free loopback port; all are stopped at the end."""
     started: list[ServerProcess] = []
 
     def _start(*args: str, **kwargs) -> ServerProcess:
@@ -48,3 +53,114 @@ def http():
 @pytest.fixture(scope="session")
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def tokenizer(default_model_dir):
+    """The embedded model's real tokenizer."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(default_model_dir)
+
+
+@pytest.fixture
+def write_rows(tmp_path):
+    """Factory: write `rows` (dicts, or anything JSON for bad-data cases) as json, jsonl, parquet or csv."""
+    counter = itertools.count()
+
+    def write(rows: list, fmt: str) -> Path:
+        path = tmp_path / f"rows{next(counter)}.{fmt}"
+        if fmt == "json":
+            path.write_text(json.dumps(rows))
+        elif fmt == "jsonl":
+            path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+        else:
+            import pandas as pd  # a column missing from a row becomes an empty cell, as in a hand-made file
+
+            frame = pd.DataFrame(rows)
+            frame.to_csv(path, index=False) if fmt == "csv" else frame.to_parquet(path, index=False)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def make_cfg():
+    """Factory: an AxolotlConfig for the embedded model with these datasets (a placeholder if none) and keys."""
+    from llmkit.config.schema import AxolotlConfig
+
+    def make(datasets: list | None = None, **overrides):
+        raw = {
+            "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "learning_rate": 1e-4,
+            "datasets": datasets or [{"path": "unused.jsonl", "type": "alpaca"}], **overrides,
+        }  # fmt: skip
+        return AxolotlConfig.model_validate(raw)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, default_model_dir) -> Path:
+    """A 2-layer, 64-wide random Llama with the default model's tokenizer: trains a step in well under a second."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    config = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """24 alpaca rows: short sums whose answer is one number."""
+    rows = [
+        {"instruction": f"What is {a} plus {b}?", "input": "", "output": str(a + b)}
+        for a in range(4)
+        for b in range(6)
+    ]
+    path = tmp_path_factory.mktemp("tiny-data") / "sums.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture
+def tiny_config(tmp_path, tiny_model_dir, tiny_dataset):
+    """Factory: write a LoRA config on the tiny model (2 steps) with `overrides`; returns the YAML path."""
+
+    def write(**overrides) -> Path:
+        config = {
+            "base_model": str(tiny_model_dir), "adapter": "lora", "lora_r": 4, "lora_alpha": 8,
+            "lora_target_linear": True, "datasets": [{"path": str(tiny_dataset), "type": "alpaca"}],
+            "sequence_len": 64, "micro_batch_size": 4, "gradient_accumulation_steps": 1, "max_steps": 2,
+            "learning_rate": 1e-3, "optimizer": "adamw_torch", "logging_steps": 1,
+            "output_dir": str(tmp_path / "out"), "seed": 7,
+        }  # fmt: skip
+        config.update(overrides)
+        path = tmp_path / "tiny.yml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def default_config_few_steps(tmp_path) -> Path:
+    """The embedded default config as shipped, with max_steps cut to a few steps and output under tmp_path."""
+    from llmkit.config.schema import load_config
+
+    overrides = {
+        "max_steps": 10,
+        "logging_steps": 1, "eval_steps": 10, "save_steps": 10, "output_dir": str(tmp_path / "out"),
+    }  # fmt: skip
+    cfg = load_config(DEFAULT_CONFIG, overrides)  # resolves the dataset path against the config's folder
+    path = tmp_path / "default-few-steps.yml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    return path

@@ -10,7 +10,7 @@ import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from cli import app
+from llmkit.cli import app
 
 COMMANDS = sorted(get_command(app).commands)
 # What typer 0.29 prints by itself ("--help <bool>", "<int>", "{config}") and pydantic-settings ("{str,null}").
@@ -42,7 +42,9 @@ def test_options_flags_and_arguments_show_classic_metavars():
 
 def test_serve_shows_the_servers_own_help():
     served = _help("serve")
-    direct = subprocess.run([sys.executable, "-m", "server", "--help"], capture_output=True, text=True, timeout=120)
+    direct = subprocess.run(
+        [sys.executable, "-m", "llmkit.server", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert direct.returncode == 0, direct.stderr
     assert served.split() == direct.stdout.split() and not ARTEFACTS.search(direct.stdout)  # wrapped to its width
     assert "--model str " in direct.stdout and "--port int " in direct.stdout

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from helm_eval import confgen
-from helm_eval.setup import HelmSetupError, require_helm
+from llmkit.helm_eval import confgen
+from llmkit.helm_eval.setup import HelmSetupError, require_helm
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from helm_eval import confgen
-from helm_eval.run import OFFLINE_SCENARIOS
+from llmkit.core.challenge import OPEN_SUITE_REQUESTS
+from llmkit.helm_eval import confgen
+from llmkit.helm_eval.run import OFFLINE_SCENARIOS
 
 # The challenge's own conf, kept in the repository (its header says where it came from).
 REFERENCE = Path(__file__).resolve().parent / "fixtures" / "run_specs_full_coarse_600_budget.conf"
@@ -28,7 +29,7 @@ def test_open_task_list_reproduces_the_reference_conf(tmp_path):
 def test_budget_is_apportioned_over_families_then_runs():
     tasks = confgen.load_task_list("open")
     entries = confgen.generate(tasks)
-    assert sum(e.max_eval_instances for e in entries) == tasks.budget == 600
+    assert sum(e.max_eval_instances for e in entries) == tasks.budget == OPEN_SUITE_REQUESTS == 600
     half = confgen.generate(tasks, budget=300)
     assert sum(e.max_eval_instances for e in half) == 300
     capped = confgen.generate(tasks, cap=2)

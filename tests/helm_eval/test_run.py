@@ -10,9 +10,9 @@ import time
 import psutil
 import pytest
 
-from helm_eval.report import project_open_eval, write_report
-from helm_eval.run import ROOT, HelmRunError, run_helm
-from server.launch import ServerProcess, free_port
+from llmkit.helm_eval.report import project_open_eval, write_report
+from llmkit.helm_eval.run import HelmRunError, run_helm
+from llmkit.server.launch import ServerProcess, free_port
 
 
 def _server_children() -> set[int]:
@@ -59,7 +59,7 @@ def test_no_server_at_url_is_a_clear_error(tmp_path, mcqa_conf):
 
 @pytest.mark.slow
 def test_server_dying_during_helm_run_stops_it_quickly(helm_venv, mcqa_conf, tmp_path):
-    server = ServerProcess(cwd=ROOT).start()
+    server = ServerProcess().start()
     killed_at: list[float] = []
 
     def kill_once_helm_calls():
@@ -81,8 +81,8 @@ def test_server_dying_during_helm_run_stops_it_quickly(helm_venv, mcqa_conf, tmp
 
 
 def test_failed_download_says_the_suite_needs_the_internet(tmp_path):
-    from helm_eval import confgen
-    from helm_eval.run import _failure_message
+    from llmkit.helm_eval import confgen
+    from llmkit.helm_eval.run import _failure_message
 
     conf = confgen.write_conf(confgen.generate(confgen.load_task_list("open"), cap=1), tmp_path / "open.conf")
     log = tmp_path / "helm-run.log"  # the last lines of a real offline helm-run of the open suite

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from helm_eval.summary import RunScore, SuiteScores, load_suite, markdown_table, table_rows
+from llmkit.helm_eval.summary import RunScore, SuiteScores, load_suite, markdown_table, table_rows
 
 
 def _write_run(suite_dir, name, groups, stats, request_times):

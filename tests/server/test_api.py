@@ -9,7 +9,7 @@ import httpx
 import pytest
 import torch
 
-from server.protocol import DecodeResponse, HealthResponse, ProcessResponse, TokenizeResponse
+from llmkit.server.protocol import DecodeResponse, HealthResponse, ProcessResponse, TokenizeResponse
 
 # A stop sequence that never appears: turns the newline option off for a request.
 NEVER = ["<<no such text>>"]

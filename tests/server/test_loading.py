@@ -7,8 +7,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from server.launch import ServerStartError
-from server.models import resolve_model
+from llmkit.core.models import resolve_model
+from llmkit.server.launch import ServerStartError
 
 PROMPT = "The capital of France is "
 BODY = {"prompt": PROMPT, "max_new_tokens": 12, "temperature": 0, "stop_sequences": ["<<none>>"]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from server.protocol import ProcessRequest, ProcessResponse, TokenizeRequest
+from llmkit.server.protocol import ProcessRequest, ProcessResponse, TokenizeRequest
 
 HELM_REQUEST = {  # every key crfm-helm 0.5.x sends (http_model_client.py)
     "prompt": "Question: 2 is\nA. even\nB. odd\nAnswer:",

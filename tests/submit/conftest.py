@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from server.models import DEFAULT_MODEL_ID
-from submit.manifest import MANIFEST_NAME, sha256_bytes
-from submit.package import build_submission
+from llmkit.core.models import DEFAULT_MODEL_ID
+from llmkit.submit.manifest import MANIFEST_NAME, sha256_bytes
+from llmkit.submit.package import build_submission
 
 
 @pytest.fixture(scope="session")
@@ -19,35 +19,6 @@ def default_zips(tmp_path_factory) -> dict[str, Path]:
     """Both tracks' submissions for the default model's hub id (the image would download it)."""
     root = tmp_path_factory.mktemp("submissions")
     return {track: build_submission(track, model=DEFAULT_MODEL_ID, out_root=root) for track in ("4090", "A100")}
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A 2-layer random Llama with the default model's tokenizer: a local model small enough to bundle quickly."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from server.models import resolve_model
-
-    torch.manual_seed(0)
-    target = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(None).path)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-    )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
-
-
-@pytest.fixture(scope="session")
-def broken_zip(default_zips, tmp_path_factory) -> Path:
-    """The 4090 default zip with an invalid --dtype in its CMD: it passes verification, but its server cannot start."""
-    with zipfile.ZipFile(default_zips["4090"]) as archive:
-        dockerfile = archive.read("Dockerfile").decode().replace('"bfloat16"', '"bfloat17"')
-    target = tmp_path_factory.mktemp("broken") / "bad.zip"
-    return _rewrite_zip(default_zips["4090"], target, {"Dockerfile": dockerfile.encode()})
 
 
 @pytest.fixture()

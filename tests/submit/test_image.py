@@ -10,8 +10,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from submit.image import DOCKER_DIR, render_requirements, server_files
-from submit.tracks import TRACKS, Track
+from llmkit.core.challenge import TRACKS, Track
+from llmkit.submit.image import DOCKER_DIR, render_requirements, server_files
 
 # The image's platform, for evaluating dependency markers.
 IMAGE_ENV = {"python_version": "3.11", "python_full_version": "3.11.18", "sys_platform": "linux",
@@ -56,7 +56,7 @@ def test_pins_cover_every_module_the_shipped_server_imports():
                 imported |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
                 imported.add(node.module.split(".")[0])
-    third_party = imported - set(sys.stdlib_module_names) - {"server"}
+    third_party = imported - set(sys.stdlib_module_names) - {"llmkit"}
     assert {"torch", "transformers", "fastapi"} <= third_party
     assert {"bitsandbytes", "accelerate"} <= set(_pins())  # loaded by transformers for nf4/int8 and device_map
     pins = _pins() | {"torch": "any"}
@@ -71,6 +71,10 @@ def test_requirements_per_track_carry_the_torch_build():
         assert rendered.endswith((DOCKER_DIR / "requirements.txt").read_text())
 
 
-def test_only_server_modules_ship():
-    shipped = {Path(zip_path).parts[0] for _, zip_path in server_files()}
-    assert shipped == {"server"}
+def test_only_the_server_and_the_core_it_uses_ship():
+    # The image runs the server alone: llmkit.server and the part of the common base it imports, never a training
+    # stage (whose imports, peft and datasets, the image does not install).
+    shipped = {Path(zip_path).parent.as_posix() for _, zip_path in server_files()}
+    assert shipped == {"llmkit", "llmkit/server", "llmkit/core"}
+    names = {zip_path for _, zip_path in server_files()}
+    assert {"llmkit/__init__.py", "llmkit/server/__main__.py", "llmkit/core/models.py"} <= names

@@ -7,13 +7,13 @@ import zipfile
 
 import pytest
 
-from server.models import DEFAULT_MODEL_ID
-from submit.dockerfile import exec_form, final_stage, last, parse_dockerfile
-from submit.image import render_dockerfile
-from submit.package import build_submission
-from submit.sources import SubmissionError, Weights
-from submit.tracks import TRACKS, Loading, Track
-from submit.verify import hadolint, verify_submission
+from llmkit.core.challenge import TRACKS, Loading, Track
+from llmkit.core.models import DEFAULT_MODEL_ID
+from llmkit.submit.dockerfile import exec_form, final_stage, last, parse_dockerfile
+from llmkit.submit.image import render_dockerfile
+from llmkit.submit.package import build_submission
+from llmkit.submit.sources import SubmissionError, Weights
+from llmkit.submit.verify import hadolint, verify_submission
 
 
 @pytest.mark.parametrize("track", ["4090", "A100"])
@@ -25,14 +25,18 @@ def test_default_model_zip_per_track(default_zips, track):
         dockerfile = archive.read("Dockerfile").decode()
         manifest = json.loads(archive.read("manifest.json"))
         requirements = archive.read("requirements.txt").decode()
-    assert {"Dockerfile", ".dockerignore", "manifest.json", "requirements.txt", "server/__main__.py"} <= set(names)
+    assert {"Dockerfile", ".dockerignore", "manifest.json", "requirements.txt", "llmkit/server/__main__.py"} <= set(
+        names
+    )
     assert [n for n in names if "dockerfile" in n.lower()] == ["Dockerfile"]
-    assert "server/bench.py" not in names and "server/launch.py" not in names  # not imported by `python -m server`
+    assert (
+        "server/bench.py" not in names and "server/launch.py" not in names
+    )  # not imported by `python -m llmkit.server`
     assert not any(n.endswith(".safetensors") for n in names)
     assert f"FROM {TRACKS[Track(track)].cuda_base_image}" in dockerfile
     assert f"torch=={TRACKS[Track(track)].torch_version}" in requirements
     command = exec_form(last(final_stage(parse_dockerfile(dockerfile)), "CMD"))
-    assert command[1:7] == ["-m", "server", "--host", "0.0.0.0", "--port", "80"]
+    assert command[1:7] == ["-m", "llmkit.server", "--host", "0.0.0.0", "--port", "80"]
     assert command[command.index("--model") + 1] == DEFAULT_MODEL_ID and "--revision" in command
     assert manifest["track"] == track and manifest["model"]["id"] == DEFAULT_MODEL_ID
     assert manifest["loading"] == "bf16" and manifest["estimated_gpu_memory"]["total_gib"] < 3

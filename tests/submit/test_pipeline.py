@@ -9,10 +9,10 @@ import zipfile
 
 import pytest
 
-from server.models import DEFAULT_MODEL_ID
-from submit.package import build_submission
-from submit.smoke import smoke_test
-from submit.verify import verify_submission
+from llmkit.core.models import DEFAULT_MODEL_ID
+from llmkit.submit.package import build_submission
+from llmkit.submit.smoke import smoke_test
+from llmkit.submit.verify import verify_submission
 
 
 @pytest.mark.slow

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from finetune.architectures import KNOWN_SHAPES
-from server.models import DEFAULT_MODEL_ID, resolve_model
-from submit.fit import estimate_memory
-from submit.manifest import Manifest, WeightsSource
-from submit.smoke import SmokeError, local_command, smoke_test
-from submit.tracks import Loading, Track
+from llmkit.core.challenge import Loading, Track
+from llmkit.core.memory import estimate_memory
+from llmkit.core.models import DEFAULT_MODEL_ID, resolve_model
+from llmkit.core.shapes import KNOWN_SHAPES
+from llmkit.submit.manifest import Manifest, WeightsSource
+from llmkit.submit.smoke import SmokeError, local_command, smoke_test
 
 
 def _manifest(model: WeightsSource) -> Manifest:
@@ -24,13 +24,13 @@ def _manifest(model: WeightsSource) -> Manifest:
 
 
 def test_cmd_is_rewritten_for_a_loopback_port_and_local_weights(tmp_path):
-    cmd = ["/opt/venv/bin/python", "-m", "server", "--host", "0.0.0.0", "--port", "80", "--model", "/opt/model",
+    cmd = ["/opt/venv/bin/python", "-m", "llmkit.server", "--host", "0.0.0.0", "--port", "80", "--model", "/opt/model",
            "--dtype", "bfloat16", "--quantization", "nf4"]  # fmt: skip
     bundled = _manifest(WeightsSource(id="outputs/merged", bundled=True))
     assert local_command(cmd, bundled, tmp_path) == [
-        sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "{port}", "--model", str(tmp_path / "model"),
-        "--dtype", "bfloat16", "--quantization", "nf4",
-    ]  # fmt: skip
+        *(sys.executable, "-m", "llmkit.server", "--host", "127.0.0.1", "--port", "{port}"),
+        *("--model", str(tmp_path / "model"), "--dtype", "bfloat16", "--quantization", "nf4"),
+    ]
     hub = _manifest(WeightsSource(id=DEFAULT_MODEL_ID, revision="main"))
     hub_cmd = [*cmd[:8], DEFAULT_MODEL_ID, "--revision", "main"]
     # Offline, the default's hub id stands for the embedded copy; the revision flag goes with the hub.
@@ -54,7 +54,7 @@ def test_default_model_zip_answers_the_harness_and_helm(default_zips):
 
 @pytest.mark.slow
 def test_a_zip_whose_server_cannot_start_fails_loudly(broken_zip):
-    from server.launch import ServerStartError
+    from llmkit.server.launch import ServerStartError
 
     with pytest.raises(ServerStartError, match="bfloat17"):
         smoke_test(broken_zip, startup_timeout=120)

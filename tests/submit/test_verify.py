@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from submit.verify import verify_submission
+from llmkit.submit.verify import verify_submission
 
 
 @pytest.fixture()
@@ -23,12 +23,12 @@ def _fake_token() -> str:
 
 def test_a_planted_token_is_reported_with_file_and_line(good_zip, tmp_path, rewrite_zip):
     with zipfile.ZipFile(good_zip) as archive:
-        app = archive.read("server/app.py").decode()
+        app = archive.read("llmkit/server/app.py").decode()
     planted = app + f'\nTOKEN = "{_fake_token()}"\n'
-    bad = rewrite_zip(good_zip, tmp_path / "token.zip", {"server/app.py": planted.encode()})
+    bad = rewrite_zip(good_zip, tmp_path / "token.zip", {"llmkit/server/app.py": planted.encode()})
     problems = verify_submission(bad)
     line = len(planted.splitlines())
-    assert problems == [f"server/app.py:{line}: a Hugging Face token (hf_{_fake_token()[3:8]}...)"]
+    assert problems == [f"llmkit/server/app.py:{line}: a Hugging Face token (hf_{_fake_token()[3:8]}...)"]
 
 
 def test_a_token_in_env_is_reported(good_zip, tmp_path, rewrite_zip):
@@ -58,7 +58,7 @@ def test_harness_requirements_of_the_dockerfile(good_zip, tmp_path, rewrite_zip)
         dockerfile.replace('"--port", "80"', '"--port", "8000"')
         .replace("USER 10001", "USER root")
         .split("HEALTHCHECK")[0]
-        + 'CMD ["/opt/venv/bin/python", "-m", "server", "--host", "127.0.0.1", "--port", "80"]\n'
+        + 'CMD ["/opt/venv/bin/python", "-m", "llmkit.server", "--host", "127.0.0.1", "--port", "80"]\n'
     )
     problems = verify_submission(rewrite_zip(good_zip, tmp_path / "broken.zip", {"Dockerfile": broken.encode()}))
     assert "Dockerfile: no HEALTHCHECK ... CMD" in problems
@@ -71,7 +71,7 @@ def test_shell_form_cmd_is_reported(good_zip, tmp_path, rewrite_zip):
     with zipfile.ZipFile(good_zip) as archive:
         dockerfile = archive.read("Dockerfile").decode()
     head, _, _ = dockerfile.rpartition("CMD [")
-    shell = head + "CMD python -m server --host 0.0.0.0 --port 80\n"
+    shell = head + "CMD python -m llmkit.server --host 0.0.0.0 --port 80\n"
     problems = verify_submission(rewrite_zip(good_zip, tmp_path / "shell.zip", {"Dockerfile": shell.encode()}))
     assert any("CMD is not in exec form" in p for p in problems)
 
@@ -80,8 +80,8 @@ def test_weights_without_bundling_and_hash_mismatch(good_zip, tmp_path, rewrite_
     with_weights = rewrite_zip(good_zip, tmp_path / "w.zip", {"model/model.safetensors": b"\x00" * 64})
     expected = "model/model.safetensors: a weight file, but bundling was not asked for"
     assert verify_submission(with_weights) == [expected]
-    tampered = rewrite_zip(good_zip, tmp_path / "t.zip", {"server/text.py": b"# changed\n"}, fix_manifest=False)
-    assert verify_submission(tampered) == ["server/text.py: its sha256 does not match manifest.json"]
+    tampered = rewrite_zip(good_zip, tmp_path / "t.zip", {"llmkit/server/text.py": b"# changed\n"}, fix_manifest=False)
+    assert verify_submission(tampered) == ["llmkit/server/text.py: its sha256 does not match manifest.json"]
 
 
 def test_not_a_zip(tmp_path):

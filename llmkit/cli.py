@@ -1,0 +1,325 @@
+"""llmkit: the one command-line entry point; the Makefile's targets call it.
+
+Each command only parses its arguments and hands over to the stage's module, imported lazily so that
+`llmkit --help` starts without torch.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from typer.core import TyperArgument, TyperOption
+
+from llmkit.core.challenge import Loading, Track
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+# typer 0.29 (fastapi/typer#1863) labels a value with its Python type in angle brackets ("--max-steps <int>"), in the
+# rich help also on flags, which take none ("--help <bool>"), and braces required arguments ("{config}"). The help
+# here keeps click's classic form: "--max-steps INTEGER", bare flags, and arguments by their metavar ("CONFIG").
+_TYPE_NAMES = {"int": "INTEGER", "float": "FLOAT", "str": "TEXT"}
+
+
+def _option_metavar(option: TyperOption, ctx: typer.Context) -> str | None:
+    if option.metavar is not None or option.is_flag:
+        return option.metavar
+    label = option.display_type(ctx)[1:-1].removeprefix("list[").removesuffix("]")  # repeatable: one value's type
+    return _TYPE_NAMES.get(label, f"[{label}]" if option.type_descriptor.is_choice else label.upper())
+
+
+def _argument_usage(argument: TyperArgument) -> str:
+    name = argument.display_name_raw if argument.required else f"[{argument.display_name_raw}]"
+    return name + ("..." if argument.nargs != 1 else "")
+
+
+TyperOption.display_type_rich = _option_metavar
+TyperArgument.display_type_rich = lambda argument, ctx: None  # its metavar says what it is
+TyperArgument._usage_display_name = _argument_usage
+
+
+# --- serve: server/ --------------------------------------------------------------------------------------------------
+@app.command(context_settings=_PASS_THROUGH)
+def serve(ctx: typer.Context) -> None:
+    """Serve a model over HELM's HTTP API; flags as `python -m llmkit.server --help` lists them."""
+    from llmkit.server.__main__ import main
+
+    main(ctx.args)
+
+
+@app.command()
+def bench(out: str = typer.Option("bench-results", help="Folder for the JSON results.")) -> None:
+    """Benchmarks on the embedded default model: serving, training, merging; prints ratios and writes JSON."""
+    import logging
+    from pathlib import Path
+
+    from llmkit.merge import bench as merging
+    from llmkit.server import bench as serving
+    from llmkit.train import bench as training
+
+    logging.basicConfig(level=logging.WARNING)
+    for stage in (serving, training, merging):  # each writes <out>/<stage>.json and prints its table
+        stage.run(Path(out))
+
+
+# --- config: llmkit/config/schema.py, llmkit/config/plan.py ----------------------------------------------------------
+@app.command()
+def validate(
+    config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl-style YAML config."),
+    strict: bool = typer.Option(False, "--strict", help="Unknown or unimplemented keys are errors."),
+) -> None:
+    """Check a config without training; print the plan (targets, parameters, steps, memory per track)."""
+    from llmkit.config.validate import validate as run
+
+    raise typer.Exit(run(config, strict=strict))
+
+
+@app.command("config-keys")
+def config_keys() -> None:
+    """Print every config key with its type, default and meaning (the README's Configs table)."""
+    from llmkit.config.keys import markdown_table
+    from llmkit.config.schema import AxolotlConfig
+
+    typer.echo(markdown_table(AxolotlConfig))
+
+
+# --- train: llmkit/train/run.py --------------------------------------------------------------------------------------
+@app.command()
+def train(
+    config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl-style YAML config."),
+    max_steps: int | None = typer.Option(None, help="Override the config's max_steps (a quick trial run)."),
+    output_dir: str | None = typer.Option(None, help="Override the config's output_dir."),
+    cpu_fallback: bool = typer.Option(False, help="Without CUDA, use the plain variant of a paged optimizer."),
+    fresh: bool = typer.Option(False, "--fresh", help="Delete output_dir's checkpoints and train from step 0."),
+) -> None:
+    """Fine-tune as the config says; rerun to resume an interrupted run (a finished one is left as it is)."""
+    import os
+
+    _logging()
+    from llmkit.config.schema import ConfigError, load_config
+    from llmkit.data.pipeline import DataError
+    from llmkit.train.report import summary_table
+    from llmkit.train.run import train as run
+
+    overrides = {key: value for key, value in {"max_steps": max_steps, "output_dir": output_dir}.items() if value}
+    try:
+        out = run(load_config(config, overrides), cpu_fallback=cpu_fallback, fresh=fresh)
+    except (ConfigError, DataError) as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(1) from None
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns here; one summary is enough
+        from rich.console import Console
+
+        Console().print(summary_table(out))
+
+
+# --- data: llmkit/data/pipeline.py, llmkit/data/default_dataset.py ---------------------------------------------------
+@app.command()
+def preprocess(config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl-style YAML config.")) -> None:
+    """Tokenize, mask, split and pack the config's datasets (into dataset_prepared_path); print what was kept."""
+    _logging()
+    from rich.console import Console
+
+    from llmkit.config.schema import ConfigError, load_config
+    from llmkit.data.pipeline import DataError, build_datasets, stats_table
+    from llmkit.train.modeling import load_tokenizer
+
+    try:
+        cfg = load_config(config)
+        data = build_datasets(cfg, load_tokenizer(cfg))
+    except (ConfigError, DataError) as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(1) from None
+    Console().print(stats_table(data.stats))
+
+
+@app.command("default-dataset")
+def default_dataset(
+    check: bool = typer.Option(False, "--check", help="Only check that the committed file is the generator's output."),
+) -> None:
+    """Regenerate the embedded default config's training data (axolotl_configs/data/mcqa_letters.jsonl)."""
+    from llmkit.data.default_dataset import main
+
+    raise typer.Exit(main(["--check"] if check else []))
+
+
+# --- merge: llmkit/merge/fold.py -------------------------------------------------------------------------------------
+@app.command()
+def merge(
+    config: str | None = typer.Argument(
+        None, metavar="CONFIG", help="Axolotl-style YAML: merge the adapter in its output_dir."
+    ),
+    base: str | None = typer.Option(None, help="Base model, hub id or directory (default: the adapter's base)."),
+    adapter: Annotated[list[str] | None, typer.Option(help="Adapter directory; repeat for a weighted merge.")] = None,
+    out: str | None = typer.Option(None, help="Merged model directory (default: <adapter dir>/merged)."),
+    dtype: str | None = typer.Option(None, help="bfloat16, float16 or float32 (default: the training dtype)."),
+    nf4_roundtrip: bool = typer.Option(False, help="Round-trip targeted base weights through NF4 (QLoRA)."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip comparing with base + unmerged adapter."),
+    max_shard_size: str = typer.Option("5GB", help="Largest safetensors file."),
+    weighted: str | None = typer.Option(None, help="Weighted merge of several adapters from this YAML file."),
+    weight: Annotated[list[float] | None, typer.Option(help="Weight of each --adapter (weighted merge).")] = None,
+    combination: str = typer.Option("linear", help="Weighted merge: linear, cat, ties, dare_ties, dare_linear..."),
+    density: float | None = typer.Option(None, help="Weighted merge: fraction of entries kept (ties, dare_*)."),
+    hub_model_id: str | None = typer.Option(None, help="Upload the merged folder to this hub repo."),
+    dry_run: bool = typer.Option(False, help="With --hub-model-id: list what would be uploaded, upload nothing."),
+) -> None:
+    """Fold a LoRA adapter (or several, weighted) into 16-bit base weights; verify; optionally upload."""
+    _logging()
+    from rich.console import Console
+
+    from llmkit.merge.command import merge_command, report_table
+
+    try:
+        report, uploaded = merge_command(
+            config, base=base, adapters=adapter, weights=weight, combination=combination, density=density,
+            weighted=weighted, out=out, hub_model_id=hub_model_id, dry_run=dry_run, dtype=dtype,
+            nf4_roundtrip=nf4_roundtrip, verify=not no_verify, max_shard_size=max_shard_size,
+        )  # fmt: skip
+    except (ValueError, OSError, RuntimeError) as err:  # bad input, mismatch, failed verification: message says which
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(1) from None
+    Console().print(report_table(report, uploaded, hub_model_id))
+
+
+# --- submission: submit/ ---------------------------------------------------------------------------------------------
+@app.command()
+def submission(
+    track: Annotated[Track, typer.Option(help="The challenge track the image targets.")],
+    config: str | None = typer.Option(None, help="Train, merge and bundle this config (default: the embedded one)."),
+    model: str | None = typer.Option(None, help="Hub id the image downloads, or a local directory (bundled)."),
+    revision: str | None = typer.Option(None, help="Hub revision of --model (default: its current commit)."),
+    adapter: str | None = typer.Option(None, help="Unmerged peft adapter on --model: hub id or local directory."),
+    number: int | None = typer.Option(None, help="N in <track>_submission_N (default: the next free one)."),
+    loading: Annotated[
+        Loading | None, typer.Option(help="Weights on the GPU (default: bf16, else what fits).")
+    ] = None,
+    bundle_weights: bool = typer.Option(False, help="Put weight files in the zip (self-hosting; not accepted)."),
+    smoke: bool = typer.Option(
+        True, help="Then run the zip's server as its Dockerfile says and time one request of each HELM kind."
+    ),
+    out: str | None = typer.Option(None, help="Folder holding <track>_track/ (default: the project's submissions/)."),
+) -> None:
+    """Build submissions/<track>_track/<track>_submission_N.zip (and the files unpacked beside it), smoke-test it."""
+    import logging
+
+    _logging()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per smoke request otherwise
+    from llmkit.submit.package import build_submission
+    from llmkit.submit.summary import summarize
+
+    try:
+        path = build_submission(
+            track, config=config, model=model, revision=revision, adapter=adapter, number=number,
+            loading=loading, bundle_weights=bundle_weights, out_root=out,
+        )  # fmt: skip
+    except (ValueError, LookupError, OSError) as err:  # bad input, no fit, unknown model: the message says which
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(1) from None
+    # build_submission raised unless verify_submission found no problem; exit 1 when a smoke request fails.
+    raise typer.Exit(summarize(path, problems=[], smoke=smoke, built=True))
+
+
+@app.command("verify-submission")
+def verify_submission(
+    zip_path: str = typer.Argument(..., metavar="ZIP", help="A submission zip."),
+    smoke: bool = typer.Option(False, help="Also start its server as the Dockerfile's CMD says and query it."),
+) -> None:
+    """Check a submission zip: Dockerfile, hadolint, secrets, weights, manifest hashes (and --smoke: requests)."""
+    import logging
+
+    _logging()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per smoke request otherwise
+    from llmkit.submit.summary import summarize
+    from llmkit.submit.verify import verify_submission as verify
+
+    problems = verify(zip_path)
+    for problem in problems:
+        typer.echo(f"problem: {problem}", err=True)
+    raise typer.Exit(summarize(zip_path, problems=problems, smoke=smoke))
+
+
+# --- helm: helm_eval/ ------------------------------------------------------------------------------------------------
+@app.command("helm-setup")
+def helm_setup(force: bool = typer.Option(False, help="Reinstall even when the stamp says it is there.")) -> None:
+    """Install crfm-helm into its own venv (~/.cache/llmkit/helm-venv-<version>, or $HELM_VENV); idempotent."""
+    _logging()
+    from llmkit.helm_eval.setup import helm_setup as setup
+
+    typer.echo(f"HELM venv: {setup(force=force)}")
+
+
+@app.command("helm-conf")
+def helm_conf(
+    tasks: str = typer.Argument("quick", metavar="TASKS", help="quick, open, or a task-list YAML."),
+    budget: int | None = typer.Option(None, help="Total eval instances (default: the task list's own)."),
+    out: str | None = typer.Option(None, help="Write the conf here instead of printing it."),
+) -> None:
+    """Generate a HELM run-spec conf from a task list and an instance budget."""
+    from pathlib import Path
+
+    from llmkit.helm_eval import confgen
+
+    try:
+        entries = confgen.generate(confgen.load_task_list(tasks), budget=budget)
+    except confgen.ConfError as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(confgen.write_conf(entries, Path(out)) if out else confgen.render_conf(entries), nl=not out)
+
+
+@app.command("helm-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def helm_eval(
+    ctx: typer.Context,
+    model: str | None = typer.Option(None, help="Model to serve: hub id or local dir (default: the embedded one)."),
+    url: str | None = typer.Option(None, help="Evaluate the server already running here instead."),
+    compare: str | None = typer.Option(None, help="A second model, served the same way, scored side by side."),
+    conf: str = typer.Option("quick", help="quick (offline), open (the challenge's suite; needs internet) or PATH."),
+    max_eval_instances: int | None = typer.Option(None, help="At most this many instances per run."),
+    budget: int | None = typer.Option(None, help="Total instances for a generated conf."),
+    suite: str | None = typer.Option(None, help="HELM suite name (default: conf-model-time)."),
+    out: str = typer.Option("helm-results", help="Folder for HELM's output, confs, logs and reports."),
+) -> None:
+    """Run HELM (helm-run, helm-summarize) against the server; extra flags go to `python -m llmkit.server`."""
+    import logging
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from rich.console import Console
+
+    _logging()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per /health probe otherwise
+    from llmkit.helm_eval.confgen import ConfError
+    from llmkit.helm_eval.evaluate import helm_eval as run
+    from llmkit.helm_eval.run import HelmRunError
+    from llmkit.helm_eval.setup import HelmSetupError
+    from llmkit.helm_eval.summary import rich_table
+
+    command = shlex.join(["llmkit", *sys.argv[1:]])
+    try:
+        result = run(
+            model=model, url=url, compare=compare, conf=conf, max_eval_instances=max_eval_instances, budget=budget,
+            suite=suite, server_args=ctx.args, out_dir=Path(out), command=command,
+        )  # fmt: skip
+    except (HelmRunError, HelmSetupError, ConfError) as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(1) from None
+    console = Console()
+    labels = " vs ".join(scores.label for scores in result.suites)
+    console.print(rich_table(result.suites, title=f"HELM: {labels} on {result.conf_path.name}"))
+    for label, projection in result.report.projections:
+        console.print(f"{label}: {projection.sentence()}")
+    console.print(f"Report: {result.report.markdown}, chart: {result.report.chart}")
+    for scores in result.suites:
+        console.print(f"HELM's output: {scores.runs_dir}")
+
+
+def _logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,82 @@
+"""Check a config and print its plan without training.
+
+llmkit validate axolotl_configs/Llama-2-7b-03.yml [--strict]
+make validate CONFIG=axolotl_configs/Llama-2-7b-03.yml
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from llmkit.config.plan import GIB, TrainingPlan, plan
+from llmkit.config.schema import ConfigError, ConfigWarning, load_config
+
+
+def validate(path: str | Path, *, strict: bool = False, console=None) -> int:
+    """Load `path`, plan it and print the plan; returns the exit status (1: the config is unusable).
+
+    Args:
+        path: the YAML config.
+        strict: report unknown and unimplemented keys as errors, whatever the file's `strict:` says.
+        console: a rich Console to print to (default: stdout, errors to stderr).
+    """
+    from rich.console import Console
+
+    out = console or Console()
+    err = console or Console(stderr=True)
+    try:
+        with warnings.catch_warnings():  # the plan lists the ignored keys itself
+            warnings.simplefilter("ignore", ConfigWarning)
+            training_plan = plan(load_config(path, {"strict": True} if strict else None))
+    except ConfigError as error:
+        err.print(f"[red]{error}[/red]", highlight=False)
+        return 1
+    out.print(render(training_plan))
+    return 0
+
+
+def render(p: TrainingPlan):
+    """The plan as rich tables (what `llmkit validate` prints)."""
+    from rich.console import Group
+    from rich.table import Table
+
+    cfg = p.cfg
+    summary = Table(title=f"Training plan: {cfg.source or cfg.base_model}", show_header=False, title_justify="left")
+    summary.add_column(style="bold")
+    summary.add_column()
+    n_params = p.shape.num_params
+    summary.add_row("base model", f"{cfg.base_model} ({n_params / 1e9:.2f}B parameters; shape from {p.shape_source})")
+    summary.add_row("method", p.method)
+    summary.add_row("target modules", ", ".join(p.target_modules) or "-")
+    share = p.trainable_params / n_params
+    summary.add_row("trainable parameters", f"{p.trainable_params:,} ({share:.2%} of {n_params:,})")
+    batch = f"{cfg.micro_batch_size} x {cfg.gradient_accumulation_steps} accum x {cfg.sequence_len} tokens"
+    summary.add_row("tokens per optimizer step", f"{p.tokens_per_step:,} ({batch} x {p.world_size} GPU)")
+    summary.add_row("optimizer steps", _steps_text(p))
+    for key in cfg.ignored_keys:
+        if not key.known or key.effective:
+            summary.add_row("[yellow]ignored key[/yellow]", key.describe())
+    empty = [key.path for key in cfg.ignored_keys if key.known and not key.effective]
+    if empty:
+        summary.add_row("[dim]empty, not implemented[/dim]", f"[dim]{', '.join(empty)}[/dim]")
+    title = "Estimated training memory per GPU in GiB (trainable: + gradients and optimizer states)"
+    memory = Table(title=title, title_justify="left")
+    for column in ("track", "memory", "weights", "trainable", "activations", "overhead", "total", "fits"):
+        memory.add_column(column, justify="left" if column in ("track", "fits") else "right")
+    for m in p.memory:
+        fits = "[green]fits[/green]" if m.fits else "[red]too big[/red]"
+        parts = (m.weights, m.trainable, m.activations, m.overhead, m.total)
+        memory.add_row(m.track.name, f"{m.track.memory_gib}", *(f"{x / GIB:.1f}" for x in parts), fits)
+    return Group(summary, memory)
+
+
+def _steps_text(p: TrainingPlan) -> str:
+    cfg = p.cfg
+    if cfg.max_steps:
+        return f"{cfg.max_steps} (max_steps)"
+    per_1k = f"{p.steps_per_1k_rows:.1f} steps per 1k rows over {cfg.num_epochs:g} epochs"
+    if p.steps is None:
+        return f"needs the dataset to count its rows: {per_1k}"
+    bound = "at most " if cfg.sample_packing else ""  # packing merges rows into fewer sequences
+    return f"{bound}{p.steps:,} ({p.rows:,} rows; {per_1k})"

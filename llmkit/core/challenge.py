@@ -1,0 +1,130 @@
+"""The challenge's facts: its limits (context, the 2-hour evaluation), the tracks (every fact that differs between
+the 4090 and the A100 submission, in one table), and the evaluation-time projection against the limit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from pydantic import BaseModel
+
+
+class Track(str, Enum):
+    rtx4090 = "4090"
+    a100 = "A100"
+
+
+class Loading(str, Enum):
+    """How the submission's server holds the weights on the GPU (its --dtype/--quantization flags)."""
+
+    bf16 = "bf16"
+    int8 = "int8"  # bitsandbytes LLM.int8(): half the memory of bf16, noticeably slower
+    nf4 = "nf4"  # bitsandbytes 4-bit NF4, double quantization: what QLoRA trained against
+
+    @property
+    def quantization(self) -> str:
+        return "none" if self is Loading.bf16 else self.value
+
+    @property
+    def server_flags(self) -> list[str]:
+        # Quantized layers compute in bf16 too (bnb_4bit_compute_dtype follows --dtype).
+        return ["--dtype", "bfloat16", "--quantization", self.quantization]
+
+    @property
+    def linear_bytes_per_param(self) -> float:
+        """Bytes per weight of a quantized linear layer; embeddings, lm_head and norms stay bf16."""
+        if self is Loading.nf4:
+            # 4 bits + an 8-bit absmax per 64 weights + an fp32 scale per 256 absmax blocks (double quantization)
+            return 0.5 + 1 / 64 + 4 / (64 * 256)
+        if self is Loading.int8:
+            return 1.0  # plus one fp32 scale per output row, counted by fit.py
+        return 2.0
+
+
+@dataclass(frozen=True)
+class TrackSpec:
+    name: str
+    gpu: str
+    memory_gib: float  # what the card reports usable, not the marketing number
+    compute_capability: str  # TORCH_CUDA_ARCH_LIST entry
+    bandwidth_gbs: float  # memory bandwidth, for decode-speed projections
+    cuda_base_image: str  # pinned base image of the submission's Dockerfile
+    torch_index: str  # where the CUDA build of torch comes from
+    torch_version: str  # the version the project is tested with (pyproject.toml), as a CUDA build
+    loadings: tuple[Loading, ...]  # default loading: the first of these whose memory estimate fits
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory_gib * 1024**3)
+
+
+PYPI = "https://pypi.org/simple"
+# PyPI's Linux wheel of torch 2.13.0 is the CUDA 13.0 build (it depends on cuda-toolkit==13.0.3 and cuDNN 9 wheels),
+# so the base image only needs the CUDA 13.0 user-space driver shims: the `base` flavour. CUDA 13 needs an NVIDIA
+# driver >= 580 on the host and supports sm_80 and sm_89. nf4 comes before int8: it needs less memory and
+# bitsandbytes' 4-bit kernels decode faster than LLM.int8(), which matters for the 2-hour HELM limit.
+TRACKS: dict[Track, TrackSpec] = {
+    Track.rtx4090: TrackSpec(
+        name="4090", gpu="NVIDIA RTX 4090", memory_gib=23.6, compute_capability="8.9", bandwidth_gbs=1008,
+        cuda_base_image="nvidia/cuda:13.0.2-base-ubuntu24.04", torch_index=PYPI, torch_version="2.13.0",
+        loadings=(Loading.bf16, Loading.nf4, Loading.int8),
+    ),
+    Track.a100: TrackSpec(
+        name="A100", gpu="NVIDIA A100 40GB", memory_gib=39.4, compute_capability="8.0", bandwidth_gbs=1555,
+        cuda_base_image="nvidia/cuda:13.0.2-base-ubuntu24.04", torch_index=PYPI, torch_version="2.13.0",
+        loadings=(Loading.bf16, Loading.nf4, Loading.int8),
+    ),
+}  # fmt: skip
+
+
+TIME_LIMIT_S = 2 * 3600  # challenge rule: the whole HELM run of the sample conf within 2 hours on the track GPU
+# The open evaluation's sample conf (run_specs_full_coarse_600_budget): 600 instances, one request each (its adapters
+# are generation and joint multiple choice); helm_eval's `open` task list reproduces it (tests/helm_eval).
+OPEN_SUITE_REQUESTS = 600
+CONTEXT_TOKENS = 2048  # prompt + completion, the challenge's limit
+
+
+class Projection(BaseModel):
+    """The open suite's duration at a per-request pace measured here, and what that pace was measured from."""
+
+    open_requests: int
+    seconds_per_request: float
+    projected_s: float
+    limit_s: int = TIME_LIMIT_S
+    basis: str  # where seconds_per_request comes from, as a phrase after "s/request"
+    caveat: str  # why the real run will take longer or shorter
+
+    @property
+    def ratio(self) -> float:
+        return self.projected_s / self.limit_s
+
+    def verdict(self) -> str:
+        within = "within" if self.ratio <= 1 else f"{self.ratio:.1f}× over"
+        return (
+            f"about {_duration(self.projected_s)}, {within} the challenge's {_duration(self.limit_s)} limit "
+            f"({self.ratio:.0%} of it)"
+        )
+
+    def sentence(self) -> str:
+        return (
+            f"Open evaluation ({self.open_requests} requests) at {self.seconds_per_request:.2f} s/request "
+            f"{self.basis}: {self.verdict()}. {self.caveat}"
+        )
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+
+
+def project(seconds_per_request: float, *, basis: str, caveat: str) -> Projection:
+    """The open suite's duration at `seconds_per_request`; `basis` and `caveat` say what that pace is worth."""
+    requests = OPEN_SUITE_REQUESTS
+    projected_s = seconds_per_request * requests
+    return Projection(
+        open_requests=requests,
+        seconds_per_request=seconds_per_request,
+        projected_s=projected_s,
+        basis=basis,
+        caveat=caveat,
+    )

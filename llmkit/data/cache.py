@@ -1,0 +1,93 @@
+"""The `dataset_prepared_path` cache: tokenized, split and packed rows, keyed by everything that shapes them.
+
+Layout: `<dataset_prepared_path>/<key>/{train,eval}/` (datasets' save_to_disk) and `stats.json`. A folder is
+built beside its final name and renamed (`llmkit.core.files`), so an interrupted run never leaves a
+half-written entry to be reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, load_from_disk
+
+from llmkit.core.files import clean_stale, staging_dir
+
+LOG = logging.getLogger(__name__)
+# Bump when tokenization, masking or packing changes, so old entries are not reused.
+PREPARED_FORMAT = 1
+
+
+def _file_digests(path: Path) -> list[tuple[str, str]]:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digests = []
+    for file in files:
+        digest = hashlib.sha256()
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digests.append((str(file.relative_to(path) if path.is_dir() else file.name), digest.hexdigest()))
+    return digests
+
+
+def dataset_identity(spec: Any) -> dict:
+    """A dataset spec's settings, with the sha256 of its local files (None for a hub dataset)."""
+    raw = spec.model_dump(mode="json") if hasattr(spec, "model_dump") else dict(vars(spec))
+    local = Path(spec.path).expanduser()
+    raw["_files"] = _file_digests(local) if local.exists() else None  # hub datasets: the spec names them
+    return raw
+
+
+def _tokenizer_identity(tokenizer: Any) -> dict:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocab = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return {
+        "class": type(tokenizer).__name__,
+        "vocab": hashlib.sha256(vocab.encode()).hexdigest(),
+        "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+        "chat_template": tokenizer.chat_template,
+    }
+
+
+def cache_key(cfg: Any, tokenizer: Any) -> str:
+    """Hash of the dataset specs with their files' contents, the tokenizer and the settings that shape rows."""
+    identity = {
+        "format": PREPARED_FORMAT,
+        "datasets": [dataset_identity(spec) for spec in cfg.datasets],
+        "tokenizer": _tokenizer_identity(tokenizer),
+        "sequence_len": cfg.sequence_len,
+        "train_on_inputs": bool(cfg.train_on_inputs),
+        "sample_packing": bool(cfg.sample_packing),
+        "val_set_size": cfg.val_set_size,
+        "seed": cfg.seed,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def load_prepared(root: Path, key: str) -> tuple[Dataset, Dataset | None, str] | None:
+    """The cached (train, eval, stats JSON) under `root/key`, or None when there is none."""
+    entry = root.expanduser() / key
+    if not (entry / "stats.json").is_file():
+        return None
+    evaluation = load_from_disk(str(entry / "eval")) if (entry / "eval").is_dir() else None
+    return load_from_disk(str(entry / "train")), evaluation, (entry / "stats.json").read_text()
+
+
+def save_prepared(root: Path, key: str, train: Dataset, evaluation: Dataset | None, stats_json: str) -> Path:
+    root = root.expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / key
+    clean_stale(target)
+    with staging_dir(target, "prepare") as tmp:
+        train.save_to_disk(str(tmp / "train"))
+        if evaluation is not None:
+            evaluation.save_to_disk(str(tmp / "eval"))
+        (tmp / "stats.json").write_text(stats_json)  # written last: its presence marks a complete entry
+        if not target.exists():  # else another run finished the same entry first; theirs is as good as ours
+            tmp.rename(target)
+    LOG.info("Saved the prepared dataset to %s", target)
+    return target

@@ -1,0 +1,100 @@
+"""`llmkit merge`: turn the command line into one merge (config, adapter or weighted), run it, publish it.
+
+llmkit merge axolotl_configs/smollm2-135m-qlora.yml            # <output_dir>/merged
+llmkit merge --adapter runs/a --out runs/a-merged [--base HuggingFaceTB/SmolLM2-135M-Instruct]
+llmkit merge --weighted fusion.yml --out runs/fused              # see llmkit/merge/weighted.py
+llmkit merge CONFIG --hub-model-id me/model-merged --dry-run     # list what would be uploaded (offline)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmkit.merge.fold import MergeReport, merge_adapter
+
+
+def merge_command(
+    config: str | None = None,
+    *,
+    base: str | None = None,
+    adapters: list[str] | None = None,
+    weights: list[float] | None = None,
+    combination: str = "linear",
+    density: float | None = None,
+    weighted: str | None = None,
+    out: str | None = None,
+    hub_model_id: str | None = None,
+    dry_run: bool = False,
+    **options,
+) -> tuple[MergeReport, list[dict] | None]:
+    """Run the merge the arguments describe; `options` go to `merge_adapter` (dtype, nf4_roundtrip, verify, ...).
+
+    Returns:
+        The merge report, and the files uploaded to (or, with dry_run, listed for) `hub_model_id`.
+    """
+    adapters = adapters or []
+    if dry_run and not hub_model_id:
+        raise ValueError("--dry-run lists what --hub-model-id would upload; give --hub-model-id too")
+    if weighted or len(adapters) > 1:
+        report = _weighted(base, adapters, weights, combination, density, weighted, out, options)
+    elif config:
+        from llmkit.config.schema import load_config
+
+        cfg = load_config(config)
+        adapter = adapters[0] if adapters else cfg.output_dir
+        target = out or Path(adapter) / "merged"
+        report = merge_adapter(base or cfg.base_model, adapter, target, cfg=cfg, **options)
+    elif adapters:
+        report = merge_adapter(base, adapters[0], out or Path(adapters[0]) / "merged", **options)
+    else:
+        raise ValueError("Nothing to merge: give a CONFIG, --adapter DIR, or --weighted FILE")
+    uploaded = None
+    if hub_model_id:
+        from llmkit.merge.publish import upload_folder
+
+        uploaded = upload_folder(report.out_dir, hub_model_id, dry_run=dry_run)
+    return report, uploaded
+
+
+def _weighted(base, adapters, weights, combination, density, weighted, out, options) -> MergeReport:
+    from llmkit.merge.weighted import WeightedMerge, load_weighted, merge_weighted
+
+    if out is None:
+        raise ValueError("A weighted merge needs --out (where the combined model goes)")
+    if weighted:
+        spec = load_weighted(weighted)
+    else:
+        if weights and len(weights) != len(adapters):
+            raise ValueError(f"{len(adapters)} --adapter but {len(weights)} --weight: give one weight per adapter")
+        entries = [{"path": a, "weight": w} for a, w in zip(adapters, weights or [1.0] * len(adapters), strict=True)]
+        spec = WeightedMerge(base_model=base, combination_type=combination, density=density, adapters=entries)
+    return merge_weighted(spec, out, **options)
+
+
+def report_table(report: MergeReport, uploaded: list[dict] | None, hub_model_id: str | None = None):
+    """A rich table of what was merged, how it checked out, and what was (or would be) uploaded."""
+    from rich.table import Table
+
+    title = f"Merged model: {report.out_dir}" + (" (unchanged, skipped)" if report.skipped else "")
+    table = Table(show_header=False, title=title)
+    table.add_row("base", report.base)
+    table.add_row("adapter", report.adapter)
+    table.add_row("dtype", report.dtype + (", NF4 round-trip of targeted weights" if report.nf4_roundtrip else ""))
+    table.add_row("size", f"{report.size_bytes / 1e6:,.1f} MB in {len(report.files)} files")
+    table.add_row("time", f"{report.seconds:.1f} s")
+    check = report.verification
+    if check:
+        tolerance = check["tolerance"]
+        table.add_row(
+            "largest logit difference", f"{check['max_logit_diff']:.3g} (tolerance {tolerance['max_logit_diff']})"
+        )
+        table.add_row("greedy-token agreement", f"{check['token_agreement']:.1%} of {check['positions']} positions "
+                      f"(at least {tolerance['min_token_agreement']:.0%})")  # fmt: skip
+    else:
+        table.add_row("verification", "skipped (--no-verify)")
+    if uploaded is not None:
+        total = sum(f["bytes"] for f in uploaded) / 1e6
+        table.add_row(
+            f"hub {hub_model_id}", f"{len(uploaded)} files, {total:,.1f} MB: " + ", ".join(f["path"] for f in uploaded)
+        )
+    return table

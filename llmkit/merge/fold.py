@@ -1,0 +1,286 @@
+"""llmkit merge CONFIG | llmkit merge --base B --adapter A --out O: fold a LoRA adapter into 16-bit base weights.
+
+The base is read unquantized, shard by shard, and never merged while 4-bit; the result is written in the
+training dtype into `<output_dir>/merged` with config, generation config and the tokenizer training used.
+Everything is written into a temporary sibling directory, verified against base + unmerged adapter, and only
+then renamed into place, so a failure or a kill never leaves a half-written `merged` (an earlier good one stays).
+A merge whose inputs (base and adapter file hashes, options) are unchanged is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from llmkit.core.files import clean_stale, sigterm_as_exit, staging_dir, swap_in
+from llmkit.core.models import ResolvedModel, resolve_model
+from llmkit.merge import weights as mw
+from llmkit.merge.verify import TOLERANCES, Agreement, verify_merge
+
+LOG = logging.getLogger(__name__)
+
+MANIFEST = "llmkit_merge.json"  # what was merged from what; also the "inputs unchanged" check
+DEFAULT_MAX_SHARD_SIZE = "5GB"  # transformers' usual shard size, so hub tooling sees the familiar layout
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                    "added_tokens.json", "chat_template.jinja")  # fmt: skip
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", *TOKENIZER_FILES)
+
+
+@dataclass
+class MergeReport:
+    out_dir: Path
+    base: str
+    adapter: str
+    dtype: str
+    nf4_roundtrip: bool
+    skipped: bool = False
+    seconds: float = 0.0
+    size_bytes: int = 0
+    files: list[str] = field(default_factory=list)
+    verification: dict | None = None  # Agreement.to_dict() plus the tolerance used
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "out_dir": str(self.out_dir)}
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    dtype: torch.dtype
+    nf4: mw.Nf4Options | None = None  # round-trip targeted base weights through 4-bit before adding the delta
+    verify: bool = True
+    max_shard_bytes: int = 5 * 10**9
+
+
+def merge_adapter(
+    base_model: str | None,
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    dtype: str | None = None,
+    nf4_roundtrip: bool = False,
+    verify: bool = True,
+    max_shard_size: str = DEFAULT_MAX_SHARD_SIZE,
+    cfg=None,
+) -> MergeReport:
+    """Merge one LoRA adapter into its base and write the model into `out_dir` (atomically; skipped if unchanged).
+
+    Args:
+        base_model: hub id or directory; None: the adapter's `base_model_name_or_path`.
+        adapter_dir: the peft adapter (a training run's output_dir).
+        out_dir: the merged model directory to create or replace.
+        dtype: "bfloat16"/"float16"/"float32"; None: the training dtype (see `resolve_merge_dtype`).
+        nf4_roundtrip: round-trip the targeted base weights through NF4 first (QLoRA adapters; README "Merging").
+        verify: compare with base + unmerged adapter and fail beyond the tolerance.
+        max_shard_size: largest safetensors file ("5GB", "500MB").
+        cfg: the training config, where the adapter folder has no `config.resolved.yml` of its own.
+    """
+    adapter = check_adapter_dir(adapter_dir)
+    base = resolve_model(base_model or trained_on(adapter))
+    options = merge_options(dtype, training_config(adapter) or cfg, base.path, nf4_roundtrip, verify, max_shard_size)
+    inputs = {"base": fingerprint(base.path), "adapter": fingerprint(adapter, ADAPTER_FILES)}
+    return run_merge(base, lambda _staging: adapter, inputs, Path(out_dir), options, label=str(adapter))
+
+
+def merge_from_config(cfg, *, nf4_roundtrip: bool = False, verify: bool = True) -> Path:
+    """Merge the adapter a config trained (its output_dir) into `<output_dir>/merged`; return that directory."""
+    output_dir = Path(cfg.output_dir)
+    merge_adapter(
+        cfg.base_model, output_dir, output_dir / "merged", nf4_roundtrip=nf4_roundtrip, verify=verify, cfg=cfg
+    )
+    return output_dir / "merged"
+
+
+def check_adapter_dir(adapter_dir: str | Path) -> Path:
+    path = Path(adapter_dir).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"Adapter directory {path} does not exist")
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{path} holds no adapter_config.json: not a peft adapter directory")
+    return path.resolve()
+
+
+def trained_on(adapter: Path) -> str:
+    name = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not name:
+        raise ValueError(f"{adapter}/adapter_config.json names no base_model_name_or_path; pass --base")
+    return name
+
+
+def training_config(adapter: Path):
+    """The config as training ran it (`config.resolved.yml`, written by `llmkit train`), or None."""
+    from llmkit.config.schema import RESOLVED_CONFIG, load_config
+
+    path = adapter / RESOLVED_CONFIG
+    return load_config(path) if path.is_file() else None
+
+
+def merge_options(dtype, cfg, base_dir: Path, nf4_roundtrip: bool, verify: bool, max_shard_size: str) -> MergeOptions:
+    trained = cfg.compute_dtype() if cfg is not None else None
+    merge_dtype = resolve_merge_dtype(dtype, trained, base_dir)
+    nf4 = None
+    if nf4_roundtrip:
+        if cfg is not None and not cfg.load_in_4bit:
+            raise ValueError("nf4_roundtrip is for QLoRA adapters, but this one was trained with load_in_4bit: false")
+        from llmkit.config.sections import BnbConfigKwargs
+
+        quant = (cfg.bnb_config_kwargs if cfg is not None else None) or BnbConfigKwargs()
+        # training loaded the base in its compute dtype and quantized from that
+        source_dtype = trained or str(merge_dtype).removeprefix("torch.")
+        nf4 = mw.Nf4Options(source_dtype, quant.bnb_4bit_quant_type, quant.bnb_4bit_use_double_quant)
+    return MergeOptions(merge_dtype, nf4, verify, parse_size(max_shard_size))
+
+
+def resolve_merge_dtype(dtype: str | None, trained: str | None, base_dir: Path) -> torch.dtype:
+    """Explicit dtype, else the 16-bit dtype training used, else the base's 16-bit dtype, else bfloat16 (logged).
+
+    float32 only when asked for: a run trained in float32 (on a CPU) still merges into a 16-bit model, the dtype a
+    GPU run of the same config would have used, at half the size.
+    """
+    if dtype:
+        if dtype not in ("bfloat16", "float16", "float32"):
+            raise ValueError(f"dtype {dtype!r}: expected bfloat16, float16 or float32")
+        return getattr(torch, dtype)
+    if trained in ("bfloat16", "float16"):
+        return getattr(torch, trained)
+    stored = json.loads((base_dir / "config.json").read_text())
+    stored = stored.get("dtype") or stored.get("torch_dtype")
+    if stored in ("bfloat16", "float16"):
+        return getattr(torch, stored)
+    LOG.warning("Training computed in %s and the base is stored in %s: merging in bfloat16 (--dtype float32 keeps "
+                "float32, at twice the size)", trained or "an unknown dtype", stored)  # fmt: skip
+    return torch.bfloat16
+
+
+def parse_size(text: str) -> int:
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+    upper = text.strip().upper()
+    for unit, factor in units.items():
+        if upper.endswith(unit) and upper[: -len(unit)].strip().replace(".", "", 1).isdigit():
+            return int(float(upper[: -len(unit)]) * factor)
+    raise ValueError(f"max_shard_size {text!r}: expected a size such as 5GB or 500MB")
+
+
+def fingerprint(directory: Path, names: tuple[str, ...] | None = None) -> dict[str, str]:
+    """sha256 of a model's files (weights, configs, tokenizer), by file name."""
+    files = [directory / n for n in names] if names else [*directory.glob("*.safetensors"), *directory.glob("*.json")]
+    return {f.name: _sha256(f) for f in sorted(files) if f.is_file()}
+
+
+def _sha256(path: Path) -> str:
+    # Hub snapshots link each file to a blob named by its sha256: reuse it instead of rereading gigabytes.
+    target = path.resolve()
+    if path.is_symlink() and target.parent.name == "blobs" and len(target.name) == 64:
+        return target.name
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_merge(base: ResolvedModel, adapter_source: Callable[[Path], Path], inputs: dict, out_dir: Path,
+              options: MergeOptions, label: str) -> MergeReport:  # fmt: skip
+    """Skip if `inputs` match the existing merge; else build the merge in a temp dir and swap it in.
+
+    `adapter_source(staging_dir)` returns the adapter to merge (a weighted merge builds it there first).
+    """
+    inputs = {**inputs, "dtype": str(options.dtype), "nf4": asdict(options.nf4) if options.nf4 else None,
+              "max_shard_bytes": options.max_shard_bytes}  # fmt: skip
+    report = MergeReport(out_dir, base.model_id, label, str(options.dtype).removeprefix("torch."), bool(options.nf4))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out_dir)  # first: it may restore the out_dir a killed swap had moved aside
+    previous = _read_manifest(out_dir)
+    if previous.get("inputs") == inputs and (previous.get("verification") or not options.verify):
+        LOG.info("%s already holds this merge (inputs unchanged); skipping", out_dir)
+        return MergeReport(**{**previous["report"], "out_dir": out_dir, "skipped": True})
+    started = time.monotonic()
+    with staging_dir(out_dir, "tmp") as tmp, staging_dir(out_dir, "adapter") as staging, sigterm_as_exit():
+        adapter = adapter_source(staging)
+        write_merged(base.path, adapter, tmp, options)
+        if options.verify:
+            nf4_from = getattr(torch, options.nf4.dtype) if options.nf4 else None
+            result: Agreement = verify_merge(tmp, base.path, adapter, options.dtype, nf4_from=nf4_from)
+            report.verification = {**result.to_dict(), "tolerance": asdict(TOLERANCES[options.dtype])}
+        report.files = sorted(p.name for p in tmp.iterdir())
+        report.size_bytes = sum(p.stat().st_size for p in tmp.iterdir())
+        report.seconds = round(time.monotonic() - started, 1)
+        manifest = {"inputs": inputs, "verification": report.verification, "report": report.to_dict()}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        swap_in(tmp, out_dir)
+    return report
+
+
+def write_merged(base_dir: Path, adapter_dir: Path, out: Path, options: MergeOptions) -> None:
+    """Weights (streamed shard by shard), config, generation config and tokenizer into `out`."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(base_dir)
+    adapter = mw.load_lora_adapter(adapter_dir)
+    plans = mw.plan_tensors(base_dir, adapter, options.dtype, bool(getattr(config, "tie_word_embeddings", False)))
+    shards = mw.split_shards(plans, options.max_shard_bytes)
+    names = mw.shard_names(len(shards))
+    nf4 = options.nf4.roundtrip if options.nf4 else None
+    with tqdm(total=sum(p.nbytes for p in plans), unit="B", unit_scale=True, desc="Merging") as progress:
+
+        def tensors(shard):
+            for plan in shard:
+                yield mw.merged_tensor(plan, adapter, nf4)
+                progress.update(plan.nbytes)
+                _test_pause()
+
+        for name, shard in zip(names, shards, strict=True):
+            mw.write_shard(out / name, shard, tensors(shard))
+    if len(shards) > 1:
+        weight_map = {plan.name: name for name, shard in zip(names, shards, strict=True) for plan in shard}
+        index = {"metadata": {"total_size": sum(p.nbytes for p in plans)}, "weight_map": weight_map}
+        (out / mw.INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    _write_configs(config, base_dir, adapter, plans, options.dtype, out)
+
+
+def _test_pause() -> None:
+    # The kill test needs the merge to be mid-write long enough to be killed there; nothing else sets this.
+    delay = os.environ.get("LLMKIT_MERGE_TEST_DELAY_S")
+    if delay:
+        time.sleep(float(delay))
+
+
+def _write_configs(config, base_dir: Path, adapter: mw.Adapter, plans, dtype: torch.dtype, out: Path) -> None:
+    from transformers import AutoTokenizer, GenerationConfig
+
+    config.dtype = dtype
+    if getattr(config, "quantization_config", None) is not None or "quantization_config" in config.to_dict():
+        del config.quantization_config  # the merged weights are plain 16-bit
+    if any(plan.source_file is None for plan in plans):
+        config.tie_word_embeddings = False  # modules_to_save trained lm_head apart from the input embeddings
+    # special tokens added in training grew the embeddings (only vocabulary-sized tensors can grow past it)
+    config.vocab_size = max([config.vocab_size] + [t.shape[0] for t in adapter.replacements.values() if t.dim() == 2])
+    config.save_pretrained(out)
+    if (base_dir / "generation_config.json").is_file():
+        GenerationConfig.from_pretrained(base_dir).save_pretrained(out)
+    else:
+        GenerationConfig.from_model_config(config).save_pretrained(out)
+    # the tokenizer training used (it may have added tokens), else the base's: the server's rule too
+    source = adapter.path if (adapter.path / "tokenizer_config.json").is_file() else base_dir
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if len(tokenizer) > config.vocab_size:
+        raise mw.AdapterMismatchError(
+            f"The tokenizer from {source} has {len(tokenizer)} tokens but the merged embeddings have "
+            f"{config.vocab_size} rows: the adapter {adapter.path} lacks its resized embeddings"
+        )
+    tokenizer.save_pretrained(out)
+
+
+def _read_manifest(out_dir: Path) -> dict:
+    try:
+        return json.loads((out_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,179 @@
+"""Does a merged model compute what base + adapter computed? Logits and greedy tokens on a few prompts.
+
+The reference (base + unmerged adapter, through peft) generates a greedy continuation of each prompt; both models
+then score prompt + continuation in one forward pass, and we compare every position's logits and argmax token.
+Models are loaded one after the other, the reference's logits kept, so verifying needs one model's memory.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from llmkit.core.models import load_for_inference
+from llmkit.data.prompts import ALPACA_NO_INPUT
+
+LOG = logging.getLogger(__name__)
+
+PROMPTS = (
+    "The capital of France is",
+    ALPACA_NO_INPUT.format(instruction="Name three primary colors."),
+    "Question: What is 12 plus 7?\nAnswer:",
+    "def fibonacci(n):\n",
+)
+NEW_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    max_logit_diff: float  # largest |logit difference| over every position and vocabulary entry
+    min_token_agreement: float  # fraction of positions whose argmax token is the same
+
+
+# Why these values: merging rounds W + delta to the merge dtype once, while base + adapter rounds W, runs the
+# adapter's path apart and adds the activations, each rounded; in bfloat16 (8-bit mantissa) that alone moves
+# SmolLM2-135M's logits by up to 1.2-2.0 (mean 0.14) and flips 2-3% of argmax tokens where the top two nearly tie.
+# The same model without its adapter (LoRA B ~ N(0, 0.02..0.05)) is 4-6 logits and 7-13% of tokens away, a wrong
+# adapter further: so bfloat16 allows 3.0 and 90%. float16 has 3 more mantissa bits, float32 16 more. Subtler
+# mistakes (a slightly wrong scale) hide in bfloat16's noise; the tests compare the arithmetic with peft's own
+# merge_and_unload bit for bit instead.
+TOLERANCES = {
+    torch.bfloat16: Tolerance(max_logit_diff=3.0, min_token_agreement=0.9),
+    torch.float16: Tolerance(max_logit_diff=0.5, min_token_agreement=0.95),
+    torch.float32: Tolerance(max_logit_diff=0.05, min_token_agreement=0.99),
+}
+
+
+@dataclass(frozen=True)
+class Agreement:
+    max_logit_diff: float
+    mean_logit_diff: float
+    token_agreement: float
+    positions: int
+
+    def within(self, tolerance: Tolerance) -> bool:
+        return (
+            self.max_logit_diff <= tolerance.max_logit_diff and self.token_agreement >= tolerance.min_token_agreement
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What base + adapter made of the prompts: token sequences (prompt + greedy continuation) and their logits."""
+
+    sequences: list[torch.Tensor]
+    logits: list[torch.Tensor]
+    pad: int
+
+
+class VerificationError(RuntimeError):
+    """The merged model disagrees with base + adapter beyond the tolerance."""
+
+
+@torch.inference_mode()
+def _score(model, sequences: list[torch.Tensor], pad: int) -> list[torch.Tensor]:
+    """Logits (float32) at every position of each sequence, from one right-padded batch: one forward pass."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, sequence in enumerate(sequences):
+        ids[i, : len(sequence)], mask[i, : len(sequence)] = sequence, 1
+    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    return [logits[i, : len(sequence)] for i, sequence in enumerate(sequences)]
+
+
+@torch.inference_mode()
+def _reference_outputs(model, tokenizer, prompts, new_tokens: int) -> Reference:
+    # Batched (left-padded) generation: a 4-bit model dequantizes every weight per step, so steps are the cost.
+    tokenizer.padding_side = "left"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    generated = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+    width, sequences = batch.input_ids.shape[1], []
+    for row, mask in zip(generated, batch.attention_mask, strict=True):
+        continuation = row[width:].tolist()
+        ends = [i for i, token in enumerate(continuation) if token in (pad, tokenizer.eos_token_id)]
+        continuation = continuation[: ends[0] + 1] if ends else continuation  # up to the first end of text
+        sequences.append(torch.cat([row[int((mask == 0).sum()) : width], torch.tensor(continuation)]))
+    return Reference(sequences, _score(model, sequences, pad), pad)
+
+
+def _compare(model, reference: Reference) -> Agreement:
+    max_diff, total_diff, agree, positions = 0.0, 0.0, 0, 0
+    for logits, expected in zip(_score(model, reference.sequences, reference.pad), reference.logits, strict=True):
+        if logits.shape != expected.shape:
+            raise VerificationError(f"logits shaped {list(logits.shape)}, base + adapter gave {list(expected.shape)}")
+        diff = (logits - expected).abs()
+        max_diff = max(max_diff, diff.max().item())
+        total_diff += diff.mean().item() * len(logits)
+        agree += (logits.argmax(-1) == expected.argmax(-1)).sum().item()
+        positions += len(logits)
+    return Agreement(max_diff, total_diff / positions, agree / positions, positions)
+
+
+def _load(model_dir: Path, dtype: torch.dtype, adapter: Path | None = None, quantization: str = "none"):
+    loaded = load_for_inference(
+        str(model_dir), adapter=str(adapter) if adapter else None, dtype=str(dtype).removeprefix("torch."),
+        quantization=quantization, device="cpu" if not torch.cuda.is_available() else "auto",
+    )  # fmt: skip
+    return loaded.model, loaded.tokenizer
+
+
+def reference_of(base_dir: Path, adapter_dir: Path, dtype: torch.dtype, *, quantization: str = "none"):
+    """Greedy continuations and their logits from base + unmerged adapter (the base 4-bit for quantization nf4)."""
+    model, tokenizer = _load(base_dir, dtype, adapter_dir, quantization)
+    reference = _reference_outputs(model, tokenizer, PROMPTS, NEW_TOKENS)
+    del model, tokenizer
+    gc.collect()  # free one model before the next is loaded
+    return reference
+
+
+def agreement(model_dir: Path, dtype: torch.dtype, reference) -> Agreement:
+    """How closely the model at `model_dir` reproduces a reference from `reference_of`."""
+    model, _ = _load(model_dir, dtype)
+    result = _compare(model, reference)
+    del model
+    gc.collect()
+    return result
+
+
+def verify_merge(
+    merged_dir: Path, base_dir: Path, adapter_dir: Path, dtype: torch.dtype, *, nf4_from: torch.dtype | None = None
+) -> Agreement:
+    """Compare the merged model with base + adapter in the same dtype; raise if beyond `TOLERANCES[dtype]`.
+
+    `nf4_from`: the merge round-tripped the base through NF4, quantizing from this dtype (training's). The
+    reference is then what training ran, the NF4 base (quantized from that dtype) + adapter, and both models
+    compute in it; the tolerance stays the merged weights' dtype's, the rounding being compared.
+    """
+    compute = nf4_from or dtype
+    reference = reference_of(base_dir, adapter_dir, compute, quantization="nf4" if nf4_from else "none")
+    result = agreement(merged_dir, compute, reference)
+    nf4_base = nf4_from is not None
+    tolerance = TOLERANCES[dtype]
+    LOG.info("Merged vs %sbase + adapter (%s): %s", "NF4 " if nf4_base else "", compute, result)
+    if not result.within(tolerance):
+        raise VerificationError(
+            f"The merged model disagrees with {'NF4 ' if nf4_base else ''}base + adapter in {compute}: largest logit "
+            f"difference {result.max_logit_diff:.3g} (tolerance {tolerance.max_logit_diff}), greedy-token agreement "
+            f"{result.token_agreement:.1%} (at least {tolerance.min_token_agreement:.0%} required)"
+        )
+    return result
+
+
+def agreement_with_trained(
+    merged: dict[str, Path], base_dir: Path, adapter_dir: Path, trained_dtype: torch.dtype
+) -> dict[str, Agreement]:
+    """How close each merged model comes to the model training ran: the NF4 base + adapter, in `trained_dtype`.
+
+    This is what `--nf4-roundtrip` is for: a QLoRA adapter learned against NF4-rounded weights.
+    """
+    reference = reference_of(base_dir, adapter_dir, trained_dtype, quantization="nf4")
+    return {name: agreement(path, trained_dtype, reference) for name, path in merged.items()}

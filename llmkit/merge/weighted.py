@@ -1,0 +1,150 @@
+"""Several LoRA adapters folded into one model (the seeds' "model fusion"), through peft's add_weighted_adapter.
+
+    llmkit merge --weighted fusion.yml --out runs/fused
+    llmkit merge --adapter runs/a --adapter runs/b --weight 0.7 --weight 0.3 --combination ties --density 0.5 \
+        --out runs/fused
+
+A fusion file:
+
+    base_model: HuggingFaceTB/SmolLM2-135M-Instruct   # optional: the first adapter's base
+    combination_type: ties                           # linear, cat, svd, ties, dare_ties, dare_linear, ...
+    density: 0.5                                     # fraction of delta entries kept (ties, dare_*, magnitude_prune)
+    adapters:
+      - {path: runs/a, weight: 0.7}
+      - {path: runs/b, weight: 0.3}
+
+peft combines the adapters into a new one (SVD-compressed for ties/dare), which is then merged like any adapter.
+Combining loads the base once in the merge dtype (peft's tuner needs the model's modules); the merge after it
+streams as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from llmkit.core.models import resolve_model
+from llmkit.merge.fold import (
+    ADAPTER_FILES,
+    TOKENIZER_FILES,
+    MergeReport,
+    check_adapter_dir,
+    fingerprint,
+    merge_options,
+    run_merge,
+    trained_on,
+    training_config,
+)  # fmt: skip
+
+LOG = logging.getLogger(__name__)
+
+CombinationType = Literal[
+    "linear", "cat", "svd", "ties", "ties_svd", "dare_ties", "dare_linear", "dare_ties_svd", "dare_linear_svd",
+    "magnitude_prune", "magnitude_prune_svd",
+]  # fmt: skip
+_NEEDS_DENSITY = ("ties", "dare", "magnitude_prune")
+
+
+class WeightedAdapter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path = Field(description="Adapter directory (a training run's output_dir).")
+    weight: float = Field(1.0, description="Its weight in the combination.")
+
+
+class WeightedMerge(BaseModel):
+    """Which adapters to combine, and how (peft's `add_weighted_adapter` arguments)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str | None = Field(None, description="Hub id or directory; empty: the first adapter's base.")
+    combination_type: CombinationType = Field("linear", description="peft's combination method.")
+    density: float | None = Field(None, gt=0, le=1, description="Fraction of entries kept (ties, dare_*, prune).")
+    majority_sign_method: Literal["total", "frequency"] = Field("total", description="ties: how signs are elected.")
+    seed: int = Field(0, description="dare_* drops entries at random; the seed makes the merge repeatable.")
+    adapters: list[WeightedAdapter] = Field(min_length=2, description="At least two adapters.")
+
+    @model_validator(mode="after")
+    def _density_where_needed(self) -> WeightedMerge:
+        if self.density is None and self.combination_type.startswith(_NEEDS_DENSITY):
+            raise ValueError(f"combination_type {self.combination_type} needs density (e.g. 0.5)")
+        return self
+
+
+def load_weighted(path: str | Path) -> WeightedMerge:
+    """Read a fusion YAML; adapter paths are relative to the file. Errors name the file and the key path."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+        spec = WeightedMerge.model_validate(raw)
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"Cannot read the weighted-merge file {path}: {err}") from err
+    except ValidationError as err:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in err.errors()
+        ]
+        raise ValueError(f"Invalid weighted-merge file {path}:\n  - " + "\n  - ".join(problems)) from None
+    for adapter in spec.adapters:
+        adapter.path = adapter.path if adapter.path.is_absolute() else path.parent / adapter.path
+    return spec
+
+
+def merge_weighted(
+    spec: WeightedMerge,
+    out_dir: str | Path,
+    *,
+    dtype: str | None = None,
+    nf4_roundtrip: bool = False,
+    verify: bool = True,
+    max_shard_size: str = "5GB",
+) -> MergeReport:
+    """Combine `spec.adapters` into one adapter and merge it into the base; arguments as `merge_adapter`'s."""
+    adapters = [check_adapter_dir(a.path) for a in spec.adapters]
+    base = resolve_model(spec.base_model or trained_on(adapters[0]))
+    cfg = training_config(adapters[0])
+    options = merge_options(dtype, cfg, base.path, nf4_roundtrip, verify, max_shard_size)
+    inputs = {
+        "base": fingerprint(base.path),
+        "adapters": [fingerprint(a, ADAPTER_FILES) for a in adapters],
+        "weighted": spec.model_dump(mode="json", exclude={"adapters"})
+        | {"weights": [a.weight for a in spec.adapters]},
+    }
+    label = " + ".join(f"{a.weight:g} x {a.path}" for a in spec.adapters) + f" ({spec.combination_type})"
+    return run_merge(
+        base, lambda staging: combine_adapters(spec, base.path, options.dtype, staging), inputs, Path(out_dir),
+        options, label=label,
+    )  # fmt: skip
+
+
+def combine_adapters(spec: WeightedMerge, base_dir: Path, dtype: torch.dtype, out: Path) -> Path:
+    """peft's add_weighted_adapter over the spec's adapters; the combined adapter is saved in `out/weighted`."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
+    names = [f"adapter_{i}" for i in range(len(spec.adapters))]
+    peft_model = PeftModel.from_pretrained(model, spec.adapters[0].path, adapter_name=names[0])
+    for name, adapter in zip(names[1:], spec.adapters[1:], strict=True):
+        peft_model.load_adapter(adapter.path, adapter_name=name)
+    torch.manual_seed(spec.seed)
+    try:
+        peft_model.add_weighted_adapter(
+            names, [a.weight for a in spec.adapters], "weighted", combination_type=spec.combination_type,
+            density=spec.density, majority_sign_method=spec.majority_sign_method,
+        )  # fmt: skip
+    except ValueError as err:
+        raise ValueError(f"peft cannot combine {[str(a.path) for a in spec.adapters]}: {err}") from err
+    peft_model.save_pretrained(out, selected_adapters=["weighted"])
+    combined = out / "weighted"  # peft saves a non-default adapter in a folder of its name
+    first = spec.adapters[0].path
+    for name in TOKENIZER_FILES:
+        if (first / name).is_file():  # the adapters share a tokenizer; training may have added tokens to it
+            shutil.copy2(first / name, combined / name)
+    return combined

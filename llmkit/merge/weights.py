@@ -1,0 +1,285 @@
+"""Fold a LoRA adapter into base weights one tensor at a time, streaming the result into safetensors shards.
+
+The output layout (names, shapes, shard boundaries) is planned from the base's safetensors headers before any
+weight is read, so each merged tensor goes to disk as soon as it is computed: peak memory is the adapter plus
+one base tensor, not a shard and never the whole model. The arithmetic is peft's (`LoraLayer.merge`): delta
+B @ A * scale in float32, added to the base weight in the merge dtype; DoRA rescales rows by its magnitude vector.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from peft.utils.other import get_pattern_key
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+_PEFT_PREFIX = "base_model.model."
+# adapter key suffix -> LoraModule field; any other adapter tensor replaces the base tensor of the same name
+_LORA_PARTS = {
+    ".lora_A.weight": "a", ".lora_B.weight": "b", ".lora_B.bias": "bias", ".lora_magnitude_vector": "magnitude",
+    ".lora_embedding_A": "a", ".lora_embedding_B": "b",
+}  # fmt: skip
+_ST_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}  # fmt: skip
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+class AdapterMismatchError(ValueError):
+    """The adapter cannot be applied to this base (wrong architecture, shapes, or an unsupported method)."""
+
+
+@dataclass
+class LoraModule:
+    """One wrapped module's LoRA factors; `delta()` is what peft's merge adds to the module's weight."""
+
+    name: str  # base module path, e.g. model.layers.0.self_attn.q_proj
+    a: torch.Tensor | None = None
+    b: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    magnitude: torch.Tensor | None = None
+    scale: float = 1.0
+    transposed: bool = False  # embeddings and fan_in_fan_out (GPT-2 Conv1D) store the weight transposed
+
+    def delta(self) -> torch.Tensor:
+        delta = self.b.float() @ self.a.float()
+        return (delta.T if self.transposed else delta) * self.scale
+
+    def merge_into(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The merged weight in `dtype`, computed in float32 as peft does on the CPU."""
+        merged = weight.float() + self.delta()
+        if self.magnitude is not None:  # DoRA: each output row rescaled to its learned norm
+            merged = (self.magnitude.float() / torch.linalg.norm(merged, dim=1)).view(-1, 1) * merged
+        return merged.to(dtype)
+
+
+@dataclass
+class Adapter:
+    path: Path
+    config: LoraConfig
+    modules: dict[str, LoraModule]
+    replacements: dict[str, torch.Tensor]  # full tensors (modules_to_save, resized embeddings) by base name
+
+
+def load_lora_adapter(adapter_dir: Path) -> Adapter:
+    """Read a peft LoRA adapter directory (config + safetensors) into per-module factors."""
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter_dir} is not a peft adapter directory: it has no adapter_config.json")
+    config = LoraConfig.from_pretrained(adapter_dir) if _peft_type(adapter_dir) == "LORA" else None
+    if config is None:
+        raise AdapterMismatchError(
+            f"{adapter_dir} is a {_peft_type(adapter_dir)} adapter; only LoRA/QLoRA adapters (DoRA and rsLoRA "
+            "included) can be merged. Serve it unmerged with `python -m llmkit.server --adapter`."
+        )
+    weights_file = adapter_dir / "adapter_model.safetensors"
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"{adapter_dir} has no adapter_model.safetensors")
+    modules: dict[str, LoraModule] = {}
+    replacements: dict[str, torch.Tensor] = {}
+    for key, tensor in load_file(weights_file).items():
+        name = key.removeprefix(_PEFT_PREFIX)
+        part = next((suffix for suffix in _LORA_PARTS if name.endswith(suffix)), None)
+        if part is None:
+            replacements[name.replace(".base_layer.", ".")] = tensor
+            continue
+        module = modules.setdefault(name.removesuffix(part), LoraModule(name.removesuffix(part)))
+        setattr(module, _LORA_PARTS[part], tensor)
+        module.transposed = module.transposed or "embedding" in part or config.fan_in_fan_out
+    for module in modules.values():
+        _configure(module, config, adapter_dir)
+    return Adapter(adapter_dir, config, modules, replacements)
+
+
+def _peft_type(adapter_dir: Path) -> str:
+    return str(json.loads((adapter_dir / "adapter_config.json").read_text()).get("peft_type", "unknown"))
+
+
+def _configure(module: LoraModule, config: LoraConfig, adapter_dir: Path) -> None:
+    if module.a is None or module.b is None:
+        raise AdapterMismatchError(f"{adapter_dir}: {module.name} has only one of its lora_A/lora_B factors")
+    if module.magnitude is not None and module.transposed:
+        raise AdapterMismatchError(
+            f"{adapter_dir}: DoRA on {module.name} (an embedding or fan_in_fan_out layer) cannot be merged here"
+        )
+    rank = module.a.shape[0]
+    alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), module.name), config.lora_alpha)
+    module.scale = alpha / rank**0.5 if config.use_rslora else alpha / rank
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """Where one output tensor comes from and what it will look like on disk."""
+
+    name: str
+    source_file: Path | None  # None: the tensor comes whole from the adapter
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return _numel(self.shape) * self.dtype.itemsize
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def base_weight_files(base_dir: Path) -> dict[str, Path]:
+    """Tensor name -> safetensors file of a model directory (single file or sharded with an index)."""
+    index = base_dir / INDEX_FILE
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {name: base_dir / file for name, file in weight_map.items()}
+    if not (base_dir / SINGLE_FILE).is_file():
+        raise FileNotFoundError(f"{base_dir} has no {SINGLE_FILE} or {INDEX_FILE}: merging needs safetensors weights")
+    with safe_open(base_dir / SINGLE_FILE, "pt") as f:
+        return dict.fromkeys(f.keys(), base_dir / SINGLE_FILE)
+
+
+def plan_tensors(base_dir: Path, adapter: Adapter, dtype: torch.dtype, tied_embeddings: bool) -> list[TensorPlan]:
+    """Check that the adapter fits the base, then list the output tensors in the base's order."""
+    files = base_weight_files(base_dir)
+    shapes: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+    with ExitStack() as stack:
+        handles = {file: stack.enter_context(safe_open(file, "pt")) for file in set(files.values())}
+        for name, file in files.items():
+            view = handles[file].get_slice(name)
+            shapes[name] = (_TORCH_DTYPES[view.get_dtype()], tuple(view.get_shape()))
+    _check_fit(base_dir, adapter, shapes, tied_embeddings)
+    plans = []
+    for name, (stored, shape) in shapes.items():
+        shape = tuple(adapter.replacements[name].shape) if name in adapter.replacements else shape
+        plans.append(TensorPlan(name, files[name], dtype if stored.is_floating_point else stored, shape))
+    for name in adapter.replacements.keys() - shapes.keys():  # an untied lm_head from modules_to_save
+        plans.append(TensorPlan(name, None, dtype, tuple(adapter.replacements[name].shape)))
+    return plans
+
+
+_TORCH_DTYPES = {code: dtype for dtype, code in _ST_DTYPES.items()}
+
+
+def _check_fit(base_dir: Path, adapter: Adapter, shapes: dict, tied_embeddings: bool) -> None:
+    trained_on = adapter.config.base_model_name_or_path
+    where = f"adapter {adapter.path} (trained on {trained_on}) does not fit base model {base_dir}"
+    for module in adapter.modules.values():
+        name = f"{module.name}.weight"
+        replaced = adapter.replacements.get(name)  # a resized embedding: the LoRA fits its new shape
+        weight = (replaced.dtype, tuple(replaced.shape)) if replaced is not None else shapes.get(name)
+        if weight is None:
+            tied = tied_embeddings and "lm_head" in module.name
+            hint = " (the base ties it to the input embeddings)" if tied else ""
+            raise AdapterMismatchError(f"{where}: the base has no module {module.name}{hint}")
+        out_features, in_features = weight[1][::-1] if module.transposed else weight[1]
+        if module.b.shape[0] != out_features or module.a.shape[1] != in_features:
+            raise AdapterMismatchError(
+                f"{where}: {module.name} is {in_features}->{out_features} in the base but "
+                f"{module.a.shape[1]}->{module.b.shape[0]} in the adapter"
+            )
+        if module.bias is not None and f"{module.name}.bias" not in shapes:
+            raise AdapterMismatchError(f"{where}: lora_bias on {module.name}, which has no bias in the base")
+    for name, tensor in adapter.replacements.items():
+        base = shapes.get(name)
+        untied_head = base is None and tied_embeddings and name.endswith("lm_head.weight")
+        # dim 0 may grow: embeddings resized for added tokens
+        if not untied_head and (base is None or tuple(tensor.shape[1:]) != base[1][1:]):
+            raise AdapterMismatchError(
+                f"{where}: {name} is {list(tensor.shape)} in the adapter but {list(base[1]) if base else 'absent'} "
+                "in the base"
+            )
+
+
+def read_tensor(file: Path, name: str) -> torch.Tensor:
+    # A safetensors handle maps its whole file, and every page read stays in our resident set while the handle
+    # is open: reading a shard through one handle costs the shard's size in RSS. One handle per tensor doesn't.
+    with safe_open(file, "pt") as handle:
+        return handle.get_tensor(name)
+
+
+def merged_tensor(plan: TensorPlan, adapter: Adapter, nf4: Callable | None) -> torch.Tensor:
+    """The output tensor for `plan`: base tensor (cast), adapter replacement, or base + LoRA delta."""
+    replaced = plan.name in adapter.replacements  # saved whole (modules_to_save, resized embeddings)
+    stored = adapter.replacements[plan.name] if replaced else read_tensor(plan.source_file, plan.name)
+    tensor = stored.to(plan.dtype)  # peft merges into the base as loaded in the merge dtype; so do we
+    module = adapter.modules.get(plan.name.removesuffix(".weight")) if plan.name.endswith(".weight") else None
+    if module is not None:
+        # bitsandbytes quantizes linear layers only; a LoRA on an embedding saw 16-bit weights in training
+        if nf4 is not None and not module.transposed:
+            tensor = nf4(stored)
+        return module.merge_into(tensor, plan.dtype)
+    module = adapter.modules.get(plan.name.removesuffix(".bias")) if plan.name.endswith(".bias") else None
+    if module is not None and module.bias is not None:
+        return (tensor.float() + module.bias.float() * module.scale).to(plan.dtype)
+    return tensor
+
+
+def split_shards(plans: list[TensorPlan], max_shard_bytes: int) -> list[list[TensorPlan]]:
+    shards: list[list[TensorPlan]] = [[]]
+    size = 0
+    for plan in plans:
+        if shards[-1] and size + plan.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(plan)
+        size += plan.nbytes
+    return shards
+
+
+def shard_names(count: int) -> list[str]:
+    return [SINGLE_FILE] if count == 1 else [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+def write_shard(path: Path, plans: list[TensorPlan], tensors: Iterator[torch.Tensor]) -> None:
+    """Write one safetensors file from a header planned up front, then each tensor as it arrives.
+
+    safetensors' own `save_file` needs the whole shard in memory (twice: tensors and their bytes); writing the
+    documented format (u64 header length, JSON header, raw little-endian data) streams instead.
+    """
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for plan in plans:
+        header[plan.name] = {
+            "dtype": _ST_DTYPES[plan.dtype], "shape": list(plan.shape), "data_offsets": [offset, offset + plan.nbytes]
+        }  # fmt: skip
+        offset += plan.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the format pads the header to an 8-byte boundary
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for plan, tensor in zip(plans, tensors, strict=True):
+            if tensor.dtype != plan.dtype or tuple(tensor.shape) != plan.shape:
+                raise RuntimeError(f"{plan.name}: computed {tensor.dtype} {list(tensor.shape)}, planned {plan}")
+            f.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+
+
+@dataclass(frozen=True)
+class Nf4Options:
+    """How training quantized the base (bitsandbytes through transformers' BitsAndBytesConfig)."""
+
+    dtype: str  # the base was loaded in the compute dtype, then quantized from it
+    quant_type: str  # nf4 or fp4
+    double_quant: bool
+    blocksize: int = 64  # bitsandbytes' Linear4bit default, which transformers does not change
+
+    def roundtrip(self, weight: torch.Tensor) -> torch.Tensor:
+        """The weight as the 4-bit layer saw it in training (in the training dtype)."""
+        import bitsandbytes.functional as bnb
+
+        packed, state = bnb.quantize_4bit(
+            weight.to(getattr(torch, self.dtype)), blocksize=self.blocksize, quant_type=self.quant_type,
+            compress_statistics=self.double_quant,
+        )  # fmt: skip
+        return bnb.dequantize_4bit(packed, state)

@@ -1,0 +1,44 @@
+"""Deterministic zip files: the same folder always gives the same bytes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from llmkit.submit.manifest import is_weight_file
+
+_ZIP_EPOCH = 315532800  # 1980-01-01T00:00:00Z, the earliest time a zip entry can hold
+
+
+def zip_timestamp() -> tuple[int, int, int, int, int, int]:
+    """SOURCE_DATE_EPOCH (reproducible-builds.org) if set, else 1980-01-01 00:00:00, in UTC."""
+    epoch = max(int(os.environ.get("SOURCE_DATE_EPOCH", _ZIP_EPOCH)), _ZIP_EPOCH)
+    return time.gmtime(epoch)[:6]
+
+
+def write_zip(folder: Path, zip_path: Path) -> None:
+    """Zip every file under `folder`, sorted by path, with fixed timestamps and permissions (rw-r--r--).
+
+    Weight files are stored, not deflated: compressing floating-point weights saves little and takes long.
+    """
+    files = sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for _, p in files)
+    stamp = zip_timestamp()
+    with (
+        zipfile.ZipFile(zip_path, "w") as archive,
+        tqdm(total=total, unit="B", unit_scale=True, desc=f"Writing {zip_path.name}", disable=total < 1 << 27) as bar,
+    ):
+        for name, path in files:
+            info = zipfile.ZipInfo(name, date_time=stamp)
+            info.create_system = 3  # unix, so the permission bits below are read
+            info.external_attr = 0o100644 << 16
+            info.compress_type = zipfile.ZIP_STORED if is_weight_file(name) else zipfile.ZIP_DEFLATED
+            info.file_size = path.stat().st_size  # lets zipfile choose zip64 up front for files over 2 GiB
+            with path.open("rb") as source, archive.open(info, "w") as target:
+                shutil.copyfileobj(source, target, 1 << 20)
+            bar.update(info.file_size)

@@ -1,0 +1,189 @@
+"""llmkit submission --track 4090 [--config C | --model M [--adapter A]]: build a challenge submission zip.
+
+Writes `submissions/<track>_track/<track>_submission_<N>.zip` and the same files unpacked beside it. The zip holds
+at its root the Dockerfile (rendered from docker/Dockerfile.template for the track), .dockerignore, the server code
+the image runs, pinned requirements and manifest.json. It is byte-identical when built twice from the same inputs:
+sorted entries, fixed timestamps (SOURCE_DATE_EPOCH or 1980-01-01) and permissions. Nothing is written unless
+the memory fit check and verify_submission pass, and the zip and folder are renamed into place last.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from llmkit.core.assets import DEFAULT_CONFIG, DOCKER_DIR
+from llmkit.core.challenge import TRACKS, Loading, Track
+from llmkit.core.memory import MemoryEstimate, choose_loading
+from llmkit.core.shapes import model_shape
+from llmkit.submit.archive import write_zip
+from llmkit.submit.image import render_dockerfile, render_requirements, server_files
+from llmkit.submit.manifest import (
+    MANIFEST_NAME,
+    ZIP_ADAPTER_DIR,
+    ZIP_MODEL_DIR,
+    Manifest,
+    WeightsSource,
+    sha256_file,
+)
+from llmkit.submit.sources import (
+    SubmissionError,
+    Weights,
+    hub_or_local,
+    local_size,
+    pipeline_weights,
+)
+
+LOG = logging.getLogger(__name__)
+
+MAX_SUBMISSIONS = 3  # per track, by the challenge's rules
+# What a served model directory needs (as llmkit/core/models.py downloads it); checkpoints and logs stay behind.
+_WEIGHT_DIR_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja")
+
+
+def build_submission(
+    track: Track | str,
+    *,
+    config: str | Path | None = None,
+    model: str | None = None,
+    adapter: str | None = None,
+    number: int | None = None,
+    bundle_weights: bool = False,
+    revision: str | None = None,
+    loading: Loading | str | None = None,
+    config_overrides: dict | None = None,
+    out_root: str | Path | None = None,
+) -> Path:
+    """Build, check and write one submission; returns the zip's path.
+
+    Args:
+        track: "4090" or "A100".
+        config: train, merge and bundle this config's model (the default when neither config nor model is given).
+        model: hub id (downloaded by the image) or local directory (needs bundle_weights) of the served model.
+        adapter: an unmerged peft adapter on top of `model`: hub id or local directory (needs bundle_weights).
+        number: N in `<track>_submission_N`; default: the next free one. An existing N is replaced.
+        bundle_weights: put the weight files in the zip (self-hosting; the challenge does not accept it).
+        revision: hub revision of `model`; default: its current commit, asked from the hub.
+        loading: bf16, int8 or nf4; default: the first of the track's loadings that fits.
+        config_overrides: top-level config keys replacing the file's (tests: a short max_steps).
+        out_root: folder holding `<track>_track/` (default: the project's submissions/).
+
+    Raises:
+        SubmissionError: bad arguments, a model that does not fit (FitError), or a zip that fails verification.
+    """
+    track = Track(track)
+    loading = Loading(loading) if loading is not None else None
+    if config is not None and model is not None:
+        raise SubmissionError("Give --config or --model, not both")
+    if number is not None and number < 1:
+        raise SubmissionError(f"--number {number}: submissions are numbered from 1")
+    if model is None and (adapter is not None or revision is not None):
+        raise SubmissionError("--adapter and --revision need --model (the base they apply to)")
+    if model is None:
+        weights = pipeline_weights(Path(config or DEFAULT_CONFIG), config_overrides)
+        adapter_weights = None
+    else:
+        weights = hub_or_local(model, revision, bundle=bundle_weights, marker="config.json", what="model")
+        adapter_weights = adapter and hub_or_local(
+            adapter, None, bundle=bundle_weights, marker="adapter_config.json", what="adapter"
+        )
+    shape = model_shape(str(weights.local_dir or weights.name))
+    estimate = choose_loading(weights.name, shape, track, loading, local_size(adapter_weights))
+    LOG.info("GPU memory on the %s track: %s", track.value, estimate.breakdown())
+    track_dir = Path(out_root or "submissions") / f"{track.value}_track"  # beside where the command runs
+    track_dir.mkdir(parents=True, exist_ok=True)
+    number = number or next_number(track_dir, track)
+    if number > MAX_SUBMISSIONS:
+        LOG.warning("Submission %d: the challenge accepts at most %d per track", number, MAX_SUBMISSIONS)
+    return _write(track_dir, f"{track.value}_submission_{number}", track, weights, adapter_weights, estimate)
+
+
+def next_number(track_dir: Path, track: Track) -> int:
+    pattern = re.compile(rf"^{re.escape(track.value)}_submission_(\d+)(\.zip)?$")
+    taken = [int(m.group(1)) for p in track_dir.iterdir() if (m := pattern.match(p.name))]
+    return max(taken, default=0) + 1
+
+
+def _write(
+    track_dir: Path, name: str, track: Track, weights: Weights, adapter: Weights | None, estimate: MemoryEstimate
+) -> Path:
+    from llmkit.submit.verify import verify_submission
+
+    zip_path, unpacked = track_dir / f"{name}.zip", track_dir / name
+    # Built next to its destination, so the final renames never cross a filesystem.
+    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=track_dir) as tmp:
+        stage, staged_zip = Path(tmp) / name, Path(tmp) / f"{name}.zip"
+        _stage(stage, track, weights, adapter, estimate)
+        if unpacked.is_dir() and _unchanged(zip_path, stage / MANIFEST_NAME):
+            LOG.info("%s already holds this submission (its files' hashes are unchanged); kept as it is", zip_path)
+            return zip_path
+        write_zip(stage, staged_zip)
+        problems = verify_submission(staged_zip)
+        if problems:
+            raise SubmissionError("The submission failed verification:\n  " + "\n  ".join(problems))
+        if unpacked.exists():
+            unpacked.rename(Path(tmp) / "replaced")  # removed with the temporary folder
+        os.replace(staged_zip, zip_path)
+        stage.rename(unpacked)
+    LOG.info("Wrote %s (unpacked in %s)", zip_path, unpacked)
+    return zip_path
+
+
+def _unchanged(zip_path: Path, staged_manifest: Path) -> bool:
+    """True when `zip_path` exists and its manifest, which hashes every other file, equals the staged one."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            return archive.read(MANIFEST_NAME) == staged_manifest.read_bytes() and archive.testzip() is None
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return False
+
+
+def _stage(stage: Path, track: Track, weights: Weights, adapter: Weights | None, estimate: MemoryEstimate) -> None:
+    """Lay out the zip's files in `stage`, manifest last (it hashes the others)."""
+    stage.mkdir()
+    (stage / "Dockerfile").write_text(render_dockerfile(track, weights, adapter, estimate.loading))
+    shutil.copyfile(DOCKER_DIR / ".dockerignore", stage / ".dockerignore")
+    (stage / "requirements.txt").write_text(render_requirements(track))
+    for source, relative in server_files():
+        (stage / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, stage / relative)
+    if weights.bundled:
+        _copy_weights(weights.local_dir, stage / ZIP_MODEL_DIR)
+    if adapter is not None and adapter.bundled:
+        _copy_weights(adapter.local_dir, stage / ZIP_ADAPTER_DIR)
+    files = {p.relative_to(stage).as_posix(): sha256_file(p) for p in sorted(stage.rglob("*")) if p.is_file()}
+    manifest = Manifest(
+        track=track,
+        gpu=TRACKS[track].gpu,
+        model=_source(weights),
+        adapter=_source(adapter) if adapter else None,
+        loading=estimate.loading,
+        quantization=estimate.loading.quantization,
+        estimated_gpu_memory=estimate,
+        bundled_weights=weights.bundled or bool(adapter and adapter.bundled),
+        files=dict(sorted(files.items())),
+    )
+    (stage / MANIFEST_NAME).write_bytes(manifest.to_json())
+
+
+def _source(weights: Weights) -> WeightsSource:
+    name = weights.name
+    if weights.bundled and Path(name).is_absolute():
+        name = os.path.relpath(name) if Path(name).is_relative_to(Path.cwd()) else name
+    return WeightsSource(id=name, revision=weights.revision, bundled=weights.bundled, base_model=weights.base_model)
+
+
+def _copy_weights(source: Path, target: Path) -> None:
+    files = sorted({p for pattern in _WEIGHT_DIR_PATTERNS for p in source.glob(pattern) if p.is_file()})
+    if not any(p.suffix == ".safetensors" for p in files):
+        raise SubmissionError(f"{source} holds no *.safetensors weights to bundle")
+    target.mkdir(parents=True)
+    for path in files:
+        shutil.copyfile(path, target / path.name)
+    LOG.info("Bundled %d files from %s", len(files), source)

@@ -1,0 +1,246 @@
+"""llmkit verify-submission ZIP --smoke: what `docker run` would do, without Docker.
+
+Unpack the zip, take the Dockerfile's exec-form CMD (and its ENV), run it from the unpacked folder with this
+environment's python on a loopback port (port 80 -> a free port, host 0.0.0.0 -> 127.0.0.1) and the model the
+manifest names (the bundled files, or the hub id resolved locally: the default's id is the embedded copy), then
+send the harness's probe and one request of each kind HELM sends. `run_smoke` reports a server that does not start
+as a failed result instead of raising, for the summary (llmkit/submit/summary.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from llmkit.server.launch import ServerProcess, ServerStartError
+from llmkit.submit.dockerfile import DockerfileError, env_vars, exec_form, final_stage, last, parse_dockerfile
+from llmkit.submit.manifest import MANIFEST_NAME, ZIP_ADAPTER_DIR, ZIP_MODEL_DIR, Manifest, WeightsSource
+
+LOG = logging.getLogger(__name__)
+
+HARNESS_PROBE = {"prompt": "The capital of France is "}  # exactly what the organisers' harness sends
+_TEXT = "The quick brown fox jumps over the lazy dog. " * 8
+
+
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Exit)\b")
+
+
+class SmokeError(RuntimeError):
+    """The zip's server cannot be started as its Dockerfile says."""
+
+
+@dataclass
+class SmokeResult:
+    name: str
+    ok: bool
+    seconds: float
+    detail: str
+    process_request: bool = True  # one POST /process: what HELM sends once per instance (not /tokenize, /decode)
+
+
+@dataclass
+class SmokeReport:
+    """One smoke test: its results, where the zip's server ran, and how long it took to become healthy."""
+
+    results: list[SmokeResult]
+    device: str = ""  # "cpu" or "cuda (NVIDIA ...)", with the dtype; empty when the server did not start
+    startup_s: float = 0.0
+    error: str = ""  # the whole error (server log tail included) when the server did not start
+
+    @property
+    def failed(self) -> list[SmokeResult]:
+        return [result for result in self.results if not result.ok]
+
+    @property
+    def timed_requests(self) -> list[SmokeResult]:
+        """The /process requests that succeeded: what a per-request pace is measured from."""
+        return [result for result in self.results if result.ok and result.process_request]
+
+
+def smoke_test(zip_path: str | Path, *, startup_timeout: float = 300) -> list[SmokeResult]:
+    """Start the submission's server from its unpacked zip and send one request of each kind; one result each."""
+    return _smoke(zip_path, startup_timeout).results
+
+
+def run_smoke(zip_path: str | Path, *, startup_timeout: float = 300) -> SmokeReport:
+    """smoke_test, with a server that cannot be started (or a CMD that cannot be run here) as a failed result."""
+    start = time.perf_counter()
+    try:
+        return _smoke(zip_path, startup_timeout)
+    except (SmokeError, DockerfileError, ServerStartError, OSError, ValueError, zipfile.BadZipFile) as err:
+        seconds = round(time.perf_counter() - start, 3)
+        detail = f"{type(err).__name__}: {_headline(str(err))}"
+        return SmokeReport([SmokeResult("server start", False, seconds, detail, False)], error=str(err))
+
+
+def _headline(message: str) -> str:
+    """The first line of an error; for a server that died, also the exception its log ends with (the cause)."""
+    first, _, log = message.partition("\n--- server log")
+    headline = first.strip().splitlines()[0] if first.strip() else message
+    lines = [line.strip() for line in log.splitlines()[1:] if line.strip()]
+    raised = [i for i, line in enumerate(lines) if _EXCEPTION_LINE.match(line)]
+    if not raised:
+        return f"{headline}: {lines[-1]}" if lines else headline
+    # The exception without its module, and the lines that explain it (pydantic: the field, what it should be).
+    name, colon, text = lines[raised[-1]].partition(":")
+    cause = [name.rpartition(".")[2] + colon + text, *lines[raised[-1] + 1 : raised[-1] + 3]]
+    return f"{headline}: " + " ".join(line for line in cause if not line.startswith("For further information"))
+
+
+def _smoke(zip_path: str | Path, startup_timeout: float) -> SmokeReport:
+    with tempfile.TemporaryDirectory(prefix="llmkit-smoke-") as folder:
+        root = Path(folder)
+        with zipfile.ZipFile(zip_path) as archive:
+            archive.extractall(root)
+        manifest = Manifest.model_validate_json((root / MANIFEST_NAME).read_bytes())
+        stage = final_stage(parse_dockerfile((root / "Dockerfile").read_text()))
+        cmd = last(stage, "CMD")
+        if cmd is None:
+            raise SmokeError("the Dockerfile has no CMD")
+        command = local_command(exec_form(cmd), manifest, root)
+        # Container paths (HF_HOME=/opt/hf) mean nothing here; the rest (HF_HUB_OFFLINE, LLMKIT_*) applies.
+        env = {k: v for k, v in env_vars(stage).items() if not v.startswith("/")}
+        env["PYTHONPATH"] = str(root)  # the zip's server package, not the checkout's
+        LOG.info("Running the Dockerfile's CMD as: %s", " ".join(command))
+        start = time.perf_counter()
+        with ServerProcess(command=command, cwd=root, env=env, startup_timeout=startup_timeout) as server:
+            startup_s = round(time.perf_counter() - start, 3)
+            with httpx.Client(base_url=server.url, timeout=600) as client:
+                results = [_run(name, check, client) for name, check in CHECKS.items()]
+        return SmokeReport(results, _device(server.info), startup_s)
+
+
+def _device(health: dict) -> str:
+    """Where the server ran, from its /health answer: "cpu, bfloat16" or "cuda (NVIDIA H100), bfloat16, nf4"."""
+    device = str(health.get("device", "unknown device"))
+    if device.startswith("cuda"):
+        import torch  # the server runs here, with the same CUDA_VISIBLE_DEVICES
+
+        device = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    quantization = health.get("quantization")
+    parts = [device, health.get("dtype"), quantization if quantization not in (None, "none") else None]
+    return ", ".join(str(part) for part in parts if part)
+
+
+def local_command(cmd: list[str], manifest: Manifest, root: Path) -> list[str]:
+    """The CMD with this python, a free loopback port and local copies of the weights."""
+    if not Path(cmd[0]).name.startswith("python"):
+        raise SmokeError(f"CMD starts with {cmd[0]!r}, not a python interpreter")
+    command, args = [sys.executable], iter(cmd[1:])
+    for part in args:
+        if part not in ("--port", "--host", "--model", "--adapter", "--revision"):
+            command.append(part)
+            continue
+        value = next(args, None)
+        if value is None:
+            raise SmokeError(f"CMD ends with {part} and no value")
+        if part == "--port":
+            if value != "80":
+                raise DockerfileError(f"CMD serves port {value}; the harness expects 80")
+            command += [part, "{port}"]
+        elif part == "--host":
+            command += [part, "127.0.0.1"]
+        elif part == "--model":
+            command += [part, str(_local_weights(manifest.model, root / ZIP_MODEL_DIR, adapter=False))]
+        elif part == "--adapter":
+            if manifest.adapter is None:
+                raise SmokeError("CMD names --adapter, but the manifest names no adapter")
+            command += [part, str(_local_weights(manifest.adapter, root / ZIP_ADAPTER_DIR, adapter=True))]
+    if "{port}" not in command:
+        raise SmokeError("CMD names no --port")
+    return command
+
+
+def _local_weights(source: WeightsSource, bundled_dir: Path, *, adapter: bool) -> Path:
+    if source.bundled:
+        return bundled_dir
+    if adapter:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source.id, revision=source.revision))
+    from llmkit.core.models import resolve_model
+
+    try:
+        return resolve_model(source.id, source.revision).path
+    except ConnectionError:  # offline: the embedded default (or a cached copy) stands in for the hub's files
+        LOG.warning("Hub unreachable: serving %s from its local copy, not revision %s", source.id, source.revision)
+        return resolve_model(source.id).path
+
+
+def _run(name: str, check: Callable[[httpx.Client], str], client: httpx.Client) -> SmokeResult:
+    start = time.perf_counter()
+    try:
+        detail, ok = check(client), True
+    except (AssertionError, httpx.HTTPError, KeyError, ValueError) as err:
+        detail, ok = f"{type(err).__name__}: {err}", False
+    return SmokeResult(name, ok, round(time.perf_counter() - start, 3), detail, name not in _TOKENIZER_CHECKS)
+
+
+def _post(client: httpx.Client, path: str, body: dict) -> dict:
+    response = client.post(path, json=body)
+    assert response.status_code == 200, f"HTTP {response.status_code}: {response.text[:300]}"
+    return response.json()
+
+
+def _helm(prompt: str, **fields) -> dict:
+    """A /process body with every field HELM sends (http_model_client.py)."""
+    body = {"prompt": prompt, "temperature": 1e-7, "num_return_sequences": 1, "max_new_tokens": 20, "top_p": 1.0,
+            "echo_prompt": False, "top_k_per_token": 1, "stop_sequences": []}  # fmt: skip
+    return {**body, **fields}
+
+
+def _probe(client: httpx.Client) -> str:
+    body = _post(client, "/process", HARNESS_PROBE)
+    assert isinstance(body["text"], str) and body["tokens"], "the probe got no completion"
+    return f"completion {body['text']!r}"
+
+
+def _generation(client: httpx.Client) -> str:
+    body = _post(client, "/process", _helm("Q: Name a colour.\nA:", max_new_tokens=30, stop_sequences=["\n", "."]))
+    assert "\n" not in body["text"] and "." not in body["text"], f"a stop sequence was not honoured: {body['text']!r}"
+    return f"completion {body['text']!r}, logprob {body['logprob']:.2f}"
+
+
+def _multiple_choice(client: httpx.Client) -> str:
+    prompt = "Question: Is 12 even or odd?\nA. even\nB. odd\nAnswer:"
+    body = _post(client, "/process", _helm(prompt, max_new_tokens=5, top_k_per_token=5))
+    assert len(body["tokens"]) <= 5, f"{len(body['tokens'])} tokens for max_new_tokens 5"
+    assert all(len(t["top_logprob"]) <= 5 for t in body["tokens"]), "more than top_k_per_token alternatives"
+    return f"completion {body['text']!r}"
+
+
+def _scoring(client: httpx.Client) -> str:
+    prompt = "The sky is blue."
+    body = _post(client, "/process", _helm(prompt, max_new_tokens=0, echo_prompt=True))
+    assert body["text"] == prompt, f"echo_prompt returned {body['text']!r}"
+    assert all(t["logprob"] <= 0 for t in body["tokens"]), "a logprob above 0"
+    return f"{len(body['tokens'])} prompt tokens, logprobs {[round(t['logprob'], 2) for t in body['tokens']]}"
+
+
+def _tokenize_decode(client: httpx.Client) -> str:
+    tokens = _post(client, "/tokenize", {"text": _TEXT, "truncation": True, "max_length": 8})["tokens"]
+    assert len(tokens) == 8, f"truncation to 8 gave {len(tokens)} tokens"
+    full = _post(client, "/tokenize", {"text": _TEXT, "truncation": False, "max_length": 8})["tokens"]
+    assert len(full) > 8, "truncation=false truncated"
+    text = _post(client, "/decode", {"tokens": tokens})["text"]
+    assert _TEXT.startswith(text), f"decode gave {text!r}"
+    return f"{len(full)} tokens, truncated to 8, decoded back to {text!r}"
+
+
+CHECKS: dict[str, Callable[[httpx.Client], str]] = {
+    "harness probe": _probe,
+    "generation with stop sequences": _generation,
+    "multiple choice (5 tokens, top 5)": _multiple_choice,
+    "echo_prompt scoring (0 new tokens)": _scoring,
+    "/tokenize with truncation + /decode": _tokenize_decode,
+}
+_TOKENIZER_CHECKS = {"/tokenize with truncation + /decode"}  # the others are one POST /process each

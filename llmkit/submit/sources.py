@@ -1,0 +1,107 @@
+"""Where a submission's weights come from: a hub id (downloaded by `docker build`), or local files (bundled).
+
+The default, with neither a config nor a model, is the whole pipeline on the embedded default config:
+train, merge, then bundle the merged weights (they exist only on this machine).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+LOG = logging.getLogger(__name__)
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_REVISION = re.compile(r"^[\w.][\w./-]*$")
+BUNDLE_WARNING = (
+    "Bundling the weights of %s into the zip. Fine for self-hosting, but the challenge does not accept it: its "
+    "image must download the weights during `docker build`. Upload them (`hf upload <you>/<name> %s`) and build "
+    "the submission with MODEL=<you>/<name>."
+)
+
+
+class SubmissionError(ValueError):
+    """The submission cannot be built as asked; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A model or adapter: `name` is a hub id (with `revision`) or, when `local_dir` is set, bundled files."""
+
+    name: str
+    revision: str | None = None
+    local_dir: Path | None = None
+    base_model: str | None = None  # merged weights: the base the adapter was merged into
+
+    @property
+    def bundled(self) -> bool:
+        return self.local_dir is not None
+
+
+def pipeline_weights(config: Path, overrides: dict | None = None) -> Weights:
+    """Train `config` (resuming a finished run is quick), merge the adapter, and return the merged model to bundle."""
+    from llmkit.config.schema import load_config
+    from llmkit.merge.fold import merge_from_config
+    from llmkit.train.run import train
+
+    cfg = load_config(config, overrides)
+    LOG.info("Training %s into %s", config, cfg.output_dir)
+    train(cfg)
+    merged = merge_from_config(cfg)
+    LOG.warning(BUNDLE_WARNING, merged, merged)
+    return Weights(name=str(merged), local_dir=Path(merged), base_model=cfg.base_model)
+
+
+def hub_or_local(name: str, revision: str | None, *, bundle: bool, marker: str, what: str) -> Weights:
+    """A `--model`/`--adapter` argument as Weights; a local directory needs `bundle`, a hub id gets a pinned revision.
+
+    Args:
+        marker: the file a directory of this kind holds (config.json, adapter_config.json).
+        what: "model" or "adapter", for messages.
+    """
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / marker).is_file():
+            raise SubmissionError(f"--{what} {name}: the directory holds no {marker}")
+        if not bundle:
+            raise SubmissionError(
+                f"--{what} {name} is a local directory, and the challenge's image must download weights during "
+                f"`docker build`. Upload it (`hf upload <you>/<name> {name}`) and pass --{what} <you>/<name>, or "
+                "pass --bundle-weights (BUNDLE=1) to put the files in the zip for self-hosting only."
+            )
+        LOG.warning(BUNDLE_WARNING, name, name)
+        return Weights(name=str(local.resolve()), local_dir=local.resolve())
+    if not HUB_ID.match(name):
+        raise SubmissionError(f"--{what} {name!r} is neither a local directory nor a hub id (owner/name)")
+    if revision is not None and not HUB_REVISION.match(revision):
+        raise SubmissionError(f"--revision {revision!r} is not a branch, tag or commit name")
+    if bundle:
+        from llmkit.core.models import resolve_model
+
+        resolved = resolve_model(name, revision)
+        LOG.warning(BUNDLE_WARNING, name, resolved.path)
+        return Weights(name=name, revision=resolved.revision, local_dir=resolved.path)
+    return Weights(name=name, revision=revision or pin_revision(name))
+
+
+def pin_revision(repo_id: str) -> str:
+    """The commit the hub's main branch points at now, so the image downloads these weights next month too."""
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(repo_id, timeout=20).sha
+    except Exception as err:  # offline, gated without a token, or missing: say so and fall back to the branch
+        LOG.warning(
+            "Could not ask the hub for %s's current commit (%s: %s); the image will download revision 'main'. "
+            "Pass --revision <commit> (REVISION=...) to pin it.", repo_id, type(err).__name__, err,
+        )  # fmt: skip
+        return "main"
+
+
+def local_size(weights: Weights | None) -> int:
+    """Bytes of the weight files of a bundled adapter (what it adds to GPU memory); 0 for hub ids."""
+    if weights is None or weights.local_dir is None:
+        return 0
+    return sum(p.stat().st_size for p in weights.local_dir.glob("*.safetensors"))

@@ -1,0 +1,183 @@
+"""The summary `llmkit submission` and `llmkit verify-submission` end with: one table, read at a glance.
+
+Rows: the zip and its size, the track, the memory fit (the manifest's estimate against the card), where the weights
+come from, the verification, the smoke test (each request kind with ✓/✗ and its time) and the open evaluation's
+duration projected from the smoke test's request times (llmkit.core.challenge.project) against the 2-hour limit.
+Anything marked ✗ makes the exit status 1; a warning (!) does not.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from pydantic import ValidationError
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from llmkit.submit.manifest import MANIFEST_NAME, Manifest, WeightsSource
+from llmkit.submit.smoke import SmokeReport, run_smoke
+
+OK, FAIL, WARN, SKIP = Text("✓", "bold green"), Text("✗", "bold red"), Text("!", "bold yellow"), Text("-", "dim")
+_DETAIL_CHARS = 70  # a smoke request's detail (completion, logprobs) is cut here; the table stays one line a row
+_VERIFIED = "verify-submission passed: Dockerfile, hadolint, secrets, weight files, sha256s"
+
+
+def summarize(
+    zip_path: str | Path, *, problems: list[str], smoke: bool, built: bool = False, console: Console | None = None
+) -> int:
+    """Smoke-test the zip (when asked and `problems` is empty), print the summary; returns the exit status.
+
+    Args:
+        problems: what verify_submission found (printed by the caller); the smoke test is not run when there are any.
+        smoke: run the smoke test (False: the summary says it was skipped).
+        built: the zip was just written by `llmkit submission` (the closing line says it stays written).
+    """
+    console = console or Console()
+    manifest = read_manifest(zip_path)
+    report = run_smoke(zip_path) if smoke and not problems else None
+    if report is not None and report.error:  # the server's log, for whoever fixes it; the summary has the cause
+        Console(stderr=True).print(Text(f"The smoke test's server did not start: {report.error}", "red"))
+    if problems:
+        not_run = "not run: the checks failed"
+    else:
+        not_run = "skipped (--no-smoke / SMOKE=0)" if built else "skipped (run it with --smoke / SMOKE=1)"
+    console.print(summary_table(Path(zip_path), manifest, problems, report, not_run=not_run))
+    if manifest is not None and (warning := bundled_warning(manifest)):
+        console.print(Text(f"Warning: {warning}", "bold yellow"))
+    failures = _failures(manifest, problems, report)
+    if failures:
+        kept = " The zip stays written; rebuild after fixing it." if built else ""
+        console.print(Text(f"✗ {zip_path}: " + "; ".join(failures) + "." + kept, "bold red"))
+        return 1
+    smoke_note = "smoke test passed" if report is not None else "smoke test skipped"
+    console.print(Text(f"✓ {zip_path}: checks passed, {smoke_note}.", "bold green"))
+    return 0
+
+
+def read_manifest(zip_path: str | Path) -> Manifest | None:
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            return Manifest.model_validate_json(archive.read(MANIFEST_NAME))
+    except (OSError, KeyError, zipfile.BadZipFile, ValidationError):
+        return None  # verify_submission reports why
+
+
+def bundled_warning(manifest: Manifest) -> str | None:
+    """What to do about bundled weights, or None when the image downloads them."""
+    if not manifest.bundled_weights:
+        return None
+    local = next(source.id for source in (manifest.model, manifest.adapter) if source and source.bundled)
+    return (
+        "the weights are bundled in the zip. That is fine for self-hosting, but not accepted by the challenge: its "
+        "image must download them during `docker build`. Publish the merged model to the hub "
+        f"(`hf upload <you>/<name> {local}`) and build with `make submission MODEL=<hub id> REVISION=<sha>`."
+    )
+
+
+def summary_table(
+    zip_path: Path, manifest: Manifest | None, problems: list[str], report: SmokeReport | None, *, not_run: str = ""
+) -> Table:
+    """The summary; `report` is None when the smoke test was not run, and `not_run` says why."""
+    table = Table(title=f"Submission {zip_path.name}", show_header=False, box=box.ROUNDED, title_style="bold")
+    table.add_column("what", style="bold", no_wrap=True)
+    table.add_column("ok", no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    size = _size(zip_path.stat().st_size) if zip_path.is_file() else "missing"
+    table.add_row("zip", "", "", Text(f"{zip_path} ({size})"))
+    if manifest is None:
+        table.add_row("manifest", FAIL, "", Text(f"{MANIFEST_NAME} is missing or invalid"))
+    else:
+        memory = manifest.estimated_gpu_memory
+        table.add_row("track", "", "", Text(f"{manifest.track.value} ({manifest.gpu})"))
+        table.add_row(
+            "memory fit",
+            OK if memory.fits else FAIL,
+            "",
+            Text(
+                f"{memory.total_gib:.2f} GiB needed of {memory.available_gib:.1f} GiB on the card "
+                f"({manifest.loading.value}; the manifest's estimate)"
+            ),
+        )
+        table.add_row("weights", *_weights(manifest.model))
+        if manifest.adapter is not None:
+            table.add_row("adapter", *_weights(manifest.adapter))
+    table.add_row(
+        "checks",
+        FAIL if problems else OK,
+        "",
+        Text(f"{len(problems)} problem(s), listed above" if problems else _VERIFIED),
+    )
+    _smoke_rows(table, report, not_run)
+    table.add_row("eval time", *_projection(report, manifest))
+    return table
+
+
+def _weights(source: WeightsSource) -> tuple[Text, str, Text]:
+    if source.bundled:
+        return WARN, "", Text(f"bundled (from {source.id}): not accepted by the challenge, see README")
+    if source.revision in (None, "main"):
+        return WARN, "", Text(f"hub: {source.id} @ {source.revision or 'main'} (not pinned: pass REVISION=<commit>)")
+    return OK, "", Text(f"hub: {source.id} @ {source.revision} (downloaded by `docker build`)")
+
+
+def _smoke_rows(table: Table, report: SmokeReport | None, not_run: str) -> None:
+    if report is None:
+        table.add_row("smoke test", SKIP, "", Text(f"smoke test: {not_run}"))
+        return
+    if not report.device:  # the server did not start: its one result says why
+        [result] = report.results
+        table.add_row("smoke test", FAIL, f"{result.seconds:.2f} s", Text(f"{result.name}: {result.detail}"))
+        return
+    where = f"the Dockerfile's CMD, run here without Docker: healthy on {report.device}"
+    table.add_row("smoke test", OK, f"{report.startup_s:.1f} s", Text(where))
+    for result in report.results:
+        detail = result.detail  # a failure in full; a completion or logprobs cut to keep the table compact
+        if result.ok and len(detail) > _DETAIL_CHARS:
+            detail = detail[: _DETAIL_CHARS - 1] + "…"
+        table.add_row(f"  {result.name}", OK if result.ok else FAIL, f"{result.seconds:.2f} s", Text(detail))
+
+
+def _projection(report: SmokeReport | None, manifest: Manifest | None) -> tuple[Text, str, Text]:
+    from llmkit.core.challenge import project
+
+    timed = report.timed_requests if report is not None else []
+    if not timed:
+        reason = "the smoke test was not run" if report is None else "no smoke request succeeded"
+        return SKIP, "", Text(f"not projected: {reason} (its request times are what the projection uses)")
+    gpu = manifest.gpu if manifest is not None else "GPU"
+    here = report.device.split(",")[0]
+    speed = f"will be faster than this {here}" if here == "cpu" else f"is not this {here}"
+    projection = project(
+        sum(result.seconds for result in timed) / len(timed),
+        basis=f"(the mean of the {len(timed)} /process requests above, one at a time, on {report.device}; the "
+        "first includes warm-up)",
+        caveat=f"The track's {gpu} {speed}; HELM's open-suite prompts are longer (few-shot) and some ask for more "
+        "tokens: an order of magnitude, not a measurement.",
+    )
+    verdict = projection.verdict()
+    how = (
+        f"= {projection.open_requests} open-suite requests × {projection.seconds_per_request:.2f} s/request "
+        f"{projection.basis}. {projection.caveat}"
+    )
+    return OK if projection.ratio <= 1 else WARN, "", Text(f"{verdict[0].upper()}{verdict[1:]}.\n{how}")
+
+
+def _failures(manifest: Manifest | None, problems: list[str], report: SmokeReport | None) -> list[str]:
+    failures = [f"{len(problems)} problem(s) found by verify-submission"] if problems else []
+    if manifest is not None and not manifest.estimated_gpu_memory.fits:
+        failures.append("the model does not fit the track's GPU")
+    if report is not None:
+        failures += [f"smoke test: '{result.name}' failed ({result.detail})" for result in report.failed]
+    return failures
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.2f} GiB"

@@ -1,0 +1,152 @@
+"""Where a training run stands in its output_dir: finished, resumable from a checkpoint, or another run's.
+
+A run writes `llmkit_run.json` (what it trains: the config's training keys and its data files' hashes) into
+output_dir before its first step. Rerunning the same command then either does nothing (the run is published),
+publishes the newest checkpoint (killed after its last step, before publishing), resumes from the newest
+checkpoint (killed midway), or refuses (output_dir holds a run of another config; `--fresh` starts over), so a
+finished schedule is never extended by a step and two configs never mix in one set of checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmkit.config.schema import AxolotlConfig, ConfigError
+from llmkit.data.cache import dataset_identity
+from llmkit.train.report import TRAINER_STATE
+
+LOG = logging.getLogger(__name__)
+
+RUN_RECORD = "llmkit_run.json"
+# What the later stages (merge, serve) look for; moved into output_dir last and removed first on a new run.
+COMPLETION_MARKERS = ("adapter_config.json", "config.json")
+# Keys that change where things go or who is told, not the weights a run produces.
+_NOT_TRAINING = frozenset(
+    {"output_dir", "dataset_prepared_path", "resume_from_checkpoint", "hub_model_id", "save_total_limit", "strict"}
+)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What `train` does with output_dir: `done` (nothing), or train/publish from `checkpoint` (None: step 0)."""
+
+    done: bool
+    checkpoint: Path | None = None
+    finished_checkpoint: bool = False  # the checkpoint is at the schedule's end: publish it without training
+
+
+def run_identity(cfg: AxolotlConfig) -> dict[str, Any]:
+    """The config's training keys, with the hashes of its local data files."""
+    keys = cfg.model_dump(mode="json", exclude_none=True)
+    identity = {k: v for k, v in keys.items() if k not in _NOT_TRAINING and not k.startswith("wandb_")}
+    identity["datasets"] = [dataset_identity(spec) for spec in cfg.datasets]
+    return json.loads(json.dumps(identity, default=str))  # as it reads back from RUN_RECORD
+
+
+def plan_run(cfg: AxolotlConfig, output_dir: Path, *, is_main: bool) -> RunPlan:
+    """Decide what the run does with output_dir; remove checkpoints written only in part (main process).
+
+    Raises:
+        ConfigError: output_dir holds a run of another config, or `resume_from_checkpoint` is not a checkpoint.
+    """
+    if cfg.resume_from_checkpoint:
+        path = Path(cfg.resume_from_checkpoint)
+        if not is_complete_checkpoint(path):
+            raise ConfigError([f"resume_from_checkpoint: {path} is not a complete Trainer checkpoint "
+                               f"(no readable {TRAINER_STATE})"], cfg.source)  # fmt: skip
+        return RunPlan(done=False, checkpoint=path, finished_checkpoint=_at_end(path))
+    checkpoints = _checkpoints(output_dir, remove_partial=is_main)
+    published = any((output_dir / name).exists() for name in COMPLETION_MARKERS)
+    if not checkpoints and not published:
+        return RunPlan(done=False)
+    _check_same_run(cfg, output_dir)
+    newest = checkpoints[-1] if checkpoints else None
+    if published:
+        return RunPlan(done=True)
+    if newest is not None:
+        LOG.info("Resuming from %s; pass --fresh to start from step 0", newest)
+    return RunPlan(done=False, checkpoint=newest, finished_checkpoint=newest is not None and _at_end(newest))
+
+
+def _check_same_run(cfg: AxolotlConfig, output_dir: Path) -> None:
+    record = output_dir / RUN_RECORD
+    try:
+        previous = json.loads(record.read_text())
+    except (OSError, ValueError):
+        previous = None
+    current = run_identity(cfg)
+    if previous == current:
+        return
+    if previous is None:
+        what = f"a run this version cannot identify (no readable {RUN_RECORD})"
+    else:
+        changed = sorted(k for k in previous.keys() | current.keys() if previous.get(k) != current.get(k))
+        what = "a run of another config (changed: " + ", ".join(_change(k, previous, current) for k in changed) + ")"
+    raise ConfigError(
+        [f"output_dir: {output_dir} holds {what}. Resuming would mix the two runs. To start from step 0, rerun "
+         f"with --fresh (make train ... ARGS=--fresh), delete {output_dir}, or set another output_dir"],
+        cfg.source,
+    )  # fmt: skip
+
+
+def _change(key: str, previous: dict, current: dict) -> str:
+    if key == "datasets":
+        return "datasets (their settings or files)"
+    return f"{key}: {previous.get(key)} -> {current.get(key)}"
+
+
+def write_record(cfg: AxolotlConfig, output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / RUN_RECORD).write_text(json.dumps(run_identity(cfg), indent=2, sort_keys=True) + "\n")
+
+
+def start_fresh(output_dir: Path) -> None:
+    """Remove a previous run's checkpoints, record and published markers (nothing else in output_dir)."""
+    for checkpoint in output_dir.glob("checkpoint-*"):
+        LOG.info("--fresh: removing %s", checkpoint)
+        shutil.rmtree(checkpoint)
+    for name in (*COMPLETION_MARKERS, RUN_RECORD):
+        (output_dir / name).unlink(missing_ok=True)
+
+
+def unpublish(output_dir: Path) -> None:
+    for name in COMPLETION_MARKERS:
+        if (output_dir / name).exists():
+            LOG.info("Removing the previous run's %s until this run finishes", output_dir / name)
+            (output_dir / name).unlink()
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    # The Trainer writes trainer_state.json last; a checkpoint killed while being written lacks it (or has half).
+    try:
+        json.loads((path / TRAINER_STATE).read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _at_end(checkpoint: Path) -> bool:
+    state = json.loads((checkpoint / TRAINER_STATE).read_text())
+    return state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]
+
+
+def _step(checkpoint: Path) -> int:
+    suffix = checkpoint.name.removeprefix("checkpoint-")
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def _checkpoints(output_dir: Path, *, remove_partial: bool) -> list[Path]:
+    """The complete `checkpoint-*` folders, oldest first; newer incomplete ones are removed (main process)."""
+    found = sorted((p for p in output_dir.glob("checkpoint-*") if _step(p) >= 0), key=_step)
+    complete = [p for p in found if is_complete_checkpoint(p)]
+    newest_step = _step(complete[-1]) if complete else -1
+    for broken in found:
+        if remove_partial and _step(broken) > newest_step:
+            LOG.warning("Removing %s: written only in part (the run was interrupted while saving it)", broken)
+            shutil.rmtree(broken, ignore_errors=True)
+    return complete

@@ -1,0 +1,222 @@
+"""The config schema: every shipped YAML loads, the team's values survive, and bad input names its key path."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from llmkit.cli import app
+from llmkit.config.keys import markdown_table
+from llmkit.config.schema import AxolotlConfig, ConfigError, ConfigWarning, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted([*ROOT.glob("axolotl_configs/**/*.yml"), *ROOT.glob("axolotl_configs/**/*.yaml")])
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+MLP = ["gate_proj", "up_proj", "down_proj"]
+# The team's configs as docs/axolotl.md lists them:
+# base, model_type, seq, r, alpha, listed targets, micro, accum, epochs, warmup, optimizer, lr
+L7, L13, M7 = "meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-13b-hf", "mistralai/Mistral-7B-v0.1"
+LL, ML, P32, B8 = "LlamaForCausalLM", "MistralForCausalLM", "paged_adamw_32bit", "adamw_bnb_8bit"
+TEAM = {
+    "Llama-2-7b-03": (L7, LL, 4096, 16, 16, MLP, 1, 16, 2, 100, P32, 4e-4),
+    "Llama-2-13b-01": (L13, LL, 4096, 16, 16, MLP, 1, 2, 1, 100, P32, 4e-4),
+    "Llama-2-13b-02": (L13, LL, 4096, 64, 64, MLP, 2, 4, 1, 300, P32, 4e-4),
+    "Mistral-01": (M7, ML, 8192, 32, 16, ALL_LINEAR, 2, 4, 3, 300, P32, 4e-4),
+    "Mistral-02": (M7, ML, 8192, 32, 16, MLP, 2, 4, 3, 300, B8, 4e-4),
+    "Mistral-03": (M7, ML, 8192, 64, 32, MLP, 4, 8, 3, 300, B8, 3e-4),
+}
+MINIMAL = """\
+base_model: HuggingFaceTB/SmolLM2-135M-Instruct
+adapter: qlora
+load_in_4bit: true
+lora_target_linear: true
+datasets:
+  - path: onuralp/open-otter
+    type: alpaca
+learning_rate: 0.0002
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "run.yml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def load_quietly(path: Path, overrides: dict | None = None) -> AxolotlConfig:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConfigWarning)
+        return load_config(path, overrides)
+
+
+def error_of(path: Path, overrides: dict | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_quietly(path, overrides)
+    assert str(path) in str(info.value)  # every error names the file
+    return str(info.value)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path):
+    cfg = load_quietly(path)
+    assert cfg.base_model and cfg.datasets and cfg.learning_rate > 0
+    assert cfg.source == path
+
+
+def test_the_six_team_configs_are_shipped_with_their_values():
+    assert set(TEAM) <= {path.stem for path in SHIPPED}
+    for name, (base, model_type, seq, r, alpha, listed, micro, accum, epochs, warmup, optim, lr) in TEAM.items():
+        cfg = load_quietly(ROOT / "axolotl_configs" / f"{name}.yml")
+        got = (cfg.base_model, cfg.model_type, cfg.sequence_len, cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules)
+        assert got == (base, model_type, seq, r, alpha, listed), name
+        got = (cfg.micro_batch_size, cfg.gradient_accumulation_steps, cfg.num_epochs, cfg.warmup_steps)
+        assert got == (micro, accum, epochs, warmup), name
+        assert (cfg.optimizer.value, cfg.learning_rate) == (optim, lr), name
+        assert cfg.adapter.value == "qlora" and cfg.load_in_4bit and cfg.lora_target_linear and cfg.bf16 is True
+        assert (cfg.lora_dropout, cfg.val_set_size, cfg.lr_scheduler.value, cfg.weight_decay) == (
+            0.05,
+            0.01,
+            "cosine",
+            0,
+        )
+        assert cfg.sample_packing and cfg.pad_to_sequence_len and not cfg.train_on_inputs
+        assert cfg.gradient_checkpointing and cfg.flash_attention and cfg.eval_steps == 20 and cfg.logging_steps == 1
+        assert [(d.path, d.type.value) for d in cfg.datasets] == [("onuralp/open-otter", "alpaca")]
+        assert cfg.special_tokens.bos_token == "<s>" and cfg.special_tokens.unk_token == "<unk>"
+        assert cfg.wandb_project is None and cfg.output_dir == "./qlora-out"
+
+
+def test_unimplemented_axolotl_keys_are_named_in_a_warning_and_fail_under_strict():
+    path = ROOT / "axolotl_configs" / "Llama-2-7b-03.yml"
+    with pytest.warns(ConfigWarning, match="is_llama_derived_model=True: not implemented") as record:
+        cfg = load_config(path)
+    assert "deepspeed" in str(record[0].message) and "fsdp_config" in str(record[0].message)
+    assert {key.path for key in cfg.ignored_keys} >= {"is_llama_derived_model", "xformers_attention", "local_rank"}
+    message = error_of(path, {"strict": True})
+    assert "is_llama_derived_model" in message
+    assert "deepspeed" not in message  # left empty: no effect, so strict lets it pass
+
+
+def test_unknown_keys_get_a_did_you_mean_and_fail_under_strict(tmp_path):
+    path = write(tmp_path, MINIMAL + "lora_rr: 32\ndatasets_prepared_path: cache\n")
+    with pytest.warns(ConfigWarning, match=r"lora_rr=32: unknown key \(did you mean lora_r\?\)"):
+        cfg = load_config(path)
+    assert cfg.lora_r == 8 and not hasattr(cfg, "lora_rr")
+    assert "did you mean dataset_prepared_path" in error_of(path, {"strict": True})
+    nested = write(tmp_path, MINIMAL.replace("type: alpaca", "type: alpaca\n    feild_input: ctx"), "nested.yml")
+    with pytest.warns(ConfigWarning, match=r"datasets\[0\].feild_input='ctx': unknown key \(did you mean field_input"):
+        load_config(nested)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"lora_r": "sixteen"}, "lora_r: Input should be a valid integer"),
+        ({"lora_dropout": 1.5}, "lora_dropout: Input should be less than 1"),
+        ({"optimizer": "adamw_tourch"}, "optimizer: Input should be 'adamw_torch'"),
+        ({"lr_scheduler": "cosinus"}, "lr_scheduler: Input should be"),
+        ({"adapter": "qlor"}, "adapter: Input should be 'lora' or 'qlora'"),
+        ({"peft": "ia3"}, "peft: Input should be 'lora', 'vera' or 'prompt_tuning'"),
+        ({"bf16": "sometimes"}, "bf16: Input should be a valid boolean"),
+        ({"datasets": [{"path": "x.jsonl", "type": "alpacca"}]}, "datasets[0].type: Input should be 'alpaca'"),
+        ({"datasets": [{"type": "alpaca"}]}, "datasets[0].path: Field required"),
+        ({"datasets": []}, "datasets: List should have at least 1 item"),
+        ({"special_tokens": {"pad": "<pad>"}}, "special_tokens.pad: Extra inputs are not permitted"),
+        ({"load_in_4bit": False}, "adapter: qlora requires load_in_4bit: true"),
+        ({"load_in_8bit": True}, "load_in_4bit and load_in_8bit: choose one"),
+        ({"adapter": "none"}, "a full fine-tune (no adapter) cannot train quantized weights"),
+        ({"warmup_steps": 10, "warmup_ratio": 0.1}, "warmup_steps and warmup_ratio: set one, not both"),
+        ({"bf16": True, "fp16": True}, "bf16 and fp16: both true"),
+        ({"lora_target_linear": False}, "lora_target_modules: empty"),
+        ({"peft": "vera", "peft_use_dora": True}, "peft_use_dora/peft_use_rslora apply to peft: lora"),
+    ],
+)
+def test_wrong_values_name_the_key_path(tmp_path, change, expected):
+    message = error_of(write(tmp_path, MINIMAL), change)
+    assert expected in message
+
+
+@pytest.mark.parametrize("key", ["base_model", "learning_rate", "datasets"])
+def test_missing_required_keys_are_named(tmp_path, key):
+    text = "\n".join(line for line in MINIMAL.splitlines() if not line.startswith(key))
+    text = text.replace("  - path: onuralp/open-otter\n    type: alpaca", "") if key == "datasets" else text
+    assert f"{key}: Field required" in error_of(write(tmp_path, text))
+
+
+def test_a_full_fine_tune_cannot_carry_a_peft_method(tmp_path):
+    message = error_of(write(tmp_path, MINIMAL), {"adapter": None, "load_in_4bit": False, "peft": "vera"})
+    assert "peft: vera needs adapter: lora or qlora" in message
+    cfg = load_quietly(write(tmp_path, MINIMAL), {"adapter": "none", "load_in_4bit": False})
+    assert cfg.adapter is None
+
+
+def test_empty_values_mean_unset_and_yaml_1_1_floats_load(tmp_path):
+    text = MINIMAL.replace("learning_rate: 0.0002", "learning_rate: 4e-4")  # YAML 1.1 reads this as a string
+    cfg = load_quietly(write(tmp_path, text + "wandb_project:\nlora_dropout:\nseed:\nspecial_tokens:\n"))
+    assert cfg.learning_rate == 4e-4 and cfg.wandb_project is None
+    assert (cfg.lora_dropout, cfg.seed, cfg.special_tokens) == (0.0, 42, None)
+
+
+def test_not_yaml_or_not_a_mapping_is_a_config_error(tmp_path):
+    assert "not valid YAML" in error_of(write(tmp_path, "base_model: [unclosed\n"))
+    assert "expected a mapping" in error_of(write(tmp_path, "- just\n- a list\n"))
+    assert "cannot read the file" in error_of(tmp_path / "missing.yml")
+
+
+def test_relative_dataset_paths_resolve_from_cwd_first_then_the_config_folder(tmp_path, monkeypatch):
+    config_dir, work_dir = tmp_path / "configs", tmp_path / "work"
+    (config_dir / "data").mkdir(parents=True)
+    work_dir.mkdir()
+    (config_dir / "data" / "rows.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
+    path = write(config_dir, MINIMAL.replace("onuralp/open-otter", "data/rows.jsonl"))
+    monkeypatch.chdir(work_dir)
+    assert load_quietly(path).datasets[0].path == str(config_dir / "data" / "rows.jsonl")
+    (work_dir / "data").mkdir()
+    (work_dir / "data" / "rows.jsonl").write_text('{"instruction": "c", "output": "d"}\n')
+    assert load_quietly(path).datasets[0].path == str(work_dir / "data" / "rows.jsonl")
+    assert load_quietly(write(config_dir, MINIMAL, "hub.yml")).datasets[0].path == "onuralp/open-otter"
+
+
+def test_overrides_replace_the_files_values(tmp_path):
+    cfg = load_quietly(write(tmp_path, MINIMAL), {"max_steps": 5, "output_dir": str(tmp_path / "out")})
+    assert (cfg.max_steps, cfg.output_dir) == (5, str(tmp_path / "out"))
+
+
+def test_compute_dtype_resolves_auto_for_the_device(tmp_path):
+    cfg = load_quietly(write(tmp_path, MINIMAL))
+    assert (cfg.bf16, cfg.fp16) == ("auto", "auto")
+    assert cfg.compute_dtype("cpu") == "float32"
+    assert cfg.compute_dtype("cuda", capability=(8, 9)) == "bfloat16"
+    assert cfg.compute_dtype("cuda", capability=(7, 0)) == "float16"
+    assert cfg.model_copy(update={"fp16": False}).compute_dtype("cuda", capability=(7, 5)) == "float32"
+    assert cfg.model_copy(update={"bf16": True}).compute_dtype("cpu") == "bfloat16"
+    assert not cfg.tf32_enabled("cpu") and cfg.model_copy(update={"tf32": True}).tf32_enabled("cpu")
+
+
+def test_a_config_survives_a_dump_and_reload(tmp_path):
+    cfg = load_quietly(ROOT / "axolotl_configs" / "Mistral-01.yml")
+    dumped = yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigWarning)  # a dump carries no ignored keys
+        again = AxolotlConfig.model_validate(dumped)
+    assert again.model_dump() == cfg.model_dump() and again.ignored_keys == []
+
+
+def test_cli_validate_reports_errors_with_the_key_path(tmp_path):
+    bad = write(tmp_path, MINIMAL.replace("lora_target_linear: true", "lora_target_linear: true\nlora_r: -4"))
+    result = CliRunner().invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 1
+    assert "lora_r: Input should be greater than 0" in result.output
+
+
+def test_readme_config_table_is_the_generated_one():
+    table = markdown_table(AxolotlConfig)
+    assert "| `datasets[].type` | alpaca \\| completion \\|" in table  # pipes escaped inside a cell
+    assert "| `base_model` | str | **required** |" in table
+    result = CliRunner().invoke(app, ["config-keys"])
+    assert result.exit_code == 0 and result.output.strip() == table
+    assert table in (ROOT / "README.md").read_text(), "README's Configs table is stale: paste `llmkit config-keys`"

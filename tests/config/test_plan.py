@@ -1,0 +1,171 @@
+"""`plan(cfg)`: parameter counts against peft on the real model, steps, tokens and memory of the team's configs."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from llmkit.cli import app
+from llmkit.config.plan import plan
+from llmkit.config.schema import AxolotlConfig, ConfigError, ConfigWarning, load_config
+from llmkit.core.challenge import Track
+from llmkit.core.shapes import model_shape
+
+ROOT = Path(__file__).resolve().parents[2]
+TEAM = ["Llama-2-7b-03", "Llama-2-13b-01", "Llama-2-13b-02", "Mistral-01", "Mistral-02", "Mistral-03"]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the shipped configs must plan without the hub
+
+
+def team(name: str, overrides: dict | None = None) -> AxolotlConfig:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConfigWarning)
+        return load_config(ROOT / "axolotl_configs" / f"{name}.yml", overrides)
+
+
+def small(model_dir: Path, **keys) -> AxolotlConfig:
+    base = {"base_model": str(model_dir), "adapter": "lora", "learning_rate": 1e-4}
+    base["datasets"] = [{"path": "onuralp/open-otter", "type": "alpaca"}]
+    return AxolotlConfig.model_validate(base | keys)
+
+
+@pytest.mark.parametrize("name", TEAM)
+def test_team_configs_plan_offline_with_sensible_numbers(name):
+    cfg = team(name)
+    p = plan(cfg, world_size=1)
+    shape = model_shape(cfg.base_model)
+    assert p.shape_source == "offline table"
+    assert p.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    # LoRA on every linear layer: r x (in + out) per module, per layer (independent of the plan's own loop)
+    h, kv, i = shape.hidden_size, shape.num_kv_heads * shape.head_size, shape.intermediate_size
+    per_layer = cfg.lora_r * ((h + h) * 2 + (h + kv) * 2 + (h + i) * 2 + (i + h))
+    assert p.trainable_params == shape.num_layers * per_layer
+    assert 0.001 < p.trainable_params / shape.num_params < 0.05
+    assert p.tokens_per_step == cfg.micro_batch_size * cfg.gradient_accumulation_steps * cfg.sequence_len
+    assert p.steps is None and p.rows is None  # a hub dataset: counted only once downloaded
+    assert p.steps_per_1k_rows == pytest.approx(
+        1000 * 0.99 * cfg.num_epochs / (cfg.micro_batch_size * cfg.gradient_accumulation_steps)
+    )
+    for m in p.memory:
+        assert 0.45 * shape.num_params < m.weights < 0.7 * shape.num_params  # ~4 bits + 16-bit embeddings
+        assert m.total == m.weights + m.trainable + m.activations + m.overhead
+
+
+def test_llama_2_7b_qlora_fits_the_4090_and_its_full_fine_tune_does_not():
+    qlora = {m.track.name: m for m in plan(team("Llama-2-7b-03")).memory}
+    assert qlora[Track.rtx4090.value].fits and qlora[Track.a100.value].fits
+    full = plan(team("Llama-2-7b-03", {"adapter": None, "load_in_4bit": False}))
+    assert full.trainable_params == model_shape("meta-llama/Llama-2-7b-hf").num_params
+    assert not any(m.fits for m in full.memory)  # 6.7B weights + grads + AdamW states exceed 40 GiB
+
+
+def test_mistral_03s_large_batch_needs_the_a100():
+    fits = {m.track.name: m.fits for m in plan(team("Mistral-03")).memory}
+    assert fits == {"4090": False, "A100": True}
+
+
+def test_memory_grows_without_gradient_checkpointing_and_with_longer_sequences():
+    base = plan(team("Llama-2-7b-03")).memory[0]
+    no_ckpt = plan(team("Llama-2-7b-03", {"gradient_checkpointing": False})).memory[0]
+    longer = plan(team("Llama-2-7b-03", {"sequence_len": 8192})).memory[0]
+    assert no_ckpt.activations > 5 * base.activations
+    assert longer.activations == pytest.approx(2 * base.activations, rel=0.01)
+    assert (no_ckpt.weights, longer.weights) == (base.weights, base.weights)
+
+
+def test_world_size_multiplies_tokens_per_step():
+    one, two = plan(team("Mistral-01"), world_size=1), plan(team("Mistral-01"), world_size=2)
+    assert two.tokens_per_step == 2 * one.tokens_per_step == 2 * 2 * 4 * 8192
+
+
+def test_steps_are_counted_from_local_rows(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(f'{{"instruction": "q{n}", "output": "a{n}"}}\n' for n in range(1000)))
+    overrides = {"datasets": [{"path": str(rows), "type": "alpaca"}], "sample_packing": False}
+    p = plan(team("Mistral-01", overrides), world_size=1)
+    train_rows = 1000 - math.ceil(1000 * 0.01)
+    assert p.rows == 1000
+    assert p.steps == 3 * math.ceil(math.ceil(train_rows / 2) / 4)  # 3 epochs of 2 x 4 rows per step
+    assert plan(team("Mistral-01", overrides | {"max_steps": 7})).steps == 7
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv", ".parquet", "folder"])
+def test_rows_are_counted_in_each_local_format(tmp_path, suffix):
+    import datasets
+
+    table = datasets.Dataset.from_dict({"instruction": [f"q{n}" for n in range(37)], "output": ["a"] * 37})
+    if suffix == "folder":
+        (tmp_path / "data").mkdir()
+        table.to_json(tmp_path / "data" / "part-0.jsonl")
+        table.to_json(tmp_path / "data" / "part-1.jsonl")
+        path, expected = tmp_path / "data", 74
+    else:
+        path, expected = tmp_path / f"rows{suffix}", 37
+        {
+            ".json": lambda p: p.write_text(json.dumps(table.to_list())),
+            ".csv": table.to_csv,
+            ".parquet": table.to_parquet,
+        }[suffix](path)
+    assert plan(team("Mistral-01", {"datasets": [{"path": str(path), "type": "alpaca"}]})).rows == expected
+
+
+def test_an_unknown_base_offline_is_an_error_naming_base_model():
+    with pytest.raises(ConfigError, match="base_model: Unknown base model 'nobody/no-such-model'"):
+        plan(team("Mistral-01", {"base_model": "nobody/no-such-model"}))
+
+
+def test_a_listed_module_the_model_lacks_is_an_error():
+    with pytest.raises(ConfigError, match=r"lora_target_modules: \['c_attn'\] not in the model"):
+        plan(team("Mistral-01", {"lora_target_modules": ["c_attn"]}))
+
+
+@pytest.mark.parametrize(
+    ("keys", "peft_config"),
+    [
+        ({"lora_r": 8, "lora_target_linear": True}, lambda t: {"kind": "lora", "r": 8, "target_modules": t}),
+        (
+            {"lora_r": 4, "lora_target_modules": ["q_proj", "v_proj"], "peft_use_dora": True},
+            lambda t: {"kind": "lora", "r": 4, "target_modules": t, "use_dora": True},
+        ),
+        (
+            {"peft": "vera", "peft_vera_r": 32, "lora_target_linear": True},
+            lambda t: {"kind": "vera", "r": 32, "target_modules": t},
+        ),
+        (
+            {"peft": "prompt_tuning", "peft_num_virtual_tokens": 8},
+            lambda t: {"kind": "prompt", "num_virtual_tokens": 8},
+        ),
+    ],
+    ids=["lora-all-linear", "dora-qv", "vera", "prompt-tuning"],
+)
+def test_trainable_parameters_equal_peft_count_on_the_real_model(default_model_dir, keys, peft_config):
+    from peft import LoraConfig, PromptTuningConfig, TaskType, VeraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    cfg = small(default_model_dir, **keys)
+    p = plan(cfg)
+    assert p.shape_source == "local config.json"
+    model = AutoModelForCausalLM.from_pretrained(default_model_dir)
+    assert cfg.resolved_target_modules(model) == p.target_modules  # the shape and the model agree on names
+    options = peft_config(p.target_modules)
+    kind = options.pop("kind")
+    config = {"lora": LoraConfig, "vera": VeraConfig, "prompt": PromptTuningConfig}[kind]
+    peft_model = get_peft_model(model, config(task_type=TaskType.CAUSAL_LM, **options))
+    assert p.trainable_params == peft_model.get_nb_trainable_parameters()[0]
+
+
+def test_cli_validate_prints_the_plan():
+    result = CliRunner().invoke(app, ["validate", str(ROOT / "axolotl_configs" / "Llama-2-7b-03.yml")])
+    assert result.exit_code == 0, result.output
+    for expected in ("meta-llama/Llama-2-7b-hf", "offline table", "39,976,960", "65,536", "gate_proj", "4090", "fits"):
+        assert expected in result.output
+    strict = CliRunner().invoke(app, ["validate", "--strict", str(ROOT / "axolotl_configs" / "Llama-2-7b-03.yml")])
+    assert strict.exit_code == 1 and "is_llama_derived_model" in strict.output

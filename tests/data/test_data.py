@@ -1,0 +1,352 @@
+"""The data pipeline on tiny files the tests write, with the embedded model's real tokenizer (and model, for
+packing): every dataset type and file format, masking per docs/axolotl.md, overlong rows, the validation split,
+the prepared-dataset cache, errors for bad data, packing without cross-row attention, and the default dataset."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llmkit.core.assets import DEFAULT_CONFIG
+from llmkit.data import default_dataset
+from llmkit.data.packing import IGNORE_INDEX, pack_dataset, plan_bins
+from llmkit.data.pipeline import DataError, build_datasets, make_collator
+from llmkit.data.prompts import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
+from llmkit.helm_eval.setup import HelmSetupError, require_helm
+
+ALPACA_ROWS = [
+    {"instruction": "Name a colour.", "input": "", "output": "Blue."},
+    {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+]
+PROMPT_OF_ALPACA_ROWS = [
+    ALPACA_NO_INPUT.format(instruction="Name a colour."),
+    ALPACA_WITH_INPUT.format(instruction="Add the numbers.", input="2 and 3"),
+]
+CHAT = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Goodbye."}]  # fmt: skip
+
+
+def _parts(tokenizer, row):
+    """Decoded (masked text, trained text) of a prepared row."""
+    masked = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label == IGNORE_INDEX]
+    trained = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != IGNORE_INDEX]
+    return tokenizer.decode(masked), tokenizer.decode(trained)
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "parquet", "csv"])
+def test_alpaca_in_every_file_format(write_rows, make_cfg, tokenizer, fmt):
+    cfg = make_cfg([{"path": str(write_rows(ALPACA_ROWS, fmt)), "type": "alpaca"}])
+    data = build_datasets(cfg, tokenizer)
+    assert data.stats.datasets[0].rows == data.stats.datasets[0].kept == 2
+    got = sorted(_parts(tokenizer, row) for row in data.train)  # rows are shuffled
+    assert got == sorted(zip(PROMPT_OF_ALPACA_ROWS, ["Blue.<|im_end|>", "5<|im_end|>"], strict=True))
+
+
+def test_a_local_folder_and_a_second_dataset_concatenate(write_rows, make_cfg, tokenizer, tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    write_rows(ALPACA_ROWS, "parquet").rename(folder / "part-0.parquet")
+    completion = write_rows([{"text": "Plain text to continue."}], "jsonl")
+    cfg = make_cfg([{"path": str(folder), "type": "alpaca"}, {"path": str(completion), "type": "completion"}])
+    data = build_datasets(cfg, tokenizer)
+    assert [(d.source, d.kept) for d in data.stats.datasets] == [(str(folder), 2), (str(completion), 1)]
+    assert len(data.train) == 3
+
+
+TYPE_CASES = {
+    "oasst": ({"INSTRUCTION": "Say yes.", "RESPONSE": "Yes."}, ALPACA_NO_INPUT.format(instruction="Say yes."), "Yes."),
+    "gpteacher": (
+        {"instruction": "Echo.", "input": "ping", "response": "ping"},
+        ALPACA_WITH_INPUT.format(instruction="Echo.", input="ping"),
+        "ping",
+    ),
+    "gpt4all": ({"prompt": "Capital of France?", "response": "Paris"}, "Capital of France?\n", "Paris"),
+    "input_output": (
+        {"segments": [{"label": False, "text": "Q: 2+2?\nA:"}, {"label": True, "text": " 4"}]},
+        "Q: 2+2?\nA:",
+        " 4",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TYPE_CASES))
+def test_prompt_types(write_rows, make_cfg, tokenizer, kind):
+    row, prompt, response = TYPE_CASES[kind]
+    cfg = make_cfg([{"path": str(write_rows([row], "jsonl")), "type": kind}])
+    (prepared,) = build_datasets(cfg, tokenizer).train
+    assert _parts(tokenizer, prepared) == (prompt, response + tokenizer.eos_token)
+
+
+@pytest.mark.parametrize(("kind", "row"), [
+    ("chat_template", {"messages": CHAT}),
+    ("sharegpt", {"conversations": [{"from": {"user": "human", "assistant": "gpt"}[m["role"]], "value": m["content"]}
+                                    for m in CHAT]}),
+])  # fmt: skip
+def test_chat_types_train_assistant_turns_only(write_rows, make_cfg, tokenizer, kind, row):
+    cfg = make_cfg([{"path": str(write_rows([row], "json")), "type": kind}])
+    (prepared,) = build_datasets(cfg, tokenizer).train
+    assert tokenizer.decode(prepared["input_ids"]) == tokenizer.apply_chat_template(CHAT, tokenize=False)
+    pairs = zip(prepared["input_ids"], prepared["labels"], strict=True)
+    trained = [t if label != IGNORE_INDEX else None for t, label in pairs]
+    spans = [tokenizer.decode(span) for span in _runs(trained)]
+    assert spans == ["Hello!<|im_end|>\n", "Goodbye.<|im_end|>\n"]
+
+
+def test_chat_template_choices(write_rows, make_cfg, default_model_dir):
+    """The template writes its own special tokens (no extra BOS); chatml is built in; unknown names are errors."""
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir, add_bos_token=True)
+    path = write_rows([{"messages": CHAT}], "jsonl")
+    (row,) = build_datasets(make_cfg([{"path": str(path), "type": "chat_template"}]), tokenizer).train
+    assert tokenizer.decode(row["input_ids"]) == tokenizer.apply_chat_template(CHAT, tokenize=False)  # one BOS
+    chatml = make_cfg([{"path": str(path), "type": "chat_template", "chat_template": "chatml"}])
+    (row,) = build_datasets(chatml, tokenizer).train
+    assert tokenizer.decode(row["input_ids"]).startswith("<|im_start|>user\nHi there<|im_end|>")
+    with pytest.raises(DataError, match=re.escape(str(path)) + ": chat_template 'llama3'"):
+        build_datasets(make_cfg([{"path": str(path), "type": "chat_template", "chat_template": "llama3"}]), tokenizer)
+
+
+def _runs(values):
+    """Consecutive non-None stretches of a list."""
+    runs, current = [], []
+    for value in [*values, None]:
+        if value is None:
+            runs, current = (runs + [current], []) if current else (runs, [])
+        else:
+            current.append(value)
+    return runs
+
+
+def test_completion_trains_everything_and_splits_long_text(write_rows, make_cfg, tokenizer):
+    text = " ".join(f"word{i}" for i in range(60))
+    cfg = make_cfg([{"path": str(write_rows([{"text": text}], "jsonl")), "type": "completion"}], sequence_len=16,
+                   val_set_size=0)  # fmt: skip
+    data = build_datasets(cfg, tokenizer)
+    chunks = sorted(data.train, key=lambda row: row["input_ids"])  # shuffled: compare as a multiset
+    expected = tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+    assert all(len(row["input_ids"]) <= 16 and row["labels"] == row["input_ids"] for row in chunks)
+    pieces = sorted(expected[i : i + 16] for i in range(0, len(expected), 16))
+    assert [row["input_ids"] for row in chunks] == [p for p in pieces if len(p) > 1]  # a lone token trains nothing
+
+
+@pytest.mark.parametrize("train_on_inputs", [False, True])
+@pytest.mark.parametrize("extra", [{}, {"add_bos_token": True}, {"add_bos_token": True, "add_eos_token": True}])
+def test_masking_as_the_doc_says(write_rows, make_cfg, default_model_dir, train_on_inputs, extra):
+    """Prompt: tokenizer special tokens (BOS where it adds one), no EOS, masked. Response: no BOS, EOS, trained."""
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir, **extra)
+    cfg = make_cfg([{"path": str(write_rows(ALPACA_ROWS[:1], "jsonl")), "type": "alpaca"}],
+                   train_on_inputs=train_on_inputs)  # fmt: skip
+    (row,) = build_datasets(cfg, tokenizer).train
+    prompt = tokenizer(PROMPT_OF_ALPACA_ROWS[0], add_special_tokens=False)["input_ids"]
+    prompt = [tokenizer.bos_token_id, *prompt] if extra.get("add_bos_token") else prompt
+    response = tokenizer("Blue.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert row["input_ids"] == prompt + response
+    assert row["labels"] == (prompt if train_on_inputs else [IGNORE_INDEX] * len(prompt)) + response
+    assert row["attention_mask"] == [1] * len(row["input_ids"])
+
+
+def test_overlong_rows_are_dropped_and_counted(write_rows, make_cfg, tokenizer):
+    rows = [*ALPACA_ROWS, {"instruction": "Repeat. " * 40, "input": "", "output": "ok"}]
+    cfg = make_cfg([{"path": str(write_rows(rows, "jsonl")), "type": "alpaca"}], sequence_len=64)
+    stats = build_datasets(cfg, tokenizer).stats.datasets[0]
+    assert (stats.rows, stats.kept, stats.dropped_overlong) == (3, 2, 1)
+
+
+def test_validation_split(write_rows, make_cfg, tokenizer):
+    rows = [{"instruction": f"Say {i}.", "input": "", "output": str(i)} for i in range(20)]
+    cfg = make_cfg([{"path": str(write_rows(rows, "jsonl")), "type": "alpaca"}], val_set_size=0.25)
+    data = build_datasets(cfg, tokenizer)
+    assert (len(data.train), len(data.eval), data.stats.train_rows, data.stats.eval_rows) == (15, 5, 15, 5)
+    train_ids = {tuple(r["input_ids"]) for r in data.train}
+    assert len(train_ids | {tuple(r["input_ids"]) for r in data.eval}) == 20
+
+
+def test_prepared_path_cache_is_reused_and_invalidated(write_rows, make_cfg, tokenizer, tmp_path):
+    path = write_rows(ALPACA_ROWS, "jsonl")
+    cfg = make_cfg([{"path": str(path), "type": "alpaca"}], dataset_prepared_path=str(tmp_path / "prepared"))
+    first = build_datasets(cfg, tokenizer)
+    again = build_datasets(cfg, tokenizer)
+    assert (first.stats.cache, again.stats.cache) == ("miss", "hit")
+    assert again.train.to_list() == first.train.to_list() and again.stats.datasets == first.stats.datasets
+    entries = list((tmp_path / "prepared").iterdir())
+    assert len(entries) == 1 and not entries[0].name.startswith(".")  # no temporary folder left behind
+    path.write_text(path.read_text().replace("Blue.", "Red."))
+    assert build_datasets(cfg, tokenizer).stats.cache == "miss"
+    assert build_datasets(make_cfg(cfg.datasets, sequence_len=256, dataset_prepared_path=str(tmp_path / "prepared")),
+                          tokenizer).stats.cache == "miss"  # fmt: skip
+
+
+@pytest.mark.parametrize(("lines", "fmt", "expected"), [
+    ([{"instruction": "a", "output": "b"}, {"instruction": "c"}], "jsonl", r"row 2: field 'output' is missing"),
+    ([{"instruction": "a", "output": "b"}, {"instruction": "c", "output": 5}], "jsonl",
+     r"row 2: field 'output' must be a string"),
+    ([{"instruction": "a", "output": "b"}, ["not", "an", "object"]], "jsonl", r"row 2: must be an object"),
+    ([{"instruction": "a", "output": "b"}, {"output": "d"}], "csv", r"row 2: field 'instruction' is missing"),
+    ([], "jsonl", r"the dataset is empty"),
+])  # fmt: skip
+def test_bad_data_names_file_row_and_field(write_rows, make_cfg, tokenizer, lines, fmt, expected):
+    path = write_rows(lines, fmt)
+    with pytest.raises(DataError, match=re.escape(str(path)) + ".*" + expected):
+        build_datasets(make_cfg([{"path": str(path), "type": "alpaca"}]), tokenizer)
+
+
+def test_missing_local_file_is_not_looked_up_on_the_hub(make_cfg, tokenizer, tmp_path):
+    missing = tmp_path / "nowhere.jsonl"
+    with pytest.raises(DataError, match=re.escape(str(missing)) + ": no such file or folder"):
+        build_datasets(make_cfg([{"path": str(missing), "type": "alpaca"}]), tokenizer)
+
+
+def test_bad_chat_message_names_the_message(write_rows, make_cfg, tokenizer):
+    path = write_rows([{"messages": CHAT}, {"messages": [{"role": "user"}]}], "jsonl")
+    with pytest.raises(DataError, match=re.escape(str(path)) + r": row 2: field 'messages\[0\]\.content' is missing"):
+        build_datasets(make_cfg([{"path": str(path), "type": "chat_template"}]), tokenizer)
+
+
+def test_plan_bins_fill_without_overflow():
+    lengths = [5, 3, 7, 2, 8, 1, 4, 6]
+    bins = plan_bins(lengths, 10)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 10 for b in bins) and len(bins) == 4
+
+
+def _row_losses(logits, labels, starts, lengths):
+    """Per-token losses of each original row inside a (packed) sequence: target t+1 predicted at t."""
+    losses = []
+    for start, length in zip(starts, lengths, strict=True):
+        row_logits, row_labels = logits[start : start + length - 1], labels[start + 1 : start + length]
+        losses.append(F.cross_entropy(row_logits, row_labels, ignore_index=IGNORE_INDEX, reduction="none"))
+    return losses
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_rows_give_the_loss_of_each_row_alone(tokenizer, default_model_dir, make_cfg, attn):
+    """The real embedded model (use_cache left at its default, True): packing changes no row's loss."""
+    model = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32, attn_implementation=attn)
+    model.train()  # dropout is 0 in this model; training mode is what the Trainer uses
+    texts = ["The cat sat on the mat.", "Question: Is 7 even or odd?\nA. Even\nB. Odd\nAnswer: B",
+             "Paris is the capital of France, and Berlin is the capital of Germany."]  # fmt: skip
+    rows = [{"input_ids": tokenizer(t)["input_ids"], "labels": tokenizer(t)["input_ids"]} for t in texts]
+    packed, _ = pack_dataset(Dataset.from_list(rows[:2]), 64)
+    alone_batch = make_collator(make_cfg(sample_packing=True), tokenizer)([*packed, {
+        "input_ids": rows[2]["input_ids"], "labels": rows[2]["labels"],
+        "position_ids": list(range(len(rows[2]["input_ids"])))}])  # fmt: skip
+    with torch.no_grad():
+        logits = model(**alone_batch).logits
+        alone = [model(torch.tensor([r["input_ids"]])).logits[0] for r in rows[:2]]
+        unmasked = model(alone_batch["input_ids"][:1]).logits[0]  # plain causal attention over the packed row
+    lengths = [len(r["input_ids"]) for r in rows[:2]]
+    labels = alone_batch["labels"][0]
+    packed_losses = _row_losses(logits[0], labels, [0, lengths[0]], lengths)
+    for row, loss, row_logits in zip(rows[:2], packed_losses, alone, strict=True):
+        expected = _row_losses(row_logits, torch.tensor(row["labels"]), [0], [len(row["labels"])])[0]
+        assert torch.allclose(loss, expected, atol=1e-4), (loss - expected).abs().max()
+    # The second row seen through plain causal attention (across the boundary) differs: the test can fail.
+    leaked = _row_losses(unmasked, labels, [lengths[0]], lengths[1:])[0]
+    assert (leaked - packed_losses[1]).abs().max() > 1e-2
+    # The padded third row (a shorter packed row in the same batch) is unaffected by its padding.
+    third = _row_losses(logits[1], alone_batch["labels"][1], [0], [len(rows[2]["input_ids"])])[0]
+    with torch.no_grad():
+        third_alone = model(torch.tensor([rows[2]["input_ids"]])).logits[0]
+    expected = _row_losses(third_alone, torch.tensor(rows[2]["labels"]), [0], [len(rows[2]["labels"])])[0]
+    assert torch.allclose(third, expected, atol=1e-4)
+
+
+def test_packed_dataset_rows(write_rows, make_cfg, tokenizer):
+    rows = [{"instruction": f"Say {i}.", "input": "", "output": str(i)} for i in range(12)]
+    cfg = make_cfg([{"path": str(write_rows(rows, "jsonl")), "type": "alpaca"}], sample_packing=True)
+    data = build_datasets(cfg, tokenizer)
+    assert data.stats.train_rows == 12 and data.stats.train_sequences == len(data.train) < 12
+    for row in data.train:
+        assert len(row["input_ids"]) <= cfg.sequence_len
+        starts = [i for i, p in enumerate(row["position_ids"]) if p == 0]
+        assert all(row["labels"][s] == IGNORE_INDEX for s in starts)  # no target across a row boundary
+    assert sum(sum(p == 0 for p in row["position_ids"]) for row in data.train) == 12
+
+
+def test_committed_default_dataset_is_the_generators_output():
+    assert default_dataset.DATASET_FILE.read_text(encoding="utf-8") == default_dataset.render(
+        default_dataset.generate_rows()
+    ), "regenerate with: llmkit default-dataset"
+
+
+def test_default_dataset_is_helm_format_and_not_helm_test_data():
+    rows = [json.loads(line) for line in default_dataset.DATASET_FILE.read_text().splitlines()]
+    assert len(rows) == default_dataset.NUM_ROWS
+    for row in rows:
+        prompt, answer = row["segments"]
+        assert (prompt["label"], answer["label"]) == (False, True) and re.fullmatch(r" [A-D]", answer["text"])
+        blocks = prompt["text"].split("\n\n")
+        assert blocks[0] in (
+            default_dataset.SIMPLE_INSTRUCTIONS,
+            *(default_dataset.SUBJECT_INSTRUCTIONS.format(subject=s) for _, s in default_dataset.TASKS.values()),
+        )
+        question = blocks[-1].split("\n")
+        assert question[0].startswith("Question: ") and question[-1] == "Answer:"
+        assert f"\n{answer['text'].strip()}. " in blocks[-1]  # the answer letter is one of the choices
+        # simple_mcqa's test instances are "Is N even or odd?" for two-digit N: never here
+        assert not re.search(r"Is \d\d even or odd\?", prompt["text"])
+
+
+def test_default_config_trains_only_the_letter_and_eos(tokenizer):
+    from llmkit.config.schema import load_config
+
+    cfg = load_config(DEFAULT_CONFIG,
+                      {"dataset_prepared_path": None, "sample_packing": False, "val_set_size": 0})  # fmt: skip
+    data = build_datasets(cfg, tokenizer)
+    assert data.stats.datasets[0].kept == default_dataset.NUM_ROWS and data.stats.datasets[0].dropped_overlong == 0
+    for row in data.train.select(range(50)):
+        trained = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != IGNORE_INDEX]
+        assert re.fullmatch(r" [A-D]<\|im_end\|>", tokenizer.decode(trained))
+
+
+HELM_RENDER = """
+import json, sys
+from helm.benchmark.adaptation.adapters.multiple_choice_joint_adapter import MultipleChoiceJointAdapter
+from helm.benchmark.adaptation.common_adapter_specs import get_multiple_choice_joint_adapter_spec
+from helm.benchmark.adaptation.prompt import Prompt
+from helm.benchmark.scenarios.scenario import CORRECT_TAG, Input, Instance, Output, Reference
+
+def instance(question):
+    text, choices, answer = question
+    refs = [Reference(Output(text=c), tags=[CORRECT_TAG] if i == answer else []) for i, c in enumerate(choices)]
+    return Instance(Input(text=text), references=refs)
+
+texts = []
+for instructions, shots, question in json.load(sys.stdin):
+    spec = get_multiple_choice_joint_adapter_spec(instructions, input_noun="Question", output_noun="Answer")
+    adapter = MultipleChoiceJointAdapter.__new__(MultipleChoiceJointAdapter)  # no window service needed here
+    adapter.adapter_spec = spec
+    prompt = Prompt(global_prefix=spec.global_prefix, global_suffix=spec.global_suffix,
+                    instructions_block=spec.instructions, instance_prefix=spec.instance_prefix,
+                    train_instance_blocks=[adapter.construct_example_prompt(instance(s), True, None) for s in shots],
+                    eval_instance_block=adapter.construct_example_prompt(instance(question), False, None),
+                    substitutions=spec.substitutions)
+    texts.append(prompt.text)
+print(json.dumps(texts))
+"""
+
+
+def test_prompts_are_laid_out_exactly_as_helm_does(tmp_path):
+    """Our prompt builder against crfm-helm's own adapter code (in its venv: `make helm-setup`)."""
+    try:
+        venv = require_helm()
+    except HelmSetupError as err:
+        pytest.fail(str(err))
+    rng = random.Random(5)
+    cases = []
+    for task, subject in default_dataset.TASKS.values():
+        for instructions in (
+            default_dataset.SIMPLE_INSTRUCTIONS,
+            default_dataset.SUBJECT_INSTRUCTIONS.format(subject=subject),
+        ):
+            cases.append((instructions, [task(rng) for _ in range(rng.choice([0, 1, 5]))], task(rng)))
+    helm = subprocess.run([str(venv / "bin" / "python"), "-c", HELM_RENDER], input=json.dumps(cases), text=True,
+                          capture_output=True, check=True, timeout=300)  # fmt: skip
+    assert json.loads(helm.stdout) == [default_dataset.helm_prompt(*case) for case in cases]

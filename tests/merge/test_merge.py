@@ -1,0 +1,357 @@
+"""Merging (llmkit/merge/fold.py): the shard-wise merge equals peft's merge_and_unload, the output is a complete
+16-bit model, verification catches a wrong merge, kills leave nothing half-written, weighted merges combine
+adapters, bad input fails clearly. Most tests use the tiny random Llama (merges in a second); the slow ones merge
+an adapter trained from the default config into the embedded model and serve it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from typer.testing import CliRunner
+
+from llmkit.cli import app
+from llmkit.merge.command import merge_command
+from llmkit.merge.fold import MANIFEST, merge_adapter
+from llmkit.merge.verify import VerificationError, verify_merge
+from llmkit.merge.weighted import load_weighted
+from llmkit.merge.weights import AdapterMismatchError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def lora_adapter(base_dir: Path, out: Path, *, seed: int = 0, std: float = 0.05, tokens=(), **lora) -> Path:
+    """A peft LoRA adapter with random non-zero B (so merging changes the weights) saved with its tokenizer."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    if tokens:  # training added special tokens: the embeddings grow and the adapter carries them
+        tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)})
+        model.resize_token_embeddings(len(tokenizer))
+    config = LoraConfig(task_type="CAUSAL_LM", **{"r": 8, "lora_alpha": 16, "target_modules": "all-linear", **lora})
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or "lora_embedding_B" in name:
+                param.normal_(0, std)
+            elif "lora_magnitude_vector" in name:
+                param.mul_(1 + 0.1 * torch.randn_like(param))  # DoRA: magnitudes that differ from the norms
+            elif "modules_to_save" in name:
+                param.add_(0.01 * torch.randn_like(param))  # a fully trained module
+    peft_model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def peft_merged(base_dir: Path, adapter: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """What peft's own merge_and_unload makes of base + adapter, as a state dict."""
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload().state_dict()
+
+
+def saved_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for file in sorted(model_dir.glob("*.safetensors")):
+        tensors.update(load_file(file))
+    return tensors
+
+
+def tree_digest(directory: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(directory.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        "plain": lora_adapter(tiny_model_dir, root / "plain"),
+        "other": lora_adapter(tiny_model_dir, root / "other", seed=1),
+        "dora_rslora_head": lora_adapter(
+            tiny_model_dir, root / "dora", target_modules=["q_proj", "v_proj", "down_proj"], use_dora=True,
+            use_rslora=True, modules_to_save=["lm_head"],
+        ),
+        "embedding_patterns_tokens": lora_adapter(
+            tiny_model_dir, root / "emb", target_modules=["embed_tokens", "q_proj", "up_proj"],
+            rank_pattern={"q_proj": 4}, alpha_pattern={"up_proj": 32}, tokens=("<|answer|>",),
+        ),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["plain", "dora_rslora_head", "embedding_patterns_tokens"])
+def test_shardwise_merge_equals_peft_merge_and_unload(kind, adapters, tiny_model_dir, tmp_path):
+    out = tmp_path / "merged"
+    report = merge_adapter(tiny_model_dir, adapters[kind], out, dtype="bfloat16", max_shard_size="2MB")
+
+    expected = peft_merged(tiny_model_dir, adapters[kind], torch.bfloat16)
+    config = AutoConfig.from_pretrained(out)
+    if config.tie_word_embeddings:
+        expected.pop("lm_head.weight")  # tied: stored once, as the input embeddings
+    merged = saved_tensors(out)
+    assert merged.keys() == expected.keys()
+    unequal = [name for name in merged if not torch.equal(merged[name], expected[name])]
+    assert not unequal, f"differ from peft's merge_and_unload: {unequal}"
+    assert {t.dtype for t in merged.values()} == {torch.bfloat16}
+    assert str(config.dtype).removeprefix("torch.") == "bfloat16"
+    assert getattr(config, "quantization_config", None) is None
+    index = json.loads((out / "model.safetensors.index.json").read_text())  # 2MB shards: the embeddings alone
+    assert set(index["weight_map"]) == set(merged) and len(set(index["weight_map"].values())) > 1
+    assert report.verification["token_agreement"] >= report.verification["tolerance"]["min_token_agreement"]
+    reloaded = AutoModelForCausalLM.from_pretrained(out)  # transformers reads what we wrote, index and all
+    assert reloaded.dtype == torch.bfloat16
+
+
+def test_merged_model_carries_training_tokenizer_and_grown_vocabulary(adapters, tiny_model_dir, tmp_path):
+    out = tmp_path / "merged"
+    merge_adapter(tiny_model_dir, adapters["embedding_patterns_tokens"], out, dtype="bfloat16", verify=False)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert "<|answer|>" in tokenizer.get_vocab()
+    assert AutoConfig.from_pretrained(out).vocab_size == len(tokenizer)
+    assert (out / "generation_config.json").is_file()
+    assert json.loads((out / MANIFEST).read_text())["inputs"]["adapter"]["adapter_model.safetensors"]
+
+
+def test_unchanged_inputs_skip_and_changed_adapter_remerges(adapters, tiny_model_dir, tmp_path):
+    adapter = shutil.copytree(adapters["plain"], tmp_path / "adapter")
+    out = tmp_path / "merged"
+    first = merge_adapter(tiny_model_dir, adapter, out, dtype="bfloat16", verify=False)
+    before = tree_digest(out)
+    again = merge_adapter(tiny_model_dir, adapter, out, dtype="bfloat16", verify=False)
+    assert again.skipped and not first.skipped and tree_digest(out) == before
+    shutil.copy2(adapters["other"] / "adapter_model.safetensors", adapter / "adapter_model.safetensors")
+    changed = merge_adapter(tiny_model_dir, adapter, out, dtype="bfloat16", verify=False)
+    assert not changed.skipped
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(saved_tensors(out)[name], peft_merged(tiny_model_dir, adapters["other"], torch.bfloat16)[name])
+    assert not list(tmp_path.glob(".merged.*"))  # no temp or moved-aside folders left
+
+
+def test_verification_catches_a_wrong_merge(adapters, tiny_model_dir, tmp_path):
+    out = tmp_path / "merged"
+    good = merge_adapter(tiny_model_dir, adapters["plain"], out, dtype="float32")
+    assert good.verification["max_logit_diff"] < 1e-3
+    with pytest.raises(VerificationError, match="disagrees with base \\+ adapter"):
+        verify_merge(out, tiny_model_dir, adapters["other"], torch.float32)  # merged A, checked against B
+
+
+def _start_merge(adapter: Path, base: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "LLMKIT_MERGE_TEST_DELAY_S": "0.3"}  # ~7 s of writing: time to kill it mid-shard
+    command = [sys.executable, "-m", "llmkit.cli", "merge", "--adapter", str(adapter), "--base", str(base), "--out",
+               str(out), "--dtype", "bfloat16", "--no-verify"]  # fmt: skip
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_mid_write(process: subprocess.Popen, out: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        shards = list(out.parent.glob(f".{out.name}.tmp-{process.pid}-*/*.safetensors"))
+        if shards and shards[0].stat().st_size > 0:
+            return
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.05)
+    raise AssertionError("the merge never started writing")
+
+
+@pytest.mark.slow
+def test_killed_merge_leaves_no_half_written_model(adapters, tiny_model_dir, tmp_path):
+    fresh = tmp_path / "fresh"
+    process = _start_merge(adapters["plain"], tiny_model_dir, fresh)
+    _wait_mid_write(process, fresh)
+    process.send_signal(signal.SIGTERM)  # Ctrl-C and `kill` unwind: the temp folder goes too
+    assert process.wait(60) != 0
+    assert not fresh.exists() and not list(tmp_path.glob(".fresh.*"))
+
+    good = tmp_path / "good"
+    merge_adapter(tiny_model_dir, adapters["plain"], good, dtype="bfloat16", verify=False)
+    before = tree_digest(good)
+    process = _start_merge(adapters["other"], tiny_model_dir, good)
+    _wait_mid_write(process, good)
+    process.kill()  # SIGKILL: nothing can clean up; the next merge does
+    process.wait(60)
+    assert tree_digest(good) == before
+    assert list(tmp_path.glob(".good.tmp-*"))
+    merge_adapter(tiny_model_dir, adapters["plain"], good, dtype="bfloat16", verify=False)  # unchanged: skipped...
+    assert tree_digest(good) == before and not list(tmp_path.glob(".good.*"))  # ...after removing the leftovers
+
+
+def test_weighted_cat_merge_adds_the_weighted_deltas(adapters, tiny_model_dir, tmp_path):
+    out = tmp_path / "fused"
+    report, _ = merge_command(
+        base=str(tiny_model_dir), adapters=[str(adapters["plain"]), str(adapters["other"])], weights=[0.7, 0.3],
+        combination="cat", out=str(out), dtype="float32",
+    )  # fmt: skip
+    assert report.verification["max_logit_diff"] < 1e-3
+    base = saved_tensors(tiny_model_dir)
+    first, second = (peft_merged(tiny_model_dir, adapters[k], torch.float32) for k in ("plain", "other"))
+    name = "model.layers.1.self_attn.o_proj.weight"
+    expected = base[name] + 0.7 * (first[name] - base[name]) + 0.3 * (second[name] - base[name])
+    torch.testing.assert_close(saved_tensors(out)[name], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_weighted_ties_merge_from_yaml(adapters, tiny_model_dir, tmp_path):
+    for name in ("plain", "other"):
+        shutil.copytree(adapters[name], tmp_path / name)
+    fusion = tmp_path / "fusion.yml"
+    fusion.write_text(yaml.safe_dump({
+        "base_model": str(tiny_model_dir), "combination_type": "ties", "density": 0.5,
+        "adapters": [{"path": "plain", "weight": 0.6}, {"path": "other", "weight": 0.4}],
+    }))  # fmt: skip
+    result = CliRunner().invoke(app, ["merge", "--weighted", str(fusion), "--out", str(tmp_path / "fused")])
+    assert result.exit_code == 0, result.output
+    assert "greedy-token agreement" in result.output
+    fused, plain = saved_tensors(tmp_path / "fused"), saved_tensors(tiny_model_dir)
+    assert not torch.equal(fused["model.layers.0.mlp.gate_proj.weight"], plain["model.layers.0.mlp.gate_proj.weight"])
+    assert not list(tmp_path.glob(".fused.*"))
+
+    fusion.write_text(yaml.safe_dump({"combination_type": "dare_ties", "adapters": [{"path": "plain"}] * 2}))
+    with pytest.raises(ValueError, match=r"(?s)fusion.yml.*combination_type dare_ties needs density"):
+        load_weighted(fusion)
+    fusion.write_text(yaml.safe_dump({"adapters": [{"path": "plain", "wieght": 2}] * 2}))
+    with pytest.raises(ValueError, match=r"adapters.0.wieght: Extra inputs are not permitted"):
+        load_weighted(fusion)
+
+
+def test_bad_adapter_paths_fail_clearly(tiny_model_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["merge", "--adapter", str(tmp_path / "nope"), "--base", str(tiny_model_dir)])
+    assert result.exit_code == 1 and f"Adapter directory {tmp_path / 'nope'} does not exist" in result.output
+    result = runner.invoke(app, ["merge", "--adapter", str(tiny_model_dir), "--base", str(tiny_model_dir)])
+    assert result.exit_code == 1 and "holds no adapter_config.json" in result.output
+    result = runner.invoke(app, ["merge"])
+    assert result.exit_code == 1 and "Nothing to merge" in result.output
+
+
+def test_adapter_for_another_base_names_both(adapters, tiny_model_dir, default_model_dir, tmp_path):
+    with pytest.raises(AdapterMismatchError) as err:
+        merge_adapter(default_model_dir, adapters["plain"], tmp_path / "merged", dtype="bfloat16")
+    message = str(err.value)
+    assert str(adapters["plain"]) in message and str(tiny_model_dir) in message and str(default_model_dir) in message
+    assert re.search(r"layers\.\d+\.\w+\.\w+_proj is \d+->\d+ in the base but \d+->(64|128) in the adapter", message)
+    assert not (tmp_path / "merged").exists() and not list(tmp_path.glob(".merged.*"))
+
+
+def test_hub_dry_run_lists_the_merged_files_offline(adapters, tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "merged"
+    report, listed = merge_command(
+        adapters=[str(adapters["plain"])], base=str(tiny_model_dir), out=str(out), verify=False,
+        hub_model_id="someone/tiny-merged", dry_run=True,
+    )  # fmt: skip
+    assert sorted(f["path"] for f in listed) == sorted(p.name for p in out.iterdir())
+    assert {"model.safetensors", "config.json", "tokenizer.json", MANIFEST} <= {f["path"] for f in listed}
+    result = CliRunner().invoke(app, [
+        "merge", "--adapter", str(adapters["plain"]), "--base", str(tiny_model_dir), "--out", str(out),
+        "--no-verify", "--hub-model-id", "not a repo id", "--dry-run",
+    ])  # fmt: skip
+    assert result.exit_code == 1 and "not a valid repo id" in result.output
+
+
+# --- the embedded model and an adapter trained from the default config ----------------------------------------
+MCQA_PROMPTS = [
+    "Answer the following questions with a single letter only.\n\nQuestion: Which of the following is a fruit?\n"
+    "A. mouse\nB. purple\nC. peach\nD. hammer\nAnswer:",
+    "The following are multiple choice questions (with answers) about arithmetic.\n\nQuestion: What is 7 + 5?\n"
+    "A. 11\nB. 12\nC. 13\nD. 10\nAnswer:",
+    "Question: Which planet is known as the red planet?\nA. Venus\nB. Jupiter\nC. Mars\nD. Saturn\nAnswer:",
+    "The capital of France is",
+]
+
+
+@pytest.fixture(scope="module")
+def trained_cfg(tmp_path_factory):
+    """The embedded default config (QLoRA, as shipped) trained for 2 steps into a temporary output_dir."""
+    from llmkit.config.schema import load_config
+    from llmkit.train.run import train
+
+    overrides = {
+        "max_steps": 2, "micro_batch_size": 1, "gradient_accumulation_steps": 1, "warmup_steps": 0,
+        "val_set_size": 0.0, "save_steps": 100, "logging_steps": 1,
+        "output_dir": str(tmp_path_factory.mktemp("default-run") / "out"),
+        "dataset_prepared_path": str(tmp_path_factory.mktemp("prepared")),
+    }  # fmt: skip
+    shipped = load_config(ROOT / "axolotl_configs" / "smollm2-135m-qlora.yml", overrides)  # dataset path resolved
+    path = tmp_path_factory.mktemp("config") / "default-2-steps.yml"
+    path.write_text(yaml.safe_dump(shipped.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    cfg = load_config(path)
+    train(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def merged_default(trained_cfg) -> Path:
+    from llmkit.merge.fold import merge_from_config
+
+    return merge_from_config(trained_cfg)
+
+
+@pytest.mark.slow
+def test_merge_of_the_default_config_adapter(trained_cfg, merged_default):
+    manifest = json.loads((merged_default / MANIFEST).read_text())
+    check = manifest["verification"]
+    assert check["max_logit_diff"] <= 3.0 and check["token_agreement"] >= 0.9
+    # training ran in float32 on this CPU; the merged model is still 16-bit, never silently float32
+    assert json.loads((merged_default / "config.json").read_text())["dtype"] == "bfloat16"
+    assert {t.dtype for t in saved_tensors(merged_default).values()} == {torch.bfloat16}
+    size = sum(p.stat().st_size for p in merged_default.glob("*.safetensors"))
+    assert 250e6 < size < 300e6  # 135M parameters x 2 bytes (tied embeddings stored once)
+    result = CliRunner().invoke(app, ["merge", str(trained_cfg.source)])  # again: inputs unchanged
+    assert result.exit_code == 0 and "unchanged, skipped" in result.output, result.output
+
+
+@pytest.mark.slow
+def test_nf4_roundtrip_reproduces_the_trained_qlora_model(trained_cfg, merged_default, default_model_dir, tmp_path):
+    from llmkit.merge.verify import agreement_with_trained
+
+    adapter = Path(trained_cfg.output_dir)
+    nf4 = merge_adapter(None, adapter, tmp_path / "nf4", nf4_roundtrip=True, verify=False)
+    assert nf4.nf4_roundtrip and nf4.dtype == "bfloat16"
+    found = agreement_with_trained(
+        {"plain": merged_default, "nf4": tmp_path / "nf4"}, default_model_dir, adapter, torch.float32
+    )
+    # the adapter learned against NF4-rounded weights: the round-tripped merge is the model that was trained
+    assert found["nf4"].mean_logit_diff < found["plain"].mean_logit_diff / 4
+    assert found["nf4"].max_logit_diff < found["plain"].max_logit_diff
+    assert found["nf4"].token_agreement >= 0.95
+
+
+@pytest.mark.slow
+def test_served_merged_model_answers_like_base_plus_adapter(start_server, http, trained_cfg, merged_default):
+    merged = start_server("--model", str(merged_default), "--dtype", "bfloat16")
+    unmerged = start_server("--adapter", trained_cfg.output_dir, "--dtype", "bfloat16")
+    answers = {}
+    for name, server in (("merged", merged), ("unmerged", unmerged)):
+        answers[name] = []
+        for prompt in MCQA_PROMPTS:
+            body = {"prompt": prompt, "temperature": 0, "max_new_tokens": 3, "num_return_sequences": 1,
+                    "top_p": 1, "echo_prompt": False, "top_k_per_token": 1, "stop_sequences": []}  # fmt: skip
+            response = http.post(f"{server.url}/process", json=body)
+            assert response.status_code == 200, response.text
+            answers[name].append(response.json()["text"])
+    assert answers["merged"] == answers["unmerged"]
+    assert any(text.strip() for text in answers["merged"])
+
+
+@pytest.mark.slow
+def test_merge_peak_memory_stays_under_three_times_the_merged_size(default_model_dir, tmp_path):
+    from llmkit.merge.bench import PEAK_BOUND, _measure, _synthetic_adapter
+
+    adapter = _synthetic_adapter(default_model_dir, tmp_path / "adapter")
+    child = _measure(adapter, tmp_path / "merged", verify=False)  # a fresh process: its own peak RSS
+    size = sum(p.stat().st_size for p in (tmp_path / "merged").glob("*.safetensors"))
+    assert child["peak_rss_bytes"] < PEAK_BOUND * size, (child, size)

@@ -1,0 +1,149 @@
+"""What `llmkit submission` and `llmkit verify-submission` end with: the summary, on real zips and real servers.
+
+The commands run as the Makefile runs them (a child `python -m llmkit.cli`), so the exit status and the printed
+table are what a person at the terminal gets. COLUMNS is wide so that each table row is one line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmkit.core.models import DEFAULT_MODEL_ID
+from llmkit.submit.smoke import CHECKS
+
+ROOT = Path(__file__).resolve().parents[2]
+PROCESS_REQUESTS = [name for name in CHECKS if not name.startswith("/tokenize")]
+
+
+def _llmkit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "COLUMNS": "400", **(env or {})}
+    command = [sys.executable, "-m", "llmkit.cli", *args]
+    return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=900)
+
+
+def _row(output: str, label: str) -> str:
+    """The summary's row whose first cell is `label` (one line, the table being wide)."""
+    rows = [line for line in output.splitlines() if re.match(rf"│\s*{re.escape(label)}\s*│", line)]
+    assert len(rows) == 1, f"no single row {label!r} in:\n{output}"
+    return rows[0]
+
+
+def _closing(output: str) -> str:
+    """The summary's last line (✓ or ✗, the zip, what failed), with any wrapping undone."""
+    return " ".join(output[max(output.rfind("\n✓ "), output.rfind("\n✗ ")) :].split())
+
+
+def _cells(row: str) -> list[str]:
+    return [cell.strip() for cell in row.strip("│").split("│")]
+
+
+@pytest.mark.slow
+def test_submission_smoke_tests_the_zip_and_summarizes_it(tmp_path):
+    args = ["--track", "4090", "--model", DEFAULT_MODEL_ID, "--revision", "main", "--out", str(tmp_path)]
+    done = _llmkit("submission", *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out, zip_path = done.stdout, tmp_path / "4090_track" / "4090_submission_1.zip"
+    assert zip_path.is_file() and "Submission 4090_submission_1.zip" in out
+    assert re.search(rf"{re.escape(str(zip_path))} \(\d+\.\d KiB\)", _row(out, "zip"))
+    assert _cells(_row(out, "track"))[3] == "4090 (NVIDIA RTX 4090)"
+    _, mark, _, memory = _cells(_row(out, "memory fit"))
+    assert mark == "✓" and re.fullmatch(r"\d\.\d\d GiB needed of 23\.6 GiB on the card \(bf16; .+\)", memory)
+    # --revision main, not a commit: flagged (!), not failed.
+    pinned = f"hub: {DEFAULT_MODEL_ID} @ main (not pinned: pass REVISION=<commit>)"
+    assert _cells(_row(out, "weights"))[1::2] == ["!", pinned]
+    assert _cells(_row(out, "checks"))[1] == "✓"
+    _, mark, _, where = _cells(_row(out, "smoke test"))
+    device = re.fullmatch(
+        r"the Dockerfile's CMD, run here without Docker: healthy on (cpu|cuda \(.+\)), bfloat16", where
+    )
+    assert mark == "✓" and device
+    seconds = {}
+    for name in CHECKS:
+        _, mark, time, _ = _cells(_row(out, name))
+        assert mark == "✓" and time.endswith(" s")
+        seconds[name] = float(time.removesuffix(" s"))
+    # The projection is the smoke test's own pace: the mean of its /process requests x the open suite's 600.
+    mean = sum(seconds[name] for name in PROCESS_REQUESTS) / len(PROCESS_REQUESTS)
+    projection = re.search(r"= 600 open-suite requests × (\d+\.\d\d) s/request \(the mean of the 4 /process", out)
+    assert projection and abs(float(projection.group(1)) - mean) <= 0.01, out
+    flat = " ".join(out.split())
+    assert f"on {device.group(1)}, bfloat16; the first includes warm-up). The track's NVIDIA RTX 4090 " in flat
+    assert "the challenge's 2 h 00 min limit" in flat and "an order of magnitude, not a measurement." in flat
+    assert _closing(out) == f"✓ {zip_path}: checks passed, smoke test passed."
+    assert "Warning" not in out
+
+
+@pytest.mark.slow
+def test_a_failing_smoke_request_fails_the_command_and_keeps_the_zip(tmp_path):
+    # The zip's server honours LLMKIT_* variables from the environment, as a container's `docker run -e` would: a
+    # limit of 40 new tokens refuses the harness probe (50 by default) and nothing else.
+    args = ["--track", "A100", "--model", DEFAULT_MODEL_ID, "--revision", "main", "--out", str(tmp_path)]
+    done = _llmkit("submission", *args, env={"LLMKIT_MAX_NEW_TOKENS_LIMIT": "40"})
+    assert done.returncode == 1, done.stdout + done.stderr
+    zip_path = tmp_path / "A100_track" / "A100_submission_1.zip"
+    assert zip_path.is_file()
+    assert _cells(_row(done.stdout, "harness probe"))[1] == "✗"
+    assert "max_new_tokens 50 is over this server's limit 40" in _row(done.stdout, "harness probe")
+    assert [_cells(_row(done.stdout, name))[1] for name in list(CHECKS)[1:]] == ["✓"] * (len(CHECKS) - 1)
+    closing = _closing(done.stdout)
+    assert closing.startswith(f"✗ {zip_path}: smoke test: 'harness probe' failed (AssertionError: HTTP 422")
+    assert closing.endswith("The zip stays written; rebuild after fixing it.")
+
+
+def test_no_smoke_and_bundled_weights_are_said_plainly(tmp_path, tiny_model_dir):
+    args = ["--track", "4090", "--model", str(tiny_model_dir), "--bundle-weights", "--no-smoke"]
+    done = _llmkit("submission", *args, "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    zip_path = tmp_path / "4090_track" / "4090_submission_1.zip"
+    assert _cells(_row(done.stdout, "smoke test"))[1:] == ["-", "", "smoke test: skipped (--no-smoke / SMOKE=0)"]
+    assert "not projected: the smoke test was not run" in _row(done.stdout, "eval time")
+    bundled = f"bundled (from {tiny_model_dir}): not accepted by the challenge, see README"
+    assert _cells(_row(done.stdout, "weights"))[1::2] == ["!", bundled]
+    warning = "Warning: the weights are bundled in the zip. That is fine for self-hosting, but not accepted"
+    fix = "build with `make submission MODEL=<hub id> REVISION=<sha>`."
+    for output in (done.stdout, _llmkit("verify-submission", str(zip_path)).stdout):
+        flat = " ".join(output.split())  # the warning wraps at the terminal's width
+        assert warning in flat and f"(`hf upload <you>/<name> {tiny_model_dir}`)" in flat and fix in flat
+        assert _closing(output) == f"✓ {zip_path}: checks passed, smoke test skipped."
+
+
+@pytest.mark.slow
+def test_verify_submission_smoke_prints_the_same_summary(default_zips):
+    done = _llmkit("verify-submission", str(default_zips["4090"]), "--smoke")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for label in ("zip", "track", "memory fit", "weights", "checks", "smoke test", *CHECKS, "eval time"):
+        _row(done.stdout, label)
+    assert "Smoke test of" not in done.stdout  # the table it printed before the summary existed
+    assert _closing(done.stdout) == f"✓ {default_zips['4090']}: checks passed, smoke test passed."
+
+
+@pytest.mark.slow
+def test_verify_submission_smoke_of_a_server_that_cannot_start(broken_zip):
+    done = _llmkit("verify-submission", str(broken_zip), "--smoke")
+    assert done.returncode == 1
+    _, mark, _, detail = _cells(_row(done.stdout, "smoke test"))
+    assert mark == "✗" and detail.startswith(
+        "server start: ServerStartError: server exited with code 1 before becoming healthy: ValidationError:"
+    )
+    assert "input_value='bfloat17'" in detail
+    assert "not projected: no smoke request succeeded" in _row(done.stdout, "eval time")
+    assert _closing(done.stdout).startswith(f"✗ {broken_zip}: smoke test: 'server start' failed (ServerStartError")
+    assert "The smoke test's server did not start" in done.stderr and "Traceback" in done.stderr  # its whole log
+
+
+def test_verify_submission_with_problems_skips_the_smoke_test(default_zips, tmp_path, rewrite_zip):
+    tampered = rewrite_zip(
+        default_zips["4090"], tmp_path / "t.zip", {"llmkit/server/text.py": b"# x\n"}, fix_manifest=False
+    )
+    done = _llmkit("verify-submission", str(tampered), "--smoke")
+    assert done.returncode == 1
+    assert "problem: llmkit/server/text.py: its sha256 does not match manifest.json" in done.stderr
+    assert _cells(_row(done.stdout, "checks"))[1:] == ["✗", "", "1 problem(s), listed above"]
+    assert _cells(_row(done.stdout, "smoke test"))[3] == "smoke test: not run: the checks failed"
+    assert _closing(done.stdout) == f"✗ {tampered}: 1 problem(s) found by verify-submission."

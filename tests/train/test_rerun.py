@@ -1,0 +1,81 @@
+"""Rerunning `train` on the same output_dir: a finished run is left as it is, an unpublished last checkpoint is
+published without another step, a changed config is refused until `--fresh`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmkit.config.schema import ConfigError, load_config
+from llmkit.train.run import train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _global_step(out: Path) -> int:
+    return json.loads((out / "trainer_state.json").read_text())["global_step"]
+
+
+def _checkpoints(out: Path) -> list[str]:
+    return sorted(p.name for p in out.glob("checkpoint-*"))
+
+
+def test_rerunning_a_finished_run_does_no_step_and_keeps_the_adapter(tiny_config):
+    path = tiny_config(max_steps=4, save_steps=2)
+    out = train(load_config(path))
+    adapter = (out / "adapter_model.safetensors").read_bytes()
+    assert _global_step(out) == 4 and _checkpoints(out) == ["checkpoint-2", "checkpoint-4"]
+
+    again = subprocess.run([sys.executable, "-m", "llmkit.cli", "train", str(path)], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Training already complete" in again.stderr and "(step 4 of 4)" in again.stderr
+    assert "Resuming" not in again.stderr and "'loss'" not in again.stdout
+    assert (out / "adapter_model.safetensors").read_bytes() == adapter
+    assert _global_step(out) == 4 and _checkpoints(out) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_a_run_killed_after_its_last_checkpoint_is_published_without_another_step(tiny_config, caplog):
+    path = tiny_config(max_steps=4, save_steps=2)
+    out = train(load_config(path))
+    for name in ("adapter_config.json", "adapter_model.safetensors", "trainer_state.json"):
+        (out / name).unlink()  # as if killed between saving checkpoint-4 and publishing
+    with caplog.at_level(logging.INFO):
+        train(load_config(path))
+    assert "at the end of the schedule; publishing it without training" in caplog.text
+    assert _global_step(out) == 4 and _checkpoints(out) == ["checkpoint-2", "checkpoint-4"]
+    published = (out / "adapter_model.safetensors").read_bytes()
+    assert published == (out / "checkpoint-4" / "adapter_model.safetensors").read_bytes()
+
+
+def test_a_changed_config_is_refused_until_fresh(tiny_config):
+    out = train(load_config(tiny_config(max_steps=2)))
+    longer = tiny_config(max_steps=3)
+    refusal = r"(?s)holds a run of another config \(changed: max_steps: 2 -> 3\).*--fresh"
+    with pytest.raises(ConfigError, match=refusal):
+        train(load_config(longer))
+    assert _global_step(out) == 2 and (out / "adapter_config.json").is_file()  # the finished run is untouched
+
+    other_rate = tiny_config(max_steps=2, learning_rate=5e-4)  # the factory rewrites the same file
+    with pytest.raises(ConfigError, match=r"learning_rate: 0.001 -> 0.0005"):
+        train(load_config(other_rate))
+
+    train(load_config(tiny_config(max_steps=3)), fresh=True)
+    assert _global_step(out) == 3
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["log_history"][0]["step"] == 1  # from step 0, not continued from the old run
+
+
+def test_a_changed_data_file_is_a_changed_run(tiny_config, tiny_dataset, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(tiny_dataset.read_bytes())
+    path = tiny_config(datasets=[{"path": str(data), "type": "alpaca"}])
+    train(load_config(path))
+    data.write_text(data.read_text().replace("plus", "added to"))
+    with pytest.raises(ConfigError, match=r"changed: datasets \(their settings or files\)"):
+        train(load_config(path))
