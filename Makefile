@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 opt = $(if $($(1)),$(2) $($(1)))
 
-.PHONY: setup serve test test-fast bench quality style train validate merge submission verify-submission helm-setup helm-eval clean preprocess default-dataset
+.PHONY: setup serve test test-fast bench quality style train validate merge submission verify-submission helm-setup helm-eval clean distclean preprocess default-dataset
 
 setup: $(STAMP)
 
@@ -86,5 +86,12 @@ quality: setup
 style: setup
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
+# `make clean`: what the commands wrote in this folder (training runs and merged models, zips, HELM and benchmark
+# results). `make distclean`: that, plus what set-up installed (.venv; HELM's venv and the converted default model in
+# the cache). Nothing outside these paths is touched.
+LLMKIT_CACHE ?= $(HOME)/.cache/llmkit
 clean:
-	rm -rf bench-results .pytest_cache
+	rm -rf outputs helm-results bench-results .pytest_cache submissions/*_track/*_submission_*
+
+distclean: clean
+	rm -rf $(VENV) $(LLMKIT_CACHE)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from llmkit.core.files import write_atomic
 
 LOG = logging.getLogger(__name__)
 
@@ -145,10 +145,7 @@ def render_conf(entries: list[RunEntry]) -> str:
 def write_conf(entries: list[RunEntry], path: Path) -> Path:
     """Write atomically (temp file + rename), so a half-written conf never exists."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp.write(render_conf(entries))
-    os.replace(tmp.name, path)
-    return path
+    return write_atomic(path, render_conf(entries))
 
 
 def parse_conf(text: str) -> list[str]:

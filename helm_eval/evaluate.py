@@ -79,7 +79,7 @@ def helm_eval(
                 out_dir=out_dir,
                 server_args=server_args,
                 max_eval_instances=max_eval_instances or DEFAULT_MAX_EVAL_INSTANCES,
-            )  # fmt: skip
+            )
         )
     report = write_report(results, out_dir, name, command)
     return EvalResult(conf_path=conf_path, suites=results, report=report)

@@ -47,7 +47,9 @@ def write_report(suites: list[SuiteScores], out_dir: Path, name: str, command: s
     reports = out_dir / "reports"
     markdown = write_text(reports / f"{name}.md", "\n".join(lines) + "\n")
     chart = bar_chart(suites, reports / f"{name}.png", f"HELM main metric per run: {name}")
-    payload = {"suites": [suite.model_dump(mode="json") for suite in suites],
-               "projections": {label: p.model_dump() for label, p in projections}}  # fmt: skip
+    payload = {
+        "suites": [suite.model_dump(mode="json") for suite in suites],
+        "projections": {label: p.model_dump() for label, p in projections},
+    }
     data = write_text(reports / f"{name}.json", json.dumps(payload, indent=2))
     return Report(markdown=markdown, chart=chart, data=data, projections=projections)

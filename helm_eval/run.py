@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from llmkit.core.processes import stop_process_group
 from llmkit.helm_eval import confgen
 from llmkit.helm_eval.setup import helm_executable, require_helm
 from llmkit.helm_eval.summary import SuiteScores, load_suite
@@ -27,9 +27,14 @@ from llmkit.server.launch import ServerProcess, ServerStartError, wait_healthy
 DEFAULT_MAX_EVAL_INSTANCES = 10  # per run, for entries whose conf sets no count of their own
 # Scenarios that build their data in code (../shared/docs/helm-protocol.md); every other one downloads it.
 OFFLINE_SCENARIOS = {
-    "simple_mcqa", "simple_classification", "simple_short_answer_qa", "simple1",
-    "synthetic_reasoning", "synthetic_reasoning_natural", "dyck_language",
-}  # fmt: skip
+    "simple_mcqa",
+    "simple_classification",
+    "simple_short_answer_qa",
+    "simple1",
+    "synthetic_reasoning",
+    "synthetic_reasoning_natural",
+    "dyck_language",
+}
 # What a failed dataset download looks like in helm-run's log (wget, urllib, requests, huggingface_hub).
 _OFFLINE_SIGNS = re.compile(
     r"Failed to run: wget|unable to resolve host|Name or service not known|Temporary failure in name resolution|"
@@ -100,12 +105,23 @@ def _helm_run(
     log_path = out_dir / "logs" / f"{suite}.helm-run.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [
-        str(helm_executable("helm-run", venv)), "--conf-paths", str(conf_path), "--suite", suite,
-        "--max-eval-instances", str(max_eval_instances), "--num-threads", str(num_threads),
-        "--output-path", str(out_dir / "benchmark_output"), "--local-path", str(out_dir / "prod_env"),
+        str(helm_executable("helm-run", venv)),
+        "--conf-paths",
+        str(conf_path),
+        "--suite",
+        suite,
+        "--max-eval-instances",
+        str(max_eval_instances),
+        "--num-threads",
+        str(num_threads),
+        "--output-path",
+        str(out_dir / "benchmark_output"),
+        "--local-path",
+        str(out_dir / "prod_env"),
         # No response cache: every model is "neurips/local" to HELM, so a cache would mix base and tuned answers.
-        "--disable-cache", "--exit-on-error",
-    ]  # fmt: skip
+        "--disable-cache",
+        "--exit-on-error",
+    ]
     env = {**os.environ, "HELM_HTTP_MODEL_BASE_URL": base_url}
     started = time.monotonic()
     with open(log_path, "w") as log, _process(command, env, log, cwd=out_dir) as helm:
@@ -124,13 +140,7 @@ def _process(command: list[str], env: dict, log, cwd: Path) -> Iterator[subproce
     try:
         yield process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_process_group(process, grace_s=10)
 
 
 def _watch(helm: subprocess.Popen, log_path: Path, base_url: str, server: ServerProcess | None, total: int) -> None:
@@ -175,8 +185,15 @@ def _failure_message(log_path: Path, conf_path: Path, returncode: int) -> str:
 
 def _summarize(venv: Path, suite: str, out_dir: Path) -> None:
     log_path = out_dir / "logs" / f"{suite}.helm-summarize.log"
-    command = [str(helm_executable("helm-summarize", venv)), "--suite", suite, "--output-path",
-               str(out_dir / "benchmark_output"), "--local-path", str(out_dir / "prod_env")]  # fmt: skip
+    command = [
+        str(helm_executable("helm-summarize", venv)),
+        "--suite",
+        suite,
+        "--output-path",
+        str(out_dir / "benchmark_output"),
+        "--local-path",
+        str(out_dir / "prod_env"),
+    ]
     with open(log_path, "w") as log:
         result = subprocess.run(command, cwd=out_dir, stdout=log, stderr=subprocess.STDOUT, check=False)
     if result.returncode != 0:
@@ -208,8 +225,12 @@ def run_helm(
     out_dir = out_dir.resolve()  # helm-run runs inside it
     with serve(model, url, server_args) as (base_url, server):
         wall_s = _helm_run(
-            conf_path=conf_path, suite=suite, base_url=base_url, server=server, out_dir=out_dir,
+            conf_path=conf_path,
+            suite=suite,
+            base_url=base_url,
+            server=server,
+            out_dir=out_dir,
             max_eval_instances=max_eval_instances,
-        )  # fmt: skip
+        )
     label = url or model or "default model (SmolLM2-135M-Instruct)"
     return load_suite(out_dir / "benchmark_output", suite, label=label, wall_s=wall_s)

@@ -7,14 +7,15 @@ back to exact_match for groups the schema does not list (simple_mcqa, big_bench)
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel
 from rich.table import Table
+
+from llmkit.core.files import write_atomic
 
 LOG = logging.getLogger(__name__)
 
@@ -191,18 +192,16 @@ def bar_chart(suites: list[SuiteScores], path: Path, title: str) -> Path:
     ax.set_title(title, fontsize=10, wrap=True)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    _atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
-    return path
-
-
-def _atomic_save(path: Path, write) -> None:
+    png = io.BytesIO()  # rendered in memory, then written whole (a chart is a few hundred KB)
+    try:
+        fig.savefig(png, format="png", dpi=110)
+    finally:
+        plt.close(fig)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        write(tmp)
-    os.replace(tmp.name, path)
+    return write_atomic(path, png.getvalue())
 
 
 def write_text(path: Path, text: str) -> Path:
-    _atomic_save(path, lambda tmp: tmp.write(text.encode()))
-    return path
+    """Write a report atomically, creating its folder: a reader never sees half a table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, text)

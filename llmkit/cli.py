@@ -172,10 +172,21 @@ def merge(
 
     try:
         report, uploaded = merge_command(
-            config, base=base, adapters=adapter, weights=weight, combination=combination, density=density,
-            weighted=weighted, out=out, hub_model_id=hub_model_id, dry_run=dry_run, dtype=dtype,
-            nf4_roundtrip=nf4_roundtrip, verify=not no_verify, max_shard_size=max_shard_size,
-        )  # fmt: skip
+            config,
+            base=base,
+            adapters=adapter,
+            weights=weight,
+            combination=combination,
+            density=density,
+            weighted=weighted,
+            out=out,
+            hub_model_id=hub_model_id,
+            dry_run=dry_run,
+            dtype=dtype,
+            nf4_roundtrip=nf4_roundtrip,
+            verify=not no_verify,
+            max_shard_size=max_shard_size,
+        )
     except (ValueError, OSError, RuntimeError) as err:  # bad input, mismatch, failed verification: message says which
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
@@ -210,9 +221,16 @@ def submission(
 
     try:
         path = build_submission(
-            track, config=config, model=model, revision=revision, adapter=adapter, number=number,
-            loading=loading, bundle_weights=bundle_weights, out_root=out,
-        )  # fmt: skip
+            track,
+            config=config,
+            model=model,
+            revision=revision,
+            adapter=adapter,
+            number=number,
+            loading=loading,
+            bundle_weights=bundle_weights,
+            out_root=out,
+        )
     except (ValueError, LookupError, OSError) as err:  # bad input, no fit, unknown model: the message says which
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
@@ -299,9 +317,17 @@ def helm_eval(
     command = shlex.join(["llmkit", *sys.argv[1:]])
     try:
         result = run(
-            model=model, url=url, compare=compare, conf=conf, max_eval_instances=max_eval_instances, budget=budget,
-            suite=suite, server_args=ctx.args, out_dir=Path(out), command=command,
-        )  # fmt: skip
+            model=model,
+            url=url,
+            compare=compare,
+            conf=conf,
+            max_eval_instances=max_eval_instances,
+            budget=budget,
+            suite=suite,
+            server_args=ctx.args,
+            out_dir=Path(out),
+            command=command,
+        )
     except (HelmRunError, HelmSetupError, ConfError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None

@@ -103,11 +103,17 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     async def health(engine: EngineDep) -> HealthResponse:
         loaded = engine.loaded
         return HealthResponse(
-            status="ok", model=loaded.source.model_id, revision=loaded.source.revision, adapter=loaded.adapter,
-            dtype=loaded.dtype, quantization=loaded.quantization, device=loaded.device,
-            max_context=engine.settings.max_context, stop_at_newline=engine.settings.stop_at_newline,
+            status="ok",
+            model=loaded.source.model_id,
+            revision=loaded.source.revision,
+            adapter=loaded.adapter,
+            dtype=loaded.dtype,
+            quantization=loaded.quantization,
+            device=loaded.device,
+            max_context=engine.settings.max_context,
+            stop_at_newline=engine.settings.stop_at_newline,
             memory=engine.memory(),
-        )  # fmt: skip
+        )
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:

@@ -70,9 +70,13 @@ def _transformers_baseline(engine: Engine, request: ProcessRequest) -> None:
     ids = torch.tensor([engine.encode(request.prompt, special=True)], device=engine.device)
     with torch.inference_mode():
         out = engine.model.generate(
-            ids, max_new_tokens=request.max_new_tokens, do_sample=False, output_scores=True,
-            return_dict_in_generate=True, pad_token_id=engine.tokenizer.eos_token_id,
-        )  # fmt: skip
+            ids,
+            max_new_tokens=request.max_new_tokens,
+            do_sample=False,
+            output_scores=True,
+            return_dict_in_generate=True,
+            pad_token_id=engine.tokenizer.eos_token_id,
+        )
         for scores in out.scores:
             torch.topk(torch.log_softmax(scores[0].float(), dim=-1), max(request.top_k_per_token, 1))
 
@@ -127,15 +131,26 @@ def run(out_dir: Path, repeats: int = 5) -> dict:
 
 def _print(results: dict) -> None:
     table = Table(title=f"Serving {results['model']} on {results['device']} (median seconds)")
-    for column in ["workload", "tokens in/out", "engine", "HTTP", "HTTP overhead (≤10%)", "transformers",
-                   "engine speed-up vs transformers"]:  # fmt: skip
+    for column in [
+        "workload",
+        "tokens in/out",
+        "engine",
+        "HTTP",
+        "HTTP overhead (≤10%)",
+        "transformers",
+        "engine speed-up vs transformers",
+    ]:
         table.add_column(column)
     for name, row in results["workloads"].items():
         table.add_row(
-            name, f"{row['prompt_tokens']}/{row['completion_tokens']}", f"{row['engine_s']:.3f}",
-            f"{row['http_s']:.3f}", f"{row['http_overhead']:+.1%}", f"{row['transformers_generate_s']:.3f}",
+            name,
+            f"{row['prompt_tokens']}/{row['completion_tokens']}",
+            f"{row['engine_s']:.3f}",
+            f"{row['http_s']:.3f}",
+            f"{row['http_overhead']:+.1%}",
+            f"{row['transformers_generate_s']:.3f}",
             f"{row['speedup_vs_transformers']:.2f}x",
-        )  # fmt: skip
+        )
     console = Console()
     console.print(table)
     decode = results["decode"]

@@ -64,9 +64,13 @@ class Engine:
     @classmethod
     def load(cls, settings: ServerSettings) -> Engine:
         loaded = load_for_inference(
-            settings.model, revision=settings.revision, adapter=settings.adapter, dtype=settings.dtype.value,
-            quantization=settings.quantization.value, device=settings.device.value,
-        )  # fmt: skip
+            settings.model,
+            revision=settings.revision,
+            adapter=settings.adapter,
+            dtype=settings.dtype.value,
+            quantization=settings.quantization.value,
+            device=settings.device.value,
+        )
         return cls(loaded, settings)
 
     def _eos_ids(self) -> set[int]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+
+from llmkit.core.processes import stop_process_group
 
 LOG = logging.getLogger(__name__)
 
@@ -117,14 +118,8 @@ class ServerProcess:
         return self
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self.process is not None:
+            stop_process_group(self.process, grace_s=20)
 
     def __enter__(self) -> ServerProcess:
         return self.start()

@@ -11,7 +11,7 @@ from llmkit.core.challenge import CONTEXT_TOKENS
 
 
 class Dtype(str, Enum):
-    auto = "auto"  # bfloat16 on a GPU that supports it, float32 on the CPU
+    auto = "auto"  # bfloat16 on Ampere or newer, float16 on older GPUs, float32 on the CPU (llmkit.core.devices)
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"

@@ -91,9 +91,11 @@ def make_cfg():
 
     def make(datasets: list | None = None, **overrides):
         raw = {
-            "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "learning_rate": 1e-4,
-            "datasets": datasets or [{"path": "unused.jsonl", "type": "alpaca"}], **overrides,
-        }  # fmt: skip
+            "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "learning_rate": 1e-4,
+            "datasets": datasets or [{"path": "unused.jsonl", "type": "alpaca"}],
+            **overrides,
+        }
         return AxolotlConfig.model_validate(raw)
 
     return make
@@ -108,10 +110,18 @@ def tiny_model_dir(tmp_path_factory, default_model_dir) -> Path:
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
     config = LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     path = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -137,12 +147,22 @@ def tiny_config(tmp_path, tiny_model_dir, tiny_dataset):
 
     def write(**overrides) -> Path:
         config = {
-            "base_model": str(tiny_model_dir), "adapter": "lora", "lora_r": 4, "lora_alpha": 8,
-            "lora_target_linear": True, "datasets": [{"path": str(tiny_dataset), "type": "alpaca"}],
-            "sequence_len": 64, "micro_batch_size": 4, "gradient_accumulation_steps": 1, "max_steps": 2,
-            "learning_rate": 1e-3, "optimizer": "adamw_torch", "logging_steps": 1,
-            "output_dir": str(tmp_path / "out"), "seed": 7,
-        }  # fmt: skip
+            "base_model": str(tiny_model_dir),
+            "adapter": "lora",
+            "lora_r": 4,
+            "lora_alpha": 8,
+            "lora_target_linear": True,
+            "datasets": [{"path": str(tiny_dataset), "type": "alpaca"}],
+            "sequence_len": 64,
+            "micro_batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "max_steps": 2,
+            "learning_rate": 1e-3,
+            "optimizer": "adamw_torch",
+            "logging_steps": 1,
+            "output_dir": str(tmp_path / "out"),
+            "seed": 7,
+        }
         config.update(overrides)
         path = tmp_path / "tiny.yml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -158,8 +178,11 @@ def default_config_few_steps(tmp_path) -> Path:
 
     overrides = {
         "max_steps": 10,
-        "logging_steps": 1, "eval_steps": 10, "save_steps": 10, "output_dir": str(tmp_path / "out"),
-    }  # fmt: skip
+        "logging_steps": 1,
+        "eval_steps": 10,
+        "save_steps": 10,
+        "output_dir": str(tmp_path / "out"),
+    }
     cfg = load_config(DEFAULT_CONFIG, overrides)  # resolves the dataset path against the config's folder
     path = tmp_path / "default-few-steps.yml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False))

@@ -16,34 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.config.schema import Adapter, AxolotlConfig, ConfigError, DatasetSpec, PeftMethod
-from llmkit.core.challenge import TRACKS, TrackSpec
+from llmkit.core.challenge import TRACKS, Loading, Track, TrackSpec
+from llmkit.core.memory import TrainingMemory, TrainingSetup, estimate_training
 from llmkit.core.shapes import KNOWN_SHAPES, ModelShape, model_shape
 
-GIB = 1024**3
-CUDA_OVERHEAD_BYTES = 1 * GIB  # CUDA context, cuBLAS workspace and allocator fragmentation
-# Bytes of optimizer state per trainable parameter, states kept in fp32 (8-bit optimizers: one byte each).
-_STATE_BYTES = {"adamw": 8, "ademamix": 12, "lion": 4, "adagrad": 4, "rmsprop": 4, "adafactor": 0, "sgd": 0}
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _ROW_FILES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """Estimated peak training memory on one GPU of a track, in bytes, by part."""
-
-    track: TrackSpec
-    weights: int
-    trainable: int  # trainable weights + their gradients + optimizer states
-    activations: int
-    overhead: int = CUDA_OVERHEAD_BYTES
-
-    @property
-    def total(self) -> int:
-        return self.weights + self.trainable + self.activations + self.overhead
-
-    @property
-    def fits(self) -> bool:
-        return self.total <= self.track.memory_bytes
 
 
 @dataclass(frozen=True)
@@ -59,7 +37,7 @@ class TrainingPlan:
     rows: int | None  # rows of all local datasets; None when a dataset is on the hub
     steps: int | None
     steps_per_1k_rows: float  # over all epochs
-    memory: list[MemoryEstimate]
+    memory: list[TrainingMemory]  # one per track
 
 
 def plan(cfg: AxolotlConfig, world_size: int | None = None) -> TrainingPlan:
@@ -88,7 +66,7 @@ def plan(cfg: AxolotlConfig, world_size: int | None = None) -> TrainingPlan:
         rows=rows,
         steps=cfg.max_steps or (None if rows is None else _optimizer_steps(cfg, rows, world_size)),
         steps_per_1k_rows=1000 * (1 - cfg.val_set_size) * cfg.num_epochs / step_rows,
-        memory=[estimate_memory(cfg, shape, targets, trainable, track) for track in TRACKS.values()],
+        memory=[training_memory(cfg, shape, targets, trainable, track) for track in Track],
     )
 
 
@@ -123,60 +101,25 @@ def trainable_params(cfg: AxolotlConfig, shape: ModelShape, targets: list[str]) 
     return total + sum(full.get(name, 0) for name in cfg.lora_modules_to_save or [])
 
 
-def estimate_memory(
-    cfg: AxolotlConfig, shape: ModelShape, targets: list[str], trainable: int, track: TrackSpec
-) -> MemoryEstimate:
-    """Peak training memory on one GPU of `track`: weights + trainable state + activations + overhead.
-
-    With P_lin the decoder layers' linear weights, P_rest the rest (embeddings, lm_head, norms), b the bytes of
-    the compute dtype on the track, T = micro_batch_size x sequence_len tokens, L layers, h hidden size,
-    kv the key/value width, i the MLP width and V the vocabulary:
-
-    - weights: P_lin x (0.516 bytes at 4-bit NF4 with double quantization, 0.5625 without, 1 at 8-bit, b at
-      16-bit) + P_rest x b. A full fine-tune counts its weights under trainable instead.
-    - trainable: N trainable x (4 weight + 4 gradient + optimizer state) bytes: adapters are kept in fp32, and
-      a full fine-tune keeps fp32 master weights (`llmkit.train.modeling`). Optimizer states in fp32: 8 bytes for
-      AdamW, 2 for 8-bit AdamW, 4 for Lion, 0 for SGD/Adafactor (factored, negligible).
-    - activations per token and layer: A = b x (6h + 4kv + 4i), plus b x the summed input widths of the
-      targeted layers when lora_dropout > 0 (dropout keeps a copy of each input). Attention is flash/SDPA, so
-      no T^2 scores are stored. Without gradient checkpointing: T x L x A; with it: T x L x b x h (each layer's
-      input) + T x A (one layer recomputed). The loss adds T x V x (b + 8) (logits, fp32 copy, its gradient).
-    - overhead: 1 GiB for the CUDA context, cuBLAS workspace and allocator fragmentation.
-    """
-    b = _DTYPE_BYTES[cfg.compute_dtype("cuda", capability=_capability(track))]
-    layer_linear = sum(i * o for i, o in shape.linear_layers().values())
-    p_lin, p_rest = shape.num_layers * layer_linear, shape.num_params - shape.num_layers * layer_linear
-    # Trainable weights are float32 (adapters, and a full fine-tune's master weights), as is their gradient.
-    state = trainable * (4 + 4 + _optimizer_state_bytes(cfg))
-    weights = 0 if cfg.adapter is None else int(p_lin * _quantized_bytes(cfg, b) + p_rest * b)
-    return MemoryEstimate(track, weights, state, _activation_bytes(cfg, shape, targets, b))
-
-
-def _activation_bytes(cfg: AxolotlConfig, shape: ModelShape, targets: list[str], b: int) -> int:
-    tokens = cfg.micro_batch_size * cfg.sequence_len
-    kv = shape.num_kv_heads * shape.head_size
-    per_layer = b * (6 * shape.hidden_size + 4 * kv + 4 * shape.intermediate_size)
-    if cfg.adapter is not None and cfg.lora_dropout > 0:
-        widths = shape.linear_layers()
-        per_layer += b * sum(widths[name][0] for name in targets if name in widths)
-    if cfg.gradient_checkpointing:
-        layers = tokens * shape.num_layers * b * shape.hidden_size + tokens * per_layer
-    else:
-        layers = tokens * shape.num_layers * per_layer
-    return layers + tokens * shape.vocab_size * (b + 8)
-
-
-def _quantized_bytes(cfg: AxolotlConfig, b: int) -> float:
-    if cfg.load_in_4bit:
-        double_quant = cfg.bnb_config_kwargs is None or cfg.bnb_config_kwargs.bnb_4bit_use_double_quant
-        return 0.516 if double_quant else 0.5625  # 4 bits + the block scales (one per 64 weights)
-    return 1.0 if cfg.load_in_8bit else b
-
-
-def _optimizer_state_bytes(cfg: AxolotlConfig) -> float:
-    name = cfg.optimizer.value
-    family = next(key for key in _STATE_BYTES if key in name) if any(k in name for k in _STATE_BYTES) else "adamw"
-    return _STATE_BYTES[family] / 4 if name.endswith("8bit") else _STATE_BYTES[family]
+def training_memory(
+    cfg: AxolotlConfig, shape: ModelShape, targets: list[str], trainable: int, track: Track
+) -> TrainingMemory:
+    """Peak training memory on one GPU of `track`, from `llmkit.core.memory` (its docstring has the formulas)."""
+    dtype = cfg.compute_dtype("cuda", capability=_capability(TRACKS[track]))
+    widths = shape.linear_layers()
+    dropout = cfg.adapter is not None and cfg.lora_dropout > 0
+    setup = TrainingSetup(
+        loading=Loading.nf4 if cfg.load_in_4bit else Loading.int8 if cfg.load_in_8bit else Loading.bf16,
+        dtype_bytes=_DTYPE_BYTES[dtype],
+        trainable_params=trainable,
+        optimizer=cfg.optimizer.value,
+        tokens=cfg.micro_batch_size * cfg.sequence_len,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        full_fine_tune=cfg.adapter is None,
+        double_quant=cfg.bnb_config_kwargs is None or cfg.bnb_config_kwargs.bnb_4bit_use_double_quant,
+        dropout_width=sum(widths[name][0] for name in targets if name in widths) if dropout else 0,
+    )
+    return estimate_training(shape, setup, track)
 
 
 def _capability(track: TrackSpec) -> tuple[int, int]:

@@ -38,11 +38,22 @@ from llmkit.config.sections import (
     PeftMethod,
     TrainingSection,
 )
+from llmkit.core import devices
 
 __all__ = [
-    "Adapter", "AxolotlConfig", "ConfigError", "ConfigWarning", "DatasetSpec", "DatasetType", "DsType",
-    "IgnoredKey", "LrScheduler", "Optimizer", "PeftMethod", "load_config",
-]  # fmt: skip
+    "Adapter",
+    "AxolotlConfig",
+    "ConfigError",
+    "ConfigWarning",
+    "DatasetSpec",
+    "DatasetType",
+    "DsType",
+    "IgnoredKey",
+    "LrScheduler",
+    "Optimizer",
+    "PeftMethod",
+    "load_config",
+]
 
 # The config as training ran it, written beside the adapter by `llmkit train` and read back by `llmkit merge`.
 RESOLVED_CONFIG = "config.resolved.yml"
@@ -144,17 +155,15 @@ class AxolotlConfig(TrainingSection, DataSection, LoraSection, ModelSection):
             return "bfloat16"
         if self.fp16 is True:
             return "float16"
-        if (device or _default_device()) != "cuda":
-            return "float32"  # "auto" mixed precision is a GPU feature
-        if self.bf16 == "auto" and (capability or _cuda_capability()) >= (8, 0):  # bfloat16 needs Ampere
-            return "bfloat16"
-        return "float16" if self.fp16 == "auto" else "float32"
+        # "auto" mixed precision is a GPU feature; `false` rules that half type out of the automatic choice.
+        device = device or devices.resolve_device()
+        return devices.auto_dtype(device, capability, bf16=self.bf16 == "auto", fp16=self.fp16 == "auto")
 
     def tf32_enabled(self, device: str | None = None) -> bool:
         """Whether TF32 matmuls are allowed: tf32 true, or "auto" on an Ampere-or-newer GPU."""
         if self.tf32 != "auto":
             return bool(self.tf32)
-        return (device or _default_device()) == "cuda" and _cuda_capability() >= (8, 0)
+        return devices.is_cuda(device or devices.resolve_device()) and devices.ampere_or_newer()
 
     def resolved_target_modules(self, shape_or_model) -> list[str]:
         """Module names the adapter wraps: every linear layer but lm_head with lora_target_linear, plus the list.
@@ -192,18 +201,6 @@ def _module_names(shape_or_model) -> tuple[list[str], set[str]]:
         if isinstance(module, torch.nn.Linear) and module is not head and leaf != "lm_head" and leaf not in linear:
             linear.append(leaf)
     return linear, existing
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _cuda_capability() -> tuple[int, int]:
-    import torch
-
-    return torch.cuda.get_device_capability() if torch.cuda.is_available() else (0, 0)
 
 
 _TYPE_TAG = re.compile(r"^(bool|int|float|str|none|[a-z-]+\[.*\])$")  # pydantic's union-branch loc entries

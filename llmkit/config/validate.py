@@ -9,8 +9,9 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from llmkit.config.plan import GIB, TrainingPlan, plan
+from llmkit.config.plan import TrainingPlan, plan
 from llmkit.config.schema import ConfigError, ConfigWarning, load_config
+from llmkit.core.memory import GIB
 
 
 def validate(path: str | Path, *, strict: bool = False, console=None) -> int:

@@ -30,16 +30,6 @@ class Loading(str, Enum):
         # Quantized layers compute in bf16 too (bnb_4bit_compute_dtype follows --dtype).
         return ["--dtype", "bfloat16", "--quantization", self.quantization]
 
-    @property
-    def linear_bytes_per_param(self) -> float:
-        """Bytes per weight of a quantized linear layer; embeddings, lm_head and norms stay bf16."""
-        if self is Loading.nf4:
-            # 4 bits + an 8-bit absmax per 64 weights + an fp32 scale per 256 absmax blocks (double quantization)
-            return 0.5 + 1 / 64 + 4 / (64 * 256)
-        if self is Loading.int8:
-            return 1.0  # plus one fp32 scale per output row, counted by fit.py
-        return 2.0
-
 
 @dataclass(frozen=True)
 class TrackSpec:

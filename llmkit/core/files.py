@@ -1,28 +1,100 @@
-"""Directories that appear whole or not at all: build beside the target, rename into place, clean up after kills.
+"""File helpers of the common base: one sha256 of a file, and writes that appear whole or not at all.
 
-Temporary directories are named `.<target>.<kind>-<pid>-<random>` so that a later run can tell which ones a
-killed process left behind (its pid is gone) and remove them, or restore a good target it had moved aside.
+Everything is built beside its target and renamed into place, so a failure or a kill never leaves a half-written
+file or folder under the target's name. Temporaries are named `.<target>.<kind>-<pid>-<random>` so that a later
+run can tell which ones a killed process left behind (its pid is gone) and remove them, or restore a good target
+it had moved aside (`clean_stale`). Only the standard library and psutil: this module ships in the server image.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import logging
 import os
+import secrets
 import shutil
 import signal
+import string
 import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 
 LOG = logging.getLogger(__name__)
+_BLOCK = 1 << 22  # 4 MiB reads: few syscalls on multi-gigabyte weights, little memory
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's contents, read in blocks (weights do not fit in memory twice)."""
+    target = path.resolve()
+    # Hub snapshots link each file to a blob named by its sha256 (git-lfs files; small files get a 40-character
+    # git sha1): reuse that name instead of rereading gigabytes.
+    if path.is_symlink() and target.parent.name == "blobs" and _is_sha256(target.name):
+        return target.name
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _is_sha256(name: str) -> bool:
+    return len(name) == 64 and all(c in string.hexdigits for c in name)
+
+
+def write_atomic(path: Path, data: bytes | str, *, fsync: bool = False) -> Path:
+    """Write `data` (str as UTF-8) to `path` through a temp file beside it and one rename.
+
+    Readers see the old file or the new one, never part of either; if the write fails the temp file is removed
+    (a SIGKILL's leftover is removed by the next write to `path`). `fsync` also survives a power loss.
+    """
+    clean_stale(path)
+    payload = data.encode() if isinstance(data, str) else data
+    fd, tmp = _create_temp(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        _fsync_dir(path.parent)  # makes the rename itself durable
+    return path
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    # os.open with mode 0o666 rather than mkstemp's 0o600: the file gets the umask's permissions, as open() would.
+    while True:
+        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager
-def staging_dir(target: Path, kind: str):
-    """A temp dir beside `target`, named with our pid; removed on any exit (SIGKILL aside)."""
+def staging_dir(target: Path, kind: str) -> Iterator[Path]:
+    """A temp dir beside `target`, named with our pid; removed on any exit (SIGKILL aside: see `clean_stale`)."""
     path = Path(tempfile.mkdtemp(prefix=f".{target.name}.{kind}-{os.getpid()}-", dir=target.parent))
     try:
         yield path
@@ -31,36 +103,51 @@ def staging_dir(target: Path, kind: str):
 
 
 def swap_in(built: Path, target: Path) -> None:
-    """Rename `built` to `target`; an existing target is moved aside first and deleted only after the swap."""
+    """Rename `built` (a file or a folder) to `target`, replacing what is there.
+
+    A file over a file is one atomic rename. Otherwise an existing target is moved aside first and deleted only
+    after the swap, so a kill in between leaves it for `clean_stale` to restore.
+    """
+    if not built.is_dir() and not target.is_dir():
+        os.replace(built, target)
+        return
     old = target.parent / f".{target.name}.old-{os.getpid()}"
-    if target.exists():
+    if target.exists() or target.is_symlink():
         target.rename(old)
     built.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
 
 
 def clean_stale(target: Path) -> None:
     """Remove what a killed process left beside `target`; restore a good target it had moved aside."""
-    for path in target.parent.glob(f".{target.name}.*-*"):
+    for path in target.parent.glob(f".{glob.escape(target.name)}.*-*"):
         parts = path.name.removeprefix(f".{target.name}.").split("-")
-        if len(parts) < 2 or not parts[1].isdigit() or psutil.pid_exists(int(parts[1])):
+        # A dot in the kind means another target's temporary (`.run.zip.old-1` is run.zip's, not run's).
+        if len(parts) < 2 or "." in parts[0] or not parts[1].isdigit() or psutil.pid_exists(int(parts[1])):
             continue
         if parts[0] == "old" and not target.exists():
             LOG.warning("Restoring %s from %s (a run was killed while swapping it)", target, path)
             path.rename(target)
         else:
             LOG.info("Removing %s, left by a killed run", path)
-            shutil.rmtree(path, ignore_errors=True)
+            _remove(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @contextmanager
-def sigterm_as_exit():
+def sigterm_as_exit() -> Iterator[None]:
     """Let SIGTERM unwind like Ctrl-C, so `staging_dir` cleans up (SIGKILL leaves it to `clean_stale`)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def _exit(signum, _frame):
+    def _exit(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, _exit)

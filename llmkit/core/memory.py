@@ -1,18 +1,26 @@
-"""Will the model fit on the track's GPU? Weights at the chosen loading + KV cache + activations + CUDA overhead.
+"""The one GPU-memory model, from the model's shape alone (offline for `KNOWN_SHAPES` and local directories): what
+serving a submission needs (`estimate_memory`, the fit check) and what training a config needs (`estimate_training`,
+printed by `llmkit validate`) on one GPU of a track. Both add up the same parts; with h the hidden size, kv the
+key/value width, i the MLP width, V the vocabulary, L layers, T tokens and b bytes per value:
 
-The estimate follows what server/engine.py does: one request at a time (a single model worker thread), a KV cache
-of up to 2048 tokens (the challenge's prompt + completion limit), and for echo_prompt scoring the full prompt's
-logits upcast to float32 and log-softmaxed. It needs only the model's shape, so it works offline for the bases
-in `llmkit.core.shapes.KNOWN_SHAPES` and for any local model directory.
+- weights (`weight_bytes`): the decoder layers' linear weights at `linear_bytes_per_param` (NF4 with double
+  quantization 0.5159 bytes; int8 1 byte + an fp32 scale per output row), every other tensor (embeddings, lm_head,
+  norms) unquantized.
+- KV cache: 2 x L x kv x 2 bytes per token (`ModelShape.kv_cache_bytes_per_token`); training keeps none.
+- activations: one decoder layer's tensors, A = b x (6h + 4kv + 4i) per token (no T x T scores: attention runs in
+  SDPA's flash or memory-efficient kernel on sm_80/sm_89), and the logits T x V x (b + 8): the logits, an fp32
+  copy and one more fp32 tensor (their log-softmax when scoring, their gradient when training).
+- overhead: 1 GiB of CUDA context + 5% allocator slack on all of the above.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from pydantic import BaseModel, computed_field
 
-from llmkit.core.challenge import CONTEXT_TOKENS, TRACKS, Loading, Track
+from llmkit.core.challenge import CONTEXT_TOKENS, TRACKS, Loading, Track, TrackSpec
 from llmkit.core.shapes import ModelShape
 
 LOG = logging.getLogger(__name__)
@@ -20,7 +28,51 @@ LOG = logging.getLogger(__name__)
 GIB = 1024**3
 CONCURRENT_REQUESTS = 1  # server/engine.py runs model work on one worker thread: one KV cache at a time
 CUDA_CONTEXT_GIB = 1.0  # CUDA context, cuBLAS workspaces, bitsandbytes kernels
-ALLOCATOR_SLACK = 0.05  # PyTorch's caching allocator never packs weights and cache perfectly
+ALLOCATOR_SLACK = 0.05  # PyTorch's caching allocator never packs tensors perfectly
+# Optimizer state per trainable parameter in fp32 bytes (8-bit variants: a quarter); unknown names count as AdamW.
+_STATE_BYTES = {"adamw": 8, "ademamix": 12, "lion": 4, "adagrad": 4, "rmsprop": 4, "adafactor": 0, "sgd": 0}
+
+
+def linear_bytes_per_param(loading: Loading, *, double_quant: bool = True, float_bytes: int = 2) -> float:
+    """Bytes per weight of a decoder layer's linear layer held at `loading` (bf16: unquantized, `float_bytes`)."""
+    if loading is Loading.nf4:
+        # 4 bits + an 8-bit absmax per 64 weights + an fp32 scale per 256 absmax blocks (without double
+        # quantization: an fp32 absmax per 64 weights)
+        return 0.5 + (1 / 64 + 4 / (64 * 256) if double_quant else 4 / 64)
+    if loading is Loading.int8:
+        return 1.0  # plus one fp32 scale per output row, counted by weight_bytes
+    return float_bytes
+
+
+def weight_bytes(shape: ModelShape, loading: Loading, *, float_bytes: int = 2, double_quant: bool = True) -> float:
+    """Bytes of the weights: linear layers at the loading's precision, the rest at `float_bytes` (bf16: 2)."""
+    layers = shape.linear_layers().values()
+    linear = shape.num_layers * sum(i * o for i, o in layers)
+    other = shape.num_params - linear  # embeddings, lm_head (bitsandbytes leaves it unquantized), norms
+    scales = shape.num_layers * sum(o for _, o in layers) * 4 if loading is Loading.int8 else 0
+    per_param = linear_bytes_per_param(loading, double_quant=double_quant, float_bytes=float_bytes)
+    return linear * per_param + other * float_bytes + scales
+
+
+def layer_activation_bytes(shape: ModelShape, dtype_bytes: int, extra_width: int = 0) -> int:
+    """Bytes per token of one decoder layer's activations (extra_width: more saved inputs, e.g. dropout's)."""
+    kv = shape.num_kv_heads * shape.head_size
+    return dtype_bytes * (6 * shape.hidden_size + 4 * kv + 4 * shape.intermediate_size + extra_width)
+
+
+def logits_bytes(shape: ModelShape, tokens: int, dtype_bytes: int) -> int:
+    """The logits in the compute dtype, their fp32 copy and one more fp32 tensor (log-softmax or gradient)."""
+    return tokens * shape.vocab_size * (dtype_bytes + 8)
+
+
+def overhead_bytes(allocated: float) -> float:
+    return CUDA_CONTEXT_GIB * GIB + ALLOCATOR_SLACK * allocated
+
+
+def optimizer_state_bytes(optimizer: str) -> float:
+    """Bytes of optimizer state per trainable parameter for a transformers optimizer name."""
+    family = next((key for key in _STATE_BYTES if key in optimizer), "adamw")
+    return _STATE_BYTES[family] / 4 if optimizer.endswith("8bit") else _STATE_BYTES[family]
 
 
 class FitError(ValueError):
@@ -56,36 +108,96 @@ class MemoryEstimate(BaseModel):
         )
 
 
-def weight_bytes(shape: ModelShape, loading: Loading) -> float:
-    """Bytes of the weights on the GPU: linear layers at the loading's precision, everything else in bf16."""
-    layers = shape.linear_layers().values()
-    linear = shape.num_layers * sum(i * o for i, o in layers)
-    other = shape.num_params - linear  # embeddings, lm_head (bitsandbytes leaves it unquantized), norms
-    scales = shape.num_layers * sum(o for _, o in layers) * 4 if loading is Loading.int8 else 0
-    return linear * loading.linear_bytes_per_param + other * 2 + scales
-
-
 def estimate_memory(shape: ModelShape, loading: Loading, track: Track, extra_weight_bytes: int = 0) -> MemoryEstimate:
-    """Peak GPU memory of serving `shape` at `loading` on `track` (extra_weight_bytes: an unmerged adapter)."""
+    """Peak GPU memory of serving `shape` at `loading` on `track` (extra_weight_bytes: an unmerged adapter).
+
+    As server/engine.py serves: bf16 compute, one request at a time with a KV cache of up to 2048 tokens (the
+    challenge's prompt + completion limit), and echo_prompt scoring of a full prompt's logits. Under no_grad
+    nothing is kept between layers, so one layer's activations are live at a time.
+    """
     weights = weight_bytes(shape, loading) + extra_weight_bytes
     kv_cache = shape.kv_cache_bytes_per_token(2) * CONTEXT_TOKENS * CONCURRENT_REQUESTS
-    # Scoring a full prompt: bf16 logits, their float32 copy and its log-softmax (2 + 4 + 4 bytes per entry);
-    # one layer's MLP and residual tensors; attention scores in case SDPA falls back to the math kernel.
-    per_request = (
-        CONTEXT_TOKENS * shape.vocab_size * 10
-        + CONTEXT_TOKENS * (3 * shape.intermediate_size + 4 * shape.hidden_size) * 2
-        + shape.num_heads * CONTEXT_TOKENS**2 * 2
-    )
+    per_request = CONTEXT_TOKENS * layer_activation_bytes(shape, 2) + logits_bytes(shape, CONTEXT_TOKENS, 2)
     activations = per_request * CONCURRENT_REQUESTS
-    overhead = CUDA_CONTEXT_GIB * GIB + ALLOCATOR_SLACK * (weights + kv_cache)
     return MemoryEstimate(
         loading=loading,
         weights_gib=round(weights / GIB, 2),
         kv_cache_gib=round(kv_cache / GIB, 2),
         activations_gib=round(activations / GIB, 2),
-        overhead_gib=round(overhead / GIB, 2),
+        overhead_gib=round(overhead_bytes(weights + kv_cache + activations) / GIB, 2),
         available_gib=TRACKS[track].memory_gib,
     )
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What one training process holds (`llmkit.config.plan` fills it in from the config)."""
+
+    loading: Loading  # the frozen base: nf4 (load_in_4bit), int8 (load_in_8bit), bf16 (16-bit at dtype_bytes)
+    dtype_bytes: int  # of the compute dtype: 2 for bf16/fp16, 4 for float32
+    trainable_params: int
+    optimizer: str  # transformers' optimizer name
+    tokens: int  # micro_batch_size x sequence_len
+    gradient_checkpointing: bool
+    full_fine_tune: bool = False
+    double_quant: bool = True
+    dropout_width: int = 0  # summed input widths of the adapted layers when lora_dropout > 0 (dropout keeps a copy)
+
+
+@dataclass(frozen=True)
+class TrainingMemory:
+    """Estimated peak training memory on one GPU of a track, in bytes, by part."""
+
+    track: TrackSpec
+    weights: int  # the frozen base + the copies autocast keeps of fp32 weights
+    trainable: int  # trainable weights + their gradients + optimizer states
+    activations: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.trainable + self.activations + self.overhead
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.track.memory_bytes
+
+
+def estimate_training(shape: ModelShape, setup: TrainingSetup, track: Track) -> TrainingMemory:
+    """Peak training memory of `setup` on one GPU of `track`: the serving parts plus the trainable state.
+
+    - weights: the frozen base, its unquantized tensors at r: fp32 after peft's prepare_model_for_kbit_training
+      upcast them (a quantized base, `llmkit.train.modeling`), else b; plus the b-byte copies autocast makes of
+      the fp32 weights its matmuls use (adapters, an upcast lm_head; every weight of a full fine-tune), kept for
+      backward. A full fine-tune's own weights count as trainable.
+    - trainable: N x (4 weight + 4 gradient + optimizer state) bytes: adapters are fp32, and a full fine-tune
+      keeps fp32 master weights. Optimizer state: 8 for AdamW, 2 for 8-bit AdamW, 4 for Lion, 0 for SGD/Adafactor.
+    - activations at r, the residual stream's dtype (it follows the fp32 embeddings and norms): backward needs
+      every layer's A (T x L x A); with gradient checkpointing only each layer's input (T x L x r x h) and one
+      recomputed layer (T x A). Plus the logits at b.
+    """
+    b = setup.dtype_bytes
+    r = b if setup.loading is Loading.bf16 and not setup.full_fine_tune else 4
+    base = weight_bytes(shape, setup.loading, float_bytes=r, double_quant=setup.double_quant)
+    weights = (0 if setup.full_fine_tune else base) + _autocast_copies(shape, setup, r)
+    trainable = setup.trainable_params * (4 + 4 + optimizer_state_bytes(setup.optimizer))
+    per_layer = layer_activation_bytes(shape, r, setup.dropout_width)
+    if setup.gradient_checkpointing:
+        layers = setup.tokens * (shape.num_layers * r * shape.hidden_size + per_layer)
+    else:
+        layers = setup.tokens * shape.num_layers * per_layer
+    activations = layers + logits_bytes(shape, setup.tokens, b)
+    overhead = overhead_bytes(weights + trainable + activations)
+    return TrainingMemory(TRACKS[track], int(weights), int(trainable), activations, int(overhead))
+
+
+def _autocast_copies(shape: ModelShape, setup: TrainingSetup, residual_bytes: int) -> int:
+    if setup.dtype_bytes == 4:
+        return 0  # float32 training: no autocast
+    if setup.full_fine_tune:
+        return setup.dtype_bytes * shape.num_params
+    lm_head = shape.vocab_size * shape.hidden_size if residual_bytes == 4 else 0  # upcast with the embeddings
+    return setup.dtype_bytes * (setup.trainable_params + lm_head)
 
 
 def choose_loading(

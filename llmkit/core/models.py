@@ -7,15 +7,15 @@ every later load reads that directory.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+
+from llmkit.core import devices
+from llmkit.core.files import clean_stale, sha256_file, staging_dir, swap_in
 
 LOG = logging.getLogger(__name__)
 
@@ -74,25 +74,15 @@ def embedded_model_dir() -> Path:
         model.hf_quantizer = None
     model.config.name_or_path = DEFAULT_MODEL_ID
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Write next to the target and rename, so a killed conversion never leaves a half-written model.
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+    clean_stale(target)  # what a killed conversion left
+    # Written next to the target and renamed, so a killed conversion never leaves a half-written model.
+    with staging_dir(target, "convert") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "SOURCE").write_text(f"{gguf.name} from {_embedded_revision()}, sha256 {_sha256(gguf)}\n")
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / "SOURCE").write_text(f"{gguf.name} from {_embedded_revision()}, sha256 {sha256_file(gguf)}\n")
+        if not (target / "config.json").is_file():  # else another process converted it first: keep theirs
+            swap_in(tmp, target)
     return target
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_model(model: str | None, revision: str | None = None) -> ResolvedModel:
@@ -143,27 +133,6 @@ class LoadedModel:
     device: str
 
 
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda was asked for, but torch sees no CUDA device")
-    return device
-
-
-def pick_dtype(dtype: str, device: str):
-    """`auto`: bfloat16 on a GPU that has it (float16 otherwise), float32 on the CPU, where half precision is slow."""
-    import torch
-
-    if dtype == "auto":
-        if device == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return getattr(torch, dtype)
-
-
 def load_for_inference(
     model: str | None,
     *,
@@ -173,28 +142,28 @@ def load_for_inference(
     quantization: str = "none",
     device: str = "auto",
 ) -> LoadedModel:
-    """Load a causal LM (optionally quantized with bitsandbytes, optionally with a peft adapter) for serving."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    """Load a causal LM (optionally quantized with bitsandbytes, optionally with a peft adapter) for serving.
+
+    `device` and `dtype` "auto" follow `llmkit.core.devices`: the GPU where there is one, bfloat16 on Ampere or
+    newer, float16 on older GPUs, float32 on the CPU. `quantization`: "none", "nf4" (double quantized) or "int8".
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model(model, revision)
-    device = pick_device(device)
-    torch_dtype = pick_dtype(dtype, device)
-    quantization_config = None
-    if quantization == "nf4":
-        quantization_config = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch_dtype,
-        )  # fmt: skip
-    elif quantization == "int8":
-        quantization_config = BitsAndBytesConfig(load_in_8bit=True)
+    device = devices.resolve_device(device)
+    torch_dtype = devices.resolve_dtype(dtype, device)
+    # Quantized layers compute in the model's dtype, so --dtype sets bnb_4bit_compute_dtype too.
+    quantization_config = devices.bnb_config(quantization, torch_dtype)
     LOG.info("Loading %s (%s, %s, quantization %s)", source.model_id, device, torch_dtype, quantization)
     # The tokenizer comes from the adapter when it has one: training may have added tokens.
     tokenizer_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else source.path
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     lm = AutoModelForCausalLM.from_pretrained(
-        source.path, dtype=torch_dtype, quantization_config=quantization_config,
+        source.path,
+        dtype=torch_dtype,
+        quantization_config=quantization_config,
         device_map={"": device},
-    )  # fmt: skip
+    )
     if adapter:
         lm = _apply_adapter(lm, adapter, tokenizer)
     lm.eval()

@@ -36,9 +36,14 @@ class ModelShape:
         h, i = self.hidden_size, self.intermediate_size
         q, kv = self.num_heads * self.head_size, self.num_kv_heads * self.head_size
         return {
-            "q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
-        }  # fmt: skip
+            "q_proj": (h, q),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (q, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
 
     @property
     def embedding_params(self) -> int:

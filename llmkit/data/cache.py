@@ -7,15 +7,20 @@ half-written entry to be reused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset, load_from_disk
 
-from llmkit.core.files import clean_stale, staging_dir
+from llmkit.core.files import clean_stale, sha256_bytes, sha256_file, staging_dir
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from llmkit.config.schema import AxolotlConfig
+    from llmkit.config.sections import DatasetSpec
 
 LOG = logging.getLogger(__name__)
 # Bump when tokenization, masking or packing changes, so old entries are not reused.
@@ -24,36 +29,29 @@ PREPARED_FORMAT = 1
 
 def _file_digests(path: Path) -> list[tuple[str, str]]:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    digests = []
-    for file in files:
-        digest = hashlib.sha256()
-        with file.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        digests.append((str(file.relative_to(path) if path.is_dir() else file.name), digest.hexdigest()))
-    return digests
+    return [(str(file.relative_to(path) if path.is_dir() else file.name), sha256_file(file)) for file in files]
 
 
-def dataset_identity(spec: Any) -> dict:
+def dataset_identity(spec: DatasetSpec) -> dict[str, Any]:  # Any: the spec as JSON, then the files' digests
     """A dataset spec's settings, with the sha256 of its local files (None for a hub dataset)."""
-    raw = spec.model_dump(mode="json") if hasattr(spec, "model_dump") else dict(vars(spec))
+    raw = spec.model_dump(mode="json")
     local = Path(spec.path).expanduser()
     raw["_files"] = _file_digests(local) if local.exists() else None  # hub datasets: the spec names them
     return raw
 
 
-def _tokenizer_identity(tokenizer: Any) -> dict:
+def _tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, str | dict[str, str] | None]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     vocab = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
     return {
         "class": type(tokenizer).__name__,
-        "vocab": hashlib.sha256(vocab.encode()).hexdigest(),
+        "vocab": sha256_bytes(vocab.encode()),
         "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
         "chat_template": tokenizer.chat_template,
     }
 
 
-def cache_key(cfg: Any, tokenizer: Any) -> str:
+def cache_key(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> str:
     """Hash of the dataset specs with their files' contents, the tokenizer and the settings that shape rows."""
     identity = {
         "format": PREPARED_FORMAT,
@@ -65,7 +63,7 @@ def cache_key(cfg: Any, tokenizer: Any) -> str:
         "val_set_size": cfg.val_set_size,
         "seed": cfg.seed,
     }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return sha256_bytes(json.dumps(identity, sort_keys=True, default=str).encode())[:20]
 
 
 def load_prepared(root: Path, key: str) -> tuple[Dataset, Dataset | None, str] | None:

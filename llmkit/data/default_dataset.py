@@ -16,8 +16,10 @@ import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from llmkit.core.assets import CONFIGS_DIR
+from llmkit.data.rows import InputOutputRow, LabelledText
 
 DATASET_FILE = CONFIGS_DIR / "data" / "mcqa_letters.jsonl"
 SEED = 20231
@@ -26,7 +28,13 @@ SIMPLE_INSTRUCTIONS = "Answer the following questions with a single letter only.
 SUBJECT_INSTRUCTIONS = "The following are multiple choice questions (with answers) about {subject}."  # HELM's MMLU
 MAX_SHOTS = 5  # HELM's max_train_instances for multiple choice
 
-Question = tuple[str, list[str], int]  # text, choices, index of the correct choice
+
+class Question(NamedTuple):
+    text: str
+    choices: list[str]
+    answer: int  # index of the correct choice
+
+
 CATEGORIES = {
     "fruit": ["apple", "banana", "cherry", "grape", "lemon", "mango", "orange", "peach", "pear", "plum"],
     "animal": ["cat", "dog", "horse", "lion", "mouse", "rabbit", "sheep", "tiger", "whale", "zebra"],
@@ -46,7 +54,7 @@ def parity(rng: random.Random) -> Question:
     n = rng.randint(100, 9999)  # never a two-digit number: those are simple_mcqa's test questions
     text = rng.choice(["Is {n} even or odd?", "Is the number {n} even or odd?", "Is {n} an odd or an even number?"])
     choices, answer = _shuffled(rng, "Even" if n % 2 == 0 else "Odd", ["Odd" if n % 2 == 0 else "Even"])
-    return text.format(n=n), choices, answer
+    return Question(text.format(n=n), choices, answer)
 
 
 def compare(rng: random.Random) -> Question:
@@ -55,32 +63,30 @@ def compare(rng: random.Random) -> Question:
     target = max(numbers) if largest else min(numbers)
     text = f"Which of these numbers is the {'largest' if largest else 'smallest'}?"
     choices, answer = _shuffled(rng, str(target), [str(n) for n in numbers if n != target])
-    return text, choices, answer
+    return Question(text, choices, answer)
 
 
 def greater_than(rng: random.Random) -> Question:
     a, b = rng.sample(range(1, 1000), 2)
     choices, answer = _shuffled(rng, "Yes" if a > b else "No", ["No" if a > b else "Yes"])
-    return f"Is {a} greater than {b}?", choices, answer
+    return Question(f"Is {a} greater than {b}?", choices, answer)
 
 
 def arithmetic(rng: random.Random) -> Question:
     a, b = rng.randint(2, 60), rng.randint(2, 60)
     op, value = rng.choice([("+", a + b), ("-", a - b), ("times", a * b)])
-    wrong = set()
-    while len(wrong) < 3:
-        guess = value + rng.choice([-10, -2, -1, 1, 2, 10])
-        if guess != value:
-            wrong.add(guess)
+    wrong: set[int] = set()
+    while len(wrong) < 3:  # offsets are never 0: every guess is wrong; repeats are drawn again
+        wrong.add(value + rng.choice([-10, -2, -1, 1, 2, 10]))
     choices, answer = _shuffled(rng, str(value), [str(w) for w in sorted(wrong)])
-    return f"What is {a} {op} {b}?", choices, answer
+    return Question(f"What is {a} {op} {b}?", choices, answer)
 
 
 def category(rng: random.Random) -> Question:
     name, *others = rng.sample(sorted(CATEGORIES), 4)
     wrong = [rng.choice(CATEGORIES[other]) for other in others]
     choices, answer = _shuffled(rng, rng.choice(CATEGORIES[name]), wrong)
-    return f"Which of the following is a {name}?", choices, answer
+    return Question(f"Which of the following is a {name}?", choices, answer)
 
 
 TASKS: dict[str, tuple[Callable[[random.Random], Question], str]] = {
@@ -106,7 +112,7 @@ def helm_prompt(instructions: str, shots: list[Question], question: Question) ->
     return "\n".join(blocks)
 
 
-def generate_rows(num_rows: int = NUM_ROWS, seed: int = SEED) -> list[dict]:
+def generate_rows(num_rows: int = NUM_ROWS, seed: int = SEED) -> list[InputOutputRow]:
     """`input_output` rows, deterministic for a seed (a different seed gives held-out questions)."""
     rng = random.Random(seed)
     rows = []
@@ -119,13 +125,13 @@ def generate_rows(num_rows: int = NUM_ROWS, seed: int = SEED) -> list[dict]:
         # Mostly short prompts (training time on 2 CPU cores is spent per token); some as long as HELM's.
         shots = [task(rng) for _ in range(rng.choice([0, 0, 1, 2, 3, MAX_SHOTS]))]
         question = task(rng)
-        answer = " " + chr(ord("A") + question[2])
-        rows.append({"segments": [{"label": False, "text": helm_prompt(instructions, shots, question)},
-                                  {"label": True, "text": answer}]})  # fmt: skip
+        prompt = LabelledText(label=False, text=helm_prompt(instructions, shots, question))
+        answer = LabelledText(label=True, text=" " + chr(ord("A") + question.answer))
+        rows.append(InputOutputRow(segments=[prompt, answer]))
     return rows
 
 
-def render(rows: list[dict]) -> str:
+def render(rows: list[InputOutputRow]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
@@ -144,11 +150,12 @@ def is_current(path: Path = DATASET_FILE) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    path = DATASET_FILE  # read at call time, so a test can point it elsewhere
     if "--check" in argv:
-        ok = is_current()
-        print(f"{DATASET_FILE}: {'matches the generator' if ok else 'differs from the generator'}")  # noqa: T201
+        ok = is_current(path)
+        print(f"{path}: {'matches the generator' if ok else 'differs from the generator'}")  # noqa: T201
         return 0 if ok else 1
-    print(f"wrote {write()}")  # noqa: T201
+    print(f"wrote {write(path)}")  # noqa: T201
     return 0
 
 

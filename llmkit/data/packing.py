@@ -12,13 +12,23 @@ makes a cache even in training: packed rows then attend to each other silently. 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from itertools import chain
+from typing import TYPE_CHECKING
 
 import torch
 from datasets import Dataset
 
-IGNORE_INDEX = -100  # label of tokens the loss skips (transformers' convention)
+from llmkit.data.rows import IGNORE_INDEX, Batch, PackedBatch, PackedColumns, PackedRow, TrainingRow
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from llmkit.config.schema import AxolotlConfig
+
+__all__ = ["IGNORE_INDEX", "PackedCollator", "PaddingCollator", "make_collator", "pack_dataset", "plan_bins"]
+
 _BIN_WINDOW = 64  # first-fit looks at the last few open sequences only: linear time, near-optimal fill
 
 
@@ -39,12 +49,15 @@ def plan_bins(lengths: list[int], capacity: int) -> list[list[int]]:
 
 
 def pack_dataset(rows: Dataset, capacity: int) -> tuple[Dataset, float]:
-    """Pack tokenized rows into sequences of at most `capacity` tokens; returns them and the fill ratio."""
-    input_ids, labels = list(rows["input_ids"]), list(rows["labels"])
+    """Pack tokenized rows into `PackedRow`s of at most `capacity` tokens; returns them and the fill ratio."""
+    input_ids: list[list[int]] = list(rows["input_ids"])
+    labels: list[list[int]] = list(rows["labels"])
     bins = plan_bins([len(ids) for ids in input_ids], capacity)
-    packed: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "position_ids": [], "attention_mask": []}
+    packed = PackedColumns(input_ids=[], labels=[], position_ids=[], attention_mask=[])
     for members in bins:
-        seq_ids, seq_labels, positions = [], [], []
+        seq_ids: list[int] = []
+        seq_labels: list[int] = []
+        positions: list[int] = []
         for i in members:
             seq_ids += input_ids[i]
             # The first token of a row is no target: otherwise the previous row's last token would predict it.
@@ -55,7 +68,7 @@ def pack_dataset(rows: Dataset, capacity: int) -> tuple[Dataset, float]:
         packed["position_ids"].append(positions)
         packed["attention_mask"].append([1] * len(seq_ids))
     total = sum(len(ids) for ids in input_ids)
-    return Dataset.from_dict(packed), total / max(1, len(bins) * capacity)
+    return Dataset.from_dict(dict(packed)), total / max(1, len(bins) * capacity)
 
 
 def _pad(values: list[list[int]], width: int, fill: int) -> torch.Tensor:
@@ -69,13 +82,24 @@ class PaddingCollator:
     pad_id: int
     length: int | None = None
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: Sequence[TrainingRow]) -> Batch:
         width = self.length or max(len(r["input_ids"]) for r in rows)
-        return {
-            "input_ids": _pad([r["input_ids"] for r in rows], width, self.pad_id),
-            "labels": _pad([r["labels"] for r in rows], width, IGNORE_INDEX),
-            "attention_mask": _pad([[1] * len(r["input_ids"]) for r in rows], width, 0),
-        }
+        return Batch(
+            input_ids=_pad([r["input_ids"] for r in rows], width, self.pad_id),
+            labels=_pad([r["labels"] for r in rows], width, IGNORE_INDEX),
+            attention_mask=_pad([[1] * len(r["input_ids"]) for r in rows], width, 0),
+        )
+
+
+def _flatten(rows: Sequence[PackedRow]) -> PackedRow:
+    """The batch's packed rows as one row: position_ids still restart at every original row."""
+    input_ids = list(chain.from_iterable(r["input_ids"] for r in rows))
+    return PackedRow(
+        input_ids=input_ids,
+        labels=list(chain.from_iterable(r["labels"] for r in rows)),
+        position_ids=list(chain.from_iterable(r["position_ids"] for r in rows)),
+        attention_mask=[1] * len(input_ids),
+    )
 
 
 @dataclass
@@ -90,25 +114,26 @@ class PackedCollator:
     length: int | None = None
     flatten: bool = False
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, rows: Sequence[PackedRow]) -> PackedBatch:
         if self.flatten:
-            rows = [{key: sum((list(r[key]) for r in rows), []) for key in ("input_ids", "labels", "position_ids")}]
+            rows = [_flatten(rows)]
             width = len(rows[0]["input_ids"])
         else:
             width = self.length or max(len(r["input_ids"]) for r in rows)
-        positions = [list(r["position_ids"]) + list(range(width - len(r["position_ids"]))) for r in rows]
-        return {
-            "input_ids": _pad([list(r["input_ids"]) for r in rows], width, self.pad_id),
-            "labels": _pad([list(r["labels"]) for r in rows], width, IGNORE_INDEX),
-            "position_ids": torch.tensor(positions, dtype=torch.long),
-            "use_cache": False,
-        }
+        positions = [r["position_ids"] + list(range(width - len(r["position_ids"]))) for r in rows]
+        return PackedBatch(
+            input_ids=_pad([r["input_ids"] for r in rows], width, self.pad_id),
+            labels=_pad([r["labels"] for r in rows], width, IGNORE_INDEX),
+            position_ids=torch.tensor(positions, dtype=torch.long),
+            use_cache=False,
+        )
 
 
-def make_collator(cfg: Any, tokenizer: Any) -> PaddingCollator | PackedCollator:
+def make_collator(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> PaddingCollator | PackedCollator:
     """The collator for `build_datasets`' rows under this config (packed or not, padded to sequence_len or not)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    length = cfg.sequence_len if getattr(cfg, "pad_to_sequence_len", False) else None
-    if getattr(cfg, "sample_packing", False):
-        return PackedCollator(pad_id or 0, length, flatten=bool(getattr(cfg, "flash_attention", False)))
-    return PaddingCollator(pad_id or 0, length)
+    pad_id = pad_id or 0  # a tokenizer with neither: any id will do, padding is masked out of attention and loss
+    length = cfg.sequence_len if cfg.pad_to_sequence_len else None
+    if cfg.sample_packing:
+        return PackedCollator(pad_id, length, flatten=cfg.flash_attention)
+    return PaddingCollator(pad_id, length)

@@ -1,14 +1,19 @@
 """Prompt builders, one per axolotl dataset type: a row in, the text split into masked and trained segments out.
 
 The formats follow docs/axolotl.md ("Dataset types and prompts"). Builders only assemble text; tokenizing and
-masking happen once, in `llmkit.data.pipeline.tokenize_parts`, so every type masks the same way.
+masking happen once, in `llmkit.data.pipeline.Tokenize`, so every type masks the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, cast
+
+from llmkit.config.sections import DatasetSpec, DatasetType
+from llmkit.data.rows import Parts, RawRow, Segment
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 ALPACA_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -27,6 +32,9 @@ CHATML_TEMPLATE = (
 # ShareGPT's speaker names, mapped to chat-template roles.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
+Builder = Callable[[RawRow, DatasetSpec], Parts]
+Message = dict[str, str]  # a chat turn, {"role": ..., "content": ...}: what transformers' chat templates take
+
 
 class FieldError(ValueError):
     """A row lacks a field or holds the wrong type there; the loader adds the file and row to the message."""
@@ -36,17 +44,7 @@ class FieldError(ValueError):
         self.field = field
 
 
-@dataclass(frozen=True)
-class Parts:
-    """A row as text segments, each (text, trained). `add_eos`: append EOS after the last segment."""
-
-    segments: list[tuple[str, bool]]
-    add_eos: bool = True
-    add_special_tokens: bool = True  # BOS etc. on the first segment; off where a chat template writes its own
-    chunked: bool = False  # completion text: split into sequence_len pieces instead of dropping long rows
-
-
-def text_field(row: dict[str, Any], field: str, *, optional: bool = False, where: str = "") -> str:
+def text_field(row: RawRow, field: str, *, optional: bool = False, where: str = "") -> str:
     """The string in `row[field]`; a missing field (or null) is an error unless optional, then it is "".
 
     `where` prefixes the field's name in errors for nested fields (e.g. "messages[2].").
@@ -61,42 +59,38 @@ def text_field(row: dict[str, Any], field: str, *, optional: bool = False, where
     return value
 
 
-def _field_name(spec: Any, key: str, default: str) -> str:
-    return getattr(spec, key, None) or default
-
-
 def alpaca_prompt(instruction: str, input_text: str = "") -> str:
     if input_text:
         return ALPACA_WITH_INPUT.format(instruction=instruction, input=input_text)
     return ALPACA_NO_INPUT.format(instruction=instruction)
 
 
-def build_alpaca(row: dict, spec: Any) -> Parts:
-    instruction = text_field(row, _field_name(spec, "field_instruction", "instruction"))
-    input_text = text_field(row, _field_name(spec, "field_input", "input"), optional=True)
-    output = text_field(row, _field_name(spec, "field_output", "output"))
-    return Parts([(alpaca_prompt(instruction, input_text), False), (output, True)])
+def build_alpaca(row: RawRow, spec: DatasetSpec) -> Parts:
+    instruction = text_field(row, spec.field_instruction or "instruction")
+    input_text = text_field(row, spec.field_input or "input", optional=True)
+    output = text_field(row, spec.field_output or "output")
+    return Parts.prompt_response(alpaca_prompt(instruction, input_text), output)
 
 
-def build_gpteacher(row: dict, spec: Any) -> Parts:
+def build_gpteacher(row: RawRow, spec: DatasetSpec) -> Parts:
     prompt = alpaca_prompt(text_field(row, "instruction"), text_field(row, "input", optional=True))
-    return Parts([(prompt, False), (text_field(row, "response"), True)])
+    return Parts.prompt_response(prompt, text_field(row, "response"))
 
 
-def build_oasst(row: dict, spec: Any) -> Parts:
-    return Parts([(alpaca_prompt(text_field(row, "INSTRUCTION")), False), (text_field(row, "RESPONSE"), True)])
+def build_oasst(row: RawRow, spec: DatasetSpec) -> Parts:
+    return Parts.prompt_response(alpaca_prompt(text_field(row, "INSTRUCTION")), text_field(row, "RESPONSE"))
 
 
-def build_gpt4all(row: dict, spec: Any) -> Parts:
+def build_gpt4all(row: RawRow, spec: DatasetSpec) -> Parts:
     # alpaca_lora_4bit's gpt4all loader: the prompt, a newline, then the response.
-    return Parts([(text_field(row, "prompt") + "\n", False), (text_field(row, "response"), True)])
+    return Parts.prompt_response(text_field(row, "prompt") + "\n", text_field(row, "response"))
 
 
-def build_completion(row: dict, spec: Any) -> Parts:
-    return Parts([(text_field(row, _field_name(spec, "field", "text")), True)], chunked=True)
+def build_completion(row: RawRow, spec: DatasetSpec) -> Parts:
+    return Parts((Segment(text_field(row, spec.field or "text"), True),), chunked=True)
 
 
-def build_input_output(row: dict, spec: Any) -> Parts:
+def build_input_output(row: RawRow, spec: DatasetSpec) -> Parts:
     segments = row.get("segments")
     if not isinstance(segments, list) or not segments:
         raise FieldError("segments", "must be a non-empty list of {label, text}")
@@ -104,21 +98,21 @@ def build_input_output(row: dict, spec: Any) -> Parts:
     for i, segment in enumerate(segments):
         if not isinstance(segment, dict) or not isinstance(segment.get("label"), bool):
             raise FieldError(f"segments[{i}].label", "must be true or false")
-        parts.append((text_field(segment, "text", where=f"segments[{i}]."), segment["label"]))
+        parts.append(Segment(text_field(segment, "text", where=f"segments[{i}]."), segment["label"]))
     # EOS only ends a trained answer: a masked last segment is a prompt with nothing to learn after it.
-    return Parts(parts, add_eos=parts[-1][1])
+    return Parts(tuple(parts), add_eos=parts[-1].trained)
 
 
-def chat_messages(row: dict, spec: Any) -> list[dict[str, str]]:
+def chat_messages(row: RawRow, spec: DatasetSpec) -> list[Message]:
     """The row's conversation as [{role, content}]; reads OpenAI-style `messages` or ShareGPT `conversations`."""
-    field = _field_name(spec, "field_messages", "messages" if "messages" in row else "conversations")
+    field = spec.field_messages or ("messages" if "messages" in row else "conversations")
     turns = row.get(field)
     if not isinstance(turns, list) or not turns:
         raise FieldError(field, "must be a non-empty list of messages")
     first = turns[0] if isinstance(turns[0], dict) else {}
     sharegpt = "from" in first or ("role" not in first and field == "conversations")
-    role_key = _field_name(spec, "message_field_role", "from" if sharegpt else "role")
-    content_key = _field_name(spec, "message_field_content", "value" if sharegpt else "content")
+    role_key = spec.message_field_role or ("from" if sharegpt else "role")
+    content_key = spec.message_field_content or ("value" if sharegpt else "content")
     messages = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
@@ -131,7 +125,7 @@ def chat_messages(row: dict, spec: Any) -> list[dict[str, str]]:
     return messages
 
 
-def make_chat_builder(tokenizer: Any) -> Callable[[dict, Any], Parts]:
+def make_chat_builder(tokenizer: PreTrainedTokenizerBase) -> Builder:
     """The chat_template builder: a chat template renders the conversation; assistant turns are trained.
 
     The template is the spec's `chat_template` (a Jinja string), else the tokenizer's, else ChatML. Each
@@ -139,34 +133,34 @@ def make_chat_builder(tokenizer: Any) -> Callable[[dict, Any], Parts]:
     role header stays masked and the turn's end marker (the template's EOS) is trained.
     """
 
-    def build(row: dict, spec: Any) -> Parts:
+    def build(row: RawRow, spec: DatasetSpec) -> Parts:
         template = chat_template_for(spec, tokenizer)
-        trained_roles = set(getattr(spec, "roles_to_train", None) or ["assistant"])
+        trained_roles = set(spec.roles_to_train or ["assistant"])
         messages = chat_messages(row, spec)
-        segments, done = [], ""
+        segments: list[Segment] = []
+        done = ""
         for i, message in enumerate(messages):
-            trained = message["role"] in trained_roles
             if message["role"] == "assistant" and i:
                 prompt = _render(tokenizer, template, messages[:i], generation_prompt=True)
-                segments.append((prompt[len(done) :], False))
+                segments.append(Segment(prompt[len(done) :], False))
                 done = prompt
             full = _render(tokenizer, template, messages[: i + 1], generation_prompt=False)
             if not full.startswith(done):
                 raise FieldError("messages", "cannot be split into turns: the chat template is not incremental")
-            segments.append((full[len(done) :], trained))
+            segments.append(Segment(full[len(done) :], message["role"] in trained_roles))
             done = full
-        return Parts([s for s in segments if s[0]], add_eos=False, add_special_tokens=False)
+        return Parts(tuple(s for s in segments if s.text), add_eos=False, add_special_tokens=False)
 
     return build
 
 
-def chat_template_for(spec: Any, tokenizer: Any) -> str:
+def chat_template_for(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase) -> str:
     """The spec's `chat_template`: tokenizer_default (or unset), chatml, or a Jinja string.
 
     Raises:
         ValueError: a template name this project does not ship (axolotl's llama3, gemma, ...).
     """
-    own = getattr(spec, "chat_template", None)
+    own = spec.chat_template
     if not own or own == "tokenizer_default":
         return tokenizer.chat_template or CHATML_TEMPLATE
     if own == "chatml":
@@ -176,25 +170,29 @@ def chat_template_for(spec: Any, tokenizer: Any) -> str:
     return own
 
 
-def _render(tokenizer: Any, template: str, messages: list[dict], *, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(
+def _render(
+    tokenizer: PreTrainedTokenizerBase, template: str, messages: list[Message], *, generation_prompt: bool
+) -> str:
+    # tokenize=False: the template's text, special tokens spelled out (a str); `Tokenize` turns it into ids.
+    text = tokenizer.apply_chat_template(
         messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
     )
+    return cast(str, text)
 
 
 # Builders that need no tokenizer; chat_template (alias sharegpt) is added per tokenizer by `builders_for`.
-STATIC_BUILDERS: dict[str, Callable[[dict, Any], Parts]] = {
-    "alpaca": build_alpaca,
-    "completion": build_completion,
-    "input_output": build_input_output,
-    "oasst": build_oasst,
-    "gpteacher": build_gpteacher,
-    "gpt4all": build_gpt4all,
+STATIC_BUILDERS: dict[DatasetType, Builder] = {
+    DatasetType.alpaca: build_alpaca,
+    DatasetType.completion: build_completion,
+    DatasetType.input_output: build_input_output,
+    DatasetType.oasst: build_oasst,
+    DatasetType.gpteacher: build_gpteacher,
+    DatasetType.gpt4all: build_gpt4all,
 }
-CHAT_TYPES = ("chat_template", "sharegpt")
-DATASET_TYPES = (*STATIC_BUILDERS, *CHAT_TYPES)
+CHAT_TYPES = (DatasetType.chat_template, DatasetType.sharegpt)
 
 
-def builders_for(tokenizer: Any) -> dict[str, Callable[[dict, Any], Parts]]:
+def builders_for(tokenizer: PreTrainedTokenizerBase) -> dict[DatasetType, Builder]:
+    """A builder for every `DatasetType` (the config admits no other type; a test checks each has one)."""
     chat = make_chat_builder(tokenizer)
     return {**STATIC_BUILDERS, **dict.fromkeys(CHAT_TYPES, chat)}

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, load_dataset
 
-from llmkit.data.prompts import FieldError
+from llmkit.config.sections import DatasetSpec
+from llmkit.data.prompts import Builder, FieldError
 
 _BUILDER_BY_SUFFIX = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
@@ -19,45 +19,46 @@ class DataError(ValueError):
     """Bad training data; the message names the file (or hub dataset), the row (counted from 1) and the field."""
 
 
-def source_name(spec: Any) -> str:
+def source_name(spec: DatasetSpec) -> str:
     """How errors and stats name a dataset: its local path, or 'hub dataset <id>'."""
     local = Path(spec.path).expanduser()
     return str(local) if local.exists() else f"hub dataset {spec.path}"
 
 
-def load_rows(spec: Any, build: Callable[[dict, Any], Any] | None = None) -> Dataset:
-    """Read one dataset spec's rows; `build` (the type's prompt builder) locates bad rows when a JSON file fails."""
+def load_rows(spec: DatasetSpec, build: Builder) -> Dataset:
+    """Read one dataset spec's rows (each a `RawRow`); `build` (the type's builder) finds the bad row in a JSON file
+    that `datasets` cannot read."""
     local = Path(spec.path).expanduser()
-    data_files = getattr(spec, "data_files", None)
-    split = getattr(spec, "split", None) or "train"
-    ds_type = getattr(spec, "ds_type", None)
-    ds_type = getattr(ds_type, "value", ds_type)  # the config's enum, or a plain string
     if not local.exists() and (spec.path.startswith((".", "/", "~")) or local.suffix.lower() in _BUILDER_BY_SUFFIX):
         raise DataError(f"{spec.path}: no such file or folder")  # a local path, not a hub id: don't ask the hub
     try:
-        if local.is_file():
-            builder = ds_type or _BUILDER_BY_SUFFIX.get(local.suffix.lower())
-            if builder is None:
-                raise DataError(f"{local}: unknown file type {local.suffix!r}; set ds_type (json, parquet, csv)")
-            rows = load_dataset(builder, data_files=str(local), split="train")
-        elif local.is_dir() and ds_type:
-            rows = load_dataset(ds_type, data_dir=str(local), data_files=data_files, split=split)
-        elif local.is_dir():
-            rows = load_dataset(str(local), data_files=data_files, split=split)
-        else:
-            rows = load_dataset(spec.path, name=getattr(spec, "name", None), data_files=data_files, split=split)
+        rows = _load(spec, local)
     except DataError:
         raise
     except Exception as err:  # datasets wraps parse errors of every format in its own exception types
         if local.is_file() and local.suffix.lower() in (".json", ".jsonl"):
             find_bad_json_row(local, spec, build)
         raise DataError(f"{source_name(spec)}: cannot be read: {type(err).__name__}: {err}") from err
-    if len(rows) == 0:
-        raise DataError(f"{source_name(spec)}: the dataset is empty (no rows)")
-    return rows
+    return rows  # never empty: datasets raises for a split with no rows (caught above)
+
+
+def _load(spec: DatasetSpec, local: Path) -> Dataset:
+    ds_type = spec.ds_type.value if spec.ds_type else None
+    split = spec.split or "train"
+    if local.is_file():
+        builder = ds_type or _BUILDER_BY_SUFFIX.get(local.suffix.lower())
+        if builder is None:
+            raise DataError(f"{local}: unknown file type {local.suffix!r}; set ds_type (json, parquet, csv)")
+        return load_dataset(builder, data_files=str(local), split="train")
+    if local.is_dir() and ds_type:
+        return load_dataset(ds_type, data_dir=str(local), data_files=spec.data_files, split=split)
+    if local.is_dir():
+        return load_dataset(str(local), data_files=spec.data_files, split=split)
+    return load_dataset(spec.path, name=spec.name, data_files=spec.data_files, split=split)
 
 
 def _json_rows(path: Path) -> list[Any]:
+    """The file's top-level values, one per row: any JSON (a row that is no object is what the caller reports)."""
     text = path.read_text(encoding="utf-8")
     try:
         rows = json.loads(text)
@@ -74,24 +75,20 @@ def _json_rows(path: Path) -> list[Any]:
     return rows
 
 
-def find_bad_json_row(path: Path, spec: Any, build: Callable[[dict, Any], Any] | None) -> None:
-    """Arrow's JSON reader fails on rows of another shape without saying which; find the row and raise for it."""
+def find_bad_json_row(path: Path, spec: DatasetSpec, build: Builder) -> None:
+    """Arrow's JSON reader fails on a row that is no object without saying which; find the row and raise for it.
+
+    Rows are checked in order, with the type's builder too, so the first bad row is the one reported. Returns
+    when no row is bad by these rules (e.g. a key repeated in one object): the caller reports datasets' error.
+    """
     rows = _json_rows(path)
     if not rows:
         raise DataError(f"{path}: the dataset is empty (no rows)")
-    kinds: dict[str, str] = {}  # field -> JSON type of the first row that set it
     for index, row in enumerate(rows):
         where = f"{path}: row {index + 1}"
         if not isinstance(row, dict):
             raise DataError(f"{where}: must be an object, got {type(row).__name__}")
-        if build is not None:
-            try:
-                build(row, spec)
-            except FieldError as err:
-                raise DataError(f"{where}: {err}") from None
-        for key, value in row.items():
-            if value is None:
-                continue
-            kind = type(value).__name__
-            if kinds.setdefault(key, kind) != kind:
-                raise DataError(f"{where}: field '{key}' is a {kind}; earlier rows hold a {kinds[key]} there")
+        try:
+            build(row, spec)
+        except FieldError as err:
+            raise DataError(f"{where}: {err}") from None

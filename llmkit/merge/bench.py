@@ -59,10 +59,12 @@ def run(out_dir: Path) -> dict:
             size = sum(p.stat().st_size for p in merged.glob("*.safetensors"))
             above_imports = child["peak_rss_bytes"] - child["rss_after_imports_bytes"]
             results["with_verify" if verify else "merge_only"] = {
-                **child, "merged_bytes": size, "peak_ratio": round(child["peak_rss_bytes"] / size, 2),
+                **child,
+                "merged_bytes": size,
+                "peak_ratio": round(child["peak_rss_bytes"] / size, 2),
                 "peak_above_imports_ratio": round(above_imports / size, 2),
                 "within_bound": child["peak_rss_bytes"] < PEAK_BOUND * size,
-            }  # fmt: skip
+            }
     results["bound"] = PEAK_BOUND
     (out_dir / "merge.json").write_text(json.dumps(results, indent=2) + "\n")
     _print(results)
@@ -80,9 +82,13 @@ def _print(results: dict) -> None:
         row = results[name]
         verdict = "" if name == "with_verify" else (" (within)" if row["within_bound"] else " (OVER the bound)")
         table.add_row(
-            name.replace("_", " "), f"{row['merged_bytes'] / 1e6:.0f} MB", f"{row['peak_rss_bytes'] / 1e6:.0f} MB",
-            f"{row['peak_ratio']:.2f}x{verdict}", f"{row['peak_above_imports_ratio']:.2f}x", f"{row['seconds']}",
-        )  # fmt: skip
+            name.replace("_", " "),
+            f"{row['merged_bytes'] / 1e6:.0f} MB",
+            f"{row['peak_rss_bytes'] / 1e6:.0f} MB",
+            f"{row['peak_ratio']:.2f}x{verdict}",
+            f"{row['peak_above_imports_ratio']:.2f}x",
+            f"{row['seconds']}",
+        )
     Console().print(table)
 
 
@@ -102,8 +108,15 @@ def _child(adapter: str, out: str, verify: str) -> None:
     started = time.monotonic()
     merge_adapter(None, adapter, out, dtype="bfloat16", verify=verify == "verify")
     peak = _peak_rss()
-    print(json.dumps({"peak_rss_bytes": peak, "rss_after_imports_bytes": after_imports,  # noqa: T201 (child's report)
-                      "seconds": round(time.monotonic() - started, 1)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "peak_rss_bytes": peak,
+                "rss_after_imports_bytes": after_imports,  # noqa: T201 (child's report)
+                "seconds": round(time.monotonic() - started, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -88,8 +88,11 @@ def report_table(report: MergeReport, uploaded: list[dict] | None, hub_model_id:
         table.add_row(
             "largest logit difference", f"{check['max_logit_diff']:.3g} (tolerance {tolerance['max_logit_diff']})"
         )
-        table.add_row("greedy-token agreement", f"{check['token_agreement']:.1%} of {check['positions']} positions "
-                      f"(at least {tolerance['min_token_agreement']:.0%})")  # fmt: skip
+        table.add_row(
+            "greedy-token agreement",
+            f"{check['token_agreement']:.1%} of {check['positions']} positions "
+            f"(at least {tolerance['min_token_agreement']:.0%})",
+        )
     else:
         table.add_row("verification", "skipped (--no-verify)")
     if uploaded is not None:

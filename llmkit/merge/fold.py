@@ -9,7 +9,6 @@ A merge whose inputs (base and adapter file hashes, options) are unchanged is sk
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,7 +20,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from llmkit.core.files import clean_stale, sigterm_as_exit, staging_dir, swap_in
+from llmkit.core import devices
+from llmkit.core.files import clean_stale, sha256_file, sigterm_as_exit, staging_dir, swap_in
 from llmkit.core.models import ResolvedModel, resolve_model
 from llmkit.merge import weights as mw
 from llmkit.merge.verify import TOLERANCES, Agreement, verify_merge
@@ -30,8 +30,14 @@ LOG = logging.getLogger(__name__)
 
 MANIFEST = "llmkit_merge.json"  # what was merged from what; also the "inputs unchanged" check
 DEFAULT_MAX_SHARD_SIZE = "5GB"  # transformers' usual shard size, so hub tooling sees the familiar layout
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                    "added_tokens.json", "chat_template.jinja")  # fmt: skip
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", *TOKENIZER_FILES)
 
 
@@ -146,17 +152,19 @@ def resolve_merge_dtype(dtype: str | None, trained: str | None, base_dir: Path) 
     GPU run of the same config would have used, at half the size.
     """
     if dtype:
-        if dtype not in ("bfloat16", "float16", "float32"):
-            raise ValueError(f"dtype {dtype!r}: expected bfloat16, float16 or float32")
-        return getattr(torch, dtype)
+        return devices.torch_dtype(dtype)  # raises on a name that is not bfloat16, float16 or float32
     if trained in ("bfloat16", "float16"):
-        return getattr(torch, trained)
+        return devices.torch_dtype(trained)
     stored = json.loads((base_dir / "config.json").read_text())
     stored = stored.get("dtype") or stored.get("torch_dtype")
     if stored in ("bfloat16", "float16"):
-        return getattr(torch, stored)
-    LOG.warning("Training computed in %s and the base is stored in %s: merging in bfloat16 (--dtype float32 keeps "
-                "float32, at twice the size)", trained or "an unknown dtype", stored)  # fmt: skip
+        return devices.torch_dtype(stored)
+    LOG.warning(
+        "Training computed in %s and the base is stored in %s: merging in bfloat16 (--dtype float32 keeps "
+        "float32, at twice the size)",
+        trained or "an unknown dtype",
+        stored,
+    )
     return torch.bfloat16
 
 
@@ -172,29 +180,27 @@ def parse_size(text: str) -> int:
 def fingerprint(directory: Path, names: tuple[str, ...] | None = None) -> dict[str, str]:
     """sha256 of a model's files (weights, configs, tokenizer), by file name."""
     files = [directory / n for n in names] if names else [*directory.glob("*.safetensors"), *directory.glob("*.json")]
-    return {f.name: _sha256(f) for f in sorted(files) if f.is_file()}
+    return {f.name: sha256_file(f) for f in sorted(files) if f.is_file()}  # hub snapshots: the blobs' names
 
 
-def _sha256(path: Path) -> str:
-    # Hub snapshots link each file to a blob named by its sha256: reuse it instead of rereading gigabytes.
-    target = path.resolve()
-    if path.is_symlink() and target.parent.name == "blobs" and len(target.name) == 64:
-        return target.name
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def run_merge(base: ResolvedModel, adapter_source: Callable[[Path], Path], inputs: dict, out_dir: Path,
-              options: MergeOptions, label: str) -> MergeReport:  # fmt: skip
+def run_merge(
+    base: ResolvedModel,
+    adapter_source: Callable[[Path], Path],
+    inputs: dict,
+    out_dir: Path,
+    options: MergeOptions,
+    label: str,
+) -> MergeReport:
     """Skip if `inputs` match the existing merge; else build the merge in a temp dir and swap it in.
 
     `adapter_source(staging_dir)` returns the adapter to merge (a weighted merge builds it there first).
     """
-    inputs = {**inputs, "dtype": str(options.dtype), "nf4": asdict(options.nf4) if options.nf4 else None,
-              "max_shard_bytes": options.max_shard_bytes}  # fmt: skip
+    inputs = {
+        **inputs,
+        "dtype": str(options.dtype),
+        "nf4": asdict(options.nf4) if options.nf4 else None,
+        "max_shard_bytes": options.max_shard_bytes,
+    }
     report = MergeReport(out_dir, base.model_id, label, str(options.dtype).removeprefix("torch."), bool(options.nf4))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out_dir)  # first: it may restore the out_dir a killed swap had moved aside

@@ -40,6 +40,10 @@ def upload_folder(folder: str | Path, repo_id: str, *, dry_run: bool = False, pr
     api = HfApi()  # the token comes from HF_TOKEN or `hf auth login`, never from this project
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     LOG.info("Uploading %d files from %s to %s", len(files), folder, repo_id)
-    api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="model",
-                      commit_message=f"Upload merged model ({len(files)} files)")  # fmt: skip
+    api.upload_folder(
+        folder_path=folder,
+        repo_id=repo_id,
+        repo_type="model",
+        commit_message=f"Upload merged model ({len(files)} files)",
+    )
     return files

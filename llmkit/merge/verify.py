@@ -119,10 +119,13 @@ def _compare(model, reference: Reference) -> Agreement:
 
 
 def _load(model_dir: Path, dtype: torch.dtype, adapter: Path | None = None, quantization: str = "none"):
+    # The device is load_for_inference's "auto" (llmkit.core.devices): the GPU where there is one, else the CPU.
     loaded = load_for_inference(
-        str(model_dir), adapter=str(adapter) if adapter else None, dtype=str(dtype).removeprefix("torch."),
-        quantization=quantization, device="cpu" if not torch.cuda.is_available() else "auto",
-    )  # fmt: skip
+        str(model_dir),
+        adapter=str(adapter) if adapter else None,
+        dtype=str(dtype).removeprefix("torch."),
+        quantization=quantization,
+    )
     return loaded.model, loaded.tokenizer
 
 

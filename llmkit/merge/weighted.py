@@ -40,14 +40,23 @@ from llmkit.merge.fold import (
     run_merge,
     trained_on,
     training_config,
-)  # fmt: skip
+)
 
 LOG = logging.getLogger(__name__)
 
 CombinationType = Literal[
-    "linear", "cat", "svd", "ties", "ties_svd", "dare_ties", "dare_linear", "dare_ties_svd", "dare_linear_svd",
-    "magnitude_prune", "magnitude_prune_svd",
-]  # fmt: skip
+    "linear",
+    "cat",
+    "svd",
+    "ties",
+    "ties_svd",
+    "dare_ties",
+    "dare_linear",
+    "dare_ties_svd",
+    "dare_linear_svd",
+    "magnitude_prune",
+    "magnitude_prune_svd",
+]
 _NEEDS_DENSITY = ("ties", "dare", "magnitude_prune")
 
 
@@ -118,9 +127,13 @@ def merge_weighted(
     }
     label = " + ".join(f"{a.weight:g} x {a.path}" for a in spec.adapters) + f" ({spec.combination_type})"
     return run_merge(
-        base, lambda staging: combine_adapters(spec, base.path, options.dtype, staging), inputs, Path(out_dir),
-        options, label=label,
-    )  # fmt: skip
+        base,
+        lambda staging: combine_adapters(spec, base.path, options.dtype, staging),
+        inputs,
+        Path(out_dir),
+        options,
+        label=label,
+    )
 
 
 def combine_adapters(spec: WeightedMerge, base_dir: Path, dtype: torch.dtype, out: Path) -> Path:
@@ -136,9 +149,13 @@ def combine_adapters(spec: WeightedMerge, base_dir: Path, dtype: torch.dtype, ou
     torch.manual_seed(spec.seed)
     try:
         peft_model.add_weighted_adapter(
-            names, [a.weight for a in spec.adapters], "weighted", combination_type=spec.combination_type,
-            density=spec.density, majority_sign_method=spec.majority_sign_method,
-        )  # fmt: skip
+            names,
+            [a.weight for a in spec.adapters],
+            "weighted",
+            combination_type=spec.combination_type,
+            density=spec.density,
+            majority_sign_method=spec.majority_sign_method,
+        )
     except ValueError as err:
         raise ValueError(f"peft cannot combine {[str(a.path) for a in spec.adapters]}: {err}") from err
     peft_model.save_pretrained(out, selected_adapters=["weighted"])

@@ -24,14 +24,25 @@ from safetensors.torch import load_file
 _PEFT_PREFIX = "base_model.model."
 # adapter key suffix -> LoraModule field; any other adapter tensor replaces the base tensor of the same name
 _LORA_PARTS = {
-    ".lora_A.weight": "a", ".lora_B.weight": "b", ".lora_B.bias": "bias", ".lora_magnitude_vector": "magnitude",
-    ".lora_embedding_A": "a", ".lora_embedding_B": "b",
-}  # fmt: skip
+    ".lora_A.weight": "a",
+    ".lora_B.weight": "b",
+    ".lora_B.bias": "bias",
+    ".lora_magnitude_vector": "magnitude",
+    ".lora_embedding_A": "a",
+    ".lora_embedding_B": "b",
+}
 _ST_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
     torch.bool: "BOOL",
-}  # fmt: skip
+}
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -252,8 +263,10 @@ def write_shard(path: Path, plans: list[TensorPlan], tensors: Iterator[torch.Ten
     offset = 0
     for plan in plans:
         header[plan.name] = {
-            "dtype": _ST_DTYPES[plan.dtype], "shape": list(plan.shape), "data_offsets": [offset, offset + plan.nbytes]
-        }  # fmt: skip
+            "dtype": _ST_DTYPES[plan.dtype],
+            "shape": list(plan.shape),
+            "data_offsets": [offset, offset + plan.nbytes],
+        }
         offset += plan.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the format pads the header to an 8-byte boundary
@@ -279,7 +292,9 @@ class Nf4Options:
         import bitsandbytes.functional as bnb
 
         packed, state = bnb.quantize_4bit(
-            weight.to(getattr(torch, self.dtype)), blocksize=self.blocksize, quant_type=self.quant_type,
+            weight.to(getattr(torch, self.dtype)),
+            blocksize=self.blocksize,
+            quant_type=self.quant_type,
             compress_statistics=self.double_quant,
-        )  # fmt: skip
+        )
         return bnb.dequantize_4bit(packed, state)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmkit.core.challenge import Loading, Track
@@ -44,18 +41,6 @@ class Manifest(BaseModel):
 
     def to_json(self) -> bytes:
         return (self.model_dump_json(indent=2) + "\n").encode()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_weight_file(name: str) -> bool:

@@ -13,11 +13,11 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 from llmkit.core.assets import DEFAULT_CONFIG, DOCKER_DIR
 from llmkit.core.challenge import TRACKS, Loading, Track
+from llmkit.core.files import clean_stale, sha256_file, staging_dir, swap_in
 from llmkit.core.memory import MemoryEstimate, choose_loading
 from llmkit.core.shapes import model_shape
 from llmkit.submit.archive import write_zip
@@ -28,7 +28,6 @@ from llmkit.submit.manifest import (
     ZIP_MODEL_DIR,
     Manifest,
     WeightsSource,
-    sha256_file,
 )
 from llmkit.submit.sources import (
     SubmissionError,
@@ -114,9 +113,10 @@ def _write(
     from llmkit.submit.verify import verify_submission
 
     zip_path, unpacked = track_dir / f"{name}.zip", track_dir / name
+    clean_stale(unpacked)  # a killed build's staging folder, or the unpacked folder it had moved aside
     # Built next to its destination, so the final renames never cross a filesystem.
-    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=track_dir) as tmp:
-        stage, staged_zip = Path(tmp) / name, Path(tmp) / f"{name}.zip"
+    with staging_dir(unpacked, "build") as tmp:
+        stage, staged_zip = tmp / name, tmp / f"{name}.zip"
         _stage(stage, track, weights, adapter, estimate)
         if unpacked.is_dir() and _unchanged(zip_path, stage / MANIFEST_NAME):
             LOG.info("%s already holds this submission (its files' hashes are unchanged); kept as it is", zip_path)
@@ -125,10 +125,9 @@ def _write(
         problems = verify_submission(staged_zip)
         if problems:
             raise SubmissionError("The submission failed verification:\n  " + "\n  ".join(problems))
-        if unpacked.exists():
-            unpacked.rename(Path(tmp) / "replaced")  # removed with the temporary folder
-        os.replace(staged_zip, zip_path)
-        stage.rename(unpacked)
+        # The zip is one atomic rename; the folder's old copy is set aside until the new one is in place.
+        swap_in(staged_zip, zip_path)
+        swap_in(stage, unpacked)
     LOG.info("Wrote %s (unpacked in %s)", zip_path, unpacked)
     return zip_path
 

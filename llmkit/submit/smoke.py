@@ -193,8 +193,16 @@ def _post(client: httpx.Client, path: str, body: dict) -> dict:
 
 def _helm(prompt: str, **fields) -> dict:
     """A /process body with every field HELM sends (http_model_client.py)."""
-    body = {"prompt": prompt, "temperature": 1e-7, "num_return_sequences": 1, "max_new_tokens": 20, "top_p": 1.0,
-            "echo_prompt": False, "top_k_per_token": 1, "stop_sequences": []}  # fmt: skip
+    body = {
+        "prompt": prompt,
+        "temperature": 1e-7,
+        "num_return_sequences": 1,
+        "max_new_tokens": 20,
+        "top_p": 1.0,
+        "echo_prompt": False,
+        "top_k_per_token": 1,
+        "stop_sequences": [],
+    }
     return {**body, **fields}
 
 

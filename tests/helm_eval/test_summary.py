@@ -20,10 +20,15 @@ def _write_run(suite_dir, name, groups, stats, request_times):
 
 def test_main_metric_is_the_most_specific_groups_that_the_run_has(tmp_path):
     suite_dir = tmp_path / "runs" / "s"
-    schema = {"run_groups": [
-        {"name": "synthetic_reasoning", "environment": {"main_name": "quasi_exact_match", "main_split": "test"}},
-        {"name": "synthetic_reasoning_natural", "environment": {"main_name": "f1_set_match", "main_split": "test"}},
-    ]}  # fmt: skip
+    schema = {
+        "run_groups": [
+            {"name": "synthetic_reasoning", "environment": {"main_name": "quasi_exact_match", "main_split": "test"}},
+            {
+                "name": "synthetic_reasoning_natural",
+                "environment": {"main_name": "f1_set_match", "main_split": "test"},
+            },
+        ]
+    }
     suite_dir.mkdir(parents=True)
     (suite_dir / "schema.json").write_text(json.dumps(schema))
     stats = {"f1_set_match": 0.25, "quasi_exact_match": 0.0, "num_instances": 2}
@@ -40,10 +45,16 @@ def test_main_metric_is_the_most_specific_groups_that_the_run_has(tmp_path):
 
 def _suite(label, scores):
     rows = [
-        RunScore(run=f"{run}:model=neurips_local,max_eval_instances=4", metric="exact_match", score=score,
-                 instances=4, requests=4, mean_request_s=0.5)
+        RunScore(
+            run=f"{run}:model=neurips_local,max_eval_instances=4",
+            metric="exact_match",
+            score=score,
+            instances=4,
+            requests=4,
+            mean_request_s=0.5,
+        )
         for run, score in scores.items()
-    ]  # fmt: skip
+    ]
     return SuiteScores(suite=label, label=label, runs_dir="/x", rows=rows)
 
 

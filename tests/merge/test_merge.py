@@ -84,14 +84,22 @@ def adapters(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
         "plain": lora_adapter(tiny_model_dir, root / "plain"),
         "other": lora_adapter(tiny_model_dir, root / "other", seed=1),
         "dora_rslora_head": lora_adapter(
-            tiny_model_dir, root / "dora", target_modules=["q_proj", "v_proj", "down_proj"], use_dora=True,
-            use_rslora=True, modules_to_save=["lm_head"],
+            tiny_model_dir,
+            root / "dora",
+            target_modules=["q_proj", "v_proj", "down_proj"],
+            use_dora=True,
+            use_rslora=True,
+            modules_to_save=["lm_head"],
         ),
         "embedding_patterns_tokens": lora_adapter(
-            tiny_model_dir, root / "emb", target_modules=["embed_tokens", "q_proj", "up_proj"],
-            rank_pattern={"q_proj": 4}, alpha_pattern={"up_proj": 32}, tokens=("<|answer|>",),
+            tiny_model_dir,
+            root / "emb",
+            target_modules=["embed_tokens", "q_proj", "up_proj"],
+            rank_pattern={"q_proj": 4},
+            alpha_pattern={"up_proj": 32},
+            tokens=("<|answer|>",),
         ),
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize("kind", ["plain", "dora_rslora_head", "embedding_patterns_tokens"])
@@ -152,8 +160,21 @@ def test_verification_catches_a_wrong_merge(adapters, tiny_model_dir, tmp_path):
 
 def _start_merge(adapter: Path, base: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "LLMKIT_MERGE_TEST_DELAY_S": "0.3"}  # ~7 s of writing: time to kill it mid-shard
-    command = [sys.executable, "-m", "llmkit.cli", "merge", "--adapter", str(adapter), "--base", str(base), "--out",
-               str(out), "--dtype", "bfloat16", "--no-verify"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "llmkit.cli",
+        "merge",
+        "--adapter",
+        str(adapter),
+        "--base",
+        str(base),
+        "--out",
+        str(out),
+        "--dtype",
+        "bfloat16",
+        "--no-verify",
+    ]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -193,9 +214,13 @@ def test_killed_merge_leaves_no_half_written_model(adapters, tiny_model_dir, tmp
 def test_weighted_cat_merge_adds_the_weighted_deltas(adapters, tiny_model_dir, tmp_path):
     out = tmp_path / "fused"
     report, _ = merge_command(
-        base=str(tiny_model_dir), adapters=[str(adapters["plain"]), str(adapters["other"])], weights=[0.7, 0.3],
-        combination="cat", out=str(out), dtype="float32",
-    )  # fmt: skip
+        base=str(tiny_model_dir),
+        adapters=[str(adapters["plain"]), str(adapters["other"])],
+        weights=[0.7, 0.3],
+        combination="cat",
+        out=str(out),
+        dtype="float32",
+    )
     assert report.verification["max_logit_diff"] < 1e-3
     base = saved_tensors(tiny_model_dir)
     first, second = (peft_merged(tiny_model_dir, adapters[k], torch.float32) for k in ("plain", "other"))
@@ -208,10 +233,16 @@ def test_weighted_ties_merge_from_yaml(adapters, tiny_model_dir, tmp_path):
     for name in ("plain", "other"):
         shutil.copytree(adapters[name], tmp_path / name)
     fusion = tmp_path / "fusion.yml"
-    fusion.write_text(yaml.safe_dump({
-        "base_model": str(tiny_model_dir), "combination_type": "ties", "density": 0.5,
-        "adapters": [{"path": "plain", "weight": 0.6}, {"path": "other", "weight": 0.4}],
-    }))  # fmt: skip
+    fusion.write_text(
+        yaml.safe_dump(
+            {
+                "base_model": str(tiny_model_dir),
+                "combination_type": "ties",
+                "density": 0.5,
+                "adapters": [{"path": "plain", "weight": 0.6}, {"path": "other", "weight": 0.4}],
+            }
+        )
+    )
     result = CliRunner().invoke(app, ["merge", "--weighted", str(fusion), "--out", str(tmp_path / "fused")])
     assert result.exit_code == 0, result.output
     assert "greedy-token agreement" in result.output
@@ -250,15 +281,31 @@ def test_hub_dry_run_lists_the_merged_files_offline(adapters, tiny_model_dir, tm
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "merged"
     report, listed = merge_command(
-        adapters=[str(adapters["plain"])], base=str(tiny_model_dir), out=str(out), verify=False,
-        hub_model_id="someone/tiny-merged", dry_run=True,
-    )  # fmt: skip
+        adapters=[str(adapters["plain"])],
+        base=str(tiny_model_dir),
+        out=str(out),
+        verify=False,
+        hub_model_id="someone/tiny-merged",
+        dry_run=True,
+    )
     assert sorted(f["path"] for f in listed) == sorted(p.name for p in out.iterdir())
     assert {"model.safetensors", "config.json", "tokenizer.json", MANIFEST} <= {f["path"] for f in listed}
-    result = CliRunner().invoke(app, [
-        "merge", "--adapter", str(adapters["plain"]), "--base", str(tiny_model_dir), "--out", str(out),
-        "--no-verify", "--hub-model-id", "not a repo id", "--dry-run",
-    ])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "merge",
+            "--adapter",
+            str(adapters["plain"]),
+            "--base",
+            str(tiny_model_dir),
+            "--out",
+            str(out),
+            "--no-verify",
+            "--hub-model-id",
+            "not a repo id",
+            "--dry-run",
+        ],
+    )
     assert result.exit_code == 1 and "not a valid repo id" in result.output
 
 
@@ -280,11 +327,16 @@ def trained_cfg(tmp_path_factory):
     from llmkit.train.run import train
 
     overrides = {
-        "max_steps": 2, "micro_batch_size": 1, "gradient_accumulation_steps": 1, "warmup_steps": 0,
-        "val_set_size": 0.0, "save_steps": 100, "logging_steps": 1,
+        "max_steps": 2,
+        "micro_batch_size": 1,
+        "gradient_accumulation_steps": 1,
+        "warmup_steps": 0,
+        "val_set_size": 0.0,
+        "save_steps": 100,
+        "logging_steps": 1,
         "output_dir": str(tmp_path_factory.mktemp("default-run") / "out"),
         "dataset_prepared_path": str(tmp_path_factory.mktemp("prepared")),
-    }  # fmt: skip
+    }
     shipped = load_config(ROOT / "axolotl_configs" / "smollm2-135m-qlora.yml", overrides)  # dataset path resolved
     path = tmp_path_factory.mktemp("config") / "default-2-steps.yml"
     path.write_text(yaml.safe_dump(shipped.model_dump(mode="json", exclude_none=True), sort_keys=False))
@@ -338,8 +390,16 @@ def test_served_merged_model_answers_like_base_plus_adapter(start_server, http, 
     for name, server in (("merged", merged), ("unmerged", unmerged)):
         answers[name] = []
         for prompt in MCQA_PROMPTS:
-            body = {"prompt": prompt, "temperature": 0, "max_new_tokens": 3, "num_return_sequences": 1,
-                    "top_p": 1, "echo_prompt": False, "top_k_per_token": 1, "stop_sequences": []}  # fmt: skip
+            body = {
+                "prompt": prompt,
+                "temperature": 0,
+                "max_new_tokens": 3,
+                "num_return_sequences": 1,
+                "top_p": 1,
+                "echo_prompt": False,
+                "top_k_per_token": 1,
+                "stop_sequences": [],
+            }
             response = http.post(f"{server.url}/process", json=body)
             assert response.status_code == 200, response.text
             answers[name].append(response.json()["text"])

@@ -23,9 +23,15 @@ PROMPTS = [
 
 def helm_request(prompt: str, **overrides) -> dict:
     body = {
-        "prompt": prompt, "temperature": 1e-7, "num_return_sequences": 1, "max_new_tokens": 20, "top_p": 1,
-        "echo_prompt": False, "top_k_per_token": 1, "stop_sequences": [],
-    }  # fmt: skip
+        "prompt": prompt,
+        "temperature": 1e-7,
+        "num_return_sequences": 1,
+        "max_new_tokens": 20,
+        "top_p": 1,
+        "echo_prompt": False,
+        "top_k_per_token": 1,
+        "stop_sequences": [],
+    }
     return {**body, **overrides}
 
 
@@ -152,8 +158,16 @@ def test_tokenize_truncation_and_decode_round_trip(client, reference):
 
 def test_sampling_is_reproducible_with_a_seed(client):
     def sample(seed):
-        return process(client, "Once upon a time", temperature=1.0, top_p=0.95, top_k=50, seed=seed,
-                       max_new_tokens=20, stop_sequences=NEVER)  # fmt: skip
+        return process(
+            client,
+            "Once upon a time",
+            temperature=1.0,
+            top_p=0.95,
+            top_k=50,
+            seed=seed,
+            max_new_tokens=20,
+            stop_sequences=NEVER,
+        )
 
     first, again, other = sample(1), sample(1), sample(2)
     assert first.text == again.text
@@ -175,8 +189,9 @@ def test_concurrent_greedy_equals_sequential(client):
         concurrent_results = list(pool.map(lambda b: client.post("/process", json=b).json(), bodies))
     for one, other in zip(sequential, concurrent_results, strict=True):
         assert (one["text"], [t["logprob"] for t in one["tokens"]]) == (
-            other["text"], [t["logprob"] for t in other["tokens"]]
-        )  # fmt: skip
+            other["text"],
+            [t["logprob"] for t in other["tokens"]],
+        )
 
 
 def test_event_loop_free_during_generation(server, http):

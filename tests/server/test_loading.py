@@ -56,10 +56,13 @@ def test_serves_base_plus_unmerged_adapter(start_server, http, default_model_dir
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("flags", "dtype", "quantization"), [
-    (["--dtype", "bfloat16"], "bfloat16", "none"),
-    (["--quantization", "nf4", "--dtype", "bfloat16"], "bfloat16", "nf4"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("flags", "dtype", "quantization"),
+    [
+        (["--dtype", "bfloat16"], "bfloat16", "none"),
+        (["--quantization", "nf4", "--dtype", "bfloat16"], "bfloat16", "nf4"),
+    ],
+)
 def test_dtype_and_quantization_options(start_server, http, flags, dtype, quantization):
     server = start_server(*flags)
     assert (server.info["dtype"], server.info["quantization"]) == (dtype, quantization)

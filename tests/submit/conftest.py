@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from llmkit.core.files import sha256_bytes
 from llmkit.core.models import DEFAULT_MODEL_ID
-from llmkit.submit.manifest import MANIFEST_NAME, sha256_bytes
+from llmkit.submit.manifest import MANIFEST_NAME
 from llmkit.submit.package import build_submission
 
 

@@ -14,9 +14,17 @@ from llmkit.core.challenge import TRACKS, Track
 from llmkit.submit.image import DOCKER_DIR, render_requirements, server_files
 
 # The image's platform, for evaluating dependency markers.
-IMAGE_ENV = {"python_version": "3.11", "python_full_version": "3.11.18", "sys_platform": "linux",
-             "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
-             "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}  # fmt: skip
+IMAGE_ENV = {
+    "python_version": "3.11",
+    "python_full_version": "3.11.18",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "extra": "",
+}
 CUDA_ONLY = ("cuda-", "nvidia-", "triton")  # torch's CUDA wheels: not in this CPU environment
 
 

@@ -65,8 +65,11 @@ def test_numbers_count_up_and_the_loading_can_be_chosen(tmp_path):
     with zipfile.ZipFile(second) as archive:
         assert '"--quantization", "nf4"' in archive.read("Dockerfile").decode()
     assert sorted(p.name for p in (tmp_path / "A100_track").iterdir()) == [
-        "A100_submission_1", "A100_submission_1.zip", "A100_submission_2", "A100_submission_2.zip",
-    ]  # fmt: skip  # no temporary folder left behind
+        "A100_submission_1",
+        "A100_submission_1.zip",
+        "A100_submission_2",
+        "A100_submission_2.zip",
+    ]  # no temporary folder left behind
 
 
 def test_a_local_model_needs_bundling(tmp_path, tiny_model_dir):

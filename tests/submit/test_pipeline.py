@@ -20,9 +20,13 @@ def test_default_pipeline_trains_merges_and_packages_a_working_zip(tmp_path, cap
     # The embedded default config, cut to one optimizer step on one packed sequence with no evaluation (4-bit
     # training runs on the CPU here), and kept inside tmp_path.
     overrides = {
-        "max_steps": 1, "micro_batch_size": 1, "gradient_accumulation_steps": 1, "val_set_size": 0.0,
-        "output_dir": str(tmp_path / "run"), "dataset_prepared_path": str(tmp_path / "prep"),
-    }  # fmt: skip
+        "max_steps": 1,
+        "micro_batch_size": 1,
+        "gradient_accumulation_steps": 1,
+        "val_set_size": 0.0,
+        "output_dir": str(tmp_path / "run"),
+        "dataset_prepared_path": str(tmp_path / "prep"),
+    }
     zip_path = build_submission("A100", config_overrides=overrides, out_root=tmp_path / "submissions")
     assert zip_path == tmp_path / "submissions" / "A100_track" / "A100_submission_1.zip"
     assert "the challenge does not accept it" in caplog.text  # merged weights exist only here: bundled, with a warning

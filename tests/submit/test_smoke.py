@@ -17,15 +17,33 @@ from llmkit.submit.smoke import SmokeError, local_command, smoke_test
 
 def _manifest(model: WeightsSource) -> Manifest:
     return Manifest(
-        track=Track.rtx4090, gpu="x", model=model, loading=Loading.nf4, quantization="nf4",
+        track=Track.rtx4090,
+        gpu="x",
+        model=model,
+        loading=Loading.nf4,
+        quantization="nf4",
         estimated_gpu_memory=estimate_memory(KNOWN_SHAPES[DEFAULT_MODEL_ID], Loading.nf4, Track.rtx4090),
-        bundled_weights=model.bundled, files={},
-    )  # fmt: skip
+        bundled_weights=model.bundled,
+        files={},
+    )
 
 
 def test_cmd_is_rewritten_for_a_loopback_port_and_local_weights(tmp_path):
-    cmd = ["/opt/venv/bin/python", "-m", "llmkit.server", "--host", "0.0.0.0", "--port", "80", "--model", "/opt/model",
-           "--dtype", "bfloat16", "--quantization", "nf4"]  # fmt: skip
+    cmd = [
+        "/opt/venv/bin/python",
+        "-m",
+        "llmkit.server",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "80",
+        "--model",
+        "/opt/model",
+        "--dtype",
+        "bfloat16",
+        "--quantization",
+        "nf4",
+    ]
     bundled = _manifest(WeightsSource(id="outputs/merged", bundled=True))
     assert local_command(cmd, bundled, tmp_path) == [
         *(sys.executable, "-m", "llmkit.server", "--host", "127.0.0.1", "--port", "{port}"),
@@ -45,9 +63,12 @@ def test_cmd_is_rewritten_for_a_loopback_port_and_local_weights(tmp_path):
 def test_default_model_zip_answers_the_harness_and_helm(default_zips):
     results = smoke_test(default_zips["4090"])
     assert [r.name for r in results] == [
-        "harness probe", "generation with stop sequences", "multiple choice (5 tokens, top 5)",
-        "echo_prompt scoring (0 new tokens)", "/tokenize with truncation + /decode",
-    ]  # fmt: skip
+        "harness probe",
+        "generation with stop sequences",
+        "multiple choice (5 tokens, top 5)",
+        "echo_prompt scoring (0 new tokens)",
+        "/tokenize with truncation + /decode",
+    ]
     failed = [f"{r.name}: {r.detail}" for r in results if not r.ok]
     assert not failed
 

@@ -31,8 +31,9 @@ def test_rerunning_a_finished_run_does_no_step_and_keeps_the_adapter(tiny_config
     adapter = (out / "adapter_model.safetensors").read_bytes()
     assert _global_step(out) == 4 and _checkpoints(out) == ["checkpoint-2", "checkpoint-4"]
 
-    again = subprocess.run([sys.executable, "-m", "llmkit.cli", "train", str(path)], cwd=ROOT, capture_output=True,
-                           text=True, timeout=300)  # fmt: skip
+    again = subprocess.run(
+        [sys.executable, "-m", "llmkit.cli", "train", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Training already complete" in again.stderr and "(step 4 of 4)" in again.stderr
     assert "Resuming" not in again.stderr and "'loss'" not in again.stdout

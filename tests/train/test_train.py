@@ -53,8 +53,15 @@ def test_default_config_learns_and_its_adapter_loads_with_peft(default_config_fe
     assert list((out / "runs").rglob("events.out.tfevents.*")), "no TensorBoard log"
     resolved = load_config(out / "config.resolved.yml")
     assert resolved.max_steps == 10 and resolved.optimizer.value == "adamw_torch"
-    assert set(resolved.lora_target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                 "down_proj"}  # fmt: skip
+    assert set(resolved.lora_target_modules) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     history = _state(out)["log_history"]
     losses = [entry["loss"] for entry in history if "loss" in entry]
     assert len(losses) == 10 and sum(losses[-3:]) / 3 < losses[0] * 0.8, losses
@@ -117,10 +124,13 @@ def test_each_method_trains_two_steps_and_saves_what_loads(method, tiny_config, 
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without CUDA gives")
-@pytest.mark.parametrize(("keys", "message"), [
-    ({"optimizer": "paged_adamw_32bit"}, "optimizer: paged_adamw_32bit pages its state through CUDA memory"),
-    ({"tf32": True}, "tf32: true needs an Ampere-or-newer CUDA GPU"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"optimizer": "paged_adamw_32bit"}, "optimizer: paged_adamw_32bit pages its state through CUDA memory"),
+        ({"tf32": True}, "tf32: true needs an Ampere-or-newer CUDA GPU"),
+    ],
+)
 def test_cuda_only_settings_fail_early_on_the_cpu(keys, message, tiny_config):
     path = tiny_config(**keys)
     with pytest.raises(ConfigError, match=message):
@@ -182,8 +192,14 @@ def test_make_train_nproc_2_runs_two_ddp_processes_on_the_cpu(tiny_config):
     path = tiny_config(max_steps=None, num_epochs=1, adapter="qlora", load_in_4bit=True, gradient_checkpointing=True)
     # Under `make test` the parent's MAKEFLAGS/MAKELEVEL would add "make[1]: Entering directory" lines.
     env = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-    dry_run = subprocess.run(["make", "-n", "--no-print-directory", "train", f"CONFIG={path}", "NPROC=2"], cwd=ROOT,
-                             capture_output=True, text=True, check=True, env=env)  # fmt: skip
+    dry_run = subprocess.run(
+        ["make", "-n", "--no-print-directory", "train", f"CONFIG={path}", "NPROC=2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
     launch = shlex.split(dry_run.stdout.strip().splitlines()[-1])
     assert launch[0].endswith("accelerate") and "--num_processes" in launch
     result = subprocess.run(launch, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -1,0 +1,34 @@
+"""Stopping a child together with everything it spawned (the HELM server, helm-run and their workers).
+
+Children are started with `start_new_session=True`, so each leads its own process group and one signal to the
+group reaches its whole tree. Standard library only: this module sits in the common base.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM the process's group, wait up to `grace_s` seconds for the process, then SIGKILL the group.
+
+    `process` must lead its own group (started with `start_new_session=True`); one that already exited is left
+    alone, since its pid, and so the group id, may belong to someone else by now.
+    """
+    if process.poll() is not None:
+        return
+    _signal_group(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        _signal_group(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _signal_group(pgid: int, signum: signal.Signals) -> None:
+    # The group is gone if the process exited and another thread reaped it since our poll().
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signum)

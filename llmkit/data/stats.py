@@ -1,0 +1,55 @@
+"""What preparing the data did: rows read, kept and dropped per dataset, the split and the packing."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+CacheState = Literal["off", "hit", "miss"]
+
+
+@dataclass
+class DatasetStats:
+    source: str
+    type: str
+    rows: int  # rows read
+    kept: int  # tokenized rows (or completion chunks) kept
+    dropped_overlong: int = 0  # longer than sequence_len
+    dropped_untrained: int = 0  # no token left to learn from (everything masked)
+
+
+@dataclass
+class DataStats:
+    datasets: list[DatasetStats] = field(default_factory=list)
+    train_rows: int = 0
+    eval_rows: int = 0
+    train_sequences: int = 0  # after packing; equals train_rows without it
+    packing_efficiency: float | None = None  # real tokens / (sequences x sequence_len)
+    cache: CacheState = "off"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> DataStats:
+        raw = json.loads(text)  # written by `to_json`
+        return cls(**{**raw, "datasets": [DatasetStats(**d) for d in raw["datasets"]]})
+
+
+def stats_table(stats: DataStats) -> Table:
+    """The data summary as a rich table: rows read, kept and dropped per dataset, then the totals."""
+    from rich.table import Table
+
+    table = Table(title=f"Training data (prepared-dataset cache: {stats.cache})")
+    for column in ("dataset", "type", "rows", "kept", "too long", "all masked"):
+        table.add_column(column, justify="left" if column in ("dataset", "type") else "right")
+    for d in stats.datasets:
+        table.add_row(d.source, d.type, *(str(n) for n in (d.rows, d.kept, d.dropped_overlong, d.dropped_untrained)))
+    packing = f", packed into {stats.train_sequences} sequences" if stats.packing_efficiency is not None else ""
+    fill = f" ({stats.packing_efficiency:.0%} full)" if stats.packing_efficiency is not None else ""
+    table.caption = f"train {stats.train_rows} rows{packing}{fill}, eval {stats.eval_rows} rows"
+    return table

@@ -1,0 +1,138 @@
+"""The common base's file helpers on real files: one sha256, writes that appear whole or not at all, and cleanup of
+what a killed process left behind."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmkit.core.files import clean_stale, sha256_file, staging_dir, swap_in, write_atomic
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited: what a killed run's temporaries are named with."""
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_write_atomic_writes_text_and_bytes_and_replaces_the_old_file(tmp_path):
+    path = tmp_path / "report.md"
+    write_atomic(path, "old\n")
+    assert write_atomic(path, b"new \xe2\x9c\x93\n") == path
+    assert path.read_text() == "new \u2713\n" and _names(tmp_path) == ["report.md"]
+
+
+def test_write_atomic_leaves_the_old_file_and_no_temporary_when_the_write_fails_midway(tmp_path):
+    path = tmp_path / "run.conf"
+    path.write_text("the good conf\n")
+    # A real failure after part of the data is on disk: the file-size limit stops the write at 1,000 bytes.
+    script = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from llmkit.core.files import write_atomic\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"  # EFBIG as an OSError instead of a kill
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+        "try:\n"
+        "    write_atomic(Path(sys.argv[1]), b'x' * 100_000)\n"
+        "except OSError as err:\n"
+        "    print(err.errno)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "27"  # EFBIG: the write really failed midway
+    assert path.read_text() == "the good conf\n" and _names(tmp_path) == ["run.conf"]
+
+
+def test_write_atomic_removes_a_killed_writers_temporary_and_keeps_a_live_ones(tmp_path):
+    path = tmp_path / "scores.json"
+    killed = tmp_path / f".scores.json.tmp-{_dead_pid()}-abcd1234"
+    live = tmp_path / f".scores.json.tmp-{os.getpid()}-abcd1234"  # a writer that is still at work
+    killed.write_text("half")
+    live.write_text("half")
+    write_atomic(path, "{}")
+    assert _names(tmp_path) == [live.name, "scores.json"]
+
+
+def test_write_atomic_gives_the_file_the_umasks_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "conf", "x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "conf").stat().st_mode & 0o777 == 0o644  # as open() would, not a temp file's 0o600
+
+
+def test_sha256_file_equals_hashlibs_on_a_file_of_several_blocks(tmp_path):
+    path = tmp_path / "weights.bin"
+    data = os.urandom(9 * 1024 * 1024 + 17)  # more than two 4 MiB reads, and a partial last one
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+    assert sha256_file(tmp_path / "weights.bin") == sha256_file(path)
+
+
+def test_sha256_file_reads_a_hub_snapshot_files_hash_from_its_blob_name(tmp_path):
+    blob_name = hashlib.sha256(b"the real weights").hexdigest()
+    blob = tmp_path / "blobs" / blob_name
+    blob.parent.mkdir()
+    blob.write_bytes(b"not read: the name is trusted")  # so a matching result proves the file was not read
+    snapshot = tmp_path / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").symlink_to(blob)
+    assert sha256_file(snapshot / "model.safetensors") == blob_name
+
+
+def test_sha256_file_reads_files_whose_blob_name_is_not_a_sha256(tmp_path):
+    # Small hub files (config.json) are stored under their 40-character git sha1, not their sha256.
+    blob = tmp_path / "blobs" / ("a" * 40)
+    blob.parent.mkdir()
+    blob.write_bytes(b"{}")
+    (tmp_path / "config.json").symlink_to(blob)
+    plain_link = tmp_path / "elsewhere"
+    plain_link.mkdir()
+    (plain_link / ("b" * 64)).write_bytes(b"{}")
+    (tmp_path / "other.json").symlink_to(plain_link / ("b" * 64))  # a sha256-like name outside `blobs/`
+    expected = hashlib.sha256(b"{}").hexdigest()
+    assert sha256_file(tmp_path / "config.json") == expected == sha256_file(tmp_path / "other.json")
+
+
+def test_staging_dir_is_removed_when_the_build_fails(tmp_path):
+    with pytest.raises(RuntimeError), staging_dir(tmp_path / "merged", "tmp") as tmp:
+        (tmp / "model.safetensors").write_bytes(b"half")
+        raise RuntimeError("the build failed")
+    assert _names(tmp_path) == []
+
+
+def test_swap_in_replaces_a_folder_and_a_file(tmp_path):
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "merged" / "old.safetensors").write_bytes(b"old")
+    (tmp_path / "run.zip").write_bytes(b"old zip")
+    with staging_dir(tmp_path / "merged", "tmp") as tmp:
+        (tmp / "built").mkdir()
+        (tmp / "built" / "new.safetensors").write_bytes(b"new")
+        (tmp / "built.zip").write_bytes(b"new zip")
+        swap_in(tmp / "built", tmp_path / "merged")
+        swap_in(tmp / "built.zip", tmp_path / "run.zip")
+    assert _names(tmp_path) == ["merged", "run.zip"]
+    assert _names(tmp_path / "merged") == ["new.safetensors"] and (tmp_path / "run.zip").read_bytes() == b"new zip"
+
+
+def test_clean_stale_restores_a_target_moved_aside_and_removes_a_killed_runs_folder(tmp_path):
+    dead = _dead_pid()
+    aside = tmp_path / f".merged.old-{dead}"
+    aside.mkdir()
+    (aside / "model.safetensors").write_bytes(b"good")
+    (tmp_path / f".merged.tmp-{dead}-x1y2").mkdir()
+    (tmp_path / f".merged.zip.old-{dead}").write_bytes(b"merged.zip's, not merged's")
+    clean_stale(tmp_path / "merged")
+    assert _names(tmp_path) == [f".merged.zip.old-{dead}", "merged"]
+    assert (tmp_path / "merged" / "model.safetensors").read_bytes() == b"good"

@@ -1,0 +1,79 @@
+"""Stopping a child's whole process group, on real processes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import psutil
+import pytest
+
+from llmkit.core.processes import stop_process_group
+
+# A child that ignores SIGTERM and starts a grandchild that ignores it too (an ignored signal stays ignored across
+# exec), then prints the grandchild's pid: the tree a stubborn server and its workers make.
+_STUBBORN = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+print(grandchild.pid, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[[str], subprocess.Popen]]:
+    """Start `python -c code` leading its own group, as the server and helm-run are; clean up after the test."""
+    children: list[subprocess.Popen] = []
+
+    def _start(code: str) -> subprocess.Popen:
+        children.append(
+            subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+        )
+        return children[-1]
+
+    yield _start
+    for child in children:
+        stop_process_group(child, grace_s=0)  # a failed test's children do not outlive it
+        child.stdout.close()
+
+
+def _gone(pid: int, within_s: float = 10) -> bool:
+    """The process ended (an orphan may stay a zombie until its new parent reaps it)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_group_that_ignores_sigterm_is_killed_after_the_grace_period(start):
+    child = start(_STUBBORN)
+    grandchild = int(child.stdout.readline())  # printed once SIGTERM is ignored in both
+    started = time.monotonic()
+    stop_process_group(child, grace_s=1.0)
+    assert time.monotonic() - started >= 1.0  # SIGTERM was given its grace period first
+    assert child.returncode == -signal.SIGKILL
+    assert _gone(grandchild), "the grandchild outlived its group's SIGKILL"
+
+
+def test_a_cooperative_child_ends_on_sigterm_without_waiting_for_the_grace_period(start):
+    child = start("import time; print('ready', flush=True); time.sleep(120)")
+    child.stdout.readline()
+    started = time.monotonic()
+    stop_process_group(child, grace_s=30)
+    assert child.returncode == -signal.SIGTERM and time.monotonic() - started < 10
+
+
+def test_a_child_that_already_exited_is_left_alone(start):
+    child = start("pass")
+    child.wait()
+    stop_process_group(child, grace_s=1)  # no signal to a group id that may be someone else's by now
+    assert child.returncode == 0

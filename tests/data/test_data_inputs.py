@@ -1,0 +1,195 @@
+"""The data layer's less travelled paths, each reached with the input that reaches it in use: bad files and rows
+of every kind, rows with nothing to train on, splits that leave nothing, hub and folder sources, a custom chat
+template, both collators, the counts table and the default dataset's command."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from rich.console import Console
+
+from llmkit.config.sections import DatasetType
+from llmkit.data import default_dataset, sources
+from llmkit.data.cache import save_prepared
+from llmkit.data.packing import pack_dataset
+from llmkit.data.pipeline import DataError, build_datasets, make_collator, stats_table
+from llmkit.data.prompts import builders_for
+from llmkit.data.rows import IGNORE_INDEX
+
+ALPACA_ROW = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
+CHAT = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}]
+
+
+def test_every_config_dataset_type_has_a_builder(tokenizer):
+    assert set(builders_for(tokenizer)) == set(DatasetType)
+
+
+def _fails(make_cfg, tokenizer, path: Path, kind: str, expected: str, **spec: str) -> None:
+    with pytest.raises(DataError, match=re.escape(str(path)) + ": " + expected):
+        build_datasets(make_cfg([{"path": str(path), "type": kind, **spec}]), tokenizer)
+
+
+# (dataset type, rows, message after "<file>: ") for rows that `datasets` reads and the prompt builder rejects
+BAD_ROWS = [
+    ("input_output", [{"segments": "Q: A:"}], r"row 1: field 'segments' must be a non-empty list"),
+    ("input_output", [{"segments": [{"label": "yes", "text": "a"}]}], r"row 1: field 'segments\[0\]\.label' must be"),
+    ("chat_template", [{"messages": "Hi"}], r"row 1: field 'messages' must be a non-empty list of messages"),
+    ("chat_template", [{"messages": ["Hi"]}], r"row 1: field 'messages\[0\]' must be an object, got str"),
+    ("chat_template", [{"messages": [{"role": "robot", "content": "x"}]}], r"row 1: field 'messages\[0\]\.role' is"),
+]
+
+
+@pytest.mark.parametrize(("kind", "rows", "expected"), BAD_ROWS)
+def test_bad_rows_name_the_field(write_rows, make_cfg, tokenizer, kind, rows, expected):
+    _fails(make_cfg, tokenizer, write_rows(rows, "jsonl"), kind, expected)
+
+
+ROW_1 = json.dumps(ALPACA_ROW)
+# (file name, its text, message after "<file>: ") for files that `datasets` cannot read
+BAD_FILES = [
+    ("scalar.json", "5", r"row 1: must be an object, got int"),
+    ("list.json", f"[{ROW_1}, [1]]", r"row 2: must be an object, got list"),
+    ("broken.jsonl", f'{ROW_1}\n{{"instruction": \n', r"row 2 \(line 2\): not valid JSON"),
+    # the first bad row is reported, whether the builder or the reader finds it
+    ("first.jsonl", f'{ROW_1}\n{{"instruction": "c"}}\n[1]\n', r"row 2: field 'output' is missing"),
+    # datasets reads a field whose JSON type changes (as Json): only the row that is no object is wrong
+    ("mixed.jsonl", f'{ROW_1[:-1]}, "n": 1}}\n{ROW_1[:-1]}, "n": "x"}}\n[1]\n', r"row 3: must be an object, got list"),
+    # every row is an object and well formed for Python, not for Arrow: datasets' own error is the best there is
+    ("repeated.jsonl", f'{ROW_1[:-1]}, "output": "Red."}}\n', r"cannot be read: DatasetGenerationError"),
+    ("empty.json", "[]", r"the dataset is empty"),
+    ("empty.csv", "instruction,output\n", r"cannot be read: "),  # datasets refuses a split with no rows
+    ("rows.txt", ROW_1, r"unknown file type '\.txt'; set ds_type"),
+    ("broken.parquet", "not parquet", r"cannot be read: "),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "expected"), BAD_FILES)
+def test_unreadable_files_name_the_row(make_cfg, tokenizer, tmp_path, name, text, expected):
+    path = tmp_path / name
+    path.write_text(text)
+    _fails(make_cfg, tokenizer, path, "alpaca", expected)
+
+
+def test_a_custom_jinja_chat_template_masks_headers_and_must_render_incrementally(write_rows, make_cfg, tokenizer):
+    path = write_rows([{"messages": CHAT}], "jsonl")
+    template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+    template += "{% if add_generation_prompt %}[assistant] {% endif %}"
+    cfg = make_cfg([{"path": str(path), "type": "chat_template", "chat_template": template}])
+    (row,) = build_datasets(cfg, tokenizer).train
+    trained = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != IGNORE_INDEX]
+    assert tokenizer.decode(row["input_ids"]) == "[user] Hi there\n[assistant] Hello!\n"
+    assert tokenizer.decode(trained) == "Hello!\n"
+    counting = "{{ messages | length }}{% for m in messages %}{{ m.content }}{% endfor %}"  # each render rewrites
+    expected = r"row 1: field 'messages' cannot be split into turns"
+    _fails(make_cfg, tokenizer, path, "chat_template", expected, chat_template=counting)
+
+
+def test_rows_with_nothing_to_train_on_are_dropped_and_counted(write_rows, make_cfg, tokenizer):
+    masked = {"segments": [{"label": False, "text": "Only a prompt"}]}
+    trained = {"segments": [{"label": False, "text": "Q:"}, {"label": True, "text": " yes"}]}
+    cfg = make_cfg([{"path": str(write_rows([masked, trained], "jsonl")), "type": "input_output"}])
+    stats = build_datasets(cfg, tokenizer).stats.datasets[0]
+    assert (stats.rows, stats.kept, stats.dropped_untrained) == (2, 1, 1)
+
+
+def test_a_dataset_with_no_usable_row_is_an_error(write_rows, make_cfg, tokenizer):
+    path = write_rows([{**ALPACA_ROW, "instruction": "Repeat. " * 40}], "jsonl")
+    with pytest.raises(DataError, match=re.escape(str(path)) + r": no row is left \(of 1\)"):
+        build_datasets(make_cfg([{"path": str(path), "type": "alpaca"}], sequence_len=32), tokenizer)
+
+
+@pytest.mark.parametrize(("rows", "val_set_size"), [(1, 0.5), (3, 0.9)])
+def test_a_split_that_leaves_no_training_row_is_an_error(write_rows, make_cfg, tokenizer, rows, val_set_size):
+    path = write_rows([{**ALPACA_ROW, "output": str(i)} for i in range(rows)], "jsonl")
+    cfg = make_cfg([{"path": str(path), "type": "alpaca"}], val_set_size=val_set_size)
+    with pytest.raises(DataError, match=f"val_set_size {val_set_size} leaves no training rows out of {rows}"):
+        build_datasets(cfg, tokenizer)
+
+
+def test_a_local_folder_with_ds_type(make_cfg, tokenizer, tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("First line to continue.\nSecond line to continue.\n")
+    cfg = make_cfg([{"path": str(folder), "type": "completion", "ds_type": "text"}])
+    assert build_datasets(cfg, tokenizer).stats.datasets[0].kept == 2
+
+
+def test_a_hub_dataset_is_asked_for_by_id_name_and_split(make_cfg, tokenizer, monkeypatch):
+    calls = []
+
+    def load_dataset(path: str, **kwargs: object) -> Dataset:  # the hub itself is out of reach in tests
+        calls.append((path, kwargs))
+        return Dataset.from_list([ALPACA_ROW])
+
+    monkeypatch.setattr(sources, "load_dataset", load_dataset)
+    cfg = make_cfg([{"path": "org/colours", "type": "alpaca", "name": "small", "split": "validation"}])
+    data = build_datasets(cfg, tokenizer)
+    assert calls == [("org/colours", {"name": "small", "data_files": None, "split": "validation"})]
+    assert data.stats.datasets[0].source == "hub dataset org/colours" and len(data.train) == 1
+
+
+def test_the_cache_keeps_an_entry_another_run_finished_first(tmp_path):
+    first, second = Dataset.from_list([{"input_ids": [1, 2]}]), Dataset.from_list([{"input_ids": [3, 4]}])
+    save_prepared(tmp_path, "key", first, None, "{}")
+    save_prepared(tmp_path, "key", second, None, "{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["key"]  # and no temporary folder is left behind
+    assert Dataset.load_from_disk(str(tmp_path / "key" / "train")).to_list() == first.to_list()
+
+
+def test_padding_collator_pads_rows_and_masks_the_padding(make_cfg, tokenizer):
+    rows = [
+        {"input_ids": [5, 6, 7], "labels": [IGNORE_INDEX, 6, 7], "attention_mask": [1, 1, 1]},
+        {"input_ids": [8], "labels": [8], "attention_mask": [1]},
+    ]
+    batch = make_collator(make_cfg(), tokenizer)(rows)
+    pad = tokenizer.pad_token_id
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, pad, pad]]
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7], [8, IGNORE_INDEX, IGNORE_INDEX]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    padded = make_collator(make_cfg(pad_to_sequence_len=True, sequence_len=8), tokenizer)(rows)
+    assert padded["input_ids"].shape == (2, 8)
+
+
+def test_packed_collator_flattens_the_batch_for_flash_attention(make_cfg, tokenizer):
+    rows = Dataset.from_list([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}])
+    packed, _ = pack_dataset(rows, 3)  # one row per sequence
+    batch = make_collator(make_cfg(sample_packing=True, flash_attention=True), tokenizer)(list(packed))
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]] and batch["use_cache"] is False
+    assert isinstance(batch["input_ids"], torch.Tensor)
+
+
+def test_stats_table_counts_every_dataset_and_the_packing(write_rows, make_cfg, tokenizer):
+    rows = [{**ALPACA_ROW, "output": str(i)} for i in range(6)]
+    cfg = make_cfg([{"path": str(write_rows(rows, "jsonl")), "type": "alpaca"}], sample_packing=True)
+    stats = build_datasets(cfg, tokenizer).stats
+    console = Console(record=True, width=200)
+    console.print(stats_table(stats))
+    text = console.export_text()
+    assert re.search(r"rows\d\.jsonl\s*│\s*alpaca\s*│\s*6\s*│\s*6\s*│\s*0\s*│\s*0", text), text
+    assert f"train 6 rows, packed into {stats.train_sequences} sequences (" in text and "eval 0 rows" in text
+
+
+def test_default_dataset_runs_as_a_module():
+    check = [sys.executable, "-m", "llmkit.data.default_dataset", "--check"]
+    assert subprocess.run(check, capture_output=True, timeout=120).returncode == 0
+
+
+def test_default_dataset_command_writes_and_checks(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "mcqa.jsonl"
+    monkeypatch.setattr(default_dataset, "DATASET_FILE", path)
+    assert default_dataset.main(["--check"]) == 1  # no file yet
+    assert default_dataset.main([]) == 0
+    assert path.read_text() == default_dataset.render(default_dataset.generate_rows())
+    assert default_dataset.main(["--check"]) == 0
+    path.write_text(path.read_text()[1:])
+    assert default_dataset.main(["--check"]) == 1
+    assert "differs from the generator" in capsys.readouterr().out
