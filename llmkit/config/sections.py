@@ -15,6 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 _SECTION = ConfigDict(extra="forbid", use_enum_values=False, validate_default=True)
 
 
+def one_as_list(value: object) -> object:
+    """axolotl takes a single string where a list is expected (`lora_target_modules: q_proj`)."""
+    return [value] if isinstance(value, str) else value
+
+
 class Adapter(str, Enum):
     lora = "lora"  # adapter on a 16-bit (or 8-bit) base
     qlora = "qlora"  # adapter on a 4-bit NF4 base; requires load_in_4bit
@@ -133,10 +138,7 @@ class DatasetSpec(BaseModel):
     message_field_content: str | None = Field(None, description="chat_template: content key inside a message.")
     roles_to_train: list[str] | None = Field(None, description="chat_template: roles whose turns are trained.")
 
-    @field_validator("data_files", "roles_to_train", mode="before")
-    @classmethod
-    def _one_as_list(cls, value):
-        return [value] if isinstance(value, str) else value
+    _lists = field_validator("data_files", "roles_to_train", mode="before")(one_as_list)
 
 
 class ModelSection(BaseModel):
@@ -184,10 +186,7 @@ class LoraSection(BaseModel):
     def _none_means_full(cls, value):
         return None if isinstance(value, str) and value.lower() in ("none", "") else value
 
-    @field_validator("lora_target_modules", "lora_modules_to_save", mode="before")
-    @classmethod
-    def _one_as_list(cls, value):
-        return [value] if isinstance(value, str) else value
+    _lists = field_validator("lora_target_modules", "lora_modules_to_save", mode="before")(one_as_list)
 
 
 class DataSection(BaseModel):

@@ -22,6 +22,15 @@ def default_zips(tmp_path_factory) -> dict[str, Path]:
     return {track: build_submission(track, model=DEFAULT_MODEL_ID, out_root=root) for track in ("4090", "A100")}
 
 
+@pytest.fixture(scope="session")
+def broken_zip(default_zips, tmp_path_factory) -> Path:
+    """The 4090 default zip with an invalid --dtype in its CMD: it passes verification, but its server cannot start."""
+    with zipfile.ZipFile(default_zips["4090"]) as archive:
+        dockerfile = archive.read("Dockerfile").decode().replace('"bfloat16"', '"bfloat17"')
+    target = tmp_path_factory.mktemp("broken") / "bad.zip"
+    return _rewrite_zip(default_zips["4090"], target, {"Dockerfile": dockerfile.encode()})
+
+
 @pytest.fixture()
 def rewrite_zip():
     """Factory: copy a submission zip with some files changed (see _rewrite_zip)."""
