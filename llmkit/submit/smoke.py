@@ -245,10 +245,10 @@ def _tokenize_decode(client: httpx.Client) -> str:
 
 
 CHECKS: dict[str, Callable[[httpx.Client], str]] = {
-    "harness probe": _probe,
-    "generation with stop sequences": _generation,
-    "multiple choice (5 tokens, top 5)": _multiple_choice,
-    "echo_prompt scoring (0 new tokens)": _scoring,
-    "/tokenize with truncation + /decode": _tokenize_decode,
+    "harness probe": _probe,  # the organisers' probe: a prompt alone
+    "generation + stop": _generation,  # generation with stop sequences
+    "multiple choice": _multiple_choice,  # 5 tokens, top 5 alternatives
+    "echo scoring": _scoring,  # echo_prompt with 0 new tokens
+    "/tokenize, /decode": _tokenize_decode,  # truncation, then back
 }
-_TOKENIZER_CHECKS = {"/tokenize with truncation + /decode"}  # the others are one POST /process each
+_TOKENIZER_CHECKS = {"/tokenize, /decode"}  # the others are one POST /process each

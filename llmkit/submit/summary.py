@@ -17,12 +17,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from llmkit.core.challenge import Projection, project
 from llmkit.submit.manifest import MANIFEST_NAME, Manifest, WeightsSource
 from llmkit.submit.smoke import SmokeReport, run_smoke
 
 OK, FAIL, WARN, SKIP = Text("✓", "bold green"), Text("✗", "bold red"), Text("!", "bold yellow"), Text("-", "dim")
-_DETAIL_CHARS = 70  # a smoke request's detail (completion, logprobs) is cut here; the table stays one line a row
-_VERIFIED = "verify-submission passed: Dockerfile, hadolint, secrets, weight files, sha256s"
+_DETAIL_CHARS = 36  # a smoke request's detail (completion, logprobs) is cut here: one line a row at 80 columns
+_VERIFIED = "verify-submission: no problem"
 
 
 def summarize(
@@ -81,7 +82,14 @@ def summary_table(
     zip_path: Path, manifest: Manifest | None, problems: list[str], report: SmokeReport | None, *, not_run: str = ""
 ) -> Table:
     """The summary; `report` is None when the smoke test was not run, and `not_run` says why."""
-    table = Table(title=f"Submission {zip_path.name}", show_header=False, box=box.ROUNDED, title_style="bold")
+    table = Table(
+        title=f"Submission {zip_path.name}",
+        show_header=False,
+        box=box.ROUNDED,
+        title_style="bold",
+        caption_justify="left",
+        caption_style="dim",
+    )
     table.add_column("what", style="bold", no_wrap=True)
     table.add_column("ok", no_wrap=True)
     table.add_column("time", justify="right", no_wrap=True)
@@ -97,10 +105,7 @@ def summary_table(
             "memory fit",
             OK if memory.fits else FAIL,
             "",
-            Text(
-                f"{memory.total_gib:.2f} GiB needed of {memory.available_gib:.1f} GiB on the card "
-                f"({manifest.loading.value}; the manifest's estimate)"
-            ),
+            Text(f"{memory.total_gib:.2f} of {memory.available_gib:.1f} GiB ({manifest.loading.value}, estimated)"),
         )
         table.add_row("weights", *_weights(manifest.model))
         if manifest.adapter is not None:
@@ -112,16 +117,22 @@ def summary_table(
         Text(f"{len(problems)} problem(s), listed above" if problems else _VERIFIED),
     )
     _smoke_rows(table, report, not_run)
-    table.add_row("eval time", *_projection(report, manifest))
+    mark, verdict, projection = _projection(report, manifest)
+    table.add_row("eval time", mark, "", verdict)
+    if projection is not None:  # what the projection is worth, under the table rather than in a tall cell
+        table.caption = (
+            f"Eval time = {projection.open_requests} open-suite requests × {projection.seconds_per_request:.2f} "
+            f"s/request {projection.basis}. {projection.caveat}"
+        )
     return table
 
 
 def _weights(source: WeightsSource) -> tuple[Text, str, Text]:
     if source.bundled:
-        return WARN, "", Text(f"bundled (from {source.id}): not accepted by the challenge, see README")
+        return WARN, "", Text(f"bundled from {source.id}: not accepted by the challenge (below)")
     if source.revision in (None, "main"):
-        return WARN, "", Text(f"hub: {source.id} @ {source.revision or 'main'} (not pinned: pass REVISION=<commit>)")
-    return OK, "", Text(f"hub: {source.id} @ {source.revision} (downloaded by `docker build`)")
+        return WARN, "", Text(f"{source.id} @ {source.revision or 'main'} (not pinned: REVISION=<commit>)")
+    return OK, "", Text(f"{source.id} @ {source.revision} (downloaded by `docker build`)")
 
 
 def _smoke_rows(table: Table, report: SmokeReport | None, not_run: str) -> None:
@@ -132,7 +143,7 @@ def _smoke_rows(table: Table, report: SmokeReport | None, not_run: str) -> None:
         [result] = report.results
         table.add_row("smoke test", FAIL, f"{result.seconds:.2f} s", Text(f"{result.name}: {result.detail}"))
         return
-    where = f"the Dockerfile's CMD, run here without Docker: healthy on {report.device}"
+    where = f"its CMD, without Docker: healthy on {report.device}"
     table.add_row("smoke test", OK, f"{report.startup_s:.1f} s", Text(where))
     for result in report.results:
         detail = result.detail  # a failure in full; a completion or logprobs cut to keep the table compact
@@ -141,13 +152,12 @@ def _smoke_rows(table: Table, report: SmokeReport | None, not_run: str) -> None:
         table.add_row(f"  {result.name}", OK if result.ok else FAIL, f"{result.seconds:.2f} s", Text(detail))
 
 
-def _projection(report: SmokeReport | None, manifest: Manifest | None) -> tuple[Text, str, Text]:
-    from llmkit.core.challenge import project
+def _projection(report: SmokeReport | None, manifest: Manifest | None) -> tuple[Text, Text, Projection | None]:
 
     timed = report.timed_requests if report is not None else []
     if not timed:
         reason = "the smoke test was not run" if report is None else "no smoke request succeeded"
-        return SKIP, "", Text(f"not projected: {reason} (its request times are what the projection uses)")
+        return SKIP, Text(f"not projected: {reason}"), None
     gpu = manifest.gpu if manifest is not None else "GPU"
     here = report.device.split(",")[0]
     speed = f"will be faster than this {here}" if here == "cpu" else f"is not this {here}"
@@ -159,11 +169,7 @@ def _projection(report: SmokeReport | None, manifest: Manifest | None) -> tuple[
         "tokens: an order of magnitude, not a measurement.",
     )
     verdict = projection.verdict()
-    how = (
-        f"= {projection.open_requests} open-suite requests × {projection.seconds_per_request:.2f} s/request "
-        f"{projection.basis}. {projection.caveat}"
-    )
-    return OK if projection.ratio <= 1 else WARN, "", Text(f"{verdict[0].upper()}{verdict[1:]}.\n{how}")
+    return OK if projection.ratio <= 1 else WARN, Text(f"{verdict[0].upper()}{verdict[1:]}"), projection
 
 
 def _failures(manifest: Manifest | None, problems: list[str], report: SmokeReport | None) -> list[str]:

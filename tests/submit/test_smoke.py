@@ -64,10 +64,10 @@ def test_default_model_zip_answers_the_harness_and_helm(default_zips):
     results = smoke_test(default_zips["4090"])
     assert [r.name for r in results] == [
         "harness probe",
-        "generation with stop sequences",
-        "multiple choice (5 tokens, top 5)",
-        "echo_prompt scoring (0 new tokens)",
-        "/tokenize with truncation + /decode",
+        "generation + stop",
+        "multiple choice",
+        "echo scoring",
+        "/tokenize, /decode",
     ]
     failed = [f"{r.name}: {r.detail}" for r in results if not r.ok]
     assert not failed
