@@ -70,7 +70,7 @@ def validate(
     strict: bool = typer.Option(False, "--strict", help="Unknown or unimplemented keys are errors."),
 ) -> None:
     """Check a config without training; print the plan (targets, parameters, steps, memory per track)."""
-    from llmkit.config.validate import validate as run
+    from llmkit.config import validate as run
 
     raise typer.Exit(run(config, strict=strict))
 
@@ -97,10 +97,10 @@ def train(
     import os
 
     _logging()
-    from llmkit.config.schema import ConfigError, load_config
-    from llmkit.data.pipeline import DataError
-    from llmkit.train.report import summary_table
-    from llmkit.train.run import train as run
+    from llmkit.config import ConfigError, load_config
+    from llmkit.data import DataError
+    from llmkit.train import summary_table
+    from llmkit.train import train as run
 
     overrides = {key: value for key, value in {"max_steps": max_steps, "output_dir": output_dir}.items() if value}
     try:
@@ -121,8 +121,8 @@ def preprocess(config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl
     _logging()
     from rich.console import Console
 
-    from llmkit.config.schema import ConfigError, load_config
-    from llmkit.data.pipeline import DataError, build_datasets, stats_table
+    from llmkit.config import ConfigError, load_config
+    from llmkit.data import DataError, build_datasets, stats_table
     from llmkit.train.modeling import load_tokenizer
 
     try:
@@ -168,7 +168,7 @@ def merge(
     _logging()
     from rich.console import Console
 
-    from llmkit.merge.command import merge_command, report_table
+    from llmkit.merge import merge_command, report_table
 
     try:
         report, uploaded = merge_command(
@@ -216,8 +216,7 @@ def submission(
 
     _logging()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per smoke request otherwise
-    from llmkit.submit.package import build_submission
-    from llmkit.submit.summary import summarize
+    from llmkit.submit import build_submission, summarize
 
     try:
         path = build_submission(
@@ -248,8 +247,8 @@ def verify_submission(
 
     _logging()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per smoke request otherwise
-    from llmkit.submit.summary import summarize
-    from llmkit.submit.verify import verify_submission as verify
+    from llmkit.submit import summarize
+    from llmkit.submit import verify_submission as verify
 
     problems = verify(zip_path)
     for problem in problems:
@@ -262,7 +261,7 @@ def verify_submission(
 def helm_setup(force: bool = typer.Option(False, help="Reinstall even when the stamp says it is there.")) -> None:
     """Install crfm-helm into its own venv (~/.cache/llmkit/helm-venv-<version>, or $HELM_VENV); idempotent."""
     _logging()
-    from llmkit.helm_eval.setup import helm_setup as setup
+    from llmkit.helm_eval import helm_setup as setup
 
     typer.echo(f"HELM venv: {setup(force=force)}")
 
@@ -308,8 +307,8 @@ def helm_eval(
 
     _logging()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per /health probe otherwise
+    from llmkit.helm_eval import helm_eval as run
     from llmkit.helm_eval.confgen import ConfError
-    from llmkit.helm_eval.evaluate import helm_eval as run
     from llmkit.helm_eval.run import HelmRunError
     from llmkit.helm_eval.setup import HelmSetupError
     from llmkit.helm_eval.summary import rich_table

@@ -95,3 +95,19 @@ class HealthResponse(WireModel):
     max_context: int
     stop_at_newline: bool
     memory: dict[str, int] = Field(description="Bytes in use: process RSS, and CUDA allocated where present.")
+
+
+def helm_body(prompt: str, **fields: object) -> dict:
+    """A /process body with every field crfm-helm's HTTPModelClient sends (greedy: temperature 1e-7), as the
+    smoke test and the tests send it; `fields` replace HELM's values."""
+    body = {
+        "prompt": prompt,
+        "temperature": 1e-7,
+        "num_return_sequences": 1,
+        "max_new_tokens": 20,
+        "top_p": 1.0,
+        "echo_prompt": False,
+        "top_k_per_token": 1,
+        "stop_sequences": [],
+    }
+    return {**body, **fields}

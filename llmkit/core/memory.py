@@ -219,9 +219,14 @@ def choose_loading(
             if candidate is not first:
                 LOG.warning(
                     "%s in %s needs %.2f GiB, over the %s track's %.2f GiB: serving it in %s (%.2f GiB)",
-                    model, first.value, estimates[first].total_gib, track.value, TRACKS[track].memory_gib,
-                    candidate.value, estimates[candidate].total_gib,
-                )  # fmt: skip
+                    model,
+                    first.value,
+                    estimates[first].total_gib,
+                    track.value,
+                    TRACKS[track].memory_gib,
+                    candidate.value,
+                    estimates[candidate].total_gib,
+                )
             return estimates[candidate]
     smallest = min(estimates.values(), key=lambda e: e.total_gib).loading
     raise FitError(_refusal(model, shape, track, smallest, estimates, extra_weight_bytes))

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from llmkit.server.launch import ServerProcess, ServerStartError
+from llmkit.server.protocol import helm_body
 from llmkit.submit.dockerfile import DockerfileError, env_vars, exec_form, final_stage, last, parse_dockerfile
 from llmkit.submit.manifest import MANIFEST_NAME, ZIP_ADAPTER_DIR, ZIP_MODEL_DIR, Manifest, WeightsSource
 
@@ -191,21 +192,6 @@ def _post(client: httpx.Client, path: str, body: dict) -> dict:
     return response.json()
 
 
-def _helm(prompt: str, **fields) -> dict:
-    """A /process body with every field HELM sends (http_model_client.py)."""
-    body = {
-        "prompt": prompt,
-        "temperature": 1e-7,
-        "num_return_sequences": 1,
-        "max_new_tokens": 20,
-        "top_p": 1.0,
-        "echo_prompt": False,
-        "top_k_per_token": 1,
-        "stop_sequences": [],
-    }
-    return {**body, **fields}
-
-
 def _probe(client: httpx.Client) -> str:
     body = _post(client, "/process", HARNESS_PROBE)
     assert isinstance(body["text"], str) and body["tokens"], "the probe got no completion"
@@ -213,14 +199,14 @@ def _probe(client: httpx.Client) -> str:
 
 
 def _generation(client: httpx.Client) -> str:
-    body = _post(client, "/process", _helm("Q: Name a colour.\nA:", max_new_tokens=30, stop_sequences=["\n", "."]))
+    body = _post(client, "/process", helm_body("Q: Name a colour.\nA:", max_new_tokens=30, stop_sequences=["\n", "."]))
     assert "\n" not in body["text"] and "." not in body["text"], f"a stop sequence was not honoured: {body['text']!r}"
     return f"completion {body['text']!r}, logprob {body['logprob']:.2f}"
 
 
 def _multiple_choice(client: httpx.Client) -> str:
     prompt = "Question: Is 12 even or odd?\nA. even\nB. odd\nAnswer:"
-    body = _post(client, "/process", _helm(prompt, max_new_tokens=5, top_k_per_token=5))
+    body = _post(client, "/process", helm_body(prompt, max_new_tokens=5, top_k_per_token=5))
     assert len(body["tokens"]) <= 5, f"{len(body['tokens'])} tokens for max_new_tokens 5"
     assert all(len(t["top_logprob"]) <= 5 for t in body["tokens"]), "more than top_k_per_token alternatives"
     return f"completion {body['text']!r}"
@@ -228,7 +214,7 @@ def _multiple_choice(client: httpx.Client) -> str:
 
 def _scoring(client: httpx.Client) -> str:
     prompt = "The sky is blue."
-    body = _post(client, "/process", _helm(prompt, max_new_tokens=0, echo_prompt=True))
+    body = _post(client, "/process", helm_body(prompt, max_new_tokens=0, echo_prompt=True))
     assert body["text"] == prompt, f"echo_prompt returned {body['text']!r}"
     assert all(t["logprob"] <= 0 for t in body["tokens"]), "a logprob above 0"
     return f"{len(body['tokens'])} prompt tokens, logprobs {[round(t['logprob'], 2) for t in body['tokens']]}"

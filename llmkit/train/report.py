@@ -62,7 +62,7 @@ def summary_table(output_dir: str | Path) -> Any:
     from rich.table import Table
 
     summary = summarize(output_dir)
-    table = Table(title=f"Training finished: {summary['output_dir']}", show_header=False)
+    table = Table(title=f"Trained model: {summary['output_dir']}", show_header=False)
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")  # paths stay whole, folded over lines
 
@@ -73,7 +73,7 @@ def summary_table(output_dir: str | Path) -> Any:
     table.add_row("train loss (first -> last logged)", loss(summary["first_loss"], summary["final_loss"]))
     table.add_row("eval loss (first -> last)", loss(summary["first_eval_loss"], summary["final_eval_loss"]))
     seconds = summary["train_seconds"]
-    table.add_row("training time (this run)", "-" if seconds is None else f"{seconds:.0f} s")
+    table.add_row("training time (last session)", "-" if seconds is None else f"{seconds:.0f} s")
     table.add_row("weights", summary["weights"] or "-")
     table.add_row("loss curve", summary["loss_curve"])
     table.add_row("TensorBoard", f"tensorboard --logdir {Path(summary['output_dir']) / 'runs'}")
