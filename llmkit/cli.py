@@ -209,13 +209,10 @@ def submission(
     smoke: bool = typer.Option(
         True, help="Then run the zip's server as its Dockerfile says and time one request of each HELM kind."
     ),
-    out: str | None = typer.Option(None, help="Folder holding <track>_track/ (default: the project's submissions/)."),
+    out: str | None = typer.Option(None, help="Folder holding <track>_track/ (default: ./submissions)."),
 ) -> None:
     """Build submissions/<track>_track/<track>_submission_N.zip (and the files unpacked beside it), smoke-test it."""
-    import logging
-
     _logging()
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per smoke request otherwise
     from llmkit.submit import build_submission, summarize
 
     try:
@@ -243,10 +240,7 @@ def verify_submission(
     smoke: bool = typer.Option(False, help="Also start its server as the Dockerfile's CMD says and query it."),
 ) -> None:
     """Check a submission zip: Dockerfile, hadolint, secrets, weights, manifest hashes (and --smoke: requests)."""
-    import logging
-
     _logging()
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per smoke request otherwise
     from llmkit.submit import summarize
     from llmkit.submit import verify_submission as verify
 
@@ -298,7 +292,6 @@ def helm_eval(
     out: str = typer.Option("helm-results", help="Folder for HELM's output, confs, logs and reports."),
 ) -> None:
     """Run HELM (helm-run, helm-summarize) against the server; extra flags go to `python -m llmkit.server`."""
-    import logging
     import shlex
     import sys
     from pathlib import Path
@@ -306,7 +299,6 @@ def helm_eval(
     from rich.console import Console
 
     _logging()
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per /health probe otherwise
     from llmkit.helm_eval import helm_eval as run
     from llmkit.helm_eval.confgen import ConfError
     from llmkit.helm_eval.run import HelmRunError
@@ -344,6 +336,7 @@ def _logging() -> None:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # else one line per smoke request or /health probe
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from llmkit.core.devices import device_name, is_cuda
 from llmkit.server.launch import ServerProcess, ServerStartError
 from llmkit.server.protocol import helm_body
 from llmkit.submit.dockerfile import DockerfileError, env_vars, exec_form, final_stage, last, parse_dockerfile
@@ -123,10 +124,8 @@ def _smoke(zip_path: str | Path, startup_timeout: float) -> SmokeReport:
 def _device(health: dict) -> str:
     """Where the server ran, from its /health answer: "cpu, bfloat16" or "cuda (NVIDIA H100), bfloat16, nf4"."""
     device = str(health.get("device", "unknown device"))
-    if device.startswith("cuda"):
-        import torch  # the server runs here, with the same CUDA_VISIBLE_DEVICES
-
-        device = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    if is_cuda(device):  # the server runs here, with the same CUDA_VISIBLE_DEVICES
+        device = f"{device} ({device_name(device)})"
     quantization = health.get("quantization")
     parts = [device, health.get("dtype"), quantization if quantization not in (None, "none") else None]
     return ", ".join(str(part) for part in parts if part)
