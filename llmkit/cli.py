@@ -49,7 +49,12 @@ def serve(ctx: typer.Context) -> None:
 
 
 @app.command()
-def bench(out: str = typer.Option("bench-results", help="Folder for the JSON results.")) -> None:
+def bench(
+    out: str = typer.Option("bench-results", help="Folder for the JSON results."),
+    stage: Annotated[
+        list[str] | None, typer.Option("--stage", help="serving, training or merging (repeatable); default: all.")
+    ] = None,
+) -> None:
     """Benchmarks on the embedded default model: serving, training, merging; prints ratios and writes JSON."""
     import logging
     from pathlib import Path
@@ -59,8 +64,14 @@ def bench(out: str = typer.Option("bench-results", help="Folder for the JSON res
     from llmkit.train import bench as training
 
     logging.basicConfig(level=logging.WARNING)
-    for stage in (serving, training, merging):  # each writes <out>/<stage>.json and prints its table
-        stage.run(Path(out))
+    stages = {"serving": serving, "training": training, "merging": merging}
+    unknown = sorted(set(stage or []) - set(stages))
+    if unknown:
+        choices = ", ".join(stages)
+        raise typer.BadParameter(f"unknown stage {', '.join(unknown)}; choose from {choices}", param_hint="--stage")
+    for name, module in stages.items():  # each writes <out>/<stage>.json and prints its table
+        if not stage or name in stage:
+            module.run(Path(out))
 
 
 # --- config: llmkit/config/schema.py, llmkit/config/plan.py ----------------------------------------------------------

@@ -1,10 +1,12 @@
 """The FastAPI app speaking HELM's HTTP API: `python -m llmkit.server` runs it (see server/__main__.py).
 
-Routes are thin: validate with the wire models, hand the work to the engine's model thread, time the request.
+Routes are thin: validate with the wire models, hand the work to the engine (whose scheduler batches concurrent
+requests on one model thread), time the request. A client that disconnects takes its request out of the batch.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -16,8 +18,9 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from llmkit.server.engine import Engine, RequestError
+from llmkit.server.engine import Engine
 from llmkit.server.protocol import (
+    BatchStats,
     DecodeRequest,
     DecodeResponse,
     ErrorResponse,
@@ -28,10 +31,19 @@ from llmkit.server.protocol import (
     TokenizeResponse,
     WireModel,
 )
+from llmkit.server.scheduler import ClientGone, QueueFull, RequestError, RequestTimeout, Sequence
 from llmkit.server.settings import ServerSettings
 
 LOG = logging.getLogger(__name__)
-ERRORS = {422: {"model": ErrorResponse, "description": "The request is malformed or cannot be served as asked."}}
+ERRORS = {
+    413: {"model": ErrorResponse, "description": "The request body is over the server's --max-body-bytes."},
+    422: {"model": ErrorResponse, "description": "The request is malformed or cannot be served as asked."},
+}
+PROCESS_ERRORS = {
+    **ERRORS,
+    503: {"model": ErrorResponse, "description": "The batch and its wait queue are full; see Retry-After."},
+    504: {"model": ErrorResponse, "description": "The request ran past the server's --request-timeout-s."},
+}
 
 
 def get_engine(request: Request) -> Engine:
@@ -60,6 +72,60 @@ class AssumeJSONMiddleware:
         await self.app(scope, receive, send)
 
 
+class BodyLimitMiddleware:
+    """Answer 413 to a POST body over `max_bytes` before any of it is parsed (Content-Length first; a chunked body
+    is counted as it arrives), so a huge prompt never reaches the tokenizer."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._too_large(scope, receive, send)
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return await self._too_large(scope, receive, send)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        replay = iter(messages)
+
+        async def replay_then_receive():
+            return next(replay, None) or await receive()
+
+        await self.app(scope, replay_then_receive, send)
+
+    async def _too_large(self, scope, receive, send) -> None:
+        detail = f"request body is over {self.max_bytes} bytes (--max-body-bytes)"
+        await JSONResponse(status_code=413, content={"detail": detail})(scope, receive, send)
+
+
+async def _finished(seq: Sequence, request: Request, engine: Engine) -> Sequence:
+    """Wait for the model to finish `seq`; if the client disconnects first, take it out of the batch."""
+    done = asyncio.wrap_future(seq.future)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # also when this handler is cancelled (server shutdown)
+        gone.cancel()
+        if not done.done():
+            engine.scheduler.cancel(seq)
+    if not done.done():
+        raise ClientGone("client disconnected")
+    return done.result()
+
+
+async def _disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAPI:
     """The app; it loads the model at start-up unless an engine is given (tests share one)."""
 
@@ -72,16 +138,33 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
 
     app = FastAPI(title="HELM model server", version="1", lifespan=lifespan)
     app.add_middleware(AssumeJSONMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, err: RequestError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(err)})
 
-    @app.post("/process", responses=ERRORS)
-    async def process(body: ProcessRequest, engine: EngineDep, response: Response) -> ProcessResponse:
+    @app.exception_handler(QueueFull)
+    async def queue_full(_: Request, err: QueueFull) -> JSONResponse:
+        headers = {"Retry-After": str(err.retry_after_s)}
+        return JSONResponse(status_code=503, content={"detail": str(err)}, headers=headers)
+
+    @app.exception_handler(RequestTimeout)
+    async def request_timeout(_: Request, err: RequestTimeout) -> JSONResponse:
+        return JSONResponse(status_code=504, content={"detail": f"{err} (--request-timeout-s)"})
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(_: Request, err: ClientGone) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+
+    @app.post("/process", responses=PROCESS_ERRORS)
+    async def process(
+        body: ProcessRequest, engine: EngineDep, request: Request, response: Response
+    ) -> ProcessResponse:
         start = time.perf_counter()
         _note_ignored(body, response)
-        result = await engine.run(engine.process, body)
+        seq = await run_in_threadpool(engine.submit, body)
+        result = await run_in_threadpool(engine.respond, await _finished(seq, request, engine))
         result.request_time = time.perf_counter() - start
         return result
 
@@ -113,6 +196,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
             max_context=engine.settings.max_context,
             stop_at_newline=engine.settings.stop_at_newline,
             memory=engine.memory(),
+            batch=BatchStats(**engine.scheduler.stats()),
         )
 
     @app.get("/", include_in_schema=False)

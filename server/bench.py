@@ -4,11 +4,16 @@ Two HELM-shaped workloads: a ~400-token multiple-choice prompt (max_new_tokens 5
 sequences) and a 128-token generation. For each: the end-to-end /process time over HTTP against the in-process
 engine time (HTTP overhead), and against plain transformers `generate(output_scores=True,
 return_dict_in_generate=True)` plus log_softmax over the scores. Also decode tokens/s against the memory-bandwidth
-bound (measured copy bandwidth / model bytes: each decoded token reads every weight once).
+bound (measured read bandwidth / model bytes: each decoded token reads every weight once).
+
+Concurrency: generated tokens/s with 1, 4 and 16 HELM-shaped clients (128-token greedy generations, prompts of
+different lengths) over HTTP, against the same server with batching off (`--max-batch-size 1`) and against
+transformers' batched `generate` on the same prompts at the same batch size.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import statistics
@@ -22,7 +27,7 @@ from rich.table import Table
 
 from llmkit.server.engine import Engine
 from llmkit.server.launch import ServerProcess
-from llmkit.server.protocol import ProcessRequest
+from llmkit.server.protocol import ProcessRequest, helm_body
 from llmkit.server.settings import ServerSettings
 
 LOG = logging.getLogger(__name__)
@@ -81,12 +86,81 @@ def _transformers_baseline(engine: Engine, request: ProcessRequest) -> None:
             torch.topk(torch.log_softmax(scores[0].float(), dim=-1), max(request.top_k_per_token, 1))
 
 
-def _memory_bandwidth(megabytes: int = 512) -> float:
-    """Bytes/s of a large tensor copy (one read + one write per byte)."""
+def _read_bandwidth(megabytes: int = 1024) -> float:
+    """Bytes/s read by a reduction over a large tensor: decoding reads the weights, it does not copy them."""
     src = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32)
-    dst = torch.empty_like(src)
-    seconds = _median_seconds(lambda: dst.copy_(src), 5)
-    return 2 * src.numel() * 4 / seconds
+    seconds = _median_seconds(lambda: src.sum(), 5)
+    return src.numel() * 4 / seconds
+
+
+CLIENTS = (1, 4, 16)
+GENERATED = 128
+
+
+def _generation_prompts(count: int) -> list[str]:
+    """HELM-shaped generation prompts of different lengths that greedy decoding continues for 128 tokens."""
+    return [", ".join(str(n) for n in range(i * 7, i * 7 + 8 + 6 * i)) + "," for i in range(count)]
+
+
+def _http_tokens_per_s(url: str, clients: int, prompts: list[str]) -> float:
+    """Generated tokens/s with `clients` concurrent HTTP clients working through `prompts`."""
+    bodies = [helm_body(p, max_new_tokens=GENERATED, stop_sequences=NEVER_STOP) for p in prompts]
+    with httpx.Client(timeout=3600, limits=httpx.Limits(max_connections=clients)) as http:
+        post = lambda body: len(http.post(f"{url}/process", json=body).raise_for_status().json()["tokens"])  # noqa: E731
+        post(bodies[0])  # warm-up
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            tokens = sum(pool.map(post, bodies))
+    return tokens / (time.perf_counter() - start)
+
+
+def _generate_tokens_per_s(engine: Engine, prompts: list[str], batch_size: int) -> float:
+    """transformers' batched generate (left-padded, with scores and top-k as the server computes them), over
+    `prompts` in batches of `batch_size`, on the engine's model thread."""
+    tokenizer = engine.tokenizer
+    tokenizer.padding_side = "left"
+    tokens, seconds = 0, 0.0
+    for first in range(0, len(prompts), batch_size):
+        batch = tokenizer(prompts[first : first + batch_size], return_tensors="pt", padding=True).to(engine.device)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            out = engine.model.generate(
+                **batch,
+                max_new_tokens=GENERATED,
+                do_sample=False,
+                output_scores=True,
+                return_dict_in_generate=True,
+                pad_token_id=tokenizer.eos_token_id,
+            )
+            for scores in out.scores:
+                torch.topk(torch.log_softmax(scores.float(), dim=-1), 1)
+            seconds += time.perf_counter() - start
+        tokens += batch.input_ids.shape[0] * len(out.scores)
+    return tokens / seconds
+
+
+def concurrency(engine: Engine) -> list[dict]:
+    """Tokens/s at 1, 4 and 16 clients: batching on, batching off, transformers' batched generate."""
+    rows = []
+    with ServerProcess() as batched, ServerProcess(["--max-batch-size", "1"]) as one_by_one:
+        for clients in CLIENTS:
+            prompts = _generation_prompts(max(clients, 4))  # the same prompts for all three (16: 23 to 489 tokens)
+            rows.append(
+                {
+                    "clients": clients,
+                    "batching_tokens_per_s": _http_tokens_per_s(batched.url, clients, prompts),
+                    "no_batching_tokens_per_s": _http_tokens_per_s(one_by_one.url, clients, prompts),
+                    "transformers_tokens_per_s": engine.scheduler.call(
+                        _generate_tokens_per_s, engine, prompts, clients
+                    ),
+                }
+            )
+    single = rows[0]["batching_tokens_per_s"]
+    for row in rows:
+        row["vs_one_client"] = row["batching_tokens_per_s"] / single
+        row["vs_no_batching"] = row["batching_tokens_per_s"] / row["no_batching_tokens_per_s"]
+        row["vs_transformers"] = row["batching_tokens_per_s"] / row["transformers_tokens_per_s"]
+    return rows
 
 
 def run(out_dir: Path, repeats: int = 5) -> dict:
@@ -101,7 +175,9 @@ def run(out_dir: Path, repeats: int = 5) -> dict:
             "prompt_tokens": len(engine.encode(request.prompt, special=True)),
             "completion_tokens": len(completion.tokens),
             "engine_s": _median_seconds(lambda r=request: engine.process(r), repeats),
-            "transformers_generate_s": _median_seconds(lambda r=request: _transformers_baseline(engine, r), repeats),
+            "transformers_generate_s": _median_seconds(
+                lambda r=request: engine.scheduler.call(_transformers_baseline, engine, r), repeats
+            ),
         }
     with ServerProcess() as server, httpx.Client(timeout=600) as http:
         for name, request in workloads.items():
@@ -113,7 +189,7 @@ def run(out_dir: Path, repeats: int = 5) -> dict:
         row["speedup_vs_transformers"] = row["transformers_generate_s"] / row["engine_s"]
     generation = results["workloads"]["generation_128"]
     model_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
-    bandwidth = _memory_bandwidth()
+    bandwidth = engine.scheduler.call(_read_bandwidth)
     results["decode"] = {
         "tokens_per_s": generation["completion_tokens"] / generation["engine_s"],
         "bandwidth_bytes_per_s": bandwidth,
@@ -122,6 +198,7 @@ def run(out_dir: Path, repeats: int = 5) -> dict:
     }
     decode = results["decode"]
     decode["fraction_of_bound"] = decode["tokens_per_s"] / decode["bound_tokens_per_s"]
+    results["concurrency"] = concurrency(engine)
     engine.close()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "server.json").write_text(json.dumps(results, indent=2))
@@ -159,3 +236,17 @@ def _print(results: dict) -> None:
         f"{decode['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s / {decode['model_bytes'] / 1e6:.0f} MB = "
         f"{decode['bound_tokens_per_s']:.1f} tokens/s ({decode['fraction_of_bound']:.0%} of the bound)"
     )
+    table = Table(title=f"Concurrent HELM-shaped clients, {GENERATED}-token greedy generations (generated tokens/s)")
+    for column in ["clients", "batching", "vs 1 client", "batching off", "vs off", "transformers batch", "vs it"]:
+        table.add_column(column)
+    for row in results["concurrency"]:
+        table.add_row(
+            str(row["clients"]),
+            f"{row['batching_tokens_per_s']:.1f}",
+            f"{row['vs_one_client']:.2f}x",
+            f"{row['no_batching_tokens_per_s']:.1f}",
+            f"{row['vs_no_batching']:.2f}x",
+            f"{row['transformers_tokens_per_s']:.1f}",
+            f"{row['vs_transformers']:.2f}x",
+        )
+    console.print(table)

@@ -84,6 +84,16 @@ class ErrorResponse(WireModel):
     detail: str | list = Field(description="What was wrong with the request.")
 
 
+class BatchStats(WireModel):
+    running: int = Field(description="Sequences in the decode batch.")
+    prefilling: int = Field(description="Admitted sequences whose prompt is being prefilled.")
+    waiting: int = Field(description="Requests queued for a batch row.")
+    max_batch_size: int
+    max_queue: int
+    kv_cache_bytes_used: int
+    kv_cache_bytes_budget: int
+
+
 class HealthResponse(WireModel):
     status: str
     model: str
@@ -95,6 +105,7 @@ class HealthResponse(WireModel):
     max_context: int
     stop_at_newline: bool
     memory: dict[str, int] = Field(description="Bytes in use: process RSS, and CUDA allocated where present.")
+    batch: BatchStats
 
 
 def helm_body(prompt: str, **fields: object) -> dict:

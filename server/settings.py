@@ -51,5 +51,32 @@ class ServerSettings(BaseSettings):
             "sequences (HELM's multiple-choice requests name none and score the whole completion)."
         ),
     )
+    max_batch_size: int = Field(
+        16, ge=1, description="Requests decoded together in one batch (1: one request at a time, batching off)."
+    )
+    max_queue: int = Field(
+        64, ge=0, description="Requests that may wait for a batch slot; one more is answered 503 with Retry-After."
+    )
+    kv_cache_bytes: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "KV-cache memory the batch may use; empty: 90% of the GPU memory free after loading the weights, or "
+            "half the available RAM on the CPU. A request waits until its worst case fits."
+        ),
+    )
+    prefill_chunk_tokens: int = Field(
+        512,
+        ge=16,
+        description="Prompt tokens per prefill pass: short prompts are prefilled together, long ones in chunks.",
+    )
+    request_timeout_s: float | None = Field(
+        None, gt=0, description="End a /process request that takes longer than this (HTTP 504); empty: no limit."
+    )
+    max_body_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Largest request body (a 2,048-token prompt is tens of kB); a larger one gets HTTP 413 unread.",
+    )
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8080, ge=0, le=65535, description="Port to bind (80 inside the submission image).")

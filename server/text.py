@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+import queue
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 
 class IncrementalDecoder:
@@ -68,3 +71,25 @@ def cut_pieces(pieces: list[str], end: int) -> list[str]:
         kept.append(piece[: end - start])
         start += len(piece)
     return kept
+
+
+class TokenizerPool:
+    """Copies of one tokenizer, each lent to one thread at a time.
+
+    A fast tokenizer is a Rust object: a call that changes its settings while another thread encodes fails with
+    "Already borrowed", and one long text keeps it busy for seconds. With copies, request threads tokenize in
+    parallel with each other and with the model thread, which has a copy of its own.
+    """
+
+    def __init__(self, tokenizer, size: int):
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(size):
+            self._free.put(copy.deepcopy(tokenizer))
+
+    @contextmanager
+    def borrow(self) -> Iterator:
+        tokenizer = self._free.get()
+        try:
+            yield tokenizer
+        finally:
+            self._free.put(tokenizer)

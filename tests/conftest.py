@@ -102,30 +102,47 @@ def make_cfg():
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, default_model_dir) -> Path:
-    """A 2-layer, 64-wide random Llama with the default model's tokenizer: trains a step in well under a second."""
+def make_tiny_model(tmp_path_factory, default_model_dir):
+    """Factory: a 2-layer, 64-wide random model of any architecture (its transformers config and model classes)
+    with the default model's tokenizer, saved to a directory; `overrides` are config fields."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
+
+    def make(config_class, model_class, **overrides) -> Path:
+        torch.manual_seed(0)
+        config = config_class(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=len(tokenizer),
+            eos_token_id=tokenizer.eos_token_id,
+            **overrides,
+        )
+        path = tmp_path_factory.mktemp(f"tiny-{config.model_type}")
+        model_class(config).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(make_tiny_model, tokenizer) -> Path:
+    """A 2-layer, 64-wide random Llama with the default model's tokenizer: trains a step in well under a second."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return make_tiny_model(
+        LlamaConfig,
+        LlamaForCausalLM,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,9 @@ from llmkit.core.shapes import ModelShape
 LOG = logging.getLogger(__name__)
 
 GIB = 1024**3
-CONCURRENT_REQUESTS = 1  # server/engine.py runs model work on one worker thread: one KV cache at a time
+# The fit check counts one full-context request: the server's scheduler batches more requests only as far as the
+# memory left after the weights allows (its KV budget), so one request is what a submission must hold to work.
+CONCURRENT_REQUESTS = 1
 CUDA_CONTEXT_GIB = 1.0  # CUDA context, cuBLAS workspaces, bitsandbytes kernels
 ALLOCATOR_SLACK = 0.05  # PyTorch's caching allocator never packs tensors perfectly
 # Optimizer state per trainable parameter in fp32 bytes (8-bit variants: a quarter); unknown names count as AdamW.
@@ -111,9 +113,9 @@ class MemoryEstimate(BaseModel):
 def estimate_memory(shape: ModelShape, loading: Loading, track: Track, extra_weight_bytes: int = 0) -> MemoryEstimate:
     """Peak GPU memory of serving `shape` at `loading` on `track` (extra_weight_bytes: an unmerged adapter).
 
-    As server/engine.py serves: bf16 compute, one request at a time with a KV cache of up to 2048 tokens (the
-    challenge's prompt + completion limit), and echo_prompt scoring of a full prompt's logits. Under no_grad
-    nothing is kept between layers, so one layer's activations are live at a time.
+    As the server runs: bf16 compute, a KV cache of up to 2048 tokens (the challenge's prompt + completion limit)
+    for one request (the batch grows into the memory left), and echo_prompt scoring of a full prompt's logits.
+    Under no_grad nothing is kept between layers, so one layer's activations are live at a time.
     """
     weights = weight_bytes(shape, loading) + extra_weight_bytes
     kv_cache = shape.kv_cache_bytes_per_token(2) * CONTEXT_TOKENS * CONCURRENT_REQUESTS

@@ -1,0 +1,502 @@
+"""Continuous batching: one model thread serves every /process request in a shared batch.
+
+Each pass of the loop (iteration-level scheduling):
+1. drops sequences whose client left or whose time ran out;
+2. admits waiting sequences while the batch has a free row and their worst-case KV cache fits the budget;
+3. prefills prompts: short ones together in one left-padded pass, a long one alone in `prefill_chunk_tokens`
+   chunks so the running rows keep decoding in between; a prefilled sequence chooses its first token and joins;
+4. runs one decode step for every running row and retires the rows that finished.
+
+Why not transformers' `ContinuousBatchingManager`: it returns only the chosen token's (tempered) logprob, no top-k
+alternatives and no prompt logprobs, and samples with one global generator; HELM needs all three raw, and a seed
+must make a request reproducible whatever else is in the batch.
+
+Results do not depend on batching: every row reads its own raw logits (padding is masked out), so greedy text is
+the same and logprobs agree with a one-row batch to float rounding. The model thread works on numbers only, apart
+from decoding each chosen token to check stop sequences (with its own tokenizer copy); prompts are tokenized and
+alternatives turned into text on the request's thread (`engine.py`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import psutil
+import torch
+
+from llmkit.core.models import LoadedModel
+from llmkit.server.batch import SPARE_TOKENS, PaddedRows, batchable, cache_bytes_per_token, new_cache
+from llmkit.server.protocol import ProcessRequest
+from llmkit.server.settings import ServerSettings
+from llmkit.server.text import IncrementalDecoder, cut_pieces, stop_index
+
+LOG = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """A request the model cannot serve as asked (too long, bad token id...): answered with HTTP 422."""
+
+
+class QueueFull(RuntimeError):
+    """Every batch row is busy and the wait queue is full: answered with HTTP 503 and Retry-After."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTimeout(RuntimeError):
+    """The request ran past `request_timeout_s`: answered with HTTP 504."""
+
+
+class ClientGone(RuntimeError):
+    """The client disconnected; nobody reads this answer."""
+
+
+@dataclass
+class Scores:
+    """Token ids with their raw logprobs and top alternatives (ids and logprobs, likeliest first)."""
+
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top_ids: list[list[int]] = field(default_factory=list)
+    top_logprobs: list[list[float]] = field(default_factory=list)
+
+    def add(self, token: int, logprob: float, top_ids: list[int], top_logprobs: list[float]) -> None:
+        self.ids.append(token)
+        self.logprobs.append(logprob)
+        self.top_ids.append(top_ids)
+        self.top_logprobs.append(top_logprobs)
+
+    def truncate(self, count: int) -> None:
+        for values in (self.ids, self.logprobs, self.top_ids, self.top_logprobs):
+            del values[count:]
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One /process request on its way through the batch."""
+
+    request: ProcessRequest
+    ids: list[int]  # the prompt, leading special tokens included
+    added: int  # how many leading special tokens (BOS) the tokenizer added: not echoed
+    max_new: int  # 0: score the prompt only
+    deadline: float | None
+    future: Future = field(default_factory=Future)
+    submitted: float = field(default_factory=time.monotonic)
+    prompt: Scores = field(default_factory=Scores)  # echo: the prompt's tokens after `added`
+    completion: Scores = field(default_factory=Scores)
+    pieces: list[str] = field(default_factory=list)  # the completion's text, a piece per token, cut at a stop
+    cancelled: bool = False
+    prefilled: int = 0  # prompt tokens already in the cache (a long prompt goes in chunks)
+    cache: object = None  # its own cache while prefilling in chunks
+    decoder: IncrementalDecoder | None = None
+    generator: torch.Generator | None = None
+
+    @property
+    def final_length(self) -> int:
+        return len(self.ids) + self.max_new
+
+
+class Scheduler:
+    """Owns the model thread, the wait queue and the running batch."""
+
+    def __init__(self, load: Callable[[], LoadedModel], settings: ServerSettings):
+        self.settings = settings
+        self.waiting: deque[Sequence] = deque()
+        self.prefilling: list[Sequence] = []
+        self.batch: PaddedRows | None = None
+        self._seconds_per_request = 1.0  # running mean, for Retry-After
+        self._stats: dict[str, int] = {}
+        self._wake = threading.Condition()
+        self._closed = False
+        self._calls: deque[tuple[Callable, Future]] = deque()
+        self._ready: Future = Future()
+        self._thread = threading.Thread(target=self._main, args=(load,), name="model", daemon=True)
+        self._thread.start()
+        self.loaded: LoadedModel = self._ready.result()  # the model thread's load error, if any, is raised here
+
+    def _setup(self, loaded: LoadedModel) -> None:
+        self.model, self.device = loaded.model, torch.device(loaded.device)
+        self.tokenizer = copy.deepcopy(loaded.tokenizer)  # the model thread's own, for stop sequences
+        self.eos_ids = eos_ids(loaded.model, loaded.tokenizer)
+        self.pad_id = (
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
+        )
+        with torch.inference_mode():  # one token through the model: warms it up and shows its cache
+            probe = self._forward(torch.tensor([[self.pad_id]], device=self.device), cache=new_cache(self.model))
+        self.bytes_per_token = cache_bytes_per_token(probe.cache, tokens=1)
+        self.max_batch_size = self.settings.max_batch_size if batchable(probe.cache) else 1
+        if self.max_batch_size < self.settings.max_batch_size:
+            LOG.warning("This model's KV cache (%s) cannot be re-padded: serving one request at a time",
+                        type(probe.cache.layers[0]).__name__)  # fmt: skip
+        self.kv_budget = self.settings.kv_cache_bytes or _free_memory(self.device)
+        self._snapshot()
+
+    def _snapshot(self) -> None:
+        batch = self.batch
+        used = batch.kv_bytes(self.bytes_per_token) if batch else 0
+        used += sum(seq.prefilled * self.bytes_per_token for seq in self.prefilling)
+        self._stats = {
+            "running": len(batch.rows) if batch else 0,
+            "prefilling": len(self.prefilling),
+            "max_batch_size": self.max_batch_size,
+            "max_queue": self.settings.max_queue,
+            "kv_cache_bytes_used": used,
+            "kv_cache_bytes_budget": self.kv_budget,
+        }
+
+    # --- any thread --------------------------------------------------------------------------------------------
+    def submit(self, seq: Sequence) -> Sequence:
+        need = (seq.final_length + SPARE_TOKENS) * self.bytes_per_token
+        if need > self.kv_budget:
+            raise RequestError(
+                f"prompt plus max_new_tokens ({seq.final_length} tokens) needs {need / 2**20:.0f} MiB of KV cache, "
+                f"over this server's budget of {self.kv_budget / 2**20:.0f} MiB (--kv-cache-bytes)"
+            )
+        with self._wake:
+            if len(self.waiting) >= self.settings.max_queue:
+                retry = math.ceil(self._seconds_per_request * (len(self.waiting) + 1) / self.max_batch_size)
+                raise QueueFull(
+                    f"server busy: {self.max_batch_size} requests in the batch and {len(self.waiting)} waiting "
+                    f"(--max-queue {self.settings.max_queue}); retry later",
+                    retry_after_s=max(1, retry),
+                )
+            self.waiting.append(seq)
+            self._wake.notify()
+        return seq
+
+    def cancel(self, seq: Sequence) -> None:
+        """The client left: the sequence leaves the batch before the next decode step."""
+        seq.cancelled = True
+        with self._wake:
+            self._wake.notify()
+
+    def stats(self) -> dict[str, int]:
+        """The batch as the model thread left it after its last step (one consistent snapshot)."""
+        return {**self._stats, "waiting": len(self.waiting)}
+
+    def call(self, fn: Callable, *args):
+        """Run `fn(*args)` on the model thread between steps and return its result (benchmarks use it: torch work
+        must stay on that one thread, see `_main`)."""
+        future: Future = Future()
+        with self._wake:
+            self._calls.append((lambda: fn(*args), future))
+            self._wake.notify()
+        return future.result()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+
+    # --- the model thread --------------------------------------------------------------------------------------
+    def _main(self, load: Callable[[], LoadedModel]) -> None:
+        # Every torch op of the process runs on this thread, loading included. On the CPU, OpenMP gives each thread
+        # that runs parallel ops its own team of workers; a second team (the main thread's) over-subscribes the
+        # cores, and libgomp then stops spinning between ops: decoding here measured 40% slower.
+        try:
+            loaded = load()
+            self._setup(loaded)
+        except BaseException as err:  # noqa: BLE001 - handed to the thread that waits for the model
+            self._ready.set_exception(err)
+            return
+        self._ready.set_result(loaded)
+        self._loop()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not (self.waiting or self.prefilling or self.batch or self._calls):
+                    self._wake.wait()
+                if self._closed:
+                    break
+                self._admit()
+                calls, self._calls = list(self._calls), deque()
+            for fn, future in calls:
+                try:
+                    future.set_result(fn())
+                except Exception as err:  # noqa: BLE001 - the caller gets it
+                    future.set_exception(err)
+            with torch.inference_mode():
+                self._drop_abandoned()
+                self._guarded(self._prefill_step)
+                self._guarded(self._decode_step)
+            self._snapshot()
+        for seq in [*self.waiting, *self.prefilling, *(self.batch.rows if self.batch else [])]:
+            _finish(seq, RuntimeError("server shutting down"))
+
+    def _guarded(self, step) -> None:
+        """Run a step; if the model fails (out of memory...), fail the sequences in flight and go on serving."""
+        try:
+            step()
+        except Exception as err:  # noqa: BLE001 - one failed step must not stop the model thread
+            LOG.exception("Model step failed; failing the %d requests in flight", self._active())
+            for seq in [*self.prefilling, *(self.batch.rows if self.batch else [])]:
+                _finish(seq, err)
+            self.prefilling, self.batch = [], None
+
+    def _admit(self) -> None:
+        while self.waiting and self._active() < self.max_batch_size:
+            seq = self.waiting[0]
+            if not self._fits(seq):
+                return  # its worst-case KV cache waits for running rows to finish
+            self.prefilling.append(self.waiting.popleft())
+
+    def _active(self) -> int:
+        return len(self.prefilling) + (len(self.batch.rows) if self.batch else 0)
+
+    def _fits(self, seq: Sequence) -> bool:
+        # Left padding makes the cache rows x the longest row's width; every row may still grow to its final length.
+        rows = [*self.prefilling, *(self.batch.rows if self.batch else []), seq]
+        width = max(s.final_length for s in rows) + SPARE_TOKENS
+        return len(rows) * width * self.bytes_per_token <= self.kv_budget
+
+    def _drop_abandoned(self) -> None:
+        now = time.monotonic()
+
+        def gone(seq: Sequence) -> bool:
+            if seq.cancelled:
+                _finish(seq, ClientGone("client disconnected"))
+            elif seq.deadline is not None and now > seq.deadline:
+                _finish(seq, RequestTimeout(f"request took over {self.settings.request_timeout_s:g} s"))
+            return seq.future.done()
+
+        with self._wake:
+            self.waiting = deque(seq for seq in self.waiting if not gone(seq))
+        self.prefilling = [seq for seq in self.prefilling if not gone(seq)]
+        if self.batch:
+            self._retire([i for i, seq in enumerate(self.batch.rows) if not gone(seq)])
+
+    # --- prefill -----------------------------------------------------------------------------------------------
+    def _prefill_step(self) -> None:
+        if not self.prefilling:
+            return
+        chunk = self.settings.prefill_chunk_tokens
+        first = self.prefilling[0]
+        if first.prefilled or len(first.ids) > chunk:
+            self._prefill_chunk(first, chunk)
+            return
+        group, width = [], 0
+        for seq in self.prefilling:
+            if seq.prefilled or len(seq.ids) > chunk or (len(group) + 1) * max(width, len(seq.ids)) > chunk:
+                break
+            group.append(seq)
+            width = max(width, len(seq.ids))
+        self._prefill_group(group, width)
+
+    def _prefill_chunk(self, seq: Sequence, chunk: int) -> None:
+        """The next `chunk` tokens of one long prompt, on its own cache."""
+        start, end = seq.prefilled, min(len(seq.ids), seq.prefilled + chunk)
+        ids = torch.tensor([seq.ids[start:end]], device=self.device)
+        positions = torch.arange(start, end, device=self.device)[None]
+        out = self._forward(
+            ids, seq.cache or new_cache(self.model), positions=positions, keep_all=seq.request.echo_prompt
+        )
+        seq.cache, seq.prefilled = out.cache, end
+        if seq.request.echo_prompt:
+            self._score_prompt(seq, out.logits[0], first_position=start)
+        if end == len(seq.ids):
+            mask = torch.ones(1, end, dtype=torch.long, device=self.device)
+            self._start_decoding([seq], out.cache, mask, out.logits[:, -1])
+            self.prefilling.remove(seq)
+
+    def _prefill_group(self, group: list[Sequence], width: int) -> None:
+        """Whole prompts in one pass, left-padded to the longest."""
+        ids = torch.full((len(group), width), self.pad_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(group), width), dtype=torch.long, device=self.device)
+        for row, seq in enumerate(group):
+            ids[row, width - len(seq.ids) :] = torch.tensor(seq.ids, device=self.device)
+            mask[row, width - len(seq.ids) :] = 1
+            seq.prefilled = len(seq.ids)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        keep_all = any(seq.request.echo_prompt for seq in group)
+        out = self._forward(ids, new_cache(self.model), mask=mask, positions=positions, keep_all=keep_all)
+        for row, seq in enumerate(group):
+            if seq.request.echo_prompt:
+                self._score_prompt(seq, out.logits[row, width - len(seq.ids) :], first_position=0)
+        self._start_decoding(group, out.cache, mask, out.logits[:, -1])
+        self.prefilling = [seq for seq in self.prefilling if seq not in group]
+
+    def _score_prompt(self, seq: Sequence, logits: torch.Tensor, first_position: int) -> None:
+        """Prompt logprobs from the logits at positions first_position..; position p predicts token p + 1."""
+        if first_position == 0 and seq.added == 0:  # the first token has nothing to condition on: 0.0
+            seq.prompt.add(seq.ids[0], 0.0, [], [])
+        count = min(logits.shape[0], len(seq.ids) - 1 - first_position)  # the last logits predict the completion
+        targets = seq.ids[first_position + 1 : first_position + 1 + count]
+        logits = logits[:count].float()
+        logprobs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+        chosen = logprobs[torch.arange(count), torch.tensor(targets, device=logits.device)].tolist()
+        top_ids, top_values = _top(logprobs, seq.request.top_k_per_token)
+        for offset, token in enumerate(targets):
+            if first_position + 1 + offset >= seq.added:
+                seq.prompt.add(token, chosen[offset], top_ids[offset], top_values[offset])
+
+    def _start_decoding(self, group: list[Sequence], cache, mask: torch.Tensor, last_logits: torch.Tensor) -> None:
+        """Choose each prefilled sequence's first token; the ones that go on join the running batch."""
+        decoding = [i for i, seq in enumerate(group) if seq.max_new > 0]
+        for seq in group:
+            if seq.max_new == 0:
+                _finish(seq)
+        if not decoding:
+            return
+        for i in decoding:
+            group[i].decoder = IncrementalDecoder(self.tokenizer, group[i].ids)
+            group[i].generator = _generator(group[i].request, self.device)
+        rows = PaddedRows(
+            rows=group,
+            cache=cache,
+            mask=mask,
+            lengths=mask.sum(-1),
+            next_tokens=torch.zeros(len(group), dtype=torch.long, device=self.device),
+        )
+        rows.keep(decoding)
+        rows.next_tokens, going_on = self._choose(rows.rows, last_logits[decoding])
+        if not going_on:
+            return
+        rows.keep(going_on)
+        if self.batch is None:
+            self.batch = rows
+        else:
+            self.batch.merge(rows)
+
+    # --- decode ------------------------------------------------------------------------------------------------
+    def _decode_step(self) -> None:
+        batch = self.batch
+        if batch is None:
+            return
+        mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=1)
+        out = self._forward(
+            batch.next_tokens[:, None], batch.cache, mask=mask, positions=batch.lengths[:, None], keep_all=False
+        )
+        batch.cache, batch.mask, batch.lengths = out.cache, mask, batch.lengths + 1
+        tokens, going_on = self._choose(batch.rows, out.logits[:, -1])
+        batch.next_tokens = tokens
+        self._retire(going_on)
+
+    def _retire(self, going_on: list[int]) -> None:
+        if not going_on:
+            self.batch = None
+        else:
+            self.batch.keep(going_on)
+
+    def _choose(self, rows: list[Sequence], logits: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """Each row's next token from its raw logits; records it; returns the tokens and the rows that go on."""
+        logits = logits.float()
+        logprobs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+        chosen = logits.argmax(dim=-1)
+        for row, seq in enumerate(rows):
+            if seq.generator is not None:
+                chosen[row] = sample_token(logits[row], seq.request, seq.generator)
+        chosen_logprobs = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
+        top_ids, top_values = _top(logprobs, max(seq.request.top_k_per_token for seq in rows))
+        going_on = []
+        for row, (seq, token) in enumerate(zip(rows, chosen.tolist(), strict=True)):
+            k = seq.request.top_k_per_token
+            if self._record(seq, token, chosen_logprobs[row], top_ids[row][:k], top_values[row][:k]):
+                going_on.append(row)
+            else:
+                _finish(seq)
+                self._seconds_per_request += 0.1 * (time.monotonic() - seq.submitted - self._seconds_per_request)
+        return chosen, going_on
+
+    def _record(self, seq: Sequence, token: int, logprob: float, top_ids: list[int], top_values: list[float]) -> bool:
+        """Add a chosen token to the completion; False when the sequence is finished."""
+        if token in self.eos_ids:
+            return self._end(seq)
+        seq.completion.add(token, logprob, top_ids, top_values)
+        seq.pieces.append(seq.decoder.push(token))
+        stops = [s for s in seq.request.stop_sequences if s]
+        end = stop_index("".join(seq.pieces), stops, self.settings.stop_at_newline)
+        if end is not None:
+            seq.pieces = cut_pieces(seq.pieces, end)
+            seq.completion.truncate(len(seq.pieces))
+            return False
+        if len(seq.completion.ids) >= seq.max_new:
+            return self._end(seq)
+        return True
+
+    @staticmethod
+    def _end(seq: Sequence) -> bool:
+        if seq.pieces:  # a character still incomplete when generation ended
+            seq.pieces[-1] += seq.decoder.flush()
+        return False
+
+    def _forward(self, ids, cache, *, mask=None, positions=None, keep_all: bool = False):
+        return self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=0 if keep_all else 1,
+        )
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    """Every token that ends a completion: the generation config's (one or a list) and the tokenizer's."""
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(configured if isinstance(configured, list) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    return {i for i in ids if i is not None}
+
+
+def _top(logprobs: torch.Tensor, k: int) -> tuple[list[list[int]], list[list[float]]]:
+    """The k likeliest token ids of each row, and their logprobs."""
+    if k == 0:
+        return [[] for _ in range(len(logprobs))], [[] for _ in range(len(logprobs))]
+    values, ids = torch.topk(logprobs, k)
+    return ids.tolist(), values.tolist()
+
+
+def _finish(seq: Sequence, error: BaseException | None = None) -> None:
+    if seq.future.done():
+        return
+    if error is None:
+        seq.future.set_result(seq)
+    else:
+        seq.future.set_exception(error)
+
+
+def _generator(request: ProcessRequest, device: torch.device) -> torch.Generator | None:
+    if request.greedy:
+        return None
+    generator = torch.Generator(device=device)
+    if request.seed is not None:
+        generator.manual_seed(request.seed)
+    else:
+        generator.seed()
+    return generator
+
+
+def sample_token(logits: torch.Tensor, request: ProcessRequest, generator: torch.Generator) -> int:
+    """One token from temperature-scaled logits, after top-k and nucleus (top-p) filtering."""
+    scaled = logits / request.temperature
+    if request.top_k:
+        kth = torch.topk(scaled, min(request.top_k, scaled.numel())).values[-1]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if request.top_p < 1.0:
+        sorted_logits, order = torch.sort(scaled, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the tokens before it already cover top_p; the most likely one always stays.
+        drop = (torch.cumsum(probs, dim=-1) - probs) >= request.top_p
+        scaled = scaled.scatter(0, order[drop], float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _free_memory(device: torch.device) -> int:
+    """The default KV budget: what is free once the weights are loaded, with room left for activations."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.9)
+    return int(psutil.virtual_memory().available * 0.5)

@@ -1,0 +1,195 @@
+"""Continuous batching over real HTTP: concurrent clients get what they get one by one, a disconnect frees its row,
+a full queue answers 503, and generation, scoring and tokenizing run in one batch together."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import socket
+import time
+
+import httpx
+import pytest
+import torch
+
+from llmkit.server.protocol import ProcessResponse, helm_body
+
+NEVER = ["<<no such text>>"]
+COUNTING = ", ".join(str(i) for i in range(1, 30)) + ","  # counting on: no early EOS, no newline
+PROMPTS = [
+    "The capital of France is ",
+    "List three colors:\n1.",
+    "Question: What is 2+2?\nAnswer:",
+    "def add(a, b):\n",
+    "The following are multiple choice questions about physics.\n\nQuestion: What is the unit of force?\n"
+    "A. Joule\nB. Newton\nC. Watt\nD. Pascal\nAnswer:",
+    COUNTING,
+]
+
+
+def mixed_bodies(count: int) -> list[dict]:
+    """HELM-shaped requests of different prompt lengths and kinds: greedy, echoed, scoring-only, seeded sampling."""
+    bodies = []
+    for i in range(count):
+        prompt = PROMPTS[i % len(PROMPTS)]
+        kind = i % 4
+        if kind == 0:
+            bodies.append(helm_body(prompt, max_new_tokens=12, stop_sequences=NEVER, top_k_per_token=5))
+        elif kind == 1:
+            bodies.append(helm_body(prompt, max_new_tokens=8, echo_prompt=True, top_k_per_token=3))
+        elif kind == 2:
+            bodies.append(helm_body(prompt, max_new_tokens=0, echo_prompt=True, top_k_per_token=1))
+        else:
+            bodies.append(helm_body(prompt, max_new_tokens=10, temperature=0.8, seed=i, stop_sequences=NEVER))
+    return bodies
+
+
+def post(client: httpx.Client, body: dict) -> ProcessResponse:
+    response = client.post("/process", json=body)
+    assert response.status_code == 200, response.text
+    return ProcessResponse.model_validate_json(response.text)
+
+
+def assert_same(one: ProcessResponse, other: ProcessResponse) -> None:
+    """Same text and token texts; every logprob and top-k alternative within 1e-4 (float32 on the CPU)."""
+    assert other.text == one.text
+    assert [t.text for t in other.tokens] == [t.text for t in one.tokens]
+    for a, b in zip(one.tokens, other.tokens, strict=True):
+        assert b.logprob == pytest.approx(a.logprob, abs=1e-4)
+        assert set(b.top_logprob) == set(a.top_logprob)
+        for text, value in a.top_logprob.items():
+            assert b.top_logprob[text] == pytest.approx(value, abs=1e-4)
+    assert other.logprob == pytest.approx(one.logprob, abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def batching(start_server):
+    """Short prompts prefill together; prompts over 64 tokens prefill in 64-token chunks between decode steps."""
+    return start_server("--prefill-chunk-tokens", "64")
+
+
+@pytest.mark.parametrize("clients", [4, 16])
+def test_concurrent_clients_get_what_one_by_one_gets(batching, http, clients):
+    bodies = mixed_bodies(clients)
+    with httpx.Client(base_url=batching.url, timeout=http.timeout) as client:
+        alone = [post(client, body) for body in bodies]
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            together = list(pool.map(lambda body: post(client, body), bodies))
+    for one, other in zip(alone, together, strict=True):
+        assert_same(one, other)
+
+
+def test_requests_share_the_batch(batching, http):
+    """Four long generations in flight are decoded in one batch, and /health says so."""
+    body = helm_body(COUNTING, max_new_tokens=60, stop_sequences=NEVER)
+    seen = 0
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(http.post, f"{batching.url}/process", json=body) for _ in range(4)]
+        while not all(f.done() for f in futures):
+            batch = http.get(f"{batching.url}/health").json()["batch"]
+            seen = max(seen, batch["running"])
+            time.sleep(0.05)
+        assert all(f.result().status_code == 200 for f in futures)
+    assert seen >= 2
+    idle = http.get(f"{batching.url}/health").json()["batch"]
+    assert idle["running"] == idle["waiting"] == idle["prefilling"] == 0 and idle["kv_cache_bytes_used"] == 0
+    assert idle["kv_cache_bytes_budget"] > 0 and idle["max_batch_size"] == 16
+
+
+def test_mixed_generation_scoring_and_tokenizing_in_flight(batching, http):
+    bodies = mixed_bodies(8)
+    texts = [PROMPTS[i % len(PROMPTS)] * (i + 1) for i in range(8)]
+    with httpx.Client(base_url=batching.url, timeout=http.timeout) as client:
+        alone = [post(client, body) for body in bodies]
+        tokens_alone = [client.post("/tokenize", json={"text": t}).json()["tokens"] for t in texts]
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            processed = [pool.submit(post, client, body) for body in bodies]
+            tokenized = [pool.submit(client.post, "/tokenize", json={"text": t}) for t in texts]
+            decoded = [pool.submit(client.post, "/decode", json={"tokens": ids}) for ids in tokens_alone]
+            for one, future in zip(alone, processed, strict=True):
+                assert_same(one, future.result())
+            assert [f.result().json()["tokens"] for f in tokenized] == tokens_alone
+            assert [f.result().json()["text"] for f in decoded] == texts
+
+
+def test_long_prompt_prefilled_in_chunks_scores_like_one_pass(batching, http, reference):
+    """A 300-token prompt goes in five 64-token chunks; its echoed logprobs equal one plain forward pass."""
+    model, tokenizer = reference
+    prompt = PROMPTS[4] * 8
+    ids = tokenizer(prompt).input_ids
+    assert len(ids) > 4 * 64
+    body = helm_body(prompt, max_new_tokens=0, echo_prompt=True, top_k_per_token=2)
+    result = ProcessResponse.model_validate(http.post(f"{batching.url}/process", json=body).json())
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    assert "".join(t.text for t in result.tokens) == prompt and len(result.tokens) == len(ids)
+    for position in range(1, len(ids)):
+        assert result.tokens[position].logprob == pytest.approx(logprobs[position - 1, ids[position]].item(), abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def one_row(start_server):
+    """Batching off, one waiting place: the queue fills after two requests."""
+    return start_server("--max-batch-size", "1", "--max-queue", "1")
+
+
+def wait_for(http: httpx.Client, url: str, check, seconds: float = 60) -> dict:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        batch = http.get(f"{url}/health").json()["batch"]
+        if check(batch):
+            return batch
+        time.sleep(0.05)
+    raise AssertionError(f"/health never showed the expected batch state; last: {batch}")
+
+
+def open_request(url: str, body: dict) -> socket.socket:
+    """Send a /process request on a raw socket and leave it waiting; closing the socket is the client leaving."""
+    host, port = httpx.URL(url).host, httpx.URL(url).port
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection((host, port))
+    head = f"POST /process HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    sock.sendall(f"{head}Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    return sock
+
+
+def test_disconnect_frees_the_row_and_full_queue_answers_503(one_row, http):
+    long = helm_body(COUNTING, max_new_tokens=1000, stop_sequences=NEVER)  # minutes of decoding on this CPU
+    running = open_request(one_row.url, long)
+    wait_for(http, one_row.url, lambda b: b["running"] == 1)
+    waiting = open_request(one_row.url, long)
+    wait_for(http, one_row.url, lambda b: b["waiting"] == 1)
+
+    refused = http.post(f"{one_row.url}/process", json=helm_body("Hi"))
+    assert refused.status_code == 503
+    assert "busy" in refused.json()["detail"] and int(refused.headers["retry-after"]) >= 1
+
+    running.close()  # the running client leaves: its row frees, and the waiting request takes it
+    wait_for(http, one_row.url, lambda b: b["running"] == 1 and b["waiting"] == 0, seconds=30)
+    waiting.close()
+    wait_for(http, one_row.url, lambda b: b["running"] == b["waiting"] == 0, seconds=30)
+    assert post(httpx.Client(base_url=one_row.url, timeout=http.timeout), helm_body("Hi", max_new_tokens=2)).text
+
+
+@pytest.mark.slow
+def test_request_time_limit_gives_504(start_server, http):
+    server = start_server("--request-timeout-s", "2")
+    response = http.post(f"{server.url}/process", json=helm_body(COUNTING, max_new_tokens=1000, stop_sequences=NEVER))
+    assert response.status_code == 504 and "over 2 s" in response.json()["detail"]
+    assert post(httpx.Client(base_url=server.url, timeout=http.timeout), helm_body("Hi", max_new_tokens=2)).text
+
+
+def test_body_over_the_limit_is_413_unread(batching, http):
+    huge = helm_body("word " * 400_000)  # 2 MB, over the 1 MiB default
+    response = http.post(f"{batching.url}/process", json=huge)
+    assert response.status_code == 413 and "--max-body-bytes" in response.json()["detail"]
+
+    def chunked():  # no Content-Length: counted as it arrives
+        yield b'{"prompt": "'
+        for _ in range(300):
+            yield b"word " * 1000
+        yield b'"}'
+
+    response = http.post(f"{batching.url}/tokenize", content=chunked())
+    assert response.status_code == 413
+    assert http.get(f"{batching.url}/health").status_code == 200

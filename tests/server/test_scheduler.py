@@ -1,0 +1,96 @@
+"""The scheduler in-process on tiny random models: batching is exact, a cache that cannot be re-padded falls back
+to one row at a time, and the KV budget bounds the batch."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+
+import pytest
+from transformers import MistralConfig, MistralForCausalLM
+
+from llmkit.server.engine import Engine
+from llmkit.server.protocol import ProcessRequest, helm_body
+from llmkit.server.scheduler import RequestError
+from llmkit.server.settings import ServerSettings
+
+PROMPTS = ["a b c", "The capital of France is", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,", "x" * 40, "Hello"]
+
+
+def requests() -> list[ProcessRequest]:
+    bodies = []
+    for i, prompt in enumerate(PROMPTS * 2):
+        bodies.append(helm_body(prompt, max_new_tokens=6 + i, stop_sequences=["<<never>>"], top_k_per_token=3))
+    bodies[1]["echo_prompt"] = True
+    bodies[2]["max_new_tokens"], bodies[2]["echo_prompt"] = 0, True
+    return [ProcessRequest(**body) for body in bodies]
+
+
+def check_batched_equals_sequential(engine: Engine) -> None:
+    sequential = [engine.process(r) for r in requests()]
+    with concurrent.futures.ThreadPoolExecutor(len(sequential)) as pool:
+        batched = list(pool.map(engine.process, requests()))
+    for one, other in zip(sequential, batched, strict=True):
+        assert other.text == one.text and [t.text for t in other.tokens] == [t.text for t in one.tokens]
+        for a, b in zip(one.tokens, other.tokens, strict=True):
+            assert b.logprob == pytest.approx(a.logprob, abs=1e-4)
+            assert b.top_logprob.keys() == a.top_logprob.keys()
+
+
+@pytest.fixture
+def engine_for():
+    engines = []
+
+    def make(model_dir, **settings) -> Engine:
+        engine = Engine.load(ServerSettings(model=str(model_dir), stop_at_newline=False, **settings))
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.close()
+
+
+def test_tiny_llama_batches_exactly(engine_for, tiny_model_dir):
+    engine = engine_for(tiny_model_dir, prefill_chunk_tokens=16)  # the 40-x prompt goes in chunks
+    assert engine.scheduler.max_batch_size == 16
+    check_batched_equals_sequential(engine)
+
+
+@pytest.fixture(scope="module")
+def tiny_sliding_window_model(make_tiny_model):
+    """A random Mistral with a sliding window: its cache layers cannot be re-padded."""
+    return make_tiny_model(MistralConfig, MistralForCausalLM, sliding_window=32)
+
+
+def test_sliding_window_cache_is_served_one_row_at_a_time(engine_for, tiny_sliding_window_model, caplog):
+    engine = engine_for(tiny_sliding_window_model)
+    assert engine.scheduler.max_batch_size == 1
+    assert "cannot be re-padded" in caplog.text
+    check_batched_equals_sequential(engine)
+
+
+def test_kv_budget_bounds_the_batch(engine_for, tiny_model_dir):
+    per_token = engine_for(tiny_model_dir).scheduler.bytes_per_token
+    # Each of these requests needs under 200 tokens of cache (prompt, completion, 128 spare); two need over 250.
+    engine = engine_for(tiny_model_dir, kv_cache_bytes=250 * per_token)
+    seen, done = [], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            stats = engine.scheduler.stats()
+            seen.append(stats["running"] + stats["prefilling"])
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        check_batched_equals_sequential(engine)
+    finally:
+        done.set()
+        watcher.join()
+    assert max(seen) == 1
+    too_big = ProcessRequest(**helm_body("hi " * 1500, max_new_tokens=1000))
+    with pytest.raises(RequestError, match="KV cache"):
+        engine.submit(too_big)
