@@ -12,9 +12,12 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
+from urllib.parse import quote
 
 import uvicorn
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -35,9 +38,12 @@ from llmkit.server.scheduler import ClientGone, QueueFull, RequestError, Request
 from llmkit.server.settings import ServerSettings
 
 LOG = logging.getLogger(__name__)
+IGNORED_HEADER_CHARS = 1024  # HELM's client (http.client) cannot read a header line over 64 KB
 ERRORS = {
+    400: {"model": ErrorResponse, "description": "The request body is not UTF-8."},
     413: {"model": ErrorResponse, "description": "The request body is over the server's --max-body-bytes."},
     422: {"model": ErrorResponse, "description": "The request is malformed or cannot be served as asked."},
+    500: {"model": ErrorResponse, "description": "A bug in the server; the connection is closed after it."},
 }
 PROCESS_ERRORS = {
     **ERRORS,
@@ -54,9 +60,25 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
 def _note_ignored(body: WireModel, response: Response) -> None:
-    if body.ignored_fields:
-        LOG.warning("Ignoring unknown request fields: %s", ", ".join(body.ignored_fields))
-        response.headers["X-Ignored-Fields"] = ",".join(body.ignored_fields)
+    """Log unknown fields (repr-escaped) and list them in a header, percent-encoded and cut to a safe length."""
+    names = body.ignored_fields
+    if not names:
+        return
+    LOG.warning("Ignoring %d unknown request field(s): %s", len(names), ", ".join(repr(n[:100]) for n in names[:20]))
+    listed, shown = "", 0
+    for name in names:
+        encoded = quote(name, safe="")
+        if len(listed) + len(encoded) + 1 > IGNORED_HEADER_CHARS:
+            continue  # counted below; a shorter name may still fit
+        listed, shown = f"{listed},{encoded}" if listed else encoded, shown + 1
+    if shown < len(names):
+        listed += f"{',' if listed else ''}...{len(names) - shown}%20more"
+    response.headers["X-Ignored-Fields"] = listed
+
+
+def _validation_errors(err: RequestValidationError) -> list[dict]:
+    """What was wrong, field by field, without echoing the input (a NaN or a huge value cannot go back as JSON)."""
+    return [{"loc": [str(part) for part in e["loc"]], "msg": e["msg"], "type": e["type"]} for e in err.errors()]
 
 
 class AssumeJSONMiddleware:
@@ -94,6 +116,11 @@ class BodyLimitMiddleware:
                 return await self._too_large(scope, receive, send)
             if message["type"] != "http.request" or not message.get("more_body"):
                 break
+        try:
+            b"".join(m.get("body", b"") for m in messages).decode("utf-8")
+        except UnicodeDecodeError as err:
+            detail = f"request body is not UTF-8: byte {err.start} cannot be decoded"
+            return await JSONResponse(status_code=400, content={"detail": detail})(scope, receive, send)
         replay = iter(messages)
 
         async def replay_then_receive():
@@ -139,6 +166,17 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     app = FastAPI(title="HELM model server", version="1", lifespan=lifespan)
     app.add_middleware(AssumeJSONMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, err: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": _validation_errors(err)})
+
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, err: Exception) -> JSONResponse:
+        LOG.error("Unexpected error", exc_info=err)
+        # The keep-alive connection is closed after a 500; say so, so that the client opens a new one.
+        headers = {"Connection": "close"}
+        return JSONResponse(status_code=500, content={"detail": "internal server error"}, headers=headers)
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, err: RequestError) -> JSONResponse:
@@ -198,6 +236,17 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
             memory=engine.memory(),
             batch=BatchStats(**engine.scheduler.stats()),
         )
+
+    def openapi() -> dict:
+        """The generated schema, with the limits this server's settings put on the wire fields."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            fields = schema["components"]["schemas"]["ProcessRequest"]["properties"]
+            fields["max_new_tokens"]["maximum"] = settings.max_new_tokens_limit
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:

@@ -3,22 +3,40 @@
 The consumer defines the fields: crfm-helm 0.5.x `helm/clients/http_model_client.py` (/process) and
 `helm/tokenizers/http_model_tokenizer.py` (/tokenize, /decode). Torch-free, so tests and clients import it cheaply.
 
-Unknown fields are accepted, logged and listed in the `X-Ignored-Fields` response header rather than refused:
-a newer HELM that adds a field must not abort a whole evaluation run. Types are strict (a string where a number
-belongs is a 422), because a silently coerced request would be scored as if it were something else.
+Unknown fields are accepted, logged and listed in the `X-Ignored-Fields` response header (percent-encoded, never
+raw client text) rather than refused: a newer HELM that adds a field must not abort a whole evaluation run. Types
+are strict (a string where a number belongs is a 422), because a silently coerced request would be scored as if it
+were something else; floats must be finite, and text must be valid Unicode (no unpaired surrogates).
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from llmkit.core.challenge import CONTEXT_TOKENS
 
 GREEDY_TEMPERATURE = 1e-5  # HELM sends 1e-7 when a task asks for temperature 0
 
 
+SEED_RANGE = {"ge": -(2**63), "le": 2**64 - 1}  # what torch.Generator.manual_seed takes
+
+
+def _valid_unicode(text: str) -> str:
+    """JSON can carry lone UTF-16 surrogates ("\\ud800"); no tokenizer can encode them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"text is not valid Unicode: unpaired surrogate at character {err.start}") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+
+
 class WireModel(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     @property
     def ignored_fields(self) -> list[str]:
@@ -29,18 +47,18 @@ class ProcessRequest(WireModel):
     """POST /process. Defaults serve the challenge harness's probe, which sends only `prompt`."""
 
     # The fields HELM sends, every time (http_model_client.py):
-    prompt: str
+    prompt: Text = Field(min_length=1)
     temperature: float = Field(0.0, ge=0.0, le=100.0, description="<= 1e-5 means greedy.")
     num_return_sequences: int = Field(1, ge=1, le=16, description="HELM reads one completion; one is returned.")
     max_new_tokens: int = Field(50, ge=0, description="0 with echo_prompt scores the prompt alone.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     echo_prompt: bool = Field(False, description="Return the prompt's tokens and logprobs before the completion.")
     top_k_per_token: int = Field(1, ge=0, le=100, description="How many alternatives `top_logprob` lists.")
-    stop_sequences: list[str] = Field(default_factory=list)
+    stop_sequences: list[Text] = Field(default_factory=list, max_length=100, description="Each is checked per token.")
     # Fields of the challenge's 2023 sample servers, kept so older clients still work:
     num_samples: int | None = Field(None, ge=1, le=16, description="Old name of num_return_sequences.")
     top_k: int | None = Field(None, ge=0, description="Sampling: keep the k most likely tokens (0/None: all).")
-    seed: int | None = Field(None, description="Makes sampling reproducible.")
+    seed: int | None = Field(None, **SEED_RANGE, description="Makes sampling reproducible.")
 
     @property
     def greedy(self) -> bool:
@@ -61,7 +79,7 @@ class ProcessResponse(WireModel):
 
 
 class TokenizeRequest(WireModel):
-    text: str
+    text: Text
     truncation: bool = False
     max_length: int = Field(CONTEXT_TOKENS, ge=1)
 
@@ -72,7 +90,7 @@ class TokenizeResponse(WireModel):
 
 
 class DecodeRequest(WireModel):
-    tokens: list[int]
+    tokens: list[Annotated[int, Field(ge=0, lt=2**63)]]
 
 
 class DecodeResponse(WireModel):

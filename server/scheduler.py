@@ -332,6 +332,8 @@ class Scheduler:
         if first_position == 0 and seq.added == 0:  # the first token has nothing to condition on: 0.0
             seq.prompt.add(seq.ids[0], 0.0, [], [])
         count = min(logits.shape[0], len(seq.ids) - 1 - first_position)  # the last logits predict the completion
+        if count <= 0:  # a one-token prompt: nothing in it is predicted
+            return
         targets = seq.ids[first_position + 1 : first_position + 1 + count]
         logits = logits[:count].float()
         logprobs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
@@ -489,6 +491,7 @@ def sample_token(logits: torch.Tensor, request: ProcessRequest, generator: torch
         probs = torch.softmax(sorted_logits, dim=-1)
         # Drop a token when the tokens before it already cover top_p; the most likely one always stays.
         drop = (torch.cumsum(probs, dim=-1) - probs) >= request.top_p
+        drop[0] = False  # a top_p that rounds to 0 in float32 would drop it too, leaving nothing to sample
         scaled = scaled.scatter(0, order[drop], float("-inf"))
     probs = torch.softmax(scaled, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))

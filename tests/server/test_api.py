@@ -191,7 +191,7 @@ BAD_BODIES = {
     "wrong type": ('{"prompt": 5}', "prompt"),
     "negative max_new_tokens": ('{"prompt": "x", "max_new_tokens": -3}', "max_new_tokens"),
     "absurd max_new_tokens": ('{"prompt": "x", "max_new_tokens": 100000000}', "max_new_tokens"),
-    "empty prompt": ('{"prompt": ""}', "prompt is empty"),
+    "empty prompt": ('{"prompt": ""}', "at least 1 character"),
     "missing prompt": ('{"max_new_tokens": 3}', "prompt"),
     "not an object": ("[1, 2]", "object"),
 }
