@@ -243,6 +243,9 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
             fields = schema["components"]["schemas"]["ProcessRequest"]["properties"]
             fields["max_new_tokens"]["maximum"] = settings.max_new_tokens_limit
+            token_ids = schema["components"]["schemas"]["DecodeRequest"]["properties"]["tokens"]["items"]
+            token_ids["maximum"] = len(app.state.engine.tokenizer) - 1
+            token_ids.pop("exclusiveMaximum", None)
             app.openapi_schema = schema
         return app.openapi_schema
 

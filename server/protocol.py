@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from llmkit.core.challenge import CONTEXT_TOKENS
 
@@ -35,6 +35,20 @@ def _valid_unicode(text: str) -> str:
 Text = Annotated[str, AfterValidator(_valid_unicode)]
 
 
+def _integral(value: object) -> object:
+    """JSON Schema counts 1.0 as an integer, so the server does too; 1.5, NaN, "1" and true stay refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[int, BeforeValidator(_integral)]
+
+
+def integer(**limits):
+    """An Integer with limits, for list items and optional fields (there the limits must sit inside the type to
+    reach the OpenAPI schema as minimum/maximum)."""
+    return Annotated[int, Field(**limits), BeforeValidator(_integral)]
+
+
 class WireModel(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
@@ -49,16 +63,16 @@ class ProcessRequest(WireModel):
     # The fields HELM sends, every time (http_model_client.py):
     prompt: Text = Field(min_length=1)
     temperature: float = Field(0.0, ge=0.0, le=100.0, description="<= 1e-5 means greedy.")
-    num_return_sequences: int = Field(1, ge=1, le=16, description="HELM reads one completion; one is returned.")
-    max_new_tokens: int = Field(50, ge=0, description="0 with echo_prompt scores the prompt alone.")
+    num_return_sequences: Integer = Field(1, ge=1, le=16, description="HELM reads one completion; one is returned.")
+    max_new_tokens: Integer = Field(50, ge=0, description="0 with echo_prompt scores the prompt alone.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     echo_prompt: bool = Field(False, description="Return the prompt's tokens and logprobs before the completion.")
-    top_k_per_token: int = Field(1, ge=0, le=100, description="How many alternatives `top_logprob` lists.")
+    top_k_per_token: Integer = Field(1, ge=0, le=100, description="How many alternatives `top_logprob` lists.")
     stop_sequences: list[Text] = Field(default_factory=list, max_length=100, description="Each is checked per token.")
     # Fields of the challenge's 2023 sample servers, kept so older clients still work:
-    num_samples: int | None = Field(None, ge=1, le=16, description="Old name of num_return_sequences.")
-    top_k: int | None = Field(None, ge=0, description="Sampling: keep the k most likely tokens (0/None: all).")
-    seed: int | None = Field(None, **SEED_RANGE, description="Makes sampling reproducible.")
+    num_samples: integer(ge=1, le=16) | None = Field(None, description="Old name of num_return_sequences.")
+    top_k: integer(ge=0) | None = Field(None, description="Sampling: keep the k most likely tokens (0/None: all).")
+    seed: integer(**SEED_RANGE) | None = Field(None, description="Makes sampling reproducible.")
 
     @property
     def greedy(self) -> bool:
@@ -81,7 +95,7 @@ class ProcessResponse(WireModel):
 class TokenizeRequest(WireModel):
     text: Text
     truncation: bool = False
-    max_length: int = Field(CONTEXT_TOKENS, ge=1)
+    max_length: Integer = Field(CONTEXT_TOKENS, ge=1)
 
 
 class TokenizeResponse(WireModel):
@@ -90,7 +104,7 @@ class TokenizeResponse(WireModel):
 
 
 class DecodeRequest(WireModel):
-    tokens: list[Annotated[int, Field(ge=0, lt=2**63)]]
+    tokens: list[integer(ge=0, lt=2**63)]
 
 
 class DecodeResponse(WireModel):
