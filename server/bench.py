@@ -71,19 +71,26 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _transformers_baseline(engine: Engine, request: ProcessRequest) -> None:
-    ids = torch.tensor([engine.encode(request.prompt, special=True)], device=engine.device)
+def _generate_with_scores(engine: Engine, inputs: dict, max_new_tokens: int, top_k: int) -> int:
+    """transformers' generate with each step's scores turned into logprobs and top-k, as the server computes them;
+    returns how many positions it generated."""
     with torch.inference_mode():
         out = engine.model.generate(
-            ids,
-            max_new_tokens=request.max_new_tokens,
+            **inputs,
+            max_new_tokens=max_new_tokens,
             do_sample=False,
             output_scores=True,
             return_dict_in_generate=True,
             pad_token_id=engine.tokenizer.eos_token_id,
         )
         for scores in out.scores:
-            torch.topk(torch.log_softmax(scores[0].float(), dim=-1), max(request.top_k_per_token, 1))
+            torch.topk(torch.log_softmax(scores.float(), dim=-1), max(top_k, 1))
+    return len(out.scores)
+
+
+def _transformers_baseline(engine: Engine, request: ProcessRequest) -> None:
+    ids = torch.tensor([engine.encode(request.prompt, special=True)], device=engine.device)
+    _generate_with_scores(engine, {"input_ids": ids}, request.max_new_tokens, request.top_k_per_token)
 
 
 def _read_bandwidth(megabytes: int = 1024) -> float:
@@ -115,27 +122,17 @@ def _http_tokens_per_s(url: str, clients: int, prompts: list[str]) -> float:
 
 
 def _generate_tokens_per_s(engine: Engine, prompts: list[str], batch_size: int) -> float:
-    """transformers' batched generate (left-padded, with scores and top-k as the server computes them), over
-    `prompts` in batches of `batch_size`, on the engine's model thread."""
-    tokenizer = engine.tokenizer
-    tokenizer.padding_side = "left"
+    """transformers' batched generate (left-padded) over `prompts` in batches of `batch_size`, on the engine's
+    model thread."""
     tokens, seconds = 0, 0.0
     for first in range(0, len(prompts), batch_size):
-        batch = tokenizer(prompts[first : first + batch_size], return_tensors="pt", padding=True).to(engine.device)
-        with torch.inference_mode():
-            start = time.perf_counter()
-            out = engine.model.generate(
-                **batch,
-                max_new_tokens=GENERATED,
-                do_sample=False,
-                output_scores=True,
-                return_dict_in_generate=True,
-                pad_token_id=tokenizer.eos_token_id,
-            )
-            for scores in out.scores:
-                torch.topk(torch.log_softmax(scores.float(), dim=-1), 1)
-            seconds += time.perf_counter() - start
-        tokens += batch.input_ids.shape[0] * len(out.scores)
+        batch = engine.tokenizer(
+            prompts[first : first + batch_size], return_tensors="pt", padding=True, padding_side="left"
+        ).to(engine.device)
+        start = time.perf_counter()
+        positions = _generate_with_scores(engine, dict(batch), GENERATED, top_k=1)
+        seconds += time.perf_counter() - start
+        tokens += batch.input_ids.shape[0] * positions
     return tokens / seconds
 
 

@@ -232,7 +232,7 @@ class Scheduler:
                 self._guarded(self._prefill_step)
                 self._guarded(self._decode_step)
             self._snapshot()
-        for seq in [*self.waiting, *self.prefilling, *(self.batch.rows if self.batch else [])]:
+        for seq in [*self.waiting, *self._in_flight()]:
             _finish(seq, RuntimeError("server shutting down"))
 
     def _guarded(self, step) -> None:
@@ -240,24 +240,26 @@ class Scheduler:
         try:
             step()
         except Exception as err:  # noqa: BLE001 - one failed step must not stop the model thread
-            LOG.exception("Model step failed; failing the %d requests in flight", self._active())
-            for seq in [*self.prefilling, *(self.batch.rows if self.batch else [])]:
+            in_flight = self._in_flight()
+            LOG.exception("Model step failed; failing the %d requests in flight", len(in_flight))
+            for seq in in_flight:
                 _finish(seq, err)
             self.prefilling, self.batch = [], None
 
     def _admit(self) -> None:
-        while self.waiting and self._active() < self.max_batch_size:
+        while self.waiting and len(self._in_flight()) < self.max_batch_size:
             seq = self.waiting[0]
             if not self._fits(seq):
                 return  # its worst-case KV cache waits for running rows to finish
             self.prefilling.append(self.waiting.popleft())
 
-    def _active(self) -> int:
-        return len(self.prefilling) + (len(self.batch.rows) if self.batch else 0)
+    def _in_flight(self) -> list[Sequence]:
+        """The admitted sequences: those being prefilled and the running batch's rows."""
+        return [*self.prefilling, *(self.batch.rows if self.batch else [])]
 
     def _fits(self, seq: Sequence) -> bool:
         # Left padding makes the cache rows x the longest row's width; every row may still grow to its final length.
-        rows = [*self.prefilling, *(self.batch.rows if self.batch else []), seq]
+        rows = [*self._in_flight(), seq]
         width = max(s.final_length for s in rows) + SPARE_TOKENS
         return len(rows) * width * self.bytes_per_token <= self.kv_budget
 
@@ -299,14 +301,14 @@ class Scheduler:
         start, end = seq.prefilled, min(len(seq.ids), seq.prefilled + chunk)
         ids = torch.tensor([seq.ids[start:end]], device=self.device)
         positions = torch.arange(start, end, device=self.device)[None]
-        out = self._forward(
-            ids, seq.cache or new_cache(self.model), positions=positions, keep_all=seq.request.echo_prompt
-        )
+        cache = seq.cache if seq.cache is not None else new_cache(self.model)
+        out = self._forward(ids, cache, positions=positions, keep_all=seq.request.echo_prompt)
         seq.cache, seq.prefilled = out.cache, end
         if seq.request.echo_prompt:
             self._score_prompt(seq, out.logits[0], first_position=start)
         if end == len(seq.ids):
             mask = torch.ones(1, end, dtype=torch.long, device=self.device)
+            seq.cache = None  # the batch holds it now (or its rows, copied): do not keep it alive twice
             self._start_decoding([seq], out.cache, mask, out.logits[:, -1])
             self.prefilling.remove(seq)
 
@@ -335,9 +337,8 @@ class Scheduler:
         if count <= 0:  # a one-token prompt: nothing in it is predicted
             return
         targets = seq.ids[first_position + 1 : first_position + 1 + count]
-        logits = logits[:count].float()
-        logprobs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
-        chosen = logprobs[torch.arange(count), torch.tensor(targets, device=logits.device)].tolist()
+        logprobs = torch.log_softmax(logits[:count].float(), dim=-1)
+        chosen = logprobs[torch.arange(count), torch.tensor(targets, device=logprobs.device)].tolist()
         top_ids, top_values = _top(logprobs, seq.request.top_k_per_token)
         for offset, token in enumerate(targets):
             if first_position + 1 + offset >= seq.added:
@@ -394,7 +395,7 @@ class Scheduler:
     def _choose(self, rows: list[Sequence], logits: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         """Each row's next token from its raw logits; records it; returns the tokens and the rows that go on."""
         logits = logits.float()
-        logprobs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+        logprobs = torch.log_softmax(logits, dim=-1)
         chosen = logits.argmax(dim=-1)
         for row, seq in enumerate(rows):
             if seq.generator is not None:
