@@ -40,7 +40,7 @@ bench: setup
 
 validate: setup
 	@test -n "$(CONFIG)" || { echo "usage: make validate CONFIG=axolotl_configs/<name>.yml" >&2; exit 2; }
-	$(LLMKIT) validate $(CONFIG) $(if $(filter 1 true yes,$(STRICT)),--strict)
+	$(LLMKIT) validate $(CONFIG) $(if $(filter 1 true yes,$(STRICT)),--strict) $(if $(MODEL_CONFIG),--model-config $(MODEL_CONFIG))
 
 # `make train CONFIG=... [NPROC=2] [ARGS="--max-steps 5"]`: NPROC>1 runs one DDP process per GPU through
 # `accelerate launch` (on a machine without CUDA: CPU processes over gloo); rerun the same command to resume.

@@ -79,11 +79,14 @@ def bench(
 def validate(
     config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl-style YAML config."),
     strict: bool = typer.Option(False, "--strict", help="Unknown or unimplemented keys are errors."),
+    model_config: str | None = typer.Option(
+        None, help="The base model's config.json (or a folder holding one), when llmkit cannot find it offline."
+    ),
 ) -> None:
     """Check a config without training; print the plan (targets, parameters, steps, memory per track)."""
     from llmkit.config import validate as run
 
-    raise typer.Exit(run(config, strict=strict))
+    raise typer.Exit(run(config, strict=strict, model_config=model_config))
 
 
 @app.command("config-keys")

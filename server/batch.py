@@ -9,7 +9,9 @@ The layers are `GrowingLayer`s: a `DynamicLayer` concatenates the whole cache wi
 every step, a quarter of a 16-row decode step here); these write into spare capacity instead.
 
 Only caches made of plain `DynamicLayer`s can be re-padded this way; a model whose cache holds other layers
-(sliding windows, recurrent states, quantized KV) is served one row at a time (`batchable` is False).
+(sliding windows, recurrent states, quantized KV) is served one row at a time (`batchable` is False). A sliding
+window at least as wide as the server's context never slides (Mistral-7B-v0.1's and Gemma-2's 4,096 tokens under a
+2,048-token context): such a layer only ever appends, so it grows like a plain one and the model batches.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 SPARE_TOKENS = 128  # capacity a GrowingLayer adds when it is full: one copy per 128 decode steps
 
@@ -53,12 +55,21 @@ class GrowingLayer(DynamicLayer):
         return self.keys, self.values
 
 
-def new_cache(model) -> Cache:
-    """An empty cache for `model`: growing layers where the model's own would be plain DynamicLayers."""
+def new_cache(model, max_context: int) -> Cache:
+    """An empty cache for `model`, whose sequences hold at most `max_context` tokens: growing layers where the
+    model's own would be plain DynamicLayers or sliding windows that never slide."""
     cache = DynamicCache(config=model.config)
-    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+    if cache.layers and all(_appends_only(layer, max_context) for layer in cache.layers):
         cache.layers = [GrowingLayer() for _ in cache.layers]
     return cache
+
+
+def _appends_only(layer, max_context: int) -> bool:
+    # A window layer keeps its last `sliding_window - 1` tokens and the model's mask lets a query see `sliding_window`
+    # positions back; the cache (left padding included) is never wider than the longest sequence.
+    if type(layer) is DynamicSlidingWindowLayer:
+        return layer.sliding_window >= max_context
+    return type(layer) is DynamicLayer
 
 
 def batchable(cache: Cache) -> bool:

@@ -132,7 +132,7 @@ class Scheduler:
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
         )
         with torch.inference_mode():  # one token through the model: warms it up and shows its cache
-            probe = self._forward(torch.tensor([[self.pad_id]], device=self.device), cache=new_cache(self.model))
+            probe = self._forward(torch.tensor([[self.pad_id]], device=self.device), cache=self._new_cache())
         self.bytes_per_token = cache_bytes_per_token(probe.cache, tokens=1)
         self.max_batch_size = self.settings.max_batch_size if batchable(probe.cache) else 1
         if self.max_batch_size < self.settings.max_batch_size:
@@ -301,7 +301,7 @@ class Scheduler:
         start, end = seq.prefilled, min(len(seq.ids), seq.prefilled + chunk)
         ids = torch.tensor([seq.ids[start:end]], device=self.device)
         positions = torch.arange(start, end, device=self.device)[None]
-        cache = seq.cache if seq.cache is not None else new_cache(self.model)
+        cache = seq.cache if seq.cache is not None else self._new_cache()
         out = self._forward(ids, cache, positions=positions, keep_all=seq.request.echo_prompt)
         seq.cache, seq.prefilled = out.cache, end
         if seq.request.echo_prompt:
@@ -322,7 +322,7 @@ class Scheduler:
             seq.prefilled = len(seq.ids)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         keep_all = any(seq.request.echo_prompt for seq in group)
-        out = self._forward(ids, new_cache(self.model), mask=mask, positions=positions, keep_all=keep_all)
+        out = self._forward(ids, self._new_cache(), mask=mask, positions=positions, keep_all=keep_all)
         for row, seq in enumerate(group):
             if seq.request.echo_prompt:
                 self._score_prompt(seq, out.logits[row, width - len(seq.ids) :], first_position=0)
@@ -433,6 +433,9 @@ class Scheduler:
         if seq.pieces:  # a character still incomplete when generation ended
             seq.pieces[-1] += seq.decoder.flush()
         return False
+
+    def _new_cache(self):
+        return new_cache(self.model, self.settings.max_context)
 
     def _forward(self, ids, cache, *, mask=None, positions=None, keep_all: bool = False):
         return self.model(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import httpx
@@ -143,6 +144,28 @@ def tiny_model_dir(make_tiny_model, tokenizer) -> Path:
         bos_token_id=tokenizer.bos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_family_dir(make_tiny_model, tokenizer):
+    """Factory: the tiny random model directory of a family of `tiny_families.TINY_FAMILIES` (made once)."""
+    import transformers
+    from tiny_families import TINY_FAMILIES
+
+    made: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in made:
+            config_class, model_class, overrides, _ = TINY_FAMILIES[family]
+            # the family's own token ids (GPT-2's 50256, Phi-3's 32000) would name other tokens of this tokenizer
+            overrides = {"bos_token_id": tokenizer.bos_token_id, "pad_token_id": tokenizer.pad_token_id, **overrides}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                config_class, model_class = getattr(transformers, config_class), getattr(transformers, model_class)
+                made[family] = make_tiny_model(config_class, model_class, **overrides)
+        return made[family]
+
+    return get
 
 
 @pytest.fixture(scope="session")

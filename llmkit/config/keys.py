@@ -13,30 +13,48 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-# axolotl keys that real configs (the team's included) carry and this project does not act on. A key here is
-# reported by name as ignored; any other unknown key is reported as unknown, with a "did you mean".
+# axolotl keys that real configs (the team's included) carry and this project does not act on, because they
+# change how fast or where a run goes, what it logs or evaluates, not the weights it trains (or, for chat_template,
+# default_system_message and the dataset keys, because the data stage owns them). A key here is reported by name
+# as ignored; any other unknown key is reported as unknown, with a "did you mean".
 UNIMPLEMENTED_KEYS = frozenset(
     """
     is_llama_derived_model is_mistral_derived_model is_falcon_derived_model is_qwen_derived_model
-    lora_fan_in_fan_out lora_model_dir lora_on_cpu peft_layers_to_transform peft_init_lora_weights loraplus_lr_ratio
-    xformers_attention sdp_attention s2_attention flash_attn_cross_entropy flash_attn_rms_norm flash_attn_fuse_qkv
-    flash_attn_fuse_mlp flash_optimum early_stopping_patience local_rank debug deepspeed fsdp fsdp_config
-    eval_table_size eval_table_max_new_tokens eval_max_new_tokens eval_causal_lm_metrics do_bench_eval
-    group_by_length gptq merge_lora relora_steps relora_warmup_steps unfrozen_parameters tokens chat_template
-    default_system_message dataset_processes dataset_shard_num dataset_shard_idx push_dataset_to_hub
-    hf_use_auth_token test_datasets pretraining_dataset shuffle_merged_datasets eval_sample_packing
-    sample_packing_eff_est total_num_tokens max_packed_sequence_len evals_per_epoch saves_per_epoch save_strategy
-    eval_strategy evaluation_strategy save_safetensors hub_strategy torch_compile torch_compile_backend ddp_timeout
-    ddp_bucket_cap_mb ddp_broadcast_buffers adam_beta1 adam_beta2 adam_epsilon lr_quadratic_warmup
-    cosine_min_lr_ratio lr_div_factor optim_args optim_target_modules noisy_embedding_alpha
-    auto_resume_from_checkpoints loss_watchdog_threshold loss_watchdog_patience rope_scaling overrides_of_model_config
-    trust_remote_code
+    lora_on_cpu flash_attn_cross_entropy flash_attn_rms_norm flash_attn_fuse_qkv flash_attn_fuse_mlp flash_optimum
+    local_rank debug deepspeed fsdp fsdp_config
+    eval_table_size eval_table_max_new_tokens eval_max_new_tokens eval_causal_lm_metrics do_bench_eval eval_batch_size
+    merge_lora default_system_message dataset_processes
+    push_dataset_to_hub hf_use_auth_token test_datasets eval_sample_packing
+    sample_packing_eff_est total_num_tokens max_packed_sequence_len save_safetensors hub_strategy torch_compile
+    torch_compile_backend ddp_timeout ddp_bucket_cap_mb ddp_broadcast_buffers lr_div_factor
+    auto_resume_from_checkpoints loss_watchdog_threshold loss_watchdog_patience
     low_cpu_mem_usage resize_token_embeddings_to_32x use_wandb wandb_mode mlflow_tracking_uri mlflow_experiment_name
-    gpu_memory_limit torchdistx_path rl dpo_beta plugins model_config_type tokenizer_use_fast tokenizer_legacy
+    gpu_memory_limit torchdistx_path plugins model_config_type tokenizer_use_fast gptq_groupsize gptq_model_v1
+    dpo_use_logits_to_keep dpo_padding_free dpo_use_liger_kernel dpo_generate_during_eval
+    orpo_alpha simpo_gamma cpo_alpha kto_desirable_weight kto_undesirable_weight
     """.split()
 )
+# axolotl keys that would change what is trained and that this project does not implement: a value other than
+# empty or false is a ConfigError naming the key, with or without `strict`.
+REFUSED_KEYS = {
+    "s2_attention": "shifted-sparse attention (LongLoRA) changes the attention itself; not implemented",
+    "gptq": "training on a GPTQ-quantized base is not implemented; use load_in_4bit (bitsandbytes NF4)",
+    "relora": "ReLoRA (merge and restart the adapter) is not implemented",
+    "relora_steps": "ReLoRA (merge and restart the adapter) is not implemented",
+    "relora_warmup_steps": "ReLoRA (merge and restart the adapter) is not implemented",
+    "lr_quadratic_warmup": "quadratic warmup is not implemented; warmup here is linear",
+    "pretraining_dataset": "streamed pretraining data is not implemented; use datasets: with type: completion",
+    "dataset_shard_num": "training on one shard of the data is not implemented",
+    "dataset_shard_idx": "training on one shard of the data is not implemented",
+    "max_prompt_len": "TRL 1.16's DPOTrainer no longer cuts prompts on their own; rows are cut at sequence_len",
+    "dpo_norm_loss": "length-normalised DPO loss is not implemented",
+}
 DATASET_UNIMPLEMENTED_KEYS = frozenset(
-    "shards revision train_on_split trust_remote_code roles drop_system_message".split()
+    """
+    shards shards_idx preprocess_shards revision train_on_split trust_remote_code input_transform input_format
+    message_field_training_detail train_on_eot field_thinking template_thinking_key split_thinking field_tools
+    field_human field_model logprobs_field temperature
+    """.split()
 )
 
 EMPTY_VALUES = (None, False, "", [], {})  # an unimplemented key set to one of these changes nothing
@@ -99,6 +117,8 @@ def describe_type(annotation) -> str:
     if get_origin(annotation) is Literal:
         return " | ".join(f'"{arg}"' for arg in get_args(annotation))
     args = [arg for arg in get_args(annotation) if arg is not type(None)]
+    if get_origin(annotation) is dict:
+        return "mapping"
     if get_origin(annotation) is list:
         return f"list[{describe_type(args[0])}]"
     if args:

@@ -2,8 +2,9 @@
 
     llmkit validate axolotl_configs/Mistral-01.yml
 
-The model's shape comes from a local config.json, the offline table (`llmkit.core.shapes.KNOWN_SHAPES`)
-or the hub, so the shipped configs plan offline.
+The model's shape comes from its config.json (`llmkit.core.shapes.find_model_config` says where it looks: a local
+folder, the Hugging Face cache, the files llmkit ships for common bases, the hub). Without one, the plan still
+checks the config and says that the memory plan is unknown and how to give the config.json (`--model-config`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit.config.schema import Adapter, AxolotlConfig, ConfigError, DatasetSpec, PeftMethod
+from llmkit.config.schema import Adapter, AxolotlConfig, DatasetSpec, PeftMethod
 from llmkit.core.challenge import TRACKS, Loading, Track, TrackSpec
 from llmkit.core.memory import TrainingMemory, TrainingSetup, estimate_training
-from llmkit.core.shapes import KNOWN_SHAPES, ModelShape, model_shape
+from llmkit.core.shapes import ModelConfigNotFound, ModelShape, find_model_config, shape_from_config
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _ROW_FILES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
@@ -27,30 +28,39 @@ _ROW_FILES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
 @dataclass(frozen=True)
 class TrainingPlan:
     cfg: AxolotlConfig
-    shape: ModelShape
-    shape_source: str  # "local config.json", "offline table" or "hub config.json"
+    shape: ModelShape | None  # None: no config.json was found, so sizes and memory are unknown
+    shape_source: str  # where config.json came from, or why the shape is unknown
     method: str
-    target_modules: list[str]
-    trainable_params: int
+    target_modules: list[str]  # as resolved against the model; the listed names when the shape is unknown
+    trainable_params: int | None
     world_size: int
     tokens_per_step: int
     rows: int | None  # rows of all local datasets; None when a dataset is on the hub
     steps: int | None
     steps_per_1k_rows: float  # over all epochs
-    memory: list[TrainingMemory]  # one per track
+    memory: list[TrainingMemory]  # one per track; empty when the shape is unknown
 
 
-def plan(cfg: AxolotlConfig, world_size: int | None = None) -> TrainingPlan:
+def plan(cfg: AxolotlConfig, world_size: int | None = None, model_config: str | None = None) -> TrainingPlan:
     """Resolve a config into what training will do: targets, parameter counts, steps and memory per track.
 
     Args:
         cfg: the validated config.
         world_size: GPUs in data parallel; default `WORLD_SIZE` from the environment, else 1.
+        model_config: a config.json (or a folder with one) to size the base model from, wherever it is.
+
+    Raises:
+        ConfigError: target modules the model lacks.
     """
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    shape, source = _shape(cfg)
-    targets = cfg.resolved_target_modules(shape)
-    trainable = trainable_params(cfg, shape, targets)
+    shape, source = _shape(cfg, model_config)
+    if shape is None:
+        targets = cfg.resolved_target_modules(None)
+        trainable, memory = None, []
+    else:
+        targets = cfg.resolved_target_modules(shape)
+        trainable = trainable_params(cfg, shape, targets)
+        memory = [training_memory(cfg, shape, targets, trainable, track) for track in Track]
     micro_tokens = cfg.micro_batch_size * cfg.sequence_len
     rows = _count_all_rows(cfg.datasets)
     step_rows = cfg.micro_batch_size * cfg.gradient_accumulation_steps * world_size
@@ -66,39 +76,41 @@ def plan(cfg: AxolotlConfig, world_size: int | None = None) -> TrainingPlan:
         rows=rows,
         steps=cfg.max_steps or (None if rows is None else _optimizer_steps(cfg, rows, world_size)),
         steps_per_1k_rows=1000 * (1 - cfg.val_set_size) * cfg.num_epochs / step_rows,
-        memory=[training_memory(cfg, shape, targets, trainable, track) for track in Track],
+        memory=memory,
     )
 
 
-def _shape(cfg: AxolotlConfig) -> tuple[ModelShape, str]:
+def _shape(cfg: AxolotlConfig, model_config: str | None) -> tuple[ModelShape | None, str]:
+    """The base model's shape and where its config.json came from; (None, why) when it cannot be had."""
     name = cfg.base_model_config or cfg.base_model
-    local = Path(name).expanduser() / "config.json"
-    source = "local config.json" if local.is_file() else "offline table" if name in KNOWN_SHAPES else "hub config.json"
     try:
-        return model_shape(name), source
-    except (LookupError, ValueError) as err:
-        key = "base_model_config" if cfg.base_model_config else "base_model"
-        raise ConfigError([f"{key}: {err}"], cfg.source) from err
+        found = find_model_config(name, cfg.revision_of_model, model_config)
+    except ModelConfigNotFound as err:
+        return None, f"unknown: {err}"
+    try:
+        return shape_from_config(found.config), found.where
+    except ValueError as err:  # remote code, or not a causal LM: the rest of the plan still holds
+        return None, f"unknown: the config.json ({found.where}) cannot be built here: {err}"
 
 
 def trainable_params(cfg: AxolotlConfig, shape: ModelShape, targets: list[str]) -> int:
-    """Trainable parameters, counted from the shape the way peft creates them."""
+    """Trainable parameters, counted over the modules peft wraps, the way it creates them."""
     if cfg.adapter is None:
         return shape.num_params
-    if cfg.peft is PeftMethod.prompt_tuning:
+    if cfg.peft_method is PeftMethod.prompt_tuning:
         return cfg.peft_num_virtual_tokens * shape.hidden_size
-    io = {**shape.linear_layers(), "embed_tokens": (shape.vocab_size, shape.hidden_size)}
-    io["lm_head"] = (shape.hidden_size, shape.vocab_size)
     total = 0
-    for name in targets:
-        fan_in, fan_out = io[name]
-        if cfg.peft is PeftMethod.vera:  # shared frozen A/B; trained: lambda_d (r) and lambda_b (out)
-            per_module = cfg.peft_vera_r + fan_out
+    for module in _wrapped(shape, targets):
+        if cfg.peft_method is PeftMethod.vera:  # shared frozen A/B; trained: lambda_d (r) and lambda_b (out)
+            total += cfg.peft_vera_r + module.fan_out
         else:  # A: r x in, B: out x r; DoRA adds one magnitude per output
-            per_module = cfg.lora_r * (fan_in + fan_out) + (fan_out if cfg.peft_use_dora else 0)
-        total += per_module * (1 if name in ("embed_tokens", "lm_head") else shape.num_layers)
-    full = {"embed_tokens": shape.vocab_size * shape.hidden_size, "lm_head": shape.vocab_size * shape.hidden_size}
-    return total + sum(full.get(name, 0) for name in cfg.lora_modules_to_save or [])
+            total += cfg.lora_r * (module.fan_in + module.fan_out) + (module.fan_out if cfg.peft_use_dora else 0)
+    return total + sum(module.params for module in _wrapped(shape, cfg.lora_modules_to_save or []))
+
+
+def _wrapped(shape: ModelShape, names: list[str]) -> list:
+    """Each module that one of `names` matches, once."""
+    return list({module.name: module for name in names for module in shape.matching(name)}.values())
 
 
 def training_memory(
@@ -106,18 +118,20 @@ def training_memory(
 ) -> TrainingMemory:
     """Peak training memory on one GPU of `track`, from `llmkit.core.memory` (its docstring has the formulas)."""
     dtype = cfg.compute_dtype("cuda", capability=_capability(TRACKS[track]))
-    widths = shape.linear_layers()
     dropout = cfg.adapter is not None and cfg.lora_dropout > 0
+    adapted = [module for module in _wrapped(shape, targets) if module in shape.linear]
     setup = TrainingSetup(
         loading=Loading.nf4 if cfg.load_in_4bit else Loading.int8 if cfg.load_in_8bit else Loading.bf16,
         dtype_bytes=_DTYPE_BYTES[dtype],
         trainable_params=trainable,
         optimizer=cfg.optimizer.value,
-        tokens=cfg.micro_batch_size * cfg.sequence_len,
+        tokens=cfg.micro_batch_size * cfg.sequence_len * (2 if cfg.rl else 1),  # DPO: chosen + rejected
         gradient_checkpointing=cfg.gradient_checkpointing,
         full_fine_tune=cfg.adapter is None,
         double_quant=cfg.bnb_config_kwargs is None or cfg.bnb_config_kwargs.bnb_4bit_use_double_quant,
-        dropout_width=sum(widths[name][0] for name in targets if name in widths) if dropout else 0,
+        # per layer: dropout keeps a copy of each adapted layer's input
+        reference_model=bool(cfg.rl) and cfg.adapter is None,
+        dropout_width=sum(module.fan_in for module in adapted) // shape.num_layers if dropout else 0,
     )
     return estimate_training(shape, setup, track)
 
@@ -128,12 +142,19 @@ def _capability(track: TrackSpec) -> tuple[int, int]:
 
 
 def _describe_method(cfg: AxolotlConfig) -> str:
+    if not cfg.rl:
+        return _describe_weights(cfg)
+    beta = cfg.preference_beta if cfg.preference_beta is not None else 0.1  # TRL's default
+    return f"{_describe_weights(cfg)}; preference training: {cfg.rl.value.upper()} (TRL), beta {beta:g}"
+
+
+def _describe_weights(cfg: AxolotlConfig) -> str:
     if cfg.adapter is None:
         return "full fine-tune (every weight trained)"
     base = "4-bit NF4 base" if cfg.load_in_4bit else "8-bit base" if cfg.load_in_8bit else "16-bit base"
-    if cfg.peft is PeftMethod.prompt_tuning:
+    if cfg.peft_method is PeftMethod.prompt_tuning:
         return f"{cfg.adapter.value}: prompt tuning, {cfg.peft_num_virtual_tokens} virtual tokens, on a {base}"
-    if cfg.peft is PeftMethod.vera:
+    if cfg.peft_method is PeftMethod.vera:
         return f"{cfg.adapter.value}: VeRA r={cfg.peft_vera_r}, on a {base}"
     scale = cfg.lora_alpha / (math.sqrt(cfg.lora_r) if cfg.peft_use_rslora else cfg.lora_r)
     extras = [name for name, on in (("DoRA", cfg.peft_use_dora), ("rsLoRA", cfg.peft_use_rslora)) if on]

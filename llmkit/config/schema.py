@@ -20,10 +20,12 @@ from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_vali
 
 from llmkit.config.keys import (
     DATASET_UNIMPLEMENTED_KEYS,
+    REFUSED_KEYS,
     UNIMPLEMENTED_KEYS,
     IgnoredKey,
     ignored_message,
     split_keys,
+    suggest,
 )
 from llmkit.config.sections import (
     Adapter,
@@ -36,6 +38,9 @@ from llmkit.config.sections import (
     ModelSection,
     Optimizer,
     PeftMethod,
+    PreferenceType,
+    RLMethod,
+    RLSection,
     TrainingSection,
 )
 from llmkit.core import devices
@@ -52,6 +57,8 @@ __all__ = [
     "LrScheduler",
     "Optimizer",
     "PeftMethod",
+    "PreferenceType",
+    "RLMethod",
     "load_config",
 ]
 
@@ -69,16 +76,42 @@ class ConfigError(ValueError):
 
 
 class ConfigWarning(UserWarning):
-    """Keys in a config that change nothing: not implemented here, or unknown."""
+    """Keys in a config that change nothing (not implemented here, or unknown), or that are spelled the old way."""
 
 
-class AxolotlConfig(TrainingSection, DataSection, LoraSection, ModelSection):
+# Attention names as axolotl writes them (attn_implementation, the short `attention:` spelling, the boolean keys),
+# mapped to transformers' attn_implementation; xformers is axolotl's own kernel (`llmkit.train.modeling` says
+# what runs instead).
+ATTENTION_NAMES = {
+    "eager": "eager",
+    "sdpa": "sdpa",
+    "sdp": "sdpa",
+    "flash": "flash_attention_2",
+    "flash_attention_2": "flash_attention_2",
+    "flash_attention_3": "flash_attention_3",
+    "flex": "flex_attention",
+    "flex_attention": "flex_attention",
+    "xformers": "xformers",
+}
+_ATTENTION_FLAGS = {
+    "flash_attention": "flash_attention_2",
+    "sdp_attention": "sdpa",
+    "flex_attention": "flex_attention",
+    "eager_attention": "eager",
+    "xformers_attention": "xformers",
+}
+# axolotl's older key names, read as the newer ones.
+_RENAMED_KEYS = {"model_config": "overrides_of_model_config", "evaluation_strategy": "eval_strategy"}
+
+
+class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelSection):
     """A training run: base model, adapter, data and trainer settings, as axolotl spells them."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     strict: bool = Field(False, description="Unknown or unimplemented keys are an error instead of a warning.")
     _ignored: list[IgnoredKey] = PrivateAttr(default_factory=list)
+    _notices: list[str] = PrivateAttr(default_factory=list)
     _source: Path | None = PrivateAttr(None)
 
     @model_validator(mode="wrap")
@@ -86,7 +119,12 @@ class AxolotlConfig(TrainingSection, DataSection, LoraSection, ModelSection):
     def _report_ignored_keys(cls, data: Any, handler):
         if not isinstance(data, dict):
             return handler(data)
-        data, ignored = split_keys(data, list(cls.model_fields), UNIMPLEMENTED_KEYS, "")
+        data, notices = _migrate_keys(dict(data))
+        known = UNIMPLEMENTED_KEYS | REFUSED_KEYS.keys()
+        data, ignored = split_keys(data, list(cls.model_fields), known, "")
+        refused = [f"{key.path}={key.value!r}: {REFUSED_KEYS[key.path]}" for key in ignored if _refused(key)]
+        if refused:
+            raise ValueError("\n  - ".join(refused))
         if isinstance(data.get("datasets"), list):
             entries = []
             for i, entry in enumerate(data["datasets"]):
@@ -97,12 +135,12 @@ class AxolotlConfig(TrainingSection, DataSection, LoraSection, ModelSection):
                 entries.append(entry)
             data["datasets"] = entries
         cfg = handler(data)
-        cfg._ignored = ignored
-        blocking = [key for key in ignored if not key.known or key.effective]
-        if cfg.strict and blocking:
-            raise ValueError("strict: true forbids these keys: " + "; ".join(key.describe() for key in blocking))
-        if ignored:
-            warnings.warn(ignored_message(ignored), ConfigWarning, stacklevel=2)
+        cfg._ignored, cfg._notices = ignored, notices
+        blocking = [key.describe() for key in ignored if not key.known or key.effective]
+        if cfg.strict and (blocking or notices):
+            raise ValueError("strict: true forbids these keys: " + "; ".join(blocking + notices))
+        if cfg.warning_message():
+            warnings.warn(cfg.warning_message(), ConfigWarning, stacklevel=2)
         return cfg
 
     @model_validator(mode="after")
@@ -113,17 +151,52 @@ class AxolotlConfig(TrainingSection, DataSection, LoraSection, ModelSection):
             raise ValueError("adapter: qlora requires load_in_4bit: true")
         if self.adapter is None and (self.load_in_4bit or self.load_in_8bit):
             raise ValueError("load_in_4bit/load_in_8bit: a full fine-tune (no adapter) cannot train quantized weights")
+        if self.bfloat16 and self.float16:
+            raise ValueError("bfloat16 and float16: both true; choose one")
+        if self.loftq_bits is not None:
+            # peft's LoftQ quantizes the full-precision weights itself and fits the adapter to what rounding lost;
+            # axolotl pairs it with adapter: lora and an unquantized load.
+            if self.adapter is not Adapter.lora or self.load_in_4bit or self.load_in_8bit:
+                raise ValueError(
+                    "peft.loftq_config: LoftQ starts from the unquantized base: set adapter: lora and "
+                    "load_in_4bit/load_in_8bit: false"
+                )
+            if self.peft_init_lora_weights not in (None, "loftq"):
+                raise ValueError(
+                    f"peft.loftq_config and peft_init_lora_weights: {self.peft_init_lora_weights!r}: choose one"
+                )
         return self
 
     @model_validator(mode="after")
     def _check_peft(self) -> AxolotlConfig:
-        if self.adapter is None and self.peft is not PeftMethod.lora:
-            raise ValueError(f"peft: {self.peft.value} needs adapter: lora or qlora")
-        if self.peft is not PeftMethod.lora and (self.peft_use_dora or self.peft_use_rslora):
-            raise ValueError(f"peft_use_dora/peft_use_rslora apply to peft: lora, not {self.peft.value}")
-        targets_needed = self.adapter is not None and self.peft is not PeftMethod.prompt_tuning
+        method = self.peft_method
+        if self.adapter is None and method is not PeftMethod.lora:
+            raise ValueError(f"peft_method: {method.value} needs adapter: lora or qlora")
+        if method is not PeftMethod.lora:
+            lora_only = {
+                "peft_use_dora": self.peft_use_dora,
+                "peft_use_rslora": self.peft_use_rslora,
+                "peft.loftq_config": self.loftq_bits,
+                "loraplus_lr_ratio": self.loraplus_lr_ratio,
+                "peft_init_lora_weights": self.peft_init_lora_weights,
+            }
+            for key, value in lora_only.items():
+                if value is not None and value is not False:
+                    raise ValueError(f"{key} applies to peft_method: lora, not {method.value}")
+        # a trained adapter (lora_model_dir) brings its own targets
+        wraps_modules = method is not PeftMethod.prompt_tuning and not self.lora_model_dir
+        targets_needed = self.adapter is not None and wraps_modules
         if targets_needed and not self.lora_target_linear and not self.lora_target_modules:
             raise ValueError("lora_target_modules: empty; list module names or set lora_target_linear: true")
+        if self.unfrozen_parameters and self.adapter is not None:
+            raise ValueError("unfrozen_parameters: applies to a full fine-tune (adapter: none), not an adapter")
+        if self.tokens and self.adapter is not None:
+            saved = set(self.lora_modules_to_save or [])
+            if not saved & {"embed_tokens", "lm_head"}:
+                raise ValueError(
+                    "tokens: new tokens get new, untrained embeddings; with an adapter, list embed_tokens and "
+                    "lm_head in lora_modules_to_save so they are trained"
+                )
         return self
 
     @model_validator(mode="after")
@@ -132,12 +205,156 @@ class AxolotlConfig(TrainingSection, DataSection, LoraSection, ModelSection):
             raise ValueError("warmup_steps and warmup_ratio: set one, not both")
         if self.bf16 is True and self.fp16 is True:
             raise ValueError("bf16 and fp16: both true; choose one")
+        both = [("save_steps", "saves_per_epoch"), ("eval_steps", "evals_per_epoch")]
+        for steps, per_epoch in both:
+            if getattr(self, steps) is not None and getattr(self, per_epoch):
+                raise ValueError(f"{steps} and {per_epoch}: set one, not both")
+        if self.save_strategy not in (None, "steps") and (self.save_steps or self.saves_per_epoch):
+            raise ValueError(f"save_strategy: {self.save_strategy} with save_steps/saves_per_epoch: set steps")
+        if self.eval_strategy not in (None, "steps") and (self.eval_steps or self.evals_per_epoch):
+            raise ValueError(f"eval_strategy: {self.eval_strategy} with eval_steps/evals_per_epoch: set steps")
+        noisy, neftune = self.noisy_embedding_alpha, self.neftune_noise_alpha
+        if noisy is not None and neftune is not None and noisy != neftune:
+            raise ValueError(
+                f"neftune_noise_alpha: {neftune} and noisy_embedding_alpha (its older name): {noisy}; set one"
+            )
+        if self.batch_size is not None:
+            per_step = self.micro_batch_size * self.gradient_accumulation_steps
+            if per_step != self.batch_size:
+                raise ValueError(
+                    f"batch_size: {self.batch_size} is not micro_batch_size x gradient_accumulation_steps "
+                    f"({self.micro_batch_size} x {self.gradient_accumulation_steps}); set one of batch_size and "
+                    "gradient_accumulation_steps"
+                )
+        picks_best = self.load_best_model_at_end or self.early_stopping_patience or self.save_strategy == "best"
+        if picks_best and not self.val_set_size:
+            raise ValueError(
+                "load_best_model_at_end/early_stopping_patience/save_strategy best compare evaluations: "
+                "set val_set_size"
+            )
+        if self.cosine_min_lr_ratio is not None and self.lr_scheduler is not LrScheduler.cosine:
+            raise ValueError(f"cosine_min_lr_ratio applies to lr_scheduler: cosine, not {self.lr_scheduler.value}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_attention(self) -> AxolotlConfig:
+        _ = self.attention_implementation  # resolving it raises for an unknown name or two different asks
+        return self
+
+    @model_validator(mode="after")
+    def _check_rl(self) -> AxolotlConfig:
+        if self.rl is None:
+            set_keys = [key for key in ("rl_beta", "dpo_beta", "rpo_alpha") if getattr(self, key) is not None]
+            set_keys += ["trl.beta"] if self.trl and self.trl.beta is not None else []
+            set_keys += ["dpo_use_weighting"] if self.dpo_use_weighting else []
+            if set_keys:
+                raise ValueError(f"{', '.join(set_keys)}: preference-training keys, but rl is not set (rl: dpo)")
+            return self
+        for key in ("sample_packing", "group_by_length"):
+            if getattr(self, key):
+                raise ValueError(f"{key}: true does not work with rl: {self.rl.value}; set it false")
+        if self.peft_method is not PeftMethod.lora:
+            method = self.peft_method.value
+            raise ValueError(f"rl: {self.rl.value} trains a LoRA adapter or the full model, not {method}")
+        if self.dpo_label_smoothing:
+            raise ValueError(
+                "dpo_label_smoothing: TRL 1.16's sigmoid DPO loss has no label smoothing (conservative DPO); "
+                "llmkit does not implement it; set 0"
+            )
+        names = ", ".join(kind.value for kind in PreferenceType)
+        for i, spec in enumerate(self.datasets):
+            if not isinstance(spec.type, str) or spec.type not in PreferenceType._value2member_map_:
+                raise ValueError(
+                    f"datasets[{i}].type: {spec.type_name} is not a preference dataset type, which "
+                    f"rl: {self.rl.value} needs; supported: {names}"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _check_dataset_types(self) -> AxolotlConfig:
+        # Preference training (rl) reads its own dataset types (chatml.intel, chat_template.default, ...).
+        if getattr(self, "rl", None):
+            return self
+        problems = [(i, spec.type_problem()) for i, spec in enumerate(self.datasets)]
+        wrong = [f"datasets[{i}].type: {problem}" for i, problem in problems if problem]
+        if wrong:
+            raise ValueError("\n  - ".join(wrong))
         return self
 
     @property
     def ignored_keys(self) -> list[IgnoredKey]:
         """Keys of the source that change nothing (reported in the ConfigWarning)."""
         return list(self._ignored)
+
+    @property
+    def notices(self) -> list[str]:
+        """Keys spelled the way an older llmkit wrote them, read the new way (reported in the ConfigWarning)."""
+        return list(self._notices)
+
+    def warning_message(self) -> str:
+        """The ConfigWarning's text: ignored keys and old spellings; empty when there are none."""
+        parts = ([ignored_message(self._ignored)] if self._ignored else []) + self._notices
+        return "; ".join(parts)
+
+    @property
+    def loftq_bits(self) -> int | None:
+        """`peft.loftq_config.loftq_bits`, or None without LoftQ."""
+        loftq = self.peft.loftq_config if self.peft else None
+        return loftq.loftq_bits if loftq else None
+
+    @property
+    def neftune_alpha(self) -> float | None:
+        """NEFTune's noise scale: neftune_noise_alpha, or its older name noisy_embedding_alpha."""
+        return self.neftune_noise_alpha if self.neftune_noise_alpha is not None else self.noisy_embedding_alpha
+
+    @property
+    def preference_beta(self) -> float | None:
+        """The preference loss's beta as axolotl picks it: trl.beta, then rl_beta, then dpo_beta (None: TRL's 0.1)."""
+        for beta in (self.trl.beta if self.trl else None, self.rl_beta, self.dpo_beta):
+            if beta is not None:
+                return beta
+        return None
+
+    @property
+    def checkpoint_offload(self) -> bool:
+        """Whether gradient checkpointing also keeps the saved layer inputs in CPU memory (offload, unsloth)."""
+        return self.gradient_checkpointing in ("offload", "unsloth", "offload_disk")
+
+    @property
+    def attention_implementation(self) -> str | None:
+        """The attention asked for, in transformers' names (axolotl's `xformers` kept); None: transformers' default.
+
+        Raises:
+            ValueError: an unknown name, or keys that ask for two different implementations.
+        """
+        asked: dict[str, str] = {}
+        for key in ("attn_implementation", "attention"):
+            name = getattr(self, key)
+            if name is not None:
+                if name not in ATTENTION_NAMES and not name.startswith("kernels-community/"):
+                    known = ", ".join(sorted(set(ATTENTION_NAMES)))
+                    raise ValueError(f"{key}: {name!r} is not an attention implementation here; known: {known}")
+                asked[key] = ATTENTION_NAMES.get(name, name)
+        asked.update({key: name for key, name in _ATTENTION_FLAGS.items() if getattr(self, key)})
+        if len(set(asked.values())) > 1:
+            raise ValueError("attention set more than one way: " + ", ".join(f"{k}: {v}" for k, v in asked.items()))
+        return next(iter(asked.values()), None)
+
+    def save_every(self) -> int | float | None:
+        """Checkpoint cadence in steps (a float < 1: a fraction of all steps), from save_steps or saves_per_epoch.
+
+        saves_per_epoch follows axolotl: 1 / (saves_per_epoch x num_epochs) of all steps, unless that is a whole
+        run or more (then checkpoints follow save_strategy, by default each epoch).
+        """
+        if self.save_steps is not None:
+            return self.save_steps
+        return _per_epoch(self.saves_per_epoch, self.num_epochs)
+
+    def eval_every(self) -> int | float | None:
+        """Evaluation cadence in steps, from eval_steps or evals_per_epoch (as `save_every`)."""
+        if self.eval_steps is not None:
+            return self.eval_steps
+        return _per_epoch(self.evals_per_epoch, self.num_epochs)
 
     @property
     def source(self) -> Path | None:
@@ -166,41 +383,97 @@ class AxolotlConfig(TrainingSection, DataSection, LoraSection, ModelSection):
         return devices.is_cuda(device or devices.resolve_device()) and devices.ampere_or_newer()
 
     def resolved_target_modules(self, shape_or_model) -> list[str]:
-        """Module names the adapter wraps: every linear layer but lm_head with lora_target_linear, plus the list.
+        """Module names the adapter wraps: every linear layer but the output head with lora_target_linear (or an
+        `all-linear` entry), plus the listed names, each checked against the model's modules by peft's rule.
 
         Args:
-            shape_or_model: a `llmkit.core.shapes.ModelShape`, or a loaded torch model.
+            shape_or_model: a `llmkit.core.shapes.ModelShape`, a loaded torch model, or None when the model's shape
+                is unknown (then the names are returned unchecked, "all-linear" standing for every linear layer).
         """
-        if self.adapter is None or self.peft is PeftMethod.prompt_tuning:
+        from llmkit.core.shapes import ModelShape
+
+        if self.adapter is None or self.peft_method is PeftMethod.prompt_tuning:
             return []
-        linear, existing = _module_names(shape_or_model)
-        listed = self.lora_target_modules or []
-        missing = [name for name in listed if name not in existing]
+        listed = [name for name in self.lora_target_modules or [] if name != "all-linear"]
+        all_linear = self.lora_target_linear or len(listed) < len(self.lora_target_modules or [])
+        if shape_or_model is None:
+            return (["all-linear"] if all_linear else []) + listed
+        shape = shape_or_model if isinstance(shape_or_model, ModelShape) else ModelShape.from_model(shape_or_model)
+        missing = [name for name in listed if not shape.matching(name)]
         if missing:
-            raise ConfigError(
-                [f"lora_target_modules: {missing} not in the model (linear layers: {linear})"], self.source
-            )
-        chosen = list(linear) if self.lora_target_linear else []
+            raise ConfigError([_unknown_targets(missing, shape)], self.source)
+        chosen = shape.linear_names() if all_linear else []
         return chosen + [name for name in listed if name not in chosen]
 
 
-def _module_names(shape_or_model) -> tuple[list[str], set[str]]:
-    """(linear layer names except the output head, every module name) of a ModelShape or a torch model."""
-    from llmkit.core.shapes import ModelShape
+def _unknown_targets(missing: list[str], shape) -> str:
+    """Which listed names wrap nothing, and what the model has instead."""
+    others = [m.leaf for m in shape.embeddings] + ([shape.head.leaf] if shape.head else [])
+    line = (
+        f"lora_target_modules: {missing} match no module of {shape.architecture} an adapter can wrap; its linear "
+        f"layers are {shape.linear_names()}" + (f", its embeddings and head {others}" if others else "")
+    )
+    if shape.expert_names:
+        line += (
+            f"; its MoE experts are fused parameters ({', '.join(shape.expert_names)}), not modules: "
+            "lora_target_linear covers attention only"
+        )
+    hints = {name: suggest(name, shape.linear_names() + others) for name in missing}
+    hints = {name: hint for name, hint in hints.items() if hint}
+    if hints:
+        line += "; did you mean " + ", ".join(f"{hint} for {name}" for name, hint in hints.items())
+    return line
 
-    if isinstance(shape_or_model, ModelShape):
-        linear = list(shape_or_model.linear_layers())
-        return linear, {*linear, "embed_tokens", "lm_head"}
-    import torch
 
-    head = shape_or_model.get_output_embeddings() if hasattr(shape_or_model, "get_output_embeddings") else None
-    linear, existing = [], set()
-    for name, module in shape_or_model.named_modules():
-        leaf = name.rsplit(".", 1)[-1]
-        existing.add(leaf)
-        if isinstance(module, torch.nn.Linear) and module is not head and leaf != "lm_head" and leaf not in linear:
-            linear.append(leaf)
-    return linear, existing
+def _per_epoch(per_epoch: int | None, num_epochs: float) -> float | None:
+    if not per_epoch:
+        return None
+    fraction = 1.0 / (per_epoch * num_epochs)
+    return fraction if fraction < 1.0 else None
+
+
+def _refused(key: IgnoredKey) -> bool:
+    return key.path in REFUSED_KEYS and key.effective
+
+
+def _migrate_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Older spellings read as the current keys; returns the data and a notice per spelling worth a warning.
+
+    Raises:
+        ValueError: an old and a new spelling that disagree, or `peft:` as a string that is no PEFT method.
+    """
+    notices = []
+    for old, new in _RENAMED_KEYS.items():
+        if old in data:
+            value = data.pop(old)
+            if data.get(new) not in (None, value):
+                raise ValueError(f"{old} (older name of {new}): {value!r} and {new}: {data[new]!r} disagree")
+            data[new] = value if value is not None else data.get(new)
+    if isinstance(data.get("tokens"), dict):  # axolotl's first spelling of special_tokens
+        tokens = data.pop("tokens")
+        special = data.get("special_tokens") or {}
+        if isinstance(special, dict) and any(special.get(k, v) != v for k, v in tokens.items()):
+            raise ValueError("tokens (as a mapping, the older spelling of special_tokens) and special_tokens disagree")
+        data["special_tokens"] = {**tokens, **special} if isinstance(special, dict) else special
+    batch, micro = data.get("batch_size"), data.get("micro_batch_size") or 1
+    if isinstance(batch, int) and isinstance(micro, int) and data.get("gradient_accumulation_steps") is None:
+        # axolotl's older total batch: gradient_accumulation_steps = batch_size / micro_batch_size
+        if batch % micro:
+            raise ValueError(f"batch_size: {batch} is not a multiple of micro_batch_size: {micro}")
+        data["gradient_accumulation_steps"] = batch // micro
+    peft = data.get("peft")
+    if isinstance(peft, str):
+        if peft not in PeftMethod._value2member_map_:
+            methods = ", ".join(PeftMethod._value2member_map_)
+            raise ValueError(
+                f"peft: {peft!r}: axolotl's peft: is a mapping ({{loftq_config: {{loftq_bits: 4}}}}); the PEFT "
+                f"method is peft_method: {methods}"
+            )
+        if data.get("peft_method") not in (None, peft):
+            raise ValueError(f"peft: {peft} (old spelling) and peft_method: {data['peft_method']} disagree")
+        data["peft_method"] = data.pop("peft")
+        notices.append(f"peft: {peft} is this project's old spelling; use peft_method: {peft}")
+    return data, notices
 
 
 _TYPE_TAG = re.compile(r"^(bool|int|float|str|none|[a-z-]+\[.*\])$")  # pydantic's union-branch loc entries
@@ -281,6 +554,6 @@ def load_config(path: str | Path, overrides: dict | None = None) -> AxolotlConfi
     except ValidationError as err:
         raise ConfigError(_problems(err), path) from None
     cfg._source = path
-    if cfg.ignored_keys:
-        warnings.warn(f"{path}: {ignored_message(cfg.ignored_keys)}", ConfigWarning, stacklevel=2)
+    if cfg.warning_message():
+        warnings.warn(f"{path}: {cfg.warning_message()}", ConfigWarning, stacklevel=2)
     return cfg

@@ -7,9 +7,13 @@ description: `llmkit config-keys` prints them as the README's table.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
+from string import Formatter
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
+
+from llmkit.config.keys import suggest
 
 # Keys may be repeated as empty (`wandb_project:`) in axolotl's templates; the root treats null as "not set".
 _SECTION = ConfigDict(extra="forbid", use_enum_values=False, validate_default=True)
@@ -32,14 +36,110 @@ class PeftMethod(str, Enum):
 
 
 class DatasetType(str, Enum):
+    """A dataset type as axolotl names it; the README's "Dataset types" table says what each one's rows and prompt
+    are. Names that take a `:<style>` suffix are in `STYLED_TYPES`."""
+
     alpaca = "alpaca"  # {instruction, input, output}
-    completion = "completion"  # {text}: every token trained
-    chat_template = "chat_template"  # {messages: [{role, content}]}: assistant turns trained
-    sharegpt = "sharegpt"  # axolotl's older name for chat_template
-    input_output = "input_output"  # {segments: [{label, text}]}
+    alpaca_instruct = "alpaca_instruct"  # alpaca, instruct style
+    alpaca_chat = "alpaca_chat"  # alpaca, chat style (or `conversation:`)
+    alpaca_chat_qa = "alpaca_chat.load_qa"  # {question, answer}: alpaca_chat's concise system prompt
+    alpaca_chat_concise = "alpaca_chat.load_concise"  # alpaca rows, the concise system prompt
+    alpaca_chat_camel_ai = "alpaca_chat.load_camel_ai"  # {message_1, message_2}
+    alpaca_chat_no_prompt = "alpaca_chat.load_no_prompt"  # alpaca rows, chat style, no system prompt
+    alpaca_w_system = "alpaca_w_system"  # {system, instruction, input, output}, chat style
+    alpaca_w_system_instruct = "alpaca_w_system.load_instruct"
+    alpaca_w_system_chat = "alpaca_w_system.load_chat"
+    alpaca_w_system_open_orca = "alpaca_w_system.load_open_orca"  # {system_prompt, question, response}
+    alpaca_w_system_open_orca_chatml = "alpaca_w_system.load_open_orca_chatml"
     oasst = "oasst"  # {INSTRUCTION, RESPONSE}: alpaca prompt
     gpteacher = "gpteacher"  # {instruction, input, response}: alpaca prompt
-    gpt4all = "gpt4all"  # {prompt, response}: alpaca prompt (alpaca_lora_4bit's ds_type)
+    jeopardy = "jeopardy"  # {question, category, answer}: alpaca prompt, "what is " + answer
+    summarizetldr = "summarizetldr"  # {article, summary}
+    explainchoice = "explainchoice"  # {question, choices, solution | explanation}
+    concisechoice = "concisechoice"  # {question, choices, solution | explanation}
+    gpt4all = "gpt4all"  # {prompt, response} (alpaca_lora_4bit's ds_type, not axolotl's)
+    completion = "completion"  # {text}: every token trained
+    input_output = "input_output"  # {segments: [{label, text}]}
+    chat_template = "chat_template"  # {messages: [{role, content}]}: assistant turns trained
+    sharegpt = "sharegpt"  # axolotl's older name for chat_template
+
+
+class PromptStyle(str, Enum):
+    """How an alpaca-style prompt is laid out: the `<type>:<style>` suffix (axolotl's AlpacaPrompter styles)."""
+
+    instruct = "instruct"  # ### Instruction: / ### Input: / ### Response:
+    chat = "chat"  # SYSTEM: / USER: / ASSISTANT:
+    chatml = "chatml"  # <|im_start|>system / user / assistant
+    phi = "phi"  # <|system|> / <|user|> / <|assistant|>
+
+
+# Types whose name takes `:<style>` (axolotl's generic alpaca-prompter path); the style defaults to instruct.
+STYLED_TYPES = (
+    DatasetType.alpaca,
+    DatasetType.oasst,
+    DatasetType.gpteacher,
+    DatasetType.jeopardy,
+    DatasetType.summarizetldr,
+    DatasetType.explainchoice,
+    DatasetType.concisechoice,
+)
+# axolotl's own prompt-strategy modules: `<module>.<name>` with one of these is a built-in name, never a user's file.
+_AXOLOTL_MODULES = frozenset(
+    "alpaca_chat alpaca_instruct alpaca_w_system chat_template completion context_qa creative_acr input_output "
+    "llama2_chat messages metharme orcamini pygmalion sharegpt sharegpt_jokes stepwise_supervised user_defined "
+    "bradley_terry".split()
+)
+# Modules of axolotl's preference (DPO/KTO/ORPO) strategies: those types need a top-level `rl:`.
+_PREFERENCE_MODULES = frozenset(
+    "chatml llama3 zephyr chat_template user_defined passthrough mistral dpo kto orpo".split()
+)
+
+
+def dataset_type_names() -> list[str]:
+    """Every dataset type name, styled variants included (`alpaca:chat`)."""
+    names = [member.value for member in DatasetType]
+    names += [f"{kind.value}:{style.value}" for kind in STYLED_TYPES for style in PromptStyle]
+    return names
+
+
+def parse_dataset_type(name: str) -> tuple[DatasetType, PromptStyle | None] | None:
+    """A type name as (type, style); None for `module.function`, a user's Python file (found when data is built).
+
+    Raises:
+        ValueError: a name that is neither, with a "did you mean" and the supported names.
+    """
+    base, _, style = name.partition(":")
+    if base in DatasetType._value2member_map_ and (not style or DatasetType(base) in STYLED_TYPES):
+        if not style:
+            return DatasetType(base), None
+        if style in PromptStyle._value2member_map_:
+            return DatasetType(base), PromptStyle(style)
+    module = name.split(".")[0]
+    if "." in name and ":" not in name and all(part.isidentifier() for part in name.split(".")):
+        if module not in _AXOLOTL_MODULES | _PREFERENCE_MODULES | set(DatasetType._value2member_map_):
+            return None
+    raise ValueError(_unknown_type(name, module))
+
+
+def _unknown_type(name: str, module: str) -> str:
+    base, _, style = name.partition(":")
+    if ":load_" in name:
+        hint = f" (did you mean {name.replace(':load_', '.load_')}?)"
+    elif style and base in DatasetType._value2member_map_:
+        styled = DatasetType(base) in STYLED_TYPES
+        hint = f" (styles: {', '.join(PromptStyle._value2member_map_)})" if styled else f" ({base} takes no :style)"
+    elif module in _PREFERENCE_MODULES and "." in name:
+        hint = " (a preference-data type: it needs a top-level rl, e.g. rl: dpo)"
+    else:
+        match = suggest(name, dataset_type_names())
+        hint = f" (did you mean {match}?)" if match else ""
+    styled = "|".join(style.value for style in PromptStyle)
+    names = [f"{member.value}[:{styled}]" if member in STYLED_TYPES else member.value for member in DatasetType]
+    return (
+        f"unknown dataset type {name!r}{hint}; supported: {', '.join(names)}; or a mapping "
+        "{field_instruction, field_input, field_output, field_system, format, no_input_format, system_format, "
+        "system_prompt}; or module.function naming a Python file beside the config"
+    )
 
 
 class DsType(str, Enum):
@@ -51,26 +151,153 @@ class DsType(str, Enum):
 
 
 class Optimizer(str, Enum):
-    """transformers' optimizer names that need no package beyond torch and bitsandbytes."""
+    """Every optimizer name of transformers' `OptimizerNames` (a test checks the two lists are equal).
+
+    Written out instead of imported: importing transformers' training arguments takes seconds and loads torch, and
+    a config must load in a fraction of that. Names that need a package beyond torch and bitsandbytes are checked
+    when training starts (`llmkit.train.optimizers`).
+    """
 
     adamw_torch = "adamw_torch"
     adamw_torch_fused = "adamw_torch_fused"
-    adamw_bnb_8bit = "adamw_bnb_8bit"
-    adamw_8bit = "adamw_8bit"
-    paged_adamw_32bit = "paged_adamw_32bit"
-    paged_adamw_8bit = "paged_adamw_8bit"
-    ademamix = "ademamix"
-    ademamix_8bit = "ademamix_8bit"
-    paged_ademamix_32bit = "paged_ademamix_32bit"
-    paged_ademamix_8bit = "paged_ademamix_8bit"
-    lion_32bit = "lion_32bit"
-    lion_8bit = "lion_8bit"
-    paged_lion_32bit = "paged_lion_32bit"
-    paged_lion_8bit = "paged_lion_8bit"
+    adamw_torch_xla = "adamw_torch_xla"
+    adamw_torch_npu_fused = "adamw_torch_npu_fused"
     adafactor = "adafactor"
+    adamw_anyprecision = "adamw_anyprecision"
+    adamw_torch_4bit = "adamw_torch_4bit"
+    adamw_torch_8bit = "adamw_torch_8bit"
+    ademamix = "ademamix"
     sgd = "sgd"
     adagrad = "adagrad"
+    adamw_bnb_8bit = "adamw_bnb_8bit"
+    adamw_8bit = "adamw_8bit"
+    ademamix_8bit = "ademamix_8bit"
+    lion_8bit = "lion_8bit"
+    lion_32bit = "lion_32bit"
+    paged_adamw_32bit = "paged_adamw_32bit"
+    paged_adamw_8bit = "paged_adamw_8bit"
+    paged_ademamix_32bit = "paged_ademamix_32bit"
+    paged_ademamix_8bit = "paged_ademamix_8bit"
+    paged_lion_32bit = "paged_lion_32bit"
+    paged_lion_8bit = "paged_lion_8bit"
     rmsprop = "rmsprop"
+    rmsprop_bnb = "rmsprop_bnb"
+    rmsprop_bnb_8bit = "rmsprop_bnb_8bit"
+    rmsprop_bnb_32bit = "rmsprop_bnb_32bit"
+    galore_adamw = "galore_adamw"
+    galore_adamw_8bit = "galore_adamw_8bit"
+    galore_adafactor = "galore_adafactor"
+    galore_adamw_layerwise = "galore_adamw_layerwise"
+    galore_adamw_8bit_layerwise = "galore_adamw_8bit_layerwise"
+    galore_adafactor_layerwise = "galore_adafactor_layerwise"
+    lomo = "lomo"
+    adalomo = "adalomo"
+    grokadamw = "grokadamw"
+    schedule_free_radam = "schedule_free_radam"
+    schedule_free_adamw = "schedule_free_adamw"
+    schedule_free_sgd = "schedule_free_sgd"
+    apollo_adamw = "apollo_adamw"
+    apollo_adamw_layerwise = "apollo_adamw_layerwise"
+    stable_adamw = "stable_adamw"
+
+
+# axolotl's own optimizer names that are a transformers optimizer under another name (both are torchao's AdamW).
+OPTIMIZER_ALIASES = {"ao_adamw_4bit": "adamw_torch_4bit", "ao_adamw_8bit": "adamw_torch_8bit"}
+# axolotl's own optimizers that transformers does not implement: what each is, and the nearest name trained here.
+AXOLOTL_ONLY_OPTIMIZERS = {
+    "optimi_adamw": ("torch-optimi's AdamW, with Kahan-summed updates for 16-bit weights", "adamw_torch"),
+    "ao_adamw_fp8": ("torchao's AdamW with FP8 optimizer state", "adamw_torch_8bit"),
+    "adopt_adamw": ("axolotl's own ADOPT optimizer", "adamw_torch"),
+    "came_pytorch": ("the CAME optimizer of the came-pytorch package", "adafactor"),
+    "muon": ("axolotl's Muon (orthogonalised momentum for 2-D weights, AdamW for the rest)", "adamw_torch"),
+    "dion": ("axolotl's Dion optimizer", "adamw_torch"),
+}
+
+
+def optimizer_name(value: object) -> object:
+    """axolotl's names mapped to transformers' where they are the same optimizer; axolotl-only names refused."""
+    if not isinstance(value, str):
+        return value
+    if value in AXOLOTL_ONLY_OPTIMIZERS:
+        what, nearest = AXOLOTL_ONLY_OPTIMIZERS[value]
+        raise ValueError(
+            f"{value} is {what}, which only axolotl implements and llmkit does not; the nearest optimizer "
+            f"trained here is {nearest} (set optimizer: {nearest})"
+        )
+    return OPTIMIZER_ALIASES.get(value, value)
+
+
+class RLMethod(str, Enum):
+    """Preference training methods run by TRL's DPOTrainer (axolotl's `rl:` values)."""
+
+    dpo = "dpo"  # DPO, sigmoid loss
+    ipo = "ipo"  # DPO with the IPO loss (TRL loss_type ipo)
+
+
+# axolotl's other `rl:` values: what each is (none is implemented here).
+UNSUPPORTED_RL = {
+    "orpo": "ORPO (TRL's ORPOTrainer)",
+    "kto": "KTO (TRL's KTOTrainer, unpaired preference data)",
+    "simpo": "SimPO (TRL's CPOTrainer)",
+    "grpo": "GRPO (online RL with reward functions and generation)",
+    "gdpo": "axolotl's GDPO",
+    "ebft": "axolotl's EBFT",
+}
+
+
+def rl_method(value: object) -> object:
+    """`rl: dpo|ipo`; false/none/empty: no preference training; axolotl's other methods refused by name."""
+    if value is False or (isinstance(value, str) and value.lower() in ("", "none", "false")):
+        return None
+    if isinstance(value, str) and value in UNSUPPORTED_RL:
+        supported = ", ".join(method.value for method in RLMethod)
+        raise ValueError(f"{value}: {UNSUPPORTED_RL[value]} is not implemented here; supported: {supported}")
+    return value
+
+
+class PreferenceType(str, Enum):
+    """Preference (DPO) dataset types, axolotl's `prompt_strategies/dpo` names: rows become prompt/chosen/rejected."""
+
+    chat_template_default = "chat_template.default"  # {messages, chosen, rejected}, the tokenizer's chat template
+    chatml_intel = "chatml.intel"  # {system?, question, chosen, rejected}
+    chatml_argilla = "chatml.argilla"  # {system?, prompt|input|question|instruction, chosen|chosen_response, ...}
+    chatml_argilla_chat = "chatml.argilla_chat"  # {chosen: [user, assistant], rejected: [user, assistant]}
+    chatml_icr = "chatml.icr"  # {system?, input, chosen, rejected}
+    chatml_prompt_pairs = "chatml.prompt_pairs"  # {system?, prompt, chosen, rejected}
+    chatml_ultra = "chatml.ultra"  # {system?, prompt, chosen: [user, assistant], rejected: [user, assistant]}
+    llama3_intel = "llama3.intel"
+    llama3_argilla = "llama3.argilla"
+    llama3_argilla_chat = "llama3.argilla_chat"
+    llama3_icr = "llama3.icr"
+    llama3_prompt_pairs = "llama3.prompt_pairs"
+    llama3_ultra = "llama3.ultra"
+
+
+class LoftQSettings(BaseModel):
+    model_config = _SECTION
+
+    loftq_bits: Literal[4, 8] = Field(
+        4, description="Bits of the quantized base LoftQ fits the adapter to (NF4, int8)."
+    )
+
+
+class PeftSettings(BaseModel):
+    """axolotl's `peft:` mapping."""
+
+    model_config = _SECTION
+
+    loftq_config: LoftQSettings | None = Field(
+        None, description="Initialise LoRA with LoftQ (peft init_lora_weights loftq); the base loads unquantized."
+    )
+    backend: Literal["bnb"] | None = Field(None, description="Quantization backend: bnb (bitsandbytes) only.")
+
+
+class TrlSettings(BaseModel):
+    """axolotl's `trl:` mapping; only the keys that DPO reads."""
+
+    model_config = _SECTION
+
+    beta: float | None = Field(None, gt=0, description="rl: the preference loss's beta (same as rl_beta; wins).")
 
 
 class LrScheduler(str, Enum):
@@ -115,30 +342,187 @@ class GradientCheckpointingKwargs(BaseModel):
     )
 
 
+class CustomPrompt(BaseModel):
+    """A `type:` given as a mapping: axolotl's user-defined prompt (its defaults, its placeholders).
+
+    The prompt is `system_format` (when the row or `system_prompt` gives a system text), then `format` when the
+    row has an input, else `no_input_format`; the output follows, trained, then EOS.
+    """
+
+    model_config = _SECTION
+
+    system_prompt: str = Field("", description="System text for rows without the field_system field.")
+    system_format: str = Field("{system}", description="How the system text is written; placeholder {system}.")
+    field_system: str = Field("system", description="Row field holding a system text.")
+    field_instruction: str = Field("instruction", description="Row field holding the instruction (required).")
+    field_input: str = Field("input", description="Row field holding the input (optional).")
+    field_output: str = Field("output", description="Row field holding the response (optional: empty).")
+    format: str = Field("{instruction} {input} ", description="Prompt for rows with an input.")
+    no_input_format: str = Field("{instruction} ", description="Prompt for rows without an input.")
+    field: str | None = Field(None, description="Accepted for axolotl compatibility; unused there too.")
+
+    @model_validator(mode="after")
+    def _check_placeholders(self) -> CustomPrompt:
+        allowed = {"format": {"instruction", "input"}, "no_input_format": {"instruction"}, "system_format": {"system"}}
+        for key, names in allowed.items():
+            try:
+                used = {field for _, field, _, _ in Formatter().parse(getattr(self, key)) if field is not None}
+            except ValueError as err:  # an unmatched brace
+                raise ValueError(f"{key}: {err}") from None
+            if used - names:
+                wrong, right = (", ".join(f"{{{name}}}" for name in sorted(group)) for group in (used - names, names))
+                raise ValueError(f"{key}: unknown placeholder {wrong}; use {right}")
+        return self
+
+
+def _mapping_problem(error: ErrorDetails) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        match = suggest(key, list(CustomPrompt.model_fields))
+        return f"{key}: unknown key" + (f" (did you mean {match}?)" if match else "")
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message}" if key else message
+
+
+TrainOnEos = Literal["turn", "all", "last", "none"]
+
+
 class DatasetSpec(BaseModel):
     """One entry of `datasets:`; axolotl's keys. A relative local `path` is resolved by `load_config`."""
 
     model_config = _SECTION
 
     path: str = Field(description="Hub dataset id, or a local file or folder.")
-    type: DatasetType = Field(description="Prompt format of the rows.")
+    type: str | CustomPrompt = Field(
+        description="Prompt format: a name from the README's dataset-type table (alpaca, alpaca:chat, "
+        "alpaca_chat.load_qa, chat_template, ...), a user-defined {field_instruction, format, ...} mapping, or "
+        "module.function of a Python file beside the config."
+    )
     ds_type: DsType | None = Field(None, description="File format of local files; guessed from the suffix if unset.")
     data_files: list[str] | None = Field(None, description="Files to read inside `path` (hub repo or local folder).")
     split: str = Field("train", description="Split to train on.")
     name: str | None = Field(None, description="Hub dataset configuration name.")
-    conversation: str | None = Field(None, description="Conversation template name (chat formats).")
-    chat_template: str | None = Field(None, description="chat_template type: 'tokenizer_default' or a Jinja string.")
+    conversation: str | None = Field(
+        None, description="alpaca_chat: prompt style (instruct, chat, chatml, phi); sharegpt: chat template name."
+    )
+    chat_template: str | None = Field(
+        None,
+        description="chat_template: tokenizer_default (default), tokenizer_default_fallback_<name>, a shipped "
+        "template (chatml, gemma, llama3, phi_3, qwen_25), jinja (with chat_template_jinja), or a Jinja string.",
+    )
+    chat_template_jinja: str | None = Field(None, description="chat_template jinja: the template, or a file path.")
     field: str | None = Field(None, description="completion: the text field (default `text`).")
-    field_instruction: str | None = Field(None, description="alpaca-style: field holding the instruction.")
-    field_input: str | None = Field(None, description="alpaca-style: field holding the input.")
-    field_output: str | None = Field(None, description="alpaca-style: field holding the response.")
-    field_system: str | None = Field(None, description="Field holding a system prompt.")
+    field_instruction: str | None = Field(None, description="alpaca: field holding the instruction.")
+    field_input: str | None = Field(None, description="alpaca: field holding the input.")
+    field_output: str | None = Field(None, description="alpaca: field holding the response.")
+    field_system: str | None = Field(
+        None, description="chat_template: row field with a system prompt, used as the first turn (default `system`)."
+    )
     field_messages: str | None = Field(None, description="chat_template: field holding the message list.")
-    message_field_role: str | None = Field(None, description="chat_template: role key inside a message.")
-    message_field_content: str | None = Field(None, description="chat_template: content key inside a message.")
-    roles_to_train: list[str] | None = Field(None, description="chat_template: roles whose turns are trained.")
+    field_chosen: str | None = Field(None, description="rl: field holding the preferred answer (default chosen).")
+    field_rejected: str | None = Field(None, description="rl: field holding the worse answer (default rejected).")
+    message_property_mappings: dict[str, str] | None = Field(
+        None, description="chat_template: message keys to read, {role: from, content: value}."
+    )
+    message_field_role: str | None = Field(None, description="chat_template: role key (older spelling).")
+    message_field_content: str | None = Field(None, description="chat_template: content key (older spelling).")
+    message_field_training: str | None = Field(
+        None, description="chat_template: message key holding true/false: train that turn (over roles_to_train)."
+    )
+    roles: dict[str, list[str]] | None = Field(
+        None, description="chat_template: role names in the data for each template role, {user: [human, user]}."
+    )
+    roles_to_train: list[str] | None = Field(None, description="chat_template: roles trained (default assistant).")
+    train_on_eos: TrainOnEos = Field(
+        "turn", description="chat_template: EOS after trained turns (turn), every turn (all), the last, or none."
+    )
+    drop_system_message: bool = Field(False, description="chat_template: drop a leading system message.")
 
     _lists = field_validator("data_files", "roles_to_train", mode="before")(one_as_list)
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _mapping_type(cls, value: object) -> object:
+        # Validated here so that its errors read `datasets[0].type: format: ...`, not as a failed union branch.
+        if not isinstance(value, dict):
+            return value
+        try:
+            return CustomPrompt.model_validate(value)
+        except ValidationError as err:
+            raise ValueError("; ".join(_mapping_problem(error) for error in err.errors())) from None
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str | CustomPrompt) -> str | CustomPrompt:
+        # Known names become DatasetType members; other strings stay as written for the config's check (which
+        # knows whether `rl` is set) and for user modules.
+        return DatasetType(value) if isinstance(value, str) and value in DatasetType._value2member_map_ else value
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _role_lists(cls, value: object) -> object:
+        return {k: one_as_list(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _alpaca_chat_style(self) -> DatasetSpec:
+        if self.type is DatasetType.alpaca_chat and self.conversation:
+            if self.conversation not in PromptStyle._value2member_map_:
+                styles = ", ".join(PromptStyle._value2member_map_)
+                wrong = self.conversation
+                raise ValueError(f"conversation: alpaca_chat takes a prompt style ({styles}), not {wrong!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_spelling_per_message_key(self) -> DatasetSpec:
+        mapped = self.message_property_mappings or {}
+        for key, old in (("role", self.message_field_role), ("content", self.message_field_content)):
+            if old and mapped.get(key, old) != old:
+                raise ValueError(
+                    f"message_field_{key} {old!r} and message_property_mappings.{key} {mapped[key]!r} disagree"
+                )
+        return self
+
+    def type_problem(self) -> str | None:
+        """What is wrong with `type`, or None (a user module is only looked for when the data is built)."""
+        if isinstance(self.type, (DatasetType, CustomPrompt)):
+            return None
+        try:
+            parse_dataset_type(self.type)
+        except ValueError as err:
+            return str(err)
+        return None
+
+    @property
+    def base_type(self) -> DatasetType | None:
+        """The named type without its `:style`; None for a mapping or a user's module."""
+        if isinstance(self.type, CustomPrompt):
+            return None
+        parsed = parse_dataset_type(self.type)
+        return parsed[0] if parsed else None
+
+    @property
+    def user_module(self) -> str | None:
+        """The `module.function` naming the user's own strategy, or None."""
+        if isinstance(self.type, CustomPrompt) or isinstance(self.type, DatasetType):
+            return None
+        return self.type if parse_dataset_type(self.type) is None else None
+
+    @property
+    def type_name(self) -> str:
+        """`type` as the stats table shows it."""
+        if isinstance(self.type, CustomPrompt):
+            return "custom"
+        return self.type.value if isinstance(self.type, DatasetType) else self.type
+
+    @property
+    def message_keys(self) -> dict[str, str]:
+        """Template property -> message key, with the older role/content spellings folded in."""
+        keys = dict(self.message_property_mappings or {})
+        if self.message_field_role:
+            keys["role"] = self.message_field_role
+        if self.message_field_content:
+            keys["content"] = self.message_field_content
+        return keys
 
 
 class ModelSection(BaseModel):
@@ -151,7 +535,38 @@ class ModelSection(BaseModel):
     tokenizer_type: str | None = Field(None, description="transformers tokenizer class; default AutoTokenizer.")
     tokenizer_config: str | None = Field(None, description="Where the tokenizer comes from; default base_model.")
     special_tokens: SpecialTokens | None = Field(None, description="Tokens to set on the tokenizer.")
-    flash_attention: bool = Field(False, description="attn_implementation flash_attention_2 (deprecated key).")
+    tokens: list[str] | None = Field(
+        None, description="New tokens added to the tokenizer (their embeddings need lora_modules_to_save)."
+    )
+    trust_remote_code: bool = Field(False, description="Run the model repo's own Python code (model and tokenizer).")
+    tokenizer_legacy: bool | None = Field(None, description="The tokenizer's `legacy` flag (Llama/T5 sentencepiece).")
+    overrides_of_model_config: dict[str, Any] | None = Field(
+        None, description="Values set on the model's config.json before loading (axolotl's older key: model_config)."
+    )
+    rope_scaling: dict[str, Any] | None = Field(
+        None, description="The model config's rope_scaling, e.g. {type: linear, factor: 2.0}."
+    )
+    unfrozen_parameters: list[str] | None = Field(
+        None, description="Full fine-tune: train only parameters whose name matches one of these regexes."
+    )
+    bfloat16: bool = Field(False, description="Hold the weights in bfloat16 (a full fine-tune: no float32 copy).")
+    float16: bool = Field(False, description="Hold the weights in float16 (a full fine-tune: no float32 copy).")
+    attn_implementation: str | None = Field(
+        None,
+        description="Attention: eager, sdpa, flash_attention_2, flash_attention_3, flex_attention, or axolotl's "
+        "xformers; default: transformers' choice (sdpa where the model supports it), also where the machine lacks "
+        "the asked one (a warning; an error under strict).",
+    )
+    attention: str | None = Field(None, description="axolotl's short spelling: eager, sdpa, flash, flex, xformers.")
+    flash_attention: bool = Field(False, description="attn_implementation: flash_attention_2.")
+    sdp_attention: bool = Field(False, description="attn_implementation: sdpa.")
+    flex_attention: bool = Field(False, description="attn_implementation: flex_attention.")
+    eager_attention: bool = Field(False, description="attn_implementation: eager.")
+    xformers_attention: bool = Field(
+        False, description="axolotl's xformers kernel; transformers has none: the default (sdpa) runs, with a warning."
+    )
+
+    _token_lists = field_validator("tokens", "unfrozen_parameters", mode="before")(one_as_list)
 
 
 class LoraSection(BaseModel):
@@ -161,8 +576,28 @@ class LoraSection(BaseModel):
     load_in_4bit: bool = Field(False, description="Load the base in 4-bit (bitsandbytes NF4, double quantized).")
     bnb_config_kwargs: BnbConfigKwargs | None = Field(None, description="bitsandbytes options for 4/8-bit loading.")
     adapter: Adapter | None = Field(None, description="lora, qlora, or none/empty for a full fine-tune.")
-    peft: PeftMethod = Field(
+    peft_method: PeftMethod = Field(
         PeftMethod.lora, description="PEFT method trained by the adapter: lora, vera or prompt_tuning."
+    )
+    peft: PeftSettings | None = Field(None, description="axolotl's peft options: {loftq_config: {loftq_bits}}.")
+    lora_model_dir: str | None = Field(
+        None, description="Start from this trained adapter (folder or hub id) instead of a new one."
+    )
+    lora_fan_in_fan_out: bool = Field(False, description="peft fan_in_fan_out: weights stored (in, out) (GPT-2).")
+    peft_layers_to_transform: list[int] | None = Field(
+        None, description="Wrap only these layer indices (default: every layer)."
+    )
+    peft_layers_pattern: list[str] | None = Field(
+        None, description="Name of the layer list peft_layers_to_transform indexes (e.g. layers)."
+    )
+    peft_init_lora_weights: bool | str | None = Field(
+        None, description="peft init_lora_weights: true, false, gaussian, pissa, olora, ... (default true)."
+    )
+    loraplus_lr_ratio: float | None = Field(
+        None, gt=0, description="LoRA+: B matrices learn at learning_rate x this ratio (2^4 recommended)."
+    )
+    loraplus_lr_embedding: float | None = Field(
+        1e-6, gt=0, description="LoRA+: learning rate of adapted embedding layers."
     )
     lora_r: int = Field(8, gt=0, description="LoRA rank.")
     lora_alpha: int = Field(16, gt=0, description="LoRA scale numerator: scale = alpha/r (alpha/sqrt(r), rsLoRA).")
@@ -174,11 +609,11 @@ class LoraSection(BaseModel):
     )
     peft_use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (adds a magnitude vector).")
     peft_use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale alpha/sqrt(r).")
-    peft_vera_r: int = Field(256, gt=0, description="peft: vera: rank of the shared random projections.")
-    peft_vera_d_initial: float = Field(0.1, gt=0, description="peft: vera: initial value of the d vector.")
-    peft_num_virtual_tokens: int = Field(20, gt=0, description="peft: prompt_tuning: number of virtual tokens.")
+    peft_vera_r: int = Field(256, gt=0, description="peft_method vera: rank of the shared random projections.")
+    peft_vera_d_initial: float = Field(0.1, gt=0, description="peft_method vera: initial value of the d vector.")
+    peft_num_virtual_tokens: int = Field(20, gt=0, description="peft_method prompt_tuning: number of virtual tokens.")
     peft_prompt_tuning_init_text: str | None = Field(
-        None, description="peft: prompt_tuning: initialise the virtual tokens from this text (random if unset)."
+        None, description="peft_method prompt_tuning: initialise the virtual tokens from this text (random if unset)."
     )
 
     @field_validator("adapter", mode="before")
@@ -186,7 +621,14 @@ class LoraSection(BaseModel):
     def _none_means_full(cls, value):
         return None if isinstance(value, str) and value.lower() in ("none", "") else value
 
-    _lists = field_validator("lora_target_modules", "lora_modules_to_save", mode="before")(one_as_list)
+    _lists = field_validator(
+        "lora_target_modules", "lora_modules_to_save", "peft_layers_pattern", "peft_layers_to_transform", mode="before"
+    )(one_as_list)
+
+    @field_validator("peft_layers_to_transform", mode="before")
+    @classmethod
+    def _one_layer(cls, value: object) -> object:
+        return [value] if isinstance(value, int) else value
 
 
 class DataSection(BaseModel):
@@ -199,6 +641,14 @@ class DataSection(BaseModel):
     sample_packing: bool = Field(False, description="Pack several rows per sequence, without cross-attention.")
     pad_to_sequence_len: bool = Field(False, description="Pad every batch to sequence_len (steady memory).")
     train_on_inputs: bool = Field(False, description="Train on prompt tokens too; false masks them (label -100).")
+    chat_template: str | None = Field(
+        None,
+        description="Chat template of every chat dataset that names none, and of the saved tokenizer: the values "
+        "of datasets[].chat_template.",
+    )
+    chat_template_jinja: str | None = Field(None, description="chat_template: jinja: the template, or a file path.")
+    dataset_exact_deduplication: bool = Field(False, description="Drop rows that are exact duplicates.")
+    shuffle_merged_datasets: bool = Field(True, description="Shuffle the concatenated datasets (false: keep order).")
 
 
 class TrainingSection(BaseModel):
@@ -206,29 +656,76 @@ class TrainingSection(BaseModel):
 
     micro_batch_size: int = Field(1, gt=0, description="Rows (or packed sequences) per device per forward pass.")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    batch_size: int | None = Field(
+        None, gt=0, description="Rows per optimizer step (older key): gradient_accumulation_steps = it / micro_batch."
+    )
     num_epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
     max_steps: int | None = Field(None, gt=0, description="Optimizer steps; wins over num_epochs.")
-    optimizer: Optimizer = Field(Optimizer.adamw_torch, description="transformers optimizer name.")
+    optimizer: Optimizer = Field(
+        Optimizer.adamw_torch,
+        description="transformers optimizer name (OptimizerNames); axolotl's ao_adamw_4bit/8bit are "
+        "adamw_torch_4bit/8bit.",
+    )
+    optim_args: str | dict[str, Any] | None = Field(
+        None, description="Extra optimizer arguments, `k=v,k2=v2` or a mapping (transformers optim_args)."
+    )
+    optim_target_modules: list[str] | Literal["all_linear"] | None = Field(
+        None, description="GaLore/APOLLO: module names (or regexes) whose weights the optimizer projects."
+    )
+    adam_beta1: float | None = Field(None, ge=0, lt=1, description="Adam beta1 (default 0.9).")
+    adam_beta2: float | None = Field(None, ge=0, lt=1, description="Adam beta2 (default 0.999).")
+    adam_epsilon: float | None = Field(None, gt=0, description="Adam epsilon (default 1e-8).")
     lr_scheduler: LrScheduler = Field(LrScheduler.cosine, description="transformers learning-rate schedule.")
     learning_rate: float = Field(gt=0, description="Peak learning rate.")
+    cosine_min_lr_ratio: float | None = Field(
+        None, ge=0, lt=1, description="lr_scheduler cosine: decay to learning_rate x this instead of 0."
+    )
     warmup_steps: int | None = Field(None, ge=0, description="Linear warmup steps (exclusive with warmup_ratio).")
     warmup_ratio: float | None = Field(None, ge=0, lt=1, description="Warmup as a fraction of all steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 disables).")
+    group_by_length: bool = Field(False, description="Batch rows of similar length together (less padding).")
     bf16: bool | Auto = Field("auto", description="bfloat16 mixed precision; auto: where the GPU supports it.")
     fp16: bool | Auto = Field("auto", description="float16 mixed precision; auto: on GPUs without bfloat16.")
     tf32: bool | Auto = Field(False, description="Allow TF32 matmuls on Ampere or newer; auto: where supported.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    gradient_checkpointing: bool | Literal["offload", "unsloth", "offload_disk"] = Field(
+        False,
+        description="Recompute activations in backward to save memory; offload: also keep the saved layer inputs "
+        "in CPU memory (unsloth: axolotl's older name for offload; offload_disk: offload here).",
+    )
     gradient_checkpointing_kwargs: GradientCheckpointingKwargs | None = Field(
         None, description="Options for gradient checkpointing."
     )
     neftune_noise_alpha: float | None = Field(None, gt=0, description="NEFTune noise scale on input embeddings.")
+    noisy_embedding_alpha: float | None = Field(
+        None, gt=0, description="axolotl's older name for neftune_noise_alpha."
+    )
     output_dir: str = Field("./model-out", description="Adapter, checkpoints and logs.")
+    save_strategy: Literal["steps", "epoch", "best", "no"] | None = Field(
+        None, description="When to checkpoint; default steps with save_steps/saves_per_epoch, else epoch."
+    )
     save_steps: int | float | None = Field(
         None, gt=0, description="Checkpoint every N steps (a fraction < 1: of all)."
     )
+    saves_per_epoch: int | None = Field(
+        None, gt=0, description="Checkpoints per epoch: save_steps = 1 / (saves_per_epoch x num_epochs) of all steps."
+    )
     save_total_limit: int | None = Field(None, gt=0, description="Keep at most this many checkpoints.")
+    eval_strategy: Literal["steps", "epoch", "no"] | None = Field(
+        None, description="When to evaluate (with val_set_size); default steps with eval_steps, else epoch."
+    )
     eval_steps: int | float | None = Field(None, gt=0, description="Evaluate every N steps (a fraction < 1: of all).")
+    evals_per_epoch: int | None = Field(
+        None, ge=0, description="Evaluations per epoch: eval_steps = 1 / (evals_per_epoch x num_epochs) of all steps."
+    )
+    load_best_model_at_end: bool = Field(
+        False, description="Publish the checkpoint with the best metric_for_best_model, not the last one."
+    )
+    metric_for_best_model: str | None = Field(None, description="Metric that picks the best checkpoint (eval_loss).")
+    greater_is_better: bool | None = Field(None, description="Whether a larger metric_for_best_model is better.")
+    early_stopping_patience: int | None = Field(
+        None, gt=0, description="Stop after this many evaluations without improvement of metric_for_best_model."
+    )
     logging_steps: int | None = Field(None, gt=0, description="Log the loss every N steps.")
     seed: int = Field(42, description="Seed for shuffling, initialisation and dropout.")
     resume_from_checkpoint: str | None = Field(None, description="Checkpoint folder to resume training from.")
@@ -239,3 +736,35 @@ class TrainingSection(BaseModel):
     wandb_name: str | None = Field(None, description="W&B run name.")
     wandb_run_id: str | None = Field(None, description="W&B run id (to resume a run).")
     wandb_log_model: str | None = Field(None, description="W&B: upload checkpoints (checkpoint, end).")
+
+    _optimizer = field_validator("optimizer", mode="before")(optimizer_name)
+    _target_modules = field_validator("optim_target_modules", mode="before")(
+        lambda value: value if value == "all_linear" else one_as_list(value)
+    )
+
+    @field_validator("eval_strategy", "save_strategy", mode="before")
+    @classmethod
+    def _strategy_name(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+class RLSection(BaseModel):
+    """Preference training (axolotl's `rl:`), run by TRL's DPOTrainer."""
+
+    model_config = _SECTION
+
+    rl: RLMethod | None = Field(
+        None, description="Preference training: dpo, or ipo (DPO with the IPO loss); datasets need preference types."
+    )
+    rl_beta: float | None = Field(None, gt=0, description="rl: beta of the preference loss (TRL beta; default 0.1).")
+    dpo_beta: float | None = Field(None, gt=0, description="rl: axolotl's older name for rl_beta.")
+    trl: TrlSettings | None = Field(None, description="axolotl's TRL options; DPO reads beta.")
+    dpo_use_weighting: bool = Field(False, description="rl: WPO weighting of the pairs (TRL use_weighting).")
+    rpo_alpha: float | None = Field(
+        None, gt=0, description="rl: add the chosen answers' NLL loss x rpo_alpha (RPO; TRL sft loss, weighted)."
+    )
+    dpo_label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="rl: conservative DPO label smoothing; only 0 here (TRL 1.16 dropped it)."
+    )
+
+    _rl = field_validator("rl", mode="before")(rl_method)

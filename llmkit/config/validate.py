@@ -1,6 +1,6 @@
 """Check a config and print its plan without training.
 
-llmkit validate axolotl_configs/Llama-2-7b-03.yml [--strict]
+llmkit validate axolotl_configs/Llama-2-7b-03.yml [--strict] [--model-config path/to/config.json]
 make validate CONFIG=axolotl_configs/Llama-2-7b-03.yml
 """
 
@@ -14,12 +14,13 @@ from llmkit.config.schema import ConfigError, ConfigWarning, load_config
 from llmkit.core.memory import GIB
 
 
-def validate(path: str | Path, *, strict: bool = False, console=None) -> int:
+def validate(path: str | Path, *, strict: bool = False, model_config: str | None = None, console=None) -> int:
     """Load `path`, plan it and print the plan; returns the exit status (1: the config is unusable).
 
     Args:
         path: the YAML config.
         strict: report unknown and unimplemented keys as errors, whatever the file's `strict:` says.
+        model_config: the base model's config.json (or a folder with one), when llmkit cannot find it.
         console: a rich Console to print to (default: stdout, errors to stderr).
     """
     from rich.console import Console
@@ -29,7 +30,8 @@ def validate(path: str | Path, *, strict: bool = False, console=None) -> int:
     try:
         with warnings.catch_warnings():  # the plan lists the ignored keys itself
             warnings.simplefilter("ignore", ConfigWarning)
-            training_plan = plan(load_config(path, {"strict": True} if strict else None))
+            cfg = load_config(path, {"strict": True} if strict else None)
+            training_plan = plan(cfg, model_config=model_config)
     except ConfigError as error:
         err.print(f"[red]{error}[/red]", highlight=False)
         return 1
@@ -46,12 +48,18 @@ def render(p: TrainingPlan):
     summary = Table(title=f"Training plan: {cfg.source or cfg.base_model}", show_header=False, title_justify="left")
     summary.add_column(style="bold")
     summary.add_column()
-    n_params = p.shape.num_params
-    summary.add_row("base model", f"{cfg.base_model} ({n_params / 1e9:.2f}B parameters; shape from {p.shape_source})")
+    if p.shape is None:
+        summary.add_row("base model", f"{cfg.base_model} (size unknown)")
+        summary.add_row("[yellow]memory plan[/yellow]", f"[yellow]{p.shape_source}[/yellow]")
+    else:
+        n_params = p.shape.num_params
+        where = f"{n_params / 1e9:.2f}B parameters, {p.shape.architecture}; config.json: {p.shape_source}"
+        summary.add_row("base model", f"{cfg.base_model} ({where})")
     summary.add_row("method", p.method)
     summary.add_row("target modules", ", ".join(p.target_modules) or "-")
-    share = p.trainable_params / n_params
-    summary.add_row("trainable parameters", f"{p.trainable_params:,} ({share:.2%} of {n_params:,})")
+    if p.shape is not None and p.trainable_params is not None:
+        share = p.trainable_params / p.shape.num_params
+        summary.add_row("trainable parameters", f"{p.trainable_params:,} ({share:.2%} of {p.shape.num_params:,})")
     batch = f"{cfg.micro_batch_size} x {cfg.gradient_accumulation_steps} accum x {cfg.sequence_len} tokens"
     summary.add_row("tokens per optimizer step", f"{p.tokens_per_step:,} ({batch} x {p.world_size} GPU)")
     summary.add_row("optimizer steps", _steps_text(p))
@@ -61,6 +69,8 @@ def render(p: TrainingPlan):
     empty = [key.path for key in cfg.ignored_keys if key.known and not key.effective]
     if empty:
         summary.add_row("[dim]empty, not implemented[/dim]", f"[dim]{', '.join(empty)}[/dim]")
+    if not p.memory:
+        return summary
     title = "Estimated training memory per GPU in GiB (trainable: + gradients and optimizer states)"
     memory = Table(title=title, title_justify="left")
     for column in ("track", "memory", "weights", "trainable", "activations", "overhead", "total", "fits"):

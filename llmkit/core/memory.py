@@ -1,11 +1,14 @@
-"""The one GPU-memory model, from the model's shape alone (offline for `KNOWN_SHAPES` and local directories): what
+"""The one GPU-memory model, from the model's shape alone (`llmkit.core.shapes`, built from config.json): what
 serving a submission needs (`estimate_memory`, the fit check) and what training a config needs (`estimate_training`,
 printed by `llmkit validate`) on one GPU of a track. Both add up the same parts; with h the hidden size, kv the
-key/value width, i the MLP width, V the vocabulary, L layers, T tokens and b bytes per value:
+key/value width, i the MLP width a token passes through (MoE: times its active experts), V the vocabulary,
+L layers, T tokens and b bytes per value:
 
-- weights (`weight_bytes`): the decoder layers' linear weights at `linear_bytes_per_param` (NF4 with double
-  quantization 0.5159 bytes; int8 1 byte + an fp32 scale per output row), every other tensor (embeddings, lm_head,
-  norms) unquantized.
+- weights (`weight_bytes`): the linear layers transformers hands to bitsandbytes (exactly nn.Linear or Conv1D; a
+  subclass such as Falcon's FalconLinear stays in 16 bits) at
+  `linear_bytes_per_param` (NF4 with double quantization 0.5159 bytes; int8 1 byte + an fp32 scale per output
+  row); every other tensor unquantized: embeddings, lm_head, norms, and MoE experts held as fused 3-D parameters
+  (transformers 5 stores Mixtral's and Qwen-MoE's experts so, and bitsandbytes leaves them in 16 bits).
 - KV cache: 2 x L x kv x 2 bytes per token (`ModelShape.kv_cache_bytes_per_token`); training keeps none.
 - activations: one decoder layer's tensors, A = b x (6h + 4kv + 4i) per token (no T x T scores: attention runs in
   SDPA's flash or memory-efficient kernel on sm_80/sm_89), and the logits T x V x (b + 8): the logits, an fp32
@@ -32,7 +35,20 @@ CONCURRENT_REQUESTS = 1
 CUDA_CONTEXT_GIB = 1.0  # CUDA context, cuBLAS workspaces, bitsandbytes kernels
 ALLOCATOR_SLACK = 0.05  # PyTorch's caching allocator never packs tensors perfectly
 # Optimizer state per trainable parameter in fp32 bytes (8-bit variants: a quarter); unknown names count as AdamW.
-_STATE_BYTES = {"adamw": 8, "ademamix": 12, "lion": 4, "adagrad": 4, "rmsprop": 4, "adafactor": 0, "sgd": 0}
+# The first key found in the name wins, so the specific names come first; GaLore and APOLLO keep low-rank state and
+# are counted as AdamW (an upper bound).
+_STATE_BYTES = {
+    "grokadamw": 12,
+    "schedule_free_sgd": 4,
+    "lomo": 0,  # lomo, adalomo: fused updates, no per-parameter state
+    "adamw": 8,
+    "ademamix": 12,
+    "lion": 4,
+    "adagrad": 4,
+    "rmsprop": 4,
+    "adafactor": 0,
+    "sgd": 0,
+}
 
 
 def linear_bytes_per_param(loading: Loading, *, double_quant: bool = True, float_bytes: int = 2) -> float:
@@ -48,10 +64,9 @@ def linear_bytes_per_param(loading: Loading, *, double_quant: bool = True, float
 
 def weight_bytes(shape: ModelShape, loading: Loading, *, float_bytes: int = 2, double_quant: bool = True) -> float:
     """Bytes of the weights: linear layers at the loading's precision, the rest at `float_bytes` (bf16: 2)."""
-    layers = shape.linear_layers().values()
-    linear = shape.num_layers * sum(i * o for i, o in layers)
-    other = shape.num_params - linear  # embeddings, lm_head (bitsandbytes leaves it unquantized), norms
-    scales = shape.num_layers * sum(o for _, o in layers) * 4 if loading is Loading.int8 else 0
+    linear = shape.quantizable_params
+    other = shape.num_params - linear  # embeddings, lm_head (bitsandbytes leaves it unquantized), norms, experts
+    scales = sum(m.fan_out for m in shape.linear if m.quantizable) * 4 if loading is Loading.int8 else 0
     per_param = linear_bytes_per_param(loading, double_quant=double_quant, float_bytes=float_bytes)
     return linear * per_param + other * float_bytes + scales
 
@@ -59,7 +74,7 @@ def weight_bytes(shape: ModelShape, loading: Loading, *, float_bytes: int = 2, d
 def layer_activation_bytes(shape: ModelShape, dtype_bytes: int, extra_width: int = 0) -> int:
     """Bytes per token of one decoder layer's activations (extra_width: more saved inputs, e.g. dropout's)."""
     kv = shape.num_kv_heads * shape.head_size
-    return dtype_bytes * (6 * shape.hidden_size + 4 * kv + 4 * shape.intermediate_size + extra_width)
+    return dtype_bytes * (6 * shape.hidden_size + 4 * kv + 4 * shape.mlp_width + extra_width)
 
 
 def logits_bytes(shape: ModelShape, tokens: int, dtype_bytes: int) -> int:
@@ -74,7 +89,8 @@ def overhead_bytes(allocated: float) -> float:
 def optimizer_state_bytes(optimizer: str) -> float:
     """Bytes of optimizer state per trainable parameter for a transformers optimizer name."""
     family = next((key for key in _STATE_BYTES if key in optimizer), "adamw")
-    return _STATE_BYTES[family] / 4 if optimizer.endswith("8bit") else _STATE_BYTES[family]
+    quantized = 4 if optimizer.endswith("8bit") else 8 if optimizer.endswith("4bit") else 1  # state of 1 or 0.5 byte
+    return _STATE_BYTES[family] / quantized
 
 
 class FitError(ValueError):
@@ -144,6 +160,7 @@ class TrainingSetup:
     full_fine_tune: bool = False
     double_quant: bool = True
     dropout_width: int = 0  # summed input widths of the adapted layers when lora_dropout > 0 (dropout keeps a copy)
+    reference_model: bool = False  # preference training of a full fine-tune: TRL keeps a frozen copy of the model
 
 
 @dataclass(frozen=True)
@@ -174,6 +191,8 @@ def estimate_training(shape: ModelShape, setup: TrainingSetup, track: Track) -> 
       backward. A full fine-tune's own weights count as trainable.
     - trainable: N x (4 weight + 4 gradient + optimizer state) bytes: adapters are fp32, and a full fine-tune
       keeps fp32 master weights. Optimizer state: 8 for AdamW, 2 for 8-bit AdamW, 4 for Lion, 0 for SGD/Adafactor.
+    - preference training (DPO): `tokens` counts the chosen and the rejected answers (one batch); the reference
+      policy's forward runs without gradients and keeps nothing, and is the base itself for an adapter.
     - activations at r, the residual stream's dtype (it follows the fp32 embeddings and norms): backward needs
       every layer's A (T x L x A); with gradient checkpointing only each layer's input (T x L x r x h) and one
       recomputed layer (T x A). Plus the logits at b.
@@ -182,6 +201,8 @@ def estimate_training(shape: ModelShape, setup: TrainingSetup, track: Track) -> 
     r = b if setup.loading is Loading.bf16 and not setup.full_fine_tune else 4
     base = weight_bytes(shape, setup.loading, float_bytes=r, double_quant=setup.double_quant)
     weights = (0 if setup.full_fine_tune else base) + _autocast_copies(shape, setup, r)
+    if setup.reference_model:  # a deep copy of the fp32 master weights (an adapter's reference is the base itself)
+        weights += 4 * shape.num_params
     trainable = setup.trainable_params * (4 + 4 + optimizer_state_bytes(setup.optimizer))
     per_layer = layer_activation_bytes(shape, r, setup.dropout_width)
     if setup.gradient_checkpointing:

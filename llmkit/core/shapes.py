@@ -1,108 +1,320 @@
-"""Shapes of decoder-only base models: enough to count parameters and estimate memory without the weights.
+"""Shapes of causal language models, read from the model itself: enough to count parameters, list the modules an
+adapter can wrap and estimate memory, without the weights.
 
-Known bases are listed so that planning works offline; any other model's shape is read from its config.json
-(a local directory, or the hub where it is reachable).
+The model's config.json is instantiated on the meta device (accelerate's `init_empty_weights` + transformers'
+`from_config`), so every causal-LM architecture transformers knows is sized from its own modules: fused qkv
+(Falcon, GPT-NeoX, Phi-3), Conv1D (GPT-2), MoE experts held as fused 3-D parameters (Mixtral, Qwen-MoE), tied
+embeddings. `find_model_config` says where config.json comes from, in this order:
+
+1. an explicit file or folder (`--model-config`, or the config's `base_model_config`);
+2. `base_model` itself when it is a local folder, or the embedded default model (SmolLM2-135M-Instruct);
+3. the Hugging Face cache (offline);
+4. the config.json files this project ships for common competition bases (`llmkit/core/model_configs/`);
+5. the hub, when it is reachable (not with HF_HUB_OFFLINE=1);
+6. a shipped file of the same repository name under another owner (a mirror such as NousResearch/Llama-2-7b-hf),
+   or else of its base model (Llama-3.1-8B-Instruct has Llama-3.1-8B's shape): the plan names the file it used.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
+import socket
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from urllib.parse import urlparse
+
+from llmkit.core.models import DEFAULT_MODEL_ID, embedded_model_dir
 
 LOG = logging.getLogger(__name__)
+
+SHIPPED_CONFIGS = "llmkit.core.model_configs"
+
+
+class ModelConfigNotFound(LookupError):
+    """No config.json for a model: the message says where it looked and how to provide one."""
+
+
+@dataclass(frozen=True)
+class Module:
+    """A module an adapter can wrap: a linear layer (nn.Linear or GPT-2's Conv1D) or an embedding."""
+
+    name: str  # full name, e.g. model.layers.0.self_attn.q_proj
+    fan_in: int  # in_features (embedding: number of embeddings)
+    fan_out: int  # out_features (embedding: its width)
+    quantizable: bool = False  # bitsandbytes replaces it when loading in 4 or 8 bits
+
+    @property
+    def leaf(self) -> str:
+        return self.name.rsplit(".", 1)[-1]
+
+    @property
+    def params(self) -> int:
+        return self.fan_in * self.fan_out
+
+    def matches(self, target: str) -> bool:
+        """peft's rule for a target_modules entry: the full name, or a suffix after a dot."""
+        return self.name == target or self.name.endswith("." + target)
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """A Llama-style decoder (Llama, Mistral, Qwen2, SmolLM...): attention + gated MLP per layer."""
+    """What planning needs to know about a causal LM, measured on its meta-device instance."""
 
+    architecture: str  # e.g. LlamaForCausalLM
+    num_params: int  # every parameter once (tied embeddings counted once)
+    linear: tuple[Module, ...]  # the decoder's linear layers, output head excluded: what bitsandbytes quantizes
+    embeddings: tuple[Module, ...]  # input embeddings (token, and position where the model has them)
+    head: Module | None  # the output projection (lm_head), None in a model without one
+    tie_word_embeddings: bool  # the head is the input embedding (one tensor, counted once)
+    expert_params: int  # MoE experts stored as fused 3-D parameters: bitsandbytes leaves them unquantized
+    expert_names: tuple[str, ...]  # their parameter names' last two parts, e.g. experts.gate_up_proj
+    module_leaves: frozenset[str]  # every module's last name part (for "did you mean" and existence checks)
     hidden_size: int
     num_layers: int
     num_heads: int
     num_kv_heads: int
-    intermediate_size: int
+    head_size: int
+    mlp_width: int  # the MLP's inner width per token (MoE: times the experts each token uses)
     vocab_size: int
-    tie_word_embeddings: bool = False
-    head_dim: int | None = None
 
     @property
-    def head_size(self) -> int:
-        return self.head_dim or self.hidden_size // self.num_heads
+    def quantizable_params(self) -> int:
+        return sum(module.params for module in self.linear if module.quantizable)
 
-    def linear_layers(self) -> dict[str, tuple[int, int]]:
-        """(in_features, out_features) of each linear module in one decoder layer, by module name."""
-        h, i = self.hidden_size, self.intermediate_size
-        q, kv = self.num_heads * self.head_size, self.num_kv_heads * self.head_size
-        return {
-            "q_proj": (h, q),
-            "k_proj": (h, kv),
-            "v_proj": (h, kv),
-            "o_proj": (q, h),
-            "gate_proj": (h, i),
-            "up_proj": (h, i),
-            "down_proj": (i, h),
-        }
+    def linear_names(self) -> list[str]:
+        """The distinct last name parts of the linear layers, in model order: peft's "all-linear" targets."""
+        return list(dict.fromkeys(module.leaf for module in self.linear))
 
-    @property
-    def embedding_params(self) -> int:
-        return self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+    def targetable(self) -> tuple[Module, ...]:
+        return self.linear + self.embeddings + ((self.head,) if self.head else ())
 
-    @property
-    def layer_params(self) -> int:
-        linear = sum(i * o for i, o in self.linear_layers().values())
-        return linear + 2 * self.hidden_size  # two RMSNorm weights
-
-    @property
-    def num_params(self) -> int:
-        return self.embedding_params + self.num_layers * self.layer_params + self.hidden_size
+    def matching(self, target: str) -> list[Module]:
+        """The modules a target_modules entry wraps (peft's suffix rule); empty when it names none."""
+        return [module for module in self.targetable() if module.matches(target)]
 
     def kv_cache_bytes_per_token(self, bytes_per_value: float = 2) -> float:
         return 2 * self.num_layers * self.num_kv_heads * self.head_size * bytes_per_value
 
     @classmethod
-    def from_config(cls, config: dict) -> ModelShape:
-        try:
-            return cls(
-                hidden_size=config["hidden_size"],
-                num_layers=config["num_hidden_layers"],
-                num_heads=config["num_attention_heads"],
-                num_kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
-                intermediate_size=config["intermediate_size"],
-                vocab_size=config["vocab_size"],
-                tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-                head_dim=config.get("head_dim"),
-            )
-        except KeyError as err:
-            raise ValueError(f"config.json lacks {err}: not a Llama-style decoder this project can size") from err
+    def from_model(cls, model) -> ModelShape:
+        """The shape of a model instance: on the meta device, or loaded (quantized layers keep in/out features)."""
+        import torch
+        from transformers.pytorch_utils import Conv1D
+
+        head = model.get_output_embeddings()
+        inputs = model.get_input_embeddings()
+        tied = head is not None and head.weight is inputs.weight
+        linear, embeddings, leaves, head_module = [], [], set(), None
+        for name, module in model.named_modules():
+            leaves.add(name.rsplit(".", 1)[-1])
+            if module is head:
+                head_module = Module(name, module.in_features, module.out_features)
+            elif isinstance(module, torch.nn.Linear):
+                linear.append(Module(name, module.in_features, module.out_features, _quantizable(module)))
+            elif isinstance(module, Conv1D):  # GPT-2: weight is (in, out)
+                linear.append(Module(name, module.weight.shape[0], module.nf, quantizable=True))
+            elif isinstance(module, torch.nn.Embedding):
+                embeddings.append(Module(name, module.num_embeddings, module.embedding_dim))
+        experts = [(n, p) for n, p in model.named_parameters() if p.dim() == 3]
+        text = model.config.get_text_config()
+        return cls(
+            architecture=type(model).__name__,
+            num_params=sum(p.numel() for p in model.parameters()),
+            linear=tuple(linear),
+            embeddings=tuple(embeddings),
+            head=head_module,
+            tie_word_embeddings=tied,
+            expert_params=sum(p.numel() for _, p in experts),
+            expert_names=tuple(dict.fromkeys(".".join(n.split(".")[-2:]) for n, _ in experts)),
+            module_leaves=frozenset(leaves - {""}),
+            **_attention_and_mlp(text),
+        )
 
 
-# Offline table for the bases of the shipped configs and their neighbours (values from each model's config.json).
-KNOWN_SHAPES: dict[str, ModelShape] = {
-    "HuggingFaceTB/SmolLM2-135M-Instruct": ModelShape(576, 30, 9, 3, 1536, 49152, tie_word_embeddings=True),
-    "HuggingFaceTB/SmolLM2-135M": ModelShape(576, 30, 9, 3, 1536, 49152, tie_word_embeddings=True),
-    "meta-llama/Llama-2-7b-hf": ModelShape(4096, 32, 32, 32, 11008, 32000),
-    "meta-llama/Llama-2-13b-hf": ModelShape(5120, 40, 40, 40, 13824, 32000),
-    "meta-llama/Llama-2-70b-hf": ModelShape(8192, 80, 64, 8, 28672, 32000),
-    "mistralai/Mistral-7B-v0.1": ModelShape(4096, 32, 32, 8, 14336, 32000),
-}
+def _quantizable(linear) -> bool:
+    # transformers replaces modules whose type is exactly nn.Linear (or Conv1D): subclasses such as Falcon's
+    # FalconLinear stay in 16 bits. A model loaded quantized already holds bitsandbytes' layers.
+    import torch
+
+    return type(linear) is torch.nn.Linear or type(linear).__name__ in ("Linear4bit", "Linear8bitLt")
 
 
-def model_shape(model: str) -> ModelShape:
-    """Shape of `model`: a local directory's config.json, the offline table, or the hub's config.json."""
+def _attention_and_mlp(config) -> dict[str, int]:
+    """Widths from the (text) config, with the names the families use for them."""
+    hidden = config.hidden_size
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_kv_heads", None) or heads
+    if getattr(config, "multi_query", False) and not getattr(config, "new_decoder_architecture", False):
+        kv_heads = 1  # Falcon-7B: one key/value head shared by all query heads
+    inner = next(
+        (v for k in ("intermediate_size", "n_inner", "ffn_dim", "moe_intermediate_size") if (v := _int(config, k))),
+        4 * hidden,
+    )
+    active_experts = _int(config, "num_experts_per_tok") or 1
+    return {
+        "hidden_size": hidden,
+        "num_layers": config.num_hidden_layers,
+        "num_heads": heads,
+        "num_kv_heads": kv_heads,
+        "head_size": getattr(config, "head_dim", None) or hidden // heads,
+        "mlp_width": inner * active_experts,
+        "vocab_size": config.vocab_size,
+    }
+
+
+def _int(config, key: str) -> int | None:
+    value = getattr(config, key, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@functools.lru_cache(maxsize=64)
+def _shape_of(config_json: str) -> ModelShape:
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    data = json.loads(config_json)
+    model_type = data.get("model_type")
+    try:
+        config = AutoConfig.for_model(**data)
+    except (ValueError, KeyError) as err:  # its message lists every model type transformers has: too long to show
+        remote = " (its config.json points to remote code, which llmkit does not run)" if "auto_map" in data else ""
+        raise ValueError(f"model_type {model_type!r} is not an architecture transformers knows{remote}") from err
+    try:
+        with init_empty_weights(include_buffers=True):
+            model = AutoModelForCausalLM.from_config(config)
+            model.tie_weights()  # without it, a plain init_empty_weights() build leaves a tied head as a copy
+    except ValueError as err:  # not a causal LM (an encoder, a vision model)
+        raise ValueError(f"{model_type!r} is not a causal language model transformers can build") from err
+    try:
+        return ModelShape.from_model(model)
+    except AttributeError as err:  # a config without the usual width names (hidden_size, num_attention_heads)
+        raise ValueError(f"{model_type!r}: cannot read the model's widths from its config ({err})") from err
+
+
+def shape_from_config(config: dict) -> ModelShape:
+    """The shape of the model a config.json describes (built on the meta device; cached)."""
+    return _shape_of(json.dumps(config, sort_keys=True))
+
+
+@dataclass(frozen=True)
+class FoundConfig:
+    config: dict
+    where: str  # for the plan: "local folder", "Hugging Face cache", "shipped with llmkit", "the hub", ...
+
+
+def _read(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelConfigNotFound(f"{path}: not a readable config.json ({err})") from err
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise ModelConfigNotFound(f"{path}: not a transformers config.json (it has no model_type)")
+    return data
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The config.json files this project ships, by hub id (`owner--name.json` is owner/name)."""
+    folder = resources.files(SHIPPED_CONFIGS)
+    return {
+        entry.name.removesuffix(".json").replace("--", "/", 1): Path(str(entry))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".json")
+    }
+
+
+def _from_cache(model: str, revision: str | None) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        path = try_to_load_from_cache(model, "config.json", revision=revision)
+    except ValueError:  # not a valid repo id
+        return None
+    return Path(path) if isinstance(path, str) else None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub answers at all: huggingface_hub retries an unreachable host for ~25 s before failing."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _from_hub(model: str, revision: str | None) -> tuple[Path | None, str]:
+    from huggingface_hub import hf_hub_download
+
+    if not hub_reachable():
+        return None, "the hub is not reachable (offline)"
+    try:
+        return Path(hf_hub_download(model, "config.json", revision=revision)), ""
+    except Exception as err:  # gated, missing or a network error: say which
+        return None, f"the hub did not give it ({type(err).__name__}: {str(err).splitlines()[0]})"
+
+
+def _repo_name(hub_id: str) -> str:
+    return hub_id.rsplit("/", 1)[-1].lower()
+
+
+def _base_name(hub_id: str) -> str:
+    """The repository name without the tuning suffixes that keep the architecture: Llama-3.1-8B-Instruct,
+    Llama-2-7b-chat-hf and gemma-2-9b-it have their bases' shapes."""
+    return "-".join(part for part in _repo_name(hub_id).split("-") if part not in ("instruct", "chat", "it"))
+
+
+def find_model_config(model: str, revision: str | None = None, explicit: str | None = None) -> FoundConfig:
+    """config.json of `model`, from the first place that has it (the order is the module's docstring).
+
+    Raises:
+        ModelConfigNotFound: nowhere has it; the message lists where it looked and how to provide it.
+    """
+    if explicit:
+        path = Path(explicit).expanduser()
+        path = path / "config.json" if path.is_dir() else path
+        if not path.is_file():
+            raise ModelConfigNotFound(f"{explicit}: no such config.json")
+        return FoundConfig(_read(path), f"{path}")
     local = Path(model).expanduser()
     if (local / "config.json").is_file():
-        return ModelShape.from_config(json.loads((local / "config.json").read_text()))
-    if model in KNOWN_SHAPES:
-        return KNOWN_SHAPES[model]
-    try:
-        from huggingface_hub import hf_hub_download
+        return FoundConfig(_read(local / "config.json"), "local folder")
+    if local.is_dir() or model.startswith((".", "/", "~")):
+        raise ModelConfigNotFound(f"{model} is a local path without a config.json")
+    if model == DEFAULT_MODEL_ID and revision is None:  # what `llmkit train` will load: the embedded copy
+        return FoundConfig(_read(embedded_model_dir() / "config.json"), "the embedded default model")
+    if cached := _from_cache(model, revision):
+        return FoundConfig(_read(cached), "Hugging Face cache")
+    shipped = shipped_configs()
+    if model in shipped:
+        return FoundConfig(_read(shipped[model]), "shipped with llmkit")
+    downloaded, why = _from_hub(model, revision)
+    if downloaded:
+        return FoundConfig(_read(downloaded), "the hub")
+    for same, how in ((_repo_name, "same repository name"), (_base_name, "its base model's shape")):
+        mirrors = [hub_id for hub_id in shipped if same(hub_id) == same(model)]
+        if mirrors:
+            return FoundConfig(_read(shipped[mirrors[0]]), f"shipped with llmkit for {mirrors[0]} ({how})")
+    raise ModelConfigNotFound(
+        f"no config.json for {model}: not a local folder, not in the Hugging Face cache, not among the "
+        f"{len(shipped)} shipped with llmkit, and {why}. Give it with --model-config PATH (a config.json or a "
+        "folder holding one), or set base_model_config: in the config"
+    )
 
-        path = hf_hub_download(model, "config.json")
-    except Exception as err:  # offline, gated or missing: say which model and why
-        raise LookupError(
-            f"Unknown base model {model!r}: not in the offline table ({', '.join(KNOWN_SHAPES)}) "
-            f"and its config.json could not be fetched ({type(err).__name__}: {err})"
-        ) from err
-    return ModelShape.from_config(json.loads(Path(path).read_text()))
+
+def model_shape(model: str, revision: str | None = None, explicit: str | None = None) -> ModelShape:
+    """Shape of `model` from its config.json (see `find_model_config`).
+
+    Raises:
+        ModelConfigNotFound: no config.json could be found.
+        ValueError: the config.json is not a causal LM transformers can build.
+    """
+    found = find_model_config(model, revision, explicit)
+    return shape_from_config(found.config)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from datasets import Dataset, load_from_disk
 
 from llmkit.core.files import clean_stale, sha256_bytes, sha256_file, staging_dir
+from llmkit.data.user_strategy import module_digest
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 # Bump when tokenization, masking or packing changes, so old entries are not reused.
-PREPARED_FORMAT = 1
+PREPARED_FORMAT = 2  # 2: chat turns train content and EOS only (axolotl's masking)
 
 
 def _file_digests(path: Path) -> list[tuple[str, str]]:
@@ -56,6 +57,11 @@ def cache_key(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> str:
     identity = {
         "format": PREPARED_FORMAT,
         "datasets": [dataset_identity(spec) for spec in cfg.datasets],
+        # What a dataset's rows also depend on: a user module's code, the config-level chat template.
+        "modules": [module_digest(spec.user_module, cfg) for spec in cfg.datasets if spec.user_module],
+        "chat_template": [cfg.chat_template, cfg.chat_template_jinja],
+        "deduplicate": cfg.dataset_exact_deduplication,
+        "shuffle": cfg.shuffle_merged_datasets,
         "tokenizer": _tokenizer_identity(tokenizer),
         "sequence_len": cfg.sequence_len,
         "train_on_inputs": bool(cfg.train_on_inputs),

@@ -129,11 +129,19 @@ class PackedCollator:
         )
 
 
-def make_collator(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> PaddingCollator | PackedCollator:
-    """The collator for `build_datasets`' rows under this config (packed or not, padded to sequence_len or not)."""
+def make_collator(
+    cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase, attention: str | None = None
+) -> PaddingCollator | PackedCollator:
+    """The collator for `build_datasets`' rows under this config (packed or not, padded to sequence_len or not).
+
+    Args:
+        attention: the attention the model runs (default: the config's): flash attention takes packed rows
+            flattened into one, the others a batch of rows.
+    """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     pad_id = pad_id or 0  # a tokenizer with neither: any id will do, padding is masked out of attention and loss
     length = cfg.sequence_len if cfg.pad_to_sequence_len else None
     if cfg.sample_packing:
-        return PackedCollator(pad_id, length, flatten=cfg.flash_attention)
+        flash = (attention or cfg.attention_implementation or "").startswith("flash_attention")
+        return PackedCollator(pad_id, length, flatten=flash)
     return PaddingCollator(pad_id, length)

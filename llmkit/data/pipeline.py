@@ -14,15 +14,18 @@ from typing import TYPE_CHECKING
 
 from datasets import Dataset, concatenate_datasets
 
-from llmkit.core.files import sha256_bytes
 from llmkit.data.cache import cache_key, load_prepared, save_prepared
+from llmkit.data.chat import ChatDefaults, resolve_template
 from llmkit.data.packing import make_collator, pack_dataset
-from llmkit.data.prompts import CHAT_TYPES, FieldError, builders_for, chat_template_for
-from llmkit.data.rows import IGNORE_INDEX, Parts, RawColumns, TokenizedColumns, TokenizedRow
-from llmkit.data.sources import DataError, load_rows, source_name
+from llmkit.data.prompts import CHAT_TYPES, builder_for
+from llmkit.data.rows import IGNORE_INDEX, Parts, RawRow, TokenizedRow
+from llmkit.data.sources import DataError, convert_rows, load_rows, source_name
 from llmkit.data.stats import DatasetStats, DataStats, stats_table
+from llmkit.data.user_strategy import UserStrategyError, load_strategy, tokenize_row
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from transformers import PreTrainedTokenizerBase
 
     from llmkit.config.schema import AxolotlConfig
@@ -60,14 +63,7 @@ class Tokenize:
         self._strips_eos = bool(probe) and probe[-1] == self.eos and self.eos is not None
 
     def __call__(self, parts: Parts) -> list[TokenizedRow]:
-        input_ids: list[int] = []
-        labels: list[int] = []
-        for i, (text, trained) in enumerate(parts.segments):
-            ids: list[int] = self.tokenizer(text, add_special_tokens=i == 0 and parts.add_special_tokens)["input_ids"]
-            if i == 0 and self._strips_eos and ids and ids[-1] == self.eos:
-                ids = ids[:-1]  # this tokenizer ends every text with EOS; a prompt must not end the sequence
-            input_ids += ids
-            labels += ids if trained or self.train_on_inputs else [IGNORE_INDEX] * len(ids)
+        input_ids, labels = self._joined(parts) if parts.joined and self.tokenizer.is_fast else self._pieces(parts)
         if parts.add_eos and self.eos is not None:
             input_ids.append(self.eos)
             labels.append(self.eos)
@@ -79,47 +75,77 @@ class Tokenize:
             ]
         return [TokenizedRow(input_ids=input_ids, labels=labels)]
 
+    def _trained(self, parts: Parts, trained: bool) -> bool:
+        return trained or (self.train_on_inputs and not parts.final_labels)
 
-def _tokenize_spec(spec: DatasetSpec, position: int, tokenize: Tokenize) -> tuple[Dataset, DatasetStats]:
+    def _pieces(self, parts: Parts) -> tuple[list[int], list[int]]:
+        """Each segment tokenized alone (axolotl tokenizes prompt and response apart)."""
+        input_ids: list[int] = []
+        labels: list[int] = []
+        for i, (text, trained) in enumerate(parts.segments):
+            ids: list[int] = self.tokenizer(text, add_special_tokens=i == 0 and parts.add_special_tokens)["input_ids"]
+            if i == 0 and self._strips_eos and ids and ids[-1] == self.eos:
+                ids = ids[:-1]  # this tokenizer ends every text with EOS; a prompt must not end the sequence
+            input_ids += ids
+            labels += ids if self._trained(parts, trained) else [IGNORE_INDEX] * len(ids)
+        return input_ids, labels
+
+    def _joined(self, parts: Parts) -> tuple[list[int], list[int]]:
+        """The segments tokenized as one text; a token is trained when any of its characters is."""
+        text = "".join(segment.text for segment in parts.segments)
+        trained_chars = bytearray(len(text))
+        at = 0
+        for segment in parts.segments:
+            if self._trained(parts, segment.trained):
+                trained_chars[at : at + len(segment.text)] = b"\x01" * len(segment.text)
+            at += len(segment.text)
+        encoded = self.tokenizer(text, add_special_tokens=parts.add_special_tokens, return_offsets_mapping=True)
+        input_ids: list[int] = encoded["input_ids"]
+        spans: list[tuple[int, int]] = encoded["offset_mapping"]
+        labels = [t if any(trained_chars[a:b]) else IGNORE_INDEX for t, (a, b) in zip(input_ids, spans, strict=True)]
+        return input_ids, labels
+
+
+def _row_tokens(cfg: AxolotlConfig, spec: DatasetSpec, tokenize: Tokenize) -> Callable[[RawRow], list[TokenizedRow]]:
+    """What turns one of the spec's rows into training rows: its type's builder, then `Tokenize`; or the user's
+    own strategy.
+
+    Raises:
+        ValueError: the spec's chat template or user module cannot be used (said once, before any row is read).
+    """
+    if spec.user_module:
+        strategy = load_strategy(spec, cfg, tokenize.tokenizer)
+        return lambda row: tokenize_row(strategy, row)
+    chat = ChatDefaults.from_config(cfg)
+    build = builder_for(spec, tokenize.tokenizer, cfg.train_on_inputs, chat)
+    if spec.base_type in CHAT_TYPES:
+        resolve_template(spec, tokenize.tokenizer, chat)
+    return lambda row: tokenize(build(row, spec))
+
+
+def _tokenize_spec(
+    cfg: AxolotlConfig, spec: DatasetSpec, position: int, tokenize: Tokenize, key: str
+) -> tuple[Dataset, DatasetStats]:
     """One dataset's rows, tokenized and masked, without the rows that cannot be trained on."""
-    build = builders_for(tokenize.tokenizer)[spec.type]
     source = source_name(spec)
-    if spec.type in CHAT_TYPES:
-        try:  # a bad template name is the spec's error, not every row's: say so once, before reading
-            chat_template_for(spec, tokenize.tokenizer)
-        except ValueError as err:
-            raise DataError(f"{source}: {err}") from None
-    rows = load_rows(spec, build)
+    try:
+        to_rows = _row_tokens(cfg, spec, tokenize)
+    except UserStrategyError as err:
+        raise DataError(f"datasets[{position}].{err}") from None
+    except ValueError as err:  # a chat template this project cannot use: the spec's error, not every row's
+        raise DataError(f"{source}: {err}") from None
+    rows = load_rows(spec, to_rows)
 
-    def tokenize_batch(batch: RawColumns, indices: list[int]) -> TokenizedColumns:
-        out = TokenizedColumns(input_ids=[], labels=[])
-        for index, values in zip(indices, zip(*batch.values(), strict=True), strict=True):
-            try:
-                parts = build(dict(zip(batch, values, strict=True)), spec)
-            except FieldError as err:
-                raise DataError(f"{source}: row {index + 1}: {err}") from None
-            for row in tokenize(parts):
-                out["input_ids"].append(row["input_ids"])
-                out["labels"].append(row["labels"])
-        return out
-
-    tokenized = rows.map(
-        tokenize_batch,
-        batched=True,
-        with_indices=True,
-        remove_columns=rows.column_names,
+    tokenized = convert_rows(
+        rows,
+        source,
+        to_rows,
+        ("input_ids", "labels"),
         desc=f"Tokenizing {Path(source).name}",
-        load_from_cache_file=False,
-        new_fingerprint=tokenize_fingerprint(spec, position),
+        fingerprint=f"llmkit-tokenize-{key}-{position}",
     )
-    stats = DatasetStats(source, spec.type.value, len(rows), 0)
+    stats = DatasetStats(source, spec.type_name, len(rows), 0)
     return _drop_unusable(tokenized, stats, tokenize.sequence_len)
-
-
-def tokenize_fingerprint(spec: DatasetSpec, position: int) -> str:
-    # Our own cache (dataset_prepared_path) decides reuse; a fixed name spares datasets hashing the tokenizer
-    # and makes its scratch file for this dataset overwrite the last one instead of piling up.
-    return "llmkit-tokenize-" + sha256_bytes(f"{position}|{spec!r}".encode())[:16]
 
 
 def _drop_unusable(rows: Dataset, stats: DatasetStats, sequence_len: int) -> tuple[Dataset, DatasetStats]:
@@ -142,6 +168,21 @@ def _drop_unusable(rows: Dataset, stats: DatasetStats, sequence_len: int) -> tup
     return rows.select(keep), stats
 
 
+def _drop_duplicates(rows: Dataset) -> Dataset:
+    """The rows without exact repeats (same tokens, same labels), first occurrences kept, as axolotl's
+    dataset_exact_deduplication does."""
+    seen: set[int] = set()
+    keep = []
+    for index, (ids, labels) in enumerate(zip(rows["input_ids"], rows["labels"], strict=True)):
+        row = hash((tuple(ids), tuple(labels)))
+        if row not in seen:
+            seen.add(row)
+            keep.append(index)
+    if len(keep) < len(rows):
+        LOG.info("dataset_exact_deduplication: dropped %d duplicate rows of %d", len(rows) - len(keep), len(rows))
+    return rows.select(keep)
+
+
 def _split(rows: Dataset, val_set_size: float, seed: int) -> tuple[Dataset, Dataset | None]:
     """Hold out the fraction `val_set_size` (the config keeps it in [0, 1)) of the rows, shuffled with `seed`."""
     if not val_set_size:
@@ -158,21 +199,29 @@ def _with_attention_mask(input_ids: list[int]) -> dict[str, list[int]]:
     return {"attention_mask": [1] * len(input_ids)}
 
 
-def _prepare(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
+def _prepare(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase, key: str) -> PreparedData:
+    """The rows, computed. `key` (everything that shapes them, `cache_key`) names every step's result for
+    `datasets`, which spares it hashing the tokenizer and lets it reuse a step's scratch file only when the inputs
+    are the same: a fixed name would hand later steps (flatten_indices, the split) a file of an earlier run."""
     tokenize = Tokenize(tokenizer, cfg.train_on_inputs, cfg.sequence_len)
     tokenized: list[Dataset] = []
     stats = DataStats()
     for position, spec in enumerate(cfg.datasets):
-        rows, spec_stats = _tokenize_spec(spec, position, tokenize)
+        rows, spec_stats = _tokenize_spec(cfg, spec, position, tokenize, key)
         tokenized.append(rows)
         stats.datasets.append(spec_stats)
-    rows = concatenate_datasets(tokenized).shuffle(seed=cfg.seed).flatten_indices()
+    rows = concatenate_datasets(tokenized)
+    if cfg.dataset_exact_deduplication:
+        rows = _drop_duplicates(rows)
+    if cfg.shuffle_merged_datasets:
+        rows = rows.shuffle(seed=cfg.seed)
+    rows = rows.flatten_indices()
     rows = rows.map(
         _with_attention_mask,
         input_columns="input_ids",
         desc="Masks",
         load_from_cache_file=False,
-        new_fingerprint="llmkit-attention-mask",
+        new_fingerprint=f"llmkit-attention-mask-{key}",
     )
     train, evaluation = _split(rows, cfg.val_set_size, cfg.seed)
     stats.train_rows, stats.eval_rows = len(train), len(evaluation) if evaluation is not None else 0
@@ -194,16 +243,17 @@ def build_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> Pr
     Raises:
         DataError: a file, row or field is bad, or nothing is left to train on.
     """
+    key = cache_key(cfg, tokenizer)
     if not cfg.dataset_prepared_path:
-        return _prepare(cfg, tokenizer)
-    root, key = Path(cfg.dataset_prepared_path), cache_key(cfg, tokenizer)
+        return _prepare(cfg, tokenizer, key)
+    root = Path(cfg.dataset_prepared_path)
     if cached := load_prepared(root, key):
         train, evaluation, stats_json = cached
         stats = DataStats.from_json(stats_json)
         stats.cache = "hit"
         LOG.info("Reusing the prepared dataset %s/%s", root, key)
         return PreparedData(train, evaluation, stats)
-    data = _prepare(cfg, tokenizer)
+    data = _prepare(cfg, tokenizer, key)
     data.stats.cache = "miss"
     save_prepared(root, key, data.train, data.eval, data.stats.to_json())
     return data

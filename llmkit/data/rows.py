@@ -38,6 +38,10 @@ class Parts:
     add_eos: bool = True  # append EOS after the last segment
     add_special_tokens: bool = True  # BOS etc. on the first segment; off where a chat template writes its own
     chunked: bool = False  # completion text: split into sequence_len pieces instead of dropping long rows
+    # Tokenize the segments as one text and label each token by the segments its characters come from: a chat
+    # template's text then gives exactly the tokens it gives whole (a token may span two segments).
+    joined: bool = False
+    final_labels: bool = False  # the builder applied train_on_inputs itself (chat turns): masked stays masked
 
     @classmethod
     def prompt_response(cls, prompt: str, response: str) -> Parts:

@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, load_dataset
 
 from llmkit.config.sections import DatasetSpec
-from llmkit.data.prompts import Builder, FieldError
+from llmkit.data.fields import RowError
+from llmkit.data.rows import RawColumns, RawRow
+
+RowCheck = Callable[[RawRow], object]  # raises RowError for a row its dataset type cannot use
 
 _BUILDER_BY_SUFFIX = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
@@ -25,9 +29,9 @@ def source_name(spec: DatasetSpec) -> str:
     return str(local) if local.exists() else f"hub dataset {spec.path}"
 
 
-def load_rows(spec: DatasetSpec, build: Builder) -> Dataset:
-    """Read one dataset spec's rows (each a `RawRow`); `build` (the type's builder) finds the bad row in a JSON file
-    that `datasets` cannot read."""
+def load_rows(spec: DatasetSpec, check: RowCheck) -> Dataset:
+    """Read one dataset spec's rows (each a `RawRow`); `check` (what the type does with a row) finds the bad row in
+    a JSON file that `datasets` cannot read."""
     local = Path(spec.path).expanduser()
     if not local.exists() and (spec.path.startswith((".", "/", "~")) or local.suffix.lower() in _BUILDER_BY_SUFFIX):
         raise DataError(f"{spec.path}: no such file or folder")  # a local path, not a hub id: don't ask the hub
@@ -37,7 +41,7 @@ def load_rows(spec: DatasetSpec, build: Builder) -> Dataset:
         raise
     except Exception as err:  # datasets wraps parse errors of every format in its own exception types
         if local.is_file() and local.suffix.lower() in (".json", ".jsonl"):
-            find_bad_json_row(local, spec, build)
+            find_bad_json_row(local, check)
         raise DataError(f"{source_name(spec)}: cannot be read: {type(err).__name__}: {err}") from err
     return rows  # never empty: datasets raises for a split with no rows (caught above)
 
@@ -75,10 +79,10 @@ def _json_rows(path: Path) -> list[Any]:
     return rows
 
 
-def find_bad_json_row(path: Path, spec: DatasetSpec, build: Builder) -> None:
+def find_bad_json_row(path: Path, check: RowCheck) -> None:
     """Arrow's JSON reader fails on a row that is no object without saying which; find the row and raise for it.
 
-    Rows are checked in order, with the type's builder too, so the first bad row is the one reported. Returns
+    Rows are checked in order, with the type's own check too, so the first bad row is the one reported. Returns
     when no row is bad by these rules (e.g. a key repeated in one object): the caller reports datasets' error.
     """
     rows = _json_rows(path)
@@ -89,6 +93,40 @@ def find_bad_json_row(path: Path, spec: DatasetSpec, build: Builder) -> None:
         if not isinstance(row, dict):
             raise DataError(f"{where}: must be an object, got {type(row).__name__}")
         try:
-            build(row, spec)
-        except FieldError as err:
+            check(row)
+        except RowError as err:
             raise DataError(f"{where}: {err}") from None
+
+
+def convert_rows(
+    rows: Dataset,
+    source: str,
+    convert: Callable[[RawRow], list[dict[str, Any]]],
+    columns: tuple[str, ...],
+    desc: str,
+    fingerprint: str | None = None,
+) -> Dataset:
+    """Each raw row through `convert` (one row in, any number of rows with `columns` out), batched through
+    `datasets`; a row `convert` cannot use is a DataError naming the source and the row (counted from 1)."""
+
+    def convert_batch(batch: RawColumns, indices: list[int]) -> dict[str, list]:
+        out: dict[str, list] = {column: [] for column in columns}
+        for index, values in zip(indices, zip(*batch.values(), strict=True), strict=True):
+            try:
+                made = convert(dict(zip(batch, values, strict=True)))
+            except RowError as err:
+                raise DataError(f"{source}: row {index + 1}: {err}") from None
+            for row in made:
+                for column in columns:
+                    out[column].append(row[column])
+        return out
+
+    return rows.map(
+        convert_batch,
+        batched=True,
+        with_indices=True,
+        remove_columns=rows.column_names,
+        desc=desc,
+        load_from_cache_file=False,
+        new_fingerprint=fingerprint,
+    )

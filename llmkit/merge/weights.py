@@ -61,7 +61,13 @@ class LoraModule:
     bias: torch.Tensor | None = None
     magnitude: torch.Tensor | None = None
     scale: float = 1.0
-    transposed: bool = False  # embeddings and fan_in_fan_out (GPT-2 Conv1D) store the weight transposed
+    embedding: bool = False  # lora_embedding_A/B: an embedding's weight is (tokens, width), the delta transposed
+    conv1d: bool = False  # a transformers Conv1D (GPT-2): the weight is stored (in, out), the delta transposed
+    quantizable: bool = False  # load_in_4bit makes the base module a bitsandbytes Linear4bit
+
+    @property
+    def transposed(self) -> bool:
+        return self.embedding or self.conv1d
 
     def delta(self) -> torch.Tensor:
         delta = self.b.float() @ self.a.float()
@@ -83,8 +89,44 @@ class Adapter:
     replacements: dict[str, torch.Tensor]  # full tensors (modules_to_save, resized embeddings) by base name
 
 
-def load_lora_adapter(adapter_dir: Path) -> Adapter:
-    """Read a peft LoRA adapter directory (config + safetensors) into per-module factors."""
+@dataclass(frozen=True)
+class BaseLayout:
+    """What the base's module types say about their weights (`base_layout`)."""
+
+    conv1d: frozenset[str]  # Conv1D modules (GPT-2 and its kin): the weight is stored (in, out)
+    quantizable: frozenset[str]  # the modules load_in_4bit turns into Linear4bit: what --nf4-roundtrip rounds
+
+
+def base_layout(config, *, nf4: bool) -> BaseLayout:
+    """Read off the model built from `config` on the meta device (no weights allocated); the layers load_in_4bit
+    quantizes only for an `nf4` round-trip, which needs them (else none).
+
+    The adapter cannot tell either fact: peft sets `fan_in_fan_out` per layer from the module type (a QLoRA adapter
+    trained on the 4-bit model, where each Conv1D had become an (out, in) Linear4bit, says False), and transformers
+    quantizes only some linear layers (not Falcon's FalconLinear, a subclass of nn.Linear): its own replacement
+    function, run on the meta model, says which.
+    """
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers.integrations import replace_with_bnb_linear
+    from transformers.pytorch_utils import Conv1D
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    conv1d = frozenset(name for name, module in model.named_modules() if isinstance(module, Conv1D))
+    if not nf4:
+        return BaseLayout(conv1d, frozenset())
+    import bitsandbytes as bnb
+
+    replace_with_bnb_linear(
+        model, get_keys_to_not_convert(model), BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+    )
+    quantizable = frozenset(name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit))
+    return BaseLayout(conv1d, quantizable)
+
+
+def load_lora_adapter(adapter_dir: Path, layout: BaseLayout) -> Adapter:
+    """Read a peft LoRA adapter directory (config + safetensors) into per-module factors; `layout` is the base's."""
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir} is not a peft adapter directory: it has no adapter_config.json")
     config = LoraConfig.from_pretrained(adapter_dir) if _peft_type(adapter_dir) == "LORA" else None
@@ -106,7 +148,9 @@ def load_lora_adapter(adapter_dir: Path) -> Adapter:
             continue
         module = modules.setdefault(name.removesuffix(part), LoraModule(name.removesuffix(part)))
         setattr(module, _LORA_PARTS[part], tensor)
-        module.transposed = module.transposed or "embedding" in part or config.fan_in_fan_out
+        module.embedding = module.embedding or "embedding" in part
+        module.conv1d = module.name in layout.conv1d
+        module.quantizable = module.name in layout.quantizable
     for module in modules.values():
         _configure(module, config, adapter_dir)
     return Adapter(adapter_dir, config, modules, replacements)
@@ -121,7 +165,7 @@ def _configure(module: LoraModule, config: LoraConfig, adapter_dir: Path) -> Non
         raise AdapterMismatchError(f"{adapter_dir}: {module.name} has only one of its lora_A/lora_B factors")
     if module.magnitude is not None and module.transposed:
         raise AdapterMismatchError(
-            f"{adapter_dir}: DoRA on {module.name} (an embedding or fan_in_fan_out layer) cannot be merged here"
+            f"{adapter_dir}: DoRA on {module.name} (an embedding or a Conv1D layer) cannot be merged here"
         )
     rank = module.a.shape[0]
     alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), module.name), config.lora_alpha)
@@ -227,9 +271,9 @@ def merged_tensor(plan: TensorPlan, adapter: Adapter, nf4: Callable | None) -> t
     tensor = stored.to(plan.dtype)  # peft merges into the base as loaded in the merge dtype; so do we
     module = adapter.modules.get(plan.name.removesuffix(".weight")) if plan.name.endswith(".weight") else None
     if module is not None:
-        # bitsandbytes quantizes linear layers only; a LoRA on an embedding saw 16-bit weights in training
-        if nf4 is not None and not module.transposed:
-            tensor = nf4(stored)
+        # the weights training saw in 4 bits; a Conv1D had become a Linear4bit, its weight transposed
+        if nf4 is not None and module.quantizable:
+            tensor = nf4(stored.T.contiguous()).T if module.conv1d else nf4(stored)
         return module.merge_into(tensor, plan.dtype)
     module = adapter.modules.get(plan.name.removesuffix(".bias")) if plan.name.endswith(".bias") else None
     if module is not None and module.bias is not None:

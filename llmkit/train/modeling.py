@@ -6,27 +6,35 @@ benchmark uses `load_base_model(cfg, for_training=False)` to compare the 4-bit m
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import re
 import warnings
 from typing import Any
 
 import torch
 import transformers
 from peft import (
+    LoftQConfig,
     LoraConfig,
+    PeftConfig,
+    PeftModel,
     PromptTuningConfig,
     PromptTuningInit,
     VeraConfig,
     get_peft_model,
     prepare_model_for_kbit_training,
 )
-from transformers import BitsAndBytesConfig, PreTrainedModel
+from tokenizers import AddedToken
+from transformers import AutoConfig, BitsAndBytesConfig, PretrainedConfig, PreTrainedModel
+from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
 
 from llmkit.config.schema import AxolotlConfig, ConfigError
 from llmkit.config.sections import BnbConfigKwargs
 from llmkit.core import devices
 from llmkit.core.models import resolve_model
+from llmkit.data.chat import ChatDefaults, config_template
 
 LOG = logging.getLogger(__name__)
 
@@ -55,15 +63,27 @@ def quantization_config(cfg: AxolotlConfig) -> BitsAndBytesConfig | None:
 
 
 def load_tokenizer(cfg: AxolotlConfig) -> Any:
-    """The base model's tokenizer with the config's special tokens; a pad token is always set (EOS if none)."""
+    """The base model's tokenizer with the config's special and added tokens; a pad token is always set (EOS)."""
     source = resolve_model(cfg.tokenizer_config or cfg.base_model, cfg.revision_of_model).path
     tokenizer_cls = getattr(transformers, cfg.tokenizer_type or "AutoTokenizer")
-    tokenizer = tokenizer_cls.from_pretrained(source)
+    options: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if cfg.tokenizer_legacy is not None:
+        options["legacy"] = cfg.tokenizer_legacy
+    tokenizer = tokenizer_cls.from_pretrained(source, **options)
     if cfg.special_tokens:
         tokens = {k: v for k, v in cfg.special_tokens.model_dump().items() if v is not None}
         tokenizer.add_special_tokens(tokens)
+    if cfg.tokens:
+        # As axolotl adds them: whole tokens, matched as written (not normalised, no stripped spaces).
+        tokenizer.add_tokens([AddedToken(token, rstrip=False, lstrip=False, normalized=False) for token in cfg.tokens])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    try:
+        template = config_template(tokenizer, ChatDefaults.from_config(cfg))
+    except ValueError as err:
+        raise ConfigError([str(err)], cfg.source) from None
+    if template:  # as axolotl does: the saved tokenizer (and so the served model) carries the configured template
+        tokenizer.chat_template = template
     return tokenizer
 
 
@@ -74,13 +94,74 @@ def _device_map() -> dict[str, int] | None:
     return None
 
 
-def _attn_implementation(cfg: AxolotlConfig) -> str:
-    if not cfg.flash_attention:
-        return "sdpa"
-    if devices.resolve_device() != "cuda":
-        LOG.warning("flash_attention: true needs CUDA; using sdpa attention on this machine")
-        return "sdpa"
-    return "flash_attention_2"
+def attn_implementation(cfg: AxolotlConfig) -> str | None:
+    """The attention to load the model with: the config's where this machine runs it, else transformers' default.
+
+    None is transformers' default: sdpa where the architecture supports it, else eager (Gemma-2's soft-capping).
+
+    Raises:
+        ConfigError: the asked attention cannot run here and the config is `strict`.
+    """
+    asked = cfg.attention_implementation
+    missing = _attention_missing(asked) if asked else None
+    if missing is None:
+        return asked
+    problem = f"attention {asked}: {missing}"
+    if cfg.strict:
+        raise ConfigError([f"{problem}; strict: true does not substitute another attention"], cfg.source)
+    LOG.warning("%s; using the default attention (sdpa where the model supports it) instead", problem)
+    return None
+
+
+def _attention_missing(name: str) -> str | None:
+    """Why this machine cannot run attention `name`, or None when it can."""
+    if name == "xformers":
+        return "axolotl patches in the xformers kernel, which transformers has no attention for"
+    flash = {"flash_attention_2": is_flash_attn_2_available, "flash_attention_3": is_flash_attn_3_available}
+    if name in flash:
+        if devices.resolve_device() != "cuda":
+            return "needs a CUDA GPU, which this machine lacks"
+        if not flash[name]():
+            package = "flash-attn" if name == "flash_attention_2" else "flash-attn 3 (flash_attn_interface)"
+            return f"needs the {package} package, which is not installed (pip install flash-attn)"
+    if name.startswith("kernels-community/") and importlib.util.find_spec("kernels") is None:
+        return "a hub kernel needs the kernels package, which is not installed (pip install kernels)"
+    return None
+
+
+def model_config(cfg: AxolotlConfig, path: str) -> PretrainedConfig | None:
+    """The base's config.json with overrides_of_model_config and rope_scaling applied; None when there are none."""
+    overrides = dict(cfg.overrides_of_model_config or {})
+    if cfg.rope_scaling is None and not overrides:
+        return None
+    config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    if cfg.rope_scaling is not None:
+        scaling = dict(cfg.rope_scaling)
+        rope_type = scaling.pop("rope_type", None) or scaling.pop("type", None)
+        if isinstance(getattr(config, "rope_parameters", None), dict):
+            # transformers 5 keeps rope_theta in the same dict: setting rope_scaling alone would drop it
+            overrides["rope_parameters"] = {**config.rope_parameters, **scaling, "rope_type": rope_type}
+        else:
+            overrides["rope_scaling"] = {**scaling, "type": rope_type}
+    return type(config).from_dict({**config.to_dict(), **overrides})
+
+
+def _weights_dtype(cfg: AxolotlConfig) -> torch.dtype:
+    # bfloat16/float16 hold the weights in 16 bits (a full fine-tune then has no float32 copy); otherwise a full
+    # fine-tune keeps float32 master weights (autocast computes in 16 bits) and an adapter's frozen base is stored
+    # in the compute dtype to halve its memory.
+    if cfg.bfloat16 or cfg.float16:
+        return torch.bfloat16 if cfg.bfloat16 else torch.float16
+    return torch.float32 if cfg.adapter is None else torch_dtype(cfg)
+
+
+def _model_class(cfg: AxolotlConfig) -> Any:
+    name = cfg.model_type or "AutoModelForCausalLM"
+    model_cls = getattr(transformers, name, None)
+    if model_cls is None:  # axolotl's examples also write a config type here (model_type: qwen)
+        LOG.warning("model_type: %s is not a transformers class; loading with AutoModelForCausalLM", name)
+        return transformers.AutoModelForCausalLM
+    return model_cls
 
 
 def load_base_model(cfg: AxolotlConfig, *, for_training: bool = True) -> PreTrainedModel:
@@ -93,17 +174,20 @@ def load_base_model(cfg: AxolotlConfig, *, for_training: bool = True) -> PreTrai
     """
     resolved = resolve_model(cfg.base_model, cfg.revision_of_model)
     quantization = quantization_config(cfg)
-    # A full fine-tune keeps float32 master weights (the Trainer's autocast computes in the 16-bit dtype);
-    # an adapter's frozen base is stored in the compute dtype to halve its memory.
-    dtype = torch.float32 if cfg.adapter is None else torch_dtype(cfg)
-    model_cls = getattr(transformers, cfg.model_type or "AutoModelForCausalLM")
-    model = model_cls.from_pretrained(
+    options: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    config = model_config(cfg, str(resolved.path))
+    if config is not None:
+        options["config"] = config
+    model = _model_class(cfg).from_pretrained(
         resolved.path,
-        dtype=dtype,
+        dtype=_weights_dtype(cfg),
         quantization_config=quantization,
         device_map=_device_map(),
-        attn_implementation=_attn_implementation(cfg),
+        attn_implementation=attn_implementation(cfg),
+        **options,
     )
+    if quantization is not None:
+        _warn_unquantized(model)
     if not for_training:
         return model
     model.config.use_cache = False  # a KV cache is useless in training and breaks packed-sequence masking
@@ -112,10 +196,27 @@ def load_base_model(cfg: AxolotlConfig, *, for_training: bool = True) -> PreTrai
     if quantization is not None:
         model = prepare_model_for_kbit_training(
             model,
-            use_gradient_checkpointing=cfg.gradient_checkpointing,
+            use_gradient_checkpointing=bool(cfg.gradient_checkpointing),
             gradient_checkpointing_kwargs=gradient_checkpointing_kwargs(cfg),
         )
     return model
+
+
+def _warn_unquantized(model: PreTrainedModel) -> None:
+    # transformers hands bitsandbytes only modules whose type is exactly nn.Linear (or Conv1D): a subclass such as
+    # Falcon's FalconLinear stays in 16 bits, and "QLoRA" on it is plain LoRA with the memory of a 16-bit base.
+    from llmkit.core.shapes import ModelShape
+
+    kept = ModelShape.from_model(model).linear
+    names = sorted({module.leaf for module in kept if not module.quantizable})
+    if names:
+        LOG.warning(
+            "%s: transformers left %d linear layers unquantized (%s): they are not nn.Linear itself, so "
+            "bitsandbytes never sees them; they train and take memory as 16-bit weights",
+            type(model).__name__,
+            sum(not module.quantizable for module in kept),
+            ", ".join(names),
+        )
 
 
 def _keep_4bit_weights_trainable(model: PreTrainedModel) -> None:
@@ -134,6 +235,8 @@ def _keep_4bit_weights_trainable(model: PreTrainedModel) -> None:
 
 
 def gradient_checkpointing_kwargs(cfg: AxolotlConfig) -> dict[str, bool]:
+    """Keyword arguments of torch's checkpoint function (the Trainer adds `offload` for gradient_checkpointing:
+    offload)."""
     # Non-reentrant by default: the reentrant variant fails under DDP ("mark a variable ready only once").
     options = cfg.gradient_checkpointing_kwargs
     return {"use_reentrant": options.use_reentrant if options else False}
@@ -148,14 +251,34 @@ def build_peft_model(cfg: AxolotlConfig, model: PreTrainedModel, tokenizer: Any 
         tokenizer: needed only to initialise prompt tuning from `peft_prompt_tuning_init_text`.
     """
     if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))  # special_tokens added tokens the base does not know
+        model.resize_token_embeddings(len(tokenizer))  # special_tokens/tokens added tokens the base does not know
     if cfg.adapter is None:
+        if cfg.unfrozen_parameters:
+            _train_only(model, cfg)
         return model
-    method = cfg.peft.value
+    if cfg.lora_model_dir:
+        # The trained adapter's own adapter_config.json decides its method, rank and targets.
+        peft_model = PeftModel.from_pretrained(model, cfg.lora_model_dir, is_trainable=True)
+    else:
+        peft_model = get_peft_model(model, peft_config(cfg, model, tokenizer))
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    LOG.info(
+        "peft %s: %s of %s parameters trainable (%.2f%%)",
+        peft_model.peft_config["default"].peft_type.value.lower(),
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+    )
+    return peft_model
+
+
+def peft_config(cfg: AxolotlConfig, model: PreTrainedModel, tokenizer: Any = None) -> PeftConfig:
+    """The peft config of the configured method (`peft_method` and the lora_*/peft_* keys)."""
+    method = cfg.peft_method.value
     if method == "lora":
-        peft_config = _lora_config(cfg, model)
-    elif method == "vera":
-        peft_config = VeraConfig(
+        return _lora_config(cfg, model)
+    if method == "vera":
+        return VeraConfig(
             r=cfg.peft_vera_r,
             target_modules=cfg.resolved_target_modules(model),
             vera_dropout=cfg.lora_dropout,
@@ -163,18 +286,7 @@ def build_peft_model(cfg: AxolotlConfig, model: PreTrainedModel, tokenizer: Any 
             modules_to_save=cfg.lora_modules_to_save,
             task_type="CAUSAL_LM",
         )
-    else:
-        peft_config = _prompt_tuning_config(cfg, tokenizer)
-    peft_model = get_peft_model(model, peft_config)
-    trainable, total = peft_model.get_nb_trainable_parameters()
-    LOG.info(
-        "peft %s: %s of %s parameters trainable (%.2f%%)",
-        method,
-        f"{trainable:,}",
-        f"{total:,}",
-        100 * trainable / total,
-    )
-    return peft_model
+    return _prompt_tuning_config(cfg, tokenizer)
 
 
 def _lora_config(cfg: AxolotlConfig, model: PreTrainedModel) -> LoraConfig:
@@ -188,15 +300,46 @@ def _lora_config(cfg: AxolotlConfig, model: PreTrainedModel) -> LoraConfig:
         ensure_weight_tying=bool(cfg.lora_modules_to_save and model.config.tie_word_embeddings),
         use_dora=cfg.peft_use_dora,
         use_rslora=cfg.peft_use_rslora,
+        fan_in_fan_out=cfg.lora_fan_in_fan_out,
+        layers_to_transform=cfg.peft_layers_to_transform,
+        layers_pattern=cfg.peft_layers_pattern,
         bias="none",
         task_type="CAUSAL_LM",
+        **_lora_init(cfg),
     )
+
+
+def _lora_init(cfg: AxolotlConfig) -> dict[str, Any]:
+    """init_lora_weights (and LoftQ's settings): peft_init_lora_weights, or loftq with peft.loftq_config."""
+    if cfg.loftq_bits is None:
+        init = cfg.peft_init_lora_weights
+        return {} if init is None else {"init_lora_weights": init}
+    if importlib.util.find_spec("scipy") is None:
+        problem = "peft.loftq_config: peft's LoftQ needs scipy, which is not installed (pip install scipy)"
+        raise ConfigError([problem], cfg.source)
+    if devices.resolve_device() != "cuda":  # peft quantizes the weights with bitsandbytes' CUDA kernels
+        raise ConfigError(["peft.loftq_config: peft's LoftQ needs a CUDA GPU, which this machine lacks"], cfg.source)
+    return {"init_lora_weights": "loftq", "loftq_config": LoftQConfig(loftq_bits=cfg.loftq_bits)}
+
+
+def _train_only(model: PreTrainedModel, cfg: AxolotlConfig) -> None:
+    """unfrozen_parameters: freeze every parameter whose name no pattern matches (regexes, matched from the start)."""
+    patterns = [re.compile(pattern) for pattern in cfg.unfrozen_parameters or []]
+    trained = 0
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad = any(pattern.match(name) for pattern in patterns)
+        trained += parameter.requires_grad
+    if not trained:
+        example = next(name for name, _ in model.named_parameters())
+        raise ConfigError(
+            [f"unfrozen_parameters: {cfg.unfrozen_parameters} match no parameter name (e.g. {example})"], cfg.source
+        )
 
 
 def _prompt_tuning_config(cfg: AxolotlConfig, tokenizer: Any) -> PromptTuningConfig:
     if cfg.sample_packing:
         # peft drops position_ids for prompt tuning, so packed rows would attend to each other.
-        problem = "peft: prompt_tuning ignores position_ids, so packed rows would attend to each other"
+        problem = "peft_method: prompt_tuning ignores position_ids, so packed rows would attend to each other"
         raise ConfigError([f"sample_packing: {problem}; set sample_packing: false"], cfg.source)
     init_text = cfg.peft_prompt_tuning_init_text
     return PromptTuningConfig(

@@ -10,7 +10,9 @@ LOSS_CURVE = "loss_curve.png"
 TRAINER_STATE = "trainer_state.json"
 
 
-def plot_loss_curve(log_history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+def plot_loss_curve(
+    log_history: list[dict[str, Any]], path: Path, title: str = "", ylabel: str = "cross-entropy loss"
+) -> Path:
     """Train loss per logging step and eval loss per evaluation, from the Trainer's `state.log_history`."""
     import matplotlib
 
@@ -25,7 +27,7 @@ def plot_loss_curve(log_history: list[dict[str, Any]], path: Path, title: str = 
     if evals:
         ax.plot(*zip(*evals, strict=True), "o-", label="eval loss", color="tab:orange")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy loss")
+    ax.set_ylabel(ylabel)
     ax.set_title(title or "Training loss")
     ax.grid(alpha=0.3)
     ax.legend()

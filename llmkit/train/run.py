@@ -1,14 +1,15 @@
-"""Fine-tune a base model from an axolotl-style config with transformers' Trainer.
+"""Fine-tune a base model from an axolotl-style config with transformers' Trainer (TRL's DPOTrainer for `rl:`).
 
     llmkit train axolotl_configs/smollm2-135m-qlora.yml              # one process (GPU if present, else CPU)
     make train CONFIG=axolotl_configs/smollm2-135m-qlora.yml NPROC=2  # DDP: one process per device (torchrun)
 
-`train` reads top to bottom: optimizer check, TrainingArguments, what output_dir holds, tokenizer, data,
-model + peft, Trainer, train, publish. Running the same command again after an interruption resumes from the
+`train` reads top to bottom: optimizer check, training arguments, what output_dir holds, tokenizer, data,
+model + peft, trainer, train, publish. Running the same command again after an interruption resumes from the
 newest complete `checkpoint-*` in output_dir (or from `resume_from_checkpoint`); after a finished run it does
 nothing (llmkit/train/resume.py). The final adapter, tokenizer, `config.resolved.yml`, `trainer_state.json` and
 `loss_curve.png` are written to a temporary folder and moved into output_dir with the adapter's config last, so
-output_dir never looks finished while it is not.
+output_dir never looks finished while it is not. Preference training (`rl: dpo|ipo`) takes the same path with
+preference pairs (`llmkit.data.preference`) and TRL's DPOTrainer.
 """
 
 from __future__ import annotations
@@ -19,30 +20,23 @@ import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import yaml
 from peft import PeftModel
-from transformers import Trainer, TrainerState, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, Trainer, TrainerState, TrainingArguments, set_seed
 
-from llmkit.config.schema import RESOLVED_CONFIG, AxolotlConfig, ConfigError
+from llmkit.config.schema import RESOLVED_CONFIG, AxolotlConfig, ConfigError, RLMethod
 from llmkit.core import devices
 from llmkit.core.files import clean_stale, staging_dir, swap_in
-from llmkit.data.pipeline import build_datasets, make_collator
+from llmkit.data.pipeline import PreparedData, build_datasets, make_collator
+from llmkit.data.preference import PreferenceData, build_preference_datasets
 from llmkit.train.modeling import build_peft_model, gradient_checkpointing_kwargs, load_base_model, load_tokenizer
+from llmkit.train.optimizers import loraplus_optimizer, optimizer_for_machine
 from llmkit.train.report import LOSS_CURVE, TRAINER_STATE, plot_loss_curve
 from llmkit.train.resume import COMPLETION_MARKERS, plan_run, start_fresh, unpublish, write_record
 
 LOG = logging.getLogger(__name__)
-
-# Paged optimizers page their state through CUDA unified memory; without CUDA the plain variant is the same maths.
-PAGED_TO_PLAIN = {
-    "paged_adamw_32bit": "adamw_torch",
-    "paged_adamw_8bit": "adamw_bnb_8bit",
-    "paged_ademamix_32bit": "ademamix",
-    "paged_ademamix_8bit": "ademamix_8bit",
-    "paged_lion_32bit": "lion_32bit",
-    "paged_lion_8bit": "lion_8bit",
-}
 
 
 def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False, fresh: bool = False) -> Path:
@@ -54,11 +48,12 @@ def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False, fresh: bool = False
         fresh: remove a previous run's checkpoints in output_dir and start from step 0.
 
     Raises:
-        ConfigError: a setting this machine cannot run (paged optimizer or tf32 without CUDA, W&B not installed),
-            or an output_dir holding a run of another config (without `fresh`).
+        ConfigError: a setting this machine cannot run (an optimizer's package or CUDA, tf32 without CUDA, W&B not
+            installed), trainer settings that contradict each other, or an output_dir holding a run of another
+            config (without `fresh`).
     """
     output_dir = Path(cfg.output_dir)
-    args = _training_arguments(cfg, _optimizer_name(cfg, cpu_fallback))
+    args = training_arguments(cfg, optimizer_for_machine(cfg, cpu_fallback))
     is_main = args.process_index == 0
     with args.main_process_first(desc="checking output_dir"):  # rank 0 cleans up before the others look
         if fresh and is_main:
@@ -80,22 +75,10 @@ def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False, fresh: bool = False
     set_seed(cfg.seed)  # before the adapter exists: its initialisation is part of the run
     tokenizer = load_tokenizer(cfg)
     with args.main_process_first(desc="dataset preparation"):  # rank 0 fills dataset_prepared_path first
-        data = build_datasets(cfg, tokenizer)
-    LOG.info(
-        "Data: %d training rows -> %d sequences, %d eval rows",
-        data.stats.train_rows,
-        data.stats.train_sequences,
-        data.stats.eval_rows,
-    )
+        data = build_preference_datasets(cfg, tokenizer) if cfg.rl else build_datasets(cfg, tokenizer)
+    _log_data(data)
     model = build_peft_model(cfg, load_base_model(cfg), tokenizer)
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        data_collator=make_collator(cfg, tokenizer),
-        processing_class=tokenizer,
-    )
+    trainer = _trainer(cfg, args, model, tokenizer, data)
     if plan.finished_checkpoint:  # killed after the last step, before publishing: one more step would overshoot
         LOG.info("%s is at the end of the schedule; publishing it without training", plan.checkpoint)
         trainer._load_from_checkpoint(str(plan.checkpoint))
@@ -111,32 +94,69 @@ def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False, fresh: bool = False
     return output_dir
 
 
-def _optimizer_name(cfg: AxolotlConfig, cpu_fallback: bool) -> str:
-    name = cfg.optimizer.value
-    if name not in PAGED_TO_PLAIN or devices.resolve_device() == "cuda":
-        return name
-    plain = PAGED_TO_PLAIN[name]
-    if not cpu_fallback:
-        raise ConfigError(
-            [
-                f"optimizer: {name} pages its state through CUDA memory and needs a CUDA GPU, which this machine "
-                f"lacks; set optimizer: {plain} to train here, or pass --cpu-fallback to substitute it for this run"
-            ],
-            cfg.source,
+def _log_data(data: PreparedData | PreferenceData) -> None:
+    held_out = len(data.eval) if data.eval is not None else 0
+    if isinstance(data, PreferenceData):
+        LOG.info("Data: %d training preference pairs, %d eval pairs", len(data.train), held_out)
+        return
+    LOG.info(
+        "Data: %d training rows -> %d sequences, %d eval rows",
+        data.stats.train_rows,
+        data.stats.train_sequences,
+        data.stats.eval_rows,
+    )
+
+
+def _trainer(
+    cfg: AxolotlConfig, args: TrainingArguments, model: Any, tokenizer: Any, data: PreparedData | PreferenceData
+) -> Trainer:
+    """transformers' Trainer over the prepared rows, or TRL's DPOTrainer over preference pairs for `rl:`."""
+    callbacks = [EarlyStoppingCallback(cfg.early_stopping_patience)] if cfg.early_stopping_patience else []
+    if cfg.rl:
+        from trl import DPOTrainer  # imports TRL only where it is used
+
+        # The reference policy is the model before training: TRL keeps a copy of the new adapter as "ref".
+        trainer: Trainer = DPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=data.train,
+            eval_dataset=data.eval,
+            processing_class=tokenizer,
+            callbacks=callbacks,
         )
-    LOG.warning("optimizer: %s needs CUDA; --cpu-fallback: using %s on this machine", name, plain)
-    return plain
+    else:
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=data.train,
+            eval_dataset=data.eval,
+            data_collator=make_collator(cfg, tokenizer, model.config._attn_implementation),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    if cfg.loraplus_lr_ratio:
+        trainer.optimizer = loraplus_optimizer(trainer, cfg)  # the Trainer builds an optimizer only when it has none
+    return trainer
 
 
-def _training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments:
-    """The config's trainer keys in transformers' terms; "auto" precision resolved for this machine."""
+def training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments:
+    """The config's trainer keys in transformers' terms ("auto" precision resolved for this machine); a DPOConfig
+    (TrainingArguments plus the preference loss's settings) for `rl:`.
+
+    Raises:
+        ConfigError: tf32 without CUDA, or settings transformers refuses together (e.g. load_best_model_at_end
+            with save and eval cadences that do not match).
+    """
     device = devices.resolve_device()
     cuda = device == "cuda"
     if cfg.tf32 is True and not cuda:
         raise ConfigError(["tf32: true needs an Ampere-or-newer CUDA GPU; set tf32: auto or false"], cfg.source)
     dtype = cfg.compute_dtype(device)
     has_eval = cfg.val_set_size > 0
-    return TrainingArguments(
+    save_every, eval_every = cfg.save_every(), cfg.eval_every()
+    eval_strategy = (cfg.eval_strategy or ("steps" if eval_every else "epoch")) if has_eval else "no"
+    picks_best = cfg.load_best_model_at_end or bool(cfg.early_stopping_patience)
+    options: dict[str, Any] = dict(
         output_dir=cfg.output_dir,
         per_device_train_batch_size=cfg.micro_batch_size,
         per_device_eval_batch_size=cfg.micro_batch_size,
@@ -144,35 +164,107 @@ def _training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps or -1,  # wins over num_epochs when set
         optim=optimizer,
+        optim_args=_optim_args(cfg.optim_args),
+        optim_target_modules=cfg.optim_target_modules,
         learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler.value,
         warmup_steps=cfg.warmup_ratio if cfg.warmup_ratio is not None else (cfg.warmup_steps or 0),  # <1: ratio
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",  # transformers 5's name
         bf16=dtype == "bfloat16",
         fp16=dtype == "float16",
         tf32=cfg.tf32_enabled(device) if cuda else None,
         use_cpu=not cuda,  # transformers allows bf16 autocast on the CPU only when told it is the CPU
-        activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
-        activation_checkpointing_kwargs=gradient_checkpointing_kwargs(cfg),
-        neftune_noise_alpha=cfg.neftune_noise_alpha,
-        eval_strategy=("steps" if cfg.eval_steps else "epoch") if has_eval else "no",
-        eval_steps=cfg.eval_steps,
-        eval_on_start=has_eval,  # the held-out loss where the curve starts (the untrained model, or the resumed one)
-        save_strategy="steps" if cfg.save_steps else "epoch",
-        save_steps=cfg.save_steps or 500,  # unused with save_strategy epoch
+        activation_checkpointing=bool(cfg.gradient_checkpointing),  # transformers 5's name for it
+        activation_checkpointing_kwargs=_checkpointing_options(cfg),
+        neftune_noise_alpha=cfg.neftune_alpha,
+        eval_strategy=eval_strategy,
+        eval_steps=eval_every,
+        eval_on_start=eval_strategy != "no",  # the held-out loss where the curve starts (untrained, or resumed)
+        save_strategy=cfg.save_strategy or ("steps" if save_every else "epoch"),
+        save_steps=save_every or 500,  # unused with save_strategy epoch
         save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=picks_best,
+        # early stopping and the best checkpoint compare eval_loss unless told otherwise
+        metric_for_best_model=cfg.metric_for_best_model or ("eval_loss" if picks_best else None),
+        greater_is_better=cfg.greater_is_better,
         logging_steps=cfg.logging_steps or 10,
         logging_first_step=True,  # the curve starts at the untrained model
         seed=cfg.seed,
         report_to=_report_to(cfg),
         run_name=cfg.wandb_name,
-        remove_unused_columns=False,  # the collator builds exactly the model's inputs (position_ids, use_cache)
         ddp_find_unused_parameters=False,  # every trainable parameter gets a gradient; searching costs a pass
         push_to_hub=bool(cfg.hub_model_id),
         hub_model_id=cfg.hub_model_id,
         hub_strategy="end",
+        **_schedule(cfg),
+        **_adam(cfg),
     )
+    try:
+        if cfg.rl:
+            from trl import DPOConfig
+
+            return DPOConfig(**options, **_preference_loss(cfg))
+        # the collator builds exactly the model's inputs (position_ids, use_cache): keep every column
+        return TrainingArguments(**options, remove_unused_columns=False)
+    except ValueError as err:  # transformers checks the combination (cadences, best-model metric, ...)
+        raise ConfigError([f"trainer settings: {err}"], cfg.source) from None
+
+
+def _checkpointing_options(cfg: AxolotlConfig) -> dict[str, bool]:
+    """torch's checkpoint options, and `offload` (the checkpointed layers' saved inputs wait in pinned CPU memory
+    for the backward pass) for gradient_checkpointing: offload."""
+    options = gradient_checkpointing_kwargs(cfg)
+    if not cfg.checkpoint_offload:
+        return options
+    if not devices.is_cuda(devices.resolve_device()):
+        LOG.info("gradient_checkpointing: %s: the activations are in CPU memory already", cfg.gradient_checkpointing)
+    elif cfg.rl:
+        # TRL turns checkpointing off for each reference pass and back on with these options, passing `offload` on
+        # to torch's checkpoint function, which does not know it.
+        LOG.warning(
+            "gradient_checkpointing: %s: with rl, plain checkpointing (no CPU offload)", cfg.gradient_checkpointing
+        )
+    else:
+        options["offload"] = True
+    return options
+
+
+def _schedule(cfg: AxolotlConfig) -> dict[str, Any]:
+    if cfg.cosine_min_lr_ratio is None:
+        return {"lr_scheduler_type": cfg.lr_scheduler.value}
+    # axolotl's cosine with a floor is transformers' cosine_with_min_lr
+    return {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": cfg.cosine_min_lr_ratio}}
+
+
+def _adam(cfg: AxolotlConfig) -> dict[str, float]:
+    values = {"adam_beta1": cfg.adam_beta1, "adam_beta2": cfg.adam_beta2, "adam_epsilon": cfg.adam_epsilon}
+    return {key: value for key, value in values.items() if value is not None}  # unset: transformers' defaults
+
+
+def _optim_args(value: str | dict[str, Any] | None) -> str | None:
+    """transformers reads optim_args as `key=value,key=value`; axolotl also takes a mapping."""
+    if isinstance(value, dict):
+        return ",".join(f"{key}={item}" for key, item in value.items())
+    return value
+
+
+def _preference_loss(cfg: AxolotlConfig) -> dict[str, Any]:
+    """TRL's DPO settings: the loss (sigmoid; ipo; plus the chosen answers' NLL with rpo_alpha), beta, max_length."""
+    losses = ["ipo" if cfg.rl is RLMethod.ipo else "sigmoid"]
+    weights = None
+    if cfg.rpo_alpha:
+        losses.append("sft")  # RPO: DPO + rpo_alpha x the negative log-likelihood of the chosen answers
+        weights = [1.0, cfg.rpo_alpha]
+    settings: dict[str, Any] = {
+        "loss_type": losses,
+        "loss_weights": weights,
+        "max_length": cfg.sequence_len,
+        "use_weighting": cfg.dpo_use_weighting,
+    }
+    if cfg.preference_beta is not None:
+        settings["beta"] = cfg.preference_beta
+    return settings
 
 
 def _report_to(cfg: AxolotlConfig) -> list[str]:
@@ -197,22 +289,32 @@ def _report_to(cfg: AxolotlConfig) -> list[str]:
 def _publish(trainer: Trainer, cfg: AxolotlConfig, output_dir: Path) -> None:
     """Write the final artefacts to a temporary folder inside output_dir, then move them in, markers last."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    _drop_reference_adapters(trainer)
     final = output_dir / "final"  # only names the staging folder (`.final.publish-<pid>-*`) so it can be cleaned
     clean_stale(final)
     with staging_dir(final, "publish") as staging:
         trainer.save_model(str(staging))  # peft adapter (or the full model) + tokenizer
         trainer.state.save_to_json(str(staging / TRAINER_STATE))
         _write_resolved_config(cfg, trainer, staging / RESOLVED_CONFIG)
-        plot_loss_curve(trainer.state.log_history, staging / LOSS_CURVE, title=f"{cfg.base_model} ({_method(cfg)})")
+        loss = f"{cfg.rl.value.upper()} loss" if cfg.rl else "cross-entropy loss"
+        title = f"{cfg.base_model} ({_method(cfg)})"
+        plot_loss_curve(trainer.state.log_history, staging / LOSS_CURVE, title=title, ylabel=loss)
         for path in sorted(staging.iterdir(), key=lambda p: p.name in COMPLETION_MARKERS):
             clean_stale(output_dir / path.name)  # a folder a killed publish had moved aside
             swap_in(path, output_dir / path.name)
 
 
+def _drop_reference_adapters(trainer: Trainer) -> None:
+    # DPO's frozen copy of the initial adapter ("ref") is the reference policy; the published adapter is "default".
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if isinstance(model, PeftModel):
+        for name in [name for name in model.peft_config if name != "default"]:
+            model.delete_adapter(name)
+
+
 def _method(cfg: AxolotlConfig) -> str:
-    if cfg.adapter is None:
-        return "full fine-tune"
-    return f"{cfg.adapter.value}, {cfg.peft.value}"
+    method = "full fine-tune" if cfg.adapter is None else f"{cfg.adapter.value}, {cfg.peft_method.value}"
+    return f"{method}, {cfg.rl.value}" if cfg.rl else method
 
 
 def _write_resolved_config(cfg: AxolotlConfig, trainer: Trainer, path: Path) -> None:

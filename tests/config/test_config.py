@@ -95,7 +95,7 @@ def test_unimplemented_axolotl_keys_are_named_in_a_warning_and_fail_under_strict
     with pytest.warns(ConfigWarning, match="is_llama_derived_model=True: not implemented") as record:
         cfg = load_config(path)
     assert "deepspeed" in str(record[0].message) and "fsdp_config" in str(record[0].message)
-    assert {key.path for key in cfg.ignored_keys} >= {"is_llama_derived_model", "xformers_attention", "local_rank"}
+    assert {key.path for key in cfg.ignored_keys} >= {"is_llama_derived_model", "local_rank", "deepspeed"}
     message = error_of(path, {"strict": True})
     assert "is_llama_derived_model" in message
     assert "deepspeed" not in message  # left empty: no effect, so strict lets it pass
@@ -120,9 +120,13 @@ def test_unknown_keys_get_a_did_you_mean_and_fail_under_strict(tmp_path):
         ({"optimizer": "adamw_tourch"}, "optimizer: Input should be 'adamw_torch'"),
         ({"lr_scheduler": "cosinus"}, "lr_scheduler: Input should be"),
         ({"adapter": "qlor"}, "adapter: Input should be 'lora' or 'qlora'"),
-        ({"peft": "ia3"}, "peft: Input should be 'lora', 'vera' or 'prompt_tuning'"),
+        ({"peft_method": "ia3"}, "peft_method: Input should be 'lora', 'vera' or 'prompt_tuning'"),
+        ({"peft": "ia3"}, "peft: 'ia3': axolotl's peft: is a mapping"),
         ({"bf16": "sometimes"}, "bf16: Input should be a valid boolean"),
-        ({"datasets": [{"path": "x.jsonl", "type": "alpacca"}]}, "datasets[0].type: Input should be 'alpaca'"),
+        (
+            {"datasets": [{"path": "x.jsonl", "type": "alpacca"}]},
+            "datasets[0].type: unknown dataset type 'alpacca' (did",
+        ),
         ({"datasets": [{"type": "alpaca"}]}, "datasets[0].path: Field required"),
         ({"datasets": []}, "datasets: List should have at least 1 item"),
         ({"special_tokens": {"pad": "<pad>"}}, "special_tokens.pad: Extra inputs are not permitted"),
@@ -132,7 +136,7 @@ def test_unknown_keys_get_a_did_you_mean_and_fail_under_strict(tmp_path):
         ({"warmup_steps": 10, "warmup_ratio": 0.1}, "warmup_steps and warmup_ratio: set one, not both"),
         ({"bf16": True, "fp16": True}, "bf16 and fp16: both true"),
         ({"lora_target_linear": False}, "lora_target_modules: empty"),
-        ({"peft": "vera", "peft_use_dora": True}, "peft_use_dora/peft_use_rslora apply to peft: lora"),
+        ({"peft_method": "vera", "peft_use_dora": True}, "peft_use_dora applies to peft_method: lora, not vera"),
     ],
 )
 def test_wrong_values_name_the_key_path(tmp_path, change, expected):
@@ -148,8 +152,8 @@ def test_missing_required_keys_are_named(tmp_path, key):
 
 
 def test_a_full_fine_tune_cannot_carry_a_peft_method(tmp_path):
-    message = error_of(write(tmp_path, MINIMAL), {"adapter": None, "load_in_4bit": False, "peft": "vera"})
-    assert "peft: vera needs adapter: lora or qlora" in message
+    message = error_of(write(tmp_path, MINIMAL), {"adapter": None, "load_in_4bit": False, "peft_method": "vera"})
+    assert "peft_method: vera needs adapter: lora or qlora" in message
     cfg = load_quietly(write(tmp_path, MINIMAL), {"adapter": "none", "load_in_4bit": False})
     assert cfg.adapter is None
 
@@ -215,8 +219,193 @@ def test_cli_validate_reports_errors_with_the_key_path(tmp_path):
 
 def test_readme_config_table_is_the_generated_one():
     table = markdown_table(AxolotlConfig)
-    assert "| `datasets[].type` | alpaca \\| completion \\|" in table  # pipes escaped inside a cell
+    assert "| `datasets[].type` | str \\| {system_prompt," in table  # pipes escaped inside a cell
     assert "| `base_model` | str | **required** |" in table
     result = CliRunner().invoke(app, ["config-keys"])
     assert result.exit_code == 0 and result.output.strip() == table
     assert table in (ROOT / "README.md").read_text(), "README's Configs table is stale: paste `llmkit config-keys`"
+
+
+# --- axolotl keys that change what is trained (issue #14): each means what it means in axolotl, or is refused ---
+
+DPO = MINIMAL.replace("type: alpaca", "type: chatml.intel") + "rl: dpo\n"
+
+
+def test_peft_string_is_the_old_spelling_of_peft_method(tmp_path):
+    path = write(tmp_path, MINIMAL.replace("adapter: qlora", "adapter: qlora\npeft: vera"))
+    with pytest.warns(ConfigWarning, match="peft: vera is this project's old spelling; use peft_method: vera"):
+        cfg = load_config(path)
+    assert cfg.peft_method.value == "vera" and cfg.peft is None
+    assert "peft: vera is this project's old spelling" in error_of(path, {"strict": True})
+    assert "peft: vera (old spelling) and peft_method: lora disagree" in error_of(path, {"peft_method": "lora"})
+
+
+def test_peft_mapping_is_axolotls_loftq(tmp_path):
+    loftq = {"peft": {"loftq_config": {"loftq_bits": 4}}}
+    cfg = load_quietly(write(tmp_path, MINIMAL), {**loftq, "adapter": "lora", "load_in_4bit": False})
+    assert cfg.loftq_bits == 4 and cfg.peft_method.value == "lora"
+    assert "LoftQ starts from the unquantized base" in error_of(write(tmp_path, MINIMAL), loftq)  # a 4-bit load
+    assert "peft.loftq_config.loftq_bits: Input should be 4 or 8" in error_of(
+        write(tmp_path, MINIMAL),
+        {"peft": {"loftq_config": {"loftq_bits": 3}}, "adapter": "lora", "load_in_4bit": False},
+    )
+    assert "peft.backend: Input should be 'bnb'" in error_of(
+        write(tmp_path, MINIMAL), {"peft": {"backend": "torchao"}}
+    )
+
+
+def test_neftune_and_its_older_name(tmp_path):
+    cfg = load_quietly(write(tmp_path, MINIMAL), {"noisy_embedding_alpha": 5})
+    assert cfg.neftune_alpha == 5
+    assert (
+        load_quietly(write(tmp_path, MINIMAL), {"noisy_embedding_alpha": 5, "neftune_noise_alpha": 5}).neftune_alpha
+        == 5
+    )
+    message = error_of(write(tmp_path, MINIMAL), {"noisy_embedding_alpha": 5, "neftune_noise_alpha": 3})
+    assert "neftune_noise_alpha: 3.0 and noisy_embedding_alpha (its older name): 5.0; set one" in message
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ({}, None),
+        ({"attn_implementation": "flash_attention_2"}, "flash_attention_2"),
+        ({"attention": "flash"}, "flash_attention_2"),
+        ({"flash_attention": True, "attn_implementation": "flash_attention_2"}, "flash_attention_2"),
+        ({"sdp_attention": True}, "sdpa"),
+        ({"eager_attention": True}, "eager"),
+        ({"flex_attention": True}, "flex_attention"),
+        ({"xformers_attention": True}, "xformers"),
+        ({"attn_implementation": "xformers"}, "xformers"),
+    ],
+)
+def test_attention_keys_name_one_implementation(tmp_path, keys, expected):
+    assert load_quietly(write(tmp_path, MINIMAL), keys).attention_implementation == expected
+
+
+def test_conflicting_or_unknown_attention_is_an_error(tmp_path):
+    message = error_of(write(tmp_path, MINIMAL), {"flash_attention": True, "sdp_attention": True})
+    assert "attention set more than one way: flash_attention: flash_attention_2, sdp_attention: sdpa" in message
+    assert "attn_implementation: 'sage' is not an attention implementation here" in error_of(
+        write(tmp_path, MINIMAL), {"attn_implementation": "sage"}
+    )
+
+
+def test_saves_and_evals_per_epoch_become_fractions_of_the_run(tmp_path):
+    cfg = load_quietly(write(tmp_path, MINIMAL), {"num_epochs": 2, "saves_per_epoch": 2, "evals_per_epoch": 4})
+    assert (cfg.save_every(), cfg.eval_every()) == (0.25, 0.125)  # 1 / (per_epoch x num_epochs), as axolotl
+    once = load_quietly(write(tmp_path, MINIMAL), {"saves_per_epoch": 1})
+    assert once.save_every() is None  # a whole run: checkpoints follow save_strategy (each epoch)
+    both = error_of(write(tmp_path, MINIMAL), {"saves_per_epoch": 2, "save_steps": 10})
+    assert "save_steps and saves_per_epoch: set one, not both" in both
+    assert "eval_steps and evals_per_epoch: set one, not both" in error_of(
+        write(tmp_path, MINIMAL), {"evals_per_epoch": 2, "eval_steps": 10}
+    )
+
+
+def test_optimizer_names_are_transformers_and_axolotls(tmp_path):
+    from transformers.training_args import OptimizerNames
+
+    from llmkit.config.sections import Optimizer
+
+    assert {o.value for o in Optimizer} == {o.value for o in OptimizerNames}
+    assert load_quietly(write(tmp_path, MINIMAL), {"optimizer": "ao_adamw_8bit"}).optimizer.value == "adamw_torch_8bit"
+    assert load_quietly(write(tmp_path, MINIMAL), {"optimizer": "schedule_free_adamw"}).optimizer.value
+    message = error_of(write(tmp_path, MINIMAL), {"optimizer": "optimi_adamw"})
+    assert "optimizer: optimi_adamw is torch-optimi's AdamW" in message and "set optimizer: adamw_torch" in message
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"rl": "orpo"}, "rl: orpo: ORPO (TRL's ORPOTrainer) is not implemented here; supported: dpo, ipo"),
+        ({"rl": "grpo"}, "supported: dpo, ipo"),
+        ({"rl": "ppo"}, "rl: Input should be 'dpo' or 'ipo'"),
+        ({"datasets": [{"path": "x.jsonl", "type": "alpaca"}]}, "datasets[0].type: alpaca is not a preference"),
+        ({"sample_packing": True}, "sample_packing: true does not work with rl: dpo"),
+        ({"dpo_label_smoothing": 0.1}, "dpo_label_smoothing: TRL 1.16's sigmoid DPO loss has no label smoothing"),
+        ({"peft_method": "vera"}, "rl: dpo trains a LoRA adapter or the full model, not vera"),
+    ],
+)
+def test_rl_values_and_their_datasets(tmp_path, change, expected):
+    assert expected in error_of(write(tmp_path, DPO), change)
+
+
+def test_a_preference_type_without_rl_and_rl_keys_without_rl_are_errors(tmp_path):
+    no_rl = write(tmp_path, MINIMAL.replace("type: alpaca", "type: chatml.intel"))
+    assert "it needs a top-level rl" in error_of(no_rl)
+    assert "rl_beta: preference-training keys, but rl is not set" in error_of(
+        write(tmp_path, MINIMAL), {"rl_beta": 0.2}
+    )
+
+
+def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
+    cfg = load_quietly(write(tmp_path, DPO), {"dpo_beta": 0.2})
+    assert (cfg.rl.value, cfg.preference_beta) == ("dpo", 0.2)
+    assert load_quietly(write(tmp_path, DPO), {"dpo_beta": 0.2, "rl_beta": 0.3}).preference_beta == 0.3
+    assert load_quietly(write(tmp_path, DPO), {"rl_beta": 0.3, "trl": {"beta": 0.4}}).preference_beta == 0.4
+    assert load_quietly(write(tmp_path, DPO), {"rl": "ipo"}).rl.value == "ipo"
+    assert load_quietly(write(tmp_path, MINIMAL), {"rl": False}).rl is None  # false: no preference training
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("s2_attention", True, "shifted-sparse attention (LongLoRA) changes the attention itself"),
+        ("relora_steps", 200, "ReLoRA"),
+        ("gptq", True, "training on a GPTQ-quantized base is not implemented"),
+        ("lr_quadratic_warmup", True, "warmup here is linear"),
+        ("dataset_shard_num", 4, "one shard of the data"),
+        ("max_prompt_len", 512, "rows are cut at sequence_len"),
+    ],
+)
+def test_keys_that_would_change_training_and_are_not_implemented_are_refused(tmp_path, key, value, reason):
+    message = error_of(write(tmp_path, MINIMAL), {key: value})
+    assert f"{key}={value!r}: " in message and reason in message
+    load_quietly(write(tmp_path, MINIMAL), {key: None})  # left empty: no effect, no error
+
+
+def test_gradient_checkpointing_offload_values(tmp_path):
+    for value in ("offload", "unsloth", "offload_disk"):
+        cfg = load_quietly(write(tmp_path, MINIMAL), {"gradient_checkpointing": value})
+        assert cfg.checkpoint_offload and cfg.gradient_checkpointing == value
+    assert not load_quietly(write(tmp_path, MINIMAL), {"gradient_checkpointing": True}).checkpoint_offload
+    assert "gradient_checkpointing" in error_of(write(tmp_path, MINIMAL), {"gradient_checkpointing": "disk"})
+
+
+def test_older_spellings_axolotl_still_reads(tmp_path):
+    cfg = load_quietly(
+        write(tmp_path, MINIMAL),
+        {
+            "batch_size": 8,
+            "micro_batch_size": 2,
+            "model_config": {"output_router_logits": True},
+            "evaluation_strategy": "steps",
+            "tokens": {"bos_token": "<s>"},
+        },
+    )
+    assert cfg.gradient_accumulation_steps == 4  # batch_size / micro_batch_size
+    assert cfg.overrides_of_model_config == {"output_router_logits": True} and cfg.eval_strategy == "steps"
+    assert cfg.special_tokens.bos_token == "<s>" and cfg.tokens is None
+    wrong = {"batch_size": 8, "micro_batch_size": 2, "gradient_accumulation_steps": 2}
+    assert "batch_size: 8 is not micro_batch_size x gradient_accumulation_steps (2 x 2)" in error_of(
+        write(tmp_path, MINIMAL), wrong
+    )
+
+
+def test_lora_and_full_fine_tune_only_keys(tmp_path):
+    full = {"adapter": "none", "load_in_4bit": False}
+    cfg = load_quietly(write(tmp_path, MINIMAL), {**full, "unfrozen_parameters": "model.layers.1.*"})
+    assert cfg.unfrozen_parameters == ["model.layers.1.*"]
+    assert "unfrozen_parameters: applies to a full fine-tune" in error_of(
+        write(tmp_path, MINIMAL), {"unfrozen_parameters": ["lm_head"]}
+    )
+    assert "tokens: new tokens get new, untrained embeddings" in error_of(
+        write(tmp_path, MINIMAL), {"tokens": ["<x>"]}
+    )
+    assert "cosine_min_lr_ratio applies to lr_scheduler: cosine, not linear" in error_of(
+        write(tmp_path, MINIMAL), {"cosine_min_lr_ratio": 0.1, "lr_scheduler": "linear"}
+    )
+    assert "compare evaluations: set val_set_size" in error_of(
+        write(tmp_path, MINIMAL), {"early_stopping_patience": 3}
+    )

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from llmkit.cli import app
@@ -43,10 +44,10 @@ def test_team_configs_plan_offline_with_sensible_numbers(name):
     cfg = team(name)
     p = plan(cfg, world_size=1)
     shape = model_shape(cfg.base_model)
-    assert p.shape_source == "offline table"
+    assert p.shape_source == "shipped with llmkit"
     assert p.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     # LoRA on every linear layer: r x (in + out) per module, per layer (independent of the plan's own loop)
-    h, kv, i = shape.hidden_size, shape.num_kv_heads * shape.head_size, shape.intermediate_size
+    h, kv, i = shape.hidden_size, shape.num_kv_heads * shape.head_size, shape.mlp_width
     per_layer = cfg.lora_r * ((h + h) * 2 + (h + kv) * 2 + (h + i) * 2 + (i + h))
     assert p.trainable_params == shape.num_layers * per_layer
     assert 0.001 < p.trainable_params / shape.num_params < 0.05
@@ -127,14 +128,40 @@ def test_rows_are_counted_in_each_local_format(tmp_path, suffix):
     assert plan(team("Mistral-01", {"datasets": [{"path": str(path), "type": "alpaca"}]})).rows == expected
 
 
-def test_an_unknown_base_offline_is_an_error_naming_base_model():
-    with pytest.raises(ConfigError, match="base_model: Unknown base model 'nobody/no-such-model'"):
-        plan(team("Mistral-01", {"base_model": "nobody/no-such-model"}))
+def test_an_unknown_base_offline_still_plans_and_says_how_to_give_its_config():
+    p = plan(team("Mistral-02", {"base_model": "nobody/no-such-model"}))
+    assert p.shape is None and p.memory == [] and p.trainable_params is None
+    assert "no config.json for nobody/no-such-model" in p.shape_source and "--model-config" in p.shape_source
+    assert p.target_modules == ["all-linear", "gate_proj", "up_proj", "down_proj"]  # unchecked, as listed
 
 
-def test_a_listed_module_the_model_lacks_is_an_error():
-    with pytest.raises(ConfigError, match=r"lora_target_modules: \['c_attn'\] not in the model"):
-        plan(team("Mistral-01", {"lora_target_modules": ["c_attn"]}))
+def test_a_copy_under_another_owner_or_a_tuned_variant_uses_a_shipped_config_of_the_same_name():
+    p = plan(team("Llama-2-7b-03", {"base_model": "NousResearch/Llama-2-7b-hf"}))
+    assert p.shape_source == "shipped with llmkit for meta-llama/Llama-2-7b-hf (same repository name)"
+    assert p.trainable_params == plan(team("Llama-2-7b-03")).trainable_params
+    tuned = plan(team("Llama-2-7b-03", {"base_model": "meta-llama/Llama-3.1-8B-Instruct"}))
+    assert tuned.shape_source == "shipped with llmkit for meta-llama/Llama-3.1-8B (its base model's shape)"
+
+
+def test_model_config_option_sizes_a_base_from_any_config_json(tmp_path):
+    from transformers import FalconConfig
+
+    FalconConfig(hidden_size=256, num_hidden_layers=3, num_attention_heads=4, vocab_size=1000).save_pretrained(
+        tmp_path
+    )
+    cfg = team("Mistral-01", {"base_model": "someone/private-falcon", "lora_target_modules": None})
+    p = plan(cfg, model_config=str(tmp_path / "config.json"))
+    assert p.shape.architecture == "FalconForCausalLM" and p.shape_source == str(tmp_path / "config.json")
+    assert p.target_modules == ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+
+
+def test_a_listed_module_the_model_lacks_is_an_error_naming_what_exists():
+    with pytest.raises(ConfigError) as err:
+        plan(team("Mistral-01", {"lora_target_modules": ["c_attn", "q_proj", "gate_projj"]}))
+    message = str(err.value)
+    assert "lora_target_modules: ['c_attn', 'gate_projj'] match no module of MistralForCausalLM" in message
+    assert "'q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'" in message
+    assert "did you mean gate_proj for gate_projj" in message
 
 
 @pytest.mark.parametrize(
@@ -162,7 +189,7 @@ def test_trainable_parameters_equal_peft_count_on_the_real_model(default_model_d
 
     cfg = small(default_model_dir, **keys)
     p = plan(cfg)
-    assert p.shape_source == "local config.json"
+    assert p.shape_source == "local folder"
     model = AutoModelForCausalLM.from_pretrained(default_model_dir)
     assert cfg.resolved_target_modules(model) == p.target_modules  # the shape and the model agree on names
     options = peft_config(p.target_modules)
@@ -175,7 +202,36 @@ def test_trainable_parameters_equal_peft_count_on_the_real_model(default_model_d
 def test_cli_validate_prints_the_plan():
     result = CliRunner().invoke(app, ["validate", str(ROOT / "axolotl_configs" / "Llama-2-7b-03.yml")])
     assert result.exit_code == 0, result.output
-    for expected in ("meta-llama/Llama-2-7b-hf", "offline table", "39,976,960", "65,536", "gate_proj", "4090", "fits"):
+    for expected in ("meta-llama/Llama-2-7b-hf", "shipped", "39,976,960", "65,536", "gate_proj", "4090", "fits"):
         assert expected in result.output
     strict = CliRunner().invoke(app, ["validate", "--strict", str(ROOT / "axolotl_configs" / "Llama-2-7b-03.yml")])
     assert strict.exit_code == 1 and "is_llama_derived_model" in strict.output
+
+
+def test_cli_validate_without_a_config_json_checks_the_rest_and_says_how_to_give_one(tmp_path, make_tiny_model):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = tmp_path / "neox.yml"
+    keys = {"base_model": "someone/unpublished-neox", "adapter": "lora", "lora_target_linear": True}
+    config.write_text(yaml.safe_dump(keys | {"learning_rate": 1e-4, "datasets": [{"path": "x/y", "type": "alpaca"}]}))
+    unknown = CliRunner().invoke(app, ["validate", str(config)])
+    assert unknown.exit_code == 0, unknown.output
+    text = " ".join(unknown.output.split())
+    assert "size unknown" in text and "memory plan" in text and "--model-config" in text
+    model_dir = make_tiny_model(GPTNeoXConfig, GPTNeoXForCausalLM)
+    known = CliRunner().invoke(app, ["validate", str(config), "--model-config", str(model_dir)])
+    assert known.exit_code == 0, known.output
+    assert "GPTNeoXForCausalLM" in known.output and "query_key_value" in known.output and "fits" in known.output
+
+
+def test_dpo_plans_chosen_and_rejected_tokens_and_a_full_fine_tunes_reference_copy():
+    dpo_keys = {"rl": "dpo", "dpo_beta": 0.2, "sample_packing": False}
+    dpo_keys["datasets"] = [{"path": "x/y", "type": "chat_template.default"}]
+    sft = plan(team("Llama-2-7b-03", {"gradient_checkpointing": False}))
+    dpo = plan(team("Llama-2-7b-03", {"gradient_checkpointing": False} | dpo_keys))
+    assert "preference training: DPO (TRL), beta 0.2" in dpo.method
+    assert dpo.memory[0].activations == 2 * sft.memory[0].activations  # both answers of a pair in one batch
+    assert dpo.memory[0].weights == sft.memory[0].weights  # an adapter's reference policy is the base itself
+    full = {"adapter": None, "load_in_4bit": False}
+    full_dpo, full_sft = plan(team("Llama-2-7b-03", full | dpo_keys)), plan(team("Llama-2-7b-03", full))
+    assert full_dpo.memory[0].weights - full_sft.memory[0].weights == 4 * full_sft.shape.num_params

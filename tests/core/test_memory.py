@@ -1,21 +1,25 @@
 """The memory model: the fit check's refusals and acceptances, offline, and both estimates against the real model
-loaded on this CPU (weight bytes per loading; QLoRA's frozen base, trainable count and saved activations)."""
+loaded on this CPU (weight bytes per loading; QLoRA's frozen base, trainable count and saved activations). Model
+shapes for every family: the meta-device shape, the modules an adapter wraps and the trainable count agree with
+the real model and with peft, and the NF4 weight bytes with what bitsandbytes loads."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
 import yaml
+from tiny_families import TINY_FAMILIES
 from typer.testing import CliRunner
 
 from llmkit.cli import app
 from llmkit.config.plan import plan
-from llmkit.config.schema import load_config
+from llmkit.config.schema import AxolotlConfig, ConfigWarning, load_config
 from llmkit.core.challenge import Loading, Track
 from llmkit.core.memory import FitError, choose_loading, weight_bytes
 from llmkit.core.models import load_for_inference
-from llmkit.core.shapes import KNOWN_SHAPES, model_shape
+from llmkit.core.shapes import ModelShape, model_shape
 
 ROOT = Path(__file__).resolve().parents[2]
 LLAMA_13B = "meta-llama/Llama-2-13b-hf"
@@ -23,7 +27,7 @@ LLAMA_13B = "meta-llama/Llama-2-13b-hf"
 
 def test_llama2_13b_in_bf16_is_refused_on_the_4090_with_numbers_and_suggestions():
     with pytest.raises(FitError) as refused:
-        choose_loading(LLAMA_13B, KNOWN_SHAPES[LLAMA_13B], Track.rtx4090, Loading.bf16)
+        choose_loading(LLAMA_13B, model_shape(LLAMA_13B), Track.rtx4090, Loading.bf16)
     message = str(refused.value)
     assert "13.02B parameters" in message and "23.6 GiB usable" in message
     assert "weights 24.24 + KV cache 1.56" in message  # 13.0e9 params x 2 bytes; 40 layers x 2 x 5120 x 2 bytes x 2048
@@ -32,15 +36,15 @@ def test_llama2_13b_in_bf16_is_refused_on_the_4090_with_numbers_and_suggestions(
 
 
 def test_llama2_13b_defaults_to_4bit_on_the_4090_and_bf16_on_the_a100():
-    on_4090 = choose_loading(LLAMA_13B, KNOWN_SHAPES[LLAMA_13B], Track.rtx4090)
-    on_a100 = choose_loading(LLAMA_13B, KNOWN_SHAPES[LLAMA_13B], Track.a100)
+    on_4090 = choose_loading(LLAMA_13B, model_shape(LLAMA_13B), Track.rtx4090)
+    on_a100 = choose_loading(LLAMA_13B, model_shape(LLAMA_13B), Track.a100)
     assert on_4090.loading is Loading.nf4 and on_4090.fits
     assert on_a100.loading is Loading.bf16 and on_a100.total_gib < 39.4
 
 
 def test_llama2_70b_fits_nowhere_on_the_4090():
     with pytest.raises(FitError, match="does not fit the 4090 track") as refused:
-        choose_loading("meta-llama/Llama-2-70b-hf", KNOWN_SHAPES["meta-llama/Llama-2-70b-hf"], Track.rtx4090)
+        choose_loading("meta-llama/Llama-2-70b-hf", model_shape("meta-llama/Llama-2-70b-hf"), Track.rtx4090)
     assert "(too big)" in str(refused.value) and "fits (" in str(refused.value)  # nf4 on the A100 is suggested
 
 
@@ -48,7 +52,7 @@ def test_llama2_70b_fits_nowhere_on_the_4090():
 def test_every_shipped_config_base_fits_both_tracks_offline(config):
     base = yaml.safe_load(config.read_text())["base_model"]
     for track in Track:
-        estimate = choose_loading(base, model_shape(base), track)  # KNOWN_SHAPES: no network
+        estimate = choose_loading(base, model_shape(base), track)  # a shipped config.json: no network
         assert estimate.fits
     # The 7B bases the 2023 teams served on the 4090 fit there in bf16.
     if "7b" in base.lower():
@@ -136,3 +140,59 @@ def test_cli_refuses_without_writing_anything():
     assert result.exit_code == 1
     assert "does not fit the 4090 track" in result.output and "--loading nf4" in result.output
     assert sorted((ROOT / "submissions").rglob("*")) == before
+
+
+@pytest.fixture(scope="module", params=list(TINY_FAMILIES))
+def family_dir(request, tiny_family_dir):
+    return tiny_family_dir(request.param)
+
+
+def lora_config(model_dir, **keys) -> AxolotlConfig:
+    data = {"base_model": str(model_dir), "adapter": "qlora", "load_in_4bit": True, "learning_rate": 1e-4}
+    data["datasets"] = [{"path": "tatsu-lab/alpaca", "type": "alpaca"}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConfigWarning)
+        return AxolotlConfig.model_validate(data | keys)
+
+
+def test_shape_plan_and_weights_match_the_real_model_and_peft(family_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    shape = model_shape(str(family_dir))
+    model = AutoModelForCausalLM.from_pretrained(family_dir)
+    assert shape.num_params == sum(p.numel() for p in model.parameters())
+    assert shape == ModelShape.from_model(model)  # meta device and real weights: the same shape
+
+    cfg = lora_config(family_dir, lora_target_linear=True, lora_r=4)
+    p = plan(cfg)
+    # peft's own "all-linear" picks the same modules (on MoE models it adds the fused experts and the router as
+    # target_parameters, which lora_target_linear leaves out, as axolotl does)
+    picked = LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM")
+    get_peft_model(model, picked)
+    assert set(p.target_modules) == {name.rsplit(".", 1)[-1] for name in picked.target_modules}
+    model = AutoModelForCausalLM.from_pretrained(family_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=p.target_modules, task_type="CAUSAL_LM"))
+    assert p.trainable_params == peft_model.get_nb_trainable_parameters()[0]
+
+    loaded = AutoModelForCausalLM.from_pretrained(
+        family_dir, dtype="bfloat16", quantization_config=_nf4(), device_map={"": "cpu"}
+    )
+    assert weight_bytes(shape, Loading.nf4) == pytest.approx(loaded_bytes(loaded), rel=0.02)
+
+
+def _nf4():
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def test_moe_experts_are_counted_unquantized_and_cannot_be_listed_as_modules(tiny_family_dir):
+    model_dir = tiny_family_dir("mixtral")  # 4 experts
+    shape = model_shape(str(model_dir))
+    assert shape.expert_names == ("experts.gate_up_proj", "experts.down_proj")
+    assert shape.expert_params == 2 * 4 * (2 * 128 * 64 + 64 * 128)  # layers x experts x (gate+up, down)
+    assert shape.linear_names() == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    with pytest.raises(ValueError, match="its MoE experts are fused parameters"):
+        plan(lora_config(model_dir, lora_target_modules=["w1", "q_proj"]))

@@ -85,7 +85,7 @@ def test_a_custom_jinja_chat_template_masks_headers_and_must_render_incrementall
     (row,) = build_datasets(cfg, tokenizer).train
     trained = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != IGNORE_INDEX]
     assert tokenizer.decode(row["input_ids"]) == "[user] Hi there\n[assistant] Hello!\n"
-    assert tokenizer.decode(trained) == "Hello!\n"
+    assert tokenizer.decode(trained) == " Hello!"  # the content; its first token carries the space before it
     counting = "{{ messages | length }}{% for m in messages %}{{ m.content }}{% endfor %}"  # each render rewrites
     expected = r"row 1: field 'messages' cannot be split into turns"
     _fails(make_cfg, tokenizer, path, "chat_template", expected, chat_template=counting)

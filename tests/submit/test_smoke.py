@@ -10,7 +10,7 @@ import pytest
 from llmkit.core.challenge import Loading, Track
 from llmkit.core.memory import estimate_memory
 from llmkit.core.models import DEFAULT_MODEL_ID, resolve_model
-from llmkit.core.shapes import KNOWN_SHAPES
+from llmkit.core.shapes import model_shape
 from llmkit.submit.manifest import Manifest, WeightsSource
 from llmkit.submit.smoke import SmokeError, local_command, smoke_test
 
@@ -22,7 +22,7 @@ def _manifest(model: WeightsSource) -> Manifest:
         model=model,
         loading=Loading.nf4,
         quantization="nf4",
-        estimated_gpu_memory=estimate_memory(KNOWN_SHAPES[DEFAULT_MODEL_ID], Loading.nf4, Track.rtx4090),
+        estimated_gpu_memory=estimate_memory(model_shape(DEFAULT_MODEL_ID), Loading.nf4, Track.rtx4090),
         bundled_weights=model.bundled,
         files={},
     )

@@ -83,8 +83,8 @@ def test_default_config_learns_and_its_adapter_loads_with_peft(default_config_fe
 METHODS = {
     "dora": ({"peft_use_dora": True}, "LORA"),
     "rslora+modules_to_save": ({"peft_use_rslora": True, "lora_modules_to_save": ["embed_tokens"]}, "LORA"),
-    "vera": ({"peft": "vera", "peft_vera_r": 16}, "VERA"),
-    "prompt_tuning": ({"peft": "prompt_tuning", "peft_num_virtual_tokens": 4}, "PROMPT_TUNING"),
+    "vera": ({"peft_method": "vera", "peft_vera_r": 16}, "VERA"),
+    "prompt_tuning": ({"peft_method": "prompt_tuning", "peft_num_virtual_tokens": 4}, "PROMPT_TUNING"),
     "qlora+checkpointing": ({"adapter": "qlora", "load_in_4bit": True, "gradient_checkpointing": True}, "LORA"),
     "8bit_base+neftune+adamw_bnb_8bit": (
         {"load_in_8bit": True, "neftune_noise_alpha": 5, "optimizer": "adamw_bnb_8bit"},

@@ -1,0 +1,288 @@
+"""`chat_template` datasets (alias `sharegpt`) as axolotl builds them.
+
+A chat template renders the conversation. The content of each trained turn is trained, and so is the EOS token
+that ends the turn (`train_on_eos`: turn, all, last or none); role headers and the template's other text stay
+masked. A turn is trained when its role is in `roles_to_train` (default: assistant), when train_on_inputs is set,
+or when the message's own `message_field_training` flag says so. Messages are read through
+`message_property_mappings` (or the older `message_field_role` / `message_field_content`), their role names
+mapped by `roles`; a `field_system` text (default: a `system` column) becomes the first turn, and
+`drop_system_message` removes a leading system turn.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from jinja2 import TemplateError
+
+from llmkit.config.sections import DatasetSpec, DatasetType
+from llmkit.data.fields import Builder, FieldError, text_field
+from llmkit.data.rows import Parts, RawRow, Segment
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+Message = dict[str, Any]  # {"role", "content", ...}: what transformers' chat templates take
+
+# The templates named by `chat_template:` that real configs use, written for this project after the formats
+# their models define. tokenizer_default (or a Jinja string, or `jinja`) covers every other model.
+CHAT_TEMPLATES: dict[str, str] = {
+    "chatml": (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+        "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    "llama3": (
+        "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
+        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + "
+        "'<|eot_id|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    ),
+    "phi_3": (
+        "{{ bos_token }}{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{{ '<|system|>\n' + message['content'] + '<|end|>\n' }}"
+        "{% elif message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + '<|end|>\n<|assistant|>\n' }}"
+        "{% elif message['role'] == 'assistant' %}{{ message['content'] + '<|end|>\n' }}{% endif %}{% endfor %}"
+    ),
+    "gemma": (
+        "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+        "{{ raise_exception('gemma has no system role (drop_system_message: true drops it)') }}{% endif %}"
+        "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('gemma needs turns alternating user/assistant') }}{% endif %}"
+        "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+        "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+    ),
+    "qwen_25": (
+        "{% if messages[0]['role'] == 'system' %}{{ '<|im_start|>system\n' + messages[0]['content'] + "
+        "'<|im_end|>\n' }}{% else %}{{ '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a "
+        "helpful assistant.<|im_end|>\n' }}{% endif %}{% for message in messages %}"
+        "{% if message['role'] == 'tool' %}{{ raise_exception('qwen_25 here renders text turns only; for tool "
+        "turns use tokenizer_default with Qwen2.5 itself') }}{% endif %}"
+        "{% if not (loop.first and message['role'] == 'system') %}{{ '<|im_start|>' + message['role'] + '\n' + "
+        "message['content'] + '<|im_end|>\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+}
+TEMPLATE_CHOICES = "tokenizer_default, tokenizer_default_fallback_<name>, jinja, a Jinja string"
+_FALLBACK = "tokenizer_default_fallback_"  # + a name: the tokenizer's template, else the named one
+# axolotl's default role names; `roles:` replaces them.
+DEFAULT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "tool": "tool",
+}
+_TEMPLATE_ROLES = {"system", "user", "assistant", "tool"}
+# Rendered in a turn's place to find where the template writes its content: private-use characters, which no
+# real message starts with and no template filter (trim) changes.
+_DUMMY = "\ue000\ue001"
+_EOS_REACH = 3  # axolotl trains a turn's EOS only when at most this many tokens separate it from the content
+
+
+@dataclass(frozen=True)
+class ChatDefaults:
+    """The config-level chat settings a dataset falls back on."""
+
+    template: str | None = None  # the config's top-level chat_template
+    jinja: str | None = None  # the config's top-level chat_template_jinja
+    base_dir: Path | None = None  # the config's folder: where a relative chat_template_jinja file may be
+
+    @classmethod
+    def from_config(cls, cfg) -> ChatDefaults:
+        """The config-level chat_template / chat_template_jinja keys (an `AxolotlConfig`) and its folder."""
+        return cls(cfg.chat_template, cfg.chat_template_jinja, cfg.source.resolve().parent if cfg.source else None)
+
+
+def resolve_template(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, defaults: ChatDefaults) -> str:
+    """The Jinja text of the spec's chat template, chosen as axolotl chooses it.
+
+    Raises:
+        ValueError: a name this project does not ship, or tokenizer_default for a tokenizer without a template.
+    """
+    choice = spec.chat_template or ("jinja" if spec.chat_template_jinja else None)
+    key = "chat_template"
+    if choice is None and spec.type is DatasetType.sharegpt and spec.conversation:
+        choice, key = spec.conversation, "conversation"  # sharegpt's older way of naming its template
+    jinja = spec.chat_template_jinja if choice else defaults.jinja
+    choice = choice or defaults.template or ("jinja" if defaults.jinja else "tokenizer_default")
+    return _template_text(choice, jinja, tokenizer, defaults.base_dir, key)
+
+
+def config_template(tokenizer: PreTrainedTokenizerBase, defaults: ChatDefaults) -> str | None:
+    """The Jinja text of the config's own chat_template (for the saved tokenizer, as axolotl sets it); None when
+    the config names none."""
+    if not defaults.template and not defaults.jinja:
+        return None
+    choice = defaults.template or "jinja"
+    return _template_text(choice, defaults.jinja, tokenizer, defaults.base_dir, "chat_template")
+
+
+def _template_text(
+    choice: str, jinja: str | None, tokenizer: PreTrainedTokenizerBase, base_dir: Path | None, key: str
+) -> str:
+    if choice == "jinja":
+        return _jinja_text(jinja, base_dir)
+    if choice == "tokenizer_default" or choice.startswith(_FALLBACK):
+        if tokenizer.chat_template:
+            return cast(str, tokenizer.chat_template)
+        if choice == "tokenizer_default":
+            raise ValueError(
+                "chat_template tokenizer_default: the tokenizer has no chat template; name one "
+                f"({', '.join(CHAT_TEMPLATES)}) or use {_FALLBACK}chatml"
+            )
+        choice = choice.removeprefix(_FALLBACK)
+    if choice in CHAT_TEMPLATES:
+        return CHAT_TEMPLATES[choice]
+    if "{{" in choice or "{%" in choice:
+        return choice
+    raise ValueError(f"{key} {choice!r}: not one of {', '.join(CHAT_TEMPLATES)}, {TEMPLATE_CHOICES}")
+
+
+def _jinja_text(jinja: str | None, base_dir: Path | None) -> str:
+    if not jinja:
+        raise ValueError("chat_template jinja needs chat_template_jinja: a Jinja template or a file holding one")
+    if "{" in jinja:
+        return jinja
+    for folder in (Path.cwd(), base_dir):
+        if folder and (folder / jinja).is_file():
+            return (folder / jinja).read_text(encoding="utf-8")
+    raise ValueError(f"chat_template_jinja {jinja!r}: no such file, and not a Jinja template")
+
+
+def _role_map(spec: DatasetSpec) -> dict[str, str]:
+    if not spec.roles:
+        return DEFAULT_ROLES
+    return {source: target for target, sources in spec.roles.items() for source in sources}
+
+
+def chat_messages(row: RawRow, spec: DatasetSpec) -> tuple[str, list[Message]]:
+    """(the messages field, the conversation as template messages, system turn added or dropped as configured).
+
+    Reads `field_messages` (default `messages`, else ShareGPT's `conversations`), each message's keys through
+    `message_property_mappings` (default role/content, or ShareGPT's from/value).
+    """
+    field = spec.field_messages or ("messages" if "messages" in row else "conversations")
+    turns = row.get(field)
+    if not isinstance(turns, list) or not turns:
+        raise FieldError(field, "must be a non-empty list of messages")
+    keys = spec.message_keys
+    first = turns[0] if isinstance(turns[0], dict) else {}
+    sharegpt = "from" in first or ("role" not in first and field == "conversations")
+    keys.setdefault("role", "from" if sharegpt else "role")
+    keys.setdefault("content", "value" if sharegpt else "content")
+    roles = _role_map(spec)
+    accepted = sorted({*roles, *roles.values(), *_TEMPLATE_ROLES})
+    messages = [_message(turn, i, field, keys, roles, accepted, spec) for i, turn in enumerate(turns)]
+    system = row.get(spec.field_system or "system")
+    if system is not None and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": text_field(row, spec.field_system or "system")})
+    if spec.drop_system_message and messages[0]["role"] == "system":
+        messages = messages[1:]
+    if not messages:
+        raise FieldError(field, "holds only a system message, dropped by drop_system_message")
+    return field, messages
+
+
+def _message(
+    turn: object,
+    i: int,
+    field: str,
+    keys: dict[str, str],
+    roles: dict[str, str],
+    accepted: list[str],
+    spec: DatasetSpec,
+) -> Message:
+    where = f"{field}[{i}]."
+    if not isinstance(turn, dict):
+        raise FieldError(f"{field}[{i}]", f"must be an object, got {type(turn).__name__}")
+    role = text_field(turn, keys["role"], where=where)
+    if role not in accepted:
+        raise FieldError(where + keys["role"], f"is {role!r}, not one of {accepted}")
+    message: Message = {"role": roles.get(role, role), "content": text_field(turn, keys["content"], where=where)}
+    for key, source in keys.items():
+        if key not in ("role", "content") and turn.get(source) is not None:
+            message[key] = turn[source]
+    if spec.message_field_training and turn.get(spec.message_field_training) is not None:
+        training = turn[spec.message_field_training]
+        if not isinstance(training, bool):
+            raise FieldError(where + spec.message_field_training, f"must be true or false, got {training!r}")
+        message["training"] = training
+    return message
+
+
+def make_chat_builder(
+    tokenizer: PreTrainedTokenizerBase, train_on_inputs: bool = False, defaults: ChatDefaults | None = None
+) -> Builder:
+    """The chat_template builder for this tokenizer; labels are final (train_on_inputs applied here)."""
+    defaults = defaults or ChatDefaults()
+
+    def build(row: RawRow, spec: DatasetSpec) -> Parts:
+        field, messages = chat_messages(row, spec)
+        role_map = _role_map(spec)
+        named = ["assistant"] if spec.roles_to_train is None else spec.roles_to_train  # [] trains no role
+        trained_roles = {role_map.get(role, role) for role in named}
+        render = _Renderer(tokenizer, resolve_template(spec, tokenizer, defaults), field)
+        segments: list[Segment] = []
+        done, last_eos = "", None
+        for i, message in enumerate(messages):
+            train = message.pop("training", train_on_inputs or message["role"] in trained_roles)
+            full = render(messages[: i + 1])
+            if not full.startswith(done):
+                raise FieldError(field, "cannot be split into turns: the chat template is not incremental")
+            span = _content_span(full, render([*messages[:i], {**message, "content": _DUMMY}]), len(done))
+            if span is None:  # the template leaves this message out (a role it skips): nothing to train, as axolotl
+                segments.append(Segment(full[len(done) :], False))
+                done = full
+                continue
+            start, end = span
+            segments += [Segment(full[len(done) : start], False), Segment(full[start:end], train)]
+            gap, eos, rest = _split_eos(tokenizer, full[end:])
+            eos_trained = spec.train_on_eos == "all" or (spec.train_on_eos == "turn" and train)
+            if eos and train:
+                last_eos = len(segments) + 1
+            segments += [Segment(gap, False), Segment(eos, eos_trained), Segment(rest, False)]
+            done = full
+        if spec.train_on_eos == "last" and last_eos is not None:
+            segments[last_eos] = segments[last_eos]._replace(trained=True)
+        kept = tuple(segment for segment in segments if segment.text)
+        return Parts(kept, add_eos=False, add_special_tokens=False, joined=True, final_labels=True)
+
+    return build
+
+
+class _Renderer:
+    """Renders message lists with one template; a template's refusal is the row's error."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, template: str, field: str):
+        self.tokenizer, self.template, self.field = tokenizer, template, field
+
+    def __call__(self, messages: list[Message]) -> str:
+        try:
+            text = self.tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False)
+        except TemplateError as err:
+            raise FieldError(self.field, f"is refused by the chat template: {err}") from None
+        return cast(str, text)
+
+
+def _content_span(full: str, dummy: str, done: int) -> tuple[int, int] | None:
+    """Where the last turn's content sits in `full`, found against a render with `_DUMMY` as that content."""
+    start = len(os.path.commonprefix([full, dummy]))
+    if start < done or not dummy.startswith(_DUMMY, start):
+        return None
+    tail = dummy[start + len(_DUMMY) :]
+    end = len(full) - len(tail)
+    return (start, end) if full.endswith(tail) and end >= start else None
+
+
+def _split_eos(tokenizer: PreTrainedTokenizerBase, tail: str) -> tuple[str, str, str]:
+    """(text before the turn's EOS, the EOS, text after it); the EOS only when it closes the turn."""
+    eos = tokenizer.eos_token
+    at = tail.find(eos) if eos else -1
+    if at < 0 or len(tokenizer(tail[:at], add_special_tokens=False)["input_ids"]) > _EOS_REACH:
+        return tail, "", ""
+    return tail[:at], eos, tail[at + len(eos) :]

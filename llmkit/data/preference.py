@@ -1,0 +1,274 @@
+"""Preference (DPO) data: axolotl's `prompt_strategies/dpo` dataset types as TRL's {prompt, chosen, rejected} rows.
+
+    rl: dpo
+    datasets:
+      - path: data/pairs.jsonl
+        type: chatml.intel        # rows {system?, question, chosen, rejected}
+
+Each type makes three strings of a row: the prompt, which ends where the assistant's answer starts, and the
+preferred and the worse answer, each closed by the end marker of its turn. TRL's DPOTrainer tokenizes them
+(appending EOS to an answer that does not end with it) and trains the first answer over the second. The chatml.*
+and llama3.* types write their chat format themselves; chat_template.default renders the conversation with the
+dataset's chat template (or the config's, or the tokenizer's).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict, cast
+
+from datasets import Dataset, concatenate_datasets
+
+from llmkit.config.sections import DatasetSpec, PreferenceType
+from llmkit.data.chat import ChatDefaults, resolve_template
+from llmkit.data.fields import FieldError, text_field
+from llmkit.data.rows import RawRow
+from llmkit.data.sources import DataError, convert_rows, load_rows, source_name
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from llmkit.config.schema import AxolotlConfig
+
+LOG = logging.getLogger(__name__)
+
+
+class PreferenceRow(TypedDict):
+    """A preference pair as TRL's DPOTrainer reads it (its "standard", not conversational, format)."""
+
+    prompt: str  # through the assistant's header: the answer follows directly
+    chosen: str  # the preferred answer, with its turn's end marker
+    rejected: str  # the worse answer, with its turn's end marker
+
+
+PreferenceBuilder = Callable[[RawRow], PreferenceRow]
+
+
+@dataclass
+class PreferenceData:
+    train: Dataset  # PreferenceRow
+    eval: Dataset | None
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """A chat format written out: how a system text, a user turn and an answer's end are marked."""
+
+    system_start: str
+    system_end: str
+    user_start: str
+    assistant_start: str  # after the user's text: ends the user turn and opens the assistant's
+    answer_end: str
+
+    def prompt(self, user: str, system: str | None) -> str:
+        head = self.system_start + system + self.system_end if system else ""
+        return head + self.user_start + user + self.assistant_start
+
+
+CHATML = ChatFormat(
+    "<|im_start|>system\n", "<|im_end|>\n", "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>"
+)
+LLAMA3 = ChatFormat(
+    "<|start_header_id|>system<|end_header_id|>\n\n",
+    "<|eot_id|>",
+    "<|start_header_id|>user<|end_header_id|>\n\n",
+    "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+    "<|eot_id|>",
+)
+_FORMATS = {"chatml": CHATML, "llama3": LLAMA3}
+# argilla rows name their prompt in one of these fields (the first present wins), as axolotl reads them.
+_ARGILLA_PROMPT = ("prompt", "input", "question", "instruction")
+
+
+def _first_present(row: RawRow, fields: tuple[str, ...]) -> str:
+    field = next((name for name in fields if row.get(name) is not None), fields[-1])
+    return text_field(row, field)
+
+
+def _turn_content(row: RawRow, field: str, index: int) -> str:
+    """The content of message `index` of the conversation in `row[field]` ([user, assistant] in argilla/ultra)."""
+    turns = row.get(field)
+    if not isinstance(turns, list) or len(turns) <= index or not isinstance(turns[index], dict):
+        raise FieldError(f"{field}[{index}]", "is missing: expected a list of {role, content} messages")
+    return text_field(turns[index], "content", where=f"{field}[{index}].")
+
+
+# (prompt, chosen, rejected) of a row, per row shape (the part of the type name after the format).
+_SHAPES: dict[str, Callable[[RawRow], tuple[str, str, str]]] = {
+    "intel": lambda row: (text_field(row, "question"), text_field(row, "chosen"), text_field(row, "rejected")),
+    "argilla": lambda row: (
+        _first_present(row, _ARGILLA_PROMPT),
+        _first_present(row, ("chosen", "chosen_response")),
+        _first_present(row, ("rejected", "rejected_response")),
+    ),
+    "icr": lambda row: (text_field(row, "input"), text_field(row, "chosen"), text_field(row, "rejected")),
+    "prompt_pairs": lambda row: (text_field(row, "prompt"), text_field(row, "chosen"), text_field(row, "rejected")),
+    "ultra": lambda row: (
+        text_field(row, "prompt"),
+        _turn_content(row, "chosen", 1),
+        _turn_content(row, "rejected", 1),
+    ),
+    "argilla_chat": lambda row: (
+        _turn_content(row, "chosen", 0),
+        _turn_content(row, "chosen", 1),
+        _turn_content(row, "rejected", 1),
+    ),
+}
+
+
+def _formatted_builder(kind: PreferenceType) -> PreferenceBuilder:
+    """chatml.* / llama3.*: the row's system text (except argilla_chat, whose rows have none) and prompt, in the
+    format the name gives."""
+    family, shape = kind.value.split(".")
+    chat, read = _FORMATS[family], _SHAPES[shape]
+
+    def build(row: RawRow) -> PreferenceRow:
+        prompt, chosen, rejected = read(row)
+        system = None if shape == "argilla_chat" else text_field(row, "system", optional=True)
+        return PreferenceRow(
+            prompt=chat.prompt(prompt, system),
+            chosen=chosen + chat.answer_end,
+            rejected=rejected + chat.answer_end,
+        )
+
+    return build
+
+
+# chat_template.default's role names when the spec gives no `roles` (axolotl's DPO default: the template's own).
+_TEMPLATE_ROLES = ("system", "user", "assistant", "tool")
+# Stands in for the user turn before an answer, to render the answer as the template writes an assistant turn.
+_DUMMY_USER = {"role": "user", "content": "\ue000"}
+
+
+def _messages(value: object, field: str, spec: DatasetSpec) -> list[dict[str, Any]]:
+    """A message list (or a single message, or a plain string: one turn) as {role, content} template messages."""
+    keys = {"role": "role", "content": "content", **spec.message_keys}
+    roles = {source: target for target, sources in (spec.roles or {}).items() for source in sources}
+    roles = roles or {role: role for role in _TEMPLATE_ROLES}
+    turns = value if isinstance(value, list) else [value]
+    messages = []
+    for i, turn in enumerate(turns):
+        where = f"{field}[{i}]." if isinstance(value, list) else f"{field}."
+        if not isinstance(turn, dict):
+            raise FieldError(where.rstrip("."), f"must be a message object, got {type(turn).__name__}")
+        role = text_field(turn, keys["role"], where=where)
+        if role not in roles:
+            raise FieldError(where + keys["role"], f"is {role!r}, not one of {sorted(roles)} (set roles: to map it)")
+        messages.append({"role": roles[role], "content": text_field(turn, keys["content"], where=where)})
+    return messages
+
+
+def _answer(row: RawRow, field: str, spec: DatasetSpec) -> dict[str, Any]:
+    """An answer field: a string (the assistant's text), a message, or a conversation whose last message it is."""
+    value = row.get(field)
+    if value is None:
+        raise FieldError(field, "is missing")
+    if isinstance(value, str):
+        return {"role": "assistant", "content": value}
+    if isinstance(value, list) and not value:
+        raise FieldError(field, "is an empty list: expected the answer message last")
+    last = value[-1] if isinstance(value, list) else value
+    where = f"{field}[{len(value) - 1}]" if isinstance(value, list) else field
+    return _messages(last, where, spec)[0]
+
+
+def _template_builder(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, template: str) -> PreferenceBuilder:
+    """chat_template.default: the prompt is the conversation in `field_messages` (a string: one user turn) rendered
+    with the generation prompt; an answer is the template's assistant turn from the answer's content on, trailing
+    whitespace removed (axolotl's rule)."""
+    field = spec.field_messages or "messages"
+
+    def render(messages: list[dict[str, Any]], generation_prompt: bool) -> str:
+        text = tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+        )
+        return cast(str, text)
+
+    def answer(row: RawRow, answer_field: str) -> str:
+        message = _answer(row, answer_field, spec)
+        rendered = render([_DUMMY_USER, message], generation_prompt=False)
+        start = rendered.find(message["content"].strip()) if message["content"].strip() else -1
+        if start < 0:
+            raise FieldError(answer_field, "cannot be found in the chat template's rendering of it (empty answer?)")
+        return rendered[start:].rstrip()
+
+    def build(row: RawRow) -> PreferenceRow:
+        prompt = row.get(field)
+        if prompt is None:
+            raise FieldError(field, "is missing")
+        return PreferenceRow(
+            prompt=render(_messages(prompt, field, spec), generation_prompt=True),
+            chosen=answer(row, spec.field_chosen or "chosen"),
+            rejected=answer(row, spec.field_rejected or "rejected"),
+        )
+
+    return build
+
+
+def preference_builder(
+    spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, defaults: ChatDefaults | None = None
+) -> PreferenceBuilder:
+    """What turns one of the spec's rows into a `PreferenceRow`.
+
+    Raises:
+        ValueError: a type that is no preference type, or a chat template that cannot be used.
+    """
+    if not isinstance(spec.type, str) or spec.type not in PreferenceType._value2member_map_:
+        names = ", ".join(kind.value for kind in PreferenceType)
+        raise ValueError(f"type {spec.type!r} is not a preference dataset type; supported: {names}")
+    kind = PreferenceType(spec.type)
+    if kind is PreferenceType.chat_template_default:
+        build = _template_builder(spec, tokenizer, resolve_template(spec, tokenizer, defaults or ChatDefaults()))
+    else:
+        build = _formatted_builder(kind)
+    return _without_double_bos(build, tokenizer)
+
+
+def _without_double_bos(build: PreferenceBuilder, tokenizer: PreTrainedTokenizerBase) -> PreferenceBuilder:
+    """TRL tokenizes the prompt with the tokenizer's special tokens: a prompt that a template began with the BOS
+    text would start with two BOS tokens where the tokenizer adds its own."""
+    bos = tokenizer.bos_token
+    probe = tokenizer("a")["input_ids"]
+    if not bos or not probe or probe[0] != tokenizer.bos_token_id:
+        return build
+
+    def build_once(row: RawRow) -> PreferenceRow:
+        pair = build(row)
+        return PreferenceRow(**{**pair, "prompt": pair["prompt"].removeprefix(bos)})
+
+    return build_once
+
+
+def _spec_rows(spec: DatasetSpec, build: PreferenceBuilder) -> Dataset:
+    source = source_name(spec)
+    rows = load_rows(spec, build)
+
+    desc = f"Preference pairs of {Path(source).name}"
+    return convert_rows(rows, source, lambda row: [build(row)], ("prompt", "chosen", "rejected"), desc)
+
+
+def build_preference_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> PreferenceData:
+    """Every dataset's rows as preference pairs, concatenated, shuffled with `seed`, `val_set_size` held out.
+
+    Raises:
+        DataError: a file, row or field is bad, or a dataset's chat template cannot be used.
+    """
+    defaults = ChatDefaults.from_config(cfg)
+    pairs = []
+    for spec in cfg.datasets:
+        try:  # a bad template is the spec's error, not every row's: said once, before reading
+            build = preference_builder(spec, tokenizer, defaults)
+        except ValueError as err:
+            raise DataError(f"{source_name(spec)}: {err}") from None
+        pairs.append(_spec_rows(spec, build))
+    rows = concatenate_datasets(pairs).shuffle(seed=cfg.seed).flatten_indices()
+    if not cfg.val_set_size:
+        return PreferenceData(rows, None)
+    try:
+        parts = rows.train_test_split(test_size=cfg.val_set_size, seed=cfg.seed, shuffle=True)
+    except ValueError:  # datasets refuses a split whose training side would be empty
+        raise DataError(f"val_set_size {cfg.val_set_size} leaves no training pairs out of {len(rows)}") from None
+    return PreferenceData(parts["train"], parts["test"])

@@ -1,0 +1,682 @@
+"""The dataset types real axolotl configs use, beyond test_data.py's basics, each on a tiny file the test writes and
+the embedded model's real tokenizer: the exact prompt axolotl writes for the name, exactly the response tokens (and
+EOS) trained, and errors that name the file, row and field, or the config key.
+
+Types: `<format>:<style>` (alpaca:chat, ...), `<module>.load_<variant>` (alpaca_chat.load_qa, ...), the
+user-defined `type:` mapping, chat_template with its keys and named templates, and a user's own Python module.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import AutoTokenizer
+
+from llmkit.config.schema import ConfigError, load_config
+from llmkit.data.pipeline import DataError, build_datasets
+from llmkit.data.rows import IGNORE_INDEX
+
+ALPACA = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+ALPACA_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request."
+)
+CONCISE = (
+    "Below is an instruction from a USER that describes a task. The ASSISTANT writes a response that "
+    "appropriately and concisely completes the request.\n\n"
+)
+ADD = {"instruction": "Add.", "input": "2 and 3", "output": "5"}
+COLOUR = {"instruction": "Name a colour.", "output": "Blue."}
+
+# (type, extra dataset keys, row, the prompt axolotl writes, the trained response before EOS)
+INSTRUCTION_CASES = [
+    (
+        "alpaca:instruct",
+        {},
+        ADD,
+        f"{ALPACA_INPUT}\n\n### Instruction:\nAdd.\n\n### Input:\n2 and 3\n\n### Response:\n",
+        "5",
+    ),
+    ("alpaca:chat", {}, ADD, f"SYSTEM: {ALPACA_INPUT}\nUSER: Add.\n2 and 3\nASSISTANT:", "5"),
+    ("alpaca:chat", {}, COLOUR, f"SYSTEM: {ALPACA}\nUSER: Name a colour.\nASSISTANT:", "Blue."),
+    (
+        "alpaca:chatml",
+        {},
+        COLOUR,
+        f"<|im_start|>system\n{ALPACA}<|im_end|>\n<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n",
+        "Blue.",
+    ),
+    (
+        "alpaca:chatml",
+        {},
+        ADD,
+        f"<|im_start|>system\n{ALPACA_INPUT}<|im_end|>\n<|im_start|>user\nAdd.\n2 and 3<|im_end|>\n"
+        "<|im_start|>assistant\n",
+        "5",
+    ),
+    (
+        "alpaca:phi",
+        {},
+        COLOUR,
+        f"<|system|>\n{ALPACA}<|end|>\n<|user|>\nName a colour.<|end|>\n<|assistant|>\n",
+        "Blue.",
+    ),
+    ("alpaca:phi", {}, ADD, f"<|system|>\n{ALPACA_INPUT}<|end|>\n<|user|>\nAdd.<|end|>2 and 3<|assistant|>", "5"),
+    ("alpaca_instruct", {}, COLOUR, f"{ALPACA}\n\n### Instruction:\nName a colour.\n\n### Response:\n", "Blue."),
+    ("alpaca_chat", {}, COLOUR, f"SYSTEM: {ALPACA}\nUSER: Name a colour.\nASSISTANT:", "Blue."),
+    (
+        "alpaca_chat",
+        {"conversation": "chatml"},
+        COLOUR,
+        f"<|im_start|>system\n{ALPACA}<|im_end|>\n<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n",
+        "Blue.",
+    ),
+    (
+        "alpaca_chat.load_qa",
+        {},
+        {"question": "What is 2+2?", "answer": "4"},
+        f"SYSTEM: {CONCISE}\nUSER: What is 2+2?\nASSISTANT:",
+        "4",
+    ),
+    ("alpaca_chat.load_concise", {}, COLOUR, f"SYSTEM: {CONCISE}\nUSER: Name a colour.\nASSISTANT:", "Blue."),
+    (
+        "alpaca_chat.load_camel_ai",
+        {},
+        {"message_1": "Define inertia.", "message_2": "Resistance to change in motion."},
+        f"SYSTEM: {CONCISE}\nUSER: Define inertia.\nASSISTANT:",
+        "Resistance to change in motion.",
+    ),
+    ("alpaca_chat.load_no_prompt", {}, ADD, "USER: Add.\n2 and 3\nASSISTANT:", "5"),
+    (
+        "alpaca_w_system",
+        {},
+        {**COLOUR, "system": "Be brief."},
+        "SYSTEM: Be brief.\nUSER: Name a colour.\nASSISTANT:",
+        "Blue.",
+    ),
+    ("alpaca_w_system.load_chat", {}, COLOUR, "USER: Name a colour.\nASSISTANT:", "Blue."),  # no system text
+    (
+        "alpaca_w_system.load_instruct",
+        {},
+        {**ADD, "system": "Be brief."},
+        "Be brief.\n\n### Instruction:\nAdd.\n\n### Input:\n2 and 3\n\n### Response:\n",
+        "5",
+    ),
+    (
+        "alpaca_w_system.load_open_orca",
+        {},
+        {"system_prompt": "Be brief.", "question": "Sky colour?", "response": "Blue."},
+        "### System:\nBe brief.\n### Human:\nSky colour?\n### Assistant:\n",
+        "Blue.",
+    ),
+    (
+        "alpaca_w_system.load_open_orca_chatml",
+        {},
+        {"system_prompt": "Be brief.", "question": "Sky colour?", "response": "Blue."},
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nSky colour?<|im_end|>\n<|im_start|>assistant\n",
+        "Blue.",
+    ),
+    (
+        "oasst:chat",
+        {},
+        {"INSTRUCTION": "Say yes.", "RESPONSE": "Yes."},
+        f"SYSTEM: {ALPACA}\nUSER: Say yes.\nASSISTANT:",
+        "Yes.",
+    ),
+    (
+        "gpteacher:chat",
+        {},
+        {"instruction": "Echo.", "input": "ping", "response": "ping"},
+        f"SYSTEM: {ALPACA_INPUT}\nUSER: Echo.\nping\nASSISTANT:",
+        "ping",
+    ),
+    (
+        "jeopardy",
+        {},
+        {"question": "Largest planet", "category": "SPACE", "answer": "Jupiter"},
+        f"{ALPACA_INPUT}\n\n### Instruction:\nLargest planet\n\n### Input:\nSPACE\n\n### Response:\n",
+        "what is Jupiter",
+    ),
+    (
+        "summarizetldr",
+        {},
+        {"article": "Rain fell all day.", "summary": "Rainy day."},
+        "USER: Summarize the following article as a TL;DR.\nRain fell all day.\nASSISTANT:",
+        "Rainy day.",
+    ),
+    (
+        "explainchoice",
+        {},
+        {"question": "2+2?", "choices": ["3", "4"], "explanation": "4, since 2+2=4."},
+        "Choose the answer that best answers the question. Explain your reasoning.\n\n\n### Instruction:\n2+2?\n\n"
+        '### Input:\n- "3"\n- "4"\n\n### Response:\n',
+        "4, since 2+2=4.",
+    ),
+    (
+        "concisechoice:chatml",  # concisechoice keeps its own layout whatever the style
+        {},
+        {"question": "2+2?", "choices": ["3", "4"], "solution": "4"},
+        'Choose the answer that best answers the question. Be concise in your response.\n\nUSER: 2+2?\n- "3"\n- "4"\n'
+        "ASSISTANT:",
+        "4",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "keys", "row", "prompt", "response"),
+    INSTRUCTION_CASES,
+    ids=[f"{c[0]}-{i}" for i, c in enumerate(INSTRUCTION_CASES)],
+)
+def test_instruction_types_write_axolotls_prompt_and_train_only_the_response(
+    write_rows, make_cfg, tokenizer, kind, keys, row, prompt, response
+):
+    cfg = make_cfg([{"path": str(write_rows([row], "jsonl")), "type": kind, **keys}])
+    (built,) = build_datasets(cfg, tokenizer).train
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert tokenizer.decode(built["input_ids"]) == prompt + response + tokenizer.eos_token
+    assert built["input_ids"] == prompt_ids + response_ids
+    assert built["labels"] == [IGNORE_INDEX] * len(prompt_ids) + response_ids
+
+
+# (type, a good row, the same row without a field the type needs, that field)
+MISSING_FIELD = [
+    ("alpaca:chat", COLOUR, {"instruction": "Name a colour."}, "output"),
+    ("alpaca_chat.load_qa", {"question": "Q?", "answer": "A"}, {"question": "Q?"}, "answer"),
+    ("alpaca_chat.load_camel_ai", {"message_1": "Q?", "message_2": "A"}, {"message_2": "A"}, "message_1"),
+    ("alpaca_w_system.load_open_orca", {"question": "Q?", "response": "A"}, {"response": "A"}, "question"),
+    ("jeopardy", {"question": "Q", "category": "C", "answer": "A"}, {"question": "Q", "answer": "A"}, "category"),
+    (
+        "explainchoice",
+        {"question": "Q", "choices": ["a"], "solution": "a"},
+        {"question": "Q", "solution": "a"},
+        "choices",
+    ),
+    ({"field_instruction": "q", "field_output": "a"}, {"q": "Q", "a": "A"}, {"a": "A"}, "q"),
+]
+
+
+@pytest.mark.parametrize(("kind", "good", "bad", "field"), MISSING_FIELD, ids=[str(c[0]) for c in MISSING_FIELD])
+def test_a_row_missing_a_field_names_file_row_and_field(write_rows, make_cfg, tokenizer, kind, good, bad, field):
+    path = write_rows([good, bad], "jsonl")
+    with pytest.raises(DataError, match=re.escape(f"{path}: row 2: field '{field}' ")):
+        build_datasets(make_cfg([{"path": str(path), "type": kind}]), tokenizer)
+
+
+def _pairs(rows) -> list[tuple[list[int], list[int]]]:
+    return sorted((row["input_ids"], row["labels"]) for row in rows)
+
+
+def _expected(tokenizer, prompt: str, response: str) -> tuple[list[int], list[int]]:
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt_ids + response_ids, [IGNORE_INDEX] * len(prompt_ids) + response_ids
+
+
+def test_a_user_defined_mapping_formats_each_row_as_axolotl(write_rows, make_cfg, tokenizer):
+    """Input or not, the row's own system text or the mapping's system_prompt; a missing input is a null cell."""
+    custom = {
+        "system_prompt": "You are terse.",
+        "field_system": "sys",
+        "field_instruction": "q",
+        "field_input": "ctx",
+        "field_output": "a",
+        "format": "[INST] {instruction}\n{input} [/INST] ",
+        "no_input_format": "[INST] {instruction} [/INST] ",
+        "system_format": "<<SYS>>{system}<</SYS>>\n",
+    }
+    rows = [{"q": "Sum?", "ctx": "1 and 2", "a": "3"}, {"q": "Capital of France?", "a": "Paris", "sys": "One word."}]
+    built = build_datasets(make_cfg([{"path": str(write_rows(rows, "jsonl")), "type": custom}]), tokenizer).train
+    assert _pairs(built) == sorted(
+        [
+            _expected(tokenizer, "<<SYS>>You are terse.<</SYS>>\n[INST] Sum?\n1 and 2 [/INST] ", "3"),
+            _expected(tokenizer, "<<SYS>>One word.<</SYS>>\n[INST] Capital of France? [/INST] ", "Paris"),
+        ]
+    )
+
+
+def test_a_mapping_takes_axolotls_defaults_for_what_it_leaves_out(write_rows, make_cfg, tokenizer):
+    """format "{instruction} {input} ", no_input_format "{instruction} ", system_format "{system}", field_system
+    "system" (even when the mapping names a format with an input only)."""
+    rows = [{"q": "Hi", "a": "Yo", "system": "S: "}, {"q": "Add", "input": "1 1", "a": "2"}]
+    cfg = make_cfg([{"path": str(write_rows(rows, "jsonl")), "type": {"field_instruction": "q", "field_output": "a"}}])
+    assert _pairs(build_datasets(cfg, tokenizer).train) == sorted(
+        [_expected(tokenizer, "S: Hi ", "Yo"), _expected(tokenizer, "Add 1 1 ", "2")]
+    )
+
+
+def _load(tmp_path: Path, datasets: list, **keys):
+    """load_config on a YAML file written to tmp_path (so the config knows its folder)."""
+    path = tmp_path / "run.yml"
+    raw = {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "learning_rate": 1e-4, "datasets": datasets, **keys}
+    path.write_text(yaml.safe_dump(raw))
+    return load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        (
+            "alpaca_chat:load_qa",
+            "datasets[1].type: unknown dataset type 'alpaca_chat:load_qa' (did you mean alpaca_chat.load_qa?)",
+        ),
+        (
+            "alpaca_chat.load_qaa",
+            "datasets[1].type: unknown dataset type 'alpaca_chat.load_qaa' (did you mean alpaca_chat.load_qa?)",
+        ),
+        ("alpacca:chat", "datasets[1].type: unknown dataset type 'alpacca:chat' (did you mean alpaca:chat?)"),
+        (
+            "alpaca:chatlm",
+            "datasets[1].type: unknown dataset type 'alpaca:chatlm' (styles: instruct, chat, chatml, phi)",
+        ),
+        ("completion:chat", "(completion takes no :style)"),
+        ("chatml.intel", "'chatml.intel' (a preference-data type: it needs a top-level rl, e.g. rl: dpo)"),
+        (
+            {"format": "{instruction} {question}"},
+            "datasets[1].type: format: unknown placeholder {question}; use {input}, {instruction}",
+        ),
+        (
+            {"field_instructions": "q"},
+            "datasets[1].type: field_instructions: unknown key (did you mean field_instruction?)",
+        ),
+    ],
+)
+def test_a_wrong_type_is_a_config_error_naming_the_key_and_the_supported_names(tmp_path, kind, expected):
+    datasets = [{"path": "a.jsonl", "type": "alpaca"}, {"path": "b.jsonl", "type": kind}]
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, datasets)
+    assert expected in str(caught.value)
+    if isinstance(kind, str):
+        assert (
+            "supported: alpaca[:instruct|chat|chatml|phi], alpaca_instruct, alpaca_chat, alpaca_chat.load_qa"
+            in str(caught.value)
+        )
+
+
+def test_a_preference_type_is_left_to_rl(tmp_path):
+    cfg = _load(
+        tmp_path, [{"path": "pairs.jsonl", "type": "chatml.intel"}], rl="dpo", adapter="lora", lora_target_linear=True
+    )
+    assert cfg.datasets[0].type == "chatml.intel"
+
+
+def test_alpaca_chat_conversation_must_be_a_style(tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"conversation: alpaca_chat takes a prompt style \(instruct, chat, chatml, phi\)"
+    ):
+        _load(tmp_path, [{"path": "a.jsonl", "type": "alpaca_chat", "conversation": "vicuna"}])
+
+
+# --- chat_template ---------------------------------------------------------------------------------------------
+
+SHAREGPT = [
+    {"from": "system", "value": "Be brief."},
+    {"from": "human", "value": "Hi there"},
+    {"from": "gpt", "value": "Hello!"},
+    {"from": "human", "value": "Bye"},
+    {"from": "gpt", "value": "Goodbye."},
+]
+CHATML_TEXT = (
+    "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\nHello!"
+    "<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\nGoodbye.<|im_end|>\n"
+)
+MAPPED = {
+    "type": "chat_template",
+    "chat_template": "chatml",
+    "field_messages": "conversations",
+    "message_property_mappings": {"role": "from", "content": "value"},
+    "roles": {"user": ["human"], "assistant": ["gpt"], "system": ["system"]},
+}
+
+
+def _trained_runs(tokenizer, row) -> list[str]:
+    """The trained stretches of a built row, decoded."""
+    runs, current = [], []
+    for token, label in zip(row["input_ids"], row["labels"], strict=True):
+        if label != IGNORE_INDEX:
+            current.append(token)
+        elif current:
+            runs, current = [*runs, tokenizer.decode(current)], []
+    return runs + ([tokenizer.decode(current)] if current else [])
+
+
+def _chat(write_rows, make_cfg, tokenizer, rows, **keys):
+    cfg = make_cfg([{"path": str(write_rows(rows, "jsonl")), **MAPPED, **keys}])
+    return list(build_datasets(cfg, tokenizer).train)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {},
+        {"message_property_mappings": None, "message_field_role": "from", "message_field_content": "value"},
+        {"type": "sharegpt", "chat_template": None, "conversation": "chatml"},
+    ],
+    ids=["message_property_mappings", "message_field_role/content", "sharegpt-conversation"],
+)
+def test_chat_keys_map_fields_and_roles_and_train_contents_with_their_eos(write_rows, make_cfg, tokenizer, keys):
+    (row,) = _chat(write_rows, make_cfg, tokenizer, [{"conversations": SHAREGPT}], **keys)
+    assert tokenizer.decode(row["input_ids"]) == CHATML_TEXT
+    assert row["input_ids"] == tokenizer(CHATML_TEXT, add_special_tokens=False)["input_ids"]
+    assert _trained_runs(tokenizer, row) == ["Hello!<|im_end|>", "Goodbye.<|im_end|>"]
+
+
+@pytest.mark.parametrize(
+    ("keys", "runs"),
+    [
+        ({"train_on_eos": "none"}, ["Hello!", "Goodbye."]),
+        ({"train_on_eos": "last"}, ["Hello!", "Goodbye.<|im_end|>"]),
+        (
+            {"train_on_eos": "all"},
+            ["<|im_end|>", "<|im_end|>", "Hello!<|im_end|>", "<|im_end|>", "Goodbye.<|im_end|>"],
+        ),
+        (
+            {"roles_to_train": ["human", "assistant"]},
+            ["Hi there<|im_end|>", "Hello!<|im_end|>", "Bye<|im_end|>", "Goodbye.<|im_end|>"],
+        ),
+        ({"drop_system_message": True}, ["Hello!<|im_end|>", "Goodbye.<|im_end|>"]),
+    ],
+)
+def test_roles_to_train_and_train_on_eos_choose_what_is_trained(write_rows, make_cfg, tokenizer, keys, runs):
+    (row,) = _chat(write_rows, make_cfg, tokenizer, [{"conversations": SHAREGPT}], **keys)
+    assert _trained_runs(tokenizer, row) == runs
+    expected = (
+        CHATML_TEXT.removeprefix("<|im_start|>system\nBe brief.<|im_end|>\n")
+        if "drop_system_message" in keys
+        else CHATML_TEXT
+    )
+    assert tokenizer.decode(row["input_ids"]) == expected
+
+
+def test_train_on_inputs_trains_every_content_but_never_the_role_headers(write_rows, make_cfg, tokenizer):
+    cfg = make_cfg([{"path": str(write_rows([{"conversations": SHAREGPT}], "jsonl")), **MAPPED}], train_on_inputs=True)
+    (row,) = build_datasets(cfg, tokenizer).train
+    contents = [f"{m['value']}<|im_end|>" for m in SHAREGPT]
+    assert _trained_runs(tokenizer, row) == contents
+    assert row["labels"][:3] == [IGNORE_INDEX] * 3  # "<|im_start|>system\n"
+
+
+def test_field_system_adds_the_rows_system_turn_and_message_training_overrides_roles(write_rows, make_cfg, tokenizer):
+    talk = [{"from": "human", "value": "Hi there", "train": True}, {"from": "gpt", "value": "Hello!", "train": False}]
+    rows = [{"conversations": talk, "persona": "Be brief."}]
+    (row,) = _chat(write_rows, make_cfg, tokenizer, rows, field_system="persona", message_field_training="train")
+    assert tokenizer.decode(row["input_ids"]) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\nHello!"
+        "<|im_end|>\n"
+    )
+    assert _trained_runs(tokenizer, row) == ["Hi there<|im_end|>"]
+
+
+@pytest.fixture
+def llama3_tokenizer(default_model_dir):
+    """The embedded tokenizer with Llama 3's turn markers as special tokens and <|eot_id|> as its EOS."""
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    tokenizer.add_special_tokens(
+        {"eos_token": "<|eot_id|>", "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]}
+    )
+    return tokenizer
+
+
+def test_the_llama3_template_trains_contents_and_eot(write_rows, make_cfg, llama3_tokenizer):
+    (row,) = _chat(write_rows, make_cfg, llama3_tokenizer, [{"conversations": SHAREGPT[:3]}], chat_template="llama3")
+    turn = "<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>"
+    text = "<|im_start|>" + "".join(
+        turn.format(r, c) for r, c in [("system", "Be brief."), ("user", "Hi there"), ("assistant", "Hello!")]
+    )
+    assert llama3_tokenizer.decode(row["input_ids"]) == text  # the bos_token first: here the embedded model's
+    assert _trained_runs(llama3_tokenizer, row) == ["Hello!<|eot_id|>"]
+
+
+@pytest.mark.parametrize(
+    ("template", "text", "runs"),
+    [
+        (
+            "phi_3",
+            "<|im_start|><|user|>\nHi there<|end|>\n<|assistant|>\nHello!<|end|>\n",
+            ["Hello!"],  # <|end|> is no EOS of this tokenizer: axolotl trains no EOS then
+        ),
+        (
+            "gemma",
+            "<|im_start|><start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n",
+            ["Hello!"],
+        ),
+        (
+            "qwen_25",
+            "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+            "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n",
+            ["Hello!<|im_end|>"],
+        ),
+        (
+            "tokenizer_default_fallback_chatml",
+            "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n",
+            ["Hello!<|im_end|>"],
+        ),
+    ],
+)
+def test_shipped_templates_render_as_their_models_do(write_rows, make_cfg, tokenizer, template, text, runs):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    tokenizer.chat_template = None  # a base model's tokenizer: the fallback is what renders
+    (row,) = _chat(write_rows, make_cfg, tokenizer, [{"conversations": SHAREGPT[1:3]}], chat_template=template)
+    assert tokenizer.decode(row["input_ids"]) == text
+    assert _trained_runs(tokenizer, row) == runs
+
+
+def test_template_choices_that_cannot_render_are_clear_errors(write_rows, make_cfg, tokenizer, tmp_path):
+    path = write_rows([{"conversations": SHAREGPT[1:3]}], "jsonl")
+    bare = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    bare.chat_template = None
+    with pytest.raises(
+        DataError, match=re.escape(f"{path}: chat_template tokenizer_default: the tokenizer has no chat template")
+    ):
+        build_datasets(make_cfg([{"path": str(path), **MAPPED, "chat_template": "tokenizer_default"}]), bare)
+    with pytest.raises(
+        DataError, match=r"chat_template 'qwen3': not one of chatml, llama3, phi_3, gemma, qwen_25, tokenizer_default"
+    ):
+        build_datasets(make_cfg([{"path": str(path), **MAPPED, "chat_template": "qwen3"}]), tokenizer)
+    with pytest.raises(
+        DataError, match=r"row 1: field 'conversations' is refused by the chat template: gemma has no system"
+    ):
+        rows = write_rows([{"conversations": SHAREGPT}], "jsonl")
+        build_datasets(make_cfg([{"path": str(rows), **MAPPED, "chat_template": "gemma"}]), tokenizer)
+
+
+def test_a_jinja_template_from_a_file(write_rows, make_cfg, tokenizer, tmp_path):
+    template = tmp_path / "plain.jinja"
+    template.write_text("{% for m in messages %}{{ m.role }}: {{ m.content }}{{ eos_token }}\n{% endfor %}")
+    (row,) = _chat(
+        write_rows,
+        make_cfg,
+        tokenizer,
+        [{"conversations": SHAREGPT[1:3]}],
+        chat_template="jinja",
+        chat_template_jinja=str(template),
+    )
+    assert tokenizer.decode(row["input_ids"]) == "user: Hi there<|im_end|>\nassistant: Hello!<|im_end|>\n"
+    assert _trained_runs(tokenizer, row) == [" Hello!<|im_end|>"]
+
+
+def test_bad_chat_rows_name_the_mapped_field(write_rows, make_cfg, tokenizer):
+    path = write_rows([{"conversations": SHAREGPT}, {"conversations": [{"from": "human"}]}], "jsonl")
+    with pytest.raises(DataError, match=re.escape(f"{path}: row 2: field 'conversations[0].value' is missing")):
+        build_datasets(make_cfg([{"path": str(path), **MAPPED}]), tokenizer)
+    path = write_rows([{"conversations": [{"from": "robot", "value": "x"}]}], "jsonl")
+    with pytest.raises(
+        DataError, match=r"row 1: field 'conversations\[0\]\.from' is 'robot', not one of \['assistant', 'gpt'"
+    ):
+        build_datasets(make_cfg([{"path": str(path), **MAPPED}]), tokenizer)
+
+
+def test_two_spellings_of_one_message_key_must_agree(tmp_path):
+    keys = {"message_field_role": "from", "message_property_mappings": {"role": "speaker"}}
+    with pytest.raises(
+        ConfigError, match=r"message_field_role 'from' and message_property_mappings.role 'speaker' disagree"
+    ):
+        _load(tmp_path, [{"path": "a.jsonl", "type": "chat_template", **keys}])
+
+
+# --- a user's own module ---------------------------------------------------------------------------------------
+
+STRATEGY = '''
+class QuestionAnswer:
+    """Trains the answer of {q, a} rows; the prompt shows what load() read from cfg and ds_cfg."""
+
+    def __init__(self, tokenizer, prefix):
+        self.tokenizer, self.prefix = tokenizer, prefix
+
+    def tokenize_prompt(self, row):
+        prompt = self.tokenizer(f"{self.prefix} Q: {row['q']}\\nA:")["input_ids"]
+        answer = self.tokenizer(" " + row["a"], add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        return {"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer, "attention_mask": [1] * 99}
+
+
+def load_qa(tokenizer, cfg, ds_cfg):
+    return QuestionAnswer(tokenizer, f"[{cfg.sequence_len} {cfg.not_a_key} {ds_cfg['split']} {cfg.datasets[0].split}]")
+
+
+def load(tokenizer, cfg):
+    return QuestionAnswer(tokenizer, "[pkg]")
+'''
+
+
+def _user_config(tmp_path: Path, kind: str, rows: list[dict]):
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return _load(tmp_path, [{"path": "qa.jsonl", "type": kind}], sequence_len=256)
+
+
+def test_a_users_module_beside_the_config_tokenizes_its_rows(tmp_path, tokenizer, monkeypatch):
+    (tmp_path / "my_prompts.py").write_text(STRATEGY)
+    monkeypatch.chdir("/")  # found beside the config, not through the current directory
+    cfg = _user_config(tmp_path, "my_prompts.load_qa", [{"q": "2+2?", "a": "4"}])
+    data = build_datasets(cfg, tokenizer)
+    (row,) = data.train
+    prompt = tokenizer("[256 None train train] Q: 2+2?\nA:")["input_ids"]
+    answer = tokenizer(" 4", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert row["input_ids"] == prompt + answer and row["labels"] == [IGNORE_INDEX] * len(prompt) + answer
+    assert row["attention_mask"] == [1] * len(row["input_ids"])  # the pipeline's own, not the strategy's
+    assert data.stats.datasets[0].type == "my_prompts.load_qa"
+
+
+def test_axolotls_package_module_spelling_calls_its_load(tmp_path, tokenizer):
+    (tmp_path / "strategies").mkdir()
+    (tmp_path / "strategies" / "qa.py").write_text(STRATEGY)
+    (row,) = build_datasets(_user_config(tmp_path, "strategies.qa", [{"q": "Hi?", "a": "Yo"}]), tokenizer).train
+    assert tokenizer.decode(row["input_ids"]).startswith("[pkg] Q: Hi?\nA: Yo")
+
+
+@pytest.mark.parametrize(
+    ("module", "kind", "expected"),
+    [
+        (
+            None,
+            "my_prompts.load_qa",
+            r"datasets\[0\]\.type 'my_prompts\.load_qa': no such Python file: .*my_prompts\.py",
+        ),
+        (
+            STRATEGY,
+            "my_prompts.load_other",
+            r"my_prompts\.py has no function 'load_other' \(it defines \['QuestionAnswer', 'load', 'load_qa'\]\)",
+        ),
+        (
+            "from axolotl.prompt_tokenizers import PromptTokenizingStrategy\n",
+            "my_prompts.load",
+            r"importing .*my_prompts\.py failed: ModuleNotFoundError: No module named 'axolotl'",
+        ),
+        (
+            "def load(tokenizer, cfg):\n    return 'text'\n",
+            "my_prompts.load",
+            r"returned str, not a strategy with tokenize_prompt",
+        ),
+    ],
+)
+def test_a_module_that_cannot_be_used_names_the_type(tmp_path, tokenizer, module, kind, expected):
+    if module is not None:
+        (tmp_path / "my_prompts.py").write_text(module)
+    with pytest.raises(DataError, match=expected):
+        build_datasets(_user_config(tmp_path, kind, [{"q": "Q?", "a": "A"}]), tokenizer)
+
+
+def test_a_row_the_users_strategy_fails_on_names_file_and_row(tmp_path, tokenizer):
+    (tmp_path / "my_prompts.py").write_text(STRATEGY)
+    cfg = _user_config(tmp_path, "my_prompts.load_qa", [{"q": "Q?", "a": "A"}, {"q": "Q2?", "a": None}])
+    data = (tmp_path / "qa.jsonl").resolve()
+    with pytest.raises(DataError, match=re.escape(f"{data}: row 2: tokenize_prompt raised TypeError")):
+        build_datasets(cfg, tokenizer)
+    (tmp_path / "my_prompts.py").write_text(STRATEGY.replace('"labels": [-100]', '"mask": [-100]'))
+    with pytest.raises(DataError, match=re.escape("row 1: tokenize_prompt must return {input_ids, labels}, got ['")):
+        build_datasets(cfg, tokenizer)
+
+
+def test_a_batched_strategy_gets_columns(tmp_path, tokenizer):
+    batched = (
+        STRATEGY
+        + """
+
+class Batched(QuestionAnswer):
+    supports_batched = True
+
+    def tokenize_prompt(self, batch):
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        out = [QuestionAnswer.tokenize_prompt(self, row) for row in rows]
+        return {"input_ids": [o["input_ids"] for o in out], "labels": [o["labels"] for o in out]}
+
+
+def load_batched(tokenizer, cfg):
+    return Batched(tokenizer, "[batched]")
+"""
+    )
+    (tmp_path / "my_prompts.py").write_text(batched)
+    built = build_datasets(
+        _user_config(tmp_path, "my_prompts.load_batched", [{"q": "A?", "a": "a"}, {"q": "B?", "a": "b"}]), tokenizer
+    )
+    assert sorted(tokenizer.decode(row["input_ids"]) for row in built.train) == [
+        "[batched] Q: A?\nA: a<|im_end|>",
+        "[batched] Q: B?\nA: b<|im_end|>",
+    ]
+
+
+def test_editing_the_users_module_invalidates_the_prepared_data(tmp_path, tokenizer):
+    (tmp_path / "my_prompts.py").write_text(STRATEGY)
+    cfg = _user_config(tmp_path, "my_prompts.load_qa", [{"q": "Q?", "a": "A"}])
+    cfg = cfg.model_copy(update={"dataset_prepared_path": str(tmp_path / "prepared")})
+    cfg._source = tmp_path / "run.yml"  # model_copy keeps private attributes; said here for the reader
+    assert [build_datasets(cfg, tokenizer).stats.cache for _ in range(2)] == ["miss", "hit"]
+    (tmp_path / "my_prompts.py").write_text(STRATEGY.replace("Q: ", "Question: "))
+    again = build_datasets(cfg, tokenizer)
+    assert again.stats.cache == "miss" and tokenizer.decode(again.train[0]["input_ids"]).startswith(
+        "[256 None train train] Question:"
+    )
+
+
+def test_the_top_level_chat_template_renders_datasets_and_is_saved_with_the_tokenizer(
+    write_rows, make_cfg, tokenizer, tmp_path
+):
+    from llmkit.train.modeling import load_tokenizer
+
+    base = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    base.chat_template = None  # a base model's tokenizer: only the config names a template
+    spec = {"path": str(write_rows([{"conversations": SHAREGPT[1:3]}], "jsonl")), "type": "chat_template"}
+    spec |= {"field_messages": "conversations", "roles": MAPPED["roles"]}
+    spec |= {"message_property_mappings": MAPPED["message_property_mappings"]}
+    cfg = make_cfg([spec], chat_template="gemma")
+    (row,) = list(build_datasets(cfg, base).train)
+    assert "<start_of_turn>user\nHi there<end_of_turn>" in base.decode(row["input_ids"])
+    saved = load_tokenizer(make_cfg(chat_template="chatml"))
+    assert saved.chat_template.startswith("{% for message in messages %}") and "<|im_start|>" in saved.chat_template
+    with pytest.raises(ConfigError, match="chat_template 'qwen9'"):
+        load_tokenizer(make_cfg(chat_template="qwen9"))
+
+
+def test_exact_duplicates_are_dropped_and_order_kept_without_shuffling(write_rows, make_cfg, tokenizer):
+    rows = [{"instruction": f"Say {n}.", "output": str(n)} for n in (1, 2, 1, 3, 2, 4)]
+    path = write_rows(rows, "jsonl")
+    kept = build_datasets(make_cfg([{"path": str(path), "type": "alpaca"}], shuffle_merged_datasets=False), tokenizer)
+    assert [tokenizer.decode(r["input_ids"]).split("Say ")[1][0] for r in kept.train] == list("121324")
+    cfg = make_cfg([{"path": str(path), "type": "alpaca"}], dataset_exact_deduplication=True)
+    deduplicated = build_datasets(cfg, tokenizer).train
+    assert sorted(tokenizer.decode(r["input_ids"]).split("Say ")[1][0] for r in deduplicated) == list("1234")

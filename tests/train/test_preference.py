@@ -1,0 +1,151 @@
+"""Preference training (`rl: dpo|ipo`): axolotl's DPO dataset types become TRL's prompt/chosen/rejected rows exactly,
+and two DPO steps on a tiny model train, write the adapter and publish as SFT does."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from llmkit.config.schema import load_config
+from llmkit.config.sections import DatasetSpec
+from llmkit.data.preference import build_preference_datasets, preference_builder
+from llmkit.data.sources import DataError
+from llmkit.train.run import train, training_arguments
+
+CHATML_USER = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+LLAMA3_USER = (
+    "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+
+
+def _pairs(tmp_path: Path, rows: list[dict], name: str = "pairs.jsonl") -> Path:
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _build(tokenizer, kind: str, row: dict, **spec_keys) -> dict:
+    return preference_builder(DatasetSpec(path="unused.jsonl", type=kind, **spec_keys), tokenizer)(row)
+
+
+def test_chatml_and_llama3_types_build_the_exact_rows(tokenizer):
+    row = {"system": "Be brief.", "question": "What is 2 plus 2?", "chosen": "4", "rejected": "5"}
+    assert _build(tokenizer, "chatml.intel", row) == {
+        "prompt": "<|im_start|>system\nBe brief.<|im_end|>\n" + CHATML_USER.format("What is 2 plus 2?"),
+        "chosen": "4<|im_end|>",
+        "rejected": "5<|im_end|>",
+    }
+    assert _build(tokenizer, "chatml.intel", {**row, "system": None})["prompt"] == CHATML_USER.format(
+        "What is 2 plus 2?"
+    )
+    argilla = {"instruction": "Name a colour.", "chosen_response": "Red", "rejected_response": "Seven"}
+    assert _build(tokenizer, "chatml.argilla", argilla) == {
+        "prompt": CHATML_USER.format("Name a colour."),
+        "chosen": "Red<|im_end|>",
+        "rejected": "Seven<|im_end|>",
+    }
+    chat = {
+        "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+        "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away."}],
+    }
+    assert _build(tokenizer, "llama3.argilla_chat", chat) == {
+        "prompt": LLAMA3_USER.format("Hi"),
+        "chosen": "Hello!<|eot_id|>",
+        "rejected": "Go away.<|eot_id|>",
+    }
+    ultra = {"prompt": "Hi", "chosen": chat["chosen"], "rejected": chat["rejected"], "system": "Be kind."}
+    assert _build(tokenizer, "llama3.ultra", ultra)["prompt"] == (
+        "<|start_header_id|>system<|end_header_id|>\n\nBe kind.<|eot_id|>" + LLAMA3_USER.format("Hi")
+    )
+
+
+def test_chat_template_default_reads_axolotls_dataset_keys(tokenizer):
+    row = {
+        "conversation": [{"from": "human", "value": "What is 2 plus 2?"}],
+        "chosen": {"from": "gpt", "value": "4"},
+        "rejected": [{"from": "human", "value": "What is 2 plus 2?"}, {"from": "gpt", "value": "5"}],
+    }
+    keys = {
+        "field_messages": "conversation",
+        "message_property_mappings": {"role": "from", "content": "value"},
+        "roles": {"user": ["human"], "assistant": ["gpt"]},
+    }
+    assert _build(tokenizer, "chat_template.default", row, chat_template="chatml", **keys) == {
+        "prompt": CHATML_USER.format("What is 2 plus 2?"),
+        "chosen": "4<|im_end|>",
+        "rejected": "5<|im_end|>",
+    }
+    # Without a chat_template the tokenizer's own renders the prompt (SmolLM2's adds its default system turn).
+    own = _build(tokenizer, "chat_template.default", {**row, "rejected": "5"}, **keys)
+    assert own["prompt"].startswith("<|im_start|>system\n") and own["prompt"].endswith(
+        CHATML_USER.format("What is 2 plus 2?")
+    )
+    assert (own["chosen"], own["rejected"]) == ("4<|im_end|>", "5<|im_end|>")
+
+
+def test_a_bad_row_names_the_file_row_and_field(make_cfg, tokenizer, tmp_path):
+    rows = [{"question": "a", "chosen": "b", "rejected": "c"}, {"question": "d", "chosen": "e"}]
+    path = _pairs(tmp_path, rows)
+    cfg = make_cfg([{"path": str(path), "type": "chatml.intel"}], rl="dpo")
+    with pytest.raises(DataError, match=rf"{path}: row 2: field 'rejected' is missing"):
+        build_preference_datasets(cfg, tokenizer)
+
+
+def test_ipo_rpo_and_beta_reach_trl(tiny_config, tmp_path):
+    pairs = _pairs(tmp_path, [{"question": "q", "chosen": "a", "rejected": "b"}])
+    keys = {"rl": "ipo", "dpo_beta": 0.2, "rpo_alpha": 0.5, "dpo_use_weighting": True, "sequence_len": 96}
+    cfg = load_config(tiny_config(datasets=[{"path": str(pairs), "type": "chatml.intel"}], **keys))
+    args = training_arguments(cfg, cfg.optimizer.value)
+    assert type(args).__name__ == "DPOConfig"
+    assert (args.loss_type, args.loss_weights, args.beta) == (["ipo", "sft"], [1.0, 0.5], 0.2)
+    assert (args.max_length, args.use_weighting) == (96, True)
+
+
+SUMS = [{"question": f"What is {a} plus {a}?", "chosen": str(2 * a), "rejected": f"Maybe {a}"} for a in range(6)]
+
+
+@pytest.mark.parametrize(
+    ("kind", "keys"),
+    [
+        ("chatml.intel", {"rl": "dpo", "adapter": "qlora", "load_in_4bit": True}),
+        ("chat_template.default", {"rl": "ipo", "rpo_alpha": 0.5}),
+    ],
+)
+def test_two_preference_steps_train_and_publish_an_adapter(kind, keys, tiny_config, tiny_model_dir, tmp_path):
+    rows = (
+        SUMS
+        if kind == "chatml.intel"
+        else [
+            {
+                "messages": [{"role": "user", "content": row["question"]}],
+                "chosen": row["chosen"],
+                "rejected": row["rejected"],
+            }
+            for row in SUMS
+        ]
+    )
+    pairs = _pairs(tmp_path, rows)
+    path = tiny_config(datasets=[{"path": str(pairs), "type": kind}], micro_batch_size=2, val_set_size=0.34, **keys)
+    out = train(load_config(path))
+
+    state = json.loads((out / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert state["global_step"] == 2 and len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    assert any("eval_loss" in entry for entry in state["log_history"])
+    assert (out / "adapter_model.safetensors").is_file() and (out / "loss_curve.png").is_file()
+    assert not (out / "ref").exists(), "the reference copy of the adapter must not be published"
+    resolved = load_config(out / "config.resolved.yml")
+    assert resolved.rl.value == keys["rl"] and resolved.datasets[0].type == kind
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    probe = torch.tensor([[1, 42, 314, 2718, 99]])
+    with torch.no_grad():
+        before = base(probe).logits[0, -1]
+        after = PeftModel.from_pretrained(base, out)(probe).logits[0, -1]
+    assert (after - before).abs().max() > 1e-6, "training changed nothing"

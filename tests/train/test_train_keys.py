@@ -1,0 +1,193 @@
+"""axolotl keys that change what is trained, honoured on a tiny random Llama: checkpoint cadence per epoch,
+checkpointing with CPU offload, attention, optimizers and their packages, LoRA options, LoRA+, full-fine-tune
+freezing, added tokens, config overrides, and the trainer settings the other keys become."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, Trainer
+
+from llmkit.config.schema import ConfigError, load_config
+from llmkit.train.modeling import attn_implementation, build_peft_model, load_base_model, load_tokenizer
+from llmkit.train.optimizers import loraplus_optimizer, optimizer_for_machine
+from llmkit.train.run import train, training_arguments
+
+CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without CUDA says")
+
+
+def _checkpoint_steps(out: Path) -> list[int]:
+    return sorted(int(path.name.removeprefix("checkpoint-")) for path in out.glob("checkpoint-*"))
+
+
+def test_saves_per_epoch_checkpoints_at_fractions_of_each_epoch(tiny_config):
+    # 24 rows in batches of 4: 6 steps per epoch, 12 in all; 2 saves per epoch -> every 3 steps
+    out = train(load_config(tiny_config(max_steps=None, num_epochs=2, saves_per_epoch=2)))
+    assert _checkpoint_steps(out) == [3, 6, 9, 12]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="offloads GPU activations to pinned CPU memory")
+def test_offload_checkpointing_trains_the_same_weights_as_plain_checkpointing(tiny_config, tmp_path):
+    runs = {}
+    for mode in (True, "offload"):
+        cfg = load_config(tiny_config(gradient_checkpointing=mode, output_dir=str(tmp_path / f"out-{mode}")))
+        checkpointing = training_arguments(cfg, "adamw_torch").activation_checkpointing_kwargs
+        assert checkpointing == (
+            {"use_reentrant": False, "offload": True} if mode == "offload" else {"use_reentrant": False}
+        )
+        runs[mode] = load_file(train(cfg) / "adapter_model.safetensors")
+    assert runs[True].keys() == runs["offload"].keys()
+    assert all(torch.allclose(runs[True][name], runs["offload"][name]) for name in runs[True])
+
+
+@CPU_ONLY
+def test_offload_on_the_cpu_is_plain_checkpointing(tiny_config, caplog):
+    cfg = load_config(tiny_config(gradient_checkpointing="unsloth"))
+    with caplog.at_level(logging.INFO):
+        args = training_arguments(cfg, "adamw_torch")
+    assert args.activation_checkpointing and args.activation_checkpointing_kwargs == {"use_reentrant": False}
+    assert "gradient_checkpointing: unsloth: the activations are in CPU memory already" in caplog.text
+
+
+@CPU_ONLY
+def test_attention_this_machine_lacks_is_said_and_replaced_or_refused(tiny_config, caplog):
+    cfg = load_config(tiny_config(attn_implementation="flash_attention_2"))
+    with caplog.at_level(logging.WARNING):
+        assert attn_implementation(cfg) is None
+    assert "attention flash_attention_2: needs a CUDA GPU, which this machine lacks; using the default" in caplog.text
+    with pytest.raises(ConfigError, match="strict: true does not substitute another attention"):
+        attn_implementation(load_config(tiny_config(attn_implementation="flash_attention_2", strict=True)))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert attn_implementation(load_config(tiny_config(xformers_attention=True))) is None
+    assert "which transformers has no attention for" in caplog.text
+
+
+@pytest.mark.parametrize("keys", [{"eager_attention": True}, {"attention": "sdpa"}])
+def test_attention_the_machine_has_is_what_the_model_runs(tiny_config, keys):
+    model = load_base_model(load_config(tiny_config(**keys)), for_training=False)
+    assert model.config._attn_implementation == ("eager" if "eager_attention" in keys else "sdpa")
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "module", "install", "nearest"),
+    [
+        ("adamw_torch_4bit", "torchao", "pip install torchao", "adamw_bnb_8bit"),
+        ("schedule_free_adamw", "schedulefree", "pip install schedulefree", "adamw_torch"),
+        ("galore_adamw", "galore_torch", "pip install galore-torch", "adamw_torch"),
+    ],
+)
+def test_an_optimizer_whose_package_is_missing_names_it_and_the_nearest(
+    tiny_config, optimizer, module, install, nearest
+):
+    if importlib.util.find_spec(module):
+        pytest.skip(f"{module} is installed here")
+    cfg = load_config(tiny_config(optimizer=optimizer))
+    with pytest.raises(ConfigError, match=rf"optimizer: {optimizer} needs .*\({install}\).*set optimizer: {nearest}"):
+        optimizer_for_machine(cfg)
+
+
+def test_lora_options_reach_peft(tiny_config):
+    cfg = load_config(tiny_config(peft_layers_to_transform=1, peft_init_lora_weights="gaussian"))
+    model = build_peft_model(cfg, load_base_model(cfg), load_tokenizer(cfg))
+    wrapped = {name.split(".lora_A")[0] for name, _ in model.named_parameters() if ".lora_A." in name}
+    assert wrapped and all(".layers.1." in name for name in wrapped)
+    assert model.peft_config["default"].init_lora_weights == "gaussian"
+
+
+def test_lora_model_dir_continues_a_trained_adapter(tiny_config, tmp_path):
+    first = train(load_config(tiny_config(output_dir=str(tmp_path / "first"))))
+    cfg = load_config(tiny_config(lora_model_dir=str(first), lora_r=16, output_dir=str(tmp_path / "second")))
+    model = build_peft_model(cfg, load_base_model(cfg), load_tokenizer(cfg))
+    trained = load_file(first / "adapter_model.safetensors")
+    loaded = {name.replace(".default", ""): value for name, value in model.state_dict().items() if "lora_" in name}
+    assert loaded.keys() == trained.keys() and model.peft_config["default"].r == 4  # the adapter's own rank
+    assert all(torch.equal(loaded[name], trained[name].to(loaded[name].dtype)) for name in trained)
+    assert any(param.requires_grad for param in model.parameters())
+
+
+def test_loraplus_gives_the_b_matrices_the_higher_learning_rate(tiny_config):
+    cfg = load_config(tiny_config(loraplus_lr_ratio=16))
+    model = build_peft_model(cfg, load_base_model(cfg), load_tokenizer(cfg))
+    optimizer = loraplus_optimizer(Trainer(model=model, args=training_arguments(cfg, "adamw_torch")), cfg)
+    lr_of = {id(param): group["lr"] for group in optimizer.param_groups for param in group["params"]}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert lr_of[id(param)] == pytest.approx(1e-3 * (16 if "lora_B" in name else 1)), name
+
+
+def test_unfrozen_parameters_train_only_the_matching_weights(tiny_config, tiny_model_dir):
+    out = train(load_config(tiny_config(adapter="none", unfrozen_parameters=[r"model\.layers\.1\."])))
+    before, after = load_file(tiny_model_dir / "model.safetensors"), load_file(out / "model.safetensors")
+    changed = {name for name in before if not torch.equal(before[name], after[name].to(before[name].dtype))}
+    assert changed and all(name.startswith("model.layers.1.") for name in changed)
+
+
+def test_added_tokens_get_trained_embeddings(tiny_config):
+    keys = {"tokens": ["<sum>"], "lora_modules_to_save": ["embed_tokens", "lm_head"]}
+    out = train(load_config(tiny_config(**keys)))
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.convert_tokens_to_ids("<sum>") == len(tokenizer) - 1
+    embeddings = [
+        value for name, value in load_file(out / "adapter_model.safetensors").items() if "embed_tokens" in name
+    ]
+    assert embeddings and embeddings[0].shape[0] == len(tokenizer)
+
+
+def test_rope_scaling_and_config_overrides_reach_the_model(tiny_config):
+    keys = {"rope_scaling": {"type": "linear", "factor": 2.0}, "model_config": {"attention_dropout": 0.1}}
+    model = load_base_model(load_config(tiny_config(**keys)), for_training=False)
+    rope = model.config.rope_parameters
+    assert (rope["rope_type"], rope["factor"], rope["rope_theta"]) == ("linear", 2.0, 10000.0)
+    assert model.config.attention_dropout == 0.1
+
+
+def test_trainer_settings_the_keys_become(tiny_config):
+    keys = {
+        "noisy_embedding_alpha": 5,
+        "cosine_min_lr_ratio": 0.1,
+        "adam_beta2": 0.95,
+        "optim_args": {"foo": 1},
+        "group_by_length": True,
+        "val_set_size": 0.25,
+        "evals_per_epoch": 2,
+        "saves_per_epoch": 2,
+        "early_stopping_patience": 2,
+    }
+    cfg = load_config(tiny_config(**keys))
+    args = training_arguments(cfg, "adamw_torch")
+    assert (args.neftune_noise_alpha, args.lr_scheduler_type.value, args.lr_scheduler_kwargs) == (
+        5,
+        "cosine_with_min_lr",
+        {"min_lr_rate": 0.1},
+    )
+    assert (args.adam_beta2, args.optim_args, args.train_sampling_strategy) == (0.95, "foo=1", "group_by_length")
+    assert (args.load_best_model_at_end, args.metric_for_best_model) == (True, "eval_loss")
+    assert (args.save_steps, args.eval_steps) == (0.5, 0.5)  # 1 / (2 per epoch x 1 epoch) of the run
+    mismatched = load_config(tiny_config(**{**keys, "saves_per_epoch": None, "save_steps": 3, "evals_per_epoch": 3}))
+    with pytest.raises(ConfigError, match="trainer settings: .*load_best_model_at_end"):
+        training_arguments(mismatched, "adamw_torch")
+
+
+@CPU_ONLY
+def test_loftq_needs_a_cuda_gpu(tiny_config):
+    cfg = load_config(tiny_config(peft={"loftq_config": {"loftq_bits": 4}}))
+    with pytest.raises(ConfigError, match="peft.loftq_config: peft's LoftQ needs"):
+        build_peft_model(cfg, load_base_model(cfg))
+
+
+def test_the_resolved_config_of_a_run_with_new_keys_reloads(tiny_config):
+    out = train(load_config(tiny_config(noisy_embedding_alpha=5, gradient_checkpointing="offload", attention="eager")))
+    resolved = load_config(out / "config.resolved.yml")
+    assert (resolved.neftune_alpha, resolved.gradient_checkpointing, resolved.attention_implementation) == (
+        5,
+        "offload",
+        "eager",
+    )
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
