@@ -46,6 +46,7 @@ class Module:
     fan_in: int  # in_features (embedding: number of embeddings)
     fan_out: int  # out_features (embedding: its width)
     quantizable: bool = False  # bitsandbytes replaces it when loading in 4 or 8 bits
+    conv1d: bool = False  # a transformers Conv1D (GPT-2): its weight is stored (in, out)
 
     @property
     def leaf(self) -> str:
@@ -116,7 +117,7 @@ class ModelShape:
             elif isinstance(module, torch.nn.Linear):
                 linear.append(Module(name, module.in_features, module.out_features, _quantizable(module)))
             elif isinstance(module, Conv1D):  # GPT-2: weight is (in, out)
-                linear.append(Module(name, module.weight.shape[0], module.nf, quantizable=True))
+                linear.append(Module(name, module.weight.shape[0], module.nf, quantizable=True, conv1d=True))
             elif isinstance(module, torch.nn.Embedding):
                 embeddings.append(Module(name, module.num_embeddings, module.embedding_dim))
         experts = [(n, p) for n, p in model.named_parameters() if p.dim() == 3]

@@ -230,7 +230,7 @@ def write_merged(base_dir: Path, adapter_dir: Path, out: Path, options: MergeOpt
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(base_dir)
-    adapter = mw.load_lora_adapter(adapter_dir, mw.base_layout(config, nf4=options.nf4 is not None))
+    adapter = mw.load_lora_adapter(adapter_dir, mw.base_layout(base_dir))
     plans = mw.plan_tensors(base_dir, adapter, options.dtype, bool(getattr(config, "tie_word_embeddings", False)))
     shards = mw.split_shards(plans, options.max_shard_bytes)
     names = mw.shard_names(len(shards))

@@ -97,32 +97,18 @@ class BaseLayout:
     quantizable: frozenset[str]  # the modules load_in_4bit turns into Linear4bit: what --nf4-roundtrip rounds
 
 
-def base_layout(config, *, nf4: bool) -> BaseLayout:
-    """Read off the model built from `config` on the meta device (no weights allocated); the layers load_in_4bit
-    quantizes only for an `nf4` round-trip, which needs them (else none).
+def base_layout(base_dir: Path) -> BaseLayout:
+    """Read off the base's shape (`llmkit.core.shapes`: its config.json built on the meta device, no weights).
 
     The adapter cannot tell either fact: peft sets `fan_in_fan_out` per layer from the module type (a QLoRA adapter
     trained on the 4-bit model, where each Conv1D had become an (out, in) Linear4bit, says False), and transformers
-    quantizes only some linear layers (not Falcon's FalconLinear, a subclass of nn.Linear): its own replacement
-    function, run on the meta model, says which.
+    quantizes only some linear layers (not Falcon's FalconLinear, a subclass of nn.Linear).
     """
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-    from transformers.integrations import replace_with_bnb_linear
-    from transformers.pytorch_utils import Conv1D
-    from transformers.quantizers.base import get_keys_to_not_convert
+    from llmkit.core.shapes import model_shape
 
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    conv1d = frozenset(name for name, module in model.named_modules() if isinstance(module, Conv1D))
-    if not nf4:
-        return BaseLayout(conv1d, frozenset())
-    import bitsandbytes as bnb
-
-    replace_with_bnb_linear(
-        model, get_keys_to_not_convert(model), BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
-    )
-    quantizable = frozenset(name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit))
-    return BaseLayout(conv1d, quantizable)
+    linear = model_shape(str(base_dir)).linear
+    conv1d = frozenset(module.name for module in linear if module.conv1d)
+    return BaseLayout(conv1d, frozenset(module.name for module in linear if module.quantizable))
 
 
 def load_lora_adapter(adapter_dir: Path, layout: BaseLayout) -> Adapter:
