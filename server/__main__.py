@@ -5,10 +5,12 @@ Every flag is a field of `ServerSettings` (also settable as an `LLMKIT_<FIELD>` 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import sys
 from collections.abc import Sequence
 
-from llmkit.server.settings import ServerSettings
+from llmkit.server.settings import EngineName, ServerSettings
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> ServerSettings:
@@ -24,6 +26,10 @@ def parse_settings(argv: Sequence[str] | None = None) -> ServerSettings:
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = parse_settings(argv)
+    if settings.engine is EngineName.vllm and importlib.util.find_spec("vllm") is None:
+        from llmkit.server.vllm_venv import exec_server
+
+        exec_server(list(argv) if argv is not None else sys.argv[1:])  # the same flags, in vLLM's venv
     from llmkit.server.app import serve
 
     serve(settings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Annotated
 from urllib.parse import quote
@@ -21,7 +21,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from llmkit.server.engine import Engine
+from llmkit.server.engine import Engine, load_engine
 from llmkit.server.protocol import (
     BatchStats,
     DecodeRequest,
@@ -34,7 +34,7 @@ from llmkit.server.protocol import (
     TokenizeResponse,
     WireModel,
 )
-from llmkit.server.scheduler import ClientGone, QueueFull, RequestError, RequestTimeout, Sequence
+from llmkit.server.sequence import ClientGone, QueueFull, RequestError, RequestTimeout
 from llmkit.server.settings import ServerSettings
 
 LOG = logging.getLogger(__name__)
@@ -133,19 +133,19 @@ class BodyLimitMiddleware:
         await JSONResponse(status_code=413, content={"detail": detail})(scope, receive, send)
 
 
-async def _finished(seq: Sequence, request: Request, engine: Engine) -> Sequence:
-    """Wait for the model to finish `seq`; if the client disconnects first, take it out of the batch."""
-    done = asyncio.wrap_future(seq.future)
+async def _unless_disconnected(work: Awaitable[None], request: Request) -> None:
+    """Await the engine's `work`; if the client disconnects first, cancel it (the engine drops the request)."""
+    task = asyncio.ensure_future(work)
     gone = asyncio.ensure_future(_disconnect(request))
     try:
-        await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:  # also when this handler is cancelled (server shutdown)
         gone.cancel()
-        if not done.done():
-            engine.scheduler.cancel(seq)
-    if not done.done():
+        if not task.done():
+            task.cancel()
+    if not task.done():
         raise ClientGone("client disconnected")
-    return done.result()
+    task.result()  # the engine's error, if any
 
 
 async def _disconnect(request: Request) -> None:
@@ -158,7 +158,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.engine = engine or Engine.load(settings)
+        app.state.engine = engine or load_engine(settings)
         yield
         if engine is None:
             app.state.engine.close()
@@ -201,8 +201,9 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     ) -> ProcessResponse:
         start = time.perf_counter()
         _note_ignored(body, response)
-        seq = await run_in_threadpool(engine.submit, body)
-        result = await run_in_threadpool(engine.respond, await _finished(seq, request, engine))
+        seq = await run_in_threadpool(engine.new_sequence, body)
+        await _unless_disconnected(engine.run(seq), request)
+        result = await run_in_threadpool(engine.respond, seq)
         result.request_time = time.perf_counter() - start
         return result
 
@@ -225,6 +226,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         loaded = engine.loaded
         return HealthResponse(
             status="ok",
+            engine=engine.name,
+            engine_version=engine.version,
             model=loaded.source.model_id,
             revision=loaded.source.revision,
             adapter=loaded.adapter,
@@ -234,7 +237,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
             max_context=engine.settings.max_context,
             stop_at_newline=engine.settings.stop_at_newline,
             memory=engine.memory(),
-            batch=BatchStats(**engine.scheduler.stats()),
+            batch=BatchStats(**engine.stats()),
         )
 
     def openapi() -> dict:

@@ -9,32 +9,42 @@ bound (measured read bandwidth / model bytes: each decoded token reads every wei
 Concurrency: generated tokens/s with 1, 4 and 16 HELM-shaped clients (128-token greedy generations, prompts of
 different lengths) over HTTP, against the same server with batching off (`--max-batch-size 1`) and against
 transformers' batched `generate` on the same prompts at the same batch size.
+
+Engines: the same concurrency measurement on each engine's server (`--engine builtin`, `--engine vllm`, both with
+their default settings), side by side in one run: tokens/s per client count, each engine's N-clients / 1-client
+scaling, vLLM / built-in, and the seconds each server took to answer /health. Without vLLM's venv the vLLM column
+says how to install it (`make vllm-setup`) and the built-in results still print.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import json
 import logging
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 import torch
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from llmkit.server.engine import Engine
-from llmkit.server.launch import ServerProcess
+from llmkit.core.venvs import ToolVenvError
+from llmkit.server.builtin import BuiltinEngine
+from llmkit.server.launch import ServerProcess, ServerStartError
 from llmkit.server.protocol import ProcessRequest, helm_body
-from llmkit.server.settings import ServerSettings
+from llmkit.server.settings import EngineName, ServerSettings
+from llmkit.server.vllm_venv import vllm_venv
 
 LOG = logging.getLogger(__name__)
 NEVER_STOP = ["<<no such text>>"]
 
 
-def _mc_prompt(target_tokens: int, engine: Engine) -> str:
+def _mc_prompt(target_tokens: int, engine: BuiltinEngine) -> str:
     """A HELM multiple-choice prompt (instructions, in-context examples, the question) of about target_tokens."""
     head = "The following are multiple choice questions (with answers) about arithmetic.\n\n"
     shots, n = [], 0
@@ -48,7 +58,7 @@ def _mc_prompt(target_tokens: int, engine: Engine) -> str:
         n += 1
 
 
-def _workloads(engine: Engine) -> dict[str, ProcessRequest]:
+def _workloads(engine: BuiltinEngine) -> dict[str, ProcessRequest]:
     counting = ", ".join(str(i) for i in range(1, 20)) + ","
     common = {"temperature": 1e-7, "num_return_sequences": 1, "top_p": 1.0, "echo_prompt": False}
     return {
@@ -71,7 +81,7 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _generate_with_scores(engine: Engine, inputs: dict, max_new_tokens: int, top_k: int) -> int:
+def _generate_with_scores(engine: BuiltinEngine, inputs: dict, max_new_tokens: int, top_k: int) -> int:
     """transformers' generate with each step's scores turned into logprobs and top-k, as the server computes them;
     returns how many positions it generated."""
     with torch.inference_mode():
@@ -88,7 +98,7 @@ def _generate_with_scores(engine: Engine, inputs: dict, max_new_tokens: int, top
     return len(out.scores)
 
 
-def _transformers_baseline(engine: Engine, request: ProcessRequest) -> None:
+def _transformers_baseline(engine: BuiltinEngine, request: ProcessRequest) -> None:
     ids = torch.tensor([engine.encode(request.prompt, special=True)], device=engine.device)
     _generate_with_scores(engine, {"input_ids": ids}, request.max_new_tokens, request.top_k_per_token)
 
@@ -102,6 +112,9 @@ def _read_bandwidth(megabytes: int = 1024) -> float:
 
 CLIENTS = (1, 4, 16)
 GENERATED = 128
+ENGINES = tuple(EngineName)
+ENGINE_LABELS = {EngineName.builtin: "built-in", EngineName.vllm: "vLLM"}
+VLLM_STARTUP_TIMEOUT_S = 600  # vLLM's start on a 2-core CPU takes 60-90 s, longer when the machine is busy
 
 
 def _generation_prompts(count: int) -> list[str]:
@@ -109,19 +122,84 @@ def _generation_prompts(count: int) -> list[str]:
     return [", ".join(str(n) for n in range(i * 7, i * 7 + 8 + 6 * i)) + "," for i in range(count)]
 
 
-def _http_tokens_per_s(url: str, clients: int, prompts: list[str]) -> float:
-    """Generated tokens/s with `clients` concurrent HTTP clients working through `prompts`."""
-    bodies = [helm_body(p, max_new_tokens=GENERATED, stop_sequences=NEVER_STOP) for p in prompts]
+def _client_prompts(clients: int) -> list[str]:
+    """The prompts `clients` clients work through: the same for every engine and baseline, at least 4 so that one
+    client's figure is not one prompt's (16 clients: 23 to 489 tokens)."""
+    return _generation_prompts(max(clients, 4))
+
+
+def _http_tokens_per_s(url: str, clients: int, prompts: list[str], generated: int = GENERATED) -> tuple[float, int]:
+    """Generated tokens/s with `clients` concurrent HTTP clients working through `prompts`, and how many tokens."""
+    bodies = [helm_body(p, max_new_tokens=generated, stop_sequences=NEVER_STOP) for p in prompts]
     with httpx.Client(timeout=3600, limits=httpx.Limits(max_connections=clients)) as http:
         post = lambda body: len(http.post(f"{url}/process", json=body).raise_for_status().json()["tokens"])  # noqa: E731
         post(bodies[0])  # warm-up
         start = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(clients) as pool:
             tokens = sum(pool.map(post, bodies))
-    return tokens / (time.perf_counter() - start)
+    return tokens / (time.perf_counter() - start), tokens
 
 
-def _generate_tokens_per_s(engine: Engine, prompts: list[str], batch_size: int) -> float:
+def measure_server(
+    args: Sequence[str] = (),
+    clients: Sequence[int] = CLIENTS,
+    generated: int = GENERATED,
+    startup_timeout: float = 300,
+) -> dict:
+    """Start `python -m llmkit.server ARGS`, time it to a healthy /health, then measure generated tokens/s at each
+    client count over HTTP; the server is stopped before this returns."""
+    started = time.perf_counter()
+    with ServerProcess(args, startup_timeout=startup_timeout) as server:
+        startup_s = time.perf_counter() - started
+        rows = []
+        for count in clients:
+            tokens_per_s, tokens = _http_tokens_per_s(server.url, count, _client_prompts(count), generated)
+            rows.append({"clients": count, "tokens_per_s": tokens_per_s, "generated_tokens": tokens})
+    info = server.info
+    return {
+        "engine": info["engine"],
+        "version": info["engine_version"],
+        "model": info["model"],
+        "device": info["device"],
+        "dtype": info["dtype"],
+        "startup_s": startup_s,
+        "max_new_tokens": generated,
+        "clients": rows,
+    }
+
+
+def measure_vllm(clients: Sequence[int] = CLIENTS, generated: int = GENERATED) -> dict:
+    """vLLM's server measured as `measure_server` does, or why it was not: its venv is missing (the fix is
+    `make vllm-setup`; the bench does not install GBs on its own) or it did not start."""
+    try:
+        vllm_venv().require()
+    except ToolVenvError as err:
+        return {"skipped": f"{err} (or `llmkit vllm-setup`)"}
+    try:
+        return measure_server(["--engine", "vllm"], clients, generated, startup_timeout=VLLM_STARTUP_TIMEOUT_S)
+    except ServerStartError as err:
+        return {"skipped": f"vLLM's server did not start: {err}"}
+
+
+def side_by_side(servers: dict[str, dict]) -> list[dict]:
+    """One row per client count: each measured engine's tokens/s and its N-clients / 1-client scaling, and
+    vLLM / built-in where both were measured (engines that were skipped are left out)."""
+    measured = {name: server["clients"] for name, server in servers.items() if "clients" in server}
+    counts = sorted({row["clients"] for rows in measured.values() for row in rows})
+    table = []
+    for count in counts:
+        row: dict = {"clients": count}
+        for name, rows in measured.items():
+            by_clients = {r["clients"]: r["tokens_per_s"] for r in rows}
+            row[f"{name}_tokens_per_s"] = by_clients[count]
+            row[f"{name}_vs_one_client"] = by_clients[count] / by_clients[min(by_clients)]
+        if {EngineName.builtin.value, EngineName.vllm.value} <= measured.keys():
+            row["vllm_vs_builtin"] = row["vllm_tokens_per_s"] / row["builtin_tokens_per_s"]
+        table.append(row)
+    return table
+
+
+def _generate_tokens_per_s(engine: BuiltinEngine, prompts: list[str], batch_size: int) -> float:
     """transformers' batched generate (left-padded) over `prompts` in batches of `batch_size`, on the engine's
     model thread."""
     tokens, seconds = 0, 0.0
@@ -136,22 +214,22 @@ def _generate_tokens_per_s(engine: Engine, prompts: list[str], batch_size: int) 
     return tokens / seconds
 
 
-def concurrency(engine: Engine) -> list[dict]:
-    """Tokens/s at 1, 4 and 16 clients: batching on, batching off, transformers' batched generate."""
+def concurrency(engine: BuiltinEngine, batched: dict) -> list[dict]:
+    """Tokens/s at 1, 4 and 16 clients: batching on (`batched`, the built-in server's `measure_server`), batching
+    off, transformers' batched generate."""
+    one_by_one = measure_server(["--max-batch-size", "1"])
     rows = []
-    with ServerProcess() as batched, ServerProcess(["--max-batch-size", "1"]) as one_by_one:
-        for clients in CLIENTS:
-            prompts = _generation_prompts(max(clients, 4))  # the same prompts for all three (16: 23 to 489 tokens)
-            rows.append(
-                {
-                    "clients": clients,
-                    "batching_tokens_per_s": _http_tokens_per_s(batched.url, clients, prompts),
-                    "no_batching_tokens_per_s": _http_tokens_per_s(one_by_one.url, clients, prompts),
-                    "transformers_tokens_per_s": engine.scheduler.call(
-                        _generate_tokens_per_s, engine, prompts, clients
-                    ),
-                }
-            )
+    for on, off in zip(batched["clients"], one_by_one["clients"], strict=True):
+        clients = on["clients"]
+        transformers = engine.scheduler.call(_generate_tokens_per_s, engine, _client_prompts(clients), clients)
+        rows.append(
+            {
+                "clients": clients,
+                "batching_tokens_per_s": on["tokens_per_s"],
+                "no_batching_tokens_per_s": off["tokens_per_s"],
+                "transformers_tokens_per_s": transformers,
+            }
+        )
     single = rows[0]["batching_tokens_per_s"]
     for row in rows:
         row["vs_one_client"] = row["batching_tokens_per_s"] / single
@@ -160,12 +238,38 @@ def concurrency(engine: Engine) -> list[dict]:
     return rows
 
 
-def run(out_dir: Path, repeats: int = 5) -> dict:
-    """Measure both workloads in-process, over HTTP and with plain transformers; return the results."""
-    settings = ServerSettings()
-    engine = Engine.load(settings)
+def run(out_dir: Path, repeats: int = 5, engines: Sequence[str] = ENGINES) -> dict:
+    """Measure the chosen engines: the built-in one in-process, over HTTP, against plain transformers and under
+    concurrency; then each engine's server side by side. Print, write out_dir/server.json, return the results."""
+    chosen = [EngineName(name) for name in dict.fromkeys(engines)]
+    results: dict = {}
+    servers: dict[str, dict] = {}
+    if EngineName.builtin in chosen:
+        servers[EngineName.builtin.value] = _builtin(results, repeats)
+        gc.collect()  # the in-process engine is closed: free its memory (on a GPU, for vLLM's share) before vLLM
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if EngineName.vllm in chosen:
+        servers[EngineName.vllm.value] = measure_vllm()
+    measured = [server for server in servers.values() if "model" in server]
+    results.setdefault("model", measured[0]["model"] if measured else None)
+    results.setdefault("device", measured[0]["device"] if measured else None)
+    results["engines"] = {"servers": servers, "side_by_side": side_by_side(servers)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "server.json").write_text(json.dumps(results, indent=2))
+    console = Console()
+    if "workloads" in results:
+        _print_builtin(results, console)
+    print_engines(results, console)
+    return results
+
+
+def _builtin(results: dict, repeats: int) -> dict:
+    """The built-in engine's workloads, decode bound and concurrency, into `results`; returns its server's
+    `measure_server` figures (batching on, the default settings) for the side-by-side table."""
+    engine = BuiltinEngine.load(ServerSettings())
     workloads = _workloads(engine)
-    results: dict = {"model": engine.loaded.source.model_id, "device": engine.loaded.device, "workloads": {}}
+    results.update({"model": engine.loaded.source.model_id, "device": engine.loaded.device, "workloads": {}})
     for name, request in workloads.items():
         completion = engine.process(request)
         results["workloads"][name] = {
@@ -195,15 +299,13 @@ def run(out_dir: Path, repeats: int = 5) -> dict:
     }
     decode = results["decode"]
     decode["fraction_of_bound"] = decode["tokens_per_s"] / decode["bound_tokens_per_s"]
-    results["concurrency"] = concurrency(engine)
+    batched = measure_server()
+    results["concurrency"] = concurrency(engine, batched)
     engine.close()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "server.json").write_text(json.dumps(results, indent=2))
-    _print(results)
-    return results
+    return batched
 
 
-def _print(results: dict) -> None:
+def _print_builtin(results: dict, console: Console) -> None:
     table = Table(title=f"Serving {results['model']} on {results['device']} (median seconds)")
     for column in [
         "workload",
@@ -225,7 +327,6 @@ def _print(results: dict) -> None:
             f"{row['transformers_generate_s']:.3f}",
             f"{row['speedup_vs_transformers']:.2f}x",
         )
-    console = Console()
     console.print(table)
     decode = results["decode"]
     console.print(
@@ -247,3 +348,41 @@ def _print(results: dict) -> None:
             f"{row['vs_transformers']:.2f}x",
         )
     console.print(table)
+
+
+def print_engines(results: dict, console: Console) -> None:
+    """The engines side by side: tokens/s and scaling per client count, vLLM / built-in, each server's start."""
+    engines = results["engines"]
+    servers = {EngineName(name): server for name, server in engines["servers"].items()}
+    measured = [name for name, server in servers.items() if "clients" in server]
+    if measured:
+        generated = servers[measured[0]]["max_new_tokens"]
+        table = Table(
+            title=f"Engines side by side: {results['model']}, {generated}-token greedy generations from concurrent "
+            "HELM-shaped clients over HTTP (generated tokens/s)"
+        )
+        table.add_column("clients")
+        for name in measured:
+            table.add_column(ENGINE_LABELS[name])
+            table.add_column(f"{ENGINE_LABELS[name]} vs 1 client")
+        both = "vllm_vs_builtin" in engines["side_by_side"][0]
+        if both:
+            table.add_column("vLLM / built-in")
+        for row in engines["side_by_side"]:
+            cells = [str(row["clients"])]
+            for name in measured:
+                cells += [f"{row[f'{name.value}_tokens_per_s']:.1f}", f"{row[f'{name.value}_vs_one_client']:.2f}x"]
+            if both:
+                cells.append(f"{row['vllm_vs_builtin']:.2f}x")
+            table.add_row(*cells)
+        console.print(table)
+    for name, server in servers.items():
+        label = ENGINE_LABELS[name]
+        if "skipped" in server:
+            console.print(Text(f"{label} not measured: {server['skipped']}", style="yellow"))  # no markup: a log
+        else:
+            console.print(
+                f"{label} ({server['version']}, {server['device']}, {server['dtype']}): /health answered "
+                f"{server['startup_s']:.0f} s after start",
+                highlight=False,
+            )

@@ -1,56 +1,53 @@
-"""The model work behind the HTTP API: generate with logprobs, score prompts, tokenize, decode. No FastAPI here.
+"""The model work behind the HTTP API, engine by engine: tokenize, check and answer here; generate in an engine.
 
-A /process request is tokenized on its own thread, run by the scheduler's model thread in a shared batch
-(scheduler.py: continuous batching), and turned back into text pieces and top-k texts on its own thread. Logprobs
-are log p(token | prefix) under the model's raw (untempered) distribution, whatever temperature/top-p/top-k choose.
+`Engine` holds what both engines share: the tokenizer (a pool of copies, so request threads tokenize in parallel),
+the prompt and limit checks, and the wire answer built from a finished `Sequence`. An engine adds `run`, which
+generates a sequence's completion with raw (untempered) logprobs and top-k alternatives:
+- `builtin` (server/builtin.py): the project's continuous-batching scheduler over a transformers model, the
+  reference and the default;
+- `vllm` (server/vllm_engine.py): vLLM, in its own virtual environment.
+No FastAPI here.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from typing import ClassVar
 
 import psutil
-import torch
 
-from llmkit.core.models import LoadedModel, load_for_inference
+from llmkit.core.models import LoadedModel
 from llmkit.server.protocol import ProcessRequest, ProcessResponse, Token
-from llmkit.server.scheduler import RequestError, Scheduler, Scores, Sequence
-from llmkit.server.settings import ServerSettings
+from llmkit.server.sequence import RequestError, Scores, Sequence
+from llmkit.server.settings import EngineName, ServerSettings
 from llmkit.server.text import IncrementalDecoder, TokenizerPool
 
 TOKENIZER_COPIES = 4  # crfm-helm sends 4 requests at once (helm-run --num-threads 4)
 
 
 class Engine:
-    """A loaded model, its scheduler, and everything the routes ask of them."""
+    """A loaded model and everything the routes ask of it; subclasses generate."""
 
-    def __init__(self, load: Callable[[], LoadedModel], settings: ServerSettings):
-        """Start the model thread, which calls `load`; returns once the model is ready (or raises its error)."""
+    name: ClassVar[str]
+    version: str
+
+    def __init__(self, loaded: LoadedModel, settings: ServerSettings):
         self.settings = settings
-        self.scheduler = Scheduler(load, settings)
-        self.loaded = self.scheduler.loaded
-        self.model, self.tokenizer = self.loaded.model, self.loaded.tokenizer
-        self.device = torch.device(self.loaded.device)
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
         self.tokenizers = TokenizerPool(self.tokenizer, TOKENIZER_COPIES)
         self._token_texts: dict[int, str] = {}  # a top-k alternative's text, by id
 
-    @classmethod
-    def load(cls, settings: ServerSettings) -> Engine:
-        return cls(
-            lambda: load_for_inference(
-                settings.model,
-                revision=settings.revision,
-                adapter=settings.adapter,
-                dtype=settings.dtype.value,
-                quantization=settings.quantization.value,
-                device=settings.device.value,
-            ),
-            settings,
-        )
+    async def run(self, seq: Sequence) -> None:
+        """Generate `seq`'s completion (and its prompt's scores); cancelling the awaiting task drops the request."""
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, int | None]:
+        """The batch in flight, for /health (None where the engine does not report a figure)."""
+        raise NotImplementedError
 
     def close(self) -> None:
-        self.scheduler.close()
+        raise NotImplementedError
 
     # --- tokenizer ---------------------------------------------------------------------------------------------
     def encode(self, text: str, *, special: bool = False) -> list[int]:
@@ -70,9 +67,13 @@ class Engine:
         return ids[:max_length] if truncation else ids
 
     def memory(self) -> dict[str, int]:
-        used = {"rss_bytes": psutil.Process().memory_info().rss}
-        if self.device.type == "cuda":
-            used["cuda_allocated_bytes"] = torch.cuda.memory_allocated(self.device)
+        """Bytes in use: this process and its children (vLLM's engine runs in one), and CUDA where torch sees it."""
+        process = psutil.Process()
+        used = {"rss_bytes": sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])}
+        if self.loaded.device.startswith("cuda"):
+            import torch
+
+            used["cuda_allocated_bytes"] = torch.cuda.memory_allocated()
         return used
 
     # --- /process ----------------------------------------------------------------------------------------------
@@ -87,8 +88,8 @@ class Engine:
             raise RequestError(f"prompt is {len(full)} tokens, over the context limit of {self.settings.max_context}")
         return full, added
 
-    def submit(self, request: ProcessRequest) -> Sequence:
-        """Tokenize and queue a request (on the caller's thread); its `future` completes when the model is done."""
+    def new_sequence(self, request: ProcessRequest) -> Sequence:
+        """Check and tokenize a request (on the caller's thread), ready for `run`."""
         if request.max_new_tokens > self.settings.max_new_tokens_limit:
             raise RequestError(
                 f"max_new_tokens {request.max_new_tokens} is over this server's limit "
@@ -96,14 +97,12 @@ class Engine:
             )
         ids, added = self.prompt_ids(request.prompt)
         timeout = self.settings.request_timeout_s
-        return self.scheduler.submit(
-            Sequence(
-                request=request,
-                ids=ids,
-                added=added,
-                max_new=max(0, min(request.max_new_tokens, self.settings.max_context - len(ids))),
-                deadline=time.monotonic() + timeout if timeout else None,
-            )
+        return Sequence(
+            request=request,
+            ids=ids,
+            added=added,
+            max_new=max(0, min(request.max_new_tokens, self.settings.max_context - len(ids))),
+            deadline=time.monotonic() + timeout if timeout else None,
         )
 
     def respond(self, seq: Sequence) -> ProcessResponse:
@@ -126,12 +125,6 @@ class Engine:
             request_time=0.0,  # the route sets the wall time, queueing included
         )
 
-    def process(self, request: ProcessRequest) -> ProcessResponse:
-        """Submit, wait and answer on the calling thread (benchmarks and scripts; the routes await instead)."""
-        seq = self.submit(request)
-        seq.future.result()
-        return self.respond(seq)
-
     def _tokens(self, tokenizer, pieces: list[str], scores: Scores) -> list[Token]:
         return [
             Token(text=piece, logprob=logprob, top_logprob=self._top_texts(tokenizer, ids, values))
@@ -148,3 +141,14 @@ class Engine:
                 text = self._token_texts[token] = tokenizer.decode([token])
             top.setdefault(text, value)  # two ids may share a text: keep the likelier
         return top
+
+
+def load_engine(settings: ServerSettings) -> Engine:
+    """The engine `settings.engine` names, with its model loaded (vLLM's import only happens when asked for)."""
+    if settings.engine is EngineName.vllm:
+        from llmkit.server.vllm_engine import VllmEngine
+
+        return VllmEngine(settings)
+    from llmkit.server.builtin import BuiltinEngine
+
+    return BuiltinEngine.load(settings)

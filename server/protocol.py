@@ -117,17 +117,21 @@ class ErrorResponse(WireModel):
 
 
 class BatchStats(WireModel):
-    running: int = Field(description="Sequences in the decode batch.")
-    prefilling: int = Field(description="Admitted sequences whose prompt is being prefilled.")
-    waiting: int = Field(description="Requests queued for a batch row.")
+    """The batch in flight. null: the engine does not report this figure (vLLM schedules inside its own process)."""
+
+    running: int = Field(description="Sequences in the decode batch (vLLM: requests in flight).")
+    prefilling: int | None = Field(description="Admitted sequences whose prompt is being prefilled.")
+    waiting: int | None = Field(description="Requests queued for a batch row.")
     max_batch_size: int
     max_queue: int
-    kv_cache_bytes_used: int
-    kv_cache_bytes_budget: int
+    kv_cache_bytes_used: int | None
+    kv_cache_bytes_budget: int | None
 
 
 class HealthResponse(WireModel):
     status: str
+    engine: str = Field(description="builtin or vllm.")
+    engine_version: str = Field(description="The versions of what generates.")
     model: str
     revision: str
     adapter: str | None

@@ -27,7 +27,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 
 import psutil
 import torch
@@ -35,75 +34,11 @@ import torch
 from llmkit.core.models import LoadedModel
 from llmkit.server.batch import SPARE_TOKENS, PaddedRows, batchable, cache_bytes_per_token, new_cache
 from llmkit.server.protocol import ProcessRequest
+from llmkit.server.sequence import ClientGone, QueueFull, RequestError, RequestTimeout, Sequence, eos_ids
 from llmkit.server.settings import ServerSettings
-from llmkit.server.text import IncrementalDecoder, cut_pieces, stop_index
+from llmkit.server.text import IncrementalDecoder
 
 LOG = logging.getLogger(__name__)
-
-
-class RequestError(ValueError):
-    """A request the model cannot serve as asked (too long, bad token id...): answered with HTTP 422."""
-
-
-class QueueFull(RuntimeError):
-    """Every batch row is busy and the wait queue is full: answered with HTTP 503 and Retry-After."""
-
-    def __init__(self, message: str, retry_after_s: int):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class RequestTimeout(RuntimeError):
-    """The request ran past `request_timeout_s`: answered with HTTP 504."""
-
-
-class ClientGone(RuntimeError):
-    """The client disconnected; nobody reads this answer."""
-
-
-@dataclass
-class Scores:
-    """Token ids with their raw logprobs and top alternatives (ids and logprobs, likeliest first)."""
-
-    ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    top_ids: list[list[int]] = field(default_factory=list)
-    top_logprobs: list[list[float]] = field(default_factory=list)
-
-    def add(self, token: int, logprob: float, top_ids: list[int], top_logprobs: list[float]) -> None:
-        self.ids.append(token)
-        self.logprobs.append(logprob)
-        self.top_ids.append(top_ids)
-        self.top_logprobs.append(top_logprobs)
-
-    def truncate(self, count: int) -> None:
-        for values in (self.ids, self.logprobs, self.top_ids, self.top_logprobs):
-            del values[count:]
-
-
-@dataclass(eq=False)
-class Sequence:
-    """One /process request on its way through the batch."""
-
-    request: ProcessRequest
-    ids: list[int]  # the prompt, leading special tokens included
-    added: int  # how many leading special tokens (BOS) the tokenizer added: not echoed
-    max_new: int  # 0: score the prompt only
-    deadline: float | None
-    future: Future = field(default_factory=Future)
-    submitted: float = field(default_factory=time.monotonic)
-    prompt: Scores = field(default_factory=Scores)  # echo: the prompt's tokens after `added`
-    completion: Scores = field(default_factory=Scores)
-    pieces: list[str] = field(default_factory=list)  # the completion's text, a piece per token, cut at a stop
-    cancelled: bool = False
-    prefilled: int = 0  # prompt tokens already in the cache (a long prompt goes in chunks)
-    cache: object = None  # its own cache while prefilling in chunks
-    decoder: IncrementalDecoder | None = None
-    generator: torch.Generator | None = None
-
-    @property
-    def final_length(self) -> int:
-        return len(self.ids) + self.max_new
 
 
 class Scheduler:
@@ -127,7 +62,7 @@ class Scheduler:
     def _setup(self, loaded: LoadedModel) -> None:
         self.model, self.device = loaded.model, torch.device(loaded.device)
         self.tokenizer = copy.deepcopy(loaded.tokenizer)  # the model thread's own, for stop sequences
-        self.eos_ids = eos_ids(loaded.model, loaded.tokenizer)
+        self.eos_ids = eos_ids(loaded.model.generation_config, loaded.tokenizer)
         self.pad_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
         )
@@ -233,7 +168,7 @@ class Scheduler:
                 self._guarded(self._decode_step)
             self._snapshot()
         for seq in [*self.waiting, *self._in_flight()]:
-            _finish(seq, RuntimeError("server shutting down"))
+            seq.finish(RuntimeError("server shutting down"))
 
     def _guarded(self, step) -> None:
         """Run a step; if the model fails (out of memory...), fail the sequences in flight and go on serving."""
@@ -243,7 +178,7 @@ class Scheduler:
             in_flight = self._in_flight()
             LOG.exception("Model step failed; failing the %d requests in flight", len(in_flight))
             for seq in in_flight:
-                _finish(seq, err)
+                seq.finish(err)
             self.prefilling, self.batch = [], None
 
     def _admit(self) -> None:
@@ -268,9 +203,9 @@ class Scheduler:
 
         def gone(seq: Sequence) -> bool:
             if seq.cancelled:
-                _finish(seq, ClientGone("client disconnected"))
+                seq.finish(ClientGone("client disconnected"))
             elif seq.deadline is not None and now > seq.deadline:
-                _finish(seq, RequestTimeout(f"request took over {self.settings.request_timeout_s:g} s"))
+                seq.finish(RequestTimeout(f"request took over {self.settings.request_timeout_s:g} s"))
             return seq.future.done()
 
         with self._wake:
@@ -331,8 +266,8 @@ class Scheduler:
 
     def _score_prompt(self, seq: Sequence, logits: torch.Tensor, first_position: int) -> None:
         """Prompt logprobs from the logits at positions first_position..; position p predicts token p + 1."""
-        if first_position == 0 and seq.added == 0:  # the first token has nothing to condition on: 0.0
-            seq.prompt.add(seq.ids[0], 0.0, [], [])
+        if first_position == 0:  # the first token has nothing to condition on: 0.0
+            seq.add_prompt_token(0, seq.ids[0], 0.0, ([], []))
         count = min(logits.shape[0], len(seq.ids) - 1 - first_position)  # the last logits predict the completion
         if count <= 0:  # a one-token prompt: nothing in it is predicted
             return
@@ -341,15 +276,15 @@ class Scheduler:
         chosen = logprobs[torch.arange(count), torch.tensor(targets, device=logprobs.device)].tolist()
         top_ids, top_values = _top(logprobs, seq.request.top_k_per_token)
         for offset, token in enumerate(targets):
-            if first_position + 1 + offset >= seq.added:
-                seq.prompt.add(token, chosen[offset], top_ids[offset], top_values[offset])
+            top = (top_ids[offset], top_values[offset])
+            seq.add_prompt_token(first_position + 1 + offset, token, chosen[offset], top)
 
     def _start_decoding(self, group: list[Sequence], cache, mask: torch.Tensor, last_logits: torch.Tensor) -> None:
         """Choose each prefilled sequence's first token; the ones that go on join the running batch."""
         decoding = [i for i, seq in enumerate(group) if seq.max_new > 0]
         for seq in group:
             if seq.max_new == 0:
-                _finish(seq)
+                seq.finish()
         if not decoding:
             return
         for i in decoding:
@@ -405,34 +340,13 @@ class Scheduler:
         going_on = []
         for row, (seq, token) in enumerate(zip(rows, chosen.tolist(), strict=True)):
             k = seq.request.top_k_per_token
-            if self._record(seq, token, chosen_logprobs[row], top_ids[row][:k], top_values[row][:k]):
+            if seq.record(token, chosen_logprobs[row], top_ids[row][:k], top_values[row][:k],
+                          eos_ids=self.eos_ids, stop_at_newline=self.settings.stop_at_newline):  # fmt: skip
                 going_on.append(row)
             else:
-                _finish(seq)
+                seq.finish()
                 self._seconds_per_request += 0.1 * (time.monotonic() - seq.submitted - self._seconds_per_request)
         return chosen, going_on
-
-    def _record(self, seq: Sequence, token: int, logprob: float, top_ids: list[int], top_values: list[float]) -> bool:
-        """Add a chosen token to the completion; False when the sequence is finished."""
-        if token in self.eos_ids:
-            return self._end(seq)
-        seq.completion.add(token, logprob, top_ids, top_values)
-        seq.pieces.append(seq.decoder.push(token))
-        stops = [s for s in seq.request.stop_sequences if s]
-        end = stop_index("".join(seq.pieces), stops, self.settings.stop_at_newline)
-        if end is not None:
-            seq.pieces = cut_pieces(seq.pieces, end)
-            seq.completion.truncate(len(seq.pieces))
-            return False
-        if len(seq.completion.ids) >= seq.max_new:
-            return self._end(seq)
-        return True
-
-    @staticmethod
-    def _end(seq: Sequence) -> bool:
-        if seq.pieces:  # a character still incomplete when generation ended
-            seq.pieces[-1] += seq.decoder.flush()
-        return False
 
     def _new_cache(self):
         return new_cache(self.model, self.settings.max_context)
@@ -448,29 +362,12 @@ class Scheduler:
         )
 
 
-def eos_ids(model, tokenizer) -> set[int]:
-    """Every token that ends a completion: the generation config's (one or a list) and the tokenizer's."""
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    ids = set(configured if isinstance(configured, list) else [configured])
-    ids.add(tokenizer.eos_token_id)
-    return {i for i in ids if i is not None}
-
-
 def _top(logprobs: torch.Tensor, k: int) -> tuple[list[list[int]], list[list[float]]]:
     """The k likeliest token ids of each row, and their logprobs."""
     if k == 0:
         return [[] for _ in range(len(logprobs))], [[] for _ in range(len(logprobs))]
     values, ids = torch.topk(logprobs, k)
     return ids.tolist(), values.tolist()
-
-
-def _finish(seq: Sequence, error: BaseException | None = None) -> None:
-    if seq.future.done():
-        return
-    if error is None:
-        seq.future.set_result(seq)
-    else:
-        seq.future.set_exception(error)
 
 
 def _generator(request: ProcessRequest, device: torch.device) -> torch.Generator | None:

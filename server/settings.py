@@ -23,6 +23,11 @@ class Quantization(str, Enum):
     int8 = "int8"  # bitsandbytes 8-bit LLM.int8()
 
 
+class EngineName(str, Enum):
+    builtin = "builtin"  # the project's continuous-batching scheduler over transformers (server/builtin.py)
+    vllm = "vllm"  # vLLM, in its own venv (server/vllm_engine.py)
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -34,6 +39,7 @@ class ServerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LLMKIT_", protected_namespaces=())
 
+    engine: EngineName = Field(EngineName.builtin, description="What generates: the built-in engine or vLLM.")
     model: str | None = Field(
         None, description="Hub id or local model directory; empty: the embedded default (SmolLM2-135M-Instruct)."
     )
@@ -62,8 +68,13 @@ class ServerSettings(BaseSettings):
         gt=0,
         description=(
             "KV-cache memory the batch may use; empty: 90% of the GPU memory free after loading the weights, or "
-            "half the available RAM on the CPU. A request waits until its worst case fits."
+            "half the available RAM on the CPU (vLLM: its --gpu-memory-utilization share, or 1 GiB on the CPU). "
+            "A request waits until its worst case fits."
         ),
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs the model is split over (tensor parallel).")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="vLLM: share of the GPU's memory for weights, activations and KV cache."
     )
     prefill_chunk_tokens: int = Field(
         512,

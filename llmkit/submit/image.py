@@ -1,22 +1,41 @@
-"""What goes into the submission image: the Dockerfile for a track, its pinned requirements, the server's code."""
+"""What goes into the submission image: the Dockerfile for a track and engine, its requirements, the server's code.
+
+The built-in engine's image installs docker/requirements.txt (every package pinned) into a uv-managed Python on the
+track's CUDA base image. vLLM's image (`--engine vllm`) is vLLM's own release image, vllm/vllm-openai at
+VLLM_VERSION, plus the server's code and the few packages the server imports that vLLM does not depend on.
+"""
 
 from __future__ import annotations
 
 import ast
 import importlib.util
 import json
-import re
 from pathlib import Path
 
+import jinja2
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 from llmkit.core.assets import DOCKER_DIR
-from llmkit.core.challenge import PYPI, TRACKS, Loading, Track
+from llmkit.core.challenge import CONTEXT_TOKENS, PYPI, TRACKS, Loading, Track
+from llmkit.server.settings import EngineName, ServerSettings
+from llmkit.server.vllm_venv import VLLM_VERSION
 from llmkit.submit.manifest import IMAGE_ADAPTER_DIR, IMAGE_MODEL_DIR, ZIP_ADAPTER_DIR, ZIP_MODEL_DIR
 from llmkit.submit.sources import Weights
 
 SERVER_MODULE = "llmkit.server"  # `python -m llmkit.server`; the zip holds it and every llmkit module it imports
 IMAGE_PYTHON = "/opt/venv/bin/python"
 IMAGE_UID = 10001  # the image's non-root user; the BuildKit secret is mounted readable for it
-_PLACEHOLDER = re.compile(r"\{\{ (\w+) \}\}")
+VLLM_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
+# vLLM's image installs vLLM into the Python first on PATH (`uv pip install --system`); its Dockerfile does the same.
+VLLM_PYTHON = "python3"
+# What the shipped server imports that vLLM does not pin itself: pydantic-settings comes with vLLM only through
+# fastapi[standard], at any version >= 2.0, and the server's CLI is tested with docker/requirements.txt's pin, which
+# the image installs (tests/submit/test_vllm_image.py checks the list against vLLM's venv).
+VLLM_EXTRAS = ("pydantic-settings",)
+# `vllm_venv.exec_server` runs this file of the server package by path, so imports do not find it: it ships in a vLLM
+# zip so that its server can also start from vLLM's venv outside the image (the smoke test).
+VLLM_LAUNCHER = "boot.py"
 # A BuildKit secret: mounted as a file for this one RUN, never in a layer, ENV or ARG. huggingface_hub reads the
 # token from HF_TOKEN_PATH; without the secret the file is absent and the download is anonymous.
 _WITH_TOKEN = (
@@ -24,38 +43,54 @@ _WITH_TOKEN = (
 )
 
 
-def render_dockerfile(track: Track, model: Weights, adapter: Weights | None, loading: Loading) -> str:
-    """docker/Dockerfile.template filled in for the track, the weights and the loading."""
+def render_dockerfile(
+    track: Track, model: Weights, adapter: Weights | None, loading: Loading, engine: EngineName = EngineName.builtin
+) -> str:
+    """docker/Dockerfile.template (a Jinja template) filled in for the track, the weights, the loading and engine."""
     spec = TRACKS[track]
     served = model.name if model.bundled else f"{model.name}@{model.revision}"
+    title = f"LLM Efficiency Challenge submission, {spec.name} track ({spec.gpu}): {served}, {loading.value}"
     values = {
-        "title": f"LLM Efficiency Challenge submission, {spec.name} track ({spec.gpu}): {served}, {loading.value}",
-        "cuda_base_image": spec.cuda_base_image,
+        "title": title + (f", vLLM {VLLM_VERSION}" if engine is EngineName.vllm else ""),
+        "engine": engine.value,
+        "base_image": VLLM_IMAGE if engine is EngineName.vllm else spec.cuda_base_image,
+        "vllm_version": VLLM_VERSION,
+        # The extras are listed without their installed version, so requirements.txt's pins apply to them.
+        "unheld": " ".join(f"--exclude {name}" for name in VLLM_EXTRAS),
+        "python": image_python(engine),
         "uid": str(IMAGE_UID),
-        "weights": "\n".join(_weights_steps(model, adapter)),
-        "cmd": json.dumps(server_command(model, adapter, loading)),
+        "weights": "\n".join(_weights_steps(model, adapter, image_python(engine))),
+        "cmd": json.dumps(server_command(model, adapter, loading, engine)),
     }
-    template = (DOCKER_DIR / "Dockerfile.template").read_text()
-    missing = set(_PLACEHOLDER.findall(template)) - set(values)
-    if missing:
-        raise KeyError(f"docker/Dockerfile.template has placeholders with no value: {sorted(missing)}")
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+    environment = jinja2.Environment(
+        undefined=jinja2.StrictUndefined,  # a placeholder with no value is an error, not an empty string
+        keep_trailing_newline=True,
+        trim_blocks=True,  # a line holding only {% if %}/{% else %}/{% endif %} leaves nothing behind
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    return environment.from_string((DOCKER_DIR / "Dockerfile.template").read_text()).render(values)
 
 
-def _weights_steps(model: Weights, adapter: Weights | None) -> list[str]:
+def image_python(engine: EngineName) -> str:
+    """The interpreter the image runs the server with: the built-in engine's venv, or vLLM's image's Python."""
+    return VLLM_PYTHON if engine is EngineName.vllm else IMAGE_PYTHON
+
+
+def _weights_steps(model: Weights, adapter: Weights | None, python: str) -> list[str]:
     copies, downloads = [], []
     if model.bundled:
         copies.append(f"COPY {ZIP_MODEL_DIR}/ {IMAGE_MODEL_DIR}/")
     else:  # the server's own resolver downloads, so the cache holds exactly what it looks up at start-up
         downloads.append(
-            f'{IMAGE_PYTHON} -c "from llmkit.core.models import resolve_model; '
+            f'{python} -c "from llmkit.core.models import resolve_model; '
             f"print(resolve_model('{model.name}', '{model.revision}').path)\""
         )
     if adapter is not None and adapter.bundled:
         copies.append(f"COPY {ZIP_ADAPTER_DIR}/ {IMAGE_ADAPTER_DIR}/")
     elif adapter is not None:
         downloads.append(
-            f'{IMAGE_PYTHON} -c "from huggingface_hub import snapshot_download; '
+            f'{python} -c "from huggingface_hub import snapshot_download; '
             f"snapshot_download('{adapter.name}', revision='{adapter.revision}', local_dir='{IMAGE_ADAPTER_DIR}')\""
         )
     if downloads:  # one RUN, one secret mount
@@ -63,18 +98,33 @@ def _weights_steps(model: Weights, adapter: Weights | None) -> list[str]:
     return copies
 
 
-def server_command(model: Weights, adapter: Weights | None, loading: Loading) -> list[str]:
-    """The image's CMD: the server on port 80 of every interface, with the weights and the track's loading."""
-    command = [IMAGE_PYTHON, "-m", "llmkit.server", "--host", "0.0.0.0", "--port", "80"]
+def server_command(
+    model: Weights, adapter: Weights | None, loading: Loading, engine: EngineName = EngineName.builtin
+) -> list[str]:
+    """The image's CMD: the server on port 80 of every interface, with the weights, the track's loading and engine."""
+    command = [image_python(engine), "-m", "llmkit.server", "--host", "0.0.0.0", "--port", "80"]
     command += ["--model", IMAGE_MODEL_DIR] if model.bundled else ["--model", model.name, "--revision", model.revision]
     if adapter is not None:
         command += ["--adapter", IMAGE_ADAPTER_DIR]
-    return command + loading.server_flags
+    command += loading.server_flags
+    if engine is EngineName.vllm:  # spelled out, so the image does not depend on the server's defaults
+        utilization = ServerSettings.model_fields["gpu_memory_utilization"].default
+        command += ["--engine", engine.value, "--max-context", str(CONTEXT_TOKENS)]
+        command += ["--gpu-memory-utilization", str(utilization)]
+    return command
 
 
-def render_requirements(track: Track) -> str:
-    """docker/requirements.txt with the track's torch build added."""
+def render_requirements(track: Track, engine: EngineName = EngineName.builtin) -> str:
+    """docker/requirements.txt with the track's torch build added; for vLLM, only the pins of VLLM_EXTRAS."""
     spec = TRACKS[track]
+    if engine is EngineName.vllm:
+        pins = image_pins()
+        lines = [
+            f"# What the {spec.name} track's image installs on {VLLM_IMAGE}, whose own packages keep their versions:",
+            "# the server's imports that vLLM does not pin, at docker/requirements.txt's versions.",
+            *(f"{name}=={pins[canonicalize_name(name)]}" for name in VLLM_EXTRAS),
+        ]
+        return "\n".join(lines) + "\n"
     lines = [
         f"# Pinned requirements of the {spec.name} track's image (docker/requirements.txt + llmkit/core/challenge.py)."
     ]
@@ -84,11 +134,19 @@ def render_requirements(track: Track) -> str:
     return "\n".join(lines) + "\n" + (DOCKER_DIR / "requirements.txt").read_text()
 
 
-def server_files() -> list[tuple[Path, str]]:
+def image_pins() -> dict[str, str]:
+    """docker/requirements.txt's pins: {canonical name: version}."""
+    lines = (DOCKER_DIR / "requirements.txt").read_text().splitlines()
+    requirements = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+    return {canonicalize_name(r.name): next(iter(r.specifier)).version for r in requirements}
+
+
+def server_files(engine: EngineName = EngineName.builtin) -> list[tuple[Path, str]]:
     """(source, path in the zip) of every llmkit module `python -m llmkit.server` can import, following its imports.
 
     The image runs the server alone: these modules (llmkit.server and the parts of llmkit.core it uses) and their
-    packages' `__init__.py`, laid out as the package they are in, so the zip's code is the checkout's code.
+    packages' `__init__.py`, laid out as the package they are in, so the zip's code is the checkout's code. A vLLM
+    zip also holds VLLM_LAUNCHER.
     """
     todo, found = [f"{SERVER_MODULE}.__main__", SERVER_MODULE], set()
     while todo:
@@ -110,6 +168,9 @@ def server_files() -> list[tuple[Path, str]]:
         origin = Path(importlib.util.find_spec(name).origin)
         relative = name.replace(".", "/") + ("/__init__.py" if origin.name == "__init__.py" else ".py")
         files.append((origin, relative))
+    if engine is EngineName.vllm:
+        package = Path(importlib.util.find_spec(SERVER_MODULE).origin).parent
+        files.append((package / VLLM_LAUNCHER, f"{SERVER_MODULE.replace('.', '/')}/{VLLM_LAUNCHER}"))
     return files
 
 

@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmkit.core.challenge import Loading, Track
 from llmkit.core.memory import MemoryEstimate
+from llmkit.server.settings import EngineName
 
 MANIFEST_NAME = "manifest.json"
 # Where bundled weights sit in the zip, and where the image keeps weights it serves from a directory.
@@ -35,12 +36,17 @@ class Manifest(BaseModel):
     loading: Loading
     dtype: str = "bfloat16"
     quantization: str
+    engine: EngineName = Field(EngineName.builtin, description="What generates in the image (the CMD's --engine).")
+    engine_version: str | None = Field(None, description="vLLM's version (its image's tag); None: built-in.")
     estimated_gpu_memory: MemoryEstimate
     bundled_weights: bool = Field(description="True when weight files are in the zip; the challenge refuses that.")
     files: dict[str, str] = Field(description="sha256 of every other file in the zip, by path.")
 
     def to_json(self) -> bytes:
-        return (self.model_dump_json(indent=2) + "\n").encode()
+        # The built-in engine's manifest leaves the engine fields out (absent means built-in), so its zips are the
+        # bytes they were before vLLM could be chosen.
+        exclude = {"engine", "engine_version"} if self.engine is EngineName.builtin else None
+        return (self.model_dump_json(indent=2, exclude=exclude) + "\n").encode()
 
 
 def is_weight_file(name: str) -> bool:

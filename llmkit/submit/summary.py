@@ -1,8 +1,9 @@
 """The summary `llmkit submission` and `llmkit verify-submission` end with: one table, read at a glance.
 
-Rows: the zip and its size, the track, the memory fit (the manifest's estimate against the card), where the weights
-come from, the verification, the smoke test (each request kind with ✓/✗ and its time) and the open evaluation's
-duration projected from the smoke test's request times (llmkit.core.challenge.project) against the 2-hour limit.
+Rows: the zip and its size, the track, the engine, the memory fit (the manifest's estimate against the card), where
+the weights come from, the verification, the smoke test (each request kind with ✓/✗ and its time) and the open
+evaluation's duration projected from the smoke test's request times (llmkit.core.challenge.project) against the
+2-hour limit.
 Anything marked ✗ makes the exit status 1; a warning (!) does not.
 """
 
@@ -18,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from llmkit.core.challenge import Projection, project
+from llmkit.server.settings import EngineName
 from llmkit.submit.manifest import MANIFEST_NAME, Manifest, WeightsSource
 from llmkit.submit.smoke import SmokeReport, run_smoke
 
@@ -101,6 +103,7 @@ def summary_table(
     else:
         memory = manifest.estimated_gpu_memory
         table.add_row("track", "", "", Text(f"{manifest.track.value} ({manifest.gpu})"))
+        table.add_row("engine", "", "", Text(_engine(manifest)))
         table.add_row(
             "memory fit",
             OK if memory.fits else FAIL,
@@ -127,6 +130,12 @@ def summary_table(
     return table
 
 
+def _engine(manifest: Manifest) -> str:
+    if manifest.engine is EngineName.vllm:
+        return f"vLLM {manifest.engine_version} (vLLM's own image)"
+    return "built-in (transformers, continuous batching)"
+
+
 def _weights(source: WeightsSource) -> tuple[Text, str, Text]:
     if source.bundled:
         return WARN, "", Text(f"bundled from {source.id}: not accepted by the challenge (below)")
@@ -144,6 +153,8 @@ def _smoke_rows(table: Table, report: SmokeReport | None, not_run: str) -> None:
         table.add_row("smoke test", FAIL, f"{result.seconds:.2f} s", Text(f"{result.name}: {result.detail}"))
         return
     where = f"its CMD, without Docker: healthy on {report.device}"
+    if report.engine and not report.engine.startswith(EngineName.builtin.value):  # vLLM: which build stood in
+        where += f" ({report.engine})"
     table.add_row("smoke test", OK, f"{report.startup_s:.1f} s", Text(where))
     for result in report.results:
         detail = result.detail  # a failure in full; a completion or logprobs cut to keep the table compact

@@ -3,7 +3,7 @@
 The first Dockerfile sits at the root and is the only one; it exposes port 80, runs an exec-form CMD that binds
 0.0.0.0:80, has a HEALTHCHECK and a non-root USER, passes hadolint with no finding, and puts no token in ENV or
 ARG. No file holds a secret; weight files are present only when the manifest says they were bundled; manifest.json
-lists every other file with its sha256.
+lists every other file with its sha256 and names the engine the CMD runs.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from pydantic import ValidationError
 
 from llmkit.core.files import sha256_bytes
+from llmkit.server.settings import EngineName
 from llmkit.submit.dockerfile import (
     DockerfileError,
     arg_names,
@@ -55,6 +56,7 @@ def verify_submission(zip_path: str | Path, *, lint: bool = True) -> list[str]:
     manifest, problems = _read_manifest(files)
     problems += _check_dockerfile(files, lint)
     problems += _check_hashes(files, manifest)
+    problems += _check_engine(files, manifest)
     problems += _check_secrets(files)
     if manifest is None or not manifest.bundled_weights:
         problems += [
@@ -83,6 +85,21 @@ def _check_hashes(files: dict[str, bytes], manifest: Manifest | None) -> list[st
         elif sha256_bytes(files[name]) != digest:
             problems.append(f"{name}: its sha256 does not match {MANIFEST_NAME}")
     return problems
+
+
+def _check_engine(files: dict[str, bytes], manifest: Manifest | None) -> list[str]:
+    """The CMD's --engine (the server's default when absent) is the manifest's engine."""
+    try:
+        cmd = last(final_stage(parse_dockerfile(files["Dockerfile"].decode(errors="replace"))), "CMD")
+        command = exec_form(cmd) if cmd is not None else None
+    except (KeyError, DockerfileError):  # _check_dockerfile reports it
+        return []
+    if manifest is None or command is None:
+        return []
+    engine, said = _flag(command, "--engine") or EngineName.builtin.value, manifest.engine.value
+    if engine == said:
+        return []
+    return [f"Dockerfile line {cmd.line}: CMD runs --engine {engine}, {MANIFEST_NAME} says {said}"]
 
 
 def _check_dockerfile(files: dict[str, bytes], lint: bool) -> list[str]:

@@ -5,10 +5,22 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from llmkit.core.venvs import ToolVenvError
+from llmkit.server.vllm_venv import vllm_venv
 
-@pytest.fixture(scope="module")
-def server(start_server):
-    """The embedded default model behind a real uvicorn server on a loopback port."""
+ENGINES = ["builtin", "vllm"]
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def server(request, start_server):
+    """The embedded default model behind a real uvicorn server on a loopback port, on each engine in turn (the API
+    contract is the same); vLLM's venv comes from `make vllm-setup`, and a missing one fails with that command."""
+    if request.param == "vllm":
+        try:
+            vllm_venv().require()
+        except ToolVenvError as err:
+            pytest.fail(str(err))
+        return start_server("--engine", "vllm", startup_timeout=600)
     return start_server()
 
 

@@ -222,8 +222,9 @@ def test_bad_token_ids_and_tokenize_types(client):
     assert client.post("/tokenize", json={"text": "a", "max_length": -1}).status_code == 422
 
 
-def test_health_and_openapi(client):
+def test_health_and_openapi(client, server):
     health = HealthResponse.model_validate(client.get("/health").json())
+    assert health.engine == ("vllm" if "vllm" in server.command else "builtin") and health.engine_version
     assert health.model == "HuggingFaceTB/SmolLM2-135M-Instruct" and health.device == "cpu"
     assert health.dtype == "float32" and health.memory["rss_bytes"] > 100_000_000
     paths = client.get("/openapi.json").json()["paths"]

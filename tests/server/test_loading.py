@@ -37,22 +37,37 @@ def test_missing_directory_is_a_clear_error(tmp_path):
         resolve_model(str(tmp_path))
 
 
-@pytest.mark.slow
-def test_serves_base_plus_unmerged_adapter(start_server, http, default_model_dir, adapter_dir):
+@pytest.fixture(scope="module")
+def adapter_greedy(default_model_dir, adapter_dir) -> str:
+    """What peft itself generates greedily with the adapter applied."""
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
     base = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, adapter_dir).eval()
     ids = tokenizer(PROMPT, return_tensors="pt").input_ids
     expected = tokenizer.decode(model.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1] :])
+    return expected.removesuffix(tokenizer.eos_token)
 
+
+@pytest.mark.slow
+def test_serves_base_plus_unmerged_adapter(start_server, http, default_model_dir, adapter_dir, adapter_greedy):
     server = start_server("--model", str(default_model_dir), "--adapter", str(adapter_dir))
     text = http.post(f"{server.url}/process", json=BODY).json()["text"]
     plain = start_server("--model", str(default_model_dir))
     base_text = http.post(f"{plain.url}/process", json=BODY).json()["text"]
-    assert text == expected.removesuffix(tokenizer.eos_token)
+    assert text == adapter_greedy
     assert text != base_text  # the adapter is really applied
     assert server.info["adapter"] == str(adapter_dir)
     plain.stop()
+
+
+@pytest.mark.slow
+def test_vllm_serves_base_plus_unmerged_lora(start_server, http, default_model_dir, adapter_dir, adapter_greedy):
+    """vLLM applies the adapter per request (--enable-lora, max_lora_rank from adapter_config.json)."""
+    args = ("--engine", "vllm", "--model", str(default_model_dir), "--adapter", str(adapter_dir))
+    server = start_server(*args, startup_timeout=600)
+    assert (server.info["engine"], server.info["adapter"]) == ("vllm", str(adapter_dir))
+    assert http.post(f"{server.url}/process", json=BODY).json()["text"] == adapter_greedy
+    server.stop()
 
 
 @pytest.mark.slow

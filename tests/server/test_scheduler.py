@@ -10,9 +10,9 @@ import time
 import pytest
 from transformers import MistralConfig, MistralForCausalLM
 
-from llmkit.server.engine import Engine
+from llmkit.server.builtin import BuiltinEngine
 from llmkit.server.protocol import ProcessRequest, helm_body
-from llmkit.server.scheduler import RequestError
+from llmkit.server.sequence import RequestError
 from llmkit.server.settings import ServerSettings
 
 PROMPTS = ["a b c", "The capital of France is", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,", "x" * 40, "Hello"]
@@ -27,7 +27,7 @@ def requests() -> list[ProcessRequest]:
     return [ProcessRequest(**body) for body in bodies]
 
 
-def check_batched_equals_sequential(engine: Engine) -> None:
+def check_batched_equals_sequential(engine: BuiltinEngine) -> None:
     sequential = [engine.process(r) for r in requests()]
     with concurrent.futures.ThreadPoolExecutor(len(sequential)) as pool:
         batched = list(pool.map(engine.process, requests()))
@@ -42,8 +42,8 @@ def check_batched_equals_sequential(engine: Engine) -> None:
 def engine_for():
     engines = []
 
-    def make(model_dir, **settings) -> Engine:
-        engine = Engine.load(ServerSettings(model=str(model_dir), stop_at_newline=False, **settings))
+    def make(model_dir, **settings) -> BuiltinEngine:
+        engine = BuiltinEngine.load(ServerSettings(model=str(model_dir), stop_at_newline=False, **settings))
         engines.append(engine)
         return engine
 

@@ -23,6 +23,16 @@ def default_zips(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def vllm_zips(tmp_path_factory) -> dict[str, Path]:
+    """Both tracks' vLLM submissions (`--engine vllm`) for the default model's hub id at revision main."""
+    root = tmp_path_factory.mktemp("vllm-submissions")
+    return {
+        track: build_submission(track, model=DEFAULT_MODEL_ID, revision="main", engine="vllm", out_root=root)
+        for track in ("4090", "A100")
+    }
+
+
+@pytest.fixture(scope="session")
 def broken_zip(default_zips, tmp_path_factory) -> Path:
     """The 4090 default zip with an invalid --dtype in its CMD: it passes verification, but its server cannot start."""
     with zipfile.ZipFile(default_zips["4090"]) as archive:

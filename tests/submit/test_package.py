@@ -9,6 +9,7 @@ import pytest
 
 from llmkit.core.challenge import TRACKS, Loading, Track
 from llmkit.core.models import DEFAULT_MODEL_ID
+from llmkit.server.settings import EngineName
 from llmkit.submit.dockerfile import exec_form, final_stage, last, parse_dockerfile
 from llmkit.submit.image import render_dockerfile
 from llmkit.submit.package import build_submission
@@ -102,6 +103,7 @@ def test_bad_arguments_are_named(tmp_path):
         build_submission("H100", model=DEFAULT_MODEL_ID, out_root=tmp_path)
 
 
+@pytest.mark.parametrize("engine", list(EngineName))
 @pytest.mark.parametrize("track", list(Track))
 @pytest.mark.parametrize(
     "model, adapter",
@@ -112,7 +114,7 @@ def test_bad_arguments_are_named(tmp_path):
     ],
     ids=["hub model + hub adapter", "hub model + bundled adapter", "bundled model"],
 )
-def test_every_dockerfile_variant_passes_hadolint(track, model, adapter):
-    dockerfile = render_dockerfile(track, model, adapter, Loading.nf4)
+def test_every_dockerfile_variant_passes_hadolint(engine, track, model, adapter):
+    dockerfile = render_dockerfile(track, model, adapter, Loading.nf4, engine)
     assert hadolint(dockerfile) == []
     assert "HF_TOKEN=" not in dockerfile and "ARG " not in dockerfile

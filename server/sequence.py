@@ -1,0 +1,124 @@
+"""A /process request on its way through an engine, and the rule for when its completion ends. No torch here.
+
+Both engines (the built-in scheduler and vLLM) feed chosen tokens, one at a time, through `record`: one rule for
+EOS, stop sequences, HELM's newline rule and max_new_tokens, so the engines end completions in the same place.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from llmkit.server.protocol import ProcessRequest
+from llmkit.server.text import IncrementalDecoder, cut_pieces, stop_index
+
+
+class RequestError(ValueError):
+    """A request the model cannot serve as asked (too long, bad token id...): answered with HTTP 422."""
+
+
+class QueueFull(RuntimeError):
+    """Every batch row is busy and the wait queue is full: answered with HTTP 503 and Retry-After."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTimeout(RuntimeError):
+    """The request ran past `request_timeout_s`: answered with HTTP 504."""
+
+
+class ClientGone(RuntimeError):
+    """The client disconnected; nobody reads this answer."""
+
+
+@dataclass
+class Scores:
+    """Token ids with their raw logprobs and top alternatives (ids and logprobs, likeliest first)."""
+
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top_ids: list[list[int]] = field(default_factory=list)
+    top_logprobs: list[list[float]] = field(default_factory=list)
+
+    def add(self, token: int, logprob: float, top_ids: list[int], top_logprobs: list[float]) -> None:
+        self.ids.append(token)
+        self.logprobs.append(logprob)
+        self.top_ids.append(top_ids)
+        self.top_logprobs.append(top_logprobs)
+
+    def truncate(self, count: int) -> None:
+        for values in (self.ids, self.logprobs, self.top_ids, self.top_logprobs):
+            del values[count:]
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One /process request on its way through the batch."""
+
+    request: ProcessRequest
+    ids: list[int]  # the prompt, leading special tokens included
+    added: int  # how many leading special tokens (BOS) the tokenizer added: not echoed
+    max_new: int  # 0: score the prompt only
+    deadline: float | None
+    future: Future = field(default_factory=Future)
+    submitted: float = field(default_factory=time.monotonic)
+    prompt: Scores = field(default_factory=Scores)  # echo: the prompt's tokens after `added`
+    completion: Scores = field(default_factory=Scores)
+    pieces: list[str] = field(default_factory=list)  # the completion's text, a piece per token, cut at a stop
+    cancelled: bool = False
+    prefilled: int = 0  # prompt tokens already in the cache (a long prompt goes in chunks)
+    cache: object = None  # its own cache while prefilling in chunks
+    decoder: IncrementalDecoder | None = None
+    generator: object = None  # a torch.Generator when the request samples (built-in engine)
+
+    @property
+    def final_length(self) -> int:
+        return len(self.ids) + self.max_new
+
+    def add_prompt_token(self, position: int, token: int, logprob: float, top: tuple[list[int], list[float]]):
+        """Echo: the prompt token at `position` (predicted from the ones before it); leading BOS is not echoed.
+        The first token has nothing to condition on: call with position 0 and logprob 0.0."""
+        if position >= self.added:
+            self.prompt.add(token, logprob, *top)
+
+    def record(self, token: int, logprob: float, top_ids: list[int], top_logprobs: list[float], *,
+               eos_ids: set[int], stop_at_newline: bool) -> bool:  # fmt: skip
+        """Add a chosen token to the completion; False when the sequence is finished."""
+        if token in eos_ids:
+            return self.end()
+        self.completion.add(token, logprob, top_ids, top_logprobs)
+        self.pieces.append(self.decoder.push(token))
+        stops = [s for s in self.request.stop_sequences if s]
+        end = stop_index("".join(self.pieces), stops, stop_at_newline)
+        if end is not None:
+            self.pieces = cut_pieces(self.pieces, end)
+            self.completion.truncate(len(self.pieces))
+            return False
+        if len(self.completion.ids) >= self.max_new:
+            return self.end()
+        return True
+
+    def end(self) -> bool:
+        """Generation ended (EOS, max_new_tokens): flush what the decoder held back; returns False."""
+        if self.pieces:  # a character still incomplete when generation ended
+            self.pieces[-1] += self.decoder.flush()
+        return False
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if self.future.done():
+            return
+        if error is None:
+            self.future.set_result(self)
+        else:
+            self.future.set_exception(error)
+
+
+def eos_ids(generation_config, tokenizer) -> set[int]:
+    """Every token that ends a completion: the generation config's (one or a list) and the tokenizer's."""
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids = set(configured if isinstance(configured, list) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    return {i for i in ids if i is not None}

@@ -1,0 +1,206 @@
+"""vLLM behind the same HELM API (`--engine vllm`): paged KV cache, continuous batching, CUDA graphs, tensor
+parallelism and unmerged LoRA adapters, from the library most of the field serves with.
+
+This module runs in vLLM's own virtual environment (`llmkit vllm-setup`; its pins clash with the project's), with the
+project's server code on top. What HELM sees does not change: the prompt is tokenized by the same code as for the
+built-in engine, vLLM returns raw (`logprobs_mode="raw_logprobs"`, untempered) logprobs with the top-k alternatives
+and the prompt's logprobs, and every chosen token goes through `Sequence.record`, so EOS, stop sequences, the
+newline rule and max_new_tokens end a completion where the built-in engine ends it. When `record` says stop, the
+request's generator is closed and vLLM aborts it; a client that disconnects cancels it the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from pathlib import Path
+
+from llmkit.core import devices
+from llmkit.core.models import LoadedModel, resolve_model
+from llmkit.server.engine import Engine
+from llmkit.server.protocol import ProcessRequest
+from llmkit.server.sequence import QueueFull, RequestTimeout, Sequence, eos_ids
+from llmkit.server.settings import ServerSettings
+from llmkit.server.text import IncrementalDecoder
+
+LOG = logging.getLogger(__name__)
+
+MAX_TOP_K = 100  # ProcessRequest.top_k_per_token's limit; vLLM refuses more alternatives than max_logprobs
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+CPU_KV_CACHE_BYTES = 1 << 30  # vLLM on a CPU takes its KV cache from RAM; a small one serves HELM's 4 clients
+
+
+class VllmEngine(Engine):
+    name = "vllm"
+
+    def __init__(self, settings: ServerSettings):
+        import vllm
+        from transformers import AutoTokenizer, GenerationConfig
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.lora.request import LoRARequest
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        source = resolve_model(settings.model, settings.revision)
+        device = devices.resolve_device(settings.device.value)
+        dtype = devices.resolve_dtype(settings.dtype.value, device)
+        adapter = settings.adapter
+        tokenizer = AutoTokenizer.from_pretrained(_tokenizer_dir(source.path, adapter))
+        self.version = vllm.__version__
+        self.lora = LoRARequest("adapter", 1, str(Path(adapter).resolve())) if adapter else None
+        args = AsyncEngineArgs(
+            model=str(source.path),
+            tokenizer=_tokenizer_dir(source.path, adapter),
+            dtype=str(dtype).removeprefix("torch."),
+            max_model_len=settings.max_context,
+            max_num_seqs=settings.max_batch_size,
+            max_logprobs=MAX_TOP_K,
+            logprobs_mode="raw_logprobs",
+            tensor_parallel_size=settings.tensor_parallel_size,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            kv_cache_memory_bytes=settings.kv_cache_bytes or (None if devices.is_cuda(device) else CPU_KV_CACHE_BYTES),
+            quantization=_vllm_quantization(settings.quantization.value),
+            enable_lora=bool(adapter),
+            max_lora_rank=_lora_rank(adapter) if adapter else None,
+            enforce_eager=not devices.is_cuda(device),  # CUDA graphs are a GPU feature
+            disable_log_stats=True,
+            seed=0,
+        )
+        LOG.info("Starting vLLM %s on %s (%s, %s)", self.version, source.model_id, device, args.dtype)
+        self.llm = AsyncLLM.from_engine_args(args)
+        try:
+            generation_config = GenerationConfig.from_pretrained(source.path)
+        except OSError:  # a model without generation_config.json ends on the tokenizer's EOS alone
+            generation_config = None
+        self._ending = {"eos_ids": eos_ids(generation_config, tokenizer), "stop_at_newline": settings.stop_at_newline}
+        self._decoding_tokenizer = tokenizer  # used on the event loop only; request threads use the pool's copies
+        self._in_flight = 0
+        loaded = LoadedModel(self.llm, tokenizer, source, adapter, args.dtype, settings.quantization.value, device)
+        super().__init__(loaded, settings)
+
+    def close(self) -> None:
+        self.llm.shutdown()
+
+    def stats(self) -> dict[str, int | None]:
+        return {
+            "running": self._in_flight,
+            "prefilling": None,
+            "waiting": None,
+            "max_batch_size": self.settings.max_batch_size,
+            "max_queue": self.settings.max_queue,
+            "kv_cache_bytes_used": None,
+            "kv_cache_bytes_budget": None,
+        }
+
+    async def run(self, seq: Sequence) -> None:
+        if self._in_flight >= self.settings.max_batch_size + self.settings.max_queue:
+            raise QueueFull(
+                f"server busy: {self._in_flight} requests in flight (--max-batch-size {self.settings.max_batch_size}"
+                f" plus --max-queue {self.settings.max_queue}); retry later",
+                retry_after_s=1,
+            )
+        self._in_flight += 1
+        try:
+            await asyncio.wait_for(self._generate(seq), self.settings.request_timeout_s)
+        except TimeoutError:
+            raise RequestTimeout(f"request took over {self.settings.request_timeout_s:g} s") from None
+        finally:
+            self._in_flight -= 1
+
+    async def _generate(self, seq: Sequence) -> None:
+        from vllm.inputs import TokensPrompt
+
+        seq.decoder = IncrementalDecoder(self._decoding_tokenizer, seq.ids)
+        request, k = seq.request, seq.request.top_k_per_token
+        stream = self.llm.generate(
+            TokensPrompt(prompt_token_ids=seq.ids),
+            _sampling_params(request, seq.max_new),
+            request_id=uuid.uuid4().hex,
+            lora_request=self.lora,
+        )
+        async with contextlib.aclosing(stream):  # leaving early closes the stream, which aborts the request
+            async for out in stream:
+                if request.echo_prompt and out.prompt_logprobs:  # the first outputs (a long prompt: in chunks)
+                    self._score_prompt(seq, out.prompt_logprobs, k)
+                if seq.max_new == 0:
+                    if seq.prefilled >= len(seq.ids) or not request.echo_prompt:
+                        return
+                    continue
+                completion = out.outputs[0]
+                for token, alternatives in zip(completion.token_ids, completion.logprobs, strict=True):
+                    top_ids, top_values = _top(alternatives, k)
+                    logprob = alternatives[token].logprob
+                    if not seq.record(token, logprob, top_ids, top_values, **self._ending):
+                        return
+                if completion.finish_reason is not None:  # vLLM stopped first (its max_tokens): same as ours
+                    seq.end()
+                    return
+
+    @staticmethod
+    def _score_prompt(seq: Sequence, prompt_logprobs: list, k: int) -> None:
+        """Scores for the next prompt positions; `seq.prefilled` counts the positions scored so far."""
+        start = seq.prefilled
+        for position, alternatives in enumerate(prompt_logprobs, start):
+            token = seq.ids[position]
+            if alternatives is None:  # the first token has nothing to condition on
+                seq.add_prompt_token(position, token, 0.0, ([], []))
+            else:
+                seq.add_prompt_token(position, token, alternatives[token].logprob, _top(alternatives, k))
+        seq.prefilled = start + len(prompt_logprobs)
+
+
+def _sampling_params(request: ProcessRequest, max_new: int):
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    k = request.top_k_per_token
+    return SamplingParams(
+        n=1,
+        temperature=0.0 if request.greedy else request.temperature,
+        top_p=request.top_p,
+        top_k=request.top_k or 0,
+        seed=request.seed,
+        max_tokens=max(1, max_new),  # vLLM decodes at least one token; a scoring request ignores it
+        logprobs=k,
+        prompt_logprobs=k if request.echo_prompt else None,
+        detokenize=False,  # `Sequence.record` decodes; stop sequences are checked there, not by vLLM
+        skip_special_tokens=False,
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+def _top(alternatives: dict, k: int) -> tuple[list[int], list[float]]:
+    """The k likeliest of vLLM's alternatives (which also hold the chosen token, whatever its rank)."""
+    ranked = sorted(alternatives.items(), key=lambda item: (item[1].rank, -item[1].logprob))[:k]
+    return [token for token, _ in ranked], [lp.logprob for _, lp in ranked]
+
+
+def _tokenizer_dir(model_dir: Path, adapter: str | None) -> str:
+    # The same rule as the built-in engine: training may have added tokens, saved with the adapter.
+    return adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else str(model_dir)
+
+
+def _vllm_quantization(quantization: str) -> str | None:
+    """vLLM quantizes bitsandbytes 4-bit on load; a pre-quantized checkpoint (AWQ, GPTQ...) it detects itself."""
+    if quantization == "none":
+        return None
+    if quantization == "nf4":
+        return "bitsandbytes"
+    raise ValueError(
+        f"--quantization {quantization} is not available with --engine vllm: use nf4 (bitsandbytes 4-bit) or a "
+        "pre-quantized checkpoint (AWQ, GPTQ, FP8), which vLLM detects from its config.json"
+    )
+
+
+def _lora_rank(adapter: str) -> int:
+    config_file = Path(adapter) / "adapter_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"Adapter directory {adapter} holds no adapter_config.json (not a peft adapter)")
+    config = json.loads(config_file.read_text())
+    rank = max([config.get("r", 8), *(config.get("rank_pattern") or {}).values()])
+    fitting = [r for r in LORA_RANKS if r >= rank]
+    if not fitting:
+        raise ValueError(f"Adapter {adapter} has rank {rank}; vLLM serves LoRA ranks up to {LORA_RANKS[-1]}")
+    return fitting[0]

