@@ -72,31 +72,25 @@ def bench(
     ] = None,
 ) -> None:
     """Benchmarks on the embedded default model: serving, training, merging; prints ratios and writes JSON."""
-    import functools
+    import importlib
     import logging
     from pathlib import Path
 
-    from llmkit.merge import bench as merging
-    from llmkit.server import bench as serving
     from llmkit.server.settings import EngineName
-    from llmkit.train import bench as training
 
-    logging.basicConfig(level=logging.WARNING)
+    stages = {"serving": "llmkit.server.bench", "training": "llmkit.train.bench", "merging": "llmkit.merge.bench"}
     engines = [e.value for e in EngineName]
-    stages = {
-        "serving": functools.partial(serving.run, engines=engine or engines),
-        "training": training.run,
-        "merging": merging.run,
-    }
     for option, given, choices in [("stage", stage, list(stages)), ("engine", engine, engines)]:
         unknown = sorted(set(given or []) - set(choices))
         if unknown:
             raise typer.BadParameter(
                 f"unknown {option} {', '.join(unknown)}; choose from {', '.join(choices)}", param_hint=f"--{option}"
             )
-    for name, run in stages.items():  # each writes <out>/<stage>.json and prints its table
+    logging.basicConfig(level=logging.WARNING)
+    for name, module in stages.items():  # each writes <out>/<stage>.json and prints its table
         if not stage or name in stage:
-            run(Path(out))
+            options = {"engines": engine or engines} if name == "serving" else {}
+            importlib.import_module(module).run(Path(out), **options)
 
 
 # --- config: llmkit/config/schema.py, llmkit/config/plan.py ----------------------------------------------------------

@@ -133,7 +133,6 @@ def _http_tokens_per_s(url: str, clients: int, prompts: list[str], generated: in
     bodies = [helm_body(p, max_new_tokens=generated, stop_sequences=NEVER_STOP) for p in prompts]
     with httpx.Client(timeout=3600, limits=httpx.Limits(max_connections=clients)) as http:
         post = lambda body: len(http.post(f"{url}/process", json=body).raise_for_status().json()["tokens"])  # noqa: E731
-        post(bodies[0])  # warm-up
         start = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(clients) as pool:
             tokens = sum(pool.map(post, bodies))
@@ -151,6 +150,9 @@ def measure_server(
     started = time.perf_counter()
     with ServerProcess(args, startup_timeout=startup_timeout) as server:
         startup_s = time.perf_counter() - started
+        # Warm-up: the longest prompt, a few tokens; one per server (a full generation per client count took a
+        # minute of vLLM's time on a CPU).
+        _http_tokens_per_s(server.url, 1, _client_prompts(max(clients))[-1:], generated=min(generated, 16))
         rows = []
         for count in clients:
             tokens_per_s, tokens = _http_tokens_per_s(server.url, count, _client_prompts(count), generated)
@@ -214,28 +216,30 @@ def _generate_tokens_per_s(engine: BuiltinEngine, prompts: list[str], batch_size
     return tokens / seconds
 
 
-def concurrency(engine: BuiltinEngine, batched: dict) -> list[dict]:
-    """Tokens/s at 1, 4 and 16 clients: batching on (`batched`, the built-in server's `measure_server`), batching
-    off, transformers' batched generate."""
+def concurrency(engine: BuiltinEngine) -> tuple[list[dict], dict]:
+    """Tokens/s at 1, 4 and 16 clients: batching on, batching off, transformers' batched generate. Also returns
+    the batching-on server's `measure_server` figures, the built-in column of the engines' table: measured last,
+    so that it runs just before vLLM's and a busy machine's load changes less between the two."""
     one_by_one = measure_server(["--max-batch-size", "1"])
-    rows = []
-    for on, off in zip(batched["clients"], one_by_one["clients"], strict=True):
-        clients = on["clients"]
-        transformers = engine.scheduler.call(_generate_tokens_per_s, engine, _client_prompts(clients), clients)
-        rows.append(
-            {
-                "clients": clients,
-                "batching_tokens_per_s": on["tokens_per_s"],
-                "no_batching_tokens_per_s": off["tokens_per_s"],
-                "transformers_tokens_per_s": transformers,
-            }
-        )
+    transformers = [
+        engine.scheduler.call(_generate_tokens_per_s, engine, _client_prompts(clients), clients) for clients in CLIENTS
+    ]
+    batched = measure_server()
+    rows = [
+        {
+            "clients": on["clients"],
+            "batching_tokens_per_s": on["tokens_per_s"],
+            "no_batching_tokens_per_s": off["tokens_per_s"],
+            "transformers_tokens_per_s": baseline,
+        }
+        for on, off, baseline in zip(batched["clients"], one_by_one["clients"], transformers, strict=True)
+    ]
     single = rows[0]["batching_tokens_per_s"]
     for row in rows:
         row["vs_one_client"] = row["batching_tokens_per_s"] / single
         row["vs_no_batching"] = row["batching_tokens_per_s"] / row["no_batching_tokens_per_s"]
         row["vs_transformers"] = row["batching_tokens_per_s"] / row["transformers_tokens_per_s"]
-    return rows
+    return rows, batched
 
 
 def run(out_dir: Path, repeats: int = 5, engines: Sequence[str] = ENGINES) -> dict:
@@ -299,8 +303,7 @@ def _builtin(results: dict, repeats: int) -> dict:
     }
     decode = results["decode"]
     decode["fraction_of_bound"] = decode["tokens_per_s"] / decode["bound_tokens_per_s"]
-    batched = measure_server()
-    results["concurrency"] = concurrency(engine, batched)
+    results["concurrency"], batched = concurrency(engine)
     engine.close()
     return batched
 

@@ -93,4 +93,4 @@ def test_kv_budget_bounds_the_batch(engine_for, tiny_model_dir):
     assert max(seen) == 1
     too_big = ProcessRequest(**helm_body("hi " * 1500, max_new_tokens=1000))
     with pytest.raises(RequestError, match="KV cache"):
-        engine.submit(too_big)
+        engine.scheduler.submit(engine.new_sequence(too_big))
