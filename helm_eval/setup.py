@@ -23,9 +23,9 @@ HELM_VENV = ToolVenv(
 HelmSetupError = ToolVenvError
 
 
-def helm_executable(name: str, venv: Path | None = None) -> Path:
+def helm_executable(name: str) -> Path:
     """A console script of the HELM venv, e.g. helm-run."""
-    return (venv or HELM_VENV.path) / "bin" / name
+    return HELM_VENV.executable(name)
 
 
 def require_helm() -> Path:

@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import psutil
 
+from llmkit.core import devices
 from llmkit.core.models import LoadedModel
 from llmkit.server.protocol import ProcessRequest, ProcessResponse, Token
 from llmkit.server.sequence import RequestError, Scores, Sequence
@@ -70,7 +71,7 @@ class Engine:
         """Bytes in use: this process and its children (vLLM's engine runs in one), and CUDA where torch sees it."""
         process = psutil.Process()
         used = {"rss_bytes": sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])}
-        if self.loaded.device.startswith("cuda"):
+        if devices.is_cuda(self.loaded.device):
             import torch
 
             used["cuda_allocated_bytes"] = torch.cuda.memory_allocated()

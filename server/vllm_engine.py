@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from llmkit.core import devices
-from llmkit.core.models import LoadedModel, resolve_model
+from llmkit.core.models import LoadedModel, resolve_model, tokenizer_dir
 from llmkit.server.engine import Engine
 from llmkit.server.protocol import ProcessRequest
 from llmkit.server.sequence import QueueFull, RequestTimeout, Sequence, eos_ids
@@ -47,12 +47,13 @@ class VllmEngine(Engine):
         device = devices.resolve_device(settings.device.value)
         dtype = devices.resolve_dtype(settings.dtype.value, device)
         adapter = settings.adapter
-        tokenizer = AutoTokenizer.from_pretrained(_tokenizer_dir(source.path, adapter))
+        tokenizer_source = str(tokenizer_dir(source.path, adapter))
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
         self.version = vllm.__version__
         self.lora = LoRARequest("adapter", 1, str(Path(adapter).resolve())) if adapter else None
         args = AsyncEngineArgs(
             model=str(source.path),
-            tokenizer=_tokenizer_dir(source.path, adapter),
+            tokenizer=tokenizer_source,
             dtype=str(dtype).removeprefix("torch."),
             max_model_len=settings.max_context,
             max_num_seqs=settings.max_batch_size,
@@ -175,11 +176,6 @@ def _top(alternatives: dict, k: int) -> tuple[list[int], list[float]]:
     """The k likeliest of vLLM's alternatives (which also hold the chosen token, whatever its rank)."""
     ranked = sorted(alternatives.items(), key=lambda item: (item[1].rank, -item[1].logprob))[:k]
     return [token for token, _ in ranked], [lp.logprob for _, lp in ranked]
-
-
-def _tokenizer_dir(model_dir: Path, adapter: str | None) -> str:
-    # The same rule as the built-in engine: training may have added tokens, saved with the adapter.
-    return adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else str(model_dir)
 
 
 def _vllm_quantization(quantization: str) -> str | None:

@@ -23,6 +23,7 @@ from llmkit.core.venvs import ToolVenv
 LOG = logging.getLogger(__name__)
 
 VLLM_VERSION = "0.32.0"
+LAUNCHER = "boot.py"  # run by path with the venv's Python (see boot.py); a vLLM submission zip ships it
 PACKAGES = ("llmkit", "llmkit.server")  # what the server imports; folders may differ (pyproject's package-dir)
 _SERVER_EXTRAS = ("gguf==0.19.0", "pydantic-settings==2.16.3", "psutil>=5.9")
 
@@ -51,7 +52,7 @@ def exec_server(argv: list[str]) -> NoReturn:
     venv = vllm_venv()
     venv.install()
     packages = {name: importlib.util.find_spec(name).submodule_search_locations[0] for name in PACKAGES}
-    boot = Path(packages["llmkit.server"]) / "boot.py"
+    boot = Path(packages["llmkit.server"]) / LAUNCHER
     LOG.info("Starting the server in vLLM's venv %s", venv.path)
     env = {**os.environ, "LLMKIT_PACKAGES": json.dumps(packages)}
     os.execve(venv.python, [str(venv.python), str(boot), *argv], env)

@@ -133,6 +133,14 @@ class LoadedModel:
     device: str
 
 
+def tokenizer_dir(model_dir: Path, adapter: str | Path | None) -> Path:
+    """Where a model's tokenizer comes from: the adapter's folder when it holds one (training may have added
+    tokens), else the model's. Training saves it there; merging and both serving engines read it from here."""
+    if adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file():
+        return Path(adapter)
+    return Path(model_dir)
+
+
 def load_for_inference(
     model: str | None,
     *,
@@ -155,9 +163,7 @@ def load_for_inference(
     # Quantized layers compute in the model's dtype, so --dtype sets bnb_4bit_compute_dtype too.
     quantization_config = devices.bnb_config(quantization, torch_dtype)
     LOG.info("Loading %s (%s, %s, quantization %s)", source.model_id, device, torch_dtype, quantization)
-    # The tokenizer comes from the adapter when it has one: training may have added tokens.
-    tokenizer_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else source.path
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(source.path, adapter))
     lm = AutoModelForCausalLM.from_pretrained(
         source.path,
         dtype=torch_dtype,

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from llmkit.core import devices
 from llmkit.core.files import clean_stale, sha256_file, sigterm_as_exit, staging_dir, swap_in
-from llmkit.core.models import ResolvedModel, resolve_model
+from llmkit.core.models import ResolvedModel, resolve_model, tokenizer_dir
 from llmkit.merge import weights as mw
 from llmkit.merge.verify import TOLERANCES, Agreement, verify_merge
 
@@ -274,8 +274,7 @@ def _write_configs(config, base_dir: Path, adapter: mw.Adapter, plans, dtype: to
         GenerationConfig.from_pretrained(base_dir).save_pretrained(out)
     else:
         GenerationConfig.from_model_config(config).save_pretrained(out)
-    # the tokenizer training used (it may have added tokens), else the base's: the server's rule too
-    source = adapter.path if (adapter.path / "tokenizer_config.json").is_file() else base_dir
+    source = tokenizer_dir(base_dir, adapter.path)  # the tokenizer training used, else the base's
     tokenizer = AutoTokenizer.from_pretrained(source)
     if len(tokenizer) > config.vocab_size:
         raise mw.AdapterMismatchError(

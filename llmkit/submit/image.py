@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name
 from llmkit.core.assets import DOCKER_DIR
 from llmkit.core.challenge import CONTEXT_TOKENS, PYPI, TRACKS, Loading, Track
 from llmkit.server.settings import EngineName, ServerSettings
-from llmkit.server.vllm_venv import VLLM_VERSION
+from llmkit.server.vllm_venv import LAUNCHER, VLLM_VERSION
 from llmkit.submit.manifest import IMAGE_ADAPTER_DIR, IMAGE_MODEL_DIR, ZIP_ADAPTER_DIR, ZIP_MODEL_DIR
 from llmkit.submit.sources import Weights
 
@@ -33,9 +33,6 @@ VLLM_PYTHON = "python3"
 # fastapi[standard], at any version >= 2.0, and the server's CLI is tested with docker/requirements.txt's pin, which
 # the image installs (tests/submit/test_vllm_image.py checks the list against vLLM's venv).
 VLLM_EXTRAS = ("pydantic-settings",)
-# `vllm_venv.exec_server` runs this file of the server package by path, so imports do not find it: it ships in a vLLM
-# zip so that its server can also start from vLLM's venv outside the image (the smoke test).
-VLLM_LAUNCHER = "boot.py"
 # A BuildKit secret: mounted as a file for this one RUN, never in a layer, ENV or ARG. huggingface_hub reads the
 # token from HF_TOKEN_PATH; without the secret the file is absent and the download is anonymous.
 _WITH_TOKEN = (
@@ -146,7 +143,7 @@ def server_files(engine: EngineName = EngineName.builtin) -> list[tuple[Path, st
 
     The image runs the server alone: these modules (llmkit.server and the parts of llmkit.core it uses) and their
     packages' `__init__.py`, laid out as the package they are in, so the zip's code is the checkout's code. A vLLM
-    zip also holds VLLM_LAUNCHER.
+    zip also holds LAUNCHER.
     """
     todo, found = [f"{SERVER_MODULE}.__main__", SERVER_MODULE], set()
     while todo:
@@ -170,7 +167,7 @@ def server_files(engine: EngineName = EngineName.builtin) -> list[tuple[Path, st
         files.append((origin, relative))
     if engine is EngineName.vllm:
         package = Path(importlib.util.find_spec(SERVER_MODULE).origin).parent
-        files.append((package / VLLM_LAUNCHER, f"{SERVER_MODULE.replace('.', '/')}/{VLLM_LAUNCHER}"))
+        files.append((package / LAUNCHER, f"{SERVER_MODULE.replace('.', '/')}/{LAUNCHER}"))
     return files
 
 
