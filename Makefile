@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 opt = $(if $($(1)),$(2) $($(1)))
 
-.PHONY: setup serve test test-fast bench quality style train validate merge submission verify-submission helm-setup vllm-setup helm-eval clean distclean preprocess default-dataset
+.PHONY: setup serve test test-fast bench quality style train validate merge submission verify-submission helm-setup vllm-setup helm-eval clean distclean preprocess default-dataset decontaminate
 
 setup: $(STAMP)
 
@@ -61,10 +61,11 @@ merge: setup
 
 # The main job: `make submission TRACK=4090` trains, merges and packages the embedded default.
 submission: setup
-	@test -n "$(TRACK)" || { echo "usage: make submission TRACK=4090|A100 [CONFIG=... | MODEL=... [REVISION=...] [ADAPTER=...]] [N=1] [LOADING=bf16|int8|nf4] [ENGINE=builtin|vllm] [BUNDLE=1] [SMOKE=0]" >&2; exit 2; }
+	@test -n "$(TRACK)" || { echo "usage: make submission TRACK=4090|A100 [CONFIG=... | MODEL=... [REVISION=...] [ADAPTER=...]] [N=1] [LOADING=bf16|int8|nf4] [ENGINE=builtin|vllm] [BUNDLE=1] [SMOKE=0] [TRAINING=1]" >&2; exit 2; }
 	$(LLMKIT) submission --track $(TRACK) $(call opt,CONFIG,--config) $(call opt,MODEL,--model) $(call opt,REVISION,--revision) \
 		$(call opt,ADAPTER,--adapter) $(call opt,N,--number) $(call opt,LOADING,--loading) $(call opt,ENGINE,--engine) \
-		$(if $(filter 1 true yes,$(BUNDLE)),--bundle-weights) $(if $(filter 0 false no,$(SMOKE)),--no-smoke)
+		$(if $(filter 1 true yes,$(BUNDLE)),--bundle-weights) $(if $(filter 0 false no,$(SMOKE)),--no-smoke) \
+		$(if $(filter 1 true yes,$(TRAINING)),--training)
 
 verify-submission: setup
 	@test -n "$(ZIP)" || { echo "usage: make verify-submission ZIP=submissions/<track>_track/<track>_submission_N.zip [SMOKE=1]" >&2; exit 2; }
@@ -77,6 +78,12 @@ preprocess: setup
 
 default-dataset: setup
 	$(LLMKIT) default-dataset
+
+# `make decontaminate CONFIG=... [CONF=quick|open|skill|PATH]`: n-gram overlap of the config's training rows with the
+# eval instances of a HELM conf (exit 1 on any overlap).
+decontaminate: setup helm-setup
+	@test -n "$(CONFIG)" || { echo "usage: make decontaminate CONFIG=axolotl_configs/<name>.yml [CONF=quick|open|skill|PATH]" >&2; exit 2; }
+	$(LLMKIT) decontaminate $(CONFIG) $(call opt,CONF,--conf)
 
 helm-setup: setup
 	$(LLMKIT) helm-setup

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from llmkit.core.challenge import Projection, project
-from llmkit.helm_eval.summary import SuiteScores, bar_chart, markdown_table, write_text
+from llmkit.helm_eval.summary import SuiteScores, bar_chart, differences, markdown_table, write_text
 
 LOG = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ def write_report(suites: list[SuiteScores], out_dir: Path, name: str, command: s
     chart = bar_chart(suites, reports / f"{name}.png", f"HELM main metric per run: {name}")
     payload = {
         "suites": [suite.model_dump(mode="json") for suite in suites],
+        "differences": differences(suites),
         "projections": {label: p.model_dump() for label, p in projections},
     }
     data = write_text(reports / f"{name}.json", json.dumps(payload, indent=2))

@@ -33,6 +33,8 @@ class RunScore(BaseModel):
     instances: int
     requests: int
     mean_request_s: float | None
+    # The metric per instance of the split scored (instance id → value): what a paired comparison resamples.
+    per_instance: dict[str, float] = {}
 
 
 class SuiteScores(BaseModel):
@@ -79,6 +81,7 @@ def _run_score(run_dir: Path, main_metrics: dict[str, tuple[str, str]]) -> RunSc
     if _stat(stats, "num_instances", split) is None:  # some scenarios only have a valid split
         split = "valid"
     score, instances = _stat(stats, metric, split), _stat(stats, "num_instances", split)
+    per_instance = _per_instance(run_dir, metric, split)
     states = json.loads((run_dir / "scenario_state.json").read_text())["request_states"]
     times = [s["result"]["request_time"] for s in states if s.get("result") and s["result"].get("request_time")]
     return RunScore(
@@ -88,7 +91,52 @@ def _run_score(run_dir: Path, main_metrics: dict[str, tuple[str, str]]) -> RunSc
         instances=int(instances["mean"]) if instances else 0,
         requests=len(states),
         mean_request_s=sum(times) / len(times) if times else None,
+        per_instance=per_instance,
     )
+
+
+def _per_instance(run_dir: Path, metric: str, split: str) -> dict[str, float]:
+    """`metric` per instance (and train trial, when a run has several) from per_instance_stats.json."""
+    path = run_dir / "per_instance_stats.json"
+    if not path.is_file():
+        return {}
+    values = {}
+    for entry in json.loads(path.read_text()):
+        stat = _stat(entry["stats"], metric, split)
+        if stat and stat["count"]:
+            trial = entry.get("train_trial_index", 0)
+            values[entry["instance_id"] + (f"#{trial}" if trial else "")] = stat["mean"]
+    return values
+
+
+class Difference(BaseModel):
+    """A paired difference of means (b − a) over the instances both runs scored, with its bootstrap interval."""
+
+    delta: float
+    low: float  # 2.5th percentile of the resampled differences
+    high: float  # 97.5th percentile
+    instances: int
+
+    def text(self) -> str:
+        return f"{self.delta:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+
+
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def paired_bootstrap(a: dict[str, float], b: dict[str, float], seed: int = 0) -> Difference | None:
+    """95% percentile-bootstrap interval of mean(b) − mean(a), resampling the shared instances (None: no shared
+    instance). Paired, because both models answered the same instances: the per-instance difference is resampled."""
+    import numpy as np
+
+    shared = sorted(a.keys() & b.keys())
+    if not shared:
+        return None
+    diffs = np.array([b[key] - a[key] for key in shared])
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, len(diffs), size=(BOOTSTRAP_RESAMPLES, len(diffs)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return Difference(delta=float(diffs.mean()), low=float(low), high=float(high), instances=len(shared))
 
 
 def load_suite(benchmark_output: Path, suite: str, *, label: str = "", wall_s: float | None = None) -> SuiteScores:
@@ -137,21 +185,44 @@ def table_rows(suites: list[SuiteScores]) -> tuple[list[str], list[list[str]]]:
         header = ["run", "metric", "score", "instances", "mean s/request"]
     else:
         numbers = [f"[{i}]" for i in range(1, len(suites) + 1)]
-        header = ["run", "metric", *[f"score {n}" for n in numbers], *[f"Δ {n}−[1]" for n in numbers[1:]]]
+        deltas = [f"Δ {n}−[1] [95% CI]" for n in numbers[1:]]
+        header = ["run", "metric", *[f"score {n}" for n in numbers], *deltas]
         header += ["instances", *[f"s/request {n}" for n in numbers]]
     body = []
     for name, metric, rows in _aligned(suites):
         first = rows[0]
-        deltas = [
-            f"{row.score - first.score:+.3f}" if row and first and None not in (row.score, first.score) else "–"
-            for row in rows[1:]
-        ]
+        deltas = [_delta(first, row) for row in rows[1:]]
         instances = "/".join(dict.fromkeys(str(row.instances) for row in rows if row))
         body.append(
             [short_run_name(name), metric, *[_fmt(row.score if row else None) for row in rows], *deltas, instances]
             + [_fmt(row.mean_request_s if row else None, 2) for row in rows]
         )
     return header, body
+
+
+def difference(first: RunScore | None, row: RunScore | None) -> Difference | None:
+    """row − first on the instances both scored, when both have per-instance scores."""
+    if not first or not row or first.metric != row.metric:
+        return None
+    return paired_bootstrap(first.per_instance, row.per_instance)
+
+
+def differences(suites: list[SuiteScores]) -> dict[str, dict[str, dict | None]]:
+    """Per run, each later suite's paired difference from the first (for the JSON report)."""
+    return {
+        run: {
+            suites[i].label: (found.model_dump() if (found := difference(rows[0], row)) else None)
+            for i, row in enumerate(rows[1:], 1)
+        }
+        for run, _, rows in _aligned(suites)
+    }
+
+
+def _delta(first: RunScore | None, row: RunScore | None) -> str:
+    if not first or not row or None in (first.score, row.score):
+        return "–"
+    found = difference(first, row)
+    return found.text() if found else f"{row.score - first.score:+.3f}"
 
 
 def rich_table(suites: list[SuiteScores], title: str) -> Table:
@@ -179,18 +250,22 @@ def bar_chart(suites: list[SuiteScores], path: Path, title: str) -> Path:
 
     aligned = _aligned(suites)
     height = 0.8 / len(suites)
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.45 * len(aligned) * len(suites)))
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.45 * len(aligned) * len(suites)))
     for i, suite in enumerate(suites):
         scores = [(rows[i].score or 0.0) if rows[i] else 0.0 for _, _, rows in aligned]
         positions = [k + i * height for k in range(len(aligned))]
         ax.barh(positions, scores, height=height, label=suite.label)
+        for position, score, (_, _, rows) in zip(positions, scores, aligned, strict=True):
+            found = difference(rows[0], rows[i]) if i else None
+            if found:  # the paired change and its 95% bootstrap interval, beside the bar
+                ax.text(min(score, 0.62) + 0.01, position, f"Δ {found.text()}", va="center", fontsize=8)
     ax.set_yticks([k + height * (len(suites) - 1) / 2 for k in range(len(aligned))])
     ax.set_yticklabels([f"{short_run_name(name)}\n({metric})" for name, metric, _ in aligned])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("main metric")
     ax.set_title(title, fontsize=10, wrap=True)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(suites), fontsize=8, frameon=False)
     fig.tight_layout()
     png = io.BytesIO()  # rendered in memory, then written whole (a chart is a few hundred KB)
     try:

@@ -147,7 +147,7 @@ def train(
         Console().print(summary_table(out))
 
 
-# --- data: llmkit/data/pipeline.py, llmkit/data/default_dataset.py ---------------------------------------------------
+# --- data: llmkit/data/pipeline.py, llmkit/data/shipped.py ---------------------------------------------------------
 @app.command()
 def preprocess(config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl-style YAML config.")) -> None:
     """Tokenize, mask, split and pack the config's datasets (into dataset_prepared_path); print what was kept."""
@@ -171,8 +171,8 @@ def preprocess(config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl
 def default_dataset(
     check: bool = typer.Option(False, "--check", help="Only check that the committed file is the generator's output."),
 ) -> None:
-    """Regenerate the embedded default config's training data (axolotl_configs/data/mcqa_letters.jsonl)."""
-    from llmkit.data.default_dataset import main
+    """Regenerate the shipped configs' training data (axolotl_configs/data/*.jsonl) from its generators."""
+    from llmkit.data.shipped import main
 
     raise typer.Exit(main(["--check"] if check else []))
 
@@ -244,6 +244,9 @@ def submission(
         True, help="Then run the zip's server as its Dockerfile says and time one request of each HELM kind."
     ),
     out: str | None = typer.Option(None, help="Folder holding <track>_track/ (default: ./submissions)."),
+    training: bool = typer.Option(
+        False, "--training", help="Add training/: a Dockerfile, config, pins and README to re-run the training."
+    ),
 ) -> None:
     """Build submissions/<track>_track/<track>_submission_N.zip (and the files unpacked beside it), smoke-test it."""
     _logging()
@@ -261,6 +264,7 @@ def submission(
             bundle_weights=bundle_weights,
             out_root=out,
             engine=engine,
+            training=training,
         )
     except (ValueError, LookupError, OSError) as err:  # bad input, no fit, unknown model: the message says which
         typer.echo(f"Error: {err}", err=True)
@@ -365,6 +369,58 @@ def helm_eval(
     console.print(f"Report: {result.report.markdown}, chart: {result.report.chart}")
     for scores in result.suites:
         console.print(f"HELM's output: {scores.runs_dir}")
+
+
+@app.command()
+def decontaminate(
+    config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl-style YAML config: its datasets are checked."),
+    conf: str = typer.Option("quick", help="The HELM instances: quick, open, skill, a task list or a .conf file."),
+    ngram: int = typer.Option(13, min=1, help="Words in the shared window that counts as an overlap."),
+    out: str = typer.Option("helm-results", help="Folder for the instances (cached) and the JSON report."),
+) -> None:
+    """n-gram overlap between a config's training rows and the eval instances of a HELM conf; exit 1 on overlap."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    _logging()
+    from llmkit.config import ConfigError, load_config
+    from llmkit.data import DataError
+    from llmkit.helm_eval.confgen import ConfError
+    from llmkit.helm_eval.decontaminate import decontaminate as check
+    from llmkit.helm_eval.run import HelmRunError, prepare_conf
+    from llmkit.helm_eval.setup import HelmSetupError
+    from llmkit.helm_eval.summary import short_run_name, write_text
+
+    out_dir = Path(out).resolve()
+    name = f"decontaminate-{Path(config).stem}-{Path(conf).stem}"
+    try:
+        cfg = load_config(config)
+        report = check(cfg, prepare_conf(conf, out_dir, name), out_dir, ngram=ngram)
+    except (ConfigError, DataError, ConfError, HelmRunError, HelmSetupError) as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(1) from None
+    console = Console()
+    table = Table("HELM run", "eval instances", "overlapping", title=f"{ngram}-word overlap with {config}")
+    for run in report.runs:
+        table.add_row(short_run_name(run.run), str(run.instances), str(run.overlapping))
+    console.print(table)
+    shown = report.overlaps[:20]
+    if shown:
+        rows = Table("run", "instance", "training row", "shared words", title="Overlapping instances (first 20)")
+        for hit in shown:
+            where = f"{hit.source}:{hit.row}"
+            rows.add_row(short_run_name(hit.run), f"{hit.instance_id} ({hit.split})", where, hit.words)
+        console.print(rows)
+    path = write_text(out_dir / "reports" / f"{name}.json", report.model_dump_json(indent=2))
+    total = sum(run.instances for run in report.runs)
+    mark = "✓" if report.clean else "✗"
+    console.print(
+        f"{mark} {len(report.overlaps)} of {total} HELM eval instances share a {ngram}-word window with the "
+        f"{report.training_rows} training rows of {config}. Report: {path}"
+    )
+    raise typer.Exit(0 if report.clean else 1)
 
 
 def _logging() -> None:

@@ -1,4 +1,5 @@
-"""python -m llmkit.server [--model ...] [--adapter ...] [--host ...] [--port ...]: serve HELM's HTTP API.
+"""python -m llmkit.server [--model ...] [--adapter [NAME=]DIR ...] [--host ...] [--port ...]: serve HELM's HTTP API
+(and OpenAI's, /metrics).
 
 Every flag is a field of `ServerSettings` (also settable as an `LLMKIT_<FIELD>` environment variable).
 """

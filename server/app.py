@@ -2,26 +2,28 @@
 
 Routes are thin: validate with the wire models, hand the work to the engine (whose scheduler batches concurrent
 requests on one model thread), time the request. A client that disconnects takes its request out of the batch.
+OpenAI's API (openai_routes.py) is served by the same engine; /metrics and the access log come from observe.py.
+HELM's requests carry no model name: the X-Adapter header picks an adapter (else --default-adapter).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
-from urllib.parse import quote
 
 import uvicorn
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from llmkit.server.engine import Engine, load_engine
+from llmkit.server.observe import AccessLogMiddleware, Metrics
+from llmkit.server.openai_routes import openai_error
+from llmkit.server.openai_routes import router as openai_router
 from llmkit.server.protocol import (
     BatchStats,
     DecodeRequest,
@@ -32,13 +34,13 @@ from llmkit.server.protocol import (
     ProcessResponse,
     TokenizeRequest,
     TokenizeResponse,
-    WireModel,
 )
-from llmkit.server.sequence import ClientGone, QueueFull, RequestError, RequestTimeout
+from llmkit.server.sequence import ClientGone, QueueFull, RequestError, RequestTimeout, UnknownModel
+from llmkit.server.serving import EngineDep, error_status, generate, note_ignored
 from llmkit.server.settings import ServerSettings
 
 LOG = logging.getLogger(__name__)
-IGNORED_HEADER_CHARS = 1024  # HELM's client (http.client) cannot read a header line over 64 KB
+ADAPTER_HEADER = "X-Adapter"  # /process: the adapter (or the base model's name) a HELM request is served by
 ERRORS = {
     400: {"model": ErrorResponse, "description": "The request body is not UTF-8."},
     413: {"model": ErrorResponse, "description": "The request body is over the server's --max-body-bytes."},
@@ -50,30 +52,14 @@ PROCESS_ERRORS = {
     503: {"model": ErrorResponse, "description": "The batch and its wait queue are full; see Retry-After."},
     504: {"model": ErrorResponse, "description": "The request ran past the server's --request-timeout-s."},
 }
+PROCESS_ERRORS[404] = {"model": ErrorResponse, "description": "X-Adapter names no adapter served here."}
 
 
-def get_engine(request: Request) -> Engine:
-    return request.app.state.engine
-
-
-EngineDep = Annotated[Engine, Depends(get_engine)]
-
-
-def _note_ignored(body: WireModel, response: Response) -> None:
-    """Log unknown fields (repr-escaped) and list them in a header, percent-encoded and cut to a safe length."""
-    names = body.ignored_fields
-    if not names:
-        return
-    LOG.warning("Ignoring %d unknown request field(s): %s", len(names), ", ".join(repr(n[:100]) for n in names[:20]))
-    listed, shown = "", 0
-    for name in names:
-        encoded = quote(name, safe="")
-        if len(listed) + len(encoded) + 1 > IGNORED_HEADER_CHARS:
-            continue  # counted below; a shorter name may still fit
-        listed, shown = f"{listed},{encoded}" if listed else encoded, shown + 1
-    if shown < len(names):
-        listed += f"{',' if listed else ''}...{len(names) - shown}%20more"
-    response.headers["X-Ignored-Fields"] = listed
+def error_response(path: str, status: int, detail: str | list, headers: dict | None = None) -> JSONResponse:
+    """HELM's `{"detail": ...}`, or under /v1/ OpenAI's `{"error": {...}}` (where a 422 is OpenAI's 400)."""
+    if path.startswith("/v1/"):
+        return openai_error(status, detail, headers)
+    return JSONResponse(status_code=status, content={"detail": detail}, headers=headers)
 
 
 def _validation_errors(err: RequestValidationError) -> list[dict]:
@@ -120,7 +106,7 @@ class BodyLimitMiddleware:
             b"".join(m.get("body", b"") for m in messages).decode("utf-8")
         except UnicodeDecodeError as err:
             detail = f"request body is not UTF-8: byte {err.start} cannot be decoded"
-            return await JSONResponse(status_code=400, content={"detail": detail})(scope, receive, send)
+            return await error_response(scope["path"], 400, detail)(scope, receive, send)
         replay = iter(messages)
 
         async def replay_then_receive():
@@ -130,27 +116,7 @@ class BodyLimitMiddleware:
 
     async def _too_large(self, scope, receive, send) -> None:
         detail = f"request body is over {self.max_bytes} bytes (--max-body-bytes)"
-        await JSONResponse(status_code=413, content={"detail": detail})(scope, receive, send)
-
-
-async def _unless_disconnected(work: Awaitable[None], request: Request) -> None:
-    """Await the engine's `work`; if the client disconnects first, cancel it (the engine drops the request)."""
-    task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_disconnect(request))
-    try:
-        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:  # also when this handler is cancelled (server shutdown)
-        gone.cancel()
-        if not task.done():
-            task.cancel()
-    if not task.done():
-        raise ClientGone("client disconnected")
-    task.result()  # the engine's error, if any
-
-
-async def _disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+        await error_response(scope["path"], 413, detail)(scope, receive, send)
 
 
 def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAPI:
@@ -166,10 +132,13 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     app = FastAPI(title="HELM model server", version="1", lifespan=lifespan)
     app.add_middleware(AssumeJSONMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.state.metrics = Metrics(app)  # counts what the body limit refuses too
+    app.add_middleware(AccessLogMiddleware)  # outermost: logs and ids every answer
+    app.include_router(openai_router)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, err: RequestValidationError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": _validation_errors(err)})
+    async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+        return error_response(request.url.path, 422, _validation_errors(err))
 
     @app.exception_handler(Exception)
     async def server_error(_: Request, err: Exception) -> JSONResponse:
@@ -179,17 +148,18 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         return JSONResponse(status_code=500, content={"detail": "internal server error"}, headers=headers)
 
     @app.exception_handler(RequestError)
-    async def request_error(_: Request, err: RequestError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": str(err)})
+    @app.exception_handler(UnknownModel)
+    async def request_error(request: Request, err: RequestError | UnknownModel) -> JSONResponse:
+        return error_response(request.url.path, error_status(err), str(err))
 
     @app.exception_handler(QueueFull)
-    async def queue_full(_: Request, err: QueueFull) -> JSONResponse:
+    async def queue_full(request: Request, err: QueueFull) -> JSONResponse:
         headers = {"Retry-After": str(err.retry_after_s)}
-        return JSONResponse(status_code=503, content={"detail": str(err)}, headers=headers)
+        return error_response(request.url.path, 503, str(err), headers)
 
     @app.exception_handler(RequestTimeout)
-    async def request_timeout(_: Request, err: RequestTimeout) -> JSONResponse:
-        return JSONResponse(status_code=504, content={"detail": f"{err} (--request-timeout-s)"})
+    async def request_timeout(request: Request, err: RequestTimeout) -> JSONResponse:
+        return error_response(request.url.path, 504, f"{err} (--request-timeout-s)")
 
     @app.exception_handler(ClientGone)
     async def client_gone(_: Request, err: ClientGone) -> Response:
@@ -200,9 +170,10 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         body: ProcessRequest, engine: EngineDep, request: Request, response: Response
     ) -> ProcessResponse:
         start = time.perf_counter()
-        _note_ignored(body, response)
-        seq = await run_in_threadpool(engine.new_sequence, body)
-        await _unless_disconnected(engine.run(seq), request)
+        note_ignored(body, response)
+        adapter = engine.adapter_for(request.headers.get(ADAPTER_HEADER))
+        seq = await run_in_threadpool(lambda: engine.new_sequence(body, adapter=adapter))
+        await generate([seq], request)
         result = await run_in_threadpool(engine.respond, seq)
         result.request_time = time.perf_counter() - start
         return result
@@ -210,14 +181,14 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     @app.post("/tokenize", responses=ERRORS)
     async def tokenize(body: TokenizeRequest, engine: EngineDep, response: Response) -> TokenizeResponse:
         start = time.perf_counter()
-        _note_ignored(body, response)
+        note_ignored(body, response)
         tokens = await run_in_threadpool(engine.tokenize, body.text, body.truncation, body.max_length)
         return TokenizeResponse(tokens=tokens, request_time=time.perf_counter() - start)
 
     @app.post("/decode", responses=ERRORS)
     async def decode(body: DecodeRequest, engine: EngineDep, response: Response) -> DecodeResponse:
         start = time.perf_counter()
-        _note_ignored(body, response)
+        note_ignored(body, response)
         text = await run_in_threadpool(engine.decode, body.tokens)
         return DecodeResponse(text=text, request_time=time.perf_counter() - start)
 
@@ -230,7 +201,9 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
             engine_version=engine.version,
             model=loaded.source.model_id,
             revision=loaded.source.revision,
-            adapter=loaded.adapter,
+            adapter=engine.adapters.get(engine.settings.default_adapter_name or ""),
+            adapters=engine.adapters,
+            default_adapter=engine.settings.default_adapter_name,
             dtype=loaded.dtype,
             quantization=loaded.quantization,
             device=loaded.device,
@@ -263,4 +236,5 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
 
 def serve(settings: ServerSettings) -> None:
     """Load the model, then answer on settings.host:settings.port until stopped."""
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    # access_log off: AccessLogMiddleware writes one richer line per request instead of uvicorn's
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False)

@@ -35,7 +35,7 @@ class BuiltinEngine(Engine):
             lambda: load_for_inference(
                 settings.model,
                 revision=settings.revision,
-                adapter=settings.adapter,
+                adapters=settings.adapters,
                 dtype=settings.dtype.value,
                 quantization=settings.quantization.value,
                 device=settings.device.value,

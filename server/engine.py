@@ -19,7 +19,7 @@ import psutil
 from llmkit.core import devices
 from llmkit.core.models import LoadedModel
 from llmkit.server.protocol import ProcessRequest, ProcessResponse, Token
-from llmkit.server.sequence import RequestError, Scores, Sequence
+from llmkit.server.sequence import RequestError, Scores, Sequence, UnknownModel
 from llmkit.server.settings import EngineName, ServerSettings
 from llmkit.server.text import IncrementalDecoder, TokenizerPool
 
@@ -38,6 +38,25 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self.tokenizers = TokenizerPool(self.tokenizer, TOKENIZER_COPIES)
         self._token_texts: dict[int, str] = {}  # a top-k alternative's text, by id
+        self.started = time.time()  # /v1/models' `created`
+        self.base_name = loaded.source.model_id  # what a request names to get the base model without an adapter
+        self.adapters = settings.adapters  # name -> directory
+
+    # --- which model a request gets --------------------------------------------------------------------------------
+    @property
+    def model_names(self) -> list[str]:
+        """What requests may name: the base model, then each adapter."""
+        return [self.base_name, *self.adapters]
+
+    def adapter_for(self, name: str | None) -> str | None:
+        """The adapter a request naming `name` gets (None: the base model); no name: the server's default."""
+        if name is None:
+            return self.settings.default_adapter_name
+        if name == self.base_name:
+            return None
+        if name in self.adapters:
+            return name
+        raise UnknownModel(f"model {name!r} is not served here; choose one of: {', '.join(self.model_names)}")
 
     async def run(self, seq: Sequence) -> None:
         """Generate `seq`'s completion (and its prompt's scores); cancelling the awaiting task drops the request."""
@@ -55,11 +74,14 @@ class Engine:
         with self.tokenizers.borrow() as tokenizer:
             return tokenizer.encode(text, add_special_tokens=special)
 
-    def decode(self, ids: list[int]) -> str:
+    def check_ids(self, ids: list[int]) -> None:
         vocab = len(self.tokenizer)
         bad = [i for i in ids if not 0 <= i < vocab]
         if bad:
             raise RequestError(f"tokens {bad[:5]} are outside the vocabulary (0..{vocab - 1})")
+
+    def decode(self, ids: list[int]) -> str:
+        self.check_ids(ids)
         with self.tokenizers.borrow() as tokenizer:
             return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
@@ -77,26 +99,57 @@ class Engine:
             used["cuda_allocated_bytes"] = torch.cuda.memory_allocated()
         return used
 
-    # --- /process ----------------------------------------------------------------------------------------------
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        """Chat messages as prompt ids, through the tokenizer's chat template (which writes any BOS itself)."""
+        if not self.tokenizer.chat_template:
+            raise RequestError("this model's tokenizer has no chat template: use /v1/completions")
+        from jinja2 import TemplateError
+
+        with self.tokenizers.borrow() as tokenizer:
+            try:
+                text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except TemplateError as err:  # the template refuses these messages (roles that must alternate...)
+                raise RequestError(f"messages: this model's chat template refuses them: {err}") from None
+        return self.encode(text)
+
+    # --- a request in flight -----------------------------------------------------------------------------------
     def prompt_ids(self, prompt: str) -> tuple[list[int], int]:
         """The prompt as the model sees it, and how many leading special tokens (BOS) the tokenizer added."""
         plain = self.encode(prompt)
         full = self.encode(prompt, special=True)
         added = len(full) - len(plain) if full[len(full) - len(plain) :] == plain else 0
-        if not full:
-            raise RequestError("prompt is empty: there is no token to condition on")
-        if len(full) > self.settings.max_context:
-            raise RequestError(f"prompt is {len(full)} tokens, over the context limit of {self.settings.max_context}")
         return full, added
 
-    def new_sequence(self, request: ProcessRequest) -> Sequence:
-        """Check and tokenize a request (on the caller's thread), ready for `run`."""
+    def new_sequence(
+        self,
+        request: ProcessRequest,
+        *,
+        ids: list[int] | None = None,
+        adapter: str | None = None,
+        stop_at_newline: bool | None = None,
+    ) -> Sequence:
+        """Check and tokenize a request (on the caller's thread), ready for `run`.
+
+        Args:
+            ids: the prompt as token ids, taken as they are (an OpenAI token prompt, a chat); else `request.prompt`
+                is tokenized, with the tokenizer's leading special tokens.
+            adapter: the adapter's name (`adapter_for`); None: the base model.
+            stop_at_newline: HELM's newline rule; None: the server's setting (/process).
+        """
         if request.max_new_tokens > self.settings.max_new_tokens_limit:
             raise RequestError(
                 f"max_new_tokens {request.max_new_tokens} is over this server's limit "
                 f"{self.settings.max_new_tokens_limit}"
             )
-        ids, added = self.prompt_ids(request.prompt)
+        if ids is None:
+            ids, added = self.prompt_ids(request.prompt)
+        else:
+            self.check_ids(ids)
+            added = 0
+        if not ids:
+            raise RequestError("prompt is empty: there is no token to condition on")
+        if len(ids) > self.settings.max_context:
+            raise RequestError(f"prompt is {len(ids)} tokens, over the context limit of {self.settings.max_context}")
         timeout = self.settings.request_timeout_s
         return Sequence(
             request=request,
@@ -104,21 +157,35 @@ class Engine:
             added=added,
             max_new=max(0, min(request.max_new_tokens, self.settings.max_context - len(ids))),
             deadline=time.monotonic() + timeout if timeout else None,
+            stop_at_newline=self.settings.stop_at_newline if stop_at_newline is None else stop_at_newline,
+            adapter=adapter,
         )
+
+    def prompt_tokens(self, seq: Sequence) -> list[Token]:
+        """The echoed prompt's tokens (after `added`), with text pieces and top-k texts, off the model thread."""
+        with self.tokenizers.borrow() as tokenizer:
+            decoder = IncrementalDecoder(tokenizer, seq.ids[: seq.added])
+            last = len(seq.prompt.ids) - 1
+            pieces = [decoder.push(t) + (decoder.flush() if i == last else "") for i, t in enumerate(seq.prompt.ids)]
+            return self._tokens(tokenizer, pieces, seq.prompt)
+
+    def completion_tokens(self, seq: Sequence, start: int = 0, end: int | None = None) -> list[Token]:
+        """Completion tokens start..end (a stream sends them as they settle), EOS not included."""
+        end = len(seq.pieces) if end is None else end
+        done = seq.completion
+        scores = Scores(*(v[start:end] for v in (done.ids, done.logprobs, done.top_ids, done.top_logprobs)))
+        with self.tokenizers.borrow() as tokenizer:
+            return self._tokens(tokenizer, seq.pieces[start:end], scores)
+
+    def eos_tokens(self, seq: Sequence) -> list[Token]:
+        """The EOS token that ended the completion, if one did, as its special token's text (not in the text)."""
+        with self.tokenizers.borrow() as tokenizer:
+            return self._tokens(tokenizer, [tokenizer.decode(seq.eos.ids)] if seq.eos.ids else [], seq.eos)
 
     def respond(self, seq: Sequence) -> ProcessResponse:
         """The wire answer for a finished sequence: text pieces and top-k texts are made here, off the model thread."""
-        with self.tokenizers.borrow() as tokenizer:
-            prompt = []
-            if seq.request.echo_prompt:
-                decoder = IncrementalDecoder(tokenizer, seq.ids[: seq.added])
-                last = len(seq.prompt.ids) - 1
-                pieces = [
-                    decoder.push(t) + (decoder.flush() if i == last else "") for i, t in enumerate(seq.prompt.ids)
-                ]
-                prompt = self._tokens(tokenizer, pieces, seq.prompt)
-            completion = self._tokens(tokenizer, seq.pieces, seq.completion)
-        tokens = prompt + completion
+        prompt = self.prompt_tokens(seq) if seq.request.echo_prompt else []
+        tokens = prompt + self.completion_tokens(seq)
         return ProcessResponse(
             text="".join(t.text for t in tokens),
             tokens=tokens,

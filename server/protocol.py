@@ -134,7 +134,9 @@ class HealthResponse(WireModel):
     engine_version: str = Field(description="The versions of what generates.")
     model: str
     revision: str
-    adapter: str | None
+    adapter: str | None = Field(description="The directory of the adapter /process uses by default.")
+    adapters: dict[str, str] = Field(description="Every adapter served, name -> directory (X-Adapter, OpenAI model).")
+    default_adapter: str | None = Field(description="The name of the adapter /process uses without X-Adapter.")
     dtype: str
     quantization: str
     device: str

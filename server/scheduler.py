@@ -61,13 +61,14 @@ class Scheduler:
 
     def _setup(self, loaded: LoadedModel) -> None:
         self.model, self.device = loaded.model, torch.device(loaded.device)
+        self.has_adapters = bool(self.settings.adapters)  # the model is a PeftModel holding them by name
         self.tokenizer = copy.deepcopy(loaded.tokenizer)  # the model thread's own, for stop sequences
         self.eos_ids = eos_ids(loaded.model.generation_config, loaded.tokenizer)
         self.pad_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
         )
         with torch.inference_mode():  # one token through the model: warms it up and shows its cache
-            probe = self._forward(torch.tensor([[self.pad_id]], device=self.device), cache=self._new_cache())
+            probe = self._forward(torch.tensor([[self.pad_id]], device=self.device), self._new_cache(), rows=[])
         self.bytes_per_token = cache_bytes_per_token(probe.cache, tokens=1)
         self.max_batch_size = self.settings.max_batch_size if batchable(probe.cache) else 1
         if self.max_batch_size < self.settings.max_batch_size:
@@ -237,7 +238,7 @@ class Scheduler:
         ids = torch.tensor([seq.ids[start:end]], device=self.device)
         positions = torch.arange(start, end, device=self.device)[None]
         cache = seq.cache if seq.cache is not None else self._new_cache()
-        out = self._forward(ids, cache, positions=positions, keep_all=seq.request.echo_prompt)
+        out = self._forward(ids, cache, [seq], positions=positions, keep_all=seq.request.echo_prompt)
         seq.cache, seq.prefilled = out.cache, end
         if seq.request.echo_prompt:
             self._score_prompt(seq, out.logits[0], first_position=start)
@@ -257,7 +258,7 @@ class Scheduler:
             seq.prefilled = len(seq.ids)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         keep_all = any(seq.request.echo_prompt for seq in group)
-        out = self._forward(ids, self._new_cache(), mask=mask, positions=positions, keep_all=keep_all)
+        out = self._forward(ids, self._new_cache(), group, mask=mask, positions=positions, keep_all=keep_all)
         for row, seq in enumerate(group):
             if seq.request.echo_prompt:
                 self._score_prompt(seq, out.logits[row, width - len(seq.ids) :], first_position=0)
@@ -314,7 +315,7 @@ class Scheduler:
             return
         mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=1)
         out = self._forward(
-            batch.next_tokens[:, None], batch.cache, mask=mask, positions=batch.lengths[:, None], keep_all=False
+            batch.next_tokens[:, None], batch.cache, batch.rows, mask=mask, positions=batch.lengths[:, None]
         )
         batch.cache, batch.mask, batch.lengths = out.cache, mask, batch.lengths + 1
         tokens, going_on = self._choose(batch.rows, out.logits[:, -1])
@@ -340,8 +341,7 @@ class Scheduler:
         going_on = []
         for row, (seq, token) in enumerate(zip(rows, chosen.tolist(), strict=True)):
             k = seq.request.top_k_per_token
-            if seq.record(token, chosen_logprobs[row], top_ids[row][:k], top_values[row][:k],
-                          eos_ids=self.eos_ids, stop_at_newline=self.settings.stop_at_newline):  # fmt: skip
+            if seq.record(token, chosen_logprobs[row], top_ids[row][:k], top_values[row][:k], eos_ids=self.eos_ids):
                 going_on.append(row)
             else:
                 seq.finish()
@@ -351,7 +351,9 @@ class Scheduler:
     def _new_cache(self):
         return new_cache(self.model, self.settings.max_context)
 
-    def _forward(self, ids, cache, *, mask=None, positions=None, keep_all: bool = False):
+    def _forward(self, ids, cache, rows: list[Sequence], *, mask=None, positions=None, keep_all: bool = False):
+        # Adapters: peft applies each row's own (or none: "__base__") within the one batched pass.
+        adapters = {"adapter_names": [seq.adapter or "__base__" for seq in rows]} if self.has_adapters and rows else {}
         return self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -359,6 +361,7 @@ class Scheduler:
             cache=cache,
             use_cache=True,
             logits_to_keep=0 if keep_all else 1,
+            **adapters,
         )
 
 

@@ -1,12 +1,15 @@
-"""A /process request on its way through an engine, and the rule for when its completion ends. No torch here.
+"""A request on its way through an engine, and the rule for when its completion ends. No torch here.
 
 Both engines (the built-in scheduler and vLLM) feed chosen tokens, one at a time, through `record`: one rule for
 EOS, stop sequences, HELM's newline rule and max_new_tokens, so the engines end completions in the same place.
+HELM's /process and the OpenAI routes both make `Sequence`s (an OpenAI request is translated into a
+`ProcessRequest`); `listener`, when set, hears of every recorded token (streaming).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -24,6 +27,10 @@ class QueueFull(RuntimeError):
     def __init__(self, message: str, retry_after_s: int):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class UnknownModel(LookupError):
+    """A request names a model or adapter this server does not serve: answered with HTTP 404."""
 
 
 class RequestTimeout(RuntimeError):
@@ -56,13 +63,15 @@ class Scores:
 
 @dataclass(eq=False)
 class Sequence:
-    """One /process request on its way through the batch."""
+    """One request on its way through the batch."""
 
     request: ProcessRequest
     ids: list[int]  # the prompt, leading special tokens included
     added: int  # how many leading special tokens (BOS) the tokenizer added: not echoed
     max_new: int  # 0: score the prompt only
     deadline: float | None
+    stop_at_newline: bool = False  # HELM's newline rule (`text.stop_index`); /process takes the server's setting
+    adapter: str | None = None  # the peft adapter's name; None: the base model
     future: Future = field(default_factory=Future)
     submitted: float = field(default_factory=time.monotonic)
     prompt: Scores = field(default_factory=Scores)  # echo: the prompt's tokens after `added`
@@ -73,6 +82,10 @@ class Sequence:
     cache: object = None  # its own cache while prefilling in chunks
     decoder: IncrementalDecoder | None = None
     generator: object = None  # a torch.Generator when the request samples (built-in engine)
+    eos: Scores = field(default_factory=Scores)  # the EOS that ended the completion, if one did (OpenAI lists it)
+    finish_reason: str | None = None  # OpenAI's: "stop" (EOS, a stop sequence, the newline rule) or "length"
+    listener: Callable[[], None] | None = None  # called on the recording thread after each token and at the end
+    streamable: int = 0  # completion tokens that no later token can change (`_settled`), for streaming
 
     @property
     def final_length(self) -> int:
@@ -85,27 +98,55 @@ class Sequence:
             self.prompt.add(token, logprob, *top)
 
     def record(self, token: int, logprob: float, top_ids: list[int], top_logprobs: list[float], *,
-               eos_ids: set[int], stop_at_newline: bool) -> bool:  # fmt: skip
+               eos_ids: set[int]) -> bool:  # fmt: skip
         """Add a chosen token to the completion; False when the sequence is finished."""
         if token in eos_ids:
-            return self.end()
+            self.eos.add(token, logprob, top_ids, top_logprobs)
+            return self.end("stop")
         self.completion.add(token, logprob, top_ids, top_logprobs)
         self.pieces.append(self.decoder.push(token))
         stops = [s for s in self.request.stop_sequences if s]
-        end = stop_index("".join(self.pieces), stops, stop_at_newline)
+        end = stop_index("".join(self.pieces), stops, self.stop_at_newline)
         if end is not None:
             self.pieces = cut_pieces(self.pieces, end)
             self.completion.truncate(len(self.pieces))
+            self.finish_reason = "stop"
+            self._notify()
             return False
         if len(self.completion.ids) >= self.max_new:
             return self.end()
+        self._notify()
         return True
 
-    def end(self) -> bool:
+    def end(self, reason: str = "length") -> bool:
         """Generation ended (EOS, max_new_tokens): flush what the decoder held back; returns False."""
         if self.pieces:  # a character still incomplete when generation ended
             self.pieces[-1] += self.decoder.flush()
+        self.finish_reason = reason
+        self._notify()
         return False
+
+    def _settled(self) -> int:
+        """How many completion tokens can no longer change: a stop sequence may still cut the text's last
+        `longest stop - 1` characters, and the decoder may still add to the last piece."""
+        if self.finish_reason is not None:
+            return len(self.pieces)
+        pieces = self.pieces[:-1] if self.decoder is not None and self.decoder.holding else self.pieces
+        keep = max((len(s) for s in self.request.stop_sequences), default=1) - 1
+        limit, length, count = sum(map(len, pieces)) - keep, 0, 0
+        for piece in pieces:
+            length += len(piece)
+            if length > limit:
+                break
+            count += 1
+        return count
+
+    def _notify(self) -> None:
+        # Counted here, on the recording thread, between tokens: a reader on another thread then sends
+        # pieces[:streamable] and their scores, which no later token changes.
+        self.streamable = self._settled()
+        if self.listener is not None:
+            self.listener()
 
     def finish(self, error: BaseException | None = None) -> None:
         if self.future.done():

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from enum import Enum
+from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llmkit.core.challenge import CONTEXT_TOKENS
 
@@ -44,7 +47,22 @@ class ServerSettings(BaseSettings):
         None, description="Hub id or local model directory; empty: the embedded default (SmolLM2-135M-Instruct)."
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of `model`.")
-    adapter: str | None = Field(None, description="Directory of an unmerged peft adapter applied on top of `model`.")
+    # NoDecode: the CLI joins repeated flags with commas and an environment variable may hold one plain path, so
+    # the raw text is split here (`_split_adapters`) rather than read as JSON.
+    adapter: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Unmerged peft adapter on top of `model`, as NAME=DIR or a bare DIR (named after its folder); repeat "
+            "the flag (or separate with commas) to serve several at once, chosen per request by name."
+        ),
+    )
+    default_adapter: str | None = Field(
+        None,
+        description=(
+            "The adapter /process uses when its request has no X-Adapter header (OpenAI requests name theirs in "
+            "`model`); empty: the only adapter when one is given, else the base model."
+        ),
+    )
     dtype: Dtype = Field(Dtype.auto, description="Weight and compute dtype.")
     quantization: Quantization = Field(Quantization.none, description="bitsandbytes weight quantization.")
     device: Device = Field(Device.auto, description="Where the model runs.")
@@ -91,3 +109,42 @@ class ServerSettings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8080, ge=0, le=65535, description="Port to bind (80 inside the submission image).")
+
+    @field_validator("adapter", mode="before")
+    @classmethod
+    def _split_adapters(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value) if value.lstrip().startswith("[") else [p for p in value.split(",") if p]
+        return value
+
+    @model_validator(mode="after")
+    def _check_adapters(self) -> ServerSettings:
+        names = [name for name, _ in (_named(entry) for entry in self.adapter)]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"adapter: the name(s) {', '.join(duplicates)} are given twice; use NAME=DIR to rename")
+        if self.default_adapter is not None and self.default_adapter not in names:
+            raise ValueError(f"default_adapter: {self.default_adapter!r} is not one of the adapters {names}")
+        return self
+
+    @property
+    def adapters(self) -> dict[str, str]:
+        """The adapters to serve, name -> directory, in the order given."""
+        return dict(_named(entry) for entry in self.adapter)
+
+    @property
+    def default_adapter_name(self) -> str | None:
+        """The adapter a /process request without X-Adapter gets (None: the base model)."""
+        if self.default_adapter is not None:
+            return self.default_adapter
+        return next(iter(self.adapters)) if len(self.adapter) == 1 else None
+
+
+def _named(entry: str) -> tuple[str, str]:
+    """NAME=DIR, or a bare DIR named after its folder."""
+    name, sep, path = entry.partition("=")
+    if not sep:
+        return Path(entry).resolve().name or "default", entry
+    if not name or not path:
+        raise ValueError(f"adapter: {entry!r} is neither NAME=DIR nor a directory")
+    return name, path

@@ -34,6 +34,11 @@ class IncrementalDecoder:
             return text[len(prefix) :]
         return ""
 
+    @property
+    def holding(self) -> bool:
+        """Whether pushed tokens are held back (an incomplete character): the next piece or `flush` has them."""
+        return self.read_offset < len(self.ids)
+
     def flush(self) -> str:
         """Text held back at the end (an incomplete character), so nothing decoded is lost."""
         if self.read_offset == len(self.ids):

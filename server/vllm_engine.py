@@ -46,11 +46,16 @@ class VllmEngine(Engine):
         source = resolve_model(settings.model, settings.revision)
         device = devices.resolve_device(settings.device.value)
         dtype = devices.resolve_dtype(settings.dtype.value, device)
-        adapter = settings.adapter
+        adapters = settings.adapters
+        adapter = next(iter(adapters.values()), None)
         tokenizer_source = str(tokenizer_dir(source.path, adapter))
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
         self.version = vllm.__version__
-        self.lora = LoRARequest("adapter", 1, str(Path(adapter).resolve())) if adapter else None
+        # One LoRARequest per adapter (ids from 1); vLLM batches requests of different adapters together.
+        self.loras = {
+            name: LoRARequest(name, number, str(Path(path).resolve()))
+            for number, (name, path) in enumerate(adapters.items(), 1)
+        }
         args = AsyncEngineArgs(
             model=str(source.path),
             tokenizer=tokenizer_source,
@@ -63,8 +68,9 @@ class VllmEngine(Engine):
             gpu_memory_utilization=settings.gpu_memory_utilization,
             kv_cache_memory_bytes=settings.kv_cache_bytes or (None if devices.is_cuda(device) else CPU_KV_CACHE_BYTES),
             quantization=_vllm_quantization(settings.quantization.value),
-            enable_lora=bool(adapter),
-            max_lora_rank=_lora_rank(adapter) if adapter else None,
+            enable_lora=bool(adapters),
+            max_loras=max(1, len(adapters)),
+            max_lora_rank=max(_lora_rank(path) for path in adapters.values()) if adapters else None,
             enforce_eager=not devices.is_cuda(device),  # CUDA graphs are a GPU feature
             disable_log_stats=True,
             seed=0,
@@ -75,7 +81,7 @@ class VllmEngine(Engine):
             generation_config = GenerationConfig.from_pretrained(source.path)
         except OSError:  # a model without generation_config.json ends on the tokenizer's EOS alone
             generation_config = None
-        self._ending = {"eos_ids": eos_ids(generation_config, tokenizer), "stop_at_newline": settings.stop_at_newline}
+        self._ending = {"eos_ids": eos_ids(generation_config, tokenizer)}
         self._decoding_tokenizer = tokenizer  # used on the event loop only; request threads use the pool's copies
         self._in_flight = 0
         loaded = LoadedModel(self.llm, tokenizer, source, adapter, args.dtype, settings.quantization.value, device)
@@ -119,7 +125,7 @@ class VllmEngine(Engine):
             TokensPrompt(prompt_token_ids=seq.ids),
             _sampling_params(request, seq.max_new),
             request_id=uuid.uuid4().hex,
-            lora_request=self.lora,
+            lora_request=self.loras.get(seq.adapter),
         )
         async with contextlib.aclosing(stream):  # leaving early closes the stream, which aborts the request
             async for out in stream:

@@ -22,7 +22,7 @@ UNIMPLEMENTED_KEYS = frozenset(
     is_llama_derived_model is_mistral_derived_model is_falcon_derived_model is_qwen_derived_model
     lora_on_cpu flash_attn_cross_entropy flash_attn_rms_norm flash_attn_fuse_qkv flash_attn_fuse_mlp flash_optimum
     local_rank debug deepspeed fsdp fsdp_config
-    eval_table_size eval_table_max_new_tokens eval_max_new_tokens eval_causal_lm_metrics do_bench_eval eval_batch_size
+    eval_table_size eval_table_max_new_tokens do_bench_eval eval_batch_size
     merge_lora default_system_message dataset_processes
     push_dataset_to_hub hf_use_auth_token test_datasets eval_sample_packing
     sample_packing_eff_est total_num_tokens max_packed_sequence_len save_safetensors hub_strategy torch_compile
@@ -129,7 +129,7 @@ def describe_type(annotation) -> str:
 def _default(field: FieldInfo) -> str:
     if field.is_required():
         return "**required**"
-    default = field.default
+    default = field.get_default(call_default_factory=True)
     return "" if default is None else f"`{default.value if isinstance(default, Enum) else default}`"
 
 

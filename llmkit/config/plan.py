@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.config.schema import Adapter, AxolotlConfig, DatasetSpec, PeftMethod
-from llmkit.core.challenge import TRACKS, Loading, Track, TrackSpec
+from llmkit.core.challenge import TRACKS, Loading, Track, TrackSpec, TrainingProjection, project_training
 from llmkit.core.memory import TrainingMemory, TrainingSetup, estimate_training
 from llmkit.core.shapes import ModelConfigNotFound, ModelShape, find_model_config, shape_from_config
 
@@ -39,15 +39,24 @@ class TrainingPlan:
     steps: int | None
     steps_per_1k_rows: float  # over all epochs
     memory: list[TrainingMemory]  # one per track; empty when the shape is unknown
+    tokens: int | None  # tokens the run trains on, over all epochs; None when the data cannot be counted
+    tokens_basis: str  # where `tokens` comes from, or why it is unknown
+    training_time: list[TrainingProjection]  # one per track, on one GPU; empty when the shape is unknown
 
 
-def plan(cfg: AxolotlConfig, world_size: int | None = None, model_config: str | None = None) -> TrainingPlan:
-    """Resolve a config into what training will do: targets, parameter counts, steps and memory per track.
+def plan(
+    cfg: AxolotlConfig,
+    world_size: int | None = None,
+    model_config: str | None = None,
+    data_tokens: int | None = None,
+) -> TrainingPlan:
+    """Resolve a config into what training will do: targets, parameter counts, steps, memory and time per track.
 
     Args:
         cfg: the validated config.
         world_size: GPUs in data parallel; default `WORLD_SIZE` from the environment, else 1.
         model_config: a config.json (or a folder with one) to size the base model from, wherever it is.
+        data_tokens: the training split's tokens in one epoch, counted from the tokenized data (dataset_tokens).
 
     Raises:
         ConfigError: target modules the model lacks.
@@ -64,6 +73,9 @@ def plan(cfg: AxolotlConfig, world_size: int | None = None, model_config: str | 
     micro_tokens = cfg.micro_batch_size * cfg.sequence_len
     rows = _count_all_rows(cfg.datasets)
     step_rows = cfg.micro_batch_size * cfg.gradient_accumulation_steps * world_size
+    tokens_per_step = micro_tokens * cfg.gradient_accumulation_steps * world_size
+    tokens, tokens_basis = training_tokens(cfg, rows, tokens_per_step, data_tokens)
+    projections = [] if shape is None else [training_time(cfg, shape, tokens, tokens_basis, t) for t in Track]
     return TrainingPlan(
         cfg=cfg,
         shape=shape,
@@ -72,12 +84,68 @@ def plan(cfg: AxolotlConfig, world_size: int | None = None, model_config: str | 
         target_modules=targets,
         trainable_params=trainable,
         world_size=world_size,
-        tokens_per_step=micro_tokens * cfg.gradient_accumulation_steps * world_size,
+        tokens_per_step=tokens_per_step,
         rows=rows,
         steps=cfg.max_steps or (None if rows is None else _optimizer_steps(cfg, rows, world_size)),
         steps_per_1k_rows=1000 * (1 - cfg.val_set_size) * cfg.num_epochs / step_rows,
         memory=memory,
+        tokens=tokens,
+        tokens_basis=tokens_basis,
+        training_time=projections,
     )
+
+
+def training_tokens(
+    cfg: AxolotlConfig, rows: int | None, tokens_per_step: int, data_tokens: int | None
+) -> tuple[int | None, str]:
+    """Tokens the run trains on over all its steps, and where the count comes from (or why there is none).
+
+    max_steps bounds the run at max_steps full steps; else the tokenized data times the epochs, or, without it, the
+    rows times sequence_len (every row at its longest: an upper bound). Preference pairs count twice (chosen and
+    rejected both go through the model).
+    """
+    pairs = 2 if cfg.rl else 1
+    if cfg.max_steps:
+        basis = f"at most max_steps {cfg.max_steps} x {tokens_per_step:,} tokens per step"
+        return cfg.max_steps * tokens_per_step * pairs, basis + (" x 2 (preference pairs)" if cfg.rl else "")
+    epochs = f"{cfg.num_epochs:g} epoch(s)"
+    if data_tokens is not None:
+        basis = f"{data_tokens:,} tokens of the tokenized training split x {epochs}"
+        return math.ceil(data_tokens * cfg.num_epochs) * pairs, basis + (" x 2 (preference pairs)" if cfg.rl else "")
+    if rows is None:
+        return None, "unknown: a dataset is on the hub, so its rows cannot be counted offline"
+    train_rows = rows - math.ceil(rows * cfg.val_set_size)
+    tokens = math.ceil(train_rows * cfg.sequence_len * cfg.num_epochs) * pairs
+    return tokens, f"at most {train_rows:,} rows x sequence_len {cfg.sequence_len} x {epochs} (data not tokenized)"
+
+
+def training_time(
+    cfg: AxolotlConfig, shape: ModelShape, tokens: int | None, basis: str, track: Track
+) -> TrainingProjection:
+    """The run's duration on one GPU of `track` (llmkit.core.challenge.project_training) against the 24 hours."""
+    if cfg.adapter is None:
+        method = "full"
+    else:
+        method = "qlora" if cfg.load_in_4bit or cfg.load_in_8bit else "lora"
+    return project_training(track, tokens=tokens, tokens_basis=basis, params=shape.num_params, method=method)
+
+
+def dataset_tokens(cfg: AxolotlConfig) -> int | None:
+    """Tokens in one epoch of the training split, tokenized as training will; None when that cannot be done offline.
+
+    Only for local datasets with a local tokenizer (the embedded default's, or a model folder): a hub download is
+    not attempted. Nothing is written (the prepared-dataset cache is neither read nor filled).
+    """
+    from llmkit.core.models import DEFAULT_MODEL_ID
+
+    source = cfg.tokenizer_config or cfg.base_model
+    if _count_all_rows(cfg.datasets) is None or cfg.rl or (source != DEFAULT_MODEL_ID and not Path(source).is_dir()):
+        return None
+    from llmkit.data import build_datasets
+    from llmkit.train.modeling import load_tokenizer
+
+    data = build_datasets(cfg.model_copy(update={"dataset_prepared_path": None}), load_tokenizer(cfg))
+    return sum(len(ids) for ids in data.train["input_ids"])
 
 
 def _shape(cfg: AxolotlConfig, model_config: str | None) -> tuple[ModelShape | None, str]:

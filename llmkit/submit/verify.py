@@ -115,6 +115,11 @@ def _check_dockerfile(files: dict[str, bytes], lint: bool) -> list[str]:
         problems.append(f"Dockerfile: {err}")
     if lint:
         problems += [f"Dockerfile: hadolint: {line}" for line in hadolint(text)]
+        # `make submission TRAINING=1`'s training image (llmkit/submit/training.py), held to the same lint.
+        if (training := "training/train.Dockerfile") in files:
+            problems += [
+                f"{training}: hadolint: {line}" for line in hadolint(files[training].decode(errors="replace"))
+            ]
     return problems
 
 

@@ -6,8 +6,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llmkit.config.sections import CAUSAL_LM_METRICS
+
 LOSS_CURVE = "loss_curve.png"
 TRAINER_STATE = "trainer_state.json"
+
+
+def task_metrics(log_history: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) per do_causal_lm_eval metric logged (`eval_exact_match` → exact_match)."""
+    found: dict[str, list[tuple[int, float]]] = {}
+    for entry in log_history:
+        for name in CAUSAL_LM_METRICS:
+            if f"eval_{name}" in entry:
+                found.setdefault(name, []).append((entry["step"], entry[f"eval_{name}"]))
+    return found
 
 
 def plot_loss_curve(
@@ -30,7 +42,17 @@ def plot_loss_curve(
     ax.set_ylabel(ylabel)
     ax.set_title(title or "Training loss")
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    tasks = task_metrics(log_history)
+    if tasks:  # do_causal_lm_eval: held-out answers scored, on their own 0-1 axis
+        right = ax.twinx()
+        for (name, points), color in zip(tasks.items(), ("tab:green", "tab:red", "tab:purple"), strict=False):
+            right.plot(*zip(*points, strict=True), "s--", color=color, label=f"held-out {name}")
+        right.set_ylim(0, 1)
+        right.set_ylabel("score of generated answers")
+        more_handles, more_labels = right.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels, loc="center right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -52,6 +74,7 @@ def summarize(output_dir: str | Path) -> dict[str, Any]:
         "final_loss": losses[-1] if losses else None,
         "first_eval_loss": evals[0] if evals else None,
         "final_eval_loss": evals[-1] if evals else None,
+        "task_metrics": {name: (points[0][1], points[-1][1]) for name, points in task_metrics(history).items()},
         "train_seconds": runtime[-1] if runtime else None,
         "weights": str(output_dir / weights) if weights else None,
         "loss_curve": str(output_dir / LOSS_CURVE),
@@ -74,6 +97,8 @@ def summary_table(output_dir: str | Path) -> Any:
     table.add_row("optimizer steps", str(summary["steps"]))
     table.add_row("train loss (first -> last logged)", loss(summary["first_loss"], summary["final_loss"]))
     table.add_row("eval loss (first -> last)", loss(summary["first_eval_loss"], summary["final_eval_loss"]))
+    for name, (first, final) in summary["task_metrics"].items():
+        table.add_row(f"held-out {name} (first -> last)", f"{first:.3f} -> {final:.3f}")
     seconds = summary["train_seconds"]
     table.add_row("training time (last session)", "-" if seconds is None else f"{seconds:.0f} s")
     table.add_row("weights", summary["weights"] or "-")

@@ -31,6 +31,7 @@ from llmkit.core import devices
 from llmkit.core.files import clean_stale, staging_dir, swap_in
 from llmkit.data.pipeline import PreparedData, build_datasets, make_collator
 from llmkit.data.preference import PreferenceData, build_preference_datasets
+from llmkit.train.causal_lm_eval import CausalLMEval, held_out_answers
 from llmkit.train.modeling import build_peft_model, gradient_checkpointing_kwargs, load_base_model, load_tokenizer
 from llmkit.train.optimizers import loraplus_optimizer, optimizer_for_machine
 from llmkit.train.report import LOSS_CURVE, TRAINER_STATE, plot_loss_curve
@@ -134,6 +135,12 @@ def _trainer(
             processing_class=tokenizer,
             callbacks=callbacks,
         )
+    if cfg.do_causal_lm_eval and data.eval is not None:
+        answers = CausalLMEval(
+            held_out_answers(data.eval), tokenizer, cfg.eval_causal_lm_metrics, cfg.eval_max_new_tokens
+        )
+        answers.trainer = trainer
+        trainer.add_callback(answers)
     if cfg.loraplus_lr_ratio:
         trainer.optimizer = loraplus_optimizer(trainer, cfg)  # the Trainer builds an optimizer only when it has none
     return trainer

@@ -8,6 +8,7 @@ import json
 import random
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +16,9 @@ import torch.nn.functional as F
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmkit.core.assets import DEFAULT_CONFIG
-from llmkit.data import default_dataset
+from llmkit.config.schema import load_config
+from llmkit.core.assets import CONFIGS_DIR, DEFAULT_CONFIG
+from llmkit.data import default_dataset, shipped, skill_dataset
 from llmkit.data.packing import IGNORE_INDEX, pack_dataset, plan_bins
 from llmkit.data.pipeline import DataError, build_datasets, make_collator
 from llmkit.data.prompts import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
@@ -305,10 +307,9 @@ def test_packed_dataset_rows(write_rows, make_cfg, tokenizer):
     assert sum(sum(p == 0 for p in row["position_ids"]) for row in data.eval) == data.stats.eval_rows == 4
 
 
-def test_committed_default_dataset_is_the_generators_output():
-    assert default_dataset.DATASET_FILE.read_text(encoding="utf-8") == default_dataset.render(
-        default_dataset.generate_rows()
-    ), "regenerate with: llmkit default-dataset"
+def test_committed_datasets_are_their_generators_output():
+    for path, generate in shipped.generators().items():
+        assert path.read_text(encoding="utf-8") == shipped.render(generate()), "regenerate: llmkit default-dataset"
 
 
 def test_default_dataset_is_helm_format_and_not_helm_test_data():
@@ -330,7 +331,6 @@ def test_default_dataset_is_helm_format_and_not_helm_test_data():
 
 
 def test_default_config_trains_only_the_letter_and_eos(tokenizer):
-    from llmkit.config.schema import load_config
 
     cfg = load_config(DEFAULT_CONFIG, {"dataset_prepared_path": None, "sample_packing": False, "val_set_size": 0})
     data = build_datasets(cfg, tokenizer)
@@ -390,3 +390,26 @@ def test_prompts_are_laid_out_exactly_as_helm_does(tmp_path):
         timeout=300,
     )
     assert json.loads(helm.stdout) == [default_dataset.helm_prompt(*case) for case in cases]
+
+
+def test_skill_dataset_rows_are_helm_layout_with_right_answers_and_own_words():
+    rows = [json.loads(line) for line in skill_dataset.DATASET_FILE.read_text().splitlines()]
+    assert len(rows) == skill_dataset.NUM_ROWS
+    substituted: set[str] = set()
+    for row in rows:
+        prompt, answer = row["segments"]
+        assert (prompt["label"], answer["label"]) == (False, True)
+        assert prompt["text"].startswith(skill_dataset.INSTRUCTIONS + "\n\n") and prompt["text"].endswith("\nTarget:")
+        rule, listed = re.search(r"Rules: ([^|]+) \| Substitutions: (.+)\nTarget:$", prompt["text"]).groups()
+        values = dict(re.findall(r'([XYZ]) by " ([^"]+) "', listed))
+        assert answer["text"] == " " + " ".join(values.get(token, token) for token in rule.split())
+        substituted.update(word for value in values.values() for word in value.split())
+    assert substituted == set(skill_dataset.WORDS)  # every word comes from the list HELM's animals/fruits are not in
+
+
+def test_skill_config_names_its_helm_run_entry_and_trains_on_the_skill_data():
+    path = CONFIGS_DIR / "smollm2-135m-skill.yml"
+    assert path.read_text().splitlines()[0] == f"# helm: {skill_dataset.HELM_RUN_ENTRY}"
+    cfg = load_config(path)
+    assert Path(cfg.datasets[0].path) == skill_dataset.DATASET_FILE
+    assert cfg.do_causal_lm_eval and cfg.val_set_size > 0

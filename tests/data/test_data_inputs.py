@@ -16,7 +16,7 @@ from datasets import Dataset
 from rich.console import Console
 
 from llmkit.config.sections import DatasetType
-from llmkit.data import default_dataset, sources
+from llmkit.data import default_dataset, shipped, skill_dataset, sources
 from llmkit.data.cache import save_prepared
 from llmkit.data.packing import pack_dataset
 from llmkit.data.pipeline import DataError, build_datasets, make_collator, stats_table
@@ -178,18 +178,20 @@ def test_stats_table_counts_every_dataset_and_the_packing(write_rows, make_cfg, 
     assert f"train 6 rows, packed into {stats.train_sequences} sequences (" in text and "eval 0 rows" in text
 
 
-def test_default_dataset_runs_as_a_module():
-    check = [sys.executable, "-m", "llmkit.data.default_dataset", "--check"]
+def test_shipped_datasets_run_as_a_module():
+    check = [sys.executable, "-m", "llmkit.data.shipped", "--check"]
     assert subprocess.run(check, capture_output=True, timeout=120).returncode == 0
 
 
 def test_default_dataset_command_writes_and_checks(tmp_path, monkeypatch, capsys):
-    path = tmp_path / "mcqa.jsonl"
-    monkeypatch.setattr(default_dataset, "DATASET_FILE", path)
-    assert default_dataset.main(["--check"]) == 1  # no file yet
-    assert default_dataset.main([]) == 0
-    assert path.read_text() == default_dataset.render(default_dataset.generate_rows())
-    assert default_dataset.main(["--check"]) == 0
-    path.write_text(path.read_text()[1:])
-    assert default_dataset.main(["--check"]) == 1
+    paths = [tmp_path / "mcqa.jsonl", tmp_path / "skill.jsonl"]
+    monkeypatch.setattr(default_dataset, "DATASET_FILE", paths[0])
+    monkeypatch.setattr(skill_dataset, "DATASET_FILE", paths[1])
+    assert shipped.main(["--check"]) == 1  # no files yet
+    assert shipped.main([]) == 0
+    assert paths[0].read_text() == shipped.render(default_dataset.generate_rows())
+    assert paths[1].read_text() == shipped.render(skill_dataset.generate_rows())
+    assert shipped.main(["--check"]) == 0
+    paths[1].write_text(paths[1].read_text()[1:])
+    assert shipped.main(["--check"]) == 1
     assert "differs from the generator" in capsys.readouterr().out

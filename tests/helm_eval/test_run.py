@@ -33,6 +33,8 @@ def test_offline_helm_run_scores_the_embedded_model(helm_venv, mcqa_conf, tmp_pa
         4,
     )
     assert 0.0 <= row.score <= 1.0 and row.mean_request_s > 0
+    assert len(row.per_instance) == 4 and set(row.per_instance.values()) <= {0.0, 1.0}
+    assert sum(row.per_instance.values()) / 4 == pytest.approx(row.score)  # what HELM's mean is made of
     assert (tmp_path / "benchmark_output/runs/ci-mcqa/schema.json").is_file()  # helm-summarize ran
 
     report = write_report([scores], tmp_path, "ci")

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import json
 
-from llmkit.helm_eval.summary import RunScore, SuiteScores, load_suite, markdown_table, table_rows
+import pytest
+
+from llmkit.helm_eval.summary import (
+    Difference,
+    RunScore,
+    SuiteScores,
+    difference,
+    load_suite,
+    markdown_table,
+    paired_bootstrap,
+    table_rows,
+)
 
 
 def _write_run(suite_dir, name, groups, stats, request_times):
@@ -62,7 +73,48 @@ def test_comparison_puts_scores_side_by_side_with_the_change():
     header, body = table_rows(
         [_suite("base", {"simple_mcqa": 0.25, "dyck": 1.0}), _suite("tuned", {"simple_mcqa": 1.0})]
     )
-    assert header[:5] == ["run", "metric", "score [1]", "score [2]", "Δ [2]−[1]"]
+    assert header[:5] == ["run", "metric", "score [1]", "score [2]", "Δ [2]−[1] [95% CI]"]
     assert body[0][:5] == ["simple_mcqa", "exact_match", "0.250", "1.000", "+0.750"]
     assert body[1][:5] == ["dyck", "exact_match", "1.000", "–", "–"]  # a run only one side has
     assert markdown_table([_suite("base", {"a": 0.5}), _suite("tuned", {"a": 0.5})]).startswith("[1] base; [2] tuned")
+
+
+def test_paired_bootstrap_interval():
+    ids = [f"id{i}" for i in range(200)]
+    same = dict.fromkeys(ids, 1.0)
+    assert paired_bootstrap(same, same) == Difference(delta=0.0, low=0.0, high=0.0, instances=200)
+    base = {key: float(i % 2) for i, key in enumerate(ids)}  # 0.5
+    # 40 instances gained, 10 lost: +0.15, and a 95% interval that stays above zero
+    tuned = {
+        key: 1.0 if i % 2 == 0 and i < 80 else (0.0 if i % 2 and i < 20 else base[key]) for i, key in enumerate(ids)
+    }
+    found = paired_bootstrap(base, tuned)
+    assert found.delta == pytest.approx(0.15) and 0 < found.low < 0.15 < found.high < 0.3
+    # as many gained as lost: the interval holds zero
+    mixed = {key: 1.0 - value if i < 60 else value for i, (key, value) in enumerate(base.items())}
+    found = paired_bootstrap(base, mixed)
+    assert found.delta == pytest.approx(0.0) and found.low < 0 < found.high
+    # only the instances both scored are paired
+    assert paired_bootstrap(base, {"id0": 1.0, "other": 1.0}).instances == 1
+    assert paired_bootstrap(base, {"other": 1.0}) is None
+
+
+def test_per_instance_scores_are_read_and_paired_in_the_table(tmp_path):
+    for suite, correct in (("base", {0}), ("tuned", {0, 1, 2})):
+        suite_dir = tmp_path / "runs" / suite
+        suite_dir.mkdir(parents=True)
+        _write_run(suite_dir, "mcqa", ["simple_mcqa"], {"exact_match": len(correct) / 4, "num_instances": 4}, [1.0])
+        per_instance = [
+            {
+                "instance_id": f"id{i}",
+                "train_trial_index": 0,
+                "stats": [{"name": {"name": "exact_match", "split": "test"}, "count": 1, "mean": float(i in correct)}],
+            }
+            for i in range(4)
+        ]
+        (suite_dir / "mcqa" / "per_instance_stats.json").write_text(json.dumps(per_instance))
+    suites = [load_suite(tmp_path, name) for name in ("base", "tuned")]
+    assert suites[1].rows[0].per_instance == {"id0": 1.0, "id1": 1.0, "id2": 1.0, "id3": 0.0}
+    header, [row] = table_rows(suites)
+    assert header[4] == "Δ [2]−[1] [95% CI]"
+    assert row[4].startswith("+0.500 [") and row[4] == difference(suites[0].rows[0], suites[1].rows[0]).text()

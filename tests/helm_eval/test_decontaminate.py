@@ -1,0 +1,91 @@
+"""llmkit decontaminate: instances built by crfm-helm itself, a planted instance found (long and short ones), the
+shipped skill config clean on its own scenario, the command's exit code and report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import yaml
+
+from llmkit.config.schema import load_config
+from llmkit.core.assets import CONFIGS_DIR
+from llmkit.helm_eval import confgen
+from llmkit.helm_eval.decontaminate import decontaminate, helm_instances, windows, words
+
+
+def _conf(tmp_path):
+    tasks = confgen.TaskList(
+        families=[
+            confgen.TaskFamily(name="vs", scenario="synthetic_reasoning", args={"mode": "variable_substitution"}),
+            confgen.TaskFamily(name="mcqa", scenario="simple_mcqa"),
+        ]
+    )
+    return confgen.write_conf(confgen.generate(tasks, budget=10), tmp_path / "decon.conf")
+
+
+def _config(tmp_path, rows):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"text": text}) + "\n" for text in rows))
+    config = {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "learning_rate": 1e-4}
+    config["datasets"] = [{"path": str(data), "type": "completion"}]
+    path = tmp_path / "planted.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_windows_and_words():
+    assert words('Rules: X + Y | Substitutions: X by " red "') == [
+        "rules",
+        "x",
+        "y",
+        "substitutions",
+        "x",
+        "by",
+        "red",
+    ]
+    assert list(windows(["a", "b", "c"], 2)) == [("a", "b"), ("b", "c")]
+    assert list(windows(["a", "b"], 13)) == [("a", "b")]  # shorter than n: the whole text
+
+
+def test_planted_instances_are_found_and_the_skill_config_is_clean(helm_venv, tmp_path):
+    conf = _conf(tmp_path)
+    instances = helm_instances(conf, tmp_path)
+    vs = [i for i in instances if i["run"].startswith("synthetic_reasoning")]
+    mcqa = [i for i in instances if i["run"].startswith("simple_mcqa")]
+    assert len(vs) == 10_000 and {i["split"] for i in vs} == {"valid", "test"}  # every eval instance, not 10
+    assert mcqa and all(i["references"] for i in mcqa)
+
+    long_one, short_one = vs[1234], mcqa[3]
+    rows = [
+        "Nothing of HELM here: " + "plain words " * 20,
+        f"Some context. {long_one['input']}\nTarget: {long_one['references'][0]} and more.",
+        f"Q: {short_one['input']} A: {short_one['references'][0]}.",
+    ]
+    report = decontaminate(load_config(_config(tmp_path, rows)), conf, tmp_path)
+    found = {(hit.instance_id, hit.row) for hit in report.overlaps}
+    assert (long_one["id"], 1) in found and (short_one["id"], 2) in found
+    assert not report.clean and report.training_rows == 3
+    assert {run.run.split(":")[0]: run.instances for run in report.runs} == {
+        "synthetic_reasoning": 10_000,
+        "simple_mcqa": len(mcqa),
+    }
+
+    shipped = decontaminate(load_config(CONFIGS_DIR / "smollm2-135m-skill.yml"), conf, tmp_path)
+    assert shipped.clean and shipped.training_rows == 1000, shipped.overlaps[:3]
+
+
+def test_command_exits_1_and_names_the_overlapping_row(helm_venv, tmp_path):
+    conf = _conf(tmp_path)
+    [instance] = [i for i in helm_instances(conf, tmp_path) if i["id"] == "id10001"]
+    config = _config(tmp_path, ["clean row", f"{instance['input']} => {instance['references'][0]}"])
+    command = [sys.executable, "-m", "llmkit.cli", "decontaminate", str(config), "--conf", str(conf)]
+    env = {**os.environ, "COLUMNS": "250"}  # rich folds table cells at the terminal's width
+    result = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 1, result.stderr
+    assert "id10001" in result.stdout and "rows.jsonl:1" in result.stdout
+    assert "✗ 1 of" in result.stdout
+    [report] = (tmp_path / "reports").glob("decontaminate-*.json")
+    assert json.loads(report.read_text())["overlaps"][0]["row"] == 1

