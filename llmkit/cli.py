@@ -269,8 +269,15 @@ def submission(
     except (ValueError, LookupError, OSError) as err:  # bad input, no fit, unknown model: the message says which
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
+    training_time = None
+    if model is None:  # trained here from a config: its training time on the track's GPU, with or without training/
+        from llmkit.config import load_config
+        from llmkit.config.plan import plan
+        from llmkit.core.assets import DEFAULT_CONFIG
+
+        training_time = [t.sentence() for t in plan(load_config(config or DEFAULT_CONFIG)).training_time]
     # build_submission raised unless verify_submission found no problem; exit 1 when a smoke request fails.
-    raise typer.Exit(summarize(path, problems=[], smoke=smoke, built=True))
+    raise typer.Exit(summarize(path, problems=[], smoke=smoke, built=True, training_time=training_time))
 
 
 @app.command("verify-submission")

@@ -29,7 +29,13 @@ _VERIFIED = "verify-submission: no problem"
 
 
 def summarize(
-    zip_path: str | Path, *, problems: list[str], smoke: bool, built: bool = False, console: Console | None = None
+    zip_path: str | Path,
+    *,
+    problems: list[str],
+    smoke: bool,
+    built: bool = False,
+    console: Console | None = None,
+    training_time: list[str] | None = None,
 ) -> int:
     """Smoke-test the zip (when asked and `problems` is empty), print the summary; returns the exit status.
 
@@ -37,6 +43,8 @@ def summarize(
         problems: what verify_submission found (printed by the caller); the smoke test is not run when there are any.
         smoke: run the smoke test (False: the summary says it was skipped).
         built: the zip was just written by `llmkit submission` (the closing line says it stays written).
+        training_time: the config's projected training time per track (`llmkit submission` from a config); without
+            it, the zip's training/pins.json says, if it has one.
     """
     console = console or Console()
     manifest = read_manifest(zip_path)
@@ -47,7 +55,8 @@ def summarize(
         not_run = "not run: the checks failed"
     else:
         not_run = "skipped (--no-smoke / SMOKE=0)" if built else "skipped (run it with --smoke / SMOKE=1)"
-    console.print(summary_table(Path(zip_path), manifest, problems, report, not_run=not_run))
+    table = summary_table(Path(zip_path), manifest, problems, report, not_run=not_run, training_time=training_time)
+    console.print(table)
     if manifest is not None and (warning := bundled_warning(manifest)):
         console.print(Text(f"Warning: {warning}", "bold yellow"))
     failures = _failures(manifest, problems, report)
@@ -81,9 +90,16 @@ def bundled_warning(manifest: Manifest) -> str | None:
 
 
 def summary_table(
-    zip_path: Path, manifest: Manifest | None, problems: list[str], report: SmokeReport | None, *, not_run: str = ""
+    zip_path: Path,
+    manifest: Manifest | None,
+    problems: list[str],
+    report: SmokeReport | None,
+    *,
+    not_run: str = "",
+    training_time: list[str] | None = None,
 ) -> Table:
-    """The summary; `report` is None when the smoke test was not run, and `not_run` says why."""
+    """The summary; `report` is None when the smoke test was not run, and `not_run` says why; `training_time` as
+    `summarize` takes it."""
     table = Table(
         title=f"Submission {zip_path.name}",
         show_header=False,
@@ -123,7 +139,7 @@ def summary_table(
     _docker_row(table, report)
     mark, verdict, projection = _projection(report, manifest)
     table.add_row("eval time", mark, "", verdict)
-    table.add_row("training time", *_training_time(zip_path, manifest))
+    table.add_row("training time", *_training_time(zip_path, manifest, training_time))
     if projection is not None:  # what the projection is worth, under the table rather than in a tall cell
         table.caption = (
             f"Eval time = {projection.open_requests} open-suite requests × {projection.seconds_per_request:.2f} "
@@ -174,19 +190,20 @@ def _docker_row(table: Table, report: SmokeReport | None) -> None:
     table.add_row("docker build", mark, "", Text(report.docker.detail))
 
 
-def _training_time(zip_path: Path, manifest: Manifest | None) -> tuple[Text, str, Text]:
-    """The zip's training/pins.json projection for its track, or why there is none."""
+def _training_time(zip_path: Path, manifest: Manifest | None, projected: list[str] | None) -> tuple[Text, str, Text]:
+    """The training-time projection for the zip's track (given, or from its training/pins.json), or why none."""
     import json
 
-    try:
-        with zipfile.ZipFile(zip_path) as archive:
-            pins = json.loads(archive.read("training/pins.json"))
-    except KeyError:
-        return SKIP, "", Text("not projected: no training/ in the zip (TRAINING=1 adds it)")
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return SKIP, "", Text("not projected: training/pins.json is unreadable")
+    if projected is None:
+        try:
+            with zipfile.ZipFile(zip_path) as archive:
+                projected = json.loads(archive.read("training/pins.json")).get("projected_training_time", [])
+        except KeyError:
+            return SKIP, "", Text("not projected: the zip was not built from a config here (TRAINING=1 adds it)")
+        except (OSError, zipfile.BadZipFile, ValueError):
+            return SKIP, "", Text("not projected: training/pins.json is unreadable")
     gpu = manifest.gpu if manifest is not None else ""
-    lines = [line for line in pins.get("projected_training_time", []) if gpu and f"on the {gpu} " in line]
+    lines = [line for line in projected if gpu and f"on the {gpu} " in line]
     if not lines:
         return SKIP, "", Text("not projected: the base model's size is unknown")
     over = "over the" in lines[0] or "× over" in lines[0]

@@ -82,3 +82,21 @@ def test_a_hub_dataset_offline_is_said_unpinned(tmp_path):
         d["revision"].startswith("unpinned: ") or re.fullmatch(r"[0-9a-f]{40}", d["revision"])
         for d in pins["datasets"]
     )
+
+
+def test_summary_shows_the_training_time_on_the_zips_track(default_zips, rewrite_zip, default_training, tmp_path):
+    from rich.console import Console
+
+    from llmkit.submit.summary import read_manifest, summary_table
+
+    def row(zip_path, projected=None) -> str:
+        console = Console(width=200, record=True)
+        console.print(summary_table(zip_path, read_manifest(zip_path), [], None, training_time=projected))
+        return next(line for line in console.export_text().splitlines() if "training time" in line)
+
+    plain = default_zips["4090"]
+    assert "not projected: the zip was not built from a config here" in row(plain)
+    pins = json.loads(default_training["pins.json"])
+    given = row(plain, pins["projected_training_time"])  # what `llmkit submission` passes for a config it trained
+    with_folder = row(rewrite_zip(plain, tmp_path / "t.zip", {"training/pins.json": default_training["pins.json"]}))
+    assert given == with_folder and "NVIDIA RTX 4090" in given and "A100" not in given
