@@ -7,7 +7,7 @@ and its input followed by each correct reference (a row may hold the question al
 - Instances: every eval-split instance of each run entry in the conf (all
   of them, not the sample a capped helm-run draws), built by crfm-helm itself in its venv (helm_eval/instances.py).
 - Training rows: every string of every row of every dataset in the config, as its file holds it (a prompt
-  template adds no words of an instance; a hub dataset is downloaded as training would).
+  template adds no words of an instance; a hub dataset is downloaded as training would): llmkit.data.row_texts.
 """
 
 from __future__ import annotations
@@ -15,16 +15,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
-from rich.progress import track
 
-from llmkit.config.schema import AxolotlConfig
 from llmkit.core.files import sha256_file
-from llmkit.data.sources import load_rows, source_name
 from llmkit.helm_eval.run import HelmRunError
 from llmkit.helm_eval.setup import helm_executable, require_helm
 
@@ -93,28 +90,11 @@ def helm_instances(conf_path: Path, work_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
 
 
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
-
-
-def training_rows(cfg: AxolotlConfig) -> Iterator[tuple[str, int, str]]:
-    """(dataset, row number, the row's text) for every row of every configured dataset."""
-    for spec in cfg.datasets:
-        source = source_name(spec)
-        rows = load_rows(spec, check=lambda row: None)  # any row shape: only its strings are read
-        for index, row in enumerate(track(rows, description=f"Reading {Path(source).name}", transient=True)):
-            yield source, index, " ".join(_strings(row))
-
-
-def decontaminate(cfg: AxolotlConfig, conf_path: Path, work_dir: Path, ngram: int = NGRAM) -> DecontaminationReport:
-    """Every instance of the conf checked against every training row of the config."""
+def decontaminate(
+    rows: Iterable[tuple[str, int, str]], config: str, conf_path: Path, work_dir: Path, ngram: int = NGRAM
+) -> DecontaminationReport:
+    """Every instance of the conf checked against every training row: (dataset, row number, text) as
+    `llmkit.data.row_texts(cfg)` yields them for the config at `config`."""
     instances = helm_instances(conf_path, work_dir)
     index: dict[tuple[str, ...], list[int]] = {}  # window -> instances holding it
     for number, instance in enumerate(instances):
@@ -123,9 +103,9 @@ def decontaminate(cfg: AxolotlConfig, conf_path: Path, work_dir: Path, ngram: in
             index.setdefault(window, []).append(number)
     lengths = sorted({len(window) for window in index})  # n, and the lengths of instances shorter than n
     first: dict[int, Overlap] = {}
-    rows = 0
-    for source, row, text in training_rows(cfg):
-        rows += 1
+    read = 0
+    for source, row, text in rows:
+        read += 1
         tokens = words(text)
         for length in lengths:
             for window in windows(tokens, length) if len(tokens) >= length else ():
@@ -146,10 +126,10 @@ def decontaminate(cfg: AxolotlConfig, conf_path: Path, work_dir: Path, ngram: in
         entry.instances += 1
         entry.overlapping += number in first
     return DecontaminationReport(
-        config=str(cfg.source or ""),
+        config=config,
         conf=str(conf_path),
         ngram=ngram,
-        training_rows=rows,
+        training_rows=read,
         runs=list(runs.values()),
         overlaps=[first[number] for number in sorted(first)],
     )

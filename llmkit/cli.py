@@ -104,8 +104,9 @@ def validate(
 ) -> None:
     """Check a config without training; print the plan (targets, parameters, steps, memory per track)."""
     from llmkit.config import validate as run
+    from llmkit.train.modeling import count_training_tokens
 
-    raise typer.Exit(run(config, strict=strict, model_config=model_config))
+    raise typer.Exit(run(config, strict=strict, model_config=model_config, count_tokens=count_training_tokens))
 
 
 @app.command("config-keys")
@@ -393,7 +394,7 @@ def decontaminate(
 
     _logging()
     from llmkit.config import ConfigError, load_config
-    from llmkit.data import DataError
+    from llmkit.data import DataError, row_texts
     from llmkit.helm_eval.confgen import ConfError
     from llmkit.helm_eval.decontaminate import decontaminate as check
     from llmkit.helm_eval.run import HelmRunError, prepare_conf
@@ -404,7 +405,7 @@ def decontaminate(
     name = f"decontaminate-{Path(config).stem}-{Path(conf).stem}"
     try:
         cfg = load_config(config)
-        report = check(cfg, prepare_conf(conf, out_dir, name), out_dir, ngram=ngram)
+        report = check(row_texts(cfg), config, prepare_conf(conf, out_dir, name), out_dir, ngram=ngram)
     except (ConfigError, DataError, ConfError, HelmRunError, HelmSetupError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None

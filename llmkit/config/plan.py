@@ -56,7 +56,7 @@ def plan(
         cfg: the validated config.
         world_size: GPUs in data parallel; default `WORLD_SIZE` from the environment, else 1.
         model_config: a config.json (or a folder with one) to size the base model from, wherever it is.
-        data_tokens: the training split's tokens in one epoch, counted from the tokenized data (dataset_tokens).
+        data_tokens: the training split's tokens in one epoch, counted from the tokenized data (count_training_tokens).
 
     Raises:
         ConfigError: target modules the model lacks.
@@ -130,22 +130,14 @@ def training_time(
     return project_training(track, tokens=tokens, tokens_basis=basis, params=shape.num_params, method=method)
 
 
-def dataset_tokens(cfg: AxolotlConfig) -> int | None:
-    """Tokens in one epoch of the training split, tokenized as training will; None when that cannot be done offline.
-
-    Only for local datasets with a local tokenizer (the embedded default's, or a model folder): a hub download is
-    not attempted. Nothing is written (the prepared-dataset cache is neither read nor filled).
-    """
+def tokens_countable_here(cfg: AxolotlConfig) -> bool:
+    """Whether the training data can be tokenized offline to count its tokens (llmkit.train.count_training_tokens):
+    local datasets only, a local tokenizer (the embedded default's, or a model folder), not preference rows."""
     from llmkit.core.models import DEFAULT_MODEL_ID
 
     source = cfg.tokenizer_config or cfg.base_model
-    if _count_all_rows(cfg.datasets) is None or cfg.rl or (source != DEFAULT_MODEL_ID and not Path(source).is_dir()):
-        return None
-    from llmkit.data import build_datasets
-    from llmkit.train.modeling import load_tokenizer
-
-    data = build_datasets(cfg.model_copy(update={"dataset_prepared_path": None}), load_tokenizer(cfg))
-    return sum(len(ids) for ids in data.train["input_ids"])
+    local_tokenizer = source == DEFAULT_MODEL_ID or Path(source).is_dir()
+    return _count_all_rows(cfg.datasets) is not None and not cfg.rl and local_tokenizer
 
 
 def _shape(cfg: AxolotlConfig, model_config: str | None) -> tuple[ModelShape | None, str]:

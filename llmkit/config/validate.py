@@ -7,20 +7,30 @@ make validate CONFIG=axolotl_configs/Llama-2-7b-03.yml
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
-from llmkit.config.plan import TrainingPlan, dataset_tokens, plan
-from llmkit.config.schema import ConfigError, ConfigWarning, load_config
+from llmkit.config.plan import TrainingPlan, plan
+from llmkit.config.schema import AxolotlConfig, ConfigError, ConfigWarning, load_config
 from llmkit.core.memory import GIB
 
 
-def validate(path: str | Path, *, strict: bool = False, model_config: str | None = None, console=None) -> int:
+def validate(
+    path: str | Path,
+    *,
+    strict: bool = False,
+    model_config: str | None = None,
+    count_tokens: Callable[[AxolotlConfig], int | None] | None = None,
+    console=None,
+) -> int:
     """Load `path`, plan it and print the plan; returns the exit status (1: the config is unusable).
 
     Args:
         path: the YAML config.
         strict: report unknown and unimplemented keys as errors, whatever the file's `strict:` says.
         model_config: the base model's config.json (or a folder with one), when llmkit cannot find it.
+        count_tokens: counts the training split's tokens (llmkit.train.count_training_tokens, which the CLI passes:
+            tokenizing is a later stage's work); None: the plan counts from max_steps or rows instead.
         console: a rich Console to print to (default: stdout, errors to stderr).
     """
     from rich.console import Console
@@ -31,22 +41,13 @@ def validate(path: str | Path, *, strict: bool = False, model_config: str | None
         with warnings.catch_warnings():  # the plan lists the ignored keys itself
             warnings.simplefilter("ignore", ConfigWarning)
             cfg = load_config(path, {"strict": True} if strict else None)
-            training_plan = plan(cfg, model_config=model_config, data_tokens=_data_tokens(cfg))
+            tokens = count_tokens(cfg) if count_tokens else None
+            training_plan = plan(cfg, model_config=model_config, data_tokens=tokens)
     except ConfigError as error:
         err.print(f"[red]{error}[/red]", highlight=False)
         return 1
     out.print(render(training_plan))
     return 0
-
-
-def _data_tokens(cfg) -> int | None:
-    """dataset_tokens, or None when the data cannot be tokenized here (the plan then says what it counted instead)."""
-    from llmkit.data import DataError
-
-    try:
-        return dataset_tokens(cfg)
-    except (DataError, OSError, ValueError):
-        return None
 
 
 def render(p: TrainingPlan):

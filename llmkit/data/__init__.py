@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["DataError", "build_datasets", "stats_table"]
+__all__ = ["DataError", "build_datasets", "row_texts", "stats_table", "training_tokens"]
 
 
 def __getattr__(name: str):

@@ -19,7 +19,7 @@ from llmkit.data.chat import ChatDefaults, resolve_template
 from llmkit.data.packing import make_collator, pack_dataset
 from llmkit.data.prompts import CHAT_TYPES, builder_for
 from llmkit.data.rows import IGNORE_INDEX, Parts, RawRow, TokenizedRow
-from llmkit.data.sources import DataError, convert_rows, load_rows, source_name
+from llmkit.data.sources import DataError, convert_rows, load_rows, row_texts, source_name
 from llmkit.data.stats import DatasetStats, DataStats, stats_table
 from llmkit.data.user_strategy import UserStrategyError, load_strategy, tokenize_row
 
@@ -32,7 +32,17 @@ if TYPE_CHECKING:
     from llmkit.config.sections import DatasetSpec
 
 LOG = logging.getLogger(__name__)
-__all__ = ["DataError", "DataStats", "PreparedData", "build_datasets", "load_rows", "make_collator", "stats_table"]
+__all__ = [
+    "DataError",
+    "DataStats",
+    "PreparedData",
+    "build_datasets",
+    "load_rows",
+    "make_collator",
+    "row_texts",
+    "stats_table",
+    "training_tokens",
+]
 
 
 @dataclass
@@ -257,3 +267,10 @@ def build_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> Pr
     data.stats.cache = "miss"
     save_prepared(root, key, data.train, data.eval, data.stats.to_json())
     return data
+
+
+def training_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> int:
+    """Tokens in one epoch of the training split, tokenized as training will; nothing is written (the prepared
+    dataset cache is neither read nor filled)."""
+    data = build_datasets(cfg.model_copy(update={"dataset_prepared_path": None}), tokenizer)
+    return sum(len(ids) for ids in data.train["input_ids"])

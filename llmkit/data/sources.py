@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset, load_dataset
 
 from llmkit.config.sections import DatasetSpec
 from llmkit.data.fields import RowError
 from llmkit.data.rows import RawColumns, RawRow
+
+if TYPE_CHECKING:
+    from llmkit.config.schema import AxolotlConfig
 
 RowCheck = Callable[[RawRow], object]  # raises RowError for a row its dataset type cannot use
 
@@ -130,3 +133,26 @@ def convert_rows(
         load_from_cache_file=False,
         new_fingerprint=fingerprint,
     )
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def row_texts(cfg: AxolotlConfig) -> Iterator[tuple[str, int, str]]:
+    """(dataset, row number from 0, every string of the row joined) for every row of every configured dataset, as
+    the files hold them (what `llmkit decontaminate` compares with HELM's instances)."""
+    from rich.progress import track
+
+    for spec in cfg.datasets:
+        source = source_name(spec)
+        rows = load_rows(spec, check=lambda row: None)  # any row shape: only its strings are read
+        for index, row in enumerate(track(rows, description=f"Reading {Path(source).name}", transient=True)):
+            yield source, index, " ".join(_strings(row))

@@ -87,6 +87,20 @@ def load_tokenizer(cfg: AxolotlConfig) -> Any:
     return tokenizer
 
 
+def count_training_tokens(cfg: AxolotlConfig) -> int | None:
+    """Tokens in one epoch of the training split, for the training-time projection; None when the data cannot be
+    tokenized here offline (a hub dataset or tokenizer, preference rows, a bad file)."""
+    from llmkit.config.plan import tokens_countable_here
+    from llmkit.data import DataError, training_tokens
+
+    if not tokens_countable_here(cfg):
+        return None
+    try:
+        return training_tokens(cfg, load_tokenizer(cfg))
+    except (DataError, OSError, ValueError):
+        return None
+
+
 def _device_map() -> dict[str, int] | None:
     # Under DDP each process holds the whole model on its own GPU; bitsandbytes needs the weights placed at load.
     if devices.resolve_device() == "cuda":

@@ -12,6 +12,7 @@ import yaml
 
 from llmkit.config.schema import load_config
 from llmkit.core.assets import CONFIGS_DIR
+from llmkit.data import row_texts
 from llmkit.helm_eval import confgen
 from llmkit.helm_eval.decontaminate import decontaminate, helm_instances, windows, words
 
@@ -64,7 +65,7 @@ def test_planted_instances_are_found_and_the_skill_config_is_clean(helm_venv, tm
         f"Some context. {long_one['input']}\nTarget: {long_one['references'][0]} and more.",
         f"Q: {short_one['input']} A: {short_one['references'][0]}.",
     ]
-    report = decontaminate(load_config(_config(tmp_path, rows)), conf, tmp_path)
+    report = decontaminate(row_texts(load_config(_config(tmp_path, rows))), "planted.yml", conf, tmp_path)
     found = {(hit.instance_id, hit.row) for hit in report.overlaps}
     assert (long_one["id"], 1) in found and (short_one["id"], 2) in found
     assert not report.clean and report.training_rows == 3
@@ -73,7 +74,8 @@ def test_planted_instances_are_found_and_the_skill_config_is_clean(helm_venv, tm
         "simple_mcqa": len(mcqa),
     }
 
-    shipped = decontaminate(load_config(CONFIGS_DIR / "smollm2-135m-skill.yml"), conf, tmp_path)
+    skill = CONFIGS_DIR / "smollm2-135m-skill.yml"
+    shipped = decontaminate(row_texts(load_config(skill)), str(skill), conf, tmp_path)
     assert shipped.clean and shipped.training_rows == 1000, shipped.overlaps[:3]
 
 
