@@ -29,9 +29,10 @@ def default_model_dir() -> Path:
     return resolve_model(None).path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def start_server():
-    """Factory: start `python -m llmkit.server <args>` on a free loopback port; all are stopped at the end."""
+    """Factory: start `python -m llmkit.server <args>` on a free loopback port; stopped when the test module ends
+    (a vLLM server holds about 3 GB: kept for the whole session, they filled this 24 GiB machine)."""
     started: list[ServerProcess] = []
 
     def _start(*args: str, **kwargs) -> ServerProcess:
