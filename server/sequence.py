@@ -85,7 +85,7 @@ class Sequence:
     eos: Scores = field(default_factory=Scores)  # the EOS that ended the completion, if one did (OpenAI lists it)
     finish_reason: str | None = None  # OpenAI's: "stop" (EOS, a stop sequence, the newline rule) or "length"
     listener: Callable[[], None] | None = None  # called on the recording thread after each token and at the end
-    streamable: int = 0  # completion tokens that no later token can change (`_settled`), for streaming
+    streamable: int = 0  # completion tokens that no later token can change (`_settled`); kept with a listener
 
     @property
     def final_length(self) -> int:
@@ -143,9 +143,10 @@ class Sequence:
 
     def _notify(self) -> None:
         # Counted here, on the recording thread, between tokens: a reader on another thread then sends
-        # pieces[:streamable] and their scores, which no later token changes.
-        self.streamable = self._settled()
+        # pieces[:streamable] and their scores, which no later token changes. Only for a stream (a listener):
+        # counting walks every piece, work a request nobody streams need not pay for at each token.
         if self.listener is not None:
+            self.streamable = self._settled()
             self.listener()
 
     def finish(self, error: BaseException | None = None) -> None:
