@@ -145,23 +145,20 @@ def load_for_inference(
     model: str | None,
     *,
     revision: str | None = None,
-    adapter: str | None = None,
+    adapters: dict[str, str] | None = None,
     dtype: str = "auto",
     quantization: str = "none",
     device: str = "auto",
-    adapters: dict[str, str] | None = None,
 ) -> LoadedModel:
     """Load a causal LM (optionally quantized with bitsandbytes, optionally with peft adapters) for serving.
 
     `device` and `dtype` "auto" follow `llmkit.core.devices`: the GPU where there is one, bfloat16 on Ampere or
     newer, float16 on older GPUs, float32 on the CPU. `quantization`: "none", "nf4" (double quantized) or "int8".
     `adapters` (name -> directory) are loaded side by side into one PeftModel under their names (a forward call
-    picks them per row with peft's `adapter_names=`); `adapter` is one applied as peft's "default". The tokenizer
-    comes from the first adapter's folder when it holds one.
+    picks them per row with peft's `adapter_names=`; one adapter named "default" is peft's own default). The
+    tokenizer comes from the first adapter's folder when it holds one.
     """
-    adapters = dict(adapters or {})
-    if adapter:
-        adapters = {"default": adapter, **adapters}
+    adapters = adapters or {}
     adapter = next(iter(adapters.values()), None)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -122,7 +122,7 @@ def _load(model_dir: Path, dtype: torch.dtype, adapter: Path | None = None, quan
     # The device is load_for_inference's "auto" (llmkit.core.devices): the GPU where there is one, else the CPU.
     loaded = load_for_inference(
         str(model_dir),
-        adapter=str(adapter) if adapter else None,
+        adapters={"default": str(adapter)} if adapter else None,
         dtype=str(dtype).removeprefix("torch."),
         quantization=quantization,
     )
