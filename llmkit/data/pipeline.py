@@ -37,11 +37,11 @@ __all__ = [
     "DataStats",
     "PreparedData",
     "build_datasets",
+    "epoch_tokens",
     "load_rows",
     "make_collator",
     "row_texts",
     "stats_table",
-    "training_tokens",
 ]
 
 
@@ -269,7 +269,7 @@ def build_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> Pr
     return data
 
 
-def training_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> int:
+def epoch_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> int:
     """Tokens in one epoch of the training split, tokenized as training will; nothing is written (the prepared
     dataset cache is neither read nor filled)."""
     data = build_datasets(cfg.model_copy(update={"dataset_prepared_path": None}), tokenizer)

@@ -91,12 +91,12 @@ def count_training_tokens(cfg: AxolotlConfig) -> int | None:
     """Tokens in one epoch of the training split, for the training-time projection; None when the data cannot be
     tokenized here offline (a hub dataset or tokenizer, preference rows, a bad file)."""
     from llmkit.config.plan import tokens_countable_here
-    from llmkit.data import DataError, training_tokens
+    from llmkit.data import DataError, epoch_tokens
 
     if not tokens_countable_here(cfg):
         return None
     try:
-        return training_tokens(cfg, load_tokenizer(cfg))
+        return epoch_tokens(cfg, load_tokenizer(cfg))
     except (DataError, OSError, ValueError):
         return None
 
