@@ -2,37 +2,59 @@
 
 HELM is only an HTTP client of the server, as in the challenge where it ran in its own container, and its
 dependencies (torch, datasets~=3.1, spacy, ...) clash with the training environment. The venv is a
-`llmkit.core.venvs.ToolVenv`: ~/.cache/llmkit/helm-venv-<version> (`HELM_VENV` overrides it), ~6 GB, shared by every
-clone on the machine.
+`llmkit.core.venvs.ToolVenv`: ~/.cache/llmkit/helm-venv-<version>[-cpu] (`HELM_VENV` overrides it), shared by every
+clone on the machine. On a machine without an NVIDIA GPU it holds torch's CPU build of this environment's torch
+version (1.4 GB instead of 6 GB), and no torchvision: only HELM's image metrics import it, and PyPI's build does not
+load beside torch's CPU build.
 """
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from pathlib import Path
 
-from llmkit.core.venvs import ToolVenv, ToolVenvError
+from llmkit.core.venvs import ToolVenv, ToolVenvError, cpu_requirements, cpu_torch_index, has_cuda
 
 HELM_VERSION = "0.5.16"
-HELM_VENV = ToolVenv(
-    directory=f"helm-venv-{HELM_VERSION}",
-    env_var="HELM_VENV",
-    requirements=(f"crfm-helm=={HELM_VERSION}",),
-    marker="bin/helm-run",
-    setup_command="make helm-setup",
-)
 HelmSetupError = ToolVenvError
+
+
+def helm_venv(cuda: bool | None = None) -> ToolVenv:
+    """HELM's venv on this machine (with CUDA: crfm-helm and what it pulls in; without: torch's CPU build)."""
+    cuda = has_cuda() if cuda is None else cuda
+    requirement = f"crfm-helm=={HELM_VERSION}"
+    if cuda:
+        return ToolVenv(
+            directory=f"helm-venv-{HELM_VERSION}",
+            env_var="HELM_VENV",
+            requirements=(requirement,),
+            marker="bin/helm-run",
+            setup_command="make helm-setup",
+        )
+    torch_pin = f"torch=={version('torch').split('+')[0]}"
+    requirements_file, _ = cpu_requirements(f"{torch_pin}\n{requirement}\n", cpu_torch_index())
+    return ToolVenv(
+        directory=f"helm-venv-{HELM_VERSION}-cpu",
+        env_var="HELM_VENV",
+        requirements=(),
+        marker="bin/helm-run",
+        setup_command="make helm-setup",
+        remove=("torchvision",),
+        requirements_file=requirements_file,
+        name=f"{requirement} (with {torch_pin}, CPU build)",
+    )
 
 
 def helm_executable(name: str) -> Path:
     """A console script of the HELM venv, e.g. helm-run."""
-    return HELM_VENV.executable(name)
+    return helm_venv().executable(name)
 
 
 def require_helm() -> Path:
     """The venv, or a clear error saying how to create it (tests and helm-eval call this before helm-run)."""
-    return HELM_VENV.require()
+    return helm_venv().require()
 
 
 def helm_setup(*, force: bool = False) -> Path:
     """Create the venv and install crfm-helm unless the stamp says it is there; return the venv."""
-    return HELM_VENV.install(force=force)
+    return helm_venv().install(force=force)

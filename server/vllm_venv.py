@@ -14,11 +14,10 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import NoReturn
 
-from llmkit.core.venvs import ToolVenv
+from llmkit.core.venvs import ToolVenv, has_cuda
 
 LOG = logging.getLogger(__name__)
 
@@ -26,11 +25,6 @@ VLLM_VERSION = "0.32.0"
 LAUNCHER = "boot.py"  # run by path with the venv's Python (see boot.py); a vLLM submission zip ships it
 PACKAGES = ("llmkit", "llmkit.server")  # what the server imports; folders may differ (pyproject's package-dir)
 _SERVER_EXTRAS = ("gguf==0.19.0", "pydantic-settings==2.16.3", "psutil>=5.9")
-
-
-def has_cuda() -> bool:
-    """Whether this machine has an NVIDIA GPU (asked of the driver: the project's torch may be a CPU build)."""
-    return shutil.which("nvidia-smi") is not None or Path("/proc/driver/nvidia/version").is_file()
 
 
 def vllm_venv(cuda: bool | None = None) -> ToolVenv:

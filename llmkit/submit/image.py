@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
-import re
 from pathlib import Path
 
 import jinja2
@@ -26,8 +25,6 @@ from llmkit.submit.sources import Weights
 
 SERVER_MODULE = "llmkit.server"  # `python -m llmkit.server`; the zip holds it and every llmkit module it imports
 IMAGE_PYTHON = "/opt/venv/bin/python"
-# What only torch's CUDA build needs: its CUDA libraries as wheels, and Triton (GPU kernels).
-CUDA_ONLY_PACKAGES = re.compile(r"^(nvidia-.*|cuda-.*|triton)$")
 IMAGE_UID = 10001  # the image's non-root user; the BuildKit secret is mounted readable for it
 VLLM_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
 # vLLM's image installs vLLM into the Python first on PATH (`uv pip install --system`); its Dockerfile does the same.

@@ -27,7 +27,8 @@ from packaging.utils import canonicalize_name
 
 from llmkit.core.challenge import TRACKS, Track
 from llmkit.core.models import embedded_package_pin
-from llmkit.submit.image import CUDA_ONLY_PACKAGES, IMAGE_UID, image_pins
+from llmkit.core.venvs import CUDA_ONLY_PACKAGES
+from llmkit.submit.image import IMAGE_UID, image_pins
 from llmkit.submit.sources import SubmissionError
 
 LOG = logging.getLogger(__name__)

@@ -5,9 +5,8 @@ The image installs the zip's requirements.txt and nothing else, so the smoke tes
 with only the unpacked zip on its path. A package missing from requirements.txt, or pins that do not work
 together, fail here rather than on the organisers' machine.
 
-On a machine without CUDA the CUDA build of torch and its CUDA wheels (GBs, useless here) are replaced by torch's
-CPU build of the same version: from PyTorch's CPU index when it answers, else whatever build pip finds for the pin
-(a local CPU wheel, or PyPI's CUDA build, which runs on the CPU too). Every other pin is installed as written.
+On a machine without CUDA, torch's CUDA build gives way to its CPU build (`llmkit.core.venvs.cpu_requirements`).
+Every other pin is installed as written.
 """
 
 from __future__ import annotations
@@ -20,15 +19,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
-
-from llmkit.core.venvs import ToolVenv
-from llmkit.submit.image import CUDA_ONLY_PACKAGES
+from llmkit.core.venvs import ToolVenv, cpu_requirements, cpu_torch_index
 
 LOG = logging.getLogger(__name__)
 
-CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 _MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
 DOCKER_BUILD_TIMEOUT_S = 3600
 
@@ -57,8 +51,7 @@ def zip_environment(requirements_txt: str, *, cuda: bool) -> ZipEnvironment:
     digest = hashlib.sha256(requirements_txt.encode()).hexdigest()
     text, torch_source = requirements_txt, "torch as pinned (CUDA build)"
     if not cuda:
-        index = CPU_TORCH_INDEX if _answers(CPU_TORCH_INDEX + "/torch/") else None
-        text, torch_source = cpu_requirements(requirements_txt, index)
+        text, torch_source = cpu_requirements(requirements_txt, cpu_torch_index())
     flavour = "cuda" if cuda else "cpu"
     venv = ToolVenv(
         directory=f"submission-venv-{digest[:16]}-{flavour}",
@@ -69,48 +62,6 @@ def zip_environment(requirements_txt: str, *, cuda: bool) -> ZipEnvironment:
         requirements_file=text,
     )
     return ZipEnvironment(venv, digest, torch_source)
-
-
-def cpu_requirements(text: str, cpu_index: str | None) -> tuple[str, str]:
-    """`text` for a machine without CUDA, and where torch comes from, in words.
-
-    torch's CUDA-only dependencies are dropped; with `cpu_index`, torch's pin becomes its `+cpu` build from there.
-    """
-    lines, torch_pin = [], None
-    for line in text.splitlines():
-        requirement = _requirement(line)
-        name = canonicalize_name(requirement.name) if requirement else ""
-        if CUDA_ONLY_PACKAGES.match(name):
-            continue
-        if name == "torch" and cpu_index is not None:
-            torch_pin = next((s.version for s in requirement.specifier if s.operator == "=="), None)
-            if torch_pin is not None:
-                line = f"torch=={torch_pin.split('+')[0]}+cpu"
-        lines.append(line)
-    if torch_pin is not None:
-        lines.insert(0, f"--extra-index-url {cpu_index}")
-        return "\n".join(lines) + "\n", f"torch {torch_pin}+cpu from {cpu_index}, its CUDA wheels left out"
-    reason = "PyTorch's CPU index did not answer" if cpu_index is None else "torch is not pinned with =="
-    return "\n".join(lines) + "\n", f"torch as pip finds the pin ({reason}), its CUDA wheels left out"
-
-
-def _requirement(line: str) -> Requirement | None:
-    line = line.split("#", 1)[0].strip()
-    if not line or line.startswith("-"):
-        return None
-    try:
-        return Requirement(line)
-    except InvalidRequirement:
-        return None
-
-
-def _answers(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.head(url, timeout=5, follow_redirects=True).status_code < 400
-    except httpx.HTTPError:
-        return False
 
 
 def missing_module(log: str) -> str | None:

@@ -6,9 +6,9 @@ import zipfile
 
 import pytest
 
-from llmkit.core.venvs import ToolVenv, ToolVenvError
+from llmkit.core.venvs import CPU_TORCH_INDEX, ToolVenv, ToolVenvError, cpu_requirements
 from llmkit.submit.smoke import run_smoke
-from llmkit.submit.zip_env import CPU_TORCH_INDEX, cpu_requirements, docker_build, missing_module, zip_environment
+from llmkit.submit.zip_env import docker_build, missing_module, zip_environment
 
 _PINS = (
     "# image pins\n"
@@ -29,6 +29,8 @@ def test_cpu_requirements_drop_the_cuda_wheels_and_take_torch_cpu_build():
     unreachable, why = cpu_requirements(_PINS, None)  # the pin as written: pip finds a local CPU wheel, or PyPI's
     assert unreachable.splitlines() == ["# image pins", "torch==2.13.0", "transformers==5.24.0"]
     assert "did not answer" in why
+    unpinned, why = cpu_requirements("torch>=2.6\ntriton==3.7.1\n", CPU_TORCH_INDEX)  # no version to build on
+    assert unpinned.splitlines() == ["torch>=2.6"] and "not pinned with ==" in why
 
 
 def test_the_venv_is_keyed_by_the_requirements_hash():
@@ -63,14 +65,16 @@ def test_docker_build_is_skipped_with_a_note_where_no_engine_answers(tmp_path):
 @pytest.mark.timeout(
     900
 )  # a fresh venv of the zip's requirements less one package: about a minute with a warm pip cache
-def test_a_requirement_missing_from_the_zip_fails_naming_the_module(default_zips, rewrite_zip, tmp_path):
+def test_a_requirement_missing_from_the_zip_fails_naming_the_module(default_zips, rewrite_zip, tmp_path, monkeypatch):
     with zipfile.ZipFile(default_zips["4090"]) as archive:
         requirements = archive.read("requirements.txt").decode()
     lines = [line for line in requirements.splitlines() if not line.startswith("pydantic-settings==")]
     assert len(lines) == len(requirements.splitlines()) - 1
-    broken = rewrite_zip(
-        default_zips["4090"], tmp_path / "lacking.zip", {"requirements.txt": "\n".join(lines).encode()}
-    )
+    lacking = "\n".join(lines)
+    broken = rewrite_zip(default_zips["4090"], tmp_path / "lacking.zip", {"requirements.txt": lacking.encode()})
+    # This venv serves no other test or run: it goes with tmp_path (1.3 GB) instead of staying in the cache.
+    venv = zip_environment(lacking, cuda=False).venv
+    monkeypatch.setenv(venv.env_var, str(tmp_path / "venv"))
     report = run_smoke(broken, startup_timeout=120)
     [result] = report.results
     assert not result.ok
