@@ -13,7 +13,8 @@ from __future__ import annotations
 from importlib.metadata import version
 from pathlib import Path
 
-from llmkit.core.venvs import ToolVenv, ToolVenvError, cpu_requirements, cpu_torch_index, has_cuda
+from llmkit.core.cpu_torch import cpu_requirements, cpu_torch_index
+from llmkit.core.venvs import ToolVenv, ToolVenvError, has_cuda
 
 HELM_VERSION = "0.5.16"
 HelmSetupError = ToolVenvError

@@ -26,8 +26,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from llmkit.core.challenge import TRACKS, Track
+from llmkit.core.cpu_torch import CUDA_ONLY_PACKAGES
 from llmkit.core.models import embedded_package_pin
-from llmkit.core.venvs import CUDA_ONLY_PACKAGES
 from llmkit.submit.image import IMAGE_UID, image_pins
 from llmkit.submit.sources import SubmissionError
 

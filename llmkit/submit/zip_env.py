@@ -5,7 +5,7 @@ The image installs the zip's requirements.txt and nothing else, so the smoke tes
 with only the unpacked zip on its path. A package missing from requirements.txt, or pins that do not work
 together, fail here rather than on the organisers' machine.
 
-On a machine without CUDA, torch's CUDA build gives way to its CPU build (`llmkit.core.venvs.cpu_requirements`).
+On a machine without CUDA, torch's CUDA build gives way to its CPU build (`llmkit.core.cpu_torch`).
 Every other pin is installed as written.
 """
 
@@ -19,7 +19,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit.core.venvs import ToolVenv, cpu_requirements, cpu_torch_index
+from llmkit.core.cpu_torch import cpu_requirements, cpu_torch_index
+from llmkit.core.venvs import ToolVenv
 
 LOG = logging.getLogger(__name__)
 

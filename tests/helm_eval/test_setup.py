@@ -6,7 +6,8 @@ from importlib.metadata import version
 
 import pytest
 
-from llmkit.core.venvs import CPU_TORCH_INDEX, cpu_torch_index, has_cuda
+from llmkit.core.cpu_torch import CPU_TORCH_INDEX, cpu_torch_index
+from llmkit.core.venvs import has_cuda
 from llmkit.helm_eval import setup
 from llmkit.helm_eval.setup import HELM_VERSION
 

@@ -6,7 +6,8 @@ import zipfile
 
 import pytest
 
-from llmkit.core.venvs import CPU_TORCH_INDEX, ToolVenv, ToolVenvError, cpu_requirements
+from llmkit.core.cpu_torch import CPU_TORCH_INDEX, cpu_requirements
+from llmkit.core.venvs import ToolVenv, ToolVenvError
 from llmkit.submit.smoke import run_smoke
 from llmkit.submit.zip_env import docker_build, missing_module, zip_environment
 
