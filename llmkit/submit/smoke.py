@@ -137,7 +137,7 @@ def _smoke(zip_path: str | Path, startup_timeout: float, docker: bool) -> SmokeR
             python, environment = Path(sys.executable), "this environment, re-executed in vLLM's venv"
         else:
             zip_env = zip_environment((root / "requirements.txt").read_text(), cuda=is_cuda(resolve_device()))
-            zip_env.venv.install()
+            zip_env.install()
             python, environment = zip_env.python, zip_env.describe()
             # That venv and the zip alone: no user site-packages, no checkout or other venv on PATH.
             env |= {"PYTHONNOUSERSITE": "1", "VIRTUAL_ENV": str(zip_env.venv.path)}

@@ -3,7 +3,7 @@
 The image installs the zip's requirements.txt and nothing else, so the smoke test does the same: a fresh venv
 (llmkit.core.venvs.ToolVenv, in the cache, keyed by the sha256 of the requirements file) runs the Dockerfile's CMD,
 with only the unpacked zip on its path. A package missing from requirements.txt, or pins that do not work
-together, fail here rather than on the organisers' machine.
+together, fail here rather than on the organisers' machine. The cache keeps the three most recently used such venvs.
 
 On a machine without CUDA, torch's CUDA build gives way to its CPU build (`llmkit.core.cpu_torch`).
 Every other pin is installed as written.
@@ -11,8 +11,10 @@ Every other pin is installed as written.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -20,12 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.core.cpu_torch import cpu_requirements, cpu_torch_index
+from llmkit.core.models import cache_dir
 from llmkit.core.venvs import ToolVenv
 
 LOG = logging.getLogger(__name__)
 
 _MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
 DOCKER_BUILD_TIMEOUT_S = 3600
+VENV_PREFIX = "submission-venv-"
+KEPT_VENVS = 3  # zips' venvs left in the cache, the most recently used; older ones are removed (1.3 GB each)
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,14 @@ class ZipEnvironment:
     @property
     def python(self) -> Path:
         return self.venv.python
+
+    def install(self) -> list[Path]:
+        """Install the venv unless it is there, mark it used, and remove the cache's zip venvs beyond the
+        KEPT_VENVS most recently used (each distinct requirements.txt would otherwise keep 1.3 GB for good);
+        returns the folders removed."""
+        self.venv.install()
+        os.utime(self.venv.path)  # the folder's mtime says when a smoke test last used it
+        return prune_venvs(cache_dir(), KEPT_VENVS)
 
     def describe(self) -> str:
         return (
@@ -55,7 +68,7 @@ def zip_environment(requirements_txt: str, *, cuda: bool) -> ZipEnvironment:
         text, torch_source = cpu_requirements(requirements_txt, cpu_torch_index())
     flavour = "cuda" if cuda else "cpu"
     venv = ToolVenv(
-        directory=f"submission-venv-{digest[:16]}-{flavour}",
+        directory=f"{VENV_PREFIX}{digest[:16]}-{flavour}",
         env_var=f"LLMKIT_SUBMISSION_VENV_{digest[:16].upper()}",  # another place for this one venv
         requirements=(),
         marker="bin/python",
@@ -63,6 +76,25 @@ def zip_environment(requirements_txt: str, *, cuda: bool) -> ZipEnvironment:
         requirements_file=text,
     )
     return ZipEnvironment(venv, digest, torch_source)
+
+
+def prune_venvs(root: Path, keep: int) -> list[Path]:
+    """Remove the zip venvs under `root` beyond the `keep` most recently used; one being installed (its lock held
+    by another process) stays. Returns the folders removed."""
+    venvs = sorted((p for p in root.glob(f"{VENV_PREFIX}*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    removed = []
+    for venv in venvs[: max(len(venvs) - keep, 0)]:
+        with open(root / f".{venv.name}.lock", "w") as lock:  # ToolVenv.install's lock
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            shutil.rmtree(venv)
+            removed.append(venv)
+        (root / f".{venv.name}.lock").unlink(missing_ok=True)
+    if removed:
+        LOG.info("Removed %d older zip venv(s) from %s: %s", len(removed), root, ", ".join(p.name for p in removed))
+    return removed
 
 
 def missing_module(log: str) -> str | None:

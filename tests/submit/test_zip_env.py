@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import zipfile
 
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from llmkit.core.cpu_torch import CPU_TORCH_INDEX, cpu_requirements
 from llmkit.core.venvs import ToolVenv, ToolVenvError
 from llmkit.submit.smoke import run_smoke
-from llmkit.submit.zip_env import docker_build, missing_module, zip_environment
+from llmkit.submit.zip_env import docker_build, missing_module, prune_venvs, zip_environment
 
 _PINS = (
     "# image pins\n"
@@ -47,6 +49,22 @@ def test_a_requirements_file_venv_keeps_other_venvs_stamps(tmp_path, monkeypatch
     venv = ToolVenv("x", "LLMKIT_TEST_VENV", ("crfm-helm==0.5.16",), "bin/helm-run", "llmkit helm-setup")
     assert venv._stamp_text() == "crfm-helm==0.5.16\n"
     assert "is not installed" in pytest.raises(ToolVenvError, venv.require).value.args[0]
+
+
+def test_only_the_most_recently_used_zip_venvs_stay_and_one_being_installed_is_spared(tmp_path):
+    venvs = [tmp_path / f"submission-venv-{i:016x}-cpu" for i in range(5)]
+    for age, venv in enumerate(venvs):  # venvs[0] used last
+        (venv / "bin").mkdir(parents=True)
+        os.utime(venv, (1_000_000 - age * 100, 1_000_000 - age * 100))
+    (tmp_path / "helm-venv-0.5.16-cpu").mkdir()  # not a zip's venv: never pruned
+    with open(tmp_path / f".{venvs[4].name}.lock", "w") as lock:  # another process installs the oldest one
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        removed = prune_venvs(tmp_path, keep=2)
+    assert removed == [venvs[3], venvs[2]]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == sorted(
+        [venvs[0].name, venvs[1].name, venvs[4].name, "helm-venv-0.5.16-cpu"]
+    )
+    assert prune_venvs(tmp_path, keep=2) == [venvs[4]]  # its install is over
 
 
 def test_missing_module_is_read_from_the_server_log():
