@@ -4,7 +4,7 @@ HELM is only an HTTP client of the server, as in the challenge where it ran in i
 dependencies (torch, datasets~=3.1, spacy, ...) clash with the training environment. The venv is a
 `llmkit.core.venvs.ToolVenv`: ~/.cache/llmkit/helm-venv-<version>[-cpu] (`HELM_VENV` overrides it), shared by every
 clone on the machine. On a machine without an NVIDIA GPU it holds torch's CPU build of this environment's torch
-version (1.4 GB instead of 6 GB), and no torchvision: only HELM's image metrics import it, and PyPI's build does not
+version (1.9 GB instead of 6.4 GB), and no torchvision: only HELM's image metrics import it, and PyPI's build does not
 load beside torch's CPU build.
 """
 
@@ -24,25 +24,18 @@ def helm_venv(cuda: bool | None = None) -> ToolVenv:
     """HELM's venv on this machine (with CUDA: crfm-helm and what it pulls in; without: torch's CPU build)."""
     cuda = has_cuda() if cuda is None else cuda
     requirement = f"crfm-helm=={HELM_VERSION}"
+    where = {"env_var": "HELM_VENV", "marker": "bin/helm-run", "setup_command": "make helm-setup"}
     if cuda:
-        return ToolVenv(
-            directory=f"helm-venv-{HELM_VERSION}",
-            env_var="HELM_VENV",
-            requirements=(requirement,),
-            marker="bin/helm-run",
-            setup_command="make helm-setup",
-        )
+        return ToolVenv(directory=f"helm-venv-{HELM_VERSION}", requirements=(requirement,), **where)
     torch_pin = f"torch=={version('torch').split('+')[0]}"
     requirements_file, _ = cpu_requirements(f"{torch_pin}\n{requirement}\n", cpu_torch_index())
     return ToolVenv(
         directory=f"helm-venv-{HELM_VERSION}-cpu",
-        env_var="HELM_VENV",
         requirements=(),
-        marker="bin/helm-run",
-        setup_command="make helm-setup",
         remove=("torchvision",),
         requirements_file=requirements_file,
         name=f"{requirement} (with {torch_pin}, CPU build)",
+        **where,
     )
 
 

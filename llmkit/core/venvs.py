@@ -7,7 +7,7 @@ successful install makes set-up idempotent; a lock lets two clones set up at onc
 the stamp).
 
 On a machine without an NVIDIA GPU (`has_cuda`), a venv that would hold torch takes its CPU build
-(`llmkit.core.cpu_torch`). This module ships in vLLM submissions (the server's launcher): standard library only.
+(`llmkit.core.cpu_torch`). This module ships in vLLM submissions (the server's launcher): no third-party imports.
 """
 
 from __future__ import annotations
