@@ -52,14 +52,18 @@ def test_metrics_count_requests_tokens_and_latency(client, server):
 
 
 def test_metrics_show_the_batch_in_flight(server, http):
-    body = helm_body(", ".join(str(i) for i in range(1, 30)) + ",", max_new_tokens=32, stop_sequences=["<<none>>"])
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        running = pool.submit(http.post, f"{server.url}/process", json=body)
-        seen = 0.0
-        while not running.done() and not seen:
-            seen = scrape(http, server).get(("llmkit_batch_running", ()), 0.0)
-            time.sleep(0.1)
-        assert running.result().status_code == 200
+    body = helm_body(", ".join(str(i) for i in range(1, 30)) + ",", max_new_tokens=64, stop_sequences=["<<none>>"])
+    seen = 0.0
+    # A loaded machine can finish one request between two scrapes: a few tries before judging the gauge.
+    for _ in range(3):
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            running = pool.submit(http.post, f"{server.url}/process", json=body)
+            while not running.done() and not seen:
+                seen = scrape(http, server).get(("llmkit_batch_running", ()), 0.0)
+                time.sleep(0.02)
+            assert running.result().status_code == 200
+        if seen:
+            break
     assert seen == 1
     # The answer can reach the client a moment before the engine's loop retires the sequence: poll, then judge.
     deadline = time.monotonic() + 10
