@@ -1,11 +1,11 @@
 """Issue #14: configs as real users write them must validate offline.
 
 Every YAML in tests/config/real_world/ (the project's own corpus, modelled on axolotl's example configs and the 2023
-challenge teams' configs; /work/notes/survey.md lists what each reproduces) goes through `llmkit validate FILE`,
-all of them in ONE child process (the CLI's import is the slow part) with the hub switched off and an empty HF
-cache, as on a fresh machine without network. Each run must end in a plan (exit 0; "plan unknown: no config.json"
-for a base without a shipped config.json counts) or in a ConfigError that names a key, never in a traceback;
-at least 90% must plan.
+challenge teams' configs; each file's first line, `# pattern:`, names what it reproduces) goes through
+`llmkit validate FILE`, all of them in ONE child process (the CLI's import is the slow part) with the hub switched
+off and an empty HF cache, as on a fresh machine without network. Each run must end in a plan (exit 0; "plan
+unknown: no config.json" for a base without a shipped config.json counts) or in a ConfigError that names a key,
+never in a traceback; at least 90% must plan.
 """
 
 from __future__ import annotations
