@@ -12,7 +12,9 @@ import typer
 from typer.core import TyperArgument, TyperOption
 
 from llmkit.core.challenge import Loading, Track
+from llmkit.core.devices import quiet_bitsandbytes_kernel_notice
 
+quiet_bitsandbytes_kernel_notice()  # before any command imports peft, which imports bitsandbytes
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 

@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from llmkit.core.devices import quiet_bitsandbytes_kernel_notice
 from llmkit.server.settings import EngineName, ServerSettings
 
 
@@ -26,6 +27,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> ServerSettings:
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_bitsandbytes_kernel_notice()
     settings = parse_settings(argv)
     if settings.engine is EngineName.vllm and importlib.util.find_spec("vllm") is None:
         from llmkit.server.vllm_venv import exec_server

@@ -11,6 +11,7 @@ the server needs anyway), and lazily: reading a config must not pay for importin
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -20,6 +21,13 @@ if TYPE_CHECKING:
 AMPERE = (8, 0)  # compute capability that brought bfloat16 and TF32 tensor cores
 DTYPES = ("bfloat16", "float16", "float32")  # the dtypes weights are loaded, trained and merged in
 QUANTIZATIONS = ("none", "nf4", "fp4", "int8")  # bitsandbytes' 4-bit data types, its 8-bit LLM.int8(), or none
+
+
+def quiet_bitsandbytes_kernel_notice() -> None:
+    """Silence bitsandbytes' import-time warning on CPUs with AVX512-BF16: it tries to fetch an optional faster CPU
+    4-bit kernel from the hub with the `kernels` package and, without it, asks to `pip install kernels`. 4-bit works
+    without it, and importing peft (every stage does) would otherwise open each command's output with that line."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -108,3 +108,17 @@ def test_devices_is_light_enough_for_the_submission_image():
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_commands_do_not_open_with_bitsandbytes_optional_kernel_notice():
+    # On a CPU with AVX512-BF16, importing peft made bitsandbytes ask to `pip install kernels` at the top of every
+    # command's output. The script logs the same record itself, so the check holds on any CPU.
+    script = (
+        "import logging, sys\n"
+        "from llmkit.cli import app\n"
+        "import peft, bitsandbytes\n"  # what every stage imports, after the CLI set up its logging
+        "logging.getLogger('bitsandbytes.backends.cpu.ops').warning('pip install kernels (the notice)')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "kernels" not in result.stderr, result.stderr
