@@ -32,6 +32,10 @@ UNIMPLEMENTED_KEYS = frozenset(
     gpu_memory_limit torchdistx_path plugins model_config_type tokenizer_use_fast gptq_groupsize gptq_model_v1
     dpo_use_logits_to_keep dpo_padding_free dpo_use_liger_kernel dpo_generate_during_eval
     orpo_alpha simpo_gamma cpo_alpha kto_desirable_weight kto_undesirable_weight
+    ddp_find_unused_parameters moe_kernels lora_mlp_kernel lora_qkv_kernel lora_o_kernel cut_cross_entropy
+    liger_rope liger_rms_norm liger_glu_activation liger_layer_norm liger_fused_linear_cross_entropy
+    save_first_step include_tokens_per_second dataloader_num_workers dataloader_pin_memory dataloader_prefetch_factor
+    remove_unused_columns
     """.split()
 )
 # axolotl keys that would change what is trained and that this project does not implement: a value other than
@@ -52,7 +56,7 @@ REFUSED_KEYS = {
 DATASET_UNIMPLEMENTED_KEYS = frozenset(
     """
     shards shards_idx preprocess_shards revision train_on_split trust_remote_code input_transform input_format
-    message_field_training_detail train_on_eot field_thinking template_thinking_key split_thinking field_tools
+    message_field_training_detail field_thinking template_thinking_key split_thinking field_tools
     field_human field_model logprobs_field temperature
     """.split()
 )

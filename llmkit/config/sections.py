@@ -440,6 +440,11 @@ class DatasetSpec(BaseModel):
     train_on_eos: TrainOnEos = Field(
         "turn", description="chat_template: EOS after trained turns (turn), every turn (all), the last, or none."
     )
+    train_on_eot: TrainOnEos | None = Field(
+        None,
+        description="chat_template: the end-of-turn token (eot_tokens) after trained turns, every turn, the last, "
+        "or none; default: train_on_eos.",
+    )
     drop_system_message: bool = Field(False, description="chat_template: drop a leading system message.")
 
     _lists = field_validator("data_files", "roles_to_train", mode="before")(one_as_list)
@@ -651,8 +656,13 @@ class DataSection(BaseModel):
         "of datasets[].chat_template.",
     )
     chat_template_jinja: str | None = Field(None, description="chat_template: jinja: the template, or a file path.")
+    eot_tokens: list[str] | None = Field(
+        None, description="chat_template: the tokens that end a turn (train_on_eot); default: the tokenizer's EOS."
+    )
     dataset_exact_deduplication: bool = Field(False, description="Drop rows that are exact duplicates.")
     shuffle_merged_datasets: bool = Field(True, description="Shuffle the concatenated datasets (false: keep order).")
+
+    _eot_list = field_validator("eot_tokens", mode="before")(one_as_list)
 
 
 class TrainingSection(BaseModel):

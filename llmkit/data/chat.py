@@ -1,8 +1,10 @@
 """`chat_template` datasets (alias `sharegpt`) as axolotl builds them.
 
-A chat template renders the conversation. The content of each trained turn is trained, and so is the EOS token
-that ends the turn (`train_on_eos`: turn, all, last or none); role headers and the template's other text stay
-masked. A turn is trained when its role is in `roles_to_train` (default: assistant), when train_on_inputs is set,
+A chat template renders the conversation. The content of each trained turn is trained, and so is the token that
+ends the turn: the first of `eot_tokens` (default: the tokenizer's EOS) right after the content, trained as
+`train_on_eot` says (turn, all, last or none; default: `train_on_eos`); an EOS that is not one of `eot_tokens` and
+follows it is trained as `train_on_eos` says. Role headers and the template's other text stay masked. A turn is
+trained when its role is in `roles_to_train` (default: assistant), when train_on_inputs is set,
 or when the message's own `message_field_training` flag says so. Messages are read through
 `message_property_mappings` (or the older `message_field_role` / `message_field_content`), their role names
 mapped by `roles`; a `field_system` text (default: a `system` column) becomes the first turn, and
@@ -81,7 +83,7 @@ _TEMPLATE_ROLES = {"system", "user", "assistant", "tool"}
 # Rendered in a turn's place to find where the template writes its content: private-use characters, which no
 # real message starts with and no template filter (trim) changes.
 _DUMMY = "\ue000\ue001"
-_EOS_REACH = 3  # axolotl trains a turn's EOS only when at most this many tokens separate it from the content
+_END_REACH = 3  # axolotl trains a turn's end token only when at most this many tokens separate it from the content
 
 
 @dataclass(frozen=True)
@@ -91,11 +93,13 @@ class ChatDefaults:
     template: str | None = None  # the config's top-level chat_template
     jinja: str | None = None  # the config's top-level chat_template_jinja
     base_dir: Path | None = None  # the config's folder: where a relative chat_template_jinja file may be
+    eot_tokens: tuple[str, ...] = ()  # the config's eot_tokens; empty: the tokenizer's EOS ends a turn
 
     @classmethod
     def from_config(cls, cfg) -> ChatDefaults:
-        """The config-level chat_template / chat_template_jinja keys (an `AxolotlConfig`) and its folder."""
-        return cls(cfg.chat_template, cfg.chat_template_jinja, cfg.source.resolve().parent if cfg.source else None)
+        """The config-level chat_template / chat_template_jinja / eot_tokens keys (an `AxolotlConfig`), its folder."""
+        base_dir = cfg.source.resolve().parent if cfg.source else None
+        return cls(cfg.chat_template, cfg.chat_template_jinja, base_dir, tuple(cfg.eot_tokens or ()))
 
 
 def resolve_template(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, defaults: ChatDefaults) -> str:
@@ -227,8 +231,14 @@ def make_chat_builder(
         named = ["assistant"] if spec.roles_to_train is None else spec.roles_to_train  # [] trains no role
         trained_roles = {role_map.get(role, role) for role in named}
         render = _Renderer(tokenizer, resolve_template(spec, tokenizer, defaults), field)
+        eos = tokenizer.eos_token
+        eot_tokens = list(defaults.eot_tokens) or ([eos] if eos else [])
+        # What ends a turn, and whether it is trained: the end-of-turn token, then an EOS that is not one of them.
+        ends = [(eot_tokens, spec.train_on_eot or spec.train_on_eos)]
+        if eos and eos not in eot_tokens:
+            ends.append(([eos], spec.train_on_eos))
         segments: list[Segment] = []
-        done, last_eos = "", None
+        done, last_ends = "", {}
         for i, message in enumerate(messages):
             train = message.pop("training", train_on_inputs or message["role"] in trained_roles)
             full = render(messages[: i + 1])
@@ -241,14 +251,17 @@ def make_chat_builder(
                 continue
             start, end = span
             segments += [Segment(full[len(done) : start], False), Segment(full[start:end], train)]
-            gap, eos, rest = _split_eos(tokenizer, full[end:])
-            eos_trained = spec.train_on_eos == "all" or (spec.train_on_eos == "turn" and train)
-            if eos and train:
-                last_eos = len(segments) + 1
-            segments += [Segment(gap, False), Segment(eos, eos_trained), Segment(rest, False)]
+            rest = full[end:]
+            for kind, (tokens, policy) in enumerate(ends):
+                gap, token, rest = _split_end(tokenizer, rest, tokens)
+                if token and train:
+                    last_ends[kind] = len(segments) + 1
+                segments += [Segment(gap, False), Segment(token, policy == "all" or (policy == "turn" and train))]
+            segments.append(Segment(rest, False))
             done = full
-        if spec.train_on_eos == "last" and last_eos is not None:
-            segments[last_eos] = segments[last_eos]._replace(trained=True)
+        for kind, at in last_ends.items():
+            if ends[kind][1] == "last":
+                segments[at] = segments[at]._replace(trained=True)
         kept = tuple(segment for segment in segments if segment.text)
         return Parts(kept, add_eos=False, add_special_tokens=False, joined=True, final_labels=True)
 
@@ -279,10 +292,13 @@ def _content_span(full: str, dummy: str, done: int) -> tuple[int, int] | None:
     return (start, end) if full.endswith(tail) and end >= start else None
 
 
-def _split_eos(tokenizer: PreTrainedTokenizerBase, tail: str) -> tuple[str, str, str]:
-    """(text before the turn's EOS, the EOS, text after it); the EOS only when it closes the turn."""
-    eos = tokenizer.eos_token
-    at = tail.find(eos) if eos else -1
-    if at < 0 or len(tokenizer(tail[:at], add_special_tokens=False)["input_ids"]) > _EOS_REACH:
-        return tail, "", ""
-    return tail[:at], eos, tail[at + len(eos) :]
+def _split_end(tokenizer: PreTrainedTokenizerBase, tail: str, tokens: list[str]) -> tuple[str, str, str]:
+    """(text before the first of `tokens` in `tail`, that token, text after it); ("", "", tail) when none is
+    close enough to the turn's content to end it."""
+    found = [(at, token) for token in tokens if (at := tail.find(token)) >= 0]
+    if not found:
+        return "", "", tail
+    at, token = min(found)
+    if len(tokenizer(tail[:at], add_special_tokens=False)["input_ids"]) > _END_REACH:
+        return "", "", tail
+    return tail[:at], token, tail[at + len(token) :]

@@ -393,6 +393,43 @@ def test_roles_to_train_and_train_on_eos_choose_what_is_trained(write_rows, make
     assert tokenizer.decode(row["input_ids"]) == expected
 
 
+# Turns as Gemma's template ends them: an end-of-turn token of its own, then the EOS (SmolLM2's <|endoftext|> and
+# <|im_end|> here: special tokens, so no text merges with them).
+TURN_END_TEMPLATE = (
+    "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<|endoftext|>{{ eos_token }}\n"
+    "{% endfor %}"
+)
+
+
+@pytest.mark.parametrize(
+    ("top", "keys", "runs"),
+    [
+        ({}, {}, ["Hello!", "<|im_end|>", "Goodbye.", "<|im_end|>"]),  # no eot_tokens: only the EOS ends a turn
+        ({"eot_tokens": ["<|endoftext|>"]}, {}, ["Hello!<|endoftext|><|im_end|>", "Goodbye.<|endoftext|><|im_end|>"]),
+        (
+            {"eot_tokens": "<|endoftext|>"},
+            {"train_on_eos": "none"},  # train_on_eot follows it unless set
+            ["Hello!", "Goodbye."],
+        ),
+        (
+            {"eot_tokens": ["<|endoftext|>"]},
+            {"train_on_eot": "turn", "train_on_eos": "none"},
+            ["Hello!<|endoftext|>", "Goodbye.<|endoftext|>"],
+        ),
+        (
+            {"eot_tokens": ["<|endoftext|>"]},
+            {"train_on_eot": "last", "train_on_eos": "none"},
+            ["Hello!", "Goodbye.<|endoftext|>"],
+        ),
+    ],
+)
+def test_eot_tokens_and_train_on_eot_choose_the_turn_ends_trained(write_rows, make_cfg, tokenizer, top, keys, runs):
+    path = write_rows([{"conversations": SHAREGPT}], "jsonl")
+    dataset = {**MAPPED, "path": str(path), "chat_template": "jinja", "chat_template_jinja": TURN_END_TEMPLATE, **keys}
+    (row,) = build_datasets(make_cfg([dataset], **top), tokenizer).train
+    assert _trained_runs(tokenizer, row) == runs
+
+
 def test_train_on_inputs_trains_every_content_but_never_the_role_headers(write_rows, make_cfg, tokenizer):
     cfg = make_cfg([{"path": str(write_rows([{"conversations": SHAREGPT}], "jsonl")), **MAPPED}], train_on_inputs=True)
     (row,) = build_datasets(cfg, tokenizer).train
