@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.core.assets import DEFAULT_CONFIG, DOCKER_DIR
@@ -121,7 +122,7 @@ def build_submission(
 
         files = training_files(Path(config or DEFAULT_CONFIG), track)
         extra = {f"{TRAINING_DIR}/{relative}": data for relative, data in files.items()}
-    return _write(track_dir, name, track, weights, adapter_weights, estimate, engine, extra)
+    return _write(track_dir, name, ZipContents(track, weights, adapter_weights, estimate, engine, extra))
 
 
 def next_number(track_dir: Path, track: Track) -> int:
@@ -130,16 +131,19 @@ def next_number(track_dir: Path, track: Track) -> int:
     return max(taken, default=0) + 1
 
 
-def _write(
-    track_dir: Path,
-    name: str,
-    track: Track,
-    weights: Weights,
-    adapter: Weights | None,
-    estimate: MemoryEstimate,
-    engine: EngineName,
-    extra: dict[str, bytes],
-) -> Path:
+@dataclass(frozen=True)
+class ZipContents:
+    """What one submission zip is made of."""
+
+    track: Track
+    weights: Weights  # the served model
+    adapter: Weights | None  # an unmerged adapter on top of it
+    estimate: MemoryEstimate  # how it loads on the track's GPU
+    engine: EngineName
+    extra: dict[str, bytes]  # more files by path in the zip (training/)
+
+
+def _write(track_dir: Path, name: str, contents: ZipContents) -> Path:
     from llmkit.submit.verify import verify_submission
 
     zip_path, unpacked = track_dir / f"{name}.zip", track_dir / name
@@ -147,7 +151,7 @@ def _write(
     # Built next to its destination, so the final renames never cross a filesystem.
     with staging_dir(unpacked, "build") as tmp:
         stage, staged_zip = tmp / name, tmp / f"{name}.zip"
-        _stage(stage, track, weights, adapter, estimate, engine, extra)
+        _stage(stage, contents)
         if unpacked.is_dir() and _unchanged(zip_path, stage / MANIFEST_NAME):
             LOG.info("%s already holds this submission (its files' hashes are unchanged); kept as it is", zip_path)
             return zip_path
@@ -173,21 +177,14 @@ def _unchanged(zip_path: Path, staged_manifest: Path) -> bool:
         return False
 
 
-def _stage(
-    stage: Path,
-    track: Track,
-    weights: Weights,
-    adapter: Weights | None,
-    estimate: MemoryEstimate,
-    engine: EngineName,
-    extra: dict[str, bytes],
-) -> None:
-    """Lay out the zip's files in `stage` (`extra`: more files by path), manifest last (it hashes the others)."""
+def _stage(stage: Path, contents: ZipContents) -> None:
+    """Lay out the zip's files in `stage`, manifest last (it hashes the others)."""
+    track, weights, adapter, engine = contents.track, contents.weights, contents.adapter, contents.engine
     stage.mkdir()
-    for relative, data in extra.items():
+    for relative, data in contents.extra.items():
         (stage / relative).parent.mkdir(parents=True, exist_ok=True)
         (stage / relative).write_bytes(data)
-    (stage / "Dockerfile").write_text(render_dockerfile(track, weights, adapter, estimate.loading, engine))
+    (stage / "Dockerfile").write_text(render_dockerfile(track, weights, adapter, contents.estimate.loading, engine))
     shutil.copyfile(DOCKER_DIR / ".dockerignore", stage / ".dockerignore")
     (stage / "requirements.txt").write_text(render_requirements(track, engine))
     for source, relative in server_files(engine):
@@ -203,11 +200,11 @@ def _stage(
         gpu=TRACKS[track].gpu,
         model=_source(weights),
         adapter=_source(adapter) if adapter else None,
-        loading=estimate.loading,
-        quantization=estimate.loading.quantization,
+        loading=contents.estimate.loading,
+        quantization=contents.estimate.loading.quantization,
         engine=engine,
         engine_version=VLLM_VERSION if engine is EngineName.vllm else None,
-        estimated_gpu_memory=estimate,
+        estimated_gpu_memory=contents.estimate,
         bundled_weights=weights.bundled or bool(adapter and adapter.bundled),
         files=dict(sorted(files.items())),
     )
