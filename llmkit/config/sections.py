@@ -449,6 +449,20 @@ class DatasetSpec(BaseModel):
 
     _lists = field_validator("data_files", "roles_to_train", mode="before")(one_as_list)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _path_for_data_files(cls, data: object) -> object:
+        # axolotl's schema lets `path` be absent beside `data_files`; what it then reads is not documented, so a
+        # config that does this is asked for the path its files are in rather than guessed at.
+        if isinstance(data, dict) and data.get("path") is None and data.get("data_files"):
+            files = one_as_list(data["data_files"])
+            hint = f" (path: {files[0]}, if that is the hub dataset meant)" if len(files) == 1 else ""
+            raise ValueError(
+                f"path: missing; data_files ({', '.join(map(str, files))}) name files inside path: set path to the "
+                f"hub dataset or local folder that holds them{hint}"
+            )
+        return data
+
     @field_validator("type", mode="before")
     @classmethod
     def _mapping_type(cls, value: object) -> object:

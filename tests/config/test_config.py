@@ -409,3 +409,12 @@ def test_lora_and_full_fine_tune_only_keys(tmp_path):
     assert "compare evaluations: set val_set_size" in error_of(
         write(tmp_path, MINIMAL), {"early_stopping_patience": 3}
     )
+
+
+def test_data_files_without_a_path_asks_for_the_path_they_are_in(tmp_path):
+    text = MINIMAL.replace("  - path: onuralp/open-otter\n", "  - ds_type: json\n    data_files: team/dpo-mix\n")
+    message = error_of(write(tmp_path, text))
+    assert "datasets[0]: path: missing; data_files (team/dpo-mix) name files inside path" in message
+    assert "(path: team/dpo-mix, if that is the hub dataset meant)" in message
+    both = MINIMAL.replace("open-otter\n", "open-otter\n    data_files: [a.jsonl, b.jsonl]\n")
+    assert load_quietly(write(tmp_path, both, "both.yml")).datasets[0].data_files == ["a.jsonl", "b.jsonl"]
