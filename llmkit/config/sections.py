@@ -33,6 +33,10 @@ class Adapter(str, Enum):
     qlora = "qlora"  # adapter on a 4-bit NF4 base; requires load_in_4bit
 
 
+# axolotl's other `adapter:` values, named in the error instead of a bare "should be 'lora' or 'qlora'".
+UNIMPLEMENTED_ADAPTERS = {"ia3": "axolotl's IA3 adapter", "llama-adapter": "axolotl's LLaMA-Adapter"}
+
+
 class PeftMethod(str, Enum):
     lora = "lora"  # LoRA (optionally DoRA / rsLoRA through peft_use_dora / peft_use_rslora)
     vera = "vera"  # VeRA: frozen shared random A/B, trained scaling vectors
@@ -642,6 +646,11 @@ class LoraSection(BaseModel):
     @field_validator("adapter", mode="before")
     @classmethod
     def _none_means_full(cls, value):
+        if isinstance(value, str) and value.lower() in UNIMPLEMENTED_ADAPTERS:
+            raise ValueError(
+                f"{value} ({UNIMPLEMENTED_ADAPTERS[value.lower()]}) is not implemented here; use lora or qlora (with "
+                "peft_method: lora, vera or prompt_tuning), or leave it empty for a full fine-tune"
+            )
         return None if isinstance(value, str) and value.lower() in ("none", "") else value
 
     _lists = field_validator(

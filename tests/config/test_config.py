@@ -418,3 +418,9 @@ def test_data_files_without_a_path_asks_for_the_path_they_are_in(tmp_path):
     assert "(path: team/dpo-mix, if that is the hub dataset meant)" in message
     both = MINIMAL.replace("open-otter\n", "open-otter\n    data_files: [a.jsonl, b.jsonl]\n")
     assert load_quietly(write(tmp_path, both, "both.yml")).datasets[0].data_files == ["a.jsonl", "b.jsonl"]
+
+
+@pytest.mark.parametrize(("value", "named"), [("ia3", "axolotl's IA3 adapter"), ("llama-adapter", "LLaMA-Adapter")])
+def test_axolotls_other_adapters_are_named_as_not_implemented(tmp_path, value, named):
+    message = error_of(write(tmp_path, MINIMAL.replace("adapter: qlora", f"adapter: {value}")))
+    assert f"adapter: {value} (" in message and named in message and "not implemented here" in message
