@@ -646,12 +646,17 @@ class LoraSection(BaseModel):
     @field_validator("adapter", mode="before")
     @classmethod
     def _none_means_full(cls, value):
+        return None if isinstance(value, str) and value.lower() in ("none", "") else value
+
+    @field_validator("adapter", mode="before")
+    @classmethod
+    def _other_axolotl_adapters(cls, value):
         if isinstance(value, str) and value.lower() in UNIMPLEMENTED_ADAPTERS:
             raise ValueError(
                 f"{value} ({UNIMPLEMENTED_ADAPTERS[value.lower()]}) is not implemented here; use lora or qlora (with "
                 "peft_method: lora, vera or prompt_tuning), or leave it empty for a full fine-tune"
             )
-        return None if isinstance(value, str) and value.lower() in ("none", "") else value
+        return value
 
     _lists = field_validator(
         "lora_target_modules", "lora_modules_to_save", "peft_layers_pattern", "peft_layers_to_transform", mode="before"

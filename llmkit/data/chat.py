@@ -224,6 +224,9 @@ def make_chat_builder(
 ) -> Builder:
     """The chat_template builder for this tokenizer; labels are final (train_on_inputs applied here)."""
     defaults = defaults or ChatDefaults()
+    eos = tokenizer.eos_token
+    eot_tokens = list(defaults.eot_tokens) or ([eos] if eos else [])
+    other_eos = [eos] if eos and eos not in eot_tokens else []  # an EOS after the end-of-turn token
 
     def build(row: RawRow, spec: DatasetSpec) -> Parts:
         field, messages = chat_messages(row, spec)
@@ -231,12 +234,10 @@ def make_chat_builder(
         named = ["assistant"] if spec.roles_to_train is None else spec.roles_to_train  # [] trains no role
         trained_roles = {role_map.get(role, role) for role in named}
         render = _Renderer(tokenizer, resolve_template(spec, tokenizer, defaults), field)
-        eos = tokenizer.eos_token
-        eot_tokens = list(defaults.eot_tokens) or ([eos] if eos else [])
         # What ends a turn, and whether it is trained: the end-of-turn token, then an EOS that is not one of them.
         ends = [(eot_tokens, spec.train_on_eot or spec.train_on_eos)]
-        if eos and eos not in eot_tokens:
-            ends.append(([eos], spec.train_on_eos))
+        if other_eos:
+            ends.append((other_eos, spec.train_on_eos))
         segments: list[Segment] = []
         done, last_ends = "", {}
         for i, message in enumerate(messages):
