@@ -39,8 +39,10 @@ test-fast: setup
 
 # `make bench [STAGE="serving training merging"] [ENGINE="builtin vllm"]`: space-separated lists, default all;
 # the serving stage prints the engines side by side (vLLM's column needs `make vllm-setup`, else it says so).
+# [MODEL=dir-or-hub-id] measures that model instead of the default; [QUICK=1] only what a big model on a GPU needs.
 bench: setup
-	$(LLMKIT) bench $(foreach s,$(STAGE),--stage $(s)) $(foreach e,$(ENGINE),--engine $(e))
+	$(LLMKIT) bench $(foreach s,$(STAGE),--stage $(s)) $(foreach e,$(ENGINE),--engine $(e)) \
+		$(if $(MODEL),--model $(MODEL)) $(if $(QUICK),--quick)
 
 validate: setup
 	@test -n "$(CONFIG)" || { echo "usage: make validate CONFIG=axolotl_configs/<name>.yml" >&2; exit 2; }

@@ -6,6 +6,7 @@ Each command only parses its arguments and hands over to the stage's module, imp
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -72,11 +73,20 @@ def bench(
         list[str] | None,
         typer.Option("--engine", help="Serving: builtin or vllm (repeatable), side by side; default: both."),
     ] = None,
+    model: str | None = typer.Option(
+        None, help="Serving and training: this hub id or folder instead of the default (e.g. from random-model)."
+    ),
+    config: str | None = typer.Option(None, help="Training: the config measured (default: the embedded default's)."),
+    steps: int = typer.Option(4, min=1, help="Training: optimizer steps per measured run."),
+    quick: bool = typer.Option(
+        False,
+        "--quick",
+        help="What a big model on a GPU needs: serving scaling and decode bound, one training run, no merging.",
+    ),
 ) -> None:
-    """Benchmarks on the embedded default model: serving, training, merging; prints ratios and writes JSON."""
+    """Benchmarks on the embedded default model or --model: serving, training, merging; prints ratios, writes JSON."""
     import importlib
     import logging
-    from pathlib import Path
 
     from llmkit.server.settings import EngineName
 
@@ -89,10 +99,53 @@ def bench(
                 f"unknown {option} {', '.join(unknown)}; choose from {', '.join(choices)}", param_hint=f"--{option}"
             )
     logging.basicConfig(level=logging.WARNING)
+    options = {
+        "serving": {"engines": engine or engines, "model": model, "quick": quick},
+        "training": {"model": model, "quick": quick, "steps": steps, **({"config": Path(config)} if config else {})},
+        "merging": {"model": model},
+    }
+    from llmkit.config import ConfigError
+    from llmkit.data import DataError
+
     for name, module in stages.items():  # each writes <out>/<stage>.json and prints its table
-        if not stage or name in stage:
-            options = {"engines": engine or engines} if name == "serving" else {}
-            importlib.import_module(module).run(Path(out), **options)
+        if (name in stage) if stage else not (quick and name == "merging"):  # --quick alone: serving, training
+            try:
+                importlib.import_module(module).run(Path(out), **options[name])
+            except (ConfigError, DataError) as err:
+                typer.echo(f"Error: {name}: {err}", err=True)
+                raise typer.Exit(1) from None
+
+
+@app.command("random-model")
+def random_model(
+    shape: str = typer.Argument(
+        ..., metavar="SHAPE", help="Hub id or folder whose config.json gives the shape, or a config.json file."
+    ),
+    out: str = typer.Option(..., help="The model folder written (replaced when it exists)."),
+    tokenizer: str | None = typer.Option(None, help="Hub id or folder of the tokenizer (default: the embedded one)."),
+    dtype: str = typer.Option("bfloat16", help="bfloat16, float16 or float32."),
+    device: str = typer.Option("auto", help="Where the weights are made: auto (CUDA where there is one), cpu, cuda."),
+    seed: int = typer.Option(0, help="Seed of the random initialisation."),
+) -> None:
+    """Write a model of a base model's shape with random weights (for `bench --model`): no weights downloaded."""
+    _logging()
+    from rich.console import Console
+
+    from llmkit.core.random_model import write_random_model
+    from llmkit.core.shapes import ModelConfigNotFound
+
+    try:
+        made = write_random_model(shape, Path(out), tokenizer=tokenizer, dtype=dtype, device=device, seed=seed)
+    except (ModelConfigNotFound, ValueError, RuntimeError, OSError) as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(1) from None
+    widened = f", widened from {made.widened_from:,} to the tokenizer's" if made.widened_from else ""
+    Console().print(
+        f"Wrote {made.path}: a random {made.model_type} of {made.params / 1e9:.3g}B parameters in {made.dtype} "
+        f"(shape: {shape}, config.json from {made.shape_from}; vocabulary {made.vocab_size:,}{widened}; tokenizer "
+        f"from {made.tokenizer_from}). Its weights are random: it is for speed and memory, not for answers.",
+        highlight=False,
+    )
 
 
 # --- config: llmkit/config/schema.py, llmkit/config/plan.py ----------------------------------------------------------
@@ -316,7 +369,6 @@ def helm_conf(
     out: str | None = typer.Option(None, help="Write the conf here instead of printing it."),
 ) -> None:
     """Generate a HELM run-spec conf from a task list and an instance budget."""
-    from pathlib import Path
 
     from llmkit.helm_eval import confgen
 
@@ -343,7 +395,6 @@ def helm_eval(
     """Run HELM (helm-run, helm-summarize) against the server; extra flags go to `python -m llmkit.server`."""
     import shlex
     import sys
-    from pathlib import Path
 
     from rich.console import Console
 
@@ -389,7 +440,6 @@ def decontaminate(
     out: str = typer.Option("helm-results", help="Folder for the instances (cached) and the JSON report."),
 ) -> None:
     """n-gram overlap between a config's training rows and the eval instances of a HELM conf; exit 1 on overlap."""
-    from pathlib import Path
 
     from rich.console import Console
     from rich.table import Table

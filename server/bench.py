@@ -10,6 +10,12 @@ Concurrency: generated tokens/s with 1, 4 and 16 HELM-shaped clients (128-token 
 different lengths) over HTTP, against the same server with batching off (`--max-batch-size 1`) and against
 transformers' batched `generate` on the same prompts at the same batch size.
 
+Quick (`--quick`, for a big model on a GPU): the decode bound and the batching server's tokens/s at 1, 4 and 16
+clients only, no baselines; the decode rate is then one HTTP client's.
+
+Any model (`--model DIR`, e.g. one `llmkit random-model` wrote): the same measurements on it instead of the
+embedded default.
+
 Engines: the same concurrency measurement on each engine's server (`--engine builtin`, `--engine vllm`, both with
 their default settings), side by side in one run: tokens/s per client count, each engine's N-clients / 1-client
 scaling, vLLM / built-in, and the seconds each server took to answer /health. Without vLLM's venv the vLLM column
@@ -103,10 +109,17 @@ def _transformers_baseline(engine: BuiltinEngine, request: ProcessRequest) -> No
     _generate_with_scores(engine, {"input_ids": ids}, request.max_new_tokens, request.top_k_per_token)
 
 
-def _read_bandwidth(megabytes: int = 1024) -> float:
-    """Bytes/s read by a reduction over a large tensor: decoding reads the weights, it does not copy them."""
-    src = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32)
-    seconds = _median_seconds(lambda: src.sum(), 5)
+def _read_bandwidth(device: str, megabytes: int = 1024) -> float:
+    """Bytes/s read by a reduction over a large tensor on `device`: decoding reads the weights, it does not copy
+    them."""
+    src = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
+
+    def reduce() -> None:
+        src.sum()
+        if src.is_cuda:
+            torch.cuda.synchronize()  # CUDA kernels run asynchronously: time the reduction, not its launch
+
+    seconds = _median_seconds(reduce, 5)
     return src.numel() * 4 / seconds
 
 
@@ -170,7 +183,7 @@ def measure_server(
     }
 
 
-def measure_vllm(clients: Sequence[int] = CLIENTS, generated: int = GENERATED) -> dict:
+def measure_vllm(args: Sequence[str] = (), clients: Sequence[int] = CLIENTS, generated: int = GENERATED) -> dict:
     """vLLM's server measured as `measure_server` does, or why it was not: its venv is missing (the fix is
     `make vllm-setup`; the bench does not install GBs on its own) or it did not start."""
     try:
@@ -178,7 +191,7 @@ def measure_vllm(clients: Sequence[int] = CLIENTS, generated: int = GENERATED) -
     except ToolVenvError as err:
         return {"skipped": f"{err} (or `llmkit vllm-setup`)"}
     try:
-        return measure_server(["--engine", "vllm"], clients, generated, startup_timeout=VLLM_STARTUP_TIMEOUT_S)
+        return measure_server(["--engine", "vllm", *args], clients, generated, startup_timeout=VLLM_STARTUP_TIMEOUT_S)
     except ServerStartError as err:
         return {"skipped": f"vLLM's server did not start: {err}"}
 
@@ -201,7 +214,9 @@ def side_by_side(servers: dict[str, dict]) -> list[dict]:
     return table
 
 
-def _generate_tokens_per_s(engine: BuiltinEngine, prompts: list[str], batch_size: int) -> float:
+def _generate_tokens_per_s(
+    engine: BuiltinEngine, prompts: list[str], batch_size: int, generated: int = GENERATED
+) -> float:
     """transformers' batched generate (left-padded) over `prompts` in batches of `batch_size`, on the engine's
     model thread."""
     tokens, seconds = 0, 0.0
@@ -210,21 +225,28 @@ def _generate_tokens_per_s(engine: BuiltinEngine, prompts: list[str], batch_size
             prompts[first : first + batch_size], return_tensors="pt", padding=True, padding_side="left"
         ).to(engine.device)
         start = time.perf_counter()
-        positions = _generate_with_scores(engine, dict(batch), GENERATED, top_k=1)
+        positions = _generate_with_scores(engine, dict(batch), generated, top_k=1)
         seconds += time.perf_counter() - start
         tokens += batch.input_ids.shape[0] * positions
     return tokens / seconds
 
 
-def concurrency(engine: BuiltinEngine) -> tuple[list[dict], dict]:
+def concurrency(
+    engine: BuiltinEngine, args: Sequence[str] = (), clients: Sequence[int] = CLIENTS, generated: int = GENERATED
+) -> tuple[list[dict], dict]:
     """Tokens/s at 1, 4 and 16 clients: batching on, batching off, transformers' batched generate. Also returns
     the batching-on server's `measure_server` figures, the built-in column of the engines' table: measured last,
-    so that it runs just before vLLM's and a busy machine's load changes less between the two."""
-    one_by_one = measure_server(["--max-batch-size", "1"])
+    so that it runs just before vLLM's and a busy machine's load changes less between the two.
+
+    Args:
+        args: the servers' model flags (`--model DIR`), as the engine was loaded.
+    """
+    one_by_one = measure_server([*args, "--max-batch-size", "1"], clients, generated)
     transformers = [
-        engine.scheduler.call(_generate_tokens_per_s, engine, _client_prompts(clients), clients) for clients in CLIENTS
+        engine.scheduler.call(_generate_tokens_per_s, engine, _client_prompts(count), count, generated)
+        for count in clients
     ]
-    batched = measure_server()
+    batched = measure_server(args, clients, generated)
     rows = [
         {
             "clients": on["clients"],
@@ -242,19 +264,33 @@ def concurrency(engine: BuiltinEngine) -> tuple[list[dict], dict]:
     return rows, batched
 
 
-def run(out_dir: Path, repeats: int = 5, engines: Sequence[str] = ENGINES) -> dict:
+def run(
+    out_dir: Path,
+    repeats: int = 5,
+    engines: Sequence[str] = ENGINES,
+    *,
+    model: str | None = None,
+    quick: bool = False,
+    clients: Sequence[int] = CLIENTS,
+    generated: int = GENERATED,
+) -> dict:
     """Measure the chosen engines: the built-in one in-process, over HTTP, against plain transformers and under
-    concurrency; then each engine's server side by side. Print, write out_dir/server.json, return the results."""
+    concurrency; then each engine's server side by side. Print, write out_dir/server.json, return the results.
+
+    Args:
+        model: hub id or folder served instead of the embedded default.
+        quick: the built-in engine's decode bound and batching server only (see the module's docstring).
+        clients, generated: the client counts measured, and the tokens each request generates.
+    """
     chosen = [EngineName(name) for name in dict.fromkeys(engines)]
-    results: dict = {}
+    model_args = ["--model", model] if model else []
+    results: dict = {"quick": quick, "max_new_tokens": generated}
     servers: dict[str, dict] = {}
     if EngineName.builtin in chosen:
-        servers[EngineName.builtin.value] = _builtin(results, repeats)
-        gc.collect()  # the in-process engine is closed: free its memory (on a GPU, for vLLM's share) before vLLM
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        servers[EngineName.builtin.value] = _builtin(results, repeats, model, quick, clients, generated)
+        _free_memory()  # for vLLM's share of a GPU
     if EngineName.vllm in chosen:
-        servers[EngineName.vllm.value] = measure_vllm()
+        servers[EngineName.vllm.value] = measure_vllm(model_args, clients, generated)
     measured = [server for server in servers.values() if "model" in server]
     results.setdefault("model", measured[0]["model"] if measured else None)
     results.setdefault("device", measured[0]["device"] if measured else None)
@@ -262,18 +298,56 @@ def run(out_dir: Path, repeats: int = 5, engines: Sequence[str] = ENGINES) -> di
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "server.json").write_text(json.dumps(results, indent=2))
     console = Console()
-    if "workloads" in results:
+    if "decode" in results:
         _print_builtin(results, console)
     print_engines(results, console)
     return results
 
 
-def _builtin(results: dict, repeats: int) -> dict:
+def _free_memory() -> None:
+    """Return a closed in-process engine's memory (on a GPU: to the server process measured next)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _decode_bound(tokens_per_s: float, model_bytes: int, bandwidth: float, measured_as: str) -> dict:
+    bound = bandwidth / model_bytes
+    return {
+        "tokens_per_s": tokens_per_s,
+        "measured_as": measured_as,
+        "bandwidth_bytes_per_s": bandwidth,
+        "model_bytes": model_bytes,
+        "bound_tokens_per_s": bound,
+        "fraction_of_bound": tokens_per_s / bound,
+    }
+
+
+def _builtin(
+    results: dict,
+    repeats: int,
+    model: str | None = None,
+    quick: bool = False,
+    clients: Sequence[int] = CLIENTS,
+    generated: int = GENERATED,
+) -> dict:
     """The built-in engine's workloads, decode bound and concurrency, into `results`; returns its server's
     `measure_server` figures (batching on, the default settings) for the side-by-side table."""
-    engine = BuiltinEngine.load(ServerSettings())
+    model_args = ["--model", model] if model else []
+    engine = BuiltinEngine.load(ServerSettings(model=model))
+    results.update({"model": engine.loaded.source.model_id, "device": engine.loaded.device})
+    model_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
+    bandwidth = engine.scheduler.call(_read_bandwidth, engine.device)
+    if quick:  # one copy of the weights at a time: a 7B model and its server's would not fit a 24 GB card
+        engine.close()
+        del engine
+        _free_memory()
+        batched = measure_server(model_args, clients, generated)
+        one_client = batched["clients"][0]["tokens_per_s"]
+        results["decode"] = _decode_bound(one_client, model_bytes, bandwidth, "one HTTP client's tokens/s")
+        return batched
     workloads = _workloads(engine)
-    results.update({"model": engine.loaded.source.model_id, "device": engine.loaded.device, "workloads": {}})
+    results["workloads"] = {}
     for name, request in workloads.items():
         completion = engine.process(request)
         results["workloads"][name] = {
@@ -284,7 +358,7 @@ def _builtin(results: dict, repeats: int) -> dict:
                 lambda r=request: engine.scheduler.call(_transformers_baseline, engine, r), repeats
             ),
         }
-    with ServerProcess() as server, httpx.Client(timeout=600) as http:
+    with ServerProcess(model_args) as server, httpx.Client(timeout=600) as http:
         for name, request in workloads.items():
             body = request.model_dump(exclude_none=True)
             post = lambda b=body: http.post(f"{server.url}/process", json=b).raise_for_status()  # noqa: E731
@@ -293,22 +367,28 @@ def _builtin(results: dict, repeats: int) -> dict:
         row["http_overhead"] = row["http_s"] / row["engine_s"] - 1
         row["speedup_vs_transformers"] = row["transformers_generate_s"] / row["engine_s"]
     generation = results["workloads"]["generation_128"]
-    model_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
-    bandwidth = engine.scheduler.call(_read_bandwidth)
-    results["decode"] = {
-        "tokens_per_s": generation["completion_tokens"] / generation["engine_s"],
-        "bandwidth_bytes_per_s": bandwidth,
-        "model_bytes": model_bytes,
-        "bound_tokens_per_s": bandwidth / model_bytes,
-    }
-    decode = results["decode"]
-    decode["fraction_of_bound"] = decode["tokens_per_s"] / decode["bound_tokens_per_s"]
-    results["concurrency"], batched = concurrency(engine)
+    results["decode"] = _decode_bound(
+        generation["completion_tokens"] / generation["engine_s"], model_bytes, bandwidth, "generation_128, in-process"
+    )
+    results["concurrency"], batched = concurrency(engine, model_args, clients, generated)
     engine.close()
     return batched
 
 
 def _print_builtin(results: dict, console: Console) -> None:
+    if "workloads" in results:
+        _print_workloads(results, console)
+    decode = results["decode"]
+    console.print(
+        f"Decode ({decode['measured_as']}): {decode['tokens_per_s']:.1f} tokens/s; memory-bandwidth bound "
+        f"{decode['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s / {decode['model_bytes'] / 1e6:.0f} MB = "
+        f"{decode['bound_tokens_per_s']:.1f} tokens/s ({decode['fraction_of_bound']:.0%} of the bound)"
+    )
+    if "concurrency" in results:
+        _print_concurrency(results, console)
+
+
+def _print_workloads(results: dict, console: Console) -> None:
     table = Table(title=f"Serving {results['model']} on {results['device']} (median seconds)")
     for column in [
         "workload",
@@ -331,13 +411,13 @@ def _print_builtin(results: dict, console: Console) -> None:
             f"{row['speedup_vs_transformers']:.2f}x",
         )
     console.print(table)
-    decode = results["decode"]
-    console.print(
-        f"Decode: {decode['tokens_per_s']:.1f} tokens/s; memory-bandwidth bound "
-        f"{decode['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s / {decode['model_bytes'] / 1e6:.0f} MB = "
-        f"{decode['bound_tokens_per_s']:.1f} tokens/s ({decode['fraction_of_bound']:.0%} of the bound)"
+
+
+def _print_concurrency(results: dict, console: Console) -> None:
+    table = Table(
+        title=f"Concurrent HELM-shaped clients, {results['max_new_tokens']}-token greedy generations "
+        "(generated tokens/s)"
     )
-    table = Table(title=f"Concurrent HELM-shaped clients, {GENERATED}-token greedy generations (generated tokens/s)")
     for column in ["clients", "batching", "vs 1 client", "batching off", "vs off", "transformers batch", "vs it"]:
         table.add_column(column)
     for row in results["concurrency"]:

@@ -272,8 +272,18 @@ def _base_name(hub_id: str) -> str:
     return "-".join(part for part in _repo_name(hub_id).split("-") if part not in ("instruct", "chat", "it"))
 
 
-def find_model_config(model: str, revision: str | None = None, explicit: str | None = None) -> FoundConfig:
+GIVE_MODEL_CONFIG = (
+    "with --model-config PATH (a config.json or a folder holding one), or set base_model_config: in the config"
+)
+
+
+def find_model_config(
+    model: str, revision: str | None = None, explicit: str | None = None, how_to_give: str = GIVE_MODEL_CONFIG
+) -> FoundConfig:
     """config.json of `model`, from the first place that has it (the order is the module's docstring).
+
+    Args:
+        how_to_give: the end of the message when nowhere has it: "Give it <how_to_give>".
 
     Raises:
         ModelConfigNotFound: nowhere has it; the message lists where it looked and how to provide it.
@@ -305,8 +315,7 @@ def find_model_config(model: str, revision: str | None = None, explicit: str | N
             return FoundConfig(_read(shipped[mirrors[0]]), f"shipped with llmkit for {mirrors[0]} ({how})")
     raise ModelConfigNotFound(
         f"no config.json for {model}: not a local folder, not in the Hugging Face cache, not among the "
-        f"{len(shipped)} shipped with llmkit, and {why}. Give it with --model-config PATH (a config.json or a "
-        "folder holding one), or set base_model_config: in the config"
+        f"{len(shipped)} shipped with llmkit, and {why}. Give it {how_to_give}"
     )
 
 

@@ -5,6 +5,7 @@ SmolLM2-135M, each merge in a fresh child process that reports its own peak resi
 without and once with verification. The bound: the merge's peak stays under 3x the merged model's size.
 Verification loads the models through transformers, which maps the whole (float32, for the embedded base)
 checkpoint while loading; its peak is reported beside the merge's, not held to the bound.
+`run(out_dir, model=DIR)` does the same on another base (e.g. one `llmkit random-model` wrote).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def _synthetic_adapter(base_dir: Path, out: Path) -> Path:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")  # only lora_B is written
     peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
@@ -44,15 +45,20 @@ def _measure(adapter: Path, out: Path, verify: bool) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run(out_dir: Path) -> dict:
-    """Merge with and without verification; return (and write to out_dir/merge.json) peaks and ratios."""
+def run(out_dir: Path, model: str | None = None) -> dict:
+    """Merge with and without verification; return (and write to out_dir/merge.json) peaks and ratios.
+
+    Args:
+        model: hub id or folder merged into instead of the embedded default.
+    """
     from llmkit.core.models import resolve_model
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="llmkit-bench-merge-") as scratch:
-        adapter = _synthetic_adapter(resolve_model(None).path, Path(scratch) / "adapter")
-        results = {}
+        base = resolve_model(model)
+        adapter = _synthetic_adapter(base.path, Path(scratch) / "adapter")
+        results: dict = {"model": base.model_id}
         for verify in (False, True):
             merged = Path(scratch) / f"merged-{verify}"
             child = _measure(adapter, merged, verify)
@@ -75,7 +81,7 @@ def _print(results: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Merging a LoRA adapter into the embedded default: peak memory (bound {PEAK_BOUND}x)")
+    table = Table(title=f"Merging a LoRA adapter into {results['model']}: peak memory (bound {PEAK_BOUND}x)")
     for column in ("merge", "merged size", "peak", "peak / merged size", "above the imports", "seconds"):
         table.add_column(column)
     for name in ("merge_only", "with_verify"):

@@ -5,6 +5,10 @@
   training set, so both runs are measured the same way; the Trainer's train_runtime includes the first step
   and the final checkpoint, which the short run does not amortise.
 - Memory: the base model's weight footprint loaded in 4-bit NF4 (QLoRA) next to the 16-bit one.
+
+`--model DIR` measures another base model with the config's settings (e.g. a Llama-2-7B-shaped one that
+`llmkit random-model` wrote, on a GPU); `--quick` measures the config's own packing setting only, without the
+unpacked run and the weight footprints (each loads the model again).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ def _throughput(cfg: AxolotlConfig, steps: int, work_dir: Path) -> dict:
     cfg = _variant(cfg, **overrides)
     train_rows = build_datasets(cfg, load_tokenizer(cfg)).train
     mean_tokens = sum(len(ids) for ids in train_rows["input_ids"]) / len(train_rows)
-    train(cfg)
+    train(cfg, cpu_fallback=True)  # a paged optimizer on a machine without CUDA: its plain variant
     state = json.loads((work_dir / "trainer_state.json").read_text())
     seconds = next(entry["train_runtime"] for entry in state["log_history"] if "train_runtime" in entry)
     sequences = steps * cfg.micro_batch_size * cfg.gradient_accumulation_steps
@@ -64,17 +68,30 @@ def _weights_mb(cfg: AxolotlConfig) -> float:
     return megabytes
 
 
-def run(out_dir: Path, *, config: Path = DEFAULT_CONFIG, steps: int = BENCH_STEPS) -> dict:
+def run(
+    out_dir: Path,
+    *,
+    config: Path = DEFAULT_CONFIG,
+    steps: int = BENCH_STEPS,
+    model: str | None = None,
+    quick: bool = False,
+) -> dict:
     """Measure training throughput (packed vs not) and 4-bit vs 16-bit weight memory; write train_bench.json.
 
     Args:
         out_dir: folder for `train_bench.json`.
         config: the config measured (default: the embedded default).
         steps: optimizer steps per throughput run.
+        model: hub id or folder trained instead of the config's base_model (its tokenizer too).
+        quick: only the config's own sample_packing setting; no weight footprints.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = load_config(config)
+    if model:
+        cfg = _variant(cfg, base_model=model, base_model_config=None, revision_of_model=None, tokenizer_config=None)
+    if quick:
+        return _quick(out_dir, config, cfg, steps)
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
         packed = _throughput(_variant(cfg, sample_packing=True), steps, Path(tmp) / "packed")
         unpacked = _throughput(_variant(cfg, sample_packing=False), steps, Path(tmp) / "unpacked")
@@ -84,6 +101,8 @@ def run(out_dir: Path, *, config: Path = DEFAULT_CONFIG, steps: int = BENCH_STEP
     bf16_mb = _weights_mb(_variant(cfg, load_in_4bit=False, adapter="lora", **sixteen_bit))
     result = {
         "config": str(config),
+        "base_model": cfg.base_model,
+        "device": device_name(),
         "train_tokens_per_s_packed": packed["tokens_per_s"],
         "train_tokens_per_s_unpacked": unpacked["tokens_per_s"],
         "packing_speedup": packed["tokens_per_s"] / unpacked["tokens_per_s"],
@@ -97,9 +116,37 @@ def run(out_dir: Path, *, config: Path = DEFAULT_CONFIG, steps: int = BENCH_STEP
     return result
 
 
+def _quick(out_dir: Path, config: Path, cfg: AxolotlConfig, steps: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
+        measured = _throughput(cfg, steps, Path(tmp) / "run")
+    result = {
+        "config": str(config),
+        "base_model": cfg.base_model,
+        "device": device_name(),
+        "quick": True,
+        "adapter": cfg.adapter.value if cfg.adapter else "full",
+        "sample_packing": bool(cfg.sample_packing),
+        "sequence_len": cfg.sequence_len,
+        "train_tokens_per_s": measured["tokens_per_s"],
+        "run": measured,
+    }
+    (out_dir / "train_bench.json").write_text(json.dumps(result, indent=2))
+    packing = "on" if cfg.sample_packing else "off"
+    Console().print(
+        f"Training {cfg.base_model} ({result['adapter']}, sequence_len {cfg.sequence_len}, sample_packing "
+        f"{packing}) on {result['device']}: {measured['tokens_per_s']:,.0f} tokens/s over {steps} optimizer steps "
+        f"({measured['seconds']:.1f} s)",
+        highlight=False,
+    )
+    return result
+
+
 def _print(result: dict) -> None:
     name = Path(result["config"]).name
-    table = Table(title=f"Training {name} on {device_name()} ({BENCH_STEPS} optimizer steps each)")
+    table = Table(
+        title=f"Training {name} ({result['base_model']}) on {result['device']} "
+        f"({result['runs']['packed']['steps']} optimizer steps each)"
+    )
     for column in ("measure", "value", "ratio"):
         table.add_column(column)
     table.add_row(

@@ -6,13 +6,15 @@ Benchmarks print ratios; these tests check what is measured and printed, never h
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from rich.console import Console
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from llmkit.cli import app
-from llmkit.server.bench import measure_server, measure_vllm, print_engines, side_by_side
+from llmkit.server.bench import measure_server, measure_vllm, print_engines, run, side_by_side
 
 
 def _printed(results: dict) -> str:
@@ -85,3 +87,22 @@ def test_bench_names_an_unknown_engine():
     result = CliRunner().invoke(app, ["bench", "--stage", "serving", "--engine", "tgi"])
     assert result.exit_code == 2
     assert "unknown engine tgi; choose from builtin, vllm" in result.output
+
+
+def test_quick_serving_on_another_model_measures_scaling_and_the_decode_bound_only(tmp_path, tiny_model_dir, capsys):
+    model = str(tiny_model_dir)
+    results = run(tmp_path, engines=["builtin"], model=model, quick=True, clients=(1, 2), generated=4)
+    server = results["engines"]["servers"]["builtin"]
+    assert results["model"] == server["model"] == model and server["max_new_tokens"] == 4
+    assert [(row["clients"], row["generated_tokens"]) for row in server["clients"]] == [(1, 16), (2, 16)]
+    assert "workloads" not in results and "concurrency" not in results  # no baselines in quick mode
+    decode = results["decode"]
+    assert decode["tokens_per_s"] == server["clients"][0]["tokens_per_s"]  # one client's rate over HTTP
+    params = sum(t.numel() for t in load_file(tiny_model_dir / "model.safetensors").values())
+    assert decode["model_bytes"] == params * 4  # float32 on the CPU
+    assert decode["bound_tokens_per_s"] == pytest.approx(decode["bandwidth_bytes_per_s"] / decode["model_bytes"])
+    assert decode["fraction_of_bound"] == pytest.approx(decode["tokens_per_s"] / decode["bound_tokens_per_s"])
+    assert json.loads((tmp_path / "server.json").read_text())["decode"] == decode
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "Decode (one HTTP client's tokens/s):" in printed and "of the bound)" in printed
+    assert f"Engines side by side: {model}, 4-token greedy generations" in printed

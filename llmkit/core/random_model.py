@@ -1,0 +1,107 @@
+"""`llmkit random-model`: a randomly initialised model of a base model's shape, saved as a model folder.
+
+For measuring a base model's speed and memory without its weights: `llmkit bench --model DIR` (serving and
+training), or a submission's memory fit on a track's card. The shape is the base's config.json, found as
+`llmkit validate` finds it (`core.shapes.find_model_config`: a folder, the HF cache, the ones shipped with llmkit,
+the hub). The weights are random, so the model generates noise at the real model's cost per token.
+
+The tokenizer is another model's (default: the embedded default's), since a tokenizer cannot be made up. Where
+the shape's vocabulary is smaller than that tokenizer's, it is widened to it, so that every id the tokenizer
+makes has an embedding row; the summary says so (Llama-2-7B with SmolLM2's 49,152-token tokenizer: 2% more
+parameters than the real model).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llmkit.core import devices
+from llmkit.core.files import clean_stale, staging_dir, swap_in
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RandomModel:
+    """What `write_random_model` wrote, for its summary."""
+
+    path: Path
+    shape_from: str  # the config.json's source, as find_model_config says it
+    model_type: str
+    params: int
+    dtype: str
+    vocab_size: int
+    widened_from: int | None  # the shape's own vocabulary size, where it was widened to the tokenizer's
+    tokenizer_from: str
+
+
+def write_random_model(
+    shape: str,
+    out: Path,
+    *,
+    tokenizer: str | None = None,
+    dtype: str = "bfloat16",
+    device: str = "auto",
+    seed: int = 0,
+) -> RandomModel:
+    """Write a model of `shape`'s architecture and sizes with random weights, and a tokenizer, to `out`.
+
+    Args:
+        shape: hub id or folder whose config.json gives the architecture, or a config.json file.
+        out: the model folder written (replaced when it exists; nothing is left half-written).
+        tokenizer: hub id or folder of the tokenizer saved beside the weights; default: the embedded model's.
+        dtype: the weights' dtype (bfloat16, float16 or float32).
+        device: where the weights are initialised ("auto": CUDA when there is one, which is much faster for
+            billions of parameters); they are saved from there.
+        seed: the random initialisation's seed.
+
+    Raises:
+        ModelConfigNotFound: no config.json for `shape`.
+        ValueError: the config.json is not a causal LM transformers can build.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from llmkit.core.models import embedded_model_dir
+    from llmkit.core.shapes import find_model_config, shape_from_config
+
+    shape_path = Path(shape).expanduser()
+    explicit = shape if shape_path.is_file() else None
+    found = find_model_config(shape, explicit=explicit, how_to_give="as SHAPE: a config.json file, or a folder")
+    shape_from_config(found.config)  # a clear ValueError for an architecture that is not a causal LM
+    tokenizer_source = tokenizer or str(embedded_model_dir())
+    tok = AutoTokenizer.from_pretrained(tokenizer_source)
+    config = AutoConfig.for_model(**found.config)
+    own_vocab = config.vocab_size
+    if len(tok) > own_vocab:
+        config.vocab_size = len(tok)
+    device = devices.resolve_device(device)
+    torch_dtype = devices.torch_dtype(dtype)
+    torch.manual_seed(seed)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out)
+    with staging_dir(out, "random") as staged:
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        params = sum(p.numel() for p in model.parameters())
+        model.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        model.save_pretrained(staged, max_shard_size="5GB")
+        tok.save_pretrained(staged)
+        del model
+        swap_in(staged, out)
+    if devices.is_cuda(device):
+        torch.cuda.empty_cache()
+    return RandomModel(
+        path=out,
+        shape_from=found.where,
+        model_type=config.model_type,
+        params=params,
+        dtype=str(torch_dtype).removeprefix("torch."),
+        vocab_size=config.vocab_size,
+        widened_from=own_vocab if config.vocab_size != own_vocab else None,
+        tokenizer_from=tokenizer or "the embedded default model",
+    )

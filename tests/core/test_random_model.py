@@ -1,0 +1,93 @@
+"""`llmkit random-model`: a base model's shape with random weights, saved as a model folder that loads, generates
+and trains like any other; errors that name what is wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from llmkit.cli import app
+from llmkit.core.random_model import write_random_model
+
+TINY_LLAMA = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": False,
+}
+
+
+def config_file(tmp_path: Path, **changes) -> Path:
+    path = tmp_path / "shape" / "config.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({**TINY_LLAMA, **changes}))
+    return path
+
+
+def test_a_small_vocabulary_is_widened_to_the_tokenizer_and_the_model_loads_and_generates(tmp_path, tokenizer):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "models" / "tiny"
+    made = write_random_model(str(config_file(tmp_path, vocab_size=1000)), out, dtype="float32", seed=3)
+    assert made.path == out and made.model_type == "llama" and made.dtype == "float32"
+    assert made.vocab_size == len(tokenizer) and made.widened_from == 1000
+    assert [p.name for p in out.parent.iterdir()] == ["tiny"]  # nothing staged is left beside it
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_hidden_layers == 2 and model.config.vocab_size == len(tokenizer)
+    assert sum(p.numel() for p in model.parameters()) == made.params
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == tokenizer.get_vocab()
+    ids = tokenizer("The last token id of the vocabulary", return_tensors="pt").input_ids
+    ids[0, -1] = len(tokenizer) - 1  # every id the tokenizer can make has a row
+    with torch.inference_mode():
+        generated = model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert generated.shape[1] == ids.shape[1] + 3
+
+    again = write_random_model(str(config_file(tmp_path, vocab_size=1000)), out, dtype="float32", seed=3)
+    reloaded = AutoModelForCausalLM.from_pretrained(again.path)
+    assert torch.equal(reloaded.lm_head.weight, model.lm_head.weight)  # the seed decides the weights
+
+
+def test_a_larger_vocabulary_is_kept_and_a_shipped_shape_is_found_by_its_hub_id(tmp_path):
+    kept = write_random_model(str(config_file(tmp_path, vocab_size=60000)), tmp_path / "wide", dtype="bfloat16")
+    assert kept.vocab_size == 60000 and kept.widened_from is None and kept.dtype == "bfloat16"
+
+    result = CliRunner().invoke(
+        app, ["random-model", "HuggingFaceTB/SmolLM2-135M", "--out", str(tmp_path / "smol"), "--dtype", "float16"]
+    )
+    assert result.exit_code == 0, result.output
+    printed = " ".join(result.output.split())
+    assert "a random llama of 0.135B parameters in float16" in printed
+    assert "config.json from shipped with llmkit" in printed and "not for answers" in printed
+    assert json.loads((tmp_path / "smol" / "config.json").read_text())["num_hidden_layers"] == 30
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ("no-such-owner/no-such-model", "Give it as SHAPE: a config.json file, or a folder"),
+        ("T5", "'t5' is not a causal language model transformers can build"),
+        ("MADE-UP", "model_type 'made-up' is not an architecture transformers knows"),
+        ("DTYPE", "dtype 'int8': expected bfloat16, float16 or float32"),
+    ],
+)
+def test_errors_name_what_is_wrong_and_write_nothing(tmp_path, monkeypatch, shape, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ["random-model", shape, "--out", str(tmp_path / "out")]
+    if shape in ("T5", "MADE-UP"):
+        args[1] = str(config_file(tmp_path, model_type=shape.lower(), architectures=[], vocab_size=100))
+    if shape == "DTYPE":
+        args[1:2] = [str(config_file(tmp_path, vocab_size=100)), "--dtype", "int8"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "out").exists()
