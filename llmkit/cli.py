@@ -105,8 +105,15 @@ def bench(
         "merging": {"model": model},
     }
     from llmkit.config import ConfigError
+    from llmkit.core.models import resolve_model
     from llmkit.data import DataError
 
+    if model:  # before any stage: a missing folder or an unreachable hub id is named once, not as a traceback
+        try:
+            resolve_model(model)
+        except (FileNotFoundError, ConnectionError) as err:
+            typer.echo(f"Error: --model: {err}", err=True)
+            raise typer.Exit(1) from None
     for name, module in stages.items():  # each writes <out>/<stage>.json and prints its table
         if (name in stage) if stage else not (quick and name == "merging"):  # --quick alone: serving, training
             try:

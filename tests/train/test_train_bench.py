@@ -33,3 +33,12 @@ def test_a_config_error_is_named_with_its_stage(tmp_path, tiny_model_dir, tiny_c
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bench")])
     assert result.exit_code == 1
     assert "Error: training:" in result.output and "lora_dropout" in result.output
+
+
+def test_a_missing_model_is_named_before_any_stage_runs(tmp_path):
+    result = CliRunner().invoke(
+        app, ["bench", "--quick", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    assert f"Error: --model: Model directory {tmp_path / 'nowhere'} does not exist" in result.output
+    assert list(tmp_path.iterdir()) == []  # nothing measured, nothing written
