@@ -232,20 +232,20 @@ def _generate_tokens_per_s(
 
 
 def concurrency(
-    engine: BuiltinEngine, args: Sequence[str] = (), clients: Sequence[int] = CLIENTS, generated: int = GENERATED
+    transformers: Sequence[float],
+    args: Sequence[str] = (),
+    clients: Sequence[int] = CLIENTS,
+    generated: int = GENERATED,
 ) -> tuple[list[dict], dict]:
-    """Tokens/s at 1, 4 and 16 clients: batching on, batching off, transformers' batched generate. Also returns
-    the batching-on server's `measure_server` figures, the built-in column of the engines' table: measured last,
-    so that it runs just before vLLM's and a busy machine's load changes less between the two.
+    """Tokens/s at 1, 4 and 16 clients: batching on, batching off, against transformers' batched generate (measured
+    before, in-process: `transformers`, one figure per client count). Also returns the batching-on server's
+    `measure_server` figures, the built-in column of the engines' table: measured last, so that it runs just
+    before vLLM's and a busy machine's load changes less between the two.
 
     Args:
-        args: the servers' model flags (`--model DIR`), as the engine was loaded.
+        args: the servers' model flags (`--model DIR`).
     """
     one_by_one = measure_server([*args, "--max-batch-size", "1"], clients, generated)
-    transformers = [
-        engine.scheduler.call(_generate_tokens_per_s, engine, _client_prompts(count), count, generated)
-        for count in clients
-    ]
     batched = measure_server(args, clients, generated)
     rows = [
         {
@@ -338,26 +338,23 @@ def _builtin(
     results.update({"model": engine.loaded.source.model_id, "device": engine.loaded.device})
     model_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
     bandwidth = engine.scheduler.call(_read_bandwidth, engine.device)
-    if quick:  # one copy of the weights at a time: a 7B model and its server's would not fit a 24 GB card
-        engine.close()
-        del engine
-        _free_memory()
+    if not quick:
+        workloads = _workloads(engine)
+        results["workloads"] = {name: _in_process(engine, request, repeats) for name, request in workloads.items()}
+        transformers = [
+            engine.scheduler.call(_generate_tokens_per_s, engine, _client_prompts(count), count, generated)
+            for count in clients
+        ]
+    # One copy of the weights at a time: the servers measured below load their own, and a 7B model twice would not
+    # fit a 24 GB card.
+    engine.close()
+    del engine
+    _free_memory()
+    if quick:
         batched = measure_server(model_args, clients, generated)
         one_client = batched["clients"][0]["tokens_per_s"]
         results["decode"] = _decode_bound(one_client, model_bytes, bandwidth, "one HTTP client's tokens/s")
         return batched
-    workloads = _workloads(engine)
-    results["workloads"] = {}
-    for name, request in workloads.items():
-        completion = engine.process(request)
-        results["workloads"][name] = {
-            "prompt_tokens": len(engine.encode(request.prompt, special=True)),
-            "completion_tokens": len(completion.tokens),
-            "engine_s": _median_seconds(lambda r=request: engine.process(r), repeats),
-            "transformers_generate_s": _median_seconds(
-                lambda r=request: engine.scheduler.call(_transformers_baseline, engine, r), repeats
-            ),
-        }
     with ServerProcess(model_args) as server, httpx.Client(timeout=600) as http:
         for name, request in workloads.items():
             body = request.model_dump(exclude_none=True)
@@ -370,9 +367,21 @@ def _builtin(
     results["decode"] = _decode_bound(
         generation["completion_tokens"] / generation["engine_s"], model_bytes, bandwidth, "generation_128, in-process"
     )
-    results["concurrency"], batched = concurrency(engine, model_args, clients, generated)
-    engine.close()
+    results["concurrency"], batched = concurrency(transformers, model_args, clients, generated)
     return batched
+
+
+def _in_process(engine: BuiltinEngine, request: ProcessRequest, repeats: int) -> dict:
+    """A workload's sizes, and its median seconds in the engine and in plain transformers' generate."""
+    completion = engine.process(request)
+    return {
+        "prompt_tokens": len(engine.encode(request.prompt, special=True)),
+        "completion_tokens": len(completion.tokens),
+        "engine_s": _median_seconds(lambda: engine.process(request), repeats),
+        "transformers_generate_s": _median_seconds(
+            lambda: engine.scheduler.call(_transformers_baseline, engine, request), repeats
+        ),
+    }
 
 
 def _print_builtin(results: dict, console: Console) -> None:

@@ -106,3 +106,24 @@ def test_quick_serving_on_another_model_measures_scaling_and_the_decode_bound_on
     printed = " ".join(capsys.readouterr().out.split())
     assert "Decode (one HTTP client's tokens/s):" in printed and "of the bound)" in printed
     assert f"Engines side by side: {model}, 4-token greedy generations" in printed
+
+
+def test_the_full_serving_bench_measures_workloads_baselines_and_scaling(tmp_path, tiny_model_dir, capsys):
+    results = run(tmp_path, repeats=1, engines=["builtin"], model=str(tiny_model_dir), clients=(1, 2), generated=4)
+    assert set(results["workloads"]) == {"multiple_choice_400", "generation_128"}
+    for row in results["workloads"].values():
+        assert row["engine_s"] > 0 and row["http_s"] > 0 and row["transformers_generate_s"] > 0
+        assert row["http_overhead"] == pytest.approx(row["http_s"] / row["engine_s"] - 1)
+    assert results["workloads"]["multiple_choice_400"]["prompt_tokens"] >= 400
+    assert results["decode"]["measured_as"] == "generation_128, in-process"
+    rows = results["concurrency"]
+    assert [row["clients"] for row in rows] == [1, 2] and rows[0]["vs_one_client"] == 1.0
+    for row in rows:
+        assert row["vs_no_batching"] == pytest.approx(row["batching_tokens_per_s"] / row["no_batching_tokens_per_s"])
+        assert row["vs_transformers"] == pytest.approx(row["batching_tokens_per_s"] / row["transformers_tokens_per_s"])
+    # the batching server's figures are the side-by-side table's built-in column
+    builtin = results["engines"]["servers"]["builtin"]
+    assert [r["tokens_per_s"] for r in builtin["clients"]] == [row["batching_tokens_per_s"] for row in rows]
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "Decode (generation_128, in-process):" in printed
+    assert "Concurrent HELM-shaped clients, 4-token greedy generations" in printed
