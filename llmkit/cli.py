@@ -74,10 +74,12 @@ def bench(
         typer.Option("--engine", help="Serving: builtin or vllm (repeatable), side by side; default: both."),
     ] = None,
     model: str | None = typer.Option(
-        None, help="Serving and training: this hub id or folder instead of the default (e.g. from random-model)."
+        None, help="Every stage: this hub id or folder instead of the default model (e.g. from random-model)."
     ),
     config: str | None = typer.Option(None, help="Training: the config measured (default: the embedded default's)."),
-    steps: int = typer.Option(4, min=1, help="Training: optimizer steps per measured run."),
+    steps: int | None = typer.Option(
+        None, min=1, help="Training: optimizer steps per measured run (default: BENCH_STEPS, llmkit/train/bench.py)."
+    ),
     quick: bool = typer.Option(
         False,
         "--quick",
@@ -101,7 +103,12 @@ def bench(
     logging.basicConfig(level=logging.WARNING)
     options = {
         "serving": {"engines": engine or engines, "model": model, "quick": quick},
-        "training": {"model": model, "quick": quick, "steps": steps, **({"config": Path(config)} if config else {})},
+        "training": {
+            "model": model,
+            "quick": quick,
+            **({"steps": steps} if steps else {}),
+            **({"config": Path(config)} if config else {}),
+        },
         "merging": {"model": model},
     }
     from llmkit.config import ConfigError
