@@ -94,7 +94,9 @@ def test_quick_serving_on_another_model_measures_scaling_and_the_decode_bound_on
     results = run(tmp_path, engines=["builtin"], model=model, quick=True, clients=(1, 2), generated=4)
     server = results["engines"]["servers"]["builtin"]
     assert results["model"] == server["model"] == model and server["max_new_tokens"] == 4
-    assert [(row["clients"], row["generated_tokens"]) for row in server["clients"]] == [(1, 16), (2, 16)]
+    assert [row["clients"] for row in server["clients"]] == [1, 2]
+    # 4 prompts of at most 4 tokens each (a random model may end one early, at EOS or at a newline)
+    assert all(0 < row["generated_tokens"] <= 16 for row in server["clients"])
     assert "workloads" not in results and "concurrency" not in results  # no baselines in quick mode
     decode = results["decode"]
     assert decode["tokens_per_s"] == server["clients"][0]["tokens_per_s"]  # one client's rate over HTTP
