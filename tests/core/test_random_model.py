@@ -49,7 +49,7 @@ def test_a_small_vocabulary_is_widened_to_the_tokenizer_and_the_model_loads_and_
     ids = tokenizer("The last token id of the vocabulary", return_tensors="pt").input_ids
     ids[0, -1] = len(tokenizer) - 1  # every id the tokenizer can make has a row
     with torch.inference_mode():
-        generated = model.generate(ids, max_new_tokens=3, do_sample=False)
+        generated = model.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False)
     assert generated.shape[1] == ids.shape[1] + 3
 
     again = write_random_model(str(config_file(tmp_path, vocab_size=1000)), out, dtype="float32", seed=3)
