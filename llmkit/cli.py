@@ -90,6 +90,9 @@ def bench(
     import importlib
     import logging
 
+    from llmkit.config import ConfigError
+    from llmkit.core.models import resolve_model
+    from llmkit.data import DataError
     from llmkit.server.settings import EngineName
 
     stages = {"serving": "llmkit.server.bench", "training": "llmkit.train.bench", "merging": "llmkit.merge.bench"}
@@ -111,10 +114,6 @@ def bench(
         },
         "merging": {"model": model},
     }
-    from llmkit.config import ConfigError
-    from llmkit.core.models import resolve_model
-    from llmkit.data import DataError
-
     if model:  # before any stage: a missing folder or an unreachable hub id is named once, not as a traceback
         try:
             resolve_model(model)

@@ -283,7 +283,7 @@ def run(
         clients, generated: the client counts measured, and the tokens each request generates.
     """
     chosen = [EngineName(name) for name in dict.fromkeys(engines)]
-    model_args = ["--model", model] if model else []
+    model_args = _model_flags(model)
     results: dict = {"quick": quick, "max_new_tokens": generated}
     servers: dict[str, dict] = {}
     if EngineName.builtin in chosen:
@@ -302,6 +302,11 @@ def run(
         _print_builtin(results, console)
     print_engines(results, console)
     return results
+
+
+def _model_flags(model: str | None) -> list[str]:
+    """The servers' flags that serve `model` (none: the embedded default)."""
+    return ["--model", model] if model else []
 
 
 def _free_memory() -> None:
@@ -333,7 +338,7 @@ def _builtin(
 ) -> dict:
     """The built-in engine's workloads, decode bound and concurrency, into `results`; returns its server's
     `measure_server` figures (batching on, the default settings) for the side-by-side table."""
-    model_args = ["--model", model] if model else []
+    model_args = _model_flags(model)
     engine = BuiltinEngine.load(ServerSettings(model=model))
     results.update({"model": engine.loaded.source.model_id, "device": engine.loaded.device})
     model_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())

@@ -13,7 +13,6 @@ parameters than the real model).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +20,6 @@ import torch
 
 from llmkit.core import devices
 from llmkit.core.files import clean_stale, staging_dir, swap_in
-
-LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -100,9 +100,7 @@ def run(
     nf4_mb = _weights_mb(_variant(cfg, load_in_4bit=True, adapter="qlora", **sixteen_bit))
     bf16_mb = _weights_mb(_variant(cfg, load_in_4bit=False, adapter="lora", **sixteen_bit))
     result = {
-        "config": str(config),
-        "base_model": cfg.base_model,
-        "device": device_name(),
+        **_measured_what(config, cfg),
         "train_tokens_per_s_packed": packed["tokens_per_s"],
         "train_tokens_per_s_unpacked": unpacked["tokens_per_s"],
         "packing_speedup": packed["tokens_per_s"] / unpacked["tokens_per_s"],
@@ -116,13 +114,16 @@ def run(
     return result
 
 
+def _measured_what(config: Path, cfg: AxolotlConfig) -> dict:
+    """The result's first keys: the config, the model trained (after --model) and the device."""
+    return {"config": str(config), "base_model": cfg.base_model, "device": device_name()}
+
+
 def _quick(out_dir: Path, config: Path, cfg: AxolotlConfig, steps: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
         measured = _throughput(cfg, steps, Path(tmp) / "run")
     result = {
-        "config": str(config),
-        "base_model": cfg.base_model,
-        "device": device_name(),
+        **_measured_what(config, cfg),
         "quick": True,
         "adapter": cfg.adapter.value if cfg.adapter else "full",
         "sample_packing": bool(cfg.sample_packing),
