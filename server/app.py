@@ -236,5 +236,16 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
 
 def serve(settings: ServerSettings) -> None:
     """Load the model, then answer on settings.host:settings.port until stopped."""
-    # access_log off: AccessLogMiddleware writes one richer line per request instead of uvicorn's
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False)
+    # Loaded before uvicorn starts (uvicorn binds the port only after its start-up anyway), so that a model,
+    # adapter or device that can't be used ends in one line naming it, not in the lifespan's traceback.
+    try:
+        engine = load_engine(settings)
+    except (OSError, ValueError, RuntimeError, ImportError) as err:
+        LOG.debug("Loading failed", exc_info=err)
+        raise SystemExit(f"Error: cannot serve: {err}") from None
+    try:
+        # access_log off: AccessLogMiddleware writes one richer line per request instead of uvicorn's
+        app = create_app(settings, engine)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    finally:
+        engine.close()

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 from pathlib import Path
 
 from llmkit.core import devices
-from llmkit.core.models import LoadedModel, resolve_model, tokenizer_dir
+from llmkit.core.models import LoadedModel, adapter_config, resolve_model, tokenizer_dir
 from llmkit.server.engine import Engine
 from llmkit.server.protocol import ProcessRequest
 from llmkit.server.sequence import QueueFull, RequestTimeout, Sequence, eos_ids
@@ -197,10 +196,7 @@ def _vllm_quantization(quantization: str) -> str | None:
 
 
 def _lora_rank(adapter: str) -> int:
-    config_file = Path(adapter) / "adapter_config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"Adapter directory {adapter} holds no adapter_config.json (not a peft adapter)")
-    config = json.loads(config_file.read_text())
+    config = adapter_config(adapter)
     rank = max([config.get("r", 8), *(config.get("rank_pattern") or {}).values()])
     fitting = [r for r in LORA_RANKS if r >= rank]
     if not fitting:

@@ -522,7 +522,8 @@ def _resolve_local(path: str, base: Path) -> str:
 
 
 def _resolve_dataset_paths(raw: dict, base: Path) -> None:
-    for entry in raw.get("datasets") or []:
+    entries = raw.get("datasets")
+    for entry in entries if isinstance(entries, list) else []:  # any other shape is the schema's error to name
         if isinstance(entry, dict) and isinstance(entry.get("path"), str):
             entry["path"] = _resolve_local(entry["path"], base)
             files = entry.get("data_files")
@@ -545,6 +546,9 @@ def load_config(path: str | Path, overrides: dict | None = None) -> AxolotlConfi
         raw = yaml.safe_load(path.read_text())
     except OSError as err:
         raise ConfigError([f"cannot read the file: {err.strerror or err}"], path) from err
+    except UnicodeDecodeError as err:
+        byte = err.object[err.start]
+        raise ConfigError([f"not UTF-8 text (byte {byte:#04x} at offset {err.start})"], path) from None
     except yaml.YAMLError as err:
         raise ConfigError([f"not valid YAML: {err}"], path) from err
     if not isinstance(raw, dict):

@@ -8,6 +8,7 @@ every later load reads that directory.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -182,12 +183,28 @@ def load_for_inference(
     return LoadedModel(lm, tokenizer, source, adapter, str(torch_dtype).removeprefix("torch."), quantization, device)
 
 
+def adapter_config(adapter: str | Path) -> dict:
+    """A peft adapter directory's adapter_config.json; the error names the directory or file and what is wrong."""
+    path = Path(adapter).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"Adapter directory {path} does not exist")
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} holds no adapter_config.json: not a peft adapter directory")
+    try:
+        config = json.loads(config_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{config_file} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file} holds a JSON {type(config).__name__}, not an object of peft settings")
+    return config
+
+
 def _apply_adapter(lm, adapter: str, tokenizer, name: str = "default"):
     """`lm` with the adapter at `adapter` added under `name` (a PeftModel holds several side by side)."""
     from peft import PeftModel
 
-    if not (Path(adapter) / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"Adapter directory {adapter} holds no adapter_config.json (not a peft adapter)")
+    adapter_config(adapter)
     if len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
         lm.resize_token_embeddings(len(tokenizer))
     try:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from llmkit.core import devices
 from llmkit.core.files import clean_stale, sha256_file, sigterm_as_exit, staging_dir, swap_in
-from llmkit.core.models import ResolvedModel, resolve_model, tokenizer_dir
+from llmkit.core.models import ResolvedModel, adapter_config, resolve_model, tokenizer_dir
 from llmkit.merge import weights as mw
 from llmkit.merge.verify import TOLERANCES, Agreement, verify_merge
 
@@ -106,16 +106,12 @@ def merge_from_config(cfg, *, nf4_roundtrip: bool = False, verify: bool = True) 
 
 
 def check_adapter_dir(adapter_dir: str | Path) -> Path:
-    path = Path(adapter_dir).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"Adapter directory {path} does not exist")
-    if not (path / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{path} holds no adapter_config.json: not a peft adapter directory")
-    return path.resolve()
+    adapter_config(adapter_dir)
+    return Path(adapter_dir).expanduser().resolve()
 
 
 def trained_on(adapter: Path) -> str:
-    name = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    name = adapter_config(adapter).get("base_model_name_or_path")
     if not name:
         raise ValueError(f"{adapter}/adapter_config.json names no base_model_name_or_path; pass --base")
     return name

@@ -21,6 +21,8 @@ from peft.utils.other import get_pattern_key
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from llmkit.core.models import adapter_config
+
 _PEFT_PREFIX = "base_model.model."
 # adapter key suffix -> LoraModule field; any other adapter tensor replaces the base tensor of the same name
 _LORA_PARTS = {
@@ -113,12 +115,11 @@ def base_layout(base_dir: Path) -> BaseLayout:
 
 def load_lora_adapter(adapter_dir: Path, layout: BaseLayout) -> Adapter:
     """Read a peft LoRA adapter directory (config + safetensors) into per-module factors; `layout` is the base's."""
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{adapter_dir} is not a peft adapter directory: it has no adapter_config.json")
-    config = LoraConfig.from_pretrained(adapter_dir) if _peft_type(adapter_dir) == "LORA" else None
+    peft_type = str(adapter_config(adapter_dir).get("peft_type", "unknown"))
+    config = LoraConfig.from_pretrained(adapter_dir) if peft_type == "LORA" else None
     if config is None:
         raise AdapterMismatchError(
-            f"{adapter_dir} is a {_peft_type(adapter_dir)} adapter; only LoRA/QLoRA adapters (DoRA and rsLoRA "
+            f"{adapter_dir} is a {peft_type} adapter; only LoRA/QLoRA adapters (DoRA and rsLoRA "
             "included) can be merged. Serve it unmerged with `python -m llmkit.server --adapter`."
         )
     weights_file = adapter_dir / "adapter_model.safetensors"
@@ -140,10 +141,6 @@ def load_lora_adapter(adapter_dir: Path, layout: BaseLayout) -> Adapter:
     for module in modules.values():
         _configure(module, config, adapter_dir)
     return Adapter(adapter_dir, config, modules, replacements)
-
-
-def _peft_type(adapter_dir: Path) -> str:
-    return str(json.loads((adapter_dir / "adapter_config.json").read_text()).get("peft_type", "unknown"))
 
 
 def _configure(module: LoraModule, config: LoraConfig, adapter_dir: Path) -> None:

@@ -169,6 +169,12 @@ def test_not_yaml_or_not_a_mapping_is_a_config_error(tmp_path):
     assert "not valid YAML" in error_of(write(tmp_path, "base_model: [unclosed\n"))
     assert "expected a mapping" in error_of(write(tmp_path, "- just\n- a list\n"))
     assert "cannot read the file" in error_of(tmp_path / "missing.yml")
+    (tmp_path / "latin1.yml").write_bytes(MINIMAL.encode() + b"# caf\xe9\n")
+    assert "not UTF-8 text (byte 0xe9 at offset" in error_of(tmp_path / "latin1.yml")
+    datasets = "datasets:\n  - path: onuralp/open-otter\n    type: alpaca\n"
+    for value, got in [("5", " (got 5)"), ("{path: x}", "")]:
+        text = MINIMAL.replace(datasets, f"datasets: {value}\n")
+        assert f"datasets: Input should be a valid list{got}" in error_of(write(tmp_path, text))
 
 
 def test_relative_dataset_paths_resolve_from_cwd_first_then_the_config_folder(tmp_path, monkeypatch):

@@ -264,6 +264,12 @@ def test_bad_adapter_paths_fail_clearly(tiny_model_dir, tmp_path):
     assert result.exit_code == 1 and f"Adapter directory {tmp_path / 'nope'} does not exist" in result.output
     result = runner.invoke(app, ["merge", "--adapter", str(tiny_model_dir), "--base", str(tiny_model_dir)])
     assert result.exit_code == 1 and "holds no adapter_config.json" in result.output
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for text, problem in [("{", "is not valid JSON"), ("[1]", "holds a JSON list, not an object")]:
+        (broken / "adapter_config.json").write_text(text)
+        result = runner.invoke(app, ["merge", "--adapter", str(broken), "--base", str(tiny_model_dir)])
+        assert result.exit_code == 1 and f"{broken / 'adapter_config.json'} {problem}" in result.output
     result = runner.invoke(app, ["merge"])
     assert result.exit_code == 1 and "Nothing to merge" in result.output
 

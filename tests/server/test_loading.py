@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -89,3 +91,21 @@ def test_dtype_and_quantization_options(start_server, http, flags, dtype, quanti
 def test_bad_adapter_fails_start_with_message(start_server, tmp_path):
     with pytest.raises(ServerStartError, match="adapter_config.json"):
         start_server("--adapter", str(tmp_path), startup_timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--dtype", "int3"], "--dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16' (got 'int3')"),
+        (["--port", "99999", "--max-context", "0"], "--max-context: Input should be greater than 0 (got '0')"),
+        (["--adapter", "a=x", "--adapter", "a=y"], "the name(s) a are given twice"),
+        (["--model", "{tmp}"], "Error: cannot serve: {tmp} is a directory but holds no config.json"),
+        (["--model", "{tmp}/nope"], "Error: cannot serve: Model directory {tmp}/nope does not exist"),
+    ],
+    ids=["bad dtype", "out of range", "adapter twice", "not a model folder", "no such folder"],
+)
+def test_unusable_settings_end_in_one_message_without_a_traceback(python, tmp_path, flags, says):
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    result = subprocess.run([python, "-m", "llmkit.server", *flags], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and says.format(tmp=tmp_path) in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "Started server process" not in result.stderr
