@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import psutil
 
@@ -39,10 +40,15 @@ def sha256_file(path: Path) -> str:
     # git sha1): reuse that name instead of rereading gigabytes.
     if path.is_symlink() and target.parent.name == "blobs" and _is_sha256(target.name):
         return target.name
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(_BLOCK), b""):
-            digest.update(block)
+        return sha256_stream(f)
+
+
+def sha256_stream(stream: BinaryIO) -> str:
+    """Hex sha256 of what a binary stream holds, read in blocks."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: stream.read(_BLOCK), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 

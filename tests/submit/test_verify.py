@@ -84,6 +84,19 @@ def test_weights_without_bundling_and_hash_mismatch(good_zip, tmp_path, rewrite_
     assert verify_submission(tampered) == ["llmkit/server/text.py: its sha256 does not match manifest.json"]
 
 
+def test_a_changed_weight_file_and_paths_outside_the_root(good_zip, tmp_path, rewrite_zip):
+    listed = rewrite_zip(good_zip, tmp_path / "w.zip", {"model/model.safetensors": b"\x00" * 64})
+    changed = rewrite_zip(listed, tmp_path / "c.zip", {"model/model.safetensors": b"\x01" * 64}, fix_manifest=False)
+    assert verify_submission(changed) == [  # weights are hashed as a stream, not read whole
+        "model/model.safetensors: its sha256 does not match manifest.json",
+        "model/model.safetensors: a weight file, but bundling was not asked for",
+    ]
+    escaping = rewrite_zip(good_zip, tmp_path / "e.zip", {"../up.txt": b"x", "/etc/abs.txt": b"x", "a/../../b": b"x"})
+    outside = [p for p in verify_submission(escaping) if "outside the zip's root" in p]
+    assert outside == [f"{name}: a path outside the zip's root (unzip rewrites or skips it)" for name in
+                       ["../up.txt", "/etc/abs.txt", "a/../../b"]]  # fmt: skip
+
+
 def test_not_a_zip(tmp_path):
     path = tmp_path / "x.zip"
     path.write_text("not a zip")
