@@ -64,7 +64,22 @@ def error_response(path: str, status: int, detail: str | list, headers: dict | N
 
 def _validation_errors(err: RequestValidationError) -> list[dict]:
     """What was wrong, field by field, without echoing the input (a NaN or a huge value cannot go back as JSON)."""
-    return [{"loc": [str(part) for part in e["loc"]], "msg": e["msg"], "type": e["type"]} for e in err.errors()]
+    errors = []
+    for e in err.errors():
+        loc = [str(part) for part in e["loc"] if not _union_branch(part)]
+        error = {"loc": loc, "msg": e["msg"].removeprefix("Value error, "), "type": e["type"]}
+        if error not in errors:  # each branch of a union repeats the field
+            errors.append(error)
+    return errors
+
+
+def _union_branch(part: str | int) -> bool:
+    """A name pydantic gives the branch of a union it tried (`str`, `list[int]`, `function-after[...]`, `TextPart`),
+    not a field the client wrote: the wire's field names are lower-case words."""
+    return isinstance(part, str) and ("[" in part or part in _TYPE_NAMES or part[:1].isupper())
+
+
+_TYPE_NAMES = frozenset({"str", "int", "float", "bool", "none", "list", "dict"})
 
 
 class AssumeJSONMiddleware:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_serializer
+from pydantic import ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from llmkit.server.protocol import SEED_RANGE, Integer, Text, WireModel, integer
 
@@ -109,9 +109,23 @@ class TextPart(WireModel):
 
 
 class ChatMessage(WireModel):
+    # As OpenAI: only an assistant's turn may come without content (the schema says so too, for clients and fuzzers).
+    model_config = WireModel.model_config | ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"role": {"const": "assistant"}}},
+            "else": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+        }
+    )
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[TextPart] | None = None
     name: str | None = None
+
+    @model_validator(mode="after")
+    def _content_given(self) -> ChatMessage:
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs content")
+        return self
 
     def template_form(self) -> dict:
         """The message as a chat template reads it: content as one text."""

@@ -190,6 +190,16 @@ def test_client_mistakes_are_4xx_in_openai_shape(oai, server, http):
     error = response.json()["error"]
     assert response.status_code == 400 and error["param"] == "messages" and error["type"] == "invalid_request_error"
     assert http.post(f"{server.url}/v1/completions", content="{not json").status_code == 400
+    # A user message needs content; errors name the field the client wrote, not pydantic's union branches.
+    cases = [
+        ("chat/completions", {"messages": [{"role": "user"}]}, "messages.0: a user message needs content"),
+        ("completions", {"prompt": "x", "stop": "\ud800"}, "stop: text is not valid Unicode: unpaired surrogate"),
+        ("completions", {"prompt": {"a": 1}}, "prompt: Input should be a valid string; prompt: Input should be a"),
+    ]
+    for path, body, message in cases:
+        body = json.dumps({"model": MODEL, "max_tokens": 1, **body})  # ASCII: a lone surrogate goes as \\ud800
+        response = http.post(f"{server.url}/v1/{path}", content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 400 and response.json()["error"]["message"].startswith(message), response.text
 
 
 # --- lm-eval ----------------------------------------------------------------------------------------------------
