@@ -15,8 +15,9 @@ import re
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from llmkit.core.errors import problems
 from llmkit.core.files import write_atomic
 
 LOG = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ class ConfError(ValueError):
 
 class TaskFamily(BaseModel):
     """A group of HELM run entries sharing one part of the budget."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silently default share
 
     name: str = Field(description="Label, written as a comment above the family's entries.")
     scenario: str = Field(description="HELM run-spec function name, e.g. mmlu or big_bench.")
@@ -56,6 +59,8 @@ class TaskFamily(BaseModel):
 class TaskList(BaseModel):
     """A suite: its families and, optionally, its instance budget."""
 
+    model_config = ConfigDict(extra="forbid")
+
     budget: int | None = Field(None, ge=1, description="Total eval instances; none: helm-run's --max-eval-instances.")
     families: list[TaskFamily] = Field(min_length=1)
 
@@ -76,8 +81,10 @@ def load_task_list(name_or_path: str | Path) -> TaskList:
         raise ConfError(f"no task list {name_or_path!r} (known: {known}, or a path to a .yaml file)")
     try:
         return TaskList.model_validate(yaml.safe_load(path.read_text()))
-    except (yaml.YAMLError, ValidationError) as err:
-        raise ConfError(f"{path}: {err}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfError(f"{path}: cannot read it as YAML: {err}") from None
+    except ValidationError as err:
+        raise ConfError(f"invalid task list {path}:\n  - " + "\n  - ".join(problems(err))) from None
 
 
 def apportion(total: int, weights: list[int]) -> list[int]:
@@ -113,7 +120,9 @@ def generate(
         cap: at most this many instances per run (a quick look at a budgeted suite).
         model: HELM model name in every entry.
     """
-    budget = budget or tasks.budget
+    budget = tasks.budget if budget is None else budget
+    if cap is not None and cap < 1:
+        raise ConfError(f"at most {cap} instances per run leaves nothing to evaluate: give 1 or more")
     runs = [(family, args) for family in tasks.families for args in family.run_args()]
     if budget is None:
         counts = [cap] * len(runs)
@@ -126,7 +135,7 @@ def generate(
             n_runs = len(family.run_args())
             if family_budget < n_runs:
                 raise ConfError(f"family {family.name!r} gets {family_budget} instances for its {n_runs} runs")
-            counts += [min(n, cap or n) for n in _split_evenly(family_budget, n_runs)]
+            counts += [n if cap is None else min(n, cap) for n in _split_evenly(family_budget, n_runs)]
     return [
         RunEntry(family=family.name, description=_description(family.scenario, args, model, n), max_eval_instances=n)
         for (family, args), n in zip(runs, counts, strict=True)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from llmkit.core.devices import quiet_bitsandbytes_kernel_notice
+from llmkit.core.errors import problems
 from llmkit.server.settings import EngineName, ServerSettings
 
 
@@ -27,22 +28,14 @@ def parse_settings(argv: Sequence[str] | None = None) -> ServerSettings:
     )
 
 
-def _flag_problem(error: dict) -> str:
-    """One pydantic error as the flag it came from: `  --max-context: Input should be greater than 0 (got -1)`."""
-    message = error["msg"].removeprefix("Value error, ")
-    if not error["loc"]:  # a rule across flags names them itself
-        return f"  {message}"
-    return f"  --{str(error['loc'][0]).replace('_', '-')}: {message} (got {error['input']!r})"
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_bitsandbytes_kernel_notice()
     try:
         settings = parse_settings(argv)
     except ValidationError as err:
-        problems = map(_flag_problem, err.errors(include_url=False))
-        raise SystemExit("\n".join(["Error: invalid settings:", *problems])) from None
+        lines = problems(err, key=lambda field: "--" + field.replace("_", "-"))  # `--max-context: ... (got '0')`
+        raise SystemExit("\n  ".join(["Error: invalid settings:", *lines])) from None
     if settings.engine is EngineName.vllm and importlib.util.find_spec("vllm") is None:
         from llmkit.server.vllm_venv import exec_server
 

@@ -20,6 +20,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
+from llmkit.core.errors import is_union_branch
 from llmkit.server.engine import Engine, load_engine
 from llmkit.server.observe import AccessLogMiddleware, Metrics
 from llmkit.server.openai_routes import openai_error
@@ -66,20 +67,11 @@ def _validation_errors(err: RequestValidationError) -> list[dict]:
     """What was wrong, field by field, without echoing the input (a NaN or a huge value cannot go back as JSON)."""
     errors = []
     for e in err.errors():
-        loc = [str(part) for part in e["loc"] if not _union_branch(part)]
+        loc = [str(part) for part in e["loc"] if not is_union_branch(part)]
         error = {"loc": loc, "msg": e["msg"].removeprefix("Value error, "), "type": e["type"]}
         if error not in errors:  # each branch of a union repeats the field
             errors.append(error)
     return errors
-
-
-def _union_branch(part: str | int) -> bool:
-    """A name pydantic gives the branch of a union it tried (`str`, `list[int]`, `function-after[...]`, `TextPart`),
-    not a field the client wrote: the wire's field names are lower-case words."""
-    return isinstance(part, str) and ("[" in part or part in _TYPE_NAMES or part[:1].isupper())
-
-
-_TYPE_NAMES = frozenset({"str", "int", "float", "bool", "none", "list", "dict"})
 
 
 class AssumeJSONMiddleware:

@@ -10,7 +10,6 @@ Key names are axolotl's (see `llmkit.config.sections` and the README's "Configs"
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from llmkit.config.sections import (
     TrainingSection,
 )
 from llmkit.core import devices
+from llmkit.core.errors import problems
 
 __all__ = [
     "Adapter",
@@ -480,36 +480,6 @@ def _migrate_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return data, notices
 
 
-_TYPE_TAG = re.compile(r"^(bool|int|float|str|none|[a-z-]+\[.*\])$")  # pydantic's union-branch loc entries
-
-
-def _key_path(loc: tuple) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif not _TYPE_TAG.match(part):
-            path += f".{part}" if path else part
-    return path or "(config)"
-
-
-def _problems(err: ValidationError) -> list[str]:
-    """One line per key path; the branches of a union (bool | "auto") are joined into one line."""
-    by_path: dict[str, list[str]] = {}
-    inputs: dict[str, Any] = {}
-    for error in err.errors(include_url=False):
-        path = _key_path(error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        by_path.setdefault(path, []).append(message)
-        inputs.setdefault(path, error.get("input"))
-    lines = []
-    for path, messages in by_path.items():
-        got = "" if path == "(config)" or isinstance(inputs[path], dict) else f" (got {inputs[path]!r})"
-        where = "" if path == "(config)" else f"{path}: "  # cross-field rules name their keys themselves
-        lines.append(f"{where}{'; or '.join(dict.fromkeys(messages))}{got}")
-    return lines
-
-
 def _resolve_local(path: str, base: Path) -> str:
     """A relative path that exists from the current directory (axolotl's rule) or else from `base`, made absolute."""
     candidate = Path(path).expanduser()
@@ -560,7 +530,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> AxolotlConfi
             warnings.simplefilter("ignore", ConfigWarning)
             cfg = AxolotlConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_problems(err), path) from None
+        raise ConfigError(problems(err), path) from None
     cfg._source = path
     if cfg.warning_message():
         warnings.warn(f"{path}: {cfg.warning_message()}", ConfigWarning, stacklevel=2)

@@ -29,6 +29,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from llmkit.core.errors import problems
 from llmkit.core.models import resolve_model
 from llmkit.merge.fold import (
     ADAPTER_FILES,
@@ -95,11 +96,7 @@ def load_weighted(path: str | Path) -> WeightedMerge:
     except (OSError, yaml.YAMLError) as err:
         raise ValueError(f"Cannot read the weighted-merge file {path}: {err}") from err
     except ValidationError as err:
-        problems = [
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in err.errors()
-        ]
-        raise ValueError(f"Invalid weighted-merge file {path}:\n  - " + "\n  - ".join(problems)) from None
+        raise ValueError(f"Invalid weighted-merge file {path}:\n  - " + "\n  - ".join(problems(err))) from None
     for adapter in spec.adapters:
         adapter.path = adapter.path if adapter.path.is_absolute() else path.parent / adapter.path
     return spec

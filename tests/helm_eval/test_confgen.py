@@ -60,7 +60,17 @@ def test_bad_inputs_name_what_is_wrong(tmp_path):
         confgen.load_task_list("nope")
     bad = tmp_path / "bad.yaml"
     bad.write_text("families:\n  - name: x\n    scenario: mmlu\n    args: {model: other}\n")
-    with pytest.raises(confgen.ConfError, match=r"(?s)bad.yaml.*families\.0\.args.*set by the generator"):
+    with pytest.raises(confgen.ConfError, match=r"(?s)bad.yaml.*- families\[0\]\.args: .*set by the generator"):
+        confgen.load_task_list(bad)
+    bad.write_text("families:\n  - name: x\n    scenario: mmlu\n    shares: 2\n")
+    with pytest.raises(confgen.ConfError, match=r"families\[0\]\.shares: Extra inputs are not permitted \(got 2\)"):
+        confgen.load_task_list(bad)
+    bad.write_bytes(b"families: caf\xe9\n")
+    with pytest.raises(confgen.ConfError, match="bad.yaml: cannot read it as YAML: 'utf-8' codec can't decode"):
         confgen.load_task_list(bad)
     with pytest.raises(confgen.ConfError, match="budget of 10 instances cannot cover the 88 runs"):
         confgen.generate(confgen.load_task_list("open"), budget=10)
+    with pytest.raises(confgen.ConfError, match="budget of 0 instances cannot cover the 10 runs"):
+        confgen.generate(confgen.load_task_list("quick"), budget=0)  # 0 is not "the task list's own"
+    with pytest.raises(confgen.ConfError, match="at most 0 instances per run leaves nothing to evaluate"):
+        confgen.generate(confgen.load_task_list("quick"), cap=0)

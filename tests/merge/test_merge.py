@@ -254,7 +254,7 @@ def test_weighted_ties_merge_from_yaml(adapters, tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match=r"(?s)fusion.yml.*combination_type dare_ties needs density"):
         load_weighted(fusion)
     fusion.write_text(yaml.safe_dump({"adapters": [{"path": "plain", "wieght": 2}] * 2}))
-    with pytest.raises(ValueError, match=r"adapters.0.wieght: Extra inputs are not permitted"):
+    with pytest.raises(ValueError, match=r"adapters\[0\].wieght: Extra inputs are not permitted"):
         load_weighted(fusion)
 
 

@@ -1,0 +1,58 @@
+"""pydantic's validation errors as people read them: the key path they wrote, what is wrong, what they gave.
+
+One reading for every file and request the project validates: configs, task lists, weighted-merge files, the
+server's flags and its wire models.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+# pydantic puts the branch of a union it tried into `loc` (`str`, `list[int]`, `function-after[...]`, a model's
+# class name such as `TextPart`): not a key anyone wrote. Keys and wire fields are lower-case words.
+_UNION_BRANCH = re.compile(r"^(bool|int|float|str|bytes|none|list|dict|[a-z-]+\[.*\]|[A-Z]\w*)$")
+
+
+def is_union_branch(part: str | int) -> bool:
+    return isinstance(part, str) and bool(_UNION_BRANCH.match(part))
+
+
+def key_path(loc: tuple[str | int, ...]) -> str:
+    """`('datasets', 0, 'str', 'type')` as `datasets[0].type`; empty for the whole document."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not is_union_branch(part):
+            path += f".{part}" if path else part
+    return path
+
+
+def problems(err: ValidationError, key: Callable[[str], str] = str) -> list[str]:
+    """One line per key path, `key(path): message (got value)`; the branches of a union are joined with "; or".
+
+    A rule across keys (an empty path) names its keys itself; a mapping's value is not repeated back.
+    """
+    messages: dict[str, list[str]] = {}
+    inputs: dict[str, object] = {}
+    for error in err.errors(include_url=False):
+        path = key_path(error["loc"])
+        messages.setdefault(path, []).append(error["msg"].removeprefix("Value error, "))
+        inputs.setdefault(path, error.get("input"))
+    lines = []
+    for path, said in messages.items():
+        text = "; or ".join(dict.fromkeys(said))
+        if not path:
+            lines.append(text)
+            continue
+        given = inputs[path]
+        got = "" if isinstance(given, dict) else f" (got {_short(repr(given))})"
+        lines.append(f"{key(path)}: {text}{got}")
+    return lines
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
