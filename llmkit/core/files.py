@@ -108,12 +108,25 @@ def staging_dir(target: Path, kind: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def check_folder_target(path: Path) -> None:
+    """`path` is, or can be made, a folder this process may write in: checked before any work, never found after."""
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"no permission to write in {existing}")
+
+
 def swap_in(built: Path, target: Path) -> None:
-    """Rename `built` (a file or a folder) to `target`, replacing what is there.
+    """Rename `built` (a file or a folder) to `target`, replacing what is there of the same kind.
 
     A file over a file is one atomic rename. Otherwise an existing target is moved aside first and deleted only
-    after the swap, so a kill in between leaves it for `clean_stale` to restore.
+    after the swap, so a kill in between leaves it for `clean_stale` to restore. A folder never replaces a file,
+    nor a file a folder: that target is somebody else's.
     """
+    if target.exists() and built.is_dir() != target.is_dir():
+        kinds = ("a folder", "a file") if target.is_dir() else ("a file", "a folder")
+        raise FileExistsError(f"{target} is {kinds[0]}; not replacing it with {kinds[1]}")
     if not built.is_dir() and not target.is_dir():
         os.replace(built, target)
         return

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from llmkit.core import devices
-from llmkit.core.files import clean_stale, staging_dir, swap_in
+from llmkit.core.files import check_folder_target, clean_stale, staging_dir, swap_in
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ def write_random_model(
     torch_dtype = devices.torch_dtype(dtype)
     torch.manual_seed(seed)
     out = Path(out)
+    check_folder_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
     with staging_dir(out, "random") as staged:

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from llmkit.core import devices
-from llmkit.core.files import clean_stale, sha256_file, sigterm_as_exit, staging_dir, swap_in
+from llmkit.core.files import check_folder_target, clean_stale, sha256_file, sigterm_as_exit, staging_dir, swap_in
 from llmkit.core.models import ResolvedModel, adapter_config, resolve_model, tokenizer_dir
 from llmkit.merge import weights as mw
 from llmkit.merge.verify import TOLERANCES, Agreement, verify_merge
@@ -90,6 +90,7 @@ def merge_adapter(
         cfg: the training config, where the adapter folder has no `config.resolved.yml` of its own.
     """
     adapter = check_adapter_dir(adapter_dir)
+    check_folder_target(Path(out_dir))  # before a base model is downloaded
     base = resolve_model(base_model or trained_on(adapter))
     options = merge_options(dtype, training_config(adapter) or cfg, base.path, nf4_roundtrip, verify, max_shard_size)
     inputs = {"base": fingerprint(base.path), "adapter": fingerprint(adapter, ADAPTER_FILES)}

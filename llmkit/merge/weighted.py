@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmkit.core.errors import problems
+from llmkit.core.files import check_folder_target
 from llmkit.core.models import resolve_model
 from llmkit.merge.fold import (
     ADAPTER_FILES,
@@ -113,6 +114,7 @@ def merge_weighted(
 ) -> MergeReport:
     """Combine `spec.adapters` into one adapter and merge it into the base; arguments as `merge_adapter`'s."""
     adapters = [check_adapter_dir(a.path) for a in spec.adapters]
+    check_folder_target(Path(out_dir))  # before a base model is downloaded
     base = resolve_model(spec.base_model or trained_on(adapters[0]))
     cfg = training_config(adapters[0])
     options = merge_options(dtype, cfg, base.path, nf4_roundtrip, verify, max_shard_size)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from llmkit.core.assets import DEFAULT_CONFIG, DOCKER_DIR
 from llmkit.core.challenge import TRACKS, Loading, Track
-from llmkit.core.files import clean_stale, sha256_file, staging_dir, swap_in
+from llmkit.core.files import check_folder_target, clean_stale, sha256_file, staging_dir, swap_in
 from llmkit.core.memory import MemoryEstimate, choose_loading
 from llmkit.core.shapes import model_shape
 from llmkit.server.settings import EngineName
@@ -99,6 +99,11 @@ def build_submission(
         raise SubmissionError("--adapter and --revision need --model (the base they apply to)")
     if training and model is not None:
         raise SubmissionError("--training needs --config (the config that trains the model), not --model")
+    track_dir = Path(out_root or "submissions") / f"{track.value}_track"  # beside where the command runs
+    try:
+        check_folder_target(track_dir)  # before training, merging or downloading
+    except OSError as err:
+        raise SubmissionError(f"--out: {err}") from None
     if model is None:
         weights = pipeline_weights(Path(config or DEFAULT_CONFIG), config_overrides)
         adapter_weights = None
@@ -110,7 +115,6 @@ def build_submission(
     shape = model_shape(str(weights.local_dir or weights.name))
     estimate = choose_loading(weights.name, shape, track, loading, local_size(adapter_weights))
     LOG.info("GPU memory on the %s track: %s", track.value, estimate.breakdown())
-    track_dir = Path(out_root or "submissions") / f"{track.value}_track"  # beside where the command runs
     track_dir.mkdir(parents=True, exist_ok=True)
     number = number or next_number(track_dir, track)
     if number > MAX_SUBMISSIONS:

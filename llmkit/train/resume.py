@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.config.schema import AxolotlConfig, ConfigError
-from llmkit.core.files import write_atomic
+from llmkit.core.files import check_folder_target, write_atomic
 from llmkit.data.cache import dataset_identity
 from llmkit.train.report import TRAINER_STATE
 
@@ -53,8 +53,10 @@ def plan_run(cfg: AxolotlConfig, output_dir: Path, *, is_main: bool) -> RunPlan:
     """Decide what the run does with output_dir; remove checkpoints written only in part (main process).
 
     Raises:
-        ConfigError: output_dir holds a run of another config, or `resume_from_checkpoint` is not a checkpoint.
+        ConfigError: output_dir cannot be a folder to write in, holds a run of another config, or
+            `resume_from_checkpoint` is not a checkpoint.
     """
+    _check_writable(output_dir, cfg)
     if cfg.resume_from_checkpoint:
         path = Path(cfg.resume_from_checkpoint)
         if not is_complete_checkpoint(path):
@@ -74,6 +76,14 @@ def plan_run(cfg: AxolotlConfig, output_dir: Path, *, is_main: bool) -> RunPlan:
     if newest is not None:
         LOG.info("Resuming from %s; pass --fresh to start from step 0", newest)
     return RunPlan(done=False, checkpoint=newest, finished_checkpoint=newest is not None and _at_end(newest))
+
+
+def _check_writable(output_dir: Path, cfg: AxolotlConfig) -> None:
+    """Before the model loads: output_dir is, or can be made, a folder this process may write in."""
+    try:
+        check_folder_target(output_dir)
+    except OSError as err:
+        raise ConfigError([f"output_dir: {err}"], cfg.source) from None
 
 
 def _check_same_run(cfg: AxolotlConfig, output_dir: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llmkit.core.files import clean_stale, sha256_file, staging_dir, swap_in, write_atomic
+from llmkit.core.files import check_folder_target, clean_stale, sha256_file, staging_dir, swap_in, write_atomic
 
 
 def _dead_pid() -> int:
@@ -124,6 +124,22 @@ def test_swap_in_replaces_a_folder_and_a_file(tmp_path):
         swap_in(tmp / "built.zip", tmp_path / "run.zip")
     assert _names(tmp_path) == ["merged", "run.zip"]
     assert _names(tmp_path / "merged") == ["new.safetensors"] and (tmp_path / "run.zip").read_bytes() == b"new zip"
+
+
+def test_an_output_folder_never_replaces_a_file_and_the_file_is_named_first(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    check_folder_target(tmp_path / "merged" / "deeper")  # to be made: fine
+    for target in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "merged"):
+        with pytest.raises(NotADirectoryError, match=f"{tmp_path / 'notes.txt'} is a file, not a folder"):
+            check_folder_target(target)
+    with staging_dir(tmp_path / "notes.txt", "tmp") as tmp:
+        (tmp / "built").mkdir()
+        with pytest.raises(FileExistsError, match="notes.txt is a file; not replacing it with a folder"):
+            swap_in(tmp / "built", tmp_path / "notes.txt")
+        (tmp / "built.zip").write_bytes(b"zip")
+        with pytest.raises(FileExistsError, match="is a folder; not replacing it with a file"):
+            swap_in(tmp / "built.zip", tmp / "built")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_clean_stale_restores_a_target_moved_aside_and_removes_a_killed_runs_folder(tmp_path):

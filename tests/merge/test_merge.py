@@ -272,6 +272,11 @@ def test_bad_adapter_paths_fail_clearly(tiny_model_dir, tmp_path):
         assert result.exit_code == 1 and f"{broken / 'adapter_config.json'} {problem}" in result.output
     result = runner.invoke(app, ["merge"])
     assert result.exit_code == 1 and "Nothing to merge" in result.output
+    (tmp_path / "taken").write_text("somebody's file")
+    (broken / "adapter_config.json").write_text("{}")
+    result = runner.invoke(app, ["merge", "--adapter", str(broken), "--out", str(tmp_path / "taken")])
+    assert result.exit_code == 1 and f"{tmp_path / 'taken'} is a file, not a folder" in result.output
+    assert (tmp_path / "taken").read_text() == "somebody's file"
 
 
 def test_adapter_for_another_base_names_both(adapters, tiny_model_dir, default_model_dir, tmp_path):

@@ -54,6 +54,14 @@ def test_a_run_killed_after_its_last_checkpoint_is_published_without_another_ste
     assert published == (out / "checkpoint-4" / "adapter_model.safetensors").read_bytes()
 
 
+def test_an_output_dir_that_is_a_file_is_refused_before_the_model_loads(tiny_config, tmp_path):
+    (tmp_path / "taken").write_text("somebody's file")
+    for output_dir in (tmp_path / "taken", tmp_path / "taken" / "run"):
+        with pytest.raises(ConfigError, match=f"output_dir: {tmp_path / 'taken'} is a file, not a folder"):
+            train(load_config(tiny_config(output_dir=str(output_dir))))
+    assert (tmp_path / "taken").read_text() == "somebody's file"
+
+
 def test_a_changed_config_is_refused_until_fresh(tiny_config):
     out = train(load_config(tiny_config(max_steps=2)))
     longer = tiny_config(max_steps=3)
