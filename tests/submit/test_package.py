@@ -101,6 +101,9 @@ def test_bad_arguments_are_named(tmp_path):
         build_submission("4090", model=DEFAULT_MODEL_ID, number=0, out_root=tmp_path)
     with pytest.raises(ValueError, match="'H100' is not a valid Track"):
         build_submission("H100", model=DEFAULT_MODEL_ID, out_root=tmp_path)
+    (tmp_path / "taken").write_text("somebody's file")
+    with pytest.raises(SubmissionError, match=f"--out: {tmp_path / 'taken'} is a file, not a folder"):
+        build_submission("4090", out_root=tmp_path / "taken")  # before the default config trains
 
 
 @pytest.mark.parametrize("engine", list(EngineName))
