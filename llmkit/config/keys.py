@@ -35,7 +35,10 @@ UNIMPLEMENTED_KEYS = frozenset(
     ddp_find_unused_parameters moe_kernels lora_mlp_kernel lora_qkv_kernel lora_o_kernel cut_cross_entropy
     liger_rope liger_rms_norm liger_glu_activation liger_layer_norm liger_fused_linear_cross_entropy
     save_first_step include_tokens_per_second dataloader_num_workers dataloader_pin_memory dataloader_prefetch_factor
-    remove_unused_columns
+    remove_unused_columns chunked_cross_entropy tiled_mlp activation_offloading use_kernels use_scattermoe
+    experts_implementation expert_parallel_size sequence_parallel_degree context_parallel_size tensor_parallel_size
+    dp_shard_size dp_replicate_size fsdp_version flex_attn_compile_kwargs accelerator_config skip_prepare_dataset
+    tokenizer_use_mistral_common processor_type freeze_mm_modules min_sample_len ddp experimental_skip_move_to_device
     """.split()
 )
 # axolotl keys that would change what is trained and that this project does not implement: a value other than
@@ -52,7 +55,29 @@ REFUSED_KEYS = {
     "dataset_shard_idx": "training on one shard of the data is not implemented",
     "max_prompt_len": "TRL 1.16's DPOTrainer no longer cuts prompts on their own; rows are cut at sequence_len",
     "dpo_norm_loss": "length-normalised DPO loss is not implemented",
+    "reward_model": "reward-model training (a scalar head on preference pairs) is not implemented",
+    "process_reward_model": "reward-model training (a scalar head on preference pairs) is not implemented",
+    "qat": "quantization-aware training is not implemented; QLoRA here trains on a bitsandbytes NF4 base",
+    "llmcompressor": "sparsity-preserving fine-tuning (an llmcompressor recipe) is not implemented",
+    "gkd_trainer": "GKD (distillation from a teacher model's generations) is not implemented",
+    "quantize_moe_experts": "quantizing fused MoE experts is not implemented: bitsandbytes leaves them in 16 bits",
+    "lora_target_parameters": "LoRA on parameters (fused MoE experts) is not implemented; lora_target_modules "
+    "covers linear layers",
+    "use_onebitllms": "training a 1.58-bit (BitNet) model is not implemented",
+    "scaling_softmax": "scaled-softmax attention changes the attention itself; not implemented",
 }
+# axolotl plugins that change only speed, memory or logging (any other plugin is refused: it may change training).
+SPEED_ONLY_PLUGINS = frozenset(
+    "CutCrossEntropyPlugin LigerPlugin KernelsPlugin ExpertParallelPlugin SwanLabPlugin LMEvalPlugin".split()
+)
+
+
+def refused_plugins(value: object) -> list[str]:
+    """The `plugins:` entries that may change what is trained (all but SPEED_ONLY_PLUGINS)."""
+    names = value if isinstance(value, list) else [value] if value else []
+    return [str(name) for name in names if str(name).rsplit(".", 1)[-1] not in SPEED_ONLY_PLUGINS]
+
+
 DATASET_UNIMPLEMENTED_KEYS = frozenset(
     """
     shards shards_idx preprocess_shards revision train_on_split trust_remote_code input_transform input_format

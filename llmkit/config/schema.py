@@ -20,9 +20,11 @@ from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_vali
 from llmkit.config.keys import (
     DATASET_UNIMPLEMENTED_KEYS,
     REFUSED_KEYS,
+    SPEED_ONLY_PLUGINS,
     UNIMPLEMENTED_KEYS,
     IgnoredKey,
     ignored_message,
+    refused_plugins,
     split_keys,
     suggest,
 )
@@ -41,9 +43,10 @@ from llmkit.config.sections import (
     RLMethod,
     RLSection,
     TrainingSection,
+    rl_method,
 )
 from llmkit.core import devices
-from llmkit.core.errors import problems
+from llmkit.core.errors import problems, shorten
 
 __all__ = [
     "Adapter",
@@ -122,7 +125,18 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         data, notices = _migrate_keys(dict(data))
         known = UNIMPLEMENTED_KEYS | REFUSED_KEYS.keys()
         data, ignored = split_keys(data, list(cls.model_fields), known, "")
-        refused = [f"{key.path}={key.value!r}: {REFUSED_KEYS[key.path]}" for key in ignored if _refused(key)]
+        refused = [
+            f"{key.path}={shorten(repr(key.value), 60)}: {REFUSED_KEYS[key.path]}" for key in ignored if _refused(key)
+        ]
+        if plugins := refused_plugins(next((key.value for key in ignored if key.path == "plugins"), None)):
+            refused.append(
+                f"plugins: {', '.join(plugins)} may change how the model is trained (axolotl plugins are not run "
+                f"here; the speed-only ones are ignored: {', '.join(sorted(SPEED_ONLY_PLUGINS))})"
+            )
+        try:
+            rl_method(data.get("rl"))
+        except ValueError as err:  # first and alone: the trl and dataset keys of an unsupported method add nothing
+            refused.append(f"rl: {err}")
         if refused:
             raise ValueError("\n  - ".join(refused))
         if isinstance(data.get("datasets"), list):

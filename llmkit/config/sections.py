@@ -137,6 +137,8 @@ def _unknown_type(name: str, module: str) -> str:
     elif style and base in DatasetType._value2member_map_:
         styled = DatasetType(base) in STYLED_TYPES
         hint = f" (styles: {', '.join(PromptStyle._value2member_map_)})" if styled else f" ({base} takes no :style)"
+    elif module in ("bradley_terry", "stepwise_supervised"):
+        return f"dataset type {name!r} is reward-model data (axolotl's reward_model): not implemented here"
     elif module in _PREFERENCE_MODULES and "." in name:
         hint = " (a preference-data type: it needs a top-level rl, e.g. rl: dpo)"
     else:

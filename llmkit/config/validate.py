@@ -67,6 +67,13 @@ def render(p: TrainingPlan):
         where = f"{n_params / 1e9:.2f}B parameters, {p.shape.architecture}; config.json: {p.shape_source}"
         summary.add_row("base model", f"{cfg.base_model} ({where})")
     summary.add_row("method", p.method)
+    if p.shape is not None and p.shape.expert_params and (cfg.load_in_4bit or cfg.load_in_8bit):
+        summary.add_row(
+            "[yellow]MoE experts[/yellow]",
+            f"[yellow]{p.shape.expert_params / 1e9:.1f}B parameters held as fused 3-D tensors "
+            f"({', '.join(p.shape.expert_names)}): bitsandbytes quantizes only linear layers, so they stay "
+            "unquantized (in fp32 once peft prepares the quantized base for training)[/yellow]",
+        )
     summary.add_row("target modules", ", ".join(p.target_modules) or "-")
     if p.shape is not None and p.trainable_params is not None:
         share = p.trainable_params / p.shape.num_params
@@ -79,7 +86,7 @@ def render(p: TrainingPlan):
             summary.add_row("[yellow]ignored key[/yellow]", key.describe())
     empty = [key.path for key in cfg.ignored_keys if key.known and not key.effective]
     if empty:
-        summary.add_row("[dim]empty, not implemented[/dim]", f"[dim]{', '.join(empty)}[/dim]")
+        summary.add_row("[dim]off, not implemented[/dim]", f"[dim]{', '.join(empty)}[/dim]")
     summary.add_row("tokens to train", f"{p.tokens:,} ({p.tokens_basis})" if p.tokens else p.tokens_basis)
     if not p.memory:
         return summary

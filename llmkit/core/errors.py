@@ -49,10 +49,11 @@ def problems(err: ValidationError, key: Callable[[str], str] = str) -> list[str]
             lines.append(text)
             continue
         given = inputs[path]
-        got = "" if isinstance(given, dict) else f" (got {_short(repr(given))})"
+        got = "" if isinstance(given, dict) else f" (got {shorten(repr(given))})"
         lines.append(f"{key(path)}: {text}{got}")
     return lines
 
 
-def _short(text: str, limit: int = 120) -> str:
+def shorten(text: str, limit: int = 120) -> str:
+    """A value's text as an error repeats it: at most `limit` characters."""
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -363,12 +363,43 @@ def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
         ("lr_quadratic_warmup", True, "warmup here is linear"),
         ("dataset_shard_num", 4, "one shard of the data"),
         ("max_prompt_len", 512, "rows are cut at sequence_len"),
+        ("reward_model", True, "reward-model training"),
+        ("qat", {"weight_dtype": "int4"}, "quantization-aware training is not implemented"),
+        ("gkd_trainer", True, "GKD"),
+        ("quantize_moe_experts", True, "bitsandbytes leaves them in 16 bits"),
+        ("lora_target_parameters", ["experts.down_proj"], "LoRA on parameters"),
     ],
 )
 def test_keys_that_would_change_training_and_are_not_implemented_are_refused(tmp_path, key, value, reason):
     message = error_of(write(tmp_path, MINIMAL), {key: value})
     assert f"{key}={value!r}: " in message and reason in message
     load_quietly(write(tmp_path, MINIMAL), {key: None})  # left empty: no effect, no error
+
+
+def test_plugins_that_may_change_training_are_refused_and_speed_only_ones_ignored(tmp_path):
+    speed = ["axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin", "axolotl.integrations.liger.LigerPlugin"]
+    cfg = load_quietly(write(tmp_path, MINIMAL), {"plugins": speed})
+    assert [key.describe() for key in cfg.ignored_keys] == [f"plugins={speed!r}: not implemented here"]
+    message = error_of(write(tmp_path, MINIMAL), {"plugins": [*speed, "diffusion.DiffusionPlugin"]})
+    assert "plugins: diffusion.DiffusionPlugin may change how the model is trained" in message
+    assert "CutCrossEntropyPlugin" not in message.split("may change")[0]
+
+
+def test_an_unsupported_rl_is_the_only_error_and_reward_data_says_what_it_is(tmp_path):
+    grpo = {"rl": "grpo", "trl": {"use_vllm": True, "num_generations": 8, "reward_funcs": ["r.f"]}}
+    message = error_of(write(tmp_path, DPO), grpo)
+    assert message.endswith("- rl: grpo: GRPO (online RL with reward functions and generation) is not implemented "
+                            "here; supported: dpo, ipo")  # fmt: skip
+    assert "trl." not in message
+    pairs = write(tmp_path, MINIMAL.replace("type: alpaca", "type: bradley_terry.chat_template"))
+    assert "datasets[0].type: dataset type 'bradley_terry.chat_template' is reward-model data" in error_of(pairs)
+
+
+def test_documented_axolotl_keys_for_speed_or_parallelism_are_known_not_unknown(tmp_path):
+    keys = {"tiled_mlp": True, "sequence_parallel_degree": 2, "experts_implementation": "scattermoe", "use_kernels": 1}
+    cfg = load_quietly(write(tmp_path, MINIMAL), keys)
+    described = [key.describe() for key in cfg.ignored_keys]
+    assert described == [f"{key}={value!r}: not implemented here" for key, value in keys.items()]
 
 
 def test_gradient_checkpointing_offload_values(tmp_path):

@@ -148,3 +148,11 @@ def test_at_least_90_percent_of_real_world_configs_validate(runs):
     planned = [run for run in runs if run.exit_code == 0 and not run.crashed]
     share = len(planned) / len(runs)
     assert share >= REQUIRED_SHARE, f"only {share:.0%} validate offline:\n{_table(runs)}"
+
+
+@pytest.mark.timeout(600)
+def test_a_quantized_moe_plan_says_its_fused_experts_stay_unquantized(runs):
+    mixtral = next(run for run in runs if run.name == "mixtral-8x7b-qlora.yml")
+    assert "MoE experts" in mixtral.output and "45.1B parameters held as fused 3-D tensors" in mixtral.output
+    dense = next(run for run in runs if run.name == "mistral-7b-qlora-alpaca.yml")
+    assert "MoE experts" not in dense.output
