@@ -207,7 +207,7 @@ def _message(
     role = text_field(turn, keys["role"], where=where)
     if role not in accepted:
         raise FieldError(where + keys["role"], f"is {role!r}, not one of {accepted}")
-    message: Message = {"role": roles.get(role, role), "content": text_field(turn, keys["content"], where=where)}
+    message: Message = {"role": roles.get(role, role), "content": _content(turn, keys["content"], where)}
     for key, source in keys.items():
         if key not in ("role", "content") and turn.get(source) is not None:
             message[key] = turn[source]
@@ -281,6 +281,20 @@ class _Renderer:
         except TemplateError as err:
             raise FieldError(self.field, f"is refused by the chat template: {err}") from None
         return cast(str, text)
+
+
+def _content(turn: dict, key: str, where: str) -> str:
+    """A turn's text: a string, or OpenAI's list of parts, whose text parts are joined (other parts are refused)."""
+    parts = turn.get(key)
+    if parts is None and turn.get("tool_calls"):
+        raise FieldError(where + key, "is empty: a tool-call turn, and training on tool calls is not implemented")
+    if not isinstance(parts, list):
+        return text_field(turn, key, where=where)
+    for j, part in enumerate(parts):
+        if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise FieldError(f"{where}{key}[{j}]", f"is a {kind!r} part; only text parts ({{type: text, text}}) train")
+    return "".join(part["text"] for part in parts)
 
 
 def _content_span(full: str, dummy: str, done: int) -> tuple[int, int] | None:

@@ -548,6 +548,24 @@ def test_bad_chat_rows_name_the_mapped_field(write_rows, make_cfg, tokenizer):
         build_datasets(make_cfg([{"path": str(path), **MAPPED}]), tokenizer)
 
 
+def test_content_as_a_list_of_text_parts_trains_as_the_joined_text(write_rows, make_cfg, tokenizer):
+    def split(text: str) -> list[dict]:  # OpenAI's content parts
+        return [{"type": "text", "text": text[:2]}, {"type": "text", "text": text[2:]}]
+
+    parts = [{**turn, "value": split(turn["value"])} for turn in SHAREGPT]
+    as_parts = _chat(write_rows, make_cfg, tokenizer, [{"conversations": parts}])
+    as_text = _chat(write_rows, make_cfg, tokenizer, [{"conversations": SHAREGPT}])
+    assert as_parts == as_text
+    image = [SHAREGPT[0], {"from": "human", "value": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    path = write_rows([{"conversations": image}], "jsonl")
+    with pytest.raises(DataError, match=r"field 'conversations\[1\]\.value\[0\]' is a 'image_url' part; only text"):
+        build_datasets(make_cfg([{"path": str(path), **MAPPED}]), tokenizer)
+    tool = [SHAREGPT[1], {"from": "gpt", "value": None, "tool_calls": [{"type": "function"}]}]
+    path = write_rows([{"conversations": tool}], "jsonl")
+    with pytest.raises(DataError, match="is empty: a tool-call turn, and training on tool calls is not implemented"):
+        build_datasets(make_cfg([{"path": str(path), **MAPPED}]), tokenizer)
+
+
 def test_two_spellings_of_one_message_key_must_agree(tmp_path):
     keys = {"message_field_role": "from", "message_property_mappings": {"role": "speaker"}}
     with pytest.raises(
