@@ -99,7 +99,9 @@ class Scheduler:
                 f"over this server's budget of {self.kv_budget / 2**20:.0f} MiB (--kv-cache-bytes)"
             )
         with self._wake:
-            if len(self.waiting) >= self.settings.max_queue:
+            # Free batch rows take waiting requests at the next step: a burst fills them before the queue counts.
+            free_rows = max(0, self.max_batch_size - self._stats["running"] - self._stats["prefilling"])
+            if len(self.waiting) >= self.settings.max_queue + free_rows:
                 retry = math.ceil(self._seconds_per_request * (len(self.waiting) + 1) / self.max_batch_size)
                 raise QueueFull(
                     f"server busy: {self.max_batch_size} requests in the batch and {len(self.waiting)} waiting "

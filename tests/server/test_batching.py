@@ -171,6 +171,19 @@ def test_disconnect_frees_the_row_and_full_queue_answers_503(one_row, http):
     assert post(httpx.Client(base_url=one_row.url, timeout=http.timeout), helm_body("Hi", max_new_tokens=2)).text
 
 
+def test_free_batch_rows_take_requests_before_the_queue_counts(start_server, http):
+    """--max-queue 0: no request waits, but every free row of the batch still takes one (a burst included)."""
+    server = start_server("--max-batch-size", "2", "--max-queue", "0")
+    long = helm_body(COUNTING, max_new_tokens=1000, stop_sequences=NEVER)
+    clients = [open_request(server.url, long) for _ in range(2)]  # sent together, before either is admitted
+    wait_for(http, server.url, lambda b: b["running"] == 2 and b["waiting"] == 0)
+    refused = http.post(f"{server.url}/process", json=helm_body("Hi"))
+    assert refused.status_code == 503 and "(--max-queue 0)" in refused.json()["detail"]
+    for client in clients:
+        client.close()
+    wait_for(http, server.url, lambda b: b["running"] == b["waiting"] == 0, seconds=30)
+
+
 @pytest.mark.slow
 def test_request_time_limit_gives_504(start_server, http):
     server = start_server("--request-timeout-s", "2")
