@@ -149,12 +149,13 @@ def test_verify_submission_smoke_of_a_server_that_cannot_start(broken_zip):
     assert done.returncode == 1
     _, mark, _, detail = _cells(_row(done.stdout, "smoke test"))
     assert mark == "✗" and detail.startswith(
-        "server start: ServerStartError: server exited with code 1 before becoming healthy: ValidationError:"
+        "server start: ServerStartError: server exited with code 1 before becoming healthy: Error: invalid settings:"
     )
-    assert "input_value='bfloat17'" in detail
+    assert "--dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16' (got 'bfloat17')" in detail
     assert "not projected: no smoke request succeeded" in _row(done.stdout, "eval time")
     assert _closing(done.stdout).startswith(f"✗ {broken_zip}: smoke test: 'server start' failed (ServerStartError")
-    assert "The smoke test's server did not start" in done.stderr and "Traceback" in done.stderr  # its whole log
+    assert "The smoke test's server did not start" in done.stderr and "--dtype" in done.stderr  # its whole log
+    assert "Traceback" not in done.stderr
 
 
 def test_verify_submission_with_problems_skips_the_smoke_test(default_zips, tmp_path, rewrite_zip):
