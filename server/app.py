@@ -20,7 +20,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from llmkit.core.errors import is_union_branch
+from llmkit.core.errors import error_message, is_union_branch
 from llmkit.server.engine import Engine, load_engine
 from llmkit.server.observe import AccessLogMiddleware, Metrics
 from llmkit.server.openai_routes import openai_error
@@ -68,7 +68,7 @@ def _validation_errors(err: RequestValidationError) -> list[dict]:
     errors = []
     for e in err.errors():
         loc = [str(part) for part in e["loc"] if not is_union_branch(part)]
-        error = {"loc": loc, "msg": e["msg"].removeprefix("Value error, "), "type": e["type"]}
+        error = {"loc": loc, "msg": error_message(e), "type": e["type"]}
         if error not in errors:  # each branch of a union repeats the field
             errors.append(error)
     return errors

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from llmkit.config.keys import suggest
-from llmkit.core.errors import key_path
+from llmkit.core.errors import error_message, key_path
 
 # Keys may be repeated as empty (`wandb_project:`) in axolotl's templates; the root treats null as "not set".
 _SECTION = ConfigDict(extra="forbid", use_enum_values=False, validate_default=True)
@@ -391,7 +391,7 @@ def _mapping_problem(error: ErrorDetails) -> str:
     if error["type"] == "extra_forbidden":
         match = suggest(key, list(CustomPrompt.model_fields))
         return f"{key}: unknown key" + (f" (did you mean {match}?)" if match else "")
-    message = error["msg"].removeprefix("Value error, ")
+    message = error_message(error)
     return f"{key}: {message}" if key else message
 
 

@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 # pydantic puts the branch of a union it tried into `loc` (`str`, `list[int]`, `function-after[...]`, a model's
 # class name such as `TextPart`): not a key anyone wrote. Keys and wire fields are lower-case words.
@@ -18,6 +19,11 @@ _UNION_BRANCH = re.compile(r"^(bool|int|float|str|bytes|none|list|dict|[a-z-]+\[
 
 def is_union_branch(part: str | int) -> bool:
     return isinstance(part, str) and bool(_UNION_BRANCH.match(part))
+
+
+def error_message(error: ErrorDetails) -> str:
+    """pydantic's message for one error, without the "Value error, " it puts before a validator's own words."""
+    return error["msg"].removeprefix("Value error, ")
 
 
 def key_path(loc: tuple[str | int, ...]) -> str:
@@ -40,7 +46,7 @@ def problems(err: ValidationError, key: Callable[[str], str] = str) -> list[str]
     inputs: dict[str, object] = {}
     for error in err.errors(include_url=False):
         path = key_path(error["loc"])
-        messages.setdefault(path, []).append(error["msg"].removeprefix("Value error, "))
+        messages.setdefault(path, []).append(error_message(error))
         inputs.setdefault(path, error.get("input"))
     lines = []
     for path, said in messages.items():
