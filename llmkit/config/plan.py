@@ -113,6 +113,9 @@ def training_tokens(
         basis = f"{data_tokens:,} tokens of the tokenized training split x {epochs}"
         return math.ceil(data_tokens * cfg.num_epochs) * pairs, basis + (" x 2 (preference pairs)" if cfg.rl else "")
     if rows is None:
+        missing = [f"datasets[{i}].path {spec.path}" for i, spec in enumerate(cfg.datasets) if spec.missing_local_path]
+        if missing:
+            return None, f"unknown: no such file or folder here: {', '.join(missing)}"
         return None, "unknown: a dataset is on the hub, so its rows cannot be counted offline"
     train_rows = rows - math.ceil(rows * cfg.val_set_size)
     tokens = math.ceil(train_rows * cfg.sequence_len * cfg.num_epochs) * pairs
@@ -156,7 +159,10 @@ def _shape(cfg: AxolotlConfig, model_config: str | None) -> tuple[ModelShape | N
 def trainable_params(cfg: AxolotlConfig, shape: ModelShape, targets: list[str]) -> int:
     """Trainable parameters, counted over the modules peft wraps, the way it creates them."""
     if cfg.adapter is None:
-        return shape.num_params
+        patterns = cfg.unfrozen_patterns
+        if not patterns:
+            return shape.num_params
+        return sum(size for name, size in shape.parameters if any(pattern.matches(name) for pattern in patterns))
     if cfg.peft_method is PeftMethod.prompt_tuning:
         return cfg.peft_num_virtual_tokens * shape.hidden_size
     total = 0
@@ -178,6 +184,7 @@ def training_memory(
 ) -> TrainingMemory:
     """Peak training memory on one GPU of `track`, from `llmkit.core.memory` (its docstring has the formulas)."""
     dtype = cfg.compute_dtype("cuda", capability=_capability(TRACKS[track]))
+    weights = cfg.weights_dtype("cuda", capability=_capability(TRACKS[track]))
     dropout = cfg.adapter is not None and cfg.lora_dropout > 0
     adapted = [module for module in _wrapped(shape, targets) if module in shape.linear]
     setup = TrainingSetup(
@@ -188,7 +195,8 @@ def training_memory(
         tokens=cfg.micro_batch_size * cfg.sequence_len * (2 if cfg.rl else 1),  # DPO: chosen + rejected
         gradient_checkpointing=cfg.gradient_checkpointing,
         full_fine_tune=cfg.adapter is None,
-        double_quant=cfg.bnb_config_kwargs is None or cfg.bnb_config_kwargs.bnb_4bit_use_double_quant,
+        trained_bytes=_DTYPE_BYTES[weights] if cfg.adapter is None else 4,  # adapters train in float32
+        double_quant=cfg.quantization_options.bnb_4bit_use_double_quant,
         # per layer: dropout keeps a copy of each adapted layer's input
         reference_model=bool(cfg.rl) and cfg.adapter is None,
         dropout_width=sum(module.fan_in for module in adapted) // shape.num_layers if dropout else 0,
@@ -210,8 +218,12 @@ def _describe_method(cfg: AxolotlConfig) -> str:
 
 def _describe_weights(cfg: AxolotlConfig) -> str:
     if cfg.adapter is None:
-        return "full fine-tune (every weight trained)"
-    base = "4-bit NF4 base" if cfg.load_in_4bit else "8-bit base" if cfg.load_in_8bit else "16-bit base"
+        trained = "the weights unfrozen_parameters matches" if cfg.unfrozen_parameters else "every weight"
+        return f"full fine-tune ({trained} trained, {_full_weights(cfg)})"
+    quant = cfg.quantization_options
+    double = " (double quantized)" if quant.bnb_4bit_use_double_quant else ""
+    four_bit = f"4-bit {quant.bnb_4bit_quant_type.upper()} base{double}"
+    base = four_bit if cfg.load_in_4bit else "8-bit base" if cfg.load_in_8bit else "16-bit base"
     if cfg.peft_method is PeftMethod.prompt_tuning:
         return f"{cfg.adapter.value}: prompt tuning, {cfg.peft_num_virtual_tokens} virtual tokens, on a {base}"
     if cfg.peft_method is PeftMethod.vera:
@@ -222,6 +234,14 @@ def _describe_weights(cfg: AxolotlConfig) -> str:
     extra = f" + {' + '.join(extras)}" if extras else ""
     lora = f"r={cfg.lora_r} alpha={cfg.lora_alpha} (scale {scale:.3g}), dropout {cfg.lora_dropout}"
     return f"{kind}{extra} {lora}, on a {base}"
+
+
+def _full_weights(cfg: AxolotlConfig) -> str:
+    dtype = cfg.weights_dtype("cuda", capability=_capability(TRACKS[Track.rtx4090]))  # both tracks have bfloat16
+    if dtype != "float32":
+        return f"{dtype} weights"
+    compute = cfg.compute_dtype("cuda", capability=_capability(TRACKS[Track.rtx4090]))
+    return "float32 master weights" + (f", {compute} autocast" if compute != "float32" else "")
 
 
 def _optimizer_steps(cfg: AxolotlConfig, rows: int, world_size: int) -> int:

@@ -30,6 +30,7 @@ from llmkit.config.keys import (
 )
 from llmkit.config.sections import (
     Adapter,
+    BnbConfigKwargs,
     DataSection,
     DatasetSpec,
     DatasetType,
@@ -43,6 +44,7 @@ from llmkit.config.sections import (
     RLMethod,
     RLSection,
     TrainingSection,
+    UnfrozenPattern,
     rl_method,
 )
 from llmkit.core import devices
@@ -281,7 +283,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             )
         names = ", ".join(kind.value for kind in PreferenceType)
         for i, spec in enumerate(self.datasets):
-            if not isinstance(spec.type, str) or spec.type not in PreferenceType._value2member_map_:
+            if spec.type is not None and spec.type not in PreferenceType._value2member_map_:
                 raise ValueError(
                     f"datasets[{i}].type: {spec.type_name} is not a preference dataset type, which "
                     f"rl: {self.rl.value} needs; supported: {names}"
@@ -293,7 +295,8 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         # Preference training (rl) reads its own dataset types (chatml.intel, chat_template.default, ...).
         if getattr(self, "rl", None):
             return self
-        problems = [(i, spec.type_problem()) for i, spec in enumerate(self.datasets)]
+        required = "required: the prompt format (a name from the README's dataset-type table, or a mapping)"
+        problems = [(i, spec.type_problem() if spec.type else required) for i, spec in enumerate(self.datasets)]
         wrong = [f"datasets[{i}].type: {problem}" for i, problem in problems if problem]
         if wrong:
             raise ValueError("\n  - ".join(wrong))
@@ -313,6 +316,21 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         """The ConfigWarning's text: ignored keys and old spellings; empty when there are none."""
         parts = ([ignored_message(self._ignored)] if self._ignored else []) + self._notices
         return "; ".join(parts)
+
+    @property
+    def quantization_options(self) -> BnbConfigKwargs:
+        """bitsandbytes options of a quantized load, as axolotl builds them: NF4 with double quantization for
+        `adapter: qlora`; transformers' own defaults (FP4, no double quantization) for `adapter: lora` with
+        `load_in_4bit`, which axolotl passes on bare. Keys set in bnb_config_kwargs win either way."""
+        given = self.bnb_config_kwargs.model_dump(exclude_unset=True) if self.bnb_config_kwargs else {}
+        if self.adapter is Adapter.lora and self.load_in_4bit:
+            return BnbConfigKwargs(**{"bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False, **given})
+        return BnbConfigKwargs(**given)
+
+    @property
+    def unfrozen_patterns(self) -> list[UnfrozenPattern]:
+        """unfrozen_parameters, parsed (a full fine-tune trains only the parameters one of them matches)."""
+        return [UnfrozenPattern.parse(text) for text in self.unfrozen_parameters or []]
 
     @property
     def loftq_bits(self) -> int | None:
@@ -393,6 +411,19 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         # "auto" mixed precision is a GPU feature; `false` rules that half type out of the automatic choice.
         device = device or devices.resolve_device()
         return devices.auto_dtype(device, capability, bf16=self.bf16 == "auto", fp16=self.fp16 == "auto")
+
+    def weights_dtype(self, device: str | None = None, capability: tuple[int, int] | None = None) -> str:
+        """The dtype the model's weights are loaded in, as axolotl loads them: the compute dtype, so that a full
+        fine-tune under bf16 trains bfloat16 weights. `bfloat16`/`float16` name it outright. One exception: a full
+        fine-tune under fp16 mixed precision keeps float32 master weights, because the gradient scaler cannot unscale
+        float16 gradients (axolotl fails there).
+
+        Args: as `compute_dtype`.
+        """
+        if self.bfloat16 or self.float16:
+            return "bfloat16" if self.bfloat16 else "float16"
+        dtype = self.compute_dtype(device, capability)
+        return "float32" if self.adapter is None and dtype == "float16" else dtype
 
     def tf32_enabled(self, device: str | None = None) -> bool:
         """Whether TF32 matmuls are allowed: tf32 true, or "auto" on an Ampere-or-newer GPU."""

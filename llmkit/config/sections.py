@@ -6,6 +6,8 @@ description: `llmkit config-keys` prints them as the README's table.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from enum import Enum
 from string import Formatter
 from typing import Any, Literal
@@ -22,6 +24,37 @@ _SECTION = ConfigDict(extra="forbid", use_enum_values=False, validate_default=Tr
 
 # do_causal_lm_eval's metrics implemented here, named as in HF evaluate (where axolotl loads its metrics from).
 CAUSAL_LM_METRICS = ("exact_match",)
+
+
+@dataclass(frozen=True)
+class UnfrozenPattern:
+    """An `unfrozen_parameters` entry as axolotl reads it: a regex matched at the start of a parameter's name, its
+    dots literal (escaped or not), then optionally `[start:end]` (or `[index]`): the rows of dim 0 that alone get
+    gradients (the whole tensor still requires them, so memory counts all of it)."""
+
+    text: str
+    regex: re.Pattern[str]
+    rows: tuple[int, int | None] | None
+
+    @classmethod
+    def parse(cls, text: str) -> UnfrozenPattern:
+        """Raises: ValueError naming what is wrong: an invalid regex, or a range whose end is not after its start."""
+        name, rows = text, None
+        if ranged := re.fullmatch(r"(.+)\[([0-9]*)(?::([0-9]*))?\]", text):
+            name, start, end = ranged.groups()
+            if end is None and start:
+                rows = (int(start), int(start) + 1)
+            else:
+                rows = (int(start or 0), int(end) if end else None)
+                if rows[1] is not None and rows[0] >= rows[1]:
+                    raise ValueError(f"{text}: the range's end must be after its start")
+        try:
+            return cls(text, re.compile(re.sub(r"(?<!\\)\.", r"\.", name)), rows)  # a dot already escaped stays so
+        except re.error as err:
+            raise ValueError(f"{text}: not a regular expression ({err})") from None
+
+    def matches(self, name: str) -> bool:
+        return self.regex.match(name) is not None
 
 
 def one_as_list(value: object) -> object:
@@ -151,6 +184,10 @@ def _unknown_type(name: str, module: str) -> str:
         "{field_instruction, field_input, field_output, field_system, format, no_input_format, system_format, "
         "system_prompt}; or module.function naming a Python file beside the config"
     )
+
+
+# Data file suffixes and the `datasets` builder that reads each.
+LOCAL_DATA_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
 
 class DsType(str, Enum):
@@ -404,10 +441,12 @@ class DatasetSpec(BaseModel):
     model_config = _SECTION
 
     path: str = Field(description="Hub dataset id, or a local file or folder.")
-    type: str | CustomPrompt = Field(
+    type: str | CustomPrompt | None = Field(
+        None,
         description="Prompt format: a name from the README's dataset-type table (alpaca, alpaca:chat, "
         "alpaca_chat.load_qa, chat_template, ...), a user-defined {field_instruction, format, ...} mapping, or "
-        "module.function of a Python file beside the config."
+        "module.function of a Python file beside the config. Required, except under rl: there, left out, the rows "
+        "are already {prompt, chosen, rejected} texts, used as they are.",
     )
     ds_type: DsType | None = Field(None, description="File format of local files; guessed from the suffix if unset.")
     data_files: list[str] | None = Field(None, description="Files to read inside `path` (hub repo or local folder).")
@@ -483,7 +522,7 @@ class DatasetSpec(BaseModel):
 
     @field_validator("type")
     @classmethod
-    def _known_type(cls, value: str | CustomPrompt) -> str | CustomPrompt:
+    def _known_type(cls, value: str | CustomPrompt | None) -> str | CustomPrompt | None:
         # Known names become DatasetType members; other strings stay as written for the config's check (which
         # knows whether `rl` is set) and for user modules.
         return DatasetType(value) if isinstance(value, str) and value in DatasetType._value2member_map_ else value
@@ -523,6 +562,16 @@ class DatasetSpec(BaseModel):
         return None
 
     @property
+    def missing_local_path(self) -> bool:
+        """`path` is written as a local path (./, /, ~, or a data file's suffix) that does not exist: not a hub id,
+        so the hub is not asked for it."""
+        from pathlib import Path
+
+        local = Path(self.path).expanduser()
+        written_local = self.path.startswith((".", "/", "~")) or local.suffix.lower() in LOCAL_DATA_SUFFIXES
+        return written_local and not local.exists()
+
+    @property
     def base_type(self) -> DatasetType | None:
         """The named type without its `:style`; None for a mapping or a user's module."""
         if isinstance(self.type, CustomPrompt):
@@ -542,6 +591,8 @@ class DatasetSpec(BaseModel):
         """`type` as the stats table shows it."""
         if isinstance(self.type, CustomPrompt):
             return "custom"
+        if self.type is None:
+            return "prompt/chosen/rejected as they are"
         return self.type.value if isinstance(self.type, DatasetType) else self.type
 
     @property
@@ -598,12 +649,35 @@ class ModelSection(BaseModel):
 
     _token_lists = field_validator("tokens", "unfrozen_parameters", mode="before")(one_as_list)
 
+    @field_validator("unfrozen_parameters")
+    @classmethod
+    def _unfrozen_patterns(cls, patterns: list[str] | None) -> list[str] | None:
+        for text in patterns or []:
+            UnfrozenPattern.parse(text)
+        return patterns
+
+    @field_validator("tokenizer_type")
+    @classmethod
+    def _tokenizer_class(cls, name: str | None) -> str | None:
+        # Checked here, not when the tokenizer loads: validate must refuse what train would fail on (axolotl too
+        # looks the name up in transformers).
+        import transformers
+
+        if name is None or hasattr(getattr(transformers, name, None), "from_pretrained"):
+            return name
+        classes = [each for each in dir(transformers) if each.endswith(("Tokenizer", "TokenizerFast"))]
+        match = suggest(name, classes)
+        hint = f"did you mean {match}? " if match else ""
+        raise ValueError(f"{name} is not a transformers tokenizer class ({hint}leave it out to use AutoTokenizer)")
+
 
 class LoraSection(BaseModel):
     model_config = _SECTION
 
     load_in_8bit: bool = Field(False, description="Load the base in 8-bit (bitsandbytes LLM.int8()).")
-    load_in_4bit: bool = Field(False, description="Load the base in 4-bit (bitsandbytes NF4, double quantized).")
+    load_in_4bit: bool = Field(
+        False, description="Load the base in 4-bit: NF4, double quantized (qlora); FP4 (lora, as axolotl)."
+    )
     bnb_config_kwargs: BnbConfigKwargs | None = Field(None, description="bitsandbytes options for 4/8-bit loading.")
     adapter: Adapter | None = Field(None, description="lora, qlora, or none/empty for a full fine-tune.")
     peft_method: PeftMethod = Field(

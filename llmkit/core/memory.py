@@ -86,11 +86,18 @@ def overhead_bytes(allocated: float) -> float:
     return CUDA_CONTEXT_GIB * GIB + ALLOCATOR_SLACK * allocated
 
 
-def optimizer_state_bytes(optimizer: str) -> float:
-    """Bytes of optimizer state per trainable parameter for a transformers optimizer name."""
+def optimizer_state_bytes(optimizer: str, param_bytes: int = 4) -> float:
+    """Bytes of optimizer state per trainable parameter for a transformers optimizer name.
+
+    Args:
+        optimizer: transformers' name; a 8bit/4bit/32bit suffix fixes the bytes per state value.
+        param_bytes: bytes of the trained parameter, which torch's optimizers keep their state in (2 for a 16-bit
+            full fine-tune).
+    """
     family = next((key for key in _STATE_BYTES if key in optimizer), "adamw")
-    quantized = 4 if optimizer.endswith("8bit") else 8 if optimizer.endswith("4bit") else 1  # state of 1 or 0.5 byte
-    return _STATE_BYTES[family] / quantized
+    suffixed = {"8bit": 1, "4bit": 0.5, "32bit": 4}
+    per_value = next((size for suffix, size in suffixed.items() if optimizer.endswith(suffix)), param_bytes)
+    return _STATE_BYTES[family] / 4 * per_value
 
 
 class FitError(ValueError):
@@ -158,6 +165,7 @@ class TrainingSetup:
     tokens: int  # micro_batch_size x sequence_len
     gradient_checkpointing: bool
     full_fine_tune: bool = False
+    trained_bytes: int = 4  # per trained weight: 4 (adapters, float32 master weights), 2 (a 16-bit full fine-tune)
     double_quant: bool = True
     dropout_width: int = 0  # summed input widths of the adapted layers when lora_dropout > 0 (dropout keeps a copy)
     reference_model: bool = False  # preference training of a full fine-tune: TRL keeps a frozen copy of the model
@@ -168,7 +176,7 @@ class TrainingMemory:
     """Estimated peak training memory on one GPU of a track, in bytes, by part."""
 
     track: TrackSpec
-    weights: int  # the frozen base + the copies autocast keeps of fp32 weights
+    weights: int  # the frozen weights + the copies autocast keeps of fp32 weights
     trainable: int  # trainable weights + their gradients + optimizer states
     activations: int
     overhead: int
@@ -185,25 +193,33 @@ class TrainingMemory:
 def estimate_training(shape: ModelShape, setup: TrainingSetup, track: Track) -> TrainingMemory:
     """Peak training memory of `setup` on one GPU of `track`: the serving parts plus the trainable state.
 
-    - weights: the frozen base, its unquantized tensors at r: fp32 after peft's prepare_model_for_kbit_training
-      upcast them (a quantized base, `llmkit.train.modeling`), else b; plus the b-byte copies autocast makes of
-      the fp32 weights its matmuls use (adapters, an upcast lm_head; every weight of a full fine-tune), kept for
-      backward. A full fine-tune's own weights count as trainable.
-    - trainable: N x (4 weight + 4 gradient + optimizer state) bytes: adapters are fp32, and a full fine-tune
-      keeps fp32 master weights. Optimizer state: 8 for AdamW, 2 for 8-bit AdamW, 4 for Lion, 0 for SGD/Adafactor.
+    - weights: an adapter's frozen base, its unquantized tensors at r: fp32 after peft's
+      prepare_model_for_kbit_training upcast them (a quantized base, `llmkit.train.modeling`), else b; a full
+      fine-tune's frozen weights (those unfrozen_parameters leaves out) at w. Plus the b-byte copies autocast makes
+      of the fp32 weights its matmuls use (adapters, an upcast lm_head; every weight of a full fine-tune with fp32
+      master weights), kept for backward.
+    - trainable: N x (w weight + w gradient + optimizer state) bytes, w = `trained_bytes`: adapters are fp32; a
+      full fine-tune trains its weights in their loaded dtype (bf16 as axolotl loads them, or fp32 masters under
+      fp16). Optimizer state, per fp32 parameter: 8 for AdamW, 2 for 8-bit AdamW, 4 for Lion, 0 for
+      SGD/Adafactor; torch's optimizers keep it in the parameter's dtype (`optimizer_state_bytes`).
     - preference training (DPO): `tokens` counts the chosen and the rejected answers (one batch); the reference
       policy's forward runs without gradients and keeps nothing, and is the base itself for an adapter.
-    - activations at r, the residual stream's dtype (it follows the fp32 embeddings and norms): backward needs
-      every layer's A (T x L x A); with gradient checkpointing only each layer's input (T x L x r x h) and one
-      recomputed layer (T x A). Plus the logits at b.
+    - activations at r, the residual stream's dtype (it follows the embeddings and norms: fp32 beside a quantized
+      base or fp32 master weights): backward needs every layer's A (T x L x A); with gradient checkpointing only
+      each layer's input (T x L x r x h) and one recomputed layer (T x A). Plus the logits at b.
     """
     b = setup.dtype_bytes
-    r = b if setup.loading is Loading.bf16 and not setup.full_fine_tune else 4
-    base = weight_bytes(shape, setup.loading, float_bytes=r, double_quant=setup.double_quant)
-    weights = (0 if setup.full_fine_tune else base) + _autocast_copies(shape, setup, r)
-    if setup.reference_model:  # a deep copy of the fp32 master weights (an adapter's reference is the base itself)
-        weights += 4 * shape.num_params
-    trainable = setup.trainable_params * (4 + 4 + optimizer_state_bytes(setup.optimizer))
+    w = setup.trained_bytes
+    if setup.full_fine_tune:
+        r = w
+        weights = (shape.num_params - setup.trainable_params) * w + _autocast_copies(shape, setup, r)
+    else:
+        r = b if setup.loading is Loading.bf16 else 4
+        base = weight_bytes(shape, setup.loading, float_bytes=r, double_quant=setup.double_quant)
+        weights = base + _autocast_copies(shape, setup, r)
+    if setup.reference_model:  # a deep copy of a full fine-tune's weights (an adapter's reference is the base itself)
+        weights += w * shape.num_params
+    trainable = setup.trainable_params * (w + w + optimizer_state_bytes(setup.optimizer, w))
     per_layer = layer_activation_bytes(shape, r, setup.dropout_width)
     if setup.gradient_checkpointing:
         layers = setup.tokens * (shape.num_layers * r * shape.hidden_size + per_layer)
@@ -217,8 +233,8 @@ def estimate_training(shape: ModelShape, setup: TrainingSetup, track: Track) -> 
 def _autocast_copies(shape: ModelShape, setup: TrainingSetup, residual_bytes: int) -> int:
     if setup.dtype_bytes == 4:
         return 0  # float32 training: no autocast
-    if setup.full_fine_tune:
-        return setup.dtype_bytes * shape.num_params
+    if setup.full_fine_tune:  # 16-bit weights are used as they are
+        return setup.dtype_bytes * shape.num_params if setup.trained_bytes == 4 else 0
     lm_head = shape.vocab_size * shape.hidden_size if residual_bytes == 4 else 0  # upcast with the embeddings
     return setup.dtype_bytes * (setup.trainable_params + lm_head)
 

@@ -74,6 +74,7 @@ class ModelShape:
     expert_params: int  # MoE experts stored as fused 3-D parameters: bitsandbytes leaves them unquantized
     expert_names: tuple[str, ...]  # their parameter names' last two parts, e.g. experts.gate_up_proj
     module_leaves: frozenset[str]  # every module's last name part (for "did you mean" and existence checks)
+    parameters: tuple[tuple[str, int], ...]  # every parameter's name and size, once (for unfrozen_parameters)
     hidden_size: int
     num_layers: int
     num_heads: int
@@ -132,6 +133,7 @@ class ModelShape:
             expert_params=sum(p.numel() for _, p in experts),
             expert_names=tuple(dict.fromkeys(".".join(n.split(".")[-2:]) for n, _ in experts)),
             module_leaves=frozenset(leaves - {""}),
+            parameters=tuple((n, p.numel()) for n, p in model.named_parameters()),
             **_attention_and_mlp(text),
         )
 

@@ -119,6 +119,11 @@ _SHAPES: dict[str, Callable[[RawRow], tuple[str, str, str]]] = {
 }
 
 
+def _as_they_are(row: RawRow) -> PreferenceRow:
+    prompt, chosen, rejected = _SHAPES["prompt_pairs"](row)
+    return PreferenceRow(prompt=prompt, chosen=chosen, rejected=rejected)
+
+
 def _formatted_builder(kind: PreferenceType) -> PreferenceBuilder:
     """chatml.* / llama3.*: the row's system text (except argilla_chat, whose rows have none) and prompt, in the
     format the name gives."""
@@ -216,6 +221,8 @@ def preference_builder(
     Raises:
         ValueError: a type that is no preference type, or a chat template that cannot be used.
     """
+    if spec.type is None:  # as axolotl: rows already in TRL's format, used as they are
+        return _as_they_are
     if not isinstance(spec.type, str) or spec.type not in PreferenceType._value2member_map_:
         names = ", ".join(kind.value for kind in PreferenceType)
         raise ValueError(f"type {spec.type!r} is not a preference dataset type; supported: {names}")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset, load_dataset
 
-from llmkit.config.sections import DatasetSpec
+from llmkit.config.sections import LOCAL_DATA_SUFFIXES, DatasetSpec
 from llmkit.data.fields import RowError
 from llmkit.data.rows import RawColumns, RawRow
 
@@ -18,8 +18,6 @@ if TYPE_CHECKING:
     from llmkit.config.schema import AxolotlConfig
 
 RowCheck = Callable[[RawRow], object]  # raises RowError for a row its dataset type cannot use
-
-_BUILDER_BY_SUFFIX = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
 
 class DataError(ValueError):
@@ -36,8 +34,8 @@ def load_rows(spec: DatasetSpec, check: RowCheck) -> Dataset:
     """Read one dataset spec's rows (each a `RawRow`); `check` (what the type does with a row) finds the bad row in
     a JSON file that `datasets` cannot read."""
     local = Path(spec.path).expanduser()
-    if not local.exists() and (spec.path.startswith((".", "/", "~")) or local.suffix.lower() in _BUILDER_BY_SUFFIX):
-        raise DataError(f"{spec.path}: no such file or folder")  # a local path, not a hub id: don't ask the hub
+    if spec.missing_local_path:
+        raise DataError(f"{spec.path}: no such file or folder")
     try:
         rows = _load(spec, local)
     except DataError:
@@ -53,7 +51,7 @@ def _load(spec: DatasetSpec, local: Path) -> Dataset:
     ds_type = spec.ds_type.value if spec.ds_type else None
     split = spec.split or "train"
     if local.is_file():
-        builder = ds_type or _BUILDER_BY_SUFFIX.get(local.suffix.lower())
+        builder = ds_type or LOCAL_DATA_SUFFIXES.get(local.suffix.lower())
         if builder is None:
             raise DataError(f"{local}: unknown file type {local.suffix!r}; set ds_type (json, parquet, csv)")
         return load_dataset(builder, data_files=str(local), split="train")

@@ -135,7 +135,7 @@ def merge_options(dtype, cfg, base_dir: Path, nf4_roundtrip: bool, verify: bool,
             raise ValueError("nf4_roundtrip is for QLoRA adapters, but this one was trained with load_in_4bit: false")
         from llmkit.config.sections import BnbConfigKwargs
 
-        quant = (cfg.bnb_config_kwargs if cfg is not None else None) or BnbConfigKwargs()
+        quant = cfg.quantization_options if cfg is not None else BnbConfigKwargs()
         # training loaded the base in its compute dtype and quantized from that
         source_dtype = trained or str(merge_dtype).removeprefix("torch.")
         nf4 = mw.Nf4Options(source_dtype, quant.bnb_4bit_quant_type, quant.bnb_4bit_use_double_quant)

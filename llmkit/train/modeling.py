@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import re
 import warnings
 from typing import Any
 
@@ -31,7 +30,6 @@ from transformers import AutoConfig, BitsAndBytesConfig, PretrainedConfig, PreTr
 from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
 
 from llmkit.config.schema import AxolotlConfig, ConfigError
-from llmkit.config.sections import BnbConfigKwargs
 from llmkit.core import devices
 from llmkit.core.models import resolve_model
 from llmkit.data.chat import ChatDefaults, config_template
@@ -48,8 +46,8 @@ def torch_dtype(cfg: AxolotlConfig) -> torch.dtype:
 
 
 def quantization_config(cfg: AxolotlConfig) -> BitsAndBytesConfig | None:
-    """bitsandbytes settings: NF4 + double quantization + compute dtype for load_in_4bit, LLM.int8() for 8-bit."""
-    options = cfg.bnb_config_kwargs or BnbConfigKwargs()
+    """bitsandbytes settings: 4-bit (`cfg.quantization_options`) with the compute dtype, or LLM.int8() for 8-bit."""
+    options = cfg.quantization_options
     if cfg.load_in_4bit:
         quantization = options.bnb_4bit_quant_type  # the 4-bit data type names the quantization: nf4 or fp4
     else:
@@ -160,15 +158,6 @@ def model_config(cfg: AxolotlConfig, path: str) -> PretrainedConfig | None:
     return type(config).from_dict({**config.to_dict(), **overrides})
 
 
-def _weights_dtype(cfg: AxolotlConfig) -> torch.dtype:
-    # bfloat16/float16 hold the weights in 16 bits (a full fine-tune then has no float32 copy); otherwise a full
-    # fine-tune keeps float32 master weights (autocast computes in 16 bits) and an adapter's frozen base is stored
-    # in the compute dtype to halve its memory.
-    if cfg.bfloat16 or cfg.float16:
-        return torch.bfloat16 if cfg.bfloat16 else torch.float16
-    return torch.float32 if cfg.adapter is None else torch_dtype(cfg)
-
-
 def _model_class(cfg: AxolotlConfig) -> Any:
     name = cfg.model_type or "AutoModelForCausalLM"
     model_cls = getattr(transformers, name, None)
@@ -194,7 +183,7 @@ def load_base_model(cfg: AxolotlConfig, *, for_training: bool = True) -> PreTrai
         options["config"] = config
     model = _model_class(cfg).from_pretrained(
         resolved.path,
-        dtype=_weights_dtype(cfg),
+        dtype=devices.torch_dtype(cfg.weights_dtype()),
         quantization_config=quantization,
         device_map=_device_map(),
         attn_implementation=attn_implementation(cfg),
@@ -337,17 +326,35 @@ def _lora_init(cfg: AxolotlConfig) -> dict[str, Any]:
 
 
 def _train_only(model: PreTrainedModel, cfg: AxolotlConfig) -> None:
-    """unfrozen_parameters: freeze every parameter whose name no pattern matches (regexes, matched from the start)."""
-    patterns = [re.compile(pattern) for pattern in cfg.unfrozen_parameters or []]
-    trained = 0
+    """unfrozen_parameters: freeze every parameter no pattern matches; patterns with a row range limit its gradient
+    to those rows of dim 0 (as axolotl does: a hook zeroes the other rows' gradient)."""
+    patterns = cfg.unfrozen_patterns
     for name, parameter in model.named_parameters():
-        parameter.requires_grad = any(pattern.match(name) for pattern in patterns)
-        trained += parameter.requires_grad
-    if not trained:
+        matched = [pattern for pattern in patterns if pattern.matches(name)]
+        parameter.requires_grad = bool(matched)
+        ranged = [pattern for pattern in matched if pattern.rows]
+        if ranged:  # as in axolotl, a match without a range does not lift another's
+            trained = torch.zeros(parameter.shape[0], dtype=torch.bool)
+            for pattern in ranged:
+                start, end = pattern.rows
+                if start >= parameter.shape[0] or (end or 0) > parameter.shape[0]:
+                    raise ConfigError(
+                        [f"unfrozen_parameters: {pattern.text}: {name} has {parameter.shape[0]} rows"], cfg.source
+                    )
+                trained[start:end] = True
+            parameter.register_hook(_zero_rows_hook(~trained))
+    if not any(parameter.requires_grad for parameter in model.parameters()):
         example = next(name for name, _ in model.named_parameters())
         raise ConfigError(
             [f"unfrozen_parameters: {cfg.unfrozen_parameters} match no parameter name (e.g. {example})"], cfg.source
         )
+
+
+def _zero_rows_hook(frozen: torch.Tensor):
+    def hook(gradient: torch.Tensor) -> torch.Tensor:
+        return gradient.masked_fill(frozen.to(gradient.device).view(-1, *([1] * (gradient.dim() - 1))), 0)
+
+    return hook
 
 
 def _prompt_tuning_config(cfg: AxolotlConfig, tokenizer: Any) -> PromptTuningConfig:

@@ -430,6 +430,19 @@ def test_older_spellings_axolotl_still_reads(tmp_path):
     )
 
 
+def test_a_tokenizer_class_or_unfrozen_pattern_that_cannot_work_is_named_at_load(tmp_path):
+    config = write(tmp_path, MINIMAL)
+    assert "tokenizer_type: LlamaTokenizergin is not a transformers tokenizer class (did you mean LlamaTokenizer?" in (
+        error_of(config, {"tokenizer_type": "LlamaTokenizergin"})
+    )
+    assert load_quietly(config, {"tokenizer_type": "LlamaTokenizer"}).tokenizer_type == "LlamaTokenizer"
+    full = {"adapter": "none", "load_in_4bit": False}
+    assert "unfrozen_parameters: lm_head[(: not a regular expression" in error_of(
+        config, {**full, "unfrozen_parameters": ["lm_head", "lm_head[("]}
+    )
+    assert "the range's end must be after its start" in error_of(config, {**full, "unfrozen_parameters": "x$[9:2]"})
+
+
 def test_lora_and_full_fine_tune_only_keys(tmp_path):
     full = {"adapter": "none", "load_in_4bit": False}
     cfg = load_quietly(write(tmp_path, MINIMAL), {**full, "unfrozen_parameters": "model.layers.1.*"})

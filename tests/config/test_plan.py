@@ -234,4 +234,51 @@ def test_dpo_plans_chosen_and_rejected_tokens_and_a_full_fine_tunes_reference_co
     assert dpo.memory[0].weights == sft.memory[0].weights  # an adapter's reference policy is the base itself
     full = {"adapter": None, "load_in_4bit": False}
     full_dpo, full_sft = plan(team("Llama-2-7b-03", full | dpo_keys)), plan(team("Llama-2-7b-03", full))
-    assert full_dpo.memory[0].weights - full_sft.memory[0].weights == 4 * full_sft.shape.num_params
+    # bf16: true loads a full fine-tune's weights in bfloat16 (as axolotl does): the reference copy is 2 bytes each
+    assert full_dpo.memory[0].weights - full_sft.memory[0].weights == 2 * full_sft.shape.num_params
+
+
+def test_a_full_fine_tune_holds_its_weights_in_the_dtype_axolotl_loads_them_in():
+    # bf16: the weights, their gradients and AdamW's two states in bfloat16 (2 + 2 + 4 bytes); fp16: float32 master
+    # weights (the gradient scaler cannot unscale float16 gradients), so 4 + 4 + 8 and autocast's 16-bit copies.
+    full = {"adapter": None, "load_in_4bit": False, "optimizer": "adamw_torch", "gradient_checkpointing": True}
+    bf16 = plan(team("Llama-2-7b-03", full | {"bf16": True}))
+    fp16 = plan(team("Llama-2-7b-03", full | {"bf16": False, "fp16": True}))
+    n = bf16.shape.num_params
+    assert "bfloat16 weights" in bf16.method and "float32 master weights, float16 autocast" in fp16.method
+    assert bf16.memory[0].trainable == n * (2 + 2 + 4) and bf16.memory[0].weights == 0
+    assert fp16.memory[0].trainable == n * (4 + 4 + 8) and fp16.memory[0].weights == 2 * n
+    eight_bit = plan(team("Llama-2-7b-03", full | {"bf16": True, "optimizer": "paged_adamw_8bit"}))
+    assert eight_bit.memory[0].trainable == n * (2 + 2 + 2)  # 8-bit states: one byte each, whatever the dtype
+
+
+def test_unfrozen_parameters_are_what_the_plan_counts_as_trained():
+    keys = {"adapter": None, "load_in_4bit": False, "bf16": True, "optimizer": "adamw_torch"}
+    patterns = [r"^model.layers.(0|1).mlp.down_proj", "^lm_head.weight$[:100]"]  # a row range trains whole-size
+    unfrozen = plan(team("Llama-2-7b-03", keys | {"unfrozen_parameters": patterns}))
+    down, head = 4096 * 11008, 32000 * 4096
+    assert unfrozen.trainable_params == 2 * down + head
+    assert "unfrozen_parameters" in unfrozen.method
+    n = unfrozen.shape.num_params
+    assert unfrozen.memory[0].trainable == (2 * down + head) * 8
+    assert unfrozen.memory[0].weights == (n - 2 * down - head) * 2  # the frozen rest, in bfloat16
+
+
+def test_lora_with_load_in_4bit_is_fp4_as_axolotl_loads_it_and_qlora_is_nf4():
+    lora = plan(team("Llama-2-7b-03", {"adapter": "lora"}))
+    assert lora.method.endswith("on a 4-bit FP4 base") and lora.cfg.quantization_options.bnb_4bit_quant_type == "fp4"
+    assert plan(team("Llama-2-7b-03")).method.endswith("on a 4-bit NF4 base (double quantized)")
+    chosen = {"adapter": "lora", "bnb_config_kwargs": {"bnb_4bit_quant_type": "nf4"}}
+    assert plan(team("Llama-2-7b-03", chosen)).method.endswith("on a 4-bit NF4 base")  # no double quant: FP4's default
+    assert lora.memory[0].weights > plan(team("Llama-2-7b-03")).memory[0].weights  # no double quantization
+
+
+def test_a_missing_local_dataset_is_named_not_called_a_hub_dataset(tmp_path):
+    cfg = team(
+        "Llama-2-7b-03", {"datasets": [{"path": "x/y", "type": "alpaca"}, {"path": "./gone.jsonl", "type": "alpaca"}]}
+    )
+    tokens = plan(cfg)
+    assert (
+        tokens.tokens is None
+        and tokens.tokens_basis == "unknown: no such file or folder here: datasets[1].path ./gone.jsonl"
+    )

@@ -97,6 +97,16 @@ def test_a_bad_row_names_the_file_row_and_field(make_cfg, tokenizer, tmp_path):
         build_preference_datasets(cfg, tokenizer)
 
 
+def test_a_dataset_without_type_is_used_as_it_is_under_rl_and_required_without(make_cfg, tokenizer, tmp_path):
+    # axolotl: "If no type is provided, assume the dataset is already in the expected format".
+    path = _pairs(tmp_path, [{"prompt": "Name a colour.", "chosen": " Red", "rejected": " Seven", "id": 3}] * 4)
+    cfg = make_cfg([{"path": str(path), "type": None}], rl="dpo", val_set_size=0.25)
+    data = build_preference_datasets(cfg, tokenizer)
+    assert data.train[0] == {"prompt": "Name a colour.", "chosen": " Red", "rejected": " Seven"}
+    with pytest.raises(ValueError, match=r"datasets\[0\]\.type: required"):
+        make_cfg([{"path": str(path)}])
+
+
 def test_ipo_rpo_and_beta_reach_trl(tiny_config, tmp_path):
     pairs = _pairs(tmp_path, [{"question": "q", "chosen": "a", "rejected": "b"}])
     keys = {"rl": "ipo", "dpo_beta": 0.2, "rpo_alpha": 0.5, "dpo_use_weighting": True, "sequence_len": 96}

@@ -129,6 +129,30 @@ def test_unfrozen_parameters_train_only_the_matching_weights(tiny_config, tiny_m
     assert changed and all(name.startswith("model.layers.1.") for name in changed)
 
 
+def test_an_unfrozen_row_range_trains_only_those_rows(tiny_config, tiny_model_dir):
+    # axolotl's `name$[start:end]`: the tensor is trained, but a hook zeroes the other rows' gradient.
+    cfg = load_config(tiny_config(adapter="none", unfrozen_parameters=["^model.embed_tokens.weight$[5:9]"]))
+    out = train(cfg)
+    before, after = load_file(tiny_model_dir / "model.safetensors"), load_file(out / "model.safetensors")
+    changed = {name for name in before if not torch.equal(before[name], after[name].to(before[name].dtype))}
+    assert changed == {"model.embed_tokens.weight"}
+    rows = (before["model.embed_tokens.weight"] != after["model.embed_tokens.weight"].float()).any(dim=1)
+    assert rows.any() and set(rows.nonzero().flatten().tolist()) <= {5, 6, 7, 8}
+    with pytest.raises(ConfigError, match=r"\[99999:\]: model.embed_tokens.weight has 49152 rows"):
+        load_base_model_with_patterns(tiny_config, ["^model.embed_tokens.weight$[99999:]"])
+
+
+def load_base_model_with_patterns(tiny_config, patterns: list[str]):
+    cfg = load_config(tiny_config(adapter="none", unfrozen_parameters=patterns))
+    return build_peft_model(cfg, load_base_model(cfg), load_tokenizer(cfg))
+
+
+def test_a_full_fine_tune_under_bf16_trains_bfloat16_weights_as_axolotl_does(tiny_config):
+    cfg = load_config(tiny_config(adapter="none", bf16=True))
+    assert cfg.weights_dtype() == "bfloat16" and load_base_model(cfg).dtype == torch.bfloat16
+    assert load_config(tiny_config(adapter="none", fp16=True)).weights_dtype() == "float32"  # fp16: float32 masters
+
+
 def test_added_tokens_get_trained_embeddings(tiny_config):
     keys = {"tokens": ["<sum>"], "lora_modules_to_save": ["embed_tokens", "lm_head"]}
     out = train(load_config(tiny_config(**keys)))
