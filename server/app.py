@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmkit.core.errors import error_message, is_union_branch
 from llmkit.server.engine import Engine, load_engine
@@ -45,6 +46,7 @@ ADAPTER_HEADER = "X-Adapter"  # /process: the adapter (or the base model's name)
 ERRORS = {
     400: {"model": ErrorResponse, "description": "The request body is not UTF-8."},
     413: {"model": ErrorResponse, "description": "The request body is over the server's --max-body-bytes."},
+    415: {"model": ErrorResponse, "description": "The request body is compressed (Content-Encoding)."},
     422: {"model": ErrorResponse, "description": "The request is malformed or cannot be served as asked."},
     500: {"model": ErrorResponse, "description": "A bug in the server; the connection is closed after it."},
 }
@@ -56,10 +58,12 @@ PROCESS_ERRORS = {
 PROCESS_ERRORS[404] = {"model": ErrorResponse, "description": "X-Adapter names no adapter served here."}
 
 
-def error_response(path: str, status: int, detail: str | list, headers: dict | None = None) -> JSONResponse:
+def error_response(
+    path: str, status: int, detail: str | list, headers: dict | None = None, param: str | None = None
+) -> JSONResponse:
     """HELM's `{"detail": ...}`, or under /v1/ OpenAI's `{"error": {...}}` (where a 422 is OpenAI's 400)."""
     if path.startswith("/v1/"):
-        return openai_error(status, detail, headers)
+        return openai_error(status, detail, headers, param)
     return JSONResponse(status_code=status, content={"detail": detail}, headers=headers)
 
 
@@ -67,6 +71,10 @@ def _validation_errors(err: RequestValidationError) -> list[dict]:
     """What was wrong, field by field, without echoing the input (a NaN or a huge value cannot go back as JSON)."""
     errors = []
     for e in err.errors():
+        if e["type"] == "json_invalid":  # FastAPI puts the character offset where a field name would be
+            at, reason = e["loc"][-1], (e.get("ctx") or {}).get("error", "")
+            errors.append({"loc": [], "msg": f"body is not valid JSON: {reason} at character {at}", "type": e["type"]})
+            continue
         loc = [str(part) for part in e["loc"] if not is_union_branch(part)]
         error = {"loc": loc, "msg": error_message(e), "type": e["type"]}
         if error not in errors:  # each branch of a union repeats the field
@@ -109,6 +117,10 @@ class BodyLimitMiddleware:
                 return await self._too_large(scope, receive, send)
             if message["type"] != "http.request" or not message.get("more_body"):
                 break
+        encoding = dict(scope["headers"]).get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
+        if encoding not in ("", "identity"):
+            detail = f"Content-Encoding {encoding} is not supported: send the body uncompressed"
+            return await error_response(scope["path"], 415, detail)(scope, receive, send)
         try:
             b"".join(m.get("body", b"") for m in messages).decode("utf-8")
         except UnicodeDecodeError as err:
@@ -147,6 +159,14 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
         return error_response(request.url.path, 422, _validation_errors(err))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        # Routing's 404/405 and FastAPI's body parsing; under /v1 in OpenAI's shape too.
+        status, detail = err.status_code, err.detail
+        if isinstance(err.__cause__, RecursionError):
+            status, detail = 422, "body is not usable JSON: nested too deeply to parse"
+        return error_response(request.url.path, status, detail, getattr(err, "headers", None))
+
     @app.exception_handler(Exception)
     async def server_error(_: Request, err: Exception) -> JSONResponse:
         LOG.error("Unexpected error", exc_info=err)
@@ -157,7 +177,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     @app.exception_handler(RequestError)
     @app.exception_handler(UnknownModel)
     async def request_error(request: Request, err: RequestError | UnknownModel) -> JSONResponse:
-        return error_response(request.url.path, error_status(err), str(err))
+        return error_response(request.url.path, error_status(err), str(err), param=getattr(err, "field", None))
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, err: QueueFull) -> JSONResponse:
@@ -199,7 +219,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         text = await run_in_threadpool(engine.decode, body.tokens)
         return DecodeResponse(text=text, request_time=time.perf_counter() - start)
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: load balancers' probes
     async def health(engine: EngineDep) -> HealthResponse:
         loaded = engine.loaded
         return HealthResponse(

@@ -21,7 +21,7 @@ from llmkit.core.models import LoadedModel
 from llmkit.server.protocol import ProcessRequest, ProcessResponse, Token
 from llmkit.server.sequence import RequestError, Scores, Sequence, UnknownModel
 from llmkit.server.settings import EngineName, ServerSettings
-from llmkit.server.text import IncrementalDecoder, TokenizerPool
+from llmkit.server.text import IncrementalDecoder, TokenBytes, TokenizerPool, token_key
 
 TOKENIZER_COPIES = 4  # crfm-helm sends 4 requests at once (helm-run --num-threads 4)
 
@@ -37,7 +37,7 @@ class Engine:
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.tokenizers = TokenizerPool(self.tokenizer, TOKENIZER_COPIES)
-        self._token_texts: dict[int, str] = {}  # a top-k alternative's text, by id
+        self._token_bytes = TokenBytes(self.tokenizer)
         self.started = time.time()  # /v1/models' `created`
         self.base_name = loaded.source.model_id  # what a request names to get the base model without an adapter
         self.adapters = settings.adapters  # name -> directory
@@ -49,14 +49,26 @@ class Engine:
         return [self.base_name, *self.adapters]
 
     def adapter_for(self, name: str | None) -> str | None:
-        """The adapter a request naming `name` gets (None: the base model); no name: the server's default."""
-        if name is None:
+        """The adapter a request naming `name` gets (None: the base model); no name (or an empty one): the server's
+        default."""
+        if not name:
             return self.settings.default_adapter_name
         if name == self.base_name:
             return None
         if name in self.adapters:
             return name
         raise UnknownModel(f"model {name!r} is not served here; choose one of: {', '.join(self.model_names)}")
+
+    def check_room(self, sequences: int, field: str) -> None:
+        """Refuse a request for more sequences than the batch and the wait queue together ever hold: a 503 would
+        tell the client to retry what can never be served."""
+        room = self.settings.max_batch_size + self.settings.max_queue
+        if sequences > room:
+            raise RequestError(
+                f"{field}: this request asks for {sequences} sequences at once; this server holds at most {room} "
+                f"(--max-batch-size {self.settings.max_batch_size} + --max-queue {self.settings.max_queue})",
+                field=field,
+            )
 
     async def run(self, seq: Sequence) -> None:
         """Generate `seq`'s completion (and its prompt's scores); cancelling the awaiting task drops the request."""
@@ -127,6 +139,7 @@ class Engine:
         ids: list[int] | None = None,
         adapter: str | None = None,
         stop_at_newline: bool | None = None,
+        max_tokens_field: str = "max_new_tokens",
     ) -> Sequence:
         """Check and tokenize a request (on the caller's thread), ready for `run`.
 
@@ -135,11 +148,13 @@ class Engine:
                 is tokenized, with the tokenizer's leading special tokens.
             adapter: the adapter's name (`adapter_for`); None: the base model.
             stop_at_newline: HELM's newline rule; None: the server's setting (/process).
+            max_tokens_field: what the client called max_new_tokens (OpenAI: max_tokens), for its error.
         """
         if request.max_new_tokens > self.settings.max_new_tokens_limit:
             raise RequestError(
-                f"max_new_tokens {request.max_new_tokens} is over this server's limit "
-                f"{self.settings.max_new_tokens_limit}"
+                f"{max_tokens_field} {request.max_new_tokens} is over this server's limit "
+                f"{self.settings.max_new_tokens_limit}",
+                field=max_tokens_field,
             )
         if ids is None:
             ids, added = self.prompt_ids(request.prompt)
@@ -189,25 +204,25 @@ class Engine:
         return ProcessResponse(
             text="".join(t.text for t in tokens),
             tokens=tokens,
-            logprob=sum(seq.completion.logprobs),
+            logprob=sum(token.logprob for token in tokens),  # echoed: the prompt's too (helm-protocol.md)
             request_time=0.0,  # the route sets the wall time, queueing included
         )
 
     def _tokens(self, tokenizer, pieces: list[str], scores: Scores) -> list[Token]:
-        return [
-            Token(text=piece, logprob=logprob, top_logprob=self._top_texts(tokenizer, ids, values))
-            for piece, logprob, ids, values in zip(
-                pieces, scores.logprobs, scores.top_ids, scores.top_logprobs, strict=True
-            )
-        ]
+        tokens = []
+        for piece, token_id, logprob, ids, values in zip(
+            pieces, scores.ids, scores.logprobs, scores.top_ids, scores.top_logprobs, strict=True
+        ):
+            token = Token(text=piece, logprob=logprob, top_logprob=self._top_texts(tokenizer, ids, values))
+            token._bytes = self._token_bytes(tokenizer, token_id)
+            tokens.append(token)
+        return tokens
 
     def _top_texts(self, tokenizer, ids: list[int], values: list[float]) -> dict[str, float]:
         top: dict[str, float] = {}
         for token, value in zip(ids, values, strict=True):
-            text = self._token_texts.get(token)
-            if text is None:
-                text = self._token_texts[token] = tokenizer.decode([token])
-            top.setdefault(text, value)  # two ids may share a text: keep the likelier
+            # two ids may share a text: keep the likelier
+            top.setdefault(token_key(self._token_bytes(tokenizer, token)), value)
         return top
 
 

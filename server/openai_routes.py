@@ -44,6 +44,7 @@ from llmkit.server.openai_protocol import (
 from llmkit.server.protocol import SEED_RANGE, ProcessRequest, Token
 from llmkit.server.sequence import RequestError, Sequence
 from llmkit.server.serving import EngineDep, error_status, generate, note_ignored, run_all
+from llmkit.server.text import key_bytes, token_key
 
 FLOOR_LOGPROB = -9999.0  # JSON has no -inf; OpenAI's floor
 ERRORS = {status: {"model": OpenAIError} for status in (400, 404, 413, 503, 504)}
@@ -104,6 +105,7 @@ async def chat_completions(body: ChatCompletionRequest, engine: EngineDep, reque
 
 # --- OpenAI request -> sequences ------------------------------------------------------------------------------------
 def _completion_sequences(engine: Engine, body: CompletionRequest, adapter: str | None) -> list[Sequence]:
+    engine.check_room(len(body.prompts) * body.n, "n" if len(body.prompts) == 1 else "prompt")
     seqs = []
     for prompt in body.prompts:
         ids = prompt if isinstance(prompt, list) else None
@@ -111,20 +113,23 @@ def _completion_sequences(engine: Engine, body: CompletionRequest, adapter: str 
         max_tokens = min(16, engine.settings.max_new_tokens_limit) if body.max_tokens is None else body.max_tokens
         for choice in range(body.n):
             request = _process_request(body, text, max_tokens, body.logprobs or 0, choice, echo=body.echo)
-            seqs.append(engine.new_sequence(request, ids=ids, adapter=adapter, stop_at_newline=False))
+            options = {"adapter": adapter, "stop_at_newline": False, "max_tokens_field": "max_tokens"}
+            seqs.append(engine.new_sequence(request, ids=ids, **options))
     return seqs
 
 
 def _chat_sequences(engine: Engine, body: ChatCompletionRequest, adapter: str | None) -> list[Sequence]:
+    engine.check_room(body.n, "n")
     ids = engine.chat_prompt([message.template_form() for message in body.messages])
     # No limit given: as many as fit the context (new_sequence cuts max_new_tokens to what fits).
     max_tokens = engine.settings.max_new_tokens_limit if body.token_limit is None else body.token_limit
     top = (body.top_logprobs or 0) if body.logprobs else 0
+    limit_field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     text = engine.decode(ids)
     return [
         engine.new_sequence(
             _process_request(body, text, max_tokens, top, choice, echo=False), ids=ids, adapter=adapter,
-            stop_at_newline=False,
+            stop_at_newline=False, max_tokens_field=limit_field,
         )
         for choice in range(body.n)
     ]  # fmt: skip
@@ -189,20 +194,20 @@ def _completion_logprobs(tokens: list[Token], first_unscored: bool, offset: int)
             continue
         logprob = max(token.logprob, FLOOR_LOGPROB)
         top = {text: max(value, FLOOR_LOGPROB) for text, value in token.top_logprob.items()}
-        top.setdefault(token.text, logprob)  # OpenAI: the chosen token is always listed, so up to logprobs + 1
+        top.setdefault(token_key(token._bytes), logprob)  # OpenAI: the chosen token is always listed (logprobs + 1)
         logprobs.token_logprobs.append(logprob)
         logprobs.top_logprobs.append(top)
     return logprobs
 
 
 def _chat_logprob(token: Token) -> TokenLogprob:
+    # `bytes` is each token's own (part of a character included), so that a client can rebuild split characters.
     top = [
-        TopLogprob(token=text, logprob=max(value, FLOOR_LOGPROB), bytes=list(text.encode()))
+        TopLogprob(token=text, logprob=max(value, FLOOR_LOGPROB), bytes=list(key_bytes(text)))
         for text, value in token.top_logprob.items()
     ]
-    return TokenLogprob(
-        token=token.text, logprob=max(token.logprob, FLOOR_LOGPROB), bytes=list(token.text.encode()), top_logprobs=top
-    )
+    logprob = max(token.logprob, FLOOR_LOGPROB)
+    return TokenLogprob(token=token.text, logprob=logprob, bytes=list(token._bytes), top_logprobs=top)
 
 
 # --- streaming ------------------------------------------------------------------------------------------------------
@@ -333,12 +338,13 @@ def _error_event(err: BaseException) -> str:
 
 
 # --- errors ---------------------------------------------------------------------------------------------------------
-def openai_error(status: int, detail: str | list[dict], headers: dict | None = None) -> JSONResponse:
+def openai_error(
+    status: int, detail: str | list[dict], headers: dict | None = None, param: str | None = None
+) -> JSONResponse:
     """An error in OpenAI's shape; FastAPI's field errors (`detail` a list) become one message naming the field."""
-    param = None
     if isinstance(detail, list):
         fields = [".".join(part for part in error["loc"] if part != "body") for error in detail]
-        param = fields[0] if fields else None
+        param = next((field for field in fields if field), None)  # an error of the whole body names no field
         messages = [f"{field}: {e['msg']}" if field else e["msg"] for field, e in zip(fields, detail, strict=True)]
         detail = "; ".join(messages)
     status = 400 if status == 422 else status  # OpenAI answers a request it cannot serve with 400

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 
 from llmkit.core.challenge import CONTEXT_TOKENS
 
@@ -82,13 +82,17 @@ class ProcessRequest(WireModel):
 class Token(WireModel):
     text: str
     logprob: float
-    top_logprob: dict[str, float]
+    top_logprob: dict[str, float] = Field(
+        description="The likeliest tokens at this position by text; one that is part of a character is named by its "
+        "bytes, as OpenAI names it (`bytes:\\xe3\\x83`)."
+    )
+    _bytes: bytes = PrivateAttr(b"")  # the token's own UTF-8 bytes (OpenAI's chat `bytes`), not sent to HELM
 
 
 class ProcessResponse(WireModel):
     text: str
     tokens: list[Token]
-    logprob: float = Field(description="Sum of the returned completion tokens' logprobs.")
+    logprob: float = Field(description="Sum of the returned tokens' logprobs (an echoed prompt's included).")
     request_time: float = Field(description="Seconds the server spent on the request, queueing included.")
 
 

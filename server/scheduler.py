@@ -103,9 +103,11 @@ class Scheduler:
             free_rows = max(0, self.max_batch_size - self._stats["running"] - self._stats["prefilling"])
             if len(self.waiting) >= self.settings.max_queue + free_rows:
                 retry = math.ceil(self._seconds_per_request * (len(self.waiting) + 1) / self.max_batch_size)
+                busy = self._stats["running"] + self._stats["prefilling"]
                 raise QueueFull(
-                    f"server busy: {self.max_batch_size} requests in the batch and {len(self.waiting)} waiting "
-                    f"(--max-queue {self.settings.max_queue}); retry later",
+                    f"server busy: {busy} requests in the batch (--max-batch-size {self.max_batch_size}) and "
+                    f"{len(self.waiting)} waiting (--max-queue {self.settings.max_queue}, plus free batch rows); "
+                    "retry later",
                     retry_after_s=max(1, retry),
                 )
             self.waiting.append(seq)

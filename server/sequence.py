@@ -18,7 +18,12 @@ from llmkit.server.text import IncrementalDecoder, cut_pieces, stop_index
 
 
 class RequestError(ValueError):
-    """A request the model cannot serve as asked (too long, bad token id...): answered with HTTP 422."""
+    """A request the model cannot serve as asked (too long, bad token id...): answered with HTTP 422 (OpenAI's
+    routes: 400, with `field` as the error's param)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class QueueFull(RuntimeError):

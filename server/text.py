@@ -3,9 +3,63 @@
 from __future__ import annotations
 
 import copy
+import json
 import queue
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte tokens
+_BYTES_KEY = "bytes:"
+
+
+class TokenBytes:
+    """The UTF-8 bytes one token id stands for on its own, part of a character included (OpenAI's `bytes`).
+
+    Decoding one id gives U+FFFD for part of a character, so the bytes come from the token's vocabulary entry:
+    byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM) maps its alphabet back to bytes; SentencePiece has its byte
+    tokens (`<0xE3>`) and `▁` for a space.
+    """
+
+    def __init__(self, tokenizer):
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        decoder = json.loads(backend.to_str()).get("decoder") if backend is not None else None
+        self.byte_level = '"ByteLevel"' in json.dumps(decoder)
+        self._byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+        self._cache: dict[int, bytes] = {}
+
+    def __call__(self, tokenizer, token_id: int) -> bytes:
+        raw = self._cache.get(token_id)
+        if raw is None:
+            raw = self._cache[token_id] = self._bytes(tokenizer.convert_ids_to_tokens(token_id))
+        return raw
+
+    def _bytes(self, piece: str | bytes) -> bytes:
+        if isinstance(piece, bytes):  # tiktoken-style tokenizers keep their vocabulary as bytes
+            return piece
+        if byte := _BYTE_FALLBACK.fullmatch(piece):
+            return bytes([int(byte.group(1), 16)])
+        if self.byte_level and all(char in self._byte_of for char in piece):
+            return bytes(self._byte_of[char] for char in piece)
+        return piece.replace("\u2581", " ").encode()
+
+
+def token_key(raw: bytes) -> str:
+    """A token's name among top-k alternatives: its text, or for part of a character OpenAI's `bytes:\\xe3\\x83`
+    (as text every such token would be "\ufffd", and the alternatives would overwrite each other)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return _BYTES_KEY + "".join(f"\\x{byte:02x}" for byte in raw)
+
+
+def key_bytes(key: str) -> bytes:
+    """The bytes a `token_key` names."""
+    if key.startswith(_BYTES_KEY + "\\x"):
+        return bytes.fromhex(key[len(_BYTES_KEY) :].replace("\\x", ""))
+    return key.encode()
 
 
 class IncrementalDecoder:

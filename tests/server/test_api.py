@@ -93,7 +93,20 @@ def test_echo_scores_the_prompt_alone(client, reference):
     assert result.tokens[0].logprob == 0.0  # the first token has no context (documented)
     for pos in range(1, len(ids)):
         assert result.tokens[pos].logprob == pytest.approx(logprobs[pos - 1, ids[pos]].item(), abs=1e-4)
-    assert result.logprob == 0.0  # no completion tokens
+    # helm-protocol: with echo_prompt, text/tokens/logprob cover prompt + completion (HELM's own HF client sums
+    # the prompt's logprobs too, and its separate-choice adapters compare references by this number)
+    assert result.logprob == pytest.approx(sum(t.logprob for t in result.tokens), abs=1e-5) and result.logprob < -5
+
+
+def test_top_alternatives_of_partial_characters_stay_apart(client):
+    # Tokens holding part of a UTF-8 character all decode to "\ufffd" alone: keyed by their bytes they stay apart.
+    result = process(
+        client, "日本語のテキスト: ", max_new_tokens=4, temperature=0, top_k_per_token=5, stop_sequences=NEVER
+    )
+    assert "".join(t.text for t in result.tokens) == result.text
+    assert all(len(t.top_logprob) == 5 for t in result.tokens)
+    partial = [key for t in result.tokens for key in t.top_logprob if key.startswith("bytes:\\x")]
+    assert partial and all(bytes.fromhex(key[6:].replace("\\x", "")) for key in partial)
 
 
 def test_echo_with_completion(client):
@@ -101,7 +114,8 @@ def test_echo_with_completion(client):
     alone = process(client, prompt, max_new_tokens=8, stop_sequences=NEVER)
     echoed = process(client, prompt, max_new_tokens=8, stop_sequences=NEVER, echo_prompt=True)
     assert echoed.text == prompt + alone.text
-    assert echoed.logprob == pytest.approx(alone.logprob, abs=1e-4)
+    prompt_part = sum(t.logprob for t in echoed.tokens[: -len(alone.tokens)])
+    assert echoed.logprob == pytest.approx(prompt_part + alone.logprob, abs=1e-4) and prompt_part < 0
     assert [t.text for t in echoed.tokens[-len(alone.tokens) :]] == [t.text for t in alone.tokens]
 
 

@@ -178,7 +178,12 @@ def test_free_batch_rows_take_requests_before_the_queue_counts(start_server, htt
     clients = [open_request(server.url, long) for _ in range(2)]  # sent together, before either is admitted
     wait_for(http, server.url, lambda b: b["running"] == 2 and b["waiting"] == 0)
     refused = http.post(f"{server.url}/process", json=helm_body("Hi"))
-    assert refused.status_code == 503 and "(--max-queue 0)" in refused.json()["detail"]
+    detail = refused.json()["detail"]
+    assert (
+        refused.status_code == 503
+        and "2 requests in the batch (--max-batch-size 2)" in detail
+        and "(--max-queue 0," in detail
+    )
     for client in clients:
         client.close()
     wait_for(http, server.url, lambda b: b["running"] == b["waiting"] == 0, seconds=30)

@@ -3,6 +3,7 @@ connection, and the keep-alive connection keeps working after each."""
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import subprocess
@@ -51,6 +52,25 @@ HOSTILE = {
     "huge truncation length": ("/tokenize", as_json(text="a b", truncation=True, max_length=10**13), 200, "["),
     "top_p rounding to 0": ("/process", as_json(prompt="hi", temperature=1, top_p=1e-45, max_new_tokens=2), 200, "["),
     "one-token prompt echoed": ("/process", as_json(prompt="0", max_new_tokens=0, echo_prompt=True), 200, "tokens"),
+    "JSON nested too deeply": (
+        "/process",
+        b'{"prompt": "hi", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        422,
+        "deeply",
+    ),
+    "/v1 JSON nested too deeply": ("/v1/completions", b'{"x": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, '"error"'),
+    "/v1 not JSON": ("/v1/completions", b"{x", 400, '"param":null'),  # a character offset is no field name
+    "/v1 unknown route": ("/v1/nothing", b"{}", 404, '"error"'),
+    # More sequences than the batch and its queue ever hold: a 503 would say "retry" to what can never be served.
+    "/v1 more prompts than the server holds": ("/v1/completions", as_json(prompt=["x"] * 81), 400, '"param":"prompt"'),
+    "/v1 n over what the server holds": ("/v1/completions", as_json(prompt="x", n=81), 400, '"param":"n"'),
+    "/v1 max_tokens over the limit": ("/v1/completions", as_json(prompt="x", max_tokens=5), 400, "max_tokens 5 is"),
+    "/v1 chat max_completion_tokens over the limit": (
+        "/v1/chat/completions",
+        as_json(messages=[{"role": "user", "content": "x"}], max_completion_tokens=5),
+        400,
+        '"param":"max_completion_tokens"',
+    ),
 }
 
 
@@ -82,6 +102,21 @@ def test_hostile_request_gets_a_clear_answer_and_the_connection_lives(connection
     connection.request("GET", "/health")  # the same keep-alive connection still answers
     health = connection.getresponse()
     assert health.status == 200 and json.loads(health.read())["status"] == "ok"
+
+
+def test_health_probes_compressed_bodies_and_an_empty_adapter_header_get_clear_answers(connection):
+    connection.request("HEAD", "/health")  # load balancers probe with HEAD
+    head = connection.getresponse()
+    assert head.status == 200 and head.read() == b""
+    gzipped = {**JSON, "Content-Encoding": "gzip"}
+    connection.request("POST", "/process", body=gzip.compress(as_json(prompt="hi")), headers=gzipped)
+    compressed = connection.getresponse()
+    assert compressed.status == 415 and "Content-Encoding gzip is not supported" in compressed.read().decode()
+    connection.request(
+        "POST", "/process", body=as_json(prompt="hi", max_new_tokens=1), headers={**JSON, "X-Adapter": ""}
+    )
+    empty = connection.getresponse()
+    assert empty.status == 200 and json.loads(empty.read())["tokens"]  # no name: the server's default
 
 
 def ignored_header(connection, names) -> str:

@@ -149,6 +149,22 @@ def test_chat_uses_the_chat_template(oai, reference):
     assert answer.usage.prompt_tokens == len(ids)
 
 
+def test_split_characters_keep_their_bytes_and_their_alternatives(oai):
+    # Each of テキスト's characters is two byte-level tokens here: as text, a token holding part of one is "\ufffd".
+    messages = [{"role": "user", "content": "Say テキスト"}]
+    chat = oai.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3
+    )
+    content = chat.choices[0].logprobs.content
+    assert b"".join(bytes(t.bytes) for t in content) == chat.choices[0].message.content.encode()
+    assert any(len(t.bytes) and not t.token for t in content)  # part of a character: its bytes, no text yet
+    assert all(len(t.top_logprobs) == 3 for t in content)
+    text = oai.completions.create(model=MODEL, prompt="日本語のテキスト: ", max_tokens=4, temperature=0, logprobs=3)
+    tops = text.choices[0].logprobs.top_logprobs
+    assert all(len(top) in (3, 4) for top in tops)  # the chosen token is among them or listed besides
+    assert any(key.startswith("bytes:\\x") for top in tops for key in top)
+
+
 def test_streamed_completion_equals_the_whole_answer(oai):
     request = {"model": MODEL, "prompt": "List three colors:\n1.", "max_tokens": 16, "temperature": 0}
     whole = oai.completions.create(**request, stop=["3."]).choices[0]
