@@ -141,7 +141,7 @@ def check_answer(answer: ProcessResponse, tokenizer, prompt: str, reference) -> 
         assert max(token.top_logprob.values()) == pytest.approx(top[0], abs=1e-4)
     for token in answer.tokens[len(prompt_ids) :]:  # greedy: each completion token is the likeliest
         assert token.logprob == pytest.approx(max(token.top_logprob.values()), abs=1e-4)
-    assert answer.logprob == pytest.approx(sum(t.logprob for t in answer.tokens[len(prompt_ids) :]), abs=1e-4)
+    assert answer.logprob == pytest.approx(sum(t.logprob for t in answer.tokens), abs=1e-4)  # echoed: prompt too
 
 
 @pytest.mark.parametrize("family", list(TINY_FAMILIES))

@@ -171,7 +171,7 @@ def trainable_params(cfg: AxolotlConfig, shape: ModelShape, targets: list[str]) 
             total += cfg.peft_vera_r + module.fan_out
         else:  # A: r x in, B: out x r; DoRA adds one magnitude per output
             total += cfg.lora_r * (module.fan_in + module.fan_out) + (module.fan_out if cfg.peft_use_dora else 0)
-    return total + sum(module.params for module in _wrapped(shape, cfg.lora_modules_to_save or []))
+    return total + sum(module.params for module in _wrapped(shape, cfg.checked_modules_to_save(shape)))
 
 
 def _wrapped(shape: ModelShape, names: list[str]) -> list:

@@ -206,13 +206,8 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             raise ValueError("lora_target_modules: empty; list module names or set lora_target_linear: true")
         if self.unfrozen_parameters and self.adapter is not None:
             raise ValueError("unfrozen_parameters: applies to a full fine-tune (adapter: none), not an adapter")
-        if self.tokens and self.adapter is not None:
-            saved = set(self.lora_modules_to_save or [])
-            if not saved & {"embed_tokens", "lm_head"}:
-                raise ValueError(
-                    "tokens: new tokens get new, untrained embeddings; with an adapter, list embed_tokens and "
-                    "lm_head in lora_modules_to_save so they are trained"
-                )
+        if self.tokens and self.adapter is not None and not self.lora_modules_to_save:
+            raise ValueError(NEW_TOKENS_UNTRAINED.format(embeddings="embed_tokens", head="lm_head"))
         return self
 
     @model_validator(mode="after")
@@ -453,6 +448,36 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             raise ConfigError([_unknown_targets(missing, shape)], self.source)
         chosen = shape.linear_names() if all_linear else []
         return chosen + [name for name in listed if name not in chosen]
+
+    def checked_modules_to_save(self, shape_or_model) -> list[str]:
+        """lora_modules_to_save, each checked to name a module of the model (peft would ignore one that names
+        none); with added `tokens`, one must be the input embeddings or the output head, so the new rows train.
+
+        Args: as `resolved_target_modules` (None: returned unchecked).
+        """
+        from llmkit.core.shapes import ModelShape
+
+        names = self.lora_modules_to_save or []
+        if shape_or_model is None or self.adapter is None or not names:
+            return names
+        shape = shape_or_model if isinstance(shape_or_model, ModelShape) else ModelShape.from_model(shape_or_model)
+        missing = [name for name in names if name.rsplit(".", 1)[-1] not in shape.module_leaves]
+        if missing:
+            hints = {name: suggest(name.rsplit(".", 1)[-1], sorted(shape.module_leaves)) for name in missing}
+            hint = "; ".join(f"did you mean {match} for {name}" for name, match in hints.items() if match)
+            problem = f"lora_modules_to_save: {missing} match no module of {shape.architecture}"
+            raise ConfigError([problem + (f"; {hint}" if hint else "")], self.source)
+        embeddings = [module.leaf for module in shape.embeddings[:1]] + ([shape.head.leaf] if shape.head else [])
+        if self.tokens and not {name.rsplit(".", 1)[-1] for name in names} & set(embeddings):
+            problem = NEW_TOKENS_UNTRAINED.format(embeddings=embeddings[0], head=embeddings[-1])
+            raise ConfigError([problem], self.source)
+        return names
+
+
+NEW_TOKENS_UNTRAINED = (
+    "tokens: new tokens get new, untrained embeddings; with an adapter, list {embeddings} and {head} in "
+    "lora_modules_to_save so they are trained"
+)
 
 
 def _unknown_targets(missing: list[str], shape) -> str:

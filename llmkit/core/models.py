@@ -200,17 +200,58 @@ def adapter_config(adapter: str | Path) -> dict:
     return config
 
 
+def servable_adapter_config(adapter: str | Path) -> dict:
+    """`adapter_config` of an adapter a server can apply per row of a batch (both engines batch requests).
+
+    Raises:
+        ValueError: a DoRA adapter (peft refuses per-row adapters with DoRA, vLLM has no DoRA); merge it instead.
+    """
+    config = adapter_config(adapter)
+    if config.get("use_dora"):
+        raise ValueError(
+            f"Adapter {adapter} is DoRA (use_dora), which cannot be applied per request in a batch (peft refuses "
+            "it, vLLM has none): merge it into the base (llmkit merge --adapter DIR --base MODEL --out DIR) and "
+            "serve the merged folder"
+        )
+    return config
+
+
 def _apply_adapter(lm, adapter: str, tokenizer, name: str = "default"):
     """`lm` with the adapter at `adapter` added under `name` (a PeftModel holds several side by side)."""
     from peft import PeftModel
 
-    adapter_config(adapter)
+    servable_adapter_config(adapter)
     if len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
         lm.resize_token_embeddings(len(tokenizer))
     try:
         if isinstance(lm, PeftModel):
             lm.load_adapter(adapter, adapter_name=name)
-            return lm
-        return PeftModel.from_pretrained(lm, adapter, adapter_name=name)
+        else:
+            lm = PeftModel.from_pretrained(lm, adapter, adapter_name=name)
     except (RuntimeError, ValueError, KeyError) as err:
         raise ValueError(f"Adapter {adapter} does not fit base model {lm.name_or_path}: {err}") from err
+    if dropped := _unplaced_lora_weights(lm, adapter, name):
+        # peft loads such weights nowhere, silently: an adapter trained on another base (more layers, other names)
+        raise ValueError(
+            f"Adapter {adapter} does not fit base model {lm.name_or_path}: its {dropped[0]} (and {len(dropped) - 1} "
+            "more LoRA weights) has no place in the base; was it trained on another model?"
+        )
+    return lm
+
+
+def _unplaced_lora_weights(lm, adapter: str, name: str) -> list[str]:
+    """The adapter file's LoRA weights that loading put nowhere in `lm` (peft names them the same when saving)."""
+    import torch
+    from peft.utils import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    folder = Path(adapter)
+    if (folder / "adapter_model.safetensors").is_file():
+        with safe_open(folder / "adapter_model.safetensors", "pt") as weights:
+            saved = set(weights.keys())
+    elif (folder / "adapter_model.bin").is_file():
+        saved = set(torch.load(folder / "adapter_model.bin", map_location="meta", weights_only=True))
+    else:
+        return []
+    placed = set(get_peft_model_state_dict(lm, adapter_name=name))
+    return sorted(key for key in saved - placed if ".lora_" in key)

@@ -174,8 +174,25 @@ def _drop_unusable(rows: Dataset, stats: DatasetStats, sequence_len: int) -> tup
     if stats.dropped_untrained:
         LOG.warning("%s: dropped %d rows with nothing to train on", stats.source, stats.dropped_untrained)
     if not keep:
-        raise DataError(f"{stats.source}: no row is left (of {stats.rows}): {stats}")
+        raise DataError(f"{stats.source}: no row is left of {stats.rows}: {_why_none_left(rows, stats, sequence_len)}")
     return rows.select(keep), stats
+
+
+def _why_none_left(rows: Dataset, stats: DatasetStats, sequence_len: int) -> str:
+    """What dropped every row, with the setting that would keep them."""
+    reasons = []
+    if stats.dropped_overlong:
+        shortest = min(len(ids) for ids in rows["input_ids"] if len(ids) > sequence_len)
+        reasons.append(
+            f"{stats.dropped_overlong} longer than sequence_len {sequence_len} (the shortest of them has {shortest} "
+            f"tokens: raise sequence_len to at least that, or shorten the rows)"
+        )
+    if stats.dropped_untrained:
+        reasons.append(
+            f"{stats.dropped_untrained} with no trained token (every token masked: check the rows' answers, or the "
+            f"type's roles_to_train / segment labels; train_on_inputs: true trains the prompt too)"
+        )
+    return "; ".join(reasons)
 
 
 def _drop_duplicates(rows: Dataset) -> Dataset:

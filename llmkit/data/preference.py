@@ -24,7 +24,7 @@ from datasets import Dataset, concatenate_datasets
 
 from llmkit.config.sections import DatasetSpec, PreferenceType
 from llmkit.data.chat import ChatDefaults, resolve_template
-from llmkit.data.fields import FieldError, text_field
+from llmkit.data.fields import FieldError, absent, text_field
 from llmkit.data.rows import RawRow
 from llmkit.data.sources import DataError, convert_rows, load_rows, source_name
 
@@ -170,7 +170,7 @@ def _answer(row: RawRow, field: str, spec: DatasetSpec) -> dict[str, Any]:
     """An answer field: a string (the assistant's text), a message, or a conversation whose last message it is."""
     value = row.get(field)
     if value is None:
-        raise FieldError(field, "is missing")
+        raise absent(row, field)
     if isinstance(value, str):
         return {"role": "assistant", "content": value}
     if isinstance(value, list) and not value:
@@ -203,7 +203,7 @@ def _template_builder(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, tem
     def build(row: RawRow) -> PreferenceRow:
         prompt = row.get(field)
         if prompt is None:
-            raise FieldError(field, "is missing")
+            raise absent(row, field)
         return PreferenceRow(
             prompt=render(_messages(prompt, field, spec), generation_prompt=True),
             chosen=answer(row, spec.field_chosen or "chosen"),

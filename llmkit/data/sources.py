@@ -3,15 +3,25 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from datasets import Dataset, load_dataset
+from datasets import (
+    Dataset,
+    DatasetDict,
+    Features,
+    ReadInstruction,
+    Value,
+    concatenate_datasets,
+    load_dataset,
+    load_from_disk,
+)
 
 from llmkit.config.sections import LOCAL_DATA_SUFFIXES, DatasetSpec
-from llmkit.data.fields import RowError
+from llmkit.data.fields import IS_NULL, FieldError, RowError
 from llmkit.data.rows import RawColumns, RawRow
 
 if TYPE_CHECKING:
@@ -25,14 +35,21 @@ class DataError(ValueError):
 
 
 def source_name(spec: DatasetSpec) -> str:
-    """How errors and stats name a dataset: its local path, or 'hub dataset <id>'."""
+    """How errors and stats name a dataset: its local path, or 'hub dataset <id>'; with the split when it selects
+    rows (`train[:100]`), since row numbers then count within the selection."""
     local = Path(spec.path).expanduser()
-    return str(local) if local.exists() else f"hub dataset {spec.path}"
+    name = str(local) if local.exists() else f"hub dataset {spec.path}"
+    return f"{name} (split {spec.split})" if any(c in spec.split for c in "[+") else name
 
 
 def load_rows(spec: DatasetSpec, check: RowCheck) -> Dataset:
-    """Read one dataset spec's rows (each a `RawRow`); `check` (what the type does with a row) finds the bad row in
-    a JSON file that `datasets` cannot read."""
+    """Read one dataset spec's rows (each a `RawRow`), the spec's `split` only; `check` (what the type does with a
+    row) finds the bad row in a JSON file that `datasets` cannot read.
+
+    Local files are read as axolotl reads them: a file by its suffix (or ds_type), whose one split is "train"
+    (slices such as `train[:100]` select from it); a folder written by `save_to_disk` by `load_from_disk`; any
+    other folder as `datasets` reads folders.
+    """
     local = Path(spec.path).expanduser()
     if spec.missing_local_path:
         raise DataError(f"{spec.path}: no such file or folder")
@@ -44,22 +61,90 @@ def load_rows(spec: DatasetSpec, check: RowCheck) -> Dataset:
         if local.is_file() and local.suffix.lower() in (".json", ".jsonl"):
             find_bad_json_row(local, check)
         raise DataError(f"{source_name(spec)}: cannot be read: {type(err).__name__}: {err}") from err
-    return rows  # never empty: datasets raises for a split with no rows (caught above)
+    if not len(rows):  # a slice past the end (datasets refuses a file with no rows itself)
+        raise DataError(f"{source_name(spec)}: the dataset is empty (no rows)")
+    if len(rows) == 1 and local.is_file() and _builder(spec, local) == "json":
+        _refuse_wrapped_rows(local, rows[0], check)
+    return rows
+
+
+def _builder(spec: DatasetSpec, local: Path) -> str | None:
+    """The `datasets` builder of a local file: ds_type, else the suffix's."""
+    return spec.ds_type.value if spec.ds_type else LOCAL_DATA_SUFFIXES.get(local.suffix.lower())
 
 
 def _load(spec: DatasetSpec, local: Path) -> Dataset:
     ds_type = spec.ds_type.value if spec.ds_type else None
-    split = spec.split or "train"
+    split = spec.split
     if local.is_file():
-        builder = ds_type or LOCAL_DATA_SUFFIXES.get(local.suffix.lower())
+        builder = _builder(spec, local)
         if builder is None:
             raise DataError(f"{local}: unknown file type {local.suffix!r}; set ds_type (json, parquet, csv)")
-        return load_dataset(builder, data_files=str(local), split="train")
+        features = _csv_text_features(local) if builder == "csv" else None
+        return load_dataset(builder, data_files=str(local), split=split, features=features)
+    if local.is_dir() and not spec.data_files and (saved := _saved_dataset(local)) is not None:
+        return _select_split(saved, split)
     if local.is_dir() and ds_type:
         return load_dataset(ds_type, data_dir=str(local), data_files=spec.data_files, split=split)
     if local.is_dir():
         return load_dataset(str(local), data_files=spec.data_files, split=split)
     return load_dataset(spec.path, name=spec.name, data_files=spec.data_files, split=split)
+
+
+def _saved_dataset(folder: Path) -> Dataset | DatasetDict | None:
+    """The Dataset or DatasetDict that `save_to_disk` wrote in `folder` (axolotl tries this first for a folder);
+    None when the folder holds something else (data files for `load_dataset`)."""
+    try:
+        return load_from_disk(str(folder))
+    except FileNotFoundError:  # no state.json / dataset_dict.json: not written by save_to_disk
+        return None
+
+
+def _select_split(saved: Dataset | DatasetDict, split: str) -> Dataset:
+    """The rows of `split` (datasets' syntax: `validation`, `train[:100]`, `train[:10%]+test[-5:]`) in what
+    `load_from_disk` returned, which has no `split` argument. A lone Dataset is the split "train" (the default)
+    and the split it was saved as."""
+    if isinstance(saved, DatasetDict):
+        splits = dict(saved)
+    else:
+        splits = {"train": saved, **({str(saved.split): saved} if saved.split else {})}
+    wanted = ReadInstruction.from_spec(split).to_absolute({name: len(rows) for name, rows in splits.items()})
+    parts = [splits[part.splitname].select(range(part.from_, part.to)) for part in wanted]
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def _csv_text_features(path: Path) -> Features | None:
+    """Every column of a CSV as text: datasets (through pandas) would read a column of numbers as int64, or as
+    float64 when a cell is empty, and the prompt would say "1.0" or "7" where the file says "1" or "007"."""
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as file:  # pandas drops a BOM too
+        header = next(csv.reader(file), [])
+    if not header or len(set(header)) < len(header):  # no header row, or repeated names: datasets' own reading
+        return None
+    return Features({name: Value("string") for name in header})
+
+
+def _refuse_wrapped_rows(path: Path, row: RawRow, check: RowCheck) -> None:
+    """A JSON file that is one object holding the rows (`{"data": [{...}, ...]}`) reads as a single row, whose
+    field errors would not say why; when that row is unusable and a list in it holds a usable row, name the
+    object's keys and the list instead. (axolotl's `field` key names completion's text column, not this list.)"""
+    try:
+        check(row)
+    except RowError as err:
+        for key, value in row.items():
+            if isinstance(value, list) and value and isinstance(value[0], dict) and _usable(value[0], check):
+                raise DataError(
+                    f"{path}: the file holds one JSON object with keys {list(row)}, read as a single row ({err}); "
+                    f"the rows look to be the list under '{key}': write that list as the file (a JSON array of "
+                    f"rows, or one row per line), e.g. jq '.{key}' {path.name} > rows.json"
+                ) from None
+
+
+def _usable(row: RawRow, check: RowCheck) -> bool:
+    try:
+        check(row)
+    except RowError:
+        return False
+    return True
 
 
 def _json_rows(path: Path) -> list[Any]:
@@ -116,7 +201,7 @@ def convert_rows(
             try:
                 made = convert(dict(zip(batch, values, strict=True)))
             except RowError as err:
-                raise DataError(f"{source}: row {index + 1}: {err}") from None
+                raise DataError(f"{source}: row {index + 1}: {_file_row_error(source, index, convert, err)}") from None
             for row in made:
                 for column in columns:
                     out[column].append(row[column])
@@ -131,6 +216,23 @@ def convert_rows(
         load_from_cache_file=False,
         new_fingerprint=fingerprint,
     )
+
+
+def _file_row_error(source: str, index: int, convert: Callable[[RawRow], object], err: RowError) -> RowError:
+    """A null field's error as the file holds the row: Arrow gives a key absent from one JSON row (and present in
+    others) as null, and a CSV's empty cell too; the user is told the key is missing, or the cell empty."""
+    path = Path(source)  # a local file's source is its path (with a selecting split it is not, nor are row numbers)
+    if not (isinstance(err, FieldError) and err.problem == IS_NULL and path.is_file()):
+        return err
+    if path.suffix.lower() == ".csv":
+        return FieldError(err.field, "is empty")
+    if path.suffix.lower() not in (".json", ".jsonl"):
+        return err
+    try:
+        convert(_json_rows(path)[index])
+    except RowError as raw_err:
+        return raw_err
+    return err
 
 
 def _strings(value: Any) -> Iterator[str]:

@@ -64,6 +64,7 @@ def plan_run(cfg: AxolotlConfig, output_dir: Path, *, is_main: bool) -> RunPlan:
                 [f"resume_from_checkpoint: {path} is not a complete Trainer checkpoint (no readable {TRAINER_STATE})"],
                 cfg.source,
             )
+        LOG.info("Resuming from %s (resume_from_checkpoint)", path)
         return RunPlan(done=False, checkpoint=path, finished_checkpoint=_at_end(path))
     checkpoints = _checkpoints(output_dir, remove_partial=is_main)
     published = any((output_dir / name).exists() for name in COMPLETION_MARKERS)

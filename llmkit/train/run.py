@@ -18,6 +18,9 @@ import importlib.util
 import json
 import logging
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -80,12 +83,13 @@ def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False, fresh: bool = False
     _log_data(data)
     model = build_peft_model(cfg, load_base_model(cfg), tokenizer)
     trainer = _trainer(cfg, args, model, tokenizer, data)
-    if plan.finished_checkpoint:  # killed after the last step, before publishing: one more step would overshoot
-        LOG.info("%s is at the end of the schedule; publishing it without training", plan.checkpoint)
-        trainer._load_from_checkpoint(str(plan.checkpoint))
-        trainer.state = TrainerState.load_from_json(str(plan.checkpoint / TRAINER_STATE))
-    else:
-        trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
+    with _checkpoint_fits(cfg, plan.checkpoint):
+        if plan.finished_checkpoint:  # killed after the last step, before publishing: one more step would overshoot
+            LOG.info("%s is at the end of the schedule; publishing it without training", plan.checkpoint)
+            trainer._load_from_checkpoint(str(plan.checkpoint))
+            trainer.state = TrainerState.load_from_json(str(plan.checkpoint / TRAINER_STATE))
+        else:
+            trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
     evaluated = [entry["step"] for entry in trainer.state.log_history if "eval_loss" in entry]
     if data.eval is not None and evaluated[-1:] != [trainer.state.global_step]:
         trainer.evaluate()  # the final model's held-out loss, for the curve and the summary
@@ -93,6 +97,22 @@ def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False, fresh: bool = False
         _publish(trainer, cfg, output_dir)
     trainer.accelerator.wait_for_everyone()
     return output_dir
+
+
+@contextmanager
+def _checkpoint_fits(cfg: AxolotlConfig, checkpoint: Path | None) -> Iterator[None]:
+    """A checkpoint of another model (another base, rank or targets) fails in torch's load_state_dict with pages of
+    size mismatches: one line naming the checkpoint and the first mismatch instead."""
+    try:
+        yield
+    except RuntimeError as err:
+        mismatch = re.search(r"size mismatch for [^\n]*", str(err))
+        if checkpoint is None or not (mismatch or "Error(s) in loading state_dict" in str(err)):
+            raise
+        key = "resume_from_checkpoint" if cfg.resume_from_checkpoint else "output_dir"
+        found = mismatch.group(0) if mismatch else str(err).splitlines()[0]
+        problem = f"{key}: {checkpoint} does not fit this config's model ({found}); --fresh starts over"
+        raise ConfigError([problem], cfg.source) from None
 
 
 def _log_data(data: PreparedData | PreferenceData) -> None:

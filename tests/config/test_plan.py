@@ -282,3 +282,13 @@ def test_a_missing_local_dataset_is_named_not_called_a_hub_dataset(tmp_path):
         tokens.tokens is None
         and tokens.tokens_basis == "unknown: no such file or folder here: datasets[1].path ./gone.jsonl"
     )
+
+
+def test_modules_to_save_must_name_modules_and_new_tokens_need_an_embedding_among_them():
+    with pytest.raises(ConfigError, match=r"lora_modules_to_save: \['wte'\] match no module of LlamaForCausalLM"):
+        plan(team("Llama-2-7b-03", {"lora_modules_to_save": ["wte"]}))
+    keys = {"tokens": ["<sum>"], "lora_modules_to_save": ["norm"]}  # a module, but not where new rows live
+    with pytest.raises(ConfigError, match="list embed_tokens and lm_head in lora_modules_to_save"):
+        plan(team("Llama-2-7b-03", keys))
+    saved = plan(team("Llama-2-7b-03", {"tokens": ["<sum>"], "lora_modules_to_save": ["model.embed_tokens"]}))
+    assert saved.trainable_params > 32000 * 4096  # the whole embedding matrix trains

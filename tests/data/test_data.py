@@ -207,12 +207,12 @@ def test_prepared_path_cache_is_reused_and_invalidated(write_rows, make_cfg, tok
     [
         ([{"instruction": "a", "output": "b"}, {"instruction": "c"}], "jsonl", r"row 2: field 'output' is missing"),
         (
-            [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": 5}],
+            [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": ["b"]}],  # a number is its text
             "jsonl",
             r"row 2: field 'output' must be a string",
         ),
         ([{"instruction": "a", "output": "b"}, ["not", "an", "object"]], "jsonl", r"row 2: must be an object"),
-        ([{"instruction": "a", "output": "b"}, {"output": "d"}], "csv", r"row 2: field 'instruction' is missing"),
+        ([{"instruction": "a", "output": "b"}, {"output": "d"}], "csv", r"row 2: field 'instruction' is empty"),
         ([], "jsonl", r"the dataset is empty"),
     ],
 )

@@ -101,7 +101,8 @@ def test_rows_with_nothing_to_train_on_are_dropped_and_counted(write_rows, make_
 
 def test_a_dataset_with_no_usable_row_is_an_error(write_rows, make_cfg, tokenizer):
     path = write_rows([{**ALPACA_ROW, "instruction": "Repeat. " * 40}], "jsonl")
-    with pytest.raises(DataError, match=re.escape(str(path)) + r": no row is left \(of 1\)"):
+    expected = r": no row is left of 1: 1 longer than sequence_len 32"
+    with pytest.raises(DataError, match=re.escape(str(path)) + expected):
         build_datasets(make_cfg([{"path": str(path), "type": "alpaca"}], sequence_len=32), tokenizer)
 
 

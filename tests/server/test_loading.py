@@ -109,3 +109,23 @@ def test_unusable_settings_end_in_one_message_without_a_traceback(python, tmp_pa
     result = subprocess.run([python, "-m", "llmkit.server", *flags], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and says.format(tmp=tmp_path) in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "Started server process" not in result.stderr
+
+
+def test_adapters_no_server_can_apply_end_in_one_message(python, tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file, save_file
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"], use_dora=True)).save_pretrained(tmp_path / "dora")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "deeper")
+    weights = tmp_path / "deeper" / "adapter_model.safetensors"  # as if trained on a base with 8 layers
+    save_file({name.replace("layers.1.", "layers.7."): t for name, t in load_file(weights).items()}, weights)
+    says = {
+        "dora": "is DoRA (use_dora), which cannot be applied per request in a batch",
+        "deeper": "layers.7.self_attn.q_proj.lora_A.weight (and 1 more LoRA weights) has no place in the base",
+    }
+    for name, message in says.items():
+        flags = ["--model", str(tiny_model_dir), "--adapter", str(tmp_path / name), "--device", "cpu"]
+        result = subprocess.run([python, "-m", "llmkit.server", *flags], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1 and "Error: cannot serve: " in result.stderr, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr

@@ -88,3 +88,14 @@ def test_a_changed_data_file_is_a_changed_run(tiny_config, tiny_dataset, tmp_pat
     data.write_text(data.read_text().replace("plus", "added to"))
     with pytest.raises(ConfigError, match=r"changed: datasets \(their settings or files\)"):
         train(load_config(path))
+
+
+def test_resuming_from_another_models_checkpoint_is_one_error_naming_it(tiny_config, tmp_path, caplog):
+    first = train(load_config(tiny_config(max_steps=2, save_steps=2, output_dir=str(tmp_path / "r4"))))
+    checkpoint = first / "checkpoint-2"
+    other = tiny_config(lora_r=8, resume_from_checkpoint=str(checkpoint), output_dir=str(tmp_path / "r8"))
+    with caplog.at_level(logging.INFO), pytest.raises(ConfigError) as refused:
+        train(load_config(other))
+    message = str(refused.value)
+    assert f"resume_from_checkpoint: {checkpoint} does not fit this config's model (size mismatch for" in message
+    assert "\n" not in message.split("  - ", 1)[1] and f"Resuming from {checkpoint}" in caplog.text

@@ -1,0 +1,139 @@
+"""Where rows come from and what a file's values may be, as axolotl reads them: folders written by save_to_disk,
+the spec's split on local files, numbers in text fields; and the errors for files that leave nothing to train on
+or hold their rows otherwise than as rows."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from datasets import Dataset, DatasetDict
+
+from llmkit.data.pipeline import DataError, build_datasets
+from llmkit.data.rows import IGNORE_INDEX
+
+
+def _rows(n: int, answer: str = "Answer") -> list[dict[str, str]]:
+    return [{"instruction": f"Say {i}.", "input": "", "output": f"{answer} {i}."} for i in range(n)]
+
+
+def _answers(data, tokenizer) -> list[str]:
+    """Each training row's trained text (its answer), without the EOS after it, in file order."""
+    texts = []
+    for ids, labels in zip(data.train["input_ids"], data.train["labels"], strict=True):
+        trained = [t for t, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX]
+        texts.append(tokenizer.decode(trained, skip_special_tokens=True))
+    return texts
+
+
+def _alpaca(make_cfg, path: Path, **spec: str):
+    return make_cfg([{"path": str(path), "type": "alpaca", **spec}], shuffle_merged_datasets=False)
+
+
+def _fails(make_cfg, tokenizer, path: Path, expected: str, kind: str = "alpaca", **spec: str) -> None:
+    cfg = make_cfg([{"path": str(path), "type": kind, **spec}])
+    with pytest.raises(DataError, match=re.escape(str(path)) + ": " + expected):
+        build_datasets(cfg, tokenizer)
+
+
+@pytest.mark.parametrize("ds_type", [None, "arrow"])
+def test_a_folder_written_by_save_to_disk_loads(make_cfg, tokenizer, tmp_path, ds_type):
+    Dataset.from_list(_rows(4)).save_to_disk(tmp_path / "saved")
+    spec = {"ds_type": ds_type} if ds_type else {}
+    data = build_datasets(_alpaca(make_cfg, tmp_path / "saved", **spec), tokenizer)
+    assert _answers(data, tokenizer) == ["Answer 0.", "Answer 1.", "Answer 2.", "Answer 3."]
+
+
+@pytest.mark.parametrize(
+    ("split", "expected"),
+    [
+        ("train", ["Train 0.", "Train 1.", "Train 2."]),
+        ("validation", ["Valid 0.", "Valid 1."]),
+        ("validation[1:]", ["Valid 1."]),
+        ("train[:1]+validation[:1]", ["Train 0.", "Valid 0."]),
+    ],
+)
+def test_a_saved_dataset_dict_gives_the_spec_split(make_cfg, tokenizer, tmp_path, split, expected):
+    saved = DatasetDict(train=Dataset.from_list(_rows(3, "Train")), validation=Dataset.from_list(_rows(2, "Valid")))
+    saved.save_to_disk(tmp_path / "saved")
+    data = build_datasets(_alpaca(make_cfg, tmp_path / "saved", split=split), tokenizer)
+    assert _answers(data, tokenizer) == expected
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "parquet"])
+def test_the_split_selects_rows_of_a_local_file(write_rows, make_cfg, tokenizer, fmt):
+    path = write_rows(_rows(6), fmt)
+    data = build_datasets(_alpaca(make_cfg, path, split="train[2:4]"), tokenizer)
+    assert _answers(data, tokenizer) == ["Answer 2.", "Answer 3."]
+    assert data.stats.datasets[0].rows == 2
+    assert data.stats.datasets[0].source == f"{path} (split train[2:4])"  # its row numbers count in the slice
+
+
+def test_a_split_a_local_file_lacks_is_an_error(write_rows, make_cfg, tokenizer):
+    path = write_rows(_rows(2), "jsonl")
+    _fails(make_cfg, tokenizer, path, r"cannot be read: .*Unknown split \"validation\"", split="validation")
+    with pytest.raises(DataError, match=re.escape(f"{path} (split train[5:]): cannot be read: ") + ".*no data"):
+        build_datasets(_alpaca(make_cfg, path, split="train[5:]"), tokenizer)
+
+
+def test_numbers_in_a_csv_are_the_file_s_text(make_cfg, tokenizer, tmp_path):
+    path = tmp_path / "sums.csv"
+    # datasets alone reads this column as float64 (an empty cell): 1.0, 7.0; the prompt must say what the file says
+    path.write_text('instruction,input,output\nWhat is 0+1?,,1\nPad 7.,,"007"\nHalf of 5?,,2.5\nNothing.,x,\n')
+    _fails(make_cfg, tokenizer, path, r"row 4: field 'output' is empty")
+    path.write_text(path.read_text().replace("Nothing.,x,\n", ""))
+    assert _answers(build_datasets(_alpaca(make_cfg, path), tokenizer), tokenizer) == ["1", "007", "2.5"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet"])
+def test_numbers_in_text_fields_are_their_text(write_rows, make_cfg, tokenizer, fmt):
+    rows = [{"instruction": "0+1?", "input": 0.5, "output": 1}, {"instruction": "6+1?", "input": 2.5, "output": 7}]
+    data = build_datasets(_alpaca(make_cfg, write_rows(rows, fmt)), tokenizer)
+    assert _answers(data, tokenizer) == ["1", "7"]
+    assert "### Input:\n0.5\n\n" in tokenizer.decode(data.train[0]["input_ids"])
+
+
+def test_a_bool_or_a_list_is_no_text(write_rows, make_cfg, tokenizer):
+    _fails(make_cfg, tokenizer, write_rows([{**_rows(1)[0], "output": True}], "jsonl"), r"row 1: field 'output' must")
+    _fails(make_cfg, tokenizer, write_rows([{**_rows(1)[0], "output": [1]}], "jsonl"), r"row 1: field 'output' must")
+
+
+@pytest.mark.parametrize(
+    ("second", "expected"),
+    [
+        ({"instruction": "Say 1.", "input": "", "output": None}, "row 2: field 'output' is null"),
+        # Arrow reads the key row 1 has and row 2 lacks as null: the file's own row says it is missing
+        ({"instruction": "Say 1.", "input": ""}, "row 2: field 'output' is missing"),
+    ],
+)
+def test_a_null_field_is_told_from_a_missing_one(write_rows, make_cfg, tokenizer, second, expected):
+    _fails(make_cfg, tokenizer, write_rows([_rows(1)[0], second], "jsonl"), expected)
+
+
+def test_a_null_field_in_parquet_is_null(write_rows, make_cfg, tokenizer):
+    path = write_rows([_rows(1)[0], {"instruction": "Say 1.", "input": "", "output": None}], "parquet")
+    _fails(make_cfg, tokenizer, path, "row 2: field 'output' is null")
+
+
+def test_rows_all_longer_than_sequence_len_say_which_length_would_keep_them(write_rows, make_cfg, tokenizer):
+    path = write_rows([{**row, "output": "word " * 60} for row in _rows(3)], "jsonl")
+    expected = r"no row is left of 3: 3 longer than sequence_len 32 \(the shortest of them has \d+ tokens: raise seq"
+    with pytest.raises(DataError, match=re.escape(str(path)) + ": " + expected):
+        build_datasets(make_cfg([{"path": str(path), "type": "alpaca"}], sequence_len=32), tokenizer)
+
+
+def test_rows_with_nothing_trained_name_train_on_inputs(write_rows, make_cfg, tokenizer):
+    path = write_rows([{"segments": [{"label": False, "text": "Only a prompt"}]}] * 2, "jsonl")
+    expected = r"no row is left of 2: 2 with no trained token .*train_on_inputs: true"
+    _fails(make_cfg, tokenizer, path, expected, "input_output")
+
+
+def test_a_json_object_holding_the_rows_names_its_keys_and_the_list(make_cfg, tokenizer, tmp_path):
+    path = tmp_path / "wrapped.json"
+    path.write_text(json.dumps({"version": 1, "data": _rows(3)}, indent=2))
+    expected = r"the file holds one JSON object with keys \['version', 'data'\], read as a single row .* under 'data'"
+    _fails(make_cfg, tokenizer, path, expected)
+    path.write_text(json.dumps(_rows(1)[0]))  # one object that is a row: a file of one row
+    assert _answers(build_datasets(_alpaca(make_cfg, path), tokenizer), tokenizer) == ["Answer 0."]
