@@ -140,7 +140,17 @@ def tokenizer_dir(model_dir: Path, adapter: str | Path | None) -> Path:
     tokens), else the model's. Training saves it there; merging and both serving engines read it from here."""
     if adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file():
         return Path(adapter)
-    return Path(model_dir)
+    folder = Path(model_dir)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        # transformers' own error names neither the folder nor the files (it asks for sentencepiece or tiktoken)
+        raise FileNotFoundError(
+            f"{folder} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}): copy the base model's tokenizer "
+            "files there"
+        )
+    return folder
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json", "spiece.model")
 
 
 def load_for_inference(

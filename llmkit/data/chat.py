@@ -13,7 +13,9 @@ mapped by `roles`; a `field_system` text (default: a `system` column) becomes th
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -27,6 +29,7 @@ from llmkit.data.rows import Parts, RawRow, Segment
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+LOG = logging.getLogger(__name__)
 Message = dict[str, Any]  # {"role", "content", ...}: what transformers' chat templates take
 
 # The templates named by `chat_template:` that real configs use, written for this project after the formats
@@ -141,10 +144,27 @@ def _template_text(
             )
         choice = choice.removeprefix(_FALLBACK)
     if choice in CHAT_TEMPLATES:
+        _warn_missing_markers(choice, tokenizer)
         return CHAT_TEMPLATES[choice]
     if "{{" in choice or "{%" in choice:
         return choice
     raise ValueError(f"{key} {choice!r}: not one of {', '.join(CHAT_TEMPLATES)}, {TEMPLATE_CHOICES}")
+
+
+def _warn_missing_markers(choice: str, tokenizer: PreTrainedTokenizerBase) -> None:
+    """A named template's turn markers (`<|eot_id|>`, `<|im_end|>`, `<end_of_turn>`) that are no token of this
+    tokenizer become several ordinary tokens: the text trains, but the end of a turn is no single stop token."""
+    markers = dict.fromkeys(re.findall(r"<\|[a-z_]+\|>|<(?:start|end)_of_turn>", CHAT_TEMPLATES[choice]))
+    vocabulary = tokenizer.get_vocab()
+    missing = [marker for marker in markers if marker not in vocabulary]
+    if missing:
+        LOG.warning(
+            "chat_template %s: %s are not tokens of this tokenizer, so each is split into ordinary tokens and the "
+            "model learns no single end-of-turn token; add them (special_tokens / tokens, with lora_modules_to_save)"
+            " or use chat_template: tokenizer_default",
+            choice,
+            ", ".join(missing),
+        )
 
 
 def _jinja_text(jinja: str | None, base_dir: Path | None) -> str:

@@ -413,3 +413,16 @@ def test_skill_config_names_its_helm_run_entry_and_trains_on_the_skill_data():
     cfg = load_config(path)
     assert Path(cfg.datasets[0].path) == skill_dataset.DATASET_FILE
     assert cfg.do_causal_lm_eval and cfg.val_set_size > 0
+
+
+def test_a_named_template_whose_turn_markers_the_tokenizer_lacks_is_warned_about(tokenizer, caplog):
+    from llmkit.config.sections import DatasetSpec
+    from llmkit.data.chat import ChatDefaults, resolve_template
+
+    spec = DatasetSpec(path="unused.jsonl", type="chat_template", chat_template="llama3")
+    with caplog.at_level("WARNING", logger="llmkit.data.chat"):
+        resolve_template(spec, tokenizer, ChatDefaults())
+    assert "chat_template llama3: <|start_header_id|>, <|end_header_id|>, <|eot_id|> are not tokens" in caplog.text
+    caplog.clear()
+    resolve_template(spec.model_copy(update={"chat_template": "chatml"}), tokenizer, ChatDefaults())
+    assert not caplog.text  # SmolLM2's vocabulary has <|im_start|> and <|im_end|>

@@ -129,3 +129,11 @@ def test_adapters_no_server_can_apply_end_in_one_message(python, tmp_path, tiny_
         result = subprocess.run([python, "-m", "llmkit.server", *flags], capture_output=True, text=True, timeout=120)
         assert result.returncode == 1 and "Error: cannot serve: " in result.stderr, result.stderr
         assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_model_folder_without_a_tokenizer_is_named(python, tmp_path, tiny_model_dir):
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / name).write_bytes((tiny_model_dir / name).read_bytes())
+    flags = ["--model", str(tmp_path), "--device", "cpu"]
+    result = subprocess.run([python, "-m", "llmkit.server", *flags], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and f"Error: cannot serve: {tmp_path} holds no tokenizer" in result.stderr
