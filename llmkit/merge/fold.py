@@ -38,7 +38,7 @@ TOKENIZER_FILES = (
     "added_tokens.json",
     "chat_template.jinja",
 )
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", *TOKENIZER_FILES)
+ADAPTER_FILES = ("adapter_config.json", *mw.ADAPTER_WEIGHTS, *TOKENIZER_FILES)
 
 
 @dataclass
@@ -107,8 +107,19 @@ def merge_from_config(cfg, *, nf4_roundtrip: bool = False, verify: bool = True) 
 
 
 def check_adapter_dir(adapter_dir: str | Path) -> Path:
+    path = Path(adapter_dir).expanduser()
+    if path.is_dir() and not (path / "adapter_config.json").is_file() and _holds_full_model(path):
+        raise FileNotFoundError(
+            f"{path} holds no adapter_config.json but a full model (config.json and weights): a full fine-tune "
+            f"(adapter: none) needs no merge, serve the folder directly (python -m llmkit.server --model {path})"
+        )
     adapter_config(adapter_dir)
-    return Path(adapter_dir).expanduser().resolve()
+    return path.resolve()
+
+
+def _holds_full_model(path: Path) -> bool:
+    weights = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json")
+    return (path / "config.json").is_file() and any(next(path.glob(pattern), None) for pattern in weights)
 
 
 def trained_on(adapter: Path) -> str:
@@ -227,8 +238,10 @@ def write_merged(base_dir: Path, adapter_dir: Path, out: Path, options: MergeOpt
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(base_dir)
-    adapter = mw.load_lora_adapter(adapter_dir, mw.base_layout(base_dir))
-    plans = mw.plan_tensors(base_dir, adapter, options.dtype, bool(getattr(config, "tie_word_embeddings", False)))
+    layout = mw.base_layout(base_dir)
+    adapter = mw.load_lora_adapter(adapter_dir, layout)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    plans = mw.plan_tensors(base_dir, adapter, options.dtype, layout, tied)
     shards = mw.split_shards(plans, options.max_shard_bytes)
     names = mw.shard_names(len(shards))
     nf4 = options.nf4.roundtrip if options.nf4 else None
@@ -246,7 +259,9 @@ def write_merged(base_dir: Path, adapter_dir: Path, out: Path, options: MergeOpt
         weight_map = {plan.name: name for name, shard in zip(names, shards, strict=True) for plan in shard}
         index = {"metadata": {"total_size": sum(p.nbytes for p in plans)}, "weight_map": weight_map}
         (out / mw.INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-    _write_configs(config, base_dir, adapter, plans, options.dtype, out)
+    # the adapter made the head differ from the input embeddings (modules_to_save, or LoRA on one of them)
+    untied = tied and any(plan.source_file is None or plan.source is not None for plan in plans)
+    _write_configs(config, base_dir, adapter, untied, options.dtype, out)
 
 
 def _test_pause() -> None:
@@ -256,21 +271,16 @@ def _test_pause() -> None:
         time.sleep(float(delay))
 
 
-def _write_configs(config, base_dir: Path, adapter: mw.Adapter, plans, dtype: torch.dtype, out: Path) -> None:
+def _write_configs(config, base_dir: Path, adapter: mw.Adapter, untied: bool, dtype: torch.dtype, out: Path) -> None:
     from transformers import AutoTokenizer, GenerationConfig
 
     config.dtype = dtype
     if getattr(config, "quantization_config", None) is not None or "quantization_config" in config.to_dict():
         del config.quantization_config  # the merged weights are plain 16-bit
-    if any(plan.source_file is None for plan in plans):
-        config.tie_word_embeddings = False  # modules_to_save trained lm_head apart from the input embeddings
+    if untied:
+        config.tie_word_embeddings = False  # the merged head is a tensor of its own
     # special tokens added in training grew the embeddings (only vocabulary-sized tensors can grow past it)
     config.vocab_size = max([config.vocab_size] + [t.shape[0] for t in adapter.replacements.values() if t.dim() == 2])
-    config.save_pretrained(out)
-    if (base_dir / "generation_config.json").is_file():
-        GenerationConfig.from_pretrained(base_dir).save_pretrained(out)
-    else:
-        GenerationConfig.from_model_config(config).save_pretrained(out)
     source = tokenizer_dir(base_dir, adapter.path)  # the tokenizer training used, else the base's
     tokenizer = AutoTokenizer.from_pretrained(source)
     if len(tokenizer) > config.vocab_size:
@@ -278,7 +288,40 @@ def _write_configs(config, base_dir: Path, adapter: mw.Adapter, plans, dtype: to
             f"The tokenizer from {source} has {len(tokenizer)} tokens but the merged embeddings have "
             f"{config.vocab_size} rows: the adapter {adapter.path} lacks its resized embeddings"
         )
+    if (base_dir / "generation_config.json").is_file():
+        generation = GenerationConfig.from_pretrained(base_dir)
+    else:
+        generation = GenerationConfig.from_model_config(config)
+    changed = _changed_special_ids(tokenizer, config, base_dir) if source != base_dir else {}
+    for key, token_id in changed.items():  # generation stops at the EOS training taught, not the base's
+        setattr(config, key, _with_id(getattr(config, key, None), token_id))
+        setattr(generation, key, _with_id(getattr(generation, key, None), token_id))
+    config.save_pretrained(out)
+    generation.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+def _changed_special_ids(tokenizer, config, base_dir: Path) -> dict[str, int]:
+    """The training tokenizer's bos/eos/pad ids that differ from the base tokenizer's (special_tokens set them)."""
+    from transformers import AutoTokenizer
+
+    try:
+        base = AutoTokenizer.from_pretrained(base_dir)
+    except (OSError, ValueError):  # a base without a tokenizer of its own: its config says what it used
+        base = None
+    changed = {}
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        token_id, before = getattr(tokenizer, key), getattr(base if base is not None else config, key, None)
+        if token_id is not None and token_id != before:
+            changed[key] = token_id
+    return changed
+
+
+def _with_id(current, token_id: int):
+    # a list (Llama 3's several end-of-turn tokens) keeps its other entries, the new one first
+    if isinstance(current, list):
+        return current if token_id in current else [token_id, *current]
+    return token_id
 
 
 def _read_manifest(out_dir: Path) -> dict:

@@ -43,6 +43,7 @@ from llmkit.merge.fold import (
     trained_on,
     training_config,
 )
+from llmkit.merge.weights import lora_ranks
 
 LOG = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ CombinationType = Literal[
     "magnitude_prune_svd",
 ]
 _NEEDS_DENSITY = ("ties", "dare", "magnitude_prune")
+# peft adds these up entry by entry in one rank: each module needs the same rank in every adapter (`cat` stacks the
+# ranks, the *svd types re-factor the combined delta)
+_SAME_RANK = ("linear", "ties", "dare_ties", "dare_linear", "magnitude_prune")
 
 
 class WeightedAdapter(BaseModel):
@@ -114,6 +118,7 @@ def merge_weighted(
 ) -> MergeReport:
     """Combine `spec.adapters` into one adapter and merge it into the base; arguments as `merge_adapter`'s."""
     adapters = [check_adapter_dir(a.path) for a in spec.adapters]
+    check_ranks(adapters, spec.combination_type)
     check_folder_target(Path(out_dir))  # before a base model is downloaded
     base = resolve_model(spec.base_model or trained_on(adapters[0]))
     cfg = training_config(adapters[0])
@@ -133,6 +138,23 @@ def merge_weighted(
         options,
         label=label,
     )
+
+
+def check_ranks(adapters: list[Path], combination_type: str) -> None:
+    """Refuse, naming the module and its ranks, what peft would fail on with a bare tensor-size error."""
+    if combination_type not in _SAME_RANK:
+        return
+    first, first_ranks = adapters[0], lora_ranks(adapters[0])
+    for adapter in adapters[1:]:
+        ranks = lora_ranks(adapter)
+        for module in sorted(first_ranks.keys() & ranks.keys()):
+            if first_ranks[module] != ranks[module]:
+                raise ValueError(
+                    f"peft cannot combine {first} and {adapter} with combination_type {combination_type}: "
+                    f"{module} has rank {first_ranks[module]} in the first but {ranks[module]} in the second "
+                    f"(r or rank_pattern), and {combination_type} needs one rank per module; use cat (the ranks add "
+                    "up) or an svd type (svd, ties_svd, dare_ties_svd, ...: re-factored to one rank)"
+                )
 
 
 def combine_adapters(spec: WeightedMerge, base_dir: Path, dtype: torch.dtype, out: Path) -> Path:

@@ -9,10 +9,11 @@ B @ A * scale in float32, added to the base weight in the merge dtype; DoRA resc
 from __future__ import annotations
 
 import json
+import pickle
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -33,6 +34,14 @@ _LORA_PARTS = {
     ".lora_embedding_A": "a",
     ".lora_embedding_B": "b",
 }
+# peft wraps a trained module and saves its tensors under the wrapper's parts: `base_layer` (LoRA: the base weight
+# as training had it, resized embeddings), `modules_to_save` (a module trained in full: the trained copy, also saved
+# without the part). Each stands for the module's own tensor.
+_WRAPPER_PARTS = (".base_layer.", ".modules_to_save.")
+# The base weight beside a modules_to_save copy: peft saves it too when the vocabulary grew (save_embedding_layers),
+# but the trained copy replaces it.
+_UNTRAINED_COPY = ".original_module."
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 _ST_DTYPES = {
     torch.float64: "F64",
     torch.float32: "F32",
@@ -97,6 +106,18 @@ class BaseLayout:
 
     conv1d: frozenset[str]  # Conv1D modules (GPT-2 and its kin): the weight is stored (in, out)
     quantizable: frozenset[str]  # the modules load_in_4bit turns into Linear4bit: what --nf4-roundtrip rounds
+    embed: str | None = None  # the input token embeddings' weight as stored, e.g. model.embed_tokens.weight
+    head: str | None = None  # the output head's weight as stored (lm_head.weight); a tied base stores only `embed`
+    # module path -> the path its tensors are stored under, where transformers renames them on loading (GPT-NeoX's
+    # lm_head is stored as embed_out); the adapter names modules, the merge reads and writes stored tensors
+    stored_as: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def stored(self, name: str) -> str:
+        """The stored name of a module (`lm_head`) or of a module's tensor (`lm_head.weight`)."""
+        if name in self.stored_as:
+            return self.stored_as[name]
+        module, _, leaf = name.rpartition(".")
+        return f"{self.stored_as[module]}.{leaf}" if module in self.stored_as else name
 
 
 def base_layout(base_dir: Path) -> BaseLayout:
@@ -108,13 +129,44 @@ def base_layout(base_dir: Path) -> BaseLayout:
     """
     from llmkit.core.shapes import model_shape
 
-    linear = model_shape(str(base_dir)).linear
+    shape = model_shape(str(base_dir))
+    linear = shape.linear
     conv1d = frozenset(module.name for module in linear if module.conv1d)
-    return BaseLayout(conv1d, frozenset(module.name for module in linear if module.quantizable))
+    # the token embeddings have a row per vocabulary entry (position embeddings, where a model has them, do not)
+    tokens = [module for module in shape.embeddings if module.fan_in == shape.vocab_size] or list(shape.embeddings)
+    model_type = json.loads((base_dir / "config.json").read_text()).get("model_type")
+    layout = BaseLayout(
+        conv1d,
+        frozenset(module.name for module in linear if module.quantizable),
+        stored_as=_stored_modules(shape.architecture, model_type, base_weight_files(base_dir)),
+    )
+    embed = layout.stored(f"{tokens[0].name}.weight") if tokens else None
+    head = layout.stored(f"{shape.head.name}.weight") if shape.head else None
+    return replace(layout, embed=embed, head=head)
+
+
+def _stored_modules(architecture: str, model_type: str | None, stored: Iterable[str]) -> dict[str, str]:
+    """Module path -> stored path for the stored tensors transformers renames on loading (its checkpoint
+    conversion mapping: plain renamings; conversions that fuse tensors leave modules no LoRA wraps here)."""
+    try:
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, rename_source_key
+    except ImportError:  # transformers 4 loads tensors under their stored names
+        return {}
+    transforms = get_checkpoint_conversion_mapping(architecture) or get_checkpoint_conversion_mapping(model_type)
+    renamings = [t for t in transforms or [] if isinstance(t, WeightRenaming)]
+    modules = {}
+    for name in stored if renamings else ():
+        loaded = rename_source_key(name, renamings, [])[0]
+        stored_module, _, leaf = name.rpartition(".")
+        loaded_module, _, loaded_leaf = loaded.rpartition(".")
+        if loaded_module != stored_module and leaf == loaded_leaf:
+            modules[loaded_module] = stored_module
+    return modules
 
 
 def load_lora_adapter(adapter_dir: Path, layout: BaseLayout) -> Adapter:
-    """Read a peft LoRA adapter directory (config + safetensors) into per-module factors; `layout` is the base's."""
+    """Read a peft LoRA adapter directory (config + weights) into per-module factors; `layout` is the base's."""
     peft_type = str(adapter_config(adapter_dir).get("peft_type", "unknown"))
     config = LoraConfig.from_pretrained(adapter_dir) if peft_type == "LORA" else None
     if config is None:
@@ -122,25 +174,60 @@ def load_lora_adapter(adapter_dir: Path, layout: BaseLayout) -> Adapter:
             f"{adapter_dir} is a {peft_type} adapter; only LoRA/QLoRA adapters (DoRA and rsLoRA "
             "included) can be merged. Serve it unmerged with `python -m llmkit.server --adapter`."
         )
-    weights_file = adapter_dir / "adapter_model.safetensors"
-    if not weights_file.is_file():
-        raise FileNotFoundError(f"{adapter_dir} has no adapter_model.safetensors")
     modules: dict[str, LoraModule] = {}
     replacements: dict[str, torch.Tensor] = {}
-    for key, tensor in load_file(weights_file).items():
+    for key, tensor in read_adapter_weights(adapter_dir).items():
         name = key.removeprefix(_PEFT_PREFIX)
         part = next((suffix for suffix in _LORA_PARTS if name.endswith(suffix)), None)
         if part is None:
-            replacements[name.replace(".base_layer.", ".")] = tensor
+            if _UNTRAINED_COPY not in name:
+                replacements[layout.stored(_unwrapped(name))] = tensor
             continue
-        module = modules.setdefault(name.removesuffix(part), LoraModule(name.removesuffix(part)))
+        path = name.removesuffix(part)
+        module = modules.setdefault(layout.stored(path), LoraModule(layout.stored(path)))
         setattr(module, _LORA_PARTS[part], tensor)
         module.embedding = module.embedding or "embedding" in part
-        module.conv1d = module.name in layout.conv1d
-        module.quantizable = module.name in layout.quantizable
+        module.conv1d = path in layout.conv1d
+        module.quantizable = path in layout.quantizable
     for module in modules.values():
         _configure(module, config, adapter_dir)
     return Adapter(adapter_dir, config, modules, replacements)
+
+
+def read_adapter_weights(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    """The adapter's tensors: adapter_model.safetensors, else the pickled adapter_model.bin
+    (peft's `safe_serialization=False`), read with weights_only so that it cannot run code."""
+    safetensors_file, bin_file = (adapter_dir / name for name in ADAPTER_WEIGHTS)
+    if safetensors_file.is_file():
+        return load_file(safetensors_file)
+    if bin_file.is_file():
+        try:
+            return torch.load(bin_file, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+            raise ValueError(f"{bin_file} cannot be read as a weights-only PyTorch file: {err}") from None
+    raise FileNotFoundError(f"{adapter_dir} has no {' or '.join(ADAPTER_WEIGHTS)}")
+
+
+def lora_ranks(adapter_dir: Path) -> dict[str, int]:
+    """Each wrapped module's LoRA rank (its lora_A's rows: rank_pattern included), from the safetensors header."""
+    safetensors_file = adapter_dir / ADAPTER_WEIGHTS[0]
+    if safetensors_file.is_file():
+        with safe_open(safetensors_file, "pt") as handle:
+            shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}
+    else:
+        shapes = {key: list(tensor.shape) for key, tensor in read_adapter_weights(adapter_dir).items()}
+    ranks = {}
+    for key, shape in shapes.items():
+        for suffix in (".lora_A.weight", ".lora_embedding_A"):
+            if key.endswith(suffix):
+                ranks[key.removeprefix(_PEFT_PREFIX).removesuffix(suffix)] = shape[0]
+    return ranks
+
+
+def _unwrapped(name: str) -> str:
+    for part in _WRAPPER_PARTS:
+        name = name.replace(part, ".")
+    return name
 
 
 def _configure(module: LoraModule, config: LoraConfig, adapter_dir: Path) -> None:
@@ -163,6 +250,7 @@ class TensorPlan:
     source_file: Path | None  # None: the tensor comes whole from the adapter
     dtype: torch.dtype
     shape: tuple[int, ...]
+    source: str | None = None  # the base tensor read, where not `name`: an untied head reads the embeddings
 
     @property
     def nbytes(self) -> int:
@@ -188,8 +276,14 @@ def base_weight_files(base_dir: Path) -> dict[str, Path]:
         return dict.fromkeys(f.keys(), base_dir / SINGLE_FILE)
 
 
-def plan_tensors(base_dir: Path, adapter: Adapter, dtype: torch.dtype, tied_embeddings: bool) -> list[TensorPlan]:
-    """Check that the adapter fits the base, then list the output tensors in the base's order."""
+def plan_tensors(
+    base_dir: Path, adapter: Adapter, dtype: torch.dtype, layout: BaseLayout, tied: bool
+) -> list[TensorPlan]:
+    """Check that the adapter fits the base, then list the output tensors in the base's order.
+
+    `tied`: the base's config ties its head to the input embeddings. Where the adapter makes them differ, the head
+    is planned last, as a tensor of its own (the caller then clears `tie_word_embeddings`).
+    """
     files = base_weight_files(base_dir)
     shapes: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
     with ExitStack() as stack:
@@ -197,14 +291,47 @@ def plan_tensors(base_dir: Path, adapter: Adapter, dtype: torch.dtype, tied_embe
         for name, file in files.items():
             view = handles[file].get_slice(name)
             shapes[name] = (_TORCH_DTYPES[view.get_dtype()], tuple(view.get_shape()))
-    _check_fit(base_dir, adapter, shapes, tied_embeddings)
+    sources = {name: (file, name) for name, file in files.items()}
+    embed, head = layout.embed, layout.head
+    stored_once = tied and head is not None and head not in shapes and embed in shapes  # as the embeddings
+    split = stored_once and _untie_head(adapter, embed, head)
+    if split:  # the head starts from the weight it shared with the embeddings in base + adapter
+        shapes[head], sources[head] = shapes[embed], sources[embed]
+        lora_embedding = embed.removesuffix(".weight") in adapter.modules
+        if lora_embedding and embed in adapter.replacements and head not in adapter.replacements:
+            adapter.replacements[head] = adapter.replacements[embed]  # resized: the embeddings' base_layer weight
+    elif stored_once:
+        adapter.replacements.pop(head, None)  # the same tensor as the new embeddings: stays tied
+    _check_fit(base_dir, adapter, shapes, tied)
     plans = []
     for name, (stored, shape) in shapes.items():
         shape = tuple(adapter.replacements[name].shape) if name in adapter.replacements else shape
-        plans.append(TensorPlan(name, files[name], dtype if stored.is_floating_point else stored, shape))
+        file, source = sources[name]
+        read = source if source != name else None
+        plans.append(TensorPlan(name, file, dtype if stored.is_floating_point else stored, shape, read))
     for name in adapter.replacements.keys() - shapes.keys():  # an untied lm_head from modules_to_save
         plans.append(TensorPlan(name, None, dtype, tuple(adapter.replacements[name].shape)))
+    rows = {plan.name: plan.shape[0] for plan in plans if plan.name in (embed, head)}
+    if split and rows[embed] != rows[head]:
+        raise AdapterMismatchError(
+            f"adapter {adapter.path}: the merged {embed} has {rows[embed]} rows but the untied {head} {rows[head]}"
+        )
     return plans
+
+
+def _untie_head(adapter: Adapter, embed: str, head: str) -> bool:
+    """Whether base + adapter computes a tied base's head with a weight other than its input embeddings'.
+
+    peft keeps the head on the embeddings' old weight unless told to tie (ensure_weight_tying, which saves the head
+    as the same trained copy): a LoRA delta on the embeddings or a modules_to_save copy of them alone leaves it
+    there, and peft's own merge_and_unload, folding into the shared tensor, changes the head too (peft #2777).
+    """
+    if {name.removesuffix(".weight") for name in (embed, head)} & adapter.modules.keys():
+        return True
+    new_embed, new_head = adapter.replacements.get(embed), adapter.replacements.get(head)
+    if new_embed is None or new_head is None:
+        return new_embed is not None or new_head is not None
+    return not torch.equal(new_embed, new_head)
 
 
 _TORCH_DTYPES = {code: dtype for dtype, code in _ST_DTYPES.items()}
@@ -250,7 +377,7 @@ def read_tensor(file: Path, name: str) -> torch.Tensor:
 def merged_tensor(plan: TensorPlan, adapter: Adapter, nf4: Callable | None) -> torch.Tensor:
     """The output tensor for `plan`: base tensor (cast), adapter replacement, or base + LoRA delta."""
     replaced = plan.name in adapter.replacements  # saved whole (modules_to_save, resized embeddings)
-    stored = adapter.replacements[plan.name] if replaced else read_tensor(plan.source_file, plan.name)
+    stored = adapter.replacements[plan.name] if replaced else read_tensor(plan.source_file, plan.source or plan.name)
     tensor = stored.to(plan.dtype)  # peft merges into the base as loaded in the merge dtype; so do we
     module = adapter.modules.get(plan.name.removesuffix(".weight")) if plan.name.endswith(".weight") else None
     if module is not None:

@@ -6,6 +6,7 @@ benchmark uses `load_base_model(cfg, for_training=False)` to compare the 4-bit m
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -264,6 +265,7 @@ def build_peft_model(cfg: AxolotlConfig, model: PreTrainedModel, tokenizer: Any 
         peft_model = PeftModel.from_pretrained(model, cfg.lora_model_dir, is_trainable=True)
     else:
         peft_model = get_peft_model(model, peft_config(cfg, model, tokenizer))
+    _save_trained_embeddings_once(peft_model)
     trainable, total = peft_model.get_nb_trainable_parameters()
     LOG.info(
         "peft %s: %s of %s parameters trainable (%.2f%%)",
@@ -273,6 +275,23 @@ def build_peft_model(cfg: AxolotlConfig, model: PreTrainedModel, tokenizer: Any 
         100 * trainable / total,
     )
     return peft_model
+
+
+def _save_trained_embeddings_once(peft_model: PeftModel) -> None:
+    """Save only the trained copies of embeddings that modules_to_save trains in full.
+
+    With a grown vocabulary peft's save_pretrained (save_embedding_layers="auto") also saves every tensor under the
+    embedding modules: each wrapper's trained copy a second time and the untrained original, three full matrices
+    per layer where one is used. When both the input embeddings and the head are trained copies (or the head is
+    none), the copies the wrappers save are all the adapter needs; otherwise a resized, untrained layer must be saved
+    whole and "auto" stays.
+    """
+    from peft.utils.other import ModulesToSaveWrapper
+
+    layers = [peft_model.get_input_embeddings(), peft_model.get_output_embeddings()]
+    if all(layer is None or isinstance(layer, ModulesToSaveWrapper) for layer in layers):
+        # Trainer.save_model and its checkpoints call save_pretrained without this argument
+        peft_model.save_pretrained = functools.partial(peft_model.save_pretrained, save_embedding_layers=False)
 
 
 def peft_config(cfg: AxolotlConfig, model: PreTrainedModel, tokenizer: Any = None) -> PeftConfig:
@@ -286,7 +305,7 @@ def peft_config(cfg: AxolotlConfig, model: PreTrainedModel, tokenizer: Any = Non
             target_modules=cfg.resolved_target_modules(model),
             vera_dropout=cfg.lora_dropout,
             d_initial=cfg.peft_vera_d_initial,
-            modules_to_save=cfg.lora_modules_to_save,
+            modules_to_save=cfg.checked_modules_to_save(model),
             task_type="CAUSAL_LM",
         )
     return _prompt_tuning_config(cfg, tokenizer)
@@ -298,7 +317,7 @@ def _lora_config(cfg: AxolotlConfig, model: PreTrainedModel) -> LoraConfig:
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=cfg.resolved_target_modules(model),
-        modules_to_save=cfg.lora_modules_to_save,
+        modules_to_save=cfg.checked_modules_to_save(model),
         # A tied model (SmolLM2) that trains embed_tokens in full must keep lm_head tied to the trained copy.
         ensure_weight_tying=bool(cfg.lora_modules_to_save and model.config.tie_word_embeddings),
         use_dora=cfg.peft_use_dora,

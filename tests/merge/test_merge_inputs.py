@@ -1,0 +1,177 @@
+"""Merging the adapters training and peft really write: embeddings grown for new tokens and trained whole
+(modules_to_save), LoRA or a trained copy on a tied base's embeddings, pickled adapter_model.bin, weighted merges of
+adapters with a rank_pattern, a new EOS, and a full fine-tune's folder given as the adapter. Tiny random models.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
+from test_merge import lora_adapter, peft_merged, saved_tensors
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from typer.testing import CliRunner
+
+from llmkit.cli import app
+from llmkit.config.schema import load_config
+from llmkit.merge.command import merge_command
+from llmkit.merge.fold import merge_adapter
+from llmkit.train.run import train
+
+EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
+
+
+def _generates(model_dir: Path, text: str) -> str:
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = tokenizer(text, return_tensors="pt")
+    return tokenizer.decode(model.generate(**batch, max_new_tokens=4, do_sample=False)[0])
+
+
+def _adapter_tensors(adapter: Path) -> dict[str, torch.Tensor]:
+    return {
+        k.removeprefix("base_model.model."): v for k, v in load_file(adapter / "adapter_model.safetensors").items()
+    }
+
+
+def test_trained_new_tokens_save_each_embedding_once_and_merge(tiny_config, tiny_model_dir, tmp_path):
+    # tied base (SmolLM2's layout): peft ties lm_head to the trained embed_tokens copy (ensure_weight_tying)
+    keys = {"tokens": ["<|mytok|>"], "lora_modules_to_save": ["embed_tokens", "lm_head"], "max_steps": 1}
+    adapter = train(load_config(tiny_config(**keys)))
+    tensors = _adapter_tensors(adapter)
+    assert {k for k in tensors if "lora_" not in k} == {EMBED, HEAD}  # not also .modules_to_save/.original_module
+    report = merge_adapter(tiny_model_dir, adapter, tmp_path / "merged", dtype="float32")
+
+    assert report.verification["max_logit_diff"] < 1e-3
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    config = AutoConfig.from_pretrained(tmp_path / "merged")
+    merged = saved_tensors(tmp_path / "merged")
+    assert config.tie_word_embeddings and HEAD not in merged  # the head is the trained copy: still one tensor
+    assert config.vocab_size == len(tokenizer) == merged[EMBED].shape[0]
+    assert torch.equal(merged[EMBED], tensors[EMBED])
+    assert _generates(tmp_path / "merged", "Hello <|mytok|>").startswith("Hello <|mytok|>")
+
+
+@pytest.mark.parametrize("family", ["tied", "llama", "gpt_neox"])
+def test_peft_adapter_with_grown_trained_embeddings_merges_as_peft_does(
+    family, tiny_model_dir, tiny_family_dir, tmp_path
+):
+    # plain peft saves six embedding matrices here (save_embedding_layers: the vocabulary grew)
+    base = tiny_model_dir if family == "tied" else tiny_family_dir(family)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    embed = model.get_input_embeddings()
+    names = [n for n, m in model.named_modules() if m is embed or m is model.get_output_embeddings()]
+    adapter = lora_adapter(
+        base,
+        tmp_path / "adapter",
+        tokens=("<|mytok|>",),
+        target_modules=["q_proj"] if family != "gpt_neox" else ["query_key_value"],
+        modules_to_save=[n.rsplit(".", 1)[-1] for n in names],
+        ensure_weight_tying=family == "tied",
+    )
+    assert any(".original_module." in k for k in _adapter_tensors(adapter))
+    report = merge_adapter(base, adapter, tmp_path / "merged", dtype="float32")
+
+    assert report.verification["max_logit_diff"] < 1e-3
+    expected = peft_merged(base, adapter, torch.float32)
+    config = AutoConfig.from_pretrained(tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").state_dict()  # names as loaded (lm_head)
+    assert merged.keys() == expected.keys()
+    assert not [name for name in merged if not torch.equal(merged[name], expected[name])]
+    assert config.tie_word_embeddings == (family == "tied")  # tied to the one trained copy
+    assert config.vocab_size == len(AutoTokenizer.from_pretrained(adapter))
+
+
+@pytest.mark.parametrize(
+    "lora",
+    [
+        # init_lora_weights False: peft starts lora_embedding_A at zero, and the test's random B alone adds nothing
+        {"target_modules": ["embed_tokens", "q_proj"], "init_lora_weights": False},
+        {"target_modules": ["embed_tokens", "q_proj"], "init_lora_weights": False, "tokens": ("<|mytok|>",)},
+        {"target_modules": ["q_proj"], "modules_to_save": ["embed_tokens"]},
+    ],
+    ids=["lora", "lora_grown", "modules_to_save"],
+)
+def test_changed_embeddings_of_a_tied_base_untie_the_head(lora, tiny_model_dir, tmp_path):
+    # base + adapter computes the head with the old shared weight; folding into that one tensor would change it too
+    adapter = lora_adapter(tiny_model_dir, tmp_path / "adapter", **lora)
+    report = merge_adapter(tiny_model_dir, adapter, tmp_path / "merged", dtype="float32")
+
+    assert report.verification["max_logit_diff"] < 1e-3
+    assert not AutoConfig.from_pretrained(tmp_path / "merged").tie_word_embeddings
+    merged, base = saved_tensors(tmp_path / "merged"), saved_tensors(tiny_model_dir)
+    # the old shared weight: the base's, or (vocabulary grown) the resized one the adapter saved as base_layer
+    old = _adapter_tensors(adapter).get("model.embed_tokens.base_layer.weight", base[EMBED])
+    assert torch.equal(merged[HEAD], old) and not torch.equal(merged[EMBED][: len(old)], old)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert torch.equal(reloaded.lm_head.weight, old)  # transformers does not tie it back
+
+
+def test_a_pickled_adapter_model_bin_merges_like_its_safetensors(tiny_model_dir, tmp_path):
+    adapter = lora_adapter(tiny_model_dir, tmp_path / "adapter", target_modules=["q_proj", "v_proj"])
+    merge_adapter(tiny_model_dir, adapter, tmp_path / "from_safetensors", dtype="float32", verify=False)
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    torch.save(tensors, adapter / "adapter_model.bin")  # what peft's save_pretrained(safe_serialization=False) writes
+    (adapter / "adapter_model.safetensors").unlink()
+    report = merge_adapter(tiny_model_dir, adapter, tmp_path / "from_bin", dtype="float32")
+
+    assert report.verification["max_logit_diff"] < 1e-3
+    from_bin, from_safetensors = saved_tensors(tmp_path / "from_bin"), saved_tensors(tmp_path / "from_safetensors")
+    assert all(torch.equal(from_bin[name], from_safetensors[name]) for name in from_safetensors)
+    (adapter / "adapter_model.bin").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="adapter_model.bin cannot be read as a weights-only PyTorch file"):
+        merge_adapter(tiny_model_dir, adapter, tmp_path / "broken", dtype="float32")
+
+
+def test_weighted_merge_of_adapters_with_other_ranks_names_module_and_ranks(tiny_model_dir, tmp_path):
+    first = lora_adapter(tiny_model_dir, tmp_path / "a", target_modules=["q_proj", "o_proj"])
+    second = lora_adapter(
+        tiny_model_dir, tmp_path / "b", target_modules=["q_proj", "o_proj"], rank_pattern={"o_proj": 2}
+    )
+    spec = {"adapters": [str(first), str(second)], "weights": [0.5, 0.5], "out": str(tmp_path / "fused")}
+    message = (
+        rf"combine {first} and {second} with combination_type linear: model.layers.0.self_attn.o_proj has rank 8 "
+        r"in the first but 2 in the second .* use cat"
+    )
+    with pytest.raises(ValueError, match=message):
+        merge_command(base=str(tiny_model_dir), dtype="float32", **spec)
+    report, _ = merge_command(base=str(tiny_model_dir), dtype="float32", combination="cat", **spec)
+    assert report.verification["max_logit_diff"] < 1e-3
+
+
+def test_a_new_eos_reaches_the_merged_config_and_generation_config(tiny_model_dir, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    base_eos, base_pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    tokenizer.add_special_tokens({"eos_token": "<|myeos|>"})  # what special_tokens: {eos_token: ...} does
+    model.resize_token_embeddings(len(tokenizer))
+    get_peft_model(model, LoraConfig(target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(tmp_path / "a")
+    tokenizer.save_pretrained(tmp_path / "a")
+    merge_adapter(tiny_model_dir, tmp_path / "a", tmp_path / "merged", dtype="float32", verify=False)
+
+    eos = AutoTokenizer.from_pretrained(tmp_path / "merged").eos_token_id
+    assert eos == len(tokenizer) - 1 != base_eos
+    config, generation = (
+        AutoConfig.from_pretrained(tmp_path / "merged"),
+        GenerationConfig.from_pretrained(tmp_path / "merged"),
+    )
+    assert config.eos_token_id == generation.eos_token_id == eos
+    assert config.pad_token_id == base_pad  # unchanged by training: the base's
+    plain = lora_adapter(tiny_model_dir, tmp_path / "plain", target_modules=["q_proj"])
+    merge_adapter(tiny_model_dir, plain, tmp_path / "plain_merged", dtype="float32", verify=False)
+    assert json.loads((tmp_path / "plain_merged" / "config.json").read_text())["eos_token_id"] == base_eos
+
+
+def test_a_full_fine_tune_is_said_to_need_no_merge(tiny_model_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["merge", "--adapter", str(tiny_model_dir), "--base", str(tiny_model_dir)])
+    assert result.exit_code == 1
+    assert f"{tiny_model_dir} holds no adapter_config.json but a full model" in result.output
+    assert "needs no merge, serve the folder directly" in result.output
+    (tmp_path / "notes").mkdir()
+    result = runner.invoke(app, ["merge", "--adapter", str(tmp_path / "notes"), "--base", str(tiny_model_dir)])
+    assert result.exit_code == 1 and "not a peft adapter directory" in result.output
