@@ -17,7 +17,7 @@ from typing import ClassVar
 import psutil
 
 from llmkit.core import devices
-from llmkit.core.models import LoadedModel
+from llmkit.core.models import LoadedModel, adapter_config
 from llmkit.server.protocol import ProcessRequest, ProcessResponse, Token
 from llmkit.server.sequence import RequestError, Scores, Sequence, UnknownModel
 from llmkit.server.settings import EngineName, ServerSettings
@@ -227,7 +227,19 @@ class Engine:
 
 
 def load_engine(settings: ServerSettings) -> Engine:
-    """The engine `settings.engine` names, with its model loaded (vLLM's import only happens when asked for)."""
+    """The engine `settings.engine` names, with its model loaded (vLLM's import only happens when asked for).
+
+    Raises:
+        ValueError: a DoRA adapter, which neither engine can apply per row of a batch (peft refuses per-row
+            adapters with DoRA, vLLM has no DoRA): merging it is how it gets served.
+    """
+    for path in settings.adapters.values():
+        if adapter_config(path).get("use_dora"):
+            raise ValueError(
+                f"Adapter {path} is DoRA (use_dora), which cannot be applied per request in a batch (peft refuses "
+                "it, vLLM has none): merge it into the base (llmkit merge --adapter DIR --base MODEL --out DIR) and "
+                "serve the merged folder"
+            )
     if settings.engine is EngineName.vllm:
         from llmkit.server.vllm_engine import VllmEngine
 

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 from llmkit.core import devices
-from llmkit.core.models import LoadedModel, resolve_model, servable_adapter_config, tokenizer_dir
+from llmkit.core.models import LoadedModel, adapter_config, resolve_model, tokenizer_dir
 from llmkit.server.engine import Engine
 from llmkit.server.protocol import ProcessRequest
 from llmkit.server.sequence import QueueFull, RequestTimeout, Sequence, eos_ids
@@ -196,7 +196,7 @@ def _vllm_quantization(quantization: str) -> str | None:
 
 
 def _lora_rank(adapter: str) -> int:
-    config = servable_adapter_config(adapter)
+    config = adapter_config(adapter)
     rank = max([config.get("r", 8), *(config.get("rank_pattern") or {}).values()])
     fitting = [r for r in LORA_RANKS if r >= rank]
     if not fitting:

@@ -141,16 +141,17 @@ def tokenizer_dir(model_dir: Path, adapter: str | Path | None) -> Path:
     if adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file():
         return Path(adapter)
     folder = Path(model_dir)
-    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+    if folder.is_dir() and not any((folder / name).is_file() for name in VOCABULARY_FILES):
         # transformers' own error names neither the folder nor the files (it asks for sentencepiece or tiktoken)
         raise FileNotFoundError(
-            f"{folder} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}): copy the base model's tokenizer "
+            f"{folder} holds no tokenizer (none of {', '.join(VOCABULARY_FILES)}): copy the base model's tokenizer "
             "files there"
         )
     return folder
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json", "spiece.model")
+# One of these makes a folder hold a tokenizer (merge's TOKENIZER_FILES are every file a saved one may include).
+VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json", "spiece.model")
 
 
 def load_for_inference(
@@ -210,27 +211,29 @@ def adapter_config(adapter: str | Path) -> dict:
     return config
 
 
-def servable_adapter_config(adapter: str | Path) -> dict:
-    """`adapter_config` of an adapter a server can apply per row of a batch (both engines batch requests).
+def adapter_weight_shapes(adapter: str | Path) -> dict[str, list[int]]:
+    """Each tensor's shape in a peft adapter's weights (adapter_model.safetensors, else the pickled .bin of peft's
+    `safe_serialization=False`), without reading the tensors; empty when the folder holds neither."""
+    import torch
+    from safetensors import safe_open
 
-    Raises:
-        ValueError: a DoRA adapter (peft refuses per-row adapters with DoRA, vLLM has no DoRA); merge it instead.
-    """
-    config = adapter_config(adapter)
-    if config.get("use_dora"):
-        raise ValueError(
-            f"Adapter {adapter} is DoRA (use_dora), which cannot be applied per request in a batch (peft refuses "
-            "it, vLLM has none): merge it into the base (llmkit merge --adapter DIR --base MODEL --out DIR) and "
-            "serve the merged folder"
-        )
-    return config
+    safetensors_file, bin_file = (Path(adapter) / name for name in ADAPTER_WEIGHTS)
+    if safetensors_file.is_file():
+        with safe_open(safetensors_file, "pt") as weights:
+            return {key: weights.get_slice(key).get_shape() for key in weights.keys()}
+    if bin_file.is_file():
+        return {key: list(t.shape) for key, t in torch.load(bin_file, map_location="meta", weights_only=True).items()}
+    return {}
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 def _apply_adapter(lm, adapter: str, tokenizer, name: str = "default"):
     """`lm` with the adapter at `adapter` added under `name` (a PeftModel holds several side by side)."""
     from peft import PeftModel
 
-    servable_adapter_config(adapter)
+    adapter_config(adapter)
     if len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
         lm.resize_token_embeddings(len(tokenizer))
     try:
@@ -251,17 +254,8 @@ def _apply_adapter(lm, adapter: str, tokenizer, name: str = "default"):
 
 def _unplaced_lora_weights(lm, adapter: str, name: str) -> list[str]:
     """The adapter file's LoRA weights that loading put nowhere in `lm` (peft names them the same when saving)."""
-    import torch
     from peft.utils import get_peft_model_state_dict
-    from safetensors import safe_open
 
-    folder = Path(adapter)
-    if (folder / "adapter_model.safetensors").is_file():
-        with safe_open(folder / "adapter_model.safetensors", "pt") as weights:
-            saved = set(weights.keys())
-    elif (folder / "adapter_model.bin").is_file():
-        saved = set(torch.load(folder / "adapter_model.bin", map_location="meta", weights_only=True))
-    else:
-        return []
+    saved = adapter_weight_shapes(adapter).keys()
     placed = set(get_peft_model_state_dict(lm, adapter_name=name))
     return sorted(key for key in saved - placed if ".lora_" in key)

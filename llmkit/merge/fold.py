@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from llmkit.core import devices
 from llmkit.core.files import check_folder_target, clean_stale, sha256_file, sigterm_as_exit, staging_dir, swap_in
-from llmkit.core.models import ResolvedModel, adapter_config, resolve_model, tokenizer_dir
+from llmkit.core.models import ADAPTER_WEIGHTS, ResolvedModel, adapter_config, resolve_model, tokenizer_dir
 from llmkit.merge import weights as mw
 from llmkit.merge.verify import TOLERANCES, Agreement, verify_merge
 
@@ -38,7 +38,7 @@ TOKENIZER_FILES = (
     "added_tokens.json",
     "chat_template.jinja",
 )
-ADAPTER_FILES = ("adapter_config.json", *mw.ADAPTER_WEIGHTS, *TOKENIZER_FILES)
+ADAPTER_FILES = ("adapter_config.json", *ADAPTER_WEIGHTS, *TOKENIZER_FILES)
 
 
 @dataclass

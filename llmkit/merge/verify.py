@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from llmkit.core.models import load_for_inference, tokenizer_dir
+from llmkit.core.models import load_for_inference
 from llmkit.data.prompts import ALPACA_NO_INPUT
 
 LOG = logging.getLogger(__name__)
@@ -120,18 +120,13 @@ def _compare(model, reference: Reference) -> Agreement:
 
 def _load(model_dir: Path, dtype: torch.dtype, adapter: Path | None = None, quantization: str = "none"):
     # The device is load_for_inference's "auto" (llmkit.core.devices): the GPU where there is one, else the CPU.
-    loaded = load_for_inference(str(model_dir), dtype=str(dtype).removeprefix("torch."), quantization=quantization)
-    if adapter is None:
-        return loaded.model, loaded.tokenizer
-    # Not through the server's adapter loading, which refuses DoRA (no per-row batching): merging is how a DoRA
-    # adapter gets served, so its reference must load.
-    from peft import PeftModel
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(model_dir, adapter))
-    if len(tokenizer) > loaded.model.get_input_embeddings().weight.shape[0]:
-        loaded.model.resize_token_embeddings(len(tokenizer))  # training added tokens; the adapter holds their rows
-    return PeftModel.from_pretrained(loaded.model, str(adapter)).eval(), tokenizer
+    loaded = load_for_inference(
+        str(model_dir),
+        adapters={"default": str(adapter)} if adapter else None,
+        dtype=str(dtype).removeprefix("torch."),
+        quantization=quantization,
+    )
+    return loaded.model, loaded.tokenizer
 
 
 def reference_of(base_dir: Path, adapter_dir: Path, dtype: torch.dtype, *, quantization: str = "none"):

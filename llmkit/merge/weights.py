@@ -22,7 +22,7 @@ from peft.utils.other import get_pattern_key
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from llmkit.core.models import adapter_config
+from llmkit.core.models import ADAPTER_WEIGHTS, adapter_config, adapter_weight_shapes
 
 _PEFT_PREFIX = "base_model.model."
 # adapter key suffix -> LoraModule field; any other adapter tensor replaces the base tensor of the same name
@@ -41,7 +41,6 @@ _WRAPPER_PARTS = (".base_layer.", ".modules_to_save.")
 # The base weight beside a modules_to_save copy: peft saves it too when the vocabulary grew (save_embedding_layers),
 # but the trained copy replaces it.
 _UNTRAINED_COPY = ".original_module."
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 _ST_DTYPES = {
     torch.float64: "F64",
     torch.float32: "F32",
@@ -209,15 +208,9 @@ def read_adapter_weights(adapter_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def lora_ranks(adapter_dir: Path) -> dict[str, int]:
-    """Each wrapped module's LoRA rank (its lora_A's rows: rank_pattern included), from the safetensors header."""
-    safetensors_file = adapter_dir / ADAPTER_WEIGHTS[0]
-    if safetensors_file.is_file():
-        with safe_open(safetensors_file, "pt") as handle:
-            shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}
-    else:
-        shapes = {key: list(tensor.shape) for key, tensor in read_adapter_weights(adapter_dir).items()}
+    """Each wrapped module's LoRA rank (its lora_A's rows: rank_pattern included), without reading the tensors."""
     ranks = {}
-    for key, shape in shapes.items():
+    for key, shape in adapter_weight_shapes(adapter_dir).items():
         for suffix in (".lora_A.weight", ".lora_embedding_A"):
             if key.endswith(suffix):
                 ranks[key.removeprefix(_PEFT_PREFIX).removesuffix(suffix)] = shape[0]
