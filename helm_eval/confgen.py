@@ -162,9 +162,30 @@ def parse_conf(text: str) -> list[str]:
     return re.findall(r'description:\s*"([^"]*)"', text)
 
 
+def split_description(description: str) -> tuple[str, dict[str, str]]:
+    """(scenario, args in their order) of a run-entry description `scenario:key=value,...`."""
+    scenario, _, arg_text = description.partition(":")
+    return scenario.strip(), dict(pair.split("=", 1) for pair in arg_text.split(",") if pair)
+
+
 def normalize_description(description: str, model: str = HELM_MODEL) -> tuple[str, frozenset[tuple[str, str]]]:
     """(scenario, {(key, value)}) with the model set to `model`: entries compare equal whatever the arg order."""
-    scenario, _, arg_text = description.partition(":")
-    args = dict(pair.split("=", 1) for pair in arg_text.split(",") if pair)
+    scenario, args = split_description(description)
     args["model"] = model
-    return scenario.strip(), frozenset(args.items())
+    return scenario, frozenset(args.items())
+
+
+def capped_entries(descriptions: list[str], cap: int) -> list[RunEntry]:
+    """The entries of a conf with at most `cap` instances each (fewer where the entry asks for fewer).
+
+    helm-run's --max-eval-instances only fills in entries that set no count, and the challenge's confs set one
+    on every entry, so a cap has to be written into the entries themselves.
+    """
+    entries = []
+    for description in descriptions:
+        scenario, args = split_description(description)
+        own = args.pop("max_eval_instances", "")
+        count = min(int(own), cap) if own.isdigit() else cap
+        model = args.pop("model", HELM_MODEL)
+        entries.append(RunEntry(family=scenario, description=_description(scenario, args, model, count)))
+    return entries

@@ -19,6 +19,7 @@ from llmkit.helm_eval.setup import helm_setup
 from llmkit.helm_eval.summary import SuiteScores
 
 LOG = logging.getLogger(__name__)
+_SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class EvalResult(BaseModel):
@@ -51,7 +52,7 @@ def helm_eval(
         url: evaluate the running server there instead of starting one.
         compare: a second model, served with the same flags and scored on the same conf.
         conf: `quick`, `open`, a task-list YAML, or a HELM .conf file.
-        max_eval_instances: per-run cap (generated confs) / helm-run's --max-eval-instances (.conf files).
+        max_eval_instances: at most this many instances per run (a .conf file's own counts are lowered to it).
         budget: total instances for a generated conf (default: the task list's own).
         suite: HELM suite name (default: conf, model and time); a comparison appends -1-<model>, -2-<model>.
         server_args: extra `python -m llmkit.server` flags for every server started.
@@ -60,15 +61,27 @@ def helm_eval(
     """
     if url and (model or compare):
         raise HelmRunError("--url evaluates a running server: give either --url or --model/--compare")
-    helm_setup()  # idempotent: a stamp check when crfm-helm is already there
+    if suite is not None and not _SUITE_NAME.fullmatch(suite):
+        raise HelmRunError(f"--suite {suite!r}: use letters, digits, '.', '_' and '-' (it names folders and files)")
     out_dir = out_dir.resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise HelmRunError(f"--out {out_dir} is a file; give a folder (it is created if missing)")
     targets = [model] + ([compare] if compare else [])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = suite or f"{Path(conf).stem}-{_slug(url or model or 'default') if not compare else 'compare'}-{stamp}"
+    suite_names = (
+        [name] if len(targets) == 1 else [f"{name}-{i + 1}-{_slug(t or 'default')}" for i, t in enumerate(targets)]
+    )
+    for suite_name in suite_names:  # the report reads every run of the suite's folder: old ones would mix in
+        if (out_dir / "benchmark_output" / "runs" / suite_name).exists():
+            raise HelmRunError(
+                f"suite {suite_name} already has results in {out_dir / 'benchmark_output' / 'runs' / suite_name}: "
+                "give another --suite, or remove that folder"
+            )
+    helm_setup()  # idempotent: a stamp check when crfm-helm is already there
     conf_path = prepare_conf(conf, out_dir, name, budget=budget, cap=max_eval_instances)
     results = []
-    for i, target in enumerate(targets):
-        suite_name = name if len(targets) == 1 else f"{name}-{i + 1}-{_slug(target or 'default')}"
+    for target, suite_name in zip(targets, suite_names, strict=True):
         LOG.info("HELM suite %s: %s on %s", suite_name, url or target or "the default model", conf_path)
         results.append(
             run_helm(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from llmkit.core.processes import stop_process_group
+from llmkit.core.processes import exit_description, stop_process_group
 
 LOG = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def wait_healthy(url: str, timeout: float, process: subprocess.Popen | None = No
     last_error = "no answer yet"
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise ServerStartError(f"server exited with code {process.returncode} before becoming healthy")
+            raise ServerStartError(f"server {exit_description(process.returncode)} before becoming healthy")
         try:
             response = httpx.get(f"{url}/health", timeout=5)
             if response.status_code == 200:
@@ -64,6 +64,8 @@ class ServerProcess:
             contain the literal `{port}`, which is replaced by the chosen port.
         cwd, env: where and with which environment the process runs.
         startup_timeout: seconds to wait for /health.
+        log_path: where the server's output goes and stays; without it, a temporary file that is removed on
+            stop() unless the server failed to start (its path is in the error).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class ServerProcess:
         cwd: str | Path | None = None,
         env: dict[str, str] | None = None,
         startup_timeout: float = 300,
+        log_path: Path | None = None,
     ):
         self.host = host
         self.port = port or free_port(host)
@@ -87,7 +90,12 @@ class ServerProcess:
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None
         self.info: dict = {}
-        self._log = tempfile.NamedTemporaryFile(prefix="llmkit-server-", suffix=".log", delete=False)
+        self._keep_log = log_path is not None
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(log_path, "wb")  # noqa: SIM115 - the child writes to it until stop()
+        else:
+            self._log = tempfile.NamedTemporaryFile(prefix="llmkit-server-", suffix=".log", delete=False)
 
     @property
     def url(self) -> str:
@@ -98,7 +106,12 @@ class ServerProcess:
         return Path(self._log.name)
 
     def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
+        """The log's last `chars` characters, from the start of a line."""
+        text = self.log_path.read_text(errors="replace")
+        if len(text) <= chars:
+            return text
+        tail = text[-chars:]
+        return tail[tail.find("\n") + 1 :] if "\n" in tail else tail
 
     def start(self) -> ServerProcess:
         LOG.info("Starting %s", " ".join(self.command))
@@ -113,6 +126,7 @@ class ServerProcess:
         try:
             self.info = wait_healthy(self.url, self.startup_timeout, self.process)
         except ServerStartError as err:
+            self._keep_log = True  # the error names it
             self.stop()
             raise ServerStartError(f"{err}\n--- server log ({self.log_path}) ---\n{self.log_tail()}") from None
         return self
@@ -120,6 +134,9 @@ class ServerProcess:
     def stop(self) -> None:
         if self.process is not None:
             stop_process_group(self.process, grace_s=20)
+        self._log.close()
+        if not self._keep_log:
+            self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> ServerProcess:
         return self.start()

@@ -28,6 +28,14 @@ def stop_process_group(process: subprocess.Popen, grace_s: float) -> None:
         process.wait()
 
 
+def exit_description(returncode: int) -> str:
+    """'exited with code 3', or 'was killed by SIGKILL' for Popen's negative return codes."""
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with code {returncode}"
+
+
 def _signal_group(pgid: int, signum: signal.Signals) -> None:
     # The group is gone if the process exited and another thread reaped it since our poll().
     with contextlib.suppress(ProcessLookupError):

@@ -74,3 +74,19 @@ def test_bad_inputs_name_what_is_wrong(tmp_path):
         confgen.generate(confgen.load_task_list("quick"), budget=0)  # 0 is not "the task list's own"
     with pytest.raises(confgen.ConfError, match="at most 0 instances per run leaves nothing to evaluate"):
         confgen.generate(confgen.load_task_list("quick"), cap=0)
+
+
+def test_a_cap_lowers_the_counts_a_conf_file_sets_itself(tmp_path):
+    """helm-run's --max-eval-instances leaves entries that carry a count alone: every entry of the challenge's conf."""
+    from llmkit.helm_eval.run import prepare_conf
+
+    reference = confgen.parse_conf(REFERENCE.read_text())
+    capped = confgen.parse_conf(prepare_conf(REFERENCE, tmp_path, "smoke", cap=3).read_text())
+    assert len(capped) == len(reference) == 88
+    for original, entry in zip(reference, capped, strict=True):
+        scenario, args = confgen.split_description(original)
+        capped_scenario, capped_args = confgen.split_description(entry)
+        assert capped_scenario == scenario
+        assert capped_args.pop("max_eval_instances") == str(min(int(args.pop("max_eval_instances")), 3))
+        assert capped_args == args  # model, subtask= (empty) and every other arg kept
+    assert prepare_conf(REFERENCE, tmp_path, "as-is") == REFERENCE.resolve()  # no cap: the file itself

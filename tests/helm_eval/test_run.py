@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -97,4 +100,61 @@ def test_failed_download_says_the_suite_needs_the_internet(tmp_path):
     assert "could not download the datasets of bbq, big_bench, gsm, mmlu" in message
     assert "need the internet" in message and "Name or service not known" in message
     quick = confgen.write_conf(confgen.generate(confgen.load_task_list("quick")), tmp_path / "quick.conf")
-    assert _failure_message(log, quick, 1).startswith("helm-run failed with exit code 1")
+    assert _failure_message(log, quick, 1).startswith("helm-run exited with code 1")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"suite": "../../escape"}, "--suite '../../escape': use letters, digits"),
+        ({"suite": "taken"}, "suite taken already has results in"),
+        ({"out_dir": "a-file"}, "is a file; give a folder"),
+    ],
+)
+def test_helm_eval_refuses_a_suite_or_folder_it_would_mix_up(tmp_path, mcqa_conf, kwargs, message):
+    from llmkit.helm_eval import helm_eval
+
+    (tmp_path / "benchmark_output/runs/taken/simple_mcqa:model=neurips_local").mkdir(parents=True)
+    (tmp_path / "a-file").write_text("")
+    options = {"conf": str(mcqa_conf), "out_dir": tmp_path, **kwargs}
+    options["out_dir"] = tmp_path / options["out_dir"]
+    with pytest.raises(HelmRunError, match=re.escape(message)):
+        helm_eval(**options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "benchmark_output", "mcqa.conf"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_finished_runs_and_says_so(helm_venv, tmp_path):
+    """SIGINT to `llmkit helm-eval` as a terminal sends it: exit 130, a count of the finished runs, no empty run
+    folder, and the server it started stopped, with its log kept beside HELM's."""
+    from llmkit.helm_eval import confgen
+
+    tasks = confgen.TaskList(
+        families=[
+            confgen.TaskFamily(name="mcqa", scenario="simple_mcqa"),
+            confgen.TaskFamily(name="reasoning", scenario="synthetic_reasoning", args={"mode": "induction"}),
+        ]
+    )
+    conf = confgen.write_conf(confgen.generate(tasks, budget=40), tmp_path / "two.conf")
+    out = tmp_path / "out"
+    before = _server_children()
+    command = [sys.executable, "-m", "llmkit.cli", "helm-eval", "--conf", str(conf), "--suite", "cc"]
+    command += ["--out", str(out)]
+    stderr_path = tmp_path / "stderr.txt"
+    with open(stderr_path, "w") as stderr_file:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr_file, start_new_session=True)
+        runs = out / "benchmark_output/runs/cc"
+        deadline = time.monotonic() + 600
+        # Without a terminal there is no progress bar: a line per finished run instead.
+        while "helm-run: 1 of 2 runs finished" not in stderr_path.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, stderr_path.read_text()
+            time.sleep(0.5)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        process.wait(timeout=120)
+    stderr = stderr_path.read_text()
+    assert process.returncode == 130, stderr
+    assert f"interrupted: 1 of the suite's runs had finished; HELM's output so far is in {runs}" in stderr
+    assert "Traceback" not in stderr
+    assert [p.name for p in runs.iterdir() if p.is_dir() and not any(p.iterdir())] == []
+    assert (out / "logs/cc.server.log").read_text().count('"method": "POST"') >= 1
+    assert _server_children() <= before

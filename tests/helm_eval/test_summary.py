@@ -118,3 +118,15 @@ def test_per_instance_scores_are_read_and_paired_in_the_table(tmp_path):
     header, [row] = table_rows(suites)
     assert header[4] == "Δ [2]−[1] [95% CI]"
     assert row[4].startswith("+0.500 [") and row[4] == difference(suites[0].rows[0], suites[1].rows[0]).text()
+
+
+def test_a_narrow_terminal_folds_run_names_instead_of_cutting_them():
+    from rich.console import Console
+
+    from llmkit.helm_eval.summary import rich_table
+
+    runs = [f"synthetic_reasoning:mode={mode}" for mode in ("pattern_match", "variable_substitution")]
+    console = Console(width=60, record=True)
+    console.print(rich_table([_suite("base", dict.fromkeys(runs, 0.5))], title="t"))
+    first_column = "".join(line.split("│")[1].strip() for line in console.export_text().splitlines() if "│" in line)
+    assert all(run in first_column for run in runs) and "…" not in first_column
