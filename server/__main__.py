@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -28,18 +29,26 @@ def parse_settings(argv: Sequence[str] | None = None) -> ServerSettings:
     )
 
 
+def _setting_name(field: str, args: Sequence[str]) -> str:
+    """The flag a bad value came from, or its LLMKIT_ environment variable when no flag gave it."""
+    flag, variable = "--" + field.replace("_", "-"), "LLMKIT_" + field.upper()
+    given = any(arg == flag or arg.startswith(flag + "=") for arg in args)
+    return variable if variable in os.environ and not given else flag
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_bitsandbytes_kernel_notice()
+    args = list(argv) if argv is not None else sys.argv[1:]
     try:
-        settings = parse_settings(argv)
+        settings = parse_settings(args)
     except ValidationError as err:
-        lines = problems(err, key=lambda field: "--" + field.replace("_", "-"))  # `--max-context: ... (got '0')`
+        lines = problems(err, key=lambda field: _setting_name(field, args))  # `--max-context: ... (got '0')`
         raise SystemExit("\n  ".join(["Error: invalid settings:", *lines])) from None
     if settings.engine is EngineName.vllm and importlib.util.find_spec("vllm") is None:
         from llmkit.server.vllm_venv import exec_server
 
-        exec_server(list(argv) if argv is not None else sys.argv[1:])  # the same flags, in vLLM's venv
+        exec_server(args)  # the same flags, in vLLM's venv
     from llmkit.server.app import serve
 
     serve(settings)

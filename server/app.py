@@ -61,9 +61,13 @@ PROCESS_ERRORS[404] = {"model": ErrorResponse, "description": "X-Adapter names n
 def error_response(
     path: str, status: int, detail: str | list, headers: dict | None = None, param: str | None = None
 ) -> JSONResponse:
-    """HELM's `{"detail": ...}`, or under /v1/ OpenAI's `{"error": {...}}` (where a 422 is OpenAI's 400)."""
+    """HELM's `{"detail": ...}`, or under /v1/ OpenAI's `{"error": {...}}` (where a 422 is OpenAI's 400).
+
+    A 422's detail is always FastAPI's list of field errors, so that a client parses one shape."""
     if path.startswith("/v1/"):
         return openai_error(status, detail, headers, param)
+    if status == 422 and isinstance(detail, str):
+        detail = [{"loc": ["body", param] if param else ["body"], "msg": detail, "type": "value_error"}]
     return JSONResponse(status_code=status, content={"detail": detail}, headers=headers)
 
 
@@ -72,7 +76,8 @@ def _validation_errors(err: RequestValidationError) -> list[dict]:
     errors = []
     for e in err.errors():
         if e["type"] == "json_invalid":  # FastAPI puts the character offset where a field name would be
-            at, reason = e["loc"][-1], (e.get("ctx") or {}).get("error", "")
+            # json's messages end in "at" ("Invalid control character at"), which the offset completes
+            at, reason = e["loc"][-1], (e.get("ctx") or {}).get("error", "").removesuffix(" at")
             errors.append({"loc": [], "msg": f"body is not valid JSON: {reason} at character {at}", "type": e["type"]})
             continue
         loc = [str(part) for part in e["loc"] if not is_union_branch(part)]

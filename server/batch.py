@@ -44,8 +44,10 @@ class GrowingLayer(DynamicLayer):
             or buffer.shape[:2] != key_states.shape[:2]
             or new > buffer.shape[-2]
         ):
-            shape = (*key_states.shape[:-2], new + SPARE_TOKENS, key_states.shape[-1])
-            self._key_buffer, self._value_buffer = key_states.new_empty(shape), value_states.new_empty(shape)
+            # Keys and values may differ in width (multi-head latent attention: DeepSeek-V2/V3).
+            capacity = new + SPARE_TOKENS
+            self._key_buffer = key_states.new_empty((*key_states.shape[:-2], capacity, key_states.shape[-1]))
+            self._value_buffer = value_states.new_empty((*value_states.shape[:-2], capacity, value_states.shape[-1]))
             if old:
                 self._key_buffer[..., :old, :] = self.keys
                 self._value_buffer[..., :old, :] = self.values

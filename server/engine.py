@@ -11,6 +11,7 @@ No FastAPI here.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import ClassVar
 
@@ -23,6 +24,7 @@ from llmkit.server.sequence import RequestError, Scores, Sequence, UnknownModel
 from llmkit.server.settings import EngineName, ServerSettings
 from llmkit.server.text import IncrementalDecoder, TokenBytes, TokenizerPool, token_key
 
+LOG = logging.getLogger(__name__)
 TOKENIZER_COPIES = 4  # crfm-helm sends 4 requests at once (helm-run --num-threads 4)
 
 
@@ -41,6 +43,18 @@ class Engine:
         self.started = time.time()  # /v1/models' `created`
         self.base_name = loaded.source.model_id  # what a request names to get the base model without an adapter
         self.adapters = settings.adapters  # name -> directory
+        # A tokenizer with more tokens than the embedding has rows (tokens added without resizing it) cannot feed
+        # those tokens to the model: prompts holding them are refused rather than failing inside the forward pass.
+        embeddings = getattr(loaded.model, "get_input_embeddings", lambda: None)()
+        self.embedding_rows: int | None = getattr(embeddings, "num_embeddings", None)
+        if self.embedding_rows is not None and len(self.tokenizer) > self.embedding_rows:
+            LOG.warning(
+                "The tokenizer has %d tokens but the model's embedding only %d rows: a prompt holding token ids "
+                "%d and up is refused with a 422",
+                len(self.tokenizer),
+                self.embedding_rows,
+                self.embedding_rows,
+            )
 
     # --- which model a request gets --------------------------------------------------------------------------------
     @property
@@ -163,6 +177,13 @@ class Engine:
             added = 0
         if not ids:
             raise RequestError("prompt is empty: there is no token to condition on")
+        unembeddable = sorted({i for i in ids if self.embedding_rows is not None and i >= self.embedding_rows})
+        if unembeddable:
+            raise RequestError(
+                f"prompt holds tokens {unembeddable[:5]} that the model has no embedding for (the tokenizer has "
+                f"{len(self.tokenizer)} tokens, the model's embedding {self.embedding_rows} rows)",
+                field="prompt",
+            )
         if len(ids) > self.settings.max_context:
             raise RequestError(f"prompt is {len(ids)} tokens, over the context limit of {self.settings.max_context}")
         timeout = self.settings.request_timeout_s

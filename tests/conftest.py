@@ -114,16 +114,9 @@ def make_tiny_model(tmp_path_factory, default_model_dir):
 
     def make(config_class, model_class, **overrides) -> Path:
         torch.manual_seed(0)
-        config = config_class(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=len(tokenizer),
-            eos_token_id=tokenizer.eos_token_id,
-            **overrides,
-        )
+        sizes = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+        sizes |= {"num_key_value_heads": 2, "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id}
+        config = config_class(**(sizes | overrides))
         path = tmp_path_factory.mktemp(f"tiny-{config.model_type}")
         model_class(config).save_pretrained(path)
         tokenizer.save_pretrained(path)

@@ -222,7 +222,18 @@ def test_bad_input_is_4xx_with_a_message(client, name):
 
 def test_prompt_over_context_limit(client):
     response = client.post("/process", json=helm_body("hello " * 2100))
-    assert response.status_code == 422 and "context limit" in response.json()["detail"]
+    assert response.status_code == 422
+    [error] = response.json()["detail"]  # the shape of a validation error's 422
+    assert error["loc"] == ["body"] and "context limit" in error["msg"] and error["type"] == "value_error"
+    over = client.post("/process", json=helm_body("Hi", max_new_tokens=5000))
+    [error] = over.json()["detail"]
+    assert over.status_code == 422 and "over this server's limit" in error["msg"]
+
+
+def test_a_json_syntax_error_names_the_character(client):
+    body = '{"prompt": "two\nlines"}'  # a raw newline inside a JSON string, as a curl command broken over lines
+    [error] = client.post("/process", content=body, headers={"content-type": "application/json"}).json()["detail"]
+    assert error["msg"] == "body is not valid JSON: Invalid control character at character 15"
 
 
 def test_unknown_fields_ignored_and_reported(client):

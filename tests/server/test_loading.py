@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -10,7 +11,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmkit.core.models import resolve_model
-from llmkit.server.launch import ServerStartError
+from llmkit.server.launch import ServerProcess, ServerStartError
 
 PROMPT = "The capital of France is "
 BODY = {"prompt": PROMPT, "max_new_tokens": 12, "temperature": 0, "stop_sequences": ["<<none>>"]}
@@ -111,6 +112,16 @@ def test_unusable_settings_end_in_one_message_without_a_traceback(python, tmp_pa
     assert "Traceback" not in result.stderr and "Started server process" not in result.stderr
 
 
+def test_a_bad_environment_variable_is_named_as_such(python):
+    env = {**os.environ, "LLMKIT_DTYPE": "int3", "LLMKIT_MAX_CONTEXT": "0"}
+    result = subprocess.run(
+        [python, "-m", "llmkit.server", "--max-context", "-1"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode == 1
+    assert "LLMKIT_DTYPE: Input should be 'auto'" in result.stderr  # no --dtype was typed
+    assert "--max-context: Input should be greater than 0 (got '-1')" in result.stderr  # the flag wins over the env
+
+
 def test_adapters_no_server_can_apply_end_in_one_message(python, tmp_path, tiny_model_dir):
     from safetensors.torch import load_file, save_file
 
@@ -137,3 +148,22 @@ def test_a_model_folder_without_a_tokenizer_is_named(python, tmp_path, tiny_mode
     flags = ["--model", str(tmp_path), "--device", "cpu"]
     result = subprocess.run([python, "-m", "llmkit.server", *flags], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and f"Error: cannot serve: {tmp_path} holds no tokenizer" in result.stderr
+
+
+def test_server_log_is_kept_where_asked_else_removed(tmp_path):
+    """A server started for a job (helm-eval) keeps its log with the job's; a throwaway one leaves no temp file."""
+    kept = ServerProcess(["--model", str(tmp_path / "nope")], log_path=tmp_path / "logs" / "server.log")
+    with pytest.raises(ServerStartError, match="does not exist"):
+        kept.start()
+    assert "does not exist" in (tmp_path / "logs" / "server.log").read_text()
+    kept.log_path.write_text("x" * 50 + "\nfirst whole line\nlast line\n")
+    assert kept.log_tail(30) == "first whole line\nlast line\n"  # from a line's start, not mid-line
+
+    throwaway = ServerProcess(["--model", str(tmp_path / "nope")])
+    with pytest.raises(ServerStartError):
+        throwaway.start()
+    assert throwaway.log_path.is_file()  # the error names it: kept for a look
+    unused = ServerProcess()
+    unused.stop()
+    assert not unused.log_path.exists()
+    throwaway.log_path.unlink()

@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from transformers import MistralConfig, MistralForCausalLM
+from transformers import DeepseekV3Config, DeepseekV3ForCausalLM, MistralConfig, MistralForCausalLM
 
 from llmkit.server.builtin import BuiltinEngine
 from llmkit.server.protocol import ProcessRequest, helm_body
@@ -69,6 +69,35 @@ def test_sliding_window_cache_is_served_one_row_at_a_time(engine_for, tiny_slidi
     assert engine.scheduler.max_batch_size == 1
     assert "cannot be re-padded" in caplog.text
     check_batched_equals_sequential(engine)
+
+
+def test_keys_and_values_of_different_widths_batch(engine_for, make_tiny_model):
+    """Multi-head latent attention (DeepSeek-V2/V3) caches 16-wide keys beside 8-wide values."""
+    model_dir = make_tiny_model(
+        DeepseekV3Config,
+        DeepseekV3ForCausalLM,
+        **{"kv_lora_rank": 16, "q_lora_rank": None, "qk_nope_head_dim": 8, "qk_rope_head_dim": 8, "v_head_dim": 8},
+        **{"n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "first_k_dense_replace": 1},
+        **{"n_group": 1, "topk_group": 1, "num_key_value_heads": 4},  # MLA: one key per query head
+    )
+    engine = engine_for(model_dir, prefill_chunk_tokens=16)
+    assert engine.scheduler.max_batch_size > 1
+    check_batched_equals_sequential(engine)
+
+
+def test_tokens_beyond_the_embedding_are_refused(engine_for, make_tiny_model, tokenizer, caplog):
+    """A tokenizer 100 tokens longer than the embedding (tokens added, embedding not resized): a prompt holding one
+    of them is a 422 naming it, not an index error inside the batch (which fails everyone in flight)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    engine = engine_for(make_tiny_model(LlamaConfig, LlamaForCausalLM, vocab_size=len(tokenizer) - 100))
+    assert f"only {len(tokenizer) - 100} rows" in caplog.text
+    token = next(i for i in range(len(tokenizer) - 1, 0, -1) if engine.encode(tokenizer.decode([i])) == [i])
+    assert token >= len(tokenizer) - 100
+    prompt = "Hello" + tokenizer.decode([token])
+    with pytest.raises(RequestError, match=rf"prompt holds tokens \[{token}\] that the model has no embedding for"):
+        engine.process(ProcessRequest(**helm_body(prompt, max_new_tokens=2)))
+    assert engine.process(ProcessRequest(**helm_body("Hello", max_new_tokens=2))).tokens  # the rest is served
 
 
 def test_kv_budget_bounds_the_batch(engine_for, tiny_model_dir):
