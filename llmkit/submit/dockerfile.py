@@ -71,7 +71,10 @@ def env_vars(instructions: list[Instruction]) -> dict[str, str]:
     for inst in instructions:
         if inst.keyword != "ENV":
             continue
-        words = shlex.split(inst.value)
+        try:
+            words = shlex.split(inst.value)
+        except ValueError as err:  # an unclosed quote: docker build refuses it too
+            raise DockerfileError(f"line {inst.line}: ENV {inst.value}: {err}") from None
         if words and "=" not in words[0]:
             env[words[0]] = " ".join(words[1:])
             continue

@@ -9,11 +9,13 @@ unless the memory fit check and verify_submission pass, and the zip and folder a
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from llmkit.core.assets import DEFAULT_CONFIG, DOCKER_DIR
@@ -39,6 +41,7 @@ from llmkit.submit.sources import (
     local_size,
     pipeline_weights,
 )
+from llmkit.submit.verify import ZIP_READ_ERRORS, verify_submission
 
 LOG = logging.getLogger(__name__)
 
@@ -112,7 +115,16 @@ def build_submission(
         adapter_weights = adapter and hub_or_local(
             adapter, None, bundle=bundle_weights, marker="adapter_config.json", what="adapter"
         )
-    shape = model_shape(str(weights.local_dir or weights.name))
+    # Only its config.json is needed here (the memory fit): the weights download during docker build.
+    how_to_give = (
+        f"by fetching it once where the hub answers (hf download {weights.name} config.json"
+        f"{f' --revision {weights.revision}' if weights.revision else ''}; it is then read from the cache)"
+    )
+    shape = model_shape(
+        str(weights.local_dir or weights.name),
+        None if weights.local_dir else weights.revision,
+        how_to_give=how_to_give,
+    )
     estimate = choose_loading(weights.name, shape, track, loading, local_size(adapter_weights))
     LOG.info("GPU memory on the %s track: %s", track.value, estimate.breakdown())
     track_dir.mkdir(parents=True, exist_ok=True)
@@ -148,15 +160,13 @@ class ZipContents:
 
 
 def _write(track_dir: Path, name: str, contents: ZipContents) -> Path:
-    from llmkit.submit.verify import verify_submission
-
     zip_path, unpacked = track_dir / f"{name}.zip", track_dir / name
     clean_stale(unpacked)  # a killed build's staging folder, or the unpacked folder it had moved aside
     # Built next to its destination, so the final renames never cross a filesystem.
     with staging_dir(unpacked, "build") as tmp:
         stage, staged_zip = tmp / name, tmp / f"{name}.zip"
         _stage(stage, contents)
-        if unpacked.is_dir() and _unchanged(zip_path, stage / MANIFEST_NAME):
+        if _unchanged(zip_path, unpacked, stage / MANIFEST_NAME):
             LOG.info("%s already holds this submission (its files' hashes are unchanged); kept as it is", zip_path)
             return zip_path
         write_zip(stage, staged_zip)
@@ -170,15 +180,25 @@ def _write(track_dir: Path, name: str, contents: ZipContents) -> Path:
     return zip_path
 
 
-def _unchanged(zip_path: Path, staged_manifest: Path) -> bool:
-    """True when `zip_path` exists and its manifest, which hashes every other file, equals the staged one."""
-    import zipfile
-
+def _unchanged(zip_path: Path, unpacked: Path, staged_manifest: Path) -> bool:
+    """True when the zip and the folder hold the staged manifest and every file still has the sha256 it lists."""
+    manifest = staged_manifest.read_bytes()
     try:
         with zipfile.ZipFile(zip_path) as archive:
-            return archive.read(MANIFEST_NAME) == staged_manifest.read_bytes() and archive.testzip() is None
-    except (OSError, KeyError, zipfile.BadZipFile):
+            if archive.read(MANIFEST_NAME) != manifest or (unpacked / MANIFEST_NAME).read_bytes() != manifest:
+                return False
+    except (KeyError, *ZIP_READ_ERRORS):
         return False
+    # The files, not the manifest, may have been edited since: each is re-hashed, in the folder and in the zip.
+    return _hashes(unpacked) == Manifest.model_validate_json(manifest).files and not verify_submission(
+        zip_path, lint=False
+    )
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder` but the manifest, by path, sorted."""
+    files = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    return {name: sha256_file(files[name]) for name in sorted(files) if name != MANIFEST_NAME}
 
 
 def _stage(stage: Path, contents: ZipContents) -> None:
@@ -188,7 +208,8 @@ def _stage(stage: Path, contents: ZipContents) -> None:
     for relative, data in contents.extra.items():
         (stage / relative).parent.mkdir(parents=True, exist_ok=True)
         (stage / relative).write_bytes(data)
-    (stage / "Dockerfile").write_text(render_dockerfile(track, weights, adapter, contents.estimate.loading, engine))
+    titled = replace(weights, name=_portable(weights))  # the Dockerfile's title names it
+    (stage / "Dockerfile").write_text(render_dockerfile(track, titled, adapter, contents.estimate.loading, engine))
     shutil.copyfile(DOCKER_DIR / ".dockerignore", stage / ".dockerignore")
     (stage / "requirements.txt").write_text(render_requirements(track, engine))
     for source, relative in server_files(engine):
@@ -198,7 +219,7 @@ def _stage(stage: Path, contents: ZipContents) -> None:
         _copy_weights(weights.local_dir, stage / ZIP_MODEL_DIR)
     if adapter is not None and adapter.bundled:
         _copy_weights(adapter.local_dir, stage / ZIP_ADAPTER_DIR)
-    files = {p.relative_to(stage).as_posix(): sha256_file(p) for p in sorted(stage.rglob("*")) if p.is_file()}
+    files = _hashes(stage)
     manifest = Manifest(
         track=track,
         gpu=TRACKS[track].gpu,
@@ -210,23 +231,51 @@ def _stage(stage: Path, contents: ZipContents) -> None:
         engine_version=VLLM_VERSION if engine is EngineName.vllm else None,
         estimated_gpu_memory=contents.estimate,
         bundled_weights=weights.bundled or bool(adapter and adapter.bundled),
-        files=dict(sorted(files.items())),
+        files=files,
     )
     (stage / MANIFEST_NAME).write_bytes(manifest.to_json())
 
 
 def _source(weights: Weights) -> WeightsSource:
-    name = weights.name
-    if weights.bundled and Path(name).is_absolute():
-        name = os.path.relpath(name) if Path(name).is_relative_to(Path.cwd()) else name
-    return WeightsSource(id=name, revision=weights.revision, bundled=weights.bundled, base_model=weights.base_model)
+    return WeightsSource(
+        id=_portable(weights), revision=weights.revision, bundled=weights.bundled, base_model=weights.base_model
+    )
+
+
+def _portable(weights: Weights) -> str:
+    """A bundled folder's name as the zip records it: relative to the checkout inside it, else the folder's own name,
+    so the same files give the same zip wherever they are."""
+    return _portable_path(weights.name) if weights.bundled else weights.name
+
+
+def _portable_path(name: str) -> str:
+    path = Path(name)
+    if not path.is_absolute():
+        return name
+    return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else path.name
 
 
 def _copy_weights(source: Path, target: Path) -> None:
+    from llmkit.merge.fold import MANIFEST as MERGE_REPORT
+
     files = sorted({p for pattern in _WEIGHT_DIR_PATTERNS for p in source.glob(pattern) if p.is_file()})
     if not any(p.suffix == ".safetensors" for p in files):
         raise SubmissionError(f"{source} holds no *.safetensors weights to bundle")
     target.mkdir(parents=True)
     for path in files:
-        shutil.copyfile(path, target / path.name)
+        if path.name == MERGE_REPORT:  # the merge's record, minus where and how long it ran
+            (target / path.name).write_text(
+                json.dumps(_run_independent(json.loads(path.read_text())), indent=2) + "\n"
+            )
+        else:
+            shutil.copyfile(path, target / path.name)
     LOG.info("Bundled %d files from %s", len(files), source)
+
+
+def _run_independent(value):
+    """A merge record with its paths made portable and the run's own values (seconds, skipped) dropped."""
+    if isinstance(value, dict):
+        return {k: _run_independent(v) for k, v in value.items() if k not in ("seconds", "skipped")}
+    if isinstance(value, list):
+        return [_run_independent(v) for v in value]
+    return _portable_path(value) if isinstance(value, str) else value

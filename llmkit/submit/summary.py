@@ -9,6 +9,7 @@ Anything marked ✗ makes the exit status 1; a warning (!) does not.
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 
@@ -22,10 +23,14 @@ from llmkit.core.challenge import Projection, project
 from llmkit.server.settings import EngineName
 from llmkit.submit.manifest import MANIFEST_NAME, Manifest, WeightsSource
 from llmkit.submit.smoke import SmokeReport, run_smoke
+from llmkit.submit.verify import ZIP_READ_ERRORS
 
 OK, FAIL, WARN, SKIP = Text("✓", "bold green"), Text("✗", "bold red"), Text("!", "bold yellow"), Text("-", "dim")
 _DETAIL_CHARS = 36  # a smoke request's detail (completion, logprobs) is cut here: one line a row at 80 columns
 _VERIFIED = "verify-submission: no problem"
+_COMMIT = re.compile(r"^[0-9a-fA-F]{40}$")  # a branch or tag can move; a short sha can become ambiguous
+# Words of a model name that mark a chat or instruction tune (SmolLM2-135M-Instruct, Llama-2-7b-chat-hf, gemma-2b-it).
+_TUNED = {"instruct", "instruction", "chat", "it", "sft", "dpo", "rlhf", "orpo", "kto", "simpo"}
 
 
 def summarize(
@@ -73,7 +78,7 @@ def read_manifest(zip_path: str | Path) -> Manifest | None:
     try:
         with zipfile.ZipFile(zip_path) as archive:
             return Manifest.model_validate_json(archive.read(MANIFEST_NAME))
-    except (OSError, KeyError, zipfile.BadZipFile, ValidationError):
+    except (KeyError, ValidationError, *ZIP_READ_ERRORS):
         return None  # verify_submission reports why
 
 
@@ -114,6 +119,9 @@ def summary_table(
     table.add_column("detail", overflow="fold")
     size = _size(zip_path.stat().st_size) if zip_path.is_file() else "missing"
     table.add_row("zip", "", "", Text(f"{zip_path} ({size})"))
+    if not zipfile.is_zipfile(zip_path):  # nothing in it to report on: verify's one problem says why
+        table.add_row("checks", FAIL, "", Text(f"{len(problems)} problem(s), listed above"))
+        return table
     if manifest is None:
         table.add_row("manifest", FAIL, "", Text(f"{MANIFEST_NAME} is missing or invalid"))
     else:
@@ -127,6 +135,10 @@ def summary_table(
             Text(f"{memory.total_gib:.2f} of {memory.available_gib:.1f} GiB ({manifest.loading.value}, estimated)"),
         )
         table.add_row("weights", *_weights(manifest.model))
+        tuned = [name for name in (manifest.model.base_model, manifest.model.id) if name and instruction_tuned(name)]
+        if tuned:
+            text = f"{tuned[0]} looks instruction-tuned: the challenge admits base models only"
+            table.add_row("base model", WARN, "", Text(text))
         if manifest.adapter is not None:
             table.add_row("adapter", *_weights(manifest.adapter))
     table.add_row(
@@ -157,9 +169,15 @@ def _engine(manifest: Manifest) -> str:
 def _weights(source: WeightsSource) -> tuple[Text, str, Text]:
     if source.bundled:
         return WARN, "", Text(f"bundled from {source.id}: not accepted by the challenge (below)")
-    if source.revision in (None, "main"):
-        return WARN, "", Text(f"{source.id} @ {source.revision or 'main'} (not pinned: REVISION=<commit>)")
+    if not _COMMIT.match(source.revision or ""):
+        why = "not pinned: only a full 40-hex commit sha pins the weights, REVISION=<commit>"
+        return WARN, "", Text(f"{source.id} @ {source.revision or 'main'} ({why})")
     return OK, "", Text(f"{source.id} @ {source.revision} (downloaded by `docker build`)")
+
+
+def instruction_tuned(model_id: str) -> bool:
+    """The model's name (after its owner or folder) holds a word that marks a chat or instruction tune."""
+    return bool(_TUNED & set(re.split(r"[^a-z0-9]+", model_id.lower().rsplit("/", 1)[-1])))
 
 
 def _smoke_rows(table: Table, report: SmokeReport | None, not_run: str) -> None:
@@ -200,7 +218,7 @@ def _training_time(zip_path: Path, manifest: Manifest | None, projected: list[st
                 projected = json.loads(archive.read("training/pins.json")).get("projected_training_time", [])
         except KeyError:
             return SKIP, "", Text("not projected: the zip was not built from a config here (TRAINING=1 adds it)")
-        except (OSError, zipfile.BadZipFile, ValueError):
+        except (ValueError, *ZIP_READ_ERRORS):
             return SKIP, "", Text("not projected: training/pins.json is unreadable")
     gpu = manifest.gpu if manifest is not None else ""
     lines = [line for line in projected if gpu and f"on the {gpu} " in line]

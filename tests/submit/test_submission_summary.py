@@ -13,10 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from llmkit.core.models import DEFAULT_MODEL_ID
 from llmkit.server.vllm_venv import VLLM_VERSION, vllm_venv
 from llmkit.submit.smoke import CHECKS
+from llmkit.submit.summary import read_manifest, summary_table
 
 ROOT = Path(__file__).resolve().parents[2]
 PROCESS_REQUESTS = [name for name in CHECKS if not name.startswith("/tokenize")]
@@ -57,7 +59,9 @@ def test_submission_smoke_tests_the_zip_and_summarizes_it(tmp_path):
     _, mark, _, memory = _cells(_row(out, "memory fit"))
     assert mark == "✓" and re.fullmatch(r"\d\.\d\d of 23\.6 GiB \(bf16, estimated\)", memory)
     # --revision main, not a commit: flagged (!), not failed.
-    pinned = f"{DEFAULT_MODEL_ID} @ main (not pinned: REVISION=<commit>)"
+    pinned = (
+        f"{DEFAULT_MODEL_ID} @ main (not pinned: only a full 40-hex commit sha pins the weights, REVISION=<commit>)"
+    )
     assert _cells(_row(out, "weights"))[1::2] == ["!", pinned]
     assert _cells(_row(out, "checks"))[1] == "✓"
     _, mark, _, where = _cells(_row(out, "smoke test"))
@@ -123,13 +127,13 @@ def test_no_smoke_and_bundled_weights_are_said_plainly(tmp_path, tiny_model_dir)
     zip_path = tmp_path / "4090_track" / "4090_submission_1.zip"
     assert _cells(_row(done.stdout, "smoke test"))[1:] == ["-", "", "smoke test: skipped (--no-smoke / SMOKE=0)"]
     assert "not projected: the smoke test was not run" in _row(done.stdout, "eval time")
-    bundled = f"bundled from {tiny_model_dir}: not accepted by the challenge (below)"
+    bundled = f"bundled from {tiny_model_dir.name}: not accepted by the challenge (below)"  # not where it was
     assert _cells(_row(done.stdout, "weights"))[1::2] == ["!", bundled]
     warning = "Warning: the weights are bundled in the zip. That is fine for self-hosting, but not accepted"
     fix = "build with `make submission MODEL=<hub id> REVISION=<sha>`."
     for output in (done.stdout, _llmkit("verify-submission", str(zip_path)).stdout):
         flat = " ".join(output.split())  # the warning wraps at the terminal's width
-        assert warning in flat and f"(`hf upload <you>/<name> {tiny_model_dir}`)" in flat and fix in flat
+        assert warning in flat and f"(`hf upload <you>/<name> {tiny_model_dir.name}`)" in flat and fix in flat
         assert _closing(output) == f"✓ {zip_path}: checks passed, smoke test skipped."
 
 
@@ -168,3 +172,38 @@ def test_verify_submission_with_problems_skips_the_smoke_test(default_zips, tmp_
     assert _cells(_row(done.stdout, "checks"))[1:] == ["✗", "", "1 problem(s), listed above"]
     assert _cells(_row(done.stdout, "smoke test"))[3] == "smoke test: not run: the checks failed"
     assert _closing(done.stdout) == f"✗ {tampered}: 1 problem(s) found by verify-submission."
+
+
+def _summary_with(zip_path: Path, **model) -> str:
+    """The summary table of `zip_path` with its manifest's model fields replaced, as text."""
+    manifest = read_manifest(zip_path)
+    manifest = manifest.model_copy(update={"model": manifest.model.model_copy(update=model)})
+    console = Console(record=True, width=400)
+    console.print(summary_table(zip_path, manifest, [], None))
+    return console.export_text()
+
+
+def test_only_a_full_commit_sha_counts_as_pinned(default_zips):
+    for revision, mark in [("abc1234", "!"), ("v0.1", "!"), ("refs/pr/1", "!"), ("dev", "!"), ("0123abcd" * 5, "✓")]:
+        row = _row(_summary_with(default_zips["4090"], revision=revision), "weights")
+        assert _cells(row)[1] == mark, revision
+        assert (mark == "!") == ("only a full 40-hex commit sha pins the weights" in row)
+
+
+def test_an_instruction_tuned_model_is_flagged(default_zips):
+    flagged = " looks instruction-tuned: the challenge admits base models only"
+    names = ["mistralai/Mistral-7B-Instruct-v0.2", "meta-llama/Llama-2-7b-chat-hf", "google/gemma-2b-it"]
+    for name in [DEFAULT_MODEL_ID, *names]:
+        assert _cells(_row(_summary_with(default_zips["4090"], id=name), "base model"))[1::2] == ["!", name + flagged]
+    for name in ["meta-llama/Llama-2-7b-hf", "mistralai/Mistral-7B-v0.1", "someone/chatterbox-7b"]:
+        assert "instruction-tuned" not in _summary_with(default_zips["4090"], id=name)
+    merged = _summary_with(default_zips["4090"], id="outputs/run/merged", base_model=names[0])
+    assert _cells(_row(merged, "base model"))[3] == names[0] + flagged
+
+
+def test_a_zip_that_cannot_be_opened_shows_that_one_problem(tmp_path):
+    done = _llmkit("verify-submission", str(tmp_path / "nope.zip"))
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"problem: {tmp_path / 'nope.zip'}: cannot read it as a zip (")
+    assert "manifest" not in done.stdout and "pins.json" not in done.stdout
+    assert _cells(_row(done.stdout, "checks"))[1:] == ["✗", "", "1 problem(s), listed above"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
 import string
+import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -101,3 +104,139 @@ def test_not_a_zip(tmp_path):
     path = tmp_path / "x.zip"
     path.write_text("not a zip")
     assert "cannot read it as a zip" in verify_submission(path)[0]
+
+
+def _dockerfile(zip_path) -> str:
+    with zipfile.ZipFile(zip_path) as archive:
+        return archive.read("Dockerfile").decode()
+
+
+def test_what_docker_build_or_run_would_do_otherwise_is_reported(good_zip, tmp_path, rewrite_zip):
+    dockerfile = _dockerfile(good_zip)
+    line = len(dockerfile.splitlines())  # where the lines below start
+    changed = dockerfile.replace('"--port", "80"', '"--port", "80", "--port", "8080"') + (
+        "COPY extra_weights.bin /opt/x\n"
+        "COPY requirements-gpu.txt ./requirements.txt\n"
+        "COPY ../shared/helm /helm\n"
+        "COPY --from=uv /uv /tmp/uv\n"  # another stage's files, not the zip's
+        "COPY llmkit/server/*.py manifest.json /tmp/\n"  # a glob matching zip entries, and a file
+        'ENTRYPOINT ["sleep", "infinity"]\n'
+        "ENV HF_HUB_OFFLINE=0\n"
+    )
+    bad = rewrite_zip(good_zip, tmp_path / "bad.zip", {"Dockerfile": changed.encode()})
+    cmd_line = next(n for n, text in enumerate(changed.splitlines(), 1) if text.startswith("CMD"))
+    assert sorted(verify_submission(bad, lint=False)) == sorted([
+        f"Dockerfile line {cmd_line}: CMD does not run the server with --port 80",
+        f"Dockerfile line {line + 1}: COPY source extra_weights.bin is not in the zip",
+        f"Dockerfile line {line + 2}: COPY source requirements-gpu.txt is not in the zip",
+        f"Dockerfile line {line + 3}: COPY source ../shared/helm is not in the zip",
+        f"Dockerfile line {line + 6}: an ENTRYPOINT runs instead of the server, with CMD as its arguments "
+        "(the generated Dockerfile has none, or `ENTRYPOINT []`)",
+        "Dockerfile: HF_HUB_OFFLINE is 0: the server must not reach the hub at run time "
+        "(ENV HF_HUB_OFFLINE=1 after the weights are in the image)",
+    ])  # fmt: skip
+    quote = rewrite_zip(good_zip, tmp_path / "quote.zip", {"Dockerfile": (dockerfile + 'ENV A="x\n').encode()})
+    assert verify_submission(quote, lint=False) == [f'Dockerfile: line {line + 1}: ENV A="x: No closing quotation']
+    equals = dockerfile.replace('"--port", "80"', '"--port", "80", "--port=8080"')
+    bad = rewrite_zip(good_zip, tmp_path / "equals.zip", {"Dockerfile": equals.encode()})
+    assert verify_submission(bad, lint=False) == [
+        f"Dockerfile line {cmd_line}: CMD does not run the server with --port 80"
+    ]
+
+
+def test_unpinned_requirements_are_reported(good_zip, tmp_path, rewrite_zip):
+    with zipfile.ZipFile(good_zip) as archive:
+        requirements = archive.read("requirements.txt").decode()
+    line = len(requirements.splitlines())
+    extra = "six==1.16.0 \\\n    --hash=sha256:0123\n\ntransformers\ntransformers>=5\ngit+https://github.com/a/b\n"
+    bad = rewrite_zip(good_zip, tmp_path / "req.zip", {"requirements.txt": (requirements + extra).encode()})
+    assert verify_submission(bad, lint=False) == [
+        f"requirements.txt line {line + 4}: transformers is not pinned with ==",
+        f"requirements.txt line {line + 5}: transformers>=5 is not pinned with ==",
+        f"requirements.txt line {line + 6}: git+https://github.com/a/b is not pinned with ==",
+    ]
+
+
+def test_a_name_twice_in_the_zip_is_reported(good_zip, tmp_path):
+    duplicated = tmp_path / "dup.zip"
+    with zipfile.ZipFile(good_zip) as source, zipfile.ZipFile(duplicated, "w") as target:
+        for info in source.infolist():
+            target.writestr(info, source.read(info))
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            target.writestr("Dockerfile", b"FROM scratch\n")
+    problems = verify_submission(duplicated, lint=False)
+    assert "Dockerfile: 2 entries of that name in the zip (unzip keeps one of them)" in problems
+
+
+def _with_entry(good_zip, path, name, data, *, compress=zipfile.ZIP_DEFLATED, flags=0, method=None, size=None):
+    """The good zip plus one last entry, its central directory header then patched (flags, method, declared size)."""
+    with zipfile.ZipFile(good_zip) as source, zipfile.ZipFile(path, "w") as target:
+        for info in source.infolist():
+            target.writestr(info, source.read(info))
+        target.writestr(name, data, compress_type=compress)
+    raw = bytearray(path.read_bytes())
+    header = raw.rfind(b"PK\x01\x02")  # the last entry's central directory header
+    raw[header + 8 : header + 10] = (int.from_bytes(raw[header + 8 : header + 10], "little") | flags).to_bytes(
+        2, "little"
+    )
+    if method is not None:
+        raw[header + 10 : header + 12] = method.to_bytes(2, "little")
+    if size is not None:  # compressed and uncompressed
+        raw[header + 20 : header + 28] = size.to_bytes(4, "little") * 2
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_damaged_entries_are_reported_not_raised(good_zip, tmp_path):
+    cases = {
+        "encrypted": _with_entry(good_zip, tmp_path / "e.zip", "notes.txt", b"hello", flags=0x1),
+        "method": _with_entry(good_zip, tmp_path / "m.zip", "notes.txt", b"hello", method=99),
+        "short": _with_entry(
+            good_zip, tmp_path / "s.zip", "w.bin", b"7 bytes", compress=zipfile.ZIP_STORED, size=0xFFFFFFF0
+        ),  # fmt: skip
+    }
+    corrupt = _with_entry(good_zip, tmp_path / "c.zip", "notes.txt", b"hello " * 100)
+    raw = bytearray(corrupt.read_bytes())
+    start = raw.rfind(b"PK\x03\x04") + 30 + len("notes.txt")  # the last entry's deflate data
+    raw[start : start + 8] = b"\xff" * 8
+    corrupt.write_bytes(bytes(raw))
+    cases["corrupt"] = corrupt
+    reasons = {
+        "encrypted": "encrypted",
+        "method": "That compression method is not supported",
+        "short": "its data ends before the size its header gives",
+        "corrupt": "Error -3 while decompressing data: invalid block type",
+    }
+    for what, path in cases.items():
+        name = "w.bin" if what == "short" else "notes.txt"
+        assert f"{path}: {name}: cannot be read ({reasons[what]})" in verify_submission(path, lint=False)
+
+
+def test_a_zip_bomb_is_not_read(good_zip, tmp_path):
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(good_zip) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as target:
+        for info in source.infolist():
+            target.writestr(info, source.read(info))
+        with target.open("notes.txt", "w") as stream:
+            for _ in range(80):
+                stream.write(bytes(1 << 20))
+    assert bomb.stat().st_size < 2 << 20
+    assert f"{bomb}: notes.txt: cannot be read (80 MiB, over the 64 MiB a file other than weights may hold)" in (
+        verify_submission(bomb, lint=False)
+    )
+
+
+def test_a_missing_zip_is_one_problem(tmp_path):
+    missing = tmp_path / "nope.zip"
+    problems = verify_submission(missing)
+    assert len(problems) == 1 and problems[0].startswith(f"{missing}: cannot read it as a zip")
+
+
+def test_a_damaged_manifest_is_a_problem_not_a_traceback(good_zip, tmp_path, rewrite_zip):
+    manifest = zipfile.ZipFile(good_zip).read("manifest.json")
+    without = rewrite_zip(good_zip, tmp_path / "without.zip", {"manifest.json": None})
+    damaged = _with_entry(without, tmp_path / "damaged.zip", "manifest.json", manifest, flags=0x1)
+    command = [sys.executable, "-m", "llmkit.cli", "verify-submission", str(damaged)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "300"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"problem: {damaged}: manifest.json: cannot be read (encrypted)" in done.stderr
