@@ -40,9 +40,10 @@ test-fast: setup
 # `make bench [STAGE="serving training merging"] [ENGINE="builtin vllm"]`: space-separated lists, default all;
 # the serving stage prints the engines side by side (vLLM's column needs `make vllm-setup`, else it says so).
 # [MODEL=dir-or-hub-id] measures that model instead of the default; [QUICK=1] only what a big model on a GPU needs.
+BENCH_FLAGS = $(foreach s,$(STAGE),--stage $(s)) $(foreach e,$(ENGINE),--engine $(e)) \
+	$(if $(MODEL),--model $(MODEL)) $(if $(QUICK),--quick)
 bench: setup
-	$(LLMKIT) bench $(foreach s,$(STAGE),--stage $(s)) $(foreach e,$(ENGINE),--engine $(e)) \
-		$(if $(MODEL),--model $(MODEL)) $(if $(QUICK),--quick)
+	$(LLMKIT) bench $(strip $(BENCH_FLAGS))
 
 validate: setup
 	@test -n "$(CONFIG)" || { echo "usage: make validate CONFIG=axolotl_configs/<name>.yml" >&2; exit 2; }
@@ -55,19 +56,22 @@ train: setup
 	@test -n "$(CONFIG)" || { echo "usage: make train CONFIG=axolotl_configs/<name>.yml [NPROC=2] [ARGS=\"--max-steps 5\"]" >&2; exit 2; }
 	$(if $(filter-out 0 1,$(NPROC)),$(DDP_LAUNCH),$(LLMKIT)) train $(CONFIG) $(ARGS)
 
+# Multi-line flag lists live in variables (joined with single spaces), so make echoes one clean command line.
+MERGE_FLAGS = $(CONFIG) $(call opt,BASE,--base) $(call opt,ADAPTER,--adapter) $(call opt,OUT,--out) \
+	$(call opt,WEIGHTED,--weighted) $(if $(filter 1 true yes,$(NF4)),--nf4-roundtrip) $(ARGS)
 # `make merge CONFIG=...` or `make merge ADAPTER=dir [BASE=...] [OUT=...]` [WEIGHTED=fusion.yml OUT=...] [NF4=1] [ARGS=...]
 merge: setup
 	@test -n "$(CONFIG)$(ADAPTER)$(WEIGHTED)" || { echo "usage: make merge CONFIG=... | ADAPTER=dir [BASE=...] [OUT=...] | WEIGHTED=fusion.yml OUT=... [NF4=1] [ARGS=...]" >&2; exit 2; }
-	$(LLMKIT) merge $(CONFIG) $(call opt,BASE,--base) $(call opt,ADAPTER,--adapter) $(call opt,OUT,--out) \
-		$(call opt,WEIGHTED,--weighted) $(if $(filter 1 true yes,$(NF4)),--nf4-roundtrip) $(ARGS)
+	$(LLMKIT) merge $(strip $(MERGE_FLAGS))
 
 # The main job: `make submission TRACK=4090` trains, merges and packages the embedded default.
+SUBMISSION_FLAGS = $(call opt,CONFIG,--config) $(call opt,MODEL,--model) $(call opt,REVISION,--revision) \
+	$(call opt,ADAPTER,--adapter) $(call opt,N,--number) $(call opt,LOADING,--loading) $(call opt,ENGINE,--engine) \
+	$(if $(filter 1 true yes,$(BUNDLE)),--bundle-weights) $(if $(filter 0 false no,$(SMOKE)),--no-smoke) \
+	$(if $(filter 1 true yes,$(TRAINING)),--training)
 submission: setup
 	@test -n "$(TRACK)" || { echo "usage: make submission TRACK=4090|A100 [CONFIG=... | MODEL=... [REVISION=...] [ADAPTER=...]] [N=1] [LOADING=bf16|int8|nf4] [ENGINE=builtin|vllm] [BUNDLE=1] [SMOKE=0] [TRAINING=1]" >&2; exit 2; }
-	$(LLMKIT) submission --track $(TRACK) $(call opt,CONFIG,--config) $(call opt,MODEL,--model) $(call opt,REVISION,--revision) \
-		$(call opt,ADAPTER,--adapter) $(call opt,N,--number) $(call opt,LOADING,--loading) $(call opt,ENGINE,--engine) \
-		$(if $(filter 1 true yes,$(BUNDLE)),--bundle-weights) $(if $(filter 0 false no,$(SMOKE)),--no-smoke) \
-		$(if $(filter 1 true yes,$(TRAINING)),--training)
+	$(LLMKIT) submission --track $(TRACK) $(strip $(SUBMISSION_FLAGS))
 
 verify-submission: setup
 	@test -n "$(ZIP)" || { echo "usage: make verify-submission ZIP=submissions/<track>_track/<track>_submission_N.zip [SMOKE=1]" >&2; exit 2; }
@@ -93,10 +97,12 @@ helm-setup: setup
 vllm-setup: setup
 	$(LLMKIT) vllm-setup
 
-# `make helm-eval [MODEL=... | URL=...] [COMPARE=...] [CONF=quick|open|PATH] [MAX_EVAL_INSTANCES=N] [SUITE=...] [ARGS="--dtype float32"]`
+# `make helm-eval [MODEL=... | URL=...] [COMPARE=...] [CONF=quick|open|PATH] [MAX_EVAL_INSTANCES=N] [SUITE=...] [OUT=dir] [ARGS="--dtype float32"]`
+HELM_EVAL_FLAGS = $(call opt,MODEL,--model) $(call opt,URL,--url) $(call opt,COMPARE,--compare) $(call opt,CONF,--conf) \
+	$(call opt,MAX_EVAL_INSTANCES,--max-eval-instances) $(call opt,BUDGET,--budget) $(call opt,SUITE,--suite) \
+	$(call opt,OUT,--out) $(ARGS)
 helm-eval: setup
-	$(LLMKIT) helm-eval $(call opt,MODEL,--model) $(call opt,URL,--url) $(call opt,COMPARE,--compare) $(call opt,CONF,--conf) \
-		$(call opt,MAX_EVAL_INSTANCES,--max-eval-instances) $(call opt,BUDGET,--budget) $(call opt,SUITE,--suite) $(ARGS)
+	$(LLMKIT) helm-eval $(strip $(HELM_EVAL_FLAGS))
 
 quality: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

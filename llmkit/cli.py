@@ -155,7 +155,7 @@ def random_model(
     widened = f", widened from {made.widened_from:,} to the tokenizer's" if made.widened_from else ""
     Console().print(
         f"Wrote {made.path}: a random {made.model_type} of {made.params / 1e9:.3g}B parameters in {made.dtype} "
-        f"(shape: {shape}, config.json from {made.shape_from}; vocabulary {made.vocab_size:,}{widened}; tokenizer "
+        f"(shape: {shape}, config.json: {made.shape_from}; vocabulary {made.vocab_size:,}{widened}; tokenizer "
         f"from {made.tokenizer_from}). Its weights are random: it is for speed and memory, not for answers.",
         highlight=False,
     )
@@ -172,9 +172,10 @@ def validate(
 ) -> None:
     """Check a config without training; print the plan (targets, parameters, steps, memory per track)."""
     from llmkit.config import validate as run
-    from llmkit.train.modeling import count_training_tokens
+    from llmkit.train.modeling import count_training_tokens, tokenizer_problems
 
-    raise typer.Exit(run(config, strict=strict, model_config=model_config, count_tokens=count_training_tokens))
+    checks = {"count_tokens": count_training_tokens, "tokenizer_problems": tokenizer_problems}
+    raise typer.Exit(run(config, strict=strict, model_config=model_config, **checks))
 
 
 @app.command("config-keys")
@@ -400,7 +401,9 @@ def helm_eval(
     url: str | None = typer.Option(None, help="Evaluate the server already running here instead."),
     compare: str | None = typer.Option(None, help="A second model, served the same way, scored side by side."),
     conf: str = typer.Option("quick", help="quick (offline), open (the challenge's suite; needs internet) or PATH."),
-    max_eval_instances: int | None = typer.Option(None, help="At most this many instances per run."),
+    max_eval_instances: int | None = typer.Option(
+        None, min=1, help="At most this many instances per run (lowers a .conf file's own counts too)."
+    ),
     budget: int | None = typer.Option(None, help="Total instances for a generated conf."),
     suite: str | None = typer.Option(None, help="HELM suite name (default: conf-model-time)."),
     out: str = typer.Option("helm-results", help="Folder for HELM's output, confs, logs and reports."),
@@ -414,7 +417,7 @@ def helm_eval(
     _logging()
     from llmkit.helm_eval import helm_eval as run
     from llmkit.helm_eval.confgen import ConfError
-    from llmkit.helm_eval.run import HelmRunError
+    from llmkit.helm_eval.run import HelmRunError, HelmRunInterrupted
     from llmkit.helm_eval.setup import HelmSetupError
     from llmkit.helm_eval.summary import rich_table
 
@@ -432,6 +435,9 @@ def helm_eval(
             out_dir=Path(out),
             command=command,
         )
+    except HelmRunInterrupted as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(130) from None
     except (HelmRunError, HelmSetupError, ConfError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
@@ -475,7 +481,10 @@ def decontaminate(
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
     console = Console()
-    table = Table("HELM run", "eval instances", "overlapping", title=f"{ngram}-word overlap with {config}")
+    table = Table(title=f"{ngram}-word overlap with {config}")
+    table.add_column("HELM run", overflow="fold")  # runs of one scenario differ only at the end of their names
+    table.add_column("eval instances")
+    table.add_column("overlapping")
     for run in report.runs:
         table.add_row(short_run_name(run.run), str(run.instances), str(run.overlapping))
     console.print(table)
@@ -498,8 +507,18 @@ def decontaminate(
 
 def _logging() -> None:
     import logging
+    import warnings
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    default_format = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        # llmkit's own warnings (ConfigWarning...) speak to the user: no file, line number and source line
+        if category.__module__.startswith("llmkit"):
+            return f"Warning: {message}\n"
+        return default_format(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
     logging.getLogger("httpx").setLevel(logging.WARNING)  # else one line per smoke request or /health probe
 
 

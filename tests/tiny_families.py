@@ -10,6 +10,20 @@ TINY_FAMILIES = {
     "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 4096}, ATTENTION | GATED_MLP),
     # the router and the fused experts are parameters, not linear layers: attention only
     "mixtral": ("MixtralConfig", "MixtralForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 2}, ATTENTION),
+    # DeepSeek-V2/V3's layout: a dense first layer whose MLP is named like the experts' projections, which peft
+    # renames to the fused experts (gate_up_proj, down_proj) when targeted: lora_target_linear leaves it out
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        {
+            "head_dim": 16,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "mlp_only_layers": [0],
+        },
+        ATTENTION,
+    ),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}, ATTENTION | GATED_MLP),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}, ATTENTION | GATED_MLP),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {}, {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}),

@@ -16,10 +16,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit.config.schema import Adapter, AxolotlConfig, DatasetSpec, PeftMethod
+from llmkit.config.schema import Adapter, AxolotlConfig, ConfigError, DatasetSpec, PeftMethod
 from llmkit.core.challenge import TRACKS, Loading, Track, TrackSpec, TrainingProjection, project_training
 from llmkit.core.memory import TrainingMemory, TrainingSetup, estimate_training
-from llmkit.core.shapes import ModelConfigNotFound, ModelShape, find_model_config, shape_from_config
+from llmkit.core.shapes import (
+    ModelConfigNotFound,
+    ModelShape,
+    find_model_config,
+    remote_code_refusal,
+    shape_from_config,
+)
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _ROW_FILES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
@@ -59,7 +65,7 @@ def plan(
         data_tokens: the training split's tokens in one epoch, counted from the tokenized data (count_training_tokens).
 
     Raises:
-        ConfigError: target modules the model lacks.
+        ConfigError: target modules the model lacks, or a base model that needs remote code.
     """
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     shape, source = _shape(cfg, model_config)
@@ -136,11 +142,15 @@ def training_time(
 def tokens_countable_here(cfg: AxolotlConfig) -> bool:
     """Whether the training data can be tokenized offline to count its tokens (llmkit.train.count_training_tokens):
     local datasets only, a local tokenizer (the embedded default's, or a model folder), not preference rows."""
+    return _count_all_rows(cfg.datasets) is not None and not cfg.rl and tokenizer_here(cfg)
+
+
+def tokenizer_here(cfg: AxolotlConfig) -> bool:
+    """Whether the tokenizer can be loaded offline: the embedded default's, or a model folder."""
     from llmkit.core.models import DEFAULT_MODEL_ID
 
     source = cfg.tokenizer_config or cfg.base_model
-    local_tokenizer = source == DEFAULT_MODEL_ID or Path(source).is_dir()
-    return _count_all_rows(cfg.datasets) is not None and not cfg.rl and local_tokenizer
+    return source == DEFAULT_MODEL_ID or Path(source).is_dir()
 
 
 def _shape(cfg: AxolotlConfig, model_config: str | None) -> tuple[ModelShape | None, str]:
@@ -150,9 +160,13 @@ def _shape(cfg: AxolotlConfig, model_config: str | None) -> tuple[ModelShape | N
         found = find_model_config(name, cfg.revision_of_model, model_config)
     except ModelConfigNotFound as err:
         return None, f"unknown: {err}"
+    if problem := remote_code_refusal(
+        found.config, name, "base_model_config" if cfg.base_model_config else "base_model"
+    ):
+        raise ConfigError([problem], cfg.source)  # train, merge and serve would each fail on it: say so now
     try:
         return shape_from_config(found.config), found.where
-    except ValueError as err:  # remote code, or not a causal LM: the rest of the plan still holds
+    except ValueError as err:  # not a causal LM transformers can build: the rest of the plan still holds
         return None, f"unknown: the config.json ({found.where}) cannot be built here: {err}"
 
 

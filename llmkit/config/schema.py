@@ -446,7 +446,13 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         missing = [name for name in listed if not shape.matching(name)]
         if missing:
             raise ConfigError([_unknown_targets(missing, shape)], self.source)
-        chosen = shape.linear_names() if all_linear else []
+        # peft renames these to its MoE experts' fused parameters (ModelShape.peft_renamed): the plan would say the
+        # dense MLPs train while peft trains the experts, which merge cannot fold. VeRA is not renamed.
+        renamed = shape.peft_renamed if self.peft_method is PeftMethod.lora else frozenset()
+        refused = [name for name in listed if name.rsplit(".", 1)[-1] in renamed]
+        if refused:
+            raise ConfigError([_renamed_targets(refused, shape)], self.source)
+        chosen = [name for name in shape.linear_names() if name not in renamed] if all_linear else []
         return chosen + [name for name in listed if name not in chosen]
 
     def checked_modules_to_save(self, shape_or_model) -> list[str]:
@@ -497,6 +503,15 @@ def _unknown_targets(missing: list[str], shape) -> str:
     if hints:
         line += "; did you mean " + ", ".join(f"{hint} for {name}" for name, hint in hints.items())
     return line
+
+
+def _renamed_targets(names: list[str], shape) -> str:
+    return (
+        f"lora_target_modules: {names} cannot be trained on {shape.architecture}: peft renames every target of "
+        f"that name to its MoE experts' fused parameters ({', '.join(shape.expert_names)}), so the experts would "
+        "train instead of these layers, and llmkit merge cannot fold an adapter of the experts; leave them out "
+        "(lora_target_linear leaves them out on this model)"
+    )
 
 
 def _per_epoch(per_epoch: int | None, num_epochs: float) -> float | None:

@@ -619,7 +619,10 @@ class ModelSection(BaseModel):
     tokens: list[str] | None = Field(
         None, description="New tokens added to the tokenizer (their embeddings need lora_modules_to_save)."
     )
-    trust_remote_code: bool = Field(False, description="Run the model repo's own Python code (model and tokenizer).")
+    trust_remote_code: bool = Field(
+        False,
+        description="Passed to transformers; a model that needs its repo's own code is refused (llmkit runs none).",
+    )
     tokenizer_legacy: bool | None = Field(None, description="The tokenizer's `legacy` flag (Llama/T5 sentencepiece).")
     overrides_of_model_config: dict[str, Any] | None = Field(
         None, description="Values set on the model's config.json before loading (axolotl's older key: model_config)."

@@ -21,6 +21,7 @@ def validate(
     strict: bool = False,
     model_config: str | None = None,
     count_tokens: Callable[[AxolotlConfig], int | None] | None = None,
+    tokenizer_problems: Callable[[AxolotlConfig, int | None], list[str]] | None = None,
     console=None,
 ) -> int:
     """Load `path`, plan it and print the plan; returns the exit status (1: the config is unusable).
@@ -31,6 +32,8 @@ def validate(
         model_config: the base model's config.json (or a folder with one), when llmkit cannot find it.
         count_tokens: counts the training split's tokens (llmkit.train.count_training_tokens, which the CLI passes:
             tokenizing is a later stage's work); None: the plan counts from max_steps or rows instead.
+        tokenizer_problems: what training would meet in the tokenizer, given the model's vocab_size
+            (llmkit.train.modeling.tokenizer_problems, which the CLI passes); each is reported as a config problem.
         console: a rich Console to print to (default: stdout, errors to stderr).
     """
     from rich.console import Console
@@ -43,6 +46,10 @@ def validate(
             cfg = load_config(path, {"strict": True} if strict else None)
             tokens = count_tokens(cfg) if count_tokens else None
             training_plan = plan(cfg, model_config=model_config, data_tokens=tokens)
+            vocab_size = training_plan.shape.vocab_size if training_plan.shape else None
+            problems = tokenizer_problems(cfg, vocab_size) if tokenizer_problems else []
+            if problems:
+                raise ConfigError(problems, cfg.source)
     except ConfigError as error:
         err.print(f"[red]{error}[/red]", highlight=False)
         return 1
@@ -75,6 +82,13 @@ def render(p: TrainingPlan):
             "unquantized (in fp32 once peft prepares the quantized base for training)[/yellow]",
         )
     summary.add_row("target modules", ", ".join(p.target_modules) or "-")
+    left_out = _renamed_left_out(p)
+    if left_out:
+        summary.add_row(
+            "[yellow]not targeted[/yellow]",
+            f"[yellow]{', '.join(left_out)}: peft would rename them to the MoE experts' fused parameters and train "
+            "the experts instead, so lora_target_linear leaves these layers untrained[/yellow]",
+        )
     if p.shape is not None and p.trainable_params is not None:
         share = p.trainable_params / p.shape.num_params
         summary.add_row("trainable parameters", f"{p.trainable_params:,} ({share:.2%} of {p.shape.num_params:,})")
@@ -123,6 +137,13 @@ def training_time_table(p: TrainingPlan):
         f"Tokens/s: {p.training_time[0].throughput_basis.split(', x ')[0]}; scaled per track and model size."
     )
     return time
+
+
+def _renamed_left_out(p: TrainingPlan) -> list[str]:
+    """Linear layers lora_target_linear skips because peft renames them (AxolotlConfig.resolved_target_modules)."""
+    if p.shape is None or not p.target_modules:
+        return []
+    return [name for name in p.shape.linear_names() if name in p.shape.peft_renamed and name not in p.target_modules]
 
 
 def _steps_text(p: TrainingPlan) -> str:

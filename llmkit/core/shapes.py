@@ -82,6 +82,8 @@ class ModelShape:
     head_size: int
     mlp_width: int  # the MLP's inner width per token (MoE: times the experts each token uses)
     vocab_size: int
+    # linear layers' last name parts that peft, wrapping this model, renames into its MoE experts' fused parameters
+    peft_renamed: frozenset[str] = frozenset()
 
     @property
     def quantizable_params(self) -> int:
@@ -123,6 +125,7 @@ class ModelShape:
                 embeddings.append(Module(name, module.num_embeddings, module.embedding_dim))
         experts = [(n, p) for n, p in model.named_parameters() if p.dim() == 3]
         text = model.config.get_text_config()
+        linear_leaves = dict.fromkeys(module.leaf for module in linear)
         return cls(
             architecture=type(model).__name__,
             num_params=sum(p.numel() for p in model.parameters()),
@@ -135,7 +138,40 @@ class ModelShape:
             module_leaves=frozenset(leaves - {""}),
             parameters=tuple((n, p.numel()) for n, p in model.named_parameters()),
             **_attention_and_mlp(text),
+            peft_renamed=_renamed_by_peft(model, linear_leaves),
         )
+
+
+def _renamed_by_peft(model, leaves) -> frozenset[str]:
+    """The names among `leaves` that peft's LoRA, on this model, turns into targets of the MoE experts.
+
+    transformers 5 fused the experts of some MoE families (Mixtral, Qwen-MoE, DeepSeek-V2/V3, ...) into 3-D
+    parameters; so that adapters trained on transformers 4 still load, peft rewrites every LoRA target named like a
+    v4 expert projection (gate_proj, up_proj, down_proj: the full name or any suffix of it) into `target_parameters`
+    of the fused experts. The dense MLPs (DeepSeek's first layers, shared experts, Qwen3-MoE's mlp_only_layers) carry
+    the same names, so targeting them trains the experts instead. peft's own conversion is asked, one name at a
+    time, which it rewrites (or refuses: gate_proj without up_proj), so this follows whatever peft version is here.
+    """
+    try:
+        from peft import LoraConfig
+        from peft.import_utils import is_transformers_ge_v5
+    except ImportError:  # no peft (or one too old to rename anything): nothing is renamed
+        return frozenset()
+    if not is_transformers_ge_v5:
+        return frozenset()
+    from peft.utils.transformers_weight_conversion import convert_peft_config_for_transformers
+
+    renamed = set()
+    for leaf in leaves:
+        probe = LoraConfig(target_modules=[leaf])
+        try:
+            convert_peft_config_for_transformers(probe, model=model, conversions=None)
+        except ValueError:  # one half of a fused pair: peft refuses it, so it cannot be trained as named either
+            renamed.add(leaf)
+            continue
+        if leaf not in (probe.target_modules or ()):
+            renamed.add(leaf)
+    return frozenset(renamed)
 
 
 def _quantizable(linear) -> bool:
@@ -196,6 +232,24 @@ def _shape_of(config_json: str) -> ModelShape:
         return ModelShape.from_model(model)
     except AttributeError as err:  # a config without the usual width names (hidden_size, num_attention_heads)
         raise ValueError(f"{model_type!r}: cannot read the model's widths from its config ({err})") from err
+
+
+def remote_code_refusal(config: dict, model: str, key: str = "base_model") -> str | None:
+    """Why llmkit cannot use `model` (`key` names where it was given), whose config.json is `config`; None when
+    transformers has the architecture. A model_type transformers lacks, with an auto_map, needs the Python code of
+    the model's own repository: llmkit never runs it, so train, merge and serve all load with transformers' own
+    classes and would each fail on such a model, training only after preparing the data."""
+    from transformers import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if "auto_map" not in config or model_type in CONFIG_MAPPING:
+        return None
+    return (
+        f"{key}: {model} needs the Python code of its own repository (its config.json has an auto_map and model_type "
+        f"{model_type!r} is not an architecture transformers has); llmkit does not run remote code, whatever "
+        "trust_remote_code says, so it cannot train, merge or serve this model: choose a base model transformers "
+        "supports (a port of this one under a transformers model_type, if there is one)"
+    )
 
 
 def shape_from_config(config: dict) -> ModelShape:
@@ -321,12 +375,14 @@ def find_model_config(
     )
 
 
-def model_shape(model: str, revision: str | None = None, explicit: str | None = None) -> ModelShape:
+def model_shape(
+    model: str, revision: str | None = None, explicit: str | None = None, how_to_give: str = GIVE_MODEL_CONFIG
+) -> ModelShape:
     """Shape of `model` from its config.json (see `find_model_config`).
 
     Raises:
         ModelConfigNotFound: no config.json could be found.
         ValueError: the config.json is not a causal LM transformers can build.
     """
-    found = find_model_config(model, revision, explicit)
+    found = find_model_config(model, revision, explicit, how_to_give)
     return shape_from_config(found.config)

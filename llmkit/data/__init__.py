@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["DataError", "build_datasets", "epoch_tokens", "row_texts", "stats_table"]
+__all__ = ["DataError", "build_datasets", "epoch_tokens", "row_texts", "spec_problems", "stats_table"]
 
 
 def __getattr__(name: str):

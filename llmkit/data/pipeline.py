@@ -41,6 +41,7 @@ __all__ = [
     "load_rows",
     "make_collator",
     "row_texts",
+    "spec_problems",
     "stats_table",
 ]
 
@@ -133,17 +134,39 @@ def _row_tokens(cfg: AxolotlConfig, spec: DatasetSpec, tokenize: Tokenize) -> Ca
     return lambda row: tokenize(build(row, spec))
 
 
+def _checked_row_tokens(
+    cfg: AxolotlConfig, spec: DatasetSpec, position: int, tokenize: Tokenize
+) -> Callable[[RawRow], list[TokenizedRow]]:
+    """`_row_tokens`, its errors as DataErrors naming the dataset."""
+    try:
+        return _row_tokens(cfg, spec, tokenize)
+    except UserStrategyError as err:
+        raise DataError(f"datasets[{position}].{err}") from None
+    except ValueError as err:  # a chat template this project cannot use: the spec's error, not every row's
+        raise DataError(f"datasets[{position}] {source_name(spec)}: {err}") from None
+
+
+def spec_problems(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """What stops a dataset's rows being built with this tokenizer (its chat template, its user module), checked as
+    preprocessing checks it before reading a row; one line per dataset (`llmkit validate` reports them)."""
+    if cfg.rl:  # preference rows are built by llmkit.data.preference, which checks its templates itself
+        return []
+    tokenize = Tokenize(tokenizer, cfg.train_on_inputs, cfg.sequence_len)
+    problems = []
+    for position, spec in enumerate(cfg.datasets):
+        try:
+            _checked_row_tokens(cfg, spec, position, tokenize)
+        except DataError as err:
+            problems.append(str(err))
+    return problems
+
+
 def _tokenize_spec(
     cfg: AxolotlConfig, spec: DatasetSpec, position: int, tokenize: Tokenize, key: str
 ) -> tuple[Dataset, DatasetStats]:
     """One dataset's rows, tokenized and masked, without the rows that cannot be trained on."""
     source = source_name(spec)
-    try:
-        to_rows = _row_tokens(cfg, spec, tokenize)
-    except UserStrategyError as err:
-        raise DataError(f"datasets[{position}].{err}") from None
-    except ValueError as err:  # a chat template this project cannot use: the spec's error, not every row's
-        raise DataError(f"{source}: {err}") from None
+    to_rows = _checked_row_tokens(cfg, spec, position, tokenize)
     rows = load_rows(spec, to_rows)
 
     tokenized = convert_rows(

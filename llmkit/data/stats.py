@@ -46,7 +46,9 @@ def stats_table(stats: DataStats) -> Table:
 
     table = Table(title=f"Training data (prepared-dataset cache: {stats.cache})")
     for column in ("dataset", "type", "rows", "kept", "too long", "all masked"):
-        table.add_column(column, justify="left" if column in ("dataset", "type") else "right")
+        # the dataset's path folds over lines rather than losing its file name to an ellipsis
+        left = column in ("dataset", "type")
+        table.add_column(column, justify="left" if left else "right", overflow="fold" if left else "ellipsis")
     for d in stats.datasets:
         table.add_row(d.source, d.type, *(str(n) for n in (d.rows, d.kept, d.dropped_overlong, d.dropped_untrained)))
     packing = f", packed into {stats.train_sequences} sequences" if stats.packing_efficiency is not None else ""

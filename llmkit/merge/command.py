@@ -42,6 +42,11 @@ def merge_command(
 
         cfg = load_config(config)
         adapter = adapters[0] if adapters else cfg.output_dir
+        if not adapters and not Path(adapter).is_dir():
+            raise FileNotFoundError(
+                f"{config}: output_dir {adapter} does not exist: train first (llmkit train {config}), or give "
+                "the adapter with --adapter DIR"
+            )
         target = out or Path(adapter) / "merged"
         report = merge_adapter(base or cfg.base_model, adapter, target, cfg=cfg, **options)
     elif adapters:
@@ -77,6 +82,8 @@ def report_table(report: MergeReport, uploaded: list[dict] | None, hub_model_id:
 
     title = f"Merged model: {report.out_dir}" + (" (unchanged, skipped)" if report.skipped else "")
     table = Table(show_header=False, title=title)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # paths stay whole, folded over lines
     table.add_row("base", report.base)
     table.add_row("adapter", report.adapter)
     table.add_row("dtype", report.dtype + (", NF4 round-trip of targeted weights" if report.nf4_roundtrip else ""))

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from llmkit.core import devices
 from llmkit.core.files import check_folder_target, clean_stale, sha256_file, sigterm_as_exit, staging_dir, swap_in
 from llmkit.core.models import ADAPTER_WEIGHTS, ResolvedModel, adapter_config, resolve_model, tokenizer_dir
+from llmkit.core.shapes import find_model_config, remote_code_refusal
 from llmkit.merge import weights as mw
 from llmkit.merge.verify import TOLERANCES, Agreement, verify_merge
 
@@ -64,6 +65,7 @@ class MergeOptions:
     nf4: mw.Nf4Options | None = None  # round-trip targeted base weights through 4-bit before adding the delta
     verify: bool = True
     max_shard_bytes: int = 5 * 10**9
+    dtype_note: str | None = None  # why this dtype, when it is a guess: said when merging, not when a merge is kept
 
 
 def merge_adapter(
@@ -92,6 +94,9 @@ def merge_adapter(
     adapter = check_adapter_dir(adapter_dir)
     check_folder_target(Path(out_dir))  # before a base model is downloaded
     base = resolve_model(base_model or trained_on(adapter))
+    key = "base_model" if cfg is not None else "--base" if base_model else "base_model_name_or_path"
+    if problem := remote_code_refusal(find_model_config(str(base.path)).config, base.model_id, key):
+        raise ValueError(problem)  # transformers would ask on the terminal whether to run the repository's code
     options = merge_options(dtype, training_config(adapter) or cfg, base.path, nf4_roundtrip, verify, max_shard_size)
     inputs = {"base": fingerprint(base.path), "adapter": fingerprint(adapter, ADAPTER_FILES)}
     return run_merge(base, lambda _staging: adapter, inputs, Path(out_dir), options, label=str(adapter))
@@ -113,7 +118,13 @@ def check_adapter_dir(adapter_dir: str | Path) -> Path:
             f"{path} holds no adapter_config.json but a full model (config.json and weights): a full fine-tune "
             f"(adapter: none) needs no merge, serve the folder directly (python -m llmkit.server --model {path})"
         )
-    adapter_config(adapter_dir)
+    experts = adapter_config(adapter_dir).get("target_parameters")
+    if experts:  # peft's ParamWrapper LoRA on 3-D MoE expert tensors: no module of the base to fold it into
+        raise ValueError(
+            f"{path}/adapter_config.json has target_parameters {sorted(experts)}: LoRA on fused MoE expert "
+            "parameters, which llmkit merge cannot fold (it merges adapters of linear and embedding layers); "
+            "retrain without targeting the experts' names (gate_proj, up_proj, down_proj on this model)"
+        )
     return path.resolve()
 
 
@@ -139,7 +150,7 @@ def training_config(adapter: Path):
 
 def merge_options(dtype, cfg, base_dir: Path, nf4_roundtrip: bool, verify: bool, max_shard_size: str) -> MergeOptions:
     trained = cfg.compute_dtype() if cfg is not None else None
-    merge_dtype = resolve_merge_dtype(dtype, trained, base_dir)
+    merge_dtype, dtype_note = resolve_merge_dtype(dtype, trained, base_dir)
     nf4 = None
     if nf4_roundtrip:
         if cfg is not None and not cfg.load_in_4bit:
@@ -150,30 +161,29 @@ def merge_options(dtype, cfg, base_dir: Path, nf4_roundtrip: bool, verify: bool,
         # training loaded the base in its compute dtype and quantized from that
         source_dtype = trained or str(merge_dtype).removeprefix("torch.")
         nf4 = mw.Nf4Options(source_dtype, quant.bnb_4bit_quant_type, quant.bnb_4bit_use_double_quant)
-    return MergeOptions(merge_dtype, nf4, verify, parse_size(max_shard_size))
+    return MergeOptions(merge_dtype, nf4, verify, parse_size(max_shard_size), dtype_note)
 
 
-def resolve_merge_dtype(dtype: str | None, trained: str | None, base_dir: Path) -> torch.dtype:
-    """Explicit dtype, else the 16-bit dtype training used, else the base's 16-bit dtype, else bfloat16 (logged).
+def resolve_merge_dtype(dtype: str | None, trained: str | None, base_dir: Path) -> tuple[torch.dtype, str | None]:
+    """Explicit dtype, else the 16-bit dtype training used, else the base's 16-bit dtype, else bfloat16 (with a
+    note saying so).
 
     float32 only when asked for: a run trained in float32 (on a CPU) still merges into a 16-bit model, the dtype a
     GPU run of the same config would have used, at half the size.
     """
     if dtype:
-        return devices.torch_dtype(dtype)  # raises on a name that is not bfloat16, float16 or float32
+        return devices.torch_dtype(dtype), None  # raises on a name that is not bfloat16, float16 or float32
     if trained in ("bfloat16", "float16"):
-        return devices.torch_dtype(trained)
+        return devices.torch_dtype(trained), None
     stored = json.loads((base_dir / "config.json").read_text())
     stored = stored.get("dtype") or stored.get("torch_dtype")
     if stored in ("bfloat16", "float16"):
-        return devices.torch_dtype(stored)
-    LOG.warning(
-        "Training computed in %s and the base is stored in %s: merging in bfloat16 (--dtype float32 keeps "
-        "float32, at twice the size)",
-        trained or "an unknown dtype",
-        stored,
+        return devices.torch_dtype(stored), None
+    note = (
+        f"Training computed in {trained or 'an unknown dtype'} and the base is stored in {stored}: merging in "
+        "bfloat16 (--dtype float32 keeps float32, at twice the size)"
     )
-    return torch.bfloat16
+    return torch.bfloat16, note
 
 
 def parse_size(text: str) -> int:
@@ -216,6 +226,8 @@ def run_merge(
     if previous.get("inputs") == inputs and (previous.get("verification") or not options.verify):
         LOG.info("%s already holds this merge (inputs unchanged); skipping", out_dir)
         return MergeReport(**{**previous["report"], "out_dir": out_dir, "skipped": True})
+    if options.dtype_note:
+        LOG.warning(options.dtype_note)
     started = time.monotonic()
     with staging_dir(out_dir, "tmp") as tmp, staging_dir(out_dir, "adapter") as staging, sigterm_as_exit():
         adapter = adapter_source(staging)

@@ -61,14 +61,59 @@ def quantization_config(cfg: AxolotlConfig) -> BitsAndBytesConfig | None:
     )
 
 
+def check_base_model(cfg: AxolotlConfig) -> None:
+    """Refuse, before any data is prepared, a base model that needs its repository's own code (llmkit runs none)."""
+    from llmkit.core.shapes import find_model_config, remote_code_refusal
+
+    config = find_model_config(str(resolve_model(cfg.base_model, cfg.revision_of_model).path)).config
+    if problem := remote_code_refusal(config, cfg.base_model):
+        raise ConfigError([problem], cfg.source)
+
+
 def load_tokenizer(cfg: AxolotlConfig) -> Any:
     """The base model's tokenizer with the config's special and added tokens; a pad token is always set (EOS)."""
+    return _configured_tokenizer(cfg, _pretrained_tokenizer(cfg))
+
+
+def tokenizer_problems(cfg: AxolotlConfig, vocab_size: int | None) -> list[str]:
+    """What training would meet in the tokenizer, found without training (`llmkit validate`): more tokens than the
+    model has embedding rows (`vocab_size`, None: unknown), a dataset it cannot build rows for (no chat template).
+    Empty where the tokenizer is not here offline (the plan's token count has the same limit).
+
+    Raises:
+        ConfigError: the config's own chat_template cannot be used with it.
+    """
+    from llmkit.config.plan import tokenizer_here
+    from llmkit.data import spec_problems
+
+    if not tokenizer_here(cfg):
+        return []
+    try:
+        tokenizer = _pretrained_tokenizer(cfg)
+    except (OSError, ValueError, AttributeError):  # not loadable here: training says why
+        return []
+    problems = []
+    if vocab_size is not None and len(tokenizer) > vocab_size:  # a smaller tokenizer leaves rows unused: fine
+        key = "tokenizer_config" if cfg.tokenizer_config else "base_model"
+        problems.append(
+            f"{key}: the tokenizer has {len(tokenizer):,} tokens but the model has {vocab_size:,} embedding rows "
+            f"(vocab_size in config.json): token ids from {vocab_size:,} up index past the embeddings; use the "
+            "model's own tokenizer or a model whose vocab_size covers this one"
+        )
+    return problems + spec_problems(cfg, _configured_tokenizer(cfg, tokenizer))
+
+
+def _pretrained_tokenizer(cfg: AxolotlConfig) -> Any:
     source = resolve_model(cfg.tokenizer_config or cfg.base_model, cfg.revision_of_model).path
     tokenizer_cls = getattr(transformers, cfg.tokenizer_type or "AutoTokenizer")
     options: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.tokenizer_legacy is not None:
         options["legacy"] = cfg.tokenizer_legacy
-    tokenizer = tokenizer_cls.from_pretrained(source, **options)
+    return tokenizer_cls.from_pretrained(source, **options)
+
+
+def _configured_tokenizer(cfg: AxolotlConfig, tokenizer: Any) -> Any:
+    """`tokenizer` with the config's special and added tokens, pad token and chat template."""
     if cfg.special_tokens:
         tokens = {k: v for k, v in cfg.special_tokens.model_dump().items() if v is not None}
         tokenizer.add_special_tokens(tokens)

@@ -69,6 +69,8 @@ def plan_run(cfg: AxolotlConfig, output_dir: Path, *, is_main: bool) -> RunPlan:
     checkpoints = _checkpoints(output_dir, remove_partial=is_main)
     published = any((output_dir / name).exists() for name in COMPLETION_MARKERS)
     if not checkpoints and not published:
+        if (output_dir / RUN_RECORD).is_file():  # started before, stopped before its first checkpoint
+            LOG.info("%s holds an earlier run that saved no checkpoint: starting from step 0 over it", output_dir)
         return RunPlan(done=False)
     _check_same_run(cfg, output_dir)
     newest = checkpoints[-1] if checkpoints else None

@@ -27,7 +27,14 @@ from typing import Any
 
 import yaml
 from peft import PeftModel
-from transformers import EarlyStoppingCallback, Trainer, TrainerState, TrainingArguments, set_seed
+from transformers import (
+    EarlyStoppingCallback,
+    Trainer,
+    TrainerCallback,
+    TrainerState,
+    TrainingArguments,
+    set_seed,
+)
 
 from llmkit.config.schema import RESOLVED_CONFIG, AxolotlConfig, ConfigError, RLMethod
 from llmkit.core import devices
@@ -35,7 +42,13 @@ from llmkit.core.files import clean_stale, staging_dir, swap_in
 from llmkit.data.pipeline import PreparedData, build_datasets, make_collator
 from llmkit.data.preference import PreferenceData, build_preference_datasets
 from llmkit.train.causal_lm_eval import CausalLMEval, held_out_answers
-from llmkit.train.modeling import build_peft_model, gradient_checkpointing_kwargs, load_base_model, load_tokenizer
+from llmkit.train.modeling import (
+    build_peft_model,
+    check_base_model,
+    gradient_checkpointing_kwargs,
+    load_base_model,
+    load_tokenizer,
+)
 from llmkit.train.optimizers import loraplus_optimizer, optimizer_for_machine
 from llmkit.train.report import LOSS_CURVE, TRAINER_STATE, plot_loss_curve
 from llmkit.train.resume import COMPLETION_MARKERS, plan_run, start_fresh, unpublish, write_record
@@ -54,8 +67,9 @@ def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False, fresh: bool = False
     Raises:
         ConfigError: a setting this machine cannot run (an optimizer's package or CUDA, tf32 without CUDA, W&B not
             installed), trainer settings that contradict each other, or an output_dir holding a run of another
-            config (without `fresh`).
+            config (without `fresh`), or a base model that needs remote code.
     """
+    check_base_model(cfg)
     output_dir = Path(cfg.output_dir)
     args = training_arguments(cfg, optimizer_for_machine(cfg, cpu_fallback))
     is_main = args.process_index == 0
@@ -128,11 +142,22 @@ def _log_data(data: PreparedData | PreferenceData) -> None:
     )
 
 
+class LogLastStep(TrainerCallback):
+    """Log the loss at the last step too, not only every `logging_steps`: the summary's and the curve's last train
+    loss is then the run's own, not the one of an earlier step (a 2-step run logged step 1 only)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+
+
 def _trainer(
     cfg: AxolotlConfig, args: TrainingArguments, model: Any, tokenizer: Any, data: PreparedData | PreferenceData
 ) -> Trainer:
     """transformers' Trainer over the prepared rows, or TRL's DPOTrainer over preference pairs for `rl:`."""
-    callbacks = [EarlyStoppingCallback(cfg.early_stopping_patience)] if cfg.early_stopping_patience else []
+    callbacks: list[TrainerCallback] = [LogLastStep()]
+    if cfg.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience))
     if cfg.rl:
         from trl import DPOTrainer  # imports TRL only where it is used
 

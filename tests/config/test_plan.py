@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import warnings
 from pathlib import Path
 
@@ -292,3 +293,45 @@ def test_modules_to_save_must_name_modules_and_new_tokens_need_an_embedding_amon
         plan(team("Llama-2-7b-03", keys))
     saved = plan(team("Llama-2-7b-03", {"tokens": ["<sum>"], "lora_modules_to_save": ["model.embed_tokens"]}))
     assert saved.trainable_params > 32000 * 4096  # the whole embedding matrix trains
+
+
+def _validate_output(config: Path) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["validate", str(config)])
+    return result.exit_code, " ".join(result.output.split())  # rich wraps long lines
+
+
+def test_validate_reports_a_chat_dataset_on_a_tokenizer_without_a_template(tiny_config, tiny_model_dir, tmp_path):
+    base = shutil.copytree(tiny_model_dir, tmp_path / "no-template")
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    settings = json.loads((base / "tokenizer_config.json").read_text())
+    settings.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(settings))
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}]})
+    )
+    status, output = _validate_output(
+        tiny_config(base_model=str(base), datasets=[{"path": str(chats), "type": "chat_template"}])
+    )
+    assert status == 1
+    # the data pipeline's own message, naming the dataset and the key
+    assert f"datasets[0] {chats}: chat_template tokenizer_default: the tokenizer has no chat template" in output
+
+
+def test_validate_reports_a_tokenizer_larger_than_the_embeddings(tiny_config, make_tiny_model, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base = make_tiny_model(LlamaConfig, LlamaForCausalLM, vocab_size=len(tokenizer) - 100)
+    status, output = _validate_output(tiny_config(base_model=str(base)))
+    assert status == 1
+    assert (
+        f"base_model: the tokenizer has {len(tokenizer):,} tokens but the model has {len(tokenizer) - 100:,}" in output
+    )
+
+
+def test_validate_accepts_a_tokenizer_smaller_than_the_embeddings(tiny_config, make_tiny_model, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base = make_tiny_model(LlamaConfig, LlamaForCausalLM, vocab_size=len(tokenizer) + 64)  # padded rows, as Qwen's
+    status, output = _validate_output(tiny_config(base_model=str(base)))
+    assert status == 0, output

@@ -67,7 +67,7 @@ def test_a_larger_vocabulary_is_kept_and_a_shipped_shape_is_found_by_its_hub_id(
     assert result.exit_code == 0, result.output
     printed = " ".join(result.output.split())
     assert "a random llama of 0.135B parameters in float16" in printed
-    assert "config.json from shipped with llmkit" in printed and "not for answers" in printed
+    assert "config.json: shipped with llmkit" in printed and "not for answers" in printed
     assert json.loads((tmp_path / "smol" / "config.json").read_text())["num_hidden_layers"] == 30
 
 

@@ -135,6 +135,16 @@ def test_merged_model_carries_training_tokenizer_and_grown_vocabulary(adapters, 
     assert json.loads((out / MANIFEST).read_text())["inputs"]["adapter"]["adapter_model.safetensors"]
 
 
+def test_the_guessed_dtype_is_said_when_merging_not_when_a_merge_is_kept(adapters, tiny_model_dir, tmp_path, caplog):
+    caplog.set_level("INFO")
+    out = tmp_path / "merged"  # a float32 base, an adapter without its training config: bfloat16 is a guess
+    assert merge_adapter(tiny_model_dir, adapters["plain"], out, verify=False).dtype == "bfloat16"
+    assert "merging in bfloat16 (--dtype float32 keeps float32" in caplog.text
+    caplog.clear()
+    assert merge_adapter(tiny_model_dir, adapters["plain"], out, verify=False).skipped
+    assert "merging in bfloat16" not in caplog.text and "already holds this merge" in caplog.text
+
+
 def test_unchanged_inputs_skip_and_changed_adapter_remerges(adapters, tiny_model_dir, tmp_path):
     adapter = shutil.copytree(adapters["plain"], tmp_path / "adapter")
     out = tmp_path / "merged"
@@ -264,6 +274,13 @@ def test_bad_adapter_paths_fail_clearly(tiny_model_dir, tmp_path):
     assert result.exit_code == 1 and f"Adapter directory {tmp_path / 'nope'} does not exist" in result.output
     result = runner.invoke(app, ["merge", "--adapter", str(tiny_model_dir), "--base", str(tiny_model_dir)])
     assert result.exit_code == 1 and "holds no adapter_config.json" in result.output
+    config = tmp_path / "untrained.yml"  # a config whose training has not run: its output_dir is not there
+    keys = {"base_model": str(tiny_model_dir), "adapter": "lora", "output_dir": "nowhere", "learning_rate": 1e-4}
+    keys["lora_target_linear"] = True
+    config.write_text(yaml.safe_dump({**keys, "datasets": [{"path": "tatsu-lab/alpaca", "type": "alpaca"}]}))
+    result = runner.invoke(app, ["merge", str(config)])
+    assert result.exit_code == 1, result.output
+    assert f"output_dir nowhere does not exist: train first (llmkit train {config})" in result.output
     broken = tmp_path / "broken"
     broken.mkdir()
     for text, problem in [("{", "is not valid JSON"), ("[1]", "holds a JSON list, not an object")]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from llmkit.config.schema import ConfigError, load_config
+from llmkit.train.resume import RUN_RECORD
 from llmkit.train.run import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,3 +100,14 @@ def test_resuming_from_another_models_checkpoint_is_one_error_naming_it(tiny_con
     message = str(refused.value)
     assert f"resume_from_checkpoint: {checkpoint} does not fit this config's model (size mismatch for" in message
     assert "\n" not in message.split("  - ", 1)[1] and f"Resuming from {checkpoint}" in caplog.text
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_said_to_start_over(tiny_config, caplog):
+    cfg = load_config(tiny_config())
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True)
+    (out / RUN_RECORD).write_text("{}")  # what a run killed during its first steps leaves: its record, no checkpoint
+    caplog.set_level("INFO")
+    train(cfg)
+    assert f"{out} holds an earlier run that saved no checkpoint: starting from step 0 over it" in caplog.text
+    assert _global_step(out) == 2

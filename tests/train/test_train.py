@@ -123,6 +123,12 @@ def test_each_method_trains_two_steps_and_saves_what_loads(method, tiny_config, 
         assert [entry["step"] for entry in _state(out)["log_history"] if "eval_loss" in entry] == [0, 1, 2]
 
 
+def test_the_last_step_is_logged_whatever_logging_steps_says(tiny_config):
+    """The summary's and the curve's last train loss is the last step's, not the last multiple of logging_steps."""
+    out = train(load_config(tiny_config(logging_steps=5)))
+    assert [entry["step"] for entry in _state(out)["log_history"] if "loss" in entry] == [1, 2]  # first and last
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without CUDA gives")
 @pytest.mark.parametrize(
     ("keys", "message"),

@@ -1,0 +1,55 @@
+"""MoE models whose dense MLP layers share the experts' projection names (DeepSeek-V2/V3's first layers and shared
+experts, Qwen3-MoE's mlp_only_layers): peft renames such targets to the fused experts, so what the plan says trains
+must be what peft wraps, and merge must refuse an adapter of the experts instead of failing half-way."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from peft import LoraConfig, get_peft_model
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
+
+from llmkit.config.plan import plan
+from llmkit.config.schema import ConfigError, load_config
+from llmkit.merge.fold import merge_adapter
+from llmkit.train.run import train
+
+
+def test_lora_target_linear_trains_what_the_plan_says_on_a_moe_with_dense_layers(tiny_config, tiny_family_dir):
+    cfg = load_config(tiny_config(base_model=str(tiny_family_dir("qwen3_moe"))))
+    planned = plan(cfg)
+    assert "gate_proj" not in planned.target_modules  # peft would train the experts under that name
+    out = train(cfg)
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert not adapter.get("target_parameters")
+    assert set(adapter["target_modules"]) == set(planned.target_modules)
+    with safe_open(out / "adapter_model.safetensors", "pt") as weights:
+        shapes = [weights.get_slice(name).get_shape() for name in weights.keys()]
+    assert sum(rows * columns for rows, columns in shapes) == planned.trainable_params
+    merge_adapter(None, out, out / "merged", dtype="float32")  # verifies against base + adapter
+
+
+def test_listing_a_name_peft_renames_to_the_experts_is_refused_with_its_key(tiny_config, tiny_family_dir):
+    cfg = load_config(
+        tiny_config(
+            base_model=str(tiny_family_dir("qwen3_moe")),
+            lora_target_linear=False,
+            lora_target_modules=["q_proj", "mlp.down_proj"],
+        )
+    )
+    with pytest.raises(ConfigError, match=r"lora_target_modules: \['mlp.down_proj'\] cannot be trained .*experts"):
+        plan(cfg)
+
+
+def test_merge_refuses_an_adapter_of_fused_expert_parameters(tiny_family_dir, tmp_path):
+    base = tiny_family_dir("qwen3_moe")
+    model = AutoModelForCausalLM.from_pretrained(base)
+    # what peft makes of the dense MLP's names: LoRA on the experts' 3-D parameters (target_parameters)
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "gate_proj", "up_proj", "down_proj"]))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["target_parameters"]
+    with pytest.raises(ValueError, match="target_parameters .* llmkit merge cannot fold"):
+        merge_adapter(str(base), tmp_path / "adapter", tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
