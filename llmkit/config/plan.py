@@ -93,7 +93,7 @@ def plan(
         tokens_per_step=tokens_per_step,
         rows=rows,
         steps=cfg.max_steps or (None if rows is None else _optimizer_steps(cfg, rows, world_size)),
-        steps_per_1k_rows=1000 * (1 - cfg.val_set_size) * cfg.num_epochs / step_rows,
+        steps_per_1k_rows=(1000 - cfg.held_out_rows(1000)) * cfg.num_epochs / step_rows,
         memory=memory,
         tokens=tokens,
         tokens_basis=tokens_basis,
@@ -123,7 +123,7 @@ def training_tokens(
         if missing:
             return None, f"unknown: no such file or folder here: {', '.join(missing)}"
         return None, "unknown: a dataset is on the hub, so its rows cannot be counted offline"
-    train_rows = rows - math.ceil(rows * cfg.val_set_size)
+    train_rows = rows - cfg.held_out_rows(rows)
     tokens = math.ceil(train_rows * cfg.sequence_len * cfg.num_epochs) * pairs
     return tokens, f"at most {train_rows:,} rows x sequence_len {cfg.sequence_len} x {epochs} (data not tokenized)"
 
@@ -260,8 +260,7 @@ def _full_weights(cfg: AxolotlConfig) -> str:
 
 def _optimizer_steps(cfg: AxolotlConfig, rows: int, world_size: int) -> int:
     """Optimizer steps as transformers' Trainer counts them (before packing, so an upper bound with packing)."""
-    held_out = math.ceil(rows * cfg.val_set_size)
-    batches = math.ceil((rows - held_out) / (cfg.micro_batch_size * world_size))
+    batches = math.ceil((rows - cfg.held_out_rows(rows)) / (cfg.micro_batch_size * world_size))
     per_epoch = max(math.ceil(batches / cfg.gradient_accumulation_steps), 1)
     return math.ceil(cfg.num_epochs * per_epoch)
 

@@ -463,7 +463,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         """
         from llmkit.core.shapes import ModelShape
 
-        names = self.lora_modules_to_save or []
+        names = list(self.lora_modules_to_save or [])  # a copy: peft edits the list it is given (weight tying)
         if shape_or_model is None or self.adapter is None or not names:
             return names
         shape = shape_or_model if isinstance(shape_or_model, ModelShape) else ModelShape.from_model(shape_or_model)

@@ -6,6 +6,7 @@ description: `llmkit config-keys` prints them as the README's table.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -753,7 +754,9 @@ class DataSection(BaseModel):
 
     datasets: list[DatasetSpec] = Field(min_length=1, description="Training data, concatenated.")
     dataset_prepared_path: str | None = Field(None, description="Cache folder for the tokenized dataset.")
-    val_set_size: float = Field(0.0, ge=0, lt=1, description="Fraction of rows held out for evaluation.")
+    val_set_size: float = Field(
+        0.0, ge=0, description="Rows held out for evaluation: a fraction below 1, a number of rows above 1."
+    )
     sequence_len: int = Field(512, gt=0, description="Maximum tokens per row; longer rows are dropped.")
     sample_packing: bool = Field(False, description="Pack several rows per sequence, without cross-attention.")
     pad_to_sequence_len: bool = Field(False, description="Pad every batch to sequence_len (steady memory).")
@@ -771,6 +774,24 @@ class DataSection(BaseModel):
     shuffle_merged_datasets: bool = Field(True, description="Shuffle the concatenated datasets (false: keep order).")
 
     _eot_list = field_validator("eot_tokens", mode="before")(one_as_list)
+
+    @field_validator("val_set_size")
+    @classmethod
+    def _fraction_or_count(cls, value: float) -> float:
+        if value == 1:  # axolotl reads values above 1 as a count, up to 1 as a fraction: 1 would hold out every row
+            raise ValueError("1 would hold out every row: give a fraction below 1 or a number of rows above 1")
+        return value
+
+    @property
+    def eval_split_size(self) -> float | int:
+        """val_set_size as datasets' train_test_split takes it: a count of rows above 1 (axolotl's rule), else a
+        fraction."""
+        return int(self.val_set_size) if self.val_set_size > 1 else self.val_set_size
+
+    def held_out_rows(self, rows: int) -> int:
+        """How many of `rows` the evaluation split takes (a fraction rounds up, as train_test_split rounds it)."""
+        size = self.eval_split_size
+        return min(size, rows) if isinstance(size, int) else math.ceil(rows * size)
 
 
 class TrainingSection(BaseModel):

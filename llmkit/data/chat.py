@@ -247,6 +247,7 @@ def make_chat_builder(
     eos = tokenizer.eos_token
     eot_tokens = list(defaults.eot_tokens) or ([eos] if eos else [])
     other_eos = [eos] if eos and eos not in eot_tokens else []  # an EOS after the end-of-turn token
+    unended: set[str] = set()  # templates already warned about: a trained turn they end with none of eot_tokens
 
     def build(row: RawRow, spec: DatasetSpec) -> Parts:
         field, messages = chat_messages(row, spec)
@@ -273,11 +274,22 @@ def make_chat_builder(
             start, end = span
             segments += [Segment(full[len(done) : start], False), Segment(full[start:end], train)]
             rest = full[end:]
+            ended = False
             for kind, (tokens, policy) in enumerate(ends):
                 gap, token, rest = _split_end(tokenizer, rest, tokens)
                 if token and train:
                     last_ends[kind] = len(segments) + 1
+                ended = ended or bool(token)
                 segments += [Segment(gap, False), Segment(token, policy == "all" or (policy == "turn" and train))]
+            if train and not ended and render.template not in unended:
+                unended.add(render.template)
+                # As in axolotl; but the model then never learns to stop, so say so (once per template).
+                LOG.warning(
+                    "The chat template ends a trained turn with none of %s (eot_tokens; default: the tokenizer's "
+                    "EOS), so no end-of-turn token is trained and the model may not learn to stop: set eot_tokens to "
+                    "the token the template ends a turn with",
+                    [*eot_tokens, *other_eos],
+                )
             segments.append(Segment(rest, False))
             done = full
         for kind, at in last_ends.items():

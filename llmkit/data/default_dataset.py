@@ -6,7 +6,8 @@ Easy multiple-choice questions (parity, comparisons, arithmetic, categories) lai
 multiple_choice_joint adapter lays them out for `simple_mcqa` and MMLU: instructions, in-context examples,
 "Question: ...", "A. ...", and a final "Answer:" that the model completes with " <letter>" and EOS.
 The numbers and phrasings are our own: simple_mcqa asks "Is N even or odd?" for N in 10..99, never seen here.
-Rows are `input_output` segments: the prompt (masked) and the answer letter (trained).
+Rows are `input_output` segments: the prompt (masked) and the answer letter with the default model's EOS (trained;
+input_output adds no EOS of its own, as in axolotl).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from llmkit.core.assets import CONFIGS_DIR
+from llmkit.core.models import DEFAULT_MODEL_EOS
 from llmkit.data.rows import InputOutputRow, LabelledText
 
 DATASET_FILE = CONFIGS_DIR / "data" / "mcqa_letters.jsonl"
@@ -123,6 +125,6 @@ def generate_rows(num_rows: int = NUM_ROWS, seed: int = SEED) -> list[InputOutpu
         shots = [task(rng) for _ in range(rng.choice([0, 0, 1, 2, 3, MAX_SHOTS]))]
         question = task(rng)
         prompt = LabelledText(label=False, text=helm_prompt(instructions, shots, question))
-        answer = LabelledText(label=True, text=" " + chr(ord("A") + question.answer))
+        answer = LabelledText(label=True, text=" " + chr(ord("A") + question.answer) + DEFAULT_MODEL_EOS)
         rows.append(InputOutputRow(segments=[prompt, answer]))
     return rows

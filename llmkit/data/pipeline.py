@@ -19,7 +19,7 @@ from llmkit.data.chat import ChatDefaults, resolve_template
 from llmkit.data.packing import make_collator, pack_dataset
 from llmkit.data.prompts import CHAT_TYPES, builder_for
 from llmkit.data.rows import IGNORE_INDEX, Parts, RawRow, TokenizedRow
-from llmkit.data.sources import DataError, convert_rows, load_rows, row_texts, source_name
+from llmkit.data.sources import DataError, convert_rows, load_rows, row_texts, source_name, split_held_out
 from llmkit.data.stats import DatasetStats, DataStats, stats_table
 from llmkit.data.user_strategy import UserStrategyError, load_strategy, tokenize_row
 
@@ -233,17 +233,6 @@ def _drop_duplicates(rows: Dataset) -> Dataset:
     return rows.select(keep)
 
 
-def _split(rows: Dataset, val_set_size: float, seed: int) -> tuple[Dataset, Dataset | None]:
-    """Hold out the fraction `val_set_size` (the config keeps it in [0, 1)) of the rows, shuffled with `seed`."""
-    if not val_set_size:
-        return rows, None
-    try:
-        parts = rows.train_test_split(test_size=val_set_size, seed=seed, shuffle=True)
-    except ValueError:  # datasets refuses a split whose training side would be empty
-        raise DataError(f"val_set_size {val_set_size} leaves no training rows out of {len(rows)}") from None
-    return parts["train"], parts["test"]
-
-
 def _with_attention_mask(input_ids: list[int]) -> dict[str, list[int]]:
     # All ones: rows are unpadded here; the collator pads each batch and masks that padding.
     return {"attention_mask": [1] * len(input_ids)}
@@ -273,7 +262,7 @@ def _prepare(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase, key: str) -
         load_from_cache_file=False,
         new_fingerprint=f"llmkit-attention-mask-{key}",
     )
-    train, evaluation = _split(rows, cfg.val_set_size, cfg.seed)
+    train, evaluation = split_held_out(rows, cfg)
     stats.train_rows, stats.eval_rows = len(train), len(evaluation) if evaluation is not None else 0
     stats.train_sequences = len(train)
     if cfg.sample_packing:

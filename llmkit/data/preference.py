@@ -26,7 +26,7 @@ from llmkit.config.sections import DatasetSpec, PreferenceType
 from llmkit.data.chat import ChatDefaults, resolve_template
 from llmkit.data.fields import FieldError, absent, text_field
 from llmkit.data.rows import RawRow
-from llmkit.data.sources import DataError, convert_rows, load_rows, source_name
+from llmkit.data.sources import DataError, convert_rows, load_rows, source_name, split_held_out
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -272,10 +272,4 @@ def build_preference_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizer
             raise DataError(f"{source_name(spec)}: {err}") from None
         pairs.append(_spec_rows(spec, build))
     rows = concatenate_datasets(pairs).shuffle(seed=cfg.seed).flatten_indices()
-    if not cfg.val_set_size:
-        return PreferenceData(rows, None)
-    try:
-        parts = rows.train_test_split(test_size=cfg.val_set_size, seed=cfg.seed, shuffle=True)
-    except ValueError:  # datasets refuses a split whose training side would be empty
-        raise DataError(f"val_set_size {cfg.val_set_size} leaves no training pairs out of {len(rows)}") from None
-    return PreferenceData(parts["train"], parts["test"])
+    return PreferenceData(*split_held_out(rows, cfg, "pairs"))

@@ -57,8 +57,9 @@ def build_input_output(row: RawRow, spec: DatasetSpec) -> Parts:
         if not isinstance(segment, dict) or not isinstance(segment.get("label"), bool):
             raise FieldError(f"segments[{i}].label", "must be true or false")
         parts.append(Segment(text_field(segment, "text", where=f"segments[{i}]."), segment["label"]))
-    # EOS only ends a trained answer: a masked last segment is a prompt with nothing to learn after it.
-    return Parts(tuple(parts), add_eos=parts[-1].trained)
+    # The text exactly as written, as axolotl's RawInputOutputStrategy tokenizes it: no BOS, no EOS added (its users
+    # write them into the segments; adding one would train a second).
+    return Parts(tuple(parts), add_eos=False, add_special_tokens=False)
 
 
 CHAT_TYPES = (DatasetType.chat_template, DatasetType.sharegpt)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 
 from llmkit.core.assets import CONFIGS_DIR
+from llmkit.core.models import DEFAULT_MODEL_EOS
 from llmkit.data.rows import InputOutputRow, LabelledText
 
 DATASET_FILE = CONFIGS_DIR / "data" / "variable_substitution.jsonl"
@@ -61,7 +62,7 @@ def generation_prompt(instructions: str, shots: list[tuple[str, str]], query: st
 
 
 def generate_rows(num_rows: int = NUM_ROWS, seed: int = SEED) -> list[InputOutputRow]:
-    """`input_output` rows, deterministic for a seed: the prompt masked, " <target>" trained (then EOS)."""
+    """`input_output` rows, deterministic for a seed: the prompt masked, " <target>" and EOS trained."""
     rng = random.Random(seed)
     rows = []
     for _ in range(num_rows):
@@ -70,5 +71,6 @@ def generate_rows(num_rows: int = NUM_ROWS, seed: int = SEED) -> list[InputOutpu
         shots = [make_problem(rng) for _ in range(rng.choice([0, 0, 0, 1, 1, 2]))]
         query, target = make_problem(rng)
         prompt = LabelledText(label=False, text=generation_prompt(INSTRUCTIONS, shots, query))
-        rows.append(InputOutputRow(segments=[prompt, LabelledText(label=True, text=" " + target)]))
+        answer = LabelledText(label=True, text=" " + target + DEFAULT_MODEL_EOS)
+        rows.append(InputOutputRow(segments=[prompt, answer]))
     return rows

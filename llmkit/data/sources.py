@@ -34,6 +34,18 @@ class DataError(ValueError):
     """Bad training data; the message names the file (or hub dataset), the row (counted from 1) and the field."""
 
 
+def split_held_out(rows: Dataset, cfg: AxolotlConfig, what: str = "rows") -> tuple[Dataset, Dataset | None]:
+    """(training rows, held-out rows or None): the config's val_set_size (a count above 1, else a fraction) taken
+    from the rows shuffled with its seed."""
+    if not cfg.val_set_size:
+        return rows, None
+    try:
+        parts = rows.train_test_split(test_size=cfg.eval_split_size, seed=cfg.seed, shuffle=True)
+    except ValueError:  # datasets refuses a split whose training side would be empty
+        raise DataError(f"val_set_size {cfg.val_set_size} leaves no training {what} out of {len(rows)}") from None
+    return parts["train"], parts["test"]
+
+
 def source_name(spec: DatasetSpec) -> str:
     """How errors and stats name a dataset: its local path, or 'hub dataset <id>'; with the split when it selects
     rows (`train[:100]`), since row numbers then count within the selection."""

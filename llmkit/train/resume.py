@@ -158,6 +158,14 @@ def _step(checkpoint: Path) -> int:
     return int(suffix) if suffix.isdigit() else -1
 
 
+def interrupted_message(output_dir: Path) -> str:
+    """What a run stopped by Ctrl-C left, and what rerunning does with it."""
+    checkpoints = _checkpoints(output_dir, remove_partial=False)
+    if not checkpoints:
+        return f"interrupted before {output_dir} held a checkpoint: rerunning starts from step 0"
+    return f"interrupted: rerun the same command to resume from {checkpoints[-1]} (step {_step(checkpoints[-1])})"
+
+
 def _checkpoints(output_dir: Path, *, remove_partial: bool) -> list[Path]:
     """The complete `checkpoint-*` folders, oldest first; newer incomplete ones are removed (main process)."""
     found = sorted((p for p in output_dir.glob("checkpoint-*") if _step(p) >= 0), key=_step)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from llmkit.config.plan import plan
 from llmkit.config.schema import load_config
 from llmkit.core.assets import CONFIGS_DIR, DEFAULT_CONFIG
 from llmkit.data import default_dataset, shipped, skill_dataset
@@ -75,11 +76,6 @@ TYPE_CASES = {
         "ping",
     ),
     "gpt4all": ({"prompt": "Capital of France?", "response": "Paris"}, "Capital of France?\n", "Paris"),
-    "input_output": (
-        {"segments": [{"label": False, "text": "Q: 2+2?\nA:"}, {"label": True, "text": " 4"}]},
-        "Q: 2+2?\nA:",
-        " 4",
-    ),
 }
 
 
@@ -89,6 +85,16 @@ def test_prompt_types(write_rows, make_cfg, tokenizer, kind):
     cfg = make_cfg([{"path": str(write_rows([row], "jsonl")), "type": kind}])
     (prepared,) = build_datasets(cfg, tokenizer).train
     assert _parts(tokenizer, prepared) == (prompt, response + tokenizer.eos_token)
+
+
+def test_input_output_is_its_text_as_written(write_rows, make_cfg, default_model_dir):
+    """As axolotl's RawInputOutputStrategy: no BOS or EOS added (rows write their own), label false masked."""
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir, add_bos_token=True)  # one that would add a BOS
+    row = {"segments": [{"label": False, "text": "Q: 2+2?\nA:"}, {"label": True, "text": " 4<|im_end|>"}]}
+    cfg = make_cfg([{"path": str(write_rows([row], "jsonl")), "type": "input_output"}])
+    (prepared,) = build_datasets(cfg, tokenizer).train
+    assert tokenizer.decode(prepared["input_ids"]) == "Q: 2+2?\nA: 4<|im_end|>"  # one EOS, the row's; no BOS
+    assert _parts(tokenizer, prepared) == ("Q: 2+2?\nA:", " 4<|im_end|>")
 
 
 @pytest.mark.parametrize(
@@ -183,6 +189,11 @@ def test_validation_split(write_rows, make_cfg, tokenizer):
     assert (len(data.train), len(data.eval), data.stats.train_rows, data.stats.eval_rows) == (15, 5, 15, 5)
     train_ids = {tuple(r["input_ids"]) for r in data.train}
     assert len(train_ids | {tuple(r["input_ids"]) for r in data.eval}) == 20
+    counted = build_datasets(make_cfg(cfg.datasets, val_set_size=3), tokenizer)  # above 1: rows, as axolotl
+    assert (len(counted.train), len(counted.eval)) == (17, 3)
+    assert plan(make_cfg(cfg.datasets, val_set_size=3, micro_batch_size=1, max_steps=None)).steps == 17
+    with pytest.raises(ValueError, match="1 would hold out every row: give a fraction below 1 or a number of rows"):
+        make_cfg(cfg.datasets, val_set_size=1)
 
 
 def test_prepared_path_cache_is_reused_and_invalidated(write_rows, make_cfg, tokenizer, tmp_path):
@@ -317,7 +328,9 @@ def test_default_dataset_is_helm_format_and_not_helm_test_data():
     assert len(rows) == default_dataset.NUM_ROWS
     for row in rows:
         prompt, answer = row["segments"]
-        assert (prompt["label"], answer["label"]) == (False, True) and re.fullmatch(r" [A-D]", answer["text"])
+        assert (prompt["label"], answer["label"]) == (False, True) and re.fullmatch(
+            r" [A-D]<\|im_end\|>", answer["text"]
+        )
         blocks = prompt["text"].split("\n\n")
         assert blocks[0] in (
             default_dataset.SIMPLE_INSTRUCTIONS,
@@ -325,7 +338,7 @@ def test_default_dataset_is_helm_format_and_not_helm_test_data():
         )
         question = blocks[-1].split("\n")
         assert question[0].startswith("Question: ") and question[-1] == "Answer:"
-        assert f"\n{answer['text'].strip()}. " in blocks[-1]  # the answer letter is one of the choices
+        assert f"\n{answer['text'][1]}. " in blocks[-1]  # the answer letter is one of the choices
         # simple_mcqa's test instances are "Is N even or odd?" for two-digit N: never here
         assert not re.search(r"Is \d\d even or odd\?", prompt["text"])
 
@@ -402,7 +415,7 @@ def test_skill_dataset_rows_are_helm_layout_with_right_answers_and_own_words():
         assert prompt["text"].startswith(skill_dataset.INSTRUCTIONS + "\n\n") and prompt["text"].endswith("\nTarget:")
         rule, listed = re.search(r"Rules: ([^|]+) \| Substitutions: (.+)\nTarget:$", prompt["text"]).groups()
         values = dict(re.findall(r'([XYZ]) by " ([^"]+) "', listed))
-        assert answer["text"] == " " + " ".join(values.get(token, token) for token in rule.split())
+        assert answer["text"] == " " + " ".join(values.get(token, token) for token in rule.split()) + "<|im_end|>"
         substituted.update(word for value in values.values() for word in value.split())
     assert substituted == set(skill_dataset.WORDS)  # every word comes from the list HELM's animals/fruits are not in
 

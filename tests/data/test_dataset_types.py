@@ -735,3 +735,17 @@ def test_exact_duplicates_are_dropped_and_order_kept_without_shuffling(write_row
     cfg = make_cfg([{"path": str(path), "type": "alpaca"}], dataset_exact_deduplication=True)
     deduplicated = build_datasets(cfg, tokenizer).train
     assert sorted(tokenizer.decode(r["input_ids"]).split("Say ")[1][0] for r in deduplicated) == list("1234")
+
+
+def test_a_template_that_ends_no_turn_with_a_stop_token_is_warned_about(write_rows, make_cfg, tokenizer, caplog):
+    """special_tokens changed the EOS to one the chat template never writes: as axolotl, no turn end trains, but the
+    model would not learn to stop, so the log says so (once)."""
+    path = write_rows([{"conversations": SHAREGPT}] * 2, "jsonl")
+    plain = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    dataset = {**MAPPED, "path": str(path), "chat_template": "jinja", "chat_template_jinja": plain}
+    build_datasets(make_cfg([dataset], dataset_prepared_path=None), tokenizer)
+    assert caplog.text.count("ends a trained turn with none of ['<|im_end|>']") == 1
+    caplog.clear()
+    ended = {**dataset, "chat_template_jinja": TURN_END_TEMPLATE}
+    build_datasets(make_cfg([ended], dataset_prepared_path=None), tokenizer)
+    assert "ends a trained turn with none" not in caplog.text

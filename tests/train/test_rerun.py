@@ -111,3 +111,14 @@ def test_a_run_stopped_before_its_first_checkpoint_is_said_to_start_over(tiny_co
     train(cfg)
     assert f"{out} holds an earlier run that saved no checkpoint: starting from step 0 over it" in caplog.text
     assert _global_step(out) == 2
+
+
+def test_ctrl_c_says_what_a_rerun_resumes_from(tiny_config, tmp_path):
+    from llmkit.train.resume import interrupted_message
+
+    assert interrupted_message(tmp_path / "none") == (
+        f"interrupted before {tmp_path / 'none'} held a checkpoint: rerunning starts from step 0"
+    )
+    out = train(load_config(tiny_config(save_steps=1)))
+    newest = sorted(out.glob("checkpoint-*"))[-1]
+    assert interrupted_message(out) == f"interrupted: rerun the same command to resume from {newest} (step 2)"

@@ -215,3 +215,16 @@ def test_the_resolved_config_of_a_run_with_new_keys_reloads(tiny_config):
         "eager",
     )
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+
+
+def test_the_resolved_config_keeps_modules_to_save_as_written_on_a_tied_model(tiny_config, make_tiny_model):
+    """peft edits the modules_to_save list it gets when it ties embeddings; the config's own list stays as written,
+    so config.resolved.yml says what ran and a rerun is the same run."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tied = make_tiny_model(LlamaConfig, LlamaForCausalLM, tie_word_embeddings=True)
+    keys = {"base_model": str(tied), "tokens": ["<sum>"], "lora_modules_to_save": ["embed_tokens", "lm_head"]}
+    path = tiny_config(**keys)
+    out = train(load_config(path))
+    assert load_config(out / "config.resolved.yml").lora_modules_to_save == ["embed_tokens", "lm_head"]
+    assert train(load_config(path)) == out  # the same run: finds itself complete instead of refusing a changed config
