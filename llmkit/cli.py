@@ -91,7 +91,7 @@ def bench(
     import logging
 
     from llmkit.config import ConfigError
-    from llmkit.core.models import resolve_model
+    from llmkit.core.models import resolve_model, tokenizer_dir
     from llmkit.data import DataError
     from llmkit.server.settings import EngineName
 
@@ -116,7 +116,7 @@ def bench(
     }
     if model:  # before any stage: a missing folder or an unreachable hub id is named once, not as a traceback
         try:
-            resolve_model(model)
+            tokenizer_dir(resolve_model(model).path, None)  # a folder without a tokenizer cannot be served either
         except (FileNotFoundError, ConnectionError) as err:
             typer.echo(f"Error: --model: {err}", err=True)
             raise typer.Exit(1) from None
@@ -206,11 +206,19 @@ def train(
     from llmkit.train import train as run
 
     overrides = {key: value for key, value in {"max_steps": max_steps, "output_dir": output_dir}.items() if value}
+    cfg = None
     try:
-        out = run(load_config(config, overrides), cpu_fallback=cpu_fallback, fresh=fresh)
+        cfg = load_config(config, overrides)
+        out = run(cfg, cpu_fallback=cpu_fallback, fresh=fresh)
     except (ConfigError, DataError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        from llmkit.train.resume import interrupted_message
+
+        if cfg is not None:
+            typer.echo(f"\n{interrupted_message(Path(cfg.output_dir))}", err=True)
+        raise typer.Exit(130) from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns here; one summary is enough
         from rich.console import Console
 

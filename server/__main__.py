@@ -46,9 +46,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         lines = problems(err, key=lambda field: _setting_name(field, args))  # `--max-context: ... (got '0')`
         raise SystemExit("\n  ".join(["Error: invalid settings:", *lines])) from None
     if settings.engine is EngineName.vllm and importlib.util.find_spec("vllm") is None:
+        from llmkit.core.venvs import ToolVenvError
         from llmkit.server.vllm_venv import exec_server
 
-        exec_server(args)  # the same flags, in vLLM's venv
+        try:
+            exec_server(args)  # the same flags, in vLLM's venv
+        except ToolVenvError as err:
+            raise SystemExit(f"Error: cannot serve: {err}") from None
     from llmkit.server.app import serve
 
     serve(settings)

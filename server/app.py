@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
@@ -143,8 +144,11 @@ class BodyLimitMiddleware:
         await error_response(scope["path"], 413, detail)(scope, receive, send)
 
 
-def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAPI:
-    """The app; it loads the model at start-up unless an engine is given (tests share one)."""
+def create_app(
+    settings: ServerSettings, engine: Engine | None = None, on_shutdown: Callable[[], None] | None = None
+) -> FastAPI:
+    """The app; it loads the model at start-up unless an engine is given (tests share one), and closes the engine
+    it loaded (or calls `on_shutdown`) when it shuts down."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -152,6 +156,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         yield
         if engine is None:
             app.state.engine.close()
+        elif on_shutdown is not None:
+            on_shutdown()
 
     app = FastAPI(title="HELM model server", version="1", lifespan=lifespan)
     app.add_middleware(AssumeJSONMiddleware)
@@ -224,8 +230,12 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         text = await run_in_threadpool(engine.decode, body.tokens)
         return DecodeResponse(text=text, request_time=time.perf_counter() - start)
 
-    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: load balancers' probes
-    async def health(engine: EngineDep) -> HealthResponse:
+    health_errors = {503: {"model": ErrorResponse, "description": "The engine has stopped; restart the server."}}
+
+    @app.api_route("/health", methods=["GET", "HEAD"], response_model=HealthResponse, responses=health_errors)
+    async def health(engine: EngineDep, request: Request) -> Any:  # HEAD: load balancers' probes
+        if not engine.healthy():  # a probe (docker's HEALTHCHECK, a load balancer) must see it: every request fails
+            return error_response(request.url.path, 503, f"the {engine.name} engine has stopped: restart the server")
         loaded = engine.loaded
         return HealthResponse(
             status="ok",
@@ -275,9 +285,18 @@ def serve(settings: ServerSettings) -> None:
     except (OSError, ValueError, RuntimeError, ImportError) as err:
         LOG.debug("Loading failed", exc_info=err)
         raise SystemExit(f"Error: cannot serve: {err}") from None
+    closed = []
+
+    def close_once() -> None:
+        if not closed:
+            closed.append(True)
+            engine.close()
+
     try:
+        # Closed at the app's shutdown: after a SIGTERM, uvicorn re-raises the signal once it has shut down, which
+        # ends the process before any code after uvicorn.run (vLLM's engine processes were left running).
         # access_log off: AccessLogMiddleware writes one richer line per request instead of uvicorn's
-        app = create_app(settings, engine)
+        app = create_app(settings, engine, on_shutdown=close_once)
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
     finally:
-        engine.close()
+        close_once()

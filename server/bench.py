@@ -455,7 +455,8 @@ def print_engines(results: dict, console: Console) -> None:
     if measured:
         generated = servers[measured[0]]["max_new_tokens"]
         table = Table(
-            title=f"Engines side by side: {results['model']}, {generated}-token greedy generations from concurrent "
+            title=f"{'Engines side by side' if len(measured) > 1 else f'The {measured[0].value} engine'}: "
+            f"{results['model']}, {generated}-token greedy generations from concurrent "
             "HELM-shaped clients over HTTP (generated tokens/s)"
         )
         table.add_column("clients")

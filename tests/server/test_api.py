@@ -230,6 +230,16 @@ def test_prompt_over_context_limit(client):
     assert over.status_code == 422 and "over this server's limit" in error["msg"]
 
 
+def test_a_prompt_of_exactly_the_context_limit_is_scored(client, tokenizer):
+    """HELM truncates a scoring prompt to the context: exactly --max-context tokens is a 200 (vLLM needs one slot
+    more, which the engine gives it)."""
+    ids = tokenizer("hello " * 3000, add_special_tokens=False).input_ids[:2048]
+    body = {"prompt": tokenizer.decode(ids), "max_new_tokens": 0, "echo_prompt": True}
+    response = client.post("/process", json=body)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["tokens"]) == 2048
+
+
 def test_a_json_syntax_error_names_the_character(client):
     body = '{"prompt": "two\nlines"}'  # a raw newline inside a JSON string, as a curl command broken over lines
     [error] = client.post("/process", content=body, headers={"content-type": "application/json"}).json()["detail"]

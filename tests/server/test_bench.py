@@ -89,6 +89,13 @@ def test_bench_names_an_unknown_engine():
     assert "unknown engine tgi; choose from builtin, vllm" in result.output
 
 
+def test_bench_names_a_model_folder_it_cannot_serve(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # an adapter's or a half-copied folder: no tokenizer files
+    result = CliRunner().invoke(app, ["bench", "--stage", "serving", "--quick", "--model", str(tmp_path)])
+    assert result.exit_code == 1 and f"Error: --model: {tmp_path} holds no tokenizer" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 def test_quick_serving_on_another_model_measures_scaling_and_the_decode_bound_only(tmp_path, tiny_model_dir, capsys):
     model = str(tiny_model_dir)
     results = run(tmp_path, engines=["builtin"], model=model, quick=True, clients=(1, 2), generated=4)
@@ -107,7 +114,7 @@ def test_quick_serving_on_another_model_measures_scaling_and_the_decode_bound_on
     assert json.loads((tmp_path / "server.json").read_text())["decode"] == decode
     printed = " ".join(capsys.readouterr().out.split())
     assert "Decode (one HTTP client's tokens/s):" in printed and "of the bound)" in printed
-    assert f"Engines side by side: {model}, 4-token greedy generations" in printed
+    assert f"The builtin engine: {model}, 4-token greedy generations" in printed  # one engine measured
 
 
 def test_the_full_serving_bench_measures_workloads_baselines_and_scaling(tmp_path, tiny_model_dir, capsys):

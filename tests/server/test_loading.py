@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 
+import psutil
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -122,6 +124,17 @@ def test_a_bad_environment_variable_is_named_as_such(python):
     assert "--max-context: Input should be greater than 0 (got '-1')" in result.stderr  # the flag wins over the env
 
 
+def test_a_vllm_venv_that_cannot_be_made_is_one_message(python, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    env = {**os.environ, "VLLM_VENV": str(tmp_path / "a-file" / "venv")}
+    result = subprocess.run(
+        [python, "-m", "llmkit.server", "--engine", "vllm"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "Error: cannot serve: cannot install vllm" in result.stderr
+    assert f"(VLLM_VENV={tmp_path / 'a-file' / 'venv'})" in result.stderr
+
+
 def test_adapters_no_server_can_apply_end_in_one_message(python, tmp_path, tiny_model_dir):
     from safetensors.torch import load_file, save_file
 
@@ -167,3 +180,18 @@ def test_server_log_is_kept_where_asked_else_removed(tmp_path):
     unused.stop()
     assert not unused.log_path.exists()
     throwaway.log_path.unlink()
+
+
+@pytest.mark.slow
+def test_sigterm_ends_vllms_engine_processes_too():
+    """docker stop sends SIGTERM to the server's pid alone: vLLM's engine-core and worker processes (GBs) go too."""
+    server = ServerProcess(["--engine", "vllm"], startup_timeout=600).start()
+    try:
+        children = psutil.Process(server.process.pid).children(recursive=True)
+        assert children, "vLLM runs its engine in child processes"
+        os.kill(server.process.pid, signal.SIGTERM)
+        server.process.wait(timeout=120)
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, [process.cmdline() for process in alive]
+    finally:
+        server.stop()
