@@ -20,9 +20,11 @@ from llmkit.core import devices
 from llmkit.core.files import clean_stale, sha256_file, staging_dir, swap_in
 
 LOG = logging.getLogger(__name__)
-# peft reads transformers' deprecated `is_gradient_checkpointing` each time it wraps a model (training, merge's
-# check, serving an adapter): a FutureWarning in every run that no user can act on.
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+# peft calls transformers' deprecated `is_gradient_checkpointing` each time it wraps a model (training, merge's check,
+# serving an adapter) and `gradient_checkpointing_enable` when it prepares a 4-bit base: FutureWarnings in every run
+# that no user can act on.
+_PEFT_DEPRECATION_CALLS = "`(is_gradient_checkpointing|gradient_checkpointing_enable)` is deprecated"
+warnings.filterwarnings("ignore", message=_PEFT_DEPRECATION_CALLS, category=FutureWarning)
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the embedded GGUF carries
 DEFAULT_MODEL_EOS = "<|im_end|>"  # its EOS, which the shipped input_output rows write after each answer
