@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llmkit.core.challenge import CONTEXT_TOKENS
-from llmkit.core.models import DEFAULT_MODEL_ID
+from llmkit.core.models import model_id
 
 
 class Dtype(str, Enum):
@@ -125,7 +125,7 @@ class ServerSettings(BaseSettings):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"adapter: the name(s) {', '.join(duplicates)} are given twice; use NAME=DIR to rename")
-        if self.default_adapter not in (None, self.base_name, *names):
+        if self.default_adapter is not None and self.default_adapter not in names and not self._names_base:
             raise ValueError(
                 f"default_adapter: {self.default_adapter!r} is not one of the adapters {names} (or the base model, "
                 f"{self.base_name})"
@@ -141,13 +141,18 @@ class ServerSettings(BaseSettings):
     def default_adapter_name(self) -> str | None:
         """The adapter a /process request without X-Adapter gets (None: the base model)."""
         if self.default_adapter is not None:
-            return None if self.default_adapter == self.base_name else self.default_adapter
+            return None if self.default_adapter not in self.adapters and self._names_base else self.default_adapter
         return next(iter(self.adapters)) if len(self.adapter) == 1 else None
 
     @property
     def base_name(self) -> str:
-        """What names the base model (in `model` of OpenAI requests, X-Adapter, --default-adapter)."""
-        return self.model or DEFAULT_MODEL_ID
+        """What names the base model, as the engine names it (in `model` of OpenAI requests, X-Adapter)."""
+        return model_id(self.model)
+
+    @property
+    def _names_base(self) -> bool:
+        """Whether --default-adapter names the base model (a relative folder path too)."""
+        return self.default_adapter is not None and model_id(self.default_adapter) == self.base_name
 
 
 def _named(entry: str) -> tuple[str, str]:

@@ -94,6 +94,15 @@ def embedded_model_dir() -> Path:
     return target
 
 
+def model_id(model: str | None) -> str:
+    """The name `resolve_model` gives a model (ResolvedModel.model_id), found without loading or downloading it: the
+    default's hub id, a local folder's absolute path, else the hub id as given."""
+    if model is None:
+        return DEFAULT_MODEL_ID
+    local = Path(model).expanduser()
+    return str(local.resolve()) if local.is_dir() else model
+
+
 def resolve_model(model: str | None, revision: str | None = None) -> ResolvedModel:
     """Turn a model name into a local directory.
 
@@ -107,7 +116,7 @@ def resolve_model(model: str | None, revision: str | None = None) -> ResolvedMod
     if local.is_dir():
         if not (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{local} is a directory but holds no config.json (not a model directory)")
-        return ResolvedModel(local.resolve(), str(local.resolve()), "local")
+        return ResolvedModel(local.resolve(), model_id(model), "local")
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise FileNotFoundError(f"Model directory {model} does not exist")
     return _download(model, revision)

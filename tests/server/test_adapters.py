@@ -4,6 +4,7 @@ header, mixed in one batch; checked against peft applying each adapter alone."""
 from __future__ import annotations
 
 import concurrent.futures
+import os
 
 import pytest
 import torch
@@ -132,6 +133,9 @@ def test_adapter_flags_named_bare_and_default(tmp_path):
     assert base.default_adapter_name is None and base.adapters == {"only": "/x/only"}
     mine = parse_settings(["--model", "me/base", "--adapter", "/x/only", "--default-adapter", "me/base"])
     assert mine.default_adapter_name is None
+    (tmp_path / "base").mkdir()  # a local base given relative, named by the path the server shows (absolute)
+    local = ["--model", os.path.relpath(tmp_path / "base"), "--adapter", "/x/only"]
+    assert parse_settings([*local, "--default-adapter", str(tmp_path / "base")]).default_adapter_name is None
     assert parse_settings([]).adapters == {}
 
 
