@@ -8,7 +8,9 @@ HELM's requests carry no model name: the X-Adapter header picks an adapter (else
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -38,11 +40,12 @@ from llmkit.server.protocol import (
     TokenizeRequest,
     TokenizeResponse,
 )
-from llmkit.server.sequence import ClientGone, QueueFull, RequestError, RequestTimeout, UnknownModel
+from llmkit.server.sequence import ClientGone, QueueFull, RequestError, RequestTimeout, ServerStopping, UnknownModel
 from llmkit.server.serving import EngineDep, error_status, generate, note_ignored
 from llmkit.server.settings import ServerSettings
 
 LOG = logging.getLogger(__name__)
+BACKSTOP_S = 2.0  # past --shutdown-timeout-s, uvicorn cancels what still runs
 ADAPTER_HEADER = "X-Adapter"  # /process: the adapter (or the base model's name) a HELM request is served by
 ERRORS = {
     400: {"model": ErrorResponse, "description": "The request body is not UTF-8."},
@@ -53,7 +56,10 @@ ERRORS = {
 }
 PROCESS_ERRORS = {
     **ERRORS,
-    503: {"model": ErrorResponse, "description": "The batch and its wait queue are full; see Retry-After."},
+    503: {
+        "model": ErrorResponse,
+        "description": "The batch and its wait queue are full (see Retry-After), or the server is shutting down.",
+    },
     504: {"model": ErrorResponse, "description": "The request ran past the server's --request-timeout-s."},
 }
 PROCESS_ERRORS[404] = {"model": ErrorResponse, "description": "X-Adapter names no adapter served here."}
@@ -160,6 +166,7 @@ def create_app(
             on_shutdown()
 
     app = FastAPI(title="HELM model server", version="1", lifespan=lifespan)
+    app.state.stopping = asyncio.Event()  # set by DrainingServer when a shutdown's grace period ends
     app.add_middleware(AssumeJSONMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.state.metrics = Metrics(app)  # counts what the body limit refuses too
@@ -194,6 +201,10 @@ def create_app(
     async def queue_full(request: Request, err: QueueFull) -> JSONResponse:
         headers = {"Retry-After": str(err.retry_after_s)}
         return error_response(request.url.path, 503, str(err), headers)
+
+    @app.exception_handler(ServerStopping)
+    async def server_stopping(request: Request, err: ServerStopping) -> JSONResponse:
+        return error_response(request.url.path, 503, str(err), {"Connection": "close"})
 
     @app.exception_handler(RequestTimeout)
     async def request_timeout(request: Request, err: RequestTimeout) -> JSONResponse:
@@ -276,6 +287,22 @@ def create_app(
     return app
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, with a time limit on a shutdown (SIGTERM, Ctrl-C): requests still running when the grace
+    period ends are answered 503 (their sequences leave the batch), where uvicorn would wait for them without limit,
+    or, with its own timeout, cut them off with a 500."""
+
+    def __init__(self, config: uvicorn.Config, stopping: asyncio.Event, grace_s: float):
+        # uvicorn's own limit stays as a backstop, for a handler that does not end once `stopping` is set.
+        config.timeout_graceful_shutdown = grace_s + BACKSTOP_S
+        super().__init__(config)
+        self.stopping, self.grace_s = stopping, grace_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        asyncio.get_running_loop().call_later(self.grace_s, self.stopping.set)
+        await super().shutdown(sockets)
+
+
 def serve(settings: ServerSettings) -> None:
     """Load the model, then answer on settings.host:settings.port until stopped."""
     # Loaded before uvicorn starts (uvicorn binds the port only after its start-up anyway), so that a model,
@@ -297,6 +324,7 @@ def serve(settings: ServerSettings) -> None:
         # ends the process before any code after uvicorn.run (vLLM's engine processes were left running).
         # access_log off: AccessLogMiddleware writes one richer line per request instead of uvicorn's
         app = create_app(settings, engine, on_shutdown=close_once)
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+        DrainingServer(config, app.state.stopping, settings.shutdown_timeout_s).run()
     finally:
         close_once()

@@ -43,7 +43,7 @@ from llmkit.server.openai_protocol import (
 )
 from llmkit.server.protocol import SEED_RANGE, ProcessRequest, Token
 from llmkit.server.sequence import RequestError, Sequence
-from llmkit.server.serving import EngineDep, error_status, generate, note_ignored, run_all
+from llmkit.server.serving import EngineDep, error_status, generate, note_ignored, run_all, stopping
 from llmkit.server.text import key_bytes, token_key
 
 FLOOR_LOGPROB = -9999.0  # JSON has no -inf; OpenAI's floor
@@ -271,7 +271,7 @@ async def _stream(
     changed = asyncio.Event()
     for seq in seqs:
         seq.listener = lambda: loop.call_soon_threadsafe(changed.set)
-    run = asyncio.ensure_future(run_all(engine, seqs))
+    run = asyncio.ensure_future(run_all(engine, seqs, stopping(request)))
     try:
         await _next_change(run, changed)
     except BaseException:

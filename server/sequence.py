@@ -42,6 +42,11 @@ class RequestTimeout(RuntimeError):
     """The request ran past `request_timeout_s`: answered with HTTP 504."""
 
 
+class ServerStopping(RuntimeError):
+    """The server is shutting down and the request ran past its grace period: answered with HTTP 503, the
+    connection closed, so that the client retries on a fresh one (a restarted server)."""
+
+
 class ClientGone(RuntimeError):
     """The client disconnected; nobody reads this answer."""
 

@@ -15,12 +15,27 @@ from fastapi import Depends, Request, Response
 from llmkit.server.engine import Engine
 from llmkit.server.observe import account
 from llmkit.server.protocol import WireModel
-from llmkit.server.sequence import ClientGone, QueueFull, RequestError, RequestTimeout, Sequence, UnknownModel
+from llmkit.server.sequence import (
+    ClientGone,
+    QueueFull,
+    RequestError,
+    RequestTimeout,
+    Sequence,
+    ServerStopping,
+    UnknownModel,
+)
 
 LOG = logging.getLogger(__name__)
 IGNORED_HEADER_CHARS = 1024  # HELM's client (http.client) cannot read a header line over 64 KB
 # The HTTP status of each error a request can meet in the engine (499: nginx's "client closed request").
-ERROR_STATUS = {RequestError: 422, UnknownModel: 404, QueueFull: 503, RequestTimeout: 504, ClientGone: 499}
+ERROR_STATUS = {
+    RequestError: 422,
+    UnknownModel: 404,
+    QueueFull: 503,
+    ServerStopping: 503,
+    RequestTimeout: 504,
+    ClientGone: 499,
+}
 
 
 def get_engine(request: Request) -> Engine:
@@ -30,21 +45,36 @@ def get_engine(request: Request) -> Engine:
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
+def stopping(request: Request) -> asyncio.Event:
+    """Set when the server is shutting down and the grace period for requests in flight has ended (app.py)."""
+    return request.app.state.stopping
+
+
 async def generate(seqs: list[Sequence], request: Request) -> None:
     """Run the sequences in the engine's batch until all are done, or cancel them if the client disconnects."""
-    await unless_disconnected(run_all(get_engine(request), seqs), request)
+    await unless_disconnected(run_all(get_engine(request), seqs, stopping(request)), request)
     for seq in seqs:
         account(request, seq)
 
 
-async def run_all(engine: Engine, seqs: list[Sequence]) -> None:
-    """Run the sequences together; when one fails (a full queue...) or this is cancelled, the others leave too."""
+async def run_all(engine: Engine, seqs: list[Sequence], stop: asyncio.Event) -> None:
+    """Run the sequences together; when one fails (a full queue...), `stop` is set (ServerStopping) or this is
+    cancelled, the others leave too."""
     tasks = [asyncio.ensure_future(engine.run(seq)) for seq in seqs]
+    together = asyncio.gather(*tasks)
+    # Once cancelled, a gather ends with a CancelledError that asyncio would log as "never retrieved".
+    together.add_done_callback(lambda done: done.cancelled() or done.exception())
+    stopped = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.gather(*tasks)
+        await asyncio.wait({together, stopped}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        stopped.cancel()
+        together.cancel()  # no-op once done (a sequence failed): then its unfinished siblings are cancelled here
         for task in tasks:
-            task.cancel()  # no-op for the finished ones
+            task.cancel()
+    if not together.done() or together.cancelled():
+        raise ServerStopping("the server is shutting down; retry on a new connection")
+    together.result()  # the first sequence's error, if any
     for seq in seqs:
         seq.finish_reason = seq.finish_reason or "length"  # a prompt scored alone (max_new 0) ends at its length
 

@@ -109,6 +109,14 @@ class ServerSettings(BaseSettings):
         ge=1024,
         description="Largest request body (a 2,048-token prompt is tens of kB); a larger one gets HTTP 413 unread.",
     )
+    shutdown_timeout_s: float = Field(
+        5.0,
+        ge=0,
+        description=(
+            "On SIGTERM/Ctrl-C, how long requests in flight may finish before they are cut off (docker stop kills "
+            "after 10 s)."
+        ),
+    )
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8080, ge=0, le=65535, description="Port to bind (80 inside the submission image).")
 

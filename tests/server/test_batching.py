@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import signal
 import socket
 import time
 
@@ -195,6 +196,32 @@ def test_request_time_limit_gives_504(start_server, http):
     response = http.post(f"{server.url}/process", json=helm_body(COUNTING, max_new_tokens=1000, stop_sequences=NEVER))
     assert response.status_code == 504 and "over 2 s" in response.json()["detail"]
     assert post(httpx.Client(base_url=server.url, timeout=http.timeout), helm_body("Hi", max_new_tokens=2)).text
+
+
+@pytest.mark.slow
+def test_shutdown_answers_requests_in_flight_503_within_its_grace_period(start_server, http):
+    """SIGTERM (docker stop) with long requests running: each gets a 503 (a stream, an error event) once
+    --shutdown-timeout-s has passed, and the server exits; without the limit it waited for them (minutes)."""
+    server = start_server("--shutdown-timeout-s", "1")
+    long = helm_body(COUNTING, max_new_tokens=1000, stop_sequences=NEVER)
+    stream_body = {"prompt": COUNTING, "max_tokens": 1000, "stop": NEVER, "stream": True, "temperature": 0}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        helm = pool.submit(http.post, f"{server.url}/process", json=long)
+
+        def stream() -> list[str]:
+            with http.stream("POST", f"{server.url}/v1/completions", json=stream_body) as response:
+                return list(response.iter_lines())
+
+        streamed = pool.submit(stream)
+        wait_for(http, server.url, lambda b: b["running"] == 2)
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(timeout=60)
+        answer, events = helm.result(timeout=10), streamed.result(timeout=10)
+    assert answer.status_code == 503 and answer.headers["connection"] == "close"
+    assert "shutting down" in answer.json()["detail"]
+    assert events[-2].startswith('data: {"error"') and "shutting down" in events[-2], events[-3:]
+    log = server.log_tail(20_000)
+    assert "Traceback" not in log and "never retrieved" not in log, log
 
 
 def test_body_over_the_limit_is_413_unread(batching, http):
