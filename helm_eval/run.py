@@ -19,10 +19,11 @@ from pathlib import Path
 import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from llmkit.core.models import DEFAULT_MODEL_ID
 from llmkit.core.processes import exit_description, stop_process_group
 from llmkit.helm_eval import confgen
 from llmkit.helm_eval.setup import helm_executable, require_helm
-from llmkit.helm_eval.summary import SuiteScores, load_suite
+from llmkit.helm_eval.summary import HelmReportError, SuiteScores, load_suite
 from llmkit.server.launch import ServerProcess, ServerStartError, wait_healthy
 
 LOG = logging.getLogger(__name__)
@@ -53,7 +54,12 @@ class HelmRunError(RuntimeError):
 
 
 class HelmRunInterrupted(HelmRunError):
-    """Ctrl-C during a run: the message says how many runs had finished and where their output is."""
+    """Ctrl-C during a run: the message says how many runs had finished and where their output is; `partial` holds
+    their scores (None when none had finished)."""
+
+    def __init__(self, message: str, partial: SuiteScores | None):
+        super().__init__(message)
+        self.partial = partial
 
 
 def prepare_conf(
@@ -255,9 +261,17 @@ def run_helm(
                 max_eval_instances=max_eval_instances,
             )
     except KeyboardInterrupt:
-        raise HelmRunInterrupted(_interrupted_message(out_dir / "benchmark_output" / "runs" / suite)) from None
-    label = url or model or "default model (SmolLM2-135M-Instruct)"
-    return load_suite(out_dir / "benchmark_output", suite, label=label, wall_s=wall_s)
+        message = _interrupted_message(out_dir / "benchmark_output" / "runs" / suite)
+        try:
+            partial = load_suite(out_dir / "benchmark_output", suite, label=_label(model, url))
+        except HelmReportError:  # no run had finished
+            partial = None
+        raise HelmRunInterrupted(message, partial) from None
+    return load_suite(out_dir / "benchmark_output", suite, label=_label(model, url), wall_s=wall_s)
+
+
+def _label(model: str | None, url: str | None) -> str:
+    return url or model or f"default model ({DEFAULT_MODEL_ID.split('/')[-1]})"
 
 
 def _interrupted_message(suite_dir: Path) -> str:

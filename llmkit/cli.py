@@ -444,6 +444,8 @@ def helm_eval(
             command=command,
         )
     except HelmRunInterrupted as err:
+        if err.partial is not None:  # what finished before Ctrl-C is worth a look
+            Console(stderr=True).print(rich_table([err.partial], title="HELM: the runs that finished before Ctrl-C"))
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(130) from None
     except (HelmRunError, HelmSetupError, ConfError) as err:

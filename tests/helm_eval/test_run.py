@@ -125,8 +125,8 @@ def test_helm_eval_refuses_a_suite_or_folder_it_would_mix_up(tmp_path, mcqa_conf
 
 @pytest.mark.slow
 def test_ctrl_c_keeps_the_finished_runs_and_says_so(helm_venv, tmp_path):
-    """SIGINT to `llmkit helm-eval` as a terminal sends it: exit 130, a count of the finished runs, no empty run
-    folder, and the server it started stopped, with its log kept beside HELM's."""
+    """SIGINT to `llmkit helm-eval` as a terminal sends it: exit 130, a count of the finished runs and their scores,
+    no empty run folder, and the server it started stopped, with its log kept beside HELM's."""
     from llmkit.helm_eval import confgen
 
     tasks = confgen.TaskList(
@@ -154,6 +154,7 @@ def test_ctrl_c_keeps_the_finished_runs_and_says_so(helm_venv, tmp_path):
     stderr = stderr_path.read_text()
     assert process.returncode == 130, stderr
     assert f"interrupted: 1 of the suite's runs had finished; HELM's output so far is in {runs}" in stderr
+    assert "the runs that finished before Ctrl-C" in stderr and "simple_mcqa" in stderr  # their scores, shown
     assert "Traceback" not in stderr
     assert [p.name for p in runs.iterdir() if p.is_dir() and not any(p.iterdir())] == []
     assert (out / "logs/cc.server.log").read_text().count('"method": "POST"') >= 1
