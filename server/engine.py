@@ -71,7 +71,10 @@ class Engine:
             return None
         if name in self.adapters:
             return name
-        raise UnknownModel(f"model {name!r} is not served here; choose one of: {', '.join(self.model_names)}")
+        raise self.unknown_model(name)
+
+    def unknown_model(self, name: str) -> UnknownModel:
+        return UnknownModel(f"model {name!r} is not served here; choose one of: {', '.join(self.model_names)}")
 
     def check_room(self, sequences: int, field: str) -> None:
         """Refuse a request for more sequences than the batch and the wait queue together ever hold: a 503 would

@@ -58,8 +58,9 @@ class Metrics:
         )  # fmt: skip
         self.registry.register(_EngineCollector(app))
 
-    def count(self, seq: Sequence, model: str) -> None:
-        self.prompt_tokens.labels(model).inc(len(seq.ids))
+    def count(self, seq: Sequence, model: str, prompt: bool = True) -> None:
+        if prompt:
+            self.prompt_tokens.labels(model).inc(len(seq.ids))
         self.completion_tokens.labels(model).inc(completion_count(seq))
         self.sequences.labels(model, seq.finish_reason or "length").inc()
 
@@ -87,13 +88,14 @@ def completion_count(seq: Sequence) -> int:
     return len(seq.completion.ids) + len(seq.eos.ids)
 
 
-def account(request: Request, seq: Sequence) -> None:
-    """Count a finished sequence: in /metrics, and in the request's access-log line."""
+def account(request: Request, seq: Sequence, prompt: bool = True) -> None:
+    """Count a finished sequence: in /metrics, and in the request's access-log line; its prompt's tokens only with
+    `prompt` (the prompt's first choice: OpenAI's usage counts a prompt once, however many choices it has)."""
     engine = request.app.state.engine
     model = seq.adapter or engine.base_name
-    request.app.state.metrics.count(seq, model)
+    request.app.state.metrics.count(seq, model, prompt)
     tokens = request.state.tokens
-    tokens["prompt_tokens"] = tokens.get("prompt_tokens", 0) + len(seq.ids)
+    tokens["prompt_tokens"] = tokens.get("prompt_tokens", 0) + (len(seq.ids) if prompt else 0)
     tokens["completion_tokens"] = tokens.get("completion_tokens", 0) + completion_count(seq)
     tokens["model"] = model
 

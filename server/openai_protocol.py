@@ -3,8 +3,8 @@
 Field names and meanings follow OpenAI's API reference (the legacy completions logprobs format: tokens,
 token_logprobs, top_logprobs, text_offset; chat's content[{token, logprob, bytes, top_logprobs}]). Like HELM's
 models (protocol.py) types are strict and unknown fields are accepted and listed in `X-Ignored-Fields`; options this
-server cannot honour (penalties, logit_bias, suffix, best_of above n) are refused with a 400 rather than ignored, so a
-client never gets a silently different answer. Torch-free.
+server cannot honour (penalties, logit_bias, suffix, best_of above n, tools, JSON response formats) are refused with a
+400 rather than ignored, so a client never gets a silently different answer. Torch-free.
 """
 
 from __future__ import annotations
@@ -141,7 +141,41 @@ class ChatCompletionRequest(_Sampling):
     max_tokens: integer(ge=0) | None = Field(None, description="Empty: as many as the context allows.")
     max_completion_tokens: integer(ge=0) | None = Field(None, description="OpenAI's newer name for max_tokens.")
     logprobs: bool = Field(False, description="Return each content token's logprob.")
-    top_logprobs: integer(ge=0, le=MAX_LOGPROBS) | None = Field(None, description="Alternatives per token.")
+    top_logprobs: integer(ge=0, le=MAX_LOGPROBS) | None = Field(
+        None, description="Alternatives per token; needs logprobs true."
+    )
+    tools: list[dict] | None = Field(None, description="Not served (no tool calling): only empty.")
+    tool_choice: str | dict | None = Field(None, description='Not served: only "none" or "auto" without tools.')
+    functions: list[dict] | None = Field(None, description="Not served (OpenAI's older tools): only empty.")
+    function_call: str | dict | None = Field(None, description='Not served: only "none" or "auto".')
+    response_format: dict | None = Field(None, description='Only {"type": "text"}: no JSON mode or schema.')
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, value: list | None) -> list | None:
+        if value:
+            raise ValueError("tool calling is not supported by this server; send no tools")
+        return value
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_tool_choice(cls, value: str | dict | None) -> str | dict | None:
+        if value not in (None, "none", "auto"):
+            raise ValueError("tool calling is not supported by this server; only 'none' or 'auto' is accepted")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict | None) -> dict | None:
+        if value is not None and value.get("type") != "text":
+            raise ValueError(f"only type 'text' is served, not {value.get('type')!r} (no JSON mode or schema)")
+        return value
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs set to true")
+        return self
 
     @property
     def token_limit(self) -> int | None:

@@ -55,13 +55,25 @@ router = APIRouter(prefix="/v1", tags=["OpenAI"])
 
 @router.get("/models")
 async def models(engine: EngineDep) -> ModelList:
+    return ModelList(data=_model_cards(engine))
+
+
+@router.get("/models/{model:path}", responses={404: {"model": OpenAIError}})
+async def model(model: str, engine: EngineDep) -> ModelCard:
+    card = next((card for card in _model_cards(engine) if card.id == model), None)
+    if card is None:
+        raise engine.unknown_model(model)  # 404, listing the names
+    return card
+
+
+def _model_cards(engine: Engine) -> list[ModelCard]:
     created = int(engine.started)
     cards = [ModelCard(id=engine.base_name, created=created, root=engine.base_name)]
     cards += [
         ModelCard(id=name, created=created, root=path, parent=engine.base_name)
         for name, path in engine.adapters.items()
     ]
-    return ModelList(data=cards)
+    return cards
 
 
 @router.post("/completions", responses=STREAMED, response_model=Completion)
@@ -74,7 +86,7 @@ async def completions(body: CompletionRequest, engine: EngineDep, request: Reque
     answer = _Answer(f"cmpl-{request_id(request)}", body.model or adapter or engine.base_name, body.n, Completion)
     if body.stream:
         return await _stream(engine, seqs, request, answer, _completion_chunk(answer, body), _include_usage(body))
-    await generate(seqs, request)
+    await generate(seqs, request, body.n)
     choices = await run_in_threadpool(lambda: [_completion_choice(engine, body, i, s) for i, s in enumerate(seqs)])
     usage = answer.usage(seqs)
     return Completion(id=answer.id, created=answer.created, model=answer.model, choices=choices, usage=usage)
@@ -89,7 +101,7 @@ async def chat_completions(body: ChatCompletionRequest, engine: EngineDep, reque
     answer = _Answer(f"chatcmpl-{request_id(request)}", name, body.n, ChatCompletionChunk)
     if body.stream:
         return await _stream(engine, seqs, request, answer, _chat_chunk(answer, body), _include_usage(body))
-    await generate(seqs, request)
+    await generate(seqs, request, body.n)
 
     def choice(index: int, seq: Sequence) -> ChatChoice:
         tokens = engine.completion_tokens(seq)
@@ -305,8 +317,8 @@ async def _stream(
                 if finished:
                     break
                 await _next_change(run, changed)
-            for seq in seqs:
-                account(request, seq)
+            for index, seq in enumerate(seqs):
+                account(request, seq, prompt=index % answer.n == 0)
             if include_usage:  # OpenAI's last chunk: no choices, the usage
                 yield _sse(answer.chunk([], answer.usage(seqs)))
             yield _sse("[DONE]")

@@ -50,11 +50,12 @@ def stopping(request: Request) -> asyncio.Event:
     return request.app.state.stopping
 
 
-async def generate(seqs: list[Sequence], request: Request) -> None:
-    """Run the sequences in the engine's batch until all are done, or cancel them if the client disconnects."""
+async def generate(seqs: list[Sequence], request: Request, choices: int = 1) -> None:
+    """Run the sequences in the engine's batch until all are done, or cancel them if the client disconnects.
+    `seqs` are `choices` per prompt, in prompt order (OpenAI's n)."""
     await unless_disconnected(run_all(get_engine(request), seqs, stopping(request)), request)
-    for seq in seqs:
-        account(request, seq)
+    for index, seq in enumerate(seqs):
+        account(request, seq, prompt=index % choices == 0)
 
 
 async def run_all(engine: Engine, seqs: list[Sequence], stop: asyncio.Event) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +13,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llmkit.core.challenge import CONTEXT_TOKENS
 from llmkit.core.models import model_id
+
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9_\-:/@+]+")
 
 
 class Dtype(str, Enum):
@@ -133,6 +136,18 @@ class ServerSettings(BaseSettings):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"adapter: the name(s) {', '.join(duplicates)} are given twice; use NAME=DIR to rename")
+        for name in names:
+            if not ADAPTER_NAME.fullmatch(name):
+                raise ValueError(
+                    f"adapter: the name {name!r} cannot be used: a name is ASCII letters, digits and _ - : / @ + "
+                    "(the X-Adapter header carries it; peft keeps adapters as torch modules, whose names hold no "
+                    "'.'); use NAME=DIR to rename"
+                )
+            if name == self.base_name:
+                raise ValueError(
+                    f"adapter: {name!r} is the base model's name (requests naming it get the base model); use "
+                    "NAME=DIR to rename the adapter"
+                )
         if self.default_adapter is not None and self.default_adapter not in names and not self._names_base:
             raise ValueError(
                 f"default_adapter: {self.default_adapter!r} is not one of the adapters {names} (or the base model, "

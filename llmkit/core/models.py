@@ -258,7 +258,10 @@ def _apply_adapter(lm, adapter: str, tokenizer, name: str = "default"):
         else:
             lm = PeftModel.from_pretrained(lm, adapter, adapter_name=name)
     except (RuntimeError, ValueError, KeyError) as err:
-        raise ValueError(f"Adapter {adapter} does not fit base model {lm.name_or_path}: {err}") from err
+        # torch lists every mismatched tensor on a line of its own (hundreds): the first one says enough
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = " ".join(lines[:2]) + (f" (and {len(lines) - 2} more like it)" if len(lines) > 2 else "")
+        raise ValueError(f"Adapter {adapter} does not fit base model {lm.name_or_path}: {detail}") from err
     if dropped := _unplaced_lora_weights(lm, adapter, name):
         # peft loads such weights nowhere, silently: an adapter trained on another base (more layers, other names)
         raise ValueError(

@@ -71,6 +71,8 @@ def complete(http, server, model: str) -> str:
 def test_models_lists_base_and_adapters(served, http, adapters):
     cards = http.get(f"{served.url}/v1/models").json()["data"]
     assert [c["id"] for c in cards] == [MODEL, "ada", "bob"]
+    assert [http.get(f"{served.url}/v1/models/{c['id']}").json() for c in cards] == cards  # models.retrieve
+    assert http.get(f"{served.url}/v1/models/carol").status_code == 404
     assert [c["parent"] for c in cards] == [None, MODEL, MODEL] and cards[1]["root"] == adapters["ada"]
     assert served.info["adapters"] == adapters and served.info["default_adapter"] is None
 
@@ -145,6 +147,10 @@ def test_adapter_flags_named_bare_and_default(tmp_path):
         (["--adapter", "a=/x", "--adapter", "a=/y"], "given twice"),
         (["--adapter", "a=/x", "--default-adapter", "b"], "default_adapter"),
         (["--adapter", "=/x"], "neither NAME=DIR"),
+        (["--adapter", f"{MODEL}=/x"], "is the base model's name"),
+        (["--adapter", "v1.0=/x"], "cannot be used"),  # torch module names hold no "."
+        (["--adapter", "/x/lora.v1"], "'lora.v1' cannot be used"),  # a bare folder's name too
+        (["--adapter", "ü=/x"], "cannot be used"),  # the X-Adapter header cannot carry it
     ],
 )
 def test_adapter_flag_mistakes(flags, message):

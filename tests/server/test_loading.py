@@ -144,15 +144,20 @@ def test_adapters_no_server_can_apply_end_in_one_message(python, tmp_path, tiny_
     get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "deeper")
     weights = tmp_path / "deeper" / "adapter_model.safetensors"  # as if trained on a base with 8 layers
     save_file({name.replace("layers.1.", "layers.7."): t for name, t in load_file(weights).items()}, weights)
+    wider = AutoModelForCausalLM.from_config(base.config.__class__(**{**base.config.to_dict(), "hidden_size": 128}))
+    get_peft_model(wider, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "wider")
     says = {
         "dora": "is DoRA (use_dora), which cannot be applied per request in a batch",
         "deeper": "layers.7.self_attn.q_proj.lora_A.weight (and 1 more LoRA weights) has no place in the base",
+        "wider": "size mismatch for base_model.model.model.layers.0.self_attn.q_proj.lora_A.wider.weight",
     }
     for name, message in says.items():
         flags = ["--model", str(tiny_model_dir), "--adapter", str(tmp_path / name), "--device", "cpu"]
         result = subprocess.run([python, "-m", "llmkit.server", *flags], capture_output=True, text=True, timeout=120)
         assert result.returncode == 1 and "Error: cannot serve: " in result.stderr, result.stderr
         assert message in result.stderr and "Traceback" not in result.stderr
+        error = result.stderr[result.stderr.index("Error: cannot serve: ") :]
+        assert error.count("\n") == 1, error  # one line: torch's list of every mismatched tensor is cut short
 
 
 def test_a_model_folder_without_a_tokenizer_is_named(python, tmp_path, tiny_model_dir):

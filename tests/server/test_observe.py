@@ -28,8 +28,13 @@ def scrape(http, server) -> dict[tuple[str, tuple], float]:
 
 def test_metrics_count_requests_tokens_and_latency(client, server):
     before = scrape(client, server)
-    answer = client.post("/v1/completions", json={"model": MODEL, "prompt": "Hello there", "max_tokens": 5})
+    # Two prompts, two choices each: the usage counts each prompt once, and so must the counter.
+    body = {"model": MODEL, "prompt": ["Hello there", "Bye"], "n": 2, "max_tokens": 5}
+    answer = client.post("/v1/completions", json=body)
     usage = answer.json()["usage"]
+    assert usage["prompt_tokens"] == sum(
+        len(client.post("/tokenize", json={"text": t}).json()["tokens"]) for t in body["prompt"]
+    )
     assert client.post("/process", json=helm_body("Hi", max_new_tokens=3)).status_code == 200
     assert client.post("/process", json={"prompt": ""}).status_code == 422
     after = scrape(client, server)

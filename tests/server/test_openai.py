@@ -195,6 +195,10 @@ def test_streamed_chat_and_echo_logprobs(oai):
     assert tokens == plain.choices[0].logprobs.tokens and values == plain.choices[0].logprobs.token_logprobs
 
 
+HI = [{"role": "user", "content": "Hi"}]
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+
+
 def test_client_mistakes_are_4xx_in_openai_shape(oai, server, http):
     with pytest.raises(openai.NotFoundError, match="not served here"):
         oai.completions.create(model="no-such-model", prompt="x")
@@ -211,7 +215,14 @@ def test_client_mistakes_are_4xx_in_openai_shape(oai, server, http):
         ("chat/completions", {"messages": [{"role": "user"}]}, "messages.0: a user message needs content"),
         ("completions", {"prompt": "x", "stop": "\ud800"}, "stop: text is not valid Unicode: unpaired surrogate"),
         ("completions", {"prompt": {"a": 1}}, "prompt: Input should be a valid string; prompt: Input should be a"),
+        # Options that would change the answer's kind are refused, not ignored (OpenAI's clients rely on them).
+        ("chat/completions", {"messages": HI, "tools": [TOOL]}, "tools: Value error, tool calling is not supported"),
+        ("chat/completions", {"messages": HI, "tool_choice": "required"}, "tool_choice: Value error, tool calling"),
+        ("chat/completions", {"messages": HI, "response_format": {"type": "json_object"}}, "response_format: Value"),
+        ("chat/completions", {"messages": HI, "top_logprobs": 2}, "Value error, top_logprobs needs logprobs"),
     ]
+    text = {"messages": HI, "response_format": {"type": "text"}, "tool_choice": "none", "tools": []}
+    assert http.post(f"{server.url}/v1/chat/completions", json={"model": MODEL, "max_tokens": 1, **text}).is_success
     for path, body, message in cases:
         body = json.dumps({"model": MODEL, "max_tokens": 1, **body})  # ASCII: a lone surrogate goes as \\ud800
         response = http.post(f"{server.url}/v1/{path}", content=body, headers={"Content-Type": "application/json"})
