@@ -4,7 +4,7 @@ GET /v1/models, for OpenAI clients, lm-eval's `local-completions`, load testers 
 An OpenAI request is translated into HELM's `ProcessRequest` and run as `Sequence`s by the same engine and batch as
 /process (one per prompt and choice); only the answer's shape differs. `model` names the base model or an adapter.
 Streaming sends server-sent events (`data: {chunk}` ... `data: [DONE]`) as tokens settle (`Sequence.streamable`),
-on either engine. Errors come in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}` (app.py).
+on either engine. Errors come in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}` (errors.py).
 """
 
 from __future__ import annotations

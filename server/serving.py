@@ -1,4 +1,4 @@
-"""What every generating route shares, HELM's (app.py) and OpenAI's (openai_routes.py): the engine, running
+"""What every generating route shares, HELM's (helm_routes.py) and OpenAI's (openai_routes.py): the engine, running
 sequences while their client stays, counting their tokens, and reporting ignored request fields. No model work here.
 """
 

@@ -1,0 +1,62 @@
+"""ASGI middleware that runs before a route sees a request: every POST body read as JSON, and a body over the
+size limit, compressed or not UTF-8 refused before it is parsed."""
+
+from __future__ import annotations
+
+from llmkit.server.errors import error_response
+
+
+class AssumeJSONMiddleware:
+    """Read every POST body as JSON: `curl -d` and some harness probes send no or a form content type."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Answer 413 to a POST body over `max_bytes` before any of it is parsed (Content-Length first; a chunked body
+    is counted as it arrives), so a huge prompt never reaches the tokenizer."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._too_large(scope, receive, send)
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return await self._too_large(scope, receive, send)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        encoding = dict(scope["headers"]).get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
+        if encoding not in ("", "identity"):
+            detail = f"Content-Encoding {encoding} is not supported: send the body uncompressed"
+            return await error_response(scope["path"], 415, detail)(scope, receive, send)
+        try:
+            b"".join(m.get("body", b"") for m in messages).decode("utf-8")
+        except UnicodeDecodeError as err:
+            detail = f"request body is not UTF-8: byte {err.start} cannot be decoded"
+            return await error_response(scope["path"], 400, detail)(scope, receive, send)
+        replay = iter(messages)
+
+        async def replay_then_receive():
+            return next(replay, None) or await receive()
+
+        await self.app(scope, replay_then_receive, send)
+
+    async def _too_large(self, scope, receive, send) -> None:
+        detail = f"request body is over {self.max_bytes} bytes (--max-body-bytes)"
+        await error_response(scope["path"], 413, detail)(scope, receive, send)
