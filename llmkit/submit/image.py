@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name
 from llmkit.core.assets import DOCKER_DIR
 from llmkit.core.challenge import CONTEXT_TOKENS, PYPI, TRACKS, Loading, Track
 from llmkit.server.settings import EngineName, ServerSettings
-from llmkit.server.vllm_venv import LAUNCHER, VLLM_VERSION
+from llmkit.server.vllm_venv import LAUNCHER, VLLM_EXTRAS, VLLM_VERSION
 from llmkit.submit.manifest import IMAGE_ADAPTER_DIR, IMAGE_MODEL_DIR, ZIP_ADAPTER_DIR, ZIP_MODEL_DIR
 from llmkit.submit.sources import Weights
 
@@ -29,10 +29,6 @@ IMAGE_UID = 10001  # the image's non-root user; the BuildKit secret is mounted r
 VLLM_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
 # vLLM's image installs vLLM into the Python first on PATH (`uv pip install --system`); its Dockerfile does the same.
 VLLM_PYTHON = "python3"
-# What the shipped server imports that vLLM does not pin itself: pydantic-settings comes with vLLM only through
-# fastapi[standard], at any version >= 2.0, and the server's CLI is tested with docker/requirements.txt's pin, which
-# the image installs (tests/submit/test_vllm_image.py checks the list against vLLM's venv).
-VLLM_EXTRAS = ("pydantic-settings",)
 # A BuildKit secret: mounted as a file for this one RUN, never in a layer, ENV or ARG. huggingface_hub reads the
 # token from HF_TOKEN_PATH; without the secret the file is absent and the download is anonymous.
 _WITH_TOKEN = (
@@ -112,7 +108,7 @@ def server_command(
 
 
 def render_requirements(track: Track, engine: EngineName = EngineName.builtin) -> str:
-    """docker/requirements.txt with the track's torch build added; for vLLM, only the pins of VLLM_EXTRAS."""
+    """docker/requirements.txt with the track's torch build added; for vLLM, only its pins of VLLM_EXTRAS."""
     spec = TRACKS[track]
     if engine is EngineName.vllm:
         pins = image_pins()
