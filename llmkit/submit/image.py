@@ -24,6 +24,9 @@ from llmkit.submit.manifest import IMAGE_ADAPTER_DIR, IMAGE_MODEL_DIR, ZIP_ADAPT
 from llmkit.submit.sources import Weights
 
 SERVER_MODULE = "llmkit.server"  # `python -m llmkit.server`; the zip holds it and every llmkit module it imports
+# The built-in engine's image and the training image: uv installs a pinned python-build-standalone Python into a venv.
+UV_IMAGE = "ghcr.io/astral-sh/uv:0.13.9"
+PYTHON_VERSION = "3.11.18"
 IMAGE_PYTHON = "/opt/venv/bin/python"
 IMAGE_UID = 10001  # the image's non-root user; the BuildKit secret is mounted readable for it
 VLLM_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
@@ -55,6 +58,11 @@ def render_dockerfile(
         "weights": "\n".join(_weights_steps(model, adapter, image_python(engine))),
         "cmd": json.dumps(server_command(model, adapter, loading, engine)),
     }
+    return render_template("Dockerfile.template", values)
+
+
+def render_template(name: str, values: dict[str, str | bool]) -> str:
+    """docker/<name>, a Jinja template, filled in with `values` and the constants every image shares."""
     environment = jinja2.Environment(
         undefined=jinja2.StrictUndefined,  # a placeholder with no value is an error, not an empty string
         keep_trailing_newline=True,
@@ -62,7 +70,8 @@ def render_dockerfile(
         lstrip_blocks=True,
         autoescape=False,
     )
-    return environment.from_string((DOCKER_DIR / "Dockerfile.template").read_text()).render(values)
+    shared = {"uv_image": UV_IMAGE, "python_version": PYTHON_VERSION}
+    return environment.from_string((DOCKER_DIR / name).read_text()).render(shared | values)
 
 
 def image_python(engine: EngineName) -> str:

@@ -11,12 +11,12 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from llmkit.core.challenge import TRACKS, Track
-from llmkit.submit.image import DOCKER_DIR, render_requirements, server_files
+from llmkit.submit.image import DOCKER_DIR, PYTHON_VERSION, render_requirements, server_files
 
 # The image's platform, for evaluating dependency markers.
 IMAGE_ENV = {
-    "python_version": "3.11",
-    "python_full_version": "3.11.18",
+    "python_version": PYTHON_VERSION.rpartition(".")[0],
+    "python_full_version": PYTHON_VERSION,
     "sys_platform": "linux",
     "platform_system": "Linux",
     "platform_machine": "x86_64",
