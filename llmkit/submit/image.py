@@ -18,6 +18,7 @@ from packaging.utils import canonicalize_name
 
 from llmkit.core.assets import DOCKER_DIR
 from llmkit.core.challenge import CONTEXT_TOKENS, PYPI, TRACKS, Loading, Track
+from llmkit.core.project import pinned_version
 from llmkit.server.settings import EngineName, ServerSettings
 from llmkit.server.vllm_venv import LAUNCHER, VLLM_EXTRAS, VLLM_VERSION
 from llmkit.submit.manifest import IMAGE_ADAPTER_DIR, IMAGE_MODEL_DIR, ZIP_ADAPTER_DIR, ZIP_MODEL_DIR
@@ -132,7 +133,7 @@ def render_requirements(track: Track, engine: EngineName = EngineName.builtin) -
     ]
     if spec.torch_index != PYPI:
         lines.append(f"--extra-index-url {spec.torch_index}")
-    lines.append(f"torch=={spec.torch_version}")
+    lines.append(f"torch=={pinned_version('torch')}")
     return "\n".join(lines) + "\n" + (DOCKER_DIR / "requirements.txt").read_text()
 
 

@@ -28,6 +28,7 @@ from packaging.utils import canonicalize_name
 from llmkit.core.challenge import TRACKS, Track
 from llmkit.core.cpu_torch import CUDA_ONLY_PACKAGES
 from llmkit.core.models import embedded_package_pin
+from llmkit.core.project import PROJECT, pinned_version
 from llmkit.submit.image import IMAGE_PYTHON, IMAGE_UID, image_pins, render_template
 from llmkit.submit.sources import SubmissionError
 
@@ -35,7 +36,6 @@ LOG = logging.getLogger(__name__)
 
 TRAINING_DIR = "training"
 DOCKERFILE = "train.Dockerfile"
-PROJECT = "llm-effchal"  # this project's distribution name (pyproject.toml)
 
 
 def training_files(config: Path, track: Track) -> dict[str, bytes]:
@@ -141,7 +141,7 @@ def training_requirements(track: Track) -> str:
     pins = {
         name: version for name, version in _installed_closure(PROJECT).items() if name != canonicalize_name(PROJECT)
     }
-    pins["torch"] = spec.torch_version  # this environment may hold a CPU build (2.13.0+cpu)
+    pins["torch"] = pinned_version("torch")  # this environment may hold a CPU build (2.13.0+cpu)
     pins |= {name: version for name, version in image_pins().items() if CUDA_ONLY_PACKAGES.match(name)}
     lines = [f"# Training's pinned requirements for the {spec.name} track ({spec.gpu}): this checkout's versions."]
     return "\n".join(lines + [f"{name}=={pins[name]}" for name in sorted(pins)]) + "\n"
