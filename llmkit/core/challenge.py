@@ -92,6 +92,8 @@ TIME_LIMIT_S = 2 * 3600  # challenge rule: the whole HELM run of the sample conf
 # are generation and joint multiple choice); helm_eval's `open` task list reproduces it (tests/helm_eval).
 OPEN_SUITE_REQUESTS = 600
 CONTEXT_TOKENS = 2048  # prompt + completion, the challenge's limit
+CONTAINER_PORT = 80  # the harness maps the submission container's port 80 to 8080
+MAX_SUBMISSIONS = 3  # per track, by the challenge's rules
 
 
 class Projection(BaseModel):

@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from llmkit.core.assets import DOCKER_DIR
-from llmkit.core.challenge import CONTEXT_TOKENS, PYPI, TRACKS, Loading, Track
+from llmkit.core.challenge import CONTAINER_PORT, CONTEXT_TOKENS, PYPI, TRACKS, Loading, Track
 from llmkit.core.project import pinned_version
 from llmkit.server.settings import EngineName, ServerSettings
 from llmkit.server.vllm_venv import LAUNCHER, VLLM_EXTRAS, VLLM_VERSION
@@ -56,6 +56,7 @@ def render_dockerfile(
         "unheld": " ".join(f"--exclude {name}" for name in VLLM_EXTRAS),
         "python": image_python(engine),
         "uid": str(IMAGE_UID),
+        "port": str(CONTAINER_PORT),
         "weights": "\n".join(_weights_steps(model, adapter, image_python(engine))),
         "cmd": json.dumps(server_command(model, adapter, loading, engine)),
     }
@@ -104,8 +105,8 @@ def _weights_steps(model: Weights, adapter: Weights | None, python: str) -> list
 def server_command(
     model: Weights, adapter: Weights | None, loading: Loading, engine: EngineName = EngineName.builtin
 ) -> list[str]:
-    """The image's CMD: the server on port 80 of every interface, with the weights, the track's loading and engine."""
-    command = [image_python(engine), "-m", "llmkit.server", "--host", "0.0.0.0", "--port", "80"]
+    """The image's CMD: the server on CONTAINER_PORT of every interface, with the weights, the loading and engine."""
+    command = [image_python(engine), "-m", "llmkit.server", "--host", "0.0.0.0", "--port", str(CONTAINER_PORT)]
     command += ["--model", IMAGE_MODEL_DIR] if model.bundled else ["--model", model.name, "--revision", model.revision]
     if adapter is not None:
         command += ["--adapter", IMAGE_ADAPTER_DIR]
