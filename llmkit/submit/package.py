@@ -19,9 +19,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from llmkit.core.assets import DEFAULT_CONFIG, DOCKER_DIR
-from llmkit.core.challenge import TRACKS, Loading, Track
+from llmkit.core.challenge import MAX_SUBMISSIONS, TRACKS, Loading, Track
 from llmkit.core.files import check_folder_target, clean_stale, sha256_file, staging_dir, swap_in
 from llmkit.core.memory import MemoryEstimate, choose_loading
+from llmkit.core.models import MODEL_FILE_PATTERNS
 from llmkit.core.shapes import model_shape
 from llmkit.server.settings import EngineName
 from llmkit.server.vllm_venv import VLLM_VERSION
@@ -44,10 +45,6 @@ from llmkit.submit.sources import (
 from llmkit.submit.verify import ZIP_READ_ERRORS, verify_submission
 
 LOG = logging.getLogger(__name__)
-
-MAX_SUBMISSIONS = 3  # per track, by the challenge's rules
-# What a served model directory needs (as llmkit/core/models.py downloads it); checkpoints and logs stay behind.
-_WEIGHT_DIR_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja")
 
 
 def build_submission(
@@ -258,7 +255,8 @@ def _portable_path(name: str) -> str:
 def _copy_weights(source: Path, target: Path) -> None:
     from llmkit.merge.fold import MANIFEST as MERGE_REPORT
 
-    files = sorted({p for pattern in _WEIGHT_DIR_PATTERNS for p in source.glob(pattern) if p.is_file()})
+    # What a served model directory needs (MODEL_FILE_PATTERNS): checkpoints and logs stay behind.
+    files = sorted({p for pattern in MODEL_FILE_PATTERNS for p in source.glob(pattern) if p.is_file()})
     if not any(p.suffix == ".safetensors" for p in files):
         raise SubmissionError(f"{source} holds no *.safetensors weights to bundle")
     target.mkdir(parents=True)

@@ -29,6 +29,7 @@ from zipfile import BadZipFile
 
 import httpx
 
+from llmkit.core.challenge import CONTAINER_PORT
 from llmkit.core.devices import device_name, is_cuda, resolve_device
 from llmkit.core.venvs import ToolVenvError
 from llmkit.server.launch import ServerProcess, ServerStartError
@@ -189,8 +190,8 @@ def local_command(cmd: list[str], manifest: Manifest, root: Path, *, python: str
         if value is None:
             raise SmokeError(f"CMD ends with {part} and no value")
         if part == "--port":
-            if value != "80":
-                raise DockerfileError(f"CMD serves port {value}; the harness expects 80")
+            if value != str(CONTAINER_PORT):
+                raise DockerfileError(f"CMD serves port {value}; the harness expects {CONTAINER_PORT}")
             command += [part, "{port}"]
         elif part == "--host":
             command += [part, "127.0.0.1"]

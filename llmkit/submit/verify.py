@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from packaging.requirements import InvalidRequirement, Requirement
 from pydantic import ValidationError
 
+from llmkit.core.challenge import CONTAINER_PORT
 from llmkit.core.files import sha256_bytes, sha256_stream
 from llmkit.server.settings import EngineName
 from llmkit.submit.dockerfile import (
@@ -191,15 +192,16 @@ def _check_dockerfile(files: dict[str, bytes], names: set[str], lint: bool) -> l
 def _dockerfile_rules(text: str) -> list[str]:
     instructions = parse_dockerfile(text)
     stage, problems = final_stage(instructions), []
-    if not any(inst.keyword == "EXPOSE" and "80" in re.split(r"[\s/]+", inst.value) for inst in stage):
-        problems.append("Dockerfile: no EXPOSE 80 (the harness maps container port 80 to 8080)")
+    port = str(CONTAINER_PORT)
+    if not any(inst.keyword == "EXPOSE" and port in re.split(r"[\s/]+", inst.value) for inst in stage):
+        problems.append(f"Dockerfile: no EXPOSE {port} (the harness maps container port {port} to 8080)")
     cmd = last(stage, "CMD")
     if cmd is None:
         problems.append("Dockerfile: no CMD")
     else:
         command = exec_form(cmd)
-        if _flag(command, "--port") != "80":
-            problems.append(f"Dockerfile line {cmd.line}: CMD does not run the server with --port 80")
+        if _flag(command, "--port") != port:
+            problems.append(f"Dockerfile line {cmd.line}: CMD does not run the server with --port {port}")
         if _flag(command, "--host") != "0.0.0.0":
             problems.append(f"Dockerfile line {cmd.line}: CMD does not bind --host 0.0.0.0 (unreachable from outside)")
     entrypoint = last(stage, "ENTRYPOINT")

@@ -10,13 +10,14 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from llmkit.core.challenge import TRACKS, Track
-from llmkit.submit.image import DOCKER_DIR, render_requirements, server_files
+from llmkit.core.challenge import Track
+from llmkit.core.project import pinned_version
+from llmkit.submit.image import DOCKER_DIR, PYTHON_VERSION, render_requirements, server_files
 
 # The image's platform, for evaluating dependency markers.
 IMAGE_ENV = {
-    "python_version": "3.11",
-    "python_full_version": "3.11.18",
+    "python_version": PYTHON_VERSION.rpartition(".")[0],
+    "python_full_version": PYTHON_VERSION,
     "sys_platform": "linux",
     "platform_system": "Linux",
     "platform_machine": "x86_64",
@@ -41,11 +42,11 @@ def test_pins_are_the_tested_versions():
             continue
         assert metadata.version(name) == version, f"docker/requirements.txt pins {name}=={version}"
     local_torch = metadata.version("torch").split("+")[0]
-    assert all(TRACKS[track].torch_version == local_torch for track in Track)
+    assert pinned_version("torch") == local_torch
 
 
 def test_pins_include_every_dependency():
-    pins = _pins() | {"torch": TRACKS[Track.rtx4090].torch_version}
+    pins = _pins() | {"torch": pinned_version("torch")}
     for name in list(pins):
         if name.startswith(CUDA_ONLY):
             continue
@@ -76,7 +77,7 @@ def test_pins_cover_every_module_the_shipped_server_imports():
 def test_requirements_per_track_carry_the_torch_build():
     for track in Track:
         rendered = render_requirements(track)
-        assert f"torch=={TRACKS[track].torch_version}\n" in rendered
+        assert f"torch=={pinned_version('torch')}\n" in rendered
         assert rendered.endswith((DOCKER_DIR / "requirements.txt").read_text())
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from llmkit.core.challenge import TRACKS, Loading, Track
 from llmkit.core.models import DEFAULT_MODEL_ID
+from llmkit.core.project import pinned_version
 from llmkit.core.shapes import ModelConfigNotFound
 from llmkit.server.settings import EngineName
 from llmkit.submit.dockerfile import exec_form, final_stage, last, parse_dockerfile
@@ -39,7 +40,7 @@ def test_default_model_zip_per_track(default_zips, track):
     )  # not imported by `python -m llmkit.server`
     assert not any(n.endswith(".safetensors") for n in names)
     assert f"FROM {TRACKS[Track(track)].cuda_base_image}" in dockerfile
-    assert f"torch=={TRACKS[Track(track)].torch_version}" in requirements
+    assert f"torch=={pinned_version('torch')}" in requirements
     command = exec_form(last(final_stage(parse_dockerfile(dockerfile)), "CMD"))
     assert command[1:7] == ["-m", "llmkit.server", "--host", "0.0.0.0", "--port", "80"]
     assert command[command.index("--model") + 1] == DEFAULT_MODEL_ID and "--revision" in command

@@ -8,16 +8,18 @@ import json
 import subprocess
 import sys
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from llmkit.core.challenge import CONTEXT_TOKENS, Loading, Track
-from llmkit.core.models import DEFAULT_MODEL_ID
+from llmkit.core.models import DEFAULT_MODEL_ID, embedded_package_pin
 from llmkit.server.settings import EngineName, ServerSettings
-from llmkit.server.vllm_venv import VLLM_VERSION, vllm_venv
+from llmkit.server.vllm_venv import VLLM_EXTRAS, VLLM_VERSION, vllm_venv
 from llmkit.submit.dockerfile import exec_form, final_stage, last, parse_dockerfile
-from llmkit.submit.image import VLLM_EXTRAS, image_pins, server_files
+from llmkit.submit.image import image_pins, server_files
 from llmkit.submit.package import build_submission
 from llmkit.submit.sources import SubmissionError
 from llmkit.submit.verify import hadolint, verify_submission
@@ -155,3 +157,11 @@ def test_the_extras_and_vllm_provide_every_module_the_shipped_server_imports(tmp
     missing = {module for module in third_party if not set(found["modules"].get(module, [])) & provided}
     assert not missing, f"the vLLM image would lack {sorted(missing)}: add them to VLLM_EXTRAS"
     assert all(extra in image_pins() for extra in VLLM_EXTRAS)  # each extra has the pin the image installs
+
+
+def test_vllm_venv_holds_the_extras_at_the_project_pins():
+    venv = vllm_venv(cuda=True)
+    names = [Requirement(line).name for line in venv.requirements]
+    assert names[0] == "vllm" and set(VLLM_EXTRAS) <= set(names)
+    assert set(venv.requirements[1:]) <= set(metadata.requires("llm-effchal"))  # pyproject.toml's specifiers
+    assert venv.no_deps == (embedded_package_pin(),)
