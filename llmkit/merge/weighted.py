@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from llmkit.core.errors import problems
 from llmkit.core.files import check_folder_target
-from llmkit.core.models import resolve_model
+from llmkit.core.models import adapter_config, resolve_model
 from llmkit.merge.fold import (
     ADAPTER_FILES,
     TOKENIZER_FILES,
@@ -119,6 +119,7 @@ def merge_weighted(
     """Combine `spec.adapters` into one adapter and merge it into the base; arguments as `merge_adapter`'s."""
     adapters = [check_adapter_dir(a.path) for a in spec.adapters]
     check_ranks(adapters, spec.combination_type)
+    check_no_modules_to_save(adapters)
     check_folder_target(Path(out_dir))  # before a base model is downloaded
     base = resolve_model(spec.base_model or trained_on(adapters[0]))
     cfg = training_config(adapters[0])
@@ -157,6 +158,18 @@ def check_ranks(adapters: list[Path], combination_type: str) -> None:
                 )
 
 
+def check_no_modules_to_save(adapters: list[Path]) -> None:
+    """Refuse adapters with fully trained modules: peft's combination keeps the base's copy of such a module (the
+    trained one would be lost without a word), or fails on it."""
+    for adapter in adapters:
+        if modules := adapter_config(adapter).get("modules_to_save"):
+            raise ValueError(
+                f"{adapter} trains {', '.join(modules)} fully (modules_to_save, axolotl's lora_modules_to_save): a "
+                "weighted merge cannot combine fully trained modules (peft keeps only the base's); merge that "
+                "adapter alone (llmkit merge --adapter DIR)"
+            )
+
+
 def combine_adapters(spec: WeightedMerge, base_dir: Path, dtype: torch.dtype, out: Path) -> Path:
     """peft's add_weighted_adapter over the spec's adapters; the combined adapter is saved in `out/weighted`."""
     from peft import PeftModel
@@ -179,6 +192,9 @@ def combine_adapters(spec: WeightedMerge, base_dir: Path, dtype: torch.dtype, ou
         )
     except ValueError as err:
         raise ValueError(f"peft cannot combine {[str(a.path) for a in spec.adapters]}: {err}") from err
+    # peft copies the first adapter's config for the new one, use_rslora included, and gives it lora_alpha = r:
+    # with rsLoRA its scale would be sqrt(r) instead of 1, multiplying the whole combined delta.
+    peft_model.peft_config["weighted"].use_rslora = False
     peft_model.save_pretrained(out, selected_adapters=["weighted"])
     combined = out / "weighted"  # peft saves a non-default adapter in a folder of its name
     first = spec.adapters[0].path

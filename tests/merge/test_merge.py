@@ -221,11 +221,17 @@ def test_killed_merge_leaves_no_half_written_model(adapters, tiny_model_dir, tmp
     assert tree_digest(good) == before and not list(tmp_path.glob(".good.*"))  # ...after removing the leftovers
 
 
-def test_weighted_cat_merge_adds_the_weighted_deltas(adapters, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("first_kind", ["plain", "rslora"])
+def test_weighted_cat_merge_adds_the_weighted_deltas(first_kind, adapters, tiny_model_dir, tmp_path):
+    """Whatever the first adapter's scaling: peft gives the combined adapter the first one's config (rsLoRA
+    scaled the combined delta by sqrt(r) until the merge reset it)."""
     out = tmp_path / "fused"
+    first_dir = adapters["plain"]
+    if first_kind == "rslora":
+        first_dir = lora_adapter(tiny_model_dir, tmp_path / "rslora", seed=2, use_rslora=True)
     report, _ = merge_command(
         base=str(tiny_model_dir),
-        adapters=[str(adapters["plain"]), str(adapters["other"])],
+        adapters=[str(first_dir), str(adapters["other"])],
         weights=[0.7, 0.3],
         combination="cat",
         out=str(out),
@@ -233,7 +239,7 @@ def test_weighted_cat_merge_adds_the_weighted_deltas(adapters, tiny_model_dir, t
     )
     assert report.verification["max_logit_diff"] < 1e-3
     base = saved_tensors(tiny_model_dir)
-    first, second = (peft_merged(tiny_model_dir, adapters[k], torch.float32) for k in ("plain", "other"))
+    first, second = (peft_merged(tiny_model_dir, path, torch.float32) for path in (first_dir, adapters["other"]))
     name = "model.layers.1.self_attn.o_proj.weight"
     expected = base[name] + 0.7 * (first[name] - base[name]) + 0.3 * (second[name] - base[name])
     torch.testing.assert_close(saved_tensors(out)[name], expected, atol=1e-5, rtol=1e-4)

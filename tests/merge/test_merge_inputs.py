@@ -143,6 +143,15 @@ def test_weighted_merge_of_adapters_with_other_ranks_names_module_and_ranks(tiny
     assert report.verification["max_logit_diff"] < 1e-3
 
 
+def test_weighted_merge_refuses_fully_trained_modules(tiny_model_dir, tmp_path):
+    first = lora_adapter(tiny_model_dir, tmp_path / "a", modules_to_save=["lm_head"])
+    second = lora_adapter(tiny_model_dir, tmp_path / "b")
+    spec = {"adapters": [str(first), str(second)], "weights": [0.5, 0.5], "out": str(tmp_path / "fused")}
+    with pytest.raises(ValueError, match=rf"{first} trains lm_head fully \(modules_to_save"):
+        merge_command(base=str(tiny_model_dir), dtype="float32", **spec)
+    assert not (tmp_path / "fused").exists()
+
+
 def test_a_new_eos_reaches_the_merged_config_and_generation_config(tiny_model_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
