@@ -6,6 +6,8 @@ Each command only parses its arguments and hands over to the stage's module, imp
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +20,15 @@ from llmkit.core.devices import quiet_bitsandbytes_kernel_notice
 quiet_bitsandbytes_kernel_notice()  # before any command imports peft, which imports bitsandbytes
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@app.callback()
+def _stop_on_sigterm() -> None:
+    # `kill`, `timeout`, a job scheduler and `docker stop` send SIGTERM, whose default ends the process on the spot:
+    # unwind as Ctrl-C does instead, so that every command stops the servers and helm-run it started and removes
+    # its temporary folders (SystemExit(143), as the shell reports a SIGTERM).
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
 
 # typer 0.29 (fastapi/typer#1863) labels a value with its Python type in angle brackets ("--max-steps <int>"), in the
 # rich help also on flags, which take none ("--help <bool>"), and braces required arguments ("{config}"). The help
@@ -201,9 +212,11 @@ def train(
 
     _logging()
     from llmkit.config import ConfigError, load_config
+    from llmkit.core.files import disk_full
     from llmkit.data import DataError
     from llmkit.train import summary_table
     from llmkit.train import train as run
+    from llmkit.train.resume import interrupted_message
 
     overrides = {key: value for key, value in {"max_steps": max_steps, "output_dir": output_dir}.items() if value}
     cfg = None
@@ -213,12 +226,16 @@ def train(
     except (ConfigError, DataError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        from llmkit.train.resume import interrupted_message
-
+    except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM (_stop_on_sigterm)
         if cfg is not None:
             typer.echo(f"\n{interrupted_message(Path(cfg.output_dir))}", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(130 if isinstance(err, KeyboardInterrupt) else err.code) from None
+    except (OSError, RuntimeError) as err:
+        # A full disk fails a checkpoint save deep in torch ("unexpected pos", errno 28): say what it is.
+        if cfg is None or not (full := disk_full(Path(cfg.output_dir), err)):
+            raise
+        typer.echo(f"Error: {full}. Free some space, then:\n{interrupted_message(Path(cfg.output_dir))}", err=True)
+        raise typer.Exit(1) from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns here; one summary is enough
         from rich.console import Console
 
@@ -418,7 +435,6 @@ def helm_eval(
 ) -> None:
     """Run HELM (helm-run, helm-summarize) against the server; extra flags go to `python -m llmkit.server`."""
     import shlex
-    import sys
 
     from rich.console import Console
 

@@ -8,6 +8,7 @@ it had moved aside (`clean_stale`). Only the standard library and psutil: this m
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import logging
@@ -157,6 +158,21 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+LOW_SPACE_BYTES = 256 << 20  # below this, a failed write is taken for a full disk
+
+
+def disk_full(path: Path, err: BaseException) -> str | None:
+    """What to say when `err` came from the disk holding `path` filling up (errno 28, or any write error while
+    under LOW_SPACE_BYTES are free: torch reports a full disk as "unexpected pos"); None otherwise."""
+    existing = next((p for p in (path, *path.absolute().parents) if p.exists()), None)
+    if existing is None:
+        return None
+    free = shutil.disk_usage(existing).free
+    if getattr(err, "errno", None) != errno.ENOSPC and free >= LOW_SPACE_BYTES:
+        return None
+    return f"the disk holding {path} is full ({free / 2**20:.0f} MiB free)"
 
 
 @contextmanager

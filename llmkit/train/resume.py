@@ -9,9 +9,13 @@ finished schedule is never extended by a step and two configs never mix in one s
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from llmkit.train.report import TRAINER_STATE
 LOG = logging.getLogger(__name__)
 
 RUN_RECORD = "llmkit_run.json"
+LOCK = ".llmkit_train.lock"  # held (flock) by the run training in output_dir; holds its pid
 # What the later stages (merge, serve) look for; moved into output_dir last and removed first on a new run.
 COMPLETION_MARKERS = ("adapter_config.json", "config.json")
 # Keys that change where things go or who is told, not the weights a run produces.
@@ -79,6 +84,36 @@ def plan_run(cfg: AxolotlConfig, output_dir: Path, *, is_main: bool) -> RunPlan:
     if newest is not None:
         LOG.info("Resuming from %s; pass --fresh to start from step 0", newest)
     return RunPlan(done=False, checkpoint=newest, finished_checkpoint=newest is not None and _at_end(newest))
+
+
+@contextmanager
+def hold_output_dir(cfg: AxolotlConfig, output_dir: Path) -> Iterator[None]:
+    """Hold output_dir for this run, so that a second `train` into it (another terminal, a scheduler's retry) is
+    refused instead of writing the same checkpoints and records. An flock: the kernel lets go of it when the process
+    ends, however it ends, so a killed run never leaves the folder locked."""
+    _check_writable(output_dir, cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / LOCK, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise ConfigError(
+                [
+                    f"output_dir: another `llmkit train` (pid {holder}) is training in {output_dir}; wait for it to "
+                    "end, or set another output_dir"
+                ],
+                cfg.source,
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            (output_dir / LOCK).unlink(missing_ok=True)  # still held: nobody else can be holding it
 
 
 def _check_writable(output_dir: Path, cfg: AxolotlConfig) -> None:

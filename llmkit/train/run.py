@@ -20,7 +20,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from llmkit.train.modeling import (
 )
 from llmkit.train.optimizers import loraplus_optimizer, optimizer_for_machine
 from llmkit.train.report import LOSS_CURVE, TRAINER_STATE, plot_loss_curve
-from llmkit.train.resume import COMPLETION_MARKERS, plan_run, start_fresh, unpublish, write_record
+from llmkit.train.resume import COMPLETION_MARKERS, hold_output_dir, plan_run, start_fresh, unpublish, write_record
 
 LOG = logging.getLogger(__name__)
 
@@ -73,6 +73,11 @@ def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False, fresh: bool = False
     output_dir = Path(cfg.output_dir)
     args = training_arguments(cfg, optimizer_for_machine(cfg, cpu_fallback))
     is_main = args.process_index == 0
+    with hold_output_dir(cfg, output_dir) if is_main else nullcontext():
+        return _train(cfg, args, output_dir, fresh=fresh, is_main=is_main)
+
+
+def _train(cfg: AxolotlConfig, args: TrainingArguments, output_dir: Path, *, fresh: bool, is_main: bool) -> Path:
     with args.main_process_first(desc="checking output_dir"):  # rank 0 cleans up before the others look
         if fresh and is_main:
             start_fresh(output_dir)

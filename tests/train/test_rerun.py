@@ -122,3 +122,41 @@ def test_ctrl_c_says_what_a_rerun_resumes_from(tiny_config, tmp_path):
     out = train(load_config(tiny_config(save_steps=1)))
     newest = sorted(out.glob("checkpoint-*"))[-1]
     assert interrupted_message(out) == f"interrupted: rerun the same command to resume from {newest} (step 2)"
+
+
+def test_a_second_run_into_the_same_output_dir_is_refused_and_sigterm_stops_like_ctrl_c(tiny_config):
+    """Two `train`s into one output_dir wrote the same checkpoints and left one's record over the other's weights;
+    SIGTERM (kill, a scheduler) ended a run without a word."""
+    import os
+    import signal
+    import time
+
+    path = tiny_config(max_steps=100_000, save_steps=5)
+    out = Path(load_config(path).output_dir)
+    command = [sys.executable, "-m", "llmkit.cli", "train", str(path)]
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob("checkpoint-*/trainer_state.json")) and time.monotonic() < deadline:
+            assert first.poll() is None, first.stderr.read()
+            time.sleep(0.5)
+        second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 1
+        assert f"another `llmkit train` (pid {first.pid}) is training in {out}" in second.stderr, second.stderr
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGKILL)
+    assert first.returncode == 143, stderr
+    assert "interrupted: rerun the same command to resume from" in stderr and "Traceback" not in stderr
+    assert not (out / ".llmkit_train.lock").exists()
+
+
+def test_a_full_disk_is_named_whatever_the_error_says(tmp_path):
+    from llmkit.core.files import LOW_SPACE_BYTES, disk_full
+
+    assert "is full" in disk_full(tmp_path, OSError(28, "No space left on device"))
+    unexpected = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+    roomy = __import__("shutil").disk_usage(tmp_path).free >= LOW_SPACE_BYTES
+    assert (disk_full(tmp_path / "not" / "yet", unexpected) is None) is roomy  # an error with room is not a full disk
