@@ -92,7 +92,7 @@ def merge_adapter(
         cfg: the training config, where the adapter folder has no `config.resolved.yml` of its own.
     """
     adapter = check_adapter_dir(adapter_dir)
-    check_folder_target(Path(out_dir))  # before a base model is downloaded
+    check_merge_target(Path(out_dir), [adapter])  # before a base model is downloaded
     base = resolve_model(base_model or trained_on(adapter))
     key = "base_model" if cfg is not None else "--base" if base_model else "base_model_name_or_path"
     if problem := remote_code_refusal(find_model_config(str(base.path)).config, base.model_id, key):
@@ -199,6 +199,22 @@ def fingerprint(directory: Path, names: tuple[str, ...] | None = None) -> dict[s
     """sha256 of a model's files (weights, configs, tokenizer), by file name."""
     files = [directory / n for n in names] if names else [*directory.glob("*.safetensors"), *directory.glob("*.json")]
     return {f.name: sha256_file(f) for f in sorted(files) if f.is_file()}  # hub snapshots: the blobs' names
+
+
+def check_merge_target(out_dir: Path, adapters: list[Path]) -> None:
+    """`out_dir` is a folder the merge may replace whole: new, empty or an earlier merge, and none of the adapters."""
+    check_folder_target(out_dir)
+    out = out_dir.resolve()
+    for adapter in adapters:
+        if out == adapter.resolve() or out in adapter.resolve().parents:
+            raise ValueError(
+                f"--out {out_dir} holds the adapter {adapter}, which the merge would replace; give another --out"
+            )
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+        raise ValueError(
+            f"--out {out_dir} holds other files (no {MANIFEST}: not an earlier merge), and a merge replaces the whole "
+            "folder; give a new or empty folder, or remove it first"
+        )
 
 
 def run_merge(

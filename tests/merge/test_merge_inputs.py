@@ -184,3 +184,22 @@ def test_a_full_fine_tune_is_said_to_need_no_merge(tiny_model_dir, tmp_path):
     (tmp_path / "notes").mkdir()
     result = runner.invoke(app, ["merge", "--adapter", str(tmp_path / "notes"), "--base", str(tiny_model_dir)])
     assert result.exit_code == 1 and "not a peft adapter directory" in result.output
+
+
+def test_an_out_folder_holding_other_files_or_the_adapter_is_refused_untouched(tiny_model_dir, tmp_path):
+    """A merge replaces its --out whole: it deleted a folder of notes, and the adapter itself when --out named it."""
+    adapter = lora_adapter(tiny_model_dir, tmp_path / "run")
+    notes = tmp_path / "notes"
+    (notes / "sub").mkdir(parents=True)
+    (notes / "todo.txt").write_text("mine")
+    with pytest.raises(ValueError, match=rf"--out {notes} holds other files \(no llmkit_merge.json"):
+        merge_adapter(tiny_model_dir, adapter, notes, dtype="float32")
+    assert (notes / "todo.txt").read_text() == "mine" and (notes / "sub").is_dir()
+    for out in (adapter, tmp_path):
+        with pytest.raises(ValueError, match=rf"--out {out} holds the adapter {adapter}"):
+            merge_adapter(tiny_model_dir, adapter, out, dtype="float32")
+    assert (adapter / "adapter_model.safetensors").is_file()
+    merged = tmp_path / "merged"
+    merge_adapter(tiny_model_dir, adapter, merged, dtype="float32", verify=False)
+    merge_adapter(tiny_model_dir, adapter, merged, dtype="bfloat16", verify=False)  # an earlier merge: replaced
+    assert json.loads((merged / "llmkit_merge.json").read_text())["inputs"]["dtype"] == "torch.bfloat16"
