@@ -146,7 +146,9 @@ def test_schemathesis_finds_no_server_error_and_no_undeclared_answer(server, tmp
     checks = "not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance"
     result = subprocess.run(
         [str(st), "run", f"{server.url}/openapi.json", "--seed", "42", "--max-examples", "30", "--checks", checks,
-         "--request-timeout", "300", "--no-color"],
+         "--request-timeout", "300", "--no-color",
+         # GET /v1/models/{model}: most generated strings cannot be a URL path segment and are filtered out
+         "--suppress-health-check", "filter_too_much"],
         capture_output=True, text=True, timeout=580, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
