@@ -117,9 +117,26 @@ def resolve_model(model: str | None, revision: str | None = None) -> ResolvedMod
         if not (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{local} is a directory but holds no config.json (not a model directory)")
         return ResolvedModel(local.resolve(), model_id(model), "local")
-    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+    if not is_hub_id(model):
         raise FileNotFoundError(f"Model directory {model} does not exist")
     return _download(model, revision)
+
+
+def hub_id_problem(name: str) -> str | None:
+    """Why `name` is no hub repo id ("owner/name", or a bare "name"), as huggingface_hub checks it offline; None when
+    it is one. Paths ("./x", "/x", "~/x", "a/b/c") are not."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError as err:
+        return str(err)
+    return None
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` is a hub repo id (see `hub_id_problem`)."""
+    return hub_id_problem(name) is None
 
 
 def _download(model_id: str, revision: str | None) -> ResolvedModel:
