@@ -255,7 +255,7 @@ def default_dataset(
     raise typer.Exit(main(["--check"] if check else []))
 
 
-# --- merge: llmkit/merge/fold.py -------------------------------------------------------------------------------------
+# --- merge: llmkit/merge/command.py ----------------------------------------------------------------------------------
 @app.command()
 def merge(
     config: str | None = typer.Argument(
