@@ -23,6 +23,7 @@ from llmkit.core.files import write_atomic
 LOG = logging.getLogger(__name__)
 
 SUITES_DIR = Path(__file__).parent / "suites"
+DEFAULT_TASK_LIST = "quick"  # the offline suite (suites/quick.yaml): a few minutes on a CPU
 HELM_MODEL = "neurips/local"  # built into crfm-helm: HTTPModelClient at $HELM_HTTP_MODEL_BASE_URL
 
 

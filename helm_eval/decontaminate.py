@@ -22,7 +22,6 @@ from typing import Any
 from pydantic import BaseModel
 
 from llmkit.core.files import sha256_file
-from llmkit.helm_eval.run import HelmRunError
 from llmkit.helm_eval.setup import helm_executable, require_helm
 
 NGRAM = 13  # GPT-3's window; lm-eval's decontamination uses it too
@@ -83,6 +82,8 @@ def helm_instances(conf_path: Path, work_dir: Path) -> list[dict[str, Any]]:
         command.append(str(work_dir / "benchmark_output"))
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
+            from llmkit.helm_eval.run import HelmRunError  # here: the CLI imports this module at start for NGRAM
+
             partial.unlink(missing_ok=True)
             tail = "\n".join(result.stderr.splitlines()[-15:])
             raise HelmRunError(f"crfm-helm could not build the instances of {conf_path}:\n{tail}")

@@ -14,6 +14,8 @@ from typer.core import TyperArgument, TyperOption
 
 from llmkit.core.challenge import Loading, Track
 from llmkit.core.devices import quiet_bitsandbytes_kernel_notice
+from llmkit.helm_eval.confgen import DEFAULT_TASK_LIST
+from llmkit.helm_eval.decontaminate import NGRAM
 
 quiet_bitsandbytes_kernel_notice()  # before any command imports peft, which imports bitsandbytes
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
@@ -386,7 +388,7 @@ def helm_setup(force: bool = typer.Option(False, help="Reinstall even when the s
 
 @app.command("helm-conf")
 def helm_conf(
-    tasks: str = typer.Argument("quick", metavar="TASKS", help="quick, open, or a task-list YAML."),
+    tasks: str = typer.Argument(DEFAULT_TASK_LIST, metavar="TASKS", help="quick, open, or a task-list YAML."),
     budget: int | None = typer.Option(None, help="Total eval instances (default: the task list's own)."),
     out: str | None = typer.Option(None, help="Write the conf here instead of printing it."),
 ) -> None:
@@ -408,7 +410,9 @@ def helm_eval(
     model: str | None = typer.Option(None, help="Model to serve: hub id or local dir (default: the embedded one)."),
     url: str | None = typer.Option(None, help="Evaluate the server already running here instead."),
     compare: str | None = typer.Option(None, help="A second model, served the same way, scored side by side."),
-    conf: str = typer.Option("quick", help="quick (offline), open (the challenge's suite; needs internet) or PATH."),
+    conf: str = typer.Option(
+        DEFAULT_TASK_LIST, help="quick (offline), open (the challenge's suite; needs internet) or PATH."
+    ),
     max_eval_instances: int | None = typer.Option(
         None, min=1, help="At most this many instances per run (lowers a .conf file's own counts too)."
     ),
@@ -464,8 +468,10 @@ def helm_eval(
 @app.command()
 def decontaminate(
     config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl-style YAML config: its datasets are checked."),
-    conf: str = typer.Option("quick", help="The HELM instances: quick, open, skill, a task list or a .conf file."),
-    ngram: int = typer.Option(13, min=1, help="Words in the shared window that counts as an overlap."),
+    conf: str = typer.Option(
+        DEFAULT_TASK_LIST, help="The HELM instances: quick, open, skill, a task list or a .conf file."
+    ),
+    ngram: int = typer.Option(NGRAM, min=1, help="Words in the shared window that counts as an overlap."),
     out: str = typer.Option("helm-results", help="Folder for the instances (cached) and the JSON report."),
 ) -> None:
     """n-gram overlap between a config's training rows and the eval instances of a HELM conf; exit 1 on overlap."""
