@@ -154,8 +154,7 @@ def render_conf(entries: list[RunEntry]) -> str:
 
 def write_conf(entries: list[RunEntry], path: Path) -> Path:
     """Write atomically (temp file + rename), so a half-written conf never exists."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_atomic(path, render_conf(entries))
+    return write_atomic(path, render_conf(entries), parents=True)
 
 
 def parse_conf(text: str) -> list[str]:

@@ -477,16 +477,15 @@ def decontaminate(
     """n-gram overlap between a config's training rows and the eval instances of a HELM conf; exit 1 on overlap."""
 
     from rich.console import Console
-    from rich.table import Table
 
     _logging()
     from llmkit.config import ConfigError, load_config
     from llmkit.data import DataError, row_texts
     from llmkit.helm_eval.confgen import ConfError
     from llmkit.helm_eval.decontaminate import decontaminate as check
+    from llmkit.helm_eval.decontaminate import report_tables, write_report
     from llmkit.helm_eval.run import HelmRunError, prepare_conf
     from llmkit.helm_eval.setup import HelmSetupError
-    from llmkit.helm_eval.summary import short_run_name, write_text
 
     out_dir = Path(out).resolve()
     name = f"decontaminate-{Path(config).stem}-{Path(conf).stem}"
@@ -497,27 +496,10 @@ def decontaminate(
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
     console = Console()
-    table = Table(title=f"{ngram}-word overlap with {config}")
-    table.add_column("HELM run", overflow="fold")  # runs of one scenario differ only at the end of their names
-    table.add_column("eval instances")
-    table.add_column("overlapping")
-    for run in report.runs:
-        table.add_row(short_run_name(run.run), str(run.instances), str(run.overlapping))
-    console.print(table)
-    shown = report.overlaps[:20]
-    if shown:
-        rows = Table("run", "instance", "training row", "shared words", title="Overlapping instances (first 20)")
-        for hit in shown:
-            where = f"{hit.source}:{hit.row}"
-            rows.add_row(short_run_name(hit.run), f"{hit.instance_id} ({hit.split})", where, hit.words)
-        console.print(rows)
-    path = write_text(out_dir / "reports" / f"{name}.json", report.model_dump_json(indent=2))
-    total = sum(run.instances for run in report.runs)
-    mark = "✓" if report.clean else "✗"
-    console.print(
-        f"{mark} {len(report.overlaps)} of {total} HELM eval instances share a {ngram}-word window with the "
-        f"{report.training_rows} training rows of {config}. Report: {path}"
-    )
+    for table in report_tables(report):
+        console.print(table)
+    path = write_report(report, out_dir / "reports" / f"{name}.json")
+    console.print(report.sentence(path))
     raise typer.Exit(0 if report.clean else 1)
 
 

@@ -60,12 +60,15 @@ def _is_sha256(name: str) -> bool:
     return len(name) == 64 and all(c in string.hexdigits for c in name)
 
 
-def write_atomic(path: Path, data: bytes | str, *, fsync: bool = False) -> Path:
+def write_atomic(path: Path, data: bytes | str, *, fsync: bool = False, parents: bool = False) -> Path:
     """Write `data` (str as UTF-8) to `path` through a temp file beside it and one rename.
 
     Readers see the old file or the new one, never part of either; if the write fails the temp file is removed
-    (a SIGKILL's leftover is removed by the next write to `path`). `fsync` also survives a power loss.
+    (a SIGKILL's leftover is removed by the next write to `path`). `fsync` also survives a power loss; `parents`
+    creates the missing folders first.
     """
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(path)
     payload = data.encode() if isinstance(data, str) else data
     fd, tmp = _create_temp(path)
