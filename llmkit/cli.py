@@ -16,6 +16,7 @@ from llmkit.core.challenge import Loading, Track
 from llmkit.core.devices import quiet_bitsandbytes_kernel_notice
 from llmkit.helm_eval.confgen import DEFAULT_TASK_LIST
 from llmkit.helm_eval.decontaminate import NGRAM
+from llmkit.server.settings import EngineName
 
 quiet_bitsandbytes_kernel_notice()  # before any command imports peft, which imports bitsandbytes
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
@@ -95,7 +96,6 @@ def bench(
     from llmkit.config import ConfigError
     from llmkit.core.models import resolve_model, tokenizer_dir
     from llmkit.data import DataError
-    from llmkit.server.settings import EngineName
 
     stages = {"serving": "llmkit.server.bench", "training": "llmkit.train.bench", "merging": "llmkit.merge.bench"}
     engines = [e.value for e in EngineName]
@@ -319,7 +319,9 @@ def submission(
         Loading | None, typer.Option(help="Weights on the GPU (default: bf16, else what fits).")
     ] = None,
     bundle_weights: bool = typer.Option(False, help="Put weight files in the zip (self-hosting; not accepted)."),
-    engine: str = typer.Option("builtin", help="builtin, or vllm: the image is vLLM's own and serves with it."),
+    engine: Annotated[
+        EngineName, typer.Option(help="builtin, or vllm: the image is vLLM's own and serves with it.")
+    ] = EngineName.builtin,
     smoke: bool = typer.Option(
         True, help="Then run the zip's server as its Dockerfile says and time one request of each HELM kind."
     ),
