@@ -333,6 +333,7 @@ def submission(
     """Build submissions/<track>_track/<track>_submission_N.zip (and the files unpacked beside it), smoke-test it."""
     _logging()
     from llmkit.submit import build_submission, summarize
+    from llmkit.submit.summary import projected_training_time
 
     try:
         path = build_submission(
@@ -351,13 +352,8 @@ def submission(
     except (ValueError, LookupError, OSError) as err:  # bad input, no fit, unknown model: the message says which
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
-    training_time = None
-    if model is None:  # trained here from a config: its training time on the track's GPU, with or without training/
-        from llmkit.config import load_config
-        from llmkit.config.plan import plan
-        from llmkit.core.assets import DEFAULT_CONFIG
-
-        training_time = [t.sentence() for t in plan(load_config(config or DEFAULT_CONFIG)).training_time]
+    # Trained here from a config: its training time on the track's GPU, with or without training/.
+    training_time = projected_training_time(config) if model is None else None
     # build_submission raised unless verify_submission found no problem; exit 1 when a smoke request fails.
     raise typer.Exit(summarize(path, problems=[], smoke=smoke, built=True, training_time=training_time))
 
