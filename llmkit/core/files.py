@@ -15,10 +15,8 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import string
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -166,20 +164,3 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
-
-
-@contextmanager
-def sigterm_as_exit() -> Iterator[None]:
-    """Let SIGTERM unwind like Ctrl-C, so `staging_dir` cleans up (SIGKILL leaves it to `clean_stale`)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _exit(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, _exit)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
