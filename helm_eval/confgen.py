@@ -23,6 +23,7 @@ from llmkit.core.files import write_atomic
 LOG = logging.getLogger(__name__)
 
 SUITES_DIR = Path(__file__).parent / "suites"
+DEFAULT_TASK_LIST = "quick"  # the offline suite (suites/quick.yaml): a few minutes on a CPU
 HELM_MODEL = "neurips/local"  # built into crfm-helm: HTTPModelClient at $HELM_HTTP_MODEL_BASE_URL
 
 
@@ -153,8 +154,7 @@ def render_conf(entries: list[RunEntry]) -> str:
 
 def write_conf(entries: list[RunEntry], path: Path) -> Path:
     """Write atomically (temp file + rename), so a half-written conf never exists."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_atomic(path, render_conf(entries))
+    return write_atomic(path, render_conf(entries), parents=True)
 
 
 def parse_conf(text: str) -> list[str]:

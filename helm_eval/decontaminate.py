@@ -21,11 +21,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from llmkit.core.files import sha256_file
-from llmkit.helm_eval.run import HelmRunError
+from llmkit.core.files import sha256_file, write_atomic
 from llmkit.helm_eval.setup import helm_executable, require_helm
 
 NGRAM = 13  # GPT-3's window; lm-eval's decontamination uses it too
+SHOWN_OVERLAPS = 20  # overlapping instances the report's table lists (the JSON holds all)
 INSTANCES_SCRIPT = Path(__file__).with_name("instances.py")
 _WORD = re.compile(r"\w+")
 
@@ -57,6 +57,14 @@ class DecontaminationReport(BaseModel):
     def clean(self) -> bool:
         return not self.overlaps
 
+    def sentence(self, path: Path) -> str:
+        """The verdict, with where the JSON report is."""
+        total = sum(run.instances for run in self.runs)
+        return (
+            f"{'✓' if self.clean else '✗'} {len(self.overlaps)} of {total} HELM eval instances share a "
+            f"{self.ngram}-word window with the {self.training_rows} training rows of {self.config}. Report: {path}"
+        )
+
 
 def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
@@ -83,6 +91,8 @@ def helm_instances(conf_path: Path, work_dir: Path) -> list[dict[str, Any]]:
         command.append(str(work_dir / "benchmark_output"))
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
+            from llmkit.helm_eval.run import HelmRunError  # here: the CLI imports this module at start for NGRAM
+
             partial.unlink(missing_ok=True)
             tail = "\n".join(result.stderr.splitlines()[-15:])
             raise HelmRunError(f"crfm-helm could not build the instances of {conf_path}:\n{tail}")
@@ -133,3 +143,32 @@ def decontaminate(
         runs=list(runs.values()),
         overlaps=[first[number] for number in sorted(first)],
     )
+
+
+def write_report(report: DecontaminationReport, path: Path) -> Path:
+    """The report as JSON, written whole (its folder created)."""
+    return write_atomic(path, report.model_dump_json(indent=2), parents=True)
+
+
+def report_tables(report: DecontaminationReport) -> list:
+    """Rich tables of the report: the overlap per HELM run, then the first overlapping instances (if any)."""
+    from rich.table import Table
+
+    from llmkit.helm_eval.summary import short_run_name
+
+    table = Table(title=f"{report.ngram}-word overlap with {report.config}")
+    table.add_column("HELM run", overflow="fold")  # runs of one scenario differ only at the end of their names
+    table.add_column("eval instances")
+    table.add_column("overlapping")
+    for run in report.runs:
+        table.add_row(short_run_name(run.run), str(run.instances), str(run.overlapping))
+    tables = [table]
+    if shown := report.overlaps[:SHOWN_OVERLAPS]:
+        title = f"Overlapping instances (first {SHOWN_OVERLAPS})"
+        rows = Table("run", "instance", "training row", "shared words", title=title)
+        for hit in shown:
+            rows.add_row(
+                short_run_name(hit.run), f"{hit.instance_id} ({hit.split})", f"{hit.source}:{hit.row}", hit.words
+            )
+        tables.append(rows)
+    return tables

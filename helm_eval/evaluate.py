@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from llmkit.helm_eval.confgen import DEFAULT_TASK_LIST
 from llmkit.helm_eval.report import Report, write_report
 from llmkit.helm_eval.run import DEFAULT_MAX_EVAL_INSTANCES, HelmRunError, prepare_conf, run_helm
 from llmkit.helm_eval.setup import helm_setup
@@ -37,7 +38,7 @@ def helm_eval(
     model: str | None = None,
     url: str | None = None,
     compare: str | None = None,
-    conf: str = "quick",
+    conf: str = DEFAULT_TASK_LIST,
     max_eval_instances: int | None = None,
     budget: int | None = None,
     suite: str | None = None,

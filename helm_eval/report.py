@@ -10,7 +10,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from llmkit.core.challenge import Projection, project
-from llmkit.helm_eval.summary import SuiteScores, bar_chart, differences, markdown_table, write_text
+from llmkit.core.files import write_atomic
+from llmkit.helm_eval.summary import SuiteScores, bar_chart, differences, markdown_table
 
 LOG = logging.getLogger(__name__)
 
@@ -45,12 +46,12 @@ def write_report(suites: list[SuiteScores], out_dir: Path, name: str, command: s
     lines += [f"- {label}: {projection.sentence()}" for label, projection in projections]
     lines += [f"- HELM's output: `{suite.runs_dir}`" for suite in suites]
     reports = out_dir / "reports"
-    markdown = write_text(reports / f"{name}.md", "\n".join(lines) + "\n")
+    markdown = write_atomic(reports / f"{name}.md", "\n".join(lines) + "\n", parents=True)
     chart = bar_chart(suites, reports / f"{name}.png", f"HELM main metric per run: {name}")
     payload = {
         "suites": [suite.model_dump(mode="json") for suite in suites],
         "differences": differences(suites),
         "projections": {label: p.model_dump() for label, p in projections},
     }
-    data = write_text(reports / f"{name}.json", json.dumps(payload, indent=2))
+    data = write_atomic(reports / f"{name}.json", json.dumps(payload, indent=2), parents=True)
     return Report(markdown=markdown, chart=chart, data=data, projections=projections)

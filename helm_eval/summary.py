@@ -274,11 +274,4 @@ def bar_chart(suites: list[SuiteScores], path: Path, title: str) -> Path:
         fig.savefig(png, format="png", dpi=110)
     finally:
         plt.close(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_atomic(path, png.getvalue())
-
-
-def write_text(path: Path, text: str) -> Path:
-    """Write a report atomically, creating its folder: a reader never sees half a table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_atomic(path, text)
+    return write_atomic(path, png.getvalue(), parents=True)

@@ -16,6 +16,9 @@ from typer.core import TyperArgument, TyperOption
 
 from llmkit.core.challenge import Loading, Track
 from llmkit.core.devices import quiet_bitsandbytes_kernel_notice
+from llmkit.helm_eval.confgen import DEFAULT_TASK_LIST
+from llmkit.helm_eval.decontaminate import NGRAM
+from llmkit.server.settings import EngineName
 
 quiet_bitsandbytes_kernel_notice()  # before any command imports peft, which imports bitsandbytes
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
@@ -104,7 +107,6 @@ def bench(
     from llmkit.config import ConfigError
     from llmkit.core.models import resolve_model, tokenizer_dir
     from llmkit.data import DataError
-    from llmkit.server.settings import EngineName
 
     stages = {"serving": "llmkit.server.bench", "training": "llmkit.train.bench", "merging": "llmkit.merge.bench"}
     engines = [e.value for e in EngineName]
@@ -272,7 +274,7 @@ def default_dataset(
     raise typer.Exit(main(["--check"] if check else []))
 
 
-# --- merge: llmkit/merge/fold.py -------------------------------------------------------------------------------------
+# --- merge: llmkit/merge/command.py ----------------------------------------------------------------------------------
 @app.command()
 def merge(
     config: str | None = typer.Argument(
@@ -334,7 +336,9 @@ def submission(
         Loading | None, typer.Option(help="Weights on the GPU (default: bf16, else what fits).")
     ] = None,
     bundle_weights: bool = typer.Option(False, help="Put weight files in the zip (self-hosting; not accepted)."),
-    engine: str = typer.Option("builtin", help="builtin, or vllm: the image is vLLM's own and serves with it."),
+    engine: Annotated[
+        EngineName, typer.Option(help="builtin, or vllm: the image is vLLM's own and serves with it.")
+    ] = EngineName.builtin,
     smoke: bool = typer.Option(
         True, help="Then run the zip's server as its Dockerfile says and time one request of each HELM kind."
     ),
@@ -346,6 +350,7 @@ def submission(
     """Build submissions/<track>_track/<track>_submission_N.zip (and the files unpacked beside it), smoke-test it."""
     _logging()
     from llmkit.submit import build_submission, summarize
+    from llmkit.submit.summary import projected_training_time
 
     try:
         path = build_submission(
@@ -364,13 +369,8 @@ def submission(
     except (ValueError, LookupError, OSError) as err:  # bad input, no fit, unknown model: the message says which
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
-    training_time = None
-    if model is None:  # trained here from a config: its training time on the track's GPU, with or without training/
-        from llmkit.config import load_config
-        from llmkit.config.plan import plan
-        from llmkit.core.assets import DEFAULT_CONFIG
-
-        training_time = [t.sentence() for t in plan(load_config(config or DEFAULT_CONFIG)).training_time]
+    # Trained here from a config: its training time on the track's GPU, with or without training/.
+    training_time = projected_training_time(config) if model is None else None
     # build_submission raised unless verify_submission found no problem; exit 1 when a smoke request fails.
     raise typer.Exit(summarize(path, problems=[], smoke=smoke, built=True, training_time=training_time))
 
@@ -403,7 +403,7 @@ def helm_setup(force: bool = typer.Option(False, help="Reinstall even when the s
 
 @app.command("helm-conf")
 def helm_conf(
-    tasks: str = typer.Argument("quick", metavar="TASKS", help="quick, open, or a task-list YAML."),
+    tasks: str = typer.Argument(DEFAULT_TASK_LIST, metavar="TASKS", help="quick, open, or a task-list YAML."),
     budget: int | None = typer.Option(None, help="Total eval instances (default: the task list's own)."),
     out: str | None = typer.Option(None, help="Write the conf here instead of printing it."),
 ) -> None:
@@ -425,7 +425,9 @@ def helm_eval(
     model: str | None = typer.Option(None, help="Model to serve: hub id or local dir (default: the embedded one)."),
     url: str | None = typer.Option(None, help="Evaluate the server already running here instead."),
     compare: str | None = typer.Option(None, help="A second model, served the same way, scored side by side."),
-    conf: str = typer.Option("quick", help="quick (offline), open (the challenge's suite; needs internet) or PATH."),
+    conf: str = typer.Option(
+        DEFAULT_TASK_LIST, help="quick (offline), open (the challenge's suite; needs internet) or PATH."
+    ),
     max_eval_instances: int | None = typer.Option(
         None, min=1, help="At most this many instances per run (lowers a .conf file's own counts too)."
     ),
@@ -480,23 +482,24 @@ def helm_eval(
 @app.command()
 def decontaminate(
     config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl-style YAML config: its datasets are checked."),
-    conf: str = typer.Option("quick", help="The HELM instances: quick, open, skill, a task list or a .conf file."),
-    ngram: int = typer.Option(13, min=1, help="Words in the shared window that counts as an overlap."),
+    conf: str = typer.Option(
+        DEFAULT_TASK_LIST, help="The HELM instances: quick, open, skill, a task list or a .conf file."
+    ),
+    ngram: int = typer.Option(NGRAM, min=1, help="Words in the shared window that counts as an overlap."),
     out: str = typer.Option("helm-results", help="Folder for the instances (cached) and the JSON report."),
 ) -> None:
     """n-gram overlap between a config's training rows and the eval instances of a HELM conf; exit 1 on overlap."""
 
     from rich.console import Console
-    from rich.table import Table
 
     _logging()
     from llmkit.config import ConfigError, load_config
     from llmkit.data import DataError, row_texts
     from llmkit.helm_eval.confgen import ConfError
     from llmkit.helm_eval.decontaminate import decontaminate as check
+    from llmkit.helm_eval.decontaminate import report_tables, write_report
     from llmkit.helm_eval.run import HelmRunError, prepare_conf
     from llmkit.helm_eval.setup import HelmSetupError
-    from llmkit.helm_eval.summary import short_run_name, write_text
 
     out_dir = Path(out).resolve()
     name = f"decontaminate-{Path(config).stem}-{Path(conf).stem}"
@@ -507,27 +510,10 @@ def decontaminate(
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
     console = Console()
-    table = Table(title=f"{ngram}-word overlap with {config}")
-    table.add_column("HELM run", overflow="fold")  # runs of one scenario differ only at the end of their names
-    table.add_column("eval instances")
-    table.add_column("overlapping")
-    for run in report.runs:
-        table.add_row(short_run_name(run.run), str(run.instances), str(run.overlapping))
-    console.print(table)
-    shown = report.overlaps[:20]
-    if shown:
-        rows = Table("run", "instance", "training row", "shared words", title="Overlapping instances (first 20)")
-        for hit in shown:
-            where = f"{hit.source}:{hit.row}"
-            rows.add_row(short_run_name(hit.run), f"{hit.instance_id} ({hit.split})", where, hit.words)
-        console.print(rows)
-    path = write_text(out_dir / "reports" / f"{name}.json", report.model_dump_json(indent=2))
-    total = sum(run.instances for run in report.runs)
-    mark = "✓" if report.clean else "✗"
-    console.print(
-        f"{mark} {len(report.overlaps)} of {total} HELM eval instances share a {ngram}-word window with the "
-        f"{report.training_rows} training rows of {config}. Report: {path}"
-    )
+    for table in report_tables(report):
+        console.print(table)
+    path = write_report(report, out_dir / "reports" / f"{name}.json")
+    console.print(report.sentence(path))
     raise typer.Exit(0 if report.clean else 1)
 
 

@@ -12,33 +12,15 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llmkit.core.challenge import CONTEXT_TOKENS
+from llmkit.core.devices import Device, Dtype, Quantization
 from llmkit.core.models import model_id
 
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9_\-:/@+]+")
 
 
-class Dtype(str, Enum):
-    auto = "auto"  # bfloat16 on Ampere or newer, float16 on older GPUs, float32 on the CPU (llmkit.core.devices)
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-
-
-class Quantization(str, Enum):
-    none = "none"
-    nf4 = "nf4"  # bitsandbytes 4-bit NF4 with double quantization
-    int8 = "int8"  # bitsandbytes 8-bit LLM.int8()
-
-
 class EngineName(str, Enum):
     builtin = "builtin"  # the project's continuous-batching scheduler over transformers (server/builtin.py)
     vllm = "vllm"  # vLLM, in its own venv (server/vllm_engine.py)
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 class ServerSettings(BaseSettings):

@@ -9,6 +9,8 @@ from enum import Enum
 
 from pydantic import BaseModel
 
+from llmkit.core.devices import Dtype, Quantization
+
 
 class Track(str, Enum):
     rtx4090 = "4090"
@@ -24,12 +26,12 @@ class Loading(str, Enum):
 
     @property
     def quantization(self) -> str:
-        return "none" if self is Loading.bf16 else self.value
+        return (Quantization.none if self is Loading.bf16 else Quantization(self.value)).value
 
     @property
     def server_flags(self) -> list[str]:
         # Quantized layers compute in bf16 too (bnb_4bit_compute_dtype follows --dtype).
-        return ["--dtype", "bfloat16", "--quantization", self.quantization]
+        return ["--dtype", Dtype.bfloat16.value, "--quantization", self.quantization]
 
 
 PYPI = "https://pypi.org/simple"

@@ -12,6 +12,7 @@ the server needs anyway), and lazily: reading a config must not pay for importin
 from __future__ import annotations
 
 import logging
+from enum import Enum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -19,8 +20,37 @@ if TYPE_CHECKING:
     from transformers import BitsAndBytesConfig
 
 AMPERE = (8, 0)  # compute capability that brought bfloat16 and TF32 tensor cores
-DTYPES = ("bfloat16", "float16", "float32")  # the dtypes weights are loaded, trained and merged in
-QUANTIZATIONS = ("none", "nf4", "fp4", "int8")  # bitsandbytes' 4-bit data types, its 8-bit LLM.int8(), or none
+
+
+class Device(str, Enum):
+    """Where a model runs; "auto": see `resolve_device`."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Dtype(str, Enum):
+    """The dtype weights are loaded, trained and merged in; "auto": chosen for the device, see `auto_dtype`."""
+
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Quantization(str, Enum):
+    """How a loaded model holds its weights (bitsandbytes), as the server's --quantization offers it."""
+
+    none = "none"
+    nf4 = "nf4"  # 4-bit NF4 with double quantization: what QLoRA trains against
+    int8 = "int8"  # 8-bit LLM.int8()
+
+
+DTYPES = tuple(dtype.value for dtype in Dtype if dtype is not Dtype.auto)  # the ones torch has
+# bnb_config also takes FP4, bitsandbytes' other 4-bit data type: axolotl trains `adapter: lora` with
+# `load_in_4bit` in it. Nothing serves it, so it is no `Quantization`.
+BNB_QUANTIZATIONS = (Quantization.none.value, Quantization.nf4.value, "fp4", Quantization.int8.value)
 
 
 def quiet_bitsandbytes_kernel_notice() -> None:
@@ -114,8 +144,8 @@ def bnb_config(
         double_quant: 4-bit: quantize the block scales too (~0.4 bit per parameter saved).
         int8_has_fp16_weight: 8-bit: keep a 16-bit copy of the weights (needed to train them in full).
     """
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization {quantization!r}: expected one of {', '.join(QUANTIZATIONS)}")
+    if quantization not in BNB_QUANTIZATIONS:
+        raise ValueError(f"quantization {quantization!r}: expected one of {', '.join(BNB_QUANTIZATIONS)}")
     if quantization == "none":
         return None
     from transformers import BitsAndBytesConfig

@@ -1,9 +1,10 @@
-"""File helpers of the common base: one sha256 of a file, and writes that appear whole or not at all.
+"""File helpers of the common base: the cache's root, one sha256 of a file, and writes that appear whole or not at all.
 
 Everything is built beside its target and renamed into place, so a failure or a kill never leaves a half-written
 file or folder under the target's name. Temporaries are named `.<target>.<kind>-<pid>-<random>` so that a later
 run can tell which ones a killed process left behind (its pid is gone) and remove them, or restore a good target
-it had moved aside (`clean_stale`). Only the standard library and psutil: this module ships in the server image.
+it had moved aside (`clean_stale`). Only the standard library, and psutil where `clean_stale` needs it: this module
+ships in the server image, and `llmkit.core.venvs` (the vLLM launcher) imports it.
 """
 
 from __future__ import annotations
@@ -15,19 +16,20 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import string
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-import psutil
-
 LOG = logging.getLogger(__name__)
 _BLOCK = 1 << 22  # 4 MiB reads: few syscalls on multi-gigabyte weights, little memory
+
+
+def cache_dir() -> Path:
+    """Root of the project's cache (`LLMKIT_CACHE`, default ~/.cache/llmkit)."""
+    return Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit"))
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -57,12 +59,15 @@ def _is_sha256(name: str) -> bool:
     return len(name) == 64 and all(c in string.hexdigits for c in name)
 
 
-def write_atomic(path: Path, data: bytes | str, *, fsync: bool = False) -> Path:
+def write_atomic(path: Path, data: bytes | str, *, fsync: bool = False, parents: bool = False) -> Path:
     """Write `data` (str as UTF-8) to `path` through a temp file beside it and one rename.
 
     Readers see the old file or the new one, never part of either; if the write fails the temp file is removed
-    (a SIGKILL's leftover is removed by the next write to `path`). `fsync` also survives a power loss.
+    (a SIGKILL's leftover is removed by the next write to `path`). `fsync` also survives a power loss; `parents`
+    creates the missing folders first.
     """
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(path)
     payload = data.encode() if isinstance(data, str) else data
     fd, tmp = _create_temp(path)
@@ -140,6 +145,8 @@ def swap_in(built: Path, target: Path) -> None:
 
 def clean_stale(target: Path) -> None:
     """Remove what a killed process left beside `target`; restore a good target it had moved aside."""
+    import psutil  # here, not at the top: `cache_dir` and the sha256s are standard library only
+
     for path in target.parent.glob(f".{glob.escape(target.name)}.*-*"):
         parts = path.name.removeprefix(f".{target.name}.").split("-")
         # A dot in the kind means another target's temporary (`.run.zip.old-1` is run.zip's, not run's).
@@ -173,20 +180,3 @@ def disk_full(path: Path, err: BaseException) -> str | None:
     if getattr(err, "errno", None) != errno.ENOSPC and free >= LOW_SPACE_BYTES:
         return None
     return f"the disk holding {path} is full ({free / 2**20:.0f} MiB free)"
-
-
-@contextmanager
-def sigterm_as_exit() -> Iterator[None]:
-    """Let SIGTERM unwind like Ctrl-C, so `staging_dir` cleans up (SIGKILL leaves it to `clean_stale`)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _exit(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, _exit)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

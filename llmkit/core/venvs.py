@@ -7,7 +7,8 @@ successful install makes set-up idempotent; a lock lets two clones set up at onc
 the stamp).
 
 On a machine without an NVIDIA GPU (`has_cuda`), a venv that would hold torch takes its CPU build
-(`llmkit.core.cpu_torch`). This module ships in vLLM submissions (the server's launcher): no third-party imports.
+(`llmkit.core.cpu_torch`). This module ships in vLLM submissions (the server's launcher): it imports only the
+standard library and `llmkit.core.files`, which is standard library at import time.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit.core.models import cache_dir
+from llmkit.core.files import cache_dir
 
 LOG = logging.getLogger(__name__)
 

@@ -21,8 +21,9 @@ import torch
 from tqdm import tqdm
 
 from llmkit.core import devices
-from llmkit.core.files import check_folder_target, clean_stale, sha256_file, sigterm_as_exit, staging_dir, swap_in
+from llmkit.core.files import check_folder_target, clean_stale, sha256_file, staging_dir, swap_in
 from llmkit.core.models import ADAPTER_WEIGHTS, ResolvedModel, adapter_config, resolve_model, tokenizer_dir
+from llmkit.core.processes import sigterm_as_exit
 from llmkit.core.shapes import find_model_config, remote_code_refusal
 from llmkit.merge import weights as mw
 from llmkit.merge.verify import TOLERANCES, Agreement, verify_merge

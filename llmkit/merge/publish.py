@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from llmkit.core.models import hub_id_problem
+
 LOG = logging.getLogger(__name__)
 
 
@@ -21,15 +23,12 @@ def upload_folder(folder: str | Path, repo_id: str, *, dry_run: bool = False, pr
         [{"path": relative path, "bytes": size}] for each file.
     """
     from huggingface_hub import HfApi
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"Nothing to upload: {folder} is not a directory")
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as err:
-        raise ValueError(f"hub_model_id {repo_id!r} is not a valid repo id: {err}") from None
+    if problem := hub_id_problem(repo_id):
+        raise ValueError(f"hub_model_id {repo_id!r} is not a valid repo id: {problem}")
     files = [
         {"path": p.relative_to(folder).as_posix(), "bytes": p.stat().st_size}
         for p in sorted(folder.rglob("*"))

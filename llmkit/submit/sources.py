@@ -11,9 +11,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmkit.core.models import is_hub_id, resolve_model
+
 LOG = logging.getLogger(__name__)
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_REVISION = re.compile(r"^[\w.][\w./-]*$")
 BUNDLE_WARNING = (
     "Bundling the weights of %s into the zip. Fine for self-hosting, but the challenge does not accept it: its "
@@ -73,13 +74,11 @@ def hub_or_local(name: str, revision: str | None, *, bundle: bool, marker: str, 
             )
         LOG.warning(BUNDLE_WARNING, name, name)
         return Weights(name=str(local.resolve()), local_dir=local.resolve())
-    if not HUB_ID.match(name):
+    if "/" not in name or not is_hub_id(name):  # the challenge's image downloads from an owner's repo
         raise SubmissionError(f"--{what} {name!r} is neither a local directory nor a hub id (owner/name)")
     if revision is not None and not HUB_REVISION.match(revision):
         raise SubmissionError(f"--revision {revision!r} is not a branch, tag or commit name")
     if bundle:
-        from llmkit.core.models import resolve_model
-
         resolved = resolve_model(name, revision)
         LOG.warning(BUNDLE_WARNING, name, resolved.path)
         return Weights(name=name, revision=resolved.revision, local_dir=resolved.path)

@@ -33,6 +33,15 @@ _COMMIT = re.compile(r"^[0-9a-fA-F]{40}$")  # a branch or tag can move; a short 
 _TUNED = {"instruct", "instruction", "chat", "it", "sft", "dpo", "rlhf", "orpo", "kto", "simpo"}
 
 
+def projected_training_time(config: str | Path | None) -> list[str]:
+    """A config's (default: the embedded one's) projected training time on each track, as sentences."""
+    from llmkit.config import load_config
+    from llmkit.config.plan import plan
+    from llmkit.core.assets import DEFAULT_CONFIG
+
+    return [t.sentence() for t in plan(load_config(config or DEFAULT_CONFIG)).training_time]
+
+
 def summarize(
     zip_path: str | Path,
     *,

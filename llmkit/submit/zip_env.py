@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.core.cpu_torch import cpu_requirements, cpu_torch_index
-from llmkit.core.models import cache_dir
+from llmkit.core.files import cache_dir
 from llmkit.core.venvs import ToolVenv
 
 LOG = logging.getLogger(__name__)

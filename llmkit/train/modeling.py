@@ -41,7 +41,7 @@ LOG = logging.getLogger(__name__)
 warnings.filterwarnings("once", message="MatMul8bitLt: inputs will be cast")
 
 
-def torch_dtype(cfg: AxolotlConfig) -> torch.dtype:
+def compute_torch_dtype(cfg: AxolotlConfig) -> torch.dtype:
     """The compute dtype (`bf16`/`fp16` "auto" resolved for this machine) as a torch dtype."""
     return devices.torch_dtype(cfg.compute_dtype())
 
@@ -55,7 +55,7 @@ def quantization_config(cfg: AxolotlConfig) -> BitsAndBytesConfig | None:
         quantization = "int8" if cfg.load_in_8bit else "none"
     return devices.bnb_config(
         quantization,
-        torch_dtype(cfg),
+        compute_torch_dtype(cfg),
         double_quant=options.bnb_4bit_use_double_quant,
         int8_has_fp16_weight=options.llm_int8_has_fp16_weight,
     )

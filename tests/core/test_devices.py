@@ -92,11 +92,11 @@ def test_config_and_server_resolve_auto_the_same_way(fake_gpu, capability, dtype
 
 
 def test_training_quantizes_as_the_server_loads_nf4():
-    from llmkit.train.modeling import quantization_config, torch_dtype
+    from llmkit.train.modeling import compute_torch_dtype, quantization_config
 
     cfg = load_config(DEFAULT_CONFIG)  # load_in_4bit: true, bnb_config_kwargs unset (NF4, double quantization)
     trained = quantization_config(cfg).to_dict()
-    assert trained == devices.bnb_config("nf4", torch_dtype(cfg)).to_dict()
+    assert trained == devices.bnb_config("nf4", compute_torch_dtype(cfg)).to_dict()
 
 
 def test_devices_is_light_enough_for_the_submission_image():
