@@ -42,7 +42,8 @@ class Weights:
 
 
 def pipeline_weights(config: Path, overrides: dict | None = None) -> Weights:
-    """Train `config` (resuming a finished run is quick), merge the adapter, and return the merged model to bundle."""
+    """Train `config` (resuming a finished run is quick), merge the adapter, and return the merged model to bundle
+    (a full fine-tune's output_dir is the model itself)."""
     from llmkit.config.schema import load_config
     from llmkit.merge.fold import merge_from_config
     from llmkit.train.run import train
@@ -50,7 +51,7 @@ def pipeline_weights(config: Path, overrides: dict | None = None) -> Weights:
     cfg = load_config(config, overrides)
     LOG.info("Training %s into %s", config, cfg.output_dir)
     train(cfg)
-    merged = merge_from_config(cfg)
+    merged = Path(cfg.output_dir) if cfg.adapter is None else merge_from_config(cfg)  # a full fine-tune: the model
     LOG.warning(BUNDLE_WARNING, merged, merged)
     return Weights(name=str(merged), local_dir=Path(merged), base_model=cfg.base_model)
 

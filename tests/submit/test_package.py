@@ -97,6 +97,19 @@ def test_bundled_local_model(tmp_path, tiny_model_dir, caplog):
     assert verify_submission(zip_path) == []
 
 
+def test_a_full_fine_tune_config_is_bundled_as_its_output_dir(tmp_path, tiny_config):
+    """A full fine-tune needs no merge: `submission --config` failed asking for an adapter_config.json."""
+    lora_keys = {"adapter": None, "lora_r": None, "lora_alpha": None, "lora_target_linear": None}
+    config = tiny_config(**lora_keys, learning_rate=1e-5)
+    zip_path = build_submission("4090", config=str(config), out_root=tmp_path / "subs")
+    with zipfile.ZipFile(zip_path) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        names = archive.namelist()
+    assert manifest["model"]["bundled"] and "model/model.safetensors" in names
+    assert "model/adapter_config.json" not in names
+    assert verify_submission(zip_path) == []
+
+
 def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(SubmissionError, match="not both"):
         build_submission("4090", config="x.yml", model=DEFAULT_MODEL_ID, out_root=tmp_path)
