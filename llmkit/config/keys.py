@@ -65,6 +65,13 @@ REFUSED_KEYS = {
     "covers linear layers",
     "use_onebitllms": "training a 1.58-bit (BitNet) model is not implemented",
     "scaling_softmax": "scaled-softmax attention changes the attention itself; not implemented",
+    "cosine_constant_lr_ratio": "the cosine schedule held constant at a ratio is not implemented; "
+    "cosine_min_lr_ratio is",
+    "lr_scheduler_kwargs": "extra scheduler arguments are not implemented; lr_scheduler, warmup_steps/warmup_ratio "
+    "and cosine_min_lr_ratio are",
+    "lr_groups": "per-module learning rates are not implemented (loraplus_lr_ratio is)",
+    "embedding_lr": "a separate embedding learning rate is not implemented (loraplus_lr_embedding is)",
+    "embedding_lr_scale": "a separate embedding learning rate is not implemented (loraplus_lr_embedding is)",
 }
 # axolotl plugins that change only speed, memory or logging (any other plugin is refused: it may change training).
 SPEED_ONLY_PLUGINS = frozenset(
@@ -134,7 +141,7 @@ def ignored_message(ignored: list[IgnoredKey]) -> str:
     empty = [key.path for key in ignored if key.known and not key.effective]
     if empty:
         named.append(f"left empty or false, not implemented here either way: {', '.join(empty)}")
-    return "config keys that change nothing: " + "; ".join(named)
+    return "config keys ignored here (this run is trained as if they were absent): " + "; ".join(named)
 
 
 def describe_type(annotation) -> str:

@@ -368,6 +368,11 @@ def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
         ("gkd_trainer", True, "GKD"),
         ("quantize_moe_experts", True, "bitsandbytes leaves them in 16 bits"),
         ("lora_target_parameters", ["experts.down_proj"], "LoRA on parameters"),
+        # the learning-rate schedule and per-parameter learning rates: once reported as unknown keys and dropped
+        ("cosine_constant_lr_ratio", 0.8, "cosine_min_lr_ratio is"),
+        ("lr_scheduler_kwargs", {"num_cycles": 3}, "extra scheduler arguments are not implemented"),
+        ("lr_groups", [{"name": "o", "modules": ["o_proj"], "lr": 1e-5}], "per-module learning rates"),
+        ("embedding_lr", 1e-5, "a separate embedding learning rate"),
     ],
 )
 def test_keys_that_would_change_training_and_are_not_implemented_are_refused(tmp_path, key, value, reason):
