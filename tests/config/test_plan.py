@@ -84,6 +84,12 @@ def test_a_16_bit_lora_counts_the_serving_weights_plus_bf16_copies_of_its_adapte
     assert p.memory[0].weights == int(serving + 2 * p.trainable_params)
 
 
+def test_the_method_line_gives_loras_scale_and_rsloras():
+    assert "r=64 alpha=16 (scale 0.25)" in plan(team("Llama-2-7b-03", {"lora_r": 64, "lora_alpha": 16})).method
+    rs = plan(team("Llama-2-7b-03", {"lora_r": 64, "lora_alpha": 16, "peft_use_rslora": True})).method
+    assert rs.startswith("QLoRA + rsLoRA ") and "(scale 2)" in rs  # alpha / sqrt(r)
+
+
 def test_memory_grows_without_gradient_checkpointing_and_with_longer_sequences():
     base = plan(team("Llama-2-7b-03")).memory[0]
     no_ckpt = plan(team("Llama-2-7b-03", {"gradient_checkpointing": False})).memory[0]

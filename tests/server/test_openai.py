@@ -119,6 +119,13 @@ def test_stop_sequences(oai):
     stopped = oai.completions.create(model=MODEL, prompt=prompt, max_tokens=16, temperature=0, stop=["2.", "zzz"])
     assert stopped.choices[0].text == full.text[: full.text.index("2.")]
     assert stopped.choices[0].finish_reason == "stop"
+    # A stop that starts inside a token: the text ends mid-token, and the usage counts only the tokens kept.
+    word = full.text.split()[0]  # " Red" of " Red\n2. ..."
+    mid = word[len(word) // 2 :]
+    cut = oai.completions.create(model=MODEL, prompt=prompt, max_tokens=16, temperature=0, stop=mid, logprobs=1)
+    choice = cut.choices[0]
+    assert choice.text == full.text[: full.text.index(mid)] and "".join(choice.logprobs.tokens) == choice.text
+    assert cut.usage.completion_tokens == len(choice.logprobs.tokens)
 
 
 def test_n_choices_with_a_seed_are_distinct_and_reproducible(oai):

@@ -34,6 +34,28 @@ def test_a_planted_token_is_reported_with_file_and_line(good_zip, tmp_path, rewr
     assert problems == [f"llmkit/server/app.py:{line}: a Hugging Face token (hf_{_fake_token()[3:8]}...)"]
 
 
+def test_every_kind_of_secret_is_found(good_zip, tmp_path, rewrite_zip):
+    from llmkit.submit.verify import SECRET_PATTERNS
+
+    samples = {  # built here, so that this file holds no secret-shaped text of its own
+        "a Hugging Face token": _fake_token(),
+        "a token assignment": "HUGGING_FACE_HUB_TOKEN: " + "v" * 12,
+        "a private key": "-----BEGIN " + "OPENSSH PRIVATE KEY-----",
+        "an AWS access key id": "ASIA" + "7Q" * 8,
+        "an AWS secret key assignment": "AWS_SECRET_ACCESS_KEY = '" + "a/B+" * 10 + "'",
+    }
+    assert set(samples) == set(SECRET_PATTERNS)  # a new pattern gets its sample here
+    with zipfile.ZipFile(good_zip) as archive:
+        app = archive.read("llmkit/server/app.py").decode()
+    planted = app.rstrip("\n") + "".join(f"\n# {sample}" for sample in samples.values()) + "\n"
+    bad = rewrite_zip(good_zip, tmp_path / "secrets.zip", {"llmkit/server/app.py": planted.encode()})
+    first = len(app.rstrip("\n").splitlines()) + 1
+    found = [problem.split(": ", 1)[1].split(" (")[0] for problem in verify_submission(bad)]
+    assert found == list(samples), verify_submission(bad)
+    lines = [int(problem.split(":")[1]) for problem in verify_submission(bad)]
+    assert lines == list(range(first, first + len(samples)))
+
+
 def test_a_token_in_env_is_reported(good_zip, tmp_path, rewrite_zip):
     with zipfile.ZipFile(good_zip) as archive:
         dockerfile = archive.read("Dockerfile").decode()

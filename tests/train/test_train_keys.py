@@ -94,11 +94,12 @@ def test_an_optimizer_whose_package_is_missing_names_it_and_the_nearest(
 
 
 def test_lora_options_reach_peft(tiny_config):
-    cfg = load_config(tiny_config(peft_layers_to_transform=1, peft_init_lora_weights="gaussian"))
+    cfg = load_config(tiny_config(peft_layers_to_transform=1, peft_init_lora_weights="gaussian", lora_dropout=0.2))
     model = build_peft_model(cfg, load_base_model(cfg), load_tokenizer(cfg))
     wrapped = {name.split(".lora_A")[0] for name, _ in model.named_parameters() if ".lora_A." in name}
     assert wrapped and all(".layers.1." in name for name in wrapped)
     assert model.peft_config["default"].init_lora_weights == "gaussian"
+    assert model.peft_config["default"].lora_dropout == 0.2
 
 
 def test_lora_model_dir_continues_a_trained_adapter(tiny_config, tmp_path):
@@ -194,6 +195,9 @@ def test_trainer_settings_the_keys_become(tiny_config):
     assert (args.adam_beta2, args.optim_args, args.train_sampling_strategy) == (0.95, "foo=1", "group_by_length")
     assert (args.load_best_model_at_end, args.metric_for_best_model) == (True, "eval_loss")
     assert (args.save_steps, args.eval_steps) == (0.5, 0.5)  # 1 / (2 per epoch x 1 epoch) of the run
+    accumulated = training_arguments(load_config(tiny_config(gradient_accumulation_steps=3, warmup_ratio=0.2)), "sgd")
+    assert (accumulated.gradient_accumulation_steps, accumulated.warmup_steps) == (3, 0.2)  # below 1: a ratio
+    assert training_arguments(load_config(tiny_config(warmup_steps=7)), "sgd").warmup_steps == 7
     mismatched = load_config(tiny_config(**{**keys, "saves_per_epoch": None, "save_steps": 3, "evals_per_epoch": 3}))
     with pytest.raises(ConfigError, match="trainer settings: .*load_best_model_at_end"):
         training_arguments(mismatched, "adamw_torch")
