@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
@@ -26,6 +27,9 @@ from llmkit.core.models import ADAPTER_WEIGHTS, ResolvedModel, adapter_config, r
 from llmkit.core.shapes import find_model_config, remote_code_refusal
 from llmkit.merge import weights as mw
 from llmkit.merge.verify import TOLERANCES, Agreement, verify_merge
+
+if TYPE_CHECKING:
+    from llmkit.config.schema import AxolotlConfig
 
 LOG = logging.getLogger(__name__)
 
@@ -77,7 +81,7 @@ def merge_adapter(
     nf4_roundtrip: bool = False,
     verify: bool = True,
     max_shard_size: str = DEFAULT_MAX_SHARD_SIZE,
-    cfg=None,
+    cfg: AxolotlConfig | None = None,
 ) -> MergeReport:
     """Merge one LoRA adapter into its base and write the model into `out_dir` (atomically; skipped if unchanged).
 
@@ -102,13 +106,29 @@ def merge_adapter(
     return run_merge(base, lambda _staging: adapter, inputs, Path(out_dir), options, label=str(adapter))
 
 
-def merge_from_config(cfg, *, nf4_roundtrip: bool = False, verify: bool = True) -> Path:
-    """Merge the adapter a config trained (its output_dir) into `<output_dir>/merged`; return that directory."""
-    output_dir = Path(cfg.output_dir)
-    merge_adapter(
-        cfg.base_model, output_dir, output_dir / "merged", nf4_roundtrip=nf4_roundtrip, verify=verify, cfg=cfg
-    )
-    return output_dir / "merged"
+def merge_from_config(
+    cfg: AxolotlConfig,
+    *,
+    base: str | None = None,
+    adapter: str | Path | None = None,
+    out: str | Path | None = None,
+    **options,
+) -> MergeReport:
+    """Merge the adapter `cfg` trained (its output_dir) into `<output_dir>/merged`; `options` as `merge_adapter`'s.
+
+    Args:
+        base: the base model instead of the config's base_model.
+        adapter: the adapter directory instead of the config's output_dir.
+        out: the merged model directory instead of `<adapter>/merged`.
+    """
+    adapter_dir = Path(adapter or cfg.output_dir)
+    if adapter is None and not adapter_dir.is_dir():
+        source = cfg.source or "CONFIG"
+        raise FileNotFoundError(
+            f"{source}: output_dir {adapter_dir} does not exist: train first (llmkit train {source}), or give "
+            "the adapter with --adapter DIR"
+        )
+    return merge_adapter(base or cfg.base_model, adapter_dir, out or adapter_dir / "merged", cfg=cfg, **options)
 
 
 def check_adapter_dir(adapter_dir: str | Path) -> Path:
@@ -140,7 +160,7 @@ def trained_on(adapter: Path) -> str:
     return name
 
 
-def training_config(adapter: Path):
+def training_config(adapter: Path) -> AxolotlConfig | None:
     """The config as training ran it (`config.resolved.yml`, written by `llmkit train`), or None."""
     from llmkit.config.schema import RESOLVED_CONFIG, load_config
 
@@ -148,7 +168,14 @@ def training_config(adapter: Path):
     return load_config(path) if path.is_file() else None
 
 
-def merge_options(dtype, cfg, base_dir: Path, nf4_roundtrip: bool, verify: bool, max_shard_size: str) -> MergeOptions:
+def merge_options(
+    dtype: str | None,
+    cfg: AxolotlConfig | None,
+    base_dir: Path,
+    nf4_roundtrip: bool,
+    verify: bool,
+    max_shard_size: str,
+) -> MergeOptions:
     trained = cfg.compute_dtype() if cfg is not None else None
     merge_dtype, dtype_note = resolve_merge_dtype(dtype, trained, base_dir)
     nf4 = None

@@ -49,7 +49,7 @@ def pipeline_weights(config: Path, overrides: dict | None = None) -> Weights:
     cfg = load_config(config, overrides)
     LOG.info("Training %s into %s", config, cfg.output_dir)
     train(cfg)
-    merged = merge_from_config(cfg)
+    merged = merge_from_config(cfg).out_dir
     LOG.warning(BUNDLE_WARNING, merged, merged)
     return Weights(name=str(merged), local_dir=Path(merged), base_model=cfg.base_model)
 

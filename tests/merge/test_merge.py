@@ -377,7 +377,7 @@ def trained_cfg(tmp_path_factory):
 def merged_default(trained_cfg) -> Path:
     from llmkit.merge.fold import merge_from_config
 
-    return merge_from_config(trained_cfg)
+    return merge_from_config(trained_cfg).out_dir
 
 
 @pytest.mark.slow
