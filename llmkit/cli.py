@@ -14,6 +14,7 @@ from typer.core import TyperArgument, TyperOption
 
 from llmkit.core.challenge import Loading, Track
 from llmkit.core.devices import quiet_bitsandbytes_kernel_notice
+from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE
 
 quiet_bitsandbytes_kernel_notice()  # before any command imports peft, which imports bitsandbytes
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
@@ -267,7 +268,7 @@ def merge(
     dtype: str | None = typer.Option(None, help="bfloat16, float16 or float32 (default: the training dtype)."),
     nf4_roundtrip: bool = typer.Option(False, help="Round-trip targeted base weights through NF4 (QLoRA)."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip comparing with base + unmerged adapter."),
-    max_shard_size: str = typer.Option("5GB", help="Largest safetensors file."),
+    max_shard_size: str = typer.Option(DEFAULT_MAX_SHARD_SIZE, help="Largest safetensors file."),
     weighted: str | None = typer.Option(None, help="Weighted merge of several adapters from this YAML file."),
     weight: Annotated[list[float] | None, typer.Option(help="Weight of each --adapter (weighted merge).")] = None,
     combination: str = typer.Option("linear", help="Weighted merge: linear, cat, ties, dare_ties, dare_linear..."),

@@ -23,7 +23,14 @@ from tqdm import tqdm
 
 from llmkit.core import devices
 from llmkit.core.files import check_folder_target, clean_stale, sha256_file, sigterm_as_exit, staging_dir, swap_in
-from llmkit.core.models import ADAPTER_WEIGHTS, ResolvedModel, adapter_config, resolve_model, tokenizer_dir
+from llmkit.core.models import (
+    ADAPTER_WEIGHTS,
+    DEFAULT_MAX_SHARD_SIZE,
+    ResolvedModel,
+    adapter_config,
+    resolve_model,
+    tokenizer_dir,
+)
 from llmkit.core.shapes import find_model_config, remote_code_refusal
 from llmkit.merge import weights as mw
 from llmkit.merge.verify import TOLERANCES, Agreement, verify_merge
@@ -34,7 +41,6 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 MANIFEST = "llmkit_merge.json"  # what was merged from what; also the "inputs unchanged" check
-DEFAULT_MAX_SHARD_SIZE = "5GB"  # transformers' usual shard size, so hub tooling sees the familiar layout
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -68,7 +74,7 @@ class MergeOptions:
     dtype: torch.dtype
     nf4: mw.Nf4Options | None = None  # round-trip targeted base weights through 4-bit before adding the delta
     verify: bool = True
-    max_shard_bytes: int = 5 * 10**9
+    max_shard_size: str = DEFAULT_MAX_SHARD_SIZE  # largest safetensors file ("5GB", "500MB")
     dtype_note: str | None = None  # why this dtype, when it is a guess: said when merging, not when a merge is kept
 
 
@@ -188,7 +194,7 @@ def merge_options(
         # training loaded the base in its compute dtype and quantized from that
         source_dtype = trained or str(merge_dtype).removeprefix("torch.")
         nf4 = mw.Nf4Options(source_dtype, quant.bnb_4bit_quant_type, quant.bnb_4bit_use_double_quant)
-    return MergeOptions(merge_dtype, nf4, verify, parse_size(max_shard_size), dtype_note)
+    return MergeOptions(merge_dtype, nf4, verify, max_shard_size, dtype_note)
 
 
 def resolve_merge_dtype(dtype: str | None, trained: str | None, base_dir: Path) -> tuple[torch.dtype, str | None]:
@@ -213,15 +219,6 @@ def resolve_merge_dtype(dtype: str | None, trained: str | None, base_dir: Path) 
     return torch.bfloat16, note
 
 
-def parse_size(text: str) -> int:
-    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
-    upper = text.strip().upper()
-    for unit, factor in units.items():
-        if upper.endswith(unit) and upper[: -len(unit)].strip().replace(".", "", 1).isdigit():
-            return int(float(upper[: -len(unit)]) * factor)
-    raise ValueError(f"max_shard_size {text!r}: expected a size such as 5GB or 500MB")
-
-
 def fingerprint(directory: Path, names: tuple[str, ...] | None = None) -> dict[str, str]:
     """sha256 of a model's files (weights, configs, tokenizer), by file name."""
     files = [directory / n for n in names] if names else [*directory.glob("*.safetensors"), *directory.glob("*.json")]
@@ -244,7 +241,7 @@ def run_merge(
         **inputs,
         "dtype": str(options.dtype),
         "nf4": asdict(options.nf4) if options.nf4 else None,
-        "max_shard_bytes": options.max_shard_bytes,
+        "max_shard_size": options.max_shard_size,
     }
     report = MergeReport(out_dir, base.model_id, label, str(options.dtype).removeprefix("torch."), bool(options.nf4))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -281,8 +278,8 @@ def write_merged(base_dir: Path, adapter_dir: Path, out: Path, options: MergeOpt
     adapter = mw.load_lora_adapter(adapter_dir, layout)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     plans = mw.plan_tensors(base_dir, adapter, options.dtype, layout, tied)
-    shards = mw.split_shards(plans, options.max_shard_bytes)
-    names = mw.shard_names(len(shards))
+    split = mw.split_shards(plans, options.max_shard_size)
+    by_name = {plan.name: plan for plan in plans}
     nf4 = options.nf4.roundtrip if options.nf4 else None
     with tqdm(total=sum(p.nbytes for p in plans), unit="B", unit_scale=True, desc="Merging") as progress:
 
@@ -292,11 +289,11 @@ def write_merged(base_dir: Path, adapter_dir: Path, out: Path, options: MergeOpt
                 progress.update(plan.nbytes)
                 _test_pause()
 
-        for name, shard in zip(names, shards, strict=True):
+        for name, tensor_names in split.filename_to_tensors.items():
+            shard = [by_name[tensor_name] for tensor_name in tensor_names]
             mw.write_shard(out / name, shard, tensors(shard))
-    if len(shards) > 1:
-        weight_map = {plan.name: name for name, shard in zip(names, shards, strict=True) for plan in shard}
-        index = {"metadata": {"total_size": sum(p.nbytes for p in plans)}, "weight_map": weight_map}
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
         (out / mw.INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     # the adapter made the head differ from the input embeddings (modules_to_save, or LoRA on one of them)
     untied = tied and any(plan.source_file is None or plan.source is not None for plan in plans)
