@@ -401,7 +401,7 @@ def test_merge_of_the_default_config_adapter(trained_cfg, merged_default):
 
 @pytest.mark.slow
 def test_nf4_roundtrip_reproduces_the_trained_qlora_model(trained_cfg, merged_default, default_model_dir, tmp_path):
-    from llmkit.merge.verify import agreement_with_trained
+    from merge_agreement import agreement_with_trained
 
     adapter = Path(trained_cfg.output_dir)
     nf4 = merge_adapter(None, adapter, tmp_path / "nf4", nf4_roundtrip=True, verify=False)
