@@ -173,7 +173,7 @@ def validate(
 ) -> None:
     """Check a config without training; print the plan (targets, parameters, steps, memory per track)."""
     from llmkit.config import validate as run
-    from llmkit.train.modeling import count_training_tokens, tokenizer_problems
+    from llmkit.data.tokenizer import count_training_tokens, tokenizer_problems
 
     checks = {"count_tokens": count_training_tokens, "tokenizer_problems": tokenizer_problems}
     raise typer.Exit(run(config, strict=strict, model_config=model_config, **checks))
@@ -235,7 +235,7 @@ def preprocess(config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl
 
     from llmkit.config import ConfigError, load_config
     from llmkit.data import DataError, build_datasets, stats_table
-    from llmkit.train.modeling import load_tokenizer
+    from llmkit.data.tokenizer import load_tokenizer
 
     try:
         cfg = load_config(config)
