@@ -16,6 +16,7 @@ from typer.core import TyperArgument, TyperOption
 
 from llmkit.core.challenge import Loading, Track
 from llmkit.core.devices import quiet_bitsandbytes_kernel_notice
+from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE
 from llmkit.helm_eval.confgen import DEFAULT_TASK_LIST
 from llmkit.helm_eval.decontaminate import NGRAM
 from llmkit.server.settings import EngineName
@@ -185,7 +186,7 @@ def validate(
 ) -> None:
     """Check a config without training; print the plan (targets, parameters, steps, memory per track)."""
     from llmkit.config import validate as run
-    from llmkit.train.modeling import count_training_tokens, tokenizer_problems
+    from llmkit.data.tokenizer import count_training_tokens, tokenizer_problems
 
     checks = {"count_tokens": count_training_tokens, "tokenizer_problems": tokenizer_problems}
     raise typer.Exit(run(config, strict=strict, model_config=model_config, **checks))
@@ -253,7 +254,7 @@ def preprocess(config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl
 
     from llmkit.config import ConfigError, load_config
     from llmkit.data import DataError, build_datasets, stats_table
-    from llmkit.train.modeling import load_tokenizer
+    from llmkit.data.tokenizer import load_tokenizer
 
     try:
         cfg = load_config(config)
@@ -286,7 +287,7 @@ def merge(
     dtype: str | None = typer.Option(None, help="bfloat16, float16 or float32 (default: the training dtype)."),
     nf4_roundtrip: bool = typer.Option(False, help="Round-trip targeted base weights through NF4 (QLoRA)."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip comparing with base + unmerged adapter."),
-    max_shard_size: str = typer.Option("5GB", help="Largest safetensors file."),
+    max_shard_size: str = typer.Option(DEFAULT_MAX_SHARD_SIZE, help="Largest safetensors file."),
     weighted: str | None = typer.Option(None, help="Weighted merge of several adapters from this YAML file."),
     weight: Annotated[list[float] | None, typer.Option(help="Weight of each --adapter (weighted merge).")] = None,
     combination: str = typer.Option("linear", help="Weighted merge: linear, cat, ties, dare_ties, dare_linear..."),

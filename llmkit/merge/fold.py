@@ -16,22 +16,32 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
 from llmkit.core import devices
 from llmkit.core.files import check_folder_target, clean_stale, sha256_file, staging_dir, swap_in
-from llmkit.core.models import ADAPTER_WEIGHTS, ResolvedModel, adapter_config, resolve_model, tokenizer_dir
+from llmkit.core.models import (
+    ADAPTER_WEIGHTS,
+    DEFAULT_MAX_SHARD_SIZE,
+    ResolvedModel,
+    adapter_config,
+    resolve_model,
+    tokenizer_dir,
+)
 from llmkit.core.processes import sigterm_as_exit
 from llmkit.core.shapes import find_model_config, remote_code_refusal
 from llmkit.merge import weights as mw
 from llmkit.merge.verify import TOLERANCES, Agreement, verify_merge
 
+if TYPE_CHECKING:
+    from llmkit.config.schema import AxolotlConfig
+
 LOG = logging.getLogger(__name__)
 
 MANIFEST = "llmkit_merge.json"  # what was merged from what; also the "inputs unchanged" check
-DEFAULT_MAX_SHARD_SIZE = "5GB"  # transformers' usual shard size, so hub tooling sees the familiar layout
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -65,7 +75,7 @@ class MergeOptions:
     dtype: torch.dtype
     nf4: mw.Nf4Options | None = None  # round-trip targeted base weights through 4-bit before adding the delta
     verify: bool = True
-    max_shard_bytes: int = 5 * 10**9
+    max_shard_size: str = DEFAULT_MAX_SHARD_SIZE  # largest safetensors file ("5GB", "500MB")
     dtype_note: str | None = None  # why this dtype, when it is a guess: said when merging, not when a merge is kept
 
 
@@ -78,7 +88,7 @@ def merge_adapter(
     nf4_roundtrip: bool = False,
     verify: bool = True,
     max_shard_size: str = DEFAULT_MAX_SHARD_SIZE,
-    cfg=None,
+    cfg: AxolotlConfig | None = None,
 ) -> MergeReport:
     """Merge one LoRA adapter into its base and write the model into `out_dir` (atomically; skipped if unchanged).
 
@@ -103,13 +113,29 @@ def merge_adapter(
     return run_merge(base, lambda _staging: adapter, inputs, Path(out_dir), options, label=str(adapter))
 
 
-def merge_from_config(cfg, *, nf4_roundtrip: bool = False, verify: bool = True) -> Path:
-    """Merge the adapter a config trained (its output_dir) into `<output_dir>/merged`; return that directory."""
-    output_dir = Path(cfg.output_dir)
-    merge_adapter(
-        cfg.base_model, output_dir, output_dir / "merged", nf4_roundtrip=nf4_roundtrip, verify=verify, cfg=cfg
-    )
-    return output_dir / "merged"
+def merge_from_config(
+    cfg: AxolotlConfig,
+    *,
+    base: str | None = None,
+    adapter: str | Path | None = None,
+    out: str | Path | None = None,
+    **options,
+) -> MergeReport:
+    """Merge the adapter `cfg` trained (its output_dir) into `<output_dir>/merged`; `options` as `merge_adapter`'s.
+
+    Args:
+        base: the base model instead of the config's base_model.
+        adapter: the adapter directory instead of the config's output_dir.
+        out: the merged model directory instead of `<adapter>/merged`.
+    """
+    adapter_dir = Path(adapter or cfg.output_dir)
+    if adapter is None and not adapter_dir.is_dir():
+        source = cfg.source or "CONFIG"
+        raise FileNotFoundError(
+            f"{source}: output_dir {adapter_dir} does not exist: train first (llmkit train {source}), or give "
+            "the adapter with --adapter DIR"
+        )
+    return merge_adapter(base or cfg.base_model, adapter_dir, out or adapter_dir / "merged", cfg=cfg, **options)
 
 
 def check_adapter_dir(adapter_dir: str | Path) -> Path:
@@ -141,7 +167,7 @@ def trained_on(adapter: Path) -> str:
     return name
 
 
-def training_config(adapter: Path):
+def training_config(adapter: Path) -> AxolotlConfig | None:
     """The config as training ran it (`config.resolved.yml`, written by `llmkit train`), or None."""
     from llmkit.config.schema import RESOLVED_CONFIG, load_config
 
@@ -149,7 +175,14 @@ def training_config(adapter: Path):
     return load_config(path) if path.is_file() else None
 
 
-def merge_options(dtype, cfg, base_dir: Path, nf4_roundtrip: bool, verify: bool, max_shard_size: str) -> MergeOptions:
+def merge_options(
+    dtype: str | None,
+    cfg: AxolotlConfig | None,
+    base_dir: Path,
+    nf4_roundtrip: bool,
+    verify: bool,
+    max_shard_size: str,
+) -> MergeOptions:
     trained = cfg.compute_dtype() if cfg is not None else None
     merge_dtype, dtype_note = resolve_merge_dtype(dtype, trained, base_dir)
     nf4 = None
@@ -162,7 +195,7 @@ def merge_options(dtype, cfg, base_dir: Path, nf4_roundtrip: bool, verify: bool,
         # training loaded the base in its compute dtype and quantized from that
         source_dtype = trained or str(merge_dtype).removeprefix("torch.")
         nf4 = mw.Nf4Options(source_dtype, quant.bnb_4bit_quant_type, quant.bnb_4bit_use_double_quant)
-    return MergeOptions(merge_dtype, nf4, verify, parse_size(max_shard_size), dtype_note)
+    return MergeOptions(merge_dtype, nf4, verify, max_shard_size, dtype_note)
 
 
 def resolve_merge_dtype(dtype: str | None, trained: str | None, base_dir: Path) -> tuple[torch.dtype, str | None]:
@@ -185,15 +218,6 @@ def resolve_merge_dtype(dtype: str | None, trained: str | None, base_dir: Path) 
         "bfloat16 (--dtype float32 keeps float32, at twice the size)"
     )
     return torch.bfloat16, note
-
-
-def parse_size(text: str) -> int:
-    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
-    upper = text.strip().upper()
-    for unit, factor in units.items():
-        if upper.endswith(unit) and upper[: -len(unit)].strip().replace(".", "", 1).isdigit():
-            return int(float(upper[: -len(unit)]) * factor)
-    raise ValueError(f"max_shard_size {text!r}: expected a size such as 5GB or 500MB")
 
 
 def fingerprint(directory: Path, names: tuple[str, ...] | None = None) -> dict[str, str]:
@@ -234,7 +258,7 @@ def run_merge(
         **inputs,
         "dtype": str(options.dtype),
         "nf4": asdict(options.nf4) if options.nf4 else None,
-        "max_shard_bytes": options.max_shard_bytes,
+        "max_shard_size": options.max_shard_size,
     }
     report = MergeReport(out_dir, base.model_id, label, str(options.dtype).removeprefix("torch."), bool(options.nf4))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -271,8 +295,8 @@ def write_merged(base_dir: Path, adapter_dir: Path, out: Path, options: MergeOpt
     adapter = mw.load_lora_adapter(adapter_dir, layout)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     plans = mw.plan_tensors(base_dir, adapter, options.dtype, layout, tied)
-    shards = mw.split_shards(plans, options.max_shard_bytes)
-    names = mw.shard_names(len(shards))
+    split = mw.split_shards(plans, options.max_shard_size)
+    by_name = {plan.name: plan for plan in plans}
     nf4 = options.nf4.roundtrip if options.nf4 else None
     with tqdm(total=sum(p.nbytes for p in plans), unit="B", unit_scale=True, desc="Merging") as progress:
 
@@ -282,11 +306,11 @@ def write_merged(base_dir: Path, adapter_dir: Path, out: Path, options: MergeOpt
                 progress.update(plan.nbytes)
                 _test_pause()
 
-        for name, shard in zip(names, shards, strict=True):
+        for name, tensor_names in split.filename_to_tensors.items():
+            shard = [by_name[tensor_name] for tensor_name in tensor_names]
             mw.write_shard(out / name, shard, tensors(shard))
-    if len(shards) > 1:
-        weight_map = {plan.name: name for name, shard in zip(names, shards, strict=True) for plan in shard}
-        index = {"metadata": {"total_size": sum(p.nbytes for p in plans)}, "weight_map": weight_map}
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
         (out / mw.INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     # the adapter made the head differ from the input embeddings (modules_to_save, or LoRA on one of them)
     untied = tied and any(plan.source_file is None or plan.source is not None for plan in plans)

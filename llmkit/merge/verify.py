@@ -169,14 +169,3 @@ def verify_merge(
             f"{result.token_agreement:.1%} (at least {tolerance.min_token_agreement:.0%} required)"
         )
     return result
-
-
-def agreement_with_trained(
-    merged: dict[str, Path], base_dir: Path, adapter_dir: Path, trained_dtype: torch.dtype
-) -> dict[str, Agreement]:
-    """How close each merged model comes to the model training ran: the NF4 base + adapter, in `trained_dtype`.
-
-    This is what `--nf4-roundtrip` is for: a QLoRA adapter learned against NF4-rounded weights.
-    """
-    reference = reference_of(base_dir, adapter_dir, trained_dtype, quantization="nf4")
-    return {name: agreement(path, trained_dtype, reference) for name, path in merged.items()}

@@ -30,7 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmkit.core.errors import problems
-from llmkit.core.models import adapter_config, resolve_model
+from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE, adapter_config, resolve_model
 from llmkit.merge.fold import (
     ADAPTER_FILES,
     TOKENIZER_FILES,
@@ -114,7 +114,7 @@ def merge_weighted(
     dtype: str | None = None,
     nf4_roundtrip: bool = False,
     verify: bool = True,
-    max_shard_size: str = "5GB",
+    max_shard_size: str = DEFAULT_MAX_SHARD_SIZE,
 ) -> MergeReport:
     """Combine `spec.adapters` into one adapter and merge it into the base; arguments as `merge_adapter`'s."""
     adapters = [check_adapter_dir(a.path) for a in spec.adapters]

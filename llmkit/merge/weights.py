@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from huggingface_hub import StateDictSplit, constants, split_state_dict_into_shards_factory
 from peft import LoraConfig
 from peft.utils.other import get_pattern_key
 from safetensors import safe_open
@@ -53,8 +54,8 @@ _ST_DTYPES = {
     torch.uint8: "U8",
     torch.bool: "BOOL",
 }
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = constants.SAFETENSORS_SINGLE_FILE
+INDEX_FILE = constants.SAFETENSORS_INDEX_FILE
 
 
 class AdapterMismatchError(ValueError):
@@ -384,20 +385,14 @@ def merged_tensor(plan: TensorPlan, adapter: Adapter, nf4: Callable | None) -> t
     return tensor
 
 
-def split_shards(plans: list[TensorPlan], max_shard_bytes: int) -> list[list[TensorPlan]]:
-    shards: list[list[TensorPlan]] = [[]]
-    size = 0
-    for plan in plans:
-        if shards[-1] and size + plan.nbytes > max_shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(plan)
-        size += plan.nbytes
-    return shards
-
-
-def shard_names(count: int) -> list[str]:
-    return [SINGLE_FILE] if count == 1 else [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+def split_shards(plans: list[TensorPlan], max_shard_size: str) -> StateDictSplit:
+    """File names and their tensors, as transformers' `save_pretrained` would shard these tensors."""
+    return split_state_dict_into_shards_factory(
+        {plan.name: plan for plan in plans},
+        get_storage_size=lambda plan: plan.nbytes,
+        filename_pattern=constants.SAFETENSORS_WEIGHTS_FILE_PATTERN,
+        max_shard_size=max_shard_size,
+    )
 
 
 def write_shard(path: Path, plans: list[TensorPlan], tensors: Iterator[torch.Tensor]) -> None:

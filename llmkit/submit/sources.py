@@ -51,7 +51,8 @@ def pipeline_weights(config: Path, overrides: dict | None = None) -> Weights:
     cfg = load_config(config, overrides)
     LOG.info("Training %s into %s", config, cfg.output_dir)
     train(cfg)
-    merged = Path(cfg.output_dir) if cfg.adapter is None else merge_from_config(cfg)  # a full fine-tune: the model
+    # a full fine-tune's output_dir is the model itself: nothing to merge
+    merged = Path(cfg.output_dir) if cfg.adapter is None else merge_from_config(cfg).out_dir
     LOG.warning(BUNDLE_WARNING, merged, merged)
     return Weights(name=str(merged), local_dir=Path(merged), base_model=cfg.base_model)
 

@@ -29,7 +29,7 @@ BENCH_STEPS = 4  # enough to see the steady rate on a CPU; a GPU run is over in 
 
 def _throughput(cfg: AxolotlConfig, steps: int, work_dir: Path) -> dict:
     from llmkit.data.pipeline import build_datasets
-    from llmkit.train.modeling import load_tokenizer
+    from llmkit.data.tokenizer import load_tokenizer
     from llmkit.train.run import train
 
     overrides = {

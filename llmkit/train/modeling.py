@@ -1,7 +1,8 @@
 """Load the base model (16-bit, 8-bit or 4-bit NF4 through bitsandbytes) and wrap it in the configured peft method.
 
-`llmkit train CONFIG` calls `load_tokenizer`, `load_base_model` and `build_peft_model` in that order; the
-benchmark uses `load_base_model(cfg, for_training=False)` to compare the 4-bit model's memory with the 16-bit one.
+`llmkit train CONFIG` calls `load_base_model`, then `build_peft_model` with the tokenizer of
+`llmkit.data.tokenizer.load_tokenizer`; the benchmark uses `load_base_model(cfg, for_training=False)` to compare
+the 4-bit model's memory with the 16-bit one.
 """
 
 from __future__ import annotations
@@ -26,14 +27,12 @@ from peft import (
     get_peft_model,
     prepare_model_for_kbit_training,
 )
-from tokenizers import AddedToken
 from transformers import AutoConfig, BitsAndBytesConfig, PretrainedConfig, PreTrainedModel
 from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
 
 from llmkit.config.schema import AxolotlConfig, ConfigError
 from llmkit.core import devices
 from llmkit.core.models import resolve_model
-from llmkit.data.chat import ChatDefaults, config_template
 
 LOG = logging.getLogger(__name__)
 
@@ -68,81 +67,6 @@ def check_base_model(cfg: AxolotlConfig) -> None:
     config = find_model_config(str(resolve_model(cfg.base_model, cfg.revision_of_model).path)).config
     if problem := remote_code_refusal(config, cfg.base_model):
         raise ConfigError([problem], cfg.source)
-
-
-def load_tokenizer(cfg: AxolotlConfig) -> Any:
-    """The base model's tokenizer with the config's special and added tokens; a pad token is always set (EOS)."""
-    return _configured_tokenizer(cfg, _pretrained_tokenizer(cfg))
-
-
-def tokenizer_problems(cfg: AxolotlConfig, vocab_size: int | None) -> list[str]:
-    """What training would meet in the tokenizer, found without training (`llmkit validate`): more tokens than the
-    model has embedding rows (`vocab_size`, None: unknown), a dataset it cannot build rows for (no chat template).
-    Empty where the tokenizer is not here offline (the plan's token count has the same limit).
-
-    Raises:
-        ConfigError: the config's own chat_template cannot be used with it.
-    """
-    from llmkit.config.plan import tokenizer_here
-    from llmkit.data import spec_problems
-
-    if not tokenizer_here(cfg):
-        return []
-    try:
-        tokenizer = _pretrained_tokenizer(cfg)
-    except (OSError, ValueError, AttributeError):  # not loadable here: training says why
-        return []
-    problems = []
-    if vocab_size is not None and len(tokenizer) > vocab_size:  # a smaller tokenizer leaves rows unused: fine
-        key = "tokenizer_config" if cfg.tokenizer_config else "base_model"
-        problems.append(
-            f"{key}: the tokenizer has {len(tokenizer):,} tokens but the model has {vocab_size:,} embedding rows "
-            f"(vocab_size in config.json): token ids from {vocab_size:,} up index past the embeddings; use the "
-            "model's own tokenizer or a model whose vocab_size covers this one"
-        )
-    return problems + spec_problems(cfg, _configured_tokenizer(cfg, tokenizer))
-
-
-def _pretrained_tokenizer(cfg: AxolotlConfig) -> Any:
-    source = resolve_model(cfg.tokenizer_config or cfg.base_model, cfg.revision_of_model).path
-    tokenizer_cls = getattr(transformers, cfg.tokenizer_type or "AutoTokenizer")
-    options: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
-    if cfg.tokenizer_legacy is not None:
-        options["legacy"] = cfg.tokenizer_legacy
-    return tokenizer_cls.from_pretrained(source, **options)
-
-
-def _configured_tokenizer(cfg: AxolotlConfig, tokenizer: Any) -> Any:
-    """`tokenizer` with the config's special and added tokens, pad token and chat template."""
-    if cfg.special_tokens:
-        tokens = {k: v for k, v in cfg.special_tokens.model_dump().items() if v is not None}
-        tokenizer.add_special_tokens(tokens)
-    if cfg.tokens:
-        # As axolotl adds them: whole tokens, matched as written (not normalised, no stripped spaces).
-        tokenizer.add_tokens([AddedToken(token, rstrip=False, lstrip=False, normalized=False) for token in cfg.tokens])
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    try:
-        template = config_template(tokenizer, ChatDefaults.from_config(cfg))
-    except ValueError as err:
-        raise ConfigError([str(err)], cfg.source) from None
-    if template:  # as axolotl does: the saved tokenizer (and so the served model) carries the configured template
-        tokenizer.chat_template = template
-    return tokenizer
-
-
-def count_training_tokens(cfg: AxolotlConfig) -> int | None:
-    """Tokens in one epoch of the training split, for the training-time projection; None when the data cannot be
-    tokenized here offline (a hub dataset or tokenizer, preference rows, a bad file)."""
-    from llmkit.config.plan import tokens_countable_here
-    from llmkit.data import DataError, epoch_tokens
-
-    if not tokens_countable_here(cfg):
-        return None
-    try:
-        return epoch_tokens(cfg, load_tokenizer(cfg))
-    except (DataError, OSError, ValueError):
-        return None
 
 
 def _device_map() -> dict[str, int] | None:

@@ -41,13 +41,13 @@ from llmkit.core import devices
 from llmkit.core.files import clean_stale, staging_dir, swap_in
 from llmkit.data.pipeline import PreparedData, build_datasets, make_collator
 from llmkit.data.preference import PreferenceData, build_preference_datasets
+from llmkit.data.tokenizer import load_tokenizer
 from llmkit.train.causal_lm_eval import CausalLMEval, held_out_answers
 from llmkit.train.modeling import (
     build_peft_model,
     check_base_model,
     gradient_checkpointing_kwargs,
     load_base_model,
-    load_tokenizer,
 )
 from llmkit.train.optimizers import loraplus_optimizer, optimizer_for_machine
 from llmkit.train.report import LOSS_CURVE, TRAINER_STATE, plot_loss_curve

@@ -112,7 +112,8 @@ def saved_for_backward(model, tokens: int) -> int:
 
 @pytest.mark.slow
 def test_qlora_training_estimate_matches_the_model_built_on_the_cpu():
-    from llmkit.train.modeling import build_peft_model, load_base_model, load_tokenizer
+    from llmkit.data.tokenizer import load_tokenizer
+    from llmkit.train.modeling import build_peft_model, load_base_model
 
     cfg = load_config(ROOT / "axolotl_configs" / "smollm2-135m-qlora.yml", {"bf16": True, "fp16": False})
     p = plan(cfg, world_size=1)

@@ -711,7 +711,7 @@ def test_editing_the_users_module_invalidates_the_prepared_data(tmp_path, tokeni
 def test_the_top_level_chat_template_renders_datasets_and_is_saved_with_the_tokenizer(
     write_rows, make_cfg, tokenizer, tmp_path
 ):
-    from llmkit.train.modeling import load_tokenizer
+    from llmkit.data.tokenizer import load_tokenizer
 
     base = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
     base.chat_template = None  # a base model's tokenizer: only the config names a template

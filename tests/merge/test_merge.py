@@ -123,6 +123,11 @@ def test_shardwise_merge_equals_peft_merge_and_unload(kind, adapters, tiny_model
     assert report.verification["token_agreement"] >= report.verification["tolerance"]["min_token_agreement"]
     reloaded = AutoModelForCausalLM.from_pretrained(out)  # transformers reads what we wrote, index and all
     assert reloaded.dtype == torch.bfloat16
+    reloaded.save_pretrained(tmp_path / "saved", max_shard_size="2MB")  # the layout transformers itself writes
+    saved = json.loads((tmp_path / "saved" / "model.safetensors.index.json").read_text())
+    assert index["metadata"]["total_size"] == saved["metadata"]["total_size"]
+    assert index["weight_map"].keys() == saved["weight_map"].keys()  # the tensor order may differ: an untied head
+    assert sorted(p.name for p in out.glob("*.safetensors")) == sorted(set(saved["weight_map"].values()))
 
 
 def test_merged_model_carries_training_tokenizer_and_grown_vocabulary(adapters, tiny_model_dir, tmp_path):
@@ -383,7 +388,7 @@ def trained_cfg(tmp_path_factory):
 def merged_default(trained_cfg) -> Path:
     from llmkit.merge.fold import merge_from_config
 
-    return merge_from_config(trained_cfg)
+    return merge_from_config(trained_cfg).out_dir
 
 
 @pytest.mark.slow
@@ -402,7 +407,7 @@ def test_merge_of_the_default_config_adapter(trained_cfg, merged_default):
 
 @pytest.mark.slow
 def test_nf4_roundtrip_reproduces_the_trained_qlora_model(trained_cfg, merged_default, default_model_dir, tmp_path):
-    from llmkit.merge.verify import agreement_with_trained
+    from merge_agreement import agreement_with_trained
 
     adapter = Path(trained_cfg.output_dir)
     nf4 = merge_adapter(None, adapter, tmp_path / "nf4", nf4_roundtrip=True, verify=False)

@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmkit.config.schema import ConfigError, load_config
 from llmkit.data.pipeline import build_datasets
+from llmkit.data.tokenizer import load_tokenizer
 from llmkit.train.causal_lm_eval import CausalLMEval, HeldOutAnswer, exact_match, held_out_answers
-from llmkit.train.modeling import load_tokenizer
 from llmkit.train.report import summary_table
 from llmkit.train.run import train
 

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM
 
 from llmkit.config.schema import ConfigError, load_config
 from llmkit.data.pipeline import build_datasets
-from llmkit.train.modeling import load_tokenizer
+from llmkit.data.tokenizer import load_tokenizer
 from llmkit.train.run import train
 
 ROOT = Path(__file__).resolve().parents[2]

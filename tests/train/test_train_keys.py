@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, Trainer
 
 from llmkit.config.schema import ConfigError, load_config
-from llmkit.train.modeling import attn_implementation, build_peft_model, load_base_model, load_tokenizer
+from llmkit.data.tokenizer import load_tokenizer
+from llmkit.train.modeling import attn_implementation, build_peft_model, load_base_model
 from llmkit.train.optimizers import loraplus_optimizer, optimizer_for_machine
 from llmkit.train.run import train, training_arguments
 
