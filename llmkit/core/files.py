@@ -108,10 +108,19 @@ def _fsync_dir(folder: Path) -> None:
 def staging_dir(target: Path, kind: str) -> Iterator[Path]:
     """A temp dir beside `target`, named with our pid; removed on any exit (SIGKILL aside: see `clean_stale`)."""
     path = Path(tempfile.mkdtemp(prefix=f".{target.name}.{kind}-{os.getpid()}-", dir=target.parent))
+    # mkdtemp makes it 0700; once renamed into place it is the target, which gets the umask's permissions as a
+    # mkdir's would (a container's non-root user or another account reads a merged model or a prepared dataset).
+    path.chmod(0o777 & ~_umask())
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def check_folder_target(path: Path) -> None:

@@ -31,9 +31,18 @@ RUN_RECORD = "llmkit_run.json"
 LOCK = ".llmkit_train.lock"  # held (flock) by the run training in output_dir; holds its pid
 # What the later stages (merge, serve) look for; moved into output_dir last and removed first on a new run.
 COMPLETION_MARKERS = ("adapter_config.json", "config.json")
-# Keys that change where things go or who is told, not the weights a run produces.
+# Keys that change where things go, who is told or how often, not the weights a run produces.
 _NOT_TRAINING = frozenset(
-    {"output_dir", "dataset_prepared_path", "resume_from_checkpoint", "hub_model_id", "save_total_limit", "strict"}
+    {
+        "output_dir",
+        "dataset_prepared_path",
+        "resume_from_checkpoint",
+        "hub_model_id",
+        "save_total_limit",
+        "strict",
+        "logging_steps",  # how often the loss is logged, and
+        "save_steps",  # how often a checkpoint is saved: changing either after a crash must not force --fresh
+    }
 )
 
 

@@ -112,6 +112,20 @@ def test_staging_dir_is_removed_when_the_build_fails(tmp_path):
     assert _names(tmp_path) == []
 
 
+def test_a_staging_dir_renamed_into_place_has_a_mkdirs_permissions(tmp_path):
+    """mkdtemp's 0700 made merged models and prepared datasets unreadable to any other user (a container's)."""
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        with staging_dir(tmp_path / "merged", "tmp") as tmp:
+            swap_in(tmp, tmp_path / "merged")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "merged").stat().st_mode) == 0o755
+
+
 def test_swap_in_replaces_a_folder_and_a_file(tmp_path):
     (tmp_path / "merged").mkdir()
     (tmp_path / "merged" / "old.safetensors").write_bytes(b"old")

@@ -79,6 +79,9 @@ def test_a_changed_config_is_refused_until_fresh(tiny_config):
     assert _global_step(out) == 3
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["log_history"][0]["step"] == 1  # from step 0, not continued from the old run
+    # How often it logs or saves is not what it trains: a rerun with other cadences finds the run finished.
+    assert train(load_config(tiny_config(max_steps=3, logging_steps=2, save_steps=1))) == out
+    assert _global_step(out) == 3
 
 
 def test_a_changed_data_file_is_a_changed_run(tiny_config, tiny_dataset, tmp_path):
