@@ -348,6 +348,17 @@ class TrlSettings(BaseModel):
 
     beta: float | None = Field(None, gt=0, description="rl: the preference loss's beta (same as rl_beta; wins).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _only_beta(cls, data: Any) -> Any:
+        # axolotl passes every trl: key to TRL; here only beta is read, and a key that changes the loss or the
+        # generation must not be dropped in silence (`rl:` picks the loss: dpo or ipo).
+        if isinstance(data, dict) and (others := sorted(str(key) for key in data if key not in cls.model_fields)):
+            raise ValueError(
+                f"not implemented here: {', '.join(others)} (only trl.beta is read; rl: dpo or ipo picks the loss)"
+            )
+        return data
+
 
 class LrScheduler(str, Enum):
     """transformers' scheduler names (SchedulerType)."""

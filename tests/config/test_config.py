@@ -351,6 +351,8 @@ def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
     assert load_quietly(write(tmp_path, DPO), {"dpo_beta": 0.2, "rl_beta": 0.3}).preference_beta == 0.3
     assert load_quietly(write(tmp_path, DPO), {"rl_beta": 0.3, "trl": {"beta": 0.4}}).preference_beta == 0.4
     assert load_quietly(write(tmp_path, DPO), {"rl": "ipo"}).rl.value == "ipo"
+    refused = error_of(write(tmp_path, DPO), {"trl": {"beta": 0.1, "loss_type": "hinge", "max_length": 9}})
+    assert "trl: not implemented here: loss_type, max_length (only trl.beta is read" in refused
     assert load_quietly(write(tmp_path, MINIMAL), {"rl": False}).rl is None  # false: no preference training
 
 
