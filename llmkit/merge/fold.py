@@ -103,7 +103,7 @@ def merge_adapter(
         cfg: the training config, where the adapter folder has no `config.resolved.yml` of its own.
     """
     adapter = check_adapter_dir(adapter_dir)
-    check_merge_target(Path(out_dir), [adapter])  # before a base model is downloaded
+    check_merge_target(Path(out_dir), [adapter], max_shard_size)  # before a base model is downloaded
     base = resolve_model(base_model or trained_on(adapter))
     key = "base_model" if cfg is not None else "--base" if base_model else "base_model_name_or_path"
     if problem := remote_code_refusal(find_model_config(str(base.path)).config, base.model_id, key):
@@ -226,8 +226,13 @@ def fingerprint(directory: Path, names: tuple[str, ...] | None = None) -> dict[s
     return {f.name: sha256_file(f) for f in sorted(files) if f.is_file()}  # hub snapshots: the blobs' names
 
 
-def check_merge_target(out_dir: Path, adapters: list[Path]) -> None:
-    """`out_dir` is a folder the merge may replace whole: new, empty or an earlier merge, and none of the adapters."""
+def check_merge_target(out_dir: Path, adapters: list[Path], max_shard_size: str) -> None:
+    """`out_dir` is a folder the merge may replace whole: new, empty or an earlier merge, and none of the adapters;
+    and huggingface_hub can read `max_shard_size` (it only would once the merge writes)."""
+    try:
+        mw.split_shards([], max_shard_size)
+    except ValueError as err:
+        raise ValueError(f"--max-shard-size {max_shard_size}: {err}") from None
     check_folder_target(out_dir)
     out = out_dir.resolve()
     for adapter in adapters:

@@ -120,7 +120,7 @@ def merge_weighted(
     adapters = [check_adapter_dir(a.path) for a in spec.adapters]
     check_ranks(adapters, spec.combination_type)
     check_no_modules_to_save(adapters)
-    check_merge_target(Path(out_dir), adapters)  # before a base model is downloaded
+    check_merge_target(Path(out_dir), adapters, max_shard_size)  # before a base model is downloaded
     base = resolve_model(spec.base_model or trained_on(adapters[0]))
     cfg = training_config(adapters[0])
     options = merge_options(dtype, cfg, base.path, nf4_roundtrip, verify, max_shard_size)
