@@ -125,23 +125,28 @@ def build_submission(
     estimate = choose_loading(weights.name, shape, track, loading, local_size(adapter_weights))
     LOG.info("GPU memory on the %s track: %s", track.value, estimate.breakdown())
     track_dir.mkdir(parents=True, exist_ok=True)
-    number = number or next_number(track_dir, track)
-    if number > MAX_SUBMISSIONS:
-        LOG.warning("Submission %d: the challenge accepts at most %d per track", number, MAX_SUBMISSIONS)
-    name = f"{track.value}_submission_{number}"
+    # Without N: a submission already built with these very files is kept under its number, rather than copied to
+    # the next one (each number is one of the challenge's 3 per track).
+    taken = taken_numbers(track_dir, track)
+    earlier = [] if number else [track_dir / f"{track.value}_submission_{n}" for n in taken]
+    number = number or max(taken, default=0) + 1
     extra = {}
     if training:
         from llmkit.submit.training import TRAINING_DIR, training_files
 
         files = training_files(Path(config or DEFAULT_CONFIG), track)
         extra = {f"{TRAINING_DIR}/{relative}": data for relative, data in files.items()}
-    return _write(track_dir, name, ZipContents(track, weights, adapter_weights, estimate, engine, extra))
+    contents = ZipContents(track, weights, adapter_weights, estimate, engine, extra)
+    zip_path = _write(track_dir, f"{track.value}_submission_{number}", contents, earlier)
+    if (written := int(zip_path.stem.rsplit("_", 1)[1])) > MAX_SUBMISSIONS:
+        LOG.warning("Submission %d: the challenge accepts at most %d per track", written, MAX_SUBMISSIONS)
+    return zip_path
 
 
-def next_number(track_dir: Path, track: Track) -> int:
+def taken_numbers(track_dir: Path, track: Track) -> list[int]:
+    """The numbers of the track's submissions in `track_dir` (a zip or its folder), ascending."""
     pattern = re.compile(rf"^{re.escape(track.value)}_submission_(\d+)(\.zip)?$")
-    taken = [int(m.group(1)) for p in track_dir.iterdir() if (m := pattern.match(p.name))]
-    return max(taken, default=0) + 1
+    return sorted({int(m.group(1)) for p in track_dir.iterdir() if (m := pattern.match(p.name))})
 
 
 @dataclass(frozen=True)
@@ -156,16 +161,21 @@ class ZipContents:
     extra: dict[str, bytes]  # more files by path in the zip (training/)
 
 
-def _write(track_dir: Path, name: str, contents: ZipContents) -> Path:
+def _write(track_dir: Path, name: str, contents: ZipContents, earlier: list[Path]) -> Path:
+    """Stage, check and swap in submission `name`; or keep the one of `name` or of `earlier` (their unpacked
+    folders) that already holds exactly these files."""
     zip_path, unpacked = track_dir / f"{name}.zip", track_dir / name
     clean_stale(unpacked)  # a killed build's staging folder, or the unpacked folder it had moved aside
     # Built next to its destination, so the final renames never cross a filesystem.
     with staging_dir(unpacked, "build") as tmp:
         stage, staged_zip = tmp / name, tmp / f"{name}.zip"
         _stage(stage, contents)
-        if _unchanged(zip_path, unpacked, stage / MANIFEST_NAME):
-            LOG.info("%s already holds this submission (its files' hashes are unchanged); kept as it is", zip_path)
-            return zip_path
+        for folder in (unpacked, *earlier):
+            kept = folder.with_name(f"{folder.name}.zip")
+            if _unchanged(kept, folder, stage / MANIFEST_NAME):
+                hint = "" if folder == unpacked else " (give N= to write it under another number too)"
+                LOG.info("%s already holds this submission (its files' hashes are unchanged); kept%s", kept, hint)
+                return kept
         write_zip(stage, staged_zip)
         problems = verify_submission(staged_zip)
         if problems:

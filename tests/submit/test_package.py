@@ -76,6 +76,11 @@ def test_numbers_count_up_and_the_loading_can_be_chosen(tmp_path):
         "A100_submission_2",
         "A100_submission_2.zip",
     ]  # no temporary folder left behind
+    # The same submission again without N: kept under its number, not copied to a third (3 per track count).
+    assert build_submission("A100", model=DEFAULT_MODEL_ID, revision="main", out_root=tmp_path) == first
+    assert build_submission("A100", model=DEFAULT_MODEL_ID, revision="main", out_root=tmp_path, number=3).name == (
+        "A100_submission_3.zip"  # unless N says so
+    )
 
 
 def test_a_local_model_needs_bundling(tmp_path, tiny_model_dir):

@@ -41,10 +41,10 @@ def test_default_pipeline_trains_merges_and_packages_a_working_zip(tmp_path, cap
     failed = [f"{r.name}: {r.detail}" for r in smoke_test(zip_path) if not r.ok]
     assert not failed
 
-    # The same command again: training and merging find their work done, and the next zip has the same bytes.
+    # The same command again, as N=2: training and merging find their work done, and the zip has the same bytes.
     caplog.clear()
     caplog.set_level(logging.INFO)
-    second = build_submission("A100", config_overrides=overrides, out_root=tmp_path / "submissions")
+    second = build_submission("A100", config_overrides=overrides, number=2, out_root=tmp_path / "submissions")
     assert second.name == "A100_submission_2.zip" and second.read_bytes() == zip_path.read_bytes()
     assert "Training already complete" in caplog.text and "already holds this merge (inputs unchanged)" in caplog.text
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-1"]
@@ -54,3 +54,5 @@ def test_default_pipeline_trains_merges_and_packages_a_working_zip(tmp_path, cap
     again = build_submission("A100", config_overrides=overrides, number=1, out_root=tmp_path / "submissions")
     assert again == zip_path
     assert "already holds this submission" in caplog.text and zip_path.stat().st_mtime_ns == written
+    # Without N, the same submission is found under its first number, not copied to a third.
+    assert build_submission("A100", config_overrides=overrides, out_root=tmp_path / "submissions") == zip_path
