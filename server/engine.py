@@ -262,11 +262,18 @@ def load_engine(settings: ServerSettings) -> Engine:
             adapters with DoRA, vLLM has no DoRA): merging it is how it gets served.
     """
     for path in settings.adapters.values():
-        if adapter_config(path).get("use_dora"):
+        config = adapter_config(path)
+        if config.get("use_dora"):
             raise ValueError(
                 f"Adapter {path} is DoRA (use_dora), which cannot be applied per request in a batch (peft refuses "
                 "it, vLLM has none): merge it into the base (llmkit merge --adapter DIR --base MODEL --out DIR) and "
                 "serve the merged folder"
+            )
+        if config.get("modules_to_save") and len(settings.adapters) > 1:
+            # peft's per-row forward looks the module up for every adapter in the batch: the others' rows failed
+            raise ValueError(
+                f"Adapter {path} trains {', '.join(config['modules_to_save'])} fully (modules_to_save), which cannot "
+                "be served beside other adapters in one batch: serve it alone, or merge it and serve the merged folder"
             )
     if settings.engine is EngineName.vllm:
         from llmkit.server.vllm_engine import VllmEngine

@@ -129,6 +129,9 @@ class ServerProcess:
             self._keep_log = True  # the error names it
             self.stop()
             raise ServerStartError(f"{err}\n--- server log ({self.log_path}) ---\n{self.log_tail()}") from None
+        except BaseException:  # Ctrl-C or SIGTERM while it starts: `with` never reaches __exit__, so stop it here
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:

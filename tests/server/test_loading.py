@@ -144,15 +144,20 @@ def test_adapters_no_server_can_apply_end_in_one_message(python, tmp_path, tiny_
     get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "deeper")
     weights = tmp_path / "deeper" / "adapter_model.safetensors"  # as if trained on a base with 8 layers
     save_file({name.replace("layers.1.", "layers.7."): t for name, t in load_file(weights).items()}, weights)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    get_peft_model(base, lora).save_pretrained(tmp_path / "head")
     wider = AutoModelForCausalLM.from_config(base.config.__class__(**{**base.config.to_dict(), "hidden_size": 128}))
     get_peft_model(wider, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "wider")
     says = {
         "dora": "is DoRA (use_dora), which cannot be applied per request in a batch",
         "deeper": "layers.7.self_attn.q_proj.lora_A.weight (and 1 more LoRA weights) has no place in the base",
         "wider": "size mismatch for base_model.model.model.layers.0.self_attn.q_proj.lora_A.wider.weight",
+        "head": "trains lm_head fully (modules_to_save), which cannot be served beside other adapters",
     }
     for name, message in says.items():
         flags = ["--model", str(tiny_model_dir), "--adapter", str(tmp_path / name), "--device", "cpu"]
+        flags += ["--adapter", f"other={tmp_path / 'dora'}"] if name == "head" else []
         result = subprocess.run([python, "-m", "llmkit.server", *flags], capture_output=True, text=True, timeout=120)
         assert result.returncode == 1 and "Error: cannot serve: " in result.stderr, result.stderr
         assert message in result.stderr and "Traceback" not in result.stderr
@@ -166,6 +171,21 @@ def test_a_model_folder_without_a_tokenizer_is_named(python, tmp_path, tiny_mode
     flags = ["--model", str(tmp_path), "--device", "cpu"]
     result = subprocess.run([python, "-m", "llmkit.server", *flags], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and f"Error: cannot serve: {tmp_path} holds no tokenizer" in result.stderr
+
+
+def test_ctrl_c_while_the_server_starts_stops_it(monkeypatch):
+    """`with ServerProcess(...)` never reaches __exit__ when start() is interrupted: the server (its own session, so
+    no terminal's Ctrl-C reaches it) was left running."""
+    import llmkit.server.launch as launch
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch, "wait_healthy", interrupted)
+    server = ServerProcess()
+    with pytest.raises(KeyboardInterrupt), server:
+        pass
+    assert server.process.poll() is not None and not server.log_path.exists()
 
 
 def test_server_log_is_kept_where_asked_else_removed(tmp_path):
