@@ -45,11 +45,10 @@ def add_error_handlers(app: FastAPI) -> None:
         return error_response(request.url.path, status, detail, getattr(err, "headers", None))
 
     @app.exception_handler(Exception)
-    async def server_error(_: Request, err: Exception) -> JSONResponse:
+    async def server_error(request: Request, err: Exception) -> JSONResponse:
         LOG.error("Unexpected error", exc_info=err)
         # The keep-alive connection is closed after a 500; say so, so that the client opens a new one.
-        headers = {"Connection": "close"}
-        return JSONResponse(status_code=500, content={"detail": "internal server error"}, headers=headers)
+        return error_response(request.url.path, 500, "internal server error", {"Connection": "close"})
 
     @app.exception_handler(RequestError)
     @app.exception_handler(UnknownModel)

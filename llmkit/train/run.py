@@ -156,11 +156,20 @@ class LogLastStep(TrainerCallback):
             control.should_log = True
 
 
+class ConfigCadence(TrainerCallback):
+    """A resumed run logs, evaluates and saves as the config now says: the Trainer restores the checkpoint's
+    logging_steps, eval_steps and save_steps, so that changing them after a crash (allowed: they are not what is
+    trained) did nothing."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.compute_steps(args, state.max_steps)
+
+
 def _trainer(
     cfg: AxolotlConfig, args: TrainingArguments, model: Any, tokenizer: Any, data: PreparedData | PreferenceData
 ) -> Trainer:
     """transformers' Trainer over the prepared rows, or TRL's DPOTrainer over preference pairs for `rl:`."""
-    callbacks: list[TrainerCallback] = [LogLastStep()]
+    callbacks: list[TrainerCallback] = [LogLastStep(), ConfigCadence()]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience))
     if cfg.rl:

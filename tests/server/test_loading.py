@@ -220,3 +220,31 @@ def test_sigterm_ends_vllms_engine_processes_too():
         assert not alive, [process.cmdline() for process in alive]
     finally:
         server.stop()
+
+
+def test_an_unexpected_error_is_a_500_in_each_apis_shape(tiny_model_dir, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from llmkit.server.app import create_app
+    from llmkit.server.builtin import BuiltinEngine
+    from llmkit.server.settings import ServerSettings
+
+    engine = BuiltinEngine.load(ServerSettings(model=str(tiny_model_dir), device="cpu"))
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(engine, "tokenize", broken)
+    monkeypatch.setattr(engine, "adapter_for", broken)
+    try:
+        with TestClient(create_app(engine.settings, engine), raise_server_exceptions=False) as client:
+            helm = client.post("/tokenize", json={"text": "hi"})
+            openai = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1})
+    finally:
+        engine.close()
+    assert (helm.status_code, helm.json(), helm.headers["connection"]) == (
+        500,
+        {"detail": "internal server error"},
+        "close",
+    )
+    assert openai.status_code == 500 and openai.json()["error"]["type"] == "server_error"
