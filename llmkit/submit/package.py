@@ -174,7 +174,9 @@ def _write(track_dir: Path, name: str, contents: ZipContents, earlier: list[Path
             kept = folder.with_name(f"{folder.name}.zip")
             if _unchanged(kept, folder, stage / MANIFEST_NAME):
                 hint = "" if folder == unpacked else " (give N= to write it under another number too)"
-                LOG.info("%s already holds this submission (its files' hashes are unchanged); kept%s", kept, hint)
+                LOG.info(
+                    "%s already holds this submission (its files' hashes are unchanged); kept as it is%s", kept, hint
+                )
                 return kept
         write_zip(stage, staged_zip)
         problems = verify_submission(staged_zip)
