@@ -88,9 +88,16 @@ def completion_count(seq: Sequence) -> int:
     return len(seq.completion.ids) + len(seq.eos.ids)
 
 
+def account_all(request: Request, seqs: list[Sequence], choices: int = 1) -> None:
+    """Count a request's finished sequences, `choices` per prompt in prompt order (OpenAI's n): each prompt's tokens
+    once, however many choices it has, as OpenAI's usage counts them."""
+    for index, seq in enumerate(seqs):
+        account(request, seq, prompt=index % choices == 0)
+
+
 def account(request: Request, seq: Sequence, prompt: bool = True) -> None:
     """Count a finished sequence: in /metrics, and in the request's access-log line; its prompt's tokens only with
-    `prompt` (the prompt's first choice: OpenAI's usage counts a prompt once, however many choices it has)."""
+    `prompt`."""
     engine = request.app.state.engine
     model = seq.adapter or engine.base_name
     request.app.state.metrics.count(seq, model, prompt)

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from llmkit.server.engine import Engine
-from llmkit.server.observe import account, completion_count, request_id
+from llmkit.server.observe import account_all, completion_count, request_id
 from llmkit.server.openai_protocol import (
     AssistantMessage,
     ChatChoice,
@@ -317,8 +317,7 @@ async def _stream(
                 if finished:
                     break
                 await _next_change(run, changed)
-            for index, seq in enumerate(seqs):
-                account(request, seq, prompt=index % answer.n == 0)
+            account_all(request, seqs, answer.n)
             if include_usage:  # OpenAI's last chunk: no choices, the usage
                 yield _sse(answer.chunk([], answer.usage(seqs)))
             yield _sse("[DONE]")

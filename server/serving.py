@@ -13,7 +13,7 @@ from urllib.parse import quote
 from fastapi import Depends, Request, Response
 
 from llmkit.server.engine import Engine
-from llmkit.server.observe import account
+from llmkit.server.observe import account_all
 from llmkit.server.protocol import WireModel
 from llmkit.server.sequence import (
     ClientGone,
@@ -54,8 +54,7 @@ async def generate(seqs: list[Sequence], request: Request, choices: int = 1) -> 
     """Run the sequences in the engine's batch until all are done, or cancel them if the client disconnects.
     `seqs` are `choices` per prompt, in prompt order (OpenAI's n)."""
     await unless_disconnected(run_all(get_engine(request), seqs, stopping(request)), request)
-    for index, seq in enumerate(seqs):
-        account(request, seq, prompt=index % choices == 0)
+    account_all(request, seqs, choices)
 
 
 async def run_all(engine: Engine, seqs: list[Sequence], stop: asyncio.Event) -> None:
