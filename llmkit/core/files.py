@@ -123,9 +123,14 @@ def _umask() -> int:
     return mask
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path`, or its nearest parent that exists (the filesystem root at worst)."""
+    return next(p for p in (path, *path.absolute().parents) if p.exists())
+
+
 def check_folder_target(path: Path) -> None:
     """`path` is, or can be made, a folder this process may write in: checked before any work, never found after."""
-    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    existing = nearest_existing(path)
     if not existing.is_dir():
         raise NotADirectoryError(f"{existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -182,10 +187,7 @@ LOW_SPACE_BYTES = 256 << 20  # below this, a failed write is taken for a full di
 def disk_full(path: Path, err: BaseException) -> str | None:
     """What to say when `err` came from the disk holding `path` filling up (errno 28, or any write error while
     under LOW_SPACE_BYTES are free: torch reports a full disk as "unexpected pos"); None otherwise."""
-    existing = next((p for p in (path, *path.absolute().parents) if p.exists()), None)
-    if existing is None:
-        return None
-    free = shutil.disk_usage(existing).free
+    free = shutil.disk_usage(nearest_existing(path)).free
     if getattr(err, "errno", None) != errno.ENOSPC and free >= LOW_SPACE_BYTES:
         return None
     return f"the disk holding {path} is full ({free / 2**20:.0f} MiB free)"
