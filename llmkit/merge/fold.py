@@ -230,7 +230,7 @@ def check_merge_target(out_dir: Path, adapters: list[Path], max_shard_size: str)
     """`out_dir` is a folder the merge may replace whole: new, empty or an earlier merge, and none of the adapters;
     and huggingface_hub can read `max_shard_size` (it only would once the merge writes)."""
     try:
-        mw.split_shards([], max_shard_size)
+        mw.shard_size_bytes(max_shard_size)
     except ValueError as err:
         raise ValueError(f"--max-shard-size {max_shard_size}: {err}") from None
     check_folder_target(out_dir)

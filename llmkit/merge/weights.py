@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import StateDictSplit, constants, split_state_dict_into_shards_factory
+from huggingface_hub.serialization._base import parse_size_to_int
 from peft import LoraConfig
 from peft.utils.other import get_pattern_key
 from safetensors import safe_open
@@ -383,6 +384,20 @@ def merged_tensor(plan: TensorPlan, adapter: Adapter, nf4: Callable | None) -> t
     if module is not None and module.bias is not None:
         return (tensor.float() + module.bias.float() * module.scale).to(plan.dtype)
     return tensor
+
+
+def shard_size_bytes(max_shard_size: str) -> int:
+    """`max_shard_size` in bytes, read by huggingface_hub's own parser (the one `split_shards` uses), which takes
+    "-1MB" or "nanMB" too: a size under one byte is refused here."""
+    try:
+        size = parse_size_to_int(max_shard_size)
+    except OverflowError:  # "infMB"
+        size = 0
+    except ValueError as err:  # an unknown unit, no number, or "nanMB"
+        raise ValueError(f"not a size (e.g. 5GB, 500MB): {err}") from None
+    if size < 1:
+        raise ValueError(f"a shard must hold at least one byte (e.g. 5GB, 500MB), not {max_shard_size!r}")
+    return size
 
 
 def split_shards(plans: list[TensorPlan], max_shard_size: str) -> StateDictSplit:

@@ -199,8 +199,13 @@ def test_an_out_folder_holding_other_files_or_the_adapter_is_refused_untouched(t
         with pytest.raises(ValueError, match=rf"--out {out} holds the adapter {adapter}"):
             merge_adapter(tiny_model_dir, adapter, out, dtype="float32")
     assert (adapter / "adapter_model.safetensors").is_file()
-    with pytest.raises(ValueError, match="--max-shard-size 5 GiB: Unit 'IB' not supported"):
+    with pytest.raises(ValueError, match="--max-shard-size 5 GiB: not a size .*Unit 'IB' not supported"):
         merge_adapter(tiny_model_dir, adapter, tmp_path / "new", max_shard_size="5 GiB")
+    for size in ("-1MB", "0GB", "infKB"):  # huggingface_hub reads each; every tensor got its own shard
+        with pytest.raises(ValueError, match=f"--max-shard-size {size}: a shard must hold at least one byte"):
+            merge_adapter(tiny_model_dir, adapter, tmp_path / "new", max_shard_size=size)
+    with pytest.raises(ValueError, match="--max-shard-size nanMB: not a size"):
+        merge_adapter(tiny_model_dir, adapter, tmp_path / "new", max_shard_size="nanMB")
     merged = tmp_path / "merged"
     merge_adapter(tiny_model_dir, adapter, merged, dtype="float32", verify=False)
     merge_adapter(tiny_model_dir, adapter, merged, dtype="bfloat16", verify=False)  # an earlier merge: replaced
