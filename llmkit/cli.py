@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -78,15 +79,27 @@ def vllm_setup(
     typer.echo(f"vLLM venv: {vllm_venv(cuda=False if cpu else None).install(force=force)}")
 
 
+class BenchStage(str, Enum):
+    """A stage `bench` measures, and the package whose `bench` module measures it."""
+
+    serving = "serving"
+    training = "training"
+    merging = "merging"
+
+    @property
+    def module(self) -> str:
+        return {"serving": "server", "training": "train", "merging": "merge"}[self.value]
+
+
 @app.command()
 def bench(
     out: str = typer.Option("bench-results", help="Folder for the JSON results."),
     stage: Annotated[
-        list[str] | None, typer.Option("--stage", help="serving, training or merging (repeatable); default: all.")
+        list[BenchStage] | None, typer.Option("--stage", help="A stage measured (repeatable); default: all.")
     ] = None,
     engine: Annotated[
-        list[str] | None,
-        typer.Option("--engine", help="Serving: builtin or vllm (repeatable), side by side; default: both."),
+        list[EngineName] | None,
+        typer.Option("--engine", help="Serving: an engine measured (repeatable), side by side; default: both."),
     ] = None,
     model: str | None = typer.Option(
         None, help="Every stage: this hub id or folder instead of the default model (e.g. from random-model)."
@@ -109,17 +122,9 @@ def bench(
     from llmkit.core.models import resolve_model, tokenizer_dir
     from llmkit.data import DataError
 
-    stages = {"serving": "llmkit.server.bench", "training": "llmkit.train.bench", "merging": "llmkit.merge.bench"}
-    engines = [e.value for e in EngineName]
-    for option, given, choices in [("stage", stage, list(stages)), ("engine", engine, engines)]:
-        unknown = sorted(set(given or []) - set(choices))
-        if unknown:
-            raise typer.BadParameter(
-                f"unknown {option} {', '.join(unknown)}; choose from {', '.join(choices)}", param_hint=f"--{option}"
-            )
     logging.basicConfig(level=logging.WARNING)
     options = {
-        "serving": {"engines": engine or engines, "model": model, "quick": quick},
+        "serving": {"engines": [e.value for e in engine or EngineName], "model": model, "quick": quick},
         "training": {
             "model": model,
             "quick": quick,
@@ -134,12 +139,12 @@ def bench(
         except (FileNotFoundError, ConnectionError) as err:
             typer.echo(f"Error: --model: {err}", err=True)
             raise typer.Exit(1) from None
-    for name, module in stages.items():  # each writes <out>/<stage>.json and prints its table
-        if (name in stage) if stage else not (quick and name == "merging"):  # --quick alone: serving, training
+    for name in BenchStage:  # each writes <out>/<stage>.json and prints its table
+        if (name in stage) if stage else not (quick and name is BenchStage.merging):  # --quick: serving, training
             try:
-                importlib.import_module(module).run(Path(out), **options[name])
+                importlib.import_module(f"llmkit.{name.module}.bench").run(Path(out), **options[name.value])
             except (ConfigError, DataError) as err:
-                typer.echo(f"Error: {name}: {err}", err=True)
+                typer.echo(f"Error: {name.value}: {err}", err=True)
                 raise typer.Exit(1) from None
 
 

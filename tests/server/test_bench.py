@@ -86,7 +86,8 @@ def test_side_by_side_puts_both_engines_their_scaling_and_the_ratio_in_one_table
 def test_bench_names_an_unknown_engine():
     result = CliRunner().invoke(app, ["bench", "--stage", "serving", "--engine", "tgi"])
     assert result.exit_code == 2
-    assert "unknown engine tgi; choose from builtin, vllm" in result.output
+    message = " ".join(line.strip("│╭╮╰╯─ ") for line in result.output.splitlines())  # rich's error box, unwrapped
+    assert "Invalid value for '--engine'" in message and "'tgi' is not one of 'builtin', 'vllm'" in message
 
 
 def test_bench_names_a_model_folder_it_cannot_serve(tmp_path):
