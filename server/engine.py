@@ -145,6 +145,12 @@ class Engine:
                 raise RequestError(f"messages: this model's chat template refuses them: {err}") from None
         return self.encode(text)
 
+    def document_start(self) -> list[int]:
+        """What an empty OpenAI prompt conditions on, as OpenAI's models do on <|endoftext|>: the tokenizer's BOS,
+        else its EOS (the token a base model saw between documents); none when it has neither."""
+        token = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
+        return [] if token is None else [token]
+
     # --- a request in flight -----------------------------------------------------------------------------------
     def prompt_ids(self, prompt: str) -> tuple[list[int], int]:
         """The prompt as the model sees it, and how many leading special tokens (BOS) the tokenizer added."""

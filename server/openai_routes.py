@@ -120,7 +120,7 @@ def _completion_sequences(engine: Engine, body: CompletionRequest, adapter: str 
     engine.check_room(len(body.prompts) * body.n, "n" if len(body.prompts) == 1 else "prompt")
     seqs = []
     for prompt in body.prompts:
-        ids = prompt if isinstance(prompt, list) else None
+        ids = prompt if isinstance(prompt, list) else engine.document_start() if prompt == "" else None
         text = engine.decode(ids) if ids is not None else prompt
         max_tokens = min(16, engine.settings.max_new_tokens_limit) if body.max_tokens is None else body.max_tokens
         for choice in range(body.n):
@@ -153,7 +153,7 @@ def _process_request(body, prompt: str, max_tokens: int, top: int, choice: int, 
     if seed is not None:
         seed = seed + choice if seed + choice <= SEED_RANGE["le"] else seed - choice
     return ProcessRequest(
-        prompt=prompt or " ",  # a token prompt's text is informative only: its ids are used as given
+        prompt=prompt or " ",  # a token prompt's text is informative only: its ids are used ([] is refused)
         temperature=body.temperature,
         max_new_tokens=max_tokens,
         top_p=body.top_p,

@@ -97,6 +97,14 @@ def test_token_id_prompts_in_one_request(oai, reference):
         assert lp.token_logprobs[-1] == max(lp.top_logprobs[-1].values())  # lm-eval's is_greedy check
 
 
+def test_an_empty_prompt_starts_a_document(oai, reference):
+    """OpenAI's models condition an empty prompt on <|endoftext|>; here the BOS (this tokenizer has one), not " "."""
+    _, tokenizer = reference
+    answer = oai.completions.create(model=MODEL, prompt="", max_tokens=5, temperature=0)
+    assert answer.choices[0].text == tokenizer.decode(greedy_ids(reference, [tokenizer.bos_token_id], 5))
+    assert answer.usage.prompt_tokens == 1
+
+
 def test_eos_is_listed_in_logprobs_not_in_text(oai, reference):
     """A completion that ends on EOS lists it last (as OpenAI does), so lm-eval's [ctxlen:-1] drops it, not a
     prompt token."""
