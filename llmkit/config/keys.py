@@ -87,7 +87,7 @@ def refused_plugins(value: object) -> list[str]:
 
 DATASET_UNIMPLEMENTED_KEYS = frozenset(
     """
-    shards shards_idx preprocess_shards revision train_on_split trust_remote_code input_transform input_format
+    preprocess_shards train_on_split trust_remote_code input_transform input_format
     message_field_training_detail field_thinking template_thinking_key split_thinking field_tools
     field_human field_model logprobs_field temperature
     """.split()

@@ -464,6 +464,11 @@ class DatasetSpec(BaseModel):
     data_files: list[str] | None = Field(None, description="Files to read inside `path` (hub repo or local folder).")
     split: str = Field("train", description="Split to train on.")
     name: str | None = Field(None, description="Hub dataset configuration name.")
+    revision: str | None = Field(None, description="Hub dataset: the branch, tag or commit read (default: main).")
+    shards: int | None = Field(
+        None, ge=1, description="Train on one of this many shards of the rows, shuffled with `seed` (a subset)."
+    )
+    shards_idx: int = Field(0, ge=0, description="With shards: which shard, from 0.")
     conversation: str | None = Field(
         None, description="alpaca_chat: prompt style (instruct, chat, chatml, phi); sharegpt: chat template name."
     )
@@ -551,6 +556,16 @@ class DatasetSpec(BaseModel):
                 styles = ", ".join(PromptStyle._value2member_map_)
                 wrong = self.conversation
                 raise ValueError(f"conversation: alpaca_chat takes a prompt style ({styles}), not {wrong!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _shard_exists(self) -> DatasetSpec:
+        if self.shards_idx and not self.shards:
+            raise ValueError(f"shards_idx: {self.shards_idx} without shards (how many shards the rows are cut in)")
+        if self.shards and self.shards_idx >= self.shards:
+            raise ValueError(
+                f"shards_idx: {self.shards_idx} is not one of the {self.shards} shards (0..{self.shards - 1})"
+            )
         return self
 
     @model_validator(mode="after")

@@ -138,6 +138,12 @@ def is_hub_id(name: str) -> bool:
     return hub_id_problem(name) is None
 
 
+def is_commit_sha(revision: str | None) -> bool:
+    """Whether a hub revision pins its files: a full 40-hex commit (a branch or tag can move; a short sha can
+    become ambiguous)."""
+    return bool(revision) and len(revision) == 40 and all(c in "0123456789abcdefABCDEF" for c in revision)
+
+
 def _download(model_id: str, revision: str | None) -> ResolvedModel:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError

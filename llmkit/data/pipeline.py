@@ -167,7 +167,7 @@ def _tokenize_spec(
     """One dataset's rows, tokenized and masked, without the rows that cannot be trained on."""
     source = source_name(spec)
     to_rows = _checked_row_tokens(cfg, spec, position, tokenize)
-    rows = load_rows(spec, to_rows)
+    rows = load_rows(spec, to_rows, cfg.seed)
 
     tokenized = convert_rows(
         rows,

@@ -249,9 +249,9 @@ def _without_double_bos(build: PreferenceBuilder, tokenizer: PreTrainedTokenizer
     return build_once
 
 
-def _spec_rows(spec: DatasetSpec, build: PreferenceBuilder) -> Dataset:
+def _spec_rows(spec: DatasetSpec, build: PreferenceBuilder, seed: int) -> Dataset:
     source = source_name(spec)
-    rows = load_rows(spec, build)
+    rows = load_rows(spec, build, seed)
 
     desc = f"Preference pairs of {Path(source).name}"
     return convert_rows(rows, source, lambda row: [build(row)], ("prompt", "chosen", "rejected"), desc)
@@ -270,6 +270,6 @@ def build_preference_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizer
             build = preference_builder(spec, tokenizer, defaults)
         except ValueError as err:
             raise DataError(f"{source_name(spec)}: {err}") from None
-        pairs.append(_spec_rows(spec, build))
+        pairs.append(_spec_rows(spec, build, cfg.seed))
     rows = concatenate_datasets(pairs).shuffle(seed=cfg.seed).flatten_indices()
     return PreferenceData(*split_held_out(rows, cfg, "pairs"))

@@ -51,12 +51,15 @@ def source_name(spec: DatasetSpec) -> str:
     rows (`train[:100]`), since row numbers then count within the selection."""
     local = Path(spec.path).expanduser()
     name = str(local) if local.exists() else f"hub dataset {spec.path}"
-    return f"{name} (split {spec.split})" if any(c in spec.split for c in "[+") else name
+    if any(c in spec.split for c in "[+"):
+        name = f"{name} (split {spec.split})"
+    return f"{name} (shard {spec.shards_idx} of {spec.shards})" if spec.shards else name
 
 
-def load_rows(spec: DatasetSpec, check: RowCheck) -> Dataset:
-    """Read one dataset spec's rows (each a `RawRow`), the spec's `split` only; `check` (what the type does with a
-    row) finds the bad row in a JSON file that `datasets` cannot read.
+def load_rows(spec: DatasetSpec, check: RowCheck, seed: int) -> Dataset:
+    """Read one dataset spec's rows (each a `RawRow`), the spec's `split` only, and of those its shard (as axolotl
+    takes it: the rows shuffled with `seed`, then datasets' `shard`); `check` (what the type does with a row) finds
+    the bad row in a JSON file that `datasets` cannot read.
 
     Local files are read as axolotl reads them: a file by its suffix (or ds_type), whose one split is "train"
     (slices such as `train[:100]` select from it); a folder written by `save_to_disk` by `load_from_disk`; any
@@ -77,6 +80,10 @@ def load_rows(spec: DatasetSpec, check: RowCheck) -> Dataset:
         raise DataError(f"{source_name(spec)}: the dataset is empty (no rows)")
     if len(rows) == 1 and local.is_file() and _builder(spec, local) == "json":
         _refuse_wrapped_rows(local, rows[0], check)
+    if spec.shards:
+        if spec.shards_idx >= len(rows):  # more shards than rows: shard i holds row i, the later ones nothing
+            raise DataError(f"{source_name(spec)}: the shard is empty ({len(rows)} rows in {spec.shards} shards)")
+        rows = rows.shuffle(seed=seed).shard(num_shards=spec.shards, index=spec.shards_idx)
     return rows
 
 
@@ -100,7 +107,7 @@ def _load(spec: DatasetSpec, local: Path) -> Dataset:
         return load_dataset(ds_type, data_dir=str(local), data_files=spec.data_files, split=split)
     if local.is_dir():
         return load_dataset(str(local), data_files=spec.data_files, split=split)
-    return load_dataset(spec.path, name=spec.name, data_files=spec.data_files, split=split)
+    return load_dataset(spec.path, name=spec.name, data_files=spec.data_files, split=split, revision=spec.revision)
 
 
 def _saved_dataset(folder: Path) -> Dataset | DatasetDict | None:
@@ -265,6 +272,6 @@ def row_texts(cfg: AxolotlConfig) -> Iterator[tuple[str, int, str]]:
 
     for spec in cfg.datasets:
         source = source_name(spec)
-        rows = load_rows(spec, check=lambda row: None)  # any row shape: only its strings are read
+        rows = load_rows(spec, lambda row: None, cfg.seed)  # any row shape: only its strings are read
         for index, row in enumerate(track(rows, description=f"Reading {Path(source).name}", transient=True)):
             yield source, index, " ".join(_strings(row))

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from llmkit.core.challenge import Projection, project
+from llmkit.core.models import is_commit_sha
 from llmkit.server.settings import EngineName
 from llmkit.submit.manifest import MANIFEST_NAME, Manifest, WeightsSource
 from llmkit.submit.smoke import SmokeReport, run_smoke
@@ -28,7 +29,6 @@ from llmkit.submit.verify import ZIP_READ_ERRORS
 OK, FAIL, WARN, SKIP = Text("✓", "bold green"), Text("✗", "bold red"), Text("!", "bold yellow"), Text("-", "dim")
 _DETAIL_CHARS = 36  # a smoke request's detail (completion, logprobs) is cut here: one line a row at 80 columns
 _VERIFIED = "verify-submission: no problem"
-_COMMIT = re.compile(r"^[0-9a-fA-F]{40}$")  # a branch or tag can move; a short sha can become ambiguous
 # Words of a model name that mark a chat or instruction tune (SmolLM2-135M-Instruct, Llama-2-7b-chat-hf, gemma-2b-it).
 _TUNED = {"instruct", "instruction", "chat", "it", "sft", "dpo", "rlhf", "orpo", "kto", "simpo"}
 
@@ -178,7 +178,7 @@ def _engine(manifest: Manifest) -> str:
 def _weights(source: WeightsSource) -> tuple[Text, str, Text]:
     if source.bundled:
         return WARN, "", Text(f"bundled from {source.id}: not accepted by the challenge (below)")
-    if not _COMMIT.match(source.revision or ""):
+    if not is_commit_sha(source.revision):
         why = "not pinned: only a full 40-hex commit sha pins the weights, REVISION=<commit>"
         return WARN, "", Text(f"{source.id} @ {source.revision or 'main'} ({why})")
     return OK, "", Text(f"{source.id} @ {source.revision} (downloaded by `docker build`)")

@@ -27,7 +27,7 @@ from packaging.utils import canonicalize_name
 
 from llmkit.core.challenge import TRACKS, Track
 from llmkit.core.cpu_torch import CUDA_ONLY_PACKAGES
-from llmkit.core.models import embedded_package_pin
+from llmkit.core.models import embedded_package_pin, is_commit_sha
 from llmkit.core.project import PROJECT, pinned_version
 from llmkit.submit.image import IMAGE_PYTHON, IMAGE_UID, image_pins, render_template
 from llmkit.submit.sources import SubmissionError
@@ -60,10 +60,12 @@ def training_files(config: Path, track: Track) -> dict[str, bytes]:
                 f"datasets[{i}].path: {spec.path} is a folder or has data_files; --training bundles single files only"
             )
         else:
-            datasets.append({"path": spec.path, "revision": _dataset_revision(spec.path, spec)})
+            revision = spec.revision or _hub_sha(spec.path, "dataset")
+            if is_commit_sha(revision):  # the organisers' run reads the rows this one read
+                entry["revision"] = revision
+            datasets.append({"path": spec.path, "revision": revision})
     raw["output_dir"] = "outputs/run"  # inside the container's /train, mounted from the host
     raw.pop("hub_model_id", None)  # re-training must not push anywhere
-    files["config.yml"] = yaml.safe_dump(raw, sort_keys=False).encode()
     embedded = cfg.base_model == DEFAULT_MODEL_ID and cfg.revision_of_model is None
     wheel_name, wheel = project_wheel()
     files[wheel_name] = wheel
@@ -73,8 +75,11 @@ def training_files(config: Path, track: Track) -> dict[str, bytes]:
     base_revision = (
         f"{embedded_package_pin()} (the embedded copy)"
         if embedded
-        else cfg.revision_of_model or _model_revision(cfg.base_model)
+        else cfg.revision_of_model or _hub_sha(cfg.base_model, "model")
     )
+    if not embedded and is_commit_sha(base_revision):  # the organisers' run trains on these weights
+        raw["revision_of_model"] = base_revision
+    files["config.yml"] = yaml.safe_dump(raw, sort_keys=False).encode()
     projection = [t.sentence() for t in plan(cfg).training_time]
     pins = {
         "config": "config.yml",
@@ -89,16 +94,6 @@ def training_files(config: Path, track: Track) -> dict[str, bytes]:
     files["pins.json"] = (json.dumps(pins, indent=2) + "\n").encode()
     files["README.md"] = render_readme(track, pins).encode()
     return dict(sorted(files.items()))
-
-
-def _dataset_revision(repo_id: str, spec) -> str:
-    if getattr(spec, "revision", None):
-        return spec.revision
-    return _hub_sha(repo_id, "dataset")
-
-
-def _model_revision(repo_id: str) -> str:
-    return _hub_sha(repo_id, "model")
 
 
 def _hub_sha(repo_id: str, kind: str) -> str:

@@ -297,6 +297,19 @@ def test_conflicting_or_unknown_attention_is_an_error(tmp_path):
     )
 
 
+def test_a_shard_index_must_name_one_of_the_shards(tmp_path):
+    spec = {"path": "org/data", "type": "alpaca"}
+    assert "datasets[0]: shards_idx: 3 is not one of the 3 shards (0..2)" in error_of(
+        write(tmp_path, MINIMAL), {"datasets": [{**spec, "shards": 3, "shards_idx": 3}]}
+    )
+    assert "datasets[0]: shards_idx: 1 without shards" in error_of(
+        write(tmp_path, MINIMAL), {"datasets": [{**spec, "shards_idx": 1}]}
+    )
+    assert "datasets[0].shards: Input should be greater than or equal to 1" in error_of(
+        write(tmp_path, MINIMAL), {"datasets": [{**spec, "shards": 0}]}
+    )
+
+
 def test_saves_and_evals_per_epoch_become_fractions_of_the_run(tmp_path):
     cfg = load_quietly(write(tmp_path, MINIMAL), {"num_epochs": 2, "saves_per_epoch": 2, "evals_per_epoch": 4})
     assert (cfg.save_every(), cfg.eval_every()) == (0.25, 0.125)  # 1 / (per_epoch x num_epochs), as axolotl

@@ -122,7 +122,7 @@ def test_a_local_folder_with_ds_type(make_cfg, tokenizer, tmp_path):
     assert build_datasets(cfg, tokenizer).stats.datasets[0].kept == 2
 
 
-def test_a_hub_dataset_is_asked_for_by_id_name_and_split(make_cfg, tokenizer, monkeypatch):
+def test_a_hub_dataset_is_asked_for_by_id_name_split_and_revision(make_cfg, tokenizer, monkeypatch):
     calls = []
 
     def load_dataset(path: str, **kwargs: object) -> Dataset:  # the hub itself is out of reach in tests
@@ -130,9 +130,9 @@ def test_a_hub_dataset_is_asked_for_by_id_name_and_split(make_cfg, tokenizer, mo
         return Dataset.from_list([ALPACA_ROW])
 
     monkeypatch.setattr(sources, "load_dataset", load_dataset)
-    cfg = make_cfg([{"path": "org/colours", "type": "alpaca", "name": "small", "split": "validation"}])
-    data = build_datasets(cfg, tokenizer)
-    assert calls == [("org/colours", {"name": "small", "data_files": None, "split": "validation"})]
+    spec = {"path": "org/colours", "type": "alpaca", "name": "small", "split": "validation", "revision": "v1.0"}
+    data = build_datasets(make_cfg([spec]), tokenizer)
+    assert calls == [("org/colours", {"name": "small", "data_files": None, "split": "validation", "revision": "v1.0"})]
     assert data.stats.datasets[0].source == "hub dataset org/colours" and len(data.train) == 1
 
 

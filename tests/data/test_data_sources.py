@@ -71,6 +71,25 @@ def test_the_split_selects_rows_of_a_local_file(write_rows, make_cfg, tokenizer,
     assert data.stats.datasets[0].source == f"{path} (split train[2:4])"  # its row numbers count in the slice
 
 
+def test_shards_train_on_one_shard_of_the_shuffled_rows_as_axolotl(write_rows, make_cfg, tokenizer):
+    """axolotl: `ds.shuffle(seed=cfg.seed).shard(num_shards=shards, index=shards_idx)`; the shards are disjoint
+    and together the whole file."""
+    path = write_rows(_rows(10), "jsonl")
+    shuffled = [row["output"] for row in Dataset.from_list(_rows(10)).shuffle(seed=7)]
+    seen = []
+    for index in range(3):
+        cfg = make_cfg([{"path": str(path), "type": "alpaca", "shards": 3, "shards_idx": index}], seed=7,
+                       shuffle_merged_datasets=False)  # fmt: skip
+        data = build_datasets(cfg, tokenizer)
+        expected = [shuffled[i] for i in range(10) if i in range([0, 4, 7][index], [4, 7, 10][index])]
+        assert _answers(data, tokenizer) == expected
+        assert data.stats.datasets[0].source == f"{path} (shard {index} of 3)"
+        seen += expected
+    assert sorted(seen) == sorted(shuffled)
+    with pytest.raises(DataError, match=re.escape(f"{path} (shard 11 of 12): the shard is empty (10 rows in 12")):
+        build_datasets(_alpaca(make_cfg, path, shards=12, shards_idx=11), tokenizer)
+
+
 def test_a_split_a_local_file_lacks_is_an_error(write_rows, make_cfg, tokenizer):
     path = write_rows(_rows(2), "jsonl")
     _fails(make_cfg, tokenizer, path, r"cannot be read: .*Unknown split \"validation\"", split="validation")

@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import yaml
 
 from llmkit.core.assets import CONFIGS_DIR, DEFAULT_CONFIG
 from llmkit.core.models import DEFAULT_MODEL_ID
@@ -82,6 +83,21 @@ def test_a_hub_dataset_offline_is_said_unpinned(tmp_path):
         d["revision"].startswith("unpinned: ") or re.fullmatch(r"[0-9a-f]{40}", d["revision"])
         for d in pins["datasets"]
     )
+
+
+def test_given_commits_are_pinned_in_the_config_the_organisers_train_from(tmp_path):
+    """A revision given as a commit is the one pins.json names and the one the copied config reads: the hub's
+    answer (a moving branch otherwise) is not asked for."""
+    data_sha, model_sha = "a" * 40, "b" * 40
+    config = yaml.safe_load((CONFIGS_DIR / "Llama-2-7b-03.yml").read_text())
+    config["revision_of_model"] = model_sha
+    config["datasets"][0]["revision"] = data_sha
+    path = tmp_path / "pinned.yml"
+    path.write_text(yaml.safe_dump(config))
+    files = training_files(path, "A100")
+    pins, copied = json.loads(files["pins.json"]), yaml.safe_load(files["config.yml"])
+    assert pins["base_model_revision"] == model_sha and pins["datasets"][0]["revision"] == data_sha
+    assert copied["revision_of_model"] == model_sha and copied["datasets"][0]["revision"] == data_sha
 
 
 def test_summary_shows_the_training_time_on_the_zips_track(default_zips, rewrite_zip, default_training, tmp_path):
