@@ -29,6 +29,7 @@ from llmkit.config.keys import (
     suggest,
 )
 from llmkit.config.sections import (
+    DATASET_LISTS,
     Adapter,
     BnbConfigKwargs,
     DataSection,
@@ -141,15 +142,16 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             refused.append(f"rl: {err}")
         if refused:
             raise ValueError("\n  - ".join(refused))
-        if isinstance(data.get("datasets"), list):
-            entries = []
-            for i, entry in enumerate(data["datasets"]):
-                if isinstance(entry, dict):
-                    fields = list(DatasetSpec.model_fields)
-                    entry, dropped = split_keys(entry, fields, DATASET_UNIMPLEMENTED_KEYS, f"datasets[{i}].")
-                    ignored += dropped
-                entries.append(entry)
-            data["datasets"] = entries
+        for key in DATASET_LISTS:
+            if isinstance(data.get(key), list):
+                entries = []
+                for i, entry in enumerate(data[key]):
+                    if isinstance(entry, dict):
+                        fields = list(DatasetSpec.model_fields)
+                        entry, dropped = split_keys(entry, fields, DATASET_UNIMPLEMENTED_KEYS, f"{key}[{i}].")
+                        ignored += dropped
+                    entries.append(entry)
+                data[key] = entries
         cfg = handler(data)
         cfg._ignored, cfg._notices = ignored, notices
         blocking = [key.describe() for key in ignored if not key.known or key.effective]
@@ -238,13 +240,13 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                     "gradient_accumulation_steps"
                 )
         picks_best = self.load_best_model_at_end or self.early_stopping_patience or self.save_strategy == "best"
-        if picks_best and not self.val_set_size:
+        if picks_best and not self.has_eval:
             raise ValueError(
                 "load_best_model_at_end/early_stopping_patience/save_strategy best compare evaluations: "
-                "set val_set_size"
+                "set val_set_size or test_datasets"
             )
-        if self.do_causal_lm_eval and not self.val_set_size:
-            raise ValueError("do_causal_lm_eval: scores answers to held-out rows; set val_set_size")
+        if self.do_causal_lm_eval and not self.has_eval:
+            raise ValueError("do_causal_lm_eval: scores answers to held-out rows; set val_set_size or test_datasets")
         if self.do_causal_lm_eval and self.rl is not None:
             raise ValueError(f"do_causal_lm_eval: not with rl: {self.rl.value} (a preference row has two answers)")
         if self.cosine_min_lr_ratio is not None and self.lr_scheduler is not LrScheduler.cosine:
@@ -277,10 +279,10 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 "llmkit does not implement it; set 0"
             )
         names = ", ".join(kind.value for kind in PreferenceType)
-        for i, spec in enumerate(self.datasets):
+        for key, i, spec in self.dataset_entries():
             if spec.type is not None and spec.type not in PreferenceType._value2member_map_:
                 raise ValueError(
-                    f"datasets[{i}].type: {spec.type_name} is not a preference dataset type, which "
+                    f"{key}[{i}].type: {spec.type_name} is not a preference dataset type, which "
                     f"rl: {self.rl.value} needs; supported: {names}"
                 )
         return self
@@ -291,8 +293,10 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         if getattr(self, "rl", None):
             return self
         required = "required: the prompt format (a name from the README's dataset-type table, or a mapping)"
-        problems = [(i, spec.type_problem() if spec.type else required) for i, spec in enumerate(self.datasets)]
-        wrong = [f"datasets[{i}].type: {problem}" for i, problem in problems if problem]
+        problems = [
+            (key, i, spec.type_problem() if spec.type else required) for key, i, spec in self.dataset_entries()
+        ]
+        wrong = [f"{key}[{i}].type: {problem}" for key, i, problem in problems if problem]
         if wrong:
             raise ValueError("\n  - ".join(wrong))
         return self
@@ -577,8 +581,8 @@ def _resolve_local(path: str, base: Path) -> str:
 
 
 def _resolve_dataset_paths(raw: dict, base: Path) -> None:
-    entries = raw.get("datasets")
-    for entry in entries if isinstance(entries, list) else []:  # any other shape is the schema's error to name
+    entries = [entry for key in DATASET_LISTS if isinstance(raw.get(key), list) for entry in raw[key]]
+    for entry in entries:  # any other shape is the schema's error to name
         if isinstance(entry, dict) and isinstance(entry.get("path"), str):
             entry["path"] = _resolve_local(entry["path"], base)
             files = entry.get("data_files")

@@ -775,10 +775,18 @@ class LoraSection(BaseModel):
         return [value] if isinstance(value, int) else value
 
 
+DATASET_LISTS = ("datasets", "test_datasets")  # the keys whose entries are DatasetSpecs: training, evaluation
+
+
 class DataSection(BaseModel):
     model_config = _SECTION
 
     datasets: list[DatasetSpec] = Field(min_length=1, description="Training data, concatenated.")
+    test_datasets: list[DatasetSpec] | None = Field(
+        None,
+        description="Evaluation data, instead of val_set_size's held-out rows; an entry reads split `test` unless "
+        "it names one (as in axolotl: a local file's only split is `train`).",
+    )
     dataset_prepared_path: str | None = Field(None, description="Cache folder for the tokenized dataset.")
     val_set_size: float = Field(
         0.0, ge=0, description="Rows held out for evaluation: a fraction below 1, a number of rows above 1."
@@ -807,6 +815,32 @@ class DataSection(BaseModel):
         if value == 1:  # axolotl reads values above 1 as a count, up to 1 as a fraction: 1 would hold out every row
             raise ValueError("1 would hold out every row: give a fraction below 1 or a number of rows above 1")
         return value
+
+    @field_validator("test_datasets", mode="before")
+    @classmethod
+    def _test_split(cls, value: object) -> object:
+        # axolotl loads test_datasets asking for the split "test" where an entry names none.
+        if not isinstance(value, list):
+            return value
+        return [{"split": "test", **entry} if isinstance(entry, dict) and entry.get("split") is None else entry
+                for entry in value]  # fmt: skip
+
+    @model_validator(mode="after")
+    def _one_evaluation_set(self) -> DataSection:
+        if self.test_datasets and self.val_set_size:
+            raise ValueError(
+                "test_datasets and val_set_size: both choose the evaluation rows; set one (axolotl's rule)"
+            )
+        return self
+
+    def dataset_entries(self) -> list[tuple[str, int, DatasetSpec]]:
+        """(key, position, spec) of every dataset entry: the training ones, then test_datasets."""
+        return [(key, i, spec) for key in DATASET_LISTS for i, spec in enumerate(getattr(self, key) or [])]
+
+    @property
+    def has_eval(self) -> bool:
+        """Whether the run evaluates: rows held out by val_set_size, or test_datasets."""
+        return bool(self.val_set_size or self.test_datasets)
 
     @property
     def eval_split_size(self) -> float | int:
@@ -881,7 +915,9 @@ class TrainingSection(BaseModel):
     )
     save_total_limit: int | None = Field(None, gt=0, description="Keep at most this many checkpoints.")
     eval_strategy: Literal["steps", "epoch", "no"] | None = Field(
-        None, description="When to evaluate (with val_set_size); default steps with eval_steps, else epoch."
+        None,
+        description="When to evaluate (with val_set_size or test_datasets); default steps with eval_steps, else "
+        "epoch.",
     )
     eval_steps: int | float | None = Field(None, gt=0, description="Evaluate every N steps (a fraction < 1: of all).")
     evals_per_epoch: int | None = Field(

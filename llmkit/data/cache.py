@@ -57,8 +57,9 @@ def cache_key(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> str:
     identity = {
         "format": PREPARED_FORMAT,
         "datasets": [dataset_identity(spec) for spec in cfg.datasets],
+        "test_datasets": [dataset_identity(spec) for spec in cfg.test_datasets or []],
         # What a dataset's rows also depend on: a user module's code, the config-level chat template.
-        "modules": [module_digest(spec.user_module, cfg) for spec in cfg.datasets if spec.user_module],
+        "modules": [module_digest(spec.user_module, cfg) for _, _, spec in cfg.dataset_entries() if spec.user_module],
         "chat_template": [cfg.chat_template, cfg.chat_template_jinja],
         "deduplicate": cfg.dataset_exact_deduplication,
         "shuffle": cfg.shuffle_merged_datasets,

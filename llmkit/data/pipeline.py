@@ -135,15 +135,15 @@ def _row_tokens(cfg: AxolotlConfig, spec: DatasetSpec, tokenize: Tokenize) -> Ca
 
 
 def _checked_row_tokens(
-    cfg: AxolotlConfig, spec: DatasetSpec, position: int, tokenize: Tokenize
+    cfg: AxolotlConfig, spec: DatasetSpec, entry: str, tokenize: Tokenize
 ) -> Callable[[RawRow], list[TokenizedRow]]:
-    """`_row_tokens`, its errors as DataErrors naming the dataset."""
+    """`_row_tokens`, its errors as DataErrors naming the dataset's `entry` (`datasets[0]`, `test_datasets[1]`)."""
     try:
         return _row_tokens(cfg, spec, tokenize)
     except UserStrategyError as err:
-        raise DataError(f"datasets[{position}].{err}") from None
+        raise DataError(f"{entry}.{err}") from None
     except ValueError as err:  # a chat template this project cannot use: the spec's error, not every row's
-        raise DataError(f"datasets[{position}] {source_name(spec)}: {err}") from None
+        raise DataError(f"{entry} {source_name(spec)}: {err}") from None
 
 
 def spec_problems(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> list[str]:
@@ -153,20 +153,21 @@ def spec_problems(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> lis
         return []
     tokenize = Tokenize(tokenizer, cfg.train_on_inputs, cfg.sequence_len)
     problems = []
-    for position, spec in enumerate(cfg.datasets):
+    for key, position, spec in cfg.dataset_entries():
         try:
-            _checked_row_tokens(cfg, spec, position, tokenize)
+            _checked_row_tokens(cfg, spec, f"{key}[{position}]", tokenize)
         except DataError as err:
             problems.append(str(err))
     return problems
 
 
 def _tokenize_spec(
-    cfg: AxolotlConfig, spec: DatasetSpec, position: int, tokenize: Tokenize, key: str
+    cfg: AxolotlConfig, spec: DatasetSpec, entry: tuple[str, int], tokenize: Tokenize, key: str
 ) -> tuple[Dataset, DatasetStats]:
-    """One dataset's rows, tokenized and masked, without the rows that cannot be trained on."""
+    """One dataset's rows, tokenized and masked, without the rows that cannot be trained on; `entry` is where the
+    config lists it (`("datasets", 0)`)."""
     source = source_name(spec)
-    to_rows = _checked_row_tokens(cfg, spec, position, tokenize)
+    to_rows = _checked_row_tokens(cfg, spec, f"{entry[0]}[{entry[1]}]", tokenize)
     rows = load_rows(spec, to_rows, cfg.seed)
 
     tokenized = convert_rows(
@@ -175,7 +176,7 @@ def _tokenize_spec(
         to_rows,
         ("input_ids", "labels"),
         desc=f"Tokenizing {Path(source).name}",
-        fingerprint=f"llmkit-tokenize-{key}-{position}",
+        fingerprint=f"llmkit-tokenize-{key}-{entry[0]}-{entry[1]}",
     )
     stats = DatasetStats(source, spec.type_name, len(rows), 0)
     return _drop_unusable(tokenized, stats, tokenize.sequence_len)
@@ -233,9 +234,15 @@ def _drop_duplicates(rows: Dataset) -> Dataset:
     return rows.select(keep)
 
 
-def _with_attention_mask(input_ids: list[int]) -> dict[str, list[int]]:
+def _with_attention_masks(rows: Dataset, name: str) -> Dataset:
     # All ones: rows are unpadded here; the collator pads each batch and masks that padding.
-    return {"attention_mask": [1] * len(input_ids)}
+    return rows.map(
+        lambda input_ids: {"attention_mask": [1] * len(input_ids)},
+        input_columns="input_ids",
+        desc="Masks",
+        load_from_cache_file=False,
+        new_fingerprint=f"llmkit-attention-mask-{name}",
+    )
 
 
 def _prepare(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase, key: str) -> PreparedData:
@@ -243,26 +250,23 @@ def _prepare(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase, key: str) -
     `datasets`, which spares it hashing the tokenizer and lets it reuse a step's scratch file only when the inputs
     are the same: a fixed name would hand later steps (flatten_indices, the split) a file of an earlier run."""
     tokenize = Tokenize(tokenizer, cfg.train_on_inputs, cfg.sequence_len)
-    tokenized: list[Dataset] = []
     stats = DataStats()
-    for position, spec in enumerate(cfg.datasets):
-        rows, spec_stats = _tokenize_spec(cfg, spec, position, tokenize, key)
-        tokenized.append(rows)
-        stats.datasets.append(spec_stats)
-    rows = concatenate_datasets(tokenized)
+    tokenized: dict[str, list[Dataset]] = {"datasets": [], "test_datasets": []}
+    for list_key, position, spec in cfg.dataset_entries():
+        rows, spec_stats = _tokenize_spec(cfg, spec, (list_key, position), tokenize, key)
+        tokenized[list_key].append(rows)
+        (stats.datasets if list_key == "datasets" else stats.eval_datasets).append(spec_stats)
+    rows = concatenate_datasets(tokenized["datasets"])
     if cfg.dataset_exact_deduplication:
         rows = _drop_duplicates(rows)
     if cfg.shuffle_merged_datasets:
         rows = rows.shuffle(seed=cfg.seed)
-    rows = rows.flatten_indices()
-    rows = rows.map(
-        _with_attention_mask,
-        input_columns="input_ids",
-        desc="Masks",
-        load_from_cache_file=False,
-        new_fingerprint=f"llmkit-attention-mask-{key}",
-    )
-    train, evaluation = split_held_out(rows, cfg)
+    rows = _with_attention_masks(rows.flatten_indices(), f"{key}-train")
+    if tokenized["test_datasets"]:  # evaluated as they are: test_datasets and val_set_size exclude each other
+        train = rows
+        evaluation = _with_attention_masks(concatenate_datasets(tokenized["test_datasets"]), f"{key}-test")
+    else:
+        train, evaluation = split_held_out(rows, cfg)
     stats.train_rows, stats.eval_rows = len(train), len(evaluation) if evaluation is not None else 0
     stats.train_sequences = len(train)
     if cfg.sample_packing:

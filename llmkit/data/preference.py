@@ -258,18 +258,21 @@ def _spec_rows(spec: DatasetSpec, build: PreferenceBuilder, seed: int) -> Datase
 
 
 def build_preference_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> PreferenceData:
-    """Every dataset's rows as preference pairs, concatenated, shuffled with `seed`, `val_set_size` held out.
+    """Every dataset's rows as preference pairs, concatenated, shuffled with `seed`; evaluated: `val_set_size`
+    held out, or test_datasets' pairs.
 
     Raises:
         DataError: a file, row or field is bad, or a dataset's chat template cannot be used.
     """
     defaults = ChatDefaults.from_config(cfg)
-    pairs = []
-    for spec in cfg.datasets:
+    pairs: dict[str, list[Dataset]] = {"datasets": [], "test_datasets": []}
+    for key, _, spec in cfg.dataset_entries():
         try:  # a bad template is the spec's error, not every row's: said once, before reading
             build = preference_builder(spec, tokenizer, defaults)
         except ValueError as err:
             raise DataError(f"{source_name(spec)}: {err}") from None
-        pairs.append(_spec_rows(spec, build, cfg.seed))
-    rows = concatenate_datasets(pairs).shuffle(seed=cfg.seed).flatten_indices()
+        pairs[key].append(_spec_rows(spec, build, cfg.seed))
+    rows = concatenate_datasets(pairs["datasets"]).shuffle(seed=cfg.seed).flatten_indices()
+    if pairs["test_datasets"]:
+        return PreferenceData(rows, concatenate_datasets(pairs["test_datasets"]))
     return PreferenceData(*split_held_out(rows, cfg, "pairs"))

@@ -25,6 +25,7 @@ class DatasetStats:
 @dataclass
 class DataStats:
     datasets: list[DatasetStats] = field(default_factory=list)
+    eval_datasets: list[DatasetStats] = field(default_factory=list)  # test_datasets
     train_rows: int = 0
     eval_rows: int = 0
     train_sequences: int = 0  # after packing; equals train_rows without it
@@ -37,7 +38,8 @@ class DataStats:
     @classmethod
     def from_json(cls, text: str) -> DataStats:
         raw = json.loads(text)  # written by `to_json`
-        return cls(**{**raw, "datasets": [DatasetStats(**d) for d in raw["datasets"]]})
+        lists = {key: [DatasetStats(**d) for d in raw.get(key, [])] for key in ("datasets", "eval_datasets")}
+        return cls(**{**raw, **lists})
 
 
 def stats_table(stats: DataStats) -> Table:
@@ -49,8 +51,9 @@ def stats_table(stats: DataStats) -> Table:
         # the dataset's path folds over lines rather than losing its file name to an ellipsis
         left = column in ("dataset", "type")
         table.add_column(column, justify="left" if left else "right", overflow="fold" if left else "ellipsis")
-    for d in stats.datasets:
-        table.add_row(d.source, d.type, *(str(n) for n in (d.rows, d.kept, d.dropped_overlong, d.dropped_untrained)))
+    rows = [(d, d.type) for d in stats.datasets] + [(d, f"{d.type} (eval)") for d in stats.eval_datasets]
+    for d, kind in rows:
+        table.add_row(d.source, kind, *(str(n) for n in (d.rows, d.kept, d.dropped_overlong, d.dropped_untrained)))
     packing = f", packed into {stats.train_sequences} sequences" if stats.packing_efficiency is not None else ""
     fill = f" ({stats.packing_efficiency:.0%} full)" if stats.packing_efficiency is not None else ""
     table.caption = f"train {stats.train_rows} rows{packing}{fill}, eval {stats.eval_rows} rows"

@@ -48,16 +48,18 @@ def training_files(config: Path, track: Track) -> dict[str, bytes]:
     raw = yaml.safe_load(Path(config).read_text())
     files: dict[str, bytes] = {}
     datasets = []
-    for i, (spec, entry) in enumerate(zip(cfg.datasets, raw.get("datasets") or [], strict=False)):
-        local = Path(spec.path)
+    for key, i, spec in cfg.dataset_entries():
+        entry, local = raw[key][i], Path(spec.path)
         if local.is_file():
-            name = f"data/{local.name}"
-            files[name] = local.read_bytes()
+            name, data = f"data/{local.name}", local.read_bytes()
+            if files.get(name, data) != data:  # another file of that name: each entry keeps its own rows
+                name = f"data/{key}-{i}-{local.name}"
+            files[name] = data
             entry["path"] = name
             datasets.append({"path": name, "revision": "bundled: the file is in the zip"})
         elif local.exists() or spec.data_files:
             raise SubmissionError(
-                f"datasets[{i}].path: {spec.path} is a folder or has data_files; --training bundles single files only"
+                f"{key}[{i}].path: {spec.path} is a folder or has data_files; --training bundles single files only"
             )
         else:
             revision = spec.revision or _hub_sha(spec.path, "dataset")

@@ -218,7 +218,7 @@ def training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments:
     if cfg.tf32 is True and not cuda:
         raise ConfigError(["tf32: true needs an Ampere-or-newer CUDA GPU; set tf32: auto or false"], cfg.source)
     dtype = cfg.compute_dtype(device)
-    has_eval = cfg.val_set_size > 0
+    has_eval = cfg.has_eval
     save_every, eval_every = cfg.save_every(), cfg.eval_every()
     eval_strategy = (cfg.eval_strategy or ("steps" if eval_every else "epoch")) if has_eval else "no"
     picks_best = cfg.load_best_model_at_end or bool(cfg.early_stopping_patience)

@@ -297,6 +297,20 @@ def test_conflicting_or_unknown_attention_is_an_error(tmp_path):
     )
 
 
+def test_test_datasets_are_checked_as_datasets_and_exclude_val_set_size(tmp_path):
+    entry = {"path": "org/eval", "type": "alpaca"}
+    cfg = load_quietly(write(tmp_path, MINIMAL), {"test_datasets": [entry], "do_causal_lm_eval": True})
+    assert cfg.has_eval and cfg.test_datasets[0].split == "test"  # axolotl's split for them
+    assert "test_datasets and val_set_size: both choose the evaluation rows" in error_of(
+        write(tmp_path, MINIMAL), {"test_datasets": [entry], "val_set_size": 0.1}
+    )
+    assert "test_datasets[0].type: unknown dataset type 'alpacca'" in error_of(
+        write(tmp_path, MINIMAL), {"test_datasets": [{**entry, "type": "alpacca"}]}
+    )
+    with pytest.warns(ConfigWarning, match=r"test_datasets\[0\].shardz=2: unknown key \(did you mean shards\?\)"):
+        load_config(write(tmp_path, MINIMAL), {"test_datasets": [{**entry, "shardz": 2}]})
+
+
 def test_a_shard_index_must_name_one_of_the_shards(tmp_path):
     spec = {"path": "org/data", "type": "alpaca"}
     assert "datasets[0]: shards_idx: 3 is not one of the 3 shards (0..2)" in error_of(

@@ -196,6 +196,32 @@ def test_validation_split(write_rows, make_cfg, tokenizer):
         make_cfg(cfg.datasets, val_set_size=1)
 
 
+def test_test_datasets_are_the_evaluation_rows(write_rows, make_cfg, tokenizer):
+    """axolotl's test_datasets: every row of them is evaluated, in order, and no training row is held out."""
+    from rich.console import Console
+
+    from llmkit.data.stats import stats_table
+
+    rows = [{"instruction": f"Say {i}.", "input": "", "output": str(i)} for i in range(20)]
+    held = [{"instruction": f"Spell {i}.", "input": "", "output": f"{i}!"} for i in range(4)]
+    train_path, test_path = write_rows(rows, "jsonl"), write_rows(held, "jsonl")
+    spec = {"path": str(test_path), "type": "alpaca", "split": "train"}
+    data = build_datasets(make_cfg([{"path": str(train_path), "type": "alpaca"}], test_datasets=[spec]), tokenizer)
+    assert (len(data.train), data.stats.train_rows, data.stats.eval_rows) == (20, 20, 4)
+    answers = [tokenizer.decode([t for t, label in zip(r["input_ids"], r["labels"], strict=True) if label != -100])
+               for r in data.eval]  # fmt: skip
+    assert answers == [f"{i}!{tokenizer.eos_token}" for i in range(4)]
+    assert data.eval.column_names == data.train.column_names  # attention_mask too
+    assert [d.rows for d in data.stats.eval_datasets] == [4]
+    console = Console(width=200, record=True)
+    console.print(stats_table(data.stats))
+    assert "alpaca (eval)" in console.export_text()
+    unsplit = make_cfg([{"path": str(train_path), "type": "alpaca"}], test_datasets=[{**spec, "split": None}])
+    assert unsplit.test_datasets[0].split == "test"  # as axolotl asks for it; a local file has only train
+    with pytest.raises(DataError, match="test"):
+        build_datasets(unsplit, tokenizer)
+
+
 def test_prepared_path_cache_is_reused_and_invalidated(write_rows, make_cfg, tokenizer, tmp_path):
     path = write_rows([*ALPACA_ROWS, {**ALPACA_ROWS[0], "output": "Green."}], "jsonl")
     prepared = str(tmp_path / "prepared")

@@ -92,12 +92,14 @@ def test_given_commits_are_pinned_in_the_config_the_organisers_train_from(tmp_pa
     config = yaml.safe_load((CONFIGS_DIR / "Llama-2-7b-03.yml").read_text())
     config["revision_of_model"] = model_sha
     config["datasets"][0]["revision"] = data_sha
+    config["test_datasets"], config["val_set_size"] = [{"path": "org/held", "type": "alpaca", "revision": "c" * 40}], 0
     path = tmp_path / "pinned.yml"
     path.write_text(yaml.safe_dump(config))
     files = training_files(path, "A100")
     pins, copied = json.loads(files["pins.json"]), yaml.safe_load(files["config.yml"])
     assert pins["base_model_revision"] == model_sha and pins["datasets"][0]["revision"] == data_sha
     assert copied["revision_of_model"] == model_sha and copied["datasets"][0]["revision"] == data_sha
+    assert pins["datasets"][-1] == {"path": "org/held", "revision": "c" * 40}
 
 
 def test_summary_shows_the_training_time_on_the_zips_track(default_zips, rewrite_zip, default_training, tmp_path):

@@ -82,6 +82,18 @@ def test_training_logs_the_task_metric_beside_eval_loss(tiny_config):
     assert "held-out exact_match (first -> last)" in console.export_text()
 
 
+def test_training_evaluates_test_datasets(tiny_config, tiny_dataset, caplog):
+    spec = {"path": str(tiny_dataset), "type": "alpaca", "split": "train[:3]"}
+    keys = {"do_causal_lm_eval": True, "eval_steps": 1, "max_steps": 1, "eval_max_new_tokens": 2}
+    config = tiny_config(test_datasets=[spec], **keys)
+    with caplog.at_level("INFO", logger="llmkit.train.run"):
+        out = train(load_config(config))
+    assert re.search(r"Data: \d+ training rows -> \d+ sequences, 3 eval rows", caplog.text)
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "eval_loss" in e] == [0, 1]
+    assert [e["step"] for e in history if "eval_exact_match" in e] == [0, 1]
+
+
 def test_causal_lm_eval_keys_are_checked(tiny_config):
     unknown = r"eval_causal_lm_metrics: \['sacrebleu'\] not implemented here; implemented: exact_match"
     with pytest.raises(ConfigError, match=unknown):

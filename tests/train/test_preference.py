@@ -107,6 +107,22 @@ def test_a_dataset_without_type_is_used_as_it_is_under_rl_and_required_without(m
         make_cfg([{"path": str(path)}])
 
 
+def test_test_datasets_are_the_evaluation_pairs(make_cfg, tokenizer, tmp_path):
+    train = _pairs(
+        tmp_path, [{"prompt": f"Name colour {i}.", "chosen": " Red", "rejected": " Seven"} for i in range(4)]
+    )
+    held = tmp_path / "held.jsonl"
+    held.write_text(json.dumps({"prompt": "Name a fruit.", "chosen": " Pear", "rejected": " Nine"}) + "\n")
+    test = [{"path": str(held), "type": None, "split": "train"}]
+    data = build_preference_datasets(make_cfg([{"path": str(train), "type": None}], rl="dpo", test_datasets=test),
+                                     tokenizer)  # fmt: skip
+    assert len(data.train) == 4 and data.eval.to_list() == [
+        {"prompt": "Name a fruit.", "chosen": " Pear", "rejected": " Nine"}
+    ]
+    with pytest.raises(ValueError, match=r"test_datasets\[0\]\.type: alpaca is not a preference dataset type"):
+        make_cfg([{"path": str(train), "type": None}], rl="dpo", test_datasets=[{**test[0], "type": "alpaca"}])
+
+
 def test_ipo_rpo_and_beta_reach_trl(tiny_config, tmp_path):
     pairs = _pairs(tmp_path, [{"question": "q", "chosen": "a", "rejected": "b"}])
     keys = {"rl": "ipo", "dpo_beta": 0.2, "rpo_alpha": 0.5, "dpo_use_weighting": True, "sequence_len": 96}
