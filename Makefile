@@ -15,6 +15,24 @@ opt = $(if $($(1)),$(2) $($(1)))
 
 setup: $(STAMP)
 
+# What a target needs given (any one of the variables), checked before set-up, which may install for minutes.
+NEEDS_validate = CONFIG
+USAGE_validate = make validate CONFIG=axolotl_configs/<name>.yml
+NEEDS_train = CONFIG
+USAGE_train = make train CONFIG=axolotl_configs/<name>.yml [NPROC=2] [ARGS=\"--max-steps 5\"]
+NEEDS_merge = CONFIG ADAPTER WEIGHTED
+USAGE_merge = make merge CONFIG=... | ADAPTER=dir [BASE=...] [OUT=...] | WEIGHTED=fusion.yml OUT=... [NF4=1] [ARGS=...]
+NEEDS_submission = TRACK
+USAGE_submission = make submission TRACK=4090|A100 [CONFIG=... | MODEL=... [REVISION=...] [ADAPTER=...]] [N=1] [LOADING=bf16|int8|nf4] [ENGINE=builtin|vllm] [BUNDLE=1] [SMOKE=0] [TRAINING=1]
+NEEDS_verify-submission = ZIP
+USAGE_verify-submission = make verify-submission ZIP=submissions/<track>_track/<track>_submission_N.zip [SMOKE=1]
+NEEDS_preprocess = CONFIG
+USAGE_preprocess = make preprocess CONFIG=axolotl_configs/<name>.yml
+NEEDS_decontaminate = CONFIG
+USAGE_decontaminate = make decontaminate CONFIG=axolotl_configs/<name>.yml [CONF=quick|open|skill|PATH]
+usage-%:
+	@test -n "$(strip $(foreach v,$(NEEDS_$*),$($(v))))" || { echo "usage: $(USAGE_$*)" >&2; exit 2; }
+
 $(STAMP): pyproject.toml docker/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -45,23 +63,20 @@ BENCH_FLAGS = $(foreach s,$(STAGE),--stage $(s)) $(foreach e,$(ENGINE),--engine 
 bench: setup
 	$(LLMKIT) bench $(strip $(BENCH_FLAGS))
 
-validate: setup
-	@test -n "$(CONFIG)" || { echo "usage: make validate CONFIG=axolotl_configs/<name>.yml" >&2; exit 2; }
+validate: usage-validate setup
 	$(LLMKIT) validate $(CONFIG) $(if $(filter 1 true yes,$(STRICT)),--strict) $(if $(MODEL_CONFIG),--model-config $(MODEL_CONFIG))
 
 # `make train CONFIG=... [NPROC=2] [ARGS="--max-steps 5"]`: NPROC>1 runs one DDP process per GPU through
 # `accelerate launch` (on a machine without CUDA: CPU processes over gloo); rerun the same command to resume.
 DDP_LAUNCH = $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(NPROC) --num_machines 1 --mixed_precision no --dynamo_backend no -m llmkit.cli
-train: setup
-	@test -n "$(CONFIG)" || { echo "usage: make train CONFIG=axolotl_configs/<name>.yml [NPROC=2] [ARGS=\"--max-steps 5\"]" >&2; exit 2; }
+train: usage-train setup
 	$(if $(filter-out 0 1,$(NPROC)),$(DDP_LAUNCH),$(LLMKIT)) train $(CONFIG) $(ARGS)
 
 # Multi-line flag lists live in variables (joined with single spaces), so make echoes one clean command line.
 MERGE_FLAGS = $(CONFIG) $(call opt,BASE,--base) $(call opt,ADAPTER,--adapter) $(call opt,OUT,--out) \
 	$(call opt,WEIGHTED,--weighted) $(if $(filter 1 true yes,$(NF4)),--nf4-roundtrip) $(ARGS)
 # `make merge CONFIG=...` or `make merge ADAPTER=dir [BASE=...] [OUT=...]` [WEIGHTED=fusion.yml OUT=...] [NF4=1] [ARGS=...]
-merge: setup
-	@test -n "$(CONFIG)$(ADAPTER)$(WEIGHTED)" || { echo "usage: make merge CONFIG=... | ADAPTER=dir [BASE=...] [OUT=...] | WEIGHTED=fusion.yml OUT=... [NF4=1] [ARGS=...]" >&2; exit 2; }
+merge: usage-merge setup
 	$(LLMKIT) merge $(strip $(MERGE_FLAGS))
 
 # The main job: `make submission TRACK=4090` trains, merges and packages the embedded default.
@@ -69,17 +84,14 @@ SUBMISSION_FLAGS = $(call opt,CONFIG,--config) $(call opt,MODEL,--model) $(call 
 	$(call opt,ADAPTER,--adapter) $(call opt,N,--number) $(call opt,LOADING,--loading) $(call opt,ENGINE,--engine) \
 	$(if $(filter 1 true yes,$(BUNDLE)),--bundle-weights) $(if $(filter 0 false no,$(SMOKE)),--no-smoke) \
 	$(if $(filter 1 true yes,$(TRAINING)),--training)
-submission: setup
-	@test -n "$(TRACK)" || { echo "usage: make submission TRACK=4090|A100 [CONFIG=... | MODEL=... [REVISION=...] [ADAPTER=...]] [N=1] [LOADING=bf16|int8|nf4] [ENGINE=builtin|vllm] [BUNDLE=1] [SMOKE=0] [TRAINING=1]" >&2; exit 2; }
+submission: usage-submission setup
 	$(LLMKIT) submission --track $(TRACK) $(strip $(SUBMISSION_FLAGS))
 
-verify-submission: setup
-	@test -n "$(ZIP)" || { echo "usage: make verify-submission ZIP=submissions/<track>_track/<track>_submission_N.zip [SMOKE=1]" >&2; exit 2; }
+verify-submission: usage-verify-submission setup
 	$(LLMKIT) verify-submission $(ZIP) $(if $(filter 1 true yes,$(SMOKE)),--smoke)
 
 # `make preprocess CONFIG=...`: tokenize, mask and pack the config's data into its dataset_prepared_path.
-preprocess: setup
-	@test -n "$(CONFIG)" || { echo "usage: make preprocess CONFIG=axolotl_configs/<name>.yml" >&2; exit 2; }
+preprocess: usage-preprocess setup
 	$(LLMKIT) preprocess $(CONFIG)
 
 default-dataset: setup
@@ -87,8 +99,7 @@ default-dataset: setup
 
 # `make decontaminate CONFIG=... [CONF=quick|open|skill|PATH]`: n-gram overlap of the config's training rows with the
 # eval instances of a HELM conf (exit 1 on any overlap).
-decontaminate: setup helm-setup
-	@test -n "$(CONFIG)" || { echo "usage: make decontaminate CONFIG=axolotl_configs/<name>.yml [CONF=quick|open|skill|PATH]" >&2; exit 2; }
+decontaminate: usage-decontaminate setup helm-setup
 	$(LLMKIT) decontaminate $(CONFIG) $(call opt,CONF,--conf)
 
 helm-setup: setup

@@ -24,6 +24,7 @@ LOG = logging.getLogger(__name__)
 
 SUITES_DIR = Path(__file__).parent / "suites"
 DEFAULT_TASK_LIST = "quick"  # the offline suite (suites/quick.yaml): a few minutes on a CPU
+SUITES = sorted(path.stem for path in SUITES_DIR.glob("*.yaml"))  # the task lists named without a path
 HELM_MODEL = "neurips/local"  # built into crfm-helm: HTTPModelClient at $HELM_HTTP_MODEL_BASE_URL
 
 
@@ -73,13 +74,12 @@ class RunEntry(BaseModel):
 
 
 def load_task_list(name_or_path: str | Path) -> TaskList:
-    """`quick`/`open` (the project's suites) or a path to a task-list YAML."""
+    """One of SUITES (the project's task lists) or a path to a task-list YAML."""
     path = Path(name_or_path)
     if not path.suffix:
         path = SUITES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in SUITES_DIR.glob("*.yaml")))
-        raise ConfError(f"no task list {name_or_path!r} (known: {known}, or a path to a .yaml file)")
+        raise ConfError(f"no task list {name_or_path!r} (known: {', '.join(SUITES)}, or a path to a .yaml file)")
     try:
         return TaskList.model_validate(yaml.safe_load(path.read_text()))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
@@ -96,6 +96,15 @@ def apportion(total: int, weights: list[int]) -> list[int]:
     for i in by_remainder[: total - sum(parts)]:
         parts[i] += 1
     return parts
+
+
+def smallest_budget(tasks: TaskList) -> int:
+    """The fewest instances whose apportioning gives every family at least one per run."""
+    runs = [len(family.run_args()) for family in tasks.families]
+    budget = sum(runs)
+    while any(share < n for share, n in zip(apportion(budget, [f.share for f in tasks.families]), runs, strict=True)):
+        budget += 1
+    return budget
 
 
 def _split_evenly(total: int, count: int) -> list[int]:
@@ -128,14 +137,20 @@ def generate(
     if budget is None:
         counts = [cap] * len(runs)
     else:
+        least = f"give at least {smallest_budget(tasks)}, the smallest budget that covers every run of this task list"
         if budget < len(runs):
-            raise ConfError(f"a budget of {budget} instances cannot cover the {len(runs)} runs of this task list")
+            raise ConfError(
+                f"a budget of {budget} instances cannot cover the {len(runs)} runs of this task list; {least}"
+            )
         counts = []
         shares = apportion(budget, [f.share for f in tasks.families])
         for family, family_budget in zip(tasks.families, shares, strict=True):
             n_runs = len(family.run_args())
             if family_budget < n_runs:
-                raise ConfError(f"family {family.name!r} gets {family_budget} instances for its {n_runs} runs")
+                raise ConfError(
+                    f"a budget of {budget}: family {family.name!r} gets {family_budget} instances for its {n_runs} "
+                    f"runs; {least}"
+                )
             counts += [n if cap is None else min(n, cap) for n in _split_evenly(family_budget, n_runs)]
     return [
         RunEntry(family=family.name, description=_description(family.scenario, args, model, n), max_eval_instances=n)

@@ -18,7 +18,7 @@ from typer.core import TyperArgument, TyperOption
 from llmkit.core.challenge import Loading, Track
 from llmkit.core.devices import quiet_bitsandbytes_kernel_notice
 from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE
-from llmkit.helm_eval.confgen import DEFAULT_TASK_LIST
+from llmkit.helm_eval.confgen import DEFAULT_TASK_LIST, SUITES
 from llmkit.helm_eval.decontaminate import NGRAM
 from llmkit.server.settings import EngineName
 
@@ -153,7 +153,7 @@ def random_model(
     shape: str = typer.Argument(
         ..., metavar="SHAPE", help="Hub id or folder whose config.json gives the shape, or a config.json file."
     ),
-    out: str = typer.Option(..., help="The model folder written (replaced when it exists)."),
+    out: str = typer.Option(..., help="The model folder written: new, empty, or an earlier random model (replaced)."),
     tokenizer: str | None = typer.Option(None, help="Hub id or folder of the tokenizer (default: the embedded one)."),
     dtype: str = typer.Option("bfloat16", help="bfloat16, float16 or float32."),
     device: str = typer.Option("auto", help="Where the weights are made: auto (CUDA where there is one), cpu, cuda."),
@@ -400,7 +400,7 @@ def verify_submission(
 # --- helm: helm_eval/ ------------------------------------------------------------------------------------------------
 @app.command("helm-setup")
 def helm_setup(force: bool = typer.Option(False, help="Reinstall even when the stamp says it is there.")) -> None:
-    """Install crfm-helm into its own venv (~/.cache/llmkit/helm-venv-<version>, or $HELM_VENV); idempotent."""
+    """Install crfm-helm into its own venv (~/.cache/llmkit/helm-venv-<version>[-cpu], or $HELM_VENV); idempotent."""
     _logging()
     from llmkit.helm_eval import helm_setup as setup
 
@@ -409,7 +409,7 @@ def helm_setup(force: bool = typer.Option(False, help="Reinstall even when the s
 
 @app.command("helm-conf")
 def helm_conf(
-    tasks: str = typer.Argument(DEFAULT_TASK_LIST, metavar="TASKS", help="quick, open, or a task-list YAML."),
+    tasks: str = typer.Argument(DEFAULT_TASK_LIST, metavar="TASKS", help=f"{', '.join(SUITES)}, or a task-list YAML."),
     budget: int | None = typer.Option(None, help="Total eval instances (default: the task list's own)."),
     out: str | None = typer.Option(None, help="Write the conf here instead of printing it."),
 ) -> None:
@@ -432,7 +432,9 @@ def helm_eval(
     url: str | None = typer.Option(None, help="Evaluate the server already running here instead."),
     compare: str | None = typer.Option(None, help="A second model, served the same way, scored side by side."),
     conf: str = typer.Option(
-        DEFAULT_TASK_LIST, help="quick (offline), open (the challenge's suite; needs internet) or PATH."
+        DEFAULT_TASK_LIST,
+        help=f"A task list ({', '.join(SUITES)}: quick is offline, open the challenge's suite and needs internet), "
+        "a task-list YAML or a .conf file.",
     ),
     max_eval_instances: int | None = typer.Option(
         None, min=1, help="At most this many instances per run (lowers a .conf file's own counts too)."
@@ -489,7 +491,7 @@ def helm_eval(
 def decontaminate(
     config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl-style YAML config: its datasets are checked."),
     conf: str = typer.Option(
-        DEFAULT_TASK_LIST, help="The HELM instances: quick, open, skill, a task list or a .conf file."
+        DEFAULT_TASK_LIST, help=f"The HELM instances: {', '.join(SUITES)}, a task-list YAML or a .conf file."
     ),
     ngram: int = typer.Option(NGRAM, min=1, help="Words in the shared window that counts as an overlap."),
     out: str = typer.Option("helm-results", help="Folder for the instances (cached) and the JSON report."),

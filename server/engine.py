@@ -22,7 +22,7 @@ from llmkit.core.models import LoadedModel, adapter_config
 from llmkit.server.protocol import ProcessRequest, ProcessResponse, Token
 from llmkit.server.sequence import RequestError, Scores, Sequence, UnknownModel
 from llmkit.server.settings import EngineName, ServerSettings
-from llmkit.server.text import IncrementalDecoder, TokenBytes, TokenizerPool, token_key
+from llmkit.server.text import TokenBytes, TokenizerPool, prompt_pieces, token_key
 
 LOG = logging.getLogger(__name__)
 TOKENIZER_COPIES = 4  # crfm-helm sends 4 requests at once (helm-run --num-threads 4)
@@ -213,10 +213,7 @@ class Engine:
     def prompt_tokens(self, seq: Sequence) -> list[Token]:
         """The echoed prompt's tokens (after `added`), with text pieces and top-k texts, off the model thread."""
         with self.tokenizers.borrow() as tokenizer:
-            decoder = IncrementalDecoder(tokenizer, seq.ids[: seq.added])
-            last = len(seq.prompt.ids) - 1
-            pieces = [decoder.push(t) + (decoder.flush() if i == last else "") for i, t in enumerate(seq.prompt.ids)]
-            return self._tokens(tokenizer, pieces, seq.prompt)
+            return self._tokens(tokenizer, prompt_pieces(tokenizer, seq.prompt.ids), seq.prompt)
 
     def completion_tokens(self, seq: Sequence, start: int = 0, end: int | None = None) -> list[Token]:
         """Completion tokens start..end (a stream sends them as they settle), EOS not included."""

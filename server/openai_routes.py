@@ -44,7 +44,7 @@ from llmkit.server.openai_protocol import (
 from llmkit.server.protocol import SEED_RANGE, ProcessRequest, Token
 from llmkit.server.sequence import RequestError, Sequence
 from llmkit.server.serving import EngineDep, error_status, generate, note_ignored, run_all, stopping
-from llmkit.server.text import key_bytes, token_key
+from llmkit.server.text import is_bytes_key, key_bytes, token_key
 
 FLOOR_LOGPROB = -9999.0  # JSON has no -inf; OpenAI's floor
 ERRORS = {status: {"model": OpenAIError} for status in (400, 404, 413, 503, 504)}
@@ -197,7 +197,10 @@ def _completion_choice(engine: Engine, body: CompletionRequest, index: int, seq:
 def _completion_logprobs(tokens: list[Token], first_unscored: bool, offset: int) -> CompletionLogprobs:
     logprobs = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
     for i, token in enumerate(tokens):
-        logprobs.tokens.append(token.text)
+        key = token_key(token._bytes)
+        # Part of a character: named by its bytes, as OpenAI does and as top_logprobs names it (its text is "" or
+        # "\ufffd"), so that top_logprobs[i][tokens[i]] finds it; text_offset still counts the text's characters.
+        logprobs.tokens.append(key if is_bytes_key(key) else token.text)
         logprobs.text_offset.append(offset)
         offset += len(token.text)
         if i == 0 and first_unscored:
@@ -206,7 +209,7 @@ def _completion_logprobs(tokens: list[Token], first_unscored: bool, offset: int)
             continue
         logprob = max(token.logprob, FLOOR_LOGPROB)
         top = {text: max(value, FLOOR_LOGPROB) for text, value in token.top_logprob.items()}
-        top.setdefault(token_key(token._bytes), logprob)  # OpenAI: the chosen token is always listed (logprobs + 1)
+        top.setdefault(key, logprob)  # OpenAI: the chosen token is always listed (logprobs + 1)
         logprobs.token_logprobs.append(logprob)
         logprobs.top_logprobs.append(top)
     return logprobs
@@ -364,5 +367,6 @@ def openai_error(
 
 def _error_body(status: int, message: str, param: str | None = None) -> OpenAIError:
     kind = "invalid_request_error" if status < 500 else "server_error"
-    code = {404: "model_not_found", 413: "request_too_large", 503: "server_busy", 504: "timeout"}.get(status)
+    codes = {404: "not_found", 413: "request_too_large", 503: "server_busy", 504: "timeout"}
+    code = "model_not_found" if status == 404 and param == "model" else codes.get(status)  # UnknownModel's field
     return OpenAIError(error=ErrorDetail(message=message, type=kind, param=param, code=code))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 
 from llmkit.core.challenge import CONTEXT_TOKENS
 
@@ -23,16 +23,18 @@ GREEDY_TEMPERATURE = 1e-5  # HELM sends 1e-7 when a task asks for temperature 0
 SEED_RANGE = {"ge": -(2**63), "le": 2**64 - 1}  # what torch.Generator.manual_seed takes
 
 
-def _valid_unicode(text: str) -> str:
-    """JSON can carry lone UTF-16 surrogates ("\\ud800"); no tokenizer can encode them."""
+def _valid_unicode(value: object) -> object:
+    """JSON can carry lone UTF-16 surrogates ("\\ud800"); no tokenizer can encode them. Checked before pydantic's
+    own checks of the string (min_length), which would fail on it without saying where."""
     try:
-        text.encode("utf-8")
+        if isinstance(value, str):
+            value.encode("utf-8")
     except UnicodeEncodeError as err:
         raise ValueError(f"text is not valid Unicode: unpaired surrogate at character {err.start}") from None
-    return text
+    return value
 
 
-Text = Annotated[str, AfterValidator(_valid_unicode)]
+Text = Annotated[str, BeforeValidator(_valid_unicode)]
 
 
 def _integral(value: object) -> object:

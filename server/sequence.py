@@ -35,7 +35,10 @@ class QueueFull(RuntimeError):
 
 
 class UnknownModel(LookupError):
-    """A request names a model or adapter this server does not serve: answered with HTTP 404."""
+    """A request names a model or adapter this server does not serve: answered with HTTP 404 (OpenAI's routes: code
+    model_not_found, param model)."""
+
+    field = "model"
 
 
 class RequestTimeout(RuntimeError):

@@ -55,9 +55,14 @@ def token_key(raw: bytes) -> str:
         return _BYTES_KEY + "".join(f"\\x{byte:02x}" for byte in raw)
 
 
+def is_bytes_key(key: str) -> bool:
+    """Whether a `token_key` names part of a character by its bytes."""
+    return key.startswith(_BYTES_KEY + "\\x")
+
+
 def key_bytes(key: str) -> bytes:
     """The bytes a `token_key` names."""
-    if key.startswith(_BYTES_KEY + "\\x"):
+    if is_bytes_key(key):
         return bytes.fromhex(key[len(_BYTES_KEY) :].replace("\\x", ""))
     return key.encode()
 
@@ -101,6 +106,17 @@ class IncrementalDecoder:
         text = self._decode(self.ids[self.prefix_offset :])
         self.prefix_offset = self.read_offset = len(self.ids)
         return text[len(prefix) :]
+
+
+def prompt_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
+    """An echoed prompt's text pieces, one per token, which concatenate to the prompt as written. Decoded without
+    the BOS before them: a SentencePiece decoder (Llama, Mistral) strips the space it prepended only at the start of
+    the decoded text, so after "<s>" the first word would gain a space the prompt does not have."""
+    decoder = IncrementalDecoder(tokenizer)
+    pieces = [decoder.push(token) for token in ids]
+    if pieces:
+        pieces[-1] += decoder.flush()
+    return pieces
 
 
 def stop_index(text: str, stop_sequences: Sequence[str], stop_at_newline: bool) -> int | None:

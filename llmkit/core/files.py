@@ -137,6 +137,21 @@ def check_folder_target(path: Path) -> None:
         raise PermissionError(f"no permission to write in {existing}")
 
 
+def check_replaceable(path: Path, marker: str, what: str) -> None:
+    """`path` is a folder a command may replace whole: new, empty, or one it wrote itself (it holds `marker`).
+
+    Raises:
+        FileExistsError: the folder holds anything else (`what` says what the marker marks: "an earlier merge").
+        OSError: see `check_folder_target`.
+    """
+    check_folder_target(path)
+    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+        raise FileExistsError(
+            f"{path} holds other files (no {marker}: not {what}), and would be replaced whole; give a new or empty "
+            "folder, or remove it first"
+        )
+
+
 def swap_in(built: Path, target: Path) -> None:
     """Rename `built` (a file or a folder) to `target`, replacing what is there of the same kind.
 

@@ -13,14 +13,17 @@ parameters than the real model).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from llmkit.core import devices
-from llmkit.core.files import check_folder_target, clean_stale, staging_dir, swap_in
+from llmkit.core.files import check_replaceable, clean_stale, staging_dir, swap_in
 from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE
+
+MARKER = "llmkit_random_model.json"  # what the folder was made from; an --out holding it may be replaced
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,8 @@ def write_random_model(
 
     Args:
         shape: hub id or folder whose config.json gives the architecture, or a config.json file.
-        out: the model folder written (replaced when it exists; nothing is left half-written).
+        out: the model folder written: new, empty or an earlier random model (replaced whole; nothing is left
+            half-written).
         tokenizer: hub id or folder of the tokenizer saved beside the weights; default: the embedded model's.
         dtype: the weights' dtype (bfloat16, float16 or float32).
         device: where the weights are initialised ("auto": CUDA when there is one, which is much faster for
@@ -58,6 +62,7 @@ def write_random_model(
         seed: the random initialisation's seed.
 
     Raises:
+        FileExistsError: `out` holds other files (not an earlier random model).
         ModelConfigNotFound: no config.json for `shape`.
         ValueError: the config.json is not a causal LM transformers can build.
     """
@@ -80,7 +85,7 @@ def write_random_model(
     torch_dtype = devices.torch_dtype(dtype)
     torch.manual_seed(seed)
     out = Path(out)
-    check_folder_target(out)
+    check_replaceable(out, MARKER, "an earlier random model")
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
     with staging_dir(out, "random") as staged:
@@ -91,16 +96,19 @@ def write_random_model(
         model.save_pretrained(staged, max_shard_size=DEFAULT_MAX_SHARD_SIZE)
         tok.save_pretrained(staged)
         del model
+        written = RandomModel(
+            path=out,
+            shape_from=found.where,
+            model_type=config.model_type,
+            params=params,
+            dtype=str(torch_dtype).removeprefix("torch."),
+            vocab_size=config.vocab_size,
+            widened_from=own_vocab if config.vocab_size != own_vocab else None,
+            tokenizer_from=tokenizer or "the embedded default model",
+        )
+        record = {**asdict(written), "path": str(out), "seed": seed}
+        (staged / MARKER).write_text(json.dumps(record, indent=2) + "\n")
         swap_in(staged, out)
     if devices.is_cuda(device):
         torch.cuda.empty_cache()
-    return RandomModel(
-        path=out,
-        shape_from=found.where,
-        model_type=config.model_type,
-        params=params,
-        dtype=str(torch_dtype).removeprefix("torch."),
-        vocab_size=config.vocab_size,
-        widened_from=own_vocab if config.vocab_size != own_vocab else None,
-        tokenizer_from=tokenizer or "the embedded default model",
-    )
+    return written

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from llmkit.core import devices
-from llmkit.core.files import check_folder_target, clean_stale, sha256_file, staging_dir, swap_in
+from llmkit.core.files import check_replaceable, clean_stale, sha256_file, staging_dir, swap_in
 from llmkit.core.models import (
     ADAPTER_WEIGHTS,
     DEFAULT_MAX_SHARD_SIZE,
@@ -233,18 +233,16 @@ def check_merge_target(out_dir: Path, adapters: list[Path], max_shard_size: str)
         mw.shard_size_bytes(max_shard_size)
     except ValueError as err:
         raise ValueError(f"--max-shard-size {max_shard_size}: {err}") from None
-    check_folder_target(out_dir)
     out = out_dir.resolve()
     for adapter in adapters:
         if out == adapter.resolve() or out in adapter.resolve().parents:
             raise ValueError(
                 f"--out {out_dir} holds the adapter {adapter}, which the merge would replace; give another --out"
             )
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
-        raise ValueError(
-            f"--out {out_dir} holds other files (no {MANIFEST}: not an earlier merge), and a merge replaces the whole "
-            "folder; give a new or empty folder, or remove it first"
-        )
+    try:
+        check_replaceable(out_dir, MANIFEST, "an earlier merge")
+    except FileExistsError as err:
+        raise ValueError(f"--out {err}") from None
 
 
 def run_merge(
@@ -387,3 +385,9 @@ def _read_manifest(out_dir: Path) -> dict:
         return json.loads((out_dir / MANIFEST).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def merged_base(folder: Path) -> str | None:
+    """The base model `folder` holds a merge into, as its manifest says; None for any other folder."""
+    report = _read_manifest(folder).get("report")
+    return report.get("base") if isinstance(report, dict) else None

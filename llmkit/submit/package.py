@@ -172,11 +172,14 @@ def _write(track_dir: Path, name: str, contents: ZipContents, earlier: list[Path
         _stage(stage, contents)
         for folder in (unpacked, *earlier):
             kept = folder.with_name(f"{folder.name}.zip")
-            if _unchanged(kept, folder, stage / MANIFEST_NAME):
+            if _zip_holds(kept, stage / MANIFEST_NAME):
                 hint = "" if folder == unpacked else " (give N= to write it under another number too)"
                 LOG.info(
                     "%s already holds this submission (its files' hashes are unchanged); kept as it is%s", kept, hint
                 )
+                if not _folder_holds(folder, stage / MANIFEST_NAME):  # edited since: the zip's files again
+                    LOG.info("Restored %s, which no longer held the zip's files", folder)
+                    swap_in(stage, folder)
                 return kept
         write_zip(stage, staged_zip)
         problems = verify_submission(staged_zip)
@@ -189,19 +192,27 @@ def _write(track_dir: Path, name: str, contents: ZipContents, earlier: list[Path
     return zip_path
 
 
-def _unchanged(zip_path: Path, unpacked: Path, staged_manifest: Path) -> bool:
-    """True when the zip and the folder hold the staged manifest and every file still has the sha256 it lists."""
-    manifest = staged_manifest.read_bytes()
+def _zip_holds(zip_path: Path, staged_manifest: Path) -> bool:
+    """True when the zip holds the staged manifest and every file still has the sha256 it lists (the zip, not its
+    unpacked folder, is what gets submitted)."""
     try:
         with zipfile.ZipFile(zip_path) as archive:
-            if archive.read(MANIFEST_NAME) != manifest or (unpacked / MANIFEST_NAME).read_bytes() != manifest:
+            if archive.read(MANIFEST_NAME) != staged_manifest.read_bytes():
                 return False
     except (KeyError, *ZIP_READ_ERRORS):
         return False
-    # The files, not the manifest, may have been edited since: each is re-hashed, in the folder and in the zip.
-    return _hashes(unpacked) == Manifest.model_validate_json(manifest).files and not verify_submission(
-        zip_path, lint=False
-    )
+    return not verify_submission(zip_path, lint=False)  # re-hashes each file against the manifest
+
+
+def _folder_holds(folder: Path, staged_manifest: Path) -> bool:
+    """True when the unpacked folder holds the staged manifest and exactly the files it lists, unedited."""
+    manifest = staged_manifest.read_bytes()
+    try:
+        if (folder / MANIFEST_NAME).read_bytes() != manifest:
+            return False
+    except OSError:
+        return False
+    return _hashes(folder) == Manifest.model_validate_json(manifest).files
 
 
 def _hashes(folder: Path) -> dict[str, str]:

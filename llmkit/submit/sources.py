@@ -75,7 +75,9 @@ def hub_or_local(name: str, revision: str | None, *, bundle: bool, marker: str, 
                 "pass --bundle-weights (BUNDLE=1) to put the files in the zip for self-hosting only."
             )
         LOG.warning(BUNDLE_WARNING, name, name)
-        return Weights(name=str(local.resolve()), local_dir=local.resolve())
+        from llmkit.merge.fold import merged_base
+
+        return Weights(name=str(local.resolve()), local_dir=local.resolve(), base_model=merged_base(local))
     if "/" not in name or not is_hub_id(name):  # the challenge's image downloads from an owner's repo
         raise SubmissionError(f"--{what} {name!r} is neither a local directory nor a hub id (owner/name)")
     if revision is not None and not HUB_REVISION.match(revision):

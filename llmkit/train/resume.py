@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmkit.config.schema import AxolotlConfig, ConfigError
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
+
+from llmkit.config.schema import AxolotlConfig, ConfigError, DatasetSpec
 from llmkit.core.files import check_folder_target, write_atomic
 from llmkit.data.cache import dataset_identity
 from llmkit.train.report import TRAINER_STATE
@@ -42,6 +45,7 @@ _NOT_TRAINING = frozenset(
         "strict",
         "logging_steps",  # how often the loss is logged, and
         "save_steps",  # how often a checkpoint is saved: changing either after a crash must not force --fresh
+        "test_datasets",  # evaluated, not trained on
     }
 )
 
@@ -139,14 +143,13 @@ def _check_same_run(cfg: AxolotlConfig, output_dir: Path) -> None:
         previous = json.loads(record.read_text())
     except (OSError, ValueError):
         previous = None
-    current = run_identity(cfg)
-    if previous == current:
+    current = _without_defaults(run_identity(cfg))
+    if previous is not None and (previous := _without_defaults(previous)) == current:
         return
     if previous is None:
         what = f"a run this version cannot identify (no readable {RUN_RECORD})"
     else:
-        changed = sorted(k for k in previous.keys() | current.keys() if previous.get(k) != current.get(k))
-        what = "a run of another config (changed: " + ", ".join(_change(k, previous, current) for k in changed) + ")"
+        what = "a run of another config (changed: " + ", ".join(_changes(previous, current)) + ")"
     raise ConfigError(
         [
             f"output_dir: {output_dir} holds {what}. Resuming would mix the two runs. To start from step 0, rerun "
@@ -156,10 +159,51 @@ def _check_same_run(cfg: AxolotlConfig, output_dir: Path) -> None:
     )
 
 
-def _change(key: str, previous: dict, current: dict) -> str:
-    if key == "datasets":
-        return "datasets (their settings or files)"
-    return f"{key}: {previous.get(key)} -> {current.get(key)}"
+def _default(model: type[BaseModel], key: str) -> Any:
+    """A field's default as it reads in a run record (JSON); None for a required or unknown key."""
+    field = model.model_fields.get(key)
+    if field is None or field.is_required():
+        return None
+    return to_jsonable_python(field.get_default(call_default_factory=True))
+
+
+def _without_defaults(identity: dict[str, Any]) -> dict[str, Any]:
+    """A run identity without the keys at this version's defaults, so that a key added by an update (recorded by
+    later runs at its default, absent from earlier records) leaves a finished run finished."""
+
+    def drop(values: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+        return {
+            key: value
+            for key, value in values.items()
+            if key not in model.model_fields or value != _default(model, key)
+        }
+
+    kept = drop(identity, AxolotlConfig)
+    if isinstance(datasets := identity.get("datasets"), list):
+        kept["datasets"] = [drop(d, DatasetSpec) if isinstance(d, dict) else d for d in datasets]
+    return kept
+
+
+def _changes(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs (identities without defaults), key by key; a dataset's files or settings by its position."""
+    changes = []
+    for key in sorted(previous.keys() | current.keys()):
+        before, after = previous.get(key), current.get(key)
+        if before == after:
+            continue
+        if key == "datasets" and isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+            for i, (old, new) in enumerate(zip(before, after, strict=True)):
+                for field in sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)):
+                    was, now = (d.get(field, _default(DatasetSpec, field)) for d in (old, new))
+                    changes.append(
+                        f"datasets[{i}] files" if field == "_files" else f"datasets[{i}].{field}: {was} -> {now}"
+                    )
+        elif key == "datasets":
+            changes.append(f"datasets: {len(before or [])} -> {len(after or [])} entries")
+        else:
+            was, now = (d.get(key, _default(AxolotlConfig, key)) for d in (previous, current))
+            changes.append(f"{key}: {was} -> {now}")
+    return changes
 
 
 def write_record(cfg: AxolotlConfig, output_dir: Path) -> None:

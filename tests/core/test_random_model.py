@@ -55,6 +55,18 @@ def test_a_small_vocabulary_is_widened_to_the_tokenizer_and_the_model_loads_and_
     again = write_random_model(str(config_file(tmp_path, vocab_size=1000)), out, dtype="float32", seed=3)
     reloaded = AutoModelForCausalLM.from_pretrained(again.path)
     assert torch.equal(reloaded.lm_head.weight, model.lm_head.weight)  # the seed decides the weights
+    assert json.loads((out / "llmkit_random_model.json").read_text())["seed"] == 3  # what may be replaced
+
+
+def test_an_out_folder_holding_other_files_is_refused_untouched(tmp_path):
+    """random-model replaces its --out whole: it deleted a folder of notes (or a real model's weights)."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["random-model", str(config_file(tmp_path)), "--out", str(notes)])
+    assert result.exit_code == 1 and (notes / "todo.txt").read_text() == "mine"
+    message = " ".join(result.output.split())
+    assert f"{notes} holds other files (no llmkit_random_model.json: not an earlier random model)" in message
 
 
 def test_a_larger_vocabulary_is_kept_and_a_shipped_shape_is_found_by_its_hub_id(tmp_path):

@@ -72,6 +72,11 @@ def test_bad_inputs_name_what_is_wrong(tmp_path):
         confgen.generate(confgen.load_task_list("open"), budget=10)
     with pytest.raises(confgen.ConfError, match="budget of 0 instances cannot cover the 10 runs"):
         confgen.generate(confgen.load_task_list("quick"), budget=0)  # 0 is not "the task list's own"
+    open_suite = confgen.load_task_list("open")
+    least = confgen.smallest_budget(open_suite)
+    assert confgen.generate(open_suite, budget=least) and least > 88  # 88 runs, but families share unevenly
+    with pytest.raises(confgen.ConfError, match=rf"budget of {least - 1}: family .* give at least {least}, the small"):
+        confgen.generate(open_suite, budget=least - 1)
     with pytest.raises(confgen.ConfError, match="at most 0 instances per run leaves nothing to evaluate"):
         confgen.generate(confgen.load_task_list("quick"), cap=0)
 

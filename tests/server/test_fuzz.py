@@ -28,7 +28,7 @@ HOSTILE = {
     "1e400 temperature": ("/process", b'{"prompt": "hi", "temperature": 1e400}', 422, "finite"),
     "seed over 2^64": ("/process", b'{"prompt": "hi", "temperature": 1, "seed": 18446744073709551616}', 422, "seed"),
     "seed under -2^63": ("/process", b'{"prompt": "hi", "temperature": 1, "seed": -9223372036854775809}', 422, "seed"),
-    "surrogate prompt": ("/process", b'{"prompt": "\\ud800 hi"}', 422, "prompt"),
+    "surrogate prompt": ("/process", b'{"prompt": "\\ud800 hi"}', 422, "unpaired surrogate at character 0"),
     "surrogate stop": ("/process", b'{"prompt": "hi", "stop_sequences": ["\\udfff"]}', 422, "unicode"),
     "surrogate text": ("/tokenize", b'{"text": "\\ud800"}', 422, "unpaired surrogate"),
     "NaN max_length": ("/tokenize", b'{"text": "a", "max_length": NaN}', 422, "max_length"),

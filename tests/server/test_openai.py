@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-import textwrap
+from pathlib import Path
 
 import openai
 import pytest
@@ -215,8 +215,11 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "ob
 
 
 def test_client_mistakes_are_4xx_in_openai_shape(oai, server, http):
-    with pytest.raises(openai.NotFoundError, match="not served here"):
+    with pytest.raises(openai.NotFoundError, match="not served here") as unknown:
         oai.completions.create(model="no-such-model", prompt="x")
+    assert (unknown.value.code, unknown.value.param) == ("model_not_found", "model")
+    route = http.post(f"{server.url}/v1/no-such-route", json={}).json()["error"]  # not a model's absence
+    assert route["code"] == "not_found" and route["param"] is None
     with pytest.raises(openai.BadRequestError, match="context limit"):
         oai.completions.create(model=MODEL, prompt="hello " * 2100, max_tokens=1)
     with pytest.raises(openai.BadRequestError, match="penalties are not supported"):
@@ -249,36 +252,16 @@ def test_client_mistakes_are_4xx_in_openai_shape(oai, server, http):
 
 
 # --- lm-eval ----------------------------------------------------------------------------------------------------
-CAPITALS = [
-    ("France", ["Paris", "Rome", "Berlin"], 0),
-    ("Italy", ["Madrid", "Rome", "Lisbon"], 1),
-    ("Germany", ["Vienna", "Prague", "Berlin"], 2),
-    ("Spain", ["Madrid", "Athens", "Oslo"], 0),
-]
-TASKS = """
-task: llmkit_capitals
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: What is the capital of {{{{country}}}}?\\nAnswer:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{answer}}}}"
-metric_list:
-  - metric: acc
-"""
+LM_EVAL_TASKS = Path(__file__).parent / "lm_eval_tasks"  # the README's lm_eval command uses them too
 
 
-def test_lm_eval_local_completions(server, tmp_path, reference, default_model_dir):
+def test_lm_eval_local_completions(server, reference, default_model_dir, monkeypatch):
     """lm-eval's own loglikelihoods over the server equal a forward pass, and its accuracy follows from them."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    data = tmp_path / "capitals.jsonl"
-    data.write_text("".join(json.dumps({"country": c, "choices": ch, "answer": a}) + "\n" for c, ch, a in CAPITALS))
-    (tmp_path / "capitals.yaml").write_text(textwrap.dedent(TASKS.format(data=data)))
+    monkeypatch.chdir(LM_EVAL_TASKS.parents[2])  # the task's data_files path is relative to the repository root
+    rows = (LM_EVAL_TASKS / "capitals.jsonl").read_text().splitlines()
     model_args = (
         f"model={MODEL},base_url={server.url}/v1/completions,tokenizer={default_model_dir},"
         "tokenizer_backend=huggingface,num_concurrent=2,max_retries=1"
@@ -287,7 +270,7 @@ def test_lm_eval_local_completions(server, tmp_path, reference, default_model_di
         model="local-completions",
         model_args=model_args,
         tasks=["llmkit_capitals"],
-        task_manager=TaskManager(include_path=str(tmp_path)),
+        task_manager=TaskManager(include_path=str(LM_EVAL_TASKS)),
         log_samples=True,
     )
     _, tokenizer = reference
@@ -303,4 +286,5 @@ def test_lm_eval_local_completions(server, tmp_path, reference, default_model_di
             )
             assert score == pytest.approx(expected, abs=1e-3)
         correct += int(max(range(len(scores)), key=scores.__getitem__) == sample["target"])
-    assert results["results"]["llmkit_capitals"]["acc,none"] == pytest.approx(correct / len(CAPITALS))
+    assert len(results["samples"]["llmkit_capitals"]) == len(rows) == 4
+    assert results["results"]["llmkit_capitals"]["acc,none"] == pytest.approx(correct / len(rows))

@@ -1,11 +1,13 @@
-"""Where a completion ends (server/text.py), without a model: HELM's newline rule and stop sequences that start
-inside a token."""
+"""server/text.py without a model: where a completion ends (HELM's newline rule, stop sequences that start inside a
+token), and an echoed prompt's text pieces under a Llama-2-style tokenizer."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from llmkit.server.text import cut_pieces, stop_index
+from llmkit.server.text import IncrementalDecoder, cut_pieces, prompt_pieces, stop_index
 
 
 @pytest.mark.parametrize(
@@ -31,3 +33,36 @@ def test_cut_pieces_trims_the_piece_a_stop_starts_in():
     assert cut_pieces(pieces, text.index("ed")) == [" R"]
     assert cut_pieces(pieces, text.index("\n")) == [" Red", "."]
     assert cut_pieces(pieces, len(text)) == pieces and cut_pieces(pieces, 0) == []
+
+
+@pytest.fixture(scope="module")
+def llama2_style_tokenizer():
+    """A small BPE trained here with Llama-2's pipeline: a "▁" prepended and spaces as "▁", byte fallback, the
+    decoder stripping the first space, "<s>" added before every text."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    bpe.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    bpe.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"])
+    bpe.train_from_iterator(["Hello world, the capital of France is Paris."] * 20, trainer)
+    spec = json.loads(bpe.to_str())
+    vocab = spec["model"]["vocab"]
+    vocab.update({f"<0x{byte:02X}>": len(vocab) + byte for byte in range(256)})  # the byte-fallback tokens
+    bpe = Tokenizer.from_str(json.dumps(spec))
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.mark.parametrize("prompt", ["Hello world", "The capital\nof France", " Paris", "日本 is far"])
+def test_an_echoed_prompt_is_the_prompt_after_a_bos(llama2_style_tokenizer, prompt):
+    """Decoded after "<s>", the first word gained a space: echo answered " Hello world" (Llama-2, Mistral)."""
+    ids = llama2_style_tokenizer(prompt).input_ids
+    assert ids[0] == llama2_style_tokenizer.bos_token_id  # the BOS is the server's `added` token: not echoed
+    pieces = prompt_pieces(llama2_style_tokenizer, ids[1:])
+    assert len(pieces) == len(ids) - 1 and "".join(pieces) == prompt
+    after_bos = IncrementalDecoder(llama2_style_tokenizer, ids[:1])
+    assert "".join(after_bos.push(t) for t in ids[1:]) + after_bos.flush() == " " + prompt  # what echo answered

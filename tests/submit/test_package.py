@@ -152,7 +152,7 @@ def test_every_dockerfile_variant_passes_hadolint(engine, track, model, adapter)
     assert "HF_TOKEN=" not in dockerfile and "ARG " not in dockerfile
 
 
-def test_a_tampered_zip_or_folder_is_rebuilt_not_kept(tmp_path, rewrite_zip, caplog):
+def test_a_tampered_zip_is_rebuilt_and_a_tampered_folder_restored(tmp_path, rewrite_zip, caplog):
     caplog.set_level(logging.INFO, logger="llmkit.submit.package")
     args = {"model": DEFAULT_MODEL_ID, "revision": "main", "number": 1, "out_root": tmp_path}
     zip_path = build_submission("4090", **args)
@@ -162,12 +162,17 @@ def test_a_tampered_zip_or_folder_is_rebuilt_not_kept(tmp_path, rewrite_zip, cap
     caplog.clear()
     assert build_submission("4090", **args).read_bytes() == built
     assert "kept as it is" not in caplog.text
-    (zip_path.with_suffix("") / "Dockerfile").write_bytes(dockerfile)
-    build_submission("4090", **args)
-    assert "kept as it is" not in caplog.text
-    assert (zip_path.with_suffix("") / "Dockerfile").read_bytes() == zipfile.ZipFile(zip_path).read("Dockerfile")
-    build_submission("4090", **args)  # untouched now: kept
-    assert "kept as it is" in caplog.text
+    folder = zip_path.with_suffix("")
+    for number in (1, None):  # without N, an earlier zip holding these files is kept too, not copied to number 2
+        (folder / "Dockerfile").write_bytes(dockerfile)  # the unpacked copy edited; the zip (what is sent) not
+        caplog.clear()
+        assert build_submission("4090", **{**args, "number": number}) == zip_path
+        assert "kept as it is" in caplog.text and f"Restored {folder}" in caplog.text
+        assert (folder / "Dockerfile").read_bytes() == zipfile.ZipFile(zip_path).read("Dockerfile")
+    assert sorted(p.name for p in zip_path.parent.iterdir()) == ["4090_submission_1", "4090_submission_1.zip"]
+    caplog.clear()
+    build_submission("4090", **args)  # untouched now: kept, nothing restored
+    assert "kept as it is" in caplog.text and "Restored" not in caplog.text
 
 
 def test_bundled_weights_give_the_same_zip_from_any_folder(tmp_path, tiny_model_dir):
@@ -185,3 +190,15 @@ def test_bundled_weights_give_the_same_zip_from_any_folder(tmp_path, tiny_model_
             "report": {"out_dir": "merged", "adapter": "run"}
         }
         assert str(tmp_path) not in archive.read("Dockerfile").decode()
+
+
+def test_a_bundled_merged_folder_names_the_base_it_was_merged_into(tmp_path):
+    """The summary's instruction-tuned check reads the base: a bundled merge used to record none."""
+    from llmkit.submit.sources import hub_or_local
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "llmkit_merge.json").write_text(json.dumps({"report": {"base": "org/Model-7B-Instruct"}}))
+    weights = hub_or_local(str(tmp_path), None, bundle=True, marker="config.json", what="model")
+    assert weights.bundled and weights.base_model == "org/Model-7B-Instruct"
+    (tmp_path / "llmkit_merge.json").unlink()  # any other model folder: no base to name
+    assert hub_or_local(str(tmp_path), None, bundle=True, marker="config.json", what="model").base_model is None

@@ -90,8 +90,26 @@ def test_a_changed_data_file_is_a_changed_run(tiny_config, tiny_dataset, tmp_pat
     path = tiny_config(datasets=[{"path": str(data), "type": "alpaca"}])
     train(load_config(path))
     data.write_text(data.read_text().replace("plus", "added to"))
-    with pytest.raises(ConfigError, match=r"changed: datasets \(their settings or files\)"):
+    with pytest.raises(ConfigError, match=r"changed: datasets\[0\] files\)"):
         train(load_config(path))
+    data.write_bytes(tiny_dataset.read_bytes())
+    changed = tiny_config(datasets=[{"path": str(data), "type": "alpaca", "split": "train[:20]"}])
+    with pytest.raises(ConfigError, match=r"changed: datasets\[0\]\.split: train -> train\[:20\]\)"):
+        train(load_config(changed))
+
+
+def test_a_finished_run_stays_finished_when_an_update_adds_keys(tiny_config):
+    """Records of earlier versions lack keys added since (at their defaults here), and hold keys at defaults:
+    after `shards_idx` (default 0) was added, every finished run was refused as "another config"."""
+    out = train(load_config(tiny_config()))
+    record = json.loads((out / RUN_RECORD).read_text())
+    del record["datasets"][0]["shards_idx"], record["seed"]  # an older version's record: no such keys yet
+    record["datasets"][0]["revision"] = None  # recorded at its default
+    (out / RUN_RECORD).write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"changed: seed: 42 -> 7\)"):
+        train(load_config(tiny_config()))  # seed 7 is not the default (42): a real change
+    (out / RUN_RECORD).write_text(json.dumps({**record, "seed": 7}))
+    assert train(load_config(tiny_config())) == out and _global_step(out) == 2
 
 
 def test_resuming_from_another_models_checkpoint_is_one_error_naming_it(tiny_config, tmp_path, caplog):
