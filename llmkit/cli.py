@@ -226,7 +226,8 @@ def train(
     from llmkit.train import train as run
     from llmkit.train.resume import interrupted_message
 
-    overrides = {key: value for key, value in {"max_steps": max_steps, "output_dir": output_dir}.items() if value}
+    given = {"max_steps": max_steps, "output_dir": output_dir}
+    overrides = {key: value for key, value in given.items() if value is not None}  # 0 and "" are the config's errors
     cfg = None
     try:
         cfg = load_config(config, overrides)

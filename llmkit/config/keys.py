@@ -8,10 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from difflib import get_close_matches
 from enum import Enum
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
+
+from llmkit.core.errors import short_repr
 
 # axolotl keys that real configs (the team's included) carry and this project does not act on, because they
 # change how fast or where a run goes, what it logs or evaluates, not the weights it trains (or, for chat_template,
@@ -117,7 +119,8 @@ class IgnoredKey:
     def describe(self) -> str:
         hint = f" (did you mean {self.suggestion}?)" if self.suggestion else ""
         kind = "not implemented here" if self.known else "unknown key"
-        value = f"={self.value!r}" if self.effective else f" ({self.value!r}: no effect)"
+        shown = short_repr(self.value)
+        value = f"={shown}" if self.effective else f" ({shown}: no effect)"
         return f"{self.path}{value}: {kind}{hint}"
 
 
@@ -152,6 +155,8 @@ def describe_type(annotation) -> str:
         return "{" + ", ".join(annotation.model_fields) + "}"
     if get_origin(annotation) is Literal:
         return " | ".join(f'"{arg}"' for arg in get_args(annotation))
+    if get_origin(annotation) is Annotated:  # a type with validators (`Folder`): the type it validates
+        return describe_type(get_args(annotation)[0])
     args = [arg for arg in get_args(annotation) if arg is not type(None)]
     if get_origin(annotation) is dict:
         return "mapping"

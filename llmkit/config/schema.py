@@ -49,7 +49,7 @@ from llmkit.config.sections import (
     rl_method,
 )
 from llmkit.core import devices
-from llmkit.core.errors import problems, shorten
+from llmkit.core.errors import problems, short_repr
 
 __all__ = [
     "Adapter",
@@ -129,7 +129,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         known = UNIMPLEMENTED_KEYS | REFUSED_KEYS.keys()
         data, ignored = split_keys(data, list(cls.model_fields), known, "")
         refused = [
-            f"{key.path}={shorten(repr(key.value), 60)}: {REFUSED_KEYS[key.path]}" for key in ignored if _refused(key)
+            f"{key.path}={short_repr(key.value, 60)}: {REFUSED_KEYS[key.path]}" for key in ignored if _refused(key)
         ]
         if plugins := refused_plugins(next((key.value for key in ignored if key.path == "plugins"), None)):
             refused.append(
@@ -590,6 +590,24 @@ def _resolve_dataset_paths(raw: dict, base: Path) -> None:
                 entry["data_files"] = [_resolve_local(f, base) for f in ([files] if isinstance(files, str) else files)]
 
 
+MAX_CONFIG_VALUES = 100_000  # YAML aliases share one object; validating or printing one expands it in full
+
+
+def _more_values_than(raw: object, limit: int) -> bool:
+    """Whether `raw`, walked as validation walks it (each alias expanded), holds more than `limit` values."""
+    pending, seen = [raw], 0
+    while pending:
+        value = pending.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> AxolotlConfig:
     """Read, check and type an axolotl-style YAML file.
 
@@ -612,6 +630,12 @@ def load_config(path: str | Path, overrides: dict | None = None) -> AxolotlConfi
         raise ConfigError([f"not valid YAML: {err}"], path) from err
     if not isinstance(raw, dict):
         raise ConfigError([f"expected a mapping of keys to values, got {type(raw).__name__}"], path)
+    if _more_values_than(raw, MAX_CONFIG_VALUES):
+        raise ConfigError(
+            [f"holds more than {MAX_CONFIG_VALUES:,} values once its YAML aliases are expanded (anchors nested in "
+             "anchors); a config is a few hundred"],
+            path,
+        )  # fmt: skip
     raw.update(overrides or {})
     _resolve_dataset_paths(raw, path.resolve().parent)
     try:

@@ -7,20 +7,24 @@ description: `llmkit config-keys` prints them as the README's table.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
 from enum import Enum
 from string import Formatter
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from llmkit.config.keys import suggest
 from llmkit.core.errors import error_message, key_path
 
 # Keys may be repeated as empty (`wandb_project:`) in axolotl's templates; the root treats null as "not set".
-_SECTION = ConfigDict(extra="forbid", use_enum_values=False, validate_default=True)
+# allow_inf_nan: a learning rate of 1e400 (inf) passed every `gt=0` check.
+_SECTION = ConfigDict(extra="forbid", use_enum_values=False, validate_default=True, allow_inf_nan=False)
+# A folder the run writes: "~" is the home folder here too, as transformers' Trainer reads it (one folder, not two).
+Folder = Annotated[str, AfterValidator(os.path.expanduser)]
 
 
 # do_causal_lm_eval's metrics implemented here, named as in HF evaluate (where axolotl loads its metrics from).
@@ -787,7 +791,7 @@ class DataSection(BaseModel):
         description="Evaluation data, instead of val_set_size's held-out rows; an entry reads split `test` unless "
         "it names one (as in axolotl: a local file's only split is `train`).",
     )
-    dataset_prepared_path: str | None = Field(None, description="Cache folder for the tokenized dataset.")
+    dataset_prepared_path: Folder | None = Field(None, description="Cache folder for the tokenized dataset.")
     val_set_size: float = Field(
         0.0, ge=0, description="Rows held out for evaluation: a fraction below 1, a number of rows above 1."
     )
@@ -903,7 +907,7 @@ class TrainingSection(BaseModel):
     noisy_embedding_alpha: float | None = Field(
         None, gt=0, description="axolotl's older name for neftune_noise_alpha."
     )
-    output_dir: str = Field("./model-out", description="Adapter, checkpoints and logs.")
+    output_dir: Folder = Field("./model-out", description="Adapter, checkpoints and logs.")
     save_strategy: Literal["steps", "epoch", "best", "no"] | None = Field(
         None, description="When to checkpoint; default steps with save_steps/saves_per_epoch, else epoch."
     )
@@ -943,7 +947,7 @@ class TrainingSection(BaseModel):
     eval_max_new_tokens: int = Field(128, gt=0, description="do_causal_lm_eval: longest answer generated.")
     logging_steps: int | None = Field(None, gt=0, description="Log the loss every N steps.")
     seed: int = Field(42, description="Seed for shuffling, initialisation and dropout.")
-    resume_from_checkpoint: str | None = Field(None, description="Checkpoint folder to resume training from.")
+    resume_from_checkpoint: Folder | None = Field(None, description="Checkpoint folder to resume training from.")
     hub_model_id: str | None = Field(None, description="Push the adapter to this hub repo after training.")
     wandb_project: str | None = Field(None, description="Weights & Biases project; empty: no W&B logging.")
     wandb_entity: str | None = Field(None, description="Weights & Biases team or user.")

@@ -7,6 +7,7 @@ server's flags and its wire models.
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Callable
 
 from pydantic import ValidationError
@@ -55,7 +56,7 @@ def problems(err: ValidationError, key: Callable[[str], str] = str) -> list[str]
             lines.append(text)
             continue
         given = inputs[path]
-        got = "" if isinstance(given, dict) else f" (got {shorten(repr(given))})"
+        got = "" if isinstance(given, dict) else f" (got {short_repr(given)})"
         lines.append(f"{key(path)}: {text}{got}")
     return lines
 
@@ -63,3 +64,12 @@ def problems(err: ValidationError, key: Callable[[str], str] = str) -> list[str]
 def shorten(text: str, limit: int = 120) -> str:
     """A value's text as an error repeats it: at most `limit` characters."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def short_repr(value: object, limit: int = 120) -> str:
+    """`repr(value)` in at most `limit` characters, without walking all of a huge value: a YAML alias bomb's
+    billion nested items would take minutes and gigabytes to repr in full."""
+    bounded = reprlib.Repr()
+    bounded.maxlevel, bounded.maxlist, bounded.maxdict, bounded.maxtuple, bounded.maxset = 3, 8, 8, 8, 8
+    bounded.maxstring = bounded.maxother = limit
+    return shorten(bounded.repr(value), limit)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 # Bump when tokenization, masking or packing changes, so old entries are not reused.
-PREPARED_FORMAT = 2  # 2: chat turns train content and EOS only (axolotl's masking)
+PREPARED_FORMAT = 3  # 2: chat turns train content and EOS only (axolotl's masking); 3: no EOS after an EOS
 
 
 def _file_digests(path: Path) -> list[tuple[str, str]]:
@@ -52,6 +52,23 @@ def _tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, str | d
     }
 
 
+def _chat_identity(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """What chat rows also depend on: the template each chat dataset resolves to (a jinja file's contents
+    included), and the tokens that end a turn."""
+    from llmkit.data.chat import ChatDefaults, resolve_template
+    from llmkit.data.prompts import CHAT_TYPES
+
+    defaults = ChatDefaults.from_config(cfg)
+    templates = []
+    for _, _, spec in cfg.dataset_entries():
+        if spec.base_type in CHAT_TYPES:
+            try:
+                templates.append(sha256_bytes(resolve_template(spec, tokenizer, defaults).encode()))
+            except ValueError as err:  # preparing the rows says so, naming the dataset
+                templates.append(str(err))
+    return {"templates": templates, "eot_tokens": list(defaults.eot_tokens)}
+
+
 def cache_key(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> str:
     """Hash of the dataset specs with their files' contents, the tokenizer and the settings that shape rows."""
     identity = {
@@ -60,7 +77,7 @@ def cache_key(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> str:
         "test_datasets": [dataset_identity(spec) for spec in cfg.test_datasets or []],
         # What a dataset's rows also depend on: a user module's code, the config-level chat template.
         "modules": [module_digest(spec.user_module, cfg) for _, _, spec in cfg.dataset_entries() if spec.user_module],
-        "chat_template": [cfg.chat_template, cfg.chat_template_jinja],
+        "chat": _chat_identity(cfg, tokenizer),
         "deduplicate": cfg.dataset_exact_deduplication,
         "shuffle": cfg.shuffle_merged_datasets,
         "tokenizer": _tokenizer_identity(tokenizer),

@@ -75,7 +75,8 @@ class Tokenize:
 
     def __call__(self, parts: Parts) -> list[TokenizedRow]:
         input_ids, labels = self._joined(parts) if parts.joined and self.tokenizer.is_fast else self._pieces(parts)
-        if parts.add_eos and self.eos is not None:
+        # An answer that already ends with EOS (data written with </s>) gets no second one, as in axolotl.
+        if parts.add_eos and self.eos is not None and input_ids[-1:] != [self.eos]:
             input_ids.append(self.eos)
             labels.append(self.eos)
         if parts.chunked:

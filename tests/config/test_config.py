@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 from llmkit.cli import app
 from llmkit.config.keys import markdown_table
 from llmkit.config.schema import AxolotlConfig, ConfigError, ConfigWarning, load_config
+from llmkit.core.errors import short_repr
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted([*ROOT.glob("axolotl_configs/**/*.yml"), *ROOT.glob("axolotl_configs/**/*.yaml")])
@@ -311,6 +313,33 @@ def test_test_datasets_are_checked_as_datasets_and_exclude_val_set_size(tmp_path
         load_config(write(tmp_path, MINIMAL), {"test_datasets": [{**entry, "shardz": 2}]})
 
 
+def test_infinite_numbers_tilde_folders_and_falsy_cli_overrides(tmp_path, monkeypatch):
+    """learning_rate 1e400 (inf) passed `gt=0`; "~/run" was a folder named "~" here and $HOME for the Trainer;
+    `train --max-steps 0` fell back to the config's max_steps."""
+    for key in ("learning_rate", "num_epochs", "val_set_size", "weight_decay"):
+        assert f"{key}: Input should be a finite number (got inf)" in error_of(write(tmp_path, MINIMAL), {key: 1e400})
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = load_quietly(write(tmp_path, MINIMAL), {"output_dir": "~/run", "dataset_prepared_path": "~/prepared"})
+    assert (cfg.output_dir, cfg.dataset_prepared_path) == (str(tmp_path / "home/run"), str(tmp_path / "home/prepared"))
+    result = CliRunner().invoke(app, ["train", str(write(tmp_path, MINIMAL)), "--max-steps", "0"])
+    assert result.exit_code == 1 and "max_steps: Input should be greater than 0 (got 0)" in result.output
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    """Nine levels of anchors (9^9 values) under an unknown key: validate hung at 6 GB printing its value."""
+    levels = ["a: &a [" + ", ".join(["lol"] * 9) + "]"]
+    for name, inner in zip("bcdefghi", "abcdefgh", strict=True):
+        levels.append(f"{name}: &{name} [" + ", ".join([f"*{inner}"] * 9) + "]")
+    bomb = write(tmp_path, MINIMAL + "\n".join(levels) + "\n")
+    started = time.monotonic()
+    assert "holds more than 100,000 values once its YAML aliases are expanded" in error_of(bomb)
+    assert time.monotonic() - started < 10
+    wide = [list(range(50))] * 50  # large but legal: its warning shows a bounded excerpt
+    with pytest.warns(ConfigWarning) as caught:
+        load_config(write(tmp_path, MINIMAL), {"my_table": wide})
+    assert "my_table=[[0, 1, 2, 3, 4, 5, 6, 7, ...]" in str(caught[0].message) and len(str(caught[0].message)) < 400
+
+
 def test_a_shard_index_must_name_one_of_the_shards(tmp_path):
     spec = {"path": "org/data", "type": "alpaca"}
     assert "datasets[0]: shards_idx: 3 is not one of the 3 shards (0..2)" in error_of(
@@ -406,7 +435,7 @@ def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
 )
 def test_keys_that_would_change_training_and_are_not_implemented_are_refused(tmp_path, key, value, reason):
     message = error_of(write(tmp_path, MINIMAL), {key: value})
-    assert f"{key}={value!r}: " in message and reason in message
+    assert f"{key}={short_repr(value, 60)}: " in message and reason in message  # a bounded repr (dict keys sorted)
     load_quietly(write(tmp_path, MINIMAL), {key: None})  # left empty: no effect, no error
 
 

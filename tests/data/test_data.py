@@ -222,6 +222,28 @@ def test_test_datasets_are_the_evaluation_rows(write_rows, make_cfg, tokenizer):
         build_datasets(unsplit, tokenizer)
 
 
+def test_every_setting_that_shapes_chat_rows_misses_the_cache(write_rows, make_cfg, tokenizer, tmp_path):
+    """eot_tokens and a jinja file's contents were not in the key: the cache (and datasets' own) served old labels."""
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    path = write_rows([{"messages": messages}] * 3, "jsonl")
+    template = tmp_path / "turns.jinja"
+    template.write_text("{% for m in messages %}{{ m.role }}: {{ m.content }}{{ eos_token }}\n{% endfor %}")
+    spec = {"path": str(path), "type": "chat_template", "chat_template": "jinja", "chat_template_jinja": str(template)}
+    prepared = str(tmp_path / "prepared")
+
+    def labels(**keys) -> tuple[str, list[int]]:
+        data = build_datasets(make_cfg([spec], dataset_prepared_path=prepared, **keys), tokenizer)
+        return data.stats.cache, data.train[0]["labels"]
+
+    first = labels()
+    assert labels() == ("hit", first[1])
+    assert labels(train_on_inputs=True)[0] == "miss"
+    ends_turn = labels(eot_tokens=["\n"])  # the newline after EOS now ends the turn: trained as well
+    assert ends_turn[0] == "miss" and ends_turn[1] != first[1]
+    template.write_text(template.read_text().replace(": ", " says: "))
+    assert labels()[0] == "miss"
+
+
 def test_prepared_path_cache_is_reused_and_invalidated(write_rows, make_cfg, tokenizer, tmp_path):
     path = write_rows([*ALPACA_ROWS, {**ALPACA_ROWS[0], "output": "Green."}], "jsonl")
     prepared = str(tmp_path / "prepared")
@@ -367,6 +389,20 @@ def test_default_dataset_is_helm_format_and_not_helm_test_data():
         assert f"\n{answer['text'][1]}. " in blocks[-1]  # the answer letter is one of the choices
         # simple_mcqa's test instances are "Is N even or odd?" for two-digit N: never here
         assert not re.search(r"Is \d\d even or odd\?", prompt["text"])
+
+
+@pytest.mark.parametrize(
+    ("kind", "row"),
+    [
+        ("alpaca", {"instruction": "Say done.", "input": "", "output": "done<|im_end|>"}),
+        ("completion", {"text": "Ends<|im_end|>"}),
+    ],
+)
+def test_an_answer_that_ends_with_eos_gets_no_second_one(write_rows, make_cfg, tokenizer, kind, row):
+    """axolotl appends EOS only when the last token is not one already."""
+    data = build_datasets(make_cfg([{"path": str(write_rows([row], "jsonl")), "type": kind}]), tokenizer)
+    ids, labels = data.train[0]["input_ids"], data.train[0]["labels"]
+    assert ids.count(tokenizer.eos_token_id) == 1 and ids[-1] == labels[-1] == tokenizer.eos_token_id
 
 
 def test_default_config_trains_only_the_letter_and_eos(tokenizer):

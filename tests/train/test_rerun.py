@@ -63,6 +63,22 @@ def test_an_output_dir_that_is_a_file_is_refused_before_the_model_loads(tiny_con
     assert (tmp_path / "taken").read_text() == "somebody's file"
 
 
+@pytest.mark.parametrize("fresh", [False, True])
+def test_a_folder_that_is_not_a_run_is_refused_untouched(tiny_config, tmp_path, fresh):
+    """A partial-looking checkpoint-7 of somebody else's was removed, and --fresh removed their config.json too."""
+    victim = tmp_path / "victim"
+    (victim / "checkpoint-3").mkdir(parents=True)
+    (victim / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    (victim / "checkpoint-7").mkdir()
+    (victim / "checkpoint-7" / "my_weights.bin").write_bytes(b"mine")
+    (victim / "config.json").write_text("{}")
+    before = sorted(str(p.relative_to(victim)) for p in victim.rglob("*"))
+    message = rf"output_dir: {victim} holds files that are not a training run's \(no llmkit_run.json\): checkpoint-3,"
+    with pytest.raises(ConfigError, match=message):
+        train(load_config(tiny_config(output_dir=str(victim))), fresh=fresh)
+    assert sorted(str(p.relative_to(victim)) for p in victim.rglob("*")) == before
+
+
 def test_a_changed_config_is_refused_until_fresh(tiny_config):
     out = train(load_config(tiny_config(max_steps=2)))
     longer = tiny_config(max_steps=3)
