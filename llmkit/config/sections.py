@@ -808,7 +808,13 @@ class DataSection(BaseModel):
     eot_tokens: list[str] | None = Field(
         None, description="chat_template: the tokens that end a turn (train_on_eot); default: the tokenizer's EOS."
     )
+    excess_length_strategy: Literal["drop", "truncate", "raise"] = Field(
+        "drop", description="A row longer than sequence_len: dropped, cut to sequence_len, or an error."
+    )
     dataset_exact_deduplication: bool = Field(False, description="Drop rows that are exact duplicates.")
+    shuffle_before_merging_datasets: bool = Field(
+        False, description="Shuffle each dataset with `seed` before they are concatenated."
+    )
     shuffle_merged_datasets: bool = Field(True, description="Shuffle the concatenated datasets (false: keep order).")
 
     _eot_list = field_validator("eot_tokens", mode="before")(one_as_list)

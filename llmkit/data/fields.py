@@ -48,4 +48,8 @@ def text_field(row: RawRow, field: str, *, optional: bool = False, where: str = 
         return str(value)
     if not isinstance(value, str):
         raise FieldError(where + field, f"must be a string, got {type(value).__name__} {str(value)[:60]!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:  # JSON's "\ud800": no tokenizer can read it
+        raise FieldError(where + field, f"is not valid text: an unpaired surrogate at character {err.start}") from None
     return value

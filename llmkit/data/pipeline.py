@@ -46,6 +46,9 @@ __all__ = [
 ]
 
 
+KEEP = "_keep"  # a column marking the rows that can be trained on, until they are dropped
+
+
 @dataclass
 class PreparedData:
     train: Dataset  # TrainingRow, or PackedRow with sample_packing
@@ -165,8 +168,8 @@ def spec_problems(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> lis
 def _tokenize_spec(
     cfg: AxolotlConfig, spec: DatasetSpec, entry: tuple[str, int], tokenize: Tokenize, key: str
 ) -> tuple[Dataset, DatasetStats]:
-    """One dataset's rows, tokenized and masked, without the rows that cannot be trained on; `entry` is where the
-    config lists it (`("datasets", 0)`)."""
+    """One dataset's rows, tokenized and masked, each marked in a `_keep` column whether it can be trained on
+    (dropped after the shuffle, as axolotl drops them); `entry` is where the config lists it (`("datasets", 0)`)."""
     source = source_name(spec)
     to_rows = _checked_row_tokens(cfg, spec, f"{entry[0]}[{entry[1]}]", tokenize)
     rows = load_rows(spec, to_rows, cfg.seed)
@@ -180,27 +183,50 @@ def _tokenize_spec(
         fingerprint=f"llmkit-tokenize-{key}-{entry[0]}-{entry[1]}",
     )
     stats = DatasetStats(source, spec.type_name, len(rows), 0)
-    return _drop_unusable(tokenized, stats, tokenize.sequence_len)
+    n = tokenize.sequence_len
+    if cfg.excess_length_strategy == "raise" and (
+        long := [len(ids) for ids in tokenized["input_ids"] if len(ids) > n]
+    ):
+        raise DataError(
+            f"{source}: {len(long)} rows are longer than sequence_len {n} (the longest {max(long)} tokens), and "
+            "excess_length_strategy is raise"
+        )
+    if cfg.excess_length_strategy == "truncate":  # as axolotl: cut, then kept if a trained token is left
+        if cut := sum(len(ids) > n for ids in tokenized["input_ids"]):
+            LOG.warning("%s: cut %d rows to sequence_len %d (excess_length_strategy: truncate)", source, cut, n)
+        tokenized = tokenized.map(
+            lambda ids, labels: {"input_ids": ids[:n], "labels": labels[:n]},
+            input_columns=["input_ids", "labels"],
+            desc="Truncating",
+            load_from_cache_file=False,
+            new_fingerprint=f"llmkit-truncate-{key}-{entry[0]}-{entry[1]}",
+        )
+    return tokenized.add_column(KEEP, _usable(tokenized, stats, n)), stats
 
 
-def _drop_unusable(rows: Dataset, stats: DatasetStats, sequence_len: int) -> tuple[Dataset, DatasetStats]:
+def _usable(rows: Dataset, stats: DatasetStats, sequence_len: int) -> list[bool]:
+    """Which rows can be trained on (not too long, a trained token), counted in `stats`; none is an error."""
     keep = []
-    for index, (ids, labels) in enumerate(zip(rows["input_ids"], rows["labels"], strict=True)):
+    for ids, labels in zip(rows["input_ids"], rows["labels"], strict=True):
         if len(ids) > sequence_len:
             stats.dropped_overlong += 1
         elif all(label == IGNORE_INDEX for label in labels[1:]):  # the first token is never a target
             stats.dropped_untrained += 1
-        else:
-            keep.append(index)
-    stats.kept = len(keep)
+        keep.append(len(ids) <= sequence_len and any(label != IGNORE_INDEX for label in labels[1:]))
+    stats.kept = sum(keep)
     if stats.dropped_overlong:
         message = "%s: dropped %d of %d rows longer than sequence_len %d"
         LOG.warning(message, stats.source, stats.dropped_overlong, stats.rows, sequence_len)
     if stats.dropped_untrained:
         LOG.warning("%s: dropped %d rows with nothing to train on", stats.source, stats.dropped_untrained)
-    if not keep:
+    if not stats.kept:
         raise DataError(f"{stats.source}: no row is left of {stats.rows}: {_why_none_left(rows, stats, sequence_len)}")
-    return rows.select(keep), stats
+    return keep
+
+
+def _kept(rows: Dataset) -> Dataset:
+    """The rows marked to keep, in their order, without the mark."""
+    return rows.select([i for i, keep in enumerate(rows[KEEP]) if keep]).remove_columns(KEEP)
 
 
 def _why_none_left(rows: Dataset, stats: DatasetStats, sequence_len: int) -> str:
@@ -257,15 +283,21 @@ def _prepare(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase, key: str) -
         rows, spec_stats = _tokenize_spec(cfg, spec, (list_key, position), tokenize, key)
         tokenized[list_key].append(rows)
         (stats.datasets if list_key == "datasets" else stats.eval_datasets).append(spec_stats)
-    rows = concatenate_datasets(tokenized["datasets"])
-    if cfg.dataset_exact_deduplication:
-        rows = _drop_duplicates(rows)
+    # axolotl's order, which decides the held-out rows and the training order: merge, shuffle the merged rows with
+    # seed, then drop the unusable ones and duplicates, then hold out the last val_set_size rows.
+    parts = tokenized["datasets"]
+    if cfg.shuffle_before_merging_datasets and len(parts) > 1:
+        parts = [part.shuffle(seed=cfg.seed) for part in parts]
+    rows = concatenate_datasets(parts)
     if cfg.shuffle_merged_datasets:
         rows = rows.shuffle(seed=cfg.seed)
+    rows = _kept(rows)
+    if cfg.dataset_exact_deduplication:
+        rows = _drop_duplicates(rows)
     rows = _with_attention_masks(rows.flatten_indices(), f"{key}-train")
     if tokenized["test_datasets"]:  # evaluated as they are: test_datasets and val_set_size exclude each other
         train = rows
-        evaluation = _with_attention_masks(concatenate_datasets(tokenized["test_datasets"]), f"{key}-test")
+        evaluation = _with_attention_masks(_kept(concatenate_datasets(tokenized["test_datasets"])), f"{key}-test")
     else:
         train, evaluation = split_held_out(rows, cfg)
     stats.train_rows, stats.eval_rows = len(train), len(evaluation) if evaluation is not None else 0

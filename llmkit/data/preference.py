@@ -258,8 +258,8 @@ def _spec_rows(spec: DatasetSpec, build: PreferenceBuilder, seed: int) -> Datase
 
 
 def build_preference_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> PreferenceData:
-    """Every dataset's rows as preference pairs, concatenated, shuffled with `seed`; evaluated: `val_set_size`
-    held out, or test_datasets' pairs.
+    """Every dataset's rows as preference pairs, concatenated, shuffled with `seed` (shuffle_merged_datasets);
+    evaluated: the last `val_set_size` of them held out, or test_datasets' pairs.
 
     Raises:
         DataError: a file, row or field is bad, or a dataset's chat template cannot be used.
@@ -272,7 +272,8 @@ def build_preference_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizer
         except ValueError as err:
             raise DataError(f"{source_name(spec)}: {err}") from None
         pairs[key].append(_spec_rows(spec, build, cfg.seed))
-    rows = concatenate_datasets(pairs["datasets"]).shuffle(seed=cfg.seed).flatten_indices()
+    rows = concatenate_datasets(pairs["datasets"])
+    rows = (rows.shuffle(seed=cfg.seed) if cfg.shuffle_merged_datasets else rows).flatten_indices()
     if pairs["test_datasets"]:
         return PreferenceData(rows, concatenate_datasets(pairs["test_datasets"]))
     return PreferenceData(*split_held_out(rows, cfg, "pairs"))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 from collections.abc import Callable, Iterator
@@ -35,12 +36,13 @@ class DataError(ValueError):
 
 
 def split_held_out(rows: Dataset, cfg: AxolotlConfig, what: str = "rows") -> tuple[Dataset, Dataset | None]:
-    """(training rows, held-out rows or None): the config's val_set_size (a count above 1, else a fraction) taken
-    from the rows shuffled with its seed."""
+    """(training rows, held-out rows or None): the last val_set_size rows (a count above 1, else a fraction),
+    as axolotl holds them out: the rows come here already shuffled with the seed (unless shuffle_merged_datasets
+    is false), and are not shuffled again."""
     if not cfg.val_set_size:
         return rows, None
     try:
-        parts = rows.train_test_split(test_size=cfg.eval_split_size, seed=cfg.seed, shuffle=True)
+        parts = rows.train_test_split(test_size=cfg.eval_split_size, shuffle=False)
     except ValueError:  # datasets refuses a split whose training side would be empty
         raise DataError(f"val_set_size {cfg.val_set_size} leaves no training {what} out of {len(rows)}") from None
     return parts["train"], parts["test"]
@@ -99,6 +101,8 @@ def _load(spec: DatasetSpec, local: Path) -> Dataset:
         builder = _builder(spec, local)
         if builder is None:
             raise DataError(f"{local}: unknown file type {local.suffix!r}; set ds_type (json, parquet, csv)")
+        if builder in ("json", "csv", "text"):
+            _check_utf8(local)  # Arrow reads other bytes into its strings; reading a row then fails mid-training
         features = _csv_text_features(local) if builder == "csv" else None
         return load_dataset(builder, data_files=str(local), split=split, features=features)
     if local.is_dir() and not spec.data_files and (saved := _saved_dataset(local)) is not None:
@@ -108,6 +112,23 @@ def _load(spec: DatasetSpec, local: Path) -> Dataset:
     if local.is_dir():
         return load_dataset(str(local), data_files=spec.data_files, split=split)
     return load_dataset(spec.path, name=spec.name, data_files=spec.data_files, split=split, revision=spec.revision)
+
+
+def _check_utf8(path: Path) -> None:
+    """A text file is UTF-8 throughout, read in 1 MiB pieces; else a DataError naming the line."""
+    decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
+    with path.open("rb") as file:
+        for piece in iter(lambda: file.read(1 << 20), b""):
+            try:
+                decoder.decode(piece)
+            except UnicodeDecodeError as err:
+                line += piece.count(b"\n", 0, max(0, err.start))
+                raise DataError(f"{path}: line {line}: not UTF-8 text (byte {err.object[err.start]:#04x})") from None
+            line += piece.count(b"\n")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: line {line}: not UTF-8 text (the file ends inside a character)") from None
 
 
 def _saved_dataset(folder: Path) -> Dataset | DatasetDict | None:

@@ -430,6 +430,9 @@ def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
         ("cosine_constant_lr_ratio", 0.8, "cosine_min_lr_ratio is"),
         ("lr_scheduler_kwargs", {"num_cycles": 3}, "extra scheduler arguments are not implemented"),
         ("lr_groups", [{"name": "o", "modules": ["o_proj"], "lr": 1e-5}], "per-module learning rates"),
+        ("curriculum_sampling", True, "sequential (curriculum) sampling is not implemented"),
+        ("chat_template_kwargs", {"enable_thinking": False}, "extra chat template arguments are not implemented"),
+        ("min_sample_len", 8, "a minimum row length is not implemented"),
         ("embedding_lr", 1e-5, "a separate embedding learning rate"),
     ],
 )

@@ -196,6 +196,49 @@ def test_validation_split(write_rows, make_cfg, tokenizer):
         make_cfg(cfg.datasets, val_set_size=1)
 
 
+@pytest.mark.parametrize(
+    ("keys", "train_order", "held_out"),
+    [
+        ({"val_set_size": 0.2}, [5, 6, 0, 7, 3, 2, 4, 9], [1, 8]),
+        ({"val_set_size": 3}, [5, 6, 0, 7, 3, 2, 4], [9, 1, 8]),
+        ({"val_set_size": 0.2, "shuffle_merged_datasets": False}, list(range(8)), [8, 9]),
+    ],
+)
+def test_the_held_out_rows_and_the_order_are_axolotls(write_rows, make_cfg, tokenizer, keys, train_order, held_out):
+    """What axolotl 0.19 gave for these 10 rows and seed 42 (shuffled once when merged, then the last rows held
+    out); the split shuffled them again here, so the same config evaluated other rows."""
+    rows = [{"instruction": "Say it.", "input": "", "output": f"Row {i}"} for i in range(10)]
+    cfg = make_cfg([{"path": str(write_rows(rows, "jsonl")), "type": "alpaca"}], seed=42, **keys)
+    data = build_datasets(cfg, tokenizer)
+
+    def numbers(part) -> list[int]:
+        return [int(tokenizer.decode(r["input_ids"]).rsplit("Row ", 1)[1].split("<")[0]) for r in part]
+
+    assert (numbers(data.train), numbers(data.eval)) == (train_order, held_out)
+
+
+def test_excess_length_strategy_drops_cuts_or_refuses_long_rows(write_rows, make_cfg, tokenizer):
+    rows = [{"instruction": "Say it.", "input": "", "output": "word " * n} for n in (2, 80)]
+    spec = [{"path": str(write_rows(rows, "jsonl")), "type": "alpaca"}]
+    dropped = build_datasets(make_cfg(spec, sequence_len=64), tokenizer)
+    assert len(dropped.train) == 1 and dropped.stats.datasets[0].dropped_overlong == 1
+    cut = build_datasets(make_cfg(spec, sequence_len=64, excess_length_strategy="truncate"), tokenizer)
+    assert sorted(len(r["input_ids"]) for r in cut.train) == [len(dropped.train[0]["input_ids"]), 64]
+    with pytest.raises(DataError, match="1 rows are longer than sequence_len 64 .* excess_length_strategy is raise"):
+        build_datasets(make_cfg(spec, sequence_len=64, excess_length_strategy="raise"), tokenizer)
+
+
+def test_shuffle_before_merging_shuffles_each_dataset_as_axolotl(write_rows, make_cfg, tokenizer):
+    files = [write_rows([{"instruction": "Say.", "input": "", "output": f"{name}{i}"} for i in range(6)], "jsonl")
+             for name in "AB"]  # fmt: skip
+    specs = [{"path": str(path), "type": "alpaca"} for path in files]
+    keys = {"shuffle_before_merging_datasets": True, "shuffle_merged_datasets": False, "seed": 3}
+    data = build_datasets(make_cfg(specs, **keys), tokenizer)
+    order = [int(i) for i in Dataset.from_dict({"i": list(range(6))}).shuffle(seed=3)["i"]]
+    answers = [tokenizer.decode(r["input_ids"]).rsplit("\n", 1)[1].split("<")[0] for r in data.train]
+    assert answers == [f"A{i}" for i in order] + [f"B{i}" for i in order]
+
+
 def test_test_datasets_are_the_evaluation_rows(write_rows, make_cfg, tokenizer):
     """axolotl's test_datasets: every row of them is evaluated, in order, and no training row is held out."""
     from rich.console import Console

@@ -90,6 +90,17 @@ def test_shards_train_on_one_shard_of_the_shuffled_rows_as_axolotl(write_rows, m
         build_datasets(_alpaca(make_cfg, path, shards=12, shards_idx=11), tokenizer)
 
 
+def test_bytes_that_are_not_utf8_and_lone_surrogates_name_their_line_or_row(make_cfg, tokenizer, tmp_path):
+    """Both ended in a traceback (UnicodeDecodeError from Arrow's strings; TypeError from the tokenizer)."""
+    lines = [json.dumps(row).encode() for row in _rows(4)]
+    bad_bytes = tmp_path / "latin1.jsonl"
+    bad_bytes.write_bytes(b"\n".join([*lines[:2], lines[2].replace(b"Say", b"S\xe4y"), lines[3]]) + b"\n")
+    _fails(make_cfg, tokenizer, bad_bytes, r"line 3: not UTF-8 text \(byte 0xe4\)")
+    surrogate = tmp_path / "surrogate.jsonl"
+    surrogate.write_bytes(b"\n".join([*lines[:3], lines[3].replace(b"Say", b"S\\ud800y")]) + b"\n")
+    _fails(make_cfg, tokenizer, surrogate, r"row 4: field 'instruction' is not valid text: an unpaired surrogate at")
+
+
 def test_a_split_a_local_file_lacks_is_an_error(write_rows, make_cfg, tokenizer):
     path = write_rows(_rows(2), "jsonl")
     _fails(make_cfg, tokenizer, path, r"cannot be read: .*Unknown split \"validation\"", split="validation")
