@@ -92,7 +92,8 @@ def plan(
         world_size=world_size,
         tokens_per_step=tokens_per_step,
         rows=rows,
-        steps=cfg.max_steps or (None if rows is None else _optimizer_steps(cfg, rows, world_size)),
+        steps=cfg.max_steps
+        or (None if rows is None else optimizer_steps(cfg, rows - cfg.held_out_rows(rows), world_size)),
         steps_per_1k_rows=(1000 - cfg.held_out_rows(1000)) * cfg.num_epochs / step_rows,
         memory=memory,
         tokens=tokens,
@@ -259,11 +260,26 @@ def _full_weights(cfg: AxolotlConfig) -> str:
     return "float32 master weights" + (f", {compute} autocast" if compute != "float32" else "")
 
 
-def _optimizer_steps(cfg: AxolotlConfig, rows: int, world_size: int) -> int:
-    """Optimizer steps as transformers' Trainer counts them (before packing, so an upper bound with packing)."""
-    batches = math.ceil((rows - cfg.held_out_rows(rows)) / (cfg.micro_batch_size * world_size))
+def optimizer_steps(cfg: AxolotlConfig, train_rows: int, world_size: int) -> int:
+    """Optimizer steps of a run over `train_rows` training rows (or packed sequences), as transformers' Trainer
+    counts them: max_steps when set."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    batches = math.ceil(train_rows / (cfg.micro_batch_size * world_size))
     per_epoch = max(math.ceil(batches / cfg.gradient_accumulation_steps), 1)
     return math.ceil(cfg.num_epochs * per_epoch)
+
+
+def warmup_steps(cfg: AxolotlConfig, total_steps: int) -> int:
+    """axolotl's warmup: warmup_steps as given; else warmup_ratio x the run's steps, rounded down; else 3% of them,
+    at most 100; 1 becomes 2."""
+    if cfg.warmup_steps is not None:
+        steps = cfg.warmup_steps
+    elif cfg.warmup_ratio is not None:
+        steps = int(cfg.warmup_ratio * total_steps)
+    else:
+        steps = min(int(0.03 * total_steps), 100)
+    return 2 if steps == 1 else steps
 
 
 def _count_all_rows(datasets: list[DatasetSpec]) -> int | None:

@@ -893,7 +893,9 @@ class TrainingSection(BaseModel):
     cosine_min_lr_ratio: float | None = Field(
         None, ge=0, lt=1, description="lr_scheduler cosine: decay to learning_rate x this instead of 0."
     )
-    warmup_steps: int | None = Field(None, ge=0, description="Linear warmup steps (exclusive with warmup_ratio).")
+    warmup_steps: int | None = Field(
+        None, ge=0, description="Linear warmup steps (exclusive with warmup_ratio); neither: 3% of the steps, max 100."
+    )
     warmup_ratio: float | None = Field(None, ge=0, lt=1, description="Warmup as a fraction of all steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 disables).")

@@ -36,6 +36,7 @@ from transformers import (
     set_seed,
 )
 
+from llmkit.config.plan import optimizer_steps, warmup_steps
 from llmkit.config.schema import RESOLVED_CONFIG, AxolotlConfig, ConfigError, RLMethod
 from llmkit.core import devices
 from llmkit.core.files import clean_stale, staging_dir, swap_in
@@ -100,6 +101,8 @@ def _train(cfg: AxolotlConfig, args: TrainingArguments, output_dir: Path, *, fre
     with args.main_process_first(desc="dataset preparation"):  # rank 0 fills dataset_prepared_path first
         data = build_preference_datasets(cfg, tokenizer) if cfg.rl else build_datasets(cfg, tokenizer)
     _log_data(data)
+    # axolotl's default warmup is 3% of the run: its length is known once the data is (packing included)
+    args.warmup_steps = warmup_steps(cfg, optimizer_steps(cfg, len(data.train), args.world_size))
     model = build_peft_model(cfg, load_base_model(cfg), tokenizer)
     trainer = _trainer(cfg, args, model, tokenizer, data)
     with _checkpoint_fits(cfg, plan.checkpoint):
@@ -233,7 +236,6 @@ def training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments:
         optim_args=_optim_args(cfg.optim_args),
         optim_target_modules=cfg.optim_target_modules,
         learning_rate=cfg.learning_rate,
-        warmup_steps=cfg.warmup_ratio if cfg.warmup_ratio is not None else (cfg.warmup_steps or 0),  # <1: ratio
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",  # transformers 5's name

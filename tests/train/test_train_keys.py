@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, Trainer
 
+from llmkit.config.plan import warmup_steps
 from llmkit.config.schema import ConfigError, load_config
 from llmkit.data.tokenizer import load_tokenizer
 from llmkit.train.modeling import attn_implementation, build_peft_model, load_base_model
@@ -196,12 +197,34 @@ def test_trainer_settings_the_keys_become(tiny_config):
     assert (args.adam_beta2, args.optim_args, args.train_sampling_strategy) == (0.95, "foo=1", "group_by_length")
     assert (args.load_best_model_at_end, args.metric_for_best_model) == (True, "eval_loss")
     assert (args.save_steps, args.eval_steps) == (0.5, 0.5)  # 1 / (2 per epoch x 1 epoch) of the run
-    accumulated = training_arguments(load_config(tiny_config(gradient_accumulation_steps=3, warmup_ratio=0.2)), "sgd")
-    assert (accumulated.gradient_accumulation_steps, accumulated.warmup_steps) == (3, 0.2)  # below 1: a ratio
-    assert training_arguments(load_config(tiny_config(warmup_steps=7)), "sgd").warmup_steps == 7
+    accumulated = training_arguments(load_config(tiny_config(gradient_accumulation_steps=3)), "sgd")
+    assert accumulated.gradient_accumulation_steps == 3
     mismatched = load_config(tiny_config(**{**keys, "saves_per_epoch": None, "save_steps": 3, "evals_per_epoch": 3}))
     with pytest.raises(ConfigError, match="trainer settings: .*load_best_model_at_end"):
         training_arguments(mismatched, "adamw_torch")
+
+
+@pytest.mark.parametrize(
+    ("keys", "total", "expected"),
+    [
+        ({}, 1000, 30),  # axolotl: 3% of the run when neither key is set,
+        ({}, 10_000, 100),  # at most 100 steps,
+        ({}, 40, 2),  # and 1 step becomes 2
+        ({}, 20, 0),
+        ({"warmup_ratio": 0.1}, 125, 12),  # a ratio of the run, rounded down
+        ({"warmup_steps": 7}, 1000, 7),
+    ],
+)
+def test_warmup_is_axolotls(tiny_config, keys, total, expected):
+    assert warmup_steps(load_config(tiny_config(**keys)), total) == expected
+
+
+def test_training_warms_up_as_axolotl_when_no_warmup_is_set(tiny_config):
+    """No warmup key: axolotl warms up over 3% of the run (2 of these 40 steps); this project did none."""
+    out = train(load_config(tiny_config(max_steps=40, lr_scheduler="constant_with_warmup", logging_steps=1)))
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    rates = [entry["learning_rate"] for entry in history if "learning_rate" in entry]
+    assert rates[:3] == pytest.approx([0.0, 0.5e-3, 1e-3])  # learning_rate 1e-3, reached after 2 warmup steps
 
 
 @CPU_ONLY
