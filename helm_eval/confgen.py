@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llmkit.core.errors import problems
-from llmkit.core.files import write_atomic
+from llmkit.core.files import check_file_target, write_atomic
 
 LOG = logging.getLogger(__name__)
 
@@ -169,6 +169,7 @@ def render_conf(entries: list[RunEntry]) -> str:
 
 def write_conf(entries: list[RunEntry], path: Path) -> Path:
     """Write atomically (temp file + rename), so a half-written conf never exists."""
+    check_file_target(path)  # its message, not mkdir's "File exists" or rename's "Is a directory"
     return write_atomic(path, render_conf(entries), parents=True)
 
 

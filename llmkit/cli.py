@@ -420,10 +420,11 @@ def helm_conf(
 
     try:
         entries = confgen.generate(confgen.load_task_list(tasks), budget=budget)
-    except confgen.ConfError as err:
+        written = confgen.write_conf(entries, Path(out)) if out else None
+    except (confgen.ConfError, OSError) as err:  # a bad task list or budget; an --out it cannot write
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(confgen.write_conf(entries, Path(out)) if out else confgen.render_conf(entries), nl=not out)
+    typer.echo(written or confgen.render_conf(entries), nl=not out)
 
 
 @app.command("helm-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -96,8 +96,10 @@ class DrainingServer(uvicorn.Server):
 def serve(settings: ServerSettings) -> None:
     """Load the model, then answer on settings.host:settings.port until stopped."""
     # Loaded before uvicorn starts (uvicorn binds the port only after its start-up anyway), so that a model,
-    # adapter or device that can't be used ends in one line naming it, not in the lifespan's traceback.
+    # adapter or device that can't be used ends in one line naming it, not in the lifespan's traceback; the address
+    # is tried first, so that a typo in --host or a busy --port is not found only after minutes of loading.
     try:
+        _check_address(settings.host, settings.port)
         engine = load_engine(settings)
     except (OSError, ValueError, RuntimeError, ImportError) as err:
         LOG.debug("Loading failed", exc_info=err)
@@ -118,3 +120,16 @@ def serve(settings: ServerSettings) -> None:
         DrainingServer(config, app.state.stopping, settings.shutdown_timeout_s).run()
     finally:
         close_once()
+
+
+def _check_address(host: str, port: int) -> None:
+    """Raise OSError, naming the address, unless uvicorn could listen on host:port: each address the host resolves to
+    (as asyncio's create_server binds them all) is bound, with SO_REUSEADDR as uvicorn's, and released."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in addresses:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+    except OSError as err:
+        raise OSError(f"cannot listen on {host} port {port}: {err.strerror or err}") from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
 from llmkit.server.protocol import SEED_RANGE, Integer, Text, WireModel, integer
 
@@ -109,23 +109,26 @@ class TextPart(WireModel):
 
 
 class ChatMessage(WireModel):
-    # As OpenAI: only an assistant's turn may come without content (the schema says so too, for clients and fuzzers).
+    # As OpenAI: only an assistant's turn may come without content, absent, null or an empty list of parts (the schema
+    # says so too, for clients and fuzzers); an empty text is content, as OpenAI takes it.
     model_config = WireModel.model_config | ConfigDict(
         json_schema_extra={
             "if": {"properties": {"role": {"const": "assistant"}}},
-            "else": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+            "else": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}, "minItems": 1}}},
         }
     )
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Text | list[TextPart] | None = None
+    content: Text | list[TextPart] | None = Field(None, validate_default=True)  # validated when absent too
     name: str | None = None
 
-    @model_validator(mode="after")
-    def _content_given(self) -> ChatMessage:
-        if self.content is None and self.role != "assistant":
-            raise ValueError(f"a {self.role} message needs content")
-        return self
+    @field_validator("content")
+    @classmethod
+    def _content_given(cls, content: str | list[TextPart] | None, info: ValidationInfo) -> str | list[TextPart] | None:
+        role = info.data.get("role")  # absent when the role itself was refused
+        if (content is None or content == []) and role not in (None, "assistant"):
+            raise ValueError(f"a {role} message needs content")
+        return content
 
     def template_form(self) -> dict:
         """The message as a chat template reads it: content as one text."""

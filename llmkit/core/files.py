@@ -137,6 +137,13 @@ def check_folder_target(path: Path) -> None:
         raise PermissionError(f"no permission to write in {existing}")
 
 
+def check_file_target(path: Path) -> None:
+    """`path` is, or can be made, a file this process may write: not a folder, in a folder as `check_folder_target`."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a file")
+    check_folder_target(path.parent)
+
+
 def check_replaceable(path: Path, marker: str, what: str) -> None:
     """`path` is a folder a command may replace whole: new, empty, or one it wrote itself (it holds `marker`).
 

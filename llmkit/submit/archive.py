@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import time
 import zipfile
 from pathlib import Path
@@ -24,7 +25,9 @@ def zip_timestamp() -> tuple[int, int, int, int, int, int]:
 def write_zip(folder: Path, zip_path: Path) -> None:
     """Zip every file under `folder`, sorted by path, with fixed timestamps and permissions (rw-r--r--).
 
-    Weight files are stored, not deflated: compressing floating-point weights saves little and takes long.
+    Weight files are stored, not deflated: compressing floating-point weights saves little and takes long. A link
+    to a file is zipped as a regular file holding its target's bytes, never as a link (which unzip would recreate,
+    and verify-submission refuses).
     """
     files = sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file())
     total = sum(p.stat().st_size for _, p in files)
@@ -36,7 +39,7 @@ def write_zip(folder: Path, zip_path: Path) -> None:
         for name, path in files:
             info = zipfile.ZipInfo(name, date_time=stamp)
             info.create_system = 3  # unix, so the permission bits below are read
-            info.external_attr = 0o100644 << 16
+            info.external_attr = (stat.S_IFREG | 0o644) << 16  # a regular file, whatever `path` is
             info.compress_type = zipfile.ZIP_STORED if is_weight_file(name) else zipfile.ZIP_DEFLATED
             info.file_size = path.stat().st_size  # lets zipfile choose zip64 up front for files over 2 GiB
             with path.open("rb") as source, archive.open(info, "w") as target:

@@ -5,7 +5,8 @@ The first Dockerfile sits at the root and is the only one; it exposes port 80, r
 ARG. No file holds a secret; weight files are present only when the manifest says they were bundled; manifest.json
 lists every other file with its sha256 and names the engine the CMD runs. Every COPY/ADD source is in the zip, no
 ENTRYPOINT replaces the server, HF_HUB_OFFLINE is 1 at run time, every requirement is pinned with ==. Each entry is
-read once, and only if it can be: no name twice, no damaged or encrypted entry, no file but weights over 64 MiB.
+read once, and only if it can be: no name twice, no symbolic link, no damaged or encrypted entry, no file but
+weights over 64 MiB.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import posixpath
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -100,6 +102,11 @@ def _read_entries(archive: zipfile.ZipFile, zip_path: str | Path) -> tuple[dict[
     ]
     for info in archive.infolist():
         name = info.filename
+        if is_symlink(info):  # its data is the link's target path, which extractall would write as a plain file
+            digests[name] = None
+            why = "unzip recreates it, so the build would not see what is checked"
+            problems.append(f"{zip_path}: {name}: a symbolic link ({why})")
+            continue
         if info.is_dir():
             continue
         digests[name] = None
@@ -123,6 +130,11 @@ def _read_entries(archive: zipfile.ZipFile, zip_path: str | Path) -> tuple[dict[
             why = "its data ends before the size its header gives" if isinstance(err, EOFError) else why
             problems.append(f"{zip_path}: {name}: cannot be read ({why})")
     return files, digests, problems
+
+
+def is_symlink(info: zipfile.ZipInfo) -> bool:
+    """The entry's Unix mode (the high 16 bits of external_attr, which unzip applies) is a symbolic link's."""
+    return stat.S_ISLNK(info.external_attr >> 16)
 
 
 def _check_paths(digests: dict[str, str | None]) -> list[str]:

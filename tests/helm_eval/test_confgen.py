@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from llmkit.cli import app
 from llmkit.core.challenge import OPEN_SUITE_REQUESTS
 from llmkit.helm_eval import confgen
 from llmkit.helm_eval.run import OFFLINE_SCENARIOS
@@ -79,6 +81,23 @@ def test_bad_inputs_name_what_is_wrong(tmp_path):
         confgen.generate(open_suite, budget=least - 1)
     with pytest.raises(confgen.ConfError, match="at most 0 instances per run leaves nothing to evaluate"):
         confgen.generate(confgen.load_task_list("quick"), cap=0)
+
+
+def test_an_out_it_cannot_write_is_one_error_line(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "a-folder").mkdir()
+    says = {
+        "a-file/run.conf": f"Error: {tmp_path / 'a-file'} is a file, not a folder\n",
+        "a-folder": f"Error: {tmp_path / 'a-folder'} is a folder, not a file\n",
+    }
+    for out, message in says.items():
+        result = CliRunner().invoke(app, ["helm-conf", "quick", "--budget", "20", "--out", str(tmp_path / out)])
+        assert result.exit_code == 1 and result.output == message, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "a-folder"] and not any(
+        tmp_path.glob("a-folder/*")
+    )
+    ok = CliRunner().invoke(app, ["helm-conf", "quick", "--budget", "20", "--out", str(tmp_path / "new" / "run.conf")])
+    assert ok.exit_code == 0 and confgen.parse_conf((tmp_path / "new" / "run.conf").read_text())
 
 
 def test_a_cap_lowers_the_counts_a_conf_file_sets_itself(tmp_path):

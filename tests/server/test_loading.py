@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 
 import psutil
@@ -163,6 +164,21 @@ def test_adapters_no_server_can_apply_end_in_one_message(python, tmp_path, tiny_
         assert message in result.stderr and "Traceback" not in result.stderr
         error = result.stderr[result.stderr.index("Error: cannot serve: ") :]
         assert error.count("\n") == 1, error  # one line: torch's list of every mismatched tensor is cut short
+
+
+def test_an_address_it_cannot_listen_on_is_one_message_before_loading(python, tiny_model_dir):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        busy_port = str(busy.getsockname()[1])
+        for host, port in [("999.1.1.1", "8080"), ("127.0.0.1", busy_port)]:
+            flags = ["--model", str(tiny_model_dir), "--device", "cpu", "--host", host, "--port", port]
+            result = subprocess.run(
+                [python, "-m", "llmkit.server", *flags], capture_output=True, text=True, timeout=60
+            )
+            assert result.returncode == 1, result.stderr
+            assert f"Error: cannot serve: cannot listen on {host} port {port}: " in result.stderr
+            assert "Loading" not in result.stderr and "Traceback" not in result.stderr  # before the model loads
 
 
 def test_a_model_folder_without_a_tokenizer_is_named(python, tmp_path, tiny_model_dir):

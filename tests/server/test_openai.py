@@ -230,7 +230,8 @@ def test_client_mistakes_are_4xx_in_openai_shape(oai, server, http):
     assert http.post(f"{server.url}/v1/completions", content="{not json").status_code == 400
     # A user message needs content; errors name the field the client wrote, not pydantic's union branches.
     cases = [
-        ("chat/completions", {"messages": [{"role": "user"}]}, "messages.0: a user message needs content"),
+        ("chat/completions", {"messages": [{"role": "user"}]}, "messages.0.content: a user message needs content"),
+        ("chat/completions", {"messages": [{"role": "user", "content": []}]}, "messages.0.content: a user message"),
         ("completions", {"prompt": "x", "stop": "\ud800"}, "stop: text is not valid Unicode: unpaired surrogate"),
         ("completions", {"prompt": {"a": 1}}, "prompt: Input should be a valid string; prompt: Input should be a"),
         # Options that would change the answer's kind are refused, not ignored (OpenAI's clients rely on them).

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import stat
 import string
 import subprocess
 import sys
@@ -11,7 +13,8 @@ import zipfile
 
 import pytest
 
-from llmkit.submit.verify import verify_submission
+from llmkit.submit.archive import write_zip
+from llmkit.submit.verify import is_symlink, verify_submission
 
 
 @pytest.fixture()
@@ -188,6 +191,40 @@ def test_a_name_twice_in_the_zip_is_reported(good_zip, tmp_path):
             target.writestr("Dockerfile", b"FROM scratch\n")
     problems = verify_submission(duplicated, lint=False)
     assert "Dockerfile: 2 entries of that name in the zip (unzip keeps one of them)" in problems
+
+
+def test_symbolic_links_are_reported_by_name(good_zip, tmp_path):
+    links = {"requirements.txt": "/etc/passwd", "llmkit/extra": "/etc"}  # a file, and a folder
+    hostile = tmp_path / "links.zip"
+    with zipfile.ZipFile(good_zip) as source, zipfile.ZipFile(hostile, "w") as target:
+        for info in source.infolist():
+            if info.filename not in links:
+                target.writestr(info, source.read(info))
+        for name, points_to in links.items():
+            link = zipfile.ZipInfo(name)
+            link.create_system = 3  # unix
+            link.external_attr = (stat.S_IFLNK | 0o777) << 16
+            target.writestr(link, points_to)  # a link's data is its target's path
+    problems = verify_submission(hostile, lint=False)
+    why = "unzip recreates it, so the build would not see what is checked"
+    for name in links:
+        assert f"{hostile}: {name}: a symbolic link ({why})" in problems, problems
+    if shutil.which("unzip"):  # what the harness's unzip makes of it: links, not the files Python would extract
+        subprocess.run(["unzip", "-q", str(hostile), "-d", str(tmp_path / "unzipped")], check=True)
+        assert all((tmp_path / "unzipped" / name).is_symlink() for name in links)
+
+
+def test_the_projects_zips_hold_no_link(good_zip, tmp_path):
+    with zipfile.ZipFile(good_zip) as archive:
+        assert not any(is_symlink(info) for info in archive.infolist())
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "real.txt").write_text("hello")
+    (folder / "linked.txt").symlink_to("real.txt")
+    write_zip(folder, tmp_path / "out.zip")
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        assert not any(is_symlink(info) for info in archive.infolist())
+        assert archive.read("linked.txt") == b"hello"  # the target's bytes, as a regular file
 
 
 def _with_entry(good_zip, path, name, data, *, compress=zipfile.ZIP_DEFLATED, flags=0, method=None, size=None):
