@@ -217,6 +217,9 @@ def test_shape_plan_and_weights_match_the_real_model_and_peft(family_dir):
         family_dir, dtype="bfloat16", quantization_config=_nf4(), device_map={"": "cpu"}
     )
     assert weight_bytes(shape, Loading.nf4) == pytest.approx(loaded_bytes(loaded), rel=0.02)
+    # The layers bitsandbytes quantized, alone: the embeddings dwarf them on these tiny models (vocab 49,152)
+    states = [getattr(m.weight, "quant_state", None) for m in loaded.modules() if hasattr(m, "weight")]
+    assert shape.quantizable_params == sum(state.shape.numel() for state in states if state is not None)
 
 
 def _nf4():
