@@ -115,6 +115,23 @@ def test_steps_are_counted_from_local_rows(tmp_path):
     assert plan(team("Mistral-01", overrides | {"max_steps": 7})).steps == 7
 
 
+def test_fractional_epochs_and_a_fractional_held_out_split_round_up_as_the_trainer_does(tmp_path):
+    import datasets
+
+    def steps(rows: int, **keys) -> int:
+        path = tmp_path / f"rows{rows}.jsonl"
+        path.write_text("".join(f'{{"instruction": "q{n}", "output": "a{n}"}}\n' for n in range(rows)))
+        single = {"micro_batch_size": 1, "gradient_accumulation_steps": 1, "num_epochs": 1, "val_set_size": 0}
+        overrides = {"datasets": [{"path": str(path), "type": "alpaca"}], "sample_packing": False} | single
+        return plan(team("Mistral-01", overrides | keys), world_size=1).steps
+
+    assert steps(10, micro_batch_size=2, num_epochs=1.5) == 8  # 1.5 x 5 steps: Trainer's max_steps rounds up
+    # 5% of 101 rows is 5.05: train_test_split holds out 6, and 95 rows are trained
+    held_out = len(datasets.Dataset.from_dict({"n": range(101)}).train_test_split(test_size=0.05, seed=0)["test"])
+    assert team("Mistral-01", {"val_set_size": 0.05}).held_out_rows(101) == held_out == 6
+    assert steps(101, val_set_size=0.05) == 101 - held_out
+
+
 @pytest.mark.parametrize("suffix", [".json", ".csv", ".parquet", "folder"])
 def test_rows_are_counted_in_each_local_format(tmp_path, suffix):
     import datasets

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmkit.core.challenge import track_table
+import pytest
+
+from llmkit.core.challenge import TRACKS, Track, project_training, track_table
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -16,3 +18,17 @@ def test_readme_track_table_is_the_generated_one():
         "README's track table is stale: paste `python -c 'from llmkit.core.challenge import track_table; "
         "print(track_table())'`"
     )
+
+
+def test_training_projection_scales_by_parameters_gpu_and_method():
+    def tokens_per_s(track=Track.rtx4090, params=7e9, method="lora"):
+        return project_training(track, tokens=10**9, tokens_basis="t", params=params, method=method).tokens_per_s
+
+    assert tokens_per_s(params=14e9) == pytest.approx(tokens_per_s() / 2)  # FLOPs per token follow the parameters
+    assert tokens_per_s(params=70e9, method="qlora") == pytest.approx(tokens_per_s(method="qlora") / 10)
+    peaks = TRACKS[Track.a100].bf16_tflops / TRACKS[Track.rtx4090].bf16_tflops
+    assert peaks == pytest.approx(312 / 165.2)
+    assert tokens_per_s(Track.a100) == pytest.approx(tokens_per_s() * peaks)
+    assert tokens_per_s(method="full") == pytest.approx(tokens_per_s() * 2 / 3)  # weight gradients too
+    full = project_training(Track.rtx4090, tokens=10**9, tokens_basis="t", params=7e9, method="full")
+    assert full.projected_s == pytest.approx(10**9 / full.tokens_per_s) and "x 2/3 for a full" in full.sentence()

@@ -156,6 +156,18 @@ def test_an_output_folder_never_replaces_a_file_and_the_file_is_named_first(tmp_
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_an_output_folder_needs_write_permission_where_it_would_be_made(tmp_path, monkeypatch):
+    # os.access stands in for a read-only folder: root, which these tests may run as, may write anywhere.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    check_folder_target(tmp_path / "open" / "merged")
+    for target in (locked, locked / "merged" / "deeper"):  # the nearest folder that exists is the one checked
+        with pytest.raises(PermissionError, match=f"no permission to write in {locked}$"):
+            check_folder_target(target)
+
+
 def test_clean_stale_restores_a_target_moved_aside_and_removes_a_killed_runs_folder(tmp_path):
     dead = _dead_pid()
     aside = tmp_path / f".merged.old-{dead}"

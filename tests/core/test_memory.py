@@ -16,8 +16,16 @@ from typer.testing import CliRunner
 from llmkit.cli import app
 from llmkit.config.plan import plan
 from llmkit.config.schema import AxolotlConfig, ConfigWarning, load_config
-from llmkit.core.challenge import Loading, Track
-from llmkit.core.memory import FitError, choose_loading, weight_bytes
+from llmkit.core.challenge import TRACKS, Loading, Track
+from llmkit.core.memory import (
+    GIB,
+    FitError,
+    MemoryEstimate,
+    TrainingMemory,
+    choose_loading,
+    estimate_memory,
+    weight_bytes,
+)
 from llmkit.core.models import load_for_inference
 from llmkit.core.shapes import ModelShape, model_shape
 
@@ -46,6 +54,35 @@ def test_llama2_70b_fits_nowhere_on_the_4090():
     with pytest.raises(FitError, match="does not fit the 4090 track") as refused:
         choose_loading("meta-llama/Llama-2-70b-hf", model_shape("meta-llama/Llama-2-70b-hf"), Track.rtx4090)
     assert "(too big)" in str(refused.value) and "fits (" in str(refused.value)  # nf4 on the A100 is suggested
+
+
+def test_readme_memory_figures_are_the_estimates():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConfigWarning)
+        cfg = load_config(ROOT / "axolotl_configs" / "Llama-2-7b-03.yml")
+    for estimate in plan(cfg).memory:  # the README's `llmkit validate` excerpt: 11.6 GiB, overhead 1.5
+        assert estimate.total / GIB == pytest.approx(11.6, abs=0.05) and estimate.overhead / GIB == pytest.approx(
+            1.5, abs=0.05
+        )
+        parts = estimate.weights + estimate.trainable + estimate.activations
+        assert estimate.overhead == pytest.approx(GIB + 0.05 * parts, abs=1)  # the CUDA context + 5% allocator slack
+    shape = model_shape(LLAMA_13B)  # "Llama-2-13b in bf16 needs ~29.2 GiB ... it fits in nf4 (10.75 GiB)"
+    assert estimate_memory(shape, Loading.bf16, Track.rtx4090).total_gib == pytest.approx(29.2, abs=0.05)
+    assert choose_loading(LLAMA_13B, shape, Track.rtx4090).total_gib == 10.75
+
+
+def test_a_total_over_the_gpu_by_a_little_does_not_fit():
+    def serving(total_gib):
+        parts = {"weights_gib": total_gib - 1.0, "kv_cache_gib": 0.0, "activations_gib": 0.0, "overhead_gib": 1.0}
+        return MemoryEstimate(loading=Loading.bf16, available_gib=23.6, **parts)
+
+    assert serving(23.6).fits and not serving(23.61).fits and not serving(25.0).fits
+    spec = TRACKS[Track.rtx4090]
+
+    def training(total):
+        return TrainingMemory(spec, weights=total, trainable=0, activations=0, overhead=0)
+
+    assert training(spec.memory_bytes).fits and not training(spec.memory_bytes + 1).fits
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "axolotl_configs").glob("*.yml")), ids=lambda p: p.stem)
@@ -180,6 +217,9 @@ def test_shape_plan_and_weights_match_the_real_model_and_peft(family_dir):
         family_dir, dtype="bfloat16", quantization_config=_nf4(), device_map={"": "cpu"}
     )
     assert weight_bytes(shape, Loading.nf4) == pytest.approx(loaded_bytes(loaded), rel=0.02)
+    # The layers bitsandbytes quantized, alone: the embeddings dwarf them on these tiny models (vocab 49,152)
+    states = [getattr(m.weight, "quant_state", None) for m in loaded.modules() if hasattr(m, "weight")]
+    assert shape.quantizable_params == sum(state.shape.numel() for state in states if state is not None)
 
 
 def _nf4():

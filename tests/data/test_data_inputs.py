@@ -94,9 +94,11 @@ def test_a_custom_jinja_chat_template_masks_headers_and_must_render_incrementall
 def test_rows_with_nothing_to_train_on_are_dropped_and_counted(write_rows, make_cfg, tokenizer):
     masked = {"segments": [{"label": False, "text": "Only a prompt"}]}
     trained = {"segments": [{"label": False, "text": "Q:"}, {"label": True, "text": " yes"}]}
-    cfg = make_cfg([{"path": str(write_rows([masked, trained], "jsonl")), "type": "input_output"}])
+    # only the first token trained: nothing precedes it, so it is never a target
+    first = {"segments": [{"label": True, "text": "Yes"}, {"label": False, "text": " and the rest"}]}
+    cfg = make_cfg([{"path": str(write_rows([masked, trained, first], "jsonl")), "type": "input_output"}])
     stats = build_datasets(cfg, tokenizer).stats.datasets[0]
-    assert (stats.rows, stats.kept, stats.dropped_untrained) == (2, 1, 1)
+    assert (stats.rows, stats.kept, stats.dropped_untrained) == (3, 1, 2)
 
 
 def test_a_dataset_with_no_usable_row_is_an_error(write_rows, make_cfg, tokenizer):

@@ -737,6 +737,15 @@ def test_exact_duplicates_are_dropped_and_order_kept_without_shuffling(write_row
     assert sorted(tokenizer.decode(r["input_ids"]).split("Say ")[1][0] for r in deduplicated) == list("1234")
 
 
+def test_deduplication_keeps_the_same_tokens_trained_differently(write_rows, make_cfg, tokenizer):
+    path = str(write_rows([{"conversations": SHAREGPT}], "jsonl"))
+    both = [{"path": path, **MAPPED}, {"path": path, **MAPPED, "roles_to_train": ["human", "assistant"]}]
+    train = build_datasets(make_cfg(both, dataset_exact_deduplication=True), tokenizer).train
+    assert sorted(len(_trained_runs(tokenizer, row)) for row in train) == [2, 4]  # one chat, two sets of labels
+    again = build_datasets(make_cfg([both[0], both[0]], dataset_exact_deduplication=True), tokenizer).train
+    assert len(again) == 1
+
+
 def test_a_template_that_ends_no_turn_with_a_stop_token_is_warned_about(write_rows, make_cfg, tokenizer, caplog):
     """special_tokens changed the EOS to one the chat template never writes: as axolotl, no turn end trains, but the
     model would not learn to stop, so the log says so (once)."""

@@ -49,6 +49,12 @@ def test_apportion_and_even_split():
     assert entries[0].description == "s:model=neurips/local,k=a,max_eval_instances=2"
 
 
+def test_a_cap_keeps_an_entry_that_asks_for_fewer():
+    descriptions = ["s:k=a,max_eval_instances=2", "s:k=b,max_eval_instances=50", "s:k=c"]
+    capped = [e.description for e in confgen.capped_entries(descriptions, 5)]
+    assert capped == [f"s:model=neurips/local,k={k},max_eval_instances={n}" for k, n in [("a", 2), ("b", 5), ("c", 5)]]
+
+
 def test_quick_suite_runs_offline():
     scenarios = {
         confgen.normalize_description(e.description)[0] for e in confgen.generate(confgen.load_task_list("quick"))

@@ -14,6 +14,7 @@ from llmkit.config.schema import load_config
 from llmkit.core.assets import CONFIGS_DIR
 from llmkit.data import row_texts
 from llmkit.helm_eval import confgen
+from llmkit.helm_eval import decontaminate as decontaminate_module
 from llmkit.helm_eval.decontaminate import decontaminate, helm_instances, windows, words
 
 
@@ -49,6 +50,17 @@ def test_windows_and_words():
     ]
     assert list(windows(["a", "b", "c"], 2)) == [("a", "b"), ("b", "c")]
     assert list(windows(["a", "b"], 13)) == [("a", "b")]  # shorter than n: the whole text
+
+
+def test_an_overlap_through_a_reference_is_found(tmp_path, monkeypatch):
+    """An instance's text is its input, and its input followed by each correct reference."""
+    question = " ".join(f"q{i}" for i in range(20))
+    instance = {"run": "r", "id": "id1", "split": "test", "input": question, "references": ["a0 a1 a2 a3 a4"]}
+    monkeypatch.setattr(decontaminate_module, "helm_instances", lambda conf_path, work_dir: [instance])
+    tail = " ".join(question.split()[-8:]) + " a0 a1 a2 a3 a4"  # 13 words, 8 of them from the input
+    report = decontaminate([("d", 0, "clean row"), ("d", 1, tail)], "c.yml", tmp_path / "x.conf", tmp_path)
+    assert [(hit.instance_id, hit.row, hit.words) for hit in report.overlaps] == [("id1", 1, tail)]
+    assert decontaminate([("d", 0, tail.rsplit(" ", 1)[0])], "c.yml", tmp_path / "x.conf", tmp_path).clean
 
 
 def test_planted_instances_are_found_and_the_skill_config_is_clean(helm_venv, tmp_path):

@@ -22,7 +22,9 @@ def _write_run(suite_dir, name, groups, stats, request_times):
     run_dir = suite_dir / name
     run_dir.mkdir(parents=True)
     (run_dir / "run_spec.json").write_text(json.dumps({"name": name, "groups": groups}))
-    stat_list = [{"name": {"name": key, "split": "test"}, "count": 1, "mean": value} for key, value in stats.items()]
+    # The valid split's stats come first, with other values: the report reads the test split's.
+    stat_list = [{"name": {"name": key, "split": "valid"}, "count": 1, "mean": 99.0} for key in stats]
+    stat_list += [{"name": {"name": key, "split": "test"}, "count": 1, "mean": value} for key, value in stats.items()]
     stat_list.append({"name": {"name": "exact_match", "split": "test", "perturbation": {"name": "x"}}, "mean": 0.0})
     (run_dir / "stats.json").write_text(json.dumps(stat_list))
     states = [{"result": {"request_time": t}} for t in request_times]
@@ -90,6 +92,8 @@ def test_paired_bootstrap_interval():
     }
     found = paired_bootstrap(base, tuned)
     assert found.delta == pytest.approx(0.15) and 0 < found.low < 0.15 < found.high < 0.3
+    # the 2.5th and 97.5th percentiles for seed 0 (the 5th and 95th would be about 0.095 and 0.205)
+    assert (found.low, found.high) == (pytest.approx(0.085), pytest.approx(0.215))
     # as many gained as lost: the interval holds zero
     mixed = {key: 1.0 - value if i < 60 else value for i, (key, value) in enumerate(base.items())}
     found = paired_bootstrap(base, mixed)

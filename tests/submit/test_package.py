@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import shutil
+import string
 import zipfile
 
 import pytest
@@ -15,6 +16,7 @@ from llmkit.core.models import DEFAULT_MODEL_ID
 from llmkit.core.project import pinned_version
 from llmkit.core.shapes import ModelConfigNotFound
 from llmkit.server.settings import EngineName
+from llmkit.submit.archive import write_zip
 from llmkit.submit.dockerfile import exec_form, final_stage, last, parse_dockerfile
 from llmkit.submit.image import render_dockerfile
 from llmkit.submit.package import build_submission
@@ -64,7 +66,7 @@ def test_same_inputs_give_byte_identical_zips(tmp_path, monkeypatch):
     assert build_submission("4090", out_root=tmp_path / "c", **args).read_bytes() != first
 
 
-def test_numbers_count_up_and_the_loading_can_be_chosen(tmp_path):
+def test_numbers_count_up_and_the_loading_can_be_chosen(tmp_path, caplog):
     first = build_submission("A100", model=DEFAULT_MODEL_ID, revision="main", out_root=tmp_path)
     second = build_submission("A100", model=DEFAULT_MODEL_ID, revision="main", out_root=tmp_path, loading="nf4")
     assert (first.name, second.name) == ("A100_submission_1.zip", "A100_submission_2.zip")
@@ -81,6 +83,21 @@ def test_numbers_count_up_and_the_loading_can_be_chosen(tmp_path):
     assert build_submission("A100", model=DEFAULT_MODEL_ID, revision="main", out_root=tmp_path, number=3).name == (
         "A100_submission_3.zip"  # unless N says so
     )
+    warning = "the challenge accepts at most 3 per track"
+    assert warning not in caplog.text  # 3 is allowed
+    build_submission("A100", model=DEFAULT_MODEL_ID, revision="main", out_root=tmp_path, number=4)
+    assert f"Submission 4: {warning}" in caplog.text
+
+
+def test_zip_entries_are_sorted_whatever_order_the_files_were_made_in(tmp_path):
+    folder = tmp_path / "folder"
+    names = [f"{letter}.txt" for letter in string.ascii_lowercase] + ["a/inner.txt", "m/n/deep.txt"]
+    for name in reversed(names):  # made last-first: the file system's own order is not the sorted one
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(name)
+    write_zip(folder, tmp_path / "out.zip")
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        assert archive.namelist() == sorted(names)
 
 
 def test_a_local_model_needs_bundling(tmp_path, tiny_model_dir):

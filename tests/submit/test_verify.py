@@ -108,6 +108,11 @@ def test_weights_without_bundling_and_hash_mismatch(good_zip, tmp_path, rewrite_
     with_weights = rewrite_zip(good_zip, tmp_path / "w.zip", {"model/model.safetensors": b"\x00" * 64})
     expected = "model/model.safetensors: a weight file, but bundling was not asked for"
     assert verify_submission(with_weights) == [expected]
+    upper = {"model/MODEL.SAFETENSORS": b"\x00" * 64, "model/pytorch_model.BIN": b"\x00" * 64}
+    with_upper = rewrite_zip(good_zip, tmp_path / "u.zip", upper)
+    assert verify_submission(with_upper, lint=False) == [  # the suffix is matched in any case
+        f"{name}: a weight file, but bundling was not asked for" for name in upper
+    ]
     tampered = rewrite_zip(good_zip, tmp_path / "t.zip", {"llmkit/server/text.py": b"# changed\n"}, fix_manifest=False)
     assert verify_submission(tampered) == ["llmkit/server/text.py: its sha256 does not match manifest.json"]
 
@@ -119,10 +124,12 @@ def test_a_changed_weight_file_and_paths_outside_the_root(good_zip, tmp_path, re
         "model/model.safetensors: its sha256 does not match manifest.json",
         "model/model.safetensors: a weight file, but bundling was not asked for",
     ]
-    escaping = rewrite_zip(good_zip, tmp_path / "e.zip", {"../up.txt": b"x", "/etc/abs.txt": b"x", "a/../../b": b"x"})
+    escaping = rewrite_zip(
+        good_zip, tmp_path / "e.zip", {"../up.txt": b"x", "/etc/abs.txt": b"x", "a/../../b": b"x", "\\evil.txt": b"x"}
+    )
     outside = [p for p in verify_submission(escaping) if "outside the zip's root" in p]
     assert outside == [f"{name}: a path outside the zip's root (unzip rewrites or skips it)" for name in
-                       ["../up.txt", "/etc/abs.txt", "a/../../b"]]  # fmt: skip
+                       ["../up.txt", "/etc/abs.txt", "a/../../b", "\\evil.txt"]]  # fmt: skip
 
 
 def test_not_a_zip(tmp_path):
@@ -134,6 +141,38 @@ def test_not_a_zip(tmp_path):
 def _dockerfile(zip_path) -> str:
     with zipfile.ZipFile(zip_path) as archive:
         return archive.read("Dockerfile").decode()
+
+
+def _verify_dockerfile(good_zip, tmp_path, rewrite_zip, dockerfile: str) -> list[str]:
+    """verify_submission's problems (hadolint aside) for the good zip with this Dockerfile."""
+    changed = rewrite_zip(good_zip, tmp_path / "changed.zip", {"Dockerfile": dockerfile.encode()})
+    return verify_submission(changed, lint=False)
+
+
+@pytest.mark.parametrize("user", ["0", "0:0", "root:10001"])
+def test_user_0_is_root(good_zip, tmp_path, rewrite_zip, user):
+    changed = _dockerfile(good_zip).replace("USER 10001", f"USER {user}")
+    assert _verify_dockerfile(good_zip, tmp_path, rewrite_zip, changed) == [
+        "Dockerfile: the server runs as root (add a USER that is not root)"
+    ]
+
+
+def test_healthcheck_none_is_no_healthcheck(good_zip, tmp_path, rewrite_zip):
+    head, _, rest = _dockerfile(good_zip).partition("HEALTHCHECK")
+    cmd = rest[rest.index("\nCMD [") + 1 :]  # the server's CMD, after the HEALTHCHECK's continued CMD line
+    changed = head + "HEALTHCHECK NONE\n" + cmd
+    assert _verify_dockerfile(good_zip, tmp_path, rewrite_zip, changed) == ["Dockerfile: no HEALTHCHECK ... CMD"]
+
+
+def test_the_legacy_env_form_sets_hf_hub_offline(good_zip, tmp_path, rewrite_zip):
+    legacy = _dockerfile(good_zip).replace("ENV HF_HUB_OFFLINE=1", "ENV HF_HUB_OFFLINE 1")
+    assert "ENV HF_HUB_OFFLINE 1" in legacy
+    assert _verify_dockerfile(good_zip, tmp_path, rewrite_zip, legacy) == []
+    off = legacy.replace("ENV HF_HUB_OFFLINE 1", "ENV HF_HUB_OFFLINE 0")
+    assert _verify_dockerfile(good_zip, tmp_path, rewrite_zip, off) == [
+        "Dockerfile: HF_HUB_OFFLINE is 0: the server must not reach the hub at run time "
+        "(ENV HF_HUB_OFFLINE=1 after the weights are in the image)"
+    ]
 
 
 def test_what_docker_build_or_run_would_do_otherwise_is_reported(good_zip, tmp_path, rewrite_zip):
@@ -173,12 +212,13 @@ def test_unpinned_requirements_are_reported(good_zip, tmp_path, rewrite_zip):
     with zipfile.ZipFile(good_zip) as archive:
         requirements = archive.read("requirements.txt").decode()
     line = len(requirements.splitlines())
-    extra = "six==1.16.0 \\\n    --hash=sha256:0123\n\ntransformers\ntransformers>=5\ngit+https://github.com/a/b\n"
+    extra = "six==1.16.0 \\\n    --hash=sha256:0123\n\ntransformers\ntransformers>=5\ngit+https://github.com/a/b\nnumpy==2.*\n"
     bad = rewrite_zip(good_zip, tmp_path / "req.zip", {"requirements.txt": (requirements + extra).encode()})
     assert verify_submission(bad, lint=False) == [
         f"requirements.txt line {line + 4}: transformers is not pinned with ==",
         f"requirements.txt line {line + 5}: transformers>=5 is not pinned with ==",
         f"requirements.txt line {line + 6}: git+https://github.com/a/b is not pinned with ==",
+        f"requirements.txt line {line + 7}: numpy==2.* is not pinned with ==",  # a wildcard is a range
     ]
 
 

@@ -60,9 +60,24 @@ def test_chatml_and_llama3_types_build_the_exact_rows(tokenizer):
         "rejected": "Go away.<|eot_id|>",
     }
     ultra = {"prompt": "Hi", "chosen": chat["chosen"], "rejected": chat["rejected"], "system": "Be kind."}
-    assert _build(tokenizer, "llama3.ultra", ultra)["prompt"] == (
-        "<|start_header_id|>system<|end_header_id|>\n\nBe kind.<|eot_id|>" + LLAMA3_USER.format("Hi")
-    )
+    assert _build(tokenizer, "llama3.ultra", ultra) == {  # the answers are the conversations' second turns
+        "prompt": "<|start_header_id|>system<|end_header_id|>\n\nBe kind.<|eot_id|>" + LLAMA3_USER.format("Hi"),
+        "chosen": "Hello!<|eot_id|>",
+        "rejected": "Go away.<|eot_id|>",
+    }
+    icr = {"input": "Fix: teh cat", "chosen": "the cat", "rejected": "teh dog"}
+    assert _build(tokenizer, "chatml.icr", icr) == {
+        "prompt": CHATML_USER.format("Fix: teh cat"),
+        "chosen": "the cat<|im_end|>",
+        "rejected": "teh dog<|im_end|>",
+    }
+    pairs = {"prompt": "Name a fruit.", "chosen": "Apple", "rejected": "Carrot", "system": "Be exact."}
+    assert _build(tokenizer, "llama3.prompt_pairs", pairs) == {
+        "prompt": "<|start_header_id|>system<|end_header_id|>\n\nBe exact.<|eot_id|>"
+        + LLAMA3_USER.format("Name a fruit."),
+        "chosen": "Apple<|eot_id|>",
+        "rejected": "Carrot<|eot_id|>",
+    }
 
 
 def test_chat_template_default_reads_axolotls_dataset_keys(tokenizer):
