@@ -71,5 +71,5 @@ def short_repr(value: object, limit: int = 120) -> str:
     billion nested items would take minutes and gigabytes to repr in full."""
     bounded = reprlib.Repr()
     bounded.maxlevel, bounded.maxlist, bounded.maxdict, bounded.maxtuple, bounded.maxset = 3, 8, 8, 8, 8
-    bounded.maxstring = bounded.maxother = limit
+    bounded.maxstring = bounded.maxother = 2 * limit  # its cut is mid-string; `shorten` cuts the end
     return shorten(bounded.repr(value), limit)

@@ -116,6 +116,8 @@ def resolve_model(model: str | None, revision: str | None = None) -> ResolvedMod
         if not (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{local} is a directory but holds no config.json (not a model directory)")
         return ResolvedModel(local.resolve(), model_id(model), "local")
+    if local.exists():
+        raise NotADirectoryError(f"{model} is a file, not a model directory")
     if not is_hub_id(model):
         raise FileNotFoundError(f"Model directory {model} does not exist")
     return _download(model, revision)
@@ -235,6 +237,8 @@ def load_for_inference(
 def adapter_config(adapter: str | Path) -> dict:
     """A peft adapter directory's adapter_config.json; the error names the directory or file and what is wrong."""
     path = Path(adapter).expanduser()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file, not an adapter directory")
     if not path.is_dir():
         raise FileNotFoundError(f"Adapter directory {path} does not exist")
     config_file = path / "adapter_config.json"

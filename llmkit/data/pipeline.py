@@ -183,36 +183,41 @@ def _tokenize_spec(
         fingerprint=f"llmkit-tokenize-{key}-{entry[0]}-{entry[1]}",
     )
     stats = DatasetStats(source, spec.type_name, len(rows), 0)
-    n = tokenize.sequence_len
-    if cfg.excess_length_strategy == "raise" and (
-        long := [len(ids) for ids in tokenized["input_ids"] if len(ids) > n]
-    ):
+    tokenized = _excess_length(cfg, tokenized, source, f"{key}-{entry[0]}-{entry[1]}")
+    return tokenized.add_column(KEEP, _usable(tokenized, stats, cfg.sequence_len)), stats
+
+
+def _excess_length(cfg: AxolotlConfig, rows: Dataset, source: str, name: str) -> Dataset:
+    """excess_length_strategy as axolotl applies it: rows longer than sequence_len left to be dropped (drop), cut
+    to it (truncate; kept if a trained token is left), or an error (raise)."""
+    n = cfg.sequence_len
+    long = [len(ids) for ids in rows["input_ids"] if len(ids) > n]
+    if not long or cfg.excess_length_strategy == "drop":
+        return rows
+    if cfg.excess_length_strategy == "raise":
         raise DataError(
             f"{source}: {len(long)} rows are longer than sequence_len {n} (the longest {max(long)} tokens), and "
             "excess_length_strategy is raise"
         )
-    if cfg.excess_length_strategy == "truncate":  # as axolotl: cut, then kept if a trained token is left
-        if cut := sum(len(ids) > n for ids in tokenized["input_ids"]):
-            LOG.warning("%s: cut %d rows to sequence_len %d (excess_length_strategy: truncate)", source, cut, n)
-        tokenized = tokenized.map(
-            lambda ids, labels: {"input_ids": ids[:n], "labels": labels[:n]},
-            input_columns=["input_ids", "labels"],
-            desc="Truncating",
-            load_from_cache_file=False,
-            new_fingerprint=f"llmkit-truncate-{key}-{entry[0]}-{entry[1]}",
-        )
-    return tokenized.add_column(KEEP, _usable(tokenized, stats, n)), stats
+    LOG.warning("%s: cut %d rows to sequence_len %d (excess_length_strategy: truncate)", source, len(long), n)
+    return rows.map(
+        lambda ids, labels: {"input_ids": ids[:n], "labels": labels[:n]},
+        input_columns=["input_ids", "labels"],
+        desc="Truncating",
+        load_from_cache_file=False,
+        new_fingerprint=f"llmkit-truncate-{name}",
+    )
 
 
 def _usable(rows: Dataset, stats: DatasetStats, sequence_len: int) -> list[bool]:
     """Which rows can be trained on (not too long, a trained token), counted in `stats`; none is an error."""
     keep = []
     for ids, labels in zip(rows["input_ids"], rows["labels"], strict=True):
-        if len(ids) > sequence_len:
-            stats.dropped_overlong += 1
-        elif all(label == IGNORE_INDEX for label in labels[1:]):  # the first token is never a target
-            stats.dropped_untrained += 1
-        keep.append(len(ids) <= sequence_len and any(label != IGNORE_INDEX for label in labels[1:]))
+        overlong = len(ids) > sequence_len
+        untrained = not overlong and all(label == IGNORE_INDEX for label in labels[1:])  # the first is no target
+        stats.dropped_overlong += overlong
+        stats.dropped_untrained += untrained
+        keep.append(not (overlong or untrained))
     stats.kept = sum(keep)
     if stats.dropped_overlong:
         message = "%s: dropped %d of %d rows longer than sequence_len %d"

@@ -105,8 +105,9 @@ def test_bad_adapter_fails_start_with_message(start_server, tmp_path):
         (["--adapter", "a=x", "--adapter", "a=y"], "the name(s) a are given twice"),
         (["--model", "{tmp}"], "Error: cannot serve: {tmp} is a directory but holds no config.json"),
         (["--model", "{tmp}/nope"], "Error: cannot serve: Model directory {tmp}/nope does not exist"),
+        (["--model", __file__], f"Error: cannot serve: {__file__} is a file, not a model directory"),
     ],
-    ids=["bad dtype", "out of range", "adapter twice", "not a model folder", "no such folder"],
+    ids=["bad dtype", "out of range", "adapter twice", "not a model folder", "no such folder", "a file"],
 )
 def test_unusable_settings_end_in_one_message_without_a_traceback(python, tmp_path, flags, says):
     flags = [flag.format(tmp=tmp_path) for flag in flags]
