@@ -142,7 +142,15 @@ def test_ctrl_c_keeps_the_finished_runs_and_says_so(helm_venv, tmp_path):
     command += ["--out", str(out)]
     stderr_path = tmp_path / "stderr.txt"
     with open(stderr_path, "w") as stderr_file:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr_file, start_new_session=True)
+        # A foreground job's Ctrl-C: a suite started in the background by a non-interactive shell (nohup ... &)
+        # hands its children SIGINT ignored, and Python then installs no KeyboardInterrupt for it.
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr_file,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         runs = out / "benchmark_output/runs/cc"
         deadline = time.monotonic() + 600
         # Without a terminal there is no progress bar: a line per finished run instead.
