@@ -190,9 +190,11 @@ def _tokenize_spec(
 def _excess_length(cfg: AxolotlConfig, rows: Dataset, source: str, name: str) -> Dataset:
     """excess_length_strategy as axolotl applies it: rows longer than sequence_len left to be dropped (drop), cut
     to it (truncate; kept if a trained token is left), or an error (raise)."""
+    if cfg.excess_length_strategy == "drop":  # `_usable` drops them; the column is not read twice
+        return rows
     n = cfg.sequence_len
     long = [len(ids) for ids in rows["input_ids"] if len(ids) > n]
-    if not long or cfg.excess_length_strategy == "drop":
+    if not long:
         return rows
     if cfg.excess_length_strategy == "raise":
         raise DataError(
