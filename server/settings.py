@@ -113,6 +113,15 @@ class ServerSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _check_token_limits(self) -> ServerSettings:
+        if self.max_new_tokens_limit > self.max_context:
+            raise ValueError(
+                f"max_new_tokens_limit: {self.max_new_tokens_limit} is over max_context ({self.max_context}), the "
+                "prompt and completion together; lower it, or raise max_context"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_adapters(self) -> ServerSettings:
         names = [name for name, _ in (_named(entry) for entry in self.adapter)]
         duplicates = sorted({name for name in names if names.count(name) > 1})

@@ -18,7 +18,7 @@ import secrets
 import shutil
 import string
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -144,18 +144,25 @@ def check_file_target(path: Path) -> None:
     check_folder_target(path.parent)
 
 
-def check_replaceable(path: Path, marker: str, what: str) -> None:
-    """`path` is a folder a command may replace whole: new, empty, or one it wrote itself (it holds `marker`).
+def check_replaceable(path: Path, marker: str, what: str, ignore: Iterable[Path] = ()) -> None:
+    """`path` is a folder a command may replace or write over: new, empty, or one it wrote itself (it holds
+    `marker`). Entries in `ignore` (a lock file, a cache the config itself placed there) do not count.
 
     Raises:
-        FileExistsError: the folder holds anything else (`what` says what the marker marks: "an earlier merge").
+        FileExistsError: the folder holds anything else, named (`what` says what the marker marks: "an earlier
+            merge").
         OSError: see `check_folder_target`.
     """
     check_folder_target(path)
-    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+    if not path.is_dir() or (path / marker).is_file():
+        return
+    ignored = {p.resolve() for p in ignore}
+    others = sorted(p.name for p in path.iterdir() if p.resolve() not in ignored)
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
         raise FileExistsError(
-            f"{path} holds other files (no {marker}: not {what}), and would be replaced whole; give a new or empty "
-            "folder, or remove it first"
+            f"{path} holds other files (no {marker}: not {what}): {shown}; it would be written over, so give a new "
+            "or empty folder, or remove it first"
         )
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import posixpath
+import re
 import shlex
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 
 class DockerfileError(ValueError):
@@ -86,3 +89,58 @@ def env_vars(instructions: list[Instruction]) -> dict[str, str]:
 
 def arg_names(instructions: list[Instruction]) -> list[str]:
     return [inst.value.split("=", 1)[0].strip() for inst in instructions if inst.keyword == "ARG"]
+
+
+def dockerignored(names: set[str], dockerignore: str) -> set[str]:
+    """The paths among `names` (slash-separated, relative to the build context) that `.dockerignore` keeps out of
+    the context, as Docker reads it: one pattern a line (`#` comments), `*` and `?` within a path segment, `**`
+    across segments, a pattern that matches a folder keeps out everything in it, `!` lets a path back in, and the
+    last matching line wins."""
+    patterns = []
+    for raw in dockerignore.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        exception = line.startswith("!")
+        pattern = posixpath.normpath(line.removeprefix("!").strip()).lstrip("/")
+        if pattern not in ("", "."):
+            patterns.append((exception, re.compile(_pattern_regex(pattern))))
+    ignored = set()
+    for name in names:
+        prefixes = [str(parent) for parent in reversed(PurePosixPath(name).parents) if str(parent) != "."]
+        candidates = [*prefixes, name]
+        out = False
+        for exception, regex in patterns:
+            if any(regex.fullmatch(path) for path in candidates):
+                out = not exception
+        if out:
+            ignored.add(name)
+    return ignored
+
+
+def _pattern_regex(pattern: str) -> str:
+    """Docker's (Go filepath.Match's) pattern as a regular expression, `**` included."""
+    regex, i = "", 0
+    while i < len(pattern):
+        char = pattern[i]
+        if pattern.startswith("**", i):
+            i += 2
+            if pattern.startswith("/", i):
+                i += 1
+            regex += ".*" if i >= len(pattern) else "(?:.*/)?"
+            continue
+        if char == "*":
+            regex += "[^/]*"
+        elif char == "?":
+            regex += "[^/]"
+        elif char == "[" and (end := pattern.find("]", i + 1)) > i:
+            body = pattern[i + 1 : end]
+            regex += "[" + ("^" + body[1:] if body.startswith(("^", "!")) else body).replace("\\", "\\\\") + "]"
+            i = end
+        elif char == "\\" and i + 1 < len(pattern):
+            i += 1
+            regex += re.escape(pattern[i])
+        else:
+            regex += re.escape(char)
+        i += 1
+    return regex

@@ -3,10 +3,10 @@
 The first Dockerfile sits at the root and is the only one; it exposes port 80, runs an exec-form CMD that binds
 0.0.0.0:80, has a HEALTHCHECK and a non-root USER, passes hadolint with no finding, and puts no token in ENV or
 ARG. No file holds a secret; weight files are present only when the manifest says they were bundled; manifest.json
-lists every other file with its sha256 and names the engine the CMD runs. Every COPY/ADD source is in the zip, no
-ENTRYPOINT replaces the server, HF_HUB_OFFLINE is 1 at run time, every requirement is pinned with ==. Each entry is
-read once, and only if it can be: no name twice, no symbolic link, no damaged or encrypted entry, no file but
-weights over 64 MiB.
+lists every other file with its sha256 and names the engine the CMD runs. Every COPY/ADD source is in the zip and
+not kept out by its .dockerignore, no ENTRYPOINT replaces the server, HF_HUB_OFFLINE is 1 at run time, every
+requirement is pinned with ==. Each entry is read once, and only if it can be: no name twice, no symbolic link, no
+damaged or encrypted entry, no file but weights over 64 MiB.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from llmkit.submit.dockerfile import (
     DockerfileError,
     Instruction,
     arg_names,
+    dockerignored,
     env_vars,
     exec_form,
     final_stage,
@@ -188,7 +189,8 @@ def _check_dockerfile(files: dict[str, bytes], names: set[str], lint: bool) -> l
     problems = [f"{name}: a second Dockerfile; the harness builds whichever it finds first" for name in others]
     text = files["Dockerfile"].decode(errors="replace")
     try:
-        problems += _dockerfile_rules(text) + _copy_sources(parse_dockerfile(text), names)
+        kept_out = dockerignored(names, files.get(".dockerignore", b"").decode(errors="replace"))
+        problems += _dockerfile_rules(text) + _copy_sources(parse_dockerfile(text), names, kept_out)
     except DockerfileError as err:
         problems.append(f"Dockerfile: {err}")
     if lint:
@@ -258,9 +260,9 @@ def _json(text: str) -> object:
         return None
 
 
-def _copy_sources(instructions: list[Instruction], names: set[str]) -> list[str]:
-    """COPY/ADD sources that are not in the zip: the build context is the unpacked zip, and nothing above it."""
-    context = names | {parent.as_posix() for name in names for parent in PurePosixPath(name).parents}
+def _copy_sources(instructions: list[Instruction], names: set[str], kept_out: set[str]) -> list[str]:
+    """COPY/ADD sources that are not in the build context: the unpacked zip (`names`), less what .dockerignore
+    keeps out (`kept_out`), and nothing above it."""
     problems = []
     for inst in instructions:
         if inst.keyword not in ("COPY", "ADD"):
@@ -273,9 +275,17 @@ def _copy_sources(instructions: list[Instruction], names: set[str]) -> list[str]
             if "$" in source or "://" in source:  # a build variable or a URL (ADD)
                 continue
             path = posixpath.normpath("./" + source.lstrip("/"))  # the context's root is `/`; `../` leaves it
-            if path != "." and path not in context and not fnmatch.filter(context, path):  # a glob: any match
-                problems.append(f"Dockerfile line {inst.line}: {inst.keyword} source {source} is not in the zip")
+            if path == "." or _in_context(path, names - kept_out):
+                continue
+            where = "is kept out of the build by .dockerignore" if _in_context(path, names) else "is not in the zip"
+            problems.append(f"Dockerfile line {inst.line}: {inst.keyword} source {source} {where}")
     return problems
+
+
+def _in_context(path: str, names: set[str]) -> bool:
+    """`path` (a file, a folder or a glob) names something among `names`."""
+    context = names | {parent.as_posix() for name in names for parent in PurePosixPath(name).parents}
+    return path in context or bool(fnmatch.filter(context, path))  # a glob: any match
 
 
 def _check_secrets(files: dict[str, bytes]) -> list[str]:

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from llmkit.config.schema import AxolotlConfig, ConfigError, DatasetSpec
-from llmkit.core.files import check_folder_target, write_atomic
+from llmkit.core.files import check_folder_target, check_replaceable, write_atomic
 from llmkit.data.cache import dataset_identity
 from llmkit.train.report import TRAINER_STATE
 
@@ -104,7 +104,6 @@ def hold_output_dir(cfg: AxolotlConfig, output_dir: Path) -> Iterator[None]:
     """Hold output_dir for this run, so that a second `train` into it (another terminal, a scheduler's retry) is
     refused instead of writing the same checkpoints and records. An flock: the kernel lets go of it when the process
     ends, however it ends, so a killed run never leaves the folder locked."""
-    _check_writable(output_dir, cfg)
     _check_ours(output_dir, cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / LOCK, "a+") as lock:
@@ -141,19 +140,11 @@ def _check_writable(output_dir: Path, cfg: AxolotlConfig) -> None:
 def _check_ours(output_dir: Path, cfg: AxolotlConfig) -> None:
     """Before anything in output_dir is removed (a checkpoint saved in part, --fresh): it is new, empty, or a
     training run's (it holds RUN_RECORD, written before the first step). Another folder is refused untouched."""
-    if not output_dir.is_dir() or (output_dir / RUN_RECORD).is_file():
-        return
-    prepared = Path(cfg.dataset_prepared_path).expanduser().resolve() if cfg.dataset_prepared_path else None
-    others = sorted(p.name for p in output_dir.iterdir() if p.name != LOCK and p.resolve() != prepared)
-    if others:
-        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        raise ConfigError(
-            [
-                f"output_dir: {output_dir} holds files that are not a training run's (no {RUN_RECORD}): {shown}. "
-                "Training would write (and --fresh remove) checkpoints there; give a new or empty output_dir"
-            ],
-            cfg.source,
-        )
+    prepared = [Path(cfg.dataset_prepared_path).expanduser()] if cfg.dataset_prepared_path else []
+    try:
+        check_replaceable(output_dir, RUN_RECORD, "a training run", ignore=[output_dir / LOCK, *prepared])
+    except OSError as err:
+        raise ConfigError([f"output_dir: {err}"], cfg.source) from None
 
 
 def _check_same_run(cfg: AxolotlConfig, output_dir: Path) -> None:

@@ -103,11 +103,20 @@ def test_bad_adapter_fails_start_with_message(start_server, tmp_path):
         (["--dtype", "int3"], "--dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16' (got 'int3')"),
         (["--port", "99999", "--max-context", "0"], "--max-context: Input should be greater than 0 (got '0')"),
         (["--adapter", "a=x", "--adapter", "a=y"], "the name(s) a are given twice"),
+        (["--max-context", "512"], "max_new_tokens_limit: 1024 is over max_context (512)"),
         (["--model", "{tmp}"], "Error: cannot serve: {tmp} is a directory but holds no config.json"),
         (["--model", "{tmp}/nope"], "Error: cannot serve: Model directory {tmp}/nope does not exist"),
         (["--model", __file__], f"Error: cannot serve: {__file__} is a file, not a model directory"),
     ],
-    ids=["bad dtype", "out of range", "adapter twice", "not a model folder", "no such folder", "a file"],
+    ids=[
+        "bad dtype",
+        "out of range",
+        "adapter twice",
+        "limit over context",
+        "not a model folder",
+        "no such folder",
+        "a file",
+    ],
 )
 def test_unusable_settings_end_in_one_message_without_a_traceback(python, tmp_path, flags, says):
     flags = [flag.format(tmp=tmp_path) for flag in flags]

@@ -14,6 +14,7 @@ import zipfile
 import pytest
 
 from llmkit.submit.archive import write_zip
+from llmkit.submit.dockerfile import dockerignored
 from llmkit.submit.verify import is_symlink, verify_submission
 
 
@@ -206,6 +207,44 @@ def test_what_docker_build_or_run_would_do_otherwise_is_reported(good_zip, tmp_p
     assert verify_submission(bad, lint=False) == [
         f"Dockerfile line {cmd_line}: CMD does not run the server with --port 80"
     ]
+
+
+def test_a_copy_source_that_dockerignore_keeps_out_is_reported(good_zip, tmp_path, rewrite_zip):
+    """docker build sends the zip less what .dockerignore names; a COPY of a file it keeps out fails the build."""
+    dockerfile = _dockerfile(good_zip).splitlines()
+    requirements, package = (next(n for n, t in enumerate(dockerfile, 1) if t.startswith(f"COPY {s}")) for s in
+                             ("requirements.txt", "llmkit/"))  # fmt: skip
+    ignore = "# mine\n*.txt\n/llmkit\n!llmkit/server/**\n"  # the package is let back in, in part
+    kept_in_part = rewrite_zip(good_zip, tmp_path / "part.zip", {".dockerignore": ignore.encode()})
+    assert verify_submission(kept_in_part, lint=False) == [
+        f"Dockerfile line {requirements}: COPY source requirements.txt is kept out of the build by .dockerignore"
+    ]
+    everything = rewrite_zip(good_zip, tmp_path / "all.zip", {".dockerignore": b"**\n!Dockerfile\n"})
+    assert verify_submission(everything, lint=False) == [
+        f"Dockerfile line {requirements}: COPY source requirements.txt is kept out of the build by .dockerignore",
+        f"Dockerfile line {package}: COPY source llmkit/ is kept out of the build by .dockerignore",
+    ]
+    back_in = rewrite_zip(good_zip, tmp_path / "back.zip", {".dockerignore": b"**\n!requirements.txt\n!llmkit\n"})
+    assert verify_submission(back_in, lint=False) == []
+
+
+@pytest.mark.parametrize(
+    ("ignore", "kept_out"),
+    [
+        ("*.md", {"README.md"}),  # `*` stays within one segment: docs/a/b.md is not at the root
+        ("**/*.md", {"README.md", "docs/a/b.md"}),
+        ("docs", {"docs/a/b.md"}),  # a folder keeps out what it holds
+        ("docs/?/b.md\n", {"docs/a/b.md"}),
+        ("[a-z]*.zip", {"a.zip"}),
+        ("# a.zip\n\n  a.zip  ", {"a.zip"}),  # comments and blank lines skipped, spaces trimmed
+        ("model\n!model/keep.json", {"model/w.safetensors"}),
+        ("!model/keep.json\nmodel", {"model/w.safetensors", "model/keep.json"}),  # the last matching line wins
+        ("/./model/../a.zip", {"a.zip"}),  # cleaned as Docker cleans it
+    ],
+)
+def test_dockerignore_patterns_read_as_docker_reads_them(ignore, kept_out):
+    names = {"a.zip", "README.md", "docs/a/b.md", "model/w.safetensors", "model/keep.json", "Dockerfile"}
+    assert dockerignored(names, ignore) == kept_out
 
 
 def test_unpinned_requirements_are_reported(good_zip, tmp_path, rewrite_zip):

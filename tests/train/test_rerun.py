@@ -73,7 +73,10 @@ def test_a_folder_that_is_not_a_run_is_refused_untouched(tiny_config, tmp_path, 
     (victim / "checkpoint-7" / "my_weights.bin").write_bytes(b"mine")
     (victim / "config.json").write_text("{}")
     before = sorted(str(p.relative_to(victim)) for p in victim.rglob("*"))
-    message = rf"output_dir: {victim} holds files that are not a training run's \(no llmkit_run.json\): checkpoint-3,"
+    message = (
+        rf"output_dir: {victim} holds other files \(no llmkit_run.json: not a training run\): checkpoint-3, "
+        "checkpoint-7, config.json; it would be written over"
+    )
     with pytest.raises(ConfigError, match=message):
         train(load_config(tiny_config(output_dir=str(victim))), fresh=fresh)
     assert sorted(str(p.relative_to(victim)) for p in victim.rglob("*")) == before
