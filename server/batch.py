@@ -8,10 +8,12 @@ they finish; columns that became padding in every row are cut off, so the width 
 The layers are `GrowingLayer`s: a `DynamicLayer` concatenates the whole cache with each new token (a full copy
 every step, a quarter of a 16-row decode step here); these write into spare capacity instead.
 
-Only caches made of plain `DynamicLayer`s can be re-padded this way; a model whose cache holds other layers
-(sliding windows, recurrent states, quantized KV) is served one row at a time (`batchable` is False). A sliding
-window at least as wide as the server's context never slides (Mistral-7B-v0.1's and Gemma-2's 4,096 tokens under a
-2,048-token context): such a layer only ever appends, so it grows like a plain one and the model batches.
+Caches made of plain `DynamicLayer`s and sliding-window layers can be re-padded this way. A window layer is grown
+like a plain one, keeping every token rather than the last `sliding_window - 1`: the model's attention mask
+(transformers' masking_utils builds it from the config's window, for every attention implementation) already keeps
+a query from seeing further back, so results are the same and only the memory is a full layer's (Phi-3-mini's 2,047-
+and Gemma-3's 512-token windows; the tests compare with a full forward pass). A model whose cache holds other layers
+(recurrent states, chunked attention, quantized KV) is served one row at a time (`batchable` is False).
 """
 
 from __future__ import annotations
@@ -57,21 +59,18 @@ class GrowingLayer(DynamicLayer):
         return self.keys, self.values
 
 
-def new_cache(model, max_context: int) -> Cache:
-    """An empty cache for `model`, whose sequences hold at most `max_context` tokens: growing layers where the
-    model's own would be plain DynamicLayers or sliding windows that never slide."""
+def new_cache(model) -> Cache:
+    """An empty cache for `model`: growing layers where the model's own would be plain or sliding-window ones."""
     cache = DynamicCache(config=model.config)
-    if cache.layers and all(_appends_only(layer, max_context) for layer in cache.layers):
+    # Chunked attention (Llama-4) also keeps window layers, but its mask starts chunks at absolute positions, which
+    # left padding moves; a sliding window depends only on the distance between tokens, which padding keeps.
+    chunked = getattr(model.config.get_text_config(), "attention_chunk_size", None)
+    if cache.layers and not chunked and all(type(layer) in _GROWABLE for layer in cache.layers):
         cache.layers = [GrowingLayer() for _ in cache.layers]
     return cache
 
 
-def _appends_only(layer, max_context: int) -> bool:
-    # A window layer keeps its last `sliding_window - 1` tokens and the model's mask lets a query see `sliding_window`
-    # positions back; the cache (left padding included) is never wider than the longest sequence.
-    if type(layer) is DynamicSlidingWindowLayer:
-        return layer.sliding_window >= max_context
-    return type(layer) is DynamicLayer
+_GROWABLE = (DynamicLayer, DynamicSlidingWindowLayer)
 
 
 def batchable(cache: Cache) -> bool:

