@@ -92,7 +92,17 @@ def track_table() -> str:
 TIME_LIMIT_S = 2 * 3600  # challenge rule: the whole HELM run of the sample conf within 2 hours on the track GPU
 # The open evaluation's sample conf (run_specs_full_coarse_600_budget): 600 instances, one request each (its adapters
 # are generation and joint multiple choice); helm_eval's `open` task list reproduces it (tests/helm_eval).
-OPEN_SUITE_REQUESTS = 600
+OPEN_SUITE_INSTANCES = 600
+# Its 55 MMLU entries (216 of the instances) say data_augmentation=canonical: HELM (helm/benchmark/run_expander.py)
+# also sends each of those questions perturbed 4 ways (mild_mix typos, AAVE dialect, female pronouns, other first
+# names), skipping a copy its perturbation left unchanged. The projection takes the worst case, every copy sent.
+CANONICAL_AUGMENTATION_COPIES = 4
+OPEN_SUITE_AUGMENTED_INSTANCES = 216
+OPEN_SUITE_REQUESTS = OPEN_SUITE_INSTANCES + CANONICAL_AUGMENTATION_COPIES * OPEN_SUITE_AUGMENTED_INSTANCES  # 1,464
+OPEN_SUITE_REQUESTS_NOTE = (
+    f"at most: {OPEN_SUITE_INSTANCES} instances, and {CANONICAL_AUGMENTATION_COPIES} perturbed copies of each of "
+    f"MMLU's {OPEN_SUITE_AUGMENTED_INSTANCES}"
+)
 CONTEXT_TOKENS = 2048  # prompt + completion, the challenge's limit
 CONTAINER_PORT = 80  # the harness maps the submission container's port 80 to 8080
 MAX_SUBMISSIONS = 3  # per track, by the challenge's rules
@@ -121,7 +131,8 @@ class Projection(BaseModel):
 
     def sentence(self) -> str:
         return (
-            f"Open evaluation ({self.open_requests} requests) at {self.seconds_per_request:.2f} s/request "
+            f"Open evaluation ({self.open_requests} requests, {OPEN_SUITE_REQUESTS_NOTE}) at "
+            f"{self.seconds_per_request:.2f} s/request "
             f"{self.basis}: {self.verdict()}. {self.caveat}"
         )
 

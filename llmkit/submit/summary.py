@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from llmkit.core.challenge import Projection, project
+from llmkit.core.challenge import OPEN_SUITE_REQUESTS_NOTE, Projection, project
 from llmkit.core.models import is_commit_sha
 from llmkit.server.settings import EngineName
 from llmkit.submit.manifest import MANIFEST_NAME, Manifest, WeightsSource
@@ -163,8 +163,8 @@ def summary_table(
     table.add_row("training time", *_training_time(zip_path, manifest, training_time))
     if projection is not None:  # what the projection is worth, under the table rather than in a tall cell
         table.caption = (
-            f"Eval time = {projection.open_requests} open-suite requests × {projection.seconds_per_request:.2f} "
-            f"s/request {projection.basis}. {projection.caveat}"
+            f"Eval time = {projection.open_requests} open-suite requests ({OPEN_SUITE_REQUESTS_NOTE}) × "
+            f"{projection.seconds_per_request:.2f} s/request {projection.basis}. {projection.caveat}"
         )
     return table
 

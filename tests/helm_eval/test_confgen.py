@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from llmkit.cli import app
-from llmkit.core.challenge import OPEN_SUITE_REQUESTS
+from llmkit.core.challenge import OPEN_SUITE_AUGMENTED_INSTANCES, OPEN_SUITE_INSTANCES
 from llmkit.helm_eval import confgen
 from llmkit.helm_eval.run import OFFLINE_SCENARIOS
 
@@ -31,7 +31,10 @@ def test_open_task_list_reproduces_the_reference_conf(tmp_path):
 def test_budget_is_apportioned_over_families_then_runs():
     tasks = confgen.load_task_list("open")
     entries = confgen.generate(tasks)
-    assert sum(e.max_eval_instances for e in entries) == tasks.budget == OPEN_SUITE_REQUESTS == 600
+    assert sum(e.max_eval_instances for e in entries) == tasks.budget == OPEN_SUITE_INSTANCES == 600
+    # HELM sends perturbed copies of these too (the eval-time projection counts them)
+    augmented = [e for e in entries if "data_augmentation=canonical" in e.description]
+    assert sum(e.max_eval_instances for e in augmented) == OPEN_SUITE_AUGMENTED_INSTANCES == 216
     half = confgen.generate(tasks, budget=300)
     assert sum(e.max_eval_instances for e in half) == 300
     capped = confgen.generate(tasks, cap=2)

@@ -44,7 +44,7 @@ def test_offline_helm_run_scores_the_embedded_model(helm_venv, mcqa_conf, tmp_pa
     assert "| simple_mcqa | exact_match |" in report.markdown.read_text()
     assert report.chart.read_bytes()[:4] == b"\x89PNG"
     projection = project_open_eval(scores)
-    assert projection.open_requests == 600 and projection.projected_s > 0
+    assert projection.open_requests == 1464 and projection.projected_s > 0
 
 
 def test_failed_server_start_is_a_clear_error(tmp_path, mcqa_conf):

@@ -72,11 +72,13 @@ def test_submission_smoke_tests_the_zip_and_summarizes_it(tmp_path):
         _, mark, time, _ = _cells(_row(out, name))
         assert mark == "✓" and time.endswith(" s")
         seconds[name] = float(time.removesuffix(" s"))
-    # The projection is the smoke test's own pace: the mean of its /process requests x the open suite's 600.
+    # The projection is the smoke test's own pace: the mean of its /process requests x the open suite's 1,464.
     mean = sum(seconds[name] for name in PROCESS_REQUESTS) / len(PROCESS_REQUESTS)
     flat = " ".join(out.split())  # the caption under the table wraps at the terminal's width
     projection = re.search(
-        r"Eval time = 600 open-suite requests × (\d+\.\d\d) s/request \(the mean of the 4 /pro", flat
+        r"Eval time = 1464 open-suite requests \(at most: 600 instances, and 4 perturbed copies of each of MMLU's "
+        r"216\) × (\d+\.\d\d) s/request \(the mean of the 4 /pro",
+        flat,
     )
     assert projection and abs(float(projection.group(1)) - mean) <= 0.01, out
     assert f"on {device.group(1)}, bfloat16; the first includes warm-up). The track's NVIDIA RTX 4090 " in flat
