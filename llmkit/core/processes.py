@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -56,7 +57,24 @@ def sigterm_as_exit() -> Iterator[None]:
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, _exit)
+    previous_hook = sys.unraisablehook
+
+    def _redeliver(unraisable) -> None:
+        # A signal that lands while the garbage collector runs a weakref callback or a __del__ raises there, where
+        # Python prints the exception ("Exception ignored in") and goes on: the command would finish as if never
+        # stopped. Send the signal again, a moment later, to land where it unwinds.
+        exc = unraisable.exc_value
+        resend = {SystemExit: signal.SIGTERM, KeyboardInterrupt: signal.SIGINT}.get(type(exc))
+        if resend is signal.SIGTERM and exc.code != 128 + signal.SIGTERM:
+            resend = None
+        if resend is None:
+            previous_hook(unraisable)
+            return
+        threading.Timer(0.05, os.kill, (os.getpid(), resend)).start()
+
+    sys.unraisablehook = _redeliver
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook

@@ -77,3 +77,38 @@ def test_a_child_that_already_exited_is_left_alone(start):
     child.wait()
     stop_process_group(child, grace_s=1)  # no signal to a group id that may be someone else's by now
     assert child.returncode == 0
+
+
+# Under sigterm_as_exit, SIGTERM arrives while a weakref callback runs (as the garbage collector runs them), where
+# Python drops what the handler raises. The program then sleeps: it should still stop, with 143, soon.
+_SIGNAL_IN_A_WEAKREF_CALLBACK = """
+import os, signal, sys, time, weakref
+from llmkit.core.processes import sigterm_as_exit
+
+class Thing:
+    pass
+
+def callback(_ref):
+    os.kill(os.getpid(), {signum})
+    for _ in range(100_000):  # the handler runs here, inside the callback
+        pass
+
+with sigterm_as_exit():
+    thing = Thing()
+    ref = weakref.ref(thing, callback)
+    del thing
+    print("went on", flush=True)
+    time.sleep(30)
+print("finished", flush=True)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_dropped_inside_a_weakref_callback_is_sent_again(signum):
+    code = _SIGNAL_IN_A_WEAKREF_CALLBACK.format(signum=int(signum))
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode in (128 + signum, -signum), result  # SystemExit(143); Python ends on KeyboardInterrupt
+    # by killing itself with SIGINT
+    assert "finished" not in result.stdout and time.monotonic() - started < 20, result
+    assert "Exception ignored" not in result.stderr, result.stderr
