@@ -133,7 +133,7 @@ def _template_text(
     choice: str, jinja: str | None, tokenizer: PreTrainedTokenizerBase, base_dir: Path | None, key: str
 ) -> str:
     if choice == "jinja":
-        return _jinja_text(jinja, base_dir)
+        return jinja_text(jinja, base_dir)
     if choice == "tokenizer_default" or choice.startswith(_FALLBACK):
         if tokenizer.chat_template:
             return cast(str, tokenizer.chat_template)
@@ -167,7 +167,7 @@ def _warn_missing_markers(choice: str, tokenizer: PreTrainedTokenizerBase) -> No
         )
 
 
-def _jinja_text(jinja: str | None, base_dir: Path | None) -> str:
+def jinja_text(jinja: str | None, base_dir: Path | None) -> str:
     if not jinja:
         raise ValueError("chat_template jinja needs chat_template_jinja: a Jinja template or a file holding one")
     if "{" in jinja:

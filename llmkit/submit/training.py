@@ -29,6 +29,7 @@ from llmkit.core.challenge import TRACKS, Track
 from llmkit.core.cpu_torch import CUDA_ONLY_PACKAGES
 from llmkit.core.models import embedded_package_pin, is_commit_sha
 from llmkit.core.project import PROJECT, pinned_version
+from llmkit.data.chat import jinja_text
 from llmkit.submit.image import IMAGE_PYTHON, IMAGE_UID, image_pins, render_template
 from llmkit.submit.sources import SubmissionError
 
@@ -66,7 +67,15 @@ def training_files(config: Path, track: Track) -> dict[str, bytes]:
             if is_commit_sha(revision):  # the organisers' run reads the rows this one read
                 entry["revision"] = revision
             datasets.append({"path": spec.path, "revision": revision})
+    _check_portable(cfg)
+    for holder in [raw, *(raw[key][i] for key, i, _ in cfg.dataset_entries())]:
+        jinja = holder.get("chat_template_jinja")
+        if isinstance(jinja, str) and "{" not in jinja:  # a file's name: the template itself goes in the config
+            holder["chat_template_jinja"] = jinja_text(jinja, Path(config).resolve().parent)
     raw["output_dir"] = "outputs/run"  # inside the container's /train, mounted from the host
+    if "dataset_prepared_path" in raw:  # a folder of this machine's
+        raw["dataset_prepared_path"] = "outputs/prepared"
+    raw.pop("resume_from_checkpoint", None)  # the organisers train from step 0
     raw.pop("hub_model_id", None)  # re-training must not push anywhere
     embedded = cfg.base_model == DEFAULT_MODEL_ID and cfg.revision_of_model is None
     wheel_name, wheel = project_wheel()
@@ -98,6 +107,17 @@ def training_files(config: Path, track: Track) -> dict[str, bytes]:
     return dict(sorted(files.items()))
 
 
+def _check_portable(cfg) -> None:
+    """What the config trains from must be reachable from the organisers' image: a hub id, not a local folder."""
+    for key in ("base_model", "tokenizer_config", "lora_model_dir"):
+        value = getattr(cfg, key)
+        if value and Path(value).expanduser().exists():
+            raise SubmissionError(
+                f"{key}: {value} is on this machine, where the organisers' training image cannot read it; "
+                f"--training needs it on the hub: upload it (hf upload <you>/<name> {value}) and set {key} to its id"
+            )
+
+
 def _hub_sha(repo_id: str, kind: str) -> str:
     """The hub's current commit of a repo, or a plain statement that it could not be pinned (never a guess)."""
     try:
@@ -121,15 +141,36 @@ def project_wheel() -> tuple[str, bytes]:
         # Built out of tree so the checkout gets no build/ folder.
         with tempfile.TemporaryDirectory(prefix="llmkit-src-") as src:
             tree = Path(src) / "project"
-            shutil.copytree(
-                root, tree, ignore=shutil.ignore_patterns(".*", "*.egg-info", "outputs", "submissions", "*-results")
-            )
+            _copy_project(root, tree)
             command = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", out]
             result = subprocess.run([*command, str(tree)], capture_output=True, text=True, env=env)
         if result.returncode != 0:
             raise SubmissionError(f"building the project's wheel failed: {result.stderr.strip()[-500:]}")
         [wheel] = Path(out).glob("*.whl")
         return wheel.name, wheel.read_bytes()
+
+
+def _copy_project(root: Path, tree: Path) -> None:
+    """The checkout's files the wheel is built from: in a git checkout, the files git tracks (as edited), so that a
+    private config or data file beside the shipped ones (axolotl_configs/ is package data) stays out of the zip."""
+    git = ["git", "-C", str(root), "ls-files", "-z"]
+    try:
+        tracked = subprocess.run([*git, "--cached"], capture_output=True, check=True).stdout.decode().split("\0")
+        others = subprocess.run([*git, "--others", "--exclude-standard"], capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):  # no git, or not a checkout (an unpacked release)
+        shutil.copytree(
+            root, tree, ignore=shutil.ignore_patterns(".*", "*.egg-info", "outputs", "submissions", "*-results")
+        )
+        return
+    for name in filter(None, tracked):
+        if (root / name).is_file():  # a tracked file deleted in the working tree stays deleted
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / name, tree / name)
+    left_out = [name for name in others.decode().split("\0") if name]
+    if left_out:
+        shown = ", ".join(left_out[:5]) + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "")
+        LOG.info("The training wheel leaves out %d file(s) git does not track: %s (git add what it needs)",
+                 len(left_out), shown)  # fmt: skip
 
 
 def training_requirements(track: Track) -> str:

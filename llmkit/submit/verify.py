@@ -12,6 +12,7 @@ damaged or encrypted entry, no file but weights over 64 MiB.
 from __future__ import annotations
 
 import fnmatch
+import io
 import json
 import posixpath
 import re
@@ -48,7 +49,8 @@ from llmkit.submit.manifest import MANIFEST_NAME, Manifest, is_weight_file
 # [ \t] rather than \s around `=`: a match stays on one line.
 SECRET_PATTERNS = {
     "a Hugging Face token": re.compile(rb"\bhf_[A-Za-z0-9]{30,}"),
-    "a token assignment": re.compile(rb"\b(?:HUGGING_FACE_HUB_TOKEN|HF_TOKEN)[ \t]*[=:][ \t]*[\"']?(?!\$)[^\s\"'$]+"),
+    # A value: not a variable ($HF_TOKEN) and not a backtick, which ends the key's name in prose (`HF_TOKEN=`).
+    "a token assignment": re.compile(rb"\b(?:HUGGING_FACE_HUB_TOKEN|HF_TOKEN)[ \t]*[=:][ \t]*[\"']?(?!\$)[^\s\"'$`]+"),
     "a private key": re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----"),
     "an AWS access key id": re.compile(rb"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
     "an AWS secret key assignment": re.compile(rb"(?i)aws_secret_access_key[ \t]*[=:][ \t]*[\"']?[A-Za-z0-9/+]{40}"),
@@ -291,16 +293,33 @@ def _in_context(path: str, names: set[str]) -> bool:
 def _check_secrets(files: dict[str, bytes]) -> list[str]:
     problems = []
     for name, data in sorted(files.items()):
-        if is_weight_file(name) or b"\0" in data[:8192]:
+        if is_weight_file(name):
             continue
-        found = {}  # (line, order of the pattern): the first match of each pattern on a line
-        for order, (what, pattern) in enumerate(SECRET_PATTERNS.items()):
-            for match in pattern.finditer(data):
-                line = data.count(b"\n", 0, match.start()) + 1
-                start = match.group(0)[:8].decode(errors="replace")
-                found.setdefault((line, order), f"{name}:{line}: {what} ({start}...)")
-        problems += [found[key] for key in sorted(found)]
+        if data.startswith(b"PK\x03\x04"):  # a wheel (training/) or another zip: what it holds ends up in the image
+            problems += _check_secrets(_members(name, data))
+        elif b"\0" not in data[:8192]:
+            problems += _secrets_in(name, data)
     return problems
+
+
+def _secrets_in(name: str, data: bytes) -> list[str]:
+    found = {}  # (line, order of the pattern): the first match of each pattern on a line
+    for order, (what, pattern) in enumerate(SECRET_PATTERNS.items()):
+        for match in pattern.finditer(data):
+            line = data.count(b"\n", 0, match.start()) + 1
+            start = match.group(0)[:8].decode(errors="replace")
+            found.setdefault((line, order), f"{name}:{line}: {what} ({start}...)")
+    return [found[key] for key in sorted(found)]
+
+
+def _members(name: str, data: bytes) -> dict[str, bytes]:
+    """The files inside a zip-format entry, named `entry!member`; none when it cannot be read as a zip."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as inner:
+            members = [info for info in inner.infolist() if not info.is_dir() and info.file_size <= MAX_TEXT_BYTES]
+            return {f"{name}!{info.filename}": inner.read(info) for info in members}
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, OSError):
+        return {}
 
 
 def _check_requirements(files: dict[str, bytes]) -> list[str]:

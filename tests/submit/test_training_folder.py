@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+import shutil
+import subprocess
 
 import pytest
 import yaml
@@ -12,7 +15,7 @@ from llmkit.core.assets import CONFIGS_DIR, DEFAULT_CONFIG
 from llmkit.core.models import DEFAULT_MODEL_ID
 from llmkit.submit.package import build_submission
 from llmkit.submit.sources import SubmissionError
-from llmkit.submit.training import DOCKERFILE, training_files
+from llmkit.submit.training import DOCKERFILE, _copy_project, training_files
 from llmkit.submit.verify import hadolint, verify_submission
 
 
@@ -118,3 +121,55 @@ def test_summary_shows_the_training_time_on_the_zips_track(default_zips, rewrite
     given = row(plain, pins["projected_training_time"])  # what `llmkit submission` passes for a config it trained
     with_folder = row(rewrite_zip(plain, tmp_path / "t.zip", {"training/pins.json": default_training["pins.json"]}))
     assert given == with_folder and "NVIDIA RTX 4090" in given and "A100" not in given
+
+
+def test_the_wheel_is_built_from_what_git_tracks(tmp_path, caplog):
+    """axolotl_configs/ is package data: a private config beside the shipped ones (a token in it) went into the
+    wheel, and so into the zip. Out of git, every file is taken, as before."""
+    root, tree = tmp_path / "checkout", tmp_path / "tree"
+    (root / "axolotl_configs").mkdir(parents=True)
+    (root / "axolotl_configs" / "shipped.yml").write_text("base_model: a/b\n")
+    (root / "axolotl_configs" / "gone.yml").write_text("base_model: a/b\n")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "."], check=True)
+    (root / "axolotl_configs" / "gone.yml").unlink()
+    (root / "axolotl_configs" / "shipped.yml").write_text("base_model: a/edited\n")
+    (root / "axolotl_configs" / "mine.yml").write_text("base_model: a/b\n# hf_private\n")
+    with caplog.at_level(logging.INFO):
+        _copy_project(root, tree)
+    assert sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file()) == [
+        "axolotl_configs/shipped.yml"
+    ]
+    assert (tree / "axolotl_configs" / "shipped.yml").read_text() == "base_model: a/edited\n"  # as edited
+    assert "leaves out 1 file(s) git does not track: axolotl_configs/mine.yml" in caplog.text
+    shutil.rmtree(root / ".git")
+    _copy_project(root, tmp_path / "untracked")
+    assert (tmp_path / "untracked" / "axolotl_configs" / "mine.yml").is_file()
+
+
+def test_a_local_base_model_is_refused(tmp_path, tiny_model_dir):
+    """Its path went into training/config.yml, where the organisers' image has no such folder."""
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text()) | {"base_model": str(tiny_model_dir)}
+    path = tmp_path / "local.yml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(SubmissionError, match=rf"^base_model: {tiny_model_dir} is on this machine, where the organis"):
+        training_files(path, "4090")
+
+
+def test_the_copied_config_names_no_folder_of_this_machine(tmp_path):
+    """A jinja template file is copied in as its text; the prepared-data cache and a checkpoint to resume from
+    were this machine's folders."""
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    (tmp_path / "chat.jinja").write_text(template)
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text()) | {
+        "chat_template": "jinja",
+        "chat_template_jinja": "chat.jinja",
+        "dataset_prepared_path": str(tmp_path / "prepared"),
+        "resume_from_checkpoint": str(tmp_path / "checkpoint-3"),
+    }
+    path = tmp_path / "mine.yml"
+    path.write_text(yaml.safe_dump(config))
+    copied = yaml.safe_load(training_files(path, "4090")["config.yml"])
+    assert copied["chat_template_jinja"] == template
+    assert copied["dataset_prepared_path"] == "outputs/prepared" and "resume_from_checkpoint" not in copied
+    assert str(tmp_path) not in yaml.safe_dump(copied)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import shutil
@@ -36,6 +37,18 @@ def test_a_planted_token_is_reported_with_file_and_line(good_zip, tmp_path, rewr
     problems = verify_submission(bad)
     line = len(planted.splitlines())
     assert problems == [f"llmkit/server/app.py:{line}: a Hugging Face token (hf_{_fake_token()[3:8]}...)"]
+
+
+def test_a_token_inside_a_wheel_is_found(good_zip, tmp_path, rewrite_zip):
+    """--training ships the project as a wheel: a zip inside the zip, binary to a line scan, that went unread."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as wheel:
+        wheel.writestr("llmkit/__init__.py", "")
+        wheel.writestr("llmkit/axolotl_configs/mine.yml", f"base_model: x/y\n# my token: {_fake_token()}\n")
+    name = "training/llm_effchal-0.1.0-py3-none-any.whl"
+    bad = rewrite_zip(good_zip, tmp_path / "wheel.zip", {name: buffer.getvalue()})
+    [problem] = verify_submission(bad, lint=False)
+    assert problem.startswith(f"{name}!llmkit/axolotl_configs/mine.yml:2: a Hugging Face token (hf_")
 
 
 def test_every_kind_of_secret_is_found(good_zip, tmp_path, rewrite_zip):
