@@ -232,11 +232,15 @@ On one {spec.gpu} (the {spec.name} track's GPU), from this folder:
 ```bash
 docker build -f {DOCKERFILE} -t llmkit-training .
 mkdir -p outputs
-docker run --gpus all --rm -v "$PWD/outputs:/train/outputs" llmkit-training llmkit train config.yml
-docker run --gpus all --rm -v "$PWD/outputs:/train/outputs" llmkit-training llmkit merge config.yml
+docker run --gpus all --rm --user "$(id -u):$(id -g)" -v "$PWD/outputs:/train/outputs" \\
+    llmkit-training llmkit train config.yml
+docker run --gpus all --rm --user "$(id -u):$(id -g)" -v "$PWD/outputs:/train/outputs" \\
+    llmkit-training llmkit merge config.yml
 ```
 
-The adapter is written to `outputs/run`, the merged model to `outputs/run/merged` (what the submission serves).
+The adapter is written to `outputs/run`, the merged model to `outputs/run/merged` (what the submission serves);
+the base model's download is kept in `outputs/hf-cache`. `--user` runs it as you, so that it can write in the
+`outputs` folder mounted from your disk (the image's own user, uid {IMAGE_UID}, could not).
 A gated base model needs a token at run time only: add `-e HF_TOKEN` to `docker run`; it never enters the image.
 
 - config: `config.yml` (its local data files are in `data/`)
