@@ -25,7 +25,8 @@ from llmkit.server.helm_routes import router as helm_router
 from llmkit.server.middleware import AssumeJSONMiddleware, BodyLimitMiddleware
 from llmkit.server.observe import AccessLogMiddleware, Metrics
 from llmkit.server.openai_routes import router as openai_router
-from llmkit.server.settings import ServerSettings
+from llmkit.server.settings import EngineName, ServerSettings
+from llmkit.server.vllm_engine import VLLM_MAX_TEMPERATURE
 
 LOG = logging.getLogger(__name__)
 BACKSTOP_S = 2.0  # past --shutdown-timeout-s, uvicorn cancels what still runs
@@ -62,6 +63,8 @@ def create_app(
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
             fields = schema["components"]["schemas"]["ProcessRequest"]["properties"]
             fields["max_new_tokens"]["maximum"] = settings.max_new_tokens_limit
+            if settings.engine is EngineName.vllm:
+                fields["temperature"]["maximum"] = VLLM_MAX_TEMPERATURE
             token_ids = schema["components"]["schemas"]["DecodeRequest"]["properties"]["tokens"]["items"]
             token_ids["maximum"] = len(app.state.engine.tokenizer) - 1
             token_ids.pop("exclusiveMaximum", None)

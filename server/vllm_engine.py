@@ -28,6 +28,7 @@ from llmkit.server.text import IncrementalDecoder
 
 LOG = logging.getLogger(__name__)
 
+VLLM_MAX_TEMPERATURE = 2.0  # vLLM's SamplingParams refuses more
 MAX_TOP_K = 100  # ProcessRequest.top_k_per_token's limit; vLLM refuses more alternatives than max_logprobs
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 CPU_KV_CACHE_BYTES = 1 << 30  # vLLM on a CPU takes its KV cache from RAM; a small one serves HELM's 4 clients
@@ -155,6 +156,12 @@ class VllmEngine(Engine):
                 f" plus --max-queue {self.settings.max_queue}); retry later",
                 retry_after_s=1,
             )
+        if not seq.request.greedy and seq.request.temperature > VLLM_MAX_TEMPERATURE:
+            raise RequestError(
+                f"temperature {seq.request.temperature:g} is over vLLM's limit of {VLLM_MAX_TEMPERATURE:g} (the "
+                "built-in engine samples up to 100)",
+                field="temperature",
+            )
         if len(seq.ids) > self._max_prompt:
             raise RequestError(
                 f"prompt is {len(seq.ids)} tokens; vLLM needs room for one token after it, and this model's "
@@ -176,13 +183,21 @@ class VllmEngine(Engine):
             return await self._generate(seq)
 
     async def _generate(self, seq: Sequence) -> None:
+        from vllm.exceptions import VLLMClientError
+
+        try:
+            await self._stream(seq)
+        except VLLMClientError as err:  # a value vLLM refuses that the wire schema allows: the client's, a 4xx
+            raise RequestError(f"vLLM refused the request: {err}", field=getattr(err, "parameter", None)) from None
+
+    async def _stream(self, seq: Sequence) -> None:
         from vllm.inputs import TokensPrompt
 
         seq.decoder = IncrementalDecoder(self._decoding_tokenizer, seq.ids)
         request, k = seq.request, seq.request.top_k_per_token
         stream = self.llm.generate(
             TokensPrompt(prompt_token_ids=seq.ids),
-            _sampling_params(request, seq.max_new),
+            _sampling_params(request, seq.max_new, len(self._decoding_tokenizer)),
             request_id=uuid.uuid4().hex,
             lora_request=self.loras.get(seq.adapter),
         )
@@ -217,17 +232,20 @@ class VllmEngine(Engine):
         seq.prefilled = start + len(prompt_logprobs)
 
 
-def _sampling_params(request: ProcessRequest, max_new: int):
+def _sampling_params(request: ProcessRequest, max_new: int, vocabulary: int):
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
     k = request.top_k_per_token
     return SamplingParams(
         n=1,
+        # vLLM raises a temperature under 0.01 to 0.01 (numerical safety); the README says so.
         temperature=0.0 if request.greedy else request.temperature,
         top_p=request.top_p,
-        top_k=request.top_k or 0,
-        seed=request.seed,
+        top_k=request.top_k if request.top_k and request.top_k < vocabulary else 0,  # >= vocabulary: every token
+        # As torch.Generator.manual_seed reads a seed (the built-in engine's): a negative one as its 64-bit pattern,
+        # so -1 is a seed like any other, not vLLM's "no seed".
+        seed=None if request.seed is None else request.seed % 2**64,
         max_tokens=max(1, max_new),  # vLLM decodes at least one token; a scoring request ignores it
         logprobs=k,
         prompt_logprobs=k if request.echo_prompt else None,

@@ -175,6 +175,32 @@ def test_sampling_is_reproducible_with_a_seed(client):
     assert first.text != other.text
 
 
+def test_sampling_values_the_schema_allows_never_get_a_500(client, server):
+    """vLLM refuses temperatures over 2 and could not send a top_k of 2^64 to its engine: both were a 500. A seed of
+    -1 is a seed on both engines (vLLM reads -1 as none, so it was not reproducible)."""
+
+    def sample(**fields):
+        body = helm_body("Once upon a time", max_new_tokens=3, stop_sequences=NEVER) | fields
+        return client.post("/process", json=body)
+
+    hot = sample(temperature=100.0, seed=1)
+    if "vllm" in server.command:
+        [error] = hot.json()["detail"]
+        assert hot.status_code == 422 and error["loc"] == ["body", "temperature"], hot.text
+        assert error["msg"] == "temperature 100 is over vLLM's limit of 2 (the built-in engine samples up to 100)"
+        assert (
+            client.get("/openapi.json").json()["components"]["schemas"]["ProcessRequest"]["properties"]["temperature"][
+                "maximum"
+            ]
+            == 2.0
+        )
+    else:
+        assert hot.status_code == 200, hot.text
+    assert sample(temperature=1.0, top_k=2**64, seed=1).status_code == 200
+    first, again = sample(temperature=1.0, seed=-1), sample(temperature=1.0, seed=-1)
+    assert first.status_code == 200 and first.json()["text"] == again.json()["text"]
+
+
 def test_request_time_is_wall_time(client):
     start = time.perf_counter()
     result = process(client, "The capital of France is ", max_new_tokens=16, stop_sequences=NEVER)
