@@ -52,6 +52,7 @@ class Scheduler:
         self._seconds_per_request = 1.0  # running mean, for Retry-After
         self._stats: dict[str, int] = {}
         self._wake = threading.Condition()
+        self._admitted = 0  # submitted and not yet answered: waiting, prefilling or in the batch
         self._closed = False
         self._calls: deque[tuple[Callable, Future]] = deque()
         self._ready: Future = Future()
@@ -99,20 +100,24 @@ class Scheduler:
                 f"over this server's budget of {self.kv_budget / 2**20:.0f} MiB (--kv-cache-bytes)"
             )
         with self._wake:
-            # Free batch rows take waiting requests at the next step: a burst fills them before the queue counts.
-            free_rows = max(0, self.max_batch_size - self._stats["running"] - self._stats["prefilling"])
-            if len(self.waiting) >= self.settings.max_queue + free_rows:
+            # Counted here, not from the last step's snapshot: the model thread moves waiting requests into the batch
+            # between snapshots, and a burst then got past --max-queue by up to a batch.
+            if self._admitted >= self.max_batch_size + self.settings.max_queue:
                 retry = math.ceil(self._seconds_per_request * (len(self.waiting) + 1) / self.max_batch_size)
-                busy = self._stats["running"] + self._stats["prefilling"]
                 raise QueueFull(
-                    f"server busy: {busy} requests in the batch (--max-batch-size {self.max_batch_size}) and "
-                    f"{len(self.waiting)} waiting (--max-queue {self.settings.max_queue}, plus free batch rows); "
-                    "retry later",
+                    f"server busy: {self._admitted} requests in flight (--max-batch-size {self.max_batch_size} plus "
+                    f"--max-queue {self.settings.max_queue}); retry later",
                     retry_after_s=max(1, retry),
                 )
+            self._admitted += 1
             self.waiting.append(seq)
             self._wake.notify()
+        seq.future.add_done_callback(self._release)
         return seq
+
+    def _release(self, _future: Future) -> None:
+        with self._wake:
+            self._admitted -= 1
 
     def cancel(self, seq: Sequence) -> None:
         """The client left: the sequence leaves the batch before the next decode step."""
