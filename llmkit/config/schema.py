@@ -502,11 +502,27 @@ def _unknown_targets(missing: list[str], shape) -> str:
             f"; its MoE experts are fused parameters ({', '.join(shape.expert_names)}), not modules: "
             "lora_target_linear covers attention only"
         )
-    hints = {name: suggest(name, shape.linear_names() + others) for name in missing}
+    hints = {
+        name: _fused_into(name, shape.linear_names()) or suggest(name, shape.linear_names() + others)
+        for name in missing
+    }
     hints = {name: hint for name, hint in hints.items() if hint}
     if hints:
         line += "; did you mean " + ", ".join(f"{hint} for {name}" for name, hint in hints.items())
     return line
+
+
+def _fused_into(name: str, linear: list[str]) -> str | None:
+    """The fused layer that holds `name`'s projection (Phi-3: q_proj in qkv_proj, up_proj in gate_up_proj), where
+    spelling alone would point elsewhere (up_proj is nearer o_proj)."""
+    head, _, tail = name.rpartition("_")
+    for candidate in linear:
+        parts, _, candidate_tail = candidate.rpartition("_")
+        if candidate_tail != tail or not head:
+            continue
+        if head in parts.split("_") or (len(head) == 1 and "_" not in parts and head in parts):
+            return candidate
+    return None
 
 
 def _renamed_targets(names: list[str], shape) -> str:

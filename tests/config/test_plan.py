@@ -188,6 +188,17 @@ def test_a_listed_module_the_model_lacks_is_an_error_naming_what_exists():
     assert "did you mean gate_proj for gate_projj" in message
 
 
+def test_a_projection_fused_into_another_layer_is_named_for_what_holds_it():
+    """Phi-3 fuses q/k/v into qkv_proj and gate/up into gate_up_proj; spelling alone suggested o_proj for up_proj."""
+    targets = ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"]
+    with pytest.raises(ConfigError) as err:
+        plan(team("Mistral-01", {"base_model": "microsoft/Phi-3-mini-4k-instruct", "lora_target_modules": targets}))
+    assert (
+        "did you mean qkv_proj for q_proj, qkv_proj for v_proj, gate_up_proj for gate_proj, gate_up_proj for up_proj"
+        in str(err.value)
+    )
+
+
 @pytest.mark.parametrize(
     ("keys", "peft_config"),
     [
