@@ -49,6 +49,7 @@ def validate(
             training_plan = plan(cfg, model_config=model_config, data_tokens=tokens)
             vocab_size = training_plan.shape.vocab_size if training_plan.shape else None
             problems = tokenizer_problems(cfg, vocab_size) if tokenizer_problems else []
+            problems += missing_packages(cfg)
             if problems:
                 raise ConfigError(problems, cfg.source)
     except ConfigError as error:
@@ -156,3 +157,13 @@ def _steps_text(p: TrainingPlan) -> str:
         return f"needs the dataset to count its rows: {per_1k}"
     bound = "at most " if cfg.sample_packing else ""  # packing merges rows into fewer sequences
     return f"{bound}{p.steps:,} ({p.rows:,} rows; {per_1k})"
+
+
+def missing_packages(cfg: AxolotlConfig) -> list[str]:
+    """What the config asks for that this environment lacks (checked by `validate`, and before `train` loads
+    anything): a W&B run the user expects to watch must not turn into a day without one."""
+    import importlib.util
+
+    if cfg.wandb_project and importlib.util.find_spec("wandb") is None:
+        return ["wandb_project: set, but the wandb package is not installed (pip install wandb)"]
+    return []

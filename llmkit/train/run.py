@@ -14,7 +14,6 @@ preference pairs (`llmkit.data.preference`) and TRL's DPOTrainer.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from transformers import (
 
 from llmkit.config.plan import optimizer_steps, warmup_steps
 from llmkit.config.schema import RESOLVED_CONFIG, AxolotlConfig, ConfigError, RLMethod
+from llmkit.config.validate import missing_packages
 from llmkit.core import devices
 from llmkit.core.files import clean_stale, staging_dir, swap_in
 from llmkit.data.pipeline import PreparedData, build_datasets, make_collator
@@ -338,10 +338,8 @@ def _preference_loss(cfg: AxolotlConfig) -> dict[str, Any]:
 def _report_to(cfg: AxolotlConfig) -> list[str]:
     if not cfg.wandb_project:
         return ["tensorboard"]  # logs under output_dir/runs/
-    if importlib.util.find_spec("wandb") is None:
-        raise ConfigError(
-            ["wandb_project: set, but the wandb package is not installed (pip install wandb)"], cfg.source
-        )
+    if problems := missing_packages(cfg):
+        raise ConfigError(problems, cfg.source)
     # transformers' W&B callback reads its settings from the environment.
     wandb_env = {
         "WANDB_PROJECT": cfg.wandb_project,

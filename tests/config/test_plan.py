@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
@@ -350,6 +351,13 @@ def test_validate_reports_a_chat_dataset_on_a_tokenizer_without_a_template(tiny_
     assert status == 1
     # the data pipeline's own message, naming the dataset and the key
     assert f"datasets[0] {chats}: chat_template tokenizer_default: the tokenizer has no chat template" in output
+
+
+def test_validate_reports_a_wandb_project_without_wandb(tiny_config):
+    """validate said nothing, and `train` then refused the config (axolotl's phi3-ft.yml sets wandb_project)."""
+    assert importlib.util.find_spec("wandb") is None  # the project's environment does not install it
+    status, output = _validate_output(tiny_config(wandb_project="phi3"))
+    assert status == 1 and "wandb_project: set, but the wandb package is not installed (pip install wandb)" in output
 
 
 def test_validate_reports_a_tokenizer_larger_than_the_embeddings(tiny_config, make_tiny_model, tokenizer):
