@@ -121,6 +121,8 @@ def serve(settings: ServerSettings) -> None:
         app = create_app(settings, engine, on_shutdown=close_once)
         config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
         DrainingServer(config, app.state.stopping, settings.shutdown_timeout_s).run()
+    except KeyboardInterrupt:  # Ctrl-C with requests in flight: asyncio re-raises it once the server has drained
+        raise SystemExit(130) from None
     finally:
         close_once()
 

@@ -215,10 +215,17 @@ def test_request_time_limit_gives_504(start_server, http):
 
 
 @pytest.mark.slow
-def test_shutdown_answers_requests_in_flight_503_within_its_grace_period(start_server, http):
-    """SIGTERM (docker stop) with long requests running: each gets a 503 (a stream, an error event) once
-    --shutdown-timeout-s has passed, and the server exits; without the limit it waited for them (minutes)."""
-    server = start_server("--shutdown-timeout-s", "1")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_shutdown_answers_requests_in_flight_503_within_its_grace_period(start_server, http, signum):
+    """SIGTERM (docker stop) or Ctrl-C with long requests running: each gets a 503 (a stream, an error event) once
+    --shutdown-timeout-s has passed, and the server exits; without the limit it waited for them (minutes). Ctrl-C
+    then ended in asyncio's KeyboardInterrupt traceback, exit 1."""
+    # The server gets Ctrl-C's default handling even where this suite runs in the background (SIGINT ignored).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        server = start_server("--shutdown-timeout-s", "1")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     long = helm_body(COUNTING, max_new_tokens=1000, stop_sequences=NEVER)
     stream_body = {"prompt": COUNTING, "max_tokens": 1000, "stop": NEVER, "stream": True, "temperature": 0}
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -230,7 +237,7 @@ def test_shutdown_answers_requests_in_flight_503_within_its_grace_period(start_s
 
         streamed = pool.submit(stream)
         wait_for(http, server.url, lambda b: b["running"] == 2)
-        server.process.send_signal(signal.SIGTERM)
+        server.process.send_signal(signum)
         server.process.wait(timeout=60)
         answer, events = helm.result(timeout=10), streamed.result(timeout=10)
     assert answer.status_code == 503 and answer.headers["connection"] == "close"
@@ -238,6 +245,7 @@ def test_shutdown_answers_requests_in_flight_503_within_its_grace_period(start_s
     assert events[-2].startswith('data: {"error"') and "shutting down" in events[-2], events[-3:]
     log = server.log_tail(20_000)
     assert "Traceback" not in log and "never retrieved" not in log, log
+    assert server.process.returncode == {signal.SIGTERM: -signal.SIGTERM, signal.SIGINT: 130}[signum], log
 
 
 def test_body_over_the_limit_is_413_unread(batching, http):
