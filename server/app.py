@@ -50,7 +50,7 @@ def create_app(
     app = FastAPI(title="HELM model server", version="1", lifespan=lifespan)
     app.state.stopping = asyncio.Event()  # set by DrainingServer when a shutdown's grace period ends
     app.add_middleware(AssumeJSONMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.state.metrics = Metrics(app)  # counts what the body limit refuses too
     app.add_middleware(AccessLogMiddleware)  # outermost: logs and ids every answer
     add_error_handlers(app)

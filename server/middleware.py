@@ -3,6 +3,10 @@ size limit, compressed or not UTF-8 refused before it is parsed."""
 
 from __future__ import annotations
 
+import asyncio
+
+from starlette.responses import Response
+
 from llmkit.server.errors import error_response
 
 
@@ -23,8 +27,8 @@ class BodyLimitMiddleware:
     """Answer 413 to a POST body over `max_bytes` before any of it is parsed (Content-Length first; a chunked body
     is counted as it arrives), so a huge prompt never reaches the tokenizer."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout_s: float):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -33,8 +37,21 @@ class BodyLimitMiddleware:
         if declared.isdigit() and int(declared) > self.max_bytes:
             return await self._too_large(scope, receive, send)
         messages, size = [], 0
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         while True:
-            message = await receive()
+            message = await _receive_before(receive, deadline, scope["app"].state.stopping)
+            if message is None:  # the rest of the body never came, or the server is stopping meanwhile
+                stopping = scope["app"].state.stopping.is_set()
+                status, detail = (
+                    (503, "the server is shutting down; retry on a new connection")
+                    if stopping
+                    else (408, f"request body incomplete after {self.timeout_s:g} s (--body-timeout-s)")
+                )
+                return await error_response(scope["path"], status, detail, {"Connection": "close"})(
+                    scope, receive, send
+                )
+            if message["type"] == "http.disconnect":  # the client left mid-body: logged as those leaving later are
+                return await Response(status_code=499)(scope, receive, send)
             messages.append(message)
             size += len(message.get("body", b""))
             if size > self.max_bytes:
@@ -60,3 +77,16 @@ class BodyLimitMiddleware:
     async def _too_large(self, scope, receive, send) -> None:
         detail = f"request body is over {self.max_bytes} bytes (--max-body-bytes)"
         await error_response(scope["path"], 413, detail)(scope, receive, send)
+
+
+async def _receive_before(receive, deadline: float, stopping: asyncio.Event):
+    """The next ASGI message, or None when `deadline` passes or `stopping` is set first."""
+    message = asyncio.ensure_future(receive())
+    stop = asyncio.ensure_future(stopping.wait())
+    timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+    done, _ = await asyncio.wait({message, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if message in done:
+        return message.result()
+    message.cancel()
+    return None

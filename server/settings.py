@@ -94,6 +94,11 @@ class ServerSettings(BaseSettings):
         ge=1024,
         description="Largest request body (a 2,048-token prompt is tens of kB); a larger one gets HTTP 413 unread.",
     )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request body incomplete this long after its headers gets HTTP 408, its connection closed.",
+    )
     shutdown_timeout_s: float = Field(
         5.0,
         ge=0,

@@ -262,3 +262,47 @@ def test_body_over_the_limit_is_413_unread(batching, http):
     response = http.post(f"{batching.url}/tokenize", content=chunked())
     assert response.status_code == 413
     assert http.get(f"{batching.url}/health").status_code == 200
+
+
+def _half_body(url: str) -> socket.socket:
+    """Headers that promise 100 bytes of body, and 10 of them."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    head = f"POST /process HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    sock.sendall(head.encode() + b'{"prompt":')
+    return sock
+
+
+def test_a_body_that_never_ends_gets_408_and_one_that_is_dropped_is_logged_499(start_server, http):
+    """Half-sent bodies had no time limit (3,000 of them held open), and a client gone mid-body was counted a 400."""
+    server = start_server("--body-timeout-s", "2")
+    stalled = _half_body(server.url)
+    stalled.settimeout(30)
+    answer = stalled.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 408") and "request body incomplete after 2 s (--body-timeout-s)" in answer
+    assert "connection: close" in answer.lower() and stalled.recv(1) == b""  # and the connection is closed
+    _half_body(server.url).close()
+    log = wait_for_log(server, '"status": 499')
+    assert '"status": 400' not in log and "Traceback" not in log, log
+
+
+@pytest.mark.slow
+def test_a_half_sent_body_at_shutdown_gets_503_not_a_500(start_server):
+    """uvicorn cut such a request off with a 500 and three tracebacks, 2 s after the grace period."""
+    server = start_server("--shutdown-timeout-s", "1")
+    stalled = _half_body(server.url)
+    time.sleep(0.5)
+    server.process.send_signal(signal.SIGTERM)
+    stalled.settimeout(30)
+    answer = stalled.recv(4096).decode()
+    server.process.wait(timeout=60)
+    assert answer.startswith("HTTP/1.1 503") and "shutting down" in answer, answer
+    log = server.log_tail(20_000)
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log
+
+
+def wait_for_log(server, text: str, seconds: float = 30) -> str:
+    deadline = time.monotonic() + seconds
+    while text not in (log := server.log_tail(20_000)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return log
