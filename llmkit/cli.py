@@ -338,7 +338,9 @@ def submission(
     model: str | None = typer.Option(None, help="Hub id the image downloads, or a local directory (bundled)."),
     revision: str | None = typer.Option(None, help="Hub revision of --model (default: its current commit)."),
     adapter: str | None = typer.Option(None, help="Unmerged peft adapter on --model: hub id or local directory."),
-    number: int | None = typer.Option(None, help="N in <track>_submission_N (default: one more than the highest there)."),
+    number: int | None = typer.Option(
+        None, help="N in <track>_submission_N (default: one more than the highest there)."
+    ),
     loading: Annotated[
         Loading | None, typer.Option(help="Weights on the GPU (default: bf16, else what fits).")
     ] = None,

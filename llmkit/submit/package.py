@@ -69,7 +69,7 @@ def build_submission(
         config: train, merge and bundle this config's model (the default when neither config nor model is given).
         model: hub id (downloaded by the image) or local directory (needs bundle_weights) of the served model.
         adapter: an unmerged peft adapter on top of `model`: hub id or local directory (needs bundle_weights).
-        number: N in `<track>_submission_N`; default: one more than the highest there (a removed number is not reused). An existing N is replaced.
+        number: N in `<track>_submission_N`; default: one more than the highest there. An existing N is replaced.
         bundle_weights: put the weight files in the zip (self-hosting; the challenge does not accept it).
         revision: hub revision of `model`; default: its current commit, asked from the hub.
         loading: bf16, int8 or nf4; default: the first of the track's loadings that fits.
