@@ -126,7 +126,7 @@ style: setup
 # the cache). Nothing outside these paths is touched.
 LLMKIT_CACHE ?= $(HOME)/.cache/llmkit
 clean:
-	rm -rf outputs helm-results bench-results .pytest_cache submissions/*_track/*_submission_*
+	rm -rf outputs helm-results bench-results .pytest_cache submissions/*_track/*_submission_* submissions/*_track/.*_submission_*
 
 distclean: clean
 	rm -rf $(VENV) $(LLMKIT_CACHE)

@@ -165,7 +165,10 @@ def _write(track_dir: Path, name: str, contents: ZipContents, earlier: list[Path
     """Stage, check and swap in submission `name`; or keep the one of `name` or of `earlier` (their unpacked
     folders) that already holds exactly these files."""
     zip_path, unpacked = track_dir / f"{name}.zip", track_dir / name
-    clean_stale(unpacked)  # a killed build's staging folder, or the unpacked folder it had moved aside
+    # What killed builds left, of any number: a staging folder (half a GB with bundled weights), or an unpacked
+    # folder moved aside (restored).
+    for name_left in {entry.name[1:].split(".")[0] for entry in track_dir.glob(".*_submission_*.*-*")} | {name}:
+        clean_stale(track_dir / name_left)
     # Built next to its destination, so the final renames never cross a filesystem.
     with staging_dir(unpacked, "build") as tmp:
         stage, staged_zip = tmp / name, tmp / f"{name}.zip"

@@ -7,6 +7,8 @@ import logging
 import re
 import shutil
 import string
+import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -219,3 +221,13 @@ def test_a_bundled_merged_folder_names_the_base_it_was_merged_into(tmp_path):
     assert weights.bundled and weights.base_model == "org/Model-7B-Instruct"
     (tmp_path / "llmkit_merge.json").unlink()  # any other model folder: no base to name
     assert hub_or_local(str(tmp_path), None, bundle=True, marker="config.json", what="model").base_model is None
+
+
+def test_a_killed_builds_staging_folder_is_removed_by_the_next_build_of_any_number(tmp_path):
+    """It stayed (half a GB with bundled weights) until that same number was built again."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    track_dir = tmp_path / "A100_track"
+    left = track_dir / f".A100_submission_9.build-{int(dead.stdout)}-x1y2"
+    (left / "A100_submission_9").mkdir(parents=True)
+    build_submission("A100", model=DEFAULT_MODEL_ID, revision="main", out_root=tmp_path)
+    assert sorted(p.name for p in track_dir.iterdir()) == ["A100_submission_1", "A100_submission_1.zip"]
