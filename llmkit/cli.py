@@ -338,6 +338,7 @@ def submission(
     model: str | None = typer.Option(None, help="Hub id the image downloads, or a local directory (bundled)."),
     revision: str | None = typer.Option(None, help="Hub revision of --model (default: its current commit)."),
     adapter: str | None = typer.Option(None, help="Unmerged peft adapter on --model: hub id or local directory."),
+    adapter_revision: str | None = typer.Option(None, help="Hub revision of --adapter (default: its current commit)."),
     number: int | None = typer.Option(
         None, help="N in <track>_submission_N (default: one more than the highest there)."
     ),
@@ -368,6 +369,7 @@ def submission(
             model=model,
             revision=revision,
             adapter=adapter,
+            adapter_revision=adapter_revision,
             number=number,
             loading=loading,
             bundle_weights=bundle_weights,

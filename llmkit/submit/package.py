@@ -56,6 +56,7 @@ def build_submission(
     number: int | None = None,
     bundle_weights: bool = False,
     revision: str | None = None,
+    adapter_revision: str | None = None,
     loading: Loading | str | None = None,
     config_overrides: dict | None = None,
     out_root: str | Path | None = None,
@@ -72,6 +73,7 @@ def build_submission(
         number: N in `<track>_submission_N`; default: one more than the highest there. An existing N is replaced.
         bundle_weights: put the weight files in the zip (self-hosting; the challenge does not accept it).
         revision: hub revision of `model`; default: its current commit, asked from the hub.
+        adapter_revision: hub revision of `adapter`, likewise.
         loading: bf16, int8 or nf4; default: the first of the track's loadings that fits.
         config_overrides: top-level config keys replacing the file's (tests: a short max_steps).
         out_root: folder holding `<track>_track/` (default: the project's submissions/).
@@ -97,6 +99,8 @@ def build_submission(
         raise SubmissionError(f"--number {number}: submissions are numbered from 1")
     if model is None and (adapter is not None or revision is not None):
         raise SubmissionError("--adapter and --revision need --model (the base they apply to)")
+    if adapter is None and adapter_revision is not None:
+        raise SubmissionError("--adapter-revision needs --adapter")
     if training and model is not None:
         raise SubmissionError("--training needs --config (the config that trains the model), not --model")
     track_dir = Path(out_root or "submissions") / f"{track.value}_track"  # beside where the command runs
@@ -110,7 +114,7 @@ def build_submission(
     else:
         weights = hub_or_local(model, revision, bundle=bundle_weights, marker="config.json", what="model")
         adapter_weights = adapter and hub_or_local(
-            adapter, None, bundle=bundle_weights, marker="adapter_config.json", what="adapter"
+            adapter, adapter_revision, bundle=bundle_weights, marker="adapter_config.json", what="adapter"
         )
     # Only its config.json is needed here (the memory fit): the weights download during docker build.
     how_to_give = (

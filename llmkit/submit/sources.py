@@ -80,16 +80,18 @@ def hub_or_local(name: str, revision: str | None, *, bundle: bool, marker: str, 
         return Weights(name=str(local.resolve()), local_dir=local.resolve(), base_model=merged_base(local))
     if "/" not in name or not is_hub_id(name):  # the challenge's image downloads from an owner's repo
         raise SubmissionError(f"--{what} {name!r} is neither a local directory nor a hub id (owner/name)")
+    flag = "--revision" if what == "model" else f"--{what}-revision"
     if revision is not None and not HUB_REVISION.match(revision):
-        raise SubmissionError(f"--revision {revision!r} is not a branch, tag or commit name")
+        raise SubmissionError(f"{flag} {revision!r} is not a branch, tag or commit name")
     if bundle:
         resolved = resolve_model(name, revision)
         LOG.warning(BUNDLE_WARNING, name, resolved.path)
         return Weights(name=name, revision=resolved.revision, local_dir=resolved.path)
-    return Weights(name=name, revision=revision or pin_revision(name))
+    make_variable = flag.removeprefix("--").upper().replace("-", "_")  # REVISION, ADAPTER_REVISION
+    return Weights(name=name, revision=revision or pin_revision(name, f"{flag} <commit> ({make_variable}=...)"))
 
 
-def pin_revision(repo_id: str) -> str:
+def pin_revision(repo_id: str, how: str = "--revision <commit> (REVISION=...)") -> str:
     """The commit the hub's main branch points at now, so the image downloads these weights next month too."""
     try:
         from huggingface_hub import HfApi
@@ -98,10 +100,11 @@ def pin_revision(repo_id: str) -> str:
     except Exception as err:  # offline, gated without a token, or missing: say so and fall back to the branch
         LOG.warning(
             "Could not ask the hub for %s's current commit (%s: %s); the image will download revision 'main'. "
-            "Pass --revision <commit> (REVISION=...) to pin it.",
+            "Pass %s to pin it.",
             repo_id,
             type(err).__name__,
             err,
+            how,
         )
         return "main"
 

@@ -22,7 +22,7 @@ from llmkit.submit.archive import write_zip
 from llmkit.submit.dockerfile import exec_form, final_stage, last, parse_dockerfile
 from llmkit.submit.image import render_dockerfile
 from llmkit.submit.package import build_submission
-from llmkit.submit.sources import SubmissionError, Weights
+from llmkit.submit.sources import SubmissionError, Weights, hub_or_local
 from llmkit.submit.verify import hadolint, verify_submission
 
 
@@ -231,3 +231,17 @@ def test_a_killed_builds_staging_folder_is_removed_by_the_next_build_of_any_numb
     (left / "A100_submission_9").mkdir(parents=True)
     build_submission("A100", model=DEFAULT_MODEL_ID, revision="main", out_root=tmp_path)
     assert sorted(p.name for p in track_dir.iterdir()) == ["A100_submission_1", "A100_submission_1.zip"]
+
+
+def test_an_adapter_is_pinned_by_its_own_revision(tmp_path, caplog):
+    """Offline, the adapter's warning said to pass --revision, which pins the model."""
+    sha = "c" * 40
+    adapter = {"bundle": False, "marker": "adapter_config.json", "what": "adapter"}
+    assert hub_or_local("someone/some-adapter", sha, **adapter).revision == sha
+    with pytest.raises(SubmissionError, match=r"^--adapter-revision 'a b' is not a branch, tag or commit name$"):
+        hub_or_local("someone/some-adapter", "a b", **adapter)
+    with caplog.at_level(logging.WARNING):
+        assert hub_or_local("someone/never-seen-adapter", None, **adapter).revision == "main"
+    assert "Pass --adapter-revision <commit> (ADAPTER_REVISION=...) to pin it." in caplog.text
+    with pytest.raises(SubmissionError, match="--adapter-revision needs --adapter"):
+        build_submission("4090", model=DEFAULT_MODEL_ID, revision="main", adapter_revision=sha, out_root=tmp_path)
