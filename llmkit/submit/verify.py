@@ -11,6 +11,7 @@ damaged or encrypted entry, no file but weights over 64 MiB.
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import io
 import json
@@ -86,6 +87,7 @@ def verify_submission(zip_path: str | Path, *, lint: bool = True) -> list[str]:
     problems += _check_engine(files, manifest)
     problems += _check_secrets(files)
     problems += _check_requirements(files)
+    problems += _check_imports(files)
     if manifest is None or not manifest.bundled_weights:
         problems += [
             f"{name}: a weight file, but bundling was not asked for" for name in digests if is_weight_file(name)
@@ -320,6 +322,52 @@ def _members(name: str, data: bytes) -> dict[str, bytes]:
             return {f"{name}!{info.filename}": inner.read(info) for info in members}
     except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, OSError):
         return {}
+
+
+def _check_imports(files: dict[str, bytes]) -> list[str]:
+    """The server the CMD runs can import its own code: the module `-m` names, and every module the zip's Python
+    files import from a package the zip holds (`llmkit`), are files in the zip. A third-party package is the
+    requirements' affair (the smoke test imports them)."""
+    modules = {_module_name(name) for name in files if name.endswith(".py")}
+    modules |= {".".join(m.split(".")[:i]) for m in modules for i in range(1, m.count(".") + 1)}  # namespace packages
+    packages = {module.split(".")[0] for module in modules}
+    problems = []
+    try:
+        cmd = last(final_stage(parse_dockerfile(files["Dockerfile"].decode(errors="replace"))), "CMD")
+        command = exec_form(cmd) if cmd is not None else []
+    except (KeyError, DockerfileError):  # _check_dockerfile reports it
+        command = []
+    if "-m" in command[:-1]:
+        module = command[command.index("-m") + 1]
+        if module.split(".")[0] in packages and module not in modules:
+            problems.append(f"Dockerfile line {cmd.line}: CMD runs -m {module}, which is not in the zip")
+    for name, data in sorted(files.items()):
+        if not name.endswith(".py"):
+            continue
+        try:
+            tree = ast.parse(data, filename=name)
+        except (SyntaxError, ValueError) as err:
+            problems.append(f"{name}: not valid Python ({err})")
+            continue
+        here = _module_name(name).split(".")
+        package = here if name.endswith("/__init__.py") else here[:-1]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                wanted = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package[: len(package) - node.level + 1] if node.level else []
+                wanted = [".".join([*base, node.module] if node.module else base)]
+            else:
+                continue
+            for module in wanted:
+                if module.split(".")[0] in packages and module not in modules:
+                    problems.append(f"{name}:{node.lineno}: imports {module}, which is not in the zip")
+    return problems
+
+
+def _module_name(path: str) -> str:
+    """llmkit/server/app.py -> llmkit.server.app; llmkit/server/__init__.py -> llmkit.server."""
+    return path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
 
 
 def _check_requirements(files: dict[str, bytes]) -> list[str]:

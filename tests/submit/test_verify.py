@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import re
 import shutil
 import stat
 import string
@@ -391,3 +392,26 @@ def test_a_damaged_manifest_is_a_problem_not_a_traceback(good_zip, tmp_path, rew
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "300"})
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"problem: {damaged}: manifest.json: cannot be read (encrypted)" in done.stderr
+
+
+def test_the_servers_own_code_is_checked_for_what_it_imports(good_zip, tmp_path, rewrite_zip):
+    """Only the smoke test noticed a server that could not start: a module gone, or a CMD naming another."""
+    dockerfile = _dockerfile(good_zip)
+    cmd_line = next(n for n, text in enumerate(dockerfile.splitlines(), 1) if text.startswith("CMD"))
+    renamed = rewrite_zip(
+        good_zip,
+        tmp_path / "cmd.zip",
+        {"Dockerfile": dockerfile.replace('"llmkit.server"', '"llmkit.serverx"').encode()},
+    )
+    assert verify_submission(renamed, lint=False) == [
+        f"Dockerfile line {cmd_line}: CMD runs -m llmkit.serverx, which is not in the zip"
+    ]
+    gone = rewrite_zip(good_zip, tmp_path / "gone.zip", {"llmkit/server/app.py": None})
+    problems = verify_submission(gone, lint=False)
+    assert problems and all(
+        re.fullmatch(r"llmkit/server/\w+\.py:\d+: imports llmkit\.server\.app, which is not in the zip", p)
+        for p in problems
+    ), problems
+    broken = rewrite_zip(good_zip, tmp_path / "broken.zip", {"llmkit/server/extra.py": b"def f(:\n"})
+    [problem] = verify_submission(broken, lint=False)
+    assert problem.startswith("llmkit/server/extra.py: not valid Python (")
