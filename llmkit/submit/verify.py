@@ -187,8 +187,9 @@ def _check_engine(files: dict[str, bytes], manifest: Manifest | None) -> list[st
 
 def _check_dockerfile(files: dict[str, bytes], names: set[str], lint: bool) -> list[str]:
     dockerfiles = sorted(name for name in files if PurePosixPath(name).name.lower().startswith("dockerfile"))
-    if "Dockerfile" not in files:
-        return ["no Dockerfile at the zip's root (the harness builds the first Dockerfile it finds)"]
+    if "Dockerfile" not in files:  # unread when it is there twice: that entry's problem says so
+        missing = "no Dockerfile at the zip's root (the harness builds the first Dockerfile it finds)"
+        return [] if "Dockerfile" in names else [missing]
     others = [name for name in dockerfiles if name != "Dockerfile"]
     problems = [f"{name}: a second Dockerfile; the harness builds whichever it finds first" for name in others]
     text = files["Dockerfile"].decode(errors="replace")

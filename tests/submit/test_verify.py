@@ -284,6 +284,7 @@ def test_a_name_twice_in_the_zip_is_reported(good_zip, tmp_path):
             target.writestr("Dockerfile", b"FROM scratch\n")
     problems = verify_submission(duplicated, lint=False)
     assert "Dockerfile: 2 entries of that name in the zip (unzip keeps one of them)" in problems
+    assert not any("no Dockerfile" in problem for problem in problems), problems  # it is there: twice
 
 
 def test_symbolic_links_are_reported_by_name(good_zip, tmp_path):
