@@ -6,7 +6,6 @@ Each command only parses its arguments and hands over to the stage's module, imp
 
 from __future__ import annotations
 
-import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -32,7 +31,9 @@ def _stop_on_sigterm() -> None:
     # `kill`, `timeout`, a job scheduler and `docker stop` send SIGTERM, whose default ends the process on the spot:
     # unwind as Ctrl-C does instead, so that every command stops the servers and helm-run it started and removes
     # its temporary folders (SystemExit(143), as the shell reports a SIGTERM).
-    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    from llmkit.core.processes import exit_on_sigterm
+
+    exit_on_sigterm()
 
 
 # typer 0.29 (fastapi/typer#1863) labels a value with its Python type in angle brackets ("--max-steps <int>"), in the

@@ -8,6 +8,7 @@ group reaches its whole tree. Standard library only: this module sits in the com
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -46,35 +47,42 @@ def _signal_group(pgid: int, signum: signal.Signals) -> None:
         os.killpg(pgid, signum)
 
 
+def exit_on_sigterm() -> tuple[object, object]:
+    """From now on SIGTERM raises SystemExit(143) in the main thread, unwinding as Ctrl-C does (`finally` blocks,
+    `core.files.staging_dir`); a signal Python drops inside a garbage-collector callback is sent again. Returns what
+    it replaced: the SIGTERM handler and sys.unraisablehook."""
+    previous = signal.signal(signal.SIGTERM, _exit), sys.unraisablehook
+    sys.unraisablehook = functools.partial(_redeliver, previous[1])
+    return previous
+
+
 @contextlib.contextmanager
 def sigterm_as_exit() -> Iterator[None]:
-    """Let SIGTERM unwind like Ctrl-C, so `core.files.staging_dir` cleans up (SIGKILL leaves it to `clean_stale`)."""
+    """`exit_on_sigterm` for a block, so `core.files.staging_dir` cleans up (SIGKILL leaves it to `clean_stale`)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def _exit(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, _exit)
-    previous_hook = sys.unraisablehook
-
-    def _redeliver(unraisable) -> None:
-        # A signal that lands while the garbage collector runs a weakref callback or a __del__ raises there, where
-        # Python prints the exception ("Exception ignored in") and goes on: the command would finish as if never
-        # stopped. Send the signal again, a moment later, to land where it unwinds.
-        exc = unraisable.exc_value
-        resend = {SystemExit: signal.SIGTERM, KeyboardInterrupt: signal.SIGINT}.get(type(exc))
-        if resend is signal.SIGTERM and exc.code != 128 + signal.SIGTERM:
-            resend = None
-        if resend is None:
-            previous_hook(unraisable)
-            return
-        threading.Timer(0.05, os.kill, (os.getpid(), resend)).start()
-
-    sys.unraisablehook = _redeliver
+    handler, hook = exit_on_sigterm()
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        sys.unraisablehook = previous_hook
+        signal.signal(signal.SIGTERM, handler)
+        sys.unraisablehook = hook
+
+
+def _exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _redeliver(previous_hook, unraisable) -> None:
+    # A signal that lands while the garbage collector runs a weakref callback or a __del__ raises there, where Python
+    # prints the exception ("Exception ignored in") and goes on: the command would finish as if never stopped. Send
+    # the signal again, a moment later, to land where it unwinds.
+    exc = unraisable.exc_value
+    resend = {SystemExit: signal.SIGTERM, KeyboardInterrupt: signal.SIGINT}.get(type(exc))
+    if resend is signal.SIGTERM and exc.code != 128 + signal.SIGTERM:
+        resend = None
+    if resend is None:
+        previous_hook(unraisable)
+        return
+    threading.Timer(0.05, os.kill, (os.getpid(), resend)).start()
