@@ -381,10 +381,24 @@ def submission(
     except (ValueError, LookupError, OSError) as err:  # bad input, no fit, unknown model: the message says which
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
+    except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM (_stop_on_sigterm)
+        typer.echo(
+            "\ninterrupted before the zip was written (an earlier zip of that number is kept): rerun the same "
+            "command; it goes on from what finished (training from its last checkpoint, a finished merge as it is)",
+            err=True,
+        )
+        raise typer.Exit(130 if isinstance(err, KeyboardInterrupt) else err.code) from None
     # Trained here from a config: its training time on the track's GPU, with or without training/.
     training_time = projected_training_time(config) if model is None else None
     # build_submission raised unless verify_submission found no problem; exit 1 when a smoke request fails.
-    raise typer.Exit(summarize(path, problems=[], smoke=smoke, built=True, training_time=training_time))
+    try:
+        status = summarize(path, problems=[], smoke=smoke, built=True, training_time=training_time)
+    except (KeyboardInterrupt, SystemExit) as err:
+        typer.echo(
+            f"\ninterrupted: {path} is written but not smoke-tested (llmkit verify-submission --smoke tests it)"
+        )
+        raise typer.Exit(130 if isinstance(err, KeyboardInterrupt) else err.code) from None
+    raise typer.Exit(status)
 
 
 @app.command("verify-submission")

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import subprocess
+import sys
+import time
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +61,20 @@ def test_default_pipeline_trains_merges_and_packages_a_working_zip(tmp_path, cap
     assert "already holds this submission" in caplog.text and zip_path.stat().st_mtime_ns == written
     # Without N, the same submission is found under its first number, not copied to a third.
     assert build_submission("A100", config_overrides=overrides, out_root=tmp_path / "submissions") == zip_path
+
+
+@pytest.mark.slow
+def test_an_interrupted_submission_says_what_is_left(tmp_path):
+    """SIGTERM or Ctrl-C during its training ended `llmkit submission` without a word (exit 143, the log cut)."""
+    llmkit = str(Path(sys.executable).parent / "llmkit")  # the console script, as a user runs it
+    command = [llmkit, "submission", "--track", "4090", "--out", "subs", "--no-smoke"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = ""
+    deadline = time.monotonic() + 300
+    while "training rows" not in seen and time.monotonic() < deadline:  # the data is ready: training starts
+        seen += process.stdout.readline()
+    process.send_signal(signal.SIGTERM)
+    seen += process.communicate(timeout=120)[0]
+    assert process.returncode == 143, seen
+    assert "interrupted before the zip was written (an earlier zip of that number is kept): rerun" in seen, seen
+    assert not (tmp_path / "subs").exists()
