@@ -96,10 +96,12 @@ def bundled_warning(manifest: Manifest) -> str | None:
     if not manifest.bundled_weights:
         return None
     local = next(source.id for source in (manifest.model, manifest.adapter) if source and source.bundled)
+    # The zip records a folder outside the checkout by its name alone (the same files give the same zip anywhere).
+    folder = local if Path(local).is_dir() else f"<the {local} folder it was bundled from>"
     return (
         "the weights are bundled in the zip. That is fine for self-hosting, but not accepted by the challenge: its "
         "image must download them during `docker build`. Publish the merged model to the hub "
-        f"(`hf upload <you>/<name> {local}`) and build with `make submission MODEL=<hub id> REVISION=<sha>`."
+        f"(`hf upload <you>/<name> {folder}`) and build with `make submission MODEL=<hub id> REVISION=<sha>`."
     )
 
 

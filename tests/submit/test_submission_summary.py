@@ -135,7 +135,10 @@ def test_no_smoke_and_bundled_weights_are_said_plainly(tmp_path, tiny_model_dir)
     fix = "build with `make submission MODEL=<hub id> REVISION=<sha>`."
     for output in (done.stdout, _llmkit("verify-submission", str(zip_path)).stdout):
         flat = " ".join(output.split())  # the warning wraps at the terminal's width
-        assert warning in flat and f"(`hf upload <you>/<name> {tiny_model_dir.name}`)" in flat and fix in flat
+        # the folder is outside the command's folder: the zip knows its name only, and says so (`tiny-llama` from
+        # here named nothing)
+        folder = f"(`hf upload <you>/<name> <the {tiny_model_dir.name} folder it was bundled from>`)"
+        assert warning in flat and folder in flat and fix in flat
         assert _closing(output) == f"✓ {zip_path}: checks passed, smoke test skipped."
 
 
