@@ -135,6 +135,7 @@ def bnb_config(
     *,
     double_quant: bool = True,
     int8_has_fp16_weight: bool = False,
+    skip_modules: list[str] | None = None,
 ) -> BitsAndBytesConfig | None:
     """bitsandbytes settings for transformers' `from_pretrained`; None for "none".
 
@@ -143,6 +144,7 @@ def bnb_config(
         compute_dtype: what 4-bit layers compute in, dequantizing their weights to it (the model's dtype).
         double_quant: 4-bit: quantize the block scales too (~0.4 bit per parameter saved).
         int8_has_fp16_weight: 8-bit: keep a 16-bit copy of the weights (needed to train them in full).
+        skip_modules: full module names left unquantized, instead of transformers' default (the output head).
     """
     if quantization not in BNB_QUANTIZATIONS:
         raise ValueError(f"quantization {quantization!r}: expected one of {', '.join(BNB_QUANTIZATIONS)}")
@@ -157,6 +159,7 @@ def bnb_config(
         bnb_4bit_quant_type=quantization,
         bnb_4bit_use_double_quant=double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
+        llm_int8_skip_modules=skip_modules,
     )
 
 

@@ -202,6 +202,7 @@ def load_for_inference(
     dtype: str = "auto",
     quantization: str = "none",
     device: str = "auto",
+    unquantized: list[str] | None = None,
 ) -> LoadedModel:
     """Load a causal LM (optionally quantized with bitsandbytes, optionally with peft adapters) for serving.
 
@@ -209,7 +210,8 @@ def load_for_inference(
     newer, float16 on older GPUs, float32 on the CPU. `quantization`: "none", "nf4" (double quantized) or "int8".
     `adapters` (name -> directory) are loaded side by side into one PeftModel under their names (a forward call
     picks them per row with peft's `adapter_names=`; one adapter named "default" is peft's own default). The
-    tokenizer comes from the first adapter's folder when it holds one.
+    tokenizer comes from the first adapter's folder when it holds one. `unquantized`: full module names 4-bit
+    loading leaves alone, instead of transformers' default (the output head).
     """
     adapters = adapters or {}
     adapter = next(iter(adapters.values()), None)
@@ -219,7 +221,7 @@ def load_for_inference(
     device = devices.resolve_device(device)
     torch_dtype = devices.resolve_dtype(dtype, device)
     # Quantized layers compute in the model's dtype, so --dtype sets bnb_4bit_compute_dtype too.
-    quantization_config = devices.bnb_config(quantization, torch_dtype)
+    quantization_config = devices.bnb_config(quantization, torch_dtype, skip_modules=unquantized)
     LOG.info("Loading %s (%s, %s, quantization %s)", source.model_id, device, torch_dtype, quantization)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(source.path, adapter))
     lm = AutoModelForCausalLM.from_pretrained(

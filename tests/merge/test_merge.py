@@ -173,6 +173,19 @@ def test_verification_catches_a_wrong_merge(adapters, tiny_model_dir, tmp_path):
         verify_merge(out, tiny_model_dir, adapters["other"], torch.float32)  # merged A, checked against B
 
 
+def test_an_nf4_round_trip_of_some_layers_is_checked_against_those_layers_in_4_bits(tiny_model_dir, tmp_path):
+    """The round-trip leaves untargeted layers at the base's precision, but the reference quantized every linear
+    layer: in float32 a correct merge was 0.11 logits off (tolerance 0.05) and refused."""
+    from llmkit.merge.verify import agreement, reference_of
+
+    adapter = lora_adapter(tiny_model_dir, tmp_path / "adapter", target_modules=["q_proj", "v_proj", "up_proj"])
+    out = tmp_path / "merged"
+    merge_adapter(tiny_model_dir, adapter, out, dtype="float32", nf4_roundtrip=True, verify=False)
+    checked = verify_merge(out, tiny_model_dir, adapter, torch.float32, nf4_from=torch.float32)
+    every_layer_4bit = reference_of(tiny_model_dir, adapter, torch.float32, quantization="nf4")
+    assert checked.max_logit_diff < 0.01 < agreement(out, torch.float32, every_layer_4bit).max_logit_diff
+
+
 def _start_merge(adapter: Path, base: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "LLMKIT_MERGE_TEST_DELAY_S": "0.3"}  # ~7 s of writing: time to kill it mid-shard
     command = [
