@@ -49,13 +49,14 @@ def validate(
             training_plan = plan(cfg, model_config=model_config, data_tokens=tokens)
             vocab_size = training_plan.shape.vocab_size if training_plan.shape else None
             problems = tokenizer_problems(cfg, vocab_size) if tokenizer_problems else []
-            problems += missing_packages(cfg)
             if problems:
                 raise ConfigError(problems, cfg.source)
     except ConfigError as error:
         err.print(f"[red]{error}[/red]", highlight=False)
         return 1
     out.print(render(training_plan))
+    if note := wandb_unavailable(cfg):
+        err.print(f"[yellow]Warning: {note}[/yellow]", highlight=False)
     return 0
 
 
@@ -159,11 +160,14 @@ def _steps_text(p: TrainingPlan) -> str:
     return f"{bound}{p.steps:,} ({p.rows:,} rows; {per_1k})"
 
 
-def missing_packages(cfg: AxolotlConfig) -> list[str]:
-    """What the config asks for that this environment lacks (checked by `validate`, and before `train` loads
-    anything): a W&B run the user expects to watch must not turn into a day without one."""
+def wandb_unavailable(cfg: AxolotlConfig) -> str | None:
+    """What a `wandb_project` without the wandb package means (said by `validate`, and by `train`, which then logs
+    to TensorBoard alone): axolotl installs wandb, so its configs name projects; this project does not."""
     import importlib.util
 
     if cfg.wandb_project and importlib.util.find_spec("wandb") is None:
-        return ["wandb_project: set, but the wandb package is not installed (pip install wandb)"]
-    return []
+        return (
+            f"wandb_project: {cfg.wandb_project!r} is set, but the wandb package is not installed: no W&B logging "
+            "(TensorBoard only; pip install wandb to log there)"
+        )
+    return None

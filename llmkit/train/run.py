@@ -37,7 +37,7 @@ from transformers import (
 
 from llmkit.config.plan import optimizer_steps, warmup_steps
 from llmkit.config.schema import RESOLVED_CONFIG, AxolotlConfig, ConfigError, RLMethod
-from llmkit.config.validate import missing_packages
+from llmkit.config.validate import wandb_unavailable
 from llmkit.core import devices
 from llmkit.core.files import clean_stale, staging_dir, swap_in
 from llmkit.data.pipeline import PreparedData, build_datasets, make_collator
@@ -338,8 +338,9 @@ def _preference_loss(cfg: AxolotlConfig) -> dict[str, Any]:
 def _report_to(cfg: AxolotlConfig) -> list[str]:
     if not cfg.wandb_project:
         return ["tensorboard"]  # logs under output_dir/runs/
-    if problems := missing_packages(cfg):
-        raise ConfigError(problems, cfg.source)
+    if note := wandb_unavailable(cfg):
+        LOG.warning(note)
+        return ["tensorboard"]
     # transformers' W&B callback reads its settings from the environment.
     wandb_env = {
         "WANDB_PROJECT": cfg.wandb_project,
