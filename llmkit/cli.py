@@ -233,7 +233,7 @@ def train(
     try:
         cfg = load_config(config, overrides)
         out = run(cfg, cpu_fallback=cpu_fallback, fresh=fresh)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, ConnectionError) as err:  # ConnectionError: the hub's model, offline
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
     except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM (_stop_on_sigterm)
@@ -265,8 +265,20 @@ def preprocess(config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl
 
     try:
         cfg = load_config(config)
-        data = build_datasets(cfg, load_tokenizer(cfg))
-    except (ConfigError, DataError) as err:
+        tokenizer = load_tokenizer(cfg)
+        if cfg.rl:  # preference pairs: read and checked here, tokenized by TRL's trainer when training starts
+            from llmkit.data.preference import build_preference_datasets
+
+            pairs = build_preference_datasets(cfg, tokenizer)
+            held_out = len(pairs.eval) if pairs.eval is not None else 0
+            typer.echo(
+                f"{len(pairs.train):,} preference pairs to train on, {held_out:,} held out for evaluation (rl: "
+                f"{cfg.rl.value}); TRL tokenizes them when training starts, so nothing is written to "
+                "dataset_prepared_path"
+            )
+            return
+        data = build_datasets(cfg, tokenizer)
+    except (ConfigError, DataError, ConnectionError) as err:  # ConnectionError: the hub's tokenizer, offline
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
     Console().print(stats_table(data.stats))

@@ -156,3 +156,22 @@ def test_a_quantized_moe_plan_says_its_fused_experts_stay_unquantized(runs):
     assert "MoE experts" in mixtral.output and "45.1B parameters held as fused 3-D tensors" in mixtral.output
     dense = next(run for run in runs if run.name == "mistral-7b-qlora-alpaca.yml")
     assert "MoE experts" not in dense.output
+
+
+@pytest.mark.parametrize("command", ["preprocess", "train"])
+def test_a_hub_base_model_offline_is_one_line_not_four_tracebacks(command, tmp_path):
+    """Offline, `preprocess` and `train` on a config whose base model is not in the cache printed 400 lines."""
+    config = tmp_path / "hub.yml"
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"instruction": "Say hi", "output": "hi"}) + "\n")
+    config.write_text(
+        f"base_model: someone/never-seen-7b\ndatasets:\n  - path: {data}\n    type: alpaca\n"
+        f"output_dir: {tmp_path / 'out'}\nadapter: lora\nlora_target_linear: true\nlearning_rate: 0.0002\n"
+        "micro_batch_size: 1\nnum_epochs: 1\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # an empty cache, no network
+    llmkit = str(Path(sys.executable).parent / "llmkit")
+    result = subprocess.run([llmkit, command, str(config)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("Error: Cannot download someone/never-seen-7b from the Hugging Face hub"), last_line

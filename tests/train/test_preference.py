@@ -190,3 +190,16 @@ def test_two_preference_steps_train_and_publish_an_adapter(kind, keys, tiny_conf
         before = base(probe).logits[0, -1]
         after = PeftModel.from_pretrained(base, out)(probe).logits[0, -1]
     assert (after - before).abs().max() > 1e-6, "training changed nothing"
+
+
+def test_preprocess_reads_and_counts_preference_pairs(tiny_config, tmp_path):
+    """`llmkit preprocess` on any rl: config ended in a traceback calling its dataset type one that needs rl."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    pairs = _pairs(tmp_path, SUMS)
+    config = tiny_config(datasets=[{"path": str(pairs), "type": "chatml.intel"}], rl="dpo", val_set_size=2)
+    result = CliRunner().invoke(app, ["preprocess", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "4 preference pairs to train on, 2 held out for evaluation (rl: dpo); TRL tokenizes them" in result.output
