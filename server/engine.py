@@ -163,11 +163,13 @@ class Engine:
 
     # --- a request in flight -----------------------------------------------------------------------------------
     def prompt_ids(self, prompt: str) -> tuple[list[int], int]:
-        """The prompt as the model sees it, and how many leading special tokens (BOS) the tokenizer added."""
+        """The prompt as the model sees it, and how many leading special tokens (BOS) the tokenizer added. A special
+        token it appends (a tokenizer saved with add_eos_token) is left off: an EOS would end the document that
+        the completion continues, and echo would score it as part of the prompt."""
         plain = self.encode(prompt)
         full = self.encode(prompt, special=True)
-        added = len(full) - len(plain) if full[len(full) - len(plain) :] == plain else 0
-        return full, added
+        added = leading_specials(full, plain)
+        return full[: added + len(plain)] if plain else full, added
 
     def new_sequence(
         self,
@@ -301,6 +303,15 @@ def load_engine(settings: ServerSettings) -> Engine:
     from llmkit.server.builtin import BuiltinEngine
 
     return BuiltinEngine.load(settings)
+
+
+def leading_specials(full: list[int], plain: list[int]) -> int:
+    """How many tokens the tokenizer put before the text's own (`plain`) in `full` (its BOS): 0 when the text's
+    tokens are not found whole in it. Empty text: everything is the tokenizer's."""
+    if not plain:
+        return len(full)
+    starts = (k for k in range(len(full) - len(plain) + 1) if full[k : k + len(plain)] == plain)
+    return next(starts, 0)
 
 
 def position_limit(model_dir) -> int | None:

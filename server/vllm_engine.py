@@ -20,7 +20,7 @@ from pathlib import Path
 
 from llmkit.core import devices
 from llmkit.core.models import LoadedModel, adapter_config, resolve_model, tokenizer_dir
-from llmkit.server.engine import Engine, position_limit
+from llmkit.server.engine import Engine, leading_specials, position_limit
 from llmkit.server.protocol import ProcessRequest
 from llmkit.server.sequence import QueueFull, RequestError, RequestTimeout, Sequence, eos_ids
 from llmkit.server.settings import ServerSettings
@@ -94,7 +94,7 @@ class VllmEngine(Engine):
         # A prompt's BOS rides on top of --max-context (Engine.prompt_room), and vLLM decodes at least one token,
         # also for a scoring request: a prompt that fills the context needs those slots more, where the model's
         # positions allow them (else such prompts are refused, `run`).
-        bos = len(tokenizer.encode("x")) - len(tokenizer.encode("x", add_special_tokens=False))
+        bos = leading_specials(tokenizer.encode("x"), tokenizer.encode("x", add_special_tokens=False))
         positions = position_limit(source.path)
         wanted = settings.max_context + bos + 1
         max_model_len = wanted if positions is None else min(wanted, positions)

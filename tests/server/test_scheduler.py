@@ -133,16 +133,19 @@ def test_keys_and_values_of_different_widths_batch(engine_for, make_tiny_model):
 @pytest.fixture(scope="module")
 def bos_model(make_tiny_model):
     """Factory: a tiny Llama with `positions` positions whose tokenizer puts a BOS before every prompt (Llama,
-    Mistral, Gemma), as the server sees it."""
+    Mistral, Gemma), as the server sees it, and with `eos` an EOS after it too (a tokenizer saved with
+    add_eos_token)."""
     from tokenizers import processors
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    def make(positions: int):
+    def make(positions: int, eos: bool = False):
         model_dir = make_tiny_model(LlamaConfig, LlamaForCausalLM, max_position_embeddings=positions)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        bos = (tokenizer.bos_token, tokenizer.bos_token_id)
+        bos, end = (tokenizer.bos_token, tokenizer.bos_token_id), (tokenizer.eos_token, tokenizer.eos_token_id)
+        template = f"{bos[0]} $A {end[0]}" if eos else f"{bos[0]} $A"
+        specials = [bos, end] if eos else [bos]
         tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{bos[0]} $A", special_tokens=[bos]
+            single=template, special_tokens=specials
         )
         tokenizer.save_pretrained(model_dir)
         return model_dir
@@ -150,12 +153,16 @@ def bos_model(make_tiny_model):
     return make
 
 
-def test_the_bos_the_server_adds_rides_on_top_of_the_context_limit(engine_for, bos_model):
+@pytest.mark.parametrize("eos", [False, True], ids=["BOS", "BOS and EOS"])
+def test_the_bos_the_server_adds_rides_on_top_of_the_context_limit(engine_for, bos_model, eos):
     """HELM sizes a prompt with /tokenize (no BOS) and truncates it to fill the context: the BOS the server adds
-    did count, so a truncated scoring prompt was a 422 and a truncated generation lost a token."""
-    engine = engine_for(bos_model(positions=2048), max_context=64, max_new_tokens_limit=16)
+    did count, so a truncated scoring prompt was a 422 and a truncated generation lost a token. An EOS the
+    tokenizer appends is left off the prompt (the completion continues the text, not a new document)."""
+    engine = engine_for(bos_model(positions=2048, eos=eos), max_context=64, max_new_tokens_limit=16)
     text = engine.decode(engine.tokenize("red blue " * 100, truncation=True, max_length=64))
-    assert len(engine.tokenize(text, truncation=False, max_length=64)) == 64 == len(engine.prompt_ids(text)[0]) - 1
+    ids, added = engine.prompt_ids(text)
+    assert len(engine.tokenize(text, truncation=False, max_length=64)) == 64 == len(ids) - 1 and added == 1
+    assert ids[0] == engine.tokenizer.bos_token_id and ids[1:] == engine.encode(text)
     scored = engine.process(ProcessRequest(prompt=text, max_new_tokens=0, echo_prompt=True))
     assert len(scored.tokens) == 64  # the echo leaves the BOS out
     shorter = engine.decode(engine.tokenize(text, truncation=True, max_length=59))
