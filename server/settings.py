@@ -54,7 +54,9 @@ class ServerSettings(BaseSettings):
     quantization: Quantization = Field(Quantization.none, description="bitsandbytes weight quantization.")
     device: Device = Field(Device.auto, description="Where the model runs.")
     max_context: int = Field(CONTEXT_TOKENS, gt=0, description="Prompt plus completion tokens, the challenge's limit.")
-    max_new_tokens_limit: int = Field(1024, gt=0, description="Largest max_new_tokens a request may ask for.")
+    max_new_tokens_limit: int = Field(
+        1024, gt=0, description="Largest max_new_tokens a request may ask for (at most max_context, which lowers it)."
+    )
     stop_at_newline: bool = Field(
         True,
         description=(
@@ -119,6 +121,8 @@ class ServerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_token_limits(self) -> ServerSettings:
+        if "max_new_tokens_limit" not in self.model_fields_set:  # the default follows a smaller --max-context
+            self.max_new_tokens_limit = min(self.max_new_tokens_limit, self.max_context)
         if self.max_new_tokens_limit > self.max_context:
             raise ValueError(
                 f"max_new_tokens_limit: {self.max_new_tokens_limit} is over max_context ({self.max_context}), the "

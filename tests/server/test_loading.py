@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmkit.core.models import resolve_model
 from llmkit.server.launch import ServerProcess, ServerStartError
+from llmkit.server.settings import ServerSettings
 
 PROMPT = "The capital of France is "
 BODY = {"prompt": PROMPT, "max_new_tokens": 12, "temperature": 0, "stop_sequences": ["<<none>>"]}
@@ -97,13 +98,23 @@ def test_bad_adapter_fails_start_with_message(start_server, tmp_path):
         start_server("--adapter", str(tmp_path), startup_timeout=120)
 
 
+def test_a_smaller_context_lowers_the_default_token_limit_not_a_given_one():
+    """--max-context 256 alone was refused: the default --max-new-tokens-limit (1024) was over it."""
+    assert ServerSettings(max_context=256).max_new_tokens_limit == 256
+    assert ServerSettings(max_context=4096).max_new_tokens_limit == 1024
+    assert ServerSettings(max_context=512, max_new_tokens_limit=100).max_new_tokens_limit == 100
+
+
 @pytest.mark.parametrize(
     ("flags", "says"),
     [
         (["--dtype", "int3"], "--dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16' (got 'int3')"),
         (["--port", "99999", "--max-context", "0"], "--max-context: Input should be greater than 0 (got '0')"),
         (["--adapter", "a=x", "--adapter", "a=y"], "the name(s) a are given twice"),
-        (["--max-context", "512"], "max_new_tokens_limit: 1024 is over max_context (512)"),
+        (
+            ["--max-context", "512", "--max-new-tokens-limit", "1024"],
+            "max_new_tokens_limit: 1024 is over max_context (512)",
+        ),
         (["--model", "{tmp}"], "Error: cannot serve: {tmp} is a directory but holds no config.json"),
         (["--model", "{tmp}/nope"], "Error: cannot serve: Model directory {tmp}/nope does not exist"),
         (["--model", __file__], f"Error: cannot serve: {__file__} is a file, not a model directory"),
