@@ -394,9 +394,10 @@ def submission(
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
     except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM (_stop_on_sigterm)
+        resumes = " (training from its last checkpoint, a finished merge as it is)" if model is None else ""
         typer.echo(
-            "\ninterrupted before the zip was written (an earlier zip of that number is kept): rerun the same "
-            "command; it goes on from what finished (training from its last checkpoint, a finished merge as it is)",
+            "\ninterrupted before the zip was written: nothing of it is left, and a zip already there is as it was. "
+            f"Rerun the same command; it goes on from what finished{resumes}",
             err=True,
         )
         raise typer.Exit(130 if isinstance(err, KeyboardInterrupt) else err.code) from None
@@ -407,7 +408,8 @@ def submission(
         status = summarize(path, problems=[], smoke=smoke, built=True, training_time=training_time)
     except (KeyboardInterrupt, SystemExit) as err:
         typer.echo(
-            f"\ninterrupted: {path} is written but not smoke-tested (llmkit verify-submission --smoke tests it)"
+            f"\ninterrupted: {path} is written but not smoke-tested (llmkit verify-submission --smoke tests it)",
+            err=True,
         )
         raise typer.Exit(130 if isinstance(err, KeyboardInterrupt) else err.code) from None
     raise typer.Exit(status)

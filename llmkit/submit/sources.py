@@ -65,7 +65,10 @@ def hub_or_local(name: str, revision: str | None, *, bundle: bool, marker: str, 
         what: "model" or "adapter", for messages.
     """
     local = Path(name).expanduser()
+    flag = "--revision" if what == "model" else f"--{what}-revision"
     if local.is_dir():
+        if revision is not None:
+            raise SubmissionError(f"{flag} {revision}: --{what} {name} is a local folder, which has no hub revision")
         if not (local / marker).is_file():
             raise SubmissionError(f"--{what} {name}: the directory holds no {marker}")
         if not bundle:
@@ -80,7 +83,6 @@ def hub_or_local(name: str, revision: str | None, *, bundle: bool, marker: str, 
         return Weights(name=str(local.resolve()), local_dir=local.resolve(), base_model=merged_base(local))
     if "/" not in name or not is_hub_id(name):  # the challenge's image downloads from an owner's repo
         raise SubmissionError(f"--{what} {name!r} is neither a local directory nor a hub id (owner/name)")
-    flag = "--revision" if what == "model" else f"--{what}-revision"
     if revision is not None and not HUB_REVISION.match(revision):
         raise SubmissionError(f"{flag} {revision!r} is not a branch, tag or commit name")
     if bundle:

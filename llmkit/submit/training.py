@@ -109,7 +109,7 @@ def training_files(config: Path, track: Track) -> dict[str, bytes]:
 
 def _check_portable(cfg) -> None:
     """What the config trains from must be reachable from the organisers' image: a hub id, not a local folder."""
-    for key in ("base_model", "tokenizer_config", "lora_model_dir"):
+    for key in ("base_model", "base_model_config", "tokenizer_config", "lora_model_dir"):
         value = getattr(cfg, key)
         if value and Path(value).expanduser().exists():
             raise SubmissionError(
@@ -157,7 +157,13 @@ def _copy_project(root: Path, tree: Path) -> None:
     try:
         tracked = subprocess.run([*git, "--cached"], capture_output=True, check=True).stdout.decode().split("\0")
         others = subprocess.run([*git, "--others", "--exclude-standard"], capture_output=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):  # no git, or not a checkout (an unpacked release)
+    except (OSError, subprocess.CalledProcessError) as err:
+        if (root / ".git").exists():  # a checkout git will not read (another user's: "dubious ownership")
+            why = (
+                err.stderr.decode(errors="replace").strip() if isinstance(err, subprocess.CalledProcessError) else err
+            )
+            raise SubmissionError(f"--training: git cannot list {root}'s files ({why})") from None
+        # no git, or not a checkout (an unpacked release): every file
         shutil.copytree(
             root, tree, ignore=shutil.ignore_patterns(".*", "*.egg-info", "outputs", "submissions", "*-results")
         )
@@ -169,8 +175,8 @@ def _copy_project(root: Path, tree: Path) -> None:
     left_out = [name for name in others.decode().split("\0") if name]
     if left_out:
         shown = ", ".join(left_out[:5]) + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "")
-        LOG.info("The training wheel leaves out %d file(s) git does not track: %s (git add what it needs)",
-                 len(left_out), shown)  # fmt: skip
+        LOG.warning("The training wheel leaves out %d file(s) git does not track: %s (git add what it needs)",
+                    len(left_out), shown)  # fmt: skip
 
 
 def training_requirements(track: Track) -> str:

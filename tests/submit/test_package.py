@@ -245,3 +245,9 @@ def test_an_adapter_is_pinned_by_its_own_revision(tmp_path, caplog):
     assert "Pass --adapter-revision <commit> (ADAPTER_REVISION=...) to pin it." in caplog.text
     with pytest.raises(SubmissionError, match="--adapter-revision needs --adapter"):
         build_submission("4090", model=DEFAULT_MODEL_ID, revision="main", adapter_revision=sha, out_root=tmp_path)
+
+
+def test_a_revision_for_a_local_folder_is_refused(tmp_path, tiny_model_dir):
+    """It was silently ignored: the folder's files are what get bundled."""
+    with pytest.raises(SubmissionError, match=rf"^--revision main: --model {tiny_model_dir} is a local folder"):
+        build_submission("4090", model=str(tiny_model_dir), revision="main", bundle_weights=True, out_root=tmp_path)

@@ -135,7 +135,7 @@ def test_the_wheel_is_built_from_what_git_tracks(tmp_path, caplog):
     (root / "axolotl_configs" / "gone.yml").unlink()
     (root / "axolotl_configs" / "shipped.yml").write_text("base_model: a/edited\n")
     (root / "axolotl_configs" / "mine.yml").write_text("base_model: a/b\n# hf_private\n")
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.WARNING):
         _copy_project(root, tree)
     assert sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file()) == [
         "axolotl_configs/shipped.yml"
@@ -173,3 +173,22 @@ def test_the_copied_config_names_no_folder_of_this_machine(tmp_path):
     assert copied["chat_template_jinja"] == template
     assert copied["dataset_prepared_path"] == "outputs/prepared" and "resume_from_checkpoint" not in copied
     assert str(tmp_path) not in yaml.safe_dump(copied)
+
+
+def test_a_checkout_git_will_not_read_is_refused_not_copied_whole(tmp_path):
+    """git refusing the checkout (another user's: "dubious ownership") fell back to copying every file."""
+    root = tmp_path / "checkout"
+    (root / ".git").mkdir(parents=True)  # a checkout git cannot read
+    (root / "axolotl_configs").mkdir()
+    (root / "axolotl_configs" / "private.yml").write_text("base_model: a/b\n")
+    with pytest.raises(SubmissionError, match=rf"^--training: git cannot list {root}'s files \(fatal: "):
+        _copy_project(root, tmp_path / "tree")
+    assert not (tmp_path / "tree").exists()
+
+
+def test_a_local_base_model_config_is_refused_too(tmp_path, tiny_model_dir):
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text()) | {"base_model_config": str(tiny_model_dir)}
+    path = tmp_path / "local.yml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(SubmissionError, match=rf"^base_model_config: {tiny_model_dir} is on this machine"):
+        training_files(path, "4090")
