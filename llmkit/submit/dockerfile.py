@@ -93,13 +93,16 @@ def arg_names(instructions: list[Instruction]) -> list[str]:
 
 def dockerignored(names: set[str], dockerignore: str) -> set[str]:
     """The paths among `names` (slash-separated, relative to the build context) that `.dockerignore` keeps out of
-    the context, as Docker reads it: one pattern a line (`#` comments), `*` and `?` within a path segment, `**`
-    across segments, a pattern that matches a folder keeps out everything in it, `!` lets a path back in, and the
-    last matching line wins."""
+    the context, as Docker (moby's patternmatcher) reads it: one pattern a line (`#` at a line's start: a comment;
+    a UTF-8 BOM dropped), `*` and `?` within a path segment, `**` across segments, `[...]` (`[^...]` negated), a
+    pattern that matches a folder keeps out everything in it, `!` lets a path back in, the last matching line
+    wins."""
     patterns = []
-    for raw in dockerignore.splitlines():
+    for raw in dockerignore.removeprefix("\ufeff").splitlines():
+        if raw.startswith("#"):  # a comment only at the very start of the line, before any space
+            continue
         line = raw.strip()
-        if not line or line.startswith("#"):
+        if not line:
             continue
         exception = line.startswith("!")
         pattern = posixpath.normpath(line.removeprefix("!").strip()).lstrip("/")
@@ -133,9 +136,8 @@ def _pattern_regex(pattern: str) -> str:
             regex += "[^/]*"
         elif char == "?":
             regex += "[^/]"
-        elif char == "[" and (end := pattern.find("]", i + 1)) > i:
-            body = pattern[i + 1 : end]
-            regex += "[" + ("^" + body[1:] if body.startswith(("^", "!")) else body).replace("\\", "\\\\") + "]"
+        elif char == "[" and (end := pattern.find("]", i + 1)) > i:  # Go negates with ^ only: [!x] holds "!"
+            regex += "[" + pattern[i + 1 : end].replace("\\", "\\\\") + "]"
             i = end
         elif char == "\\" and i + 1 < len(pattern):
             i += 1

@@ -12,6 +12,7 @@ damaged or encrypted entry, no file but weights over 64 MiB.
 from __future__ import annotations
 
 import ast
+import contextlib
 import fnmatch
 import io
 import json
@@ -25,6 +26,7 @@ import tempfile
 import zipfile
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -88,6 +90,10 @@ def verify_submission(zip_path: str | Path, *, lint: bool = True) -> list[str]:
     problems += _check_secrets(files)
     problems += _check_requirements(files)
     problems += _check_imports(files)
+    for name, data in sorted(files.items()):
+        if name.endswith(".whl"):  # --training's wheel: the organisers' `llmkit train` imports from it
+            inner = {member.split("!", 1)[1]: text for member, text in _members(name, data).items()}
+            problems += [f"{name}!{problem}" for problem in _check_imports(inner)]
     if manifest is None or not manifest.bundled_weights:
         problems += [
             f"{name}: a weight file, but bundling was not asked for" for name in digests if is_weight_file(name)
@@ -186,7 +192,11 @@ def _check_engine(files: dict[str, bytes], manifest: Manifest | None) -> list[st
 
 
 def _check_dockerfile(files: dict[str, bytes], names: set[str], lint: bool) -> list[str]:
-    dockerfiles = sorted(name for name in files if PurePosixPath(name).name.lower().startswith("dockerfile"))
+    dockerfiles = sorted(
+        name
+        for name in files
+        if PurePosixPath(name).name.lower().startswith("dockerfile") and not name.endswith(".dockerignore")
+    )
     if "Dockerfile" not in files:  # unread when it is there twice: that entry's problem says so
         missing = "no Dockerfile at the zip's root (the harness builds the first Dockerfile it finds)"
         return [] if "Dockerfile" in names else [missing]
@@ -194,7 +204,9 @@ def _check_dockerfile(files: dict[str, bytes], names: set[str], lint: bool) -> l
     problems = [f"{name}: a second Dockerfile; the harness builds whichever it finds first" for name in others]
     text = files["Dockerfile"].decode(errors="replace")
     try:
-        kept_out = dockerignored(names, files.get(".dockerignore", b"").decode(errors="replace"))
+        # BuildKit reads Dockerfile.dockerignore, where there is one, instead of .dockerignore
+        ignore = files.get("Dockerfile.dockerignore", files.get(".dockerignore", b""))
+        kept_out = dockerignored(names, ignore.decode(errors="replace"))
         problems += _dockerfile_rules(text) + _copy_sources(parse_dockerfile(text), names, kept_out)
     except DockerfileError as err:
         problems.append(f"Dockerfile: {err}")
@@ -298,7 +310,9 @@ def _check_secrets(files: dict[str, bytes]) -> list[str]:
     for name, data in sorted(files.items()):
         if is_weight_file(name):
             continue
-        if data.startswith(b"PK\x03\x04"):  # a wheel (training/) or another zip: what it holds ends up in the image
+        if zipfile.is_zipfile(
+            io.BytesIO(data)
+        ):  # a wheel (training/), a zip (a .pyz after its shebang too): its files
             problems += _check_secrets(_members(name, data))
         elif b"\0" not in data[:8192]:
             problems += _secrets_in(name, data)
@@ -316,13 +330,20 @@ def _secrets_in(name: str, data: bytes) -> list[str]:
 
 
 def _members(name: str, data: bytes) -> dict[str, bytes]:
-    """The files inside a zip-format entry, named `entry!member`; none when it cannot be read as a zip."""
+    """The files inside a zip-format entry, named `entry!member`, each that can be read (a damaged one is skipped,
+    not the rest); none when it is not a zip."""
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as inner:
-            members = [info for info in inner.infolist() if not info.is_dir() and info.file_size <= MAX_TEXT_BYTES]
-            return {f"{name}!{info.filename}": inner.read(info) for info in members}
-    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, OSError):
+        inner = zipfile.ZipFile(io.BytesIO(data))
+    except ZIP_READ_ERRORS:
         return {}
+    members = {}
+    with inner:
+        for info in inner.infolist():
+            if info.is_dir() or info.file_size > MAX_TEXT_BYTES:
+                continue
+            with contextlib.suppress(*ZIP_READ_ERRORS):
+                members[f"{name}!{info.filename}"] = inner.read(info)
+    return members
 
 
 def _check_imports(files: dict[str, bytes]) -> list[str]:
@@ -340,8 +361,10 @@ def _check_imports(files: dict[str, bytes]) -> list[str]:
         command = []
     if "-m" in command[:-1]:
         module = command[command.index("-m") + 1]
-        if module.split(".")[0] in packages and module not in modules:
-            problems.append(f"Dockerfile line {cmd.line}: CMD runs -m {module}, which is not in the zip")
+        is_package = any(name.startswith(module.replace(".", "/") + "/") for name in files)
+        runs = f"{module}.__main__" if is_package else module  # `python -m` runs a package's __main__
+        if module.split(".")[0] in packages and runs not in modules:
+            problems.append(f"Dockerfile line {cmd.line}: CMD runs -m {module}, but the zip has no {runs}")
     for name, data in sorted(files.items()):
         if not name.endswith(".py"):
             continue
@@ -352,18 +375,37 @@ def _check_imports(files: dict[str, bytes]) -> list[str]:
             continue
         here = _module_name(name).split(".")
         package = here if name.endswith("/__init__.py") else here[:-1]
-        for node in ast.walk(tree):
+        for node in _required_imports(tree):
             if isinstance(node, ast.Import):
                 wanted = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
+            else:
                 base = package[: len(package) - node.level + 1] if node.level else []
                 wanted = [".".join([*base, node.module] if node.module else base)]
-            else:
-                continue
             for module in wanted:
                 if module.split(".")[0] in packages and module not in modules:
                     problems.append(f"{name}:{node.lineno}: imports {module}, which is not in the zip")
     return problems
+
+
+def _required_imports(node: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    """The imports a module needs to run: not those under `if TYPE_CHECKING:`, nor those in a `try:` that catches
+    their ImportError (optional ones)."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.Import, ast.ImportFrom)):
+            yield child
+        elif isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+            for branch in child.orelse:
+                yield from _required_imports(ast.Module(body=[branch], type_ignores=[]))
+        elif isinstance(child, ast.Try) and any(_catches_import_error(handler) for handler in child.handlers):
+            for part in (*child.handlers, *child.orelse, *child.finalbody):
+                yield from _required_imports(part)
+        else:
+            yield from _required_imports(child)
+
+
+def _catches_import_error(handler: ast.ExceptHandler) -> bool:
+    caught = ast.unparse(handler.type) if handler.type is not None else "BaseException"
+    return any(name in caught for name in ("ImportError", "ModuleNotFoundError", "Exception"))
 
 
 def _module_name(path: str) -> str:

@@ -52,6 +52,20 @@ def test_a_token_inside_a_wheel_is_found(good_zip, tmp_path, rewrite_zip):
     assert problem.startswith(f"{name}!llmkit/axolotl_configs/mine.yml:2: a Hugging Face token (hf_")
 
 
+def test_a_module_the_wheel_lacks_is_found(good_zip, tmp_path, rewrite_zip):
+    """The training wheel is built from what git tracks: a tracked module importing an untracked one left the
+    organisers' `llmkit train` failing with ModuleNotFoundError, and verify said nothing."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as wheel:
+        wheel.writestr("llmkit/__init__.py", "")
+        wheel.writestr("llmkit/cli.py", "import json\nfrom llmkit.newmod import X\n")
+    name = "training/llm_effchal-0.1.0-py3-none-any.whl"
+    bad = rewrite_zip(good_zip, tmp_path / "wheel.zip", {name: buffer.getvalue()})
+    assert verify_submission(bad, lint=False) == [
+        f"{name}!llmkit/cli.py:2: imports llmkit.newmod, which is not in the zip"
+    ]
+
+
 def test_every_kind_of_secret_is_found(good_zip, tmp_path, rewrite_zip):
     from llmkit.submit.verify import SECRET_PATTERNS
 
@@ -240,6 +254,11 @@ def test_a_copy_source_that_dockerignore_keeps_out_is_reported(good_zip, tmp_pat
     ]
     back_in = rewrite_zip(good_zip, tmp_path / "back.zip", {".dockerignore": b"**\n!requirements.txt\n!llmkit\n"})
     assert verify_submission(back_in, lint=False) == []
+    # BuildKit's Dockerfile.dockerignore wins over .dockerignore, and is no second Dockerfile
+    own = rewrite_zip(good_zip, tmp_path / "own.zip", {"Dockerfile.dockerignore": b"*.txt\n"})
+    assert verify_submission(own, lint=False) == [
+        f"Dockerfile line {requirements}: COPY source requirements.txt is kept out of the build by .dockerignore"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -254,6 +273,10 @@ def test_a_copy_source_that_dockerignore_keeps_out_is_reported(good_zip, tmp_pat
         ("model\n!model/keep.json", {"model/w.safetensors"}),
         ("!model/keep.json\nmodel", {"model/w.safetensors", "model/keep.json"}),  # the last matching line wins
         ("/./model/../a.zip", {"a.zip"}),  # cleaned as Docker cleans it
+        ("\ufeffa.zip", {"a.zip"}),  # a UTF-8 BOM is dropped
+        ("  #a.zip", set()),  # a comment only where the line starts: this is a pattern, matching nothing here
+        ("[!a]*.md", set()),  # Go negates with ^ only: "!" is one of the class's characters
+        ("[^a]*.md", {"README.md"}),
     ],
 )
 def test_dockerignore_patterns_read_as_docker_reads_them(ignore, kept_out):
@@ -399,20 +422,25 @@ def test_the_servers_own_code_is_checked_for_what_it_imports(good_zip, tmp_path,
     """Only the smoke test noticed a server that could not start: a module gone, or a CMD naming another."""
     dockerfile = _dockerfile(good_zip)
     cmd_line = next(n for n, text in enumerate(dockerfile.splitlines(), 1) if text.startswith("CMD"))
-    renamed = rewrite_zip(
-        good_zip,
-        tmp_path / "cmd.zip",
-        {"Dockerfile": dockerfile.replace('"llmkit.server"', '"llmkit.serverx"').encode()},
-    )
+    other = dockerfile.replace('"llmkit.server"', '"llmkit.serverx"').encode()
+    renamed = rewrite_zip(good_zip, tmp_path / "cmd.zip", {"Dockerfile": other})
     assert verify_submission(renamed, lint=False) == [
-        f"Dockerfile line {cmd_line}: CMD runs -m llmkit.serverx, which is not in the zip"
+        f"Dockerfile line {cmd_line}: CMD runs -m llmkit.serverx, but the zip has no llmkit.serverx"
+    ]
+    no_main = rewrite_zip(good_zip, tmp_path / "main.zip", {"llmkit/server/__main__.py": None})
+    assert verify_submission(no_main, lint=False) == [
+        f"Dockerfile line {cmd_line}: CMD runs -m llmkit.server, but the zip has no llmkit.server.__main__"
     ]
     gone = rewrite_zip(good_zip, tmp_path / "gone.zip", {"llmkit/server/app.py": None})
     problems = verify_submission(gone, lint=False)
-    assert problems and all(
-        re.fullmatch(r"llmkit/server/\w+\.py:\d+: imports llmkit\.server\.app, which is not in the zip", p)
-        for p in problems
-    ), problems
+    pattern = r"llmkit/server/\w+\.py:\d+: imports llmkit\.server\.app, which is not in the zip"
+    assert problems and all(re.fullmatch(pattern, p) for p in problems), problems
     broken = rewrite_zip(good_zip, tmp_path / "broken.zip", {"llmkit/server/extra.py": b"def f(:\n"})
     [problem] = verify_submission(broken, lint=False)
     assert problem.startswith("llmkit/server/extra.py: not valid Python (")
+    optional = (  # what a module needs only to type-check, or can do without
+        b"from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from llmkit.train.run import train\n"
+        b"try:\n    import llmkit.plugins\nexcept ImportError:\n    pass\nfrom . import app\n"
+    )
+    fine = rewrite_zip(good_zip, tmp_path / "fine.zip", {"llmkit/server/extra.py": optional})
+    assert verify_submission(fine, lint=False) == []
