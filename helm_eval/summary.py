@@ -1,8 +1,9 @@
 """Score tables from HELM's output: one row per run (main metric, instances, mean inference time).
 
 Reads `benchmark_output/runs/<suite>/<run>/{run_spec,stats,scenario_state}.json`; the main metric of a run
-comes from the `schema.json` that helm-summarize writes beside them (each run group's `main_name`), falling
-back to exact_match for groups the schema does not list (simple_mcqa, big_bench).
+comes from the `schema.json` that helm-summarize writes beside them (each run group's `main_name`; before it
+has, from HELM's own schema_classic.yaml it is written from), falling back to exact_match for groups the schema
+does not list (simple_mcqa, big_bench).
 """
 
 from __future__ import annotations
@@ -50,16 +51,32 @@ class SuiteScores(BaseModel):
 
 
 def _main_metrics(suite_dir: Path) -> dict[str, tuple[str, str]]:
-    """Run group → (main metric, split), from the schema.json helm-summarize wrote (empty if it did not)."""
+    """Run group → (main metric, split), from the schema.json helm-summarize wrote; before it has (a run stopped
+    by Ctrl-C), from the schema it writes that from, HELM's own schema_classic.yaml; empty without either."""
     schema_path = suite_dir / "schema.json"
-    if not schema_path.is_file():
+    if schema_path.is_file():
+        groups = json.loads(schema_path.read_text()).get("run_groups", [])
+    elif (packaged := _packaged_schema()) is not None:
+        import yaml
+
+        groups = yaml.safe_load(packaged.read_text()).get("run_groups", [])
+    else:
         return {}
-    groups = json.loads(schema_path.read_text()).get("run_groups", [])
     return {
         group["name"]: (group["environment"]["main_name"], group["environment"].get("main_split", "test"))
         for group in groups
         if "main_name" in group.get("environment", {})
     }
+
+
+def _packaged_schema() -> Path | None:
+    from llmkit.helm_eval.setup import helm_venv
+
+    try:
+        site = helm_venv().path
+    except Exception:  # noqa: BLE001 - no HELM venv here: the fallback metric it is
+        return None
+    return next(site.glob("lib/python*/site-packages/helm/benchmark/static/schema_classic.yaml"), None)
 
 
 def _stat(stats: list[dict], name: str, split: str) -> dict | None:

@@ -56,6 +56,19 @@ def test_main_metric_is_the_most_specific_groups_that_the_run_has(tmp_path):
     assert (rows["mcqa"].metric, rows["mcqa"].score, rows["mcqa"].requests) == ("exact_match", 0.5, 2)
 
 
+def test_before_helm_summarize_the_main_metric_comes_from_helms_own_schema(tmp_path, helm_venv):
+    """Ctrl-C before helm-summarize wrote schema.json: every run was scored on exact_match, a "-" for dyck and
+    synthetic_reasoning_natural, which HELM scores on other metrics."""
+    suite_dir = tmp_path / "runs" / "s"
+    stats = {"exact_match_indicator": 1.0, "num_instances": 1}
+    _write_run(suite_dir, "dyck", ["dyck_language"], stats, [1.0])
+    stats = {"f1_set_match": 0.25, "quasi_exact_match": 0.0, "num_instances": 2}
+    _write_run(suite_dir, "natural", ["synthetic_reasoning", "synthetic_reasoning_natural"], stats, [1.0, 3.0])
+    assert not (suite_dir / "schema.json").exists()
+    rows = {row.run: (row.metric, row.score) for row in load_suite(tmp_path, "s").rows}
+    assert rows == {"dyck": ("exact_match_indicator", 1.0), "natural": ("f1_set_match", 0.25)}
+
+
 def _suite(label, scores):
     rows = [
         RunScore(
