@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from llmkit.core.models import is_hub_id
 from llmkit.helm_eval.confgen import DEFAULT_TASK_LIST
 from llmkit.helm_eval.report import Report, write_report
 from llmkit.helm_eval.run import DEFAULT_MAX_EVAL_INSTANCES, HelmRunError, prepare_conf, run_helm
@@ -68,6 +69,8 @@ def helm_eval(
     if out_dir.exists() and not out_dir.is_dir():
         raise HelmRunError(f"--out {out_dir} is a file; give a folder (it is created if missing)")
     targets = [model] + ([compare] if compare else [])
+    for flag, target in zip(("--model", "--compare"), targets, strict=False):
+        _check_servable(flag, target)  # now, not after the first model's evaluation
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = suite or f"{Path(conf).stem}-{_slug(url or model or 'default') if not compare else 'compare'}-{stamp}"
     suite_names = (
@@ -97,3 +100,15 @@ def helm_eval(
         )
     report = write_report(results, out_dir, name, command)
     return EvalResult(conf_path=conf_path, suites=results, report=report)
+
+
+def _check_servable(flag: str, target: str | None) -> None:
+    """A model the server can be pointed at: a model folder, or a hub id (downloaded when served)."""
+    if target is None:
+        return
+    path = Path(target).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise HelmRunError(f"{flag} {target}: the folder holds no config.json (an adapter goes in --adapter)")
+    elif path.exists() or not is_hub_id(target):
+        raise HelmRunError(f"{flag} {target}: no such model folder, and not a hub id (owner/name)")

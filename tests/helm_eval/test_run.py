@@ -109,6 +109,9 @@ def test_failed_download_says_the_suite_needs_the_internet(tmp_path):
         ({"suite": "../../escape"}, "--suite '../../escape': use letters, digits"),
         ({"suite": "taken"}, "suite taken already has results in"),
         ({"out_dir": "a-file"}, "is a file; give a folder"),
+        # found before the first model's evaluation (minutes), not after it
+        ({"compare": "/no/such-model"}, "--compare /no/such-model: no such model folder, and not a hub id"),
+        ({"model": "."}, "--model .: the folder holds no config.json (an adapter goes in --adapter)"),
     ],
 )
 def test_helm_eval_refuses_a_suite_or_folder_it_would_mix_up(tmp_path, mcqa_conf, kwargs, message):
