@@ -50,6 +50,13 @@ class TaskFamily(BaseModel):
         reserved = {"model", "max_eval_instances"} & set(args)
         if reserved:
             raise ValueError(f"{sorted(reserved)} are set by the generator, not the task list")
+        for key, value in args.items():
+            if value == []:
+                raise ValueError(f"{key}: an empty list makes no run; give at least one value")
+            for item in value if isinstance(value, list) else [value]:
+                # HELM splits a run entry's args at ',' and '=', and the conf quotes the entry with '"'
+                if any(char in f"{key}{item}" for char in ',="') or not key:  # an empty value is one (subtask=)
+                    raise ValueError(f'{key}={item!r}: a name or value cannot hold , = or " (nor a name be empty)')
         return args
 
     def run_args(self) -> list[dict[str, str]]:
