@@ -16,7 +16,13 @@ from pydantic import BaseModel
 from llmkit.core.models import is_hub_id
 from llmkit.helm_eval.confgen import DEFAULT_TASK_LIST
 from llmkit.helm_eval.report import Report, write_report
-from llmkit.helm_eval.run import DEFAULT_MAX_EVAL_INSTANCES, HelmRunError, prepare_conf, run_helm
+from llmkit.helm_eval.run import (
+    DEFAULT_MAX_EVAL_INSTANCES,
+    HelmRunError,
+    HelmRunInterrupted,
+    prepare_conf,
+    run_helm,
+)
 from llmkit.helm_eval.setup import helm_setup
 from llmkit.helm_eval.summary import SuiteScores
 
@@ -87,8 +93,8 @@ def helm_eval(
     results = []
     for target, suite_name in zip(targets, suite_names, strict=True):
         LOG.info("HELM suite %s: %s on %s", suite_name, url or target or "the default model", conf_path)
-        results.append(
-            run_helm(
+        try:
+            scores = run_helm(
                 model=target,
                 url=url,
                 conf_path=conf_path,
@@ -97,7 +103,10 @@ def helm_eval(
                 server_args=server_args,
                 max_eval_instances=max_eval_instances or DEFAULT_MAX_EVAL_INSTANCES,
             )
-        )
+        except HelmRunInterrupted as err:  # --compare's first model stays worth a look
+            err.finished = results
+            raise
+        results.append(scores)
     report = write_report(results, out_dir, name, command)
     return EvalResult(conf_path=conf_path, suites=results, report=report)
 

@@ -54,12 +54,14 @@ class HelmRunError(RuntimeError):
 
 
 class HelmRunInterrupted(HelmRunError):
-    """Ctrl-C during a run: the message says how many runs had finished and where their output is; `partial` holds
-    their scores (None when none had finished)."""
+    """Ctrl-C or SIGTERM during a run: the message says how many runs had finished and where their output is;
+    `partial` holds their scores (None when none had finished), `finished` the suites evaluated before this one
+    (--compare's first model), `exit_code` the shell's (130, 143)."""
 
-    def __init__(self, message: str, partial: SuiteScores | None):
+    def __init__(self, message: str, partial: SuiteScores | None, exit_code: int = 130):
         super().__init__(message)
-        self.partial = partial
+        self.partial, self.exit_code = partial, exit_code
+        self.finished: list[SuiteScores] = []
 
 
 def prepare_conf(
@@ -260,13 +262,14 @@ def run_helm(
                 out_dir=out_dir,
                 max_eval_instances=max_eval_instances,
             )
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM (the CLI's exit_on_sigterm)
         message = _interrupted_message(out_dir / "benchmark_output" / "runs" / suite)
         try:
             partial = load_suite(out_dir / "benchmark_output", suite, label=_label(model, url))
         except HelmReportError:  # no run had finished
             partial = None
-        raise HelmRunInterrupted(message, partial) from None
+        code = 130 if isinstance(err, KeyboardInterrupt) else err.code if isinstance(err.code, int) else 1
+        raise HelmRunInterrupted(message, partial, code) from None
     return load_suite(out_dir / "benchmark_output", suite, label=_label(model, url), wall_s=wall_s)
 
 
@@ -276,6 +279,8 @@ def _label(model: str | None, url: str | None) -> str:
 
 def _interrupted_message(suite_dir: Path) -> str:
     """What a Ctrl-C left: the finished runs stay; the folders of runs that had not written anything go."""
+    if not suite_dir.is_dir():
+        return "interrupted before helm-run wrote anything"
     finished = len(list(suite_dir.glob("*/stats.json")))
     for run_dir in suite_dir.glob("*/"):
         if not any(run_dir.iterdir()):

@@ -505,10 +505,15 @@ def helm_eval(
             command=command,
         )
     except HelmRunInterrupted as err:
-        if err.partial is not None:  # what finished before Ctrl-C is worth a look
-            Console(stderr=True).print(rich_table([err.partial], title="HELM: the runs that finished before Ctrl-C"))
+        console = Console(stderr=True)  # what finished before Ctrl-C or SIGTERM is worth a look
+        for done in err.finished:
+            console.print(rich_table([done], title=f"HELM: {done.label}, every run"))
+        if err.partial is not None:
+            console.print(
+                rich_table([err.partial], title=f"HELM: {err.partial.label}, the runs finished when stopped")
+            )
         typer.echo(f"Error: {err}", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(err.exit_code) from None
     except (HelmRunError, HelmSetupError, ConfError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
