@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from llmkit.core.challenge import Projection, project
+from llmkit.core.challenge import OPEN_SUITE_REQUESTS, OPEN_SUITE_RUNS, Projection, project
 from llmkit.core.files import write_atomic
 from llmkit.helm_eval.summary import SuiteScores, bar_chart, differences, markdown_table
 
@@ -20,11 +20,14 @@ def project_open_eval(scores: SuiteScores) -> Projection | None:
     """From a helm-run: its wall time / requests, which includes HELM's overhead and its 4-way concurrency."""
     if not scores.wall_s or not scores.requests:
         return None
+    per_run = scores.requests / max(1, len(scores.rows))
+    open_per_run = OPEN_SUITE_REQUESTS / OPEN_SUITE_RUNS
     return project(
         scores.wall_s / scores.requests,
         basis=f"measured here ({platform.node()})",
-        caveat="The open suite's prompts are longer (few-shot) and gsm/summarization generate more tokens than the "
-        "quick suite, so take this as a lower bound.",
+        caveat="An order of magnitude: the open suite's prompts are longer (few-shot) and gsm/summarization "
+        f"generate more tokens, which this pace leaves out, while helm-run's start-up of each run weighs more at "
+        f"{per_run:.1f} requests a run here than at the open suite's {open_per_run:.0f}.",
     )
 
 

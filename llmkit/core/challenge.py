@@ -93,6 +93,7 @@ TIME_LIMIT_S = 2 * 3600  # challenge rule: the whole HELM run of the sample conf
 # The open evaluation's sample conf (run_specs_full_coarse_600_budget): 600 instances, one request each (its adapters
 # are generation and joint multiple choice); helm_eval's `open` task list reproduces it (tests/helm_eval).
 OPEN_SUITE_INSTANCES = 600
+OPEN_SUITE_RUNS = 88  # its run entries
 # Its 55 MMLU entries (216 of the instances) say data_augmentation=canonical: HELM (helm/benchmark/run_expander.py)
 # also sends each of those questions perturbed 4 ways (mild_mix typos, AAVE dialect, female pronouns, other first
 # names), skipping a copy its perturbation left unchanged. The projection takes the worst case, every copy sent.

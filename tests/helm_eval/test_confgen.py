@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from llmkit.cli import app
-from llmkit.core.challenge import OPEN_SUITE_AUGMENTED_INSTANCES, OPEN_SUITE_INSTANCES
+from llmkit.core.challenge import OPEN_SUITE_AUGMENTED_INSTANCES, OPEN_SUITE_INSTANCES, OPEN_SUITE_RUNS
 from llmkit.helm_eval import confgen
 from llmkit.helm_eval.run import OFFLINE_SCENARIOS
 
@@ -24,7 +24,7 @@ def test_open_task_list_reproduces_the_reference_conf(tmp_path):
     reference = confgen.parse_conf(REFERENCE.read_text())
     path = confgen.write_conf(confgen.generate(confgen.load_task_list("open")), tmp_path / "open.conf")
     generated = confgen.parse_conf(path.read_text())  # read back what HELM would read
-    assert len(generated) == len(reference) == 88
+    assert len(generated) == len(reference) == OPEN_SUITE_RUNS == 88
     assert _entry_set(generated) == _entry_set(reference)
 
 
