@@ -69,6 +69,11 @@ def helm_eval(
     """
     if url and (model or compare):
         raise HelmRunError("--url evaluates a running server: give either --url or --model/--compare")
+    if url and server_args:
+        raise HelmRunError(
+            f"--url evaluates a running server, which {' '.join(server_args)} cannot change: they are flags for a "
+            "server helm-eval starts"
+        )
     if suite is not None and not _SUITE_NAME.fullmatch(suite):
         raise HelmRunError(f"--suite {suite!r}: use letters, digits, '.', '_' and '-' (it names folders and files)")
     out_dir = out_dir.resolve()

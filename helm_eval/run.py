@@ -70,9 +70,14 @@ def prepare_conf(
     """A conf file for helm-run: `quick`/`open`/a task-list YAML are generated; a .conf path is used as is, or
     rewritten with at most `cap` instances per entry."""
     path = Path(conf)
-    if path.suffix == ".conf":
+    if path.suffix.lower() == ".conf":
         if not path.is_file():
             raise HelmRunError(f"conf file {path} does not exist")
+        if budget is not None:
+            raise HelmRunError(
+                f"--budget shares a task list's instances; {path} is a conf file, whose entries say their own "
+                "(--max-eval-instances caps them)"
+            )
         if cap is None:
             return path.resolve()
         entries = confgen.capped_entries(confgen.parse_conf(path.read_text()), cap)

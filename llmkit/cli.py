@@ -457,7 +457,7 @@ def helm_conf(
     except (confgen.ConfError, OSError) as err:  # a bad task list or budget; an --out it cannot write
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(written or confgen.render_conf(entries), nl=not out)
+    typer.echo(written or confgen.render_conf(entries), nl=bool(out))  # a rendered conf ends in its own newline
 
 
 @app.command("helm-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

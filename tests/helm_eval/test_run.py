@@ -112,6 +112,12 @@ def test_failed_download_says_the_suite_needs_the_internet(tmp_path):
         # found before the first model's evaluation (minutes), not after it
         ({"compare": "/no/such-model"}, "--compare /no/such-model: no such model folder, and not a hub id"),
         ({"model": "."}, "--model .: the folder holds no config.json (an adapter goes in --adapter)"),
+        # options that would have been dropped without a word
+        (
+            {"url": "http://127.0.0.1:9", "server_args": ["--dtype", "bfloat16"]},
+            "which --dtype bfloat16 cannot change",
+        ),
+        ({"budget": 5}, "--budget shares a task list's instances;"),
     ],
 )
 def test_helm_eval_refuses_a_suite_or_folder_it_would_mix_up(tmp_path, mcqa_conf, kwargs, message):
