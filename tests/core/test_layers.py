@@ -18,7 +18,7 @@ ALLOWED = {
     "train": {"core", "config", "data"},
     "merge": {"core", "config", "data"},
     "server": {"core"},
-    "submit": {"core", "config", "train", "merge", "server"},
+    "submit": {"core", "config", "data", "train", "merge", "server"},
     "helm_eval": {"core", "server"},
     "cli": {"core", "config", "data", "train", "merge", "server", "submit", "helm_eval"},
 }
