@@ -279,7 +279,14 @@ def run_helm(
 
 
 def _label(model: str | None, url: str | None) -> str:
-    return url or model or f"default model ({DEFAULT_MODEL_ID.split('/')[-1]})"
+    if url:  # what the server said it serves, so that a saved report still names the model
+        try:
+            health = httpx.get(f"{url.rstrip('/')}/health", timeout=10).json()
+            served = " + ".join(str(health[key]) for key in ("model", "adapter") if health.get(key))
+        except (httpx.HTTPError, ValueError, AttributeError):
+            served = ""
+        return f"{url} ({served})" if served else url
+    return model or f"default model ({DEFAULT_MODEL_ID.split('/')[-1]})"
 
 
 def _interrupted_message(suite_dir: Path) -> str:

@@ -179,3 +179,12 @@ def test_ctrl_c_keeps_the_finished_runs_and_says_so(helm_venv, tmp_path, signum)
     assert [p.name for p in runs.iterdir() if p.is_dir() and not any(p.iterdir())] == []
     assert (out / "logs/cc.server.log").read_text().count('"method": "POST"') >= 1
     assert _server_children() <= before
+
+
+def test_a_running_servers_report_names_what_it_serves(start_server):
+    """A --url report was labelled with the URL alone: compared later, nobody could tell which model it was."""
+    from llmkit.helm_eval.run import _label
+
+    server = start_server()
+    assert _label(None, server.url) == f"{server.url} (HuggingFaceTB/SmolLM2-135M-Instruct)"
+    assert _label(None, "http://127.0.0.1:9") == "http://127.0.0.1:9"  # gone since: the URL alone
