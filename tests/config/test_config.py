@@ -434,6 +434,9 @@ def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
         ("chat_template_kwargs", {"enable_thinking": False}, "extra chat template arguments are not implemented"),
         ("min_sample_len", 8, "a minimum row length is not implemented"),
         ("embedding_lr", 1e-5, "a separate embedding learning rate"),
+        # once planned as a text LoRA / a full fine-tune, the keys called ignored or unknown
+        ("processor_type", "AutoProcessor", "multimodal training"),
+        ("lisa_n_layers", 4, "LISA"),
     ],
 )
 def test_keys_that_would_change_training_and_are_not_implemented_are_refused(tmp_path, key, value, reason):
