@@ -147,12 +147,13 @@ def test_the_wheel_is_built_from_what_git_tracks(tmp_path, caplog):
     assert (tmp_path / "untracked" / "axolotl_configs" / "mine.yml").is_file()
 
 
-def test_a_local_base_model_is_refused(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("key", ["base_model", "base_model_config"])
+def test_a_local_base_model_is_refused(tmp_path, tiny_model_dir, key):
     """Its path went into training/config.yml, where the organisers' image has no such folder."""
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text()) | {"base_model": str(tiny_model_dir)}
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text()) | {key: str(tiny_model_dir)}
     path = tmp_path / "local.yml"
     path.write_text(yaml.safe_dump(config))
-    with pytest.raises(SubmissionError, match=rf"^base_model: {tiny_model_dir} is on this machine, where the organis"):
+    with pytest.raises(SubmissionError, match=rf"^{key}: {tiny_model_dir} is on this machine, where the organisers"):
         training_files(path, "4090")
 
 
@@ -184,11 +185,3 @@ def test_a_checkout_git_will_not_read_is_refused_not_copied_whole(tmp_path):
     with pytest.raises(SubmissionError, match=rf"^--training: git cannot list {root}'s files \(fatal: "):
         _copy_project(root, tmp_path / "tree")
     assert not (tmp_path / "tree").exists()
-
-
-def test_a_local_base_model_config_is_refused_too(tmp_path, tiny_model_dir):
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text()) | {"base_model_config": str(tiny_model_dir)}
-    path = tmp_path / "local.yml"
-    path.write_text(yaml.safe_dump(config))
-    with pytest.raises(SubmissionError, match=rf"^base_model_config: {tiny_model_dir} is on this machine"):
-        training_files(path, "4090")
