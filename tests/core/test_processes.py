@@ -107,7 +107,11 @@ print("finished", flush=True)
 def test_a_signal_dropped_inside_a_weakref_callback_is_sent_again(signum):
     code = _SIGNAL_IN_A_WEAKREF_CALLBACK.format(signum=int(signum))
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    # A suite started in the background (nohup ... &) hands its children SIGINT ignored: give this one Ctrl-C's.
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, preexec_fn=default_sigint
+    )
     assert result.returncode in (128 + signum, -signum), result  # SystemExit(143); Python ends on KeyboardInterrupt
     # by killing itself with SIGINT
     assert "finished" not in result.stdout and time.monotonic() - started < 20, result
