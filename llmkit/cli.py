@@ -394,6 +394,8 @@ def submission(
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
     except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM (_stop_on_sigterm)
+        if isinstance(err, SystemExit) and not isinstance(err.code, int):  # an exit with a message: not a signal
+            raise
         resumes = " (training from its last checkpoint, a finished merge as it is)" if model is None else ""
         typer.echo(
             "\ninterrupted before the zip was written: nothing of it is left, and a zip already there is as it was. "
@@ -407,6 +409,8 @@ def submission(
     try:
         status = summarize(path, problems=[], smoke=smoke, built=True, training_time=training_time)
     except (KeyboardInterrupt, SystemExit) as err:
+        if isinstance(err, SystemExit) and not isinstance(err.code, int):
+            raise
         typer.echo(
             f"\ninterrupted: {path} is written but not smoke-tested (llmkit verify-submission --smoke tests it)",
             err=True,
