@@ -87,13 +87,13 @@ def verify_submission(zip_path: str | Path, *, lint: bool = True) -> list[str]:
     problems += _check_dockerfile(files, set(digests), lint)
     problems += _check_hashes(digests, manifest)
     problems += _check_engine(files, manifest)
-    problems += _check_secrets(files)
+    nested = _nested_zips(files)  # a wheel (training/), another zip: their files, read once for both checks
+    problems += _check_secrets(files, nested)
     problems += _check_requirements(files)
     problems += _check_imports(files)
-    for name, data in sorted(files.items()):
+    for name in sorted(nested):
         if name.endswith(".whl"):  # --training's wheel: the organisers' `llmkit train` imports from it
-            inner = {member.split("!", 1)[1]: text for member, text in _members(name, data).items()}
-            problems += [f"{name}!{problem}" for problem in _check_imports(inner)]
+            problems += [f"{name}!{problem}" for problem in _check_imports(nested[name])]
     if manifest is None or not manifest.bundled_weights:
         problems += [
             f"{name}: a weight file, but bundling was not asked for" for name in digests if is_weight_file(name)
@@ -305,15 +305,15 @@ def _in_context(path: str, names: set[str]) -> bool:
     return path in context or bool(fnmatch.filter(context, path))  # a glob: any match
 
 
-def _check_secrets(files: dict[str, bytes]) -> list[str]:
+def _check_secrets(files: dict[str, bytes], nested: dict[str, dict[str, bytes]]) -> list[str]:
+    """Secrets in `files`, and in the files of those that are zips (`nested`, from `_nested_zips`)."""
     problems = []
     for name, data in sorted(files.items()):
         if is_weight_file(name):
             continue
-        if zipfile.is_zipfile(
-            io.BytesIO(data)
-        ):  # a wheel (training/), a zip (a .pyz after its shebang too): its files
-            problems += _check_secrets(_members(name, data))
+        if name in nested:  # a zip's files (a .pyz after its shebang too) end up in the image as well
+            inner = nested[name]
+            problems += [f"{name}!{problem}" for problem in _check_secrets(inner, _nested_zips(inner))]
         elif b"\0" not in data[:8192]:
             problems += _secrets_in(name, data)
     return problems
@@ -329,21 +329,25 @@ def _secrets_in(name: str, data: bytes) -> list[str]:
     return [found[key] for key in sorted(found)]
 
 
-def _members(name: str, data: bytes) -> dict[str, bytes]:
-    """The files inside a zip-format entry, named `entry!member`, each that can be read (a damaged one is skipped,
-    not the rest); none when it is not a zip."""
-    try:
-        inner = zipfile.ZipFile(io.BytesIO(data))
-    except ZIP_READ_ERRORS:
-        return {}
-    members = {}
-    with inner:
-        for info in inner.infolist():
-            if info.is_dir() or info.file_size > MAX_TEXT_BYTES:
-                continue
-            with contextlib.suppress(*ZIP_READ_ERRORS):
-                members[f"{name}!{info.filename}"] = inner.read(info)
-    return members
+def _nested_zips(files: dict[str, bytes]) -> dict[str, dict[str, bytes]]:
+    """The entries of `files` that are zips (a wheel), each as its files: every member that can be read (a damaged
+    one is skipped, not the rest)."""
+    nested = {}
+    for name, data in files.items():
+        if is_weight_file(name) or not zipfile.is_zipfile(io.BytesIO(data)):
+            continue
+        try:
+            inner = zipfile.ZipFile(io.BytesIO(data))
+        except ZIP_READ_ERRORS:
+            continue
+        members = nested[name] = {}
+        with inner:
+            for info in inner.infolist():
+                if info.is_dir() or info.file_size > MAX_TEXT_BYTES:
+                    continue
+                with contextlib.suppress(*ZIP_READ_ERRORS):
+                    members[info.filename] = inner.read(info)
+    return nested
 
 
 def _check_imports(files: dict[str, bytes]) -> list[str]:
@@ -394,8 +398,7 @@ def _required_imports(node: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
         if isinstance(child, (ast.Import, ast.ImportFrom)):
             yield child
         elif isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
-            for branch in child.orelse:
-                yield from _required_imports(ast.Module(body=[branch], type_ignores=[]))
+            yield from _required_imports(ast.Module(body=child.orelse, type_ignores=[]))
         elif isinstance(child, ast.Try) and any(_catches_import_error(handler) for handler in child.handlers):
             for part in (*child.handlers, *child.orelse, *child.finalbody):
                 yield from _required_imports(part)
