@@ -400,8 +400,10 @@ def _required_imports(node: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
         elif isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
             yield from _required_imports(ast.Module(body=child.orelse, type_ignores=[]))
         elif isinstance(child, ast.Try) and any(_catches_import_error(handler) for handler in child.handlers):
-            for part in (*child.handlers, *child.orelse, *child.finalbody):
-                yield from _required_imports(part)
+            for handler in child.handlers:
+                yield from _required_imports(handler)
+            # the else and finally clauses are statement lists: an import among them is a statement of its own
+            yield from _required_imports(ast.Module(body=[*child.orelse, *child.finalbody], type_ignores=[]))
         else:
             yield from _required_imports(child)
 

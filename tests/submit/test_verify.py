@@ -444,3 +444,9 @@ def test_the_servers_own_code_is_checked_for_what_it_imports(good_zip, tmp_path,
     )
     fine = rewrite_zip(good_zip, tmp_path / "fine.zip", {"llmkit/server/extra.py": optional})
     assert verify_submission(fine, lint=False) == []
+    # the else of an optional import runs when the import worked: what it imports is needed (it was skipped)
+    after = b"try:\n    import json\nexcept ImportError:\n    pass\nelse:\n    import llmkit.gone\n"
+    needed = rewrite_zip(good_zip, tmp_path / "else.zip", {"llmkit/server/extra.py": after})
+    assert verify_submission(needed, lint=False) == [
+        "llmkit/server/extra.py:6: imports llmkit.gone, which is not in the zip"
+    ]
