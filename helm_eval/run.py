@@ -20,7 +20,7 @@ import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from llmkit.core.models import DEFAULT_MODEL_ID
-from llmkit.core.processes import exit_description, stop_process_group
+from llmkit.core.processes import exit_description, interrupted_exit_code, stop_process_group
 from llmkit.helm_eval import confgen
 from llmkit.helm_eval.setup import helm_executable, require_helm
 from llmkit.helm_eval.summary import HelmReportError, SuiteScores, load_suite
@@ -273,8 +273,8 @@ def run_helm(
             partial = load_suite(out_dir / "benchmark_output", suite, label=_label(model, url))
         except HelmReportError:  # no run had finished
             partial = None
-        code = 130 if isinstance(err, KeyboardInterrupt) else err.code if isinstance(err.code, int) else 1
-        raise HelmRunInterrupted(message, partial, code) from None
+        code = interrupted_exit_code(err)
+        raise HelmRunInterrupted(message, partial, 1 if code is None else code) from None
     return load_suite(out_dir / "benchmark_output", suite, label=_label(model, url), wall_s=wall_s)
 
 

@@ -17,6 +17,7 @@ from typer.core import TyperArgument, TyperOption
 from llmkit.core.challenge import Loading, Track
 from llmkit.core.devices import quiet_bitsandbytes_kernel_notice
 from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE
+from llmkit.core.processes import exit_on_sigterm, interrupted_exit_code
 from llmkit.helm_eval.confgen import DEFAULT_TASK_LIST, SUITES
 from llmkit.helm_eval.decontaminate import NGRAM
 from llmkit.server.settings import EngineName
@@ -31,8 +32,6 @@ def _stop_on_sigterm() -> None:
     # `kill`, `timeout`, a job scheduler and `docker stop` send SIGTERM, whose default ends the process on the spot:
     # unwind as Ctrl-C does instead, so that every command stops the servers and helm-run it started and removes
     # its temporary folders (SystemExit(143), as the shell reports a SIGTERM).
-    from llmkit.core.processes import exit_on_sigterm
-
     exit_on_sigterm()
 
 
@@ -237,9 +236,11 @@ def train(
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
     except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM (_stop_on_sigterm)
+        if (code := interrupted_exit_code(err)) is None:
+            raise
         if cfg is not None:
             typer.echo(f"\n{interrupted_message(Path(cfg.output_dir))}", err=True)
-        raise typer.Exit(130 if isinstance(err, KeyboardInterrupt) else err.code) from None
+        raise typer.Exit(code) from None
     except (OSError, RuntimeError) as err:
         # A full disk fails a checkpoint save deep in torch ("unexpected pos", errno 28): say what it is.
         if cfg is None or not (full := disk_full(Path(cfg.output_dir), err)):
@@ -394,7 +395,7 @@ def submission(
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
     except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM (_stop_on_sigterm)
-        if isinstance(err, SystemExit) and not isinstance(err.code, int):  # an exit with a message: not a signal
+        if (code := interrupted_exit_code(err)) is None:
             raise
         resumes = " (training from its last checkpoint, a finished merge as it is)" if model is None else ""
         typer.echo(
@@ -402,20 +403,20 @@ def submission(
             f"Rerun the same command; it goes on from what finished{resumes}",
             err=True,
         )
-        raise typer.Exit(130 if isinstance(err, KeyboardInterrupt) else err.code) from None
+        raise typer.Exit(code) from None
     # Trained here from a config: its training time on the track's GPU, with or without training/.
     training_time = projected_training_time(config) if model is None else None
     # build_submission raised unless verify_submission found no problem; exit 1 when a smoke request fails.
     try:
         status = summarize(path, problems=[], smoke=smoke, built=True, training_time=training_time)
     except (KeyboardInterrupt, SystemExit) as err:
-        if isinstance(err, SystemExit) and not isinstance(err.code, int):
+        if (code := interrupted_exit_code(err)) is None:
             raise
         typer.echo(
             f"\ninterrupted: {path} is written but not smoke-tested (llmkit verify-submission --smoke tests it)",
             err=True,
         )
-        raise typer.Exit(130 if isinstance(err, KeyboardInterrupt) else err.code) from None
+        raise typer.Exit(code) from None
     raise typer.Exit(status)
 
 

@@ -70,6 +70,14 @@ def sigterm_as_exit() -> Iterator[None]:
         sys.unraisablehook = hook
 
 
+def interrupted_exit_code(err: BaseException) -> int | None:
+    """The shell's exit status for Ctrl-C (KeyboardInterrupt: 130) or SIGTERM (`exit_on_sigterm`'s SystemExit:
+    143); None for an exit that carries a message, which is no interruption."""
+    if isinstance(err, KeyboardInterrupt):
+        return 130
+    return err.code if isinstance(err, SystemExit) and isinstance(err.code, int) else None
+
+
 def _exit(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
