@@ -130,26 +130,34 @@ class Difference(BaseModel):
     """A paired difference of means (b − a) over the instances both runs scored, with its bootstrap interval."""
 
     delta: float
-    low: float  # 2.5th percentile of the resampled differences
-    high: float  # 97.5th percentile
+    low: float | None  # 2.5th percentile of the resampled differences (None: too few instances for one)
+    high: float | None  # 97.5th percentile
     instances: int
 
     def text(self) -> str:
+        if self.low is None or self.high is None:
+            return f"{self.delta:+.3f} (n={self.instances}, no interval)"
         return f"{self.delta:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
 
 
 BOOTSTRAP_RESAMPLES = 10_000
+# Below this many paired instances a percentile bootstrap has only a handful of distinct resample means and its
+# interval is far narrower than the truth (from 1 instance it is a single point), so none is shown.
+BOOTSTRAP_MIN_INSTANCES = 10
 
 
 def paired_bootstrap(a: dict[str, float], b: dict[str, float], seed: int = 0) -> Difference | None:
     """95% percentile-bootstrap interval of mean(b) − mean(a), resampling the shared instances (None: no shared
-    instance). Paired, because both models answered the same instances: the per-instance difference is resampled."""
+    instance; no interval below BOOTSTRAP_MIN_INSTANCES). Paired, because both models answered the same instances:
+    the per-instance difference is resampled."""
     import numpy as np
 
     shared = sorted(a.keys() & b.keys())
     if not shared:
         return None
     diffs = np.array([b[key] - a[key] for key in shared])
+    if len(diffs) < BOOTSTRAP_MIN_INSTANCES:
+        return Difference(delta=float(diffs.mean()), low=None, high=None, instances=len(diffs))
     rng = np.random.default_rng(seed)
     means = diffs[rng.integers(0, len(diffs), size=(BOOTSTRAP_RESAMPLES, len(diffs)))].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])

@@ -113,28 +113,42 @@ def test_paired_bootstrap_interval():
     assert found.delta == pytest.approx(0.0) and found.low < 0 < found.high
     # only the instances both scored are paired
     assert paired_bootstrap(base, {"id0": 1.0, "other": 1.0}).instances == 1
+    # too few pairs for a bootstrap: the change, and no interval that would look firm
+    few = paired_bootstrap(base, {key: 1.0 for key in ids[:9]})
+    assert (few.low, few.high, few.instances) == (None, None, 9) and few.delta == pytest.approx(5 / 9)
+    assert few.text() == "+0.556 (n=9, no interval)"
+    assert paired_bootstrap(base, {key: 1.0 for key in ids[:10]}).low is not None
     assert paired_bootstrap(base, {"other": 1.0}) is None
 
 
 def test_per_instance_scores_are_read_and_paired_in_the_table(tmp_path):
-    for suite, correct in (("base", {0}), ("tuned", {0, 1, 2})):
+    def write(suite: str, correct: set[int], count: int) -> None:
         suite_dir = tmp_path / "runs" / suite
         suite_dir.mkdir(parents=True)
-        _write_run(suite_dir, "mcqa", ["simple_mcqa"], {"exact_match": len(correct) / 4, "num_instances": 4}, [1.0])
+        stats = {"exact_match": len(correct) / count, "num_instances": count}
+        _write_run(suite_dir, "mcqa", ["simple_mcqa"], stats, [1.0])
         per_instance = [
             {
                 "instance_id": f"id{i}",
                 "train_trial_index": 0,
                 "stats": [{"name": {"name": "exact_match", "split": "test"}, "count": 1, "mean": float(i in correct)}],
             }
-            for i in range(4)
+            for i in range(count)
         ]
         (suite_dir / "mcqa" / "per_instance_stats.json").write_text(json.dumps(per_instance))
+
+    write("base", {0, 4, 8}, 12)
+    write("tuned", {0, 1, 2, 4, 5, 6, 8, 9, 10}, 12)
     suites = [load_suite(tmp_path, name) for name in ("base", "tuned")]
-    assert suites[1].rows[0].per_instance == {"id0": 1.0, "id1": 1.0, "id2": 1.0, "id3": 0.0}
+    assert suites[1].rows[0].per_instance == {f"id{i}": float(i % 4 != 3) for i in range(12)}
     header, [row] = table_rows(suites)
     assert header[4] == "Δ [2]−[1] [95% CI]"
     assert row[4].startswith("+0.500 [") and row[4] == difference(suites[0].rows[0], suites[1].rows[0]).text()
+    # a run of 4 instances: the change without an interval
+    write("base4", {0}, 4)
+    write("tuned4", {0, 1, 2}, 4)
+    _, [row] = table_rows([load_suite(tmp_path, name) for name in ("base4", "tuned4")])
+    assert row[4] == "+0.500 (n=4, no interval)"
 
 
 def test_a_narrow_terminal_folds_run_names_instead_of_cutting_them():
