@@ -20,6 +20,7 @@ from llmkit.helm_eval.run import (
     DEFAULT_MAX_EVAL_INSTANCES,
     HelmRunError,
     HelmRunInterrupted,
+    check_url,
     prepare_conf,
     run_helm,
 )
@@ -82,6 +83,8 @@ def helm_eval(
     targets = [model] + ([compare] if compare else [])
     for flag, target in zip(("--model", "--compare"), targets, strict=False):
         _check_servable(flag, target)  # now, not after the first model's evaluation
+    if url:
+        check_url(url)  # before the set-up and the conf: an unreachable server leaves nothing behind
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = suite or f"{Path(conf).stem}-{_slug(url or model or 'default') if not compare else 'compare'}-{stamp}"
     suite_names = (

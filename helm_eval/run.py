@@ -90,6 +90,15 @@ def conf_scenarios(conf_path: Path) -> set[str]:
     return {confgen.normalize_description(d)[0] for d in confgen.parse_conf(conf_path.read_text())}
 
 
+def check_url(url: str) -> str:
+    """The base URL of the healthy HELM server at `url` (HelmRunError when none answers there)."""
+    try:
+        wait_healthy(url.rstrip("/"), timeout=10)
+    except ServerStartError as err:
+        raise HelmRunError(f"no healthy HELM server at {url}: {err}") from None
+    return url.rstrip("/")
+
+
 @contextlib.contextmanager
 def serve(
     model: str | None,
@@ -101,11 +110,7 @@ def serve(
     """Yield (base URL, server process or None): a server started here (its output in `log_path`), or the
     healthy one at `url`."""
     if url:
-        try:
-            wait_healthy(url.rstrip("/"), timeout=10)
-        except ServerStartError as err:
-            raise HelmRunError(f"no healthy HELM server at {url}: {err}") from None
-        yield url.rstrip("/"), None
+        yield check_url(url), None
         return
     args = [*(["--model", model] if model else []), *server_args]
     server = ServerProcess(args, startup_timeout=startup_timeout, log_path=log_path)

@@ -13,6 +13,7 @@ import time
 import psutil
 import pytest
 
+from llmkit.helm_eval.evaluate import helm_eval
 from llmkit.helm_eval.report import project_open_eval, write_report
 from llmkit.helm_eval.run import HelmRunError, run_helm
 from llmkit.server.launch import ServerProcess, free_port
@@ -60,6 +61,10 @@ def test_no_server_at_url_is_a_clear_error(tmp_path, mcqa_conf):
     with pytest.raises(HelmRunError, match=f"no healthy HELM server at {url}"):
         run_helm(model=None, url=url, conf_path=mcqa_conf, suite="x", out_dir=tmp_path)
     assert time.monotonic() - started < 30
+    # through helm-eval: refused before the set-up and the conf, so the output folder stays as it was
+    with pytest.raises(HelmRunError, match=f"no healthy HELM server at {url}"):
+        helm_eval(url=url, conf="quick", out_dir=tmp_path / "results")
+    assert not (tmp_path / "results").exists()
 
 
 @pytest.mark.slow
