@@ -245,7 +245,9 @@ def _describe_weights(cfg: AxolotlConfig) -> str:
     if cfg.peft_method is PeftMethod.vera:
         return f"{cfg.adapter.value}: VeRA r={cfg.peft_vera_r}, on a {base}"
     scale = cfg.lora_alpha / (math.sqrt(cfg.lora_r) if cfg.peft_use_rslora else cfg.lora_r)
+    loftq = f"LoftQ {cfg.loftq_bits}-bit init" if cfg.loftq_bits else None
     extras = [name for name, on in (("DoRA", cfg.peft_use_dora), ("rsLoRA", cfg.peft_use_rslora)) if on]
+    extras += [loftq] if loftq else []
     kind = "QLoRA" if cfg.adapter is Adapter.qlora else "LoRA"
     extra = f" + {' + '.join(extras)}" if extras else ""
     lora = f"r={cfg.lora_r} alpha={cfg.lora_alpha} (scale {scale:.3g}), dropout {cfg.lora_dropout}"

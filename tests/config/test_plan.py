@@ -91,6 +91,8 @@ def test_the_method_line_gives_loras_scale_and_rsloras():
     assert "r=64 alpha=16 (scale 0.25)" in plan(team("Llama-2-7b-03", {"lora_r": 64, "lora_alpha": 16})).method
     rs = plan(team("Llama-2-7b-03", {"lora_r": 64, "lora_alpha": 16, "peft_use_rslora": True})).method
     assert rs.startswith("QLoRA + rsLoRA ") and "(scale 2)" in rs  # alpha / sqrt(r)
+    loftq = {"adapter": "lora", "load_in_4bit": False, "peft": {"loftq_config": {"loftq_bits": 4}}}
+    assert plan(team("Llama-2-7b-03", loftq)).method.startswith("LoRA + LoftQ 4-bit init r=")
 
 
 def test_memory_grows_without_gradient_checkpointing_and_with_longer_sequences():
