@@ -65,6 +65,7 @@ __all__ = [
     "PeftMethod",
     "PreferenceType",
     "RLMethod",
+    "duplicate_keys",
     "load_config",
 ]
 
@@ -606,6 +607,32 @@ def _resolve_dataset_paths(raw: dict, base: Path) -> None:
                 entry["data_files"] = [_resolve_local(f, base) for f in ([files] if isinstance(files, str) else files)]
 
 
+def duplicate_keys(text: str) -> list[str]:
+    """Keys a YAML mapping gives twice, each with its lines: PyYAML (and so axolotl) keeps the last one silently,
+    which is rarely what was meant (a second `learning_rate:` further down)."""
+    found = []
+    pending: list[tuple[yaml.Node, str]] = [(yaml.compose(text, Loader=yaml.SafeLoader), "")]
+    seen = set()  # an alias is the node it names: each is looked at once
+    while pending:
+        node, where = pending.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[str, list[int]] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    lines.setdefault(key.value, []).append(key.start_mark.line + 1)
+                    pending.append((value, f"{where}{key.value}."))
+            for key, at in lines.items():
+                if len(at) > 1 and key != "<<":
+                    times = "twice" if len(at) == 2 else f"{len(at)} times"
+                    found.append(f"{where}{key} is given {times} (lines {', '.join(map(str, at))}): the last is used")
+        elif isinstance(node, yaml.SequenceNode):
+            pending += [(item, f"{where.removesuffix('.')}[{i}].") for i, item in enumerate(node.value)]
+    return sorted(found)
+
+
 MAX_CONFIG_VALUES = 100_000  # YAML aliases share one object; validating or printing one expands it in full
 
 
@@ -652,6 +679,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> AxolotlConfi
              "anchors); a config is a few hundred"],
             path,
         )  # fmt: skip
+    repeated = duplicate_keys(path.read_text())
     raw.update(overrides or {})
     _resolve_dataset_paths(raw, path.resolve().parent)
     try:
@@ -661,6 +689,9 @@ def load_config(path: str | Path, overrides: dict | None = None) -> AxolotlConfi
     except ValidationError as err:
         raise ConfigError(problems(err), path) from None
     cfg._source = path
+    cfg._notices += repeated  # after validation: a warning even under strict, as axolotl reads such a file
+    if repeated:
+        warnings.warn(f"{path}: {'; '.join(repeated)}", ConfigWarning, stacklevel=2)
     if cfg.warning_message():
         warnings.warn(f"{path}: {cfg.warning_message()}", ConfigWarning, stacklevel=2)
     return cfg

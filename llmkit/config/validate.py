@@ -101,6 +101,8 @@ def render(p: TrainingPlan):
     for key in cfg.ignored_keys:
         if not key.known or key.effective:
             summary.add_row("[yellow]ignored key[/yellow]", key.describe())
+    for note in cfg.notices:  # old spellings read the new way, keys given twice
+        summary.add_row("[yellow]note[/yellow]", note)
     empty = [key.path for key in cfg.ignored_keys if key.known and not key.effective]
     if empty:
         summary.add_row("[dim]off, not implemented[/dim]", f"[dim]{', '.join(empty)}[/dim]")

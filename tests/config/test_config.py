@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from llmkit.cli import app
 from llmkit.config.keys import markdown_table
-from llmkit.config.schema import AxolotlConfig, ConfigError, ConfigWarning, load_config
+from llmkit.config.schema import AxolotlConfig, ConfigError, ConfigWarning, duplicate_keys, load_config
 from llmkit.core.errors import short_repr
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +112,33 @@ def test_unknown_keys_get_a_did_you_mean_and_fail_under_strict(tmp_path):
     nested = write(tmp_path, MINIMAL.replace("type: alpaca", "type: alpaca\n    feild_input: ctx"), "nested.yml")
     with pytest.warns(ConfigWarning, match=r"datasets\[0\].feild_input='ctx': unknown key \(did you mean field_input"):
         load_config(nested)
+
+
+def test_a_key_given_twice_is_a_warning_naming_its_lines(tmp_path):
+    """PyYAML, and so axolotl, keeps the last of two equal keys without a word: a second learning_rate further down
+    a long config silently replaced the first."""
+    text = MINIMAL.replace("type: alpaca", "type: alpaca\n    type: completion") + "lora_r: 16\nlora_r: 32\n"
+    path = write(tmp_path, text)
+    lines = text.splitlines()
+    first, second = (n for n, line in enumerate(lines, 1) if line.startswith("lora_r:"))
+    kinds = [n for n, line in enumerate(lines, 1) if line.strip().startswith("type:")]
+    with pytest.warns(ConfigWarning) as record:
+        cfg = load_config(path)
+    message = " ".join(str(w.message) for w in record)
+    assert f"lora_r is given twice (lines {first}, {second}): the last is used" in message
+    assert f"datasets[0].type is given twice (lines {kinds[0]}, {kinds[1]})" in message
+    assert cfg.lora_r == 32 and cfg.datasets[0].type == "completion"  # as axolotl reads it
+    load_quietly(path, {"strict": True})  # a warning under strict too: the file means what axolotl reads
+    assert _warnings_of(lambda: load_config(write(tmp_path, MINIMAL, "once.yml"))) == []
+    anchors = "base: &b {lr: 1}\nother: *b\nmerged:\n  <<: *b\n  lr: 2\n"
+    assert duplicate_keys(anchors) == []  # an alias and a merge key override are not repeats
+
+
+def _warnings_of(load) -> list[warnings.WarningMessage]:
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always", ConfigWarning)
+        load()
+    return [w for w in record if "given twice" in str(w.message)]
 
 
 @pytest.mark.parametrize(
