@@ -16,12 +16,14 @@ import contextlib
 import fnmatch
 import io
 import json
+import lzma
 import posixpath
 import re
 import shutil
 import stat
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 import zlib
@@ -64,6 +66,10 @@ MAX_TEXT_BYTES = 64 << 20
 # Errors zipfile raises on a damaged or unsupported entry: encrypted (RuntimeError), an unknown compression method
 # (NotImplementedError), corrupt deflate data (zlib.error), data shorter than its header says (EOFError), a bad CRC.
 ZIP_READ_ERRORS = (RuntimeError, NotImplementedError, zlib.error, EOFError, zipfile.BadZipFile, OSError)
+# The tar archives whose members are scanned too (an sdist), and what a damaged one raises: a bad header (TarError),
+# a cut or corrupt gzip/bz2 stream (EOFError, OSError, zlib.error), a corrupt xz stream (LZMAError).
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+TAR_READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
 # Options pip accepts in a requirements file that leave every package pinned.
 _INDEX_OPTIONS = ("--index-url", "--extra-index-url", "-i")
 _TRUE = ("1", "true", "yes", "on")  # what huggingface_hub reads as true
@@ -87,7 +93,7 @@ def verify_submission(zip_path: str | Path, *, lint: bool = True) -> list[str]:
     problems += _check_dockerfile(files, set(digests), lint)
     problems += _check_hashes(digests, manifest)
     problems += _check_engine(files, manifest)
-    nested = _nested_zips(files)  # a wheel (training/), another zip: their files, read once for both checks
+    nested = _nested_archives(files)  # a wheel (training/), another zip, a tarball: their files, read once
     problems += _check_secrets(files, nested)
     problems += _check_requirements(files)
     problems += _check_imports(files)
@@ -306,14 +312,14 @@ def _in_context(path: str, names: set[str]) -> bool:
 
 
 def _check_secrets(files: dict[str, bytes], nested: dict[str, dict[str, bytes]]) -> list[str]:
-    """Secrets in `files`, and in the files of those that are zips (`nested`, from `_nested_zips`)."""
+    """Secrets in `files`, and in the files of those that are archives (`nested`, from `_nested_archives`)."""
     problems = []
     for name, data in sorted(files.items()):
         if is_weight_file(name):
             continue
-        if name in nested:  # a zip's files (a .pyz after its shebang too) end up in the image as well
+        if name in nested:  # an archive's files (a .pyz after its shebang too) end up in the image as well
             inner = nested[name]
-            problems += [f"{name}!{problem}" for problem in _check_secrets(inner, _nested_zips(inner))]
+            problems += [f"{name}!{problem}" for problem in _check_secrets(inner, _nested_archives(inner))]
         elif b"\0" not in data[:8192]:
             problems += _secrets_in(name, data)
     return problems
@@ -329,25 +335,40 @@ def _secrets_in(name: str, data: bytes) -> list[str]:
     return [found[key] for key in sorted(found)]
 
 
-def _nested_zips(files: dict[str, bytes]) -> dict[str, dict[str, bytes]]:
-    """The entries of `files` that are zips (a wheel), each as its files: every member that can be read (a damaged
-    one is skipped, not the rest)."""
+def _nested_archives(files: dict[str, bytes]) -> dict[str, dict[str, bytes]]:
+    """The entries of `files` that are archives (a wheel, a zip, an sdist .tar.gz), each as its files: every member
+    that can be read (a damaged one is skipped, not the rest)."""
     nested = {}
     for name, data in files.items():
-        if is_weight_file(name) or not zipfile.is_zipfile(io.BytesIO(data)):
+        if is_weight_file(name):
             continue
-        try:
-            inner = zipfile.ZipFile(io.BytesIO(data))
-        except ZIP_READ_ERRORS:
-            continue
-        members = nested[name] = {}
-        with inner:
-            for info in inner.infolist():
-                if info.is_dir() or info.file_size > MAX_TEXT_BYTES:
-                    continue
-                with contextlib.suppress(*ZIP_READ_ERRORS):
-                    members[info.filename] = inner.read(info)
+        if zipfile.is_zipfile(io.BytesIO(data)):
+            with contextlib.suppress(*ZIP_READ_ERRORS):
+                nested[name] = _zip_members(zipfile.ZipFile(io.BytesIO(data)))
+        elif name.lower().endswith(TAR_SUFFIXES):
+            with contextlib.suppress(*TAR_READ_ERRORS):
+                nested[name] = _tar_members(tarfile.open(fileobj=io.BytesIO(data), mode="r:*"))
     return nested
+
+
+def _zip_members(archive: zipfile.ZipFile) -> dict[str, bytes]:
+    members = {}
+    with archive:
+        for info in archive.infolist():
+            if info.is_dir() or info.file_size > MAX_TEXT_BYTES:
+                continue
+            with contextlib.suppress(*ZIP_READ_ERRORS):
+                members[info.filename] = archive.read(info)
+    return members
+
+
+def _tar_members(archive: tarfile.TarFile) -> dict[str, bytes]:
+    members = {}
+    with archive, contextlib.suppress(*TAR_READ_ERRORS):  # a stream is read in order: up to where it breaks
+        for info in archive:
+            if info.isfile() and info.size <= MAX_TEXT_BYTES:
+                members[info.name] = archive.extractfile(info).read()
+    return members
 
 
 def _check_imports(files: dict[str, bytes]) -> list[str]:
@@ -357,7 +378,15 @@ def _check_imports(files: dict[str, bytes]) -> list[str]:
     modules = {_module_name(name) for name in files if name.endswith(".py")}
     modules |= {".".join(m.split(".")[:i]) for m in modules for i in range(1, m.count(".") + 1)}  # namespace packages
     packages = {module.split(".")[0] for module in modules}
+    trees = {}
     problems = []
+    for name, data in sorted(files.items()):
+        if name.endswith(".py"):
+            try:
+                trees[_module_name(name)] = (name, ast.parse(data, filename=name))
+            except (SyntaxError, ValueError) as err:
+                trees[_module_name(name)] = (name, None)
+                problems.append(f"{name}: not valid Python ({err})")
     try:
         cmd = last(final_stage(parse_dockerfile(files["Dockerfile"].decode(errors="replace"))), "CMD")
         command = exec_form(cmd) if cmd is not None else []
@@ -369,16 +398,10 @@ def _check_imports(files: dict[str, bytes]) -> list[str]:
         runs = f"{module}.__main__" if is_package else module  # `python -m` runs a package's __main__
         if module.split(".")[0] in packages and runs not in modules:
             problems.append(f"Dockerfile line {cmd.line}: CMD runs -m {module}, but the zip has no {runs}")
-    for name, data in sorted(files.items()):
-        if not name.endswith(".py"):
+    for here, (name, tree) in sorted(trees.items()):
+        if tree is None:
             continue
-        try:
-            tree = ast.parse(data, filename=name)
-        except (SyntaxError, ValueError) as err:
-            problems.append(f"{name}: not valid Python ({err})")
-            continue
-        here = _module_name(name).split(".")
-        package = here if name.endswith("/__init__.py") else here[:-1]
+        package = here.split(".") if name.endswith("/__init__.py") else here.split(".")[:-1]
         for node in _required_imports(tree):
             if isinstance(node, ast.Import):
                 wanted = [alias.name for alias in node.names]
@@ -386,9 +409,48 @@ def _check_imports(files: dict[str, bytes]) -> list[str]:
                 base = package[: len(package) - node.level + 1] if node.level else []
                 wanted = [".".join([*base, node.module] if node.module else base)]
             for module in wanted:
-                if module.split(".")[0] in packages and module not in modules:
+                if module.split(".")[0] not in packages:
+                    continue
+                if module not in modules:
                     problems.append(f"{name}:{node.lineno}: imports {module}, which is not in the zip")
+                elif isinstance(node, ast.ImportFrom):  # each name: a submodule, or something the module defines
+                    for missing in _missing_names(module, [alias.name for alias in node.names], trees, modules):
+                        problems.append(f"{name}:{node.lineno}: imports {missing}, which is not in the zip")
     return problems
+
+
+def _missing_names(
+    module: str, names: list[str], trees: dict[str, tuple[str, ast.Module | None]], modules: set[str]
+) -> list[str]:
+    """Of `from module import names`, those neither a submodule nor bound by the module, as `module.name`. A module
+    without a file binds nothing (a namespace package); one whose file did not parse is not judged (reported)."""
+    tree = trees[module][1] if module in trees else ast.Module(body=[], type_ignores=[])
+    defined = _defined_names(tree) if tree is not None else {"*"}
+    if "*" in defined:
+        return []
+    return [
+        f"{module}.{name}"
+        for name in names
+        if name != "*" and f"{module}.{name}" not in modules and name not in defined
+    ]
+
+
+def _defined_names(tree: ast.Module) -> set[str]:
+    """The names a module binds at its top level (under if/try/with too, not inside its functions), or {"*"} when
+    it may bind any: a star import, or a module __getattr__ (PEP 562)."""
+    names = set()
+    pending: list[ast.AST] = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)  # its body binds its own names
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {"*" if alias.name == "*" else alias.asname or alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        pending.extend(ast.iter_child_nodes(node))
+    return {"*"} if "*" in names or "__getattr__" in names else names
 
 
 def _required_imports(node: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:

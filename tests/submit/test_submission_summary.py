@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -168,8 +169,9 @@ def test_verify_submission_smoke_of_a_server_that_cannot_start(broken_zip):
 
 
 def test_verify_submission_with_problems_skips_the_smoke_test(default_zips, tmp_path, rewrite_zip):
+    changed = zipfile.ZipFile(default_zips["4090"]).read("llmkit/server/text.py") + b"# x\n"  # a changed comment
     tampered = rewrite_zip(
-        default_zips["4090"], tmp_path / "t.zip", {"llmkit/server/text.py": b"# x\n"}, fix_manifest=False
+        default_zips["4090"], tmp_path / "t.zip", {"llmkit/server/text.py": changed}, fix_manifest=False
     )
     done = _llmkit("verify-submission", str(tampered), "--smoke")
     assert done.returncode == 1

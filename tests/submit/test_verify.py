@@ -11,6 +11,7 @@ import stat
 import string
 import subprocess
 import sys
+import tarfile
 import zipfile
 
 import pytest
@@ -50,6 +51,28 @@ def test_a_token_inside_a_wheel_is_found(good_zip, tmp_path, rewrite_zip):
     bad = rewrite_zip(good_zip, tmp_path / "wheel.zip", {name: buffer.getvalue()})
     [problem] = verify_submission(bad, lint=False)
     assert problem.startswith(f"{name}!llmkit/axolotl_configs/mine.yml:2: a Hugging Face token (hf_")
+
+
+@pytest.mark.parametrize("suffix, mode", [(".tar.gz", "w:gz"), (".tar.xz", "w:xz"), (".tar", "w")])
+def test_a_token_inside_a_tarball_is_found(good_zip, tmp_path, rewrite_zip, suffix, mode):
+    """An sdist or a tarball of data in the zip: compressed, so a line scan of its bytes found nothing."""
+    buffer = io.BytesIO()
+    members = {
+        "pkg-0.1/configs/mine.yml": f"base_model: x/y\n# my token: {_fake_token()}\n".encode(),
+        "pkg-0.1/data.bin": random.Random(0).randbytes(1 << 16),  # incompressible: the cut below falls in it
+    }
+    with tarfile.open(fileobj=buffer, mode=mode) as archive:
+        for member, data in members.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    name = f"extra/pkg-0.1{suffix}"
+    expected = [f"{name}!pkg-0.1/configs/mine.yml:2: a Hugging Face token (hf_{_fake_token()[3:8]}...)"]
+    bad = rewrite_zip(good_zip, tmp_path / "tar.zip", {name: buffer.getvalue()})
+    assert verify_submission(bad, lint=False) == expected
+    # a damaged tarball is read up to where it breaks, not a traceback: the file before the cut is still scanned
+    cut = rewrite_zip(good_zip, tmp_path / "cut.zip", {name: buffer.getvalue()[: len(buffer.getvalue()) // 2]})
+    assert verify_submission(cut, lint=False) == expected
 
 
 def test_a_module_the_wheel_lacks_is_found(good_zip, tmp_path, rewrite_zip):
@@ -142,7 +165,8 @@ def test_weights_without_bundling_and_hash_mismatch(good_zip, tmp_path, rewrite_
     assert verify_submission(with_upper, lint=False) == [  # the suffix is matched in any case
         f"{name}: a weight file, but bundling was not asked for" for name in upper
     ]
-    tampered = rewrite_zip(good_zip, tmp_path / "t.zip", {"llmkit/server/text.py": b"# changed\n"}, fix_manifest=False)
+    changed = zipfile.ZipFile(good_zip).read("llmkit/server/text.py") + b"# changed\n"
+    tampered = rewrite_zip(good_zip, tmp_path / "t.zip", {"llmkit/server/text.py": changed}, fix_manifest=False)
     assert verify_submission(tampered) == ["llmkit/server/text.py: its sha256 does not match manifest.json"]
 
 
@@ -450,3 +474,21 @@ def test_the_servers_own_code_is_checked_for_what_it_imports(good_zip, tmp_path,
     assert verify_submission(needed, lint=False) == [
         "llmkit/server/extra.py:6: imports llmkit.gone, which is not in the zip"
     ]
+    # `from package import name`: name is a module of the zip's or something the package defines
+    names = (
+        b"from . import engine, gone\nfrom llmkit.server.app import create_app, nothing\n"
+        b"from llmkit.server.engine import Engine\n"
+    )
+    named = rewrite_zip(good_zip, tmp_path / "names.zip", {"llmkit/server/extra.py": names})
+    assert verify_submission(named, lint=False) == [
+        "llmkit/server/extra.py:1: imports llmkit.server.gone, which is not in the zip",
+        "llmkit/server/extra.py:2: imports llmkit.server.app.nothing, which is not in the zip",
+    ]
+    # a module __getattr__ (PEP 562, as llmkit.data's lazy names) supplies any name; a broken file is reported once
+    lazy = {
+        "llmkit/server/lazy.py": b"def __getattr__(name):\n    return 1\n",
+        "llmkit/server/broken.py": b"def f(:\n",
+        "llmkit/server/extra.py": b"from llmkit.server.lazy import anything\nfrom llmkit.server.broken import f\n",
+    }
+    [problem] = verify_submission(rewrite_zip(good_zip, tmp_path / "lazy.zip", lazy), lint=False)
+    assert problem.startswith("llmkit/server/broken.py: not valid Python (")
