@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from llmkit.core.models import load_for_inference
+from llmkit.core.models import dequantizing_4bit_kernel, load_for_inference
 from llmkit.data.prompts import ALPACA_NO_INPUT
 
 LOG = logging.getLogger(__name__)
@@ -147,6 +147,8 @@ def reference_of(
     """Greedy continuations and their logits from base + unmerged adapter (the base 4-bit for quantization nf4,
     but for the `unquantized` modules)."""
     model, tokenizer = _load(base_dir, dtype, adapter_dir, quantization, unquantized)
+    if quantization == "nf4":
+        dequantizing_4bit_kernel(model)  # the merged weights' arithmetic, not a repacked bfloat16 kernel's
     reference = _reference_outputs(model, tokenizer, PROMPTS, NEW_TOKENS)
     del model, tokenizer
     gc.collect()  # free one model before the next is loaded
