@@ -36,7 +36,9 @@ class TokenBytes:
             raw = self._cache[token_id] = self._bytes(tokenizer.convert_ids_to_tokens(token_id))
         return raw
 
-    def _bytes(self, piece: str | bytes) -> bytes:
+    def _bytes(self, piece: str | bytes | None) -> bytes:
+        if piece is None:  # an id past the tokenizer's vocabulary (a padded embedding: Qwen2.5, random-model) decodes
+            return b""  # to nothing
         if isinstance(piece, bytes):  # tiktoken-style tokenizers keep their vocabulary as bytes
             return piece
         if byte := _BYTE_FALLBACK.fullmatch(piece):
@@ -123,13 +125,14 @@ def stop_index(text: str, stop_sequences: Sequence[str], stop_at_newline: bool) 
     """Where the completion `text` must end, or None to go on.
 
     Args:
-        stop_sequences: the request's; the completion ends before the first occurrence of any of them.
+        stop_sequences: the request's; the completion ends before the first occurrence of any of them (an empty
+            one never matches, but is still one: the newline rule is off).
         stop_at_newline: with no stop sequences, end at the first newline after non-blank text. HELM's
             multiple-choice requests name no stop sequence and compare the whole stripped completion with the
             gold letter, so " B\\n\\nQuestion: ..." would score 0 although the model answered B.
     """
     cuts = [i for i in (text.find(s) for s in stop_sequences if s) if i >= 0]
-    if stop_at_newline and not any(stop_sequences):
+    if stop_at_newline and not stop_sequences:
         start = len(text) - len(text.lstrip())
         newline = text.find("\n", start)
         if start < len(text) and newline >= 0:

@@ -204,6 +204,23 @@ def test_tokens_beyond_the_embedding_are_refused(engine_for, make_tiny_model, to
     assert engine.process(ProcessRequest(**helm_body("Hello", max_new_tokens=2))).tokens  # the rest is served
 
 
+def test_ids_past_the_tokenizer_in_a_padded_embedding_are_served(engine_for, make_tiny_model, tokenizer):
+    """An embedding padded past the tokenizer (Qwen2.5's 151,936 rows for about 151,665 tokens; random-model keeps a
+    shape's vocabulary): an id there, generated or among the alternatives, was a 500 (no vocabulary entry)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model_dir = make_tiny_model(LlamaConfig, LlamaForCausalLM, vocab_size=len(tokenizer) + 64)
+    model = LlamaForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():  # the padded rows win: every real id's logit is 0, the padding's are random
+        model.lm_head.weight[: len(tokenizer)] = 0
+    model.save_pretrained(model_dir)
+    engine = engine_for(model_dir)
+    done = engine.process(ProcessRequest(**helm_body("Hello", max_new_tokens=3, top_k_per_token=5)))
+    assert [token.text for token in done.tokens] == ["", "", ""] and done.text == ""  # what the tokenizer decodes
+    assert all(token.logprob < 0 and token.top_logprob for token in done.tokens)
+
+
 def test_kv_budget_bounds_the_batch(engine_for, tiny_model_dir):
     per_token = engine_for(tiny_model_dir).scheduler.bytes_per_token
     # Each of these requests needs under 200 tokens of cache (prompt, completion, 128 spare); two need over 250.
