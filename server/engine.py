@@ -103,6 +103,11 @@ class Engine:
         """False once the engine cannot answer any more (vLLM's engine process died): /health then says so."""
         return True
 
+    @property
+    def stopped_message(self) -> str:
+        """What /health and every request say (503) once `healthy()` is False."""
+        return f"the {self.name} engine has stopped: restart the server"
+
     # --- tokenizer ---------------------------------------------------------------------------------------------
     def encode(self, text: str, *, special: bool = False) -> list[int]:
         with self.tokenizers.borrow() as tokenizer:

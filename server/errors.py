@@ -46,6 +46,10 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, err: Exception) -> JSONResponse:
+        engine = getattr(request.app.state, "engine", None)
+        if engine is not None and not engine.healthy():  # vLLM's engine process died: not this request's doing
+            LOG.error("%s: %s (%s)", request.url.path, engine.stopped_message, type(err).__name__)
+            return error_response(request.url.path, 503, engine.stopped_message, {"Connection": "close"})
         LOG.error("Unexpected error", exc_info=err)
         # The keep-alive connection is closed after a 500; say so, so that the client opens a new one.
         return error_response(request.url.path, 500, "internal server error", {"Connection": "close"})

@@ -80,7 +80,7 @@ health_errors = {503: {"model": ErrorResponse, "description": "The engine has st
 @router.api_route("/health", methods=["GET", "HEAD"], response_model=HealthResponse, responses=health_errors)
 async def health(engine: EngineDep, request: Request) -> Any:  # HEAD: load balancers' probes
     if not engine.healthy():  # a probe (docker's HEALTHCHECK, a load balancer) must see it: every request fails
-        return error_response(request.url.path, 503, f"the {engine.name} engine has stopped: restart the server")
+        return error_response(request.url.path, 503, engine.stopped_message)
     loaded = engine.loaded
     return HealthResponse(
         status="ok",

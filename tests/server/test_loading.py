@@ -285,3 +285,28 @@ def test_an_unexpected_error_is_a_500_in_each_apis_shape(tiny_model_dir, monkeyp
         "close",
     )
     assert openai.status_code == 500 and openai.json()["error"]["type"] == "server_error"
+
+
+def test_requests_after_the_engine_died_get_its_503_not_a_500(tiny_model_dir, monkeypatch):
+    """vLLM's engine process dying (a model its CPU attention cannot run dies on the first request): /health said
+    503 "restart the server", every request a bare 500."""
+    from fastapi.testclient import TestClient
+
+    from llmkit.server.app import create_app
+    from llmkit.server.builtin import BuiltinEngine
+    from llmkit.server.settings import ServerSettings
+
+    engine = BuiltinEngine.load(ServerSettings(model=str(tiny_model_dir), device="cpu"))
+
+    def dead(*_args, **_kwargs):
+        monkeypatch.setattr(engine, "healthy", lambda: False)
+        raise RuntimeError("EngineDeadError")
+
+    monkeypatch.setattr(engine, "tokenize", dead)
+    try:
+        with TestClient(create_app(engine.settings, engine), raise_server_exceptions=False) as client:
+            answers = [client.post("/tokenize", json={"text": "hi"}), client.get("/health")]
+    finally:
+        engine.close()
+    message = "the builtin engine has stopped: restart the server"
+    assert [(answer.status_code, answer.json()) for answer in answers] == [(503, {"detail": message})] * 2
