@@ -118,8 +118,7 @@ class Sequence:
             return self.end("stop")
         self.completion.add(token, logprob, top_ids, top_logprobs)
         self.pieces.append(self.decoder.push(token))
-        stops = [s for s in self.request.stop_sequences if s]
-        end = stop_index("".join(self.pieces), stops, self.stop_at_newline)
+        end = stop_index("".join(self.pieces), self.request.stop_sequences, self.stop_at_newline)
         if end is not None:
             self.pieces = cut_pieces(self.pieces, end)
             self.completion.truncate(len(self.pieces))

@@ -20,6 +20,7 @@ from llmkit.server.text import IncrementalDecoder, cut_pieces, prompt_pieces, st
         (" B\nC. D", ["."], True, " B\nC"),  # stop sequences named: no newline rule
         ("one two three", ["three", "two"], True, "one "),  # the earliest of several
         ("abc", ["", "zz"], True, None),  # an empty stop sequence stops nothing
+        (" Red\n2. Blue", [""], True, None),  # but it is one: the newline rule is off, as for any named stop
     ],
 )
 def test_stop_index(text, stops, newline_rule, kept):
