@@ -29,6 +29,7 @@ import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -90,21 +91,45 @@ def verify_submission(zip_path: str | Path, *, lint: bool = True) -> list[str]:
     manifest, problems = _read_manifest(files)
     problems = unread + problems
     problems += _check_paths(digests)
-    problems += _check_dockerfile(files, set(digests), lint)
+    context = BuildContext.of(files, set(digests))
+    problems += _check_dockerfile(files, context, lint)
     problems += _check_hashes(digests, manifest)
     problems += _check_engine(files, manifest)
     nested = _nested_archives(files)  # a wheel (training/), another zip, a tarball: their files, read once
     problems += _check_secrets(files, nested)
     problems += _check_requirements(files)
-    problems += _check_imports(files)
+    problems += _check_imports(files, context)
     for name in sorted(nested):
         if name.endswith(".whl"):  # --training's wheel: the organisers' `llmkit train` imports from it
             problems += [f"{name}!{problem}" for problem in _check_imports(nested[name])]
+    weights = sorted(name for name in digests if is_weight_file(name))
     if manifest is None or not manifest.bundled_weights:
-        problems += [
-            f"{name}: a weight file, but bundling was not asked for" for name in digests if is_weight_file(name)
-        ]
+        problems += [f"{name}: a weight file, but bundling was not asked for" for name in weights]
+    else:
+        problems += [f"{name}: a bundled weight file {context.kept_out_by}" for name in weights if context.out(name)]
     return problems
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What `docker build` sees of the unpacked zip: every entry (`names`) less what the ignore file keeps out."""
+
+    names: set[str]
+    kept_out: set[str]
+    ignore_file: str  # the one BuildKit reads: Dockerfile.dockerignore where there is one, else .dockerignore
+
+    @classmethod
+    def of(cls, files: dict[str, bytes], names: set[str]) -> BuildContext:
+        ignore_file = "Dockerfile.dockerignore" if "Dockerfile.dockerignore" in files else ".dockerignore"
+        ignore = files.get(ignore_file, b"").decode(errors="replace")
+        return cls(names, dockerignored(names, ignore), ignore_file)
+
+    def out(self, name: str) -> bool:
+        return name in self.kept_out
+
+    @property
+    def kept_out_by(self) -> str:
+        return f"kept out of the build by {self.ignore_file}"
 
 
 def _read_entries(archive: zipfile.ZipFile, zip_path: str | Path) -> tuple[dict[str, bytes], dict, list[str]]:
@@ -197,23 +222,16 @@ def _check_engine(files: dict[str, bytes], manifest: Manifest | None) -> list[st
     return [f"Dockerfile line {cmd.line}: CMD runs --engine {engine}, {MANIFEST_NAME} says {said}"]
 
 
-def _check_dockerfile(files: dict[str, bytes], names: set[str], lint: bool) -> list[str]:
-    dockerfiles = sorted(
-        name
-        for name in files
-        if PurePosixPath(name).name.lower().startswith("dockerfile") and not name.endswith(".dockerignore")
-    )
+def _check_dockerfile(files: dict[str, bytes], context: BuildContext, lint: bool) -> list[str]:
+    dockerfiles = sorted(name for name in files if _is_dockerfile_name(name))
     if "Dockerfile" not in files:  # unread when it is there twice: that entry's problem says so
         missing = "no Dockerfile at the zip's root (the harness builds the first Dockerfile it finds)"
-        return [] if "Dockerfile" in names else [missing]
+        return [] if "Dockerfile" in context.names else [missing]
     others = [name for name in dockerfiles if name != "Dockerfile"]
     problems = [f"{name}: a second Dockerfile; the harness builds whichever it finds first" for name in others]
     text = files["Dockerfile"].decode(errors="replace")
     try:
-        # BuildKit reads Dockerfile.dockerignore, where there is one, instead of .dockerignore
-        ignore = files.get("Dockerfile.dockerignore", files.get(".dockerignore", b""))
-        kept_out = dockerignored(names, ignore.decode(errors="replace"))
-        problems += _dockerfile_rules(text) + _copy_sources(parse_dockerfile(text), names, kept_out)
+        problems += _dockerfile_rules(text) + _copy_sources(parse_dockerfile(text), context)
     except DockerfileError as err:
         problems.append(f"Dockerfile: {err}")
     if lint:
@@ -224,6 +242,17 @@ def _check_dockerfile(files: dict[str, bytes], names: set[str], lint: bool) -> l
                 f"{training}: hadolint: {line}" for line in hadolint(files[training].decode(errors="replace"))
             ]
     return problems
+
+
+def _is_dockerfile_name(name: str) -> bool:
+    """`Dockerfile`, `dockerfile`, `Dockerfile.gpu`: not its .dockerignore, nor a source file (`dockerfile.py`)."""
+    base = PurePosixPath(name).name.lower()
+    if base == "dockerfile":
+        return True
+    return base.startswith("dockerfile.") and PurePosixPath(base).suffix not in _NOT_DOCKERFILE_SUFFIXES
+
+
+_NOT_DOCKERFILE_SUFFIXES = {".dockerignore", ".py", ".pyc", ".md", ".txt", ".json", ".yml", ".yaml", ".sh"}
 
 
 def _dockerfile_rules(text: str) -> list[str]:
@@ -283,9 +312,8 @@ def _json(text: str) -> object:
         return None
 
 
-def _copy_sources(instructions: list[Instruction], names: set[str], kept_out: set[str]) -> list[str]:
-    """COPY/ADD sources that are not in the build context: the unpacked zip (`names`), less what .dockerignore
-    keeps out (`kept_out`), and nothing above it."""
+def _copy_sources(instructions: list[Instruction], context: BuildContext) -> list[str]:
+    """COPY/ADD sources that are not in the build context, and nothing above it."""
     problems = []
     for inst in instructions:
         if inst.keyword not in ("COPY", "ADD"):
@@ -298,9 +326,9 @@ def _copy_sources(instructions: list[Instruction], names: set[str], kept_out: se
             if "$" in source or "://" in source:  # a build variable or a URL (ADD)
                 continue
             path = posixpath.normpath("./" + source.lstrip("/"))  # the context's root is `/`; `../` leaves it
-            if path == "." or _in_context(path, names - kept_out):
+            if path == "." or _in_context(path, context.names - context.kept_out):
                 continue
-            where = "is kept out of the build by .dockerignore" if _in_context(path, names) else "is not in the zip"
+            where = f"is {context.kept_out_by}" if _in_context(path, context.names) else "is not in the zip"
             problems.append(f"Dockerfile line {inst.line}: {inst.keyword} source {source} {where}")
     return problems
 
@@ -371,16 +399,22 @@ def _tar_members(archive: tarfile.TarFile) -> dict[str, bytes]:
     return members
 
 
-def _check_imports(files: dict[str, bytes]) -> list[str]:
+def _check_imports(files: dict[str, bytes], context: BuildContext | None = None) -> list[str]:
     """The server the CMD runs can import its own code: the module `-m` names, and every module the zip's Python
-    files import from a package the zip holds (`llmkit`), are files in the zip. A third-party package is the
-    requirements' affair (the smoke test imports them)."""
-    modules = {_module_name(name) for name in files if name.endswith(".py")}
-    modules |= {".".join(m.split(".")[:i]) for m in modules for i in range(1, m.count(".") + 1)}  # namespace packages
-    packages = {module.split(".")[0] for module in modules}
+    files import from a package the zip holds (`llmkit`), are files in the zip, and in the build `context` (not
+    kept out by .dockerignore). A third-party package is the requirements' affair (the smoke test imports them)."""
+    in_zip = _modules(files)
+    inside = {name: data for name, data in files.items() if not (context and context.out(name))}
+    modules = _modules(inside)
+    packages = {module.split(".")[0] for module in in_zip}
+    absent = f"{context.kept_out_by}" if context else "not in the zip"
+
+    def missing(module: str) -> str:
+        return f"which is {absent}" if module in in_zip else "which is not in the zip"
+
     trees = {}
     problems = []
-    for name, data in sorted(files.items()):
+    for name, data in sorted(inside.items()):
         if name.endswith(".py"):
             try:
                 trees[_module_name(name)] = (name, ast.parse(data, filename=name))
@@ -397,7 +431,8 @@ def _check_imports(files: dict[str, bytes]) -> list[str]:
         is_package = any(name.startswith(module.replace(".", "/") + "/") for name in files)
         runs = f"{module}.__main__" if is_package else module  # `python -m` runs a package's __main__
         if module.split(".")[0] in packages and runs not in modules:
-            problems.append(f"Dockerfile line {cmd.line}: CMD runs -m {module}, but the zip has no {runs}")
+            where = f"{runs} is {absent}" if runs in in_zip else f"the zip has no {runs}"
+            problems.append(f"Dockerfile line {cmd.line}: CMD runs -m {module}, but {where}")
     for here, (name, tree) in sorted(trees.items()):
         if tree is None:
             continue
@@ -412,11 +447,17 @@ def _check_imports(files: dict[str, bytes]) -> list[str]:
                 if module.split(".")[0] not in packages:
                     continue
                 if module not in modules:
-                    problems.append(f"{name}:{node.lineno}: imports {module}, which is not in the zip")
+                    problems.append(f"{name}:{node.lineno}: imports {module}, {missing(module)}")
                 elif isinstance(node, ast.ImportFrom):  # each name: a submodule, or something the module defines
-                    for missing in _missing_names(module, [alias.name for alias in node.names], trees, modules):
-                        problems.append(f"{name}:{node.lineno}: imports {missing}, which is not in the zip")
+                    for lacking in _missing_names(module, [alias.name for alias in node.names], trees, modules):
+                        problems.append(f"{name}:{node.lineno}: imports {lacking}, {missing(lacking)}")
     return problems
+
+
+def _modules(files: dict[str, bytes]) -> set[str]:
+    """The modules the Python files of `files` make, with the folders above them (namespace packages)."""
+    modules = {_module_name(name) for name in files if name.endswith(".py")}
+    return modules | {".".join(m.split(".")[:i]) for m in modules for i in range(1, m.count(".") + 1)}
 
 
 def _missing_names(

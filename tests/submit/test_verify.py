@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import re
@@ -261,6 +262,10 @@ def test_what_docker_build_or_run_would_do_otherwise_is_reported(good_zip, tmp_p
     ]
 
 
+def _cmd_line(zip_path) -> int:
+    return next(n for n, text in enumerate(_dockerfile(zip_path).splitlines(), 1) if text.startswith("CMD"))
+
+
 def test_a_copy_source_that_dockerignore_keeps_out_is_reported(good_zip, tmp_path, rewrite_zip):
     """docker build sends the zip less what .dockerignore names; a COPY of a file it keeps out fails the build."""
     dockerfile = _dockerfile(good_zip).splitlines()
@@ -268,21 +273,45 @@ def test_a_copy_source_that_dockerignore_keeps_out_is_reported(good_zip, tmp_pat
                              ("requirements.txt", "llmkit/"))  # fmt: skip
     ignore = "# mine\n*.txt\n/llmkit\n!llmkit/server/**\n"  # the package is let back in, in part
     kept_in_part = rewrite_zip(good_zip, tmp_path / "part.zip", {".dockerignore": ignore.encode()})
-    assert verify_submission(kept_in_part, lint=False) == [
+    first, *imports = verify_submission(kept_in_part, lint=False)
+    assert first == (
         f"Dockerfile line {requirements}: COPY source requirements.txt is kept out of the build by .dockerignore"
-    ]
+    )  # and the server's imports of the rest of the package: COPY llmkit/ copies only what is let back in
+    kept_out = r"llmkit/server/\S+\.py:\d+: imports llmkit\.(core|config|data)\S*, which is kept out of the build by "
+    assert imports and all(re.fullmatch(kept_out + r"\.dockerignore", p) for p in imports), imports
+    # a file inside a copied folder: the COPY source is there, the module the server imports is not
+    app = rewrite_zip(good_zip, tmp_path / "app.zip", {"Dockerfile.dockerignore": b"llmkit/server/app.py\n"})
+    problems = verify_submission(app, lint=False)
+    kept_out = (
+        r"llmkit/server/\w+\.py:\d+: imports llmkit\.server\.app(\.create_app)?, which is kept out of the build by "
+    )
+    assert problems and all(re.fullmatch(kept_out + r"Dockerfile\.dockerignore", p) for p in problems), problems
     everything = rewrite_zip(good_zip, tmp_path / "all.zip", {".dockerignore": b"**\n!Dockerfile\n"})
     assert verify_submission(everything, lint=False) == [
         f"Dockerfile line {requirements}: COPY source requirements.txt is kept out of the build by .dockerignore",
         f"Dockerfile line {package}: COPY source llmkit/ is kept out of the build by .dockerignore",
+        f"Dockerfile line {_cmd_line(good_zip)}: CMD runs -m llmkit.server, but llmkit.server.__main__ is kept out "
+        "of the build by .dockerignore",
     ]
     back_in = rewrite_zip(good_zip, tmp_path / "back.zip", {".dockerignore": b"**\n!requirements.txt\n!llmkit\n"})
     assert verify_submission(back_in, lint=False) == []
     # BuildKit's Dockerfile.dockerignore wins over .dockerignore, and is no second Dockerfile
     own = rewrite_zip(good_zip, tmp_path / "own.zip", {"Dockerfile.dockerignore": b"*.txt\n"})
     assert verify_submission(own, lint=False) == [
-        f"Dockerfile line {requirements}: COPY source requirements.txt is kept out of the build by .dockerignore"
+        f"Dockerfile line {requirements}: COPY source requirements.txt is kept out of the build by "
+        "Dockerfile.dockerignore"
     ]
+    # bundled weights the ignore file keeps out: the image would serve without them
+    weights = {"model/model.safetensors": b"\x00" * 64, ".dockerignore": b"**/*.safetensors\n"}
+    bundled = rewrite_zip(good_zip, tmp_path / "weights.zip", weights)
+    manifest = json.loads(zipfile.ZipFile(bundled).read("manifest.json")) | {"bundled_weights": True}
+    bundled = rewrite_zip(bundled, tmp_path / "bundled.zip", {"manifest.json": json.dumps(manifest).encode()})
+    assert verify_submission(bundled, lint=False) == [
+        "model/model.safetensors: a bundled weight file kept out of the build by .dockerignore"
+    ]
+    # a module named after the Dockerfile is no second Dockerfile
+    module = rewrite_zip(good_zip, tmp_path / "module.zip", {"llmkit/server/dockerfile.py": b"X = 1\n"})
+    assert verify_submission(module, lint=False) == []
 
 
 @pytest.mark.parametrize(
