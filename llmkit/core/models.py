@@ -236,22 +236,6 @@ def load_for_inference(
     return LoadedModel(lm, tokenizer, source, adapter, str(torch_dtype).removeprefix("torch."), quantization, device)
 
 
-def dequantizing_4bit_kernel(model) -> None:
-    """Keep every bitsandbytes 4-bit layer of `model` on the kernel that dequantizes its stored weight.
-
-    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit's weight the first time it runs in eval mode
-    without gradients, and every later forward uses that kernel, which has no backward and computes in bfloat16.
-    Training needs the gradient: measured here on the default config, the first step's gradient norm fell from 11.5
-    to 3.0 after one evaluation and the loss stopped falling. A merge's verification needs the arithmetic of the
-    merged weights: measured here, the repacked float32 reference drifted 0.172 in the logits from an exact merge.
-    """
-    import bitsandbytes as bnb
-
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
-
-
 def adapter_config(adapter: str | Path) -> dict:
     """A peft adapter directory's adapter_config.json; the error names the directory or file and what is wrong."""
     path = Path(adapter).expanduser()

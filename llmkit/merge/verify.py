@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from llmkit.core.models import dequantizing_4bit_kernel, load_for_inference
+from llmkit.core.bnb_kernels import dequantizing_4bit_kernel
+from llmkit.core.models import load_for_inference
 from llmkit.data.prompts import ALPACA_NO_INPUT
 
 LOG = logging.getLogger(__name__)

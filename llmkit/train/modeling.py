@@ -32,7 +32,8 @@ from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_availa
 
 from llmkit.config.schema import AxolotlConfig, ConfigError
 from llmkit.core import devices
-from llmkit.core.models import dequantizing_4bit_kernel, resolve_model
+from llmkit.core.bnb_kernels import dequantizing_4bit_kernel
+from llmkit.core.models import resolve_model
 
 LOG = logging.getLogger(__name__)
 

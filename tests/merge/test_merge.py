@@ -185,7 +185,7 @@ def test_an_nf4_round_trip_of_some_layers_is_checked_against_those_layers_in_4_b
     every_layer_4bit = reference_of(tiny_model_dir, adapter, torch.float32, quantization="nf4")
     assert checked.max_logit_diff < 0.01 < agreement(out, torch.float32, every_layer_4bit).max_logit_diff
     # the reference computes as the merged weights do: bitsandbytes' repacked bfloat16 CPU kernel (AVX512-BF16
-    # CPUs, this one) drifted 0.0035 here and 0.16 on the default model, where a correct float32 merge was refused
+    # CPUs, this one) drifted 0.0035 here and 0.16 to 0.17 on the default model: a correct float32 merge was refused
     assert checked.max_logit_diff < 1e-4
 
 
