@@ -42,6 +42,7 @@ UNIMPLEMENTED_KEYS = frozenset(
     dp_shard_size dp_replicate_size fsdp_version flex_attn_compile_kwargs accelerator_config skip_prepare_dataset
     tokenizer_use_mistral_common freeze_mm_modules ddp experimental_skip_move_to_device
     sample_packing_sequentially sample_packing_bin_size sample_packing_group_size sample_packing_mp_start_method
+    processor_type lisa_n_layers lisa_step_interval lisa_layers_attribute
     """.split()
 )
 # axolotl keys that would change what is trained and that this project does not implement: a value other than
@@ -78,10 +79,13 @@ REFUSED_KEYS = {
     "curriculum_sampling": "sequential (curriculum) sampling is not implemented: the Trainer shuffles rows each epoch",
     "chat_template_kwargs": "extra chat template arguments are not implemented; write them into chat_template_jinja",
     "min_sample_len": "a minimum row length is not implemented; rows with no trained token are dropped",
-    "processor_type": "multimodal training (a processor, image-aware batches) is not implemented; text models only",
-    "lisa_n_layers": "LISA (training a few randomly chosen layers at a time) is not implemented",
-    "lisa_step_interval": "LISA (training a few randomly chosen layers at a time) is not implemented",
-    "lisa_layers_attribute": "LISA (training a few randomly chosen layers at a time) is not implemented",
+}
+# Keys that change what is trained only together, as axolotl reads them: refused when every one is set; one alone is
+# an ignored key. LISA runs `if cfg.lisa_step_interval and cfg.lisa_n_layers` (lisa_layers_attribute has a default);
+# processor_type alone loads no processor (axolotl's multimodal path follows the model, not this key).
+REFUSED_TOGETHER = {
+    ("lisa_n_layers", "lisa_step_interval"): "LISA (training a few randomly chosen layers at a time) is not "
+    "implemented",
 }
 # axolotl plugins that change only speed, memory or logging (any other plugin is refused: it may change training).
 SPEED_ONLY_PLUGINS = frozenset(

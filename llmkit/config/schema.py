@@ -20,6 +20,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_vali
 from llmkit.config.keys import (
     DATASET_UNIMPLEMENTED_KEYS,
     REFUSED_KEYS,
+    REFUSED_TOGETHER,
     SPEED_ONLY_PLUGINS,
     UNIMPLEMENTED_KEYS,
     IgnoredKey,
@@ -132,6 +133,10 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         refused = [
             f"{key.path}={short_repr(key.value, 60)}: {REFUSED_KEYS[key.path]}" for key in ignored if _refused(key)
         ]
+        effective = {key.path: key.value for key in ignored if key.effective}
+        for keys, why in REFUSED_TOGETHER.items():
+            if all(name in effective for name in keys):
+                refused.append(", ".join(f"{name}={short_repr(effective[name], 60)}" for name in keys) + f": {why}")
         if plugins := refused_plugins(next((key.value for key in ignored if key.path == "plugins"), None)):
             refused.append(
                 f"plugins: {', '.join(plugins)} may change how the model is trained (axolotl plugins are not run "

@@ -461,15 +461,27 @@ def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
         ("chat_template_kwargs", {"enable_thinking": False}, "extra chat template arguments are not implemented"),
         ("min_sample_len", 8, "a minimum row length is not implemented"),
         ("embedding_lr", 1e-5, "a separate embedding learning rate"),
-        # once planned as a text LoRA / a full fine-tune, the keys called ignored or unknown
-        ("processor_type", "AutoProcessor", "multimodal training"),
-        ("lisa_n_layers", 4, "LISA"),
     ],
 )
 def test_keys_that_would_change_training_and_are_not_implemented_are_refused(tmp_path, key, value, reason):
     message = error_of(write(tmp_path, MINIMAL), {key: value})
     assert f"{key}={short_repr(value, 60)}: " in message and reason in message  # a bounded repr (dict keys sorted)
     load_quietly(write(tmp_path, MINIMAL), {key: None})  # left empty: no effect, no error
+
+
+def test_lisa_is_refused_when_axolotl_would_run_it_and_its_keys_alone_are_ignored(tmp_path):
+    """axolotl runs LISA when lisa_n_layers and lisa_step_interval are both set (lisa_layers_attribute has a
+    default); processor_type alone loads no processor. Refusing each key alone refused configs axolotl trains."""
+    lisa = {"lisa_n_layers": 4, "lisa_step_interval": 20, "lisa_layers_attribute": "model.layers"}
+    message = error_of(write(tmp_path, MINIMAL), lisa)
+    assert "lisa_n_layers=4, lisa_step_interval=20: LISA (training a few randomly chosen layers" in message
+    for alone in (
+        {"lisa_n_layers": 4},
+        {"lisa_layers_attribute": "model.layers"},
+        {"processor_type": "AutoProcessor"},
+    ):
+        cfg = load_quietly(write(tmp_path, MINIMAL), alone)
+        assert [key.path for key in cfg.ignored_keys] == list(alone)  # reported as ignored, by name
 
 
 def test_plugins_that_may_change_training_are_refused_and_speed_only_ones_ignored(tmp_path):
