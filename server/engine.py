@@ -44,6 +44,14 @@ class Engine:
         self.base_name = loaded.source.model_id  # what a request names to get the base model without an adapter
         self.adapters = settings.adapters  # name -> directory
         self.position_limit = position_limit(loaded.source.path)
+        if self.position_limit is not None and self.position_limit < settings.max_context:
+            LOG.warning(
+                "The model has %d positions (max_position_embeddings), fewer than --max-context %d: a prompt and "
+                "its completion get at most %d tokens together, and a longer prompt is a 422",
+                self.position_limit,
+                settings.max_context,
+                self.position_limit,
+            )
         # A tokenizer with more tokens than the embedding has rows (tokens added without resizing it) cannot feed
         # those tokens to the model: prompts holding them are refused rather than failing inside the forward pass.
         embeddings = getattr(loaded.model, "get_input_embeddings", lambda: None)()

@@ -174,10 +174,11 @@ def test_the_bos_the_server_adds_rides_on_top_of_the_context_limit(engine_for, b
         engine.process(ProcessRequest(prompt=longer, max_new_tokens=0))
 
 
-def test_the_models_positions_bound_a_prompt(engine_for, bos_model):
+def test_the_models_positions_bound_a_prompt(engine_for, bos_model, caplog):
     """Where the model has no position for the BOS beyond the context, it counts; a model with fewer positions
-    than --max-context gets a 422 naming them, not an index error inside the batch."""
+    than --max-context gets a 422 naming them, not an index error inside the batch, and a warning at start."""
     engine = engine_for(bos_model(positions=64), max_context=64, max_new_tokens_limit=16)
+    assert "fewer than --max-context" not in caplog.text
     text = engine.decode(engine.tokenize("red blue " * 100, truncation=True, max_length=64))
     message = r"prompt is 64 tokens, over the 64 positions this model has \(max_position_embeddings\), with the 1 "
     with pytest.raises(RequestError, match=message):
@@ -185,6 +186,7 @@ def test_the_models_positions_bound_a_prompt(engine_for, bos_model):
     fits = engine.decode(engine.tokenize(text, truncation=True, max_length=63))
     assert len(engine.process(ProcessRequest(prompt=fits, max_new_tokens=0, echo_prompt=True)).tokens) == 63
     short = engine_for(bos_model(positions=32), max_context=64, max_new_tokens_limit=16)
+    assert "The model has 32 positions (max_position_embeddings), fewer than --max-context 64" in caplog.text
     with pytest.raises(RequestError, match=r"prompt is 40 tokens, over the 32 positions this model has"):
         short.process(ProcessRequest(prompt=short.decode(short.tokenize(text, True, 40)), max_new_tokens=0))
 
