@@ -53,6 +53,8 @@ class TaskFamily(BaseModel):
         for key, value in args.items():
             if value == []:
                 raise ValueError(f"{key}: an empty list makes no run; give at least one value")
+            if isinstance(value, list) and (twice := sorted({item for item in value if value.count(item) > 1})):
+                raise ValueError(f"{key}: {', '.join(map(repr, twice))} listed twice would run the same entry twice")
             for item in value if isinstance(value, list) else [value]:
                 # HELM splits a run entry's args at ',' and '=', and the conf quotes the entry with '"'
                 if any(char in f"{key}{item}" for char in ',="') or not key:  # an empty value is one (subtask=)

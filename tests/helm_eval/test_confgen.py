@@ -76,6 +76,9 @@ def test_bad_inputs_name_what_is_wrong(tmp_path):
     bad.write_text("families:\n  - name: x\n    scenario: mmlu\n    args: {subject: []}\n")  # was a ZeroDivisionError
     with pytest.raises(confgen.ConfError, match=r"args: subject: an empty list makes no run; give at least one value"):
         confgen.load_task_list(bad)
+    bad.write_text("families:\n  - name: x\n    scenario: mmlu\n    args: {subject: [a, b, 'a']}\n")
+    with pytest.raises(confgen.ConfError, match=r"args: subject: 'a' listed twice would run the same entry twice"):
+        confgen.load_task_list(bad)
     bad.write_text('families:\n  - name: x\n    scenario: mmlu\n    args: {subject: ["a,b", "q\\"z"]}\n')
     with pytest.raises(confgen.ConfError, match=r"(?s)subject='a,b': a name or value cannot hold , = or \""):
         confgen.load_task_list(bad)  # HELM would read a,b as two args, and the quote breaks the conf
