@@ -3,7 +3,8 @@
 A chat template renders the conversation. The content of each trained turn is trained, and so is the token that
 ends the turn: the first of `eot_tokens` (default: the tokenizer's EOS) right after the content, trained as
 `train_on_eot` says (turn, all, last or none; default: `train_on_eos`); an EOS that is not one of `eot_tokens` and
-follows it is trained as `train_on_eos` says. Role headers and the template's other text stay masked. A turn is
+follows it is trained as `train_on_eos` says. A turn with empty content trains nothing, its end token included
+(axolotl finds no turn there). Role headers and the template's other text stay masked. A turn is
 trained when its role is in `roles_to_train` (default: assistant), when train_on_inputs is set,
 or when the message's own `message_field_training` flag says so. Messages are read through
 `message_property_mappings` (or the older `message_field_role` / `message_field_content`), their role names
@@ -267,7 +268,9 @@ def make_chat_builder(
             if not full.startswith(done):
                 raise FieldError(field, "cannot be split into turns: the chat template is not incremental")
             span = _content_span(full, render([*messages[:i], {**message, "content": _DUMMY}]), len(done))
-            if span is None:  # the template leaves this message out (a role it skips): nothing to train, as axolotl
+            # The template leaves this message out (a role it skips), or its content is empty: axolotl's find_turn
+            # finds no turn, so neither the content nor the turn's end token trains.
+            if span is None:
                 segments.append(Segment(full[len(done) :], False))
                 done = full
                 continue
@@ -330,13 +333,14 @@ def _content(turn: dict, key: str, where: str) -> str:
 
 
 def _content_span(full: str, dummy: str, done: int) -> tuple[int, int] | None:
-    """Where the last turn's content sits in `full`, found against a render with `_DUMMY` as that content."""
+    """Where the last turn's content sits in `full`, found against a render with `_DUMMY` as that content; None when
+    the template leaves the turn out or renders its content empty."""
     start = len(os.path.commonprefix([full, dummy]))
     if start < done or not dummy.startswith(_DUMMY, start):
         return None
     tail = dummy[start + len(_DUMMY) :]
     end = len(full) - len(tail)
-    return (start, end) if full.endswith(tail) and end >= start else None
+    return (start, end) if full.endswith(tail) and end > start else None
 
 
 def _split_end(tokenizer: PreTrainedTokenizerBase, tail: str, tokens: list[str]) -> tuple[str, str, str]:

@@ -101,6 +101,23 @@ def test_rows_with_nothing_to_train_on_are_dropped_and_counted(write_rows, make_
     assert (stats.rows, stats.kept, stats.dropped_untrained) == (3, 1, 2)
 
 
+def test_an_empty_answer_trains_nothing_not_even_eos_and_its_row_is_dropped(write_rows, make_cfg, tokenizer):
+    """As axolotl: `_tokenize("")` gives no tokens and no EOS; a chat turn with empty content is not found, so neither
+    it nor its end token trains. A row left with nothing trained is dropped and counted."""
+    custom = {"field_instruction": "instruction", "field_output": "output"}
+    for kind, silent in [("alpaca", {**ALPACA_ROW, "output": ""}), (custom, {"instruction": "Say nothing."})]:
+        cfg = make_cfg([{"path": str(write_rows([ALPACA_ROW, silent], "jsonl")), "type": kind}])
+        stats = build_datasets(cfg, tokenizer).stats.datasets[0]
+        assert (stats.rows, stats.kept, stats.dropped_untrained) == (2, 1, 1)
+    empty_turn = [*CHAT, {"role": "user", "content": "Again?"}, {"role": "assistant", "content": ""}]
+    rows = [{"messages": empty_turn}, {"messages": [CHAT[0], {"role": "assistant", "content": ""}]}]
+    data = build_datasets(make_cfg([{"path": str(write_rows(rows, "jsonl")), "type": "chat_template"}]), tokenizer)
+    (row,) = data.train
+    trained = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != IGNORE_INDEX]
+    assert tokenizer.decode(trained) == "Hello!<|im_end|>"
+    assert (data.stats.datasets[0].kept, data.stats.datasets[0].dropped_untrained) == (1, 1)
+
+
 def test_a_dataset_with_no_usable_row_is_an_error(write_rows, make_cfg, tokenizer):
     path = write_rows([{**ALPACA_ROW, "instruction": "Repeat. " * 40}], "jsonl")
     expected = r": no row is left of 1: 1 longer than sequence_len 32"
