@@ -145,17 +145,20 @@ def _template_text(
             )
         choice = choice.removeprefix(_FALLBACK)
     if choice in CHAT_TEMPLATES:
-        _warn_missing_markers(choice, tokenizer)
         return CHAT_TEMPLATES[choice]
     if "{{" in choice or "{%" in choice:
         return choice
     raise ValueError(f"{key} {choice!r}: not one of {', '.join(CHAT_TEMPLATES)}, {TEMPLATE_CHOICES}")
 
 
-def _warn_missing_markers(choice: str, tokenizer: PreTrainedTokenizerBase) -> None:
-    """A named template's turn markers (`<|eot_id|>`, `<|im_end|>`, `<end_of_turn>`) that are no token of this
-    tokenizer become several ordinary tokens: the text trains, but the end of a turn is no single stop token."""
-    markers = dict.fromkeys(re.findall(r"<\|[a-z_]+\|>|<(?:start|end)_of_turn>", CHAT_TEMPLATES[choice]))
+def warn_missing_markers(template: str, tokenizer: PreTrainedTokenizerBase) -> None:
+    """When `template` is a named one: its turn markers (`<|eot_id|>`, `<|im_end|>`, `<end_of_turn>`) that are no
+    token of this tokenizer become several ordinary tokens: the text trains, but the end of a turn is no single stop
+    token. Called once per dataset (get_vocab is slow), not by `resolve_template`, which runs per cache key too."""
+    choice = next((name for name, text in CHAT_TEMPLATES.items() if text == template), None)
+    if choice is None:
+        return
+    markers = dict.fromkeys(re.findall(r"<\|[a-z_]+\|>|<(?:start|end)_of_turn>", template))
     vocabulary = tokenizer.get_vocab()
     missing = [marker for marker in markers if marker not in vocabulary]
     if missing:
@@ -241,25 +244,36 @@ def _message(
 
 
 def make_chat_builder(
-    tokenizer: PreTrainedTokenizerBase, train_on_inputs: bool = False, defaults: ChatDefaults | None = None
+    spec: DatasetSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    train_on_inputs: bool = False,
+    defaults: ChatDefaults | None = None,
 ) -> Builder:
-    """The chat_template builder for this tokenizer; labels are final (train_on_inputs applied here)."""
+    """The chat_template builder for `spec`'s rows and this tokenizer; labels are final (train_on_inputs applied
+    here). The template is resolved, and warned about, once: here, not per row.
+
+    Raises:
+        ValueError: the spec's chat template cannot be used (see `resolve_template`).
+    """
     defaults = defaults or ChatDefaults()
+    template = resolve_template(spec, tokenizer, defaults)
+    warn_missing_markers(template, tokenizer)
     eos = tokenizer.eos_token
     eot_tokens = list(defaults.eot_tokens) or ([eos] if eos else [])
     other_eos = [eos] if eos and eos not in eot_tokens else []  # an EOS after the end-of-turn token
-    unended: set[str] = set()  # templates already warned about: a trained turn they end with none of eot_tokens
+    role_map = _role_map(spec)
+    named = ["assistant"] if spec.roles_to_train is None else spec.roles_to_train  # [] trains no role
+    trained_roles = {role_map.get(role, role) for role in named}
+    # What ends a turn, and whether it is trained: the end-of-turn token, then an EOS that is not one of them.
+    ends = [(eot_tokens, spec.train_on_eot or spec.train_on_eos)]
+    if other_eos:
+        ends.append((other_eos, spec.train_on_eos))
+    unended = False  # warned already: the template ends a trained turn with none of eot_tokens
 
-    def build(row: RawRow, spec: DatasetSpec) -> Parts:
+    def build(row: RawRow, _spec: DatasetSpec) -> Parts:  # the Builder signature; this one is bound to `spec`
+        nonlocal unended
         field, messages = chat_messages(row, spec)
-        role_map = _role_map(spec)
-        named = ["assistant"] if spec.roles_to_train is None else spec.roles_to_train  # [] trains no role
-        trained_roles = {role_map.get(role, role) for role in named}
-        render = _Renderer(tokenizer, resolve_template(spec, tokenizer, defaults), field)
-        # What ends a turn, and whether it is trained: the end-of-turn token, then an EOS that is not one of them.
-        ends = [(eot_tokens, spec.train_on_eot or spec.train_on_eos)]
-        if other_eos:
-            ends.append((other_eos, spec.train_on_eos))
+        render = _Renderer(tokenizer, template, field)
         segments: list[Segment] = []
         done, last_ends = "", {}
         for i, message in enumerate(messages):
@@ -284,9 +298,9 @@ def make_chat_builder(
                     last_ends[kind] = len(segments) + 1
                 ended = ended or bool(token)
                 segments += [Segment(gap, False), Segment(token, policy == "all" or (policy == "turn" and train))]
-            if train and not ended and render.template not in unended:
-                unended.add(render.template)
-                # As in axolotl; but the model then never learns to stop, so say so (once per template).
+            if train and not ended and not unended:
+                unended = True
+                # As in axolotl; but the model then never learns to stop, so say so (once per dataset).
                 LOG.warning(
                     "The chat template ends a trained turn with none of %s (eot_tokens; default: the tokenizer's "
                     "EOS), so no end-of-turn token is trained and the model may not learn to stop: set eot_tokens to "
