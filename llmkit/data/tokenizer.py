@@ -79,7 +79,12 @@ def _configured_tokenizer(cfg: AxolotlConfig, tokenizer: Any) -> Any:
 
 def count_training_tokens(cfg: AxolotlConfig) -> int | None:
     """Tokens in one epoch of the training split, for the training-time projection; None when the data cannot be
-    tokenized here offline (a hub dataset or tokenizer, preference rows, a bad file)."""
+    tokenized here offline (a hub dataset or tokenizer, preference rows, a tokenizer that does not load).
+
+    Raises:
+        ConfigError: bad data (a file, row or field; nothing left to train on): training would stop on it, so
+            `llmkit validate` refuses the config with the data pipeline's message.
+    """
     from llmkit.config.plan import tokens_countable_here
     from llmkit.data import DataError, epoch_tokens
 
@@ -87,5 +92,7 @@ def count_training_tokens(cfg: AxolotlConfig) -> int | None:
         return None
     try:
         return epoch_tokens(cfg, load_tokenizer(cfg))
-    except (DataError, OSError, ValueError):
+    except DataError as err:
+        raise ConfigError([str(err)], cfg.source) from None
+    except (OSError, ValueError):
         return None
