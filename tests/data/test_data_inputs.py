@@ -57,6 +57,9 @@ BAD_FILES = [
     ("scalar.json", "5", r"row 1: must be an object, got int"),
     ("list.json", f"[{ROW_1}, [1]]", r"row 2: must be an object, got list"),
     ("broken.jsonl", f'{ROW_1}\n{{"instruction": \n', r"row 2 \(line 2\): not valid JSON"),
+    # blank lines are no rows: the line is named too where the two numbers differ
+    ("blank.jsonl", f'{ROW_1}\n\n{ROW_1}\n{{"instruction": "c"}}\n', r"row 3 \(line 4\): field 'output' is missing"),
+    ("blank-list.jsonl", f"{ROW_1}\n\n[1]\n", r"row 2 \(line 3\): must be an object, got list"),
     # the first bad row is reported, whether the builder or the reader finds it
     ("first.jsonl", f'{ROW_1}\n{{"instruction": "c"}}\n[1]\n', r"row 2: field 'output' is missing"),
     # datasets reads a field whose JSON type changes (as Json): only the row that is no object is wrong
