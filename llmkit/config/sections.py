@@ -636,6 +636,16 @@ class DatasetSpec(BaseModel):
             keys["content"] = self.message_field_content
         return keys
 
+    def template_choice(self, default: str | None, default_jinja: str | None) -> tuple[str, str | None, str]:
+        """(the chat template a chat entry renders with, its Jinja text or file, the key that names it), as axolotl
+        chooses: the entry's chat_template (or chat_template_jinja), sharegpt's older `conversation`, else the
+        config's top-level `default` (or `default_jinja`), else tokenizer_default."""
+        if choice := self.chat_template or ("jinja" if self.chat_template_jinja else None):
+            return choice, self.chat_template_jinja, "chat_template"
+        if self.type is DatasetType.sharegpt and self.conversation:
+            return self.conversation, self.chat_template_jinja, "conversation"
+        return default or ("jinja" if default_jinja else "tokenizer_default"), default_jinja, "chat_template"
+
 
 class ModelSection(BaseModel):
     model_config = _SECTION

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from jinja2 import TemplateError
 
-from llmkit.config.sections import DatasetSpec, DatasetType
+from llmkit.config.sections import DatasetSpec
 from llmkit.data.fields import Builder, FieldError, text_field
 from llmkit.data.rows import Parts, RawRow, Segment
 
@@ -112,12 +112,7 @@ def resolve_template(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, defa
     Raises:
         ValueError: a name this project does not ship, or tokenizer_default for a tokenizer without a template.
     """
-    choice = spec.chat_template or ("jinja" if spec.chat_template_jinja else None)
-    key = "chat_template"
-    if choice is None and spec.type is DatasetType.sharegpt and spec.conversation:
-        choice, key = spec.conversation, "conversation"  # sharegpt's older way of naming its template
-    jinja = spec.chat_template_jinja if choice else defaults.jinja
-    choice = choice or defaults.template or ("jinja" if defaults.jinja else "tokenizer_default")
+    choice, jinja, key = spec.template_choice(defaults.template, defaults.jinja)
     return _template_text(choice, jinja, tokenizer, defaults.base_dir, key)
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
 import yaml
 from transformers import AutoTokenizer
 
-from llmkit.config.schema import ConfigError, load_config
+from llmkit.config.schema import ConfigError, ConfigWarning, load_config
 from llmkit.data.pipeline import DataError, build_datasets
 from llmkit.data.rows import IGNORE_INDEX
 
@@ -310,6 +311,29 @@ def test_alpaca_chat_conversation_must_be_a_style(tmp_path):
         ConfigError, match=r"conversation: alpaca_chat takes a prompt style \(instruct, chat, chatml, phi\)"
     ):
         _load(tmp_path, [{"path": "a.jsonl", "type": "alpaca_chat", "conversation": "vicuna"}])
+
+
+@pytest.mark.parametrize(
+    ("keys", "top", "template"),
+    [
+        ({}, {}, "tokenizer_default"),
+        ({}, {"chat_template": "chatml"}, "chatml"),
+        ({"conversation": "chatml"}, {}, None),
+    ],
+)
+def test_sharegpt_without_conversation_says_which_template_renders_it(tmp_path, keys, top, template):
+    """Older axolotl rendered it with fastchat's vicuna_v1.1, current axolotl refuses the type: the template used
+    here is said, not left to be guessed."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigWarning)
+        cfg = _load(tmp_path, [{"path": "a.jsonl", "type": "sharegpt", **keys}], **top)
+    said = [note for note in cfg.notices if "sharegpt" in note]
+    if template is None:
+        assert not said and not caught
+        return
+    expected = f"datasets[0].type: sharegpt without conversation: rendered with chat_template {template}"
+    assert len(said) == 1 and said[0].startswith(expected) and "vicuna_v1.1" in said[0]
+    assert any(expected in str(warning.message) for warning in caught)
 
 
 # --- chat_template ---------------------------------------------------------------------------------------------
