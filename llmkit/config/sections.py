@@ -409,13 +409,14 @@ class GradientCheckpointingKwargs(BaseModel):
 class CustomPrompt(BaseModel):
     """A `type:` given as a mapping: axolotl's user-defined prompt (its defaults, its placeholders).
 
-    The prompt is `system_format` (when the row or `system_prompt` gives a system text), then `format` when the
+    The prompt is `system_format` (when the row gives a system text, or the data has no `field_system` field and
+    `system_prompt` gives one), then `format` when the
     row has an input, else `no_input_format`; the output follows, trained, then EOS.
     """
 
     model_config = _SECTION
 
-    system_prompt: str = Field("", description="System text for rows without the field_system field.")
+    system_prompt: str = Field("", description="System text where the data has no field_system field.")
     system_format: str = Field("{system}", description="How the system text is written; placeholder {system}.")
     field_system: str = Field("system", description="Row field holding a system text.")
     field_instruction: str = Field("instruction", description="Row field holding the instruction (required).")

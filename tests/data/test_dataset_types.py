@@ -219,24 +219,40 @@ def _expected(tokenizer, prompt: str, response: str) -> tuple[list[int], list[in
     return prompt_ids + response_ids, [IGNORE_INDEX] * len(prompt_ids) + response_ids
 
 
+CUSTOM = {
+    "system_prompt": "You are terse.",
+    "field_system": "sys",
+    "field_instruction": "q",
+    "field_input": "ctx",
+    "field_output": "a",
+    "format": "[INST] {instruction}\n{input} [/INST] ",
+    "no_input_format": "[INST] {instruction} [/INST] ",
+    "system_format": "<<SYS>>{system}<</SYS>>\n",
+}
+
+
 def test_a_user_defined_mapping_formats_each_row_as_axolotl(write_rows, make_cfg, tokenizer):
-    """Input or not, the row's own system text or the mapping's system_prompt; a missing input is a null cell."""
-    custom = {
-        "system_prompt": "You are terse.",
-        "field_system": "sys",
-        "field_instruction": "q",
-        "field_input": "ctx",
-        "field_output": "a",
-        "format": "[INST] {instruction}\n{input} [/INST] ",
-        "no_input_format": "[INST] {instruction} [/INST] ",
-        "system_format": "<<SYS>>{system}<</SYS>>\n",
-    }
-    rows = [{"q": "Sum?", "ctx": "1 and 2", "a": "3"}, {"q": "Capital of France?", "a": "Paris", "sys": "One word."}]
-    built = build_datasets(make_cfg([{"path": str(write_rows(rows, "jsonl")), "type": custom}]), tokenizer).train
+    """Input or not (a missing input is a null cell); the mapping's system_prompt where the data has no system."""
+    rows = [{"q": "Sum?", "ctx": "1 and 2", "a": "3"}, {"q": "Capital of France?", "a": "Paris"}]
+    built = build_datasets(make_cfg([{"path": str(write_rows(rows, "jsonl")), "type": CUSTOM}]), tokenizer).train
     assert _pairs(built) == sorted(
         [
             _expected(tokenizer, "<<SYS>>You are terse.<</SYS>>\n[INST] Sum?\n1 and 2 [/INST] ", "3"),
-            _expected(tokenizer, "<<SYS>>One word.<</SYS>>\n[INST] Capital of France? [/INST] ", "Paris"),
+            _expected(tokenizer, "<<SYS>>You are terse.<</SYS>>\n[INST] Capital of France? [/INST] ", "Paris"),
+        ]
+    )
+
+
+def test_a_rows_own_system_field_wins_even_empty_or_missing_from_the_row(write_rows, make_cfg, tokenizer):
+    """axolotl's `prompt[field_system] if field_system in prompt else system_prompt`: once the data has the field,
+    a row's "" (or a JSON row without the key, which datasets reads as null) writes no system line."""
+    rows = [{"q": "A?", "a": "a", "sys": "One word."}, {"q": "B?", "a": "b", "sys": ""}, {"q": "C?", "a": "c"}]
+    built = build_datasets(make_cfg([{"path": str(write_rows(rows, "jsonl")), "type": CUSTOM}]), tokenizer).train
+    assert _pairs(built) == sorted(
+        [
+            _expected(tokenizer, "<<SYS>>One word.<</SYS>>\n[INST] A? [/INST] ", "a"),
+            _expected(tokenizer, "[INST] B? [/INST] ", "b"),
+            _expected(tokenizer, "[INST] C? [/INST] ", "c"),
         ]
     )
 
