@@ -248,7 +248,8 @@ def make_chat_builder(
     here). The template is resolved, and warned about, once: here, not per row.
 
     Raises:
-        ValueError: the spec's chat template cannot be used (see `resolve_template`).
+        ValueError: the spec's chat template cannot be used (see `resolve_template`), or train_on_eot and
+            train_on_eos disagree on an EOS that is one of eot_tokens.
     """
     defaults = defaults or ChatDefaults()
     template = resolve_template(spec, tokenizer, defaults)
@@ -256,11 +257,17 @@ def make_chat_builder(
     eos = tokenizer.eos_token
     eot_tokens = list(defaults.eot_tokens) or ([eos] if eos else [])
     other_eos = [eos] if eos and eos not in eot_tokens else []  # an EOS after the end-of-turn token
+    train_on_eot = spec.train_on_eot or spec.train_on_eos
+    if eos in eot_tokens and train_on_eot != spec.train_on_eos:  # one token, two rules: axolotl refuses it too
+        raise ValueError(
+            f"train_on_eot: {train_on_eot} and train_on_eos: {spec.train_on_eos} disagree on the EOS {eos!r}, one of "
+            "eot_tokens (their default): set them alike, or set eot_tokens to the token the template ends a turn with"
+        )
     role_map = _role_map(spec)
     named = ["assistant"] if spec.roles_to_train is None else spec.roles_to_train  # [] trains no role
     trained_roles = {role_map.get(role, role) for role in named}
     # What ends a turn, and whether it is trained: the end-of-turn token, then an EOS that is not one of them.
-    ends = [(eot_tokens, spec.train_on_eot or spec.train_on_eos)]
+    ends = [(eot_tokens, train_on_eot)]
     if other_eos:
         ends.append((other_eos, spec.train_on_eos))
     unended = False  # warned already: the template ends a trained turn with none of eot_tokens

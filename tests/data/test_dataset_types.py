@@ -470,6 +470,26 @@ def test_eot_tokens_and_train_on_eot_choose_the_turn_ends_trained(write_rows, ma
     assert _trained_runs(tokenizer, row) == runs
 
 
+def test_train_on_eot_and_train_on_eos_that_disagree_on_the_eos_are_refused(
+    write_rows, make_cfg, tokenizer, tiny_config, tmp_path
+):
+    """As axolotl's ChatTemplateStrategy: the EOS is one of eot_tokens (their default), so the two would train it two
+    ways. Refused before a row is read, by preprocessing and by `llmkit validate`."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    path = write_rows([{"conversations": SHAREGPT}], "jsonl")
+    conflict = {**MAPPED, "path": str(path), "train_on_eos": "turn", "train_on_eot": "all"}
+    expected = "train_on_eot: all and train_on_eos: turn disagree on the EOS '<|im_end|>', one of eot_tokens"
+    with pytest.raises(DataError, match=re.escape(f"datasets[0] {path}: {expected}")):
+        build_datasets(make_cfg([conflict]), tokenizer)
+    other_end = {"eot_tokens": ["<|endoftext|>"]}  # the EOS is no end-of-turn token: each follows its own key
+    assert len(build_datasets(make_cfg([conflict], **other_end), tokenizer).train) == 1
+    result = CliRunner().invoke(app, ["validate", str(tiny_config(datasets=[conflict]))])
+    assert result.exit_code == 1 and expected in " ".join(result.output.split())
+
+
 def test_train_on_inputs_trains_every_content_but_never_the_role_headers(write_rows, make_cfg, tokenizer):
     cfg = make_cfg([{"path": str(write_rows([{"conversations": SHAREGPT}], "jsonl")), **MAPPED}], train_on_inputs=True)
     (row,) = build_datasets(cfg, tokenizer).train
