@@ -656,7 +656,10 @@ class ModelSection(BaseModel):
     revision_of_model: str | None = Field(None, description="Hub revision (branch, tag or commit) of base_model.")
     model_type: str | None = Field(None, description="transformers model class, e.g. LlamaForCausalLM; default Auto.")
     tokenizer_type: str | None = Field(None, description="transformers tokenizer class; default AutoTokenizer.")
-    tokenizer_config: str | None = Field(None, description="Where the tokenizer comes from; default base_model.")
+    tokenizer_config: str | None = Field(
+        None,
+        description="Where the tokenizer comes from (a folder of tokenizer files alone will do); default base_model.",
+    )
     special_tokens: SpecialTokens | None = Field(None, description="Tokens to set on the tokenizer.")
     tokens: list[str] | None = Field(
         None, description="New tokens added to the tokenizer (their embeddings need lora_modules_to_save)."

@@ -136,6 +136,17 @@ def test_a_split_that_leaves_no_training_row_is_an_error(write_rows, make_cfg, t
         build_datasets(cfg, tokenizer)
 
 
+def test_tokenizer_config_may_be_a_folder_of_tokenizer_files_alone(make_cfg, tokenizer, tmp_path):
+    """As axolotl loads it (AutoTokenizer): no config.json is needed beside the tokenizer's files."""
+    from llmkit.data.tokenizer import load_tokenizer
+
+    folder = tmp_path / "tokenizer-only"
+    tokenizer.save_pretrained(folder)
+    assert not (folder / "config.json").exists()
+    loaded = load_tokenizer(make_cfg(tokenizer_config=str(folder)))
+    assert loaded.get_vocab() == tokenizer.get_vocab() and loaded.chat_template == tokenizer.chat_template
+
+
 def test_a_local_folder_with_ds_type(make_cfg, tokenizer, tmp_path):
     folder = tmp_path / "texts"
     folder.mkdir()
