@@ -254,22 +254,10 @@ def make_chat_builder(
     defaults = defaults or ChatDefaults()
     template = resolve_template(spec, tokenizer, defaults)
     warn_missing_markers(template, tokenizer)
-    eos = tokenizer.eos_token
-    eot_tokens = list(defaults.eot_tokens) or ([eos] if eos else [])
-    other_eos = [eos] if eos and eos not in eot_tokens else []  # an EOS after the end-of-turn token
-    train_on_eot = spec.train_on_eot or spec.train_on_eos
-    if eos in eot_tokens and train_on_eot != spec.train_on_eos:  # one token, two rules: axolotl refuses it too
-        raise ValueError(
-            f"train_on_eot: {train_on_eot} and train_on_eos: {spec.train_on_eos} disagree on the EOS {eos!r}, one of "
-            "eot_tokens (their default): set them alike, or set eot_tokens to the token the template ends a turn with"
-        )
+    ends = _turn_ends(spec, tokenizer.eos_token, defaults.eot_tokens)
     role_map = _role_map(spec)
     named = ["assistant"] if spec.roles_to_train is None else spec.roles_to_train  # [] trains no role
     trained_roles = {role_map.get(role, role) for role in named}
-    # What ends a turn, and whether it is trained: the end-of-turn token, then an EOS that is not one of them.
-    ends = [(eot_tokens, train_on_eot)]
-    if other_eos:
-        ends.append((other_eos, spec.train_on_eos))
     unended = False  # warned already: the template ends a trained turn with none of eot_tokens
 
     def build(row: RawRow, _spec: DatasetSpec) -> Parts:  # the Builder signature; this one is bound to `spec`
@@ -307,7 +295,7 @@ def make_chat_builder(
                     "The chat template ends a trained turn with none of %s (eot_tokens; default: the tokenizer's "
                     "EOS), so no end-of-turn token is trained and the model may not learn to stop: set eot_tokens to "
                     "the token the template ends a turn with",
-                    [*eot_tokens, *other_eos],
+                    [token for tokens, _ in ends for token in tokens],
                 )
             segments.append(Segment(rest, False))
             done = full
@@ -318,6 +306,26 @@ def make_chat_builder(
         return Parts(kept, add_eos=False, add_special_tokens=False, joined=True, final_labels=True)
 
     return build
+
+
+def _turn_ends(spec: DatasetSpec, eos: str | None, eot_tokens: tuple[str, ...]) -> list[tuple[list[str], str]]:
+    """What ends a turn, each with its train_on_* policy: the end-of-turn tokens (default: the EOS), then an EOS
+    that is not one of them.
+
+    Raises:
+        ValueError: train_on_eot and train_on_eos disagree while the EOS is one of eot_tokens (axolotl refuses it
+            too: one token, two rules).
+    """
+    turn_end = list(eot_tokens) or ([eos] if eos else [])
+    train_on_eot = spec.train_on_eot or spec.train_on_eos
+    if eos in turn_end and train_on_eot != spec.train_on_eos:
+        raise ValueError(
+            f"train_on_eot: {train_on_eot} and train_on_eos: {spec.train_on_eos} disagree on the EOS {eos!r}, one of "
+            "eot_tokens (their default): set them alike, or set eot_tokens to the token the template ends a turn with"
+        )
+    if eos and eos not in turn_end:
+        return [(turn_end, train_on_eot), ([eos], spec.train_on_eos)]
+    return [(turn_end, train_on_eot)]
 
 
 class _Renderer:
