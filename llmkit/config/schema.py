@@ -163,6 +163,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         blocking = [key.describe() for key in ignored if not key.known or key.effective]
         if cfg.strict and (blocking or notices):
             raise ValueError("strict: true forbids these keys: " + "; ".join(blocking + notices))
+        cfg._notices += _sharegpt_notices(cfg)  # what the data will mean, not a key: said even under strict
         if cfg.warning_message():
             warnings.warn(cfg.warning_message(), ConfigWarning, stacklevel=2)
         return cfg
@@ -589,6 +590,23 @@ def _migrate_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         data["peft_method"] = data.pop("peft")
         notices.append(f"peft: {peft} is this project's old spelling; use peft_method: {peft}")
     return data, notices
+
+
+def _sharegpt_notices(cfg: AxolotlConfig) -> list[str]:
+    """`type: sharegpt` without `conversation:` renders with the template chat_template would: the old meaning is
+    gone (axolotl before 0.5 used fastchat's vicuna_v1.1; current axolotl refuses sharegpt), so say which."""
+    notices = []
+    for key, i, spec in cfg.dataset_entries():
+        if spec.type is DatasetType.sharegpt and not (
+            spec.conversation or spec.chat_template or spec.chat_template_jinja
+        ):
+            choice = spec.template_choice(cfg.chat_template, cfg.chat_template_jinja)[0]
+            notices.append(
+                f"{key}[{i}].type: sharegpt without conversation: rendered with chat_template {choice}, as "
+                "type: chat_template would be (axolotl before 0.5 used fastchat's vicuna_v1.1 here; current axolotl "
+                "refuses sharegpt): write type: chat_template, or name the template with conversation:"
+            )
+    return notices
 
 
 def _resolve_local(path: str, base: Path) -> str:

@@ -409,13 +409,14 @@ class GradientCheckpointingKwargs(BaseModel):
 class CustomPrompt(BaseModel):
     """A `type:` given as a mapping: axolotl's user-defined prompt (its defaults, its placeholders).
 
-    The prompt is `system_format` (when the row or `system_prompt` gives a system text), then `format` when the
+    The prompt is `system_format` (when the row gives a system text, or the data has no `field_system` field and
+    `system_prompt` gives one), then `format` when the
     row has an input, else `no_input_format`; the output follows, trained, then EOS.
     """
 
     model_config = _SECTION
 
-    system_prompt: str = Field("", description="System text for rows without the field_system field.")
+    system_prompt: str = Field("", description="System text where the data has no field_system field.")
     system_format: str = Field("{system}", description="How the system text is written; placeholder {system}.")
     field_system: str = Field("system", description="Row field holding a system text.")
     field_instruction: str = Field("instruction", description="Row field holding the instruction (required).")
@@ -636,6 +637,16 @@ class DatasetSpec(BaseModel):
             keys["content"] = self.message_field_content
         return keys
 
+    def template_choice(self, default: str | None, default_jinja: str | None) -> tuple[str, str | None, str]:
+        """(the chat template a chat entry renders with, its Jinja text or file, the key that names it), as axolotl
+        chooses: the entry's chat_template (or chat_template_jinja), sharegpt's older `conversation`, else the
+        config's top-level `default` (or `default_jinja`), else tokenizer_default."""
+        if choice := self.chat_template or ("jinja" if self.chat_template_jinja else None):
+            return choice, self.chat_template_jinja, "chat_template"
+        if self.type is DatasetType.sharegpt and self.conversation:
+            return self.conversation, self.chat_template_jinja, "conversation"
+        return default or ("jinja" if default_jinja else "tokenizer_default"), default_jinja, "chat_template"
+
 
 class ModelSection(BaseModel):
     model_config = _SECTION
@@ -645,7 +656,10 @@ class ModelSection(BaseModel):
     revision_of_model: str | None = Field(None, description="Hub revision (branch, tag or commit) of base_model.")
     model_type: str | None = Field(None, description="transformers model class, e.g. LlamaForCausalLM; default Auto.")
     tokenizer_type: str | None = Field(None, description="transformers tokenizer class; default AutoTokenizer.")
-    tokenizer_config: str | None = Field(None, description="Where the tokenizer comes from; default base_model.")
+    tokenizer_config: str | None = Field(
+        None,
+        description="Where the tokenizer comes from (a folder of tokenizer files alone will do); default base_model.",
+    )
     special_tokens: SpecialTokens | None = Field(None, description="Tokens to set on the tokenizer.")
     tokens: list[str] | None = Field(
         None, description="New tokens added to the tokenizer (their embeddings need lora_modules_to_save)."

@@ -31,8 +31,8 @@ def validate(
         strict: report unknown and unimplemented keys as errors, whatever the file's `strict:` says.
         model_config: the base model's config.json (or a folder with one), when llmkit cannot find it.
         count_tokens: counts the training split's tokens (llmkit.data.tokenizer.count_training_tokens, which the
-            CLI passes: tokenizing is the data stage's work, after this one); None: the plan counts from max_steps
-            or rows instead.
+            CLI passes: tokenizing is the data stage's work, after this one; its ConfigError, for bad data, is the
+            config's error); None: the plan counts from max_steps or rows instead.
         tokenizer_problems: what training would meet in the tokenizer, given the model's vocab_size
             (llmkit.data.tokenizer.tokenizer_problems, which the CLI passes); each is reported as a config problem.
         console: a rich Console to print to (default: stdout, errors to stderr).

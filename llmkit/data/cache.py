@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 # Bump when tokenization, masking or packing changes, so old entries are not reused.
-PREPARED_FORMAT = 3  # 2: chat turns train content and EOS only (axolotl's masking); 3: no EOS after an EOS
+# 2: chat turns train content and EOS only (axolotl's masking); 3: no EOS after an EOS; 4: an empty answer trains no
+# EOS, and a user-defined row's own empty or null system field writes no system line (as axolotl)
+PREPARED_FORMAT = 4
 
 
 def _file_digests(path: Path) -> list[tuple[str, str]]:

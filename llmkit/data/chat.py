@@ -3,7 +3,8 @@
 A chat template renders the conversation. The content of each trained turn is trained, and so is the token that
 ends the turn: the first of `eot_tokens` (default: the tokenizer's EOS) right after the content, trained as
 `train_on_eot` says (turn, all, last or none; default: `train_on_eos`); an EOS that is not one of `eot_tokens` and
-follows it is trained as `train_on_eos` says. Role headers and the template's other text stay masked. A turn is
+follows it is trained as `train_on_eos` says. A turn with empty content trains nothing, its end token included
+(axolotl finds no turn there). Role headers and the template's other text stay masked. A turn is
 trained when its role is in `roles_to_train` (default: assistant), when train_on_inputs is set,
 or when the message's own `message_field_training` flag says so. Messages are read through
 `message_property_mappings` (or the older `message_field_role` / `message_field_content`), their role names
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from jinja2 import TemplateError
 
-from llmkit.config.sections import DatasetSpec, DatasetType
+from llmkit.config.sections import DatasetSpec
 from llmkit.data.fields import Builder, FieldError, text_field
 from llmkit.data.rows import Parts, RawRow, Segment
 
@@ -111,12 +112,7 @@ def resolve_template(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, defa
     Raises:
         ValueError: a name this project does not ship, or tokenizer_default for a tokenizer without a template.
     """
-    choice = spec.chat_template or ("jinja" if spec.chat_template_jinja else None)
-    key = "chat_template"
-    if choice is None and spec.type is DatasetType.sharegpt and spec.conversation:
-        choice, key = spec.conversation, "conversation"  # sharegpt's older way of naming its template
-    jinja = spec.chat_template_jinja if choice else defaults.jinja
-    choice = choice or defaults.template or ("jinja" if defaults.jinja else "tokenizer_default")
+    choice, jinja, key = spec.template_choice(defaults.template, defaults.jinja)
     return _template_text(choice, jinja, tokenizer, defaults.base_dir, key)
 
 
@@ -144,17 +140,20 @@ def _template_text(
             )
         choice = choice.removeprefix(_FALLBACK)
     if choice in CHAT_TEMPLATES:
-        _warn_missing_markers(choice, tokenizer)
         return CHAT_TEMPLATES[choice]
     if "{{" in choice or "{%" in choice:
         return choice
     raise ValueError(f"{key} {choice!r}: not one of {', '.join(CHAT_TEMPLATES)}, {TEMPLATE_CHOICES}")
 
 
-def _warn_missing_markers(choice: str, tokenizer: PreTrainedTokenizerBase) -> None:
-    """A named template's turn markers (`<|eot_id|>`, `<|im_end|>`, `<end_of_turn>`) that are no token of this
-    tokenizer become several ordinary tokens: the text trains, but the end of a turn is no single stop token."""
-    markers = dict.fromkeys(re.findall(r"<\|[a-z_]+\|>|<(?:start|end)_of_turn>", CHAT_TEMPLATES[choice]))
+def warn_missing_markers(template: str, tokenizer: PreTrainedTokenizerBase) -> None:
+    """When `template` is a named one: its turn markers (`<|eot_id|>`, `<|im_end|>`, `<end_of_turn>`) that are no
+    token of this tokenizer become several ordinary tokens: the text trains, but the end of a turn is no single stop
+    token. Called once per dataset (get_vocab is slow), not by `resolve_template`, which runs per cache key too."""
+    choice = next((name for name, text in CHAT_TEMPLATES.items() if text == template), None)
+    if choice is None:
+        return
+    markers = dict.fromkeys(re.findall(r"<\|[a-z_]+\|>|<(?:start|end)_of_turn>", template))
     vocabulary = tokenizer.get_vocab()
     missing = [marker for marker in markers if marker not in vocabulary]
     if missing:
@@ -240,25 +239,31 @@ def _message(
 
 
 def make_chat_builder(
-    tokenizer: PreTrainedTokenizerBase, train_on_inputs: bool = False, defaults: ChatDefaults | None = None
+    spec: DatasetSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    train_on_inputs: bool = False,
+    defaults: ChatDefaults | None = None,
 ) -> Builder:
-    """The chat_template builder for this tokenizer; labels are final (train_on_inputs applied here)."""
-    defaults = defaults or ChatDefaults()
-    eos = tokenizer.eos_token
-    eot_tokens = list(defaults.eot_tokens) or ([eos] if eos else [])
-    other_eos = [eos] if eos and eos not in eot_tokens else []  # an EOS after the end-of-turn token
-    unended: set[str] = set()  # templates already warned about: a trained turn they end with none of eot_tokens
+    """The chat_template builder for `spec`'s rows and this tokenizer; labels are final (train_on_inputs applied
+    here). The template is resolved, and warned about, once: here, not per row.
 
-    def build(row: RawRow, spec: DatasetSpec) -> Parts:
+    Raises:
+        ValueError: the spec's chat template cannot be used (see `resolve_template`), or train_on_eot and
+            train_on_eos disagree on an EOS that is one of eot_tokens.
+    """
+    defaults = defaults or ChatDefaults()
+    template = resolve_template(spec, tokenizer, defaults)
+    warn_missing_markers(template, tokenizer)
+    ends = _turn_ends(spec, tokenizer.eos_token, defaults.eot_tokens)
+    role_map = _role_map(spec)
+    named = ["assistant"] if spec.roles_to_train is None else spec.roles_to_train  # [] trains no role
+    trained_roles = {role_map.get(role, role) for role in named}
+    unended = False  # warned already: the template ends a trained turn with none of eot_tokens
+
+    def build(row: RawRow, _spec: DatasetSpec) -> Parts:  # the Builder signature; this one is bound to `spec`
+        nonlocal unended
         field, messages = chat_messages(row, spec)
-        role_map = _role_map(spec)
-        named = ["assistant"] if spec.roles_to_train is None else spec.roles_to_train  # [] trains no role
-        trained_roles = {role_map.get(role, role) for role in named}
-        render = _Renderer(tokenizer, resolve_template(spec, tokenizer, defaults), field)
-        # What ends a turn, and whether it is trained: the end-of-turn token, then an EOS that is not one of them.
-        ends = [(eot_tokens, spec.train_on_eot or spec.train_on_eos)]
-        if other_eos:
-            ends.append((other_eos, spec.train_on_eos))
+        render = _Renderer(tokenizer, template, field)
         segments: list[Segment] = []
         done, last_ends = "", {}
         for i, message in enumerate(messages):
@@ -267,7 +272,9 @@ def make_chat_builder(
             if not full.startswith(done):
                 raise FieldError(field, "cannot be split into turns: the chat template is not incremental")
             span = _content_span(full, render([*messages[:i], {**message, "content": _DUMMY}]), len(done))
-            if span is None:  # the template leaves this message out (a role it skips): nothing to train, as axolotl
+            # The template leaves this message out (a role it skips), or its content is empty: axolotl's find_turn
+            # finds no turn, so neither the content nor the turn's end token trains.
+            if span is None:
                 segments.append(Segment(full[len(done) :], False))
                 done = full
                 continue
@@ -281,14 +288,14 @@ def make_chat_builder(
                     last_ends[kind] = len(segments) + 1
                 ended = ended or bool(token)
                 segments += [Segment(gap, False), Segment(token, policy == "all" or (policy == "turn" and train))]
-            if train and not ended and render.template not in unended:
-                unended.add(render.template)
-                # As in axolotl; but the model then never learns to stop, so say so (once per template).
+            if train and not ended and not unended:
+                unended = True
+                # As in axolotl; but the model then never learns to stop, so say so (once per dataset).
                 LOG.warning(
                     "The chat template ends a trained turn with none of %s (eot_tokens; default: the tokenizer's "
                     "EOS), so no end-of-turn token is trained and the model may not learn to stop: set eot_tokens to "
                     "the token the template ends a turn with",
-                    [*eot_tokens, *other_eos],
+                    [token for tokens, _ in ends for token in tokens],
                 )
             segments.append(Segment(rest, False))
             done = full
@@ -299,6 +306,26 @@ def make_chat_builder(
         return Parts(kept, add_eos=False, add_special_tokens=False, joined=True, final_labels=True)
 
     return build
+
+
+def _turn_ends(spec: DatasetSpec, eos: str | None, eot_tokens: tuple[str, ...]) -> list[tuple[list[str], str]]:
+    """What ends a turn, each with its train_on_* policy: the end-of-turn tokens (default: the EOS), then an EOS
+    that is not one of them.
+
+    Raises:
+        ValueError: train_on_eot and train_on_eos disagree while the EOS is one of eot_tokens (axolotl refuses it
+            too: one token, two rules).
+    """
+    turn_end = list(eot_tokens) or ([eos] if eos else [])
+    train_on_eot = spec.train_on_eot or spec.train_on_eos
+    if eos in turn_end and train_on_eot != spec.train_on_eos:
+        raise ValueError(
+            f"train_on_eot: {train_on_eot} and train_on_eos: {spec.train_on_eos} disagree on the EOS {eos!r}, one of "
+            "eot_tokens (their default): set them alike, or set eot_tokens to the token the template ends a turn with"
+        )
+    if eos and eos not in turn_end:
+        return [(turn_end, train_on_eot), ([eos], spec.train_on_eos)]
+    return [(turn_end, train_on_eot)]
 
 
 class _Renderer:
@@ -330,13 +357,14 @@ def _content(turn: dict, key: str, where: str) -> str:
 
 
 def _content_span(full: str, dummy: str, done: int) -> tuple[int, int] | None:
-    """Where the last turn's content sits in `full`, found against a render with `_DUMMY` as that content."""
+    """Where the last turn's content sits in `full`, found against a render with `_DUMMY` as that content; None when
+    the template leaves the turn out or renders its content empty."""
     start = len(os.path.commonprefix([full, dummy]))
     if start < done or not dummy.startswith(_DUMMY, start):
         return None
     tail = dummy[start + len(_DUMMY) :]
     end = len(full) - len(tail)
-    return (start, end) if full.endswith(tail) and end >= start else None
+    return (start, end) if full.endswith(tail) and end > start else None
 
 
 def _split_end(tokenizer: PreTrainedTokenizerBase, tail: str, tokens: list[str]) -> tuple[str, str, str]:

@@ -222,7 +222,10 @@ def build_custom(row: RawRow, spec: DatasetSpec) -> Parts:
     """axolotl's user-defined format: the `type:` mapping names the fields and the layout."""
     custom = spec.type
     assert isinstance(custom, CustomPrompt)  # the pipeline picks this builder for mappings only
-    system = text_field(row, custom.field_system, optional=True) or custom.system_prompt
+    # axolotl's `row[field_system] if field_system in row else system_prompt`: a row's "" or null (a JSON row
+    # without the key, where other rows have it) writes no system line; system_prompt is for data without the field.
+    field = custom.field_system
+    system = text_field(row, field, optional=True) if field in row else custom.system_prompt
     turn = Turn(custom.format, custom.no_input_format, custom.system_format)
     instruction = text_field(row, custom.field_instruction)
     prompt = layout(turn, system, instruction, text_field(row, custom.field_input, optional=True))

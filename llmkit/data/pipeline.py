@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 from datasets import Dataset, concatenate_datasets
 
 from llmkit.data.cache import cache_key, load_prepared, save_prepared
-from llmkit.data.chat import ChatDefaults, resolve_template
+from llmkit.data.chat import ChatDefaults
 from llmkit.data.packing import make_collator, pack_dataset
-from llmkit.data.prompts import CHAT_TYPES, builder_for
+from llmkit.data.prompts import builder_for
 from llmkit.data.rows import IGNORE_INDEX, Parts, RawRow, TokenizedRow
 from llmkit.data.sources import DataError, convert_rows, load_rows, row_texts, source_name, split_held_out
 from llmkit.data.stats import DatasetStats, DataStats, stats_table
@@ -131,10 +131,7 @@ def _row_tokens(cfg: AxolotlConfig, spec: DatasetSpec, tokenize: Tokenize) -> Ca
     if spec.user_module:
         strategy = load_strategy(spec, cfg, tokenize.tokenizer)
         return lambda row: tokenize_row(strategy, row)
-    chat = ChatDefaults.from_config(cfg)
-    build = builder_for(spec, tokenize.tokenizer, cfg.train_on_inputs, chat)
-    if spec.base_type in CHAT_TYPES:
-        resolve_template(spec, tokenize.tokenizer, chat)
+    build = builder_for(spec, tokenize.tokenizer, cfg.train_on_inputs, ChatDefaults.from_config(cfg))
     return lambda row: tokenize(build(row, spec))
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 from datasets import Dataset, concatenate_datasets
 
 from llmkit.config.sections import DatasetSpec, PreferenceType
-from llmkit.data.chat import ChatDefaults, resolve_template
+from llmkit.data.chat import ChatDefaults, resolve_template, warn_missing_markers
 from llmkit.data.fields import FieldError, absent, text_field
 from llmkit.data.rows import RawRow
 from llmkit.data.sources import DataError, convert_rows, load_rows, source_name, split_held_out
@@ -228,7 +228,9 @@ def preference_builder(
         raise ValueError(f"type {spec.type!r} is not a preference dataset type; supported: {names}")
     kind = PreferenceType(spec.type)
     if kind is PreferenceType.chat_template_default:
-        build = _template_builder(spec, tokenizer, resolve_template(spec, tokenizer, defaults or ChatDefaults()))
+        template = resolve_template(spec, tokenizer, defaults or ChatDefaults())
+        warn_missing_markers(template, tokenizer)
+        build = _template_builder(spec, tokenizer, template)
     else:
         build = _formatted_builder(kind)
     return _without_double_bos(build, tokenizer)

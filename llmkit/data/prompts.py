@@ -32,8 +32,8 @@ __all__ = [
     "Builder",
     "ChatDefaults",
     "FieldError",
+    "STATIC_BUILDERS",
     "builder_for",
-    "builders_for",
     "resolve_template",
     "text_field",
 ]
@@ -63,21 +63,14 @@ def build_input_output(row: RawRow, spec: DatasetSpec) -> Parts:
 
 
 CHAT_TYPES = (DatasetType.chat_template, DatasetType.sharegpt)
-# Builders that need no tokenizer; the chat types are added per tokenizer by `builders_for`.
+# Builders that need no tokenizer; a chat type's builder is made per dataset by `builder_for` (a test checks that
+# these and CHAT_TYPES cover every `DatasetType`, the only names the config admits).
 STATIC_BUILDERS: dict[DatasetType, Builder] = {
     **{kind: instruction_builder(fmt) for kind, fmt in INSTRUCTION_FORMATS.items()},
     DatasetType.gpt4all: build_gpt4all,
     DatasetType.completion: build_completion,
     DatasetType.input_output: build_input_output,
 }
-
-
-def builders_for(
-    tokenizer: PreTrainedTokenizerBase, train_on_inputs: bool = False, chat: ChatDefaults | None = None
-) -> dict[DatasetType, Builder]:
-    """A builder for every `DatasetType` (the config admits no other name; a test checks each has one)."""
-    chat_builder = make_chat_builder(tokenizer, train_on_inputs, chat)
-    return {**STATIC_BUILDERS, **dict.fromkeys(CHAT_TYPES, chat_builder)}
 
 
 def builder_for(
@@ -89,7 +82,8 @@ def builder_for(
     """The builder for one dataset spec: its named type (`alpaca:chat` is alpaca's), or the user-defined mapping.
 
     Raises:
-        ValueError: a type name that names no builder (user modules tokenize for themselves: see user_strategy).
+        ValueError: a type name that names no builder (user modules tokenize for themselves: see user_strategy), or
+            a chat template that cannot be used.
     """
     if isinstance(spec.type, CustomPrompt):
         return build_custom
@@ -97,5 +91,5 @@ def builder_for(
     if kind is None:
         raise ValueError(f"type {spec.type!r} is a user module, not a prompt builder")
     if kind in CHAT_TYPES:
-        return make_chat_builder(tokenizer, train_on_inputs, chat)
+        return make_chat_builder(spec, tokenizer, train_on_inputs, chat)
     return STATIC_BUILDERS[kind]

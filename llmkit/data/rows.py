@@ -45,8 +45,12 @@ class Parts:
 
     @classmethod
     def prompt_response(cls, prompt: str, response: str) -> Parts:
-        """The instruction types' shape: a masked prompt, then the trained response and EOS."""
-        return cls((Segment(prompt, False), Segment(response, True)))
+        """The instruction types' shape: a masked prompt, then the trained response and EOS.
+
+        An empty response gets no EOS either: axolotl tokenizes the response alone, and `_tokenize("")` gives no
+        tokens, so the row has nothing to train (and is dropped) rather than a lone EOS.
+        """
+        return cls((Segment(prompt, False), Segment(response, True)), add_eos=bool(response))
 
 
 class TokenizedRow(TypedDict):

@@ -187,22 +187,38 @@ def _usable(row: RawRow, check: RowCheck) -> bool:
     return True
 
 
-def _json_rows(path: Path) -> list[Any]:
-    """The file's top-level values, one per row: any JSON (a row that is no object is what the caller reports)."""
+def _json_rows(path: Path) -> tuple[list[Any], list[int] | None]:
+    """The file's top-level values, one per row (any JSON: a row that is no object is what the caller reports), and
+    each row's line in a JSON-lines file, whose blank lines are no rows (None for one JSON document)."""
     text = path.read_text(encoding="utf-8")
     try:
         rows = json.loads(text)
-        return rows if isinstance(rows, list) else [rows]
+        return (rows if isinstance(rows, list) else [rows]), None
     except json.JSONDecodeError:
         pass
-    rows = []
+    rows, lines = [], []
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}: row {len(rows) + 1} (line {number}): not valid JSON: {err}") from None
-    return rows
+            lines.append(number)
+    return rows, lines
+
+
+def _row_place(index: int, lines: list[int] | None) -> str:
+    """How errors name row `index` (from 0): `row 3`, or `row 3 (line 4)` where blank lines make the two differ."""
+    line = lines[index] if lines else index + 1
+    return f"row {index + 1}" + (f" (line {line})" if line != index + 1 else "")
+
+
+def _file_row_place(source: str, index: int) -> str:
+    """`_row_place` for a row of `source`: lines only count in a local JSON file (a selecting split or a shard's
+    source is no file, nor are its row numbers the file's)."""
+    path = Path(source)
+    is_json = path.is_file() and path.suffix.lower() in (".json", ".jsonl")
+    return _row_place(index, _json_rows(path)[1] if is_json else None)
 
 
 def find_bad_json_row(path: Path, check: RowCheck) -> None:
@@ -211,11 +227,11 @@ def find_bad_json_row(path: Path, check: RowCheck) -> None:
     Rows are checked in order, with the type's own check too, so the first bad row is the one reported. Returns
     when no row is bad by these rules (e.g. a key repeated in one object): the caller reports datasets' error.
     """
-    rows = _json_rows(path)
+    rows, lines = _json_rows(path)
     if not rows:
         raise DataError(f"{path}: the dataset is empty (no rows)")
     for index, row in enumerate(rows):
-        where = f"{path}: row {index + 1}"
+        where = f"{path}: {_row_place(index, lines)}"
         if not isinstance(row, dict):
             raise DataError(f"{where}: must be an object, got {type(row).__name__}")
         try:
@@ -233,7 +249,8 @@ def convert_rows(
     fingerprint: str | None = None,
 ) -> Dataset:
     """Each raw row through `convert` (one row in, any number of rows with `columns` out), batched through
-    `datasets`; a row `convert` cannot use is a DataError naming the source and the row (counted from 1)."""
+    `datasets`; a row `convert` cannot use is a DataError naming the source and the row (counted from 1, with its
+    line where they differ)."""
 
     def convert_batch(batch: RawColumns, indices: list[int]) -> dict[str, list]:
         out: dict[str, list] = {column: [] for column in columns}
@@ -241,7 +258,8 @@ def convert_rows(
             try:
                 made = convert(dict(zip(batch, values, strict=True)))
             except RowError as err:
-                raise DataError(f"{source}: row {index + 1}: {_file_row_error(source, index, convert, err)}") from None
+                problem = _file_row_error(source, index, convert, err)
+                raise DataError(f"{source}: {_file_row_place(source, index)}: {problem}") from None
             for row in made:
                 for column in columns:
                     out[column].append(row[column])
@@ -269,7 +287,7 @@ def _file_row_error(source: str, index: int, convert: Callable[[RawRow], object]
     if path.suffix.lower() not in (".json", ".jsonl"):
         return err
     try:
-        convert(_json_rows(path)[index])
+        convert(_json_rows(path)[0][index])
     except RowError as raw_err:
         return raw_err
     return err

@@ -6,6 +6,7 @@ Training, preprocessing, the benchmark and `llmkit validate` all take it from `l
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import transformers
@@ -50,12 +51,20 @@ def tokenizer_problems(cfg: AxolotlConfig, vocab_size: int | None) -> list[str]:
 
 
 def _pretrained_tokenizer(cfg: AxolotlConfig) -> Any:
-    source = resolve_model(cfg.tokenizer_config or cfg.base_model, cfg.revision_of_model).path
+    source = _tokenizer_source(cfg)
     tokenizer_cls = getattr(transformers, cfg.tokenizer_type or "AutoTokenizer")
     options: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.tokenizer_legacy is not None:
         options["legacy"] = cfg.tokenizer_legacy
     return tokenizer_cls.from_pretrained(source, **options)
+
+
+def _tokenizer_source(cfg: AxolotlConfig) -> Path:
+    """Where the tokenizer loads from: a local `tokenizer_config` folder as it is (tokenizer files alone will do, as
+    axolotl's AutoTokenizer reads them; a model folder needs config.json), else the model `resolve_model` finds."""
+    if cfg.tokenizer_config and (folder := Path(cfg.tokenizer_config).expanduser()).is_dir():
+        return folder
+    return resolve_model(cfg.tokenizer_config or cfg.base_model, cfg.revision_of_model).path
 
 
 def _configured_tokenizer(cfg: AxolotlConfig, tokenizer: Any) -> Any:
@@ -79,7 +88,12 @@ def _configured_tokenizer(cfg: AxolotlConfig, tokenizer: Any) -> Any:
 
 def count_training_tokens(cfg: AxolotlConfig) -> int | None:
     """Tokens in one epoch of the training split, for the training-time projection; None when the data cannot be
-    tokenized here offline (a hub dataset or tokenizer, preference rows, a bad file)."""
+    tokenized here offline (a hub dataset or tokenizer, preference rows, a tokenizer that does not load).
+
+    Raises:
+        ConfigError: bad data (a file, row or field; nothing left to train on): training would stop on it, so
+            `llmkit validate` refuses the config with the data pipeline's message.
+    """
     from llmkit.config.plan import tokens_countable_here
     from llmkit.data import DataError, epoch_tokens
 
@@ -87,5 +101,7 @@ def count_training_tokens(cfg: AxolotlConfig) -> int | None:
         return None
     try:
         return epoch_tokens(cfg, load_tokenizer(cfg))
-    except (DataError, OSError, ValueError):
+    except DataError as err:
+        raise ConfigError([str(err)], cfg.source) from None
+    except (OSError, ValueError):
         return None

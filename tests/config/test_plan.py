@@ -357,6 +357,14 @@ def test_validate_reports_a_chat_dataset_on_a_tokenizer_without_a_template(tiny_
     assert f"datasets[0] {chats}: chat_template tokenizer_default: the tokenizer has no chat template" in output
 
 
+def test_validate_refuses_a_bad_row_that_training_would_stop_on(tiny_config, tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n" + json.dumps({"instruction": "c"}) + "\n")
+    status, output = _validate_output(tiny_config(datasets=[{"path": str(rows), "type": "alpaca"}]))
+    assert status == 1
+    assert f"{rows}: row 2: field 'output' is missing" in output  # the data pipeline's own message
+
+
 def test_a_wandb_project_without_wandb_is_a_warning_not_a_refusal(tiny_config, caplog):
     """axolotl installs wandb, so its configs name projects (phi3-ft.yml): validate said nothing and `train` then
     refused the config. Now both say it, and train logs to TensorBoard alone."""

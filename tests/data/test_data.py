@@ -533,14 +533,24 @@ def test_skill_config_names_its_helm_run_entry_and_trains_on_the_skill_data():
     assert cfg.do_causal_lm_eval and cfg.val_set_size > 0
 
 
-def test_a_named_template_whose_turn_markers_the_tokenizer_lacks_is_warned_about(tokenizer, caplog):
-    from llmkit.config.sections import DatasetSpec
-    from llmkit.data.chat import ChatDefaults, resolve_template
+def test_a_named_template_is_resolved_and_its_missing_turn_markers_warned_about_once_per_dataset(
+    write_rows, make_cfg, tokenizer, caplog, monkeypatch
+):
+    from llmkit.data import chat
 
-    spec = DatasetSpec(path="unused.jsonl", type="chat_template", chat_template="llama3")
+    resolved = []
+    resolve = chat.resolve_template
+    monkeypatch.setattr(chat, "resolve_template", lambda *args: resolved.append(args) or resolve(*args))
+    rows = [
+        {"messages": [{"role": "user", "content": f"{n}?"}, {"role": "assistant", "content": str(n)}]}
+        for n in range(20)
+    ]
+    path = write_rows(rows, "jsonl")
     with caplog.at_level("WARNING", logger="llmkit.data.chat"):
-        resolve_template(spec, tokenizer, ChatDefaults())
-    assert "chat_template llama3: <|start_header_id|>, <|end_header_id|>, <|eot_id|> are not tokens" in caplog.text
+        build_datasets(make_cfg([{"path": str(path), "type": "chat_template", "chat_template": "llama3"}]), tokenizer)
+    warning = "chat_template llama3: <|start_header_id|>, <|end_header_id|>, <|eot_id|> are not tokens"
+    assert caplog.text.count(warning) == 1
+    assert len(resolved) <= 2  # the rows' builder and the prepared data's key: not once per row
     caplog.clear()
-    resolve_template(spec.model_copy(update={"chat_template": "chatml"}), tokenizer, ChatDefaults())
-    assert not caplog.text  # SmolLM2's vocabulary has <|im_start|> and <|im_end|>
+    build_datasets(make_cfg([{"path": str(path), "type": "chat_template", "chat_template": "chatml"}]), tokenizer)
+    assert "are not tokens" not in caplog.text  # SmolLM2's vocabulary has <|im_start|> and <|im_end|>

@@ -20,15 +20,15 @@ from llmkit.data import default_dataset, shipped, skill_dataset, sources
 from llmkit.data.cache import save_prepared
 from llmkit.data.packing import pack_dataset
 from llmkit.data.pipeline import DataError, build_datasets, make_collator, stats_table
-from llmkit.data.prompts import builders_for
+from llmkit.data.prompts import CHAT_TYPES, STATIC_BUILDERS
 from llmkit.data.rows import IGNORE_INDEX
 
 ALPACA_ROW = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
 CHAT = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}]
 
 
-def test_every_config_dataset_type_has_a_builder(tokenizer):
-    assert set(builders_for(tokenizer)) == set(DatasetType)
+def test_every_config_dataset_type_has_a_builder():
+    assert set(STATIC_BUILDERS) | set(CHAT_TYPES) == set(DatasetType)
 
 
 def _fails(make_cfg, tokenizer, path: Path, kind: str, expected: str, **spec: str) -> None:
@@ -57,6 +57,9 @@ BAD_FILES = [
     ("scalar.json", "5", r"row 1: must be an object, got int"),
     ("list.json", f"[{ROW_1}, [1]]", r"row 2: must be an object, got list"),
     ("broken.jsonl", f'{ROW_1}\n{{"instruction": \n', r"row 2 \(line 2\): not valid JSON"),
+    # blank lines are no rows: the line is named too where the two numbers differ
+    ("blank.jsonl", f'{ROW_1}\n\n{ROW_1}\n{{"instruction": "c"}}\n', r"row 3 \(line 4\): field 'output' is missing"),
+    ("blank-list.jsonl", f"{ROW_1}\n\n[1]\n", r"row 2 \(line 3\): must be an object, got list"),
     # the first bad row is reported, whether the builder or the reader finds it
     ("first.jsonl", f'{ROW_1}\n{{"instruction": "c"}}\n[1]\n', r"row 2: field 'output' is missing"),
     # datasets reads a field whose JSON type changes (as Json): only the row that is no object is wrong
@@ -101,6 +104,23 @@ def test_rows_with_nothing_to_train_on_are_dropped_and_counted(write_rows, make_
     assert (stats.rows, stats.kept, stats.dropped_untrained) == (3, 1, 2)
 
 
+def test_an_empty_answer_trains_nothing_not_even_eos_and_its_row_is_dropped(write_rows, make_cfg, tokenizer):
+    """As axolotl: `_tokenize("")` gives no tokens and no EOS; a chat turn with empty content is not found, so neither
+    it nor its end token trains. A row left with nothing trained is dropped and counted."""
+    custom = {"field_instruction": "instruction", "field_output": "output"}
+    for kind, silent in [("alpaca", {**ALPACA_ROW, "output": ""}), (custom, {"instruction": "Say nothing."})]:
+        cfg = make_cfg([{"path": str(write_rows([ALPACA_ROW, silent], "jsonl")), "type": kind}])
+        stats = build_datasets(cfg, tokenizer).stats.datasets[0]
+        assert (stats.rows, stats.kept, stats.dropped_untrained) == (2, 1, 1)
+    empty_turn = [*CHAT, {"role": "user", "content": "Again?"}, {"role": "assistant", "content": ""}]
+    rows = [{"messages": empty_turn}, {"messages": [CHAT[0], {"role": "assistant", "content": ""}]}]
+    data = build_datasets(make_cfg([{"path": str(write_rows(rows, "jsonl")), "type": "chat_template"}]), tokenizer)
+    (row,) = data.train
+    trained = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != IGNORE_INDEX]
+    assert tokenizer.decode(trained) == "Hello!<|im_end|>"
+    assert (data.stats.datasets[0].kept, data.stats.datasets[0].dropped_untrained) == (1, 1)
+
+
 def test_a_dataset_with_no_usable_row_is_an_error(write_rows, make_cfg, tokenizer):
     path = write_rows([{**ALPACA_ROW, "instruction": "Repeat. " * 40}], "jsonl")
     expected = r": no row is left of 1: 1 longer than sequence_len 32"
@@ -114,6 +134,17 @@ def test_a_split_that_leaves_no_training_row_is_an_error(write_rows, make_cfg, t
     cfg = make_cfg([{"path": str(path), "type": "alpaca"}], val_set_size=val_set_size)
     with pytest.raises(DataError, match=f"val_set_size {val_set_size} leaves no training rows out of {rows}"):
         build_datasets(cfg, tokenizer)
+
+
+def test_tokenizer_config_may_be_a_folder_of_tokenizer_files_alone(make_cfg, tokenizer, tmp_path):
+    """As axolotl loads it (AutoTokenizer): no config.json is needed beside the tokenizer's files."""
+    from llmkit.data.tokenizer import load_tokenizer
+
+    folder = tmp_path / "tokenizer-only"
+    tokenizer.save_pretrained(folder)
+    assert not (folder / "config.json").exists()
+    loaded = load_tokenizer(make_cfg(tokenizer_config=str(folder)))
+    assert loaded.get_vocab() == tokenizer.get_vocab() and loaded.chat_template == tokenizer.chat_template
 
 
 def test_a_local_folder_with_ds_type(make_cfg, tokenizer, tmp_path):

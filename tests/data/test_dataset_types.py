@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
 import yaml
 from transformers import AutoTokenizer
 
-from llmkit.config.schema import ConfigError, load_config
+from llmkit.config.schema import ConfigError, ConfigWarning, load_config
 from llmkit.data.pipeline import DataError, build_datasets
 from llmkit.data.rows import IGNORE_INDEX
 
@@ -218,24 +219,40 @@ def _expected(tokenizer, prompt: str, response: str) -> tuple[list[int], list[in
     return prompt_ids + response_ids, [IGNORE_INDEX] * len(prompt_ids) + response_ids
 
 
+CUSTOM = {
+    "system_prompt": "You are terse.",
+    "field_system": "sys",
+    "field_instruction": "q",
+    "field_input": "ctx",
+    "field_output": "a",
+    "format": "[INST] {instruction}\n{input} [/INST] ",
+    "no_input_format": "[INST] {instruction} [/INST] ",
+    "system_format": "<<SYS>>{system}<</SYS>>\n",
+}
+
+
 def test_a_user_defined_mapping_formats_each_row_as_axolotl(write_rows, make_cfg, tokenizer):
-    """Input or not, the row's own system text or the mapping's system_prompt; a missing input is a null cell."""
-    custom = {
-        "system_prompt": "You are terse.",
-        "field_system": "sys",
-        "field_instruction": "q",
-        "field_input": "ctx",
-        "field_output": "a",
-        "format": "[INST] {instruction}\n{input} [/INST] ",
-        "no_input_format": "[INST] {instruction} [/INST] ",
-        "system_format": "<<SYS>>{system}<</SYS>>\n",
-    }
-    rows = [{"q": "Sum?", "ctx": "1 and 2", "a": "3"}, {"q": "Capital of France?", "a": "Paris", "sys": "One word."}]
-    built = build_datasets(make_cfg([{"path": str(write_rows(rows, "jsonl")), "type": custom}]), tokenizer).train
+    """Input or not (a missing input is a null cell); the mapping's system_prompt where the data has no system."""
+    rows = [{"q": "Sum?", "ctx": "1 and 2", "a": "3"}, {"q": "Capital of France?", "a": "Paris"}]
+    built = build_datasets(make_cfg([{"path": str(write_rows(rows, "jsonl")), "type": CUSTOM}]), tokenizer).train
     assert _pairs(built) == sorted(
         [
             _expected(tokenizer, "<<SYS>>You are terse.<</SYS>>\n[INST] Sum?\n1 and 2 [/INST] ", "3"),
-            _expected(tokenizer, "<<SYS>>One word.<</SYS>>\n[INST] Capital of France? [/INST] ", "Paris"),
+            _expected(tokenizer, "<<SYS>>You are terse.<</SYS>>\n[INST] Capital of France? [/INST] ", "Paris"),
+        ]
+    )
+
+
+def test_a_rows_own_system_field_wins_even_empty_or_missing_from_the_row(write_rows, make_cfg, tokenizer):
+    """axolotl's `prompt[field_system] if field_system in prompt else system_prompt`: once the data has the field,
+    a row's "" (or a JSON row without the key, which datasets reads as null) writes no system line."""
+    rows = [{"q": "A?", "a": "a", "sys": "One word."}, {"q": "B?", "a": "b", "sys": ""}, {"q": "C?", "a": "c"}]
+    built = build_datasets(make_cfg([{"path": str(write_rows(rows, "jsonl")), "type": CUSTOM}]), tokenizer).train
+    assert _pairs(built) == sorted(
+        [
+            _expected(tokenizer, "<<SYS>>One word.<</SYS>>\n[INST] A? [/INST] ", "a"),
+            _expected(tokenizer, "[INST] B? [/INST] ", "b"),
+            _expected(tokenizer, "[INST] C? [/INST] ", "c"),
         ]
     )
 
@@ -310,6 +327,29 @@ def test_alpaca_chat_conversation_must_be_a_style(tmp_path):
         ConfigError, match=r"conversation: alpaca_chat takes a prompt style \(instruct, chat, chatml, phi\)"
     ):
         _load(tmp_path, [{"path": "a.jsonl", "type": "alpaca_chat", "conversation": "vicuna"}])
+
+
+@pytest.mark.parametrize(
+    ("keys", "top", "template"),
+    [
+        ({}, {}, "tokenizer_default"),
+        ({}, {"chat_template": "chatml"}, "chatml"),
+        ({"conversation": "chatml"}, {}, None),
+    ],
+)
+def test_sharegpt_without_conversation_says_which_template_renders_it(tmp_path, keys, top, template):
+    """Older axolotl rendered it with fastchat's vicuna_v1.1, current axolotl refuses the type: the template used
+    here is said, not left to be guessed."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigWarning)
+        cfg = _load(tmp_path, [{"path": "a.jsonl", "type": "sharegpt", **keys}], **top)
+    said = [note for note in cfg.notices if "sharegpt" in note]
+    if template is None:
+        assert not said and not caught
+        return
+    expected = f"datasets[0].type: sharegpt without conversation: rendered with chat_template {template}"
+    assert len(said) == 1 and said[0].startswith(expected) and "vicuna_v1.1" in said[0]
+    assert any(expected in str(warning.message) for warning in caught)
 
 
 # --- chat_template ---------------------------------------------------------------------------------------------
@@ -428,6 +468,26 @@ def test_eot_tokens_and_train_on_eot_choose_the_turn_ends_trained(write_rows, ma
     dataset = {**MAPPED, "path": str(path), "chat_template": "jinja", "chat_template_jinja": TURN_END_TEMPLATE, **keys}
     (row,) = build_datasets(make_cfg([dataset], **top), tokenizer).train
     assert _trained_runs(tokenizer, row) == runs
+
+
+def test_train_on_eot_and_train_on_eos_that_disagree_on_the_eos_are_refused(
+    write_rows, make_cfg, tokenizer, tiny_config, tmp_path
+):
+    """As axolotl's ChatTemplateStrategy: the EOS is one of eot_tokens (their default), so the two would train it two
+    ways. Refused before a row is read, by preprocessing and by `llmkit validate`."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    path = write_rows([{"conversations": SHAREGPT}], "jsonl")
+    conflict = {**MAPPED, "path": str(path), "train_on_eos": "turn", "train_on_eot": "all"}
+    expected = "train_on_eot: all and train_on_eos: turn disagree on the EOS '<|im_end|>', one of eot_tokens"
+    with pytest.raises(DataError, match=re.escape(f"datasets[0] {path}: {expected}")):
+        build_datasets(make_cfg([conflict]), tokenizer)
+    other_end = {"eot_tokens": ["<|endoftext|>"]}  # the EOS is no end-of-turn token: each follows its own key
+    assert len(build_datasets(make_cfg([conflict], **other_end), tokenizer).train) == 1
+    result = CliRunner().invoke(app, ["validate", str(tiny_config(datasets=[conflict]))])
+    assert result.exit_code == 1 and expected in " ".join(result.output.split())
 
 
 def test_train_on_inputs_trains_every_content_but_never_the_role_headers(write_rows, make_cfg, tokenizer):
