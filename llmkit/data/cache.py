@@ -7,6 +7,7 @@ half-written entry to be reused.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -24,10 +25,14 @@ if TYPE_CHECKING:
     from llmkit.config.sections import DatasetSpec
 
 LOG = logging.getLogger(__name__)
-# Bump when tokenization, masking or packing changes, so old entries are not reused.
-# 2: chat turns train content and EOS only (axolotl's masking); 3: no EOS after an EOS; 4: an empty answer trains no
-# EOS, and a user-defined row's own empty or null system field writes no system line (as axolotl)
-PREPARED_FORMAT = 4
+
+
+@functools.cache
+def data_code_digest() -> str:
+    """sha256 of the data stage's own code (llmkit/data/*.py): rows prepared by another version, whose tokenizing,
+    masking or packing may differ, are not reused (a number bumped by hand was forgotten, and stale rows trained)."""
+    folder = Path(__file__).parent
+    return sha256_bytes(b"".join(path.name.encode() + path.read_bytes() for path in sorted(folder.glob("*.py"))))
 
 
 def _file_digests(path: Path) -> list[tuple[str, str]]:
@@ -74,7 +79,7 @@ def _chat_identity(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> di
 def cache_key(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> str:
     """Hash of the dataset specs with their files' contents, the tokenizer and the settings that shape rows."""
     identity = {
-        "format": PREPARED_FORMAT,
+        "code": data_code_digest(),
         "datasets": [dataset_identity(spec) for spec in cfg.datasets],
         "test_datasets": [dataset_identity(spec) for spec in cfg.test_datasets or []],
         # What a dataset's rows also depend on: a user module's code, the config-level chat template.

@@ -9,6 +9,7 @@ finished schedule is never extended by a step and two configs never mix in one s
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -105,7 +106,20 @@ def hold_output_dir(cfg: AxolotlConfig, output_dir: Path) -> Iterator[None]:
     refused instead of writing the same checkpoints and records. An flock: the kernel lets go of it when the process
     ends, however it ends, so a killed run never leaves the folder locked."""
     _check_ours(output_dir, cfg)
+    _check_writable(output_dir, cfg)
+    created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with _locked(cfg, output_dir):
+            yield
+    finally:
+        if created and not any(output_dir.iterdir()):  # a run that wrote nothing leaves no folder of its own
+            with contextlib.suppress(OSError):
+                output_dir.rmdir()
+
+
+@contextmanager
+def _locked(cfg: AxolotlConfig, output_dir: Path) -> Iterator[None]:
     with open(output_dir / LOCK, "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -130,11 +144,16 @@ def hold_output_dir(cfg: AxolotlConfig, output_dir: Path) -> Iterator[None]:
 
 
 def _check_writable(output_dir: Path, cfg: AxolotlConfig) -> None:
-    """Before the model loads: output_dir is, or can be made, a folder this process may write in."""
-    try:
-        check_folder_target(output_dir)
-    except OSError as err:
-        raise ConfigError([f"output_dir: {err}"], cfg.source) from None
+    """Before the model loads and anything is written: output_dir and dataset_prepared_path are, or can be made,
+    folders this process may write in."""
+    folders = {"output_dir": output_dir}
+    if cfg.dataset_prepared_path:
+        folders["dataset_prepared_path"] = Path(cfg.dataset_prepared_path).expanduser()
+    for key, folder in folders.items():
+        try:
+            check_folder_target(folder)
+        except OSError as err:
+            raise ConfigError([f"{key}: {err}"], cfg.source) from None
 
 
 def _check_ours(output_dir: Path, cfg: AxolotlConfig) -> None:

@@ -61,6 +61,25 @@ def test_an_output_dir_that_is_a_file_is_refused_before_the_model_loads(tiny_con
         with pytest.raises(ConfigError, match=f"output_dir: {tmp_path / 'taken'} is a file, not a folder"):
             train(load_config(tiny_config(output_dir=str(output_dir))))
     assert (tmp_path / "taken").read_text() == "somebody's file"
+    # dataset_prepared_path too: a traceback once the data was tokenized, and a run folder holding only its record
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match=f"dataset_prepared_path: {tmp_path / 'taken'} is a file, not a folder"):
+        train(load_config(tiny_config(output_dir=str(run), dataset_prepared_path=str(tmp_path / "taken"))))
+    assert not run.exists()  # a run that wrote nothing leaves no folder
+
+
+def test_preprocess_refuses_a_prepared_path_it_cannot_write_before_tokenizing(tiny_config, tmp_path):
+    (tmp_path / "taken").write_text("somebody's file")
+    command = [
+        sys.executable,
+        "-m",
+        "llmkit.cli",
+        "preprocess",
+        str(tiny_config(dataset_prepared_path=str(tmp_path / "taken"))),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
+    assert f"dataset_prepared_path: {tmp_path / 'taken'} is a file, not a folder" in done.stderr
 
 
 @pytest.mark.parametrize("fresh", [False, True])
