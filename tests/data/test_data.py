@@ -304,6 +304,19 @@ def test_prepared_path_cache_is_reused_and_invalidated(write_rows, make_cfg, tok
     assert build_datasets(other, tokenizer).stats.cache == "miss"
 
 
+def test_prepared_rows_are_keyed_by_the_data_stages_code(write_rows, make_cfg, tokenizer, monkeypatch):
+    """Another version of the tokenizing, masking or packing code makes other rows: a format number bumped by hand
+    was forgotten, and rows of the old code were reused."""
+    from llmkit.data import cache
+
+    cfg = make_cfg([{"path": str(write_rows(ALPACA_ROWS, "jsonl")), "type": "alpaca"}])
+    digest = cache.data_code_digest()
+    assert len(digest) == 64 and digest == cache.data_code_digest()  # computed once per process
+    key = cache.cache_key(cfg, tokenizer)
+    monkeypatch.setattr(cache, "data_code_digest", lambda: "another version")
+    assert cache.cache_key(cfg, tokenizer) != key
+
+
 @pytest.mark.parametrize(
     ("lines", "fmt", "expected"),
     [
