@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from llmkit.core.files import check_folder_target
 from llmkit.core.models import is_hub_id
 from llmkit.helm_eval.confgen import DEFAULT_TASK_LIST
 from llmkit.helm_eval.report import Report, write_report
@@ -78,8 +79,10 @@ def helm_eval(
     if suite is not None and not _SUITE_NAME.fullmatch(suite):
         raise HelmRunError(f"--suite {suite!r}: use letters, digits, '.', '_' and '-' (it names folders and files)")
     out_dir = out_dir.resolve()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise HelmRunError(f"--out {out_dir} is a file; give a folder (it is created if missing)")
+    try:
+        check_folder_target(out_dir)
+    except OSError as err:
+        raise HelmRunError(f"--out {out_dir}: {err}; give a folder you can write in (created if missing)") from None
     targets = [model] + ([compare] if compare else [])
     for flag, target in zip(("--model", "--compare"), targets, strict=False):
         _check_servable(flag, target)  # now, not after the first model's evaluation

@@ -139,6 +139,7 @@ def bench(
         except (FileNotFoundError, ConnectionError) as err:
             typer.echo(f"Error: --model: {err}", err=True)
             raise typer.Exit(1) from None
+    _check_out(out)
     for name in BenchStage:  # each writes <out>/<stage>.json and prints its table
         if (name in stage) if stage else not (quick and name is BenchStage.merging):  # --quick: serving, training
             try:
@@ -554,7 +555,7 @@ def decontaminate(
     from llmkit.helm_eval.run import HelmRunError, prepare_conf
     from llmkit.helm_eval.setup import HelmSetupError
 
-    out_dir = Path(out).resolve()
+    out_dir = _check_out(out)
     name = f"decontaminate-{Path(config).stem}-{Path(conf).stem}"
     try:
         cfg = load_config(config)
@@ -568,6 +569,19 @@ def decontaminate(
     path = write_report(report, out_dir / "reports" / f"{name}.json")
     console.print(report.sentence(path))
     raise typer.Exit(0 if report.clean else 1)
+
+
+def _check_out(out: str) -> Path:
+    """--out as an absolute folder, or one `Error:` line (exit 1) when it is a file or cannot be written in."""
+    from llmkit.core.files import check_folder_target
+
+    path = Path(out).resolve()
+    try:
+        check_folder_target(path)
+    except OSError as err:
+        typer.echo(f"Error: --out {out}: {err}", err=True)
+        raise typer.Exit(1) from None
+    return path
 
 
 def _logging() -> None:

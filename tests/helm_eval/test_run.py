@@ -113,7 +113,8 @@ def test_failed_download_says_the_suite_needs_the_internet(tmp_path):
     [
         ({"suite": "../../escape"}, "--suite '../../escape': use letters, digits"),
         ({"suite": "taken"}, "suite taken already has results in"),
-        ({"out_dir": "a-file"}, "is a file; give a folder"),
+        ({"out_dir": "a-file"}, "a-file is a file, not a folder; give a folder you can write in"),
+        ({"out_dir": "a-file/results"}, "a-file is a file, not a folder"),  # was a traceback when writing the conf
         # found before the first model's evaluation (minutes), not after it
         ({"compare": "/no/such-model"}, "--compare /no/such-model: no such model folder, and not a hub id"),
         ({"model": "."}, "--model .: the folder holds no config.json (an adapter goes in --adapter)"),

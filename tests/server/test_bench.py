@@ -97,6 +97,18 @@ def test_bench_names_a_model_folder_it_cannot_serve(tmp_path):
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+@pytest.mark.parametrize("command", [["bench", "--stage", "merging"], ["decontaminate", "x.yml"]])
+def test_an_out_that_cannot_be_a_folder_is_one_line(tmp_path, command):
+    """bench's and decontaminate's --out: a file where a folder goes was a traceback (FileExistsError)."""
+    (tmp_path / "ofile").write_text("")
+    for out in (tmp_path / "ofile", tmp_path / "ofile" / "results"):
+        result = CliRunner().invoke(app, [*command, "--out", str(out)])
+        assert result.exit_code == 1 and f"Error: --out {out}: {tmp_path / 'ofile'} is a file, not a folder" in (
+            result.output.replace("\n", "")
+        )
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 def test_quick_serving_on_another_model_measures_scaling_and_the_decode_bound_only(tmp_path, tiny_model_dir, capsys):
     model = str(tiny_model_dir)
     results = run(tmp_path, engines=["builtin"], model=model, quick=True, clients=(1, 2), generated=4)
