@@ -16,6 +16,7 @@ from typer.core import TyperArgument, TyperOption
 
 from llmkit.core.challenge import Loading, Track
 from llmkit.core.devices import quiet_bitsandbytes_kernel_notice
+from llmkit.core.files import CacheError
 from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE
 from llmkit.core.processes import exit_on_sigterm, interrupted_exit_code
 from llmkit.helm_eval.confgen import DEFAULT_TASK_LIST, SUITES
@@ -23,7 +24,20 @@ from llmkit.helm_eval.decontaminate import NGRAM
 from llmkit.server.settings import EngineName
 
 quiet_bitsandbytes_kernel_notice()  # before any command imports peft, which imports bitsandbytes
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
+
+
+class _App(typer.Typer):
+    """The CLI; a cache it cannot write (LLMKIT_CACHE), met by whichever command first needs it, is one line."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except CacheError as err:
+            typer.echo(f"Error: {err}", err=True)
+            sys.exit(1)
+
+
+app = _App(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 

@@ -32,6 +32,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit"))
 
 
+class CacheError(OSError):
+    """The project's cache cannot be written; the message names it and `LLMKIT_CACHE`."""
+
+
+def check_cache_target(path: Path) -> None:
+    """`path`, under `cache_dir()`, can be made and written (CacheError otherwise): checked before minutes of work
+    whose result goes there (the embedded model's conversion, a tool's venv)."""
+    try:
+        check_folder_target(path)
+    except OSError as err:
+        raise CacheError(
+            f"the project's cache {cache_dir()} cannot be written ({err}): set LLMKIT_CACHE to a folder you can "
+            "write in"
+        ) from None
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

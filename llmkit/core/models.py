@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from llmkit.core import devices
-from llmkit.core.files import cache_dir, clean_stale, sha256_file, staging_dir, swap_in
+from llmkit.core.files import cache_dir, check_cache_target, clean_stale, sha256_file, staging_dir, swap_in
 
 LOG = logging.getLogger(__name__)
 # peft calls transformers' deprecated `is_gradient_checkpointing` each time it wraps a model (training, merge's check,
@@ -69,6 +69,7 @@ def embedded_model_dir() -> Path:
     target = cache_dir() / "models" / f"SmolLM2-135M-Instruct-{embedded_package_pin().split('==')[1]}"
     if (target / "config.json").is_file():
         return target
+    check_cache_target(target.parent)
     gguf = _gguf_path()
     LOG.info("Converting the embedded model %s into %s (once)", gguf.name, target)
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from llmkit.core.assets import DEFAULT_CONFIG
 from llmkit.core.files import check_folder_target, clean_stale, sha256_file, staging_dir, swap_in, write_atomic
 
 
@@ -178,3 +179,19 @@ def test_clean_stale_restores_a_target_moved_aside_and_removes_a_killed_runs_fol
     clean_stale(tmp_path / "merged")
     assert _names(tmp_path) == [f".merged.zip.old-{dead}", "merged"]
     assert (tmp_path / "merged" / "model.safetensors").read_bytes() == b"good"
+
+
+@pytest.mark.parametrize("command", [["validate", str(DEFAULT_CONFIG)], ["preprocess", str(DEFAULT_CONFIG)]])
+def test_a_cache_that_cannot_be_written_is_one_line_naming_llmkit_cache(tmp_path, command):
+    """The embedded model is converted into the cache on first use: a read-only or misplaced LLMKIT_CACHE was a
+    traceback from validate, preprocess and train."""
+    (tmp_path / "file").write_text("")
+    env = {**os.environ, "LLMKIT_CACHE": str(tmp_path / "file" / "cache"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "llmkit.cli", *command], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout, done.stderr[-2000:]
+    assert done.stderr.strip() == (
+        f"Error: the project's cache {tmp_path / 'file' / 'cache'} cannot be written ({tmp_path / 'file'} is a file, "
+        "not a folder): set LLMKIT_CACHE to a folder you can write in"
+    )
