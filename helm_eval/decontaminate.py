@@ -2,7 +2,8 @@
 
 n-gram overlap, counted the way GPT-3's and lm-eval's decontamination count it: a text is its lower-cased words
 (punctuation dropped), and an instance overlaps a training row when both hold the same window of n words (13 by
-default); an instance shorter than n words overlaps a row that holds all of it. An instance's text is its input,
+default); an instance shorter than n words overlaps a row that holds all of it, if it has MIN_WORDS words (a
+shorter one is counted as not checked). An instance's text is its input,
 and its input followed by each correct reference (a row may hold the question alone, or with its answer).
 - Instances: every eval-split instance of each run entry in the conf (all
   of them, not the sample a capped helm-run draws), built by crfm-helm itself in its venv (helm_eval/instances.py).
@@ -25,6 +26,9 @@ from llmkit.core.files import sha256_file, write_atomic
 from llmkit.helm_eval.setup import helm_executable, require_helm
 
 NGRAM = 13  # GPT-3's window; lm-eval's decontamination uses it too
+# An instance shorter than the window overlaps a row holding all of it, if it has at least this many words (GPT-3's
+# smallest window): "21", a whole simple_classification instance, is in any row that mentions the number.
+MIN_WORDS = 8
 SHOWN_OVERLAPS = 20  # overlapping instances the report's table lists (the JSON holds all)
 INSTANCES_SCRIPT = Path(__file__).with_name("instances.py")
 _WORD = re.compile(r"\w+")
@@ -43,6 +47,7 @@ class RunOverlap(BaseModel):
     run: str
     instances: int
     overlapping: int
+    too_short: int = 0  # under MIN_WORDS words: not checked
 
 
 class DecontaminationReport(BaseModel):
@@ -54,14 +59,20 @@ class DecontaminationReport(BaseModel):
     overlaps: list[Overlap]  # the first overlapping row found for each overlapping instance
 
     @property
+    def too_short(self) -> int:
+        """Instances under MIN_WORDS words (input and references together): not checked."""
+        return sum(run.too_short for run in self.runs)
+
+    @property
     def clean(self) -> bool:
         return not self.overlaps
 
     def sentence(self, path: Path) -> str:
         """The verdict, with where the JSON report is."""
         total = sum(run.instances for run in self.runs)
+        short = f" ({self.too_short} under {MIN_WORDS} words not checked)" if self.too_short else ""
         return (
-            f"{'✓' if self.clean else '✗'} {len(self.overlaps)} of {total} HELM eval instances share a "
+            f"{'✓' if self.clean else '✗'} {len(self.overlaps)} of {total} HELM eval instances{short} share a "
             f"{self.ngram}-word window with the {self.training_rows} training rows of {self.config}. Report: {path}"
         )
 
@@ -107,9 +118,13 @@ def decontaminate(
     `llmkit.data.row_texts(cfg)` yields them for the config at `config`."""
     instances = helm_instances(conf_path, work_dir)
     index: dict[tuple[str, ...], list[int]] = {}  # window -> instances holding it
+    short = set()
     for number, instance in enumerate(instances):
         texts = [instance["input"], *(f"{instance['input']} {reference}" for reference in instance["references"])]
-        for window in {window for text in texts for window in windows(words(text), ngram)}:
+        found = {window for text in texts for window in windows(words(text), ngram) if len(window) >= MIN_WORDS}
+        if not found:
+            short.add(number)
+        for window in found:
             index.setdefault(window, []).append(number)
     lengths = sorted({len(window) for window in index})  # n, and the lengths of instances shorter than n
     first: dict[int, Overlap] = {}
@@ -135,6 +150,7 @@ def decontaminate(
         entry = runs.setdefault(instance["run"], RunOverlap(run=instance["run"], instances=0, overlapping=0))
         entry.instances += 1
         entry.overlapping += number in first
+        entry.too_short += number in short
     return DecontaminationReport(
         config=config,
         conf=str(conf_path),
@@ -160,8 +176,9 @@ def report_tables(report: DecontaminationReport) -> list:
     table.add_column("HELM run", overflow="fold")  # runs of one scenario differ only at the end of their names
     table.add_column("eval instances")
     table.add_column("overlapping")
+    table.add_column(f"under {MIN_WORDS} words")  # not checked: the sentence says so
     for run in report.runs:
-        table.add_row(short_run_name(run.run), str(run.instances), str(run.overlapping))
+        table.add_row(short_run_name(run.run), str(run.instances), str(run.overlapping), str(run.too_short))
     tables = [table]
     if shown := report.overlaps[:SHOWN_OVERLAPS]:
         title = f"Overlapping instances (first {SHOWN_OVERLAPS})"

@@ -581,7 +581,7 @@ def decontaminate(
     for table in report_tables(report):
         console.print(table)
     path = write_report(report, out_dir / "reports" / f"{name}.json")
-    console.print(report.sentence(path))
+    console.print(report.sentence(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path))
     raise typer.Exit(0 if report.clean else 1)
 
 

@@ -15,7 +15,7 @@ from llmkit.core.assets import CONFIGS_DIR
 from llmkit.data import row_texts
 from llmkit.helm_eval import confgen
 from llmkit.helm_eval import decontaminate as decontaminate_module
-from llmkit.helm_eval.decontaminate import decontaminate, helm_instances, windows, words
+from llmkit.helm_eval.decontaminate import MIN_WORDS, decontaminate, helm_instances, windows, words
 
 
 def _conf(tmp_path):
@@ -63,6 +63,21 @@ def test_an_overlap_through_a_reference_is_found(tmp_path, monkeypatch):
     assert decontaminate([("d", 0, tail.rsplit(" ", 1)[0])], "c.yml", tmp_path / "x.conf", tmp_path).clean
 
 
+def test_an_instance_of_a_few_words_is_not_checked_but_counted(tmp_path, monkeypatch):
+    """simple_classification's instances are one number ("21"): every row mentioning it overlapped, and the shipped
+    default config was reported contaminated 79 times over."""
+    short = {"run": "r", "id": "n21", "split": "test", "input": "21", "references": ["Odd"]}
+    eight = " ".join(f"w{i}" for i in range(8))
+    whole = {"run": "r", "id": "w8", "split": "test", "input": eight, "references": []}
+    monkeypatch.setattr(decontaminate_module, "helm_instances", lambda conf_path, work_dir: [short, whole])
+    rows = [("d", 0, "Is 21 even or odd? 21 odd"), ("d", 1, f"say {eight} now")]
+    report = decontaminate(rows, "c.yml", tmp_path / "x.conf", tmp_path)
+    assert [hit.instance_id for hit in report.overlaps] == ["w8"] and report.too_short == 1
+    assert "✗ 1 of 2 HELM eval instances (1 under 8 words not checked) share a 13-word window" in report.sentence(
+        tmp_path / "r.json"
+    )
+
+
 def test_planted_instances_are_found_and_the_skill_config_is_clean(helm_venv, tmp_path):
     conf = _conf(tmp_path)
     instances = helm_instances(conf, tmp_path)
@@ -79,12 +94,14 @@ def test_planted_instances_are_found_and_the_skill_config_is_clean(helm_venv, tm
     ]
     report = decontaminate(row_texts(load_config(_config(tmp_path, rows))), "planted.yml", conf, tmp_path)
     found = {(hit.instance_id, hit.row) for hit in report.overlaps}
-    assert (long_one["id"], 1) in found and (short_one["id"], 2) in found
+    assert (long_one["id"], 1) in found and all(hit.row != 2 for hit in report.overlaps)
     assert not report.clean and report.training_rows == 3
-    assert {run.run.split(":")[0]: run.instances for run in report.runs} == {
-        "synthetic_reasoning": 10_000,
-        "simple_mcqa": len(mcqa),
+    # simple_mcqa's instances are a few words each ("21" and its answer): not checked, and counted as such
+    assert {run.run.split(":")[0]: (run.instances, run.too_short) for run in report.runs} == {
+        "synthetic_reasoning": (10_000, 0),
+        "simple_mcqa": (len(mcqa), len(mcqa)),
     }
+    assert len(words(f"{short_one['input']} {short_one['references'][0]}")) < MIN_WORDS
 
     skill = CONFIGS_DIR / "smollm2-135m-skill.yml"
     shipped = decontaminate(row_texts(load_config(skill)), str(skill), conf, tmp_path)
