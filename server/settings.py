@@ -116,7 +116,11 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _split_adapters(cls, value: object) -> object:
         if isinstance(value, str):
-            return json.loads(value) if value.lstrip().startswith("[") else [p for p in value.split(",") if p]
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            # a folder whose name holds a comma is one adapter, not two
+            one = Path(value).is_dir() or Path(value.partition("=")[2]).is_dir()
+            return [value] if one else [p for p in value.split(",") if p]
         return value
 
     @model_validator(mode="after")
@@ -179,9 +183,9 @@ class ServerSettings(BaseSettings):
 
 
 def _named(entry: str) -> tuple[str, str]:
-    """NAME=DIR, or a bare DIR named after its folder."""
+    """NAME=DIR, or a bare DIR named after its folder (a folder whose name holds `=` too)."""
     name, sep, path = entry.partition("=")
-    if not sep:
+    if not sep or (Path(entry).is_dir() and not Path(path).is_dir()):
         return Path(entry).resolve().name or "default", entry
     if not name or not path:
         raise ValueError(f"adapter: {entry!r} is neither NAME=DIR nor a directory")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -103,5 +104,5 @@ def summary_table(output_dir: str | Path) -> Any:
     table.add_row("training time (last session)", "-" if seconds is None else f"{seconds:.0f} s")
     table.add_row("weights", summary["weights"] or "-")
     table.add_row("loss curve", summary["loss_curve"])
-    table.add_row("TensorBoard", f"tensorboard --logdir {Path(summary['output_dir']) / 'runs'}")
+    table.add_row("TensorBoard", f"tensorboard --logdir {shlex.quote(str(Path(summary['output_dir']) / 'runs'))}")
     return table

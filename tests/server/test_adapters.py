@@ -139,6 +139,13 @@ def test_adapter_flags_named_bare_and_default(tmp_path):
     local = ["--model", os.path.relpath(tmp_path / "base"), "--adapter", "/x/only"]
     assert parse_settings([*local, "--default-adapter", str(tmp_path / "base")]).default_adapter_name is None
     assert parse_settings([]).adapters == {}
+    # a folder whose name holds "," or "=": one adapter (it was split into two, or read as NAME=DIR)
+    for odd in ("ad,x", "ad=y"):
+        (tmp_path / odd).mkdir()
+        named = parse_settings(["--adapter", f"mine={tmp_path / odd}"])
+        assert named.adapters == {"mine": str(tmp_path / odd)}
+        with pytest.raises(Exception, match=f"'{odd}' cannot be used"):  # as a bare folder: its name is no adapter's
+            parse_settings(["--adapter", str(tmp_path / odd)])
 
 
 @pytest.mark.parametrize(
