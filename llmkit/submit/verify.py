@@ -339,7 +339,7 @@ def _in_context(path: str, names: set[str]) -> bool:
     return path in context or bool(fnmatch.filter(context, path))  # a glob: any match
 
 
-def _check_secrets(files: dict[str, bytes], nested: dict[str, dict[str, bytes]]) -> list[str]:
+def _check_secrets(files: dict[str, bytes], nested: dict[str, Unpacked]) -> list[str]:
     """Secrets in `files`, and in the files of those that are archives (`nested`, from `_nested_archives`)."""
     problems = []
     for name, data in sorted(files.items()):
@@ -347,6 +347,8 @@ def _check_secrets(files: dict[str, bytes], nested: dict[str, dict[str, bytes]])
             continue
         if name in nested:  # an archive's files (a .pyz after its shebang too) end up in the image as well
             inner = nested[name]
+            if inner.cut:
+                problems.append(f"{name}: over {MAX_TEXT_BYTES >> 20} MiB unpacked; the rest was not scanned")
             problems += [f"{name}!{problem}" for problem in _check_secrets(inner, _nested_archives(inner))]
         elif b"\0" not in data[:8192]:
             problems += _secrets_in(name, data)
@@ -363,9 +365,10 @@ def _secrets_in(name: str, data: bytes) -> list[str]:
     return [found[key] for key in sorted(found)]
 
 
-def _nested_archives(files: dict[str, bytes]) -> dict[str, dict[str, bytes]]:
+def _nested_archives(files: dict[str, bytes]) -> dict[str, Unpacked]:
     """The entries of `files` that are archives (a wheel, a zip, an sdist .tar.gz), each as its files: every member
-    that can be read (a damaged one is skipped, not the rest)."""
+    that can be read (a damaged one is skipped, not the rest), MAX_TEXT_BYTES of them at most (an archive bomb
+    costs no more memory than one big file)."""
     nested = {}
     for name, data in files.items():
         if is_weight_file(name):
@@ -379,23 +382,37 @@ def _nested_archives(files: dict[str, bytes]) -> dict[str, dict[str, bytes]]:
     return nested
 
 
-def _zip_members(archive: zipfile.ZipFile) -> dict[str, bytes]:
-    members = {}
+class Unpacked(dict):
+    """An archive's files by name; `cut`: they hold more than MAX_TEXT_BYTES, and those past it were not read."""
+
+    cut = False
+    read_bytes = 0
+
+    def take(self, name: str, size: int, read) -> None:
+        """Add the member `name` of `size` bytes, read by `read()`, if it fits in what is left."""
+        if self.read_bytes + size > MAX_TEXT_BYTES:
+            self.cut = True
+            return
+        self[name] = read()
+        self.read_bytes += size
+
+
+def _zip_members(archive: zipfile.ZipFile) -> Unpacked:
+    members = Unpacked()
     with archive:
         for info in archive.infolist():
-            if info.is_dir() or info.file_size > MAX_TEXT_BYTES:
-                continue
-            with contextlib.suppress(*ZIP_READ_ERRORS):
-                members[info.filename] = archive.read(info)
+            if not info.is_dir():
+                with contextlib.suppress(*ZIP_READ_ERRORS):
+                    members.take(info.filename, info.file_size, lambda info=info: archive.read(info))
     return members
 
 
-def _tar_members(archive: tarfile.TarFile) -> dict[str, bytes]:
-    members = {}
+def _tar_members(archive: tarfile.TarFile) -> Unpacked:
+    members = Unpacked()
     with archive, contextlib.suppress(*TAR_READ_ERRORS):  # a stream is read in order: up to where it breaks
         for info in archive:
-            if info.isfile() and info.size <= MAX_TEXT_BYTES:
-                members[info.name] = archive.extractfile(info).read()
+            if info.isfile():
+                members.take(info.name, info.size, lambda info=info: archive.extractfile(info).read())
     return members
 
 

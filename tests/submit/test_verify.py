@@ -76,6 +76,17 @@ def test_a_token_inside_a_tarball_is_found(good_zip, tmp_path, rewrite_zip, suff
     assert verify_submission(cut, lint=False) == expected
 
 
+def test_an_archive_too_big_to_scan_whole_is_reported(good_zip, tmp_path, rewrite_zip):
+    """A zip in the zip that unpacks to more than 64 MiB (a bomb, or a token behind a big file): reported, not read
+    whole into memory, and not passed as scanned."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("big.bin", b"\0" * (65 << 20))
+        archive.writestr("small.txt", b"fine\n")
+    bad = rewrite_zip(good_zip, tmp_path / "bomb.zip", {"extra/data.zip": buffer.getvalue()})
+    assert verify_submission(bad, lint=False) == ["extra/data.zip: over 64 MiB unpacked; the rest was not scanned"]
+
+
 def test_a_module_the_wheel_lacks_is_found(good_zip, tmp_path, rewrite_zip):
     """The training wheel is built from what git tracks: a tracked module importing an untracked one left the
     organisers' `llmkit train` failing with ModuleNotFoundError, and verify said nothing."""
