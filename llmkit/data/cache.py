@@ -44,7 +44,8 @@ def dataset_identity(spec: DatasetSpec) -> dict[str, Any]:  # Any: the spec as J
     """A dataset spec's settings, with the sha256 of its local files (None for a hub dataset)."""
     raw = spec.model_dump(mode="json")
     local = Path(spec.path).expanduser()
-    raw["_files"] = _file_digests(local) if local.exists() else None  # hub datasets: the spec names them
+    # hub datasets: the spec names them; a device or pipe is refused when read (hashing it would never end)
+    raw["_files"] = _file_digests(local) if local.is_file() or local.is_dir() else None
     return raw
 
 

@@ -97,6 +97,8 @@ def _builder(spec: DatasetSpec, local: Path) -> str | None:
 def _load(spec: DatasetSpec, local: Path) -> Dataset:
     ds_type = spec.ds_type.value if spec.ds_type else None
     split = spec.split
+    if local.exists() and not (local.is_file() or local.is_dir()):  # /dev/zero would be read forever
+        raise DataError(f"{spec.path}: not a file or folder (a device, a pipe or a socket)")
     if local.is_file():
         builder = _builder(spec, local)
         if builder is None:

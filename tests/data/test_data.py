@@ -5,6 +5,7 @@ the prepared-dataset cache, errors for bad data, packing without cross-row atten
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import subprocess
@@ -341,6 +342,13 @@ def test_missing_local_file_is_not_looked_up_on_the_hub(make_cfg, tokenizer, tmp
     missing = tmp_path / "nowhere.jsonl"
     with pytest.raises(DataError, match=re.escape(str(missing)) + ": no such file or folder"):
         build_datasets(make_cfg([{"path": str(missing), "type": "alpaca"}]), tokenizer)
+
+
+def test_a_device_or_pipe_as_a_dataset_is_refused_not_read_forever(make_cfg, tokenizer, tmp_path):
+    os.mkfifo(tmp_path / "rows.jsonl")  # nobody writes: reading it would wait forever, as /dev/zero never ends
+    for path in (tmp_path / "rows.jsonl", Path("/dev/zero")):
+        with pytest.raises(DataError, match=re.escape(f"{path}: not a file or folder (a device, a pipe or a socket)")):
+            build_datasets(make_cfg([{"path": str(path), "type": "alpaca"}]), tokenizer)
 
 
 def test_bad_chat_message_names_the_message(write_rows, make_cfg, tokenizer):
