@@ -119,7 +119,8 @@ class ServerSettings(BaseSettings):
             if value.lstrip().startswith("["):
                 return json.loads(value)
             # a folder whose name holds a comma is one adapter, not two
-            one = Path(value).is_dir() or Path(value.partition("=")[2]).is_dir()
+            _, sep, folder = value.partition("=")
+            one = Path(value).is_dir() or bool(sep and folder and Path(folder).is_dir())
             return [value] if one else [p for p in value.split(",") if p]
         return value
 

@@ -139,6 +139,10 @@ def test_adapter_flags_named_bare_and_default(tmp_path):
     local = ["--model", os.path.relpath(tmp_path / "base"), "--adapter", "/x/only"]
     assert parse_settings([*local, "--default-adapter", str(tmp_path / "base")]).default_adapter_name is None
     assert parse_settings([]).adapters == {}
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    listed = parse_settings(["--adapter", f"{tmp_path / 'one'},{tmp_path / 'two'}"])  # folders that exist, listed
+    assert listed.adapters == {"one": str(tmp_path / "one"), "two": str(tmp_path / "two")}
     # a folder whose name holds "," or "=": one adapter (it was split into two, or read as NAME=DIR)
     for odd in ("ad,x", "ad=y"):
         (tmp_path / odd).mkdir()
