@@ -59,6 +59,11 @@ class DecontaminationReport(BaseModel):
     overlaps: list[Overlap]  # the first overlapping row found for each overlapping instance
 
     @property
+    def min_words(self) -> int:
+        """The fewest words an instance needs to be checked: the window, or MIN_WORDS when the window is longer."""
+        return min(self.ngram, MIN_WORDS)
+
+    @property
     def too_short(self) -> int:
         """Instances under MIN_WORDS words (input and references together): not checked."""
         return sum(run.too_short for run in self.runs)
@@ -70,7 +75,7 @@ class DecontaminationReport(BaseModel):
     def sentence(self, path: Path) -> str:
         """The verdict, with where the JSON report is."""
         total = sum(run.instances for run in self.runs)
-        short = f" ({self.too_short} under {MIN_WORDS} words not checked)" if self.too_short else ""
+        short = f" ({self.too_short} under {self.min_words} words not checked)" if self.too_short else ""
         return (
             f"{'✓' if self.clean else '✗'} {len(self.overlaps)} of {total} HELM eval instances{short} share a "
             f"{self.ngram}-word window with the {self.training_rows} training rows of {self.config}. Report: {path}"
@@ -121,7 +126,8 @@ def decontaminate(
     short = set()
     for number, instance in enumerate(instances):
         texts = [instance["input"], *(f"{instance['input']} {reference}" for reference in instance["references"])]
-        found = {window for text in texts for window in windows(words(text), ngram) if len(window) >= MIN_WORDS}
+        shortest = min(ngram, MIN_WORDS)  # a text shorter than the window counts whole, if it has that many words
+        found = {window for text in texts for window in windows(words(text), ngram) if len(window) >= shortest}
         if not found:
             short.add(number)
         for window in found:
@@ -176,7 +182,7 @@ def report_tables(report: DecontaminationReport) -> list:
     table.add_column("HELM run", overflow="fold")  # runs of one scenario differ only at the end of their names
     table.add_column("eval instances")
     table.add_column("overlapping")
-    table.add_column(f"under {MIN_WORDS} words")  # not checked: the sentence says so
+    table.add_column(f"under {report.min_words} words")  # not checked: the sentence says so
     for run in report.runs:
         table.add_row(short_run_name(run.run), str(run.instances), str(run.overlapping), str(run.too_short))
     tables = [table]

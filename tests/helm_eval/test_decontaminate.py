@@ -76,6 +76,9 @@ def test_an_instance_of_a_few_words_is_not_checked_but_counted(tmp_path, monkeyp
     assert "✗ 1 of 2 HELM eval instances (1 under 8 words not checked) share a 13-word window" in report.sentence(
         tmp_path / "r.json"
     )
+    # a window shorter than 8 words: instances of that many words are checked (all were "too short", and clean)
+    five = decontaminate([("d", 0, "say w3 w4 w5 w6 w7 now")], "c.yml", tmp_path / "x.conf", tmp_path, ngram=5)
+    assert [hit.instance_id for hit in five.overlaps] == ["w8"] and five.too_short == 1 and five.min_words == 5
 
 
 def test_planted_instances_are_found_and_the_skill_config_is_clean(helm_venv, tmp_path):
