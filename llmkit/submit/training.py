@@ -10,6 +10,7 @@ the serving one at the zip's root.
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import os
@@ -114,18 +115,35 @@ def training_files(config: Path, track: Track) -> dict[str, bytes]:
 
 
 def _user_module(name: str, cfg) -> tuple[str, bytes]:
-    """The file of a dataset's `type: module.function`, as its path beside config.yml and its bytes."""
-    from llmkit.data.user_strategy import UserStrategyError, find_module, search_folders
+    """The file of a dataset's `type: module.function`, as its path beside config.yml and its bytes: the path
+    relative to the folder it was found in (the config's, or the current directory), as the organisers' run looks."""
+    from llmkit.data.user_strategy import UserStrategyError, candidates, find_module, search_folders
 
     try:
         path, _ = find_module(name, cfg)
     except UserStrategyError as err:
         raise SubmissionError(str(err)) from None
-    folder = next(folder for folder in search_folders(cfg) if path.is_relative_to(folder))
-    LOG.warning(
-        "--training bundles %s for type %s; a module of yours it imports is not bundled with it", path.name, name
+    relative = next(
+        file for file, _ in candidates(name, [Path()]) for folder in search_folders(cfg) if folder / file == path
     )
-    return path.relative_to(folder).as_posix(), path.read_bytes()
+    if neighbours := _imported_neighbours(path):
+        LOG.warning("--training bundles %s for type %s, not %s beside it, which it imports", path.name, name,
+                    ", ".join(neighbours))  # fmt: skip
+    return relative.as_posix(), path.read_bytes()
+
+
+def _imported_neighbours(path: Path) -> list[str]:
+    """The modules beside `path` (files or packages) that its code imports by their top-level name."""
+    try:
+        tree = ast.parse(path.read_bytes())
+    except (SyntaxError, ValueError):
+        return []  # loading it says what is wrong
+    names = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    names |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    beside = path.parent
+    return sorted(n for n in names if (beside / f"{n}.py").is_file() or (beside / n / "__init__.py").is_file())
 
 
 def _check_portable(cfg) -> None:

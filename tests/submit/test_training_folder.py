@@ -220,3 +220,23 @@ def test_a_datasets_own_python_strategy_goes_with_it(tmp_path):
     command = [sys.executable, "-m", "llmkit.cli", "preprocess", "config.yml"]
     done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_strategy_found_in_the_current_directory_goes_where_the_organisers_run_finds_it(
+    tmp_path, monkeypatch, caplog
+):
+    """Found through the current directory, a subfolder of the config's: it was bundled as sub/m.py, where the
+    organisers' run (config.yml's folder, then theirs) does not look. A neighbour it imports is named."""
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"q": "2+2?", "a": "4"}) + "\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "m.py").write_text("import helpers\n\ndef load(tokenizer, cfg):\n    return None\n")
+    (tmp_path / "sub" / "helpers.py").write_text("")
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text()) | {"val_set_size": 0}
+    config["datasets"] = [{"path": str(tmp_path / "qa.jsonl"), "type": "m.load"}]
+    config.pop("test_datasets", None)
+    (tmp_path / "mine.yml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path / "sub")
+    with caplog.at_level(logging.WARNING):
+        files = training_files(tmp_path / "mine.yml", "4090")
+    assert "m.py" in files and not any(name.startswith("sub/") for name in files)
+    assert "--training bundles m.py for type m.load, not helpers beside it, which it imports" in caplog.text
