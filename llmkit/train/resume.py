@@ -112,8 +112,16 @@ def hold_output_dir(cfg: AxolotlConfig, output_dir: Path) -> Iterator[None]:
     try:
         with _locked(cfg, output_dir):
             yield
+    except BaseException:
+        # A run that failed before its first checkpoint (bad data, a refused option) leaves no folder of its own:
+        # its record alone resumes nothing.
+        if created and {path.name for path in output_dir.iterdir()} <= {RUN_RECORD}:
+            with contextlib.suppress(OSError):
+                (output_dir / RUN_RECORD).unlink(missing_ok=True)
+                output_dir.rmdir()
+        raise
     finally:
-        if created and not any(output_dir.iterdir()):  # a run that wrote nothing leaves no folder of its own
+        if created and output_dir.is_dir() and not any(output_dir.iterdir()):  # nothing written at all
             with contextlib.suppress(OSError):
                 output_dir.rmdir()
 

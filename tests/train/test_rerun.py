@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from llmkit.config.schema import ConfigError, load_config
+from llmkit.data import DataError
 from llmkit.train.resume import RUN_RECORD
 from llmkit.train.run import train
 
@@ -66,6 +67,12 @@ def test_an_output_dir_that_is_a_file_is_refused_before_the_model_loads(tiny_con
     with pytest.raises(ConfigError, match=f"dataset_prepared_path: {tmp_path / 'taken'} is a file, not a folder"):
         train(load_config(tiny_config(output_dir=str(run), dataset_prepared_path=str(tmp_path / "taken"))))
     assert not run.exists()  # a run that wrote nothing leaves no folder
+    # nor one that stopped on its data, after writing its record
+    (tmp_path / "bad.jsonl").write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')
+    bad = tiny_config(output_dir=str(run), datasets=[{"path": str(tmp_path / "bad.jsonl"), "type": "alpaca"}])
+    with pytest.raises(DataError, match="row 2: field 'output' is missing"):
+        train(load_config(bad))
+    assert not run.exists()
 
 
 def test_preprocess_refuses_a_prepared_path_it_cannot_write_before_tokenizing(tiny_config, tmp_path):
