@@ -93,6 +93,12 @@ def conf_scenarios(conf_path: Path) -> set[str]:
 def check_url(url: str) -> str:
     """The base URL of the healthy HELM server at `url` (HelmRunError when none answers there)."""
     try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as err:
+        raise HelmRunError(f"--url {url}: not a URL ({err})") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise HelmRunError(f"--url {url}: give the server's address as http://HOST:PORT")
+    try:
         wait_healthy(url.rstrip("/"), timeout=10)
     except ServerStartError as err:
         raise HelmRunError(f"no healthy HELM server at {url}: {err}") from None

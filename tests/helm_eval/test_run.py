@@ -65,6 +65,14 @@ def test_no_server_at_url_is_a_clear_error(tmp_path, mcqa_conf):
     with pytest.raises(HelmRunError, match=f"no healthy HELM server at {url}"):
         helm_eval(url=url, conf="quick", out_dir=tmp_path / "results")
     assert not (tmp_path / "results").exists()
+    for bad, message in (
+        ("http://[::1", "not a URL"),
+        ("localhost:9", "give the server's address as http://HOST:PORT"),
+    ):
+        started = time.monotonic()
+        with pytest.raises(HelmRunError, match=re.escape(f"--url {bad}: {message}")):
+            helm_eval(url=bad, conf="quick", out_dir=tmp_path / "results")
+        assert time.monotonic() - started < 5  # at once, not after 10 s of retries
 
 
 @pytest.mark.slow
