@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from string import Formatter
 from typing import Annotated, Any, Literal
 
@@ -703,6 +704,17 @@ class ModelSection(BaseModel):
         for text in patterns or []:
             UnfrozenPattern.parse(text)
         return patterns
+
+    @field_validator("tokenizer_config")
+    @classmethod
+    def _tokenizer_folder_or_hub_id(cls, value: str | None) -> str | None:
+        # A path that is not here: validate passed it, and preprocess and train stopped on a traceback. Relative
+        # paths are the current directory's, as from_pretrained reads them.
+        from llmkit.core.models import is_hub_id
+
+        if value is None or is_hub_id(value) or Path(value).expanduser().exists():
+            return value
+        raise ValueError("no such folder here, and not a hub id (owner/name)")
 
     @field_validator("tokenizer_type")
     @classmethod
