@@ -199,7 +199,7 @@ def _json_rows(path: Path) -> tuple[list[Any], list[int] | None]:
     except json.JSONDecodeError:
         pass
     rows, lines = [], []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 and U+0085 are text inside a row
         if line.strip():
             try:
                 rows.append(json.loads(line))

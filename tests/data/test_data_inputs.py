@@ -60,6 +60,12 @@ BAD_FILES = [
     # blank lines are no rows: the line is named too where the two numbers differ
     ("blank.jsonl", f'{ROW_1}\n\n{ROW_1}\n{{"instruction": "c"}}\n', r"row 3 \(line 4\): field 'output' is missing"),
     ("blank-list.jsonl", f"{ROW_1}\n\n[1]\n", r"row 2 \(line 3\): must be an object, got list"),
+    # U+2028 inside a row's text (json.dumps with ensure_ascii=False writes it raw) ends no line of JSON Lines
+    (
+        "separator.jsonl",
+        f'{{"instruction": "a\u2028b", "output": "x"}}\n{ROW_1}\n{{"instruction": "c"}}\n',
+        r"row 3: field 'output' is missing",
+    ),
     # the first bad row is reported, whether the builder or the reader finds it
     ("first.jsonl", f'{ROW_1}\n{{"instruction": "c"}}\n[1]\n', r"row 2: field 'output' is missing"),
     # datasets reads a field whose JSON type changes (as Json): only the row that is no object is wrong
