@@ -467,7 +467,12 @@ def _check_imports(files: dict[str, bytes], context: BuildContext | None = None)
                     problems.append(f"{name}:{node.lineno}: imports {module}, {missing(module)}")
                 elif isinstance(node, ast.ImportFrom):  # each name: a submodule, or something the module defines
                     for lacking in _missing_names(module, [alias.name for alias in node.names], trees, modules):
-                        problems.append(f"{name}:{node.lineno}: imports {lacking}, {missing(lacking)}")
+                        why = (
+                            missing(lacking)
+                            if lacking in in_zip
+                            else f"which neither {module} defines nor the zip has"
+                        )
+                        problems.append(f"{name}:{node.lineno}: imports {lacking}, {why}")
     return problems
 
 
@@ -501,7 +506,8 @@ def _defined_names(tree: ast.Module) -> set[str]:
     while pending:
         node = pending.pop()
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)  # its body binds its own names
+            names.add(node.name)  # its body binds its own names, but for those it declares global
+            names |= {name for inner in ast.walk(node) if isinstance(inner, ast.Global) for name in inner.names}
             continue
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             names |= {"*" if alias.name == "*" else alias.asname or alias.name.split(".")[0] for alias in node.names}

@@ -521,12 +521,15 @@ def test_the_servers_own_code_is_checked_for_what_it_imports(good_zip, tmp_path,
     )
     named = rewrite_zip(good_zip, tmp_path / "names.zip", {"llmkit/server/extra.py": names})
     assert verify_submission(named, lint=False) == [
-        "llmkit/server/extra.py:1: imports llmkit.server.gone, which is not in the zip",
-        "llmkit/server/extra.py:2: imports llmkit.server.app.nothing, which is not in the zip",
+        "llmkit/server/extra.py:1: imports llmkit.server.gone, which neither llmkit.server defines nor the zip has",
+        "llmkit/server/extra.py:2: imports llmkit.server.app.nothing, which neither llmkit.server.app defines nor the "
+        "zip has",
     ]
     # a module __getattr__ (PEP 562, as llmkit.data's lazy names) supplies any name; a broken file is reported once
     lazy = {
         "llmkit/server/lazy.py": b"def __getattr__(name):\n    return 1\n",
+        "llmkit/server/late.py": b"def _init():\n    global LIMIT\n    LIMIT = 3\n\n_init()\n",  # bound in a function
+        "llmkit/server/other.py": b"from llmkit.server.late import LIMIT\n",
         "llmkit/server/broken.py": b"def f(:\n",
         "llmkit/server/extra.py": b"from llmkit.server.lazy import anything\nfrom llmkit.server.broken import f\n",
     }
