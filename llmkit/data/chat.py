@@ -319,9 +319,14 @@ def _turn_ends(spec: DatasetSpec, eos: str | None, eot_tokens: tuple[str, ...]) 
     turn_end = list(eot_tokens) or ([eos] if eos else [])
     train_on_eot = spec.train_on_eot or spec.train_on_eos
     if eos in turn_end and train_on_eot != spec.train_on_eos:
+        if eot_tokens:
+            which, fix = "in eot_tokens", "set them alike, or leave the EOS out of eot_tokens"
+        else:
+            which = "eot_tokens' default (the EOS alone)"
+            fix = "set them alike, or set eot_tokens to the token the template ends a turn with"
         raise ValueError(
-            f"train_on_eot: {train_on_eot} and train_on_eos: {spec.train_on_eos} disagree on the EOS {eos!r}, one of "
-            "eot_tokens (their default): set them alike, or set eot_tokens to the token the template ends a turn with"
+            f"train_on_eot: {train_on_eot} and train_on_eos: {spec.train_on_eos} disagree on the EOS {eos!r}, "
+            f"{which}: {fix}"
         )
     if eos and eos not in turn_end:
         return [(turn_end, train_on_eot), ([eos], spec.train_on_eos)]

@@ -481,9 +481,12 @@ def test_train_on_eot_and_train_on_eos_that_disagree_on_the_eos_are_refused(
 
     path = write_rows([{"conversations": SHAREGPT}], "jsonl")
     conflict = {**MAPPED, "path": str(path), "train_on_eos": "turn", "train_on_eot": "all"}
-    expected = "train_on_eot: all and train_on_eos: turn disagree on the EOS '<|im_end|>', one of eot_tokens"
+    expected = "train_on_eot: all and train_on_eos: turn disagree on the EOS '<|im_end|>', eot_tokens' default"
     with pytest.raises(DataError, match=re.escape(f"datasets[0] {path}: {expected}")):
         build_datasets(make_cfg([conflict]), tokenizer)
+    named = "disagree on the EOS '<|im_end|>', in eot_tokens: set them alike, or leave the EOS out of eot_tokens"
+    with pytest.raises(DataError, match=re.escape(named)):  # the message says where the EOS comes from
+        build_datasets(make_cfg([conflict], eot_tokens=["<|im_end|>"]), tokenizer)
     other_end = {"eot_tokens": ["<|endoftext|>"]}  # the EOS is no end-of-turn token: each follows its own key
     assert len(build_datasets(make_cfg([conflict], **other_end), tokenizer).train) == 1
     result = CliRunner().invoke(app, ["validate", str(tiny_config(datasets=[conflict]))])
