@@ -143,6 +143,12 @@ def generate(
     if cap is not None and cap < 1:
         raise ConfError(f"at most {cap} instances per run leaves nothing to evaluate: give 1 or more")
     runs = [(family, args) for family in tasks.families for args in family.run_args()]
+    first: dict[tuple, str] = {}
+    for family, args in runs:  # one run twice would be run, and averaged into the scores, twice
+        key = (family.scenario, tuple(sorted(args.items())))
+        if (other := first.setdefault(key, family.name)) != family.name:
+            shown = ",".join(f"{name}={value}" for name, value in args.items())
+            raise ConfError(f"families {other!r} and {family.name!r} both run {family.scenario}:{shown}; keep one")
     if budget is None:
         counts = [cap] * len(runs)
     else:

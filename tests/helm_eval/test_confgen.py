@@ -76,6 +76,11 @@ def test_bad_inputs_name_what_is_wrong(tmp_path):
     bad.write_text("families:\n  - name: x\n    scenario: mmlu\n    args: {subject: []}\n")  # was a ZeroDivisionError
     with pytest.raises(confgen.ConfError, match=r"args: subject: an empty list makes no run; give at least one value"):
         confgen.load_task_list(bad)
+    twice = "families:\n  - {name: x, scenario: mmlu, args: {subject: [a]}}\n"
+    twice += "  - {name: y, scenario: mmlu, args: {subject: a}}\n"  # the same run, from another family
+    bad.write_text(twice)
+    with pytest.raises(confgen.ConfError, match=r"families 'x' and 'y' both run mmlu:subject=a; keep one"):
+        confgen.generate(confgen.load_task_list(bad))
     bad.write_text("families:\n  - name: x\n    scenario: mmlu\n    args: {subject: [a, b, 'a']}\n")
     with pytest.raises(confgen.ConfError, match=r"args: subject: 'a' listed twice would run the same entry twice"):
         confgen.load_task_list(bad)
