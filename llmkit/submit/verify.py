@@ -12,8 +12,10 @@ damaged or encrypted entry, no file but weights over 64 MiB.
 from __future__ import annotations
 
 import ast
+import bz2
 import contextlib
 import fnmatch
+import gzip
 import io
 import json
 import lzma
@@ -69,7 +71,9 @@ MAX_TEXT_BYTES = 64 << 20
 ZIP_READ_ERRORS = (RuntimeError, NotImplementedError, zlib.error, EOFError, zipfile.BadZipFile, OSError)
 # The tar archives whose members are scanned too (an sdist), and what a damaged one raises: a bad header (TarError),
 # a cut or corrupt gzip/bz2 stream (EOFError, OSError, zlib.error), a corrupt xz stream (LZMAError).
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tbz2", ".tar.xz", ".txz")
+# A single compressed file (notes.txt.gz), read through the module that opens it.
+COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 TAR_READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
 # Options pip accepts in a requirements file that leave every package pinned.
 _INDEX_OPTIONS = ("--index-url", "--extra-index-url", "-i")
@@ -379,6 +383,11 @@ def _nested_archives(files: dict[str, bytes]) -> dict[str, Unpacked]:
         elif name.lower().endswith(TAR_SUFFIXES):
             with contextlib.suppress(*TAR_READ_ERRORS):
                 nested[name] = _tar_members(tarfile.open(fileobj=io.BytesIO(data), mode="r:*"))
+        elif (suffix := PurePosixPath(name.lower()).suffix) in COMPRESSED:
+            with contextlib.suppress(*TAR_READ_ERRORS), COMPRESSED[suffix](io.BytesIO(data)) as stream:
+                inner = stream.read(MAX_TEXT_BYTES + 1)
+                members = nested[name] = Unpacked()
+                members.take(PurePosixPath(name).stem, len(inner), lambda inner=inner: inner)
     return nested
 
 

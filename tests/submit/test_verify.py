@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
 import json
+import lzma
 import os
 import random
 import re
@@ -74,6 +77,28 @@ def test_a_token_inside_a_tarball_is_found(good_zip, tmp_path, rewrite_zip, suff
     # a damaged tarball is read up to where it breaks, not a traceback: the file before the cut is still scanned
     cut = rewrite_zip(good_zip, tmp_path / "cut.zip", {name: buffer.getvalue()[: len(buffer.getvalue()) // 2]})
     assert verify_submission(cut, lint=False) == expected
+
+
+@pytest.mark.parametrize(
+    ("suffix", "compress"), [(".gz", gzip.compress), (".bz2", bz2.compress), (".xz", lzma.compress)]
+)
+def test_a_token_in_a_compressed_file_is_found(good_zip, tmp_path, rewrite_zip, suffix, compress):
+    name = f"extra/notes.txt{suffix}"
+    data = compress(f"my token: {_fake_token()}\n".encode())
+    bad = rewrite_zip(good_zip, tmp_path / "compressed.zip", {name: data, "extra/old.tbz2": _tarball("w:bz2")})
+    assert [problem.split(" (hf_")[0] for problem in verify_submission(bad, lint=False)] == [
+        "extra/notes.txt" + suffix + "!notes.txt:1: a Hugging Face token",
+        "extra/old.tbz2!notes.txt:1: a Hugging Face token",  # a tarball by its short suffix too
+    ]
+
+
+def _tarball(mode: str) -> bytes:
+    buffer, text = io.BytesIO(), f"my token: {_fake_token()}\n".encode()
+    with tarfile.open(fileobj=buffer, mode=mode) as archive:
+        info = tarfile.TarInfo("notes.txt")
+        info.size = len(text)
+        archive.addfile(info, io.BytesIO(text))
+    return buffer.getvalue()
 
 
 def test_an_archive_too_big_to_scan_whole_is_reported(good_zip, tmp_path, rewrite_zip):
