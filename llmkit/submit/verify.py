@@ -109,27 +109,41 @@ def verify_submission(zip_path: str | Path, *, lint: bool = True) -> list[str]:
     weights = sorted(name for name in digests if is_weight_file(name))
     if manifest is None or not manifest.bundled_weights:
         problems += [f"{name}: a weight file, but bundling was not asked for" for name in weights]
-    else:
-        problems += [f"{name}: a bundled weight file {context.kept_out_by}" for name in weights if context.out(name)]
+    else:  # the model folder the weights are in: weights, config.json, tokenizer files, all needed in the image
+        folders = {posixpath.dirname(name) for name in weights}
+        model = sorted(name for name in digests if posixpath.dirname(name) in folders)
+        problems += [
+            f"{name}: a file of the bundled model {context.why_out(name)}" for name in model if context.out(name)
+        ]
     return problems
 
 
 @dataclass(frozen=True)
 class BuildContext:
-    """What `docker build` sees of the unpacked zip: every entry (`names`) less what the ignore file keeps out."""
+    """What `docker build` sees of the unpacked zip: every entry (`names`) less what the ignore file keeps out; and
+    of those, what the Dockerfile's COPY/ADD lines put in the image (`copied`)."""
 
     names: set[str]
     kept_out: set[str]
+    copied: set[str]
     ignore_file: str  # the one BuildKit reads: Dockerfile.dockerignore where there is one, else .dockerignore
 
     @classmethod
     def of(cls, files: dict[str, bytes], names: set[str]) -> BuildContext:
         ignore_file = "Dockerfile.dockerignore" if "Dockerfile.dockerignore" in files else ".dockerignore"
         ignore = files.get(ignore_file, b"").decode(errors="replace")
-        return cls(names, dockerignored(names, ignore), ignore_file)
+        try:
+            paths = [path for _, _, path in _context_sources(parse_dockerfile(files["Dockerfile"].decode("utf-8")))]
+        except (KeyError, UnicodeDecodeError, DockerfileError):  # no Dockerfile to read: its check says so
+            paths = [None]
+        return cls(names, dockerignored(names, ignore), _copied(names, paths), ignore_file)
 
     def out(self, name: str) -> bool:
-        return name in self.kept_out
+        """Whether `name` is not in the image: kept out of the build, or copied by no COPY/ADD line."""
+        return name in self.kept_out or name not in self.copied
+
+    def why_out(self, name: str) -> str:
+        return self.kept_out_by if name in self.kept_out else "copied by no COPY or ADD line of the Dockerfile"
 
     @property
     def kept_out_by(self) -> str:
@@ -316,9 +330,9 @@ def _json(text: str) -> object:
         return None
 
 
-def _copy_sources(instructions: list[Instruction], context: BuildContext) -> list[str]:
-    """COPY/ADD sources that are not in the build context, and nothing above it."""
-    problems = []
+def _context_sources(instructions: list[Instruction]) -> Iterator[tuple[Instruction, str, str | None]]:
+    """(instruction, source as written, its path in the build context) of every COPY/ADD from the context; the path
+    is None where it cannot be known here (a build variable, a URL)."""
     for inst in instructions:
         if inst.keyword not in ("COPY", "ADD"):
             continue
@@ -327,14 +341,36 @@ def _copy_sources(instructions: list[Instruction], context: BuildContext) -> lis
         if any(word.startswith("--from") for word in words):
             continue  # another stage's or image's files, not the zip's
         for source in [word for word in words if not word.startswith("--")][:-1]:
-            if "$" in source or "://" in source:  # a build variable or a URL (ADD)
-                continue
-            path = posixpath.normpath("./" + source.lstrip("/"))  # the context's root is `/`; `../` leaves it
-            if path == "." or _in_context(path, context.names - context.kept_out):
-                continue
-            where = f"is {context.kept_out_by}" if _in_context(path, context.names) else "is not in the zip"
-            problems.append(f"Dockerfile line {inst.line}: {inst.keyword} source {source} {where}")
+            unknown = "$" in source or "://" in source
+            # the context's root is `/`; `../` leaves it
+            yield inst, source, None if unknown else posixpath.normpath("./" + source.lstrip("/"))
+
+
+def _copy_sources(instructions: list[Instruction], context: BuildContext) -> list[str]:
+    """COPY/ADD sources that are not in the build context, and nothing above it."""
+    problems = []
+    for inst, source, path in _context_sources(instructions):
+        if path is None or path == "." or _in_context(path, context.names - context.kept_out):
+            continue
+        where = f"is {context.kept_out_by}" if _in_context(path, context.names) else "is not in the zip"
+        problems.append(f"Dockerfile line {inst.line}: {inst.keyword} source {source} {where}")
     return problems
+
+
+def _copied(names: set[str], paths: list[str | None]) -> set[str]:
+    """The `names` that COPY/ADD sources at `paths` (from `_context_sources`) put in the image: under a folder,
+    matched by a glob, or everything where a path cannot be known here."""
+    if None in paths or "." in paths:
+        return set(names)
+    return {
+        name
+        for name in names
+        if any(fnmatch.fnmatchcase(part, path) for part in [name, *_parents(name)] for path in paths if path)
+    }
+
+
+def _parents(name: str) -> list[str]:
+    return [parent.as_posix() for parent in PurePosixPath(name).parents if parent.as_posix() != "."]
 
 
 def _in_context(path: str, names: set[str]) -> bool:
@@ -433,10 +469,12 @@ def _check_imports(files: dict[str, bytes], context: BuildContext | None = None)
     inside = {name: data for name, data in files.items() if not (context and context.out(name))}
     modules = _modules(inside)
     packages = {module.split(".")[0] for module in in_zip}
-    absent = f"{context.kept_out_by}" if context else "not in the zip"
 
     def missing(module: str) -> str:
-        return f"which is {absent}" if module in in_zip else "which is not in the zip"
+        if module not in in_zip or context is None:
+            return "which is not in the zip"
+        file = next((name for name in files if name.endswith(".py") and _module_name(name) == module), None)
+        return f"which is {context.why_out(file)}" if file else "none of whose files is in the image"
 
     trees = {}
     problems = []
@@ -457,7 +495,7 @@ def _check_imports(files: dict[str, bytes], context: BuildContext | None = None)
         is_package = any(name.startswith(module.replace(".", "/") + "/") for name in files)
         runs = f"{module}.__main__" if is_package else module  # `python -m` runs a package's __main__
         if module.split(".")[0] in packages and runs not in modules:
-            where = f"{runs} is {absent}" if runs in in_zip else f"the zip has no {runs}"
+            where = f"{runs}, {missing(runs)}" if runs in in_zip else f"the zip has no {runs}"
             problems.append(f"Dockerfile line {cmd.line}: CMD runs -m {module}, but {where}")
     for here, (name, tree) in sorted(trees.items()):
         if tree is None:

@@ -326,8 +326,8 @@ def test_a_copy_source_that_dockerignore_keeps_out_is_reported(good_zip, tmp_pat
     assert verify_submission(everything, lint=False) == [
         f"Dockerfile line {requirements}: COPY source requirements.txt is kept out of the build by .dockerignore",
         f"Dockerfile line {package}: COPY source llmkit/ is kept out of the build by .dockerignore",
-        f"Dockerfile line {_cmd_line(good_zip)}: CMD runs -m llmkit.server, but llmkit.server.__main__ is kept out "
-        "of the build by .dockerignore",
+        f"Dockerfile line {_cmd_line(good_zip)}: CMD runs -m llmkit.server, but llmkit.server.__main__, which is kept "
+        "out of the build by .dockerignore",
     ]
     back_in = rewrite_zip(good_zip, tmp_path / "back.zip", {".dockerignore": b"**\n!requirements.txt\n!llmkit\n"})
     assert verify_submission(back_in, lint=False) == []
@@ -343,7 +343,7 @@ def test_a_copy_source_that_dockerignore_keeps_out_is_reported(good_zip, tmp_pat
     manifest = json.loads(zipfile.ZipFile(bundled).read("manifest.json")) | {"bundled_weights": True}
     bundled = rewrite_zip(bundled, tmp_path / "bundled.zip", {"manifest.json": json.dumps(manifest).encode()})
     assert verify_submission(bundled, lint=False) == [
-        "model/model.safetensors: a bundled weight file kept out of the build by .dockerignore"
+        "model/model.safetensors: a file of the bundled model kept out of the build by .dockerignore"
     ]
     # a module named after the Dockerfile is no second Dockerfile
     module = rewrite_zip(good_zip, tmp_path / "module.zip", {"llmkit/server/dockerfile.py": b"X = 1\n"})
