@@ -119,8 +119,8 @@ class ServerSettings(BaseSettings):
             if value.lstrip().startswith("["):
                 return json.loads(value)
             # a folder whose name holds a comma is one adapter, not two
-            _, sep, folder = value.partition("=")
-            one = Path(value).is_dir() or bool(sep and folder and Path(folder).is_dir())
+            name, sep, folder = value.partition("=")
+            one = Path(value).is_dir() or bool(sep and "," not in name and folder and Path(folder).is_dir())
             return [value] if one else [p for p in value.split(",") if p]
         return value
 

@@ -143,6 +143,8 @@ def test_adapter_flags_named_bare_and_default(tmp_path):
     (tmp_path / "two").mkdir()
     listed = parse_settings(["--adapter", f"{tmp_path / 'one'},{tmp_path / 'two'}"])  # folders that exist, listed
     assert listed.adapters == {"one": str(tmp_path / "one"), "two": str(tmp_path / "two")}
+    mixed = parse_settings(["--adapter", str(tmp_path / "one"), "--adapter", f"b={tmp_path / 'two'}"])  # DIR,NAME=DIR
+    assert mixed.adapters == {"one": str(tmp_path / "one"), "b": str(tmp_path / "two")}
     # a folder whose name holds "," or "=": one adapter (it was split into two, or read as NAME=DIR)
     for odd in ("ad,x", "ad=y"):
         (tmp_path / odd).mkdir()
