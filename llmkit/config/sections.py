@@ -705,9 +705,9 @@ class ModelSection(BaseModel):
             UnfrozenPattern.parse(text)
         return patterns
 
-    @field_validator("tokenizer_config")
+    @field_validator("base_model", "base_model_config", "tokenizer_config")
     @classmethod
-    def _tokenizer_folder_or_hub_id(cls, value: str | None) -> str | None:
+    def _folder_or_hub_id(cls, value: str | None) -> str | None:
         # A path that is not here: validate passed it, and preprocess and train stopped on a traceback. Relative
         # paths are the current directory's, as from_pretrained reads them.
         from llmkit.core.models import is_hub_id

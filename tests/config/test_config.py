@@ -114,10 +114,11 @@ def test_unknown_keys_get_a_did_you_mean_and_fail_under_strict(tmp_path):
         load_config(nested)
 
 
-def test_a_tokenizer_config_that_is_neither_here_nor_a_hub_id_is_refused(tmp_path):
+def test_a_model_or_tokenizer_that_is_neither_here_nor_a_hub_id_is_refused(tmp_path):
     """validate passed it, and preprocess and train stopped on a traceback from the tokenizer's loading."""
-    message = error_of(write(tmp_path, MINIMAL), {"tokenizer_config": "../no_tok"})
-    assert "tokenizer_config: no such folder here, and not a hub id (owner/name) (got '../no_tok')" in message
+    for key in ("tokenizer_config", "base_model", "base_model_config"):
+        message = error_of(write(tmp_path, MINIMAL), {key: "../no_tok"})
+        assert f"{key}: no such folder here, and not a hub id (owner/name) (got '../no_tok')" in message
     (tmp_path / "tok").mkdir()
     assert load_quietly(write(tmp_path, MINIMAL), {"tokenizer_config": str(tmp_path / "tok")}).tokenizer_config
     assert load_quietly(write(tmp_path, MINIMAL), {"tokenizer_config": "org/tok"}).tokenizer_config == "org/tok"
