@@ -15,6 +15,9 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -121,7 +124,16 @@ class VllmEngine(Engine):
             seed=0,
         )
         LOG.info("Starting vLLM %s on %s (%s, %s)", self.version, source.model_id, device, args.dtype)
-        self.llm = AsyncLLM.from_engine_args(args)
+        # vLLM's processes talk over unix sockets it names in the temp folder and never removes (thousands of
+        # them after a test suite): they go in a folder of this server's, removed at close.
+        self._ipc_dir = None
+        if "VLLM_RPC_BASE_PATH" not in os.environ:
+            self._ipc_dir = os.environ["VLLM_RPC_BASE_PATH"] = tempfile.mkdtemp(prefix="llmkit-vllm-ipc-")
+        try:
+            self.llm = AsyncLLM.from_engine_args(args)
+        except BaseException:
+            self._remove_ipc_dir()
+            raise
         try:
             generation_config = GenerationConfig.from_pretrained(source.path)
         except OSError:  # a model without generation_config.json ends on the tokenizer's EOS alone
@@ -133,7 +145,15 @@ class VllmEngine(Engine):
         super().__init__(loaded, settings)
 
     def close(self) -> None:
-        self.llm.shutdown()
+        try:
+            self.llm.shutdown()
+        finally:
+            self._remove_ipc_dir()
+
+    def _remove_ipc_dir(self) -> None:
+        if self._ipc_dir:
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+            os.environ.pop("VLLM_RPC_BASE_PATH", None)
 
     def healthy(self) -> bool:
         return not self.llm.errored

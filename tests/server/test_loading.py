@@ -6,6 +6,8 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
+from pathlib import Path
 
 import psutil
 import pytest
@@ -247,6 +249,7 @@ def test_server_log_is_kept_where_asked_else_removed(tmp_path):
 @pytest.mark.slow
 def test_sigterm_ends_vllms_engine_processes_too():
     """docker stop sends SIGTERM to the server's pid alone: vLLM's engine-core and worker processes (GBs) go too."""
+    sockets = _temp_sockets()
     server = ServerProcess(["--engine", "vllm"], startup_timeout=600).start()
     try:
         children = psutil.Process(server.process.pid).children(recursive=True)
@@ -257,6 +260,13 @@ def test_sigterm_ends_vllms_engine_processes_too():
         assert not alive, [process.cmdline() for process in alive]
     finally:
         server.stop()
+    # its engine's unix sockets went into a folder of the server's, removed with it (they stayed in /tmp by the 1000)
+    assert _temp_sockets() <= sockets
+    assert not list(Path(tempfile.gettempdir()).glob("llmkit-vllm-ipc-*"))
+
+
+def _temp_sockets() -> set[Path]:
+    return {path for path in Path(tempfile.gettempdir()).iterdir() if path.is_socket()}
 
 
 def test_an_unexpected_error_is_a_500_in_each_apis_shape(tiny_model_dir, monkeypatch):
