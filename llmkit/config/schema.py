@@ -686,7 +686,8 @@ def load_config(path: str | Path, overrides: dict | None = None) -> AxolotlConfi
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        raw = yaml.safe_load(text)
     except OSError as err:
         raise ConfigError([f"cannot read the file: {err.strerror or err}"], path) from err
     except UnicodeDecodeError as err:
@@ -702,7 +703,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> AxolotlConfi
              "anchors); a config is a few hundred"],
             path,
         )  # fmt: skip
-    repeated = duplicate_keys(path.read_text())
+    repeated = duplicate_keys(text)
     raw.update(overrides or {})
     _resolve_dataset_paths(raw, path.resolve().parent)
     try:
@@ -713,8 +714,6 @@ def load_config(path: str | Path, overrides: dict | None = None) -> AxolotlConfi
         raise ConfigError(problems(err), path) from None
     cfg._source = path
     cfg._notices += repeated  # after validation: a warning even under strict, as axolotl reads such a file
-    if repeated:
-        warnings.warn(f"{path}: {'; '.join(repeated)}", ConfigWarning, stacklevel=2)
     if cfg.warning_message():
         warnings.warn(f"{path}: {cfg.warning_message()}", ConfigWarning, stacklevel=2)
     return cfg
