@@ -362,21 +362,18 @@ def _copied(names: set[str], paths: list[str | None]) -> set[str]:
     matched by a glob, or everything where a path cannot be known here."""
     if None in paths or "." in paths:
         return set(names)
-    return {
-        name
-        for name in names
-        if any(fnmatch.fnmatchcase(part, path) for part in [name, *_parents(name)] for path in paths if path)
-    }
+    return {name for name in names if any(_covers(path, name) for path in paths if path)}
 
 
-def _parents(name: str) -> list[str]:
-    return [parent.as_posix() for parent in PurePosixPath(name).parents if parent.as_posix() != "."]
+def _covers(path: str, name: str) -> bool:
+    """Whether a COPY source `path` (a file, a folder or a glob) takes the file `name`: it or a folder above it."""
+    parts = [name, *(parent.as_posix() for parent in PurePosixPath(name).parents if parent.as_posix() != ".")]
+    return path in parts or any(fnmatch.fnmatchcase(part, path) for part in parts)
 
 
 def _in_context(path: str, names: set[str]) -> bool:
     """`path` (a file, a folder or a glob) names something among `names`."""
-    context = names | {parent.as_posix() for name in names for parent in PurePosixPath(name).parents}
-    return path in context or bool(fnmatch.filter(context, path))  # a glob: any match
+    return any(_covers(path, name) for name in names)
 
 
 def _check_secrets(files: dict[str, bytes], nested: dict[str, Unpacked]) -> list[str]:
