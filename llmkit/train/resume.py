@@ -112,17 +112,12 @@ def hold_output_dir(cfg: AxolotlConfig, output_dir: Path) -> Iterator[None]:
     try:
         with _locked(cfg, output_dir):
             yield
-    except BaseException:
-        # A run that failed before its first checkpoint (bad data, a refused option) leaves no folder of its own:
-        # its record alone resumes nothing.
+    finally:
+        # A run that stopped before writing more than its record (bad data, a refused option) leaves no folder of
+        # its own: the record alone resumes nothing. A run that trained always writes more.
         if created and {path.name for path in output_dir.iterdir()} <= {RUN_RECORD}:
             with contextlib.suppress(OSError):
                 (output_dir / RUN_RECORD).unlink(missing_ok=True)
-                output_dir.rmdir()
-        raise
-    finally:
-        if created and output_dir.is_dir() and not any(output_dir.iterdir()):  # nothing written at all
-            with contextlib.suppress(OSError):
                 output_dir.rmdir()
 
 
