@@ -146,10 +146,22 @@ def _template_text(
     raise ValueError(f"{key} {choice!r}: not one of {', '.join(CHAT_TEMPLATES)}, {TEMPLATE_CHOICES}")
 
 
-def warn_missing_markers(template: str, tokenizer: PreTrainedTokenizerBase) -> None:
+def template_for_rows(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, defaults: ChatDefaults) -> str:
+    """`resolve_template`, and a warning when the template's turn markers are no tokens of this tokenizer: what a
+    builder of the spec's rows calls, once per dataset (not `resolve_template` alone, which the cache key calls too).
+
+    Raises:
+        ValueError: as `resolve_template`.
+    """
+    template = resolve_template(spec, tokenizer, defaults)
+    _warn_missing_markers(template, tokenizer)
+    return template
+
+
+def _warn_missing_markers(template: str, tokenizer: PreTrainedTokenizerBase) -> None:
     """When `template` is a named one: its turn markers (`<|eot_id|>`, `<|im_end|>`, `<end_of_turn>`) that are no
     token of this tokenizer become several ordinary tokens: the text trains, but the end of a turn is no single stop
-    token. Called once per dataset (get_vocab is slow), not by `resolve_template`, which runs per cache key too."""
+    token. Once per dataset: get_vocab is slow."""
     choice = next((name for name, text in CHAT_TEMPLATES.items() if text == template), None)
     if choice is None:
         return
@@ -252,8 +264,7 @@ def make_chat_builder(
             train_on_eos disagree on an EOS that is one of eot_tokens.
     """
     defaults = defaults or ChatDefaults()
-    template = resolve_template(spec, tokenizer, defaults)
-    warn_missing_markers(template, tokenizer)
+    template = template_for_rows(spec, tokenizer, defaults)
     ends = _turn_ends(spec, tokenizer.eos_token, defaults.eot_tokens)
     role_map = _role_map(spec)
     named = ["assistant"] if spec.roles_to_train is None else spec.roles_to_train  # [] trains no role

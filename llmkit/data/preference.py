@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 from datasets import Dataset, concatenate_datasets
 
 from llmkit.config.sections import DatasetSpec, PreferenceType
-from llmkit.data.chat import ChatDefaults, resolve_template, warn_missing_markers
+from llmkit.data.chat import ChatDefaults, template_for_rows
 from llmkit.data.fields import FieldError, absent, text_field
 from llmkit.data.rows import RawRow
 from llmkit.data.sources import DataError, convert_rows, load_rows, source_name, split_held_out
@@ -228,8 +228,7 @@ def preference_builder(
         raise ValueError(f"type {spec.type!r} is not a preference dataset type; supported: {names}")
     kind = PreferenceType(spec.type)
     if kind is PreferenceType.chat_template_default:
-        template = resolve_template(spec, tokenizer, defaults or ChatDefaults())
-        warn_missing_markers(template, tokenizer)
+        template = template_for_rows(spec, tokenizer, defaults or ChatDefaults())
         build = _template_builder(spec, tokenizer, template)
     else:
         build = _formatted_builder(kind)
