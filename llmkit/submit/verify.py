@@ -95,14 +95,16 @@ def verify_submission(zip_path: str | Path, *, lint: bool = True) -> list[str]:
     manifest, problems = _read_manifest(files)
     problems = unread + problems
     problems += _check_paths(digests)
-    context = BuildContext.of(files, set(digests))
-    problems += _check_dockerfile(files, context, lint)
+    instructions, unparsed = _parse_dockerfile(files)  # parsed once: None where absent or unreadable
+    context = BuildContext.of(set(digests), instructions, files)
+    problems += _check_dockerfile(files, instructions, unparsed, context, lint)
     problems += _check_hashes(digests, manifest)
-    problems += _check_engine(files, manifest)
+    cmd = _server_cmd(instructions)
+    problems += _check_engine(cmd, manifest)
     nested = _nested_archives(files)  # a wheel (training/), another zip, a tarball: their files, read once
     problems += _check_secrets(files, nested)
     problems += _check_requirements(files)
-    problems += _check_imports(files, context)
+    problems += _check_imports(files, context, cmd)
     for name in sorted(nested):
         if name.endswith(".whl"):  # --training's wheel: the organisers' `llmkit train` imports from it
             problems += [f"{name}!{problem}" for problem in _check_imports(nested[name])]
@@ -129,13 +131,11 @@ class BuildContext:
     ignore_file: str  # the one BuildKit reads: Dockerfile.dockerignore where there is one, else .dockerignore
 
     @classmethod
-    def of(cls, files: dict[str, bytes], names: set[str]) -> BuildContext:
+    def of(cls, names: set[str], instructions: list[Instruction] | None, files: dict[str, bytes]) -> BuildContext:
         ignore_file = "Dockerfile.dockerignore" if "Dockerfile.dockerignore" in files else ".dockerignore"
         ignore = files.get(ignore_file, b"").decode(errors="replace")
-        try:
-            paths = [path for _, _, path in _context_sources(parse_dockerfile(files["Dockerfile"].decode("utf-8")))]
-        except (KeyError, UnicodeDecodeError, DockerfileError):  # no Dockerfile to read: its check says so
-            paths = [None]
+        # no Dockerfile to read (its check says so): what it would copy is unknown, so everything counts as copied
+        paths = [path for _, _, path in _context_sources(instructions)] if instructions is not None else [None]
         return cls(names, dockerignored(names, ignore), _copied(names, paths), ignore_file)
 
     def out(self, name: str) -> bool:
@@ -225,22 +225,43 @@ def _check_hashes(digests: dict[str, str | None], manifest: Manifest | None) -> 
     return problems
 
 
-def _check_engine(files: dict[str, bytes], manifest: Manifest | None) -> list[str]:
-    """The CMD's --engine (the server's default when absent) is the manifest's engine."""
+def _parse_dockerfile(files: dict[str, bytes]) -> tuple[list[Instruction] | None, str | None]:
+    """(the root Dockerfile's instructions, None when there is none or it cannot be parsed; the parse error)."""
+    if "Dockerfile" not in files:  # _check_dockerfile reports it
+        return None, None
     try:
-        cmd = last(final_stage(parse_dockerfile(files["Dockerfile"].decode(errors="replace"))), "CMD")
-        command = exec_form(cmd) if cmd is not None else None
-    except (KeyError, DockerfileError):  # _check_dockerfile reports it
+        return parse_dockerfile(files["Dockerfile"].decode(errors="replace")), None
+    except DockerfileError as err:
+        return None, str(err)
+
+
+def _server_cmd(instructions: list[Instruction] | None) -> Instruction | None:
+    """The final stage's CMD, where it is there and in exec form (else None: _check_dockerfile reports it)."""
+    try:
+        cmd = last(final_stage(instructions), "CMD") if instructions is not None else None
+        return cmd if cmd is not None and exec_form(cmd) is not None else None
+    except DockerfileError:
+        return None
+
+
+def _check_engine(cmd: Instruction | None, manifest: Manifest | None) -> list[str]:
+    """The CMD's --engine (the server's default when absent) is the manifest's engine."""
+    if manifest is None or cmd is None:
         return []
-    if manifest is None or command is None:
-        return []
+    command = exec_form(cmd)
     engine, said = _flag(command, "--engine") or EngineName.builtin.value, manifest.engine.value
     if engine == said:
         return []
     return [f"Dockerfile line {cmd.line}: CMD runs --engine {engine}, {MANIFEST_NAME} says {said}"]
 
 
-def _check_dockerfile(files: dict[str, bytes], context: BuildContext, lint: bool) -> list[str]:
+def _check_dockerfile(
+    files: dict[str, bytes],
+    instructions: list[Instruction] | None,
+    unparsed: str | None,
+    context: BuildContext,
+    lint: bool,
+) -> list[str]:
     dockerfiles = sorted(name for name in files if _is_dockerfile_name(name))
     if "Dockerfile" not in files:  # unread when it is there twice: that entry's problem says so
         missing = "no Dockerfile at the zip's root (the harness builds the first Dockerfile it finds)"
@@ -249,8 +270,10 @@ def _check_dockerfile(files: dict[str, bytes], context: BuildContext, lint: bool
     problems = [f"{name}: a second Dockerfile; the harness builds whichever it finds first" for name in others]
     text = files["Dockerfile"].decode(errors="replace")
     try:
-        problems += _dockerfile_rules(text) + _copy_sources(parse_dockerfile(text), context)
-    except DockerfileError as err:
+        if instructions is None:
+            raise DockerfileError(unparsed)
+        problems += _dockerfile_rules(instructions) + _copy_sources(instructions, context)
+    except DockerfileError as err:  # unparsed; no FROM; a CMD in shell form; an ENV that cannot be read
         problems.append(f"Dockerfile: {err}")
     if lint:
         problems += [f"Dockerfile: hadolint: {line}" for line in hadolint(text)]
@@ -273,8 +296,7 @@ def _is_dockerfile_name(name: str) -> bool:
 _NOT_DOCKERFILE_SUFFIXES = {".dockerignore", ".py", ".pyc", ".md", ".txt", ".json", ".yml", ".yaml", ".sh"}
 
 
-def _dockerfile_rules(text: str) -> list[str]:
-    instructions = parse_dockerfile(text)
+def _dockerfile_rules(instructions: list[Instruction]) -> list[str]:
     stage, problems = final_stage(instructions), []
     port = str(CONTAINER_PORT)
     if not any(inst.keyword == "EXPOSE" and port in re.split(r"[\s/]+", inst.value) for inst in stage):
@@ -458,10 +480,13 @@ def _tar_members(archive: tarfile.TarFile) -> Unpacked:
     return members
 
 
-def _check_imports(files: dict[str, bytes], context: BuildContext | None = None) -> list[str]:
-    """The server the CMD runs can import its own code: the module `-m` names, and every module the zip's Python
-    files import from a package the zip holds (`llmkit`), are files in the zip, and in the build `context` (not
-    kept out by .dockerignore). A third-party package is the requirements' affair (the smoke test imports them)."""
+def _check_imports(
+    files: dict[str, bytes], context: BuildContext | None = None, cmd: Instruction | None = None
+) -> list[str]:
+    """The server the CMD runs can import its own code: the module `-m` names (`cmd`, the Dockerfile's CMD), and
+    every module the zip's Python files import from a package the zip holds (`llmkit`), are files in the zip, and
+    in the build `context` (not kept out by .dockerignore). A third-party package is the requirements' affair (the
+    smoke test imports them)."""
     in_zip = _modules(files)
     inside = {name: data for name, data in files.items() if not (context and context.out(name))}
     modules = _modules(inside)
@@ -482,12 +507,8 @@ def _check_imports(files: dict[str, bytes], context: BuildContext | None = None)
             except (SyntaxError, ValueError) as err:
                 trees[_module_name(name)] = (name, None)
                 problems.append(f"{name}: not valid Python ({err})")
-    try:
-        cmd = last(final_stage(parse_dockerfile(files["Dockerfile"].decode(errors="replace"))), "CMD")
-        command = exec_form(cmd) if cmd is not None else []
-    except (KeyError, DockerfileError):  # _check_dockerfile reports it
-        command = []
-    if "-m" in command[:-1]:
+    command = exec_form(cmd) if cmd is not None else []
+    if cmd is not None and "-m" in command[:-1]:
         module = command[command.index("-m") + 1]
         is_package = any(name.startswith(module.replace(".", "/") + "/") for name in files)
         runs = f"{module}.__main__" if is_package else module  # `python -m` runs a package's __main__
