@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from llmkit.core.errors import error_message, is_union_branch
 from llmkit.server.openai_routes import openai_error
 from llmkit.server.sequence import ClientGone, QueueFull, RequestError, RequestTimeout, ServerStopping, UnknownModel
-from llmkit.server.serving import error_status
+from llmkit.server.serving import error_status, unexpected_error
 
 LOG = logging.getLogger(__name__)
 
@@ -46,13 +46,13 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, err: Exception) -> JSONResponse:
-        engine = getattr(request.app.state, "engine", None)
-        if engine is not None and not engine.healthy():  # vLLM's engine process died: not this request's doing
-            LOG.error("%s: %s (%s)", request.url.path, engine.stopped_message, type(err).__name__)
-            return error_response(request.url.path, 503, engine.stopped_message, {"Connection": "close"})
-        LOG.error("Unexpected error", exc_info=err)
-        # The keep-alive connection is closed after a 500; say so, so that the client opens a new one.
-        return error_response(request.url.path, 500, "internal server error", {"Connection": "close"})
+        status, message = unexpected_error(getattr(request.app.state, "engine", None))
+        if status == 503:
+            LOG.error("%s: %s (%s)", request.url.path, message, type(err).__name__)
+        else:
+            LOG.error("Unexpected error", exc_info=err)
+        # The keep-alive connection is closed after an unexpected error; say so, so that the client opens a new one.
+        return error_response(request.url.path, status, message, {"Connection": "close"})
 
     @app.exception_handler(RequestError)
     @app.exception_handler(UnknownModel)

@@ -10,6 +10,7 @@ on either engine. Errors come in OpenAI's shape, `{"error": {"message", "type", 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -43,8 +44,18 @@ from llmkit.server.openai_protocol import (
 )
 from llmkit.server.protocol import SEED_RANGE, ProcessRequest, Token
 from llmkit.server.sequence import RequestError, Sequence
-from llmkit.server.serving import EngineDep, error_status, generate, note_ignored, run_all, stopping
+from llmkit.server.serving import (
+    EngineDep,
+    error_status,
+    generate,
+    note_ignored,
+    run_all,
+    stopping,
+    unexpected_error,
+)
 from llmkit.server.text import is_bytes_key, key_bytes, token_key
+
+LOG = logging.getLogger(__name__)
 
 FLOOR_LOGPROB = -9999.0  # JSON has no -inf; OpenAI's floor
 ERRORS = {status: {"model": OpenAIError} for status in (400, 404, 413, 503, 504)}
@@ -308,7 +319,7 @@ async def _stream(
             while True:
                 finished = run.done()
                 if finished and run.exception() is not None:
-                    yield _sse(_error_event(run.exception()))
+                    yield _sse(_error_event(run.exception(), engine))
                     return
                 for choice in choices:
                     echoed, tokens, eos, upto = await run_in_threadpool(settled, choice, finished)
@@ -344,10 +355,12 @@ def _sse(data: str) -> str:
     return f"data: {data}\n\n"
 
 
-def _error_event(err: BaseException) -> str:
+def _error_event(err: BaseException, engine: Engine) -> str:
     """An error after the stream began (its status line is sent): an event in OpenAI's error shape."""
-    status = error_status(err)
-    message = str(err) if status != 500 else "internal server error"
+    status, message = error_status(err), str(err)
+    if status == 500:
+        LOG.error("Unexpected error in a stream", exc_info=err)
+        status, message = unexpected_error(engine)
     return _error_body(status, message).model_dump_json()
 
 

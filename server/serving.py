@@ -118,3 +118,11 @@ def note_ignored(body: WireModel, response: Response) -> None:
 
 def error_status(err: BaseException) -> int:
     return next((status for kind, status in ERROR_STATUS.items() if isinstance(err, kind)), 500)
+
+
+def unexpected_error(engine: Engine | None) -> tuple[int, str]:
+    """What a client is told of an error that is none of ERROR_STATUS's: 503 "restart the server" when the engine
+    has stopped (vLLM's engine process died: not this request's doing), else a 500 that shows no internals."""
+    if engine is not None and not engine.healthy():
+        return 503, engine.stopped_message
+    return 500, "internal server error"

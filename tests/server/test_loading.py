@@ -320,3 +320,38 @@ def test_requests_after_the_engine_died_get_its_503_not_a_500(tiny_model_dir, mo
         engine.close()
     message = "the builtin engine has stopped: restart the server"
     assert [(answer.status_code, answer.json()) for answer in answers] == [(503, {"detail": message})] * 2
+
+
+def test_a_stream_whose_engine_dies_ends_with_its_503_event_not_a_500(tiny_model_dir, monkeypatch):
+    """Once an OpenAI stream has begun, an error is an event: the engine dying mid-stream said "internal server
+    error" (500), where every other request says "restart the server"."""
+    import asyncio
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from llmkit.server.app import create_app
+    from llmkit.server.builtin import BuiltinEngine
+    from llmkit.server.settings import ServerSettings
+
+    engine = BuiltinEngine.load(ServerSettings(model=str(tiny_model_dir), device="cpu"))
+
+    async def dies_after_the_stream_began(seq):
+        seq.listener()  # a token settled: the stream's status line and first events go out
+        await asyncio.sleep(0.2)
+        monkeypatch.setattr(engine, "healthy", lambda: False)
+        raise RuntimeError("EngineDeadError")
+
+    monkeypatch.setattr(engine, "run", dies_after_the_stream_began)
+    body = {"prompt": "hi", "max_tokens": 4, "stream": True}
+    try:
+        with TestClient(create_app(engine.settings, engine), raise_server_exceptions=False) as client:
+            answer = client.post("/v1/completions", json=body)
+    finally:
+        engine.close()
+    assert answer.status_code == 200  # sent before the engine died
+    events = [line.removeprefix("data: ") for line in answer.text.splitlines() if line.startswith("data: ")]
+    message = "the builtin engine has stopped: restart the server"
+    assert json.loads(events[-1]) == {
+        "error": {"message": message, "type": "server_error", "param": None, "code": "server_busy"}
+    }
