@@ -503,7 +503,9 @@ class DatasetSpec(BaseModel):
         None, description="chat_template: message key holding true/false: train that turn (over roles_to_train)."
     )
     roles: dict[str, list[str]] | None = Field(
-        None, description="chat_template: role names in the data for each template role, {user: [human, user]}."
+        None,
+        description="chat_template: role names in the data for each template role, {user: [human, user]}; sharegpt's "
+        "{input: [...], output: [...]}: more speakers, masked or trained.",
     )
     roles_to_train: list[str] | None = Field(None, description="chat_template: roles trained (default assistant).")
     train_on_eos: TrainOnEos = Field(

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from jinja2 import TemplateError
 
-from llmkit.config.sections import DatasetSpec
+from llmkit.config.sections import DatasetSpec, DatasetType
 from llmkit.data.fields import Builder, FieldError, text_field
 from llmkit.data.rows import Parts, RawRow, Segment
 
@@ -190,9 +190,24 @@ def jinja_text(jinja: str | None, base_dir: Path | None) -> str:
 
 
 def _role_map(spec: DatasetSpec) -> dict[str, str]:
+    """Each role name of the data -> the template role it is rendered as."""
+    if speakers := _sharegpt_speakers(spec):  # more speakers, each under its own name (human/gpt as ever)
+        return {
+            **DEFAULT_ROLES,
+            **{name: DEFAULT_ROLES.get(name, name) for names in speakers.values() for name in names},
+        }
     if not spec.roles:
         return DEFAULT_ROLES
     return {source: target for target, sources in spec.roles.items() for source in sources}
+
+
+def _sharegpt_speakers(spec: DatasetSpec) -> dict[str, list[str]] | None:
+    """`type: sharegpt`'s `roles: {input: [...], output: [...]}`, in the meaning axolotl gave it before it dropped
+    sharegpt (its ShareGPTPromptTokenizingStrategy): role names beyond human/gpt, rendered under their own names,
+    `input` ones masked and `output` ones trained; not chat_template's {template role: [data names]}. Else None."""
+    if spec.type is DatasetType.sharegpt and spec.roles and set(spec.roles) <= {"input", "output"}:
+        return spec.roles
+    return None
 
 
 def chat_messages(row: RawRow, spec: DatasetSpec) -> tuple[str, list[Message]]:
@@ -268,6 +283,8 @@ def make_chat_builder(
     ends = _turn_ends(spec, tokenizer.eos_token, defaults.eot_tokens)
     role_map = _role_map(spec)
     named = ["assistant"] if spec.roles_to_train is None else spec.roles_to_train  # [] trains no role
+    if spec.roles_to_train is None and (speakers := _sharegpt_speakers(spec)):
+        named = ["assistant", *speakers.get("output", [])]
     trained_roles = {role_map.get(role, role) for role in named}
     unended = False  # warned already: the template ends a trained turn with none of eot_tokens
 

@@ -433,6 +433,26 @@ def test_roles_to_train_and_train_on_eos_choose_what_is_trained(write_rows, make
     assert tokenizer.decode(row["input_ids"]) == expected
 
 
+def test_sharegpt_roles_input_and_output_are_more_speakers_masked_or_trained(write_rows, make_cfg, tokenizer):
+    """axolotl's sharegpt `roles: {input: [...], output: [...]}` names speakers beyond human/gpt, each rendered under
+    its own name: input ones masked, output ones trained. They were read as chat_template's template roles, so the
+    rows rendered human/gpt under the role headers `input`/`output` (or were refused) and trained the wrong turns."""
+    turns = [
+        {"from": "human", "value": "Hi there"},
+        {"from": "narrator", "value": "A door opens."},
+        {"from": "gpt", "value": "Hello!"},
+        {"from": "char", "value": "Who is it?"},
+    ]
+    roles = {"input": ["human", "narrator"], "output": ["gpt", "char"]}
+    keys = {"type": "sharegpt", "conversation": "chatml", "roles": roles, "message_property_mappings": None}
+    (row,) = _chat(write_rows, make_cfg, tokenizer, [{"conversations": turns}], **keys)
+    assert tokenizer.decode(row["input_ids"]) == (
+        "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>narrator\nA door opens.<|im_end|>\n"
+        "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>char\nWho is it?<|im_end|>\n"
+    )
+    assert _trained_runs(tokenizer, row) == ["Hello!<|im_end|>", "Who is it?<|im_end|>"]
+
+
 # Turns as Gemma's template ends them: an end-of-turn token of its own, then the EOS (SmolLM2's <|endoftext|> and
 # <|im_end|> here: special tokens, so no text merges with them).
 TURN_END_TEMPLATE = (
