@@ -128,22 +128,42 @@ def config_template(tokenizer: PreTrainedTokenizerBase, defaults: ChatDefaults) 
 def _template_text(
     choice: str, jinja: str | None, tokenizer: PreTrainedTokenizerBase, base_dir: Path | None, key: str
 ) -> str:
-    if choice == "jinja":
-        return jinja_text(jinja, base_dir)
     if choice == "tokenizer_default" or choice.startswith(_FALLBACK):
         if tokenizer.chat_template:
             return cast(str, tokenizer.chat_template)
         if choice == "tokenizer_default":
             raise ValueError(
-                "chat_template tokenizer_default: the tokenizer has no chat template; name one "
+                "chat_template: tokenizer_default, but the tokenizer has no chat template; name one "
                 f"({', '.join(CHAT_TEMPLATES)}) or use {_FALLBACK}chatml"
             )
         choice = choice.removeprefix(_FALLBACK)
+    return named_template(choice, jinja, base_dir, key)
+
+
+def check_template_name(choice: str, jinja: str | None, base_dir: Path | None, key: str) -> None:
+    """What can be checked of a template choice without the tokenizer: all but the tokenizer's own template.
+
+    Raises:
+        ValueError: as `named_template` (a fallback's name is checked, as axolotl's schema checks it).
+    """
+    if choice != "tokenizer_default":
+        named_template(choice.removeprefix(_FALLBACK), jinja, base_dir, key)
+
+
+def named_template(choice: str, jinja: str | None, base_dir: Path | None, key: str) -> str:
+    """The text of a template given by name, as Jinja, or as `jinja` (chat_template_jinja): all but the tokenizer's
+    own, so checked without a tokenizer (`llmkit validate` on a hub model not downloaded).
+
+    Raises:
+        ValueError: a name this project does not ship; a chat_template_jinja that is neither a file nor Jinja.
+    """
+    if choice == "jinja":
+        return jinja_text(jinja, base_dir)
     if choice in CHAT_TEMPLATES:
         return CHAT_TEMPLATES[choice]
     if "{{" in choice or "{%" in choice:
         return choice
-    raise ValueError(f"{key} {choice!r}: not one of {', '.join(CHAT_TEMPLATES)}, {TEMPLATE_CHOICES}")
+    raise ValueError(f"{key}: {choice!r} is not one of {', '.join(CHAT_TEMPLATES)}, {TEMPLATE_CHOICES}")
 
 
 def template_for_rows(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, defaults: ChatDefaults) -> str:
@@ -180,13 +200,13 @@ def _warn_missing_markers(template: str, tokenizer: PreTrainedTokenizerBase) -> 
 
 def jinja_text(jinja: str | None, base_dir: Path | None) -> str:
     if not jinja:
-        raise ValueError("chat_template jinja needs chat_template_jinja: a Jinja template or a file holding one")
+        raise ValueError("chat_template: jinja needs chat_template_jinja, a Jinja template or a file holding one")
     if "{" in jinja:
         return jinja
     for folder in (Path.cwd(), base_dir):
         if folder and (folder / jinja).is_file():
             return (folder / jinja).read_text(encoding="utf-8")
-    raise ValueError(f"chat_template_jinja {jinja!r}: no such file, and not a Jinja template")
+    raise ValueError(f"chat_template_jinja: {jinja!r} is no file here, and not a Jinja template")
 
 
 def _role_map(spec: DatasetSpec) -> dict[str, str]:

@@ -145,7 +145,7 @@ def _checked_row_tokens(
     except UserStrategyError as err:
         raise DataError(f"{entry}.{err}") from None
     except ValueError as err:  # a chat template this project cannot use: the spec's error, not every row's
-        raise DataError(f"{entry} {source_name(spec)}: {err}") from None
+        raise DataError(f"{entry}.{err} ({source_name(spec)})") from None
 
 
 def spec_problems(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> list[str]:

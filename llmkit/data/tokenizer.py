@@ -14,7 +14,9 @@ from tokenizers import AddedToken
 
 from llmkit.config.schema import AxolotlConfig, ConfigError
 from llmkit.core.models import resolve_model
-from llmkit.data.chat import ChatDefaults, config_template
+from llmkit.data.chat import ChatDefaults, check_template_name, config_template
+from llmkit.data.prompts import CHAT_TYPES
+from llmkit.data.sources import source_name
 
 
 def load_tokenizer(cfg: AxolotlConfig) -> Any:
@@ -34,7 +36,7 @@ def tokenizer_problems(cfg: AxolotlConfig, vocab_size: int | None) -> list[str]:
     from llmkit.data import spec_problems
 
     if not tokenizer_here(cfg):
-        return []
+        return _template_name_problems(cfg)
     try:
         tokenizer = _pretrained_tokenizer(cfg)
     except (OSError, ValueError, AttributeError):  # not loadable here: training says why
@@ -48,6 +50,27 @@ def tokenizer_problems(cfg: AxolotlConfig, vocab_size: int | None) -> list[str]:
             "model's own tokenizer or a model whose vocab_size covers this one"
         )
     return problems + spec_problems(cfg, _configured_tokenizer(cfg, tokenizer))
+
+
+def _template_name_problems(cfg: AxolotlConfig) -> list[str]:
+    """The chat templates the config names that cannot be used whatever the tokenizer (a name this project does not
+    ship, a missing chat_template_jinja file); where the tokenizer is here, building the rows checks them."""
+    defaults = ChatDefaults.from_config(cfg)
+    problems = []
+    if top := defaults.template or ("jinja" if defaults.jinja else None):
+        try:
+            check_template_name(top, defaults.jinja, defaults.base_dir, "chat_template")
+        except ValueError as err:
+            problems.append(str(err))
+    for key, position, spec in cfg.dataset_entries():
+        if cfg.rl or spec.base_type not in CHAT_TYPES:  # as spec_problems: preference rows check their own
+            continue
+        choice, jinja, name = spec.template_choice(None, None)  # its own choice; the config's is checked above
+        try:
+            check_template_name(choice, jinja, defaults.base_dir, name)
+        except ValueError as err:
+            problems.append(f"{key}[{position}].{err} ({source_name(spec)})")
+    return problems
 
 
 def _pretrained_tokenizer(cfg: AxolotlConfig) -> Any:

@@ -354,7 +354,8 @@ def test_validate_reports_a_chat_dataset_on_a_tokenizer_without_a_template(tiny_
     )
     assert status == 1
     # the data pipeline's own message, naming the dataset and the key
-    assert f"datasets[0] {chats}: chat_template tokenizer_default: the tokenizer has no chat template" in output
+    assert "datasets[0].chat_template: tokenizer_default, but the tokenizer has no chat template" in output
+    assert f"chatml ({chats})" in output
 
 
 def test_validate_refuses_a_bad_row_that_training_would_stop_on(tiny_config, tmp_path):

@@ -131,7 +131,7 @@ def test_chat_template_choices(write_rows, make_cfg, default_model_dir):
     chatml = make_cfg([{"path": str(path), "type": "chat_template", "chat_template": "chatml"}])
     (row,) = build_datasets(chatml, tokenizer).train
     assert tokenizer.decode(row["input_ids"]).startswith("<|im_start|>user\nHi there<|im_end|>")
-    with pytest.raises(DataError, match=re.escape(str(path)) + ": chat_template 'llama9'"):
+    with pytest.raises(DataError, match=re.escape("datasets[0].chat_template: 'llama9' is not one of")):
         build_datasets(make_cfg([{"path": str(path), "type": "chat_template", "chat_template": "llama9"}]), tokenizer)
 
 

@@ -453,6 +453,33 @@ def test_sharegpt_roles_input_and_output_are_more_speakers_masked_or_trained(wri
     assert _trained_runs(tokenizer, row) == ["Hello!<|im_end|>", "Who is it?<|im_end|>"]
 
 
+def test_chat_template_names_are_checked_without_the_tokenizer(tmp_path):
+    """`llmkit validate` checked template names only with the tokenizer at hand (the embedded model, a folder): on a
+    hub model a misspelt name passed, and training stopped on it after the download."""
+    from llmkit.data.tokenizer import tokenizer_problems
+
+    (tmp_path / "a.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    datasets = [
+        {"path": "a.jsonl", "type": "chat_template"},  # the config's template: reported once, as the config's
+        {"path": "a.jsonl", "type": "chat_template", "chat_template": "qwen_25"},
+        {"path": "a.jsonl", "type": "chat_template", "chat_template": "tokenizer_default"},  # needs the tokenizer
+        {"path": "a.jsonl", "type": "sharegpt", "conversation": "vicuna"},
+        {"path": "a.jsonl", "type": "chat_template", "chat_template": "jinja", "chat_template_jinja": "no.jinja"},
+    ]
+    cfg = _load(tmp_path, datasets, base_model="Qwen/Qwen2.5-0.5B", chat_template="chatlm")
+    choices = "chatml, llama3, phi_3, gemma, qwen_25, tokenizer_default, tokenizer_default_fallback_<name>, jinja"
+    source = tmp_path / "a.jsonl"
+    assert tokenizer_problems(cfg, None) == [
+        f"chat_template: 'chatlm' is not one of {choices}, a Jinja string",
+        f"datasets[3].conversation: 'vicuna' is not one of {choices}, a Jinja string ({source})",
+        f"datasets[4].chat_template_jinja: 'no.jinja' is no file here, and not a Jinja template ({source})",
+    ]
+    assert tokenizer_problems(cfg.model_copy(update={"chat_template": "chatml"}), None) == [
+        f"datasets[3].conversation: 'vicuna' is not one of {choices}, a Jinja string ({source})",
+        f"datasets[4].chat_template_jinja: 'no.jinja' is no file here, and not a Jinja template ({source})",
+    ]
+
+
 # Turns as Gemma's template ends them: an end-of-turn token of its own, then the EOS (SmolLM2's <|endoftext|> and
 # <|im_end|> here: special tokens, so no text merges with them).
 TURN_END_TEMPLATE = (
@@ -591,11 +618,11 @@ def test_template_choices_that_cannot_render_are_clear_errors(write_rows, make_c
     bare = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
     bare.chat_template = None
     with pytest.raises(
-        DataError, match=re.escape(f"{path}: chat_template tokenizer_default: the tokenizer has no chat template")
+        DataError, match=re.escape("datasets[0].chat_template: tokenizer_default, but the tokenizer has no chat")
     ):
         build_datasets(make_cfg([{"path": str(path), **MAPPED, "chat_template": "tokenizer_default"}]), bare)
     with pytest.raises(
-        DataError, match=r"chat_template 'qwen3': not one of chatml, llama3, phi_3, gemma, qwen_25, tokenizer_default"
+        DataError, match=r"datasets\[0\]\.chat_template: 'qwen3' is not one of chatml, llama3, phi_3, gemma, qwen_25"
     ):
         build_datasets(make_cfg([{"path": str(path), **MAPPED, "chat_template": "qwen3"}]), tokenizer)
     with pytest.raises(
@@ -806,7 +833,7 @@ def test_the_top_level_chat_template_renders_datasets_and_is_saved_with_the_toke
     assert "<start_of_turn>user\nHi there<end_of_turn>" in base.decode(row["input_ids"])
     saved = load_tokenizer(make_cfg(chat_template="chatml"))
     assert saved.chat_template.startswith("{% for message in messages %}") and "<|im_start|>" in saved.chat_template
-    with pytest.raises(ConfigError, match="chat_template 'qwen9'"):
+    with pytest.raises(ConfigError, match="chat_template: 'qwen9' is not one of"):
         load_tokenizer(make_cfg(chat_template="qwen9"))
 
 
