@@ -17,7 +17,9 @@ from llmkit.core.errors import short_repr
 
 # axolotl keys that real configs (the team's included) carry and this project does not act on, because they
 # change how fast or where a run goes, what it logs or evaluates, not the weights it trains (or, for chat_template,
-# default_system_message and the dataset keys, because the data stage owns them). A key here is reported by name
+# default_system_message and the dataset keys, because the data stage owns them; or they only tune a method that is
+# refused here: an optimizer's, ReLoRA's, PoSE's, the reward model's; mean_resizing_embeddings: new embedding rows
+# always start at the others' mean, transformers' default, so that training, merging and serving resize alike). A key here is reported by name
 # as ignored; any other unknown key is reported as unknown, with a "did you mean".
 UNIMPLEMENTED_KEYS = frozenset(
     """
@@ -43,6 +45,29 @@ UNIMPLEMENTED_KEYS = frozenset(
     tokenizer_use_mistral_common freeze_mm_modules ddp experimental_skip_move_to_device
     sample_packing_sequentially sample_packing_bin_size sample_packing_group_size sample_packing_mp_start_method
     processor_type lisa_n_layers lisa_step_interval lisa_layers_attribute
+    auto_find_batch_size axolotl_config_path batch_flattening bench_dataset bench_split capabilities env_capabilities
+    chunked_cross_entropy_num_chunks use_comet comet_api_key comet_experiment_config comet_experiment_key comet_mode
+    comet_online comet_project_name comet_workspace dataloader_drop_last dataset_keep_in_memory dataset_num_proc
+    deepcompile device device_map max_memory dynamic_checkpoint embeddings_skip_upcast
+    fp8_enable_fsdp_float8_all_gather fsdp_final_state_dict_type gc_steps gemma4_hybrid_attn_impl generate_samples
+    generation_do_sample generation_max_new_tokens generation_prompt_ratio generation_temperature generation_top_k
+    generation_top_p num_generation_samples gradio_max_new_tokens gradio_server_name gradio_server_port gradio_share
+    gradio_temperature gradio_title heads_k_stride ring_attn_func hf_mlflow_log_artifacts use_mlflow mlflow_run_name
+    hub_revision include_tkps is_preprocess preprocess_iterable layer_offloading lora_embedding_kernel merge_method
+    multipack_real_batches num_dataset_shards_to_save use_otel_metrics otel_metrics_host otel_metrics_port
+    peft_autocast_adapter_dtype pretrain_multipack_buffer_size streaming_multipack_buffer_size streaming
+    profiler_steps profiler_steps_start qlora_sharded_model_loading use_ray ray_num_workers ray_run_name
+    resources_per_worker save_only_model tiled_mlp_num_shards tiled_mlp_use_original_mlp tokenizer_save_jinja_files
+    torch_compile_mode total_supervised_tokens use_trackio trackio_project_name trackio_run_name trackio_space_id
+    use_tensorboard world_size precompute_ref_log_probs eval_sequence_len pad_to_multiple_of num_labels
+    cls_model_config sage_attention llama4_linearized_experts image_size image_resize_algorithm processor_kwargs
+    adam_beta3 adam_epsilon2 dion_lr dion_momentum dion_rank_fraction dion_rank_multiple_of qgalore_cos_threshold
+    qgalore_gamma_proj qgalore_proj_bits qgalore_proj_group_size qgalore_proj_quant qgalore_proj_type
+    qgalore_queue_size qgalore_rank qgalore_scale qgalore_update_proj_gap center_rewards_coefficient eaft_alpha eaft_k
+    pose_max_context_len pose_num_chunks pose_split_on_token_ids pretrain_multipack_attn
+    pretraining_sample_concatenation relora_cpu_offload relora_prune_method relora_prune_ratio scaling_softmax_bias
+    scaling_softmax_factor model_quantization_config_kwargs vllm mean_resizing_embeddings
+    unsloth_cross_entropy_loss unsloth_lora_mlp unsloth_lora_qkv unsloth_lora_o unsloth_rms_norm unsloth_rope
     """.split()
 )
 # axolotl keys that would change what is trained and that this project does not implement: a value other than
@@ -79,6 +104,30 @@ REFUSED_KEYS = {
     "curriculum_sampling": "sequential (curriculum) sampling is not implemented: the Trainer shuffles rows each epoch",
     "chat_template_kwargs": "extra chat template arguments are not implemented; write them into chat_template_jinja",
     "min_sample_len": "a minimum row length is not implemented; rows with no trained token are dropped",
+    "added_tokens_overrides": "renaming the tokenizer's reserved tokens is not implemented; add tokens with tokens:",
+    "fix_untrained_tokens": "setting untrained tokens' embeddings to the mean is not implemented",
+    "shrink_embeddings": "shrinking the embeddings to the tokenizer's length is not implemented",
+    "peft_layer_replication": "LoRA layer replication (a deeper model from repeated layers) is not implemented",
+    "peft_trainable_token_indices": "training single tokens' embeddings is not implemented; lora_modules_to_save "
+    "trains the whole embedding",
+    "peft_ensure_weight_tying": "tying adapter weights across tied embeddings is not implemented",
+    "use_pose": "PoSE context extension (skipped position ids) is not implemented",
+    "float32": "float32 is not a switch here: training runs in float32 when bf16 and fp16 are false",
+    "fp8": "FP8 mixed-precision training is not implemented",
+    "dpo_loss_type": "DPO loss variants are not implemented; rl: dpo/ipo set the loss",
+    "dpo_loss_weights": "DPO loss variants are not implemented; rl: dpo/ipo set the loss",
+    "use_eaft": "the entropy-aware focal loss (EAFT) is not implemented",
+    "ebft": "energy-based fine-tuning (EBFT) is not implemented",
+    "jagged_restart_steps": "jagged learning-rate restarts are not implemented",
+    "jagged_restart_warmup_steps": "jagged learning-rate restarts are not implemented",
+    "jagged_restart_anneal_steps": "jagged learning-rate restarts are not implemented",
+    "model_quantization_config": "a quantization backend other than bitsandbytes (load_in_4bit/load_in_8bit) is not "
+    "implemented",
+    "quantization": "post-training quantization of the trained model is not implemented",
+    "reinit_weights": "training from randomly initialised weights is not implemented",
+    "trainer_cls": "a custom trainer class is not implemented",
+    "overrides_of_model_kwargs": "extra from_pretrained arguments are not implemented; overrides_of_model_config is",
+    "model_kwargs": "extra from_pretrained arguments are not implemented; overrides_of_model_config is",
 }
 # Keys that change what is trained only together, as axolotl reads them: refused when every one is set; one alone is
 # an ignored key. LISA runs `if cfg.lisa_step_interval and cfg.lisa_n_layers` (lisa_layers_attribute has a default);
@@ -99,11 +148,15 @@ def refused_plugins(value: object) -> list[str]:
     return [str(name) for name in names if str(name).rsplit(".", 1)[-1] not in SPEED_ONLY_PLUGINS]
 
 
+# Dataset entry keys of axolotl's this project does not act on: of the data stage's own choosing, or of entry kinds
+# refused here anyway (pretraining, stepwise-supervised and synthetic datasets).
 DATASET_UNIMPLEMENTED_KEYS = frozenset(
     """
     preprocess_shards train_on_split trust_remote_code input_transform input_format
     message_field_training_detail field_thinking template_thinking_key split_thinking field_tools
     field_human field_model logprobs_field temperature
+    skip text_column step_separator train_on_last_step_only max_completion_length
+    length seed sequence_length min_input_id max_input_id
     """.split()
 )
 

@@ -109,7 +109,12 @@ _ATTENTION_FLAGS = {
     "xformers_attention": "xformers",
 }
 # axolotl's older key names, read as the newer ones.
-_RENAMED_KEYS = {"model_config": "overrides_of_model_config", "evaluation_strategy": "eval_strategy"}
+_RENAMED_KEYS = {  # axolotl's aliases and older names
+    "model_config": "overrides_of_model_config",
+    "evaluation_strategy": "eval_strategy",
+    "model_revision": "revision_of_model",
+    "type_of_model": "model_type",
+}
 
 
 class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelSection):

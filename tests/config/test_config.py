@@ -471,6 +471,19 @@ def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
         ("chat_template_kwargs", {"enable_thinking": False}, "extra chat template arguments are not implemented"),
         ("min_sample_len", 8, "a minimum row length is not implemented"),
         ("embedding_lr", 1e-5, "a separate embedding learning rate"),
+        # in axolotl's schema, and once reported as unknown keys (a typo?) and dropped
+        ("peft_layer_replication", [[0, 4], [2, 6]], "LoRA layer replication"),
+        ("peft_trainable_token_indices", [5, 6], "training single tokens' embeddings is not implemented"),
+        ("fix_untrained_tokens", True, "untrained tokens' embeddings"),
+        ("added_tokens_overrides", {128002: "<tool>"}, "renaming the tokenizer's reserved tokens"),
+        ("shrink_embeddings", True, "shrinking the embeddings"),
+        ("use_pose", True, "PoSE"),
+        ("fp8", True, "FP8 mixed-precision training"),
+        ("float32", True, "training runs in float32 when bf16 and fp16 are false"),
+        ("reinit_weights", True, "randomly initialised weights"),
+        ("trainer_cls", "my.Trainer", "a custom trainer class"),
+        ("model_kwargs", {"torch_dtype": "float16"}, "extra from_pretrained arguments"),
+        ("quantization", {"weight_dtype": "int8"}, "post-training quantization"),
     ],
 )
 def test_keys_that_would_change_training_and_are_not_implemented_are_refused(tmp_path, key, value, reason):
@@ -514,7 +527,16 @@ def test_an_unsupported_rl_is_the_only_error_and_reward_data_says_what_it_is(tmp
 
 
 def test_documented_axolotl_keys_for_speed_or_parallelism_are_known_not_unknown(tmp_path):
-    keys = {"tiled_mlp": True, "sequence_parallel_degree": 2, "experts_implementation": "scattermoe", "use_kernels": 1}
+    keys = {
+        "tiled_mlp": True,
+        "sequence_parallel_degree": 2,
+        "experts_implementation": "scattermoe",
+        "use_kernels": 1,
+        "use_tensorboard": True,
+        "unsloth_lora_mlp": True,
+        "gc_steps": 10,
+        "save_only_model": True,
+    }
     cfg = load_quietly(write(tmp_path, MINIMAL), keys)
     described = [key.describe() for key in cfg.ignored_keys]
     assert described == [f"{key}={value!r}: not implemented here" for key, value in keys.items()]
@@ -537,8 +559,11 @@ def test_older_spellings_axolotl_still_reads(tmp_path):
             "model_config": {"output_router_logits": True},
             "evaluation_strategy": "steps",
             "tokens": {"bos_token": "<s>"},
+            "model_revision": "abc123",  # axolotl's aliases of revision_of_model and model_type
+            "type_of_model": "LlamaForCausalLM",
         },
     )
+    assert cfg.revision_of_model == "abc123" and cfg.model_type == "LlamaForCausalLM"
     assert cfg.gradient_accumulation_steps == 4  # batch_size / micro_batch_size
     assert cfg.overrides_of_model_config == {"output_router_logits": True} and cfg.eval_strategy == "steps"
     assert cfg.special_tokens.bos_token == "<s>" and cfg.tokens is None
@@ -592,3 +617,21 @@ def test_data_files_without_a_path_asks_for_the_path_they_are_in(tmp_path):
 def test_axolotls_other_adapters_are_named_as_not_implemented(tmp_path, value, named):
     message = error_of(write(tmp_path, MINIMAL.replace("adapter: qlora", f"adapter: {value}")))
     assert f"adapter: {value} (" in message and named in message and "not implemented here" in message
+
+
+def test_every_key_of_axolotls_schema_is_known_here():
+    """A key axolotl accepts is a field here, an older spelling read as one, or named as ignored or refused: never
+    "unknown key" (which says typo), and never dropped while it changes training."""
+    from llmkit.config.keys import DATASET_UNIMPLEMENTED_KEYS, REFUSED_KEYS, REFUSED_TOGETHER, UNIMPLEMENTED_KEYS
+    from llmkit.config.schema import _RENAMED_KEYS, AxolotlConfig
+    from llmkit.config.sections import DatasetSpec
+
+    lines = [line for line in (Path(__file__).parent / "axolotl_keys.txt").read_text().splitlines()]
+    keys = [line for line in lines if line and not line.startswith("#")]
+    split = keys.index("[dataset]")
+    top, dataset = keys[:split], keys[split + 1 :]
+    together = {key for group in REFUSED_TOGETHER for key in group}
+    known = {*AxolotlConfig.model_fields, *_RENAMED_KEYS, *UNIMPLEMENTED_KEYS, *REFUSED_KEYS, *together}
+    assert len(top) > 350 and [key for key in top if key not in known] == []
+    entry = {*DatasetSpec.model_fields, *(field.alias for field in DatasetSpec.model_fields.values() if field.alias)}
+    assert len(dataset) > 40 and [key for key in dataset if key not in entry | DATASET_UNIMPLEMENTED_KEYS] == []
