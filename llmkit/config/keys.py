@@ -19,8 +19,8 @@ from llmkit.core.errors import short_repr
 # change how fast or where a run goes, what it logs or evaluates, not the weights it trains (or, for chat_template,
 # default_system_message and the dataset keys, because the data stage owns them; or they only tune a method that is
 # refused here: an optimizer's, ReLoRA's, PoSE's, the reward model's; mean_resizing_embeddings: new embedding rows
-# always start at the others' mean, transformers' default, so that training, merging and serving resize alike). A key here is reported by name
-# as ignored; any other unknown key is reported as unknown, with a "did you mean".
+# always start at the others' mean, transformers' default, so that training, merging and serving resize alike).
+# A key here is reported by name as ignored; any other unknown key is reported as unknown, with a "did you mean".
 UNIMPLEMENTED_KEYS = frozenset(
     """
     is_llama_derived_model is_mistral_derived_model is_falcon_derived_model is_qwen_derived_model

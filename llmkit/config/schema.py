@@ -10,9 +10,10 @@ Key names are axolotl's (see `llmkit.config.sections` and the README's "Configs"
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -454,6 +455,8 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
 
         if self.adapter is None or self.peft_method is PeftMethod.prompt_tuning:
             return []
+        if isinstance(self.lora_target_modules, str):
+            return self._regex_targets(shape_or_model)
         listed = [name for name in self.lora_target_modules or [] if name != "all-linear"]
         all_linear = self.lora_target_linear or len(listed) < len(self.lora_target_modules or [])
         if shape_or_model is None:
@@ -470,6 +473,27 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             raise ConfigError([_renamed_targets(refused, shape)], self.source)
         chosen = [name for name in shape.linear_names() if name not in renamed] if all_linear else []
         return chosen + [name for name in listed if name not in chosen]
+
+    def _regex_targets(self, shape_or_model) -> list[str]:
+        """lora_target_modules as one regular expression, as peft reads a string: the full names of the modules it
+        matches whole (lora_target_linear's layers too, where set); unknown shape: the expression, unchecked."""
+        from llmkit.core.shapes import ModelShape
+
+        pattern = cast(str, self.lora_target_modules)
+        if shape_or_model is None:
+            return (["all-linear"] if self.lora_target_linear else []) + [pattern]
+        shape = shape_or_model if isinstance(shape_or_model, ModelShape) else ModelShape.from_model(shape_or_model)
+        names = [module.name for module in shape.targetable() if re.fullmatch(pattern, module.name)]
+        if not names:
+            example = shape.linear[0].name if shape.linear else shape.architecture
+            raise ConfigError(
+                [
+                    f"lora_target_modules: the regular expression {pattern!r} matches no module of "
+                    f"{shape.architecture} whole (peft matches it against full names, e.g. {example})"
+                ],
+                self.source,
+            )
+        return (shape.linear_names() if self.lora_target_linear else []) + names
 
     def checked_modules_to_save(self, shape_or_model) -> list[str]:
         """lora_modules_to_save, each checked to name a module of the model (peft would ignore one that names

@@ -63,6 +63,9 @@ class UnfrozenPattern:
         return self.regex.match(name) is not None
 
 
+_REGEX_SYNTAX = re.compile(r"[\\\[\](){}|*+?^$]")  # in a lora_target_modules string: a regex, not a name
+
+
 def one_as_list(value: object) -> object:
     """axolotl takes a single string where a list is expected (`lora_target_modules: q_proj`)."""
     return [value] if isinstance(value, str) else value
@@ -768,7 +771,11 @@ class LoraSection(BaseModel):
     lora_r: int = Field(8, gt=0, description="LoRA rank.")
     lora_alpha: int = Field(16, gt=0, description="LoRA scale numerator: scale = alpha/r (alpha/sqrt(r), rsLoRA).")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter's input.")
-    lora_target_modules: list[str] | None = Field(None, description="Module names to wrap (q_proj, v_proj, ...).")
+    lora_target_modules: list[str] | str | None = Field(
+        None,
+        description="Module names to wrap (q_proj, v_proj, ...); or one regular expression that the full module "
+        "names must match, as peft reads a string (model.layers.[0-9]+.self_attn.(q|v)_proj).",
+    )
     lora_target_linear: bool = Field(False, description="Wrap every linear layer except lm_head, plus the list.")
     lora_modules_to_save: list[str] | None = Field(
         None, description="Modules trained in full (embed_tokens, lm_head)."
@@ -797,9 +804,22 @@ class LoraSection(BaseModel):
             )
         return value
 
-    _lists = field_validator(
-        "lora_target_modules", "lora_modules_to_save", "peft_layers_pattern", "peft_layers_to_transform", mode="before"
-    )(one_as_list)
+    _lists = field_validator("lora_modules_to_save", "peft_layers_pattern", "peft_layers_to_transform", mode="before")(
+        one_as_list
+    )
+
+    @field_validator("lora_target_modules", mode="before")
+    @classmethod
+    def _names_or_regex(cls, value: object) -> object:
+        """A list of names; one name alone (a list of one); or, as axolotl hands a string to peft, a regular
+        expression the full module names must match (a string with regex syntax beyond dots)."""
+        if not isinstance(value, str) or not _REGEX_SYNTAX.search(value):
+            return one_as_list(value)
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"{value!r} is not a regular expression ({err})") from None
+        return value
 
     @field_validator("peft_layers_to_transform", mode="before")
     @classmethod

@@ -396,3 +396,21 @@ def test_validate_accepts_a_tokenizer_smaller_than_the_embeddings(tiny_config, m
     base = make_tiny_model(LlamaConfig, LlamaForCausalLM, vocab_size=len(tokenizer) + 64)  # padded rows, as Qwen's
     status, output = _validate_output(tiny_config(base_model=str(base)))
     assert status == 0, output
+
+
+def test_a_lora_target_modules_string_with_regex_syntax_is_peft_s_regex_over_full_names():
+    """axolotl hands a string to peft, which matches it whole against full module names (axolotl's Mistral-Small
+    example); it was read as one module name and refused as matching none."""
+    pattern = r"model.layers.[\d]+.(mlp|self_attn).(up|down|gate|q|k|v|o)_proj"
+    p = plan(team("Mistral-01", {"lora_target_modules": pattern, "lora_target_linear": False}))
+    assert len(p.target_modules) == 7 * p.shape.num_layers
+    assert "model.layers.0.self_attn.q_proj" in p.target_modules and "lm_head" not in p.target_modules
+    only = {"lora_target_modules": r"model\.layers\.[0-9]+\.self_attn\.(q|v)_proj", "lora_target_linear": False}
+    attention = plan(team("Mistral-01", only))
+    assert attention.trainable_params < p.trainable_params
+    name = {"lora_target_modules": "q_proj", "lora_target_linear": False}
+    assert plan(team("Mistral-01", name)).target_modules == ["q_proj"]  # a name alone
+    with pytest.raises(ConfigError, match=r"regular expression '\.\*attn.*qq_proj' matches no module of Mistral"):
+        plan(team("Mistral-01", {"lora_target_modules": r".*attn\.qq_proj", "lora_target_linear": False}))
+    with pytest.raises(ConfigError, match=r"lora_target_modules: .*'q_proj\(' is not a regular expression"):
+        team("Mistral-01", {"lora_target_modules": "q_proj("})
