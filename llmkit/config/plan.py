@@ -290,7 +290,8 @@ def _count_all_rows(datasets: list[DatasetSpec]) -> int | None:
 
 
 def _count_rows(spec: DatasetSpec) -> int | None:
-    """Rows of a local dataset (file, folder, or data_files); None for a hub dataset."""
+    """Rows of a local dataset (file, folder, or data_files) that the spec's split and shard select; None for a hub
+    dataset."""
     path = Path(spec.path).expanduser()
     if path.is_dir():
         files = [path / f for f in spec.data_files] if spec.data_files else sorted(path.iterdir())
@@ -301,7 +302,24 @@ def _count_rows(spec: DatasetSpec) -> int | None:
     else:
         return None
     counts = [_rows_in_file(f) for f in files if f.suffix in _ROW_FILES]
-    return None if not counts or None in counts else sum(counts)
+    if not counts or None in counts:
+        return None
+    return _selected(spec, sum(counts))
+
+
+def _selected(spec: DatasetSpec, rows: int) -> int | None:
+    """Of a local dataset's `rows`, how many its `split` (`train[:25%]`; a local file's only split is `train`) and
+    its shard (datasets' `shard`: the first `rows % shards` shards hold one more) keep; None for a split the data
+    stage refuses."""
+    from datasets import ReadInstruction
+
+    if spec.split != "train":
+        try:
+            wanted = ReadInstruction.from_spec(spec.split).to_absolute({"train": rows})
+        except (ValueError, KeyError, AssertionError):  # another split, or not datasets' syntax: preparing says so
+            return None
+        rows = sum(part.to - part.from_ for part in wanted)
+    return len(range(spec.shards_idx, rows, spec.shards)) if spec.shards else rows
 
 
 def _rows_in_file(path: Path) -> int | None:

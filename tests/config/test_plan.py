@@ -157,6 +157,28 @@ def test_rows_are_counted_in_each_local_format(tmp_path, suffix):
     assert plan(team("Mistral-01", {"datasets": [{"path": str(path), "type": "alpaca"}]})).rows == expected
 
 
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"split": "train[:25%]"},
+        {"split": "train[5:-3]"},
+        {"shards": 3, "shards_idx": 0},
+        {"shards": 3, "shards_idx": 2},
+    ],
+)
+def test_rows_counted_are_those_the_split_and_shard_select(tmp_path, keys):
+    """The step count read every row of the file, whatever the split or shard kept (40 rows planned, 10 trained)."""
+    import datasets
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"instruction": f"q{n}", "output": "a"}) + "\n" for n in range(40)))
+    kept = datasets.load_dataset("json", data_files=str(path), split=keys.get("split", "train"))
+    if "shards" in keys:
+        kept = kept.shard(num_shards=keys["shards"], index=keys["shards_idx"])
+    assert len(kept) < 40
+    assert plan(team("Mistral-01", {"datasets": [{"path": str(path), "type": "alpaca", **keys}]})).rows == len(kept)
+
+
 def test_an_unknown_base_offline_still_plans_and_says_how_to_give_its_config():
     p = plan(team("Mistral-02", {"base_model": "nobody/no-such-model"}))
     assert p.shape is None and p.memory == [] and p.trainable_params is None
