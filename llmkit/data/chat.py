@@ -178,13 +178,17 @@ def template_for_rows(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, def
     return template
 
 
+_WARNED_MARKERS: set[tuple[str, str]] = set()  # (template, tokenizer) pairs warned about
+
+
 def _warn_missing_markers(template: str, tokenizer: PreTrainedTokenizerBase) -> None:
     """When `template` is a named one: its turn markers (`<|eot_id|>`, `<|im_end|>`, `<end_of_turn>`) that are no
     token of this tokenizer become several ordinary tokens: the text trains, but the end of a turn is no single stop
-    token. Once per dataset: get_vocab is slow."""
+    token. Once per dataset (get_vocab is slow), and said once per process (`validate` builds the rows twice)."""
     choice = next((name for name, text in CHAT_TEMPLATES.items() if text == template), None)
-    if choice is None:
+    if choice is None or (choice, tokenizer.name_or_path) in _WARNED_MARKERS:
         return
+    _WARNED_MARKERS.add((choice, tokenizer.name_or_path))
     markers = dict.fromkeys(re.findall(r"<\|[a-z_]+\|>|<(?:start|end)_of_turn>", template))
     vocabulary = tokenizer.get_vocab()
     missing = [marker for marker in markers if marker not in vocabulary]

@@ -562,6 +562,7 @@ def test_a_named_template_is_resolved_and_its_missing_turn_markers_warned_about_
     resolved = []
     resolve = chat.resolve_template
     monkeypatch.setattr(chat, "resolve_template", lambda *args: resolved.append(args) or resolve(*args))
+    monkeypatch.setattr(chat, "_WARNED_MARKERS", set())  # as in a new process
     rows = [
         {"messages": [{"role": "user", "content": f"{n}?"}, {"role": "assistant", "content": str(n)}]}
         for n in range(20)
@@ -572,6 +573,8 @@ def test_a_named_template_is_resolved_and_its_missing_turn_markers_warned_about_
     warning = "chat_template llama3: <|start_header_id|>, <|end_header_id|>, <|eot_id|> are not tokens"
     assert caplog.text.count(warning) == 1
     assert len(resolved) <= 2  # the rows' builder and the prepared data's key: not once per row
+    build_datasets(make_cfg([{"path": str(path), "type": "chat_template", "chat_template": "llama3"}]), tokenizer)
+    assert caplog.text.count(warning) == 1  # validate builds the rows twice (its checks, then its token count)
     caplog.clear()
     build_datasets(make_cfg([{"path": str(path), "type": "chat_template", "chat_template": "chatml"}]), tokenizer)
     assert "are not tokens" not in caplog.text  # SmolLM2's vocabulary has <|im_start|> and <|im_end|>
