@@ -163,7 +163,11 @@ def named_template(choice: str, jinja: str | None, base_dir: Path | None, key: s
         return CHAT_TEMPLATES[choice]
     if "{{" in choice or "{%" in choice:
         return choice
-    raise ValueError(f"{key}: {choice!r} is not one of {', '.join(CHAT_TEMPLATES)}, {TEMPLATE_CHOICES}")
+    raise ValueError(
+        f"{key}: {choice!r} is not one of {', '.join(CHAT_TEMPLATES)}, {TEMPLATE_CHOICES} (axolotl names more "
+        "templates than this project ships: tokenizer_default renders the model's own, which a model-named template "
+        "such as qwen3 or gemma3 is written after; chat_template_jinja takes any other)"
+    )
 
 
 def template_for_rows(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, defaults: ChatDefaults) -> str:
