@@ -262,8 +262,14 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             raise ValueError("do_causal_lm_eval: scores answers to held-out rows; set val_set_size or test_datasets")
         if self.do_causal_lm_eval and self.rl is not None:
             raise ValueError(f"do_causal_lm_eval: not with rl: {self.rl.value} (a preference row has two answers)")
-        if self.cosine_min_lr_ratio is not None and self.lr_scheduler is not LrScheduler.cosine:
+        with_floor = (LrScheduler.cosine, LrScheduler.cosine_with_min_lr)
+        if self.cosine_min_lr_ratio is not None and self.lr_scheduler not in with_floor:
             raise ValueError(f"cosine_min_lr_ratio applies to lr_scheduler: cosine, not {self.lr_scheduler.value}")
+        if self.lr_scheduler is LrScheduler.cosine_with_min_lr and self.cosine_min_lr_ratio is None:
+            raise ValueError(
+                "lr_scheduler: cosine_with_min_lr needs its floor: set cosine_min_lr_ratio (transformers' "
+                "min_lr_rate; lr_scheduler_kwargs is not implemented)"
+            )
         return self
 
     @model_validator(mode="after")

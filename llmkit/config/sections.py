@@ -379,7 +379,17 @@ class LrScheduler(str, Enum):
     constant = "constant"
     constant_with_warmup = "constant_with_warmup"
     inverse_sqrt = "inverse_sqrt"
-    warmup_stable_decay = "warmup_stable_decay"
+
+
+# Schedules axolotl accepts that this project does not run, and why: each refused by name, not as a typo.
+UNIMPLEMENTED_SCHEDULERS = {
+    "one_cycle": "axolotl's own OneCycleLR schedule",
+    "rex": "axolotl's own REX schedule",
+    "reduce_lr_on_plateau": "it steps on evaluation losses, not optimizer steps",
+    "warmup_stable_decay": "it needs num_decay_steps through lr_scheduler_kwargs",
+    "cosine_warmup_with_min_lr": "it needs its floor through lr_scheduler_kwargs; cosine with cosine_min_lr_ratio "
+    "is the same schedule",
+}
 
 
 Auto = Literal["auto"]
@@ -1013,6 +1023,17 @@ class TrainingSection(BaseModel):
     wandb_log_model: str | None = Field(None, description="W&B: upload checkpoints (checkpoint, end).")
 
     _optimizer = field_validator("optimizer", mode="before")(optimizer_name)
+
+    @field_validator("lr_scheduler", mode="before")
+    @classmethod
+    def _scheduler_name(cls, value: object) -> object:
+        if isinstance(value, str) and value in UNIMPLEMENTED_SCHEDULERS:
+            supported = ", ".join(member.value for member in LrScheduler)
+            raise ValueError(
+                f"{value} is not implemented here ({UNIMPLEMENTED_SCHEDULERS[value]}); supported: {supported}"
+            )
+        return value
+
     _target_modules = field_validator("optim_target_modules", mode="before")(
         lambda value: value if value == "all_linear" else one_as_list(value)
     )

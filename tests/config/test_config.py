@@ -635,3 +635,19 @@ def test_every_key_of_axolotls_schema_is_known_here():
     assert len(top) > 350 and [key for key in top if key not in known] == []
     entry = {*DatasetSpec.model_fields, *(field.alias for field in DatasetSpec.model_fields.values() if field.alias)}
     assert len(dataset) > 40 and [key for key in dataset if key not in entry | DATASET_UNIMPLEMENTED_KEYS] == []
+
+
+@pytest.mark.parametrize("name", ["one_cycle", "rex", "reduce_lr_on_plateau", "warmup_stable_decay"])
+def test_schedules_axolotl_knows_and_this_project_does_not_run_are_refused_by_name(tmp_path, name):
+    """warmup_stable_decay passed validate and train stopped in a traceback (it needs num_decay_steps); axolotl's
+    own names were refused as if misspelt ("Input should be ...")."""
+    message = error_of(write(tmp_path, MINIMAL), {"lr_scheduler": name})
+    assert f"lr_scheduler: {name} is not implemented here (" in message and "supported: linear" in message
+
+
+def test_cosine_with_min_lr_takes_its_floor_from_cosine_min_lr_ratio(tmp_path):
+    """Without a floor transformers stops the run in a traceback; with cosine_min_lr_ratio it is cosine's floor."""
+    message = error_of(write(tmp_path, MINIMAL), {"lr_scheduler": "cosine_with_min_lr"})
+    assert "cosine_with_min_lr needs its floor: set cosine_min_lr_ratio" in message
+    cfg = load_quietly(write(tmp_path, MINIMAL), {"lr_scheduler": "cosine_with_min_lr", "cosine_min_lr_ratio": 0.1})
+    assert cfg.cosine_min_lr_ratio == 0.1
