@@ -24,9 +24,14 @@ def task_metrics(log_history: list[dict[str, Any]]) -> dict[str, list[tuple[int,
 
 
 def plot_loss_curve(
-    log_history: list[dict[str, Any]], path: Path, title: str = "", ylabel: str = "cross-entropy loss"
+    log_history: list[dict[str, Any]],
+    path: Path,
+    title: str = "",
+    ylabel: str = "cross-entropy loss",
+    published_step: int | None = None,
 ) -> Path:
-    """Train loss per logging step and eval loss per evaluation, from the Trainer's `state.log_history`."""
+    """Train loss per logging step and eval loss per evaluation, from the Trainer's `state.log_history`; a line at
+    `published_step` where the published model is an earlier checkpoint (load_best_model_at_end)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on training machines
@@ -39,6 +44,8 @@ def plot_loss_curve(
         ax.plot(*zip(*train, strict=True), label="train loss", color="tab:blue")
     if evals:
         ax.plot(*zip(*evals, strict=True), "o-", label="eval loss", color="tab:orange")
+    if published_step is not None:
+        ax.axvline(published_step, linestyle=":", color="tab:gray", label=f"published: best, step {published_step}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
     ax.set_title(title or "Training loss")
@@ -60,10 +67,28 @@ def plot_loss_curve(
     return path
 
 
+def published_best(state: dict[str, Any], picks_best: bool) -> tuple[int, float] | None:
+    """(step, metric) of the checkpoint published instead of the last step, where load_best_model_at_end (or early
+    stopping) chose an earlier one; None when the last step's model is the published one."""
+    checkpoint, metric = state.get("best_model_checkpoint"), state.get("best_metric")
+    if not picks_best or not checkpoint or metric is None:
+        return None
+    step = state.get("best_global_step") or int(Path(checkpoint).name.rsplit("-", 1)[-1])
+    return None if step == state["global_step"] else (step, metric)
+
+
 def summarize(output_dir: str | Path) -> dict[str, Any]:
-    """Steps, first/final train loss, final eval loss, run time and artefact paths of a finished run."""
+    """Steps, first/final train loss, final eval loss, the checkpoint published where it is not the last, run time
+    and artefact paths of a finished run."""
+    import yaml
+
+    from llmkit.config.schema import RESOLVED_CONFIG
+
     output_dir = Path(output_dir)
     state = json.loads((output_dir / TRAINER_STATE).read_text())
+    resolved = output_dir / RESOLVED_CONFIG
+    ran = (yaml.safe_load(resolved.read_text()) or {}) if resolved.is_file() else {}
+    picks_best = bool(ran.get("load_best_model_at_end") or ran.get("early_stopping_patience"))
     history = state["log_history"]
     losses = [entry["loss"] for entry in history if "loss" in entry]
     evals = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
@@ -76,6 +101,9 @@ def summarize(output_dir: str | Path) -> dict[str, Any]:
         "first_eval_loss": evals[0] if evals else None,
         "final_eval_loss": evals[-1] if evals else None,
         "task_metrics": {name: (points[0][1], points[-1][1]) for name, points in task_metrics(history).items()},
+        "published_best": published_best(state, picks_best),
+        "best_metric_name": ran.get("metric_for_best_model") or "eval_loss",
+        "max_steps": state.get("max_steps"),
         "train_seconds": runtime[-1] if runtime else None,
         "weights": str(output_dir / weights) if weights else None,
         "loss_curve": str(output_dir / LOSS_CURVE),
@@ -95,9 +123,16 @@ def summary_table(output_dir: str | Path) -> Any:
     def loss(first: float | None, final: float | None) -> str:
         return "-" if final is None else f"{first:.4f} -> {final:.4f}"
 
-    table.add_row("optimizer steps", str(summary["steps"]))
+    steps = str(summary["steps"])
+    if summary["published_best"] and summary["max_steps"] and summary["steps"] < summary["max_steps"]:
+        steps += f" of {summary['max_steps']} (stopped early: early_stopping_patience)"
+    table.add_row("optimizer steps", steps)
     table.add_row("train loss (first -> last logged)", loss(summary["first_loss"], summary["final_loss"]))
     table.add_row("eval loss (first -> last)", loss(summary["first_eval_loss"], summary["final_eval_loss"]))
+    if best := summary["published_best"]:  # load_best_model_at_end: the weights below are not the last step's
+        table.add_row(
+            "published model", f"checkpoint of step {best[0]}: best {summary['best_metric_name']} {best[1]:.4f}"
+        )
     for name, (first, final) in summary["task_metrics"].items():
         table.add_row(f"held-out {name} (first -> last)", f"{first:.3f} -> {final:.3f}")
     seconds = summary["train_seconds"]

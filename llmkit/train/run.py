@@ -51,7 +51,7 @@ from llmkit.train.modeling import (
     load_base_model,
 )
 from llmkit.train.optimizers import loraplus_optimizer, optimizer_for_machine
-from llmkit.train.report import LOSS_CURVE, TRAINER_STATE, plot_loss_curve
+from llmkit.train.report import LOSS_CURVE, TRAINER_STATE, plot_loss_curve, published_best
 from llmkit.train.resume import COMPLETION_MARKERS, hold_output_dir, plan_run, start_fresh, unpublish, write_record
 
 LOG = logging.getLogger(__name__)
@@ -365,7 +365,11 @@ def _publish(trainer: Trainer, cfg: AxolotlConfig, output_dir: Path) -> None:
         _write_resolved_config(cfg, trainer, staging / RESOLVED_CONFIG)
         loss = f"{cfg.rl.value.upper()} loss" if cfg.rl else "cross-entropy loss"
         title = f"{cfg.base_model} ({_method(cfg)})"
-        plot_loss_curve(trainer.state.log_history, staging / LOSS_CURVE, title=title, ylabel=loss)
+        best = published_best(vars(trainer.state), trainer.args.load_best_model_at_end)
+        published = best[0] if best else None
+        plot_loss_curve(
+            trainer.state.log_history, staging / LOSS_CURVE, title=title, ylabel=loss, published_step=published
+        )
         for path in sorted(staging.iterdir(), key=lambda p: p.name in COMPLETION_MARKERS):
             clean_stale(output_dir / path.name)  # a folder a killed publish had moved aside
             swap_in(path, output_dir / path.name)

@@ -129,6 +129,28 @@ def test_the_last_step_is_logged_whatever_logging_steps_says(tiny_config):
     assert [entry["step"] for entry in _state(out)["log_history"] if "loss" in entry] == [1, 2]  # first and last
 
 
+def test_a_best_checkpoint_published_instead_of_the_last_is_said_in_the_summary(tiny_config):
+    """load_best_model_at_end publishes an earlier checkpoint: the summary gave the last step's eval loss and the
+    steps run as if the last step's model were the one published."""
+    from rich.console import Console
+
+    from llmkit.train import summary_table
+
+    keys = {"learning_rate": 0.05, "max_steps": 6, "val_set_size": 0.25, "eval_steps": 2, "save_steps": 2}
+    out = train(load_config(tiny_config(**keys, load_best_model_at_end=True, early_stopping_patience=1)))
+    state = _state(out)
+    evals = {entry["step"]: entry["eval_loss"] for entry in state["log_history"] if "eval_loss" in entry}
+    best = min((step for step in evals if step > 0), key=evals.get)  # step 0 (eval_on_start) has no checkpoint
+    print("EVALS", evals)
+    assert best < state["global_step"] and state["best_global_step"] == best  # the divergent rate's best is early
+    console = Console(record=True, width=200)
+    console.print(summary_table(out))
+    text = console.export_text()
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in text.splitlines() if "│" in line}
+    assert rows["published model"] == f"checkpoint of step {best}: best eval_loss {evals[best]:.4f}"
+    assert rows["optimizer steps"] == f"{state['global_step']} of 6 (stopped early: early_stopping_patience)"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without CUDA gives")
 @pytest.mark.parametrize(
     ("keys", "message"),
