@@ -47,8 +47,12 @@ _NOT_TRAINING = frozenset(
         "logging_steps",  # how often the loss is logged, and
         "save_steps",  # how often a checkpoint is saved: changing either after a crash must not force --fresh
         "test_datasets",  # evaluated, not trained on
+        "saves_per_epoch",  # save_steps' other spelling
     }
 )
+# How often the run evaluates: not what is trained, unless an evaluation picks the published checkpoint or stops the
+# run (load_best_model_at_end, early_stopping_patience).
+_EVALUATION_CADENCE = frozenset({"eval_steps", "evals_per_epoch", "eval_strategy"})
 
 
 @dataclass(frozen=True)
@@ -175,9 +179,15 @@ def _check_same_run(cfg: AxolotlConfig, output_dir: Path) -> None:
         previous = json.loads(record.read_text())
     except (OSError, ValueError):
         previous = None
-    current = _without_defaults(run_identity(cfg))
-    if previous is not None and (previous := _without_defaults(previous)) == current:
-        return
+    # the evaluation cadence is compared only where an evaluation picks the published checkpoint or stops the run;
+    # _NOT_TRAINING again: a record written by an earlier version may hold a key it has since gained
+    cadence = set() if cfg.load_best_model_at_end or cfg.early_stopping_patience else _EVALUATION_CADENCE
+    ignored = _NOT_TRAINING | cadence
+    current = {k: v for k, v in _without_defaults(run_identity(cfg)).items() if k not in ignored}
+    if previous is not None:
+        previous = {k: v for k, v in _without_defaults(previous).items() if k not in ignored}
+        if previous == current:
+            return
     if previous is None:
         what = f"a run this version cannot identify (no readable {RUN_RECORD})"
     else:

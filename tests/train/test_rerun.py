@@ -229,15 +229,15 @@ def test_a_full_disk_is_named_whatever_the_error_says(tmp_path):
 
 
 def test_a_resumed_run_saves_and_logs_as_the_config_now_says(tiny_config):
-    """Changing save_steps/logging_steps after a crash is allowed; the Trainer restored the old ones from the
-    checkpoint, so the new ones did nothing."""
+    """Changing save_steps/logging_steps/eval_steps after a crash is allowed (eval_steps forced --fresh); the
+    Trainer restored the old ones from the checkpoint, so the new ones did nothing."""
     import shutil
 
-    out = train(load_config(tiny_config(max_steps=4, save_steps=1)))
+    out = train(load_config(tiny_config(max_steps=4, save_steps=1, val_set_size=0.25, eval_steps=1)))
     for name in ("checkpoint-3", "checkpoint-4", "adapter_config.json"):  # as if killed after checkpoint-2
         path = out / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    train(load_config(tiny_config(max_steps=4, save_steps=2, logging_steps=2)))
+    train(load_config(tiny_config(max_steps=4, save_steps=2, logging_steps=2, val_set_size=0.25, eval_steps=2)))
     assert _checkpoints(out) == ["checkpoint-1", "checkpoint-2", "checkpoint-4"]  # not 3: every 2 steps now
     state = json.loads((out / "trainer_state.json").read_text())
     assert (state["save_steps"], state["logging_steps"], state["global_step"]) == (2, 2, 4)
