@@ -160,6 +160,12 @@ DATASET_UNIMPLEMENTED_KEYS = frozenset(
     """.split()
 )
 
+# Ignored keys whose behaviour is fixed here: said instead of "not implemented here", which would mislead.
+FIXED_BEHAVIOUR = {
+    "auto_resume_from_checkpoints": "always on here: a rerun resumes from output_dir's newest checkpoint "
+    "(--fresh starts from step 0)",
+}
+
 EMPTY_VALUES = (None, False, "", [], {})  # an unimplemented key set to one of these changes nothing
 
 
@@ -183,9 +189,9 @@ class IgnoredKey:
 
     def describe(self) -> str:
         hint = f" (did you mean {self.suggestion}?)" if self.suggestion else ""
-        kind = "not implemented here" if self.known else "unknown key"
+        kind = FIXED_BEHAVIOUR.get(self.path, "not implemented here") if self.known else "unknown key"
         shown = short_repr(self.value)
-        value = f"={shown}" if self.effective else f" ({shown}: no effect)"
+        value = f"={shown}" if self.effective or self.path in FIXED_BEHAVIOUR else f" ({shown}: no effect)"
         return f"{self.path}{value}: {kind}{hint}"
 
 
@@ -205,8 +211,8 @@ def split_keys(data: dict, fields: list[str], unimplemented: frozenset, prefix: 
 
 def ignored_message(ignored: list[IgnoredKey]) -> str:
     """Unknown or set keys one by one; known keys left empty or false (no effect either way) as one list."""
-    named = [key.describe() for key in ignored if not key.known or key.effective]
-    empty = [key.path for key in ignored if key.known and not key.effective]
+    named = [key.describe() for key in ignored if not key.known or key.effective or key.path in FIXED_BEHAVIOUR]
+    empty = [key.path for key in ignored if key.known and not key.effective and key.path not in FIXED_BEHAVIOUR]
     if empty:
         named.append(f"left empty or false, not implemented here either way: {', '.join(empty)}")
     return "config keys ignored here (this run is trained as if they were absent): " + "; ".join(named)

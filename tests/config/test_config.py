@@ -651,3 +651,12 @@ def test_cosine_with_min_lr_takes_its_floor_from_cosine_min_lr_ratio(tmp_path):
     assert "cosine_with_min_lr needs its floor: set cosine_min_lr_ratio" in message
     cfg = load_quietly(write(tmp_path, MINIMAL), {"lr_scheduler": "cosine_with_min_lr", "cosine_min_lr_ratio": 0.1})
     assert cfg.cosine_min_lr_ratio == 0.1
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_auto_resume_is_said_to_be_always_on_not_unimplemented(tmp_path, value):
+    """A run here always resumes from its newest checkpoint: "not implemented here" read as "does not resume"."""
+    cfg = load_quietly(write(tmp_path, MINIMAL), {"auto_resume_from_checkpoints": value})
+    described = [key.describe() for key in cfg.ignored_keys]
+    assert described == [f"auto_resume_from_checkpoints={value}: always on here: a rerun resumes from output_dir's "
+                         "newest checkpoint (--fresh starts from step 0)"]  # fmt: skip
