@@ -45,6 +45,13 @@ def validate(
         with warnings.catch_warnings():  # the plan lists the ignored keys itself
             warnings.simplefilter("ignore", ConfigWarning)
             cfg = load_config(path, {"strict": True} if strict else None)
+            missing = [
+                f"{key}[{position}].path: {spec.path}: no such file or folder"
+                for key, position, spec in cfg.dataset_entries()
+                if spec.missing_local_path  # written as a local path: not a hub id the hub could serve
+            ]
+            if missing:
+                raise ConfigError(missing, cfg.source)
             tokens = count_tokens(cfg) if count_tokens else None
             training_plan = plan(cfg, model_config=model_config, data_tokens=tokens)
             vocab_size = training_plan.shape.vocab_size if training_plan.shape else None

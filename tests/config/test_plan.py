@@ -361,6 +361,17 @@ def _validate_output(config: Path) -> tuple[int, str]:
     return result.exit_code, " ".join(result.output.split())  # rich wraps long lines
 
 
+def test_validate_refuses_a_dataset_written_as_a_local_path_that_is_not_there(tiny_config, tmp_path):
+    """It exited 0, the missing file a cell of the plan at most (with max_steps not even that); train then failed."""
+    gone = tmp_path / "gone.jsonl"
+    datasets = [{"path": str(gone), "type": "alpaca"}]
+    test = [{"path": "./also-gone.jsonl", "type": "alpaca", "split": "train"}]
+    status, output = _validate_output(tiny_config(datasets=datasets, test_datasets=test, val_set_size=0))
+    assert status == 1
+    assert f"datasets[0].path: {gone}: no such file or folder" in output
+    assert "test_datasets[0].path: ./also-gone.jsonl: no such file or folder" in output
+
+
 def test_validate_reports_a_chat_dataset_on_a_tokenizer_without_a_template(tiny_config, tiny_model_dir, tmp_path):
     base = shutil.copytree(tiny_model_dir, tmp_path / "no-template")
     (base / "chat_template.jinja").unlink(missing_ok=True)
