@@ -258,6 +258,21 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 "load_best_model_at_end/early_stopping_patience/save_strategy best compare evaluations: "
                 "set val_set_size or test_datasets"
             )
+        save, evaluate = self.save_steps, self.eval_steps
+        picks_saved = self.load_best_model_at_end or self.early_stopping_patience
+        if (
+            picks_saved
+            and save
+            and evaluate
+            and (save < 1) == (evaluate < 1)
+            and round(save * 1e6) % round(evaluate * 1e6)
+        ):
+            # transformers' own rule (fractions scaled as it scales them), which it says of its command-line flags,
+            # and only once the data is prepared
+            raise ValueError(
+                f"save_steps: {save:g} is not a multiple of eval_steps: {evaluate:g}; load_best_model_at_end (and "
+                "early_stopping_patience) publish a saved checkpoint, so every save must fall on an evaluation"
+            )
         if self.do_causal_lm_eval and not self.has_eval:
             raise ValueError("do_causal_lm_eval: scores answers to held-out rows; set val_set_size or test_datasets")
         if self.do_causal_lm_eval and self.rl is not None:
