@@ -24,6 +24,14 @@ TINY_FAMILIES = {
         },
         ATTENTION,
     ),
+    # Llama-4's router is an nn.Linear whose forward returns a tuple: lora_target_linear leaves it out (wrapped,
+    # training stopped at step 1); the shared expert's projections are wrapped, the fused experts are parameters
+    "llama4_text": (
+        "Llama4TextConfig",
+        "Llama4ForCausalLM",
+        {"head_dim": 16, "num_local_experts": 2, "intermediate_size_mlp": 128},
+        ATTENTION | GATED_MLP,
+    ),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}, ATTENTION | GATED_MLP),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}, ATTENTION | GATED_MLP),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {}, {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}),

@@ -47,6 +47,7 @@ class Module:
     fan_out: int  # out_features (embedding: its width)
     quantizable: bool = False  # bitsandbytes replaces it when loading in 4 or 8 bits
     conv1d: bool = False  # a transformers Conv1D (GPT-2): its weight is stored (in, out)
+    adaptable: bool = True  # False: a linear layer whose forward is the model's own (Llama-4's router): see _adaptable
 
     @property
     def leaf(self) -> str:
@@ -90,11 +91,13 @@ class ModelShape:
         return sum(module.params for module in self.linear if module.quantizable)
 
     def linear_names(self) -> list[str]:
-        """The distinct last name parts of the linear layers, in model order: peft's "all-linear" targets."""
-        return list(dict.fromkeys(module.leaf for module in self.linear))
+        """The distinct last name parts of the linear layers an adapter can wrap, in model order: peft's
+        "all-linear" targets."""
+        return list(dict.fromkeys(module.leaf for module in self.linear if module.adaptable))
 
     def targetable(self) -> tuple[Module, ...]:
-        return self.linear + self.embeddings + ((self.head,) if self.head else ())
+        adaptable = tuple(module for module in self.linear if module.adaptable)
+        return adaptable + self.embeddings + ((self.head,) if self.head else ())
 
     def matching(self, target: str) -> list[Module]:
         """The modules a target_modules entry wraps (peft's suffix rule); empty when it names none."""
@@ -118,7 +121,15 @@ class ModelShape:
             if module is head:
                 head_module = Module(name, module.in_features, module.out_features)
             elif isinstance(module, torch.nn.Linear):
-                linear.append(Module(name, module.in_features, module.out_features, _quantizable(module)))
+                linear.append(
+                    Module(
+                        name,
+                        module.in_features,
+                        module.out_features,
+                        _quantizable(module),
+                        adaptable=_adaptable(module),
+                    )
+                )
             elif isinstance(module, Conv1D):  # GPT-2: weight is (in, out)
                 linear.append(Module(name, module.weight.shape[0], module.nf, quantizable=True, conv1d=True))
             elif isinstance(module, torch.nn.Embedding):
@@ -140,6 +151,25 @@ class ModelShape:
             **_attention_and_mlp(text),
             peft_renamed=_renamed_by_peft(model, linear_leaves),
         )
+
+
+def _adaptable(module) -> bool:
+    """Whether peft's LoRA can wrap this nn.Linear: not when a transformers model's subclass of it returns something
+    other than a tensor (Llama-4's router returns a tuple, which LoRA's forward cannot add to: training stopped at
+    step 1). Such a forward is tried on one row of zeros (Falcon's FalconLinear returns a tensor); bitsandbytes' and
+    peft's subclasses (a loaded 4-bit model) are adaptable."""
+    import torch
+
+    kind = type(module)
+    if kind.forward is torch.nn.Linear.forward or not kind.__module__.startswith("transformers.models."):
+        return True
+    weight = module.weight
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(1, module.in_features, device=weight.device, dtype=weight.dtype))
+    except Exception:  # noqa: BLE001 - a forward that needs more than one row: taken for a plain linear layer
+        return True
+    return isinstance(out, torch.Tensor)
 
 
 def _renamed_by_peft(model, leaves) -> frozenset[str]:
