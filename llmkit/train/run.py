@@ -96,6 +96,8 @@ def _train(cfg: AxolotlConfig, args: TrainingArguments, output_dir: Path, *, fre
     if is_main:
         write_record(cfg, output_dir)
         unpublish(output_dir)
+    if plan.checkpoint and _evaluated_at_its_step(plan.checkpoint):
+        args.eval_on_start = False  # the curve has this point: evaluating the same weights again costs a full pass
     set_seed(cfg.seed)  # before the adapter exists: its initialisation is part of the run
     tokenizer = load_tokenizer(cfg)
     with args.main_process_first(desc="dataset preparation"):  # rank 0 fills dataset_prepared_path first
@@ -119,6 +121,12 @@ def _train(cfg: AxolotlConfig, args: TrainingArguments, output_dir: Path, *, fre
         _publish(trainer, cfg, output_dir)
     trainer.accelerator.wait_for_everyone()
     return output_dir
+
+
+def _evaluated_at_its_step(checkpoint: Path) -> bool:
+    """Whether the checkpoint's own log holds an evaluation at the step it was saved at."""
+    state = json.loads((checkpoint / TRAINER_STATE).read_text())
+    return any("eval_loss" in entry and entry["step"] == state["global_step"] for entry in state["log_history"])
 
 
 @contextmanager

@@ -241,3 +241,5 @@ def test_a_resumed_run_saves_and_logs_as_the_config_now_says(tiny_config):
     assert _checkpoints(out) == ["checkpoint-1", "checkpoint-2", "checkpoint-4"]  # not 3: every 2 steps now
     state = json.loads((out / "trainer_state.json").read_text())
     assert (state["save_steps"], state["logging_steps"], state["global_step"]) == (2, 2, 4)
+    # checkpoint-2 holds its evaluation: the resumed run does not evaluate the same weights again at its start
+    assert [entry["step"] for entry in state["log_history"] if "eval_loss" in entry] == [0, 1, 2, 4]
