@@ -19,7 +19,8 @@ from llmkit.core.errors import short_repr
 # change how fast or where a run goes, what it logs or evaluates, not the weights it trains (or, for chat_template,
 # default_system_message and the dataset keys, because the data stage owns them; or they only tune a method that is
 # refused here: an optimizer's, ReLoRA's, PoSE's, the reward model's; mean_resizing_embeddings: new embedding rows
-# always start at the others' mean, transformers' default, so that training, merging and serving resize alike).
+# always start at the others' mean, transformers' default, so that training, merging and serving resize alike;
+# float32: the training dtype follows bf16 and fp16, as axolotl's does).
 # A key here is reported by name as ignored; any other unknown key is reported as unknown, with a "did you mean".
 UNIMPLEMENTED_KEYS = frozenset(
     """
@@ -67,7 +68,7 @@ UNIMPLEMENTED_KEYS = frozenset(
     pose_max_context_len pose_num_chunks pose_split_on_token_ids pretrain_multipack_attn
     pretraining_sample_concatenation relora_cpu_offload relora_prune_method relora_prune_ratio scaling_softmax_bias
     scaling_softmax_factor model_quantization_config_kwargs vllm mean_resizing_embeddings
-    unsloth_cross_entropy_loss unsloth_lora_mlp unsloth_lora_qkv unsloth_lora_o unsloth_rms_norm unsloth_rope
+    float32 unsloth_cross_entropy_loss unsloth_lora_mlp unsloth_lora_qkv unsloth_lora_o unsloth_rms_norm unsloth_rope
     """.split()
 )
 # axolotl keys that would change what is trained and that this project does not implement: a value other than
@@ -112,7 +113,6 @@ REFUSED_KEYS = {
     "trains the whole embedding",
     "peft_ensure_weight_tying": "tying adapter weights across tied embeddings is not implemented",
     "use_pose": "PoSE context extension (skipped position ids) is not implemented",
-    "float32": "float32 is not a switch here: training runs in float32 when bf16 and fp16 are false",
     "fp8": "FP8 mixed-precision training is not implemented",
     "dpo_loss_type": "DPO loss variants are not implemented; rl: dpo/ipo set the loss",
     "dpo_loss_weights": "DPO loss variants are not implemented; rl: dpo/ipo set the loss",

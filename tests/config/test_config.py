@@ -479,7 +479,6 @@ def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
         ("shrink_embeddings", True, "shrinking the embeddings"),
         ("use_pose", True, "PoSE"),
         ("fp8", True, "FP8 mixed-precision training"),
-        ("float32", True, "training runs in float32 when bf16 and fp16 are false"),
         ("reinit_weights", True, "randomly initialised weights"),
         ("trainer_cls", "my.Trainer", "a custom trainer class"),
         ("model_kwargs", {"torch_dtype": "float16"}, "extra from_pretrained arguments"),
