@@ -187,11 +187,17 @@ class IgnoredKey:
         """Whether the value would have changed anything (empty and false values change nothing)."""
         return not any(self.value == empty and type(self.value) is type(empty) for empty in EMPTY_VALUES)
 
+    @property
+    def named_alone(self) -> bool:
+        """Said on a line of its own: unknown (a typo?), set to something, or of a behaviour fixed here (any value
+        of auto_resume_from_checkpoints tells something); else listed among the keys left empty or false."""
+        return not self.known or self.effective or self.path in FIXED_BEHAVIOUR
+
     def describe(self) -> str:
         hint = f" (did you mean {self.suggestion}?)" if self.suggestion else ""
         kind = FIXED_BEHAVIOUR.get(self.path, "not implemented here") if self.known else "unknown key"
         shown = short_repr(self.value)
-        value = f"={shown}" if self.effective or self.path in FIXED_BEHAVIOUR else f" ({shown}: no effect)"
+        value = f"={shown}" if self.named_alone else f" ({shown}: no effect)"
         return f"{self.path}{value}: {kind}{hint}"
 
 
@@ -211,8 +217,8 @@ def split_keys(data: dict, fields: list[str], unimplemented: frozenset, prefix: 
 
 def ignored_message(ignored: list[IgnoredKey]) -> str:
     """Unknown or set keys one by one; known keys left empty or false (no effect either way) as one list."""
-    named = [key.describe() for key in ignored if not key.known or key.effective or key.path in FIXED_BEHAVIOUR]
-    empty = [key.path for key in ignored if key.known and not key.effective and key.path not in FIXED_BEHAVIOUR]
+    named = [key.describe() for key in ignored if key.named_alone]
+    empty = [key.path for key in ignored if not key.named_alone]
     if empty:
         named.append(f"left empty or false, not implemented here either way: {', '.join(empty)}")
     return "config keys ignored here (this run is trained as if they were absent): " + "; ".join(named)

@@ -258,21 +258,8 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 "load_best_model_at_end/early_stopping_patience/save_strategy best compare evaluations: "
                 "set val_set_size or test_datasets"
             )
-        save, evaluate = self.save_steps, self.eval_steps
-        picks_saved = self.load_best_model_at_end or self.early_stopping_patience
-        if (
-            picks_saved
-            and save
-            and evaluate
-            and (save < 1) == (evaluate < 1)
-            and round(save * 1e6) % round(evaluate * 1e6)
-        ):
-            # transformers' own rule (fractions scaled as it scales them), which it says of its command-line flags,
-            # and only once the data is prepared
-            raise ValueError(
-                f"save_steps: {save:g} is not a multiple of eval_steps: {evaluate:g}; load_best_model_at_end (and "
-                "early_stopping_patience) publish a saved checkpoint, so every save must fall on an evaluation"
-            )
+        if self.load_best_model_at_end or self.early_stopping_patience:
+            self._check_saves_fall_on_evaluations()
         if self.do_causal_lm_eval and not self.has_eval:
             raise ValueError("do_causal_lm_eval: scores answers to held-out rows; set val_set_size or test_datasets")
         if self.do_causal_lm_eval and self.rl is not None:
@@ -418,6 +405,40 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         if self.save_steps is not None:
             return self.save_steps
         return _per_epoch(self.saves_per_epoch, self.num_epochs)
+
+    def _check_saves_fall_on_evaluations(self) -> None:
+        """transformers' rule for load_best_model_at_end (fractions scaled as it scales them), which it states of its
+        own flags and internal fractions, once the data is prepared: said here of the config's keys.
+
+        Raises:
+            ValueError: a save that is no evaluation step.
+        """
+        save, evaluate = self.save_every(), self.eval_every()
+        if not save or not evaluate:
+            return
+        keys = (
+            f"save_steps: {self.save_steps:g}"
+            if self.save_steps is not None
+            else f"saves_per_epoch: {self.saves_per_epoch}",
+            f"eval_steps: {self.eval_steps:g}"
+            if self.eval_steps is not None
+            else f"evals_per_epoch: {self.evals_per_epoch}",
+        )
+        why = (
+            "load_best_model_at_end (and early_stopping_patience) publish a saved checkpoint, so every save must "
+            "fall on an evaluation"
+        )
+        if (save < 1) != (evaluate < 1):
+            raise ValueError(
+                f"{keys[0]} and {keys[1]} mix a fraction of the run with a number of steps; {why}: give both as "
+                "steps, or both per epoch"
+            )
+        if round(save * 1e6) % round(evaluate * 1e6):
+            unit = "steps" if save >= 1 else "of the run"
+            raise ValueError(
+                f"{keys[0]} and {keys[1]}: a save every {save:g} {unit} is not a multiple of an evaluation every "
+                f"{evaluate:g}; {why}"
+            )
 
     def eval_every(self) -> int | float | None:
         """Evaluation cadence in steps, from eval_steps or evals_per_epoch (as `save_every`)."""

@@ -106,11 +106,11 @@ def render(p: TrainingPlan):
     summary.add_row("tokens per optimizer step", f"{p.tokens_per_step:,} ({batch} x {p.world_size} GPU)")
     summary.add_row("optimizer steps", _steps_text(p))
     for key in cfg.ignored_keys:
-        if not key.known or key.effective:
+        if key.named_alone:
             summary.add_row("[yellow]ignored key[/yellow]", key.describe())
     for note in cfg.notices:  # old spellings read the new way, keys given twice
         summary.add_row("[yellow]note[/yellow]", note)
-    empty = [key.path for key in cfg.ignored_keys if key.known and not key.effective]
+    empty = [key.path for key in cfg.ignored_keys if not key.named_alone]
     if empty:
         summary.add_row("[dim]off, not implemented[/dim]", f"[dim]{', '.join(empty)}[/dim]")
     summary.add_row("tokens to train", f"{p.tokens:,} ({p.tokens_basis})" if p.tokens else p.tokens_basis)

@@ -659,13 +659,27 @@ def test_auto_resume_is_said_to_be_always_on_not_unimplemented(tmp_path, value):
     described = [key.describe() for key in cfg.ignored_keys]
     assert described == [f"auto_resume_from_checkpoints={value}: always on here: a rerun resumes from output_dir's "
                          "newest checkpoint (--fresh starts from step 0)"]  # fmt: skip
+    config = write(tmp_path, MINIMAL + f"auto_resume_from_checkpoints: {str(value).lower()}\n")
+    plan_text = CliRunner().invoke(app, ["validate", str(config)], env={"COLUMNS": "400"}).output
+    assert "always on here" in plan_text and "off, not implemented" not in plan_text  # the plan said "off" of false
 
 
 def test_a_save_cadence_off_the_evaluations_is_refused_at_load_where_the_best_checkpoint_is_published(tmp_path):
     """transformers refused it only in train, after the data was prepared, naming its --load_best_model_at_end."""
     best = {"val_set_size": 0.1, "load_best_model_at_end": True, "eval_steps": 3}
     message = error_of(write(tmp_path, MINIMAL), {**best, "save_steps": 2})
-    assert "save_steps: 2 is not a multiple of eval_steps: 3; load_best_model_at_end" in message
+    assert (
+        "save_steps: 2 and eval_steps: 3: a save every 2 steps is not a multiple of an evaluation every 3" in message
+    )
+    for cadence, said in [
+        ({"save_steps": 0.5, "eval_steps": 2}, "save_steps: 0.5 and eval_steps: 2 mix a fraction of the run with a"),
+        ({"save_steps": 4, "evals_per_epoch": 3, "eval_steps": None}, "save_steps: 4 and evals_per_epoch: 3 mix"),
+        ({"saves_per_epoch": 3, "evals_per_epoch": 2, "eval_steps": None}, "saves_per_epoch: 3 and evals_per_epoch"),
+    ]:  # transformers' rule on the cadence as run: validate passed these, train refused them
+        assert said in error_of(write(tmp_path, MINIMAL), {**best, **cadence})
+    assert load_quietly(
+        write(tmp_path, MINIMAL), {**best, "eval_steps": None, "saves_per_epoch": 2, "evals_per_epoch": 4}
+    )
     assert load_quietly(write(tmp_path, MINIMAL), {**best, "save_steps": 6}).save_steps == 6
     assert load_quietly(write(tmp_path, MINIMAL), {**best, "eval_steps": 0.1, "save_steps": 0.3}).save_steps == 0.3
     assert load_quietly(write(tmp_path, MINIMAL), {"eval_steps": 3, "save_steps": 2}).save_steps == 2  # no best
