@@ -507,14 +507,18 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         missing = [name for name in listed if not shape.matching(name)]
         if missing:
             raise ConfigError([_unknown_targets(missing, shape)], self.source)
-        # peft renames these to its MoE experts' fused parameters (ModelShape.peft_renamed): the plan would say the
-        # dense MLPs train while peft trains the experts, which merge cannot fold. VeRA is not renamed.
-        renamed = shape.peft_renamed if self.peft_method is PeftMethod.lora else frozenset()
+        renamed = self._peft_renamed(shape)
         refused = [name for name in listed if name.rsplit(".", 1)[-1] in renamed]
         if refused:
             raise ConfigError([_renamed_targets(refused, shape)], self.source)
         chosen = [name for name in shape.linear_names() if name not in renamed] if all_linear else []
         return chosen + [name for name in listed if name not in chosen]
+
+    def _peft_renamed(self, shape) -> frozenset[str]:
+        """Linear layers' names peft renames to its MoE experts' fused parameters (ModelShape.peft_renamed): the
+        plan would say the dense MLPs train while peft trains the experts, which merge cannot fold. VeRA is not
+        renamed."""
+        return shape.peft_renamed if self.peft_method is PeftMethod.lora else frozenset()
 
     def _regex_targets(self, shape_or_model) -> list[str]:
         """lora_target_modules as one regular expression, as peft reads a string: the full names of the modules it
@@ -535,7 +539,9 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 ],
                 self.source,
             )
-        return (shape.linear_names() if self.lora_target_linear else []) + names
+        renamed = self._peft_renamed(shape)
+        chosen = [name for name in shape.linear_names() if name not in renamed] if self.lora_target_linear else []
+        return chosen + names
 
     def checked_modules_to_save(self, shape_or_model) -> list[str]:
         """lora_modules_to_save, each checked to name a module of the model (peft would ignore one that names
