@@ -47,7 +47,7 @@ class Module:
     fan_out: int  # out_features (embedding: its width)
     quantizable: bool = False  # bitsandbytes replaces it when loading in 4 or 8 bits
     conv1d: bool = False  # a transformers Conv1D (GPT-2): its weight is stored (in, out)
-    adaptable: bool = True  # False: a linear layer whose forward is the model's own (Llama-4's router): see _adaptable
+    adaptable: bool = True  # False: its forward returns no tensor (Llama-4's router), so LoRA cannot wrap it
 
     @property
     def leaf(self) -> str:
