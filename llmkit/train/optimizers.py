@@ -27,6 +27,7 @@ from transformers.utils import (
 )
 
 from llmkit.config.schema import AxolotlConfig, ConfigError
+from llmkit.config.sections import OPTIMIZER_ALIASES
 from llmkit.core import devices
 
 if TYPE_CHECKING:
@@ -100,9 +101,12 @@ def optimizer_for_machine(cfg: AxolotlConfig, cpu_fallback: bool = False) -> str
     name = cfg.optimizer.value
     package = NEEDS_PACKAGE.get(name)
     if package and not package.available():
+        # the name the config may have written instead (axolotl's ao_adamw_8bit is adamw_torch_8bit here)
+        aliases = [alias for alias, target in OPTIMIZER_ALIASES.items() if target == name]
+        named = f"{name} (axolotl's {aliases[0]})" if aliases else name
         raise ConfigError(
             [
-                f"optimizer: {name} needs a package that is not installed ({package.install}); the nearest optimizer "
+                f"optimizer: {named} needs a package that is not installed ({package.install}); the nearest optimizer "
                 f"that trains without it is {package.nearest} (set optimizer: {package.nearest})"
             ],
             cfg.source,

@@ -91,7 +91,17 @@ def test_an_optimizer_whose_package_is_missing_names_it_and_the_nearest(
     if importlib.util.find_spec(module):
         pytest.skip(f"{module} is installed here")
     cfg = load_config(tiny_config(optimizer=optimizer))
-    with pytest.raises(ConfigError, match=rf"optimizer: {optimizer} needs .*\({install}\).*set optimizer: {nearest}"):
+    with pytest.raises(
+        ConfigError, match=rf"optimizer: {optimizer} .*needs .*\({install}\).*set optimizer: {nearest}"
+    ):
+        optimizer_for_machine(cfg)
+
+
+def test_an_axolotl_optimizer_alias_whose_package_is_missing_names_both_names(tiny_config):
+    if importlib.util.find_spec("torchao"):
+        pytest.skip("torchao is installed here")
+    cfg = load_config(tiny_config(optimizer="ao_adamw_8bit"))
+    with pytest.raises(ConfigError, match=r"optimizer: adamw_torch_8bit \(axolotl's ao_adamw_8bit\) needs .*torchao"):
         optimizer_for_machine(cfg)
 
 
