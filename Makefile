@@ -9,7 +9,17 @@ STAMP := $(VENV)/.installed
 
 HOST ?= 127.0.0.1
 PORT ?= 8080
-opt = $(if $($(1)),$(2) $($(1)))
+# A value on the command line, shell-quoted: paths may hold spaces or quotes (ZIP="my subs/x.zip").
+quote = '$(subst ','\'',$(1))'
+opt = $(if $($(1)),$(2) $(call quote,$($(1))))
+# Yes/no variables (BUNDLE=1, SMOKE=0, ...) take 1/true/yes/on or 0/false/no/off in any case; anything else stops
+# make before any set-up, naming it: a misspelt SMOKE=NO used to drop --no-smoke silently.
+YES_NO_VARIABLES := STRICT NF4 BUNDLE SMOKE TRAINING QUICK
+lower = $(shell printf '%s' $(call quote,$(1)) | tr '[:upper:]' '[:lower:]')
+yes = $(filter 1 true yes on,$(call lower,$($(1))))
+no = $(filter 0 false no off,$(call lower,$($(1))))
+$(foreach v,$(YES_NO_VARIABLES),$(if $($(v)),$(if $(call yes,$(v))$(call no,$(v)),,\
+	$(error $(v)=$($(v)): write $(v)=1 (or true, yes, on) or $(v)=0 (or false, no, off)))))
 
 .PHONY: setup serve test test-fast bench quality style train validate merge submission verify-submission helm-setup vllm-setup helm-eval clean distclean preprocess default-dataset decontaminate
 
@@ -59,22 +69,22 @@ test-fast: setup
 # the serving stage prints the engines side by side (vLLM's column needs `make vllm-setup`, else it says so).
 # [MODEL=dir-or-hub-id] measures that model instead of the default; [QUICK=1] only what a big model on a GPU needs.
 BENCH_FLAGS = $(foreach s,$(STAGE),--stage $(s)) $(foreach e,$(ENGINE),--engine $(e)) \
-	$(if $(MODEL),--model $(MODEL)) $(if $(QUICK),--quick)
+	$(call opt,MODEL,--model) $(if $(call yes,QUICK),--quick)
 bench: setup
 	$(LLMKIT) bench $(strip $(BENCH_FLAGS))
 
 validate: usage-validate setup
-	$(LLMKIT) validate $(CONFIG) $(if $(filter 1 true yes,$(STRICT)),--strict) $(if $(MODEL_CONFIG),--model-config $(MODEL_CONFIG))
+	$(LLMKIT) validate $(call quote,$(CONFIG)) $(if $(call yes,STRICT),--strict) $(call opt,MODEL_CONFIG,--model-config)
 
 # `make train CONFIG=... [NPROC=2] [ARGS="--max-steps 5"]`: NPROC>1 runs one DDP process per GPU through
 # `accelerate launch` (on a machine without CUDA: CPU processes over gloo); rerun the same command to resume.
 DDP_LAUNCH = $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(NPROC) --num_machines 1 --mixed_precision no --dynamo_backend no -m llmkit.cli
 train: usage-train setup
-	$(if $(filter-out 0 1,$(NPROC)),$(DDP_LAUNCH),$(LLMKIT)) train $(CONFIG) $(ARGS)
+	$(if $(filter-out 0 1,$(NPROC)),$(DDP_LAUNCH),$(LLMKIT)) train $(call quote,$(CONFIG)) $(ARGS)
 
 # Multi-line flag lists live in variables (joined with single spaces), so make echoes one clean command line.
-MERGE_FLAGS = $(CONFIG) $(call opt,BASE,--base) $(call opt,ADAPTER,--adapter) $(call opt,OUT,--out) \
-	$(call opt,WEIGHTED,--weighted) $(if $(filter 1 true yes,$(NF4)),--nf4-roundtrip) $(ARGS)
+MERGE_FLAGS = $(if $(CONFIG),$(call quote,$(CONFIG))) $(call opt,BASE,--base) $(call opt,ADAPTER,--adapter) $(call opt,OUT,--out) \
+	$(call opt,WEIGHTED,--weighted) $(if $(call yes,NF4),--nf4-roundtrip) $(ARGS)
 # `make merge CONFIG=...` or `make merge ADAPTER=dir [BASE=...] [OUT=...]` [WEIGHTED=fusion.yml OUT=...] [NF4=1] [ARGS=...]
 merge: usage-merge setup
 	$(LLMKIT) merge $(strip $(MERGE_FLAGS))
@@ -82,17 +92,17 @@ merge: usage-merge setup
 # The main job: `make submission TRACK=4090` trains, merges and packages the embedded default.
 SUBMISSION_FLAGS = $(call opt,CONFIG,--config) $(call opt,MODEL,--model) $(call opt,REVISION,--revision) \
 	$(call opt,ADAPTER,--adapter) $(call opt,ADAPTER_REVISION,--adapter-revision) $(call opt,N,--number) $(call opt,LOADING,--loading) $(call opt,ENGINE,--engine) \
-	$(if $(filter 1 true yes,$(BUNDLE)),--bundle-weights) $(if $(filter 0 false no,$(SMOKE)),--no-smoke) \
-	$(if $(filter 1 true yes,$(TRAINING)),--training)
+	$(if $(call yes,BUNDLE),--bundle-weights) $(if $(call no,SMOKE),--no-smoke) \
+	$(if $(call yes,TRAINING),--training)
 submission: usage-submission setup
-	$(LLMKIT) submission --track $(TRACK) $(strip $(SUBMISSION_FLAGS))
+	$(LLMKIT) submission --track $(call quote,$(TRACK)) $(strip $(SUBMISSION_FLAGS))
 
 verify-submission: usage-verify-submission setup
-	$(LLMKIT) verify-submission $(ZIP) $(if $(filter 1 true yes,$(SMOKE)),--smoke)
+	$(LLMKIT) verify-submission $(call quote,$(ZIP)) $(if $(call yes,SMOKE),--smoke)
 
 # `make preprocess CONFIG=...`: tokenize, mask and pack the config's data into its dataset_prepared_path.
 preprocess: usage-preprocess setup
-	$(LLMKIT) preprocess $(CONFIG)
+	$(LLMKIT) preprocess $(call quote,$(CONFIG))
 
 default-dataset: setup
 	$(LLMKIT) default-dataset
@@ -100,7 +110,7 @@ default-dataset: setup
 # `make decontaminate CONFIG=... [CONF=quick|open|skill|PATH]`: n-gram overlap of the config's training rows with the
 # eval instances of a HELM conf (exit 1 on any overlap).
 decontaminate: usage-decontaminate setup helm-setup
-	$(LLMKIT) decontaminate $(CONFIG) $(call opt,CONF,--conf)
+	$(LLMKIT) decontaminate $(call quote,$(CONFIG)) $(call opt,CONF,--conf)
 
 helm-setup: setup
 	$(LLMKIT) helm-setup

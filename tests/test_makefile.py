@@ -1,0 +1,69 @@
+"""The Makefile's command lines (`make -n`): paths keep their spaces and quotes, and yes/no variables mean the same
+in any case or are refused by name before any set-up."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_n(*args: str) -> subprocess.CompletedProcess:
+    # Under `make test` the parent's MAKEFLAGS/MAKELEVEL would add "make[1]: Entering directory" lines.
+    env = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    return subprocess.run(
+        ["make", "-n", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def command_line(*args: str) -> list[str]:
+    result = make_n(*args)
+    assert result.returncode == 0, result.stderr
+    return shlex.split(result.stdout.strip().splitlines()[-1])
+
+
+def test_paths_with_spaces_and_quotes_reach_the_cli_whole():
+    zip_path = "/tmp/my subs/it's here.zip"
+    assert command_line("verify-submission", f"ZIP={zip_path}", "SMOKE=Yes")[1:] == [
+        "verify-submission",
+        zip_path,
+        "--smoke",
+    ]
+    line = command_line("submission", "TRACK=4090", "MODEL=/models/mérged 1", "ADAPTER=run one")
+    assert line[line.index("--model") + 1] == "/models/mérged 1" and line[line.index("--adapter") + 1] == "run one"
+    assert command_line("validate", "CONFIG=my configs/a.yml", "MODEL_CONFIG=x y.json")[1:] == [
+        "validate",
+        "my configs/a.yml",
+        "--model-config",
+        "x y.json",
+    ]
+    assert command_line("train", "CONFIG=a b.yml", "ARGS=--max-steps 5")[1:] == [
+        "train",
+        "a b.yml",
+        "--max-steps",
+        "5",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("yes_no", "flags"),
+    [
+        (["SMOKE=False", "BUNDLE=True", "TRAINING=YES"], {"--no-smoke", "--bundle-weights", "--training"}),
+        (["SMOKE=0", "BUNDLE=1", "TRAINING=on"], {"--no-smoke", "--bundle-weights", "--training"}),
+        (["SMOKE=Yes", "BUNDLE=No", "TRAINING=off"], set()),
+    ],
+)
+def test_yes_no_variables_mean_the_same_in_any_case(yes_no, flags):
+    line = command_line("submission", "TRACK=4090", *yes_no)
+    assert {"--no-smoke", "--bundle-weights", "--training"} & set(line) == flags
+
+
+def test_a_yes_no_variable_that_is_neither_stops_make_naming_it():
+    result = make_n("submission", "TRACK=4090", "SMOKE=maybe")
+    assert result.returncode != 0 and "llmkit" not in result.stdout
+    assert "SMOKE=maybe: write SMOKE=1" in result.stderr
