@@ -47,6 +47,8 @@ _OFFLINE_SIGNS = re.compile(
 )
 _HEALTH_FAILURES_ALLOWED = 3  # consecutive failed /health probes before the server counts as dead
 _HEALTH_INTERVAL_S = 2.0
+# How long --url may take to answer /health: a server started a moment ago still loads its model before it listens.
+_URL_HEALTH_WAIT_S = 10.0
 
 
 class HelmRunError(RuntimeError):
@@ -99,7 +101,7 @@ def check_url(url: str) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise HelmRunError(f"--url {url}: give the server's address as http://HOST:PORT")
     try:
-        wait_healthy(url.rstrip("/"), timeout=10)
+        wait_healthy(url.rstrip("/"), timeout=_URL_HEALTH_WAIT_S)
     except ServerStartError as err:
         raise HelmRunError(f"no healthy HELM server at {url}: {err}") from None
     return url.rstrip("/")
