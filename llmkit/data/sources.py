@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import glob
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from datasets import (
     load_dataset,
     load_from_disk,
 )
+from datasets.data_files import get_data_patterns
 
 from llmkit.config.sections import LOCAL_DATA_SUFFIXES, DatasetSpec
 from llmkit.data.fields import IS_NULL, FieldError, RowError
@@ -106,14 +108,34 @@ def _load(spec: DatasetSpec, local: Path) -> Dataset:
         if builder in ("json", "csv", "text"):
             _check_utf8(local)  # Arrow reads other bytes into its strings; reading a row then fails mid-training
         features = _csv_text_features(local) if builder == "csv" else None
-        return load_dataset(builder, data_files=str(local), split=split, features=features)
+        return load_dataset(builder, data_files=_literal(local), split=split, features=features)
     if local.is_dir() and not spec.data_files and (saved := _saved_dataset(local)) is not None:
         return _select_split(saved, split)
     if local.is_dir() and ds_type:
-        return load_dataset(ds_type, data_dir=str(local), data_files=spec.data_files, split=split)
+        files = _folder_files(local, spec.data_files)
+        return load_dataset(ds_type, data_dir=_literal(local), data_files=files, split=split)
     if local.is_dir():
-        return load_dataset(str(local), data_files=spec.data_files, split=split)
-    return load_dataset(spec.path, name=spec.name, data_files=spec.data_files, split=split, revision=spec.revision)
+        return load_dataset(str(local), data_files=_folder_files(local, spec.data_files), split=split)
+    files = [_literal(Path(f)) if Path(f).is_file() else f for f in spec.data_files] if spec.data_files else None
+    return load_dataset(spec.path, name=spec.name, data_files=files, split=split, revision=spec.revision)
+
+
+def _literal(path: Path) -> str:
+    """`path` as a `datasets` data-files pattern that matches it alone: datasets globs data_files and a folder's
+    path, so `data[v2].jsonl` would read `datav.jsonl` (or nothing)."""
+    return glob.escape(str(path))
+
+
+def _folder_files(folder: Path, data_files: list[str] | None) -> list[str] | dict[str, list[str]] | None:
+    """A folder's data_files as patterns under its literal path (an entry that names a file: that file alone);
+    without data_files, None (datasets' own reading of the folder, a README's configs included), unless the
+    folder's path holds glob characters: then the files datasets' default split patterns find in it."""
+    if data_files:
+        return [_literal(folder / f) if (folder / f).is_file() else f"{_literal(folder)}/{f}" for f in data_files]
+    if not glob.has_magic(str(folder)):
+        return None
+    found = get_data_patterns(_literal(folder))
+    return {str(split): [f"{_literal(folder)}/{pattern}" for pattern in patterns] for split, patterns in found.items()}
 
 
 def _check_utf8(path: Path) -> None:

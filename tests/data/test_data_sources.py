@@ -167,3 +167,34 @@ def test_a_json_object_holding_the_rows_names_its_keys_and_the_list(make_cfg, to
     _fails(make_cfg, tokenizer, path, expected)
     path.write_text(json.dumps(_rows(1)[0]))  # one object that is a row: a file of one row
     assert _answers(build_datasets(_alpaca(make_cfg, path), tokenizer), tokenizer) == ["Answer 0."]
+
+
+@pytest.mark.parametrize("layout", ["file", "path: json", "folder", "folder with ds_type", "folder with data_files"])
+@pytest.mark.parametrize("decoy", [False, True])
+def test_a_local_path_with_glob_characters_reads_that_path_alone(make_cfg, tokenizer, tmp_path, layout, decoy):
+    """datasets globs data_files and a folder's path: `data[v2].jsonl` read `datav.jsonl` beside it, or failed
+    with StopIteration when there was none."""
+
+    def write(path: Path, answer: str) -> None:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("".join(json.dumps(row) + "\n" for row in _rows(2, answer)))
+
+    if layout in ("file", "path: json"):
+        path, spec = tmp_path / "data[v2].jsonl", {}
+        write(path, "Literal")
+        if decoy:
+            write(tmp_path / "datav.jsonl", "Glob")
+        if layout == "path: json":  # local data_files beside a builder's name
+            path, spec = Path("json"), {"data_files": [str(path)]}
+    else:
+        path = tmp_path / "set[v2]"
+        write(path / "rows[1].jsonl", "Literal")
+        spec = {"ds_type": "json"} if layout == "folder with ds_type" else {}
+        if layout == "folder with data_files":
+            spec["data_files"] = ["rows[1].jsonl"]
+        if decoy:
+            write(tmp_path / "setv" / "rows[1].jsonl", "Glob")
+        if decoy and "data_files" in spec:
+            write(path / "rows1.jsonl", "Glob")
+    data = build_datasets(_alpaca(make_cfg, path, **spec), tokenizer)
+    assert _answers(data, tokenizer) == ["Literal 0.", "Literal 1."]
