@@ -5,8 +5,8 @@ The first Dockerfile sits at the root and is the only one; it exposes port 80, r
 ARG. No file holds a secret; weight files are present only when the manifest says they were bundled; manifest.json
 lists every other file with its sha256 and names the engine the CMD runs. Every COPY/ADD source is in the zip and
 not kept out by its .dockerignore, no ENTRYPOINT replaces the server, HF_HUB_OFFLINE is 1 at run time, every
-requirement is pinned with ==. Each entry is read once, and only if it can be: no name twice, no symbolic link, no
-damaged or encrypted entry, no file but weights over 64 MiB.
+requirement is pinned with ==, each package to one version. Each entry is read once, and only if it can be: no name
+twice, no symbolic link, no damaged or encrypted entry, no file but weights over 64 MiB.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 from pydantic import ValidationError
 
 from llmkit.core.challenge import CONTAINER_PORT
@@ -610,28 +611,64 @@ def _module_name(path: str) -> str:
 
 
 def _check_requirements(files: dict[str, bytes]) -> list[str]:
-    """Every package in requirements.txt pinned with == (the image must install the same versions next month)."""
+    """Every package in requirements.txt pinned with == (the image must install the same versions next month), and
+    to one version."""
     if "requirements.txt" not in files:
         return []
-    problems, start, parts = [], 0, []
-    for number, raw in enumerate(files["requirements.txt"].decode(errors="replace").splitlines(), start=1):
+    lines = _requirement_lines(files["requirements.txt"])
+    unpinned = [(number, line) for number, line in lines if not _pinned(line)]
+    problems = [f"requirements.txt line {number}: {line} is not pinned with ==" for number, line in unpinned]
+    return problems + _pinned_twice(lines)
+
+
+def _requirement_lines(text: bytes) -> list[tuple[int, str]]:
+    """requirements.txt's requirements and options, each with the line it starts on; comments dropped, a line that
+    ends in a backslash joined to the next (options such as --hash)."""
+    lines, start, parts = [], 0, []
+    for number, raw in enumerate(text.decode(errors="replace").splitlines(), start=1):
         start = start if parts else number
         parts.append(raw.split(" #")[0].strip().removesuffix("\\"))
-        if raw.rstrip().endswith("\\"):  # continued: options such as --hash on the next lines
+        if raw.rstrip().endswith("\\"):
             continue
         line, parts = " ".join(parts).strip(), []
-        if line and not line.startswith("#") and not _pinned(line):
-            problems.append(f"requirements.txt line {start}: {line} is not pinned with ==")
+        if line and not line.startswith("#"):
+            lines.append((start, line))
+    return lines
+
+
+def _pinned_twice(lines: list[tuple[int, str]]) -> list[str]:
+    """A package pinned to two versions (names compared as PEP 503 normalises them: Torch, torch; a-b, a_b, a.b)
+    under the same markers: pip refuses the pair at docker build. The same pin twice installs, and passes."""
+    first: dict[tuple[str, str], tuple[int, Requirement]] = {}
+    problems = []
+    for number, line in lines:
+        requirement = _requirement(line)
+        if requirement is None or not _pinned(line):  # an option, or unpinned: reported as such
+            continue
+        key = (canonicalize_name(requirement.name), str(requirement.marker))
+        at, earlier = first.setdefault(key, (number, requirement))
+        if earlier.specifier != requirement.specifier:
+            problems.append(
+                f"requirements.txt lines {at} and {number}: {key[0]} is pinned twice "
+                f"({earlier.specifier} and {requirement.specifier}); pip refuses both at docker build"
+            )
     return problems
+
+
+def _requirement(line: str) -> Requirement | None:
+    """The line's requirement (its --hash options aside); None for a URL, a path or another option (-r, -e)."""
+    try:
+        return Requirement(" ".join(w for w in line.split() if not w.startswith("--hash")))
+    except InvalidRequirement:
+        return None
 
 
 def _pinned(line: str) -> bool:
     words = line.split()
     if words[0] in _INDEX_OPTIONS or words[0].startswith(tuple(f"{o}=" for o in _INDEX_OPTIONS)):
         return True
-    try:
-        requirement = Requirement(" ".join(w for w in words if not w.startswith("--hash")))
-    except InvalidRequirement:  # a URL, a path or another option (-r, -e): no version to pin
+    requirement = _requirement(line)
+    if requirement is None:  # no version to pin
         return False
     specifiers = list(requirement.specifier)
     return (

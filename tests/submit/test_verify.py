@@ -387,6 +387,25 @@ def test_unpinned_requirements_are_reported(good_zip, tmp_path, rewrite_zip):
     ]
 
 
+def test_a_package_pinned_to_two_versions_is_reported(good_zip, tmp_path, rewrite_zip):
+    """pip refuses two pins of one package at docker build; names compare as PEP 503 normalises them, the same pin
+    twice installs, and markers that never hold together may pin two versions."""
+    with zipfile.ZipFile(good_zip) as archive:
+        requirements = archive.read("requirements.txt").decode()
+    line = len(requirements.splitlines())
+    extra = (
+        "Tiny-Torch==2.13.0\ntiny_torch==2.0.0\ntiny-six==1.16.0\ntiny-six==1.16\nzope.tiny==6.0\nZope_Tiny==7.0\n"
+        'tiny-numba==0.59.0; python_version < "3.11"\ntiny-numba==0.60.0; python_version >= "3.11"\n'
+    )
+    bad = rewrite_zip(good_zip, tmp_path / "req.zip", {"requirements.txt": (requirements + extra).encode()})
+    assert verify_submission(bad, lint=False) == [
+        f"requirements.txt lines {line + 1} and {line + 2}: tiny-torch is pinned twice (==2.13.0 and ==2.0.0); "
+        "pip refuses both at docker build",
+        f"requirements.txt lines {line + 5} and {line + 6}: zope-tiny is pinned twice (==6.0 and ==7.0); pip "
+        "refuses both at docker build",
+    ]
+
+
 def test_a_name_twice_in_the_zip_is_reported(good_zip, tmp_path):
     duplicated = tmp_path / "dup.zip"
     with zipfile.ZipFile(good_zip) as source, zipfile.ZipFile(duplicated, "w") as target:
