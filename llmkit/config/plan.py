@@ -66,6 +66,7 @@ def plan(
 
     Raises:
         ConfigError: target modules the model lacks, or a base model that needs remote code.
+        ModelConfigNotFound: `model_config` is no file or folder, or not a transformers config.json.
     """
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     shape, source = _shape(cfg, model_config)
@@ -161,6 +162,8 @@ def _shape(cfg: AxolotlConfig, model_config: str | None) -> tuple[ModelShape | N
     try:
         found = find_model_config(name, cfg.revision_of_model, model_config)
     except ModelConfigNotFound as err:
+        if model_config:  # a file the user named that cannot be read is their mistake, not a model to size later
+            raise
         return None, f"unknown: {err}"
     if problem := remote_code_refusal(
         found.config, name, "base_model_config" if cfg.base_model_config else "base_model"

@@ -13,6 +13,7 @@ from pathlib import Path
 from llmkit.config.plan import TrainingPlan, plan
 from llmkit.config.schema import AxolotlConfig, ConfigError, ConfigWarning, load_config
 from llmkit.core.memory import GIB
+from llmkit.core.shapes import ModelConfigNotFound
 
 
 def validate(
@@ -60,6 +61,9 @@ def validate(
                 raise ConfigError(problems, cfg.source)
     except ConfigError as error:
         err.print(f"[red]{error}[/red]", highlight=False)
+        return 1
+    except ModelConfigNotFound as error:  # only for the file given: a model's own config.json may be unknown
+        err.print(f"Error: --model-config {error}", style="red", markup=False, highlight=False)
         return 1
     out.print(render(training_plan))
     if note := wandb_unavailable(cfg):

@@ -376,9 +376,11 @@ def find_model_config(
     """
     if explicit:
         path = Path(explicit).expanduser()
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise ModelConfigNotFound(f"{explicit}: a folder without a config.json")
         path = path / "config.json" if path.is_dir() else path
         if not path.is_file():
-            raise ModelConfigNotFound(f"{explicit}: no such config.json")
+            raise ModelConfigNotFound(f"{explicit}: {'not a file' if path.exists() else 'no such file or folder'}")
         return FoundConfig(_read(path), f"{path}")
     local = Path(model).expanduser()
     if (local / "config.json").is_file():

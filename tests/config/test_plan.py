@@ -286,6 +286,25 @@ def test_cli_validate_without_a_config_json_checks_the_rest_and_says_how_to_give
     assert "GPTNeoXForCausalLM" in known.output and "query_key_value" in known.output and "fits" in known.output
 
 
+def test_cli_validate_refuses_a_model_config_it_cannot_read(tmp_path):
+    """A --model-config path the user gave is theirs to fix: exit 1 naming the flag and the path, not a plan whose
+    memory row says "unknown" (which stays for a model whose config.json cannot be found)."""
+    config = tmp_path / "neox.yml"
+    keys = {"base_model": "someone/unpublished-neox", "learning_rate": 1e-4}
+    config.write_text(yaml.safe_dump(keys | {"datasets": [{"path": "x/y", "type": "alpaca"}]}))
+    (tmp_path / "broken.json").write_text('{"model_type": ')
+    (tmp_path / "empty").mkdir()
+    for given, why in [
+        ("nothere.json", "no such file or folder"),
+        (str(tmp_path / "broken.json"), "not a readable config.json (Expecting value"),
+        (str(tmp_path / "empty"), "a folder without a config.json"),
+    ]:
+        result = CliRunner().invoke(app, ["validate", str(config), "--model-config", given])
+        assert result.exit_code == 1, result.output
+        assert f"Error: --model-config {given}: {why}" in " ".join(result.output.split())
+        assert "Training plan" not in result.output
+
+
 def test_dpo_plans_chosen_and_rejected_tokens_and_a_full_fine_tunes_reference_copy():
     dpo_keys = {"rl": "dpo", "dpo_beta": 0.2, "sample_packing": False}
     dpo_keys["datasets"] = [{"path": "x/y", "type": "chat_template.default"}]
