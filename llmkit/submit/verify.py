@@ -504,7 +504,7 @@ def _check_imports(
     for name, data in sorted(inside.items()):
         if name.endswith(".py"):
             try:
-                trees[_module_name(name)] = (name, ast.parse(data, filename=name))
+                trees[_module_name(name)] = (name, _compiled_tree(name, data))
             except (SyntaxError, ValueError) as err:
                 trees[_module_name(name)] = (name, None)
                 problems.append(f"{name}: not valid Python ({err})")
@@ -598,6 +598,14 @@ def _required_imports(node: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
             yield from _required_imports(ast.Module(body=[*child.orelse, *child.finalbody], type_ignores=[]))
         else:
             yield from _required_imports(child)
+
+
+def _compiled_tree(name: str, data: bytes) -> ast.Module:
+    """The file's syntax tree, once compiled too: the compiler finds what parsing lets by (a `from __future__`
+    import after other code, `return` outside a function), and Python raises it at import all the same."""
+    tree = ast.parse(data, filename=name)
+    compile(tree, name, "exec", dont_inherit=True)
+    return tree
 
 
 def _catches_import_error(handler: ast.ExceptHandler) -> bool:

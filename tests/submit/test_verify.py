@@ -579,3 +579,22 @@ def test_the_servers_own_code_is_checked_for_what_it_imports(good_zip, tmp_path,
     }
     [problem] = verify_submission(rewrite_zip(good_zip, tmp_path / "lazy.zip", lazy), lint=False)
     assert problem.startswith("llmkit/server/broken.py: not valid Python (")
+
+
+@pytest.mark.parametrize(
+    ("source", "why"),
+    [
+        (
+            b"x = 1\nfrom __future__ import annotations\n",
+            "from __future__ imports must occur at the beginning of the file",
+        ),
+        (b"import json\n\nreturn json\n", "'return' outside function"),
+    ],
+)
+def test_a_file_that_parses_but_does_not_compile_is_not_valid_python(good_zip, tmp_path, rewrite_zip, source, why):
+    """Python raises these when it imports the file (the server would not start), though ast.parse reads it."""
+    broken = rewrite_zip(good_zip, tmp_path / "compile.zip", {"llmkit/server/extra.py": source})
+    last_line = source.count(b"\n")
+    assert verify_submission(broken, lint=False) == [
+        f"llmkit/server/extra.py: not valid Python ({why} (extra.py, line {last_line}))"
+    ]
