@@ -107,9 +107,12 @@ def helm_instances(conf_path: Path, work_dir: Path) -> list[dict[str, Any]]:
         command.append(str(work_dir / "benchmark_output"))
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            from llmkit.helm_eval.run import HelmRunError  # here: the CLI imports this module at start for NGRAM
+            # here: the CLI imports this module at start for NGRAM
+            from llmkit.helm_eval.run import HelmRunError, download_failure
 
             partial.unlink(missing_ok=True)
+            if offline := download_failure("crfm-helm", conf_path, result.stderr):
+                raise HelmRunError(offline)
             tail = "\n".join(result.stderr.splitlines()[-15:])
             raise HelmRunError(f"crfm-helm could not build the instances of {conf_path}:\n{tail}")
         partial.replace(out)

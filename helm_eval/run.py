@@ -218,16 +218,24 @@ def _healthy(base_url: str) -> bool:
 
 def _failure_message(log_path: Path, conf_path: Path, returncode: int) -> str:
     log = log_path.read_text(errors="replace")
+    if offline := download_failure("helm-run", conf_path, log):
+        return f"{offline}\nFull log: {log_path}"
     tail = "\n".join(log.splitlines()[-25:])
+    return f"helm-run {exit_description(returncode)}\n--- helm-run log ({log_path}) ---\n{tail}"
+
+
+def download_failure(program: str, conf_path: Path, log: str) -> str | None:
+    """What to say when `program`'s output `log` shows a failed download and the conf has scenarios that need the
+    internet (helm-run, or crfm-helm building the instances for decontaminate); None for any other failure."""
     online = sorted(conf_scenarios(conf_path) - OFFLINE_SCENARIOS)
     offline_lines = [line.strip() for line in log.splitlines() if _OFFLINE_SIGNS.search(line)]
-    if online and offline_lines:
-        return (
-            f"helm-run could not download the datasets of {', '.join(online)}: these scenarios need the internet "
-            f"(only {', '.join(sorted(OFFLINE_SCENARIOS))} run offline; try --conf quick).\n"
-            f"Last download error: {offline_lines[-1]}\nFull log: {log_path}"
-        )
-    return f"helm-run {exit_description(returncode)}\n--- helm-run log ({log_path}) ---\n{tail}"
+    if not (online and offline_lines):
+        return None
+    return (
+        f"{program} could not download the datasets of {', '.join(online)}: these scenarios need the internet "
+        f"(only {', '.join(sorted(OFFLINE_SCENARIOS))} run offline; try --conf quick).\n"
+        f"Last download error: {offline_lines[-1]}"
+    )
 
 
 def _summarize(suite: str, out_dir: Path) -> None:

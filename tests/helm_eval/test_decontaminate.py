@@ -123,3 +123,21 @@ def test_command_exits_1_and_names_the_overlapping_row(helm_venv, tmp_path):
     assert "✗ 1 of" in result.stdout
     [report] = (tmp_path / "reports").glob("decontaminate-*.json")
     assert json.loads(report.read_text())["overlaps"][0]["row"] == 1
+
+
+def test_a_conf_whose_data_cannot_be_downloaded_says_it_needs_the_internet(helm_venv, tmp_path):
+    """Offline, crfm-helm cannot fetch gsm's data: one message naming the scenario and the offline confs, as
+    helm-eval says it, not urllib's traceback. A proxy that refuses every connection makes this offline anywhere."""
+    tasks = confgen.TaskList(families=[confgen.TaskFamily(name="gsm", scenario="gsm")])
+    conf = confgen.write_conf(confgen.generate(tasks, budget=1), tmp_path / "gsm.conf")
+    config = _config(tmp_path, ["clean row"])
+    command = [sys.executable, "-m", "llmkit.cli", "decontaminate", str(config), "--conf", str(conf)]
+    refused = {name: "http://127.0.0.1:9" for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
+    env = {key: value for key, value in os.environ.items() if key.lower() != "no_proxy"} | refused
+    result = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        "Error: crfm-helm could not download the datasets of gsm: these scenarios need the internet (only "
+    ), result.stderr
+    assert "try --conf quick" in result.stderr and "Last download error: " in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 2
