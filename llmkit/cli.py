@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperArgument, TyperOption
 
 from llmkit.core.challenge import Loading, Track
-from llmkit.core.devices import quiet_bitsandbytes_kernel_notice
+from llmkit.core.devices import Device, quiet_bitsandbytes_kernel_notice
 from llmkit.core.files import CacheError
 from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE
 from llmkit.core.processes import exit_on_sigterm, interrupted_exit_code
@@ -171,7 +171,9 @@ def random_model(
     out: str = typer.Option(..., help="The model folder written: new, empty, or an earlier random model (replaced)."),
     tokenizer: str | None = typer.Option(None, help="Hub id or folder of the tokenizer (default: the embedded one)."),
     dtype: str = typer.Option("bfloat16", help="bfloat16, float16 or float32."),
-    device: str = typer.Option("auto", help="Where the weights are made: auto (CUDA where there is one), cpu, cuda."),
+    device: Annotated[
+        Device, typer.Option(help="Where the weights are made: auto (CUDA where there is one), cpu, cuda.")
+    ] = Device.auto,
     seed: int = typer.Option(0, help="Seed of the random initialisation."),
 ) -> None:
     """Write a model of a base model's shape with random weights (for `bench --model`): no weights downloaded."""
@@ -182,7 +184,7 @@ def random_model(
     from llmkit.core.shapes import ModelConfigNotFound
 
     try:
-        made = write_random_model(shape, Path(out), tokenizer=tokenizer, dtype=dtype, device=device, seed=seed)
+        made = write_random_model(shape, Path(out), tokenizer=tokenizer, dtype=dtype, device=device.value, seed=seed)
     except (ModelConfigNotFound, ValueError, RuntimeError, OSError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None

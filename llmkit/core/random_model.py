@@ -64,13 +64,17 @@ def write_random_model(
     Raises:
         FileExistsError: `out` holds other files (not an earlier random model).
         ModelConfigNotFound: no config.json for `shape`.
-        ValueError: the config.json is not a causal LM transformers can build.
+        ValueError: the config.json is not a causal LM transformers can build, or `tokenizer` is neither a path
+            here nor a hub id.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from llmkit.core.models import embedded_model_dir
+    from llmkit.core.models import embedded_model_dir, is_hub_id
     from llmkit.core.shapes import find_model_config, shape_from_config
 
+    if tokenizer and not Path(tokenizer).expanduser().exists() and not is_hub_id(tokenizer):
+        # transformers would take it for a hub id and answer "Repo id must use alphanumeric chars..."
+        raise ValueError(f"--tokenizer {tokenizer}: no such folder here, and not a hub id (owner/name)")
     shape_path = Path(shape).expanduser()
     explicit = shape if shape_path.is_file() else None
     found = find_model_config(shape, explicit=explicit, how_to_give="as SHAPE: a config.json file, or a folder")

@@ -90,6 +90,8 @@ def test_a_larger_vocabulary_is_kept_and_a_shipped_shape_is_found_by_its_hub_id(
         ("T5", "'t5' is not a causal language model transformers can build"),
         ("MADE-UP", "model_type 'made-up' is not an architecture transformers knows"),
         ("DTYPE", "dtype 'int8': expected bfloat16, float16 or float32"),
+        # transformers took the path for a hub id: "Repo id must use alphanumeric chars..."
+        ("TOKENIZER", "--tokenizer ./nothere: no such folder here, and not a hub id (owner/name)"),
     ],
 )
 def test_errors_name_what_is_wrong_and_write_nothing(tmp_path, monkeypatch, shape, message):
@@ -99,7 +101,20 @@ def test_errors_name_what_is_wrong_and_write_nothing(tmp_path, monkeypatch, shap
         args[1] = str(config_file(tmp_path, model_type=shape.lower(), architectures=[], vocab_size=100))
     if shape == "DTYPE":
         args[1:2] = [str(config_file(tmp_path, vocab_size=100)), "--dtype", "int8"]
+    if shape == "TOKENIZER":
+        args[1:2] = [str(config_file(tmp_path, vocab_size=100)), "--tokenizer", "./nothere"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1
     assert message in " ".join(result.output.split())
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_device_it_does_not_offer_lists_the_ones_it_does(tmp_path):
+    """Not torch's own list of device types ("Expected one of cpu, cuda, ipu, xpu, ... device type at start of
+    device string: tpu")."""
+    args = ["random-model", str(config_file(tmp_path)), "--out", str(tmp_path / "out"), "--device", "tpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2  # a usage error, before anything is made
+    message = " ".join(line.strip("│╭╮╰╯─ ") for line in result.output.splitlines())  # rich's error box, unwrapped
+    assert "Invalid value for '--device'" in message and "'tpu' is not one of 'auto', 'cpu', 'cuda'" in message
     assert not (tmp_path / "out").exists()
