@@ -77,6 +77,7 @@ class MergeOptions:
     verify: bool = True
     max_shard_size: str = DEFAULT_MAX_SHARD_SIZE  # largest safetensors file ("5GB", "500MB")
     dtype_note: str | None = None  # why this dtype, when it is a guess: said when merging, not when a merge is kept
+    eot_tokens: tuple[str, ...] = ()  # the training config's turn ends: generation stops at them as at EOS
 
 
 def merge_adapter(
@@ -195,7 +196,8 @@ def merge_options(
         # training loaded the base in its compute dtype and quantized from that
         source_dtype = trained or str(merge_dtype).removeprefix("torch.")
         nf4 = mw.Nf4Options(source_dtype, quant.bnb_4bit_quant_type, quant.bnb_4bit_use_double_quant)
-    return MergeOptions(merge_dtype, nf4, verify, max_shard_size, dtype_note)
+    eot_tokens = tuple(cfg.eot_tokens or ()) if cfg is not None else ()
+    return MergeOptions(merge_dtype, nf4, verify, max_shard_size, dtype_note, eot_tokens)
 
 
 def resolve_merge_dtype(dtype: str | None, trained: str | None, base_dir: Path) -> tuple[torch.dtype, str | None]:
@@ -317,7 +319,7 @@ def write_merged(base_dir: Path, adapter_dir: Path, out: Path, options: MergeOpt
         (out / mw.INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     # the adapter made the head differ from the input embeddings (modules_to_save, or LoRA on one of them)
     untied = tied and any(plan.source_file is None or plan.source is not None for plan in plans)
-    _write_configs(config, base_dir, adapter, untied, options.dtype, out)
+    _write_configs(config, base_dir, adapter, untied, options, out)
 
 
 def _test_pause() -> None:
@@ -327,10 +329,12 @@ def _test_pause() -> None:
         time.sleep(float(delay))
 
 
-def _write_configs(config, base_dir: Path, adapter: mw.Adapter, untied: bool, dtype: torch.dtype, out: Path) -> None:
+def _write_configs(
+    config, base_dir: Path, adapter: mw.Adapter, untied: bool, options: MergeOptions, out: Path
+) -> None:
     from transformers import AutoTokenizer, GenerationConfig
 
-    config.dtype = dtype
+    config.dtype = options.dtype
     if getattr(config, "quantization_config", None) is not None or "quantization_config" in config.to_dict():
         del config.quantization_config  # the merged weights are plain 16-bit
     if untied:
@@ -352,6 +356,12 @@ def _write_configs(config, base_dir: Path, adapter: mw.Adapter, untied: bool, dt
     for key, token_id in changed.items():  # generation stops at the EOS training taught, not the base's
         setattr(config, key, _with_id(getattr(config, key, None), token_id))
         setattr(generation, key, _with_id(getattr(generation, key, None), token_id))
+    # A turn end training taught (eot_tokens: Gemma's <end_of_turn> where its EOS is <eos>) ends generation too, on
+    # both engines (they stop at generation_config's EOS ids): else the served model writes past its answer.
+    for token in options.eot_tokens:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            generation.eos_token_id = _also_id(generation.eos_token_id, token_id)
     config.save_pretrained(out)
     generation.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -371,6 +381,14 @@ def _changed_special_ids(tokenizer, config, base_dir: Path) -> dict[str, int]:
         if token_id is not None and token_id != before:
             changed[key] = token_id
     return changed
+
+
+def _also_id(current, token_id: int) -> int | list[int]:
+    # the model's own EOS stays first: some code reads the first id of a list as the EOS
+    if current is None or current == token_id:
+        return token_id
+    ids = list(current) if isinstance(current, list) else [current]
+    return ids if token_id in ids else [*ids, token_id]
 
 
 def _with_id(current, token_id: int):

@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 from typer.testing import CliRunner
 
 from llmkit.cli import app
-from llmkit.config.schema import load_config
+from llmkit.config.schema import RESOLVED_CONFIG, load_config
 from llmkit.merge.command import merge_command
 from llmkit.merge.fold import merge_adapter
 from llmkit.train.run import train
@@ -173,6 +173,21 @@ def test_a_new_eos_reaches_the_merged_config_and_generation_config(tiny_model_di
     plain = lora_adapter(tiny_model_dir, tmp_path / "plain", target_modules=["q_proj"])
     merge_adapter(tiny_model_dir, plain, tmp_path / "plain_merged", dtype="float32", verify=False)
     assert json.loads((tmp_path / "plain_merged" / "config.json").read_text())["eos_token_id"] == base_eos
+
+
+def test_the_trained_turn_end_stops_generation_of_the_merged_model(tiny_config, tiny_model_dir, tmp_path):
+    """eot_tokens (Gemma's <end_of_turn>, where its EOS is <eos>): the merged model's generation config stops there
+    too, after the base's EOS, so neither engine writes past the turn training taught to end."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    turn_end = "<|im_start|>"  # a special token of this tokenizer that is not its EOS
+    assert tokenizer.convert_tokens_to_ids(turn_end) != tokenizer.eos_token_id
+    adapter = lora_adapter(tiny_model_dir, tmp_path / "run", target_modules=["q_proj"])
+    (adapter / RESOLVED_CONFIG).write_text(tiny_config(eot_tokens=[turn_end]).read_text())
+    merge_adapter(tiny_model_dir, adapter, tmp_path / "merged", dtype="float32", verify=False)
+
+    generation = GenerationConfig.from_pretrained(tmp_path / "merged")
+    assert generation.eos_token_id == [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(turn_end)]
+    assert AutoConfig.from_pretrained(tmp_path / "merged").eos_token_id == tokenizer.eos_token_id
 
 
 def test_a_full_fine_tune_is_said_to_need_no_merge(tiny_model_dir, tmp_path):
