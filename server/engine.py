@@ -182,6 +182,10 @@ class Engine:
         plain = self.encode(prompt)
         full = self.encode(prompt, special=True)
         added = leading_specials(full, plain)
+        if added and plain[:added] == full[:added]:
+            # the text writes its own BOS (a chat template rendered to text, lm-eval's --apply_chat_template):
+            # the tokenizer's would be a second one, which the model never saw in training
+            return plain, 0
         return full[: added + len(plain)] if plain else full, added
 
     def new_sequence(

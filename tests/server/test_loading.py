@@ -46,6 +46,34 @@ def test_missing_directory_is_a_clear_error(tmp_path):
         resolve_model(str(tmp_path))
 
 
+def test_a_prompt_that_writes_its_own_bos_gets_no_second_one(llama2_style_tokenizer, start_server, http, tmp_path):
+    """A Llama-2-style tokenizer adds <s> to every text; a prompt rendered by a chat template already starts with it,
+    and two BOS are a sequence the model never saw in training. Counted by the OpenAI usage (the ids the model got)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = llama2_style_tokenizer
+    sizes = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+    config = LlamaConfig(**sizes, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    server = start_server("--model", str(tmp_path), "--dtype", "float32")
+
+    def prompt_tokens(prompt: str) -> int:
+        body = {"model": server.info["model"], "prompt": prompt, "max_tokens": 1}
+        response = http.post(f"{server.url}/v1/completions", json=body)
+        assert response.status_code == 200, response.text
+        return response.json()["usage"]["prompt_tokens"]
+
+    text = "Hello world, the capital"
+    own = len(tokenizer(text, add_special_tokens=False).input_ids)
+    assert prompt_tokens(text) == own + 1  # the tokenizer's BOS
+    assert prompt_tokens(f"<s>{text}") == len(tokenizer(f"<s>{text}", add_special_tokens=False).input_ids)
+    body = {"prompt": f"<s>{text}", "echo_prompt": True, "max_new_tokens": 0}
+    echoed = http.post(f"{server.url}/process", json=body)
+    assert echoed.status_code == 200, echoed.text
+    assert echoed.json()["tokens"][0]["text"] == "<s>"  # the prompt's own BOS, echoed as its first token
+
+
 @pytest.fixture(scope="module")
 def adapter_greedy(default_model_dir, adapter_dir) -> str:
     """What peft itself generates greedily with the adapter applied."""

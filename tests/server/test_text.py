@@ -3,8 +3,6 @@ token), and an echoed prompt's text pieces under a Llama-2-style tokenizer."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from llmkit.server.text import IncrementalDecoder, cut_pieces, prompt_pieces, stop_index
@@ -34,28 +32,6 @@ def test_cut_pieces_trims_the_piece_a_stop_starts_in():
     assert cut_pieces(pieces, text.index("ed")) == [" R"]
     assert cut_pieces(pieces, text.index("\n")) == [" Red", "."]
     assert cut_pieces(pieces, len(text)) == pieces and cut_pieces(pieces, 0) == []
-
-
-@pytest.fixture(scope="module")
-def llama2_style_tokenizer():
-    """A small BPE trained here with Llama-2's pipeline: a "▁" prepended and spaces as "▁", byte fallback, the
-    decoder stripping the first space, "<s>" added before every text."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
-    bpe.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    bpe.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
-    )
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"])
-    bpe.train_from_iterator(["Hello world, the capital of France is Paris."] * 20, trainer)
-    spec = json.loads(bpe.to_str())
-    vocab = spec["model"]["vocab"]
-    vocab.update({f"<0x{byte:02X}>": len(vocab) + byte for byte in range(256)})  # the byte-fallback tokens
-    bpe = Tokenizer.from_str(json.dumps(spec))
-    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
 @pytest.mark.parametrize("prompt", ["Hello world", "The capital\nof France", " Paris", "日本 is far"])
