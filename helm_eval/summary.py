@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from pydantic import BaseModel
+from rich.markup import escape
 from rich.table import Table
 
 from llmkit.core.files import write_atomic
@@ -251,12 +252,13 @@ def _delta(first: RunScore | None, row: RunScore | None) -> str:
 
 
 def rich_table(suites: list[SuiteScores], title: str) -> Table:
+    """The scores as a rich table titled `title`; all its text (model labels, run names) is escaped, not markup."""
     header, body = table_rows(suites)
-    table = Table(title=title, caption=legend(suites) or None)
+    table = Table(title=escape(title), caption=escape(legend(suites)) or None)
     for name in header:  # folded, not cut: the five synthetic_reasoning runs differ only at the end of their names
-        table.add_column(name, overflow="fold")
+        table.add_column(escape(name), overflow="fold")
     for cells in body:
-        table.add_row(*cells)
+        table.add_row(*map(escape, cells))
     return table
 
 

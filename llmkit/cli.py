@@ -504,6 +504,7 @@ def helm_eval(
     import shlex
 
     from rich.console import Console
+    from rich.markup import escape
 
     _logging()
     from llmkit.helm_eval import helm_eval as run
@@ -543,10 +544,10 @@ def helm_eval(
     labels = " vs ".join(scores.label for scores in result.suites)
     console.print(rich_table(result.suites, title=f"HELM: {labels} on {result.conf_path.name}"))
     for label, projection in result.report.projections:
-        console.print(f"{label}: {projection.sentence()}")
-    console.print(f"Report: {result.report.markdown}, chart: {result.report.chart}")
+        console.print(escape(f"{label}: {projection.sentence()}"))
+    console.print(escape(f"Report: {result.report.markdown}, chart: {result.report.chart}"))
     for scores in result.suites:
-        console.print(f"HELM's output: {scores.runs_dir}")
+        console.print(escape(f"HELM's output: {scores.runs_dir}"))
 
 
 @app.command()
@@ -561,6 +562,7 @@ def decontaminate(
     """n-gram overlap between a config's training rows and the eval instances of a HELM conf; exit 1 on overlap."""
 
     from rich.console import Console
+    from rich.markup import escape
 
     _logging()
     from llmkit.config import ConfigError, load_config
@@ -583,7 +585,7 @@ def decontaminate(
     for table in report_tables(report):
         console.print(table)
     path = write_report(report, out_dir / "reports" / f"{name}.json")
-    console.print(report.sentence(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path))
+    console.print(escape(report.sentence(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)))
     raise typer.Exit(0 if report.clean else 1)
 
 

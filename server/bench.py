@@ -36,6 +36,7 @@ from pathlib import Path
 import httpx
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -403,7 +404,7 @@ def _print_builtin(results: dict, console: Console) -> None:
 
 
 def _print_workloads(results: dict, console: Console) -> None:
-    table = Table(title=f"Serving {results['model']} on {results['device']} (median seconds)")
+    table = Table(title=escape(f"Serving {results['model']} on {results['device']} (median seconds)"))
     for column in [
         "workload",
         "tokens in/out",
@@ -456,7 +457,7 @@ def print_engines(results: dict, console: Console) -> None:
         generated = servers[measured[0]]["max_new_tokens"]
         table = Table(
             title=f"{'Engines side by side' if len(measured) > 1 else f'The {measured[0].value} engine'}: "
-            f"{results['model']}, {generated}-token greedy generations from concurrent "
+            f"{escape(results['model'])}, {generated}-token greedy generations from concurrent "
             "HELM-shaped clients over HTTP (generated tokens/s)"
         )
         table.add_column("clients")
@@ -480,7 +481,9 @@ def print_engines(results: dict, console: Console) -> None:
             console.print(Text(f"{label} not measured: {server['skipped']}", style="yellow"))  # no markup: a log
         else:
             console.print(
-                f"{label} ({server['version']}, {server['device']}, {server['dtype']}): /health answered "
-                f"{server['startup_s']:.0f} s after start",
+                escape(
+                    f"{label} ({server['version']}, {server['device']}, {server['dtype']}): /health answered "
+                    f"{server['startup_s']:.0f} s after start"
+                ),
                 highlight=False,
             )

@@ -39,6 +39,7 @@ def validate(
         console: a rich Console to print to (default: stdout, errors to stderr).
     """
     from rich.console import Console
+    from rich.markup import escape
 
     out = console or Console()
     err = console or Console(stderr=True)
@@ -60,48 +61,51 @@ def validate(
             if problems:
                 raise ConfigError(problems, cfg.source)
     except ConfigError as error:
-        err.print(f"[red]{error}[/red]", highlight=False)
+        err.print(f"[red]{escape(str(error))}[/red]", highlight=False)
         return 1
     except ModelConfigNotFound as error:  # only for the file given: a model's own config.json may be unknown
         err.print(f"Error: --model-config {error}", style="red", markup=False, highlight=False)
         return 1
     out.print(render(training_plan))
     if note := wandb_unavailable(cfg):
-        err.print(f"[yellow]Warning: {note}[/yellow]", highlight=False)
+        err.print(f"[yellow]Warning: {escape(note)}[/yellow]", highlight=False)
     return 0
 
 
 def render(p: TrainingPlan):
-    """The plan as rich tables (what `llmkit validate` prints)."""
+    """The plan as rich tables (what `llmkit validate` prints); the config's text (paths, keys, names) is escaped,
+    not read as rich markup."""
     from rich.console import Group
+    from rich.markup import escape
     from rich.table import Table
 
     cfg = p.cfg
-    summary = Table(title=f"Training plan: {cfg.source or cfg.base_model}", show_header=False, title_justify="left")
+    title = escape(f"Training plan: {cfg.source or cfg.base_model}")
+    summary = Table(title=title, show_header=False, title_justify="left")
     summary.add_column(style="bold")
     summary.add_column()
     if p.shape is None:
-        summary.add_row("base model", f"{cfg.base_model} (size unknown)")
-        summary.add_row("[yellow]memory plan[/yellow]", f"[yellow]{p.shape_source}[/yellow]")
+        summary.add_row("base model", f"{escape(cfg.base_model)} (size unknown)")
+        summary.add_row("[yellow]memory plan[/yellow]", f"[yellow]{escape(p.shape_source)}[/yellow]")
     else:
         n_params = p.shape.num_params
         where = f"{n_params / 1e9:.2f}B parameters, {p.shape.architecture}; config.json: {p.shape_source}"
-        summary.add_row("base model", f"{cfg.base_model} ({where})")
-    summary.add_row("method", p.method)
+        summary.add_row("base model", escape(f"{cfg.base_model} ({where})"))
+    summary.add_row("method", escape(p.method))
     if p.shape is not None and p.shape.expert_params and (cfg.load_in_4bit or cfg.load_in_8bit):
         summary.add_row(
             "[yellow]MoE experts[/yellow]",
             f"[yellow]{p.shape.expert_params / 1e9:.1f}B parameters held as fused 3-D tensors "
-            f"({', '.join(p.shape.expert_names)}): bitsandbytes quantizes only linear layers, so they stay "
+            f"({escape(', '.join(p.shape.expert_names))}): bitsandbytes quantizes only linear layers, so they stay "
             "unquantized (in fp32 once peft prepares the quantized base for training)[/yellow]",
         )
-    summary.add_row("target modules", ", ".join(p.target_modules) or "-")
+    summary.add_row("target modules", escape(", ".join(p.target_modules)) or "-")
     left_out = _renamed_left_out(p)
     if left_out:
         summary.add_row(
             "[yellow]not targeted[/yellow]",
-            f"[yellow]{', '.join(left_out)}: peft would rename them to the MoE experts' fused parameters and train "
-            "the experts instead, so lora_target_linear leaves these layers untrained[/yellow]",
+            f"[yellow]{escape(', '.join(left_out))}: peft would rename them to the MoE experts' fused parameters and "
+            "train the experts instead, so lora_target_linear leaves these layers untrained[/yellow]",
         )
     if p.shape is not None and p.trainable_params is not None:
         share = p.trainable_params / p.shape.num_params
@@ -111,13 +115,13 @@ def render(p: TrainingPlan):
     summary.add_row("optimizer steps", _steps_text(p))
     for key in cfg.ignored_keys:
         if key.named_alone:
-            summary.add_row("[yellow]ignored key[/yellow]", key.describe())
+            summary.add_row("[yellow]ignored key[/yellow]", escape(key.describe()))
     for note in cfg.notices:  # old spellings read the new way, keys given twice
-        summary.add_row("[yellow]note[/yellow]", note)
+        summary.add_row("[yellow]note[/yellow]", escape(note))
     empty = [key.path for key in cfg.ignored_keys if not key.named_alone]
     if empty:
-        summary.add_row("[dim]off, not implemented[/dim]", f"[dim]{', '.join(empty)}[/dim]")
-    summary.add_row("tokens to train", f"{p.tokens:,} ({p.tokens_basis})" if p.tokens else p.tokens_basis)
+        summary.add_row("[dim]off, not implemented[/dim]", f"[dim]{escape(', '.join(empty))}[/dim]")
+    summary.add_row("tokens to train", escape(f"{p.tokens:,} ({p.tokens_basis})" if p.tokens else p.tokens_basis))
     if not p.memory:
         return summary
     title = "Estimated training memory per GPU in GiB (trainable: + gradients and optimizer states)"
@@ -135,6 +139,7 @@ def render(p: TrainingPlan):
 
 def training_time_table(p: TrainingPlan):
     """The projected training time per track against the challenge's 24-hour reproduction limit."""
+    from rich.markup import escape
     from rich.table import Table
 
     time = Table(title="Projected training time on one GPU (the challenge re-runs training within 24 h)")
@@ -148,9 +153,9 @@ def training_time_table(p: TrainingPlan):
             if t.fits is None
             else "[red]over 24 h[/red]"
         )
-        time.add_row(t.track.value, f"{t.tokens_per_s:,.0f}", t.verdict(), verdict)
+        time.add_row(t.track.value, f"{t.tokens_per_s:,.0f}", escape(t.verdict()), verdict)
     time.caption = (
-        f"Tokens/s: {p.training_time[0].throughput_basis.split(', x ')[0]}; scaled per track and model size."
+        f"Tokens/s: {escape(p.training_time[0].throughput_basis.split(', x ')[0])}; scaled per track and model size."
     )
     return time
 

@@ -43,7 +43,9 @@ class DataStats:
 
 
 def stats_table(stats: DataStats) -> Table:
-    """The data summary as a rich table: rows read, kept and dropped per dataset, then the totals."""
+    """The data summary as a rich table: rows read, kept and dropped per dataset, then the totals (dataset paths and
+    types escaped, not read as rich markup)."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"Training data (prepared-dataset cache: {stats.cache})")
@@ -53,7 +55,8 @@ def stats_table(stats: DataStats) -> Table:
         table.add_column(column, justify="left" if left else "right", overflow="fold" if left else "ellipsis")
     rows = [(d, d.type) for d in stats.datasets] + [(d, f"{d.type} (eval)") for d in stats.eval_datasets]
     for d, kind in rows:
-        table.add_row(d.source, kind, *(str(n) for n in (d.rows, d.kept, d.dropped_overlong, d.dropped_untrained)))
+        counts = (d.rows, d.kept, d.dropped_overlong, d.dropped_untrained)
+        table.add_row(escape(d.source), escape(kind), *(str(n) for n in counts))
     packing = f", packed into {stats.train_sequences} sequences" if stats.packing_efficiency is not None else ""
     fill = f" ({stats.packing_efficiency:.0%} full)" if stats.packing_efficiency is not None else ""
     table.caption = f"train {stats.train_rows} rows{packing}{fill}, eval {stats.eval_rows} rows"

@@ -79,9 +79,10 @@ def run(out_dir: Path, model: str | None = None) -> dict:
 
 def _print(results: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"Merging a LoRA adapter into {results['model']}: peak memory (bound {PEAK_BOUND}x)")
+    table = Table(title=f"Merging a LoRA adapter into {escape(results['model'])}: peak memory (bound {PEAK_BOUND}x)")
     for column in ("merge", "merged size", "peak", "peak / merged size", "above the imports", "seconds"):
         table.add_column(column)
     for name in ("merge_only", "with_verify"):

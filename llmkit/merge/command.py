@@ -70,15 +70,17 @@ def _weighted(base, adapters, weights, combination, density, weighted, out, opti
 
 
 def report_table(report: MergeReport, uploaded: list[dict] | None, hub_model_id: str | None = None):
-    """A rich table of what was merged, how it checked out, and what was (or would be) uploaded."""
+    """A rich table of what was merged, how it checked out, and what was (or would be) uploaded; paths and ids are
+    escaped, not read as rich markup."""
+    from rich.markup import escape
     from rich.table import Table
 
-    title = f"Merged model: {report.out_dir}" + (" (unchanged, skipped)" if report.skipped else "")
+    title = escape(f"Merged model: {report.out_dir}") + (" (unchanged, skipped)" if report.skipped else "")
     table = Table(show_header=False, title=title)
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")  # paths stay whole, folded over lines
-    table.add_row("base", report.base)
-    table.add_row("adapter", report.adapter)
+    table.add_row("base", escape(report.base))
+    table.add_row("adapter", escape(report.adapter))
     table.add_row("dtype", report.dtype + (", NF4 round-trip of targeted weights" if report.nf4_roundtrip else ""))
     table.add_row("size", f"{report.size_bytes / 1e6:,.1f} MB in {len(report.files)} files")
     table.add_row("time", f"{report.seconds:.1f} s")
@@ -98,6 +100,7 @@ def report_table(report: MergeReport, uploaded: list[dict] | None, hub_model_id:
     if uploaded is not None:
         total = sum(f["bytes"] for f in uploaded) / 1e6
         table.add_row(
-            f"hub {hub_model_id}", f"{len(uploaded)} files, {total:,.1f} MB: " + ", ".join(f["path"] for f in uploaded)
+            escape(f"hub {hub_model_id}"),
+            escape(f"{len(uploaded)} files, {total:,.1f} MB: " + ", ".join(f["path"] for f in uploaded)),
         )
     return table

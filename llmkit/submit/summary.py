@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -117,7 +118,7 @@ def summary_table(
     """The summary; `report` is None when the smoke test was not run, and `not_run` says why; `training_time` as
     `summarize` takes it."""
     table = Table(
-        title=f"Submission {zip_path.name}",
+        title=escape(f"Submission {zip_path.name}"),
         show_header=False,
         box=box.ROUNDED,
         title_style="bold",

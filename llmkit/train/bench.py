@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from llmkit.config.schema import AxolotlConfig, load_config
@@ -134,9 +135,11 @@ def _quick(out_dir: Path, config: Path, cfg: AxolotlConfig, steps: int) -> dict:
     (out_dir / "train_bench.json").write_text(json.dumps(result, indent=2))
     packing = "on" if cfg.sample_packing else "off"
     Console().print(
-        f"Training {cfg.base_model} ({result['adapter']}, sequence_len {cfg.sequence_len}, sample_packing "
-        f"{packing}) on {result['device']}: {measured['tokens_per_s']:,.0f} tokens/s over {steps} optimizer steps "
-        f"({measured['seconds']:.1f} s)",
+        escape(
+            f"Training {cfg.base_model} ({result['adapter']}, sequence_len {cfg.sequence_len}, sample_packing "
+            f"{packing}) on {result['device']}: {measured['tokens_per_s']:,.0f} tokens/s over {steps} optimizer "
+            f"steps ({measured['seconds']:.1f} s)"
+        ),
         highlight=False,
     )
     return result
@@ -145,8 +148,10 @@ def _quick(out_dir: Path, config: Path, cfg: AxolotlConfig, steps: int) -> dict:
 def _print(result: dict) -> None:
     name = Path(result["config"]).name
     table = Table(
-        title=f"Training {name} ({result['base_model']}) on {result['device']} "
-        f"({result['runs']['packed']['steps']} optimizer steps each)"
+        title=escape(
+            f"Training {name} ({result['base_model']}) on {result['device']} "
+            f"({result['runs']['packed']['steps']} optimizer steps each)"
+        )
     )
     for column in ("measure", "value", "ratio"):
         table.add_column(column)

@@ -112,11 +112,12 @@ def summarize(output_dir: str | Path) -> dict[str, Any]:
 
 
 def summary_table(output_dir: str | Path) -> Any:
-    """`summarize` as a rich table, printed by `llmkit train` at the end."""
+    """`summarize` as a rich table, printed by `llmkit train` at the end (paths and names escaped, not markup)."""
+    from rich.markup import escape
     from rich.table import Table
 
     summary = summarize(output_dir)
-    table = Table(title=f"Trained model: {summary['output_dir']}", show_header=False)
+    table = Table(title=escape(f"Trained model: {summary['output_dir']}"), show_header=False)
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")  # paths stay whole, folded over lines
 
@@ -130,14 +131,14 @@ def summary_table(output_dir: str | Path) -> Any:
     table.add_row("train loss (first -> last logged)", loss(summary["first_loss"], summary["final_loss"]))
     table.add_row("eval loss (first -> last)", loss(summary["first_eval_loss"], summary["final_eval_loss"]))
     if best := summary["published_best"]:  # load_best_model_at_end: the weights below are not the last step's
-        table.add_row(
-            "published model", f"checkpoint of step {best[0]}: best {summary['best_metric_name']} {best[1]:.4f}"
-        )
+        published = f"checkpoint of step {best[0]}: best {summary['best_metric_name']} {best[1]:.4f}"
+        table.add_row("published model", escape(published))
     for name, (first, final) in summary["task_metrics"].items():
         table.add_row(f"held-out {name} (first -> last)", f"{first:.3f} -> {final:.3f}")
     seconds = summary["train_seconds"]
     table.add_row("training time (last session)", "-" if seconds is None else f"{seconds:.0f} s")
-    table.add_row("weights", summary["weights"] or "-")
-    table.add_row("loss curve", summary["loss_curve"])
-    table.add_row("TensorBoard", f"tensorboard --logdir {shlex.quote(str(Path(summary['output_dir']) / 'runs'))}")
+    table.add_row("weights", escape(summary["weights"] or "-"))
+    table.add_row("loss curve", escape(summary["loss_curve"]))
+    logdir = shlex.quote(str(Path(summary["output_dir"]) / "runs"))
+    table.add_row("TensorBoard", escape(f"tensorboard --logdir {logdir}"))
     return table

@@ -466,3 +466,17 @@ def test_a_lora_target_modules_string_with_regex_syntax_is_peft_s_regex_over_ful
         plan(team("Mistral-01", {"lora_target_modules": r".*attn\.qq_proj", "lora_target_linear": False}))
     with pytest.raises(ConfigError, match=r"lora_target_modules: .*'q_proj\(' is not a regular expression"):
         team("Mistral-01", {"lora_target_modules": "q_proj("})
+
+
+def test_validate_prints_brackets_in_paths_keys_and_errors_as_written(tiny_config, tiny_model_dir, tmp_path):
+    """Rich read `[ir]` in `we[ir]d.yml` as markup and dropped it: the file, an unknown key and a YAML error's
+    snippet lost their brackets."""
+    weird = tiny_config(**{"foo[bar]": 1}).rename(tmp_path / "we[ir]d.yml")
+    wide = {"COLUMNS": "400"}
+    planned = CliRunner().invoke(app, ["validate", str(weird)], env=wide)
+    assert planned.exit_code == 0, planned.output
+    assert f"Training plan: {weird}" in planned.output and "foo[bar]=1: unknown key" in planned.output
+    weird.write_text(f"base_model: {tiny_model_dir}\nfoo[bar]: [1\n")
+    unreadable = CliRunner().invoke(app, ["validate", str(weird)], env=wide)
+    assert unreadable.exit_code == 1
+    assert f"{weird}" in unreadable.output and "foo[bar]: [1" in unreadable.output

@@ -578,3 +578,18 @@ def test_a_named_template_is_resolved_and_its_missing_turn_markers_warned_about_
     caplog.clear()
     build_datasets(make_cfg([{"path": str(path), "type": "chat_template", "chat_template": "chatml"}]), tokenizer)
     assert "are not tokens" not in caplog.text  # SmolLM2's vocabulary has <|im_start|> and <|im_end|>
+
+
+def test_preprocess_table_names_a_dataset_path_with_brackets_as_written(tiny_config, tiny_dataset, tmp_path):
+    """Rich read `[v2]` in the dataset's path as markup: the table's dataset cell lost it (a folder that
+    save_to_disk wrote: datasets reads a data file's path as a glob, where `[v2]` matches no file)."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    data = tmp_path / "sums[v2]"
+    Dataset.from_list([json.loads(line) for line in tiny_dataset.read_text().splitlines()]).save_to_disk(data)
+    config = tiny_config(datasets=[{"path": str(data), "type": "alpaca"}], dataset_prepared_path=str(tmp_path / "p"))
+    result = CliRunner().invoke(app, ["preprocess", str(config)], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert str(data) in result.output

@@ -161,3 +161,16 @@ def test_a_narrow_terminal_folds_run_names_instead_of_cutting_them():
     console.print(rich_table([_suite("base", dict.fromkeys(runs, 0.5))], title="t"))
     first_column = "".join(line.split("│")[1].strip() for line in console.export_text().splitlines() if "│" in line)
     assert all(run in first_column for run in runs) and "…" not in first_column
+
+
+def test_model_labels_with_brackets_are_printed_as_written():
+    """A label is a model's folder or hub id: rich read `[v2]` in `runs/m[v2]` as markup and dropped it."""
+    from rich.console import Console
+
+    from llmkit.helm_eval.summary import rich_table
+
+    suites = [_suite("runs/m[v2]", {"simple_mcqa": 0.25}), _suite("runs/m[v3]", {"simple_mcqa": 0.5})]
+    console = Console(width=400, record=True)
+    console.print(rich_table(suites, title="HELM: runs/m[v2] vs runs/m[v3]"))
+    text = console.export_text()
+    assert "HELM: runs/m[v2] vs runs/m[v3]" in text and "[1] runs/m[v2]; [2] runs/m[v3]" in text

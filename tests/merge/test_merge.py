@@ -295,6 +295,16 @@ def test_weighted_ties_merge_from_yaml(adapters, tiny_model_dir, tmp_path):
         load_weighted(fusion)
 
 
+def test_the_report_gives_paths_with_brackets_as_written(adapters, tmp_path):
+    """Rich read `[v2]` as markup: `merge --adapter "ad[v2]" --out "m[v2]"` printed `Merged model: m`."""
+    adapter, out = shutil.copytree(adapters["plain"], tmp_path / "ad[v2]"), tmp_path / "m[v2]"
+    result = CliRunner().invoke(
+        app, ["merge", "--adapter", str(adapter), "--out", str(out), "--no-verify"], env={"COLUMNS": "400"}
+    )
+    assert result.exit_code == 0, result.output
+    assert f"Merged model: {out}" in result.output and str(adapter) in result.output
+
+
 def test_bad_adapter_paths_fail_clearly(tiny_model_dir, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["merge", "--adapter", str(tmp_path / "nope"), "--base", str(tiny_model_dir)])

@@ -214,3 +214,12 @@ def test_a_zip_that_cannot_be_opened_shows_that_one_problem(tmp_path):
     assert done.stderr.startswith(f"problem: {tmp_path / 'nope.zip'}: cannot read it as a zip (")
     assert "manifest" not in done.stdout and "pins.json" not in done.stdout
     assert _cells(_row(done.stdout, "checks"))[1:] == ["✗", "", "1 problem(s), listed above"]
+
+
+def test_a_zip_name_with_brackets_is_printed_as_written(tmp_path):
+    """The title read `[v2]` in the zip's name as rich markup and dropped it."""
+    broken = tmp_path / "4090_submission_1[v2].zip"
+    broken.write_text("not a zip")
+    console = Console(record=True, width=400)
+    console.print(summary_table(broken, None, ["not a zip"], None))
+    assert "Submission 4090_submission_1[v2].zip" in console.export_text()

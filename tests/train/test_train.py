@@ -237,3 +237,18 @@ def test_make_train_nproc_2_runs_two_ddp_processes_on_the_cpu(tiny_config):
     assert _state(out)["global_step"] == 3
     assert "cpu, 2 process(es)" in (out / "config.resolved.yml").read_text()
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_the_cli_summary_gives_an_output_dir_with_brackets_as_written(tiny_config, tmp_path):
+    """Rich read `[v2]` as markup: the summary named weights under /tmp/x/tr and a tensorboard command for a folder
+    that does not exist."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    out = tmp_path / "tr[v2]"
+    result = CliRunner().invoke(app, ["train", str(tiny_config(output_dir=str(out)))], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert f"Trained model: {out}" in result.output
+    assert str(out / "adapter_model.safetensors") in result.output
+    assert f"tensorboard --logdir {shlex.quote(str(out / 'runs'))}" in result.output
