@@ -326,7 +326,9 @@ def merge(
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip comparing with base + unmerged adapter."),
     max_shard_size: str = typer.Option(DEFAULT_MAX_SHARD_SIZE, help="Largest safetensors file."),
     weighted: str | None = typer.Option(None, help="Weighted merge of several adapters from this YAML file."),
-    weight: Annotated[list[float] | None, typer.Option(help="Weight of each --adapter (weighted merge).")] = None,
+    weight: Annotated[
+        list[float] | None, typer.Option(help="Weight of each --adapter (weighted merge; one adapter: scaled by it).")
+    ] = None,
     combination: str = typer.Option("linear", help="Weighted merge: linear, cat, ties, dare_ties, dare_linear..."),
     density: float | None = typer.Option(None, help="Weighted merge: fraction of entries kept (ties, dare_*)."),
     hub_model_id: str | None = typer.Option(None, help="Upload the merged folder to this hub repo."),

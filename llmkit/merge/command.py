@@ -35,8 +35,12 @@ def merge_command(
     adapters = adapters or []
     if dry_run and not hub_model_id:
         raise ValueError("--dry-run lists what --hub-model-id would upload; give --hub-model-id too")
-    if weighted or len(adapters) > 1:
+    # one adapter with --weight (or --combination, --density) is a weighted merge of one: the adapter scaled
+    weighting = weights is not None or combination != "linear" or density is not None
+    if weighted or len(adapters) > 1 or (adapters and weighting):
         report = _weighted(base, adapters, weights, combination, density, weighted, out, options)
+    elif weighting:
+        raise ValueError("--weight, --combination and --density apply to --adapter folders: give --adapter DIR")
     elif config:
         from llmkit.config.schema import load_config
 

@@ -1,4 +1,5 @@
-"""Several LoRA adapters folded into one model (the seeds' "model fusion"), through peft's add_weighted_adapter.
+"""Several LoRA adapters folded into one model (the seeds' "model fusion"), through peft's add_weighted_adapter;
+one adapter with a weight is merged scaled by it.
 
     llmkit merge --weighted fusion.yml --out runs/fused
     llmkit merge --adapter runs/a --adapter runs/b --weight 0.7 --weight 0.3 --combination ties --density 0.5 \
@@ -83,7 +84,17 @@ class WeightedMerge(BaseModel):
     density: float | None = Field(None, gt=0, le=1, description="Fraction of entries kept (ties, dare_*, prune).")
     majority_sign_method: Literal["total", "frequency"] = Field("total", description="ties: how signs are elected.")
     seed: int = Field(0, description="dare_* drops entries at random; the seed makes the merge repeatable.")
-    adapters: list[WeightedAdapter] = Field(min_length=2, description="At least two adapters.")
+    adapters: list[WeightedAdapter] = Field(min_length=1, description="The adapters (one: scaled by its weight).")
+
+    @model_validator(mode="after")
+    def _one_adapter_is_only_scaled(self) -> WeightedMerge:
+        # peft's add_weighted_adapter merges a lone adapter linearly whatever combination_type says
+        if len(self.adapters) == 1 and (self.combination_type != "linear" or self.density is not None):
+            raise ValueError(
+                "one adapter is merged scaled by its weight (linear): combination_type and density combine several "
+                "adapters"
+            )
+        return self
 
     @model_validator(mode="after")
     def _density_where_needed(self) -> WeightedMerge:

@@ -266,6 +266,26 @@ def test_weighted_cat_merge_adds_the_weighted_deltas(first_kind, adapters, tiny_
     torch.testing.assert_close(saved_tensors(out)[name], expected, atol=1e-5, rtol=1e-4)
 
 
+def test_one_adapter_with_a_weight_is_merged_at_that_strength(adapters, tiny_model_dir, tmp_path):
+    """`--adapter A --weight 0.5` exited 0 and merged A at full strength; the weight (and --combination, --density)
+    went unread with one adapter."""
+    half = tmp_path / "half"
+    half_strength = ["--adapter", str(adapters["plain"]), "--weight", "0.5", "--out", str(half), "--dtype", "float32"]
+    result = CliRunner().invoke(app, ["merge", *half_strength])
+    assert result.exit_code == 0, result.output
+    base, full = saved_tensors(tiny_model_dir), peft_merged(tiny_model_dir, adapters["plain"], torch.float32)
+    name = "model.layers.1.self_attn.o_proj.weight"
+    merged = saved_tensors(half)[name]
+    assert not torch.allclose(merged, full[name], atol=1e-4)
+    torch.testing.assert_close(merged, base[name] + 0.5 * (full[name] - base[name]), atol=1e-5, rtol=1e-4)
+    one = ["merge", "--adapter", str(adapters["plain"]), "--out", str(tmp_path / "ties")]
+    for options in (["--combination", "ties", "--density", "0.5"], ["--density", "0.5"]):  # peft merges one linearly
+        result = CliRunner().invoke(app, [*one, *options])
+        assert result.exit_code == 1 and "one adapter is merged scaled by its weight (linear)" in result.output
+    result = CliRunner().invoke(app, ["merge", "--weight", "0.5", "--out", str(tmp_path / "none")])
+    assert result.exit_code == 1 and "give --adapter DIR" in result.output
+
+
 def test_weighted_ties_merge_from_yaml(adapters, tiny_model_dir, tmp_path):
     for name in ("plain", "other"):
         shutil.copytree(adapters[name], tmp_path / name)
