@@ -8,9 +8,13 @@ llmkit merge CONFIG --hub-model-id me/model-merged --dry-run     # list what wou
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from llmkit.merge.fold import MergeReport, merge_adapter, merge_from_config
+
+# The flags that set these keys of a weighted merge: the flags' errors name them.
+_FLAGS = {"combination_type": "--combination", "density": "--density"}
 
 
 def merge_command(
@@ -59,7 +63,7 @@ def merge_command(
 
 
 def _weighted(base, adapters, weights, combination, density, weighted, out, options) -> MergeReport:
-    from llmkit.merge.weighted import WeightedMerge, load_weighted, merge_weighted
+    from llmkit.merge.weighted import load_weighted, merge_weighted
 
     if out is None:
         raise ValueError("A weighted merge needs --out (where the combined model goes)")
@@ -69,8 +73,22 @@ def _weighted(base, adapters, weights, combination, density, weighted, out, opti
         if weights and len(weights) != len(adapters):
             raise ValueError(f"{len(adapters)} --adapter but {len(weights)} --weight: give one weight per adapter")
         entries = [{"path": a, "weight": w} for a, w in zip(adapters, weights or [1.0] * len(adapters), strict=True)]
-        spec = WeightedMerge(base_model=base, combination_type=combination, density=density, adapters=entries)
+        spec = _flags_spec(base_model=base, combination_type=combination, density=density, adapters=entries)
     return merge_weighted(spec, out, **options)
+
+
+def _flags_spec(**fields):
+    """The WeightedMerge the flags describe; a problem is one line naming the flag (`--combination: ...`)."""
+    from pydantic import ValidationError
+
+    from llmkit.core.errors import problems
+    from llmkit.merge.weighted import WeightedMerge
+
+    try:
+        return WeightedMerge(**fields)
+    except ValidationError as err:
+        lines = (re.sub(r"\b(combination_type|density)\b", lambda m: _FLAGS[m[1]], line) for line in problems(err))
+        raise ValueError("\n".join(lines)) from None
 
 
 def report_table(report: MergeReport, uploaded: list[dict] | None, hub_model_id: str | None = None):

@@ -225,3 +225,20 @@ def test_an_out_folder_holding_other_files_or_the_adapter_is_refused_untouched(t
     merge_adapter(tiny_model_dir, adapter, merged, dtype="float32", verify=False)
     merge_adapter(tiny_model_dir, adapter, merged, dtype="bfloat16", verify=False)  # an earlier merge: replaced
     assert json.loads((merged / "llmkit_merge.json").read_text())["inputs"]["dtype"] == "torch.bfloat16"
+
+
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [
+        (["--combination", "nonsense"], "Error: --combination: Input should be 'linear', 'cat', 'svd', 'ties'"),
+        (["--combination", "ties"], "Error: --combination ties needs --density (e.g. 0.5)"),
+        (["--density", "0", "--combination", "ties"], "Error: --density: Input should be greater than 0 (got 0.0)"),
+    ],
+)
+def test_a_bad_weighted_merge_flag_is_one_line_naming_the_flag(flags, error, tmp_path):
+    """`--combination nonsense` printed pydantic's dump, naming the fusion file's combination_type."""
+    adapters = ["--adapter", str(tmp_path / "a"), "--adapter", str(tmp_path / "b")]
+    result = CliRunner().invoke(app, ["merge", *adapters, *flags, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.output.startswith(error) and result.output.count("\n") == 1, result.output
+    assert "combination_type" not in result.output and "validation error" not in result.output
