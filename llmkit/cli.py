@@ -6,6 +6,7 @@ Each command only parses its arguments and hands over to the stage's module, imp
 
 from __future__ import annotations
 
+import shlex
 import sys
 from enum import Enum
 from pathlib import Path
@@ -432,7 +433,8 @@ def submission(
         if (code := interrupted_exit_code(err)) is None:
             raise
         typer.echo(
-            f"\ninterrupted: {path} is written but not smoke-tested (llmkit verify-submission --smoke tests it)",
+            f"\ninterrupted: {path} is written but not smoke-tested (llmkit verify-submission --smoke "
+            f"{shlex.quote(str(path))} tests it)",
             err=True,
         )
         raise typer.Exit(code) from None
@@ -503,8 +505,6 @@ def helm_eval(
     out: str = typer.Option("helm-results", help="Folder for HELM's output, confs, logs and reports."),
 ) -> None:
     """Run HELM (helm-run, helm-summarize) against the server; extra flags go to `python -m llmkit.server`."""
-    import shlex
-
     from rich.console import Console
     from rich.markup import escape
 

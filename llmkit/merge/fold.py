@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -133,8 +134,8 @@ def merge_from_config(
     if adapter is None and not adapter_dir.is_dir():
         source = cfg.source or "CONFIG"
         raise FileNotFoundError(
-            f"{source}: output_dir {adapter_dir} does not exist: train first (llmkit train {source}), or give "
-            "the adapter with --adapter DIR"
+            f"{source}: output_dir {adapter_dir} does not exist: train first (llmkit train "
+            f"{shlex.quote(str(source))}), or give the adapter with --adapter DIR"
         )
     return merge_adapter(base or cfg.base_model, adapter_dir, out or adapter_dir / "merged", cfg=cfg, **options)
 
@@ -144,7 +145,8 @@ def check_adapter_dir(adapter_dir: str | Path) -> Path:
     if path.is_dir() and not (path / "adapter_config.json").is_file() and _holds_full_model(path):
         raise FileNotFoundError(
             f"{path} holds no adapter_config.json but a full model (config.json and weights): a full fine-tune "
-            f"(adapter: none) needs no merge, serve the folder directly (python -m llmkit.server --model {path})"
+            "(adapter: none) needs no merge, serve the folder directly (python -m llmkit.server --model "
+            f"{shlex.quote(str(path))})"
         )
     experts = adapter_config(adapter_dir).get("target_parameters")
     if experts:  # peft's ParamWrapper LoRA on 3-D MoE expert tensors: no module of the base to fold it into

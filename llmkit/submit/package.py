@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import zipfile
 from dataclasses import dataclass, replace
@@ -117,9 +118,10 @@ def build_submission(
             adapter, adapter_revision, bundle=bundle_weights, marker="adapter_config.json", what="adapter"
         )
     # Only its config.json is needed here (the memory fit): the weights download during docker build.
+    pinned = f" --revision {shlex.quote(weights.revision)}" if weights.revision else ""
     how_to_give = (
-        f"by fetching it once where the hub answers (hf download {weights.name} config.json"
-        f"{f' --revision {weights.revision}' if weights.revision else ''}; it is then read from the cache)"
+        f"by fetching it once where the hub answers (hf download {shlex.quote(weights.name)} config.json{pinned}; "
+        "it is then read from the cache)"
     )
     shape = model_shape(
         str(weights.local_dir or weights.name),

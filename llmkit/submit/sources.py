@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def pipeline_weights(config: Path, overrides: dict | None = None) -> Weights:
     train(cfg)
     # a full fine-tune's output_dir is the model itself: nothing to merge
     merged = Path(cfg.output_dir) if cfg.adapter is None else merge_from_config(cfg).out_dir
-    LOG.warning(BUNDLE_WARNING, merged, merged)
+    LOG.warning(BUNDLE_WARNING, merged, shlex.quote(str(merged)))
     return Weights(name=str(merged), local_dir=Path(merged), base_model=cfg.base_model)
 
 
@@ -74,10 +75,10 @@ def hub_or_local(name: str, revision: str | None, *, bundle: bool, marker: str, 
         if not bundle:
             raise SubmissionError(
                 f"--{what} {name} is a local directory, and the challenge's image must download weights during "
-                f"`docker build`. Upload it (`hf upload <you>/<name> {name}`) and pass --{what} <you>/<name>, or "
-                "pass --bundle-weights (BUNDLE=1) to put the files in the zip for self-hosting only."
+                f"`docker build`. Upload it (`hf upload <you>/<name> {shlex.quote(name)}`) and pass --{what} "
+                "<you>/<name>, or pass --bundle-weights (BUNDLE=1) to put the files in the zip for self-hosting only."
             )
-        LOG.warning(BUNDLE_WARNING, name, name)
+        LOG.warning(BUNDLE_WARNING, name, shlex.quote(name))
         from llmkit.merge.fold import merged_base
 
         return Weights(name=str(local.resolve()), local_dir=local.resolve(), base_model=merged_base(local))
@@ -87,7 +88,7 @@ def hub_or_local(name: str, revision: str | None, *, bundle: bool, marker: str, 
         raise SubmissionError(f"{flag} {revision!r} is not a branch, tag or commit name")
     if bundle:
         resolved = resolve_model(name, revision)
-        LOG.warning(BUNDLE_WARNING, name, resolved.path)
+        LOG.warning(BUNDLE_WARNING, name, shlex.quote(str(resolved.path)))
         return Weights(name=name, revision=resolved.revision, local_dir=resolved.path)
     make_variable = flag.removeprefix("--").upper().replace("-", "_")  # REVISION, ADAPTER_REVISION
     return Weights(name=name, revision=revision or pin_revision(name, f"{flag} <commit> ({make_variable}=...)"))

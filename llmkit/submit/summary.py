@@ -10,6 +10,7 @@ Anything marked ✗ makes the exit status 1; a warning (!) does not.
 from __future__ import annotations
 
 import re
+import shlex
 import zipfile
 from pathlib import Path
 
@@ -96,14 +97,24 @@ def bundled_warning(manifest: Manifest) -> str | None:
     """What to do about bundled weights, or None when the image downloads them."""
     if not manifest.bundled_weights:
         return None
-    local = next(source.id for source in (manifest.model, manifest.adapter) if source and source.bundled)
-    # The zip records a folder outside the checkout by its name alone (the same files give the same zip anywhere).
-    folder = local if Path(local).is_dir() else f"<the {local} folder it was bundled from>"
+    model, adapter = manifest.model, manifest.adapter  # --bundle-weights bundles both
+    what = "the merged model" if model.base_model else "the model"
+    uploads = [f"{what} to the hub (`hf upload <you>/<name> {_bundled_folder(model.id)}`)"]
+    variables = ["MODEL=<hub id> REVISION=<sha>"]
+    if adapter is not None and adapter.bundled:
+        uploads.append(f"the adapter (`hf upload <you>/<adapter name> {_bundled_folder(adapter.id)}`)")
+        variables.append("ADAPTER=<adapter hub id> ADAPTER_REVISION=<sha>")
     return (
         "the weights are bundled in the zip. That is fine for self-hosting, but not accepted by the challenge: its "
-        "image must download them during `docker build`. Publish the merged model to the hub "
-        f"(`hf upload <you>/<name> {folder}`) and build with `make submission MODEL=<hub id> REVISION=<sha>`."
+        f"image must download them during `docker build`. Publish {' and '.join(uploads)} and build with `make "
+        f"submission {' '.join(variables)}`."
     )
+
+
+def _bundled_folder(local: str) -> str:
+    """The folder a bundled source came from, as a command's argument. The zip records a folder outside the
+    checkout by its name alone (the same files give the same zip anywhere): then a placeholder says so."""
+    return shlex.quote(local) if Path(local).is_dir() else f"<the {local} folder it was bundled from>"
 
 
 def summary_table(

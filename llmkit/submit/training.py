@@ -14,6 +14,7 @@ import ast
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -153,7 +154,8 @@ def _check_portable(cfg) -> None:
         if value and Path(value).expanduser().exists():
             raise SubmissionError(
                 f"{key}: {value} is on this machine, where the organisers' training image cannot read it; "
-                f"--training needs it on the hub: upload it (hf upload <you>/<name> {value}) and set {key} to its id"
+                "--training needs it on the hub: upload it (hf upload <you>/<name> "
+                f"{shlex.quote(str(value))}) and set {key} to its id"
             )
 
 

@@ -500,3 +500,14 @@ def test_merge_peak_memory_stays_under_three_times_the_merged_size(default_model
     child = _measure(adapter, tmp_path / "merged", verify=False)  # a fresh process: its own peak RSS
     size = sum(p.stat().st_size for p in (tmp_path / "merged").glob("*.safetensors"))
     assert child["peak_rss_bytes"] < PEAK_BOUND * size, (child, size)
+
+
+def test_the_train_first_command_quotes_a_config_path_with_spaces(tiny_model_dir, tmp_path):
+    """`train first (llmkit train dir with space/cfg.yml)` ran `llmkit train dir` with two stray arguments."""
+    config = tmp_path / "dir with space" / "cfg.yml"
+    config.parent.mkdir()
+    keys = {"base_model": str(tiny_model_dir), "adapter": "lora", "output_dir": "nowhere", "learning_rate": 1e-4}
+    keys["lora_target_linear"] = True
+    config.write_text(yaml.safe_dump({**keys, "datasets": [{"path": "tatsu-lab/alpaca", "type": "alpaca"}]}))
+    result = CliRunner().invoke(app, ["merge", str(config)], env={"COLUMNS": "400"})
+    assert result.exit_code == 1 and f"train first (llmkit train '{config}')" in result.output

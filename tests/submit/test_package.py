@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 import shutil
 import string
 import subprocess
@@ -106,6 +107,19 @@ def test_a_local_model_needs_bundling(tmp_path, tiny_model_dir):
     with pytest.raises(SubmissionError, match="local directory.*--bundle-weights"):
         build_submission("4090", model=str(tiny_model_dir), out_root=tmp_path)
     assert not (tmp_path / "4090_track").exists()  # refused before anything was written
+
+
+def test_the_upload_commands_quote_a_folder_with_spaces(tmp_path, caplog):
+    """`hf upload <you>/<name> mérged 1` uploaded a folder `mérged` (and named the repo's path `1`)."""
+    folder = tmp_path / "mérged 1"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    command = f"hf upload <you>/<name> {shlex.quote(str(folder))}"
+    with pytest.raises(SubmissionError) as refused:
+        hub_or_local(str(folder), None, bundle=False, marker="config.json", what="model")
+    assert command in str(refused.value)
+    hub_or_local(str(folder), None, bundle=True, marker="config.json", what="model")
+    assert command in caplog.text  # the bundling warning
 
 
 def test_bundled_local_model(tmp_path, tiny_model_dir, caplog):

@@ -18,8 +18,9 @@ from rich.console import Console
 
 from llmkit.core.models import DEFAULT_MODEL_ID
 from llmkit.server.vllm_venv import VLLM_VERSION, vllm_venv
+from llmkit.submit.manifest import Manifest, WeightsSource
 from llmkit.submit.smoke import CHECKS
-from llmkit.submit.summary import read_manifest, summary_table
+from llmkit.submit.summary import bundled_warning, read_manifest, summary_table
 
 ROOT = Path(__file__).resolve().parents[2]
 PROCESS_REQUESTS = [name for name in CHECKS if not name.startswith("/tokenize")]
@@ -223,3 +224,20 @@ def test_a_zip_name_with_brackets_is_printed_as_written(tmp_path):
     console = Console(record=True, width=400)
     console.print(summary_table(broken, None, ["not a zip"], None))
     assert "Submission 4090_submission_1[v2].zip" in console.export_text()
+
+
+def test_bundled_base_and_adapter_are_each_named_for_upload(tmp_path):
+    """With base and adapter both bundled the warning said "Publish the merged model (`hf upload <you>/<name> <base
+    folder>`)": no merged model, no adapter, and a folder with a space left unquoted."""
+    base, adapter = tmp_path / "base model", tmp_path / "my adapter"
+    base.mkdir()
+    adapter.mkdir()
+    sources = {
+        "model": WeightsSource(id=str(base), bundled=True),
+        "adapter": WeightsSource(id=str(adapter), bundled=True),
+    }
+    warning = bundled_warning(Manifest.model_construct(bundled_weights=True, **sources))
+    assert "merged" not in warning
+    upload = f"(`hf upload <you>/<name> '{base}'`) and the adapter (`hf upload <you>/<adapter name> '{adapter}'`)"
+    assert f"Publish the model to the hub {upload} and build" in warning
+    assert "`make submission MODEL=<hub id> REVISION=<sha> ADAPTER=<adapter hub id> ADAPTER_REVISION=<sha>`" in warning
