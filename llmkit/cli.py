@@ -367,7 +367,14 @@ def merge(
 # --- submission: submit/ ---------------------------------------------------------------------------------------------
 @app.command()
 def submission(
-    track: Annotated[Track, typer.Option(help="The challenge track the image targets.")],
+    track: Annotated[
+        Track,
+        typer.Option(
+            case_sensitive=False,
+            metavar=f"[{'|'.join(track.value for track in Track)}]",  # the canonical names, which typer lowercases
+            help="The challenge track the image targets (in any case: a100 is A100).",
+        ),
+    ],
     config: str | None = typer.Option(None, help="Train, merge and bundle this config (default: the embedded one)."),
     model: str | None = typer.Option(None, help="Hub id the image downloads, or a local directory (bundled)."),
     revision: str | None = typer.Option(None, help="Hub revision of --model (default: its current commit)."),

@@ -16,6 +16,13 @@ class Track(str, Enum):
     rtx4090 = "4090"
     a100 = "A100"
 
+    @classmethod
+    def _missing_(cls, value: object) -> Track | None:
+        # a track in any case (`a100`, TRACK=a100) is that track, under its canonical name
+        if isinstance(value, str):
+            return next((track for track in cls if track.value.lower() == value.lower()), None)
+        return None
+
 
 class Loading(str, Enum):
     """How the submission's server holds the weights on the GPU (its --dtype/--quantization flags)."""

@@ -32,3 +32,10 @@ def test_training_projection_scales_by_parameters_gpu_and_method():
     assert tokens_per_s(method="full") == pytest.approx(tokens_per_s() * 2 / 3)  # weight gradients too
     full = project_training(Track.rtx4090, tokens=10**9, tokens_basis="t", params=7e9, method="full")
     assert full.projected_s == pytest.approx(10**9 / full.tokens_per_s) and "x 2/3 for a full" in full.sentence()
+
+
+@pytest.mark.parametrize(("given", "track"), [("a100", Track.a100), ("A100", Track.a100), ("4090", Track.rtx4090)])
+def test_a_track_is_read_in_any_case_and_kept_under_its_canonical_name(given, track):
+    assert Track(given) is track and Track(given).value in ("A100", "4090")
+    with pytest.raises(ValueError, match="'a10' is not a valid Track"):
+        Track("a10")

@@ -109,6 +109,19 @@ def test_a_local_model_needs_bundling(tmp_path, tiny_model_dir):
     assert not (tmp_path / "4090_track").exists()  # refused before anything was written
 
 
+def test_the_track_is_accepted_in_any_case(tmp_path, tiny_model_dir):
+    """`--track a100` was refused ("'a100' is not one of '4090', 'A100'"): it got no further than parsing."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    for track in ("a100", "A100", "4090"):
+        result = CliRunner().invoke(app, ["submission", "--track", track, "--model", str(tiny_model_dir)])
+        assert result.exit_code == 1 and "is a local directory" in result.output, result.output  # past parsing
+    result = CliRunner().invoke(app, ["submission", "--track", "a10", "--model", str(tiny_model_dir)])
+    assert result.exit_code == 2 and "'a10' is not one of" in result.output
+
+
 def test_the_upload_commands_quote_a_folder_with_spaces(tmp_path, caplog):
     """`hf upload <you>/<name> mérged 1` uploaded a folder `mérged` (and named the repo's path `1`)."""
     folder = tmp_path / "mérged 1"
