@@ -177,24 +177,24 @@ def write_report(report: DecontaminationReport, path: Path) -> Path:
 
 def report_tables(report: DecontaminationReport) -> list:
     """Rich tables of the report: the overlap per HELM run, then the first overlapping instances (if any)."""
+    from rich.markup import escape
     from rich.table import Table
 
     from llmkit.helm_eval.summary import short_run_name
 
-    table = Table(title=f"{report.ngram}-word overlap with {report.config}")
+    table = Table(title=escape(f"{report.ngram}-word overlap with {report.config}"))
     table.add_column("HELM run", overflow="fold")  # runs of one scenario differ only at the end of their names
     table.add_column("eval instances")
     table.add_column("overlapping")
     table.add_column(f"under {report.min_words} words")  # not checked: the sentence says so
     for run in report.runs:
-        table.add_row(short_run_name(run.run), str(run.instances), str(run.overlapping), str(run.too_short))
+        table.add_row(escape(short_run_name(run.run)), str(run.instances), str(run.overlapping), str(run.too_short))
     tables = [table]
     if shown := report.overlaps[:SHOWN_OVERLAPS]:
         title = f"Overlapping instances (first {SHOWN_OVERLAPS})"
         rows = Table("run", "instance", "training row", "shared words", title=title)
         for hit in shown:
-            rows.add_row(
-                short_run_name(hit.run), f"{hit.instance_id} ({hit.split})", f"{hit.source}:{hit.row}", hit.words
-            )
+            cells = (short_run_name(hit.run), f"{hit.instance_id} ({hit.split})", f"{hit.source}:{hit.row}", hit.words)
+            rows.add_row(*(escape(cell) for cell in cells))
         tables.append(rows)
     return tables

@@ -195,6 +195,7 @@ def random_model(
         f"(shape: {shape}, config.json: {made.shape_from}; vocabulary {made.vocab_size:,}{widened}; tokenizer "
         f"from {made.tokenizer_from}). Its weights are random: it is for speed and memory, not for answers.",
         highlight=False,
+        markup=False,  # paths and ids as written: [brackets] included
     )
 
 

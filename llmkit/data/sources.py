@@ -331,10 +331,11 @@ def _strings(value: Any) -> Iterator[str]:
 def row_texts(cfg: AxolotlConfig) -> Iterator[tuple[str, int, str]]:
     """(dataset, row number from 0, every string of the row joined) for every row of every configured dataset, as
     the files hold them (what `llmkit decontaminate` compares with HELM's instances)."""
+    from rich.markup import escape
     from rich.progress import track
 
     for spec in cfg.datasets:
         source = source_name(spec)
         rows = load_rows(spec, lambda row: None, cfg.seed)  # any row shape: only its strings are read
-        for index, row in enumerate(track(rows, description=f"Reading {Path(source).name}", transient=True)):
+        for index, row in enumerate(track(rows, description=f"Reading {escape(Path(source).name)}", transient=True)):
             yield source, index, " ".join(_strings(row))

@@ -141,3 +141,24 @@ def test_a_conf_whose_data_cannot_be_downloaded_says_it_needs_the_internet(helm_
     ), result.stderr
     assert "try --conf quick" in result.stderr and "Last download error: " in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 2
+
+
+def test_report_tables_print_brackets_as_written():
+    from rich.console import Console
+
+    from llmkit.helm_eval.decontaminate import DecontaminationReport, Overlap, RunOverlap, report_tables
+
+    run = "mmlu:subject=x[v2],model=neurips_local"
+    report = DecontaminationReport(
+        config="cfg[v2].yml",
+        conf="quick",
+        ngram=8,
+        training_rows=3,
+        runs=[RunOverlap(run=run, instances=10, overlapping=1)],
+        overlaps=[Overlap(run=run, instance_id="id7", split="test", source="rows[v2].jsonl", row=2, words="a [b] c")],
+    )
+    console = Console(record=True, width=300)
+    for table in report_tables(report):
+        console.print(table)
+    text = console.export_text()
+    assert "cfg[v2].yml" in text and "rows[v2].jsonl:2" in text and "a [b] c" in text and "x[v2]" in text
