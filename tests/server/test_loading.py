@@ -98,13 +98,29 @@ def test_serves_base_plus_unmerged_adapter(start_server, http, default_model_dir
 
 
 @pytest.mark.slow
-def test_vllm_serves_base_plus_unmerged_lora(start_server, http, default_model_dir, adapter_dir, adapter_greedy):
-    """vLLM applies the adapter per request (--enable-lora, max_lora_rank from adapter_config.json)."""
+def test_vllm_serves_base_plus_unmerged_lora_and_sigterm_ends_its_engine(
+    http, default_model_dir, adapter_dir, adapter_greedy
+):
+    """vLLM applies the adapter per request (--enable-lora, max_lora_rank from adapter_config.json). docker stop
+    then sends SIGTERM to the server's pid alone: vLLM's engine-core and worker processes (GBs) go too."""
+    sockets, folders = _temp_sockets(), _ipc_folders()
     args = ("--engine", "vllm", "--model", str(default_model_dir), "--adapter", str(adapter_dir))
-    server = start_server(*args, startup_timeout=600)
-    assert (server.info["engine"], server.info["adapter"]) == ("vllm", str(adapter_dir))
-    assert http.post(f"{server.url}/process", json=BODY).json()["text"] == adapter_greedy
-    server.stop()
+    server = ServerProcess(args, startup_timeout=600).start()
+    own = _ipc_folders() - folders  # another vLLM server of the suite may hold one of its own meanwhile
+    try:
+        assert (server.info["engine"], server.info["adapter"]) == ("vllm", str(adapter_dir))
+        assert http.post(f"{server.url}/process", json=BODY).json()["text"] == adapter_greedy
+        children = psutil.Process(server.process.pid).children(recursive=True)
+        assert children, "vLLM runs its engine in child processes"
+        os.kill(server.process.pid, signal.SIGTERM)
+        server.process.wait(timeout=120)
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, [process.cmdline() for process in alive]
+    finally:
+        server.stop()
+    # its engine's unix sockets went into a folder of the server's, removed with it (they stayed in /tmp by the 1000)
+    assert _temp_sockets() <= sockets
+    assert own and not own & _ipc_folders()
 
 
 @pytest.mark.slow
@@ -274,27 +290,12 @@ def test_server_log_is_kept_where_asked_else_removed(tmp_path):
     throwaway.log_path.unlink()
 
 
-@pytest.mark.slow
-def test_sigterm_ends_vllms_engine_processes_too():
-    """docker stop sends SIGTERM to the server's pid alone: vLLM's engine-core and worker processes (GBs) go too."""
-    sockets = _temp_sockets()
-    server = ServerProcess(["--engine", "vllm"], startup_timeout=600).start()
-    try:
-        children = psutil.Process(server.process.pid).children(recursive=True)
-        assert children, "vLLM runs its engine in child processes"
-        os.kill(server.process.pid, signal.SIGTERM)
-        server.process.wait(timeout=120)
-        _, alive = psutil.wait_procs(children, timeout=30)
-        assert not alive, [process.cmdline() for process in alive]
-    finally:
-        server.stop()
-    # its engine's unix sockets went into a folder of the server's, removed with it (they stayed in /tmp by the 1000)
-    assert _temp_sockets() <= sockets
-    assert not list(Path(tempfile.gettempdir()).glob("llmkit-vllm-ipc-*"))
-
-
 def _temp_sockets() -> set[Path]:
     return {path for path in Path(tempfile.gettempdir()).iterdir() if path.is_socket()}
+
+
+def _ipc_folders() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("llmkit-vllm-ipc-*"))
 
 
 def test_an_unexpected_error_is_a_500_in_each_apis_shape(tiny_model_dir, monkeypatch):
