@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shlex
 import shutil
@@ -142,7 +141,9 @@ def build_submission(
 
         files = training_files(Path(config or DEFAULT_CONFIG), track)
         extra = {f"{TRAINING_DIR}/{relative}": data for relative, data in files.items()}
-    contents = ZipContents(track, weights, adapter_weights, estimate, engine, extra)
+    # Bundled folders are named relative to the folder holding submissions/, not to where the command runs: the
+    # same files and --out give the same zip (and so keep their number) from any working directory.
+    contents = ZipContents(track, weights, adapter_weights, estimate, engine, extra, track_dir.resolve().parent.parent)
     zip_path = _write(track_dir, f"{track.value}_submission_{number}", contents, earlier)
     if (written := int(zip_path.stem.rsplit("_", 1)[1])) > MAX_SUBMISSIONS:
         LOG.warning("Submission %d: the challenge accepts at most %d per track", written, MAX_SUBMISSIONS)
@@ -165,6 +166,7 @@ class ZipContents:
     estimate: MemoryEstimate  # how it loads on the track's GPU
     engine: EngineName
     extra: dict[str, bytes]  # more files by path in the zip (training/)
+    project: Path  # the folder holding submissions/: bundled folders inside it are recorded relative to it
 
 
 def _write(track_dir: Path, name: str, contents: ZipContents, earlier: list[Path]) -> Path:
@@ -237,7 +239,7 @@ def _stage(stage: Path, contents: ZipContents) -> None:
     for relative, data in contents.extra.items():
         (stage / relative).parent.mkdir(parents=True, exist_ok=True)
         (stage / relative).write_bytes(data)
-    titled = replace(weights, name=_portable(weights))  # the Dockerfile's title names it
+    titled = replace(weights, name=_portable(weights, contents.project))  # the Dockerfile's title names it
     (stage / "Dockerfile").write_text(render_dockerfile(track, titled, adapter, contents.estimate.loading, engine))
     shutil.copyfile(DOCKER_DIR / ".dockerignore", stage / ".dockerignore")
     (stage / "requirements.txt").write_text(render_requirements(track, engine))
@@ -245,15 +247,15 @@ def _stage(stage: Path, contents: ZipContents) -> None:
         (stage / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, stage / relative)
     if weights.bundled:
-        _copy_weights(weights.local_dir, stage / ZIP_MODEL_DIR)
+        _copy_weights(weights.local_dir, stage / ZIP_MODEL_DIR, contents.project)
     if adapter is not None and adapter.bundled:
-        _copy_weights(adapter.local_dir, stage / ZIP_ADAPTER_DIR)
+        _copy_weights(adapter.local_dir, stage / ZIP_ADAPTER_DIR, contents.project)
     files = _hashes(stage)
     manifest = Manifest(
         track=track,
         gpu=TRACKS[track].gpu,
-        model=_source(weights),
-        adapter=_source(adapter) if adapter else None,
+        model=_source(weights, contents.project),
+        adapter=_source(adapter, contents.project) if adapter else None,
         loading=contents.estimate.loading,
         quantization=contents.estimate.loading.quantization,
         engine=engine,
@@ -265,26 +267,29 @@ def _stage(stage: Path, contents: ZipContents) -> None:
     (stage / MANIFEST_NAME).write_bytes(manifest.to_json())
 
 
-def _source(weights: Weights) -> WeightsSource:
+def _source(weights: Weights, project: Path) -> WeightsSource:
     return WeightsSource(
-        id=_portable(weights), revision=weights.revision, bundled=weights.bundled, base_model=weights.base_model
+        id=_portable(weights, project),
+        revision=weights.revision,
+        bundled=weights.bundled,
+        base_model=weights.base_model,
     )
 
 
-def _portable(weights: Weights) -> str:
-    """A bundled folder's name as the zip records it: relative to the checkout inside it, else the folder's own name,
-    so the same files give the same zip wherever they are."""
-    return _portable_path(weights.name) if weights.bundled else weights.name
+def _portable(weights: Weights, project: Path) -> str:
+    """A bundled folder's name as the zip records it: relative to the project inside it, else the folder's own name,
+    so the same files give the same zip wherever they are and wherever the command runs."""
+    return _portable_path(weights.name, project) if weights.bundled else weights.name
 
 
-def _portable_path(name: str) -> str:
+def _portable_path(name: str, project: Path) -> str:
     path = Path(name)
-    if not path.is_absolute():
+    if not path.is_absolute():  # a hub id (a bundled local folder's name is resolved)
         return name
-    return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else path.name
+    return path.relative_to(project).as_posix() if path.is_relative_to(project) and path != project else path.name
 
 
-def _copy_weights(source: Path, target: Path) -> None:
+def _copy_weights(source: Path, target: Path, project: Path) -> None:
     from llmkit.merge.fold import MANIFEST as MERGE_REPORT
 
     # What a served model directory needs (MODEL_FILE_PATTERNS): checkpoints and logs stay behind.
@@ -295,17 +300,17 @@ def _copy_weights(source: Path, target: Path) -> None:
     for path in files:
         if path.name == MERGE_REPORT:  # the merge's record, minus where and how long it ran
             (target / path.name).write_text(
-                json.dumps(_run_independent(json.loads(path.read_text())), indent=2) + "\n"
+                json.dumps(_run_independent(json.loads(path.read_text()), project), indent=2) + "\n"
             )
         else:
             shutil.copyfile(path, target / path.name)
     LOG.info("Bundled %d files from %s", len(files), source)
 
 
-def _run_independent(value):
+def _run_independent(value, project: Path):
     """A merge record with its paths made portable and the run's own values (seconds, skipped) dropped."""
     if isinstance(value, dict):
-        return {k: _run_independent(v) for k, v in value.items() if k not in ("seconds", "skipped")}
+        return {k: _run_independent(v, project) for k, v in value.items() if k not in ("seconds", "skipped")}
     if isinstance(value, list):
-        return [_run_independent(v) for v in value]
-    return _portable_path(value) if isinstance(value, str) else value
+        return [_run_independent(v, project) for v in value]
+    return _portable_path(value, project) if isinstance(value, str) else value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -221,21 +222,33 @@ def test_a_tampered_zip_is_rebuilt_and_a_tampered_folder_restored(tmp_path, rewr
     assert "kept as it is" in caplog.text and "Restored" not in caplog.text
 
 
-def test_bundled_weights_give_the_same_zip_from_any_folder(tmp_path, tiny_model_dir):
+def test_bundled_weights_give_the_same_zip_from_any_folder(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    """Two copies of a project give one zip; and the same build from another working directory keeps its number
+    (folders were recorded relative to the working directory, so it became a new submission)."""
     zips = []
     for where in ("a", "b"):
-        model = tmp_path / where / "merged"
+        model = tmp_path / where / "outputs" / "merged"
         shutil.copytree(tiny_model_dir, model)
         record = {"report": {"out_dir": str(model), "adapter": str(tmp_path / where / "run"), "seconds": 9.8}}
         (model / "llmkit_merge.json").write_text(json.dumps(record))
-        zips.append(build_submission("4090", model=str(model), bundle_weights=True, out_root=tmp_path / where))
+        out_root = tmp_path / where / "submissions"
+        zips.append(build_submission("4090", model=str(model), bundle_weights=True, out_root=out_root))
     assert zips[0].read_bytes() == zips[1].read_bytes()
     with zipfile.ZipFile(zips[0]) as archive:
-        assert json.loads(archive.read("manifest.json"))["model"]["id"] == "merged"
+        assert json.loads(archive.read("manifest.json"))["model"]["id"] == "outputs/merged"
         assert json.loads(archive.read("model/llmkit_merge.json")) == {
-            "report": {"out_dir": "merged", "adapter": "run"}
+            "report": {"out_dir": "outputs/merged", "adapter": "run"}
         }
         assert str(tmp_path) not in archive.read("Dockerfile").decode()
+    caplog.set_level(logging.INFO)
+    for cwd in (tmp_path / "a", tmp_path / "a" / "outputs", tmp_path):
+        monkeypatch.chdir(cwd)
+        caplog.clear()
+        model = os.path.relpath(tmp_path / "a" / "outputs" / "merged")  # as a user in that folder writes it
+        again = build_submission(
+            "4090", model=model, bundle_weights=True, out_root=os.path.relpath(zips[0].parents[1])
+        )
+        assert again.resolve() == zips[0] and "already holds this submission" in caplog.text, cwd
 
 
 def test_a_bundled_merged_folder_names_the_base_it_was_merged_into(tmp_path):
