@@ -58,7 +58,8 @@ class BuiltinEngine(Engine):
             raise
 
     def process(self, request: ProcessRequest) -> ProcessResponse:
-        """Submit, wait and answer on the calling thread (benchmarks and scripts; the routes await `run`)."""
-        seq = self.scheduler.submit(self.new_sequence(request))
+        """Submit, wait and answer on the calling thread (benchmarks and scripts; the routes await `run`), with the
+        server's default adapter, as /process without an X-Adapter header (it used the base model)."""
+        seq = self.scheduler.submit(self.new_sequence(request, adapter=self.adapter_for(None)))
         seq.future.result()
         return self.respond(seq)

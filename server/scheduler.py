@@ -64,7 +64,7 @@ class Scheduler:
         self.model, self.device = loaded.model, torch.device(loaded.device)
         self.has_adapters = bool(self.settings.adapters)  # the model is a PeftModel holding them by name
         self.tokenizer = copy.deepcopy(loaded.tokenizer)  # the model thread's own, for stop sequences
-        self.eos_ids = eos_ids(loaded.model.generation_config, loaded.tokenizer)
+        self.eos_ids = eos_ids(loaded.model.generation_config, loaded.tokenizer, self.settings.adapters.values())
         self.pad_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
         )

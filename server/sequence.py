@@ -8,10 +8,12 @@ HELM's /process and the OpenAI routes both make `Sequence`s (an OpenAI request i
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from llmkit.server.protocol import ProcessRequest
 from llmkit.server.text import IncrementalDecoder, cut_pieces, stop_index
@@ -170,9 +172,15 @@ class Sequence:
             self.future.set_exception(error)
 
 
-def eos_ids(generation_config, tokenizer) -> set[int]:
-    """Every token that ends a completion: the generation config's (one or a list) and the tokenizer's."""
-    configured = getattr(generation_config, "eos_token_id", None)
-    ids = set(configured if isinstance(configured, list) else [configured])
-    ids.add(tokenizer.eos_token_id)
+def eos_ids(generation_config, tokenizer, adapters: Iterable[str] = ()) -> set[int]:
+    """Every token that ends a completion: the generation config's (one or a list), the tokenizer's, and those of
+    each adapter folder's own generation_config.json (training writes one for a config's eot_tokens)."""
+    configs = [getattr(generation_config, "eos_token_id", None)]
+    for folder in adapters:
+        path = Path(folder) / "generation_config.json"
+        if path.is_file():
+            configs.append(json.loads(path.read_text()).get("eos_token_id"))
+    ids = {tokenizer.eos_token_id}
+    for configured in configs:
+        ids.update(configured if isinstance(configured, list) else [configured])
     return {i for i in ids if i is not None}

@@ -138,7 +138,7 @@ class VllmEngine(Engine):
             generation_config = GenerationConfig.from_pretrained(source.path)
         except OSError:  # a model without generation_config.json ends on the tokenizer's EOS alone
             generation_config = None
-        self._ending = {"eos_ids": eos_ids(generation_config, tokenizer)}
+        self._ending = {"eos_ids": eos_ids(generation_config, tokenizer, adapters.values())}
         self._decoding_tokenizer = tokenizer  # used on the event loop only; request threads use the pool's copies
         self._in_flight = 0
         loaded = LoadedModel(self.llm, tokenizer, source, adapter, args.dtype, settings.quantization.value, device)

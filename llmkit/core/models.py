@@ -191,6 +191,22 @@ def tokenizer_dir(model_dir: Path, adapter: str | Path | None) -> Path:
     return folder
 
 
+def stop_at_turn_ends(generation, tokenizer, eot_tokens: tuple[str, ...] | list[str]) -> None:
+    """Add each of a config's `eot_tokens` (Gemma's <end_of_turn>, where its EOS is <eos>) to `generation`'s EOS
+    ids, after the model's own: both serving engines stop at generation_config's EOS ids, else the served model
+    writes past the turn end training taught it. Merging writes it into the merged model, training into the adapter
+    (or the fully fine-tuned model) it publishes."""
+    for token in eot_tokens:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if not isinstance(token_id, int) or token_id == tokenizer.unk_token_id:
+            continue
+        current = generation.eos_token_id
+        ids = [] if current is None else list(current) if isinstance(current, list) else [current]
+        # the model's own EOS stays first: some code reads the first id of a list as the EOS
+        if token_id not in ids:
+            generation.eos_token_id = [*ids, token_id] if ids else token_id
+
+
 # One of these makes a folder hold a tokenizer (merge's TOKENIZER_FILES are every file a saved one may include).
 VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json", "spiece.model")
 

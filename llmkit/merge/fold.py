@@ -30,6 +30,7 @@ from llmkit.core.models import (
     ResolvedModel,
     adapter_config,
     resolve_model,
+    stop_at_turn_ends,
     tokenizer_dir,
 )
 from llmkit.core.processes import sigterm_as_exit
@@ -358,12 +359,7 @@ def _write_configs(
     for key, token_id in changed.items():  # generation stops at the EOS training taught, not the base's
         setattr(config, key, _with_id(getattr(config, key, None), token_id))
         setattr(generation, key, _with_id(getattr(generation, key, None), token_id))
-    # A turn end training taught (eot_tokens: Gemma's <end_of_turn> where its EOS is <eos>) ends generation too, on
-    # both engines (they stop at generation_config's EOS ids): else the served model writes past its answer.
-    for token in options.eot_tokens:
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-            generation.eos_token_id = _also_id(generation.eos_token_id, token_id)
+    stop_at_turn_ends(generation, tokenizer, options.eot_tokens)
     config.save_pretrained(out)
     generation.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -383,14 +379,6 @@ def _changed_special_ids(tokenizer, config, base_dir: Path) -> dict[str, int]:
         if token_id is not None and token_id != before:
             changed[key] = token_id
     return changed
-
-
-def _also_id(current, token_id: int) -> int | list[int]:
-    # the model's own EOS stays first: some code reads the first id of a list as the EOS
-    if current is None or current == token_id:
-        return token_id
-    ids = list(current) if isinstance(current, list) else [current]
-    return ids if token_id in ids else [*ids, token_id]
 
 
 def _with_id(current, token_id: int):

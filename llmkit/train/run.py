@@ -14,6 +14,7 @@ preference pairs (`llmkit.data.preference`) and TRL's DPOTrainer.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ from llmkit.config.schema import RESOLVED_CONFIG, AxolotlConfig, ConfigError, RL
 from llmkit.config.validate import wandb_unavailable
 from llmkit.core import devices
 from llmkit.core.files import clean_stale, staging_dir, swap_in
+from llmkit.core.models import stop_at_turn_ends
 from llmkit.data.pipeline import PreparedData, build_datasets, make_collator
 from llmkit.data.preference import PreferenceData, build_preference_datasets
 from llmkit.data.tokenizer import load_tokenizer
@@ -369,6 +371,7 @@ def _publish(trainer: Trainer, cfg: AxolotlConfig, output_dir: Path) -> None:
     clean_stale(final)
     with staging_dir(final, "publish") as staging:
         trainer.save_model(str(staging))  # peft adapter (or the full model) + tokenizer
+        _write_turn_ends(cfg, trainer, staging)
         trainer.state.save_to_json(str(staging / TRAINER_STATE))
         _write_resolved_config(cfg, trainer, staging / RESOLVED_CONFIG)
         loss = f"{cfg.rl.value.upper()} loss" if cfg.rl else "cross-entropy loss"
@@ -381,6 +384,19 @@ def _publish(trainer: Trainer, cfg: AxolotlConfig, output_dir: Path) -> None:
         for path in sorted(staging.iterdir(), key=lambda p: p.name in COMPLETION_MARKERS):
             clean_stale(output_dir / path.name)  # a folder a killed publish had moved aside
             swap_in(path, output_dir / path.name)
+
+
+def _write_turn_ends(cfg: AxolotlConfig, trainer: Trainer, folder: Path) -> None:
+    """With eot_tokens, the base's generation config that also ends at them, in the published folder: the adapter
+    served unmerged (its folder's generation_config.json) or the fully fine-tuned model stops where training taught
+    it to, as a merged one does."""
+    if not cfg.eot_tokens:
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    generation = copy.deepcopy(base.generation_config)
+    stop_at_turn_ends(generation, trainer.processing_class, cfg.eot_tokens)
+    generation.save_pretrained(folder)
 
 
 def _drop_reference_adapters(trainer: Trainer) -> None:

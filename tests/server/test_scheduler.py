@@ -4,6 +4,7 @@ re-padded falls back to one row at a time, and the KV budget bounds the batch.""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import threading
 import time
 
@@ -63,6 +64,32 @@ def engine_for():
     yield make
     for engine in engines:
         engine.close()
+
+
+def test_an_adapters_own_turn_end_ends_its_completions(engine_for, tiny_model_dir, tmp_path):
+    """Training writes generation_config.json into the adapter for a config's eot_tokens: served unmerged, the
+    adapter's completions end there too (only the base's EOS did)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    torch.manual_seed(0)
+    lora = get_peft_model(base, LoraConfig(target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    prompt = "Hello"  # its greedy completion changes token at the 4th: the turn end is that 4th token
+    engine = engine_for(tiny_model_dir, adapter=[str(tmp_path / "adapter")])
+    ids, _ = engine.prompt_ids(prompt)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "adapter")
+    greedy = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids) :].tolist()
+    request = ProcessRequest(**helm_body(prompt, max_new_tokens=8, stop_sequences=[]))
+    assert len(engine.process(request).tokens) == 8
+    engine.close()
+
+    end = max(k for k in range(8) if greedy[k] not in greedy[:k])  # its first appearance ends the completion
+    eos = engine.loaded.tokenizer.eos_token_id
+    (tmp_path / "adapter" / "generation_config.json").write_text(json.dumps({"eos_token_id": [eos, greedy[end]]}))
+    result = engine_for(tiny_model_dir, adapter=[str(tmp_path / "adapter")]).process(request)
+    assert end == 3 and len(result.tokens) == end  # as at the EOS: not listed
+    assert result.text == engine.loaded.tokenizer.decode(greedy[:end])
 
 
 def test_tiny_llama_batches_exactly(engine_for, tiny_model_dir):

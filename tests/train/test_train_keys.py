@@ -177,6 +177,20 @@ def test_added_tokens_get_trained_embeddings(tiny_config):
     assert embeddings and embeddings[0].shape[0] == len(tokenizer)
 
 
+@pytest.mark.parametrize("adapter", ["lora", "none"])
+def test_eot_tokens_end_generation_of_the_published_adapter_or_model(tiny_config, adapter):
+    """A run with eot_tokens publishes the base's generation config that also ends at them: the adapter served
+    unmerged, or the fully fine-tuned folder, stops where training taught it (only a merge wrote it before)."""
+    turn_end = "<|im_start|>"  # a special token of this tokenizer that is not its EOS
+    out = train(load_config(tiny_config(adapter=adapter, eot_tokens=[turn_end], max_steps=1)))
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(turn_end)]
+    if adapter == "lora":
+        plain = train(load_config(tiny_config(max_steps=1, output_dir=str(out.parent / "plain"))))
+        assert not (plain / "generation_config.json").exists()  # the base's applies as it is
+
+
 def test_rope_scaling_and_config_overrides_reach_the_model(tiny_config):
     keys = {"rope_scaling": {"type": "linear", "factor": 2.0}, "model_config": {"attention_dropout": 0.1}}
     model = load_base_model(load_config(tiny_config(**keys)), for_training=False)
