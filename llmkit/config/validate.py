@@ -13,7 +13,7 @@ from pathlib import Path
 from llmkit.config.plan import TrainingPlan, plan
 from llmkit.config.schema import AxolotlConfig, ConfigError, ConfigWarning, load_config
 from llmkit.core.memory import GIB
-from llmkit.core.shapes import ModelConfigNotFound
+from llmkit.core.shapes import ModelConfigNotFound, find_model_config
 
 
 def validate(
@@ -54,6 +54,8 @@ def validate(
             ]
             if missing:
                 raise ConfigError(missing, cfg.source)
+            if model_config:  # a path the user gave that cannot be read is said before tokenizing (minutes)
+                find_model_config(cfg.base_model_config or cfg.base_model, explicit=model_config)
             tokens = count_tokens(cfg) if count_tokens else None
             training_plan = plan(cfg, model_config=model_config, data_tokens=tokens)
             vocab_size = training_plan.shape.vocab_size if training_plan.shape else None

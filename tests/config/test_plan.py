@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rich.console import Console
 from typer.testing import CliRunner
 
 from llmkit.cli import app
 from llmkit.config.plan import plan
 from llmkit.config.schema import AxolotlConfig, ConfigError, ConfigWarning, load_config
+from llmkit.config.validate import validate
 from llmkit.core.challenge import Loading, Track
 from llmkit.core.memory import weight_bytes
 from llmkit.core.shapes import model_shape
@@ -303,6 +305,10 @@ def test_cli_validate_refuses_a_model_config_it_cannot_read(tmp_path):
         assert result.exit_code == 1, result.output
         assert f"Error: --model-config {given}: {why}" in " ".join(result.output.split())
         assert "Training plan" not in result.output
+    # ... before the data is tokenized (minutes on a large dataset), not after it
+    counted = []
+    assert validate(config, model_config="nothere.json", count_tokens=counted.append, console=Console()) == 1
+    assert counted == []
 
 
 def test_dpo_plans_chosen_and_rejected_tokens_and_a_full_fine_tunes_reference_copy():
