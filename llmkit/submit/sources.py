@@ -23,6 +23,12 @@ BUNDLE_WARNING = (
     "the submission with MODEL=<you>/<name>."
 )
 
+HUB_BUNDLE_WARNING = (
+    "Bundling the weights of %s (revision %s) into the zip. Fine for self-hosting, but the challenge does not accept "
+    "it, and they are on the hub already: without --bundle-weights (BUNDLE=1) the image downloads them during "
+    "`docker build`, pinned to that revision."
+)
+
 
 class SubmissionError(ValueError):
     """The submission cannot be built as asked; the message says what to change."""
@@ -88,7 +94,7 @@ def hub_or_local(name: str, revision: str | None, *, bundle: bool, marker: str, 
         raise SubmissionError(f"{flag} {revision!r} is not a branch, tag or commit name")
     if bundle:
         resolved = resolve_model(name, revision)
-        LOG.warning(BUNDLE_WARNING, name, shlex.quote(str(resolved.path)))
+        LOG.warning(HUB_BUNDLE_WARNING, name, resolved.revision)
         return Weights(name=name, revision=resolved.revision, local_dir=resolved.path)
     make_variable = flag.removeprefix("--").upper().replace("-", "_")  # REVISION, ADAPTER_REVISION
     return Weights(name=name, revision=revision or pin_revision(name, f"{flag} <commit> ({make_variable}=...)"))

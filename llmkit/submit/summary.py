@@ -98,16 +98,24 @@ def bundled_warning(manifest: Manifest) -> str | None:
     if not manifest.bundled_weights:
         return None
     model, adapter = manifest.model, manifest.adapter  # --bundle-weights bundles both
-    what = "the merged model" if model.base_model else "the model"
-    uploads = [f"{what} to the hub (`hf upload <you>/<name> {_bundled_folder(model.id)}`)"]
-    variables = ["MODEL=<hub id> REVISION=<sha>"]
-    if adapter is not None and adapter.bundled:
-        uploads.append(f"the adapter (`hf upload <you>/<adapter name> {_bundled_folder(adapter.id)}`)")
-        variables.append("ADAPTER=<adapter hub id> ADAPTER_REVISION=<sha>")
+    uploads, variables = [], []
+    for source, what, name, hub_id, pin in [
+        (model, "the merged model" if model.base_model else "the model", "<name>", "MODEL", "REVISION"),
+        (adapter, "the adapter", "<adapter name>", "ADAPTER", "ADAPTER_REVISION"),
+    ]:
+        if source is None or not source.bundled:
+            continue
+        if source.revision:  # bundled from the hub: the image can download it as it is
+            variables.append(f"{hub_id}={shlex.quote(source.id)} {pin}={source.revision}")
+        else:
+            where = "" if uploads else " to the hub"
+            uploads.append(f"{what}{where} (`hf upload <you>/{name} {_bundled_folder(source.id)}`)")
+            variables.append(f"{hub_id}=<{'hub id' if hub_id == 'MODEL' else 'adapter hub id'}> {pin}=<sha>")
+    publish = f"Publish {' and '.join(uploads)} and build" if uploads else "Build it"
     return (
         "the weights are bundled in the zip. That is fine for self-hosting, but not accepted by the challenge: its "
-        f"image must download them during `docker build`. Publish {' and '.join(uploads)} and build with `make "
-        f"submission {' '.join(variables)}`."
+        f"image must download them during `docker build`. {publish} with `make submission {' '.join(variables)}` "
+        "(no BUNDLE=1)."
     )
 
 

@@ -6,6 +6,7 @@ table are what a person at the terminal gets. COLUMNS is wide so that each table
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -20,6 +21,7 @@ from llmkit.core.models import DEFAULT_MODEL_ID
 from llmkit.server.vllm_venv import VLLM_VERSION, vllm_venv
 from llmkit.submit.manifest import Manifest, WeightsSource
 from llmkit.submit.smoke import CHECKS
+from llmkit.submit.sources import hub_or_local
 from llmkit.submit.summary import bundled_warning, read_manifest, summary_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,7 +136,7 @@ def test_no_smoke_and_bundled_weights_are_said_plainly(tmp_path, tiny_model_dir)
     bundled = f"bundled from {tiny_model_dir.name}: not accepted by the challenge (below)"  # not where it was
     assert _cells(_row(done.stdout, "weights"))[1::2] == ["!", bundled]
     warning = "Warning: the weights are bundled in the zip. That is fine for self-hosting, but not accepted"
-    fix = "build with `make submission MODEL=<hub id> REVISION=<sha>`."
+    fix = "build with `make submission MODEL=<hub id> REVISION=<sha>` (no BUNDLE=1)."
     for output in (done.stdout, _llmkit("verify-submission", str(zip_path)).stdout):
         flat = " ".join(output.split())  # the warning wraps at the terminal's width
         # the folder is outside the command's folder: the zip knows its name only, and says so (`tiny-llama` from
@@ -241,3 +243,20 @@ def test_bundled_base_and_adapter_are_each_named_for_upload(tmp_path):
     upload = f"(`hf upload <you>/<name> '{base}'`) and the adapter (`hf upload <you>/<adapter name> '{adapter}'`)"
     assert f"Publish the model to the hub {upload} and build" in warning
     assert "`make submission MODEL=<hub id> REVISION=<sha> ADAPTER=<adapter hub id> ADAPTER_REVISION=<sha>`" in warning
+
+
+def test_bundled_hub_weights_are_built_from_the_hub_not_uploaded(caplog):
+    """A hub model bundled (--bundle-weights on a hub id) is on the hub already: the warning gave an upload command
+    for a placeholder folder ("<the org/Model folder it was bundled from>")."""
+    sources = {
+        "model": WeightsSource(id="org/Model-7B", revision="abc123", bundled=True),
+        "adapter": WeightsSource(id="org/Model-7B-lora", revision="def456", bundled=True),
+    }
+    warning = bundled_warning(Manifest.model_construct(bundled_weights=True, **sources))
+    assert "hf upload" not in warning and "<the" not in warning
+    command = "`make submission MODEL=org/Model-7B REVISION=abc123 ADAPTER=org/Model-7B-lora ADAPTER_REVISION=def456`"
+    assert f"Build it with {command} (no BUNDLE=1)" in warning
+    caplog.set_level(logging.WARNING)
+    weights = hub_or_local(DEFAULT_MODEL_ID, None, bundle=True, marker="config.json", what="model")
+    assert weights.bundled and weights.revision
+    assert f"{DEFAULT_MODEL_ID} (revision {weights.revision})" in caplog.text and "hf upload" not in caplog.text
