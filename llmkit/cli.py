@@ -155,6 +155,7 @@ def bench(
             typer.echo(f"Error: --model: {err}", err=True)
             raise typer.Exit(1) from None
     _check_out(out)
+    finished = []
     for name in BenchStage:  # each writes <out>/<stage>.json and prints its table
         if (name in stage) if stage else not (quick and name is BenchStage.merging):  # --quick: serving, training
             try:
@@ -162,6 +163,13 @@ def bench(
             except (ConfigError, DataError) as err:
                 typer.echo(f"Error: {name.value}: {err}", err=True)
                 raise typer.Exit(1) from None
+            except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM (_stop_on_sigterm)
+                if (code := interrupted_exit_code(err)) is None:
+                    raise
+                done = f"; {', '.join(finished)} finished, its results in {out}" if finished else ""
+                typer.echo(f"\ninterrupted during {name.value}{done}", err=True)
+                raise typer.Exit(code) from None
+            finished.append(name.value)
 
 
 @app.command("random-model")

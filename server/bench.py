@@ -161,6 +161,7 @@ def measure_server(
 ) -> dict:
     """Start `python -m llmkit.server ARGS`, time it to a healthy /health, then measure generated tokens/s at each
     client count over HTTP; the server is stopped before this returns."""
+    _step(f"a server ({' '.join(args) or 'its defaults'}) over HTTP at {', '.join(map(str, clients))} clients")
     started = time.perf_counter()
     with ServerProcess(args, startup_timeout=startup_timeout) as server:
         startup_s = time.perf_counter() - started
@@ -310,6 +311,11 @@ def _model_flags(model: str | None) -> list[str]:
     return ["--model", model] if model else []
 
 
+def _step(text: str) -> None:
+    """A line on stderr as each part starts: the stage runs for minutes, and its tables print at the end."""
+    Console(stderr=True).print(f"serving: {text}", style="dim", markup=False, highlight=False)
+
+
 def _free_memory() -> None:
     """Return a closed in-process engine's memory (on a GPU: to the server process measured next)."""
     gc.collect()
@@ -340,20 +346,24 @@ def _builtin(
     """The built-in engine's workloads, decode bound and concurrency, into `results`; returns its server's
     `measure_server` figures (batching on, the default settings) for the side-by-side table."""
     model_args = _model_flags(model)
+    _step(f"the built-in engine in-process on {model or 'the default model'}")
     engine = BuiltinEngine.load(ServerSettings(model=model))
-    results.update({"model": engine.loaded.source.model_id, "device": engine.loaded.device})
-    model_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
-    bandwidth = engine.scheduler.call(_read_bandwidth, engine.device)
-    if not quick:
-        workloads = _workloads(engine)
-        results["workloads"] = {name: _in_process(engine, request, repeats) for name, request in workloads.items()}
-        transformers = [
-            engine.scheduler.call(_generate_tokens_per_s, engine, _client_prompts(count), count, generated)
-            for count in clients
-        ]
-    # One copy of the weights at a time: the servers measured below load their own, and a 7B model twice would not
-    # fit a 24 GB card.
-    engine.close()
+    try:
+        results.update({"model": engine.loaded.source.model_id, "device": engine.loaded.device})
+        model_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
+        bandwidth = engine.scheduler.call(_read_bandwidth, engine.device)
+        if not quick:
+            workloads = _workloads(engine)
+            results["workloads"] = {name: _in_process(engine, r, repeats) for name, r in workloads.items()}
+            transformers = [
+                engine.scheduler.call(_generate_tokens_per_s, engine, _client_prompts(count), count, generated)
+                for count in clients
+            ]
+    finally:
+        # One copy of the weights at a time: the servers measured below load their own, and a 7B model twice would
+        # not fit a 24 GB card. On Ctrl-C too: a model thread left inside torch as the interpreter exits can abort it
+        # ("terminate called without an active exception").
+        engine.close()
     del engine
     _free_memory()
     if quick:
@@ -361,6 +371,7 @@ def _builtin(
         one_client = batched["clients"][0]["tokens_per_s"]
         results["decode"] = _decode_bound(one_client, model_bytes, bandwidth, "one HTTP client's tokens/s")
         return batched
+    _step("the workloads over HTTP")
     with ServerProcess(model_args) as server, httpx.Client(timeout=600) as http:
         for name, request in workloads.items():
             body = request.model_dump(exclude_none=True)

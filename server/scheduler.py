@@ -58,7 +58,13 @@ class Scheduler:
         self._ready: Future = Future()
         self._thread = threading.Thread(target=self._main, args=(load,), name="model", daemon=True)
         self._thread.start()
-        self.loaded: LoadedModel = self._ready.result()  # the model thread's load error, if any, is raised here
+        try:
+            self.loaded: LoadedModel = self._ready.result()  # the model thread's load error, if any, is raised here
+        except BaseException:
+            # Ctrl-C while the model loads: the thread ends once loaded rather than sit inside torch as the
+            # interpreter exits, which aborts it ("terminate called without an active exception").
+            self.close()
+            raise
 
     def _setup(self, loaded: LoadedModel) -> None:
         self.model, self.device = loaded.model, torch.device(loaded.device)

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from rich.console import Console
@@ -107,6 +112,32 @@ def test_an_out_that_cannot_be_a_folder_is_one_line(tmp_path, command):
             result.output.replace("\n", "")
         )
         assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_ctrl_c_during_the_serving_bench_stops_it_cleanly(tmp_path):
+    """Ctrl-C while the in-process engine ran: a KeyboardInterrupt traceback, and now and then an abort ("terminate
+    called without an active exception") from the model thread left inside torch as the interpreter exited."""
+    command = [sys.executable, "-m", "llmkit.cli", "bench", "--stage", "serving", "--engine", "builtin"]
+    stderr_path = tmp_path / "stderr.txt"
+    with open(stderr_path, "w") as stderr_file:
+        process = subprocess.Popen(
+            [*command, "--out", str(tmp_path / "out")],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr_file,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's foreground job
+        )
+        deadline = time.monotonic() + 120
+        while "serving: the built-in engine in-process" not in stderr_path.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, stderr_path.read_text()
+            time.sleep(0.2)
+        time.sleep(3)  # the model loading or measuring on its thread
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=120)
+    stderr = stderr_path.read_text()
+    assert process.returncode == 130, stderr
+    assert stderr.rstrip().endswith("interrupted during serving") and "Traceback" not in stderr
+    assert not (tmp_path / "out" / "server.json").exists()
 
 
 def test_quick_serving_on_another_model_measures_scaling_and_the_decode_bound_only(tmp_path, tiny_model_dir, capsys):
