@@ -58,12 +58,15 @@ serve: setup
 	$(LLMKIT) serve $(call opt,MODEL,--model) $(call opt,ADAPTER,--adapter) $(call opt,ENGINE,--engine) --host $(HOST) --port $(PORT) $(ARGS)
 
 # The tests include an offline helm-run against the real server and the API contract on vLLM too, so HELM's and
-# vLLM's own venvs are set up as well.
+# vLLM's own venvs are set up as well. They run in WORKERS processes (pytest-xdist; default: one per core, at most
+# 4), each module on one worker (tests/conftest.py groups them); WORKERS=0 runs them in this process.
+WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
+XDIST = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadgroup)
 test: setup helm-setup vllm-setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # `make bench [STAGE="serving training merging"] [ENGINE="builtin vllm"]`: space-separated lists, default all;
 # the serving stage prints the engines side by side (vLLM's column needs `make vllm-setup`, else it says so).

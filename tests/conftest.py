@@ -23,6 +23,17 @@ ROOT = Path(__file__).resolve().parents[1]
 HTTP_TIMEOUT = 300.0
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With pytest-xdist (`make test` runs a worker per core, `--dist loadgroup`): a module's tests stay on one
+    worker, so each module-scoped server starts once; tests using a package-scoped fixture (tests/server's shared
+    servers, one per engine) stay together, so that vLLM starts once for them all."""
+    for item in items:
+        fixtures = item._fixtureinfo.name2fixturedefs
+        shared = sorted(name for name, defs in fixtures.items() if defs[-1].scope == "package")
+        group = f"package fixture {', '.join(shared)}" if shared else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """The embedded SmolLM2-135M-Instruct as a safetensors directory (converted once, then cached)."""
