@@ -67,3 +67,13 @@ def test_a_yes_no_variable_that_is_neither_stops_make_naming_it():
     result = make_n("submission", "TRACK=4090", "SMOKE=maybe")
     assert result.returncode != 0 and "llmkit" not in result.stdout
     assert "SMOKE=maybe: write SMOKE=1" in result.stderr
+
+
+def test_the_suite_runs_on_a_worker_per_core_unless_told_otherwise():
+    cores = min(len(os.sched_getaffinity(0)), 4)  # as nproc counts them
+    line = command_line("test", "PYTEST_ARGS=-k merge")
+    assert line[line.index("-n") + 1 : line.index("-n") + 4] == [str(cores), "--dist", "loadgroup"] and line[-2:] == [
+        "-k",
+        "merge",
+    ]
+    assert "-n" not in command_line("test", "WORKERS=0") and "3" in command_line("test-fast", "WORKERS=3")
