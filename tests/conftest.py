@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
+
+# pytest-xdist's workers share the cores: each worker's torch (and the servers and commands its tests start) gets
+# its share of them. Two OpenMP teams as wide as the machine on the same cores ran the suite slower than one worker.
+if (workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT")) and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // int(workers)))
 
 import httpx
 import pytest

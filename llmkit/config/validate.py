@@ -63,10 +63,11 @@ def validate(
             if problems:
                 raise ConfigError(problems, cfg.source)
     except ConfigError as error:
-        err.print(f"[red]{escape(str(error))}[/red]", highlight=False)
+        # soft_wrap: the terminal wraps a long line; rich would break paths in two with newlines of its own
+        err.print(f"[red]{escape(str(error))}[/red]", highlight=False, soft_wrap=True)
         return 1
     except ModelConfigNotFound as error:  # only for the file given: a model's own config.json may be unknown
-        err.print(f"Error: --model-config {error}", style="red", markup=False, highlight=False)
+        err.print(f"Error: --model-config {error}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 1
     out.print(render(training_plan))
     if note := wandb_unavailable(cfg):
