@@ -60,7 +60,8 @@ serve: setup
 # The tests include an offline helm-run against the real server and the API contract on vLLM too, so HELM's and
 # vLLM's own venvs are set up as well. They run in WORKERS processes (pytest-xdist; default: one per core, at most
 # 4), each module on one worker (tests/conftest.py groups them); WORKERS=0 runs them in this process.
-WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
+# (nproc without OMP_NUM_THREADS, which it would obey: the cores this process may use)
+WORKERS ?= $(shell n=$$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
 XDIST = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadgroup)
 test: setup helm-setup vllm-setup
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
