@@ -99,9 +99,9 @@ def bundled_warning(manifest: Manifest) -> str | None:
         return None
     model, adapter = manifest.model, manifest.adapter  # --bundle-weights bundles both
     uploads, variables = [], []
-    for source, what, name, hub_id, pin in [
-        (model, "the merged model" if model.base_model else "the model", "<name>", "MODEL", "REVISION"),
-        (adapter, "the adapter", "<adapter name>", "ADAPTER", "ADAPTER_REVISION"),
+    for source, what, name, hub_id, placeholder, pin in [
+        (model, "the merged model" if model.base_model else "the model", "<name>", "MODEL", "<hub id>", "REVISION"),
+        (adapter, "the adapter", "<adapter name>", "ADAPTER", "<adapter hub id>", "ADAPTER_REVISION"),
     ]:
         if source is None or not source.bundled:
             continue
@@ -110,7 +110,7 @@ def bundled_warning(manifest: Manifest) -> str | None:
         else:
             where = "" if uploads else " to the hub"
             uploads.append(f"{what}{where} (`hf upload <you>/{name} {_bundled_folder(source.id)}`)")
-            variables.append(f"{hub_id}=<{'hub id' if hub_id == 'MODEL' else 'adapter hub id'}> {pin}=<sha>")
+            variables.append(f"{hub_id}={placeholder} {pin}=<sha>")
     publish = f"Publish {' and '.join(uploads)} and build" if uploads else "Build it"
     return (
         "the weights are bundled in the zip. That is fine for self-hosting, but not accepted by the challenge: its "

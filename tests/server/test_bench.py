@@ -115,8 +115,9 @@ def test_an_out_that_cannot_be_a_folder_is_one_line(tmp_path, command):
 
 
 def test_ctrl_c_during_the_serving_bench_stops_it_cleanly(tmp_path):
-    """Ctrl-C while the in-process engine ran: a KeyboardInterrupt traceback, and now and then an abort ("terminate
-    called without an active exception") from the model thread left inside torch as the interpreter exited."""
+    """Ctrl-C while the in-process engine ran: the command ended without a word of what was stopped, and now and then
+    in an abort ("terminate called without an active exception") from the model thread left inside torch as the
+    interpreter exited."""
     command = [sys.executable, "-m", "llmkit.cli", "bench", "--stage", "serving", "--engine", "builtin"]
     stderr_path = tmp_path / "stderr.txt"
     with open(stderr_path, "w") as stderr_file:

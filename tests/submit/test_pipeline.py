@@ -40,9 +40,8 @@ def test_default_pipeline_trains_merges_and_packages_a_working_zip(tmp_path, cap
         manifest = json.loads(archive.read("manifest.json"))
         names = archive.namelist()
     assert manifest["bundled_weights"] and manifest["model"]["base_model"] == DEFAULT_MODEL_ID
-    assert (
-        manifest["model"]["id"] == "run/merged" and "model/config.json" in names
-    )  # relative to submissions/'s folder
+    # the bundled folder is named relative to the folder holding submissions/
+    assert manifest["model"]["id"] == "run/merged" and "model/config.json" in names
     assert any(n.startswith("model/") and n.endswith(".safetensors") for n in names)
     assert verify_submission(zip_path) == []
     failed = [f"{r.name}: {r.detail}" for r in smoke_test(zip_path) if not r.ok]
