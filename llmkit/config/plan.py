@@ -22,8 +22,8 @@ from llmkit.core.memory import TrainingMemory, TrainingSetup, estimate_training
 from llmkit.core.shapes import (
     ModelConfigNotFound,
     ModelShape,
+    base_model_refusal,
     find_model_config,
-    remote_code_refusal,
     shape_from_config,
 )
 
@@ -65,7 +65,7 @@ def plan(
         data_tokens: the training split's tokens in one epoch, counted from the tokenized data (count_training_tokens).
 
     Raises:
-        ConfigError: target modules the model lacks, or a base model that needs remote code.
+        ConfigError: target modules the model lacks, or a base model llmkit cannot train on (`base_model_refusal`).
         ModelConfigNotFound: `model_config` is no file or folder, or not a transformers config.json.
     """
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
@@ -165,7 +165,7 @@ def _shape(cfg: AxolotlConfig, model_config: str | None) -> tuple[ModelShape | N
         if model_config:  # a file the user named that cannot be read is their mistake, not a model to size later
             raise
         return None, f"unknown: {err}"
-    if problem := remote_code_refusal(
+    if problem := base_model_refusal(
         found.config, name, "base_model_config" if cfg.base_model_config else "base_model"
     ):
         raise ConfigError([problem], cfg.source)  # train, merge and serve would each fail on it: say so now

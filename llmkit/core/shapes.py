@@ -20,9 +20,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlparse
@@ -134,9 +135,13 @@ class ModelShape:
                 linear.append(Module(name, module.weight.shape[0], module.nf, quantizable=True, conv1d=True))
             elif isinstance(module, torch.nn.Embedding):
                 embeddings.append(Module(name, module.num_embeddings, module.embedding_dim))
-        experts = [(n, p) for n, p in model.named_parameters() if p.dim() == 3]
+        # transformers 5 fuses an MoE's experts into 3-D parameters; a convolution's kernel (Mamba's conv1d) is 3-D too
+        kernels = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Conv1d)}
+        experts = [(n, p) for n, p in model.named_parameters() if p.dim() == 3 and id(p) not in kernels]
         text = model.config.get_text_config()
         linear_leaves = dict.fromkeys(module.leaf for module in linear)
+        refused = _refused_by_peft(model, linear_leaves)
+        linear = [replace(module, adaptable=False) if module.leaf in refused else module for module in linear]
         return cls(
             architecture=type(model).__name__,
             num_params=sum(p.numel() for p in model.parameters()),
@@ -170,6 +175,24 @@ def _adaptable(module) -> bool:
     except Exception:  # noqa: BLE001 - a forward that needs more than one row: taken for a plain linear layer
         return True
     return isinstance(out, torch.Tensor)
+
+
+def _refused_by_peft(model, leaves) -> frozenset[str]:
+    """The names among `leaves` that peft's LoRA refuses to wrap in this model: a Mamba mixer's out_proj (peft's
+    check of the Mamba families; training stopped on it after the data was prepared). peft's own check is asked, one
+    name at a time, so this follows whatever peft version is here; a peft without it refuses nothing."""
+    try:
+        from peft import LoraConfig
+        from peft.tuners.tuners_utils import _check_lora_target_modules_mamba as check
+    except ImportError:
+        return frozenset()
+    refused = set()
+    for leaf in leaves:
+        try:
+            check(LoraConfig(target_modules=[leaf]), model, leaf)
+        except ValueError:
+            refused.add(leaf)
+    return frozenset(refused)
 
 
 def _renamed_by_peft(model, leaves) -> frozenset[str]:
@@ -215,7 +238,7 @@ def _quantizable(linear) -> bool:
 def _attention_and_mlp(config) -> dict[str, int]:
     """Widths from the (text) config, with the names the families use for them."""
     hidden = config.hidden_size
-    heads = config.num_attention_heads
+    heads = getattr(config, "num_attention_heads", None) or 0  # 0: no attention (Mamba), so no KV cache either
     kv_heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_kv_heads", None) or heads
     if getattr(config, "multi_query", False) and not getattr(config, "new_decoder_architecture", False):
         kv_heads = 1  # Falcon-7B: one key/value head shared by all query heads
@@ -229,7 +252,7 @@ def _attention_and_mlp(config) -> dict[str, int]:
         "num_layers": config.num_hidden_layers,
         "num_heads": heads,
         "num_kv_heads": kv_heads,
-        "head_size": getattr(config, "head_dim", None) or hidden // heads,
+        "head_size": getattr(config, "head_dim", None) or (hidden // heads if heads else 0),
         "mlp_width": inner * active_experts,
         "vocab_size": config.vocab_size,
     }
@@ -252,6 +275,8 @@ def _shape_of(config_json: str) -> ModelShape:
     except (ValueError, KeyError) as err:  # its message lists every model type transformers has: too long to show
         remote = " (its config.json points to remote code, which llmkit does not run)" if "auto_map" in data else ""
         raise ValueError(f"model_type {model_type!r} is not an architecture transformers knows{remote}") from err
+    except TypeError as err:  # a value of the wrong type: transformers' config classes check them
+        raise ValueError(f"{model_type!r} config.json: {err}") from err
     try:
         with init_empty_weights(include_buffers=True):
             model = AutoModelForCausalLM.from_config(config)
@@ -264,11 +289,16 @@ def _shape_of(config_json: str) -> ModelShape:
         raise ValueError(f"{model_type!r}: cannot read the model's widths from its config ({err})") from err
 
 
-def remote_code_refusal(config: dict, model: str, key: str = "base_model") -> str | None:
-    """Why llmkit cannot use `model` (`key` names where it was given), whose config.json is `config`; None when
-    transformers has the architecture. A model_type transformers lacks, with an auto_map, needs the Python code of
-    the model's own repository: llmkit never runs it, so train, merge and serve all load with transformers' own
-    classes and would each fail on such a model, training only after preparing the data."""
+def base_model_refusal(config: dict, model: str, key: str = "base_model") -> str | None:
+    """Why llmkit cannot train on or merge into `model` (`key` names where it was given), whose config.json is
+    `config`; None when it can. Train, merge and serve would each fail on such a model, training only after preparing
+    the data, so the plan, training and merge all ask this first."""
+    return _needs_remote_code(config, model, key) or _already_quantized(config, model, key)
+
+
+def _needs_remote_code(config: dict, model: str, key: str) -> str | None:
+    """A model_type transformers lacks, with an auto_map, needs the Python code of the model's own repository:
+    llmkit never runs it, so it loads with transformers' own classes, which do not have it."""
     from transformers import CONFIG_MAPPING
 
     model_type = config.get("model_type")
@@ -279,6 +309,23 @@ def remote_code_refusal(config: dict, model: str, key: str = "base_model") -> st
         f"{model_type!r} is not an architecture transformers has); llmkit does not run remote code, whatever "
         "trust_remote_code says, so it cannot train, merge or serve this model: choose a base model transformers "
         "supports (a port of this one under a transformers model_type, if there is one)"
+    )
+
+
+def _already_quantized(config: dict, model: str, key: str) -> str | None:
+    """A checkpoint stored quantized (bitsandbytes, GPTQ, AWQ, FP8) no longer holds the 16-bit weights the adapter is
+    merged into: a bitsandbytes one trained, then its merge stopped on the packed weights' shapes."""
+    quantization = config.get("quantization_config")
+    if not isinstance(quantization, dict):
+        return None
+    method = str(quantization.get("quant_method", "an unnamed method"))
+    if method == "bitsandbytes" and (quantization.get("load_in_4bit") or quantization.get("load_in_8bit")):
+        method += " 4-bit" if quantization.get("load_in_4bit") else " 8-bit"
+    return (
+        f"{key}: {model} is stored quantized ({method}, its config.json's quantization_config); llmkit trains on "
+        "a 16-bit base, quantizing it as it loads where load_in_4bit or load_in_8bit says so, and merges the adapter "
+        "into the 16-bit weights, which this checkpoint no longer has: use the 16-bit model it was made from, with "
+        "load_in_4bit: true for QLoRA"
     )
 
 
@@ -293,9 +340,19 @@ class FoundConfig:
     where: str  # for the plan: "local folder", "Hugging Face cache", "shipped with llmkit", "the hub", ...
 
 
+# transformers writes a float JSON cannot hold (Falcon-H1's and Bamba's `time_step_limit: [0.0, inf]`) as an object
+# of its own, and turns it back into the float when it reads the file; so does this module.
+_SPECIAL_FLOATS = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
+
+
+def _special_float(value: dict) -> object:
+    tag = value.get("__float__") if len(value) == 1 else None
+    return _SPECIAL_FLOATS.get(tag, value) if isinstance(tag, str) else value
+
+
 def _read(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(), object_hook=_special_float)
     except (OSError, json.JSONDecodeError) as err:
         raise ModelConfigNotFound(f"{path}: not a readable config.json ({err})") from err
     if not isinstance(data, dict) or "model_type" not in data:

@@ -34,7 +34,7 @@ from llmkit.core.models import (
     tokenizer_dir,
 )
 from llmkit.core.processes import sigterm_as_exit
-from llmkit.core.shapes import find_model_config, remote_code_refusal
+from llmkit.core.shapes import base_model_refusal, find_model_config
 from llmkit.merge import weights as mw
 from llmkit.merge.verify import TOLERANCES, Agreement, verify_merge
 
@@ -109,8 +109,8 @@ def merge_adapter(
     check_merge_target(Path(out_dir), [adapter], max_shard_size)  # before a base model is downloaded
     base = resolve_model(base_model or trained_on(adapter))
     key = "base_model" if cfg is not None else "--base" if base_model else "base_model_name_or_path"
-    if problem := remote_code_refusal(find_model_config(str(base.path)).config, base.model_id, key):
-        raise ValueError(problem)  # transformers would ask on the terminal whether to run the repository's code
+    if problem := base_model_refusal(find_model_config(str(base.path)).config, base.model_id, key):
+        raise ValueError(problem)  # before the base is loaded: remote code would be asked for on the terminal
     options = merge_options(dtype, training_config(adapter) or cfg, base.path, nf4_roundtrip, verify, max_shard_size)
     inputs = {"base": fingerprint(base.path), "adapter": fingerprint(adapter, ADAPTER_FILES)}
     return run_merge(base, lambda _staging: adapter, inputs, Path(out_dir), options, label=str(adapter))

@@ -62,11 +62,12 @@ def quantization_config(cfg: AxolotlConfig) -> BitsAndBytesConfig | None:
 
 
 def check_base_model(cfg: AxolotlConfig) -> None:
-    """Refuse, before any data is prepared, a base model that needs its repository's own code (llmkit runs none)."""
-    from llmkit.core.shapes import find_model_config, remote_code_refusal
+    """Refuse, before any data is prepared, a base model llmkit cannot train on: one that needs its repository's own
+    code (llmkit runs none), or one stored quantized."""
+    from llmkit.core.shapes import base_model_refusal, find_model_config
 
     config = find_model_config(str(resolve_model(cfg.base_model, cfg.revision_of_model).path)).config
-    if problem := remote_code_refusal(config, cfg.base_model):
+    if problem := base_model_refusal(config, cfg.base_model):
         raise ConfigError([problem], cfg.source)
 
 

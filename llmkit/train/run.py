@@ -70,7 +70,7 @@ def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False, fresh: bool = False
     Raises:
         ConfigError: a setting this machine cannot run (an optimizer's package or CUDA, tf32 without CUDA, W&B not
             installed), trainer settings that contradict each other, or an output_dir holding a run of another
-            config (without `fresh`), or a base model that needs remote code.
+            config (without `fresh`), or a base model llmkit cannot train on (`base_model_refusal`).
     """
     check_base_model(cfg)
     output_dir = Path(cfg.output_dir)
