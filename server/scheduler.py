@@ -74,10 +74,12 @@ class Scheduler:
         self.pad_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
         )
+        self.padded = False  # until the probe shows a cache whose rows can be re-padded
         with torch.inference_mode():  # one token through the model: warms it up and shows its cache
             probe = self._forward(torch.tensor([[self.pad_id]], device=self.device), self._new_cache(), rows=[])
         self.bytes_per_token = cache_bytes_per_token(probe.cache, tokens=1)
-        self.max_batch_size = self.settings.max_batch_size if batchable(probe.cache) else 1
+        self.padded = batchable(probe.cache)
+        self.max_batch_size = self.settings.max_batch_size if self.padded else 1
         if self.max_batch_size < self.settings.max_batch_size:
             LOG.warning("This model's KV cache (%s) cannot be re-padded: serving one request at a time",
                         type(probe.cache.layers[0]).__name__)  # fmt: skip
@@ -371,7 +373,9 @@ class Scheduler:
         adapters = {"adapter_names": [seq.adapter or "__base__" for seq in rows]} if self.has_adapters and rows else {}
         return self.model(
             input_ids=ids,
-            attention_mask=mask,
+            # One row at a time, never padded, needs no mask; and a recurrent layer (Mamba's) multiplies its input by
+            # the mask, so a decode step's one token given the whole row's mask became as many tokens as the row.
+            attention_mask=mask if self.padded else None,
             position_ids=positions,
             cache=cache,
             use_cache=True,

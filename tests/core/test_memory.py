@@ -231,6 +231,26 @@ def _nf4():
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
 
 
+def test_a_mamba_hybrid_saved_by_transformers_is_sized_without_experts(make_tiny_model):
+    """transformers writes Falcon-H1's time_step_limit (0, inf) as {"__float__": "Infinity"}, and reads it back; read
+    as plain JSON it stopped validate, merge and random-model with a traceback. Its Mamba layers' conv1d kernels
+    are 3-D parameters, which the plan listed as MoE experts."""
+    from transformers import FalconH1Config, FalconH1ForCausalLM
+
+    mamba = {"mamba_d_ssm": 64, "mamba_n_heads": 4, "mamba_d_head": 16, "mamba_d_state": 16, "mamba_chunk_size": 16}
+    model_dir = make_tiny_model(FalconH1Config, FalconH1ForCausalLM, **mamba)
+    assert '"__float__": "Infinity"' in (model_dir / "config.json").read_text()
+    shape = model_shape(str(model_dir))
+    assert (shape.architecture, shape.num_heads, shape.expert_params, shape.expert_names) == (
+        "FalconH1ForCausalLM",
+        4,
+        0,
+        (),
+    )
+    result = CliRunner().invoke(app, ["random-model", str(model_dir / "config.json"), "--out", str(model_dir / "r")])
+    assert result.exit_code == 0, result.output
+
+
 def test_moe_experts_are_counted_unquantized_and_cannot_be_listed_as_modules(tiny_family_dir):
     model_dir = tiny_family_dir("mixtral")  # 4 experts
     shape = model_shape(str(model_dir))

@@ -18,6 +18,8 @@ from transformers import (
     Gemma3TextConfig,
     JambaConfig,
     JambaForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
     Phi3Config,
@@ -114,8 +116,19 @@ def test_sliding_window_models_batch_within_their_window(engine_for, make_tiny_m
     engine = engine_for(model_dir, prefill_chunk_tokens=16, dtype="float32")
     assert engine.scheduler.max_batch_size == 16
     check_batched_equals_sequential(engine)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     prompt = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"  # several windows long
+    logprobs = check_against_a_full_forward_pass(engine, model_dir, prompt)
+    ids = torch.tensor([engine.encode(prompt, special=True)])
+    unwindowed = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, sliding_window=4096)
+    with torch.inference_mode():
+        windowed = logprobs[: ids.shape[1]]
+        assert (unwindowed(ids).logits[0].log_softmax(-1) - windowed).abs().max() > 0.01  # the window matters here
+
+
+def check_against_a_full_forward_pass(engine: BuiltinEngine, model_dir, prompt: str) -> torch.Tensor:
+    """The answer to `prompt`, served among the other PROMPTS at once, has the logprobs one forward pass of the
+    whole text gives (float32); returns that pass's logprobs."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         served = list(pool.map(engine.process, [ProcessRequest(**helm_body(p, max_new_tokens=8)) for p in PROMPTS]))
     answer = served[PROMPTS.index(prompt)]
@@ -124,23 +137,34 @@ def test_sliding_window_models_batch_within_their_window(engine_for, make_tiny_m
         logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0], dim=-1)
     expected = [logprobs[i - 1, ids[i]].item() for i in range(len(ids) - len(answer.tokens), len(ids))]
     assert [t.logprob for t in answer.tokens] == pytest.approx(expected, abs=1e-4)
-    unwindowed = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, sliding_window=4096)
-    with torch.inference_mode():
-        assert (unwindowed(torch.tensor([ids])).logits[0] - logprobs).abs().max() > 0.01  # the window matters here
+    return logprobs
 
 
-def test_a_cache_that_cannot_be_re_padded_is_served_one_row_at_a_time(engine_for, make_tiny_model, caplog):
-    """Jamba's Mamba layers keep a recurrent state per row, which left padding would change."""
-    model_dir = make_tiny_model(
+RECURRENT = {
+    "jamba": (
         JambaConfig,
         JambaForCausalLM,
-        **{"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2, "num_experts": 2},
-        use_mamba_kernels=False,
-    )
-    engine = engine_for(model_dir)
+        {"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2, "num_experts": 2},
+        "LinearAttentionLayer",
+    ),
+    "mamba": (MambaConfig, MambaForCausalLM, {"state_size": 8}, "LinearAttentionLayer"),
+}
+
+
+@pytest.mark.parametrize("architecture", RECURRENT)
+def test_a_cache_that_cannot_be_re_padded_is_served_one_row_at_a_time(
+    engine_for, make_tiny_model, caplog, architecture
+):
+    """Mamba layers keep a recurrent state per row, which left padding would change. A decode step gave Mamba's
+    layer the whole row's mask beside its one token, which it read as that many tokens: from the third token on,
+    the answer was another model's."""
+    config_class, model_class, overrides, layer = RECURRENT[architecture]
+    model_dir = make_tiny_model(config_class, model_class, **overrides, use_mamba_kernels=False)
+    engine = engine_for(model_dir, dtype="float32")
     assert engine.scheduler.max_batch_size == 1
-    assert "(LinearAttentionLayer) cannot be re-padded" in caplog.text
+    assert f"({layer}) cannot be re-padded" in caplog.text
     check_batched_equals_sequential(engine)
+    check_against_a_full_forward_pass(engine, model_dir, "The capital of France is")
 
 
 def test_keys_and_values_of_different_widths_batch(engine_for, make_tiny_model):

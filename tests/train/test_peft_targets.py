@@ -1,6 +1,7 @@
-"""MoE models whose dense MLP layers share the experts' projection names (DeepSeek-V2/V3's first layers and shared
-experts, Qwen3-MoE's mlp_only_layers): peft renames such targets to the fused experts, so what the plan says trains
-must be what peft wraps, and merge must refuse an adapter of the experts instead of failing half-way."""
+"""What peft does to the targets it is given, and the plan must say: on MoE models whose dense MLP layers share the
+experts' projection names (DeepSeek-V2/V3's first layers and shared experts, Qwen3-MoE's mlp_only_layers) it renames
+them to the fused experts, so what the plan says trains must be what peft wraps, and merge must refuse an adapter of
+the experts instead of failing half-way; on Mamba models it refuses some linear layers outright."""
 
 from __future__ import annotations
 
@@ -53,3 +54,19 @@ def test_merge_refuses_an_adapter_of_fused_expert_parameters(tiny_family_dir, tm
     with pytest.raises(ValueError, match="target_parameters .* llmkit merge cannot fold"):
         merge_adapter(str(base), tmp_path / "adapter", tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
+
+
+def test_lora_target_linear_leaves_out_what_peft_refuses_on_mamba(tiny_config, make_tiny_model, tmp_path):
+    """peft refuses LoRA on a Mamba mixer's out_proj: training stopped on it after the data was prepared."""
+    from transformers import MambaConfig, MambaForCausalLM
+
+    mamba = make_tiny_model(MambaConfig, MambaForCausalLM, state_size=8, use_mamba_kernels=False)
+    cfg = load_config(tiny_config(base_model=str(mamba)))
+    planned = plan(cfg)
+    assert planned.target_modules == ["in_proj", "x_proj", "dt_proj"]
+    out = train(cfg)
+    assert set(json.loads((out / "adapter_config.json").read_text())["target_modules"]) == set(planned.target_modules)
+    merge_adapter(None, out, out / "merged", dtype="float32")  # verifies against base + adapter
+    listed = tiny_config(base_model=str(mamba), lora_target_linear=False, lora_target_modules=["out_proj"])
+    with pytest.raises(ConfigError, match=r"lora_target_modules: \['out_proj'\] match no module of MambaForCausalLM"):
+        plan(load_config(listed))
