@@ -160,10 +160,13 @@ DATASET_UNIMPLEMENTED_KEYS = frozenset(
     """.split()
 )
 
-# Ignored keys whose behaviour is fixed here: said instead of "not implemented here", which would mislead.
+# Ignored keys said in their own words instead of "not implemented here", which would mislead: a behaviour fixed
+# here, or the key that does the same.
 FIXED_BEHAVIOUR = {
     "auto_resume_from_checkpoints": "always on here: a rerun resumes from output_dir's newest checkpoint "
     "(--fresh starts from step 0)",
+    "max_packed_sequence_len": "axolotl's packing of 2023, which it now refuses: sample_packing: true packs rows "
+    "up to sequence_len",
 }
 
 EMPTY_VALUES = (None, False, "", [], {})  # an unimplemented key set to one of these changes nothing

@@ -664,6 +664,15 @@ def test_auto_resume_is_said_to_be_always_on_not_unimplemented(tmp_path, value):
     assert "always on here" in plan_text and "off, not implemented" not in plan_text  # the plan said "off" of false
 
 
+def test_max_packed_sequence_len_points_to_sample_packing(tmp_path):
+    """2023's configs packed with it; "not implemented here" left them without the key that packs now."""
+    cfg = load_quietly(write(tmp_path, MINIMAL), {"max_packed_sequence_len": 2048})
+    assert [key.describe() for key in cfg.ignored_keys] == [
+        "max_packed_sequence_len=2048: axolotl's packing of 2023, which it now refuses: sample_packing: true packs "
+        "rows up to sequence_len"
+    ]
+
+
 def test_a_save_cadence_off_the_evaluations_is_refused_at_load_where_the_best_checkpoint_is_published(tmp_path):
     """transformers refused it only in train, after the data was prepared, naming its --load_best_model_at_end."""
     best = {"val_set_size": 0.1, "load_best_model_at_end": True, "eval_steps": 3}
