@@ -95,6 +95,7 @@ async def health(engine: EngineDep, request: Request) -> Any:  # HEAD: load bala
         quantization=loaded.quantization,
         device=loaded.device,
         max_context=engine.settings.max_context,
+        model_positions=engine.position_limit,
         stop_at_newline=engine.settings.stop_at_newline,
         memory=engine.memory(),
         batch=BatchStats(**engine.stats()),

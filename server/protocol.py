@@ -147,6 +147,10 @@ class HealthResponse(WireModel):
     quantization: str
     device: str
     max_context: int
+    model_positions: int | None = Field(
+        description="The model's own position limit (max_position_embeddings), None where it has none: a prompt and "
+        "its completion fit within the smaller of it and max_context."
+    )
     stop_at_newline: bool
     memory: dict[str, int] = Field(description="Bytes in use: process RSS, and CUDA allocated where present.")
     batch: BatchStats

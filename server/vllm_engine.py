@@ -300,8 +300,9 @@ def _check_cpu_head_size(args) -> None:
     request ends the engine. So such a model is refused at start, by vLLM's own list."""
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 
-    head_size = args.create_model_config().get_head_size()
-    if not CPUAttentionBackend.supports_head_size(head_size):
+    model_config = args.create_model_config()
+    head_size = model_config.get_head_size()
+    if not model_config.is_attention_free and not CPUAttentionBackend.supports_head_size(head_size):
         sizes = ", ".join(map(str, CPUAttentionBackend.get_supported_head_sizes()))
         raise ValueError(
             f"this model's attention heads are {head_size} wide; vLLM's CPU attention takes only {sizes}: serve it "

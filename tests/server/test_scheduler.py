@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from transformers import (
     AutoModelForCausalLM,
     DeepseekV3Config,
@@ -26,6 +27,7 @@ from transformers import (
     Phi3ForCausalLM,
 )
 
+from llmkit.server.app import create_app
 from llmkit.server.builtin import BuiltinEngine
 from llmkit.server.protocol import ProcessRequest, helm_body
 from llmkit.server.sequence import RequestError
@@ -238,6 +240,9 @@ def test_the_models_positions_bound_a_prompt(engine_for, bos_model, caplog):
     assert len(engine.process(ProcessRequest(prompt=fits, max_new_tokens=0, echo_prompt=True)).tokens) == 63
     short = engine_for(bos_model(positions=32), max_context=64, max_new_tokens_limit=16)
     assert "The model has 32 positions (max_position_embeddings), fewer than --max-context 64" in caplog.text
+    with TestClient(create_app(short.settings, short)) as client:
+        health = client.get("/health").json()
+    assert (health["max_context"], health["model_positions"]) == (64, 32)  # it said 64 alone
     with pytest.raises(RequestError, match=r"prompt is 40 tokens, over the 32 positions this model has"):
         short.process(ProcessRequest(prompt=short.decode(short.tokenize(text, True, 40)), max_new_tokens=0))
 
