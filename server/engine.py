@@ -121,14 +121,15 @@ class Engine:
         with self.tokenizers.borrow() as tokenizer:
             return tokenizer.encode(text, add_special_tokens=special)
 
-    def check_ids(self, ids: list[int]) -> None:
+    def check_ids(self, ids: list[int], field: str = "tokens") -> None:
         vocab = len(self.tokenizer)
         bad = [i for i in ids if not 0 <= i < vocab]
         if bad:
-            raise RequestError(f"tokens {bad[:5]} are outside the vocabulary (0..{vocab - 1})")
+            raise RequestError(f"tokens {bad[:5]} are outside the vocabulary (0..{vocab - 1})", field=field)
 
-    def decode(self, ids: list[int]) -> str:
-        self.check_ids(ids)
+    def decode(self, ids: list[int], field: str = "tokens") -> str:
+        """The text of `ids`; `field` names them in the error for an id outside the vocabulary."""
+        self.check_ids(ids, field)
         with self.tokenizers.borrow() as tokenizer:
             return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
@@ -215,10 +216,10 @@ class Engine:
         if ids is None:
             ids, added = self.prompt_ids(request.prompt)
         else:
-            self.check_ids(ids)
+            self.check_ids(ids, "prompt")
             added = 0
         if not ids:
-            raise RequestError("prompt is empty: there is no token to condition on")
+            raise RequestError("prompt is empty: there is no token to condition on", field="prompt")
         unembeddable = sorted({i for i in ids if self.embedding_rows is not None and i >= self.embedding_rows})
         if unembeddable:
             raise RequestError(

@@ -90,4 +90,13 @@ def _validation_errors(err: RequestValidationError) -> list[dict]:
         error = {"loc": loc, "msg": error_message(e), "type": e["type"]}
         if error not in errors:  # each branch of a union repeats the field
             errors.append(error)
-    return errors
+    return [error for error in errors if not _other_branch(error, errors)]
+
+
+def _other_branch(error: dict, errors: list[dict]) -> bool:
+    """A union branch whose type the value is not ("Input should be a valid list" of a text), where another branch
+    took the value and found what is wrong with it (at the same field or inside it): only that one is said."""
+    loc = error["loc"]
+    return error["type"].endswith("_type") and any(
+        other["loc"][: len(loc)] == loc and not other["type"].endswith("_type") for other in errors
+    )

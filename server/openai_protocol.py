@@ -107,6 +107,13 @@ class TextPart(WireModel):
     type: Literal["text"]
     text: Text
 
+    @field_validator("type", mode="before")
+    @classmethod
+    def _text_only(cls, value: object) -> object:
+        if isinstance(value, str) and value != "text":  # "Input should be 'text'" did not say images are not served
+            raise ValueError(f"content parts of type {value!r} are not served: this server takes text parts only")
+        return value
+
 
 class ChatMessage(WireModel):
     # As OpenAI: only an assistant's turn may come without content, absent, null or an empty list of parts (the schema

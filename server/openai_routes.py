@@ -132,7 +132,7 @@ def _completion_sequences(engine: Engine, body: CompletionRequest, adapter: str 
     seqs = []
     for prompt in body.prompts:
         ids = prompt if isinstance(prompt, list) else engine.document_start() if prompt == "" else None
-        text = engine.decode(ids) if ids is not None else prompt
+        text = engine.decode(ids, "prompt") if ids is not None else prompt
         max_tokens = min(16, engine.settings.max_new_tokens_limit) if body.max_tokens is None else body.max_tokens
         for choice in range(body.n):
             request = _process_request(body, text, max_tokens, body.logprobs or 0, choice, echo=body.echo)

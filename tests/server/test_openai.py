@@ -234,6 +234,17 @@ def test_client_mistakes_are_4xx_in_openai_shape(oai, server, http):
         ("chat/completions", {"messages": [{"role": "user", "content": []}]}, "messages.0.content: a user message"),
         ("completions", {"prompt": "x", "stop": "\ud800"}, "stop: text is not valid Unicode: unpaired surrogate"),
         ("completions", {"prompt": {"a": 1}}, "prompt: Input should be a valid string; prompt: Input should be a"),
+        # the branch of a union that took the value says what is wrong; the others ("a valid list") are not said
+        (
+            "chat/completions",
+            {"messages": [{"role": "user", "content": "\ud800"}]},
+            "messages.0.content: text is not valid Unicode: unpaired surrogate at character 0",
+        ),
+        (
+            "chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "messages.0.content.0.type: content parts of type 'image_url' are not served: this server takes text",
+        ),
         # Options that would change the answer's kind are refused, not ignored (OpenAI's clients rely on them).
         ("chat/completions", {"messages": HI, "tools": [TOOL]}, "tools: tool calling is not supported"),
         ("chat/completions", {"messages": HI, "tool_choice": "required"}, "tool_choice: tool calling"),
@@ -250,6 +261,10 @@ def test_client_mistakes_are_4xx_in_openai_shape(oai, server, http):
         body = json.dumps({"model": MODEL, "max_tokens": 1, **body})  # ASCII: a lone surrogate goes as \\ud800
         response = http.post(f"{server.url}/v1/{path}", content=body, headers={"Content-Type": "application/json"})
         assert response.status_code == 400 and response.json()["error"]["message"].startswith(message), response.text
+        assert "valid list" not in response.text or "valid string" in message, response.text
+    with pytest.raises(openai.BadRequestError, match="outside the vocabulary") as outside:
+        oai.completions.create(model=MODEL, prompt=[99999999], max_tokens=1)
+    assert outside.value.param == "prompt"
 
 
 # --- lm-eval ----------------------------------------------------------------------------------------------------
