@@ -85,6 +85,10 @@ def write_random_model(
     own_vocab = config.vocab_size
     if len(tok) > own_vocab:
         config.vocab_size = len(tok)
+    # The shape's own special ids name other tokens of this tokenizer, or none (OLMo-2's EOS 50279 is past the
+    # embedded one's 49,152): the model ends and pads where its tokenizer does.
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(config, name, getattr(tok, name))
     device = devices.resolve_device(device)
     torch_dtype = devices.torch_dtype(dtype)
     torch.manual_seed(seed)

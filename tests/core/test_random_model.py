@@ -37,13 +37,16 @@ def test_a_small_vocabulary_is_widened_to_the_tokenizer_and_the_model_loads_and_
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "models" / "tiny"
-    made = write_random_model(str(config_file(tmp_path, vocab_size=1000)), out, dtype="float32", seed=3)
+    shape = config_file(tmp_path, vocab_size=1000, bos_token_id=50279, eos_token_id=50279)  # OLMo-2's, past it
+    made = write_random_model(str(shape), out, dtype="float32", seed=3)
     assert made.path == out and made.model_type == "llama" and made.dtype == "float32"
     assert made.vocab_size == len(tokenizer) and made.widened_from == 1000
     assert [p.name for p in out.parent.iterdir()] == ["tiny"]  # nothing staged is left beside it
 
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.num_hidden_layers == 2 and model.config.vocab_size == len(tokenizer)
+    ends = (model.config.eos_token_id, model.generation_config.eos_token_id, model.config.bos_token_id)
+    assert ends == (tokenizer.eos_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id)
     assert sum(p.numel() for p in model.parameters()) == made.params
     assert AutoTokenizer.from_pretrained(out).get_vocab() == tokenizer.get_vocab()
     ids = tokenizer("The last token id of the vocabulary", return_tensors="pt").input_ids
@@ -52,7 +55,7 @@ def test_a_small_vocabulary_is_widened_to_the_tokenizer_and_the_model_loads_and_
         generated = model.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False)
     assert generated.shape[1] == ids.shape[1] + 3
 
-    again = write_random_model(str(config_file(tmp_path, vocab_size=1000)), out, dtype="float32", seed=3)
+    again = write_random_model(str(shape), out, dtype="float32", seed=3)
     reloaded = AutoModelForCausalLM.from_pretrained(again.path)
     assert torch.equal(reloaded.lm_head.weight, model.lm_head.weight)  # the seed decides the weights
     assert json.loads((out / "llmkit_random_model.json").read_text())["seed"] == 3  # what may be replaced
