@@ -51,6 +51,7 @@ class Scheduler:
         self.batch: PaddedRows | None = None
         self._seconds_per_request = 1.0  # running mean, for Retry-After
         self._stats: dict[str, int] = {}
+        self._answered: list[Sequence] = []  # finished this step: answered once the step's snapshot is taken
         self._wake = threading.Condition()
         self._admitted = 0  # submitted and not yet answered: waiting, prefilling or in the batch
         self._closed = False
@@ -185,6 +186,10 @@ class Scheduler:
                 self._guarded(self._prefill_step)
                 self._guarded(self._decode_step)
             self._snapshot()
+            # After the snapshot: a client that has its answer and asks /health at once saw its row still running.
+            answered, self._answered = self._answered, []
+            for seq in answered:
+                seq.finish()
         for seq in [*self.waiting, *self._in_flight()]:
             seq.finish(RuntimeError("server shutting down"))
 
@@ -302,7 +307,7 @@ class Scheduler:
         decoding = [i for i, seq in enumerate(group) if seq.max_new > 0]
         for seq in group:
             if seq.max_new == 0:
-                seq.finish()
+                self._answered.append(seq)
         if not decoding:
             return
         for i in decoding:
@@ -361,7 +366,7 @@ class Scheduler:
             if seq.record(token, chosen_logprobs[row], top_ids[row][:k], top_values[row][:k], eos_ids=self.eos_ids):
                 going_on.append(row)
             else:
-                seq.finish()
+                self._answered.append(seq)
                 self._seconds_per_request += 0.1 * (time.monotonic() - seq.submitted - self._seconds_per_request)
         return chosen, going_on
 

@@ -100,6 +100,9 @@ def test_tiny_llama_batches_exactly(engine_for, tiny_model_dir):
     engine = engine_for(tiny_model_dir, prefill_chunk_tokens=16)  # the 40-x prompt goes in chunks
     assert engine.scheduler.max_batch_size == 16
     check_batched_equals_sequential(engine)
+    # every answer is in: the batch is empty at once (its snapshot was taken after the answers were released)
+    idle = engine.stats()
+    assert idle["running"] == idle["prefilling"] == idle["waiting"] == idle["kv_cache_bytes_used"] == 0, idle
 
 
 SLIDING = {
