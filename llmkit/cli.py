@@ -406,6 +406,9 @@ def submission(
     training: bool = typer.Option(
         False, "--training", help="Add training/: a Dockerfile, config, pins and README to re-run the training."
     ),
+    cpu_fallback: bool = typer.Option(
+        False, help="Training --config without CUDA, use the plain variant of a paged optimizer."
+    ),
 ) -> None:
     """Build submissions/<track>_track/<track>_submission_N.zip (and the files unpacked beside it), smoke-test it."""
     _logging()
@@ -426,6 +429,7 @@ def submission(
             out_root=out,
             engine=engine,
             training=training,
+            cpu_fallback=cpu_fallback,
         )
     except (ValueError, LookupError, OSError) as err:  # bad input, no fit, unknown model: the message says which
         typer.echo(f"Error: {err}", err=True)

@@ -42,6 +42,8 @@ def test_paths_with_spaces_and_quotes_reach_the_cli_whole():
         "--model-config",
         "x y.json",
     ]
+    line = command_line("submission", "TRACK=4090", "CONFIG=a b.yml", "ARGS=--cpu-fallback")  # as `make train` does
+    assert line[line.index("--config") + 1] == "a b.yml" and line[-1] == "--cpu-fallback"
     assert command_line("train", "CONFIG=a b.yml", "ARGS=--max-steps 5")[1:] == [
         "train",
         "a b.yml",

@@ -62,6 +62,7 @@ def build_submission(
     out_root: str | Path | None = None,
     engine: EngineName | str = EngineName.builtin,
     training: bool = False,
+    cpu_fallback: bool = False,
 ) -> Path:
     """Build, check and write one submission; returns the zip's path.
 
@@ -79,6 +80,7 @@ def build_submission(
         out_root: folder holding `<track>_track/` (default: the project's submissions/).
         engine: builtin, or vllm: the image is vLLM's own (VLLM_VERSION) and its CMD says `--engine vllm`.
         training: add `training/` (llmkit/submit/training.py): what re-runs the config's training in an image.
+        cpu_fallback: training `config` on a machine without CUDA, use the plain variant of a paged optimizer.
 
     Raises:
         SubmissionError: bad arguments, a model that does not fit (FitError), or a zip that fails verification.
@@ -109,7 +111,7 @@ def build_submission(
     except OSError as err:
         raise SubmissionError(f"--out: {err}") from None
     if model is None:
-        weights = pipeline_weights(Path(config or DEFAULT_CONFIG), config_overrides)
+        weights = pipeline_weights(Path(config or DEFAULT_CONFIG), config_overrides, cpu_fallback=cpu_fallback)
         adapter_weights = None
     else:
         weights = hub_or_local(model, revision, bundle=bundle_weights, marker="config.json", what="model")

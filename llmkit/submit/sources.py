@@ -48,16 +48,16 @@ class Weights:
         return self.local_dir is not None
 
 
-def pipeline_weights(config: Path, overrides: dict | None = None) -> Weights:
+def pipeline_weights(config: Path, overrides: dict | None = None, *, cpu_fallback: bool = False) -> Weights:
     """Train `config` (resuming a finished run is quick), merge the adapter, and return the merged model to bundle
-    (a full fine-tune's output_dir is the model itself)."""
+    (a full fine-tune's output_dir is the model itself); `cpu_fallback` is `train`'s."""
     from llmkit.config.schema import load_config
     from llmkit.merge.fold import merge_from_config
     from llmkit.train.run import train
 
     cfg = load_config(config, overrides)
     LOG.info("Training %s into %s", config, cfg.output_dir)
-    train(cfg)
+    train(cfg, cpu_fallback=cpu_fallback)
     # a full fine-tune's output_dir is the model itself: nothing to merge
     merged = Path(cfg.output_dir) if cfg.adapter is None else merge_from_config(cfg).out_dir
     LOG.warning(BUNDLE_WARNING, merged, shlex.quote(str(merged)))

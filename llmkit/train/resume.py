@@ -90,7 +90,7 @@ def plan_run(cfg: AxolotlConfig, output_dir: Path, *, is_main: bool) -> RunPlan:
         LOG.info("Resuming from %s (resume_from_checkpoint)", path)
         return RunPlan(done=False, checkpoint=path, finished_checkpoint=_at_end(path))
     checkpoints = _checkpoints(output_dir, remove_partial=is_main)
-    published = any((output_dir / name).exists() for name in COMPLETION_MARKERS)
+    published = _published(output_dir)
     if not checkpoints and not published:
         if (output_dir / RUN_RECORD).is_file():  # started before, stopped before its first checkpoint
             LOG.info("%s holds an earlier run that saved no checkpoint: starting from step 0 over it", output_dir)
@@ -102,6 +102,19 @@ def plan_run(cfg: AxolotlConfig, output_dir: Path, *, is_main: bool) -> RunPlan:
     if newest is not None:
         LOG.info("Resuming from %s; pass --fresh to start from step 0", newest)
     return RunPlan(done=False, checkpoint=newest, finished_checkpoint=newest is not None and _at_end(newest))
+
+
+def is_finished(cfg: AxolotlConfig, output_dir: Path) -> bool:
+    """Whether output_dir holds this config's published run, as `plan_run` would find it done. Read only (no lock,
+    nothing removed or logged, nothing refused: training's own path says what is wrong with any other folder), so
+    that `train` can ask before the checks that only training needs."""
+    if cfg.resume_from_checkpoint:  # it trains from that checkpoint, published run or not
+        return False
+    return _published(output_dir) and _other_run(cfg, output_dir) is None
+
+
+def _published(output_dir: Path) -> bool:
+    return any((output_dir / name).exists() for name in COMPLETION_MARKERS)
 
 
 @contextmanager
@@ -174,6 +187,19 @@ def _check_ours(output_dir: Path, cfg: AxolotlConfig) -> None:
 
 
 def _check_same_run(cfg: AxolotlConfig, output_dir: Path) -> None:
+    if (what := _other_run(cfg, output_dir)) is None:
+        return
+    raise ConfigError(
+        [
+            f"output_dir: {output_dir} holds {what}. Resuming would mix the two runs. To start from step 0, rerun "
+            f"with --fresh (make train ... ARGS=--fresh), delete {output_dir}, or set another output_dir"
+        ],
+        cfg.source,
+    )
+
+
+def _other_run(cfg: AxolotlConfig, output_dir: Path) -> str | None:
+    """What output_dir's run record says it holds when that is not this config's run (None: it is)."""
     record = output_dir / RUN_RECORD
     try:
         previous = json.loads(record.read_text())
@@ -187,18 +213,10 @@ def _check_same_run(cfg: AxolotlConfig, output_dir: Path) -> None:
     if previous is not None:
         previous = {k: v for k, v in _without_defaults(previous).items() if k not in ignored}
         if previous == current:
-            return
+            return None
     if previous is None:
-        what = f"a run this version cannot identify (no readable {RUN_RECORD})"
-    else:
-        what = "a run of another config (changed: " + ", ".join(_changes(previous, current)) + ")"
-    raise ConfigError(
-        [
-            f"output_dir: {output_dir} holds {what}. Resuming would mix the two runs. To start from step 0, rerun "
-            f"with --fresh (make train ... ARGS=--fresh), delete {output_dir}, or set another output_dir"
-        ],
-        cfg.source,
-    )
+        return f"a run this version cannot identify (no readable {RUN_RECORD})"
+    return "a run of another config (changed: " + ", ".join(_changes(previous, current)) + ")"
 
 
 def _default(model: type[BaseModel], key: str) -> Any:

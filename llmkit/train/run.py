@@ -3,13 +3,14 @@
     llmkit train axolotl_configs/smollm2-135m-qlora.yml              # one process (GPU if present, else CPU)
     make train CONFIG=axolotl_configs/smollm2-135m-qlora.yml NPROC=2  # DDP: one process per device (torchrun)
 
-`train` reads top to bottom: optimizer check, training arguments, what output_dir holds, tokenizer, data,
-model + peft, trainer, train, publish. Running the same command again after an interruption resumes from the
-newest complete `checkpoint-*` in output_dir (or from `resume_from_checkpoint`); after a finished run it does
-nothing (llmkit/train/resume.py). The final adapter, tokenizer, `config.resolved.yml`, `trainer_state.json` and
-`loss_curve.png` are written to a temporary folder and moved into output_dir with the adapter's config last, so
-output_dir never looks finished while it is not. Preference training (`rl: dpo|ipo`) takes the same path with
-preference pairs (`llmkit.data.preference`) and TRL's DPOTrainer.
+`train` reads top to bottom: a finished run (nothing to do), base model and optimizer checks, training arguments,
+what output_dir holds, tokenizer, data, model + peft, trainer, train, publish. Running the same command again after
+an interruption resumes from the newest complete `checkpoint-*` in output_dir (or from `resume_from_checkpoint`);
+after a finished run it does nothing, whatever this machine could train (llmkit/train/resume.py). The final
+adapter, tokenizer, `config.resolved.yml`, `trainer_state.json` and `loss_curve.png` are written to a temporary
+folder and moved into output_dir with the adapter's config last, so output_dir never looks finished while it is
+not. Preference training (`rl: dpo|ipo`) takes the same path with preference pairs (`llmkit.data.preference`) and
+TRL's DPOTrainer.
 """
 
 from __future__ import annotations
@@ -54,7 +55,15 @@ from llmkit.train.modeling import (
 )
 from llmkit.train.optimizers import loraplus_optimizer, optimizer_for_machine
 from llmkit.train.report import LOSS_CURVE, TRAINER_STATE, plot_loss_curve, published_best
-from llmkit.train.resume import COMPLETION_MARKERS, hold_output_dir, plan_run, start_fresh, unpublish, write_record
+from llmkit.train.resume import (
+    COMPLETION_MARKERS,
+    hold_output_dir,
+    is_finished,
+    plan_run,
+    start_fresh,
+    unpublish,
+    write_record,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -72,8 +81,12 @@ def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False, fresh: bool = False
             installed), trainer settings that contradict each other, or an output_dir holding a run of another
             config (without `fresh`), or a base model llmkit cannot train on (`base_model_refusal`).
     """
-    check_base_model(cfg)
     output_dir = Path(cfg.output_dir)
+    if not fresh and is_finished(cfg, output_dir):
+        # Before the checks below, which are about training on this machine: packaging a run finished elsewhere (or
+        # with --cpu-fallback) must not trip on this machine's optimizer support.
+        return _already_complete(output_dir)
+    check_base_model(cfg)
     args = training_arguments(cfg, optimizer_for_machine(cfg, cpu_fallback))
     is_main = args.process_index == 0
     with hold_output_dir(cfg, output_dir) if is_main else nullcontext():
@@ -85,16 +98,8 @@ def _train(cfg: AxolotlConfig, args: TrainingArguments, output_dir: Path, *, fre
         if fresh and is_main:
             start_fresh(output_dir)
         plan = plan_run(cfg, output_dir, is_main=is_main)
-    if plan.done:
-        state = json.loads((output_dir / TRAINER_STATE).read_text())
-        LOG.info(
-            "Training already complete: %s holds this config's finished run (step %d of %d); nothing to do "
-            "(--fresh trains it again)",
-            output_dir,
-            state["global_step"],
-            state["max_steps"],
-        )
-        return output_dir
+    if plan.done:  # published since `train` looked (another process)
+        return _already_complete(output_dir)
     if is_main:
         write_record(cfg, output_dir)
         unpublish(output_dir)
@@ -122,6 +127,18 @@ def _train(cfg: AxolotlConfig, args: TrainingArguments, output_dir: Path, *, fre
     if trainer.is_world_process_zero():
         _publish(trainer, cfg, output_dir)
     trainer.accelerator.wait_for_everyone()
+    return output_dir
+
+
+def _already_complete(output_dir: Path) -> Path:
+    state = json.loads((output_dir / TRAINER_STATE).read_text())
+    LOG.info(
+        "Training already complete: %s holds this config's finished run (step %d of %d); nothing to do "
+        "(--fresh trains it again)",
+        output_dir,
+        state["global_step"],
+        state["max_steps"],
+    )
     return output_dir
 
 

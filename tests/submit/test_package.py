@@ -14,6 +14,7 @@ import sys
 import zipfile
 
 import pytest
+import torch
 
 from llmkit.core.challenge import TRACKS, Loading, Track
 from llmkit.core.models import DEFAULT_MODEL_ID
@@ -160,6 +161,19 @@ def test_a_full_fine_tune_config_is_bundled_as_its_output_dir(tmp_path, tiny_con
     assert manifest["model"]["bundled"] and "model/model.safetensors" in names
     assert "model/adapter_config.json" not in names
     assert verify_submission(zip_path) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a paged optimizer trains as it is with CUDA")
+def test_a_paged_optimizer_config_is_packaged_with_cpu_fallback_then_as_trained(tmp_path, tiny_config, caplog):
+    """Mistral-01.yml's paged_adamw_32bit on a machine without CUDA: `submission` had no --cpu-fallback to pass on
+    to training, and once the run had finished (`train --cpu-fallback`) it still refused on the optimizer."""
+    config = str(tiny_config(optimizer="paged_adamw_32bit"))
+    with pytest.raises(ValueError, match="optimizer: paged_adamw_32bit .* or pass --cpu-fallback"):
+        build_submission("4090", config=config, out_root=tmp_path / "subs")
+    zip_path = build_submission("4090", config=config, cpu_fallback=True, out_root=tmp_path / "subs")
+    caplog.set_level(logging.INFO)
+    assert build_submission("4090", config=config, out_root=tmp_path / "subs") == zip_path
+    assert "Training already complete" in caplog.text
 
 
 def test_bad_arguments_are_named(tmp_path):

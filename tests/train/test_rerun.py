@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from llmkit.config.schema import ConfigError, load_config
 from llmkit.data import DataError
@@ -41,6 +42,21 @@ def test_rerunning_a_finished_run_does_no_step_and_keeps_the_adapter(tiny_config
     assert "Resuming" not in again.stderr and "'loss'" not in again.stdout
     assert (out / "adapter_model.safetensors").read_bytes() == adapter
     assert _global_step(out) == 4 and _checkpoints(out) == ["checkpoint-2", "checkpoint-4"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a paged optimizer trains as it is with CUDA")
+def test_a_finished_run_is_found_before_the_checks_only_training_needs(tiny_config, caplog):
+    """Finished with `train --cpu-fallback`, a paged optimizer's run was refused by the same command without the
+    flag, and by `submission --config` (which trains first), on the optimizer: "already complete" came later."""
+    path = tiny_config(optimizer="paged_adamw_32bit")
+    out = train(load_config(path), cpu_fallback=True)
+    adapter = (out / "adapter_model.safetensors").read_bytes()
+    with caplog.at_level(logging.INFO):
+        assert train(load_config(path)) == out
+    assert "Training already complete" in caplog.text
+    with pytest.raises(ConfigError, match="optimizer: paged_adamw_32bit pages its state through CUDA memory"):
+        train(load_config(path), fresh=True)  # it trains: the check holds, before anything is removed
+    assert (out / "adapter_model.safetensors").read_bytes() == adapter and _global_step(out) == 2
 
 
 def test_a_run_killed_after_its_last_checkpoint_is_published_without_another_step(tiny_config, caplog):
