@@ -110,6 +110,12 @@ def build_submission(
         check_folder_target(track_dir)  # before training, merging or downloading
     except OSError as err:
         raise SubmissionError(f"--out: {err}") from None
+    extra = {}
+    if training:  # before training and merging: what it refuses (a local base_model) needs only the config
+        from llmkit.submit.training import TRAINING_DIR, training_files
+
+        files = training_files(Path(config or DEFAULT_CONFIG), track)
+        extra = {f"{TRAINING_DIR}/{relative}": data for relative, data in files.items()}
     if model is None:
         weights = pipeline_weights(Path(config or DEFAULT_CONFIG), config_overrides, cpu_fallback=cpu_fallback)
         adapter_weights = None
@@ -137,12 +143,6 @@ def build_submission(
     taken = taken_numbers(track_dir, track)
     earlier = [] if number else [track_dir / f"{track.value}_submission_{n}" for n in taken]
     number = number or max(taken, default=0) + 1
-    extra = {}
-    if training:
-        from llmkit.submit.training import TRAINING_DIR, training_files
-
-        files = training_files(Path(config or DEFAULT_CONFIG), track)
-        extra = {f"{TRAINING_DIR}/{relative}": data for relative, data in files.items()}
     # Bundled folders are named relative to the folder holding submissions/, not to where the command runs: the
     # same files and --out give the same zip (and so keep their number) from any working directory.
     contents = ZipContents(track, weights, adapter_weights, estimate, engine, extra, track_dir.resolve().parent.parent)

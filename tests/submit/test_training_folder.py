@@ -158,6 +158,14 @@ def test_a_local_base_model_is_refused(tmp_path, tiny_model_dir, key):
         training_files(path, "4090")
 
 
+def test_a_local_base_model_is_refused_before_anything_is_trained(tmp_path, tiny_config, tiny_model_dir):
+    """`submission --training` trained and merged the whole config, then refused the base_model it trained on."""
+    config = tiny_config()
+    with pytest.raises(SubmissionError, match=rf"^base_model: {tiny_model_dir} is on this machine"):
+        build_submission("4090", config=str(config), training=True, out_root=tmp_path / "subs")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "subs").exists()  # no output_dir: nothing trained
+
+
 def test_the_copied_config_names_no_folder_of_this_machine(tmp_path):
     """A jinja template file is copied in as its text; the prepared-data cache and a checkpoint to resume from
     were this machine's folders."""
