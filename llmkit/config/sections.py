@@ -671,7 +671,11 @@ class ModelSection(BaseModel):
     base_model_config: str | None = Field(None, description="Where config.json comes from; default base_model.")
     revision_of_model: str | None = Field(None, description="Hub revision (branch, tag or commit) of base_model.")
     model_type: str | None = Field(None, description="transformers model class, e.g. LlamaForCausalLM; default Auto.")
-    tokenizer_type: str | None = Field(None, description="transformers tokenizer class; default AutoTokenizer.")
+    tokenizer_type: str | None = Field(
+        None,
+        description="transformers tokenizer class; default AutoTokenizer. One that reads the model's tokenizer "
+        "files unlike AutoTokenizer (a sample text comes back otherwise) is refused.",
+    )
     tokenizer_config: str | None = Field(
         None,
         description="Where the tokenizer comes from (a folder of tokenizer files alone will do); default base_model.",
@@ -735,7 +739,8 @@ class ModelSection(BaseModel):
     @classmethod
     def _tokenizer_class(cls, name: str | None) -> str | None:
         # Checked here, not when the tokenizer loads: validate must refuse what train would fail on (axolotl too
-        # looks the name up in transformers).
+        # looks the name up in transformers). Whether the class reads the model's tokenizer files as the model's own
+        # class does is checked where they load (llmkit.data.tokenizer): it needs the files.
         import transformers
 
         if name is None or hasattr(getattr(transformers, name, None), "from_pretrained"):

@@ -39,6 +39,8 @@ def tokenizer_problems(cfg: AxolotlConfig, vocab_size: int | None) -> list[str]:
         return _template_name_problems(cfg)
     try:
         tokenizer = _pretrained_tokenizer(cfg)
+    except ConfigError:  # a ValueError too, but the config's own (tokenizer_type): validate says it
+        raise
     except (OSError, ValueError, AttributeError):  # not loadable here: training says why
         return []
     problems = []
@@ -74,12 +76,52 @@ def _template_name_problems(cfg: AxolotlConfig) -> list[str]:
 
 
 def _pretrained_tokenizer(cfg: AxolotlConfig) -> Any:
+    """The tokenizer as loaded (`tokenizer_type`'s class, else AutoTokenizer), before the config's tokens.
+
+    Raises:
+        ConfigError: `tokenizer_type` names a class that reads these files unlike the model's own class.
+    """
     source = _tokenizer_source(cfg)
     tokenizer_cls = getattr(transformers, cfg.tokenizer_type or "AutoTokenizer")
     options: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.tokenizer_legacy is not None:
         options["legacy"] = cfg.tokenizer_legacy
-    return tokenizer_cls.from_pretrained(source, **options)
+    tokenizer = tokenizer_cls.from_pretrained(source, **options)
+    if cfg.tokenizer_type not in (None, "AutoTokenizer"):
+        _check_tokenizer_type(cfg, tokenizer, source, options)
+    return tokenizer
+
+
+# Spaces, a line break and characters outside ASCII: what a tokenizer class of another kind loses. The shipped
+# Mistral and Llama-2 configs name LlamaTokenizer; on a byte-level BPE base (Qwen2, SmolLM) it drops all three, and
+# validate, preprocess and train went on to train on the garbled text.
+_READING_SAMPLE = "The sky is blue.\nÜber 🙂"
+
+
+def _check_tokenizer_type(cfg: AxolotlConfig, tokenizer: Any, source: Path, options: dict[str, Any]) -> None:
+    """Refuses `tokenizer_type` where its class reads `_READING_SAMPLE` unlike AutoTokenizer on the same files (the
+    class the model's own tokenizer_config.json names)."""
+    try:
+        own = transformers.AutoTokenizer.from_pretrained(source, **options)
+    except (OSError, ValueError):  # only the named class reads these files: nothing to compare it with
+        return
+    read, own_read = _read_back(tokenizer), _read_back(own)
+    if read == own_read:
+        return
+    raise ConfigError(
+        [
+            f"tokenizer_type: {cfg.tokenizer_type} reads this model's tokenizer files unlike the model's own class "
+            f"({type(own).__name__}): {_READING_SAMPLE!r} comes back as {read!r}, not {own_read!r}, so every "
+            "training row would be garbled; remove tokenizer_type: the model's own tokenizer class is used"
+        ],
+        cfg.source,
+    )
+
+
+def _read_back(tokenizer: Any) -> str:
+    """`_READING_SAMPLE` encoded and decoded: the text as the model would read it."""
+    ids = tokenizer.encode(_READING_SAMPLE, add_special_tokens=False)
+    return tokenizer.decode(ids, clean_up_tokenization_spaces=False)
 
 
 def _tokenizer_source(cfg: AxolotlConfig) -> Path:
@@ -126,5 +168,7 @@ def count_training_tokens(cfg: AxolotlConfig) -> int | None:
         return epoch_tokens(cfg, load_tokenizer(cfg))
     except DataError as err:
         raise ConfigError([str(err)], cfg.source) from None
+    except ConfigError:  # a ValueError too, but the config's own: validate says it
+        raise
     except (OSError, ValueError):
         return None

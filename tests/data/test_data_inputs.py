@@ -153,6 +153,36 @@ def test_tokenizer_config_may_be_a_folder_of_tokenizer_files_alone(make_cfg, tok
     assert loaded.get_vocab() == tokenizer.get_vocab() and loaded.chat_template == tokenizer.chat_template
 
 
+@pytest.mark.parametrize("command", ["validate", "preprocess", "train"])
+def test_a_tokenizer_type_that_reads_the_tokenizer_otherwise_is_refused_first(command, tiny_config, tmp_path):
+    """The shipped Mistral and Llama-2 configs name LlamaTokenizer. On a byte-level BPE base (the tiny model has the
+    embedded default's tokenizer) it dropped every space, line break and emoji, and all three commands went on."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    prepared = tmp_path / "prepared"
+    config = tiny_config(tokenizer_type="LlamaTokenizer", dataset_prepared_path=str(prepared))
+    result = CliRunner().invoke(app, [command, str(config)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert "tokenizer_type: LlamaTokenizer reads this model's tokenizer files unlike the model's own class" in said
+    assert "'The sky is blue.\\nÜber 🙂' comes back as 'Theskyisblue.Über'" in said
+    assert "remove tokenizer_type: the model's own tokenizer class is used" in said
+    assert not prepared.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["AutoTokenizer", "GPT2Tokenizer", "TokenizersBackend"])
+def test_a_tokenizer_type_that_reads_the_tokenizer_as_its_own_class_does_is_used(name, tiny_config, tmp_path):
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    config = tiny_config(tokenizer_type=name, dataset_prepared_path=str(tmp_path / "prepared"))
+    result = CliRunner().invoke(app, ["preprocess", str(config)])
+    assert result.exit_code == 0, result.output
+
+
 def test_a_local_folder_with_ds_type(make_cfg, tokenizer, tmp_path):
     folder = tmp_path / "texts"
     folder.mkdir()
