@@ -266,13 +266,16 @@ def train(
         if (code := interrupted_exit_code(err)) is None:
             raise
         if cfg is not None:
-            typer.echo(f"\n{interrupted_message(Path(cfg.output_dir))}", err=True)
+            typer.echo(f"\n{interrupted_message(Path(cfg.output_dir), fresh=fresh)}", err=True)
         raise typer.Exit(code) from None
     except (OSError, RuntimeError) as err:
         # A full disk fails a checkpoint save deep in torch ("unexpected pos", errno 28): say what it is.
         if cfg is None or not (full := disk_full(Path(cfg.output_dir), err)):
             raise
-        typer.echo(f"Error: {full}. Free some space, then:\n{interrupted_message(Path(cfg.output_dir))}", err=True)
+        typer.echo(
+            f"Error: {full}. Free some space, then:\n{interrupted_message(Path(cfg.output_dir), fresh=fresh)}",
+            err=True,
+        )
         raise typer.Exit(1) from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns here; one summary is enough
         from rich.console import Console

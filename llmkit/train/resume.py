@@ -306,12 +306,16 @@ def _step(checkpoint: Path) -> int:
     return int(suffix) if suffix.isdigit() else -1
 
 
-def interrupted_message(output_dir: Path) -> str:
-    """What a run stopped by Ctrl-C left, and what rerunning does with it."""
+def interrupted_message(output_dir: Path, *, fresh: bool = False) -> str:
+    """What a run stopped by Ctrl-C left, and what rerunning does with it (`fresh`: the run was started with --fresh,
+    which a rerun of the same command would give again, deleting the checkpoints)."""
     checkpoints = _checkpoints(output_dir, remove_partial=False)
     if not checkpoints:
         return f"interrupted before {output_dir} held a checkpoint: rerunning starts from step 0"
-    return f"interrupted: rerun the same command to resume from {checkpoints[-1]} (step {_step(checkpoints[-1])})"
+    newest = f"{checkpoints[-1]} (step {_step(checkpoints[-1])})"
+    if fresh:
+        return f"interrupted: rerun without --fresh to resume from {newest}; with --fresh it is deleted"
+    return f"interrupted: rerun the same command to resume from {newest}"
 
 
 def _checkpoints(output_dir: Path, *, remove_partial: bool) -> list[Path]:

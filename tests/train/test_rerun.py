@@ -211,17 +211,13 @@ def test_a_second_run_into_the_same_output_dir_is_refused_and_sigterm_stops_like
     SIGTERM (kill, a scheduler) ended a run without a word."""
     import os
     import signal
-    import time
 
     path = tiny_config(max_steps=100_000, save_steps=5)
     out = Path(load_config(path).output_dir)
     command = [sys.executable, "-m", "llmkit.cli", "train", str(path)]
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 300
-        while not list(out.glob("checkpoint-*/trainer_state.json")) and time.monotonic() < deadline:
-            assert first.poll() is None, first.stderr.read()
-            time.sleep(0.5)
+        _wait_for_a_checkpoint(first, out)
         second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert second.returncode == 1
         assert f"another `llmkit train` (pid {first.pid}) is training in {out}" in second.stderr, second.stderr
@@ -233,6 +229,37 @@ def test_a_second_run_into_the_same_output_dir_is_refused_and_sigterm_stops_like
     assert first.returncode == 143, stderr
     assert "interrupted: rerun the same command to resume from" in stderr and "Traceback" not in stderr
     assert not (out / ".llmkit_train.lock").exists()
+
+
+def test_a_stopped_fresh_run_says_to_rerun_without_fresh(tiny_config):
+    """It said "rerun the same command to resume", and the same command (--fresh) deleted the checkpoints."""
+    import os
+    import signal
+
+    path = tiny_config(max_steps=100_000, save_steps=5)
+    out = Path(load_config(path).output_dir)
+    command = [sys.executable, "-m", "llmkit.cli", "train", str(path), "--fresh"]
+    run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_a_checkpoint(run, out)
+        run.send_signal(signal.SIGTERM)  # Ctrl-C's path too (interrupted_exit_code)
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.kill(run.pid, signal.SIGKILL)
+    assert run.returncode == 143, stderr
+    said = " ".join(stderr.split())
+    assert "interrupted: rerun without --fresh to resume from" in said and "with --fresh it is deleted" in said
+    assert "the same command" not in said
+
+
+def _wait_for_a_checkpoint(run: subprocess.Popen, out: Path) -> None:
+    import time
+
+    deadline = time.monotonic() + 300
+    while not list(out.glob("checkpoint-*/trainer_state.json")) and time.monotonic() < deadline:
+        assert run.poll() is None, run.stderr.read()
+        time.sleep(0.5)
 
 
 def test_a_full_disk_is_named_whatever_the_error_says(tmp_path):
