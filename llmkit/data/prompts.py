@@ -50,8 +50,8 @@ def build_completion(row: RawRow, spec: DatasetSpec) -> Parts:
 
 def build_input_output(row: RawRow, spec: DatasetSpec) -> Parts:
     segments = row.get("segments")
-    if not isinstance(segments, list) or not segments:
-        raise FieldError("segments", "must be a non-empty list of {label, text}")
+    if not isinstance(segments, list):  # an empty list is a row with nothing to train on: dropped and counted
+        raise FieldError("segments", "must be a list of {label, text}")
     parts = []
     for i, segment in enumerate(segments):
         if not isinstance(segment, dict) or not isinstance(segment.get("label"), bool):

@@ -38,7 +38,7 @@ def _fails(make_cfg, tokenizer, path: Path, kind: str, expected: str, **spec: st
 
 # (dataset type, rows, message after "<file>: ") for rows that `datasets` reads and the prompt builder rejects
 BAD_ROWS = [
-    ("input_output", [{"segments": "Q: A:"}], r"row 1: field 'segments' must be a non-empty list"),
+    ("input_output", [{"segments": "Q: A:"}], r"row 1: field 'segments' must be a list of \{label, text\}"),
     ("input_output", [{"segments": [{"label": "yes", "text": "a"}]}], r"row 1: field 'segments\[0\]\.label' must be"),
     ("chat_template", [{"messages": "Hi"}], r"row 1: field 'messages' must be a non-empty list of messages"),
     ("chat_template", [{"messages": ["Hi"]}], r"row 1: field 'messages\[0\]' must be an object, got str"),
@@ -105,9 +105,10 @@ def test_rows_with_nothing_to_train_on_are_dropped_and_counted(write_rows, make_
     trained = {"segments": [{"label": False, "text": "Q:"}, {"label": True, "text": " yes"}]}
     # only the first token trained: nothing precedes it, so it is never a target
     first = {"segments": [{"label": True, "text": "Yes"}, {"label": False, "text": " and the rest"}]}
-    cfg = make_cfg([{"path": str(write_rows([masked, trained, first], "jsonl")), "type": "input_output"}])
+    empty = {"segments": []}  # stopped the whole run ("must be a non-empty list")
+    cfg = make_cfg([{"path": str(write_rows([masked, trained, first, empty], "jsonl")), "type": "input_output"}])
     stats = build_datasets(cfg, tokenizer).stats.datasets[0]
-    assert (stats.rows, stats.kept, stats.dropped_untrained) == (3, 1, 2)
+    assert (stats.rows, stats.kept, stats.dropped_untrained) == (4, 1, 3)
 
 
 def test_an_empty_answer_trains_nothing_not_even_eos_and_its_row_is_dropped(write_rows, make_cfg, tokenizer):
