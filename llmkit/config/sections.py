@@ -856,7 +856,7 @@ class DataSection(BaseModel):
     )
     dataset_prepared_path: Folder | None = Field(None, description="Cache folder for the tokenized dataset.")
     val_set_size: float = Field(
-        0.0, ge=0, description="Rows held out for evaluation: a fraction below 1, a number of rows above 1."
+        0.0, ge=0, description="Rows held out for evaluation: a fraction below 1, a whole number of rows above 1."
     )
     sequence_len: int = Field(512, gt=0, description="Maximum tokens per row; longer rows are dropped.")
     sample_packing: bool = Field(False, description="Pack several rows per sequence, without cross-attention.")
@@ -887,6 +887,11 @@ class DataSection(BaseModel):
     def _fraction_or_count(cls, value: float) -> float:
         if value == 1:  # axolotl reads values above 1 as a count, up to 1 as a fraction: 1 would hold out every row
             raise ValueError("1 would hold out every row: give a fraction below 1 or a number of rows above 1")
+        if value > 1 and not value.is_integer():  # axolotl's train_test_split refuses it; int() took 1.5 as 1 row
+            raise ValueError(
+                f"{value:g} is neither a fraction below 1 nor a whole number of rows: give a fraction (0.05: 5% of "
+                "the rows) or a number of rows (50)"
+            )
         return value
 
     @field_validator("test_datasets", mode="before")

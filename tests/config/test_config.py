@@ -350,6 +350,15 @@ def test_test_datasets_are_checked_as_datasets_and_exclude_val_set_size(tmp_path
         load_config(write(tmp_path, MINIMAL), {"test_datasets": [{**entry, "shardz": 2}]})
 
 
+def test_val_set_size_is_a_fraction_below_1_or_a_whole_number_of_rows(tmp_path):
+    """As axolotl reads it (its train_test_split refuses anything else); 1.5 was taken as one row, silently."""
+    assert load_quietly(write(tmp_path, MINIMAL), {"val_set_size": 0.05}).eval_split_size == 0.05
+    assert load_quietly(write(tmp_path, MINIMAL), {"val_set_size": 50.0}).eval_split_size == 50
+    assert "val_set_size: 1.5 is neither a fraction below 1 nor a whole number of rows" in error_of(
+        write(tmp_path, MINIMAL), {"val_set_size": 1.5}
+    )
+
+
 def test_infinite_numbers_tilde_folders_and_falsy_cli_overrides(tmp_path, monkeypatch):
     """learning_rate 1e400 (inf) passed `gt=0`; "~/run" was a folder named "~" here and $HOME for the Trainer;
     `train --max-steps 0` fell back to the config's max_steps."""
