@@ -313,7 +313,12 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         # Preference training (rl) reads its own dataset types (chatml.intel, chat_template.default, ...).
         if getattr(self, "rl", None):
             return self
-        required = "required: the prompt format (a name from the README's dataset-type table, or a mapping)"
+        # axolotl reads a dataset without a type as rows already tokenized: say that they are not read here
+        required = (
+            "required: the prompt format (a name from the README's dataset-type table, or a mapping); rows already "
+            "tokenized (input_ids, labels), which axolotl reads without a type, are not supported: write them as "
+            "text with type: input_output (segments of {label, text}: the false ones masked)"
+        )
         problems = [
             (key, i, spec.type_problem() if spec.type else required) for key, i, spec in self.dataset_entries()
         ]

@@ -51,6 +51,21 @@ def test_bad_rows_name_the_field(write_rows, make_cfg, tokenizer, kind, rows, ex
     _fails(make_cfg, tokenizer, write_rows(rows, "jsonl"), kind, expected)
 
 
+def test_rows_already_tokenized_without_a_type_are_refused_naming_input_output(write_rows, tiny_config):
+    """axolotl reads a dataset without a type as tokenized rows; the refusal said only that a type is required."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    path = write_rows([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}], "jsonl")
+    result = CliRunner().invoke(app, ["preprocess", str(tiny_config(datasets=[{"path": str(path)}]))])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert "datasets[0].type: required: the prompt format" in said
+    assert "rows already tokenized (input_ids, labels), which axolotl reads without a type, are not supported" in said
+    assert "write them as text with type: input_output (segments of {label, text}" in said
+
+
 ROW_1 = json.dumps(ALPACA_ROW)
 # (file name, its text, message after "<file>: ") for files that `datasets` cannot read
 BAD_FILES = [
