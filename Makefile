@@ -33,7 +33,7 @@ USAGE_train = make train CONFIG=axolotl_configs/<name>.yml [NPROC=2] [ARGS=\"--m
 NEEDS_merge = CONFIG ADAPTER WEIGHTED
 USAGE_merge = make merge CONFIG=... | ADAPTER=dir [BASE=...] [OUT=...] | WEIGHTED=fusion.yml OUT=... [NF4=1] [ARGS=...]
 NEEDS_submission = TRACK
-USAGE_submission = make submission TRACK=4090|A100 [CONFIG=... | MODEL=... [REVISION=...] [ADAPTER=... [ADAPTER_REVISION=...]]] [N=1] [LOADING=bf16|int8|nf4] [ENGINE=builtin|vllm] [BUNDLE=1] [SMOKE=0] [TRAINING=1] [ARGS=--cpu-fallback]
+USAGE_submission = make submission TRACK=4090|A100 [CONFIG=... | MODEL=... [REVISION=...] [ADAPTER=... [ADAPTER_REVISION=...]]] [N=1] [LOADING=bf16|int8|nf4] [ENGINE=builtin|vllm] [BUNDLE=1] [SMOKE=0] [TRAINING=1] [OUT=dir] [ARGS=--cpu-fallback]
 NEEDS_verify-submission = ZIP
 USAGE_verify-submission = make verify-submission ZIP=submissions/<track>_track/<track>_submission_N.zip [SMOKE=1]
 NEEDS_preprocess = CONFIG
@@ -97,7 +97,7 @@ merge: usage-merge setup
 SUBMISSION_FLAGS = $(call opt,CONFIG,--config) $(call opt,MODEL,--model) $(call opt,REVISION,--revision) \
 	$(call opt,ADAPTER,--adapter) $(call opt,ADAPTER_REVISION,--adapter-revision) $(call opt,N,--number) $(call opt,LOADING,--loading) $(call opt,ENGINE,--engine) \
 	$(if $(call yes,BUNDLE),--bundle-weights) $(if $(call no,SMOKE),--no-smoke) \
-	$(if $(call yes,TRAINING),--training) $(ARGS)
+	$(if $(call yes,TRAINING),--training) $(call opt,OUT,--out) $(ARGS)
 submission: usage-submission setup
 	$(LLMKIT) submission --track $(call quote,$(TRACK)) $(strip $(SUBMISSION_FLAGS))
 

@@ -52,6 +52,13 @@ def test_paths_with_spaces_and_quotes_reach_the_cli_whole():
     ]
 
 
+@pytest.mark.parametrize("target", [["submission", "TRACK=4090"], ["merge", "ADAPTER=run"], ["helm-eval"]])
+def test_out_reaches_the_cli_as_out_for_every_target_that_writes_a_folder(target):
+    """`make submission OUT=...` dropped OUT and wrote into submissions/, where merge and helm-eval took it."""
+    line = command_line(*target, "OUT=/tmp/my subs")
+    assert line[line.index("--out") + 1] == "/tmp/my subs"
+
+
 @pytest.mark.parametrize(
     ("yes_no", "flags"),
     [
