@@ -335,7 +335,9 @@ def merge(
     adapter: Annotated[list[str] | None, typer.Option(help="Adapter directory; repeat for a weighted merge.")] = None,
     out: str | None = typer.Option(None, help="Merged model directory (default: <adapter dir>/merged)."),
     dtype: str | None = typer.Option(None, help="bfloat16, float16 or float32 (default: the training dtype)."),
-    nf4_roundtrip: bool = typer.Option(False, help="Round-trip targeted base weights through NF4 (QLoRA)."),
+    nf4_roundtrip: bool = typer.Option(
+        False, help="Round-trip targeted base weights through 4 bits as training did (QLoRA: NF4)."
+    ),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip comparing with base + unmerged adapter."),
     max_shard_size: str = typer.Option(DEFAULT_MAX_SHARD_SIZE, help="Largest safetensors file."),
     weighted: str | None = typer.Option(None, help="Weighted merge of several adapters from this YAML file."),

@@ -220,11 +220,13 @@ def load_for_inference(
     quantization: str = "none",
     device: str = "auto",
     unquantized: list[str] | None = None,
+    double_quant: bool = True,
 ) -> LoadedModel:
     """Load a causal LM (optionally quantized with bitsandbytes, optionally with peft adapters) for serving.
 
     `device` and `dtype` "auto" follow `llmkit.core.devices`: the GPU where there is one, bfloat16 on Ampere or
-    newer, float16 on older GPUs, float32 on the CPU. `quantization`: "none", "nf4" (double quantized) or "int8".
+    newer, float16 on older GPUs, float32 on the CPU. `quantization`: "none", "nf4" or "fp4" (4-bit, double quantized
+    unless `double_quant` is False) or "int8".
     `adapters` (name -> directory) are loaded side by side into one PeftModel under their names (a forward call
     picks them per row with peft's `adapter_names=`; one adapter named "default" is peft's own default). The
     tokenizer comes from the first adapter's folder when it holds one. `unquantized`: full module names 4-bit
@@ -238,7 +240,9 @@ def load_for_inference(
     device = devices.resolve_device(device)
     torch_dtype = devices.resolve_dtype(dtype, device)
     # Quantized layers compute in the model's dtype, so --dtype sets bnb_4bit_compute_dtype too.
-    quantization_config = devices.bnb_config(quantization, torch_dtype, skip_modules=unquantized)
+    quantization_config = devices.bnb_config(
+        quantization, torch_dtype, double_quant=double_quant, skip_modules=unquantized
+    )
     LOG.info("Loading %s (%s, %s, quantization %s)", source.model_id, device, torch_dtype, quantization)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(source.path, adapter))
     lm = AutoModelForCausalLM.from_pretrained(

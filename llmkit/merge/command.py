@@ -103,7 +103,7 @@ def report_table(report: MergeReport, uploaded: list[dict] | None, hub_model_id:
     table.add_column(overflow="fold")  # paths stay whole, folded over lines
     table.add_row("base", escape(report.base))
     table.add_row("adapter", escape(report.adapter))
-    table.add_row("dtype", report.dtype + (", NF4 round-trip of targeted weights" if report.nf4_roundtrip else ""))
+    table.add_row("dtype", report.dtype + (", 4-bit round-trip of targeted weights" if report.nf4_roundtrip else ""))
     table.add_row("size", f"{report.size_bytes / 1e6:,.1f} MB in {len(report.files)} files")
     table.add_row("time", f"{report.seconds:.1f} s")
     check = report.verification

@@ -100,7 +100,8 @@ def merge_adapter(
         adapter_dir: the peft adapter (a training run's output_dir).
         out_dir: the merged model directory to create or replace.
         dtype: "bfloat16"/"float16"/"float32"; None: the training dtype (see `resolve_merge_dtype`).
-        nf4_roundtrip: round-trip the targeted base weights through NF4 first (QLoRA adapters; README "Merging").
+        nf4_roundtrip: round-trip the targeted base weights through 4 bits first, as training quantized them
+            (QLoRA: NF4; `adapter: lora` + `load_in_4bit`: FP4; README "Merging").
         verify: compare with base + unmerged adapter and fail beyond the tolerance.
         max_shard_size: largest safetensors file ("5GB", "500MB").
         cfg: the training config, where the adapter folder has no `config.resolved.yml` of its own.
@@ -282,8 +283,7 @@ def run_merge(
         adapter = adapter_source(staging)
         write_merged(base.path, adapter, tmp, options)
         if options.verify:
-            nf4_from = getattr(torch, options.nf4.dtype) if options.nf4 else None
-            result: Agreement = verify_merge(tmp, base.path, adapter, options.dtype, nf4_from=nf4_from)
+            result: Agreement = verify_merge(tmp, base.path, adapter, options.dtype, round_trip=options.nf4)
             report.verification = {**result.to_dict(), "tolerance": asdict(TOLERANCES[options.dtype])}
         report.files = sorted(p.name for p in tmp.iterdir())
         report.size_bytes = sum(p.stat().st_size for p in tmp.iterdir())

@@ -11,12 +11,16 @@ import gc
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from llmkit.core.bnb_kernels import dequantizing_4bit_kernel
 from llmkit.core.models import load_for_inference
 from llmkit.data.prompts import ALPACA_NO_INPUT
+
+if TYPE_CHECKING:
+    from llmkit.merge.weights import Nf4Options
 
 LOG = logging.getLogger(__name__)
 
@@ -125,6 +129,7 @@ def _load(
     adapter: Path | None = None,
     quantization: str = "none",
     unquantized: list[str] | None = None,
+    double_quant: bool = True,
 ):
     # The device is load_for_inference's "auto" (llmkit.core.devices): the GPU where there is one, else the CPU.
     loaded = load_for_inference(
@@ -133,6 +138,7 @@ def _load(
         dtype=str(dtype).removeprefix("torch."),
         quantization=quantization,
         unquantized=unquantized,
+        double_quant=double_quant,
     )
     return loaded.model, loaded.tokenizer
 
@@ -144,11 +150,12 @@ def reference_of(
     *,
     quantization: str = "none",
     unquantized: list[str] | None = None,
+    double_quant: bool = True,
 ):
-    """Greedy continuations and their logits from base + unmerged adapter (the base 4-bit for quantization nf4,
-    but for the `unquantized` modules)."""
-    model, tokenizer = _load(base_dir, dtype, adapter_dir, quantization, unquantized)
-    if quantization == "nf4":
+    """Greedy continuations and their logits from base + unmerged adapter (the base 4-bit for quantization nf4 or
+    fp4, double quantized or not, but for the `unquantized` modules)."""
+    model, tokenizer = _load(base_dir, dtype, adapter_dir, quantization, unquantized, double_quant)
+    if quantization != "none":
         dequantizing_4bit_kernel(model)  # the merged weights' arithmetic, not a repacked bfloat16 kernel's
     reference = _reference_outputs(model, tokenizer, PROMPTS, NEW_TOKENS)
     del model, tokenizer
@@ -166,26 +173,31 @@ def agreement(model_dir: Path, dtype: torch.dtype, reference) -> Agreement:
 
 
 def verify_merge(
-    merged_dir: Path, base_dir: Path, adapter_dir: Path, dtype: torch.dtype, *, nf4_from: torch.dtype | None = None
+    merged_dir: Path, base_dir: Path, adapter_dir: Path, dtype: torch.dtype, *, round_trip: Nf4Options | None = None
 ) -> Agreement:
     """Compare the merged model with base + adapter in the same dtype; raise if beyond `TOLERANCES[dtype]`.
 
-    `nf4_from`: the merge round-tripped the base through NF4, quantizing from this dtype (training's). The
-    reference is then what training ran, the NF4 base (quantized from that dtype) + adapter, and both models
-    compute in it; the tolerance stays the merged weights' dtype's, the rounding being compared.
+    `round_trip`: how the merge round-tripped the base through 4 bits, as training quantized it (data type, double
+    quantization, from training's dtype). The reference is then what training ran, that 4-bit base + adapter, and
+    both models compute in training's dtype; the tolerance stays the merged weights' dtype's, the rounding being
+    compared.
     """
-    compute = nf4_from or dtype
-    unquantized = _not_round_tripped(base_dir, adapter_dir) if nf4_from else None
+    compute = getattr(torch, round_trip.dtype) if round_trip else dtype
     reference = reference_of(
-        base_dir, adapter_dir, compute, quantization="nf4" if nf4_from else "none", unquantized=unquantized
+        base_dir,
+        adapter_dir,
+        compute,
+        quantization=round_trip.quant_type if round_trip else "none",
+        unquantized=_not_round_tripped(base_dir, adapter_dir) if round_trip else None,
+        double_quant=round_trip.double_quant if round_trip else True,
     )
     result = agreement(merged_dir, compute, reference)
-    nf4_base = nf4_from is not None
+    base = f"{round_trip.quant_type.upper()} base" if round_trip else "base"
     tolerance = TOLERANCES[dtype]
-    LOG.info("Merged vs %sbase + adapter (%s): %s", "NF4 " if nf4_base else "", compute, result)
+    LOG.info("Merged vs %s + adapter (%s): %s", base, compute, result)
     if not result.within(tolerance):
         raise VerificationError(
-            f"The merged model disagrees with {'NF4 ' if nf4_base else ''}base + adapter in {compute}: largest logit "
+            f"The merged model disagrees with {base} + adapter in {compute}: largest logit "
             f"difference {result.max_logit_diff:.3g} (tolerance {tolerance.max_logit_diff}), greedy-token agreement "
             f"{result.token_agreement:.1%} (at least {tolerance.min_token_agreement:.0%} required)"
         )
@@ -193,10 +205,10 @@ def verify_merge(
 
 
 def _not_round_tripped(base_dir: Path, adapter_dir: Path) -> list[str] | None:
-    """The 4-bit layers the adapter does not target, which the NF4 round-trip leaves at the base's precision (and
+    """The 4-bit layers the adapter does not target, which the 4-bit round-trip leaves at the base's precision (and
     the output head, as transformers leaves it): the reference keeps them so too, or it would differ from the
     merge by their 4-bit rounding (0.11 logits in float32 on a tiny model targeting 5 of its 7 linear layers).
-    None: every 4-bit layer is targeted, and the reference is training's own NF4 base."""
+    None: every 4-bit layer is targeted, and the reference is training's own 4-bit base."""
     from llmkit.core.shapes import model_shape
     from llmkit.merge.weights import base_layout, load_lora_adapter
 
