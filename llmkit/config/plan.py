@@ -22,6 +22,7 @@ from llmkit.core.memory import TrainingMemory, TrainingSetup, estimate_training
 from llmkit.core.shapes import (
     ModelConfigNotFound,
     ModelShape,
+    Module,
     base_model_refusal,
     find_model_config,
     shape_from_config,
@@ -55,6 +56,7 @@ def plan(
     world_size: int | None = None,
     model_config: str | None = None,
     data_tokens: int | None = None,
+    tokenizer_size: int | None = None,
 ) -> TrainingPlan:
     """Resolve a config into what training will do: targets, parameter counts, steps, memory and time per track.
 
@@ -63,6 +65,9 @@ def plan(
         world_size: GPUs in data parallel; default `WORLD_SIZE` from the environment, else 1.
         model_config: a config.json (or a folder with one) to size the base model from, wherever it is.
         data_tokens: the training split's tokens in one epoch, counted from the tokenized data (count_training_tokens).
+        tokenizer_size: the tokens of the tokenizer training uses, `tokens` and `special_tokens` added
+            (trained_tokenizer_size); where it is larger than the base's embeddings, training grows them (and their
+            trained copies) to it. None: no added tokens, or the tokenizer is not here, and they stay as they are.
 
     Raises:
         ConfigError: target modules the model lacks, or a base model llmkit cannot train on (`base_model_refusal`).
@@ -75,8 +80,9 @@ def plan(
         trainable, memory = None, []
     else:
         targets = cfg.resolved_target_modules(shape)
-        trainable = trainable_params(cfg, shape, targets)
-        memory = [training_memory(cfg, shape, targets, trainable, track) for track in Track]
+        trained = shape.with_vocabulary(tokenizer_size) if tokenizer_size else shape
+        trainable = trainable_params(cfg, trained, targets)
+        memory = [training_memory(cfg, trained, targets, trainable, track) for track in Track]
     micro_tokens = cfg.micro_batch_size * cfg.sequence_len
     rows = _count_all_rows(cfg.datasets)
     step_rows = cfg.micro_batch_size * cfg.gradient_accumulation_steps * world_size
@@ -184,16 +190,30 @@ def trainable_params(cfg: AxolotlConfig, shape: ModelShape, targets: list[str]) 
         return sum(size for name, size in shape.parameters if any(pattern.matches(name) for pattern in patterns))
     if cfg.peft_method is PeftMethod.prompt_tuning:
         return cfg.peft_num_virtual_tokens * shape.hidden_size
+    saved = _saved_modules(cfg, shape)
     total = 0
     for module in _wrapped(shape, targets):
+        if module.name in saved:  # peft trains a module it saves whole, and wraps no adapter around it
+            continue
         if cfg.peft_method is PeftMethod.vera:  # shared frozen A/B; trained: lambda_d (r) and lambda_b (out)
             total += cfg.peft_vera_r + module.fan_out
         else:  # A: r x in, B: out x r; DoRA adds one magnitude per output
             total += cfg.lora_r * (module.fan_in + module.fan_out) + (module.fan_out if cfg.peft_use_dora else 0)
-    return total + sum(module.params for module in _wrapped(shape, cfg.checked_modules_to_save(shape)))
+    return total + sum(module.params for module in saved.values())
 
 
-def _wrapped(shape: ModelShape, names: list[str]) -> list:
+def _saved_modules(cfg: AxolotlConfig, shape: ModelShape) -> dict[str, Module]:
+    """The modules lora_modules_to_save trains a copy of, by name: one copy of the input embeddings for the head and
+    them both where training keeps a tied model tied (`AxolotlConfig.ties_saved_embeddings`)."""
+    saved = {module.name: module for module in _wrapped(shape, cfg.checked_modules_to_save(shape))}
+    head = shape.head
+    if head and head.name in saved and cfg.ties_saved_embeddings(shape.tie_word_embeddings):
+        del saved[head.name]
+        saved[shape.embeddings[0].name] = shape.embeddings[0]
+    return saved
+
+
+def _wrapped(shape: ModelShape, names: list[str]) -> list[Module]:
     """Each module that one of `names` matches, once."""
     return list({module.name: module for name in names for module in shape.matching(name)}.values())
 

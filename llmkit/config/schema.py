@@ -572,6 +572,12 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             raise ConfigError([problem], self.source)
         return names
 
+    def ties_saved_embeddings(self, tied: bool) -> bool:
+        """Whether training keeps a tied model's head tied to the trained copy of its input embeddings (peft's
+        `ensure_weight_tying`): LoRA with lora_modules_to_save. Listing the embeddings, the head or both, peft then
+        trains one copy for both; VeRA, which has no such option, trains a copy of each listed."""
+        return bool(tied) and self.peft_method is PeftMethod.lora and bool(self.lora_modules_to_save)
+
 
 NEW_TOKENS_UNTRAINED = (
     "tokens: new tokens get new, untrained embeddings; with an adapter, list {embeddings} and {head} in "

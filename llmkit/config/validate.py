@@ -23,6 +23,7 @@ def validate(
     model_config: str | None = None,
     count_tokens: Callable[[AxolotlConfig], int | None] | None = None,
     tokenizer_problems: Callable[[AxolotlConfig, int | None], list[str]] | None = None,
+    tokenizer_size: Callable[[AxolotlConfig], int | None] | None = None,
     console=None,
 ) -> int:
     """Load `path`, plan it and print the plan; returns the exit status (1: the config is unusable).
@@ -36,6 +37,8 @@ def validate(
             config's error); None: the plan counts from max_steps or rows instead.
         tokenizer_problems: what training would meet in the tokenizer, given the model's vocab_size
             (llmkit.data.tokenizer.tokenizer_problems, which the CLI passes); each is reported as a config problem.
+        tokenizer_size: the size of the tokenizer training uses, added tokens included
+            (llmkit.data.tokenizer.trained_tokenizer_size, which the CLI passes): the embeddings the plan counts.
         console: a rich Console to print to (default: stdout, errors to stderr).
     """
     from rich.console import Console
@@ -57,7 +60,8 @@ def validate(
             if model_config:  # a path the user gave that cannot be read is said before tokenizing (minutes)
                 find_model_config(cfg.base_model_config or cfg.base_model, explicit=model_config)
             tokens = count_tokens(cfg) if count_tokens else None
-            training_plan = plan(cfg, model_config=model_config, data_tokens=tokens)
+            size = tokenizer_size(cfg) if tokenizer_size else None
+            training_plan = plan(cfg, model_config=model_config, data_tokens=tokens, tokenizer_size=size)
             vocab_size = training_plan.shape.vocab_size if training_plan.shape else None
             problems = tokenizer_problems(cfg, vocab_size) if tokenizer_problems else []
             if problems:

@@ -104,6 +104,26 @@ class ModelShape:
         """The modules a target_modules entry wraps (peft's suffix rule); empty when it names none."""
         return [module for module in self.targetable() if module.matches(target)]
 
+    def with_vocabulary(self, tokens: int) -> ModelShape:
+        """The shape once training grows the embeddings for a tokenizer of `tokens` (transformers'
+        `resize_token_embeddings`, only where the tokenizer is larger): the input embeddings and the head get the new
+        rows (a tied head is the input embeddings' tensor, counted once)."""
+        inputs = self.embeddings[0] if self.embeddings else None
+        if inputs is None or tokens <= inputs.fan_in:
+            return self
+        old = [inputs] + ([self.head] if self.head and not self.tie_word_embeddings else [])
+        new = {m.name: replace(m, fan_in=tokens) if m is inputs else replace(m, fan_out=tokens) for m in old}
+        head = new.get(self.head.name, replace(self.head, fan_out=tokens)) if self.head else None
+        sizes = {f"{name}.weight": module.params for name, module in new.items()}
+        return replace(
+            self,
+            num_params=self.num_params + sum(m.params for m in new.values()) - sum(m.params for m in old),
+            embeddings=(new[inputs.name], *self.embeddings[1:]),
+            head=head,
+            parameters=tuple((name, sizes.get(name, size)) for name, size in self.parameters),
+            vocab_size=tokens,
+        )
+
     def kv_cache_bytes_per_token(self, bytes_per_value: float = 2) -> float:
         return 2 * self.num_layers * self.num_kv_heads * self.head_size * bytes_per_value
 

@@ -151,6 +151,20 @@ def _configured_tokenizer(cfg: AxolotlConfig, tokenizer: Any) -> Any:
     return tokenizer
 
 
+def trained_tokenizer_size(cfg: AxolotlConfig) -> int | None:
+    """How many tokens the tokenizer training uses has, `special_tokens` and `tokens` added (training grows the
+    embeddings to it); None where the config adds none, or the tokenizer is not here offline or does not load
+    (training says why)."""
+    from llmkit.config.plan import tokenizer_here
+
+    if not (cfg.special_tokens or cfg.tokens) or not tokenizer_here(cfg):
+        return None
+    try:
+        return len(load_tokenizer(cfg))
+    except (OSError, ValueError, AttributeError):  # ConfigError included: validate reports it from the tokenizer
+        return None
+
+
 def count_training_tokens(cfg: AxolotlConfig) -> int | None:
     """Tokens in one epoch of the training split, for the training-time projection; None when the data cannot be
     tokenized here offline (a hub dataset or tokenizer, preference rows, a tokenizer that does not load).

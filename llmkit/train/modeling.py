@@ -275,7 +275,7 @@ def _lora_config(cfg: AxolotlConfig, model: PreTrainedModel) -> LoraConfig:
         target_modules=cfg.resolved_target_modules(model),
         modules_to_save=cfg.checked_modules_to_save(model),
         # A tied model (SmolLM2) that trains embed_tokens in full must keep lm_head tied to the trained copy.
-        ensure_weight_tying=bool(cfg.lora_modules_to_save and model.config.tie_word_embeddings),
+        ensure_weight_tying=cfg.ties_saved_embeddings(model.config.tie_word_embeddings),
         use_dora=cfg.peft_use_dora,
         use_rslora=cfg.peft_use_rslora,
         fan_in_fan_out=cfg.lora_fan_in_fan_out,

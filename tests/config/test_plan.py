@@ -6,6 +6,7 @@ import importlib.util
 import json
 import logging
 import math
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -261,6 +262,35 @@ def test_trainable_parameters_equal_peft_count_on_the_real_model(default_model_d
     config = {"lora": LoraConfig, "vera": VeraConfig, "prompt": PromptTuningConfig}[kind]
     peft_model = get_peft_model(model, config(task_type=TaskType.CAUSAL_LM, **options))
     assert p.trainable_params == peft_model.get_nb_trainable_parameters()[0]
+
+
+@pytest.mark.parametrize("tokens", [[], ["<sum>", "<carry>"]], ids=["no-tokens", "added-tokens"])
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_trainable_embeddings_are_counted_as_peft_trains_them(make_tiny_model, tiny_config, tied, tokens):
+    """lora_modules_to_save [embed_tokens, lm_head]: a tied model trains one copy for both (training ties the head to
+    it), which the plan counted twice (195.89% of a tiny Qwen2; ~8 GiB too much on gemma-2b); added tokens grow both
+    copies, which the plan left out. The count is peft's on the model training builds (resized, then wrapped)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from llmkit.data.tokenizer import load_tokenizer
+    from llmkit.train.modeling import build_peft_model
+
+    base = make_tiny_model(LlamaConfig, LlamaForCausalLM, tie_word_embeddings=tied)
+    saved = {"lora_modules_to_save": ["embed_tokens", "lm_head"], "optimizer": "adamw_torch"}
+    config = tiny_config(base_model=str(base), tokens=tokens, **saved)
+    cfg = load_config(config)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    assert model.config.tie_word_embeddings is tied
+    peft_model = build_peft_model(cfg, model, load_tokenizer(cfg))  # resizes for the added tokens, as training does
+    trained = peft_model.get_nb_trainable_parameters()[0]
+    lora = sum(p.numel() for name, p in peft_model.named_parameters() if p.requires_grad and "lora_" in name)
+    rows = model.get_input_embeddings().num_embeddings
+    assert rows == 49152 + len(tokens) and trained == lora + rows * 64 * (1 if tied else 2)  # the copies peft trains
+    status, output = _validate_output(config)
+    assert status == 0 and re.search(rf"trainable parameters\W+{trained:,} \(", output), output
+    p = plan(cfg, tokenizer_size=len(load_tokenizer(cfg)))
+    assert p.trainable_params == trained
+    assert all(m.trainable == trained * (4 + 4 + 8) for m in p.memory)  # adapters in fp32: weight, gradient, AdamW
 
 
 def test_cli_validate_prints_the_plan():
