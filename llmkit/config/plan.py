@@ -116,7 +116,7 @@ def training_tokens(
 
     max_steps bounds the run at max_steps full steps; else the tokenized data times the epochs, or, without it, the
     rows times sequence_len (every row at its longest: an upper bound). Preference pairs count twice (chosen and
-    rejected both go through the model).
+    rejected both go through the model, padded to the longer: `data_tokens` counts a pair's longer sequence).
     """
     pairs = 2 if cfg.rl else 1
     if cfg.max_steps:
@@ -150,8 +150,8 @@ def training_time(
 def tokens_countable_here(cfg: AxolotlConfig) -> bool:
     """Whether the training data can be tokenized offline to count its tokens
     (llmkit.data.tokenizer.count_training_tokens): local datasets only, a local tokenizer (the embedded default's,
-    or a model folder), not preference rows."""
-    return _count_all_rows(cfg.datasets) is not None and not cfg.rl and tokenizer_here(cfg)
+    or a model folder)."""
+    return _count_all_rows(cfg.datasets) is not None and tokenizer_here(cfg)
 
 
 def tokenizer_here(cfg: AxolotlConfig) -> bool:

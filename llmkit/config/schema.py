@@ -294,6 +294,12 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         if self.peft_method is not PeftMethod.lora:
             method = self.peft_method.value
             raise ValueError(f"rl: {self.rl.value} trains a LoRA adapter or the full model, not {method}")
+        if self.excess_length_strategy == "truncate":  # axolotl drops long pairs; TRL would cut the answers off
+            raise ValueError(
+                f"excess_length_strategy: truncate does not work with rl: {self.rl.value} (axolotl drops preference "
+                "pairs longer than sequence_len, and a pair cut short compares answers that are not the data's); "
+                "use drop or raise"
+            )
         if self.dpo_label_smoothing:
             raise ValueError(
                 "dpo_label_smoothing: TRL 1.16's sigmoid DPO loss has no label smoothing (conservative DPO); "

@@ -218,6 +218,26 @@ def _usable(rows: Dataset, stats: DatasetStats, sequence_len: int) -> list[bool]
         stats.dropped_overlong += overlong
         stats.dropped_untrained += untrained
         keep.append(not (overlong or untrained))
+    count_kept(stats, keep, [len(ids) for ids in rows["input_ids"]], sequence_len)
+    return keep
+
+
+# Why a row can have no trained token, and what trains it: SFT rows; preference pairs say their own.
+UNTRAINED_ROWS = (
+    "with no trained token (every token masked: check the rows' answers, or the type's roles_to_train / segment "
+    "labels; train_on_inputs: true trains the prompt too)"
+)
+
+
+def count_kept(
+    stats: DatasetStats, keep: list[bool], lengths: list[int], sequence_len: int, untrained: str = UNTRAINED_ROWS
+) -> None:
+    """The kept rows counted in `stats` (whose dropped counts are filled), the dropped ones logged; none kept is an
+    error saying what dropped them (`lengths`: each row's tokens; `untrained`: what a row with nothing to train is).
+
+    Raises:
+        DataError: no row is kept.
+    """
     stats.kept = sum(keep)
     if stats.dropped_overlong:
         message = "%s: dropped %d of %d rows longer than sequence_len %d"
@@ -225,8 +245,8 @@ def _usable(rows: Dataset, stats: DatasetStats, sequence_len: int) -> list[bool]
     if stats.dropped_untrained:
         LOG.warning("%s: dropped %d rows with nothing to train on", stats.source, stats.dropped_untrained)
     if not stats.kept:
-        raise DataError(f"{stats.source}: no row is left of {stats.rows}: {_why_none_left(rows, stats, sequence_len)}")
-    return keep
+        why = _why_none_left(lengths, stats, sequence_len, untrained)
+        raise DataError(f"{stats.source}: no row is left of {stats.rows}: {why}")
 
 
 def _kept(rows: Dataset) -> Dataset:
@@ -234,20 +254,17 @@ def _kept(rows: Dataset) -> Dataset:
     return rows.select([i for i, keep in enumerate(rows[KEEP]) if keep]).remove_columns(KEEP)
 
 
-def _why_none_left(rows: Dataset, stats: DatasetStats, sequence_len: int) -> str:
+def _why_none_left(lengths: list[int], stats: DatasetStats, sequence_len: int, untrained: str) -> str:
     """What dropped every row, with the setting that would keep them."""
     reasons = []
     if stats.dropped_overlong:
-        shortest = min(len(ids) for ids in rows["input_ids"] if len(ids) > sequence_len)
+        shortest = min(length for length in lengths if length > sequence_len)
         reasons.append(
             f"{stats.dropped_overlong} longer than sequence_len {sequence_len} (the shortest of them has {shortest} "
             f"tokens: raise sequence_len to at least that, or shorten the rows)"
         )
     if stats.dropped_untrained:
-        reasons.append(
-            f"{stats.dropped_untrained} with no trained token (every token masked: check the rows' answers, or the "
-            f"type's roles_to_train / segment labels; train_on_inputs: true trains the prompt too)"
-        )
+        reasons.append(f"{stats.dropped_untrained} {untrained}")
     return "; ".join(reasons)
 
 

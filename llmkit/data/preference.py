@@ -7,7 +7,10 @@
 
 Each type makes three strings of a row: the prompt, which ends where the assistant's answer starts, and the
 preferred and the worse answer, each closed by the end marker of its turn. TRL's DPOTrainer tokenizes them
-(appending EOS to an answer that does not end with it) and trains the first answer over the second. The chatml.*
+(appending EOS to an answer that does not end with it) and trains the first answer over the second. As axolotl does,
+a pair whose prompt and either answer are longer than sequence_len is dropped and counted (or, with
+excess_length_strategy: raise, an error naming it); so is a pair that trains nothing (an empty chosen answer, or
+the same answer twice). The chatml.*
 and llama3.* types write their chat format themselves; chat_template.default renders the conversation with the
 dataset's chat template (or the config's, or the tokenizer's).
 """
@@ -24,9 +27,11 @@ from datasets import Dataset, concatenate_datasets
 
 from llmkit.config.sections import DatasetSpec, PreferenceType
 from llmkit.data.chat import ChatDefaults, template_for_rows
-from llmkit.data.fields import FieldError, absent, text_field
+from llmkit.data.fields import FieldError, RowError, absent, text_field
+from llmkit.data.pipeline import count_kept
 from llmkit.data.rows import RawRow
 from llmkit.data.sources import DataError, convert_rows, load_rows, source_name, split_held_out
+from llmkit.data.stats import DatasetStats, DataStats
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -51,6 +56,7 @@ PreferenceBuilder = Callable[[RawRow], PreferenceRow]
 class PreferenceData:
     train: Dataset  # PreferenceRow
     eval: Dataset | None
+    stats: DataStats
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,11 @@ def _as_they_are(row: RawRow) -> PreferenceRow:
     return PreferenceRow(prompt=prompt, chosen=chosen, rejected=rejected)
 
 
+def _closed(answer: str, end: str) -> str:
+    """An answer with its turn's end marker; an empty answer stays empty (a pair with no chosen answer is dropped)."""
+    return answer + end if answer.strip() else ""
+
+
 def _formatted_builder(kind: PreferenceType) -> PreferenceBuilder:
     """chatml.* / llama3.*: the row's system text (except argilla_chat, whose rows have none) and prompt, in the
     format the name gives."""
@@ -135,8 +146,8 @@ def _formatted_builder(kind: PreferenceType) -> PreferenceBuilder:
         system = None if shape == "argilla_chat" else text_field(row, "system", optional=True)
         return PreferenceRow(
             prompt=chat.prompt(prompt, system),
-            chosen=chosen + chat.answer_end,
-            rejected=rejected + chat.answer_end,
+            chosen=_closed(chosen, chat.answer_end),
+            rejected=_closed(rejected, chat.answer_end),
         )
 
     return build
@@ -194,10 +205,12 @@ def _template_builder(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, tem
 
     def answer(row: RawRow, answer_field: str) -> str:
         message = _answer(row, answer_field, spec)
+        if not message["content"].strip():
+            return ""  # as the chatml types give it: a pair with no chosen answer is dropped
         rendered = render([_DUMMY_USER, message], generation_prompt=False)
-        start = rendered.find(message["content"].strip()) if message["content"].strip() else -1
+        start = rendered.find(message["content"].strip())
         if start < 0:
-            raise FieldError(answer_field, "cannot be found in the chat template's rendering of it (empty answer?)")
+            raise FieldError(answer_field, "cannot be found in the chat template's rendering of it")
         return rendered[start:].rstrip()
 
     def build(row: RawRow) -> PreferenceRow:
@@ -250,31 +263,97 @@ def _without_double_bos(build: PreferenceBuilder, tokenizer: PreTrainedTokenizer
     return build_once
 
 
-def _spec_rows(spec: DatasetSpec, build: PreferenceBuilder, seed: int) -> Dataset:
+TOKENS = "_tokens"  # a column holding a pair's length in tokens, until the long pairs are dropped
+# What a pair with nothing to train is, in the message when no pair is left (`count_kept`).
+UNTRAINED_PAIRS = "with nothing to train on (an empty chosen answer, or chosen the same as rejected)"
+
+
+def _pair_tokens(tokenizer: PreTrainedTokenizerBase) -> Callable[[PreferenceRow], int]:
+    """The tokens of a pair's longer sequence, as TRL's DPOTrainer builds them: the prompt and the answer tokenized
+    as one text with the tokenizer's special tokens, EOS appended to an answer that does not end with it."""
+    eos = tokenizer.eos_token or ""
+
+    def tokens(pair: PreferenceRow) -> int:
+        answers = (pair["chosen"], pair["rejected"])
+        texts = [pair["prompt"] + answer + ("" if answer.endswith(eos) else eos) for answer in answers]
+        return max(len(ids) for ids in tokenizer(texts)["input_ids"])
+
+    return tokens
+
+
+def _trains_nothing(pair: PreferenceRow) -> bool:
+    """An empty chosen answer, or the same answer twice: the loss has nothing to prefer."""
+    return not pair["chosen"].strip() or pair["chosen"] == pair["rejected"]
+
+
+def _spec_rows(
+    cfg: AxolotlConfig, spec: DatasetSpec, build: PreferenceBuilder, tokenizer: PreTrainedTokenizerBase
+) -> tuple[Dataset, DatasetStats]:
+    """One dataset's pairs with the ones training cannot use (longer than sequence_len, training nothing) dropped
+    and counted, as axolotl drops them before merging; excess_length_strategy: raise makes a long pair an error
+    naming its row."""
     source = source_name(spec)
-    rows = load_rows(spec, build, seed)
+    rows = load_rows(spec, build, cfg.seed)
+    tokens, limit = _pair_tokens(tokenizer), cfg.sequence_len
+
+    def measured(row: RawRow) -> list[dict[str, Any]]:
+        pair = build(row)
+        length = tokens(pair)
+        if length > limit and cfg.excess_length_strategy == "raise":
+            raise RowError(
+                f"the pair is {length} tokens long (its prompt and longer answer), longer than sequence_len "
+                f"{limit}, and excess_length_strategy is raise"
+            )
+        return [{**pair, TOKENS: length}]
 
     desc = f"Preference pairs of {Path(source).name}"
-    return convert_rows(rows, source, lambda row: [build(row)], ("prompt", "chosen", "rejected"), desc)
+    pairs = convert_rows(rows, source, measured, ("prompt", "chosen", "rejected", TOKENS), desc)
+    lengths: list[int] = pairs[TOKENS]
+    stats = DatasetStats(source, spec.type_name, len(rows), 0)
+    keep = []
+    for pair, length in zip(pairs.remove_columns(TOKENS), lengths, strict=True):
+        overlong = length > limit
+        untrained = not overlong and _trains_nothing(cast(PreferenceRow, pair))
+        stats.dropped_overlong += overlong
+        stats.dropped_untrained += untrained
+        keep.append(not (overlong or untrained))
+    count_kept(stats, keep, lengths, limit, UNTRAINED_PAIRS)
+    kept = pairs.select([i for i, usable in enumerate(keep) if usable]).remove_columns(TOKENS)
+    return kept, stats
 
 
 def build_preference_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> PreferenceData:
-    """Every dataset's rows as preference pairs, concatenated, shuffled with `seed` (shuffle_merged_datasets);
-    evaluated: the last `val_set_size` of them held out, or test_datasets' pairs.
+    """Every dataset's usable rows as preference pairs, concatenated, shuffled with `seed`
+    (shuffle_merged_datasets); evaluated: the last `val_set_size` of them held out, or test_datasets' pairs.
 
     Raises:
-        DataError: a file, row or field is bad, or a dataset's chat template cannot be used.
+        DataError: a file, row or field is bad, a dataset's chat template cannot be used, a dataset has no usable
+            pair, or a pair is too long under excess_length_strategy: raise.
     """
     defaults = ChatDefaults.from_config(cfg)
     pairs: dict[str, list[Dataset]] = {"datasets": [], "test_datasets": []}
+    stats = DataStats()
     for key, _, spec in cfg.dataset_entries():
         try:  # a bad template is the spec's error, not every row's: said once, before reading
             build = preference_builder(spec, tokenizer, defaults)
         except ValueError as err:
             raise DataError(f"{source_name(spec)}: {err}") from None
-        pairs[key].append(_spec_rows(spec, build, cfg.seed))
+        rows, spec_stats = _spec_rows(cfg, spec, build, tokenizer)
+        pairs[key].append(rows)
+        (stats.datasets if key == "datasets" else stats.eval_datasets).append(spec_stats)
     rows = concatenate_datasets(pairs["datasets"])
     rows = (rows.shuffle(seed=cfg.seed) if cfg.shuffle_merged_datasets else rows).flatten_indices()
     if pairs["test_datasets"]:
-        return PreferenceData(rows, concatenate_datasets(pairs["test_datasets"]))
-    return PreferenceData(*split_held_out(rows, cfg, "pairs"))
+        train, held_out = rows, concatenate_datasets(pairs["test_datasets"])
+    else:
+        train, held_out = split_held_out(rows, cfg, "pairs")
+    stats.train_rows = stats.train_sequences = len(train)
+    stats.eval_rows = len(held_out) if held_out is not None else 0
+    return PreferenceData(train, held_out, stats)
+
+
+def epoch_pair_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> int:
+    """Tokens of the longer sequence of each training pair that training keeps (one epoch); `llmkit validate`'s
+    plan counts both sequences of a pair from them."""
+    tokens = _pair_tokens(tokenizer)
+    return sum(tokens(cast(PreferenceRow, pair)) for pair in build_preference_datasets(cfg, tokenizer).train)

@@ -166,8 +166,9 @@ def trained_tokenizer_size(cfg: AxolotlConfig) -> int | None:
 
 
 def count_training_tokens(cfg: AxolotlConfig) -> int | None:
-    """Tokens in one epoch of the training split, for the training-time projection; None when the data cannot be
-    tokenized here offline (a hub dataset or tokenizer, preference rows, a tokenizer that does not load).
+    """Tokens in one epoch of the training split, for the training-time projection (preference pairs: the longer
+    sequence of each pair training keeps); None when the data cannot be tokenized here offline (a hub dataset or
+    tokenizer, a tokenizer that does not load).
 
     Raises:
         ConfigError: bad data (a file, row or field; nothing left to train on): training would stop on it, so
@@ -179,6 +180,10 @@ def count_training_tokens(cfg: AxolotlConfig) -> int | None:
     if not tokens_countable_here(cfg):
         return None
     try:
+        if cfg.rl:
+            from llmkit.data.preference import epoch_pair_tokens
+
+            return epoch_pair_tokens(cfg, load_tokenizer(cfg))
         return epoch_tokens(cfg, load_tokenizer(cfg))
     except DataError as err:
         raise ConfigError([str(err)], cfg.source) from None

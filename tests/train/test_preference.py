@@ -16,6 +16,7 @@ from llmkit.config.schema import load_config
 from llmkit.config.sections import DatasetSpec
 from llmkit.data.preference import build_preference_datasets, preference_builder
 from llmkit.data.sources import DataError
+from llmkit.data.tokenizer import load_tokenizer
 from llmkit.train.run import train, training_arguments
 
 CHATML_USER = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
@@ -112,6 +113,55 @@ def test_a_bad_row_names_the_file_row_and_field(make_cfg, tokenizer, tmp_path):
         build_preference_datasets(cfg, tokenizer)
 
 
+# The same five pairs in each type's row shape: two usable, one far longer than sequence_len, one whose chosen answer
+# is empty and one whose answers are the same; (question, chosen, rejected).
+FIVE_PAIRS = [
+    ("What is 2 plus 2?", "4", "5"),
+    ("word " * 3000, "long", "longer"),
+    ("What is 3 plus 3?", "", "7"),
+    ("What is 4 plus 4?", "8", "8"),
+    ("What is 5 plus 5?", "10", "11"),
+]
+ROW_SHAPES = {
+    "chatml.intel": lambda q, c, r: {"question": q, "chosen": c, "rejected": r},
+    "chatml.argilla": lambda q, c, r: {"instruction": q, "chosen_response": c, "rejected_response": r},
+    "chat_template.default": lambda q, c, r: {
+        "messages": [{"role": "user", "content": q}],
+        "chosen": c,
+        "rejected": r,
+    },
+    None: lambda q, c, r: {"prompt": q, "chosen": c, "rejected": r},
+}
+
+
+@pytest.mark.parametrize("kind", list(ROW_SHAPES))
+def test_long_pairs_and_pairs_that_train_nothing_are_dropped_and_counted(kind, make_cfg, tokenizer, tmp_path):
+    """TRL cut a long pair to sequence_len (its answers to nothing) and trained identical answers, in silence;
+    axolotl drops a pair whose prompt and either answer are longer than sequence_len."""
+    path = _pairs(tmp_path, [ROW_SHAPES[kind](*pair) for pair in FIVE_PAIRS])
+    datasets = [{"path": str(path), "type": kind}]
+    data = build_preference_datasets(make_cfg(datasets, rl="dpo", sequence_len=256), tokenizer)
+    assert sorted(pair["chosen"].split("<")[0] for pair in data.train) == ["10", "4"]
+    counts = data.stats.datasets[0]
+    assert (counts.rows, counts.kept, counts.dropped_overlong, counts.dropped_untrained) == (5, 2, 1, 2)
+    assert (data.stats.train_rows, data.stats.eval_rows) == (2, 0)
+
+    strict = make_cfg(datasets, rl="dpo", sequence_len=256, excess_length_strategy="raise")
+    with pytest.raises(DataError, match=rf"{path}: row 2: the pair is \d+ tokens long .* sequence_len 256, and "
+                                        "excess_length_strategy is raise"):  # fmt: skip
+        build_preference_datasets(strict, tokenizer)
+
+
+def test_no_usable_pair_says_why_and_truncate_is_refused_under_rl(make_cfg, tokenizer, tmp_path):
+    path = _pairs(tmp_path, [ROW_SHAPES["chatml.intel"](*FIVE_PAIRS[i]) for i in (1, 3)])
+    cfg = make_cfg([{"path": str(path), "type": "chatml.intel"}], rl="ipo", sequence_len=256)
+    why = r"1 with nothing to train on \(an empty chosen answer, or chosen the same as rejected\)"
+    with pytest.raises(DataError, match=rf"no row is left of 2: 1 longer than sequence_len 256 .*; {why}"):
+        build_preference_datasets(cfg, tokenizer)
+    with pytest.raises(ValueError, match="excess_length_strategy: truncate does not work with rl: dpo"):
+        make_cfg([{"path": str(path), "type": "chatml.intel"}], rl="dpo", excess_length_strategy="truncate")
+
+
 def test_a_dataset_without_type_is_used_as_it_is_under_rl_and_required_without(make_cfg, tokenizer, tmp_path):
     # axolotl: "If no type is provided, assume the dataset is already in the expected format".
     path = _pairs(tmp_path, [{"prompt": "Name a colour.", "chosen": " Red", "rejected": " Seven", "id": 3}] * 4)
@@ -198,8 +248,34 @@ def test_preprocess_reads_and_counts_preference_pairs(tiny_config, tmp_path):
 
     from llmkit.cli import app
 
-    pairs = _pairs(tmp_path, SUMS)
+    long = {"question": "word " * 100, "chosen": "a", "rejected": "b"}  # over sequence_len: dropped and counted
+    pairs = _pairs(tmp_path, [*SUMS, long])
     config = tiny_config(datasets=[{"path": str(pairs), "type": "chatml.intel"}], rl="dpo", val_set_size=2)
-    result = CliRunner().invoke(app, ["preprocess", str(config)])
+    result = CliRunner().invoke(app, ["preprocess", str(config)], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "4 preference pairs to train on, 2 held out for evaluation (rl: dpo); TRL tokenizes them" in result.output
+    assert "│ chatml.intel │    7 │    6 │        1 │          0 │" in result.output  # the SFT rows' table
+
+
+def test_validate_counts_the_pairs_training_keeps_and_refuses_a_long_one_under_raise(tiny_config, tmp_path):
+    """validate planned preference data as rows x sequence_len, and let a pair through that training should stop on."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+    from llmkit.data.preference import epoch_pair_tokens
+
+    long = {"question": "word " * 100, "chosen": "a", "rejected": "b"}
+    pairs = _pairs(tmp_path, [*SUMS, long])
+    config = tiny_config(datasets=[{"path": str(pairs), "type": "chatml.intel"}], rl="dpo", max_steps=None)
+    tokens = epoch_pair_tokens(load_config(config), load_tokenizer(load_config(config)))
+    assert 6 * 20 < tokens < 6 * 40  # the six short pairs, not the long one (over 100 tokens)
+    result = CliRunner().invoke(app, ["validate", str(config)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert f"{tokens:,} tokens of the tokenized training split" in " ".join(result.output.split())
+
+    strict = tiny_config(
+        datasets=[{"path": str(pairs), "type": "chatml.intel"}], rl="dpo", excess_length_strategy="raise"
+    )
+    result = CliRunner().invoke(app, ["validate", str(strict)], terminal_width=200)
+    assert result.exit_code == 1
+    assert "row 7: the pair is" in " ".join(result.output.split())
