@@ -523,7 +523,26 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         if refused:
             raise ConfigError([_renamed_targets(refused, shape)], self.source)
         chosen = [name for name in shape.linear_names() if name not in renamed] if all_linear else []
-        return chosen + [name for name in listed if name not in chosen]
+        targets = chosen + [name for name in listed if name not in chosen]
+        self._check_not_saved_whole(targets, shape)
+        return targets
+
+    def _check_not_saved_whole(self, targets: list[str], shape) -> None:
+        """A module is adapted with LoRA or trained whole (lora_modules_to_save), not both: peft stopped training on
+        it ("modules_to_save cannot be applied to modules of type lora.Linear"), after the data was prepared. On a
+        model training keeps tied, saving the embeddings or the head saves both."""
+        saved = {module.name for name in self.checked_modules_to_save(shape) for module in shape.matching(name)}
+        ends = [*shape.embeddings[:1], *([shape.head] if shape.head else [])]
+        if self.ties_saved_embeddings(shape.tie_word_embeddings) and saved & {module.name for module in ends}:
+            saved |= {module.name for module in ends}
+        both = sorted({module.leaf for name in targets for module in shape.matching(name) if module.name in saved})
+        if both:
+            problem = (
+                f"lora_target_modules: {both} also trained whole by lora_modules_to_save (on this tied model, saving "
+                "the embeddings or the head saves both): a module is adapted with LoRA or trained whole, not both; "
+                "remove it from one of the two"
+            )
+            raise ConfigError([problem], self.source)
 
     def _peft_renamed(self, shape) -> frozenset[str]:
         """Linear layers' names peft renames to its MoE experts' fused parameters (ModelShape.peft_renamed): the

@@ -70,3 +70,15 @@ def test_lora_target_linear_leaves_out_what_peft_refuses_on_mamba(tiny_config, m
     listed = tiny_config(base_model=str(mamba), lora_target_linear=False, lora_target_modules=["out_proj"])
     with pytest.raises(ConfigError, match=r"lora_target_modules: \['out_proj'\] match no module of MambaForCausalLM"):
         plan(load_config(listed))
+
+
+def test_a_module_both_adapted_and_saved_whole_is_refused_before_training(tiny_config, tiny_model_dir):
+    """peft stopped training on it ("modules_to_save cannot be applied to modules of type lora.Linear"), after the
+    data was prepared; validate had passed it. The tiny model is tied: saving its embeddings saves its head too."""
+    saved = {"lora_target_linear": False, "lora_modules_to_save": ["embed_tokens"]}
+    for target in ("lm_head", "embed_tokens"):
+        cfg = load_config(tiny_config(**saved, lora_target_modules=["q_proj", target]))
+        with pytest.raises(ConfigError, match=rf"lora_target_modules: \['{target}'\] also trained whole by lora_"):
+            plan(cfg)
+    fine = plan(load_config(tiny_config(**saved, lora_target_modules=["q_proj"])))
+    assert fine.target_modules == ["q_proj"]
