@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmkit.core.errors import problems
 from llmkit.core.files import check_file_target, write_atomic
@@ -74,6 +74,17 @@ class TaskList(BaseModel):
 
     budget: int | None = Field(None, ge=1, description="Total eval instances; none: helm-run's --max-eval-instances.")
     families: list[TaskFamily] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _names_differ(self) -> TaskList:
+        first: dict[str, int] = {}
+        for index, family in enumerate(self.families):
+            if (other := first.setdefault(family.name, index)) != index:
+                raise ValueError(
+                    f"families[{other}] and families[{index}] are both named {family.name!r}; give each its own name "
+                    "(it labels the family's entries in the conf)"
+                )
+        return self
 
 
 class RunEntry(BaseModel):
@@ -143,12 +154,16 @@ def generate(
     if cap is not None and cap < 1:
         raise ConfError(f"at most {cap} instances per run leaves nothing to evaluate: give 1 or more")
     runs = [(family, args) for family in tasks.families for args in family.run_args()]
-    first: dict[tuple, str] = {}
-    for family, args in runs:  # one run twice would be run, and averaged into the scores, twice
-        key = (family.scenario, tuple(sorted(args.items())))
-        if (other := first.setdefault(key, family.name)) != family.name:
-            shown = ",".join(f"{name}={value}" for name, value in args.items())
-            raise ConfError(f"families {other!r} and {family.name!r} both run {family.scenario}:{shown}; keep one")
+    first: dict[tuple, int] = {}
+    for index, family in enumerate(tasks.families):  # one run twice would be run, and averaged into the scores, twice
+        for args in family.run_args():  # the same scenario and args are the same run, whatever the family's name
+            key = (family.scenario, tuple(sorted(args.items())))
+            if (other := first.setdefault(key, index)) != index:
+                shown = ",".join(f"{name}={value}" for name, value in args.items())
+                raise ConfError(
+                    f"families {tasks.families[other].name!r} and {family.name!r} both run {family.scenario}:{shown}; "
+                    "keep one"
+                )
     if budget is None:
         counts = [cap] * len(runs)
     else:

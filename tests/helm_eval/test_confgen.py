@@ -81,6 +81,10 @@ def test_bad_inputs_name_what_is_wrong(tmp_path):
     bad.write_text(twice)
     with pytest.raises(confgen.ConfError, match=r"families 'x' and 'y' both run mmlu:subject=a; keep one"):
         confgen.generate(confgen.load_task_list(bad))
+    same_name = "budget: 5\nfamilies:\n  - {name: a, scenario: simple_mcqa}\n  - {name: b, scenario: dyck_language}\n"
+    bad.write_text(same_name + "  - {name: a, scenario: simple_mcqa}\n")  # one run under one name: it ran twice
+    with pytest.raises(confgen.ConfError, match=r"families\[0\] and families\[2\] are both named 'a'; give each its"):
+        confgen.load_task_list(bad)
     bad.write_text("families:\n  - name: x\n    scenario: mmlu\n    args: {subject: [a, b, 'a']}\n")
     with pytest.raises(confgen.ConfError, match=r"args: subject: 'a' listed twice would run the same entry twice"):
         confgen.load_task_list(bad)
