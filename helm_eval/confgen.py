@@ -93,9 +93,19 @@ class RunEntry(BaseModel):
     max_eval_instances: int | None = None
 
 
+def is_conf_file(path: Path) -> bool:
+    """A HELM conf (run by helm-run as it is), not a task list to generate one from: told by its .conf suffix."""
+    return path.suffix.lower() == ".conf"
+
+
 def load_task_list(name_or_path: str | Path) -> TaskList:
     """One of SUITES (the project's task lists) or a path to a task-list YAML."""
     path = Path(name_or_path)
+    if is_conf_file(path):  # its HOCON would fail as YAML, with a parser error that says nothing of this
+        raise ConfError(
+            f"{path} is already a HELM conf; helm-conf makes one from a task list ({', '.join(SUITES)}, or a .yaml "
+            "file): give the .conf to `llmkit helm-eval --conf`"
+        )
     if not path.suffix:
         path = SUITES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():

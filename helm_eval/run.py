@@ -72,7 +72,7 @@ def prepare_conf(
     """A conf file for helm-run: `quick`/`open`/a task-list YAML are generated; a .conf path is used as is, or
     rewritten with at most `cap` instances per entry."""
     path = Path(conf)
-    if path.suffix.lower() == ".conf":
+    if confgen.is_conf_file(path):
         if not path.is_file():
             raise HelmRunError(f"conf file {path} does not exist")
         if budget is not None:

@@ -127,6 +127,15 @@ def test_an_out_it_cannot_write_is_one_error_line(tmp_path):
     assert ok.exit_code == 0 and confgen.parse_conf((tmp_path / "new" / "run.conf").read_text())
 
 
+def test_a_conf_file_given_as_a_task_list_says_where_it_goes():
+    result = CliRunner().invoke(app, ["helm-conf", str(REFERENCE)])  # not its HOCON's YAML parser error
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: {REFERENCE} is already a HELM conf; helm-conf makes one from a task list (open, quick, skill, or "
+        "a .yaml file): give the .conf to `llmkit helm-eval --conf`\n"
+    )
+
+
 def test_a_cap_lowers_the_counts_a_conf_file_sets_itself(tmp_path):
     """helm-run's --max-eval-instances leaves entries that carry a count alone: every entry of the challenge's conf."""
     from llmkit.helm_eval.run import prepare_conf
