@@ -44,6 +44,15 @@ class TaskFamily(BaseModel):
         default_factory=dict, description="Run-spec args; a list value expands into one run per element."
     )
 
+    @field_validator("scenario")
+    @classmethod
+    def _one_name(cls, scenario: str) -> str:
+        # HELM reads a run entry's name up to its first ':', then splits the rest at ',' and '='; it has no name with
+        # a space (helm-run would fail on one only once the server is up)
+        if not scenario or any(char in scenario for char in ':,="') or scenario.split() != [scenario]:
+            raise ValueError('one HELM run spec name (mmlu, big_bench, ...), with no space and none of : , = or "')
+        return scenario
+
     @field_validator("args")
     @classmethod
     def _no_reserved_args(cls, args: dict) -> dict:

@@ -91,6 +91,11 @@ def test_bad_inputs_name_what_is_wrong(tmp_path):
     bad.write_text('families:\n  - name: x\n    scenario: mmlu\n    args: {subject: ["a,b", "q\\"z"]}\n')
     with pytest.raises(confgen.ConfError, match=r"(?s)subject='a,b': a name or value cannot hold , = or \""):
         confgen.load_task_list(bad)  # HELM would read a,b as two args, and the quote breaks the conf
+    # HELM reads a name up to ':', and helm-run found this one unknown only once the server had started
+    bad.write_text('families:\n  - {name: x, scenario: "bad scenario:x"}\n  - {name: y, scenario: "mmlu,k=v"}\n')
+    said = r"\.scenario: one HELM run spec name \(mmlu, big_bench, ...\), with no space and none of : , = or \""
+    with pytest.raises(confgen.ConfError, match=rf"(?s)\[0\]{said} \(got 'bad scenario:x'\).*\[1\]{said} \(got 'mm"):
+        confgen.load_task_list(bad)
     bad.write_text("families:\n  - name: x\n    scenario: mmlu\n    shares: 2\n")
     with pytest.raises(confgen.ConfError, match=r"families\[0\]\.shares: Extra inputs are not permitted \(got 2\)"):
         confgen.load_task_list(bad)
