@@ -21,6 +21,7 @@ from llmkit.helm_eval.run import (
     DEFAULT_MAX_EVAL_INSTANCES,
     HelmRunError,
     HelmRunInterrupted,
+    check_run_specs,
     check_url,
     prepare_conf,
     run_helm,
@@ -101,6 +102,7 @@ def helm_eval(
             )
     helm_setup()  # idempotent: a stamp check when crfm-helm is already there
     conf_path = prepare_conf(conf, out_dir, name, budget=budget, cap=max_eval_instances)
+    check_run_specs(conf_path)  # an unknown scenario: said now, not once a server has started
     results = []
     for target, suite_name in zip(targets, suite_names, strict=True):
         LOG.info("HELM suite %s: %s on %s", suite_name, url or target or "the default model", conf_path)

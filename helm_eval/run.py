@@ -8,6 +8,7 @@ or failure. While helm-run works, the server is watched: helm-run itself would r
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -22,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from llmkit.core.models import DEFAULT_MODEL_ID
 from llmkit.core.processes import exit_description, interrupted_exit_code, stop_process_group
 from llmkit.helm_eval import confgen
-from llmkit.helm_eval.setup import helm_executable, require_helm
+from llmkit.helm_eval.setup import HELM_VERSION, helm_executable, require_helm
 from llmkit.helm_eval.summary import HelmReportError, SuiteScores, load_suite
 from llmkit.server.launch import ServerProcess, ServerStartError, wait_healthy
 
@@ -49,6 +50,7 @@ _HEALTH_FAILURES_ALLOWED = 3  # consecutive failed /health probes before the ser
 _HEALTH_INTERVAL_S = 2.0
 # How long --url may take to answer /health: a server started a moment ago still loads its model before it listens.
 _URL_HEALTH_WAIT_S = 10.0
+RUN_SPECS_CHECK_SCRIPT = Path(__file__).with_name("run_specs_check.py")
 
 
 class HelmRunError(RuntimeError):
@@ -86,6 +88,23 @@ def prepare_conf(
         return confgen.write_conf(entries, out_dir / "confs" / f"{suite}.conf").resolve()
     entries = confgen.generate(confgen.load_task_list(conf), budget=budget, cap=cap)
     return confgen.write_conf(entries, out_dir / "confs" / f"{suite}.conf").resolve()
+
+
+def check_run_specs(conf_path: Path) -> None:
+    """Every entry of the conf names a run spec of HELM's, with args its function takes: a few seconds in HELM's venv
+    before any server starts (helm-run finds out only once the server is up, with a traceback)."""
+    require_helm()
+    command = [str(helm_executable("python")), str(RUN_SPECS_CHECK_SCRIPT), str(conf_path)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:  # its HOCON, or a description HELM cannot split: the exception's line says which
+        said = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+        raise HelmRunError(f"HELM cannot read the conf {conf_path}: {said}")
+    found = json.loads(result.stdout.splitlines()[-1])
+    problems = found["bad_args"]
+    if found["unknown"]:
+        problems.insert(0, f"HELM {HELM_VERSION} has no run spec named {', '.join(found['unknown'])}")
+    if problems:
+        raise HelmRunError(f"{conf_path}: {'; '.join(problems)}")
 
 
 def conf_scenarios(conf_path: Path) -> set[str]:

@@ -13,9 +13,11 @@ import time
 import psutil
 import pytest
 
+from llmkit.helm_eval import confgen
 from llmkit.helm_eval.evaluate import helm_eval
 from llmkit.helm_eval.report import project_open_eval, write_report
-from llmkit.helm_eval.run import HelmRunError, run_helm
+from llmkit.helm_eval.run import HelmRunError, check_run_specs, run_helm
+from llmkit.helm_eval.setup import HELM_VERSION
 from llmkit.server.launch import ServerProcess, free_port
 
 
@@ -97,6 +99,36 @@ def test_server_dying_during_helm_run_stops_it_quickly(helm_venv, mcqa_conf, tmp
         server.stop()
     assert killed_at and time.monotonic() - killed_at[0] < 30
     assert not [p for p in psutil.Process().children(recursive=True) if "helm-run" in " ".join(p.cmdline())]
+
+
+def test_an_unknown_run_spec_is_one_line_before_a_server_starts(helm_venv, tmp_path):
+    """helm-run found an unknown scenario only once the server was up (14 s), and said so with HELM's traceback."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    tasks = tmp_path / "tasks.yaml"
+    tasks.write_text(
+        "families:\n  - {name: a, scenario: simple_mcqa}\n  - {name: b, scenario: no_such_scenario}\n"
+        "  - {name: c, scenario: mmlu, args: {subjet: anatomy}}\n"  # a misspelt arg: HELM's TypeError, as late
+    )
+    out = tmp_path / "out"
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["helm-eval", "--conf", str(tasks), "--suite", "s", "--out", str(out)])
+    assert time.monotonic() - started < 30  # one short process in HELM's venv
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines()[-1] == (
+        f"Error: {out / 'confs/s.conf'}: HELM {HELM_VERSION} has no run spec named no_such_scenario; "
+        "mmlu:model=neurips/local,subjet=anatomy: got an unexpected keyword argument 'subjet'"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["confs"]  # no server log, no HELM output
+    for name in ("open", "quick", "skill"):  # what the project ships passes, with HELM's own args
+        conf = confgen.write_conf(confgen.generate(confgen.load_task_list(name)), tmp_path / f"{name}.conf")
+        check_run_specs(conf)
+    bad = tmp_path / "bad.conf"
+    bad.write_text('entries: [{description: "simple_mcqa:x", priority: 1}]\n')
+    with pytest.raises(HelmRunError, match=re.escape(f"the conf {bad}: ValueError: Expected <key>=<value>, got 'x'")):
+        check_run_specs(bad)
 
 
 def test_failed_download_says_the_suite_needs_the_internet(tmp_path):
