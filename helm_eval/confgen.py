@@ -53,6 +53,14 @@ class TaskFamily(BaseModel):
             raise ValueError('one HELM run spec name (mmlu, big_bench, ...), with no space and none of : , = or "')
         return scenario
 
+    @field_validator("args", mode="before")
+    @classmethod
+    def _scalars_as_text(cls, args: object) -> object:
+        """`num_parenthesis_pairs: [2, 3]` as `["2", "3"]`: a run entry is text, which HELM reads back as a number."""
+        if not isinstance(args, dict):
+            return args
+        return {key: list(map(_helm_text, v)) if isinstance(v, list) else _helm_text(v) for key, v in args.items()}
+
     @field_validator("args")
     @classmethod
     def _no_reserved_args(cls, args: dict) -> dict:
@@ -74,6 +82,13 @@ class TaskFamily(BaseModel):
         """One ordered arg dict per run: the cartesian product of the list-valued args."""
         choices = [value if isinstance(value, list) else [value] for value in self.args.values()]
         return [dict(zip(self.args, combo, strict=True)) for combo in itertools.product(*choices)]
+
+
+def _helm_text(value: object) -> object:
+    """A YAML number or boolean as HELM's run entries write it; any other value as it is (for the type check)."""
+    if isinstance(value, bool):  # before int, which bool is
+        return str(value).lower()  # HELM's own entries say use_few_shot=false; its run specs compare .lower()
+    return str(value) if isinstance(value, int | float) else value
 
 
 class TaskList(BaseModel):

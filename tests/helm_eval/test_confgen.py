@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from llmkit.cli import app
@@ -50,6 +51,18 @@ def test_apportion_and_even_split():
     )
     assert [e.max_eval_instances for e in entries] == [2, 3, 3]  # the remainder goes to the last runs
     assert entries[0].description == "s:model=neurips/local,k=a,max_eval_instances=2"
+
+
+def test_plain_yaml_numbers_and_booleans_are_args_as_helm_writes_them(tmp_path):
+    """`[2, 3]` was three "Input should be a valid string" lines: HELM reads every arg as text anyway."""
+    tasks = tmp_path / "tasks.yaml"
+    tasks.write_text("families:\n  - {name: d, scenario: dyck_language, args: {num_parenthesis_pairs: [2, 3]}}\n")
+    quoted = "families:\n  - {name: d, scenario: dyck_language, args: {num_parenthesis_pairs: ['2', '3']}}\n"
+    assert confgen.load_task_list(tasks) == confgen.TaskList.model_validate(yaml.safe_load(quoted))
+    family = confgen.TaskFamily(name="f", scenario="s", args={"p": 0.5, "cot": [True, False]})  # HELM: cot=false
+    assert family.run_args() == [{"p": "0.5", "cot": "true"}, {"p": "0.5", "cot": "false"}]
+    with pytest.raises(ValueError, match="k: '2' listed twice would run the same entry twice"):
+        confgen.TaskFamily(name="f", scenario="s", args={"k": [2, "2"]})
 
 
 def test_a_cap_keeps_an_entry_that_asks_for_fewer():
