@@ -271,7 +271,20 @@ def markdown_table(suites: list[SuiteScores]) -> str:
 
 
 def bar_chart(suites: list[SuiteScores], path: Path, title: str) -> Path:
-    """Grouped horizontal bars: one group per run, one bar per suite."""
+    """Grouped horizontal bars, one group per run and one bar per suite, as a PNG at `path`."""
+    import matplotlib.pyplot as plt
+
+    fig = chart_figure(suites, title)
+    png = io.BytesIO()  # rendered in memory, then written whole (a chart is a few hundred KB)
+    try:
+        fig.savefig(png, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return write_atomic(path, png.getvalue(), parents=True)
+
+
+def chart_figure(suites: list[SuiteScores], title: str):  # -> matplotlib Figure, imported lazily
+    """The chart of `bar_chart`: each bar labelled with its score, and a later suite's with its change vs the first."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -279,26 +292,28 @@ def bar_chart(suites: list[SuiteScores], path: Path, title: str) -> Path:
 
     aligned = _aligned(suites)
     height = 0.8 / len(suites)
-    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.45 * len(aligned) * len(suites)))
+    # constrained: the legend gets its own row under the x-axis label (placed below the axes by hand, it covered it)
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.45 * len(aligned) * len(suites)), layout="constrained")
     for i, suite in enumerate(suites):
-        scores = [(rows[i].score or 0.0) if rows[i] else 0.0 for _, _, rows in aligned]
+        widths = [(rows[i].score or 0.0) if rows[i] else 0.0 for _, _, rows in aligned]
         positions = [k + i * height for k in range(len(aligned))]
-        ax.barh(positions, scores, height=height, label=suite.label)
-        for position, score, (_, _, rows) in zip(positions, scores, aligned, strict=True):
-            found = difference(rows[0], rows[i]) if i else None
-            if found:  # the paired change and its 95% bootstrap interval, beside the bar
-                ax.text(min(score, 0.62) + 0.01, position, f"Δ {found.text()}", va="center", fontsize=8)
+        ax.barh(positions, widths, height=height, label=suite.label)
+        for position, width, (_, _, rows) in zip(positions, widths, aligned, strict=True):
+            text = _bar_text(rows[i], difference(rows[0], rows[i]) if i else None)
+            inside = width > 0.62  # a long bar holds its text, at its end; a short one has it beside
+            style = {"ha": "right", "color": "white"} if inside else {"ha": "left", "color": "black"}
+            ax.text(width - 0.01 if inside else width + 0.01, position, text, va="center", fontsize=8, **style)
     ax.set_yticks([k + height * (len(suites) - 1) / 2 for k in range(len(aligned))])
     ax.set_yticklabels([f"{short_run_name(name)}\n({metric})" for name, metric, _ in aligned])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("main metric")
     ax.set_title(title, fontsize=10, wrap=True)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(suites), fontsize=8, frameon=False)
-    fig.tight_layout()
-    png = io.BytesIO()  # rendered in memory, then written whole (a chart is a few hundred KB)
-    try:
-        fig.savefig(png, format="png", dpi=110)
-    finally:
-        plt.close(fig)
-    return write_atomic(path, png.getvalue(), parents=True)
+    fig.legend(loc="outside lower center", ncol=len(suites), fontsize=8, frameon=False)
+    return fig
+
+
+def _bar_text(row: RunScore | None, found: Difference | None) -> str:
+    """A bar's score as the table shows it: a 0 draws no bar, and without its number looked like a missing run."""
+    score = "not run" if row is None else "no score" if row.score is None else _fmt(row.score)
+    return score + (f"   Δ {found.text()}" if found else "")  # the paired change vs the first, 95% interval

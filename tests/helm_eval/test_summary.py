@@ -10,6 +10,8 @@ from llmkit.helm_eval.summary import (
     Difference,
     RunScore,
     SuiteScores,
+    bar_chart,
+    chart_figure,
     difference,
     load_suite,
     markdown_table,
@@ -92,6 +94,24 @@ def test_comparison_puts_scores_side_by_side_with_the_change():
     assert body[0][:5] == ["simple_mcqa", "exact_match", "0.250", "1.000", "+0.750"]
     assert body[1][:5] == ["dyck", "exact_match", "1.000", "–", "–"]  # a run only one side has
     assert markdown_table([_suite("base", {"a": 0.5}), _suite("tuned", {"a": 0.5})]).startswith("[1] base; [2] tuned")
+
+
+def test_the_chart_labels_every_bar_and_keeps_the_legend_off_the_axis(tmp_path):
+    """A score of 0 drew no bar and no number, as if the run were missing; the legend was drawn over "main metric"."""
+    import matplotlib.pyplot as plt
+
+    suites = [_suite("base", {"simple_mcqa": 1.0, "dyck": 0.0, "cls": 0.25}), _suite("tuned", {"dyck": 0.0})]
+    fig = chart_figure(suites, "HELM main metric per run: t")
+    try:
+        fig.canvas.draw()
+        [ax] = fig.axes
+        assert [text.get_text() for text in ax.texts] == ["1.000", "0.000", "0.250", "not run", "0.000", "not run"]
+        renderer = fig.canvas.get_renderer()
+        assert ax.xaxis.label.get_text() == "main metric"
+        assert not fig.legends[0].get_window_extent(renderer).overlaps(ax.xaxis.get_tightbbox(renderer))
+    finally:
+        plt.close(fig)
+    assert bar_chart(suites, tmp_path / "t.png", "t").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_paired_bootstrap_interval():
