@@ -39,6 +39,19 @@ def merge_command(
     adapters = adapters or []
     if dry_run and not hub_model_id:
         raise ValueError("--dry-run lists what --hub-model-id would upload; give --hub-model-id too")
+    beside_weighted = {
+        "CONFIG": config,
+        "--base": base,
+        "--adapter": adapters,
+        "--weight": weights is not None,
+        "--combination": combination != "linear",
+        "--density": density is not None,
+    }
+    if weighted and (given := [flag for flag, value in beside_weighted.items() if value]):
+        raise ValueError(
+            f"--weighted {weighted} describes the whole merge (base_model, combination_type, density, adapters and "
+            f"their weights): {', '.join(given)} would be ignored beside it; write them into the file"
+        )
     # one adapter with --weight (or --combination, --density) is a weighted merge of one: the adapter scaled
     weighting = weights is not None or combination != "linear" or density is not None
     if weighted or len(adapters) > 1 or (adapters and weighting):
