@@ -39,6 +39,8 @@ from llmkit.merge import weights as mw
 from llmkit.merge.verify import TOLERANCES, Agreement, verify_merge
 
 if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
     from llmkit.config.schema import AxolotlConfig
 
 LOG = logging.getLogger(__name__)
@@ -294,15 +296,23 @@ def run_merge(
     return report
 
 
-def write_merged(base_dir: Path, adapter_dir: Path, out: Path, options: MergeOptions) -> None:
-    """Weights (streamed shard by shard), config, generation config and tokenizer into `out`."""
+def plan_merge(
+    base_dir: Path, adapter_dir: Path, dtype: torch.dtype
+) -> tuple[PretrainedConfig, mw.Adapter, list[mw.TensorPlan]]:
+    """The base's config, the adapter read, and the merged model's tensors (`mw.plan_tensors`); raises
+    `AdapterMismatchError` where the adapter does not fit the base, naming both and the module."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(base_dir)
     layout = mw.base_layout(base_dir)
     adapter = mw.load_lora_adapter(adapter_dir, layout)
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    plans = mw.plan_tensors(base_dir, adapter, options.dtype, layout, tied)
+    return config, adapter, mw.plan_tensors(base_dir, adapter, dtype, layout, tied)
+
+
+def write_merged(base_dir: Path, adapter_dir: Path, out: Path, options: MergeOptions) -> None:
+    """Weights (streamed shard by shard), config, generation config and tokenizer into `out`."""
+    config, adapter, plans = plan_merge(base_dir, adapter_dir, options.dtype)
     split = mw.split_shards(plans, options.max_shard_size)
     by_name = {plan.name: plan for plan in plans}
     nf4 = options.nf4.roundtrip if options.nf4 else None
@@ -321,6 +331,7 @@ def write_merged(base_dir: Path, adapter_dir: Path, out: Path, options: MergeOpt
         index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
         (out / mw.INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     # the adapter made the head differ from the input embeddings (modules_to_save, or LoRA on one of them)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
     untied = tied and any(plan.source_file is None or plan.source is not None for plan in plans)
     _write_configs(config, base_dir, adapter, untied, options, out)
 

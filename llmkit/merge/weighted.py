@@ -40,6 +40,7 @@ from llmkit.merge.fold import (
     check_merge_target,
     fingerprint,
     merge_options,
+    plan_merge,
     run_merge,
     trained_on,
     training_config,
@@ -135,6 +136,8 @@ def merge_weighted(
     base = resolve_model(spec.base_model or trained_on(adapters[0]))
     cfg = training_config(adapters[0])
     options = merge_options(dtype, cfg, base.path, nf4_roundtrip, verify, max_shard_size)
+    for adapter in adapters:  # peft's own mismatch is a state-dict dump naming neither the adapter nor its base
+        plan_merge(base.path, adapter, options.dtype)
     inputs = {
         "base": fingerprint(base.path),
         "adapters": [fingerprint(a, ADAPTER_FILES) for a in adapters],

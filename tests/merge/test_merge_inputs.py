@@ -20,6 +20,7 @@ from llmkit.cli import app
 from llmkit.config.schema import RESOLVED_CONFIG, load_config
 from llmkit.merge.command import merge_command
 from llmkit.merge.fold import merge_adapter
+from llmkit.merge.weights import AdapterMismatchError
 from llmkit.train.run import train
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
@@ -258,3 +259,20 @@ def test_flags_beside_a_weighted_file_are_refused_by_name(tmp_path):
     assert result.exit_code == 1
     assert "CONFIG, --base, --weight, --combination, --density would be ignored" in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_weighted_merge_of_an_adapter_for_another_base_names_it_and_both_bases(
+    make_tiny_model, tiny_model_dir, tmp_path
+):
+    """peft printed a 29-line "size mismatch" state-dict dump naming neither the adapter folder nor its base."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    narrow = make_tiny_model(LlamaConfig, LlamaForCausalLM, hidden_size=32, intermediate_size=64)
+    fits, other = lora_adapter(tiny_model_dir, tmp_path / "a"), lora_adapter(narrow, tmp_path / "b")
+    message = (
+        rf"adapter {other} \(trained on {narrow}\) does not fit base model {tiny_model_dir}: "
+        r"model\.layers\.0\.\w+\.\w+_proj is \d+->\d+ in the base but \d+->\d+ in the adapter$"
+    )
+    with pytest.raises(AdapterMismatchError, match=message):
+        merge_command(adapters=[str(fits), str(other)], weights=[0.5, 0.5], out=str(tmp_path / "fused"))
+    assert not (tmp_path / "fused").exists() and not list(tmp_path.glob(".fused.*"))
