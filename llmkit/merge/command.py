@@ -14,7 +14,8 @@ from pathlib import Path
 from llmkit.merge.fold import MergeReport, merge_adapter, merge_from_config
 
 # The flags that set these keys of a weighted merge: the flags' errors name them.
-_FLAGS = {"combination_type": "--combination", "density": "--density"}
+_FLAGS = {"combination_type": "--combination", "density": "--density", "weight": "--weight"}
+_FLAG_KEYS = re.compile(r"\b(?:(combination_type|density)|adapters\[\d+\]\.(weight))\b")
 
 
 def merge_command(
@@ -100,7 +101,7 @@ def _flags_spec(**fields):
     try:
         return WeightedMerge(**fields)
     except ValidationError as err:
-        lines = (re.sub(r"\b(combination_type|density)\b", lambda m: _FLAGS[m[1]], line) for line in problems(err))
+        lines = (_FLAG_KEYS.sub(lambda m: _FLAGS[m[1] or m[2]], line) for line in problems(err))
         raise ValueError("\n".join(lines)) from None
 
 

@@ -110,9 +110,22 @@ def _reference_outputs(model, tokenizer, prompts, new_tokens: int) -> Reference:
     return Reference(sequences, _score(model, sequences, pad), pad)
 
 
+def _non_finite(logits: list[torch.Tensor]) -> str | None:
+    """How many positions' logits hold NaN or inf ("N of M positions"); None if none do. NaN compares as no
+    difference (Python's max(0.0, nan) is 0.0) and all-NaN rows share their argmax: a model of NaNs agreed 100%."""
+    bad = sum(int((~torch.isfinite(rows)).any(-1).sum()) for rows in logits)
+    return f"{bad} of {sum(len(rows) for rows in logits)} positions" if bad else None
+
+
 def _compare(model, reference: Reference) -> Agreement:
+    scores = _score(model, reference.sequences, reference.pad)
+    if bad := _non_finite(scores):
+        raise VerificationError(
+            f"The merged model gives NaN or infinite logits at {bad} (base + adapter's are finite): its weights are "
+            "not finite, or overflow the merge dtype"
+        )
     max_diff, total_diff, agree, positions = 0.0, 0.0, 0, 0
-    for logits, expected in zip(_score(model, reference.sequences, reference.pad), reference.logits, strict=True):
+    for logits, expected in zip(scores, reference.logits, strict=True):
         if logits.shape != expected.shape:
             raise VerificationError(f"logits shaped {list(logits.shape)}, base + adapter gave {list(expected.shape)}")
         diff = (logits - expected).abs()
@@ -160,6 +173,12 @@ def reference_of(
     reference = _reference_outputs(model, tokenizer, PROMPTS, NEW_TOKENS)
     del model, tokenizer
     gc.collect()  # free one model before the next is loaded
+    if bad := _non_finite(reference.logits):
+        raise VerificationError(
+            f"base + adapter ({base_dir} + {adapter_dir}) gives NaN or infinite logits at {bad} in {dtype}, so "
+            "there is nothing to check the merge against: the base's or the adapter's weights are not finite, or "
+            "overflow this dtype"
+        )
     return reference
 
 

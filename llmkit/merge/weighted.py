@@ -45,7 +45,7 @@ from llmkit.merge.fold import (
     trained_on,
     training_config,
 )
-from llmkit.merge.weights import lora_ranks
+from llmkit.merge.weights import first_non_finite, lora_ranks
 
 LOG = logging.getLogger(__name__)
 
@@ -68,8 +68,12 @@ _NEEDS_DENSITY = ("ties", "dare", "magnitude_prune")
 _SAME_RANK = ("linear", "ties", "dare_ties", "dare_linear", "magnitude_prune")
 
 
+# allow_inf_nan: a weight of nan or inf made a merged model of NaNs, and `--weight nan` passed as a float
+_SPEC = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
 class WeightedAdapter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _SPEC
 
     path: Path = Field(description="Adapter directory (a training run's output_dir).")
     weight: float = Field(1.0, description="Its weight in the combination.")
@@ -78,7 +82,7 @@ class WeightedAdapter(BaseModel):
 class WeightedMerge(BaseModel):
     """Which adapters to combine, and how (peft's `add_weighted_adapter` arguments)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _SPEC
 
     base_model: str | None = Field(None, description="Hub id or directory; empty: the first adapter's base.")
     combination_type: CombinationType = Field("linear", description="peft's combination method.")
@@ -186,7 +190,7 @@ def check_no_modules_to_save(adapters: list[Path]) -> None:
 
 def combine_adapters(spec: WeightedMerge, base_dir: Path, dtype: torch.dtype, out: Path) -> Path:
     """peft's add_weighted_adapter over the spec's adapters; the combined adapter is saved in `out/weighted`."""
-    from peft import PeftModel
+    from peft import PeftModel, get_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
@@ -206,6 +210,13 @@ def combine_adapters(spec: WeightedMerge, base_dir: Path, dtype: torch.dtype, ou
         )
     except ValueError as err:
         raise ValueError(f"peft cannot combine {[str(a.path) for a in spec.adapters]}: {err}") from err
+    # finite weights still overflow: peft scales each adapter's factors by sqrt(weight), in float32
+    if bad := first_non_finite(get_peft_model_state_dict(peft_model, adapter_name="weighted")):
+        weights = ", ".join(f"{a.weight:g}" for a in spec.adapters)
+        raise ValueError(
+            f"peft's {spec.combination_type} combination with weights {weights} is not finite: {bad}; "
+            "use smaller weights"
+        )
     # peft copies the first adapter's config for the new one, use_rslora included, and gives it lora_alpha = r:
     # with rsLoRA its scale would be sqrt(r) instead of 1, multiplying the whole combined delta.
     peft_model.peft_config["weighted"].use_rslora = False

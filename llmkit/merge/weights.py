@@ -197,16 +197,35 @@ def load_lora_adapter(adapter_dir: Path, layout: BaseLayout) -> Adapter:
 
 def read_adapter_weights(adapter_dir: Path) -> dict[str, torch.Tensor]:
     """The adapter's tensors: adapter_model.safetensors, else the pickled adapter_model.bin
-    (peft's `safe_serialization=False`), read with weights_only so that it cannot run code."""
+    (peft's `safe_serialization=False`), read with weights_only so that it cannot run code; NaN or inf in any of
+    them is refused, naming the file and the tensor."""
     safetensors_file, bin_file = (adapter_dir / name for name in ADAPTER_WEIGHTS)
     if safetensors_file.is_file():
-        return load_file(safetensors_file)
-    if bin_file.is_file():
+        file, tensors = safetensors_file, load_file(safetensors_file)
+    elif bin_file.is_file():
         try:
-            return torch.load(bin_file, map_location="cpu", weights_only=True)
+            file, tensors = bin_file, torch.load(bin_file, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
             raise ValueError(f"{bin_file} cannot be read as a weights-only PyTorch file: {err}") from None
-    raise FileNotFoundError(f"{adapter_dir} has no {' or '.join(ADAPTER_WEIGHTS)}")
+    else:
+        raise FileNotFoundError(f"{adapter_dir} has no {' or '.join(ADAPTER_WEIGHTS)}")
+    # merged, NaN or inf makes a model whose every logit is NaN (a diverged run saves such an adapter)
+    if bad := first_non_finite(tensors):
+        raise ValueError(
+            f"{file} is not finite: {bad}. Did training diverge (a nan loss)? Merge an earlier checkpoint, or retrain "
+            "with a lower learning rate"
+        )
+    return tensors
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The first floating-point tensor holding NaN or inf, as "NAME holds N NaN or infinite values of M"; None if
+    there is none."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            return f"{name} holds {bad} NaN or infinite values of {tensor.numel()}"
+    return None
 
 
 def lora_ranks(adapter_dir: Path) -> dict[str, int]:

@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
@@ -171,6 +171,24 @@ def test_verification_catches_a_wrong_merge(adapters, tiny_model_dir, tmp_path):
     assert good.verification["max_logit_diff"] < 1e-3
     with pytest.raises(VerificationError, match="disagrees with base \\+ adapter"):
         verify_merge(out, tiny_model_dir, adapters["other"], torch.float32)  # merged A, checked against B
+
+
+def test_verification_fails_on_non_finite_logits_naming_whose(adapters, tiny_model_dir, tmp_path):
+    """A merged model of NaNs verified with a largest difference of 0 (max(0.0, nan) is 0.0) and 100% agreement
+    (all-NaN rows share their argmax)."""
+    out = tmp_path / "merged"
+    merge_adapter(tiny_model_dir, adapters["plain"], out, dtype="float32", verify=False)
+    name = "model.layers.0.mlp.down_proj.weight"
+    base = shutil.copytree(tiny_model_dir, tmp_path / "base")
+    for model in (out, base):  # a merge, or a base, gone NaN
+        tensors = load_file(model / "model.safetensors")
+        tensors[name][:, 0] = float("nan")
+        save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(VerificationError, match=r"The merged model gives NaN or infinite logits at \d+ of \d+ pos"):
+        verify_merge(out, tiny_model_dir, adapters["plain"], torch.float32)
+    message = rf"base \+ adapter \({base} \+ {adapters['plain']}\) gives NaN or infinite logits at \d+ of \d+"
+    with pytest.raises(VerificationError, match=message):
+        verify_merge(tiny_model_dir, base, adapters["plain"], torch.float32)
 
 
 def test_an_nf4_round_trip_of_some_layers_is_checked_against_those_layers_in_4_bits(tiny_model_dir, tmp_path):

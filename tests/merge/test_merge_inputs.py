@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from test_merge import lora_adapter, peft_merged, saved_tensors
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from typer.testing import CliRunner
@@ -20,6 +20,7 @@ from llmkit.cli import app
 from llmkit.config.schema import RESOLVED_CONFIG, load_config
 from llmkit.merge.command import merge_command
 from llmkit.merge.fold import merge_adapter
+from llmkit.merge.weighted import load_weighted
 from llmkit.merge.weights import AdapterMismatchError
 from llmkit.train.run import train
 
@@ -234,6 +235,8 @@ def test_an_out_folder_holding_other_files_or_the_adapter_is_refused_untouched(t
         (["--combination", "nonsense"], "Error: --combination: Input should be 'linear', 'cat', 'svd', 'ties'"),
         (["--combination", "ties"], "Error: --combination ties needs --density (e.g. 0.5)"),
         (["--density", "0", "--combination", "ties"], "Error: --density: Input should be greater than 0 (got 0.0)"),
+        (["--weight", "nan", "--weight", "0.5"], "Error: --weight: Input should be a finite number (got nan)"),
+        (["--weight", "1", "--weight", "-inf"], "Error: --weight: Input should be a finite number (got -inf)"),
     ],
 )
 def test_a_bad_weighted_merge_flag_is_one_line_naming_the_flag(flags, error, tmp_path):
@@ -276,3 +279,29 @@ def test_weighted_merge_of_an_adapter_for_another_base_names_it_and_both_bases(
     with pytest.raises(AdapterMismatchError, match=message):
         merge_command(adapters=[str(fits), str(other)], weights=[0.5, 0.5], out=str(tmp_path / "fused"))
     assert not (tmp_path / "fused").exists() and not list(tmp_path.glob(".fused.*"))
+
+
+def test_non_finite_adapters_and_weights_are_refused_naming_them(tiny_model_dir, tmp_path):
+    """NaN or inf in an adapter (a diverged run) or a weight (nan, inf, 1e308) merged into a model of NaNs that
+    verified with a difference of 0 and 100% agreement, rc 0."""
+    good, nan = lora_adapter(tiny_model_dir, tmp_path / "good"), lora_adapter(tiny_model_dir, tmp_path / "nan")
+    tensors = load_file(nan / "adapter_model.safetensors")
+    name = "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, nan / "adapter_model.safetensors")
+    refusal = f"{nan / 'adapter_model.safetensors'} is not finite: {name} holds 1 NaN or infinite values of 512"
+    for adapters in (["--adapter", str(nan)], ["--adapter", str(good), "--adapter", str(nan)]):
+        result = CliRunner().invoke(app, ["merge", *adapters, "--out", str(tmp_path / "merged")])
+        assert result.exit_code == 1 and result.output.startswith(f"Error: {refusal}"), result.output
+    assert not (tmp_path / "merged").exists() and not list(tmp_path.glob(".merged.*"))
+
+    huge = ["--adapter", str(good), "--adapter", str(good), "--weight", "1e308", "--weight", "1e308"]
+    result = CliRunner().invoke(app, ["merge", *huge, "--out", str(tmp_path / "merged")])
+    assert result.exit_code == 1, result.output
+    assert "Error: peft's linear combination with weights 1e+308, 1e+308 is not finite: " in result.output
+    assert not (tmp_path / "merged").exists() and not list(tmp_path.glob(".merged.*"))
+    fusion = tmp_path / "fusion.yml"
+    fusion.write_text(f"adapters: [{{path: good, weight: .nan}}, {{path: {good}, weight: .inf}}]\n")
+    message = r"(?s)adapters\[0\]\.weight: Input should be a finite number .*adapters\[1\]\.weight: Input should be a"
+    with pytest.raises(ValueError, match=message):
+        load_weighted(fusion)
