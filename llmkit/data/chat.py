@@ -246,8 +246,10 @@ def chat_messages(row: RawRow, spec: DatasetSpec) -> tuple[str, list[Message]]:
     """
     field = spec.field_messages or ("messages" if "messages" in row else "conversations")
     turns = row.get(field)
-    if not isinstance(turns, list) or not turns:
-        raise FieldError(field, "must be a non-empty list of messages")
+    if not isinstance(turns, list):
+        raise FieldError(field, "must be a list of messages")
+    if not turns:  # a row with nothing to train on: dropped and counted, as an empty input_output row is
+        return field, []
     keys = spec.message_keys
     first = turns[0] if isinstance(turns[0], dict) else {}
     sharegpt = "from" in first or ("role" not in first and field == "conversations")

@@ -40,7 +40,7 @@ def _fails(make_cfg, tokenizer, path: Path, kind: str, expected: str, **spec: st
 BAD_ROWS = [
     ("input_output", [{"segments": "Q: A:"}], r"row 1: field 'segments' must be a list of \{label, text\}"),
     ("input_output", [{"segments": [{"label": "yes", "text": "a"}]}], r"row 1: field 'segments\[0\]\.label' must be"),
-    ("chat_template", [{"messages": "Hi"}], r"row 1: field 'messages' must be a non-empty list of messages"),
+    ("chat_template", [{"messages": "Hi"}], r"row 1: field 'messages' must be a list of messages"),
     ("chat_template", [{"messages": ["Hi"]}], r"row 1: field 'messages\[0\]' must be an object, got str"),
     ("chat_template", [{"messages": [{"role": "robot", "content": "x"}]}], r"row 1: field 'messages\[0\]\.role' is"),
 ]
@@ -124,6 +124,11 @@ def test_rows_with_nothing_to_train_on_are_dropped_and_counted(write_rows, make_
     cfg = make_cfg([{"path": str(write_rows([masked, trained, first, empty], "jsonl")), "type": "input_output"}])
     stats = build_datasets(cfg, tokenizer).stats.datasets[0]
     assert (stats.rows, stats.kept, stats.dropped_untrained) == (4, 1, 3)
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
+    chats = [{"messages": []}, {"messages": turns}]
+    cfg = make_cfg([{"path": str(write_rows(chats, "jsonl")), "type": "chat_template", "chat_template": "chatml"}])
+    stats = build_datasets(cfg, tokenizer).stats.datasets[0]
+    assert (stats.rows, stats.kept, stats.dropped_untrained) == (2, 1, 1)  # [] stopped the run as segments: [] did
 
 
 def test_an_empty_answer_trains_nothing_not_even_eos_and_its_row_is_dropped(write_rows, make_cfg, tokenizer):
