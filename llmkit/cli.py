@@ -602,14 +602,16 @@ def decontaminate(
     from llmkit.helm_eval.confgen import ConfError
     from llmkit.helm_eval.decontaminate import decontaminate as check
     from llmkit.helm_eval.decontaminate import report_tables, write_report
-    from llmkit.helm_eval.run import HelmRunError, prepare_conf
+    from llmkit.helm_eval.run import HelmRunError, check_run_specs, prepare_conf
     from llmkit.helm_eval.setup import HelmSetupError
 
     out_dir = _check_out(out)
     name = f"decontaminate-{Path(config).stem}-{Path(conf).stem}"
     try:
         cfg = load_config(config)
-        report = check(row_texts(cfg), config, prepare_conf(conf, out_dir, name), out_dir, ngram=ngram)
+        conf_path = prepare_conf(conf, out_dir, name)
+        check_run_specs(conf_path)  # an unknown scenario: one line, not HELM's traceback from its instances
+        report = check(row_texts(cfg), config, conf_path, out_dir, ngram=ngram)
     except (ConfigError, DataError, ConfError, HelmRunError, HelmSetupError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None

@@ -16,6 +16,7 @@ from llmkit.data import row_texts
 from llmkit.helm_eval import confgen
 from llmkit.helm_eval import decontaminate as decontaminate_module
 from llmkit.helm_eval.decontaminate import MIN_WORDS, decontaminate, helm_instances, windows, words
+from llmkit.helm_eval.setup import HELM_VERSION
 
 
 def _conf(tmp_path):
@@ -141,6 +142,18 @@ def test_a_conf_whose_data_cannot_be_downloaded_says_it_needs_the_internet(helm_
     ), result.stderr
     assert "try --conf quick" in result.stderr and "Last download error: " in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 2
+
+
+def test_an_unknown_run_spec_is_one_line(helm_venv, tmp_path):
+    """It was HELM's traceback from reading the instances ("ValueError: Unknown run spec name"), as helm-eval's was."""
+    conf = tmp_path / "unknown.conf"
+    conf.write_text('entries: [{description: "no_such_scenario:model=neurips/local", priority: 1}]\n')
+    config = _config(tmp_path, ["row"])
+    command = [sys.executable, "-m", "llmkit.cli", "decontaminate", str(config), "--conf", str(conf)]
+    result = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    expected = f"Error: {conf}: HELM {HELM_VERSION} has no run spec named no_such_scenario"
+    assert result.stderr.strip().splitlines() == [expected]
 
 
 def test_report_tables_print_brackets_as_written():
