@@ -62,13 +62,19 @@ def quantization_config(cfg: AxolotlConfig) -> BitsAndBytesConfig | None:
 
 
 def check_base_model(cfg: AxolotlConfig) -> None:
-    """Refuse, before any data is prepared, a base model llmkit cannot train on: one that needs its repository's own
-    code (llmkit runs none), or one stored quantized."""
-    from llmkit.core.shapes import base_model_refusal, find_model_config
+    """Refuse, before any data is prepared, a base model llmkit cannot train on (one that needs its repository's own
+    code, which llmkit never runs, or one stored quantized), and adapter targets it lacks or peft cannot train as
+    listed (checked on its meta-device shape, as validate checks them)."""
+    from llmkit.core.shapes import base_model_refusal, find_model_config, shape_from_config
 
     config = find_model_config(str(resolve_model(cfg.base_model, cfg.revision_of_model).path)).config
     if problem := base_model_refusal(config, cfg.base_model):
         raise ConfigError([problem], cfg.source)
+    try:
+        shape = shape_from_config(config)
+    except ValueError:  # not buildable on the meta device: the model's own load says why
+        return
+    cfg.resolved_target_modules(shape)  # raises ConfigError, naming the key
 
 
 def _device_map() -> dict[str, int] | None:

@@ -82,3 +82,10 @@ def test_a_module_both_adapted_and_saved_whole_is_refused_before_training(tiny_c
             plan(cfg)
     fine = plan(load_config(tiny_config(**saved, lora_target_modules=["q_proj"])))
     assert fine.target_modules == ["q_proj"]
+    prepared = tiny_config(**saved, lora_target_modules=["q_proj", "lm_head"]).parent / "prepared"
+    cfg = load_config(
+        tiny_config(**saved, lora_target_modules=["q_proj", "lm_head"], dataset_prepared_path=str(prepared))
+    )
+    with pytest.raises(ConfigError, match=r"lora_target_modules: \['lm_head'\] also trained whole"):
+        train(cfg)
+    assert not prepared.exists()  # said before the data is prepared, as validate says it
