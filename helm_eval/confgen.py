@@ -188,16 +188,13 @@ def generate(
     if cap is not None and cap < 1:
         raise ConfError(f"at most {cap} instances per run leaves nothing to evaluate: give 1 or more")
     runs = [(family, args) for family in tasks.families for args in family.run_args()]
-    first: dict[tuple, int] = {}
-    for index, family in enumerate(tasks.families):  # one run twice would be run, and averaged into the scores, twice
-        for args in family.run_args():  # the same scenario and args are the same run, whatever the family's name
-            key = (family.scenario, tuple(sorted(args.items())))
-            if (other := first.setdefault(key, index)) != index:
-                shown = ",".join(f"{name}={value}" for name, value in args.items())
-                raise ConfError(
-                    f"families {tasks.families[other].name!r} and {family.name!r} both run {family.scenario}:{shown}; "
-                    "keep one"
-                )
+    first: dict[tuple, str] = {}
+    for family, args in runs:  # one run twice would be run, and averaged into the scores, twice
+        # TaskList refuses two families of one name, so a name stands for its family here
+        key = (family.scenario, tuple(sorted(args.items())))
+        if (other := first.setdefault(key, family.name)) != family.name:
+            shown = ",".join(f"{name}={value}" for name, value in args.items())
+            raise ConfError(f"families {other!r} and {family.name!r} both run {family.scenario}:{shown}; keep one")
     if budget is None:
         counts = [cap] * len(runs)
     else:
