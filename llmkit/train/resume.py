@@ -72,11 +72,13 @@ def run_identity(cfg: AxolotlConfig) -> dict[str, Any]:
     return json.loads(json.dumps(identity, default=str))  # as it reads back from RUN_RECORD
 
 
-def plan_run(cfg: AxolotlConfig, output_dir: Path, *, is_main: bool) -> RunPlan:
-    """Decide what the run does with output_dir; remove checkpoints written only in part (main process).
+def plan_run(cfg: AxolotlConfig, output_dir: Path, *, is_main: bool, fresh: bool = False) -> RunPlan:
+    """Decide what the run does with output_dir; remove checkpoints written only in part (main process). With `fresh`
+    the run starts from step 0 over whatever run output_dir holds; `start_fresh` removes that run later, once the
+    new one is ready to train.
 
     Raises:
-        ConfigError: output_dir cannot be a folder to write in, holds a run of another config, or
+        ConfigError: output_dir cannot be a folder to write in, holds a run of another config (without `fresh`), or
             `resume_from_checkpoint` is not a checkpoint.
     """
     _check_writable(output_dir, cfg)
@@ -87,8 +89,14 @@ def plan_run(cfg: AxolotlConfig, output_dir: Path, *, is_main: bool) -> RunPlan:
                 [f"resume_from_checkpoint: {path} is not a complete Trainer checkpoint (no readable {TRAINER_STATE})"],
                 cfg.source,
             )
+        if fresh and path.resolve().is_relative_to(output_dir.resolve()):
+            raise ConfigError(
+                [f"resume_from_checkpoint: {path} is in output_dir, whose checkpoints --fresh deletes"], cfg.source
+            )
         LOG.info("Resuming from %s (resume_from_checkpoint)", path)
         return RunPlan(done=False, checkpoint=path, finished_checkpoint=_at_end(path))
+    if fresh:
+        return RunPlan(done=False)
     checkpoints = _checkpoints(output_dir, remove_partial=is_main)
     published = _published(output_dir)
     if not checkpoints and not published:

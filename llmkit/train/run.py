@@ -95,14 +95,9 @@ def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False, fresh: bool = False
 
 def _train(cfg: AxolotlConfig, args: TrainingArguments, output_dir: Path, *, fresh: bool, is_main: bool) -> Path:
     with args.main_process_first(desc="checking output_dir"):  # rank 0 cleans up before the others look
-        if fresh and is_main:
-            start_fresh(output_dir)
-        plan = plan_run(cfg, output_dir, is_main=is_main)
+        plan = plan_run(cfg, output_dir, is_main=is_main, fresh=fresh)
     if plan.done:  # published since `train` looked (another process)
         return _already_complete(output_dir)
-    if is_main:
-        write_record(cfg, output_dir)
-        unpublish(output_dir)
     if plan.checkpoint and _evaluated_at_its_step(plan.checkpoint):
         args.eval_on_start = False  # the curve has this point: evaluating the same weights again costs a full pass
     set_seed(cfg.seed)  # before the adapter exists: its initialisation is part of the run
@@ -114,6 +109,14 @@ def _train(cfg: AxolotlConfig, args: TrainingArguments, output_dir: Path, *, fre
     args.warmup_steps = warmup_steps(cfg, optimizer_steps(cfg, len(data.train), args.world_size))
     model = build_peft_model(cfg, load_base_model(cfg), tokenizer)
     trainer = _trainer(cfg, args, model, tokenizer, data)
+    if is_main:
+        # Only now, with the data prepared and the model built: an error in either leaves the previous run (its
+        # checkpoints, its published adapter) as it was, which --fresh would otherwise have deleted already.
+        if fresh:
+            start_fresh(output_dir)
+        write_record(cfg, output_dir)
+        unpublish(output_dir)
+    trainer.accelerator.wait_for_everyone()
     with _checkpoint_fits(cfg, plan.checkpoint):
         if plan.finished_checkpoint:  # killed after the last step, before publishing: one more step would overshoot
             LOG.info("%s is at the end of the schedule; publishing it without training", plan.checkpoint)

@@ -286,3 +286,26 @@ def test_a_resumed_run_saves_and_logs_as_the_config_now_says(tiny_config):
     assert (state["save_steps"], state["logging_steps"], state["global_step"]) == (2, 2, 4)
     # checkpoint-2 holds its evaluation: the resumed run does not evaluate the same weights again at its start
     assert [entry["step"] for entry in state["log_history"] if "eval_loss" in entry] == [0, 1, 2, 4]
+
+
+def test_fresh_keeps_the_old_run_when_the_new_one_cannot_start(tiny_config, tmp_path):
+    """--fresh deleted the checkpoints and the published adapter first, then stopped on the new config's data: the
+    finished run was gone and nothing replaced it."""
+    out = train(load_config(tiny_config(max_steps=2, save_steps=1)))
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (tmp_path / "bad.jsonl").write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')
+    bad = tiny_config(max_steps=2, save_steps=1, datasets=[{"path": str(tmp_path / "bad.jsonl"), "type": "alpaca"}])
+    with pytest.raises(DataError, match="row 2: field 'output' is missing"):
+        train(load_config(bad), fresh=True)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+    train(load_config(tiny_config(max_steps=3, save_steps=1)), fresh=True)  # a run that can start replaces it
+    assert _global_step(out) == 3 and _checkpoints(out) == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+
+
+def test_fresh_refuses_to_resume_from_a_checkpoint_it_would_delete(tiny_config):
+    out = train(load_config(tiny_config(max_steps=2, save_steps=1)))
+    inside = tiny_config(max_steps=2, save_steps=1, resume_from_checkpoint=str(out / "checkpoint-1"))
+    with pytest.raises(ConfigError, match=r"resume_from_checkpoint: .*checkpoint-1 is in output_dir, whose"):
+        train(load_config(inside), fresh=True)
+    assert _checkpoints(out) == ["checkpoint-1", "checkpoint-2"]
