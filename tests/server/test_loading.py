@@ -139,7 +139,8 @@ def test_dtype_and_quantization_options(start_server, http, flags, dtype, quanti
     server.stop()
 
 
-def test_bad_adapter_fails_start_with_message(start_server, tmp_path):
+def test_bad_adapter_fails_start_with_message(start_server, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the log a failed start keeps, kept out of /tmp
     with pytest.raises(ServerStartError, match="adapter_config.json"):
         start_server("--adapter", str(tmp_path), startup_timeout=120)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -74,8 +75,10 @@ def test_default_model_zip_answers_the_harness_and_helm(default_zips):
 
 
 @pytest.mark.slow
-def test_a_zip_whose_server_cannot_start_fails_loudly(broken_zip):
+def test_a_zip_whose_server_cannot_start_fails_loudly(broken_zip, tmp_path, monkeypatch):
     from llmkit.server.launch import ServerStartError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the log a failed start keeps, kept out of /tmp
 
     with pytest.raises(ServerStartError, match="bfloat17"):
         smoke_test(broken_zip, startup_timeout=120)

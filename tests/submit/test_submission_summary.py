@@ -157,8 +157,8 @@ def test_verify_submission_smoke_prints_the_same_summary(default_zips):
 
 
 @pytest.mark.slow
-def test_verify_submission_smoke_of_a_server_that_cannot_start(broken_zip):
-    done = _llmkit("verify-submission", str(broken_zip), "--smoke")
+def test_verify_submission_smoke_of_a_server_that_cannot_start(broken_zip, tmp_path):
+    done = _llmkit("verify-submission", str(broken_zip), "--smoke", env={"TMPDIR": str(tmp_path)})  # its kept log
     assert done.returncode == 1
     _, mark, _, detail = _cells(_row(done.stdout, "smoke test"))
     assert mark == "✗" and detail.startswith(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import tempfile
 import zipfile
 
 import pytest
@@ -94,6 +95,7 @@ def test_a_requirement_missing_from_the_zip_fails_naming_the_module(default_zips
     # This venv serves no other test or run: it goes with tmp_path (1.3 GB) instead of staying in the cache.
     venv = zip_environment(lacking, cuda=False).venv
     monkeypatch.setenv(venv.env_var, str(tmp_path / "venv"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the log a failed start keeps, kept out of /tmp
     report = run_smoke(broken, startup_timeout=120)
     [result] = report.results
     assert not result.ok
