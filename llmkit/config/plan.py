@@ -33,6 +33,14 @@ _ROW_FILES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
 
 
 @dataclass(frozen=True)
+class TokenizedSplit:
+    """One epoch of the training split as training prepares it (llmkit.data.tokenizer.count_training_tokens)."""
+
+    tokens: int  # preference pairs: the longer sequence of each pair
+    sequences: int  # what training batches: packed sequences, rows, or preference pairs, after dropping
+
+
+@dataclass(frozen=True)
 class TrainingPlan:
     cfg: AxolotlConfig
     shape: ModelShape | None  # None: no config.json was found, so sizes and memory are unknown
@@ -43,6 +51,7 @@ class TrainingPlan:
     world_size: int
     tokens_per_step: int
     rows: int | None  # rows of all local datasets; None when a dataset is on the hub
+    sequences: int | None  # what training batches, when the data was tokenized (TokenizedSplit.sequences)
     steps: int | None
     steps_per_1k_rows: float  # over all epochs
     memory: list[TrainingMemory]  # one per track; empty when the shape is unknown
@@ -55,7 +64,7 @@ def plan(
     cfg: AxolotlConfig,
     world_size: int | None = None,
     model_config: str | None = None,
-    data_tokens: int | None = None,
+    data: TokenizedSplit | None = None,
     tokenizer_size: int | None = None,
 ) -> TrainingPlan:
     """Resolve a config into what training will do: targets, parameter counts, steps, memory and time per track.
@@ -64,7 +73,8 @@ def plan(
         cfg: the validated config.
         world_size: GPUs in data parallel; default `WORLD_SIZE` from the environment, else 1.
         model_config: a config.json (or a folder with one) to size the base model from, wherever it is.
-        data_tokens: the training split's tokens in one epoch, counted from the tokenized data (count_training_tokens).
+        data: the training split as training prepares it (count_training_tokens): its tokens, and the sequences
+            the steps are counted from (rows merged by packing, rows and pairs training drops left out).
         tokenizer_size: the tokens of the tokenizer training uses, `tokens` and `special_tokens` added
             (trained_tokenizer_size); where it is larger than the base's embeddings, training grows them (and their
             trained copies) to it. None: no added tokens, or the tokenizer is not here, and they stay as they are.
@@ -87,7 +97,13 @@ def plan(
     rows = _count_all_rows(cfg.datasets)
     step_rows = cfg.micro_batch_size * cfg.gradient_accumulation_steps * world_size
     tokens_per_step = micro_tokens * cfg.gradient_accumulation_steps * world_size
-    tokens, tokens_basis = training_tokens(cfg, rows, tokens_per_step, data_tokens)
+    tokens, tokens_basis = training_tokens(cfg, rows, tokens_per_step, data.tokens if data else None)
+    if data is not None:
+        steps = optimizer_steps(cfg, data.sequences, world_size)
+    elif rows is not None:
+        steps = optimizer_steps(cfg, rows - cfg.held_out_rows(rows), world_size)
+    else:
+        steps = cfg.max_steps
     projections = [] if shape is None else [training_time(cfg, shape, tokens, tokens_basis, t) for t in Track]
     return TrainingPlan(
         cfg=cfg,
@@ -99,8 +115,8 @@ def plan(
         world_size=world_size,
         tokens_per_step=tokens_per_step,
         rows=rows,
-        steps=cfg.max_steps
-        or (None if rows is None else optimizer_steps(cfg, rows - cfg.held_out_rows(rows), world_size)),
+        sequences=data.sequences if data else None,
+        steps=steps,
         steps_per_1k_rows=(1000 - cfg.held_out_rows(1000)) * cfg.num_epochs / step_rows,
         memory=memory,
         tokens=tokens,

@@ -32,7 +32,7 @@ def validate(
         path: the YAML config.
         strict: report unknown and unimplemented keys as errors, whatever the file's `strict:` says.
         model_config: the base model's config.json (or a folder with one), when llmkit cannot find it.
-        count_tokens: counts the training split's tokens (llmkit.data.tokenizer.count_training_tokens, which the
+        count_tokens: tokenizes the training split (llmkit.data.tokenizer.count_training_tokens, which the
             CLI passes: tokenizing is the data stage's work, after this one; its ConfigError, for bad data, is the
             config's error); None: the plan counts from max_steps or rows instead.
         tokenizer_problems: what training would meet in the tokenizer, given the model's vocab_size
@@ -59,9 +59,9 @@ def validate(
                 raise ConfigError(missing, cfg.source)
             if model_config:  # a path the user gave that cannot be read is said before tokenizing (minutes)
                 find_model_config(cfg.base_model_config or cfg.base_model, explicit=model_config)
-            tokens = count_tokens(cfg) if count_tokens else None
+            split = count_tokens(cfg) if count_tokens else None
             size = tokenizer_size(cfg) if tokenizer_size else None
-            training_plan = plan(cfg, model_config=model_config, data_tokens=tokens, tokenizer_size=size)
+            training_plan = plan(cfg, model_config=model_config, data=split, tokenizer_size=size)
             vocab_size = training_plan.shape.vocab_size if training_plan.shape else None
             problems = tokenizer_problems(cfg, vocab_size) if tokenizer_problems else []
             if problems:
@@ -181,6 +181,9 @@ def _steps_text(p: TrainingPlan) -> str:
     per_1k = f"{p.steps_per_1k_rows:.1f} steps per 1k rows over {cfg.num_epochs:g} epochs"
     if p.steps is None:
         return f"needs the dataset to count its rows: {per_1k}"
+    if p.sequences is not None:  # counted from the tokenized split: packing and dropped rows are in it
+        batched = "preference pairs" if cfg.rl else "packed sequences" if cfg.sample_packing else "training rows"
+        return f"{p.steps:,} ({p.sequences:,} {batched} from {p.rows:,} rows, over {cfg.num_epochs:g} epochs)"
     bound = "at most " if cfg.sample_packing else ""  # packing merges rows into fewer sequences
     return f"{bound}{p.steps:,} ({p.rows:,} rows; {per_1k})"
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from datasets import Dataset, concatenate_datasets
 
+from llmkit.config.plan import TokenizedSplit
 from llmkit.core.files import check_folder_target
 from llmkit.data.cache import cache_key, load_prepared, save_prepared
 from llmkit.data.chat import ChatDefaults
@@ -361,8 +362,8 @@ def build_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> Pr
     return data
 
 
-def epoch_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> int:
-    """Tokens in one epoch of the training split, tokenized as training will; nothing is written (the prepared
+def epoch_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> TokenizedSplit:
+    """One epoch of the training split, tokenized (and packed) as training will; nothing is written (the prepared
     dataset cache is neither read nor filled)."""
     data = build_datasets(cfg.model_copy(update={"dataset_prepared_path": None}), tokenizer)
-    return sum(len(ids) for ids in data.train["input_ids"])
+    return TokenizedSplit(tokens=sum(len(ids) for ids in data.train["input_ids"]), sequences=len(data.train))

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from datasets import Dataset, concatenate_datasets
 
+from llmkit.config.plan import TokenizedSplit
 from llmkit.config.sections import DatasetSpec, PreferenceType
 from llmkit.data.chat import ChatDefaults, template_for_rows
 from llmkit.data.fields import FieldError, RowError, absent, text_field
@@ -352,8 +353,9 @@ def build_preference_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizer
     return PreferenceData(train, held_out, stats)
 
 
-def epoch_pair_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> int:
-    """Tokens of the longer sequence of each training pair that training keeps (one epoch); `llmkit validate`'s
-    plan counts both sequences of a pair from them."""
+def epoch_pair_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> TokenizedSplit:
+    """The training pairs that training keeps (one epoch), with the tokens of each pair's longer sequence;
+    `llmkit validate`'s plan counts both sequences of a pair from them."""
     tokens = _pair_tokens(tokenizer)
-    return sum(tokens(cast(PreferenceRow, pair)) for pair in build_preference_datasets(cfg, tokenizer).train)
+    pairs = build_preference_datasets(cfg, tokenizer).train
+    return TokenizedSplit(tokens=sum(tokens(cast(PreferenceRow, pair)) for pair in pairs), sequences=len(pairs))

@@ -12,6 +12,7 @@ from typing import Any
 import transformers
 from tokenizers import AddedToken
 
+from llmkit.config.plan import TokenizedSplit
 from llmkit.config.schema import AxolotlConfig, ConfigError
 from llmkit.core.models import resolve_model
 from llmkit.data.chat import ChatDefaults, check_template_name, config_template
@@ -165,10 +166,10 @@ def trained_tokenizer_size(cfg: AxolotlConfig) -> int | None:
         return None
 
 
-def count_training_tokens(cfg: AxolotlConfig) -> int | None:
-    """Tokens in one epoch of the training split, for the training-time projection (preference pairs: the longer
-    sequence of each pair training keeps); None when the data cannot be tokenized here offline (a hub dataset or
-    tokenizer, a tokenizer that does not load).
+def count_training_tokens(cfg: AxolotlConfig) -> TokenizedSplit | None:
+    """One epoch of the training split as training prepares it, for the plan's steps and training-time projection
+    (preference pairs: the longer sequence of each pair training keeps); None when the data cannot be tokenized here
+    offline (a hub dataset or tokenizer, a tokenizer that does not load).
 
     Raises:
         ConfigError: bad data (a file, row or field; nothing left to train on): training would stop on it, so

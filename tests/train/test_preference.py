@@ -266,12 +266,17 @@ def test_validate_counts_the_pairs_training_keeps_and_refuses_a_long_one_under_r
 
     long = {"question": "word " * 100, "chosen": "a", "rejected": "b"}
     pairs = _pairs(tmp_path, [*SUMS, long])
-    config = tiny_config(datasets=[{"path": str(pairs), "type": "chatml.intel"}], rl="dpo", max_steps=None)
-    tokens = epoch_pair_tokens(load_config(config), load_tokenizer(load_config(config)))
-    assert 6 * 20 < tokens < 6 * 40  # the six short pairs, not the long one (over 100 tokens)
+    config = tiny_config(
+        datasets=[{"path": str(pairs), "type": "chatml.intel"}], rl="dpo", max_steps=None, micro_batch_size=2
+    )
+    split = epoch_pair_tokens(load_config(config), load_tokenizer(load_config(config)))
+    assert split.sequences == 6 and 6 * 20 < split.tokens < 6 * 40  # the six short pairs, not the long one
     result = CliRunner().invoke(app, ["validate", str(config)], terminal_width=200)
     assert result.exit_code == 0, result.output
-    assert f"{tokens:,} tokens of the tokenized training split" in " ".join(result.output.split())
+    said = " ".join(result.output.split())
+    assert f"{split.tokens:,} tokens of the tokenized training split" in said
+    # the steps too: 6 kept pairs, not 7 rows (the plan counted the dropped pair's step)
+    assert "3 (6 preference pairs from 7 rows," in said, said
 
     strict = tiny_config(
         datasets=[{"path": str(pairs), "type": "chatml.intel"}], rl="dpo", excess_length_strategy="raise"
