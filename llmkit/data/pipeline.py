@@ -8,6 +8,8 @@ each stage hands to the next are typed in `llmkit.data.rows`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -355,11 +357,38 @@ def build_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> Pr
         stats = DataStats.from_json(stats_json)
         stats.cache = "hit"
         LOG.info("Reusing the prepared dataset %s/%s", root, key)
+        for warning in stats.warnings:  # what preparing it said (a template that trains no end of turn) still holds
+            LOG.warning(warning)
         return PreparedData(train, evaluation, stats)
-    data = _prepare(cfg, tokenizer, key)
+    with _warnings_logged() as said:
+        data = _prepare(cfg, tokenizer, key)
     data.stats.cache = "miss"
+    data.stats.warnings = list(dict.fromkeys(said))
     save_prepared(root, key, data.train, data.eval, data.stats.to_json())
     return data
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]):
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage())
+
+
+@contextmanager
+def _warnings_logged() -> Iterator[list[str]]:
+    """The warnings the data stage logs meanwhile, to keep with the prepared data: a run that reuses it skips the
+    code that said them."""
+    said: list[str] = []
+    handler = _Collect(said)
+    logger = logging.getLogger("llmkit.data")
+    logger.addHandler(handler)
+    try:
+        yield said
+    finally:
+        logger.removeHandler(handler)
 
 
 def epoch_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> TokenizedSplit:

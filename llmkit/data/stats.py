@@ -31,6 +31,7 @@ class DataStats:
     train_sequences: int = 0  # after packing; equals train_rows without it
     packing_efficiency: float | None = None  # real tokens / (sequences x sequence_len)
     cache: CacheState = "off"
+    warnings: list[str] = field(default_factory=list)  # logged while the rows were built; said again on reuse
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

@@ -9,6 +9,7 @@ user-defined `type:` mapping, chat_template with its keys and named templates, a
 from __future__ import annotations
 
 import json
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -871,3 +872,19 @@ def test_a_template_that_ends_no_turn_with_a_stop_token_is_warned_about(write_ro
     ended = {**dataset, "chat_template_jinja": TURN_END_TEMPLATE}
     build_datasets(make_cfg([ended], dataset_prepared_path=None), tokenizer)
     assert "ends a trained turn with none" not in caplog.text
+
+
+def test_a_template_that_trains_no_turn_end_is_said_again_when_the_prepared_data_is_reused(
+    write_rows, make_cfg, tokenizer, tmp_path, caplog
+):
+    """`validate` and the first `train` said it; a second `train`, reusing the prepared rows, trained in silence."""
+    path = write_rows([{"conversations": SHAREGPT}], "jsonl")
+    no_end = "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
+    dataset = {**MAPPED, "path": str(path), "chat_template": "jinja", "chat_template_jinja": no_end}
+    cfg = make_cfg([dataset], dataset_prepared_path=str(tmp_path / "prepared"))
+    for cache in ("miss", "hit"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="llmkit.data"):
+            assert build_datasets(cfg, tokenizer).stats.cache == cache
+        said = [r.getMessage() for r in caplog.records if "no end-of-turn token is trained" in r.getMessage()]
+        assert len(said) == 1, (cache, caplog.text)
