@@ -34,6 +34,7 @@ from llmkit.config.sections import (
     DATASET_LISTS,
     Adapter,
     BnbConfigKwargs,
+    CustomPrompt,
     DataSection,
     DatasetSpec,
     DatasetType,
@@ -43,6 +44,7 @@ from llmkit.config.sections import (
     ModelSection,
     Optimizer,
     PeftMethod,
+    PreferencePrompt,
     PreferenceType,
     RLMethod,
     RLSection,
@@ -305,8 +307,19 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 "dpo_label_smoothing: TRL 1.16's sigmoid DPO loss has no label smoothing (conservative DPO); "
                 "llmkit does not implement it; set 0"
             )
-        names = ", ".join(kind.value for kind in PreferenceType)
+        names = ", ".join(kind.value for kind in PreferenceType) + ", or a {field_prompt, field_chosen, ...} mapping"
         for key, i, spec in self.dataset_entries():
+            if isinstance(spec.type, CustomPrompt):
+                given, keys = sorted(spec.type.model_fields_set), ", ".join(PreferencePrompt.model_fields)
+                if not set(given) <= set(PreferencePrompt.model_fields):
+                    raise ValueError(
+                        f"{key}[{i}].type: {', '.join(given)}: keys of axolotl's SFT user-defined prompt; the "
+                        f"preference mapping rl: {self.rl.value} reads takes {keys}"
+                    )
+                # {} or {field_system}: keys both mappings have, read as the preference one
+                spec.type = PreferencePrompt(**spec.type.model_dump(include=set(given)))
+            if isinstance(spec.type, PreferencePrompt):
+                continue
             if spec.type is not None and spec.type not in PreferenceType._value2member_map_:
                 raise ValueError(
                     f"{key}[{i}].type: {spec.type_name} is not a preference dataset type, which "
@@ -325,8 +338,15 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             "tokenized (input_ids, labels), which axolotl reads without a type, are not supported: write them as "
             "text with type: input_output (segments of {label, text}: the false ones masked)"
         )
+        preference = (
+            "a {field_prompt, field_chosen, field_rejected, ...} mapping is axolotl's preference format, read under "
+            "rl only (rl: dpo); the SFT mapping takes field_instruction, format, ..."
+        )
         problems = [
             (key, i, spec.type_problem() if spec.type else required) for key, i, spec in self.dataset_entries()
+        ]
+        problems += [
+            (key, i, preference) for key, i, spec in self.dataset_entries() if isinstance(spec.type, PreferencePrompt)
         ]
         wrong = [f"{key}[{i}].type: {problem}" for key, i, problem in problems if problem]
         if wrong:

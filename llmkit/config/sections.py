@@ -442,22 +442,58 @@ class CustomPrompt(BaseModel):
 
     @model_validator(mode="after")
     def _check_placeholders(self) -> CustomPrompt:
-        allowed = {"format": {"instruction", "input"}, "no_input_format": {"instruction"}, "system_format": {"system"}}
-        for key, names in allowed.items():
-            try:
-                used = {field for _, field, _, _ in Formatter().parse(getattr(self, key)) if field is not None}
-            except ValueError as err:  # an unmatched brace
-                raise ValueError(f"{key}: {err}") from None
-            if used - names:
-                wrong, right = (", ".join(f"{{{name}}}" for name in sorted(group)) for group in (used - names, names))
-                raise ValueError(f"{key}: unknown placeholder {wrong}; use {right}")
+        _check_placeholders(
+            self, {"format": {"instruction", "input"}, "no_input_format": {"instruction"}, "system_format": {"system"}}
+        )
         return self
 
 
-def _mapping_problem(error: ErrorDetails) -> str:
+class PreferencePrompt(BaseModel):
+    """A `type:` given as a mapping under `rl`: axolotl's user-defined preference format (dpo/user_defined.py).
+
+    The pair is the row's prompt, chosen and rejected fields, each written with its format; `{system}` in
+    prompt_format is the row's system field ("" where the row has none). Nothing else is added: no chat template.
+    """
+
+    model_config = _SECTION
+
+    field_prompt: str = Field("prompt", description="Row field holding the prompt.")
+    field_system: str = Field("system", description="Row field holding a system text (optional).")
+    field_chosen: str = Field("chosen", description="Row field holding the preferred answer.")
+    field_rejected: str = Field("rejected", description="Row field holding the worse answer.")
+    prompt_format: str = Field("{prompt}", description="How the prompt is written; placeholders {prompt}, {system}.")
+    chosen_format: str = Field("{chosen}", description="How the preferred answer is written; placeholder {chosen}.")
+    rejected_format: str = Field("{rejected}", description="How the worse answer is written; placeholder {rejected}.")
+
+    @model_validator(mode="after")
+    def _check_placeholders(self) -> PreferencePrompt:
+        _check_placeholders(
+            self,
+            {"prompt_format": {"prompt", "system"}, "chosen_format": {"chosen"}, "rejected_format": {"rejected"}},
+        )
+        return self
+
+
+# The keys that make a `type:` mapping the preference one (the rest it shares with CustomPrompt, or has none).
+_PREFERENCE_ONLY = frozenset(PreferencePrompt.model_fields) - frozenset(CustomPrompt.model_fields)
+
+
+def _check_placeholders(mapping: BaseModel, allowed: dict[str, set[str]]) -> None:
+    """Each format key uses only its own placeholders, with balanced braces."""
+    for key, names in allowed.items():
+        try:
+            used = {field for _, field, _, _ in Formatter().parse(getattr(mapping, key)) if field is not None}
+        except ValueError as err:  # an unmatched brace
+            raise ValueError(f"{key}: {err}") from None
+        if used - names:
+            wrong, right = (", ".join(f"{{{name}}}" for name in sorted(group)) for group in (used - names, names))
+            raise ValueError(f"{key}: unknown placeholder {wrong}; use {right}")
+
+
+def _mapping_problem(error: ErrorDetails, mapping: type[BaseModel]) -> str:
     key = key_path(error["loc"])
     if error["type"] == "extra_forbidden":
-        match = suggest(key, list(CustomPrompt.model_fields))
+        match = suggest(key, list(mapping.model_fields))
         return f"{key}: unknown key" + (f" (did you mean {match}?)" if match else "")
     message = error_message(error)
     return f"{key}: {message}" if key else message
@@ -472,12 +508,13 @@ class DatasetSpec(BaseModel):
     model_config = _SECTION
 
     path: str = Field(description="Hub dataset id, or a local file or folder.")
-    type: str | CustomPrompt | None = Field(
+    type: str | CustomPrompt | PreferencePrompt | None = Field(
         None,
         description="Prompt format: a name from the README's dataset-type table (alpaca, alpaca:chat, "
-        "alpaca_chat.load_qa, chat_template, ...), a user-defined {field_instruction, format, ...} mapping, or "
-        "module.function of a Python file beside the config. Required, except under rl: there, left out, the rows "
-        "are already {prompt, chosen, rejected} texts, used as they are.",
+        "alpaca_chat.load_qa, chat_template, ...), a user-defined {field_instruction, format, ...} mapping (under "
+        "rl: {field_prompt, field_chosen, field_rejected, prompt_format, ...}), or module.function of a Python file "
+        "beside the config. Required, except under rl: there, left out, the rows are already {prompt, chosen, "
+        "rejected} texts, used as they are.",
     )
     ds_type: DsType | None = Field(None, description="File format of local files; guessed from the suffix if unset.")
     data_files: list[str] | None = Field(None, description="Files to read inside `path` (hub repo or local folder).")
@@ -550,17 +587,20 @@ class DatasetSpec(BaseModel):
     @field_validator("type", mode="before")
     @classmethod
     def _mapping_type(cls, value: object) -> object:
-        # Validated here so that its errors read `datasets[0].type: format: ...`, not as a failed union branch.
+        # Validated here so that its errors read `datasets[0].type: format: ...`, not as a failed union branch. A
+        # mapping with a preference key is the preference one (the config's rl check says if rl is not set); one
+        # without is the SFT one, which the rl check turns into the preference one where it can be read as one.
         if not isinstance(value, dict):
             return value
+        mapping = PreferencePrompt if _PREFERENCE_ONLY & value.keys() else CustomPrompt
         try:
-            return CustomPrompt.model_validate(value)
+            return mapping.model_validate(value)
         except ValidationError as err:
-            raise ValueError("; ".join(_mapping_problem(error) for error in err.errors())) from None
+            raise ValueError("; ".join(_mapping_problem(error, mapping) for error in err.errors())) from None
 
     @field_validator("type")
     @classmethod
-    def _known_type(cls, value: str | CustomPrompt | None) -> str | CustomPrompt | None:
+    def _known_type(cls, value: str | BaseModel | None) -> str | BaseModel | None:
         # Known names become DatasetType members; other strings stay as written for the config's check (which
         # knows whether `rl` is set) and for user modules.
         return DatasetType(value) if isinstance(value, str) and value in DatasetType._value2member_map_ else value
@@ -601,7 +641,7 @@ class DatasetSpec(BaseModel):
 
     def type_problem(self) -> str | None:
         """What is wrong with `type`, or None (a user module is only looked for when the data is built)."""
-        if isinstance(self.type, (DatasetType, CustomPrompt)):
+        if isinstance(self.type, (DatasetType, CustomPrompt, PreferencePrompt)):
             return None
         try:
             parse_dataset_type(self.type)
@@ -622,7 +662,7 @@ class DatasetSpec(BaseModel):
     @property
     def base_type(self) -> DatasetType | None:
         """The named type without its `:style`; None for a mapping or a user's module."""
-        if isinstance(self.type, CustomPrompt):
+        if isinstance(self.type, (CustomPrompt, PreferencePrompt)):
             return None
         parsed = parse_dataset_type(self.type)
         return parsed[0] if parsed else None
@@ -630,14 +670,14 @@ class DatasetSpec(BaseModel):
     @property
     def user_module(self) -> str | None:
         """The `module.function` naming the user's own strategy, or None."""
-        if isinstance(self.type, CustomPrompt) or isinstance(self.type, DatasetType):
+        if isinstance(self.type, (CustomPrompt, PreferencePrompt, DatasetType)):
             return None
         return self.type if parse_dataset_type(self.type) is None else None
 
     @property
     def type_name(self) -> str:
         """`type` as the stats table shows it."""
-        if isinstance(self.type, CustomPrompt):
+        if isinstance(self.type, (CustomPrompt, PreferencePrompt)):
             return "custom"
         if self.type is None:
             return "prompt/chosen/rejected as they are"

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 from datasets import Dataset, concatenate_datasets
 
 from llmkit.config.plan import TokenizedSplit
-from llmkit.config.sections import DatasetSpec, PreferenceType
+from llmkit.config.sections import DatasetSpec, PreferencePrompt, PreferenceType
 from llmkit.data.chat import ChatDefaults, template_for_rows
 from llmkit.data.fields import FieldError, RowError, absent, text_field
 from llmkit.data.pipeline import count_kept
@@ -129,6 +129,21 @@ _SHAPES: dict[str, Callable[[RawRow], tuple[str, str, str]]] = {
 def _as_they_are(row: RawRow) -> PreferenceRow:
     prompt, chosen, rejected = _SHAPES["prompt_pairs"](row)
     return PreferenceRow(prompt=prompt, chosen=chosen, rejected=rejected)
+
+
+def _user_defined_builder(mapping: PreferencePrompt) -> PreferenceBuilder:
+    """A `type:` mapping: the row's fields written with the mapping's formats, as axolotl's dpo/user_defined.py
+    writes them (a missing or empty system field is "")."""
+
+    def build(row: RawRow) -> PreferenceRow:
+        system = text_field(row, mapping.field_system, optional=True)
+        return PreferenceRow(
+            prompt=mapping.prompt_format.format(prompt=text_field(row, mapping.field_prompt), system=system),
+            chosen=mapping.chosen_format.format(chosen=text_field(row, mapping.field_chosen)),
+            rejected=mapping.rejected_format.format(rejected=text_field(row, mapping.field_rejected)),
+        )
+
+    return build
 
 
 def _closed(answer: str, end: str) -> str:
@@ -237,6 +252,8 @@ def preference_builder(
     """
     if spec.type is None:  # as axolotl: rows already in TRL's format, used as they are
         return _as_they_are
+    if isinstance(spec.type, PreferencePrompt):
+        return _without_double_bos(_user_defined_builder(spec.type), tokenizer)
     if not isinstance(spec.type, str) or spec.type not in PreferenceType._value2member_map_:
         names = ", ".join(kind.value for kind in PreferenceType)
         raise ValueError(f"type {spec.type!r} is not a preference dataset type; supported: {names}")

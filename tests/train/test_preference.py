@@ -172,6 +172,43 @@ def test_a_dataset_without_type_is_used_as_it_is_under_rl_and_required_without(m
         make_cfg([{"path": str(path)}])
 
 
+def test_a_type_mapping_is_axolotls_user_defined_preference_format(make_cfg, tokenizer, tmp_path):
+    """axolotl's `type: {field_prompt, field_chosen, ..., prompt_format}` under rl was refused as unknown keys."""
+    rows = [
+        {"q": "Name a colour.", "sys": "Be brief.", "good": "Red", "bad": "Seven"},
+        {"q": "Name a fruit.", "good": "Pear", "bad": "Nine"},  # no system field: {system} is ""
+    ]
+    path = _pairs(tmp_path, rows * 2)
+    mapping = {
+        "field_prompt": "q",
+        "field_system": "sys",
+        "field_chosen": "good",
+        "field_rejected": "bad",
+        "prompt_format": "[{system}] Q: {prompt}\nA:",
+        "chosen_format": " {chosen}.",
+    }
+    data = build_preference_datasets(make_cfg([{"path": str(path), "type": mapping}], rl="dpo"), tokenizer)
+    assert sorted(data.train, key=lambda pair: pair["prompt"]) == [
+        {"prompt": "[Be brief.] Q: Name a colour.\nA:", "chosen": " Red.", "rejected": "Seven"},
+        {"prompt": "[Be brief.] Q: Name a colour.\nA:", "chosen": " Red.", "rejected": "Seven"},
+        {"prompt": "[] Q: Name a fruit.\nA:", "chosen": " Pear.", "rejected": "Nine"},
+        {"prompt": "[] Q: Name a fruit.\nA:", "chosen": " Pear.", "rejected": "Nine"},
+    ]
+    # {} (axolotl's defaults: prompt, chosen, rejected as they are) is read as the preference mapping under rl
+    plain = _pairs(tmp_path, [{"prompt": "Hi.", "chosen": " Hello", "rejected": " Go"}] * 2, "plain.jsonl")
+    data = build_preference_datasets(make_cfg([{"path": str(plain), "type": {}}], rl="dpo"), tokenizer)
+    assert data.train[0] == {"prompt": "Hi.", "chosen": " Hello", "rejected": " Go"}
+
+    with pytest.raises(ValueError, match=r"datasets\[0\]\.type: a \{field_prompt, .* read under rl only"):
+        make_cfg([{"path": str(path), "type": mapping}])
+    with pytest.raises(ValueError, match=r"field_instruction: keys of axolotl's SFT user-defined prompt; the pref"):
+        make_cfg([{"path": str(path), "type": {"field_instruction": "q"}}], rl="dpo")
+    with pytest.raises(ValueError, match=r"field_choosen: unknown key \(did you mean field_chosen\?\)"):
+        make_cfg([{"path": str(path), "type": {"field_prompt": "q", "field_choosen": "good"}}], rl="dpo")
+    with pytest.raises(ValueError, match=r"chosen_format: unknown placeholder \{good\}; use \{chosen\}"):
+        make_cfg([{"path": str(path), "type": {"chosen_format": "{good}"}}], rl="dpo")
+
+
 def test_test_datasets_are_the_evaluation_pairs(make_cfg, tokenizer, tmp_path):
     train = _pairs(
         tmp_path, [{"prompt": f"Name colour {i}.", "chosen": " Red", "rejected": " Seven"} for i in range(4)]
