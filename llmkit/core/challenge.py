@@ -116,6 +116,14 @@ CONTAINER_PORT = 80  # the harness maps the submission container's port 80 to 80
 MAX_SUBMISSIONS = 3  # per track, by the challenge's rules
 
 
+def _within_or_over(ratio: float) -> str:
+    """How a duration stands against its limit, as a projection's verdict says it: "1.0× over" read as no overrun
+    at 102%, so a multiple only from twice the limit on (the percentage beside it says how far)."""
+    if ratio <= 1:
+        return "within"
+    return f"{ratio:.1f}× over" if ratio >= 2 else "over"
+
+
 class Projection(BaseModel):
     """The open suite's duration at a per-request pace measured here, and what that pace was measured from."""
 
@@ -131,7 +139,7 @@ class Projection(BaseModel):
         return self.projected_s / self.limit_s
 
     def verdict(self) -> str:
-        within = "within" if self.ratio <= 1 else f"{self.ratio:.1f}× over"
+        within = _within_or_over(self.ratio)
         return (
             f"about {_duration(self.projected_s)}, {within} the challenge's {_duration(self.limit_s)} limit "
             f"({self.ratio:.0%} of it)"
@@ -217,7 +225,7 @@ class TrainingProjection(BaseModel):
     def verdict(self) -> str:
         if self.projected_s is None:
             return f"tokens unknown; {_duration(self.limit_s)} hold {self.tokens_per_s * self.limit_s:,.0f} tokens"
-        within = "within" if self.fits else f"{self.ratio:.1f}× over"
+        within = _within_or_over(self.ratio)
         return f"about {_duration(self.projected_s)}, {within} the {_duration(self.limit_s)} limit ({self.ratio:.0%})"
 
     def sentence(self) -> str:

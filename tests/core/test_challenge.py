@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llmkit.core.challenge import TRACKS, Track, project_training, track_table
+from llmkit.core.challenge import TRACKS, Projection, Track, project_training, track_table
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,3 +39,18 @@ def test_a_track_is_read_in_any_case_and_kept_under_its_canonical_name(given, tr
     assert Track(given) is track and Track(given).value in ("A100", "4090")
     with pytest.raises(ValueError, match="'a10' is not a valid Track"):
         Track("a10")
+
+
+@pytest.mark.parametrize(
+    ("ratio", "said"),
+    [(0.5, "within the"), (1.02, "over the"), (1.96, "over the"), (2.5, "2.5× over the")],
+)
+def test_a_projection_over_its_limit_is_a_multiple_only_from_twice_the_limit(ratio, said):
+    """A run at 102% of the limit read "1.0× over ... (102% of it)"."""
+    evaluation = Projection(open_requests=1, seconds_per_request=1, projected_s=7200 * ratio, basis="b", caveat="c")
+    pace = project_training(Track.a100, tokens=1, tokens_basis="t", params=7e9, method="qlora").tokens_per_s
+    training = project_training(
+        Track.a100, tokens=round(pace * 24 * 3600 * ratio), tokens_basis="t", params=7e9, method="qlora"
+    )
+    for verdict in (evaluation.verdict(), training.verdict()):
+        assert f", {said} " in verdict and f"({ratio:.0%}" in verdict, verdict
