@@ -198,6 +198,8 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 raise ValueError(
                     f"peft.loftq_config and peft_init_lora_weights: {self.peft_init_lora_weights!r}: choose one"
                 )
+        elif self.peft_init_lora_weights == "loftq":  # peft needs LoftQ's settings beside it
+            raise ValueError("peft_init_lora_weights: loftq needs peft: {loftq_config: {loftq_bits: 4}}")
         return self
 
     @model_validator(mode="after")

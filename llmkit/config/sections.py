@@ -815,7 +815,7 @@ class LoraSection(BaseModel):
         None, description="Name of the layer list peft_layers_to_transform indexes (e.g. layers)."
     )
     peft_init_lora_weights: bool | str | None = Field(
-        None, description="peft init_lora_weights: true, false, gaussian, pissa, olora, ... (default true)."
+        None, description="peft init_lora_weights: true, false, gaussian or orthogonal (default true)."
     )
     loraplus_lr_ratio: float | None = Field(
         None, gt=0, description="LoRA+: B matrices learn at learning_rate x this ratio (2^4 recommended)."
@@ -862,6 +862,31 @@ class LoraSection(BaseModel):
     _lists = field_validator("lora_modules_to_save", "peft_layers_pattern", "peft_layers_to_transform", mode="before")(
         one_as_list
     )
+
+    @field_validator("peft_init_lora_weights")
+    @classmethod
+    def _lora_init_llmkit_merges(cls, value: bool | str | None) -> bool | str | None:
+        # Inits that move the base weights at the start: the adapter then fits the moved base, and merging it onto
+        # the base as loaded folds a model that was never trained (peft redoes the move when it loads the adapter).
+        moved = "moves part of the base weights into the adapter before training (the base trained on is not the "
+        moved += "one merged onto: llmkit's merge would fold a model that was never trained); not implemented"
+        refused = {
+            "pissa": moved,
+            "olora": moved,
+            "corda": "a data-driven init (a pass over the data before training) that also moves base weights; "
+            "not implemented",
+            "eva": "a data-driven init (a pass over the data before training); not implemented",
+            "mica": "freezes the LoRA B matrices; not implemented",
+        }
+        if not isinstance(value, str):
+            return value
+        if value in ("gaussian", "orthogonal", "loftq"):  # loftq: with peft.loftq_config (the config's check)
+            return value
+        name = "pissa" if value.startswith("pissa_niter_") else value
+        if name in refused:
+            raise ValueError(f"{value!r}: {refused[name]}; use true (the default), gaussian or orthogonal")
+        known = ", ".join(["true", "false", "gaussian", "orthogonal", "loftq", *refused])
+        raise ValueError(f"{value!r} is not one of peft's LoRA inits: {known}")
 
     @field_validator("lora_target_modules", mode="before")
     @classmethod

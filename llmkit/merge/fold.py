@@ -144,6 +144,10 @@ def merge_from_config(
     return merge_adapter(base or cfg.base_model, adapter_dir, out or adapter_dir / "merged", cfg=cfg, **options)
 
 
+# peft's LoRA inits that change the base weights as they start the adapter (pissa_niter_N included).
+BASE_MOVING_INITS = ("pissa", "olora", "corda", "loftq")
+
+
 def check_adapter_dir(adapter_dir: str | Path) -> Path:
     path = Path(adapter_dir).expanduser()
     if path.is_dir() and not (path / "adapter_config.json").is_file() and _holds_full_model(path):
@@ -151,6 +155,16 @@ def check_adapter_dir(adapter_dir: str | Path) -> Path:
             f"{path} holds no adapter_config.json but a full model (config.json and weights): a full fine-tune "
             "(adapter: none) needs no merge, serve the folder directly (python -m llmkit.server --model "
             f"{shlex.quote(str(path))})"
+        )
+    init = adapter_config(adapter_dir).get("init_lora_weights")
+    if isinstance(init, str) and init.startswith(BASE_MOVING_INITS):
+        # peft moved part of the base weights into the adapter (or rounded them) before training, and moves them
+        # again when it loads the adapter; folded onto the base as stored, the model was never the trained one
+        raise ValueError(
+            f"{path}/adapter_config.json has init_lora_weights {init!r}: peft changed the base weights before "
+            "training and changes them again when it loads the adapter, so the adapter does not fold onto the "
+            "base as stored; llmkit merge cannot merge it: serve it unmerged (python -m llmkit.server --model "
+            "BASE --adapter DIR), or train with init true, gaussian or orthogonal"
         )
     experts = adapter_config(adapter_dir).get("target_parameters")
     if experts:  # peft's ParamWrapper LoRA on 3-D MoE expert tensors: no module of the base to fold it into

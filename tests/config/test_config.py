@@ -285,6 +285,20 @@ def test_peft_string_is_the_old_spelling_of_peft_method(tmp_path):
     assert "peft: vera (old spelling) and peft_method: lora disagree" in error_of(path, {"peft_method": "lora"})
 
 
+@pytest.mark.parametrize("init", ["pissa", "pissa_niter_4", "olora", "corda", "eva", "mica", "svd"])
+def test_a_lora_init_llmkit_cannot_merge_or_run_is_refused_by_name(tmp_path, init):
+    """pissa passed validate, then stopped training on a 4-bit base in peft, or trained and failed merge's check
+    (peft moves part of the base into the adapter at the start)."""
+    message = error_of(write(tmp_path, MINIMAL), {"peft_init_lora_weights": init})
+    assert f"peft_init_lora_weights: {init!r}" in message
+    assert ("not implemented" in message) != (init == "svd"), message  # svd is no init of peft's
+    for accepted in (True, False, "gaussian", "orthogonal"):
+        assert load_quietly(write(tmp_path, MINIMAL), {"peft_init_lora_weights": accepted})
+    assert "peft_init_lora_weights: loftq needs peft: {loftq_config" in error_of(
+        write(tmp_path, MINIMAL), {"peft_init_lora_weights": "loftq", "adapter": "lora", "load_in_4bit": False}
+    )
+
+
 def test_peft_mapping_is_axolotls_loftq(tmp_path):
     loftq = {"peft": {"loftq_config": {"loftq_bits": 4}}}
     cfg = load_quietly(write(tmp_path, MINIMAL), {**loftq, "adapter": "lora", "load_in_4bit": False})

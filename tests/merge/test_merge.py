@@ -386,6 +386,18 @@ def test_bad_adapter_paths_fail_clearly(tiny_model_dir, tmp_path):
     assert (tmp_path / "taken").read_text() == "somebody's file"
 
 
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_an_adapter_whose_init_moved_the_base_is_refused_before_merging(init, tiny_model_dir, tmp_path):
+    """A PiSSA adapter trained, then merge folded it onto the base as stored (peft had moved its principal part into
+    the adapter) and failed verification minutes later; nothing can fold it onto that base."""
+    adapter = lora_adapter(tiny_model_dir, tmp_path / init, init_lora_weights=init, target_modules=["q_proj"])
+    result = CliRunner().invoke(app, ["merge", "--adapter", str(adapter), "--base", str(tiny_model_dir)])
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.output.split())
+    assert f"adapter_config.json has init_lora_weights '{init}': peft changed the base weights" in said
+    assert "serve it unmerged" in said and not (adapter / "merged").exists()
+
+
 def test_adapter_for_another_base_names_both(adapters, tiny_model_dir, default_model_dir, tmp_path):
     with pytest.raises(AdapterMismatchError) as err:
         merge_adapter(default_model_dir, adapters["plain"], tmp_path / "merged", dtype="bfloat16")
