@@ -91,6 +91,10 @@ REFUSED_KEYS = {
     "llmcompressor": "sparsity-preserving fine-tuning (an llmcompressor recipe) is not implemented",
     "gkd_trainer": "GKD (distillation from a teacher model's generations) is not implemented",
     "quantize_moe_experts": "quantizing fused MoE experts is not implemented: bitsandbytes leaves them in 16 bits",
+    "lora_rank_pattern": "per-module LoRA ranks are not implemented: every targeted module gets lora_r",
+    "lora_alpha_pattern": "per-module LoRA alphas are not implemented: every targeted module gets lora_alpha",
+    "lora_exclude_modules": "excluding modules from the targets is not implemented; list the targets in "
+    "lora_target_modules instead of lora_target_linear",
     "lora_target_parameters": "LoRA on parameters (fused MoE experts) is not implemented; lora_target_modules "
     "covers linear layers",
     "use_onebitllms": "training a 1.58-bit (BitNet) model is not implemented",

@@ -486,6 +486,11 @@ def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
         ("gkd_trainer", True, "GKD"),
         ("quantize_moe_experts", True, "bitsandbytes leaves them in 16 bits"),
         ("lora_target_parameters", ["experts.down_proj"], "LoRA on parameters"),
+        # axolotl passes these to peft (rank_pattern, alpha_pattern, exclude_modules): warned as unknown, the run
+        # trained other ranks and modules
+        ("lora_rank_pattern", {"q_proj": 64}, "per-module LoRA ranks are not implemented"),
+        ("lora_alpha_pattern", {"q_proj": 128}, "per-module LoRA alphas are not implemented"),
+        ("lora_exclude_modules", ["down_proj"], "excluding modules from the targets is not implemented"),
         # the learning-rate schedule and per-parameter learning rates: once reported as unknown keys and dropped
         ("cosine_constant_lr_ratio", 0.8, "cosine_min_lr_ratio is"),
         ("lr_scheduler_kwargs", {"num_cycles": 3}, "extra scheduler arguments are not implemented"),
