@@ -603,6 +603,8 @@ class DatasetSpec(BaseModel):
     def _known_type(cls, value: str | BaseModel | None) -> str | BaseModel | None:
         # Known names become DatasetType members; other strings stay as written for the config's check (which
         # knows whether `rl` is set) and for user modules.
+        if value == "sharegpt:chat":  # axolotl 2023's usual spelling: chat was its ShareGPT prompter's only style
+            value = DatasetType.sharegpt.value
         return DatasetType(value) if isinstance(value, str) and value in DatasetType._value2member_map_ else value
 
     @field_validator("roles", mode="before")

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from transformers import AutoTokenizer
 
-from llmkit.config.schema import ConfigError, ConfigWarning, load_config
+from llmkit.config.schema import ConfigError, ConfigWarning, DatasetType, load_config
 from llmkit.data.pipeline import DataError, build_datasets
 from llmkit.data.rows import IGNORE_INDEX
 
@@ -330,6 +330,7 @@ def test_alpaca_chat_conversation_must_be_a_style(tmp_path):
         _load(tmp_path, [{"path": "a.jsonl", "type": "alpaca_chat", "conversation": "vicuna"}])
 
 
+@pytest.mark.parametrize("name", ["sharegpt", "sharegpt:chat"])  # 2023 axolotl's spelling: its only style
 @pytest.mark.parametrize(
     ("keys", "top", "template"),
     [
@@ -338,12 +339,13 @@ def test_alpaca_chat_conversation_must_be_a_style(tmp_path):
         ({"conversation": "chatml"}, {}, None),
     ],
 )
-def test_sharegpt_without_conversation_says_which_template_renders_it(tmp_path, keys, top, template):
+def test_sharegpt_without_conversation_says_which_template_renders_it(tmp_path, keys, top, template, name):
     """Older axolotl rendered it with fastchat's vicuna_v1.1, current axolotl refuses the type: the template used
-    here is said, not left to be guessed."""
+    here is said, not left to be guessed. `sharegpt:chat` was refused (sharegpt takes no :style)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConfigWarning)
-        cfg = _load(tmp_path, [{"path": "a.jsonl", "type": "sharegpt", **keys}], **top)
+        cfg = _load(tmp_path, [{"path": "a.jsonl", "type": name, **keys}], **top)
+    assert cfg.datasets[0].type is DatasetType.sharegpt
     said = [note for note in cfg.notices if "sharegpt" in note]
     if template is None:
         assert not said and not caught
