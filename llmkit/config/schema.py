@@ -555,14 +555,15 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         model training keeps tied, saving the embeddings or the head saves both."""
         saved = {module.name for name in self.checked_modules_to_save(shape) for module in shape.matching(name)}
         ends = [*shape.embeddings[:1], *([shape.head] if shape.head else [])]
-        if self.ties_saved_embeddings(shape.tie_word_embeddings) and saved & {module.name for module in ends}:
+        tied = self.ties_saved_embeddings(shape.tie_word_embeddings) and bool(saved & {module.name for module in ends})
+        if tied:
             saved |= {module.name for module in ends}
         both = sorted({module.leaf for name in targets for module in shape.matching(name) if module.name in saved})
         if both:
+            why = " (on this tied model, saving the embeddings or the head saves both)" if tied else ""
             problem = (
-                f"lora_target_modules: {both} also trained whole by lora_modules_to_save (on this tied model, saving "
-                "the embeddings or the head saves both): a module is adapted with LoRA or trained whole, not both; "
-                "remove it from one of the two"
+                f"lora_target_modules: {both} also trained whole by lora_modules_to_save{why}: a module is adapted "
+                "with LoRA or trained whole, not both; remove it from one of the two"
             )
             raise ConfigError([problem], self.source)
 

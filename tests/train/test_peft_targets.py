@@ -86,6 +86,24 @@ def test_a_module_both_adapted_and_saved_whole_is_refused_before_training(tiny_c
     cfg = load_config(
         tiny_config(**saved, lora_target_modules=["q_proj", "lm_head"], dataset_prepared_path=str(prepared))
     )
-    with pytest.raises(ConfigError, match=r"lora_target_modules: \['lm_head'\] also trained whole"):
+    with pytest.raises(ConfigError, match=r"lora_target_modules: \['lm_head'\] also trained whole .*tied model"):
         train(cfg)
     assert not prepared.exists()  # said before the data is prepared, as validate says it
+
+
+def test_a_module_both_adapted_and_saved_whole_on_an_untied_model_is_not_called_tied(tiny_config, make_tiny_model):
+    """Mistral's DPO example (untied) was refused "on this tied model, saving the embeddings or the head saves"."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    untied = make_tiny_model(LlamaConfig, LlamaForCausalLM, tie_word_embeddings=False)
+    keys = {"lora_target_linear": False, "lora_modules_to_save": ["embed_tokens", "lm_head"]}
+    cfg = load_config(tiny_config(base_model=str(untied), **keys, lora_target_modules=["embed_tokens", "lm_head"]))
+    with pytest.raises(ConfigError) as refused:
+        plan(cfg)
+    said = str(refused.value)
+    assert "['embed_tokens', 'lm_head'] also trained whole by lora_modules_to_save: a module" in said
+    assert "tied" not in said
+    # untied, saving the embeddings leaves the head to LoRA (refused above on the tied model)
+    saved = {**keys, "lora_modules_to_save": ["embed_tokens"], "lora_target_modules": ["q_proj", "lm_head"]}
+    cfg = load_config(tiny_config(base_model=str(untied), **saved))
+    assert plan(cfg).target_modules == ["q_proj", "lm_head"]
