@@ -33,7 +33,7 @@ USAGE_train = make train CONFIG=axolotl_configs/<name>.yml [NPROC=2] [ARGS=\"--m
 NEEDS_merge = CONFIG ADAPTER WEIGHTED
 USAGE_merge = make merge CONFIG=... | ADAPTER=dir [BASE=...] [OUT=...] | WEIGHTED=fusion.yml OUT=... [NF4=1] [ARGS=...]
 NEEDS_submission = TRACK
-USAGE_submission = make submission TRACK=4090|A100 [CONFIG=... | MODEL=... [REVISION=...] [ADAPTER=... [ADAPTER_REVISION=...]]] [N=1] [LOADING=bf16|int8|nf4] [ENGINE=builtin|vllm] [BUNDLE=1] [SMOKE=0] [TRAINING=1] [OUT=dir] [ARGS=--cpu-fallback]
+USAGE_submission = make submission TRACK=4090|A100 [CONFIG=... | MODEL=... [REVISION=...] [CONFIG=... TRAINING=1] [ADAPTER=... [ADAPTER_REVISION=...]]] [N=1] [LOADING=bf16|int8|nf4] [ENGINE=builtin|vllm] [BUNDLE=1] [SMOKE=0] [TRAINING=1] [OUT=dir] [ARGS=--cpu-fallback]
 NEEDS_verify-submission = ZIP
 USAGE_verify-submission = make verify-submission ZIP=submissions/<track>_track/<track>_submission_N.zip [SMOKE=1]
 NEEDS_preprocess = CONFIG

@@ -454,8 +454,8 @@ def submission(
             err=True,
         )
         raise typer.Exit(code) from None
-    # Trained here from a config: its training time on the track's GPU, with or without training/.
-    training_time = projected_training_time(config) if model is None else None
+    # A config's training time on the track's GPU: trained here, or re-run by training/ beside a published model.
+    training_time = projected_training_time(config) if model is None or (training and config) else None
     # build_submission raised unless verify_submission found no problem; exit 1 when a smoke request fails.
     try:
         status = summarize(path, problems=[], smoke=smoke, built=True, training_time=training_time)

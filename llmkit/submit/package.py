@@ -68,7 +68,8 @@ def build_submission(
 
     Args:
         track: "4090" or "A100".
-        config: train, merge and bundle this config's model (the default when neither config nor model is given).
+        config: train, merge and bundle this config's model (the default when neither config nor model is given);
+            with `model` and `training`, only the config training/ re-runs (the model it trained is `model`).
         model: hub id (downloaded by the image) or local directory (needs bundle_weights) of the served model.
         adapter: an unmerged peft adapter on top of `model`: hub id or local directory (needs bundle_weights).
         number: N in `<track>_submission_N`; default: one more than the highest there. An existing N is replaced.
@@ -95,16 +96,19 @@ def build_submission(
             "--loading int8 is not available with --engine vllm (vLLM quantizes with bitsandbytes in 4 bits only): "
             "use --loading nf4 or bf16"
         )
-    if config is not None and model is not None:
-        raise SubmissionError("Give --config or --model, not both")
+    if config is not None and model is not None and not training:
+        raise SubmissionError(
+            "Give --config or --model, not both (with --training, both: the published --model is served and "
+            "training/ re-runs the --config that trained it)"
+        )
     if number is not None and number < 1:
         raise SubmissionError(f"--number {number}: submissions are numbered from 1")
     if model is None and (adapter is not None or revision is not None):
         raise SubmissionError("--adapter and --revision need --model (the base they apply to)")
     if adapter is None and adapter_revision is not None:
         raise SubmissionError("--adapter-revision needs --adapter")
-    if training and model is not None:
-        raise SubmissionError("--training needs --config (the config that trains the model), not --model")
+    if training and model is not None and config is None:
+        raise SubmissionError("--training with --model needs --config too: the config that trained the model")
     track_dir = Path(out_root or "submissions") / f"{track.value}_track"  # beside where the command runs
     try:
         check_folder_target(track_dir)  # before training, merging or downloading

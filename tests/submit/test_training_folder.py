@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import yaml
@@ -73,9 +74,23 @@ def test_a_zip_with_training_passes_verification(default_zips, rewrite_zip, defa
     assert any(problem.startswith(f"training/{DOCKERFILE}: hadolint:") for problem in problems), problems
 
 
-def test_training_needs_a_config(tmp_path):
-    with pytest.raises(SubmissionError, match="--training needs --config"):
+def test_a_published_model_takes_the_training_folder_of_the_config_that_trained_it(tmp_path):
+    """The zip the challenge accepts downloads its model from the hub (--model): --training needed --config and
+    refused --model beside it, so no accepted zip could carry training/."""
+    with pytest.raises(SubmissionError, match="--training with --model needs --config too"):
         build_submission("4090", model=DEFAULT_MODEL_ID, training=True, out_root=tmp_path)
+    with pytest.raises(SubmissionError, match="Give --config or --model, not both"):
+        build_submission("4090", config=DEFAULT_CONFIG, model=DEFAULT_MODEL_ID, out_root=tmp_path)
+    revision = "9" * 40  # given: the hub is not asked (offline here); the shape comes from the embedded copy
+    zip_path = build_submission(
+        "A100", config=DEFAULT_CONFIG, model=DEFAULT_MODEL_ID, revision=revision, training=True, out_root=tmp_path
+    )
+    with zipfile.ZipFile(zip_path) as archive:
+        names = set(archive.namelist())
+        dockerfile = archive.read("Dockerfile").decode()
+    assert {"training/config.yml", f"training/{DOCKERFILE}", "training/pins.json"} <= names
+    assert not any(name.startswith("model/") for name in names)  # the weights come from the hub at docker build
+    assert revision in dockerfile
 
 
 def test_a_hub_dataset_offline_is_said_unpinned(tmp_path):
