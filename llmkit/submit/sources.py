@@ -97,7 +97,37 @@ def hub_or_local(name: str, revision: str | None, *, bundle: bool, marker: str, 
         LOG.warning(HUB_BUNDLE_WARNING, name, resolved.revision)
         return Weights(name=name, revision=resolved.revision, local_dir=resolved.path)
     make_variable = flag.removeprefix("--").upper().replace("-", "_")  # REVISION, ADAPTER_REVISION
+    if revision is not None:
+        check_revision(name, revision, flag)
     return Weights(name=name, revision=revision or pin_revision(name, f"{flag} <commit> ({make_variable}=...)"))
+
+
+def check_revision(repo_id: str, revision: str, flag: str = "--revision") -> None:
+    """A revision given by hand, asked of the hub where it answers: a typo otherwise passes every check here and
+    fails the organisers' `docker build`.
+
+    Raises:
+        SubmissionError: the hub answers that the model has no such revision.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    try:
+        HfApi().model_info(repo_id, revision=revision, timeout=20)
+    except RevisionNotFoundError:
+        raise SubmissionError(
+            f"{flag} {revision}: the hub has no such branch, tag or commit of {repo_id}; the image's download would "
+            "fail at docker build"
+        ) from None
+    except Exception as err:  # offline, or a gated or private repo without a token: it cannot be checked here
+        LOG.warning(
+            "Could not check %s %s against the hub (%s: %s): the image downloads it as given; a wrong revision "
+            "fails only at the organisers' docker build",
+            flag,
+            revision,
+            type(err).__name__,
+            str(err).splitlines()[0] if str(err) else "",
+        )
 
 
 def pin_revision(repo_id: str, how: str = "--revision <commit> (REVISION=...)") -> str:

@@ -305,3 +305,56 @@ def test_a_revision_for_a_local_folder_is_refused(tmp_path, tiny_model_dir):
     """It was silently ignored: the folder's files are what get bundled."""
     with pytest.raises(SubmissionError, match=rf"^--revision main: --model {tiny_model_dir} is a local folder"):
         build_submission("4090", model=str(tiny_model_dir), revision="main", bundle_weights=True, out_root=tmp_path)
+
+
+@pytest.fixture()
+def hub(monkeypatch):
+    """A local stand-in for the hub's model-info endpoint (huggingface_hub's own client asks it over HTTP): it knows
+    one commit of every repo, and answers any other revision as the hub does, 404 RevisionNotFound."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from huggingface_hub import constants
+
+    known = "1" * 40
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_GET(self):
+            found = self.path.split("?")[0].endswith(f"/revision/{known}")
+            body = json.dumps({"id": "x/y", "sha": known} if found else {"error": "Invalid rev id"}).encode()
+            self.send_response(200 if found else 404)
+            if not found:
+                self.send_header("X-Error-Code", "RevisionNotFound")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    yield known
+    server.shutdown()
+
+
+def test_a_given_revision_is_asked_of_the_hub_where_it_answers(hub, caplog):
+    """A made-up --revision got "weights ✓ ... (downloaded by docker build)": only its spelling was checked."""
+    assert hub_or_local(DEFAULT_MODEL_ID, hub, bundle=False, marker="config.json", what="model").revision == hub
+    typo = "2" * 40
+    with pytest.raises(SubmissionError, match=f"--revision {typo}: the hub has no such branch, tag or commit of"):
+        hub_or_local(DEFAULT_MODEL_ID, typo, bundle=False, marker="config.json", what="model")
+    with pytest.raises(SubmissionError, match="--adapter-revision v9: the hub has no such"):
+        hub_or_local("someone/adapter", "v9", bundle=False, marker="adapter_config.json", what="adapter")
+
+
+def test_a_given_revision_the_hub_cannot_be_asked_about_is_said_unchecked(monkeypatch, caplog):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing answers there
+    caplog.set_level(logging.WARNING)
+    weights = hub_or_local(DEFAULT_MODEL_ID, "3" * 40, bundle=False, marker="config.json", what="model")
+    assert weights.revision == "3" * 40
+    assert f"Could not check --revision {'3' * 40} against the hub" in caplog.text
