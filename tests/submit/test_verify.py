@@ -302,6 +302,16 @@ def _cmd_line(zip_path) -> int:
     return next(n for n, text in enumerate(_dockerfile(zip_path).splitlines(), 1) if text.startswith("CMD"))
 
 
+def test_the_shipped_dockerignore_sends_docker_build_only_what_the_serving_image_copies():
+    """training/ (the training image's own context: a wheel, data) and manifest.json went to docker build too."""
+    from llmkit.core.assets import DOCKER_DIR
+
+    shipped = (DOCKER_DIR / ".dockerignore").read_text()
+    names = {"training/config.yml", "training/data/rows.jsonl", "manifest.json", "Dockerfile", "requirements.txt"}
+    names |= {"llmkit/server/app.py", "model/config.json", "model/model.safetensors", ".dockerignore"}
+    assert dockerignored(names, shipped) == {"training/config.yml", "training/data/rows.jsonl", "manifest.json"}
+
+
 def test_a_copy_source_that_dockerignore_keeps_out_is_reported(good_zip, tmp_path, rewrite_zip):
     """docker build sends the zip less what .dockerignore names; a COPY of a file it keeps out fails the build."""
     dockerfile = _dockerfile(good_zip).splitlines()
