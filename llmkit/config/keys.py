@@ -171,6 +171,7 @@ FIXED_BEHAVIOUR = {
     "(--fresh starts from step 0)",
     "max_packed_sequence_len": "axolotl's packing of 2023, which it now refuses: sample_packing: true packs rows "
     "up to sequence_len",
+    "eval_causal_lm_metrics": "metrics not computed here (exact_match is; they change only what an evaluation logs)",
 }
 
 EMPTY_VALUES = (None, False, "", [], {})  # an unimplemented key set to one of these changes nothing

@@ -31,6 +31,7 @@ from llmkit.config.keys import (
     suggest,
 )
 from llmkit.config.sections import (
+    CAUSAL_LM_METRICS,
     DATASET_LISTS,
     Adapter,
     BnbConfigKwargs,
@@ -50,6 +51,7 @@ from llmkit.config.sections import (
     RLSection,
     TrainingSection,
     UnfrozenPattern,
+    one_as_list,
     rl_method,
 )
 from llmkit.core import devices
@@ -166,6 +168,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                         ignored += dropped
                     entries.append(entry)
                 data[key] = entries
+        ignored += _unimplemented_metrics(data)
         cfg = handler(data)
         cfg._ignored, cfg._notices = ignored, notices
         blocking = [key.describe() for key in ignored if not key.known or key.effective]
@@ -726,6 +729,22 @@ def _migrate_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         data["peft_method"] = data.pop("peft")
         notices.append(f"peft: {peft} is this project's old spelling; use peft_method: {peft}")
     return data, notices
+
+
+def _unimplemented_metrics(data: dict) -> list[IgnoredKey]:
+    """eval_causal_lm_metrics it does not compute (axolotl's defaults: sacrebleu, comet, ter, chrf) change only what
+    an evaluation logs: dropped from `data` and reported as an ignored key (an error under strict), as another
+    key that changes no weight is; the config's own metrics stay."""
+    listed = data.get("eval_causal_lm_metrics")
+    if not listed:
+        return []
+    names = one_as_list(listed)
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        return []  # the field's own check says what is wrong with it
+    unknown = [name for name in names if name not in CAUSAL_LM_METRICS]
+    if unknown:
+        data["eval_causal_lm_metrics"] = [name for name in names if name in CAUSAL_LM_METRICS] or None
+    return [IgnoredKey("eval_causal_lm_metrics", unknown, known=True)] if unknown else []
 
 
 def _sharegpt_notices(cfg: AxolotlConfig) -> list[str]:

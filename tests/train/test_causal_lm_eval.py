@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmkit.config.schema import ConfigError, load_config
+from llmkit.config.schema import ConfigError, ConfigWarning, load_config
 from llmkit.data.pipeline import build_datasets
 from llmkit.data.tokenizer import load_tokenizer
 from llmkit.train.causal_lm_eval import CausalLMEval, HeldOutAnswer, exact_match, held_out_answers
@@ -95,9 +95,13 @@ def test_training_evaluates_test_datasets(tiny_config, tiny_dataset, caplog):
 
 
 def test_causal_lm_eval_keys_are_checked(tiny_config):
-    unknown = r"eval_causal_lm_metrics: \['sacrebleu'\] not implemented here; implemented: exact_match"
-    with pytest.raises(ConfigError, match=unknown):
-        load_config(tiny_config(val_set_size=0.25, do_causal_lm_eval=True, eval_causal_lm_metrics=["sacrebleu"]))
+    """Metrics it does not compute change only what is logged: a real config naming axolotl's chrf and sacrebleu
+    was refused outright; they are ignored with a warning, as other keys that change no weight are (strict: error)."""
+    keys = {"val_set_size": 0.25, "do_causal_lm_eval": True, "eval_causal_lm_metrics": ["exact_match", "chrf"]}
+    with pytest.warns(ConfigWarning, match=r"eval_causal_lm_metrics=\['chrf'\]: metrics not computed here"):
+        assert load_config(tiny_config(**keys)).eval_causal_lm_metrics == ["exact_match"]
+    with pytest.raises(ConfigError, match=r"strict: true forbids these keys: eval_causal_lm_metrics=\['chrf'\]"):
+        load_config(tiny_config(**keys, strict=True))
     with pytest.raises(ConfigError, match="do_causal_lm_eval: scores answers to held-out rows; set val_set_size"):
         load_config(tiny_config(do_causal_lm_eval=True))
     assert load_config(tiny_config(eval_causal_lm_metrics=None)).eval_causal_lm_metrics == ["exact_match"]
