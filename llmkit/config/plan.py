@@ -48,6 +48,7 @@ class TrainingPlan:
     method: str
     target_modules: list[str]  # as resolved against the model; the listed names when the shape is unknown
     trainable_params: int | None
+    total_params: int | None  # of the model training builds: the base with embeddings grown for added tokens
     world_size: int
     tokens_per_step: int
     rows: int | None  # rows of all local datasets; None when a dataset is on the hub
@@ -87,11 +88,11 @@ def plan(
     shape, source = _shape(cfg, model_config)
     if shape is None:
         targets = cfg.resolved_target_modules(None)
-        trainable, memory = None, []
+        trainable, total, memory = None, None, []
     else:
         targets = cfg.resolved_target_modules(shape)
         trained = shape.with_vocabulary(tokenizer_size) if tokenizer_size else shape
-        trainable = trainable_params(cfg, trained, targets)
+        trainable, total = trainable_params(cfg, trained, targets), trained.num_params
         memory = [training_memory(cfg, trained, targets, trainable, track) for track in Track]
     micro_tokens = cfg.micro_batch_size * cfg.sequence_len
     rows = _count_all_rows(cfg.datasets)
@@ -112,6 +113,7 @@ def plan(
         method=_describe_method(cfg),
         target_modules=targets,
         trainable_params=trainable,
+        total_params=total,
         world_size=world_size,
         tokens_per_step=tokens_per_step,
         rows=rows,

@@ -114,9 +114,9 @@ def render(p: TrainingPlan):
             f"[yellow]{escape(', '.join(left_out))}: peft would rename them to the MoE experts' fused parameters and "
             "train the experts instead, so lora_target_linear leaves these layers untrained[/yellow]",
         )
-    if p.shape is not None and p.trainable_params is not None:
-        share = p.trainable_params / p.shape.num_params
-        summary.add_row("trainable parameters", f"{p.trainable_params:,} ({share:.2%} of {p.shape.num_params:,})")
+    if p.total_params is not None and p.trainable_params is not None:
+        share = p.trainable_params / p.total_params  # both of the model training builds (added tokens' rows too)
+        summary.add_row("trainable parameters", f"{p.trainable_params:,} ({share:.2%} of {p.total_params:,})")
     batch = f"{cfg.micro_batch_size} x {cfg.gradient_accumulation_steps} accum x {cfg.sequence_len} tokens"
     summary.add_row("tokens per optimizer step", f"{p.tokens_per_step:,} ({batch} x {p.world_size} GPU)")
     summary.add_row("optimizer steps", _steps_text(p))

@@ -286,10 +286,14 @@ def test_trainable_embeddings_are_counted_as_peft_trains_them(make_tiny_model, t
     lora = sum(p.numel() for name, p in peft_model.named_parameters() if p.requires_grad and "lora_" in name)
     rows = model.get_input_embeddings().num_embeddings
     assert rows == 49152 + len(tokens) and trained == lora + rows * 64 * (1 if tied else 2)  # the copies peft trains
+    # the resized base's own weights (peft's count adds the adapters and the saved copies)
+    total = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" not in n and "modules_to_save" not in n)
     status, output = _validate_output(config)
-    assert status == 0 and re.search(rf"trainable parameters\W+{trained:,} \(", output), output
+    # of the model training builds, added tokens' rows in both counts: more trainable than total was printed
+    share = rf"{trained:,} \({trained / total:.2%} of {total:,}\)"
+    assert status == 0 and re.search(rf"trainable parameters\W+{share}", output), output
     p = plan(cfg, tokenizer_size=len(load_tokenizer(cfg)))
-    assert p.trainable_params == trained
+    assert p.trainable_params == trained and p.total_params == total
     assert all(m.trainable == trained * (4 + 4 + 8) for m in p.memory)  # adapters in fp32: weight, gradient, AdamW
 
 
