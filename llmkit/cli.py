@@ -255,7 +255,12 @@ def train(
     from llmkit.data import DataError
     from llmkit.train import summary_table
     from llmkit.train import train as run
-    from llmkit.train.resume import interrupted_message
+    from llmkit.train.resume import discard_partial_checkpoint, interrupted_message
+
+    def stopped(cfg) -> str:  # what a stopped run left, once the checkpoint it was writing is gone (main process)
+        if os.environ.get("RANK", "0") == "0":
+            discard_partial_checkpoint(Path(cfg.output_dir))
+        return interrupted_message(Path(cfg.output_dir), fresh=fresh)
 
     given = {"max_steps": max_steps, "output_dir": output_dir}
     overrides = {key: value for key, value in given.items() if value is not None}  # 0 and "" are the config's errors
@@ -270,16 +275,13 @@ def train(
         if (code := interrupted_exit_code(err)) is None:
             raise
         if cfg is not None:
-            typer.echo(f"\n{interrupted_message(Path(cfg.output_dir), fresh=fresh)}", err=True)
+            typer.echo(f"\n{stopped(cfg)}", err=True)
         raise typer.Exit(code) from None
     except (OSError, RuntimeError) as err:
         # A full disk fails a checkpoint save deep in torch ("unexpected pos", errno 28): say what it is.
         if cfg is None or not (full := disk_full(Path(cfg.output_dir), err)):
             raise
-        typer.echo(
-            f"Error: {full}. Free some space, then:\n{interrupted_message(Path(cfg.output_dir), fresh=fresh)}",
-            err=True,
-        )
+        typer.echo(f"Error: {full}. Free some space, then:\n{stopped(cfg)}", err=True)
         raise typer.Exit(1) from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns here; one summary is enough
         from rich.console import Console

@@ -14,7 +14,8 @@ import logging
 import os
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from llmkit.core import devices
-from llmkit.core.files import check_replaceable, clean_stale, sha256_file, staging_dir, swap_in
+from llmkit.core.files import check_replaceable, clean_stale, disk_full, sha256_file, staging_dir, swap_in
 from llmkit.core.models import (
     ADAPTER_WEIGHTS,
     DEFAULT_MAX_SHARD_SIZE,
@@ -295,7 +296,7 @@ def run_merge(
     if options.dtype_note:
         LOG.warning(options.dtype_note)
     started = time.monotonic()
-    with staging_dir(out_dir, "tmp") as tmp, staging_dir(out_dir, "adapter") as staging, sigterm_as_exit():
+    with _disk_full_named(out_dir), staging_dir(out_dir, "tmp") as tmp, staging_dir(out_dir, "adapter") as staging:
         adapter = adapter_source(staging)
         write_merged(base.path, adapter, tmp, options)
         if options.verify:
@@ -308,6 +309,19 @@ def run_merge(
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         swap_in(tmp, out_dir)
     return report
+
+
+@contextmanager
+def _disk_full_named(out_dir: Path) -> Iterator[None]:
+    """SIGTERM as an exit, and a full disk said as one (the bare errno named no disk and no folder); the staging
+    folders opened inside are removed either way."""
+    try:
+        with sigterm_as_exit():
+            yield
+    except OSError as err:
+        if full := disk_full(out_dir, err):
+            raise OSError(f"{full}: the merged model for {out_dir} did not fit; nothing of it is left") from None
+        raise
 
 
 def plan_merge(

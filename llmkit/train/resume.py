@@ -314,6 +314,13 @@ def _step(checkpoint: Path) -> int:
     return int(suffix) if suffix.isdigit() else -1
 
 
+def discard_partial_checkpoint(output_dir: Path) -> None:
+    """After a run stopped (Ctrl-C, SIGTERM, a full disk): remove the checkpoint it was writing, which the next run
+    would remove anyway; on a full disk it holds the space the message asks to free. Only in a run's own folder."""
+    if (output_dir / RUN_RECORD).is_file():
+        _checkpoints(output_dir, remove_partial=True)
+
+
 def interrupted_message(output_dir: Path, *, fresh: bool = False) -> str:
     """What a run stopped by Ctrl-C left, and what rerunning does with it (`fresh`: the run was started with --fresh,
     which a rerun of the same command would give again, deleting the checkpoints)."""

@@ -398,6 +398,24 @@ def test_an_adapter_whose_init_moved_the_base_is_refused_before_merging(init, ti
     assert "serve it unmerged" in said and not (adapter / "merged").exists()
 
 
+def test_a_full_disk_is_named_and_leaves_nothing(adapters, tiny_model_dir, tmp_path, monkeypatch):
+    """It said only "[Errno 28] No space left on device": no disk, no folder."""
+    from llmkit.merge import weights
+
+    def full(path, *args, **kwargs):
+        Path(path).write_bytes(b"\0" * 1000)  # a shard cut short
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(weights, "write_shard", full)
+    out = tmp_path / "merged"
+    command = ["merge", "--adapter", str(adapters["plain"]), "--base", str(tiny_model_dir), "--out", str(out)]
+    result = CliRunner().invoke(app, command)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and f"the disk holding {out} is full" in said, result.output
+    assert f"the merged model for {out} did not fit; nothing of it is left" in said
+    assert not out.exists() and os.listdir(tmp_path) == []
+
+
 def test_adapter_for_another_base_names_both(adapters, tiny_model_dir, default_model_dir, tmp_path):
     with pytest.raises(AdapterMismatchError) as err:
         merge_adapter(default_model_dir, adapters["plain"], tmp_path / "merged", dtype="bfloat16")

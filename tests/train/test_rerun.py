@@ -309,3 +309,31 @@ def test_fresh_refuses_to_resume_from_a_checkpoint_it_would_delete(tiny_config):
     with pytest.raises(ConfigError, match=r"resume_from_checkpoint: .*checkpoint-1 is in output_dir, whose"):
         train(load_config(inside), fresh=True)
     assert _checkpoints(out) == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_a_checkpoint_cut_off_by_a_full_disk_is_removed_as_the_error_is_said(tiny_config, monkeypatch):
+    """The half-written checkpoint stayed until the next run, holding the space the message asked to free."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    path = tiny_config(max_steps=4, save_steps=2)
+    out = Path(load_config(path).output_dir)
+    real_save = torch.save
+
+    def full_at_the_second_checkpoint(obj, f, *args, **kwargs):  # the optimizer's state, after the adapter
+        if str(f).endswith("optimizer.pt") and "checkpoint-4" in str(f):
+            Path(f).write_bytes(b"\0" * 1000)  # what a write cut short leaves
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_at_the_second_checkpoint)
+    result = CliRunner().invoke(app, ["train", str(path)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and f"Error: the disk holding {out} is full" in said, result.output
+    assert "rerun the same command to resume from" in said and "checkpoint-2 (step 2)" in said
+    assert _checkpoints(out) == ["checkpoint-2"]  # checkpoint-4, written in part, is gone
+
+    monkeypatch.setattr(torch, "save", real_save)
+    train(load_config(path))  # room again: it resumes from checkpoint-2
+    assert _global_step(out) == 4
