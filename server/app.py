@@ -22,7 +22,7 @@ from fastapi.responses import RedirectResponse
 from llmkit.server.engine import Engine, load_engine
 from llmkit.server.errors import add_error_handlers
 from llmkit.server.helm_routes import router as helm_router
-from llmkit.server.middleware import AssumeJSONMiddleware, BodyLimitMiddleware
+from llmkit.server.middleware import AssumeJSONMiddleware, BodyLimitMiddleware, header_timeout_protocol
 from llmkit.server.observe import AccessLogMiddleware, Metrics
 from llmkit.server.openai_routes import router as openai_router
 from llmkit.server.settings import EngineName, ServerSettings
@@ -119,7 +119,14 @@ def serve(settings: ServerSettings) -> None:
         # ends the process before any code after uvicorn.run (vLLM's engine processes were left running).
         # access_log off: AccessLogMiddleware writes one richer line per request instead of uvicorn's
         app = create_app(settings, engine, on_shutdown=close_once)
-        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            access_log=False,
+            http=header_timeout_protocol(settings.body_timeout_s),  # a request's headers get the body's time limit
+        )
         DrainingServer(config, app.state.stopping, settings.shutdown_timeout_s).run()
     except KeyboardInterrupt:  # Ctrl-C with requests in flight: asyncio re-raises it once the server has drained
         raise SystemExit(130) from None

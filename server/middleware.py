@@ -1,11 +1,12 @@
 """ASGI middleware that runs before a route sees a request: every POST body read as JSON, and a body over the
-size limit, compressed or not UTF-8 refused before it is parsed."""
+size limit, compressed or not UTF-8 refused before it is parsed; and the HTTP protocol's time limit on headers."""
 
 from __future__ import annotations
 
 import asyncio
 
 from starlette.responses import Response
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from llmkit.server.errors import error_response
 
@@ -90,3 +91,45 @@ async def _receive_before(receive, deadline: float, stopping: asyncio.Event):
         return message.result()
     message.cancel()
     return None
+
+
+def header_timeout_protocol(timeout_s: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a time limit on each request's headers, `timeout_s` from the first byte of a
+    connection or of its next request: uvicorn times only the idle wait between requests, so a client that never
+    finished its headers held its connection (and a file descriptor) for good; BodyLimitMiddleware times what
+    follows the headers."""
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._header_timer = self.loop.call_later(timeout_s, self._headers_too_slow)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if not self._awaiting_headers():
+                self._stop_header_timer()
+            elif self._header_timer is None and not self.transport.is_closing():  # a next request has begun
+                self._header_timer = self.loop.call_later(timeout_s, self._headers_too_slow)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_header_timer()
+            super().connection_lost(exc)
+
+        def _awaiting_headers(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _stop_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self._awaiting_headers() and not self.transport.is_closing():
+                # h11 sends a response only to a request it has read: the 408 is written as it is
+                self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+                self.transport.close()
+
+    return HeaderTimeoutProtocol

@@ -99,7 +99,7 @@ class ServerSettings(BaseSettings):
     body_timeout_s: float = Field(
         30.0,
         gt=0,
-        description="A request body incomplete this long after its headers gets HTTP 408, its connection closed.",
+        description="A request's headers, then its body, incomplete this long gets HTTP 408, its connection closed.",
     )
     shutdown_timeout_s: float = Field(
         5.0,

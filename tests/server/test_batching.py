@@ -285,6 +285,32 @@ def test_a_body_that_never_ends_gets_408_and_one_that_is_dropped_is_logged_499(s
     assert '"status": 400' not in log and "Traceback" not in log, log
 
 
+def test_headers_that_never_end_get_408_on_a_new_and_a_kept_alive_connection(start_server, http):
+    """The body had a time limit, the headers none: a connection that never finished them was held open for good
+    (60 of them still open after 40 s), as was one that sent nothing."""
+    server = start_server("--body-timeout-s", "2")
+    host, port = server.url.removeprefix("http://").split(":")
+    silent = socket.create_connection((host, int(port)))
+    partial = socket.create_connection((host, int(port)))
+    partial.sendall(f"POST /process HTTP/1.1\r\nHost: {host}\r\nContent-Le".encode())
+    kept = socket.create_connection((host, int(port)))  # a first request served, then a second one left unfinished
+    kept.sendall(f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    kept.settimeout(30)
+    assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+    kept.sendall(f"GET /health HTTP/1.1\r\nHost: {host}\r\n".encode())
+    started = time.monotonic()
+    for sock in (silent, partial, kept):
+        answer = _read_to_close(sock)
+        assert answer.startswith("HTTP/1.1 408") and "connection: close" in answer.lower(), answer
+    assert time.monotonic() - started < 15
+    slow = socket.create_connection((host, int(port)))  # headers byte by byte, within the limit: served
+    for byte in f"GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode():
+        slow.sendall(bytes([byte]))
+        time.sleep(0.01)
+    assert _read_to_close(slow).startswith("HTTP/1.1 200")
+    assert http.get(f"{server.url}/health").status_code == 200
+
+
 @pytest.mark.slow
 def test_a_half_sent_body_at_shutdown_gets_503_not_a_500(start_server):
     """uvicorn cut such a request off with a 500 and three tracebacks, 2 s after the grace period."""
