@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from string import Formatter
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
@@ -420,7 +420,27 @@ class GradientCheckpointingKwargs(BaseModel):
     )
 
 
-class CustomPrompt(BaseModel):
+class _FormatMapping(BaseModel):
+    """A `type:` given as a mapping of fields and formats; PLACEHOLDERS: each format key and the names it takes."""
+
+    model_config = _SECTION
+    PLACEHOLDERS: ClassVar[dict[str, set[str]]] = {}
+
+    @model_validator(mode="after")
+    def _check_placeholders(self) -> _FormatMapping:
+        """Each format key uses only its own placeholders, with balanced braces."""
+        for key, names in self.PLACEHOLDERS.items():
+            try:
+                used = {field for _, field, _, _ in Formatter().parse(getattr(self, key)) if field is not None}
+            except ValueError as err:  # an unmatched brace
+                raise ValueError(f"{key}: {err}") from None
+            if used - names:
+                wrong, right = (", ".join(f"{{{name}}}" for name in sorted(group)) for group in (used - names, names))
+                raise ValueError(f"{key}: unknown placeholder {wrong}; use {right}")
+        return self
+
+
+class CustomPrompt(_FormatMapping):
     """A `type:` given as a mapping: axolotl's user-defined prompt (its defaults, its placeholders).
 
     The prompt is `system_format` (when the row gives a system text, or the data has no `field_system` field and
@@ -428,7 +448,11 @@ class CustomPrompt(BaseModel):
     row has an input, else `no_input_format`; the output follows, trained, then EOS.
     """
 
-    model_config = _SECTION
+    PLACEHOLDERS: ClassVar[dict[str, set[str]]] = {
+        "format": {"instruction", "input"},
+        "no_input_format": {"instruction"},
+        "system_format": {"system"},
+    }
 
     system_prompt: str = Field("", description="System text where the data has no field_system field.")
     system_format: str = Field("{system}", description="How the system text is written; placeholder {system}.")
@@ -440,22 +464,19 @@ class CustomPrompt(BaseModel):
     no_input_format: str = Field("{instruction} ", description="Prompt for rows without an input.")
     field: str | None = Field(None, description="Accepted for axolotl compatibility; unused there too.")
 
-    @model_validator(mode="after")
-    def _check_placeholders(self) -> CustomPrompt:
-        _check_placeholders(
-            self, {"format": {"instruction", "input"}, "no_input_format": {"instruction"}, "system_format": {"system"}}
-        )
-        return self
 
-
-class PreferencePrompt(BaseModel):
+class PreferencePrompt(_FormatMapping):
     """A `type:` given as a mapping under `rl`: axolotl's user-defined preference format (dpo/user_defined.py).
 
     The pair is the row's prompt, chosen and rejected fields, each written with its format; `{system}` in
     prompt_format is the row's system field ("" where the row has none). Nothing else is added: no chat template.
     """
 
-    model_config = _SECTION
+    PLACEHOLDERS: ClassVar[dict[str, set[str]]] = {
+        "prompt_format": {"prompt", "system"},
+        "chosen_format": {"chosen"},
+        "rejected_format": {"rejected"},
+    }
 
     field_prompt: str = Field("prompt", description="Row field holding the prompt.")
     field_system: str = Field("system", description="Row field holding a system text (optional).")
@@ -465,29 +486,9 @@ class PreferencePrompt(BaseModel):
     chosen_format: str = Field("{chosen}", description="How the preferred answer is written; placeholder {chosen}.")
     rejected_format: str = Field("{rejected}", description="How the worse answer is written; placeholder {rejected}.")
 
-    @model_validator(mode="after")
-    def _check_placeholders(self) -> PreferencePrompt:
-        _check_placeholders(
-            self,
-            {"prompt_format": {"prompt", "system"}, "chosen_format": {"chosen"}, "rejected_format": {"rejected"}},
-        )
-        return self
-
 
 # The keys that make a `type:` mapping the preference one (the rest it shares with CustomPrompt, or has none).
 _PREFERENCE_ONLY = frozenset(PreferencePrompt.model_fields) - frozenset(CustomPrompt.model_fields)
-
-
-def _check_placeholders(mapping: BaseModel, allowed: dict[str, set[str]]) -> None:
-    """Each format key uses only its own placeholders, with balanced braces."""
-    for key, names in allowed.items():
-        try:
-            used = {field for _, field, _, _ in Formatter().parse(getattr(mapping, key)) if field is not None}
-        except ValueError as err:  # an unmatched brace
-            raise ValueError(f"{key}: {err}") from None
-        if used - names:
-            wrong, right = (", ".join(f"{{{name}}}" for name in sorted(group)) for group in (used - names, names))
-            raise ValueError(f"{key}: unknown placeholder {wrong}; use {right}")
 
 
 def _mapping_problem(error: ErrorDetails, mapping: type[BaseModel]) -> str:
