@@ -87,7 +87,7 @@ def _validation_errors(err: RequestValidationError) -> list[dict]:
             errors.append({"loc": [], "msg": f"body is not valid JSON: {reason} at character {at}", "type": e["type"]})
             continue
         loc = [str(part) for part in e["loc"] if not is_union_branch(part)]
-        error = {"loc": loc, "msg": error_message(e), "type": e["type"]}
+        error = {"loc": loc, "msg": _body_not_an_object(e) if loc == ["body"] else error_message(e), "type": e["type"]}
         if error not in errors:  # each branch of a union repeats the field
             errors.append(error)
     return [error for error in errors if not _other_branch(error, errors)]
@@ -100,3 +100,19 @@ def _other_branch(error: dict, errors: list[dict]) -> bool:
     return error["type"].endswith("_type") and any(
         other["loc"][: len(loc)] == loc and not other["type"].endswith("_type") for other in errors
     )
+
+
+def _body_not_an_object(e) -> str:
+    """The body as a whole is no object of fields: FastAPI says "Field required" for an empty body (and, in the
+    FastAPI of vLLM's venv, for `null`), and "a valid dictionary or object to extract fields from" for a list."""
+    if e["type"] == "missing":
+        got = "an empty body (or null)"
+    elif e["type"] in ("model_attributes_type", "dict_type", "model_type"):
+        value = e.get("input")
+        got = "null" if value is None else f"a JSON {_JSON_NAMES.get(type(value), type(value).__name__)}"
+    else:
+        return error_message(e)
+    return f"the body must be a JSON object of the request's fields, got {got}"
+
+
+_JSON_NAMES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}

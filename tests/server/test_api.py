@@ -233,7 +233,10 @@ BAD_BODIES = {
     "absurd max_new_tokens": ('{"prompt": "x", "max_new_tokens": 100000000}', "max_new_tokens"),
     "empty prompt": ('{"prompt": ""}', "at least 1 character"),
     "missing prompt": ('{"max_new_tokens": 3}', "prompt"),
-    "not an object": ("[1, 2]", "object"),
+    "not an object": ("[1, 2]", "the body must be a JSON object of the request's fields, got a JSON array"),
+    # "Field required" (vLLM's FastAPI said it for null too): which field?
+    "null body": ("null", "the body must be a JSON object of the request's fields, got "),
+    "empty body": ("", "the body must be a JSON object of the request's fields, got an empty body"),
 }
 
 
