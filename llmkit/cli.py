@@ -397,7 +397,9 @@ def submission(
         ),
     ],
     config: str | None = typer.Option(None, help="Train, merge and bundle this config (default: the embedded one)."),
-    model: str | None = typer.Option(None, help="Hub id the image downloads, or a local directory (bundled)."),
+    model: str | None = typer.Option(
+        None, help="Hub id the image downloads, or a local directory (with --bundle-weights)."
+    ),
     revision: str | None = typer.Option(None, help="Hub revision of --model (default: its current commit)."),
     adapter: str | None = typer.Option(None, help="Unmerged peft adapter on --model: hub id or local directory."),
     adapter_revision: str | None = typer.Option(None, help="Hub revision of --adapter (default: its current commit)."),
