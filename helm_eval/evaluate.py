@@ -20,7 +20,6 @@ from llmkit.helm_eval.report import Report, write_report
 from llmkit.helm_eval.run import (
     DEFAULT_MAX_EVAL_INSTANCES,
     HelmRunError,
-    HelmRunInterrupted,
     check_run_specs,
     check_url,
     prepare_conf,
@@ -116,7 +115,7 @@ def helm_eval(
                 server_args=server_args,
                 max_eval_instances=max_eval_instances or DEFAULT_MAX_EVAL_INSTANCES,
             )
-        except HelmRunInterrupted as err:  # --compare's first model stays worth a look
+        except HelmRunError as err:  # --compare's first model stays worth a look
             err.finished = results
             raise
         results.append(scores)

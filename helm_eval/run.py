@@ -8,6 +8,7 @@ or failure. While helm-run works, the server is watched: helm-run itself would r
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -54,18 +55,23 @@ RUN_SPECS_CHECK_SCRIPT = Path(__file__).with_name("run_specs_check.py")
 
 
 class HelmRunError(RuntimeError):
-    """helm-run or helm-summarize failed, or the server died under it; the message says which and why."""
+    """helm-run or helm-summarize failed, or the server died under it; the message says which and why. Raised by
+    `run_helm`, `partial` holds the scores of the suite's runs that had finished (None when none had), `finished`
+    the suites evaluated before this one (--compare's first model)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.partial: SuiteScores | None = None
+        self.finished: list[SuiteScores] = []
 
 
 class HelmRunInterrupted(HelmRunError):
     """Ctrl-C or SIGTERM during a run: the message says how many runs had finished and where their output is;
-    `partial` holds their scores (None when none had finished), `finished` the suites evaluated before this one
-    (--compare's first model), `exit_code` the shell's (130, 143)."""
+    `exit_code` is the shell's (130, 143)."""
 
-    def __init__(self, message: str, partial: SuiteScores | None, exit_code: int = 130):
+    def __init__(self, message: str, exit_code: int = 130):
         super().__init__(message)
-        self.partial, self.exit_code = partial, exit_code
-        self.finished: list[SuiteScores] = []
+        self.exit_code = exit_code
 
 
 def prepare_conf(
@@ -84,7 +90,7 @@ def prepare_conf(
             )
         if cap is None:
             return path.resolve()
-        entries = confgen.capped_entries(confgen.parse_conf(path.read_text()), cap)
+        entries = confgen.capped_entries(conf_descriptions(path), cap)
         return confgen.write_conf(entries, out_dir / "confs" / f"{suite}.conf").resolve()
     entries = confgen.generate(confgen.load_task_list(conf), budget=budget, cap=cap)
     return confgen.write_conf(entries, out_dir / "confs" / f"{suite}.conf").resolve()
@@ -93,22 +99,33 @@ def prepare_conf(
 def check_run_specs(conf_path: Path) -> None:
     """Every entry of the conf names a run spec of HELM's, with args its function takes: a few seconds in HELM's venv
     before any server starts (helm-run finds out only once the server is up, with a traceback)."""
-    require_helm()
-    command = [str(helm_executable("python")), str(RUN_SPECS_CHECK_SCRIPT), str(conf_path)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:  # its HOCON, or a description HELM cannot split: the exception's line says which
-        said = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
-        raise HelmRunError(f"HELM cannot read the conf {conf_path}: {said}")
-    found = json.loads(result.stdout.splitlines()[-1])
-    problems = found["bad_args"]
+    found = _read_conf(conf_path.resolve(), conf_path.stat().st_mtime_ns)
+    problems = list(found["bad_args"])
     if found["unknown"]:
         problems.insert(0, f"HELM {HELM_VERSION} has no run spec named {', '.join(found['unknown'])}")
     if problems:
         raise HelmRunError(f"{conf_path}: {'; '.join(problems)}")
 
 
+def conf_descriptions(conf_path: Path) -> list[str]:
+    """The conf's run entries as helm-run reads them (HOCON: comments, quoted keys, `=`), from HELM's own parser."""
+    return _read_conf(conf_path.resolve(), conf_path.stat().st_mtime_ns)["descriptions"]
+
+
+@functools.cache
+def _read_conf(conf_path: Path, mtime_ns: int) -> dict:
+    """run_specs_check.py's answer for the conf (read again when the file changes: `mtime_ns` is in the key)."""
+    require_helm()
+    command = [str(helm_executable("python")), str(RUN_SPECS_CHECK_SCRIPT), str(conf_path)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:  # its HOCON, or a description HELM cannot split: the exception's line says which
+        said = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+        raise HelmRunError(f"HELM cannot read the conf {conf_path}: {said}")
+    return json.loads(result.stdout.splitlines()[-1])
+
+
 def conf_scenarios(conf_path: Path) -> set[str]:
-    return {confgen.normalize_description(d)[0] for d in confgen.parse_conf(conf_path.read_text())}
+    return {confgen.normalize_description(d)[0] for d in conf_descriptions(conf_path)}
 
 
 def check_url(url: str) -> str:
@@ -123,7 +140,21 @@ def check_url(url: str) -> str:
         wait_healthy(url.rstrip("/"), timeout=_URL_HEALTH_WAIT_S)
     except ServerStartError as err:
         raise HelmRunError(f"no healthy HELM server at {url}: {err}") from None
+    _check_helm_api(url.rstrip("/"))
     return url.rstrip("/")
+
+
+def _check_helm_api(url: str) -> None:
+    """One /tokenize request, as HELM's client sends it: a server that answers /health but not HELM's API made
+    helm-run retry for minutes before its traceback."""
+    try:
+        response = httpx.post(f"{url}/tokenize", json={"text": "a"}, timeout=30)
+        tokens = response.json().get("tokens") if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError) as err:
+        raise HelmRunError(f"--url {url} is not a HELM server: POST /tokenize failed ({err})") from None
+    if not isinstance(tokens, list):
+        answer = f"HTTP {response.status_code}" if response.status_code != 200 else "no token list"
+        raise HelmRunError(f"--url {url} is not a HELM server: POST /tokenize answered {answer}")
 
 
 @contextlib.contextmanager
@@ -187,7 +218,7 @@ def _helm_run(
     env = {**os.environ, "HELM_HTTP_MODEL_BASE_URL": base_url}
     started = time.monotonic()
     with open(log_path, "w") as log, _process(command, env, log, cwd=out_dir) as helm:
-        _watch(helm, log_path, base_url, server, total=len(confgen.parse_conf(conf_path.read_text())))
+        _watch(helm, log_path, base_url, server, total=len(conf_descriptions(conf_path)))
     wall_s = time.monotonic() - started
     if helm.returncode != 0:
         raise HelmRunError(_failure_message(log_path, conf_path, helm.returncode))
@@ -297,6 +328,7 @@ def run_helm(
         max_eval_instances: helm-run's --max-eval-instances, for entries that set no count themselves.
     """
     out_dir = out_dir.resolve()  # helm-run runs inside it
+    suite_dir = out_dir / "benchmark_output" / "runs" / suite
     try:
         with serve(model, url, server_args, log_path=out_dir / "logs" / f"{suite}.server.log") as (base_url, server):
             wall_s = _helm_run(
@@ -308,14 +340,28 @@ def run_helm(
                 max_eval_instances=max_eval_instances,
             )
     except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM (the CLI's exit_on_sigterm)
-        message = _interrupted_message(out_dir / "benchmark_output" / "runs" / suite)
-        try:
-            partial = load_suite(out_dir / "benchmark_output", suite, label=_label(model, url))
-        except HelmReportError:  # no run had finished
-            partial = None
+        finished = _remove_unfinished(suite_dir)
         code = interrupted_exit_code(err)
-        raise HelmRunInterrupted(message, partial, 1 if code is None else code) from None
+        message = (
+            f"interrupted: {finished} of the suite's runs had finished; HELM's output so far is in {suite_dir}"
+            if finished
+            else "interrupted before a run of the suite had finished"
+        )
+        stopped = HelmRunInterrupted(message, 1 if code is None else code)
+        stopped.partial = _finished_runs(out_dir, suite, model, url)
+        raise stopped from None
+    except HelmRunError as err:  # the server died, helm-run failed: what finished is kept, and said
+        _remove_unfinished(suite_dir)
+        err.partial = _finished_runs(out_dir, suite, model, url)
+        raise
     return load_suite(out_dir / "benchmark_output", suite, label=_label(model, url), wall_s=wall_s)
+
+
+def _finished_runs(out_dir: Path, suite: str, model: str | None, url: str | None) -> SuiteScores | None:
+    try:
+        return load_suite(out_dir / "benchmark_output", suite, label=_label(model, url))
+    except HelmReportError:  # no run had finished
+        return None
 
 
 def _label(model: str | None, url: str | None) -> str:
@@ -329,12 +375,16 @@ def _label(model: str | None, url: str | None) -> str:
     return model or f"default model ({DEFAULT_MODEL_ID.split('/')[-1]})"
 
 
-def _interrupted_message(suite_dir: Path) -> str:
-    """What a Ctrl-C left: the finished runs stay; the folders of runs that had not written anything go."""
+def _remove_unfinished(suite_dir: Path) -> int:
+    """What a stopped helm-run leaves: the finished runs stay; the folders of runs that had written nothing go, and
+    the suite's folder with them when nothing is left (a rerun of the same --suite was refused as having results).
+    Returns how many runs had finished."""
     if not suite_dir.is_dir():
-        return "interrupted before helm-run wrote anything"
+        return 0
     finished = len(list(suite_dir.glob("*/stats.json")))
     for run_dir in suite_dir.glob("*/"):
         if not any(run_dir.iterdir()):
             run_dir.rmdir()
-    return f"interrupted: {finished} of the suite's runs had finished; HELM's output so far is in {suite_dir}"
+    if not any(suite_dir.iterdir()):
+        suite_dir.rmdir()
+    return finished

@@ -6,7 +6,8 @@ Used by `llmkit helm-eval` before it starts a server: helm-run finds an unknown 
 spec function does not take, only once the server is up, and says so with a traceback. The conf is read as helm-run
 reads it (HOCON, then each description split into a name and args), and each name is looked up in HELM's registry
 of run spec functions (with the plugins helm-run loads). Prints one JSON object: {"unknown": [names], "bad_args":
-[description: problem]}. This file imports crfm-helm, never llmkit (whose dependencies are not in HELM's venv).
+[description: problem], "descriptions": [the entries' descriptions, as HELM reads them]}. This file imports crfm-helm,
+never llmkit (whose dependencies are not in HELM's venv).
 """
 
 import contextlib
@@ -22,10 +23,11 @@ from helm.common.object_spec import parse_object_spec
 
 
 def main(conf_path: str) -> None:
-    unknown, bad_args = set(), []
+    unknown, bad_args, descriptions = set(), [], []
     with contextlib.redirect_stdout(sys.stderr):  # HELM logs to stdout, which carries the answer alone
         load_entry_point_plugins()
         for entry in read_run_entries([conf_path]).entries:
+            descriptions.append(entry.description)
             spec = parse_object_spec(entry.description)
             function = get_run_spec_function(spec.class_name)
             if function is None:
@@ -38,7 +40,7 @@ def main(conf_path: str) -> None:
                 signature.bind(**args)
             except TypeError as err:
                 bad_args.append(f"{entry.description}: {err}")
-    print(json.dumps({"unknown": sorted(unknown), "bad_args": bad_args}))
+    print(json.dumps({"unknown": sorted(unknown), "bad_args": bad_args, "descriptions": descriptions}))
 
 
 if __name__ == "__main__":

@@ -563,8 +563,8 @@ def helm_eval(
             out_dir=Path(out),
             command=command,
         )
-    except HelmRunInterrupted as err:
-        console = Console(stderr=True)  # what finished before Ctrl-C or SIGTERM is worth a look
+    except HelmRunError as err:
+        console = Console(stderr=True)  # what finished before Ctrl-C, SIGTERM or a failure is worth a look
         for done in err.finished:
             console.print(rich_table([done], title=f"HELM: {done.label}, every run"))
         if err.partial is not None:
@@ -572,8 +572,8 @@ def helm_eval(
                 rich_table([err.partial], title=f"HELM: {err.partial.label}, the runs finished when stopped")
             )
         typer.echo(f"Error: {err}", err=True)
-        raise typer.Exit(err.exit_code) from None
-    except (HelmRunError, HelmSetupError, ConfError) as err:
+        raise typer.Exit(err.exit_code if isinstance(err, HelmRunInterrupted) else 1) from None
+    except (HelmSetupError, ConfError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1) from None
     console = Console()

@@ -47,7 +47,10 @@ def wait_healthy(url: str, timeout: float, process: subprocess.Popen | None = No
         try:
             response = httpx.get(f"{url}/health", timeout=5)
             if response.status_code == 200:
-                return response.json()
+                try:
+                    return response.json()
+                except ValueError:  # another kind of server (vllm serve answers an empty 200): no use waiting
+                    raise ServerStartError(f"{url}/health answered 200 without JSON: not llmkit's server") from None
             last_error = f"HTTP {response.status_code}"
         except httpx.HTTPError as err:
             last_error = str(err) or type(err).__name__

@@ -228,6 +228,52 @@ def test_ctrl_c_keeps_the_finished_runs_and_says_so(helm_venv, tmp_path, signum)
     assert _server_children() <= before
 
 
+@pytest.mark.slow
+def test_a_server_that_dies_mid_suite_keeps_and_shows_the_finished_runs(helm_venv, tmp_path):
+    """The error was right, but the run in progress left an empty folder and the finished runs' scores were not
+    shown, as they are after Ctrl-C."""
+    from llmkit.helm_eval import confgen
+
+    tasks = confgen.TaskList(
+        families=[
+            confgen.TaskFamily(name="mcqa", scenario="simple_mcqa"),
+            confgen.TaskFamily(name="reasoning", scenario="synthetic_reasoning", args={"mode": "induction"}),
+        ]
+    )
+    conf = confgen.write_conf(confgen.generate(tasks, budget=40), tmp_path / "two.conf")
+    out, before = tmp_path / "out", _server_children()
+    command = [sys.executable, "-m", "llmkit.cli", "helm-eval", "--conf", str(conf), "--suite", "died"]
+    stderr_path = tmp_path / "stderr.txt"
+    with open(stderr_path, "w") as stderr_file:
+        process = subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=stderr_file)
+        deadline = time.monotonic() + 600
+        while "helm-run: 1 of 2 runs finished" not in stderr_path.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, stderr_path.read_text()
+            time.sleep(0.5)
+        for pid in _server_children() - before:
+            if "llmkit.server" in psutil.Process(pid).cmdline():  # not the test's own folder name
+                os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=300)
+    stderr, runs = stderr_path.read_text(), out / "benchmark_output/runs/died"
+    assert process.returncode == 1 and "the server was killed by SIGKILL" in stderr, stderr
+    assert "the runs finished when stopped" in " ".join(stderr.split()) and "simple_mcqa" in stderr
+    assert [p.name for p in runs.iterdir() if p.is_dir() and not any(p.iterdir())] == []
+
+
+def test_a_stopped_suite_leaves_no_empty_folder_to_refuse_a_rerun(tmp_path):
+    """Stopped before a run finished, the suite's empty folder made the same --suite "already has results"."""
+    from llmkit.helm_eval.run import _remove_unfinished
+
+    suite = tmp_path / "runs" / "s"
+    (suite / "simple_mcqa:model=neurips_local").mkdir(parents=True)
+    assert _remove_unfinished(suite) == 0 and not suite.exists()
+    (suite / "simple_mcqa:model=neurips_local").mkdir(parents=True)
+    (suite / "dyck_language:model=neurips_local").mkdir()
+    (suite / "dyck_language:model=neurips_local" / "stats.json").write_text("[]")
+    assert _remove_unfinished(suite) == 1
+    assert [p.name for p in suite.iterdir()] == ["dyck_language:model=neurips_local"]
+
+
 def test_a_running_servers_report_names_what_it_serves(start_server):
     """A --url report was labelled with the URL alone: compared later, nobody could tell which model it was."""
     from llmkit.helm_eval.run import _label
@@ -235,3 +281,60 @@ def test_a_running_servers_report_names_what_it_serves(start_server):
     server = start_server()
     assert _label(None, server.url) == f"{server.url} (HuggingFaceTB/SmolLM2-135M-Instruct)"
     assert _label(None, "http://127.0.0.1:9") == "http://127.0.0.1:9"  # gone since: the URL alone
+
+
+@pytest.mark.parametrize(("health", "said"), [(b"", "answered 200 without JSON"), (b"{}", "POST /tokenize answered")])
+def test_a_url_that_is_not_a_helm_server_is_said_at_once(tmp_path, health, said):
+    """A server answering /health but not HELM's API: a JSONDecodeError traceback (an empty 200, as `vllm serve`
+    answers), or helm-run retrying /process for 3 minutes before its own traceback."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Other(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self._answer(200 if self.path == "/health" else 404, health if self.path == "/health" else b"")
+
+        def do_POST(self):
+            self._answer(404, b'{"detail": "Not Found"}')
+
+        def _answer(self, status, body):
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{other.server_port}"
+    try:
+        started = time.monotonic()
+        with pytest.raises(HelmRunError, match=re.escape(said)):
+            helm_eval(url=url, conf="quick", out_dir=tmp_path / "results")
+        assert time.monotonic() - started < 20 and not (tmp_path / "results").exists()
+    finally:
+        other.shutdown()
+
+
+def test_a_conf_file_is_capped_as_helm_reads_it(helm_venv, tmp_path):
+    """--max-eval-instances read a .conf with a regex: entries commented out came back (an mmlu entry ran, and
+    needed the internet), and entries with quoted keys, valid HOCON that helm-run reads, were dropped."""
+    from llmkit.helm_eval.run import conf_descriptions, conf_scenarios, prepare_conf
+
+    conf = tmp_path / "mine.conf"
+    conf.write_text(
+        "entries: [\n"
+        '  {description: "simple_mcqa:model=neurips/local,max_eval_instances=5", priority: 1}\n'
+        '  # {description: "mmlu:model=neurips/local,subject=anatomy,max_eval_instances=5", priority: 1}\n'
+        '  // {description: "mmlu:model=neurips/local,subject=virology", priority: 1}\n'
+        '  {"description": "dyck_language:num_parenthesis_pairs=2,model=neurips/local", "priority": 1}\n'
+        "]\n"
+    )
+    assert conf_scenarios(conf) == {"simple_mcqa", "dyck_language"}
+    capped = conf_descriptions(prepare_conf(conf, tmp_path, "capped", cap=2))
+    assert [confgen.split_description(d) for d in capped] == [
+        ("simple_mcqa", {"model": "neurips/local", "max_eval_instances": "2"}),
+        ("dyck_language", {"num_parenthesis_pairs": "2", "model": "neurips/local", "max_eval_instances": "2"}),
+    ]
+    check_run_specs(tmp_path / "confs" / "capped.conf")  # what is run is what HELM's run specs take
