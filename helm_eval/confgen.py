@@ -152,13 +152,39 @@ def apportion(total: int, weights: list[int]) -> list[int]:
     return parts
 
 
-def smallest_budget(tasks: TaskList) -> int:
-    """The fewest instances whose apportioning gives every family at least one per run."""
-    runs = [len(family.run_args()) for family in tasks.families]
-    budget = sum(runs)
-    while any(share < n for share, n in zip(apportion(budget, [f.share for f in tasks.families]), runs, strict=True)):
-        budget += 1
-    return budget
+def _runs_and_shares(tasks: TaskList) -> tuple[list[int], list[int]]:
+    return [len(family.run_args()) for family in tasks.families], [family.share for family in tasks.families]
+
+
+SEARCHED_BUDGETS = 50_000  # budgets smallest_budget tries one by one (about 0.3 s) before giving up
+
+
+def _budget_range(tasks: TaskList) -> range:
+    """The budgets that might cover every run: largest remainder gives a family its quota rounded down or up, so
+    from the first whose quotas all exceed runs - 1 to the first whose quotas are all at least runs (which does)."""
+    runs, shares = _runs_and_shares(tasks)
+    total = sum(shares)
+    first = max(sum(runs), *((n - 1) * total // share + 1 for n, share in zip(runs, shares, strict=True)))
+    sure = max(-(-n * total // share) for n, share in zip(runs, shares, strict=True))  # ceil(n * total / share)
+    return range(first, sure + 1)
+
+
+def smallest_budget(tasks: TaskList) -> int | None:
+    """The fewest instances whose apportioning gives every family at least one per run; None where shares are so
+    uneven that it is not among the first SEARCHED_BUDGETS that might be (1 and 10^9: near 5 * 10^8)."""
+    runs, shares = _runs_and_shares(tasks)
+    for budget in _budget_range(tasks)[:SEARCHED_BUDGETS]:
+        if all(part >= n for part, n in zip(apportion(budget, shares), runs, strict=True)):
+            return budget
+    return None
+
+
+def _least_budget_hint(tasks: TaskList) -> str:
+    # counted only once a budget falls short, as that search can take a while
+    if (least := smallest_budget(tasks)) is not None:
+        return f"give at least {least}, the smallest budget that covers every run of this task list"
+    too_uneven = "its shares are too uneven to find the least"
+    return f"a budget of {_budget_range(tasks)[-1]} covers every run of this task list ({too_uneven})"
 
 
 def _split_evenly(total: int, count: int) -> list[int]:
@@ -198,10 +224,10 @@ def generate(
     if budget is None:
         counts = [cap] * len(runs)
     else:
-        least = f"give at least {smallest_budget(tasks)}, the smallest budget that covers every run of this task list"
         if budget < len(runs):
             raise ConfError(
-                f"a budget of {budget} instances cannot cover the {len(runs)} runs of this task list; {least}"
+                f"a budget of {budget} instances cannot cover the {len(runs)} runs of this task list; "
+                + _least_budget_hint(tasks)
             )
         counts = []
         shares = apportion(budget, [f.share for f in tasks.families])
@@ -210,7 +236,7 @@ def generate(
             if family_budget < n_runs:
                 raise ConfError(
                     f"a budget of {budget}: family {family.name!r} gets {family_budget} instances for its {n_runs} "
-                    f"runs; {least}"
+                    f"runs; {_least_budget_hint(tasks)}"
                 )
             counts += [n if cap is None else min(n, cap) for n in _split_evenly(family_budget, n_runs)]
     return [

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,6 +129,33 @@ def test_bad_inputs_name_what_is_wrong(tmp_path):
         confgen.generate(open_suite, budget=least - 1)
     with pytest.raises(confgen.ConfError, match="at most 0 instances per run leaves nothing to evaluate"):
         confgen.generate(confgen.load_task_list("quick"), cap=0)
+
+
+def test_the_smallest_budget_is_counted_fast_and_only_when_a_budget_falls_short(tmp_path):
+    """Shares of 10^9 and 1 kept `helm-conf` counting budgets up one at a time: still running after 60 s."""
+    tasks = tmp_path / "hugeshare.yaml"
+    family = "  - {name: big, scenario: simple_mcqa, share: 1000000}\n  - {name: small, scenario: dyck_language}\n"
+    tasks.write_text("families:\n" + family)
+    started = time.monotonic()  # 7.6 s here, when the least budget was counted for an error not raised
+    entries = confgen.generate(confgen.load_task_list(tasks), budget=600_000)
+    assert time.monotonic() - started < 1 and sum(e.max_eval_instances for e in entries) == 600_000
+    tasks.write_text("budget: 5\nfamilies:\n" + family.replace("1000000", "1000000000"))
+    command = [sys.executable, "-m", "llmkit.cli", "helm-conf", str(tasks), "--out", str(tmp_path / "run.conf")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and result.stderr.endswith(
+        "Error: a budget of 5: family 'small' gets 0 instances for its 1 runs; a budget of 1000000001 covers every "
+        "run of this task list (its shares are too uneven to find the least)\n"
+    ), result.stderr
+    tasks.write_text("budget: 5\nfamilies:\n" + family.replace("1000000", "1000"))  # the fewest, where it can be
+    with pytest.raises(confgen.ConfError, match="give at least 501, the smallest budget that covers every run"):
+        confgen.generate(confgen.load_task_list(tasks))
+    for shares, runs in [([3, 1, 7], [1, 3, 2]), ([18, 19, 2], [5, 2, 1]), ([1, 40], [2, 1])]:
+        families = [
+            confgen.TaskFamily(name=f"f{i}", scenario=f"s{i}", share=share, args={"k": list(map(str, range(n)))})
+            for i, (share, n) in enumerate(zip(shares, runs, strict=True))
+        ]
+        covered = [b for b in range(1, 1000) if all(map(int.__ge__, confgen.apportion(b, shares), runs))]
+        assert confgen.smallest_budget(confgen.TaskList(families=families)) == covered[0]  # as counted one at a time
 
 
 def test_an_out_it_cannot_write_is_one_error_line(tmp_path):
