@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from llmkit.core.errors import problems
 from llmkit.core.files import check_file_target, write_atomic
@@ -44,6 +44,14 @@ class TaskFamily(BaseModel):
         default_factory=dict, description="Run-spec args; a list value expands into one run per element."
     )
 
+    @field_validator("name")
+    @classmethod
+    def _one_line(cls, name: str) -> str:
+        # the name is written after '# ' in the conf: past a newline, the rest of it would be read as HOCON
+        if not name.isprintable():
+            raise ValueError("a family name cannot hold a newline, tab or other non-printing character")
+        return name
+
     @field_validator("scenario")
     @classmethod
     def _one_name(cls, scenario: str) -> str:
@@ -63,7 +71,7 @@ class TaskFamily(BaseModel):
 
     @field_validator("args")
     @classmethod
-    def _no_reserved_args(cls, args: dict) -> dict:
+    def _no_reserved_args(cls, args: dict, info: ValidationInfo) -> dict:
         reserved = {"model", "max_eval_instances"} & set(args)
         if reserved:
             raise ValueError(f"{sorted(reserved)} are set by the generator, not the task list")
@@ -76,6 +84,12 @@ class TaskFamily(BaseModel):
                 # HELM splits a run entry's args at ',' and '=', and the conf quotes the entry with '"'
                 if any(char in f"{key}{item}" for char in ',="') or not key:  # an empty value is one (subtask=)
                     raise ValueError(f'{key}={item!r}: a name or value cannot hold , = or " (nor a name be empty)')
+                if any(text != text.strip() or not text.isprintable() for text in (key, item)):
+                    # HELM keeps the spaces: "induction " passed the run-spec check, then helm-run failed on it
+                    raise ValueError(
+                        f"family {info.data.get('name')!r}: {key!r}={item!r}: a name or value cannot start or end "
+                        "with a space, nor hold a newline, tab or other non-printing character"
+                    )
         return args
 
     def run_args(self) -> list[dict[str, str]]:

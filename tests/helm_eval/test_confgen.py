@@ -131,6 +131,34 @@ def test_bad_inputs_name_what_is_wrong(tmp_path):
         confgen.generate(confgen.load_task_list("quick"), cap=0)
 
 
+def test_a_name_or_arg_that_would_change_the_conf_or_the_run_is_refused(tmp_path):
+    """A newline in a name made the rest of it live HOCON after `# `; "induction " failed only inside helm-run."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "families:\n"
+        '  - {name: "a\\nentries: [ {description: \\"x\\"}", scenario: simple_mcqa}\n'
+        '  - {name: "tab\\there", scenario: dyck_language}\n'
+        '  - {name: sr, scenario: synthetic_reasoning, args: {mode: [pattern_match, "induction "]}}\n'
+        '  - {name: lead, scenario: synthetic_reasoning_natural, args: {" difficulty": easy}}\n'
+        '  - {name: cr, scenario: mmlu, args: {subject: "a\\rb"}}\n'
+    )
+    result = CliRunner().invoke(app, ["helm-conf", str(bad), "--out", str(tmp_path / "run.conf")])
+    unprintable = "cannot hold a newline, tab or other non-printing character"
+    spaced = (
+        "a name or value cannot start or end with a space, nor hold a newline, tab or other non-printing character"
+    )
+    assert result.exit_code == 1 and result.output.splitlines()[1:] == [
+        f"  - families[0].name: a family name {unprintable} (got 'a\\nentries: [ {{description: \"x\"}}')",
+        f"  - families[1].name: a family name {unprintable} (got 'tab\\there')",
+        f"  - families[2].args: family 'sr': 'mode'='induction ': {spaced}",
+        f"  - families[3].args: family 'lead': ' difficulty'='easy': {spaced}",
+        f"  - families[4].args: family 'cr': 'subject'='a\\rb': {spaced}",
+    ], result.output
+    assert not (tmp_path / "run.conf").exists()
+    bad.write_text('families:\n  - {name: "plain name, with: marks", scenario: mmlu, args: {subject: ""}}\n')
+    assert confgen.load_task_list(bad).families[0].run_args() == [{"subject": ""}]  # still allowed
+
+
 def test_the_smallest_budget_is_counted_fast_and_only_when_a_budget_falls_short(tmp_path):
     """Shares of 10^9 and 1 kept `helm-conf` counting budgets up one at a time: still running after 60 s."""
     tasks = tmp_path / "hugeshare.yaml"
