@@ -11,10 +11,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 from pathlib import Path
 
 from pydantic import BaseModel
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from llmkit.core.files import write_atomic
@@ -251,15 +254,69 @@ def _delta(first: RunScore | None, row: RunScore | None) -> str:
     return found.text() if found else f"{row.score - first.score:+.3f}"
 
 
-def rich_table(suites: list[SuiteScores], title: str) -> Table:
-    """The scores as a rich table titled `title`; all its text (model labels, run names) is escaped, not markup."""
-    header, body = table_rows(suites)
-    table = Table(title=escape(title), caption=escape(legend(suites)) or None)
-    for name in header:  # folded, not cut: the five synthetic_reasoning runs differ only at the end of their names
-        table.add_column(escape(name), overflow="fold")
-    for cells in body:
-        table.add_row(*map(escape, cells))
-    return table
+_TERMINAL_HEADERS = {"instances": "n", "mean s/request": "mean\ns/request"}
+RUN_NAME_LINES = 3  # past this, a comparison in a narrow terminal gives its s/request columns up
+
+
+def rich_table(suites: list[SuiteScores], title: str) -> ScoreTable:
+    """The scores as a rich renderable titled `title`; its text (model labels, run names) is escaped, not markup."""
+    return ScoreTable(suites, title)
+
+
+class ScoreTable:
+    """The score table, laid out once the console's width is known, an 80-column pipe's included.
+
+    Only the run names fold (the five synthetic_reasoning runs differ only at the end of their names); numbers stay
+    whole, and a change's interval goes under it. A comparison keeps a s/request column per model where run names
+    then fold into RUN_NAME_LINES lines at most; narrower, the caption gives each model's mean instead (the Markdown
+    report has them per run).
+    """
+
+    def __init__(self, suites: list[SuiteScores], title: str) -> None:
+        self.suites, self.title = suites, title
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        table = self.table(times=True)
+        if len(self.suites) > 1:
+            longest = max(len(short_run_name(row.run)) for suite in self.suites for row in suite.rows)
+            natural = Measurement.get(console, options.update_width(10_000), table).maximum
+            if natural - longest + math.ceil(longest / RUN_NAME_LINES) > options.max_width:
+                table = self.table(times=False)
+        yield table
+
+    def table(self, *, times: bool) -> Table:
+        """The table, with a s/request column per model, or (times=False, comparing) their means in the caption."""
+        header, body = table_rows(self.suites)
+        caption = legend(self.suites)
+        if not times and (count := len(self.suites)) > 1:
+            header, body = header[:-count], [cells[:-count] for cells in body]
+            caption = "; ".join(
+                f"[{i}] {suite.label}: {_mean_request_text(suite)}" for i, suite in enumerate(self.suites, 1)
+            )
+        table = Table(title=escape(self.title), caption=escape(caption) or None)
+        table.add_column(escape(header[0]), overflow="fold", ratio=1)  # the width the numbers leave, folded within it
+        table.add_column(escape(header[1]), overflow="fold")  # the metric: folded too, where the run name is short
+        for name in header[2:]:  # "score" over "[1]": a header no wider than its numbers
+            delta = name.startswith("Δ")
+            short = _TERMINAL_HEADERS.get(name, "\n[".join(name.rsplit(" [", 1)))
+            table.add_column(escape(short), no_wrap=not delta, width=len("[+0.000, +0.000]") if delta else None)
+        for cells in body:
+            table.add_row(*map(escape, map(_terminal_cell, cells)))
+        return table
+
+
+def _terminal_cell(cell: str) -> str:
+    """A change over its interval (or its note of none): +0.750 [+0.400, +1.000] in two lines, each number whole."""
+    if not cell.startswith(("+", "-")) or " " not in cell:
+        return cell
+    return cell.replace(" ", "\n", 1).replace(", no interval)", ", no CI)")
+
+
+def _mean_request_text(suite: SuiteScores) -> str:
+    timed = [row for row in suite.rows if row.mean_request_s is not None]
+    if not (requests := sum(row.requests for row in timed)):
+        return "no request timed"
+    return f"{sum(row.mean_request_s * row.requests for row in timed) / requests:.2f} s/request"
 
 
 def markdown_table(suites: list[SuiteScores]) -> str:

@@ -183,6 +183,54 @@ def test_a_narrow_terminal_folds_run_names_instead_of_cutting_them():
     assert all(run in first_column for run in runs) and "…" not in first_column
 
 
+def test_a_comparison_fits_an_80_column_terminal_with_every_number_whole():
+    """Piped at 80 columns, all 8 columns folded into 9-character strips: `s/requ|est`, `+0.000|(n=3,|no|interva|l)`
+    and 7 lines a run, about 60 lines for 10 runs."""
+    from rich.console import Console
+
+    from llmkit.helm_eval.summary import rich_table
+
+    runs = [
+        "simple_mcqa",
+        *[f"synthetic_reasoning:mode={mode}" for mode in ("pattern_match", "variable_substitution")],
+    ]
+    runs += [f"dyck_language:num_parenthesis_pairs={n}" for n in range(2, 9)]
+
+    def suite(label: str, count: int, shift: int) -> SuiteScores:
+        rows = [
+            RunScore(
+                run=f"{run}{',' if ':' in run else ':'}model=neurips_local,max_eval_instances={count}",
+                metric="quasi_exact_match",
+                score=0.5,
+                instances=count,
+                requests=count,
+                mean_request_s=12.34,
+                per_instance={f"id{k}": float((k + shift) % 2) for k in range(count)},
+            )
+            for run in runs
+        ]
+        return SuiteScores(suite=label, label=label, runs_dir="/x", rows=rows)
+
+    for count in (3, 20):  # no interval (under 10 paired instances), and one
+        suites = [suite("outputs/base", count, 0), suite("outputs/tuned/merged", count, 1)]
+        console = Console(width=80, record=True)
+        console.print(rich_table(suites, title="HELM: outputs/base vs outputs/tuned/merged on quick.conf"))
+        lines = console.export_text().splitlines()
+        assert max(map(len, lines)) <= 80 and len(lines) <= 3 * len(runs) + 10, "\n".join(lines)
+        cells = [cell.strip() for line in lines if line.startswith("│") for cell in line.strip("│").split("│")]
+        delta = difference(suites[0].rows[0], suites[1].rows[0]).text()
+        change, interval = {3: ("+0.333", "(n=3, no CI)"), 20: ("+0.000", "[-0.400, +0.400]")}[count]
+        assert delta.startswith(change) and f"| {delta} |" in markdown_table(suites)  # the report keeps its text
+        numbers = {cell for cell in cells if cell and cell[0] in "0123456789+-[("}
+        assert numbers == {"0.500", str(count), change, interval}, numbers  # none cut across two lines
+    assert "[1] outputs/base: 12.34 s/request; [2] outputs/tuned/merged: 12.34 s/request" in " ".join(lines)
+    console = Console(width=160, record=True)  # wide enough for a s/request column per model
+    console.print(rich_table(suites, title="t"))
+    lines = console.export_text().splitlines()
+    assert "s/request" in lines[2] and lines[5].split("│")[-3:-1] == [" 12.34     ", " 12.34     "], "\n".join(lines)
+    assert len(lines) == 2 * len(runs) + 7 and lines[-1].strip() == "[1] outputs/base; [2] outputs/tuned/merged"
+
+
 def test_model_labels_with_brackets_are_printed_as_written():
     """A label is a model's folder or hub id: rich read `[v2]` in `runs/m[v2]` as markup and dropped it."""
     from rich.console import Console
