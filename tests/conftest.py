@@ -69,6 +69,45 @@ def http():
         yield client
 
 
+@pytest.fixture
+def stand_in_server():
+    """Factory: a real HTTP server on a free loopback port whose answers `answer(method, path)` gives as
+    (status, headers, body): another service where a test needs one (the hub's API, a server that is not HELM's).
+    Returns its base URL; stopped when the test ends."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    servers = []
+
+    def start(answer) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                self._reply("GET")
+
+            def do_POST(self):
+                self._reply("POST")
+
+            def _reply(self, method):
+                status, headers, body = answer(method, self.path)
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
 @pytest.fixture(scope="session")
 def python() -> str:
     return sys.executable

@@ -284,37 +284,14 @@ def test_a_running_servers_report_names_what_it_serves(start_server):
 
 
 @pytest.mark.parametrize(("health", "said"), [(b"", "answered 200 without JSON"), (b"{}", "POST /tokenize answered")])
-def test_a_url_that_is_not_a_helm_server_is_said_at_once(tmp_path, health, said):
+def test_a_url_that_is_not_a_helm_server_is_said_at_once(tmp_path, stand_in_server, health, said):
     """A server answering /health but not HELM's API: a JSONDecodeError traceback (an empty 200, as `vllm serve`
     answers), or helm-run retrying /process for 3 minutes before its own traceback."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Other(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self._answer(200 if self.path == "/health" else 404, health if self.path == "/health" else b"")
-
-        def do_POST(self):
-            self._answer(404, b'{"detail": "Not Found"}')
-
-        def _answer(self, status, body):
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    other = ThreadingHTTPServer(("127.0.0.1", 0), Other)
-    threading.Thread(target=other.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{other.server_port}"
-    try:
-        started = time.monotonic()
-        with pytest.raises(HelmRunError, match=re.escape(said)):
-            helm_eval(url=url, conf="quick", out_dir=tmp_path / "results")
-        assert time.monotonic() - started < 20 and not (tmp_path / "results").exists()
-    finally:
-        other.shutdown()
+    url = stand_in_server(lambda method, path: (200, {}, health) if path == "/health" else (404, {}, b"{}"))
+    started = time.monotonic()
+    with pytest.raises(HelmRunError, match=re.escape(said)):
+        helm_eval(url=url, conf="quick", out_dir=tmp_path / "results")
+    assert time.monotonic() - started < 20 and not (tmp_path / "results").exists()
 
 
 def test_a_conf_file_is_capped_as_helm_reads_it(helm_venv, tmp_path):

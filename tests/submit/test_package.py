@@ -308,36 +308,20 @@ def test_a_revision_for_a_local_folder_is_refused(tmp_path, tiny_model_dir):
 
 
 @pytest.fixture()
-def hub(monkeypatch):
-    """A local stand-in for the hub's model-info endpoint (huggingface_hub's own client asks it over HTTP): it knows
-    one commit of every repo, and answers any other revision as the hub does, 404 RevisionNotFound."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
+def hub(monkeypatch, stand_in_server):
+    """A stand-in for the hub's model-info endpoint (huggingface_hub's own client asks it over HTTP): it knows one
+    commit of every repo, and answers any other revision as the hub does, 404 RevisionNotFound."""
     from huggingface_hub import constants
 
     known = "1" * 40
 
-    class Hub(BaseHTTPRequestHandler):
-        def do_GET(self):
-            found = self.path.split("?")[0].endswith(f"/revision/{known}")
-            body = json.dumps({"id": "x/y", "sha": known} if found else {"error": "Invalid rev id"}).encode()
-            self.send_response(200 if found else 404)
-            if not found:
-                self.send_header("X-Error-Code", "RevisionNotFound")
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(method, path):
+        if path.split("?")[0].endswith(f"/revision/{known}"):
+            return 200, {"Content-Type": "application/json"}, json.dumps({"id": "x/y", "sha": known}).encode()
+        return 404, {"X-Error-Code": "RevisionNotFound"}, b'{"error": "Invalid rev id"}'
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
-    yield known
-    server.shutdown()
+    monkeypatch.setattr(constants, "ENDPOINT", stand_in_server(answer))
+    return known
 
 
 def test_a_given_revision_is_asked_of_the_hub_where_it_answers(hub, caplog):
