@@ -273,7 +273,7 @@ def test_what_docker_build_or_run_would_do_otherwise_is_reported(good_zip, tmp_p
         "COPY requirements-gpu.txt ./requirements.txt\n"
         "COPY ../shared/helm /helm\n"
         "COPY --from=uv /uv /tmp/uv\n"  # another stage's files, not the zip's
-        "COPY llmkit/server/*.py manifest.json /tmp/\n"  # a glob matching zip entries, and a file
+        "COPY llmkit/server/*.py requirements.txt /tmp/\n"  # a glob matching zip entries, and a file
         'ENTRYPOINT ["sleep", "infinity"]\n'
         "ENV HF_HUB_OFFLINE=0\n"
     )
