@@ -157,7 +157,8 @@ def check_adapter_dir(adapter_dir: str | Path) -> Path:
             "(adapter: none) needs no merge, serve the folder directly (python -m llmkit.server --model "
             f"{shlex.quote(str(path))})"
         )
-    init = adapter_config(adapter_dir).get("init_lora_weights")
+    config = adapter_config(adapter_dir)
+    init = config.get("init_lora_weights")
     if isinstance(init, str) and init.startswith(BASE_MOVING_INITS):
         # peft moved part of the base weights into the adapter (or rounded them) before training, and moves them
         # again when it loads the adapter; folded onto the base as stored, the model was never the trained one
@@ -167,7 +168,7 @@ def check_adapter_dir(adapter_dir: str | Path) -> Path:
             "base as stored; llmkit merge cannot merge it: serve it unmerged (python -m llmkit.server --model "
             "BASE --adapter DIR), or train with init true, gaussian or orthogonal"
         )
-    experts = adapter_config(adapter_dir).get("target_parameters")
+    experts = config.get("target_parameters")
     if experts:  # peft's ParamWrapper LoRA on 3-D MoE expert tensors: no module of the base to fold it into
         raise ValueError(
             f"{path}/adapter_config.json has target_parameters {sorted(experts)}: LoRA on fused MoE expert "
