@@ -98,13 +98,17 @@ def hub_or_local(name: str, revision: str | None, *, bundle: bool, marker: str, 
         return Weights(name=name, revision=resolved.revision, local_dir=resolved.path)
     make_variable = flag.removeprefix("--").upper().replace("-", "_")  # REVISION, ADAPTER_REVISION
     if revision is not None:
-        check_revision(name, revision, flag)
-    return Weights(name=name, revision=revision or pin_revision(name, f"{flag} <commit> ({make_variable}=...)"))
+        return Weights(name=name, revision=pin_given_revision(name, revision, flag))
+    return Weights(name=name, revision=pin_revision(name, f"{flag} <commit> ({make_variable}=...)"))
 
 
-def check_revision(repo_id: str, revision: str, flag: str = "--revision") -> None:
+def pin_given_revision(repo_id: str, revision: str, flag: str = "--revision") -> str:
     """A revision given by hand, asked of the hub where it answers: a typo otherwise passes every check here and
-    fails the organisers' `docker build`.
+    fails the organisers' `docker build`. A branch or tag is pinned to the commit it names now, so the image
+    downloads these weights next month too.
+
+    Returns:
+        the commit the hub resolves `revision` to, or `revision` itself where the hub cannot be asked.
 
     Raises:
         SubmissionError: the hub answers that the model has no such revision.
@@ -113,7 +117,7 @@ def check_revision(repo_id: str, revision: str, flag: str = "--revision") -> Non
     from huggingface_hub.errors import RevisionNotFoundError
 
     try:
-        HfApi().model_info(repo_id, revision=revision, timeout=20)
+        commit = HfApi().model_info(repo_id, revision=revision, timeout=20).sha
     except RevisionNotFoundError:
         raise SubmissionError(
             f"{flag} {revision}: the hub has no such branch, tag or commit of {repo_id}; the image's download would "
@@ -128,6 +132,11 @@ def check_revision(repo_id: str, revision: str, flag: str = "--revision") -> Non
             type(err).__name__,
             str(err).splitlines()[0] if str(err) else "",
         )
+        return revision
+    if not commit or commit == revision:
+        return revision
+    LOG.info("%s %s of %s is commit %s now: the image downloads that commit", flag, revision, repo_id, commit)
+    return commit
 
 
 def pin_revision(repo_id: str, how: str = "--revision <commit> (REVISION=...)") -> str:

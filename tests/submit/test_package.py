@@ -310,13 +310,14 @@ def test_a_revision_for_a_local_folder_is_refused(tmp_path, tiny_model_dir):
 @pytest.fixture()
 def hub(monkeypatch, stand_in_server):
     """A stand-in for the hub's model-info endpoint (huggingface_hub's own client asks it over HTTP): it knows one
-    commit of every repo, and answers any other revision as the hub does, 404 RevisionNotFound."""
+    commit of every repo, its branch `main` points there, and it answers any other revision as the hub does, 404
+    RevisionNotFound."""
     from huggingface_hub import constants
 
     known = "1" * 40
 
     def answer(method, path):
-        if path.split("?")[0].endswith(f"/revision/{known}"):
+        if path.split("?")[0].endswith((f"/revision/{known}", "/revision/main")):
             return 200, {"Content-Type": "application/json"}, json.dumps({"id": "x/y", "sha": known}).encode()
         return 404, {"X-Error-Code": "RevisionNotFound"}, b'{"error": "Invalid rev id"}'
 
@@ -332,6 +333,13 @@ def test_a_given_revision_is_asked_of_the_hub_where_it_answers(hub, caplog):
         hub_or_local(DEFAULT_MODEL_ID, typo, bundle=False, marker="config.json", what="model")
     with pytest.raises(SubmissionError, match="--adapter-revision v9: the hub has no such"):
         hub_or_local("someone/adapter", "v9", bundle=False, marker="adapter_config.json", what="adapter")
+
+
+def test_a_given_branch_is_pinned_to_its_commit(hub):
+    """`--revision main` was checked and then written as `main`: the image downloaded whatever main was later."""
+    assert hub_or_local(DEFAULT_MODEL_ID, "main", bundle=False, marker="config.json", what="model").revision == hub
+    adapter = hub_or_local("someone/adapter", "main", bundle=False, marker="adapter_config.json", what="adapter")
+    assert adapter.revision == hub
 
 
 def test_a_given_revision_the_hub_cannot_be_asked_about_is_said_unchecked(monkeypatch, caplog):
