@@ -23,6 +23,7 @@ from llmkit.helm_eval.run import (
     check_run_specs,
     check_url,
     prepare_conf,
+    remove_unfinished,
     run_helm,
 )
 from llmkit.helm_eval.setup import helm_setup
@@ -94,10 +95,11 @@ def helm_eval(
         [name] if len(targets) == 1 else [f"{name}-{i + 1}-{_slug(t or 'default')}" for i, t in enumerate(targets)]
     )
     for suite_name in suite_names:  # the report reads every run of the suite's folder: old ones would mix in
-        if (out_dir / "benchmark_output" / "runs" / suite_name).exists():
+        suite_dir = out_dir / "benchmark_output" / "runs" / suite_name
+        remove_unfinished(suite_dir)  # the empty folders an older version left when stopped are not results
+        if suite_dir.exists():
             raise HelmRunError(
-                f"suite {suite_name} already has results in {out_dir / 'benchmark_output' / 'runs' / suite_name}: "
-                "give another --suite, or remove that folder"
+                f"suite {suite_name} already has results in {suite_dir}: give another --suite, or remove that folder"
             )
     helm_setup()  # idempotent: a stamp check when crfm-helm is already there
     conf_path = prepare_conf(conf, out_dir, name, budget=budget, cap=max_eval_instances)

@@ -340,7 +340,7 @@ def run_helm(
                 max_eval_instances=max_eval_instances,
             )
     except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM (the CLI's exit_on_sigterm)
-        finished = _remove_unfinished(suite_dir)
+        finished = remove_unfinished(suite_dir)
         code = interrupted_exit_code(err)
         message = (
             f"interrupted: {finished} of the suite's runs had finished; HELM's output so far is in {suite_dir}"
@@ -351,7 +351,7 @@ def run_helm(
         stopped.partial = _finished_runs(out_dir, suite, model, url)
         raise stopped from None
     except HelmRunError as err:  # the server died, helm-run failed: what finished is kept, and said
-        _remove_unfinished(suite_dir)
+        remove_unfinished(suite_dir)
         err.partial = _finished_runs(out_dir, suite, model, url)
         raise
     return load_suite(out_dir / "benchmark_output", suite, label=_label(model, url), wall_s=wall_s)
@@ -375,7 +375,7 @@ def _label(model: str | None, url: str | None) -> str:
     return model or f"default model ({DEFAULT_MODEL_ID.split('/')[-1]})"
 
 
-def _remove_unfinished(suite_dir: Path) -> int:
+def remove_unfinished(suite_dir: Path) -> int:
     """What a stopped helm-run leaves: the finished runs stay; the folders of runs that had written nothing go, and
     the suite's folder with them when nothing is left (a rerun of the same --suite was refused as having results).
     Returns how many runs had finished."""

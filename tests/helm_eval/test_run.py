@@ -171,12 +171,25 @@ def test_helm_eval_refuses_a_suite_or_folder_it_would_mix_up(tmp_path, mcqa_conf
     from llmkit.helm_eval import helm_eval
 
     (tmp_path / "benchmark_output/runs/taken/simple_mcqa:model=neurips_local").mkdir(parents=True)
+    (tmp_path / "benchmark_output/runs/taken/simple_mcqa:model=neurips_local/stats.json").write_text("[]")
     (tmp_path / "a-file").write_text("")
     options = {"conf": str(mcqa_conf), "out_dir": tmp_path, **kwargs}
     options["out_dir"] = tmp_path / options["out_dir"]
     with pytest.raises(HelmRunError, match=re.escape(message)):
         helm_eval(**options)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "benchmark_output", "mcqa.conf"]
+
+
+def test_a_suite_folder_with_no_finished_run_does_not_refuse_the_suite(tmp_path, mcqa_conf):
+    """An older version, stopped before a run finished, left the suite's folder empty: the same --suite was refused
+    as "already has results" until the user found and removed it."""
+    from llmkit.helm_eval import helm_eval
+
+    left = tmp_path / "benchmark_output/runs/left/simple_mcqa:model=neurips_local"
+    left.mkdir(parents=True)
+    with pytest.raises(HelmRunError, match="--budget shares a task list's instances"):  # the next check, reached
+        helm_eval(conf=str(mcqa_conf), out_dir=tmp_path, suite="left", budget=5)
+    assert not left.parent.exists()
 
 
 @pytest.mark.slow
@@ -262,15 +275,15 @@ def test_a_server_that_dies_mid_suite_keeps_and_shows_the_finished_runs(helm_ven
 
 def test_a_stopped_suite_leaves_no_empty_folder_to_refuse_a_rerun(tmp_path):
     """Stopped before a run finished, the suite's empty folder made the same --suite "already has results"."""
-    from llmkit.helm_eval.run import _remove_unfinished
+    from llmkit.helm_eval.run import remove_unfinished
 
     suite = tmp_path / "runs" / "s"
     (suite / "simple_mcqa:model=neurips_local").mkdir(parents=True)
-    assert _remove_unfinished(suite) == 0 and not suite.exists()
+    assert remove_unfinished(suite) == 0 and not suite.exists()
     (suite / "simple_mcqa:model=neurips_local").mkdir(parents=True)
     (suite / "dyck_language:model=neurips_local").mkdir()
     (suite / "dyck_language:model=neurips_local" / "stats.json").write_text("[]")
-    assert _remove_unfinished(suite) == 1
+    assert remove_unfinished(suite) == 1
     assert [p.name for p in suite.iterdir()] == ["dyck_language:model=neurips_local"]
 
 
