@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -40,6 +42,28 @@ class _App(typer.Typer):
 
 app = _App(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@contextmanager
+def _one_line_errors(
+    *errors: type[Exception], prefix: str = "", interrupted: str | Callable[[], str | None] | None = None
+) -> Iterator[None]:
+    """A command's expected failures (`errors`) as one `Error:` line and exit 1; with `interrupted` (a message, or
+    what makes it once stopped), Ctrl-C or SIGTERM (`_stop_on_sigterm`) as that message and the shell's 130 or 143,
+    not a traceback."""
+    try:
+        yield
+    except typer.Exit:  # click's Exit is a RuntimeError, which some commands list in `errors`
+        raise
+    except errors as err:
+        typer.echo(f"Error: {prefix}{err}", err=True)
+        raise typer.Exit(1) from None
+    except (KeyboardInterrupt, SystemExit) as err:
+        if interrupted is None or (code := interrupted_exit_code(err)) is None:
+            raise
+        if message := interrupted() if callable(interrupted) else interrupted:
+            typer.echo(f"\n{message}", err=True)
+        raise typer.Exit(code) from None
 
 
 @app.callback()
@@ -149,26 +173,17 @@ def bench(
         "merging": {"model": model},
     }
     if model:  # before any stage: a missing folder or an unreachable hub id is named once, not as a traceback
-        try:
+        with _one_line_errors(FileNotFoundError, ConnectionError, prefix="--model: "):
             tokenizer_dir(resolve_model(model).path, None)  # a folder without a tokenizer cannot be served either
-        except (FileNotFoundError, ConnectionError) as err:
-            typer.echo(f"Error: --model: {err}", err=True)
-            raise typer.Exit(1) from None
     _check_out(out)
     finished = []
-    for name in BenchStage:  # each writes <out>/<stage>.json and prints its table
+    for name in BenchStage:  # each writes <out>/<file>.json (the stage's bench module names it) and prints its table
         if (name in stage) if stage else not (quick and name is BenchStage.merging):  # --quick: serving, training
-            try:
+            done = f"; {', '.join(finished)} finished, its results in {out}" if finished else ""
+            with _one_line_errors(
+                ConfigError, DataError, prefix=f"{name.value}: ", interrupted=f"interrupted during {name.value}{done}"
+            ):
                 importlib.import_module(f"llmkit.{name.module}.bench").run(Path(out), **options[name.value])
-            except (ConfigError, DataError) as err:
-                typer.echo(f"Error: {name.value}: {err}", err=True)
-                raise typer.Exit(1) from None
-            except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM (_stop_on_sigterm)
-                if (code := interrupted_exit_code(err)) is None:
-                    raise
-                done = f"; {', '.join(finished)} finished, its results in {out}" if finished else ""
-                typer.echo(f"\ninterrupted during {name.value}{done}", err=True)
-                raise typer.Exit(code) from None
             finished.append(name.value)
 
 
@@ -192,11 +207,8 @@ def random_model(
     from llmkit.core.random_model import write_random_model
     from llmkit.core.shapes import ModelConfigNotFound
 
-    try:
+    with _one_line_errors(ModelConfigNotFound, ValueError, RuntimeError, OSError):
         made = write_random_model(shape, Path(out), tokenizer=tokenizer, dtype=dtype, device=device.value, seed=seed)
-    except (ModelConfigNotFound, ValueError, RuntimeError, OSError) as err:
-        typer.echo(f"Error: {err}", err=True)
-        raise typer.Exit(1) from None
     widened = f", widened from {made.widened_from:,} to the tokenizer's" if made.widened_from else ""
     Console().print(
         f"Wrote {made.path}: a random {made.model_type} of {made.params / 1e9:.3g}B parameters in {made.dtype} "
@@ -257,7 +269,9 @@ def train(
     from llmkit.train import train as run
     from llmkit.train.resume import discard_partial_checkpoint, interrupted_message
 
-    def stopped(cfg) -> str:  # what a stopped run left, once the checkpoint it was writing is gone (main process)
+    def stopped() -> str | None:  # what a stopped run left, once the checkpoint it was writing is gone (main process)
+        if cfg is None:
+            return None
         if os.environ.get("RANK", "0") == "0":
             discard_partial_checkpoint(Path(cfg.output_dir))
         return interrupted_message(Path(cfg.output_dir), fresh=fresh)
@@ -265,24 +279,17 @@ def train(
     given = {"max_steps": max_steps, "output_dir": output_dir}
     overrides = {key: value for key, value in given.items() if value is not None}  # 0 and "" are the config's errors
     cfg = None
-    try:
+    # ConnectionError: the hub's model, offline
+    with _one_line_errors(ConfigError, DataError, ConnectionError, interrupted=stopped):
         cfg = load_config(config, overrides)
-        out = run(cfg, cpu_fallback=cpu_fallback, fresh=fresh)
-    except (ConfigError, DataError, ConnectionError) as err:  # ConnectionError: the hub's model, offline
-        typer.echo(f"Error: {err}", err=True)
-        raise typer.Exit(1) from None
-    except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM (_stop_on_sigterm)
-        if (code := interrupted_exit_code(err)) is None:
-            raise
-        if cfg is not None:
-            typer.echo(f"\n{stopped(cfg)}", err=True)
-        raise typer.Exit(code) from None
-    except (OSError, RuntimeError) as err:
-        # A full disk fails a checkpoint save deep in torch ("unexpected pos", errno 28): say what it is.
-        if cfg is None or not (full := disk_full(Path(cfg.output_dir), err)):
-            raise
-        typer.echo(f"Error: {full}. Free some space, then:\n{stopped(cfg)}", err=True)
-        raise typer.Exit(1) from None
+        try:
+            out = run(cfg, cpu_fallback=cpu_fallback, fresh=fresh)
+        except (OSError, RuntimeError) as err:
+            # A full disk fails a checkpoint save deep in torch ("unexpected pos", errno 28): say what it is.
+            if not (full := disk_full(Path(cfg.output_dir), err)):
+                raise
+            typer.echo(f"Error: {full}. Free some space, then:\n{stopped()}", err=True)
+            raise typer.Exit(1) from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns here; one summary is enough
         from rich.console import Console
 
@@ -300,7 +307,7 @@ def preprocess(config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl
     from llmkit.data import DataError, build_datasets, stats_table
     from llmkit.data.tokenizer import load_tokenizer
 
-    try:
+    with _one_line_errors(ConfigError, DataError, ConnectionError):  # ConnectionError: the hub's tokenizer, offline
         cfg = load_config(config)
         tokenizer = load_tokenizer(cfg)
         if cfg.rl:  # preference pairs: read and checked here, tokenized by TRL's trainer when training starts
@@ -316,9 +323,6 @@ def preprocess(config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl
             )
             return
         data = build_datasets(cfg, tokenizer)
-    except (ConfigError, DataError, ConnectionError) as err:  # ConnectionError: the hub's tokenizer, offline
-        typer.echo(f"Error: {err}", err=True)
-        raise typer.Exit(1) from None
     Console().print(stats_table(data.stats))
 
 
@@ -362,7 +366,8 @@ def merge(
 
     from llmkit.merge import merge_command, report_table
 
-    try:
+    # bad input, mismatch, failed verification: the message says which
+    with _one_line_errors(ValueError, OSError, RuntimeError):
         report, uploaded = merge_command(
             config,
             base=base,
@@ -379,9 +384,6 @@ def merge(
             verify=not no_verify,
             max_shard_size=max_shard_size,
         )
-    except (ValueError, OSError, RuntimeError) as err:  # bad input, mismatch, failed verification: message says which
-        typer.echo(f"Error: {err}", err=True)
-        raise typer.Exit(1) from None
     Console().print(report_table(report, uploaded, hub_model_id))
 
 
@@ -429,7 +431,13 @@ def submission(
     from llmkit.submit import build_submission, summarize
     from llmkit.submit.summary import projected_training_time
 
-    try:
+    resumes = " (training from its last checkpoint, a finished merge as it is)" if model is None else ""
+    unwritten = (
+        "interrupted before the zip was written: nothing of it is left, and a zip already there is as it was. Rerun "
+        f"the same command; it goes on from what finished{resumes}"
+    )
+    # bad input, no fit, unknown model: the message says which
+    with _one_line_errors(ValueError, LookupError, OSError, interrupted=unwritten):
         path = build_submission(
             track,
             config=config,
@@ -445,33 +453,15 @@ def submission(
             training=training,
             cpu_fallback=cpu_fallback,
         )
-    except (ValueError, LookupError, OSError) as err:  # bad input, no fit, unknown model: the message says which
-        typer.echo(f"Error: {err}", err=True)
-        raise typer.Exit(1) from None
-    except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM (_stop_on_sigterm)
-        if (code := interrupted_exit_code(err)) is None:
-            raise
-        resumes = " (training from its last checkpoint, a finished merge as it is)" if model is None else ""
-        typer.echo(
-            "\ninterrupted before the zip was written: nothing of it is left, and a zip already there is as it was. "
-            f"Rerun the same command; it goes on from what finished{resumes}",
-            err=True,
-        )
-        raise typer.Exit(code) from None
     # A config's training time on the track's GPU: trained here, or re-run by training/ beside a published model.
     training_time = projected_training_time(config) if model is None or (training and config) else None
+    untested = (
+        f"interrupted: {path} is written but not smoke-tested (llmkit verify-submission --smoke "
+        f"{shlex.quote(str(path))} tests it)"
+    )
     # build_submission raised unless verify_submission found no problem; exit 1 when a smoke request fails.
-    try:
+    with _one_line_errors(interrupted=untested):
         status = summarize(path, problems=[], smoke=smoke, built=True, training_time=training_time)
-    except (KeyboardInterrupt, SystemExit) as err:
-        if (code := interrupted_exit_code(err)) is None:
-            raise
-        typer.echo(
-            f"\ninterrupted: {path} is written but not smoke-tested (llmkit verify-submission --smoke "
-            f"{shlex.quote(str(path))} tests it)",
-            err=True,
-        )
-        raise typer.Exit(code) from None
     raise typer.Exit(status)
 
 
@@ -511,12 +501,9 @@ def helm_conf(
 
     from llmkit.helm_eval import confgen
 
-    try:
+    with _one_line_errors(confgen.ConfError, OSError):  # a bad task list or budget; an --out it cannot write
         entries = confgen.generate(confgen.load_task_list(tasks), budget=budget)
         written = confgen.write_conf(entries, Path(out)) if out else None
-    except (confgen.ConfError, OSError) as err:  # a bad task list or budget; an --out it cannot write
-        typer.echo(f"Error: {err}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(written or confgen.render_conf(entries), nl=bool(out))  # a rendered conf ends in its own newline
 
 
@@ -611,14 +598,11 @@ def decontaminate(
 
     out_dir = _check_out(out)
     name = f"decontaminate-{Path(config).stem}-{Path(conf).stem}"
-    try:
+    with _one_line_errors(ConfigError, DataError, ConfError, HelmRunError, HelmSetupError):
         cfg = load_config(config)
         conf_path = prepare_conf(conf, out_dir, name)
         check_run_specs(conf_path)  # an unknown scenario: one line, not HELM's traceback from its instances
         report = check(row_texts(cfg), config, conf_path, out_dir, ngram=ngram)
-    except (ConfigError, DataError, ConfError, HelmRunError, HelmSetupError) as err:
-        typer.echo(f"Error: {err}", err=True)
-        raise typer.Exit(1) from None
     console = Console()
     for table in report_tables(report):
         console.print(table)
@@ -632,11 +616,8 @@ def _check_out(out: str) -> Path:
     from llmkit.core.files import check_folder_target
 
     path = Path(out).resolve()
-    try:
+    with _one_line_errors(OSError, prefix=f"--out {out}: "):
         check_folder_target(path)
-    except OSError as err:
-        typer.echo(f"Error: --out {out}: {err}", err=True)
-        raise typer.Exit(1) from None
     return path
 
 
