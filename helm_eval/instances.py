@@ -43,7 +43,7 @@ def main(conf_path: str, out_path: str, benchmark_output: str) -> None:
                 references = [ref.output.text for ref in instance.references if CORRECT_TAG in ref.tags]
                 row = {"run": run_spec.name, "split": instance.split, "id": instance.id, "input": instance.input.text}
                 out.write(json.dumps({**row, "references": references}) + "\n")
-            print(f"{run_spec.name}: {len(instances)} instances", file=sys.stderr)
+            print(f"{run_spec.name}: {len(instances)} instances", file=sys.stderr)  # noqa: T201 (progress, in HELM's venv)
 
 
 if __name__ == "__main__":

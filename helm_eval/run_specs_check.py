@@ -40,7 +40,8 @@ def main(conf_path: str) -> None:
                 signature.bind(**args)
             except TypeError as err:
                 bad_args.append(f"{entry.description}: {err}")
-    print(json.dumps({"unknown": sorted(unknown), "bad_args": bad_args, "descriptions": descriptions}))
+    # the answer, which the parent reads from this script's stdout
+    print(json.dumps({"unknown": sorted(unknown), "bad_args": bad_args, "descriptions": descriptions}))  # noqa: T201
 
 
 if __name__ == "__main__":

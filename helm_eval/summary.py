@@ -78,7 +78,7 @@ def _packaged_schema() -> Path | None:
 
     try:
         site = helm_venv().path
-    except Exception:  # noqa: BLE001 - no HELM venv here: the fallback metric it is
+    except Exception:  # no HELM venv here: the fallback metric it is
         return None
     return next(site.glob("lib/python*/site-packages/helm/benchmark/static/schema_classic.yaml"), None)
 

@@ -96,7 +96,7 @@ class ServerProcess:
         self._keep_log = log_path is not None
         if log_path is not None:
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(log_path, "wb")  # noqa: SIM115 - the child writes to it until stop()
+            self._log = open(log_path, "wb")  # the child writes to it until stop()
         else:
             self._log = tempfile.NamedTemporaryFile(prefix="llmkit-server-", suffix=".log", delete=False)
 

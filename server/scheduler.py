@@ -161,7 +161,7 @@ class Scheduler:
         try:
             loaded = load()
             self._setup(loaded)
-        except BaseException as err:  # noqa: BLE001 - handed to the thread that waits for the model
+        except BaseException as err:  # handed to the thread that waits for the model
             self._ready.set_exception(err)
             return
         self._ready.set_result(loaded)
@@ -179,7 +179,7 @@ class Scheduler:
             for fn, future in calls:
                 try:
                     future.set_result(fn())
-                except Exception as err:  # noqa: BLE001 - the caller gets it
+                except Exception as err:  # the caller gets it
                     future.set_exception(err)
             with torch.inference_mode():
                 self._drop_abandoned()
@@ -197,7 +197,7 @@ class Scheduler:
         """Run a step; if the model fails (out of memory...), fail the sequences in flight and go on serving."""
         try:
             step()
-        except Exception as err:  # noqa: BLE001 - one failed step must not stop the model thread
+        except Exception as err:  # one failed step must not stop the model thread
             in_flight = self._in_flight()
             LOG.exception("Model step failed; failing the %d requests in flight", len(in_flight))
             for seq in in_flight:

@@ -192,7 +192,7 @@ def _adaptable(module) -> bool:
     try:
         with torch.no_grad():
             out = module(torch.zeros(1, module.in_features, device=weight.device, dtype=weight.dtype))
-    except Exception:  # noqa: BLE001 - a forward that needs more than one row: taken for a plain linear layer
+    except Exception:  # a forward that needs more than one row: taken for a plain linear layer
         return True
     return isinstance(out, torch.Tensor)
 

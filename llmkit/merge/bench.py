@@ -115,11 +115,11 @@ def _child(adapter: str, out: str, verify: str) -> None:
     started = time.monotonic()
     merge_adapter(None, adapter, out, dtype="bfloat16", verify=verify == "verify")
     peak = _peak_rss()
-    print(
+    print(  # noqa: T201 (the child's report, read by the parent from its stdout)
         json.dumps(
             {
                 "peak_rss_bytes": peak,
-                "rss_after_imports_bytes": after_imports,  # noqa: T201 (child's report)
+                "rss_after_imports_bytes": after_imports,
                 "seconds": round(time.monotonic() - started, 1),
             }
         )

@@ -653,7 +653,7 @@ def test_every_key_of_axolotls_schema_is_known_here():
     from llmkit.config.schema import _RENAMED_KEYS, AxolotlConfig
     from llmkit.config.sections import DatasetSpec
 
-    lines = [line for line in (Path(__file__).parent / "axolotl_keys.txt").read_text().splitlines()]
+    lines = list((Path(__file__).parent / "axolotl_keys.txt").read_text().splitlines())
     keys = [line for line in lines if line and not line.startswith("#")]
     split = keys.index("[dataset]")
     top, dataset = keys[:split], keys[split + 1 :]

@@ -114,7 +114,7 @@ def runs(tmp_path_factory) -> list[Run]:
     )
     assert child.returncode == 0, f"the validate driver itself failed:\n{child.stderr[-4000:]}"
     runs = [Run(**entry) for entry in json.loads(child.stdout.strip().splitlines()[-1])]
-    print(_table(runs))
+    print(_table(runs))  # noqa: T201 (the table of runs, shown with -s)
     return runs
 
 

@@ -133,7 +133,7 @@ def test_a_conf_whose_data_cannot_be_downloaded_says_it_needs_the_internet(helm_
     conf = confgen.write_conf(confgen.generate(tasks, budget=1), tmp_path / "gsm.conf")
     config = _config(tmp_path, ["clean row"])
     command = [sys.executable, "-m", "llmkit.cli", "decontaminate", str(config), "--conf", str(conf)]
-    refused = {name: "http://127.0.0.1:9" for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
+    refused = dict.fromkeys(("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"), "http://127.0.0.1:9")
     env = {key: value for key, value in os.environ.items() if key.lower() != "no_proxy"} | refused
     result = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 1

@@ -134,10 +134,10 @@ def test_paired_bootstrap_interval():
     # only the instances both scored are paired
     assert paired_bootstrap(base, {"id0": 1.0, "other": 1.0}).instances == 1
     # too few pairs for a bootstrap: the change, and no interval that would look firm
-    few = paired_bootstrap(base, {key: 1.0 for key in ids[:9]})
+    few = paired_bootstrap(base, dict.fromkeys(ids[:9], 1.0))
     assert (few.low, few.high, few.instances) == (None, None, 9) and few.delta == pytest.approx(5 / 9)
     assert few.text() == "+0.556 (n=9, no interval)"
-    assert paired_bootstrap(base, {key: 1.0 for key in ids[:10]}).low is not None
+    assert paired_bootstrap(base, dict.fromkeys(ids[:10], 1.0)).low is not None
     assert paired_bootstrap(base, {"other": 1.0}) is None
 
 

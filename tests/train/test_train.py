@@ -141,7 +141,6 @@ def test_a_best_checkpoint_published_instead_of_the_last_is_said_in_the_summary(
     state = _state(out)
     evals = {entry["step"]: entry["eval_loss"] for entry in state["log_history"] if "eval_loss" in entry}
     best = min((step for step in evals if step > 0), key=evals.get)  # step 0 (eval_on_start) has no checkpoint
-    print("EVALS", evals)
     assert best < state["global_step"] and state["best_global_step"] == best  # the divergent rate's best is early
     console = Console(record=True, width=200)
     console.print(summary_table(out))
