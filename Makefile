@@ -33,7 +33,7 @@ USAGE_train = make train CONFIG=axolotl_configs/<name>.yml [NPROC=2] [ARGS=\"--m
 NEEDS_merge = CONFIG ADAPTER WEIGHTED
 USAGE_merge = make merge CONFIG=... | ADAPTER=dir [BASE=...] [OUT=...] | WEIGHTED=fusion.yml OUT=... [NF4=1] [ARGS=...]
 NEEDS_submission = TRACK
-USAGE_submission = make submission TRACK=4090|A100 [CONFIG=... | MODEL=... [REVISION=...] [CONFIG=... TRAINING=1] [ADAPTER=... [ADAPTER_REVISION=...]]] [N=1] [LOADING=bf16|int8|nf4] [ENGINE=builtin|vllm] [BUNDLE=1] [SMOKE=0] [TRAINING=1] [OUT=dir] [ARGS=--cpu-fallback]
+USAGE_submission = make submission TRACK=4090|A100 [CONFIG=... [TRAINING=1] | MODEL=... [REVISION=...] [CONFIG=... TRAINING=1] [ADAPTER=... [ADAPTER_REVISION=...]]] [N=1] [LOADING=bf16|int8|nf4] [ENGINE=builtin|vllm] [BUNDLE=1] [SMOKE=0] [OUT=dir] [ARGS=--cpu-fallback]
 NEEDS_verify-submission = ZIP
 USAGE_verify-submission = make verify-submission ZIP=submissions/<track>_track/<track>_submission_N.zip [SMOKE=1]
 NEEDS_preprocess = CONFIG
@@ -122,7 +122,7 @@ helm-setup: setup
 vllm-setup: setup
 	$(LLMKIT) vllm-setup
 
-# `make helm-eval [MODEL=... | URL=...] [COMPARE=...] [CONF=quick|open|PATH] [MAX_EVAL_INSTANCES=N] [SUITE=...] [OUT=dir] [ARGS="--dtype float32"]`
+# `make helm-eval [MODEL=... | URL=...] [COMPARE=...] [CONF=quick|open|skill|PATH] [MAX_EVAL_INSTANCES=N] [SUITE=...] [OUT=dir] [ARGS="--dtype float32"]`
 HELM_EVAL_FLAGS = $(call opt,MODEL,--model) $(call opt,URL,--url) $(call opt,COMPARE,--compare) $(call opt,CONF,--conf) \
 	$(call opt,MAX_EVAL_INSTANCES,--max-eval-instances) $(call opt,BUDGET,--budget) $(call opt,SUITE,--suite) \
 	$(call opt,OUT,--out) $(ARGS)
