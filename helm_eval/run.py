@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from llmkit.core.challenge import HELM_CLIENT_THREADS
 from llmkit.core.models import DEFAULT_MODEL_ID
 from llmkit.core.processes import exit_description, interrupted_exit_code, stop_process_group
 from llmkit.helm_eval import confgen
@@ -190,10 +191,10 @@ def _helm_run(
     server: ServerProcess | None,
     out_dir: Path,
     max_eval_instances: int = DEFAULT_MAX_EVAL_INSTANCES,
-    num_threads: int = 4,
+    num_threads: int = HELM_CLIENT_THREADS,
 ) -> float:
     """helm-run against a live server (watched: the process if started here, /health either way), then
-    helm-summarize; return helm-run's wall seconds. `num_threads` concurrent requests, 4 as in the challenge."""
+    helm-summarize; return helm-run's wall seconds. `num_threads` concurrent requests, as in the challenge."""
     require_helm()  # a clear error naming `make helm-setup` when it is missing
     log_path = out_dir / "logs" / f"{suite}.helm-run.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)

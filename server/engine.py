@@ -18,6 +18,7 @@ from typing import ClassVar
 import psutil
 
 from llmkit.core import devices
+from llmkit.core.challenge import HELM_CLIENT_THREADS
 from llmkit.core.models import LoadedModel, adapter_config
 from llmkit.server.protocol import ProcessRequest, ProcessResponse, Token
 from llmkit.server.sequence import RequestError, Scores, Sequence, UnknownModel
@@ -25,7 +26,6 @@ from llmkit.server.settings import EngineName, ServerSettings
 from llmkit.server.text import TokenBytes, TokenizerPool, prompt_pieces, token_key
 
 LOG = logging.getLogger(__name__)
-TOKENIZER_COPIES = 4  # crfm-helm sends 4 requests at once (helm-run --num-threads 4)
 
 
 class Engine:
@@ -38,7 +38,7 @@ class Engine:
         self.settings = settings
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
-        self.tokenizers = TokenizerPool(self.tokenizer, TOKENIZER_COPIES)
+        self.tokenizers = TokenizerPool(self.tokenizer, HELM_CLIENT_THREADS)  # one per request HELM has in flight
         self._token_bytes = TokenBytes(self.tokenizer)
         self.started = time.time()  # /v1/models' `created`
         self.base_name = loaded.source.model_id  # what a request names to get the base model without an adapter

@@ -34,7 +34,7 @@ LOG = logging.getLogger(__name__)
 VLLM_MAX_TEMPERATURE = 2.0  # vLLM's SamplingParams refuses more
 MAX_TOP_K = 100  # ProcessRequest.top_k_per_token's limit; vLLM refuses more alternatives than max_logprobs
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
-CPU_KV_CACHE_BYTES = 1 << 30  # vLLM on a CPU takes its KV cache from RAM; a small one serves HELM's 4 clients
+CPU_KV_CACHE_BYTES = 1 << 30  # vLLM on a CPU takes its KV cache from RAM; a small one serves HELM's few clients
 
 
 class BatchGate:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.config.schema import Adapter, AxolotlConfig, ConfigError, DatasetSpec, PeftMethod
-from llmkit.core.challenge import TRACKS, Loading, Track, TrackSpec, TrainingProjection, project_training
+from llmkit.core.challenge import TRACKS, Loading, Track, TrainingProjection, project_training
 from llmkit.core.memory import TrainingMemory, TrainingSetup, estimate_training
 from llmkit.core.shapes import (
     ModelConfigNotFound,
@@ -240,8 +240,8 @@ def training_memory(
     cfg: AxolotlConfig, shape: ModelShape, targets: list[str], trainable: int, track: Track
 ) -> TrainingMemory:
     """Peak training memory on one GPU of `track`, from `llmkit.core.memory` (its docstring has the formulas)."""
-    dtype = cfg.compute_dtype("cuda", capability=_capability(TRACKS[track]))
-    weights = cfg.weights_dtype("cuda", capability=_capability(TRACKS[track]))
+    dtype = cfg.compute_dtype("cuda", capability=TRACKS[track].capability)
+    weights = cfg.weights_dtype("cuda", capability=TRACKS[track].capability)
     dropout = cfg.adapter is not None and cfg.lora_dropout > 0
     adapted = [module for module in _wrapped(shape, targets) if module in shape.linear]
     setup = TrainingSetup(
@@ -259,11 +259,6 @@ def training_memory(
         dropout_width=sum(module.fan_in for module in adapted) // shape.num_layers if dropout else 0,
     )
     return estimate_training(shape, setup, track)
-
-
-def _capability(track: TrackSpec) -> tuple[int, int]:
-    major, minor = track.compute_capability.split(".")
-    return int(major), int(minor)
 
 
 def _describe_method(cfg: AxolotlConfig) -> str:
@@ -296,10 +291,10 @@ def _describe_weights(cfg: AxolotlConfig) -> str:
 
 
 def _full_weights(cfg: AxolotlConfig) -> str:
-    dtype = cfg.weights_dtype("cuda", capability=_capability(TRACKS[Track.rtx4090]))  # both tracks have bfloat16
+    dtype = cfg.weights_dtype("cuda", capability=TRACKS[Track.rtx4090].capability)  # both tracks have bfloat16
     if dtype != "float32":
         return f"{dtype} weights"
-    compute = cfg.compute_dtype("cuda", capability=_capability(TRACKS[Track.rtx4090]))
+    compute = cfg.compute_dtype("cuda", capability=TRACKS[Track.rtx4090].capability)
     return "float32 master weights" + (f", {compute} autocast" if compute != "float32" else "")
 
 

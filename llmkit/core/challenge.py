@@ -66,6 +66,12 @@ class TrackSpec:
     def memory_bytes(self) -> int:
         return int(self.memory_gib * 1024**3)
 
+    @property
+    def capability(self) -> tuple[int, int]:
+        """compute_capability as torch.cuda.get_device_capability gives it: (major, minor)."""
+        major, minor = self.compute_capability.split(".")
+        return int(major), int(minor)
+
 
 TRACKS: dict[Track, TrackSpec] = {
     Track.rtx4090: TrackSpec(
@@ -112,6 +118,7 @@ OPEN_SUITE_REQUESTS_NOTE = (
     f"MMLU's {OPEN_SUITE_AUGMENTED_INSTANCES}"
 )
 CONTEXT_TOKENS = 2048  # prompt + completion, the challenge's limit
+HELM_CLIENT_THREADS = 4  # helm-run's --num-threads as the challenge ran it: requests in flight at once
 CONTAINER_PORT = 80  # the harness maps the submission container's port 80 to 8080
 MAX_SUBMISSIONS = 3  # per track, by the challenge's rules
 
@@ -188,13 +195,14 @@ _QWEN_PROFILE = (
     "Qwen-7B on one A100-SXM4-80G, 8 x 2048 tokens per step, flash-attention 2; QwenLM/Qwen README, 'Profiling of "
     "Memory and Speed': https://github.com/QwenLM/Qwen#profiling-of-memory-and-speed"
 )
+_A100_TFLOPS = TRACKS[Track.a100].bf16_tflops  # the A100-SXM4-80G's dense BF16 peak is the 40GB's
 # Published figures, by how the weights are trained: 8 x 2048 tokens per step at 7.0 s/step (Q-LoRA, a 4-bit base)
 # and 5.2 s/step (LoRA, a 16-bit base). A measurement on a track's GPU (issue #17, item 4) belongs here, in its place.
 TRAINING_THROUGHPUT: dict[str, Throughput] = {
     "qlora": Throughput(
-        8 * 2048 / 7.0, 7e9, 312, f"published: Q-LoRA (a GPTQ 4-bit base) 7.0 s/step, {_QWEN_PROFILE}"
+        8 * 2048 / 7.0, 7e9, _A100_TFLOPS, f"published: Q-LoRA (a GPTQ 4-bit base) 7.0 s/step, {_QWEN_PROFILE}"
     ),
-    "lora": Throughput(8 * 2048 / 5.2, 7e9, 312, f"published: LoRA 5.2 s/step, {_QWEN_PROFILE}"),
+    "lora": Throughput(8 * 2048 / 5.2, 7e9, _A100_TFLOPS, f"published: LoRA 5.2 s/step, {_QWEN_PROFILE}"),
 }
 # A full fine-tune also computes the weights' gradients: about 6 instead of 4 x params FLOPs per token.
 _FULL_FINE_TUNE_FACTOR = 4 / 6
