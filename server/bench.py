@@ -66,15 +66,10 @@ def _mc_prompt(target_tokens: int, engine: BuiltinEngine) -> str:
 
 
 def _workloads(engine: BuiltinEngine) -> dict[str, ProcessRequest]:
-    counting = ", ".join(str(i) for i in range(1, 20)) + ","
-    common = {"temperature": 1e-7, "num_return_sequences": 1, "top_p": 1.0, "echo_prompt": False}
-    return {
-        "multiple_choice_400": ProcessRequest(
-            prompt=_mc_prompt(400, engine), max_new_tokens=5, top_k_per_token=5, stop_sequences=[], **common
-        ),
-        "generation_128": ProcessRequest(
-            prompt=counting, max_new_tokens=128, top_k_per_token=1, stop_sequences=NEVER_STOP, **common
-        ),
+    counting, choice = ", ".join(str(i) for i in range(1, 20)) + ",", _mc_prompt(400, engine)
+    return {  # HELM's requests as its client sends them (greedy)
+        "multiple_choice_400": ProcessRequest(**helm_body(choice, max_new_tokens=5, top_k_per_token=5)),
+        "generation_128": ProcessRequest(**helm_body(counting, max_new_tokens=128, stop_sequences=NEVER_STOP)),
     }
 
 
