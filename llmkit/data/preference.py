@@ -75,6 +75,8 @@ class ChatFormat:
         return head + self.user_start + user + self.assistant_start
 
 
+# As axolotl's dpo/chatml.py and dpo/llama3.py write them, which is not what chat.CHAT_TEMPLATES renders: no BOS
+# (TRL's tokenizer adds the tokenizer's own) and no trimmed text, so a pair trains on the strings axolotl trains on.
 CHATML = ChatFormat(
     "<|im_start|>system\n", "<|im_end|>\n", "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>"
 )
