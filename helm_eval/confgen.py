@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import re
 from pathlib import Path
 
 import yaml
@@ -272,11 +271,6 @@ def write_conf(entries: list[RunEntry], path: Path) -> Path:
     """Write atomically (temp file + rename), so a half-written conf never exists."""
     check_file_target(path)  # its message, not mkdir's "File exists" or rename's "Is a directory"
     return write_atomic(path, render_conf(entries), parents=True)
-
-
-def parse_conf(text: str) -> list[str]:
-    """The run-entry descriptions of a HELM conf file (ours or the challenge's)."""
-    return re.findall(r'description:\s*"([^"]*)"', text)
 
 
 def split_description(description: str) -> tuple[str, dict[str, str]]:

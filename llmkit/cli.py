@@ -333,7 +333,7 @@ def default_dataset(
     """Regenerate the shipped configs' training data (axolotl_configs/data/*.jsonl) from its generators."""
     from llmkit.data.shipped import main
 
-    raise typer.Exit(main(["--check"] if check else []))
+    raise typer.Exit(main(check=check))
 
 
 # --- merge: llmkit/merge/command.py ----------------------------------------------------------------------------------

@@ -29,13 +29,12 @@ def render(rows: list[InputOutputRow]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Write every shipped dataset, or with `--check` only compare them; 1 when a file differs."""
-    argv = sys.argv[1:] if argv is None else argv
+def main(check: bool = False) -> int:
+    """Write every shipped dataset, or with `check` only compare them; 1 when a file differs."""
     differs = 0
     for path, generate in generators().items():
         text = render(generate())
-        if "--check" in argv:
+        if check:
             ok = path.is_file() and path.read_text(encoding="utf-8") == text
             differs += not ok
             print(f"{path}: {'matches the generator' if ok else 'differs from the generator'}")  # noqa: T201
@@ -46,4 +45,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(check="--check" in sys.argv[1:]))

@@ -24,7 +24,6 @@ from llmkit.data.rows import InputOutputRow, LabelledText
 DATASET_FILE = CONFIGS_DIR / "data" / "variable_substitution.jsonl"
 SEED = 20261203
 NUM_ROWS = 1000
-HELM_RUN_ENTRY = "synthetic_reasoning:mode=variable_substitution"
 INSTRUCTIONS = "Please solve the following problem."  # HELM's run spec for synthetic_reasoning
 
 RULE_SYMBOLS = ["X", "Y", "Z"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
 import time
 from collections.abc import Callable, Iterator
@@ -351,7 +350,6 @@ def write_merged(base_dir: Path, adapter_dir: Path, out: Path, options: MergeOpt
             for plan in shard:
                 yield mw.merged_tensor(plan, adapter, nf4)
                 progress.update(plan.nbytes)
-                _test_pause()
 
         for name, tensor_names in split.filename_to_tensors.items():
             shard = [by_name[tensor_name] for tensor_name in tensor_names]
@@ -363,13 +361,6 @@ def write_merged(base_dir: Path, adapter_dir: Path, out: Path, options: MergeOpt
     tied = bool(getattr(config, "tie_word_embeddings", False))
     untied = tied and any(plan.source_file is None or plan.source is not None for plan in plans)
     _write_configs(config, base_dir, adapter, untied, options, out)
-
-
-def _test_pause() -> None:
-    # The kill test needs the merge to be mid-write long enough to be killed there; nothing else sets this.
-    delay = os.environ.get("LLMKIT_MERGE_TEST_DELAY_S")
-    if delay:
-        time.sleep(float(delay))
 
 
 def _write_configs(

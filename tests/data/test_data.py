@@ -547,8 +547,11 @@ def test_skill_dataset_rows_are_helm_layout_with_right_answers_and_own_words():
 
 
 def test_skill_config_names_its_helm_run_entry_and_trains_on_the_skill_data():
+    from llmkit.helm_eval import confgen
+
     path = CONFIGS_DIR / "smollm2-135m-skill.yml"
-    assert path.read_text().splitlines()[0] == f"# helm: {skill_dataset.HELM_RUN_ENTRY}"
+    target = confgen.load_task_list("skill").families[0]  # the skill task list scores what the config trains
+    assert path.read_text().splitlines()[0] == f"# helm: {target.scenario}:mode={target.args['mode']}"
     cfg = load_config(path)
     assert Path(cfg.datasets[0].path) == skill_dataset.DATASET_FILE
     assert cfg.do_causal_lm_eval and cfg.val_set_size > 0

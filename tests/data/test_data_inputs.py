@@ -278,11 +278,11 @@ def test_default_dataset_command_writes_and_checks(tmp_path, monkeypatch, capsys
     paths = [tmp_path / "mcqa.jsonl", tmp_path / "skill.jsonl"]
     monkeypatch.setattr(default_dataset, "DATASET_FILE", paths[0])
     monkeypatch.setattr(skill_dataset, "DATASET_FILE", paths[1])
-    assert shipped.main(["--check"]) == 1  # no files yet
-    assert shipped.main([]) == 0
+    assert shipped.main(check=True) == 1  # no files yet
+    assert shipped.main() == 0
     assert paths[0].read_text() == shipped.render(default_dataset.generate_rows())
     assert paths[1].read_text() == shipped.render(skill_dataset.generate_rows())
-    assert shipped.main(["--check"]) == 0
+    assert shipped.main(check=True) == 0
     paths[1].write_text(paths[1].read_text()[1:])
-    assert shipped.main(["--check"]) == 1
+    assert shipped.main(check=True) == 1
     assert "differs from the generator" in capsys.readouterr().out

@@ -222,12 +222,25 @@ def test_an_fp4_round_trip_is_checked_against_the_fp4_base_training_ran(tiny_mod
     assert report.verification["max_logit_diff"] < 1e-4 and report.verification["token_agreement"] == 1.0
 
 
+# `llmkit merge` with each tensor 0.3 s slower to make (~7 s of writing): time to kill it mid-shard.
+_SLOW_MERGE = """
+import time
+import llmkit.merge.weights as mw
+from llmkit.cli import app
+made = mw.merged_tensor
+def slowly(*args, **kwargs):
+    time.sleep(0.3)
+    return made(*args, **kwargs)
+mw.merged_tensor = slowly
+app()
+"""
+
+
 def _start_merge(adapter: Path, base: Path, out: Path) -> subprocess.Popen:
-    env = {**os.environ, "LLMKIT_MERGE_TEST_DELAY_S": "0.3"}  # ~7 s of writing: time to kill it mid-shard
     command = [
         sys.executable,
-        "-m",
-        "llmkit.cli",
+        "-c",
+        _SLOW_MERGE,
         "merge",
         "--adapter",
         str(adapter),
@@ -239,7 +252,7 @@ def _start_merge(adapter: Path, base: Path, out: Path) -> subprocess.Popen:
         "bfloat16",
         "--no-verify",
     ]
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _wait_mid_write(process: subprocess.Popen, out: Path) -> None:
