@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,18 +207,28 @@ def trainable_params(cfg: AxolotlConfig, shape: ModelShape, targets: list[str]) 
         if not patterns:
             return shape.num_params
         return sum(size for name, size in shape.parameters if any(pattern.matches(name) for pattern in patterns))
-    if cfg.peft_method is PeftMethod.prompt_tuning:
+    if cfg.peft_method is PeftMethod.prompt_tuning:  # wraps no module: its virtual tokens' embeddings
         return cfg.peft_num_virtual_tokens * shape.hidden_size
+    per_module = _PARAMS_PER_MODULE[cfg.peft_method]
     saved = _saved_modules(cfg, shape)
-    total = 0
-    for module in _wrapped(shape, targets):
-        if module.name in saved:  # peft trains a module it saves whole, and wraps no adapter around it
-            continue
-        if cfg.peft_method is PeftMethod.vera:  # shared frozen A/B; trained: lambda_d (r) and lambda_b (out)
-            total += cfg.peft_vera_r + module.fan_out
-        else:  # A: r x in, B: out x r; DoRA adds one magnitude per output
-            total += cfg.lora_r * (module.fan_in + module.fan_out) + (module.fan_out if cfg.peft_use_dora else 0)
-    return total + sum(module.params for module in saved.values())
+    # peft trains a module it saves whole, and wraps no adapter around it
+    wrapped = [module for module in _wrapped(shape, targets) if module.name not in saved]
+    return sum(per_module(cfg, module) for module in wrapped) + sum(module.params for module in saved.values())
+
+
+def _lora_params(cfg: AxolotlConfig, module: Module) -> int:  # A: r x in, B: out x r; DoRA: a magnitude per output
+    return cfg.lora_r * (module.fan_in + module.fan_out) + (module.fan_out if cfg.peft_use_dora else 0)
+
+
+def _vera_params(cfg: AxolotlConfig, module: Module) -> int:  # A and B shared, frozen; lambda_d (r), lambda_b (out)
+    return cfg.peft_vera_r + module.fan_out
+
+
+# peft_method -> the parameters it trains in each module it wraps
+_PARAMS_PER_MODULE: dict[PeftMethod, Callable[[AxolotlConfig, Module], int]] = {
+    PeftMethod.lora: _lora_params,
+    PeftMethod.vera: _vera_params,
+}
 
 
 def _saved_modules(cfg: AxolotlConfig, shape: ModelShape) -> dict[str, Module]:
@@ -276,10 +287,18 @@ def _describe_weights(cfg: AxolotlConfig) -> str:
     double = " (double quantized)" if quant.bnb_4bit_use_double_quant else ""
     four_bit = f"4-bit {quant.bnb_4bit_quant_type.upper()} base{double}"
     base = four_bit if cfg.load_in_4bit else "8-bit base" if cfg.load_in_8bit else "16-bit base"
-    if cfg.peft_method is PeftMethod.prompt_tuning:
-        return f"{cfg.adapter.value}: prompt tuning, {cfg.peft_num_virtual_tokens} virtual tokens, on a {base}"
-    if cfg.peft_method is PeftMethod.vera:
-        return f"{cfg.adapter.value}: VeRA r={cfg.peft_vera_r}, on a {base}"
+    return _METHOD_DESCRIPTIONS[cfg.peft_method](cfg, base)
+
+
+def _describe_prompt_tuning(cfg: AxolotlConfig, base: str) -> str:
+    return f"{cfg.adapter.value}: prompt tuning, {cfg.peft_num_virtual_tokens} virtual tokens, on a {base}"
+
+
+def _describe_vera(cfg: AxolotlConfig, base: str) -> str:
+    return f"{cfg.adapter.value}: VeRA r={cfg.peft_vera_r}, on a {base}"
+
+
+def _describe_lora(cfg: AxolotlConfig, base: str) -> str:
     scale = cfg.lora_alpha / (math.sqrt(cfg.lora_r) if cfg.peft_use_rslora else cfg.lora_r)
     loftq = f"LoftQ {cfg.loftq_bits}-bit init" if cfg.loftq_bits else None
     extras = [name for name, on in (("DoRA", cfg.peft_use_dora), ("rsLoRA", cfg.peft_use_rslora)) if on]
@@ -288,6 +307,14 @@ def _describe_weights(cfg: AxolotlConfig) -> str:
     extra = f" + {' + '.join(extras)}" if extras else ""
     lora = f"r={cfg.lora_r} alpha={cfg.lora_alpha} (scale {scale:.3g}), dropout {cfg.lora_dropout}"
     return f"{kind}{extra} {lora}, on a {base}"
+
+
+# peft_method -> the plan's line for the adapter it trains, on `base` (the base model's loading)
+_METHOD_DESCRIPTIONS: dict[PeftMethod, Callable[[AxolotlConfig, str], str]] = {
+    PeftMethod.lora: _describe_lora,
+    PeftMethod.vera: _describe_vera,
+    PeftMethod.prompt_tuning: _describe_prompt_tuning,
+}
 
 
 def _full_weights(cfg: AxolotlConfig) -> str:

@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from peft import (
 from transformers import AutoConfig, BitsAndBytesConfig, PretrainedConfig, PreTrainedModel
 from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
 
-from llmkit.config.schema import AxolotlConfig, ConfigError
+from llmkit.config.schema import AxolotlConfig, ConfigError, PeftMethod
 from llmkit.core import devices
 from llmkit.core.bnb_kernels import dequantizing_4bit_kernel
 from llmkit.core.models import resolve_model
@@ -258,22 +259,10 @@ def _save_trained_embeddings_once(peft_model: PeftModel) -> None:
 
 def peft_config(cfg: AxolotlConfig, model: PreTrainedModel, tokenizer: Any = None) -> PeftConfig:
     """The peft config of the configured method (`peft_method` and the lora_*/peft_* keys)."""
-    method = cfg.peft_method.value
-    if method == "lora":
-        return _lora_config(cfg, model)
-    if method == "vera":
-        return VeraConfig(
-            r=cfg.peft_vera_r,
-            target_modules=cfg.resolved_target_modules(model),
-            vera_dropout=cfg.lora_dropout,
-            d_initial=cfg.peft_vera_d_initial,
-            modules_to_save=cfg.checked_modules_to_save(model),
-            task_type="CAUSAL_LM",
-        )
-    return _prompt_tuning_config(cfg, tokenizer)
+    return PEFT_CONFIGS[cfg.peft_method](cfg, model, tokenizer)
 
 
-def _lora_config(cfg: AxolotlConfig, model: PreTrainedModel) -> LoraConfig:
+def _lora_config(cfg: AxolotlConfig, model: PreTrainedModel, tokenizer: Any = None) -> LoraConfig:
     return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
@@ -338,7 +327,18 @@ def _zero_rows_hook(frozen: torch.Tensor):
     return hook
 
 
-def _prompt_tuning_config(cfg: AxolotlConfig, tokenizer: Any) -> PromptTuningConfig:
+def _vera_config(cfg: AxolotlConfig, model: PreTrainedModel, tokenizer: Any = None) -> VeraConfig:
+    return VeraConfig(
+        r=cfg.peft_vera_r,
+        target_modules=cfg.resolved_target_modules(model),
+        vera_dropout=cfg.lora_dropout,
+        d_initial=cfg.peft_vera_d_initial,
+        modules_to_save=cfg.checked_modules_to_save(model),
+        task_type="CAUSAL_LM",
+    )
+
+
+def _prompt_tuning_config(cfg: AxolotlConfig, model: PreTrainedModel, tokenizer: Any) -> PromptTuningConfig:
     if cfg.sample_packing:
         # peft drops position_ids for prompt tuning, so packed rows would attend to each other.
         problem = "peft_method: prompt_tuning ignores position_ids, so packed rows would attend to each other"
@@ -351,3 +351,11 @@ def _prompt_tuning_config(cfg: AxolotlConfig, tokenizer: Any) -> PromptTuningCon
         tokenizer_name_or_path=getattr(tokenizer, "name_or_path", None) if init_text else None,
         task_type="CAUSAL_LM",
     )
+
+
+# peft_method -> its peft config, as peft registers one config class per method (PeftMethod lists the names).
+PEFT_CONFIGS: dict[PeftMethod, Callable[[AxolotlConfig, PreTrainedModel, Any], PeftConfig]] = {
+    PeftMethod.lora: _lora_config,
+    PeftMethod.vera: _vera_config,
+    PeftMethod.prompt_tuning: _prompt_tuning_config,
+}
