@@ -82,14 +82,14 @@ class IncrementalDecoder:
         self.ids = list(context_ids)
         self.prefix_offset = max(0, len(self.ids) - 6)
         self.read_offset = len(self.ids)
+        self._anchor: list[int] | None = None  # a plain token to decode new ones after (`_window`)
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def push(self, token_id: int, final: bool = False) -> str:
         self.ids.append(token_id)
-        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
-        text = self._decode(self.ids[self.prefix_offset :])
+        prefix, text = self._window()
         if len(text) > len(prefix) and (final or not text.endswith("\ufffd")):
             self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
             return text[len(prefix) :]
@@ -104,10 +104,23 @@ class IncrementalDecoder:
         """Text held back at the end (an incomplete character), so nothing decoded is lost."""
         if self.read_offset == len(self.ids):
             return ""
-        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
-        text = self._decode(self.ids[self.prefix_offset :])
+        prefix, text = self._window()
         self.prefix_offset = self.read_offset = len(self.ids)
         return text[len(prefix) :]
+
+    def _window(self) -> tuple[str, str]:
+        """(the emitted context, it and the tokens not yet emitted), decoded; the latter starts with the former."""
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        text = self._decode(self.ids[self.prefix_offset :])
+        if text.startswith(prefix):
+            return prefix, text
+        # A byte-fallback decoder (Llama-2, Mistral) reads a run of byte tokens as one: a character already emitted
+        # and an invalid byte after it became one U+FFFD per byte. Decode the new tokens after a plain one instead,
+        # which keeps a leading space as it would be mid-text and merges no byte into the context.
+        if self._anchor is None:
+            self._anchor = self.tokenizer.encode("a", add_special_tokens=False)[-1:]
+        prefix = self._decode(self._anchor)
+        return prefix, self._decode(self._anchor + self.ids[self.read_offset :])
 
 
 def prompt_pieces(tokenizer, ids: Sequence[int]) -> list[str]:

@@ -43,3 +43,17 @@ def test_an_echoed_prompt_is_the_prompt_after_a_bos(llama2_style_tokenizer, prom
     assert len(pieces) == len(ids) - 1 and "".join(pieces) == prompt
     after_bos = IncrementalDecoder(llama2_style_tokenizer, ids[:1])
     assert "".join(after_bos.push(t) for t in ids[1:]) + after_bos.flush() == " " + prompt  # what echo answered
+
+
+def test_an_invalid_byte_after_a_character_leaves_the_character_whole(llama2_style_tokenizer):
+    """A byte-fallback decoder reads a run of byte tokens as one: "😀" then an invalid byte <0xF2> came back as
+    four extra U+FFFD ("😀" regrouped with the byte) where decoding the completion alone gives one."""
+    tokenizer = llama2_style_tokenizer
+    emoji = tokenizer("😀", add_special_tokens=False).input_ids
+    assert all(tokenizer.convert_ids_to_tokens(i).startswith("<0x") for i in emoji[-4:])  # the emoji as 4 bytes
+    completion = [tokenizer.convert_tokens_to_ids("<0xF2>"), *tokenizer("z is", add_special_tokens=False).input_ids]
+    decoder = IncrementalDecoder(tokenizer, emoji)
+    pieces = [decoder.push(token) for token in completion]
+    assert "".join(pieces) + decoder.flush() == "\ufffd z is"
+    held = IncrementalDecoder(tokenizer, emoji)  # the invalid byte last: flushed as one U+FFFD
+    assert held.push(completion[0]) == "" and held.flush() == "\ufffd"
