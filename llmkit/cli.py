@@ -229,15 +229,9 @@ def validate(
     ),
 ) -> None:
     """Check a config without training; print the plan (targets, parameters, steps, memory per track)."""
-    from llmkit.config import validate as run
-    from llmkit.data.tokenizer import count_training_tokens, tokenizer_problems, trained_tokenizer_size
+    from llmkit.train.validate import validate as run
 
-    checks = {
-        "count_tokens": count_training_tokens,
-        "tokenizer_problems": tokenizer_problems,
-        "tokenizer_size": trained_tokenizer_size,
-    }
-    raise typer.Exit(run(config, strict=strict, model_config=model_config, **checks))
+    raise typer.Exit(run(config, strict=strict, model_config=model_config))
 
 
 @app.command("config-keys")

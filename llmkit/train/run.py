@@ -39,7 +39,6 @@ from transformers import (
 
 from llmkit.config.plan import optimizer_steps, warmup_steps
 from llmkit.config.schema import RESOLVED_CONFIG, AxolotlConfig, ConfigError, RLMethod
-from llmkit.config.validate import wandb_unavailable
 from llmkit.core import devices
 from llmkit.core.files import clean_stale, staging_dir, swap_in
 from llmkit.core.models import stop_at_turn_ends
@@ -64,6 +63,7 @@ from llmkit.train.resume import (
     unpublish,
     write_record,
 )
+from llmkit.train.validate import wandb_unavailable
 
 LOG = logging.getLogger(__name__)
 

@@ -19,11 +19,12 @@ from typer.testing import CliRunner
 from llmkit.cli import app
 from llmkit.config.plan import plan
 from llmkit.config.schema import AxolotlConfig, ConfigError, ConfigWarning, load_config
-from llmkit.config.validate import validate
 from llmkit.core.challenge import Loading, Track
 from llmkit.core.memory import weight_bytes
 from llmkit.core.shapes import model_shape
 from llmkit.train import train
+from llmkit.train import validate as validate_module
+from llmkit.train.validate import validate
 
 ROOT = Path(__file__).resolve().parents[2]
 TEAM = ["Llama-2-7b-03", "Llama-2-13b-01", "Llama-2-13b-02", "Mistral-01", "Mistral-02", "Mistral-03"]
@@ -322,7 +323,7 @@ def test_cli_validate_without_a_config_json_checks_the_rest_and_says_how_to_give
     assert "GPTNeoXForCausalLM" in known.output and "query_key_value" in known.output and "fits" in known.output
 
 
-def test_cli_validate_refuses_a_model_config_it_cannot_read(tmp_path):
+def test_cli_validate_refuses_a_model_config_it_cannot_read(tmp_path, monkeypatch):
     """A --model-config path the user gave is theirs to fix: exit 1 naming the flag and the path, not a plan whose
     memory row says "unknown" (which stays for a model whose config.json cannot be found)."""
     config = tmp_path / "neox.yml"
@@ -341,7 +342,8 @@ def test_cli_validate_refuses_a_model_config_it_cannot_read(tmp_path):
         assert "Training plan" not in result.output
     # ... before the data is tokenized (minutes on a large dataset), not after it
     counted = []
-    assert validate(config, model_config="nothere.json", count_tokens=counted.append, console=Console()) == 1
+    monkeypatch.setattr(validate_module, "count_training_tokens", counted.append)
+    assert validate(config, model_config="nothere.json", console=Console()) == 1
     assert counted == []
 
 

@@ -1,4 +1,5 @@
-"""Check a config and print its plan without training.
+"""Check a config and print its plan without training: what `llmkit train` would do with it, its data tokenized as
+training will tokenize it.
 
 llmkit validate axolotl_configs/Llama-2-7b-03.yml [--strict] [--model-config path/to/config.json]
 make validate CONFIG=axolotl_configs/Llama-2-7b-03.yml
@@ -7,13 +8,13 @@ make validate CONFIG=axolotl_configs/Llama-2-7b-03.yml
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 from llmkit.config.plan import TrainingPlan, plan
 from llmkit.config.schema import AxolotlConfig, ConfigError, ConfigWarning, load_config
 from llmkit.core.memory import GIB
 from llmkit.core.shapes import ModelConfigNotFound, find_model_config
+from llmkit.data.tokenizer import count_training_tokens, tokenizer_problems, trained_tokenizer_size
 
 
 def validate(
@@ -21,9 +22,6 @@ def validate(
     *,
     strict: bool = False,
     model_config: str | None = None,
-    count_tokens: Callable[[AxolotlConfig], int | None] | None = None,
-    tokenizer_problems: Callable[[AxolotlConfig, int | None], list[str]] | None = None,
-    tokenizer_size: Callable[[AxolotlConfig], int | None] | None = None,
     console=None,
 ) -> int:
     """Load `path`, plan it and print the plan; returns the exit status (1: the config is unusable).
@@ -32,13 +30,6 @@ def validate(
         path: the YAML config.
         strict: report unknown and unimplemented keys as errors, whatever the file's `strict:` says.
         model_config: the base model's config.json (or a folder with one), when llmkit cannot find it.
-        count_tokens: tokenizes the training split (llmkit.data.tokenizer.count_training_tokens, which the
-            CLI passes: tokenizing is the data stage's work, after this one; its ConfigError, for bad data, is the
-            config's error); None: the plan counts from max_steps or rows instead.
-        tokenizer_problems: what training would meet in the tokenizer, given the model's vocab_size
-            (llmkit.data.tokenizer.tokenizer_problems, which the CLI passes); each is reported as a config problem.
-        tokenizer_size: the size of the tokenizer training uses, added tokens included
-            (llmkit.data.tokenizer.trained_tokenizer_size, which the CLI passes): the embeddings the plan counts.
         console: a rich Console to print to (default: stdout, errors to stderr).
     """
     from rich.console import Console
@@ -59,11 +50,11 @@ def validate(
                 raise ConfigError(missing, cfg.source)
             if model_config:  # a path the user gave that cannot be read is said before tokenizing (minutes)
                 find_model_config(cfg.base_model_config or cfg.base_model, explicit=model_config)
-            split = count_tokens(cfg) if count_tokens else None
-            size = tokenizer_size(cfg) if tokenizer_size else None
+            split = count_training_tokens(cfg)  # bad data is the config's error (a ConfigError)
+            size = trained_tokenizer_size(cfg)  # the embeddings the plan counts, added tokens included
             training_plan = plan(cfg, model_config=model_config, data=split, tokenizer_size=size)
             vocab_size = training_plan.shape.vocab_size if training_plan.shape else None
-            problems = tokenizer_problems(cfg, vocab_size) if tokenizer_problems else []
+            problems = tokenizer_problems(cfg, vocab_size)
             if problems:
                 raise ConfigError(problems, cfg.source)
     except ConfigError as error:
