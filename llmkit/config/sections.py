@@ -195,8 +195,21 @@ def _unknown_type(name: str, module: str) -> str:
     )
 
 
-# Data file suffixes and the `datasets` builder that reads each.
-LOCAL_DATA_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+# Data file suffixes and the `datasets` builder that reads each (axolotl's get_ds_type: .txt is text).
+LOCAL_DATA_SUFFIXES = {
+    ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow", ".txt": "text"
+}  # fmt: skip
+# Compressions `datasets` reads a text file through (a.jsonl.gz is JSON lines), and the standard library opens
+# (llmkit.data.sources checks the text inside).
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz")
+
+
+def data_file_builder(name: str) -> str | None:
+    """The `datasets` builder of a data file, by its suffix (under a compression's: a.jsonl.gz is json)."""
+    suffixes = [suffix.lower() for suffix in Path(name).suffixes]
+    if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
+        suffixes.pop()
+    return LOCAL_DATA_SUFFIXES.get(suffixes[-1]) if suffixes else None
 
 
 class DsType(str, Enum):
@@ -659,7 +672,7 @@ class DatasetSpec(BaseModel):
         from pathlib import Path
 
         local = Path(self.path).expanduser()
-        written_local = self.path.startswith((".", "/", "~")) or local.suffix.lower() in LOCAL_DATA_SUFFIXES
+        written_local = self.path.startswith((".", "/", "~")) or data_file_builder(self.path) is not None
         return written_local and not local.exists()
 
     @property

@@ -8,6 +8,7 @@ half-written entry to be reused.
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import logging
 from pathlib import Path
@@ -41,12 +42,25 @@ def _file_digests(path: Path) -> list[tuple[str, str]]:
 
 
 def dataset_identity(spec: DatasetSpec) -> dict[str, Any]:  # Any: the spec as JSON, then the files' digests
-    """A dataset spec's settings, with the sha256 of its local files (None for a hub dataset)."""
+    """A dataset spec's settings, with the sha256 of its local files (None for a hub dataset) and of the local files
+    its data_files name (outside `path` too: `path: json` with `data_files: rows.jsonl` reads a local file)."""
     raw = spec.model_dump(mode="json")
     local = Path(spec.path).expanduser()
     # hub datasets: the spec names them; a device or pipe is refused when read (hashing it would never end)
     raw["_files"] = _file_digests(local) if local.is_file() or local.is_dir() else None
+    raw["_data_files"] = _data_files_digests(local if local.is_dir() else Path(), spec.data_files or [])
     return raw
+
+
+def _data_files_digests(folder: Path, data_files: list[str]) -> list[tuple[str, str]]:
+    """The local files `data_files` names, relative to `folder` (the dataset's, or the working folder as for a hub
+    dataset) or absolute, glob patterns expanded, with their sha256."""
+    found = []
+    for entry in data_files:
+        path = str(folder / Path(entry).expanduser())
+        matches = glob.glob(path, recursive=True) if glob.has_magic(path) else [path]
+        found += [(match, sha256_file(Path(match))) for match in sorted(matches) if Path(match).is_file()]
+    return found
 
 
 def _tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, str | dict[str, str] | None]:

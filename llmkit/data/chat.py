@@ -246,6 +246,13 @@ def chat_messages(row: RawRow, spec: DatasetSpec) -> tuple[str, list[Message]]:
     """
     field = spec.field_messages or ("messages" if "messages" in row else "conversations")
     turns = row.get(field)
+    if not spec.field_messages and field not in row:  # neither default: say which field the row could mean
+        fields = ", ".join(repr(name) for name in row) or "none"
+        raise FieldError(
+            "messages",
+            f"is missing, and so is 'conversations': set field_messages to the row's list of messages "
+            f"(its fields: {fields})",
+        )
     if not isinstance(turns, list):
         raise FieldError(field, "must be a list of messages")
     if not turns:  # a row with nothing to train on: dropped and counted, as an empty input_output row is

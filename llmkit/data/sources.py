@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import csv
 import glob
+import gzip
 import json
+import lzma
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +26,7 @@ from datasets import (
 )
 from datasets.data_files import get_data_patterns
 
-from llmkit.config.sections import LOCAL_DATA_SUFFIXES, DatasetSpec
+from llmkit.config.sections import DatasetSpec, DsType, data_file_builder
 from llmkit.data.fields import IS_NULL, FieldError, RowError
 from llmkit.data.rows import RawColumns, RawRow
 
@@ -77,7 +80,7 @@ def load_rows(spec: DatasetSpec, check: RowCheck, seed: int) -> Dataset:
     except DataError:
         raise
     except Exception as err:  # datasets wraps parse errors of every format in its own exception types
-        if local.is_file() and local.suffix.lower() in (".json", ".jsonl"):
+        if local.is_file() and _builder(spec, local) == "json":
             find_bad_json_row(local, check)
         raise DataError(f"{source_name(spec)}: cannot be read: {type(err).__name__}: {err}") from err
     if not len(rows):  # a slice past the end (datasets refuses a file with no rows itself)
@@ -93,7 +96,16 @@ def load_rows(spec: DatasetSpec, check: RowCheck, seed: int) -> Dataset:
 
 def _builder(spec: DatasetSpec, local: Path) -> str | None:
     """The `datasets` builder of a local file: ds_type, else the suffix's."""
-    return spec.ds_type.value if spec.ds_type else LOCAL_DATA_SUFFIXES.get(local.suffix.lower())
+    return spec.ds_type.value if spec.ds_type else data_file_builder(local.name)
+
+
+# How a compressed data file is opened (COMPRESSION_SUFFIXES): its text is checked and read as datasets reads it.
+_OPENERS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def _open(path: Path, mode: str = "rb", **text: Any) -> Any:
+    """A data file, decompressed where its suffix names a compression; `text`: open()'s encoding, errors..."""
+    return _OPENERS.get(path.suffix.lower(), open)(path, mode, **text)
 
 
 def _load(spec: DatasetSpec, local: Path) -> Dataset:
@@ -104,7 +116,8 @@ def _load(spec: DatasetSpec, local: Path) -> Dataset:
     if local.is_file():
         builder = _builder(spec, local)
         if builder is None:
-            raise DataError(f"{local}: unknown file type {local.suffix!r}; set ds_type (json, parquet, csv)")
+            kinds = ", ".join(kind.value for kind in DsType)
+            raise DataError(f"{local}: unknown file type {local.suffix!r}; set ds_type ({kinds})")
         if builder in ("json", "csv", "text"):
             _check_utf8(local)  # Arrow reads other bytes into its strings; reading a row then fails mid-training
         features = _csv_text_features(local) if builder == "csv" else None
@@ -141,7 +154,7 @@ def _folder_files(folder: Path, data_files: list[str] | None) -> list[str] | dic
 def _check_utf8(path: Path) -> None:
     """A text file is UTF-8 throughout, read in 1 MiB pieces; else a DataError naming the line."""
     decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
-    with path.open("rb") as file:
+    with _open(path) as file:
         for piece in iter(lambda: file.read(1 << 20), b""):
             try:
                 decoder.decode(piece)
@@ -180,7 +193,7 @@ def _select_split(saved: Dataset | DatasetDict, split: str) -> Dataset:
 def _csv_text_features(path: Path) -> Features | None:
     """Every column of a CSV as text: datasets (through pandas) would read a column of numbers as int64, or as
     float64 when a cell is empty, and the prompt would say "1.0" or "7" where the file says "1" or "007"."""
-    with path.open(encoding="utf-8-sig", errors="replace", newline="") as file:  # pandas drops a BOM too
+    with _open(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as file:  # pandas drops a BOM too
         header = next(csv.reader(file), [])
     if not header or len(set(header)) < len(header):  # no header row, or repeated names: datasets' own reading
         return None
@@ -214,7 +227,8 @@ def _usable(row: RawRow, check: RowCheck) -> bool:
 def _json_rows(path: Path) -> tuple[list[Any], list[int] | None]:
     """The file's top-level values, one per row (any JSON: a row that is no object is what the caller reports), and
     each row's line in a JSON-lines file, whose blank lines are no rows (None for one JSON document)."""
-    text = path.read_text(encoding="utf-8")
+    with _open(path, "rt", encoding="utf-8") as file:
+        text = file.read()
     try:
         rows = json.loads(text)
         return (rows if isinstance(rows, list) else [rows]), None

@@ -305,6 +305,22 @@ def test_prepared_path_cache_is_reused_and_invalidated(write_rows, make_cfg, tok
     assert build_datasets(other, tokenizer).stats.cache == "miss"
 
 
+@pytest.mark.parametrize("layout", ["folder", "json builder"])
+def test_a_changed_data_file_outside_path_misses_the_cache(write_rows, make_cfg, tokenizer, tmp_path, layout):
+    """`data_files` naming a file outside `path` (or `path: json`, datasets' own way): the file was never hashed, so
+    a rerun after the file changed reused the old rows ("cache: hit", 10 rows from a file of 3)."""
+    rows = write_rows([*ALPACA_ROWS, {**ALPACA_ROWS[0], "output": "Green."}], "jsonl")
+    (tmp_path / "folder").mkdir()
+    path = str(tmp_path / "folder") if layout == "folder" else "json"
+    spec = {"path": path, "type": "alpaca", "ds_type": "json", "data_files": [str(rows)]}
+    cfg = make_cfg([spec], dataset_prepared_path=str(tmp_path / "prepared"))
+    assert build_datasets(cfg, tokenizer).stats.cache == "miss"
+    assert build_datasets(cfg, tokenizer).stats.cache == "hit"
+    rows.write_text("\n".join(rows.read_text().splitlines()[:2]) + "\n")
+    again = build_datasets(cfg, tokenizer)
+    assert again.stats.cache == "miss" and len(again.train) + len(again.eval or []) == 2
+
+
 def test_prepared_rows_are_keyed_by_the_data_stages_code(write_rows, make_cfg, tokenizer, monkeypatch):
     """Another version of the tokenizing, masking or packing code makes other rows: a format number bumped by hand
     was forgotten, and rows of the old code were reused."""

@@ -41,6 +41,12 @@ BAD_ROWS = [
     ("input_output", [{"segments": "Q: A:"}], r"row 1: field 'segments' must be a list of \{label, text\}"),
     ("input_output", [{"segments": [{"label": "yes", "text": "a"}]}], r"row 1: field 'segments\[0\]\.label' must be"),
     ("chat_template", [{"messages": "Hi"}], r"row 1: field 'messages' must be a list of messages"),
+    (  # alpaca rows under chat_template: it said "field 'conversations' must be a list of messages"
+        "chat_template",
+        [{"instruction": "a", "output": "b"}],
+        r"row 1: field 'messages' is missing, and so is 'conversations': set field_messages to the row's list of "
+        r"messages \(its fields: 'instruction', 'output'\)",
+    ),
     ("chat_template", [{"messages": ["Hi"]}], r"row 1: field 'messages\[0\]' must be an object, got str"),
     ("chat_template", [{"messages": [{"role": "robot", "content": "x"}]}], r"row 1: field 'messages\[0\]\.role' is"),
 ]

@@ -101,6 +101,40 @@ def test_bytes_that_are_not_utf8_and_lone_surrogates_name_their_line_or_row(make
     _fails(make_cfg, tokenizer, surrogate, r"row 4: field 'instruction' is not valid text: an unpaired surrogate at")
 
 
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz"])
+def test_a_compressed_file_is_read_as_the_format_under_it(make_cfg, tokenizer, tmp_path, compression):
+    """a.jsonl.gz was an "unknown file type '.gz'", and with ds_type: json "not UTF-8 text (byte 0x8b)": its
+    compressed bytes were checked (axolotl reads it, as datasets does)."""
+    import bz2
+    import gzip
+    import lzma
+
+    compress = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}[compression]
+    text = "\n".join(json.dumps(row) for row in _rows(3)) + "\n"
+    path = tmp_path / f"rows.jsonl.{compression}"
+    path.write_bytes(compress(text.encode()))
+    assert _answers(build_datasets(_alpaca(make_cfg, path), tokenizer), tokenizer) == [
+        f"Answer {i}." for i in range(3)
+    ]
+    bad = tmp_path / f"latin1.jsonl.{compression}"
+    bad.write_bytes(compress(text.replace("Say 1", "S\xe4y 1").encode("latin-1")))
+    _fails(make_cfg, tokenizer, bad, r"line 2: not UTF-8 text \(byte 0xe4\)")  # the text inside is checked
+
+
+def test_a_txt_file_is_text_rows(make_cfg, tokenizer, tmp_path):
+    """axolotl reads .txt with datasets' text builder (one row per line, field `text`); it was an unknown type."""
+    path = tmp_path / "notes.txt"
+    path.write_text("The sky is blue.\nGrass is green.\n")
+    data = build_datasets(
+        make_cfg([{"path": str(path), "type": "completion"}], shuffle_merged_datasets=False), tokenizer
+    )
+    assert _answers(data, tokenizer) == ["The sky is blue.", "Grass is green."]
+    unknown = tmp_path / "rows.yaml"
+    unknown.write_text("- text: a\n")
+    kinds = r"unknown file type '\.yaml'; set ds_type \(json, csv, parquet, arrow, text\)"
+    _fails(make_cfg, tokenizer, unknown, kinds, kind="completion")
+
+
 def test_a_split_a_local_file_lacks_is_an_error(write_rows, make_cfg, tokenizer):
     path = write_rows(_rows(2), "jsonl")
     _fails(make_cfg, tokenizer, path, r"cannot be read: .*Unknown split \"validation\"", split="validation")
