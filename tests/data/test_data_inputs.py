@@ -95,7 +95,9 @@ BAD_FILES = [
     ("repeated.jsonl", f'{ROW_1[:-1]}, "output": "Red."}}\n', r"cannot be read: DatasetGenerationError"),
     ("empty.json", "[]", r"the dataset is empty"),
     ("empty.csv", "instruction,output\n", r"cannot be read: "),  # datasets refuses a split with no rows
-    ("rows.txt", ROW_1, r"unknown file type '\.txt'; set ds_type"),
+    # a .txt file is text rows (one field, `text`), as axolotl reads it: JSON in it is not alpaca's fields
+    ("rows.txt", ROW_1, r"row 1: field 'instruction' is missing"),
+    ("rows.yml", ROW_1, r"unknown file type '\.yml'; set ds_type \(json, csv, parquet, arrow, text\)"),
     ("broken.parquet", "not parquet", r"cannot be read: "),
 ]
 

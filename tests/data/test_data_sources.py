@@ -129,10 +129,6 @@ def test_a_txt_file_is_text_rows(make_cfg, tokenizer, tmp_path):
         make_cfg([{"path": str(path), "type": "completion"}], shuffle_merged_datasets=False), tokenizer
     )
     assert _answers(data, tokenizer) == ["The sky is blue.", "Grass is green."]
-    unknown = tmp_path / "rows.yaml"
-    unknown.write_text("- text: a\n")
-    kinds = r"unknown file type '\.yaml'; set ds_type \(json, csv, parquet, arrow, text\)"
-    _fails(make_cfg, tokenizer, unknown, kinds, kind="completion")
 
 
 def test_a_split_a_local_file_lacks_is_an_error(write_rows, make_cfg, tokenizer):
