@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -13,7 +15,7 @@ from llmkit.core.memory import estimate_memory
 from llmkit.core.models import DEFAULT_MODEL_ID, resolve_model
 from llmkit.core.shapes import model_shape
 from llmkit.submit.manifest import Manifest, WeightsSource
-from llmkit.submit.smoke import SmokeError, local_command, smoke_test
+from llmkit.submit.smoke import CHECKS, SmokeError, local_command, smoke_test
 
 
 def _manifest(model: WeightsSource) -> Manifest:
@@ -58,6 +60,25 @@ def test_cmd_is_rewritten_for_a_loopback_port_and_local_weights(tmp_path):
         local_command(["uvicorn", *cmd[1:]], bundled, tmp_path)
     with pytest.raises(SmokeError, match="names no adapter"):
         local_command([*cmd, "--adapter", "/opt/adapter"], bundled, tmp_path)
+
+
+def test_wrong_answers_fail_the_checks_under_python_O(stand_in_server, python):
+    """The checks were `assert` statements: under `python -O` a server answering nonsense passed every one of them
+    that did not raise KeyError."""
+    wrong = json.dumps({"text": "WRONG", "tokens": [{"logprob": 5.0}]}).encode()
+    url = stand_in_server(lambda method, path: (200, {"Content-Type": "application/json"}, wrong))
+    script = (
+        "import json, sys\nfrom llmkit.submit.smoke import check_server\n"
+        "print(json.dumps({r.name: [r.ok, r.detail] for r in check_server(sys.argv[1])}))"
+    )
+    done = subprocess.run([python, "-O", "-c", script, url], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    assert list(results) == list(CHECKS)
+    assert results["harness probe"] == [True, "completion 'WRONG'"]  # a completion of the probe's shape
+    assert results["echo scoring"] == [False, "SmokeCheckFailed: echo_prompt returned 'WRONG'"]
+    assert results["/tokenize, /decode"] == [False, "SmokeCheckFailed: truncation to 8 gave 1 tokens"]
+    assert not results["generation + stop"][0] and not results["multiple choice"][0]  # no logprob, no top_logprob
 
 
 @pytest.mark.slow

@@ -122,7 +122,7 @@ def test_a_failing_smoke_request_fails_the_command_and_keeps_the_zip(tmp_path):
     assert "max_new_tokens 50 is over this server's limit 40" in _row(done.stdout, "harness probe")
     assert [_cells(_row(done.stdout, name))[1] for name in list(CHECKS)[1:]] == ["✓"] * (len(CHECKS) - 1)
     closing = _closing(done.stdout)
-    assert closing.startswith(f"✗ {zip_path}: smoke test: 'harness probe' failed (AssertionError: HTTP 422")
+    assert closing.startswith(f"✗ {zip_path}: smoke test: 'harness probe' failed (SmokeCheckFailed: HTTP 422")
     assert closing.endswith("The zip stays written; rebuild after fixing it.")
 
 
