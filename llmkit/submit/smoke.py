@@ -30,8 +30,8 @@ from zipfile import BadZipFile
 import httpx
 
 from llmkit.core.challenge import CONTAINER_PORT
-from llmkit.core.devices import device_name, is_cuda, resolve_device
-from llmkit.core.venvs import ToolVenvError
+from llmkit.core.devices import device_name, is_cuda
+from llmkit.core.venvs import ToolVenvError, has_cuda
 from llmkit.server.launch import ServerProcess, ServerStartError
 from llmkit.server.protocol import helm_body
 from llmkit.server.settings import EngineName
@@ -142,7 +142,8 @@ def _smoke(zip_path: str | Path, startup_timeout: float, docker: bool) -> SmokeR
             vllm_venv().install()
             python, environment = Path(sys.executable), "this environment, re-executed in vLLM's venv"
         else:
-            zip_env = zip_environment((root / "requirements.txt").read_text(), cuda=is_cuda(resolve_device()))
+            # torch's build for the GPU the driver sees, as every tool venv takes it (the project's torch may be CPU's)
+            zip_env = zip_environment((root / "requirements.txt").read_text(), cuda=has_cuda())
             zip_env.install()
             python, environment = zip_env.python, zip_env.describe()
             # That venv and the zip alone: no user site-packages, no checkout or other venv on PATH.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -15,7 +17,7 @@ from llmkit.core.memory import estimate_memory
 from llmkit.core.models import DEFAULT_MODEL_ID, resolve_model
 from llmkit.core.shapes import model_shape
 from llmkit.submit.manifest import Manifest, WeightsSource
-from llmkit.submit.smoke import CHECKS, SmokeError, local_command, smoke_test
+from llmkit.submit.smoke import CHECKS, SmokeError, local_command, run_smoke, smoke_test
 
 
 def _manifest(model: WeightsSource) -> Manifest:
@@ -79,6 +81,22 @@ def test_wrong_answers_fail_the_checks_under_python_O(stand_in_server, python):
     assert results["echo scoring"] == [False, "SmokeCheckFailed: echo_prompt returned 'WRONG'"]
     assert results["/tokenize, /decode"] == [False, "SmokeCheckFailed: truncation to 8 gave 1 tokens"]
     assert not results["generation + stop"][0] and not results["multiple choice"][0]  # no logprob, no top_logprob
+
+
+def test_the_zips_venv_takes_the_torch_build_for_the_gpu_the_driver_sees(default_zips, tmp_path, monkeypatch):
+    """It asked torch (resolve_device) while helm's and vLLM's venvs ask the driver (has_cuda): on a GPU machine
+    whose project torch is the CPU build, the zip's server got CPU torch."""
+    driver = tmp_path / "bin" / "nvidia-smi"
+    driver.parent.mkdir()
+    driver.write_text("#!/bin/sh\n")
+    driver.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{driver.parent}{os.pathsep}{os.environ['PATH']}")
+    blocked = tmp_path / "cache"
+    blocked.write_text("")  # a file: the venv's install fails at once, naming the venv it would have made
+    monkeypatch.setenv("LLMKIT_CACHE", str(blocked / "llmkit"))
+    report = run_smoke(default_zips["4090"], docker=False)
+    assert report.failed[0].detail.startswith("ToolVenvError: cannot install")
+    assert re.search(r"/submission-venv-[0-9a-f]{16}-cuda\b", report.error), report.error
 
 
 @pytest.mark.slow
