@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,17 +114,15 @@ def pin_given_revision(repo_id: str, revision: str, flag: str = "--revision") ->
     Raises:
         SubmissionError: the hub answers that the model has no such revision.
     """
-    from huggingface_hub import HfApi
     from huggingface_hub.errors import RevisionNotFoundError
 
-    try:
-        commit = HfApi().model_info(repo_id, revision=revision, timeout=20).sha
-    except RevisionNotFoundError:
-        raise SubmissionError(
-            f"{flag} {revision}: the hub has no such branch, tag or commit of {repo_id}; the image's download would "
-            "fail at docker build"
-        ) from None
-    except Exception as err:  # offline, or a gated or private repo without a token: it cannot be checked here
+    def unchecked(err: Exception) -> str:
+        if isinstance(err, RevisionNotFoundError):
+            raise SubmissionError(
+                f"{flag} {revision}: the hub has no such branch, tag or commit of {repo_id}; the image's download "
+                "would fail at docker build"
+            ) from None
+        # offline, or a gated or private repo without a token: it cannot be checked here
         LOG.warning(
             "Could not check %s %s against the hub (%s: %s): the image downloads it as given; a wrong revision "
             "fails only at the organisers' docker build",
@@ -133,6 +132,8 @@ def pin_given_revision(repo_id: str, revision: str, flag: str = "--revision") ->
             str(err).splitlines()[0] if str(err) else "",
         )
         return revision
+
+    commit = hub_commit(repo_id, revision, fallback=unchecked)
     if not commit or commit == revision:
         return revision
     LOG.info("%s %s of %s is commit %s now: the image downloads that commit", flag, revision, repo_id, commit)
@@ -141,11 +142,8 @@ def pin_given_revision(repo_id: str, revision: str, flag: str = "--revision") ->
 
 def pin_revision(repo_id: str, how: str = "--revision <commit> (REVISION=...)") -> str:
     """The commit the hub's main branch points at now, so the image downloads these weights next month too."""
-    try:
-        from huggingface_hub import HfApi
 
-        return HfApi().model_info(repo_id, timeout=20).sha
-    except Exception as err:  # offline, gated without a token, or missing: say so and fall back to the branch
+    def on_main(err: Exception) -> str:  # offline, gated without a token, or missing: say so, fall back to the branch
         LOG.warning(
             "Could not ask the hub for %s's current commit (%s: %s); the image will download revision 'main'. "
             "Pass %s to pin it.",
@@ -155,6 +153,23 @@ def pin_revision(repo_id: str, how: str = "--revision <commit> (REVISION=...)") 
             how,
         )
         return "main"
+
+    return hub_commit(repo_id, fallback=on_main)
+
+
+def hub_commit(
+    repo_id: str, revision: str | None = None, *, kind: str = "model", fallback: Callable[[Exception], str]
+) -> str:
+    """The commit the hub resolves `revision` (None: the default branch) of a model or dataset repo to now, or what
+    `fallback` makes of the error where the hub does not give one (offline, gated, no such repo or revision)."""
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        info = api.dataset_info if kind == "dataset" else api.model_info
+        return info(repo_id, revision=revision, timeout=20).sha
+    except Exception as err:  # which errors are worth stopping for, and what stands in otherwise, is the caller's
+        return fallback(err)
 
 
 def local_size(weights: Weights | None) -> int:

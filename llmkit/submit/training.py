@@ -34,7 +34,7 @@ from llmkit.core.models import embedded_package_pin, is_commit_sha
 from llmkit.core.project import PROJECT, pinned_version
 from llmkit.data.chat import jinja_text
 from llmkit.submit.image import IMAGE_PYTHON, IMAGE_UID, image_pins, render_template
-from llmkit.submit.sources import SubmissionError
+from llmkit.submit.sources import SubmissionError, hub_commit
 
 LOG = logging.getLogger(__name__)
 
@@ -163,15 +163,12 @@ def _check_portable(cfg) -> None:
 
 def _hub_sha(repo_id: str, kind: str) -> str:
     """The hub's current commit of a repo, or a plain statement that it could not be pinned (never a guess)."""
-    try:
-        from huggingface_hub import HfApi
 
-        api = HfApi()
-        info = api.dataset_info(repo_id, timeout=20) if kind == "dataset" else api.model_info(repo_id, timeout=20)
-        return info.sha
-    except Exception as err:  # offline, gated, or missing
+    def unpinned(err: Exception) -> str:  # offline, gated, or missing
         LOG.warning("Could not pin %s %s (%s): pins.json says so", kind, repo_id, type(err).__name__)
         return f"unpinned: the hub could not be asked ({type(err).__name__}; offline?)"
+
+    return hub_commit(repo_id, kind=kind, fallback=unpinned)
 
 
 def project_wheel() -> tuple[str, bytes]:
