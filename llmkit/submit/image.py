@@ -21,6 +21,7 @@ from llmkit.core.challenge import CONTAINER_PORT, CONTEXT_TOKENS, PYPI, TRACKS, 
 from llmkit.core.project import pinned_version
 from llmkit.server.settings import EngineName, ServerSettings
 from llmkit.server.vllm_venv import LAUNCHER, VLLM_EXTRAS, VLLM_VERSION
+from llmkit.submit.imports import run_time_imports
 from llmkit.submit.manifest import IMAGE_ADAPTER_DIR, IMAGE_MODEL_DIR, ZIP_ADAPTER_DIR, ZIP_MODEL_DIR
 from llmkit.submit.sources import Weights
 
@@ -179,16 +180,13 @@ def server_files(engine: EngineName = EngineName.builtin) -> list[tuple[Path, st
 
 
 def _imports(path: Path, module: str, *, is_package: bool) -> list[str]:
-    """Absolute names of the modules a module imports, at the top or inside functions (and `from X import Y`'s
-    X.Y, which may be a submodule)."""
+    """Absolute names of the llmkit modules a module may import when it runs (optional ones too: the checkout's
+    server imports them where they are), and `from X import Y`'s X.Y, which may be a submodule. One imported only
+    under `if TYPE_CHECKING:` never runs, so the image does without it."""
     package = module if is_package else module.rpartition(".")[0]
     names = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: resolved against the importing module's package
-                base = importlib.util.resolve_name("." * node.level + base, package)
-            names += [base, *(f"{base}.{alias.name}" for alias in node.names)]
+    for node, name in run_time_imports(ast.parse(path.read_text(), filename=str(path)), package, optional=True):
+        names.append(name)
+        if isinstance(node, ast.ImportFrom):
+            names += [f"{name}.{alias.name}" for alias in node.names]
     return names

@@ -52,6 +52,7 @@ from llmkit.submit.dockerfile import (
     last,
     parse_dockerfile,
 )
+from llmkit.submit.imports import run_time_imports
 from llmkit.submit.manifest import MANIFEST_NAME, Manifest, is_weight_file
 
 # Secrets, each with what to call it in the report; bytes patterns, so a file is scanned without a decoded copy.
@@ -519,26 +520,17 @@ def _check_imports(
     for here, (name, tree) in sorted(trees.items()):
         if tree is None:
             continue
-        package = here.split(".") if name.endswith("/__init__.py") else here.split(".")[:-1]
-        for node in _required_imports(tree):
-            if isinstance(node, ast.Import):
-                wanted = [alias.name for alias in node.names]
-            else:
-                base = package[: len(package) - node.level + 1] if node.level else []
-                wanted = [".".join([*base, node.module] if node.module else base)]
-            for module in wanted:
-                if module.split(".")[0] not in packages:
-                    continue
-                if module not in modules:
-                    problems.append(f"{name}:{node.lineno}: imports {module}, {missing(module)}")
-                elif isinstance(node, ast.ImportFrom):  # each name: a submodule, or something the module defines
-                    for lacking in _missing_names(module, [alias.name for alias in node.names], trees, modules):
-                        why = (
-                            missing(lacking)
-                            if lacking in in_zip
-                            else f"which neither {module} defines nor the zip has"
-                        )
-                        problems.append(f"{name}:{node.lineno}: imports {lacking}, {why}")
+        package = here if name.endswith("/__init__.py") else here.rpartition(".")[0]
+        # optional imports (a `try:` catching their ImportError) and those only type checkers run are not required
+        for node, module in run_time_imports(tree, package, optional=False):
+            if module.split(".")[0] not in packages:
+                continue
+            if module not in modules:
+                problems.append(f"{name}:{node.lineno}: imports {module}, {missing(module)}")
+            elif isinstance(node, ast.ImportFrom):  # each name: a submodule, or something the module defines
+                for lacking in _missing_names(module, [alias.name for alias in node.names], trees, modules):
+                    why = missing(lacking) if lacking in in_zip else f"which neither {module} defines nor the zip has"
+                    problems.append(f"{name}:{node.lineno}: imports {lacking}, {why}")
     return problems
 
 
@@ -583,34 +575,12 @@ def _defined_names(tree: ast.Module) -> set[str]:
     return {"*"} if "*" in names or "__getattr__" in names else names
 
 
-def _required_imports(node: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
-    """The imports a module needs to run: not those under `if TYPE_CHECKING:`, nor those in a `try:` that catches
-    their ImportError (optional ones)."""
-    for child in ast.iter_child_nodes(node):
-        if isinstance(child, (ast.Import, ast.ImportFrom)):
-            yield child
-        elif isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
-            yield from _required_imports(ast.Module(body=child.orelse, type_ignores=[]))
-        elif isinstance(child, ast.Try) and any(_catches_import_error(handler) for handler in child.handlers):
-            for handler in child.handlers:
-                yield from _required_imports(handler)
-            # the else and finally clauses are statement lists: an import among them is a statement of its own
-            yield from _required_imports(ast.Module(body=[*child.orelse, *child.finalbody], type_ignores=[]))
-        else:
-            yield from _required_imports(child)
-
-
 def _compiled_tree(name: str, data: bytes) -> ast.Module:
     """The file's syntax tree, once compiled too: the compiler finds what parsing lets by (a `from __future__`
     import after other code, `return` outside a function), and Python raises it at import all the same."""
     tree = ast.parse(data, filename=name)
     compile(tree, name, "exec", dont_inherit=True)
     return tree
-
-
-def _catches_import_error(handler: ast.ExceptHandler) -> bool:
-    caught = ast.unparse(handler.type) if handler.type is not None else "BaseException"
-    return any(name in caught for name in ("ImportError", "ModuleNotFoundError", "Exception"))
 
 
 def _module_name(path: str) -> str:

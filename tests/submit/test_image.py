@@ -12,6 +12,7 @@ from packaging.utils import canonicalize_name
 
 from llmkit.core.challenge import Track
 from llmkit.core.project import pinned_version
+from llmkit.submit import image
 from llmkit.submit.image import DOCKER_DIR, PYTHON_VERSION, render_requirements, server_files
 
 # The image's platform, for evaluating dependency markers.
@@ -88,3 +89,21 @@ def test_only_the_server_and_the_core_it_uses_ship():
     assert shipped == {"llmkit", "llmkit/server", "llmkit/core"}
     names = {zip_path for _, zip_path in server_files()}
     assert {"llmkit/__init__.py", "llmkit/server/__main__.py", "llmkit/core/models.py"} <= names
+
+
+def test_a_module_imported_only_for_type_checking_does_not_ship(tmp_path, monkeypatch):
+    """The image followed `if TYPE_CHECKING:` imports, which never run, while verify-submission does not require
+    them; an optional import (try/except ImportError) ships, as the checkout's server imports it where it is."""
+    package = tmp_path / "llmkitdemo"
+    package.mkdir()
+    main = (
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from llmkitdemo import typed\n"
+        "try:\n    from . import optional\nexcept ImportError:\n    pass\n\ndef run():\n    from . import used\n"
+    )
+    for name, source in {"__init__": "", "__main__": main, "typed": "", "optional": "", "used": ""}.items():
+        (package / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(image, "SERVER_MODULE", "llmkitdemo")
+    assert sorted(path for _, path in server_files()) == [
+        f"llmkitdemo/{name}.py" for name in ("__init__", "__main__", "optional", "used")
+    ]
