@@ -94,7 +94,7 @@ class ToolVenv:
 
     def _install(self, venv: Path, force: bool) -> Path:
         venv.parent.mkdir(parents=True, exist_ok=True)
-        with open(venv.parent / f".{venv.name}.lock", "w") as lock:
+        with open(venv_lock(venv), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self.is_installed() and not force:
                 return venv
@@ -116,6 +116,11 @@ class ToolVenv:
             (venv / _STAMP).write_text(self._stamp_text())
             LOG.info("%s ready in %.0f s", venv, time.monotonic() - started)
         return venv
+
+
+def venv_lock(venv: Path) -> Path:
+    """The file a venv's install holds locked (flock): beside the venv, so that removing the venv leaves it."""
+    return venv.parent / f".{venv.name}.lock"
 
 
 def has_cuda() -> bool:

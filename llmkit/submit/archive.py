@@ -16,10 +16,14 @@ from llmkit.submit.manifest import is_weight_file
 _ZIP_EPOCH = 315532800  # 1980-01-01T00:00:00Z, the earliest time a zip entry can hold
 
 
+def source_date_epoch() -> int:
+    """SOURCE_DATE_EPOCH (reproducible-builds.org) if set, else 1980-01-01 00:00:00 UTC; never earlier than that."""
+    return max(int(os.environ.get("SOURCE_DATE_EPOCH", _ZIP_EPOCH)), _ZIP_EPOCH)
+
+
 def zip_timestamp() -> tuple[int, int, int, int, int, int]:
-    """SOURCE_DATE_EPOCH (reproducible-builds.org) if set, else 1980-01-01 00:00:00, in UTC."""
-    epoch = max(int(os.environ.get("SOURCE_DATE_EPOCH", _ZIP_EPOCH)), _ZIP_EPOCH)
-    return time.gmtime(epoch)[:6]
+    """source_date_epoch() as a zip entry's date and time, in UTC."""
+    return time.gmtime(source_date_epoch())[:6]
 
 
 def write_zip(folder: Path, zip_path: Path) -> None:

@@ -33,6 +33,7 @@ from llmkit.core.cpu_torch import CUDA_ONLY_PACKAGES
 from llmkit.core.models import embedded_package_pin, is_commit_sha
 from llmkit.core.project import PROJECT, pinned_version
 from llmkit.data.chat import jinja_text
+from llmkit.submit.archive import source_date_epoch
 from llmkit.submit.image import IMAGE_PYTHON, IMAGE_UID, image_pins, render_template
 from llmkit.submit.sources import SubmissionError, hub_commit
 
@@ -176,7 +177,7 @@ def project_wheel() -> tuple[str, bytes]:
     root = Path(__file__).resolve().parents[2]
     if not (root / "pyproject.toml").is_file():
         raise SubmissionError("--training needs the project's checkout (pyproject.toml) to build its wheel from")
-    env = {**os.environ, "SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", "315532800")}
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(source_date_epoch())}
     with tempfile.TemporaryDirectory(prefix="llmkit-wheel-") as out:
         # Built out of tree so the checkout gets no build/ folder.
         with tempfile.TemporaryDirectory(prefix="llmkit-src-") as src:

@@ -12,7 +12,6 @@ Every other pin is installed as written.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import os
 import re
@@ -22,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.core.cpu_torch import cpu_requirements, cpu_torch_index
-from llmkit.core.files import cache_dir
-from llmkit.core.venvs import ToolVenv
+from llmkit.core.files import cache_dir, sha256_bytes
+from llmkit.core.venvs import ToolVenv, venv_lock
 
 LOG = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ class ZipEnvironment:
 
 def zip_environment(requirements_txt: str, *, cuda: bool) -> ZipEnvironment:
     """The venv for a zip whose requirements.txt is `requirements_txt` (not installed yet: `.venv.install()`)."""
-    digest = hashlib.sha256(requirements_txt.encode()).hexdigest()
+    digest = sha256_bytes(requirements_txt.encode())
     text, torch_source = requirements_txt, "torch as pinned (CUDA build)"
     if not cuda:
         text, torch_source = cpu_requirements(requirements_txt, cpu_torch_index())
@@ -84,14 +83,14 @@ def prune_venvs(root: Path, keep: int) -> list[Path]:
     venvs = sorted((p for p in root.glob(f"{VENV_PREFIX}*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
     removed = []
     for venv in venvs[: max(len(venvs) - keep, 0)]:
-        with open(root / f".{venv.name}.lock", "w") as lock:  # ToolVenv.install's lock
+        with open(venv_lock(venv), "w") as lock:  # ToolVenv.install's lock
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue
             shutil.rmtree(venv)
             removed.append(venv)
-        (root / f".{venv.name}.lock").unlink(missing_ok=True)
+        venv_lock(venv).unlink(missing_ok=True)
     if removed:
         LOG.info("Removed %d older zip venv(s) from %s: %s", len(removed), root, ", ".join(p.name for p in removed))
     return removed

@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 from llmkit.core.cpu_torch import CPU_TORCH_INDEX, cpu_requirements
-from llmkit.core.venvs import ToolVenv, ToolVenvError
+from llmkit.core.venvs import ToolVenv, ToolVenvError, venv_lock
 from llmkit.submit.smoke import run_smoke
 from llmkit.submit.zip_env import docker_build, missing_module, prune_venvs, zip_environment
 
@@ -58,7 +58,7 @@ def test_only_the_most_recently_used_zip_venvs_stay_and_one_being_installed_is_s
         (venv / "bin").mkdir(parents=True)
         os.utime(venv, (1_000_000 - age * 100, 1_000_000 - age * 100))
     (tmp_path / "helm-venv-0.5.16-cpu").mkdir()  # not a zip's venv: never pruned
-    with open(tmp_path / f".{venvs[4].name}.lock", "w") as lock:  # another process installs the oldest one
+    with open(venv_lock(venvs[4]), "w") as lock:  # another process installs the oldest one
         fcntl.flock(lock, fcntl.LOCK_EX)
         removed = prune_venvs(tmp_path, keep=2)
     assert removed == [venvs[3], venvs[2]]
