@@ -35,6 +35,13 @@ VLLM_MAX_TEMPERATURE = 2.0  # vLLM's SamplingParams refuses more
 MAX_TOP_K = 100  # ProcessRequest.top_k_per_token's limit; vLLM refuses more alternatives than max_logprobs
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 CPU_KV_CACHE_BYTES = 1 << 30  # vLLM on a CPU takes its KV cache from RAM; a small one serves HELM's few clients
+# The --quantization values vLLM serves, as its own `quantization` argument: it quantizes on load with bitsandbytes
+# in 4 bits only, never LLM.int8(). A pre-quantized checkpoint (AWQ, GPTQ...) it detects itself. `llmkit
+# submission --engine vllm` refuses the other loadings by this table.
+VLLM_QUANTIZATIONS: dict[str, str | None] = {
+    devices.Quantization.none.value: None,
+    devices.Quantization.nf4.value: "bitsandbytes",
+}
 
 
 class BatchGate:
@@ -284,11 +291,9 @@ def _top(alternatives: dict, k: int) -> tuple[list[int], list[float]]:
 
 
 def _vllm_quantization(quantization: str) -> str | None:
-    """vLLM quantizes bitsandbytes 4-bit on load; a pre-quantized checkpoint (AWQ, GPTQ...) it detects itself."""
-    if quantization == "none":
-        return None
-    if quantization == "nf4":
-        return "bitsandbytes"
+    """vLLM's `quantization` argument for the server's --quantization (VLLM_QUANTIZATIONS)."""
+    if quantization in VLLM_QUANTIZATIONS:
+        return VLLM_QUANTIZATIONS[quantization]
     raise ValueError(
         f"--quantization {quantization} is not available with --engine vllm: use nf4 (bitsandbytes 4-bit) or a "
         "pre-quantized checkpoint (AWQ, GPTQ, FP8), which vLLM detects from its config.json"

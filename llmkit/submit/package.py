@@ -91,11 +91,15 @@ def build_submission(
     if engine not in {e.value for e in EngineName}:
         raise SubmissionError(f"--engine {engine}: choose {' or '.join(e.value for e in EngineName)}")
     engine = EngineName(engine)
-    if engine is EngineName.vllm and loading is Loading.int8:
-        raise SubmissionError(
-            "--loading int8 is not available with --engine vllm (vLLM quantizes with bitsandbytes in 4 bits only): "
-            "use --loading nf4 or bf16"
-        )
+    if engine is EngineName.vllm and loading is not None:
+        from llmkit.server.vllm_engine import VLLM_QUANTIZATIONS  # light: vLLM itself is imported when it serves
+
+        if loading.quantization not in VLLM_QUANTIZATIONS:
+            served = " or ".join(each.value for each in Loading if each.quantization in VLLM_QUANTIZATIONS)
+            raise SubmissionError(
+                f"--loading {loading.value} is not available with --engine vllm (vLLM quantizes with bitsandbytes "
+                f"in 4 bits only): use --loading {served}"
+            )
     if config is not None and model is not None and not training:
         raise SubmissionError(
             "Give --config or --model, not both (with --training, both: the published --model is served and "
