@@ -88,13 +88,9 @@ class SmokeReport:
         return [result for result in self.results if result.ok and result.process_request]
 
 
-def smoke_test(zip_path: str | Path, *, startup_timeout: float = 300, docker: bool = True) -> list[SmokeResult]:
-    """Start the submission's server from its unpacked zip and send one request of each kind; one result each."""
-    return _smoke(zip_path, startup_timeout, docker).results
-
-
 def run_smoke(zip_path: str | Path, *, startup_timeout: float = 300, docker: bool = True) -> SmokeReport:
-    """smoke_test, with a server that cannot be started (or a CMD that cannot be run here) as a failed result.
+    """Start the submission's server from its unpacked zip and send one request of each kind (check_server); a
+    server that cannot be started (or a CMD that cannot be run here) is a failed result.
 
     Args:
         docker: also `docker build` the unpacked zip where a Docker engine answers.

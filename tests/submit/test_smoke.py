@@ -17,7 +17,7 @@ from llmkit.core.memory import estimate_memory
 from llmkit.core.models import DEFAULT_MODEL_ID, resolve_model
 from llmkit.core.shapes import model_shape
 from llmkit.submit.manifest import Manifest, WeightsSource
-from llmkit.submit.smoke import CHECKS, SmokeError, local_command, run_smoke, smoke_test
+from llmkit.submit.smoke import CHECKS, SmokeError, local_command, run_smoke
 
 
 def _manifest(model: WeightsSource) -> Manifest:
@@ -101,24 +101,23 @@ def test_the_zips_venv_takes_the_torch_build_for_the_gpu_the_driver_sees(default
 
 @pytest.mark.slow
 def test_default_model_zip_answers_the_harness_and_helm(default_zips):
-    results = smoke_test(default_zips["4090"])
-    assert [r.name for r in results] == [
+    report = run_smoke(default_zips["4090"])
+    assert [r.name for r in report.results] == [
         "harness probe",
         "generation + stop",
         "multiple choice",
         "echo scoring",
         "/tokenize, /decode",
     ]
-    failed = [f"{r.name}: {r.detail}" for r in results if not r.ok]
-    assert not failed
+    assert not [f"{r.name}: {r.detail}" for r in report.failed]
 
 
 @pytest.mark.slow
 def test_a_zip_whose_server_cannot_start_fails_loudly(broken_zip, tmp_path, monkeypatch):
-    from llmkit.server.launch import ServerStartError
-
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the log a failed start keeps, kept out of /tmp
 
-    with pytest.raises(ServerStartError, match="bfloat17"):
-        smoke_test(broken_zip, startup_timeout=120)
+    report = run_smoke(broken_zip, startup_timeout=120)
+    [result] = report.results
+    assert not result.ok and result.name == "server start" and result.detail.startswith("ServerStartError: ")
+    assert "bfloat17" in report.error
     assert Path(broken_zip).is_file()
