@@ -347,6 +347,13 @@ def warmup_steps(cfg: AxolotlConfig, total_steps: int) -> int:
     return 2 if steps == 1 else steps
 
 
+def logging_steps(cfg: AxolotlConfig, total_steps: int) -> int:
+    """axolotl's logging cadence: logging_steps as given; else every 0.5% of the run's steps, between 1 and 10."""
+    if cfg.logging_steps is not None:
+        return cfg.logging_steps
+    return max(min(int(0.005 * total_steps), 10), 1)
+
+
 def _count_all_rows(datasets: list[DatasetSpec]) -> int | None:
     counts = [_count_rows(spec) for spec in datasets]
     return None if None in counts else sum(counts)

@@ -37,7 +37,7 @@ from transformers import (
     set_seed,
 )
 
-from llmkit.config.plan import optimizer_steps, warmup_steps
+from llmkit.config.plan import logging_steps, optimizer_steps, warmup_steps
 from llmkit.config.schema import RESOLVED_CONFIG, AxolotlConfig, ConfigError, RLMethod
 from llmkit.core import devices
 from llmkit.core.files import clean_stale, staging_dir, swap_in
@@ -105,8 +105,10 @@ def _train(cfg: AxolotlConfig, args: TrainingArguments, output_dir: Path, *, fre
     with args.main_process_first(desc="dataset preparation"):  # rank 0 fills dataset_prepared_path first
         data = build_preference_datasets(cfg, tokenizer) if cfg.rl else build_datasets(cfg, tokenizer)
     _log_data(data)
-    # axolotl's default warmup is 3% of the run: its length is known once the data is (packing included)
-    args.warmup_steps = warmup_steps(cfg, optimizer_steps(cfg, len(data.train), args.world_size))
+    # axolotl's default warmup (3% of the run) and logging cadence: the run's length is known once the data is
+    total_steps = optimizer_steps(cfg, len(data.train), args.world_size)
+    args.warmup_steps = warmup_steps(cfg, total_steps)
+    args.logging_steps = logging_steps(cfg, total_steps)
     model = build_peft_model(cfg, load_base_model(cfg), tokenizer)
     trainer = _trainer(cfg, args, model, tokenizer, data)
     if is_main:
@@ -286,7 +288,7 @@ def training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments:
         # early stopping and the best checkpoint compare eval_loss unless told otherwise
         metric_for_best_model=cfg.metric_for_best_model or ("eval_loss" if picks_best else None),
         greater_is_better=cfg.greater_is_better,
-        logging_steps=cfg.logging_steps or 10,
+        logging_steps=cfg.logging_steps or 10,  # without it, set from the run's length in _train
         logging_first_step=True,  # the curve starts at the untrained model
         seed=cfg.seed,
         report_to=_report_to(cfg),
@@ -433,11 +435,14 @@ def _method(cfg: AxolotlConfig) -> str:
 
 
 def _write_resolved_config(cfg: AxolotlConfig, trainer: Trainer, path: Path) -> None:
-    """The config as it ran: "auto" settings and target modules resolved, the optimizer actually used."""
+    """The config as it ran: "auto" settings and target modules resolved, the optimizer actually used, the warmup
+    and logging cadence axolotl's defaults and rules gave."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     args = trainer.args
     resolved = cfg.model_dump(mode="json", exclude_none=True)
     resolved.update(bf16=args.bf16, fp16=args.fp16, tf32=bool(args.tf32), optimizer=args.optim.value)
+    resolved.pop("warmup_ratio", None)  # given as steps below: setting both is an error
+    resolved.update(warmup_steps=args.warmup_steps, logging_steps=args.logging_steps)
     if isinstance(model, PeftModel) and getattr(model.peft_config["default"], "target_modules", None):
         resolved["lora_target_modules"] = sorted(model.peft_config["default"].target_modules)
     base = model.get_base_model() if isinstance(model, PeftModel) else model

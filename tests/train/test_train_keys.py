@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, Trainer
 
-from llmkit.config.plan import warmup_steps
+from llmkit.config.plan import logging_steps, warmup_steps
 from llmkit.config.schema import ConfigError, load_config
 from llmkit.data.tokenizer import load_tokenizer
 from llmkit.train.modeling import attn_implementation, build_peft_model, load_base_model
@@ -243,6 +243,15 @@ def test_warmup_is_axolotls(tiny_config, keys, total, expected):
     assert warmup_steps(load_config(tiny_config(**keys)), total) == expected
 
 
+@pytest.mark.parametrize(
+    ("keys", "total", "expected"),
+    [({"logging_steps": None}, 30, 1), ({"logging_steps": None}, 1000, 5), ({"logging_steps": None}, 10_000, 10)]
+    + [({"logging_steps": 3}, 10_000, 3)],  # axolotl: 0.5% of the run, 1 to 10, unless given
+)
+def test_logging_cadence_is_axolotls(tiny_config, keys, total, expected):
+    assert logging_steps(load_config(tiny_config(**keys)), total) == expected
+
+
 def test_training_warms_up_as_axolotl_when_no_warmup_is_set(tiny_config):
     """No warmup key: axolotl warms up over 3% of the run (2 of these 40 steps); this project did none."""
     out = train(load_config(tiny_config(max_steps=40, lr_scheduler="constant_with_warmup", logging_steps=1)))
@@ -259,14 +268,20 @@ def test_loftq_needs_a_cuda_gpu(tiny_config):
 
 
 def test_the_resolved_config_of_a_run_with_new_keys_reloads(tiny_config):
-    out = train(load_config(tiny_config(noisy_embedding_alpha=5, gradient_checkpointing="offload", attention="eager")))
+    """It also says the warmup and logging cadence that ran: warmup_steps: 1 ran as axolotl's 2, and no
+    logging_steps as axolotl's every step on a short run (this project logged every 10th)."""
+    keys = {"noisy_embedding_alpha": 5, "gradient_checkpointing": "offload", "attention": "eager"}
+    keys |= {"warmup_steps": 1, "logging_steps": None}
+    out = train(load_config(tiny_config(**keys)))
     resolved = load_config(out / "config.resolved.yml")
     assert (resolved.neftune_alpha, resolved.gradient_checkpointing, resolved.attention_implementation) == (
         5,
         "offload",
         "eager",
     )
-    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+    assert (resolved.warmup_steps, resolved.logging_steps) == (2, 1)
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["logging_steps"] == 1
 
 
 def test_the_resolved_config_keeps_modules_to_save_as_written_on_a_tied_model(tiny_config, make_tiny_model):
