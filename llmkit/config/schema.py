@@ -850,8 +850,11 @@ def load_config(path: str | Path, overrides: dict | None = None) -> AxolotlConfi
         raise ConfigError([f"not UTF-8 text (byte {byte:#04x} at offset {err.start})"], path) from None
     except yaml.YAMLError as err:
         raise ConfigError([f"not valid YAML: {err}"], path) from err
+    if raw is None:
+        raise ConfigError(["the file is empty: a config is a mapping of keys to values (base_model: ...)"], path)
     if not isinstance(raw, dict):
-        raise ConfigError([f"expected a mapping of keys to values, got {type(raw).__name__}"], path)
+        found = {"str": "a single word or text", "list": "a list"}.get(type(raw).__name__, type(raw).__name__)
+        raise ConfigError([f"expected a mapping of keys to values (base_model: ...), got {found}"], path)
     if _more_values_than(raw, MAX_CONFIG_VALUES):
         raise ConfigError(
             [f"holds more than {MAX_CONFIG_VALUES:,} values once its YAML aliases are expanded (anchors nested in "

@@ -158,7 +158,12 @@ def _download(model_id: str, revision: str | None) -> ResolvedModel:
             allow_patterns=list(MODEL_FILE_PATTERNS),
         )
     except LocalEntryNotFoundError as err:
-        raise ConnectionError(f"Cannot download {model_id} from the Hugging Face hub (offline?): {err}") from err
+        # a name without an owner is more often a mistyped folder than one of the hub's few owner-less models
+        folder = f"There is no folder {model_id} here, and the hub cannot be reached: " if "/" not in model_id else ""
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConnectionError(
+            f"{folder}Cannot download {model_id} from the Hugging Face hub (offline?): {reason}"
+        ) from err
     except HfHubHTTPError as err:
         raise FileNotFoundError(f"The hub has no model {model_id} at revision {revision or 'main'}: {err}") from err
     commit = Path(path).name  # snapshot folders are named by commit hash

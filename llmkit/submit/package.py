@@ -88,6 +88,65 @@ def build_submission(
     """
     track = Track(track)
     loading = Loading(loading) if loading is not None else None
+    engine = _check_flags(
+        engine,
+        loading,
+        config=config,
+        model=model,
+        adapter=adapter,
+        number=number,
+        revision=revision,
+        adapter_revision=adapter_revision,
+        training=training,
+    )
+    track_dir = Path(out_root or "submissions") / f"{track.value}_track"  # beside where the command runs
+    try:
+        check_folder_target(track_dir)  # before training, merging or downloading
+    except OSError as err:
+        raise SubmissionError(f"--out: {err}") from None
+    extra = {}
+    if training:  # before training and merging: what it refuses (a local base_model) needs only the config
+        from llmkit.submit.training import TRAINING_DIR, training_files
+
+        files = training_files(Path(config or DEFAULT_CONFIG), track)
+        extra = {f"{TRAINING_DIR}/{relative}": data for relative, data in files.items()}
+    if model is None:
+        weights = pipeline_weights(Path(config or DEFAULT_CONFIG), config_overrides, cpu_fallback=cpu_fallback)
+        adapter_weights = None
+    else:
+        weights = hub_or_local(model, revision, bundle=bundle_weights, marker="config.json", what="model")
+        adapter_weights = adapter and hub_or_local(
+            adapter, adapter_revision, bundle=bundle_weights, marker="adapter_config.json", what="adapter"
+        )
+    estimate = _fitted_loading(weights, adapter_weights, track, loading)
+    track_dir.mkdir(parents=True, exist_ok=True)
+    # Without N: a submission already built with these very files is kept under its number, rather than copied to
+    # the next one (each number is one of the challenge's 3 per track).
+    taken = taken_numbers(track_dir, track)
+    earlier = [] if number else [track_dir / f"{track.value}_submission_{n}" for n in taken]
+    number = number or max(taken, default=0) + 1
+    # Bundled folders are named relative to the folder holding submissions/, not to where the command runs: the
+    # same files and --out give the same zip (and so keep their number) from any working directory.
+    contents = ZipContents(track, weights, adapter_weights, estimate, engine, extra, track_dir.resolve().parent.parent)
+    zip_path = _write(track_dir, f"{track.value}_submission_{number}", contents, earlier)
+    if (written := int(zip_path.stem.rsplit("_", 1)[1])) > MAX_SUBMISSIONS:
+        LOG.warning("Submission %d: the challenge accepts at most %d per track", written, MAX_SUBMISSIONS)
+    return zip_path
+
+
+def _check_flags(
+    engine: EngineName | str,
+    loading: Loading | None,
+    *,
+    config: str | Path | None,
+    model: str | None,
+    adapter: str | None,
+    number: int | None,
+    revision: str | None,
+    adapter_revision: str | None,
+    training: bool,
+) -> EngineName:
+    """The rules between build_submission's arguments, before anything is trained or downloaded; the engine."""
     if engine not in {e.value for e in EngineName}:
         raise SubmissionError(f"--engine {engine}: choose {' or '.join(e.value for e in EngineName)}")
     engine = EngineName(engine)
@@ -113,26 +172,14 @@ def build_submission(
         raise SubmissionError("--adapter-revision needs --adapter")
     if training and model is not None and config is None:
         raise SubmissionError("--training with --model needs --config too: the config that trained the model")
-    track_dir = Path(out_root or "submissions") / f"{track.value}_track"  # beside where the command runs
-    try:
-        check_folder_target(track_dir)  # before training, merging or downloading
-    except OSError as err:
-        raise SubmissionError(f"--out: {err}") from None
-    extra = {}
-    if training:  # before training and merging: what it refuses (a local base_model) needs only the config
-        from llmkit.submit.training import TRAINING_DIR, training_files
+    return engine
 
-        files = training_files(Path(config or DEFAULT_CONFIG), track)
-        extra = {f"{TRAINING_DIR}/{relative}": data for relative, data in files.items()}
-    if model is None:
-        weights = pipeline_weights(Path(config or DEFAULT_CONFIG), config_overrides, cpu_fallback=cpu_fallback)
-        adapter_weights = None
-    else:
-        weights = hub_or_local(model, revision, bundle=bundle_weights, marker="config.json", what="model")
-        adapter_weights = adapter and hub_or_local(
-            adapter, adapter_revision, bundle=bundle_weights, marker="adapter_config.json", what="adapter"
-        )
-    # Only its config.json is needed here (the memory fit): the weights download during docker build.
+
+def _fitted_loading(
+    weights: Weights, adapter: Weights | None, track: Track, loading: Loading | None
+) -> MemoryEstimate:
+    """The loading the served model gets on the track's GPU (`loading`, checked, or the first that fits), from its
+    config.json alone: the weights download during docker build."""
     pinned = f" --revision {shlex.quote(weights.revision)}" if weights.revision else ""
     how_to_give = (
         f"by fetching it once where the hub answers (hf download {shlex.quote(weights.name)} config.json{pinned}; "
@@ -143,21 +190,9 @@ def build_submission(
         None if weights.local_dir else weights.revision,
         how_to_give=how_to_give,
     )
-    estimate = choose_loading(weights.name, shape, track, loading, local_size(adapter_weights))
+    estimate = choose_loading(weights.name, shape, track, loading, local_size(adapter))
     LOG.info("GPU memory on the %s track: %s", track.value, estimate.breakdown())
-    track_dir.mkdir(parents=True, exist_ok=True)
-    # Without N: a submission already built with these very files is kept under its number, rather than copied to
-    # the next one (each number is one of the challenge's 3 per track).
-    taken = taken_numbers(track_dir, track)
-    earlier = [] if number else [track_dir / f"{track.value}_submission_{n}" for n in taken]
-    number = number or max(taken, default=0) + 1
-    # Bundled folders are named relative to the folder holding submissions/, not to where the command runs: the
-    # same files and --out give the same zip (and so keep their number) from any working directory.
-    contents = ZipContents(track, weights, adapter_weights, estimate, engine, extra, track_dir.resolve().parent.parent)
-    zip_path = _write(track_dir, f"{track.value}_submission_{number}", contents, earlier)
-    if (written := int(zip_path.stem.rsplit("_", 1)[1])) > MAX_SUBMISSIONS:
-        LOG.warning("Submission %d: the challenge accepts at most %d per track", written, MAX_SUBMISSIONS)
-    return zip_path
+    return estimate
 
 
 def taken_numbers(track_dir: Path, track: Track) -> list[int]:

@@ -206,7 +206,11 @@ def test_empty_values_mean_unset_and_yaml_1_1_floats_load(tmp_path):
 
 def test_not_yaml_or_not_a_mapping_is_a_config_error(tmp_path):
     assert "not valid YAML" in error_of(write(tmp_path, "base_model: [unclosed\n"))
-    assert "expected a mapping" in error_of(write(tmp_path, "- just\n- a list\n"))
+    assert "expected a mapping of keys to values (base_model: ...), got a list" in error_of(
+        write(tmp_path, "- just\n- a list\n")
+    )
+    assert "got a single word or text" in error_of(write(tmp_path, "x\n"))  # it said "got str"
+    assert "the file is empty: a config is a mapping" in error_of(write(tmp_path, "# nothing yet\n"))  # "NoneType"
     assert "cannot read the file" in error_of(tmp_path / "missing.yml")
     (tmp_path / "latin1.yml").write_bytes(MINIMAL.encode() + b"# caf\xe9\n")
     assert "not UTF-8 text (byte 0xe9 at offset" in error_of(tmp_path / "latin1.yml")

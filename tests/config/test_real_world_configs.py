@@ -175,3 +175,14 @@ def test_a_hub_base_model_offline_is_one_line_not_four_tracebacks(command, tmp_p
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("Error: Cannot download someone/never-seen-7b from the Hugging Face hub"), last_line
+
+
+def test_a_missing_folder_given_as_model_is_named_as_a_folder(tmp_path):
+    """`serve --model nonexist_dir` (a mistyped folder) was blamed on the network alone, over two lines."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # an empty cache, no network
+    llmkit = str(Path(sys.executable).parent / "llmkit")
+    command = [llmkit, "serve", "--model", "nonexist_dir"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    said = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert said[-1].startswith("Error: cannot serve: There is no folder nonexist_dir here, and the hub cannot be")
