@@ -207,7 +207,8 @@ def random_model(
     from llmkit.core.random_model import write_random_model
     from llmkit.core.shapes import ModelConfigNotFound
 
-    with _one_line_errors(ModelConfigNotFound, ValueError, RuntimeError, OSError):
+    stopped = f"interrupted: {out} is as it was (the model is written whole, or not at all)"
+    with _one_line_errors(ModelConfigNotFound, ValueError, RuntimeError, OSError, interrupted=stopped):
         made = write_random_model(shape, Path(out), tokenizer=tokenizer, dtype=dtype, device=device.value, seed=seed)
     widened = f", widened from {made.widened_from:,} to the tokenizer's" if made.widened_from else ""
     Console().print(
@@ -231,7 +232,9 @@ def validate(
     """Check a config without training; print the plan (targets, parameters, steps, memory per track)."""
     from llmkit.train.validate import validate as run
 
-    raise typer.Exit(run(config, strict=strict, model_config=model_config))
+    with _one_line_errors(interrupted="interrupted: validate writes nothing; rerun it to see the plan"):
+        status = run(config, strict=strict, model_config=model_config)
+    raise typer.Exit(status)
 
 
 @app.command("config-keys")
@@ -301,7 +304,9 @@ def preprocess(config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl
     from llmkit.data import DataError, build_datasets, stats_table
     from llmkit.data.tokenizer import load_tokenizer
 
-    with _one_line_errors(ConfigError, DataError, ConnectionError):  # ConnectionError: the hub's tokenizer, offline
+    stopped = "interrupted: nothing was written (prepared data goes into dataset_prepared_path whole, or not at all)"
+    # ConnectionError: the hub's tokenizer, offline
+    with _one_line_errors(ConfigError, DataError, ConnectionError, interrupted=stopped):
         cfg = load_config(config)
         tokenizer = load_tokenizer(cfg)
         if cfg.rl:  # preference pairs: read and checked here, tokenized by TRL's trainer when training starts
@@ -360,8 +365,9 @@ def merge(
 
     from llmkit.merge import merge_command, report_table
 
+    stopped = "interrupted: no merged model was written (its temporary folder is removed); rerun the same command"
     # bad input, mismatch, failed verification: the message says which
-    with _one_line_errors(ValueError, OSError, RuntimeError):
+    with _one_line_errors(ValueError, OSError, RuntimeError, interrupted=stopped):
         report, uploaded = merge_command(
             config,
             base=base,
@@ -592,7 +598,8 @@ def decontaminate(
 
     out_dir = _check_out(out)
     name = f"decontaminate-{Path(config).stem}-{Path(conf).stem}"
-    with _one_line_errors(ConfigError, DataError, ConfError, HelmRunError, HelmSetupError):
+    stopped = "interrupted: no report was written; rerun the same command"
+    with _one_line_errors(ConfigError, DataError, ConfError, HelmRunError, HelmSetupError, interrupted=stopped):
         cfg = load_config(config)
         conf_path = prepare_conf(conf, out_dir, name)
         check_run_specs(conf_path)  # an unknown scenario: one line, not HELM's traceback from its instances
