@@ -19,7 +19,7 @@ import psutil
 
 from llmkit.core import devices
 from llmkit.core.challenge import HELM_CLIENT_THREADS
-from llmkit.core.models import LoadedModel, adapter_config
+from llmkit.core.models import PROMPT_LEARNING, LoadedModel, adapter_config
 from llmkit.server.protocol import ProcessRequest, ProcessResponse, Token
 from llmkit.server.sequence import RequestError, Scores, Sequence, UnknownModel
 from llmkit.server.settings import EngineName, ServerSettings
@@ -43,6 +43,10 @@ class Engine:
         self.started = time.time()  # /v1/models' `created`
         self.base_name = loaded.source.model_id  # what a request names to get the base model without an adapter
         self.adapters = settings.adapters  # name -> directory
+        # An adapter peft applies to every row (load_engine lets it be the only one): the base is not served apart
+        self.base_hidden_by = next(
+            (name for name, path in self.adapters.items() if applies_to_every_row(adapter_config(path))), None
+        )
         self.position_limit = position_limit(loaded.source.path)
         if self.position_limit is not None and self.position_limit < settings.max_context:
             LOG.warning(
@@ -68,14 +72,19 @@ class Engine:
     # --- which model a request gets --------------------------------------------------------------------------------
     @property
     def model_names(self) -> list[str]:
-        """What requests may name: the base model, then each adapter."""
-        return [self.base_name, *self.adapters]
+        """What requests may name: the base model (unless an adapter is applied to every row), then each adapter."""
+        return [*([] if self.base_hidden_by else [self.base_name]), *self.adapters]
 
     def adapter_for(self, name: str | None) -> str | None:
         """The adapter a request naming `name` gets (None: the base model); no name (or an empty one): the server's
         default."""
         if not name:
             return self.settings.default_adapter_name
+        if name == self.base_name and self.base_hidden_by:
+            raise UnknownModel(
+                f"model {name!r} is not served apart here: peft applies adapter {self.base_hidden_by!r} to every "
+                f"request; choose {', '.join(self.model_names)}"
+            )
         if name == self.base_name:
             return None
         if name in self.adapters:
@@ -308,6 +317,23 @@ def load_engine(settings: ServerSettings) -> Engine:
                 "it, vLLM has none): merge it into the base (llmkit merge --adapter DIR --base MODEL --out DIR) and "
                 "serve the merged folder"
             )
+        if (every_row := applies_to_every_row(config)) and (len(settings.adapters) > 1 or settings._names_base):
+            raise ValueError(
+                f"Adapter {path} is {every_row}, which peft applies to every row of a batch (a request for another "
+                "adapter or the base model would get it too): serve it alone, as the default, or merge it and serve "
+                "the merged folder"
+            )
+        if settings.engine is EngineName.vllm and config.get("peft_type", "LORA") != "LORA":
+            raise ValueError(
+                f"Adapter {path} is {config['peft_type']}; vLLM serves LoRA adapters only: serve it with the built-in "
+                "engine, or merge it and serve the merged folder"
+            )
+        if config.get("peft_type", "LORA") in PROMPT_LEARNING:
+            raise ValueError(
+                f"Adapter {path} is {config['peft_type']} (prompt learning), which this server cannot apply: peft's "
+                "forward adds its virtual tokens again at every cached decoding step, so the answers would not be "
+                "the adapter's. Use it with peft's own generate"
+            )
         if config.get("modules_to_save") and len(settings.adapters) > 1:
             # peft's per-row forward looks the module up for every adapter in the batch: the others' rows failed
             raise ValueError(
@@ -321,6 +347,19 @@ def load_engine(settings: ServerSettings) -> Engine:
     from llmkit.server.builtin import BuiltinEngine
 
     return BuiltinEngine.load(settings)
+
+
+def applies_to_every_row(config: dict) -> str | None:
+    """What in an adapter peft cannot leave off per row of a batch (its forward ignores `adapter_names`, or the
+    adapter changes the base layers themselves); None for a plain LoRA adapter, which it can."""
+    kind = config.get("peft_type", "LORA")
+    if kind != "LORA" and kind not in PROMPT_LEARNING:
+        return kind  # VeRA, IA3, LoHa, LoKr...: no per-row adapter_names in their layers
+    if config.get("bias", "none") != "none":
+        return f"LoRA with bias: {config['bias']} (its trained biases are written into the base layers)"
+    if config.get("layer_replication"):
+        return "LoRA with layer_replication (its layers are copies the base model does not have)"
+    return None
 
 
 def leading_specials(full: list[int], plain: list[int]) -> int:

@@ -79,8 +79,8 @@ async def model(model: str, engine: EngineDep) -> ModelCard:
 
 def _model_cards(engine: Engine) -> list[ModelCard]:
     created = int(engine.started)
-    cards = [ModelCard(id=engine.base_name, created=created, root=engine.base_name)]
-    cards += [
+    base = [] if engine.base_hidden_by else [ModelCard(id=engine.base_name, created=created, root=engine.base_name)]
+    cards = base + [
         ModelCard(id=name, created=created, root=path, parent=engine.base_name)
         for name, path in engine.adapters.items()
     ]

@@ -262,6 +262,10 @@ def load_for_inference(
     return LoadedModel(lm, tokenizer, source, adapter, str(torch_dtype).removeprefix("torch."), quantization, device)
 
 
+# peft's prompt-learning methods (peft_type): virtual tokens before the prompt, no weight of the base changed.
+PROMPT_LEARNING = frozenset({"PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "MULTITASK_PROMPT_TUNING", "CPT"})
+
+
 def adapter_config(adapter: str | Path) -> dict:
     """A peft adapter directory's adapter_config.json; the error names the directory or file and what is wrong."""
     path = Path(adapter).expanduser()

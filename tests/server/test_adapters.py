@@ -174,3 +174,28 @@ def test_adapter_flag_mistakes(flags, message):
 def test_env_var_takes_a_plain_path(monkeypatch):
     monkeypatch.setenv("LLMKIT_ADAPTER", "/some/adapter-dir")
     assert parse_settings([]).adapters == {"adapter-dir": "/some/adapter-dir"}
+
+
+def test_an_adapter_peft_applies_to_every_row_is_served_alone_and_hides_the_base(
+    start_server, http, tmp_path, default_model_dir
+):
+    """A VeRA adapter's forward ignores the row's adapter: a request naming the base model got the adapter's answer
+    (and a second VeRA adapter's requests the first one's). Alone it is served, and the base is not offered apart."""
+    from peft import VeraConfig
+
+    torch.manual_seed(3)
+    base = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32)
+    vera = VeraConfig(r=8, target_modules=["q_proj", "v_proj"], d_initial=2.0)
+    get_peft_model(base, vera).save_pretrained(tmp_path / "vera")
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(default_model_dir), tmp_path / "vera")
+    out = model.eval().generate(ids, max_new_tokens=NEW, do_sample=False)[0, ids.shape[1] :]
+    want = tokenizer.decode(out, skip_special_tokens=True)
+
+    server = start_server("--model", MODEL, "--adapter", f"vera={tmp_path / 'vera'}")
+    body = helm_body(PROMPT, max_new_tokens=NEW, stop_sequences=["<never>"])
+    assert http.post(f"{server.url}/process", json=body).json()["text"] == want  # the default: the adapter
+    assert [m["id"] for m in http.get(f"{server.url}/v1/models").json()["data"]] == ["vera"]
+    refused = http.post(f"{server.url}/process", json=body, headers={"X-Adapter": MODEL})
+    assert refused.status_code in (400, 404) and "peft applies adapter 'vera' to every request" in refused.text

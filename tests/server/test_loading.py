@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, PromptTuningConfig, VeraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmkit.core.models import resolve_model
@@ -237,15 +237,29 @@ def test_adapters_no_server_can_apply_end_in_one_message(python, tmp_path, tiny_
     get_peft_model(base, lora).save_pretrained(tmp_path / "head")
     wider = AutoModelForCausalLM.from_config(base.config.__class__(**{**base.config.to_dict(), "hidden_size": 128}))
     get_peft_model(wider, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "wider")
+    # Answers were wrong, not refused: a biased LoRA moved every other row's answer, VeRA's forward ignores the
+    # row's adapter, prompt tuning's virtual tokens were added again at every cached step.
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    biased = LoraConfig(r=4, target_modules=["q_proj"], bias="lora_only")
+    get_peft_model(base, biased).save_pretrained(tmp_path / "bias")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    get_peft_model(base, VeraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "vera")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    prompt = PromptTuningConfig(num_virtual_tokens=2, task_type="CAUSAL_LM")
+    get_peft_model(base, prompt).save_pretrained(tmp_path / "prompt")
     says = {
         "dora": "is DoRA (use_dora), which cannot be applied per request in a batch",
         "deeper": "layers.7.self_attn.q_proj.lora_A.weight (and 1 more LoRA weights) has no place in the base",
         "wider": "size mismatch for base_model.model.model.layers.0.self_attn.q_proj.lora_A.wider.weight",
         "head": "trains lm_head fully (modules_to_save), which cannot be served beside other adapters",
+        "bias": "is LoRA with bias: lora_only (its trained biases are written into the base layers), which peft "
+        "applies to every row of a batch",
+        "vera": "is VERA, which peft applies to every row of a batch (a request for another adapter or the base",
+        "prompt": "is PROMPT_TUNING (prompt learning), which this server cannot apply",
     }
     for name, message in says.items():
         flags = ["--model", str(tiny_model_dir), "--adapter", str(tmp_path / name), "--device", "cpu"]
-        flags += ["--adapter", f"other={tmp_path / 'dora'}"] if name == "head" else []
+        flags += ["--adapter", f"other={tmp_path / 'deeper'}"] if name in ("head", "bias", "vera") else []
         result = subprocess.run([python, "-m", "llmkit.server", *flags], capture_output=True, text=True, timeout=120)
         assert result.returncode == 1 and "Error: cannot serve: " in result.stderr, result.stderr
         assert message in result.stderr and "Traceback" not in result.stderr
