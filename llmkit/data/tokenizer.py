@@ -133,10 +133,31 @@ def _tokenizer_source(cfg: AxolotlConfig) -> Path:
     return resolve_model(cfg.tokenizer_config or cfg.base_model, cfg.revision_of_model).path
 
 
+def _check_new_special_tokens_trained(cfg: AxolotlConfig, tokenizer: Any, tokens: dict[str, str]) -> None:
+    """axolotl's rule: with an adapter, a special token the tokenizer does not have as one token already gets a new
+    embedding row, which stays untrained unless lora_modules_to_save trains the embeddings and the head (a new EOS
+    the model never learns to emit). pad_token is exempt: it is never a target."""
+    if cfg.adapter is None or cfg.lora_modules_to_save:
+        return
+    for key, value in tokens.items():
+        # more than 2 pieces, as axolotl counts: a token the vocabulary has is one (two after a prefix space)
+        if key != "pad_token" and getattr(tokenizer, key, None) != value:
+            if len(tokenizer.encode(value, add_special_tokens=False)) > 2:
+                raise ConfigError(
+                    [
+                        f"special_tokens.{key}: {value!r} is a new token here, whose embedding an adapter leaves "
+                        "untrained; set lora_modules_to_save: [embed_tokens, lm_head] (as axolotl requires) or use "
+                        f"the tokenizer's own {key} ({getattr(tokenizer, key, None)!r})"
+                    ],
+                    cfg.source,
+                )
+
+
 def _configured_tokenizer(cfg: AxolotlConfig, tokenizer: Any) -> Any:
     """`tokenizer` with the config's special and added tokens, pad token and chat template."""
     if cfg.special_tokens:
         tokens = {k: v for k, v in cfg.special_tokens.model_dump().items() if v is not None}
+        _check_new_special_tokens_trained(cfg, tokenizer, tokens)
         tokenizer.add_special_tokens(tokens)
     if cfg.tokens:
         # As axolotl adds them: whole tokens, matched as written (not normalised, no stripped spaces).

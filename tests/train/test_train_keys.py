@@ -177,6 +177,18 @@ def test_added_tokens_get_trained_embeddings(tiny_config):
     assert embeddings and embeddings[0].shape[0] == len(tokenizer)
 
 
+def test_a_new_special_token_under_an_adapter_needs_its_embeddings_trained(tiny_config):
+    """axolotl refuses it; it was accepted, and the run trained toward a new EOS whose embedding and head rows no
+    step could change (the merged model then stopped on an id it hardly ever emits)."""
+    new_eos = {"special_tokens": {"eos_token": "</s>"}}  # three pieces in this tokenizer: a new token
+    with pytest.raises(ConfigError, match=r"special_tokens.eos_token: '</s>' is a new token here, whose embedding"):
+        load_tokenizer(load_config(tiny_config(**new_eos)))
+    trained = load_tokenizer(load_config(tiny_config(**new_eos, lora_modules_to_save=["embed_tokens", "lm_head"])))
+    assert trained.eos_token == "</s>"
+    assert load_tokenizer(load_config(tiny_config(special_tokens={"pad_token": "<pad>"}))).pad_token == "<pad>"
+    assert load_tokenizer(load_config(tiny_config(**new_eos, adapter="none"))).eos_token == "</s>"  # all trained
+
+
 @pytest.mark.parametrize("adapter", ["lora", "none"])
 def test_eot_tokens_end_generation_of_the_published_adapter_or_model(tiny_config, adapter):
     """A run with eot_tokens publishes the base's generation config that also ends at them: the adapter served
