@@ -344,7 +344,11 @@ def merge(
     base: str | None = typer.Option(None, help="Base model, hub id or directory (default: the adapter's base)."),
     adapter: Annotated[list[str] | None, typer.Option(help="Adapter directory; repeat for a weighted merge.")] = None,
     out: str | None = typer.Option(None, help="Merged model directory (default: <adapter dir>/merged)."),
-    dtype: str | None = typer.Option(None, help="bfloat16, float16 or float32 (default: the training dtype)."),
+    dtype: str | None = typer.Option(
+        None,
+        help="bfloat16, float16 or float32 (default: the 16-bit dtype training used, else the base's stored 16-bit "
+        "dtype, else bfloat16).",
+    ),
     nf4_roundtrip: bool = typer.Option(
         False, help="Round-trip targeted base weights through 4 bits as training did (QLoRA: NF4)."
     ),

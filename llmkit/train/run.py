@@ -110,7 +110,18 @@ def _train(cfg: AxolotlConfig, args: TrainingArguments, output_dir: Path, *, fre
     args.warmup_steps = warmup_steps(cfg, total_steps)
     args.logging_steps = logging_steps(cfg, total_steps)
     model = build_peft_model(cfg, load_base_model(cfg), tokenizer)
-    trainer = _trainer(cfg, args, model, tokenizer, data)
+    try:
+        trainer = _trainer(cfg, args, model, tokenizer, data)  # with hub_model_id: creates the hub repo
+    except Exception as err:  # offline mode, no network, a refused token: not the data's or the model's fault
+        network = isinstance(err, OSError) or type(err).__module__.startswith(("httpx", "httpcore", "huggingface_hub"))
+        if not (cfg.hub_model_id and network):
+            raise
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            [f"hub_model_id: {cfg.hub_model_id}: the hub repo cannot be reached or made ({reason}); log in "
+             "(hf auth login), or remove hub_model_id to train without publishing"],
+            cfg.source,
+        ) from None  # fmt: skip
     if is_main:
         # Only now, with the data prepared and the model built: an error in either leaves the previous run (its
         # checkpoints, its published adapter) as it was, which --fresh would otherwise have deleted already.

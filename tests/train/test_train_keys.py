@@ -307,3 +307,13 @@ def test_the_resolved_config_keeps_modules_to_save_as_written_on_a_tied_model(ti
     out = train(load_config(path))
     assert load_config(out / "config.resolved.yml").lora_modules_to_save == ["embed_tokens", "lm_head"]
     assert train(load_config(path)) == out  # the same run: finds itself complete instead of refusing a changed config
+
+
+def test_a_hub_repo_that_cannot_be_made_names_hub_model_id(tiny_config, monkeypatch):
+    """Offline (or with no network, or no login), a config with hub_model_id stopped after loading the model with
+    huggingface_hub's own message, which named no key."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError, match="hub_model_id: someone/x: the hub repo cannot be reached or made"):
+        train(load_config(tiny_config(hub_model_id="someone/x")))
