@@ -317,16 +317,17 @@ def load_engine(settings: ServerSettings) -> Engine:
                 "it, vLLM has none): merge it into the base (llmkit merge --adapter DIR --base MODEL --out DIR) and "
                 "serve the merged folder"
             )
-        if (every_row := applies_to_every_row(config)) and (len(settings.adapters) > 1 or settings._names_base):
+        base_is_default = settings.default_adapter is not None and settings.default_adapter_name is None
+        if (every_row := applies_to_every_row(config)) and (len(settings.adapters) > 1 or base_is_default):
             raise ValueError(
                 f"Adapter {path} is {every_row}, which peft applies to every row of a batch (a request for another "
-                "adapter or the base model would get it too): serve it alone, as the default, or merge it and serve "
-                "the merged folder"
+                "adapter or the base model would get it too): serve it alone (it is then the default), or, a LoRA, "
+                "merge it and serve the merged folder"
             )
         if settings.engine is EngineName.vllm and config.get("peft_type", "LORA") != "LORA":
             raise ValueError(
                 f"Adapter {path} is {config['peft_type']}; vLLM serves LoRA adapters only: serve it with the built-in "
-                "engine, or merge it and serve the merged folder"
+                "engine (--engine builtin)"
             )
         if config.get("peft_type", "LORA") in PROMPT_LEARNING:
             raise ValueError(
