@@ -311,6 +311,8 @@ def load_engine(settings: ServerSettings) -> Engine:
     """
     for path in settings.adapters.values():
         config = adapter_config(path)
+        if "peft_type" not in config:  # peft cannot load it either (a KeyError deep in its loading)
+            raise ValueError(f"Adapter {path}: its adapter_config.json has no peft_type: not a peft adapter's config")
         if config.get("use_dora"):
             raise ValueError(
                 f"Adapter {path} is DoRA (use_dora), which cannot be applied per request in a batch (peft refuses "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -247,7 +248,13 @@ def test_adapters_no_server_can_apply_end_in_one_message(python, tmp_path, tiny_
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     prompt = PromptTuningConfig(num_virtual_tokens=2, task_type="CAUSAL_LM")
     get_peft_model(base, prompt).save_pretrained(tmp_path / "prompt")
+    config = json.loads((tmp_path / "dora" / "adapter_config.json").read_text())
+    (tmp_path / "untyped").mkdir()  # an old or hand-edited config: it said "does not fit base model ...: 'peft_type'"
+    (tmp_path / "untyped" / "adapter_config.json").write_text(
+        json.dumps({k: v for k, v in config.items() if k != "peft_type"})
+    )
     says = {
+        "untyped": "its adapter_config.json has no peft_type: not a peft adapter's config",
         "dora": "is DoRA (use_dora), which cannot be applied per request in a batch",
         "deeper": "layers.7.self_attn.q_proj.lora_A.weight (and 1 more LoRA weights) has no place in the base",
         "wider": "size mismatch for base_model.model.model.layers.0.self_attn.q_proj.lora_A.wider.weight",
