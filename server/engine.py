@@ -19,7 +19,7 @@ import psutil
 
 from llmkit.core import devices
 from llmkit.core.challenge import HELM_CLIENT_THREADS
-from llmkit.core.models import PROMPT_LEARNING, LoadedModel, adapter_config
+from llmkit.core.models import PROMPT_LEARNING, LoadedModel, adapter_config, peft_type
 from llmkit.server.protocol import ProcessRequest, ProcessResponse, Token
 from llmkit.server.sequence import RequestError, Scores, Sequence, UnknownModel
 from llmkit.server.settings import EngineName, ServerSettings
@@ -309,31 +309,30 @@ def load_engine(settings: ServerSettings) -> Engine:
         ValueError: a DoRA adapter, which neither engine can apply per row of a batch (peft refuses per-row
             adapters with DoRA, vLLM has no DoRA): merging it is how it gets served.
     """
+    base_is_default = settings.default_adapter is not None and settings.default_adapter_name is None
     for path in settings.adapters.values():
         config = adapter_config(path)
-        if "peft_type" not in config:  # peft cannot load it either (a KeyError deep in its loading)
-            raise ValueError(f"Adapter {path}: its adapter_config.json has no peft_type: not a peft adapter's config")
+        kind = peft_type(path, config)
         if config.get("use_dora"):
             raise ValueError(
                 f"Adapter {path} is DoRA (use_dora), which cannot be applied per request in a batch (peft refuses "
                 "it, vLLM has none): merge it into the base (llmkit merge --adapter DIR --base MODEL --out DIR) and "
                 "serve the merged folder"
             )
-        base_is_default = settings.default_adapter is not None and settings.default_adapter_name is None
         if (every_row := applies_to_every_row(config)) and (len(settings.adapters) > 1 or base_is_default):
             raise ValueError(
                 f"Adapter {path} is {every_row}, which peft applies to every row of a batch (a request for another "
                 "adapter or the base model would get it too): serve it alone (it is then the default), or, a LoRA, "
                 "merge it and serve the merged folder"
             )
-        if settings.engine is EngineName.vllm and config.get("peft_type", "LORA") != "LORA":
+        if settings.engine is EngineName.vllm and kind != "LORA":
             raise ValueError(
-                f"Adapter {path} is {config['peft_type']}; vLLM serves LoRA adapters only: serve it with the built-in "
-                "engine (--engine builtin)"
+                f"Adapter {path} is {kind}; vLLM serves LoRA adapters only: serve it with the built-in engine "
+                "(--engine builtin)"
             )
-        if config.get("peft_type", "LORA") in PROMPT_LEARNING:
+        if kind in PROMPT_LEARNING:
             raise ValueError(
-                f"Adapter {path} is {config['peft_type']} (prompt learning), which this server cannot apply: peft's "
+                f"Adapter {path} is {kind} (prompt learning), which this server cannot apply: peft's "
                 "forward adds its virtual tokens again at every cached decoding step, so the answers would not be "
                 "the adapter's. Use it with peft's own generate"
             )
@@ -354,8 +353,9 @@ def load_engine(settings: ServerSettings) -> Engine:
 
 def applies_to_every_row(config: dict) -> str | None:
     """What in an adapter peft cannot leave off per row of a batch (its forward ignores `adapter_names`, or the
-    adapter changes the base layers themselves); None for a plain LoRA adapter, which it can."""
-    kind = config.get("peft_type", "LORA")
+    adapter changes the base layers themselves); None for a plain LoRA adapter, which it can (`config`: one
+    load_engine has checked)."""
+    kind = config["peft_type"]
     if kind != "LORA" and kind not in PROMPT_LEARNING:
         return kind  # VeRA, IA3, LoHa, LoKr...: no per-row adapter_names in their layers
     if config.get("bias", "none") != "none":

@@ -79,7 +79,8 @@ async def model(model: str, engine: EngineDep) -> ModelCard:
 
 def _model_cards(engine: Engine) -> list[ModelCard]:
     created = int(engine.started)
-    base = [] if engine.base_hidden_by else [ModelCard(id=engine.base_name, created=created, root=engine.base_name)]
+    served_base = engine.base_name in engine.model_names  # not where an adapter is applied to every row
+    base = [ModelCard(id=engine.base_name, created=created, root=engine.base_name)] if served_base else []
     cards = base + [
         ModelCard(id=name, created=created, root=path, parent=engine.base_name)
         for name, path in engine.adapters.items()

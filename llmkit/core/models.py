@@ -285,6 +285,14 @@ def adapter_config(adapter: str | Path) -> dict:
     return config
 
 
+def peft_type(adapter: str | Path, config: dict) -> str:
+    """The method of the adapter whose adapter_config.json is `config` (LORA, VERA, PROMPT_TUNING...); a ValueError
+    where it names none (peft itself fails on a KeyError deep in its loading)."""
+    if "peft_type" not in config:
+        raise ValueError(f"Adapter {adapter}: its adapter_config.json has no peft_type: not a peft adapter's config")
+    return config["peft_type"]
+
+
 def adapter_weight_shapes(adapter: str | Path) -> dict[str, list[int]]:
     """Each tensor's shape in a peft adapter's weights (adapter_model.safetensors, else the pickled .bin of peft's
     `safe_serialization=False`), without reading the tensors; empty when the folder holds neither."""

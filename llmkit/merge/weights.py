@@ -24,7 +24,7 @@ from peft.utils.other import get_pattern_key
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from llmkit.core.models import ADAPTER_WEIGHTS, PROMPT_LEARNING, adapter_config, adapter_weight_shapes
+from llmkit.core.models import ADAPTER_WEIGHTS, PROMPT_LEARNING, adapter_config, adapter_weight_shapes, peft_type
 
 _PEFT_PREFIX = "base_model.model."
 # adapter key suffix -> LoraModule field; any other adapter tensor replaces the base tensor of the same name
@@ -168,18 +168,16 @@ def _stored_modules(architecture: str, model_type: str | None, stored: Iterable[
 
 def load_lora_adapter(adapter_dir: Path, layout: BaseLayout) -> Adapter:
     """Read a peft LoRA adapter directory (config + weights) into per-module factors; `layout` is the base's."""
-    peft_type = adapter_config(adapter_dir).get("peft_type")
-    if peft_type is None:
-        raise AdapterMismatchError(f"{adapter_dir}/adapter_config.json has no peft_type: not a peft adapter's config")
-    config = LoraConfig.from_pretrained(adapter_dir) if peft_type == "LORA" else None
+    kind = peft_type(adapter_dir, adapter_config(adapter_dir))
+    config = LoraConfig.from_pretrained(adapter_dir) if kind == "LORA" else None
     if config is None:
         how = (
             "use it with peft's own generate (its virtual tokens cannot be folded into weights, nor served here)"
-            if peft_type in PROMPT_LEARNING
+            if kind in PROMPT_LEARNING
             else "serve it unmerged, alone, with `python -m llmkit.server --adapter`"
         )
         raise AdapterMismatchError(
-            f"{adapter_dir} is a {peft_type} adapter; only LoRA/QLoRA adapters (DoRA and rsLoRA included) can be "
+            f"{adapter_dir} is a {kind} adapter; only LoRA/QLoRA adapters (DoRA and rsLoRA included) can be "
             f"merged: {how}"
         )
     modules: dict[str, LoraModule] = {}
