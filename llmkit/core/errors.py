@@ -18,6 +18,12 @@ from pydantic_core import ErrorDetails
 _UNION_BRANCH = re.compile(r"^(bool|int|float|str|bytes|none|list|dict|[a-z-]+\[.*\]|[A-Z]\w*)$")
 
 
+def headline(err: BaseException) -> str:
+    """An exception's first line (huggingface_hub's messages run to several), or its type where it says nothing."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def is_union_branch(part: str | int) -> bool:
     return isinstance(part, str) and bool(_UNION_BRANCH.match(part))
 

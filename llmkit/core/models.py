@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from llmkit.core import devices
+from llmkit.core.errors import headline
 from llmkit.core.files import cache_dir, check_cache_target, clean_stale, sha256_file, staging_dir, swap_in
 
 LOG = logging.getLogger(__name__)
@@ -160,9 +161,8 @@ def _download(model_id: str, revision: str | None) -> ResolvedModel:
     except LocalEntryNotFoundError as err:
         # a name without an owner is more often a mistyped folder than one of the hub's few owner-less models
         folder = f"There is no folder {model_id} here, and the hub cannot be reached: " if "/" not in model_id else ""
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConnectionError(
-            f"{folder}Cannot download {model_id} from the Hugging Face hub (offline?): {reason}"
+            f"{folder}Cannot download {model_id} from the Hugging Face hub (offline?): {headline(err)}"
         ) from err
     except HfHubHTTPError as err:
         raise FileNotFoundError(f"The hub has no model {model_id} at revision {revision or 'main'}: {err}") from err

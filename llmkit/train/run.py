@@ -40,6 +40,7 @@ from transformers import (
 from llmkit.config.plan import logging_steps, optimizer_steps, warmup_steps
 from llmkit.config.schema import RESOLVED_CONFIG, AxolotlConfig, ConfigError, RLMethod
 from llmkit.core import devices
+from llmkit.core.errors import headline
 from llmkit.core.files import clean_stale, staging_dir, swap_in
 from llmkit.core.models import stop_at_turn_ends
 from llmkit.data.pipeline import PreparedData, build_datasets, make_collator
@@ -116,9 +117,8 @@ def _train(cfg: AxolotlConfig, args: TrainingArguments, output_dir: Path, *, fre
         network = isinstance(err, OSError) or type(err).__module__.startswith(("httpx", "httpcore", "huggingface_hub"))
         if not (cfg.hub_model_id and network):
             raise
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
-            [f"hub_model_id: {cfg.hub_model_id}: the hub repo cannot be reached or made ({reason}); log in "
+            [f"hub_model_id: {cfg.hub_model_id}: the hub repo cannot be reached or made ({headline(err)}); log in "
              "(hf auth login), or remove hub_model_id to train without publishing"],
             cfg.source,
         ) from None  # fmt: skip
