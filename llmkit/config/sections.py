@@ -6,9 +6,13 @@ description: `llmkit config-keys` prints them as the README's table.
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -199,15 +203,15 @@ def _unknown_type(name: str, module: str) -> str:
 LOCAL_DATA_SUFFIXES = {
     ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow", ".txt": "text"
 }  # fmt: skip
-# Compressions `datasets` reads a text file through (a.jsonl.gz is JSON lines), and the standard library opens
-# (llmkit.data.sources checks the text inside).
-COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz")
+# Compressions `datasets` reads a text file through (a.jsonl.gz is JSON lines), each with the standard library's
+# opener (llmkit.data.sources checks the text inside with it).
+COMPRESSIONS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 
 def data_file_builder(name: str) -> str | None:
     """The `datasets` builder of a data file, by its suffix (under a compression's: a.jsonl.gz is json)."""
     suffixes = [suffix.lower() for suffix in Path(name).suffixes]
-    if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
+    if suffixes and suffixes[-1] in COMPRESSIONS:
         suffixes.pop()
     return LOCAL_DATA_SUFFIXES.get(suffixes[-1]) if suffixes else None
 

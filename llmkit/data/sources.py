@@ -3,13 +3,10 @@
 
 from __future__ import annotations
 
-import bz2
 import codecs
 import csv
 import glob
-import gzip
 import json
-import lzma
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +23,7 @@ from datasets import (
 )
 from datasets.data_files import get_data_patterns
 
-from llmkit.config.sections import DatasetSpec, DsType, data_file_builder
+from llmkit.config.sections import COMPRESSIONS, DatasetSpec, DsType, data_file_builder
 from llmkit.data.fields import IS_NULL, FieldError, RowError
 from llmkit.data.rows import RawColumns, RawRow
 
@@ -99,13 +96,10 @@ def _builder(spec: DatasetSpec, local: Path) -> str | None:
     return spec.ds_type.value if spec.ds_type else data_file_builder(local.name)
 
 
-# How a compressed data file is opened (COMPRESSION_SUFFIXES): its text is checked and read as datasets reads it.
-_OPENERS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
-
-
 def _open(path: Path, mode: str = "rb", **text: Any) -> Any:
-    """A data file, decompressed where its suffix names a compression; `text`: open()'s encoding, errors..."""
-    return _OPENERS.get(path.suffix.lower(), open)(path, mode, **text)
+    """A data file, decompressed where its suffix names a compression (its text is checked and read as datasets
+    reads it); `text`: open()'s encoding, errors..."""
+    return COMPRESSIONS.get(path.suffix.lower(), open)(path, mode, **text)
 
 
 def _load(spec: DatasetSpec, local: Path) -> Dataset:
