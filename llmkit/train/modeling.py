@@ -35,6 +35,7 @@ from llmkit.config.schema import AxolotlConfig, ConfigError, PeftMethod
 from llmkit.core import devices
 from llmkit.core.bnb_kernels import dequantizing_4bit_kernel
 from llmkit.core.models import resolve_model
+from llmkit.train.machine import check_loftq
 
 LOG = logging.getLogger(__name__)
 
@@ -287,11 +288,7 @@ def _lora_init(cfg: AxolotlConfig) -> dict[str, Any]:
     if cfg.loftq_bits is None:
         init = cfg.peft_init_lora_weights
         return {} if init is None else {"init_lora_weights": init}
-    if importlib.util.find_spec("scipy") is None:
-        problem = "peft.loftq_config: peft's LoftQ needs scipy, which is not installed (pip install scipy)"
-        raise ConfigError([problem], cfg.source)
-    if devices.resolve_device() != "cuda":  # peft quantizes the weights with bitsandbytes' CUDA kernels
-        raise ConfigError(["peft.loftq_config: peft's LoftQ needs a CUDA GPU, which this machine lacks"], cfg.source)
+    check_loftq(cfg)
     return {"init_lora_weights": "loftq", "loftq_config": LoftQConfig(loftq_bits=cfg.loftq_bits)}
 
 

@@ -72,6 +72,25 @@ def run_identity(cfg: AxolotlConfig) -> dict[str, Any]:
     return json.loads(json.dumps(identity, default=str))  # as it reads back from RUN_RECORD
 
 
+def resume_checkpoint(cfg: AxolotlConfig) -> Path | None:
+    """The config's `resume_from_checkpoint`, checked (checked by `validate` as well as by `train`).
+
+    Raises:
+        ConfigError: it is not a complete Trainer checkpoint.
+    """
+    if not cfg.resume_from_checkpoint:
+        return None
+    path = Path(cfg.resume_from_checkpoint)
+    if not path.is_dir():
+        raise ConfigError([f"resume_from_checkpoint: {path}: no such folder"], cfg.source)
+    if not is_complete_checkpoint(path):
+        raise ConfigError(
+            [f"resume_from_checkpoint: {path} is not a complete Trainer checkpoint (no readable {TRAINER_STATE})"],
+            cfg.source,
+        )
+    return path
+
+
 def plan_run(cfg: AxolotlConfig, output_dir: Path, *, is_main: bool, fresh: bool = False) -> RunPlan:
     """Decide what the run does with output_dir; remove checkpoints written only in part (main process). With `fresh`
     the run starts from step 0 over whatever run output_dir holds; `start_fresh` removes that run later, once the
@@ -82,13 +101,7 @@ def plan_run(cfg: AxolotlConfig, output_dir: Path, *, is_main: bool, fresh: bool
             `resume_from_checkpoint` is not a checkpoint.
     """
     _check_writable(output_dir, cfg)
-    if cfg.resume_from_checkpoint:
-        path = Path(cfg.resume_from_checkpoint)
-        if not is_complete_checkpoint(path):
-            raise ConfigError(
-                [f"resume_from_checkpoint: {path} is not a complete Trainer checkpoint (no readable {TRAINER_STATE})"],
-                cfg.source,
-            )
+    if path := resume_checkpoint(cfg):
         if fresh and path.resolve().is_relative_to(output_dir.resolve()):
             raise ConfigError(
                 [f"resume_from_checkpoint: {path} is in output_dir, whose checkpoints --fresh deletes"], cfg.source

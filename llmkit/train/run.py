@@ -47,6 +47,7 @@ from llmkit.data.pipeline import PreparedData, build_datasets, make_collator
 from llmkit.data.preference import PreferenceData, build_preference_datasets
 from llmkit.data.tokenizer import load_tokenizer
 from llmkit.train.causal_lm_eval import CausalLMEval, held_out_answers
+from llmkit.train.machine import check_loftq, check_tf32, wandb_unavailable
 from llmkit.train.modeling import (
     build_peft_model,
     check_base_model,
@@ -64,7 +65,6 @@ from llmkit.train.resume import (
     unpublish,
     write_record,
 )
-from llmkit.train.validate import wandb_unavailable
 
 LOG = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False, fresh: bool = False
         # with --cpu-fallback) must not trip on this machine's optimizer support.
         return _already_complete(output_dir)
     check_base_model(cfg)
+    check_loftq(cfg)  # before the data: the peft model that needs it is built after
     args = training_arguments(cfg, optimizer_for_machine(cfg, cpu_fallback))
     is_main = args.process_index == 0
     with hold_output_dir(cfg, output_dir) if is_main else nullcontext():
@@ -261,8 +262,7 @@ def training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments:
     """
     device = devices.resolve_device()
     cuda = device == "cuda"
-    if cfg.tf32 is True and not cuda:
-        raise ConfigError(["tf32: true needs an Ampere-or-newer CUDA GPU; set tf32: auto or false"], cfg.source)
+    check_tf32(cfg)
     dtype = cfg.compute_dtype(device)
     has_eval = cfg.has_eval
     save_every, eval_every = cfg.save_every(), cfg.eval_every()

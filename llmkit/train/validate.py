@@ -11,10 +11,12 @@ import warnings
 from pathlib import Path
 
 from llmkit.config.plan import TrainingPlan, plan
-from llmkit.config.schema import AxolotlConfig, ConfigError, ConfigWarning, load_config
+from llmkit.config.schema import ConfigError, ConfigWarning, load_config
 from llmkit.core.memory import GIB
 from llmkit.core.shapes import ModelConfigNotFound, find_model_config
 from llmkit.data.tokenizer import count_training_tokens, tokenizer_problems, trained_tokenizer_size
+from llmkit.train.machine import refusals_here, wandb_unavailable
+from llmkit.train.resume import resume_checkpoint
 
 
 def validate(
@@ -48,6 +50,7 @@ def validate(
             ]
             if missing:
                 raise ConfigError(missing, cfg.source)
+            resume_checkpoint(cfg)
             if model_config:  # a path the user gave that cannot be read is said before tokenizing (minutes)
                 find_model_config(cfg.base_model_config or cfg.base_model, explicit=model_config)
             split = count_training_tokens(cfg)  # bad data is the config's error (a ConfigError)
@@ -67,6 +70,8 @@ def validate(
     out.print(render(training_plan))
     if note := wandb_unavailable(cfg):
         err.print(f"[yellow]Warning: {escape(note)}[/yellow]", highlight=False)
+    for problem in refusals_here(cfg):  # a warning: the config may be meant for another machine
+        err.print(f"[yellow]Warning: on this machine, train would stop: {escape(problem)}[/yellow]", highlight=False)
     return 0
 
 
@@ -177,16 +182,3 @@ def _steps_text(p: TrainingPlan) -> str:
         return f"{p.steps:,} ({p.sequences:,} {batched} from {p.rows:,} rows, over {cfg.num_epochs:g} epochs)"
     bound = "at most " if cfg.sample_packing else ""  # packing merges rows into fewer sequences
     return f"{bound}{p.steps:,} ({p.rows:,} rows; {per_1k})"
-
-
-def wandb_unavailable(cfg: AxolotlConfig) -> str | None:
-    """What a `wandb_project` without the wandb package means (said by `validate`, and by `train`, which then logs
-    to TensorBoard alone): axolotl installs wandb, so its configs name projects; this project does not."""
-    import importlib.util
-
-    if cfg.wandb_project and importlib.util.find_spec("wandb") is None:
-        return (
-            f"wandb_project: {cfg.wandb_project!r} is set, but the wandb package is not installed: no W&B logging "
-            "(TensorBoard only; pip install wandb to log there)"
-        )
-    return None

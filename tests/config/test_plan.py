@@ -460,6 +460,34 @@ def test_validate_refuses_a_bad_row_that_training_would_stop_on(tiny_config, tmp
     assert f"{rows}: row 2: field 'output' is missing" in output  # the data pipeline's own message
 
 
+def test_validate_warns_of_what_train_would_refuse_on_this_machine(tiny_config):
+    """tf32 and a paged optimizer passed `validate` and then stopped `train` on this machine (no CUDA). A warning,
+    not a refusal: a config is often checked on one machine and trained on another."""
+    config = tiny_config(tf32=True, optimizer="paged_adamw_8bit")
+    status, output = _validate_output(config)
+    said = " ".join(output.split())
+    assert status == 0, output
+    assert "on this machine, train would stop: tf32: true needs an Ampere-or-newer CUDA GPU" in said
+    assert "on this machine, train would stop: optimizer: paged_adamw_8bit pages its state through CUDA" in said
+    with pytest.raises(ConfigError, match="tf32: true needs"):
+        train(load_config(config), cpu_fallback=True)
+    assert "on this machine" not in _validate_output(tiny_config())[1]
+
+
+@pytest.mark.parametrize("checkpoint", ["missing", "incomplete"])
+def test_validate_refuses_a_resume_from_checkpoint_train_would_refuse(tiny_config, tmp_path, checkpoint):
+    folder = tmp_path / "checkpoint-5"
+    if checkpoint == "incomplete":
+        folder.mkdir()  # no trainer_state.json: killed while being written
+    config = tiny_config(resume_from_checkpoint=str(folder))
+    status, output = _validate_output(config)
+    said = " ".join(output.split())
+    why = "no such folder" if checkpoint == "missing" else "is not a complete Trainer checkpoint"
+    assert status == 1 and f"resume_from_checkpoint: {folder}" in said and why in said, output
+    with pytest.raises(ConfigError, match=why):
+        train(load_config(config))
+
+
 def test_a_wandb_project_without_wandb_is_a_warning_not_a_refusal(tiny_config, caplog):
     """axolotl installs wandb, so its configs name projects (phi3-ft.yml): validate said nothing and `train` then
     refused the config. Now both say it, and train logs to TensorBoard alone."""

@@ -1,0 +1,54 @@
+"""What this machine can train: the checks of a config against the machine (CUDA, installed packages) that `train`
+makes before it prepares any data, and that `validate` reports as warnings, since a config is often checked on one
+machine and trained on another."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from llmkit.config.schema import AxolotlConfig, ConfigError
+from llmkit.core import devices
+
+
+def check_tf32(cfg: AxolotlConfig) -> None:
+    """Raises ConfigError: `tf32: true` on a machine without CUDA (TF32 is an Ampere tensor-core mode)."""
+    if cfg.tf32 is True and devices.resolve_device() != "cuda":
+        raise ConfigError(["tf32: true needs an Ampere-or-newer CUDA GPU; set tf32: auto or false"], cfg.source)
+
+
+def check_loftq(cfg: AxolotlConfig) -> None:
+    """Raises ConfigError: `peft.loftq_config` without scipy or without CUDA (peft quantizes the weights with
+    bitsandbytes' CUDA kernels)."""
+    if cfg.loftq_bits is None:
+        return
+    if importlib.util.find_spec("scipy") is None:
+        problem = "peft.loftq_config: peft's LoftQ needs scipy, which is not installed (pip install scipy)"
+        raise ConfigError([problem], cfg.source)
+    if devices.resolve_device() != "cuda":
+        raise ConfigError(["peft.loftq_config: peft's LoftQ needs a CUDA GPU, which this machine lacks"], cfg.source)
+
+
+def refusals_here(cfg: AxolotlConfig) -> list[str]:
+    """Each `key: why` for which `train` would stop on this machine (run with --cpu-fallback, only the paged
+    optimizers' CUDA need goes away); empty when it would train here."""
+    from llmkit.train.modeling import attn_implementation
+    from llmkit.train.optimizers import optimizer_for_machine
+
+    problems = []
+    for check in (optimizer_for_machine, check_tf32, check_loftq, attn_implementation):
+        try:
+            check(cfg)
+        except ConfigError as error:
+            problems.extend(error.problems)
+    return problems
+
+
+def wandb_unavailable(cfg: AxolotlConfig) -> str | None:
+    """What a `wandb_project` without the wandb package means (said by `validate`, and by `train`, which then logs
+    to TensorBoard alone): axolotl installs wandb, so its configs name projects; this project does not."""
+    if cfg.wandb_project and importlib.util.find_spec("wandb") is None:
+        return (
+            f"wandb_project: {cfg.wandb_project!r} is set, but the wandb package is not installed: no W&B logging "
+            "(TensorBoard only; pip install wandb to log there)"
+        )
+    return None
