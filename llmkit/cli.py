@@ -628,9 +628,16 @@ def _check_out(out: str) -> Path:
 
 def _logging() -> None:
     import logging
+    import os
     import warnings
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not sys.stderr.isatty():
+        # Piped (CI, `| tee`, a file): a bar redrawn with carriage returns and cursor-up codes is noise in a log. The
+        # hub's switch also turns off transformers' bars (the Trainer's follows it: run.training_arguments);
+        # datasets has its own. Set before any command imports them; a value the user set wins.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     default_format = warnings.formatwarning
 
     def format_warning(message, category, filename, lineno, line=None) -> str:

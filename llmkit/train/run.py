@@ -36,6 +36,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.utils.logging import is_progress_bar_enabled
 
 from llmkit.config.plan import logging_steps, optimizer_steps, warmup_steps
 from llmkit.config.schema import RESOLVED_CONFIG, AxolotlConfig, ConfigError, RLMethod
@@ -301,6 +302,8 @@ def training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments:
         greater_is_better=cfg.greater_is_better,
         logging_steps=cfg.logging_steps or 10,  # without it, set from the run's length in _train
         logging_first_step=True,  # the curve starts at the untrained model
+        # without transformers' bars (HF_HUB_DISABLE_PROGRESS_BARS: the CLI piped), each log a line, not a bar
+        disable_tqdm=not is_progress_bar_enabled(),
         seed=cfg.seed,
         report_to=_report_to(cfg),
         run_name=cfg.wandb_name,

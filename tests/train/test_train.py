@@ -251,3 +251,39 @@ def test_the_cli_summary_gives_an_output_dir_with_brackets_as_written(tiny_confi
     assert f"Trained model: {out}" in result.output
     assert str(out / "adapter_model.safetensors") in result.output
     assert f"tensorboard --logdir {shlex.quote(str(out / 'runs'))}" in result.output
+
+
+def test_a_piped_training_log_is_plain_lines_without_cursor_codes(tiny_config):
+    """Piped (CI, `| tee`), the Trainer's eval bar nested in its training bar wrote ESC[A cursor-up codes and
+    carriage returns into the log: each logged step is a line of its own instead."""
+    path = tiny_config(max_steps=4, val_set_size=0.25, eval_steps=2, save_steps=2)
+    result = subprocess.run([*LLMKIT, "train", str(path)], cwd=ROOT, capture_output=True, timeout=300)
+    log = (result.stdout + result.stderr).decode()  # not text=True, which reads a lone \r as a newline
+    assert result.returncode == 0 and "\x1b[" not in log and "\r" not in log, log
+    assert sum("'eval_loss'" in line for line in log.splitlines()) == 3 and "'loss'" in log  # steps 0, 2, 4
+
+
+def test_on_a_terminal_training_shows_its_progress_bar(tiny_config):
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    terminal, tty = pty.openpty()
+    fcntl.ioctl(tty, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # a new pty is 0 columns: an empty bar
+    command = [*LLMKIT, "train", str(tiny_config(max_steps=4))]
+    # as a terminal's shell has it: a CliRunner test in this process set them (its stderr is no terminal)
+    env = {key: value for key, value in os.environ.items() if not key.endswith("_DISABLE_PROGRESS_BARS")}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=tty)
+    os.close(tty)
+    shown = b""
+    try:
+        while select.select([terminal], [], [], 300)[0]:
+            shown += os.read(terminal, 1 << 16)
+    except OSError:  # EIO: the process closed the terminal's other end
+        pass
+    finally:
+        os.close(terminal)
+    assert process.wait(timeout=60) == 0
+    assert b"4/4 [" in shown, shown  # tqdm's bar: optimizer steps done of the total
