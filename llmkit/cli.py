@@ -262,7 +262,7 @@ def train(
     from llmkit.config import ConfigError, load_config
     from llmkit.core.files import disk_full
     from llmkit.data import DataError
-    from llmkit.train import summary_table
+    from llmkit.train import print_summary
     from llmkit.train import train as run
     from llmkit.train.resume import discard_partial_checkpoint, interrupted_message
 
@@ -290,7 +290,7 @@ def train(
     if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns here; one summary is enough
         from rich.console import Console
 
-        Console().print(summary_table(out))
+        print_summary(out, Console())
 
 
 # --- data: llmkit/data/pipeline.py, llmkit/data/shipped.py ---------------------------------------------------------

@@ -74,14 +74,15 @@ def summarize(
     table = summary_table(Path(zip_path), manifest, problems, report, not_run=not_run, training_time=training_time)
     console.print(table)
     if manifest is not None and (warning := bundled_warning(manifest)):
-        console.print(Text(f"Warning: {warning}", "bold yellow"))
+        # soft_wrap: rich breaks no line (the terminal wraps on screen only), so a path or command stays whole
+        console.print(Text(f"Warning: {warning}", "bold yellow"), soft_wrap=True)
     failures = _failures(manifest, problems, report)
     if failures:
         kept = " The zip stays written; rebuild after fixing it." if built else ""
-        console.print(Text(f"✗ {zip_path}: " + "; ".join(failures) + "." + kept, "bold red"))
+        console.print(Text(f"✗ {zip_path}: " + "; ".join(failures) + "." + kept, "bold red"), soft_wrap=True)
         return 1
     smoke_note = "smoke test passed" if report is not None else "smoke test skipped"
-    console.print(Text(f"✓ {zip_path}: checks passed, {smoke_note}.", "bold green"))
+    console.print(Text(f"✓ {zip_path}: checks passed, {smoke_note}.", "bold green"), soft_wrap=True)
     return 0
 
 

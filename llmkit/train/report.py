@@ -111,15 +111,14 @@ def summarize(output_dir: str | Path) -> dict[str, Any]:
     }
 
 
-def summary_table(output_dir: str | Path) -> Any:
-    """`summarize` as a rich table, printed by `llmkit train` at the end (paths and names escaped, not markup)."""
+def _summary_table(summary: dict[str, Any]) -> Any:
+    """`summarize`'s numbers as a rich table (names escaped, not markup)."""
     from rich.markup import escape
     from rich.table import Table
 
-    summary = summarize(output_dir)
-    table = Table(title=escape(f"Trained model: {summary['output_dir']}"), show_header=False)
+    table = Table(title="Trained model", show_header=False)
     table.add_column(no_wrap=True)
-    table.add_column(overflow="fold")  # paths stay whole, folded over lines
+    table.add_column(overflow="fold")
 
     def loss(first: float | None, final: float | None) -> str:
         return "-" if final is None else f"{first:.4f} -> {final:.4f}"
@@ -137,8 +136,22 @@ def summary_table(output_dir: str | Path) -> Any:
         table.add_row(f"held-out {name} (first -> last)", f"{first:.3f} -> {final:.3f}")
     seconds = summary["train_seconds"]
     table.add_row("training time (last session)", "-" if seconds is None else f"{seconds:.0f} s")
-    table.add_row("weights", escape(summary["weights"] or "-"))
-    table.add_row("loss curve", escape(summary["loss_curve"]))
-    logdir = shlex.quote(str(Path(summary["output_dir"]) / "runs"))
-    table.add_row("TensorBoard", escape(f"tensorboard --logdir {logdir}"))
     return table
+
+
+def print_summary(output_dir: str | Path, console: Any) -> None:
+    """What `llmkit train` ends with: the numbers of `summarize` as a table, then the run's paths one per line, whole.
+
+    A table fits its cells to the terminal, so at 80 columns it folded a path over several lines that could not be
+    copied; soft-wrapped lines are never broken by rich (a narrow terminal wraps them on screen only)."""
+    summary = summarize(output_dir)
+    console.print(_summary_table(summary))
+    logdir = shlex.quote(str(Path(summary["output_dir"]) / "runs"))
+    paths = {
+        "output_dir": summary["output_dir"],
+        "weights": summary["weights"] or "-",
+        "loss curve": summary["loss_curve"],
+        "TensorBoard": f"tensorboard --logdir {logdir}",
+    }
+    for label, path in paths.items():
+        console.print(f"{label}: {path}", soft_wrap=True, markup=False, highlight=False)

@@ -219,6 +219,14 @@ def test_a_zip_that_cannot_be_opened_shows_that_one_problem(tmp_path):
     assert _cells(_row(done.stdout, "checks"))[1:] == ["✗", "", "1 problem(s), listed above"]
 
 
+def test_the_closing_line_gives_the_zip_path_whole_on_an_80_column_terminal(tmp_path):
+    """The closing line wrapped at 80 columns and folded a longer path over two lines: it could not be copied."""
+    zip_path = tmp_path / ("a-folder-name-long-enough-to-fold-" * 2) / "4090_submission_1.zip"
+    done = _llmkit("verify-submission", str(zip_path), env={"COLUMNS": "80"})
+    assert done.returncode == 1
+    assert f"✗ {zip_path}: 1 problem(s) found by verify-submission." in done.stdout.splitlines(), done.stdout
+
+
 def test_a_zip_name_with_brackets_is_printed_as_written(tmp_path):
     """The title read `[v2]` in the zip's name as rich markup and dropped it."""
     broken = tmp_path / "4090_submission_1[v2].zip"

@@ -14,7 +14,7 @@ from llmkit.config.schema import ConfigError, ConfigWarning, load_config
 from llmkit.data.pipeline import build_datasets
 from llmkit.data.tokenizer import load_tokenizer
 from llmkit.train.causal_lm_eval import CausalLMEval, HeldOutAnswer, exact_match, held_out_answers
-from llmkit.train.report import summary_table
+from llmkit.train.report import print_summary
 from llmkit.train.run import train
 
 
@@ -78,7 +78,7 @@ def test_training_logs_the_task_metric_beside_eval_loss(tiny_config):
     from rich.console import Console
 
     console = Console(width=120, record=True)
-    console.print(summary_table(out))
+    print_summary(out, console)
     assert "held-out exact_match (first -> last)" in console.export_text()
 
 

@@ -134,7 +134,7 @@ def test_a_best_checkpoint_published_instead_of_the_last_is_said_in_the_summary(
     steps run as if the last step's model were the one published."""
     from rich.console import Console
 
-    from llmkit.train import summary_table
+    from llmkit.train import print_summary
 
     keys = {"learning_rate": 0.05, "max_steps": 6, "val_set_size": 0.25, "eval_steps": 2, "save_steps": 2}
     out = train(load_config(tiny_config(**keys, load_best_model_at_end=True, early_stopping_patience=1)))
@@ -143,7 +143,7 @@ def test_a_best_checkpoint_published_instead_of_the_last_is_said_in_the_summary(
     best = min((step for step in evals if step > 0), key=evals.get)  # step 0 (eval_on_start) has no checkpoint
     assert best < state["global_step"] and state["best_global_step"] == best  # the divergent rate's best is early
     console = Console(record=True, width=200)
-    console.print(summary_table(out))
+    print_summary(out, console)
     text = console.export_text()
     rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in text.splitlines() if "│" in line}
     assert rows["published model"] == f"checkpoint of step {best}: best eval_loss {evals[best]:.4f}"
@@ -248,9 +248,26 @@ def test_the_cli_summary_gives_an_output_dir_with_brackets_as_written(tiny_confi
     out = tmp_path / "tr[v2]"
     result = CliRunner().invoke(app, ["train", str(tiny_config(output_dir=str(out)))], env={"COLUMNS": "400"})
     assert result.exit_code == 0, result.output
-    assert f"Trained model: {out}" in result.output
+    assert f"output_dir: {out}" in result.output
     assert str(out / "adapter_model.safetensors") in result.output
     assert f"tensorboard --logdir {shlex.quote(str(out / 'runs'))}" in result.output
+
+
+def test_the_summary_gives_each_path_whole_on_an_80_column_terminal(tiny_config, tmp_path):
+    """The summary's table folded the weights' path and the TensorBoard command over several lines at 80 columns:
+    neither could be copied."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    out = tmp_path / "a-folder-name-long-enough-to-need-more-than-one-table-cell-line"
+    result = CliRunner().invoke(app, ["train", str(tiny_config(output_dir=str(out)))], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for path in (out, out / "adapter_model.safetensors", out / "loss_curve.png"):
+        assert any(line.endswith(f": {path}") for line in lines), (path, result.output)
+    assert f"TensorBoard: tensorboard --logdir {shlex.quote(str(out / 'runs'))}" in lines
+    assert max(len(line) for line in lines if "│" in line) <= 80  # the table itself still fits the terminal
 
 
 def test_a_piped_training_log_is_plain_lines_without_cursor_codes(tiny_config):
