@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer._coercion
+from pydantic import ValidationError
 from typer.core import TyperArgument, TyperOption
 
 from llmkit.core.challenge import Loading, Track
 from llmkit.core.devices import Device, quiet_bitsandbytes_kernel_notice
+from llmkit.core.errors import error_message
 from llmkit.core.files import CacheError
 from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE
 from llmkit.core.processes import exit_on_sigterm, interrupted_exit_code
@@ -92,9 +95,17 @@ def _argument_usage(argument: TyperArgument) -> str:
     return name + ("..." if argument.nargs != 1 else "")
 
 
+def _option_error(err: ValidationError) -> str:
+    # typer 0.29 checks option values with pydantic and gives its first error as pydantic words it: a value outside
+    # the choices read "Invalid value for '--loading': Value error, 'xx' is not one of ...". Read it as llmkit reads
+    # every pydantic error (its exit status stays click's 2, a usage error).
+    return error_message(err.errors(include_url=False)[0])
+
+
 TyperOption.display_type_rich = _option_metavar
 TyperArgument.display_type_rich = lambda argument, ctx: None  # its metavar says what it is
 TyperArgument._usage_display_name = _argument_usage
+typer._coercion.get_error_msg = _option_error
 
 
 # --- serve: server/ --------------------------------------------------------------------------------------------------

@@ -50,3 +50,22 @@ def test_serve_shows_the_servers_own_help():
     assert direct.returncode == 0, direct.stderr
     assert served.split() == direct.stdout.split() and not ARTEFACTS.search(direct.stdout)  # wrapped to its width
     assert "--model str " in direct.stdout and "--port int " in direct.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ["submission", "--track", "4090", "--loading", "xx"],
+            "'--loading': 'xx' is not one of 'bf16', 'int8', 'nf4'.",
+        ),
+        (["bench", "--stage", "typing"], "'--stage': 'typing' is not one of 'serving', 'training', 'merging'."),
+        (["random-model", "x", "--out", "y", "--device", "tpu"], "'--device': 'tpu' is not one of 'auto', 'cpu',"),
+        (["bench", "--steps", "0"], "'--steps': Input should be greater than or equal to 1"),
+    ],
+)
+def test_a_bad_option_value_is_a_usage_error_in_plain_words(args, said):
+    """typer 0.29 checks option values with pydantic and showed its wording: "Value error, 'xx' is not one of"."""
+    result = CliRunner().invoke(app, args, prog_name="llmkit", env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for {said}" in result.output and "Value error" not in result.output, result.output
