@@ -19,7 +19,7 @@ import psutil
 
 from llmkit.core import devices
 from llmkit.core.challenge import HELM_CLIENT_THREADS
-from llmkit.core.models import PROMPT_LEARNING, LoadedModel, adapter_config, peft_type
+from llmkit.core.models import PROMPT_LEARNING, LoadedModel, peft_type
 from llmkit.server.protocol import ProcessRequest, ProcessResponse, Token
 from llmkit.server.sequence import RequestError, Scores, Sequence, UnknownModel
 from llmkit.server.settings import EngineName, ServerSettings
@@ -45,7 +45,7 @@ class Engine:
         self.adapters = settings.adapters  # name -> directory
         # An adapter peft applies to every row (load_engine lets it be the only one): the base is not served apart
         self.base_hidden_by = next(
-            (name for name, path in self.adapters.items() if applies_to_every_row(adapter_config(path))), None
+            (name for name, config in settings.adapter_configs.items() if applies_to_every_row(config)), None
         )
         self.position_limit = position_limit(loaded.source.path)
         if self.position_limit is not None and self.position_limit < settings.max_context:
@@ -310,8 +310,8 @@ def load_engine(settings: ServerSettings) -> Engine:
             adapters with DoRA, vLLM has no DoRA): merging it is how it gets served.
     """
     base_is_default = settings.default_adapter is not None and settings.default_adapter_name is None
-    for path in settings.adapters.values():
-        config = adapter_config(path)
+    for name, path in settings.adapters.items():
+        config = settings.adapter_configs[name]
         kind = peft_type(path, config)
         if config.get("use_dora"):
             raise ValueError(

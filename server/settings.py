@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from enum import Enum
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llmkit.core.challenge import CONTEXT_TOKENS
 from llmkit.core.devices import Device, Dtype, Quantization
-from llmkit.core.models import model_id
+from llmkit.core.models import adapter_config, model_id
 
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9_\-:/@+]+")
 
@@ -164,6 +165,12 @@ class ServerSettings(BaseSettings):
     def adapters(self) -> dict[str, str]:
         """The adapters to serve, name -> directory, in the order given."""
         return dict(_named(entry) for entry in self.adapter)
+
+    @cached_property
+    def adapter_configs(self) -> dict[str, dict]:
+        """Each adapter's adapter_config.json, name -> its settings, read once: load_engine checks them before the
+        model loads, and the engine looks in them for an adapter that hides the base model."""
+        return {name: adapter_config(path) for name, path in self.adapters.items()}
 
     @property
     def default_adapter_name(self) -> str | None:

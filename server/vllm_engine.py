@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 from llmkit.core import devices
-from llmkit.core.models import LoadedModel, adapter_config, resolve_model, tokenizer_dir
+from llmkit.core.models import LoadedModel, resolve_model, tokenizer_dir
 from llmkit.server.engine import Engine, leading_specials, position_limit
 from llmkit.server.protocol import ProcessRequest
 from llmkit.server.sequence import QueueFull, RequestError, RequestTimeout, Sequence, eos_ids
@@ -125,7 +125,7 @@ class VllmEngine(Engine):
             quantization=_vllm_quantization(settings.quantization.value),
             enable_lora=bool(adapters),
             max_loras=max(1, len(adapters)),
-            max_lora_rank=max(_lora_rank(path) for path in adapters.values()) if adapters else None,
+            max_lora_rank=max(map(_lora_rank, adapters.values(), settings.adapter_configs.values()), default=None),
             enforce_eager=not devices.is_cuda(device),  # CUDA graphs are a GPU feature
             disable_log_stats=True,
             seed=0,
@@ -315,8 +315,7 @@ def _check_cpu_head_size(args) -> None:
         )
 
 
-def _lora_rank(adapter: str) -> int:
-    config = adapter_config(adapter)
+def _lora_rank(adapter: str, config: dict) -> int:
     rank = max([config.get("r", 8), *(config.get("rank_pattern") or {}).values()])
     fitting = [r for r in LORA_RANKS if r >= rank]
     if not fitting:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmkit.server.__main__ import parse_settings
+from llmkit.server.engine import load_engine
 from llmkit.server.protocol import helm_body
+from llmkit.server.settings import ServerSettings
 
 ENGINES = ["builtin", "vllm"]  # as conftest.py's `server` fixture
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -199,3 +202,25 @@ def test_an_adapter_peft_applies_to_every_row_is_served_alone_and_hides_the_base
     assert [m["id"] for m in http.get(f"{server.url}/v1/models").json()["data"]] == ["vera"]
     refused = http.post(f"{server.url}/process", json=body, headers={"X-Adapter": MODEL})
     assert refused.status_code in (400, 404) and "peft applies adapter 'vera' to every request" in refused.text
+
+
+def test_start_up_reads_each_adapter_config_once_for_its_checks_and_the_base(tiny_model_dir, tmp_path, monkeypatch):
+    """load_engine's checks and the engine's choice to hide the base (a biased LoRA applies to every row) share one
+    read of adapter_config.json; the loader reads it once more before peft, to name what is wrong with it."""
+    torch.manual_seed(4)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"], bias="all")).save_pretrained(tmp_path / "biased")
+    reads: list[str] = []
+    read_text = Path.read_text
+
+    def counted(path: Path, *args, **kwargs) -> str:
+        reads.append(path.name)
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    engine = load_engine(ServerSettings(model=str(tiny_model_dir), adapter=[str(tmp_path / "biased")], device="cpu"))
+    try:
+        assert engine.model_names == ["biased"]  # the base is not served apart
+    finally:
+        engine.close()
+    assert reads.count("adapter_config.json") == 2
