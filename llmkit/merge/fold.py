@@ -174,7 +174,24 @@ def check_adapter_dir(adapter_dir: str | Path) -> Path:
             "parameters, which llmkit merge cannot fold (it merges adapters of linear and embedding layers); "
             "retrain without targeting the experts' names (gate_proj, up_proj, down_proj on this model)"
         )
+    for key, why_and_instead in _UNFOLDABLE.items():
+        if config.get(key):
+            raise ValueError(f"{path}/adapter_config.json has {key} {config[key]}: {why_and_instead}")
     return path.resolve()
+
+
+# LoRA features that no fold into the base's weights computes: key -> what it does, and what to do instead.
+_UNFOLDABLE = {
+    "alora_invocation_tokens": (
+        "an activated LoRA (aLoRA) acts only from those tokens on, weights folded into the base act on every token "
+        "(peft refuses to merge it too); use it unmerged with peft, which finds the invocation tokens in each input"
+    ),
+    "layer_replication": (
+        "LoRA on a base deepened by repeated layers that share the base's weights, into which no fold (peft's "
+        "merge_and_unload included) puts each copy's own delta; serve it unmerged (python -m llmkit.server --model "
+        "BASE --adapter DIR)"
+    ),
+}
 
 
 def _holds_full_model(path: Path) -> bool:

@@ -413,6 +413,24 @@ def test_an_adapter_whose_init_moved_the_base_is_refused_before_merging(init, ti
     assert "serve it unmerged" in said and not (adapter / "merged").exists()
 
 
+@pytest.mark.parametrize(
+    ("lora", "said"),
+    [
+        # aLoRA merged without a word: folded, it acts on every token, not from its invocation tokens on
+        ({"alora_invocation_tokens": [5, 6]}, "alora_invocation_tokens [5, 6]: an activated LoRA (aLoRA)"),
+        # it ended in "the base has no module model.layers.2.self_attn.q_proj"
+        ({"layer_replication": [[0, 2], [1, 2]]}, "layer_replication [[0, 2], [1, 2]]: LoRA on a base deepened"),
+    ],
+    ids=["alora", "layer_replication"],
+)
+def test_an_adapter_no_fold_computes_is_refused_naming_the_feature(lora, said, tiny_model_dir, tmp_path):
+    adapter = lora_adapter(tiny_model_dir, tmp_path / "adapter", target_modules=["q_proj"], **lora)
+    result = CliRunner().invoke(app, ["merge", "--adapter", str(adapter), "--base", str(tiny_model_dir)])
+    assert result.exit_code == 1, result.output
+    assert f"{adapter}/adapter_config.json has {said}" in " ".join(result.output.split())
+    assert "unmerged" in result.output and not (adapter / "merged").exists()
+
+
 def test_a_full_disk_is_named_and_leaves_nothing(adapters, tiny_model_dir, tmp_path, monkeypatch):
     """It said only "[Errno 28] No space left on device": no disk, no folder."""
     from llmkit.merge import weights
