@@ -343,4 +343,7 @@ def _unplaced_lora_weights(lm, adapter: str, name: str) -> list[str]:
 
     saved = adapter_weight_shapes(adapter).keys()
     placed = set(get_peft_model_state_dict(lm, adapter_name=name))
-    return sorted(key for key in saved - placed if ".lora_" in key)
+    # a file written from a PeftModel's state_dict names the adapter in its keys (lora_A.default.weight): peft loads
+    # such a key as it is, into the adapter of that name
+    named = {key for key in lm.state_dict() if f".{name}." in key or key.endswith(f".{name}")}
+    return sorted(key for key in saved - placed - named if ".lora_" in key)

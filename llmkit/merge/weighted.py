@@ -141,7 +141,13 @@ def merge_weighted(
     cfg = training_config(adapters[0])
     options = merge_options(dtype, cfg, base.path, nf4_roundtrip, verify, max_shard_size)
     for adapter in adapters:  # peft's own mismatch is a state-dict dump naming neither the adapter nor its base
-        plan_merge(base.path, adapter, options.dtype)
+        _, loaded, _ = plan_merge(base.path, adapter, options.dtype)
+        if loaded.named_key:  # peft loads such keys only under that name, and combining names each adapter its own
+            raise ValueError(
+                f"{adapter}: its weight {loaded.named_key} carries peft's adapter name 'default', which a weighted "
+                "merge cannot load (peft would combine the adapter without it); merge it alone, or save it again "
+                "with peft's save_pretrained (PeftModel.from_pretrained(base, DIR).save_pretrained(NEW_DIR))"
+            )
     inputs = {
         "base": fingerprint(base.path),
         "adapters": [fingerprint(a, ADAPTER_FILES) for a in adapters],

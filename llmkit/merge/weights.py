@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
@@ -33,9 +34,14 @@ _LORA_PARTS = {
     ".lora_B.weight": "b",
     ".lora_B.bias": "bias",
     ".lora_magnitude_vector": "magnitude",
+    ".lora_magnitude_vector.weight": "magnitude",  # as a PeftModel's state_dict names it (see _NAMED_LORA_KEY)
     ".lora_embedding_A": "a",
     ".lora_embedding_B": "b",
 }
+# peft's adapter name in a key: a PeftModel's state_dict has it (lora_A.default.weight), peft's saved files do not
+# (lora_A.weight). peft loads a file of such keys only under the name "default", and only into LoRA factors.
+_NAMED_LORA_KEY = re.compile(r"\.(lora_(?:A|B|embedding_A|embedding_B|magnitude_vector))\.default(?=\.|$)")
+_ADAPTER_NAME = re.compile(r"\.default(?=\.|$)")
 # peft wraps a trained module and saves its tensors under the wrapper's parts: `base_layer` (LoRA: the base weight
 # as training had it, resized embeddings), `modules_to_save` (a module trained in full: the trained copy, also saved
 # without the part). Each stands for the module's own tensor.
@@ -99,6 +105,7 @@ class Adapter:
     config: LoraConfig
     modules: dict[str, LoraModule]
     replacements: dict[str, torch.Tensor]  # full tensors (modules_to_save, resized embeddings) by base name
+    named_key: str | None = None  # a saved key with peft's adapter name in it (_NAMED_LORA_KEY), if any
 
 
 @dataclass(frozen=True)
@@ -182,8 +189,18 @@ def load_lora_adapter(adapter_dir: Path, layout: BaseLayout) -> Adapter:
         )
     modules: dict[str, LoraModule] = {}
     replacements: dict[str, torch.Tensor] = {}
+    named_key = None
     for key, tensor in read_adapter_weights(adapter_dir).items():
-        name = key.removeprefix(_PEFT_PREFIX)
+        saved = key.removeprefix(_PEFT_PREFIX)
+        name = _NAMED_LORA_KEY.sub(r".\1", saved)
+        if name != saved:
+            named_key = named_key or key
+        if _ADAPTER_NAME.search(name):
+            raise AdapterMismatchError(
+                f"{adapter_dir}: its weight {key} carries peft's adapter name 'default', which peft loads only on "
+                "LoRA factors (lora_A.default.weight) and fails on here; write the keys as peft's save_pretrained "
+                "does, without '.default'"
+            )
         part = next((suffix for suffix in _LORA_PARTS if name.endswith(suffix)), None)
         if part is None:
             if _UNTRAINED_COPY not in name:
@@ -197,7 +214,7 @@ def load_lora_adapter(adapter_dir: Path, layout: BaseLayout) -> Adapter:
         module.quantizable = path in layout.quantizable
     for module in modules.values():
         _configure(module, config, adapter_dir)
-    return Adapter(adapter_dir, config, modules, replacements)
+    return Adapter(adapter_dir, config, modules, replacements, named_key)
 
 
 def read_adapter_weights(adapter_dir: Path) -> dict[str, torch.Tensor]:

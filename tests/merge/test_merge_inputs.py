@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from test_merge import lora_adapter, peft_merged, saved_tensors
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -127,6 +127,30 @@ def test_a_pickled_adapter_model_bin_merges_like_its_safetensors(tiny_model_dir,
     (adapter / "adapter_model.bin").write_bytes(b"not a pickle")
     with pytest.raises(ValueError, match="adapter_model.bin cannot be read as a weights-only PyTorch file"):
         merge_adapter(tiny_model_dir, adapter, tmp_path / "broken", dtype="float32")
+
+
+def test_an_adapter_saved_from_a_peft_models_state_dict_merges_to_the_peft_models_logits(tiny_model_dir, tmp_path):
+    """Keys with peft's adapter name (lora_A.default.weight), which peft loads as the adapter "default": merge said
+    "...lora_A.default.weight is [8, 64] in the adapter but absent in the base"."""
+    adapter = lora_adapter(tiny_model_dir, tmp_path / "adapter", target_modules=["q_proj", "v_proj"], use_dora=True)
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter).eval()
+    named = {key: tensor for key, tensor in peft_model.state_dict().items() if ".lora_" in key}
+    assert all(".default" in key for key in named)
+    save_file(named, adapter / "adapter_model.safetensors")
+    report = merge_adapter(tiny_model_dir, adapter, tmp_path / "merged", dtype="float32")
+
+    assert report.verification["max_logit_diff"] < 1e-3
+    ids = torch.tensor([[1, 5, 9, 5, 6, 20, 30, 9, 40]])
+    with torch.no_grad():
+        expected = peft_model(ids).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")(ids).logits
+    assert (expected - base).abs().max() > 1e-3  # the adapter changes the model
+    torch.testing.assert_close(merged, expected, atol=1e-5, rtol=0)
+    spec = {"adapters": [str(adapter), str(adapter)], "weights": [0.5, 0.5], "out": str(tmp_path / "fused")}
+    message = rf"{adapter}: its weight \S+lora_A.default.weight carries peft's adapter name 'default', which a"
+    with pytest.raises(ValueError, match=message):  # peft loads it under another name: silently without it
+        merge_command(base=str(tiny_model_dir), dtype="float32", **spec)
 
 
 def test_weighted_merge_of_adapters_with_other_ranks_names_module_and_ranks(tiny_model_dir, tmp_path):
