@@ -183,14 +183,20 @@ def check_ranks(adapters: list[Path], combination_type: str) -> None:
 
 
 def check_no_modules_to_save(adapters: list[Path]) -> None:
-    """Refuse adapters with fully trained modules: peft's combination keeps the base's copy of such a module (the
-    trained one would be lost without a word), or fails on it."""
+    """Refuse adapters with fully trained modules or embedding rows: peft's combination keeps the base's copy of
+    such a module or row (the trained one would be lost without a word), or fails on it."""
     for adapter in adapters:
-        if modules := adapter_config(adapter).get("modules_to_save"):
+        config = adapter_config(adapter)
+        if modules := config.get("modules_to_save"):
             raise ValueError(
                 f"{adapter} trains {', '.join(modules)} fully (modules_to_save, axolotl's lora_modules_to_save): a "
                 "weighted merge cannot combine fully trained modules (peft keeps only the base's); merge that "
                 "adapter alone (llmkit merge --adapter DIR)"
+            )
+        if indices := config.get("trainable_token_indices"):
+            raise ValueError(
+                f"{adapter} trains embedding rows {indices} (trainable_token_indices): a weighted merge cannot "
+                "combine them (peft keeps the base's rows); merge that adapter alone (llmkit merge --adapter DIR)"
             )
 
 

@@ -42,6 +42,9 @@ _LORA_PARTS = {
 # (lora_A.weight). peft loads a file of such keys only under the name "default", and only into LoRA factors.
 _NAMED_LORA_KEY = re.compile(r"\.(lora_(?:A|B|embedding_A|embedding_B|magnitude_vector))\.default(?=\.|$)")
 _ADAPTER_NAME = re.compile(r"\.default(?=\.|$)")
+# peft's TrainableTokens (LoRA's trainable_token_indices): the trained rows of an embedding, which replace its rows at
+# the config's indices (peft's merge is an index_copy)
+_TOKEN_ROWS = ".token_adapter.trainable_tokens_delta"
 # peft wraps a trained module and saves its tensors under the wrapper's parts: `base_layer` (LoRA: the base weight
 # as training had it, resized embeddings), `modules_to_save` (a module trained in full: the trained copy, also saved
 # without the part). Each stands for the module's own tensor.
@@ -106,6 +109,8 @@ class Adapter:
     modules: dict[str, LoraModule]
     replacements: dict[str, torch.Tensor]  # full tensors (modules_to_save, resized embeddings) by base name
     named_key: str | None = None  # a saved key with peft's adapter name in it (_NAMED_LORA_KEY), if any
+    # trainable_token_indices: stored weight name -> (row indices, the trained rows) that replace those rows
+    token_rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,7 @@ def load_lora_adapter(adapter_dir: Path, layout: BaseLayout) -> Adapter:
     modules: dict[str, LoraModule] = {}
     replacements: dict[str, torch.Tensor] = {}
     named_key = None
+    token_rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for key, tensor in read_adapter_weights(adapter_dir).items():
         saved = key.removeprefix(_PEFT_PREFIX)
         name = _NAMED_LORA_KEY.sub(r".\1", saved)
@@ -201,6 +207,10 @@ def load_lora_adapter(adapter_dir: Path, layout: BaseLayout) -> Adapter:
                 "LoRA factors (lora_A.default.weight) and fails on here; write the keys as peft's save_pretrained "
                 "does, without '.default'"
             )
+        if name.endswith(_TOKEN_ROWS):
+            path = name.removesuffix(_TOKEN_ROWS)
+            token_rows[layout.stored(f"{path}.weight")] = (_token_indices(config, path, adapter_dir), tensor)
+            continue
         part = next((suffix for suffix in _LORA_PARTS if name.endswith(suffix)), None)
         if part is None:
             if _UNTRAINED_COPY not in name:
@@ -214,7 +224,19 @@ def load_lora_adapter(adapter_dir: Path, layout: BaseLayout) -> Adapter:
         module.quantizable = path in layout.quantizable
     for module in modules.values():
         _configure(module, config, adapter_dir)
-    return Adapter(adapter_dir, config, modules, replacements, named_key)
+    return Adapter(adapter_dir, config, modules, replacements, named_key, token_rows)
+
+
+def _token_indices(config: LoraConfig, module: str, adapter_dir: Path) -> torch.Tensor:
+    """The rows of `module` that trainable_token_indices trains: a list is the input embeddings', a dict maps a
+    module name (or a dotted suffix of it) to its own."""
+    indices = config.trainable_token_indices
+    if isinstance(indices, dict):
+        named = [rows for pattern, rows in indices.items() if module == pattern or module.endswith(f".{pattern}")]
+        indices = named[0] if named else None
+    if not indices:
+        raise AdapterMismatchError(f"{adapter_dir}: trainable_token_indices names no rows of {module}")
+    return torch.tensor(indices, dtype=torch.long)
 
 
 def read_adapter_weights(adapter_dir: Path) -> dict[str, torch.Tensor]:
@@ -392,6 +414,14 @@ def _check_fit(base_dir: Path, adapter: Adapter, shapes: dict, tied_embeddings: 
             )
         if module.bias is not None and f"{module.name}.bias" not in shapes:
             raise AdapterMismatchError(f"{where}: lora_bias on {module.name}, which has no bias in the base")
+    for name, (indices, rows) in adapter.token_rows.items():
+        weight = adapter.replacements.get(name)
+        shape = tuple(weight.shape) if weight is not None else shapes.get(name, (None, None))[1]
+        if shape is None or rows.shape[1:] != shape[1:] or len(rows) != len(indices) or indices.max() >= shape[0]:
+            raise AdapterMismatchError(
+                f"{where}: trainable tokens {indices.tolist()} of {name} are {list(rows.shape)} in the adapter but "
+                f"{list(shape) if shape else 'absent'} in the base"
+            )
     for name, tensor in adapter.replacements.items():
         base = shapes.get(name)
         untied_head = base is None and tied_embeddings and name.endswith("lm_head.weight")
@@ -415,6 +445,9 @@ def merged_tensor(plan: TensorPlan, adapter: Adapter, nf4: Callable | None) -> t
     replaced = plan.name in adapter.replacements  # saved whole (modules_to_save, resized embeddings)
     stored = adapter.replacements[plan.name] if replaced else read_tensor(plan.source_file, plan.source or plan.name)
     tensor = stored.to(plan.dtype)  # peft merges into the base as loaded in the merge dtype; so do we
+    if plan.name in adapter.token_rows:  # trainable_token_indices: the trained rows replace the base's
+        indices, rows = adapter.token_rows[plan.name]
+        tensor = tensor.index_copy(0, indices, rows.to(plan.dtype))
     module = adapter.modules.get(plan.name.removesuffix(".weight")) if plan.name.endswith(".weight") else None
     if module is not None:
         # the weights training saw in 4 bits; a Conv1D had become a Linear4bit, its weight transposed

@@ -129,6 +129,37 @@ def test_a_pickled_adapter_model_bin_merges_like_its_safetensors(tiny_model_dir,
         merge_adapter(tiny_model_dir, adapter, tmp_path / "broken", dtype="float32")
 
 
+@pytest.mark.parametrize(
+    ("family", "indices"), [("tied", [1, 5, 9]), ("llama", {"embed_tokens": [2, 7]})], ids=["tied_list", "dict"]
+)
+def test_trainable_token_indices_merge_to_the_peft_models_logits(
+    family, indices, tiny_model_dir, tiny_family_dir, tmp_path
+):
+    """peft's TrainableTokens inside LoRA: merge said "...token_adapter.trainable_tokens_delta is [3, 64] in the
+    adapter but absent in the base"; peft's merge writes the trained rows into the embeddings."""
+    base = tiny_model_dir if family == "tied" else tiny_family_dir(family)
+    adapter = lora_adapter(base, tmp_path / "adapter", target_modules=["q_proj"], trainable_token_indices=indices)
+    weights = adapter / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    key = "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"
+    tensors[key] += 0.5 * torch.randn_like(tensors[key])  # peft starts the rows at the base's: trained ones differ
+    save_file(tensors, weights)
+    report = merge_adapter(base, adapter, tmp_path / "merged", dtype="float32")
+
+    assert report.verification["max_logit_diff"] < 1e-3
+    ids = torch.tensor([[1, 5, 9, 2, 7, 20, 30, 9, 40]])
+    with torch.no_grad():
+        expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).eval()(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")(ids).logits
+    torch.testing.assert_close(merged, expected, atol=1e-5, rtol=0)
+    rows = sorted(indices if isinstance(indices, list) else indices["embed_tokens"])
+    changed = (saved_tensors(tmp_path / "merged")[EMBED] != saved_tensors(base)[EMBED]).any(dim=1)
+    assert changed.nonzero().flatten().tolist() == rows
+    spec = {"adapters": [str(adapter), str(adapter)], "weights": [0.5, 0.5], "out": str(tmp_path / "fused")}
+    with pytest.raises(ValueError, match=rf"{adapter} trains embedding rows .* merge that adapter alone"):
+        merge_command(base=str(base), dtype="float32", **spec)  # peft's combination kept the base's rows
+
+
 def test_an_adapter_saved_from_a_peft_models_state_dict_merges_to_the_peft_models_logits(tiny_model_dir, tmp_path):
     """Keys with peft's adapter name (lora_A.default.weight), which peft loads as the adapter "default": merge said
     "...lora_A.default.weight is [8, 64] in the adapter but absent in the base"."""
