@@ -342,15 +342,16 @@ def _disk_full_named(out_dir: Path) -> Iterator[None]:
 
 
 def plan_merge(
-    base_dir: Path, adapter_dir: Path, dtype: torch.dtype
+    base_dir: Path, adapter_files: Path | mw.AdapterFiles, dtype: torch.dtype
 ) -> tuple[PretrainedConfig, mw.Adapter, list[mw.TensorPlan]]:
-    """The base's config, the adapter read, and the merged model's tensors (`mw.plan_tensors`); raises
-    `AdapterMismatchError` where the adapter does not fit the base, naming both and the module."""
+    """The base's config, the adapter (its directory, or its files as read), and the merged model's tensors
+    (`mw.plan_tensors`); raises `AdapterMismatchError` where the adapter does not fit the base, naming both and the
+    module."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(base_dir)
     layout = mw.base_layout(base_dir)
-    adapter = mw.load_lora_adapter(adapter_dir, layout)
+    adapter = mw.load_lora_adapter(adapter_files, layout)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     return config, adapter, mw.plan_tensors(base_dir, adapter, dtype, layout, tied)
 

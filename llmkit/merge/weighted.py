@@ -31,7 +31,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmkit.core.errors import problems
-from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE, adapter_config, resolve_model
+from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE, resolve_model
+from llmkit.merge import weights as mw
 from llmkit.merge.fold import (
     ADAPTER_FILES,
     TOKENIZER_FILES,
@@ -45,7 +46,6 @@ from llmkit.merge.fold import (
     trained_on,
     training_config,
 )
-from llmkit.merge.weights import first_non_finite, lora_ranks
 
 LOG = logging.getLogger(__name__)
 
@@ -134,20 +134,15 @@ def merge_weighted(
 ) -> MergeReport:
     """Combine `spec.adapters` into one adapter and merge it into the base; arguments as `merge_adapter`'s."""
     adapters = [check_adapter_dir(a.path) for a in spec.adapters]
-    check_ranks(adapters, spec.combination_type)
-    check_no_modules_to_save(adapters)
+    read = [mw.read_lora_adapter(adapter) for adapter in adapters]  # each adapter's files, read once for all below
+    check_ranks(read, spec.combination_type)
+    check_combinable(read)
     check_merge_target(Path(out_dir), adapters, max_shard_size)  # before a base model is downloaded
     base = resolve_model(spec.base_model or trained_on(adapters[0]))
     cfg = training_config(adapters[0])
     options = merge_options(dtype, cfg, base.path, nf4_roundtrip, verify, max_shard_size)
-    for adapter in adapters:  # peft's own mismatch is a state-dict dump naming neither the adapter nor its base
-        _, loaded, _ = plan_merge(base.path, adapter, options.dtype)
-        if loaded.named_key:  # peft loads such keys only under that name, and combining names each adapter its own
-            raise ValueError(
-                f"{adapter}: its weight {loaded.named_key} carries peft's adapter name 'default', which a weighted "
-                "merge cannot load (peft would combine the adapter without it); merge it alone, or save it again "
-                "with peft's save_pretrained (PeftModel.from_pretrained(base, DIR).save_pretrained(NEW_DIR))"
-            )
+    while read:  # peft's own mismatch is a state-dict dump naming neither the adapter nor its base
+        plan_merge(base.path, read.pop(0), options.dtype)  # let go once checked: peft reads them to combine them
     inputs = {
         "base": fingerprint(base.path),
         "adapters": [fingerprint(a, ADAPTER_FILES) for a in adapters],
@@ -165,38 +160,44 @@ def merge_weighted(
     )
 
 
-def check_ranks(adapters: list[Path], combination_type: str) -> None:
+def check_ranks(adapters: list[mw.AdapterFiles], combination_type: str) -> None:
     """Refuse, naming the module and its ranks, what peft would fail on with a bare tensor-size error."""
     if combination_type not in _SAME_RANK:
         return
-    first, first_ranks = adapters[0], lora_ranks(adapters[0])
+    first, first_ranks = adapters[0].path, mw.lora_ranks(adapters[0])
     for adapter in adapters[1:]:
-        ranks = lora_ranks(adapter)
+        ranks = mw.lora_ranks(adapter)
         for module in sorted(first_ranks.keys() & ranks.keys()):
             if first_ranks[module] != ranks[module]:
                 raise ValueError(
-                    f"peft cannot combine {first} and {adapter} with combination_type {combination_type}: "
+                    f"peft cannot combine {first} and {adapter.path} with combination_type {combination_type}: "
                     f"{module} has rank {first_ranks[module]} in the first but {ranks[module]} in the second "
                     f"(r or rank_pattern), and {combination_type} needs one rank per module; use cat (the ranks add "
                     "up) or an svd type (svd, ties_svd, dare_ties_svd, ...: re-factored to one rank)"
                 )
 
 
-def check_no_modules_to_save(adapters: list[Path]) -> None:
+def check_combinable(adapters: list[mw.AdapterFiles]) -> None:
     """Refuse adapters with fully trained modules or embedding rows: peft's combination keeps the base's copy of
-    such a module or row (the trained one would be lost without a word), or fails on it."""
+    such a module or row (the trained one would be lost without a word), or fails on it; and keys with peft's
+    adapter name, which peft loads only under that name (each adapter is combined under a name of its own)."""
     for adapter in adapters:
-        config = adapter_config(adapter)
-        if modules := config.get("modules_to_save"):
+        if modules := adapter.config.modules_to_save:
             raise ValueError(
-                f"{adapter} trains {', '.join(modules)} fully (modules_to_save, axolotl's lora_modules_to_save): a "
-                "weighted merge cannot combine fully trained modules (peft keeps only the base's); merge that "
-                "adapter alone (llmkit merge --adapter DIR)"
+                f"{adapter.path} trains {', '.join(modules)} fully (modules_to_save, axolotl's "
+                "lora_modules_to_save): a weighted merge cannot combine fully trained modules (peft keeps only the "
+                "base's); merge that adapter alone (llmkit merge --adapter DIR)"
             )
-        if indices := config.get("trainable_token_indices"):
+        if indices := adapter.config.trainable_token_indices:
             raise ValueError(
-                f"{adapter} trains embedding rows {indices} (trainable_token_indices): a weighted merge cannot "
+                f"{adapter.path} trains embedding rows {indices} (trainable_token_indices): a weighted merge cannot "
                 "combine them (peft keeps the base's rows); merge that adapter alone (llmkit merge --adapter DIR)"
+            )
+        if key := adapter.named_key:
+            raise ValueError(
+                f"{adapter.path}: its weight {key} carries peft's adapter name 'default', which a weighted merge "
+                "cannot load (peft would combine the adapter without it); merge it alone, or save it again with "
+                "peft's save_pretrained (PeftModel.from_pretrained(base, DIR).save_pretrained(NEW_DIR))"
             )
 
 
@@ -223,7 +224,7 @@ def combine_adapters(spec: WeightedMerge, base_dir: Path, dtype: torch.dtype, ou
     except ValueError as err:
         raise ValueError(f"peft cannot combine {[str(a.path) for a in spec.adapters]}: {err}") from err
     # finite weights still overflow: peft scales each adapter's factors by sqrt(weight), in float32
-    if bad := first_non_finite(get_peft_model_state_dict(peft_model, adapter_name="weighted")):
+    if bad := mw.first_non_finite(get_peft_model_state_dict(peft_model, adapter_name="weighted")):
         weights = ", ".join(f"{a.weight:g}" for a in spec.adapters)
         raise ValueError(
             f"peft's {spec.combination_type} combination with weights {weights} is not finite: {bad}; "

@@ -25,7 +25,7 @@ from peft.utils.other import get_pattern_key
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from llmkit.core.models import ADAPTER_WEIGHTS, PROMPT_LEARNING, adapter_config, adapter_weight_shapes, peft_type
+from llmkit.core.models import ADAPTER_WEIGHTS, PROMPT_LEARNING, adapter_config, peft_type
 
 _PEFT_PREFIX = "base_model.model."
 # adapter key suffix -> LoraModule field; any other adapter tensor replaces the base tensor of the same name
@@ -108,7 +108,6 @@ class Adapter:
     config: LoraConfig
     modules: dict[str, LoraModule]
     replacements: dict[str, torch.Tensor]  # full tensors (modules_to_save, resized embeddings) by base name
-    named_key: str | None = None  # a saved key with peft's adapter name in it (_NAMED_LORA_KEY), if any
     # trainable_token_indices: stored weight name -> (row indices, the trained rows) that replace those rows
     token_rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
@@ -178,11 +177,29 @@ def _stored_modules(architecture: str, model_type: str | None, stored: Iterable[
     return modules
 
 
-def load_lora_adapter(adapter_dir: Path, layout: BaseLayout) -> Adapter:
-    """Read a peft LoRA adapter directory (config + weights) into per-module factors; `layout` is the base's."""
+@dataclass
+class AdapterFiles:
+    """A LoRA adapter folder as read, once, for every check and the merge (`read_lora_adapter`)."""
+
+    path: Path
+    config: LoraConfig
+    tensors: dict[str, torch.Tensor]  # as saved: base_model.model.<module>.lora_A.weight, ...
+
+    def names(self) -> Iterator[tuple[str, str]]:
+        """Each saved key with the name the merge reads it by: without peft's prefix and adapter name."""
+        for key in self.tensors:
+            yield key, _NAMED_LORA_KEY.sub(r".\1", key.removeprefix(_PEFT_PREFIX))
+
+    @property
+    def named_key(self) -> str | None:
+        """The first saved key with peft's adapter name in it (lora_A.default.weight), if any."""
+        return next((key for key, name in self.names() if name != key.removeprefix(_PEFT_PREFIX)), None)
+
+
+def read_lora_adapter(adapter_dir: Path) -> AdapterFiles:
+    """A peft LoRA adapter directory's config and weights; any other method is refused, saying what to do instead."""
     kind = peft_type(adapter_dir, adapter_config(adapter_dir))
-    config = LoraConfig.from_pretrained(adapter_dir) if kind == "LORA" else None
-    if config is None:
+    if kind != "LORA":
         how = (
             "use it with peft's own generate (its virtual tokens cannot be folded into weights, nor served here)"
             if kind in PROMPT_LEARNING
@@ -192,24 +209,26 @@ def load_lora_adapter(adapter_dir: Path, layout: BaseLayout) -> Adapter:
             f"{adapter_dir} is a {kind} adapter; only LoRA/QLoRA adapters (DoRA and rsLoRA included) can be "
             f"merged: {how}"
         )
+    return AdapterFiles(adapter_dir, LoraConfig.from_pretrained(adapter_dir), read_adapter_weights(adapter_dir))
+
+
+def load_lora_adapter(adapter: Path | AdapterFiles, layout: BaseLayout) -> Adapter:
+    """A peft LoRA adapter (its directory, or its files as read) as per-module factors; `layout` is the base's."""
+    files = adapter if isinstance(adapter, AdapterFiles) else read_lora_adapter(adapter)
     modules: dict[str, LoraModule] = {}
     replacements: dict[str, torch.Tensor] = {}
-    named_key = None
     token_rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for key, tensor in read_adapter_weights(adapter_dir).items():
-        saved = key.removeprefix(_PEFT_PREFIX)
-        name = _NAMED_LORA_KEY.sub(r".\1", saved)
-        if name != saved:
-            named_key = named_key or key
+    for key, name in files.names():
+        tensor = files.tensors[key]
         if _ADAPTER_NAME.search(name):
             raise AdapterMismatchError(
-                f"{adapter_dir}: its weight {key} carries peft's adapter name 'default', which peft loads only on "
+                f"{files.path}: its weight {key} carries peft's adapter name 'default', which peft loads only on "
                 "LoRA factors (lora_A.default.weight) and fails on here; write the keys as peft's save_pretrained "
                 "does, without '.default'"
             )
         if name.endswith(_TOKEN_ROWS):
             path = name.removesuffix(_TOKEN_ROWS)
-            token_rows[layout.stored(f"{path}.weight")] = (_token_indices(config, path, adapter_dir), tensor)
+            token_rows[layout.stored(f"{path}.weight")] = (_token_indices(files.config, path, files.path), tensor)
             continue
         part = next((suffix for suffix in _LORA_PARTS if name.endswith(suffix)), None)
         if part is None:
@@ -223,8 +242,8 @@ def load_lora_adapter(adapter_dir: Path, layout: BaseLayout) -> Adapter:
         module.conv1d = path in layout.conv1d
         module.quantizable = path in layout.quantizable
     for module in modules.values():
-        _configure(module, config, adapter_dir)
-    return Adapter(adapter_dir, config, modules, replacements, named_key, token_rows)
+        _configure(module, files.config, files.path)
+    return Adapter(files.path, files.config, modules, replacements, token_rows)
 
 
 def _token_indices(config: LoraConfig, module: str, adapter_dir: Path) -> torch.Tensor:
@@ -272,13 +291,13 @@ def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def lora_ranks(adapter_dir: Path) -> dict[str, int]:
-    """Each wrapped module's LoRA rank (its lora_A's rows: rank_pattern included), without reading the tensors."""
+def lora_ranks(adapter: AdapterFiles) -> dict[str, int]:
+    """Each wrapped module's LoRA rank (its lora_A's rows: rank_pattern included)."""
     ranks = {}
-    for key, shape in adapter_weight_shapes(adapter_dir).items():
+    for key, name in adapter.names():
         for suffix in (".lora_A.weight", ".lora_embedding_A"):
-            if key.endswith(suffix):
-                ranks[key.removeprefix(_PEFT_PREFIX).removesuffix(suffix)] = shape[0]
+            if name.endswith(suffix):
+                ranks[name.removesuffix(suffix)] = adapter.tensors[key].shape[0]
     return ranks
 
 

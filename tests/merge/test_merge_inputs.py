@@ -200,6 +200,30 @@ def test_weighted_merge_of_adapters_with_other_ranks_names_module_and_ranks(tiny
     assert report.verification["max_logit_diff"] < 1e-3
 
 
+def test_a_weighted_merge_reads_each_adapters_weights_once(tiny_model_dir, tmp_path, monkeypatch):
+    """It read each adapter's weights twice before peft loads them: for the ranks, then for the fit to the base."""
+    import safetensors
+
+    from llmkit.merge import weights
+
+    first = lora_adapter(tiny_model_dir, tmp_path / "a", target_modules=["q_proj"])
+    second = lora_adapter(tiny_model_dir, tmp_path / "b", target_modules=["q_proj"], seed=1)
+    opened = []
+    for module, name in [(weights, "load_file"), (weights, "safe_open"), (safetensors, "safe_open")]:
+        original = getattr(module, name)
+        monkeypatch.setattr(
+            module,
+            name,
+            lambda file, *args, _read=original, **kw: opened.append(Path(file)) or _read(file, *args, **kw),
+        )
+    spec = {"adapters": [str(first), str(second)], "weights": [0.5, 0.5], "out": str(tmp_path / "fused")}
+    report, _ = merge_command(base=str(tiny_model_dir), dtype="float32", **spec)
+
+    assert report.verification["max_logit_diff"] < 1e-3
+    for adapter in (first, second):
+        assert opened.count(adapter / "adapter_model.safetensors") == 1
+
+
 def test_weighted_merge_refuses_fully_trained_modules(tiny_model_dir, tmp_path):
     first = lora_adapter(tiny_model_dir, tmp_path / "a", modules_to_save=["lm_head"])
     second = lora_adapter(tiny_model_dir, tmp_path / "b")
