@@ -47,7 +47,8 @@ def _one_line(content: str) -> str:
     """An instruction's value with its continuation lines joined by one space each (dockerfile-parse keeps their
     indentation), so `RUN a \\ <newline> && b` reads `a && b`."""
     lines = (line.strip().removesuffix("\\").strip() for line in content.splitlines())
-    return " ".join(line for line in lines if line).partition(" ")[2].strip()
+    keyword_and_value = " ".join(line for line in lines if line).split(maxsplit=1)  # any whitespace, as docker reads
+    return keyword_and_value[1].strip() if len(keyword_and_value) == 2 else ""
 
 
 def final_stage(instructions: list[Instruction]) -> list[Instruction]:

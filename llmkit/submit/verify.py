@@ -325,7 +325,7 @@ def _dockerfile_rules(instructions: list[Instruction]) -> list[str]:
             "(ENV HF_HUB_OFFLINE=1 after the weights are in the image)"
         )
     health = last(stage, "HEALTHCHECK")
-    if health is None or " CMD " not in f" {health.value} ":
+    if health is None or "CMD" not in health.value.upper().split():  # its options, then CMD and the command
         problems.append("Dockerfile: no HEALTHCHECK ... CMD")
     user = last(stage, "USER")
     if user is None or user.value.split(":")[0] in ("root", "0"):

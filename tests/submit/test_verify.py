@@ -184,6 +184,15 @@ def test_harness_requirements_of_the_dockerfile(good_zip, tmp_path, rewrite_zip)
     assert any("hadolint:" in p and "DL3002" in p for p in problems)  # hadolint: last USER should not be root
 
 
+def test_a_tab_after_a_keyword_reads_as_docker_reads_it(good_zip, tmp_path, rewrite_zip):
+    """docker splits an instruction's keyword from its value on any whitespace: `CMD\t[...]` is exec form."""
+    with zipfile.ZipFile(good_zip) as archive:
+        dockerfile = archive.read("Dockerfile").decode()
+    tabbed = dockerfile.replace("CMD [", "CMD\t[").replace("EXPOSE ", "EXPOSE\t")
+    assert tabbed.count("\t") >= 2
+    assert verify_submission(rewrite_zip(good_zip, tmp_path / "tabs.zip", {"Dockerfile": tabbed.encode()})) == []
+
+
 def test_shell_form_cmd_is_reported(good_zip, tmp_path, rewrite_zip):
     with zipfile.ZipFile(good_zip) as archive:
         dockerfile = archive.read("Dockerfile").decode()
