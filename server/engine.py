@@ -325,16 +325,16 @@ def load_engine(settings: ServerSettings) -> Engine:
                 "adapter or the base model would get it too): serve it alone (it is then the default), or, a LoRA, "
                 "merge it and serve the merged folder"
             )
-        if settings.engine is EngineName.vllm and kind != "LORA":
-            raise ValueError(
-                f"Adapter {path} is {kind}; vLLM serves LoRA adapters only: serve it with the built-in engine "
-                "(--engine builtin)"
-            )
         if kind in PROMPT_LEARNING:
             raise ValueError(
                 f"Adapter {path} is {kind} (prompt learning), which this server cannot apply: peft's "
                 "forward adds its virtual tokens again at every cached decoding step, so the answers would not be "
                 "the adapter's. Use it with peft's own generate"
+            )
+        if settings.engine is EngineName.vllm and kind != "LORA":
+            raise ValueError(
+                f"Adapter {path} is {kind}; vLLM serves LoRA adapters only: serve it with the built-in engine "
+                "(--engine builtin)"
             )
         if config.get("modules_to_save") and len(settings.adapters) > 1:
             # peft's per-row forward looks the module up for every adapter in the batch: the others' rows failed

@@ -272,6 +272,11 @@ def test_adapters_no_server_can_apply_end_in_one_message(python, tmp_path, tiny_
         assert message in result.stderr and "Traceback" not in result.stderr
         error = result.stderr[result.stderr.index("Error: cannot serve: ") :]
         assert error.count("\n") == 1, error  # one line: torch's list of every mismatched tensor is cut short
+    # Under vLLM: an adapter no engine serves is refused for that reason, not sent to the built-in engine.
+    for name, message in {"prompt": says["prompt"], "vera": "is VERA; vLLM serves LoRA adapters only"}.items():
+        flags = ["--model", str(tiny_model_dir), "--adapter", str(tmp_path / name), "--engine", "vllm"]
+        result = subprocess.run([python, "-m", "llmkit.server", *flags], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1 and message in result.stderr, result.stderr
 
 
 def test_an_address_it_cannot_listen_on_is_one_message_before_loading(python, tiny_model_dir):
