@@ -378,11 +378,11 @@ def merge(
     _logging()
     from rich.console import Console
 
-    from llmkit.merge import merge_command, report_table
-
     stopped = "interrupted: no merged model was written (its temporary folder is removed); rerun the same command"
     # bad input, mismatch, failed verification: the message says which
     with _one_line_errors(ValueError, OSError, RuntimeError, interrupted=stopped):
+        from llmkit.merge import merge_command, print_report  # seconds of imports: Ctrl-C there is said too
+
         report, uploaded = merge_command(
             config,
             base=base,
@@ -399,7 +399,7 @@ def merge(
             verify=not no_verify,
             max_shard_size=max_shard_size,
         )
-    Console().print(report_table(report, uploaded, hub_model_id))
+    print_report(report, uploaded, hub_model_id, Console())
 
 
 # --- submission: submit/ ---------------------------------------------------------------------------------------------

@@ -105,18 +105,16 @@ def _flags_spec(**fields):
         raise ValueError("\n".join(lines)) from None
 
 
-def report_table(report: MergeReport, uploaded: list[dict] | None, hub_model_id: str | None = None):
-    """A rich table of what was merged, how it checked out, and what was (or would be) uploaded; paths and ids are
-    escaped, not read as rich markup."""
+def print_report(report: MergeReport, uploaded: list[dict] | None, hub_model_id: str | None, console) -> None:
+    """What `llmkit merge` ends with: a rich table of how the merge checked out and what was (or would be)
+    uploaded, then the merged folder, the base and the adapter one per line, whole (a table folds a long path over
+    lines that cannot be copied; a soft-wrapped line rich never breaks)."""
     from rich.markup import escape
     from rich.table import Table
 
-    title = escape(f"Merged model: {report.out_dir}") + (" (unchanged, skipped)" if report.skipped else "")
-    table = Table(show_header=False, title=title)
+    table = Table(show_header=False, title="Merged model" + (" (unchanged, skipped)" if report.skipped else ""))
     table.add_column(no_wrap=True)
-    table.add_column(overflow="fold")  # paths stay whole, folded over lines
-    table.add_row("base", escape(report.base))
-    table.add_row("adapter", escape(report.adapter))
+    table.add_column(overflow="fold")
     table.add_row("dtype", report.dtype + (", 4-bit round-trip of targeted weights" if report.nf4_roundtrip else ""))
     table.add_row("size", f"{report.size_bytes / 1e6:,.1f} MB in {len(report.files)} files")
     table.add_row("time", f"{report.seconds:.1f} s")
@@ -139,4 +137,6 @@ def report_table(report: MergeReport, uploaded: list[dict] | None, hub_model_id:
             escape(f"hub {hub_model_id}"),
             escape(f"{len(uploaded)} files, {total:,.1f} MB: " + ", ".join(f["path"] for f in uploaded)),
         )
-    return table
+    console.print(table)
+    for label, path in {"merged model": report.out_dir, "base": report.base, "adapter": report.adapter}.items():
+        console.print(f"{label}: {path}", soft_wrap=True, markup=False, highlight=False)

@@ -363,14 +363,18 @@ def test_weighted_ties_merge_from_yaml(adapters, tiny_model_dir, tmp_path):
         load_weighted(fusion)
 
 
-def test_the_report_gives_paths_with_brackets_as_written(adapters, tmp_path):
-    """Rich read `[v2]` as markup: `merge --adapter "ad[v2]" --out "m[v2]"` printed `Merged model: m`."""
-    adapter, out = shutil.copytree(adapters["plain"], tmp_path / "ad[v2]"), tmp_path / "m[v2]"
+def test_the_report_gives_paths_whole_and_with_brackets_as_written(adapters, tmp_path):
+    """Rich read `[v2]` as markup: `merge --adapter "ad[v2]" --out "m[v2]"` printed `Merged model: m`. At 80
+    columns the table folded a long path over lines that could not be copied."""
+    deep = tmp_path / ("long-folder-name-" * 4)
+    adapter, out = shutil.copytree(adapters["plain"], deep / "ad[v2]"), deep / "m[v2]"
     result = CliRunner().invoke(
-        app, ["merge", "--adapter", str(adapter), "--out", str(out), "--no-verify"], env={"COLUMNS": "400"}
+        app, ["merge", "--adapter", str(adapter), "--out", str(out), "--no-verify"], env={"COLUMNS": "80"}
     )
     assert result.exit_code == 0, result.output
-    assert f"Merged model: {out}" in result.output and str(adapter) in result.output
+    lines = result.output.splitlines()
+    assert f"merged model: {out}" in lines and f"adapter: {adapter}" in lines, result.output
+    assert len(str(out)) > 80 and all(len(line) <= 80 for line in lines if "│" in line)
 
 
 def test_bad_adapter_paths_fail_clearly(tiny_model_dir, tmp_path):
