@@ -3,6 +3,7 @@ train it on, configs written to tmp_path, and a real server on a loopback port."
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import os
@@ -27,6 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # Seconds one HTTP request of a test may take (httpx's default is 5 s): generous, because a loaded 2-core machine
 # without a GPU can take minutes for a long generation. A test that hangs is still stopped by pytest-timeout.
 HTTP_TIMEOUT = 300.0
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Freeze what collection made (the imported libraries: over half a million objects) out of the garbage
+    collector's view. transformers' Trainer runs a full `gc.collect()` at the start of every `train()`, and the suite
+    trains many times: each collection then walks only what the tests made since, which took a fifth off the CPU time
+    of the training tests."""
+    gc.collect()
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

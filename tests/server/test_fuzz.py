@@ -141,11 +141,12 @@ def test_unknown_field_names_never_reach_a_header_raw(connection):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_schemathesis_finds_no_server_error_and_no_undeclared_answer(server, tmp_path):
-    """Fuzz every operation from the server's own OpenAPI schema (seed 42, 30 examples per operation)."""
+    """Fuzz every operation from the server's own OpenAPI schema (seed 42, 15 examples per operation: the
+    hostile cases above are written out; this looks for what they missed, within the suite's time)."""
     st = Path(sys.executable).with_name("st")
     checks = "not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance"
     result = subprocess.run(
-        [str(st), "run", f"{server.url}/openapi.json", "--seed", "42", "--max-examples", "30", "--checks", checks,
+        [str(st), "run", f"{server.url}/openapi.json", "--seed", "42", "--max-examples", "15", "--checks", checks,
          "--request-timeout", "300", "--no-color",
          # GET /v1/models/{model}: most generated strings cannot be a URL path segment and are filtered out
          "--suppress-health-check", "filter_too_much"],
