@@ -7,7 +7,10 @@ import codecs
 import csv
 import glob
 import json
+import lzma
+import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,10 +99,22 @@ def _builder(spec: DatasetSpec, local: Path) -> str | None:
     return spec.ds_type.value if spec.ds_type else data_file_builder(local.name)
 
 
-def _open(path: Path, mode: str = "rb", **text: Any) -> Any:
+# What reading a file raises when its bytes cannot be had: gzip's BadGzipFile and bz2's invalid stream (OSErrors),
+# a truncated stream (EOFError), corrupt deflate or xz data.
+_UNREADABLE = (OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
+@contextmanager
+def open_data_file(path: Path, mode: str = "rb", **text: Any) -> Iterator[Any]:
     """A data file, decompressed where its suffix names a compression (its text is checked and read as datasets
-    reads it); `text`: open()'s encoding, errors..."""
-    return COMPRESSIONS.get(path.suffix.lower(), open)(path, mode, **text)
+    reads it); `text`: open()'s encoding, errors... A file that cannot be read or decompressed, at opening or while
+    it is read, is a DataError naming it (the exception escaped as a traceback, or as click's bare "Aborted.").
+    """
+    try:
+        with COMPRESSIONS.get(path.suffix.lower(), open)(path, mode, **text) as file:
+            yield file
+    except _UNREADABLE as err:
+        raise DataError(f"{path}: cannot be read: {type(err).__name__}: {err}") from None
 
 
 def _load(spec: DatasetSpec, local: Path) -> Dataset:
@@ -148,7 +163,7 @@ def _folder_files(folder: Path, data_files: list[str] | None) -> list[str] | dic
 def _check_utf8(path: Path) -> None:
     """A text file is UTF-8 throughout, read in 1 MiB pieces; else a DataError naming the line."""
     decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
-    with _open(path) as file:
+    with open_data_file(path) as file:
         for piece in iter(lambda: file.read(1 << 20), b""):
             try:
                 decoder.decode(piece)
@@ -187,7 +202,8 @@ def _select_split(saved: Dataset | DatasetDict, split: str) -> Dataset:
 def _csv_text_features(path: Path) -> Features | None:
     """Every column of a CSV as text: datasets (through pandas) would read a column of numbers as int64, or as
     float64 when a cell is empty, and the prompt would say "1.0" or "7" where the file says "1" or "007"."""
-    with _open(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as file:  # pandas drops a BOM too
+    # utf-8-sig: pandas drops a BOM too
+    with open_data_file(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as file:
         header = next(csv.reader(file), [])
     if not header or len(set(header)) < len(header):  # no header row, or repeated names: datasets' own reading
         return None
@@ -221,7 +237,7 @@ def _usable(row: RawRow, check: RowCheck) -> bool:
 def _json_rows(path: Path) -> tuple[list[Any], list[int] | None]:
     """The file's top-level values, one per row (any JSON: a row that is no object is what the caller reports), and
     each row's line in a JSON-lines file, whose blank lines are no rows (None for one JSON document)."""
-    with _open(path, "rt", encoding="utf-8") as file:
+    with open_data_file(path, "rt", encoding="utf-8") as file:
         text = file.read()
     try:
         rows = json.loads(text)

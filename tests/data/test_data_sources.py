@@ -121,6 +121,41 @@ def test_a_compressed_file_is_read_as_the_format_under_it(make_cfg, tokenizer, t
     _fails(make_cfg, tokenizer, bad, r"line 2: not UTF-8 text \(byte 0xe4\)")  # the text inside is checked
 
 
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz"])
+@pytest.mark.parametrize("damage", ["not compressed", "cut short"])
+def test_a_compressed_file_that_cannot_be_decompressed_is_an_error_naming_it(
+    make_cfg, tokenizer, tmp_path, compression, damage
+):
+    """A rows.jsonl.gz that was no gzip file, or cut short, ended in gzip's BadGzipFile traceback or in click's bare
+    "Aborted." (an EOFError): after the read failed, the search for a bad JSON row read the file again."""
+    import bz2
+    import gzip
+    import lzma
+
+    compress = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}[compression]
+    text = ("\n".join(json.dumps(row) for row in _rows(50)) + "\n").encode()
+    damaged = text if damage == "not compressed" else compress(text)[:-20]
+    for fmt in ("jsonl", "json", "csv", "txt"):
+        path = tmp_path / f"rows.{fmt}.{compression}"
+        path.write_bytes(damaged)
+        _fails(make_cfg, tokenizer, path, "cannot be read: [A-Za-z]+(Error|File): ")
+
+
+def test_preprocess_says_which_compressed_file_cannot_be_read(tiny_config, tmp_path):
+    import gzip
+
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    cut = tmp_path / "rows.jsonl.gz"
+    cut.write_bytes(gzip.compress(b'{"instruction": "Say 1.", "output": "1"}\n' * 50)[:-20])
+    result = CliRunner().invoke(app, ["preprocess", str(tiny_config(datasets=[{"path": str(cut), "type": "alpaca"}]))])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert f"{cut}: cannot be read: EOFError: Compressed file ended before the end-of-stream marker" in said
+
+
 def test_a_txt_file_is_text_rows(make_cfg, tokenizer, tmp_path):
     """axolotl reads .txt with datasets' text builder (one row per line, field `text`); it was an unknown type."""
     path = tmp_path / "notes.txt"
