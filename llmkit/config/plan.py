@@ -9,15 +9,19 @@ checks the config and says that the memory plan is unknown and how to give the c
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import lzma
 import math
 import os
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.config.schema import Adapter, AxolotlConfig, ConfigError, DatasetSpec, PeftMethod
+from llmkit.config.sections import COMPRESSIONS, data_file_builder
 from llmkit.core.challenge import TRACKS, Loading, Track, TrainingProjection, project_training
 from llmkit.core.memory import TrainingMemory, TrainingSetup, estimate_training
 from llmkit.core.shapes import (
@@ -30,7 +34,11 @@ from llmkit.core.shapes import (
 )
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-_ROW_FILES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
+_COUNTED_BUILDERS = ("json", "csv", "parquet", "text")  # the `datasets` builders whose files' rows the plan counts
+# What reading a data file raises when its bytes cannot be had: gzip's BadGzipFile and bz2's invalid stream
+# (OSErrors), a stream cut short (EOFError), corrupt deflate or xz data. The data stage's reader
+# (llmkit.data.sources.open_data_file) turns them into its DataError.
+UNREADABLE = (OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,8 @@ def plan(
             trained copies) to it. None: no added tokens, or the tokenizer is not here, and they stay as they are.
 
     Raises:
-        ConfigError: target modules the model lacks, or a base model llmkit cannot train on (`base_model_refusal`).
+        ConfigError: target modules the model lacks, a base model llmkit cannot train on (`base_model_refusal`), or
+            a local data file that cannot be read or decompressed.
         ModelConfigNotFound: `model_config` is no file or folder, or not a transformers config.json.
     """
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
@@ -360,8 +369,8 @@ def _count_all_rows(datasets: list[DatasetSpec]) -> int | None:
 
 
 def _count_rows(spec: DatasetSpec) -> int | None:
-    """Rows of a local dataset (file, folder, or data_files) that the spec's split and shard select; None for a hub
-    dataset."""
+    """Rows of a local dataset (file, folder, or data_files; compressed or not) that the spec's split and shard
+    select; None for a hub dataset."""
     path = Path(spec.path).expanduser()
     if path.is_dir():
         files = [path / f for f in spec.data_files] if spec.data_files else sorted(path.iterdir())
@@ -371,7 +380,7 @@ def _count_rows(spec: DatasetSpec) -> int | None:
         files = [Path(f) for f in spec.data_files]  # `path: json` with local data_files
     else:
         return None
-    counts = [_rows_in_file(f) for f in files if f.suffix in _ROW_FILES]
+    counts = [_rows_in_file(f) for f in files if data_file_builder(f.name) in _COUNTED_BUILDERS]
     if not counts or None in counts:
         return None
     return _selected(spec, sum(counts))
@@ -392,18 +401,33 @@ def _selected(spec: DatasetSpec, rows: int) -> int | None:
     return len(range(spec.shards_idx, rows, spec.shards)) if spec.shards else rows
 
 
-def _rows_in_file(path: Path) -> int | None:
-    if path.suffix == ".jsonl" or (path.suffix == ".json" and not path.read_text().lstrip().startswith("[")):
-        with path.open() as f:
-            return sum(1 for line in f if line.strip())
-    if path.suffix == ".json":
-        return len(json.loads(path.read_text()))
-    if path.suffix == ".csv":
-        with path.open(newline="") as f:
-            return max(sum(1 for _ in csv.reader(f)) - 1, 0)
-    if path.suffix == ".parquet":
+def _rows_in_file(path: Path) -> int:
+    """Rows of a local data file; a compressed one (rows.jsonl.gz) is counted as the file inside it, opened with the
+    opener the data stage reads it with (config.sections.COMPRESSIONS).
+
+    Raises:
+        ConfigError: the file cannot be read or decompressed (training would stop on it; the data stage's message).
+    """
+    try:
+        return _count_file_rows(path)
+    except UNREADABLE as err:
+        raise ConfigError([f"{path}: cannot be read: {type(err).__name__}: {err}"]) from None
+
+
+def _count_file_rows(path: Path) -> int:
+    kind, opener = data_file_builder(path.name), COMPRESSIONS.get(path.suffix.lower(), open)
+    if kind == "parquet":
         import pyarrow.parquet as pq
 
-        return pq.ParquetFile(path).metadata.num_rows
-    with path.open() as f:
-        return sum(1 for _ in f)
+        with opener(path, "rb") as file:
+            return pq.ParquetFile(file).metadata.num_rows
+    with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as file:
+        if kind == "csv":
+            return max(sum(1 for _ in csv.reader(file)) - 1, 0)
+        if kind == "text":
+            return sum(1 for _ in file)
+        text = file.read()
+    if text.lstrip().startswith("["):  # one JSON array of rows (datasets reads either suffix either way)
+        with contextlib.suppress(json.JSONDecodeError):  # else JSON lines, or bad JSON: the data stage names the row
+            return len(json.loads(text))
+    return sum(1 for line in text.split("\n") if line.strip())  # split as the data stage splits JSON lines

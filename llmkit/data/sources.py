@@ -7,8 +7,6 @@ import codecs
 import csv
 import glob
 import json
-import lzma
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +24,7 @@ from datasets import (
 )
 from datasets.data_files import get_data_patterns
 
+from llmkit.config.plan import UNREADABLE
 from llmkit.config.sections import COMPRESSIONS, DatasetSpec, DsType, data_file_builder
 from llmkit.data.fields import IS_NULL, FieldError, RowError
 from llmkit.data.rows import RawColumns, RawRow
@@ -99,11 +98,6 @@ def _builder(spec: DatasetSpec, local: Path) -> str | None:
     return spec.ds_type.value if spec.ds_type else data_file_builder(local.name)
 
 
-# What reading a file raises when its bytes cannot be had: gzip's BadGzipFile and bz2's invalid stream (OSErrors),
-# a truncated stream (EOFError), corrupt deflate or xz data.
-_UNREADABLE = (OSError, EOFError, zlib.error, lzma.LZMAError)
-
-
 @contextmanager
 def open_data_file(path: Path, mode: str = "rb", **text: Any) -> Iterator[Any]:
     """A data file, decompressed where its suffix names a compression (its text is checked and read as datasets
@@ -113,7 +107,7 @@ def open_data_file(path: Path, mode: str = "rb", **text: Any) -> Iterator[Any]:
     try:
         with COMPRESSIONS.get(path.suffix.lower(), open)(path, mode, **text) as file:
             yield file
-    except _UNREADABLE as err:
+    except UNREADABLE as err:
         raise DataError(f"{path}: cannot be read: {type(err).__name__}: {err}") from None
 
 

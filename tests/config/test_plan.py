@@ -141,23 +141,45 @@ def test_fractional_epochs_and_a_fractional_held_out_split_round_up_as_the_train
     assert steps(101, val_set_size=0.05) == 101 - held_out
 
 
-@pytest.mark.parametrize("suffix", [".json", ".csv", ".parquet", "folder"])
-def test_rows_are_counted_in_each_local_format(tmp_path, suffix):
+def _compressed(plain: Path, compression: str) -> Path:
+    """`plain` compressed beside it (rows.jsonl -> rows.jsonl.gz) with the opener the data stage reads it with."""
+    from llmkit.config.sections import COMPRESSIONS
+
+    packed = plain.with_name(plain.name + compression)
+    with COMPRESSIONS[compression](packed, "wb") as file:
+        file.write(plain.read_bytes())
+    plain.unlink()
+    return packed
+
+
+@pytest.mark.parametrize(
+    ("kind", "compression"),
+    [("json", ""), ("csv", ""), ("parquet", ""), ("folder", "")]
+    + [("jsonl", ".gz"), ("json", ".bz2"), ("csv", ".xz"), ("txt", ".gz"), ("folder", ".gz")],
+)
+def test_rows_are_counted_in_each_local_format(tmp_path, kind, compression):
+    """A compressed file (rows.jsonl.gz) is counted as the file inside it: it was left out, and the plan called the
+    dataset one on the hub (so validate tokenized and checked none of its rows)."""
     import datasets
 
     table = datasets.Dataset.from_dict({"instruction": [f"q{n}" for n in range(37)], "output": ["a"] * 37})
-    if suffix == "folder":
+    if kind == "folder":
         (tmp_path / "data").mkdir()
-        table.to_json(tmp_path / "data" / "part-0.jsonl")
-        table.to_json(tmp_path / "data" / "part-1.jsonl")
+        for part in ("part-0.jsonl", "part-1.jsonl"):
+            table.to_json(tmp_path / "data" / part)
+            if compression:
+                _compressed(tmp_path / "data" / part, compression)
         path, expected = tmp_path / "data", 74
     else:
-        path, expected = tmp_path / f"rows{suffix}", 37
+        path, expected = tmp_path / f"rows.{kind}", 37
         {
-            ".json": lambda p: p.write_text(json.dumps(table.to_list())),
-            ".csv": table.to_csv,
-            ".parquet": table.to_parquet,
-        }[suffix](path)
+            "json": lambda p: p.write_text(json.dumps(table.to_list())),
+            "jsonl": table.to_json,
+            "csv": table.to_csv,
+            "parquet": table.to_parquet,
+            "txt": lambda p: p.write_text("".join(f"q{n}\n" for n in range(37))),
+        }[kind](path)
+        path = _compressed(path, compression) if compression else path
     assert plan(team("Mistral-01", {"datasets": [{"path": str(path), "type": "alpaca"}]})).rows == expected
 
 
@@ -458,6 +480,26 @@ def test_validate_refuses_a_bad_row_that_training_would_stop_on(tiny_config, tmp
     status, output = _validate_output(tiny_config(datasets=[{"path": str(rows), "type": "alpaca"}]))
     assert status == 1
     assert f"{rows}: row 2: field 'output' is missing" in output  # the data pipeline's own message
+
+
+@pytest.mark.parametrize("compression", ["", ".gz", ".bz2", ".xz"])
+def test_validate_checks_a_compressed_file_as_the_file_inside_it(tiny_config, tmp_path, compression):
+    """validate left rows.jsonl.gz unread (its rows "cannot be counted offline", as a hub dataset's), and passed a
+    row that preprocess and train refuse."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n" + json.dumps(["c", "d"]) + "\n")
+    path = _compressed(rows, compression) if compression else rows
+    status, output = _validate_output(tiny_config(datasets=[{"path": str(path), "type": "alpaca"}]))
+    assert status == 1
+    assert f"{path}: row 2: must be an object, got list" in output  # the data pipeline's own message
+
+
+def test_validate_names_a_compressed_file_that_cannot_be_decompressed(tiny_config, tmp_path):
+    cut = tmp_path / "rows.jsonl.gz"
+    cut.write_bytes(b'{"instruction": "a", "output": "b"}\n')  # not compressed
+    status, output = _validate_output(tiny_config(datasets=[{"path": str(cut), "type": "alpaca"}]))
+    assert status == 1
+    assert f"{cut}: cannot be read: BadGzipFile: Not a gzipped file" in output
 
 
 def test_validate_warns_of_what_train_would_refuse_on_this_machine(tiny_config):
