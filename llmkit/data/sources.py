@@ -259,7 +259,7 @@ def _file_row_place(source: str, index: int) -> str:
     """`_row_place` for a row of `source`: lines only count in a local JSON file (a selecting split or a shard's
     source is no file, nor are its row numbers the file's)."""
     path = Path(source)
-    is_json = path.is_file() and path.suffix.lower() in (".json", ".jsonl")
+    is_json = path.is_file() and data_file_builder(path.name) == "json"  # rows.jsonl.gz too
     return _row_place(index, _json_rows(path)[1] if is_json else None)
 
 
@@ -324,9 +324,10 @@ def _file_row_error(source: str, index: int, convert: Callable[[RawRow], object]
     path = Path(source)  # a local file's source is its path (with a selecting split it is not, nor are row numbers)
     if not (isinstance(err, FieldError) and err.problem == IS_NULL and path.is_file()):
         return err
-    if path.suffix.lower() == ".csv":
+    kind = data_file_builder(path.name)  # rows.csv.gz is a CSV too
+    if kind == "csv":
         return FieldError(err.field, "is empty")
-    if path.suffix.lower() not in (".json", ".jsonl"):
+    if kind != "json":
         return err
     try:
         convert(_json_rows(path)[0][index])

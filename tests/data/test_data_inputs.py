@@ -95,6 +95,7 @@ BAD_FILES = [
     ("repeated.jsonl", f'{ROW_1[:-1]}, "output": "Red."}}\n', r"cannot be read: DatasetGenerationError"),
     ("empty.json", "[]", r"the dataset is empty"),
     ("empty.csv", "instruction,output\n", r"cannot be read: "),  # datasets refuses a split with no rows
+    ("empty-cell.csv", "instruction,output\na,b\n,d\n", r"row 2: field 'instruction' is empty"),
     # a .txt file is text rows (one field, `text`), as axolotl reads it: JSON in it is not alpaca's fields
     ("rows.txt", ROW_1, r"row 1: field 'instruction' is missing"),
     ("rows.yml", ROW_1, r"unknown file type '\.yml'; set ds_type \(json, csv, parquet, arrow, text\)"),
@@ -106,6 +107,21 @@ BAD_FILES = [
 def test_unreadable_files_name_the_row(make_cfg, tokenizer, tmp_path, name, text, expected):
     path = tmp_path / name
     path.write_text(text)
+    _fails(make_cfg, tokenizer, path, "alpaca", expected)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"), [case for case in BAD_FILES if case[0].endswith((".json", ".jsonl", ".csv", ".txt"))]
+)
+def test_a_compressed_file_names_its_bad_row_as_the_file_inside_it(
+    make_cfg, tokenizer, tmp_path, name, text, expected
+):
+    """In rows.jsonl.gz a row's line went unsaid, and a key the row lacks was "null" (a CSV's empty cell too): the
+    place and the field were looked up only in files whose last suffix is .json, .jsonl or .csv."""
+    import gzip
+
+    path = tmp_path / f"{name}.gz"
+    path.write_bytes(gzip.compress(text.encode()))
     _fails(make_cfg, tokenizer, path, "alpaca", expected)
 
 
