@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import json
 import lzma
 import math
@@ -384,6 +385,26 @@ def _count_rows(spec: DatasetSpec) -> int | None:
     if not counts or None in counts:
         return None
     return _selected(spec, sum(counts))
+
+
+def data_files_pattern(entry: str, folder: Path | None = None) -> str:
+    """A `data_files` entry as the `datasets` pattern the data stage reads it by: an entry that names a file (in
+    `folder`, the dataset's, where given) is that file alone, glob characters and all (`rows[1].jsonl`, escaped:
+    datasets globs every entry); any other entry is a glob pattern (under `folder`'s literal path)."""
+    path = Path(entry) if folder is None else folder / entry
+    if path.is_file():
+        return glob.escape(str(path))
+    return entry if folder is None else f"{glob.escape(str(folder))}/{entry}"
+
+
+def local_data_files(data_files: list[str], folder: Path | None = None) -> list[Path]:
+    """The local files that `data_files` entries are read from (`data_files_pattern`), entry by entry, each
+    pattern's files sorted: what the prepared-data cache hashes."""
+    found = []
+    for entry in data_files:
+        matches = sorted(glob.glob(data_files_pattern(entry, folder), recursive=True))
+        found += [Path(match) for match in matches if Path(match).is_file()]
+    return found
 
 
 def _selected(spec: DatasetSpec, rows: int) -> int | None:

@@ -8,7 +8,6 @@ half-written entry to be reused.
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import logging
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset, load_from_disk
 
+from llmkit.config.plan import local_data_files
 from llmkit.core.files import clean_stale, sha256_bytes, sha256_file, staging_dir
 from llmkit.data.user_strategy import module_digest
 
@@ -48,19 +48,14 @@ def dataset_identity(spec: DatasetSpec) -> dict[str, Any]:  # Any: the spec as J
     local = Path(spec.path).expanduser()
     # hub datasets: the spec names them; a device or pipe is refused when read (hashing it would never end)
     raw["_files"] = _file_digests(local) if local.is_file() or local.is_dir() else None
-    raw["_data_files"] = _data_files_digests(local if local.is_dir() else Path(), spec.data_files or [])
+    raw["_data_files"] = _data_files_digests(local if local.is_dir() else None, spec.data_files or [])
     return raw
 
 
-def _data_files_digests(folder: Path, data_files: list[str]) -> list[tuple[str, str]]:
-    """The local files `data_files` names, relative to `folder` (the dataset's, or the working folder as for a hub
-    dataset) or absolute, glob patterns expanded, with their sha256."""
-    found = []
-    for entry in data_files:
-        path = str(folder / Path(entry).expanduser())
-        matches = glob.glob(path, recursive=True) if glob.has_magic(path) else [path]
-        found += [(match, sha256_file(Path(match))) for match in sorted(matches) if Path(match).is_file()]
-    return found
+def _data_files_digests(folder: Path | None, data_files: list[str]) -> list[tuple[str, str]]:
+    """The local files `data_files` names, in `folder` (the dataset's; None: the working folder, as for a hub
+    dataset), with their sha256: the files the loader reads, by its own rule (a literal file before a pattern)."""
+    return [(str(path), sha256_file(path)) for path in local_data_files(data_files, folder)]
 
 
 def _tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, str | dict[str, str] | None]:

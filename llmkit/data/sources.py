@@ -24,7 +24,7 @@ from datasets import (
 )
 from datasets.data_files import get_data_patterns
 
-from llmkit.config.plan import UNREADABLE
+from llmkit.config.plan import UNREADABLE, data_files_pattern
 from llmkit.config.sections import COMPRESSIONS, DatasetSpec, DsType, data_file_builder
 from llmkit.data.fields import IS_NULL, FieldError, RowError
 from llmkit.data.rows import RawColumns, RawRow
@@ -132,7 +132,7 @@ def _load(spec: DatasetSpec, local: Path) -> Dataset:
         return load_dataset(ds_type, data_dir=_literal(local), data_files=files, split=split)
     if local.is_dir():
         return load_dataset(str(local), data_files=_folder_files(local, spec.data_files), split=split)
-    files = [_literal(Path(f)) if Path(f).is_file() else f for f in spec.data_files] if spec.data_files else None
+    files = [data_files_pattern(f) for f in spec.data_files] if spec.data_files else None
     return load_dataset(spec.path, name=spec.name, data_files=files, split=split, revision=spec.revision)
 
 
@@ -143,11 +143,11 @@ def _literal(path: Path) -> str:
 
 
 def _folder_files(folder: Path, data_files: list[str] | None) -> list[str] | dict[str, list[str]] | None:
-    """A folder's data_files as patterns under its literal path (an entry that names a file: that file alone);
-    without data_files, None (datasets' own reading of the folder, a README's configs included), unless the
-    folder's path holds glob characters: then the files datasets' default split patterns find in it."""
+    """A folder's data_files as patterns under its literal path (`data_files_pattern`); without data_files, None
+    (datasets' own reading of the folder, a README's configs included), unless the folder's path holds glob
+    characters: then the files datasets' default split patterns find in it."""
     if data_files:
-        return [_literal(folder / f) if (folder / f).is_file() else f"{_literal(folder)}/{f}" for f in data_files]
+        return [data_files_pattern(f, folder) for f in data_files]
     if not glob.has_magic(str(folder)):
         return None
     found = get_data_patterns(_literal(folder))

@@ -305,14 +305,22 @@ def test_prepared_path_cache_is_reused_and_invalidated(write_rows, make_cfg, tok
     assert build_datasets(other, tokenizer).stats.cache == "miss"
 
 
-@pytest.mark.parametrize("layout", ["folder", "json builder"])
-def test_a_changed_data_file_outside_path_misses_the_cache(write_rows, make_cfg, tokenizer, tmp_path, layout):
+@pytest.mark.parametrize("layout", ["folder", "json builder", "json builder, relative"])
+@pytest.mark.parametrize("name", ["rows.jsonl", "rows[1].jsonl"])
+def test_a_changed_data_file_outside_path_misses_the_cache(
+    write_rows, make_cfg, tokenizer, tmp_path, monkeypatch, layout, name
+):
     """`data_files` naming a file outside `path` (or `path: json`, datasets' own way): the file was never hashed, so
-    a rerun after the file changed reused the old rows ("cache: hit", 10 rows from a file of 3)."""
+    a rerun after the file changed reused the old rows ("cache: hit", 10 rows from a file of 3). A name with glob
+    characters, which the loader reads as the file it names, was hashed as a pattern that matched nothing."""
     rows = write_rows([*ALPACA_ROWS, {**ALPACA_ROWS[0], "output": "Green."}], "jsonl")
+    rows = rows.rename(rows.with_name(name))
     (tmp_path / "folder").mkdir()
     path = str(tmp_path / "folder") if layout == "folder" else "json"
-    spec = {"path": path, "type": "alpaca", "ds_type": "json", "data_files": [str(rows)]}
+    if layout == "json builder, relative":
+        monkeypatch.chdir(tmp_path)
+    entry = name if layout == "json builder, relative" else str(rows)
+    spec = {"path": path, "type": "alpaca", "ds_type": "json", "data_files": [entry]}
     cfg = make_cfg([spec], dataset_prepared_path=str(tmp_path / "prepared"))
     assert build_datasets(cfg, tokenizer).stats.cache == "miss"
     assert build_datasets(cfg, tokenizer).stats.cache == "hit"
