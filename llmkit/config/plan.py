@@ -374,7 +374,7 @@ def _count_rows(spec: DatasetSpec) -> int | None:
     select; None for a hub dataset."""
     path = Path(spec.path).expanduser()
     if path.is_dir():
-        files = [path / f for f in spec.data_files] if spec.data_files else sorted(path.iterdir())
+        files = local_data_files(spec.data_files, path) if spec.data_files else sorted(path.iterdir())
     elif path.is_file():
         files = [path]
     elif spec.data_files and all(Path(f).is_file() for f in spec.data_files):
@@ -399,7 +399,7 @@ def data_files_pattern(entry: str, folder: Path | None = None) -> str:
 
 def local_data_files(data_files: list[str], folder: Path | None = None) -> list[Path]:
     """The local files that `data_files` entries are read from (`data_files_pattern`), entry by entry, each
-    pattern's files sorted: what the prepared-data cache hashes."""
+    pattern's files sorted: what the plan counts and the prepared-data cache hashes."""
     found = []
     for entry in data_files:
         matches = sorted(glob.glob(data_files_pattern(entry, folder), recursive=True))

@@ -183,6 +183,20 @@ def test_rows_are_counted_in_each_local_format(tmp_path, kind, compression):
     assert plan(team("Mistral-01", {"datasets": [{"path": str(path), "type": "alpaca"}]})).rows == expected
 
 
+@pytest.mark.parametrize(("data_files", "rows"), [(["part-*.jsonl"], 15), (["part-[01].jsonl"], 5), (["*-0.*"], 5)])
+def test_a_folders_data_files_are_counted_as_the_loader_reads_them(tmp_path, data_files, rows):
+    """A pattern was opened as a file's name (FileNotFoundError); an entry naming a file is that file alone."""
+    from llmkit.data.sources import load_rows
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    row = json.dumps({"instruction": "q", "output": "a"}) + "\n"
+    for name in ("part-0.jsonl", "part-1.jsonl", "part-[01].jsonl"):
+        (folder / name).write_text(row * 5)
+    cfg = team("Mistral-01", {"datasets": [{"path": str(folder), "type": "alpaca", "data_files": data_files}]})
+    assert plan(cfg).rows == len(load_rows(cfg.datasets[0], lambda row: None, cfg.seed)) == rows
+
+
 @pytest.mark.parametrize(
     "keys",
     [
