@@ -135,22 +135,46 @@ def _tokenizer_source(cfg: AxolotlConfig) -> Path:
 
 def _check_new_special_tokens_trained(cfg: AxolotlConfig, tokenizer: Any, tokens: dict[str, str]) -> None:
     """axolotl's rule: with an adapter, a special token the tokenizer does not have as one token already gets a new
-    embedding row, which stays untrained unless lora_modules_to_save trains the embeddings and the head (a new EOS
-    the model never learns to emit). pad_token is exempt: it is never a target."""
-    if cfg.adapter is None or cfg.lora_modules_to_save:
+    embedding row, which stays untrained (a new EOS the model never learns to emit) unless lora_modules_to_save lists
+    both the input embeddings and the output head. pad_token is exempt: it is never a target."""
+    if cfg.adapter is None:
         return
-    for key, value in tokens.items():
-        # more than 2 pieces, as axolotl counts: a token the vocabulary has is one (two after a prefix space)
-        if key != "pad_token" and getattr(tokenizer, key, None) != value:
-            if len(tokenizer.encode(value, add_special_tokens=False)) > 2:
-                raise ConfigError(
-                    [
-                        f"special_tokens.{key}: {value!r} is a new token here, whose embedding an adapter leaves "
-                        "untrained; set lora_modules_to_save: [embed_tokens, lm_head] (as axolotl requires) or use "
-                        f"the tokenizer's own {key} ({getattr(tokenizer, key, None)!r})"
-                    ],
-                    cfg.source,
-                )
+    # more than 2 pieces, as axolotl counts: a token the vocabulary has is one (two after a prefix space)
+    new = [
+        key
+        for key, value in tokens.items()
+        if key != "pad_token"
+        and getattr(tokenizer, key, None) != value
+        and len(tokenizer.encode(value, add_special_tokens=False)) > 2
+    ]
+    if not new:
+        return
+    needed = _embedding_layers(cfg)
+    listed = {name.rsplit(".", 1)[-1] for name in cfg.lora_modules_to_save or []}  # peft matches a name's end
+    missing = [name for name in needed if name not in listed]
+    if missing:
+        key = new[0]
+        raise ConfigError(
+            [
+                f"special_tokens.{key}: {tokens[key]!r} is a new token here, whose embedding an adapter leaves "
+                f"untrained; lora_modules_to_save must list {' and '.join(needed)} (as axolotl requires; "
+                f"{', '.join(missing)} missing), or use the tokenizer's own {key} ({getattr(tokenizer, key, None)!r})"
+            ],
+            cfg.source,
+        )
+
+
+def _embedding_layers(cfg: AxolotlConfig) -> list[str]:
+    """The base model's input embeddings and output head by name, as lora_modules_to_save lists them (embed_in in
+    GPT-NeoX, whose head transformers 5 names lm_head, not axolotl's embed_out; wte in GPT-2; a tied model's head
+    too); axolotl's default names, embed_tokens and lm_head, where the model's config.json is not here."""
+    from llmkit.core.shapes import ModelConfigNotFound, model_shape
+
+    try:
+        shape = model_shape(cfg.base_model_config or cfg.base_model, cfg.revision_of_model)
+    except (ModelConfigNotFound, ValueError):  # training says what is wrong with the model
+        return ["embed_tokens", "lm_head"]
+    return [module.leaf for module in shape.embeddings[:1]] + ([shape.head.leaf] if shape.head else [])
 
 
 def _configured_tokenizer(cfg: AxolotlConfig, tokenizer: Any) -> Any:

@@ -198,6 +198,37 @@ def test_tokenizer_config_may_be_a_folder_of_tokenizer_files_alone(make_cfg, tok
     assert loaded.get_vocab() == tokenizer.get_vocab() and loaded.chat_template == tokenizer.chat_template
 
 
+@pytest.mark.parametrize(
+    ("family", "embeddings", "head"),
+    [
+        ("tied llama", "embed_tokens", "lm_head"),
+        ("llama", "embed_tokens", "lm_head"),
+        ("gpt_neox", "embed_in", "lm_head"),  # transformers 5 renamed axolotl's embed_out
+        ("falcon", "word_embeddings", "lm_head"),
+        ("gpt2", "wte", "lm_head"),
+    ],
+)
+def test_a_new_special_token_under_an_adapter_needs_the_embeddings_and_the_head_saved(
+    tiny_config, tiny_model_dir, tiny_family_dir, family, embeddings, head
+):
+    """axolotl refuses it unless lora_modules_to_save lists both, by the architecture's names (embed_in in GPT-NeoX);
+    any one module listed let it through, and the new EOS's embedding row never trained."""
+    from llmkit.config.schema import ConfigError, load_config
+    from llmkit.data.tokenizer import load_tokenizer
+
+    base = tiny_model_dir if family == "tied llama" else tiny_family_dir(family)
+    new_eos = {"base_model": str(base), "special_tokens": {"eos_token": "<|myend|>"}}
+    short = [([head], embeddings), ([f"model.{embeddings}"], head), (["norm"], f"{embeddings}, {head}")]
+    for listed, missing in short:
+        with pytest.raises(ConfigError) as refused:
+            load_tokenizer(load_config(tiny_config(**new_eos, lora_modules_to_save=listed)))
+        said = " ".join(str(refused.value).split())
+        assert "special_tokens.eos_token: '<|myend|>' is a new token here, whose embedding an adapter leaves" in said
+        assert f"must list {embeddings} and {head} (as axolotl requires; {missing} missing)" in said
+    saved = load_tokenizer(load_config(tiny_config(**new_eos, lora_modules_to_save=[embeddings, head])))
+    assert saved.eos_token == "<|myend|>"
+
+
 @pytest.mark.parametrize("command", ["validate", "preprocess", "train"])
 def test_a_tokenizer_type_that_reads_the_tokenizer_otherwise_is_refused_first(command, tiny_config, tmp_path):
     """The shipped Mistral and Llama-2 configs name LlamaTokenizer. On a byte-level BPE base (the tiny model has the
