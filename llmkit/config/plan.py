@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import glob
 import json
-import lzma
 import math
 import os
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.config.schema import Adapter, AxolotlConfig, ConfigError, DatasetSpec, PeftMethod
-from llmkit.config.sections import COMPRESSIONS, data_file_builder
+from llmkit.config.sections import COMPRESSIONS, UNREADABLE, data_file_builder, local_data_files
 from llmkit.core.challenge import TRACKS, Loading, Track, TrainingProjection, project_training
 from llmkit.core.memory import TrainingMemory, TrainingSetup, estimate_training
 from llmkit.core.shapes import (
@@ -36,10 +33,6 @@ from llmkit.core.shapes import (
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _COUNTED_BUILDERS = ("json", "csv", "parquet", "text")  # the `datasets` builders whose files' rows the plan counts
-# What reading a data file raises when its bytes cannot be had: gzip's BadGzipFile and bz2's invalid stream
-# (OSErrors), a stream cut short (EOFError), corrupt deflate or xz data. The data stage's reader
-# (llmkit.data.sources.open_data_file) turns them into its DataError.
-UNREADABLE = (OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
 @dataclass(frozen=True)
@@ -385,26 +378,6 @@ def _count_rows(spec: DatasetSpec) -> int | None:
     if not counts or None in counts:
         return None
     return _selected(spec, sum(counts))
-
-
-def data_files_pattern(entry: str, folder: Path | None = None) -> str:
-    """A `data_files` entry as the `datasets` pattern the data stage reads it by: an entry that names a file (in
-    `folder`, the dataset's, where given) is that file alone, glob characters and all (`rows[1].jsonl`, escaped:
-    datasets globs every entry); any other entry is a glob pattern (under `folder`'s literal path)."""
-    path = Path(entry) if folder is None else folder / entry
-    if path.is_file():
-        return glob.escape(str(path))
-    return entry if folder is None else f"{glob.escape(str(folder))}/{entry}"
-
-
-def local_data_files(data_files: list[str], folder: Path | None = None) -> list[Path]:
-    """The local files that `data_files` entries are read from (`data_files_pattern`), entry by entry, each
-    pattern's files sorted: what the plan counts and the prepared-data cache hashes."""
-    found = []
-    for entry in data_files:
-        matches = sorted(glob.glob(data_files_pattern(entry, folder), recursive=True))
-        found += [Path(match) for match in matches if Path(match).is_file()]
-    return found
 
 
 def _selected(spec: DatasetSpec, rows: int) -> int | None:

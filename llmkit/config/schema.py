@@ -617,7 +617,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             hint = "; ".join(f"did you mean {match} for {name}" for name, match in hints.items() if match)
             problem = f"lora_modules_to_save: {missing} match no module of {shape.architecture}"
             raise ConfigError([problem + (f"; {hint}" if hint else "")], self.source)
-        embeddings = [module.leaf for module in shape.embeddings[:1]] + ([shape.head.leaf] if shape.head else [])
+        embeddings = shape.token_rows
         if self.tokens and not {name.rsplit(".", 1)[-1] for name in names} & set(embeddings):
             problem = NEW_TOKENS_UNTRAINED.format(embeddings=embeddings[0], head=embeddings[-1])
             raise ConfigError([problem], self.source)

@@ -7,11 +7,13 @@ description: `llmkit config-keys` prints them as the README's table.
 from __future__ import annotations
 
 import bz2
+import glob
 import gzip
 import lzma
 import math
 import os
 import re
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -207,6 +209,11 @@ LOCAL_DATA_SUFFIXES = {
 # opener (llmkit.data.sources checks the text inside with it).
 COMPRESSIONS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
+# What reading a data file raises when its bytes cannot be had: gzip's BadGzipFile and bz2's invalid stream
+# (OSErrors), a stream cut short (EOFError), corrupt deflate or xz data. The data stage's reader
+# (llmkit.data.sources.open_data_file) turns them into its DataError.
+UNREADABLE = (OSError, EOFError, zlib.error, lzma.LZMAError)
+
 
 def data_file_builder(name: str) -> str | None:
     """The `datasets` builder of a data file, by its suffix (under a compression's: a.jsonl.gz is json)."""
@@ -214,6 +221,26 @@ def data_file_builder(name: str) -> str | None:
     if suffixes and suffixes[-1] in COMPRESSIONS:
         suffixes.pop()
     return LOCAL_DATA_SUFFIXES.get(suffixes[-1]) if suffixes else None
+
+
+def data_files_pattern(entry: str, folder: Path | None = None) -> str:
+    """A `data_files` entry as the `datasets` pattern the data stage reads it by: an entry that names a file (in
+    `folder`, the dataset's, where given) is that file alone, glob characters and all (`rows[1].jsonl`, escaped:
+    datasets globs every entry); any other entry is a glob pattern (under `folder`'s literal path)."""
+    path = Path(entry) if folder is None else folder / entry
+    if path.is_file():
+        return glob.escape(str(path))
+    return entry if folder is None else f"{glob.escape(str(folder))}/{entry}"
+
+
+def local_data_files(data_files: list[str], folder: Path | None = None) -> list[Path]:
+    """The local files that `data_files` entries are read from (`data_files_pattern`), entry by entry, each
+    pattern's files sorted: what the plan counts and the prepared-data cache hashes."""
+    found = []
+    for entry in data_files:
+        matches = sorted(glob.glob(data_files_pattern(entry, folder), recursive=True))
+        found += [Path(match) for match in matches if Path(match).is_file()]
+    return found
 
 
 class DsType(str, Enum):

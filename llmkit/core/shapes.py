@@ -91,6 +91,12 @@ class ModelShape:
     def quantizable_params(self) -> int:
         return sum(module.params for module in self.linear if module.quantizable)
 
+    @property
+    def token_rows(self) -> list[str]:
+        """The last name parts of the modules that hold a row per token: the input token embeddings and the output
+        head (what lora_modules_to_save lists so that new tokens train)."""
+        return [module.leaf for module in self.embeddings[:1]] + ([self.head.leaf] if self.head else [])
+
     def linear_names(self) -> list[str]:
         """The distinct last name parts of the linear layers an adapter can wrap, in model order: peft's
         "all-linear" targets."""

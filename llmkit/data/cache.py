@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset, load_from_disk
 
-from llmkit.config.plan import local_data_files
+from llmkit.config.sections import local_data_files
 from llmkit.core.files import clean_stale, sha256_bytes, sha256_file, staging_dir
 from llmkit.data.user_strategy import module_digest
 

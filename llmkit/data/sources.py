@@ -24,8 +24,7 @@ from datasets import (
 )
 from datasets.data_files import get_data_patterns
 
-from llmkit.config.plan import UNREADABLE, data_files_pattern
-from llmkit.config.sections import COMPRESSIONS, DatasetSpec, DsType, data_file_builder
+from llmkit.config.sections import COMPRESSIONS, UNREADABLE, DatasetSpec, DsType, data_file_builder, data_files_pattern
 from llmkit.data.fields import IS_NULL, FieldError, RowError
 from llmkit.data.rows import RawColumns, RawRow
 

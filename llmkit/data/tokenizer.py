@@ -174,7 +174,7 @@ def _embedding_layers(cfg: AxolotlConfig) -> list[str]:
         shape = model_shape(cfg.base_model_config or cfg.base_model, cfg.revision_of_model)
     except (ModelConfigNotFound, ValueError):  # training says what is wrong with the model
         return ["embed_tokens", "lm_head"]
-    return [module.leaf for module in shape.embeddings[:1]] + ([shape.head.leaf] if shape.head else [])
+    return shape.token_rows
 
 
 def _configured_tokenizer(cfg: AxolotlConfig, tokenizer: Any) -> Any:
