@@ -22,7 +22,7 @@ from typer.core import TyperArgument, TyperOption
 from llmkit.core.challenge import Loading, Track
 from llmkit.core.devices import Device, quiet_bitsandbytes_kernel_notice
 from llmkit.core.errors import error_message
-from llmkit.core.files import CacheError
+from llmkit.core.files import CacheError, user_path
 from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE
 from llmkit.core.processes import exit_on_sigterm, interrupted_exit_code
 from llmkit.helm_eval.confgen import DEFAULT_TASK_LIST, SUITES
@@ -186,7 +186,7 @@ def bench(
     if model:  # before any stage: a missing folder or an unreachable hub id is named once, not as a traceback
         with _one_line_errors(FileNotFoundError, ConnectionError, prefix="--model: "):
             tokenizer_dir(resolve_model(model).path, None)  # a folder without a tokenizer cannot be served either
-    _check_out(out)
+    out_dir = _check_out(out)
     finished = []
     for name in BenchStage:  # each writes <out>/<file>.json (the stage's bench module names it) and prints its table
         if (name in stage) if stage else not (quick and name is BenchStage.merging):  # --quick: serving, training
@@ -194,7 +194,7 @@ def bench(
             with _one_line_errors(
                 ConfigError, DataError, prefix=f"{name.value}: ", interrupted=f"interrupted during {name.value}{done}"
             ):
-                importlib.import_module(f"llmkit.{name.module}.bench").run(Path(out), **options[name.value])
+                importlib.import_module(f"llmkit.{name.module}.bench").run(out_dir, **options[name.value])
             finished.append(name.value)
 
 
@@ -518,7 +518,7 @@ def helm_conf(
 
     with _one_line_errors(confgen.ConfError, OSError):  # a bad task list or budget; an --out it cannot write
         entries = confgen.generate(confgen.load_task_list(tasks), budget=budget)
-        written = confgen.write_conf(entries, Path(out)) if out else None
+        written = confgen.write_conf(entries, user_path(out)) if out else None
     typer.echo(written or confgen.render_conf(entries), nl=bool(out))  # a rendered conf ends in its own newline
 
 
@@ -562,7 +562,7 @@ def helm_eval(
             budget=budget,
             suite=suite,
             server_args=ctx.args,
-            out_dir=Path(out),
+            out_dir=user_path(out),
             command=command,
         )
     except HelmRunError as err:
@@ -631,7 +631,7 @@ def _check_out(out: str) -> Path:
     """--out as an absolute folder, or one `Error:` line (exit 1) when it is a file or cannot be written in."""
     from llmkit.core.files import check_folder_target
 
-    path = Path(out).resolve()
+    path = user_path(out).resolve()
     with _one_line_errors(OSError, prefix=f"--out {out}: "):
         check_folder_target(path)
     return path

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llmkit.core.challenge import CONTEXT_TOKENS
 from llmkit.core.devices import Device, Dtype, Quantization
+from llmkit.core.files import user_path
 from llmkit.core.models import adapter_config, model_id
 
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9_\-:/@+]+")
@@ -193,8 +194,8 @@ class ServerSettings(BaseSettings):
 def _named(entry: str) -> tuple[str, str]:
     """NAME=DIR, or a bare DIR named after its folder (a folder whose name holds `=` too)."""
     name, sep, path = entry.partition("=")
-    if not sep or (Path(entry).is_dir() and not Path(path).is_dir()):
-        return Path(entry).resolve().name or "default", entry
+    if not sep or (user_path(entry).is_dir() and not user_path(path).is_dir()):
+        return user_path(entry).resolve().name or "default", str(user_path(entry))
     if not name or not path:
         raise ValueError(f"adapter: {entry!r} is neither NAME=DIR nor a directory")
-    return name, path
+    return name, str(user_path(path))

@@ -32,6 +32,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit"))
 
 
+def user_path(path: str | os.PathLike) -> Path:
+    """A path as the user wrote it (a flag, a config key), with `~` expanded as an unquoted shell word would have
+    been: a quoted "~/x" or `--out=~/x` names the home folder's x, never a folder called `~` here."""
+    return Path(path).expanduser()
+
+
 class CacheError(OSError):
     """The project's cache cannot be written; the message names it and `LLMKIT_CACHE`."""
 

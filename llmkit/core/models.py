@@ -17,7 +17,15 @@ from pathlib import Path
 
 from llmkit.core import devices
 from llmkit.core.errors import headline
-from llmkit.core.files import cache_dir, check_cache_target, clean_stale, sha256_file, staging_dir, swap_in
+from llmkit.core.files import (
+    cache_dir,
+    check_cache_target,
+    clean_stale,
+    sha256_file,
+    staging_dir,
+    swap_in,
+    user_path,
+)
 
 LOG = logging.getLogger(__name__)
 # peft calls transformers' deprecated `is_gradient_checkpointing` each time it wraps a model (training, merge's check,
@@ -316,6 +324,7 @@ def _apply_adapter(lm, adapter: str, tokenizer, name: str = "default"):
     from peft import PeftModel
 
     adapter_config(adapter)
+    adapter = str(user_path(adapter))  # the folder adapter_config read: peft would take `~/x` for a hub id
     if len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
         lm.resize_token_embeddings(len(tokenizer))
     try:

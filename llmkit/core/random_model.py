@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from llmkit.core import devices
-from llmkit.core.files import check_replaceable, clean_stale, staging_dir, swap_in
+from llmkit.core.files import check_replaceable, clean_stale, staging_dir, swap_in, user_path
 from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE
 
 MARKER = "llmkit_random_model.json"  # what the folder was made from; an --out holding it may be replaced
@@ -92,7 +92,7 @@ def write_random_model(
     device = devices.resolve_device(device)
     torch_dtype = devices.torch_dtype(dtype)
     torch.manual_seed(seed)
-    out = Path(out)
+    out = user_path(out)
     check_replaceable(out, MARKER, "an earlier random model")
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 from jinja2 import TemplateError
 
 from llmkit.config.sections import DatasetSpec, DatasetType
+from llmkit.core.files import user_path
 from llmkit.data.fields import Builder, FieldError, text_field
 from llmkit.data.rows import Parts, RawRow, Segment
 
@@ -212,8 +213,8 @@ def jinja_text(jinja: str | None, base_dir: Path | None) -> str:
     if "{" in jinja:
         return jinja
     for folder in (Path.cwd(), base_dir):
-        if folder and (folder / jinja).is_file():
-            return (folder / jinja).read_text(encoding="utf-8")
+        if folder and (folder / user_path(jinja)).is_file():  # an absolute or `~` path: that file alone
+            return (folder / user_path(jinja)).read_text(encoding="utf-8")
     raise ValueError(f"chat_template_jinja: {jinja!r} is no file here, and not a Jinja template")
 
 

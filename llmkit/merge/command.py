@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from llmkit.core.files import user_path
 from llmkit.merge.fold import MergeReport, merge_adapter, merge_from_config
 
 # The flags that set these keys of a weighted merge: the flags' errors name them.
@@ -37,7 +38,9 @@ def merge_command(
     Returns:
         The merge report, and the files uploaded to (or, with dry_run, listed for) `hub_model_id`.
     """
-    adapters = adapters or []
+    adapters = [str(user_path(adapter)) for adapter in adapters or []]  # `~` too in the default <adapter>/merged
+    out = user_path(out) if out else None
+    weighted = str(user_path(weighted)) if weighted else None
     if dry_run and not hub_model_id:
         raise ValueError("--dry-run lists what --hub-model-id would upload; give --hub-model-id too")
     beside_weighted = {

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from llmkit.core.assets import DEFAULT_CONFIG, DOCKER_DIR
 from llmkit.core.challenge import MAX_SUBMISSIONS, TRACKS, Loading, Track
-from llmkit.core.files import check_folder_target, clean_stale, sha256_file, staging_dir, swap_in
+from llmkit.core.files import check_folder_target, clean_stale, sha256_file, staging_dir, swap_in, user_path
 from llmkit.core.memory import MemoryEstimate, choose_loading
 from llmkit.core.models import MODEL_FILE_PATTERNS
 from llmkit.core.shapes import model_shape
@@ -99,7 +99,7 @@ def build_submission(
         adapter_revision=adapter_revision,
         training=training,
     )
-    track_dir = Path(out_root or "submissions") / f"{track.value}_track"  # beside where the command runs
+    track_dir = user_path(out_root or "submissions") / f"{track.value}_track"  # beside where the command runs
     try:
         check_folder_target(track_dir)  # before training, merging or downloading
     except OSError as err:

@@ -121,3 +121,14 @@ def test_a_device_it_does_not_offer_lists_the_ones_it_does(tmp_path):
     message = " ".join(line.strip("│╭╮╰╯─ ") for line in result.output.splitlines())  # rich's error box, unwrapped
     assert "Invalid value for '--device'" in message and "'tpu' is not one of 'auto', 'cpu', 'cuda'" in message
     assert not (tmp_path / "out").exists()
+
+
+def test_a_tilde_in_out_is_the_home_folder(tmp_path, monkeypatch):
+    """A quoted `--out "~/x"` made a folder named `~` in the cwd."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    result = CliRunner().invoke(app, ["random-model", str(config_file(tmp_path)), "--out", "~/models/tiny"])
+    assert result.exit_code == 0, result.output
+    assert (home / "models" / "tiny" / "llmkit_random_model.json").is_file() and list(cwd.iterdir()) == []

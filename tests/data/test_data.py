@@ -288,6 +288,18 @@ def test_every_setting_that_shapes_chat_rows_misses_the_cache(write_rows, make_c
     assert labels()[0] == "miss"
 
 
+def test_a_chat_template_jinja_file_under_tilde_is_read(write_rows, make_cfg, tokenizer, tmp_path, monkeypatch):
+    """`chat_template_jinja: ~/t.jinja` was looked up as ./~/t.jinja: "is no file here, and not a Jinja template"."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "turns.jinja").write_text("{% for m in messages %}{{ m.role }} says: {{ m.content }}\n{% endfor %}")
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    path = write_rows([{"messages": messages}] * 3, "jsonl")
+    spec = {"path": str(path), "type": "chat_template", "chat_template": "jinja"}
+    spec["chat_template_jinja"] = "~/turns.jinja"
+    data = build_datasets(make_cfg([spec]), tokenizer)
+    assert "user says: Hi" in tokenizer.decode(data.train[0]["input_ids"])
+
+
 def test_prepared_path_cache_is_reused_and_invalidated(write_rows, make_cfg, tokenizer, tmp_path):
     path = write_rows([*ALPACA_ROWS, {**ALPACA_ROWS[0], "output": "Green."}], "jsonl")
     prepared = str(tmp_path / "prepared")

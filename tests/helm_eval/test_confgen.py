@@ -232,3 +232,14 @@ def test_a_cap_lowers_the_counts_a_conf_file_sets_itself(tmp_path):
         assert capped_args.pop("max_eval_instances") == str(min(int(args.pop("max_eval_instances")), 3))
         assert capped_args == args  # model, subtask= (empty) and every other arg kept
     assert prepare_conf(REFERENCE, tmp_path, "as-is") == REFERENCE.resolve()  # no cap: the file itself
+
+
+def test_a_tilde_in_out_is_the_home_folder(tmp_path, monkeypatch):
+    """A quoted `--out "~/run.conf"` was written into a folder named `~` in the cwd."""
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "cwd")
+    result = CliRunner().invoke(app, ["helm-conf", "quick", "--budget", "20", "--out", "~/confs/run.conf"])
+    assert result.exit_code == 0, result.output
+    assert descriptions((tmp_path / "home" / "confs" / "run.conf").read_text())
+    assert not any((tmp_path / "cwd").iterdir())

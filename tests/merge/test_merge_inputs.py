@@ -384,3 +384,20 @@ def test_non_finite_adapters_and_weights_are_refused_naming_them(tiny_model_dir,
     message = r"(?s)adapters\[0\]\.weight: Input should be a finite number .*adapters\[1\]\.weight: Input should be a"
     with pytest.raises(ValueError, match=message):
         load_weighted(fusion)
+
+
+def test_a_tilde_in_adapter_and_out_is_the_home_folder(tiny_model_dir, tmp_path, monkeypatch):
+    """A quoted `--out "~/x"` made a folder named `~` in the cwd (and verification failed after the whole merge)."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    lora_adapter(tiny_model_dir, home / "run")
+    base = ["merge", "--base", str(tiny_model_dir), "--dtype", "float32"]
+    result = CliRunner().invoke(app, [*base, "--adapter", "~/run", "--out", "~/merged"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, [*base, "--adapter", "~/run", "--no-verify"])  # default: <adapter>/merged
+    assert result.exit_code == 0, result.output
+    assert (home / "merged" / "llmkit_merge.json").is_file()
+    assert (home / "run" / "merged" / "llmkit_merge.json").is_file()
+    assert list(cwd.iterdir()) == []

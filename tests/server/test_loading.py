@@ -430,3 +430,17 @@ def test_a_stream_whose_engine_dies_ends_with_its_503_event_not_a_500(tiny_model
     assert json.loads(events[-1]) == {
         "error": {"message": message, "type": "server_error", "param": None, "code": "server_busy"}
     }
+
+
+def test_a_tilde_in_an_adapter_flag_is_the_home_folder(tmp_path, tiny_model_dir, monkeypatch):
+    """`--adapter NAME=~/dir` passed the check (it expands `~`), then peft got "~/dir" and took it for a hub id."""
+    from llmkit.core.models import load_for_inference
+    from llmkit.server.__main__ import parse_settings
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "lora")
+    settings = parse_settings(["--adapter", "a=~/lora", "--adapter", "~/lora"])
+    assert settings.adapters == {"a": str(tmp_path / "lora"), "lora": str(tmp_path / "lora")}
+    loaded = load_for_inference(str(tiny_model_dir), adapters={"a": "~/lora"}, device="cpu")
+    assert isinstance(loaded.model, PeftModel) and "a" in loaded.model.peft_config
