@@ -128,7 +128,9 @@ def _fsync_dir(folder: Path) -> None:
 
 @contextmanager
 def staging_dir(target: Path, kind: str) -> Iterator[Path]:
-    """A temp dir beside `target`, named with our pid; removed on any exit (SIGKILL aside: see `clean_stale`)."""
+    """A temp dir beside `target` (a link's target: see `through_link`), named with our pid; removed on any exit
+    (SIGKILL aside: see `clean_stale`)."""
+    target = through_link(target)
     path = Path(tempfile.mkdtemp(prefix=f".{target.name}.{kind}-{os.getpid()}-", dir=target.parent))
     # mkdtemp makes it 0700; once renamed into place it is the target, which gets the umask's permissions as a
     # mkdir's would (a container's non-root user or another account reads a merged model or a prepared dataset).
@@ -150,9 +152,23 @@ def nearest_existing(path: Path) -> Path:
     return next(p for p in (path, *path.absolute().parents) if p.exists())
 
 
+def through_link(path: Path) -> Path:
+    """`path`, or where it points when it is a symbolic link: what a write to `path` replaces, so that the link
+    still names the new contents (a dangling link's target too, where its folder exists)."""
+    if not path.is_symlink():
+        return path
+    try:
+        real = path.resolve(strict=False)
+    except RuntimeError:  # Python 3.11 says a loop of links so
+        raise OSError(f"{path} is a link in a loop of links") from None
+    if not real.parent.is_dir():
+        raise FileNotFoundError(f"{path} is a link to {real}, in a folder that does not exist")
+    return real
+
+
 def check_folder_target(path: Path) -> None:
     """`path` is, or can be made, a folder this process may write in: checked before any work, never found after."""
-    existing = nearest_existing(path)
+    existing = nearest_existing(through_link(path))
     if not existing.is_dir():
         raise NotADirectoryError(f"{existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -193,8 +209,9 @@ def swap_in(built: Path, target: Path) -> None:
 
     A file over a file is one atomic rename. Otherwise an existing target is moved aside first and deleted only
     after the swap, so a kill in between leaves it for `clean_stale` to restore. A folder never replaces a file,
-    nor a file a folder: that target is somebody else's.
+    nor a file a folder: that target is somebody else's. A link is written through (`through_link`): it stays.
     """
+    target = through_link(target)
     if target.exists() and built.is_dir() != target.is_dir():
         kinds = ("a folder", "a file") if target.is_dir() else ("a file", "a folder")
         raise FileExistsError(f"{target} is {kinds[0]}; not replacing it with {kinds[1]}")
@@ -209,9 +226,11 @@ def swap_in(built: Path, target: Path) -> None:
 
 
 def clean_stale(target: Path) -> None:
-    """Remove what a killed process left beside `target`; restore a good target it had moved aside."""
+    """Remove what a killed process left beside `target` (a link's target: see `through_link`); restore a good
+    target it had moved aside."""
     import psutil  # here, not at the top: `cache_dir` and the sha256s are standard library only
 
+    target = through_link(target)
     for path in target.parent.glob(f".{glob.escape(target.name)}.*-*"):
         parts = path.name.removeprefix(f".{target.name}.").split("-")
         # A dot in the kind means another target's temporary (`.run.zip.old-1` is run.zip's, not run's).

@@ -132,3 +132,22 @@ def test_a_tilde_in_out_is_the_home_folder(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["random-model", str(config_file(tmp_path)), "--out", "~/models/tiny"])
     assert result.exit_code == 0, result.output
     assert (home / "models" / "tiny" / "llmkit_random_model.json").is_file() and list(cwd.iterdir()) == []
+
+
+def test_an_out_that_is_a_link_is_written_through_and_stays_a_link(tmp_path):
+    """A link --out (to an empty folder, to an earlier random model, dangling) was replaced by a real folder."""
+    shape = str(config_file(tmp_path))
+    (tmp_path / "empty").mkdir()
+    targets = {"to-empty": tmp_path / "empty", "to-earlier": tmp_path / "earlier", "dangling": tmp_path / "later"}
+    write_random_model(shape, targets["to-earlier"], dtype="float32")
+    for name, target in targets.items():
+        (tmp_path / name).symlink_to(target)
+        result = CliRunner().invoke(app, ["random-model", shape, "--out", str(tmp_path / name), "--seed", "1"])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / name).is_symlink() and (tmp_path / name).resolve() == target, name
+        assert json.loads((target / "llmkit_random_model.json").read_text())["seed"] == 1, name
+    (tmp_path / "nowhere").symlink_to(tmp_path / "gone" / "model")
+    result = CliRunner().invoke(app, ["random-model", shape, "--out", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1 and "in a folder that does not exist" in result.output, result.output
+    assert not (tmp_path / "gone").exists() and (tmp_path / "nowhere").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # nothing staged is left

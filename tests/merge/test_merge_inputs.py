@@ -401,3 +401,19 @@ def test_a_tilde_in_adapter_and_out_is_the_home_folder(tiny_model_dir, tmp_path,
     assert (home / "merged" / "llmkit_merge.json").is_file()
     assert (home / "run" / "merged" / "llmkit_merge.json").is_file()
     assert list(cwd.iterdir()) == []
+
+
+def test_an_out_that_is_a_link_is_written_through_and_stays_a_link(tiny_model_dir, tmp_path):
+    """`merge --out LINK` moved the link aside and put a real folder in its place: the link's target never changed."""
+    adapter = lora_adapter(tiny_model_dir, tmp_path / "run")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "current").symlink_to(tmp_path / "models" / "v1")  # dangling until the merge
+    flags = ["merge", "--adapter", str(adapter), "--base", str(tiny_model_dir), "--out", str(tmp_path / "current")]
+    result = CliRunner().invoke(app, [*flags, "--dtype", "float32"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "current").is_symlink() and (tmp_path / "models" / "v1" / "llmkit_merge.json").is_file()
+    result = CliRunner().invoke(app, [*flags, "--dtype", "bfloat16", "--no-verify"])  # over the earlier merge
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "models" / "v1" / "llmkit_merge.json").read_text())
+    assert (tmp_path / "current").is_symlink() and manifest["inputs"]["dtype"] == "torch.bfloat16"
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["v1"]
