@@ -851,7 +851,7 @@ class LoraSection(BaseModel):
         PeftMethod.lora, description="PEFT method trained by the adapter: lora, vera or prompt_tuning."
     )
     peft: PeftSettings | None = Field(None, description="axolotl's peft options: {loftq_config: {loftq_bits}}.")
-    lora_model_dir: str | None = Field(
+    lora_model_dir: Folder | None = Field(
         None, description="Start from this trained adapter (folder or hub id) instead of a new one."
     )
     lora_fan_in_fan_out: bool = Field(False, description="peft fan_in_fan_out: weights stored (in, out) (GPT-2).")

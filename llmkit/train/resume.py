@@ -91,6 +91,27 @@ def resume_checkpoint(cfg: AxolotlConfig) -> Path | None:
     return path
 
 
+def check_lora_model_dir(cfg: AxolotlConfig) -> None:
+    """The config's `lora_model_dir`, checked (by `validate` as well as by `train`): a folder here that holds a peft
+    adapter, or a hub id (axolotl takes one) for peft to download.
+
+    Raises:
+        ConfigError: it is written as a local path (./, /, ~, or more than owner/name) that is not there, or names
+            a folder that holds no adapter; peft said either in a traceback, once the base model was loaded.
+    """
+    from llmkit.core.models import adapter_config, is_hub_id
+
+    path = cfg.lora_model_dir
+    if not path or (is_hub_id(path) and not Path(path).exists()):
+        return
+    if not Path(path).exists():
+        raise ConfigError([f"lora_model_dir: {path}: no such folder here, and not a hub id (owner/name)"], cfg.source)
+    try:
+        adapter_config(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError([f"lora_model_dir: {err}"], cfg.source) from None
+
+
 def plan_run(cfg: AxolotlConfig, output_dir: Path, *, is_main: bool, fresh: bool = False) -> RunPlan:
     """Decide what the run does with output_dir; remove checkpoints written only in part (main process). With `fresh`
     the run starts from step 0 over whatever run output_dir holds; `start_fresh` removes that run later, once the

@@ -59,6 +59,7 @@ from llmkit.train.optimizers import loraplus_optimizer, optimizer_for_machine
 from llmkit.train.report import LOSS_CURVE, TRAINER_STATE, plot_loss_curve, published_best
 from llmkit.train.resume import (
     COMPLETION_MARKERS,
+    check_lora_model_dir,
     hold_output_dir,
     is_finished,
     plan_run,
@@ -81,7 +82,8 @@ def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False, fresh: bool = False
     Raises:
         ConfigError: a setting this machine cannot run (an optimizer's package or CUDA, tf32 without CUDA, W&B not
             installed), trainer settings that contradict each other, or an output_dir holding a run of another
-            config (without `fresh`), or a base model llmkit cannot train on (`base_model_refusal`).
+            config (without `fresh`), a base model llmkit cannot train on (`base_model_refusal`), or a lora_model_dir
+            that is not an adapter (`check_lora_model_dir`).
     """
     output_dir = Path(cfg.output_dir)
     if not fresh and is_finished(cfg, output_dir):
@@ -89,6 +91,7 @@ def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False, fresh: bool = False
         # with --cpu-fallback) must not trip on this machine's optimizer support.
         return _already_complete(output_dir)
     check_base_model(cfg)
+    check_lora_model_dir(cfg)  # before the data and the base: peft would say it in a traceback once both are loaded
     check_loftq(cfg)  # before the data: the peft model that needs it is built after
     args = training_arguments(cfg, optimizer_for_machine(cfg, cpu_fallback))
     is_main = args.process_index == 0

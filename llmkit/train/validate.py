@@ -16,7 +16,7 @@ from llmkit.core.memory import GIB
 from llmkit.core.shapes import ModelConfigNotFound, find_model_config
 from llmkit.data.tokenizer import count_training_tokens, tokenizer_problems, trained_tokenizer_size
 from llmkit.train.machine import refusals_here, wandb_unavailable
-from llmkit.train.resume import resume_checkpoint
+from llmkit.train.resume import check_lora_model_dir, resume_checkpoint
 
 
 def validate(
@@ -51,6 +51,7 @@ def validate(
             if missing:
                 raise ConfigError(missing, cfg.source)
             resume_checkpoint(cfg)
+            check_lora_model_dir(cfg)
             if model_config:  # a path the user gave that cannot be read is said before tokenizing (minutes)
                 find_model_config(cfg.base_model_config or cfg.base_model, explicit=model_config)
             split = count_training_tokens(cfg)  # bad data is the config's error (a ConfigError)

@@ -317,3 +317,37 @@ def test_a_hub_repo_that_cannot_be_made_names_hub_model_id(tiny_config, monkeypa
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ConfigError, match="hub_model_id: someone/x: the hub repo cannot be reached or made"):
         train(load_config(tiny_config(hub_model_id="someone/x")))
+
+
+def test_a_lora_model_dir_that_is_not_here_is_the_configs_error_in_validate_and_train(
+    tiny_config, tiny_model_dir, tmp_path, monkeypatch
+):
+    """validate passed a lora_model_dir that is not there; train then died in peft's traceback ("Can't find
+    'adapter_config.json'", or HFValidationError for a `~` path, which also went to peft unexpanded)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "notes").mkdir()
+    says = {
+        "./no-such": "lora_model_dir: ./no-such: no such folder here, and not a hub id (owner/name)",
+        "~/runs/a": f"lora_model_dir: {tmp_path / 'home' / 'runs' / 'a'}: no such folder here, and not a hub id",
+        str(tmp_path / "notes"): f"lora_model_dir: {tmp_path / 'notes'} holds no adapter_config.json",
+    }
+    for value, message in says.items():
+        for command in ("validate", "train"):
+            result = CliRunner().invoke(app, [command, str(tiny_config(lora_model_dir=value))])
+            assert result.exit_code == 1 and message in result.output, (command, result.output)
+            assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+    hub = CliRunner().invoke(app, ["validate", str(tiny_config(lora_model_dir="someone/their-adapter"))])
+    assert hub.exit_code == 0, hub.output  # axolotl takes a hub id: peft downloads it when training starts
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "home" / "stage1")
+    result = CliRunner().invoke(app, ["train", str(tiny_config(lora_model_dir="~/stage1"))])
+    assert result.exit_code == 0, result.output
+    trained = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "out")
+    assert trained.peft_config["default"].r == 4 and trained.peft_config["default"].target_modules == {"q_proj"}
