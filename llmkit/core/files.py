@@ -129,16 +129,30 @@ def _fsync_dir(folder: Path) -> None:
 @contextmanager
 def staging_dir(target: Path, kind: str) -> Iterator[Path]:
     """A temp dir beside `target` (a link's target: see `through_link`), named with our pid; removed on any exit
-    (SIGKILL aside: see `clean_stale`)."""
+    (SIGKILL aside: see `clean_stale`). Missing parent folders are made, and removed again if the block fails."""
     target = through_link(target)
+    made = [folder for folder in target.absolute().parents if not folder.exists()]  # the innermost first
+    target.parent.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix=f".{target.name}.{kind}-{os.getpid()}-", dir=target.parent))
     # mkdtemp makes it 0700; once renamed into place it is the target, which gets the umask's permissions as a
     # mkdir's would (a container's non-root user or another account reads a merged model or a prepared dataset).
     path.chmod(0o777 & ~_umask())
     try:
         yield path
-    finally:
+    except BaseException:
         shutil.rmtree(path, ignore_errors=True)
+        _remove_empty(made)  # a refused or failed build leaves no new folders behind either
+        raise
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove `folders` (innermost first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another process wrote there too), or gone
+            return
 
 
 def _umask() -> int:

@@ -94,7 +94,6 @@ def write_random_model(
     torch.manual_seed(seed)
     out = user_path(out)
     check_replaceable(out, MARKER, "an earlier random model")
-    out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
     with staging_dir(out, "random") as staged:
         with torch.device(device):

@@ -304,7 +304,6 @@ def run_merge(
         "max_shard_size": options.max_shard_size,
     }
     report = MergeReport(out_dir, base.model_id, label, str(options.dtype).removeprefix("torch."), bool(options.nf4))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out_dir)  # first: it may restore the out_dir a killed swap had moved aside
     previous = _read_manifest(out_dir)
     if previous.get("inputs") == inputs and (previous.get("verification") or not options.verify):

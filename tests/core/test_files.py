@@ -113,6 +113,18 @@ def test_staging_dir_is_removed_when_the_build_fails(tmp_path):
     assert _names(tmp_path) == []
 
 
+def test_staging_dir_makes_missing_parents_and_removes_them_when_the_build_fails(tmp_path):
+    """A refused merge (or random model) left the new empty parent folders of its --out behind."""
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(RuntimeError), staging_dir(tmp_path / "runs" / "new" / "deeper" / "merged", "tmp"):
+        assert (tmp_path / "runs" / "new" / "deeper").is_dir()
+        raise RuntimeError("the base does not fit the adapter")
+    assert _names(tmp_path) == ["runs"] and _names(tmp_path / "runs") == []
+    with staging_dir(tmp_path / "runs" / "new" / "merged", "tmp") as tmp:
+        swap_in(tmp, tmp_path / "runs" / "new" / "merged")
+    assert (tmp_path / "runs" / "new" / "merged").is_dir()
+
+
 def test_a_staging_dir_renamed_into_place_has_a_mkdirs_permissions(tmp_path):
     """mkdtemp's 0700 made merged models and prepared datasets unreadable to any other user (a container's)."""
     import os

@@ -417,3 +417,12 @@ def test_an_out_that_is_a_link_is_written_through_and_stays_a_link(tiny_model_di
     manifest = json.loads((tmp_path / "models" / "v1" / "llmkit_merge.json").read_text())
     assert (tmp_path / "current").is_symlink() and manifest["inputs"]["dtype"] == "torch.bfloat16"
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["v1"]
+
+
+def test_a_refused_merge_leaves_no_new_parent_folders_of_out(tiny_model_dir, default_model_dir, tmp_path):
+    """`--out new/deeper/merged` for an adapter that does not fit the base left new/deeper/ behind, empty."""
+    adapter = lora_adapter(tiny_model_dir, tmp_path / "run")
+    flags = ["--adapter", str(adapter), "--base", str(default_model_dir), "--dtype", "bfloat16"]
+    result = CliRunner().invoke(app, ["merge", *flags, "--out", str(tmp_path / "new" / "deeper" / "merged")])
+    assert result.exit_code == 1 and "in the base but" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
