@@ -149,7 +149,8 @@ def summary_table(
     table.add_column("ok", no_wrap=True)
     table.add_column("time", justify="right", no_wrap=True)
     table.add_column("detail", overflow="fold")
-    size = _size(zip_path.stat().st_size) if zip_path.is_file() else "missing"
+    missing = "a folder, not a zip" if zip_path.is_dir() else "missing"
+    size = _size(zip_path.stat().st_size) if zip_path.is_file() else missing
     table.add_row("zip", "", "", Text(f"{zip_path} ({size})"))
     if not zipfile.is_zipfile(zip_path):  # nothing in it to report on: verify's one problem says why
         table.add_row("checks", FAIL, "", Text(f"{len(problems)} problem(s), listed above"))

