@@ -137,8 +137,9 @@ def merge_from_config(
     adapter_dir = Path(adapter or cfg.output_dir)
     if adapter is None and not adapter_dir.is_dir():
         source = cfg.source or "CONFIG"
+        tried = "" if adapter_dir.is_absolute() else f" (from the current folder: {adapter_dir.absolute()})"
         raise FileNotFoundError(
-            f"{source}: output_dir {adapter_dir} does not exist: train first (llmkit train "
+            f"{source}: output_dir {adapter_dir}{tried} does not exist: train first (llmkit train "
             f"{shlex.quote(str(source))}), or give the adapter with --adapter DIR"
         )
     return merge_adapter(base or cfg.base_model, adapter_dir, out or adapter_dir / "merged", cfg=cfg, **options)

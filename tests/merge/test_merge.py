@@ -389,7 +389,9 @@ def test_bad_adapter_paths_fail_clearly(tiny_model_dir, tmp_path):
     config.write_text(yaml.safe_dump({**keys, "datasets": [{"path": "tatsu-lab/alpaca", "type": "alpaca"}]}))
     result = runner.invoke(app, ["merge", str(config)])
     assert result.exit_code == 1, result.output
-    assert f"output_dir nowhere does not exist: train first (llmkit train {config})" in result.output
+    # relative to the current folder, not the config's: the path tried is shown whole
+    tried = f"output_dir nowhere (from the current folder: {Path.cwd() / 'nowhere'}) does not exist"
+    assert f"{tried}: train first (llmkit train {config})" in result.output
     broken = tmp_path / "broken"
     broken.mkdir()
     for text, problem in [("{", "is not valid JSON"), ("[1]", "holds a JSON list, not an object")]:
