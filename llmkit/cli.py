@@ -271,6 +271,7 @@ def train(
 
     _logging()
     from llmkit.config import ConfigError, load_config
+    from llmkit.config.schema import named_as_flags
     from llmkit.core.files import disk_full
     from llmkit.data import DataError
     from llmkit.train import print_summary
@@ -288,7 +289,7 @@ def train(
     overrides = {key: value for key, value in given.items() if value is not None}  # 0 and "" are the config's errors
     cfg = None
     # ConnectionError: the hub's model, offline
-    with _one_line_errors(ConfigError, DataError, ConnectionError, interrupted=stopped):
+    with _one_line_errors(ConfigError, DataError, ConnectionError, interrupted=stopped), named_as_flags(overrides):
         cfg = load_config(config, overrides)
         try:
             out = run(cfg, cpu_fallback=cpu_fallback, fresh=fresh)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -86,6 +88,21 @@ class ConfigError(ValueError):
         self.problems, self.source = problems, source
         where = f"Invalid config {source}" if source else "Invalid config"
         super().__init__(where + ":\n" + "\n".join(f"  - {problem}" for problem in problems))
+
+
+@contextmanager
+def named_as_flags(keys: Iterable[str]) -> Iterator[None]:
+    """A ConfigError raised inside names each of `keys` (top-level keys a command-line flag set, such as train's
+    --output-dir) by its flag: the value came from the command line, not from the file."""
+    flags = {key: "--" + key.replace("_", "-") for key in keys}
+    try:
+        yield
+    except ConfigError as err:
+        named = [
+            flags[key] + problem.removeprefix(key) if (key := problem.split(":")[0]) in flags else problem
+            for problem in err.problems
+        ]
+        raise ConfigError(named, err.source) from None
 
 
 class ConfigWarning(UserWarning):

@@ -91,6 +91,25 @@ def test_an_output_dir_that_is_a_file_is_refused_before_the_model_loads(tiny_con
     assert not run.exists()
 
 
+def test_a_bad_value_given_by_a_train_flag_names_the_flag_not_the_key(tiny_config, tmp_path):
+    """`train cfg.yml --output-dir afile` said "output_dir: afile is a file": a key the file may not even hold."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    (tmp_path / "taken").write_text("somebody's file")
+    config = str(tiny_config())
+    says = {
+        ("--output-dir", str(tmp_path / "taken")): f"  - --output-dir: {tmp_path / 'taken'} is a file, not a folder",
+        ("--max-steps", "0"): "  - --max-steps: Input should be greater than 0 (got 0)",
+    }
+    for flag, message in says.items():
+        result = CliRunner().invoke(app, ["train", config, *flag])
+        assert result.exit_code == 1 and message in result.output.splitlines(), result.output
+    result = CliRunner().invoke(app, ["train", str(tiny_config(output_dir=str(tmp_path / "taken")))])
+    assert f"  - output_dir: {tmp_path / 'taken'} is a file, not a folder" in result.output.splitlines()  # the file's
+
+
 def test_preprocess_refuses_a_prepared_path_it_cannot_write_before_tokenizing(tiny_config, tmp_path):
     (tmp_path / "taken").write_text("somebody's file")
     command = [
