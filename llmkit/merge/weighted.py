@@ -31,6 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmkit.core.errors import problems
+from llmkit.core.files import user_path
 from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE, resolve_model
 from llmkit.merge import weights as mw
 from llmkit.merge.fold import (
@@ -118,7 +119,8 @@ def load_weighted(path: str | Path) -> WeightedMerge:
         raise ValueError(f"Cannot read the weighted-merge file {path}: {err}") from err
     except ValidationError as err:
         raise ValueError(f"Invalid weighted-merge file {path}:\n  - " + "\n  - ".join(problems(err))) from None
-    for adapter in spec.adapters:
+    for adapter in spec.adapters:  # `~/a` is the home folder's a, as in every path the user writes
+        adapter.path = user_path(adapter.path)
         adapter.path = adapter.path if adapter.path.is_absolute() else path.parent / adapter.path
     return spec
 

@@ -363,6 +363,16 @@ def test_weighted_ties_merge_from_yaml(adapters, tiny_model_dir, tmp_path):
         load_weighted(fusion)
 
 
+def test_a_weighted_merge_files_adapter_paths_are_relative_to_it_and_expand_the_home_folder(tmp_path, monkeypatch):
+    """`path: ~/a` was joined to the YAML's folder: <folder>/~/a."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    fusion = tmp_path / "conf" / "fusion.yml"
+    fusion.parent.mkdir()
+    fusion.write_text(yaml.safe_dump({"adapters": [{"path": "~/runs/a"}, {"path": "b"}, {"path": "/abs/c"}]}))
+    paths = [adapter.path for adapter in load_weighted(fusion).adapters]
+    assert paths == [tmp_path / "home" / "runs" / "a", tmp_path / "conf" / "b", Path("/abs/c")]
+
+
 def test_the_report_gives_paths_whole_and_with_brackets_as_written(adapters, tmp_path):
     """Rich read `[v2]` as markup: `merge --adapter "ad[v2]" --out "m[v2]"` printed `Merged model: m`. At 80
     columns the table folded a long path over lines that could not be copied."""
