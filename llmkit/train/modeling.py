@@ -35,7 +35,6 @@ from llmkit.config.schema import AxolotlConfig, ConfigError, PeftMethod
 from llmkit.core import devices
 from llmkit.core.bnb_kernels import dequantizing_4bit_kernel
 from llmkit.core.models import resolve_model
-from llmkit.train.machine import check_loftq
 
 LOG = logging.getLogger(__name__)
 
@@ -284,11 +283,11 @@ def _lora_config(cfg: AxolotlConfig, model: PreTrainedModel, tokenizer: Any = No
 
 
 def _lora_init(cfg: AxolotlConfig) -> dict[str, Any]:
-    """init_lora_weights (and LoftQ's settings): peft_init_lora_weights, or loftq with peft.loftq_config."""
+    """init_lora_weights (and LoftQ's settings): peft_init_lora_weights, or loftq with peft.loftq_config (whose
+    machine `train` checked before the data: machine.check_loftq)."""
     if cfg.loftq_bits is None:
         init = cfg.peft_init_lora_weights
         return {} if init is None else {"init_lora_weights": init}
-    check_loftq(cfg)
     return {"init_lora_weights": "loftq", "loftq_config": LoftQConfig(loftq_bits=cfg.loftq_bits)}
 
 

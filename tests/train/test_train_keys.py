@@ -276,7 +276,8 @@ def test_training_warms_up_as_axolotl_when_no_warmup_is_set(tiny_config):
 def test_loftq_needs_a_cuda_gpu(tiny_config):
     cfg = load_config(tiny_config(peft={"loftq_config": {"loftq_bits": 4}}))
     with pytest.raises(ConfigError, match="peft.loftq_config: peft's LoftQ needs"):
-        build_peft_model(cfg, load_base_model(cfg))
+        train(cfg)  # before the data is prepared or the base loaded
+    assert not Path(cfg.output_dir).exists()
 
 
 def test_the_resolved_config_of_a_run_with_new_keys_reloads(tiny_config):
