@@ -245,8 +245,6 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             raise ValueError("lora_target_modules: empty; list module names or set lora_target_linear: true")
         if self.unfrozen_parameters and self.adapter is not None:
             raise ValueError("unfrozen_parameters: applies to a full fine-tune (adapter: none), not an adapter")
-        if self.tokens and self.adapter is not None and not self.lora_modules_to_save:
-            raise ValueError(NEW_TOKENS_UNTRAINED.format(embeddings="embed_tokens", head="lm_head"))
         return self
 
     @model_validator(mode="after")
@@ -618,14 +616,15 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
 
     def checked_modules_to_save(self, shape_or_model) -> list[str]:
         """lora_modules_to_save, each checked to name a module of the model (peft would ignore one that names
-        none); with added `tokens`, one must be the input embeddings or the output head, so the new rows train.
+        none); with added `tokens`, they must include the input embeddings and the output head
+        (`check_new_tokens_trained`).
 
         Args: as `resolved_target_modules` (None: returned unchecked).
         """
         from llmkit.core.shapes import ModelShape
 
         names = list(self.lora_modules_to_save or [])  # a copy: peft edits the list it is given (weight tying)
-        if shape_or_model is None or self.adapter is None or not names:
+        if shape_or_model is None or self.adapter is None:
             return names
         shape = shape_or_model if isinstance(shape_or_model, ModelShape) else ModelShape.from_model(shape_or_model)
         missing = [name for name in names if name.rsplit(".", 1)[-1] not in shape.module_leaves]
@@ -634,23 +633,41 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             hint = "; ".join(f"did you mean {match} for {name}" for name, match in hints.items() if match)
             problem = f"lora_modules_to_save: {missing} match no module of {shape.architecture}"
             raise ConfigError([problem + (f"; {hint}" if hint else "")], self.source)
-        embeddings = shape.token_rows
-        if self.tokens and not {name.rsplit(".", 1)[-1] for name in names} & set(embeddings):
-            problem = NEW_TOKENS_UNTRAINED.format(embeddings=embeddings[0], head=embeddings[-1])
-            raise ConfigError([problem], self.source)
+        if self.tokens:
+            self.check_new_tokens_trained(shape.token_rows)
         return names
+
+    def check_new_tokens_trained(self, token_rows: list[str], new: str | None = None, instead: str = "") -> None:
+        """axolotl's rule for tokens new to the vocabulary: with an adapter, their new embedding rows stay untrained
+        (a new EOS the model never learns to emit) unless lora_modules_to_save lists both the input embeddings and
+        the output head, `token_rows` (`ModelShape.token_rows`: the model's own names; peft matches a name's end).
+
+        Args:
+            new: the message's start, naming the key and the new token; default: the config's `tokens`, which
+                axolotl holds to the rule whether or not the vocabulary has them.
+            instead: another way out, the message's end.
+
+        Raises:
+            ConfigError: one of `token_rows` is not listed; the message names what is missing.
+        """
+        if self.adapter is None or not (new or self.tokens):
+            return
+        listed = {name.rsplit(".", 1)[-1] for name in self.lora_modules_to_save or []}
+        missing = [name for name in token_rows if name not in listed]
+        if not missing:
+            return
+        new = new or f"tokens: {self.tokens} get new embedding rows, which an adapter leaves untrained"
+        raise ConfigError(
+            [f"{new}; lora_modules_to_save must list {' and '.join(token_rows)} (as axolotl requires; "
+             f"{', '.join(missing)} missing){instead}"],
+            self.source,
+        )  # fmt: skip
 
     def ties_saved_embeddings(self, tied: bool) -> bool:
         """Whether training keeps a tied model's head tied to the trained copy of its input embeddings (peft's
         `ensure_weight_tying`): LoRA with lora_modules_to_save. Listing the embeddings, the head or both, peft then
         trains one copy for both; VeRA, which has no such option, trains a copy of each listed."""
         return bool(tied) and self.peft_method is PeftMethod.lora and bool(self.lora_modules_to_save)
-
-
-NEW_TOKENS_UNTRAINED = (
-    "tokens: new tokens get new, untrained embeddings; with an adapter, list {embeddings} and {head} in "
-    "lora_modules_to_save so they are trained"
-)
 
 
 def _unknown_targets(missing: list[str], shape) -> str:

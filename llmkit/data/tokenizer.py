@@ -134,9 +134,8 @@ def _tokenizer_source(cfg: AxolotlConfig) -> Path:
 
 
 def _check_new_special_tokens_trained(cfg: AxolotlConfig, tokenizer: Any, tokens: dict[str, str]) -> None:
-    """axolotl's rule: with an adapter, a special token the tokenizer does not have as one token already gets a new
-    embedding row, which stays untrained (a new EOS the model never learns to emit) unless lora_modules_to_save lists
-    both the input embeddings and the output head. pad_token is exempt: it is never a target."""
+    """`AxolotlConfig.check_new_tokens_trained` for a special token the tokenizer does not have as one token already
+    (it gets a new embedding row). pad_token is exempt: it is never a target."""
     if cfg.adapter is None:
         return
     # more than 2 pieces, as axolotl counts: a token the vocabulary has is one (two after a prefix space)
@@ -149,19 +148,12 @@ def _check_new_special_tokens_trained(cfg: AxolotlConfig, tokenizer: Any, tokens
     ]
     if not new:
         return
-    needed = _embedding_layers(cfg)
-    listed = {name.rsplit(".", 1)[-1] for name in cfg.lora_modules_to_save or []}  # peft matches a name's end
-    missing = [name for name in needed if name not in listed]
-    if missing:
-        key = new[0]
-        raise ConfigError(
-            [
-                f"special_tokens.{key}: {tokens[key]!r} is a new token here, whose embedding an adapter leaves "
-                f"untrained; lora_modules_to_save must list {' and '.join(needed)} (as axolotl requires; "
-                f"{', '.join(missing)} missing), or use the tokenizer's own {key} ({getattr(tokenizer, key, None)!r})"
-            ],
-            cfg.source,
-        )
+    key = new[0]
+    cfg.check_new_tokens_trained(
+        _embedding_layers(cfg),
+        f"special_tokens.{key}: {tokens[key]!r} is a new token here, whose embedding an adapter leaves untrained",
+        f", or use the tokenizer's own {key} ({getattr(tokenizer, key, None)!r})",
+    )
 
 
 def _embedding_layers(cfg: AxolotlConfig) -> list[str]:
@@ -184,6 +176,7 @@ def _configured_tokenizer(cfg: AxolotlConfig, tokenizer: Any) -> Any:
         _check_new_special_tokens_trained(cfg, tokenizer, tokens)
         tokenizer.add_special_tokens(tokens)
     if cfg.tokens:
+        cfg.check_new_tokens_trained(_embedding_layers(cfg))  # before the data, as the special tokens' rule
         # As axolotl adds them: whole tokens, matched as written (not normalised, no stripped spaces).
         tokenizer.add_tokens([AddedToken(token, rstrip=False, lstrip=False, normalized=False) for token in cfg.tokens])
     if tokenizer.pad_token is None:

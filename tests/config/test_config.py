@@ -624,9 +624,6 @@ def test_lora_and_full_fine_tune_only_keys(tmp_path):
     assert "unfrozen_parameters: applies to a full fine-tune" in error_of(
         write(tmp_path, MINIMAL), {"unfrozen_parameters": ["lm_head"]}
     )
-    assert "tokens: new tokens get new, untrained embeddings" in error_of(
-        write(tmp_path, MINIMAL), {"tokens": ["<x>"]}
-    )
     assert "cosine_min_lr_ratio applies to lr_scheduler: cosine, not linear" in error_of(
         write(tmp_path, MINIMAL), {"cosine_min_lr_ratio": 0.1, "lr_scheduler": "linear"}
     )

@@ -443,14 +443,22 @@ def test_a_missing_local_dataset_is_named_not_called_a_hub_dataset(tmp_path):
     )
 
 
-def test_modules_to_save_must_name_modules_and_new_tokens_need_an_embedding_among_them():
+def test_modules_to_save_must_name_modules_and_new_tokens_need_the_embeddings_and_the_head_among_them():
+    """The shipped Llama-2 config's tokenizer is not here offline: the plan's model shape holds `tokens` to the rule
+    (`model.embed_tokens` alone was accepted: the head's new rows never trained)."""
     with pytest.raises(ConfigError, match=r"lora_modules_to_save: \['wte'\] match no module of LlamaForCausalLM"):
         plan(team("Llama-2-7b-03", {"lora_modules_to_save": ["wte"]}))
-    keys = {"tokens": ["<sum>"], "lora_modules_to_save": ["norm"]}  # a module, but not where new rows live
-    with pytest.raises(ConfigError, match="list embed_tokens and lm_head in lora_modules_to_save"):
-        plan(team("Llama-2-7b-03", keys))
-    saved = plan(team("Llama-2-7b-03", {"tokens": ["<sum>"], "lora_modules_to_save": ["model.embed_tokens"]}))
-    assert saved.trainable_params > 32000 * 4096  # the whole embedding matrix trains
+    for listed, missing in (
+        (None, "embed_tokens, lm_head"),
+        (["norm"], "embed_tokens, lm_head"),
+        (["model.embed_tokens"], "lm_head"),
+    ):
+        keys = {"tokens": ["<sum>"], "lora_modules_to_save": listed}
+        with pytest.raises(ConfigError, match=rf"must list embed_tokens and lm_head \(as axolotl requires; {missing}"):
+            plan(team("Llama-2-7b-03", keys))
+    both = ["model.embed_tokens", "lm_head"]
+    saved = plan(team("Llama-2-7b-03", {"tokens": ["<sum>"], "lora_modules_to_save": both}))
+    assert saved.trainable_params > 2 * 32000 * 4096  # the whole embedding matrix and head train
 
 
 def _validate_output(config: Path) -> tuple[int, str]:

@@ -208,25 +208,33 @@ def test_tokenizer_config_may_be_a_folder_of_tokenizer_files_alone(make_cfg, tok
         ("gpt2", "wte", "lm_head"),
     ],
 )
-def test_a_new_special_token_under_an_adapter_needs_the_embeddings_and_the_head_saved(
+def test_a_new_token_under_an_adapter_needs_the_embeddings_and_the_head_saved(
     tiny_config, tiny_model_dir, tiny_family_dir, family, embeddings, head
 ):
-    """axolotl refuses it unless lora_modules_to_save lists both, by the architecture's names (embed_in in GPT-NeoX);
-    any one module listed let it through, and the new EOS's embedding row never trained."""
+    """axolotl refuses a new special token, or added `tokens`, unless lora_modules_to_save lists both, by the
+    architecture's names (embed_in in GPT-NeoX); any one module listed let it through, and the new EOS's embedding
+    row never trained. `tokens` took any one of the two (and, without a model, axolotl's names: wte was refused)."""
     from llmkit.config.schema import ConfigError, load_config
     from llmkit.data.tokenizer import load_tokenizer
 
     base = tiny_model_dir if family == "tied llama" else tiny_family_dir(family)
     new_eos = {"base_model": str(base), "special_tokens": {"eos_token": "<|myend|>"}}
-    short = [([head], embeddings), ([f"model.{embeddings}"], head), (["norm"], f"{embeddings}, {head}")]
-    for listed, missing in short:
-        with pytest.raises(ConfigError) as refused:
-            load_tokenizer(load_config(tiny_config(**new_eos, lora_modules_to_save=listed)))
-        said = " ".join(str(refused.value).split())
-        assert "special_tokens.eos_token: '<|myend|>' is a new token here, whose embedding an adapter leaves" in said
-        assert f"must list {embeddings} and {head} (as axolotl requires; {missing} missing)" in said
-    saved = load_tokenizer(load_config(tiny_config(**new_eos, lora_modules_to_save=[embeddings, head])))
-    assert saved.eos_token == "<|myend|>"
+    added = {"base_model": str(base), "tokens": ["<|mytok|>"]}
+    said_new = {
+        "special_tokens": "special_tokens.eos_token: '<|myend|>' is a new token here, whose embedding an adapter",
+        "tokens": "tokens: ['<|mytok|>'] get new embedding rows, which an adapter leaves untrained",
+    }
+    short = [([head], embeddings), ([f"model.{embeddings}"], head), (["norm"], f"{embeddings}, {head}"), ([], None)]
+    for keys, key in ((new_eos, "special_tokens"), (added, "tokens")):
+        for listed, missing in short:
+            with pytest.raises(ConfigError) as refused:
+                load_tokenizer(load_config(tiny_config(**keys, lora_modules_to_save=listed)))
+            said = " ".join(str(refused.value).split())
+            assert said_new[key] in said
+            missing = missing or f"{embeddings}, {head}"
+            assert f"must list {embeddings} and {head} (as axolotl requires; {missing} missing)" in said
+        saved = load_tokenizer(load_config(tiny_config(**keys, lora_modules_to_save=[embeddings, head])))
+        assert {"<|myend|>", "<|mytok|>"} & set(saved.get_vocab())
 
 
 @pytest.mark.parametrize("command", ["validate", "preprocess", "train"])
