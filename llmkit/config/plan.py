@@ -99,7 +99,7 @@ def plan(
         trainable, total = trainable_params(cfg, trained, targets), trained.num_params
         memory = [training_memory(cfg, trained, targets, trainable, track) for track in Track]
     micro_tokens = cfg.micro_batch_size * cfg.sequence_len
-    rows = _count_all_rows(cfg.datasets)
+    rows = _count_all_rows(cfg)
     step_rows = cfg.micro_batch_size * cfg.gradient_accumulation_steps * world_size
     tokens_per_step = micro_tokens * cfg.gradient_accumulation_steps * world_size
     tokens, tokens_basis = training_tokens(cfg, rows, tokens_per_step, data.tokens if data else None)
@@ -173,7 +173,7 @@ def tokens_countable_here(cfg: AxolotlConfig) -> bool:
     """Whether the training data can be tokenized offline to count its tokens
     (llmkit.data.tokenizer.count_training_tokens): local datasets only, a local tokenizer (the embedded default's,
     or a model folder)."""
-    return _count_all_rows(cfg.datasets) is not None and tokenizer_here(cfg)
+    return _count_all_rows(cfg) is not None and tokenizer_here(cfg)
 
 
 def tokenizer_here(cfg: AxolotlConfig) -> bool:
@@ -357,14 +357,14 @@ def logging_steps(cfg: AxolotlConfig, total_steps: int) -> int:
     return max(min(int(0.005 * total_steps), 10), 1)
 
 
-def _count_all_rows(datasets: list[DatasetSpec]) -> int | None:
-    counts = [_count_rows(spec) for spec in datasets]
+def _count_all_rows(cfg: AxolotlConfig) -> int | None:
+    counts = [_count_rows(spec, cfg.source) for spec in cfg.datasets]
     return None if None in counts else sum(counts)
 
 
-def _count_rows(spec: DatasetSpec) -> int | None:
+def _count_rows(spec: DatasetSpec, source: str | Path | None) -> int | None:
     """Rows of a local dataset (file, folder, or data_files; compressed or not) that the spec's split and shard
-    select; None for a hub dataset."""
+    select; None for a hub dataset. `source`: the config's file, which an unreadable data file's error names."""
     path = Path(spec.path).expanduser()
     if path.is_dir():
         files = local_data_files(spec.data_files, path) if spec.data_files else sorted(path.iterdir())
@@ -374,7 +374,7 @@ def _count_rows(spec: DatasetSpec) -> int | None:
         files = [Path(f) for f in spec.data_files]  # `path: json` with local data_files
     else:
         return None
-    counts = [_rows_in_file(f) for f in files if data_file_builder(f.name) in _COUNTED_BUILDERS]
+    counts = [_rows_in_file(f, source) for f in files if data_file_builder(f.name) in _COUNTED_BUILDERS]
     if not counts or None in counts:
         return None
     return _selected(spec, sum(counts))
@@ -395,17 +395,18 @@ def _selected(spec: DatasetSpec, rows: int) -> int | None:
     return len(range(spec.shards_idx, rows, spec.shards)) if spec.shards else rows
 
 
-def _rows_in_file(path: Path) -> int:
+def _rows_in_file(path: Path, source: str | Path | None) -> int:
     """Rows of a local data file; a compressed one (rows.jsonl.gz) is counted as the file inside it, opened with the
     opener the data stage reads it with (config.sections.COMPRESSIONS).
 
     Raises:
-        ConfigError: the file cannot be read or decompressed (training would stop on it; the data stage's message).
+        ConfigError: the file cannot be read or decompressed (training would stop on it; the data stage's message),
+            naming the config (`source`) and the file.
     """
     try:
         return _count_file_rows(path)
     except UNREADABLE as err:
-        raise ConfigError([f"{path}: cannot be read: {type(err).__name__}: {err}"]) from None
+        raise ConfigError([f"{path}: cannot be read: {type(err).__name__}: {err}"], source) from None
 
 
 def _count_file_rows(path: Path) -> int:

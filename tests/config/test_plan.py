@@ -516,12 +516,14 @@ def test_validate_checks_a_compressed_file_as_the_file_inside_it(tiny_config, tm
     assert f"{path}: row 2: must be an object, got list" in output  # the data pipeline's own message
 
 
-def test_validate_names_a_compressed_file_that_cannot_be_decompressed(tiny_config, tmp_path):
+def test_validate_names_a_compressed_file_that_cannot_be_decompressed_and_the_config(tiny_config, tmp_path):
+    """Counting the rows found it first, and said "Invalid config:" without the config's path, as no other error."""
     cut = tmp_path / "rows.jsonl.gz"
     cut.write_bytes(b'{"instruction": "a", "output": "b"}\n')  # not compressed
-    status, output = _validate_output(tiny_config(datasets=[{"path": str(cut), "type": "alpaca"}]))
+    config = tiny_config(datasets=[{"path": str(cut), "type": "alpaca"}])
+    status, output = _validate_output(config)
     assert status == 1
-    assert f"{cut}: cannot be read: BadGzipFile: Not a gzipped file" in output
+    assert f"Invalid config {config}: - {cut}: cannot be read: BadGzipFile: Not a gzipped file" in output
 
 
 def test_validate_warns_of_what_train_would_refuse_on_this_machine(tiny_config):
