@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from tqdm import tqdm
+from huggingface_hub.utils import tqdm  # off with HF_HUB_DISABLE_PROGRESS_BARS: the CLI piped (cli._logging)
 
 from llmkit.core import devices
 from llmkit.core.files import check_replaceable, clean_stale, disk_full, sha256_file, staging_dir, swap_in

@@ -9,7 +9,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from tqdm import tqdm
+from huggingface_hub.utils import tqdm  # off with HF_HUB_DISABLE_PROGRESS_BARS: the CLI piped (cli._logging)
 
 from llmkit.submit.manifest import is_weight_file
 

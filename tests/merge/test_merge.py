@@ -387,6 +387,18 @@ def test_the_report_gives_paths_whole_and_with_brackets_as_written(adapters, tmp
     assert len(str(out)) > 80 and all(len(line) <= 80 for line in lines if "│" in line)
 
 
+def test_merge_piped_draws_no_bar_as_train_does(adapters, tiny_model_dir, tmp_path):
+    """Piped (a log, CI), train's bars give way to lines; merge's own "Merging" bar redrew with carriage returns."""
+    out = tmp_path / "merged"
+    command = [sys.executable, "-m", "llmkit.cli", "merge", "--adapter", str(adapters["plain"]), "--no-verify"]
+    command += ["--base", str(tiny_model_dir), "--out", str(out)]
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "Merging" not in done.stderr and "\r" not in done.stderr + done.stdout, done.stderr
+    assert (out / "model.safetensors").is_file()
+
+
 def test_bad_adapter_paths_fail_clearly(tiny_model_dir, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["merge", "--adapter", str(tmp_path / "nope"), "--base", str(tiny_model_dir)])

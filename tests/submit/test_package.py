@@ -105,6 +105,33 @@ def test_zip_entries_are_sorted_whatever_order_the_files_were_made_in(tmp_path):
         assert archive.namelist() == sorted(names)
 
 
+# What `llmkit submission` does around its zip: the CLI's progress-bar rule (cli._logging), then write_zip.
+_WRITE_ZIP = """
+import sys
+from pathlib import Path
+from llmkit.cli import _logging
+_logging()
+from llmkit.submit.archive import write_zip
+write_zip(Path(sys.argv[1]), Path(sys.argv[2]))
+"""
+
+
+def test_the_zips_bar_is_off_when_piped_as_trainings_bars_are(tmp_path):
+    """Piped (a log, CI), the "Writing" bar of a zip over 128 MiB redrew itself with carriage returns."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with (folder / "model.safetensors").open("wb") as weights:  # sparse: 129 MiB on no disk
+        weights.truncate(129 << 20)
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    zip_path = tmp_path / "out.zip"
+    done = subprocess.run(
+        [sys.executable, "-c", _WRITE_ZIP, str(folder), str(zip_path)], stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Writing" not in done.stderr and "\r" not in done.stderr, done.stderr
+    assert zipfile.ZipFile(zip_path).namelist() == ["model.safetensors"]
+
+
 def test_a_local_model_needs_bundling(tmp_path, tiny_model_dir):
     with pytest.raises(SubmissionError, match="local directory.*--bundle-weights"):
         build_submission("4090", model=str(tiny_model_dir), out_root=tmp_path)
