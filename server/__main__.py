@@ -44,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = parse_settings(args)
     except ValidationError as err:
         lines = problems(err, key=lambda field: _setting_name(field, args))  # `--max-context: ... (got '0')`
-        raise SystemExit("\n  ".join(["Error: invalid settings:", *lines])) from None
+        sys.stderr.write(f"Error: invalid settings: {'; '.join(lines)}\n")
+        raise SystemExit(2) from None  # a usage error, as argparse's for an unknown flag and click's in every command
     if settings.engine is EngineName.vllm and importlib.util.find_spec("vllm") is None:
         from llmkit.core.venvs import ToolVenvError
         from llmkit.server.vllm_venv import exec_server

@@ -69,3 +69,14 @@ def test_a_bad_option_value_is_a_usage_error_in_plain_words(args, said):
     result = CliRunner().invoke(app, args, prog_name="llmkit", env={"COLUMNS": "200"})
     assert result.exit_code == 2, result.output
     assert f"Invalid value for {said}" in result.output and "Value error" not in result.output, result.output
+
+
+def test_a_bad_serve_flag_value_is_a_usage_error_on_one_line():
+    """`serve --port abc` exited 1 over two lines, where every other command's bad value (and serve's unknown flag,
+    argparse's) is a usage error: 2."""
+    result = CliRunner().invoke(app, ["serve", "--port", "abc", "--max-context", "0"], prog_name="llmkit")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        "Error: invalid settings: --max-context: Input should be greater than 0 (got '0'); --port: Input should be a "
+        "valid integer, unable to parse string as an integer (got 'abc')"
+    ]

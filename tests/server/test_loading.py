@@ -178,9 +178,12 @@ def test_a_smaller_context_lowers_the_default_token_limit_not_a_given_one():
     ],
 )
 def test_unusable_settings_end_in_one_message_without_a_traceback(python, tmp_path, flags, says):
+    """A value the settings refuse is a usage error (2, as argparse's for an unknown flag); a model that cannot be
+    served is the command's failure (1)."""
     flags = [flag.format(tmp=tmp_path) for flag in flags]
     result = subprocess.run([python, "-m", "llmkit.server", *flags], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1 and says.format(tmp=tmp_path) in result.stderr, result.stderr
+    status = 1 if says.startswith("Error: cannot serve") else 2
+    assert result.returncode == status and says.format(tmp=tmp_path) in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "Started server process" not in result.stderr
 
 
@@ -189,7 +192,7 @@ def test_a_bad_environment_variable_is_named_as_such(python):
     result = subprocess.run(
         [python, "-m", "llmkit.server", "--max-context", "-1"], capture_output=True, text=True, timeout=120, env=env
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "LLMKIT_DTYPE: Input should be 'auto'" in result.stderr  # no --dtype was typed
     assert "--max-context: Input should be greater than 0 (got '-1')" in result.stderr  # the flag wins over the env
 

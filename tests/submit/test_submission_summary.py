@@ -162,7 +162,7 @@ def test_verify_submission_smoke_of_a_server_that_cannot_start(broken_zip, tmp_p
     assert done.returncode == 1
     _, mark, _, detail = _cells(_row(done.stdout, "smoke test"))
     assert mark == "✗" and detail.startswith(
-        "server start: ServerStartError: server exited with code 1 before becoming healthy: Error: invalid settings:"
+        "server start: ServerStartError: server exited with code 2 before becoming healthy: Error: invalid settings:"
     )
     assert "--dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16' (got 'bfloat17')" in detail
     assert "not projected: no smoke request succeeded" in _row(done.stdout, "eval time")
