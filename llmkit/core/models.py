@@ -160,6 +160,9 @@ def _download(model_id: str, revision: str | None) -> ResolvedModel:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    # A name that is no folder here went to the hub; where the hub cannot give it either, both are said: outputs/merged
+    # is as likely a mistyped folder as a hub id. With a revision, the name was meant for the hub.
+    folder = "" if revision else f"There is no folder {model_id} here, and "
     try:
         path = snapshot_download(
             model_id,
@@ -167,13 +170,11 @@ def _download(model_id: str, revision: str | None) -> ResolvedModel:
             allow_patterns=list(MODEL_FILE_PATTERNS),
         )
     except LocalEntryNotFoundError as err:
-        # a name without an owner is more often a mistyped folder than one of the hub's few owner-less models
-        folder = f"There is no folder {model_id} here, and the hub cannot be reached: " if "/" not in model_id else ""
-        raise ConnectionError(
-            f"{folder}Cannot download {model_id} from the Hugging Face hub (offline?): {headline(err)}"
-        ) from err
+        said = f"Cannot download {model_id} from the Hugging Face hub (offline?): {headline(err)}"
+        raise ConnectionError(f"{folder}the hub cannot be reached: {said}" if folder else said) from err
     except HfHubHTTPError as err:
-        raise FileNotFoundError(f"The hub has no model {model_id} at revision {revision or 'main'}: {err}") from err
+        said = f"no model {model_id} at revision {revision or 'main'}: {err}"
+        raise FileNotFoundError(f"{folder}the hub has {said}" if folder else f"The hub has {said}") from err
     commit = Path(path).name  # snapshot folders are named by commit hash
     return ResolvedModel(Path(path), model_id, commit)
 

@@ -174,7 +174,10 @@ def test_a_hub_base_model_offline_is_one_line_not_four_tracebacks(command, tmp_p
     result = subprocess.run([llmkit, command, str(config)], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("Error: Cannot download someone/never-seen-7b from the Hugging Face hub"), last_line
+    assert last_line.startswith(
+        "Error: There is no folder someone/never-seen-7b here, and the hub cannot be reached: Cannot download "
+        "someone/never-seen-7b from the Hugging Face hub"
+    ), last_line
 
 
 def test_a_missing_folder_given_as_model_is_named_as_a_folder(tmp_path):

@@ -102,6 +102,18 @@ def test_bench_names_a_model_folder_it_cannot_serve(tmp_path):
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+def test_bench_names_a_missing_folder_with_a_slash_as_a_folder(tmp_path):
+    """`bench --model outputs/merged` (a folder not made yet) got the hub's message alone, as if meant as a hub id."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # an empty cache, no network
+    command = [sys.executable, "-m", "llmkit.cli", "bench", "--model", "outputs/merged"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(
+        "Error: --model: There is no folder outputs/merged here, and the hub cannot be reached: Cannot download "
+        "outputs/merged from the Hugging Face hub (offline?)"
+    ), result.stderr
+
+
 @pytest.mark.parametrize("command", [["bench", "--stage", "merging"], ["decontaminate", "x.yml"]])
 def test_an_out_that_cannot_be_a_folder_is_one_line(tmp_path, command):
     """bench's and decontaminate's --out: a file where a folder goes was a traceback (FileExistsError)."""
