@@ -39,6 +39,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
 
 
+# First: xdist's own hook turns the xdist_group mark into the test id's "@group" suffix, the scheduler's only sign of
+# it, and this conftest is registered before xdist's worker plugin, so by default its hook ran after xdist's and every
+# test was scheduled alone (module-scoped servers and trainings ran on both workers).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """With pytest-xdist (`make test` runs a worker per core, `--dist loadgroup`): a module's tests stay on one
     worker, so each module-scoped server starts once; tests using a package-scoped fixture (tests/server's shared

@@ -90,6 +90,41 @@ def test_the_suite_runs_on_a_worker_per_core_unless_told_otherwise():
     assert "-n" not in command_line("test", "WORKERS=0") and "3" in command_line("test-fast", "WORKERS=3")
 
 
+def test_the_suites_workers_start_a_shared_server_once(tmp_path, python):
+    """tests/conftest.py's groups under `make test`'s --dist loadgroup: a package-scoped server used by two modules
+    and a module-scoped one each start on one worker, once (the groups were lost, as conftest's hook ran after
+    xdist's, and again on pytest 9.2: both workers started each server)."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    package = tmp_path / "tests" / "server"
+    package.mkdir(parents=True)
+    (package / "conftest.py").write_text(
+        "import os, pytest\n"
+        "def started(name):\n"
+        "    with open(os.environ['STARTS'], 'a') as starts: starts.write(name + '\\n')\n"
+        "@pytest.fixture(scope='package', params=['builtin', 'vllm'])\n"
+        "def server(request):\n"
+        "    started(request.param)\n"
+        "    return request.param\n"
+        "@pytest.fixture(scope='module')\n"
+        "def client(server):\n"
+        "    return server\n"
+        "@pytest.fixture(scope='module')\n"
+        "def own_server():\n"
+        "    started('own')\n"
+    )
+    for module in ("api", "observe"):
+        tests = [f"def test_{module}_{n}(server, client): pass\n" for n in range(4)]
+        (package / f"test_{module}.py").write_text("".join(tests))
+    (package / "test_batching.py").write_text("".join(f"def test_{n}(own_server): pass\n" for n in range(6)))
+    starts = tmp_path / "starts.txt"
+    # the suite's conftest.py as a plugin: its hooks, not its folder's tests
+    env = os.environ | {"PYTHONPATH": str(ROOT / "tests"), "STARTS": str(starts)}
+    command = [python, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-p", "conftest", "-p", "no:cacheprovider"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(starts.read_text().split()) == ["builtin", "own", "vllm"], result.stdout
+
+
 def test_make_help_gives_every_phony_target_its_usage_line():
     database = make("-pRrq", ":").stdout  # make's own reading of the Makefile (-q: nothing runs)
     [phony] = [line.split(":", 1)[1].split() for line in database.splitlines() if line.startswith(".PHONY:")]
