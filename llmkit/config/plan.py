@@ -21,6 +21,7 @@ from pathlib import Path
 from llmkit.config.schema import Adapter, AxolotlConfig, ConfigError, DatasetSpec, PeftMethod
 from llmkit.config.sections import COMPRESSIONS, UNREADABLE, data_file_builder, local_data_files
 from llmkit.core.challenge import TRACKS, Loading, Track, TrainingProjection, project_training
+from llmkit.core.files import user_path
 from llmkit.core.memory import TrainingMemory, TrainingSetup, estimate_training
 from llmkit.core.shapes import (
     ModelConfigNotFound,
@@ -365,7 +366,7 @@ def _count_all_rows(cfg: AxolotlConfig) -> int | None:
 def _count_rows(spec: DatasetSpec, source: str | Path | None) -> int | None:
     """Rows of a local dataset (file, folder, or data_files; compressed or not) that the spec's split and shard
     select; None for a hub dataset. `source`: the config's file, which an unreadable data file's error names."""
-    path = Path(spec.path).expanduser()
+    path = user_path(spec.path)
     if path.is_dir():
         files = local_data_files(spec.data_files, path) if spec.data_files else sorted(path.iterdir())
     elif path.is_file():

@@ -58,6 +58,7 @@ from llmkit.config.sections import (
 )
 from llmkit.core import devices
 from llmkit.core.errors import problems, short_repr
+from llmkit.core.files import user_path
 
 __all__ = [
     "Adapter",
@@ -800,7 +801,7 @@ def _sharegpt_notices(cfg: AxolotlConfig) -> list[str]:
 
 def _resolve_local(path: str, base: Path) -> str:
     """A relative path that exists from the current directory (axolotl's rule) or else from `base`, made absolute."""
-    candidate = Path(path).expanduser()
+    candidate = user_path(path)
     if candidate.is_absolute():
         return path
     for root in (Path.cwd(), base):

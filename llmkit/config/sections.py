@@ -26,6 +26,7 @@ from pydantic_core import ErrorDetails
 
 from llmkit.config.keys import suggest
 from llmkit.core.errors import error_message, key_path
+from llmkit.core.files import user_path
 
 # Keys may be repeated as empty (`wandb_project:`) in axolotl's templates; the root treats null as "not set".
 # allow_inf_nan: a learning rate of 1e400 (inf) passed every `gt=0` check.
@@ -700,9 +701,7 @@ class DatasetSpec(BaseModel):
     def missing_local_path(self) -> bool:
         """`path` is written as a local path (./, /, ~, or a data file's suffix) that does not exist: not a hub id,
         so the hub is not asked for it."""
-        from pathlib import Path
-
-        local = Path(self.path).expanduser()
+        local = user_path(self.path)
         written_local = self.path.startswith((".", "/", "~")) or data_file_builder(self.path) is not None
         return written_local and not local.exists()
 
@@ -818,7 +817,7 @@ class ModelSection(BaseModel):
         # paths are the current directory's, as from_pretrained reads them.
         from llmkit.core.models import is_hub_id
 
-        if value is None or is_hub_id(value) or Path(value).expanduser().exists():
+        if value is None or is_hub_id(value) or user_path(value).exists():
             return value
         raise ValueError("no such folder here, and not a hub id (owner/name)")
 

@@ -108,7 +108,7 @@ def model_id(model: str | None) -> str:
     default's hub id, a local folder's absolute path, else the hub id as given."""
     if model is None:
         return DEFAULT_MODEL_ID
-    local = Path(model).expanduser()
+    local = user_path(model)
     return str(local.resolve()) if local.is_dir() else model
 
 
@@ -121,7 +121,7 @@ def resolve_model(model: str | None, revision: str | None = None) -> ResolvedMod
     """
     if model is None or (model == DEFAULT_MODEL_ID and revision is None):
         return ResolvedModel(embedded_model_dir(), DEFAULT_MODEL_ID, embedded_package_pin(), embedded=True)
-    local = Path(model).expanduser()
+    local = user_path(model)
     if local.is_dir():
         if not (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{local} is a directory but holds no config.json (not a model directory)")
@@ -277,7 +277,7 @@ PROMPT_LEARNING = frozenset({"PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "MULT
 
 def adapter_config(adapter: str | Path) -> dict:
     """A peft adapter directory's adapter_config.json; the error names the directory or file and what is wrong."""
-    path = Path(adapter).expanduser()
+    path = user_path(adapter)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} is a file, not an adapter directory")
     if not path.is_dir():

@@ -72,10 +72,10 @@ def write_random_model(
     from llmkit.core.models import embedded_model_dir, is_hub_id
     from llmkit.core.shapes import find_model_config, shape_from_config
 
-    if tokenizer and not Path(tokenizer).expanduser().exists() and not is_hub_id(tokenizer):
+    if tokenizer and not user_path(tokenizer).exists() and not is_hub_id(tokenizer):
         # transformers would take it for a hub id and answer "Repo id must use alphanumeric chars..."
         raise ValueError(f"--tokenizer {tokenizer}: no such folder here, and not a hub id (owner/name)")
-    shape_path = Path(shape).expanduser()
+    shape_path = user_path(shape)
     explicit = shape if shape_path.is_file() else None
     found = find_model_config(shape, explicit=explicit, how_to_give="as SHAPE: a config.json file, or a folder")
     shape_from_config(found.config)  # a clear ValueError for an architecture that is not a causal LM

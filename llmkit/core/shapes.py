@@ -28,6 +28,7 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import urlparse
 
+from llmkit.core.files import user_path
 from llmkit.core.models import DEFAULT_MODEL_ID, embedded_model_dir
 
 LOG = logging.getLogger(__name__)
@@ -458,14 +459,14 @@ def find_model_config(
         ModelConfigNotFound: nowhere has it; the message lists where it looked and how to provide it.
     """
     if explicit:
-        path = Path(explicit).expanduser()
+        path = user_path(explicit)
         if path.is_dir() and not (path / "config.json").is_file():
             raise ModelConfigNotFound(f"{explicit}: a folder without a config.json")
         path = path / "config.json" if path.is_dir() else path
         if not path.is_file():
             raise ModelConfigNotFound(f"{explicit}: {'not a file' if path.exists() else 'no such file or folder'}")
         return FoundConfig(_read(path), f"{path}")
-    local = Path(model).expanduser()
+    local = user_path(model)
     if (local / "config.json").is_file():
         return FoundConfig(_read(local / "config.json"), "local folder")
     if local.is_dir() or model.startswith((".", "/", "~")):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from datasets import Dataset, load_from_disk
 
 from llmkit.config.sections import local_data_files
-from llmkit.core.files import clean_stale, sha256_bytes, sha256_file, staging_dir
+from llmkit.core.files import clean_stale, sha256_bytes, sha256_file, staging_dir, user_path
 from llmkit.data.user_strategy import module_digest
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def dataset_identity(spec: DatasetSpec) -> dict[str, Any]:  # Any: the spec as J
     """A dataset spec's settings, with the sha256 of its local files (None for a hub dataset) and of the local files
     its data_files name (outside `path` too: `path: json` with `data_files: rows.jsonl` reads a local file)."""
     raw = spec.model_dump(mode="json")
-    local = Path(spec.path).expanduser()
+    local = user_path(spec.path)
     # hub datasets: the spec names them; a device or pipe is refused when read (hashing it would never end)
     raw["_files"] = _file_digests(local) if local.is_file() or local.is_dir() else None
     raw["_data_files"] = _data_files_digests(local if local.is_dir() else None, spec.data_files or [])
@@ -110,7 +110,7 @@ def cache_key(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> str:
 
 def load_prepared(root: Path, key: str) -> tuple[Dataset, Dataset | None, str] | None:
     """The cached (train, eval, stats JSON) under `root/key`, or None when there is none."""
-    entry = root.expanduser() / key
+    entry = user_path(root) / key
     if not (entry / "stats.json").is_file():
         return None
     evaluation = load_from_disk(str(entry / "eval")) if (entry / "eval").is_dir() else None
@@ -118,7 +118,7 @@ def load_prepared(root: Path, key: str) -> tuple[Dataset, Dataset | None, str] |
 
 
 def save_prepared(root: Path, key: str, train: Dataset, evaluation: Dataset | None, stats_json: str) -> Path:
-    root = root.expanduser()
+    root = user_path(root)
     root.mkdir(parents=True, exist_ok=True)
     target = root / key
     clean_stale(target)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from datasets import Dataset, concatenate_datasets
 
 from llmkit.config.plan import TokenizedSplit
-from llmkit.core.files import check_folder_target
+from llmkit.core.files import check_folder_target, user_path
 from llmkit.data.cache import cache_key, load_prepared, save_prepared
 from llmkit.data.chat import ChatDefaults
 from llmkit.data.packing import make_collator, pack_dataset
@@ -349,7 +349,7 @@ def build_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> Pr
         return _prepare(cfg, tokenizer, key)
     root = Path(cfg.dataset_prepared_path)
     try:  # before minutes of tokenizing, not when saving them
-        check_folder_target(root.expanduser())
+        check_folder_target(user_path(root))
     except OSError as err:
         raise DataError(f"dataset_prepared_path: {err}") from None
     if cached := load_prepared(root, key):

@@ -25,6 +25,7 @@ from datasets import (
 from datasets.data_files import get_data_patterns
 
 from llmkit.config.sections import COMPRESSIONS, UNREADABLE, DatasetSpec, DsType, data_file_builder, data_files_pattern
+from llmkit.core.files import user_path
 from llmkit.data.fields import IS_NULL, FieldError, RowError
 from llmkit.data.rows import RawColumns, RawRow
 
@@ -54,7 +55,7 @@ def split_held_out(rows: Dataset, cfg: AxolotlConfig, what: str = "rows") -> tup
 def source_name(spec: DatasetSpec) -> str:
     """How errors and stats name a dataset: its local path, or 'hub dataset <id>'; with the split when it selects
     rows (`train[:100]`), since row numbers then count within the selection."""
-    local = Path(spec.path).expanduser()
+    local = user_path(spec.path)
     name = str(local) if local.exists() else f"hub dataset {spec.path}"
     if any(c in spec.split for c in "[+"):
         name = f"{name} (split {spec.split})"
@@ -70,7 +71,7 @@ def load_rows(spec: DatasetSpec, check: RowCheck, seed: int) -> Dataset:
     (slices such as `train[:100]` select from it); a folder written by `save_to_disk` by `load_from_disk`; any
     other folder as `datasets` reads folders.
     """
-    local = Path(spec.path).expanduser()
+    local = user_path(spec.path)
     if spec.missing_local_path:
         raise DataError(f"{spec.path}: no such file or folder")
     try:

@@ -14,6 +14,7 @@ from tokenizers import AddedToken
 
 from llmkit.config.plan import TokenizedSplit
 from llmkit.config.schema import AxolotlConfig, ConfigError
+from llmkit.core.files import user_path
 from llmkit.core.models import resolve_model
 from llmkit.data.chat import ChatDefaults, check_template_name, config_template
 from llmkit.data.prompts import CHAT_TYPES
@@ -128,7 +129,7 @@ def _read_back(tokenizer: Any) -> str:
 def _tokenizer_source(cfg: AxolotlConfig) -> Path:
     """Where the tokenizer loads from: a local `tokenizer_config` folder as it is (tokenizer files alone will do, as
     axolotl's AutoTokenizer reads them; a model folder needs config.json), else the model `resolve_model` finds."""
-    if cfg.tokenizer_config and (folder := Path(cfg.tokenizer_config).expanduser()).is_dir():
+    if cfg.tokenizer_config and (folder := user_path(cfg.tokenizer_config)).is_dir():
         return folder
     return resolve_model(cfg.tokenizer_config or cfg.base_model, cfg.revision_of_model).path
 

@@ -23,7 +23,7 @@ import torch
 from huggingface_hub.utils import tqdm  # off with HF_HUB_DISABLE_PROGRESS_BARS: the CLI piped (cli._logging)
 
 from llmkit.core import devices
-from llmkit.core.files import check_replaceable, clean_stale, disk_full, sha256_file, staging_dir, swap_in
+from llmkit.core.files import check_replaceable, clean_stale, disk_full, sha256_file, staging_dir, swap_in, user_path
 from llmkit.core.models import (
     ADAPTER_WEIGHTS,
     DEFAULT_MAX_SHARD_SIZE,
@@ -150,7 +150,7 @@ BASE_MOVING_INITS = ("pissa", "olora", "corda", "loftq")
 
 
 def check_adapter_dir(adapter_dir: str | Path) -> Path:
-    path = Path(adapter_dir).expanduser()
+    path = user_path(adapter_dir)
     if path.is_dir() and not (path / "adapter_config.json").is_file() and _holds_full_model(path):
         raise FileNotFoundError(
             f"{path} holds no adapter_config.json but a full model (config.json and weights): a full fine-tune "

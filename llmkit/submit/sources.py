@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmkit.core.files import user_path
 from llmkit.core.models import is_hub_id, resolve_model
 
 LOG = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def hub_or_local(name: str, revision: str | None, *, bundle: bool, marker: str, 
         marker: the file a directory of this kind holds (config.json, adapter_config.json).
         what: "model" or "adapter", for messages.
     """
-    local = Path(name).expanduser()
+    local = user_path(name)
     flag = "--revision" if what == "model" else f"--{what}-revision"
     if local.is_dir():
         if revision is not None:

@@ -30,6 +30,7 @@ from packaging.utils import canonicalize_name
 
 from llmkit.core.challenge import TRACKS, Track
 from llmkit.core.cpu_torch import CUDA_ONLY_PACKAGES
+from llmkit.core.files import user_path
 from llmkit.core.models import embedded_package_pin, is_commit_sha
 from llmkit.core.project import PROJECT, pinned_version
 from llmkit.data.chat import jinja_text
@@ -155,7 +156,7 @@ def _check_portable(cfg) -> None:
     """What the config trains from must be reachable from the organisers' image: a hub id, not a local folder."""
     for key in ("base_model", "base_model_config", "tokenizer_config", "lora_model_dir"):
         value = getattr(cfg, key)
-        if value and Path(value).expanduser().exists():
+        if value and user_path(value).exists():
             raise SubmissionError(
                 f"{key}: {value} is on this machine, where the organisers' training image cannot read it; "
                 "--training needs it on the hub: upload it (hf upload <you>/<name> "

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from llmkit.config.schema import AxolotlConfig, ConfigError, DatasetSpec
-from llmkit.core.files import check_folder_target, check_replaceable, write_atomic
+from llmkit.core.files import check_folder_target, check_replaceable, user_path, write_atomic
 from llmkit.data.cache import dataset_identity
 from llmkit.train.report import TRAINER_STATE
 
@@ -210,7 +210,7 @@ def _check_writable(output_dir: Path, cfg: AxolotlConfig) -> None:
     folders this process may write in."""
     folders = {"output_dir": output_dir}
     if cfg.dataset_prepared_path:
-        folders["dataset_prepared_path"] = Path(cfg.dataset_prepared_path).expanduser()
+        folders["dataset_prepared_path"] = user_path(cfg.dataset_prepared_path)
     for key, folder in folders.items():
         try:
             check_folder_target(folder)
@@ -221,7 +221,7 @@ def _check_writable(output_dir: Path, cfg: AxolotlConfig) -> None:
 def _check_ours(output_dir: Path, cfg: AxolotlConfig) -> None:
     """Before anything in output_dir is removed (a checkpoint saved in part, --fresh): it is new, empty, or a
     training run's (it holds RUN_RECORD, written before the first step). Another folder is refused untouched."""
-    prepared = [Path(cfg.dataset_prepared_path).expanduser()] if cfg.dataset_prepared_path else []
+    prepared = [user_path(cfg.dataset_prepared_path)] if cfg.dataset_prepared_path else []
     try:
         check_replaceable(output_dir, RUN_RECORD, "a training run", ignore=[output_dir / LOCK, *prepared])
     except OSError as err:

@@ -3,6 +3,7 @@ what a killed process left behind."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import llmkit
 from llmkit.core.assets import DEFAULT_CONFIG
 from llmkit.core.files import check_folder_target, clean_stale, sha256_file, staging_dir, swap_in, write_atomic
 
@@ -207,3 +209,15 @@ def test_a_cache_that_cannot_be_written_is_one_line_naming_llmkit_cache(tmp_path
         f"Error: the project's cache {tmp_path / 'file' / 'cache'} cannot be written ({tmp_path / 'file'} is a file, "
         "not a folder): set LLMKIT_CACHE to a folder you can write in"
     )
+
+
+def test_a_path_the_user_gives_has_its_tilde_expanded_by_user_path_alone():
+    """One rule for `~` (user_path): twenty call sites wrote `Path(x).expanduser()` each for themselves."""
+    package = Path(llmkit.__file__).parent
+    own = [
+        f"{path.relative_to(package)}:{node.lineno}"
+        for path in sorted(package.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "expanduser"
+    ]
+    assert [place.split(":")[0] for place in own] == ["core/files.py"], own  # user_path itself
