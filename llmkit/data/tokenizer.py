@@ -1,11 +1,13 @@
 """The tokenizer a config trains with: the base model's (or `tokenizer_config`'s), plus the config's special and
 added tokens, a pad token and the chat template; and what `llmkit validate` finds in it without training.
 
-Training, preprocessing, the benchmark and `llmkit validate` all take it from `load_tokenizer`.
+Training, preprocessing and the benchmark take it from `load_tokenizer`; `llmkit validate` from `validation_tokenizer`,
+which loads it once for all the checks that read it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,34 +28,60 @@ def load_tokenizer(cfg: AxolotlConfig) -> Any:
     return _configured_tokenizer(cfg, _pretrained_tokenizer(cfg))
 
 
-def tokenizer_problems(cfg: AxolotlConfig, vocab_size: int | None) -> list[str]:
-    """What training would meet in the tokenizer, found without training (`llmkit validate`): more tokens than the
-    model has embedding rows (`vocab_size`, None: unknown), a dataset it cannot build rows for (no chat template).
-    Empty where the tokenizer is not here offline (the plan's token count has the same limit).
+@dataclass(frozen=True)
+class CheckedTokenizer:
+    """The tokenizer `llmkit validate` checks, loaded once for all its checks (`validation_tokenizer`)."""
+
+    configured: Any  # as training configures it: the config's special and added tokens, pad token, chat template
+    loaded_size: int  # its tokens as loaded, before the config's: what the model's embedding rows must cover
+
+
+def validation_tokenizer(cfg: AxolotlConfig) -> CheckedTokenizer | None:
+    """The tokenizer training uses, loaded once for validate's checks (count_training_tokens,
+    trained_tokenizer_size, tokenizer_problems); None where it is not here offline or does not load (training says
+    why).
 
     Raises:
-        ConfigError: the config's own chat_template cannot be used with it.
+        ConfigError: the config's own settings cannot be used with it (tokenizer_type, special_tokens, chat_template).
+    """
+    from llmkit.config.plan import tokenizer_here
+
+    if not tokenizer_here(cfg):
+        return None
+    try:
+        tokenizer = _pretrained_tokenizer(cfg)
+    except ConfigError:  # a ValueError too, but the config's own (tokenizer_type): validate says it
+        raise
+    except (OSError, ValueError, AttributeError):  # not loadable here: training says why
+        return None
+    loaded_size = len(tokenizer)  # before _configured_tokenizer adds the config's tokens to it
+    return CheckedTokenizer(_configured_tokenizer(cfg, tokenizer), loaded_size)
+
+
+def tokenizer_problems(cfg: AxolotlConfig, vocab_size: int | None, checked: CheckedTokenizer | None) -> list[str]:
+    """What training would meet in the tokenizer, found without training (`llmkit validate`): more tokens than the
+    model has embedding rows (`vocab_size`, None: unknown), a dataset it cannot build rows for (no chat template).
+    Empty where the tokenizer is not here offline (the plan's token count has the same limit) or does not load.
+
+    Args:
+        checked: the tokenizer (`validation_tokenizer`); None where it is not here or does not load.
     """
     from llmkit.config.plan import tokenizer_here
     from llmkit.data import spec_problems
 
     if not tokenizer_here(cfg):
         return _template_name_problems(cfg)
-    try:
-        tokenizer = _pretrained_tokenizer(cfg)
-    except ConfigError:  # a ValueError too, but the config's own (tokenizer_type): validate says it
-        raise
-    except (OSError, ValueError, AttributeError):  # not loadable here: training says why
+    if checked is None:  # not loadable here: training says why
         return []
     problems = []
-    if vocab_size is not None and len(tokenizer) > vocab_size:  # a smaller tokenizer leaves rows unused: fine
+    if vocab_size is not None and checked.loaded_size > vocab_size:  # a smaller tokenizer leaves rows unused: fine
         key = "tokenizer_config" if cfg.tokenizer_config else "base_model"
         problems.append(
-            f"{key}: the tokenizer has {len(tokenizer):,} tokens but the model has {vocab_size:,} embedding rows "
+            f"{key}: the tokenizer has {checked.loaded_size:,} tokens but the model has {vocab_size:,} embedding rows "
             f"(vocab_size in config.json): token ids from {vocab_size:,} up index past the embeddings; use the "
             "model's own tokenizer or a model whose vocab_size covers this one"
         )
-    return problems + spec_problems(cfg, _configured_tokenizer(cfg, tokenizer))
+    return problems + spec_problems(cfg, checked.configured)
 
 
 def _template_name_problems(cfg: AxolotlConfig) -> list[str]:
@@ -191,24 +219,19 @@ def _configured_tokenizer(cfg: AxolotlConfig, tokenizer: Any) -> Any:
     return tokenizer
 
 
-def trained_tokenizer_size(cfg: AxolotlConfig) -> int | None:
+def trained_tokenizer_size(cfg: AxolotlConfig, checked: CheckedTokenizer | None) -> int | None:
     """How many tokens the tokenizer training uses has, `special_tokens` and `tokens` added (training grows the
-    embeddings to it); None where the config adds none, or the tokenizer is not here offline or does not load
-    (training says why)."""
-    from llmkit.config.plan import tokenizer_here
-
-    if not (cfg.special_tokens or cfg.tokens) or not tokenizer_here(cfg):
+    embeddings to it); None where the config adds none, or the tokenizer (`validation_tokenizer`) is not here
+    offline or does not load (training says why)."""
+    if not (cfg.special_tokens or cfg.tokens) or checked is None:
         return None
-    try:
-        return len(load_tokenizer(cfg))
-    except (OSError, ValueError, AttributeError):  # ConfigError included: validate reports it from the tokenizer
-        return None
+    return len(checked.configured)
 
 
-def count_training_tokens(cfg: AxolotlConfig) -> TokenizedSplit | None:
+def count_training_tokens(cfg: AxolotlConfig, checked: CheckedTokenizer | None) -> TokenizedSplit | None:
     """One epoch of the training split as training prepares it, for the plan's steps and training-time projection
     (preference pairs: the longer sequence of each pair training keeps); None when the data cannot be tokenized here
-    offline (a hub dataset or tokenizer, a tokenizer that does not load).
+    offline (a hub dataset or tokenizer, a tokenizer that does not load: `checked` is None).
 
     Raises:
         ConfigError: bad data (a file, row or field; nothing left to train on): training would stop on it, so
@@ -217,14 +240,14 @@ def count_training_tokens(cfg: AxolotlConfig) -> TokenizedSplit | None:
     from llmkit.config.plan import tokens_countable_here
     from llmkit.data import DataError, epoch_tokens
 
-    if not tokens_countable_here(cfg):
+    if checked is None or not tokens_countable_here(cfg):
         return None
     try:
         if cfg.rl:
             from llmkit.data.preference import epoch_pair_tokens
 
-            return epoch_pair_tokens(cfg, load_tokenizer(cfg))
-        return epoch_tokens(cfg, load_tokenizer(cfg))
+            return epoch_pair_tokens(cfg, checked.configured)
+        return epoch_tokens(cfg, checked.configured)
     except DataError as err:
         raise ConfigError([str(err)], cfg.source) from None
     except ConfigError:  # a ValueError too, but the config's own: validate says it

@@ -14,7 +14,12 @@ from llmkit.config.plan import TrainingPlan, plan
 from llmkit.config.schema import ConfigError, ConfigWarning, load_config
 from llmkit.core.memory import GIB
 from llmkit.core.shapes import ModelConfigNotFound, find_model_config
-from llmkit.data.tokenizer import count_training_tokens, tokenizer_problems, trained_tokenizer_size
+from llmkit.data.tokenizer import (
+    count_training_tokens,
+    tokenizer_problems,
+    trained_tokenizer_size,
+    validation_tokenizer,
+)
 from llmkit.train.machine import refusals_here, wandb_unavailable
 from llmkit.train.resume import check_lora_model_dir, resume_checkpoint
 
@@ -54,11 +59,12 @@ def validate(
             check_lora_model_dir(cfg)
             if model_config:  # a path the user gave that cannot be read is said before tokenizing (minutes)
                 find_model_config(cfg.base_model_config or cfg.base_model, explicit=model_config)
-            split = count_training_tokens(cfg)  # bad data is the config's error (a ConfigError)
-            size = trained_tokenizer_size(cfg)  # the embeddings the plan counts, added tokens included
+            tokenizer = validation_tokenizer(cfg)  # loaded once for the three checks that read it
+            split = count_training_tokens(cfg, tokenizer)  # bad data is the config's error (a ConfigError)
+            size = trained_tokenizer_size(cfg, tokenizer)  # the embeddings the plan counts, added tokens included
             training_plan = plan(cfg, model_config=model_config, data=split, tokenizer_size=size)
             vocab_size = training_plan.shape.vocab_size if training_plan.shape else None
-            problems = tokenizer_problems(cfg, vocab_size)
+            problems = tokenizer_problems(cfg, vocab_size, tokenizer)
             if problems:
                 raise ConfigError(problems, cfg.source)
     except ConfigError as error:

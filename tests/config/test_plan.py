@@ -504,6 +504,25 @@ def test_validate_refuses_a_bad_row_that_training_would_stop_on(tiny_config, tmp
     assert f"{rows}: row 2: field 'output' is missing" in output  # the data pipeline's own message
 
 
+def test_validate_loads_the_tokenizer_once_for_all_its_checks(tiny_config, monkeypatch):
+    """The token count, the added tokens' embeddings and the tokenizer's problems each loaded it again: three loads
+    (seconds each for a large tokenizer) in one validate."""
+    import transformers
+
+    loads, load = [], transformers.AutoTokenizer.from_pretrained
+
+    def counted(*args, **kwargs):
+        loads.append(args[0])
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", counted)
+    added = {"tokens": ["<|tool|>"], "lora_modules_to_save": ["embed_tokens", "lm_head"]}
+    status, output = _validate_output(tiny_config(max_steps=None, **added))  # the tiny dataset's tokens are counted
+    assert status == 0, output
+    assert "tokens of the tokenized training split" in output and "trainable parameters" in output
+    assert len(loads) == 1
+
+
 @pytest.mark.parametrize("compression", ["", ".gz", ".bz2", ".xz"])
 def test_validate_checks_a_compressed_file_as_the_file_inside_it(tiny_config, tmp_path, compression):
     """validate left rows.jsonl.gz unread (its rows "cannot be counted offline", as a hub dataset's), and passed a

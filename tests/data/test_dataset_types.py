@@ -475,12 +475,12 @@ def test_chat_template_names_are_checked_without_the_tokenizer(tmp_path):
     choices += " the model's own, which a model-named template such as qwen3 or gemma3 is written after;"
     choices += " chat_template_jinja takes any other)"
     source = tmp_path / "a.jsonl"
-    assert tokenizer_problems(cfg, None) == [
+    assert tokenizer_problems(cfg, None, None) == [
         f"chat_template: 'chatlm' is not one of {choices}",
         f"datasets[3].conversation: 'vicuna' is not one of {choices} ({source})",
         f"datasets[4].chat_template_jinja: 'no.jinja' is no file here, and not a Jinja template ({source})",
     ]
-    assert tokenizer_problems(cfg.model_copy(update={"chat_template": "chatml"}), None) == [
+    assert tokenizer_problems(cfg.model_copy(update={"chat_template": "chatml"}), None, None) == [
         f"datasets[3].conversation: 'vicuna' is not one of {choices} ({source})",
         f"datasets[4].chat_template_jinja: 'no.jinja' is no file here, and not a Jinja template ({source})",
     ]
