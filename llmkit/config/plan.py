@@ -71,6 +71,7 @@ def plan(
     model_config: str | None = None,
     data: TokenizedSplit | None = None,
     tokenizer_size: int | None = None,
+    base: tuple[ModelShape | None, str] | None = None,
 ) -> TrainingPlan:
     """Resolve a config into what training will do: targets, parameter counts, steps, memory and time per track.
 
@@ -83,6 +84,9 @@ def plan(
         tokenizer_size: the tokens of the tokenizer training uses, `tokens` and `special_tokens` added
             (trained_tokenizer_size); where it is larger than the base's embeddings, training grows them (and their
             trained copies) to it. None: no added tokens, or the tokenizer is not here, and they stay as they are.
+        base: the base model's shape and where its config.json came from (`base_shape`), where the caller has it
+            already (validate, whose tokenizer checks read it first); None: found here, from `model_config` or the
+            config.
 
     Raises:
         ConfigError: target modules the model lacks, a base model llmkit cannot train on (`base_model_refusal`), or
@@ -90,7 +94,7 @@ def plan(
         ModelConfigNotFound: `model_config` is no file or folder, or not a transformers config.json.
     """
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    shape, source = _shape(cfg, model_config)
+    shape, source = base or base_shape(cfg, model_config)
     if shape is None:
         targets = cfg.resolved_target_modules(None)
         trainable, total, memory = None, None, []
@@ -185,8 +189,13 @@ def tokenizer_here(cfg: AxolotlConfig) -> bool:
     return source == DEFAULT_MODEL_ID or Path(source).is_dir()
 
 
-def _shape(cfg: AxolotlConfig, model_config: str | None) -> tuple[ModelShape | None, str]:
-    """The base model's shape and where its config.json came from; (None, why) when it cannot be had."""
+def base_shape(cfg: AxolotlConfig, model_config: str | None) -> tuple[ModelShape | None, str]:
+    """The base model's shape and where its config.json came from; (None, why) when it cannot be had.
+
+    Raises:
+        ConfigError: a base model llmkit cannot train on (`base_model_refusal`).
+        ModelConfigNotFound: `model_config` is no file or folder, or not a transformers config.json.
+    """
     name = cfg.base_model_config or cfg.base_model
     try:
         found = find_model_config(name, cfg.revision_of_model, model_config)

@@ -7,6 +7,7 @@ which loads it once for all the checks that read it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from llmkit.config.plan import TokenizedSplit
 from llmkit.config.schema import AxolotlConfig, ConfigError
 from llmkit.core.files import user_path
 from llmkit.core.models import resolve_model
+from llmkit.core.shapes import ModelConfigNotFound, ModelShape, model_shape
 from llmkit.data.chat import ChatDefaults, check_template_name, config_template
 from llmkit.data.prompts import CHAT_TYPES
 from llmkit.data.sources import source_name
@@ -25,7 +27,7 @@ from llmkit.data.sources import source_name
 
 def load_tokenizer(cfg: AxolotlConfig) -> Any:
     """The base model's tokenizer with the config's special and added tokens; a pad token is always set (EOS)."""
-    return _configured_tokenizer(cfg, _pretrained_tokenizer(cfg))
+    return _configured_tokenizer(cfg, _pretrained_tokenizer(cfg), lambda: _base_shape(cfg))
 
 
 @dataclass(frozen=True)
@@ -36,10 +38,10 @@ class CheckedTokenizer:
     loaded_size: int  # its tokens as loaded, before the config's: what the model's embedding rows must cover
 
 
-def validation_tokenizer(cfg: AxolotlConfig) -> CheckedTokenizer | None:
+def validation_tokenizer(cfg: AxolotlConfig, base: ModelShape | None) -> CheckedTokenizer | None:
     """The tokenizer training uses, loaded once for validate's checks (count_training_tokens,
     trained_tokenizer_size, tokenizer_problems); None where it is not here offline or does not load (training says
-    why).
+    why). `base`: the base model's shape as the plan has it (None: unknown), for the special-tokens rule.
 
     Raises:
         ConfigError: the config's own settings cannot be used with it (tokenizer_type, special_tokens, chat_template).
@@ -55,7 +57,7 @@ def validation_tokenizer(cfg: AxolotlConfig) -> CheckedTokenizer | None:
     except (OSError, ValueError, AttributeError):  # not loadable here: training says why
         return None
     loaded_size = len(tokenizer)  # before _configured_tokenizer adds the config's tokens to it
-    return CheckedTokenizer(_configured_tokenizer(cfg, tokenizer), loaded_size)
+    return CheckedTokenizer(_configured_tokenizer(cfg, tokenizer, lambda: base), loaded_size)
 
 
 def tokenizer_problems(cfg: AxolotlConfig, vocab_size: int | None, checked: CheckedTokenizer | None) -> list[str]:
@@ -162,9 +164,11 @@ def _tokenizer_source(cfg: AxolotlConfig) -> Path:
     return resolve_model(cfg.tokenizer_config or cfg.base_model, cfg.revision_of_model).path
 
 
-def _check_new_special_tokens_trained(cfg: AxolotlConfig, tokenizer: Any, tokens: dict[str, str]) -> None:
+def _check_new_special_tokens_trained(
+    cfg: AxolotlConfig, tokenizer: Any, tokens: dict[str, str], base: Callable[[], ModelShape | None]
+) -> None:
     """`AxolotlConfig.check_new_tokens_trained` for a special token the tokenizer does not have as one token already
-    (it gets a new embedding row). pad_token is exempt: it is never a target."""
+    (it gets a new embedding row); `base` gives the base model's shape. pad_token is exempt: it is never a target."""
     if cfg.adapter is None:
         return
     # more than 2 pieces, as axolotl counts: a token the vocabulary has is one (two after a prefix space)
@@ -179,33 +183,37 @@ def _check_new_special_tokens_trained(cfg: AxolotlConfig, tokenizer: Any, tokens
         return
     key = new[0]
     cfg.check_new_tokens_trained(
-        _embedding_layers(cfg),
+        _embedding_layers(base()),
         f"special_tokens.{key}: {tokens[key]!r} is a new token here, whose embedding an adapter leaves untrained",
         f", or use the tokenizer's own {key} ({getattr(tokenizer, key, None)!r})",
     )
 
 
-def _embedding_layers(cfg: AxolotlConfig) -> list[str]:
+def _embedding_layers(shape: ModelShape | None) -> list[str]:
     """The base model's input embeddings and output head by name, as lora_modules_to_save lists them (embed_in in
     GPT-NeoX, whose head transformers 5 names lm_head, not axolotl's embed_out; wte in GPT-2; a tied model's head
-    too); axolotl's default names, embed_tokens and lm_head, where the model's config.json is not here."""
-    from llmkit.core.shapes import ModelConfigNotFound, model_shape
+    too); axolotl's default names, embed_tokens and lm_head, where the model's shape is unknown."""
+    return shape.token_rows if shape else ["embed_tokens", "lm_head"]
 
+
+def _base_shape(cfg: AxolotlConfig) -> ModelShape | None:
+    """The base model's shape from its config.json; None where it is not here or cannot be built (training says
+    what is wrong with the model)."""
     try:
-        shape = model_shape(cfg.base_model_config or cfg.base_model, cfg.revision_of_model)
-    except (ModelConfigNotFound, ValueError):  # training says what is wrong with the model
-        return ["embed_tokens", "lm_head"]
-    return shape.token_rows
+        return model_shape(cfg.base_model_config or cfg.base_model, cfg.revision_of_model)
+    except (ModelConfigNotFound, ValueError):
+        return None
 
 
-def _configured_tokenizer(cfg: AxolotlConfig, tokenizer: Any) -> Any:
-    """`tokenizer` with the config's special and added tokens, pad token and chat template."""
+def _configured_tokenizer(cfg: AxolotlConfig, tokenizer: Any, base: Callable[[], ModelShape | None]) -> Any:
+    """`tokenizer` with the config's special and added tokens, pad token and chat template; `base` gives the base
+    model's shape (None: unknown) where a new special token needs its embeddings' names."""
     if cfg.special_tokens:
         tokens = {k: v for k, v in cfg.special_tokens.model_dump().items() if v is not None}
-        _check_new_special_tokens_trained(cfg, tokenizer, tokens)
+        _check_new_special_tokens_trained(cfg, tokenizer, tokens, base)
         tokenizer.add_special_tokens(tokens)
     if cfg.tokens:
-        cfg.check_new_tokens_trained(_embedding_layers(cfg))  # before the data, as the special tokens' rule
+        cfg.check_new_tokens_trained(_embedding_layers(base()))  # before the data, as the special tokens' rule
         # As axolotl adds them: whole tokens, matched as written (not normalised, no stripped spaces).
         tokenizer.add_tokens([AddedToken(token, rstrip=False, lstrip=False, normalized=False) for token in cfg.tokens])
     if tokenizer.pad_token is None:

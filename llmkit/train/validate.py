@@ -10,10 +10,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from llmkit.config.plan import TrainingPlan, plan
+from llmkit.config.plan import TrainingPlan, base_shape, plan
 from llmkit.config.schema import ConfigError, ConfigWarning, load_config
 from llmkit.core.memory import GIB
-from llmkit.core.shapes import ModelConfigNotFound, find_model_config
+from llmkit.core.shapes import ModelConfigNotFound
 from llmkit.data.tokenizer import (
     count_training_tokens,
     tokenizer_problems,
@@ -57,12 +57,13 @@ def validate(
                 raise ConfigError(missing, cfg.source)
             resume_checkpoint(cfg)
             check_lora_model_dir(cfg)
-            if model_config:  # a path the user gave that cannot be read is said before tokenizing (minutes)
-                find_model_config(cfg.base_model_config or cfg.base_model, explicit=model_config)
-            tokenizer = validation_tokenizer(cfg)  # loaded once for the three checks that read it
+            # Before tokenizing (minutes): a --model-config that cannot be read, a base model train refuses (as train
+            # does); the special-tokens rule reads the embeddings' names from this shape, the plan sizes it.
+            base = base_shape(cfg, model_config)
+            tokenizer = validation_tokenizer(cfg, base[0])  # loaded once for the three checks that read it
             split = count_training_tokens(cfg, tokenizer)  # bad data is the config's error (a ConfigError)
             size = trained_tokenizer_size(cfg, tokenizer)  # the embeddings the plan counts, added tokens included
-            training_plan = plan(cfg, model_config=model_config, data=split, tokenizer_size=size)
+            training_plan = plan(cfg, model_config=model_config, data=split, tokenizer_size=size, base=base)
             vocab_size = training_plan.shape.vocab_size if training_plan.shape else None
             problems = tokenizer_problems(cfg, vocab_size, tokenizer)
             if problems:

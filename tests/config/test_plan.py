@@ -523,6 +523,23 @@ def test_validate_loads_the_tokenizer_once_for_all_its_checks(tiny_config, monke
     assert len(loads) == 1
 
 
+def test_validate_builds_the_base_models_shape_once_for_the_plan_and_the_special_tokens_rule(tiny_config, monkeypatch):
+    """The rule that a new special token's embeddings are trained found and built the model's shape again, for each
+    tokenizer load, where the plan had built it (and without --model-config, which the plan read)."""
+    from llmkit.core import shapes
+
+    builds, build = [], shapes._shape_of
+    monkeypatch.setattr(shapes, "_shape_of", lambda config_json: builds.append(config_json) or build(config_json))
+    new_eos = {"special_tokens": {"eos_token": "<|myend|>"}}  # a new token here: the rule applies
+    status, output = _validate_output(tiny_config(**new_eos, lora_modules_to_save=["embed_tokens", "lm_head"]))
+    assert status == 0, output
+    assert len(builds) == 1
+    builds.clear()
+    status, output = _validate_output(tiny_config(**new_eos, lora_modules_to_save=["lm_head"]))
+    assert status == 1 and "must list embed_tokens and lm_head (as axolotl requires; embed_tokens missing)" in output
+    assert len(builds) == 1
+
+
 @pytest.mark.parametrize("compression", ["", ".gz", ".bz2", ".xz"])
 def test_validate_checks_a_compressed_file_as_the_file_inside_it(tiny_config, tmp_path, compression):
     """validate left rows.jsonl.gz unread (its rows "cannot be counted offline", as a hub dataset's), and passed a
