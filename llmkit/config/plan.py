@@ -186,7 +186,7 @@ def tokenizer_here(cfg: AxolotlConfig) -> bool:
     from llmkit.core.models import DEFAULT_MODEL_ID
 
     source = cfg.tokenizer_config or cfg.base_model
-    return source == DEFAULT_MODEL_ID or Path(source).is_dir()
+    return source == DEFAULT_MODEL_ID or user_path(source).is_dir()
 
 
 def base_shape(cfg: AxolotlConfig, model_config: str | None) -> tuple[ModelShape | None, str]:

@@ -523,6 +523,19 @@ def test_validate_loads_the_tokenizer_once_for_all_its_checks(tiny_config, monke
     assert len(loads) == 1
 
 
+def test_validate_tokenizes_a_base_model_folder_written_with_a_tilde(
+    tiny_config, tiny_model_dir, tmp_path, monkeypatch
+):
+    """`base_model: ~/models/x` (a folder here) was taken for a model whose tokenizer is not here: validate left the
+    data untokenized, and so unchecked, where training reads that folder."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tiny").symlink_to(tiny_model_dir)
+    status, output = _validate_output(tiny_config(base_model="~/models/tiny", max_steps=None))
+    assert status == 0, output
+    assert "tokens of the tokenized training split" in output
+
+
 def test_validate_builds_the_base_models_shape_once_for_the_plan_and_the_special_tokens_rule(tiny_config, monkeypatch):
     """The rule that a new special token's embeddings are trained found and built the model's shape again, for each
     tokenizer load, where the plan had built it (and without --model-config, which the plan read)."""
