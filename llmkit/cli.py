@@ -605,7 +605,7 @@ def decontaminate(
 
     _logging()
     from llmkit.config import ConfigError, load_config
-    from llmkit.data import DataError, row_texts
+    from llmkit.data.sources import DataError, row_texts  # not llmkit.data's pipeline: torch, 4 s, for nothing
     from llmkit.helm_eval.confgen import ConfError
     from llmkit.helm_eval.decontaminate import decontaminate as check
     from llmkit.helm_eval.decontaminate import report_tables, write_report

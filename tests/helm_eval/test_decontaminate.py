@@ -116,10 +116,13 @@ def test_command_exits_1_and_names_the_overlapping_row(helm_venv, tmp_path):
     conf = _conf(tmp_path)
     [instance] = [i for i in helm_instances(conf, tmp_path) if i["id"] == "id10001"]
     config = _config(tmp_path, ["clean row", f"{instance['input']} => {instance['references'][0]}"])
-    command = [sys.executable, "-m", "llmkit.cli", "decontaminate", str(config), "--conf", str(conf)]
+    command = [sys.executable, "-X", "importtime", "-m", "llmkit.cli", "decontaminate", str(config)]
+    command += ["--conf", str(conf)]
     env = {**os.environ, "COLUMNS": "250"}  # rich folds table cells at the terminal's width
     result = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 1, result.stderr
+    imported = {line.rpartition("|")[2].strip() for line in result.stderr.splitlines() if line.startswith("import ")}
+    assert "torch" not in imported  # rows are read without the data pipeline, and its torch (4 s of start-up)
     assert "id10001" in result.stdout and "rows.jsonl:1" in result.stdout
     assert "✗ 1 of" in result.stdout
     [report] = (tmp_path / "reports").glob("decontaminate-*.json")
