@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from llmkit.core.devices import quiet_bitsandbytes_kernel_notice
 from llmkit.core.errors import problems
+from llmkit.core.models import local_model_dir
 from llmkit.server.settings import EngineName, ServerSettings
 
 
@@ -46,6 +47,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         lines = problems(err, key=lambda field: _setting_name(field, args))  # `--max-context: ... (got '0')`
         sys.stderr.write(f"Error: invalid settings: {'; '.join(lines)}\n")
         raise SystemExit(2) from None  # a usage error, as argparse's for an unknown flag and click's in every command
+    if settings.model is not None:
+        try:  # before torch and the engine: a mistyped --model is one line at once, not after 5 s of imports
+            local_model_dir(settings.model)
+        except OSError as err:
+            raise SystemExit(f"Error: cannot serve: {err}") from None
     if settings.engine is EngineName.vllm and importlib.util.find_spec("vllm") is None:
         from llmkit.core.venvs import ToolVenvError
         from llmkit.server.vllm_venv import exec_server

@@ -121,16 +121,24 @@ def resolve_model(model: str | None, revision: str | None = None) -> ResolvedMod
     """
     if model is None or (model == DEFAULT_MODEL_ID and revision is None):
         return ResolvedModel(embedded_model_dir(), DEFAULT_MODEL_ID, embedded_package_pin(), embedded=True)
+    if (local := local_model_dir(model)) is not None:
+        return ResolvedModel(local.resolve(), model_id(model), "local")
+    return _download(model, revision)
+
+
+def local_model_dir(model: str) -> Path | None:
+    """`model` as a local model folder, or None for a hub id; raises when it is neither. Cheap: the server checks
+    --model with it before importing torch (5 s), so that a mistyped folder is said at once."""
     local = user_path(model)
     if local.is_dir():
         if not (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{local} is a directory but holds no config.json (not a model directory)")
-        return ResolvedModel(local.resolve(), model_id(model), "local")
+        return local
     if local.exists():
         raise NotADirectoryError(f"{model} is a file, not a model directory")
     if not is_hub_id(model):
         raise FileNotFoundError(f"Model directory {model} does not exist")
-    return _download(model, revision)
+    return None
 
 
 def hub_id_problem(name: str) -> str | None:

@@ -181,10 +181,13 @@ def test_unusable_settings_end_in_one_message_without_a_traceback(python, tmp_pa
     """A value the settings refuse is a usage error (2, as argparse's for an unknown flag); a model that cannot be
     served is the command's failure (1)."""
     flags = [flag.format(tmp=tmp_path) for flag in flags]
-    result = subprocess.run([python, "-m", "llmkit.server", *flags], capture_output=True, text=True, timeout=120)
+    command = [python, "-X", "importtime", "-m", "llmkit.server", *flags]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     status = 1 if says.startswith("Error: cannot serve") else 2
     assert result.returncode == status and says.format(tmp=tmp_path) in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "Started server process" not in result.stderr
+    imported = {line.rpartition("|")[2].strip() for line in result.stderr.splitlines() if line.startswith("import ")}
+    assert "torch" not in imported  # said before the engine's imports (5 s), a --model mistake too
 
 
 def test_a_bad_environment_variable_is_named_as_such(python):
