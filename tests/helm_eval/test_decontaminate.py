@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from llmkit.config.schema import load_config
@@ -27,6 +28,15 @@ def _conf(tmp_path):
         ]
     )
     return confgen.write_conf(confgen.generate(tasks, budget=10), tmp_path / "decon.conf")
+
+
+@pytest.fixture(scope="module")
+def built(helm_venv, tmp_path_factory):
+    """A folder holding `_conf` and the instances crfm-helm builds for it (cached there): the tests that read them
+    share one build (6.5 CPU s)."""
+    folder = tmp_path_factory.mktemp("decon")
+    helm_instances(_conf(folder), folder)
+    return folder
 
 
 def _config(tmp_path, rows):
@@ -82,9 +92,9 @@ def test_an_instance_of_a_few_words_is_not_checked_but_counted(tmp_path, monkeyp
     assert [hit.instance_id for hit in five.overlaps] == ["w8"] and five.too_short == 1 and five.min_words == 5
 
 
-def test_planted_instances_are_found_and_the_skill_config_is_clean(helm_venv, tmp_path):
-    conf = _conf(tmp_path)
-    instances = helm_instances(conf, tmp_path)
+def test_planted_instances_are_found_and_the_skill_config_is_clean(built, tmp_path):
+    conf = built / "decon.conf"
+    instances = helm_instances(conf, built)
     vs = [i for i in instances if i["run"].startswith("synthetic_reasoning")]
     mcqa = [i for i in instances if i["run"].startswith("simple_mcqa")]
     assert len(vs) == 10_000 and {i["split"] for i in vs} == {"valid", "test"}  # every eval instance, not 10
@@ -96,7 +106,7 @@ def test_planted_instances_are_found_and_the_skill_config_is_clean(helm_venv, tm
         f"Some context. {long_one['input']}\nTarget: {long_one['references'][0]} and more.",
         f"Q: {short_one['input']} A: {short_one['references'][0]}.",
     ]
-    report = decontaminate(row_texts(load_config(_config(tmp_path, rows))), "planted.yml", conf, tmp_path)
+    report = decontaminate(row_texts(load_config(_config(tmp_path, rows))), "planted.yml", conf, built)
     found = {(hit.instance_id, hit.row) for hit in report.overlaps}
     assert (long_one["id"], 1) in found and all(hit.row != 2 for hit in report.overlaps)
     assert not report.clean and report.training_rows == 3
@@ -108,24 +118,24 @@ def test_planted_instances_are_found_and_the_skill_config_is_clean(helm_venv, tm
     assert len(words(f"{short_one['input']} {short_one['references'][0]}")) < MIN_WORDS
 
     skill = CONFIGS_DIR / "smollm2-135m-skill.yml"
-    shipped = decontaminate(row_texts(load_config(skill)), str(skill), conf, tmp_path)
+    shipped = decontaminate(row_texts(load_config(skill)), str(skill), conf, built)
     assert shipped.clean and shipped.training_rows == 1000, shipped.overlaps[:3]
 
 
-def test_command_exits_1_and_names_the_overlapping_row(helm_venv, tmp_path):
-    conf = _conf(tmp_path)
-    [instance] = [i for i in helm_instances(conf, tmp_path) if i["id"] == "id10001"]
+def test_command_exits_1_and_names_the_overlapping_row(built, tmp_path):
+    conf = built / "decon.conf"
+    [instance] = [i for i in helm_instances(conf, built) if i["id"] == "id10001"]
     config = _config(tmp_path, ["clean row", f"{instance['input']} => {instance['references'][0]}"])
     command = [sys.executable, "-X", "importtime", "-m", "llmkit.cli", "decontaminate", str(config)]
     command += ["--conf", str(conf)]
     env = {**os.environ, "COLUMNS": "250"}  # rich folds table cells at the terminal's width
-    result = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run([*command, "--out", str(built)], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 1, result.stderr
     imported = {line.rpartition("|")[2].strip() for line in result.stderr.splitlines() if line.startswith("import ")}
     assert "torch" not in imported  # rows are read without the data pipeline, and its torch (4 s of start-up)
     assert "id10001" in result.stdout and "rows.jsonl:1" in result.stdout
     assert "✗ 1 of" in result.stdout
-    [report] = (tmp_path / "reports").glob("decontaminate-*.json")
+    [report] = (built / "reports").glob("decontaminate-*.json")
     assert json.loads(report.read_text())["overlaps"][0]["row"] == 1
 
 
