@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from llmkit.core.files import check_folder_target
+from llmkit.core.files import check_folder_target, user_path
 from llmkit.core.models import is_hub_id
 from llmkit.helm_eval.confgen import DEFAULT_TASK_LIST
 from llmkit.helm_eval.report import Report, write_report
@@ -129,7 +129,7 @@ def _check_servable(flag: str, target: str | None) -> None:
     """A model the server can be pointed at: a model folder, or a hub id (downloaded when served)."""
     if target is None:
         return
-    path = Path(target).expanduser()
+    path = user_path(target)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise HelmRunError(f"{flag} {target}: the folder holds no config.json (an adapter goes in --adapter)")
