@@ -10,6 +10,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # pytest-xdist's workers share the cores: each worker's torch (and the servers and commands its tests start) gets
 # its share of them. Two OpenMP teams as wide as the machine on the same cores ran the suite slower than one worker.
@@ -23,6 +24,9 @@ import yaml
 from llmkit.core.assets import DEFAULT_CONFIG
 from llmkit.core.models import resolve_model
 from llmkit.server.launch import ServerProcess
+
+if TYPE_CHECKING:
+    from llmkit.config.schema import AxolotlConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 # Seconds one HTTP request of a test may take (httpx's default is 5 s): generous, because a loaded 2-core machine
@@ -39,6 +43,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
 
 
+# Session fixtures too slow to make twice (a real training run): the test modules using one run on one worker.
+SHARED_RUNS = {"default_run"}
+
+
 # First: xdist's own hook turns the xdist_group mark into the test id's "@group" suffix, the scheduler's only sign of
 # it, and this conftest is registered before xdist's worker plugin, so by default its hook ran after xdist's and every
 # test was scheduled alone (module-scoped servers and trainings ran on both workers).
@@ -46,12 +54,19 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """With pytest-xdist (`make test` runs a worker per core, `--dist loadgroup`): a module's tests stay on one
     worker, so each module-scoped server starts once; tests using a package-scoped fixture (tests/server's shared
-    servers, one per engine) stay together, so that vLLM starts once for them all."""
+    servers, one per engine) stay together, so that vLLM starts once for them all; the modules using a SHARED_RUNS
+    fixture are one group, so that it is made once (a session fixture is made once per worker)."""
+    groups = {item: _xdist_group(item) for item in items}
+    sharing = {groups[item] for item in items if SHARED_RUNS & set(item.fixturenames)}
+    joined = " + ".join(sorted(sharing))
     for item in items:
-        fixtures = item._fixtureinfo.name2fixturedefs
-        shared = sorted(name for name, defs in fixtures.items() if defs[-1].scope == "package")
-        group = f"package fixture {', '.join(shared)}" if shared else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(joined if groups[item] in sharing else groups[item]))
+
+
+def _xdist_group(item: pytest.Item) -> str:
+    fixtures = item._fixtureinfo.name2fixturedefs
+    shared = sorted(name for name, defs in fixtures.items() if defs[-1].scope == "package")
+    return f"package fixture {', '.join(shared)}" if shared else item.nodeid.split("::")[0]
 
 
 @pytest.fixture(scope="session")
@@ -275,19 +290,26 @@ def tiny_config(tmp_path, tiny_model_dir, tiny_dataset):
     return write
 
 
-@pytest.fixture
-def default_config_few_steps(tmp_path) -> Path:
-    """The embedded default config as shipped, with max_steps cut to a few steps and output under tmp_path."""
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory) -> AxolotlConfig:
+    """The embedded default config as shipped (QLoRA), with max_steps cut to 10 and output in a temporary folder,
+    trained: its loaded config (`source` is its YAML file). Training takes minutes on the CPU, so the tests that
+    learn from this run share it (SHARED_RUNS keeps them on one worker); they add to its output_dir, never change it.
+    """
     from llmkit.config.schema import load_config
+    from llmkit.train.run import train
 
+    root = tmp_path_factory.mktemp("default-run")
     overrides = {
         "max_steps": 10,
         "logging_steps": 1,
         "eval_steps": 10,
         "save_steps": 10,
-        "output_dir": str(tmp_path / "out"),
+        "output_dir": str(root / "out"),
     }
     cfg = load_config(DEFAULT_CONFIG, overrides)  # resolves the dataset path against the config's folder
-    path = tmp_path / "default-few-steps.yml"
+    path = root / "default-few-steps.yml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False))
-    return path
+    cfg = load_config(path)
+    train(cfg)
+    return cfg

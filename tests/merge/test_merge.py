@@ -530,39 +530,14 @@ MCQA_PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def trained_cfg(tmp_path_factory):
-    """The embedded default config (QLoRA, as shipped) trained for 2 steps into a temporary output_dir."""
-    from llmkit.config.schema import load_config
-    from llmkit.train.run import train
-
-    overrides = {
-        "max_steps": 2,
-        "micro_batch_size": 1,
-        "gradient_accumulation_steps": 1,
-        "warmup_steps": 0,
-        "val_set_size": 0.0,
-        "save_steps": 100,
-        "logging_steps": 1,
-        "output_dir": str(tmp_path_factory.mktemp("default-run") / "out"),
-        "dataset_prepared_path": str(tmp_path_factory.mktemp("prepared")),
-    }
-    shipped = load_config(ROOT / "axolotl_configs" / "smollm2-135m-qlora.yml", overrides)  # dataset path resolved
-    path = tmp_path_factory.mktemp("config") / "default-2-steps.yml"
-    path.write_text(yaml.safe_dump(shipped.model_dump(mode="json", exclude_none=True), sort_keys=False))
-    cfg = load_config(path)
-    train(cfg)
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def merged_default(trained_cfg) -> Path:
+def merged_default(default_run) -> Path:
     from llmkit.merge.fold import merge_from_config
 
-    return merge_from_config(trained_cfg).out_dir
+    return merge_from_config(default_run).out_dir
 
 
 @pytest.mark.slow
-def test_merge_of_the_default_config_adapter(trained_cfg, merged_default):
+def test_merge_of_the_default_config_adapter(default_run, merged_default):
     manifest = json.loads((merged_default / MANIFEST).read_text())
     check = manifest["verification"]
     assert check["max_logit_diff"] <= 3.0 and check["token_agreement"] >= 0.9
@@ -571,15 +546,15 @@ def test_merge_of_the_default_config_adapter(trained_cfg, merged_default):
     assert {t.dtype for t in saved_tensors(merged_default).values()} == {torch.bfloat16}
     size = sum(p.stat().st_size for p in merged_default.glob("*.safetensors"))
     assert 250e6 < size < 300e6  # 135M parameters x 2 bytes (tied embeddings stored once)
-    result = CliRunner().invoke(app, ["merge", str(trained_cfg.source)])  # again: inputs unchanged
+    result = CliRunner().invoke(app, ["merge", str(default_run.source)])  # again: inputs unchanged
     assert result.exit_code == 0 and "unchanged, skipped" in result.output, result.output
 
 
 @pytest.mark.slow
-def test_nf4_roundtrip_reproduces_the_trained_qlora_model(trained_cfg, merged_default, default_model_dir, tmp_path):
+def test_nf4_roundtrip_reproduces_the_trained_qlora_model(default_run, merged_default, default_model_dir, tmp_path):
     from merge_agreement import agreement_with_trained
 
-    adapter = Path(trained_cfg.output_dir)
+    adapter = Path(default_run.output_dir)
     nf4 = merge_adapter(None, adapter, tmp_path / "nf4", nf4_roundtrip=True, verify=False)
     assert nf4.nf4_roundtrip and nf4.dtype == "bfloat16"
     found = agreement_with_trained(
@@ -592,9 +567,9 @@ def test_nf4_roundtrip_reproduces_the_trained_qlora_model(trained_cfg, merged_de
 
 
 @pytest.mark.slow
-def test_served_merged_model_answers_like_base_plus_adapter(start_server, http, trained_cfg, merged_default):
+def test_served_merged_model_answers_like_base_plus_adapter(start_server, http, default_run, merged_default):
     merged = start_server("--model", str(merged_default), "--dtype", "bfloat16")
-    unmerged = start_server("--adapter", trained_cfg.output_dir, "--dtype", "bfloat16")
+    unmerged = start_server("--adapter", default_run.output_dir, "--dtype", "bfloat16")
     answers = {}
     for name, server in (("merged", merged), ("unmerged", unmerged)):
         answers[name] = []

@@ -43,9 +43,8 @@ def _held_out_loss(model, rows) -> float:
 
 
 @pytest.mark.slow
-def test_default_config_learns_and_its_adapter_loads_with_peft(default_config_few_steps, default_model_dir):
-    cfg = load_config(default_config_few_steps)
-    out = train(cfg)
+def test_default_config_learns_and_its_adapter_loads_with_peft(default_run, default_model_dir):
+    cfg, out = default_run, Path(default_run.output_dir)
 
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "trainer_state.json"):
         assert (out / name).is_file(), name
