@@ -336,11 +336,11 @@ def load_engine(settings: ServerSettings) -> Engine:
                 f"Adapter {path} is {kind}; vLLM serves LoRA adapters only: serve it with the built-in engine "
                 "(--engine builtin)"
             )
-        if config.get("modules_to_save") and len(settings.adapters) > 1:
+        if (trained := trained_beside_lora(config)) and len(settings.adapters) > 1:
             # peft's per-row forward looks the module up for every adapter in the batch: the others' rows failed
             raise ValueError(
-                f"Adapter {path} trains {', '.join(config['modules_to_save'])} fully (modules_to_save), which cannot "
-                "be served beside other adapters in one batch: serve it alone, or merge it and serve the merged folder"
+                f"Adapter {path} trains {trained}, which cannot be served beside other adapters in one batch: serve "
+                "it alone, or merge it and serve the merged folder"
             )
     if settings.engine is EngineName.vllm:
         from llmkit.server.vllm_engine import VllmEngine
@@ -362,6 +362,16 @@ def applies_to_every_row(config: dict) -> str | None:
         return f"LoRA with bias: {config['bias']} (its trained biases are written into the base layers)"
     if config.get("layer_replication"):
         return "LoRA with layer_replication (its layers are copies the base model does not have)"
+    return None
+
+
+def trained_beside_lora(config: dict) -> str | None:
+    """What an adapter trains outside its LoRA layers, kept by peft per adapter name (a copy of a module, rows of
+    the embeddings); None when nothing is."""
+    if modules := config.get("modules_to_save"):
+        return f"{', '.join(modules)} fully (modules_to_save)"
+    if config.get("trainable_token_indices"):
+        return "single tokens' embeddings (trainable_token_indices)"
     return None
 
 

@@ -241,6 +241,9 @@ def test_adapters_no_server_can_apply_end_in_one_message(python, tmp_path, tiny_
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     lora = LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"])
     get_peft_model(base, lora).save_pretrained(tmp_path / "head")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # served beside another, its requests got a 500
+    lora = LoraConfig(r=4, target_modules=["q_proj"], trainable_token_indices=[1, 2])
+    get_peft_model(base, lora).save_pretrained(tmp_path / "tokens")
     wider = AutoModelForCausalLM.from_config(base.config.__class__(**{**base.config.to_dict(), "hidden_size": 128}))
     get_peft_model(wider, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "wider")
     # Answers were wrong, not refused: a biased LoRA moved every other row's answer, VeRA's forward ignores the
@@ -264,6 +267,8 @@ def test_adapters_no_server_can_apply_end_in_one_message(python, tmp_path, tiny_
         "deeper": "layers.7.self_attn.q_proj.lora_A.weight (and 1 more LoRA weights) has no place in the base",
         "wider": "size mismatch for base_model.model.model.layers.0.self_attn.q_proj.lora_A.wider.weight",
         "head": "trains lm_head fully (modules_to_save), which cannot be served beside other adapters",
+        "tokens": f"Adapter {tmp_path / 'tokens'} trains single tokens' embeddings (trainable_token_indices), which "
+        "cannot be served beside other adapters",
         "bias": "is LoRA with bias: lora_only (its trained biases are written into the base layers), which peft "
         "applies to every row of a batch",
         "vera": "is VERA, which peft applies to every row of a batch (a request for another adapter or the base",
@@ -271,7 +276,7 @@ def test_adapters_no_server_can_apply_end_in_one_message(python, tmp_path, tiny_
     }
     for name, message in says.items():
         flags = ["--model", str(tiny_model_dir), "--adapter", str(tmp_path / name), "--device", "cpu"]
-        flags += ["--adapter", f"other={tmp_path / 'deeper'}"] if name in ("head", "bias", "vera") else []
+        flags += ["--adapter", f"other={tmp_path / 'deeper'}"] if name in ("head", "tokens", "bias", "vera") else []
         result = subprocess.run([python, "-m", "llmkit.server", *flags], capture_output=True, text=True, timeout=120)
         assert result.returncode == 1 and "Error: cannot serve: " in result.stderr, result.stderr
         assert message in result.stderr and "Traceback" not in result.stderr
