@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -326,6 +328,27 @@ def adapter_weight_shapes(adapter: str | Path) -> dict[str, list[int]]:
 
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# peft's adapter name in a key: a PeftModel's state_dict has it (lora_A.default.weight, DoRA's
+# lora_magnitude_vector.default.weight), peft's saved files do not (lora_A.weight, lora_magnitude_vector). peft loads
+# a file of such keys as they are, so only under the name "default", and only into LoRA factors; as saved, under any.
+_NAMED_LORA_KEY = re.compile(
+    r"\.(?:(lora_(?:A|B|embedding_A|embedding_B))\.default(?=\.|$)|(lora_magnitude_vector)\.default\.weight$)"
+)
+_UNNAMED_LORA_KEY = r".\1\2"  # a group the key did not match is empty
+# the same, as peft's loaders take it (key_mapping: pattern -> replacement)
+_NAME_DROPPED = {_NAMED_LORA_KEY.pattern: _UNNAMED_LORA_KEY}
+_ADAPTER_NAME = re.compile(r"\.default(?=\.|$)")
+
+
+def without_adapter_name(key: str) -> str:
+    """A saved LoRA factor's key as peft's save_pretrained writes it: without peft's adapter name `default`."""
+    return _NAMED_LORA_KEY.sub(_UNNAMED_LORA_KEY, key)
+
+
+def adapter_name_left(key: str) -> bool:
+    """Whether a saved key names peft's adapter `default` outside LoRA factors (modules_to_save.default.weight),
+    where without_adapter_name leaves it: peft loads such a key only into an adapter of that name."""
+    return bool(_ADAPTER_NAME.search(without_adapter_name(key)))
 
 
 def _apply_adapter(lm, adapter: str, tokenizer, name: str = "default"):
@@ -336,17 +359,25 @@ def _apply_adapter(lm, adapter: str, tokenizer, name: str = "default"):
     adapter = str(user_path(adapter))  # the folder adapter_config read: peft would take `~/x` for a hub id
     if len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
         lm.resize_token_embeddings(len(tokenizer))
+    saved = adapter_weight_shapes(adapter).keys()
+    if name != "default" and (named := next((key for key in saved if adapter_name_left(key)), None)):
+        raise ValueError(
+            f"Adapter {adapter}: its weight {named} carries peft's adapter name 'default', under which alone peft "
+            f"loads it: serve it as default={adapter}"
+        )
+    # only then: peft's key_mapping fails on a key without its base_model prefix, which the checks below name
+    key_mapping = _NAME_DROPPED if any(_NAMED_LORA_KEY.search(key) for key in saved) else None
     try:
         if isinstance(lm, PeftModel):
-            lm.load_adapter(adapter, adapter_name=name)
+            lm.load_adapter(adapter, adapter_name=name, key_mapping=key_mapping)
         else:
-            lm = PeftModel.from_pretrained(lm, adapter, adapter_name=name)
+            lm = PeftModel.from_pretrained(lm, adapter, adapter_name=name, key_mapping=key_mapping)
     except (RuntimeError, ValueError, KeyError) as err:
         # torch lists every mismatched tensor on a line of its own (hundreds): the first one says enough
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         detail = " ".join(lines[:2]) + (f" (and {len(lines) - 2} more like it)" if len(lines) > 2 else "")
         raise ValueError(f"Adapter {adapter} does not fit base model {lm.name_or_path}: {detail}") from err
-    if dropped := _unplaced_lora_weights(lm, adapter, name):
+    if dropped := _unplaced_lora_weights(lm, saved, name):
         # peft loads such weights nowhere, silently: an adapter trained on another base (more layers, other names)
         raise ValueError(
             f"Adapter {adapter} does not fit base model {lm.name_or_path}: its {dropped[0]} (and {len(dropped) - 1} "
@@ -355,13 +386,10 @@ def _apply_adapter(lm, adapter: str, tokenizer, name: str = "default"):
     return lm
 
 
-def _unplaced_lora_weights(lm, adapter: str, name: str) -> list[str]:
-    """The adapter file's LoRA weights that loading put nowhere in `lm` (peft names them the same when saving)."""
+def _unplaced_lora_weights(lm, saved: Iterable[str], name: str) -> list[str]:
+    """The adapter file's LoRA weights (`saved`: their keys) that loading put nowhere in `lm` (peft names them the
+    same when saving)."""
     from peft.utils import get_peft_model_state_dict
 
-    saved = adapter_weight_shapes(adapter).keys()
     placed = set(get_peft_model_state_dict(lm, adapter_name=name))
-    # a file written from a PeftModel's state_dict names the adapter in its keys (lora_A.default.weight): peft loads
-    # such a key as it is, into the adapter of that name
-    named = {key for key in lm.state_dict() if f".{name}." in key or key.endswith(f".{name}")}
-    return sorted(key for key in saved - placed - named if ".lora_" in key)
+    return sorted(key for key in saved if ".lora_" in key and without_adapter_name(key) not in placed)

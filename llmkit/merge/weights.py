@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
@@ -25,7 +24,14 @@ from peft.utils.other import get_pattern_key
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from llmkit.core.models import ADAPTER_WEIGHTS, PROMPT_LEARNING, adapter_config, peft_type
+from llmkit.core.models import (
+    ADAPTER_WEIGHTS,
+    PROMPT_LEARNING,
+    adapter_config,
+    adapter_name_left,
+    peft_type,
+    without_adapter_name,
+)
 
 _PEFT_PREFIX = "base_model.model."
 # adapter key suffix -> LoraModule field; any other adapter tensor replaces the base tensor of the same name
@@ -34,14 +40,10 @@ _LORA_PARTS = {
     ".lora_B.weight": "b",
     ".lora_B.bias": "bias",
     ".lora_magnitude_vector": "magnitude",
-    ".lora_magnitude_vector.weight": "magnitude",  # as a PeftModel's state_dict names it (see _NAMED_LORA_KEY)
+    ".lora_magnitude_vector.weight": "magnitude",  # as a PeftModel's state_dict names it, without the adapter name
     ".lora_embedding_A": "a",
     ".lora_embedding_B": "b",
 }
-# peft's adapter name in a key: a PeftModel's state_dict has it (lora_A.default.weight), peft's saved files do not
-# (lora_A.weight). peft loads a file of such keys only under the name "default", and only into LoRA factors.
-_NAMED_LORA_KEY = re.compile(r"\.(lora_(?:A|B|embedding_A|embedding_B|magnitude_vector))\.default(?=\.|$)")
-_ADAPTER_NAME = re.compile(r"\.default(?=\.|$)")
 # peft's TrainableTokens (LoRA's trainable_token_indices): the trained rows of an embedding, which replace its rows at
 # the config's indices (peft's merge is an index_copy)
 _TOKEN_ROWS = ".token_adapter.trainable_tokens_delta"
@@ -188,7 +190,7 @@ class AdapterFiles:
     def names(self) -> Iterator[tuple[str, str]]:
         """Each saved key with the name the merge reads it by: without peft's prefix and adapter name."""
         for key in self.tensors:
-            yield key, _NAMED_LORA_KEY.sub(r".\1", key.removeprefix(_PEFT_PREFIX))
+            yield key, without_adapter_name(key.removeprefix(_PEFT_PREFIX))
 
     @property
     def named_key(self) -> str | None:
@@ -220,7 +222,7 @@ def load_lora_adapter(adapter: Path | AdapterFiles, layout: BaseLayout) -> Adapt
     token_rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for key, name in files.names():
         tensor = files.tensors[key]
-        if _ADAPTER_NAME.search(name):
+        if adapter_name_left(name):
             raise AdapterMismatchError(
                 f"{files.path}: its weight {key} carries peft's adapter name 'default', which peft loads only on "
                 "LoRA factors (lora_A.default.weight) and fails on here; write the keys as peft's save_pretrained "

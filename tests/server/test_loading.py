@@ -14,14 +14,16 @@ import psutil
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, PromptTuningConfig, VeraConfig, get_peft_model
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmkit.core.models import resolve_model
+from llmkit.core.models import load_for_inference, resolve_model
 from llmkit.server.launch import ServerProcess, ServerStartError, free_port
 from llmkit.server.settings import ServerSettings
 
 PROMPT = "The capital of France is "
 BODY = {"prompt": PROMPT, "max_new_tokens": 12, "temperature": 0, "stop_sequences": ["<<none>>"]}
+GREEDY = {"max_new_tokens": 12, "do_sample": False, "output_scores": True, "return_dict_in_generate": True}
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +289,48 @@ def test_adapters_no_server_can_apply_end_in_one_message(python, tmp_path, tiny_
         flags = ["--model", str(tiny_model_dir), "--adapter", str(tmp_path / name), "--engine", "vllm"]
         result = subprocess.run([python, "-m", "llmkit.server", *flags], capture_output=True, text=True, timeout=120)
         assert result.returncode == 1 and message in result.stderr, result.stderr
+
+
+def test_an_adapter_saved_from_a_peft_models_state_dict_is_served_under_any_name(
+    start_server, http, tmp_path, tiny_model_dir
+):
+    """Keys with peft's adapter name (lora_A.default.weight), which peft loads as they are, so only into an adapter
+    named "default": under its folder's or any other name the server said "...has no place in the base; was it
+    trained on another model?"."""
+    torch.manual_seed(5)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(base, lora).eval()
+    peft_model.save_pretrained(tmp_path / "named")
+    named = {key: tensor for key, tensor in peft_model.state_dict().items() if ".lora_" in key}
+    assert all(".default." in key for key in named)
+    save_file(named, tmp_path / "named" / "adapter_model.safetensors")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = peft_model.generate(ids, **GREEDY)
+        with peft_model.disable_adapter():
+            plain = peft_model.generate(ids, **GREEDY)
+    new = out.sequences[0, ids.shape[1] :]
+    want = [torch.log_softmax(score[0], -1)[token].item() for score, token in zip(out.scores, new, strict=True)]
+    assert not torch.equal(out.sequences, plain.sequences)  # the adapter changes the answer
+
+    flags = ["--model", str(tiny_model_dir), "--dtype", "float32", "--device", "cpu"]
+    server = start_server(*flags, "--adapter", str(tmp_path / "named"), "--adapter", f"x={tmp_path / 'named'}")
+    for name in ("named", "x"):
+        answer = http.post(f"{server.url}/process", json=BODY, headers={"X-Adapter": name}).json()
+        assert answer["text"] == tokenizer.decode(new)
+        assert [token["logprob"] for token in answer["tokens"]] == pytest.approx(want, abs=1e-4)
+
+    # a module trained whole (modules_to_save.default.weight) peft loads under no other name: refused, saying how
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    whole = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["model.norm"]))
+    whole.save_pretrained(tmp_path / "whole")
+    keys = {key: tensor for key, tensor in whole.state_dict().items() if ".lora_" in key or "modules_to_save" in key}
+    save_file(keys, tmp_path / "whole" / "adapter_model.safetensors")
+    message = r"its weight \S+norm.modules_to_save.default.weight carries peft's adapter name 'default', under which "
+    with pytest.raises(ValueError, match=message + rf"alone peft loads it: serve it as default={tmp_path / 'whole'}"):
+        load_for_inference(str(tiny_model_dir), adapters={"whole": str(tmp_path / "whole")}, device="cpu")
 
 
 def test_an_address_it_cannot_listen_on_is_one_message_before_loading(python, tiny_model_dir):
