@@ -151,7 +151,9 @@ def merge_weighted(
         "weighted": spec.model_dump(mode="json", exclude={"adapters"})
         | {"weights": [a.weight for a in spec.adapters]},
     }
-    label = " + ".join(f"{a.weight:g} x {a.path}" for a in spec.adapters) + f" ({spec.combination_type})"
+    # the folders read, as a single merge names its adapter: a path written in the YAML is relative to its folder
+    weighted = (f"{a.weight:g} x {path}" for a, path in zip(spec.adapters, adapters, strict=True))
+    label = " + ".join(weighted) + f" ({spec.combination_type})"
     return run_merge(
         base,
         lambda staging: combine_adapters(spec, base.path, options.dtype, staging),

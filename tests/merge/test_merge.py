@@ -337,28 +337,31 @@ def test_one_adapter_with_a_weight_is_merged_at_that_strength(adapters, tiny_mod
 def test_weighted_ties_merge_from_yaml(adapters, tiny_model_dir, tmp_path):
     for name in ("plain", "other"):
         shutil.copytree(adapters[name], tmp_path / name)
-    fusion = tmp_path / "fusion.yml"
+    (tmp_path / "conf").mkdir()
+    fusion = tmp_path / "conf" / "fusion.yml"
     fusion.write_text(
         yaml.safe_dump(
             {
                 "base_model": str(tiny_model_dir),
                 "combination_type": "ties",
                 "density": 0.5,
-                "adapters": [{"path": "plain", "weight": 0.6}, {"path": "other", "weight": 0.4}],
+                "adapters": [{"path": "../plain", "weight": 0.6}, {"path": "../other", "weight": 0.4}],
             }
         )
     )
     result = CliRunner().invoke(app, ["merge", "--weighted", str(fusion), "--out", str(tmp_path / "fused")])
     assert result.exit_code == 0, result.output
+    # the folders read, not <fusion's folder>/../plain
+    assert f"adapter: 0.6 x {tmp_path / 'plain'} + 0.4 x {tmp_path / 'other'} (ties)" in result.output.splitlines()
     assert "greedy-token agreement" in result.output
     fused, plain = saved_tensors(tmp_path / "fused"), saved_tensors(tiny_model_dir)
     assert not torch.equal(fused["model.layers.0.mlp.gate_proj.weight"], plain["model.layers.0.mlp.gate_proj.weight"])
     assert not list(tmp_path.glob(".fused.*"))
 
-    fusion.write_text(yaml.safe_dump({"combination_type": "dare_ties", "adapters": [{"path": "plain"}] * 2}))
+    fusion.write_text(yaml.safe_dump({"combination_type": "dare_ties", "adapters": [{"path": "../plain"}] * 2}))
     with pytest.raises(ValueError, match=r"(?s)fusion.yml.*combination_type dare_ties needs density"):
         load_weighted(fusion)
-    fusion.write_text(yaml.safe_dump({"adapters": [{"path": "plain", "wieght": 2}] * 2}))
+    fusion.write_text(yaml.safe_dump({"adapters": [{"path": "../plain", "wieght": 2}] * 2}))
     with pytest.raises(ValueError, match=r"adapters\[0\].wieght: Extra inputs are not permitted"):
         load_weighted(fusion)
 
