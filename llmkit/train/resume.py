@@ -97,9 +97,10 @@ def check_lora_model_dir(cfg: AxolotlConfig) -> None:
 
     Raises:
         ConfigError: it is written as a local path (./, /, ~, or more than owner/name) that is not there, or names
-            a folder that holds no adapter; peft said either in a traceback, once the base model was loaded.
+            a folder that holds no adapter (its adapter_config.json and weights); peft said either in a traceback,
+            once the base model was loaded.
     """
-    from llmkit.core.models import adapter_config, is_hub_id
+    from llmkit.core.models import ADAPTER_WEIGHTS, adapter_config, is_hub_id
 
     path = cfg.lora_model_dir
     if not path or (is_hub_id(path) and not Path(path).exists()):
@@ -110,6 +111,12 @@ def check_lora_model_dir(cfg: AxolotlConfig) -> None:
         adapter_config(path)
     except (OSError, ValueError) as err:
         raise ConfigError([f"lora_model_dir: {err}"], cfg.source) from None
+    if not any((user_path(path) / name).is_file() for name in ADAPTER_WEIGHTS):
+        # peft then took the folder for a hub id and said so in a traceback, once the base model was loaded
+        raise ConfigError(
+            [f"lora_model_dir: {user_path(path)} holds no {' or '.join(ADAPTER_WEIGHTS)}: an adapter's config alone"],
+            cfg.source,
+        )
 
 
 def plan_run(cfg: AxolotlConfig, output_dir: Path, *, is_main: bool, fresh: bool = False) -> RunPlan:

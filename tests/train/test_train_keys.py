@@ -323,8 +323,9 @@ def test_a_hub_repo_that_cannot_be_made_names_hub_model_id(tiny_config, monkeypa
 def test_a_lora_model_dir_that_is_not_here_is_the_configs_error_in_validate_and_train(
     tiny_config, tiny_model_dir, tmp_path, monkeypatch
 ):
-    """validate passed a lora_model_dir that is not there; train then died in peft's traceback ("Can't find
-    'adapter_config.json'", or HFValidationError for a `~` path, which also went to peft unexpanded)."""
+    """validate passed a lora_model_dir that is not there, or a folder with an adapter's config but no weights; train
+    then died in peft's traceback ("Can't find 'adapter_config.json'", or HFValidationError for a `~` path, which
+    also went to peft unexpanded, or for the folder without weights)."""
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
     from typer.testing import CliRunner
@@ -333,10 +334,13 @@ def test_a_lora_model_dir_that_is_not_here_is_the_configs_error_in_validate_and_
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "notes").mkdir()
+    (tmp_path / "config-only").mkdir()  # peft took it for a hub id, in a traceback of 388 lines
+    (tmp_path / "config-only" / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
     says = {
         "./no-such": "lora_model_dir: ./no-such: no such folder here, and not a hub id (owner/name)",
         "~/runs/a": f"lora_model_dir: {tmp_path / 'home' / 'runs' / 'a'}: no such folder here, and not a hub id",
         str(tmp_path / "notes"): f"lora_model_dir: {tmp_path / 'notes'} holds no adapter_config.json",
+        str(tmp_path / "config-only"): f"lora_model_dir: {tmp_path / 'config-only'} holds no adapter_model.safet",
     }
     for value, message in says.items():
         for command in ("validate", "train"):
