@@ -34,6 +34,8 @@ from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_availa
 from llmkit.config.schema import AxolotlConfig, ConfigError, PeftMethod
 from llmkit.core import devices
 from llmkit.core.bnb_kernels import dequantizing_4bit_kernel
+from llmkit.core.errors import headline
+from llmkit.core.files import user_path
 from llmkit.core.models import resolve_model
 
 LOG = logging.getLogger(__name__)
@@ -225,7 +227,7 @@ def build_peft_model(cfg: AxolotlConfig, model: PreTrainedModel, tokenizer: Any 
         return model
     if cfg.lora_model_dir:
         # The trained adapter's own adapter_config.json decides its method, rank and targets.
-        peft_model = PeftModel.from_pretrained(model, cfg.lora_model_dir, is_trainable=True)
+        peft_model = _trained_adapter(cfg, model)
     else:
         peft_model = get_peft_model(model, peft_config(cfg, model, tokenizer))
     _save_trained_embeddings_once(peft_model)
@@ -238,6 +240,25 @@ def build_peft_model(cfg: AxolotlConfig, model: PreTrainedModel, tokenizer: Any 
         100 * trainable / total,
     )
     return peft_model
+
+
+def _trained_adapter(cfg: AxolotlConfig, model: PreTrainedModel) -> PeftModel:
+    """The model with the adapter of `lora_model_dir` (`check_lora_model_dir` checked a folder here), to train on.
+
+    Raises:
+        ConfigError: a hub id that is no folder here, which the hub cannot give (none there, or offline).
+    """
+    path = cfg.lora_model_dir
+    try:
+        return PeftModel.from_pretrained(model, path, is_trainable=True)
+    except (OSError, ValueError) as err:
+        if user_path(path).is_dir():
+            raise
+        # peft's ValueError ("Can't find 'adapter_config.json'") hides the hub's reason in its context
+        reason = headline(err.__context__ or err)
+        raise ConfigError(
+            [f"lora_model_dir: {path}: no folder here, and the hub cannot give it as a hub id: {reason}"], cfg.source
+        ) from None
 
 
 def _save_trained_embeddings_once(peft_model: PeftModel) -> None:

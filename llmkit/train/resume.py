@@ -91,9 +91,12 @@ def resume_checkpoint(cfg: AxolotlConfig) -> Path | None:
     return path
 
 
-def check_lora_model_dir(cfg: AxolotlConfig) -> None:
+def check_lora_model_dir(cfg: AxolotlConfig) -> str | None:
     """The config's `lora_model_dir`, checked (by `validate` as well as by `train`): a folder here that holds a peft
     adapter, or a hub id (axolotl takes one) for peft to download.
+
+    Returns:
+        What `validate` warns of where it is a hub id, no folder here (`outs/run1` is one too): None for a folder.
 
     Raises:
         ConfigError: it is written as a local path (./, /, ~, or more than owner/name) that is not there, or names
@@ -103,8 +106,10 @@ def check_lora_model_dir(cfg: AxolotlConfig) -> None:
     from llmkit.core.models import ADAPTER_WEIGHTS, adapter_config, is_hub_id
 
     path = cfg.lora_model_dir
-    if not path or (is_hub_id(path) and not Path(path).exists()):
-        return
+    if not path:
+        return None
+    if is_hub_id(path) and not Path(path).exists():
+        return f"lora_model_dir: {path}: no folder here, so train loads it from the hub as a hub id (owner/name)"
     if not Path(path).exists():
         raise ConfigError([f"lora_model_dir: {path}: no such folder here, and not a hub id (owner/name)"], cfg.source)
     try:
@@ -117,6 +122,7 @@ def check_lora_model_dir(cfg: AxolotlConfig) -> None:
             [f"lora_model_dir: {user_path(path)} holds no {' or '.join(ADAPTER_WEIGHTS)}: an adapter's config alone"],
             cfg.source,
         )
+    return None
 
 
 def plan_run(cfg: AxolotlConfig, output_dir: Path, *, is_main: bool, fresh: bool = False) -> RunPlan:

@@ -56,7 +56,7 @@ def validate(
             if missing:
                 raise ConfigError(missing, cfg.source)
             resume_checkpoint(cfg)
-            check_lora_model_dir(cfg)
+            lora_model_dir_note = check_lora_model_dir(cfg)
             # Before tokenizing (minutes): a --model-config that cannot be read, a base model train refuses (as train
             # does); the special-tokens rule reads the embeddings' names from this shape, the plan sizes it.
             base = base_shape(cfg, model_config)
@@ -76,8 +76,9 @@ def validate(
         err.print(f"Error: --model-config {error}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 1
     out.print(render(training_plan))
-    if note := wandb_unavailable(cfg):
-        err.print(f"[yellow]Warning: {escape(note)}[/yellow]", highlight=False)
+    for note in (wandb_unavailable(cfg), lora_model_dir_note):
+        if note:
+            err.print(f"[yellow]Warning: {escape(note)}[/yellow]", highlight=False, soft_wrap=True)  # a path: whole
     for problem in refusals_here(cfg):  # a warning: the config may be meant for another machine
         err.print(f"[yellow]Warning: on this machine, train would stop: {escape(problem)}[/yellow]", highlight=False)
     return 0

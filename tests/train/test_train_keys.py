@@ -310,6 +310,21 @@ def test_the_resolved_config_keeps_modules_to_save_as_written_on_a_tied_model(ti
     assert train(load_config(path)) == out  # the same run: finds itself complete instead of refusing a changed config
 
 
+def test_a_lora_model_dir_the_hub_cannot_give_is_the_configs_error_in_train(tiny_config, monkeypatch):
+    """`outs/missing` (a run's folder not made yet, shaped like a hub id) went to peft, which died in a traceback of
+    LocalEntryNotFoundError and "Can't find 'adapter_config.json' at 'outs/missing'"."""
+    from huggingface_hub import constants
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    result = CliRunner().invoke(app, ["train", str(tiny_config(lora_model_dir="outs/missing"))])
+    says = "lora_model_dir: outs/missing: no folder here, and the hub cannot give it as a hub id"
+    assert result.exit_code == 1 and says in result.output, result.output
+    assert "Traceback" not in result.output
+
+
 def test_a_hub_repo_that_cannot_be_made_names_hub_model_id(tiny_config, monkeypatch):
     """Offline (or with no network, or no login), a config with hub_model_id stopped after loading the model with
     huggingface_hub's own message, which named no key."""
@@ -349,6 +364,7 @@ def test_a_lora_model_dir_that_is_not_here_is_the_configs_error_in_validate_and_
             assert "Traceback" not in result.output and not (tmp_path / "out").exists()
     hub = CliRunner().invoke(app, ["validate", str(tiny_config(lora_model_dir="someone/their-adapter"))])
     assert hub.exit_code == 0, hub.output  # axolotl takes a hub id: peft downloads it when training starts
+    assert "lora_model_dir: someone/their-adapter: no folder here, so train loads it from the hub" in hub.output
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "home" / "stage1")
