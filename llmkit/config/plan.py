@@ -380,8 +380,8 @@ def _count_rows(spec: DatasetSpec, source: str | Path | None) -> int | None:
         files = local_data_files(spec.data_files, path) if spec.data_files else sorted(path.iterdir())
     elif path.is_file():
         files = [path]
-    elif spec.data_files and all(Path(f).is_file() for f in spec.data_files):
-        files = [Path(f) for f in spec.data_files]  # `path: json` with local data_files
+    elif spec.data_files and all(user_path(f).is_file() for f in spec.data_files):
+        files = [user_path(f) for f in spec.data_files]  # `path: json` with local data_files
     else:
         return None
     counts = [_rows_in_file(f, source) for f in files if data_file_builder(f.name) in _COUNTED_BUILDERS]

@@ -227,7 +227,10 @@ def data_file_builder(name: str) -> str | None:
 def data_files_pattern(entry: str, folder: Path | None = None) -> str:
     """A `data_files` entry as the `datasets` pattern the data stage reads it by: an entry that names a file (in
     `folder`, the dataset's, where given) is that file alone, glob characters and all (`rows[1].jsonl`, escaped:
-    datasets globs every entry); any other entry is a glob pattern (under `folder`'s literal path)."""
+    datasets globs every entry); any other entry is a glob pattern (under `folder`'s literal path). A leading `~` is
+    the home folder (datasets read `~/r.jsonl` as a folder `~` here)."""
+    if entry.startswith("~"):  # only then: a URL (hf://, https://) is no path to normalise
+        entry = str(user_path(entry))
     path = Path(entry) if folder is None else folder / entry
     if path.is_file():
         return glob.escape(str(path))

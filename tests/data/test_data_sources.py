@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, DatasetDict
 
+from llmkit.config.plan import plan
 from llmkit.data.pipeline import DataError, build_datasets
 from llmkit.data.rows import IGNORE_INDEX
 
@@ -232,6 +233,22 @@ def test_a_json_object_holding_the_rows_names_its_keys_and_the_list(make_cfg, to
     _fails(make_cfg, tokenizer, path, expected)
     path.write_text(json.dumps(_rows(1)[0]))  # one object that is a row: a file of one row
     assert _answers(build_datasets(_alpaca(make_cfg, path), tokenizer), tokenizer) == ["Answer 0."]
+
+
+def test_data_files_under_the_home_folder_are_read_counted_and_hashed(make_cfg, tokenizer, tmp_path, monkeypatch):
+    """`~` in data_files was not expanded: validate passed, and preprocess failed with "Unable to find
+    '<cwd>/~/r.jsonl'"; the data stage, the plan and the prepared-data cache read entries alike."""
+    from llmkit.config.sections import local_data_files
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "more").mkdir(parents=True)
+    (tmp_path / "home" / "r.jsonl").write_text("".join(json.dumps(row) + "\n" for row in _rows(1, "Home")))
+    (tmp_path / "home" / "more" / "a.jsonl").write_text("".join(json.dumps(row) + "\n" for row in _rows(1, "Glob")))
+    entries = ["~/r.jsonl", "~/more/*.jsonl"]  # a file, and a pattern
+    assert local_data_files(entries) == [tmp_path / "home" / "r.jsonl", tmp_path / "home" / "more" / "a.jsonl"]
+    data = build_datasets(_alpaca(make_cfg, Path("json"), data_files=entries), tokenizer)
+    assert _answers(data, tokenizer) == ["Home 0.", "Glob 0."]
+    assert plan(_alpaca(make_cfg, Path("json"), data_files=["~/r.jsonl"])).rows == 1  # counted without tokenizing
 
 
 @pytest.mark.parametrize("layout", ["file", "path: json", "folder", "folder with ds_type", "folder with data_files"])
