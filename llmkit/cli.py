@@ -241,6 +241,7 @@ def validate(
     ),
 ) -> None:
     """Check a config without training; print the plan (targets, parameters, steps, memory per track)."""
+    _logging()  # before datasets is imported: piped, its bars are off, as in train's and preprocess's logs
     from llmkit.train.validate import validate as run
 
     with _one_line_errors(interrupted="interrupted: validate writes nothing; rerun it to see the plan"):

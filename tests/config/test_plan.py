@@ -6,8 +6,11 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import re
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -341,6 +344,16 @@ def test_cli_validate_prints_the_plan():
         assert expected in result.output
     strict = CliRunner().invoke(app, ["validate", "--strict", str(ROOT / "axolotl_configs" / "Llama-2-7b-03.yml")])
     assert strict.exit_code == 1 and "is_llama_derived_model" in strict.output
+
+
+def test_piped_validate_draws_no_progress_bars(tiny_config):
+    """Piped (`| cat -A`, CI, a file), validate redrew the datasets' Tokenizing and Masks bars with carriage
+    returns, where train and preprocess turn them off."""
+    env = {key: value for key, value in os.environ.items() if not key.endswith("_DISABLE_PROGRESS_BARS")}
+    command = [sys.executable, "-m", "llmkit.cli", "validate", str(tiny_config())]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "tokens to train" in result.stdout and "Tokenizing" not in result.stderr and "\r" not in result.stderr
 
 
 def test_cli_validate_without_a_config_json_checks_the_rest_and_says_how_to_give_one(tmp_path, make_tiny_model):
