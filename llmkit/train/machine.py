@@ -35,12 +35,23 @@ def refusals_here(cfg: AxolotlConfig) -> list[str]:
     from llmkit.train.optimizers import optimizer_for_machine
 
     problems = []
-    for check in (optimizer_for_machine, check_tf32, check_loftq, attn_implementation):
+    # Not strict, an attention this machine lacks is replaced, not a stop (fallbacks_here); the check would log it.
+    attention = (attn_implementation,) if cfg.strict else ()
+    for check in (optimizer_for_machine, check_tf32, check_loftq, *attention):
         try:
             check(cfg)
         except ConfigError as error:
             problems.extend(error.problems)
     return problems
+
+
+def fallbacks_here(cfg: AxolotlConfig) -> list[str]:
+    """What `train` would run on this machine in place of what the config asks (it logs each as a warning); empty
+    where it runs the config as written. With `strict` these are refusals (refusals_here)."""
+    from llmkit.train.modeling import ATTENTION_FALLBACK, attention_problem
+
+    problem = None if cfg.strict else attention_problem(cfg)
+    return [f"{problem}; {ATTENTION_FALLBACK}"] if problem else []
 
 
 def wandb_unavailable(cfg: AxolotlConfig) -> str | None:

@@ -95,15 +95,24 @@ def attn_implementation(cfg: AxolotlConfig) -> str | None:
     Raises:
         ConfigError: the asked attention cannot run here and the config is `strict`.
     """
-    asked = cfg.attention_implementation
-    missing = _attention_missing(asked) if asked else None
-    if missing is None:
-        return asked
-    problem = f"attention {asked}: {missing}"
+    problem = attention_problem(cfg)
+    if problem is None:
+        return cfg.attention_implementation
     if cfg.strict:
         raise ConfigError([f"{problem}; strict: true does not substitute another attention"], cfg.source)
-    LOG.warning("%s; using the default attention (sdpa where the model supports it) instead", problem)
+    LOG.warning("%s; %s", problem, ATTENTION_FALLBACK)
     return None
+
+
+ATTENTION_FALLBACK = "using the default attention (sdpa where the model supports it) instead"
+
+
+def attention_problem(cfg: AxolotlConfig) -> str | None:
+    """Why this machine cannot run the config's attention (`attention <name>: why`); None when it can, or none is
+    asked."""
+    asked = cfg.attention_implementation
+    missing = _attention_missing(asked) if asked else None
+    return None if missing is None else f"attention {asked}: {missing}"
 
 
 def _attention_missing(name: str) -> str | None:

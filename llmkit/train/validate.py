@@ -20,7 +20,7 @@ from llmkit.data.tokenizer import (
     trained_tokenizer_size,
     validation_tokenizer,
 )
-from llmkit.train.machine import refusals_here, wandb_unavailable
+from llmkit.train.machine import fallbacks_here, refusals_here, wandb_unavailable
 from llmkit.train.resume import check_lora_model_dir, resume_checkpoint
 
 
@@ -81,6 +81,9 @@ def validate(
             err.print(f"[yellow]Warning: {escape(note)}[/yellow]", highlight=False, soft_wrap=True)  # a path: whole
     for problem in refusals_here(cfg):  # a warning: the config may be meant for another machine
         err.print(f"[yellow]Warning: on this machine, train would stop: {escape(problem)}[/yellow]", highlight=False)
+    for fallback in fallbacks_here(cfg):  # said here, not logged again by the check
+        said = f"Warning: on this machine, train would substitute: {escape(fallback)}"
+        err.print(f"[yellow]{said}[/yellow]", highlight=False)
     return 0
 
 

@@ -602,6 +602,21 @@ def test_validate_warns_of_what_train_would_refuse_on_this_machine(tiny_config):
     assert "on this machine" not in _validate_output(tiny_config())[1]
 
 
+def test_validate_says_an_attention_train_would_replace_once_as_a_warning_of_this_machine(tiny_config, caplog):
+    """The fallback came out as a bare log line (`LOG.warning`, logging unconfigured), not as one of validate's
+    warnings; with strict: true it is a refusal, said once too (xformers: no machine runs it, a GPU one neither)."""
+    said = "attention xformers: axolotl patches in the xformers kernel, which transformers has no attention for"
+    with caplog.at_level(logging.WARNING):
+        status, output = _validate_output(tiny_config(xformers_attention=True))
+    assert status == 0 and output.count(said) == 1, output
+    assert f"Warning: on this machine, train would substitute: {said}; using the default attention" in output
+    assert not caplog.records
+    status, output = _validate_output(tiny_config(xformers_attention=True, strict=True))
+    assert status == 0 and output.count(said) == 1, output
+    assert f"Warning: on this machine, train would stop: {said}; strict: true does not substitute" in output
+    assert not caplog.records
+
+
 @pytest.mark.parametrize("checkpoint", ["missing", "incomplete"])
 def test_validate_refuses_a_resume_from_checkpoint_train_would_refuse(tiny_config, tmp_path, checkpoint):
     folder = tmp_path / "checkpoint-5"
