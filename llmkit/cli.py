@@ -259,11 +259,18 @@ def config_keys() -> None:
 
 
 # --- train: llmkit/train/run.py --------------------------------------------------------------------------------------
+def _named_folder(value: str | None) -> str | None:
+    # "" read as the current folder: train then refused it for the files there, naming another problem
+    if value == "":
+        raise typer.BadParameter("an empty folder name; give a folder (./x, or . for the current one)")
+    return value
+
+
 @app.command()
 def train(
     config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl-style YAML config."),
     max_steps: int | None = typer.Option(None, help="Override the config's max_steps (a quick trial run)."),
-    output_dir: str | None = typer.Option(None, help="Override the config's output_dir."),
+    output_dir: str | None = typer.Option(None, callback=_named_folder, help="Override the config's output_dir."),
     cpu_fallback: bool = typer.Option(False, help="Without CUDA, use the plain variant of a paged optimizer."),
     fresh: bool = typer.Option(False, "--fresh", help="Delete output_dir's checkpoints and train from step 0."),
 ) -> None:
@@ -287,7 +294,7 @@ def train(
         return interrupted_message(Path(cfg.output_dir), fresh=fresh)
 
     given = {"max_steps": max_steps, "output_dir": output_dir}
-    overrides = {key: value for key, value in given.items() if value is not None}  # 0 and "" are the config's errors
+    overrides = {key: value for key, value in given.items() if value is not None}  # 0 is the config's error
     cfg = None
     # ConnectionError: the hub's model, offline
     with _one_line_errors(ConfigError, DataError, ConnectionError, interrupted=stopped), named_as_flags(overrides):

@@ -62,6 +62,8 @@ def test_serve_shows_the_servers_own_help():
         (["bench", "--stage", "typing"], "'--stage': 'typing' is not one of 'serving', 'training', 'merging'."),
         (["random-model", "x", "--out", "y", "--device", "tpu"], "'--device': 'tpu' is not one of 'auto', 'cpu',"),
         (["bench", "--steps", "0"], "'--steps': Input should be greater than or equal to 1"),
+        # read as ".", and refused for the current folder's files: not what was wrong
+        (["train", "c.yml", "--output-dir", ""], "'--output-dir': an empty folder name; give a folder"),
     ],
 )
 def test_a_bad_option_value_is_a_usage_error_in_plain_words(args, said):
