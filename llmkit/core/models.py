@@ -318,16 +318,24 @@ def adapter_weight_shapes(adapter: str | Path) -> dict[str, list[int]]:
     import torch
     from safetensors import safe_open
 
-    safetensors_file, bin_file = (Path(adapter) / name for name in ADAPTER_WEIGHTS)
-    if safetensors_file.is_file():
-        with safe_open(safetensors_file, "pt") as weights:
+    file = adapter_weights_file(adapter)
+    if file is None:
+        return {}
+    if file.suffix == ".safetensors":
+        with safe_open(file, "pt") as weights:
             return {key: weights.get_slice(key).get_shape() for key in weights.keys()}
-    if bin_file.is_file():
-        return {key: list(t.shape) for key, t in torch.load(bin_file, map_location="meta", weights_only=True).items()}
-    return {}
+    return {key: list(t.shape) for key, t in torch.load(file, map_location="meta", weights_only=True).items()}
 
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def adapter_weights_file(adapter: str | Path) -> Path | None:
+    """The weights file of a peft adapter's folder, as peft picks it: adapter_model.safetensors, else the pickled
+    adapter_model.bin of `safe_serialization=False`; None when it holds neither."""
+    return next((file for name in ADAPTER_WEIGHTS if (file := user_path(adapter) / name).is_file()), None)
+
+
 # peft's adapter name in a key: a PeftModel's state_dict has it (lora_A.default.weight, DoRA's
 # lora_magnitude_vector.default.weight), peft's saved files do not (lora_A.weight, lora_magnitude_vector). peft loads
 # a file of such keys as they are, so only under the name "default", and only into LoRA factors; as saved, under any.

@@ -29,6 +29,7 @@ from llmkit.core.models import (
     PROMPT_LEARNING,
     adapter_config,
     adapter_name_left,
+    adapter_weights_file,
     peft_type,
     without_adapter_name,
 )
@@ -264,16 +265,16 @@ def read_adapter_weights(adapter_dir: Path) -> dict[str, torch.Tensor]:
     """The adapter's tensors: adapter_model.safetensors, else the pickled adapter_model.bin
     (peft's `safe_serialization=False`), read with weights_only so that it cannot run code; NaN or inf in any of
     them is refused, naming the file and the tensor."""
-    safetensors_file, bin_file = (adapter_dir / name for name in ADAPTER_WEIGHTS)
-    if safetensors_file.is_file():
-        file, tensors = safetensors_file, load_file(safetensors_file)
-    elif bin_file.is_file():
-        try:
-            file, tensors = bin_file, torch.load(bin_file, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-            raise ValueError(f"{bin_file} cannot be read as a weights-only PyTorch file: {err}") from None
-    else:
+    file = adapter_weights_file(adapter_dir)
+    if file is None:
         raise FileNotFoundError(f"{adapter_dir} has no {' or '.join(ADAPTER_WEIGHTS)}")
+    if file.suffix == ".safetensors":
+        tensors = load_file(file)
+    else:
+        try:
+            tensors = torch.load(file, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+            raise ValueError(f"{file} cannot be read as a weights-only PyTorch file: {err}") from None
     # merged, NaN or inf makes a model whose every logit is NaN (a diverged run saves such an adapter)
     if bad := first_non_finite(tensors):
         raise ValueError(

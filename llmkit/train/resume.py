@@ -103,7 +103,7 @@ def check_lora_model_dir(cfg: AxolotlConfig) -> str | None:
             a folder that holds no adapter (its adapter_config.json and weights); peft said either in a traceback,
             once the base model was loaded.
     """
-    from llmkit.core.models import ADAPTER_WEIGHTS, adapter_config, is_hub_id
+    from llmkit.core.models import ADAPTER_WEIGHTS, adapter_config, adapter_weights_file, is_hub_id
 
     path = cfg.lora_model_dir
     if not path:
@@ -116,7 +116,7 @@ def check_lora_model_dir(cfg: AxolotlConfig) -> str | None:
         adapter_config(path)
     except (OSError, ValueError) as err:
         raise ConfigError([f"lora_model_dir: {err}"], cfg.source) from None
-    if not any((user_path(path) / name).is_file() for name in ADAPTER_WEIGHTS):
+    if adapter_weights_file(path) is None:
         # peft then took the folder for a hub id and said so in a traceback, once the base model was loaded
         raise ConfigError(
             [f"lora_model_dir: {user_path(path)} holds no {' or '.join(ADAPTER_WEIGHTS)}: an adapter's config alone"],
