@@ -31,12 +31,14 @@ import json, sys, traceback
 from typer.testing import CliRunner
 from transformers.utils import logging as transformers_logging
 
-from llmkit.cli import app
+from llmkit.cli import _logging, app
 
-# transformers binds its log handler to whatever sys.stderr is when it first logs; inside the runner that is the
-# first invocation's capture stream, closed afterwards, and every later warning would print a logging traceback.
-# Bind it to this process's own stderr first, as it is in a real `llmkit validate` process.
+# transformers binds its log handler to whatever sys.stderr is when it first logs, and the CLI's logging.basicConfig
+# binds the root logger's; inside the runner that is the first invocation's capture stream, closed afterwards, and
+# every later warning would print a logging traceback (transformers' records reach the root logger too where CI=true
+# is set, as on the CI machine). Bind both to this process's own stderr first, as in a real `llmkit validate`.
 transformers_logging.get_logger()
+_logging()
 runner = CliRunner()
 results = []
 for path in sys.argv[1:]:
