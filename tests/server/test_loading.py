@@ -105,15 +105,20 @@ def test_vllm_serves_base_plus_unmerged_lora_and_sigterm_ends_its_engine(
 ):
     """vLLM applies the adapter per request (--enable-lora, max_lora_rank from adapter_config.json). docker stop
     then sends SIGTERM to the server's pid alone: vLLM's engine-core and worker processes (GBs) go too."""
-    sockets, folders = _temp_sockets(), _ipc_folders()
+    sockets = _temp_sockets()
     args = ("--engine", "vllm", "--model", str(default_model_dir), "--adapter", str(adapter_dir))
     server = ServerProcess(args, startup_timeout=600).start()
-    own = _ipc_folders() - folders  # another vLLM server of the suite may hold one of its own meanwhile
     try:
         assert (server.info["engine"], server.info["adapter"]) == ("vllm", str(adapter_dir))
         assert http.post(f"{server.url}/process", json=BODY).json()["text"] == adapter_greedy
         children = psutil.Process(server.process.pid).children(recursive=True)
         assert children, "vLLM runs its engine in child processes"
+        # The server's own socket folder, as its engine processes were given it: other vLLM servers of the suite
+        # (the other worker) make and remove folders of their own meanwhile, so the temp folder's listing says
+        # nothing about this one's.
+        given = {child.environ().get("VLLM_RPC_BASE_PATH") for child in children}
+        own = {Path(folder) for folder in given if folder}
+        assert len(own) == 1 and all(folder.is_dir() for folder in own), own
         os.kill(server.process.pid, signal.SIGTERM)
         server.process.wait(timeout=120)
         _, alive = psutil.wait_procs(children, timeout=30)
@@ -122,7 +127,7 @@ def test_vllm_serves_base_plus_unmerged_lora_and_sigterm_ends_its_engine(
         server.stop()
     # its engine's unix sockets went into a folder of the server's, removed with it (they stayed in /tmp by the 1000)
     assert _temp_sockets() <= sockets
-    assert own and not own & _ipc_folders()
+    assert not any(folder.exists() for folder in own), own
 
 
 @pytest.mark.slow
@@ -392,10 +397,6 @@ def test_server_log_is_kept_where_asked_else_removed(tmp_path):
 
 def _temp_sockets() -> set[Path]:
     return {path for path in Path(tempfile.gettempdir()).iterdir() if path.is_socket()}
-
-
-def _ipc_folders() -> set[Path]:
-    return set(Path(tempfile.gettempdir()).glob("llmkit-vllm-ipc-*"))
 
 
 def test_an_unexpected_error_is_a_500_in_each_apis_shape(tiny_model_dir, monkeypatch):
