@@ -20,7 +20,8 @@ from llmkit.core.errors import short_repr
 # default_system_message and the dataset keys, because the data stage owns them; or they only tune a method that is
 # refused here: an optimizer's, ReLoRA's, PoSE's, the reward model's; mean_resizing_embeddings: new embedding rows
 # always start at the others' mean, transformers' default, so that training, merging and serving resize alike;
-# float32: the training dtype follows bf16 and fp16, as axolotl's does).
+# float32: the training dtype follows bf16 and fp16, as axolotl's does; base_model_ignore_patterns: which hub files
+# axolotl downloads, where from_pretrained reads the same weights from the safetensors files first).
 # A key here is reported by name as ignored; any other unknown key is reported as unknown, with a "did you mean".
 UNIMPLEMENTED_KEYS = frozenset(
     """
@@ -69,6 +70,7 @@ UNIMPLEMENTED_KEYS = frozenset(
     pretraining_sample_concatenation relora_cpu_offload relora_prune_method relora_prune_ratio scaling_softmax_bias
     scaling_softmax_factor model_quantization_config_kwargs vllm mean_resizing_embeddings
     float32 unsloth_cross_entropy_loss unsloth_lora_mlp unsloth_lora_qkv unsloth_lora_o unsloth_rms_norm unsloth_rope
+    fused_attn_kernel base_model_ignore_patterns
     """.split()
 )
 # axolotl keys that would change what is trained and that this project does not implement: a value other than
@@ -121,6 +123,8 @@ REFUSED_KEYS = {
     "dpo_loss_type": "DPO loss variants are not implemented; rl: dpo/ipo set the loss",
     "dpo_loss_weights": "DPO loss variants are not implemented; rl: dpo/ipo set the loss",
     "use_eaft": "the entropy-aware focal loss (EAFT) is not implemented",
+    "use_dynamic_finetuning": "dynamic fine-tuning (DFT: each token's loss scaled by its probability) is not "
+    "implemented; the loss here is plain cross-entropy",
     "ebft": "energy-based fine-tuning (EBFT) is not implemented",
     "jagged_restart_steps": "jagged learning-rate restarts are not implemented",
     "jagged_restart_warmup_steps": "jagged learning-rate restarts are not implemented",

@@ -515,6 +515,9 @@ def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
         ("trainer_cls", "my.Trainer", "a custom trainer class"),
         ("model_kwargs", {"torch_dtype": "float16"}, "extra from_pretrained arguments"),
         ("quantization", {"weight_dtype": "int8"}, "post-training quantization"),
+        # axolotl's DFT loss (examples/gemma3/gemma-3-1b-fft-dft.yml): once warned as an unknown key, the run trained
+        # plain cross-entropy
+        ("use_dynamic_finetuning", True, "dynamic fine-tuning (DFT"),
     ],
 )
 def test_keys_that_would_change_training_and_are_not_implemented_are_refused(tmp_path, key, value, reason):
@@ -567,6 +570,8 @@ def test_documented_axolotl_keys_for_speed_or_parallelism_are_known_not_unknown(
         "unsloth_lora_mlp": True,
         "gc_steps": 10,
         "save_only_model": True,
+        "fused_attn_kernel": True,  # examples/qwen3/8b-lora-fused-attn.yaml: a Triton kernel, once "unknown key"
+        "base_model_ignore_patterns": "pytorch*",  # examples/pythia-12b: which hub files are fetched
     }
     cfg = load_quietly(write(tmp_path, MINIMAL), keys)
     described = [key.describe() for key in cfg.ignored_keys]
