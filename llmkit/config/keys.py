@@ -18,8 +18,9 @@ from llmkit.core.errors import short_repr
 # axolotl keys that real configs (the team's included) carry and this project does not act on, because they
 # change how fast or where a run goes, what it logs or evaluates, not the weights it trains (or, for chat_template,
 # default_system_message and the dataset keys, because the data stage owns them; or they only tune a method that is
-# refused here: an optimizer's, ReLoRA's, PoSE's, the reward model's; mean_resizing_embeddings: new embedding rows
-# always start at the others' mean, transformers' default, so that training, merging and serving resize alike;
+# refused here: an optimizer's, ReLoRA's, PoSE's, the reward model's, QA-LoRA's; mean_resizing_embeddings: new
+# embedding rows always start at the others' mean, transformers' default, so that training, merging and serving resize
+# alike;
 # float32: the training dtype follows bf16 and fp16, as axolotl's does; base_model_ignore_patterns: which hub files
 # axolotl downloads, where from_pretrained reads the same weights from the safetensors files first).
 # A key here is reported by name as ignored; any other unknown key is reported as unknown, with a "did you mean".
@@ -70,7 +71,7 @@ UNIMPLEMENTED_KEYS = frozenset(
     pretraining_sample_concatenation relora_cpu_offload relora_prune_method relora_prune_ratio scaling_softmax_bias
     scaling_softmax_factor model_quantization_config_kwargs vllm mean_resizing_embeddings
     float32 unsloth_cross_entropy_loss unsloth_lora_mlp unsloth_lora_qkv unsloth_lora_o unsloth_rms_norm unsloth_rope
-    fused_attn_kernel base_model_ignore_patterns
+    fused_attn_kernel base_model_ignore_patterns qalora_group_size
     """.split()
 )
 # axolotl keys that would change what is trained and that this project does not implement: a value other than

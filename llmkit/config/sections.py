@@ -84,7 +84,11 @@ class Adapter(str, Enum):
 
 
 # axolotl's other `adapter:` values, named in the error instead of a bare "should be 'lora' or 'qlora'".
-UNIMPLEMENTED_ADAPTERS = {"ia3": "axolotl's IA3 adapter", "llama-adapter": "axolotl's LLaMA-Adapter"}
+UNIMPLEMENTED_ADAPTERS = {
+    "ia3": "axolotl's IA3 adapter",
+    "llama-adapter": "axolotl's LLaMA-Adapter",
+    "qalora": "axolotl's QA-LoRA adapter, group-wise quantization-aware LoRA",
+}
 
 
 class PeftMethod(str, Enum):

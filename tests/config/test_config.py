@@ -646,7 +646,15 @@ def test_data_files_without_a_path_asks_for_the_path_they_are_in(tmp_path):
     assert load_quietly(write(tmp_path, both, "both.yml")).datasets[0].data_files == ["a.jsonl", "b.jsonl"]
 
 
-@pytest.mark.parametrize(("value", "named"), [("ia3", "axolotl's IA3 adapter"), ("llama-adapter", "LLaMA-Adapter")])
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ("ia3", "axolotl's IA3 adapter"),
+        ("llama-adapter", "LLaMA-Adapter"),
+        # examples/llama-2/qalora.yml: once pydantic's bare "Input should be 'lora' or 'qlora'"
+        ("qalora", "axolotl's QA-LoRA adapter"),
+    ],
+)
 def test_axolotls_other_adapters_are_named_as_not_implemented(tmp_path, value, named):
     message = error_of(write(tmp_path, MINIMAL.replace("adapter: qlora", f"adapter: {value}")))
     assert f"adapter: {value} (" in message and named in message and "not implemented here" in message
