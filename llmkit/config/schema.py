@@ -204,7 +204,11 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         if self.adapter is Adapter.qlora and not self.load_in_4bit:
             raise ValueError("adapter: qlora requires load_in_4bit: true")
         if self.adapter is None and (self.load_in_4bit or self.load_in_8bit):
-            raise ValueError("load_in_4bit/load_in_8bit: a full fine-tune (no adapter) cannot train quantized weights")
+            key = "load_in_4bit" if self.load_in_4bit else "load_in_8bit"  # the one set, as its own problem line says
+            raise ValueError(
+                f"{key}: a full fine-tune (no adapter) cannot train quantized weights; set adapter: lora or qlora, "
+                f"or {key}: false"
+            )
         if self.bfloat16 and self.float16:
             raise ValueError("bfloat16 and float16: both true; choose one")
         if self.loftq_bits is not None:

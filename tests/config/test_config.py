@@ -171,7 +171,13 @@ def _warnings_of(load) -> list[warnings.WarningMessage]:
         ({"special_tokens": {"pad": "<pad>"}}, "special_tokens.pad: Extra inputs are not permitted"),
         ({"load_in_4bit": False}, "adapter: qlora requires load_in_4bit: true"),
         ({"load_in_8bit": True}, "load_in_4bit and load_in_8bit: choose one"),
-        ({"adapter": "none"}, "a full fine-tune (no adapter) cannot train quantized weights"),
+        ({"adapter": "none"}, "- load_in_4bit: a full fine-tune (no adapter) cannot train quantized weights"),
+        # axolotl's examples/4bit-lora-7b (2023): no adapter and load_in_8bit was said as "load_in_4bit/load_in_8bit"
+        (
+            {"adapter": None, "load_in_4bit": False, "load_in_8bit": True},
+            "- load_in_8bit: a full fine-tune (no adapter) cannot train quantized weights; set adapter: lora or "
+            "qlora, or load_in_8bit: false",
+        ),
         ({"warmup_steps": 10, "warmup_ratio": 0.1}, "warmup_steps and warmup_ratio: set one, not both"),
         ({"bf16": True, "fp16": True}, "bf16 and fp16: both true"),
         ({"lora_target_linear": False}, "lora_target_modules: empty"),
