@@ -50,8 +50,10 @@ for path in sys.argv[1:]:
 print(json.dumps(results))
 """
 
-# A ConfigError prints "Invalid config <file>:" and then one "  - key.path: what is wrong" line per problem.
-PROBLEM_LINE = re.compile(r"^\s*- (?P<key>[A-Za-z_][\w.\[\]]*)\s*:", re.MULTILINE)
+# A ConfigError prints "Invalid config <file>:" and then one "  - key.path: what is wrong" line per problem; a key
+# refused for its value is said with the value, "  - key=value: why" (config.keys.REFUSED_KEYS), and two keys that
+# conflict as "  - key and other: why".
+PROBLEM_LINE = re.compile(r"^\s*- (?P<key>[A-Za-z_][\w.\[\]]*)(?: and [A-Za-z_][\w.\[\]]*)?\s*[:=]", re.MULTILINE)
 
 
 @dataclass
@@ -158,6 +160,19 @@ def test_a_quantized_moe_plan_says_its_fused_experts_stay_unquantized(runs):
     assert "MoE experts" in mixtral.output and "45.1B parameters held as fused 3-D tensors" in mixtral.output
     dense = next(run for run in runs if run.name == "mistral-7b-qlora-alpaca.yml")
     assert "MoE experts" not in dense.output
+
+
+@pytest.mark.timeout(600)
+def test_newer_axolotl_keys_in_the_corpus_are_named_for_what_they_do(runs):
+    """Keys of axolotl's 2025-26 examples: each ignored or refused by name, none said to be an unknown key (a typo)."""
+    said = {run.name: run.output for run in runs}
+    assert "fused_attn_kernel=True: not implemented here" in said["qwen3-8b-lora-fused-attn-kernel.yml"]
+    assert "base_model_ignore_patterns='pytorch*': not implemented here" in said["pythia-12b-full-float16.yml"]
+    assert "use_dynamic_finetuning=True: dynamic fine-tuning (DFT" in said["gemma3-1b-fft-dynamic-finetuning.yml"]
+    assert "adapter: qalora (axolotl's QA-LoRA adapter" in said["tinyllama-1.1b-qalora.yml"]
+    assert "llmcompressor={'recipe'" in said["llama3.1-8b-sparse-llmcompressor.yml"]
+    newer = [name for name in said if name.startswith(("qwen3-8b", "pythia-12b", "gemma3-1b", "tinyllama-1.1b-qa"))]
+    assert len(newer) == 4 and not [name for name in newer if "unknown key" in said[name]]
 
 
 @pytest.mark.parametrize("command", ["preprocess", "train"])
