@@ -20,9 +20,8 @@ from llmkit.core.errors import short_repr
 # default_system_message and the dataset keys, because the data stage owns them; or they only tune a method that is
 # refused here: an optimizer's, ReLoRA's, PoSE's, the reward model's, QA-LoRA's; mean_resizing_embeddings: new
 # embedding rows always start at the others' mean, transformers' default, so that training, merging and serving resize
-# alike;
-# float32: the training dtype follows bf16 and fp16, as axolotl's does; base_model_ignore_patterns: which hub files
-# axolotl downloads, where from_pretrained reads the same weights from the safetensors files first).
+# alike; float32: the training dtype follows bf16 and fp16, as axolotl's does; base_model_ignore_patterns: which hub
+# files axolotl downloads, where from_pretrained reads the same weights from the safetensors files first).
 # A key here is reported by name as ignored; any other unknown key is reported as unknown, with a "did you mean".
 UNIMPLEMENTED_KEYS = frozenset(
     """
