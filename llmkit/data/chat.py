@@ -73,7 +73,52 @@ CHAT_TEMPLATES: dict[str, str] = {
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
     ),
 }
-TEMPLATE_CHOICES = "tokenizer_default, tokenizer_default_fallback_<name>, jinja, a Jinja string"
+# axolotl's templates named after a model whose text is that model's own chat template: such a name renders the base
+# tokenizer's own template (as tokenizer_default does), where that template writes the model's format. Each name ->
+# (the family, how its format writes _PROBE; {bos}: the tokenizer's BOS), which the tokenizer's template must write
+# exactly: the check that the base is of that family (config.json's model_type would not do: Qwen3-2507 Instruct is
+# a qwen3 whose template writes no <think> block). Left out, as their axolotl text trains other tokens than the
+# model's own: phi_35 (no EOS after the last turn, where Phi-3.5's own writes one), mistral_v7_tekken (a default
+# system prompt with today's date that only Mistral-Small-2501 writes), deepseek_v3 (drops an assistant turn's text
+# up to </think>, which DeepSeek-V3's own keeps). The others (deepseek_v2, exaone, command_a, falcon_h1,
+# mistral_v1/v2v3, ...) are not checked against their models' templates: tokenizer_default or chat_template_jinja
+# says which text is meant.
+MODEL_TEMPLATES: dict[str, tuple[str, str]] = {
+    # Qwen3's own, with a `real_last_index` axolotl passes when it renders a conversation cut short: a whole
+    # conversation renders as Qwen3 writes it (an empty <think> block before the last assistant turn). Its generation
+    # prompt (served prompts, preference prompts) differs: axolotl's opens a <think> block, Qwen3's own does not.
+    "qwen3": (
+        "Qwen3",
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n\n</think>\n\nHello<|im_end|>\n",
+    ),
+    # Gemma 3's own: the system text opens the first user turn.
+    "gemma3": (
+        "Gemma 3",
+        "{bos}<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n",
+    ),
+    # Llama 4's own (tools, images and a dated system header aside, which text rows do not reach).
+    "llama4": (
+        "Llama 4",
+        "{bos}<|header_start|>system<|header_end|>\n\nBe brief.<|eot|><|header_start|>user<|header_end|>\n\nHi"
+        "<|eot|><|header_start|>assistant<|header_end|>\n\nHello<|eot|>",
+    ),
+    # Command-R's own `default` template (its tokenizer also has tool_use and rag ones, which axolotl does not use).
+    "cohere": (
+        "Command-R",
+        "{bos}<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>Be brief.<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|>"
+        "<|USER_TOKEN|>Hi<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>Hello<|END_OF_TURN_TOKEN|>",
+    ),
+}
+_PROBE = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello"},
+]
+TEMPLATE_CHOICES = (
+    f"{', '.join(MODEL_TEMPLATES)} (the base model's own), tokenizer_default, tokenizer_default_fallback_<name>, "
+    "jinja, a Jinja string"
+)
 _FALLBACK = "tokenizer_default_fallback_"  # + a name: the tokenizer's template, else the named one
 # axolotl's default role names; `roles:` replaces them.
 DEFAULT_ROLES = {
@@ -138,16 +183,48 @@ def _template_text(
                 f"({', '.join(CHAT_TEMPLATES)}) or use {_FALLBACK}chatml"
             )
         choice = choice.removeprefix(_FALLBACK)
+    if choice in MODEL_TEMPLATES:
+        return _model_template(choice, tokenizer, key)
     return named_template(choice, jinja, base_dir, key)
 
 
+def _model_template(choice: str, tokenizer: PreTrainedTokenizerBase, key: str) -> str:
+    """The tokenizer's own template for a `MODEL_TEMPLATES` name, where it writes that model's format.
+
+    Raises:
+        ValueError: the tokenizer has no template, or one that writes another format (another family's model).
+    """
+    family, expected = MODEL_TEMPLATES[choice]
+    expected = expected.format(bos=tokenizer.bos_token or "")
+    why = f"{key}: {choice} is {family}'s own chat template, rendered from the base model's tokenizer"
+    jinja = f"chat_template: jinja with chat_template_jinja holding {choice}'s text"
+    try:
+        own = tokenizer.get_chat_template()  # the `default` one of a tokenizer with several (Command-R)
+    except ValueError:
+        raise ValueError(
+            f"{why}, but this tokenizer has no chat template: use a {family} base model, or {jinja}"
+        ) from None
+    try:
+        written = repr(tokenizer.apply_chat_template(_PROBE, chat_template=own, tokenize=False))
+    except TemplateError as err:
+        written = f"nothing ({err})"
+    if written != repr(expected):
+        raise ValueError(
+            f"{why}, but this tokenizer's template is not {family}'s: it writes {written} where {choice} writes "
+            f"{expected!r}; use a {family} base model, chat_template: tokenizer_default to train in this model's own "
+            f"format, or {jinja}"
+        )
+    return cast(str, own)
+
+
 def check_template_name(choice: str, jinja: str | None, base_dir: Path | None, key: str) -> None:
-    """What can be checked of a template choice without the tokenizer: all but the tokenizer's own template.
+    """What can be checked of a template choice without the tokenizer: all but the tokenizer's own template (which
+    a `MODEL_TEMPLATES` name renders too).
 
     Raises:
         ValueError: as `named_template` (a fallback's name is checked, as axolotl's schema checks it).
     """
-    if choice != "tokenizer_default":
+    if choice != "tokenizer_default" and choice.removeprefix(_FALLBACK) not in MODEL_TEMPLATES:
         named_template(choice.removeprefix(_FALLBACK), jinja, base_dir, key)
 
 
@@ -166,8 +243,8 @@ def named_template(choice: str, jinja: str | None, base_dir: Path | None, key: s
         return choice
     raise ValueError(
         f"{key}: {choice!r} is not one of {', '.join(CHAT_TEMPLATES)}, {TEMPLATE_CHOICES} (axolotl names more "
-        "templates than this project ships: tokenizer_default renders the model's own, which a model-named template "
-        "such as qwen3 or gemma3 is written after; chat_template_jinja takes any other)"
+        "templates than this project renders: tokenizer_default renders the model's own, which a model-named template "
+        "such as phi_35 or deepseek_v3 is written after; chat_template_jinja takes any other)"
     )
 
 

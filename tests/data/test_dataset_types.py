@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 from transformers import AutoTokenizer
+from typer.testing import CliRunner
 
+from llmkit.cli import app
 from llmkit.config.schema import ConfigError, ConfigWarning, DatasetType, load_config
 from llmkit.data.pipeline import DataError, build_datasets
 from llmkit.data.rows import IGNORE_INDEX
@@ -466,23 +468,26 @@ def test_chat_template_names_are_checked_without_the_tokenizer(tmp_path):
         {"path": "a.jsonl", "type": "chat_template"},  # the config's template: reported once, as the config's
         {"path": "a.jsonl", "type": "chat_template", "chat_template": "qwen_25"},
         {"path": "a.jsonl", "type": "chat_template", "chat_template": "tokenizer_default"},  # needs the tokenizer
+        {"path": "a.jsonl", "type": "chat_template", "chat_template": "qwen3"},  # the model's own: so does this
         {"path": "a.jsonl", "type": "sharegpt", "conversation": "vicuna"},
         {"path": "a.jsonl", "type": "chat_template", "chat_template": "jinja", "chat_template_jinja": "no.jinja"},
     ]
     cfg = _load(tmp_path, datasets, base_model="Qwen/Qwen2.5-0.5B", chat_template="chatlm")
-    choices = "chatml, llama3, phi_3, gemma, qwen_25, tokenizer_default, tokenizer_default_fallback_<name>, jinja"
-    choices += ", a Jinja string (axolotl names more templates than this project ships: tokenizer_default renders"
-    choices += " the model's own, which a model-named template such as qwen3 or gemma3 is written after;"
-    choices += " chat_template_jinja takes any other)"
+    choices = "chatml, llama3, phi_3, gemma, qwen_25, qwen3, gemma3, llama4, cohere (the base model's own),"
+    choices += " tokenizer_default, tokenizer_default_fallback_<name>, jinja, a Jinja string (axolotl names more"
+    choices += " templates than this project renders: tokenizer_default renders the model's own, which a"
+    choices += (
+        " model-named template such as phi_35 or deepseek_v3 is written after; chat_template_jinja takes any other)"
+    )
     source = tmp_path / "a.jsonl"
     assert tokenizer_problems(cfg, None, None) == [
         f"chat_template: 'chatlm' is not one of {choices}",
-        f"datasets[3].conversation: 'vicuna' is not one of {choices} ({source})",
-        f"datasets[4].chat_template_jinja: 'no.jinja' is no file here, and not a Jinja template ({source})",
+        f"datasets[4].conversation: 'vicuna' is not one of {choices} ({source})",
+        f"datasets[5].chat_template_jinja: 'no.jinja' is no file here, and not a Jinja template ({source})",
     ]
     assert tokenizer_problems(cfg.model_copy(update={"chat_template": "chatml"}), None, None) == [
-        f"datasets[3].conversation: 'vicuna' is not one of {choices} ({source})",
-        f"datasets[4].chat_template_jinja: 'no.jinja' is no file here, and not a Jinja template ({source})",
+        f"datasets[4].conversation: 'vicuna' is not one of {choices} ({source})",
+        f"datasets[5].chat_template_jinja: 'no.jinja' is no file here, and not a Jinja template ({source})",
     ]
 
 
@@ -619,6 +624,116 @@ def test_shipped_templates_render_as_their_models_do(write_rows, make_cfg, token
     assert _trained_runs(tokenizer, row) == runs
 
 
+# Each model's own chat template, as written here in the format the model defines (text turns only), and how it
+# writes SHAREGPT[:3]; what a base of that family would carry (the tiny random models have SmolLM2's tokenizer).
+OWN_TEMPLATES = {
+    "qwen3": (
+        "qwen3",
+        "{% for m in messages %}{% if m.role == 'assistant' and loop.last %}{{ '<|im_start|>assistant\\n<think>\\n"
+        "\\n</think>\\n\\n' + m.content + '<|im_end|>\\n' }}{% else %}{{ '<|im_start|>' + m.role + '\\n' + "
+        "m.content + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+        "<think>\n\n</think>\n\nHello!<|im_end|>\n",
+    ),
+    "gemma3": (
+        "gemma3_text",
+        "{{ bos_token }}{% if messages[0].role == 'system' %}{% set prefix = messages[0].content + '\\n\\n' %}"
+        "{% set turns = messages[1:] %}{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}"
+        "{% for m in turns %}{{ '<start_of_turn>' + ('model' if m.role == 'assistant' else m.role) + '\\n' + "
+        "(prefix if loop.first else '') + m.content | trim + '<end_of_turn>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}",
+        "<|im_start|><start_of_turn>user\nBe brief.\n\nHi there<end_of_turn>\n<start_of_turn>model\nHello!"
+        "<end_of_turn>\n",
+    ),
+    "llama4": (
+        "llama4_text",
+        "{{ bos_token }}{% for m in messages %}{{ '<|header_start|>' + m.role + '<|header_end|>\\n\\n' + m.content + "
+        "'<|eot|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|header_start|>assistant<|header_end|>\\n\\n' }}"
+        "{% endif %}",
+        "<|im_start|><|header_start|>system<|header_end|>\n\nBe brief.<|eot|><|header_start|>user<|header_end|>\n\n"
+        "Hi there<|eot|><|header_start|>assistant<|header_end|>\n\nHello!<|eot|>",
+    ),
+    "cohere": (
+        "cohere",
+        "{{ bos_token }}{% for m in messages %}{{ '<|START_OF_TURN_TOKEN|><|' + {'system': 'SYSTEM', 'user': 'USER', "
+        "'assistant': 'CHATBOT'}[m.role] + '_TOKEN|>' + m.content.strip() + '<|END_OF_TURN_TOKEN|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>' }}{% endif %}",
+        "<|im_start|><|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>Be brief.<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|>"
+        "<|USER_TOKEN|>Hi there<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>Hello!"
+        "<|END_OF_TURN_TOKEN|>",
+    ),
+}
+
+
+def _family_with_template(tiny_family_dir, make_tiny_model, family: str, template: str | None, folder: Path) -> Path:
+    """A copy of the family's tiny random model whose tokenizer carries `template` (None: no chat template)."""
+    import shutil
+
+    from transformers import CohereConfig, CohereForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
+
+    # not among the trained families: the text-only Gemma 3 (as gemma-3-1b is), Command-R
+    others = {"gemma3_text": (Gemma3TextConfig, Gemma3ForCausalLM), "cohere": (CohereConfig, CohereForCausalLM)}
+    if family in others:
+        source = make_tiny_model(*others[family], head_dim=16)
+    else:
+        source = tiny_family_dir(family)
+    shutil.copytree(source, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = template
+    (folder / "chat_template.jinja").unlink(missing_ok=True)  # saving no template leaves the old file
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("name", list(OWN_TEMPLATES))
+def test_a_model_named_template_renders_the_models_own(write_rows, tiny_family_dir, make_tiny_model, tmp_path, name):
+    """axolotl's qwen3, gemma3, llama4 and cohere templates are those models' own: on a base of the family they
+    train what tokenizer_default trains, and `llmkit validate` plans. They were refused as templates this project does
+    not ship, so real Qwen3 and Gemma 3 configs (tests/config/real_world) could not run unchanged."""
+    family, template, text = OWN_TEMPLATES[name]
+    model = _family_with_template(tiny_family_dir, make_tiny_model, family, template, tmp_path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    path = write_rows([{"conversations": SHAREGPT[:3]}], "jsonl")
+    built = {}
+    for choice in (name, "tokenizer_default"):
+        config = _load(tmp_path, [{"path": str(path), **MAPPED, "chat_template": choice}], base_model=str(model))
+        built[choice] = list(build_datasets(config, tokenizer).train)
+    assert built[name] == built["tokenizer_default"]
+    assert tokenizer.decode(built[name][0]["input_ids"]) == text
+    assert _trained_runs(tokenizer, built[name][0])[0].startswith("Hello!")
+    config = tmp_path / "run.yml"
+    raw = yaml.safe_load(config.read_text()) | {"chat_template": name}  # the config's own, as real configs set it
+    raw["datasets"][0].pop("chat_template")
+    config.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["validate", str(config)], prog_name="llmkit", env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("keep_template", "said"),
+    [
+        (False, "this tokenizer has no chat template: use a Qwen3 base model, or chat_template: jinja with"),
+        (True, "this tokenizer's template is not Qwen3's: it writes '<|im_start|>system\\nBe brief."),
+    ],
+    ids=["no template", "another model's template"],
+)
+def test_a_model_named_template_on_another_model_is_a_config_error(
+    tiny_family_dir, make_tiny_model, tmp_path, keep_template, said
+):
+    """qwen3 on a Llama base whose tokenizer's template is not Qwen3's (SmolLM2's ChatML, which writes no <think>
+    block), or that has none: `llmkit validate` says so naming chat_template, and what to set instead."""
+    own = AutoTokenizer.from_pretrained(tiny_family_dir("llama")).chat_template if keep_template else None
+    model = _family_with_template(tiny_family_dir, make_tiny_model, "llama", own, tmp_path / "model")
+    (tmp_path / "a.jsonl").write_text(json.dumps({"conversations": SHAREGPT[:3]}) + "\n")
+    datasets = [{"path": "a.jsonl", **MAPPED, "chat_template": None}]
+    config = _load(tmp_path, datasets, base_model=str(model), chat_template="qwen3").source
+    result = CliRunner().invoke(app, ["validate", str(config)], prog_name="llmkit", env={"COLUMNS": "200"})
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    expected = "- chat_template: qwen3 is Qwen3's own chat template, rendered from the base model's tokenizer, but "
+    assert expected + said in result.output
+
+
 def test_template_choices_that_cannot_render_are_clear_errors(write_rows, make_cfg, tokenizer, tmp_path):
     path = write_rows([{"conversations": SHAREGPT[1:3]}], "jsonl")
     bare = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
@@ -628,8 +743,10 @@ def test_template_choices_that_cannot_render_are_clear_errors(write_rows, make_c
     ):
         build_datasets(make_cfg([{"path": str(path), **MAPPED, "chat_template": "tokenizer_default"}]), bare)
     with pytest.raises(
-        DataError, match=r"datasets\[0\]\.chat_template: 'qwen3' is not one of chatml, llama3, phi_3, gemma, qwen_25"
+        DataError, match=r"datasets\[0\]\.chat_template: 'phi_35' is not one of chatml, llama3, phi_3, gemma, qwen_25"
     ):
+        build_datasets(make_cfg([{"path": str(path), **MAPPED, "chat_template": "phi_35"}]), tokenizer)
+    with pytest.raises(DataError, match=r"datasets\[0\]\.chat_template: qwen3 is Qwen3's own chat template"):
         build_datasets(make_cfg([{"path": str(path), **MAPPED, "chat_template": "qwen3"}]), tokenizer)
     with pytest.raises(
         DataError, match=r"row 1: field 'conversations' is refused by the chat template: gemma has no system"
