@@ -353,6 +353,14 @@ def without_adapter_name(key: str) -> str:
     return _NAMED_LORA_KEY.sub(_UNNAMED_LORA_KEY, key)
 
 
+def adapter_key_mapping(saved: Iterable[str]) -> dict[str, str] | None:
+    """The key_mapping peft's loaders (PeftModel.from_pretrained, load_adapter) take for an adapter file of these
+    keys: peft's adapter name dropped from its LoRA factors, so that it loads under any name as saved ones do; None
+    where no key carries it (peft's key_mapping fails on a key without its base_model prefix, which a caller may
+    name better)."""
+    return _NAME_DROPPED if any(_NAMED_LORA_KEY.search(key) for key in saved) else None
+
+
 def adapter_name_left(key: str) -> bool:
     """Whether a saved key names peft's adapter `default` outside LoRA factors (modules_to_save.default.weight),
     where without_adapter_name leaves it: peft loads such a key only into an adapter of that name."""
@@ -373,8 +381,7 @@ def _apply_adapter(lm, adapter: str, tokenizer, name: str = "default"):
             f"Adapter {adapter}: its weight {named} carries peft's adapter name 'default', under which alone peft "
             f"loads it: serve it as default={adapter}"
         )
-    # only then: peft's key_mapping fails on a key without its base_model prefix, which the checks below name
-    key_mapping = _NAME_DROPPED if any(_NAMED_LORA_KEY.search(key) for key in saved) else None
+    key_mapping = adapter_key_mapping(saved)  # a key without its base_model prefix: the checks below name it
     try:
         if isinstance(lm, PeftModel):
             lm.load_adapter(adapter, adapter_name=name, key_mapping=key_mapping)

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from llmkit.core.errors import problems
 from llmkit.core.files import user_path
-from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE, resolve_model
+from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE, adapter_key_mapping, resolve_model
 from llmkit.merge import weights as mw
 from llmkit.merge.fold import (
     ADAPTER_FILES,
@@ -139,6 +139,7 @@ def merge_weighted(
     read = [mw.read_lora_adapter(adapter) for adapter in adapters]  # each adapter's files, read once for all below
     check_ranks(read, spec.combination_type)
     check_combinable(read)
+    key_mappings = [adapter_key_mapping(files.tensors) for files in read]  # as peft is to load each
     check_merge_target(Path(out_dir), adapters, max_shard_size)  # before a base model is downloaded
     base = resolve_model(spec.base_model or trained_on(adapters[0]))
     cfg = training_config(adapters[0])
@@ -156,7 +157,7 @@ def merge_weighted(
     label = " + ".join(weighted) + f" ({spec.combination_type})"
     return run_merge(
         base,
-        lambda staging: combine_adapters(spec, base.path, options.dtype, staging),
+        lambda staging: combine_adapters(spec, key_mappings, base.path, options.dtype, staging),
         inputs,
         Path(out_dir),
         options,
@@ -183,8 +184,7 @@ def check_ranks(adapters: list[mw.AdapterFiles], combination_type: str) -> None:
 
 def check_combinable(adapters: list[mw.AdapterFiles]) -> None:
     """Refuse adapters with fully trained modules or embedding rows: peft's combination keeps the base's copy of
-    such a module or row (the trained one would be lost without a word), or fails on it; and keys with peft's
-    adapter name, which peft loads only under that name (each adapter is combined under a name of its own)."""
+    such a module or row (the trained one would be lost without a word), or fails on it."""
     for adapter in adapters:
         if modules := adapter.config.modules_to_save:
             raise ValueError(
@@ -197,24 +197,24 @@ def check_combinable(adapters: list[mw.AdapterFiles]) -> None:
                 f"{adapter.path} trains embedding rows {indices} (trainable_token_indices): a weighted merge cannot "
                 "combine them (peft keeps the base's rows); merge that adapter alone (llmkit merge --adapter DIR)"
             )
-        if key := adapter.named_key:
-            raise ValueError(
-                f"{adapter.path}: its weight {key} carries peft's adapter name 'default', which a weighted merge "
-                "cannot load (peft would combine the adapter without it); merge it alone, or save it again with "
-                "peft's save_pretrained (PeftModel.from_pretrained(base, DIR).save_pretrained(NEW_DIR))"
-            )
 
 
-def combine_adapters(spec: WeightedMerge, base_dir: Path, dtype: torch.dtype, out: Path) -> Path:
-    """peft's add_weighted_adapter over the spec's adapters; the combined adapter is saved in `out/weighted`."""
+def combine_adapters(
+    spec: WeightedMerge, key_mappings: list[dict[str, str] | None], base_dir: Path, dtype: torch.dtype, out: Path
+) -> Path:
+    """peft's add_weighted_adapter over the spec's adapters, each loaded with its key_mapping
+    (`models.adapter_key_mapping`); the combined adapter is saved in `out/weighted`."""
     from peft import PeftModel, get_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
     names = [f"adapter_{i}" for i in range(len(spec.adapters))]
-    peft_model = PeftModel.from_pretrained(model, spec.adapters[0].path, adapter_name=names[0])
-    for name, adapter in zip(names[1:], spec.adapters[1:], strict=True):
-        peft_model.load_adapter(adapter.path, adapter_name=name)
+    # each under a name of its own: keys saved with peft's adapter name (lora_A.default.weight) are mapped as the
+    # server maps them, else peft would load them nowhere and combine the adapter without its weights
+    paths = [adapter.path for adapter in spec.adapters]
+    peft_model = PeftModel.from_pretrained(model, paths[0], adapter_name=names[0], key_mapping=key_mappings[0])
+    for name, path, key_mapping in zip(names[1:], paths[1:], key_mappings[1:], strict=True):
+        peft_model.load_adapter(path, adapter_name=name, key_mapping=key_mapping)
     torch.manual_seed(spec.seed)
     try:
         peft_model.add_weighted_adapter(

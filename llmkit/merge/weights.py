@@ -193,11 +193,6 @@ class AdapterFiles:
         for key in self.tensors:
             yield key, without_adapter_name(key.removeprefix(_PEFT_PREFIX))
 
-    @property
-    def named_key(self) -> str | None:
-        """The first saved key with peft's adapter name in it (lora_A.default.weight), if any."""
-        return next((key for key, name in self.names() if name != key.removeprefix(_PEFT_PREFIX)), None)
-
 
 def read_lora_adapter(adapter_dir: Path) -> AdapterFiles:
     """A peft LoRA adapter directory's config and weights; any other method is refused, saying what to do instead."""

@@ -6,6 +6,7 @@ adapters with a rank_pattern, a new EOS, and a full fine-tune's folder given as 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -178,10 +179,38 @@ def test_an_adapter_saved_from_a_peft_models_state_dict_merges_to_the_peft_model
         merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")(ids).logits
     assert (expected - base).abs().max() > 1e-3  # the adapter changes the model
     torch.testing.assert_close(merged, expected, atol=1e-5, rtol=0)
-    spec = {"adapters": [str(adapter), str(adapter)], "weights": [0.5, 0.5], "out": str(tmp_path / "fused")}
-    message = rf"{adapter}: its weight \S+lora_A.default.weight carries peft's adapter name 'default', which a"
-    with pytest.raises(ValueError, match=message):  # peft loads it under another name: silently without it
-        merge_command(base=str(tiny_model_dir), dtype="float32", **spec)
+
+
+def _saved_from_state_dict(base: Path, adapter: Path, out: Path) -> Path:
+    """`adapter` again, its weights as a PeftModel's state_dict names them (lora_A.default.weight)."""
+    shutil.copytree(adapter, out)
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+    named = {key: tensor for key, tensor in peft_model.state_dict().items() if ".lora_" in key}
+    assert named and all(".default." in key for key in named)
+    save_file(named, out / "adapter_model.safetensors")
+    return out
+
+
+def test_a_weighted_merge_of_adapters_saved_from_a_peft_models_state_dict_is_that_of_the_adapters(
+    tiny_model_dir, tmp_path
+):
+    """A weighted merge refused keys with peft's adapter name (lora_A.default.weight), which a single merge and the
+    server read; peft combines them, mapped as the server maps them, into what it makes of the adapters as saved."""
+    saved = [
+        lora_adapter(tiny_model_dir, tmp_path / name, seed=seed, target_modules=["q_proj", "v_proj"])
+        for seed, name in enumerate(["a", "b"])
+    ]
+    named = [_saved_from_state_dict(tiny_model_dir, path, tmp_path / f"{path.name}-named") for path in saved]
+    merged = {}
+    for kind, adapters in {"saved": saved, "named": named}.items():
+        spec = {"adapters": [str(path) for path in adapters], "weights": [0.7, 0.3], "out": str(tmp_path / kind)}
+        report, _ = merge_command(base=str(tiny_model_dir), dtype="float32", combination="ties", density=0.5, **spec)
+        assert report.verification["max_logit_diff"] < 1e-3
+        merged[kind] = saved_tensors(tmp_path / kind)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged["saved"][name], saved_tensors(tiny_model_dir)[name])  # the adapters are in it
+    assert merged["named"].keys() == merged["saved"].keys()
+    assert all(torch.equal(merged["named"][key], merged["saved"][key]) for key in merged["saved"])
 
 
 def test_weighted_merge_of_adapters_with_other_ranks_names_module_and_ranks(tiny_model_dir, tmp_path):
