@@ -120,7 +120,7 @@ def print_report(report: MergeReport, uploaded: list[dict] | None, hub_model_id:
     table.add_column(overflow="fold")
     table.add_row("dtype", report.dtype + (", 4-bit round-trip of targeted weights" if report.nf4_roundtrip else ""))
     table.add_row("size", f"{report.size_bytes / 1e6:,.1f} MB in {len(report.files)} files")
-    table.add_row("time", f"{report.seconds:.1f} s")
+    table.add_row("time", f"{report.seconds:.1f} s" + (" (when it was merged)" if report.skipped else ""))
     check = report.verification
     if check:
         tolerance = check["tolerance"]

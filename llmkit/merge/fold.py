@@ -309,7 +309,12 @@ def run_merge(
     previous = _read_manifest(out_dir)
     if previous.get("inputs") == inputs and (previous.get("verification") or not options.verify):
         LOG.info("%s already holds this merge (inputs unchanged); skipping", out_dir)
-        return MergeReport(**{**previous["report"], "out_dir": out_dir, "skipped": True})
+        # the inputs are file hashes and options: the same files may be named otherwise now (another adapter folder
+        # or path, the base by folder or hub id), so the names are this run's; the folder's facts are its merge's
+        made = previous["report"]
+        report.skipped, report.seconds, report.size_bytes = True, made["seconds"], made["size_bytes"]
+        report.files, report.verification = made["files"], made["verification"]
+        return report
     if options.dtype_note:
         LOG.warning(options.dtype_note)
     started = time.monotonic()

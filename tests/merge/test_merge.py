@@ -157,6 +157,14 @@ def test_unchanged_inputs_skip_and_changed_adapter_remerges(adapters, tiny_model
     before = tree_digest(out)
     again = merge_adapter(tiny_model_dir, adapter, out, dtype="bfloat16", verify=False)
     assert again.skipped and not first.skipped and tree_digest(out) == before
+    # the same files under other names: still skipped, and said by the names given now, not the first run's
+    moved, base = shutil.copytree(adapter, tmp_path / "moved"), shutil.copytree(tiny_model_dir, tmp_path / "base")
+    flags = ["--base", str(base), "--adapter", str(moved), "--out", str(out), "--dtype", "bfloat16", "--no-verify"]
+    result = CliRunner().invoke(app, ["merge", *flags])
+    assert result.exit_code == 0 and "unchanged, skipped" in result.output, result.output
+    assert f"adapter: {moved}" in result.output.splitlines() and f"base: {base}" in result.output.splitlines()
+    assert re.search(rf"│ time +│ {first.seconds:.1f} s \(when it was merged\)", result.output), result.output
+    assert tree_digest(out) == before
     shutil.copy2(adapters["other"] / "adapter_model.safetensors", adapter / "adapter_model.safetensors")
     changed = merge_adapter(tiny_model_dir, adapter, out, dtype="bfloat16", verify=False)
     assert not changed.skipped
