@@ -12,7 +12,8 @@ import json
 import logging
 import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -187,6 +188,27 @@ def _download(model_id: str, revision: str | None) -> ResolvedModel:
         raise FileNotFoundError(f"{folder}the hub has {said}" if folder else f"The hub has {said}") from err
     commit = Path(path).name  # snapshot folders are named by commit hash
     return ResolvedModel(Path(path), model_id, commit)
+
+
+@contextmanager
+def hub_tries_held() -> Iterator[list[str]]:
+    """huggingface_hub's warning for each try of a request that failed (the network down, a 503) and for each wait
+    before the next, held back, not printed: where the network is down and HF_HUB_OFFLINE unset, its client tries 6
+    times over 23 s, 12 warnings, before the error its caller says in one line. Yields the failed tries' words
+    ("'[Errno -2] Name or service not known' thrown while requesting HEAD https://...")."""
+    failed: list[str] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if " thrown while requesting " in (message := record.getMessage()):
+            failed.append(message)
+        return False
+
+    client = logging.getLogger("huggingface_hub.utils._http")  # the logger its retries warn on
+    client.addFilter(hold)
+    try:
+        yield failed
+    finally:
+        client.removeFilter(hold)
 
 
 @dataclass

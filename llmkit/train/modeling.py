@@ -36,7 +36,7 @@ from llmkit.core import devices
 from llmkit.core.bnb_kernels import dequantizing_4bit_kernel
 from llmkit.core.errors import headline
 from llmkit.core.files import user_path
-from llmkit.core.models import resolve_model
+from llmkit.core.models import hub_tries_held, resolve_model
 
 LOG = logging.getLogger(__name__)
 
@@ -258,16 +258,20 @@ def _trained_adapter(cfg: AxolotlConfig, model: PreTrainedModel) -> PeftModel:
         ConfigError: a hub id that is no folder here, which the hub cannot give (none there, or offline).
     """
     path = cfg.lora_model_dir
-    try:
-        return PeftModel.from_pretrained(model, path, is_trainable=True)
-    except (OSError, ValueError) as err:
-        if user_path(path).is_dir():
-            raise
-        # peft's ValueError ("Can't find 'adapter_config.json'") hides the hub's reason in its context
-        reason = headline(err.__context__ or err)
-        raise ConfigError(
-            [f"lora_model_dir: {path}: no folder here, and the hub cannot give it as a hub id: {reason}"], cfg.source
-        ) from None
+    with hub_tries_held() as failed_tries:
+        try:
+            return PeftModel.from_pretrained(model, path, is_trainable=True)
+        except (OSError, ValueError) as err:
+            if user_path(path).is_dir():
+                raise
+            # peft's ValueError ("Can't find 'adapter_config.json'") hides the hub's reason in its context
+            reason = headline(err.__context__ or err)
+            if failed_tries:  # the hub's reason is "check your connection": what the connection said is the cause
+                reason += f" ({len(failed_tries)} tries, the last: {failed_tries[-1]})"
+            raise ConfigError(
+                [f"lora_model_dir: {path}: no folder here, and the hub cannot give it as a hub id: {reason}"],
+                cfg.source,
+            ) from None
 
 
 def _save_trained_embeddings_once(peft_model: PeftModel) -> None:

@@ -325,6 +325,29 @@ def test_a_lora_model_dir_the_hub_cannot_give_is_the_configs_error_in_train(tiny
     assert "Traceback" not in result.output
 
 
+def test_a_lora_model_dir_the_hub_cannot_be_reached_for_is_one_line_in_train(tiny_config, caplog, monkeypatch):
+    """Offline without HF_HUB_OFFLINE, the hub's client warned of each of its 6 tries and each wait between them
+    (12 warnings, each twice: its own handler and the root's) before the config's one-line error."""
+    import socket
+
+    from huggingface_hub import constants
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    with socket.socket() as closed:  # a port nothing listens on: the connection is refused, as with no network
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    caplog.set_level("WARNING")
+    result = CliRunner().invoke(app, ["train", str(tiny_config(lora_model_dir="outs/missing"))])
+    says = "lora_model_dir: outs/missing: no folder here, and the hub cannot give it as a hub id: "
+    assert result.exit_code == 1 and says in result.output, result.output
+    assert not [record for record in caplog.records if record.name.startswith("huggingface_hub")], caplog.text
+    error = result.output[result.output.index(says) :]
+    assert error.count("\n") == 1 and "6 tries, the last: " in error and "/outs/missing/" in error, error
+
+
 def test_a_hub_repo_that_cannot_be_made_names_hub_model_id(tiny_config, monkeypatch):
     """Offline (or with no network, or no login), a config with hub_model_id stopped after loading the model with
     huggingface_hub's own message, which named no key."""
