@@ -108,18 +108,19 @@ def check_lora_model_dir(cfg: AxolotlConfig) -> str | None:
     path = cfg.lora_model_dir
     if not path:
         return None
-    if is_hub_id(path) and not Path(path).exists():
-        return f"lora_model_dir: {path}: no folder here, so train loads it from the hub as a hub id (owner/name)"
-    if not Path(path).exists():
+    folder = user_path(path)  # the folder read; `path` is said as the config wrote it
+    if not folder.exists():
+        if is_hub_id(path):
+            return f"lora_model_dir: {path}: no folder here, so train loads it from the hub as a hub id (owner/name)"
         raise ConfigError([f"lora_model_dir: {path}: no such folder here, and not a hub id (owner/name)"], cfg.source)
     try:
-        adapter_config(path)
+        adapter_config(folder)
     except (OSError, ValueError) as err:
         raise ConfigError([f"lora_model_dir: {err}"], cfg.source) from None
-    if adapter_weights_file(path) is None:
+    if adapter_weights_file(folder) is None:
         # peft then took the folder for a hub id and said so in a traceback, once the base model was loaded
         raise ConfigError(
-            [f"lora_model_dir: {user_path(path)} holds no {' or '.join(ADAPTER_WEIGHTS)}: an adapter's config alone"],
+            [f"lora_model_dir: {folder} holds no {' or '.join(ADAPTER_WEIGHTS)}: an adapter's config alone"],
             cfg.source,
         )
     return None
