@@ -24,7 +24,7 @@ from llmkit.core.devices import Device, quiet_bitsandbytes_kernel_notice
 from llmkit.core.errors import error_message
 from llmkit.core.files import CacheError, user_path
 from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE
-from llmkit.core.processes import exit_on_sigterm, interrupted_exit_code
+from llmkit.core.processes import exit_on_sigterm, interrupted_exit_code, log_to_stderr
 from llmkit.helm_eval.confgen import DEFAULT_TASK_LIST, SUITES
 from llmkit.helm_eval.decontaminate import NGRAM
 from llmkit.server.settings import EngineName
@@ -172,7 +172,7 @@ def bench(
     from llmkit.core.models import resolve_model, tokenizer_dir
     from llmkit.data import DataError
 
-    logging.basicConfig(level=logging.WARNING)
+    log_to_stderr(logging.WARNING)
     options = {
         "serving": {"engines": [e.value for e in engine or EngineName], "model": model, "quick": quick},
         "training": {
@@ -651,7 +651,7 @@ def _logging() -> None:
     import os
     import warnings
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr(logging.INFO, "%(levelname)s %(name)s: %(message)s")
     if not sys.stderr.isatty():
         # Piped (CI, `| tee`, a file): a bar redrawn with carriage returns and cursor-up codes is noise in a log. The
         # hub's switch also turns off transformers' bars (the Trainer's follows it: run.training_arguments);

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from llmkit.core.devices import quiet_bitsandbytes_kernel_notice
 from llmkit.core.errors import problems
 from llmkit.core.models import local_model_dir
+from llmkit.core.processes import log_to_stderr
 from llmkit.server.settings import EngineName, ServerSettings
 
 
@@ -38,7 +39,7 @@ def _setting_name(field: str, args: Sequence[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stderr(logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_bitsandbytes_kernel_notice()
     args = list(argv) if argv is not None else sys.argv[1:]
     try:

@@ -1,5 +1,5 @@
-"""Stopping a child together with everything it spawned (the HELM server, helm-run and their workers), and
-SIGTERM to this process unwinding like Ctrl-C.
+"""Stopping a child together with everything it spawned (the HELM server, helm-run and their workers),
+SIGTERM to this process unwinding like Ctrl-C, and this process's log on stderr saying each record once.
 
 Children are started with `start_new_session=True`, so each leads its own process group and one signal to the
 group reaches its whole tree. Standard library only: this module sits in the common base.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import signal
 import subprocess
@@ -94,3 +95,36 @@ def _redeliver(previous_hook, unraisable) -> None:
         previous_hook(unraisable)
         return
     threading.Timer(0.05, os.kill, (os.getpid(), resend)).start()
+
+
+def log_to_stderr(level: int, format: str = logging.BASIC_FORMAT) -> None:
+    """logging.basicConfig(level=, format=) for a command's process, whose stderr handler leaves out the records a
+    library's own handler has written to stderr already: transformers' (which lets them on to the root logger too
+    where the CI variable is true, as GitHub Actions sets it) and huggingface_hub's (always) were printed twice, once
+    as the library prints them ("[transformers] ..."), once in this format. Nothing is imported for it: the
+    libraries' handlers are looked up as each record passes. A root logger with handlers already is left as it is,
+    as basicConfig leaves it."""
+    root = logging.getLogger()
+    configured = bool(root.handlers)
+    logging.basicConfig(level=level, format=format)
+    if not configured:
+        for handler in root.handlers:
+            handler.addFilter(_PrintedByItsLibrary(handler))
+
+
+class _PrintedByItsLibrary(logging.Filter):
+    """Passes a record unless a handler below the root logger, on the record's way up to it, wrote it to the same
+    stream as `handler` (a handler of llmkit's own that collects records, as the data stage's, writes to none)."""
+
+    def __init__(self, handler: logging.Handler) -> None:
+        super().__init__()
+        self.stream = getattr(handler, "stream", None)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None and logger.parent is not None:  # the root's own handlers are not "its library's"
+            mine = (h for h in logger.handlers if record.levelno >= h.level)
+            if self.stream is not None and any(getattr(h, "stream", None) is self.stream for h in mine):
+                return False
+            logger = logger.parent if logger.propagate else None
+        return True

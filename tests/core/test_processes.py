@@ -116,3 +116,27 @@ def test_a_signal_dropped_inside_a_weakref_callback_is_sent_again(signum):
     # by killing itself with SIGINT
     assert "finished" not in result.stdout and time.monotonic() - started < 20, result
     assert "Exception ignored" not in result.stderr, result.stderr
+
+
+def test_a_command_says_each_library_warning_once_where_ci_is_set(tiny_config, tiny_model_dir, tmp_path):
+    """With CI=true (GitHub Actions sets it) transformers passes its records on to the root logger as well as
+    printing them itself: every warning of a real command came twice, "[transformers] ..." and "WARNING
+    transformers....: ...". The CLI's start still imports no transformers."""
+    import json
+    import os
+    import shutil
+
+    base = shutil.copytree(tiny_model_dir, tmp_path / "base")
+    tokenizer_config = json.loads((base / "tokenizer_config.json").read_text())
+    tokenizer_config["model_max_length"] = 8  # the data's rows are longer: transformers' tokenizer warns, once
+    (base / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    config = tiny_config(base_model=str(base))
+    command = [sys.executable, "-m", "llmkit.cli", "validate", str(config)]
+    for ci in ("true", None):
+        env = {key: value for key, value in os.environ.items() if key != "CI"} | ({"CI": ci} if ci else {})
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr
+        said = [line for line in result.stderr.splitlines() if "Token indices sequence length is longer" in line]
+        assert len(said) == 1 and said[0].startswith("[transformers] "), (ci, result.stderr)
+    started = "import sys, llmkit.cli; print(sorted({'transformers', 'torch'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", started], capture_output=True, text=True, timeout=60).stdout == "[]\n"
