@@ -325,6 +325,7 @@ def test_a_lora_model_dir_the_hub_cannot_give_is_the_configs_error_in_train(tiny
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow  # the hub client waits 23 s between its tries, as it would offline
 def test_a_lora_model_dir_the_hub_cannot_be_reached_for_is_one_line_in_train(tiny_config, caplog, monkeypatch):
     """Offline without HF_HUB_OFFLINE, the hub's client warned of each of its 6 tries and each wait between them
     (12 warnings, each twice: its own handler and the root's) before the config's one-line error."""
