@@ -37,7 +37,7 @@ help:
 
 # What a target needs given (any one of the variables), checked before set-up, which may install for minutes.
 NEEDS_validate = CONFIG
-USAGE_validate = make validate CONFIG=axolotl_configs/<name>.yml
+USAGE_validate = make validate CONFIG=axolotl_configs/<name>.yml [STRICT=1] [MODEL_CONFIG=path/to/config.json]
 NEEDS_train = CONFIG
 USAGE_train = make train CONFIG=axolotl_configs/<name>.yml [NPROC=2] [ARGS=\"--max-steps 5\"]
 NEEDS_merge = CONFIG ADAPTER WEIGHTED
@@ -154,7 +154,7 @@ style: setup
 
 # Nothing outside these paths is touched.
 USAGE_clean = make clean: remove what the commands wrote here (training runs, merged models, zips, HELM and benchmark results)
-USAGE_distclean = make distclean: make clean, plus what set-up installed (.venv; HELM's venv, the converted default model)
+USAGE_distclean = make distclean: make clean, plus what set-up installed (.venv, and the cache root: HELM's, vLLM's and the zips' venvs, the converted default model)
 LLMKIT_CACHE ?= $(HOME)/.cache/llmkit
 clean:
 	rm -rf outputs helm-results bench-results .pytest_cache submissions/*_track/*_submission_* submissions/*_track/.*_submission_*
