@@ -84,10 +84,18 @@ def embedded_model_dir() -> Path:
     check_cache_target(target.parent)
     gguf = _gguf_path()
     LOG.info("Converting the embedded model %s into %s (once)", gguf.name, target)
+    from huggingface_hub.utils import tqdm as hub_tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import modeling_gguf_pytorch_utils as gguf_loader
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    # The GGUF loader draws its bar with plain tqdm, deaf to HF_HUB_DISABLE_PROGRESS_BARS (the CLI's switch when
+    # piped: a bar redrawn with carriage returns in a log); the hub's tqdm obeys it, as transformers' own bars do.
+    plain_tqdm, gguf_loader.tqdm = gguf_loader.tqdm, hub_tqdm
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    finally:
+        gguf_loader.tqdm = plain_tqdm
     # The GGUF loader leaves a quantization config that makes save_pretrained refuse; the weights are
     # already dequantized to float32 at this point.
     model.config.quantization_config = None

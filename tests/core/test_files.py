@@ -211,6 +211,24 @@ def test_a_cache_that_cannot_be_written_is_one_line_naming_llmkit_cache(tmp_path
     )
 
 
+@pytest.mark.slow
+def test_piped_the_embedded_models_conversion_draws_no_progress_bar(tmp_path):
+    """Piped (CI, `| tee`), every command's first use of the embedded model redrew transformers' "Converting and
+    de-quantizing GGUF tensors" bar with carriage returns: its GGUF loader's plain tqdm ignores the CLI's switch."""
+    env = {key: value for key, value in os.environ.items() if not key.endswith("_DISABLE_PROGRESS_BARS")}
+    env.update(LLMKIT_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "llmkit.cli", "validate", str(DEFAULT_CONFIG)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Converting the embedded model" in done.stderr and (tmp_path / "cache" / "models").is_dir()
+    assert "\r" not in done.stderr and "GGUF tensors" not in done.stderr, done.stderr[-2000:]
+
+
 def test_a_path_the_user_gives_has_its_tilde_expanded_by_user_path_alone():
     """One rule for `~` (user_path): twenty call sites wrote `Path(x).expanduser()` each for themselves."""
     root = Path(llmkit.__file__).parent.parent  # llmkit/, and the stages' folders it maps as llmkit.server and so on
