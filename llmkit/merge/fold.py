@@ -324,7 +324,9 @@ def run_merge(
         if options.verify:
             result: Agreement = verify_merge(tmp, base.path, adapter, options.dtype, round_trip=options.nf4)
             report.verification = {**result.to_dict(), "tolerance": asdict(TOLERANCES[options.dtype])}
-        report.files = sorted(p.name for p in tmp.iterdir())
+        # The folder's files, the manifest written below among them (as the hub upload lists them); the size is the
+        # model's, the manifest's 2 KB aside (it records the size itself).
+        report.files = sorted([*(p.name for p in tmp.iterdir()), MANIFEST])
         report.size_bytes = sum(p.stat().st_size for p in tmp.iterdir())
         report.seconds = round(time.monotonic() - started, 1)
         manifest = {"inputs": inputs, "verification": report.verification, "report": report.to_dict()}

@@ -510,6 +510,8 @@ def test_hub_dry_run_lists_the_merged_files_offline(adapters, tiny_model_dir, tm
     )
     assert sorted(f["path"] for f in listed) == sorted(p.name for p in out.iterdir())
     assert {"model.safetensors", "config.json", "tokenizer.json", MANIFEST} <= {f["path"] for f in listed}
+    # the report's "size ... in N files" counts the folder the hub row lists (it left out llmkit_merge.json: 6 vs 7)
+    assert report.files == sorted(p.name for p in out.iterdir())
     result = CliRunner().invoke(
         app,
         [
