@@ -24,7 +24,7 @@ from llmkit.core.devices import Device, quiet_bitsandbytes_kernel_notice
 from llmkit.core.errors import error_message
 from llmkit.core.files import CacheError, user_path
 from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE
-from llmkit.core.processes import exit_on_sigterm, interrupted_exit_code, log_to_stderr
+from llmkit.core.processes import exit_on_sigterm, interrupted_exit_code, log_to_stderr, no_bars_when_piped
 from llmkit.helm_eval.confgen import DEFAULT_TASK_LIST, SUITES
 from llmkit.helm_eval.decontaminate import NGRAM
 from llmkit.server.settings import EngineName
@@ -648,16 +648,10 @@ def _check_out(out: str) -> Path:
 
 def _logging() -> None:
     import logging
-    import os
     import warnings
 
     log_to_stderr(logging.INFO, "%(levelname)s %(name)s: %(message)s")
-    if not sys.stderr.isatty():
-        # Piped (CI, `| tee`, a file): a bar redrawn with carriage returns and cursor-up codes is noise in a log. The
-        # hub's switch also turns off transformers' bars (the Trainer's follows it: run.training_arguments);
-        # datasets has its own. Set before any command imports them; a value the user set wins.
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    no_bars_when_piped()
     default_format = warnings.formatwarning
 
     def format_warning(message, category, filename, lineno, line=None) -> str:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from llmkit.core.devices import quiet_bitsandbytes_kernel_notice
 from llmkit.core.errors import problems
 from llmkit.core.models import local_model_dir
-from llmkit.core.processes import log_to_stderr
+from llmkit.core.processes import log_to_stderr, no_bars_when_piped
 from llmkit.server.settings import EngineName, ServerSettings
 
 
@@ -40,6 +40,7 @@ def _setting_name(field: str, args: Sequence[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     log_to_stderr(logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    no_bars_when_piped()  # a container's log, a test's file: no "Loading weights" bar redrawn in it
     quiet_bitsandbytes_kernel_notice()
     args = list(argv) if argv is not None else sys.argv[1:]
     try:

@@ -97,6 +97,15 @@ def _redeliver(previous_hook, unraisable) -> None:
     threading.Timer(0.05, os.kill, (os.getpid(), resend)).start()
 
 
+def no_bars_when_piped() -> None:
+    """Piped (CI, `| tee`, a file, a container's log): a bar redrawn with carriage returns and cursor-up codes is
+    noise in a log. The hub's switch also turns off transformers' bars (loading weights; the Trainer's follows it:
+    run.training_arguments); datasets has its own. Called before a command imports them; a value the user set wins."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
 def log_to_stderr(level: int, format: str = logging.BASIC_FORMAT) -> None:
     """logging.basicConfig(level=, format=) for a command's process, whose stderr handler leaves out the records a
     library's own handler has written to stderr already: transformers' (which lets them on to the root logger too

@@ -89,7 +89,10 @@ def adapter_greedy(default_model_dir, adapter_dir) -> str:
 
 
 @pytest.mark.slow
-def test_serves_base_plus_unmerged_adapter(start_server, http, default_model_dir, adapter_dir, adapter_greedy):
+def test_serves_base_plus_unmerged_adapter(
+    start_server, http, default_model_dir, adapter_dir, adapter_greedy, monkeypatch
+):
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)  # set by the CLI run that trained the adapter
     server = start_server("--model", str(default_model_dir), "--adapter", str(adapter_dir))
     text = http.post(f"{server.url}/process", json=BODY).json()["text"]
     base = {"X-Adapter": server.info["model"]}  # the base alone, from the same server (no second one to start)
@@ -97,6 +100,8 @@ def test_serves_base_plus_unmerged_adapter(start_server, http, default_model_dir
     assert text == adapter_greedy
     assert text != base_text  # the adapter is really applied
     assert server.info["adapter"] == str(adapter_dir)
+    # its log is a file, as a container's is: transformers' "Loading weights" bar is not redrawn in it
+    assert b"\r" not in server.log_path.read_bytes(), server.log_tail()
 
 
 @pytest.mark.slow
