@@ -3,6 +3,7 @@ train it on, configs written to tmp_path, and a real server on a loopback port."
 
 from __future__ import annotations
 
+import collections
 import gc
 import itertools
 import json
@@ -43,8 +44,16 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
 
 
-# Session fixtures too slow to make twice (a real training run): the test modules using one run on one worker.
+# Session fixtures too slow to make twice (a real training run): the tests using one run on one worker, first.
 SHARED_RUNS = {"default_run"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """xdist's loadgroup hands out the groups largest first by test count (its --loadscope-reorder), which put the
+    shared run's few tests, the longest group, near the end (the other worker idled for minutes at the end of the
+    run): the scheduler takes them in collection order instead, which pytest_collection_modifyitems sets."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 # First: xdist's own hook turns the xdist_group mark into the test id's "@group" suffix, the scheduler's only sign of
@@ -54,18 +63,46 @@ SHARED_RUNS = {"default_run"}
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """With pytest-xdist (`make test` runs a worker per core, `--dist loadgroup`): a module's tests stay on one
     worker, so each module-scoped server starts once; tests using a package-scoped fixture (tests/server's shared
-    servers, one per engine) stay together, so that vLLM starts once for them all; the modules using a SHARED_RUNS
-    fixture are one group, so that it is made once (a session fixture is made once per worker)."""
+    servers, one per engine) stay together, so that vLLM starts once for them all; the tests using a SHARED_RUNS
+    fixture are one group, so that it is made once (a session fixture is made once per worker), and only they: the
+    other tests of their modules stay in their module's group, free to run on another worker meanwhile.
+
+    The groups are ordered as xdist's scheduler hands them out: the shared run's first (its training is the longest
+    set-up of the suite: started last, it set the end of the run), then the others largest first, as xdist's own
+    order was."""
     groups = {item: _xdist_group(item) for item in items}
-    sharing = {groups[item] for item in items if SHARED_RUNS & set(item.fixturenames)}
-    joined = " + ".join(sorted(sharing))
+    shared = _sharing_a_run(items, groups)
+    name = " + ".join(sorted(SHARED_RUNS & {name for item in shared for name in item.fixturenames}))
+    for item in shared:
+        groups[item] = name
+    sizes = collections.Counter(groups.values())
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # in one process the order changes nothing: the files' own is kept
+        items.sort(key=lambda item: (groups[item] != name, -sizes[groups[item]]))  # stable: each group's order kept
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(joined if groups[item] in sharing else groups[item]))
+        item.add_marker(pytest.mark.xdist_group(groups[item]))
+
+
+def _sharing_a_run(items: list[pytest.Item], groups: dict[pytest.Item, str]) -> set[pytest.Item]:
+    """The tests using a SHARED_RUNS fixture, and those that must run beside them to make nothing twice: the tests
+    of a package fixture's group, and those of their module using a module-scoped fixture that one of them uses."""
+    shared = {item for item in items if SHARED_RUNS & set(item.fixturenames)}
+    while True:
+        packages = {groups[item] for item in shared if groups[item].startswith("package fixture")}
+        modules = {(item.path, name) for item in shared for name in _scoped(item, "module")}
+        more = {item for item in items if groups[item] in packages}
+        more |= {item for item in items if {(item.path, name) for name in _scoped(item, "module")} & modules}
+        if more <= shared:
+            return shared
+        shared |= more
+
+
+def _scoped(item: pytest.Item, scope: str) -> list[str]:
+    """The fixtures of this scope that the test uses (directly or through other fixtures)."""
+    return sorted(name for name, defs in item._fixtureinfo.name2fixturedefs.items() if defs[-1].scope == scope)
 
 
 def _xdist_group(item: pytest.Item) -> str:
-    fixtures = item._fixtureinfo.name2fixturedefs
-    shared = sorted(name for name, defs in fixtures.items() if defs[-1].scope == "package")
+    shared = _scoped(item, "package")
     return f"package fixture {', '.join(shared)}" if shared else item.nodeid.split("::")[0]
 
 

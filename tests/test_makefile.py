@@ -116,13 +116,64 @@ def test_the_suites_workers_start_a_shared_server_once(tmp_path, python):
         tests = [f"def test_{module}_{n}(server, client): pass\n" for n in range(4)]
         (package / f"test_{module}.py").write_text("".join(tests))
     (package / "test_batching.py").write_text("".join(f"def test_{n}(own_server): pass\n" for n in range(6)))
+    starts, result = _run_with_the_suites_conftest(tmp_path, python)
+    assert sorted(starts.read_text().split()) == ["builtin", "own", "vllm"], result.stdout
+
+
+def test_the_shared_training_is_scheduled_first_without_the_other_tests_of_its_modules(tmp_path, python):
+    """The tests using a SHARED_RUNS fixture (default_run, minutes of training) are the first group xdist hands out,
+    and they alone: with their whole modules in their group, it was scheduled among the last (the groups went largest
+    first by test count) and the other worker idled at the end. A module-scoped fixture one of them uses keeps its
+    other users with them, so that it is still made once."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    logged = (  # each test's id (its xdist group after the "@") and each fixture made, by worker
+        "import os, pytest\n"
+        "def log(what):\n"
+        "    with open(os.environ['STARTS'], 'a') as starts:\n"
+        "        starts.write(os.environ['PYTEST_XDIST_WORKER'] + ' ' + what + '\\n')\n"
+        "@pytest.fixture(autouse=True)\n"
+        "def each(request):\n"
+        "    log(request.node.nodeid)\n"
+    )
+    (tests / "test_merge.py").write_text(
+        logged + "@pytest.fixture(scope='session')\n"
+        "def default_run():\n"
+        "    log('made:default_run')\n"
+        "@pytest.fixture(scope='module')\n"
+        "def merged(default_run):\n"
+        "    log('made:merged')\n"
+        "@pytest.fixture(scope='module')\n"
+        "def server():\n"
+        "    log('made:server')\n"
+        "def test_learns(default_run, server): pass\n"
+        "def test_merged(merged): pass\n"
+        "def test_served(server): pass\n" + "".join(f"def test_other_{n}(): pass\n" for n in range(4))
+    )
+    (tests / "test_big.py").write_text(logged + "".join(f"def test_{n}(): pass\n" for n in range(10)))
+    starts, result = _run_with_the_suites_conftest(tmp_path, python)
+    lines = [line.split(" ", 1) for line in starts.read_text().splitlines()]
+    made = sorted(what for _, what in lines if what.startswith("made:"))
+    assert made == ["made:default_run", "made:merged", "made:server"], result.stdout
+    ran = {what.split("::")[1].split("@")[0]: (worker, what.split("@")[1]) for worker, what in lines if "::" in what}
+    shared = {name for name, (_, group) in ran.items() if group == "default_run"}
+    assert shared == {"test_learns", "test_merged", "test_served"}, ran
+    assert all(ran[f"test_other_{n}"][1] == "tests/test_merge.py" for n in range(4)), ran
+    worker = ran["test_learns"][0]
+    first = next(what for on, what in lines if on == worker and "::" in what)
+    assert first.split("::")[1].split("@")[0] in shared, lines
+
+
+def _run_with_the_suites_conftest(tmp_path: Path, python: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """Run the tests under tmp_path as `make test` does, in two workers, with the suite's conftest.py as a plugin (its
+    hooks, not its folder's tests); their fixtures write to the file returned (environment variable STARTS)."""
     starts = tmp_path / "starts.txt"
-    # the suite's conftest.py as a plugin: its hooks, not its folder's tests
     env = os.environ | {"PYTHONPATH": str(ROOT / "tests"), "STARTS": str(starts)}
     command = [python, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-p", "conftest", "-p", "no:cacheprovider"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert sorted(starts.read_text().split()) == ["builtin", "own", "vllm"], result.stdout
+    return starts, result
 
 
 def test_make_help_gives_every_phony_target_its_usage_line():
