@@ -67,17 +67,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     fixture are one group, so that it is made once (a session fixture is made once per worker), and only they: the
     other tests of their modules stay in their module's group, free to run on another worker meanwhile.
 
-    The groups are ordered as xdist's scheduler hands them out: the shared run's first (its training is the longest
-    set-up of the suite: started last, it set the end of the run), then the others largest first, as xdist's own
-    order was."""
+    The groups are ordered as xdist's scheduler hands them out, the longest first, so that the short ones even out
+    the workers' ends: the shared run's first (its training is the longest set-up of the suite: started last, it set
+    the end of the run), then those with the most tests marked slow (end to end: a group of two such tests, the
+    default pipeline's, took minutes, and xdist's own order, most tests first, handed it out last), then the rest,
+    most tests first."""
     groups = {item: _xdist_group(item) for item in items}
     shared = _sharing_a_run(items, groups)
     name = " + ".join(sorted(SHARED_RUNS & {name for item in shared for name in item.fixturenames}))
     for item in shared:
         groups[item] = name
     sizes = collections.Counter(groups.values())
+    slow = collections.Counter(groups[item] for item in items if item.get_closest_marker("slow"))
     if os.environ.get("PYTEST_XDIST_WORKER"):  # in one process the order changes nothing: the files' own is kept
-        items.sort(key=lambda item: (groups[item] != name, -sizes[groups[item]]))  # stable: each group's order kept
+        # stable: each group's own order is kept
+        items.sort(key=lambda item: (groups[item] != name, -slow[groups[item]], -sizes[groups[item]]))
     for item in items:
         item.add_marker(pytest.mark.xdist_group(groups[item]))
 

@@ -125,7 +125,7 @@ def test_the_shared_training_is_scheduled_first_without_the_other_tests_of_its_m
     and they alone: with their whole modules in their group, it was scheduled among the last (the groups went largest
     first by test count) and the other worker idled at the end. A module-scoped fixture one of them uses keeps its
     other users with them, so that it is still made once."""
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers = slow\n")
     tests = tmp_path / "tests"
     tests.mkdir()
     logged = (  # each test's id (its xdist group after the "@") and each fixture made, by worker
@@ -152,6 +152,7 @@ def test_the_shared_training_is_scheduled_first_without_the_other_tests_of_its_m
         "def test_served(server): pass\n" + "".join(f"def test_other_{n}(): pass\n" for n in range(4))
     )
     (tests / "test_big.py").write_text(logged + "".join(f"def test_{n}(): pass\n" for n in range(10)))
+    (tests / "test_end_to_end.py").write_text(logged + "@pytest.mark.slow\ndef test_long(): pass\n")
     starts, result = _run_with_the_suites_conftest(tmp_path, python)
     lines = [line.split(" ", 1) for line in starts.read_text().splitlines()]
     made = sorted(what for _, what in lines if what.startswith("made:"))
@@ -160,9 +161,10 @@ def test_the_shared_training_is_scheduled_first_without_the_other_tests_of_its_m
     shared = {name for name, (_, group) in ran.items() if group == "default_run"}
     assert shared == {"test_learns", "test_merged", "test_served"}, ran
     assert all(ran[f"test_other_{n}"][1] == "tests/test_merge.py" for n in range(4)), ran
-    worker = ran["test_learns"][0]
-    first = next(what for on, what in lines if on == worker and "::" in what)
-    assert first.split("::")[1].split("@")[0] in shared, lines
+    # each worker's first test: the shared run's on one; on the other the group with a test marked slow, before the
+    # ten quick ones
+    firsts = {on: what.split("::")[1].split("@")[0] for on, what in reversed(lines) if "::" in what}
+    assert firsts[ran["test_learns"][0]] in shared and firsts[ran["test_long"][0]] == "test_long", lines
 
 
 def _run_with_the_suites_conftest(tmp_path: Path, python: str) -> tuple[Path, subprocess.CompletedProcess]:
