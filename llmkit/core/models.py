@@ -351,10 +351,28 @@ def adapter_weight_shapes(adapter: str | Path) -> dict[str, list[int]]:
     file = adapter_weights_file(adapter)
     if file is None:
         return {}
-    if file.suffix == ".safetensors":
-        with safe_open(file, "pt") as weights:
-            return {key: weights.get_slice(key).get_shape() for key in weights.keys()}
-    return {key: list(t.shape) for key, t in torch.load(file, map_location="meta", weights_only=True).items()}
+    with reading_weights(file):
+        if file.suffix == ".safetensors":
+            with safe_open(file, "pt") as weights:
+                return {key: weights.get_slice(key).get_shape() for key in weights.keys()}
+        return {key: list(t.shape) for key, t in torch.load(file, map_location="meta", weights_only=True).items()}
+
+
+@contextmanager
+def reading_weights(file: Path) -> Iterator[None]:
+    """Around reading an adapter's weights `file`: one that cannot be read (empty, cut short by an interrupted copy,
+    not the format its name says) is a ValueError naming it; safetensors' and torch's errors name no file and ended
+    serve, merge and train in a traceback."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as err:
+        raise ValueError(f"{file} cannot be read as safetensors (empty or cut short?): {err}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise ValueError(f"{file} cannot be read as a weights-only PyTorch file: {err}") from None
 
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")

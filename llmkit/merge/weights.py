@@ -9,7 +9,6 @@ B @ A * scale in float32, added to the base weight in the merge dtype; DoRA resc
 from __future__ import annotations
 
 import json
-import pickle
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
@@ -31,6 +30,7 @@ from llmkit.core.models import (
     adapter_name_left,
     adapter_weights_file,
     peft_type,
+    reading_weights,
     without_adapter_name,
 )
 
@@ -263,13 +263,11 @@ def read_adapter_weights(adapter_dir: Path) -> dict[str, torch.Tensor]:
     file = adapter_weights_file(adapter_dir)
     if file is None:
         raise FileNotFoundError(f"{adapter_dir} has no {' or '.join(ADAPTER_WEIGHTS)}")
-    if file.suffix == ".safetensors":
-        tensors = load_file(file)
-    else:
-        try:
+    with reading_weights(file):
+        if file.suffix == ".safetensors":
+            tensors = load_file(file)
+        else:
             tensors = torch.load(file, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-            raise ValueError(f"{file} cannot be read as a weights-only PyTorch file: {err}") from None
     # merged, NaN or inf makes a model whose every logit is NaN (a diverged run saves such an adapter)
     if bad := first_non_finite(tensors):
         raise ValueError(

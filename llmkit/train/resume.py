@@ -100,10 +100,16 @@ def check_lora_model_dir(cfg: AxolotlConfig) -> str | None:
 
     Raises:
         ConfigError: it is written as a local path (./, /, ~, or more than owner/name) that is not there, or names
-            a folder that holds no adapter (its adapter_config.json and weights); peft said either in a traceback,
-            once the base model was loaded.
+            a folder that holds no adapter (its adapter_config.json and readable weights); peft said either in a
+            traceback, once the base model was loaded.
     """
-    from llmkit.core.models import ADAPTER_WEIGHTS, adapter_config, adapter_weights_file, is_hub_id
+    from llmkit.core.models import (
+        ADAPTER_WEIGHTS,
+        adapter_config,
+        adapter_weight_shapes,
+        adapter_weights_file,
+        is_hub_id,
+    )
 
     path = cfg.lora_model_dir
     if not path:
@@ -123,6 +129,10 @@ def check_lora_model_dir(cfg: AxolotlConfig) -> str | None:
             [f"lora_model_dir: {folder} holds no {' or '.join(ADAPTER_WEIGHTS)}: an adapter's config alone"],
             cfg.source,
         )
+    try:  # the header alone (the file may be GBs): one cut short stopped train in safetensors' traceback
+        adapter_weight_shapes(path)
+    except ValueError as err:
+        raise ConfigError([f"lora_model_dir: {err}"], cfg.source) from None
     return None
 
 

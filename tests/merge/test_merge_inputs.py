@@ -128,6 +128,11 @@ def test_a_pickled_adapter_model_bin_merges_like_its_safetensors(tiny_model_dir,
     (adapter / "adapter_model.bin").write_bytes(b"not a pickle")
     with pytest.raises(ValueError, match="adapter_model.bin cannot be read as a weights-only PyTorch file"):
         merge_adapter(tiny_model_dir, adapter, tmp_path / "broken", dtype="float32")
+    # safetensors' error, on a file cut short by an interrupted copy, named no file (a traceback in `llmkit merge`)
+    (adapter / "adapter_model.bin").unlink()
+    (adapter / "adapter_model.safetensors").write_bytes(b"\x10")
+    with pytest.raises(ValueError, match=r"adapter_model.safetensors cannot be read as safetensors \(empty or cut"):
+        merge_adapter(tiny_model_dir, adapter, tmp_path / "broken", dtype="float32")
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -273,7 +274,11 @@ def test_adapters_no_server_can_apply_end_in_one_message(python, tmp_path, tiny_
     (tmp_path / "untyped" / "adapter_config.json").write_text(
         json.dumps({k: v for k, v in config.items() if k != "peft_type"})
     )
+    shutil.copytree(tmp_path / "head", tmp_path / "cut")  # a copy interrupted: safetensors' traceback, no file named
+    cut = tmp_path / "cut" / "adapter_model.safetensors"
+    cut.write_bytes(cut.read_bytes()[:100])
     says = {
+        "cut": f"{cut} cannot be read as safetensors (empty or cut short?)",
         "untyped": "its adapter_config.json has no peft_type: not a peft adapter's config",
         "dora": "is DoRA (use_dora), which cannot be applied per request in a batch",
         "deeper": "layers.7.self_attn.q_proj.lora_A.weight (and 1 more LoRA weights) has no place in the base",

@@ -375,7 +375,12 @@ def test_a_lora_model_dir_that_is_not_here_is_the_configs_error_in_validate_and_
     (tmp_path / "notes").mkdir()
     (tmp_path / "config-only").mkdir()  # peft took it for a hub id, in a traceback of 388 lines
     (tmp_path / "config-only" / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
+    (tmp_path / "cut").mkdir()  # a copy interrupted: train stopped in safetensors' traceback, naming no file
+    (tmp_path / "cut" / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
+    (tmp_path / "cut" / "adapter_model.safetensors").write_bytes(b"")
     says = {
+        str(tmp_path / "cut"): f"lora_model_dir: {tmp_path / 'cut' / 'adapter_model.safetensors'} cannot be read as "
+        "safetensors (empty or cut short?)",
         "./no-such": "lora_model_dir: ./no-such: no such folder here, and not a hub id (owner/name)",
         "~/runs/a": f"lora_model_dir: {tmp_path / 'home' / 'runs' / 'a'}: no such folder here, and not a hub id",
         str(tmp_path / "notes"): f"lora_model_dir: {tmp_path / 'notes'} holds no adapter_config.json",
