@@ -306,7 +306,7 @@ def load_for_inference(
         device_map={"": device},
     )
     for name, path in adapters.items():
-        lm = _apply_adapter(lm, path, tokenizer, name)
+        lm = apply_adapter(lm, path, tokenizer, name)
     lm.eval()
     return LoadedModel(lm, tokenizer, source, adapter, str(torch_dtype).removeprefix("torch."), quantization, device)
 
@@ -415,13 +415,21 @@ def adapter_name_left(key: str) -> bool:
     return bool(_ADAPTER_NAME.search(without_adapter_name(key)))
 
 
-def _apply_adapter(lm, adapter: str, tokenizer, name: str = "default"):
-    """`lm` with the adapter at `adapter` added under `name` (a PeftModel holds several side by side)."""
+def apply_adapter(lm, adapter: str, tokenizer, name: str = "default", *, trainable: bool = False):
+    """`lm` with the adapter folder `adapter` added under `name` (a PeftModel holds several side by side), checked
+    to fit it: served, merged, and trained on further (train's lora_model_dir, `trainable`). `tokenizer`: the
+    embeddings grow to it where it is larger (None: the caller has grown them).
+
+    Raises:
+        OSError: `adapter` is no adapter folder (`adapter_config`).
+        ValueError: its weights cannot be read, or do not fit `lm` (other modules, shapes or layers: peft put such
+            weights nowhere, silently, and trained or served the adapter's fresh initialisation).
+    """
     from peft import PeftModel
 
     adapter_config(adapter)
     adapter = str(user_path(adapter))  # the folder adapter_config read: peft would take `~/x` for a hub id
-    if len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
+    if tokenizer is not None and len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
         lm.resize_token_embeddings(len(tokenizer))
     saved = adapter_weight_shapes(adapter).keys()
     if name != "default" and (named := next((key for key in saved if adapter_name_left(key)), None)):
@@ -434,7 +442,9 @@ def _apply_adapter(lm, adapter: str, tokenizer, name: str = "default"):
         if isinstance(lm, PeftModel):
             lm.load_adapter(adapter, adapter_name=name, key_mapping=key_mapping)
         else:
-            lm = PeftModel.from_pretrained(lm, adapter, adapter_name=name, key_mapping=key_mapping)
+            lm = PeftModel.from_pretrained(
+                lm, adapter, adapter_name=name, key_mapping=key_mapping, is_trainable=trainable
+            )
     except (RuntimeError, ValueError, KeyError) as err:
         # torch lists every mismatched tensor on a line of its own (hundreds): the first one says enough
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]

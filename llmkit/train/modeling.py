@@ -36,7 +36,7 @@ from llmkit.core import devices
 from llmkit.core.bnb_kernels import dequantizing_4bit_kernel
 from llmkit.core.errors import headline
 from llmkit.core.files import user_path
-from llmkit.core.models import hub_tries_held, resolve_model
+from llmkit.core.models import apply_adapter, hub_tries_held, resolve_model
 
 LOG = logging.getLogger(__name__)
 
@@ -255,15 +255,20 @@ def _trained_adapter(cfg: AxolotlConfig, model: PreTrainedModel) -> PeftModel:
     """The model with the adapter of `lora_model_dir` (`check_lora_model_dir` checked a folder here), to train on.
 
     Raises:
-        ConfigError: a hub id that is no folder here, which the hub cannot give (none there, or offline).
+        ConfigError: a folder whose adapter does not fit the base model (another model's: peft's traceback, or its
+            weights put nowhere and the adapter trained from its fresh initialisation, silently), or a hub id that
+            is no folder here, which the hub cannot give (none there, or offline).
     """
     path = cfg.lora_model_dir
+    if user_path(path).is_dir():
+        try:
+            return apply_adapter(model, path, None, trainable=True)
+        except (OSError, ValueError) as err:
+            raise ConfigError([f"lora_model_dir: {err}"], cfg.source) from None
     with hub_tries_held() as failed_tries:
         try:
             return PeftModel.from_pretrained(model, path, is_trainable=True)
         except (OSError, ValueError) as err:
-            if user_path(path).is_dir():
-                raise
             # peft's ValueError ("Can't find 'adapter_config.json'") hides the hub's reason in its context
             reason = headline(err.__context__ or err)
             if failed_tries:  # the hub's reason is "check your connection": what the connection said is the cause

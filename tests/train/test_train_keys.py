@@ -125,6 +125,38 @@ def test_lora_model_dir_continues_a_trained_adapter(tiny_config, tmp_path):
     assert any(param.requires_grad for param in model.parameters())
 
 
+def test_a_lora_model_dir_trained_on_another_model_is_the_configs_error_in_train(
+    tiny_config, tiny_model_dir, tmp_path
+):
+    """An adapter whose weights peft put nowhere (trained on a deeper model) was trained on from its fresh
+    initialisation, silently; one whose target modules the base lacks ended train in peft's traceback."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "deeper")
+    weights = tmp_path / "deeper" / "adapter_model.safetensors"  # as if trained on a base with 8 layers
+    save_file({name.replace("layers.1.", "layers.7."): t for name, t in load_file(weights).items()}, weights)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "gpt2")
+    config = json.loads((tmp_path / "gpt2" / "adapter_config.json").read_text())  # as trained on GPT-2
+    (tmp_path / "gpt2" / "adapter_config.json").write_text(json.dumps(config | {"target_modules": ["c_attn"]}))
+    says = {
+        "deeper": f"lora_model_dir: Adapter {tmp_path / 'deeper'} does not fit base model {tiny_model_dir}: its "
+        "base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight (and 1 more LoRA weights) has no place",
+        "gpt2": f"lora_model_dir: Adapter {tmp_path / 'gpt2'} does not fit base model {tiny_model_dir}: Target "
+        "modules {'c_attn'} not found in the base model",
+    }
+    for name, message in says.items():
+        result = CliRunner().invoke(app, ["train", str(tiny_config(lora_model_dir=str(tmp_path / name)))])
+        assert result.exit_code == 1 and message in " ".join(result.output.split()), (name, result.output)
+        assert "Traceback" not in result.output and not (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
 def test_loraplus_gives_the_b_matrices_the_higher_learning_rate(tiny_config):
     cfg = load_config(tiny_config(loraplus_lr_ratio=16))
     model = build_peft_model(cfg, load_base_model(cfg), load_tokenizer(cfg))
