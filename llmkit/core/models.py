@@ -394,6 +394,8 @@ _UNNAMED_LORA_KEY = r".\1\2"  # a group the key did not match is empty
 # the same, as peft's loaders take it (key_mapping: pattern -> replacement)
 _NAME_DROPPED = {_NAMED_LORA_KEY.pattern: _UNNAMED_LORA_KEY}
 _ADAPTER_NAME = re.compile(r"\.default(?=\.|$)")
+# how the keys of a file peft's save_pretrained writes start (base_model.model.; a prompt-learning adapter's aside)
+_PEFT_PREFIX = "base_model."
 
 
 def without_adapter_name(key: str) -> str:
@@ -406,7 +408,9 @@ def adapter_key_mapping(saved: Iterable[str]) -> dict[str, str] | None:
     keys: peft's adapter name dropped from its LoRA factors, so that it loads under any name as saved ones do; None
     where no key carries it (peft's key_mapping fails on a key without its base_model prefix, which a caller may
     name better)."""
-    return _NAME_DROPPED if any(_NAMED_LORA_KEY.search(key) for key in saved) else None
+    saved = list(saved)
+    prefixed = all(key.startswith(_PEFT_PREFIX) for key in saved)  # peft's mapping says "This should not happen"
+    return _NAME_DROPPED if prefixed and any(_NAMED_LORA_KEY.search(key) for key in saved) else None
 
 
 def adapter_name_left(key: str) -> bool:
@@ -451,10 +455,17 @@ def apply_adapter(lm, adapter: str, tokenizer, name: str = "default", *, trainab
         detail = " ".join(lines[:2]) + (f" (and {len(lines) - 2} more like it)" if len(lines) > 2 else "")
         raise ValueError(f"Adapter {adapter} does not fit base model {lm.name_or_path}: {detail}") from err
     if dropped := _unplaced_lora_weights(lm, saved, name):
-        # peft loads such weights nowhere, silently: an adapter trained on another base (more layers, other names)
+        # peft loads such weights nowhere, silently: an adapter trained on another base (more layers, other names),
+        # or a file not written by save_pretrained (a base model's state_dict, its keys without peft's prefix)
+        why = (
+            "has no place in the base; was it trained on another model?"
+            if dropped[0].startswith(_PEFT_PREFIX)
+            else "lacks peft's prefix base_model.model., without which peft loads it nowhere: write the adapter "
+            "with peft's save_pretrained, or add the prefix to its keys"
+        )
         raise ValueError(
             f"Adapter {adapter} does not fit base model {lm.name_or_path}: its {dropped[0]} (and {len(dropped) - 1} "
-            "more LoRA weights) has no place in the base; was it trained on another model?"
+            f"more LoRA weights) {why}"
         )
     return lm
 

@@ -347,6 +347,15 @@ def test_an_adapter_saved_from_a_peft_models_state_dict_is_served_under_any_name
     with pytest.raises(ValueError, match=message + rf"alone peft loads it: serve it as default={tmp_path / 'whole'}"):
         load_for_inference(str(tiny_model_dir), adapters={"whole": str(tmp_path / "whole")}, device="cpu")
 
+    # a base model's state_dict (no base_model.model.): peft's loader said "This should not happen. Please open an
+    # issue" of the key mapping above, or (without it) that the weights had no place, "trained on another model?"
+    unprefixed = {key.removeprefix("base_model.model."): tensor for key, tensor in named.items()}
+    save_file(unprefixed, tmp_path / "named" / "adapter_model.safetensors")
+    message = r"its model.layers.0.self_attn.q_proj.lora_A.default.weight \(and 7 more LoRA weights\) lacks peft's "
+    for name in ("default", "x"):
+        with pytest.raises(ValueError, match=message + r"prefix base_model.model., without which peft loads it"):
+            load_for_inference(str(tiny_model_dir), adapters={name: str(tmp_path / "named")}, device="cpu")
+
 
 def test_an_address_it_cannot_listen_on_is_one_message_before_loading(python, tiny_model_dir):
     with socket.socket() as busy:
