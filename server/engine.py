@@ -336,7 +336,15 @@ def load_engine(settings: ServerSettings) -> Engine:
                 f"Adapter {path} is {kind}; vLLM serves LoRA adapters only: serve it with the built-in engine "
                 "(--engine builtin)"
             )
-        if (trained := trained_beside_lora(config)) and len(settings.adapters) > 1:
+        trained = trained_beside_lora(config)
+        if trained and settings.engine is EngineName.vllm:
+            # vLLM started, then its engine died at the adapter's first request ("... is unsupported LoRA weight",
+            # "vLLM only supports modules_to_save being ... for classification models"): every later request a 503
+            raise ValueError(
+                f"Adapter {path} trains {trained}, which vLLM cannot load (it serves LoRA layers alone): serve it "
+                "with the built-in engine (--engine builtin), or merge it and serve the merged folder"
+            )
+        if trained and len(settings.adapters) > 1:
             # peft's per-row forward looks the module up for every adapter in the batch: the others' rows failed
             raise ValueError(
                 f"Adapter {path} trains {trained}, which cannot be served beside other adapters in one batch: serve "
