@@ -416,7 +416,13 @@ def adapter_key_mapping(saved: Iterable[str]) -> dict[str, str] | None:
 def adapter_name_left(key: str) -> bool:
     """Whether a saved key names peft's adapter `default` outside LoRA factors (modules_to_save.default.weight),
     where without_adapter_name leaves it: peft loads such a key only into an adapter of that name."""
-    return bool(_ADAPTER_NAME.search(without_adapter_name(key)))
+    return names_adapter(without_adapter_name(key))
+
+
+def names_adapter(key: str) -> bool:
+    """Whether a saved key names peft's adapter `default` anywhere (lora_A.default.weight: a PeftModel's
+    state_dict), as peft's save_pretrained never writes one."""
+    return bool(_ADAPTER_NAME.search(key))
 
 
 def apply_adapter(lm, adapter: str, tokenizer, name: str = "default", *, trainable: bool = False):

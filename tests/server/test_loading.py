@@ -274,6 +274,11 @@ def test_adapters_no_server_can_apply_end_in_one_message(python, tmp_path, tiny_
     (tmp_path / "untyped" / "adapter_config.json").write_text(
         json.dumps({k: v for k, v in config.items() if k != "peft_type"})
     )
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # a PeftModel's state_dict: lora_A.default.weight
+    state = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"]))
+    state.save_pretrained(tmp_path / "named")
+    named = {key: tensor for key, tensor in state.state_dict().items() if ".lora_" in key}
+    save_file(named, tmp_path / "named" / "adapter_model.safetensors")
     shutil.copytree(tmp_path / "head", tmp_path / "cut")  # a copy interrupted: safetensors' traceback, no file named
     cut = tmp_path / "cut" / "adapter_model.safetensors"
     cut.write_bytes(cut.read_bytes()[:100])
@@ -307,6 +312,8 @@ def test_adapters_no_server_can_apply_end_in_one_message(python, tmp_path, tiny_
         "tokens": "trains single tokens' embeddings (trainable_token_indices), which vLLM cannot load (it serves LoRA "
         "layers alone): serve it with the built-in engine (--engine builtin), or merge it",
         "head": "trains lm_head fully (modules_to_save), which vLLM cannot load",
+        "named": "its weight base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight carries peft's "
+        "adapter name 'default' (a PeftModel's state_dict, not save_pretrained's file), which vLLM cannot load",
     }
     for name, message in under_vllm.items():
         flags = ["--model", str(tiny_model_dir), "--adapter", str(tmp_path / name), "--engine", "vllm"]
