@@ -98,6 +98,7 @@ def plan(
     if shape is None:
         targets = cfg.resolved_target_modules(None)
         trainable, total, memory = None, None, []
+        cfg.check_new_tokens_trained(None)  # as the shape's check below, as far as it goes without the model's names
     else:
         targets = cfg.resolved_target_modules(shape)
         trained = shape.with_vocabulary(tokenizer_size) if tokenizer_size else shape

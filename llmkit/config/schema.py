@@ -642,10 +642,14 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             self.check_new_tokens_trained(shape.token_rows)
         return names
 
-    def check_new_tokens_trained(self, token_rows: list[str], new: str | None = None, instead: str = "") -> None:
+    def check_new_tokens_trained(
+        self, token_rows: list[str] | None, new: str | None = None, instead: str = ""
+    ) -> None:
         """axolotl's rule for tokens new to the vocabulary: with an adapter, their new embedding rows stay untrained
         (a new EOS the model never learns to emit) unless lora_modules_to_save lists both the input embeddings and
         the output head, `token_rows` (`ModelShape.token_rows`: the model's own names; peft matches a name's end).
+        None: the model's names are unknown (its config.json is not here), axolotl's are said, and only a config
+        that lists no module at all is refused (it misses them whatever they are named; wte was refused for GPT-2).
 
         Args:
             new: the message's start, naming the key and the new token; default: the config's `tokens`, which
@@ -655,8 +659,9 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         Raises:
             ConfigError: one of `token_rows` is not listed; the message names what is missing.
         """
-        if self.adapter is None or not (new or self.tokens):
+        if self.adapter is None or not (new or self.tokens) or (token_rows is None and self.lora_modules_to_save):
             return
+        token_rows = token_rows or list(AXOLOTL_TOKEN_ROWS)
         listed = {name.rsplit(".", 1)[-1] for name in self.lora_modules_to_save or []}
         missing = [name for name in token_rows if name not in listed]
         if not missing:
@@ -673,6 +678,10 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         `ensure_weight_tying`): LoRA with lora_modules_to_save. Listing the embeddings, the head or both, peft then
         trains one copy for both; VeRA, which has no such option, trains a copy of each listed."""
         return bool(tied) and self.peft_method is PeftMethod.lora and bool(self.lora_modules_to_save)
+
+
+# axolotl's names of the input embeddings and the output head (Llama's), where the model's own are unknown
+AXOLOTL_TOKEN_ROWS = ("embed_tokens", "lm_head")
 
 
 def _unknown_targets(missing: list[str], shape) -> str:

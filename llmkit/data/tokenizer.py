@@ -16,7 +16,7 @@ import transformers
 from tokenizers import AddedToken
 
 from llmkit.config.plan import TokenizedSplit
-from llmkit.config.schema import AxolotlConfig, ConfigError
+from llmkit.config.schema import AXOLOTL_TOKEN_ROWS, AxolotlConfig, ConfigError
 from llmkit.core.files import user_path
 from llmkit.core.models import resolve_model
 from llmkit.core.shapes import ModelConfigNotFound, ModelShape, model_shape
@@ -193,7 +193,7 @@ def _embedding_layers(shape: ModelShape | None) -> list[str]:
     """The base model's input embeddings and output head by name, as lora_modules_to_save lists them (embed_in in
     GPT-NeoX, whose head transformers 5 names lm_head, not axolotl's embed_out; wte in GPT-2; a tied model's head
     too); axolotl's default names, embed_tokens and lm_head, where the model's shape is unknown."""
-    return shape.token_rows if shape else ["embed_tokens", "lm_head"]
+    return shape.token_rows if shape else list(AXOLOTL_TOKEN_ROWS)
 
 
 def _base_shape(cfg: AxolotlConfig) -> ModelShape | None:

@@ -229,6 +229,16 @@ def test_an_unknown_base_offline_still_plans_and_says_how_to_give_its_config():
     assert p.target_modules == ["all-linear", "gate_proj", "up_proj", "down_proj"]  # unchecked, as listed
 
 
+def test_added_tokens_on_an_unknown_base_still_need_lora_modules_to_save():
+    """Offline, a base whose config.json is not here: validate passed `tokens` with no lora_modules_to_save at all
+    (train refused it once it had the model); listing any module passes, as the model's names are unknown."""
+    keys = {"base_model": "nobody/no-such-model", "tokens": ["<sum>"]}
+    said = r"tokens: \['<sum>'\] get new embedding rows, .*must list embed_tokens and lm_head"
+    with pytest.raises(ConfigError, match=said):
+        plan(team("Mistral-02", keys | {"lora_modules_to_save": None}))
+    assert plan(team("Mistral-02", keys | {"lora_modules_to_save": ["wte", "lm_head"]})).shape is None  # GPT-2's
+
+
 def test_a_copy_under_another_owner_or_a_tuned_variant_uses_a_shipped_config_of_the_same_name():
     p = plan(team("Llama-2-7b-03", {"base_model": "NousResearch/Llama-2-7b-hf"}))
     assert p.shape_source == "shipped with llmkit for meta-llama/Llama-2-7b-hf (same repository name)"
