@@ -168,6 +168,7 @@ def bench(
     import importlib
     import logging
 
+    no_bars_when_piped()  # before datasets and transformers are imported, as every other command
     from llmkit.config import ConfigError
     from llmkit.core.models import resolve_model, tokenizer_dir
     from llmkit.data import DataError
