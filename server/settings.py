@@ -9,7 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llmkit.core.challenge import CONTEXT_TOKENS
@@ -113,6 +113,14 @@ class ServerSettings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8080, ge=0, le=65535, description="Port to bind (80 inside the submission image).")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object, info: ValidationInfo) -> object:
+        # `--model ""` or `-e LLMKIT_KV_CACHE_BYTES=` (a container's way to leave one unset): the setting's "empty"
+        # meaning in its help, not a folder "." or an integer that cannot be parsed
+        unset = cls.model_fields[info.field_name].default is None
+        return None if unset and isinstance(value, str) and not value.strip() else value
 
     @field_validator("adapter", mode="before")
     @classmethod

@@ -15,6 +15,7 @@ import psutil
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, PromptTuningConfig, VeraConfig, get_peft_model
+from pydantic import ValidationError
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -210,6 +211,18 @@ def test_a_bad_environment_variable_is_named_as_such(python):
     assert result.returncode == 2
     assert "LLMKIT_DTYPE: Input should be 'auto'" in result.stderr  # no --dtype was typed
     assert "--max-context: Input should be greater than 0 (got '-1')" in result.stderr  # the flag wins over the env
+
+
+def test_an_empty_setting_is_unset_as_its_help_says(monkeypatch):
+    """`--model ""` ("empty: the embedded default") was read as the folder "." and refused; `-e LLMKIT_...=`, a
+    container's way to leave a setting unset, was an integer that could not be parsed."""
+    from llmkit.server.__main__ import parse_settings
+
+    monkeypatch.setenv("LLMKIT_KV_CACHE_BYTES", "")
+    settings = parse_settings(["--model", "", "--revision", " ", "--default-adapter", ""])
+    assert (settings.model, settings.revision, settings.default_adapter, settings.kv_cache_bytes) == (None,) * 4
+    with pytest.raises(ValidationError):  # a setting that has a value is not emptied
+        parse_settings(["--max-context", ""])
 
 
 @pytest.mark.slow
