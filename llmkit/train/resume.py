@@ -130,7 +130,7 @@ def check_lora_model_dir(cfg: AxolotlConfig) -> str | None:
             cfg.source,
         )
     try:  # the header alone (the file may be GBs): one cut short stopped train in safetensors' traceback
-        adapter_weight_shapes(path)
+        adapter_weight_shapes(folder)
     except ValueError as err:
         raise ConfigError([f"lora_model_dir: {err}"], cfg.source) from None
     return None
