@@ -395,7 +395,7 @@ _UNNAMED_LORA_KEY = r".\1\2"  # a group the key did not match is empty
 _NAME_DROPPED = {_NAMED_LORA_KEY.pattern: _UNNAMED_LORA_KEY}
 _ADAPTER_NAME = re.compile(r"\.default(?=\.|$)")
 # how the keys of a file peft's save_pretrained writes start (base_model.model.; a prompt-learning adapter's aside)
-_PEFT_PREFIX = "base_model."
+_SAVED_KEY_START = "base_model."
 
 
 def without_adapter_name(key: str) -> str:
@@ -409,7 +409,7 @@ def adapter_key_mapping(saved: Iterable[str]) -> dict[str, str] | None:
     where no key carries it (peft's key_mapping fails on a key without its base_model prefix, which a caller may
     name better)."""
     saved = list(saved)
-    prefixed = all(key.startswith(_PEFT_PREFIX) for key in saved)  # peft's mapping says "This should not happen"
+    prefixed = all(key.startswith(_SAVED_KEY_START) for key in saved)  # peft's mapping says "This should not happen"
     return _NAME_DROPPED if prefixed and any(_NAMED_LORA_KEY.search(key) for key in saved) else None
 
 
@@ -465,7 +465,7 @@ def apply_adapter(lm, adapter: str, tokenizer, name: str = "default", *, trainab
         # or a file not written by save_pretrained (a base model's state_dict, its keys without peft's prefix)
         why = (
             "has no place in the base; was it trained on another model?"
-            if dropped[0].startswith(_PEFT_PREFIX)
+            if dropped[0].startswith(_SAVED_KEY_START)
             else "lacks peft's prefix base_model.model., without which peft loads it nowhere: write the adapter "
             "with peft's save_pretrained, or add the prefix to its keys"
         )
