@@ -4,6 +4,9 @@ GPU checks measure on a Llama-2-7B-shaped model); benchmarks print figures, thes
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
@@ -42,3 +45,15 @@ def test_a_missing_model_is_named_before_any_stage_runs(tmp_path):
     assert result.exit_code == 1
     assert f"Error: --model: Model directory {tmp_path / 'nowhere'} does not exist" in result.output
     assert list(tmp_path.iterdir()) == []  # nothing measured, nothing written
+
+
+def test_piped_it_draws_no_progress_bars(tmp_path, tiny_model_dir, tiny_config):
+    """Piped (a log, CI), bench follows the CLI's rule (core.processes.no_bars_when_piped): without it, datasets'
+    and transformers' bars redrew themselves with carriage returns in the log."""
+    command = [sys.executable, "-m", "llmkit.cli", "bench", "--stage", "training", "--quick", "--steps", "1"]
+    command += ["--config", str(tiny_config()), "--model", str(tiny_model_dir), "--out", str(tmp_path / "bench")]
+    env = {key: value for key, value in os.environ.items() if not key.endswith("_DISABLE_PROGRESS_BARS")}
+    done = subprocess.run(command, capture_output=True, env=env, timeout=300)  # bytes: text=True reads \r as \n
+    log = (done.stdout + done.stderr).decode()
+    assert done.returncode == 0, log
+    assert "\r" not in log and "train_tokens_per_s" in (tmp_path / "bench" / "train_bench.json").read_text(), log
