@@ -20,6 +20,7 @@ from llmkit.helm_eval.report import Report, write_report
 from llmkit.helm_eval.run import (
     DEFAULT_MAX_EVAL_INSTANCES,
     HelmRunError,
+    HelmUsageError,
     check_run_specs,
     check_url,
     prepare_conf,
@@ -71,14 +72,14 @@ def helm_eval(
         command: the command line, quoted in the report.
     """
     if url and (model or compare):
-        raise HelmRunError("--url evaluates a running server: give either --url or --model/--compare")
+        raise HelmUsageError("--url evaluates a running server: give either --url or --model/--compare")
     if url and server_args:
-        raise HelmRunError(
+        raise HelmUsageError(
             f"--url evaluates a running server, which {' '.join(server_args)} cannot change: they are flags for a "
             "server helm-eval starts"
         )
     if suite is not None and not _SUITE_NAME.fullmatch(suite):
-        raise HelmRunError(f"--suite {suite!r}: use letters, digits, '.', '_' and '-' (it names folders and files)")
+        raise HelmUsageError(f"--suite {suite!r}: use letters, digits, '.', '_' and '-' (it names folders and files)")
     out_dir = out_dir.resolve()
     try:
         check_folder_target(out_dir)

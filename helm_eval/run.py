@@ -22,6 +22,7 @@ import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from llmkit.core.challenge import HELM_CLIENT_THREADS
+from llmkit.core.errors import UsageError
 from llmkit.core.models import DEFAULT_MODEL_ID
 from llmkit.core.processes import exit_description, interrupted_exit_code, stop_process_group
 from llmkit.helm_eval import confgen
@@ -75,6 +76,11 @@ class HelmRunInterrupted(HelmRunError):
         self.exit_code = exit_code
 
 
+class HelmUsageError(HelmRunError, UsageError):
+    """Flags helm-eval cannot take (a suite name that is no file name, --url beside --model): a usage error, exit
+    2; before any run, so nothing finished."""
+
+
 def prepare_conf(
     conf: str | Path, out_dir: Path, suite: str, *, budget: int | None = None, cap: int | None = None
 ) -> Path:
@@ -85,7 +91,7 @@ def prepare_conf(
         if not path.is_file():
             raise HelmRunError(f"conf file {path} does not exist")
         if budget is not None:
-            raise HelmRunError(
+            raise HelmUsageError(
                 f"--budget shares a task list's instances; {path} is a conf file, whose entries say their own "
                 "(--max-eval-instances caps them)"
             )
@@ -134,9 +140,9 @@ def check_url(url: str) -> str:
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as err:
-        raise HelmRunError(f"--url {url}: not a URL ({err})") from None
+        raise HelmUsageError(f"--url {url}: not a URL ({err})") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise HelmRunError(f"--url {url}: give the server's address as http://HOST:PORT")
+        raise HelmUsageError(f"--url {url}: give the server's address as http://HOST:PORT")
     try:
         wait_healthy(url.rstrip("/"), timeout=_URL_HEALTH_WAIT_S)
     except ServerStartError as err:

@@ -20,8 +20,8 @@ from pydantic import ValidationError
 from typer.core import TyperArgument, TyperOption
 
 from llmkit.core.challenge import Loading, Track
-from llmkit.core.devices import Device, quiet_bitsandbytes_kernel_notice
-from llmkit.core.errors import error_message
+from llmkit.core.devices import Device, dtype_name, quiet_bitsandbytes_kernel_notice
+from llmkit.core.errors import UsageError, error_message
 from llmkit.core.files import CacheError, user_path
 from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE
 from llmkit.core.processes import exit_on_sigterm, interrupted_exit_code, log_to_stderr, no_bars_when_piped
@@ -51,13 +51,17 @@ _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help
 def _one_line_errors(
     *errors: type[Exception], prefix: str = "", interrupted: str | Callable[[], str | None] | None = None
 ) -> Iterator[None]:
-    """A command's expected failures (`errors`) as one `Error:` line and exit 1; with `interrupted` (a message, or
-    what makes it once stopped), Ctrl-C or SIGTERM (`_stop_on_sigterm`) as that message and the shell's 130 or 143,
-    not a traceback."""
+    """A command's expected failures (`errors`) as one `Error:` line and exit 1, and command-line input it cannot
+    take (core.errors.UsageError, listed or not) as one `Error:` line and exit 2, click's status for a usage error;
+    with `interrupted` (a message, or what makes it once stopped), Ctrl-C or SIGTERM (`_stop_on_sigterm`) as that
+    message and the shell's 130 or 143, not a traceback."""
     try:
         yield
     except typer.Exit:  # click's Exit is a RuntimeError, which some commands list in `errors`
         raise
+    except UsageError as err:
+        typer.echo(f"Error: {prefix}{err}", err=True)
+        raise typer.Exit(2) from None
     except errors as err:
         typer.echo(f"Error: {prefix}{err}", err=True)
         raise typer.Exit(1) from None
@@ -199,6 +203,15 @@ def bench(
             finished.append(name.value)
 
 
+def _dtype_flag(value: str | None) -> str | None:
+    # --dtype int3 is a usage error (exit 2) before anything loads; torch_dtype refused it only after the model's
+    # imports and reads, as a failure (exit 1)
+    try:
+        return value if value is None else dtype_name(value)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
 @app.command("random-model")
 def random_model(
     shape: str = typer.Argument(
@@ -206,7 +219,7 @@ def random_model(
     ),
     out: str = typer.Option(..., help="The model folder written: new, empty, or an earlier random model (replaced)."),
     tokenizer: str | None = typer.Option(None, help="Hub id or folder of the tokenizer (default: the embedded one)."),
-    dtype: str = typer.Option("bfloat16", help="bfloat16, float16 or float32."),
+    dtype: str = typer.Option("bfloat16", callback=_dtype_flag, help="bfloat16, float16 or float32."),
     device: Annotated[
         Device, typer.Option(help="Where the weights are made: auto (CUDA where there is one), cpu, cuda.")
     ] = Device.auto,
@@ -298,10 +311,12 @@ def train(
     overrides = {key: value for key, value in given.items() if value is not None}  # 0 is the config's error
     cfg = None
     # ConnectionError: the hub's model, offline
-    with _one_line_errors(ConfigError, DataError, ConnectionError, interrupted=stopped), named_as_flags(overrides):
-        cfg = load_config(config, overrides)
+    with _one_line_errors(ConfigError, DataError, ConnectionError, interrupted=stopped):
+        with named_as_flags(overrides, usage=True):  # --max-steps 0: a usage error
+            cfg = load_config(config, overrides)
         try:
-            out = run(cfg, cpu_fallback=cpu_fallback, fresh=fresh)
+            with named_as_flags(overrides):  # --output-dir afile: the run's error, as --out elsewhere
+                out = run(cfg, cpu_fallback=cpu_fallback, fresh=fresh)
         except (OSError, RuntimeError) as err:
             # A full disk fails a checkpoint save deep in torch ("unexpected pos", errno 28): say what it is.
             if not (full := disk_full(Path(cfg.output_dir), err)):
@@ -367,6 +382,7 @@ def merge(
     out: str | None = typer.Option(None, help="Merged model directory (default: <adapter dir>/merged)."),
     dtype: str | None = typer.Option(
         None,
+        callback=_dtype_flag,
         help="bfloat16, float16 or float32 (default: the 16-bit dtype training used, else the base's stored 16-bit "
         "dtype, else bfloat16).",
     ),
@@ -563,18 +579,19 @@ def helm_eval(
 
     command = shlex.join(["llmkit", *sys.argv[1:]])
     try:
-        result = run(
-            model=model,
-            url=url,
-            compare=compare,
-            conf=conf,
-            max_eval_instances=max_eval_instances,
-            budget=budget,
-            suite=suite,
-            server_args=ctx.args,
-            out_dir=user_path(out),
-            command=command,
-        )
+        with _one_line_errors():  # flags it cannot take (UsageError): exit 2
+            result = run(
+                model=model,
+                url=url,
+                compare=compare,
+                conf=conf,
+                max_eval_instances=max_eval_instances,
+                budget=budget,
+                suite=suite,
+                server_args=ctx.args,
+                out_dir=user_path(out),
+                command=command,
+            )
     except HelmRunError as err:
         console = Console(stderr=True)  # what finished before Ctrl-C, SIGTERM or a failure is worth a look
         for done in err.finished:

@@ -82,3 +82,30 @@ def test_a_bad_serve_flag_value_is_a_usage_error_on_one_line():
         "Error: invalid settings: --max-context: Input should be greater than 0 (got '0'); --port: Input should be a "
         "valid integer, unable to parse string as an integer (got 'abc')"
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "said"),
+    [
+        # command-line input the command cannot take, found past click's parsing: 2, as click's own
+        (["merge", "--dtype", "int3"], 2, "'--dtype': dtype 'int3': expected bfloat16, float16 or float32"),
+        (["merge", "--adapter", "a", "--dry-run"], 2, "Error: --dry-run lists what --hub-model-id would upload"),
+        (["merge"], 2, "Error: Nothing to merge: give a CONFIG, --adapter DIR, or --weighted FILE"),
+        (["submission", "--track", "A100", "--number", "0", "--no-smoke"], 2, "Error: --number 0: submissions are"),
+        (["train", "CONFIG", "--max-steps", "0"], 2, "  - --max-steps: Input should be greater than 0 (got 0)"),
+        (["helm-eval", "--suite", "../x", "--url", "http://127.0.0.1:9"], 2, "Error: --suite '../x': use letters"),
+        # what the command cannot read or load: 1
+        (["train", "missing.yml"], 1, "  - cannot read the file: No such file or directory"),
+        (["merge", "--adapter", "missing"], 1, "Error: Adapter directory missing does not exist"),
+        (["helm-conf", "nosuch"], 1, "Error: no task list 'nosuch'"),
+    ],
+)
+def test_usage_errors_exit_2_and_failures_1_in_every_command(args, status, said, tmp_path, monkeypatch):
+    """`merge --dry-run` without --hub-model-id, `train --max-steps 0` and `submission --number 0` exited 1, as a
+    missing file does, where click's own usage errors (and `train --max-steps abc`) exit 2 (core.errors.UsageError,
+    the CLI's _one_line_errors)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "CONFIG").write_text("base_model: HuggingFaceTB/SmolLM2-135M-Instruct\n")
+    result = CliRunner().invoke(app, args, prog_name="llmkit", env={"COLUMNS": "200"})
+    assert result.exit_code == status, result.output
+    assert said in result.output and "Traceback" not in result.output, result.output

@@ -57,7 +57,7 @@ from llmkit.config.sections import (
     rl_method,
 )
 from llmkit.core import devices
-from llmkit.core.errors import problems, short_repr
+from llmkit.core.errors import UsageError, problems, short_repr
 from llmkit.core.files import user_path
 
 __all__ = [
@@ -91,10 +91,16 @@ class ConfigError(ValueError):
         super().__init__(where + ":\n" + "\n".join(f"  - {problem}" for problem in problems))
 
 
+class FlagValueError(ConfigError, UsageError):
+    """A ConfigError in a value a command-line flag set (train's --max-steps 0): a usage error, exit 2."""
+
+
 @contextmanager
-def named_as_flags(keys: Iterable[str]) -> Iterator[None]:
+def named_as_flags(keys: Iterable[str], *, usage: bool = False) -> Iterator[None]:
     """A ConfigError raised inside names each of `keys` (top-level keys a command-line flag set, such as train's
-    --output-dir) by its flag: the value came from the command line, not from the file."""
+    --output-dir) by its flag: the value came from the command line, not from the file. With `usage` (around
+    load_config, which validates the values) one naming a flag is a FlagValueError; around the run, what it finds
+    in a flag's folder is the run's error, as --out elsewhere."""
     flags = {key: "--" + key.replace("_", "-") for key in keys}
     try:
         yield
@@ -103,7 +109,8 @@ def named_as_flags(keys: Iterable[str]) -> Iterator[None]:
             flags[key] + problem.removeprefix(key) if (key := problem.split(":")[0]) in flags else problem
             for problem in err.problems
         ]
-        raise ConfigError(named, err.source) from None
+        refused = usage and named != err.problems
+        raise (FlagValueError if refused else ConfigError)(named, err.source) from None
 
 
 class ConfigWarning(UserWarning):

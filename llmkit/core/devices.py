@@ -119,9 +119,18 @@ def torch_dtype(name: str) -> torch.dtype:
     """
     import torch
 
+    return getattr(torch, dtype_name(name))
+
+
+def dtype_name(name: str) -> str:
+    """`name` when it is in `DTYPES` (checked without importing torch).
+
+    Raises:
+        ValueError: any other name.
+    """
     if name not in DTYPES:
         raise ValueError(f"dtype {name!r}: expected bfloat16, float16 or float32")
-    return getattr(torch, name)
+    return name
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:

@@ -13,6 +13,14 @@ from collections.abc import Callable
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+
+class UsageError(ValueError):
+    """Command-line input a command cannot take, found past click's parsing: a flag's value, flags that do not go
+    together, nothing to work on. The CLI says it in one `Error:` line and exits 2, as click does for its own usage
+    errors and the server for a flag it cannot take; what a command cannot read, load, write or do exits 1. A stage's
+    own error class joins it as a second base where its callers catch that class."""
+
+
 # pydantic puts the branch of a union it tried into `loc` (`str`, `list[int]`, `function-after[...]`, a model's
 # class name such as `TextPart`): not a key anyone wrote. Keys and wire fields are lower-case words.
 _UNION_BRANCH = re.compile(r"^(bool|int|float|str|bytes|none|list|dict|[a-z-]+\[.*\]|[A-Z]\w*)$")

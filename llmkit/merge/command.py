@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from llmkit.core.errors import UsageError
 from llmkit.core.files import user_path
 from llmkit.merge.fold import MergeReport, merge_adapter, merge_from_config
 
@@ -42,7 +43,7 @@ def merge_command(
     out = user_path(out) if out else None
     weighted = str(user_path(weighted)) if weighted else None
     if dry_run and not hub_model_id:
-        raise ValueError("--dry-run lists what --hub-model-id would upload; give --hub-model-id too")
+        raise UsageError("--dry-run lists what --hub-model-id would upload; give --hub-model-id too")
     beside_weighted = {
         "CONFIG": config,
         "--base": base,
@@ -52,7 +53,7 @@ def merge_command(
         "--density": density is not None,
     }
     if weighted and (given := [flag for flag, value in beside_weighted.items() if value]):
-        raise ValueError(
+        raise UsageError(
             f"--weighted {weighted} describes the whole merge (base_model, combination_type, density, adapters and "
             f"their weights): {', '.join(given)} would be ignored beside it; write them into the file"
         )
@@ -61,7 +62,7 @@ def merge_command(
     if weighted or len(adapters) > 1 or (adapters and weighting):
         report = _weighted(base, adapters, weights, combination, density, weighted, out, options)
     elif weighting:
-        raise ValueError("--weight, --combination and --density apply to --adapter folders: give --adapter DIR")
+        raise UsageError("--weight, --combination and --density apply to --adapter folders: give --adapter DIR")
     elif config:
         from llmkit.config.schema import load_config
 
@@ -70,7 +71,7 @@ def merge_command(
     elif adapters:
         report = merge_adapter(base, adapters[0], out or Path(adapters[0]) / "merged", **options)
     else:
-        raise ValueError("Nothing to merge: give a CONFIG, --adapter DIR, or --weighted FILE")
+        raise UsageError("Nothing to merge: give a CONFIG, --adapter DIR, or --weighted FILE")
     uploaded = None
     if hub_model_id:
         from llmkit.merge.publish import upload_folder
@@ -83,12 +84,12 @@ def _weighted(base, adapters, weights, combination, density, weighted, out, opti
     from llmkit.merge.weighted import load_weighted, merge_weighted
 
     if out is None:
-        raise ValueError("A weighted merge needs --out (where the combined model goes)")
+        raise UsageError("A weighted merge needs --out (where the combined model goes)")
     if weighted:
         spec = load_weighted(weighted)
     else:
         if weights and len(weights) != len(adapters):
-            raise ValueError(f"{len(adapters)} --adapter but {len(weights)} --weight: give one weight per adapter")
+            raise UsageError(f"{len(adapters)} --adapter but {len(weights)} --weight: give one weight per adapter")
         entries = [{"path": a, "weight": w} for a, w in zip(adapters, weights or [1.0] * len(adapters), strict=True)]
         spec = _flags_spec(base_model=base, combination_type=combination, density=density, adapters=entries)
     return merge_weighted(spec, out, **options)
@@ -105,7 +106,7 @@ def _flags_spec(**fields):
         return WeightedMerge(**fields)
     except ValidationError as err:
         lines = (_FLAG_KEYS.sub(lambda m: _FLAGS[m[1] or m[2]], line) for line in problems(err))
-        raise ValueError("\n".join(lines)) from None
+        raise UsageError("\n".join(lines)) from None
 
 
 def print_report(report: MergeReport, uploaded: list[dict] | None, hub_model_id: str | None, console) -> None:

@@ -23,6 +23,7 @@ import torch
 from huggingface_hub.utils import tqdm  # off with HF_HUB_DISABLE_PROGRESS_BARS: the CLI piped (cli._logging)
 
 from llmkit.core import devices
+from llmkit.core.errors import UsageError
 from llmkit.core.files import check_replaceable, clean_stale, disk_full, sha256_file, staging_dir, swap_in, user_path
 from llmkit.core.models import (
     ADAPTER_WEIGHTS,
@@ -273,7 +274,7 @@ def check_merge_target(out_dir: Path, adapters: list[Path], max_shard_size: str)
     try:
         mw.shard_size_bytes(max_shard_size)
     except ValueError as err:
-        raise ValueError(f"--max-shard-size {max_shard_size}: {err}") from None
+        raise UsageError(f"--max-shard-size {max_shard_size}: {err}") from None
     out = out_dir.resolve()
     for adapter in adapters:
         if out == adapter.resolve() or out in adapter.resolve().parents:

@@ -37,6 +37,7 @@ from llmkit.submit.manifest import (
 )
 from llmkit.submit.sources import (
     SubmissionError,
+    SubmissionUsageError,
     Weights,
     hub_or_local,
     local_size,
@@ -148,30 +149,30 @@ def _check_flags(
 ) -> EngineName:
     """The rules between build_submission's arguments, before anything is trained or downloaded; the engine."""
     if engine not in {e.value for e in EngineName}:
-        raise SubmissionError(f"--engine {engine}: choose {' or '.join(e.value for e in EngineName)}")
+        raise SubmissionUsageError(f"--engine {engine}: choose {' or '.join(e.value for e in EngineName)}")
     engine = EngineName(engine)
     if engine is EngineName.vllm and loading is not None:
         from llmkit.server.vllm_engine import VLLM_QUANTIZATIONS  # light: vLLM itself is imported when it serves
 
         if loading.quantization not in VLLM_QUANTIZATIONS:
             served = " or ".join(each.value for each in Loading if each.quantization in VLLM_QUANTIZATIONS)
-            raise SubmissionError(
+            raise SubmissionUsageError(
                 f"--loading {loading.value} is not available with --engine vllm (vLLM quantizes with bitsandbytes "
                 f"in 4 bits only): use --loading {served}"
             )
     if config is not None and model is not None and not training:
-        raise SubmissionError(
+        raise SubmissionUsageError(
             "Give --config or --model, not both (with --training, both: the published --model is served and "
             "training/ re-runs the --config that trained it)"
         )
     if number is not None and number < 1:
-        raise SubmissionError(f"--number {number}: submissions are numbered from 1")
+        raise SubmissionUsageError(f"--number {number}: submissions are numbered from 1")
     if model is None and (adapter is not None or revision is not None):
-        raise SubmissionError("--adapter and --revision need --model (the base they apply to)")
+        raise SubmissionUsageError("--adapter and --revision need --model (the base they apply to)")
     if adapter is None and adapter_revision is not None:
-        raise SubmissionError("--adapter-revision needs --adapter")
+        raise SubmissionUsageError("--adapter-revision needs --adapter")
     if training and model is not None and config is None:
-        raise SubmissionError("--training with --model needs --config too: the config that trained the model")
+        raise SubmissionUsageError("--training with --model needs --config too: the config that trained the model")
     return engine
 
 

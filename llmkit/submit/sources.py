@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmkit.core.errors import UsageError
 from llmkit.core.files import user_path
 from llmkit.core.models import is_hub_id, resolve_model
 
@@ -34,6 +35,10 @@ HUB_BUNDLE_WARNING = (
 
 class SubmissionError(ValueError):
     """The submission cannot be built as asked; the message says what to change."""
+
+
+class SubmissionUsageError(SubmissionError, UsageError):
+    """Flags that cannot build a submission whatever is on disk or the hub (a usage error: exit 2)."""
 
 
 @dataclass(frozen=True)

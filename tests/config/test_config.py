@@ -392,7 +392,7 @@ def test_infinite_numbers_tilde_folders_and_falsy_cli_overrides(tmp_path, monkey
     cfg = load_quietly(write(tmp_path, MINIMAL), {"output_dir": "~/run", "dataset_prepared_path": "~/prepared"})
     assert (cfg.output_dir, cfg.dataset_prepared_path) == (str(tmp_path / "home/run"), str(tmp_path / "home/prepared"))
     result = CliRunner().invoke(app, ["train", str(write(tmp_path, MINIMAL)), "--max-steps", "0"])
-    assert result.exit_code == 1 and "--max-steps: Input should be greater than 0 (got 0)" in result.output
+    assert result.exit_code == 2 and "--max-steps: Input should be greater than 0 (got 0)" in result.output
 
 
 def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):

@@ -337,9 +337,9 @@ def test_one_adapter_with_a_weight_is_merged_at_that_strength(adapters, tiny_mod
     one = ["merge", "--adapter", str(adapters["plain"]), "--out", str(tmp_path / "ties")]
     for options in (["--combination", "ties", "--density", "0.5"], ["--density", "0.5"]):  # peft merges one linearly
         result = CliRunner().invoke(app, [*one, *options])
-        assert result.exit_code == 1 and "one adapter is merged scaled by its weight (linear)" in result.output
+        assert result.exit_code == 2 and "one adapter is merged scaled by its weight (linear)" in result.output
     result = CliRunner().invoke(app, ["merge", "--weight", "0.5", "--out", str(tmp_path / "none")])
-    assert result.exit_code == 1 and "give --adapter DIR" in result.output
+    assert result.exit_code == 2 and "give --adapter DIR" in result.output
 
 
 def test_weighted_ties_merge_from_yaml(adapters, tiny_model_dir, tmp_path):
@@ -432,7 +432,7 @@ def test_bad_adapter_paths_fail_clearly(tiny_model_dir, tmp_path):
         result = runner.invoke(app, ["merge", "--adapter", str(broken), "--base", str(tiny_model_dir)])
         assert result.exit_code == 1 and f"{broken / 'adapter_config.json'} {problem}" in result.output
     result = runner.invoke(app, ["merge"])
-    assert result.exit_code == 1 and "Nothing to merge" in result.output
+    assert result.exit_code == 2 and "Nothing to merge" in result.output
     (tmp_path / "taken").write_text("somebody's file")
     (broken / "adapter_config.json").write_text("{}")
     result = runner.invoke(app, ["merge", "--adapter", str(broken), "--out", str(tmp_path / "taken")])

@@ -356,7 +356,7 @@ def test_a_bad_weighted_merge_flag_is_one_line_naming_the_flag(flags, error, tmp
     """`--combination nonsense` printed pydantic's dump, naming the fusion file's combination_type."""
     adapters = ["--adapter", str(tmp_path / "a"), "--adapter", str(tmp_path / "b")]
     result = CliRunner().invoke(app, ["merge", *adapters, *flags, "--out", str(tmp_path / "out")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error
     assert result.output.startswith(error) and result.output.count("\n") == 1, result.output
     assert "combination_type" not in result.output and "validation error" not in result.output
 
@@ -367,12 +367,12 @@ def test_flags_beside_a_weighted_file_are_refused_by_name(tmp_path):
     fusion.write_text(f"adapters: [{{path: {tmp_path / 'a'}}}, {{path: {tmp_path / 'b'}}}]\n")
     weighted = ["merge", "--weighted", str(fusion), "--out", str(tmp_path / "out")]
     result = CliRunner().invoke(app, [*weighted, "--adapter", str(tmp_path / "c")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error
     assert result.output.startswith(f"Error: --weighted {fusion} describes the whole merge"), result.output
     assert "--adapter would be ignored beside it" in result.output
     flags = ["--base", "b", "--weight", "0.5", "--combination", "ties", "--density", "0.5"]
     result = CliRunner().invoke(app, [*weighted, "config.yml", *flags])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "CONFIG, --base, --weight, --combination, --density would be ignored" in result.output, result.output
     assert not (tmp_path / "out").exists()
 

@@ -99,13 +99,16 @@ def test_a_bad_value_given_by_a_train_flag_names_the_flag_not_the_key(tiny_confi
 
     (tmp_path / "taken").write_text("somebody's file")
     config = str(tiny_config())
-    says = {
-        ("--output-dir", str(tmp_path / "taken")): f"  - --output-dir: {tmp_path / 'taken'} is a file, not a folder",
-        ("--max-steps", "0"): "  - --max-steps: Input should be greater than 0 (got 0)",
+    says = {  # a folder it cannot write in, as --out elsewhere: 1; a value it cannot take: a usage error, 2
+        ("--output-dir", str(tmp_path / "taken")): (
+            1,
+            f"  - --output-dir: {tmp_path / 'taken'} is a file, not a folder",
+        ),
+        ("--max-steps", "0"): (2, "  - --max-steps: Input should be greater than 0 (got 0)"),
     }
-    for flag, message in says.items():
+    for flag, (status, message) in says.items():
         result = CliRunner().invoke(app, ["train", config, *flag])
-        assert result.exit_code == 1 and message in result.output.splitlines(), result.output
+        assert result.exit_code == status and message in result.output.splitlines(), result.output
     result = CliRunner().invoke(app, ["train", str(tiny_config(output_dir=str(tmp_path / "taken")))])
     assert f"  - output_dir: {tmp_path / 'taken'} is a file, not a folder" in result.output.splitlines()  # the file's
 
