@@ -361,9 +361,9 @@ def test_piped_validate_draws_no_progress_bars(tiny_config):
     returns, where train and preprocess turn them off."""
     env = {key: value for key, value in os.environ.items() if not key.endswith("_DISABLE_PROGRESS_BARS")}
     command = [sys.executable, "-m", "llmkit.cli", "validate", str(tiny_config())]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "tokens to train" in result.stdout and "Tokenizing" not in result.stderr and "\r" not in result.stderr
+    result = subprocess.run(command, capture_output=True, env=env, timeout=300)  # bytes: text=True reads \r as \n
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"tokens to train" in result.stdout and b"Tokenizing" not in result.stderr and b"\r" not in result.stderr
 
 
 def test_cli_validate_without_a_config_json_checks_the_rest_and_says_how_to_give_one(tmp_path, make_tiny_model):

@@ -404,9 +404,9 @@ def test_merge_piped_draws_no_bar_as_train_does(adapters, tiny_model_dir, tmp_pa
     command = [sys.executable, "-m", "llmkit.cli", "merge", "--adapter", str(adapters["plain"]), "--no-verify"]
     command += ["--base", str(tiny_model_dir), "--out", str(out)]
     env = {key: value for key, value in os.environ.items() if key != "HF_HUB_DISABLE_PROGRESS_BARS"}
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr
-    assert "Merging" not in done.stderr and "\r" not in done.stderr + done.stdout, done.stderr
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, env=env, timeout=300)  # bytes: keeps \r
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"Merging" not in done.stderr and b"\r" not in done.stderr + done.stdout, done.stderr.decode()
     assert (out / "model.safetensors").is_file()
 
 

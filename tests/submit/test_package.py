@@ -125,10 +125,10 @@ def test_the_zips_bar_is_off_when_piped_as_trainings_bars_are(tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "HF_HUB_DISABLE_PROGRESS_BARS"}
     zip_path = tmp_path / "out.zip"
     done = subprocess.run(
-        [sys.executable, "-c", _WRITE_ZIP, str(folder), str(zip_path)], stderr=subprocess.PIPE, text=True, env=env
-    )
-    assert done.returncode == 0, done.stderr
-    assert "Writing" not in done.stderr and "\r" not in done.stderr, done.stderr
+        [sys.executable, "-c", _WRITE_ZIP, str(folder), str(zip_path)], stderr=subprocess.PIPE, env=env, timeout=300
+    )  # bytes: text=True would read a bar's \r as \n
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"Writing" not in done.stderr and b"\r" not in done.stderr, done.stderr.decode()
     assert zipfile.ZipFile(zip_path).namelist() == ["model.safetensors"]
 
 
