@@ -75,14 +75,13 @@ CHAT_TEMPLATES: dict[str, str] = {
 }
 # axolotl's templates named after a model whose text is that model's own chat template: such a name renders the base
 # tokenizer's own template (as tokenizer_default does), where that template writes the model's format. Each name ->
-# (the family, how its format writes _PROBE; {bos}: the tokenizer's BOS), which the tokenizer's template must write
-# exactly: the check that the base is of that family (config.json's model_type would not do: Qwen3-2507 Instruct is
-# a qwen3 whose template writes no <think> block). Left out, as their axolotl text trains other tokens than the
+# (the family, how its format writes _PROBE; {bos}/{eos}: the tokenizer's BOS/EOS), which the tokenizer's template must
+# write exactly: the check that the base is of that family (config.json's model_type would not do: Qwen3-2507 Instruct
+# is a qwen3 whose template writes no <think> block). Left out, as their axolotl text trains other tokens than the
 # model's own: phi_35 (no EOS after the last turn, where Phi-3.5's own writes one), mistral_v7_tekken (a default
 # system prompt with today's date that only Mistral-Small-2501 writes), deepseek_v3 (drops an assistant turn's text
-# up to </think>, which DeepSeek-V3's own keeps). The others (deepseek_v2, exaone, command_a, falcon_h1,
-# mistral_v1/v2v3, ...) are not checked against their models' templates: tokenizer_default or chat_template_jinja
-# says which text is meant.
+# up to </think>, which DeepSeek-V3's own keeps). The others (command_a, falcon_h1, ...) are not checked against their
+# models' templates: tokenizer_default or chat_template_jinja says which text is meant.
 MODEL_TEMPLATES: dict[str, tuple[str, str]] = {
     # Qwen3's own, with a `real_last_index` axolotl passes when it renders a conversation cut short: a whole
     # conversation renders as Qwen3 writes it (an empty <think> block before the last assistant turn). Its generation
@@ -109,6 +108,27 @@ MODEL_TEMPLATES: dict[str, tuple[str, str]] = {
         "{bos}<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>Be brief.<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|>"
         "<|USER_TOKEN|>Hi<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>Hello<|END_OF_TURN_TOKEN|>",
     ),
+    # Aya 23's and Aya Expanse's own: Command-R's format (axolotl's aya is its cohere text but for a default system
+    # prompt it never writes), so a Command-R base passes too.
+    "aya": (
+        "Aya",
+        "{bos}<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>Be brief.<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|>"
+        "<|USER_TOKEN|>Hi<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>Hello<|END_OF_TURN_TOKEN|>",
+    ),
+    # DeepSeek-V2-Chat-0628's own (not DeepSeek-V2-Chat's or V2-Lite-Chat's, which write "User: ... Assistant:",
+    # nor V2.5's or V3's, which write no blank line after the system text).
+    "deepseek_v2": ("DeepSeek-V2-Chat-0628", "{bos}Be brief.\n\n<｜User｜>Hi<｜Assistant｜>Hello{eos}"),
+    # EXAONE 3.0's and 3.5's own (an empty system turn opens a conversation without one).
+    "exaone": ("EXAONE 3.5", "[|system|]Be brief.[|endofturn|]\n[|user|]Hi\n[|assistant|]Hello[|endofturn|]\n"),
+    # Mistral's v1 tokenizer's (Mistral-7B-Instruct v0.1 and v0.2, Mixtral-8x7B-Instruct): the system text opens
+    # the first user turn. axolotl's texts of the three Mistral formats also read a message's list of text parts.
+    "mistral_v1": ("Mistral-7B-Instruct-v0.1", "{bos} [INST] Be brief.\n\nHi [/INST] Hello{eos}"),
+    # Mistral's v3 tokenizer's (Mistral-7B-Instruct-v0.3, Mixtral-8x22B-Instruct, Mistral-Large-2407): the system
+    # text opens the last user turn, so a conversation that ends with the assistant's turn writes none (and a row with
+    # a system turn cannot be split into turns: refused, as under tokenizer_default). The same for Tekken.
+    "mistral_v2v3": ("Mistral-7B-Instruct-v0.3", "{bos}[INST] Hi[/INST] Hello{eos}"),
+    # The Tekken tokenizer's (Mistral-Nemo-Instruct-2407): v3's without the spaces.
+    "mistral_v3_tekken": ("Mistral-Nemo-Instruct-2407", "{bos}[INST]Hi[/INST]Hello{eos}"),
 }
 _PROBE = [
     {"role": "system", "content": "Be brief."},
@@ -195,7 +215,7 @@ def _model_template(choice: str, tokenizer: PreTrainedTokenizerBase, key: str) -
         ValueError: the tokenizer has no template, or one that writes another format (another family's model).
     """
     family, expected = MODEL_TEMPLATES[choice]
-    expected = expected.format(bos=tokenizer.bos_token or "")
+    expected = expected.format(bos=tokenizer.bos_token or "", eos=tokenizer.eos_token or "")
     why = f"{key}: {choice} is {family}'s own chat template, rendered from the base model's tokenizer"
     jinja = f"chat_template: jinja with chat_template_jinja holding {choice}'s text"
     try:

@@ -473,7 +473,8 @@ def test_chat_template_names_are_checked_without_the_tokenizer(tmp_path):
         {"path": "a.jsonl", "type": "chat_template", "chat_template": "jinja", "chat_template_jinja": "no.jinja"},
     ]
     cfg = _load(tmp_path, datasets, base_model="Qwen/Qwen2.5-0.5B", chat_template="chatlm")
-    choices = "chatml, llama3, phi_3, gemma, qwen_25, qwen3, gemma3, llama4, cohere (the base model's own),"
+    choices = "chatml, llama3, phi_3, gemma, qwen_25, qwen3, gemma3, llama4, cohere, aya, deepseek_v2, exaone, "
+    choices += "mistral_v1, mistral_v2v3, mistral_v3_tekken (the base model's own),"
     choices += " tokenizer_default, tokenizer_default_fallback_<name>, jinja, a Jinja string (axolotl names more"
     choices += " templates than this project renders: tokenizer_default renders the model's own, which a"
     choices += (
@@ -624,6 +625,10 @@ def test_shipped_templates_render_as_their_models_do(write_rows, make_cfg, token
     assert _trained_runs(tokenizer, row) == runs
 
 
+_MISTRAL_SYSTEM = (
+    "{% if messages[0].role == 'system' %}{% set system = messages[0].content + '\\n\\n' %}"
+    "{% set turns = messages[1:] %}{% else %}{% set system = '' %}{% set turns = messages %}{% endif %}"
+)
 # Each model's own chat template, as written here in the format the model defines (text turns only), and how it
 # writes SHAREGPT[:3]; what a base of that family would carry (the tiny random models have SmolLM2's tokenizer).
 OWN_TEMPLATES = {
@@ -663,7 +668,48 @@ OWN_TEMPLATES = {
         "<|USER_TOKEN|>Hi there<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>Hello!"
         "<|END_OF_TURN_TOKEN|>",
     ),
+    # DeepSeek-V2-Chat-0628 and EXAONE 3.5 on a Llama base: the check reads the tokenizer's template alone
+    "deepseek_v2": (
+        "llama",
+        "{{ bos_token }}{% for m in messages %}{% if m.role == 'system' %}{{ m.content + '\\n\\n' }}"
+        "{% elif m.role == 'user' %}{{ '<｜User｜>' + m.content }}"
+        "{% else %}{{ '<｜Assistant｜>' + m.content + eos_token }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}",
+        "<|im_start|>Be brief.\n\n<｜User｜>Hi there<｜Assistant｜>Hello!<|im_end|>",
+    ),
+    "exaone": (
+        "llama",
+        "{% for m in messages %}{% if loop.first and m.role != 'system' %}{{ '[|system|][|endofturn|]\\n' }}"
+        "{% endif %}"
+        "{{ '[|' + m.role + '|]' + m.content + ('\\n' if m.role == 'user' else '[|endofturn|]\\n') }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '[|assistant|]' }}{% endif %}",
+        "[|system|]Be brief.[|endofturn|]\n[|user|]Hi there\n[|assistant|]Hello![|endofturn|]\n",
+    ),
+    # Mistral's three formats: the system text opens the first user turn (v1) or the last (v3, Tekken: a
+    # conversation that ends with the assistant's turn writes none)
+    "mistral_v1": (
+        "mixtral",
+        _MISTRAL_SYSTEM + "{{ bos_token }}{% for m in turns %}{% if m.role == 'user' %}{{ ' [INST] ' + "
+        "(system if loop.first else '') + m.content + ' [/INST]' }}{% else %}{{ ' ' + m.content + eos_token }}"
+        "{% endif %}{% endfor %}",
+        "<|im_start|> [INST] Be brief.\n\nHi there [/INST] Hello!<|im_end|>",
+    ),
+    "mistral_v2v3": (
+        "mistral",
+        _MISTRAL_SYSTEM + "{{ bos_token }}{% for m in turns %}{% if m.role == 'user' %}{{ '[INST] ' + "
+        "(system if loop.last else '') + m.content + '[/INST]' }}{% else %}{{ ' ' + m.content | trim + eos_token }}"
+        "{% endif %}{% endfor %}",
+        "<|im_start|>[INST] Hi there[/INST] Hello!<|im_end|>",
+    ),
+    "mistral_v3_tekken": (
+        "mistral",
+        _MISTRAL_SYSTEM + "{{ bos_token }}{% for m in turns %}{% if m.role == 'user' %}{{ '[INST]' + "
+        "(system if loop.last else '') + m.content + '[/INST]' }}{% else %}{{ m.content + eos_token }}{% endif %}"
+        "{% endfor %}",
+        "<|im_start|>[INST]Hi there[/INST]Hello!<|im_end|>",
+    ),
 }
+OWN_TEMPLATES["aya"] = OWN_TEMPLATES["cohere"]  # Aya's own writes Command-R's format
 
 
 def _family_with_template(tiny_family_dir, make_tiny_model, family: str, template: str | None, folder: Path) -> Path:
@@ -688,20 +734,25 @@ def _family_with_template(tiny_family_dir, make_tiny_model, family: str, templat
 
 @pytest.mark.parametrize("name", list(OWN_TEMPLATES))
 def test_a_model_named_template_renders_the_models_own(write_rows, tiny_family_dir, make_tiny_model, tmp_path, name):
-    """axolotl's qwen3, gemma3, llama4 and cohere templates are those models' own: on a base of the family they
-    train what tokenizer_default trains, and `llmkit validate` plans. They were refused as templates this project does
-    not ship, so real Qwen3 and Gemma 3 configs (tests/config/real_world) could not run unchanged."""
+    """axolotl's qwen3, gemma3, llama4, cohere, aya, deepseek_v2, exaone and three Mistral templates are those models'
+    own: on a base of the family they train what tokenizer_default trains, and `llmkit validate` plans. They were
+    refused as templates this project does not ship, so real Qwen3 and Gemma 3 configs (tests/config/real_world) could
+    not run unchanged, nor configs naming the others."""
     family, template, text = OWN_TEMPLATES[name]
     model = _family_with_template(tiny_family_dir, make_tiny_model, family, template, tmp_path / "model")
     tokenizer = AutoTokenizer.from_pretrained(model)
-    path = write_rows([{"conversations": SHAREGPT[:3]}], "jsonl")
+    # Mistral v3's and Tekken's system text moves to the last user turn: no turn-by-turn rendering splits a
+    # conversation with one (refused, under tokenizer_default too), and one without writes the same text here
+    rows = SHAREGPT[1:3] if name in ("mistral_v2v3", "mistral_v3_tekken") else SHAREGPT[:3]
+    path = write_rows([{"conversations": rows}], "jsonl")
     built = {}
     for choice in (name, "tokenizer_default"):
         config = _load(tmp_path, [{"path": str(path), **MAPPED, "chat_template": choice}], base_model=str(model))
         built[choice] = list(build_datasets(config, tokenizer).train)
     assert built[name] == built["tokenizer_default"]
     assert tokenizer.decode(built[name][0]["input_ids"]) == text
-    assert _trained_runs(tokenizer, built[name][0])[0].startswith("Hello!")
+    # the content is trained (after Mistral's space before it, which the tokenizer merges into its first token)
+    assert _trained_runs(tokenizer, built[name][0])[0].lstrip().startswith("Hello!")
     config = tmp_path / "run.yml"
     raw = yaml.safe_load(config.read_text()) | {"chat_template": name}  # the config's own, as real configs set it
     raw["datasets"][0].pop("chat_template")
@@ -732,6 +783,31 @@ def test_a_model_named_template_on_another_model_is_a_config_error(
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     expected = "- chat_template: qwen3 is Qwen3's own chat template, rendered from the base model's tokenizer, but "
     assert expected + said in result.output
+
+
+@pytest.mark.parametrize(
+    ("name", "other"),
+    [
+        ("aya", "qwen3"),
+        ("deepseek_v2", "exaone"),
+        ("exaone", "deepseek_v2"),
+        ("mistral_v1", "mistral_v2v3"),
+        ("mistral_v2v3", "mistral_v3_tekken"),
+        ("mistral_v3_tekken", "mistral_v2v3"),
+    ],
+)
+def test_a_model_named_template_refuses_another_models_template(write_rows, make_cfg, tokenizer, name, other):
+    """A Mistral format's name on a tokenizer of another Mistral format (whose text differs by a space), or another
+    family's name: refused naming the key, as qwen3 on a Llama base is."""
+    from llmkit.data.chat import MODEL_TEMPLATES
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    tokenizer.chat_template = OWN_TEMPLATES[other][1]
+    path = write_rows([{"conversations": SHAREGPT[1:3]}], "jsonl")
+    family = MODEL_TEMPLATES[name][0]
+    said = rf"datasets\[0\]\.chat_template: {name} is {family}'s own chat template, rendered from the base model's "
+    with pytest.raises(DataError, match=said + rf"tokenizer, but this tokenizer's template is not {family}'s"):
+        build_datasets(make_cfg([{"path": str(path), **MAPPED, "chat_template": name}]), tokenizer)
 
 
 def test_template_choices_that_cannot_render_are_clear_errors(write_rows, make_cfg, tokenizer, tmp_path):
