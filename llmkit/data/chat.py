@@ -77,11 +77,8 @@ CHAT_TEMPLATES: dict[str, str] = {
 # tokenizer's own template (as tokenizer_default does), where that template writes the model's format. Each name ->
 # (the family, how its format writes _PROBE; {bos}/{eos}: the tokenizer's BOS/EOS), which the tokenizer's template must
 # write exactly: the check that the base is of that family (config.json's model_type would not do: Qwen3-2507 Instruct
-# is a qwen3 whose template writes no <think> block). Left out, as their axolotl text trains other tokens than the
-# model's own: phi_35 (no EOS after the last turn, where Phi-3.5's own writes one), mistral_v7_tekken (a default
-# system prompt with today's date that only Mistral-Small-2501 writes), deepseek_v3 (drops an assistant turn's text
-# up to </think>, which DeepSeek-V3's own keeps). The others (command_a, falcon_h1, ...) are not checked against their
-# models' templates: tokenizer_default or chat_template_jinja says which text is meant.
+# is a qwen3 whose template writes no <think> block). axolotl's other model-named templates are refused by name, with
+# why, in OTHER_MODEL_TEMPLATES.
 MODEL_TEMPLATES: dict[str, tuple[str, str]] = {
     # Qwen3's own, with a `real_last_index` axolotl passes when it renders a conversation cut short: a whole
     # conversation renders as Qwen3 writes it (an empty <think> block before the last assistant turn). Its generation
@@ -129,6 +126,64 @@ MODEL_TEMPLATES: dict[str, tuple[str, str]] = {
     "mistral_v2v3": ("Mistral-7B-Instruct-v0.3", "{bos}[INST] Hi[/INST] Hello{eos}"),
     # The Tekken tokenizer's (Mistral-Nemo-Instruct-2407): v3's without the spaces.
     "mistral_v3_tekken": ("Mistral-Nemo-Instruct-2407", "{bos}[INST]Hi[/INST]Hello{eos}"),
+}
+# axolotl's other templates named after a model -> why this project does not render them: axolotl's text writes other
+# text turns than the model's own template (its tokenizer_config.json, or a copy of it: llama.cpp's tests, the GGUF
+# templates of huggingface.js' ollama-utils), or no copy of the model's own was found to check it against, or the
+# check of the base's format cannot tell the model (plain ChatML, today's date). tokenizer_default renders the base
+# model's own; chat_template_jinja takes axolotl's text.
+_GEMMA4 = (
+    "Gemma 4's own template was not compared with axolotl's text (the copy found, llama.cpp's, is another revision)"
+)
+OTHER_MODEL_TEMPLATES: dict[str, str] = {
+    "phi_35": "its text writes no EOS after the last turn, where Phi-3.5's own writes one",
+    "phi_4": (
+        "its text writes Phi-4-reasoning's long system prompt into a conversation without a system turn, where "
+        "Phi-4's own writes none (and axolotl's own config schema does not accept the name)"
+    ),
+    "mistral_v7_tekken": (
+        "its text writes Mistral Small 3's default system prompt, with today's date, into every conversation without "
+        "a system turn, which only Mistral-Small-24B-2501's own writes (Devstral's writes its own, other models none)"
+    ),
+    "deepseek_v3": "its text drops an assistant turn's text up to </think>, which DeepSeek-V3's own keeps",
+    "command_a": (
+        "its text writes Cohere's '# System Preamble' and '# Default Preamble' text around the system turn, and an "
+        "opened '<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>' after the last turn, where Command A's own default "
+        "template writes text turns with the system text alone and ends at the last <|END_OF_TURN_TOKEN|>"
+    ),
+    "command_a_tool_use": (
+        "its text writes a text conversation as command_a does (Cohere's preambles, an opened chatbot turn at the "
+        "end), where Command A's own default template does not; its own tool_use template was not found to compare"
+    ),
+    "command_a_rag": (
+        "its text writes a text conversation as command_a does (Cohere's preambles, an opened chatbot turn at the "
+        "end), where Command A's own default template does not; its own rag template was not found to compare"
+    ),
+    "llava": (
+        "its text writes LLaVA-1.5's 'USER: ... ASSISTANT: ...', where the LLaVA models whose tokenizer has a "
+        "template write other formats (llava-v1.6-mistral: [INST]; llava-v1.6-34b: ChatML); LLaVA-1.5's own was not "
+        "found"
+    ),
+    "qwen2_vl": (
+        "its text is Qwen2.5-VL's own (Qwen2-VL's format), but with a system turn it writes plain ChatML, so the "
+        "check that the base is Qwen2-VL cannot tell it from any ChatML model, whose default system text differs"
+    ),
+    "nemotron_h": (
+        "its text writes plain ChatML, which the check cannot tell from any ChatML model's, and Nemotron-H's own "
+        "was not found to compare"
+    ),
+    "falcon_h1": "Falcon-H1's own template was not found to compare axolotl's text (ChatML after a BOS) with",
+    "exaone4": "EXAONE 4.0's own template was not found to compare axolotl's text with",
+    "gemma3n": "Gemma 3n's own template was not found to compare axolotl's text (Gemma 3's format) with",
+    "gemma4": _GEMMA4,
+    "gemma4_unified": _GEMMA4,
+    "jamba": "Jamba's own template was not found to compare axolotl's text with",
+    "llama3_2_vision": (
+        "its text writes today's date into every system turn, as Llama 3.2 Vision's own does, which a fixed check of "
+        "the base's format cannot expect"
+    ),
+    "pixtral": "Pixtral's own template was not found to compare axolotl's text with",
+    "qwen3_5": "Qwen3.5's own template was not found to compare axolotl's text with",
 }
 _PROBE = [
     {"role": "system", "content": "Be brief."},
@@ -261,6 +316,12 @@ def named_template(choice: str, jinja: str | None, base_dir: Path | None, key: s
         return CHAT_TEMPLATES[choice]
     if "{{" in choice or "{%" in choice:
         return choice
+    if choice in OTHER_MODEL_TEMPLATES:
+        raise ValueError(
+            f"{key}: {choice} is axolotl's copy of a model's chat template, not rendered here: "
+            f"{OTHER_MODEL_TEMPLATES[choice]}; chat_template: tokenizer_default renders the base model's own, and "
+            f"chat_template: jinja with chat_template_jinja holding {choice}'s text renders axolotl's"
+        )
     raise ValueError(
         f"{key}: {choice!r} is not one of {', '.join(CHAT_TEMPLATES)}, {TEMPLATE_CHOICES} (axolotl names more "
         "templates than this project renders: tokenizer_default renders the model's own, which a model-named template "

@@ -810,6 +810,30 @@ def test_a_model_named_template_refuses_another_models_template(write_rows, make
         build_datasets(make_cfg([{"path": str(path), **MAPPED, "chat_template": name}]), tokenizer)
 
 
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("command_a", "writes Cohere's '# System Preamble' and '# Default Preamble' text around the system turn"),
+        ("command_a_rag", "its own rag template was not found to compare"),
+        ("mistral_v7_tekken", "Mistral Small 3's default system prompt, with today's date"),
+        ("qwen2_vl", "cannot tell it from any ChatML model"),
+        ("falcon_h1", "Falcon-H1's own template was not found"),
+    ],
+)
+def test_axolotls_other_model_named_templates_say_why_they_are_refused(tmp_path, name, why):
+    """axolotl's model-named templates that are not their models' own text, or whose model's own was not found,
+    are refused by `llmkit validate` with the reason (they were refused as unknown names)."""
+    from llmkit.data.tokenizer import tokenizer_problems
+
+    (tmp_path / "a.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    cfg = _load(
+        tmp_path, [{"path": "a.jsonl", "type": "chat_template"}], base_model="Qwen/Qwen2.5-0.5B", chat_template=name
+    )
+    (said,) = tokenizer_problems(cfg, None, None)  # a hub model not downloaded: checked without the tokenizer
+    assert said.startswith(f"chat_template: {name} is axolotl's copy of a model's chat template, not rendered here: ")
+    assert why in said and "tokenizer_default renders the base model's own" in said, said
+
+
 def test_template_choices_that_cannot_render_are_clear_errors(write_rows, make_cfg, tokenizer, tmp_path):
     path = write_rows([{"conversations": SHAREGPT[1:3]}], "jsonl")
     bare = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
@@ -819,7 +843,9 @@ def test_template_choices_that_cannot_render_are_clear_errors(write_rows, make_c
     ):
         build_datasets(make_cfg([{"path": str(path), **MAPPED, "chat_template": "tokenizer_default"}]), bare)
     with pytest.raises(
-        DataError, match=r"datasets\[0\]\.chat_template: 'phi_35' is not one of chatml, llama3, phi_3, gemma, qwen_25"
+        DataError,
+        match=r"datasets\[0\]\.chat_template: phi_35 is axolotl's copy of a model's chat template, not rendered here: "
+        "its text writes no EOS after the last turn",
     ):
         build_datasets(make_cfg([{"path": str(path), **MAPPED, "chat_template": "phi_35"}]), tokenizer)
     with pytest.raises(DataError, match=r"datasets\[0\]\.chat_template: qwen3 is Qwen3's own chat template"):
