@@ -18,6 +18,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -75,10 +76,11 @@ CHAT_TEMPLATES: dict[str, str] = {
 }
 # axolotl's templates named after a model whose text is that model's own chat template: such a name renders the base
 # tokenizer's own template (as tokenizer_default does), where that template writes the model's format. Each name ->
-# (the family, how its format writes _PROBE; {bos}/{eos}: the tokenizer's BOS/EOS), which the tokenizer's template must
-# write exactly: the check that the base is of that family (config.json's model_type would not do: Qwen3-2507 Instruct
-# is a qwen3 whose template writes no <think> block). axolotl's other model-named templates are refused by name, with
-# why, in OTHER_MODEL_TEMPLATES.
+# (the family, how its format writes _PROBE; {bos}/{eos}: the tokenizer's BOS/EOS, {today:...}: today's date, as
+# transformers' strftime_now gives it to a template), which the tokenizer's template must write exactly: the check
+# that the base is of that family (config.json's model_type would not do: Qwen3-2507 Instruct is a qwen3 whose
+# template writes no <think> block). axolotl's other model-named templates are refused by name, with why, in
+# OTHER_MODEL_TEMPLATES.
 MODEL_TEMPLATES: dict[str, tuple[str, str]] = {
     # Qwen3's own, with a `real_last_index` axolotl passes when it renders a conversation cut short: a whole
     # conversation renders as Qwen3 writes it (an empty <think> block before the last assistant turn). Its generation
@@ -126,11 +128,19 @@ MODEL_TEMPLATES: dict[str, tuple[str, str]] = {
     "mistral_v2v3": ("Mistral-7B-Instruct-v0.3", "{bos}[INST] Hi[/INST] Hello{eos}"),
     # The Tekken tokenizer's (Mistral-Nemo-Instruct-2407): v3's without the spaces.
     "mistral_v3_tekken": ("Mistral-Nemo-Instruct-2407", "{bos}[INST]Hi[/INST]Hello{eos}"),
+    # Llama 3.2 Vision's own, with today's date in the system turn; Llama 3.2's text models write the same (Llama
+    # 3.1's a fixed date: refused).
+    "llama3_2_vision": (
+        "Llama 3.2",
+        "{bos}<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: "
+        "{today:%d %b %Y}\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nHello<|eot_id|>",
+    ),
 }
 # axolotl's other templates named after a model -> why this project does not render them: axolotl's text writes other
 # text turns than the model's own template (its tokenizer_config.json, or a copy of it: llama.cpp's tests, the GGUF
 # templates of huggingface.js' ollama-utils), or no copy of the model's own was found to check it against, or the
-# check of the base's format cannot tell the model (plain ChatML, today's date). tokenizer_default renders the base
+# check of the base's format cannot tell the model (plain ChatML). tokenizer_default renders the base
 # model's own; chat_template_jinja takes axolotl's text.
 _GEMMA4 = (
     "Gemma 4's own template was not compared with axolotl's text (the copy found, llama.cpp's, is another revision)"
@@ -178,10 +188,6 @@ OTHER_MODEL_TEMPLATES: dict[str, str] = {
     "gemma4": _GEMMA4,
     "gemma4_unified": _GEMMA4,
     "jamba": "Jamba's own template was not found to compare axolotl's text with",
-    "llama3_2_vision": (
-        "its text writes today's date into every system turn, as Llama 3.2 Vision's own does, which a fixed check of "
-        "the base's format cannot expect"
-    ),
     "pixtral": "Pixtral's own template was not found to compare axolotl's text with",
     "qwen3_5": "Qwen3.5's own template was not found to compare axolotl's text with",
 }
@@ -270,7 +276,7 @@ def _model_template(choice: str, tokenizer: PreTrainedTokenizerBase, key: str) -
         ValueError: the tokenizer has no template, or one that writes another format (another family's model).
     """
     family, expected = MODEL_TEMPLATES[choice]
-    expected = expected.format(bos=tokenizer.bos_token or "", eos=tokenizer.eos_token or "")
+    expected = expected.format(bos=tokenizer.bos_token or "", eos=tokenizer.eos_token or "", today=datetime.now())
     why = f"{key}: {choice} is {family}'s own chat template, rendered from the base model's tokenizer"
     jinja = f"chat_template: jinja with chat_template_jinja holding {choice}'s text"
     try:

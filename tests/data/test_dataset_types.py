@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -474,7 +475,7 @@ def test_chat_template_names_are_checked_without_the_tokenizer(tmp_path):
     ]
     cfg = _load(tmp_path, datasets, base_model="Qwen/Qwen2.5-0.5B", chat_template="chatlm")
     choices = "chatml, llama3, phi_3, gemma, qwen_25, qwen3, gemma3, llama4, cohere, aya, deepseek_v2, exaone, "
-    choices += "mistral_v1, mistral_v2v3, mistral_v3_tekken (the base model's own),"
+    choices += "mistral_v1, mistral_v2v3, mistral_v3_tekken, llama3_2_vision (the base model's own),"
     choices += " tokenizer_default, tokenizer_default_fallback_<name>, jinja, a Jinja string (axolotl names more"
     choices += " templates than this project renders: tokenizer_default renders the model's own, which a"
     choices += (
@@ -708,6 +709,17 @@ OWN_TEMPLATES = {
         "{% endfor %}",
         "<|im_start|>[INST]Hi there[/INST]Hello!<|im_end|>",
     ),
+    "llama3_2_vision": (
+        "llama",
+        "{{ bos_token }}{% if messages[0].role == 'system' %}{% set system = messages[0].content %}"
+        "{% set turns = messages[1:] %}{% else %}{% set system = '' %}{% set turns = messages %}{% endif %}"
+        "{{ '<|start_header_id|>system<|end_header_id|>\\n\\nCutting Knowledge Date: December 2023\\nToday Date: ' + "
+        "strftime_now('%d %b %Y') + '\\n\\n' + system + '<|eot_id|>' }}{% for m in turns %}{{ '<|start_header_id|>' + "
+        "m.role + '<|end_header_id|>\\n\\n' + m.content + '<|eot_id|>' }}{% endfor %}",
+        "<|im_start|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: "
+        f"{datetime.now():%d %b %Y}\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi there"
+        "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>",
+    ),
 }
 OWN_TEMPLATES["aya"] = OWN_TEMPLATES["cohere"]  # Aya's own writes Command-R's format
 
@@ -734,10 +746,10 @@ def _family_with_template(tiny_family_dir, make_tiny_model, family: str, templat
 
 @pytest.mark.parametrize("name", list(OWN_TEMPLATES))
 def test_a_model_named_template_renders_the_models_own(write_rows, tiny_family_dir, make_tiny_model, tmp_path, name):
-    """axolotl's qwen3, gemma3, llama4, cohere, aya, deepseek_v2, exaone and three Mistral templates are those models'
-    own: on a base of the family they train what tokenizer_default trains, and `llmkit validate` plans. They were
-    refused as templates this project does not ship, so real Qwen3 and Gemma 3 configs (tests/config/real_world) could
-    not run unchanged, nor configs naming the others."""
+    """axolotl's qwen3, gemma3, llama4, cohere, aya, deepseek_v2, exaone, llama3_2_vision and three Mistral templates
+    are those models' own: on a base of the family they train what tokenizer_default trains, and `llmkit validate`
+    plans. They were refused as templates this project does not ship, so real Qwen3 and Gemma 3 configs
+    (tests/config/real_world) could not run unchanged, nor configs naming the others."""
     family, template, text = OWN_TEMPLATES[name]
     model = _family_with_template(tiny_family_dir, make_tiny_model, family, template, tmp_path / "model")
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -794,6 +806,7 @@ def test_a_model_named_template_on_another_model_is_a_config_error(
         ("mistral_v1", "mistral_v2v3"),
         ("mistral_v2v3", "mistral_v3_tekken"),
         ("mistral_v3_tekken", "mistral_v2v3"),
+        ("llama3_2_vision", "llama4"),
     ],
 )
 def test_a_model_named_template_refuses_another_models_template(write_rows, make_cfg, tokenizer, name, other):
