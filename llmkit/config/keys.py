@@ -123,8 +123,6 @@ REFUSED_KEYS = {
     "dpo_loss_type": "DPO loss variants are not implemented; rl: dpo/ipo set the loss",
     "dpo_loss_weights": "DPO loss variants are not implemented; rl: dpo/ipo set the loss",
     "use_eaft": "the entropy-aware focal loss (EAFT) is not implemented",
-    "use_dynamic_finetuning": "dynamic fine-tuning (DFT: each token's loss scaled by its probability) is not "
-    "implemented; the loss here is plain cross-entropy",
     "ebft": "energy-based fine-tuning (EBFT) is not implemented",
     "jagged_restart_steps": "jagged learning-rate restarts are not implemented",
     "jagged_restart_warmup_steps": "jagged learning-rate restarts are not implemented",

@@ -288,7 +288,8 @@ def training_memory(
 
 def _describe_method(cfg: AxolotlConfig) -> str:
     if not cfg.rl:
-        return _describe_weights(cfg)
+        dft = "; DFT loss (each target token's cross-entropy times its probability)"
+        return _describe_weights(cfg) + (dft if cfg.use_dynamic_finetuning else "")
     beta = cfg.preference_beta if cfg.preference_beta is not None else 0.1  # TRL's default
     return f"{_describe_weights(cfg)}; preference training: {cfg.rl.value.upper()} (TRL), beta {beta:g}"
 

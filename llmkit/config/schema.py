@@ -325,6 +325,11 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         for key in ("sample_packing", "group_by_length"):
             if getattr(self, key):
                 raise ValueError(f"{key}: true does not work with rl: {self.rl.value}; set it false")
+        if self.use_dynamic_finetuning:  # axolotl's DFT replaces the causal LM loss, which TRL's DPO never calls
+            raise ValueError(
+                f"use_dynamic_finetuning: true reweights the supervised cross-entropy; rl: {self.rl.value} trains "
+                "its preference loss, which DFT leaves unchanged; set it false"
+            )
         if self.peft_method is not PeftMethod.lora:
             method = self.peft_method.value
             raise ValueError(f"rl: {self.rl.value} trains a LoRA adapter or the full model, not {method}")

@@ -1103,6 +1103,11 @@ class TrainingSection(BaseModel):
     noisy_embedding_alpha: float | None = Field(
         None, gt=0, description="axolotl's older name for neftune_noise_alpha."
     )
+    use_dynamic_finetuning: bool = Field(
+        False,
+        description="DFT loss: each target token's cross-entropy times its own probability (detached), summed and "
+        "divided by the step's target tokens, as in axolotl.",
+    )
     output_dir: Folder = Field("./model-out", description="Adapter, checkpoints and logs.")
     save_strategy: Literal["steps", "epoch", "best", "no"] | None = Field(
         None, description="When to checkpoint; default steps with save_steps/saves_per_epoch, else epoch."

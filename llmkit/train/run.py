@@ -48,6 +48,7 @@ from llmkit.data.pipeline import PreparedData, build_datasets, make_collator
 from llmkit.data.preference import PreferenceData, build_preference_datasets
 from llmkit.data.tokenizer import load_tokenizer
 from llmkit.train.causal_lm_eval import CausalLMEval, held_out_answers
+from llmkit.train.dft import dft_loss
 from llmkit.train.machine import check_loftq, check_tf32, wandb_unavailable
 from llmkit.train.modeling import (
     build_peft_model,
@@ -244,6 +245,7 @@ def _trainer(
             data_collator=make_collator(cfg, tokenizer, model.config._attn_implementation),
             processing_class=tokenizer,
             callbacks=callbacks,
+            compute_loss_func=dft_loss if cfg.use_dynamic_finetuning else None,  # None: the model's cross-entropy
         )
     if cfg.do_causal_lm_eval and data.eval is not None:
         answers = CausalLMEval(
@@ -413,7 +415,7 @@ def _publish(trainer: Trainer, cfg: AxolotlConfig, output_dir: Path) -> None:
         _write_turn_ends(cfg, trainer, staging)
         trainer.state.save_to_json(str(staging / TRAINER_STATE))
         _write_resolved_config(cfg, trainer, staging / RESOLVED_CONFIG)
-        loss = f"{cfg.rl.value.upper()} loss" if cfg.rl else "cross-entropy loss"
+        loss = f"{cfg.rl.value.upper()} loss" if cfg.rl else _sft_loss(cfg)
         title = f"{cfg.base_model} ({_method(cfg)})"
         best = published_best(vars(trainer.state), trainer.args.load_best_model_at_end)
         published = best[0] if best else None
@@ -444,6 +446,10 @@ def _drop_reference_adapters(trainer: Trainer) -> None:
     if isinstance(model, PeftModel):
         for name in [name for name in model.peft_config if name != "default"]:
             model.delete_adapter(name)
+
+
+def _sft_loss(cfg: AxolotlConfig) -> str:
+    return "DFT loss" if cfg.use_dynamic_finetuning else "cross-entropy loss"
 
 
 def _method(cfg: AxolotlConfig) -> str:

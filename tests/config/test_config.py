@@ -457,6 +457,8 @@ def test_optimizer_names_are_transformers_and_axolotls(tmp_path):
         ({"sample_packing": True}, "sample_packing: true does not work with rl: dpo"),
         ({"dpo_label_smoothing": 0.1}, "dpo_label_smoothing: TRL 1.16's sigmoid DPO loss has no label smoothing"),
         ({"peft_method": "vera"}, "rl: dpo trains a LoRA adapter or the full model, not vera"),
+        # axolotl's DFT replaces the causal LM loss, which DPO's loss never calls: the run would be plain DPO
+        ({"use_dynamic_finetuning": True}, "use_dynamic_finetuning: true reweights the supervised cross-entropy"),
     ],
 )
 def test_rl_values_and_their_datasets(tmp_path, change, expected):
@@ -521,9 +523,6 @@ def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
         ("trainer_cls", "my.Trainer", "a custom trainer class"),
         ("model_kwargs", {"torch_dtype": "float16"}, "extra from_pretrained arguments"),
         ("quantization", {"weight_dtype": "int8"}, "post-training quantization"),
-        # axolotl's DFT loss (examples/gemma3/gemma-3-1b-fft-dft.yml): once warned as an unknown key, the run trained
-        # plain cross-entropy
-        ("use_dynamic_finetuning", True, "dynamic fine-tuning (DFT"),
     ],
 )
 def test_keys_that_would_change_training_and_are_not_implemented_are_refused(tmp_path, key, value, reason):

@@ -420,6 +420,14 @@ def test_dpo_plans_chosen_and_rejected_tokens_and_a_full_fine_tunes_reference_co
     assert full_dpo.memory[0].weights - full_sft.memory[0].weights == 2 * full_sft.shape.num_params
 
 
+def test_dynamic_finetuning_is_said_in_the_plan_and_needs_the_memory_cross_entropy_needs():
+    # axolotl's DFT (examples/gemma3/gemma-3-1b-fft-dft.yml) was refused as not implemented. Its loss upcasts the same
+    # logits to float32 and keeps the same log-probabilities for the backward pass as transformers' cross-entropy.
+    sft, dft = (plan(team("Llama-2-7b-03", {"use_dynamic_finetuning": on})) for on in (False, True))
+    assert dft.method == sft.method + "; DFT loss (each target token's cross-entropy times its probability)"
+    assert dft.memory == sft.memory
+
+
 def test_a_full_fine_tune_holds_its_weights_in_the_dtype_axolotl_loads_them_in():
     # bf16: the weights, their gradients and AdamW's two states in bfloat16 (2 + 2 + 4 bytes); fp16: float32 master
     # weights (the gradient scaler cannot unscale float16 gradients), so 4 + 4 + 8 and autocast's 16-bit copies.

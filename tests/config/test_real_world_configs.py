@@ -168,7 +168,10 @@ def test_newer_axolotl_keys_in_the_corpus_are_named_for_what_they_do(runs):
     said = {run.name: run.output for run in runs}
     assert "fused_attn_kernel=True: not implemented here" in said["qwen3-8b-lora-fused-attn-kernel.yml"]
     assert "base_model_ignore_patterns='pytorch*': not implemented here" in said["pythia-12b-full-float16.yml"]
-    assert "use_dynamic_finetuning=True: dynamic fine-tuning (DFT" in said["gemma3-1b-fft-dynamic-finetuning.yml"]
+    assert (
+        "DFT loss (each target token's cross-entropy times its probability)"
+        in said["gemma3-1b-fft-dynamic-finetuning.yml"]
+    )
     assert "adapter: qalora (axolotl's QA-LoRA adapter" in said["tinyllama-1.1b-qalora.yml"]
     assert "llmcompressor={'recipe'" in said["llama3.1-8b-sparse-llmcompressor.yml"]
     newer = [name for name in said if name.startswith(("qwen3-8b", "pythia-12b", "gemma3-1b", "tinyllama-1.1b-qa"))]
