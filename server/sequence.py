@@ -103,6 +103,12 @@ class Sequence:
     streamable: int = 0  # completion tokens that no later token can change (`_settled`); kept with a listener
 
     @property
+    def asks_nothing(self) -> bool:
+        """No new token and no echo (max_new_tokens 0, or a prompt that fills the context): the answer is empty
+        whatever the model says, so no engine runs it."""
+        return self.max_new == 0 and not self.request.echo_prompt
+
+    @property
     def final_length(self) -> int:
         return len(self.ids) + self.max_new
 

@@ -60,7 +60,10 @@ async def generate(seqs: list[Sequence], request: Request, choices: int = 1) -> 
 async def run_all(engine: Engine, seqs: list[Sequence], stop: asyncio.Event) -> None:
     """Run the sequences together; when one fails (a full queue...), `stop` is set (ServerStopping) or this is
     cancelled, the others leave too."""
-    tasks = [asyncio.ensure_future(engine.run(seq)) for seq in seqs]
+    for seq in seqs:
+        if seq.asks_nothing:  # not queued: a full prompt's prefill (a minute on a CPU) for an empty answer
+            seq.finish()
+    tasks = [asyncio.ensure_future(engine.run(seq)) for seq in seqs if not seq.asks_nothing]
     together = asyncio.gather(*tasks)
     # Once cancelled, a gather ends with a CancelledError that asyncio would log as "never retrieved".
     together.add_done_callback(lambda done: done.cancelled() or done.exception())

@@ -165,6 +165,10 @@ def test_disconnect_frees_the_row_and_full_queue_answers_503(one_row, http):
     refused = http.post(f"{one_row.url}/process", json=helm_body("Hi"))
     assert refused.status_code == 503
     assert "busy" in refused.json()["detail"] and int(refused.headers["retry-after"]) >= 1
+    # nothing to compute (no new token, no echo) is answered at once, not queued: it got the 503 too, or a whole
+    # prefill for an empty answer
+    empty = http.post(f"{one_row.url}/process", json=helm_body("Hi", max_new_tokens=0))
+    assert empty.status_code == 200 and (empty.json()["text"], empty.json()["tokens"]) == ("", []), empty.text
 
     running.close()  # the running client leaves: its row frees, and the waiting request takes it
     wait_for(http, one_row.url, lambda b: b["running"] == 1 and b["waiting"] == 0, seconds=30)
