@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 from pathlib import Path
 
 import yaml
@@ -157,9 +156,11 @@ def load_task_list(name_or_path: str | Path) -> TaskList:
 
 def apportion(total: int, weights: list[int]) -> list[int]:
     """Split `total` in proportion to `weights` (largest remainder; ties go to the earlier weight)."""
-    quotas = [total * weight / sum(weights) for weight in weights]
-    parts = [math.floor(quota) for quota in quotas]
-    by_remainder = sorted(range(len(weights)), key=lambda i: parts[i] - quotas[i])
+    # In integers: float quotas made equal remainders differ in their last bits (216 over [8, 49, 10, 60, 26, 30,
+    # 46, 35] gave the tie to the sixth weight, not the first).
+    whole = sum(weights)
+    parts = [total * weight // whole for weight in weights]
+    by_remainder = sorted(range(len(weights)), key=lambda i: -(total * weights[i] % whole))  # stable: ties in order
     for i in by_remainder[: total - sum(parts)]:
         parts[i] += 1
     return parts

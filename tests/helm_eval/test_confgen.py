@@ -54,6 +54,9 @@ def test_budget_is_apportioned_over_families_then_runs():
 def test_apportion_and_even_split():
     assert confgen.apportion(10, [1, 1, 1]) == [4, 3, 3]
     assert confgen.apportion(600, [18, 19]) == [292, 308]
+    # equal remainders (144/264 each for the first and the sixth): the earlier weight gets the instance; float
+    # quotas made them differ in the last bit and gave it to the sixth
+    assert confgen.apportion(216, [8, 49, 10, 60, 26, 30, 46, 35]) == [7, 40, 8, 49, 21, 24, 38, 29]
     entries = confgen.generate(
         confgen.TaskList(families=[confgen.TaskFamily(name="f", scenario="s", share=1, args={"k": ["a", "b", "c"]})]),
         budget=8,
