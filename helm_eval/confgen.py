@@ -170,35 +170,52 @@ def _runs_and_shares(tasks: TaskList) -> tuple[list[int], list[int]]:
     return [len(family.run_args()) for family in tasks.families], [family.share for family in tasks.families]
 
 
-SEARCHED_BUDGETS = 50_000  # budgets smallest_budget tries one by one (all of them: 0.2 s here) before giving up
+SEARCHED_BUDGETS = 50_000  # budgets least_budget tries one by one (all of them: 0.2 s here) before giving up
 
 
-def _budget_range(tasks: TaskList) -> range:
-    """The budgets that might cover every run: largest remainder gives a family its quota rounded down or up, so
-    from the first whose quotas all exceed runs - 1 to the first whose quotas are all at least runs (which does)."""
+def _covers(budget: int, runs: list[int], shares: list[int]) -> bool:
+    return all(part >= n for part, n in zip(apportion(budget, shares), runs, strict=True))
+
+
+def _budget_bounds(runs: list[int], shares: list[int]) -> tuple[int, int]:
+    """(lower, upper): every budget under `lower` leaves some family short, every budget over `upper` covers all.
+
+    Under `lower`: fewer instances than runs, or a family's quota at most runs - 1 (largest remainder adds one at
+    most, and never to a remainder of 0). Over `upper`: each family's quota is at least its runs, or its remainder
+    is over (k - 1) / k among k families, and such a remainder is never passed over: a family passed over has K >= R
+    families ranked above it, and R, the sum of all k remainders, is then at least (K + 1) times its own.
+    """
+    total, k = sum(shares), len(shares)
+    lower = max(sum(runs), *((n - 1) * total // share + 1 for n, share in zip(runs, shares, strict=True)))
+    upper = max(
+        min(-(-n * total // share) - 1, (n * k - 1) * total // (share * k))
+        for n, share in zip(runs, shares, strict=True)
+    )
+    return lower, upper
+
+
+def least_budget(tasks: TaskList) -> tuple[int, bool]:
+    """The least budget from which every budget covers every run (each family at least one instance per run), and
+    whether it is the least. Largest remainder is not monotone (the Alabama paradox): a budget may cover and the next
+    one not ([29, 30, 7, 17] over [2, 3, 2, 1] runs: 18 covers, 19 does not), so the search goes down from the
+    bound over which all cover to the first budget that does not. Where shares are so uneven that none is met in
+    SEARCHED_BUDGETS, the lowest budget tried is returned, not known to be the least."""
     runs, shares = _runs_and_shares(tasks)
-    total = sum(shares)
-    first = max(sum(runs), *((n - 1) * total // share + 1 for n, share in zip(runs, shares, strict=True)))
-    sure = max(-(-n * total // share) for n, share in zip(runs, shares, strict=True))  # ceil(n * total / share)
-    return range(first, sure + 1)
-
-
-def smallest_budget(tasks: TaskList) -> int | None:
-    """The fewest instances whose apportioning gives every family at least one per run; None where shares are so
-    uneven that it is not among the first SEARCHED_BUDGETS that might be (1 and 10^9: near 5 * 10^8)."""
-    runs, shares = _runs_and_shares(tasks)
-    for budget in _budget_range(tasks)[:SEARCHED_BUDGETS]:
-        if all(part >= n for part, n in zip(apportion(budget, shares), runs, strict=True)):
-            return budget
-    return None
+    lower, upper = _budget_bounds(runs, shares)
+    tried = range(upper, max(lower, upper - SEARCHED_BUDGETS + 1) - 1, -1)
+    for budget in tried:
+        if not _covers(budget, runs, shares):
+            return budget + 1, True
+    return (lower, True) if tried.stop < lower else (tried[-1], False)
 
 
 def _least_budget_hint(tasks: TaskList) -> str:
     # counted only once a budget falls short, as that search can take a while
-    if (least := smallest_budget(tasks)) is not None:
-        return f"give at least {least}, the smallest budget that covers every run of this task list"
+    least, exact = least_budget(tasks)
+    if exact:
+        return f"give at least {least}: every budget from {least} on covers every run of this task list"
     too_uneven = "its shares are too uneven to find the least"
-    return f"a budget of {_budget_range(tasks)[-1]} covers every run of this task list ({too_uneven})"
+    return f"every budget from {least} on covers every run of this task list ({too_uneven})"
 
 
 def _split_evenly(total: int, count: int) -> list[int]:

@@ -132,9 +132,9 @@ def test_bad_inputs_name_what_is_wrong(tmp_path):
     with pytest.raises(confgen.ConfError, match="budget of 0 instances cannot cover the 10 runs"):
         confgen.generate(confgen.load_task_list("quick"), budget=0)  # 0 is not "the task list's own"
     open_suite = confgen.load_task_list("open")
-    least = confgen.smallest_budget(open_suite)
-    assert confgen.generate(open_suite, budget=least) and least > 88  # 88 runs, but families share unevenly
-    with pytest.raises(confgen.ConfError, match=rf"budget of {least - 1}: family .* give at least {least}, the small"):
+    least, exact = confgen.least_budget(open_suite)
+    assert exact and confgen.generate(open_suite, budget=least) and least > 88  # 88 runs, shared unevenly
+    with pytest.raises(confgen.ConfError, match=rf"budget of {least - 1}: family .* give at least {least}: every bu"):
         confgen.generate(open_suite, budget=least - 1)
     with pytest.raises(confgen.ConfError, match="at most 0 instances per run leaves nothing to evaluate"):
         confgen.generate(confgen.load_task_list("quick"), cap=0)
@@ -168,7 +168,7 @@ def test_a_name_or_arg_that_would_change_the_conf_or_the_run_is_refused(tmp_path
     assert confgen.load_task_list(bad).families[0].run_args() == [{"subject": ""}]  # still allowed
 
 
-def test_the_smallest_budget_is_counted_fast_and_only_when_a_budget_falls_short(tmp_path):
+def test_the_least_budget_is_counted_fast_and_only_when_a_budget_falls_short(tmp_path):
     """Shares of 10^9 and 1 kept `helm-conf` counting budgets up one at a time: still running after 60 s."""
     tasks = tmp_path / "hugeshare.yaml"
     family = "  - {name: big, scenario: simple_mcqa, share: 1000000}\n  - {name: small, scenario: dyck_language}\n"
@@ -176,23 +176,44 @@ def test_the_smallest_budget_is_counted_fast_and_only_when_a_budget_falls_short(
     started = time.monotonic()  # 7.6 s here, when the least budget was counted for an error not raised
     entries = confgen.generate(confgen.load_task_list(tasks), budget=600_000)
     assert time.monotonic() - started < 1 and sum(e.max_eval_instances for e in entries) == 600_000
+    # The least, not one that covers: small's remainder b / (10^9 + 1) must beat big's, 1 - b / (10^9 + 1); the
+    # search named 1000000001 (where small's quota is 1) as too uneven to go through
     tasks.write_text("budget: 5\nfamilies:\n" + family.replace("1000000", "1000000000"))
     command = [sys.executable, "-m", "llmkit.cli", "helm-conf", str(tasks), "--out", str(tmp_path / "run.conf")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and result.stderr.endswith(
-        "Error: a budget of 5: family 'small' gets 0 instances for its 1 runs; a budget of 1000000001 covers every "
-        "run of this task list (its shares are too uneven to find the least)\n"
+        "Error: a budget of 5: family 'small' gets 0 instances for its 1 runs; give at least 500000001: every "
+        "budget from 500000001 on covers every run of this task list\n"
     ), result.stderr
-    tasks.write_text("budget: 5\nfamilies:\n" + family.replace("1000000", "1000"))  # the fewest, where it can be
-    with pytest.raises(confgen.ConfError, match="give at least 501, the smallest budget that covers every run"):
+    for budget, small in [(500_000_000, 0), (500_000_001, 1)]:
+        assert confgen.apportion(budget, [10**9, 1])[1] == small
+    tasks.write_text("budget: 5\nfamilies:\n" + family.replace("1000000", "1000"))
+    with pytest.raises(confgen.ConfError, match="give at least 501: every budget from 501 on covers every run"):
         confgen.generate(confgen.load_task_list(tasks))
-    for shares, runs in [([3, 1, 7], [1, 3, 2]), ([18, 19, 2], [5, 2, 1]), ([1, 40], [2, 1])]:
+    # Largest remainder is not monotone: with [29, 30, 7, 17] over [2, 3, 2, 1] runs, 18 covers every run and 19
+    # does not, so "give at least 18" (the search's first budget that covers) was wrong for 19
+    for shares, runs in [([29, 30, 7, 17], [2, 3, 2, 1]), ([3, 1, 7], [1, 3, 2]), ([18, 19, 2], [5, 2, 1])]:
         families = [
             confgen.TaskFamily(name=f"f{i}", scenario=f"s{i}", share=share, args={"k": list(map(str, range(n)))})
             for i, (share, n) in enumerate(zip(shares, runs, strict=True))
         ]
-        covered = [b for b in range(1, 1000) if all(map(int.__ge__, confgen.apportion(b, shares), runs))]
-        assert confgen.smallest_budget(confgen.TaskList(families=families)) == covered[0]  # as counted one at a time
+        short = [b for b in range(1000) if not all(map(int.__ge__, confgen.apportion(b, shares), runs))]
+        assert confgen.least_budget(confgen.TaskList(families=families)) == (short[-1] + 1, True)  # one at a time
+        if shares == [29, 30, 7, 17]:
+            assert short[-3:] == [16, 17, 19]
+            with pytest.raises(confgen.ConfError, match="budget of 19: .* give at least 20: every budget from 20 on"):
+                confgen.generate(confgen.TaskList(families=families), budget=19)
+    # Three shares of 1 beside 405648381: no short budget among the SEARCHED_BUDGETS under the bound over which all
+    # cover, so the lowest tried is named, every budget from it on checked
+    families = [
+        confgen.TaskFamily(name=f"f{i}", scenario=f"s{i}", share=share, args={"k": list(map(str, range(n)))})
+        for i, (share, n) in enumerate(zip([1, 1, 1, 405648381], [5, 1, 1, 6], strict=True))
+    ]
+    lowest, exact = confgen.least_budget(confgen.TaskList(families=families))
+    assert not exact
+    too_uneven = f"every budget from {lowest} on covers every run of this task list (its shares are too uneven to"
+    with pytest.raises(confgen.ConfError, match=re.escape(too_uneven)):
+        confgen.generate(confgen.TaskList(families=families), budget=5)
 
 
 def test_an_out_it_cannot_write_is_one_error_line(tmp_path):
