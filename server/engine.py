@@ -258,7 +258,9 @@ class Engine:
     def prompt_tokens(self, seq: Sequence) -> list[Token]:
         """The echoed prompt's tokens (after `added`), with text pieces and top-k texts, off the model thread."""
         with self.tokenizers.borrow() as tokenizer:
-            return self._tokens(tokenizer, prompt_pieces(tokenizer, seq.prompt.ids), seq.prompt)
+            return self._tokens(
+                tokenizer, prompt_pieces(tokenizer, seq.prompt.ids), seq.prompt, seq.request.top_k_per_token
+            )
 
     def completion_tokens(self, seq: Sequence, start: int = 0, end: int | None = None) -> list[Token]:
         """Completion tokens start..end (a stream sends them as they settle), EOS not included."""
@@ -266,12 +268,13 @@ class Engine:
         done = seq.completion
         scores = Scores(*(v[start:end] for v in (done.ids, done.logprobs, done.top_ids, done.top_logprobs)))
         with self.tokenizers.borrow() as tokenizer:
-            return self._tokens(tokenizer, seq.pieces[start:end], scores)
+            return self._tokens(tokenizer, seq.pieces[start:end], scores, seq.request.top_k_per_token)
 
     def eos_tokens(self, seq: Sequence) -> list[Token]:
         """The EOS token that ended the completion, if one did, as its special token's text (not in the text)."""
         with self.tokenizers.borrow() as tokenizer:
-            return self._tokens(tokenizer, [tokenizer.decode(seq.eos.ids)] if seq.eos.ids else [], seq.eos)
+            pieces = [tokenizer.decode(seq.eos.ids)] if seq.eos.ids else []
+            return self._tokens(tokenizer, pieces, seq.eos, seq.request.top_k_per_token)
 
     def respond(self, seq: Sequence) -> ProcessResponse:
         """The wire answer for a finished sequence: text pieces and top-k texts are made here, off the model thread."""
@@ -284,20 +287,27 @@ class Engine:
             request_time=0.0,  # the route sets the wall time, queueing included
         )
 
-    def _tokens(self, tokenizer, pieces: list[str], scores: Scores) -> list[Token]:
+    def _tokens(self, tokenizer, pieces: list[str], scores: Scores, k: int) -> list[Token]:
         tokens = []
         for piece, token_id, logprob, ids, values in zip(
             pieces, scores.ids, scores.logprobs, scores.top_ids, scores.top_logprobs, strict=True
         ):
-            token = Token(text=piece, logprob=logprob, top_logprob=self._top_texts(tokenizer, ids, values))
+            token = Token(text=piece, logprob=logprob, top_logprob=self._top_texts(tokenizer, ids, values, k))
             token._bytes = self._token_bytes(tokenizer, token_id)
             tokens.append(token)
         return tokens
 
-    def _top_texts(self, tokenizer, ids: list[int], values: list[float]) -> dict[str, float]:
+    def _top_texts(self, tokenizer, ids: list[int], values: list[float], k: int) -> dict[str, float]:
+        """The first k distinct texts among a position's candidates (`sequence.top_candidates`), likeliest first."""
         top: dict[str, float] = {}
+        vocabulary = len(tokenizer)
         for token, value in zip(ids, values, strict=True):
-            # two ids may share a text: keep the likelier
+            if len(top) == k:
+                break
+            if token >= vocabulary:  # a padded embedding row: no token, never chosen (vLLM lists it)
+                continue
+            # Two ids may share a text (SentencePiece's "A" and its byte token <0x41>): the likelier keeps it, and
+            # the next candidate fills the place, so that k texts are listed, as top_k_per_token asks
             top.setdefault(token_key(self._token_bytes(tokenizer, token)), value)
         return top
 

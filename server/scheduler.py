@@ -34,7 +34,15 @@ import torch
 from llmkit.core.models import LoadedModel
 from llmkit.server.batch import SPARE_TOKENS, PaddedRows, batchable, cache_bytes_per_token, new_cache
 from llmkit.server.protocol import ProcessRequest
-from llmkit.server.sequence import ClientGone, QueueFull, RequestError, RequestTimeout, Sequence, eos_ids
+from llmkit.server.sequence import (
+    ClientGone,
+    QueueFull,
+    RequestError,
+    RequestTimeout,
+    Sequence,
+    eos_ids,
+    top_candidates,
+)
 from llmkit.server.settings import ServerSettings
 from llmkit.server.text import IncrementalDecoder
 
@@ -71,6 +79,9 @@ class Scheduler:
         self.model, self.device = loaded.model, torch.device(loaded.device)
         self.has_adapters = bool(self.settings.adapters)  # the model is a PeftModel holding them by name
         self.tokenizer = copy.deepcopy(loaded.tokenizer)  # the model thread's own, for stop sequences
+        # The ids that are tokens: an embedding padded past the tokenizer (Qwen2.5's 151,936 rows for 151,665
+        # tokens, Phi-2's 51,200 for 50,295) has logits for rows no token maps to, which are never chosen nor listed
+        self.vocabulary = len(self.tokenizer)
         self.eos_ids = eos_ids(loaded.model.generation_config, loaded.tokenizer, self.settings.adapters.values())
         self.pad_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
@@ -297,7 +308,7 @@ class Scheduler:
         targets = seq.ids[first_position + 1 : first_position + 1 + count]
         logprobs = torch.log_softmax(logits[:count].float(), dim=-1)
         chosen = logprobs[torch.arange(count), torch.tensor(targets, device=logprobs.device)].tolist()
-        top_ids, top_values = _top(logprobs, seq.request.top_k_per_token)
+        top_ids, top_values = _top(logprobs[:, : self.vocabulary], top_candidates(seq.request.top_k_per_token))
         for offset, token in enumerate(targets):
             top = (top_ids[offset], top_values[offset])
             seq.add_prompt_token(first_position + 1 + offset, token, chosen[offset], top)
@@ -353,17 +364,20 @@ class Scheduler:
     def _choose(self, rows: list[Sequence], logits: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         """Each row's next token from its raw logits; records it; returns the tokens and the rows that go on."""
         logits = logits.float()
+        # Logprobs are the model's own softmax, over every row (as transformers, vLLM and HELM's HuggingFace client
+        # count them); the choice and the alternatives are among tokens (`vocabulary`)
         logprobs = torch.log_softmax(logits, dim=-1)
+        logits, tokens = logits[:, : self.vocabulary], logprobs[:, : self.vocabulary]
         chosen = logits.argmax(dim=-1)
         for row, seq in enumerate(rows):
             if seq.generator is not None:
                 chosen[row] = sample_token(logits[row], seq.request, seq.generator)
         chosen_logprobs = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
-        top_ids, top_values = _top(logprobs, max(seq.request.top_k_per_token for seq in rows))
+        top_ids, top_values = _top(tokens, max(top_candidates(seq.request.top_k_per_token) for seq in rows))
         going_on = []
         for row, (seq, token) in enumerate(zip(rows, chosen.tolist(), strict=True)):
-            k = seq.request.top_k_per_token
-            if seq.record(token, chosen_logprobs[row], top_ids[row][:k], top_values[row][:k], eos_ids=self.eos_ids):
+            n = top_candidates(seq.request.top_k_per_token)
+            if seq.record(token, chosen_logprobs[row], top_ids[row][:n], top_values[row][:n], eos_ids=self.eos_ids):
                 going_on.append(row)
             else:
                 self._answered.append(seq)
@@ -393,7 +407,7 @@ def _top(logprobs: torch.Tensor, k: int) -> tuple[list[list[int]], list[list[flo
     """The k likeliest token ids of each row, and their logprobs."""
     if k == 0:
         return [[] for _ in range(len(logprobs))], [[] for _ in range(len(logprobs))]
-    values, ids = torch.topk(logprobs, k)
+    values, ids = torch.topk(logprobs, min(k, logprobs.shape[-1]))  # top_candidates may pass a small vocabulary
     return ids.tolist(), values.tolist()
 
 

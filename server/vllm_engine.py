@@ -25,7 +25,7 @@ from llmkit.core import devices
 from llmkit.core.models import LoadedModel, resolve_model, tokenizer_dir
 from llmkit.server.engine import Engine, leading_specials, position_limit
 from llmkit.server.protocol import ProcessRequest
-from llmkit.server.sequence import QueueFull, RequestError, RequestTimeout, Sequence, eos_ids
+from llmkit.server.sequence import QueueFull, RequestError, RequestTimeout, Sequence, eos_ids, top_candidates
 from llmkit.server.settings import ServerSettings
 from llmkit.server.text import IncrementalDecoder
 
@@ -33,6 +33,7 @@ LOG = logging.getLogger(__name__)
 
 VLLM_MAX_TEMPERATURE = 2.0  # vLLM's SamplingParams refuses more
 MAX_TOP_K = 100  # ProcessRequest.top_k_per_token's limit; vLLM refuses more alternatives than max_logprobs
+NO_TOKEN_BIAS = -100.0  # vLLM's strongest logit bias (it clamps to +-100), on embedding rows that are no token
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 CPU_KV_CACHE_BYTES = 1 << 30  # vLLM on a CPU takes its KV cache from RAM; a small one serves HELM's few clients
 # The --quantization values vLLM serves, as its own `quantization` argument: it quantizes on load with bitsandbytes
@@ -142,6 +143,11 @@ class VllmEngine(Engine):
         )
         if not devices.is_cuda(device):
             _check_cpu_head_size(args)
+        # An embedding padded past the tokenizer (Qwen2.5, Phi-2) has rows no token maps to. The built-in engine
+        # never chooses nor lists them; vLLM's raw logprobs rank them with the rest, so a request asks for as many
+        # more alternatives (dropped in Engine._top_texts) and biases them out of the choice.
+        self._no_token = range(len(tokenizer), args.create_model_config().get_vocab_size())
+        args.max_logprobs = top_candidates(MAX_TOP_K) + len(self._no_token)
         LOG.info("Starting vLLM %s on %s (%s, %s)", self.version, source.model_id, device, args.dtype)
         # vLLM's processes talk over unix sockets it names in the temp folder and never removes (thousands of
         # them after a test suite): they go in a folder of this server's, removed at close.
@@ -227,24 +233,25 @@ class VllmEngine(Engine):
         from vllm.inputs import TokensPrompt
 
         seq.decoder = IncrementalDecoder(self._decoding_tokenizer, seq.ids)
-        request, k = seq.request, seq.request.top_k_per_token
+        request = seq.request
+        n = _alternatives(request, self._no_token)
         stream = self.llm.generate(
             TokensPrompt(prompt_token_ids=seq.ids),
-            _sampling_params(request, seq.max_new, len(self._decoding_tokenizer)),
+            _sampling_params(request, seq.max_new, len(self._decoding_tokenizer), self._no_token),
             request_id=uuid.uuid4().hex,
             lora_request=self.loras.get(seq.adapter),
         )
         async with contextlib.aclosing(stream):  # leaving early closes the stream, which aborts the request
             async for out in stream:
                 if request.echo_prompt and out.prompt_logprobs:  # the first outputs (a long prompt: in chunks)
-                    self._score_prompt(seq, out.prompt_logprobs, k)
+                    self._score_prompt(seq, out.prompt_logprobs, n)
                 if seq.max_new == 0:
                     if seq.prefilled >= len(seq.ids) or not request.echo_prompt:
                         return
                     continue
                 completion = out.outputs[0]
                 for token, alternatives in zip(completion.token_ids, completion.logprobs, strict=True):
-                    top_ids, top_values = _top(alternatives, k)
+                    top_ids, top_values = _top(alternatives, n)
                     logprob = alternatives[token].logprob
                     if not seq.record(token, logprob, top_ids, top_values, **self._ending):
                         return
@@ -253,7 +260,7 @@ class VllmEngine(Engine):
                     return
 
     @staticmethod
-    def _score_prompt(seq: Sequence, prompt_logprobs: list, k: int) -> None:
+    def _score_prompt(seq: Sequence, prompt_logprobs: list, n: int) -> None:
         """Scores for the next prompt positions; `seq.prefilled` counts the positions scored so far."""
         start = seq.prefilled
         for position, alternatives in enumerate(prompt_logprobs, start):
@@ -261,15 +268,22 @@ class VllmEngine(Engine):
             if alternatives is None:  # the first token has nothing to condition on
                 seq.add_prompt_token(position, token, 0.0, ([], []))
             else:
-                seq.add_prompt_token(position, token, alternatives[token].logprob, _top(alternatives, k))
+                seq.add_prompt_token(position, token, alternatives[token].logprob, _top(alternatives, n))
         seq.prefilled = start + len(prompt_logprobs)
 
 
-def _sampling_params(request: ProcessRequest, max_new: int, vocabulary: int):
+def _alternatives(request: ProcessRequest, no_token: range) -> int:
+    """How many alternatives a position asks vLLM for: the candidates `Engine._top_texts` picks from, and room for
+    the padded rows that may rank among them."""
+    k = request.top_k_per_token
+    return top_candidates(k) + len(no_token) if k else 0
+
+
+def _sampling_params(request: ProcessRequest, max_new: int, vocabulary: int, no_token: range):
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    k = request.top_k_per_token
+    n = _alternatives(request, no_token)
     return SamplingParams(
         n=1,
         # vLLM raises a temperature under 0.01 to 0.01 (numerical safety); the README says so.
@@ -280,17 +294,18 @@ def _sampling_params(request: ProcessRequest, max_new: int, vocabulary: int):
         # so -1 is a seed like any other, not vLLM's "no seed".
         seed=None if request.seed is None else request.seed % 2**64,
         max_tokens=max(1, max_new),  # vLLM decodes at least one token; a scoring request ignores it
-        logprobs=k,
-        prompt_logprobs=k if request.echo_prompt else None,
+        logprobs=n,
+        prompt_logprobs=n if request.echo_prompt else None,
+        logit_bias=dict.fromkeys(no_token, NO_TOKEN_BIAS) or None,  # after the raw logprobs: they stay the model's
         detokenize=False,  # `Sequence.record` decodes; stop sequences are checked there, not by vLLM
         skip_special_tokens=False,
         output_kind=RequestOutputKind.DELTA,
     )
 
 
-def _top(alternatives: dict, k: int) -> tuple[list[int], list[float]]:
-    """The k likeliest of vLLM's alternatives (which also hold the chosen token, whatever its rank)."""
-    ranked = sorted(alternatives.items(), key=lambda item: (item[1].rank, -item[1].logprob))[:k]
+def _top(alternatives: dict, n: int) -> tuple[list[int], list[float]]:
+    """The n likeliest of vLLM's alternatives (which also hold the chosen token, whatever its rank)."""
+    ranked = sorted(alternatives.items(), key=lambda item: (item[1].rank, -item[1].logprob))[:n]
     return [token for token, _ in ranked], [lp.logprob for _, lp in ranked]
 
 

@@ -79,6 +79,60 @@ def test_a_prompt_that_writes_its_own_bos_gets_no_second_one(llama2_style_tokeni
     assert echoed.json()["tokens"][0]["text"] == "<s>"  # the prompt's own BOS, echoed as its first token
 
 
+@pytest.mark.parametrize("engine", ["builtin", pytest.param("vllm", marks=pytest.mark.slow)])
+def test_top_logprob_lists_k_distinct_tokens_never_a_padded_row(
+    engine, llama2_style_tokenizer, start_server, http, tmp_path
+):
+    """An embedding padded past the tokenizer (Qwen2.5, Phi-2, Pythia) and ids that share a text (a byte-fallback
+    tokenizer's "a" and <0x61>): top_logprob is a dict by text, so the padded rows' "" and the shared texts
+    overwrote each other (fewer than top_k_per_token entries, the later, less likely id's logprob, and a "" key for
+    no token), and greedy decoding could choose a padded row. Now: the k likeliest distinct texts of real tokens,
+    each with its likeliest id's logprob, the model's own softmax over every row (transformers' forward pass)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llmkit.server.text import TokenBytes, token_key
+
+    tokenizer, k = llama2_style_tokenizer, 40
+    padded = len(tokenizer) + 64
+    sizes = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2}  # vLLM:
+    torch.manual_seed(0)  # heads 32 wide
+    config = LlamaConfig(**sizes, vocab_size=padded, bos_token_id=tokenizer.bos_token_id, eos_token_id=2)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # rows wide enough that the padded ones and the byte tokens reach the top 40
+        model.lm_head.weight.mul_(20)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    engine_args = ("--engine", "vllm") if engine == "vllm" else ()
+    server = start_server("--model", str(tmp_path), "--dtype", "float32", *engine_args, startup_timeout=600)
+    prompt = "Hello world, the capital of France is"
+    body = {"prompt": prompt, "max_new_tokens": 6, "temperature": 0, "echo_prompt": True, "top_k_per_token": k}
+    response = http.post(f"{server.url}/process", json=body | {"stop_sequences": ["<<none>>"]})
+    assert response.status_code == 200, response.text
+    tokens = response.json()["tokens"]
+
+    ids = tokenizer(prompt).input_ids
+    with torch.no_grad():  # the served ids: the prompt's, then greedy among the tokens
+        while len(ids) < len(tokenizer(prompt).input_ids) + 6:
+            logits = model(torch.tensor([ids])).logits[0, -1]
+            ids.append(int(logits[: len(tokenizer)].argmax()))
+        logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    names, shared = TokenBytes(tokenizer), set()
+    assert len(tokens) == len(ids) - 1  # the BOS the tokenizer adds is not echoed; the first text is scored after it
+    for position, token in enumerate(tokens, 1):
+        row = logprobs[position - 1]
+        assert token["logprob"] == pytest.approx(row[ids[position]].item(), abs=1e-4)
+        expected: dict[str, float] = {}
+        for token_id in row.argsort(descending=True).tolist():
+            if token_id < len(tokenizer) and len(expected) < k:
+                text = token_key(names(tokenizer, token_id))
+                shared |= {text} if text in expected else set()
+                expected.setdefault(text, row[token_id].item())
+        assert token["top_logprob"].keys() == expected.keys(), position
+        assert token["top_logprob"] == pytest.approx(expected, abs=1e-4)
+    assert shared  # texts two ids share were among the alternatives
+    assert any(row[len(tokenizer) :].max() > row.sort(descending=True).values[k] for row in logprobs)  # and padding
+
+
 @pytest.fixture(scope="module")
 def adapter_greedy(default_model_dir, adapter_dir) -> str:
     """What peft itself generates greedily with the adapter applied."""

@@ -265,21 +265,27 @@ def test_tokens_beyond_the_embedding_are_refused(engine_for, make_tiny_model, to
     assert engine.process(ProcessRequest(**helm_body("Hello", max_new_tokens=2))).tokens  # the rest is served
 
 
-def test_ids_past_the_tokenizer_in_a_padded_embedding_are_served(engine_for, make_tiny_model, tokenizer):
+def test_ids_past_the_tokenizer_in_a_padded_embedding_are_never_chosen(engine_for, make_tiny_model, tokenizer):
     """An embedding padded past the tokenizer (Qwen2.5's 151,936 rows for about 151,665 tokens; random-model keeps a
-    shape's vocabulary): an id there, generated or among the alternatives, was a 500 (no vocabulary entry)."""
+    shape's vocabulary): an id there was a 500 (no vocabulary entry), then was generated as "" text. Rows no token
+    maps to are never chosen nor listed; the logprobs stay the model's softmax over every row."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     model_dir = make_tiny_model(LlamaConfig, LlamaForCausalLM, vocab_size=len(tokenizer) + 64)
     model = LlamaForCausalLM.from_pretrained(model_dir)
-    with torch.no_grad():  # the padded rows win: every real id's logit is 0, the padding's are random
+    with torch.no_grad():  # the padded rows win: every real id's logit is 0, the padding's are large
         model.lm_head.weight[: len(tokenizer)] = 0
+        model.lm_head.weight[len(tokenizer) :] *= 100
     model.save_pretrained(model_dir)
     engine = engine_for(model_dir)
+    scoring = helm_body("Hello world", max_new_tokens=0, echo_prompt=True, top_k_per_token=5)
+    token = engine.process(ProcessRequest(**scoring)).tokens[1]  # the padded rows hold nearly all of the mass
+    assert len(token.top_logprob) == 5 and "" not in token.top_logprob
+    assert token.logprob < -10 and token.top_logprob == pytest.approx(dict.fromkeys(token.top_logprob, token.logprob))
     done = engine.process(ProcessRequest(**helm_body("Hello", max_new_tokens=3, top_k_per_token=5)))
-    assert [token.text for token in done.tokens] == ["", "", ""] and done.text == ""  # what the tokenizer decodes
-    assert all(token.logprob < 0 and token.top_logprob for token in done.tokens)
+    # every token ties at 0 and argmax takes the first, id 0, rather than a padded row's "" (what was generated)
+    assert done.text == "<|endoftext|>" * 3 and all(token.logprob < -10 for token in done.tokens)
 
 
 def test_kv_budget_bounds_the_batch(engine_for, tiny_model_dir):
