@@ -19,7 +19,13 @@ import psutil
 
 from llmkit.core import devices
 from llmkit.core.challenge import HELM_CLIENT_THREADS
-from llmkit.core.models import PROMPT_LEARNING, LoadedModel, adapter_weight_shapes, names_adapter, peft_type
+from llmkit.core.models import (
+    PROMPT_LEARNING,
+    LoadedModel,
+    adapter_weight_shapes,
+    named_adapter_key,
+    peft_type,
+)
 from llmkit.server.protocol import ProcessRequest, ProcessResponse, Token
 from llmkit.server.sequence import RequestError, Scores, Sequence, UnknownModel
 from llmkit.server.settings import EngineName, ServerSettings
@@ -354,13 +360,11 @@ def load_engine(settings: ServerSettings) -> Engine:
                 f"Adapter {path} trains {trained}, which vLLM cannot load (it serves LoRA layers alone): serve it "
                 "with the built-in engine (--engine builtin), or merge it and serve the merged folder"
             )
-        if settings.engine is EngineName.vllm and (
-            named := next(filter(names_adapter, adapter_weight_shapes(path)), None)
-        ):
+        if settings.engine is EngineName.vllm and (named := named_adapter_key(adapter_weight_shapes(path), path)):
             # the same: vLLM said "... is unsupported LoRA weight" at the first request, its engine dead
             raise ValueError(
-                f"Adapter {path}: its weight {named} carries peft's adapter name 'default' (a PeftModel's state_dict, "
-                "not save_pretrained's file), which vLLM cannot load: serve it with the built-in engine "
+                f"Adapter {path}: its weight {named[0]} carries peft's adapter name '{named[1]}' (a PeftModel's "
+                "state_dict, not save_pretrained's file), which vLLM cannot load: serve it with the built-in engine "
                 "(--engine builtin), which maps the keys, or write the adapter with peft's save_pretrained"
             )
         if trained and len(settings.adapters) > 1:

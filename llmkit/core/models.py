@@ -385,44 +385,73 @@ def adapter_weights_file(adapter: str | Path) -> Path | None:
 
 
 # peft's adapter name in a key: a PeftModel's state_dict has it (lora_A.default.weight, DoRA's
-# lora_magnitude_vector.default.weight), peft's saved files do not (lora_A.weight, lora_magnitude_vector). peft loads
-# a file of such keys as they are, so only under the name "default", and only into LoRA factors; as saved, under any.
+# lora_magnitude_vector.default.weight; lora_A.foo.weight for an adapter get_peft_model or load_adapter named foo),
+# peft's saved files do not (lora_A.weight, lora_magnitude_vector). peft loads a file of such keys as they are, so
+# only under that name, and only into LoRA factors; as saved, under any. Group 2, 4 or 6 is the name; a name sits
+# where a saved key has its last part (lora_A.weight) or nothing (lora_embedding_A), so a saved key never matches.
 _NAMED_LORA_KEY = re.compile(
-    r"\.(?:(lora_(?:A|B|embedding_A|embedding_B))\.default(?=\.|$)|(lora_magnitude_vector)\.default\.weight$)"
+    r"\.(?:(lora_[AB])\.([^.]+)(?=\.(?:weight|bias)$)|(lora_embedding_[AB])\.([^.]+)$"
+    r"|(lora_magnitude_vector)\.([^.]+)\.weight$)"
 )
-_UNNAMED_LORA_KEY = r".\1\2"  # a group the key did not match is empty
+_UNNAMED_LORA_KEY = r".\1\3\5"  # a group the key did not match is empty
 # the same, as peft's loaders take it (key_mapping: pattern -> replacement)
 _NAME_DROPPED = {_NAMED_LORA_KEY.pattern: _UNNAMED_LORA_KEY}
-_ADAPTER_NAME = re.compile(r"\.default(?=\.|$)")
 # how the keys of a file peft's save_pretrained writes start (base_model.model.; a prompt-learning adapter's aside)
 _SAVED_KEY_START = "base_model."
 
 
 def without_adapter_name(key: str) -> str:
-    """A saved LoRA factor's key as peft's save_pretrained writes it: without peft's adapter name `default`."""
+    """A saved LoRA factor's key as peft's save_pretrained writes it: without peft's adapter name (`default`, or
+    the one it was given)."""
     return _NAMED_LORA_KEY.sub(_UNNAMED_LORA_KEY, key)
 
 
-def adapter_key_mapping(saved: Iterable[str]) -> dict[str, str] | None:
-    """The key_mapping peft's loaders (PeftModel.from_pretrained, load_adapter) take for an adapter file of these
-    keys: peft's adapter name dropped from its LoRA factors, so that it loads under any name as saved ones do; None
-    where no key carries it (peft's key_mapping fails on a key without its base_model prefix, which a caller may
-    name better)."""
+def saved_adapter_name(saved: Iterable[str], adapter: str | Path) -> str | None:
+    """The adapter name the LoRA factors among the saved keys of `adapter`'s weights carry (a PeftModel's
+    state_dict: `default`, or the name it gave the adapter); None where they carry none, as save_pretrained writes
+    them.
+
+    Raises:
+        ValueError: they carry several (a PeftModel's state_dict with several adapters): which weights are which
+            adapter's is the user's to say, by saving each apart.
+    """
+    first: dict[str, str] = {}  # name -> the first key carrying it
+    for key in saved:
+        if match := _NAMED_LORA_KEY.search(key):
+            first.setdefault(next(group for group in match.groups()[1::2] if group), key)
+    if len(first) > 1:
+        named = ", ".join(f"'{name}' ({key})" for name, key in sorted(first.items()))
+        raise ValueError(
+            f"Adapter {adapter}: its LoRA weights carry several peft adapter names, {named} (a PeftModel's "
+            "state_dict with several adapters): save each adapter apart, with peft's save_pretrained"
+        )
+    return next(iter(first), None)
+
+
+def adapter_key_mapping(saved: Iterable[str], adapter: str | Path) -> dict[str, str] | None:
+    """The key_mapping peft's loaders (PeftModel.from_pretrained, load_adapter) take for the keys of `adapter`'s
+    weights: peft's adapter name dropped from its LoRA factors, so that it loads under any name as saved ones do;
+    None where no key carries one (peft's key_mapping fails on a key without its base_model prefix, which a caller
+    may name better). Raises ValueError where keys carry several names (`saved_adapter_name`)."""
     saved = list(saved)
     prefixed = all(key.startswith(_SAVED_KEY_START) for key in saved)  # peft's mapping says "This should not happen"
-    return _NAME_DROPPED if prefixed and any(_NAMED_LORA_KEY.search(key) for key in saved) else None
+    return _NAME_DROPPED if saved_adapter_name(saved, adapter) is not None and prefixed else None
 
 
-def adapter_name_left(key: str) -> bool:
-    """Whether a saved key names peft's adapter `default` outside LoRA factors (modules_to_save.default.weight),
+def adapter_name_left(key: str, name: str) -> bool:
+    """Whether a saved key names peft's adapter `name` outside LoRA factors (modules_to_save.default.weight),
     where without_adapter_name leaves it: peft loads such a key only into an adapter of that name."""
-    return names_adapter(without_adapter_name(key))
+    return bool(re.search(rf"\.{re.escape(name)}(?=\.|$)", without_adapter_name(key)))
 
 
-def names_adapter(key: str) -> bool:
-    """Whether a saved key names peft's adapter `default` anywhere (lora_A.default.weight: a PeftModel's
-    state_dict), as peft's save_pretrained never writes one."""
-    return bool(_ADAPTER_NAME.search(key))
+def named_adapter_key(saved: Iterable[str], adapter: str | Path) -> tuple[str, str] | None:
+    """The first of `adapter`'s saved keys that names a peft adapter anywhere, and that name (lora_A.foo.weight: a
+    PeftModel's state_dict; `default` elsewhere, as in modules_to_save.default.weight), as peft's save_pretrained
+    never writes one; None where none does."""
+    saved = list(saved)
+    name = saved_adapter_name(saved, adapter) or "default"
+    key = next((key for key in saved if without_adapter_name(key) != key or adapter_name_left(key, name)), None)
+    return None if key is None else (key, name)
 
 
 def apply_adapter(lm, adapter: str, tokenizer, name: str = "default", *, trainable: bool = False):
@@ -442,12 +471,13 @@ def apply_adapter(lm, adapter: str, tokenizer, name: str = "default", *, trainab
     if tokenizer is not None and len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
         lm.resize_token_embeddings(len(tokenizer))
     saved = adapter_weight_shapes(adapter).keys()
-    if name != "default" and (named := next((key for key in saved if adapter_name_left(key)), None)):
+    named = saved_adapter_name(saved, adapter) or "default"
+    if name != named and (left := next((key for key in saved if adapter_name_left(key, named)), None)):
         raise ValueError(
-            f"Adapter {adapter}: its weight {named} carries peft's adapter name 'default', under which alone peft "
-            f"loads it: serve it as default={adapter}"
+            f"Adapter {adapter}: its weight {left} carries peft's adapter name '{named}', under which alone peft "
+            f"loads it: serve it as {named}={adapter}"
         )
-    key_mapping = adapter_key_mapping(saved)  # a key without its base_model prefix: the checks below name it
+    key_mapping = adapter_key_mapping(saved, adapter)  # a key without its base_model prefix: the checks below name it
     try:
         if isinstance(lm, PeftModel):
             lm.load_adapter(adapter, adapter_name=name, key_mapping=key_mapping)

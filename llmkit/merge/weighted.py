@@ -139,7 +139,7 @@ def merge_weighted(
     read = [mw.read_lora_adapter(adapter) for adapter in adapters]  # each adapter's files, read once for all below
     check_ranks(read, spec.combination_type)
     check_combinable(read)
-    key_mappings = [adapter_key_mapping(files.tensors) for files in read]  # as peft is to load each
+    key_mappings = [adapter_key_mapping(files.tensors, files.path) for files in read]  # as peft is to load each
     check_merge_target(Path(out_dir), adapters, max_shard_size)  # before a base model is downloaded
     base = resolve_model(spec.base_model or trained_on(adapters[0]))
     cfg = training_config(adapters[0])

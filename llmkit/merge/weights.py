@@ -31,6 +31,7 @@ from llmkit.core.models import (
     adapter_weights_file,
     peft_type,
     reading_weights,
+    saved_adapter_name,
     without_adapter_name,
 )
 
@@ -216,13 +217,14 @@ def load_lora_adapter(adapter: Path | AdapterFiles, layout: BaseLayout) -> Adapt
     modules: dict[str, LoraModule] = {}
     replacements: dict[str, torch.Tensor] = {}
     token_rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    named = saved_adapter_name(files.tensors, files.path) or "default"
     for key, name in files.names():
         tensor = files.tensors[key]
-        if adapter_name_left(name):
+        if adapter_name_left(name, named):
             raise AdapterMismatchError(
-                f"{files.path}: its weight {key} carries peft's adapter name 'default', which peft loads only on "
+                f"{files.path}: its weight {key} carries peft's adapter name '{named}', which peft loads only on "
                 "LoRA factors (lora_A.default.weight) and fails on here; write the keys as peft's save_pretrained "
-                "does, without '.default'"
+                f"does, without '.{named}'"
             )
         if name.endswith(_TOKEN_ROWS):
             path = name.removesuffix(_TOKEN_ROWS)

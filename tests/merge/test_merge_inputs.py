@@ -166,13 +166,18 @@ def test_trainable_token_indices_merge_to_the_peft_models_logits(
         merge_command(base=str(base), dtype="float32", **spec)  # peft's combination kept the base's rows
 
 
-def test_an_adapter_saved_from_a_peft_models_state_dict_merges_to_the_peft_models_logits(tiny_model_dir, tmp_path):
-    """Keys with peft's adapter name (lora_A.default.weight), which peft loads as the adapter "default": merge said
-    "...lora_A.default.weight is [8, 64] in the adapter but absent in the base"."""
+@pytest.mark.parametrize("name", ["default", "foo"])
+def test_an_adapter_saved_from_a_peft_models_state_dict_merges_to_the_peft_models_logits(
+    tiny_model_dir, tmp_path, name
+):
+    """Keys with peft's adapter name (lora_A.default.weight, or lora_A.foo.weight where the PeftModel named the
+    adapter foo), which peft loads as the adapter of that name: merge said "...lora_A.default.weight is [8, 64] in
+    the adapter but absent in the base", and the same of lora_A.foo.weight when default was read."""
     adapter = lora_adapter(tiny_model_dir, tmp_path / "adapter", target_modules=["q_proj", "v_proj"], use_dora=True)
-    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft_model = PeftModel.from_pretrained(base, adapter, adapter_name=name).eval()
     named = {key: tensor for key, tensor in peft_model.state_dict().items() if ".lora_" in key}
-    assert all(".default" in key for key in named)
+    assert all(f".{name}" in key for key in named)
     save_file(named, adapter / "adapter_model.safetensors")
     report = merge_adapter(tiny_model_dir, adapter, tmp_path / "merged", dtype="float32")
 

@@ -380,6 +380,12 @@ def test_adapters_no_server_can_apply_end_in_one_message(python, tmp_path, tiny_
     state.save_pretrained(tmp_path / "named")
     named = {key: tensor for key, tensor in state.state_dict().items() if ".lora_" in key}
     save_file(named, tmp_path / "named" / "adapter_model.safetensors")
+    (tmp_path / "foo").mkdir()  # the same, its adapter named foo (lora_A.foo.weight)
+    shutil.copy(tmp_path / "named" / "adapter_config.json", tmp_path / "foo")
+    save_file(
+        {key.replace(".default.", ".foo."): t for key, t in named.items()},
+        tmp_path / "foo" / "adapter_model.safetensors",
+    )
     shutil.copytree(tmp_path / "head", tmp_path / "cut")  # a copy interrupted: safetensors' traceback, no file named
     cut = tmp_path / "cut" / "adapter_model.safetensors"
     cut.write_bytes(cut.read_bytes()[:100])
@@ -415,6 +421,8 @@ def test_adapters_no_server_can_apply_end_in_one_message(python, tmp_path, tiny_
         "head": "trains lm_head fully (modules_to_save), which vLLM cannot load",
         "named": "its weight base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight carries peft's "
         "adapter name 'default' (a PeftModel's state_dict, not save_pretrained's file), which vLLM cannot load",
+        "foo": "its weight base_model.model.model.layers.0.self_attn.q_proj.lora_A.foo.weight carries peft's adapter "
+        "name 'foo' (a PeftModel's state_dict, not save_pretrained's file), which vLLM cannot load",
     }
     for name, message in under_vllm.items():
         flags = ["--model", str(tiny_model_dir), "--adapter", str(tmp_path / name), "--engine", "vllm"]
@@ -471,6 +479,41 @@ def test_an_adapter_saved_from_a_peft_models_state_dict_is_served_under_any_name
     for name in ("default", "x"):
         with pytest.raises(ValueError, match=message + r"prefix base_model.model., without which peft loads it"):
             load_for_inference(str(tiny_model_dir), adapters={name: str(tmp_path / "named")}, device="cpu")
+
+
+def test_an_adapter_saved_from_a_peft_models_state_dict_under_a_name_of_its_own_loads_under_any_name(
+    tmp_path, tiny_model_dir
+):
+    """Keys with the name a PeftModel gave its adapter (get_peft_model(adapter_name="foo"): lora_A.foo.weight) are
+    its LoRA factors as lora_A.default.weight are: the server said "...has no place in the base; was it trained on
+    another model?", and so did merge and train's lora_model_dir. Keys with several names are refused naming them."""
+    torch.manual_seed(5)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(base, lora, adapter_name="foo").eval()
+    peft_model.save_pretrained(tmp_path)  # a named adapter's folder: tmp_path/foo
+    named = {key: tensor for key, tensor in peft_model.state_dict().items() if ".lora_" in key}
+    assert named and all(".lora_A.foo." in key or ".lora_B.foo." in key for key in named)
+    save_file(named, tmp_path / "foo" / "adapter_model.safetensors")
+    ids = torch.tensor([[1, 5, 9, 5, 6, 20, 30, 9, 40]])
+    with torch.no_grad():
+        want = peft_model(ids).logits
+        with peft_model.disable_adapter():
+            assert (want - peft_model(ids).logits).abs().max() > 1e-3  # the adapter changes the model
+    for name in ("foo", "x", "default"):
+        loaded = load_for_inference(str(tiny_model_dir), adapters={name: str(tmp_path / "foo")}, device="cpu")
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.model(ids).logits, want, atol=1e-5, rtol=0)
+
+    peft_model.add_adapter("bar", lora)  # two adapters' weights in one file: which is which is the user's to say
+    both = {key: tensor for key, tensor in peft_model.state_dict().items() if ".lora_" in key}
+    save_file(both, tmp_path / "foo" / "adapter_model.safetensors")
+    message = (
+        r"its LoRA weights carry several peft adapter names, 'bar' \(\S+q_proj.lora_A.bar.weight\), 'foo' "
+        r"\(\S+q_proj.lora_A.foo.weight\) \(a PeftModel's state_dict with several adapters\): save each adapter apart"
+    )
+    with pytest.raises(ValueError, match=message):
+        load_for_inference(str(tiny_model_dir), adapters={"x": str(tmp_path / "foo")}, device="cpu")
 
 
 def test_an_address_it_cannot_listen_on_is_one_message_before_loading(python, tiny_model_dir):
