@@ -322,8 +322,26 @@ def load_engine(settings: ServerSettings) -> Engine:
     """The engine `settings.engine` names, with its model loaded (vLLM's import only happens when asked for).
 
     Raises:
+        ValueError: an adapter the engine cannot serve (`check_adapters`).
+    """
+    check_adapters(settings)
+    if settings.engine is EngineName.vllm:
+        from llmkit.server.vllm_engine import VllmEngine
+
+        return VllmEngine(settings)
+    from llmkit.server.builtin import BuiltinEngine
+
+    return BuiltinEngine.load(settings)
+
+
+def check_adapters(settings: ServerSettings) -> None:
+    """Refuse, before the model loads, an adapter of `settings` its engine cannot serve right, from the adapter's
+    files alone (whether its weights fit the base is known once the base is loaded: `models.apply_adapter`);
+    `llmkit submission` asks the same of the adapter it bundles, before the zip is built.
+
+    Raises:
         ValueError: a DoRA adapter, which neither engine can apply per row of a batch (peft refuses per-row
-            adapters with DoRA, vLLM has no DoRA): merging it is how it gets served.
+            adapters with DoRA, vLLM has no DoRA): merging it is how it gets served; and the others below.
     """
     base_is_default = settings.default_adapter is not None and settings.default_adapter_name is None
     for name, path in settings.adapters.items():
@@ -373,13 +391,6 @@ def load_engine(settings: ServerSettings) -> Engine:
                 f"Adapter {path} trains {trained}, which cannot be served beside other adapters in one batch: serve "
                 "it alone, or merge it and serve the merged folder"
             )
-    if settings.engine is EngineName.vllm:
-        from llmkit.server.vllm_engine import VllmEngine
-
-        return VllmEngine(settings)
-    from llmkit.server.builtin import BuiltinEngine
-
-    return BuiltinEngine.load(settings)
 
 
 def applies_to_every_row(config: dict) -> str | None:

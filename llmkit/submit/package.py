@@ -119,6 +119,8 @@ def build_submission(
         adapter_weights = adapter and hub_or_local(
             adapter, adapter_revision, bundle=bundle_weights, marker="adapter_config.json", what="adapter"
         )
+        if adapter_weights and adapter_weights.bundled:
+            _check_servable(weights, adapter_weights, engine)
     estimate = _fitted_loading(weights, adapter_weights, track, loading)
     track_dir.mkdir(parents=True, exist_ok=True)
     # Without N: a submission already built with these very files is kept under its number, rather than copied to
@@ -174,6 +176,25 @@ def _check_flags(
     if training and model is not None and config is None:
         raise SubmissionUsageError("--training with --model needs --config too: the config that trained the model")
     return engine
+
+
+def _check_servable(weights: Weights, adapter: Weights, engine: EngineName) -> None:
+    """Refuse, before the zip is built, a bundled adapter the image's server would refuse at start-up, as the
+    server's own check does (`engine.check_adapters`): the smoke test said so in one line, after the build."""
+    from llmkit.server.engine import check_adapters
+    from llmkit.server.settings import ServerSettings
+
+    # as the image's CMD names them: the adapter in its own folder, the only one, so the default
+    settings = ServerSettings(
+        model=str(weights.local_dir or weights.name),
+        adapter=[f"{ZIP_ADAPTER_DIR}={adapter.local_dir}"],
+        default_adapter=None,
+        engine=engine,
+    )
+    try:
+        check_adapters(settings)
+    except (ValueError, OSError) as err:
+        raise SubmissionError(f"--adapter {adapter.name}: the server would refuse it: {err}") from None
 
 
 def _fitted_loading(

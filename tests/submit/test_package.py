@@ -138,6 +138,32 @@ def test_a_local_model_needs_bundling(tmp_path, tiny_model_dir):
     assert not (tmp_path / "4090_track").exists()  # refused before anything was written
 
 
+def test_a_bundled_adapter_the_server_would_refuse_is_refused_before_the_zip_is_built(tmp_path, tiny_model_dir):
+    """The server's own start-up check of an adapter (server.engine.check_adapters) runs before the build: a DoRA
+    adapter was zipped, then refused by the smoke test's server in one line ("cannot serve: ... is DoRA")."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    for name, dora in (("dora", True), ("lora", False)):
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        lora = LoraConfig(r=4, target_modules=["q_proj"], use_dora=dora)
+        get_peft_model(base, lora).save_pretrained(tmp_path / name)
+    flags = ["submission", "--track", "4090", "--model", str(tiny_model_dir), "--bundle-weights"]
+    flags += ["--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, [*flags, "--adapter", str(tmp_path / "dora")])
+    said = f"Error: --adapter {tmp_path / 'dora'}: the server would refuse it: Adapter "
+    assert result.exit_code == 1 and said in result.output and "is DoRA (use_dora)" in result.output, result.output
+    assert not (tmp_path / "out" / "4090_track").exists()  # refused before anything was written
+    zip_path = build_submission(
+        "4090", model=str(tiny_model_dir), adapter=str(tmp_path / "lora"), bundle_weights=True, out_root=tmp_path
+    )
+    with zipfile.ZipFile(zip_path) as archive:
+        assert "adapter/adapter_config.json" in archive.namelist()
+
+
 def test_the_track_is_accepted_in_any_case(tmp_path, tiny_model_dir):
     """`--track a100` was refused ("'a100' is not one of '4090', 'A100'"): it got no further than parsing."""
     from typer.testing import CliRunner
