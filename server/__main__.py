@@ -32,10 +32,10 @@ def parse_settings(argv: Sequence[str] | None = None) -> ServerSettings:
 
 
 def _setting_name(field: str, args: Sequence[str]) -> str:
-    """The flag a bad value came from, or its LLMKIT_ environment variable when no flag gave it."""
+    """The flag a bad value came from, or its LLMKIT_ environment variable (and the flag) when no flag gave it."""
     flag, variable = "--" + field.replace("_", "-"), "LLMKIT_" + field.upper()
     given = any(arg == flag or arg.startswith(flag + "=") for arg in args)
-    return variable if variable in os.environ and not given else flag
+    return f"{variable} ({flag})" if variable in os.environ and not given else flag
 
 
 def main(argv: Sequence[str] | None = None) -> None:

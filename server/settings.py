@@ -18,6 +18,7 @@ from llmkit.core.files import user_path
 from llmkit.core.models import adapter_config, model_id
 
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9_\-:/@+]+")
+DEFAULT_TOKEN_LIMIT = 1024  # max_new_tokens_limit's default
 
 
 class EngineName(str, Enum):
@@ -56,8 +57,15 @@ class ServerSettings(BaseSettings):
     quantization: Quantization = Field(Quantization.none, description="bitsandbytes weight quantization.")
     device: Device = Field(Device.auto, description="Where the model runs.")
     max_context: int = Field(CONTEXT_TOKENS, gt=0, description="Prompt plus completion tokens, the challenge's limit.")
-    max_new_tokens_limit: int = Field(
-        1024, gt=0, description="Largest max_new_tokens a request may ask for (at most max_context, which lowers it)."
+    # None until validated (`_default_token_limit`): only a limit given is checked against max_context (pydantic-
+    # settings validates defaults too), and the default follows a smaller max_context
+    max_new_tokens_limit: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            f"Largest max_new_tokens a request may ask for; empty: {DEFAULT_TOKEN_LIMIT}, or --max-context when "
+            "smaller."
+        ),
     )
     stop_at_newline: bool = Field(
         True,
@@ -134,41 +142,58 @@ class ServerSettings(BaseSettings):
             return [value] if one else [p for p in value.split(",") if p]
         return value
 
-    @model_validator(mode="after")
-    def _check_token_limits(self) -> ServerSettings:
-        if "max_new_tokens_limit" not in self.model_fields_set:  # the default follows a smaller --max-context
-            self.max_new_tokens_limit = min(self.max_new_tokens_limit, self.max_context)
-        if self.max_new_tokens_limit > self.max_context:
+    # Rules between settings check the later one of each pair (fields validate in their order, `info.data` holds
+    # the earlier ones): an error then carries the setting's name, which the command line turns into the flag or
+    # environment variable that gave it (__main__._setting_name); a model validator's error carried none, and its
+    # text said `adapter:` where the user had typed --adapter.
+    @field_validator("max_new_tokens_limit")
+    @classmethod
+    def _within_context(cls, limit: int | None, info: ValidationInfo) -> int | None:
+        context = info.data.get("max_context")
+        if limit is not None and context is not None and limit > context:
             raise ValueError(
-                f"max_new_tokens_limit: {self.max_new_tokens_limit} is over max_context ({self.max_context}), the "
-                "prompt and completion together; lower it, or raise max_context"
+                f"{limit} is over the context limit ({context} tokens, the prompt and completion together: "
+                "--max-context, LLMKIT_MAX_CONTEXT); lower it, or raise the context limit"
             )
-        return self
+        return limit
 
     @model_validator(mode="after")
-    def _check_adapters(self) -> ServerSettings:
-        names = [name for name, _ in (_named(entry) for entry in self.adapter)]
+    def _default_token_limit(self) -> ServerSettings:
+        if self.max_new_tokens_limit is None:  # the default follows a smaller --max-context
+            self.max_new_tokens_limit = min(DEFAULT_TOKEN_LIMIT, self.max_context)
+        return self
+
+    @field_validator("adapter")
+    @classmethod
+    def _check_adapters(cls, entries: list[str], info: ValidationInfo) -> list[str]:
+        names = [name for name, _ in (_named(entry) for entry in entries)]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
-            raise ValueError(f"adapter: the name(s) {', '.join(duplicates)} are given twice; use NAME=DIR to rename")
+            raise ValueError(f"the name(s) {', '.join(duplicates)} are given twice; use NAME=DIR to rename")
         for name in names:
             if not ADAPTER_NAME.fullmatch(name):
                 raise ValueError(
-                    f"adapter: the name {name!r} cannot be used: a name is ASCII letters, digits and _ - : / @ + "
+                    f"the name {name!r} cannot be used: a name is ASCII letters, digits and _ - : / @ + "
                     "(the X-Adapter header carries it; peft keeps adapters as torch modules, whose names hold no "
                     "'.'); use NAME=DIR to rename"
                 )
-            if name == self.base_name:
+            if name == model_id(info.data.get("model")):
                 raise ValueError(
-                    f"adapter: {name!r} is the base model's name (requests naming it get the base model); use "
-                    "NAME=DIR to rename the adapter"
+                    f"{name!r} is the base model's name (requests naming it get the base model); use NAME=DIR to "
+                    "rename the adapter"
                 )
-        if self.default_adapter is not None and self.default_adapter not in names and not self._names_base:
-            raise ValueError(
-                f"default_adapter: {self.default_adapter!r} is not one of the adapters {names} (or the base model, "
-                f"{self.base_name})"
-            )
-        return self
+        return entries
+
+    @field_validator("default_adapter")
+    @classmethod
+    def _an_adapter_or_the_base(cls, default: str | None, info: ValidationInfo) -> str | None:
+        if default is None or "adapter" not in info.data:  # unset; or the adapters' own error is said
+            return default
+        names = [name for name, _ in (_named(entry) for entry in info.data["adapter"])]
+        base = model_id(info.data.get("model"))
+        if default not in names and model_id(default) != base:
+            raise ValueError(f"{default!r} is not one of the adapters {names} (or the base model, {base})")
+        return default
 
     @property
     def adapters(self) -> dict[str, str]:
@@ -205,5 +230,5 @@ def _named(entry: str) -> tuple[str, str]:
     if not sep or (user_path(entry).is_dir() and not user_path(path).is_dir()):
         return user_path(entry).resolve().name or "default", str(user_path(entry))
     if not name or not path:
-        raise ValueError(f"adapter: {entry!r} is neither NAME=DIR nor a directory")
+        raise ValueError(f"{entry!r} is neither NAME=DIR nor a directory")
     return name, str(user_path(path))

@@ -225,11 +225,12 @@ def test_a_smaller_context_lowers_the_default_token_limit_not_a_given_one():
     [
         (["--dtype", "int3"], "--dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16' (got 'int3')"),
         (["--port", "99999", "--max-context", "0"], "--max-context: Input should be greater than 0 (got '0')"),
-        (["--adapter", "a=x", "--adapter", "a=y"], "the name(s) a are given twice"),
+        (["--adapter", "a=x", "--adapter", "a=y"], "--adapter: the name(s) a are given twice"),
         (
             ["--max-context", "512", "--max-new-tokens-limit", "1024"],
-            "max_new_tokens_limit: 1024 is over max_context (512)",
+            "--max-new-tokens-limit: 1024 is over the context limit (512 tokens",
         ),
+        (["--adapter", "a=x", "--default-adapter", "b"], "--default-adapter: 'b' is not one of the adapters ['a']"),
         (["--model", "{tmp}"], "Error: cannot serve: {tmp} is a directory but holds no config.json"),
         (["--model", "{tmp}/nope"], "Error: cannot serve: Model directory {tmp}/nope does not exist"),
         (["--model", __file__], f"Error: cannot serve: {__file__} is a file, not a model directory"),
@@ -239,6 +240,7 @@ def test_a_smaller_context_lowers_the_default_token_limit_not_a_given_one():
         "out of range",
         "adapter twice",
         "limit over context",
+        "no such default adapter",
         "not a model folder",
         "no such folder",
         "a file",
@@ -263,8 +265,36 @@ def test_a_bad_environment_variable_is_named_as_such(python):
         [python, "-m", "llmkit.server", "--max-context", "-1"], capture_output=True, text=True, timeout=120, env=env
     )
     assert result.returncode == 2
-    assert "LLMKIT_DTYPE: Input should be 'auto'" in result.stderr  # no --dtype was typed
+    assert "LLMKIT_DTYPE (--dtype): Input should be 'auto'" in result.stderr  # no --dtype was typed
     assert "--max-context: Input should be greater than 0 (got '-1')" in result.stderr  # the flag wins over the env
+
+
+def test_a_rule_between_settings_names_the_flag_or_variable_that_gave_it():
+    """`llmkit serve --adapter a=x --adapter a=y` said "adapter: the name(s) a are given twice", the setting's
+    name, where the user had typed --adapter (a rule between settings: its error named no setting, its text the
+    field); given by an environment variable, the error names it and its flag."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    said = {
+        ("--adapter", "a=/x", "--adapter", "a=/y"): "--adapter: the name(s) a are given twice",
+        ("--adapter", "=/x"): "--adapter: '=/x' is neither NAME=DIR nor a directory",
+        ("--adapter", "a=/x", "--default-adapter", "b"): "--default-adapter: 'b' is not one of the adapters ['a']",
+        (
+            "--max-context",
+            "64",
+            "--max-new-tokens-limit",
+            "65",
+        ): "--max-new-tokens-limit: 65 is over the context limit",
+    }
+    for flags, message in said.items():
+        result = CliRunner().invoke(app, ["serve", *flags], prog_name="llmkit")
+        assert result.exit_code == 2 and result.stderr.startswith(f"Error: invalid settings: {message}"), result.output
+    env = {"LLMKIT_ADAPTER": "a=/x", "LLMKIT_DEFAULT_ADAPTER": "b"}
+    result = CliRunner().invoke(app, ["serve"], prog_name="llmkit", env=env)
+    message = "LLMKIT_DEFAULT_ADAPTER (--default-adapter): 'b' is not one of the adapters ['a']"
+    assert result.exit_code == 2 and result.stderr.startswith(f"Error: invalid settings: {message}"), result.output
 
 
 def test_an_empty_setting_is_unset_as_its_help_says(monkeypatch):
