@@ -444,6 +444,20 @@ def adapter_name_left(key: str, name: str) -> bool:
     return bool(re.search(rf"\.{re.escape(name)}(?=\.|$)", without_adapter_name(key)))
 
 
+def check_named_weights(saved: Iterable[str], adapter: str | Path) -> None:
+    """Raises ValueError where a weight other than a LoRA factor carries peft's adapter name (a PeftModel's
+    state_dict saved as it is: modules_to_save.default.weight): peft drops the name from LoRA factors only
+    (`adapter_key_mapping`), and fails on such a key under every adapter name, `default` too."""
+    saved = list(saved)
+    named = saved_adapter_name(saved, adapter) or "default"
+    if left := next((key for key in saved if adapter_name_left(key, named)), None):
+        raise ValueError(
+            f"Adapter {adapter}: its weight {left} carries peft's adapter name '{named}' (a PeftModel's state_dict "
+            "saved as it is), which peft takes out of LoRA factors (lora_A.default.weight) only and fails on here: "
+            f"write the keys as peft's save_pretrained does, without '.{named}'"
+        )
+
+
 def named_adapter_key(saved: Iterable[str], adapter: str | Path) -> tuple[str, str] | None:
     """The first of `adapter`'s saved keys that names a peft adapter anywhere, and that name (lora_A.foo.weight: a
     PeftModel's state_dict; `default` elsewhere, as in modules_to_save.default.weight), as peft's save_pretrained
@@ -471,12 +485,7 @@ def apply_adapter(lm, adapter: str, tokenizer, name: str = "default", *, trainab
     if tokenizer is not None and len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
         lm.resize_token_embeddings(len(tokenizer))
     saved = adapter_weight_shapes(adapter).keys()
-    named = saved_adapter_name(saved, adapter) or "default"
-    if name != named and (left := next((key for key in saved if adapter_name_left(key, named)), None)):
-        raise ValueError(
-            f"Adapter {adapter}: its weight {left} carries peft's adapter name '{named}', under which alone peft "
-            f"loads it: serve it as {named}={adapter}"
-        )
+    check_named_weights(saved, adapter)
     key_mapping = adapter_key_mapping(saved, adapter)  # a key without its base_model prefix: the checks below name it
     try:
         if isinstance(lm, PeftModel):

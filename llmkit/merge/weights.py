@@ -27,11 +27,10 @@ from llmkit.core.models import (
     ADAPTER_WEIGHTS,
     PROMPT_LEARNING,
     adapter_config,
-    adapter_name_left,
     adapter_weights_file,
+    check_named_weights,
     peft_type,
     reading_weights,
-    saved_adapter_name,
     without_adapter_name,
 )
 
@@ -217,15 +216,12 @@ def load_lora_adapter(adapter: Path | AdapterFiles, layout: BaseLayout) -> Adapt
     modules: dict[str, LoraModule] = {}
     replacements: dict[str, torch.Tensor] = {}
     token_rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    named = saved_adapter_name(files.tensors, files.path) or "default"
+    try:
+        check_named_weights(files.tensors, files.path)
+    except ValueError as err:
+        raise AdapterMismatchError(str(err)) from None
     for key, name in files.names():
         tensor = files.tensors[key]
-        if adapter_name_left(name, named):
-            raise AdapterMismatchError(
-                f"{files.path}: its weight {key} carries peft's adapter name '{named}', which peft loads only on "
-                "LoRA factors (lora_A.default.weight) and fails on here; write the keys as peft's save_pretrained "
-                f"does, without '.{named}'"
-            )
         if name.endswith(_TOKEN_ROWS):
             path = name.removesuffix(_TOKEN_ROWS)
             token_rows[layout.stored(f"{path}.weight")] = (_token_indices(files.config, path, files.path), tensor)
