@@ -21,7 +21,16 @@ from pathlib import Path
 from string import Formatter
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 from llmkit.config.keys import suggest
@@ -552,7 +561,17 @@ def _mapping_problem(error: ErrorDetails, mapping: type[BaseModel]) -> str:
     return f"{key}: {message}" if key else message
 
 
-TrainOnEos = Literal["turn", "all", "last", "none"]
+def _eos_choice_not_yes_no(value: object) -> object:
+    # A YAML true/false is not one of the names, in axolotl either (its schema takes all, turn, last or null); say
+    # which name each means rather than list the names alone: true trains the EOS after trained turns (turn,
+    # axolotl's default for chat_template), false trains none.
+    if isinstance(value, bool):
+        meant = "turn (after each trained turn, axolotl's default for chat_template)" if value else "none"
+        raise ValueError(f"Input should be 'turn', 'all', 'last' or 'none', not {str(value).lower()}: write {meant}")
+    return value
+
+
+TrainOnEos = Annotated[Literal["turn", "all", "last", "none"], BeforeValidator(_eos_choice_not_yes_no)]
 
 
 class DatasetSpec(BaseModel):

@@ -439,6 +439,21 @@ def test_roles_to_train_and_train_on_eos_choose_what_is_trained(write_rows, make
     assert tokenizer.decode(row["input_ids"]) == expected
 
 
+def test_train_on_eos_true_or_false_is_refused_saying_which_name_to_write(tmp_path):
+    """Two real configs wrote `train_on_eos: true`; axolotl's schema takes all, turn, last or null, not a bool. It was
+    refused listing the names only; now the error says which one true (turn, axolotl's default) or false means."""
+    dataset = {"path": "a.jsonl", "type": "chat_template"}
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, [{**dataset, "train_on_eos": True}, {**dataset, "train_on_eos": False, "train_on_eot": True}])
+    names = "Input should be 'turn', 'all', 'last' or 'none'"
+    turn = "write turn (after each trained turn, axolotl's default for chat_template)"
+    assert info.value.problems == [
+        f"datasets[0].train_on_eos: {names}, not true: {turn} (got True)",
+        f"datasets[1].train_on_eos: {names}, not false: write none (got False)",
+        f"datasets[1].train_on_eot: {names}, not true: {turn} (got True)",
+    ]
+
+
 def test_sharegpt_roles_input_and_output_are_more_speakers_masked_or_trained(write_rows, make_cfg, tokenizer):
     """axolotl's sharegpt `roles: {input: [...], output: [...]}` names speakers beyond human/gpt, each rendered under
     its own name: input ones masked, output ones trained. They were read as chat_template's template roles, so the
