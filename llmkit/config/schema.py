@@ -256,7 +256,16 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         if targets_needed and not self.lora_target_linear and not self.lora_target_modules:
             raise ValueError("lora_target_modules: empty; list module names or set lora_target_linear: true")
         if self.unfrozen_parameters and self.adapter is not None:
-            raise ValueError("unfrozen_parameters: applies to a full fine-tune (adapter: none), not an adapter")
+            # axolotl (train.py) runs freeze_layers_except on the model load_model returns, already wrapped by peft:
+            # every parameter no pattern matches is frozen, the adapter's too, and its names start base_model.model.,
+            # which patterns written for the base (^model\., ^lm_head\.) never match; its maintainers answer that the
+            # key is for full fine-tunes (axolotl issues #1188, #1464). Such a run trains nothing, so it is refused.
+            raise ValueError(
+                "unfrozen_parameters: is for a full fine-tune (adapter: none); beside an adapter axolotl freezes "
+                "every parameter it does not match after the adapter is attached, the adapter's own included (its "
+                "names start base_model.model.), so patterns for the base's names leave nothing trained. Leave it "
+                "out to train the adapter (lora_modules_to_save trains whole modules beside it)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -631,9 +631,15 @@ def test_lora_and_full_fine_tune_only_keys(tmp_path):
     full = {"adapter": "none", "load_in_4bit": False}
     cfg = load_quietly(write(tmp_path, MINIMAL), {**full, "unfrozen_parameters": "model.layers.1.*"})
     assert cfg.unfrozen_parameters == ["model.layers.1.*"]
-    assert "unfrozen_parameters: applies to a full fine-tune" in error_of(
-        write(tmp_path, MINIMAL), {"unfrozen_parameters": ["lm_head"]}
+    # axolotl's gemma-3-1b-qlora.yml: there, freezing runs after peft wraps the base, so nothing is left to train
+    said = error_of(
+        write(tmp_path, MINIMAL), {"unfrozen_parameters": [r"^model\.language_model\..*", r"^lm_head\..*"]}
     )
+    assert (
+        "unfrozen_parameters: is for a full fine-tune (adapter: none); beside an adapter axolotl freezes every "
+        "parameter it does not match after the adapter is attached, the adapter's own included"
+    ) in said
+    assert "Leave it out to train the adapter (lora_modules_to_save trains whole modules beside it)" in said
     assert "cosine_min_lr_ratio applies to lr_scheduler: cosine, not linear" in error_of(
         write(tmp_path, MINIMAL), {"cosine_min_lr_ratio": 0.1, "lr_scheduler": "linear"}
     )
