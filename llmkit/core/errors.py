@@ -61,7 +61,7 @@ def problems(err: ValidationError, key: Callable[[str], str] = str) -> list[str]
     inputs: dict[str, object] = {}
     for error in err.errors(include_url=False):
         path = key_path(error["loc"])
-        messages.setdefault(path, []).append(error_message(error))
+        messages.setdefault(path, []).append(error_message(error) + _list_hint(error))
         inputs.setdefault(path, error.get("input"))
     lines = []
     for path, said in messages.items():
@@ -73,6 +73,16 @@ def problems(err: ValidationError, key: Callable[[str], str] = str) -> list[str]
         got = "" if isinstance(given, dict) else f" (got {short_repr(given)})"
         lines.append(f"{key(path)}: {text}{got}")
     return lines
+
+
+def _list_hint(error: ErrorDetails) -> str:
+    """How to write a list where a mapping was given: YAML's `- ` before each entry is what is missing (`datasets:`
+    with its one entry's keys indented under it, no dash, is a common slip)."""
+    given = error.get("input")
+    if error["type"] != "list_type" or not isinstance(given, dict) or not given:
+        return ""
+    first = next(iter(given))
+    return f", not a mapping: write `- ` before each entry (`- {first}: ...` where this mapping is one entry)"
 
 
 def shorten(text: str, limit: int = 120) -> str:

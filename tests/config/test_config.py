@@ -221,7 +221,9 @@ def test_not_yaml_or_not_a_mapping_is_a_config_error(tmp_path):
     (tmp_path / "latin1.yml").write_bytes(MINIMAL.encode() + b"# caf\xe9\n")
     assert "not UTF-8 text (byte 0xe9 at offset" in error_of(tmp_path / "latin1.yml")
     datasets = "datasets:\n  - path: onuralp/open-otter\n    type: alpaca\n"
-    for value, got in [("5", " (got 5)"), ("{path: x}", "")]:
+    # A mapping (an entry's keys written without the dash before the first) is told how a list is written
+    hint = ", not a mapping: write `- ` before each entry (`- path: ...` where this mapping is one entry)"
+    for value, got in [("5", " (got 5)"), ("{path: x, type: alpaca}", hint)]:
         text = MINIMAL.replace(datasets, f"datasets: {value}\n")
         assert f"datasets: Input should be a valid list{got}" in error_of(write(tmp_path, text))
 

@@ -44,6 +44,9 @@ def test_a_mapping_is_not_repeated_a_long_value_is_cut_and_keys_can_be_renamed()
     with pytest.raises(ValidationError) as info:
         Request.model_validate({"messages": {"a": 1}, "ids": ["x" * 500]})
     lines = problems(info.value, key=lambda path: f"--{path}")
-    assert lines[0] == "--messages: Input should be a valid list"
+    assert lines[0] == (
+        "--messages: Input should be a valid list, not a mapping: write `- ` before each entry (`- a: ...` where "
+        "this mapping is one entry)"
+    )
     assert lines[1].startswith("--ids[0]: Input should be a valid integer") and lines[1].endswith("...)")
     assert len(lines[1]) < 250
