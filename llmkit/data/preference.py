@@ -231,15 +231,35 @@ def _template_builder(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, tem
             raise FieldError(answer_field, "cannot be found in the chat template's rendering of it")
         return rendered[start:].rstrip()
 
+    warned = False  # the prompt ending on an answer: said once per dataset, not per row
+
     def build(row: RawRow) -> PreferenceRow:
+        nonlocal warned
         prompt = row.get(field)
         if prompt is None:
             raise absent(row, field)
-        return PreferenceRow(
-            prompt=render(_messages(prompt, field, spec), generation_prompt=True),
-            chosen=answer(row, spec.field_chosen or "chosen"),
+        messages = _messages(prompt, field, spec)
+        chosen_field = spec.field_chosen or "chosen"
+        pair = PreferenceRow(
+            prompt=render(messages, generation_prompt=True),
+            chosen=answer(row, chosen_field),
             rejected=answer(row, spec.field_rejected or "rejected"),
         )
+        if messages and messages[-1]["role"] == "assistant" and not warned:
+            warned = True
+            # axolotl renders all of field_messages as the prompt, a last assistant turn included (field_messages:
+            # chosen in DPO tutorials): so does this, but each answer then follows an answer already given.
+            chosen = _answer(row, chosen_field, spec)["content"].strip()
+            which = " (the chosen answer itself)" if messages[-1]["content"].strip() == chosen else ""
+            LOG.warning(
+                "%s: field_messages %r ends on an assistant turn%s, which the prompt keeps, as axolotl's "
+                "chat_template.default renders it: every pair's answers follow an answer already given; set "
+                "field_messages to a field holding the conversation before the answers",
+                source_name(spec),
+                field,
+                which,
+            )
+        return pair
 
     return build
 

@@ -105,6 +105,52 @@ def test_chat_template_default_reads_axolotls_dataset_keys(tokenizer):
     assert (own["chosen"], own["rejected"]) == ("4<|im_end|>", "5<|im_end|>")
 
 
+def test_field_messages_ending_on_the_chosen_answer_is_the_prompt_as_axolotl_renders_it_and_warned_once(
+    make_cfg, tokenizer, tmp_path, caplog
+):
+    """A DPO tutorial's config sets field_messages: chosen, whose conversation ends on the chosen answer. axolotl's
+    chat_template.default renders all of field_messages, that answer included, as the prompt; so does this project,
+    and it now says so once per dataset (it said nothing, and every pair's answers followed the chosen one)."""
+    rows = [
+        {
+            "chosen": [{"from": "human", "value": f"Explain {i}"}, {"from": "gpt", "value": f"Simple {i}"}],
+            "rejected": [{"from": "human", "value": f"Explain {i}"}, {"from": "gpt", "value": f"Technical {i}"}],
+        }
+        for i in range(2)
+    ]
+    keys = {
+        "type": "chat_template.default",
+        "chat_template": "chatml",
+        "field_messages": "chosen",
+        "message_field_role": "from",
+        "message_field_content": "value",
+        "roles": {"user": ["human"], "assistant": ["gpt"]},
+    }
+    path = _pairs(tmp_path, rows)
+    with caplog.at_level("WARNING"):
+        pairs = build_preference_datasets(make_cfg([{"path": str(path), **keys}], rl="dpo"), tokenizer).train
+    answered = (
+        "<|im_start|>user\nExplain 0<|im_end|>\n<|im_start|>assistant\nSimple 0<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert {(pair["prompt"], pair["chosen"], pair["rejected"]) for pair in pairs} >= {
+        (answered, "Simple 0<|im_end|>", "Technical 0<|im_end|>")
+    }
+    said = (
+        f"{path}: field_messages 'chosen' ends on an assistant turn (the chosen answer itself), which the prompt keeps"
+    )
+    assert caplog.text.count(said) == 1
+    caplog.clear()
+    plain = [{"messages": [{"role": "user", "content": "Explain"}], "chosen": "Simple", "rejected": "Technical"}]
+    with caplog.at_level("WARNING"):  # a prompt ending on the user's turn is not warned about
+        build_preference_datasets(
+            make_cfg(
+                [{"path": str(_pairs(tmp_path, plain, "plain.jsonl")), "type": "chat_template.default"}], rl="dpo"
+            ),
+            tokenizer,
+        )
+    assert "ends on an assistant turn" not in caplog.text
+
+
 def test_a_bad_row_names_the_file_row_and_field(make_cfg, tokenizer, tmp_path):
     rows = [{"question": "a", "chosen": "b", "rejected": "c"}, {"question": "d", "chosen": "e"}]
     path = _pairs(tmp_path, rows)
