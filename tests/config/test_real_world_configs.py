@@ -175,7 +175,27 @@ def test_newer_axolotl_keys_in_the_corpus_are_named_for_what_they_do(runs):
     assert "adapter: qalora (axolotl's QA-LoRA adapter" in said["tinyllama-1.1b-qalora.yml"]
     assert "llmcompressor={'recipe'" in said["llama3.1-8b-sparse-llmcompressor.yml"]
     newer = [name for name in said if name.startswith(("qwen3-8b", "pythia-12b", "gemma3-1b", "tinyllama-1.1b-qa"))]
-    assert len(newer) == 4 and not [name for name in newer if "unknown key" in said[name]]
+    assert len(newer) == 5 and not [name for name in newer if "unknown key" in said[name]]
+
+
+@pytest.mark.timeout(600)
+def test_the_outside_checks_configs_end_as_axolotl_reads_them(runs):
+    """Configs a later outside check ran (axolotl's examples, a DPO tutorial, users' design docs and a web UI): each
+    refusal says what to write instead, or what axolotl does; the DPO prompt that holds the chosen answer plans."""
+    said = {run.name: " ".join(run.output.split()) for run in runs}  # rich wraps warnings at the terminal width
+    assert (
+        "datasets[0].train_on_eos: Input should be 'turn', 'all', 'last' or 'none', not true: write turn"
+        in (said["qwen2.5-coder-7b-multiagent-mix.yml"])
+    )
+    assert "the adapter's own included" in said["gemma3-1b-it-qlora-slimorca.yml"]
+    assert (
+        "datasets: Input should be a valid list, not a mapping: write `- ` before each entry (`- path: ...`"
+        in (said["tlite-lora-datasets-as-mapping.yml"])
+    )
+    assert "adapter: qlora requires load_in_4bit: true" in said["qwen2.5-7b-toolace-qlora-no4bit.yml"]
+    assert "chat_template: mistral_v7_tekken is axolotl's copy" in said["mistral-small-3.1-24b-lora-vision.yml"]
+    dpo = next(run for run in runs if run.name == "dpo-sharegpt-chosen-chatml.yml")
+    assert dpo.result == "plan"  # its warning goes to the driver's stderr, not the run's output: tests/train has it
 
 
 @pytest.mark.parametrize("command", ["preprocess", "train"])
