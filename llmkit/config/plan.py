@@ -274,13 +274,14 @@ def training_memory(
         dtype_bytes=_DTYPE_BYTES[dtype],
         trainable_params=trainable,
         optimizer=cfg.optimizer.value,
-        tokens=cfg.micro_batch_size * cfg.sequence_len * (2 if cfg.rl else 1),  # DPO: chosen + rejected
+        tokens=cfg.micro_batch_size * cfg.sequence_len * (2 if cfg.rl else 1),  # DPO, ORPO: chosen + rejected
         gradient_checkpointing=cfg.gradient_checkpointing,
         full_fine_tune=cfg.adapter is None,
         trained_bytes=_DTYPE_BYTES[weights] if cfg.adapter is None else 4,  # adapters train in float32
         double_quant=cfg.quantization_options.bnb_4bit_use_double_quant,
+        # DPO's full fine-tune keeps a frozen copy of the model (an adapter's reference is the base without it)
+        reference_model=cfg.rl is not None and cfg.rl.has_reference and cfg.adapter is None,
         # per layer: dropout keeps a copy of each adapted layer's input
-        reference_model=bool(cfg.rl) and cfg.adapter is None,
         dropout_width=sum(module.fan_in for module in adapted) // shape.num_layers if dropout else 0,
     )
     return estimate_training(shape, setup, track)

@@ -325,7 +325,9 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
     @model_validator(mode="after")
     def _check_rl(self) -> AxolotlConfig:
         if self.rl is None:
-            set_keys = [key for key in ("rl_beta", "dpo_beta", "rpo_alpha") if getattr(self, key) is not None]
+            set_keys = [
+                key for key in ("rl_beta", "dpo_beta", "orpo_alpha", "rpo_alpha") if getattr(self, key) is not None
+            ]
             set_keys += ["trl.beta"] if self.trl and self.trl.beta is not None else []
             set_keys += ["dpo_use_weighting"] if self.dpo_use_weighting else []
             if set_keys:
@@ -353,8 +355,22 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 "dpo_label_smoothing: TRL 1.16's sigmoid DPO loss has no label smoothing (conservative DPO); "
                 "llmkit does not implement it; set 0"
             )
-        names = ", ".join(kind.value for kind in PreferenceType) + ", or a {field_prompt, field_chosen, ...} mapping"
+        if self.orpo_alpha is not None and self.rl is not RLMethod.orpo:
+            raise ValueError(f"orpo_alpha: ORPO's weight, read with rl: orpo; rl: {self.rl.value}'s beta is rl_beta")
+        if self.rl is RLMethod.orpo:  # DPO's options: ORPOTrainer has none of them
+            dpo_only = ["rpo_alpha"] if self.rpo_alpha is not None else []
+            dpo_only += ["dpo_use_weighting"] if self.dpo_use_weighting else []
+            if dpo_only:
+                raise ValueError(f"{', '.join(dpo_only)}: options of DPO's loss, not ORPO's (rl: orpo); remove them")
+        read = PreferenceType.read_by(self.rl)
+        names = ", ".join(kind.value for kind in read)
+        names += "" if self.rl is RLMethod.orpo else ", or a {field_prompt, field_chosen, ...} mapping"
         for key, i, spec in self.dataset_entries():
+            if self.rl is RLMethod.orpo and isinstance(spec.type, (CustomPrompt, PreferencePrompt)):
+                raise ValueError(
+                    f"{key}[{i}].type: a mapping is axolotl's DPO user-defined format, which rl: orpo does not read;"
+                    f" supported: {names}, or no type (rows already prompt, chosen, rejected)"
+                )
             if isinstance(spec.type, CustomPrompt):
                 given, keys = sorted(spec.type.model_fields_set), ", ".join(PreferencePrompt.model_fields)
                 if not set(given) <= set(PreferencePrompt.model_fields):
@@ -366,11 +382,14 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 spec.type = PreferencePrompt(**spec.type.model_dump(include=set(given)))
             if isinstance(spec.type, PreferencePrompt):
                 continue
-            if spec.type is not None and spec.type not in PreferenceType._value2member_map_:
-                raise ValueError(
-                    f"{key}[{i}].type: {spec.type_name} is not a preference dataset type, which "
-                    f"rl: {self.rl.value} needs; supported: {names}"
+            if spec.type is not None and spec.type not in {kind.value for kind in read}:
+                other = "orpo" if self.rl.has_reference else "dpo"  # axolotl loads each method's from its module
+                what = (
+                    f"is rl: {other}'s type (axolotl's {other} strategies), which rl: {self.rl.value} does not read"
+                    if spec.type in PreferenceType._value2member_map_
+                    else f"is not a preference dataset type, which rl: {self.rl.value} needs"
                 )
+                raise ValueError(f"{key}[{i}].type: {spec.type_name} {what}; supported: {names}")
         return self
 
     @model_validator(mode="after")
@@ -442,8 +461,9 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
 
     @property
     def preference_beta(self) -> float | None:
-        """The preference loss's beta as axolotl picks it: trl.beta, then rl_beta, then dpo_beta (None: TRL's 0.1)."""
-        for beta in (self.trl.beta if self.trl else None, self.rl_beta, self.dpo_beta):
+        """The preference loss's beta as axolotl picks it: trl.beta, then rl_beta, then dpo_beta, then orpo_alpha
+        (ORPO's weight, which axolotl passes as TRL's beta) (None: TRL's 0.1)."""
+        for beta in (self.trl.beta if self.trl else None, self.rl_beta, self.dpo_beta, self.orpo_alpha):
             if beta is not None:
                 return beta
         return None

@@ -346,15 +346,20 @@ def optimizer_name(value: object) -> object:
 
 
 class RLMethod(str, Enum):
-    """Preference training methods run by TRL's DPOTrainer (axolotl's `rl:` values)."""
+    """Preference training methods (axolotl's `rl:` values): DPO's by TRL's DPOTrainer, ORPO by its ORPOTrainer."""
 
     dpo = "dpo"  # DPO, sigmoid loss
     ipo = "ipo"  # DPO with the IPO loss (TRL loss_type ipo)
+    orpo = "orpo"  # ORPO: the chosen answers' NLL plus a weighted odds-ratio loss, no reference model
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether the loss compares the model with a frozen reference (DPO's); ORPO's does not."""
+        return self is not RLMethod.orpo
 
 
 # axolotl's other `rl:` values: what each is (none is implemented here).
 UNSUPPORTED_RL = {
-    "orpo": "ORPO (TRL's ORPOTrainer)",
     "kto": "KTO (TRL's KTOTrainer, unpaired preference data)",
     "simpo": "SimPO (TRL's CPOTrainer)",
     "grpo": "GRPO (online RL with reward functions and generation)",
@@ -364,7 +369,7 @@ UNSUPPORTED_RL = {
 
 
 def rl_method(value: object) -> object:
-    """`rl: dpo|ipo`; false/none/empty: no preference training; axolotl's other methods refused by name."""
+    """`rl: dpo|ipo|orpo`; false/none/empty: no preference training; axolotl's other methods refused by name."""
     if value is False or (isinstance(value, str) and value.lower() in ("", "none", "false")):
         return None
     if isinstance(value, str) and value in UNSUPPORTED_RL:
@@ -374,9 +379,12 @@ def rl_method(value: object) -> object:
 
 
 class PreferenceType(str, Enum):
-    """Preference (DPO) dataset types, axolotl's `prompt_strategies/dpo` names: rows become prompt/chosen/rejected."""
+    """Preference dataset types, axolotl's `prompt_strategies/dpo` names (and `orpo`'s chat_template.argilla): rows
+    become prompt/chosen/rejected."""
 
     chat_template_default = "chat_template.default"  # {messages, chosen, rejected}, the tokenizer's chat template
+    # ORPO's (axolotl's orpo/chat_template.py): {system?, prompt?, chosen: [turns], rejected: [turns]}, chat template
+    chat_template_argilla = "chat_template.argilla"
     chatml_intel = "chatml.intel"  # {system?, question, chosen, rejected}
     chatml_argilla = "chatml.argilla"  # {system?, prompt|input|question|instruction, chosen|chosen_response, ...}
     chatml_argilla_chat = "chatml.argilla_chat"  # {chosen: [user, assistant], rejected: [user, assistant]}
@@ -389,6 +397,13 @@ class PreferenceType(str, Enum):
     llama3_icr = "llama3.icr"
     llama3_prompt_pairs = "llama3.prompt_pairs"
     llama3_ultra = "llama3.ultra"
+
+    @classmethod
+    def read_by(cls, method: RLMethod) -> list[PreferenceType]:
+        """The types `rl: method` reads: axolotl loads ORPO's from its `orpo` strategies, DPO's from `dpo`."""
+        if method is RLMethod.orpo:
+            return [cls.chat_template_argilla]
+        return [kind for kind in cls if kind is not cls.chat_template_argilla]
 
 
 class LoftQSettings(BaseModel):
@@ -421,11 +436,9 @@ class TrlSettings(BaseModel):
     @classmethod
     def _only_beta(cls, data: Any) -> Any:
         # axolotl passes every trl: key to TRL; here only beta is read, and a key that changes the loss or the
-        # generation must not be dropped in silence (`rl:` picks the loss: dpo or ipo).
+        # generation must not be dropped in silence (`rl:` picks the loss: dpo, ipo or orpo).
         if isinstance(data, dict) and (others := sorted(str(key) for key in data if key not in cls.model_fields)):
-            raise ValueError(
-                f"not implemented here: {', '.join(others)} (only trl.beta is read; rl: dpo or ipo picks the loss)"
-            )
+            raise ValueError(f"not implemented here: {', '.join(others)} (only trl.beta is read; rl: picks the loss)")
         return data
 
 
@@ -1209,15 +1222,19 @@ class TrainingSection(BaseModel):
 
 
 class RLSection(BaseModel):
-    """Preference training (axolotl's `rl:`), run by TRL's DPOTrainer."""
+    """Preference training (axolotl's `rl:`), run by TRL's DPOTrainer or ORPOTrainer."""
 
     model_config = _SECTION
 
     rl: RLMethod | None = Field(
-        None, description="Preference training: dpo, or ipo (DPO with the IPO loss); datasets need preference types."
+        None,
+        description="Preference training: dpo, ipo (DPO with the IPO loss) or orpo; datasets need preference types.",
     )
     rl_beta: float | None = Field(None, gt=0, description="rl: beta of the preference loss (TRL beta; default 0.1).")
     dpo_beta: float | None = Field(None, gt=0, description="rl: axolotl's older name for rl_beta.")
+    orpo_alpha: float | None = Field(
+        None, gt=0, description="rl: orpo: weight of the odds-ratio loss (TRL's ORPO beta; rl_beta and trl.beta win)."
+    )
     trl: TrlSettings | None = Field(None, description="axolotl's TRL options; DPO reads beta.")
     dpo_use_weighting: bool = Field(False, description="rl: WPO weighting of the pairs (TRL use_weighting).")
     rpo_alpha: float | None = Field(

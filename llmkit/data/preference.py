@@ -1,4 +1,5 @@
-"""Preference (DPO) data: axolotl's `prompt_strategies/dpo` dataset types as TRL's {prompt, chosen, rejected} rows.
+"""Preference data: axolotl's `prompt_strategies/dpo` dataset types (and `orpo`'s chat_template.argilla) as TRL's
+{prompt, chosen, rejected} rows.
 
     rl: dpo
     datasets:
@@ -11,8 +12,9 @@ preferred and the worse answer, each closed by the end marker of its turn. TRL's
 a pair whose prompt and either answer are longer than sequence_len is dropped and counted (or, with
 excess_length_strategy: raise, an error naming it); so is a pair that trains nothing (an empty chosen answer, or
 the same answer twice). The chatml.*
-and llama3.* types write their chat format themselves; chat_template.default renders the conversation with the
-dataset's chat template (or the config's, or the tokenizer's).
+and llama3.* types write their chat format themselves; chat_template.default and chat_template.argilla render the
+conversation with the dataset's chat template (or the config's, or the tokenizer's). TRL's ORPOTrainer (rl: orpo)
+reads the same rows.
 """
 
 from __future__ import annotations
@@ -264,6 +266,51 @@ def _template_builder(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, tem
     return build
 
 
+def _argilla_builder(tokenizer: PreTrainedTokenizerBase, template: str) -> PreferenceBuilder:
+    """chat_template.argilla (ORPO's, axolotl's orpo/chat_template.py): `chosen` and `rejected` are conversations of
+    user/assistant turns ending in the answer; the prompt is the row's system text and `chosen`'s turns before its
+    last answer (each user turn the row's `prompt` text where it has one, as axolotl reads it) rendered with the
+    generation prompt; an answer is the rendering with it, from where the prompt ends."""
+
+    def turns(row: RawRow, field: str) -> list[Any]:
+        value = row.get(field)
+        if value is None:
+            raise absent(row, field)
+        if not isinstance(value, list) or not value or len(value) % 2:
+            raise FieldError(field, "must be a list of user and assistant turns, the answer last (an even number)")
+        return value
+
+    def render(messages: list[dict[str, Any]], generation_prompt: bool) -> str:
+        text = tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+        )
+        return cast(str, text)
+
+    def build(row: RawRow) -> PreferenceRow:
+        chosen, rejected = turns(row, "chosen"), turns(row, "rejected")
+        system = text_field(row, "system", optional=True)
+        messages = [{"role": "system", "content": system}] if system else []
+        for i in range(0, len(chosen), 2):
+            user = text_field(row, "prompt") if row.get("prompt") is not None else _turn_content(row, "chosen", i)
+            messages.append({"role": "user", "content": user})
+            if i + 2 < len(chosen):
+                messages.append({"role": "assistant", "content": _turn_content(row, "chosen", i + 1)})
+        prompt = render(messages, generation_prompt=True)
+
+        def answer(field: str, last: int) -> str:
+            content = _turn_content(row, field, last)
+            if not content.strip():
+                return ""  # as the other types give it: a pair with no chosen answer is dropped
+            full = render([*messages, {"role": "assistant", "content": content}], generation_prompt=False)
+            return full[len(prompt) :]
+
+        return PreferenceRow(
+            prompt=prompt, chosen=answer("chosen", len(chosen) - 1), rejected=answer("rejected", len(rejected) - 1)
+        )
+
+    return build
+
+
 def preference_builder(
     spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, defaults: ChatDefaults | None = None
 ) -> PreferenceBuilder:
@@ -283,6 +330,8 @@ def preference_builder(
     if kind is PreferenceType.chat_template_default:
         template = template_for_rows(spec, tokenizer, defaults or ChatDefaults())
         build = _template_builder(spec, tokenizer, template)
+    elif kind is PreferenceType.chat_template_argilla:
+        build = _argilla_builder(tokenizer, template_for_rows(spec, tokenizer, defaults or ChatDefaults()))
     else:
         build = _formatted_builder(kind)
     return _without_double_bos(build, tokenizer)

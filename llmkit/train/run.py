@@ -1,4 +1,4 @@
-"""Fine-tune a base model from an axolotl-style config with transformers' Trainer (TRL's DPOTrainer for `rl:`).
+"""Fine-tune a base model from an axolotl-style config with transformers' Trainer (TRL's for `rl:`).
 
     llmkit train axolotl_configs/smollm2-135m-qlora.yml              # one process (GPU if present, else CPU)
     make train CONFIG=axolotl_configs/smollm2-135m-qlora.yml NPROC=2  # DDP: one process per device (torchrun)
@@ -9,8 +9,8 @@ an interruption resumes from the newest complete `checkpoint-*` in output_dir (o
 after a finished run it does nothing, whatever this machine could train (llmkit/train/resume.py). The final
 adapter, tokenizer, `config.resolved.yml`, `trainer_state.json` and `loss_curve.png` are written to a temporary
 folder and moved into output_dir with the adapter's config last, so output_dir never looks finished while it is
-not. Preference training (`rl: dpo|ipo`) takes the same path with preference pairs (`llmkit.data.preference`) and
-TRL's DPOTrainer.
+not. Preference training (`rl: dpo|ipo|orpo`) takes the same path with preference pairs (`llmkit.data.preference`)
+and TRL's DPOTrainer (ORPOTrainer for orpo).
 """
 
 from __future__ import annotations
@@ -220,15 +220,29 @@ class ConfigCadence(TrainerCallback):
 def _trainer(
     cfg: AxolotlConfig, args: TrainingArguments, model: Any, tokenizer: Any, data: PreparedData | PreferenceData
 ) -> Trainer:
-    """transformers' Trainer over the prepared rows, or TRL's DPOTrainer over preference pairs for `rl:`."""
+    """transformers' Trainer over the prepared rows, or TRL's DPOTrainer (ORPOTrainer for ORPO) over preference pairs
+    for `rl:`."""
     callbacks: list[TrainerCallback] = [LogLastStep(), ConfigCadence()]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience))
-    if cfg.rl:
-        from trl import DPOTrainer  # imports TRL only where it is used
+    if cfg.rl is RLMethod.orpo:
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO lives in trl.experimental, which warns
+        from trl.experimental.orpo import ORPOTrainer  # imports TRL only where it is used
+
+        # No reference model: ORPO's loss is the model's own NLL of the chosen answers and odds ratio of the pair.
+        trainer: Trainer = ORPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=data.train,
+            eval_dataset=data.eval,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    elif cfg.rl:
+        from trl import DPOTrainer
 
         # The reference policy is the model before training: TRL keeps a copy of the new adapter as "ref".
-        trainer: Trainer = DPOTrainer(
+        trainer = DPOTrainer(
             model=model,
             args=args,
             train_dataset=data.train,
@@ -259,8 +273,8 @@ def _trainer(
 
 
 def training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments:
-    """The config's trainer keys in transformers' terms ("auto" precision resolved for this machine); a DPOConfig
-    (TrainingArguments plus the preference loss's settings) for `rl:`.
+    """The config's trainer keys in transformers' terms ("auto" precision resolved for this machine); a DPOConfig or
+    ORPOConfig (TrainingArguments plus the preference loss's settings) for `rl:`.
 
     Raises:
         ConfigError: tf32 without CUDA, or settings transformers refuses together (e.g. load_best_model_at_end
@@ -320,6 +334,13 @@ def training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments:
         **_adam(cfg),
     )
     try:
+        if cfg.rl is RLMethod.orpo:
+            os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO lives in trl.experimental, which warns
+            from trl.experimental.orpo import ORPOConfig
+
+            # axolotl passes orpo_alpha (ORPO's lambda, the odds-ratio loss's weight) as TRL's beta
+            beta = {} if cfg.preference_beta is None else {"beta": cfg.preference_beta}
+            return ORPOConfig(**options, max_length=cfg.sequence_len, **beta)
         if cfg.rl:
             from trl import DPOConfig
 

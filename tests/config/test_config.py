@@ -452,9 +452,14 @@ def test_optimizer_names_are_transformers_and_axolotls(tmp_path):
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"rl": "orpo"}, "rl: orpo: ORPO (TRL's ORPOTrainer) is not implemented here; supported: dpo, ipo"),
-        ({"rl": "grpo"}, "supported: dpo, ipo"),
-        ({"rl": "ppo"}, "rl: Input should be 'dpo' or 'ipo'"),
+        ({"rl": "simpo"}, "rl: simpo: SimPO (TRL's CPOTrainer) is not implemented here; supported: dpo, ipo, orpo"),
+        ({"rl": "grpo"}, "supported: dpo, ipo, orpo"),
+        ({"rl": "ppo"}, "rl: Input should be 'dpo', 'ipo' or 'orpo'"),
+        (
+            {"rl": "orpo"},
+            "datasets[0].type: chatml.intel is rl: dpo's type (axolotl's dpo strategies), which rl: "
+            "orpo does not read; supported: chat_template.argilla",
+        ),  # fmt: skip
         ({"datasets": [{"path": "x.jsonl", "type": "alpaca"}]}, "datasets[0].type: alpaca is not a preference"),
         ({"sample_packing": True}, "sample_packing: true does not work with rl: dpo"),
         ({"dpo_label_smoothing": 0.1}, "dpo_label_smoothing: TRL 1.16's sigmoid DPO loss has no label smoothing"),
@@ -561,7 +566,7 @@ def test_an_unsupported_rl_is_the_only_error_and_reward_data_says_what_it_is(tmp
     grpo = {"rl": "grpo", "trl": {"use_vllm": True, "num_generations": 8, "reward_funcs": ["r.f"]}}
     message = error_of(write(tmp_path, DPO), grpo)
     assert message.endswith("- rl: grpo: GRPO (online RL with reward functions and generation) is not implemented "
-                            "here; supported: dpo, ipo")  # fmt: skip
+                            "here; supported: dpo, ipo, orpo")  # fmt: skip
     assert "trl." not in message
     pairs = write(tmp_path, MINIMAL.replace("type: alpaca", "type: bradley_terry.chat_template"))
     assert "datasets[0].type: dataset type 'bradley_terry.chat_template' is reward-model data" in error_of(pairs)

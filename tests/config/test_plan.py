@@ -420,6 +420,16 @@ def test_dpo_plans_chosen_and_rejected_tokens_and_a_full_fine_tunes_reference_co
     assert full_dpo.memory[0].weights - full_sft.memory[0].weights == 2 * full_sft.shape.num_params
 
 
+def test_orpo_plans_both_answers_and_no_reference_copy():
+    orpo_keys = {"rl": "orpo", "orpo_alpha": 0.2, "sample_packing": False, "gradient_checkpointing": False}
+    orpo_keys["datasets"] = [{"path": "x/y", "type": "chat_template.argilla"}]
+    full = {"adapter": None, "load_in_4bit": False, "gradient_checkpointing": False}
+    full_orpo, full_sft = plan(team("Llama-2-7b-03", full | orpo_keys)), plan(team("Llama-2-7b-03", full))
+    assert "preference training: ORPO (TRL), beta 0.2" in full_orpo.method
+    assert full_orpo.memory[0].activations == 2 * full_sft.memory[0].activations  # chosen and rejected in one batch
+    assert full_orpo.memory[0].weights == full_sft.memory[0].weights  # ORPO's loss needs no reference model
+
+
 def test_dynamic_finetuning_is_said_in_the_plan_and_needs_the_memory_cross_entropy_needs():
     # axolotl's DFT (examples/gemma3/gemma-3-1b-fft-dft.yml) was refused as not implemented. Its loss upcasts the same
     # logits to float32 and keeps the same log-probabilities for the backward pass as transformers' cross-entropy.

@@ -1,0 +1,134 @@
+"""ORPO (`rl: orpo`): axolotl's chat_template.argilla rows become TRL's prompt/chosen/rejected, orpo_alpha is ORPO's
+weight as axolotl passes it, and a real ORPO step on a tiny model logs ORPO's loss (no reference model)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from llmkit.config.schema import load_config
+from llmkit.config.sections import DatasetSpec
+from llmkit.data.preference import build_preference_datasets, preference_builder
+from llmkit.data.sources import DataError
+from llmkit.data.tokenizer import load_tokenizer
+from llmkit.train.run import train, training_arguments
+
+CHATML_USER = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _turns(user: str, answer: str) -> list[dict]:
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+
+
+def _pairs(tmp_path: Path, rows: list[dict]) -> Path:
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_chat_template_argilla_builds_axolotls_rows(tokenizer):
+    build = preference_builder(
+        DatasetSpec(path="unused.jsonl", type="chat_template.argilla", chat_template="chatml"), tokenizer
+    )
+    row = {"system": "Be brief.", "chosen": _turns("Hi", "Hello!"), "rejected": _turns("Hi", "Go away.")}
+    assert build(row) == {
+        "prompt": "<|im_start|>system\nBe brief.<|im_end|>\n" + CHATML_USER.format("Hi"),
+        "chosen": "Hello!<|im_end|>\n",
+        "rejected": "Go away.<|im_end|>\n",
+    }
+    # two turns: the prompt is chosen's first exchange and its second question; a `prompt` field is every user turn
+    chat = {"chosen": _turns("A?", "a") + _turns("B?", "b"), "rejected": _turns("A?", "a") + _turns("B?", "c")}
+    first = CHATML_USER.format("A?") + "a<|im_end|>\n"
+    assert build(chat) == {"prompt": first + CHATML_USER.format("B?"), "chosen": "b<|im_end|>\n",
+                           "rejected": "c<|im_end|>\n"}  # fmt: skip
+    assert build({**chat, "prompt": "Q"})["prompt"] == CHATML_USER.format("Q") + "a<|im_end|>\n" + CHATML_USER.format(
+        "Q"
+    )
+    with pytest.raises(ValueError, match=r"chosen.*must be a list of user and assistant turns"):
+        build({"chosen": "Hello!", "rejected": _turns("Hi", "Go")})
+
+
+def test_orpo_keys_and_types(make_cfg, tmp_path):
+    argilla = [{"path": "p.jsonl", "type": "chat_template.argilla"}]
+    # axolotl: trl.beta, then rl_beta, then orpo_alpha become TRL's ORPO beta
+    assert make_cfg(argilla, rl="orpo", orpo_alpha=0.5).preference_beta == 0.5
+    assert make_cfg(argilla, rl="orpo", orpo_alpha=0.5, rl_beta=0.2).preference_beta == 0.2
+    with pytest.raises(ValueError, match=r"chatml\.intel is rl: dpo's type .* rl: orpo does not read; supported: "
+                                         r"chat_template\.argilla \["):  # fmt: skip
+        make_cfg([{"path": "p.jsonl", "type": "chatml.intel"}], rl="orpo")
+    with pytest.raises(ValueError, match=r"chat_template\.argilla is rl: orpo's type .* rl: dpo does not read"):
+        make_cfg(argilla, rl="dpo")
+    with pytest.raises(ValueError, match=r"a mapping is axolotl's DPO user-defined format, which rl: orpo does not"):
+        make_cfg([{"path": "p.jsonl", "type": {"field_prompt": "q"}}], rl="orpo")
+    with pytest.raises(ValueError, match=r"rpo_alpha, dpo_use_weighting: options of DPO's loss, not ORPO's"):
+        make_cfg(argilla, rl="orpo", rpo_alpha=1.0, dpo_use_weighting=True)
+    with pytest.raises(ValueError, match=r"orpo_alpha: ORPO's weight, read with rl: orpo; rl: dpo's beta is rl_bet"):
+        make_cfg([{"path": "p.jsonl", "type": "chatml.intel"}], rl="dpo", orpo_alpha=0.1)
+    with pytest.raises(ValueError, match=r"orpo_alpha: preference-training keys, but rl is not set"):
+        make_cfg(orpo_alpha=0.1)
+    with pytest.raises(ValueError, match=r"simpo: SimPO .* is not implemented here; supported: dpo, ipo, orpo"):
+        make_cfg(argilla, rl="simpo")
+
+
+SUMS = [(f"What is {a} plus {a}?", str(2 * a), f"Maybe {a}") for a in range(4)]
+
+
+@pytest.mark.slow
+def test_an_orpo_step_logs_orpos_loss_and_publishes(tiny_config, tiny_model_dir, tmp_path):
+    """The first logged loss is ORPO's, computed here from the untrained model's logits (LoRA starts as the base):
+    the chosen sequences' NLL (prompt included, as TRL's ORPO computes it) minus orpo_alpha x the mean log-sigmoid
+    of the log odds ratio of the length-averaged answer log-probabilities."""
+    rows = [{"chosen": _turns(q, good), "rejected": _turns(q, bad)} for q, good, bad in SUMS]
+    pairs = _pairs(tmp_path, rows)
+    alpha = 0.7
+    config = tiny_config(
+        datasets=[{"path": str(pairs), "type": "chat_template.argilla", "chat_template": "chatml"}],
+        rl="orpo", orpo_alpha=alpha, micro_batch_size=len(rows), max_steps=2, sequence_len=96,
+    )  # fmt: skip
+    cfg = load_config(config)
+    args = training_arguments(cfg, cfg.optimizer.value)
+    assert (type(args).__name__, args.beta, args.max_length) == ("ORPOConfig", alpha, 96)
+
+    tokenizer = load_tokenizer(cfg)
+    data = build_preference_datasets(cfg, tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    nll_sum, nll_count, logps = 0.0, 0, {"chosen": [], "rejected": []}
+    with torch.no_grad():
+        for pair in data.train:
+            prompt = tokenizer(pair["prompt"], add_special_tokens=False)["input_ids"]
+            if tokenizer.bos_token_id is not None and prompt[:1] != [tokenizer.bos_token_id]:
+                prompt = [tokenizer.bos_token_id, *prompt]  # TRL's ORPO starts every prompt with BOS
+            for side in ("chosen", "rejected"):
+                answer = tokenizer(pair[side], add_special_tokens=False)["input_ids"]
+                answer += [] if answer[-1:] == [tokenizer.eos_token_id] else [tokenizer.eos_token_id]
+                ids = torch.tensor([prompt + answer])
+                token_logps = F.log_softmax(model(ids).logits[0, :-1].float(), -1).gather(1, ids[0, 1:, None])[:, 0]
+                logps[side].append(token_logps[len(prompt) - 1 :].mean())
+                if side == "chosen":
+                    nll_sum -= token_logps.sum().item()
+                    nll_count += len(token_logps)
+    chosen, rejected = torch.stack(logps["chosen"]), torch.stack(logps["rejected"])
+    log_odds = (chosen - rejected) - (torch.log1p(-chosen.exp()) - torch.log1p(-rejected.exp()))
+    expected = nll_sum / nll_count - alpha * F.logsigmoid(log_odds).mean().item()
+
+    out = train(cfg)
+    state = json.loads((out / "trainer_state.json").read_text())
+    logged = [entry for entry in state["log_history"] if "loss" in entry]
+    assert len(logged) == 2 and all(math.isfinite(entry["loss"]) for entry in logged)
+    assert logged[0]["loss"] == pytest.approx(expected, rel=1e-3), (logged[0], expected)
+    assert logged[0]["nll_loss"] == pytest.approx(nll_sum / nll_count, rel=1e-3)
+    assert (out / "adapter_model.safetensors").is_file() and (out / "loss_curve.png").is_file()
+    assert load_config(out / "config.resolved.yml").rl.value == "orpo"
+
+
+def test_a_bad_argilla_row_names_the_row(make_cfg, tokenizer, tmp_path):
+    path = _pairs(tmp_path, [{"chosen": _turns("a", "b"), "rejected": _turns("a", "c")}, {"chosen": _turns("d", "e")}])
+    cfg = make_cfg([{"path": str(path), "type": "chat_template.argilla"}], rl="orpo")
+    with pytest.raises(DataError, match=rf"{path}: row 2: field 'rejected' is missing"):
+        build_preference_datasets(cfg, tokenizer)
