@@ -292,7 +292,7 @@ def _describe_method(cfg: AxolotlConfig) -> str:
         dft = "; DFT loss (each target token's cross-entropy times its probability)"
         return _describe_weights(cfg) + (dft if cfg.use_dynamic_finetuning else "")
     beta = cfg.preference_beta if cfg.preference_beta is not None else 0.1  # TRL's default
-    return f"{_describe_weights(cfg)}; preference training: {cfg.rl.value.upper()} (TRL), beta {beta:g}"
+    return f"{_describe_weights(cfg)}; preference training: {cfg.rl.title} (TRL), beta {beta:g}"
 
 
 def _describe_weights(cfg: AxolotlConfig) -> str:

@@ -326,7 +326,9 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
     def _check_rl(self) -> AxolotlConfig:
         if self.rl is None:
             set_keys = [
-                key for key in ("rl_beta", "dpo_beta", "orpo_alpha", "rpo_alpha") if getattr(self, key) is not None
+                key
+                for key in ("rl_beta", "dpo_beta", "orpo_alpha", "simpo_gamma", "cpo_alpha", "rpo_alpha")
+                if getattr(self, key) is not None
             ]
             set_keys += ["trl.beta"] if self.trl and self.trl.beta is not None else []
             set_keys += ["dpo_use_weighting"] if self.dpo_use_weighting else []
@@ -357,11 +359,18 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             )
         if self.orpo_alpha is not None and self.rl is not RLMethod.orpo:
             raise ValueError(f"orpo_alpha: ORPO's weight, read with rl: orpo; rl: {self.rl.value}'s beta is rl_beta")
-        if self.rl is RLMethod.orpo:  # DPO's options: ORPOTrainer has none of them
+        simpo_keys = [key for key in ("simpo_gamma", "cpo_alpha") if getattr(self, key) is not None]
+        if simpo_keys and self.rl is not RLMethod.simpo:
+            raise ValueError(f"{', '.join(simpo_keys)}: SimPO's, read with rl: simpo, not rl: {self.rl.value}")
+        if self.rl is RLMethod.simpo and self.simpo_gamma is None:  # axolotl passes None, which TRL divides by beta
+            raise ValueError("simpo_gamma: required with rl: simpo (SimPO's target reward margin; TRL's example: 0.5)")
+        if not self.rl.has_reference:  # DPO's options: ORPOTrainer and CPOTrainer have none of them
             dpo_only = ["rpo_alpha"] if self.rpo_alpha is not None else []
             dpo_only += ["dpo_use_weighting"] if self.dpo_use_weighting else []
             if dpo_only:
-                raise ValueError(f"{', '.join(dpo_only)}: options of DPO's loss, not ORPO's (rl: orpo); remove them")
+                raise ValueError(
+                    f"{', '.join(dpo_only)}: options of DPO's loss, not rl: {self.rl.value}'s; remove them"
+                )
         read = PreferenceType.read_by(self.rl)
         names = ", ".join(kind.value for kind in read)
         names += "" if self.rl is RLMethod.orpo else ", or a {field_prompt, field_chosen, ...} mapping"
@@ -383,7 +392,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             if isinstance(spec.type, PreferencePrompt):
                 continue
             if spec.type is not None and spec.type not in {kind.value for kind in read}:
-                other = "orpo" if self.rl.has_reference else "dpo"  # axolotl loads each method's from its module
+                other = "dpo" if self.rl is RLMethod.orpo else "orpo"  # axolotl loads each method's from its module
                 what = (
                     f"is rl: {other}'s type (axolotl's {other} strategies), which rl: {self.rl.value} does not read"
                     if spec.type in PreferenceType._value2member_map_

@@ -346,22 +346,28 @@ def optimizer_name(value: object) -> object:
 
 
 class RLMethod(str, Enum):
-    """Preference training methods (axolotl's `rl:` values): DPO's by TRL's DPOTrainer, ORPO by its ORPOTrainer."""
+    """Preference training methods (axolotl's `rl:` values): DPO's by TRL's DPOTrainer, ORPO by its ORPOTrainer,
+    SimPO by its CPOTrainer."""
 
     dpo = "dpo"  # DPO, sigmoid loss
     ipo = "ipo"  # DPO with the IPO loss (TRL loss_type ipo)
     orpo = "orpo"  # ORPO: the chosen answers' NLL plus a weighted odds-ratio loss, no reference model
+    simpo = "simpo"  # SimPO (CPO's loss_type simpo): length-averaged log-probabilities with a margin, no reference
 
     @property
     def has_reference(self) -> bool:
-        """Whether the loss compares the model with a frozen reference (DPO's); ORPO's does not."""
-        return self is not RLMethod.orpo
+        """Whether the loss compares the model with a frozen reference (DPO's); ORPO's and SimPO's do not."""
+        return self in (RLMethod.dpo, RLMethod.ipo)
+
+    @property
+    def title(self) -> str:
+        """The method's name as its paper writes it (the loss curve's and the plan's)."""
+        return "SimPO" if self is RLMethod.simpo else self.value.upper()
 
 
 # axolotl's other `rl:` values: what each is (none is implemented here).
 UNSUPPORTED_RL = {
     "kto": "KTO (TRL's KTOTrainer, unpaired preference data)",
-    "simpo": "SimPO (TRL's CPOTrainer)",
     "grpo": "GRPO (online RL with reward functions and generation)",
     "gdpo": "axolotl's GDPO",
     "ebft": "axolotl's EBFT",
@@ -369,7 +375,7 @@ UNSUPPORTED_RL = {
 
 
 def rl_method(value: object) -> object:
-    """`rl: dpo|ipo|orpo`; false/none/empty: no preference training; axolotl's other methods refused by name."""
+    """`rl: dpo|ipo|orpo|simpo`; false/none/empty: no preference training; axolotl's other methods refused by name."""
     if value is False or (isinstance(value, str) and value.lower() in ("", "none", "false")):
         return None
     if isinstance(value, str) and value in UNSUPPORTED_RL:
@@ -1222,18 +1228,25 @@ class TrainingSection(BaseModel):
 
 
 class RLSection(BaseModel):
-    """Preference training (axolotl's `rl:`), run by TRL's DPOTrainer or ORPOTrainer."""
+    """Preference training (axolotl's `rl:`), run by TRL's DPOTrainer, ORPOTrainer or CPOTrainer (SimPO)."""
 
     model_config = _SECTION
 
     rl: RLMethod | None = Field(
         None,
-        description="Preference training: dpo, ipo (DPO with the IPO loss) or orpo; datasets need preference types.",
+        description="Preference training: dpo, ipo (DPO with the IPO loss), orpo or simpo; datasets need preference "
+        "types.",
     )
     rl_beta: float | None = Field(None, gt=0, description="rl: beta of the preference loss (TRL beta; default 0.1).")
     dpo_beta: float | None = Field(None, gt=0, description="rl: axolotl's older name for rl_beta.")
     orpo_alpha: float | None = Field(
         None, gt=0, description="rl: orpo: weight of the odds-ratio loss (TRL's ORPO beta; rl_beta and trl.beta win)."
+    )
+    simpo_gamma: float | None = Field(
+        None, ge=0, description="rl: simpo: target reward margin of the SimPO loss (TRL simpo_gamma); required."
+    )
+    cpo_alpha: float | None = Field(
+        None, ge=0, description="rl: simpo: weight of the chosen answers' NLL added to it (TRL cpo_alpha; default 1)."
     )
     trl: TrlSettings | None = Field(None, description="axolotl's TRL options; DPO reads beta.")
     dpo_use_weighting: bool = Field(False, description="rl: WPO weighting of the pairs (TRL use_weighting).")

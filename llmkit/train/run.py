@@ -9,8 +9,8 @@ an interruption resumes from the newest complete `checkpoint-*` in output_dir (o
 after a finished run it does nothing, whatever this machine could train (llmkit/train/resume.py). The final
 adapter, tokenizer, `config.resolved.yml`, `trainer_state.json` and `loss_curve.png` are written to a temporary
 folder and moved into output_dir with the adapter's config last, so output_dir never looks finished while it is
-not. Preference training (`rl: dpo|ipo|orpo`) takes the same path with preference pairs (`llmkit.data.preference`)
-and TRL's DPOTrainer (ORPOTrainer for orpo).
+not. Preference training (`rl: dpo|ipo|orpo|simpo`) takes the same path with preference pairs
+(`llmkit.data.preference`) and TRL's DPOTrainer (ORPOTrainer for orpo, CPOTrainer for simpo).
 """
 
 from __future__ import annotations
@@ -220,8 +220,8 @@ class ConfigCadence(TrainerCallback):
 def _trainer(
     cfg: AxolotlConfig, args: TrainingArguments, model: Any, tokenizer: Any, data: PreparedData | PreferenceData
 ) -> Trainer:
-    """transformers' Trainer over the prepared rows, or TRL's DPOTrainer (ORPOTrainer for ORPO) over preference pairs
-    for `rl:`."""
+    """transformers' Trainer over the prepared rows, or TRL's DPOTrainer (ORPOTrainer for ORPO, CPOTrainer for SimPO)
+    over preference pairs for `rl:`."""
     callbacks: list[TrainerCallback] = [LogLastStep(), ConfigCadence()]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience))
@@ -231,6 +231,19 @@ def _trainer(
 
         # No reference model: ORPO's loss is the model's own NLL of the chosen answers and odds ratio of the pair.
         trainer: Trainer = ORPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=data.train,
+            eval_dataset=data.eval,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    elif cfg.rl is RLMethod.simpo:
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        from trl.experimental.cpo import CPOTrainer
+
+        # SimPO: CPO's trainer with its simpo loss (as axolotl runs it), no reference model either
+        trainer = CPOTrainer(
             model=model,
             args=args,
             train_dataset=data.train,
@@ -273,8 +286,8 @@ def _trainer(
 
 
 def training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments:
-    """The config's trainer keys in transformers' terms ("auto" precision resolved for this machine); a DPOConfig or
-    ORPOConfig (TrainingArguments plus the preference loss's settings) for `rl:`.
+    """The config's trainer keys in transformers' terms ("auto" precision resolved for this machine); a DPOConfig,
+    ORPOConfig or CPOConfig (TrainingArguments plus the preference loss's settings) for `rl:`.
 
     Raises:
         ConfigError: tf32 without CUDA, or settings transformers refuses together (e.g. load_best_model_at_end
@@ -341,6 +354,14 @@ def training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments:
             # axolotl passes orpo_alpha (ORPO's lambda, the odds-ratio loss's weight) as TRL's beta
             beta = {} if cfg.preference_beta is None else {"beta": cfg.preference_beta}
             return ORPOConfig(**options, max_length=cfg.sequence_len, **beta)
+        if cfg.rl is RLMethod.simpo:
+            os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+            from trl.experimental.cpo import CPOConfig
+
+            simpo: dict[str, Any] = {"loss_type": "simpo", "simpo_gamma": cfg.simpo_gamma}
+            simpo.update({} if cfg.preference_beta is None else {"beta": cfg.preference_beta})
+            simpo.update({} if cfg.cpo_alpha is None else {"cpo_alpha": cfg.cpo_alpha})  # unset: TRL's 1.0, as axolotl
+            return CPOConfig(**options, max_length=cfg.sequence_len, **simpo)
         if cfg.rl:
             from trl import DPOConfig
 
@@ -436,7 +457,7 @@ def _publish(trainer: Trainer, cfg: AxolotlConfig, output_dir: Path) -> None:
         _write_turn_ends(cfg, trainer, staging)
         trainer.state.save_to_json(str(staging / TRAINER_STATE))
         _write_resolved_config(cfg, trainer, staging / RESOLVED_CONFIG)
-        loss = f"{cfg.rl.value.upper()} loss" if cfg.rl else _sft_loss(cfg)
+        loss = f"{cfg.rl.title} loss" if cfg.rl else _sft_loss(cfg)
         title = f"{cfg.base_model} ({_method(cfg)})"
         best = published_best(vars(trainer.state), trainer.args.load_best_model_at_end)
         published = best[0] if best else None

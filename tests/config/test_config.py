@@ -452,9 +452,14 @@ def test_optimizer_names_are_transformers_and_axolotls(tmp_path):
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"rl": "simpo"}, "rl: simpo: SimPO (TRL's CPOTrainer) is not implemented here; supported: dpo, ipo, orpo"),
-        ({"rl": "grpo"}, "supported: dpo, ipo, orpo"),
-        ({"rl": "ppo"}, "rl: Input should be 'dpo', 'ipo' or 'orpo'"),
+        (
+            {"rl": "kto"},
+            "rl: kto: KTO (TRL's KTOTrainer, unpaired preference data) is not implemented here; "
+            "supported: dpo, ipo, orpo, simpo",
+        ),  # fmt: skip
+        ({"rl": "grpo"}, "supported: dpo, ipo, orpo, simpo"),
+        ({"rl": "ppo"}, "rl: Input should be 'dpo', 'ipo', 'orpo' or 'simpo'"),
+        ({"rl": "simpo"}, "simpo_gamma: required with rl: simpo"),
         (
             {"rl": "orpo"},
             "datasets[0].type: chatml.intel is rl: dpo's type (axolotl's dpo strategies), which rl: "
@@ -566,7 +571,7 @@ def test_an_unsupported_rl_is_the_only_error_and_reward_data_says_what_it_is(tmp
     grpo = {"rl": "grpo", "trl": {"use_vllm": True, "num_generations": 8, "reward_funcs": ["r.f"]}}
     message = error_of(write(tmp_path, DPO), grpo)
     assert message.endswith("- rl: grpo: GRPO (online RL with reward functions and generation) is not implemented "
-                            "here; supported: dpo, ipo, orpo")  # fmt: skip
+                            "here; supported: dpo, ipo, orpo, simpo")  # fmt: skip
     assert "trl." not in message
     pairs = write(tmp_path, MINIMAL.replace("type: alpaca", "type: bradley_terry.chat_template"))
     assert "datasets[0].type: dataset type 'bradley_terry.chat_template' is reward-model data" in error_of(pairs)

@@ -420,14 +420,20 @@ def test_dpo_plans_chosen_and_rejected_tokens_and_a_full_fine_tunes_reference_co
     assert full_dpo.memory[0].weights - full_sft.memory[0].weights == 2 * full_sft.shape.num_params
 
 
-def test_orpo_plans_both_answers_and_no_reference_copy():
-    orpo_keys = {"rl": "orpo", "orpo_alpha": 0.2, "sample_packing": False, "gradient_checkpointing": False}
-    orpo_keys["datasets"] = [{"path": "x/y", "type": "chat_template.argilla"}]
+@pytest.mark.parametrize(
+    ("keys", "kind", "said"),
+    [
+        ({"rl": "orpo", "orpo_alpha": 0.2}, "chat_template.argilla", "ORPO (TRL), beta 0.2"),
+        ({"rl": "simpo", "simpo_gamma": 0.5}, "chatml.intel", "SimPO (TRL), beta 0.1"),
+    ],
+)
+def test_orpo_and_simpo_plan_both_answers_and_no_reference_copy(keys, kind, said):
+    rl_keys = keys | {"sample_packing": False, "datasets": [{"path": "x/y", "type": kind}]}
     full = {"adapter": None, "load_in_4bit": False, "gradient_checkpointing": False}
-    full_orpo, full_sft = plan(team("Llama-2-7b-03", full | orpo_keys)), plan(team("Llama-2-7b-03", full))
-    assert "preference training: ORPO (TRL), beta 0.2" in full_orpo.method
-    assert full_orpo.memory[0].activations == 2 * full_sft.memory[0].activations  # chosen and rejected in one batch
-    assert full_orpo.memory[0].weights == full_sft.memory[0].weights  # ORPO's loss needs no reference model
+    full_rl, full_sft = plan(team("Llama-2-7b-03", full | rl_keys)), plan(team("Llama-2-7b-03", full))
+    assert f"preference training: {said}" in full_rl.method
+    assert full_rl.memory[0].activations == 2 * full_sft.memory[0].activations  # chosen and rejected in one batch
+    assert full_rl.memory[0].weights == full_sft.memory[0].weights  # neither loss needs a reference model
 
 
 def test_dynamic_finetuning_is_said_in_the_plan_and_needs_the_memory_cross_entropy_needs():

@@ -1,5 +1,6 @@
-"""ORPO (`rl: orpo`): axolotl's chat_template.argilla rows become TRL's prompt/chosen/rejected, orpo_alpha is ORPO's
-weight as axolotl passes it, and a real ORPO step on a tiny model logs ORPO's loss (no reference model)."""
+"""ORPO (`rl: orpo`) and SimPO (`rl: simpo`): axolotl's chat_template.argilla rows become TRL's prompt/chosen/rejected,
+orpo_alpha, simpo_gamma and cpo_alpha mean what axolotl passes them as, and a real step of each on a tiny model logs
+its loss, computed here from the untrained model's logits (neither has a reference model)."""
 
 from __future__ import annotations
 
@@ -66,14 +67,30 @@ def test_orpo_keys_and_types(make_cfg, tmp_path):
         make_cfg(argilla, rl="dpo")
     with pytest.raises(ValueError, match=r"a mapping is axolotl's DPO user-defined format, which rl: orpo does not"):
         make_cfg([{"path": "p.jsonl", "type": {"field_prompt": "q"}}], rl="orpo")
-    with pytest.raises(ValueError, match=r"rpo_alpha, dpo_use_weighting: options of DPO's loss, not ORPO's"):
+    with pytest.raises(ValueError, match=r"rpo_alpha, dpo_use_weighting: options of DPO's loss, not rl: orpo's"):
         make_cfg(argilla, rl="orpo", rpo_alpha=1.0, dpo_use_weighting=True)
     with pytest.raises(ValueError, match=r"orpo_alpha: ORPO's weight, read with rl: orpo; rl: dpo's beta is rl_bet"):
         make_cfg([{"path": "p.jsonl", "type": "chatml.intel"}], rl="dpo", orpo_alpha=0.1)
     with pytest.raises(ValueError, match=r"orpo_alpha: preference-training keys, but rl is not set"):
         make_cfg(orpo_alpha=0.1)
-    with pytest.raises(ValueError, match=r"simpo: SimPO .* is not implemented here; supported: dpo, ipo, orpo"):
-        make_cfg(argilla, rl="simpo")
+    with pytest.raises(ValueError, match=r"kto: KTO .* is not implemented here; supported: dpo, ipo, orpo, simpo"):
+        make_cfg(argilla, rl="kto")
+
+
+def test_simpo_keys_and_types(make_cfg):
+    pairs = [{"path": "p.jsonl", "type": "chatml.intel"}]
+    cfg = make_cfg(pairs, rl="simpo", simpo_gamma=0.5, rl_beta=2.0)  # SimPO reads DPO's types, as axolotl
+    assert (cfg.simpo_gamma, cfg.cpo_alpha, cfg.preference_beta) == (0.5, None, 2.0)
+    with pytest.raises(ValueError, match=r"simpo_gamma: required with rl: simpo"):
+        make_cfg(pairs, rl="simpo")
+    with pytest.raises(ValueError, match=r"simpo_gamma, cpo_alpha: SimPO's, read with rl: simpo, not rl: dpo"):
+        make_cfg(pairs, rl="dpo", simpo_gamma=0.5, cpo_alpha=0.0)
+    with pytest.raises(ValueError, match=r"rpo_alpha: options of DPO's loss, not rl: simpo's"):
+        make_cfg(pairs, rl="simpo", simpo_gamma=0.5, rpo_alpha=1.0)
+    with pytest.raises(ValueError, match=r"chat_template\.argilla is rl: orpo's type .* rl: simpo does not read"):
+        make_cfg([{"path": "p.jsonl", "type": "chat_template.argilla"}], rl="simpo", simpo_gamma=0.5)
+    with pytest.raises(ValueError, match=r"cpo_alpha: preference-training keys, but rl is not set"):
+        make_cfg(cpo_alpha=0.1)
 
 
 SUMS = [(f"What is {a} plus {a}?", str(2 * a), f"Maybe {a}") for a in range(4)]
@@ -101,18 +118,11 @@ def test_an_orpo_step_logs_orpos_loss_and_publishes(tiny_config, tiny_model_dir,
     nll_sum, nll_count, logps = 0.0, 0, {"chosen": [], "rejected": []}
     with torch.no_grad():
         for pair in data.train:
-            prompt = tokenizer(pair["prompt"], add_special_tokens=False)["input_ids"]
-            if tokenizer.bos_token_id is not None and prompt[:1] != [tokenizer.bos_token_id]:
-                prompt = [tokenizer.bos_token_id, *prompt]  # TRL's ORPO starts every prompt with BOS
+            sequences, answers = _answer_logps(model, tokenizer, pair)
             for side in ("chosen", "rejected"):
-                answer = tokenizer(pair[side], add_special_tokens=False)["input_ids"]
-                answer += [] if answer[-1:] == [tokenizer.eos_token_id] else [tokenizer.eos_token_id]
-                ids = torch.tensor([prompt + answer])
-                token_logps = F.log_softmax(model(ids).logits[0, :-1].float(), -1).gather(1, ids[0, 1:, None])[:, 0]
-                logps[side].append(token_logps[len(prompt) - 1 :].mean())
-                if side == "chosen":
-                    nll_sum -= token_logps.sum().item()
-                    nll_count += len(token_logps)
+                logps[side].append(answers[side].mean())
+            nll_sum -= sequences[0].sum().item()  # the chosen sequence, its prompt included
+            nll_count += len(sequences[0])
     chosen, rejected = torch.stack(logps["chosen"]), torch.stack(logps["rejected"])
     log_odds = (chosen - rejected) - (torch.log1p(-chosen.exp()) - torch.log1p(-rejected.exp()))
     expected = nll_sum / nll_count - alpha * F.logsigmoid(log_odds).mean().item()
@@ -132,3 +142,58 @@ def test_a_bad_argilla_row_names_the_row(make_cfg, tokenizer, tmp_path):
     cfg = make_cfg([{"path": str(path), "type": "chat_template.argilla"}], rl="orpo")
     with pytest.raises(DataError, match=rf"{path}: row 2: field 'rejected' is missing"):
         build_preference_datasets(cfg, tokenizer)
+
+
+def _answer_logps(model, tokenizer, pair: dict) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    """Each answer's token log-probabilities after its prompt, and the whole sequence's, tokenized as TRL's ORPO and
+    CPO trainers do (BOS first unless the prompt starts with it, EOS appended)."""
+    prompt = tokenizer(pair["prompt"], add_special_tokens=False)["input_ids"]
+    if tokenizer.bos_token_id is not None and prompt[:1] != [tokenizer.bos_token_id]:
+        prompt = [tokenizer.bos_token_id, *prompt]
+    answers, sequences = {}, []
+    for side in ("chosen", "rejected"):
+        answer = tokenizer(pair[side], add_special_tokens=False)["input_ids"]
+        answer += [] if answer[-1:] == [tokenizer.eos_token_id] else [tokenizer.eos_token_id]
+        ids = torch.tensor([prompt + answer])
+        token_logps = F.log_softmax(model(ids).logits[0, :-1].float(), -1).gather(1, ids[0, 1:, None])[:, 0]
+        sequences.append(token_logps)
+        answers[side] = token_logps[len(prompt) - 1 :]
+    return sequences, answers
+
+
+@pytest.mark.slow
+def test_a_simpo_step_logs_simpos_loss(tiny_config, tiny_model_dir, tmp_path):
+    """SimPO's loss as TRL's CPOTrainer computes it (axolotl's rl: simpo): -log sigmoid(beta x (mean log p(chosen) -
+    mean log p(rejected)) - simpo_gamma), plus cpo_alpha x the chosen answers' NLL (answer tokens only)."""
+    pairs = _pairs(tmp_path, [{"question": q, "chosen": good, "rejected": bad} for q, good, bad in SUMS])
+    beta, gamma, cpo_alpha = 2.0, 0.5, 0.3
+    config = tiny_config(
+        datasets=[{"path": str(pairs), "type": "chatml.intel"}], rl="simpo", rl_beta=beta, simpo_gamma=gamma,
+        cpo_alpha=cpo_alpha, micro_batch_size=len(SUMS), max_steps=2, sequence_len=96,
+    )  # fmt: skip
+    cfg = load_config(config)
+    args = training_arguments(cfg, cfg.optimizer.value)
+    assert (type(args).__name__, args.loss_type, args.beta, args.simpo_gamma, args.cpo_alpha) == (
+        "CPOConfig", "simpo", beta, gamma, cpo_alpha
+    )  # fmt: skip
+
+    tokenizer = load_tokenizer(cfg)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    losses, nll_sum, nll_count = [], 0.0, 0
+    with torch.no_grad():
+        for pair in build_preference_datasets(cfg, tokenizer).train:
+            _, answers = _answer_logps(model, tokenizer, pair)
+            margin = answers["chosen"].mean() - answers["rejected"].mean()
+            losses.append(-F.logsigmoid(beta * margin - gamma))
+            nll_sum -= answers["chosen"].sum().item()
+            nll_count += len(answers["chosen"])
+    expected = torch.stack(losses).mean().item() + cpo_alpha * nll_sum / nll_count
+
+    out = train(cfg)
+    state = json.loads((out / "trainer_state.json").read_text())
+    logged = [entry for entry in state["log_history"] if "loss" in entry]
+    assert len(logged) == 2 and all(math.isfinite(entry["loss"]) for entry in logged)
+    assert logged[0]["loss"] == pytest.approx(expected, rel=1e-3), (logged[0], expected)
+    assert (out / "adapter_model.safetensors").is_file() and load_config(
+        out / "config.resolved.yml"
+    ).rl.value == "simpo"
