@@ -357,15 +357,21 @@ TOKENS = "_tokens"  # a column holding a pair's length in tokens, until the long
 UNTRAINED_PAIRS = "with nothing to train on (an empty chosen answer, or chosen the same as rejected)"
 
 
-def _pair_tokens(tokenizer: PreTrainedTokenizerBase) -> Callable[[PreferenceRow], int]:
-    """The tokens of a pair's longer sequence, as TRL's DPOTrainer builds them: the prompt and the answer tokenized
-    as one text with the tokenizer's special tokens, EOS appended to an answer that does not end with it."""
+def _pair_tokens(tokenizer: PreTrainedTokenizerBase, cfg: AxolotlConfig) -> Callable[[PreferenceRow], int]:
+    """The tokens of a pair's longer sequence, as the config's TRL trainer builds them: DPOTrainer tokenizes the
+    prompt and the answer as one text with the tokenizer's special tokens; ORPO's and CPO's (rl: orpo, simpo) without
+    them, then put BOS first where the prompt does not start with it. Both append EOS to an answer that does not end
+    with it."""
     eos = tokenizer.eos_token or ""
+    own_bos = cfg.rl is not None and not cfg.rl.has_reference and tokenizer.bos_token_id is not None
 
     def tokens(pair: PreferenceRow) -> int:
         answers = (pair["chosen"], pair["rejected"])
         texts = [pair["prompt"] + answer + ("" if answer.endswith(eos) else eos) for answer in answers]
-        return max(len(ids) for ids in tokenizer(texts)["input_ids"])
+        if not own_bos:
+            return max(len(ids) for ids in tokenizer(texts)["input_ids"])
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return max(len(one) + (one[:1] != [tokenizer.bos_token_id]) for one in ids)
 
     return tokens
 
@@ -383,7 +389,7 @@ def _spec_rows(
     naming its row."""
     source = source_name(spec)
     rows = load_rows(spec, build, cfg.seed)
-    tokens, limit = _pair_tokens(tokenizer), cfg.sequence_len
+    tokens, limit = _pair_tokens(tokenizer, cfg), cfg.sequence_len
 
     def measured(row: RawRow) -> list[dict[str, Any]]:
         pair = build(row)
@@ -444,6 +450,6 @@ def build_preference_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizer
 def epoch_pair_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> TokenizedSplit:
     """The training pairs that training keeps (one epoch), with the tokens of each pair's longer sequence;
     `llmkit validate`'s plan counts both sequences of a pair from them."""
-    tokens = _pair_tokens(tokenizer)
+    tokens = _pair_tokens(tokenizer, cfg)
     pairs = build_preference_datasets(cfg, tokenizer).train
     return TokenizedSplit(tokens=sum(tokens(cast(PreferenceRow, pair)) for pair in pairs), sequences=len(pairs))

@@ -197,3 +197,27 @@ def test_a_simpo_step_logs_simpos_loss(tiny_config, tiny_model_dir, tmp_path):
     assert (out / "adapter_model.safetensors").is_file() and load_config(
         out / "config.resolved.yml"
     ).rl.value == "simpo"
+
+
+@pytest.mark.parametrize("rl", ["orpo", "simpo"])
+def test_pairs_are_measured_as_orpo_and_cpo_tokenize_them(rl, make_cfg, tokenizer, tmp_path):
+    """ORPO's and CPO's trainers put BOS before a prompt that does not start with it (SmolLM2's BOS is no token its
+    tokenizer adds); a pair measured as DPO tokenizes it was kept at one token over sequence_len and cut by TRL."""
+    from types import SimpleNamespace
+
+    from trl.experimental.orpo import ORPOTrainer
+
+    from llmkit.data.preference import epoch_pair_tokens
+
+    pair = {"prompt": "Name a colour.", "chosen": " Red", "rejected": " Seven"}
+    trl = SimpleNamespace(processing_class=tokenizer, is_encoder_decoder=False, max_length=10**6)
+    trl.build_tokenized_answer = lambda prompt, answer: ORPOTrainer.build_tokenized_answer(trl, prompt, answer)
+    row = ORPOTrainer.tokenize_row(trl, pair)
+    trained = max(len(row["chosen_input_ids"]), len(row["rejected_input_ids"]))  # what ORPO/CPO train: BOS first
+    path = _pairs(tmp_path, [pair, {"prompt": "Hi.", "chosen": " Yo", "rejected": " No"}])
+    keys = {"simpo_gamma": 0.5} if rl == "simpo" else {}
+    at_limit = make_cfg([{"path": str(path), "type": None}], rl=rl, sequence_len=trained, **keys)
+    assert epoch_pair_tokens(at_limit, tokenizer).sequences == 2
+    below = make_cfg([{"path": str(path), "type": None}], rl=rl, sequence_len=trained - 1, **keys)
+    data = build_preference_datasets(below, tokenizer)
+    assert (len(data.train), data.stats.datasets[0].dropped_overlong) == (1, 1)
