@@ -218,10 +218,22 @@ class ServerSettings(BaseSettings):
         """What names the base model, as the engine names it (in `model` of OpenAI requests, X-Adapter)."""
         return model_id(self.model)
 
+    @classmethod
+    def given(cls, **values) -> ServerSettings:
+        """These values and the defaults alone, as a command line naming only them gives them (the image's CMD,
+        which `llmkit submission` checks): this shell's LLMKIT_* variables are not read."""
+        return _GivenOnly(**values)
+
     @property
     def _names_base(self) -> bool:
         """Whether --default-adapter names the base model (a relative folder path too)."""
         return self.default_adapter is not None and model_id(self.default_adapter) == self.base_name
+
+
+class _GivenOnly(ServerSettings):
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **_other_sources):
+        return (init_settings,)
 
 
 def _named(entry: str) -> tuple[str, str]:

@@ -184,14 +184,14 @@ def _check_servable(weights: Weights, adapter: Weights, engine: EngineName) -> N
     from llmkit.server.engine import check_adapters
     from llmkit.server.settings import ServerSettings
 
-    # as the image's CMD names them: the adapter in its own folder, the only one, so the default
-    settings = ServerSettings(
-        model=str(weights.local_dir or weights.name),
-        adapter=[f"{ZIP_ADAPTER_DIR}={adapter.local_dir}"],
-        default_adapter=None,
-        engine=engine,
-    )
     try:
+        # as the image's CMD names them, with nothing of this shell's LLMKIT_* variables, which the image has not:
+        # the adapter in its own folder, the only one, so the default
+        settings = ServerSettings.given(
+            model=str(weights.local_dir or weights.name),
+            adapter=[f"{ZIP_ADAPTER_DIR}={adapter.local_dir}"],
+            engine=engine,
+        )
         check_adapters(settings)
     except (ValueError, OSError) as err:
         raise SubmissionError(f"--adapter {adapter.name}: the server would refuse it: {err}") from None

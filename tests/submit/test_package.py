@@ -138,7 +138,9 @@ def test_a_local_model_needs_bundling(tmp_path, tiny_model_dir):
     assert not (tmp_path / "4090_track").exists()  # refused before anything was written
 
 
-def test_a_bundled_adapter_the_server_would_refuse_is_refused_before_the_zip_is_built(tmp_path, tiny_model_dir):
+def test_a_bundled_adapter_the_server_would_refuse_is_refused_before_the_zip_is_built(
+    tmp_path, tiny_model_dir, monkeypatch
+):
     """The server's own start-up check of an adapter (server.engine.check_adapters) runs before the build: a DoRA
     adapter was zipped, then refused by the smoke test's server in one line ("cannot serve: ... is DoRA")."""
     from peft import LoraConfig, get_peft_model
@@ -157,6 +159,10 @@ def test_a_bundled_adapter_the_server_would_refuse_is_refused_before_the_zip_is_
     said = f"Error: --adapter {tmp_path / 'dora'}: the server would refuse it: Adapter "
     assert result.exit_code == 1 and said in result.output and "is DoRA (use_dora)" in result.output, result.output
     assert not (tmp_path / "out" / "4090_track").exists()  # refused before anything was written
+    # the check is of what the image's CMD gives the server: this shell's server variables, which the image has not,
+    # failed the build with pydantic's text
+    monkeypatch.setenv("LLMKIT_MAX_NEW_TOKENS_LIMIT", "3000")
+    monkeypatch.setenv("LLMKIT_PORT", "abc")
     zip_path = build_submission(
         "4090", model=str(tiny_model_dir), adapter=str(tmp_path / "lora"), bundle_weights=True, out_root=tmp_path
     )
