@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from llmkit.core.errors import problems
+from llmkit.core.errors import UsageError, problems
 from llmkit.core.files import check_file_target, write_atomic
 
 LOG = logging.getLogger(__name__)
@@ -28,6 +28,11 @@ HELM_MODEL = "neurips/local"  # built into crfm-helm: HTTPModelClient at $HELM_H
 
 class ConfError(ValueError):
     """A task list that cannot be read, or a budget that cannot cover its runs."""
+
+
+class BudgetUsageError(ConfError, UsageError):
+    """A budget given on the command line (--budget) that cannot cover the task list's runs: a usage error, exit 2;
+    the task list's own budget is the file's fault, exit 1."""
 
 
 class TaskFamily(BaseModel):
@@ -241,6 +246,7 @@ def generate(
         cap: at most this many instances per run (a quick look at a budgeted suite).
         model: HELM model name in every entry.
     """
+    too_small = ConfError if budget is None else BudgetUsageError  # the task list's budget, or the caller's
     budget = tasks.budget if budget is None else budget
     if cap is not None and cap < 1:
         raise ConfError(f"at most {cap} instances per run leaves nothing to evaluate: give 1 or more")
@@ -256,7 +262,7 @@ def generate(
         counts = [cap] * len(runs)
     else:
         if budget < len(runs):
-            raise ConfError(
+            raise too_small(
                 f"a budget of {budget} instances cannot cover the {len(runs)} runs of this task list; "
                 + _least_budget_hint(tasks)
             )
@@ -265,7 +271,7 @@ def generate(
         for family, family_budget in zip(tasks.families, shares, strict=True):
             n_runs = len(family.run_args())
             if family_budget < n_runs:
-                raise ConfError(
+                raise too_small(
                     f"a budget of {budget}: family {family.name!r} gets {family_budget} instances for its {n_runs} "
                     f"runs; {_least_budget_hint(tasks)}"
                 )

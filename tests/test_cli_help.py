@@ -94,6 +94,7 @@ def test_a_bad_serve_flag_value_is_a_usage_error_on_one_line():
         (["submission", "--track", "A100", "--number", "0", "--no-smoke"], 2, "Error: --number 0: submissions are"),
         (["train", "CONFIG", "--max-steps", "0"], 2, "  - --max-steps: Input should be greater than 0 (got 0)"),
         (["helm-eval", "--suite", "../x", "--url", "http://127.0.0.1:9"], 2, "Error: --suite '../x': use letters"),
+        (["helm-conf", "--budget", "0"], 2, "Error: a budget of 0 instances cannot cover the"),
         # what the command cannot read or load: 1
         (["train", "missing.yml"], 1, "  - cannot read the file: No such file or directory"),
         (["merge", "--adapter", "missing"], 1, "Error: Adapter directory missing does not exist"),
