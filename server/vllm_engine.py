@@ -194,18 +194,23 @@ class VllmEngine(Engine):
             "kv_cache_bytes_budget": None,
         }
 
+    def new_sequence(self, request: ProcessRequest, **options) -> Sequence:
+        # here, not in run: a request that asks for nothing is answered without `run` (serving.run_all), and was
+        # then a 200 where the same request asking for a token was a 422
+        if not request.greedy and request.temperature > VLLM_MAX_TEMPERATURE:
+            raise RequestError(
+                f"temperature {request.temperature:g} is over vLLM's limit of {VLLM_MAX_TEMPERATURE:g} (the "
+                "built-in engine samples up to 100)",
+                field="temperature",
+            )
+        return super().new_sequence(request, **options)
+
     async def run(self, seq: Sequence) -> None:
         if self._in_flight >= self.settings.max_batch_size + self.settings.max_queue:
             raise QueueFull(
                 f"server busy: {self._in_flight} requests in flight (--max-batch-size {self.settings.max_batch_size}"
                 f" plus --max-queue {self.settings.max_queue}); retry later",
                 retry_after_s=1,
-            )
-        if not seq.request.greedy and seq.request.temperature > VLLM_MAX_TEMPERATURE:
-            raise RequestError(
-                f"temperature {seq.request.temperature:g} is over vLLM's limit of {VLLM_MAX_TEMPERATURE:g} (the "
-                "built-in engine samples up to 100)",
-                field="temperature",
             )
         self._in_flight += 1
         try:
