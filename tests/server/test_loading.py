@@ -79,31 +79,55 @@ def test_a_prompt_that_writes_its_own_bos_gets_no_second_one(llama2_style_tokeni
     assert echoed.json()["tokens"][0]["text"] == "<s>"  # the prompt's own BOS, echoed as its first token
 
 
-@pytest.mark.parametrize("engine", ["builtin", pytest.param("vllm", marks=pytest.mark.slow)])
-def test_top_logprob_lists_k_distinct_tokens_never_a_padded_row(
-    engine, llama2_style_tokenizer, start_server, http, tmp_path
-):
+@pytest.fixture(scope="module")
+def padded_gpt2(llama2_style_tokenizer, tmp_path_factory):
+    """A GPT-2-shaped random model (learned positions, 64 of them) whose embedding is padded 64 rows past a
+    byte-fallback Llama-2-style tokenizer: what two server checks need, so that they share one start per engine (a
+    vLLM start is 2.5 minutes here). Its rows are wide enough that the padded ones and the byte tokens reach the
+    top 40 alternatives."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = llama2_style_tokenizer
+    torch.manual_seed(0)
+    config = GPT2Config(  # heads 32 wide: vLLM's CPU attention takes no 16
+        n_embd=64,
+        n_inner=128,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        vocab_size=len(tokenizer) + 64,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)
+    path = tmp_path_factory.mktemp("padded-gpt2")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return model, tokenizer, path
+
+
+@pytest.fixture(scope="module", params=["builtin", pytest.param("vllm", marks=pytest.mark.slow)])
+def padded_gpt2_server(request, padded_gpt2, start_server):
+    """`padded_gpt2` served by each engine in turn, its 64 positions as --max-context; stopped when the next starts."""
+    limits = ("--max-context", "64", "--max-new-tokens-limit", "8")
+    engine = ("--engine", request.param)
+    flags = ("--model", str(padded_gpt2[2]), "--dtype", "float32", *limits, *engine)
+    server = start_server(*flags, startup_timeout=600)
+    yield server
+    server.stop()
+
+
+def test_top_logprob_lists_k_distinct_tokens_never_a_padded_row(padded_gpt2, padded_gpt2_server, http):
     """An embedding padded past the tokenizer (Qwen2.5, Phi-2, Pythia) and ids that share a text (a byte-fallback
     tokenizer's "a" and <0x61>): top_logprob is a dict by text, so the padded rows' "" and the shared texts
     overwrote each other (fewer than top_k_per_token entries, the later, less likely id's logprob, and a "" key for
     no token), and greedy decoding could choose a padded row. Now: the k likeliest distinct texts of real tokens,
     each with its likeliest id's logprob, the model's own softmax over every row (transformers' forward pass)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from llmkit.server.text import TokenBytes, token_key
 
-    tokenizer, k = llama2_style_tokenizer, 40
-    padded = len(tokenizer) + 64
-    sizes = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2}  # vLLM:
-    torch.manual_seed(0)  # heads 32 wide
-    config = LlamaConfig(**sizes, vocab_size=padded, bos_token_id=tokenizer.bos_token_id, eos_token_id=2)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # rows wide enough that the padded ones and the byte tokens reach the top 40
-        model.lm_head.weight.mul_(20)
-    model.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    engine_args = ("--engine", "vllm") if engine == "vllm" else ()
-    server = start_server("--model", str(tmp_path), "--dtype", "float32", *engine_args, startup_timeout=600)
+    (model, tokenizer, _), server, k = padded_gpt2, padded_gpt2_server, 40
     prompt = "Hello world, the capital of France is"
     body = {"prompt": prompt, "max_new_tokens": 6, "temperature": 0, "echo_prompt": True, "top_k_per_token": k}
     response = http.post(f"{server.url}/process", json=body | {"stop_sequences": ["<<none>>"]})
@@ -328,38 +352,29 @@ def test_vllm_on_a_cpu_refuses_a_head_size_its_attention_cannot_run(python, make
     assert "--engine builtin" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.slow
-def test_vllm_scores_a_prompt_that_fills_the_models_own_positions(make_tiny_model, start_server, http, tokenizer):
+def test_a_prompt_that_fills_the_models_own_positions_is_scored(padded_gpt2, padded_gpt2_server, http):
     """A model whose own positions are --max-context (Llama-1, OpenLLaMA, Pythia, OPT at 2048), as HELM's
     language-modeling scenarios fill it: vLLM refused the whole window with a 422 (it decodes a token after the
     prompt, and its max_model_len stopped at the positions), where the built-in engine scored it. That token's slot
     is now one past the positions, which the model never runs. GPT-2's learned positions have no row for it, so it
-    is the strict case (a rotary Llama passed too, by hand: one vLLM start is 2.5 minutes here); the prompt's
-    logprobs are the built-in engine's."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    is the strict case (a rotary Llama passed too, by hand); the prompt's texts are the built-in engine's pieces and
+    its logprobs the model's own (transformers' forward pass), on either engine."""
+    from llmkit.server.text import prompt_pieces
 
-    model = make_tiny_model(
-        GPT2Config,
-        GPT2LMHeadModel,
-        max_position_embeddings=64,
-        # heads 32 wide (vLLM's CPU attention takes no 16), as many as make_tiny_model's key/value heads, which
-        # vLLM reads from GPT-2's config too
-        num_attention_heads=2,
-    )
-    ids = tokenizer("hello world " * 64, add_special_tokens=False).input_ids[:64]  # the tokenizer adds no BOS
-    body = {"prompt": tokenizer.decode(ids), "max_new_tokens": 0, "echo_prompt": True}
-    flags = ("--model", str(model), "--max-context", "64", "--max-new-tokens-limit", "8")
-    scored = {}
-    for engine in ("builtin", "vllm"):
-        server = start_server(*flags, "--engine", engine, startup_timeout=600)
-        response = http.post(f"{server.url}/process", json=body)
-        assert response.status_code == 200, response.text
-        scored[engine] = [(t["text"], t["logprob"]) for t in response.json()["tokens"]]
-        assert http.get(f"{server.url}/health").status_code == 200  # vLLM's engine did not die on it
-        server.stop()
-    assert len(scored["vllm"]) == 64
-    assert [text for text, _ in scored["vllm"]] == [text for text, _ in scored["builtin"]]
-    assert [lp for _, lp in scored["vllm"]] == pytest.approx([lp for _, lp in scored["builtin"]], abs=1e-4)
+    (model, tokenizer, _), server = padded_gpt2, padded_gpt2_server
+    ids = tokenizer("hello world " * 64).input_ids[:64]
+    prompt = tokenizer.decode(ids[1:])
+    assert tokenizer(prompt).input_ids == ids  # the server's ids: the whole window, the tokenizer's <s> first
+    response = http.post(f"{server.url}/process", json={"prompt": prompt, "max_new_tokens": 0, "echo_prompt": True})
+    assert response.status_code == 200, response.text
+    tokens = response.json()["tokens"]
+    assert http.get(f"{server.url}/health").status_code == 200  # vLLM's engine did not die on it
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    assert len(tokens) == 63  # every token after the <s>, which is not echoed
+    assert [t["text"] for t in tokens] == prompt_pieces(tokenizer, ids[1:])
+    expected = [logprobs[i - 1, ids[i]].item() for i in range(1, 64)]
+    assert [t["logprob"] for t in tokens] == pytest.approx(expected, abs=1e-4)
 
 
 def test_a_vllm_venv_that_cannot_be_made_is_one_message(python, tmp_path):
