@@ -8,6 +8,7 @@ user-defined `type:` mapping, chat_template with its keys and named templates, a
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
@@ -634,7 +635,7 @@ def test_the_llama3_template_trains_contents_and_eot(write_rows, make_cfg, llama
     ],
 )
 def test_shipped_templates_render_as_their_models_do(write_rows, make_cfg, tokenizer, template, text, runs):
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    tokenizer = copy.deepcopy(tokenizer)  # the session's, left as it is
     tokenizer.chat_template = None  # a base model's tokenizer: the fallback is what renders
     (row,) = _chat(write_rows, make_cfg, tokenizer, [{"conversations": SHAREGPT[1:3]}], chat_template=template)
     assert tokenizer.decode(row["input_ids"]) == text
@@ -739,8 +740,11 @@ OWN_TEMPLATES = {
 OWN_TEMPLATES["aya"] = OWN_TEMPLATES["cohere"]  # Aya's own writes Command-R's format
 
 
-def _family_with_template(tiny_family_dir, make_tiny_model, family: str, template: str | None, folder: Path) -> Path:
-    """A copy of the family's tiny random model whose tokenizer carries `template` (None: no chat template)."""
+def _family_with_template(
+    tiny_family_dir, make_tiny_model, tokenizer, family: str, template: str | None, folder: Path
+) -> tuple[Path, object]:
+    """A copy of the family's tiny random model whose tokenizer carries `template` (None: no chat template), and that
+    tokenizer: a copy of `tokenizer`, the tokenizer every tiny random model carries (a copy, not a load: 20 cases)."""
     import shutil
 
     from transformers import CohereConfig, CohereForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
@@ -752,22 +756,25 @@ def _family_with_template(tiny_family_dir, make_tiny_model, family: str, templat
     else:
         source = tiny_family_dir(family)
     shutil.copytree(source, folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = copy.deepcopy(tokenizer)
     tokenizer.chat_template = template
     (folder / "chat_template.jinja").unlink(missing_ok=True)  # saving no template leaves the old file
     tokenizer.save_pretrained(folder)
-    return folder
+    return folder, tokenizer
 
 
 @pytest.mark.parametrize("name", list(OWN_TEMPLATES))
-def test_a_model_named_template_renders_the_models_own(write_rows, tiny_family_dir, make_tiny_model, tmp_path, name):
+def test_a_model_named_template_renders_the_models_own(
+    write_rows, tiny_family_dir, make_tiny_model, tokenizer, tmp_path, name
+):
     """axolotl's qwen3, gemma3, llama4, cohere, aya, deepseek_v2, exaone, llama3_2_vision and three Mistral templates
     are those models' own: on a base of the family they train what tokenizer_default trains, and `llmkit validate`
     plans. They were refused as templates this project does not ship, so real Qwen3 and Gemma 3 configs
     (tests/config/real_world) could not run unchanged, nor configs naming the others."""
     family, template, text = OWN_TEMPLATES[name]
-    model = _family_with_template(tiny_family_dir, make_tiny_model, family, template, tmp_path / "model")
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    model, tokenizer = _family_with_template(
+        tiny_family_dir, make_tiny_model, tokenizer, family, template, tmp_path / "model"
+    )
     # Mistral v3's and Tekken's system text moves to the last user turn: no turn-by-turn rendering splits a
     # conversation with one (refused, under tokenizer_default too), and one without writes the same text here
     rows = SHAREGPT[1:3] if name in ("mistral_v2v3", "mistral_v3_tekken") else SHAREGPT[:3]
@@ -797,12 +804,12 @@ def test_a_model_named_template_renders_the_models_own(write_rows, tiny_family_d
     ids=["no template", "another model's template"],
 )
 def test_a_model_named_template_on_another_model_is_a_config_error(
-    tiny_family_dir, make_tiny_model, tmp_path, keep_template, said
+    tiny_family_dir, make_tiny_model, tokenizer, tmp_path, keep_template, said
 ):
     """qwen3 on a Llama base whose tokenizer's template is not Qwen3's (SmolLM2's ChatML, which writes no <think>
     block), or that has none: `llmkit validate` says so naming chat_template, and what to set instead."""
-    own = AutoTokenizer.from_pretrained(tiny_family_dir("llama")).chat_template if keep_template else None
-    model = _family_with_template(tiny_family_dir, make_tiny_model, "llama", own, tmp_path / "model")
+    own = tokenizer.chat_template if keep_template else None  # the tiny Llama's own
+    model, _ = _family_with_template(tiny_family_dir, make_tiny_model, tokenizer, "llama", own, tmp_path / "model")
     (tmp_path / "a.jsonl").write_text(json.dumps({"conversations": SHAREGPT[:3]}) + "\n")
     datasets = [{"path": "a.jsonl", **MAPPED, "chat_template": None}]
     config = _load(tmp_path, datasets, base_model=str(model), chat_template="qwen3").source
@@ -829,7 +836,7 @@ def test_a_model_named_template_refuses_another_models_template(write_rows, make
     family's name: refused naming the key, as qwen3 on a Llama base is."""
     from llmkit.data.chat import MODEL_TEMPLATES
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    tokenizer = copy.deepcopy(tokenizer)  # the session's, left as it is
     tokenizer.chat_template = OWN_TEMPLATES[other][1]
     path = write_rows([{"conversations": SHAREGPT[1:3]}], "jsonl")
     family = MODEL_TEMPLATES[name][0]
