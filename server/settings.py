@@ -26,6 +26,15 @@ class EngineName(str, Enum):
     vllm = "vllm"  # vLLM, in its own venv (server/vllm_engine.py)
 
 
+# The --quantization values vLLM serves, as its own `quantization` argument: it quantizes on load with bitsandbytes
+# in 4 bits only, never LLM.int8(). A pre-quantized checkpoint (AWQ, GPTQ...) it detects itself. The settings and
+# `llmkit submission --engine vllm` refuse the others by this table.
+VLLM_QUANTIZATIONS: dict[str, str | None] = {
+    Quantization.none.value: None,
+    Quantization.nf4.value: "bitsandbytes",
+}
+
+
 class ServerSettings(BaseSettings):
     """Everything that decides how the server loads and runs its model."""
 
@@ -146,6 +155,16 @@ class ServerSettings(BaseSettings):
     # the earlier ones): an error then carries the setting's name, which the command line turns into the flag or
     # environment variable that gave it (__main__._setting_name); a model validator's error carried none, and its
     # text said `adapter:` where the user had typed --adapter.
+    @field_validator("quantization")
+    @classmethod
+    def _served_by_the_engine(cls, quantization: Quantization, info: ValidationInfo) -> Quantization:
+        if info.data.get("engine") is EngineName.vllm and quantization.value not in VLLM_QUANTIZATIONS:
+            raise ValueError(
+                f"{quantization.value} is not available with --engine vllm: use nf4 (bitsandbytes 4-bit) or a "
+                "pre-quantized checkpoint (AWQ, GPTQ, FP8), which vLLM detects from its config.json"
+            )
+        return quantization
+
     @field_validator("max_new_tokens_limit")
     @classmethod
     def _within_context(cls, limit: int | None, info: ValidationInfo) -> int | None:

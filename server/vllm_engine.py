@@ -26,7 +26,7 @@ from llmkit.core.models import LoadedModel, resolve_model, tokenizer_dir
 from llmkit.server.engine import Engine, leading_specials, position_limit
 from llmkit.server.protocol import ProcessRequest
 from llmkit.server.sequence import QueueFull, RequestError, RequestTimeout, Sequence, eos_ids, top_candidates
-from llmkit.server.settings import ServerSettings
+from llmkit.server.settings import VLLM_QUANTIZATIONS, ServerSettings
 from llmkit.server.text import IncrementalDecoder
 
 LOG = logging.getLogger(__name__)
@@ -36,13 +36,6 @@ MAX_TOP_K = 100  # ProcessRequest.top_k_per_token's limit; vLLM refuses more alt
 NO_TOKEN_BIAS = -100.0  # vLLM's strongest logit bias (it clamps to +-100), on embedding rows that are no token
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 CPU_KV_CACHE_BYTES = 1 << 30  # vLLM on a CPU takes its KV cache from RAM; a small one serves HELM's few clients
-# The --quantization values vLLM serves, as its own `quantization` argument: it quantizes on load with bitsandbytes
-# in 4 bits only, never LLM.int8(). A pre-quantized checkpoint (AWQ, GPTQ...) it detects itself. `llmkit
-# submission --engine vllm` refuses the other loadings by this table.
-VLLM_QUANTIZATIONS: dict[str, str | None] = {
-    devices.Quantization.none.value: None,
-    devices.Quantization.nf4.value: "bitsandbytes",
-}
 
 
 class BatchGate:
@@ -133,7 +126,7 @@ class VllmEngine(Engine):
             tensor_parallel_size=settings.tensor_parallel_size,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             kv_cache_memory_bytes=settings.kv_cache_bytes or (None if devices.is_cuda(device) else CPU_KV_CACHE_BYTES),
-            quantization=_vllm_quantization(settings.quantization.value),
+            quantization=VLLM_QUANTIZATIONS[settings.quantization.value],  # the settings refuse the others
             enable_lora=bool(adapters),
             max_loras=max(1, len(adapters)),
             max_lora_rank=max(map(_lora_rank, adapters.values(), settings.adapter_configs.values()), default=None),
@@ -312,16 +305,6 @@ def _top(alternatives: dict, n: int) -> tuple[list[int], list[float]]:
     """The n likeliest of vLLM's alternatives (which also hold the chosen token, whatever its rank)."""
     ranked = sorted(alternatives.items(), key=lambda item: (item[1].rank, -item[1].logprob))[:n]
     return [token for token, _ in ranked], [lp.logprob for _, lp in ranked]
-
-
-def _vllm_quantization(quantization: str) -> str | None:
-    """vLLM's `quantization` argument for the server's --quantization (VLLM_QUANTIZATIONS)."""
-    if quantization in VLLM_QUANTIZATIONS:
-        return VLLM_QUANTIZATIONS[quantization]
-    raise ValueError(
-        f"--quantization {quantization} is not available with --engine vllm: use nf4 (bitsandbytes 4-bit) or a "
-        "pre-quantized checkpoint (AWQ, GPTQ, FP8), which vLLM detects from its config.json"
-    )
 
 
 def _check_cpu_head_size(args) -> None:

@@ -95,6 +95,14 @@ def test_a_bad_serve_flag_value_is_a_usage_error_on_one_line():
         (["train", "CONFIG", "--max-steps", "0"], 2, "  - --max-steps: Input should be greater than 0 (got 0)"),
         (["helm-eval", "--suite", "../x", "--url", "http://127.0.0.1:9"], 2, "Error: --suite '../x': use letters"),
         (["helm-conf", "--budget", "0"], 2, "Error: a budget of 0 instances cannot cover the"),
+        # found by the settings, before vLLM's venv is started: it was an `Error: cannot serve:` once vLLM had loaded
+        (
+            ["serve", "--engine", "vllm", "--quantization", "int8"],
+            2,
+            "--quantization: int8 is not available with "
+            "--engine vllm: use nf4 (bitsandbytes 4-bit) or a pre-quantized checkpoint (AWQ, GPTQ, FP8), which vLLM "
+            "detects from its config.json (got 'int8')",
+        ),
         # what the command cannot read or load: 1
         (["train", "missing.yml"], 1, "  - cannot read the file: No such file or directory"),
         (["merge", "--adapter", "missing"], 1, "Error: Adapter directory missing does not exist"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import reprlib
 from collections.abc import Callable
+from enum import Enum
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
@@ -92,7 +93,9 @@ def shorten(text: str, limit: int = 120) -> str:
 
 def short_repr(value: object, limit: int = 120) -> str:
     """`repr(value)` in at most `limit` characters, without walking all of a huge value: a YAML alias bomb's
-    billion nested items would take minutes and gigabytes to repr in full."""
+    billion nested items would take minutes and gigabytes to repr in full. An enum member as the user wrote it,
+    its value (a rule checked after parsing sees `Quantization.int8`, where `int8` was typed)."""
+    value = value.value if isinstance(value, Enum) else value
     bounded = reprlib.Repr()
     bounded.maxlevel, bounded.maxlist, bounded.maxdict, bounded.maxtuple, bounded.maxset = 3, 8, 8, 8, 8
     bounded.maxstring = bounded.maxother = 2 * limit  # its cut is mid-string; `shorten` cuts the end

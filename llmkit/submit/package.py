@@ -154,7 +154,7 @@ def _check_flags(
         raise SubmissionUsageError(f"--engine {engine}: choose {' or '.join(e.value for e in EngineName)}")
     engine = EngineName(engine)
     if engine is EngineName.vllm and loading is not None:
-        from llmkit.server.vllm_engine import VLLM_QUANTIZATIONS  # light: vLLM itself is imported when it serves
+        from llmkit.server.settings import VLLM_QUANTIZATIONS
 
         if loading.quantization not in VLLM_QUANTIZATIONS:
             served = " or ".join(each.value for each in Loading if each.quantization in VLLM_QUANTIZATIONS)
