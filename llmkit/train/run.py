@@ -225,37 +225,8 @@ def _trainer(
     callbacks: list[TrainerCallback] = [LogLastStep(), ConfigCadence()]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience))
-    if cfg.rl is RLMethod.orpo:
-        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO lives in trl.experimental, which warns
-        from trl.experimental.orpo import ORPOTrainer  # imports TRL only where it is used
-
-        # No reference model: ORPO's loss is the model's own NLL of the chosen answers and odds ratio of the pair.
-        trainer: Trainer = ORPOTrainer(
-            model=model,
-            args=args,
-            train_dataset=data.train,
-            eval_dataset=data.eval,
-            processing_class=tokenizer,
-            callbacks=callbacks,
-        )
-    elif cfg.rl is RLMethod.simpo:
-        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-        from trl.experimental.cpo import CPOTrainer
-
-        # SimPO: CPO's trainer with its simpo loss (as axolotl runs it), no reference model either
-        trainer = CPOTrainer(
-            model=model,
-            args=args,
-            train_dataset=data.train,
-            eval_dataset=data.eval,
-            processing_class=tokenizer,
-            callbacks=callbacks,
-        )
-    elif cfg.rl:
-        from trl import DPOTrainer
-
-        # The reference policy is the model before training: TRL keeps a copy of the new adapter as "ref".
-        trainer = DPOTrainer(
+    if cfg.rl:
+        trainer: Trainer = _preference_trainer(cfg.rl)(
             model=model,
             args=args,
             train_dataset=data.train,
@@ -283,6 +254,25 @@ def _trainer(
     if cfg.loraplus_lr_ratio:
         trainer.optimizer = loraplus_optimizer(trainer, cfg)  # the Trainer builds an optimizer only when it has none
     return trainer
+
+
+def _preference_trainer(method: RLMethod) -> type[Trainer]:
+    """TRL's trainer for `rl:`, imported only where it is used. DPO's reference policy is the model before training
+    (TRL keeps a copy of the new adapter as "ref"); ORPO (the model's own NLL of the chosen answer and the pair's odds
+    ratio) and SimPO (CPO's trainer with its simpo loss, as axolotl runs it) have none."""
+    if method in (RLMethod.orpo, RLMethod.simpo):
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO and CPO live in trl.experimental, which warns
+    if method is RLMethod.orpo:
+        from trl.experimental.orpo import ORPOTrainer
+
+        return ORPOTrainer
+    if method is RLMethod.simpo:
+        from trl.experimental.cpo import CPOTrainer
+
+        return CPOTrainer
+    from trl import DPOTrainer
+
+    return DPOTrainer
 
 
 def training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments:
