@@ -226,7 +226,8 @@ def _trainer(
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience))
     if cfg.rl:
-        trainer: Trainer = _preference_trainer(cfg.rl)(
+        _, trainer_class = _trl_classes(cfg.rl)
+        trainer: Trainer = trainer_class(
             model=model,
             args=args,
             train_dataset=data.train,
@@ -256,23 +257,23 @@ def _trainer(
     return trainer
 
 
-def _preference_trainer(method: RLMethod) -> type[Trainer]:
-    """TRL's trainer for `rl:`, imported only where it is used. DPO's reference policy is the model before training
-    (TRL keeps a copy of the new adapter as "ref"); ORPO (the model's own NLL of the chosen answer and the pair's odds
-    ratio) and SimPO (CPO's trainer with its simpo loss, as axolotl runs it) have none."""
+def _trl_classes(method: RLMethod) -> tuple[type[TrainingArguments], type[Trainer]]:
+    """TRL's settings and trainer classes for `rl:`, imported only where they are used. DPO's reference policy is the
+    model before training (TRL keeps a copy of the new adapter as "ref"); ORPO (the model's own NLL of the chosen
+    answer and the pair's odds ratio) and SimPO (CPO's trainer with its simpo loss, as axolotl runs it) have none."""
     if method in (RLMethod.orpo, RLMethod.simpo):
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO and CPO live in trl.experimental, which warns
     if method is RLMethod.orpo:
-        from trl.experimental.orpo import ORPOTrainer
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        return ORPOTrainer
+        return ORPOConfig, ORPOTrainer
     if method is RLMethod.simpo:
-        from trl.experimental.cpo import CPOTrainer
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-        return CPOTrainer
-    from trl import DPOTrainer
+        return CPOConfig, CPOTrainer
+    from trl import DPOConfig, DPOTrainer
 
-    return DPOTrainer
+    return DPOConfig, DPOTrainer
 
 
 def training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments:
@@ -337,25 +338,9 @@ def training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments:
         **_adam(cfg),
     )
     try:
-        if cfg.rl is RLMethod.orpo:
-            os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO lives in trl.experimental, which warns
-            from trl.experimental.orpo import ORPOConfig
-
-            # axolotl passes orpo_alpha (ORPO's lambda, the odds-ratio loss's weight) as TRL's beta
-            beta = {} if cfg.preference_beta is None else {"beta": cfg.preference_beta}
-            return ORPOConfig(**options, max_length=cfg.sequence_len, **beta)
-        if cfg.rl is RLMethod.simpo:
-            os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-            from trl.experimental.cpo import CPOConfig
-
-            simpo: dict[str, Any] = {"loss_type": "simpo", "simpo_gamma": cfg.simpo_gamma}
-            simpo.update({} if cfg.preference_beta is None else {"beta": cfg.preference_beta})
-            simpo.update({} if cfg.cpo_alpha is None else {"cpo_alpha": cfg.cpo_alpha})  # unset: TRL's 1.0, as axolotl
-            return CPOConfig(**options, max_length=cfg.sequence_len, **simpo)
         if cfg.rl:
-            from trl import DPOConfig
-
-            return DPOConfig(**options, **_preference_loss(cfg))
+            settings_class, _ = _trl_classes(cfg.rl)
+            return settings_class(**options, **_preference_loss(cfg))
         # the collator builds exactly the model's inputs (position_ids, use_cache): keep every column
         return TrainingArguments(**options, remove_unused_columns=False)
     except ValueError as err:  # transformers checks the combination (cadences, best-model metric, ...)
@@ -401,21 +386,23 @@ def _optim_args(value: str | dict[str, Any] | None) -> str | None:
 
 
 def _preference_loss(cfg: AxolotlConfig) -> dict[str, Any]:
-    """TRL's DPO settings: the loss (sigmoid; ipo; plus the chosen answers' NLL with rpo_alpha), beta, max_length."""
+    """TRL's settings of the `rl:` loss: max_length and beta (unset: TRL's), and DPO's loss (sigmoid; ipo; plus the
+    chosen answers' NLL with rpo_alpha), ORPO's lambda (axolotl passes orpo_alpha, the odds-ratio loss's weight, as
+    TRL's beta) or SimPO's gamma and cpo_alpha (unset: TRL's 1.0, as axolotl)."""
+    settings: dict[str, Any] = {"max_length": cfg.sequence_len}
+    if cfg.preference_beta is not None:
+        settings["beta"] = cfg.preference_beta
+    if cfg.rl is RLMethod.orpo:
+        return settings
+    if cfg.rl is RLMethod.simpo:
+        settings.update(loss_type="simpo", simpo_gamma=cfg.simpo_gamma)
+        return settings | ({} if cfg.cpo_alpha is None else {"cpo_alpha": cfg.cpo_alpha})
     losses = ["ipo" if cfg.rl is RLMethod.ipo else "sigmoid"]
     weights = None
     if cfg.rpo_alpha:
         losses.append("sft")  # RPO: DPO + rpo_alpha x the negative log-likelihood of the chosen answers
         weights = [1.0, cfg.rpo_alpha]
-    settings: dict[str, Any] = {
-        "loss_type": losses,
-        "loss_weights": weights,
-        "max_length": cfg.sequence_len,
-        "use_weighting": cfg.dpo_use_weighting,
-    }
-    if cfg.preference_beta is not None:
-        settings["beta"] = cfg.preference_beta
-    return settings
+    return settings | {"loss_type": losses, "loss_weights": weights, "use_weighting": cfg.dpo_use_weighting}
 
 
 def _report_to(cfg: AxolotlConfig) -> list[str]:
