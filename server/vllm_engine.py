@@ -140,6 +140,7 @@ class VllmEngine(Engine):
         # never chooses nor lists them; vLLM's raw logprobs rank them with the rest, so a request asks for as many
         # more alternatives (dropped in Engine._top_texts) and biases them out of the choice.
         self._no_token = range(len(tokenizer), args.create_model_config().get_vocab_size())
+        self._no_token_bias = dict.fromkeys(self._no_token, NO_TOKEN_BIAS) or None  # applied after the raw logprobs
         args.max_logprobs = top_candidates(MAX_TOP_K) + len(self._no_token)
         LOG.info("Starting vLLM %s on %s (%s, %s)", self.version, source.model_id, device, args.dtype)
         # vLLM's processes talk over unix sockets it names in the temp folder and never removes (thousands of
@@ -235,7 +236,7 @@ class VllmEngine(Engine):
         n = _alternatives(request, self._no_token)
         stream = self.llm.generate(
             TokensPrompt(prompt_token_ids=seq.ids),
-            _sampling_params(request, seq.max_new, len(self._decoding_tokenizer), self._no_token),
+            _sampling_params(request, seq.max_new, len(self._decoding_tokenizer), n, self._no_token_bias),
             request_id=uuid.uuid4().hex,
             lora_request=self.loras.get(seq.adapter),
         )
@@ -277,11 +278,13 @@ def _alternatives(request: ProcessRequest, no_token: range) -> int:
     return top_candidates(k) + len(no_token) if k else 0
 
 
-def _sampling_params(request: ProcessRequest, max_new: int, vocabulary: int, no_token: range):
+def _sampling_params(
+    request: ProcessRequest, max_new: int, vocabulary: int, alternatives: int, logit_bias: dict[int, float] | None
+):
+    """vLLM's SamplingParams for a request; `alternatives`: how many it lists at each position (`_alternatives`)."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    n = _alternatives(request, no_token)
     return SamplingParams(
         n=1,
         # vLLM raises a temperature under 0.01 to 0.01 (numerical safety); the README says so.
@@ -292,9 +295,9 @@ def _sampling_params(request: ProcessRequest, max_new: int, vocabulary: int, no_
         # so -1 is a seed like any other, not vLLM's "no seed".
         seed=None if request.seed is None else request.seed % 2**64,
         max_tokens=max(1, max_new),  # vLLM decodes at least one token; a scoring request ignores it
-        logprobs=n,
-        prompt_logprobs=n if request.echo_prompt else None,
-        logit_bias=dict.fromkeys(no_token, NO_TOKEN_BIAS) or None,  # after the raw logprobs: they stay the model's
+        logprobs=alternatives,
+        prompt_logprobs=alternatives if request.echo_prompt else None,
+        logit_bias=logit_bias,  # rows that are no token; after the raw logprobs, which stay the model's
         detokenize=False,  # `Sequence.record` decodes; stop sequences are checked there, not by vLLM
         skip_special_tokens=False,
         output_kind=RequestOutputKind.DELTA,
