@@ -604,7 +604,7 @@ def helm_eval(
         raise typer.Exit(err.exit_code if isinstance(err, HelmRunInterrupted) else 1) from None
     except (HelmSetupError, ConfError) as err:
         typer.echo(f"Error: {err}", err=True)
-        raise typer.Exit(2 if isinstance(err, UsageError) else 1) from None
+        raise typer.Exit(1) from None  # a usage error (BudgetUsageError too) exited 2 in _one_line_errors above
     console = Console()
     labels = " vs ".join(scores.label for scores in result.suites)
     console.print(rich_table(result.suites, title=f"HELM: {labels} on {result.conf_path.name}"))

@@ -95,6 +95,7 @@ def test_a_bad_serve_flag_value_is_a_usage_error_on_one_line():
         (["train", "CONFIG", "--max-steps", "0"], 2, "  - --max-steps: Input should be greater than 0 (got 0)"),
         (["helm-eval", "--suite", "../x", "--url", "http://127.0.0.1:9"], 2, "Error: --suite '../x': use letters"),
         (["helm-conf", "--budget", "0"], 2, "Error: a budget of 0 instances cannot cover the"),
+        (["helm-eval", "--budget", "0", "--out", "h"], 2, "Error: a budget of 0 instances cannot cover the"),
         # found by the settings, before vLLM's venv is started: it was an `Error: cannot serve:` once vLLM had loaded
         (
             ["serve", "--engine", "vllm", "--quantization", "int8"],
