@@ -360,6 +360,13 @@ class RLMethod(str, Enum):
         return self in (RLMethod.dpo, RLMethod.ipo)
 
     @property
+    def trainer_adds_bos(self) -> bool:
+        """Whether TRL's trainer tokenizes the prompt and an answer without the tokenizer's special tokens and puts
+        BOS first itself where the prompt lacks it (ORPOTrainer's and CPOTrainer's `add_bos_token_if_needed`), not
+        with the tokenizer's own special tokens (DPOTrainer's), so a row is measured as it is trained."""
+        return self in (RLMethod.orpo, RLMethod.simpo)
+
+    @property
     def title(self) -> str:
         """The method's name as its paper writes it (the loss curve's and the plan's)."""
         return "SimPO" if self is RLMethod.simpo else self.value.upper()

@@ -363,7 +363,7 @@ def _pair_tokens(tokenizer: PreTrainedTokenizerBase, cfg: AxolotlConfig) -> Call
     them, then put BOS first where the prompt does not start with it. Both append EOS to an answer that does not end
     with it."""
     eos = tokenizer.eos_token or ""
-    own_bos = cfg.rl is not None and not cfg.rl.has_reference and tokenizer.bos_token_id is not None
+    own_bos = cfg.rl is not None and cfg.rl.trainer_adds_bos and tokenizer.bos_token_id is not None
 
     def tokens(pair: PreferenceRow) -> int:
         answers = (pair["chosen"], pair["rejected"])
