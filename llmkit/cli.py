@@ -352,7 +352,7 @@ def preprocess(config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl
             held_out = len(pairs.eval) if pairs.eval is not None else 0
             Console().print(stats_table(pairs.stats))
             typer.echo(
-                f"{len(pairs.train):,} preference pairs to train on, {held_out:,} held out for evaluation (rl: "
+                f"{len(pairs.train):,} {cfg.rl.rows_noun} to train on, {held_out:,} held out for evaluation (rl: "
                 f"{cfg.rl.value}); TRL tokenizes them when training starts, so nothing is written to "
                 "dataset_prepared_path"
             )

@@ -37,7 +37,6 @@ UNIMPLEMENTED_KEYS = frozenset(
     low_cpu_mem_usage resize_token_embeddings_to_32x use_wandb wandb_mode mlflow_tracking_uri mlflow_experiment_name
     gpu_memory_limit torchdistx_path plugins model_config_type tokenizer_use_fast gptq_groupsize gptq_model_v1
     dpo_use_logits_to_keep dpo_padding_free dpo_use_liger_kernel dpo_generate_during_eval
-    kto_desirable_weight kto_undesirable_weight
     ddp_find_unused_parameters moe_kernels lora_mlp_kernel lora_qkv_kernel lora_o_kernel cut_cross_entropy
     liger_rope liger_rms_norm liger_glu_activation liger_layer_norm liger_fused_linear_cross_entropy
     save_first_step include_tokens_per_second dataloader_num_workers dataloader_pin_memory dataloader_prefetch_factor

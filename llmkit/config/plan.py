@@ -144,16 +144,18 @@ def training_tokens(
 
     max_steps bounds the run at max_steps full steps; else the tokenized data times the epochs, or, without it, the
     rows times sequence_len (every row at its longest: an upper bound). Preference pairs count twice (chosen and
-    rejected both go through the model, padded to the longer: `data_tokens` counts a pair's longer sequence).
+    rejected both go through the model, padded to the longer: `data_tokens` counts a pair's longer sequence); a KTO
+    row once (its KL and reference passes run without gradients, as DPO's reference passes, which are not counted).
     """
-    pairs = 2 if cfg.rl else 1
+    pairs = _trained_sequences(cfg)
+    twice = " x 2 (preference pairs)" if pairs == 2 else ""
     if cfg.max_steps:
         basis = f"at most max_steps {cfg.max_steps} x {tokens_per_step:,} tokens per step"
-        return cfg.max_steps * tokens_per_step * pairs, basis + (" x 2 (preference pairs)" if cfg.rl else "")
+        return cfg.max_steps * tokens_per_step * pairs, basis + twice
     epochs = f"{cfg.num_epochs:g} epoch(s)"
     if data_tokens is not None:
         basis = f"{data_tokens:,} tokens of the tokenized training split x {epochs}"
-        return math.ceil(data_tokens * cfg.num_epochs) * pairs, basis + (" x 2 (preference pairs)" if cfg.rl else "")
+        return math.ceil(data_tokens * cfg.num_epochs) * pairs, basis + twice
     if rows is None:
         missing = [f"datasets[{i}].path {spec.path}" for i, spec in enumerate(cfg.datasets) if spec.missing_local_path]
         if missing:
@@ -162,6 +164,12 @@ def training_tokens(
     train_rows = rows - cfg.held_out_rows(rows)
     tokens = math.ceil(train_rows * cfg.sequence_len * cfg.num_epochs) * pairs
     return tokens, f"at most {train_rows:,} rows x sequence_len {cfg.sequence_len} x {epochs} (data not tokenized)"
+
+
+def _trained_sequences(cfg: AxolotlConfig) -> int:
+    """Sequences per row that go through the model with gradients: a pair's chosen and rejected (DPO, ORPO, SimPO);
+    one for a KTO row or an SFT row (KTO's mismatched KL sequence runs without gradients, as every reference pass)."""
+    return 2 if cfg.rl is not None and cfg.rl.paired else 1
 
 
 def training_time(
@@ -274,12 +282,12 @@ def training_memory(
         dtype_bytes=_DTYPE_BYTES[dtype],
         trainable_params=trainable,
         optimizer=cfg.optimizer.value,
-        tokens=cfg.micro_batch_size * cfg.sequence_len * (2 if cfg.rl else 1),  # DPO, ORPO: chosen + rejected
+        tokens=cfg.micro_batch_size * cfg.sequence_len * _trained_sequences(cfg),
         gradient_checkpointing=cfg.gradient_checkpointing,
         full_fine_tune=cfg.adapter is None,
         trained_bytes=_DTYPE_BYTES[weights] if cfg.adapter is None else 4,  # adapters train in float32
         double_quant=cfg.quantization_options.bnb_4bit_use_double_quant,
-        # DPO's full fine-tune keeps a frozen copy of the model (an adapter's reference is the base without it)
+        # DPO's and KTO's full fine-tune keeps a frozen copy of the model (an adapter's reference is the base)
         reference_model=cfg.rl is not None and cfg.rl.has_reference and cfg.adapter is None,
         # per layer: dropout keeps a copy of each adapted layer's input
         dropout_width=sum(module.fan_in for module in adapted) // shape.num_layers if dropout else 0,

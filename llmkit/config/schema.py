@@ -42,6 +42,7 @@ from llmkit.config.sections import (
     DatasetSpec,
     DatasetType,
     DsType,
+    KTOType,
     LoraSection,
     LrScheduler,
     ModelSection,
@@ -69,6 +70,7 @@ __all__ = [
     "DatasetType",
     "DsType",
     "IgnoredKey",
+    "KTOType",
     "LrScheduler",
     "Optimizer",
     "PeftMethod",
@@ -325,11 +327,9 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
     @model_validator(mode="after")
     def _check_rl(self) -> AxolotlConfig:
         if self.rl is None:
-            set_keys = [
-                key
-                for key in ("rl_beta", "dpo_beta", "orpo_alpha", "simpo_gamma", "cpo_alpha", "rpo_alpha")
-                if getattr(self, key) is not None
-            ]
+            keys = "rl_beta dpo_beta orpo_alpha simpo_gamma cpo_alpha rpo_alpha"
+            keys += " kto_desirable_weight kto_undesirable_weight"
+            set_keys = [key for key in keys.split() if getattr(self, key) is not None]
             set_keys += ["trl.beta"] if self.trl and self.trl.beta is not None else []
             set_keys += ["dpo_use_weighting"] if self.dpo_use_weighting else []
             if set_keys:
@@ -364,13 +364,25 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             raise ValueError(f"{', '.join(simpo_keys)}: SimPO's, read with rl: simpo, not rl: {self.rl.value}")
         if self.rl is RLMethod.simpo and self.simpo_gamma is None:  # axolotl passes None, which TRL divides by beta
             raise ValueError("simpo_gamma: required with rl: simpo (SimPO's target reward margin; TRL's example: 0.5)")
-        if not self.rl.has_reference:  # DPO's options: ORPOTrainer and CPOTrainer have none of them
+        kto_keys = [
+            key for key in ("kto_desirable_weight", "kto_undesirable_weight") if getattr(self, key) is not None
+        ]
+        if kto_keys and self.rl is not RLMethod.kto:
+            raise ValueError(f"{', '.join(kto_keys)}: KTO's, read with rl: kto, not rl: {self.rl.value}")
+        if self.rl is RLMethod.kto and self.micro_batch_size < 2:
+            raise ValueError(
+                "micro_batch_size: rl: kto needs at least 2 (TRL's KTO estimates its KL term from each row's prompt "
+                "with another row's answer of the same micro-batch)"
+            )
+        if not self.rl.is_dpo:  # DPO's options: ORPOTrainer, CPOTrainer and KTOTrainer have none of them
             dpo_only = ["rpo_alpha"] if self.rpo_alpha is not None else []
             dpo_only += ["dpo_use_weighting"] if self.dpo_use_weighting else []
             if dpo_only:
                 raise ValueError(
                     f"{', '.join(dpo_only)}: options of DPO's loss, not rl: {self.rl.value}'s; remove them"
                 )
+        if self.rl is RLMethod.kto:
+            return self._check_kto_types()
         read = PreferenceType.read_by(self.rl)
         names = ", ".join(kind.value for kind in read)
         names += "" if self.rl is RLMethod.orpo else ", or a {field_prompt, field_chosen, ...} mapping"
@@ -397,6 +409,25 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                     f"is rl: {other}'s type (axolotl's {other} strategies), which rl: {self.rl.value} does not read"
                     if spec.type in PreferenceType._value2member_map_
                     else f"is not a preference dataset type, which rl: {self.rl.value} needs"
+                )
+                raise ValueError(f"{key}[{i}].type: {spec.type_name} {what}; supported: {names}")
+        return self
+
+    def _check_kto_types(self) -> AxolotlConfig:
+        """rl: kto reads axolotl's kto strategies (rows with one completion and a label), or rows already {prompt,
+        completion, label}; DPO's names mean other rows there, and axolotl's user-defined KTO mapping is not read."""
+        names = ", ".join(kind.value for kind in KTOType)
+        for key, i, spec in self.dataset_entries():
+            if isinstance(spec.type, (CustomPrompt, PreferencePrompt)):
+                raise ValueError(
+                    f"{key}[{i}].type: a mapping (axolotl's kto user_defined.default) is not implemented for rl: kto; "
+                    f"supported: {names}, or no type (rows already prompt, completion, label)"
+                )
+            if spec.type is not None and spec.type not in KTOType._value2member_map_:
+                what = (
+                    "is a pair type (axolotl's dpo and orpo strategies), which rl: kto does not read"
+                    if spec.type in PreferenceType._value2member_map_
+                    else "is not a KTO dataset type (axolotl's kto strategies), which rl: kto needs"
                 )
                 raise ValueError(f"{key}[{i}].type: {spec.type_name} {what}; supported: {names}")
         return self

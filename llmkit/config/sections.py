@@ -347,17 +347,36 @@ def optimizer_name(value: object) -> object:
 
 class RLMethod(str, Enum):
     """Preference training methods (axolotl's `rl:` values): DPO's by TRL's DPOTrainer, ORPO by its ORPOTrainer,
-    SimPO by its CPOTrainer."""
+    SimPO by its CPOTrainer, KTO by its KTOTrainer."""
 
     dpo = "dpo"  # DPO, sigmoid loss
     ipo = "ipo"  # DPO with the IPO loss (TRL loss_type ipo)
     orpo = "orpo"  # ORPO: the chosen answers' NLL plus a weighted odds-ratio loss, no reference model
     simpo = "simpo"  # SimPO (CPO's loss_type simpo): length-averaged log-probabilities with a margin, no reference
+    # KTO: unpaired rows (a prompt, one answer, whether it is desirable), each answer's log-ratio to the reference
+    # against the batch's KL estimate
+    kto = "kto"
 
     @property
     def has_reference(self) -> bool:
-        """Whether the loss compares the model with a frozen reference (DPO's); ORPO's and SimPO's do not."""
+        """Whether the loss compares the model with a frozen reference (DPO's, KTO's); ORPO's and SimPO's do not."""
+        return self in (RLMethod.dpo, RLMethod.ipo, RLMethod.kto)
+
+    @property
+    def is_dpo(self) -> bool:
+        """DPO's loss (TRL's DPOTrainer): the one that reads rpo_alpha and dpo_use_weighting."""
         return self in (RLMethod.dpo, RLMethod.ipo)
+
+    @property
+    def paired(self) -> bool:
+        """Whether a row is a pair (prompt, chosen, rejected), both answers trained in one batch; KTO's row is one
+        answer with its label."""
+        return self is not RLMethod.kto
+
+    @property
+    def rows_noun(self) -> str:
+        """What the method trains on, as the CLI and the log count it."""
+        return "preference pairs" if self.paired else "KTO rows"
 
     @property
     def trainer_adds_bos(self) -> bool:
@@ -374,7 +393,6 @@ class RLMethod(str, Enum):
 
 # axolotl's other `rl:` values: what each is (none is implemented here).
 UNSUPPORTED_RL = {
-    "kto": "KTO (TRL's KTOTrainer, unpaired preference data)",
     "grpo": "GRPO (online RL with reward functions and generation)",
     "gdpo": "axolotl's GDPO",
     "ebft": "axolotl's EBFT",
@@ -382,7 +400,8 @@ UNSUPPORTED_RL = {
 
 
 def rl_method(value: object) -> object:
-    """`rl: dpo|ipo|orpo|simpo`; false/none/empty: no preference training; axolotl's other methods refused by name."""
+    """`rl: dpo|ipo|orpo|simpo|kto`; false/none/empty: no preference training; axolotl's other methods refused by
+    name."""
     if value is False or (isinstance(value, str) and value.lower() in ("", "none", "false")):
         return None
     if isinstance(value, str) and value in UNSUPPORTED_RL:
@@ -417,6 +436,22 @@ class PreferenceType(str, Enum):
         if method is RLMethod.orpo:
             return [cls.chat_template_argilla]
         return [kind for kind in cls if kind is not cls.chat_template_argilla]
+
+
+class KTOType(str, Enum):
+    """KTO dataset types, axolotl's `prompt_strategies/kto` names: rows become TRL's {prompt, completion, label}, the
+    row's `label` (true: a desirable answer) kept as it is. The names are DPO's, the rows not: one `completion`."""
+
+    chatml_argilla = "chatml.argilla"  # {system?, instruction, completion, label}
+    chatml_argilla_chat = "chatml.argilla_chat"  # {completion: [user, assistant], label}
+    chatml_intel = "chatml.intel"  # {system?, question, completion, label}
+    chatml_prompt_pairs = "chatml.prompt_pairs"  # {system?, prompt, completion, label}
+    chatml_ultra = "chatml.ultra"  # {system?, prompt, completion, label}
+    llama3_argilla = "llama3.argilla"
+    llama3_argilla_chat = "llama3.argilla_chat"  # {completion: [turns..., answer], label}: every turn before it
+    llama3_intel = "llama3.intel"
+    llama3_prompt_pairs = "llama3.prompt_pairs"
+    llama3_ultra = "llama3.ultra"
 
 
 class LoftQSettings(BaseModel):
@@ -1235,14 +1270,15 @@ class TrainingSection(BaseModel):
 
 
 class RLSection(BaseModel):
-    """Preference training (axolotl's `rl:`), run by TRL's DPOTrainer, ORPOTrainer or CPOTrainer (SimPO)."""
+    """Preference training (axolotl's `rl:`), run by TRL's DPOTrainer, ORPOTrainer, CPOTrainer (SimPO) or
+    KTOTrainer."""
 
     model_config = _SECTION
 
     rl: RLMethod | None = Field(
         None,
-        description="Preference training: dpo, ipo (DPO with the IPO loss), orpo or simpo; datasets need preference "
-        "types.",
+        description="Preference training: dpo, ipo (DPO with the IPO loss), orpo, simpo or kto; datasets need "
+        "preference types (kto: KTO's).",
     )
     rl_beta: float | None = Field(None, gt=0, description="rl: beta of the preference loss (TRL beta; default 0.1).")
     dpo_beta: float | None = Field(None, gt=0, description="rl: axolotl's older name for rl_beta.")
@@ -1254,6 +1290,12 @@ class RLSection(BaseModel):
     )
     cpo_alpha: float | None = Field(
         None, ge=0, description="rl: simpo: weight of the chosen answers' NLL added to it (TRL cpo_alpha; default 1)."
+    )
+    kto_desirable_weight: float | None = Field(
+        None, gt=0, description="rl: kto: weight of the desirable answers' losses (TRL desirable_weight; default 1)."
+    )
+    kto_undesirable_weight: float | None = Field(
+        None, gt=0, description="rl: kto: weight of the undesirable answers' losses (TRL undesirable_weight; 1)."
     )
     trl: TrlSettings | None = Field(None, description="axolotl's TRL options; DPO reads beta.")
     dpo_use_weighting: bool = Field(False, description="rl: WPO weighting of the pairs (TRL use_weighting).")

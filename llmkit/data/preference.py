@@ -1,5 +1,5 @@
 """Preference data: axolotl's `prompt_strategies/dpo` dataset types (and `orpo`'s chat_template.argilla) as TRL's
-{prompt, chosen, rejected} rows.
+{prompt, chosen, rejected} rows; under rl: kto, its `prompt_strategies/kto` types as TRL's {prompt, completion, label}.
 
     rl: dpo
     datasets:
@@ -14,7 +14,8 @@ excess_length_strategy: raise, an error naming it); so is a pair that trains not
 the same answer twice). The chatml.*
 and llama3.* types write their chat format themselves; chat_template.default and chat_template.argilla render the
 conversation with the dataset's chat template (or the config's, or the tokenizer's). TRL's ORPOTrainer (rl: orpo)
-reads the same rows.
+reads the same rows. A KTO row (one answer, labelled desirable or not) is dropped and counted the same way: longer
+than sequence_len as KTOTrainer tokenizes it, or with an empty completion.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
 from datasets import Dataset, concatenate_datasets
 
 from llmkit.config.plan import TokenizedSplit
-from llmkit.config.sections import DatasetSpec, PreferencePrompt, PreferenceType
+from llmkit.config.sections import DatasetSpec, KTOType, PreferencePrompt, PreferenceType
+from llmkit.core.errors import short_repr
 from llmkit.data.chat import ChatDefaults, template_for_rows
 from llmkit.data.fields import FieldError, RowError, absent, text_field
 from llmkit.data.pipeline import count_kept
@@ -52,12 +54,23 @@ class PreferenceRow(TypedDict):
     rejected: str  # the worse answer, with its turn's end marker
 
 
+class KTORow(TypedDict):
+    """A KTO row as TRL's KTOTrainer reads it (its unpaired "standard" format)."""
+
+    prompt: str  # through the assistant's header: the answer follows directly
+    completion: str  # one answer, with its turn's end marker
+    label: bool  # true: a desirable answer; false: an undesirable one
+
+
 PreferenceBuilder = Callable[[RawRow], PreferenceRow]
+KTOBuilder = Callable[[RawRow], KTORow]
+Row = TypeVar("Row", PreferenceRow, KTORow)
+AnyRow = PreferenceRow | KTORow
 
 
 @dataclass
 class PreferenceData:
-    train: Dataset  # PreferenceRow
+    train: Dataset  # PreferenceRow (KTORow under rl: kto)
     eval: Dataset | None
     stats: DataStats
 
@@ -337,7 +350,7 @@ def preference_builder(
     return _without_double_bos(build, tokenizer)
 
 
-def _without_double_bos(build: PreferenceBuilder, tokenizer: PreTrainedTokenizerBase) -> PreferenceBuilder:
+def _without_double_bos(build: Callable[[RawRow], Row], tokenizer: PreTrainedTokenizerBase) -> Callable[[RawRow], Row]:
     """TRL tokenizes the prompt with the tokenizer's special tokens: a prompt that a template began with the BOS
     text would start with two BOS tokens where the tokenizer adds its own."""
     bos = tokenizer.bos_token
@@ -345,29 +358,97 @@ def _without_double_bos(build: PreferenceBuilder, tokenizer: PreTrainedTokenizer
     if not bos or not probe or probe[0] != tokenizer.bos_token_id:
         return build
 
-    def build_once(row: RawRow) -> PreferenceRow:
-        pair = build(row)
-        return PreferenceRow(**{**pair, "prompt": pair["prompt"].removeprefix(bos)})
+    def build_once(row: RawRow) -> Row:
+        made = build(row)
+        return cast(Row, {**made, "prompt": made["prompt"].removeprefix(bos)})
 
     return build_once
 
 
+def _label(row: RawRow) -> bool:
+    value = row.get("label")
+    if value is None:
+        raise absent(row, "label")
+    if not isinstance(value, bool):  # TRL splits a batch on it: 1 or "yes" would be read as a number or fail there
+        raise FieldError("label", f"must be true (a desirable answer) or false, got {short_repr(value)}")
+    return value
+
+
+# KTO's prompt field per row shape, as axolotl's kto strategies read it (the row's system text comes first).
+_KTO_PROMPT_FIELDS = {"argilla": "instruction", "intel": "question", "prompt_pairs": "prompt", "ultra": "prompt"}
+
+
+def _llama3_history(row: RawRow) -> tuple[str, str]:
+    """llama3.argilla_chat (KTO's): `completion` is a conversation; the prompt is every turn before its last, each
+    under its own role's header, then the assistant's header; the answer is the last turn's content."""
+    turns = row.get("completion")
+    if not isinstance(turns, list) or not turns:
+        raise FieldError("completion", "must be a list of {role, content} messages, the answer last")
+    prompt = ""
+    for i, turn in enumerate(turns[:-1]):
+        if not isinstance(turn, dict):
+            raise FieldError(f"completion[{i}]", "must be a {role, content} message")
+        role = text_field(turn, "role", where=f"completion[{i}].")
+        content = text_field(turn, "content", where=f"completion[{i}].")
+        prompt += f"<|start_header_id|>{role}<|end_header_id|>\n\n{content}{LLAMA3.answer_end}"
+    answer = _turn_content(row, "completion", len(turns) - 1)
+    return prompt + "<|start_header_id|>assistant<|end_header_id|>\n\n", answer
+
+
+def kto_builder(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase) -> KTOBuilder:
+    """What turns one of the spec's rows into a `KTORow` (rl: kto): axolotl's kto strategies write the chat format
+    themselves, the answer closed by its turn's end marker; no type: rows already {prompt, completion, label}.
+
+    Raises:
+        ValueError: a type that is no KTO type.
+    """
+    if spec.type is None:
+
+        def as_they_are(row: RawRow) -> KTORow:
+            return KTORow(
+                prompt=text_field(row, "prompt"), completion=text_field(row, "completion"), label=_label(row)
+            )
+
+        return _without_double_bos(as_they_are, tokenizer)
+    if not isinstance(spec.type, str) or spec.type not in KTOType._value2member_map_:
+        names = ", ".join(kind.value for kind in KTOType)
+        raise ValueError(f"type {spec.type!r} is not a KTO dataset type; supported: {names}")
+    family, shape = spec.type.split(".")
+    chat = _FORMATS[family]
+
+    def build(row: RawRow) -> KTORow:
+        if shape == "argilla_chat" and family == "llama3":
+            prompt, answer = _llama3_history(row)
+        elif shape == "argilla_chat":  # chatml's: the first turn the question, the second the answer
+            prompt = chat.prompt(_turn_content(row, "completion", 0), None)
+            answer = _turn_content(row, "completion", 1)
+        else:
+            user = text_field(row, _KTO_PROMPT_FIELDS[shape])
+            prompt = chat.prompt(user, text_field(row, "system", optional=True))
+            answer = text_field(row, "completion")
+        return KTORow(prompt=prompt, completion=_closed(answer, chat.answer_end), label=_label(row))
+
+    return _without_double_bos(build, tokenizer)
+
+
 TOKENS = "_tokens"  # a column holding a pair's length in tokens, until the long pairs are dropped
-# What a pair with nothing to train is, in the message when no pair is left (`count_kept`).
+# What a pair (a KTO row) with nothing to train is, in the message when none is left (`count_kept`).
 UNTRAINED_PAIRS = "with nothing to train on (an empty chosen answer, or chosen the same as rejected)"
+UNTRAINED_KTO_ROWS = "with nothing to train on (an empty completion)"
 
 
-def _pair_tokens(tokenizer: PreTrainedTokenizerBase, cfg: AxolotlConfig) -> Callable[[PreferenceRow], int]:
-    """The tokens of a pair's longer sequence, as the config's TRL trainer builds them: DPOTrainer tokenizes the
-    prompt and the answer as one text with the tokenizer's special tokens; ORPO's and CPO's (rl: orpo, simpo) without
-    them, then put BOS first where the prompt does not start with it. Both append EOS to an answer that does not end
-    with it."""
+def _pair_tokens(tokenizer: PreTrainedTokenizerBase, cfg: AxolotlConfig) -> Callable[[AnyRow], int]:
+    """The tokens of a pair's longer sequence (a KTO row's one sequence), as the config's TRL trainer builds them:
+    DPOTrainer and KTOTrainer tokenize the prompt and the answer as one text with the tokenizer's special tokens;
+    ORPO's and CPO's (rl: orpo, simpo) without them, then put BOS first where the prompt does not start with it
+    (`RLMethod.trainer_adds_bos`). All append EOS to an answer that does not end with it."""
     eos = tokenizer.eos_token or ""
     own_bos = cfg.rl is not None and cfg.rl.trainer_adds_bos and tokenizer.bos_token_id is not None
+    paired = cfg.rl is None or cfg.rl.paired
 
-    def tokens(pair: PreferenceRow) -> int:
-        answers = (pair["chosen"], pair["rejected"])
-        texts = [pair["prompt"] + answer + ("" if answer.endswith(eos) else eos) for answer in answers]
+    def tokens(row: AnyRow) -> int:
+        answers = (row["chosen"], row["rejected"]) if paired else (row["completion"],)  # type: ignore[typeddict-item]
+        texts = [row["prompt"] + answer + ("" if answer.endswith(eos) else eos) for answer in answers]
         if not own_bos:
             return max(len(ids) for ids in tokenizer(texts)["input_ids"])
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -376,43 +457,48 @@ def _pair_tokens(tokenizer: PreTrainedTokenizerBase, cfg: AxolotlConfig) -> Call
     return tokens
 
 
-def _trains_nothing(pair: PreferenceRow) -> bool:
-    """An empty chosen answer, or the same answer twice: the loss has nothing to prefer."""
-    return not pair["chosen"].strip() or pair["chosen"] == pair["rejected"]
+def _trains_nothing(row: AnyRow) -> bool:
+    """An empty chosen answer, or the same answer twice: the loss has nothing to prefer; a KTO row's empty
+    completion: nothing to rate."""
+    if "completion" in row:
+        return not row["completion"].strip()  # type: ignore[typeddict-item]
+    return not row["chosen"].strip() or row["chosen"] == row["rejected"]  # type: ignore[typeddict-item]
 
 
 def _spec_rows(
-    cfg: AxolotlConfig, spec: DatasetSpec, build: PreferenceBuilder, tokenizer: PreTrainedTokenizerBase
+    cfg: AxolotlConfig, spec: DatasetSpec, build: Callable[[RawRow], AnyRow], tokenizer: PreTrainedTokenizerBase
 ) -> tuple[Dataset, DatasetStats]:
-    """One dataset's pairs with the ones training cannot use (longer than sequence_len, training nothing) dropped
-    and counted, as axolotl drops them before merging; excess_length_strategy: raise makes a long pair an error
-    naming its row."""
+    """One dataset's pairs (KTO rows) with the ones training cannot use (longer than sequence_len, training
+    nothing) dropped and counted, as axolotl drops them before merging; excess_length_strategy: raise makes a long
+    pair an error naming its row."""
     source = source_name(spec)
     rows = load_rows(spec, build, cfg.seed)
     tokens, limit = _pair_tokens(tokenizer, cfg), cfg.sequence_len
+    paired = cfg.rl is None or cfg.rl.paired
+    what = "the pair is {} tokens long (its prompt and longer answer)" if paired else "the row is {} tokens long"
 
     def measured(row: RawRow) -> list[dict[str, Any]]:
-        pair = build(row)
-        length = tokens(pair)
+        made = build(row)
+        length = tokens(made)
         if length > limit and cfg.excess_length_strategy == "raise":
             raise RowError(
-                f"the pair is {length} tokens long (its prompt and longer answer), longer than sequence_len "
-                f"{limit}, and excess_length_strategy is raise"
+                f"{what.format(length)}, longer than sequence_len {limit}, and excess_length_strategy is raise"
             )
-        return [{**pair, TOKENS: length}]
+        return [{**made, TOKENS: length}]
 
-    desc = f"Preference pairs of {Path(source).name}"
-    pairs = convert_rows(rows, source, measured, ("prompt", "chosen", "rejected", TOKENS), desc)
+    desc = f"{'Preference pairs' if paired else 'KTO rows'} of {Path(source).name}"
+    columns = ("prompt", "chosen", "rejected") if paired else ("prompt", "completion", "label")
+    pairs = convert_rows(rows, source, measured, (*columns, TOKENS), desc)
     lengths: list[int] = pairs[TOKENS]
     stats = DatasetStats(source, spec.type_name, len(rows), 0)
     keep = []
     for pair, length in zip(pairs.remove_columns(TOKENS), lengths, strict=True):
         overlong = length > limit
-        untrained = not overlong and _trains_nothing(cast(PreferenceRow, pair))
+        untrained = not overlong and _trains_nothing(cast(AnyRow, pair))
         stats.dropped_overlong += overlong
         stats.dropped_untrained += untrained
         keep.append(not (overlong or untrained))
-    count_kept(stats, keep, lengths, limit, UNTRAINED_PAIRS)
+    count_kept(stats, keep, lengths, limit, UNTRAINED_PAIRS if paired else UNTRAINED_KTO_ROWS)
     kept = pairs.select([i for i, usable in enumerate(keep) if usable]).remove_columns(TOKENS)
     return kept, stats
 
@@ -430,7 +516,10 @@ def build_preference_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizer
     stats = DataStats()
     for key, _, spec in cfg.dataset_entries():
         try:  # a bad template is the spec's error, not every row's: said once, before reading
-            build = preference_builder(spec, tokenizer, defaults)
+            build: Callable[[RawRow], AnyRow] = (
+                preference_builder(spec, tokenizer, defaults) if cfg.rl is None or cfg.rl.paired
+                else kto_builder(spec, tokenizer)
+            )  # fmt: skip
         except ValueError as err:
             raise DataError(f"{source_name(spec)}: {err}") from None
         rows, spec_stats = _spec_rows(cfg, spec, build, tokenizer)
@@ -452,4 +541,4 @@ def epoch_pair_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) ->
     `llmkit validate`'s plan counts both sequences of a pair from them."""
     tokens = _pair_tokens(tokenizer, cfg)
     pairs = build_preference_datasets(cfg, tokenizer).train
-    return TokenizedSplit(tokens=sum(tokens(cast(PreferenceRow, pair)) for pair in pairs), sequences=len(pairs))
+    return TokenizedSplit(tokens=sum(tokens(cast(AnyRow, pair)) for pair in pairs), sequences=len(pairs))

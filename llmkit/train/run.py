@@ -9,8 +9,8 @@ an interruption resumes from the newest complete `checkpoint-*` in output_dir (o
 after a finished run it does nothing, whatever this machine could train (llmkit/train/resume.py). The final
 adapter, tokenizer, `config.resolved.yml`, `trainer_state.json` and `loss_curve.png` are written to a temporary
 folder and moved into output_dir with the adapter's config last, so output_dir never looks finished while it is
-not. Preference training (`rl: dpo|ipo|orpo|simpo`) takes the same path with preference pairs
-(`llmkit.data.preference`) and TRL's DPOTrainer (ORPOTrainer for orpo, CPOTrainer for simpo).
+not. Preference training (`rl: dpo|ipo|orpo|simpo|kto`) takes the same path with preference pairs, or KTO's rows
+(`llmkit.data.preference`), and TRL's DPOTrainer (ORPOTrainer for orpo, CPOTrainer for simpo, KTOTrainer for kto).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def _train(cfg: AxolotlConfig, args: TrainingArguments, output_dir: Path, *, fre
     tokenizer = load_tokenizer(cfg)
     with args.main_process_first(desc="dataset preparation"):  # rank 0 fills dataset_prepared_path first
         data = build_preference_datasets(cfg, tokenizer) if cfg.rl else build_datasets(cfg, tokenizer)
-    _log_data(data)
+    _log_data(cfg, data)
     # axolotl's default warmup (3% of the run) and logging cadence: the run's length is known once the data is
     total_steps = optimizer_steps(cfg, len(data.train), args.world_size)
     args.warmup_steps = warmup_steps(cfg, total_steps)
@@ -186,10 +186,10 @@ def _checkpoint_fits(cfg: AxolotlConfig, checkpoint: Path | None) -> Iterator[No
         raise ConfigError([problem], cfg.source) from None
 
 
-def _log_data(data: PreparedData | PreferenceData) -> None:
+def _log_data(cfg: AxolotlConfig, data: PreparedData | PreferenceData) -> None:
     held_out = len(data.eval) if data.eval is not None else 0
-    if isinstance(data, PreferenceData):
-        LOG.info("Data: %d training preference pairs, %d eval pairs", len(data.train), held_out)
+    if isinstance(data, PreferenceData) and cfg.rl:
+        LOG.info("Data: %d training %s, %d held out", len(data.train), cfg.rl.rows_noun, held_out)
         return
     LOG.info(
         "Data: %d training rows -> %d sequences, %d eval rows",
@@ -221,7 +221,7 @@ def _trainer(
     cfg: AxolotlConfig, args: TrainingArguments, model: Any, tokenizer: Any, data: PreparedData | PreferenceData
 ) -> Trainer:
     """transformers' Trainer over the prepared rows, or TRL's DPOTrainer (ORPOTrainer for ORPO, CPOTrainer for SimPO)
-    over preference pairs for `rl:`."""
+    over preference pairs, KTOTrainer over KTO's rows, for `rl:`."""
     callbacks: list[TrainerCallback] = [LogLastStep(), ConfigCadence()]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience))
@@ -260,7 +260,8 @@ def _trainer(
 def _trl_classes(method: RLMethod) -> tuple[type[TrainingArguments], type[Trainer]]:
     """TRL's settings and trainer classes for `rl:`, imported only where they are used. DPO's reference policy is the
     model before training (TRL keeps a copy of the new adapter as "ref"); ORPO (the model's own NLL of the chosen
-    answer and the pair's odds ratio) and SimPO (CPO's trainer with its simpo loss, as axolotl runs it) have none."""
+    answer and the pair's odds ratio) and SimPO (CPO's trainer with its simpo loss, as axolotl runs it) have none.
+    KTO's reference is DPO's (the frozen "ref" adapter, or a second copy of a fully fine-tuned model)."""
     if method in (RLMethod.orpo, RLMethod.simpo):
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO and CPO live in trl.experimental, which warns
     if method is RLMethod.orpo:
@@ -271,6 +272,10 @@ def _trl_classes(method: RLMethod) -> tuple[type[TrainingArguments], type[Traine
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
         return CPOConfig, CPOTrainer
+    if method is RLMethod.kto:
+        from trl import KTOConfig, KTOTrainer
+
+        return KTOConfig, KTOTrainer
     from trl import DPOConfig, DPOTrainer
 
     return DPOConfig, DPOTrainer
@@ -278,7 +283,7 @@ def _trl_classes(method: RLMethod) -> tuple[type[TrainingArguments], type[Traine
 
 def training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments:
     """The config's trainer keys in transformers' terms ("auto" precision resolved for this machine); a DPOConfig,
-    ORPOConfig or CPOConfig (TrainingArguments plus the preference loss's settings) for `rl:`.
+    ORPOConfig, CPOConfig or KTOConfig (TrainingArguments plus the preference loss's settings) for `rl:`.
 
     Raises:
         ConfigError: tf32 without CUDA, or settings transformers refuses together (e.g. load_best_model_at_end
@@ -340,7 +345,7 @@ def training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments:
     try:
         if cfg.rl:
             settings_class, _ = _trl_classes(cfg.rl)
-            return settings_class(**options, **_preference_loss(cfg))
+            return settings_class(**(options | _preference_loss(cfg)))
         # the collator builds exactly the model's inputs (position_ids, use_cache): keep every column
         return TrainingArguments(**options, remove_unused_columns=False)
     except ValueError as err:  # transformers checks the combination (cadences, best-model metric, ...)
@@ -388,12 +393,19 @@ def _optim_args(value: str | dict[str, Any] | None) -> str | None:
 def _preference_loss(cfg: AxolotlConfig) -> dict[str, Any]:
     """TRL's settings of the `rl:` loss: max_length and beta (unset: TRL's), and DPO's loss (sigmoid; ipo; plus the
     chosen answers' NLL with rpo_alpha), ORPO's lambda (axolotl passes orpo_alpha, the odds-ratio loss's weight, as
-    TRL's beta) or SimPO's gamma and cpo_alpha (unset: TRL's 1.0, as axolotl)."""
+    TRL's beta), SimPO's gamma and cpo_alpha (unset: TRL's 1.0, as axolotl) or KTO's weights (unset: 1.0, as
+    axolotl) and its sequential order."""
     settings: dict[str, Any] = {"max_length": cfg.sequence_len}
     if cfg.preference_beta is not None:
         settings["beta"] = cfg.preference_beta
     if cfg.rl is RLMethod.orpo:
         return settings
+    if cfg.rl is RLMethod.kto:
+        settings["desirable_weight"] = cfg.kto_desirable_weight or 1.0
+        settings["undesirable_weight"] = cfg.kto_undesirable_weight or 1.0
+        # TRL's KL estimate pairs each row's prompt with the previous row's answer in the batch as the dataset orders
+        # them, which a random sampler would break (KTOTrainer refuses it); the rows were shuffled once (seed)
+        return settings | {"train_sampling_strategy": "sequential"}
     if cfg.rl is RLMethod.simpo:
         settings.update(loss_type="simpo", simpo_gamma=cfg.simpo_gamma)
         return settings | ({} if cfg.cpo_alpha is None else {"cpo_alpha": cfg.cpo_alpha})

@@ -190,7 +190,7 @@ def _steps_text(p: TrainingPlan) -> str:
     if p.steps is None:
         return f"needs the dataset to count its rows: {per_1k}"
     if p.sequences is not None:  # counted from the tokenized split: packing and dropped rows are in it
-        batched = "preference pairs" if cfg.rl else "packed sequences" if cfg.sample_packing else "training rows"
+        batched = cfg.rl.rows_noun if cfg.rl else "packed sequences" if cfg.sample_packing else "training rows"
         return f"{p.steps:,} ({p.sequences:,} {batched} from {p.rows:,} rows, over {cfg.num_epochs:g} epochs)"
     bound = "at most " if cfg.sample_packing else ""  # packing merges rows into fewer sequences
     return f"{bound}{p.steps:,} ({p.rows:,} rows; {per_1k})"

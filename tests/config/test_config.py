@@ -453,12 +453,13 @@ def test_optimizer_names_are_transformers_and_axolotls(tmp_path):
     ("change", "expected"),
     [
         (
-            {"rl": "kto"},
-            "rl: kto: KTO (TRL's KTOTrainer, unpaired preference data) is not implemented here; "
-            "supported: dpo, ipo, orpo, simpo",
+            {"rl": "kto", "micro_batch_size": 2, "datasets": [{"path": "x.jsonl", "type": "chatml.icr"}]},
+            "datasets[0].type: chatml.icr is a pair type (axolotl's dpo and orpo strategies), which rl: kto does not "
+            "read; supported: chatml.argilla, ",
         ),  # fmt: skip
-        ({"rl": "grpo"}, "supported: dpo, ipo, orpo, simpo"),
-        ({"rl": "ppo"}, "rl: Input should be 'dpo', 'ipo', 'orpo' or 'simpo'"),
+        ({"rl": "kto", "micro_batch_size": 1}, "micro_batch_size: rl: kto needs at least 2"),
+        ({"rl": "grpo"}, "supported: dpo, ipo, orpo, simpo, kto"),
+        ({"rl": "ppo"}, "rl: Input should be 'dpo', 'ipo', 'orpo', 'simpo' or 'kto'"),
         ({"rl": "simpo"}, "simpo_gamma: required with rl: simpo"),
         (
             {"rl": "orpo"},
@@ -571,7 +572,7 @@ def test_an_unsupported_rl_is_the_only_error_and_reward_data_says_what_it_is(tmp
     grpo = {"rl": "grpo", "trl": {"use_vllm": True, "num_generations": 8, "reward_funcs": ["r.f"]}}
     message = error_of(write(tmp_path, DPO), grpo)
     assert message.endswith("- rl: grpo: GRPO (online RL with reward functions and generation) is not implemented "
-                            "here; supported: dpo, ipo, orpo, simpo")  # fmt: skip
+                            "here; supported: dpo, ipo, orpo, simpo, kto")  # fmt: skip
     assert "trl." not in message
     pairs = write(tmp_path, MINIMAL.replace("type: alpaca", "type: bradley_terry.chat_template"))
     assert "datasets[0].type: dataset type 'bradley_terry.chat_template' is reward-model data" in error_of(pairs)

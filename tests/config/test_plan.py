@@ -436,6 +436,20 @@ def test_orpo_and_simpo_plan_both_answers_and_no_reference_copy(keys, kind, said
     assert full_rl.memory[0].weights == full_sft.memory[0].weights  # neither loss needs a reference model
 
 
+def test_kto_plans_one_sequence_per_row_and_a_full_fine_tunes_reference_copy():
+    kto_keys = {"rl": "kto", "rl_beta": 0.2, "kto_undesirable_weight": 1.3, "sample_packing": False}
+    kto_keys["datasets"] = [{"path": "x/y", "type": "chatml.argilla"}]
+    batch = {"micro_batch_size": 2, "gradient_checkpointing": False}  # KTO's KL term needs two rows per micro-batch
+    full = batch | {"adapter": None, "load_in_4bit": False}
+    full_kto, full_sft = plan(team("Llama-2-7b-03", full | kto_keys)), plan(team("Llama-2-7b-03", full))
+    assert "preference training: KTO (TRL), beta 0.2" in full_kto.method
+    assert full_kto.memory[0].activations == full_sft.memory[0].activations  # one answer per row has gradients
+    assert full_kto.memory[0].weights - full_sft.memory[0].weights == 2 * full_sft.shape.num_params  # the reference
+    lora_kto, lora_sft = plan(team("Llama-2-7b-03", batch | kto_keys)), plan(team("Llama-2-7b-03", batch))
+    assert lora_kto.memory[0].weights == lora_sft.memory[0].weights  # an adapter's reference is the base itself
+    assert "x 2 (preference pairs)" not in full_kto.tokens_basis
+
+
 def test_dynamic_finetuning_is_said_in_the_plan_and_needs_the_memory_cross_entropy_needs():
     # axolotl's DFT (examples/gemma3/gemma-3-1b-fft-dft.yml) was refused as not implemented. Its loss upcasts the same
     # logits to float32 and keeps the same log-probabilities for the backward pass as transformers' cross-entropy.

@@ -1,0 +1,205 @@
+"""KTO (`rl: kto`): axolotl's kto dataset types become TRL's {prompt, completion, label} rows exactly, a row is
+measured as TRL's KTOTrainer tokenizes it, KTO's keys mean what axolotl passes them as, and a real step on a tiny model
+logs KTO's loss and the answers' log-probabilities, computed here from the untrained model's logits."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from llmkit.config.schema import load_config
+from llmkit.config.sections import DatasetSpec
+from llmkit.data.preference import build_preference_datasets, epoch_pair_tokens, kto_builder
+from llmkit.data.sources import DataError
+from llmkit.data.tokenizer import load_tokenizer
+from llmkit.train.run import train, training_arguments
+
+CHATML_USER = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+LLAMA3_HEADER = "<|start_header_id|>{}<|end_header_id|>\n\n"
+LLAMA3_USER = LLAMA3_HEADER.format("user") + "{}<|eot_id|>" + LLAMA3_HEADER.format("assistant")
+
+
+def _rows(tmp_path: Path, rows: list[dict], name: str = "kto.jsonl") -> Path:
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _build(tokenizer, kind: str | None, row: dict) -> dict:
+    return kto_builder(DatasetSpec(path="unused.jsonl", type=kind), tokenizer)(row)
+
+
+def test_kto_types_build_axolotls_rows(tokenizer):
+    """The strings axolotl's kto/chatml.py and kto/llama3.py write: the system text first where the row has one, the
+    answer closed by its turn's end marker, the label kept."""
+    system = "<|im_start|>system\nBe brief.<|im_end|>\n"
+    for kind, field in [("argilla", "instruction"), ("intel", "question"), ("prompt_pairs", "prompt"),
+                        ("ultra", "prompt")]:  # fmt: skip
+        row = {field: "Hi", "completion": "Hello!", "label": True}
+        assert _build(tokenizer, f"chatml.{kind}", row) == {
+            "prompt": CHATML_USER.format("Hi"), "completion": "Hello!<|im_end|>", "label": True
+        }  # fmt: skip
+        with_system = _build(tokenizer, f"chatml.{kind}", {**row, "system": "Be brief.", "label": False})
+        assert with_system == {"prompt": system + CHATML_USER.format("Hi"), "completion": "Hello!<|im_end|>",
+                               "label": False}  # fmt: skip
+    llama_system = LLAMA3_HEADER.format("system") + "Be brief.<|eot_id|>"
+    assert _build(tokenizer, "llama3.argilla", {"instruction": "Hi", "system": "Be brief.", "completion": "Yo",
+                                                "label": True}) == {  # fmt: skip
+        "prompt": llama_system + LLAMA3_USER.format("Hi"), "completion": "Yo<|eot_id|>", "label": True
+    }  # fmt: skip
+    turns = [{"role": "user", "content": "A?"}, {"role": "assistant", "content": "a"}]
+    assert _build(tokenizer, "chatml.argilla_chat", {"completion": turns, "label": False}) == {
+        "prompt": CHATML_USER.format("A?"), "completion": "a<|im_end|>", "label": False
+    }  # fmt: skip
+    # llama3's argilla_chat: every turn before the last under its own role, the last the answer
+    chat = [{"role": "system", "content": "S"}, *turns, {"role": "user", "content": "B?"}, {"role": "assistant",
+            "content": "b"}]  # fmt: skip
+    history = "".join(LLAMA3_HEADER.format(turn["role"]) + turn["content"] + "<|eot_id|>" for turn in chat[:-1])
+    assert _build(tokenizer, "llama3.argilla_chat", {"completion": chat, "label": True}) == {
+        "prompt": history + LLAMA3_HEADER.format("assistant"), "completion": "b<|eot_id|>", "label": True
+    }  # fmt: skip
+    plain = {"prompt": "Name a colour.", "completion": " Red", "label": True, "id": 3}
+    assert _build(tokenizer, None, plain) == {"prompt": "Name a colour.", "completion": " Red", "label": True}
+
+
+def test_kto_keys_and_types(make_cfg):
+    rows = [{"path": "k.jsonl", "type": "chatml.argilla"}]
+    cfg = make_cfg(rows, rl="kto", micro_batch_size=2, rl_beta=0.3, kto_undesirable_weight=1.5)
+    assert (cfg.preference_beta, cfg.kto_desirable_weight, cfg.kto_undesirable_weight) == (0.3, None, 1.5)
+    unknown = r"datasets\[0\]\.type: chatml\.argilla_pairs is not a KTO dataset type \(axolotl's kto strategies\)"
+    with pytest.raises(ValueError, match=unknown + r", which rl: kto needs; supported: chatml\.argilla, "):
+        make_cfg([{"path": "k.jsonl", "type": "chatml.argilla_pairs"}], rl="kto", micro_batch_size=2)
+    with pytest.raises(ValueError, match=r"test_datasets\[0\]\.type: chat_template\.default is a pair type"):
+        make_cfg(
+            rows, rl="kto", micro_batch_size=2, test_datasets=[{"path": "t.jsonl", "type": "chat_template.default"}]
+        )
+    with pytest.raises(ValueError, match=r"datasets\[0\]\.type: a mapping \(axolotl's kto user_defined\.default\)"):
+        make_cfg([{"path": "k.jsonl", "type": {"field_prompt": "q"}}], rl="kto", micro_batch_size=2)
+    with pytest.raises(ValueError, match=r"rpo_alpha, dpo_use_weighting: options of DPO's loss, not rl: kto's"):
+        make_cfg(rows, rl="kto", micro_batch_size=2, rpo_alpha=1.0, dpo_use_weighting=True)
+    with pytest.raises(ValueError, match=r"kto_desirable_weight: KTO's, read with rl: kto, not rl: dpo"):
+        make_cfg([{"path": "p.jsonl", "type": "chatml.intel"}], rl="dpo", kto_desirable_weight=2.0)
+    with pytest.raises(ValueError, match=r"kto_undesirable_weight: preference-training keys, but rl is not set"):
+        make_cfg(kto_undesirable_weight=1.0)
+    with pytest.raises(ValueError, match=r"micro_batch_size: rl: kto needs at least 2"):
+        make_cfg(rows, rl="kto")
+
+
+def test_kto_settings_reach_trl(tiny_config, tmp_path):
+    path = _rows(tmp_path, [{"prompt": "q", "completion": "a", "label": True}])
+    keys = {"rl": "kto", "rl_beta": 0.2, "kto_desirable_weight": 1.4, "micro_batch_size": 2, "sequence_len": 96}
+    cfg = load_config(tiny_config(datasets=[{"path": str(path), "type": "chatml.prompt_pairs"}], **keys))
+    args = training_arguments(cfg, cfg.optimizer.value)
+    assert type(args).__name__ == "KTOConfig"
+    assert (args.beta, args.desirable_weight, args.undesirable_weight, args.max_length) == (0.2, 1.4, 1.0, 96)
+    assert (args.loss_type, args.train_sampling_strategy) == ("kto", "sequential")  # the KL pairs keep their order
+
+
+def test_a_bad_kto_row_names_the_row_and_field(make_cfg, tokenizer, tmp_path):
+    good = {"instruction": "a", "completion": "b", "label": True}
+    for bad, said in [({**good, "label": 1}, "field 'label' must be true .* or false, got 1"),
+                      ({"instruction": "a", "completion": "b"}, "field 'label' is missing")]:  # fmt: skip
+        path = _rows(tmp_path, [good, bad])
+        cfg = make_cfg([{"path": str(path), "type": "chatml.argilla"}], rl="kto", micro_batch_size=2)
+        with pytest.raises(DataError, match=rf"{path}: row 2: {said}"):
+            build_preference_datasets(cfg, tokenizer)
+
+
+def _trl_tokens(tokenizer, row: dict) -> tuple[list[int], list[int]]:
+    """A row's prompt and completion token ids, as TRL's KTOTrainer prepares them (its own _prepare_dataset)."""
+    from datasets import Dataset
+    from trl import KTOTrainer
+
+    trainer = SimpleNamespace(_tokenizer=tokenizer, calculate_KL=False, desirable_weight=1.0, undesirable_weight=1.0)
+    args = SimpleNamespace(dataset_num_proc=None, max_length=None, per_device_train_batch_size=2)
+    prepared = KTOTrainer._prepare_dataset(trainer, Dataset.from_list([row]), tokenizer, args, "eval")
+    return prepared[0]["prompt_ids"], prepared[0]["completion_ids"]
+
+
+def test_kto_rows_are_measured_as_ktotrainer_tokenizes_them(make_cfg, tokenizer, tmp_path):
+    """A row longer than sequence_len, as KTOTrainer tokenizes it (the tokenizer's own special tokens, EOS appended),
+    is dropped and counted (TRL would cut its answer); one at sequence_len is kept."""
+    row = {"prompt": "Name a colour.", "completion": " Red", "label": True}
+    prompt, completion = _trl_tokens(tokenizer, row)
+    trained = len(prompt) + len(completion)
+    path = _rows(tmp_path, [row, {"prompt": "Hi.", "completion": " Yo", "label": False}])
+    keys = {"rl": "kto", "micro_batch_size": 2}
+    at_limit = make_cfg([{"path": str(path), "type": None}], sequence_len=trained, **keys)
+    assert epoch_pair_tokens(at_limit, tokenizer).sequences == 2
+    below = make_cfg([{"path": str(path), "type": None}], sequence_len=trained - 1, **keys)
+    data = build_preference_datasets(below, tokenizer)
+    assert (len(data.train), data.stats.datasets[0].dropped_overlong) == (1, 1)
+    empty = _rows(tmp_path, [{**row, "completion": " "}, row], "empty.jsonl")  # nothing to rate: dropped, counted
+    data = build_preference_datasets(make_cfg([{"path": str(empty), "type": None}], **keys), tokenizer)
+    assert (len(data.train), data.stats.datasets[0].dropped_untrained) == (1, 1)
+
+
+SUMS = [(f"What is {a} plus {a}?", str(2 * a), f"Maybe {a}") for a in range(3)]
+
+
+def test_a_kto_config_validates_to_a_plan_and_preprocess_counts_its_rows(tiny_config, tmp_path):
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    rows = [{"question": q, "completion": answer, "label": label} for q, good, bad in SUMS
+            for answer, label in ((good, True), (bad, False))]  # fmt: skip
+    config = tiny_config(datasets=[{"path": str(_rows(tmp_path, rows)), "type": "chatml.intel"}], rl="kto",
+                         max_steps=None, micro_batch_size=2)  # fmt: skip
+    result = CliRunner().invoke(app, ["validate", str(config)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "KTO (TRL)," in said and "3 (6 KTO rows from 6 rows," in said, said
+    result = CliRunner().invoke(app, ["preprocess", str(config)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "6 KTO rows to train on, 0 held out for evaluation (rl: kto)" in result.output
+
+
+@pytest.mark.slow
+def test_a_kto_step_logs_ktos_loss_and_the_answers_log_probabilities(tiny_config, tiny_model_dir, tmp_path):
+    """The first step's policy is its reference (LoRA starts as the base): every log-ratio and the KL estimate are 0,
+    so KTO's loss is the mean of desirable_weight x (1 - sigmoid(0)) over desirable rows and undesirable_weight x
+    (1 - sigmoid(0)) over the others; the logged log-probabilities of the answers are the untrained model's, each
+    answer's summed over its tokens (EOS included) after its prompt, tokenized as KTOTrainer does."""
+    rows = [{"question": q, "completion": answer, "label": label} for q, good, bad in SUMS
+            for answer, label in ((good, True), (bad, False))]  # fmt: skip
+    rows.append({"question": "What is 9 plus 9?", "completion": "18", "label": True})  # 4 desirable, 3 not
+    desirable, undesirable = 0.8, 1.3
+    config = tiny_config(
+        datasets=[{"path": str(_rows(tmp_path, rows)), "type": "chatml.intel"}], rl="kto", rl_beta=0.5,
+        kto_desirable_weight=desirable, kto_undesirable_weight=undesirable, micro_batch_size=len(rows), max_steps=2,
+        sequence_len=96,
+    )  # fmt: skip
+    cfg = load_config(config)
+    tokenizer = load_tokenizer(cfg)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    logps: dict[bool, list[float]] = {True: [], False: []}
+    with torch.no_grad():
+        for row in build_preference_datasets(cfg, tokenizer).train:
+            prompt, completion = _trl_tokens(tokenizer, row)
+            ids = torch.tensor([prompt + completion])
+            token_logps = F.log_softmax(model(ids).logits[0, :-1], -1).gather(1, ids[0, 1:, None])[:, 0]
+            logps[row["label"]].append(token_logps[len(prompt) - 1 :].sum().item())
+    chosen, rejected = len(logps[True]), len(logps[False])
+    expected = (desirable * chosen * 0.5 + undesirable * rejected * 0.5) / (chosen + rejected)
+
+    out = train(cfg)
+    state = json.loads((out / "trainer_state.json").read_text())
+    logged = [entry for entry in state["log_history"] if "loss" in entry]
+    assert len(logged) == 2 and all(math.isfinite(entry["loss"]) for entry in logged)
+    first = logged[0]
+    assert first["loss"] == pytest.approx(expected, rel=1e-3), (first, expected)
+    assert first["logps/chosen"] == pytest.approx(sum(logps[True]) / chosen, rel=1e-3), first
+    assert first["logps/rejected"] == pytest.approx(sum(logps[False]) / rejected, rel=1e-3), first
+    assert first["kl"] == 0 and first["rewards/chosen"] == pytest.approx(0, abs=1e-6)
+    assert logged[1]["loss"] != pytest.approx(expected, rel=1e-4), "the first step changed nothing"
+    assert (out / "adapter_model.safetensors").is_file() and (out / "loss_curve.png").is_file()
+    assert not (out / "ref").exists(), "the reference copy of the adapter must not be published"
+    assert load_config(out / "config.resolved.yml").rl.value == "kto"
