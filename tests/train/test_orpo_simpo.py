@@ -1,6 +1,7 @@
 """ORPO (`rl: orpo`) and SimPO (`rl: simpo`): axolotl's chat_template.argilla rows become TRL's prompt/chosen/rejected,
 orpo_alpha, simpo_gamma and cpo_alpha mean what axolotl passes them as, and a real step of each on a tiny model logs
-its loss, computed here from the untrained model's logits (neither has a reference model)."""
+its loss, computed here from the untrained model's logits (neither has a reference model); a run of each stopped at
+a checkpoint resumes to the same end, bit for bit, as one that was not stopped."""
 
 from __future__ import annotations
 
@@ -223,3 +224,65 @@ def test_pairs_are_measured_as_orpo_and_cpo_tokenize_them(rl, make_cfg, tokenize
     below = make_cfg([{"path": str(path), "type": None}], rl=rl, sequence_len=trained - 1, **keys)
     data = build_preference_datasets(below, tokenizer)
     assert (len(data.train), data.stats.datasets[0].dropped_overlong) == (1, 1)
+
+
+def _checkpoint_state(checkpoint: Path) -> tuple[dict, dict, list]:
+    """A checkpoint's adapter weights, optimizer state and logged losses."""
+    from safetensors.torch import load_file
+
+    optimizer = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    losses = [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
+    return load_file(checkpoint / "adapter_model.safetensors"), optimizer, losses
+
+
+def _same_tensors(first, second) -> bool:
+    if isinstance(first, dict):
+        return first.keys() == second.keys() and all(_same_tensors(first[k], second[k]) for k in first)
+    if isinstance(first, list | tuple):
+        return len(first) == len(second) and all(_same_tensors(a, b) for a, b in zip(first, second, strict=True))
+    return torch.equal(first, second) if torch.is_tensor(first) else first == second
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rl", ["orpo", "simpo"])
+def test_a_resumed_orpo_or_simpo_run_ends_as_the_run_that_was_not_stopped(rl, tiny_config, tmp_path):
+    """Stopped after its checkpoint of step 3 of 6 and resumed, by rerunning it (its output_dir's newest checkpoint)
+    or from resume_from_checkpoint in another output_dir, an ORPO or SimPO run takes steps 4 to 6 as the run that
+    was not stopped did, bit for bit: the same losses, optimizer state and adapter. 8 pairs in steps of 2 cross an
+    epoch's end after the resumed step: the rows skipped and the next epoch's order are the sampler's as it was.
+    (TRL's preference trainers turn dropout off: nothing else in a step draws from the RNG the checkpoint restores.)
+    """
+    import shutil
+
+    questions = [(f"What is {a} plus {a}?", str(2 * a), f"Maybe {a}") for a in range(8)]
+    if rl == "orpo":  # ORPO reads axolotl's argilla rows only; SimPO reads DPO's types
+        rows = [{"chosen": _turns(q, good), "rejected": _turns(q, bad)} for q, good, bad in questions]
+        dataset = {"path": str(_pairs(tmp_path, rows)), "type": "chat_template.argilla", "chat_template": "chatml"}
+    else:
+        rows = [{"question": q, "chosen": good, "rejected": bad} for q, good, bad in questions]
+        dataset = {"path": str(_pairs(tmp_path, rows)), "type": "chatml.intel"}
+    keys = {
+        "datasets": [dataset], "rl": rl, "micro_batch_size": 2, "max_steps": 6, "save_steps": 3,
+        "sequence_len": 96, "learning_rate": 1e-2,
+    }  # fmt: skip
+    keys |= {"simpo_gamma": 0.5} if rl == "simpo" else {}
+    whole = train(load_config(tiny_config(**keys, output_dir=str(tmp_path / "whole"))))
+    expected = _checkpoint_state(whole / "checkpoint-6")
+    assert [step for step, _ in expected[2]] == [1, 2, 3, 4, 5, 6]
+
+    rerun = tmp_path / "rerun"  # as if killed after saving checkpoint-3
+    shutil.copytree(whole, rerun)
+    for name in ("checkpoint-6", "adapter_config.json", "adapter_model.safetensors", "trainer_state.json"):
+        shutil.rmtree(rerun / name) if name.startswith("checkpoint") else (rerun / name).unlink()
+    train(load_config(tiny_config(**keys, output_dir=str(rerun))))
+    elsewhere = tiny_config(
+        **keys, output_dir=str(tmp_path / "elsewhere"), resume_from_checkpoint=str(rerun / "checkpoint-3")
+    )
+    train(load_config(elsewhere))
+    for out in (rerun, tmp_path / "elsewhere"):
+        weights, optimizer, losses = _checkpoint_state(out / "checkpoint-6")
+        assert losses == expected[2], out  # steps 1-3 read back from checkpoint-3, 4-6 trained again
+        assert _same_tensors(optimizer, expected[1]) and _same_tensors(weights, expected[0]), out
+        published = (out / "adapter_model.safetensors").read_bytes()
+        assert published == (whole / "adapter_model.safetensors").read_bytes(), out
