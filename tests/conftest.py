@@ -332,6 +332,32 @@ def tiny_config(tmp_path, tiny_model_dir, tiny_dataset):
 
 
 @pytest.fixture(scope="session")
+def ddp_launch():
+    """Factory: the command `make train CONFIG=<path> NPROC=2` runs (accelerate launch: two DDP processes, over gloo
+    on a machine without CUDA), as make prints it: run as a test's subprocess with its own timeout."""
+    import shlex
+    import subprocess
+
+    # Under `make test` the parent's MAKEFLAGS/MAKELEVEL would add "make[1]: Entering directory" lines.
+    env = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+
+    def command(config: Path) -> list[str]:
+        dry_run = subprocess.run(
+            ["make", "-n", "--no-print-directory", "train", f"CONFIG={config}", "NPROC=2"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
+        launch = shlex.split(dry_run.stdout.strip().splitlines()[-1])
+        assert launch[0].endswith("accelerate") and "--num_processes" in launch
+        return launch
+
+    return command
+
+
+@pytest.fixture(scope="session")
 def default_run(tmp_path_factory) -> AxolotlConfig:
     """The embedded default config as shipped (QLoRA), with max_steps cut to 10 and output in a temporary folder,
     trained: its loaded config (`source` is its YAML file). Training takes minutes on the CPU, so the tests that

@@ -1,11 +1,13 @@
 """axolotl's `use_dynamic_finetuning` (DFT) trains what it means: each target token's cross-entropy times its own
 probability, detached, summed over the optimizer step's target tokens and divided by their count. Checked on a real
 one-step full fine-tune of the tiny random Llama, against the loss and gradient computed here from the model's
-logits; the same step without the key trains plain cross-entropy."""
+logits; the same step without the key trains plain cross-entropy; both train the same step split between two DDP
+processes (`make train NPROC=2`), the token count being the step's over both."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,20 +20,22 @@ from llmkit.data.pipeline import build_datasets
 from llmkit.data.tokenizer import load_tokenizer
 from llmkit.train.run import train
 
+ROOT = Path(__file__).resolve().parents[2]
 # plain SGD, no warmup, no clipping: the step moves each weight by exactly lr x its gradient; DFT's gradients on a
 # random model are ~1e-8, so a large lr keeps the move far above float32's resolution of the weights
 LEARNING_RATE = 1e5
 
 
-def _one_step(tiny_config, tmp_path, dft: bool):
-    """One optimizer step over all 24 rows (2 accumulated micro-batches of 12): the step's loss and every weight
-    before and after do not depend on the order the Trainer shuffled the rows into."""
-    path = tiny_config(
+def _one_step_config(tiny_config, tmp_path, dft: bool, micro_batch_size: int = 12) -> Path:
+    """One optimizer step over all 24 rows (2 accumulated micro-batches of 12 in one process): the step's loss and
+    every weight before and after do not depend on the order the Trainer shuffled the rows into, nor on how they
+    are split between processes."""
+    return tiny_config(
         adapter=None,
         lora_r=None,
         lora_alpha=None,
         lora_target_linear=None,
-        micro_batch_size=12,
+        micro_batch_size=micro_batch_size,
         gradient_accumulation_steps=2,
         max_steps=1,
         optimizer="sgd",
@@ -43,11 +47,18 @@ def _one_step(tiny_config, tmp_path, dft: bool):
         use_dynamic_finetuning=dft,
         output_dir=str(tmp_path / f"out-dft-{dft}"),
     )
-    cfg = load_config(path)
-    out = train(cfg)
+
+
+def _one_step(tiny_config, tmp_path, dft: bool):
+    cfg = load_config(_one_step_config(tiny_config, tmp_path, dft))
+    return cfg, *_step_taken(train(cfg))
+
+
+def _step_taken(out: Path) -> tuple[float, dict[str, torch.Tensor]]:
+    """The loss logged at the step, and the weights published after it."""
     logged = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert logged[0]["step"] == 1
-    return cfg, logged[0]["loss"], load_file(out / "model.safetensors")
+    return logged[0]["loss"], load_file(out / "model.safetensors")
 
 
 def _expected(cfg, objective: str):
@@ -80,6 +91,26 @@ def _expected(cfg, objective: str):
 @pytest.mark.parametrize("dft", [True, False], ids=["dft", "cross-entropy"])
 def test_the_step_trains_dft_or_cross_entropy_as_computed_from_the_logits(tiny_config, tmp_path, dft):
     cfg, logged, trained = _one_step(tiny_config, tmp_path, dft)
+    _check_step(cfg, dft, logged, trained)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dft", [True, False], ids=["dft", "cross-entropy"])
+def test_two_ddp_processes_train_the_step_one_process_trains(tiny_config, tmp_path, dft, ddp_launch):
+    """`make train NPROC=2`: two CPU processes, each taking 6 rows a micro-batch, take the same 24-row step as one
+    process taking 12: the loss logged is the mean over both processes' target tokens (the Trainer gathers their
+    count, num_items_in_batch, over the processes and scales each process's loss by 2, which DDP's average of the
+    gradients undoes), and the weights move by that loss's gradient, computed from the logits as for one process."""
+    path = _one_step_config(tiny_config, tmp_path, dft, micro_batch_size=6)
+    result = subprocess.run(ddp_launch(path), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cfg = load_config(path)
+    out = Path(cfg.output_dir)
+    assert "cpu, 2 process(es)" in (out / "config.resolved.yml").read_text()
+    _check_step(cfg, dft, *_step_taken(out))
+
+
+def _check_step(cfg, dft: bool, logged: float, trained: dict[str, torch.Tensor]) -> None:
     loss, cross_entropy, gradients = _expected(cfg, "dft" if dft else "cross-entropy")
     assert logged == pytest.approx(loss, rel=1e-4)
     if dft:

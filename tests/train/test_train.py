@@ -213,21 +213,10 @@ def test_a_killed_run_resumes_from_its_checkpoint(tiny_config):
 
 
 @pytest.mark.slow
-def test_make_train_nproc_2_runs_two_ddp_processes_on_the_cpu(tiny_config):
+def test_make_train_nproc_2_runs_two_ddp_processes_on_the_cpu(tiny_config, ddp_launch):
     # QLoRA with gradient checkpointing: the case that needs non-reentrant checkpointing under DDP.
     path = tiny_config(max_steps=None, num_epochs=1, adapter="qlora", load_in_4bit=True, gradient_checkpointing=True)
-    # Under `make test` the parent's MAKEFLAGS/MAKELEVEL would add "make[1]: Entering directory" lines.
-    env = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-    dry_run = subprocess.run(
-        ["make", "-n", "--no-print-directory", "train", f"CONFIG={path}", "NPROC=2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-    )
-    launch = shlex.split(dry_run.stdout.strip().splitlines()[-1])
-    assert launch[0].endswith("accelerate") and "--num_processes" in launch
+    launch = ddp_launch(path)
     result = subprocess.run(launch, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = path.parent / "out"
