@@ -81,6 +81,8 @@ CHAT_TEMPLATES: dict[str, str] = {
 # that the base is of that family (config.json's model_type would not do: Qwen3-2507 Instruct is a qwen3 whose
 # template writes no <think> block). axolotl's other model-named templates are refused by name, with why, in
 # OTHER_MODEL_TEMPLATES.
+_GEMMA3_TURNS = "{bos}<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
+_GEMMA4_TURNS = "{bos}<|turn>system\nBe brief.<turn|>\n<|turn>user\nHi<turn|>\n<|turn>model\nHello<turn|>\n"
 MODEL_TEMPLATES: dict[str, tuple[str, str]] = {
     # Qwen3's own, with a `real_last_index` axolotl passes when it renders a conversation cut short: a whole
     # conversation renders as Qwen3 writes it (an empty <think> block before the last assistant turn). Its generation
@@ -91,10 +93,14 @@ MODEL_TEMPLATES: dict[str, tuple[str, str]] = {
         "<|im_start|>assistant\n<think>\n\n</think>\n\nHello<|im_end|>\n",
     ),
     # Gemma 3's own: the system text opens the first user turn.
-    "gemma3": (
-        "Gemma 3",
-        "{bos}<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n",
-    ),
+    "gemma3": ("Gemma 3", _GEMMA3_TURNS),
+    # Gemma 3n's own: Gemma 3's text turns (its image and audio parts aside), so a Gemma 3 base passes too.
+    "gemma3n": ("Gemma 3n", _GEMMA3_TURNS),
+    # Gemma 4's own, every revision of it (its tools, thinking and images aside); axolotl's gemma4_unified is a later
+    # revision's text. Their generation prompt (served prompts, preference prompts) differs: axolotl's writes an empty
+    # thought channel after it, Gemma 4's own with thinking off does not.
+    "gemma4": ("Gemma 4", _GEMMA4_TURNS),
+    "gemma4_unified": ("Gemma 4", _GEMMA4_TURNS),
     # Llama 4's own (tools, images and a dated system header aside, which text rows do not reach).
     "llama4": (
         "Llama 4",
@@ -128,6 +134,9 @@ MODEL_TEMPLATES: dict[str, tuple[str, str]] = {
     "mistral_v2v3": ("Mistral-7B-Instruct-v0.3", "{bos}[INST] Hi[/INST] Hello{eos}"),
     # The Tekken tokenizer's (Mistral-Nemo-Instruct-2407): v3's without the spaces.
     "mistral_v3_tekken": ("Mistral-Nemo-Instruct-2407", "{bos}[INST]Hi[/INST]Hello{eos}"),
+    # Pixtral-12B's own (mistral-community/pixtral-12b): Tekken's text turns, so a Mistral-Nemo base passes too (a
+    # template that moves the system text to the first user turn, as one copy of Pixtral's does, is refused).
+    "pixtral": ("Pixtral-12B", "{bos}[INST]Hi[/INST]Hello{eos}"),
     # Llama 3.2 Vision's own, with today's date in the system turn; Llama 3.2's text models write the same (Llama
     # 3.1's a fixed date: refused).
     "llama3_2_vision": (
@@ -142,9 +151,6 @@ MODEL_TEMPLATES: dict[str, tuple[str, str]] = {
 # templates of huggingface.js' ollama-utils), or no copy of the model's own was found to check it against, or the
 # check of the base's format cannot tell the model (plain ChatML). tokenizer_default renders the base
 # model's own; chat_template_jinja takes axolotl's text.
-_GEMMA4 = (
-    "Gemma 4's own template was not compared with axolotl's text (the copy found, llama.cpp's, is another revision)"
-)
 OTHER_MODEL_TEMPLATES: dict[str, str] = {
     "phi_35": "its text writes no EOS after the last turn, where Phi-3.5's own writes one",
     "phi_4": (
@@ -184,11 +190,7 @@ OTHER_MODEL_TEMPLATES: dict[str, str] = {
     ),
     "falcon_h1": "Falcon-H1's own template was not found to compare axolotl's text (ChatML after a BOS) with",
     "exaone4": "EXAONE 4.0's own template was not found to compare axolotl's text with",
-    "gemma3n": "Gemma 3n's own template was not found to compare axolotl's text (Gemma 3's format) with",
-    "gemma4": _GEMMA4,
-    "gemma4_unified": _GEMMA4,
     "jamba": "Jamba's own template was not found to compare axolotl's text with",
-    "pixtral": "Pixtral's own template was not found to compare axolotl's text with",
     "qwen3_5": "Qwen3.5's own template was not found to compare axolotl's text with",
 }
 _PROBE = [

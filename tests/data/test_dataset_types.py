@@ -490,8 +490,9 @@ def test_chat_template_names_are_checked_without_the_tokenizer(tmp_path):
         {"path": "a.jsonl", "type": "chat_template", "chat_template": "jinja", "chat_template_jinja": "no.jinja"},
     ]
     cfg = _load(tmp_path, datasets, base_model="Qwen/Qwen2.5-0.5B", chat_template="chatlm")
-    choices = "chatml, llama3, phi_3, gemma, qwen_25, qwen3, gemma3, llama4, cohere, aya, deepseek_v2, exaone, "
-    choices += "mistral_v1, mistral_v2v3, mistral_v3_tekken, llama3_2_vision (the base model's own),"
+    choices = "chatml, llama3, phi_3, gemma, qwen_25, qwen3, gemma3, gemma3n, gemma4, gemma4_unified, llama4, cohere, "
+    choices += "aya, deepseek_v2, exaone, mistral_v1, mistral_v2v3, mistral_v3_tekken, pixtral, llama3_2_vision (the "
+    choices += "base model's own),"
     choices += " tokenizer_default, tokenizer_default_fallback_<name>, jinja, a Jinja string (axolotl names more"
     choices += " templates than this project renders: tokenizer_default renders the model's own, which a"
     choices += (
@@ -668,6 +669,14 @@ OWN_TEMPLATES = {
         "<|im_start|><start_of_turn>user\nBe brief.\n\nHi there<end_of_turn>\n<start_of_turn>model\nHello!"
         "<end_of_turn>\n",
     ),
+    # Gemma 4 on a Llama base: the system turn is a turn of its own
+    "gemma4": (
+        "llama",
+        "{{ bos_token }}{% for m in messages %}{{ '<|turn>' + ('model' if m.role == 'assistant' else m.role) + "
+        "'\\n' + m.content | trim + '<turn|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|turn>model\\n' }}{% endif %}",
+        "<|im_start|><|turn>system\nBe brief.<turn|>\n<|turn>user\nHi there<turn|>\n<|turn>model\nHello!<turn|>\n",
+    ),
     "llama4": (
         "llama4_text",
         "{{ bos_token }}{% for m in messages %}{{ '<|header_start|>' + m.role + '<|header_end|>\\n\\n' + m.content + "
@@ -738,6 +747,9 @@ OWN_TEMPLATES = {
     ),
 }
 OWN_TEMPLATES["aya"] = OWN_TEMPLATES["cohere"]  # Aya's own writes Command-R's format
+OWN_TEMPLATES["gemma3n"] = OWN_TEMPLATES["gemma3"]  # Gemma 3n's own writes Gemma 3's text turns
+OWN_TEMPLATES["gemma4_unified"] = OWN_TEMPLATES["gemma4"]
+OWN_TEMPLATES["pixtral"] = OWN_TEMPLATES["mistral_v3_tekken"]  # Pixtral-12B's own writes Tekken's text turns
 
 
 def _family_with_template(
@@ -767,17 +779,18 @@ def _family_with_template(
 def test_a_model_named_template_renders_the_models_own(
     write_rows, tiny_family_dir, make_tiny_model, tokenizer, tmp_path, name
 ):
-    """axolotl's qwen3, gemma3, llama4, cohere, aya, deepseek_v2, exaone, llama3_2_vision and three Mistral templates
-    are those models' own: on a base of the family they train what tokenizer_default trains, and `llmkit validate`
-    plans. They were refused as templates this project does not ship, so real Qwen3 and Gemma 3 configs
-    (tests/config/real_world) could not run unchanged, nor configs naming the others."""
+    """axolotl's qwen3, gemma3, gemma3n, gemma4(_unified), llama4, cohere, aya, deepseek_v2, exaone, llama3_2_vision,
+    pixtral and three Mistral templates are those models' own: on a base of the family they train what
+    tokenizer_default trains, and `llmkit validate` plans. They were refused as templates this project does not ship,
+    so real Qwen3 and Gemma 3 configs (tests/config/real_world) could not run unchanged, nor configs naming the
+    others."""
     family, template, text = OWN_TEMPLATES[name]
     model, tokenizer = _family_with_template(
         tiny_family_dir, make_tiny_model, tokenizer, family, template, tmp_path / "model"
     )
-    # Mistral v3's and Tekken's system text moves to the last user turn: no turn-by-turn rendering splits a
-    # conversation with one (refused, under tokenizer_default too), and one without writes the same text here
-    rows = SHAREGPT[1:3] if name in ("mistral_v2v3", "mistral_v3_tekken") else SHAREGPT[:3]
+    # Mistral v3's, Tekken's and Pixtral's system text moves to the last user turn: no turn-by-turn rendering splits
+    # a conversation with one (refused, under tokenizer_default too), and one without writes the same text here
+    rows = SHAREGPT[1:3] if name in ("mistral_v2v3", "mistral_v3_tekken", "pixtral") else SHAREGPT[:3]
     path = write_rows([{"conversations": rows}], "jsonl")
     built = {}
     for choice in (name, "tokenizer_default"):
@@ -829,15 +842,27 @@ def test_a_model_named_template_on_another_model_is_a_config_error(
         ("mistral_v2v3", "mistral_v3_tekken"),
         ("mistral_v3_tekken", "mistral_v2v3"),
         ("llama3_2_vision", "llama4"),
+        ("gemma3n", "gemma4"),
+        ("gemma4", "gemma3"),
+        ("gemma4_unified", "llama4"),
+        ("pixtral", "mistral_v2v3"),
+        # another copy of Pixtral-12B's own: the system text in the first user turn (axolotl's, the last)
+        pytest.param(
+            "pixtral",
+            _MISTRAL_SYSTEM + "{{ bos_token }}{% for m in turns %}{% if m.role == 'user' %}{{ '[INST]' + "
+            "(system if loop.first else '') + m.content + '[/INST]' }}{% else %}{{ m.content + eos_token }}"
+            "{% endif %}{% endfor %}",
+            id="pixtral-system-in-the-first-turn",
+        ),
     ],
 )
 def test_a_model_named_template_refuses_another_models_template(write_rows, make_cfg, tokenizer, name, other):
-    """A Mistral format's name on a tokenizer of another Mistral format (whose text differs by a space), or another
-    family's name: refused naming the key, as qwen3 on a Llama base is."""
+    """A Mistral format's name on a tokenizer of another Mistral format (whose text differs by a space, or by where
+    the system text goes), or another family's name: refused naming the key, as qwen3 on a Llama base is."""
     from llmkit.data.chat import MODEL_TEMPLATES
 
     tokenizer = copy.deepcopy(tokenizer)  # the session's, left as it is
-    tokenizer.chat_template = OWN_TEMPLATES[other][1]
+    tokenizer.chat_template = OWN_TEMPLATES[other][1] if other in OWN_TEMPLATES else other
     path = write_rows([{"conversations": SHAREGPT[1:3]}], "jsonl")
     family = MODEL_TEMPLATES[name][0]
     said = rf"datasets\[0\]\.chat_template: {name} is {family}'s own chat template, rendered from the base model's "
