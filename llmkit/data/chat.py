@@ -176,9 +176,10 @@ OTHER_MODEL_TEMPLATES: dict[str, str] = {
         "end), where Command A's own default template does not; its own rag template was not found to compare"
     ),
     "llava": (
-        "its text writes LLaVA-1.5's 'USER: ... ASSISTANT: ...', where the LLaVA models whose tokenizer has a "
-        "template write other formats (llava-v1.6-mistral: [INST]; llava-v1.6-34b: ChatML); LLaVA-1.5's own was not "
-        "found"
+        "its text writes LLaVA-1.5's 'USER: ... ASSISTANT: ...' with no EOS after an answer, where the LLaVA models "
+        "whose tokenizer has a template write other formats (llava-v1.6-mistral: [INST]; llava-v1.6-34b: ChatML); "
+        "LLaVA-1.5's own was not found; and it reads a message's content as a list of parts only, so a text content "
+        "(every turn's, as this project renders it) writes nothing but the role names"
     ),
     "qwen2_vl": (
         "its text is Qwen2.5-VL's own (Qwen2-VL's format), but with a system turn it writes plain ChatML, so the "
@@ -189,9 +190,17 @@ OTHER_MODEL_TEMPLATES: dict[str, str] = {
         "was not found to compare"
     ),
     "falcon_h1": "Falcon-H1's own template was not found to compare axolotl's text (ChatML after a BOS) with",
-    "exaone4": "EXAONE 4.0's own template was not found to compare axolotl's text with",
+    "exaone4": (
+        "its text writes a conversation's system turn twice, where EXAONE 4.0's own writes it once (axolotl dropped "
+        "the {% continue %} after the first, which transformers' Jinja has); without a system turn they write the "
+        "same text"
+    ),
     "jamba": "Jamba's own template was not found to compare axolotl's text with",
-    "qwen3_5": "Qwen3.5's own template was not found to compare axolotl's text with",
+    "qwen3_5": (
+        "its text keeps the whitespace around a turn's content, which Qwen3.5's own trims from every turn, and writes "
+        "a system turn after the first, which Qwen3.5's own refuses (their generation prompts differ too: "
+        "'<think>\\n\\n' where Qwen3.5's own writes '<think>\\n', or an empty think block in the 2B and smaller)"
+    ),
 }
 _PROBE = [
     {"role": "system", "content": "Be brief."},

@@ -878,6 +878,9 @@ def test_a_model_named_template_refuses_another_models_template(write_rows, make
         ("mistral_v7_tekken", "Mistral Small 3's default system prompt, with today's date"),
         ("qwen2_vl", "cannot tell it from any ChatML model"),
         ("falcon_h1", "Falcon-H1's own template was not found"),
+        ("exaone4", "writes a conversation's system turn twice, where EXAONE 4.0's own writes it once"),
+        ("qwen3_5", "keeps the whitespace around a turn's content, which Qwen3.5's own trims from every turn"),
+        ("llava", "a text content (every turn's, as this project renders it) writes nothing but the role names"),
     ],
 )
 def test_axolotls_other_model_named_templates_say_why_they_are_refused(tmp_path, name, why):
