@@ -137,6 +137,13 @@ MODEL_TEMPLATES: dict[str, tuple[str, str]] = {
     # Pixtral-12B's own (mistral-community/pixtral-12b): Tekken's text turns, so a Mistral-Nemo base passes too (a
     # template that moves the system text to the first user turn, as one copy of Pixtral's does, is refused).
     "pixtral": ("Pixtral-12B", "{bos}[INST]Hi[/INST]Hello{eos}"),
+    # Qwen2-VL's and Qwen2.5-VL's own (one text): plain ChatML but for the default system text it writes into a
+    # conversation without a system turn, which _DEFAULT_SYSTEM_PROBES checks too (Qwen2's text models write the same).
+    "qwen2_vl": (
+        "Qwen2-VL",
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello"
+        "<|im_end|>\n",
+    ),
     # Llama 3.2 Vision's own, with today's date in the system turn; Llama 3.2's text models write the same (Llama
     # 3.1's a fixed date: refused).
     "llama3_2_vision": (
@@ -181,10 +188,6 @@ OTHER_MODEL_TEMPLATES: dict[str, str] = {
         "LLaVA-1.5's own was not found; and it reads a message's content as a list of parts only, so a text content "
         "(every turn's, as this project renders it) writes nothing but the role names"
     ),
-    "qwen2_vl": (
-        "its text is Qwen2.5-VL's own (Qwen2-VL's format), but with a system turn it writes plain ChatML, so the "
-        "check that the base is Qwen2-VL cannot tell it from any ChatML model, whose default system text differs"
-    ),
     "nemotron_h": (
         "its text writes plain ChatML, which the check cannot tell from any ChatML model's, and Nemotron-H's own "
         "was not found to compare"
@@ -207,6 +210,14 @@ _PROBE = [
     {"role": "user", "content": "Hi"},
     {"role": "assistant", "content": "Hello"},
 ]
+# MODEL_TEMPLATES names whose format _PROBE cannot tell from another's (plain ChatML): how it writes _PROBE without its
+# system turn, the default system text that tells it, which the tokenizer's template must write too.
+_DEFAULT_SYSTEM_PROBES = {
+    "qwen2_vl": (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\nHello<|im_end|>\n"
+    ),
+}
 TEMPLATE_CHOICES = (
     f"{', '.join(MODEL_TEMPLATES)} (the base model's own), tokenizer_default, tokenizer_default_fallback_<name>, "
     "jinja, a Jinja string"
@@ -287,7 +298,6 @@ def _model_template(choice: str, tokenizer: PreTrainedTokenizerBase, key: str) -
         ValueError: the tokenizer has no template, or one that writes another format (another family's model).
     """
     family, expected = MODEL_TEMPLATES[choice]
-    expected = expected.format(bos=tokenizer.bos_token or "", eos=tokenizer.eos_token or "", today=datetime.now())
     why = f"{key}: {choice} is {family}'s own chat template, rendered from the base model's tokenizer"
     jinja = f"chat_template: jinja with chat_template_jinja holding {choice}'s text"
     try:
@@ -296,16 +306,21 @@ def _model_template(choice: str, tokenizer: PreTrainedTokenizerBase, key: str) -
         raise ValueError(
             f"{why}, but this tokenizer has no chat template: use a {family} base model, or {jinja}"
         ) from None
-    try:
-        written = repr(tokenizer.apply_chat_template(_PROBE, chat_template=own, tokenize=False))
-    except TemplateError as err:
-        written = f"nothing ({err})"
-    if written != repr(expected):
-        raise ValueError(
-            f"{why}, but this tokenizer's template is not {family}'s: it writes {written} where {choice} writes "
-            f"{expected!r}; use a {family} base model, chat_template: tokenizer_default to train in this model's own "
-            f"format, or {jinja}"
-        )
+    probes = [(_PROBE, expected)]
+    if choice in _DEFAULT_SYSTEM_PROBES:
+        probes.append((_PROBE[1:], _DEFAULT_SYSTEM_PROBES[choice]))
+    for probe, text in probes:
+        text = text.format(bos=tokenizer.bos_token or "", eos=tokenizer.eos_token or "", today=datetime.now())
+        try:
+            written = repr(tokenizer.apply_chat_template(probe, chat_template=own, tokenize=False))
+        except TemplateError as err:
+            written = f"nothing ({err})"
+        if written != repr(text):
+            raise ValueError(
+                f"{why}, but this tokenizer's template is not {family}'s: it writes {written} where {choice} writes "
+                f"{text!r}; use a {family} base model, chat_template: tokenizer_default to train in this model's own "
+                f"format, or {jinja}"
+            )
     return cast(str, own)
 
 

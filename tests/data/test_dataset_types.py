@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from llmkit.cli import app
 from llmkit.config.schema import ConfigError, ConfigWarning, DatasetType, load_config
+from llmkit.data.chat import CHAT_TEMPLATES
 from llmkit.data.pipeline import DataError, build_datasets
 from llmkit.data.rows import IGNORE_INDEX
 
@@ -491,8 +492,8 @@ def test_chat_template_names_are_checked_without_the_tokenizer(tmp_path):
     ]
     cfg = _load(tmp_path, datasets, base_model="Qwen/Qwen2.5-0.5B", chat_template="chatlm")
     choices = "chatml, llama3, phi_3, gemma, qwen_25, qwen3, gemma3, gemma3n, gemma4, gemma4_unified, llama4, cohere, "
-    choices += "aya, deepseek_v2, exaone, mistral_v1, mistral_v2v3, mistral_v3_tekken, pixtral, llama3_2_vision (the "
-    choices += "base model's own),"
+    choices += "aya, deepseek_v2, exaone, mistral_v1, mistral_v2v3, mistral_v3_tekken, pixtral, qwen2_vl, "
+    choices += "llama3_2_vision (the base model's own),"
     choices += " tokenizer_default, tokenizer_default_fallback_<name>, jinja, a Jinja string (axolotl names more"
     choices += " templates than this project renders: tokenizer_default renders the model's own, which a"
     choices += (
@@ -746,6 +747,14 @@ OWN_TEMPLATES = {
         "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>",
     ),
 }
+OWN_TEMPLATES["qwen2_vl"] = (
+    "qwen2",
+    "{% for m in messages %}{% if loop.first and m.role != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+    CHATML_TEXT.split("<|im_start|>user\nBye")[0],
+)
 OWN_TEMPLATES["aya"] = OWN_TEMPLATES["cohere"]  # Aya's own writes Command-R's format
 OWN_TEMPLATES["gemma3n"] = OWN_TEMPLATES["gemma3"]  # Gemma 3n's own writes Gemma 3's text turns
 OWN_TEMPLATES["gemma4_unified"] = OWN_TEMPLATES["gemma4"]
@@ -780,7 +789,7 @@ def test_a_model_named_template_renders_the_models_own(
     write_rows, tiny_family_dir, make_tiny_model, tokenizer, tmp_path, name
 ):
     """axolotl's qwen3, gemma3, gemma3n, gemma4(_unified), llama4, cohere, aya, deepseek_v2, exaone, llama3_2_vision,
-    pixtral and three Mistral templates are those models' own: on a base of the family they train what
+    pixtral, qwen2_vl and three Mistral templates are those models' own: on a base of the family they train what
     tokenizer_default trains, and `llmkit validate` plans. They were refused as templates this project does not ship,
     so real Qwen3 and Gemma 3 configs (tests/config/real_world) could not run unchanged, nor configs naming the
     others."""
@@ -854,6 +863,9 @@ def test_a_model_named_template_on_another_model_is_a_config_error(
             "{% endif %}{% endfor %}",
             id="pixtral-system-in-the-first-turn",
         ),
+        # plain ChatML: a system turn written as Qwen2-VL writes it, none written into a conversation without one
+        pytest.param("qwen2_vl", CHAT_TEMPLATES["chatml"], id="qwen2_vl-plain-chatml"),
+        ("qwen2_vl", "qwen3"),
     ],
 )
 def test_a_model_named_template_refuses_another_models_template(write_rows, make_cfg, tokenizer, name, other):
@@ -876,7 +888,7 @@ def test_a_model_named_template_refuses_another_models_template(write_rows, make
         ("command_a", "writes Cohere's '# System Preamble' and '# Default Preamble' text around the system turn"),
         ("command_a_rag", "its own rag template was not found to compare"),
         ("mistral_v7_tekken", "Mistral Small 3's default system prompt, with today's date"),
-        ("qwen2_vl", "cannot tell it from any ChatML model"),
+        ("nemotron_h", "plain ChatML, which the check cannot tell from any ChatML model's"),
         ("falcon_h1", "Falcon-H1's own template was not found"),
         ("exaone4", "writes a conversation's system turn twice, where EXAONE 4.0's own writes it once"),
         ("qwen3_5", "keeps the whitespace around a turn's content, which Qwen3.5's own trims from every turn"),
