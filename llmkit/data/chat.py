@@ -137,6 +137,10 @@ MODEL_TEMPLATES: dict[str, tuple[str, str]] = {
     # Pixtral-12B's own (mistral-community/pixtral-12b): Tekken's text turns, so a Mistral-Nemo base passes too (a
     # template that moves the system text to the first user turn, as one copy of Pixtral's does, is refused).
     "pixtral": ("Pixtral-12B", "{bos}[INST]Hi[/INST]Hello{eos}"),
+    # Mistral Small 3's and 3.1's own (the V7-Tekken tokenizer's): the system text in [SYSTEM_PROMPT], and their
+    # default system prompt, dated today, in a conversation without a system turn, which _DEFAULT_SYSTEM_PROBES checks
+    # too (a Mistral Small 3.2 copy writes it undated, Devstral's its own: refused).
+    "mistral_v7_tekken": ("Mistral Small 3", "{bos}[SYSTEM_PROMPT]Be brief.[/SYSTEM_PROMPT][INST]Hi[/INST]Hello{eos}"),
     # Qwen2-VL's and Qwen2.5-VL's own (one text): plain ChatML but for the default system text it writes into a
     # conversation without a system turn, which _DEFAULT_SYSTEM_PROBES checks too (Qwen2's text models write the same).
     "qwen2_vl": (
@@ -163,10 +167,6 @@ OTHER_MODEL_TEMPLATES: dict[str, str] = {
     "phi_4": (
         "its text writes Phi-4-reasoning's long system prompt into a conversation without a system turn, where "
         "Phi-4's own writes none (and axolotl's own config schema does not accept the name)"
-    ),
-    "mistral_v7_tekken": (
-        "its text writes Mistral Small 3's default system prompt, with today's date, into every conversation without "
-        "a system turn, which only Mistral-Small-24B-2501's own writes (Devstral's writes its own, other models none)"
     ),
     "deepseek_v3": "its text drops an assistant turn's text up to </think>, which DeepSeek-V3's own keeps",
     "command_a": (
@@ -210,9 +210,20 @@ _PROBE = [
     {"role": "user", "content": "Hi"},
     {"role": "assistant", "content": "Hello"},
 ]
-# MODEL_TEMPLATES names whose format _PROBE cannot tell from another's (plain ChatML): how it writes _PROBE without its
-# system turn, the default system text that tells it, which the tokenizer's template must write too.
+# MODEL_TEMPLATES names whose model writes a default system text into a conversation without a system turn, which
+# _PROBE does not show (and which alone tells Qwen2-VL's format from plain ChatML): how it writes _PROBE without its
+# system turn, which the tokenizer's template must write too.
 _DEFAULT_SYSTEM_PROBES = {
+    "mistral_v7_tekken": (
+        "{bos}[SYSTEM_PROMPT]You are Mistral Small 3, a Large Language Model (LLM) created by Mistral AI, a French "
+        "startup headquartered in Paris.\nYour knowledge base was last updated on 2023-10-01. The current date is "
+        "{today:%Y-%m-%d}.\n\nWhen you're not sure about some information, you say that you don't have the "
+        "information and don't make up anything.\nIf the user's question is not clear, ambiguous, or does not provide "
+        "enough context for you to accurately answer the question, you do not try to answer it right away and you "
+        'rather ask the user to clarify their request (e.g. "What are some good restaurants around me?" => "Where are '
+        'you?" or "When is the next flight to Tokyo" => "Where do you travel from?")[/SYSTEM_PROMPT][INST]Hi[/INST]'
+        "Hello{eos}"
+    ),
     "qwen2_vl": (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
         "<|im_start|>assistant\nHello<|im_end|>\n"

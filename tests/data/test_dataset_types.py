@@ -492,8 +492,8 @@ def test_chat_template_names_are_checked_without_the_tokenizer(tmp_path):
     ]
     cfg = _load(tmp_path, datasets, base_model="Qwen/Qwen2.5-0.5B", chat_template="chatlm")
     choices = "chatml, llama3, phi_3, gemma, qwen_25, qwen3, gemma3, gemma3n, gemma4, gemma4_unified, llama4, cohere, "
-    choices += "aya, deepseek_v2, exaone, mistral_v1, mistral_v2v3, mistral_v3_tekken, pixtral, qwen2_vl, "
-    choices += "llama3_2_vision (the base model's own),"
+    choices += "aya, deepseek_v2, exaone, mistral_v1, mistral_v2v3, mistral_v3_tekken, pixtral, mistral_v7_tekken, "
+    choices += "qwen2_vl, llama3_2_vision (the base model's own),"
     choices += " tokenizer_default, tokenizer_default_fallback_<name>, jinja, a Jinja string (axolotl names more"
     choices += " templates than this project renders: tokenizer_default renders the model's own, which a"
     choices += (
@@ -747,6 +747,36 @@ OWN_TEMPLATES = {
         "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>",
     ),
 }
+# Mistral Small 3's default system prompt, dated today by the template ({}: where the date goes)
+_MISTRAL_SMALL_3 = (
+    "You are Mistral Small 3, a Large Language Model (LLM) created by Mistral AI, a French startup headquartered in "
+    "Paris.\nYour knowledge base was last updated on 2023-10-01. The current date is {}.\n\nWhen you're not sure "
+    "about some information, you say that you don't have the information and don't make up anything.\nIf the user's "
+    "question is not clear, ambiguous, or does not provide enough context for you to accurately answer the question, "
+    'you do not try to answer it right away and you rather ask the user to clarify their request (e.g. "What are some '
+    'good restaurants around me?" => "Where are you?" or "When is the next flight to Tokyo" => "Where do you travel '
+    'from?")'
+)
+
+
+def _mistral_small_template(default: str) -> str:
+    """Mistral Small 3's format with `default` (Jinja) as the system text of a conversation without a system turn."""
+    return (
+        "{{ bos_token }}{% if messages[0].role == 'system' %}{% set system = messages[0].content %}"
+        "{% set turns = messages[1:] %}{% else %}{% set system = " + default + " %}{% set turns = messages %}"
+        "{% endif %}{{ '[SYSTEM_PROMPT]' + system + '[/SYSTEM_PROMPT]' }}{% for m in turns %}"
+        "{% if m.role == 'user' %}{{ '[INST]' + m.content + '[/INST]' }}{% else %}{{ m.content + eos_token }}"
+        "{% endif %}{% endfor %}"
+    )
+
+
+OWN_TEMPLATES["mistral_v7_tekken"] = (
+    "mistral",
+    _mistral_small_template(
+        " + strftime_now('%Y-%m-%d') + ".join(json.dumps(part) for part in _MISTRAL_SMALL_3.split("{}"))
+    ),
+    "<|im_start|>[SYSTEM_PROMPT]Be brief.[/SYSTEM_PROMPT][INST]Hi there[/INST]Hello!<|im_end|>",
+)
 OWN_TEMPLATES["qwen2_vl"] = (
     "qwen2",
     "{% for m in messages %}{% if loop.first and m.role != 'system' %}"
@@ -789,7 +819,7 @@ def test_a_model_named_template_renders_the_models_own(
     write_rows, tiny_family_dir, make_tiny_model, tokenizer, tmp_path, name
 ):
     """axolotl's qwen3, gemma3, gemma3n, gemma4(_unified), llama4, cohere, aya, deepseek_v2, exaone, llama3_2_vision,
-    pixtral, qwen2_vl and three Mistral templates are those models' own: on a base of the family they train what
+    pixtral, qwen2_vl and four Mistral templates are those models' own: on a base of the family they train what
     tokenizer_default trains, and `llmkit validate` plans. They were refused as templates this project does not ship,
     so real Qwen3 and Gemma 3 configs (tests/config/real_world) could not run unchanged, nor configs naming the
     others."""
@@ -865,6 +895,13 @@ def test_a_model_named_template_on_another_model_is_a_config_error(
         ),
         # plain ChatML: a system turn written as Qwen2-VL writes it, none written into a conversation without one
         pytest.param("qwen2_vl", CHAT_TEMPLATES["chatml"], id="qwen2_vl-plain-chatml"),
+        ("mistral_v7_tekken", "mistral_v3_tekken"),
+        # Mistral Small 3.2's own: the default system prompt undated
+        pytest.param(
+            "mistral_v7_tekken",
+            _mistral_small_template(json.dumps(_MISTRAL_SMALL_3.replace(" The current date is {}.", ""))),
+            id="mistral_v7_tekken-undated",
+        ),
         ("qwen2_vl", "qwen3"),
     ],
 )
@@ -887,7 +924,7 @@ def test_a_model_named_template_refuses_another_models_template(write_rows, make
     [
         ("command_a", "writes Cohere's '# System Preamble' and '# Default Preamble' text around the system turn"),
         ("command_a_rag", "its own rag template was not found to compare"),
-        ("mistral_v7_tekken", "Mistral Small 3's default system prompt, with today's date"),
+        ("phi_4", "Phi-4-reasoning's long system prompt into a conversation without a system turn"),
         ("nemotron_h", "plain ChatML, which the check cannot tell from any ChatML model's"),
         ("falcon_h1", "Falcon-H1's own template was not found"),
         ("exaone4", "writes a conversation's system turn twice, where EXAONE 4.0's own writes it once"),
