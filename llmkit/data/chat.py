@@ -198,7 +198,10 @@ OTHER_MODEL_TEMPLATES: dict[str, str] = {
         "the {% continue %} after the first, which transformers' Jinja has); without a system turn they write the "
         "same text"
     ),
-    "jamba": "Jamba's own template was not found to compare axolotl's text with",
+    "jamba": (
+        "Jamba's own template was not found to compare axolotl's text (AI21's '<|bom|><|user|> text<|eom|>' turns "
+        "after <|startoftext|>) with"
+    ),
     "qwen3_5": (
         "its text keeps the whitespace around a turn's content, which Qwen3.5's own trims from every turn, and writes "
         "a system turn after the first, which Qwen3.5's own refuses (their generation prompts differ too: "

@@ -927,6 +927,7 @@ def test_a_model_named_template_refuses_another_models_template(write_rows, make
         ("phi_4", "Phi-4-reasoning's long system prompt into a conversation without a system turn"),
         ("nemotron_h", "plain ChatML, which the check cannot tell from any ChatML model's"),
         ("falcon_h1", "Falcon-H1's own template was not found"),
+        ("jamba", "AI21's '<|bom|><|user|> text<|eom|>' turns after <|startoftext|>"),
         ("exaone4", "writes a conversation's system turn twice, where EXAONE 4.0's own writes it once"),
         ("qwen3_5", "keeps the whitespace around a turn's content, which Qwen3.5's own trims from every turn"),
         ("llava", "a text content (every turn's, as this project renders it) writes nothing but the role names"),
