@@ -491,9 +491,9 @@ def test_chat_template_names_are_checked_without_the_tokenizer(tmp_path):
         {"path": "a.jsonl", "type": "chat_template", "chat_template": "jinja", "chat_template_jinja": "no.jinja"},
     ]
     cfg = _load(tmp_path, datasets, base_model="Qwen/Qwen2.5-0.5B", chat_template="chatlm")
-    choices = "chatml, llama3, phi_3, gemma, qwen_25, qwen3, gemma3, gemma3n, gemma4, gemma4_unified, llama4, cohere, "
-    choices += "aya, deepseek_v2, exaone, mistral_v1, mistral_v2v3, mistral_v3_tekken, pixtral, mistral_v7_tekken, "
-    choices += "qwen2_vl, llama3_2_vision (the base model's own),"
+    choices = "chatml, llama3, phi_3, gemma, qwen_25, alpaca, metharme, qwen3, gemma3, gemma3n, gemma4, "
+    choices += "gemma4_unified, llama4, cohere, aya, deepseek_v2, exaone, mistral_v1, mistral_v2v3, mistral_v3_tekken, "
+    choices += "pixtral, mistral_v7_tekken, qwen2_vl, llama3_2_vision (the base model's own),"
     choices += " tokenizer_default, tokenizer_default_fallback_<name>, jinja, a Jinja string (axolotl names more"
     choices += " templates than this project renders: tokenizer_default renders the model's own, which a"
     choices += (
@@ -642,6 +642,54 @@ def test_shipped_templates_render_as_their_models_do(write_rows, make_cfg, token
     (row,) = _chat(write_rows, make_cfg, tokenizer, [{"conversations": SHAREGPT[1:3]}], chat_template=template)
     assert tokenizer.decode(row["input_ids"]) == text
     assert _trained_runs(tokenizer, row) == runs
+
+
+# What axolotl's own alpaca.jinja and metharme.jinja write for SHAREGPT[:3] (its ChatTemplate names them, after no
+# model), rendered with those files' texts; {bos}/{eos}: the tokenizer's.
+AXOLOTL_GENERIC_TEXTS = {
+    "alpaca": "{bos}Be brief.\n\n### Instruction:\nHi there\n\n### Response:\nHello!{eos}",
+    "metharme": "{bos}<|system|>Be brief.<|user|>Hi there<|model|>Hello!{eos}",
+}
+
+
+@pytest.mark.parametrize("name", list(AXOLOTL_GENERIC_TEXTS))
+def test_axolotls_generic_templates_write_axolotls_text(tokenizer, name):
+    """chat_template: alpaca (or metharme), a name of axolotl's schema, was refused as unknown."""
+    from llmkit.data.chat import CHAT_TEMPLATES, DEFAULT_ROLES
+
+    messages = [{"role": DEFAULT_ROLES[turn["from"]], "content": turn["value"]} for turn in SHAREGPT[:3]]
+    written = tokenizer.apply_chat_template(messages, chat_template=CHAT_TEMPLATES[name], tokenize=False)
+    expected = AXOLOTL_GENERIC_TEXTS[name].format(bos=tokenizer.bos_token, eos=tokenizer.eos_token)
+    assert written == expected
+
+
+def test_the_alpaca_chat_template_trains_each_response_and_its_eos(write_rows, make_cfg, tokenizer):
+    (row,) = _chat(write_rows, make_cfg, tokenizer, [{"conversations": SHAREGPT}], chat_template="alpaca")
+    assert tokenizer.decode(row["input_ids"]) == (
+        "<|im_start|>Be brief.\n\n### Instruction:\nHi there\n\n### Response:\nHello!<|im_end|>\n\n"
+        "### Instruction:\nBye\n\n### Response:\nGoodbye.<|im_end|>"
+    )
+    assert _trained_runs(tokenizer, row) == ["Hello!<|im_end|>", "Goodbye.<|im_end|>"]
+
+
+def test_metharme_rows_are_refused_as_not_split_into_turns(write_rows, make_cfg, tokenizer):
+    """metharme's one EOS closes the whole conversation, so no turn's text starts the next's: the row is refused
+    (axolotl finds the turns in the whole text; this project renders turn by turn)."""
+    with pytest.raises(DataError, match="cannot be split into turns: the chat template is not incremental"):
+        _chat(write_rows, make_cfg, tokenizer, [{"conversations": SHAREGPT[:3]}], chat_template="metharme")
+
+
+def test_a_top_level_chat_template_no_dataset_uses_is_saved_with_the_tokenizer(tmp_path, write_rows, tokenizer):
+    """A real config (Mostafa77Mahmoud/DataSet_PIPE) sets chat_template: alpaca with type: alpaca data: axolotl
+    renders the data with the alpaca prompter and sets the template on the tokenizer it saves; it was refused."""
+    from llmkit.data.chat import CHAT_TEMPLATES
+    from llmkit.data.tokenizer import load_tokenizer
+
+    path = write_rows([{"instruction": "Say 1.", "output": "1"}], "jsonl")
+    cfg = _load(tmp_path, [{"path": str(path), "type": "alpaca"}], chat_template="alpaca")
+    (row,) = list(build_datasets(cfg, tokenizer).train)
+    assert "### Instruction:\nSay 1.\n\n### Response:\n1" in tokenizer.decode(row["input_ids"])
+    assert load_tokenizer(cfg).chat_template == CHAT_TEMPLATES["alpaca"]
 
 
 _MISTRAL_SYSTEM = (
