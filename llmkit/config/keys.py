@@ -38,7 +38,8 @@ UNIMPLEMENTED_KEYS = frozenset(
     gpu_memory_limit torchdistx_path plugins model_config_type tokenizer_use_fast gptq_groupsize gptq_model_v1
     dpo_use_logits_to_keep dpo_padding_free dpo_use_liger_kernel dpo_generate_during_eval
     ddp_find_unused_parameters moe_kernels lora_mlp_kernel lora_qkv_kernel lora_o_kernel cut_cross_entropy
-    liger_rope liger_rms_norm liger_glu_activation liger_layer_norm liger_fused_linear_cross_entropy
+    liger_rope liger_rms_norm liger_glu_activation liger_swiglu liger_layer_norm liger_cross_entropy
+    liger_fused_linear_cross_entropy
     save_first_step include_tokens_per_second dataloader_num_workers dataloader_pin_memory dataloader_prefetch_factor
     remove_unused_columns chunked_cross_entropy tiled_mlp activation_offloading use_kernels use_scattermoe
     experts_implementation expert_parallel_size sequence_parallel_degree context_parallel_size tensor_parallel_size
@@ -69,7 +70,7 @@ UNIMPLEMENTED_KEYS = frozenset(
     pretraining_sample_concatenation relora_cpu_offload relora_prune_method relora_prune_ratio scaling_softmax_bias
     scaling_softmax_factor model_quantization_config_kwargs vllm mean_resizing_embeddings
     float32 unsloth_cross_entropy_loss unsloth_lora_mlp unsloth_lora_qkv unsloth_lora_o unsloth_rms_norm unsloth_rope
-    fused_attn_kernel base_model_ignore_patterns qalora_group_size
+    fused_attn_kernel base_model_ignore_patterns qalora_group_size rl_adapter_ref_model
     """.split()
 )
 # axolotl keys that would change what is trained and that this project does not implement: a value other than
@@ -173,6 +174,11 @@ FIXED_BEHAVIOUR = {
     "max_packed_sequence_len": "axolotl's packing of 2023, which it now refuses: sample_packing: true packs rows "
     "up to sequence_len",
     "eval_causal_lm_metrics": "metrics not computed here (exact_match is; they change only what an evaluation logs)",
+    # axolotl's train code reads it (true: load a second copy of the base as the reference), but its schema does not
+    # declare it, so its validated config has dropped it by then: axolotl too keeps an adapter's reference in place.
+    "rl_adapter_ref_model": "an adapter's reference here is the model before training (TRL's frozen copy of the "
+    "adapter), the weights a second copy of the base would hold, without that copy's memory (axolotl's schema drops "
+    "the key, so axolotl runs the same)",
 }
 
 EMPTY_VALUES = (None, False, "", [], {})  # an unimplemented key set to one of these changes nothing

@@ -596,6 +596,24 @@ def test_documented_axolotl_keys_for_speed_or_parallelism_are_known_not_unknown(
     assert described == [f"{key}={value!r}: not implemented here" for key, value in keys.items()]
 
 
+def test_real_axolotl_keys_once_unknown_say_what_happens_here(tmp_path):
+    """Real configs' keys (h5's outside check) that were "unknown key"s (a typo?): rl_adapter_ref_model, which
+    axolotl's DPO code reads, and liger_cross_entropy, a sibling of the liger_* keys reported as not implemented."""
+    reference = (
+        "an adapter's reference here is the model before training (TRL's frozen copy of the adapter), the weights a "
+        "second copy of the base would hold, without that copy's memory (axolotl's schema drops the key, so axolotl "
+        "runs the same)"
+    )
+    for value in (True, False):
+        cfg = load_quietly(write(tmp_path, DPO), {"rl_adapter_ref_model": value})
+        assert [key.describe() for key in cfg.ignored_keys] == [f"rl_adapter_ref_model={value}: {reference}"]
+    liger = load_quietly(write(tmp_path, MINIMAL), {"liger_cross_entropy": True, "liger_swiglu": True})
+    assert [key.describe() for key in liger.ignored_keys] == [
+        "liger_cross_entropy=True: not implemented here",
+        "liger_swiglu=True: not implemented here",
+    ]
+
+
 def test_gradient_checkpointing_offload_values(tmp_path):
     for value in ("offload", "unsloth", "offload_disk"):
         cfg = load_quietly(write(tmp_path, MINIMAL), {"gradient_checkpointing": value})
