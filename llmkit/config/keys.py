@@ -44,7 +44,7 @@ UNIMPLEMENTED_KEYS = frozenset(
     remove_unused_columns chunked_cross_entropy tiled_mlp activation_offloading use_kernels use_scattermoe
     experts_implementation expert_parallel_size sequence_parallel_degree context_parallel_size tensor_parallel_size
     dp_shard_size dp_replicate_size fsdp_version flex_attn_compile_kwargs accelerator_config skip_prepare_dataset
-    tokenizer_use_mistral_common freeze_mm_modules ddp experimental_skip_move_to_device
+    freeze_mm_modules ddp experimental_skip_move_to_device
     sample_packing_sequentially sample_packing_bin_size sample_packing_group_size sample_packing_mp_start_method
     processor_type lisa_n_layers lisa_step_interval lisa_layers_attribute
     auto_find_batch_size axolotl_config_path batch_flattening bench_dataset bench_split capabilities env_capabilities
@@ -134,6 +134,9 @@ REFUSED_KEYS = {
     "trainer_cls": "a custom trainer class is not implemented",
     "overrides_of_model_kwargs": "extra from_pretrained arguments are not implemented; overrides_of_model_config is",
     "model_kwargs": "extra from_pretrained arguments are not implemented; overrides_of_model_config is",
+    "tokenizer_use_mistral_common": "the mistral-common tokenizer (Magistral, Devstral), which encodes a "
+    "conversation in Mistral's own request format, is not implemented: the base's Hugging Face tokenizer and chat "
+    "template can give other token ids",
 }
 # Keys that change what is trained only together, as axolotl reads them: refused when every one is set; one alone is
 # an ignored key. LISA runs `if cfg.lisa_step_interval and cfg.lisa_n_layers` (lisa_layers_attribute has a default);

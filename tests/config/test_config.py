@@ -536,6 +536,8 @@ def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
         ("trainer_cls", "my.Trainer", "a custom trainer class"),
         ("model_kwargs", {"torch_dtype": "float16"}, "extra from_pretrained arguments"),
         ("quantization", {"weight_dtype": "int8"}, "post-training quantization"),
+        # axolotl's mistral-common tokenizer (Magistral's configs): other token ids, once only an ignored key
+        ("tokenizer_use_mistral_common", True, "the mistral-common tokenizer (Magistral, Devstral), which encodes"),
     ],
 )
 def test_keys_that_would_change_training_and_are_not_implemented_are_refused(tmp_path, key, value, reason):
