@@ -182,7 +182,10 @@ FIXED_BEHAVIOUR = {
     "rl_adapter_ref_model": "an adapter's reference here is the model before training (TRL's frozen copy of the "
     "adapter), the weights a second copy of the base would hold, without that copy's memory (axolotl's schema drops "
     "the key, so axolotl runs the same)",
+    "save_safetensors": "the model is saved as safetensors only here (false asks axolotl for pytorch_model.bin files)",
 }
+# Keys whose value is what this project always does: dropped without a word ("ignored" would mislead).
+AS_HERE = {"save_safetensors": True}
 
 EMPTY_VALUES = (None, False, "", [], {})  # an unimplemented key set to one of these changes nothing
 
@@ -226,6 +229,8 @@ def split_keys(data: dict, fields: list[str], unimplemented: frozenset, prefix: 
         if key in fields:
             if value is not None:  # empty means unset: the field's default applies
                 kept[key] = value
+        elif not prefix and key in AS_HERE and value == AS_HERE[key] and type(value) is type(AS_HERE[key]):
+            continue
         else:
             known = key in unimplemented
             hint = None if known else suggest(str(key), fields)

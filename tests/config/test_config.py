@@ -616,6 +616,18 @@ def test_real_axolotl_keys_once_unknown_say_what_happens_here(tmp_path):
     ]
 
 
+def test_save_safetensors_true_is_what_happens_and_false_says_safetensors_only(tmp_path):
+    """true was an ignored key "not implemented here" though safetensors is what is written; false was listed as
+    "off, not implemented", though in axolotl it asks for another format (.bin)."""
+    assert load_quietly(write(tmp_path, MINIMAL), {"save_safetensors": True}).ignored_keys == []
+    cfg = load_quietly(write(tmp_path, MINIMAL), {"save_safetensors": False})
+    assert [key.describe() for key in cfg.ignored_keys] == [
+        "save_safetensors=False: the model is saved as safetensors only here (false asks axolotl for "
+        "pytorch_model.bin files)"
+    ]
+    assert all(key.named_alone for key in cfg.ignored_keys)  # its own line, not among the keys left off
+
+
 def test_gradient_checkpointing_offload_values(tmp_path):
     for value in ("offload", "unsloth", "offload_disk"):
         cfg = load_quietly(write(tmp_path, MINIMAL), {"gradient_checkpointing": value})
