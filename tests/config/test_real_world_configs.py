@@ -200,6 +200,26 @@ def test_the_outside_checks_configs_end_as_axolotl_reads_them(runs):
     assert dpo.result == "plan"  # its warning goes to the driver's stderr, not the run's output: tests/train has it
 
 
+@pytest.mark.timeout(600)
+def test_real_axolotl_keys_of_users_configs_are_said_for_what_they_do(runs):
+    """Users' configs an eighth outside check ran: chat_template: alpaca was refused as unknown, rl_adapter_ref_model
+    and liger_cross_entropy were unknown keys (a typo?), save_safetensors: false was "off, not implemented" and true
+    an ignored key, though safetensors is what is written."""
+    said = {run.name: " ".join(run.output.split()) for run in runs}  # rich wraps the plan's cells
+    added = {
+        "phi3.5-mini-lora-4bit-alpaca-template.yml": "plan unknown",
+        "qwen3-32b-fft-fsdp-liger.yml": "plan unknown",
+        "qwen2-1.5b-dpo-qlora-fsdp-adapter-ref.yml": "plan unknown",
+        "mistral-7b-qlora-alpaca-data-seed.yml": "plan",
+    }
+    assert {run.name: run.result for run in runs if run.name in added} == added
+    fsdp = said["qwen3-32b-fft-fsdp-liger.yml"]
+    assert "save_safetensors=False: the model is saved as safetensors only here" in fsdp and "unknown key" not in fsdp
+    dpo = said["qwen2-1.5b-dpo-qlora-fsdp-adapter-ref.yml"]
+    assert "rl_adapter_ref_model=False: an adapter's reference here is the model before training" in dpo
+    assert "unknown key" not in dpo and "save_safetensors" not in said["mistral-7b-qlora-alpaca-data-seed.yml"]
+
+
 @pytest.mark.parametrize("command", ["preprocess", "train"])
 def test_a_hub_base_model_offline_is_one_line_not_four_tracebacks(command, tmp_path):
     """Offline, `preprocess` and `train` on a config whose base model is not in the cache printed 400 lines."""
