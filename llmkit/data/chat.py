@@ -73,28 +73,25 @@ CHAT_TEMPLATES: dict[str, str] = {
         "message['content'] + '<|im_end|>\n' }}{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
     ),
-    # axolotl's alpaca.jinja, as it is: the system text alone, '### Instruction:' / '### Response:' turns, the EOS
+    # What axolotl's alpaca.jinja writes: the system text alone, '### Instruction:' / '### Response:' turns, the EOS
     # after each response, turns apart by a blank line.
     "alpaca": (
-        "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' and loop.first %}"
-        "{{ message['content'] }}{% elif message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] }}"
-        "{% elif message['role'] == 'assistant' %}{{ '### Response:\n' + message['content'] + eos_token }}{% endif %}"
-        "{% if not loop.last %}{{ '\n\n' }}{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '\n\n### Response:\n' }}{% endif %}"
+        "{{ bos_token }}{% for message in messages %}{{ '' if loop.first else '\n\n' }}"
+        "{% if message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] }}"
+        "{% elif message['role'] == 'assistant' %}{{ '### Response:\n' + message['content'] + eos_token }}"
+        "{% elif message['role'] == 'system' and loop.first %}{{ message['content'] }}{% endif %}{% endfor %}"
+        "{{ '\n\n### Response:\n' if add_generation_prompt else '' }}"
     ),
-    # axolotl's metharme.jinja (Pygmalion's format), as it is: a default roleplay system text where the conversation
+    # What axolotl's metharme.jinja (Pygmalion's format) writes: a default roleplay system text where the conversation
     # has none, and one EOS after the conversation's last turn, whatever its role. A conversation's text then does
     # not start with that of its first turns, so a dataset's rows cannot be split into turns here (each is refused:
     # not incremental); the config's own chat_template: metharme is saved with the tokenizer, as axolotl saves it.
     "metharme": (
-        "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
-        "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
-        "{% set system_message = 'Enter RP mode. You shall reply to the user while staying in character. Your "
-        "responses must be detailed, creative, immersive, and drive the scenario forward.' %}{% endif %}"
-        "{{ '<|system|>' + system_message }}{% for message in loop_messages %}{% set content = message['content'] %}"
-        "{% if message['role'] == 'user' %}{{ '<|user|>' + content.strip() }}"
-        "{% elif message['role'] == 'assistant' %}{{ '<|model|>'  + content.strip() }}{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|model|>' }}{% else %}{{ eos_token }}{% endif %}"
+        "{{ bos_token + '<|system|>' }}{{ messages[0]['content'] if messages[0]['role'] == 'system' else 'Enter RP "
+        "mode. You shall reply to the user while staying in character. Your responses must be detailed, creative, "
+        "immersive, and drive the scenario forward.' }}{% for message in messages if message['role'] in ['user', "
+        "'assistant'] %}{{ ('<|user|>' if message['role'] == 'user' else '<|model|>') + message['content'].strip() }}"
+        "{% endfor %}{{ '<|model|>' if add_generation_prompt else eos_token }}"
     ),
 }
 # axolotl's templates named after a model whose text is that model's own chat template: such a name renders the base
