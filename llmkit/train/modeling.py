@@ -242,7 +242,7 @@ def build_peft_model(cfg: AxolotlConfig, model: PreTrainedModel, tokenizer: Any 
     _save_trained_embeddings_once(peft_model)
     trainable, total = peft_model.get_nb_trainable_parameters()
     LOG.info(
-        "peft %s: %s of %s parameters trainable (%.2f%%)",
+        "peft %s: %s of %s parameters trainable (%.2f%%; the base's and the adapter's)",
         peft_model.peft_config["default"].peft_type.value.lower(),
         f"{trainable:,}",
         f"{total:,}",

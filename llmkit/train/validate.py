@@ -124,7 +124,9 @@ def render(p: TrainingPlan):
         )
     if p.total_params is not None and p.trainable_params is not None:
         share = p.trainable_params / p.total_params  # both of the model training builds (added tokens' rows too)
-        summary.add_row("trainable parameters", f"{p.trainable_params:,} ({share:.2%} of {p.total_params:,})")
+        # an adapter's share is of the base alone; peft's log at training counts the adapter into its total
+        of = "the base's " if cfg.adapter is not None else ""
+        summary.add_row("trainable parameters", f"{p.trainable_params:,} ({share:.2%} of {of}{p.total_params:,})")
     batch = f"{cfg.micro_batch_size} x {cfg.gradient_accumulation_steps} accum x {cfg.sequence_len} tokens"
     summary.add_row("tokens per optimizer step", f"{p.tokens_per_step:,} ({batch} x {p.world_size} GPU)")
     summary.add_row("optimizer steps", _steps_text(p))

@@ -340,7 +340,7 @@ def test_trainable_embeddings_are_counted_as_peft_trains_them(make_tiny_model, t
     total = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" not in n and "modules_to_save" not in n)
     status, output = _validate_output(config)
     # of the model training builds, added tokens' rows in both counts: more trainable than total was printed
-    share = rf"{trained:,} \({trained / total:.2%} of {total:,}\)"
+    share = rf"{trained:,} \({trained / total:.2%} of the base's {total:,}\)"
     assert status == 0 and re.search(rf"trainable parameters\W+{share}", output), output
     p = plan(cfg, tokenizer_size=len(load_tokenizer(cfg)))
     assert p.trainable_params == trained and p.total_params == total
