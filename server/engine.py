@@ -304,7 +304,7 @@ class Engine:
         return tokens
 
     def _top_texts(self, tokenizer, ids: list[int], values: list[float], k: int) -> dict[str, float]:
-        """The first k distinct texts among a position's candidates (`sequence.top_candidates`), likeliest first."""
+        """The first k distinct texts among a position's candidates (`text.TopCandidates`), likeliest first."""
         top: dict[str, float] = {}
         vocabulary = len(tokenizer)
         for token, value in zip(ids, values, strict=True):
@@ -312,8 +312,8 @@ class Engine:
                 break
             if token >= vocabulary:  # a padded embedding row: no token, never chosen (vLLM lists it)
                 continue
-            # Two ids may share a text (SentencePiece's "A" and its byte token <0x41>): the likelier keeps it, and
-            # the next candidate fills the place, so that k texts are listed, as top_k_per_token asks
+            # Ids may share a text (SentencePiece's "A" and its byte token <0x41>): the likeliest keeps it, and
+            # the next candidates fill the places, so that k texts are listed, as top_k_per_token asks
             top.setdefault(token_key(self._token_bytes(tokenizer, token)), value)
         return top
 

@@ -41,10 +41,9 @@ from llmkit.server.sequence import (
     RequestTimeout,
     Sequence,
     eos_ids,
-    top_candidates,
 )
 from llmkit.server.settings import ServerSettings
-from llmkit.server.text import IncrementalDecoder
+from llmkit.server.text import IncrementalDecoder, TopCandidates
 
 LOG = logging.getLogger(__name__)
 
@@ -82,6 +81,7 @@ class Scheduler:
         # The ids that are tokens: an embedding padded past the tokenizer (Qwen2.5's 151,936 rows for 151,665
         # tokens, Phi-2's 51,200 for 50,295) has logits for rows no token maps to, which are never chosen nor listed
         self.vocabulary = len(self.tokenizer)
+        self.top_candidates = TopCandidates(self.tokenizer)
         self.eos_ids = eos_ids(loaded.model.generation_config, loaded.tokenizer, self.settings.adapters.values())
         self.pad_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
@@ -308,7 +308,7 @@ class Scheduler:
         targets = seq.ids[first_position + 1 : first_position + 1 + count]
         logprobs = torch.log_softmax(logits[:count].float(), dim=-1)
         chosen = logprobs[torch.arange(count), torch.tensor(targets, device=logprobs.device)].tolist()
-        top_ids, top_values = _top(logprobs[:, : self.vocabulary], top_candidates(seq.request.top_k_per_token))
+        top_ids, top_values = _top(logprobs[:, : self.vocabulary], self.top_candidates(seq.request.top_k_per_token))
         for offset, token in enumerate(targets):
             top = (top_ids[offset], top_values[offset])
             seq.add_prompt_token(first_position + 1 + offset, token, chosen[offset], top)
@@ -373,10 +373,10 @@ class Scheduler:
             if seq.generator is not None:
                 chosen[row] = sample_token(logits[row], seq.request, seq.generator)
         chosen_logprobs = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
-        top_ids, top_values = _top(tokens, max(top_candidates(seq.request.top_k_per_token) for seq in rows))
+        top_ids, top_values = _top(tokens, max(self.top_candidates(seq.request.top_k_per_token) for seq in rows))
         going_on = []
         for row, (seq, token) in enumerate(zip(rows, chosen.tolist(), strict=True)):
-            n = top_candidates(seq.request.top_k_per_token)
+            n = self.top_candidates(seq.request.top_k_per_token)
             if seq.record(token, chosen_logprobs[row], top_ids[row][:n], top_values[row][:n], eos_ids=self.eos_ids):
                 going_on.append(row)
             else:
@@ -407,7 +407,7 @@ def _top(logprobs: torch.Tensor, k: int) -> tuple[list[list[int]], list[list[flo
     """The k likeliest token ids of each row, and their logprobs."""
     if k == 0:
         return [[] for _ in range(len(logprobs))], [[] for _ in range(len(logprobs))]
-    values, ids = torch.topk(logprobs, min(k, logprobs.shape[-1]))  # top_candidates may pass a small vocabulary
+    values, ids = torch.topk(logprobs, min(k, logprobs.shape[-1]))  # a k over a small vocabulary
     return ids.tolist(), values.tolist()
 
 

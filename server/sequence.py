@@ -56,12 +56,6 @@ class ClientGone(RuntimeError):
     """The client disconnected; nobody reads this answer."""
 
 
-def top_candidates(k: int) -> int:
-    """How many of a position's likeliest token ids an engine records for top_k_per_token = k: twice as many, so
-    that `Engine._top_texts` still lists k distinct texts where ids share one."""
-    return 2 * k
-
-
 @dataclass
 class Scores:
     """Token ids with their raw logprobs and top alternatives (ids and logprobs, likeliest first)."""

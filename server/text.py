@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
-import json
+import itertools
 import queue
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -24,9 +25,9 @@ class TokenBytes:
     def __init__(self, tokenizer):
         from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        decoder = json.loads(backend.to_str()).get("decoder") if backend is not None else None
-        self.byte_level = '"ByteLevel"' in json.dumps(decoder)
+        # the decoder's own JSON (the whole tokenizer's, vocabulary and merges, took half a second for SmolLM2's)
+        decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+        self.byte_level = decoder is not None and '"ByteLevel"' in decoder.__getstate__().decode()
         self._byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
         self._cache: dict[int, bytes] = {}
 
@@ -55,6 +56,34 @@ def token_key(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return _BYTES_KEY + "".join(f"\\x{byte:02x}" for byte in raw)
+
+
+class TopCandidates:
+    """How many of a position's likeliest token ids an engine records for top_k_per_token = k, so that
+    `Engine._top_texts` lists k distinct texts (`token_key`s) whatever the model ranks first.
+
+    Ids may share a text: a byte-fallback tokenizer's "a" and <0x61>, a token added beside the vocabulary's own
+    with a space where it has "▁" ("  " and "▁▁", four ids for two spaces with "▁ " and " ▁"), added tokens
+    that are bytes of one another. The k - 1 largest groups of ids sharing a text hold S ids together, so the S + 1
+    likeliest ids always hold k texts, and no fewer always do. The groups are counted once, from the tokenizer:
+    a tokenizer whose texts are all its own (GPT-2's) asks for k, a byte-fallback one (Llama-2's) under 2k.
+    """
+
+    def __init__(self, tokenizer):
+        names = TokenBytes(tokenizer)
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        groups = Counter(token_key(names._bytes(piece)) for piece in pieces)
+        self.ids, self.texts = len(tokenizer), len(groups)
+        # _shared[j]: how many ids the j largest groups hold past one each
+        shared = sorted((size - 1 for size in groups.values() if size > 1), reverse=True)
+        self._shared = list(itertools.accumulate(shared, initial=0))
+
+    def __call__(self, k: int) -> int:
+        if k == 0:
+            return 0
+        if k > self.texts:  # fewer texts than asked for: every id, and all the texts there are
+            return self.ids
+        return k + self._shared[min(k - 1, len(self._shared) - 1)]
 
 
 def is_bytes_key(key: str) -> bool:

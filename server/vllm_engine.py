@@ -25,9 +25,9 @@ from llmkit.core import devices
 from llmkit.core.models import LoadedModel, resolve_model, tokenizer_dir
 from llmkit.server.engine import Engine, leading_specials, position_limit
 from llmkit.server.protocol import ProcessRequest
-from llmkit.server.sequence import QueueFull, RequestError, RequestTimeout, Sequence, eos_ids, top_candidates
+from llmkit.server.sequence import QueueFull, RequestError, RequestTimeout, Sequence, eos_ids
 from llmkit.server.settings import VLLM_QUANTIZATIONS, ServerSettings
-from llmkit.server.text import IncrementalDecoder
+from llmkit.server.text import IncrementalDecoder, TopCandidates
 
 LOG = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ class VllmEngine(Engine):
         # more alternatives (dropped in Engine._top_texts) and biases them out of the choice.
         self._no_token = range(len(tokenizer), args.create_model_config().get_vocab_size())
         self._no_token_bias = dict.fromkeys(self._no_token, NO_TOKEN_BIAS) or None  # applied after the raw logprobs
-        args.max_logprobs = top_candidates(MAX_TOP_K) + len(self._no_token)
+        self._top_candidates = TopCandidates(tokenizer)
+        args.max_logprobs = self._top_candidates(MAX_TOP_K) + len(self._no_token)
         LOG.info("Starting vLLM %s on %s (%s, %s)", self.version, source.model_id, device, args.dtype)
         # vLLM's processes talk over unix sockets it names in the temp folder and never removes (thousands of
         # them after a test suite): they go in a folder of this server's, removed at close.
@@ -233,7 +234,7 @@ class VllmEngine(Engine):
 
         seq.decoder = IncrementalDecoder(self._decoding_tokenizer, seq.ids)
         request = seq.request
-        n = _alternatives(request, self._no_token)
+        n = _alternatives(request, self._top_candidates, self._no_token)
         stream = self.llm.generate(
             TokensPrompt(prompt_token_ids=seq.ids),
             _sampling_params(request, seq.max_new, len(self._decoding_tokenizer), n, self._no_token_bias),
@@ -271,7 +272,7 @@ class VllmEngine(Engine):
         seq.prefilled = start + len(prompt_logprobs)
 
 
-def _alternatives(request: ProcessRequest, no_token: range) -> int:
+def _alternatives(request: ProcessRequest, top_candidates: TopCandidates, no_token: range) -> int:
     """How many alternatives a position asks vLLM for: the candidates `Engine._top_texts` picks from, and room for
     the padded rows that may rank among them."""
     k = request.top_k_per_token

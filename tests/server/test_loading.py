@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import os
 import shutil
@@ -84,10 +86,15 @@ def padded_gpt2(llama2_style_tokenizer, tmp_path_factory):
     """A GPT-2-shaped random model (learned positions, 64 of them) whose embedding is padded 64 rows past a
     byte-fallback Llama-2-style tokenizer: what two server checks need, so that they share one start per engine (a
     vLLM start is 2.5 minutes here). Its rows are wide enough that the padded ones and the byte tokens reach the
-    top 40 alternatives."""
+    top 40 alternatives. Eight ids share one text, three spaces: "▁▁▁" and the tokens added with spaces where it
+    has "▁" ("▁ ▁", "   "...), as a tokenizer extended by hand may have them, and they rank first after the prompt
+    (their rows are the last prompt token's, longer), so that a request's 2k likeliest ids hold fewer than k texts."""
+    from tokenizers import AddedToken
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    tokenizer = llama2_style_tokenizer
+    tokenizer = copy.deepcopy(llama2_style_tokenizer)  # the session's, which other tests use as it is
+    spaces = ["".join(chars) for chars in itertools.product("▁ ", repeat=3)]
+    tokenizer.add_tokens([AddedToken(piece, normalized=False) for piece in spaces])
     torch.manual_seed(0)
     config = GPT2Config(  # heads 32 wide: vLLM's CPU attention takes no 16
         n_embd=64,
@@ -101,7 +108,10 @@ def padded_gpt2(llama2_style_tokenizer, tmp_path_factory):
     )
     model = GPT2LMHeadModel(config).eval()
     with torch.no_grad():
-        model.lm_head.weight.mul_(20)
+        model.lm_head.weight.mul_(20)  # tied: the input embedding too
+        last = tokenizer("Hello world, the capital of France is").input_ids[-1]
+        rows = model.lm_head.weight
+        rows[tokenizer.convert_tokens_to_ids(spaces)] = rows[last] * torch.linspace(1.2, 1.1, len(spaces))[:, None]
     path = tmp_path_factory.mktemp("padded-gpt2")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -123,38 +133,45 @@ def test_top_logprob_lists_k_distinct_tokens_never_a_padded_row(padded_gpt2, pad
     """An embedding padded past the tokenizer (Qwen2.5, Phi-2, Pythia) and ids that share a text (a byte-fallback
     tokenizer's "a" and <0x61>): top_logprob is a dict by text, so the padded rows' "" and the shared texts
     overwrote each other (fewer than top_k_per_token entries, the later, less likely id's logprob, and a "" key for
-    no token), and greedy decoding could choose a padded row. Now: the k likeliest distinct texts of real tokens,
-    each with its likeliest id's logprob, the model's own softmax over every row (transformers' forward pass)."""
+    no token), and greedy decoding could choose a padded row. Then the engines asked for 2k candidates, which held
+    fewer than k texts where more than two ids share one (`padded_gpt2`'s eight for three spaces). Now: the k
+    likeliest distinct texts of real tokens, each with its likeliest id's logprob, the model's own softmax over
+    every row (transformers' forward pass)."""
     from llmkit.server.text import TokenBytes, token_key
 
-    (model, tokenizer, _), server, k = padded_gpt2, padded_gpt2_server, 40
+    (model, tokenizer, _), server = padded_gpt2, padded_gpt2_server
     prompt = "Hello world, the capital of France is"
-    body = {"prompt": prompt, "max_new_tokens": 6, "temperature": 0, "echo_prompt": True, "top_k_per_token": k}
-    response = http.post(f"{server.url}/process", json=body | {"stop_sequences": ["<<none>>"]})
-    assert response.status_code == 200, response.text
-    tokens = response.json()["tokens"]
-
     ids = tokenizer(prompt).input_ids
     with torch.no_grad():  # the served ids: the prompt's, then greedy among the tokens
         while len(ids) < len(tokenizer(prompt).input_ids) + 6:
             logits = model(torch.tensor([ids])).logits[0, -1]
             ids.append(int(logits[: len(tokenizer)].argmax()))
         logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
-    names, shared = TokenBytes(tokenizer), set()
-    assert len(tokens) == len(ids) - 1  # the BOS the tokenizer adds is not echoed; the first text is scored after it
-    for position, token in enumerate(tokens, 1):
-        row = logprobs[position - 1]
-        assert token["logprob"] == pytest.approx(row[ids[position]].item(), abs=1e-4)
-        expected: dict[str, float] = {}
-        for token_id in row.argsort(descending=True).tolist():
-            if token_id < len(tokenizer) and len(expected) < k:
-                text = token_key(names(tokenizer, token_id))
-                shared |= {text} if text in expected else set()
-                expected.setdefault(text, row[token_id].item())
-        assert token["top_logprob"].keys() == expected.keys(), position
-        assert token["top_logprob"] == pytest.approx(expected, abs=1e-4)
-    assert shared  # texts two ids share were among the alternatives
-    assert any(row[len(tokenizer) :].max() > row.sort(descending=True).values[k] for row in logprobs)  # and padding
+    names = TokenBytes(tokenizer)
+    for k in (3, 40):
+        body = {"prompt": prompt, "max_new_tokens": 6, "temperature": 0, "echo_prompt": True, "top_k_per_token": k}
+        response = http.post(f"{server.url}/process", json=body | {"stop_sequences": ["<<none>>"]})
+        assert response.status_code == 200, response.text
+        tokens = response.json()["tokens"]
+        assert len(tokens) == len(ids) - 1  # the BOS the tokenizer adds is not echoed; the first text is after it
+        shared, crowded = set(), 0
+        for position, token in enumerate(tokens, 1):
+            row = logprobs[position - 1]
+            assert token["logprob"] == pytest.approx(row[ids[position]].item(), abs=1e-4)
+            expected: dict[str, float] = {}
+            ranked = [token_id for token_id in row.argsort(descending=True).tolist() if token_id < len(tokenizer)]
+            for token_id in ranked:
+                if len(expected) < k:
+                    text = token_key(names(tokenizer, token_id))
+                    shared |= {text} if text in expected else set()
+                    expected.setdefault(text, row[token_id].item())
+            crowded += len({token_key(names(tokenizer, token_id)) for token_id in ranked[: 2 * k]}) < k
+            assert len(token["top_logprob"]) == k, (k, position)
+            assert token["top_logprob"].keys() == expected.keys(), (k, position)
+            assert token["top_logprob"] == pytest.approx(expected, abs=1e-4)
+        assert shared  # texts ids share were among the alternatives
+        assert crowded or k > 3  # and the 2k likeliest ids held fewer than k texts
+    assert any(row[len(tokenizer) :].max() > row.sort(descending=True).values[40] for row in logprobs)  # and padding
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,19 @@
 """server/text.py without a model: where a completion ends (HELM's newline rule, stop sequences that start inside a
-token), and an echoed prompt's text pieces under a Llama-2-style tokenizer."""
+token), an echoed prompt's text pieces under a Llama-2-style tokenizer, and how many candidates top-k asks for."""
 
 from __future__ import annotations
 
 import pytest
 
-from llmkit.server.text import IncrementalDecoder, cut_pieces, prompt_pieces, stop_index
+from llmkit.server.text import (
+    IncrementalDecoder,
+    TokenBytes,
+    TopCandidates,
+    cut_pieces,
+    prompt_pieces,
+    stop_index,
+    token_key,
+)
 
 
 @pytest.mark.parametrize(
@@ -57,3 +65,21 @@ def test_an_invalid_byte_after_a_character_leaves_the_character_whole(llama2_sty
     assert "".join(pieces) + decoder.flush() == "\ufffd z is"
     held = IncrementalDecoder(tokenizer, emoji)  # the invalid byte last: flushed as one U+FFFD
     assert held.push(completion[0]) == "" and held.flush() == "\ufffd"
+
+
+def test_top_candidates_are_the_fewest_ids_that_always_hold_k_texts(tokenizer, llama2_style_tokenizer):
+    """The engines asked for 2k ids whatever the tokenizer: twice the work for one whose texts are all its own
+    (SmolLM2's byte-level BPE), too few where more than two ids share a text. Now the fewest that hold k texts
+    however the model ranks the ids, checked against the worst ranking: the largest groups of a text first."""
+    assert [TopCandidates(tokenizer)(k) for k in (0, 1, 40, 100)] == [0, 1, 40, 100]
+    names = TokenBytes(llama2_style_tokenizer)
+    groups: dict[str, int] = {}
+    for token_id in range(len(llama2_style_tokenizer)):
+        text = token_key(names(llama2_style_tokenizer, token_id))
+        groups[text] = groups.get(text, 0) + 1
+    worst = [text for text, size in sorted(groups.items(), key=lambda group: -group[1]) for _ in range(size)]
+    candidates = TopCandidates(llama2_style_tokenizer)
+    assert max(groups.values()) == 2 and candidates(40) < 80  # "a" and <0x61>; the old rule's 2k were one more
+    for k in range(len(groups) + 2):
+        fewest = next((n for n in range(len(worst) + 1) if len(set(worst[:n])) >= k), len(worst))
+        assert candidates(k) == fewest, k
