@@ -175,43 +175,95 @@ def _runs_and_shares(tasks: TaskList) -> tuple[list[int], list[int]]:
     return [len(family.run_args()) for family in tasks.families], [family.share for family in tasks.families]
 
 
-SEARCHED_BUDGETS = 50_000  # budgets least_budget tries one by one (all of them: 0.2 s here) before giving up
-
-
-def _covers(budget: int, runs: list[int], shares: list[int]) -> bool:
-    return all(part >= n for part, n in zip(apportion(budget, shares), runs, strict=True))
-
-
-def _budget_bounds(runs: list[int], shares: list[int]) -> tuple[int, int]:
-    """(lower, upper): every budget under `lower` leaves some family short, every budget over `upper` covers all.
-
-    Under `lower`: fewer instances than runs, or a family's quota at most runs - 1 (largest remainder adds one at
-    most, and never to a remainder of 0). Over `upper`: each family's quota is at least its runs, or its remainder
-    is over (k - 1) / k among k families, and such a remainder is never passed over: a family passed over has K >= R
-    families ranked above it, and R, the sum of all k remainders, is then at least (K + 1) times its own.
-    """
-    total, k = sum(shares), len(shares)
-    lower = max(sum(runs), *((n - 1) * total // share + 1 for n, share in zip(runs, shares, strict=True)))
-    upper = max(
-        min(-(-n * total // share) - 1, (n * k - 1) * total // (share * k))
-        for n, share in zip(runs, shares, strict=True)
-    )
-    return lower, upper
+SEARCH_STEPS = 50_000  # stretches of budgets least_budget goes through (under a second here) before naming one it has
+# not shown to be the least; the shares that need more are uneven several ways at once (1, 3, 27322287, 453244222)
+SEARCH_STRIDES = 1000  # the strides least_budget picks from (_stride)
 
 
 def least_budget(tasks: TaskList) -> tuple[int, bool]:
     """The least budget from which every budget covers every run (each family at least one instance per run), and
     whether it is the least. Largest remainder is not monotone (the Alabama paradox): a budget may cover and the next
-    one not ([29, 30, 7, 17] over [2, 3, 2, 1] runs: 18 covers, 19 does not), so the search goes down from the
-    bound over which all cover to the first budget that does not. Where shares are so uneven that none is met in
-    SEARCHED_BUDGETS, the lowest budget tried is returned, not known to be the least."""
+    one not ([29, 30, 7, 17] over [2, 3, 2, 1] runs: 18 covers, 19 does not), so it is one past the last budget at
+    which some family is short (`_last_short`). Where that search runs past SEARCH_STEPS, the budget named is one
+    from which every budget was checked, not known to be the least."""
     runs, shares = _runs_and_shares(tasks)
-    lower, upper = _budget_bounds(runs, shares)
-    tried = range(upper, max(lower, upper - SEARCHED_BUDGETS + 1) - 1, -1)
-    for budget in tried:
-        if not _covers(budget, runs, shares):
-            return budget + 1, True
-    return (lower, True) if tried.stop < lower else (tried[-1], False)
+    steps = [SEARCH_STEPS]
+    last, exact = -1, True
+    # families whose short budgets may reach highest first: the others' searches stop at what is found
+    for family in sorted(range(len(shares)), key=lambda i: -_top_short(i, runs, shares)):
+        found, done = _last_short(family, runs, shares, last, steps)
+        last, exact = max(last, found), exact and done
+    return last + 1, exact
+
+
+def _top_short(family: int, runs: list[int], shares: list[int]) -> int:
+    """Over this budget `family` is never short: its quota is at least its runs, or its remainder is over (k - 1) /
+    k among k families, and such a remainder is never passed over: a family passed over has K >= R families ranked
+    above it, and R, the sum of all k remainders (in units of W), is then at least (K + 1) times its own."""
+    n, share, whole, k = runs[family], shares[family], sum(shares), len(shares)
+    return min(-(-n * whole // share) - 1, (n * k - 1) * whole // (k * share))
+
+
+def _last_short(family: int, runs: list[int], shares: list[int], above: int, steps: list[int]) -> tuple[int, bool]:
+    """The last budget over `above` at which `family` gets fewer instances than runs (or one at most `above`), and
+    whether that is known (False: `steps[0]`, the search's allowance, ran out; the budget is then the lowest one
+    from which all were checked).
+
+    Under `low` its quota is at most runs - 2: short. From `low` on it is runs - 1, and the family is short where it
+    is passed over for the extra instances. With r_i = budget * share_i mod W (W the shares' sum) and k families,
+    the extras number sum(r) / W, and `family` (j) is passed over where as many families rank above it, which comes
+    to: sum over the others of tau_i = (r_j - r_i) mod W (W where r_i = r_j and i is earlier, winning the tie)
+    >= k * r_j. Along budgets `stride` apart each tau_i moves by a fixed amount until it wraps, and r_j by
+    stride * share_j, so between wraps the test is linear in the budget and solved at once: the search goes down
+    from `_top_short` wrap to wrap, in each of the stride's classes of budgets.
+    """
+    n, share, whole, k = runs[family], shares[family], sum(shares), len(shares)
+    low = -(-(n - 1) * whole // share)
+    top, bottom = _top_short(family, runs, shares), max(low, above + 1)
+    if top < bottom:
+        return low - 1, True
+    others = [((share - s) % whole, i < family) for i, s in enumerate(shares) if i != family]
+    stride = _stride([d for d, _ in others], whole, top - bottom + 1)
+    moves = [_signed(stride * d, whole) for d, _ in others]
+    slope = k * stride * share - sum(moves)
+    found = low - 1
+    for start in range(top, max(top - stride, bottom - 1), -1):
+        budget = start
+        while budget > max(found, bottom - 1):
+            if steps[0] == 0:  # unchecked: this budget, and the classes not begun (the next starts under `start`)
+                return max(found, budget, start - 1 if start - 1 > top - stride else -1), False
+            steps[0] -= 1
+            taus = [budget * d % whole or (whole if earlier else 0) for d, earlier in others]
+            gap = sum(taus) - k * (budget * share % whole)
+            if gap >= 0:
+                found = budget
+                break
+            until_wrap = (budget - bottom) // stride
+            for (_, earlier), tau, move in zip(others, taus, moves, strict=True):
+                if move > 0:
+                    until_wrap = min(until_wrap, (tau - earlier) // move)
+                elif move < 0:
+                    until_wrap = min(until_wrap, (whole - 1 + earlier - tau) // -move)
+            if slope > 0 and -(gap // slope) <= until_wrap:
+                found = max(found, budget - stride * -(gap // slope))
+                break
+            budget -= stride * (until_wrap + 1)
+    return found, True
+
+
+def _stride(moves: list[int], whole: int, length: int) -> int:
+    """The step, at most SEARCH_STRIDES, over which the taus of `_last_short` wrap least often in `length`
+    budgets: with shares near a fraction of the sum (two of about half) each wraps at almost every budget, and
+    over every other budget hardly at all."""
+    return min(
+        range(1, min(SEARCH_STRIDES, length) + 1),
+        key=lambda stride: stride + length * sum(abs(_signed(stride * d, whole)) for d in moves) // whole,
+    )
+
+
+def _signed(value: int, modulus: int) -> int:
+    value %= modulus
+    return value - modulus if value > modulus // 2 else value
 
 
 def _least_budget_hint(tasks: TaskList) -> str:

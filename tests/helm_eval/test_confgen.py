@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 import subprocess
 import sys
@@ -203,17 +204,50 @@ def test_the_least_budget_is_counted_fast_and_only_when_a_budget_falls_short(tmp
             assert short[-3:] == [16, 17, 19]
             with pytest.raises(confgen.ConfError, match="budget of 19: .* give at least 20: every budget from 20 on"):
                 confgen.generate(confgen.TaskList(families=families), budget=19)
-    # Three shares of 1 beside 405648381: no short budget among the SEARCHED_BUDGETS under the bound over which all
-    # cover, so the lowest tried is named, every budget from it on checked
-    families = [
-        confgen.TaskFamily(name=f"f{i}", scenario=f"s{i}", share=share, args={"k": list(map(str, range(n)))})
-        for i, (share, n) in enumerate(zip([1, 1, 1, 405648381], [5, 1, 1, 6], strict=True))
-    ]
-    lowest, exact = confgen.least_budget(confgen.TaskList(families=families))
-    assert not exact
+    # Three shares of 1 beside 405648381: the search, budget by budget down from the bound over which all cover,
+    # met no short one in its 50,000 and named the lowest it tried as "too uneven"; the last short budget is a
+    # quarter of the sum past 4 times it (f0's 5th instance: its remainder must reach f3's, W - 3 x), 200 million
+    # budgets under that bound (a full count of them all, with numpy, agreed)
+    families = _families([1, 1, 1, 405648381], [5, 1, 1, 6])
+    assert confgen.least_budget(families) == (4 * 405648384 + 405648384 // 4, True)
+    assert confgen.apportion(1724005631, [1, 1, 1, 405648381])[0] == 4
+    assert confgen.apportion(1724005632, [1, 1, 1, 405648381])[0] == 5
+    with pytest.raises(confgen.ConfError, match="give at least 1724005632: every budget from 1724005632 on covers"):
+        confgen.generate(families, budget=5)
+    # Uneven several ways at once, the search runs past its allowance: a budget from which all were checked
+    families = _families([1, 285970257, 3, 27322287, 70, 453244222, 4, 3], [4, 4, 8, 5, 1, 7, 9, 2])
+    started = time.monotonic()
+    lowest, exact = confgen.least_budget(families)
+    assert not exact and time.monotonic() - started < 5
     too_uneven = f"every budget from {lowest} on covers every run of this task list (its shares are too uneven to"
     with pytest.raises(confgen.ConfError, match=re.escape(too_uneven)):
-        confgen.generate(confgen.TaskList(families=families), budget=5)
+        confgen.generate(families, budget=5)
+
+
+def _families(shares: list[int], runs: list[int]) -> confgen.TaskList:
+    return confgen.TaskList(
+        families=[
+            confgen.TaskFamily(name=f"f{i}", scenario=f"s{i}", share=share, args={"k": list(map(str, range(n)))})
+            for i, (share, n) in enumerate(zip(shares, runs, strict=True))
+        ]
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_least_budget_is_one_past_the_last_short_one(seed):
+    """Against a count of every budget up to the one over which every family's quota covers its runs: random
+    shares, and shares near half their sum (the search then goes over every other budget)."""
+    rng = random.Random(seed)
+    for case in range(150):
+        if case % 3:
+            shares = [rng.randint(1, rng.choice([3, 10, 40])) for _ in range(rng.randint(1, 6))]
+        else:
+            half = rng.randint(100, 1000)
+            shares = [1, half, half + rng.randint(0, 3), rng.randint(1, 9)]
+        runs = [rng.randint(1, 6) for _ in shares]
+        every = range(max(-(-n * sum(shares) // share) for n, share in zip(runs, shares, strict=True)) + 1)
+        short = [b for b in every if not all(map(int.__ge__, confgen.apportion(b, shares), runs))]
+        assert confgen.least_budget(_families(shares, runs)) == (short[-1] + 1, True), (shares, runs)
 
 
 def test_an_out_it_cannot_write_is_one_error_line(tmp_path):
