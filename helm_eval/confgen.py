@@ -334,9 +334,14 @@ def generate(
     ]
 
 
+# The first line of every conf written here: `write_conf` writes over a file only when it begins so (or is empty),
+# never over a training config or any other file that happens to be named by --out.
+CONF_HEADER = "# HELM run entries written by llmkit helm-conf (it writes over a file only when this is its first line)"
+
+
 def render_conf(entries: list[RunEntry]) -> str:
-    """HELM's conf syntax (HOCON): one `{description, priority}` per run, a comment above each family."""
-    lines = ["entries: ["]
+    """HELM's conf syntax (HOCON): CONF_HEADER, one `{description, priority}` per run, a comment above each family."""
+    lines = [CONF_HEADER, "entries: ["]
     for family, group in itertools.groupby(entries, key=lambda entry: entry.family):
         lines += ["", f"# {family}"]
         lines += [f'{{description: "{entry.description}", priority: 1}}' for entry in group]
@@ -344,9 +349,26 @@ def render_conf(entries: list[RunEntry]) -> str:
 
 
 def write_conf(entries: list[RunEntry], path: Path) -> Path:
-    """Write atomically (temp file + rename), so a half-written conf never exists."""
+    """Write atomically (temp file + rename), so a half-written conf never exists.
+
+    Raises:
+        FileExistsError: `path` is a file this module did not write (see CONF_HEADER).
+        OSError: `path` is a folder, or cannot be written (see `check_file_target`).
+    """
     check_file_target(path)  # its message, not mkdir's "File exists" or rename's "Is a directory"
+    if path.is_file() and not _written_here(path):
+        raise FileExistsError(
+            f"{path} is a file helm-conf did not write (its first line is not helm-conf's header); give a new "
+            "path, or remove it first"
+        )
     return write_atomic(path, render_conf(entries), parents=True)
+
+
+def _written_here(path: Path) -> bool:
+    """`path` is empty or begins with CONF_HEADER: a file that nothing but an earlier conf would be lost from."""
+    with path.open("rb") as f:
+        first = f.readline(len(CONF_HEADER) + 2)
+    return first in (b"", f"{CONF_HEADER}\n".encode())
 
 
 def split_description(description: str) -> tuple[str, dict[str, str]]:

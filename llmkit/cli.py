@@ -542,8 +542,9 @@ def helm_conf(
 
     from llmkit.helm_eval import confgen
 
-    with _one_line_errors(confgen.ConfError, OSError):  # a bad task list or budget; an --out it cannot write
+    with _one_line_errors(confgen.ConfError, OSError):  # a bad task list or budget
         entries = confgen.generate(confgen.load_task_list(tasks), budget=budget)
+    with _one_line_errors(OSError, prefix="--out: "):  # a folder, a file it did not write, one it cannot write
         written = confgen.write_conf(entries, user_path(out)) if out else None
     typer.echo(written or confgen.render_conf(entries), nl=bool(out))  # a rendered conf ends in its own newline
 

@@ -254,8 +254,8 @@ def test_an_out_it_cannot_write_is_one_error_line(tmp_path):
     (tmp_path / "a-file").write_text("")
     (tmp_path / "a-folder").mkdir()
     says = {
-        "a-file/run.conf": f"Error: {tmp_path / 'a-file'} is a file, not a folder\n",
-        "a-folder": f"Error: {tmp_path / 'a-folder'} is a folder, not a file\n",
+        "a-file/run.conf": f"Error: --out: {tmp_path / 'a-file'} is a file, not a folder\n",
+        "a-folder": f"Error: --out: {tmp_path / 'a-folder'} is a folder, not a file\n",
     }
     for out, message in says.items():
         result = CliRunner().invoke(app, ["helm-conf", "quick", "--budget", "20", "--out", str(tmp_path / out)])
@@ -265,6 +265,29 @@ def test_an_out_it_cannot_write_is_one_error_line(tmp_path):
     )
     ok = CliRunner().invoke(app, ["helm-conf", "quick", "--budget", "20", "--out", str(tmp_path / "new" / "run.conf")])
     assert ok.exit_code == 0 and descriptions((tmp_path / "new" / "run.conf").read_text())
+
+
+def test_out_writes_over_its_own_conf_only(tmp_path):
+    """`--out victim.yml` wrote over any file (a training config, a text file) without a word."""
+    runs = {}
+    for name in ["victim.yml", "notes.conf"]:
+        (tmp_path / name).write_text("base_model: gpt2\n")
+        command = [sys.executable, "-m", "llmkit.cli", "helm-conf", "quick", "--out", str(tmp_path / name)]
+        runs[name] = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert runs[name].returncode == 1 and runs[name].stderr == (
+            f"Error: --out: {tmp_path / name} is a file helm-conf did not write (its first line is not helm-conf's "
+            "header); give a new path, or remove it first\n"
+        ), runs[name].stderr
+        assert (tmp_path / name).read_text() == "base_model: gpt2\n"
+    # its own conf, one printed to a file, and an empty file are written over, whole
+    (tmp_path / "printed.conf").write_text(CliRunner().invoke(app, ["helm-conf", "quick", "--budget", "20"]).output)
+    (tmp_path / "empty.conf").write_text("")
+    for name in ["printed.conf", "empty.conf", "printed.conf"]:
+        result = CliRunner().invoke(app, ["helm-conf", "quick", "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        written = (tmp_path / name).read_text()
+        assert written.startswith(confgen.CONF_HEADER + "\n") and descriptions(written)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.conf", "notes.conf", "printed.conf", "victim.yml"]
 
 
 def test_a_conf_file_given_as_a_task_list_says_where_it_goes():
