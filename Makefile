@@ -155,7 +155,8 @@ style: setup
 # Nothing outside these paths is touched.
 USAGE_clean = make clean: remove what the commands wrote here (training runs, merged models, zips, HELM and benchmark results)
 USAGE_distclean = make distclean: make clean, plus what set-up installed (.venv, and the cache root: HELM's, vLLM's and the zips' venvs, the converted default model)
-LLMKIT_CACHE ?= $(HOME)/.cache/llmkit
+# An empty LLMKIT_CACHE is unset, as llmkit reads it (`?=` would keep the empty value, and leave the cache).
+LLMKIT_CACHE := $(or $(LLMKIT_CACHE),$(HOME)/.cache/llmkit)
 clean:
 	rm -rf outputs helm-results bench-results .pytest_cache submissions/*_track/*_submission_* submissions/*_track/.*_submission_*
 

@@ -28,8 +28,20 @@ _BLOCK = 1 << 22  # 4 MiB reads: few syscalls on multi-gigabyte weights, little 
 
 
 def cache_dir() -> Path:
-    """Root of the project's cache (`LLMKIT_CACHE`, default ~/.cache/llmkit)."""
-    return Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit"))
+    """Root of the project's cache (`LLMKIT_CACHE`, default ~/.cache/llmkit).
+
+    An empty value is unset (`LLMKIT_CACHE=` made the current folder the cache). A relative one names a folder under
+    the one the command started in: it is made absolute on first use and put back in the environment, so that a
+    later chdir and the processes started elsewhere (helm-run, the server, a smoke test) use that same cache.
+    """
+    value = os.environ.get("LLMKIT_CACHE", "")
+    if not value:
+        return Path.home() / ".cache" / "llmkit"
+    path = user_path(value)
+    if not path.is_absolute():
+        path = path.absolute()
+        os.environ["LLMKIT_CACHE"] = str(path)
+    return path
 
 
 def user_path(path: str | os.PathLike) -> Path:

@@ -211,6 +211,55 @@ def test_a_cache_that_cannot_be_written_is_one_line_naming_llmkit_cache(tmp_path
     )
 
 
+def test_an_empty_llmkit_cache_is_unset_and_a_relative_one_is_the_starting_folders(tmp_path):
+    """`LLMKIT_CACHE=` made the current folder the cache (517 MB of ./models), and a relative value a new cache in
+    every folder a command ran in, or chdir'd to. Each cache here is blocked by a file, so that validate stops
+    at once, naming the cache it would have written: the current folder's `models` file stood for the old cache."""
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    home.mkdir()
+    (work / "models").write_text("")  # `.` as the cache: validate would have said "work/models is a file"
+    (work / "file").write_text("")
+    (home / ".cache").write_text("")
+    env = {**os.environ, "HOME": str(home), "HF_HOME": str(Path.home() / ".cache" / "huggingface")}
+    env["HF_HUB_OFFLINE"] = "1"
+    says = {
+        "": f"{home / '.cache' / 'llmkit'} cannot be written ({home / '.cache'} is a file",
+        "file/cache": f"{work / 'file' / 'cache'} cannot be written ({work / 'file'} is a file",
+    }
+    for value, said in says.items():
+        done = subprocess.run(
+            [sys.executable, "-m", "llmkit.cli", "validate", str(DEFAULT_CONFIG)],
+            capture_output=True,
+            text=True,
+            env={**env, "LLMKIT_CACHE": value},
+            cwd=work,
+            timeout=300,
+        )
+        assert done.returncode == 1 and done.stderr.startswith(f"Error: the project's cache {said}"), done.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["file", "models"]
+
+
+def test_a_relative_llmkit_cache_stays_where_it_was_first_read(tmp_path, monkeypatch):
+    """The cache of a relative LLMKIT_CACHE moved with every chdir, and a process started elsewhere had its own."""
+    from llmkit.core.files import cache_dir
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    monkeypatch.setenv("LLMKIT_CACHE", "cache")
+    assert cache_dir() == tmp_path / "a" / "cache"
+    monkeypatch.chdir(tmp_path / "b")
+    assert cache_dir() == tmp_path / "a" / "cache"
+    child = subprocess.run(
+        [sys.executable, "-c", "from llmkit.core.files import cache_dir; print(cache_dir())"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.stdout == f"{tmp_path / 'a' / 'cache'}\n", child.stderr
+
+
 @pytest.mark.slow
 def test_piped_the_embedded_models_conversion_draws_no_progress_bar(tmp_path):
     """Piped (CI, `| tee`), every command's first use of the embedded model redrew transformers' "Converting and
