@@ -85,10 +85,15 @@ RESOLVED_CONFIG = "config.resolved.yml"
 
 
 class ConfigError(ValueError):
-    """A config that cannot be used; `problems` are `key.path: what is wrong` lines."""
+    """A config that cannot be used; `problems` are `key.path: what is wrong` lines, said under "Invalid config
+    <file>:". With `invalid=False` nothing in the file's keys is at fault (the file cannot be read, a flag's value
+    cannot be used, another run holds the output folder): the problems are said alone, under no such heading."""
 
-    def __init__(self, problems: list[str], source: str | Path | None = None):
-        self.problems, self.source = problems, source
+    def __init__(self, problems: list[str], source: str | Path | None = None, *, invalid: bool = True):
+        self.problems, self.source, self.invalid = problems, source, invalid
+        if not invalid:
+            super().__init__("\n".join(problems))
+            return
         where = f"Invalid config {source}" if source else "Invalid config"
         super().__init__(where + ":\n" + "\n".join(f"  - {problem}" for problem in problems))
 
@@ -112,7 +117,9 @@ def named_as_flags(keys: Iterable[str], *, usage: bool = False) -> Iterator[None
             for problem in err.problems
         ]
         refused = usage and named != err.problems
-        raise (FlagValueError if refused else ConfigError)(named, err.source) from None
+        # problems that are all the flags' are not the file's: said without "Invalid config <file>:"
+        invalid = err.invalid and any(new == old for new, old in zip(named, err.problems, strict=True))
+        raise (FlagValueError if refused else ConfigError)(named, err.source, invalid=invalid) from None
 
 
 class ConfigWarning(UserWarning):
@@ -972,8 +979,9 @@ def load_config(path: str | Path, overrides: dict | None = None) -> AxolotlConfi
     try:
         text = path.read_text()
         raw = yaml.safe_load(text)
-    except OSError as err:
-        raise ConfigError([f"cannot read the file: {err.strerror or err}"], path) from err
+    except OSError as err:  # the file's, not its keys': no "Invalid config" heading
+        reason = "it is a folder, not a file" if path.is_dir() else err.strerror or err
+        raise ConfigError([f"cannot read the config {path}: {reason}"], path, invalid=False) from err
     except UnicodeDecodeError as err:
         byte = err.object[err.start]
         raise ConfigError([f"not UTF-8 text (byte {byte:#04x} at offset {err.start})"], path) from None

@@ -215,9 +215,10 @@ def _locked(cfg: AxolotlConfig, output_dir: Path) -> Iterator[None]:
             raise ConfigError(
                 [
                     f"output_dir: another `llmkit train` (pid {holder}) is training in {output_dir}; wait for it to "
-                    "end, or set another output_dir"
+                    "end, or train into another folder"
                 ],
                 cfg.source,
+                invalid=False,  # the folder is busy, the config is fine
             ) from None
         lock.seek(0)
         lock.truncate()

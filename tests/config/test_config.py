@@ -217,7 +217,7 @@ def test_not_yaml_or_not_a_mapping_is_a_config_error(tmp_path):
     )
     assert "got a single word or text" in error_of(write(tmp_path, "x\n"))  # it said "got str"
     assert "the file is empty: a config is a mapping" in error_of(write(tmp_path, "# nothing yet\n"))  # "NoneType"
-    assert "cannot read the file" in error_of(tmp_path / "missing.yml")
+    assert "cannot read the config" in error_of(tmp_path / "missing.yml")
     (tmp_path / "latin1.yml").write_bytes(MINIMAL.encode() + b"# caf\xe9\n")
     assert "not UTF-8 text (byte 0xe9 at offset" in error_of(tmp_path / "latin1.yml")
     datasets = "datasets:\n  - path: onuralp/open-otter\n    type: alpaca\n"

@@ -102,15 +102,48 @@ def test_a_bad_value_given_by_a_train_flag_names_the_flag_not_the_key(tiny_confi
     says = {  # a folder it cannot write in, as --out elsewhere: 1; a value it cannot take: a usage error, 2
         ("--output-dir", str(tmp_path / "taken")): (
             1,
-            f"  - --output-dir: {tmp_path / 'taken'} is a file, not a folder",
+            f"Error: --output-dir: {tmp_path / 'taken'} is a file, not a folder",
         ),
-        ("--max-steps", "0"): (2, "  - --max-steps: Input should be greater than 0 (got 0)"),
+        ("--max-steps", "0"): (2, "Error: --max-steps: Input should be greater than 0 (got 0)"),
     }
-    for flag, (status, message) in says.items():
+    for flag, (status, message) in says.items():  # the flag's, not under "Invalid config <file>:"
         result = CliRunner().invoke(app, ["train", config, *flag])
-        assert result.exit_code == status and message in result.output.splitlines(), result.output
+        assert result.exit_code == status and result.output.splitlines() == [message], result.output
     result = CliRunner().invoke(app, ["train", str(tiny_config(output_dir=str(tmp_path / "taken")))])
-    assert f"  - output_dir: {tmp_path / 'taken'} is a file, not a folder" in result.output.splitlines()  # the file's
+    assert result.output.splitlines() == [  # the file's
+        f"Error: Invalid config {tmp_path / 'tiny.yml'}:",
+        f"  - output_dir: {tmp_path / 'taken'} is a file, not a folder",
+    ], result.output
+
+
+def test_what_is_not_in_the_config_is_not_said_as_an_invalid_config(tiny_config, tmp_path, monkeypatch):
+    """An --output-dir another train holds, a config file that does not exist and a folder given as the config were
+    each said under "Invalid config <file>:", as if a key of the file were wrong."""
+    import fcntl
+
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-folder").mkdir()
+    with open(busy / ".llmkit_train.lock", "w") as lock:  # as the run training in it holds it
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write("4242\n")
+        lock.flush()
+        result = CliRunner().invoke(app, ["train", str(tiny_config()), "--output-dir", str(busy)])
+        assert result.exit_code == 1 and result.output.splitlines() == [
+            f"Error: --output-dir: another `llmkit train` (pid 4242) is training in {busy}; wait for it to end, or "
+            "train into another folder"
+        ], result.output
+    for config, said in {
+        "nosuch.yml": "cannot read the config nosuch.yml: No such file or directory",
+        "a-folder": "cannot read the config a-folder: it is a folder, not a file",
+    }.items():
+        result = CliRunner().invoke(app, ["train", config])
+        assert result.exit_code == 1 and result.output.splitlines() == [f"Error: {said}"], result.output
 
 
 def test_preprocess_refuses_a_prepared_path_it_cannot_write_before_tokenizing(tiny_config, tmp_path):
