@@ -12,11 +12,11 @@ import itertools
 import logging
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from llmkit.core.errors import UsageError, problems
 from llmkit.core.files import check_file_target, write_atomic
+from llmkit.core.yaml_files import YamlFileError, read_mapping
 
 LOG = logging.getLogger(__name__)
 
@@ -152,9 +152,11 @@ def load_task_list(name_or_path: str | Path) -> TaskList:
     if not path.is_file():
         raise ConfError(f"no task list {name_or_path!r} (known: {', '.join(SUITES)}, or a path to a .yaml file)")
     try:
-        return TaskList.model_validate(yaml.safe_load(path.read_text()))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfError(f"{path}: cannot read it as YAML: {err}") from None
+        return TaskList.model_validate(read_mapping(path, "a task list", "families: ...")[0])
+    except YamlFileError as err:
+        if err.unreadable:
+            raise ConfError(f"{path}: cannot read it: {err}") from None
+        raise ConfError(f"invalid task list {path}:\n  - {err}") from None
     except ValidationError as err:
         raise ConfError(f"invalid task list {path}:\n  - " + "\n  - ".join(problems(err))) from None
 

@@ -60,6 +60,7 @@ from llmkit.config.sections import (
 from llmkit.core import devices
 from llmkit.core.errors import UsageError, problems, short_repr
 from llmkit.core.files import user_path
+from llmkit.core.yaml_files import YamlFileError, read_mapping
 
 __all__ = [
     "Adapter",
@@ -977,21 +978,11 @@ def load_config(path: str | Path, overrides: dict | None = None) -> AxolotlConfi
     """
     path = Path(path)
     try:
-        text = path.read_text()
-        raw = yaml.safe_load(text)
-    except OSError as err:  # the file's, not its keys': no "Invalid config" heading
-        reason = "it is a folder, not a file" if path.is_dir() else err.strerror or err
-        raise ConfigError([f"cannot read the config {path}: {reason}"], path, invalid=False) from err
-    except UnicodeDecodeError as err:
-        byte = err.object[err.start]
-        raise ConfigError([f"not UTF-8 text (byte {byte:#04x} at offset {err.start})"], path) from None
-    except yaml.YAMLError as err:
-        raise ConfigError([f"not valid YAML: {err}"], path) from err
-    if raw is None:
-        raise ConfigError(["the file is empty: a config is a mapping of keys to values (base_model: ...)"], path)
-    if not isinstance(raw, dict):
-        found = {"str": "a single word or text", "list": "a list"}.get(type(raw).__name__, type(raw).__name__)
-        raise ConfigError([f"expected a mapping of keys to values (base_model: ...), got {found}"], path)
+        raw, text = read_mapping(path, "a config", "base_model: ...")
+    except YamlFileError as err:
+        if err.unreadable:  # the file's, not its keys': no "Invalid config" heading
+            raise ConfigError([f"cannot read the config {path}: {err}"], path, invalid=False) from None
+        raise ConfigError([err.problem], path) from None
     if _more_values_than(raw, MAX_CONFIG_VALUES):
         raise ConfigError(
             [f"holds more than {MAX_CONFIG_VALUES:,} values once its YAML aliases are expanded (anchors nested in "

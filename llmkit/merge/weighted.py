@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmkit.core.errors import problems
 from llmkit.core.files import user_path
 from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE, adapter_key_mapping, resolve_model
+from llmkit.core.yaml_files import YamlFileError, read_mapping
 from llmkit.merge import weights as mw
 from llmkit.merge.fold import (
     ADAPTER_FILES,
@@ -113,10 +113,11 @@ def load_weighted(path: str | Path) -> WeightedMerge:
     """Read a fusion YAML; adapter paths are relative to the file. Errors name the file and the key path."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-        spec = WeightedMerge.model_validate(raw)
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"Cannot read the weighted-merge file {path}: {err}") from err
+        spec = WeightedMerge.model_validate(read_mapping(path, "a weighted-merge file", "adapters: ...")[0])
+    except YamlFileError as err:
+        if err.unreadable:
+            raise ValueError(f"Cannot read the weighted-merge file {path}: {err}") from None
+        raise ValueError(f"Invalid weighted-merge file {path}:\n  - {err}") from None
     except ValidationError as err:
         raise ValueError(f"Invalid weighted-merge file {path}:\n  - " + "\n  - ".join(problems(err))) from None
     for adapter in spec.adapters:  # `~/a` is the home folder's a, as in every path the user writes

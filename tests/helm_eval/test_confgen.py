@@ -126,7 +126,7 @@ def test_bad_inputs_name_what_is_wrong(tmp_path):
     with pytest.raises(confgen.ConfError, match=r"families\[0\]\.shares: Extra inputs are not permitted \(got 2\)"):
         confgen.load_task_list(bad)
     bad.write_bytes(b"families: caf\xe9\n")
-    with pytest.raises(confgen.ConfError, match="bad.yaml: cannot read it as YAML: 'utf-8' codec can't decode"):
+    with pytest.raises(confgen.ConfError, match=r"bad.yaml:\n  - not UTF-8 text \(byte 0xe9 at offset 13\)"):
         confgen.load_task_list(bad)
     with pytest.raises(confgen.ConfError, match="budget of 10 instances cannot cover the 88 runs"):
         confgen.generate(confgen.load_task_list("open"), budget=10)
@@ -288,6 +288,20 @@ def test_out_writes_over_its_own_conf_only(tmp_path):
         written = (tmp_path / name).read_text()
         assert written.startswith(confgen.CONF_HEADER + "\n") and descriptions(written)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.conf", "notes.conf", "printed.conf", "victim.yml"]
+
+
+def test_an_empty_or_list_task_list_is_said_as_a_config_would_be(tmp_path):
+    """pydantic's "Input should be a valid dictionary or instance of TaskList" where a config's loader said the file
+    is empty, or got a list (llmkit.core.yaml_files reads all three kinds of file)."""
+    for text, said in {
+        "": "the file is empty: a task list is a mapping of keys to values (families: ...)",
+        "- a\n- b\n": "expected a mapping of keys to values (families: ...), got a list",
+    }.items():
+        (tmp_path / "tasks.yml").write_text(text)
+        result = CliRunner().invoke(app, ["helm-conf", str(tmp_path / "tasks.yml")])
+        assert result.exit_code == 1 and result.output == (
+            f"Error: invalid task list {tmp_path / 'tasks.yml'}:\n  - {said}\n"
+        ), result.output
 
 
 def test_a_conf_file_given_as_a_task_list_says_where_it_goes():

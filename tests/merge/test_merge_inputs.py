@@ -366,6 +366,22 @@ def test_a_bad_weighted_merge_flag_is_one_line_naming_the_flag(flags, error, tmp
     assert "combination_type" not in result.output and "validation error" not in result.output
 
 
+def test_an_empty_or_list_weighted_file_is_said_as_a_config_would_be(tmp_path):
+    """pydantic's "Input should be a valid dictionary or instance of WeightedMerge" where a config's loader said the
+    file is empty, or got a list (llmkit.core.yaml_files reads all three kinds of file)."""
+    fusion = tmp_path / "fusion.yml"
+    for text, said in {
+        "": "the file is empty: a weighted-merge file is a mapping of keys to values (adapters: ...)",
+        "- a\n- b\n": "expected a mapping of keys to values (adapters: ...), got a list",
+    }.items():
+        fusion.write_text(text)
+        result = CliRunner().invoke(app, ["merge", "--weighted", str(fusion), "--out", str(tmp_path / "out")])
+        assert result.exit_code == 1 and result.output == (
+            f"Error: Invalid weighted-merge file {fusion}:\n  - {said}\n"
+        ), result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_flags_beside_a_weighted_file_are_refused_by_name(tmp_path):
     """`--weighted FILE --adapter DIR` merged the file's adapters alone, rc 0: the flags went unread."""
     fusion = tmp_path / "fusion.yml"
