@@ -7,6 +7,7 @@ import codecs
 import csv
 import glob
 import json
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -124,7 +125,8 @@ def _load(spec: DatasetSpec, local: Path) -> Dataset:
         if builder in ("json", "csv", "text"):
             _check_utf8(local)  # Arrow reads other bytes into its strings; reading a row then fails mid-training
         features = _csv_text_features(local) if builder == "csv" else None
-        return load_dataset(builder, data_files=_literal(local), split=split, features=features)
+        with _json_failure_unlogged():
+            return load_dataset(builder, data_files=_literal(local), split=split, features=features)
     if local.is_dir() and not spec.data_files and (saved := _saved_dataset(local)) is not None:
         return _select_split(saved, split)
     if local.is_dir() and ds_type:
@@ -134,6 +136,23 @@ def _load(spec: DatasetSpec, local: Path) -> Dataset:
         return load_dataset(str(local), data_files=_folder_files(local, spec.data_files), split=split)
     files = [data_files_pattern(f) for f in spec.data_files] if spec.data_files else None
     return load_dataset(spec.path, name=spec.name, data_files=files, split=split, revision=spec.revision)
+
+
+@contextmanager
+def _json_failure_unlogged() -> Iterator[None]:
+    """Without datasets' "Failed to load JSON from file ... in row 10" (Arrow's row, counted from 0), logged as it
+    raises: `load_rows` says the error itself, naming the row as the file numbers it (`find_bad_json_row`), or with
+    datasets' own words where no row is to blame. Printed first, the line named another row than ours."""
+    library = logging.getLogger("datasets.packaged_modules.json.json")  # the JSON builder's module logger
+
+    def drop(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to load JSON from file")
+
+    library.addFilter(drop)
+    try:
+        yield
+    finally:
+        library.removeFilter(drop)
 
 
 def _literal(path: Path) -> str:

@@ -125,6 +125,21 @@ def test_a_compressed_file_names_its_bad_row_as_the_file_inside_it(
     _fails(make_cfg, tokenizer, path, "alpaca", expected)
 
 
+def test_a_line_that_is_not_json_is_said_once_with_its_own_row(tiny_config, tmp_path):
+    """datasets logged "Failed to load JSON from file ... in row 10" (Arrow's row, from 0) before llmkit's error
+    naming row 11 (line 11): two rows named for one bad line."""
+    path = tmp_path / "rows.jsonl"
+    lines = [ROW_1] * 12
+    lines[10] = '{"instruction": "x", '
+    path.write_text("\n".join(lines) + "\n")
+    config = tiny_config(datasets=[{"path": str(path), "type": "alpaca"}])
+    command = [sys.executable, "-m", "llmkit.cli", "preprocess", str(config)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Failed to load JSON" not in done.stderr and "row 10" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.splitlines()[-1].startswith(f"Error: {path}: row 11 (line 11): not valid JSON: "), done.stderr
+
+
 def test_a_custom_jinja_chat_template_masks_headers_and_must_render_incrementally(write_rows, make_cfg, tokenizer):
     path = write_rows([{"messages": CHAT}], "jsonl")
     template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
