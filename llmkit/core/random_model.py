@@ -65,7 +65,7 @@ def write_random_model(
         FileExistsError: `out` holds other files (not an earlier random model).
         ModelConfigNotFound: no config.json for `shape`.
         ValueError: the config.json is not a causal LM transformers can build, or `tokenizer` is neither a path
-            here nor a hub id.
+            here nor a hub id, or holds no tokenizer transformers can load (said as the flag's: `--tokenizer X: ...`).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -79,8 +79,13 @@ def write_random_model(
     explicit = shape if shape_path.is_file() else None
     found = find_model_config(shape, explicit=explicit, how_to_give="as SHAPE: a config.json file, or a folder")
     shape_from_config(found.config)  # a clear ValueError for an architecture that is not a causal LM
-    tokenizer_source = tokenizer or str(embedded_model_dir())
-    tok = AutoTokenizer.from_pretrained(tokenizer_source)
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer or str(embedded_model_dir()))
+    except (OSError, ValueError) as err:
+        if not tokenizer:  # the embedded model's: no flag to name (a cache it cannot write says so itself)
+            raise
+        # transformers' words name the file, not the flag ("the config file at 'afile' is not a valid JSON file")
+        raise ValueError(f"--tokenizer {tokenizer}: {err}") from None
     config = AutoConfig.for_model(**found.config)
     own_vocab = config.vocab_size
     if len(tok) > own_vocab:

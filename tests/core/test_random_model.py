@@ -113,6 +113,23 @@ def test_errors_name_what_is_wrong_and_write_nothing(tmp_path, monkeypatch, shap
     assert not (tmp_path / "out").exists()
 
 
+def test_a_tokenizer_transformers_cannot_load_is_said_as_the_flags(tmp_path, monkeypatch):
+    """transformers' "It looks like the config file at 'afile' is not a valid JSON file" named no flag, where
+    --model-config's errors do."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    Path("afile").write_text("hello\n")
+    Path("empty").mkdir()
+    for given, said in {
+        "afile": "Error: --tokenizer afile: It looks like the config file at 'afile' is not a valid JSON file.",
+        "empty": "Error: --tokenizer empty: ",
+    }.items():
+        args = ["random-model", str(config_file(tmp_path, vocab_size=100)), "--out", "out", "--tokenizer", given]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1 and result.output.startswith(said), result.output
+        assert "Traceback" not in result.output and not Path("out").exists()
+
+
 def test_a_device_it_does_not_offer_lists_the_ones_it_does(tmp_path):
     """Not torch's own list of device types ("Expected one of cpu, cuda, ipu, xpu, ... device type at start of
     device string: tpu")."""
