@@ -350,15 +350,17 @@ def render_conf(entries: list[RunEntry]) -> str:
     return "\n".join([*lines, "]", ""])
 
 
-def write_conf(entries: list[RunEntry], path: Path) -> Path:
-    """Write atomically (temp file + rename), so a half-written conf never exists.
+def write_conf(entries: list[RunEntry], path: Path, *, own_folder: bool = False) -> Path:
+    """Write atomically (temp file + rename), so a half-written conf never exists. `own_folder`: `path` is in a
+    folder the caller keeps its confs in (helm-eval's <out>/confs), whose files are its earlier runs' even where an
+    older version wrote them without CONF_HEADER.
 
     Raises:
         FileExistsError: `path` is a file this module did not write (see CONF_HEADER).
         OSError: `path` is a folder, or cannot be written (see `check_file_target`).
     """
     check_file_target(path)  # its message, not mkdir's "File exists" or rename's "Is a directory"
-    if path.is_file() and not _written_here(path):
+    if not own_folder and path.is_file() and not _written_here(path):
         raise FileExistsError(
             f"{path} is a file helm-conf did not write (its first line is not helm-conf's header); give a new "
             "path, or remove it first"

@@ -98,9 +98,9 @@ def prepare_conf(
         if cap is None:
             return path.resolve()
         entries = confgen.capped_entries(conf_descriptions(path), cap)
-        return confgen.write_conf(entries, out_dir / "confs" / f"{suite}.conf").resolve()
+        return confgen.write_conf(entries, out_dir / "confs" / f"{suite}.conf", own_folder=True).resolve()
     entries = confgen.generate(confgen.load_task_list(conf), budget=budget, cap=cap)
-    return confgen.write_conf(entries, out_dir / "confs" / f"{suite}.conf").resolve()
+    return confgen.write_conf(entries, out_dir / "confs" / f"{suite}.conf", own_folder=True).resolve()
 
 
 def check_run_specs(conf_path: Path) -> None:

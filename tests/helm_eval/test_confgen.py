@@ -290,6 +290,17 @@ def test_out_writes_over_its_own_conf_only(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.conf", "notes.conf", "printed.conf", "victim.yml"]
 
 
+def test_helm_eval_rewrites_the_confs_in_its_own_folder_whoever_wrote_them(tmp_path):
+    """helm-eval and decontaminate write <out>/confs/<suite>.conf: one an older version wrote there, without the
+    header, is an earlier run's, rewritten (refused, a rerun of decontaminate into its --out was a traceback)."""
+    from llmkit.helm_eval.run import prepare_conf
+
+    (tmp_path / "confs").mkdir()
+    (tmp_path / "confs" / "again.conf").write_text('entries: [{description: "mmlu:subject=anatomy", priority: 1}]\n')
+    written = prepare_conf("quick", tmp_path, "again", budget=20).read_text()
+    assert written.startswith(confgen.CONF_HEADER + "\n") and "anatomy" not in written
+
+
 def test_an_empty_or_list_task_list_is_said_as_a_config_would_be(tmp_path):
     """pydantic's "Input should be a valid dictionary or instance of TaskList" where a config's loader said the file
     is empty, or got a list (llmkit.core.yaml_files reads all three kinds of file)."""
