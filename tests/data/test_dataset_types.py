@@ -492,7 +492,9 @@ def test_chat_template_names_are_checked_without_the_tokenizer(tmp_path):
     ]
     cfg = _load(tmp_path, datasets, base_model="Qwen/Qwen2.5-0.5B", chat_template="chatlm")
     choices = "chatml, llama3, phi_3, gemma, qwen_25, alpaca, metharme, qwen3, gemma3, gemma3n, gemma4, "
-    choices += "gemma4_unified, llama4, cohere, aya, deepseek_v2, exaone, mistral_v1, mistral_v2v3, mistral_v3_tekken, "
+    choices += (
+        "gemma4_unified, llama4, cohere, aya, deepseek_v2, exaone, mistral_v1, mistral_v2v3, mistral_v3_tekken, "
+    )
     choices += "pixtral, mistral_v7_tekken, qwen2_vl, llama3_2_vision (the base model's own),"
     choices += " tokenizer_default, tokenizer_default_fallback_<name>, jinja, a Jinja string (axolotl names more"
     choices += " templates than this project renders: tokenizer_default renders the model's own, which a"
