@@ -395,6 +395,27 @@ def _llama3_history(row: RawRow) -> tuple[str, str]:
     return prompt + "<|start_header_id|>assistant<|end_header_id|>\n\n", answer
 
 
+def _question_and_answer(row: RawRow) -> tuple[str, str]:
+    """chatml.argilla_chat (KTO's): `completion` is [user, assistant], the question and the answer its label rates.
+    axolotl reads its first two messages whatever they are: a longer conversation would train an earlier answer (or
+    a system text's question) under the label that rates the last, so anything else is refused."""
+    turns = row.get("completion")
+    if turns is None:
+        raise absent(row, "completion")
+    roles = [
+        str(turn.get("role")) if isinstance(turn, dict) else type(turn).__name__
+        for turn in (turns if isinstance(turns, list) else [])
+    ]
+    if roles != ["user", "assistant"]:
+        got = f"[{', '.join(roles)}]" if isinstance(turns, list) else f"a {type(turns).__name__}"
+        raise FieldError(
+            "completion",
+            f"must be exactly [user, assistant] messages for chatml.argilla_chat (the question, then the answer "
+            f"its label rates), got {got}; llama3.argilla_chat reads a longer conversation, its last turn the answer",
+        )
+    return _turn_content(row, "completion", 0), _turn_content(row, "completion", 1)
+
+
 def kto_builder(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase) -> KTOBuilder:
     """What turns one of the spec's rows into a `KTORow` (rl: kto): axolotl's kto strategies write the chat format
     themselves, the answer closed by its turn's end marker; no type: rows already {prompt, completion, label}.
@@ -419,9 +440,9 @@ def kto_builder(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase) -> KTOBui
     def build(row: RawRow) -> KTORow:
         if shape == "argilla_chat" and family == "llama3":
             prompt, answer = _llama3_history(row)
-        elif shape == "argilla_chat":  # chatml's: the first turn the question, the second the answer
-            prompt = chat.prompt(_turn_content(row, "completion", 0), None)
-            answer = _turn_content(row, "completion", 1)
+        elif shape == "argilla_chat":
+            question, answer = _question_and_answer(row)
+            prompt = chat.prompt(question, None)
         else:
             user = text_field(row, _KTO_PROMPT_FIELDS[shape])
             prompt = chat.prompt(user, text_field(row, "system", optional=True))

@@ -112,6 +112,26 @@ def test_a_bad_kto_row_names_the_row_and_field(make_cfg, tokenizer, tmp_path):
             build_preference_datasets(cfg, tokenizer)
 
 
+def test_chatml_argilla_chat_refuses_any_conversation_but_a_question_and_its_answer(make_cfg, tokenizer, tmp_path):
+    """axolotl's chatml.argilla_chat reads completion[0] and completion[1] whatever they are: a longer conversation
+    would train its first answer under the label that rates the last, a system turn the user's question as the
+    answer. Refused, naming the file, row and field, what the row holds, and the type that reads it."""
+    user, assistant = {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}
+    good = {"completion": [user, assistant], "label": True}
+    for turns, got in [
+        ([user, assistant, {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}],
+         r"\[user, assistant, user, assistant\]"),
+        ([{"role": "system", "content": "S"}, user, assistant], r"\[system, user, assistant\]"),
+        ([user], r"\[user\]"),
+        ("Q1", "a str"),
+    ]:  # fmt: skip
+        path = _rows(tmp_path, [good, {"completion": turns, "label": False}])
+        cfg = make_cfg([{"path": str(path), "type": "chatml.argilla_chat"}], rl="kto", micro_batch_size=2)
+        said = rf"{path}: row 2: field 'completion' must be exactly \[user, assistant\] messages .*, got {got}; "
+        with pytest.raises(DataError, match=said + r"llama3\.argilla_chat reads a longer conversation"):
+            build_preference_datasets(cfg, tokenizer)
+
+
 def _trl_tokens(tokenizer, row: dict) -> tuple[list[int], list[int]]:
     """A row's prompt and completion token ids, as TRL's KTOTrainer prepares them (its own _prepare_dataset)."""
     from datasets import Dataset
