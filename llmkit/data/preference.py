@@ -21,6 +21,7 @@ than sequence_len as KTOTrainer tokenizes it, or with an empty completion.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -416,16 +417,74 @@ def _question_and_answer(row: RawRow) -> tuple[str, str]:
     return _turn_content(row, "completion", 0), _turn_content(row, "completion", 1)
 
 
-def kto_builder(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase) -> KTOBuilder:
+def _is_conversational(row: RawRow) -> bool:
+    """TRL's conversational form of a row (trl-lib/kto-mix-14k): `prompt` and `completion` lists of messages."""
+    return isinstance(row.get("prompt"), list) or isinstance(row.get("completion"), list)
+
+
+def _conversational_kto(
+    spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, defaults: ChatDefaults
+) -> Callable[[RawRow], tuple[str, str]]:
+    """A conversational row's (prompt, completion) as TRL's KTOTrainer renders it (trl.apply_chat_template), with the
+    dataset's chat template as chat_template.default resolves it: the prompt with the generation prompt (continuing
+    a last assistant message), the completion the rendering of both from where that prompt ends (the common prefix:
+    a template may write the generation prompt otherwise before an answer). The template is resolved at the first
+    such row: a dataset of plain strings needs none."""
+    template: str | None = None
+
+    def conversation(row: RawRow, field: str) -> list[dict[str, Any]]:
+        value = row.get(field)
+        if value is None:
+            raise absent(row, field)
+        if not isinstance(value, list) or not value:
+            raise FieldError(
+                field, f"must be a non-empty list of {{role, content}} messages in TRL's conversational form (as "
+                f"the other of prompt and completion is), got {short_repr(value)}"
+            )  # fmt: skip
+        return _messages(value, field, spec)
+
+    def render(messages: list[dict[str, Any]], **options: bool) -> str:
+        text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, **options)
+        return cast(str, text)
+
+    def build(row: RawRow) -> tuple[str, str]:
+        nonlocal template
+        if template is None:
+            try:
+                template = template_for_rows(spec, tokenizer, defaults)
+            except ValueError as err:
+                raise DataError(f"{source_name(spec)}: {err}") from None
+        prompt, completion = conversation(row, "prompt"), conversation(row, "completion")
+        last = len(prompt) - 1
+        role = prompt[last]["role"]
+        if role not in ("user", "tool", "assistant"):  # as TRL refuses it
+            raise FieldError(f"prompt[{last}]", f"is a {role} message: a prompt ends on a user, tool or assistant one")
+        continued = role == "assistant"
+        head = render(prompt, add_generation_prompt=not continued, continue_final_message=continued)
+        whole = render(prompt + completion)
+        head = os.path.commonprefix([head, whole])
+        return head, whole[len(head) :]
+
+    return build
+
+
+def kto_builder(
+    spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, defaults: ChatDefaults | None = None
+) -> KTOBuilder:
     """What turns one of the spec's rows into a `KTORow` (rl: kto): axolotl's kto strategies write the chat format
-    themselves, the answer closed by its turn's end marker; no type: rows already {prompt, completion, label}.
+    themselves, the answer closed by its turn's end marker; no type: rows already {prompt, completion, label}, as
+    strings or in TRL's conversational form (rendered with the chat template, `_conversational_kto`).
 
     Raises:
         ValueError: a type that is no KTO type.
     """
     if spec.type is None:
+        conversational = _conversational_kto(spec, tokenizer, defaults or ChatDefaults())
 
         def as_they_are(row: RawRow) -> KTORow:
+            if _is_conversational(row):
+                prompt, completion = conversational(row)
+                return KTORow(prompt=prompt, completion=completion, label=_label(row))
             return KTORow(
                 prompt=text_field(row, "prompt"), completion=text_field(row, "completion"), label=_label(row)
             )
@@ -438,6 +497,16 @@ def kto_builder(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase) -> KTOBui
     chat = _FORMATS[family]
 
     def build(row: RawRow) -> KTORow:
+        if shape == "argilla_chat" and isinstance(ignored := row.get("prompt"), list) and ignored:
+            # TRL's conversational rows: argilla_chat reads the question from `completion` alone, so their prompt
+            # messages would go unread. (argilla's own rows, kto-mix-15k, have a string prompt repeating the
+            # completion's first user turn: read as axolotl reads them.)
+            raise FieldError(
+                "prompt",
+                f"holds messages, {short_repr(ignored, 60)}, which {spec.type} does not read (its question comes "
+                "from completion): the answers would train without them; rows in TRL's conversational form (prompt "
+                "and completion lists of messages) are read with no type",
+            )
         if shape == "argilla_chat" and family == "llama3":
             prompt, answer = _llama3_history(row)
         elif shape == "argilla_chat":
@@ -539,7 +608,7 @@ def build_preference_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizer
         try:  # a bad template is the spec's error, not every row's: said once, before reading
             build: Callable[[RawRow], AnyRow] = (
                 preference_builder(spec, tokenizer, defaults) if cfg.rl is None or cfg.rl.paired
-                else kto_builder(spec, tokenizer)
+                else kto_builder(spec, tokenizer, defaults)
             )  # fmt: skip
         except ValueError as err:
             raise DataError(f"{source_name(spec)}: {err}") from None

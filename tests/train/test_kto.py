@@ -132,6 +132,50 @@ def test_chatml_argilla_chat_refuses_any_conversation_but_a_question_and_its_ans
             build_preference_datasets(cfg, tokenizer)
 
 
+def test_trls_conversational_kto_rows_render_as_ktotrainer_renders_them(make_cfg, tokenizer, tmp_path):
+    """No type, rows in TRL's conversational form (trl-lib/kto-mix-14k: prompt and completion lists of messages):
+    the strings TRL's own apply_chat_template makes of them, with the dataset's chat template (the tokenizer's, or
+    the one chat_template names). They were refused (`prompt` must be a string); llama3.argilla_chat, which reads its
+    question from `completion`, dropped their prompt: refused now, naming it."""
+    from trl.data_utils import apply_chat_template
+
+    from llmkit.data.chat import CHAT_TEMPLATES
+
+    rows = [
+        {"prompt": [{"role": "user", "content": "Name a colour."}],
+         "completion": [{"role": "assistant", "content": "Red."}], "label": True},
+        {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye?"}],
+         "completion": [{"role": "assistant", "content": "Bye."}], "label": False},
+        {"prompt": [{"role": "user", "content": "Count."}, {"role": "assistant", "content": "One,"}],
+         "completion": [{"role": "assistant", "content": " two."}], "label": True},  # a prompt TRL continues
+    ]  # fmt: skip
+    path = _rows(tmp_path, rows)
+    cfg = make_cfg([{"path": str(path), "type": None}], rl="kto", micro_batch_size=2)
+    built = build_preference_datasets(cfg, tokenizer).train
+    assert sorted(built, key=str) == sorted((apply_chat_template(row, tokenizer) for row in rows), key=str)
+    llama3 = make_cfg([{"path": str(path), "type": None, "chat_template": "llama3"}], rl="kto", micro_batch_size=2)
+    built = build_preference_datasets(llama3, tokenizer).train
+    expected = [apply_chat_template(row, tokenizer, chat_template=CHAT_TEMPLATES["llama3"]) for row in rows]
+    assert sorted(built, key=str) == sorted(expected, key=str)
+    assert "<|start_header_id|>user<|end_header_id|>" in built[0]["prompt"]
+
+    half = _rows(tmp_path, [rows[0], {**rows[0], "completion": "Red."}], "half.jsonl")
+    cfg = make_cfg([{"path": str(half), "type": None}], rl="kto", micro_batch_size=2)
+    said = rf"{half}: row 2: field 'completion' must be a non-empty list of .*got 'Red.'"
+    with pytest.raises(DataError, match=said):
+        build_preference_datasets(cfg, tokenizer)
+    cfg = make_cfg([{"path": str(path), "type": "llama3.argilla_chat"}], rl="kto", micro_batch_size=2)
+    with pytest.raises(DataError, match=rf"{path}: row 1: field 'prompt' holds messages, .*Name a colour.*, which "
+                                        r"llama3\.argilla_chat does not read .* read with no type"):  # fmt: skip
+        build_preference_datasets(cfg, tokenizer)
+    # argilla's own rows (kto-mix-15k) repeat the question as a string prompt: read as they were
+    turns = [{"role": "user", "content": "A?"}, {"role": "assistant", "content": "a"}]
+    assert _build(tokenizer, "llama3.argilla_chat", {"prompt": "A?", "completion": turns, "label": True}) == {
+        "prompt": LLAMA3_USER.format("A?"), "completion": "a<|eot_id|>", "label": True
+    }  # fmt: skip
+
+
 def _trl_tokens(tokenizer, row: dict) -> tuple[list[int], list[int]]:
     """A row's prompt and completion token ids, as TRL's KTOTrainer prepares them (its own _prepare_dataset)."""
     from datasets import Dataset
