@@ -367,9 +367,13 @@ def _without_double_bos(build: Callable[[RawRow], Row], tokenizer: PreTrainedTok
 
 
 def _label(row: RawRow) -> bool:
+    """A row's label: a bool, or the text true or false in any case (a CSV file's columns are read as text, so
+    its TRUE or False comes as a string; a JSON file's "true" says the same)."""
     value = row.get("label")
     if value is None:
         raise absent(row, "label")
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
     if not isinstance(value, bool):  # TRL splits a batch on it: 1 or "yes" would be read as a number or fail there
         raise FieldError("label", f"must be true (a desirable answer) or false, got {short_repr(value)}")
     return value

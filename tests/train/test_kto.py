@@ -176,6 +176,20 @@ def test_trls_conversational_kto_rows_render_as_ktotrainer_renders_them(make_cfg
     }  # fmt: skip
 
 
+def test_a_csv_kto_dataset_loads_its_labels_as_text(make_cfg, tokenizer, write_rows):
+    """CSV columns are read as text, so a CSV's labels are "True"/"false" strings: read as bools (any case); "1",
+    "yes" and 0 are still refused."""
+    rows = [{"prompt": "Q", "completion": "A", "label": label} for label in ("True", "false", "TRUE", "False")]
+    path = write_rows(rows, "csv")
+    data = build_preference_datasets(make_cfg([{"path": str(path)}], rl="kto", micro_batch_size=2), tokenizer)
+    assert sorted(row["label"] for row in data.train) == [False, False, True, True]
+    for bad in ("1", "yes", 0):
+        path = write_rows([rows[0], {**rows[0], "label": bad}], "csv" if isinstance(bad, str) else "jsonl")
+        cfg = make_cfg([{"path": str(path)}], rl="kto", micro_batch_size=2)
+        with pytest.raises(DataError, match=rf"{path}: row 2: field 'label' must be true .* or false, got "):
+            build_preference_datasets(cfg, tokenizer)
+
+
 def _trl_tokens(tokenizer, row: dict) -> tuple[list[int], list[int]]:
     """A row's prompt and completion token ids, as TRL's KTOTrainer prepares them (its own _prepare_dataset)."""
     from datasets import Dataset
