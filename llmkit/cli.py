@@ -346,14 +346,17 @@ def preprocess(config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl
         cfg = load_config(config)
         tokenizer = load_tokenizer(cfg)
         if cfg.rl:  # preference pairs: read and checked here, tokenized by TRL's trainer when training starts
-            from llmkit.data.preference import build_preference_datasets
+            from llmkit.data.preference import build_preference_datasets, kto_label_counts
 
             pairs = build_preference_datasets(cfg, tokenizer)
             held_out = len(pairs.eval) if pairs.eval is not None else 0
             Console().print(stats_table(pairs.stats))
+            labels = ""
+            if not cfg.rl.paired:
+                labels = " ({:,} desirable, {:,} undesirable)".format(*kto_label_counts(pairs.train))
             typer.echo(
-                f"{len(pairs.train):,} {cfg.rl.rows_noun} to train on, {held_out:,} held out for evaluation (rl: "
-                f"{cfg.rl.value}); TRL tokenizes them when training starts, so nothing is written to "
+                f"{len(pairs.train):,} {cfg.rl.rows_noun}{labels} to train on, {held_out:,} held out for evaluation "
+                f"(rl: {cfg.rl.value}); TRL tokenizes them when training starts, so nothing is written to "
                 "dataset_prepared_path"
             )
             return

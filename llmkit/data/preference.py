@@ -627,7 +627,39 @@ def build_preference_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizer
         train, held_out = split_held_out(rows, cfg, "pairs")
     stats.train_rows = stats.train_sequences = len(train)
     stats.eval_rows = len(held_out) if held_out is not None else 0
+    if cfg.rl is not None and not cfg.rl.paired:
+        _warn_one_sided(train)
     return PreferenceData(train, held_out, stats)
+
+
+def kto_label_counts(rows: Dataset) -> tuple[int, int]:
+    """(desirable, undesirable) KTO rows."""
+    desirable = sum(rows["label"])
+    return desirable, len(rows) - desirable
+
+
+_WARNED_ONE_SIDED: set[tuple[int, int]] = set()  # said once per process: validate and training both build the rows
+
+
+def _warn_one_sided(train: Dataset) -> None:
+    """KTO rows all desirable (or all undesirable): the loss has only one side, and TRL's weight advice, which counts
+    at least one row of each kind, names a range for rows that are not there."""
+    counts = kto_label_counts(train)
+    if all(counts) or not len(train) or counts in _WARNED_ONE_SIDED:
+        return
+    _WARNED_ONE_SIDED.add(counts)
+    kind, other = ("desirable", "undesirable") if counts[0] else ("undesirable", "desirable")
+    LOG.warning(
+        "rl: kto: all %d training rows are %s (label %s) and none %s: KTO's loss then only moves those answers "
+        "against its KL estimate, with nothing on the other side to weigh them against (TRL's advice on "
+        "desirable_weight and undesirable_weight, if it follows, counts a row of each kind that is not there); add "
+        "%s rows",
+        len(train),
+        kind,
+        str(kind == "desirable").lower(),
+        other,
+        other,
+    )
 
 
 def epoch_pair_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> TokenizedSplit:

@@ -190,6 +190,18 @@ def test_a_csv_kto_dataset_loads_its_labels_as_text(make_cfg, tokenizer, write_r
             build_preference_datasets(cfg, tokenizer)
 
 
+def test_one_sided_kto_rows_are_warned_about_once_with_their_counts(make_cfg, tokenizer, tmp_path, caplog):
+    """All rows undesirable: KTO has nothing to weigh them against, and TRL's weight advice counts a desirable row
+    that is not there; llmkit says so once, naming the counts."""
+    path = _rows(tmp_path, [{"prompt": f"Q{i}", "completion": "A", "label": False} for i in range(3)])
+    cfg = make_cfg([{"path": str(path)}], rl="kto", micro_batch_size=2)
+    with caplog.at_level("WARNING", logger="llmkit.data.preference"):
+        build_preference_datasets(cfg, tokenizer)
+        build_preference_datasets(cfg, tokenizer)  # validate and training both build them
+    said = [record.getMessage() for record in caplog.records if "rl: kto: all" in record.getMessage()]
+    assert len(said) == 1 and "all 3 training rows are undesirable (label false) and none desirable" in said[0], said
+
+
 def _trl_tokens(tokenizer, row: dict) -> tuple[list[int], list[int]]:
     """A row's prompt and completion token ids, as TRL's KTOTrainer prepares them (its own _prepare_dataset)."""
     from datasets import Dataset
@@ -237,7 +249,7 @@ def test_a_kto_config_validates_to_a_plan_and_preprocess_counts_its_rows(tiny_co
     assert "KTO (TRL)," in said and "3 (6 KTO rows from 6 rows," in said, said
     result = CliRunner().invoke(app, ["preprocess", str(config)], terminal_width=200)
     assert result.exit_code == 0, result.output
-    assert "6 KTO rows to train on, 0 held out for evaluation (rl: kto)" in result.output
+    assert "6 KTO rows (3 desirable, 3 undesirable) to train on, 0 held out for evaluation (rl: kto)" in result.output
 
 
 @pytest.mark.slow
