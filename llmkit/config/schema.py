@@ -354,10 +354,14 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         if self.peft_method is not PeftMethod.lora:
             method = self.peft_method.value
             raise ValueError(f"rl: {self.rl.value} trains a LoRA adapter or the full model, not {method}")
-        if self.excess_length_strategy == "truncate":  # axolotl drops long pairs; TRL would cut the answers off
+        if self.excess_length_strategy == "truncate":  # axolotl drops long rows; TRL would cut the answers off
+            why = (
+                "preference pairs longer than sequence_len, and a pair cut short compares answers that are not the "
+                "data's" if self.rl.paired
+                else "KTO rows longer than sequence_len, and a row cut short rates an answer that is not the data's"
+            )  # fmt: skip
             raise ValueError(
-                f"excess_length_strategy: truncate does not work with rl: {self.rl.value} (axolotl drops preference "
-                "pairs longer than sequence_len, and a pair cut short compares answers that are not the data's); "
+                f"excess_length_strategy: truncate does not work with rl: {self.rl.value} (axolotl drops {why}); "
                 "use drop or raise"
             )
         if self.dpo_label_smoothing:

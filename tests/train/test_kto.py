@@ -90,6 +90,12 @@ def test_kto_keys_and_types(make_cfg):
         make_cfg(kto_undesirable_weight=1.0)
     with pytest.raises(ValueError, match=r"micro_batch_size: rl: kto needs at least 2"):
         make_cfg(rows, rl="kto")
+    with pytest.raises(
+        ValueError,
+        match=r"truncate does not work with rl: kto \(axolotl drops KTO rows longer than "
+        r"sequence_len, and a row cut short rates an answer that is not the data's",
+    ):
+        make_cfg(rows, rl="kto", micro_batch_size=2, excess_length_strategy="truncate")
 
 
 def test_kto_settings_reach_trl(tiny_config, tmp_path):
