@@ -179,6 +179,7 @@ FIXED_BEHAVIOUR = {
     "eval_causal_lm_metrics": "metrics not computed here (exact_match is; they change only what an evaluation logs)",
     # axolotl's train code reads it (true: load a second copy of the base as the reference), but its schema does not
     # declare it, so its validated config has dropped it by then: axolotl too keeps an adapter's reference in place.
+    # What it is said to do under other settings: `_reference_note`.
     "rl_adapter_ref_model": "an adapter's reference here is the model before training (TRL's frozen copy of the "
     "adapter), the weights a second copy of the base would hold, without that copy's memory (axolotl's schema drops "
     "the key, so axolotl runs the same)",
@@ -196,12 +197,30 @@ def suggest(key: str, candidates: list[str]) -> str | None:
     return match[0] if match else None
 
 
+def _reference_note(data: dict) -> str:
+    """What rl_adapter_ref_model means under the config's rl and adapter: it chooses an adapter's reference model
+    in axolotl's code, so without rl, with a method that has no reference, or on a full fine-tune it chooses
+    nothing."""
+    rl = str(data.get("rl") or "").lower()
+    if not rl:
+        return "read only with rl (an adapter's reference model in preference training); without rl it does nothing"
+    if rl in ("orpo", "simpo"):
+        return f"rl: {rl} trains without a reference model, so it does nothing"
+    if not data.get("adapter"):
+        return (
+            "it chooses an adapter's reference; a full fine-tune's reference is TRL's frozen copy of the model before "
+            "training whatever it says (axolotl loads that second copy too)"
+        )
+    return FIXED_BEHAVIOUR["rl_adapter_ref_model"]
+
+
 @dataclass(frozen=True)
 class IgnoredKey:
     path: str  # `debug`, `datasets[0].shards`
     value: Any
     known: bool  # an axolotl key this project does not implement (False: unknown, likely a typo)
     suggestion: str | None = None
+    note: str | None = None  # what the key does here under this config, where that differs from FIXED_BEHAVIOUR's
 
     @property
     def effective(self) -> bool:
@@ -216,7 +235,7 @@ class IgnoredKey:
 
     def describe(self) -> str:
         hint = f" (did you mean {self.suggestion}?)" if self.suggestion else ""
-        kind = FIXED_BEHAVIOUR.get(self.path, "not implemented here") if self.known else "unknown key"
+        kind = self.note or FIXED_BEHAVIOUR.get(self.path, "not implemented here") if self.known else "unknown key"
         shown = short_repr(self.value)
         value = f"={shown}" if self.named_alone else f" ({shown}: no effect)"
         return f"{self.path}{value}: {kind}{hint}"
@@ -234,7 +253,8 @@ def split_keys(data: dict, fields: list[str], unimplemented: frozenset, prefix: 
         else:
             known = key in unimplemented
             hint = None if known else suggest(str(key), fields)
-            ignored.append(IgnoredKey(f"{prefix}{key}", value, known, hint))
+            note = _reference_note(data) if not prefix and key == "rl_adapter_ref_model" else None
+            ignored.append(IgnoredKey(f"{prefix}{key}", value, known, hint, note))
     return kept, ignored
 
 

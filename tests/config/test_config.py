@@ -609,6 +609,18 @@ def test_real_axolotl_keys_once_unknown_say_what_happens_here(tmp_path):
     for value in (True, False):
         cfg = load_quietly(write(tmp_path, DPO), {"rl_adapter_ref_model": value})
         assert [key.describe() for key in cfg.ignored_keys] == [f"rl_adapter_ref_model={value}: {reference}"]
+    # Where no adapter's reference is chosen, it says what happens instead (the adapter's explanation was said)
+    full = DPO.replace("adapter: qlora\nload_in_4bit: true\nlora_target_linear: true\n", "")
+    orpo = DPO.replace("rl: dpo", "rl: orpo").replace("chatml.intel", "chat_template.argilla")
+    for text, said in [
+        (MINIMAL, "read only with rl (an adapter's reference model in preference training); without rl it does "
+                  "nothing"),
+        (orpo, "rl: orpo trains without a reference model, so it does nothing"),
+        (full, "it chooses an adapter's reference; a full fine-tune's reference is TRL's frozen copy of the model "
+               "before training whatever it says (axolotl loads that second copy too)"),
+    ]:  # fmt: skip
+        cfg = load_quietly(write(tmp_path, text), {"rl_adapter_ref_model": True})
+        assert [key.describe() for key in cfg.ignored_keys] == [f"rl_adapter_ref_model=True: {said}"]
     liger = load_quietly(write(tmp_path, MINIMAL), {"liger_cross_entropy": True, "liger_swiglu": True})
     assert [key.describe() for key in liger.ignored_keys] == [
         "liger_cross_entropy=True: not implemented here",
