@@ -117,8 +117,9 @@ MODEL_TEMPLATES: dict[str, tuple[str, str]] = {
     # Gemma 3n's own: Gemma 3's text turns (its image and audio parts aside), so a Gemma 3 base passes too.
     "gemma3n": ("Gemma 3n", _GEMMA3_TURNS),
     # Gemma 4's own, every revision of it (its tools, thinking and images aside); axolotl's gemma4_unified is a later
-    # revision's text. Their generation prompt (served prompts, preference prompts) differs: axolotl's writes an empty
-    # thought channel after it, Gemma 4's own with thinking off does not.
+    # revision's text. Their generation prompt (served prompts, preference prompts) with thinking off ends in an
+    # empty thought channel ('<|turn>model\n<|channel>thought\n<channel|>'), in axolotl's gemma4.jinja as in
+    # Gemma 4's own (llama.cpp's copies of it, models/templates/gemma4.jinja): the base's own template writes it.
     "gemma4": ("Gemma 4", _GEMMA4_TURNS),
     "gemma4_unified": ("Gemma 4", _GEMMA4_TURNS),
     # Llama 4's own (tools, images and a dated system header aside, which text rows do not reach).
