@@ -14,8 +14,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 import typer._coercion
+import typer.core
 from pydantic import ValidationError
 from typer.core import TyperArgument, TyperOption
 
@@ -43,7 +45,21 @@ class _App(typer.Typer):
             sys.exit(1)
 
 
-app = _App(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
+class _Commands(typer.core.TyperGroup):
+    """Runs each command inside `_one_line_errors`, so that Ctrl-C or SIGTERM where the command names nothing of
+    its own (its imports, reading its config, its last lines) is one "interrupted" line too: typer turned Ctrl-C
+    there into a bare exit 130, and SIGTERM's SystemExit(143) ended the process without a word."""
+
+    def invoke(self, ctx: click.Context):
+        def stopped() -> str:  # the command's name is known once click has resolved it, inside invoke
+            command = " ".join(filter(None, ["llmkit", ctx.invoked_subcommand]))
+            return f"interrupted: {command} stopped before it finished"
+
+        with _one_line_errors(interrupted=stopped):
+            return super().invoke(ctx)
+
+
+app = _App(cls=_Commands, no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
@@ -53,8 +69,9 @@ def _one_line_errors(
 ) -> Iterator[None]:
     """A command's expected failures (`errors`) as one `Error:` line and exit 1, and command-line input it cannot
     take (core.errors.UsageError, listed or not) as one `Error:` line and exit 2, click's status for a usage error;
-    with `interrupted` (a message, or what makes it once stopped), Ctrl-C or SIGTERM (`_stop_on_sigterm`) as that
-    message and the shell's 130 or 143, not a traceback."""
+    with `interrupted` (a message, or what makes it once stopped: None leaves it to `_Commands`, which wraps every
+    command in this), Ctrl-C or SIGTERM (`_stop_on_sigterm`) as that message and the shell's 130 or 143, not a
+    traceback."""
     try:
         yield
     except typer.Exit:  # click's Exit is a RuntimeError, which some commands list in `errors`
@@ -68,8 +85,9 @@ def _one_line_errors(
     except (KeyboardInterrupt, SystemExit) as err:
         if interrupted is None or (code := interrupted_exit_code(err)) is None:
             raise
-        if message := interrupted() if callable(interrupted) else interrupted:
-            typer.echo(f"\n{message}", err=True)
+        if not (message := interrupted() if callable(interrupted) else interrupted):
+            raise  # nothing to say here: `_Commands` says the command's own line
+        typer.echo(f"\n{message}", err=True)
         raise typer.Exit(code) from None
 
 

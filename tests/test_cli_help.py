@@ -119,3 +119,34 @@ def test_usage_errors_exit_2_and_failures_1_in_every_command(args, status, said,
     result = CliRunner().invoke(app, args, prog_name="llmkit", env={"COLUMNS": "200"})
     assert result.exit_code == status, result.output
     assert said in result.output and "Traceback" not in result.output, result.output
+
+
+@pytest.mark.parametrize("command", ["train", "preprocess", "validate", "merge", "decontaminate"])
+def test_ctrl_c_while_a_command_reads_its_config_is_one_interrupted_line(command, tmp_path):
+    """Ctrl-C in a command's first seconds (its imports, reading its config) exited 130 without a word: typer turns
+    a KeyboardInterrupt no command catches into a bare exit, and train's own line waited for a read config. The
+    config is a FIFO: once this test's open for writing returns, the command is reading it, a point it reaches
+    every time."""
+    import os
+    import signal
+
+    fifo = tmp_path / "config.yml"
+    os.mkfifo(fifo)
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731 (a suite run with nohup)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "llmkit.cli", command, str(fifo)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
+    try:
+        with open(fifo, "w"):  # returns when the command opens it to read
+            run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr, stderr

@@ -73,10 +73,11 @@ def sigterm_as_exit() -> Iterator[None]:
 
 def interrupted_exit_code(err: BaseException) -> int | None:
     """The shell's exit status for Ctrl-C (KeyboardInterrupt: 130) or SIGTERM (`exit_on_sigterm`'s SystemExit:
-    143); None for an exit that carries a message, which is no interruption."""
+    143); None for any other exit (a message, or argparse's sys.exit(0) after --help), which is no interruption."""
     if isinstance(err, KeyboardInterrupt):
         return 130
-    return err.code if isinstance(err, SystemExit) and isinstance(err.code, int) else None
+    sigterm = 128 + signal.SIGTERM
+    return sigterm if isinstance(err, SystemExit) and err.code == sigterm else None
 
 
 def _exit(signum: int, _frame: object) -> None:
