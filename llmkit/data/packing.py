@@ -53,22 +53,39 @@ def pack_dataset(rows: Dataset, capacity: int) -> tuple[Dataset, float]:
     input_ids: list[list[int]] = list(rows["input_ids"])
     labels: list[list[int]] = list(rows["labels"])
     bins = plan_bins([len(ids) for ids in input_ids], capacity)
-    packed = PackedColumns(input_ids=[], labels=[], position_ids=[], attention_mask=[])
-    for members in bins:
-        seq_ids: list[int] = []
-        seq_labels: list[int] = []
-        positions: list[int] = []
-        for i in members:
-            seq_ids += input_ids[i]
-            # The first token of a row is no target: otherwise the previous row's last token would predict it.
-            seq_labels += [IGNORE_INDEX, *labels[i][1:]]
-            positions += range(len(input_ids[i]))
-        packed["input_ids"].append(seq_ids)
-        packed["labels"].append(seq_labels)
-        packed["position_ids"].append(positions)
-        packed["attention_mask"].append([1] * len(seq_ids))
+
+    def pack(batch: dict[str, list[list[int]]]) -> PackedColumns:
+        packed = PackedColumns(input_ids=[], labels=[], position_ids=[], attention_mask=[])
+        for members in batch["members"]:
+            seq_ids: list[int] = []
+            seq_labels: list[int] = []
+            positions: list[int] = []
+            for i in members:
+                seq_ids += input_ids[i]
+                # The first token of a row is no target: otherwise the previous row's last token would predict it.
+                seq_labels += [IGNORE_INDEX, *labels[i][1:]]
+                positions += range(len(input_ids[i]))
+            packed["input_ids"].append(seq_ids)
+            packed["labels"].append(seq_labels)
+            packed["position_ids"].append(positions)
+            packed["attention_mask"].append([1] * len(seq_ids))
+        return packed
+
+    # A map, for its "Packing" bar on a terminal (off when piped, as every bar of the data stage): packing 20,000
+    # rows took seconds with nothing shown between the tokenizing bar and the table. The fingerprint names the
+    # result without datasets hashing `pack`, whose closure holds every row.
+    if not bins:  # a map over no rows returns no columns either
+        return Dataset.from_dict(dict(pack({"members": []}))), 0.0
+    packed = Dataset.from_dict({"members": bins}).map(
+        pack,
+        batched=True,
+        remove_columns=["members"],
+        desc="Packing",
+        load_from_cache_file=False,
+        new_fingerprint=f"llmkit-pack-{rows._fingerprint}-{capacity}",
+    )
     total = sum(len(ids) for ids in input_ids)
-    return Dataset.from_dict(dict(packed)), total / max(1, len(bins) * capacity)
+    return packed, total / max(1, len(bins) * capacity)
 
 
 def _pad(values: list[list[int]], width: int, fill: int) -> torch.Tensor:

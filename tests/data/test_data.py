@@ -8,6 +8,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -632,3 +633,55 @@ def test_preprocess_table_names_a_dataset_path_with_brackets_as_written(tiny_con
     result = CliRunner().invoke(app, ["preprocess", str(config)], env={"COLUMNS": "400"})
     assert result.exit_code == 0, result.output
     assert str(data) in result.output
+
+
+def _run_in_a_terminal(command: list[str], env: dict[str, str]) -> tuple[int, bytes]:
+    """`command` on a pseudo-terminal of 120 columns, as a user's terminal runs it: (exit status, what it showed).
+    The size matters: `script` without a terminal around it gives a 0x0 one, where tqdm draws nothing."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: exec at once, nothing of pytest's runs here
+        os.execvpe(command[0], command, env)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    shown = b""
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        shown += data
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), shown
+
+
+def test_preprocess_draws_a_bar_for_each_long_step_on_a_terminal_and_none_piped(tiny_config, tmp_path):
+    """Every step of preparing data that grows with the rows shows a bar on a terminal: packing 20,000 rows took
+    seconds with nothing drawn between the tokenizing bar and the table. Piped, no bar is drawn (README)."""
+    import sys
+
+    rows = [{"instruction": f"Say {i} back.", "input": "", "output": f"{i} " * (i % 8 + 1)} for i in range(3000)]
+    data = tmp_path / "many.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = tiny_config(
+        datasets=[{"path": str(data), "type": "alpaca"}],
+        sample_packing=True,
+        val_set_size=0.05,
+        dataset_prepared_path=str(tmp_path / "prepared"),
+    )
+    env = {key: value for key, value in os.environ.items() if not key.endswith("_DISABLE_PROGRESS_BARS")}
+    command = [sys.executable, "-m", "llmkit.cli", "preprocess", str(config)]
+    status, shown = _run_in_a_terminal(command, env | {"TERM": "xterm"})
+    assert status == 0, shown.decode(errors="replace")
+    for step in (b"Tokenizing many.jsonl", b"Masks", b"Packing"):
+        assert re.search(step + rb": +100%\|", shown), (step, shown.decode(errors="replace"))
+    shutil.rmtree(tmp_path / "prepared")
+    piped = subprocess.run(command, capture_output=True, env=env, timeout=300)
+    assert piped.returncode == 0, piped.stderr.decode()
+    assert b"\r" not in piped.stderr and b"Packing" not in piped.stderr and b"%|" not in piped.stderr
