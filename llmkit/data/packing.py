@@ -21,6 +21,7 @@ import torch
 from datasets import Dataset
 
 from llmkit.data.rows import IGNORE_INDEX, Batch, PackedBatch, PackedColumns, PackedRow, TrainingRow
+from llmkit.data.sources import say_step_when_piped
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -71,6 +72,7 @@ def pack_dataset(rows: Dataset, capacity: int) -> tuple[Dataset, float]:
             packed["attention_mask"].append([1] * len(seq_ids))
         return packed
 
+    say_step_when_piped("Packing", len(input_ids))
     # A map, for its "Packing" bar on a terminal (off when piped, as every bar of the data stage): packing 20,000
     # rows took seconds with nothing shown between the tokenizing bar and the table. The fingerprint names the
     # result without datasets hashing `pack`, whose closure holds every row.
