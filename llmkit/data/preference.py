@@ -225,6 +225,13 @@ def _answer(row: RawRow, field: str, spec: DatasetSpec) -> dict[str, Any]:
     return _messages(last, where, spec)[0]
 
 
+def _render(
+    tokenizer: PreTrainedTokenizerBase, template: str | None, messages: list[dict[str, Any]], **options: bool
+) -> str:
+    """`messages` as text, rendered with `template` (the chat template the dataset's spec resolved)."""
+    return cast(str, tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, **options))
+
+
 def _template_builder(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, template: str) -> PreferenceBuilder:
     """chat_template.default: the prompt is the conversation in `field_messages` (a string: one user turn) rendered
     with the generation prompt; an answer is the template's assistant turn from the answer's content on, trailing
@@ -232,10 +239,7 @@ def _template_builder(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, tem
     field = spec.field_messages or "messages"
 
     def render(messages: list[dict[str, Any]], generation_prompt: bool) -> str:
-        text = tokenizer.apply_chat_template(
-            messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
-        )
-        return cast(str, text)
+        return _render(tokenizer, template, messages, add_generation_prompt=generation_prompt)
 
     def answer(row: RawRow, answer_field: str) -> str:
         message = _answer(row, answer_field, spec)
@@ -295,10 +299,7 @@ def _argilla_builder(tokenizer: PreTrainedTokenizerBase, template: str) -> Prefe
         return value
 
     def render(messages: list[dict[str, Any]], generation_prompt: bool) -> str:
-        text = tokenizer.apply_chat_template(
-            messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
-        )
-        return cast(str, text)
+        return _render(tokenizer, template, messages, add_generation_prompt=generation_prompt)
 
     def build(row: RawRow) -> PreferenceRow:
         chosen, rejected = turns(row, "chosen"), turns(row, "rejected")
@@ -447,10 +448,6 @@ def _conversational_kto(
             )  # fmt: skip
         return _messages(value, field, spec)
 
-    def render(messages: list[dict[str, Any]], **options: bool) -> str:
-        text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, **options)
-        return cast(str, text)
-
     def build(row: RawRow) -> tuple[str, str]:
         nonlocal template
         if template is None:
@@ -464,8 +461,10 @@ def _conversational_kto(
         if role not in ("user", "tool", "assistant"):  # as TRL refuses it
             raise FieldError(f"prompt[{last}]", f"is a {role} message: a prompt ends on a user, tool or assistant one")
         continued = role == "assistant"
-        head = render(prompt, add_generation_prompt=not continued, continue_final_message=continued)
-        whole = render(prompt + completion)
+        head = _render(
+            tokenizer, template, prompt, add_generation_prompt=not continued, continue_final_message=continued
+        )
+        whole = _render(tokenizer, template, prompt + completion)
         head = os.path.commonprefix([head, whole])
         return head, whole[len(head) :]
 
