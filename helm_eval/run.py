@@ -98,8 +98,8 @@ def prepare_conf(
         if cap is None:
             return path.resolve()
         entries = confgen.capped_entries(conf_descriptions(path), cap)
-        return confgen.write_conf(entries, out_dir / "confs" / f"{suite}.conf", own_folder=True).resolve()
-    entries = confgen.generate(confgen.load_task_list(conf), budget=budget, cap=cap)
+    else:
+        entries = confgen.generate(confgen.load_task_list(conf), budget=budget, cap=cap)
     return confgen.write_conf(entries, out_dir / "confs" / f"{suite}.conf", own_folder=True).resolve()
 
 
