@@ -157,8 +157,8 @@ STYLED_TYPES = (
 # axolotl's own prompt-strategy modules: `<module>.<name>` with one of these is a built-in name, never a user's file.
 _AXOLOTL_MODULES = frozenset(
     "alpaca_chat alpaca_instruct alpaca_w_system chat_template completion context_qa creative_acr input_output "
-    "llama2_chat messages metharme orcamini pygmalion sharegpt sharegpt_jokes stepwise_supervised user_defined "
-    "bradley_terry".split()
+    "llama2_chat messages metharme orcamini pygmalion reflection sharegpt sharegpt_jokes stepwise_supervised "
+    "user_defined bradley_terry".split()
 )
 # Modules of axolotl's preference (DPO/KTO/ORPO) strategies: those types need a top-level `rl:`.
 _PREFERENCE_MODULES = frozenset(
@@ -203,13 +203,20 @@ def _unknown_type(name: str, module: str) -> str:
         return f"dataset type {name!r} is reward-model data (axolotl's reward_model): not implemented here"
     elif module in _PREFERENCE_MODULES and "." in name:
         hint = " (a preference-data type: it needs a top-level rl, e.g. rl: dpo)"
+    elif module in _AXOLOTL_MODULES and module not in {member.value.split(".")[0] for member in DatasetType}:
+        # axolotl has it: say so, or a user reads "unknown" as a typo of theirs
+        return f"dataset type {name!r} is axolotl's {module} prompt strategy: not implemented here" + _supported()
     else:
         match = suggest(name, dataset_type_names())
         hint = f" (did you mean {match}?)" if match else ""
+    return f"unknown dataset type {name!r}{hint}" + _supported()
+
+
+def _supported() -> str:
     styled = "|".join(style.value for style in PromptStyle)
     names = [f"{member.value}[:{styled}]" if member in STYLED_TYPES else member.value for member in DatasetType]
     return (
-        f"unknown dataset type {name!r}{hint}; supported: {', '.join(names)}; or a mapping "
+        f"; supported: {', '.join(names)}; or a mapping "
         "{field_instruction, field_input, field_output, field_system, format, no_input_format, system_format, "
         "system_prompt}; or module.function naming a Python file beside the config"
     )

@@ -299,6 +299,10 @@ def _load(tmp_path: Path, datasets: list, **keys):
         ),
         ("completion:chat", "(completion takes no :style)"),
         ("chatml.intel", "'chatml.intel' (a preference-data type: it needs a top-level rl, e.g. rl: dpo)"),
+        # axolotl's own strategies that are not here: said as such, not as a typo of the user's
+        ("metharme", "datasets[1].type: dataset type 'metharme' is axolotl's metharme prompt strategy: not"),
+        ("context_qa.load_404", "'context_qa.load_404' is axolotl's context_qa prompt strategy: not implemented here"),
+        ("reflection", "'reflection' is axolotl's reflection prompt strategy: not implemented here"),
         (
             {"format": "{instruction} {question}"},
             "datasets[1].type: format: unknown placeholder {question}; use {input}, {instruction}",
