@@ -106,6 +106,7 @@ def test_a_bad_serve_flag_value_is_a_usage_error_on_one_line():
         ),
         # what the command cannot read or load: 1
         (["train", "missing.yml"], 1, "Error: cannot read the config missing.yml: No such file or directory"),
+        (["validate", "missing.yml"], 1, "Error: cannot read the config missing.yml: No such file or directory"),
         (["merge", "--adapter", "missing"], 1, "Error: Adapter directory missing does not exist"),
         (["helm-conf", "nosuch"], 1, "Error: no task list 'nosuch'"),
     ],

@@ -70,7 +70,8 @@ def validate(
                 raise ConfigError(problems, cfg.source)
     except ConfigError as error:
         # soft_wrap: the terminal wraps a long line; rich would break paths in two with newlines of its own
-        err.print(f"[red]{escape(str(error))}[/red]", highlight=False, soft_wrap=True)
+        said = str(error) if error.invalid else f"Error: {error}"  # no "Invalid config" heading: as other commands
+        err.print(f"[red]{escape(said)}[/red]", highlight=False, soft_wrap=True)
         return 1
     except ModelConfigNotFound as error:  # only for the file given: a model's own config.json may be unknown
         err.print(f"Error: --model-config {error}", style="red", markup=False, highlight=False, soft_wrap=True)
