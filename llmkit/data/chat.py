@@ -1,7 +1,9 @@
 """`chat_template` datasets (alias `sharegpt`) as axolotl builds them.
 
-A chat template renders the conversation. The content of each trained turn is trained, and so is the token that
-ends the turn: the first of `eot_tokens` (default: the tokenizer's EOS) right after the content, trained as
+A chat template renders the conversation, and each turn is found in that text where rendering the conversation up
+to the turn, with and without its content, puts it (as axolotl's find_turn). The content of each trained turn is
+trained, and so is the token that ends the turn: the first of `eot_tokens` (default: the tokenizer's EOS) right
+after the content in the whole conversation, trained as
 `train_on_eot` says (turn, all, last or none; default: `train_on_eos`); an EOS that is not one of `eot_tokens` and
 follows it is trained as `train_on_eos` says. A turn with empty content trains nothing, its end token included
 (axolotl finds no turn there). Role headers and the template's other text stay masked. A turn is
@@ -83,9 +85,8 @@ CHAT_TEMPLATES: dict[str, str] = {
         "{{ '\n\n### Response:\n' if add_generation_prompt else '' }}"
     ),
     # What axolotl's metharme.jinja (Pygmalion's format) writes: a default roleplay system text where the conversation
-    # has none, and one EOS after the conversation's last turn, whatever its role. A conversation's text then does
-    # not start with that of its first turns, so a dataset's rows cannot be split into turns here (each is refused:
-    # not incremental); the config's own chat_template: metharme is saved with the tokenizer, as axolotl saves it.
+    # has none, and one EOS after the conversation's last turn, whatever its role (so the EOS trains after the last
+    # turn only, or after an earlier one close enough to it, as axolotl looks for it in the whole conversation).
     "metharme": (
         "{{ bos_token + '<|system|>' }}{{ messages[0]['content'] if messages[0]['role'] == 'system' else 'Enter RP "
         "mode. You shall reply to the user while staying in character. Your responses must be detailed, creative, "
@@ -272,6 +273,9 @@ _TEMPLATE_ROLES = {"system", "user", "assistant", "tool"}
 # real message starts with and no template filter (trim) changes.
 _DUMMY = "\ue000\ue001"
 _END_REACH = 3  # axolotl trains a turn's end token only when at most this many tokens separate it from the content
+# Further than any _END_REACH tokens reach: where a turn's end token is looked for, so that a long conversation's
+# later turns are not tokenized once per turn.
+_END_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -554,24 +558,29 @@ def make_chat_builder(
     def build(row: RawRow, _spec: DatasetSpec) -> Parts:  # the Builder signature; this one is bound to `spec`
         nonlocal unended
         field, messages = chat_messages(row, spec)
+        trains = [message.pop("training", train_on_inputs or message["role"] in trained_roles) for message in messages]
         render = _Renderer(tokenizer, template, field)
+        # As axolotl: the whole conversation is the row's text, and each turn is found in it by rendering the
+        # conversation up to that turn, with and without its content. A template that writes more after the
+        # conversation's last turn (metharme's EOS) trains what the whole conversation writes there.
+        whole = render(messages) if messages else ""
         segments: list[Segment] = []
-        done, last_ends = "", {}
-        for i, message in enumerate(messages):
-            train = message.pop("training", train_on_inputs or message["role"] in trained_roles)
+        done, last_ends = 0, {}  # how much of `whole` the segments hold; where each kind's last end token is
+        every = any(policy == "all" for _, policy in ends)
+        for i, (message, train) in enumerate(zip(messages, trains, strict=True)):
+            if not (train or every):  # axolotl looks for a turn only where it trains, or where every end token does
+                continue
             full = render(messages[: i + 1])
-            if not full.startswith(done):
-                raise FieldError(field, "cannot be split into turns: the chat template is not incremental")
-            span = _content_span(full, render([*messages[:i], {**message, "content": _DUMMY}]), len(done))
+            span = _content_span(full, render([*messages[:i], {**message, "content": _DUMMY}]), done)
             # The template leaves this message out (a role it skips), or its content is empty: axolotl's find_turn
             # finds no turn, so neither the content nor the turn's end token trains.
             if span is None:
-                segments.append(Segment(full[len(done) :], False))
-                done = full
                 continue
             start, end = span
-            segments += [Segment(full[len(done) : start], False), Segment(full[start:end], train)]
-            rest = full[end:]
+            if not whole.startswith(full[:end]):
+                raise FieldError(field, _unsplit(i, messages))
+            segments += [Segment(whole[done:start], False), Segment(whole[start:end], train)]
+            rest = whole[end:]
             ended = False
             for kind, (tokens, policy) in enumerate(ends):
                 gap, token, rest = _split_end(tokenizer, rest, tokens)
@@ -588,8 +597,8 @@ def make_chat_builder(
                     "the token the template ends a turn with",
                     [token for tokens, _ in ends for token in tokens],
                 )
-            segments.append(Segment(rest, False))
-            done = full
+            done = len(whole) - len(rest)
+        segments.append(Segment(whole[done:], False))
         for kind, at in last_ends.items():
             if ends[kind][1] == "last":
                 segments[at] = segments[at]._replace(trained=True)
@@ -652,6 +661,16 @@ def _content(turn: dict, key: str, where: str) -> str:
     return "".join(part["text"] for part in parts)
 
 
+def _unsplit(i: int, messages: list[Message]) -> str:
+    """Why a row cannot train whose whole conversation writes the text up to message `i`'s content otherwise than the
+    conversation up to that message does."""
+    return (
+        f"cannot be split into turns: the chat template writes the conversation up to message {i} (a "
+        f"{messages[i]['role']} turn) otherwise once later messages follow, so that turn's text is not where "
+        "rendering the conversation up to it finds it (axolotl's labels there fall on other tokens)"
+    )
+
+
 def _content_span(full: str, dummy: str, done: int) -> tuple[int, int] | None:
     """Where the last turn's content sits in `full`, found against a render with `_DUMMY` as that content; None when
     the template leaves the turn out or renders its content empty."""
@@ -666,7 +685,7 @@ def _content_span(full: str, dummy: str, done: int) -> tuple[int, int] | None:
 def _split_end(tokenizer: PreTrainedTokenizerBase, tail: str, tokens: list[str]) -> tuple[str, str, str]:
     """(text before the first of `tokens` in `tail`, that token, text after it); ("", "", tail) when none is
     close enough to the turn's content to end it."""
-    found = [(at, token) for token in tokens if (at := tail.find(token)) >= 0]
+    found = [(at, token) for token in tokens if (at := tail.find(token, 0, _END_CHARS)) >= 0]
     if not found:
         return "", "", tail
     at, token = min(found)

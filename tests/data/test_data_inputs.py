@@ -140,7 +140,9 @@ def test_a_line_that_is_not_json_is_said_once_with_its_own_row(tiny_config, tmp_
     assert done.stderr.splitlines()[-1].startswith(f"Error: {path}: row 11 (line 11): not valid JSON: "), done.stderr
 
 
-def test_a_custom_jinja_chat_template_masks_headers_and_must_render_incrementally(write_rows, make_cfg, tokenizer):
+def test_a_custom_jinja_chat_template_masks_headers_and_must_write_trained_turns_as_the_whole_does(
+    write_rows, make_cfg, tokenizer
+):
     path = write_rows([{"messages": CHAT}], "jsonl")
     template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
     template += "{% if add_generation_prompt %}[assistant] {% endif %}"
@@ -149,9 +151,18 @@ def test_a_custom_jinja_chat_template_masks_headers_and_must_render_incrementall
     trained = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != IGNORE_INDEX]
     assert tokenizer.decode(row["input_ids"]) == "[user] Hi there\n[assistant] Hello!\n"
     assert tokenizer.decode(trained) == " Hello!"  # the content; its first token carries the space before it
-    counting = "{{ messages | length }}{% for m in messages %}{{ m.content }}{% endfor %}"  # each render rewrites
-    expected = r"row 1: field 'messages' cannot be split into turns"
-    _fails(make_cfg, tokenizer, path, "chat_template", expected, chat_template=counting)
+    # each render rewrites its start: the user turn's text in the whole conversation ('2Hi there...') is not where
+    # the conversation up to it ('1Hi there') has it, so a row that trains it is refused (axolotl's labels would
+    # fall elsewhere); the assistant turn, the last, is where the whole has it, so it alone trains
+    counting = "{{ messages | length }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    expected = r"row 1: field 'messages' cannot be split into turns: the chat template writes the conversation up to "
+    expected += r"message 0 \(a user turn\) otherwise once later messages follow"
+    _fails(make_cfg, tokenizer, path, "chat_template", expected, chat_template=counting, roles_to_train=["user"])
+    (row,) = build_datasets(
+        make_cfg([{"path": str(path), "type": "chat_template", "chat_template": counting}]), tokenizer
+    ).train
+    trained = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != IGNORE_INDEX]
+    assert (tokenizer.decode(row["input_ids"]), tokenizer.decode(trained)) == ("2Hi thereHello!", "Hello!")
 
 
 def test_rows_with_nothing_to_train_on_are_dropped_and_counted(write_rows, make_cfg, tokenizer):

@@ -678,11 +678,64 @@ def test_the_alpaca_chat_template_trains_each_response_and_its_eos(write_rows, m
     assert _trained_runs(tokenizer, row) == ["Hello!<|im_end|>", "Goodbye.<|im_end|>"]
 
 
-def test_metharme_rows_are_refused_as_not_split_into_turns(write_rows, make_cfg, tokenizer):
-    """metharme's one EOS closes the whole conversation, so no turn's text starts the next's: the row is refused
-    (axolotl finds the turns in the whole text; this project renders turn by turn)."""
-    with pytest.raises(DataError, match="cannot be split into turns: the chat template is not incremental"):
-        _chat(write_rows, make_cfg, tokenizer, [{"conversations": SHAREGPT[:3]}], chat_template="metharme")
+# metharme's text of SHAREGPT and of SHAREGPT[:4] (which ends with the user's "Bye"): one EOS, after the last turn
+METHARME_TEXT = "{bos}<|system|>Be brief.<|user|>Hi there<|model|>Hello!<|user|>Bye<|model|>Goodbye.{eos}"
+METHARME_USER_LAST = "{bos}<|system|>Be brief.<|user|>Hi there<|model|>Hello!<|user|>Bye{eos}"
+
+
+@pytest.mark.parametrize(
+    ("rows", "keys", "markers", "runs"),
+    [
+        # the one EOS follows the last turn: trained after it (turn, last, all), never after "Hello!"
+        (SHAREGPT, {}, False, ["Hello!", "Goodbye.<|im_end|>"]),
+        (SHAREGPT, {"train_on_eos": "none"}, False, ["Hello!", "Goodbye."]),
+        (SHAREGPT, {"train_on_eos": "last"}, False, ["Hello!", "Goodbye.<|im_end|>"]),
+        (SHAREGPT, {"train_on_eos": "all"}, False, ["Hello!", "Goodbye.<|im_end|>"]),
+        # the whole text's '.<' is one token (the system turn's end, then the '<' of '<|user|>'): the token at the
+        # content's last place, as axolotl counts places in the system turn's own text ('.', then its EOS)
+        (
+            SHAREGPT,
+            {"roles_to_train": ["system", "human", "gpt"]},
+            False,
+            ["Be brief.<", "Hi there", "Hello!", "Bye", "Goodbye.<|im_end|>"],
+        ),
+        # after an untrained user turn the EOS trains under all only ('<|user|>Bye': 7 tokens after "Hello!")
+        (SHAREGPT[:4], {}, False, ["Hello!"]),
+        (SHAREGPT[:4], {"train_on_eos": "last"}, False, ["Hello!"]),
+        (SHAREGPT[:4], {"train_on_eos": "all"}, False, ["Hello!", "<|im_end|>"]),
+        # with the markers as tokens, '<|user|>Bye' is 3 tokens: the EOS is within axolotl's reach of "Hello!" and
+        # ends that turn
+        (SHAREGPT[:4], {}, True, ["Hello!", "<|im_end|>"]),
+        (SHAREGPT[:4], {"train_on_eos": "last"}, True, ["Hello!", "<|im_end|>"]),
+        (SHAREGPT[:4], {"train_on_eos": "none"}, True, ["Hello!"]),
+    ],
+)
+def test_metharme_rows_train_what_axolotl_finds_in_the_whole_conversation(
+    write_rows, make_cfg, tokenizer, rows, keys, markers, runs
+):
+    """metharme writes one EOS, after the conversation's last turn, so a conversation's text does not start with
+    that of its first turns; axolotl finds each turn by rendering the conversation up to it, with and without its
+    content, and looks for its end token in the whole conversation's tokens: the spans above, read off the text by
+    hand. Its rows were refused as not incremental."""
+    if markers:
+        tokenizer = copy.deepcopy(tokenizer)  # the session's, left as it is
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<|system|>", "<|user|>", "<|model|>"]})
+    (row,) = _chat(write_rows, make_cfg, tokenizer, [{"conversations": rows}], chat_template="metharme", **keys)
+    text = (METHARME_TEXT if rows == SHAREGPT else METHARME_USER_LAST).format(
+        bos=tokenizer.bos_token, eos=tokenizer.eos_token
+    )
+    assert row["input_ids"] == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert _trained_runs(tokenizer, row) == runs
+
+
+def test_metharme_writes_its_default_system_text_into_a_conversation_without_one(write_rows, make_cfg, tokenizer):
+    (row,) = _chat(write_rows, make_cfg, tokenizer, [{"conversations": SHAREGPT[1:3]}], chat_template="metharme")
+    assert tokenizer.decode(row["input_ids"]) == (
+        "<|im_start|><|system|>Enter RP mode. You shall reply to the user while staying in character. Your responses "
+        "must be detailed, creative, immersive, and drive the scenario forward.<|user|>Hi there<|model|>Hello!"
+        "<|im_end|>"
+    )
+    assert _trained_runs(tokenizer, row) == ["Hello!<|im_end|>"]
 
 
 def test_a_top_level_chat_template_no_dataset_uses_is_saved_with_the_tokenizer(tmp_path, write_rows, tokenizer):
