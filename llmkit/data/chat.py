@@ -151,8 +151,9 @@ MODEL_TEMPLATES: dict[str, tuple[str, str]] = {
     # the first user turn. axolotl's texts of the three Mistral formats also read a message's list of text parts.
     "mistral_v1": ("Mistral-7B-Instruct-v0.1", "{bos} [INST] Be brief.\n\nHi [/INST] Hello{eos}"),
     # Mistral's v3 tokenizer's (Mistral-7B-Instruct-v0.3, Mixtral-8x22B-Instruct, Mistral-Large-2407): the system
-    # text opens the last user turn, so a conversation that ends with the assistant's turn writes none (and a row with
-    # a system turn cannot be split into turns: refused, as under tokenizer_default). The same for Tekken.
+    # text opens the last user turn, so a conversation that ends with the assistant's turn writes none. A row with a
+    # system turn then trains its assistant turns, as axolotl finds them, and is an error where a user turn trains
+    # (the conversation up to it writes the system text there, the whole one does not). The same for Tekken.
     "mistral_v2v3": ("Mistral-7B-Instruct-v0.3", "{bos}[INST] Hi[/INST] Hello{eos}"),
     # The Tekken tokenizer's (Mistral-Nemo-Instruct-2407): v3's without the spaces.
     "mistral_v3_tekken": ("Mistral-Nemo-Instruct-2407", "{bos}[INST]Hi[/INST]Hello{eos}"),
@@ -664,11 +665,19 @@ def _content(turn: dict, key: str, where: str) -> str:
 def _unsplit(i: int, messages: list[Message]) -> str:
     """Why a row cannot train whose whole conversation writes the text up to message `i`'s content otherwise than the
     conversation up to that message does."""
-    return (
+    why = (
         f"cannot be split into turns: the chat template writes the conversation up to message {i} (a "
         f"{messages[i]['role']} turn) otherwise once later messages follow, so that turn's text is not where "
         "rendering the conversation up to it finds it (axolotl's labels there fall on other tokens)"
     )
+    if messages[0]["role"] == "system":
+        why += (
+            "; Mistral v3's, Tekken's and Pixtral's own templates write the system text into the last user turn "
+            "only (none where the conversation ends with the assistant's): train no user turn (no train_on_inputs, "
+            "roles_to_train without user, train_on_eos and train_on_eot not all), or drop the system turn "
+            "(drop_system_message), or write its text into the first user message"
+        )
+    return why
 
 
 def _content_span(full: str, dummy: str, done: int) -> tuple[int, int] | None:

@@ -934,10 +934,7 @@ def test_a_model_named_template_renders_the_models_own(
     model, tokenizer = _family_with_template(
         tiny_family_dir, make_tiny_model, tokenizer, family, template, tmp_path / "model"
     )
-    # Mistral v3's, Tekken's and Pixtral's system text moves to the last user turn: no turn-by-turn rendering splits
-    # a conversation with one (refused, under tokenizer_default too), and one without writes the same text here
-    rows = SHAREGPT[1:3] if name in ("mistral_v2v3", "mistral_v3_tekken", "pixtral") else SHAREGPT[:3]
-    path = write_rows([{"conversations": rows}], "jsonl")
+    path = write_rows([{"conversations": SHAREGPT[:3]}], "jsonl")
     built = {}
     for choice in (name, "tokenizer_default"):
         config = _load(tmp_path, [{"path": str(path), **MAPPED, "chat_template": choice}], base_model=str(model))
@@ -952,6 +949,66 @@ def test_a_model_named_template_renders_the_models_own(
     config.write_text(yaml.safe_dump(raw))
     result = CliRunner().invoke(app, ["validate", str(config)], prog_name="llmkit", env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
+
+
+# Mistral v3's format (OWN_TEMPLATES): the system text opens the last user turn, so SHAREGPT, which ends with the
+# assistant's turn, writes none, and SHAREGPT[:4], which ends with the user's "Bye", writes it there
+MISTRAL_V3_TEXT = "<|im_start|>[INST] Hi there[/INST] Hello!<|im_end|>[INST] Bye[/INST] Goodbye.<|im_end|>"
+MISTRAL_V3_USER_LAST = "<|im_start|>[INST] Hi there[/INST] Hello!<|im_end|>[INST] Be brief.\n\nBye[/INST]"
+
+
+@pytest.mark.parametrize(
+    ("rows", "text", "runs"),
+    [
+        (SHAREGPT, MISTRAL_V3_TEXT, [" Hello!<|im_end|>", " Goodbye.<|im_end|>"]),
+        (SHAREGPT[:4], MISTRAL_V3_USER_LAST, [" Hello!<|im_end|>"]),
+    ],
+)
+def test_mistral_v3_rows_with_a_system_turn_train_their_assistant_turns(
+    write_rows, make_cfg, tokenizer, rows, text, runs
+):
+    """Mistral v3's own template writes the system text into the last user turn, so the conversation up to an
+    assistant turn writes the text the whole one writes before it: axolotl finds each assistant turn there (its
+    content after the space, which the tokenizer merges into the first token, and the EOS). Such rows were refused as
+    not incremental."""
+    tokenizer = copy.deepcopy(tokenizer)  # the session's, left as it is
+    tokenizer.chat_template = OWN_TEMPLATES["mistral_v2v3"][1]
+    (row,) = _chat(write_rows, make_cfg, tokenizer, [{"conversations": rows}], chat_template="tokenizer_default")
+    assert row["input_ids"] == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert _trained_runs(tokenizer, row) == runs
+
+
+_EVERY_TURN = [" Hi there", " Hello!<|im_end|>", " Bye", " Goodbye.<|im_end|>"]
+
+
+@pytest.mark.parametrize(
+    ("keys", "top", "runs"),
+    [
+        ({"roles_to_train": ["human", "gpt"]}, {}, _EVERY_TURN),
+        ({"train_on_eos": "all"}, {}, [" Hello!<|im_end|>", " Goodbye.<|im_end|>"]),  # no EOS after a user turn
+        ({}, {"train_on_inputs": True}, _EVERY_TURN),
+    ],
+)
+def test_mistral_v3_rows_with_a_system_turn_that_train_a_user_turn_say_why_they_cannot(
+    write_rows, make_cfg, tokenizer, keys, top, runs
+):
+    """Up to "Hi there", the conversation writes '[INST] Be brief.\n\nHi there[/INST]', the whole one '[INST] Hi
+    there[/INST]': axolotl's labels for that user turn (its EOS's too, under train_on_eos: all) fall on the tokens
+    after it. The error says why and the ways out; it said 'not incremental'."""
+    tokenizer = copy.deepcopy(tokenizer)  # the session's, left as it is
+    tokenizer.chat_template = OWN_TEMPLATES["mistral_v2v3"][1]
+    path = write_rows([{"conversations": SHAREGPT}], "jsonl")
+    dataset = {"path": str(path), **MAPPED, "chat_template": "tokenizer_default", **keys}
+    said = (
+        r"row 1: field 'conversations' cannot be split into turns: the chat template writes the conversation up to "
+        r"message 1 \(a user turn\) otherwise once later messages follow, .* Mistral v3's, Tekken's and Pixtral's own "
+        r"templates write the system text into the last user turn .*drop_system_message"
+    )
+    with pytest.raises(DataError, match=said):
+        build_datasets(make_cfg([dataset], **top), tokenizer)
+    (row,) = build_datasets(make_cfg([{**dataset, "drop_system_message": True}], **top), tokenizer).train
+    assert tokenizer.decode(row["input_ids"]) == MISTRAL_V3_TEXT
+    assert _trained_runs(tokenizer, row) == runs  # without it, the user turns train where the whole writes them
 
 
 @pytest.mark.parametrize(
