@@ -585,7 +585,7 @@ def make_chat_builder(
             ended = False
             for kind, (tokens, policy) in enumerate(ends):
                 gap, token, rest = _split_end(tokenizer, rest, tokens)
-                if token and train:
+                if token:  # the last turn looked at: an untrained one too, where an end token trains after every
                     last_ends[kind] = len(segments) + 1
                 ended = ended or bool(token)
                 segments += [Segment(gap, False), Segment(token, policy == "all" or (policy == "turn" and train))]

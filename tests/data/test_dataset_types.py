@@ -554,6 +554,21 @@ def test_eot_tokens_and_train_on_eot_choose_the_turn_ends_trained(write_rows, ma
     assert _trained_runs(tokenizer, row) == runs
 
 
+def test_train_on_eot_last_is_the_last_turn_looked_at_where_the_eos_trains_after_every_turn(
+    write_rows, make_cfg, tokenizer
+):
+    """train_on_eos: all makes axolotl look at every turn, untrained ones too, and train_on_eot: last then trains the
+    end-of-turn token of the last turn it looked at: here the untrained "Bye" that ends the row. It trained the last
+    trained turn's ("Hello!"'s)."""
+    path = write_rows([{"conversations": SHAREGPT[:4]}], "jsonl")
+    keys = {"chat_template": "jinja", "chat_template_jinja": TURN_END_TEMPLATE}
+    dataset = {**MAPPED, "path": str(path), **keys, "train_on_eot": "last", "train_on_eos": "all"}
+    (row,) = build_datasets(make_cfg([dataset], eot_tokens=["<|endoftext|>"]), tokenizer).train
+    # each turn's EOS; the last turn's end-of-turn token before its EOS
+    runs = ["<|im_end|>", "<|im_end|>", "Hello!", "<|im_end|>", "<|endoftext|><|im_end|>"]
+    assert _trained_runs(tokenizer, row) == runs
+
+
 def test_train_on_eot_and_train_on_eos_that_disagree_on_the_eos_are_refused(
     write_rows, make_cfg, tokenizer, tiny_config, tmp_path
 ):
