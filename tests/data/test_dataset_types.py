@@ -1126,6 +1126,36 @@ def test_axolotls_other_model_named_templates_say_why_they_are_refused(tmp_path,
     assert why in said and "tokenizer_default renders the base model's own" in said, said
 
 
+# Command A's turns as axolotl's command_a text writes them (its preambles aside): every conversation, a whole one
+# as one cut at any turn, ends with an opened chatbot turn
+COMMAND_A_SHAPE = (
+    "{{ bos_token }}{% for m in messages %}<|START_OF_TURN_TOKEN|>{% if m.role == 'system' %}<|SYSTEM_TOKEN|>"
+    "{% elif m.role == 'user' %}<|USER_TOKEN|>{% else %}<|CHATBOT_TOKEN|><|START_RESPONSE|>{% endif %}{{ m.content }}"
+    "{% if m.role == 'assistant' %}<|END_RESPONSE|>{% endif %}<|END_OF_TURN_TOKEN|>{% endfor %}"
+    "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>"
+)
+
+
+def test_a_template_that_opens_a_turn_after_the_last_trains_through_chat_template_jinja(
+    write_rows, make_cfg, tokenizer
+):
+    """The refusal of command_a says chat_template_jinja with axolotl's text renders it; its rows were all refused as
+    not incremental (each cut conversation ends with the opened chatbot turn the whole one writes after its last
+    turn). Now each reply trains, and its <|END_OF_TURN_TOKEN|> one token (<|END_RESPONSE|>) after it."""
+    tokenizer = copy.deepcopy(tokenizer)  # the session's, left as it is
+    markers = ["<|START_OF_TURN_TOKEN|>", "<|END_OF_TURN_TOKEN|>", "<|SYSTEM_TOKEN|>", "<|USER_TOKEN|>"]
+    markers += ["<|CHATBOT_TOKEN|>", "<|START_RESPONSE|>", "<|END_RESPONSE|>"]
+    tokenizer.add_special_tokens({"additional_special_tokens": markers})  # as Command A's tokenizer has them
+    path = write_rows([{"conversations": SHAREGPT}], "jsonl")
+    dataset = {**MAPPED, "path": str(path), "chat_template": "jinja", "chat_template_jinja": COMMAND_A_SHAPE}
+    (row,) = build_datasets(make_cfg([dataset], eot_tokens=["<|END_OF_TURN_TOKEN|>"]), tokenizer).train
+    assert tokenizer.decode(row["input_ids"]).endswith(
+        "<|START_RESPONSE|>Goodbye.<|END_RESPONSE|><|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>"
+    )
+    runs = ["Hello!", "<|END_OF_TURN_TOKEN|>", "Goodbye.", "<|END_OF_TURN_TOKEN|>"]
+    assert _trained_runs(tokenizer, row) == runs
+
+
 def test_template_choices_that_cannot_render_are_clear_errors(write_rows, make_cfg, tokenizer, tmp_path):
     path = write_rows([{"conversations": SHAREGPT[1:3]}], "jsonl")
     bare = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
