@@ -666,8 +666,8 @@ def _unsplit(i: int, messages: list[Message]) -> str:
     """Why a row cannot train whose whole conversation writes the text up to message `i`'s content otherwise than the
     conversation up to that message does."""
     why = (
-        f"cannot be split into turns: the chat template writes the conversation up to message {i} (a "
-        f"{messages[i]['role']} turn) otherwise once later messages follow, so that turn's text is not where "
+        f"cannot be split into turns: the chat template writes the conversation up to message {i} "
+        f"({messages[i]['role']}) otherwise once later messages follow, so that turn's text is not where "
         "rendering the conversation up to it finds it (axolotl's labels there fall on other tokens)"
     )
     if messages[0]["role"] == "system":

@@ -156,7 +156,7 @@ def test_a_custom_jinja_chat_template_masks_headers_and_must_write_trained_turns
     # fall elsewhere); the assistant turn, the last, is where the whole has it, so it alone trains
     counting = "{{ messages | length }}{% for m in messages %}{{ m.content }}{% endfor %}"
     expected = r"row 1: field 'messages' cannot be split into turns: the chat template writes the conversation up to "
-    expected += r"message 0 \(a user turn\) otherwise once later messages follow"
+    expected += r"message 0 \(user\) otherwise once later messages follow"
     _fails(make_cfg, tokenizer, path, "chat_template", expected, chat_template=counting, roles_to_train=["user"])
     (row,) = build_datasets(
         make_cfg([{"path": str(path), "type": "chat_template", "chat_template": counting}]), tokenizer

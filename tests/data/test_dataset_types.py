@@ -1016,7 +1016,7 @@ def test_mistral_v3_rows_with_a_system_turn_that_train_a_user_turn_say_why_they_
     dataset = {"path": str(path), **MAPPED, "chat_template": "tokenizer_default", **keys}
     said = (
         r"row 1: field 'conversations' cannot be split into turns: the chat template writes the conversation up to "
-        r"message 1 \(a user turn\) otherwise once later messages follow, .* Mistral v3's, Tekken's and Pixtral's own "
+        r"message 1 \(user\) otherwise once later messages follow, .* Mistral v3's, Tekken's and Pixtral's own "
         r"templates write the system text into the last user turn .*drop_system_message"
     )
     with pytest.raises(DataError, match=said):
