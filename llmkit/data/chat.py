@@ -106,7 +106,8 @@ _GEMMA3_TURNS = "{bos}<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_
 _GEMMA4_TURNS = "{bos}<|turn>system\nBe brief.<turn|>\n<|turn>user\nHi<turn|>\n<|turn>model\nHello<turn|>\n"
 MODEL_TEMPLATES: dict[str, tuple[str, str]] = {
     # Qwen3's own, with a `real_last_index` axolotl passes when it renders a conversation cut short: a whole
-    # conversation renders as Qwen3 writes it (an empty <think> block before the last assistant turn). Its generation
+    # conversation renders as Qwen3 writes it (an empty <think> block before the last assistant turn), and a cut one
+    # as the whole writes its turns, which Qwen3's own does not (_CUT_AS_WHOLE finds them in the whole). Its generation
     # prompt (served prompts, preference prompts) differs: axolotl's opens a <think> block, Qwen3's own does not.
     "qwen3": (
         "Qwen3",
@@ -273,6 +274,11 @@ _TEMPLATE_ROLES = {"system", "user", "assistant", "tool"}
 # Rendered in a turn's place to find where the template writes its content: private-use characters, which no
 # real message starts with and no template filter (trim) changes.
 _DUMMY = "\ue000\ue001"
+# Names whose axolotl text renders a conversation cut at a turn as the whole conversation writes it (axolotl passes
+# the whole one's last index, real_last_index), where the model's own, which renders here, does not: Qwen3's writes
+# the cut's last assistant turn with a <think> block, the whole one's earlier turns without. Their turns are found
+# in the whole conversation, by rendering it with the turn's content replaced, which is where axolotl finds them.
+_CUT_AS_WHOLE = {"qwen3"}
 _END_REACH = 3  # axolotl trains a turn's end token only when at most this many tokens separate it from the content
 # Further than any _END_REACH tokens reach: where a turn's end token is looked for, so that a long conversation's
 # later turns are not tokenized once per turn.
@@ -554,6 +560,7 @@ def make_chat_builder(
     if spec.roles_to_train is None and (speakers := _sharegpt_speakers(spec)):
         named = ["assistant", *speakers.get("output", [])]
     trained_roles = {role_map.get(role, role) for role in named}
+    in_whole = spec.template_choice(defaults.template, defaults.jinja)[0] in _CUT_AS_WHOLE
     unended = False  # warned already: the template ends a trained turn with none of eot_tokens
 
     def build(row: RawRow, _spec: DatasetSpec) -> Parts:  # the Builder signature; this one is bound to `spec`
@@ -571,8 +578,9 @@ def make_chat_builder(
         for i, (message, train) in enumerate(zip(messages, trains, strict=True)):
             if not (train or every):  # axolotl looks for a turn only where it trains, or where every end token does
                 continue
-            full = render(messages[: i + 1])
-            span = _content_span(full, render([*messages[:i], {**message, "content": _DUMMY}]), done)
+            dummied = [*messages[:i], {**message, "content": _DUMMY}]
+            full = whole if in_whole else render(messages[: i + 1])
+            span = _content_span(full, render(dummied + messages[i + 1 :] if in_whole else dummied), done)
             # The template leaves this message out (a role it skips), or its content is empty: axolotl's find_turn
             # finds no turn, so neither the content nor the turn's end token trains.
             if span is None:
@@ -670,12 +678,17 @@ def _unsplit(i: int, messages: list[Message]) -> str:
         f"({messages[i]['role']}) otherwise once later messages follow, so that turn's text is not where "
         "rendering the conversation up to it finds it (axolotl's labels there fall on other tokens)"
     )
-    if messages[0]["role"] == "system":
+    if messages[i]["role"] == "user" and messages[0]["role"] == "system":
         why += (
             "; Mistral v3's, Tekken's and Pixtral's own templates write the system text into the last user turn "
             "only (none where the conversation ends with the assistant's): train no user turn (no train_on_inputs, "
             "roles_to_train without user, train_on_eos and train_on_eot not all), or drop the system turn "
             "(drop_system_message), or write its text into the first user message"
+        )
+    elif messages[i]["role"] == "assistant":
+        why += (
+            "; Qwen3's own template writes a <think> block before the last assistant turn only: chat_template: qwen3 "
+            "finds the turns of a Qwen3 base's rows as axolotl's qwen3 text does"
         )
     return why
 

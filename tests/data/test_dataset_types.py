@@ -966,6 +966,35 @@ def test_a_model_named_template_renders_the_models_own(
     assert result.exit_code == 0, result.output
 
 
+# Qwen3's format (OWN_TEMPLATES) of SHAREGPT: the empty <think> block before the last assistant turn only
+QWEN3_TEXT = (
+    "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\nHello!"
+    "<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nGoodbye.<|im_end|>\n"
+)
+
+
+def test_qwen3_rows_of_several_exchanges_train_each_reply_as_axolotl_finds_it(write_rows, make_cfg, tokenizer):
+    """axolotl's qwen3 text renders the conversation up to "Hello!" as the whole one writes it (no <think> block: it
+    is told the whole one's last index), so it trains both replies; Qwen3's own, which chat_template: qwen3 renders
+    here, writes a <think> block before the last reply of any conversation, so the rows were refused as not
+    incremental. Under tokenizer_default axolotl renders Qwen3's own, and its labels for "Hello!" fall the <think>
+    block's 4 tokens (in Qwen3's tokenizer) after it: the row stays an error."""
+    tokenizer = copy.deepcopy(tokenizer)  # the session's, left as it is
+    tokenizer.chat_template = OWN_TEMPLATES["qwen3"][1]
+    path = write_rows([{"conversations": SHAREGPT}], "jsonl")
+    (row,) = _chat(write_rows, make_cfg, tokenizer, [{"conversations": SHAREGPT}], chat_template="qwen3")
+    assert row["input_ids"] == tokenizer(QWEN3_TEXT, add_special_tokens=False)["input_ids"]
+    assert _trained_runs(tokenizer, row) == ["Hello!<|im_end|>", "Goodbye.<|im_end|>"]
+    said = r"row 1: field 'conversations' cannot be split into turns: .* up to message 2 \(assistant\)"
+    with pytest.raises(DataError, match=said) as info:
+        build_datasets(make_cfg([{"path": str(path), **MAPPED, "chat_template": "tokenizer_default"}]), tokenizer)
+    assert "Mistral" not in str(info.value)  # its hint is for a user turn after a system turn
+    assert str(info.value).endswith(
+        "Qwen3's own template writes a <think> block before the last assistant turn only: "
+        "chat_template: qwen3 finds the turns of a Qwen3 base's rows as axolotl's qwen3 text does"
+    )
+
+
 # Mistral v3's format (OWN_TEMPLATES): the system text opens the last user turn, so SHAREGPT, which ends with the
 # assistant's turn, writes none, and SHAREGPT[:4], which ends with the user's "Bye", writes it there
 MISTRAL_V3_TEXT = "<|im_start|>[INST] Hi there[/INST] Hello!<|im_end|>[INST] Bye[/INST] Goodbye.<|im_end|>"
