@@ -364,13 +364,14 @@ def preprocess(config: str = typer.Argument(..., metavar="CONFIG", help="Axolotl
         cfg = load_config(config)
         tokenizer = load_tokenizer(cfg)
         if cfg.rl:  # preference pairs: read and checked here, tokenized by TRL's trainer when training starts
+            from llmkit.config.sections import RLMethod
             from llmkit.data.preference import build_preference_datasets, kto_label_counts
 
             pairs = build_preference_datasets(cfg, tokenizer)
             held_out = len(pairs.eval) if pairs.eval is not None else 0
             Console().print(stats_table(pairs.stats))
             labels = ""
-            if not cfg.rl.paired:
+            if cfg.rl is RLMethod.kto:
                 labels = " ({:,} desirable, {:,} undesirable)".format(*kto_label_counts(pairs.train))
             typer.echo(
                 f"{len(pairs.train):,} {cfg.rl.rows_noun}{labels} to train on, {held_out:,} held out for evaluation "

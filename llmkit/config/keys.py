@@ -206,6 +206,9 @@ def _reference_note(data: dict) -> str:
         return "read only with rl (an adapter's reference model in preference training); without rl it does nothing"
     if rl in ("orpo", "simpo"):
         return f"rl: {rl} trains without a reference model, so it does nothing"
+    trl = data.get("trl") if isinstance(data.get("trl"), dict) else {}
+    if rl == "grpo" and not (trl.get("beta") or data.get("rl_beta") or data.get("dpo_beta")):
+        return "rl: grpo without a KL penalty (trl.beta 0, TRL's default) has no reference model, so it does nothing"
     if not data.get("adapter"):
         return (
             "it chooses an adapter's reference; a full fine-tune's reference is TRL's frozen copy of the model before "

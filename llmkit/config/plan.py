@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit.config.schema import Adapter, AxolotlConfig, ConfigError, DatasetSpec, PeftMethod
+from llmkit.config.schema import Adapter, AxolotlConfig, ConfigError, DatasetSpec, PeftMethod, RLMethod
 from llmkit.config.sections import COMPRESSIONS, UNREADABLE, data_file_builder, local_data_files
 from llmkit.core.challenge import TRACKS, Loading, Track, TrainingProjection, project_training
 from llmkit.core.files import user_path
@@ -33,6 +33,13 @@ from llmkit.core.shapes import (
 )
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# rl: grpo's time and memory are not projected: both are dominated by generation (num_generations completions of
+# each prompt, token by token, with their KV cache), which the teacher-forced throughput and activation formulas
+# here do not describe; a number from them would be wrong without saying so
+GRPO_UNPLANNED = (
+    "unknown: rl: grpo generates its completions in training (trl.num_generations per prompt, token by token); "
+    "its {} is not projected here"
+)
 _COUNTED_BUILDERS = ("json", "csv", "parquet", "text")  # the `datasets` builders whose files' rows the plan counts
 
 
@@ -103,7 +110,8 @@ def plan(
         targets = cfg.resolved_target_modules(shape)
         trained = shape.with_vocabulary(tokenizer_size) if tokenizer_size else shape
         trainable, total = trainable_params(cfg, trained, targets), trained.num_params
-        memory = [training_memory(cfg, trained, targets, trainable, track) for track in Track]
+        unplanned = cfg.rl is RLMethod.grpo  # GRPO_UNPLANNED
+        memory = [] if unplanned else [training_memory(cfg, trained, targets, trainable, track) for track in Track]
     micro_tokens = cfg.micro_batch_size * cfg.sequence_len
     rows = _count_all_rows(cfg)
     step_rows = cfg.micro_batch_size * cfg.gradient_accumulation_steps * world_size
@@ -147,6 +155,8 @@ def training_tokens(
     rejected both go through the model, padded to the longer: `data_tokens` counts a pair's longer sequence); a KTO
     row once (its KL and reference passes run without gradients, as DPO's reference passes, which are not counted).
     """
+    if cfg.rl is RLMethod.grpo:
+        return None, GRPO_UNPLANNED.format("time")
     pairs = _trained_sequences(cfg)
     twice = " x 2 (preference pairs)" if pairs == 2 else ""
     if cfg.max_steps:
@@ -299,6 +309,13 @@ def _describe_method(cfg: AxolotlConfig) -> str:
     if not cfg.rl:
         dft = "; DFT loss (each target token's cross-entropy times its probability)"
         return _describe_weights(cfg) + (dft if cfg.use_dynamic_finetuning else "")
+    if cfg.rl is RLMethod.grpo:
+        beta = cfg.preference_beta or 0.0  # TRL's default: no KL penalty, no reference pass
+        rewards = ", ".join(cfg.trl.reward_funcs or []) if cfg.trl else ""
+        return (
+            f"{_describe_weights(cfg)}; GRPO (TRL), {cfg.grpo_generations} completions per prompt scored by "
+            f"{rewards}, beta {beta:g}"
+        )
     beta = cfg.preference_beta if cfg.preference_beta is not None else 0.1  # TRL's default
     return f"{_describe_weights(cfg)}; preference training: {cfg.rl.title} (TRL), beta {beta:g}"
 
@@ -351,9 +368,12 @@ def _full_weights(cfg: AxolotlConfig) -> str:
 
 def optimizer_steps(cfg: AxolotlConfig, train_rows: int, world_size: int) -> int:
     """Optimizer steps of a run over `train_rows` training rows (or packed sequences), as transformers' Trainer
-    counts them: max_steps when set."""
+    counts them: max_steps when set. A GRPO prompt is trained as num_generations completions, each a place of the
+    micro-batch (TRL's sampler repeats it)."""
     if cfg.max_steps:
         return cfg.max_steps
+    if cfg.rl is RLMethod.grpo:
+        train_rows *= cfg.grpo_generations
     batches = math.ceil(train_rows / (cfg.micro_batch_size * world_size))
     per_epoch = max(math.ceil(batches / cfg.gradient_accumulation_steps), 1)
     return math.ceil(cfg.num_epochs * per_epoch)

@@ -10,6 +10,7 @@ Key names are axolotl's (see `llmkit.config.sections` and the README's "Configs"
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections.abc import Iterable, Iterator
@@ -35,6 +36,7 @@ from llmkit.config.keys import (
 from llmkit.config.sections import (
     CAUSAL_LM_METRICS,
     DATASET_LISTS,
+    GRPO_DEFAULT_GENERATIONS,
     Adapter,
     BnbConfigKwargs,
     CustomPrompt,
@@ -53,6 +55,7 @@ from llmkit.config.sections import (
     RLMethod,
     RLSection,
     TrainingSection,
+    TrlSettings,
     UnfrozenPattern,
     one_as_list,
     rl_method,
@@ -342,7 +345,15 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             set_keys += ["dpo_use_weighting"] if self.dpo_use_weighting else []
             if set_keys:
                 raise ValueError(f"{', '.join(set_keys)}: preference-training keys, but rl is not set (rl: dpo)")
+            if self.trl and self.trl.grpo_keys:
+                raise ValueError(f"{', '.join(self.trl.grpo_keys)}: GRPO's keys, but rl is not set (rl: grpo)")
             return self
+        if self.trl and self.trl.beta == 0 and self.rl is not RLMethod.grpo:
+            raise ValueError(f"trl.beta: 0 leaves rl: {self.rl.value}'s loss without its scale; set it above 0")
+        if self.trl and self.trl.grpo_keys and self.rl is not RLMethod.grpo:
+            raise ValueError(
+                f"{', '.join(self.trl.grpo_keys)}: GRPO's keys, read with rl: grpo, not rl: {self.rl.value}"
+            )
         for key in ("sample_packing", "group_by_length"):
             if getattr(self, key):
                 raise ValueError(f"{key}: true does not work with rl: {self.rl.value}; set it false")
@@ -354,7 +365,8 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         if self.peft_method is not PeftMethod.lora:
             method = self.peft_method.value
             raise ValueError(f"rl: {self.rl.value} trains a LoRA adapter or the full model, not {method}")
-        if self.excess_length_strategy == "truncate":  # axolotl drops long rows; TRL would cut the answers off
+        # axolotl drops long rows; TRL would cut the answers off (GRPO's prompts are neither measured nor cut)
+        if self.excess_length_strategy == "truncate" and self.rl is not RLMethod.grpo:
             why = (
                 "preference pairs longer than sequence_len, and a pair cut short compares answers that are not the "
                 "data's" if self.rl.paired
@@ -395,6 +407,8 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 )
         if self.rl is RLMethod.kto:
             return self._check_kto_types()
+        if self.rl is RLMethod.grpo:
+            return self._check_grpo()
         read = PreferenceType.read_by(self.rl)
         names = ", ".join(kind.value for kind in read)
         names += "" if self.rl is RLMethod.orpo else ", or a {field_prompt, field_chosen, ...} mapping"
@@ -442,6 +456,46 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                     else "is not a KTO dataset type (axolotl's kto strategies), which rl: kto needs"
                 )
                 raise ValueError(f"{key}[{i}].type: {spec.type_name} {what}; supported: {names}")
+        return self
+
+    def _check_grpo(self) -> AxolotlConfig:
+        """rl: grpo as TRL's GRPOTrainer runs it: reward functions named, the generation batch (micro_batch_size x
+        gradient_accumulation_steps x GPUs completions, TRL's default) made of whole groups of num_generations, and
+        datasets that are prompts (rows with `prompt`) or axolotl's module.function transform of a user's file."""
+        trl = self.trl or TrlSettings()
+        if not trl.reward_funcs:
+            raise ValueError(
+                "trl.reward_funcs: required with rl: grpo (a list of module.function, e.g. [rewards.correct], of a "
+                "Python file beside the config or in the current directory)"
+            )
+        if trl.reward_weights is not None and len(trl.reward_weights) != len(trl.reward_funcs):
+            raise ValueError(
+                f"trl.reward_weights: {len(trl.reward_weights)} weights for {len(trl.reward_funcs)} trl.reward_funcs; "
+                "give one per function"
+            )
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        group = self.grpo_generations
+        batch = self.micro_batch_size * self.gradient_accumulation_steps * world
+        if batch % group:
+            given = f"trl.num_generations {group}" + ("" if trl.num_generations else " (unset: TRL's default)")
+            raise ValueError(
+                f"micro_batch_size x gradient_accumulation_steps x GPUs = {self.micro_batch_size} x "
+                f"{self.gradient_accumulation_steps} x {world} = {batch} completions per generation, not divisible "
+                f"by {given}: TRL generates whole groups of num_generations completions of a prompt"
+            )
+        if self.has_eval and (self.micro_batch_size * world) % group:
+            raise ValueError(
+                f"micro_batch_size x GPUs = {self.micro_batch_size * world} evaluation completions per batch, not "
+                f"divisible by trl.num_generations {group} (TRL evaluates whole groups); change them, or remove "
+                "val_set_size and test_datasets"
+            )
+        for key, i, spec in self.dataset_entries():
+            if isinstance(spec.type, (CustomPrompt, PreferencePrompt)) or (spec.type and not spec.user_module):
+                raise ValueError(
+                    f"{key}[{i}].type: {spec.type_name} is not a GRPO dataset type; rl: grpo reads module.function "
+                    "(axolotl's transform in a Python file beside the config or in the current directory), or no "
+                    "type (rows with a prompt: text or messages)"
+                )
         return self
 
     @model_validator(mode="after")
@@ -510,6 +564,11 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
     def neftune_alpha(self) -> float | None:
         """NEFTune's noise scale: neftune_noise_alpha, or its older name noisy_embedding_alpha."""
         return self.neftune_noise_alpha if self.neftune_noise_alpha is not None else self.noisy_embedding_alpha
+
+    @property
+    def grpo_generations(self) -> int:
+        """rl: grpo: completions generated per prompt (trl.num_generations; unset: TRL's default)."""
+        return (self.trl.num_generations if self.trl else None) or GRPO_DEFAULT_GENERATIONS
 
     @property
     def preference_beta(self) -> float | None:

@@ -353,8 +353,8 @@ def optimizer_name(value: object) -> object:
 
 
 class RLMethod(str, Enum):
-    """Preference training methods (axolotl's `rl:` values): DPO's by TRL's DPOTrainer, ORPO by its ORPOTrainer,
-    SimPO by its CPOTrainer, KTO by its KTOTrainer."""
+    """Preference and RL training methods (axolotl's `rl:` values): DPO's by TRL's DPOTrainer, ORPO by its
+    ORPOTrainer, SimPO by its CPOTrainer, KTO by its KTOTrainer, GRPO by its GRPOTrainer."""
 
     dpo = "dpo"  # DPO, sigmoid loss
     ipo = "ipo"  # DPO with the IPO loss (TRL loss_type ipo)
@@ -363,6 +363,9 @@ class RLMethod(str, Enum):
     # KTO: unpaired rows (a prompt, one answer, whether it is desirable), each answer's log-ratio to the reference
     # against the batch's KL estimate
     kto = "kto"
+    # GRPO: prompts only; the model generates trl.num_generations completions of each, the user's reward functions
+    # score them, and each completion is trained by its reward against its group's mean
+    grpo = "grpo"
 
     @property
     def has_reference(self) -> bool:
@@ -377,12 +380,14 @@ class RLMethod(str, Enum):
     @property
     def paired(self) -> bool:
         """Whether a row is a pair (prompt, chosen, rejected), both answers trained in one batch; KTO's row is one
-        answer with its label."""
-        return self is not RLMethod.kto
+        answer with its label; GRPO's a prompt."""
+        return self not in (RLMethod.kto, RLMethod.grpo)
 
     @property
     def rows_noun(self) -> str:
         """What the method trains on, as the CLI and the log count it."""
+        if self is RLMethod.grpo:
+            return "GRPO prompts"
         return "preference pairs" if self.paired else "KTO rows"
 
     @property
@@ -400,14 +405,13 @@ class RLMethod(str, Enum):
 
 # axolotl's other `rl:` values: what each is (none is implemented here).
 UNSUPPORTED_RL = {
-    "grpo": "GRPO (online RL with reward functions and generation)",
     "gdpo": "axolotl's GDPO",
     "ebft": "axolotl's EBFT",
 }
 
 
 def rl_method(value: object) -> object:
-    """`rl: dpo|ipo|orpo|simpo|kto`; false/none/empty: no preference training; axolotl's other methods refused by
+    """`rl: dpo|ipo|orpo|simpo|kto|grpo`; false/none/empty: no preference training; axolotl's other methods refused by
     name."""
     if value is False or (isinstance(value, str) and value.lower() in ("", "none", "false")):
         return None
@@ -480,21 +484,61 @@ class PeftSettings(BaseModel):
     backend: Literal["bnb"] | None = Field(None, description="Quantization backend: bnb (bitsandbytes) only.")
 
 
+GRPO_DEFAULT_GENERATIONS = 8  # TRL's GRPOConfig.num_generations, which the batch rule checks when it is unset
+
+
 class TrlSettings(BaseModel):
-    """axolotl's `trl:` mapping; only the keys that DPO reads."""
+    """axolotl's `trl:` mapping: the keys DPO's loss reads (beta) and GRPO's (generation and rewards)."""
 
     model_config = _SECTION
 
-    beta: float | None = Field(None, gt=0, description="rl: the preference loss's beta (same as rl_beta; wins).")
+    beta: float | None = Field(
+        None, ge=0, description="rl: the loss's beta (same as rl_beta; wins); grpo: the KL penalty (TRL's 0: none)."
+    )
+    reward_funcs: list[str] | None = Field(
+        None,
+        description="rl: grpo: the reward functions, each module.function of a Python file beside the config or in "
+        "the current directory, called as TRL calls them: (prompts, completions, completion_ids, **columns).",
+    )
+    reward_weights: list[float] | None = Field(
+        None, description="rl: grpo: a weight per reward function (TRL's default: 1 each)."
+    )
+    num_generations: int | None = Field(
+        None, ge=2, description="rl: grpo: completions generated per prompt, compared in their group (TRL's 8)."
+    )
+    max_completion_length: int | None = Field(
+        None, ge=1, description="rl: grpo: most tokens generated per completion (TRL's 256)."
+    )
+    temperature: float | None = Field(None, gt=0, description="rl: grpo: sampling temperature (TRL's 1.0).")
+    use_vllm: bool = Field(False, description="rl: grpo: only false: generation runs in the trainer here.")
+    log_completions: bool = Field(False, description="rl: grpo: print sample completions and rewards when logging.")
 
     @model_validator(mode="before")
     @classmethod
-    def _only_beta(cls, data: Any) -> Any:
-        # axolotl passes every trl: key to TRL; here only beta is read, and a key that changes the loss or the
-        # generation must not be dropped in silence (`rl:` picks the loss: dpo, ipo or orpo).
+    def _only_known(cls, data: Any) -> Any:
+        # axolotl passes every trl: key to TRL; a key that changes the loss or the generation must not be dropped in
+        # silence (`rl:` picks the loss: dpo, ipo, orpo, ...).
         if isinstance(data, dict) and (others := sorted(str(key) for key in data if key not in cls.model_fields)):
-            raise ValueError(f"not implemented here: {', '.join(others)} (only trl.beta is read; rl: picks the loss)")
+            read = ", ".join(f"trl.{key}" for key in cls.model_fields)
+            raise ValueError(f"not implemented here: {', '.join(others)} (read: {read}; rl: picks the loss)")
         return data
+
+    @field_validator("use_vllm")
+    @classmethod
+    def _no_vllm(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(
+                "true: vLLM is not used here; GRPO's generation runs in the trainer (the model generates its own "
+                "completions); set it false or remove it"
+            )
+        return value
+
+    @property
+    def grpo_keys(self) -> list[str]:
+        """The GRPO-only keys this mapping sets."""
+        keys = ("reward_funcs", "reward_weights", "num_generations", "max_completion_length", "temperature")
+        set_keys = [f"trl.{key}" for key in keys if getattr(self, key) is not None]
+        return set_keys + (["trl.log_completions"] if self.log_completions else [])
 
 
 class LrScheduler(str, Enum):
@@ -1278,15 +1322,15 @@ class TrainingSection(BaseModel):
 
 
 class RLSection(BaseModel):
-    """Preference training (axolotl's `rl:`), run by TRL's DPOTrainer, ORPOTrainer, CPOTrainer (SimPO) or
-    KTOTrainer."""
+    """Preference and RL training (axolotl's `rl:`), run by TRL's DPOTrainer, ORPOTrainer, CPOTrainer (SimPO),
+    KTOTrainer or GRPOTrainer."""
 
     model_config = _SECTION
 
     rl: RLMethod | None = Field(
         None,
         description="Preference training: dpo, ipo (DPO with the IPO loss), orpo, simpo or kto; datasets need "
-        "preference types (kto: KTO's).",
+        "preference types (kto: KTO's); grpo: online RL, the model's own completions scored by trl.reward_funcs.",
     )
     rl_beta: float | None = Field(None, gt=0, description="rl: beta of the preference loss (TRL beta; default 0.1).")
     dpo_beta: float | None = Field(None, gt=0, description="rl: axolotl's older name for rl_beta.")
@@ -1305,7 +1349,7 @@ class RLSection(BaseModel):
     kto_undesirable_weight: float | None = Field(
         None, gt=0, description="rl: kto: weight of the undesirable answers' losses (TRL undesirable_weight; 1)."
     )
-    trl: TrlSettings | None = Field(None, description="axolotl's TRL options; DPO reads beta.")
+    trl: TrlSettings | None = Field(None, description="axolotl's TRL options; DPO reads beta, GRPO its own keys.")
     dpo_use_weighting: bool = Field(False, description="rl: WPO weighting of the pairs (TRL use_weighting).")
     rpo_alpha: float | None = Field(
         None, gt=0, description="rl: add the chosen answers' NLL loss x rpo_alpha (RPO; TRL sft loss, weighted)."

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 from datasets import Dataset, concatenate_datasets
 
 from llmkit.config.plan import TokenizedSplit
-from llmkit.config.sections import DatasetSpec, KTOType, PreferencePrompt, PreferenceType
+from llmkit.config.sections import DatasetSpec, KTOType, PreferencePrompt, PreferenceType, RLMethod
 from llmkit.core.errors import short_repr
 from llmkit.data.chat import ChatDefaults, template_for_rows
 from llmkit.data.fields import FieldError, RowError, absent, text_field
@@ -604,6 +604,10 @@ def build_preference_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizer
         DataError: a file, row or field is bad, a dataset's chat template cannot be used, a dataset has no usable
             pair, or a pair is too long under excess_length_strategy: raise.
     """
+    if cfg.rl is RLMethod.grpo:  # prompts, not pairs: llmkit.data.grpo
+        from llmkit.data.grpo import build_prompt_datasets
+
+        return build_prompt_datasets(cfg, tokenizer)
     defaults = ChatDefaults.from_config(cfg)
     pairs: dict[str, list[Dataset]] = {"datasets": [], "test_datasets": []}
     stats = DataStats()
@@ -663,7 +667,11 @@ def _warn_one_sided(train: Dataset) -> None:
 
 def epoch_pair_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> TokenizedSplit:
     """The training pairs that training keeps (one epoch), with the tokens of each pair's longer sequence;
-    `llmkit validate`'s plan counts both sequences of a pair from them."""
+    `llmkit validate`'s plan counts both sequences of a pair from them. rl: grpo: its prompts, and their tokens."""
+    if cfg.rl is RLMethod.grpo:
+        from llmkit.data.grpo import epoch_prompt_tokens
+
+        return epoch_prompt_tokens(cfg, tokenizer)
     tokens = _pair_tokens(tokenizer, cfg)
     pairs = build_preference_datasets(cfg, tokenizer).train
     return TokenizedSplit(tokens=sum(tokens(cast(AnyRow, pair)) for pair in pairs), sequences=len(pairs))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -68,8 +68,8 @@ def search_folders(cfg: AxolotlConfig) -> list[Path]:
     return [*folders, *([Path.cwd()] if Path.cwd() not in folders else [])]
 
 
-def find_module(name: str, cfg: AxolotlConfig) -> tuple[Path, str]:
-    """The file and function `type: name` names.
+def find_module(name: str, cfg: AxolotlConfig, key: str = "type") -> tuple[Path, str]:
+    """The file and function `type: name` (or another `key`: name) names.
 
     Raises:
         UserStrategyError: no candidate file exists.
@@ -78,7 +78,7 @@ def find_module(name: str, cfg: AxolotlConfig) -> tuple[Path, str]:
     for path, function in tried:
         if path.is_file():
             return path, function
-    raise UserStrategyError(f"type {name!r}: no such Python file: {', '.join(str(path) for path, _ in tried)}")
+    raise UserStrategyError(f"{key} {name!r}: no such Python file: {', '.join(str(path) for path, _ in tried)}")
 
 
 def module_digest(name: str, cfg: AxolotlConfig) -> str | None:
@@ -110,6 +110,26 @@ def _import(path: Path) -> ModuleType:
     return module
 
 
+def user_function(name: str, cfg: AxolotlConfig, key: str) -> tuple[Path, Callable[..., Any]]:
+    """The function `name` (module.function) names, imported from its file beside the config or in the current
+    directory, as axolotl imports a dataset transform or a reward function; errors start with `key` and the name.
+
+    Raises:
+        UserStrategyError: the file is missing, fails to import, or lacks the function.
+    """
+    path, function = find_module(name, cfg, key)
+    with _importable_from(path.parent):
+        try:
+            module = _import(path)
+        except Exception as err:  # the user's code may raise anything while importing
+            raise UserStrategyError(f"{key} {name!r}: importing {path} failed: {type(err).__name__}: {err}") from err
+    found = getattr(module, function, None)
+    if not callable(found):
+        defined = sorted(attr for attr, value in vars(module).items() if callable(value) and not attr.startswith("_"))
+        raise UserStrategyError(f"{key} {name!r}: {path} has no function {function!r} (it defines {defined})")
+    return path, found
+
+
 def load_strategy(spec: DatasetSpec, cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> Strategy:
     """Import the user's module and call its load function, as axolotl does.
 
@@ -117,17 +137,10 @@ def load_strategy(spec: DatasetSpec, cfg: AxolotlConfig, tokenizer: PreTrainedTo
         UserStrategyError: the file is missing, fails to import, lacks the function, or returns no strategy.
     """
     name = str(spec.type)
-    path, function = find_module(name, cfg)
+    path, load = user_function(name, cfg, "type")
+    function = load.__name__
+    kwargs = {"ds_cfg": ConfigView.of(spec.model_dump(mode="json"))} if takes(load, "ds_cfg") else {}
     with _importable_from(path.parent):
-        try:
-            module = _import(path)
-        except Exception as err:  # the user's code may raise anything while importing
-            raise UserStrategyError(f"type {name!r}: importing {path} failed: {type(err).__name__}: {err}") from err
-        load = getattr(module, function, None)
-        if not callable(load):
-            defined = sorted(key for key, value in vars(module).items() if callable(value) and not key.startswith("_"))
-            raise UserStrategyError(f"type {name!r}: {path} has no function {function!r} (it defines {defined})")
-        kwargs = {"ds_cfg": ConfigView.of(spec.model_dump(mode="json"))} if _takes(load, "ds_cfg") else {}
         try:
             strategy = load(tokenizer, ConfigView.of(cfg.model_dump(mode="json")), **kwargs)
         except Exception as err:  # the user's code
@@ -141,7 +154,8 @@ def load_strategy(spec: DatasetSpec, cfg: AxolotlConfig, tokenizer: PreTrainedTo
     return strategy
 
 
-def _takes(function: Any, parameter: str) -> bool:
+def takes(function: Any, parameter: str) -> bool:
+    """Whether `function` has a parameter of that name (a **kwargs catch-all does not count)."""
     try:
         return parameter in inspect.signature(function).parameters
     except (TypeError, ValueError):  # a builtin or C function without a signature

@@ -10,7 +10,9 @@ after a finished run it does nothing, whatever this machine could train (llmkit/
 adapter, tokenizer, `config.resolved.yml`, `trainer_state.json` and `loss_curve.png` are written to a temporary
 folder and moved into output_dir with the adapter's config last, so output_dir never looks finished while it is
 not. Preference training (`rl: dpo|ipo|orpo|simpo|kto`) takes the same path with preference pairs, or KTO's rows
-(`llmkit.data.preference`), and TRL's DPOTrainer (ORPOTrainer for orpo, CPOTrainer for simpo, KTOTrainer for kto).
+(`llmkit.data.preference`), and TRL's DPOTrainer (ORPOTrainer for orpo, CPOTrainer for simpo, KTOTrainer for kto);
+`rl: grpo` with prompts and the user's reward functions (`llmkit.data.grpo`) and TRL's GRPOTrainer, which generates
+the completions it trains on.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from llmkit.core import devices
 from llmkit.core.errors import headline
 from llmkit.core.files import clean_stale, staging_dir, swap_in
 from llmkit.core.models import stop_at_turn_ends
+from llmkit.data.grpo import reward_functions
 from llmkit.data.pipeline import PreparedData, build_datasets, make_collator
 from llmkit.data.preference import PreferenceData, build_preference_datasets
 from llmkit.data.tokenizer import load_tokenizer
@@ -94,6 +97,8 @@ def train(cfg: AxolotlConfig, *, cpu_fallback: bool = False, fresh: bool = False
     check_base_model(cfg)
     check_lora_model_dir(cfg)  # before the data and the base: peft would say it in a traceback once both are loaded
     check_loftq(cfg)  # before the data: the peft model that needs it is built after
+    if cfg.rl is RLMethod.grpo:
+        reward_functions(cfg)  # a missing file or function: said before the data and the model load
     args = training_arguments(cfg, optimizer_for_machine(cfg, cpu_fallback))
     is_main = args.process_index == 0
     with hold_output_dir(cfg, output_dir) if is_main else nullcontext():
@@ -221,13 +226,16 @@ def _trainer(
     cfg: AxolotlConfig, args: TrainingArguments, model: Any, tokenizer: Any, data: PreparedData | PreferenceData
 ) -> Trainer:
     """transformers' Trainer over the prepared rows, or TRL's DPOTrainer (ORPOTrainer for ORPO, CPOTrainer for SimPO)
-    over preference pairs, KTOTrainer over KTO's rows, for `rl:`."""
+    over preference pairs, KTOTrainer over KTO's rows, GRPOTrainer over prompts, for `rl:`."""
     callbacks: list[TrainerCallback] = [LogLastStep(), ConfigCadence()]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience))
     if cfg.rl:
         _, trainer_class = _trl_classes(cfg.rl)
+        # GRPO's completions are scored by the user's functions (TRL's positional second argument)
+        rewards = {"reward_funcs": reward_functions(cfg)} if cfg.rl is RLMethod.grpo else {}
         trainer: Trainer = trainer_class(
+            **rewards,
             model=model,
             args=args,
             train_dataset=data.train,
@@ -276,6 +284,10 @@ def _trl_classes(method: RLMethod) -> tuple[type[TrainingArguments], type[Traine
         from trl import KTOConfig, KTOTrainer
 
         return KTOConfig, KTOTrainer
+    if method is RLMethod.grpo:
+        from trl import GRPOConfig, GRPOTrainer
+
+        return GRPOConfig, GRPOTrainer
     from trl import DPOConfig, DPOTrainer
 
     return DPOConfig, DPOTrainer
@@ -283,7 +295,7 @@ def _trl_classes(method: RLMethod) -> tuple[type[TrainingArguments], type[Traine
 
 def training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments:
     """The config's trainer keys in transformers' terms ("auto" precision resolved for this machine); a DPOConfig,
-    ORPOConfig, CPOConfig or KTOConfig (TrainingArguments plus the preference loss's settings) for `rl:`.
+    ORPOConfig, CPOConfig, KTOConfig or GRPOConfig (TrainingArguments plus the loss's settings) for `rl:`.
 
     Raises:
         ConfigError: tf32 without CUDA, or settings transformers refuses together (e.g. load_best_model_at_end
@@ -394,10 +406,11 @@ def _preference_loss(cfg: AxolotlConfig) -> dict[str, Any]:
     """TRL's settings of the `rl:` loss: max_length and beta (unset: TRL's), and DPO's loss (sigmoid; ipo; plus the
     chosen answers' NLL with rpo_alpha), ORPO's lambda (axolotl passes orpo_alpha, the odds-ratio loss's weight, as
     TRL's beta), SimPO's gamma and cpo_alpha (unset: TRL's 1.0, as axolotl) or KTO's weights (unset: 1.0, as
-    axolotl) and its sequential order."""
-    settings: dict[str, Any] = {"max_length": cfg.sequence_len}
-    if cfg.preference_beta is not None:
-        settings["beta"] = cfg.preference_beta
+    axolotl) and its sequential order; GRPO's generation and rewards (`_grpo_settings`)."""
+    beta = {} if cfg.preference_beta is None else {"beta": cfg.preference_beta}
+    if cfg.rl is RLMethod.grpo:
+        return beta | _grpo_settings(cfg)
+    settings: dict[str, Any] = {"max_length": cfg.sequence_len, **beta}
     if cfg.rl is RLMethod.orpo:
         return settings
     if cfg.rl is RLMethod.kto:
@@ -415,6 +428,16 @@ def _preference_loss(cfg: AxolotlConfig) -> dict[str, Any]:
         losses.append("sft")  # RPO: DPO + rpo_alpha x the negative log-likelihood of the chosen answers
         weights = [1.0, cfg.rpo_alpha]
     return settings | {"loss_type": losses, "loss_weights": weights, "use_weighting": cfg.dpo_use_weighting}
+
+
+def _grpo_settings(cfg: AxolotlConfig) -> dict[str, Any]:
+    """GRPOConfig's generation and reward settings from trl: (unset: TRL's, as axolotl leaves them); generation runs
+    in the trainer (no vLLM)."""
+    trl = cfg.trl
+    assert trl is not None  # rl: grpo requires trl.reward_funcs
+    keys = ("num_generations", "max_completion_length", "temperature", "reward_weights")
+    settings = {key: getattr(trl, key) for key in keys if getattr(trl, key) is not None}
+    return settings | {"use_vllm": False, "log_completions": trl.log_completions}
 
 
 def _report_to(cfg: AxolotlConfig) -> list[str]:

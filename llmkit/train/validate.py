@@ -10,10 +10,11 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from llmkit.config.plan import TrainingPlan, base_shape, plan
-from llmkit.config.schema import ConfigError, ConfigWarning, load_config
+from llmkit.config.plan import GRPO_UNPLANNED, TrainingPlan, base_shape, plan
+from llmkit.config.schema import ConfigError, ConfigWarning, RLMethod, load_config
 from llmkit.core.memory import GIB
 from llmkit.core.shapes import ModelConfigNotFound
+from llmkit.data.grpo import reward_functions
 from llmkit.data.tokenizer import (
     count_training_tokens,
     tokenizer_problems,
@@ -57,6 +58,8 @@ def validate(
                 raise ConfigError(missing, cfg.source)
             resume_checkpoint(cfg)
             lora_model_dir_note = check_lora_model_dir(cfg)
+            if cfg.rl is RLMethod.grpo:
+                reward_functions(cfg)  # as train checks them first
             # Before tokenizing (minutes): a --model-config that cannot be read, a base model train refuses (as train
             # does); the special-tokens rule reads the embeddings' names from this shape, the plan sizes it.
             base = base_shape(cfg, model_config)
@@ -140,6 +143,8 @@ def render(p: TrainingPlan):
     if empty:
         summary.add_row("[dim]off, not implemented[/dim]", f"[dim]{escape(', '.join(empty))}[/dim]")
     summary.add_row("tokens to train", escape(f"{p.tokens:,} ({p.tokens_basis})" if p.tokens else p.tokens_basis))
+    if cfg.rl is RLMethod.grpo and p.shape is not None:
+        summary.add_row("[yellow]memory plan[/yellow]", f"[yellow]{escape(GRPO_UNPLANNED.format('memory'))}[/yellow]")
     if not p.memory:
         return summary
     title = "Estimated training memory per GPU in GiB (trainable: + gradients and optimizer states)"

@@ -458,8 +458,8 @@ def test_optimizer_names_are_transformers_and_axolotls(tmp_path):
             "read; supported: chatml.argilla, ",
         ),  # fmt: skip
         ({"rl": "kto", "micro_batch_size": 1}, "micro_batch_size: rl: kto needs at least 2"),
-        ({"rl": "grpo"}, "supported: dpo, ipo, orpo, simpo, kto"),
-        ({"rl": "ppo"}, "rl: Input should be 'dpo', 'ipo', 'orpo', 'simpo' or 'kto'"),
+        ({"rl": "gdpo"}, "supported: dpo, ipo, orpo, simpo, kto, grpo"),
+        ({"rl": "ppo"}, "rl: Input should be 'dpo', 'ipo', 'orpo', 'simpo', 'kto' or 'grpo'"),
         ({"rl": "simpo"}, "simpo_gamma: required with rl: simpo"),
         (
             {"rl": "orpo"},
@@ -493,7 +493,7 @@ def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
     assert load_quietly(write(tmp_path, DPO), {"rl_beta": 0.3, "trl": {"beta": 0.4}}).preference_beta == 0.4
     assert load_quietly(write(tmp_path, DPO), {"rl": "ipo"}).rl.value == "ipo"
     refused = error_of(write(tmp_path, DPO), {"trl": {"beta": 0.1, "loss_type": "hinge", "max_length": 9}})
-    assert "trl: not implemented here: loss_type, max_length (only trl.beta is read" in refused
+    assert "trl: not implemented here: loss_type, max_length (read: trl.beta, trl.reward_funcs" in refused
     assert load_quietly(write(tmp_path, MINIMAL), {"rl": False}).rl is None  # false: no preference training
 
 
@@ -571,10 +571,10 @@ def test_plugins_that_may_change_training_are_refused_and_speed_only_ones_ignore
 
 
 def test_an_unsupported_rl_is_the_only_error_and_reward_data_says_what_it_is(tmp_path):
-    grpo = {"rl": "grpo", "trl": {"use_vllm": True, "num_generations": 8, "reward_funcs": ["r.f"]}}
-    message = error_of(write(tmp_path, DPO), grpo)
-    assert message.endswith("- rl: grpo: GRPO (online RL with reward functions and generation) is not implemented "
-                            "here; supported: dpo, ipo, orpo, simpo, kto")  # fmt: skip
+    ebft = {"rl": "ebft", "trl": {"use_vllm": True, "num_generations": 8, "reward_funcs": ["r.f"]}}
+    message = error_of(write(tmp_path, DPO), ebft)
+    assert message.endswith("- rl: ebft: axolotl's EBFT is not implemented here; supported: dpo, ipo, orpo, simpo, "
+                            "kto, grpo")  # fmt: skip
     assert "trl." not in message
     pairs = write(tmp_path, MINIMAL.replace("type: alpaca", "type: bradley_terry.chat_template"))
     assert "datasets[0].type: dataset type 'bradley_terry.chat_template' is reward-model data" in error_of(pairs)

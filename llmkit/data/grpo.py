@@ -1,0 +1,190 @@
+"""GRPO's data (rl: grpo): prompts as TRL's GRPOTrainer reads them, and the user's reward functions, as axolotl
+loads both.
+
+    rl: grpo
+    trl:
+      num_generations: 4
+      reward_funcs: [rewards.correct]     # rewards.py beside the config (or in the current directory)
+    datasets:
+      - path: openai/gsm8k
+        name: main
+        type: rewards.gsm8k_transform     # rewards.py's gsm8k_transform(cfg) -> transform[, {"remove_columns": [...]}]
+
+A dataset's `type: module.function` is called with the config (a dict whose keys read as attributes, and `ds_cfg=`
+the dataset's entry where it takes it) and returns a function of one row (given `tokenizer=` where it takes it),
+alone or with datasets' map options, of which `remove_columns` is read. Its result is merged into the row as
+datasets' map merges it: the row TRL reads has a `prompt` (a text, or a list of messages that TRL renders with the
+tokenizer's chat template) and other columns, which TRL passes to every reward function by name. A dataset without
+a type has its prompts already. A reward function is called as TRL calls it: with `prompts`, `completions`,
+`completion_ids`, `trainer_state`, `log_extra`, `log_metric` and the rows' other columns, all by name, and returns a
+float (or None) per completion.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from datasets import Dataset, concatenate_datasets
+
+from llmkit.config.plan import TokenizedSplit
+from llmkit.config.schema import ConfigError
+from llmkit.data.fields import RowError
+from llmkit.data.rows import RawRow
+from llmkit.data.sources import DataError, convert_rows, load_rows, source_name, split_held_out
+from llmkit.data.stats import DatasetStats, DataStats
+from llmkit.data.user_strategy import ConfigView, UserStrategyError, takes, user_function
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from llmkit.config.schema import AxolotlConfig
+    from llmkit.config.sections import DatasetSpec
+    from llmkit.data.preference import PreferenceData
+
+RowTransform = Callable[[RawRow], dict[str, Any]]
+
+
+def reward_functions(cfg: AxolotlConfig) -> list[Callable[..., Any]]:
+    """trl.reward_funcs imported from the user's files, as TRL's GRPOTrainer calls them.
+
+    Raises:
+        ConfigError: a file or function is missing, its module fails to import, or the function cannot take TRL's
+            arguments by name (it needs **kwargs), naming `trl.reward_funcs[i]`.
+    """
+    functions, problems = [], []
+    for i, name in enumerate(cfg.trl.reward_funcs if cfg.trl and cfg.trl.reward_funcs else []):
+        key = f"trl.reward_funcs[{i}]"
+        try:
+            _, function = user_function(name, cfg, key)
+        except UserStrategyError as err:
+            problems.append(str(err))
+            continue
+        if not _takes_any_keyword(function):
+            problems.append(
+                f"{key} {name!r}: {function.__name__} must take **kwargs: TRL passes prompts, completions, "
+                "completion_ids, trainer_state, log_extra, log_metric and the dataset's columns by name"
+            )
+        functions.append(function)
+    if problems:
+        raise ConfigError(problems, cfg.source)
+    return functions
+
+
+def _takes_any_keyword(function: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: TRL's call is its to answer
+        return True
+    return any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters)
+
+
+def _row_transform(spec: DatasetSpec, cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> RowTransform:
+    """The dataset's rows as TRL reads them: through the user's transform (`type: module.function`), or as they
+    are; a row without a prompt is an error."""
+    transform, remove = None, set()
+    if spec.type is not None:  # the config allows only module.function here
+        name = str(spec.type)
+        path, load = user_function(name, cfg, "type")
+        kwargs = {"ds_cfg": ConfigView.of(spec.model_dump(mode="json"))} if takes(load, "ds_cfg") else {}
+        try:
+            made = load(ConfigView.of(cfg.model_dump(mode="json")), **kwargs)
+        except Exception as err:  # the user's code
+            problem = f"{path}:{load.__name__}() raised {type(err).__name__}: {err}"
+            raise UserStrategyError(f"type {name!r}: {problem}") from err
+        transform, options = made if isinstance(made, tuple) and len(made) == 2 else (made, {})
+        if not callable(transform) or not isinstance(options, Mapping):
+            raise UserStrategyError(
+                f"type {name!r}: {path}:{load.__name__}() returned {type(made).__name__}, not a function of a row "
+                "(or a function and datasets' map options, as axolotl reads them)"
+            )
+        remove = set(options.get("remove_columns") or [])
+        if takes(transform, "tokenizer"):
+            transform = _with_tokenizer(transform, tokenizer)
+
+    def build(row: RawRow) -> dict[str, Any]:
+        out = row
+        if transform is not None:
+            try:
+                made = transform(row)
+            except Exception as err:  # the user's code
+                raise RowError(f"the type's transform raised {type(err).__name__}: {err}") from err
+            if not isinstance(made, Mapping):
+                raise RowError(f"the type's transform returned {type(made).__name__}, not a row (a dict)")
+            out = {key: value for key, value in row.items() if key not in remove} | dict(made)
+        prompt = out.get("prompt")
+        if not (isinstance(prompt, str) and prompt.strip()) and not (isinstance(prompt, list) and prompt):
+            raise RowError("no prompt: GRPO's rows need `prompt` (a text, or a list of messages)")
+        return out
+
+    return build
+
+
+def _with_tokenizer(transform: Callable[..., Any], tokenizer: PreTrainedTokenizerBase) -> RowTransform:
+    return lambda row: transform(row, tokenizer=tokenizer)
+
+
+def _spec_prompts(cfg: AxolotlConfig, spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase) -> Dataset:
+    source = source_name(spec)
+    try:
+        build = _row_transform(spec, cfg, tokenizer)
+    except UserStrategyError as err:
+        raise DataError(f"{source}: {err}") from None
+    rows = load_rows(spec, build, cfg.seed)
+    try:
+        columns = tuple(build(rows[0]))
+    except RowError as err:
+        raise DataError(f"{source}: row 1: {err}") from None
+
+    def convert(row: RawRow) -> list[dict[str, Any]]:
+        made = build(row)
+        if set(made) != set(columns):
+            raise RowError(f"columns {sorted(made)}, where the first row has {sorted(columns)}")
+        return [made]
+
+    return convert_rows(rows, source, convert, columns, f"GRPO prompts of {Path(source).name}")
+
+
+def build_prompt_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> PreferenceData:
+    """Every dataset's prompts, concatenated, shuffled with `seed` (shuffle_merged_datasets); evaluated: the last
+    `val_set_size` of them held out, or test_datasets' prompts.
+
+    Raises:
+        DataError: a file, row or transform is bad, a row has no prompt, or datasets' columns differ.
+    """
+    from llmkit.data.preference import PreferenceData
+
+    prompts: dict[str, list[Dataset]] = {"datasets": [], "test_datasets": []}
+    stats = DataStats()
+    for key, _, spec in cfg.dataset_entries():
+        rows = _spec_prompts(cfg, spec, tokenizer)
+        prompts[key].append(rows)
+        kind = spec.type_name if spec.type else "prompt as it is"
+        counted = DatasetStats(source_name(spec), kind, len(rows), len(rows))
+        (stats.datasets if key == "datasets" else stats.eval_datasets).append(counted)
+    try:
+        rows = concatenate_datasets(prompts["datasets"])
+        held_out = concatenate_datasets(prompts["test_datasets"]) if prompts["test_datasets"] else None
+    except ValueError as err:  # datasets' columns differ: TRL passes each column to the reward functions
+        raise DataError(f"the GRPO datasets' rows have different columns: {err}") from None
+    rows = (rows.shuffle(seed=cfg.seed) if cfg.shuffle_merged_datasets else rows).flatten_indices()
+    train, held_out = (rows, held_out) if held_out is not None else split_held_out(rows, cfg, "prompts")
+    stats.train_rows = stats.train_sequences = len(train)
+    stats.eval_rows = len(held_out) if held_out is not None else 0
+    return PreferenceData(train, held_out, stats)
+
+
+def epoch_prompt_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> TokenizedSplit:
+    """The training prompts (one epoch) with their tokens as TRL renders them (messages through the chat template,
+    with the generation prompt); the completions, generated in training, are not counted."""
+    train = build_prompt_datasets(cfg, tokenizer).train
+    tokens = 0
+    for prompt in train["prompt"]:
+        if isinstance(prompt, str):
+            tokens += len(tokenizer(prompt)["input_ids"])
+        else:
+            text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+            tokens += len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return TokenizedSplit(tokens=tokens, sequences=len(train))

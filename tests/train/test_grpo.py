@@ -1,0 +1,175 @@
+"""GRPO (`rl: grpo`) as axolotl runs it through TRL's GRPOTrainer: the dataset's `type: module.function` and
+trl.reward_funcs are the user's Python beside the config, the keys' mistakes are said by name before anything loads,
+and a real run on a tiny model generates its own completions, scores them with the user's function (called with
+TRL's arguments) and logs that function's rewards, its adapter moved by them."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmkit.config.plan import GRPO_UNPLANNED, plan
+from llmkit.config.schema import ConfigError, ConfigWarning, load_config
+from llmkit.data.preference import build_preference_datasets
+from llmkit.data.sources import DataError
+from llmkit.train.run import train, training_arguments
+
+REWARDS = """
+import json
+from pathlib import Path
+
+CALLS = Path(__file__).with_name("calls.jsonl")
+
+
+def token_sum(prompts, completions, completion_ids, **kwargs):
+    rewards = [float(sum(ids) % 97) for ids in completion_ids]
+    with CALLS.open("a") as calls:
+        calls.write(json.dumps({"prompts": prompts, "completions": completions, "completion_ids": completion_ids,
+                                "keys": sorted(kwargs), "answer": kwargs["answer"], "rewards": rewards}) + "\\n")
+    return rewards
+
+
+def no_kwargs(prompts, completions):
+    return [0.0 for _ in completions]
+
+
+def questions(cfg, *args, **kwargs):
+    def transform(example, tokenizer=None):
+        return {"prompt": [{"role": "user", "content": "Q: " + example["question"]}], "answer": example["answer"]}
+
+    return transform, {"remove_columns": ["question"]}
+"""
+
+ROWS = [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(4)]
+
+
+def _grpo_config(tiny_config, tmp_path: Path, **overrides) -> Path:
+    (tmp_path / "rewards.py").write_text(REWARDS)
+    rows = tmp_path / "questions.jsonl"
+    rows.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
+    keys = {
+        "rl": "grpo",
+        "datasets": [{"path": str(rows), "type": "rewards.questions"}],
+        "trl": {"num_generations": 2, "max_completion_length": 6, "reward_funcs": ["rewards.token_sum"]},
+        "micro_batch_size": 2,
+        "sequence_len": 96,
+        "max_steps": 2,
+    }
+    return tiny_config(**(keys | overrides))
+
+
+def _error(path: Path, overrides: dict | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    return str(info.value)
+
+
+def test_grpo_keys_are_checked_by_name(tiny_config, tmp_path):
+    path = _grpo_config(tiny_config, tmp_path)
+    trl = {"num_generations": 2, "reward_funcs": ["rewards.token_sum"]}
+    indivisible = _error(path, {"trl": {**trl, "num_generations": 3}})
+    assert "micro_batch_size x gradient_accumulation_steps x GPUs = 2 x 1 x 1 = 2 completions" in indivisible
+    assert "not divisible by trl.num_generations 3" in indivisible
+    unset = _error(path, {"trl": {"reward_funcs": ["rewards.token_sum"]}})
+    assert "not divisible by trl.num_generations 8 (unset: TRL's default)" in unset
+    vllm = _error(path, {"trl": {**trl, "use_vllm": True}})
+    assert "trl.use_vllm: true: vLLM is not used here; GRPO's generation runs in the trainer" in vllm
+    assert "trl.reward_funcs: required with rl: grpo" in _error(path, {"trl": {"num_generations": 2}})
+    weights = _error(path, {"trl": {**trl, "reward_weights": [1.0, 2.0]}})
+    assert "trl.reward_weights: 2 weights for 1 trl.reward_funcs" in weights
+    assert (
+        "trl.reward_funcs, trl.num_generations, trl.max_completion_length: GRPO's keys, read with rl: grpo, "
+        "not rl: dpo" in _error(path, {"rl": "dpo", "datasets": [{"path": "x.jsonl", "type": "chatml.intel"}]})
+    )
+    alpaca = _error(path, {"datasets": [{"path": "x.jsonl", "type": "alpaca"}]})
+    assert "datasets[0].type: alpaca is not a GRPO dataset type" in alpaca
+
+
+def test_rl_adapter_ref_model_says_grpo_without_beta_has_no_reference(tiny_config, tmp_path):
+    path = _grpo_config(tiny_config, tmp_path)
+    with pytest.warns(ConfigWarning):
+        cfg = load_config(path, {"rl_adapter_ref_model": True})
+    assert [key.describe() for key in cfg.ignored_keys] == [
+        "rl_adapter_ref_model=True: rl: grpo without a KL penalty (trl.beta 0, TRL's default) has no reference "
+        "model, so it does nothing"
+    ]
+
+
+def test_a_missing_reward_module_or_function_is_said_before_anything_loads(tiny_config, tmp_path):
+    path = _grpo_config(tiny_config, tmp_path)
+    for name, said in [
+        ("scores.correct", "trl.reward_funcs[0] 'scores.correct': no such Python file: "),
+        ("rewards.nothing", f"trl.reward_funcs[0] 'rewards.nothing': {tmp_path / 'rewards.py'} has no function"),
+        ("rewards.no_kwargs", "trl.reward_funcs[0] 'rewards.no_kwargs': no_kwargs must take **kwargs"),
+    ]:
+        cfg = load_config(path, {"trl": {"num_generations": 2, "reward_funcs": [name]}})
+        with pytest.raises(ConfigError, match=r"Invalid config .*tiny\.yml") as info:
+            train(cfg)
+        assert said in str(info.value)
+        assert not (tmp_path / "out").exists()  # refused before the output folder, the data and the model
+
+
+def test_grpo_prompts_come_from_the_users_transform(tiny_config, tmp_path, tokenizer):
+    cfg = load_config(_grpo_config(tiny_config, tmp_path, shuffle_merged_datasets=False))
+    train_rows = build_preference_datasets(cfg, tokenizer).train
+    assert set(train_rows.column_names) == {"answer", "prompt"}  # question removed, as the transform asked
+    assert train_rows[0] == {"answer": "0", "prompt": [{"role": "user", "content": "Q: What is 0 + 0?"}]}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps({"answer": "1"}) + "\n")
+    cfg = load_config(_grpo_config(tiny_config, tmp_path, datasets=[{"path": str(bad), "type": "rewards.questions"}]))
+    raised = rf"{bad}: row 2: the type's transform raised TypeError: can only concatenate str"
+    with pytest.raises(DataError, match=raised):
+        build_preference_datasets(cfg, tokenizer)
+    untyped = tmp_path / "plain.jsonl"
+    untyped.write_text(json.dumps({"question": "no prompt"}) + "\n")
+    cfg = load_config(_grpo_config(tiny_config, tmp_path, datasets=[{"path": str(untyped)}]))
+    with pytest.raises(DataError, match=r"row 1: no prompt: GRPO's rows need `prompt`"):
+        build_preference_datasets(cfg, tokenizer)
+
+
+def test_the_plan_counts_generations_and_projects_no_grpo_time_or_memory(tiny_config, tmp_path):
+    cfg = load_config(_grpo_config(tiny_config, tmp_path, max_steps=None, num_epochs=1))
+    p = plan(cfg)
+    assert p.steps == 4  # 4 prompts x 2 completions, 2 completions a step
+    assert p.tokens is None and p.tokens_basis == GRPO_UNPLANNED.format("time")
+    assert p.memory == [] and all(t.fits is None for t in p.training_time)
+    args = training_arguments(cfg, cfg.optimizer.value)
+    assert type(args).__name__ == "GRPOConfig"
+    assert (args.num_generations, args.max_completion_length, args.use_vllm, args.beta) == (2, 6, False, 0.0)
+
+
+@pytest.mark.slow
+def test_a_grpo_run_logs_the_rewards_of_the_users_function_and_moves_the_adapter(tiny_config, tmp_path, tokenizer):
+    # half an epoch: 2 of the 4 prompts, each as 2 completions, 2 completions a step: the plan's 2 steps
+    cfg = load_config(_grpo_config(tiny_config, tmp_path, max_steps=None, num_epochs=0.5))
+    assert plan(cfg).steps == 2
+    out = train(cfg)
+    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert len(calls) == 2  # one generation batch a step: 1 prompt x 2 completions
+    answers = {row["answer"] for row in ROWS}
+    for call in calls:
+        # TRL's arguments, by name: the row's other columns with the trainer's own
+        assert call["keys"] == ["answer", "log_extra", "log_metric", "trainer_state"]
+        assert call["answer"][0] in answers and call["answer"][0] == call["answer"][1]  # one prompt's group
+        assert call["prompts"][0] == call["prompts"][1] and call["prompts"][0][0]["role"] == "user"
+        assert all(0 < len(ids) <= 6 for ids in call["completion_ids"])
+        decoded = [tokenizer.decode(ids, skip_special_tokens=True) for ids in call["completion_ids"]]
+        assert call["completions"] == [[{"role": "assistant", "content": text}] for text in decoded]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    logged = [entry for entry in state["log_history"] if "reward" in entry]
+    assert len(logged) == 2
+    for entry, call in zip(logged, calls, strict=True):
+        expected = sum(float(sum(ids) % 97) for ids in call["completion_ids"]) / 2
+        assert entry["reward"] == pytest.approx(expected), (entry, call)
+        assert entry["rewards/token_sum/mean"] == pytest.approx(expected)
+        assert math.isfinite(entry["loss"])
+    adapter = load_file(out / "adapter_model.safetensors")
+    lora_b = [tensor for name, tensor in adapter.items() if "lora_B" in name]
+    assert lora_b and any(torch.count_nonzero(tensor) for tensor in lora_b), "lora_B starts at zero: no step moved it"
+    assert load_config(out / "config.resolved.yml").rl.value == "grpo"
