@@ -857,8 +857,8 @@ class DatasetSpec(BaseModel):
     @property
     def user_module(self) -> str | None:
         """The `module.function` naming the user's own strategy, or None."""
-        if isinstance(self.type, (CustomPrompt, PreferencePrompt, DatasetType)):
-            return None
+        if self.type is None or isinstance(self.type, (CustomPrompt, PreferencePrompt, DatasetType)):
+            return None  # None: rl's rows as they are
         return self.type if parse_dataset_type(self.type) is None else None
 
     @property

@@ -478,6 +478,16 @@ def test_rl_values_and_their_datasets(tmp_path, change, expected):
     assert expected in error_of(write(tmp_path, DPO), change)
 
 
+def test_a_dataset_without_a_type_names_no_user_module():
+    """rl's rows as they are (no type) name no module.function: reading it raised AttributeError, so `llmkit
+    submission --training` of such an rl config stopped in a traceback."""
+    from llmkit.config.sections import DatasetSpec
+
+    assert DatasetSpec(path="pairs.jsonl").user_module is None
+    assert DatasetSpec(path="q.jsonl", type="rewards.questions").user_module == "rewards.questions"
+    assert DatasetSpec(path="q.jsonl", type="alpaca").user_module is None
+
+
 def test_a_preference_type_without_rl_and_rl_keys_without_rl_are_errors(tmp_path):
     no_rl = write(tmp_path, MINIMAL.replace("type: alpaca", "type: chatml.intel"))
     assert "it needs a top-level rl" in error_of(no_rl)
