@@ -79,6 +79,9 @@ def training_files(config: Path, track: Track) -> dict[str, bytes]:
             name, data = _user_module(spec.user_module, cfg)
             files[name] = data
             datasets[-1]["code"] = f"{name} (type: {spec.user_module})"
+    for i, reward in enumerate(cfg.trl.reward_funcs or [] if cfg.trl else []):  # rl: grpo's, imported as the types
+        name, data = _user_module(reward, cfg, f"trl.reward_funcs[{i}]")
+        files[name] = data
     _check_portable(cfg)
     for holder in [raw, *(raw[key][i] for key, i, _ in cfg.dataset_entries())]:
         jinja = holder.get("chat_template_jinja")
@@ -120,20 +123,21 @@ def training_files(config: Path, track: Track) -> dict[str, bytes]:
     return dict(sorted(files.items()))
 
 
-def _user_module(name: str, cfg) -> tuple[str, bytes]:
-    """The file of a dataset's `type: module.function`, as its path beside config.yml and its bytes: the path
-    relative to the folder it was found in (the config's, or the current directory), as the organisers' run looks."""
+def _user_module(name: str, cfg, key: str = "type") -> tuple[str, bytes]:
+    """The file of a dataset's `type: module.function` (or another `key`'s, trl.reward_funcs), as its path beside
+    config.yml and its bytes: the path relative to the folder it was found in (the config's, or the current
+    directory), as the organisers' run looks."""
     from llmkit.data.user_strategy import UserStrategyError, candidates, find_module, search_folders
 
     try:
-        path, _ = find_module(name, cfg)
+        path, _ = find_module(name, cfg, key)
     except UserStrategyError as err:
         raise SubmissionError(str(err)) from None
     relative = next(
         file for file, _ in candidates(name, [Path()]) for folder in search_folders(cfg) if folder / file == path
     )
     if neighbours := _imported_neighbours(path):
-        LOG.warning("--training bundles %s for type %s, not %s beside it, which it imports", path.name, name,
+        LOG.warning("--training bundles %s for %s %s, not %s beside it, which it imports", path.name, key, name,
                     ", ".join(neighbours))  # fmt: skip
     return relative.as_posix(), path.read_bytes()
 

@@ -246,6 +246,32 @@ def test_a_datasets_own_python_strategy_goes_with_it(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_grpo_reward_functions_go_with_the_config(tmp_path):
+    """rl: grpo imports trl.reward_funcs from beside the config, as a dataset's type: the organisers' run needs the
+    file; a missing one is the submission's error naming the key."""
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"prompt": f"Say {i}."}) + "\n" for i in range(4)))
+    (tmp_path / "scores.py").write_text(
+        "def short(completions, **kwargs):\n    return [-len(str(c)) for c in completions]\n"
+    )
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text()) | {"val_set_size": 0, "sample_packing": False, "rl": "grpo"}
+    config |= {"datasets": [{"path": "q.jsonl"}], "trl": {"num_generations": 2, "reward_funcs": ["scores.short"]}}
+    config.pop("test_datasets", None)
+    (tmp_path / "mine.yml").write_text(yaml.safe_dump(config))
+    files = training_files(tmp_path / "mine.yml", "4090")
+    assert files["scores.py"] == (tmp_path / "scores.py").read_bytes()
+    assert "COPY scores.py ./" in files[DOCKERFILE].decode()
+    folder = tmp_path / "training"
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    command = [sys.executable, "-m", "llmkit.cli", "validate", "config.yml"]  # imports the reward functions
+    done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (tmp_path / "scores.py").unlink()
+    with pytest.raises(SubmissionError, match=r"trl\.reward_funcs\[0\] 'scores\.short': no such Python file"):
+        training_files(tmp_path / "mine.yml", "4090")
+
+
 def test_a_strategy_found_in_the_current_directory_goes_where_the_organisers_run_finds_it(
     tmp_path, monkeypatch, caplog
 ):
