@@ -97,8 +97,6 @@ REFUSED_KEYS = {
     "lora_alpha_pattern": "per-module LoRA alphas are not implemented: every targeted module gets lora_alpha",
     "lora_exclude_modules": "excluding modules from the targets is not implemented; list the targets in "
     "lora_target_modules instead of lora_target_linear",
-    "lora_target_parameters": "LoRA on parameters (fused MoE experts) is not implemented; lora_target_modules "
-    "covers linear layers",
     "use_onebitllms": "training a 1.58-bit (BitNet) model is not implemented",
     "scaling_softmax": "scaled-softmax attention changes the attention itself; not implemented",
     "cosine_constant_lr_ratio": "the cosine schedule held constant at a ratio is not implemented; "

@@ -58,6 +58,7 @@ class TrainingPlan:
     shape_source: str  # where config.json came from, or why the shape is unknown
     method: str
     target_modules: list[str]  # as resolved against the model; the listed names when the shape is unknown
+    target_parameters: list[str]  # lora_target_parameters, checked against the model's fused MoE experts
     trainable_params: int | None
     total_params: int | None  # of the model training builds: the base with embeddings grown for added tokens
     world_size: int
@@ -102,6 +103,7 @@ def plan(
     """
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     shape, source = base or base_shape(cfg, model_config)
+    parameters = cfg.resolved_target_parameters(shape)
     if shape is None:
         targets = cfg.resolved_target_modules(None)
         trainable, total, memory = None, None, []
@@ -109,9 +111,13 @@ def plan(
     else:
         targets = cfg.resolved_target_modules(shape)
         trained = shape.with_vocabulary(tokenizer_size) if tokenizer_size else shape
-        trainable, total = trainable_params(cfg, trained, targets), trained.num_params
+        trainable, total = trainable_params(cfg, trained, targets, parameters), trained.num_params
         unplanned = cfg.rl is RLMethod.grpo  # GRPO_UNPLANNED
-        memory = [] if unplanned else [training_memory(cfg, trained, targets, trainable, track) for track in Track]
+        memory = (
+            []
+            if unplanned
+            else [training_memory(cfg, trained, targets, trainable, track, parameters) for track in Track]
+        )
     micro_tokens = cfg.micro_batch_size * cfg.sequence_len
     rows = _count_all_rows(cfg)
     step_rows = cfg.micro_batch_size * cfg.gradient_accumulation_steps * world_size
@@ -130,6 +136,7 @@ def plan(
         shape_source=source,
         method=_describe_method(cfg),
         target_modules=targets,
+        target_parameters=parameters,
         trainable_params=trainable,
         total_params=total,
         world_size=world_size,
@@ -232,8 +239,9 @@ def base_shape(cfg: AxolotlConfig, model_config: str | None) -> tuple[ModelShape
         return None, f"unknown: the config.json ({found.where}) cannot be built here: {err}"
 
 
-def trainable_params(cfg: AxolotlConfig, shape: ModelShape, targets: list[str]) -> int:
-    """Trainable parameters, counted over the modules peft wraps, the way it creates them."""
+def trainable_params(cfg: AxolotlConfig, shape: ModelShape, targets: list[str], parameters: list[str] = ()) -> int:
+    """Trainable parameters, counted over the modules and expert parameters (`parameters`) peft wraps, the way it
+    creates them."""
     if cfg.adapter is None:
         patterns = cfg.unfrozen_patterns
         if not patterns:
@@ -245,7 +253,20 @@ def trainable_params(cfg: AxolotlConfig, shape: ModelShape, targets: list[str]) 
     saved = _saved_modules(cfg, shape)
     # peft trains a module it saves whole, and wraps no adapter around it
     wrapped = [module for module in _wrapped(shape, targets) if module.name not in saved]
-    return sum(per_module(cfg, module) for module in wrapped) + sum(module.params for module in saved.values())
+    modules = sum(per_module(cfg, module) for module in wrapped) + sum(module.params for module in saved.values())
+    return modules + sum(_expert_lora_params(cfg, size) for _, size, _ in _wrapped_experts(shape, parameters))
+
+
+def _expert_lora_params(cfg: AxolotlConfig, size: tuple[int, ...]) -> int:
+    """peft's ParamWrapper on a fused (experts, rows, columns) parameter: one LoRA of rank r per expert, held as an
+    A of (r x experts, in) and a B of (out, r x experts)."""
+    experts, rows, columns = size
+    return cfg.lora_r * experts * (rows + columns)
+
+
+def _wrapped_experts(shape: ModelShape, names: list[str]) -> list[tuple[str, tuple[int, ...], int]]:
+    """Each fused expert parameter one of `names` matches, once: (name, shape, input width)."""
+    return list({expert[0]: expert for target in names for expert in shape.matching_experts(target)}.values())
 
 
 def _lora_params(cfg: AxolotlConfig, module: Module) -> int:  # A: r x in, B: out x r; DoRA: a magnitude per output
@@ -280,13 +301,14 @@ def _wrapped(shape: ModelShape, names: list[str]) -> list[Module]:
 
 
 def training_memory(
-    cfg: AxolotlConfig, shape: ModelShape, targets: list[str], trainable: int, track: Track
+    cfg: AxolotlConfig, shape: ModelShape, targets: list[str], trainable: int, track: Track, parameters: list[str] = ()
 ) -> TrainingMemory:
     """Peak training memory on one GPU of `track`, from `llmkit.core.memory` (its docstring has the formulas)."""
     dtype = cfg.compute_dtype("cuda", capability=TRACKS[track].capability)
     weights = cfg.weights_dtype("cuda", capability=TRACKS[track].capability)
     dropout = cfg.adapter is not None and cfg.lora_dropout > 0
     adapted = [module for module in _wrapped(shape, targets) if module in shape.linear]
+    experts = _wrapped_experts(shape, parameters)
     setup = TrainingSetup(
         loading=Loading.nf4 if cfg.load_in_4bit else Loading.int8 if cfg.load_in_8bit else Loading.bf16,
         dtype_bytes=_DTYPE_BYTES[dtype],
@@ -301,6 +323,9 @@ def training_memory(
         reference_model=cfg.rl is not None and cfg.rl.has_reference and cfg.adapter is None,
         # per layer: dropout keeps a copy of each adapted layer's input
         dropout_width=sum(module.fan_in for module in adapted) // shape.num_layers if dropout else 0,
+        rebuilt_params=sum(math.prod(size) for _, size, _ in experts),
+        # per layer: each token's input to each of its experts' targeted matmuls, which now have a weight to train
+        expert_input_width=sum(shape.active_experts * width for _, _, width in experts) // shape.num_layers,
     )
     return estimate_training(shape, setup, track)
 

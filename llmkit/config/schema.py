@@ -266,8 +266,13 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         # a trained adapter (lora_model_dir) brings its own targets
         wraps_modules = method is not PeftMethod.prompt_tuning and not self.lora_model_dir
         targets_needed = self.adapter is not None and wraps_modules
-        if targets_needed and not self.lora_target_linear and not self.lora_target_modules:
-            raise ValueError("lora_target_modules: empty; list module names or set lora_target_linear: true")
+        if targets_needed and not (self.lora_target_linear or self.lora_target_modules or self.lora_target_parameters):
+            raise ValueError(
+                "lora_target_modules: empty; list module names, set lora_target_linear: true, or list MoE expert "
+                "parameters in lora_target_parameters"
+            )
+        if self.lora_target_parameters:
+            self._check_target_parameters()
         if self.unfrozen_parameters and self.adapter is not None:
             # axolotl (train.py) runs freeze_layers_except on the model load_model returns, already wrapped by peft:
             # every parameter no pattern matches is frozen, the adapter's too, and its names start base_model.model.,
@@ -280,6 +285,52 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 "out to train the adapter (lora_modules_to_save trains whole modules beside it)"
             )
         return self
+
+    def _check_target_parameters(self) -> None:
+        """What peft's LoRA on parameters (its ParamWrapper) refuses, said before any data is prepared: it adds
+        B @ A to the whole weight in each forward, so the adapter's input cannot get dropout, and it has no DoRA."""
+        key = "lora_target_parameters"
+        if self.adapter is None:
+            raise ValueError(f"{key}: LoRA on the MoE experts needs adapter: lora or qlora")
+        if self.peft_method is not PeftMethod.lora:
+            raise ValueError(
+                f"{key}: peft trains parameters with LoRA only, not peft_method: {self.peft_method.value}"
+            )
+        unsupported = {
+            "lora_dropout": self.lora_dropout,
+            "peft_use_dora": self.peft_use_dora,
+            "lora_fan_in_fan_out": self.lora_fan_in_fan_out,
+        }
+        for other, value in unsupported.items():
+            if value:
+                off = 0 if other == "lora_dropout" else "false"
+                raise ValueError(
+                    f"{key} with {other}: {value}: peft's LoRA on parameters adds its delta to the whole weight, "
+                    f"which has no input of its own for dropout and no DoRA (peft refuses it for the whole adapter); "
+                    f"set {other}: {off}"
+                )
+
+    def resolved_target_parameters(self, shape_or_model) -> list[str]:
+        """lora_target_parameters, each checked to name fused MoE expert parameters of the model by peft's rule (the
+        full parameter name or a dotted suffix of it) and nothing else.
+
+        Args:
+            shape_or_model: a `llmkit.core.shapes.ModelShape`, a loaded torch model, or None when the model's shape
+                is unknown (the names are then returned unchecked).
+        """
+        from llmkit.core.shapes import ModelShape
+
+        listed = list(self.lora_target_parameters or [])
+        if not listed or shape_or_model is None or self.adapter is None:
+            return listed
+        shape = shape_or_model if isinstance(shape_or_model, ModelShape) else ModelShape.from_model(shape_or_model)
+        missing = [name for name in listed if not shape.matching_experts(name)]
+        # peft would also wrap a 2-D parameter (a bias, a norm) the name ends, as one expert: never what was meant
+        experts = {expert[0] for expert in shape.experts}
+        others = [name for name, _ in shape.parameters if name not in experts and any(_ends(name, t) for t in listed)]
+        if missing or others:
+            raise ConfigError([_unknown_parameters(missing, others, shape)], self.source)
+        return listed
 
     @model_validator(mode="after")
     def _check_training(self) -> AxolotlConfig:
@@ -744,8 +795,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
 
     def _peft_renamed(self, shape) -> frozenset[str]:
         """Linear layers' names peft renames to its MoE experts' fused parameters (ModelShape.peft_renamed): the
-        plan would say the dense MLPs train while peft trains the experts, which merge cannot fold. VeRA is not
-        renamed."""
+        plan would say the dense MLPs train while peft trains the experts. VeRA is not renamed."""
         return shape.peft_renamed if self.peft_method is PeftMethod.lora else frozenset()
 
     def _regex_targets(self, shape_or_model) -> list[str]:
@@ -846,16 +896,41 @@ def _unknown_targets(missing: list[str], shape) -> str:
     if shape.expert_names:
         line += (
             f"; its MoE experts are fused parameters ({', '.join(shape.expert_names)}), not modules: "
-            "lora_target_linear covers attention only"
+            f"lora_target_linear covers attention only, and lora_target_parameters: {list(shape.expert_names)} "
+            "trains the experts"
         )
+    experts = dict(shape.expert_sources)
     hints = {
-        name: _fused_into(name, shape.linear_names()) or suggest(name, shape.linear_names() + others)
+        name: (f"lora_target_parameters: {experts[leaf]}" if (leaf := name.rsplit(".", 1)[-1]) in experts else None)
+        or _fused_into(name, shape.linear_names())
+        or suggest(name, shape.linear_names() + others)
         for name in missing
     }
     hints = {name: hint for name, hint in hints.items() if hint}
     if hints:
         line += "; did you mean " + ", ".join(f"{hint} for {name}" for name, hint in hints.items())
     return line
+
+
+def _ends(name: str, target: str) -> bool:
+    """peft's rule for a target_parameters entry: the full parameter name, or a suffix of it after a dot."""
+    return name == target or name.endswith("." + target)
+
+
+def _unknown_parameters(missing: list[str], others: list[str], shape) -> str:
+    """Which lora_target_parameters entries name no fused expert parameter, and the model's candidates."""
+    if shape.expert_names:
+        example = shape.experts[0][0]
+        candidates = (
+            f"its fused 3-D MoE expert parameters are {list(shape.expert_names)} (full names such as {example}; "
+            "any dotted suffix of a full name selects it)"
+        )
+    else:
+        candidates = f"{shape.architecture} has no fused 3-D MoE expert parameters; lora_target_modules wraps layers"
+    problems = [f"{missing} match no MoE expert parameter of {shape.architecture}"] if missing else []
+    if others:
+        problems.append(f"they also match parameters that are no fused experts ({', '.join(others[:3])})")
+    return f"lora_target_parameters: {'; '.join(problems)}: {candidates}"
 
 
 def _fused_into(name: str, linear: list[str]) -> str | None:
@@ -875,8 +950,8 @@ def _renamed_targets(names: list[str], shape) -> str:
     return (
         f"lora_target_modules: {names} cannot be trained on {shape.architecture}: peft renames every target of "
         f"that name to its MoE experts' fused parameters ({', '.join(shape.expert_names)}), so the experts would "
-        "train instead of these layers, and llmkit merge cannot fold an adapter of the experts; leave them out "
-        "(lora_target_linear leaves them out on this model)"
+        "train instead of these layers; leave them out (lora_target_linear leaves them out on this model), and "
+        f"list the experts in lora_target_parameters ({list(shape.expert_names)}) to train them"
     )
 
 

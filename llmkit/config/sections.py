@@ -1019,6 +1019,11 @@ class LoraSection(BaseModel):
         "names must match, as peft reads a string (model.layers.[0-9]+.self_attn.(q|v)_proj).",
     )
     lora_target_linear: bool = Field(False, description="Wrap every linear layer except lm_head, plus the list.")
+    lora_target_parameters: list[str] | None = Field(
+        None,
+        description="Fused MoE expert parameters to train with LoRA (peft target_parameters), by full name or a "
+        "dotted suffix of it (mlp.experts.gate_up_proj, mlp.experts.down_proj); they are no linear layers.",
+    )
     lora_modules_to_save: list[str] | None = Field(
         None, description="Modules trained in full (embed_tokens, lm_head)."
     )
@@ -1046,9 +1051,13 @@ class LoraSection(BaseModel):
             )
         return value
 
-    _lists = field_validator("lora_modules_to_save", "peft_layers_pattern", "peft_layers_to_transform", mode="before")(
-        one_as_list
-    )
+    _lists = field_validator(
+        "lora_modules_to_save",
+        "lora_target_parameters",
+        "peft_layers_pattern",
+        "peft_layers_to_transform",
+        mode="before",
+    )(one_as_list)
 
     @field_validator("peft_init_lora_weights")
     @classmethod

@@ -169,6 +169,10 @@ class TrainingSetup:
     double_quant: bool = True
     dropout_width: int = 0  # summed input widths of the adapted layers when lora_dropout > 0 (dropout keeps a copy)
     reference_model: bool = False  # preference training of a full fine-tune: TRL keeps a frozen copy of the model
+    # lora_target_parameters: the expert parameters peft's ParamWrapper rebuilds as weight + B @ A in every forward,
+    # and per layer the summed input widths of their matmuls per token (experts per token x in_features)
+    rebuilt_params: int = 0
+    expert_input_width: int = 0
 
 
 @dataclass(frozen=True)
@@ -206,7 +210,10 @@ def estimate_training(shape: ModelShape, setup: TrainingSetup, track: Track) -> 
       policy's forward runs without gradients and keeps nothing, and is the base itself for an adapter.
     - activations at r, the residual stream's dtype (it follows the embeddings and norms: fp32 beside a quantized
       base or fp32 master weights): backward needs every layer's A (T x L x A); with gradient checkpointing only
-      each layer's input (T x L x r x h) and one recomputed layer (T x A). Plus the logits at b.
+      each layer's input (T x L x r x h) and one recomputed layer (T x A). Plus the logits at b, and, for LoRA on
+      fused MoE experts (lora_target_parameters), each targeted parameter rebuilt with its delta at r: all layers'
+      without gradient checkpointing, one layer's with it; and the inputs of their matmuls (a token's, once per
+      expert it uses) in A, which a frozen expert's matmul does not keep.
     """
     b = setup.dtype_bytes
     w = setup.trained_bytes
@@ -220,12 +227,20 @@ def estimate_training(shape: ModelShape, setup: TrainingSetup, track: Track) -> 
     if setup.reference_model:  # a deep copy of a full fine-tune's weights (an adapter's reference is the base itself)
         weights += w * shape.num_params
     trainable = setup.trainable_params * (w + w + optimizer_state_bytes(setup.optimizer, w))
-    per_layer = layer_activation_bytes(shape, r, setup.dropout_width)
+    per_layer = layer_activation_bytes(shape, r, setup.dropout_width + setup.expert_input_width)
     if setup.gradient_checkpointing:
         layers = setup.tokens * (shape.num_layers * r * shape.hidden_size + per_layer)
     else:
         layers = setup.tokens * shape.num_layers * per_layer
-    activations = layers + logits_bytes(shape, setup.tokens, b)
+    # LoRA on fused experts (peft's ParamWrapper) makes each targeted parameter anew, weight + B @ A in its dtype (r:
+    # fp32 once a quantized base is prepared), and the experts' matmuls keep it for backward: every layer's without
+    # gradient checkpointing, the recomputed layer's with it (measured: tests/core/test_memory.py)
+    rebuilt = setup.rebuilt_params * r
+    activations = (
+        layers
+        + logits_bytes(shape, setup.tokens, b)
+        + (rebuilt // shape.num_layers if setup.gradient_checkpointing else rebuilt)
+    )
     overhead = overhead_bytes(weights + trainable + activations)
     return TrainingMemory(TRACKS[track], int(weights), int(trainable), activations, int(overhead))
 

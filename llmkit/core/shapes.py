@@ -76,6 +76,12 @@ class ModelShape:
     tie_word_embeddings: bool  # the head is the input embedding (one tensor, counted once)
     expert_params: int  # MoE experts stored as fused 3-D parameters: bitsandbytes leaves them unquantized
     expert_names: tuple[str, ...]  # their parameter names' last two parts, e.g. experts.gate_up_proj
+    # each of them by full name, with its shape (experts, rows, columns) and the width of its matmuls' input (peft's
+    # in_features: the columns, or the rows where the model stores them transposed, as gpt-oss does): what
+    # lora_target_parameters can target
+    experts: tuple[tuple[str, tuple[int, ...], int], ...]
+    # the per-expert layer names the checkpoint stores (Mixtral's w1, w2, w3) -> the fused parameter holding each
+    expert_sources: tuple[tuple[str, str], ...]
     module_leaves: frozenset[str]  # every module's last name part (for "did you mean" and existence checks)
     parameters: tuple[tuple[str, int], ...]  # every parameter's name and size, once (for unfrozen_parameters)
     hidden_size: int
@@ -84,6 +90,7 @@ class ModelShape:
     num_kv_heads: int
     head_size: int
     mlp_width: int  # the MLP's inner width per token (MoE: times the experts each token uses)
+    active_experts: int  # the experts each token uses (1 without experts)
     vocab_size: int
     # linear layers' last name parts that peft, wrapping this model, renames into its MoE experts' fused parameters
     peft_renamed: frozenset[str] = frozenset()
@@ -110,6 +117,11 @@ class ModelShape:
     def matching(self, target: str) -> list[Module]:
         """The modules a target_modules entry wraps (peft's suffix rule); empty when it names none."""
         return [module for module in self.targetable() if module.matches(target)]
+
+    def matching_experts(self, target: str) -> list[tuple[str, tuple[int, ...], int]]:
+        """The fused expert parameters a target_parameters entry wraps (peft's rule: the full parameter name, or a
+        suffix of it after a dot); empty when it names none."""
+        return [expert for expert in self.experts if expert[0] == target or expert[0].endswith("." + target)]
 
     def with_vocabulary(self, tokens: int) -> ModelShape:
         """The shape once training grows the embeddings for a tokenizer of `tokens` (transformers'
@@ -178,11 +190,43 @@ class ModelShape:
             tie_word_embeddings=tied,
             expert_params=sum(p.numel() for _, p in experts),
             expert_names=tuple(dict.fromkeys(".".join(n.split(".")[-2:]) for n, _ in experts)),
+            experts=tuple((n, tuple(p.shape), _input_width(model, n, p)) for n, p in experts),
+            expert_sources=_expert_sources(model.config.model_type, [".".join(n.split(".")[-2:]) for n, _ in experts]),
             module_leaves=frozenset(leaves - {""}),
             parameters=tuple((n, p.numel()) for n, p in model.named_parameters()),
             **_attention_and_mlp(text),
             peft_renamed=_renamed_by_peft(model, linear_leaves),
         )
+
+
+def _input_width(model, name: str, parameter) -> int:
+    """The input width of a fused expert parameter's matmuls, as peft's ParamWrapper reads it: (experts, out, in),
+    or (experts, in, out) where the experts' module says is_transposed (gpt-oss)."""
+    owner = model.get_submodule(name.rpartition(".")[0])
+    return parameter.shape[1] if getattr(owner, "is_transposed", False) else parameter.shape[2]
+
+
+def _expert_sources(model_type: str, fused: list[str]) -> tuple[tuple[str, str], ...]:
+    """The names a checkpoint stores each expert's layers under (Mixtral: experts.0.w1.weight), by the fused
+    parameter transformers 5 loads them into (w1 and w3 into experts.gate_up_proj), as its conversion mapping says:
+    what a config written for transformers 4 lists in lora_target_modules."""
+    try:
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+        from transformers.core_model_loading import WeightConverter
+    except ImportError:  # transformers 4: the experts are modules of their own
+        return ()
+    sources = {}
+    for transform in get_checkpoint_conversion_mapping(model_type) or []:
+        if not isinstance(transform, WeightConverter):
+            continue
+        for target in transform.target_patterns:
+            into = ".".join(target.strip(".").split(".")[-2:])
+            if into not in fused:
+                continue
+            for source in transform.source_patterns:
+                parts = source.strip(".").split(".")
+                sources.setdefault(parts[-2] if parts[-1] in ("weight", "bias") else parts[-1], into)
+    return tuple(sources.items())
 
 
 def _adaptable(module) -> bool:
@@ -281,6 +325,7 @@ def _attention_and_mlp(config) -> dict[str, int]:
         "num_kv_heads": kv_heads,
         "head_size": getattr(config, "head_dim", None) or (hidden // heads if heads else 0),
         "mlp_width": inner * active_experts,
+        "active_experts": active_experts,
         "vocab_size": config.vocab_size,
     }
 
@@ -292,10 +337,25 @@ def _int(config, key: str) -> int | None:
 
 @functools.lru_cache(maxsize=64)
 def _shape_of(config_json: str) -> ModelShape:
+    model = meta_model(json.loads(config_json))
+    try:
+        return ModelShape.from_model(model)
+    except AttributeError as err:  # a config without the usual width names (hidden_size, num_attention_heads)
+        raise ValueError(
+            f"{model.config.model_type!r}: cannot read the model's widths from its config ({err})"
+        ) from err
+
+
+def meta_model(data: dict):
+    """The causal LM a config.json describes, built on the meta device (no weights): its modules, parameter names
+    and shapes, as transformers builds them.
+
+    Raises:
+        ValueError: not an architecture transformers knows, or not a causal LM.
+    """
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    data = json.loads(config_json)
     model_type = data.get("model_type")
     try:
         config = AutoConfig.for_model(**data)
@@ -310,10 +370,7 @@ def _shape_of(config_json: str) -> ModelShape:
             model.tie_weights()  # without it, a plain init_empty_weights() build leaves a tied head as a copy
     except ValueError as err:  # not a causal LM (an encoder, a vision model)
         raise ValueError(f"{model_type!r} is not a causal language model transformers can build") from err
-    try:
-        return ModelShape.from_model(model)
-    except AttributeError as err:  # a config without the usual width names (hidden_size, num_attention_heads)
-        raise ValueError(f"{model_type!r}: cannot read the model's widths from its config ({err})") from err
+    return model
 
 
 def base_model_refusal(config: dict, model: str, key: str = "base_model") -> str | None:

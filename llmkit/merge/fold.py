@@ -169,13 +169,6 @@ def check_adapter_dir(adapter_dir: str | Path) -> Path:
             "base as stored; llmkit merge cannot merge it: serve it unmerged (python -m llmkit.server --model "
             "BASE --adapter DIR), or train with init true, gaussian or orthogonal"
         )
-    experts = config.get("target_parameters")
-    if experts:  # peft's ParamWrapper LoRA on 3-D MoE expert tensors: no module of the base to fold it into
-        raise ValueError(
-            f"{path}/adapter_config.json has target_parameters {sorted(experts)}: LoRA on fused MoE expert "
-            "parameters, which llmkit merge cannot fold (it merges adapters of linear and embedding layers); "
-            "retrain without targeting the experts' names (gate_proj, up_proj, down_proj on this model)"
-        )
     for key, why_and_instead in _UNFOLDABLE.items():
         if config.get(key):
             raise ValueError(f"{path}/adapter_config.json has {key} {config[key]}: {why_and_instead}")

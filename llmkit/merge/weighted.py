@@ -185,13 +185,20 @@ def check_ranks(adapters: list[mw.AdapterFiles], combination_type: str) -> None:
 
 def check_combinable(adapters: list[mw.AdapterFiles]) -> None:
     """Refuse adapters with fully trained modules or embedding rows: peft's combination keeps the base's copy of
-    such a module or row (the trained one would be lost without a word), or fails on it."""
+    such a module or row (the trained one would be lost without a word), or fails on it, as it fails on LoRA on
+    parameters."""
     for adapter in adapters:
         if modules := adapter.config.modules_to_save:
             raise ValueError(
                 f"{adapter.path} trains {', '.join(modules)} fully (modules_to_save, axolotl's "
                 "lora_modules_to_save): a weighted merge cannot combine fully trained modules (peft keeps only the "
                 "base's); merge that adapter alone (llmkit merge --adapter DIR)"
+            )
+        if parameters := adapter.config.target_parameters:
+            raise ValueError(
+                f"{adapter.path} trains fused MoE expert parameters {sorted(parameters)} (target_parameters, "
+                "axolotl's lora_target_parameters): peft's weighted combination cannot combine LoRA on parameters; "
+                "merge that adapter alone, at full weight (llmkit merge --adapter DIR)"
             )
         if indices := adapter.config.trainable_token_indices:
             raise ValueError(

@@ -4,6 +4,10 @@ The output layout (names, shapes, shard boundaries) is planned from the base's s
 weight is read, so each merged tensor goes to disk as soon as it is computed: peak memory is the adapter plus
 one base tensor, not a shard and never the whole model. The arithmetic is peft's (`LoraLayer.merge`): delta
 B @ A * scale in float32, added to the base weight in the merge dtype; DoRA rescales rows by its magnitude vector.
+LoRA on fused MoE expert parameters (peft's ParamWrapper, `target_parameters`) is folded the same way, its delta cut
+into the per-expert tensors the checkpoint stores by transformers' own reverse conversion (what save_pretrained
+writes), each fused parameter's delta made when the merge reaches its first stored tensor and let go as they are
+written (at most a layer's experts' deltas at a time).
 """
 
 from __future__ import annotations
@@ -106,6 +110,45 @@ class LoraModule:
 
 
 @dataclass
+class ParameterLora:
+    """LoRA on one fused (experts, ., .) parameter (peft's ParamWrapper): a rank-r LoRA per expert, A stacked as
+    (r x experts, in) and B as (out, r x experts); `delta()` is what peft's merge adds to the parameter."""
+
+    name: str  # the parameter as the model loads it, e.g. model.layers.1.mlp.experts.gate_up_proj
+    shape: tuple[int, ...]  # its shape as loaded
+    swapped: bool  # peft's _did_swap_in_out_features: stored (experts, out, in), not (experts, in, out)
+    a: torch.Tensor | None = None
+    b: torch.Tensor | None = None
+    scale: float = 1.0
+
+    def delta(self) -> torch.Tensor:
+        # peft's ParamWrapper.get_delta_weight, in float32
+        experts = self.shape[0]
+        a = self.a.float().reshape(experts, -1, self.a.shape[-1])  # experts x rank x in
+        b = self.b.float().reshape(self.b.shape[0], -1, experts)  # out x rank x experts
+        return torch.einsum("o r e, e r i -> e o i" if self.swapped else "o r e, e r i -> e i o", b, a) * self.scale
+
+
+@dataclass
+class ExpertDeltas:
+    """The stored tensors each fused parameter's delta falls on (transformers' reverse conversion: Mixtral's
+    gate_up_proj is each expert's w1 and w3), computed one fused parameter at a time as the merge reaches it."""
+
+    model: object  # the base on the meta device: what transformers' reverse conversion reads its mapping from
+    parts: dict[str, str]  # stored tensor name -> the fused parameter whose delta holds it
+    shapes: dict[str, tuple[int, ...]]  # stored tensor name -> the shape of its part of the delta
+    _ready: dict[str, torch.Tensor] = field(default_factory=dict)  # computed parts not yet written
+
+    def take(self, stored: str, loras: dict[str, ParameterLora]) -> torch.Tensor:
+        if stored not in self._ready:
+            from transformers.core_model_loading import revert_weight_conversion
+
+            fused = self.parts[stored]
+            self._ready.update(revert_weight_conversion(self.model, {fused: loras[fused].delta()}))
+        return self._ready.pop(stored)
+
+
+@dataclass
 class Adapter:
     path: Path
     config: LoraConfig
@@ -113,6 +156,9 @@ class Adapter:
     replacements: dict[str, torch.Tensor]  # full tensors (modules_to_save, resized embeddings) by base name
     # trainable_token_indices: stored weight name -> (row indices, the trained rows) that replace those rows
     token_rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # target_parameters: LoRA on fused MoE expert parameters, by loaded parameter name, and where each delta falls
+    parameters: dict[str, ParameterLora] = field(default_factory=dict)
+    expert_deltas: ExpertDeltas | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +172,7 @@ class BaseLayout:
     # module path -> the path its tensors are stored under, where transformers renames them on loading (GPT-NeoX's
     # lm_head is stored as embed_out); the adapter names modules, the merge reads and writes stored tensors
     stored_as: dict[str, str] = field(default_factory=dict, compare=False)
+    config: dict = field(default_factory=dict, compare=False)  # the base's config.json
 
     def stored(self, name: str) -> str:
         """The stored name of a module (`lm_head`) or of a module's tensor (`lm_head.weight`)."""
@@ -154,6 +201,7 @@ def base_layout(base_dir: Path) -> BaseLayout:
         conv1d,
         frozenset(module.name for module in linear if module.quantizable),
         stored_as=_stored_modules(shape.architecture, model_type, base_weight_files(base_dir)),
+        config=json.loads((base_dir / "config.json").read_text()),
     )
     embed = layout.stored(f"{tokens[0].name}.weight") if tokens else None
     head = layout.stored(f"{shape.head.name}.weight") if shape.head else None
@@ -220,8 +268,16 @@ def load_lora_adapter(adapter: Path | AdapterFiles, layout: BaseLayout) -> Adapt
         check_named_weights(files.tensors, files.path)
     except ValueError as err:
         raise AdapterMismatchError(str(err)) from None
+    wrappers, meta = _parameter_wrappers(files.config, layout)
+    parameters: dict[str, ParameterLora] = {}
     for key, name in files.names():
         tensor = files.tensors[key]
+        part = next((suffix for suffix in (".lora_A.weight", ".lora_B.weight") if name.endswith(suffix)), None)
+        if part and name.removesuffix(part) in wrappers:  # a ParamWrapper's factors, named by its module
+            lora = wrappers[name.removesuffix(part)]
+            parameters[lora.name] = lora
+            setattr(lora, _LORA_PARTS[part], tensor)
+            continue
         if name.endswith(_TOKEN_ROWS):
             path = name.removesuffix(_TOKEN_ROWS)
             token_rows[layout.stored(f"{path}.weight")] = (_token_indices(files.config, path, files.path), tensor)
@@ -237,9 +293,50 @@ def load_lora_adapter(adapter: Path | AdapterFiles, layout: BaseLayout) -> Adapt
         module.embedding = module.embedding or "embedding" in part
         module.conv1d = path in layout.conv1d
         module.quantizable = path in layout.quantizable
-    for module in modules.values():
+    for module in [*modules.values(), *parameters.values()]:
         _configure(module, files.config, files.path)
-    return Adapter(files.path, files.config, modules, replacements, token_rows)
+    deltas = _expert_deltas(meta, parameters) if parameters else None
+    return Adapter(files.path, files.config, modules, replacements, token_rows, parameters, deltas)
+
+
+def _parameter_wrappers(config: LoraConfig, layout: BaseLayout) -> tuple[dict[str, ParameterLora], object]:
+    """For an adapter with target_parameters: peft's ParamWrapper modules, by the name the adapter saves their
+    factors under, each for the parameter it adapts; and the base on the meta device.
+
+    peft names a wrapper by the module holding the parameter, and nests one wrapper per parameter of the same module
+    (model.layers.1.mlp.experts.base_layer is gate_up_proj's, model.layers.1.mlp.experts down_proj's): which is which
+    is asked of peft, injecting the adapter into the base built on the meta device, so it follows peft's own order.
+    """
+    if not config.target_parameters:
+        return {}, None
+    from accelerate import init_empty_weights
+    from peft import inject_adapter_in_model
+    from peft.tuners.lora.layer import ParamWrapper
+
+    from llmkit.core.shapes import meta_model
+
+    injected = meta_model(layout.config)
+    with init_empty_weights():
+        inject_adapter_in_model(replace(config, inference_mode=True), injected)
+    wrappers = {}
+    for name, module in injected.named_modules():
+        if isinstance(module, ParamWrapper):
+            owner = ".".join(part for part in name.split(".") if part != "base_layer")
+            param = f"{owner}.{module.parameter_name}"
+            wrappers[name] = ParameterLora(param, tuple(module.get_param().shape), module._did_swap_in_out_features)
+    return wrappers, meta_model(layout.config)
+
+
+def _expert_deltas(meta, parameters: dict[str, ParameterLora]) -> ExpertDeltas:
+    """Which stored tensors each fused parameter's delta is added to: transformers' reverse conversion of a
+    meta-device tensor of its shape (no arithmetic) names them."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    parts, shapes = {}, {}
+    for name, lora in parameters.items():
+        for stored, part in revert_weight_conversion(meta, {name: torch.empty(lora.shape, device="meta")}).items():
+            parts[stored], shapes[stored] = name, tuple(part.shape)
+    return ExpertDeltas(meta, parts, shapes)
 
 
 def _token_indices(config: LoraConfig, module: str, adapter_dir: Path) -> torch.Tensor:
@@ -301,9 +398,18 @@ def _unwrapped(name: str) -> str:
     return name
 
 
-def _configure(module: LoraModule, config: LoraConfig, adapter_dir: Path) -> None:
+def _configure(module: LoraModule | ParameterLora, config: LoraConfig, adapter_dir: Path) -> None:
     if module.a is None or module.b is None:
         raise AdapterMismatchError(f"{adapter_dir}: {module.name} has only one of its lora_A/lora_B factors")
+    if isinstance(module, ParameterLora):  # one rank per expert: A holds rank x experts rows
+        experts, rank = module.shape[0], module.a.shape[0] // module.shape[0]
+        if rank * experts != module.a.shape[0] or module.b.shape[1] != module.a.shape[0]:
+            raise AdapterMismatchError(
+                f"{adapter_dir}: LoRA on {module.name} has factors {list(module.a.shape)} and {list(module.b.shape)}, "
+                f"which do not fit its {experts} experts"
+            )
+        module.scale = config.lora_alpha / rank**0.5 if config.use_rslora else config.lora_alpha / rank
+        return
     if module.magnitude is not None and module.transposed:
         raise AdapterMismatchError(
             f"{adapter_dir}: DoRA on {module.name} (an embedding or a Conv1D layer) cannot be merged here"
@@ -427,6 +533,23 @@ def _check_fit(base_dir: Path, adapter: Adapter, shapes: dict, tied_embeddings: 
             )
         if module.bias is not None and f"{module.name}.bias" not in shapes:
             raise AdapterMismatchError(f"{where}: lora_bias on {module.name}, which has no bias in the base")
+    deltas = adapter.expert_deltas
+    for stored in deltas.parts if deltas else ():
+        if stored not in shapes:
+            raise AdapterMismatchError(f"{where}: the base stores no {stored}, where {deltas.parts[stored]} falls")
+        if shapes[stored][1] != deltas.shapes[stored]:
+            raise AdapterMismatchError(
+                f"{where}: {stored} is {list(shapes[stored][1])} in the base but {list(deltas.shapes[stored])} as "
+                f"part of {deltas.parts[stored]}"
+            )
+    for lora in adapter.parameters.values():
+        # (experts, in, out) as stored, or (experts, out, in) where peft swapped them: A reads in, B writes out
+        in_features, out_features = (lora.shape[2], lora.shape[1]) if lora.swapped else lora.shape[1:]
+        if lora.a.shape[1] != in_features or lora.b.shape[0] != out_features:
+            raise AdapterMismatchError(
+                f"{where}: {lora.name} is {list(lora.shape)} in the base but its LoRA factors are "
+                f"{list(lora.a.shape)} and {list(lora.b.shape)}"
+            )
     for name, (indices, rows) in adapter.token_rows.items():
         weight = adapter.replacements.get(name)
         shape = tuple(weight.shape) if weight is not None else shapes.get(name, (None, None))[1]
@@ -461,6 +584,10 @@ def merged_tensor(plan: TensorPlan, adapter: Adapter, nf4: Callable | None) -> t
     if plan.name in adapter.token_rows:  # trainable_token_indices: the trained rows replace the base's
         indices, rows = adapter.token_rows[plan.name]
         tensor = tensor.index_copy(0, indices, rows.to(plan.dtype))
+    if adapter.expert_deltas and plan.name in adapter.expert_deltas.parts:  # a fused MoE parameter's LoRA
+        # bitsandbytes leaves fused experts in 16 bits, so training saw them unrounded: no 4-bit round trip here
+        delta = adapter.expert_deltas.take(plan.name, adapter.parameters)
+        return (tensor.float() + delta).to(plan.dtype)
     module = adapter.modules.get(plan.name.removesuffix(".weight")) if plan.name.endswith(".weight") else None
     if module is not None:
         # the weights training saw in 4 bits; a Conv1D had become a Linear4bit, its weight transposed

@@ -78,6 +78,7 @@ def check_base_model(cfg: AxolotlConfig) -> None:
     except ValueError:  # not buildable on the meta device: the model's own load says why
         return
     cfg.resolved_target_modules(shape)  # raises ConfigError, naming the key
+    cfg.resolved_target_parameters(shape)
 
 
 def _device_map() -> dict[str, int] | None:
@@ -307,6 +308,8 @@ def _lora_config(cfg: AxolotlConfig, model: PreTrainedModel, tokenizer: Any = No
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=cfg.resolved_target_modules(model),
+        # LoRA on the fused MoE experts (peft's ParamWrapper); None leaves them to target_modules alone
+        target_parameters=cfg.resolved_target_parameters(model) or None,
         modules_to_save=cfg.checked_modules_to_save(model),
         # A tied model (SmolLM2) that trains embed_tokens in full must keep lm_head tied to the trained copy.
         ensure_weight_tying=cfg.ties_saved_embeddings(model.config.tie_word_embeddings),

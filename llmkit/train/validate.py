@@ -119,6 +119,8 @@ def render(p: TrainingPlan):
             "unquantized (in fp32 once peft prepares the quantized base for training)[/yellow]",
         )
     summary.add_row("target modules", escape(", ".join(p.target_modules)) or "-")
+    if p.target_parameters:
+        summary.add_row("target parameters", escape(", ".join(p.target_parameters)))
     left_out = _renamed_left_out(p)
     if left_out:
         summary.add_row(

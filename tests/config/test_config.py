@@ -520,7 +520,6 @@ def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
         ("qat", {"weight_dtype": "int4"}, "quantization-aware training is not implemented"),
         ("gkd_trainer", True, "GKD"),
         ("quantize_moe_experts", True, "bitsandbytes leaves them in 16 bits"),
-        ("lora_target_parameters", ["experts.down_proj"], "LoRA on parameters"),
         # axolotl passes these to peft (rank_pattern, alpha_pattern, exclude_modules): warned as unknown, the run
         # trained other ranks and modules
         ("lora_rank_pattern", {"q_proj": 64}, "per-module LoRA ranks are not implemented"),

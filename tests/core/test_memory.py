@@ -259,3 +259,35 @@ def test_moe_experts_are_counted_unquantized_and_cannot_be_listed_as_modules(tin
     assert shape.linear_names() == ["q_proj", "k_proj", "v_proj", "o_proj"]
     with pytest.raises(ValueError, match="its MoE experts are fused parameters"):
         plan(lora_config(model_dir, lora_target_modules=["w1", "q_proj"]))
+
+
+def test_qlora_on_moe_experts_counts_them_in_fp32_and_their_rebuilt_weights(tiny_family_dir):
+    """bitsandbytes leaves the fused experts in 16 bits and peft's preparation upcasts them to fp32, as the plan
+    counts; LoRA on them (lora_target_parameters) rebuilds each targeted parameter with its delta in every forward,
+    which backward keeps, with the inputs of the experts' matmuls: the plan's activations grow by what autograd
+    keeps."""
+    import torch
+
+    from llmkit.train.modeling import build_peft_model, load_base_model
+
+    model_dir = tiny_family_dir("mixtral")
+    keys = {"lora_target_modules": ["q_proj"], "bf16": True, "sequence_len": 64, "micro_batch_size": 1}
+    experts = {"lora_target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"], "lora_dropout": 0.0}
+    saved, planned = [], []
+    for cfg in (lora_config(model_dir, **keys), lora_config(model_dir, **keys, **experts)):
+        p = plan(cfg)
+        model = build_peft_model(cfg, load_base_model(cfg))
+        model.train()
+        fused = [parameter for name, parameter in model.named_parameters() if parameter.dim() == 3]
+        assert {parameter.dtype for parameter in fused} == {torch.float32}
+        assert sum(parameter.numel() for parameter in fused) == p.shape.expert_params
+        assert model.get_nb_trainable_parameters()[0] == p.trainable_params
+        assert loaded_bytes(model, frozen_only=True) == pytest.approx(
+            weight_bytes(p.shape, Loading.nf4, float_bytes=4), rel=0.001
+        )
+        torch.manual_seed(0)  # the same tokens, so the same experts, for both
+        saved.append(saved_for_backward(model, 64))
+        planned.append(p.memory[0].activations)
+    # fp32 rebuilt experts (2 layers x 4 x (256 x 64 + 64 x 128)) and each token's inputs to its 2 experts (64 + 128)
+    assert planned[1] - planned[0] == 4 * (2 * 4 * (256 * 64 + 64 * 128) + 64 * 2 * 2 * (64 + 128))
+    assert saved[1] - saved[0] == planned[1] - planned[0]

@@ -1,7 +1,7 @@
 """What peft does to the targets it is given, and the plan must say: on MoE models whose dense MLP layers share the
 experts' projection names (DeepSeek-V2/V3's first layers and shared experts, Qwen3-MoE's mlp_only_layers) it renames
-them to the fused experts, so what the plan says trains must be what peft wraps, and merge must refuse an adapter of
-the experts instead of failing half-way; on Mamba models it refuses some linear layers outright."""
+them to the fused experts, so what the plan says trains must be what peft wraps, and merge must fold an adapter of
+the experts; on Mamba models it refuses some linear layers outright."""
 
 from __future__ import annotations
 
@@ -44,16 +44,17 @@ def test_listing_a_name_peft_renames_to_the_experts_is_refused_with_its_key(tiny
         plan(cfg)
 
 
-def test_merge_refuses_an_adapter_of_fused_expert_parameters(tiny_family_dir, tmp_path):
+def test_merge_folds_an_adapter_peft_renamed_to_the_fused_experts(tiny_family_dir, tmp_path):
+    """An adapter trained elsewhere on the dense MLP's names holds LoRA on the experts (peft renamed them): merge
+    folds it, as it folds lora_target_parameters (tests/train/test_target_parameters.py); it was refused."""
     base = tiny_family_dir("qwen3_moe")
     model = AutoModelForCausalLM.from_pretrained(base)
     # what peft makes of the dense MLP's names: LoRA on the experts' 3-D parameters (target_parameters)
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "gate_proj", "up_proj", "down_proj"]))
     peft_model.save_pretrained(tmp_path / "adapter")
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["target_parameters"]
-    with pytest.raises(ValueError, match="target_parameters .* llmkit merge cannot fold"):
-        merge_adapter(str(base), tmp_path / "adapter", tmp_path / "merged")
-    assert not (tmp_path / "merged").exists()
+    report = merge_adapter(str(base), tmp_path / "adapter", tmp_path / "merged", dtype="float32")
+    assert report.verification["token_agreement"] == 1.0
 
 
 def test_lora_target_linear_leaves_out_what_peft_refuses_on_mamba(tiny_config, make_tiny_model, tmp_path):
