@@ -739,6 +739,16 @@ class DatasetSpec(BaseModel):
     message_field_training: str | None = Field(
         None, description="chat_template: message key holding true/false: train that turn (over roles_to_train)."
     )
+    field_thinking: str | None = Field(
+        None,
+        description="chat_template: message key holding a reasoning trace (default `reasoning_content`), given to "
+        "the template under template_thinking_key; trained with its turn where the template writes it.",
+    )
+    template_thinking_key: str | None = Field(
+        None,
+        description="chat_template: message key the template reads the reasoning trace from (default "
+        "`reasoning_content`; gpt-oss: `thinking`).",
+    )
     roles: dict[str, list[str]] | None = Field(
         None,
         description="chat_template: role names in the data for each template role, {user: [human, user]}; sharegpt's "

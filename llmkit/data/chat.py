@@ -11,7 +11,9 @@ trained when its role is in `roles_to_train` (default: assistant), when train_on
 or when the message's own `message_field_training` flag says so. Messages are read through
 `message_property_mappings` (or the older `message_field_role` / `message_field_content`), their role names
 mapped by `roles`; a `field_system` text (default: a `system` column) becomes the first turn, and
-`drop_system_message` removes a leading system turn.
+`drop_system_message` removes a leading system turn. A message's reasoning trace (`field_thinking`, default
+`reasoning_content`) reaches the template under `template_thinking_key` (default `reasoning_content`); where the
+template writes it (Qwen3's <think> block, gpt-oss's analysis channel), it trains with its turn.
 """
 
 from __future__ import annotations
@@ -279,6 +281,8 @@ _DUMMY = "\ue000\ue001"
 # the cut's last assistant turn with a <think> block, the whole one's earlier turns without. Their turns are found
 # in the whole conversation, by rendering it with the turn's content replaced, which is where axolotl finds them.
 _CUT_AS_WHOLE = {"qwen3"}
+# axolotl's default for both field_thinking (the row's message key) and template_thinking_key (the template's)
+_THINKING = "reasoning_content"
 _END_REACH = 3  # axolotl trains a turn's end token only when at most this many tokens separate it from the content
 # Further than any _END_REACH tokens reach: where a turn's end token is looked for, so that a long conversation's
 # later turns are not tokenized once per turn.
@@ -499,6 +503,10 @@ def chat_messages(row: RawRow, spec: DatasetSpec) -> tuple[str, list[Message]]:
     sharegpt = "from" in first or ("role" not in first and field == "conversations")
     keys.setdefault("role", "from" if sharegpt else "role")
     keys.setdefault("content", "value" if sharegpt else "content")
+    # As axolotl's prompter maps it. (Its schema fills in role/content mappings, so there a reasoning key reaches the
+    # template under the row's own name, where the template reads it: the same text when the two names agree, as in
+    # every config seen; this honours a rename too.)
+    keys.setdefault(spec.template_thinking_key or _THINKING, spec.field_thinking or _THINKING)
     roles = _role_map(spec)
     accepted = sorted({*roles, *roles.values(), *_TEMPLATE_ROLES})
     messages = [_message(turn, i, field, keys, roles, accepted, spec) for i, turn in enumerate(turns)]
@@ -561,10 +569,12 @@ def make_chat_builder(
         named = ["assistant", *speakers.get("output", [])]
     trained_roles = {role_map.get(role, role) for role in named}
     in_whole = spec.template_choice(defaults.template, defaults.jinja)[0] in _CUT_AS_WHOLE
+    thinking = spec.template_thinking_key or _THINKING
     unended = False  # warned already: the template ends a trained turn with none of eot_tokens
+    unthought = False  # warned already: a row's reasoning is not in its text
 
     def build(row: RawRow, _spec: DatasetSpec) -> Parts:  # the Builder signature; this one is bound to `spec`
-        nonlocal unended
+        nonlocal unended, unthought
         field, messages = chat_messages(row, spec)
         trains = [message.pop("training", train_on_inputs or message["role"] in trained_roles) for message in messages]
         render = _Renderer(tokenizer, template, field)
@@ -578,7 +588,7 @@ def make_chat_builder(
         for i, (message, train) in enumerate(zip(messages, trains, strict=True)):
             if not (train or every):  # axolotl looks for a turn only where it trains, or where every end token does
                 continue
-            dummied = [*messages[:i], {**message, "content": _DUMMY}]
+            dummied = [*messages[:i], _dummy_turn(message, thinking)]
             full = whole if in_whole else render(messages[: i + 1])
             span = _content_span(full, render(dummied + messages[i + 1 :] if in_whole else dummied), done)
             # The template leaves this message out (a role it skips), or its content is empty: axolotl's find_turn
@@ -611,6 +621,18 @@ def make_chat_builder(
         for kind, at in last_ends.items():
             if ends[kind][1] == "last":
                 segments[at] = segments[at]._replace(trained=True)
+        if not unthought and _thinking_left_out(whole, messages, thinking):
+            unthought = True
+            # axolotl passes the key and such a template writes nothing of it; said, as the data's reasoning is lost
+            LOG.warning(
+                "%s: a row's reasoning (field_thinking %r) is not in the text the chat template (%s) writes, so it "
+                "is not trained: the template reads no %r (template_thinking_key), or not for those turns (Qwen3's "
+                "writes the reasoning after the last user message only)",
+                field,
+                spec.field_thinking or _THINKING,
+                _template_name(spec, defaults),
+                thinking,
+            )
         kept = tuple(segment for segment in segments if segment.text)
         return Parts(kept, add_eos=False, add_special_tokens=False, joined=True, final_labels=True)
 
@@ -693,15 +715,37 @@ def _unsplit(i: int, messages: list[Message]) -> str:
     return why
 
 
+def _dummy_turn(message: Message, thinking: str) -> Message:
+    """`message` with `_DUMMY` as its content and without its reasoning trace (axolotl's find_turn renders a turn's
+    place with its role and a dummy content alone): what the template writes of the reasoning differs too, so it
+    trains with the content."""
+    return {**{key: value for key, value in message.items() if key != thinking}, "content": _DUMMY}
+
+
 def _content_span(full: str, dummy: str, done: int) -> tuple[int, int] | None:
-    """Where the last turn's content sits in `full`, found against a render with `_DUMMY` as that content; None when
-    the template leaves the turn out or renders its content empty."""
+    """Where the last turn's content sits in `full`, found against a render with `_DUMMY` as that content
+    (`_dummy_turn`): from the first character the two differ at, so with the reasoning the template writes before the
+    content (Qwen3's <think> block: the dummy's is empty), to the content's end; None when the template leaves the
+    turn out or renders it empty."""
     start = len(os.path.commonprefix([full, dummy]))
-    if start < done or not dummy.startswith(_DUMMY, start):
+    at = dummy.find(_DUMMY, start)
+    if start < done or at < 0:
         return None
-    tail = dummy[start + len(_DUMMY) :]
+    tail = dummy[at + len(_DUMMY) :]
     end = len(full) - len(tail)
     return (start, end) if full.endswith(tail) and end > start else None
+
+
+def _thinking_left_out(text: str, messages: list[Message], thinking: str) -> bool:
+    """The messages carry reasoning, and none of it is in the row's `text` (templates may trim it)."""
+    traces = [trace.strip() for message in messages if isinstance(trace := message.get(thinking), str)]
+    return any(traces) and not any(trace in text for trace in traces if trace)
+
+
+def _template_name(spec: DatasetSpec, defaults: ChatDefaults) -> str:
+    """The spec's chat template as its config names it, for a message (a Jinja string is not repeated)."""
+    choice = spec.template_choice(defaults.template, defaults.jinja)[0]
+    return "a Jinja string" if "{" in choice else choice
 
 
 def _split_end(tokenizer: PreTrainedTokenizerBase, tail: str, tokens: list[str]) -> tuple[str, str, str]:

@@ -1252,6 +1252,121 @@ def test_content_as_a_list_of_text_parts_trains_as_the_joined_text(write_rows, m
         build_datasets(make_cfg([{"path": str(path), **MAPPED}]), tokenizer)
 
 
+# Qwen3's own template as it writes text turns: an assistant turn after the last user message writes its reasoning
+# (`reasoning_content`) in a <think> block (the last turn an empty one), an earlier turn its content alone.
+QWEN3_THINKING = (
+    "{%- if messages[0].role == 'system' %}{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
+    "{%- endif %}{%- set ns = namespace(last_query_index=messages|length - 1, found=false) %}"
+    "{%- for m in messages[::-1] %}{%- if not ns.found and m.role == 'user' %}{%- set ns.found = true %}"
+    "{%- set ns.last_query_index = messages|length - 1 - loop.index0 %}{%- endif %}{%- endfor %}"
+    "{%- for m in messages %}{%- if m.role == 'user' %}{{- '<|im_start|>user\\n' + m.content + '<|im_end|>\\n' }}"
+    "{%- elif m.role == 'assistant' %}"
+    "{%- set reasoning = m.reasoning_content if m.reasoning_content is string else '' %}"
+    "{%- if loop.index0 > ns.last_query_index and (loop.last or reasoning) %}{{- '<|im_start|>assistant\\n<think>\\n'"
+    " + reasoning.strip('\\n') + '\\n</think>\\n\\n' + m.content.lstrip('\\n') }}"
+    "{%- else %}{{- '<|im_start|>assistant\\n' + m.content }}{%- endif %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+# gpt-oss's layout: the reasoning (`thinking`) in an analysis message before the final one
+GPT_OSS_THINKING = (
+    "{% for m in messages %}{% if m.role == 'user' %}{{ '<|start|>user<|message|>' + m.content + '<|end|>' }}"
+    "{% else %}{% if m.thinking %}{{ '<|start|>assistant<|channel|>analysis<|message|>' + m.thinking + '<|end|>' }}"
+    "{% endif %}{{ '<|start|>assistant<|channel|>final<|message|>' + m.content + eos_token }}{% endif %}{% endfor %}"
+)
+QUESTION = [{"role": "user", "content": "What is 2+2?"}]
+REASONED = [*QUESTION, {"role": "assistant", "content": "4.", "reasoning_content": "Two and two make four."}]
+
+
+def _reasoned(write_rows, make_cfg, tokenizer, messages, **keys):
+    """The rows built from one row of `messages` (a chat_template dataset)."""
+    dataset = {"path": str(write_rows([{"messages": messages}], "jsonl")), "type": "chat_template", **keys}
+    cfg = make_cfg([dataset], dataset_prepared_path=None)
+    assert not cfg.ignored_keys  # field_thinking and template_thinking_key were "not implemented here"
+    return list(build_datasets(cfg, tokenizer).train)
+
+
+@pytest.mark.parametrize(
+    ("keys", "template", "trace", "runs"),
+    [
+        ({"chat_template": "qwen3"}, QWEN3_THINKING, "reasoning_content", ["Two and two make four.\n</think>\n\n4."]),
+        (  # the row's own key, given to the template under its default one
+            {"chat_template": "qwen3", "field_thinking": "thought"},
+            QWEN3_THINKING,
+            "thought",
+            ["Two and two make four.\n</think>\n\n4."],
+        ),
+        (  # axolotl's gpt-oss examples: field_thinking and template_thinking_key both `thinking`
+            {"chat_template": "tokenizer_default", "field_thinking": "thinking", "template_thinking_key": "thinking"},
+            GPT_OSS_THINKING,
+            "thinking",
+            ["analysis<|message|>Two and two make four.<|end|><|start|>assistant<|channel|>final<|message|>4."],
+        ),
+    ],
+    ids=["qwen3", "field_thinking", "gpt-oss"],
+)
+def test_a_messages_reasoning_trains_with_its_turn_where_the_template_writes_it(
+    write_rows, make_cfg, tokenizer, caplog, keys, template, trace, runs
+):
+    """axolotl gives a message's `field_thinking` to the template under `template_thinking_key`, and trains its turn
+    from the first token that differs from the turn rendered without it: the reasoning the template writes is trained
+    with the answer. It was dropped (field_thinking an ignored key, reasoning_content read by nothing)."""
+    tokenizer = copy.deepcopy(tokenizer)  # the session's, left as it is
+    tokenizer.chat_template = template
+    messages = [*QUESTION, {"role": "assistant", "content": "4.", trace: "Two and two make four."}]
+    with caplog.at_level(logging.WARNING, logger="llmkit"):
+        (row,) = _reasoned(write_rows, make_cfg, tokenizer, messages, **keys)
+    key = keys.get("template_thinking_key", "reasoning_content")
+    rendered = tokenizer.apply_chat_template([*QUESTION, {**REASONED[1], key: "Two and two"}], tokenize=False)
+    assert tokenizer.decode(row["input_ids"]) == rendered.replace("Two and two", "Two and two make four.")
+    assert _trained_runs(tokenizer, row) == [runs[0] + "<|im_end|>"]
+    assert "reasoning" not in caplog.text
+
+
+def test_reasoning_in_every_turn_trains_where_the_whole_conversation_writes_it(write_rows, make_cfg, tokenizer):
+    """Two exchanges, each reply with its reasoning: a template that writes every turn's reasoning trains both; the
+    row is the whole conversation's text. Qwen3's writes the reasoning after the last user message only: under
+    chat_template: qwen3 the first reply trains its content alone, the second its reasoning too, where the whole
+    conversation writes them (axolotl's qwen3 text, which renders the first reply's <think> block in the conversation
+    cut there, would put its labels on other tokens); under tokenizer_default (Qwen3's own cut there writes the block)
+    the row is an error naming it."""
+    tokenizer = copy.deepcopy(tokenizer)
+    every = QWEN3_THINKING.replace("loop.index0 > ns.last_query_index and (loop.last or reasoning)", "reasoning")
+    messages = [*REASONED, {"role": "user", "content": "And 3+3?"}]
+    messages.append({"role": "assistant", "content": "6.", "reasoning_content": "Six."})
+    (row,) = _reasoned(write_rows, make_cfg, tokenizer, messages, chat_template="jinja", chat_template_jinja=every)
+    whole = tokenizer.apply_chat_template(messages, chat_template=every, tokenize=False)
+    assert "<think>\nTwo and two make four.\n</think>\n\n4." in whole and "<think>\nSix.\n</think>\n\n6." in whole
+    assert tokenizer.decode(row["input_ids"]) == whole
+    assert _trained_runs(tokenizer, row) == [  # without its reasoning a turn writes no <think> block: it trains too
+        "<think>\nTwo and two make four.\n</think>\n\n4.<|im_end|>",
+        "<think>\nSix.\n</think>\n\n6.<|im_end|>",
+    ]
+    tokenizer.chat_template = QWEN3_THINKING
+    (row,) = _reasoned(write_rows, make_cfg, tokenizer, messages, chat_template="qwen3")
+    whole = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert "Two and two" not in whole and "<think>\nSix.\n</think>\n\n6." in whole
+    assert tokenizer.decode(row["input_ids"]) == whole
+    assert _trained_runs(tokenizer, row) == ["4.<|im_end|>", "Six.\n</think>\n\n6.<|im_end|>"]
+    with pytest.raises(DataError, match=r"row 1: field 'messages' cannot be split into turns"):
+        _reasoned(write_rows, make_cfg, tokenizer, messages, chat_template="tokenizer_default")
+
+
+def test_reasoning_the_template_does_not_write_is_warned_about_once(write_rows, make_cfg, tokenizer, caplog):
+    """chatml writes no reasoning: as in axolotl the turn trains its content alone, but the data's reasoning would be
+    lost in silence, so the log says so, once, naming the field and the template."""
+    with caplog.at_level(logging.WARNING, logger="llmkit"):
+        rows = _reasoned(write_rows, make_cfg, tokenizer, REASONED, chat_template="chatml")
+    (row,) = rows
+    assert "Two and two" not in tokenizer.decode(row["input_ids"])
+    assert _trained_runs(tokenizer, row) == ["4.<|im_end|>"]
+    said = [r.getMessage() for r in caplog.records if "reasoning" in r.getMessage()]
+    assert said == [
+        "messages: a row's reasoning (field_thinking 'reasoning_content') is not in the text the chat template "
+        "(chatml) writes, so it is not trained: the template reads no 'reasoning_content' (template_thinking_key), "
+        "or not for those turns (Qwen3's writes the reasoning after the last user message only)"
+    ]
+
+
 def test_two_spellings_of_one_message_key_must_agree(tmp_path):
     keys = {"message_field_role": "from", "message_property_mappings": {"role": "speaker"}}
     with pytest.raises(
