@@ -5,8 +5,8 @@ to the turn, with and without its content, puts it (as axolotl's find_turn). The
 trained, and so is the token that ends the turn: the first of `eot_tokens` (default: the tokenizer's EOS) right
 after the content in the whole conversation, trained as
 `train_on_eot` says (turn, all, last or none; default: `train_on_eos`); an EOS that is not one of `eot_tokens` and
-follows it is trained as `train_on_eos` says. A turn with empty content trains nothing, its end token included
-(axolotl finds no turn there). Role headers and the template's other text stay masked. A turn is
+follows it is trained as `train_on_eos` says. A turn with empty content (and no reasoning) trains nothing, its end
+token included (axolotl finds no turn there). Role headers and the template's other text stay masked. A turn is
 trained when its role is in `roles_to_train` (default: assistant), when train_on_inputs is set,
 or when the message's own `message_field_training` flag says so. Messages are read through
 `message_property_mappings` (or the older `message_field_role` / `message_field_content`), their role names
