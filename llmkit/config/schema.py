@@ -213,6 +213,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         if cfg.strict and (blocking or notices):
             raise ValueError("strict: true forbids these keys: " + "; ".join(blocking + notices))
         cfg._notices += _sharegpt_notices(cfg)  # what the data will mean, not a key: said even under strict
+        cfg._notices += _attention_notices(cfg)  # axolotl's own rule for these keys, not one missing here: the same
         if cfg.warning_message():
             warnings.warn(cfg.warning_message(), ConfigWarning, stacklevel=2)
         return cfg
@@ -639,21 +640,43 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
     def attention_implementation(self) -> str | None:
         """The attention asked for, in transformers' names (axolotl's `xformers` kept); None: transformers' default.
 
+        A name (attn_implementation, attention) wins over the boolean keys (flash_attention, ...), which are then
+        ignored, as axolotl's model loader does (`ignored_attention_flags`).
+
         Raises:
-            ValueError: an unknown name, or keys that ask for two different implementations.
+            ValueError: an unknown name, or two names or two boolean keys that ask for different implementations.
         """
-        asked: dict[str, str] = {}
+        named, flags = self._attention_asks()
+        for asked in (named, flags):
+            if len(set(asked.values())) > 1:
+                raise ValueError(
+                    "attention set more than one way: " + ", ".join(f"{k}: {v}" for k, v in asked.items())
+                )
+        return next(iter((named or flags).values()), None)
+
+    @property
+    def ignored_attention_flags(self) -> list[str]:
+        """The boolean attention keys set beside a name that asks for another implementation: axolotl loads the
+        named one and ignores them (empty when they agree, or no name is given)."""
+        named, flags = self._attention_asks()
+        chosen = next(iter(named.values()), None)
+        return [key for key, name in flags.items() if chosen is not None and name != chosen]
+
+    def _attention_asks(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The attention each key asks for, in transformers' names: the named keys', then the boolean keys'.
+
+        Raises:
+            ValueError: a name that is no attention implementation.
+        """
+        named: dict[str, str] = {}
         for key in ("attn_implementation", "attention"):
             name = getattr(self, key)
             if name is not None:
                 if name not in ATTENTION_NAMES and not name.startswith("kernels-community/"):
                     known = ", ".join(sorted(set(ATTENTION_NAMES)))
                     raise ValueError(f"{key}: {name!r} is not an attention implementation here; known: {known}")
-                asked[key] = ATTENTION_NAMES.get(name, name)
-        asked.update({key: name for key, name in _ATTENTION_FLAGS.items() if getattr(self, key)})
-        if len(set(asked.values())) > 1:
-            raise ValueError("attention set more than one way: " + ", ".join(f"{k}: {v}" for k, v in asked.items()))
-        return next(iter(asked.values()), None)
+                named[key] = ATTENTION_NAMES.get(name, name)
+        return named, {key: name for key, name in _ATTENTION_FLAGS.items() if getattr(self, key)}
 
     def save_every(self) -> int | float | None:
         """Checkpoint cadence in steps (a float < 1: a fraction of all steps), from save_steps or saves_per_epoch.
@@ -1037,6 +1060,17 @@ def _sharegpt_notices(cfg: AxolotlConfig) -> list[str]:
                 "refuses sharegpt): write type: chat_template, or name the template with conversation:"
             )
     return notices
+
+
+def _attention_notices(cfg: AxolotlConfig) -> list[str]:
+    """A boolean attention key beside attn_implementation changes nothing: say so, as axolotl loads the named
+    attention without a word (gpt-oss's examples set flash_attention: true beside a hub kernel)."""
+    key = "attn_implementation" if cfg.attn_implementation else "attention"
+    return [
+        f"{flag}: true is ignored: {key}: {getattr(cfg, key)} names the attention, as in axolotl, whose model "
+        "loader takes a named attention over the boolean keys"
+        for flag in cfg.ignored_attention_flags
+    ]
 
 
 def _resolve_local(path: str, base: Path) -> str:

@@ -127,8 +127,12 @@ def _attention_missing(name: str) -> str | None:
         if not flash[name]():
             package = "flash-attn" if name == "flash_attention_2" else "flash-attn 3 (flash_attn_interface)"
             return f"needs the {package} package, which is not installed (pip install flash-attn)"
-    if name.startswith("kernels-community/") and importlib.util.find_spec("kernels") is None:
-        return "a hub kernel needs the kernels package, which is not installed (pip install kernels)"
+    if name.startswith("kernels-community/"):
+        # transformers fetches the kernel's build for this machine from the hub; its attention kernels are GPU builds
+        if devices.resolve_device() != "cuda":
+            return "a hub attention kernel runs on a GPU, and this machine has no CUDA GPU"
+        if importlib.util.find_spec("kernels") is None:
+            return "a hub kernel needs the kernels package, which is not installed (pip install kernels)"
     return None
 
 

@@ -354,6 +354,19 @@ def test_attention_keys_name_one_implementation(tmp_path, keys, expected):
     assert load_quietly(write(tmp_path, MINIMAL), keys).attention_implementation == expected
 
 
+def test_a_named_attention_wins_over_a_boolean_key_as_in_axolotl(tmp_path):
+    """gpt-oss's axolotl examples: flash_attention: true beside a hub kernel; axolotl loads the kernel."""
+    keys = {"flash_attention": True, "attn_implementation": "kernels-community/vllm-flash-attn3"}
+    with pytest.warns(ConfigWarning) as caught:
+        cfg = load_config(write(tmp_path, MINIMAL), keys)
+    assert cfg.attention_implementation == "kernels-community/vllm-flash-attn3"
+    assert cfg.ignored_attention_flags == ["flash_attention"]
+    said = " ".join(str(warning.message) for warning in caught)
+    assert "flash_attention: true is ignored: attn_implementation: kernels-community/vllm-flash-attn3 names" in said
+    agreeing = load_quietly(write(tmp_path, MINIMAL), {"flash_attention": True, "attention": "flash"})
+    assert agreeing.ignored_attention_flags == [] and agreeing.notices == []
+
+
 def test_conflicting_or_unknown_attention_is_an_error(tmp_path):
     message = error_of(write(tmp_path, MINIMAL), {"flash_attention": True, "sdp_attention": True})
     assert "attention set more than one way: flash_attention: flash_attention_2, sdp_attention: sdpa" in message

@@ -220,6 +220,19 @@ def test_real_axolotl_keys_of_users_configs_are_said_for_what_they_do(runs):
     assert "unknown key" not in dpo and "save_safetensors" not in said["mistral-7b-qlora-alpaca-data-seed.yml"]
 
 
+@pytest.mark.timeout(600)
+def test_a_named_attention_beside_a_boolean_attention_key_wins_as_in_axolotl(runs):
+    """Every gpt-oss config of axolotl's examples sets flash_attention: true beside attn_implementation: a hub
+    kernel; axolotl's model loader takes the named one, and this was refused as attention set more than one way."""
+    run = next(run for run in runs if run.name == "gpt-oss-120b-fft-hub-kernel-attention.yml")
+    said = " ".join(run.output.split())  # rich wraps the plan's cells
+    assert run.result == "plan unknown", said
+    assert (
+        "flash_attention: true is ignored: attn_implementation: kernels-community/vllm-flash-attn3 names the "
+        "attention, as in axolotl" in said
+    )
+
+
 @pytest.mark.parametrize("command", ["preprocess", "train"])
 def test_a_hub_base_model_offline_is_one_line_not_four_tracebacks(command, tmp_path):
     """Offline, `preprocess` and `train` on a config whose base model is not in the cache printed 400 lines."""

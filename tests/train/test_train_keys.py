@@ -66,6 +66,13 @@ def test_attention_this_machine_lacks_is_said_and_replaced_or_refused(tiny_confi
     with pytest.raises(ConfigError, match="strict: true does not substitute another attention"):
         attn_implementation(load_config(tiny_config(attn_implementation="flash_attention_2", strict=True)))
     caplog.clear()
+    with caplog.at_level(logging.WARNING):  # gpt-oss's examples: a hub kernel, and flash_attention: true ignored
+        kernel = load_config(
+            tiny_config(attn_implementation="kernels-community/vllm-flash-attn3", flash_attention=True)
+        )
+        assert attn_implementation(kernel) is None
+    assert "a hub attention kernel runs on a GPU, and this machine has no CUDA GPU; using the default" in caplog.text
+    caplog.clear()
     with caplog.at_level(logging.WARNING):
         assert attn_implementation(load_config(tiny_config(xformers_attention=True))) is None
     assert "which transformers has no attention for" in caplog.text
