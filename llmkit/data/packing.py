@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from datasets import Dataset
+from transformers.utils.generic import is_flash_attention_requested
 
 from llmkit.data.rows import IGNORE_INDEX, Batch, PackedBatch, PackedColumns, PackedRow, TrainingRow
 from llmkit.data.sources import say_step_when_piped
@@ -154,13 +155,17 @@ def make_collator(
     """The collator for `build_datasets`' rows under this config (packed or not, padded to sequence_len or not).
 
     Args:
-        attention: the attention the model runs (default: the config's): flash attention takes packed rows
-            flattened into one, the others a batch of rows.
+        attention: the attention the model runs (default: the config's): flash attention (a hub flash kernel
+            too) takes packed rows flattened into one, the others a batch of rows.
     """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     pad_id = pad_id or 0  # a tokenizer with neither: any id will do, padding is masked out of attention and loss
     length = cfg.sequence_len if cfg.pad_to_sequence_len else None
     if cfg.sample_packing:
-        flash = (attention or cfg.attention_implementation or "").startswith("flash_attention")
+        # transformers' own test (any name with "flash": flash_attention_2/3 and the hub's flash kernels, such as
+        # gpt-oss's kernels-community/vllm-flash-attn3), whose packed path reads position_ids only in a batch of one
+        flash = is_flash_attention_requested(
+            requested_attention_implementation=attention or cfg.attention_implementation
+        )
         return PackedCollator(pad_id, length, flatten=flash)
     return PaddingCollator(pad_id, length)

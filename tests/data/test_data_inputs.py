@@ -345,6 +345,10 @@ def test_packed_collator_flattens_the_batch_for_flash_attention(make_cfg, tokeni
     assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]] and batch["use_cache"] is False
     assert isinstance(batch["input_ids"], torch.Tensor)
+    # a hub flash kernel (gpt-oss's examples) is flash attention to transformers: unflattened, the rows would attend
+    # to each other, its packed path reading position_ids only in a batch of one
+    hub_kernel = make_cfg(sample_packing=True, attn_implementation="kernels-community/vllm-flash-attn3")
+    assert make_collator(hub_kernel, tokenizer)(list(packed))["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
 
 
 def test_stats_table_counts_every_dataset_and_the_packing(write_rows, make_cfg, tokenizer):
