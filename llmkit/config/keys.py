@@ -62,7 +62,7 @@ UNIMPLEMENTED_KEYS = frozenset(
     resources_per_worker save_only_model tiled_mlp_num_shards tiled_mlp_use_original_mlp tokenizer_save_jinja_files
     torch_compile_mode total_supervised_tokens use_trackio trackio_project_name trackio_run_name trackio_space_id
     use_tensorboard world_size precompute_ref_log_probs eval_sequence_len pad_to_multiple_of num_labels
-    cls_model_config sage_attention llama4_linearized_experts image_size image_resize_algorithm processor_kwargs
+    cls_model_config sage_attention image_size image_resize_algorithm processor_kwargs
     adam_beta3 adam_epsilon2 dion_lr dion_momentum dion_rank_fraction dion_rank_multiple_of qgalore_cos_threshold
     qgalore_gamma_proj qgalore_proj_bits qgalore_proj_group_size qgalore_proj_quant qgalore_proj_type
     qgalore_queue_size qgalore_rank qgalore_scale qgalore_update_proj_gap center_rewards_coefficient eaft_alpha eaft_k
@@ -132,6 +132,10 @@ REFUSED_KEYS = {
     "trainer_cls": "a custom trainer class is not implemented",
     "overrides_of_model_kwargs": "extra from_pretrained arguments are not implemented; overrides_of_model_config is",
     "model_kwargs": "extra from_pretrained arguments are not implemented; overrides_of_model_config is",
+    "llama4_linearized_experts": "Llama 4 with linearized experts is not implemented: axolotl patches transformers' "
+    "Llama 4 to hold each expert as its own linear layers, the layout of a linearized checkpoint such as "
+    "axolotl-quants/Llama-4-Scout-17B-16E-Linearized-bnb-nf4-bf16, which transformers' fused experts do not load; "
+    "use a base in transformers' own Llama 4 layout",
     "tokenizer_use_mistral_common": "the mistral-common tokenizer (Magistral, Devstral), which encodes a "
     "conversation in Mistral's own request format, is not implemented: the base's Hugging Face tokenizer and chat "
     "template can give other token ids",

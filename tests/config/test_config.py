@@ -560,6 +560,8 @@ def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
         ("quantization", {"weight_dtype": "int8"}, "post-training quantization"),
         # axolotl's mistral-common tokenizer (Magistral's configs): other token ids, once only an ignored key
         ("tokenizer_use_mistral_common", True, "the mistral-common tokenizer (Magistral, Devstral), which encodes"),
+        # axolotl's Llama 4 patch that makes a linearized checkpoint load at all: once reported as an ignored key
+        ("llama4_linearized_experts", True, "axolotl patches transformers' Llama 4 to hold each expert as its own"),
     ],
 )
 def test_keys_that_would_change_training_and_are_not_implemented_are_refused(tmp_path, key, value, reason):

@@ -233,6 +233,16 @@ def test_a_named_attention_beside_a_boolean_attention_key_wins_as_in_axolotl(run
     )
 
 
+@pytest.mark.timeout(600)
+def test_a_linearized_llama4_checkpoint_is_refused_for_what_axolotl_patches(runs):
+    """axolotl's Llama 4 example loads a linearized checkpoint through a patch llama4_linearized_experts turns on;
+    the key was ignored, as if the base loaded without it."""
+    run = next(run for run in runs if run.name == "llama4-scout-qlora-linearized-flex.yml")
+    said = " ".join(run.output.split())  # rich wraps the problem lines
+    assert run.result == "error", said
+    assert "llama4_linearized_experts=True: Llama 4 with linearized experts is not implemented" in said
+
+
 @pytest.mark.parametrize("command", ["preprocess", "train"])
 def test_a_hub_base_model_offline_is_one_line_not_four_tracebacks(command, tmp_path):
     """Offline, `preprocess` and `train` on a config whose base model is not in the cache printed 400 lines."""
