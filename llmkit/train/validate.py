@@ -196,11 +196,16 @@ def _steps_text(p: TrainingPlan) -> str:
     cfg = p.cfg
     if cfg.max_steps:
         return f"{cfg.max_steps} (max_steps)"
-    per_1k = f"{p.steps_per_1k_rows:.1f} steps per 1k rows over {cfg.num_epochs:g} epochs"
+    epochs = f"{cfg.num_epochs:g} epoch{'' if cfg.num_epochs == 1 else 's'}"
+    per_1k = f"{p.steps_per_1k_rows:.1f} steps per 1k rows over {epochs}"
+    if cfg.sample_packing:  # counted one row per sequence: packing merges rows, into many times fewer when short
+        per_1k = f"at most {per_1k}, one row per sequence (packed rows make fewer)"
     if p.steps is None:
         return f"needs the dataset to count its rows: {per_1k}"
+    held_out = cfg.held_out_rows(p.rows) if p.rows is not None else 0
+    rows = f"{p.rows - held_out:,} training rows ({held_out:,} held out)" if held_out else f"{p.rows:,} rows"
     if p.sequences is not None:  # counted from the tokenized split: packing and dropped rows are in it
         batched = cfg.rl.rows_noun if cfg.rl else "packed sequences" if cfg.sample_packing else "training rows"
-        return f"{p.steps:,} ({p.sequences:,} {batched} from {p.rows:,} rows, over {cfg.num_epochs:g} epochs)"
+        return f"{p.steps:,} ({p.sequences:,} {batched} from {rows}, over {epochs})"
     bound = "at most " if cfg.sample_packing else ""  # packing merges rows into fewer sequences
-    return f"{bound}{p.steps:,} ({p.rows:,} rows; {per_1k})"
+    return f"{bound}{p.steps:,} ({rows}; {per_1k})"

@@ -20,7 +20,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from llmkit.cli import app
-from llmkit.config.plan import plan
+from llmkit.config.plan import TokenizedSplit, plan
 from llmkit.config.schema import AxolotlConfig, ConfigError, ConfigWarning, load_config
 from llmkit.core.challenge import Loading, Track
 from llmkit.core.memory import weight_bytes
@@ -527,6 +527,32 @@ def test_modules_to_save_must_name_modules_and_new_tokens_need_the_embeddings_an
 def _validate_output(config: Path) -> tuple[int, str]:
     result = CliRunner().invoke(app, ["validate", str(config)])
     return result.exit_code, " ".join(result.output.split())  # rich wraps long lines
+
+
+def test_packed_steps_are_said_of_the_rows_that_are_packed_and_as_a_bound_before_packing(tmp_path, tiny_model_dir):
+    """The plan said "7 packed sequences from 200 rows" where 20 of the 200 were held out and 180 packed, and for a
+    hub dataset "225.0 steps per 1k rows" with no word that packing makes them many times fewer."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"instruction": f"Say {i}", "output": str(i)}) + "\n" for i in range(200)))
+    local = small(
+        tiny_model_dir,
+        lora_target_linear=True,
+        sample_packing=True,
+        val_set_size=0.1,
+        datasets=[{"path": str(rows), "type": "alpaca"}],
+    )
+    packed = plan(local, world_size=1, data=TokenizedSplit(tokens=7 * 64, sequences=7))
+    assert (
+        validate_module._steps_text(packed)
+        == "7 (7 packed sequences from 180 training rows (20 held out), over 1 epoch)"
+    )
+    hub = validate_module._steps_text(
+        plan(small(tiny_model_dir, sample_packing=True, val_set_size=0, lora_target_linear=True))
+    )
+    assert hub == (
+        "needs the dataset to count its rows: at most 1000.0 steps per 1k rows over 1 epoch, one row per sequence "
+        "(packed rows make fewer)"
+    )
 
 
 def test_validate_refuses_a_dataset_written_as_a_local_path_that_is_not_there(tiny_config, tmp_path):
