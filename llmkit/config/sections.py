@@ -715,8 +715,8 @@ class DatasetSpec(BaseModel):
     chat_template: str | None = Field(
         None,
         description="chat_template: tokenizer_default (default), tokenizer_default_fallback_<name>, a shipped "
-        "template (chatml, gemma, llama3, phi_3, qwen_25, alpaca, metharme), a model's own (qwen3, gemma3, gemma3n, "
-        "gemma4, gemma4_unified, llama4, cohere, aya, deepseek_v2, exaone, mistral_v1, mistral_v2v3, "
+        "template (chatml, gemma, llama3, phi_3, qwen_25, alpaca, metharme, falcon_h1), a model's own (qwen3, "
+        "gemma3, gemma3n, gemma4, gemma4_unified, llama4, cohere, aya, deepseek_v2, exaone, mistral_v1, mistral_v2v3, "
         "mistral_v3_tekken, pixtral, mistral_v7_tekken, qwen2_vl, llama3_2_vision), jinja (with chat_template_jinja), "
         "or a Jinja string.",
     )

@@ -96,6 +96,16 @@ CHAT_TEMPLATES: dict[str, str] = {
         "'assistant'] %}{{ ('<|user|>' if message['role'] == 'user' else '<|model|>') + message['content'].strip() }}"
         "{% endfor %}{{ '<|model|>' if add_generation_prompt else eos_token }}"
     ),
+    # What axolotl's falcon_h1.jinja writes for text turns (its tools preamble aside: rows here pass no tools): ChatML
+    # after a BOS, the first turn's system text alone (a later system turn is dropped). Named after a model, but
+    # Falcon-H1's own template was not found to check the base against, so axolotl's text is what renders, as for
+    # alpaca and metharme.
+    "falcon_h1": (
+        "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ '<|im_start|>system\n' + messages[0]['content'] + "
+        "'<|im_end|>\n' }}{% endif %}{% for message in messages if message['role'] != 'system' %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
 }
 # axolotl's templates named after a model whose text is that model's own chat template: such a name renders the base
 # tokenizer's own template (as tokenizer_default does), where that template writes the model's format. Each name ->
@@ -218,7 +228,6 @@ OTHER_MODEL_TEMPLATES: dict[str, str] = {
         "its text writes plain ChatML, which the check cannot tell from any ChatML model's, and Nemotron-H's own "
         "was not found to compare"
     ),
-    "falcon_h1": "Falcon-H1's own template was not found to compare axolotl's text (ChatML after a BOS) with",
     "exaone4": (
         "its text writes a conversation's system turn twice, where EXAONE 4.0's own writes it once (axolotl dropped "
         "the {% continue %} after the first, which transformers' Jinja has); without a system turn they write the "

@@ -495,10 +495,9 @@ def test_chat_template_names_are_checked_without_the_tokenizer(tmp_path):
         {"path": "a.jsonl", "type": "chat_template", "chat_template": "jinja", "chat_template_jinja": "no.jinja"},
     ]
     cfg = _load(tmp_path, datasets, base_model="Qwen/Qwen2.5-0.5B", chat_template="chatlm")
-    choices = "chatml, llama3, phi_3, gemma, qwen_25, alpaca, metharme, qwen3, gemma3, gemma3n, gemma4, "
-    choices += (
-        "gemma4_unified, llama4, cohere, aya, deepseek_v2, exaone, mistral_v1, mistral_v2v3, mistral_v3_tekken, "
-    )
+    choices = "chatml, llama3, phi_3, gemma, qwen_25, alpaca, metharme, falcon_h1, qwen3, gemma3, gemma3n, "
+    choices += "gemma4, gemma4_unified, llama4, cohere, aya, deepseek_v2, exaone, mistral_v1, mistral_v2v3, "
+    choices += "mistral_v3_tekken, "
     choices += "pixtral, mistral_v7_tekken, qwen2_vl, llama3_2_vision (the base model's own),"
     choices += " tokenizer_default, tokenizer_default_fallback_<name>, jinja, a Jinja string (axolotl names more"
     choices += " templates than this project renders: tokenizer_default renders the model's own, which a"
@@ -665,17 +664,20 @@ def test_shipped_templates_render_as_their_models_do(write_rows, make_cfg, token
     assert _trained_runs(tokenizer, row) == runs
 
 
-# What axolotl's own alpaca.jinja and metharme.jinja write for SHAREGPT[:3] (its ChatTemplate names them, after no
-# model), rendered with those files' texts; {bos}/{eos}: the tokenizer's.
+# What axolotl's own alpaca.jinja, metharme.jinja and falcon_h1.jinja write for SHAREGPT[:3] (its ChatTemplate names
+# them; Falcon-H1's own template was not found), rendered with those files' texts; {bos}/{eos}: the tokenizer's.
 AXOLOTL_GENERIC_TEXTS = {
     "alpaca": "{bos}Be brief.\n\n### Instruction:\nHi there\n\n### Response:\nHello!{eos}",
     "metharme": "{bos}<|system|>Be brief.<|user|>Hi there<|model|>Hello!{eos}",
+    "falcon_h1": "{bos}<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>"
+    "assistant\nHello!<|im_end|>\n",
 }
 
 
 @pytest.mark.parametrize("name", list(AXOLOTL_GENERIC_TEXTS))
 def test_axolotls_generic_templates_write_axolotls_text(tokenizer, name):
-    """chat_template: alpaca (or metharme), a name of axolotl's schema, was refused as unknown."""
+    """chat_template: alpaca (or metharme), a name of axolotl's schema, was refused as unknown; falcon_h1, which all
+    seven of axolotl's Falcon-H1 examples name, as a model's template whose model's own was not found."""
     from llmkit.data.chat import CHAT_TEMPLATES, DEFAULT_ROLES
 
     messages = [{"role": DEFAULT_ROLES[turn["from"]], "content": turn["value"]} for turn in SHAREGPT[:3]]
@@ -690,6 +692,43 @@ def test_the_alpaca_chat_template_trains_each_response_and_its_eos(write_rows, m
         "<|im_start|>Be brief.\n\n### Instruction:\nHi there\n\n### Response:\nHello!<|im_end|>\n\n"
         "### Instruction:\nBye\n\n### Response:\nGoodbye.<|im_end|>"
     )
+    assert _trained_runs(tokenizer, row) == ["Hello!<|im_end|>", "Goodbye.<|im_end|>"]
+
+
+# What axolotl's falcon_h1.jinja writes for more conversations (rendered with its text, add_generation_prompt off
+# and on): no system turn, a later system turn (dropped: only the first message's is written), whitespace kept.
+FALCON_H1_TEXTS = [
+    (
+        SHAREGPT[1:],
+        "{bos}<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye"
+        "<|im_end|>\n<|im_start|>assistant\nGoodbye.<|im_end|>\n",
+    ),
+    (
+        [*SHAREGPT[:2], {"from": "system", "value": "Now be long."}, {"from": "gpt", "value": " Hello \n"}],
+        "{bos}<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+        " Hello \n<|im_end|>\n",
+    ),
+    (SHAREGPT[1:2], "{bos}<|im_start|>user\nHi there<|im_end|>\n"),
+]
+
+
+@pytest.mark.parametrize(("turns", "text"), FALCON_H1_TEXTS, ids=["no-system", "later-system", "one-turn"])
+def test_falcon_h1_writes_axolotls_text_of_each_conversation(tokenizer, turns, text):
+    from llmkit.data.chat import CHAT_TEMPLATES, DEFAULT_ROLES
+
+    messages = [{"role": DEFAULT_ROLES[turn["from"]], "content": turn["value"]} for turn in turns]
+    template = CHAT_TEMPLATES["falcon_h1"]
+    expected = text.format(bos=tokenizer.bos_token)
+    assert tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False) == expected
+    prompt = tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=False, add_generation_prompt=True
+    )
+    assert prompt == expected + "<|im_start|>assistant\n"
+
+
+def test_the_falcon_h1_chat_template_trains_each_reply_and_its_end_token(write_rows, make_cfg, tokenizer):
+    (row,) = _chat(write_rows, make_cfg, tokenizer, [{"conversations": SHAREGPT}], chat_template="falcon_h1")
+    assert tokenizer.decode(row["input_ids"]) == tokenizer.bos_token + CHATML_TEXT  # ChatML after a BOS
     assert _trained_runs(tokenizer, row) == ["Hello!<|im_end|>", "Goodbye.<|im_end|>"]
 
 
@@ -1134,7 +1173,6 @@ def test_a_model_named_template_refuses_another_models_template(write_rows, make
         ("command_a_rag", "its own rag template was not found to compare"),
         ("phi_4", "Phi-4-reasoning's long system prompt into a conversation without a system turn"),
         ("nemotron_h", "plain ChatML, which the check cannot tell from any ChatML model's"),
-        ("falcon_h1", "Falcon-H1's own template was not found"),
         ("jamba", "AI21's '<|bom|><|user|> text<|eom|>' turns after <|startoftext|>"),
         ("exaone4", "writes a conversation's system turn twice, where EXAONE 4.0's own writes it once"),
         ("qwen3_5", "keeps the whitespace around a turn's content, which Qwen3.5's own trims from every turn"),
