@@ -96,7 +96,7 @@ validate: usage-validate setup
 
 # NPROC>1 runs one DDP process per GPU through `accelerate launch` (on a machine without CUDA: CPU processes over
 # gloo); rerun the same command to resume.
-DDP_LAUNCH = $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(NPROC) --num_machines 1 --mixed_precision no --dynamo_backend no -m llmkit.cli
+DDP_LAUNCH = $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(NPROC) --num_machines 1 --mixed_precision no --dynamo_backend no -m llmkit
 train: usage-train setup
 	$(if $(filter-out 0 1,$(NPROC)),$(DDP_LAUNCH),$(LLMKIT)) train $(call quote,$(CONFIG)) $(ARGS)
 

@@ -25,6 +25,7 @@ from llmkit.core.challenge import Loading, Track
 from llmkit.core.devices import Device, dtype_name, quiet_bitsandbytes_kernel_notice
 from llmkit.core.errors import UsageError, error_message
 from llmkit.core.files import CacheError, user_path
+from llmkit.core.interrupted import command_in, interrupted_line
 from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE
 from llmkit.core.processes import exit_on_sigterm, interrupted_exit_code, log_to_stderr, no_bars_when_piped
 from llmkit.helm_eval.confgen import DEFAULT_TASK_LIST, SUITES
@@ -48,14 +49,16 @@ class _App(typer.Typer):
 class _Commands(typer.core.TyperGroup):
     """Runs each command inside `_one_line_errors`, so that Ctrl-C or SIGTERM where the command names nothing of
     its own (its imports, reading its config, its last lines) is one "interrupted" line too: typer turned Ctrl-C
-    there into a bare exit 130, and SIGTERM's SystemExit(143) ended the process without a word."""
+    there into a bare exit 130, and SIGTERM's SystemExit(143) ended the process without a word. Parsing the
+    command line, before, says the same line (llmkit.entry says it while this module loads)."""
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        with _one_line_errors(interrupted=interrupted_line(command_in(args))):
+            return super().make_context(info_name, args, parent, **extra)
 
     def invoke(self, ctx: click.Context):
-        def stopped() -> str:  # the command's name is known once click has resolved it, inside invoke
-            command = " ".join(filter(None, ["llmkit", ctx.invoked_subcommand]))
-            return f"interrupted: {command} stopped before it finished"
-
-        with _one_line_errors(interrupted=stopped):
+        # the command's name is known once click has resolved it, inside invoke
+        with _one_line_errors(interrupted=lambda: interrupted_line(ctx.invoked_subcommand)):
             return super().invoke(ctx)
 
 
@@ -705,5 +708,5 @@ def _logging() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # else one line per smoke request or /health probe
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python -m llmkit` (llmkit.entry) also says a Ctrl-C while this module loads
     app()

@@ -10,7 +10,8 @@ from pathlib import Path
 import llmkit
 
 # What each package may import (besides itself). The stages in order: config -> data -> train -> merge -> serve ->
-# submit -> evaluate, each above the common base; the CLI is the only module that sees all of them.
+# submit -> evaluate, each above the common base; the CLI is the only module that sees all of them (the script's
+# entry above it loads it).
 ALLOWED = {
     "core": set(),
     "config": {"core"},
@@ -21,6 +22,8 @@ ALLOWED = {
     "submit": {"core", "config", "data", "train", "merge", "server"},
     "helm_eval": {"core", "server"},
     "cli": {"core", "config", "data", "train", "merge", "server", "submit", "helm_eval"},
+    "entry": {"core", "cli"},  # the `llmkit` script: loads the CLI
+    "__main__": {"entry"},  # python -m llmkit
 }
 
 
