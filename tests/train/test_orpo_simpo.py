@@ -1,7 +1,7 @@
 """ORPO (`rl: orpo`) and SimPO (`rl: simpo`): axolotl's chat_template.argilla rows become TRL's prompt/chosen/rejected,
 orpo_alpha, simpo_gamma and cpo_alpha mean what axolotl passes them as, and a real step of each on a tiny model logs
-its loss, computed here from the untrained model's logits (neither has a reference model); a run of each stopped at
-a checkpoint resumes to the same end, bit for bit, as one that was not stopped."""
+its loss, computed here from the untrained model's logits (neither has a reference model); a run of each (and of DPO
+and KTO) stopped at a checkpoint resumes to the same end, bit for bit, as one that was not stopped."""
 
 from __future__ import annotations
 
@@ -243,13 +243,14 @@ def _same_tensors(first, second) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rl", ["orpo", "simpo"])
-def test_a_resumed_orpo_or_simpo_run_ends_as_the_run_that_was_not_stopped(rl, tiny_config, tmp_path):
+@pytest.mark.parametrize("rl", ["orpo", "simpo", "dpo", "kto"])
+def test_a_resumed_preference_run_ends_as_the_run_that_was_not_stopped(rl, tiny_config, tmp_path):
     """Stopped after its checkpoint of step 3 of 6 and resumed, by rerunning it (its output_dir's newest checkpoint)
-    or from resume_from_checkpoint in another output_dir, an ORPO or SimPO run takes steps 4 to 6 as the run that
-    was not stopped did, bit for bit: the same losses, optimizer state and adapter. 8 pairs in steps of 2 cross an
-    epoch's end after the resumed step: the rows skipped and the next epoch's order are the sampler's as it was.
-    (TRL's preference trainers turn dropout off: nothing else in a step draws from the RNG the checkpoint restores.)
+    or from resume_from_checkpoint in another output_dir, an ORPO, SimPO, DPO or KTO run takes steps 4 to 6 as the
+    run that was not stopped did, bit for bit: the same losses, optimizer state and adapter. 8 pairs in steps of 2
+    cross an epoch's end after the resumed step: the rows skipped and the next epoch's order are the sampler's as it
+    was. (TRL's preference trainers turn dropout off: nothing else in a step draws from the RNG the checkpoint
+    restores, nor in DPO's and KTO's reference passes or KTO's KL pass.)
     """
     import shutil
 
@@ -257,6 +258,10 @@ def test_a_resumed_orpo_or_simpo_run_ends_as_the_run_that_was_not_stopped(rl, ti
     if rl == "orpo":  # ORPO reads axolotl's argilla rows only; SimPO reads DPO's types
         rows = [{"chosen": _turns(q, good), "rejected": _turns(q, bad)} for q, good, bad in questions]
         dataset = {"path": str(_pairs(tmp_path, rows)), "type": "chat_template.argilla", "chat_template": "chatml"}
+    elif rl == "kto":  # one answer a row, desirable or not
+        rows = [{"prompt": q, "completion": (bad, good)[i % 2], "label": i % 2 == 1} for i, (q, good, bad) in
+                enumerate(questions)]  # fmt: skip
+        dataset = {"path": str(_pairs(tmp_path, rows)), "type": "chatml.prompt_pairs"}
     else:
         rows = [{"question": q, "chosen": good, "rejected": bad} for q, good, bad in questions]
         dataset = {"path": str(_pairs(tmp_path, rows)), "type": "chatml.intel"}
