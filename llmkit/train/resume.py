@@ -151,21 +151,22 @@ def plan_run(cfg: AxolotlConfig, output_dir: Path, *, is_main: bool, fresh: bool
             raise ConfigError(
                 [f"resume_from_checkpoint: {path} is in output_dir, whose checkpoints --fresh deletes"], cfg.source
             )
-        LOG.info("Resuming from %s (resume_from_checkpoint)", path)
+        if is_main:  # under DDP, one line for the run, not one a process
+            LOG.info("Resuming from %s (resume_from_checkpoint)", path)
         return RunPlan(done=False, checkpoint=path, finished_checkpoint=_at_end(path))
     if fresh:
         return RunPlan(done=False)
     checkpoints = _checkpoints(output_dir, remove_partial=is_main)
     published = _published(output_dir)
     if not checkpoints and not published:
-        if (output_dir / RUN_RECORD).is_file():  # started before, stopped before its first checkpoint
+        if is_main and (output_dir / RUN_RECORD).is_file():  # started before, stopped before its first checkpoint
             LOG.info("%s holds an earlier run that saved no checkpoint: starting from step 0 over it", output_dir)
         return RunPlan(done=False)
     _check_same_run(cfg, output_dir)
     newest = checkpoints[-1] if checkpoints else None
     if published:
         return RunPlan(done=True)
-    if newest is not None:
+    if newest is not None and is_main:
         LOG.info("Resuming from %s; pass --fresh to start from step 0", newest)
     return RunPlan(done=False, checkpoint=newest, finished_checkpoint=newest is not None and _at_end(newest))
 

@@ -116,7 +116,8 @@ def _train(cfg: AxolotlConfig, args: TrainingArguments, output_dir: Path, *, fre
     tokenizer = load_tokenizer(cfg)
     with args.main_process_first(desc="dataset preparation"):  # rank 0 fills dataset_prepared_path first
         data = build_preference_datasets(cfg, tokenizer) if cfg.rl else build_datasets(cfg, tokenizer)
-    _log_data(cfg, data)
+    if is_main:  # under DDP each process holds the same data: one line for the run
+        _log_data(cfg, data)
     # axolotl's default warmup (3% of the run) and logging cadence: the run's length is known once the data is
     total_steps = optimizer_steps(cfg, len(data.train), args.world_size)
     args.warmup_steps = warmup_steps(cfg, total_steps)
