@@ -160,7 +160,8 @@ def training_tokens(
     max_steps bounds the run at max_steps full steps; else the tokenized data times the epochs, or, without it, the
     rows times sequence_len (every row at its longest: an upper bound). Preference pairs count twice (chosen and
     rejected both go through the model, padded to the longer: `data_tokens` counts a pair's longer sequence); a KTO
-    row once (its KL and reference passes run without gradients, as DPO's reference passes, which are not counted).
+    row once. The passes without gradients (`_forward_only_sequences`) are not tokens trained: the projection
+    (`training_time`) counts their cost.
     """
     if cfg.rl is RLMethod.grpo:
         return None, GRPO_UNPLANNED.format("time")
@@ -189,6 +190,17 @@ def _trained_sequences(cfg: AxolotlConfig) -> int:
     return 2 if cfg.rl is not None and cfg.rl.paired else 1
 
 
+def _forward_only_sequences(cfg: AxolotlConfig) -> int:
+    """Sequences per trained sequence that go through a model without gradients (TRL's trainers): DPO's and IPO's
+    reference model over chosen and rejected (one each); for a KTO row, the model over its KL sequence (the row's
+    prompt with another row's answer) and the reference over both (three). ORPO, SimPO and SFT run none. An
+    adapter's reference (TRL's frozen copy of the adapter) is a pass of the model all the same."""
+    if cfg.rl is None:
+        return 0
+    reference = 1 if cfg.rl.has_reference else 0
+    return reference if cfg.rl.paired else 1 + 2 * reference
+
+
 def training_time(
     cfg: AxolotlConfig, shape: ModelShape, tokens: int | None, basis: str, track: Track
 ) -> TrainingProjection:
@@ -197,7 +209,14 @@ def training_time(
         method = "full"
     else:
         method = "qlora" if cfg.load_in_4bit or cfg.load_in_8bit else "lora"
-    return project_training(track, tokens=tokens, tokens_basis=basis, params=shape.num_params, method=method)
+    return project_training(
+        track,
+        tokens=tokens,
+        tokens_basis=basis,
+        params=shape.num_params,
+        method=method,
+        forward_only=_forward_only_sequences(cfg),
+    )
 
 
 def tokens_countable_here(cfg: AxolotlConfig) -> bool:

@@ -204,8 +204,13 @@ TRAINING_THROUGHPUT: dict[str, Throughput] = {
     ),
     "lora": Throughput(8 * 2048 / 5.2, 7e9, _A100_TFLOPS, f"published: LoRA 5.2 s/step, {_QWEN_PROFILE}"),
 }
-# A full fine-tune also computes the weights' gradients: about 6 instead of 4 x params FLOPs per token.
-_FULL_FINE_TUNE_FACTOR = 4 / 6
+# FLOPs per token, in multiples of the parameters (Kaplan et al. 2020, "Scaling Laws for Neural Language Models",
+# section 2.1: a trained token costs about 6N, the forward pass 2N and the backward pass twice that): the backward
+# pass computes the activations' gradients (2N) and the weights' (2N), which an adapter's frozen base skips. So a
+# full fine-tune's step is 6N a token, an adapter's 4N, and a forward pass without gradients (a reference model's,
+# KTO's KL pass) 2N: a third of a full fine-tune's step, half of an adapter's.
+_FORWARD_FLOPS, _ADAPTER_STEP_FLOPS, _FULL_STEP_FLOPS = 2, 4, 6
+_FULL_FINE_TUNE_FACTOR = _ADAPTER_STEP_FLOPS / _FULL_STEP_FLOPS
 
 
 class TrainingProjection(BaseModel):
@@ -245,12 +250,14 @@ class TrainingProjection(BaseModel):
 
 
 def project_training(
-    track: Track, *, tokens: int | None, tokens_basis: str, params: float, method: str
+    track: Track, *, tokens: int | None, tokens_basis: str, params: float, method: str, forward_only: float = 0
 ) -> TrainingProjection:
     """Training time of `tokens` tokens for a model of `params` parameters on one GPU of `track`.
 
     Args:
         method: "qlora" (a 4- or 8-bit base with an adapter), "lora" (a 16-bit base with an adapter) or "full".
+        forward_only: sequences that go through a model without gradients per sequence trained (DPO's reference
+            passes, KTO's KL and reference passes), each a forward pass's share of a step's FLOPs.
 
     The reference figure (TRAINING_THROUGHPUT) is scaled by the GPUs' BF16 peaks and by parameters (the FLOPs per
     token are proportional to them): an order of magnitude, not a measurement of this config.
@@ -264,6 +271,13 @@ def project_training(
     if method == "full":
         tokens_per_s *= _FULL_FINE_TUNE_FACTOR
         scaling.append("x 2/3 for a full fine-tune's weight gradients")
+    if forward_only:
+        share = _FORWARD_FLOPS / (_FULL_STEP_FLOPS if method == "full" else _ADAPTER_STEP_FLOPS)
+        tokens_per_s /= 1 + forward_only * share
+        scaling.append(
+            f"/ {1 + forward_only * share:.3g} for {forward_only:g} forward-only pass(es) per trained sequence (each "
+            f"{share:.2g} of a step)"
+        )
     basis = f"{reference.tokens_per_s:,.0f} tokens/s {reference.source}, " + ", ".join(scaling)
     return TrainingProjection(
         track=track,

@@ -769,3 +769,32 @@ def test_validate_prints_brackets_in_paths_keys_and_errors_as_written(tiny_confi
     unreadable = CliRunner().invoke(app, ["validate", str(weird)], env=wide)
     assert unreadable.exit_code == 1
     assert f"{weird}" in unreadable.output and "foo[bar]: [1" in unreadable.output
+
+
+@pytest.mark.parametrize(
+    ("rl", "dataset_type", "adapter", "per_token"),
+    [
+        ("dpo", "chatml.intel", "lora", 1 + 1 / 2),  # the reference over both answers: one pass a trained sequence
+        ("ipo", "chatml.intel", "lora", 1 + 1 / 2),
+        ("kto", "chatml.prompt_pairs", "lora", 1 + 3 / 2),  # the KL pass, and the reference over the row and KL
+        ("orpo", "chat_template.argilla", "lora", 1),  # no reference model, no KL
+        ("simpo", "chatml.intel", "lora", 1),
+        ("dpo", "chatml.intel", None, 1 + 1 / 3),  # a full fine-tune's step also computes the weights' gradients
+        ("kto", "chatml.prompt_pairs", None, 1 + 3 / 3),
+    ],
+)
+def test_the_projection_counts_the_passes_without_gradients(make_cfg, rl, dataset_type, adapter, per_token):
+    """Against an SFT run of the same settings, a preference run's projected seconds per trained token grow by its
+    forward passes without gradients (TRL's reference passes, KTO's KL pass), each half an adapter step's FLOPs (a
+    third of a full fine-tune's): KTO's projection counted its row once, as if KTOTrainer ran nothing else, and
+    DPO's left out its reference."""
+    keys = {"micro_batch_size": 2, "max_steps": 10, "sequence_len": 256, "adapter": adapter}
+    keys |= {"lora_target_linear": True} if adapter else {}
+    sft = plan(make_cfg(**keys), world_size=1)
+    rl_keys = {"rl": rl, "simpo_gamma": 0.5} if rl == "simpo" else {"rl": rl}
+    preference = plan(make_cfg([{"path": "unused.jsonl", "type": dataset_type}], **rl_keys, **keys), world_size=1)
+    pairs = 1 if rl == "kto" else 2  # the tokens trained: chosen and rejected, or KTO's one answer
+    assert preference.tokens == sft.tokens * pairs
+    for before, now in zip(sft.training_time, preference.training_time, strict=True):
+        assert now.projected_s / now.tokens == pytest.approx(before.projected_s / before.tokens * per_token)
+        assert ("forward-only" in now.sentence()) == (per_token != 1), now.sentence()
