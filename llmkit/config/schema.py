@@ -371,7 +371,12 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         if self.do_causal_lm_eval and not self.has_eval:
             raise ValueError("do_causal_lm_eval: scores answers to held-out rows; set val_set_size or test_datasets")
         if self.do_causal_lm_eval and self.rl is not None:
-            raise ValueError(f"do_causal_lm_eval: not with rl: {self.rl.value} (a preference row has two answers)")
+            why = (
+                "a GRPO row is a prompt whose answers the model generates in training"
+                if self.rl is RLMethod.grpo
+                else "a preference row has two answers"
+            )
+            raise ValueError(f"do_causal_lm_eval: not with rl: {self.rl.value} ({why})")
         with_floor = (LrScheduler.cosine, LrScheduler.cosine_with_min_lr)
         if self.cosine_min_lr_ratio is not None and self.lr_scheduler not in with_floor:
             raise ValueError(f"cosine_min_lr_ratio applies to lr_scheduler: cosine, not {self.lr_scheduler.value}")
@@ -417,16 +422,18 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         if self.peft_method is not PeftMethod.lora:
             method = self.peft_method.value
             raise ValueError(f"rl: {self.rl.value} trains a LoRA adapter or the full model, not {method}")
-        # axolotl drops long rows; TRL would cut the answers off (GRPO's prompts are neither measured nor cut)
-        if self.excess_length_strategy == "truncate" and self.rl is not RLMethod.grpo:
+        # axolotl drops long rows; TRL would cut the answers off. A GRPO prompt is dropped as long rows are
+        if self.excess_length_strategy == "truncate":
             why = (
-                "preference pairs longer than sequence_len, and a pair cut short compares answers that are not the "
-                "data's" if self.rl.paired
-                else "KTO rows longer than sequence_len, and a row cut short rates an answer that is not the data's"
+                "axolotl drops preference pairs longer than sequence_len, and a pair cut short compares answers that "
+                "are not the data's" if self.rl.paired
+                else "prompts longer than sequence_len are dropped, and a prompt cut short asks what the data does "
+                "not" if self.rl is RLMethod.grpo
+                else "axolotl drops KTO rows longer than sequence_len, and a row cut short rates an answer that is "
+                "not the data's"
             )  # fmt: skip
             raise ValueError(
-                f"excess_length_strategy: truncate does not work with rl: {self.rl.value} (axolotl drops {why}); "
-                "use drop or raise"
+                f"excess_length_strategy: truncate does not work with rl: {self.rl.value} ({why}); use drop or raise"
             )
         if self.dpo_label_smoothing:
             raise ValueError(

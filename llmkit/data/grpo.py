@@ -15,9 +15,10 @@ the dataset's entry where it takes it) and returns a function of one row (given 
 alone or with datasets' map options, of which `remove_columns` is read. Its result is merged into the row as
 datasets' map merges it: the row TRL reads has a `prompt` (a text, or a list of messages that TRL renders with the
 tokenizer's chat template) and other columns, which TRL passes to every reward function by name. A dataset without
-a type has its prompts already. A reward function is called as TRL calls it: with `prompts`, `completions`,
-`completion_ids`, `trainer_state`, `log_extra`, `log_metric` and the rows' other columns, all by name, and returns a
-float (or None) per completion.
+a type has its prompts already. A prompt longer than sequence_len (as TRL renders it) is dropped and counted as
+other long rows are (excess_length_strategy: raise: an error naming its row). A reward function is called as TRL
+calls it: with `prompts`, `completions`, `completion_ids`, `trainer_state`, `log_extra`, `log_metric` and the rows'
+other columns, all by name, and returns a float (or None) per completion.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from datasets import Dataset, concatenate_datasets
 from llmkit.config.plan import TokenizedSplit
 from llmkit.config.schema import ConfigError
 from llmkit.data.fields import RowError
+from llmkit.data.pipeline import count_kept
+from llmkit.data.preference import TOKENS
 from llmkit.data.rows import RawRow
 from llmkit.data.sources import DataError, convert_rows, load_rows, source_name, split_held_out
 from llmkit.data.stats import DatasetStats, DataStats
@@ -126,7 +129,11 @@ def _with_tokenizer(transform: Callable[..., Any], tokenizer: PreTrainedTokenize
     return lambda row: transform(row, tokenizer=tokenizer)
 
 
-def _spec_prompts(cfg: AxolotlConfig, spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase) -> Dataset:
+def _spec_prompts(
+    cfg: AxolotlConfig, spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase
+) -> tuple[Dataset, DatasetStats]:
+    """One dataset's prompts, those longer than sequence_len dropped and counted (excess_length_strategy: raise: an
+    error naming the row)."""
     source = source_name(spec)
     try:
         build = _row_transform(spec, cfg, tokenizer)
@@ -137,14 +144,42 @@ def _spec_prompts(cfg: AxolotlConfig, spec: DatasetSpec, tokenizer: PreTrainedTo
         columns = tuple(build(rows[0]))
     except RowError as err:
         raise DataError(f"{source}: row 1: {err}") from None
+    tokens, limit = _prompt_tokens(tokenizer), cfg.sequence_len
 
     def convert(row: RawRow) -> list[dict[str, Any]]:
         made = build(row)
         if set(made) != set(columns):
             raise RowError(f"columns {sorted(made)}, where the first row has {sorted(columns)}")
-        return [made]
+        length = tokens(made["prompt"])
+        if length > limit and cfg.excess_length_strategy == "raise":
+            raise RowError(
+                f"the prompt is {length} tokens long, longer than sequence_len {limit}, and excess_length_strategy "
+                "is raise"
+            )
+        return [{**made, TOKENS: length}]
 
-    return convert_rows(rows, source, convert, columns, f"GRPO prompts of {Path(source).name}")
+    prompts = convert_rows(rows, source, convert, (*columns, TOKENS), f"GRPO prompts of {Path(source).name}")
+    lengths: list[int] = prompts[TOKENS]
+    stats = DatasetStats(source, spec.type_name if spec.type else "prompt as it is", len(rows), 0)
+    # TRL's GRPOTrainer neither cuts nor drops a long prompt (axolotl keeps every one): a prompt past sequence_len
+    # alone leaves no room for a completion within the length the run is set for, so it is dropped as long rows are
+    keep = [length <= limit for length in lengths]
+    stats.dropped_overlong = keep.count(False)
+    count_kept(stats, keep, lengths, limit)
+    return prompts.select([i for i, kept in enumerate(keep) if kept]).remove_columns(TOKENS), stats
+
+
+def _prompt_tokens(tokenizer: PreTrainedTokenizerBase) -> Callable[[str | list[dict[str, Any]]], int]:
+    """A prompt's tokens as TRL renders it: a text as it is, messages through the chat template with the
+    generation prompt."""
+
+    def tokens(prompt: str | list[dict[str, Any]]) -> int:
+        if isinstance(prompt, str):
+            return len(tokenizer(prompt)["input_ids"])
+        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return tokens
 
 
 def build_prompt_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> PreferenceData:
@@ -159,10 +194,8 @@ def build_prompt_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase
     prompts: dict[str, list[Dataset]] = {"datasets": [], "test_datasets": []}
     stats = DataStats()
     for key, _, spec in cfg.dataset_entries():
-        rows = _spec_prompts(cfg, spec, tokenizer)
+        rows, counted = _spec_prompts(cfg, spec, tokenizer)
         prompts[key].append(rows)
-        kind = spec.type_name if spec.type else "prompt as it is"
-        counted = DatasetStats(source_name(spec), kind, len(rows), len(rows))
         (stats.datasets if key == "datasets" else stats.eval_datasets).append(counted)
     try:
         rows = concatenate_datasets(prompts["datasets"])
@@ -180,11 +213,5 @@ def epoch_prompt_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) 
     """The training prompts (one epoch) with their tokens as TRL renders them (messages through the chat template,
     with the generation prompt); the completions, generated in training, are not counted."""
     train = build_prompt_datasets(cfg, tokenizer).train
-    tokens = 0
-    for prompt in train["prompt"]:
-        if isinstance(prompt, str):
-            tokens += len(tokenizer(prompt)["input_ids"])
-        else:
-            text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-            tokens += len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return TokenizedSplit(tokens=tokens, sequences=len(train))
+    tokens = _prompt_tokens(tokenizer)
+    return TokenizedSplit(tokens=sum(tokens(prompt) for prompt in train["prompt"]), sequences=len(train))

@@ -133,8 +133,16 @@ def render(p: TrainingPlan):
         # an adapter's share is of the base alone; peft's log at training counts the adapter into its total
         of = "the base's " if cfg.adapter is not None else ""
         summary.add_row("trainable parameters", f"{p.trainable_params:,} ({share:.2%} of {of}{p.total_params:,})")
-    batch = f"{cfg.micro_batch_size} x {cfg.gradient_accumulation_steps} accum x {cfg.sequence_len} tokens"
-    summary.add_row("tokens per optimizer step", f"{p.tokens_per_step:,} ({batch} x {p.world_size} GPU)")
+    if cfg.rl is RLMethod.grpo:  # a GRPO row is a generated completion, not sequence_len tokens of the data
+        batch = f"{cfg.micro_batch_size} x {cfg.gradient_accumulation_steps} accum x {p.world_size} GPU"
+        made = cfg.trl.max_completion_length if cfg.trl else None
+        most = f"{made:,}" if made else "TRL's default (trl.max_completion_length unset)"
+        each = f"each its prompt and at most {most} generated tokens; {GRPO_UNPLANNED.format('tokens per step')}"
+        completions = cfg.micro_batch_size * cfg.gradient_accumulation_steps * p.world_size
+        summary.add_row("completions per optimizer step", escape(f"{completions:,} ({batch}), {each}"))
+    else:
+        batch = f"{cfg.micro_batch_size} x {cfg.gradient_accumulation_steps} accum x {cfg.sequence_len} tokens"
+        summary.add_row("tokens per optimizer step", f"{p.tokens_per_step:,} ({batch} x {p.world_size} GPU)")
     summary.add_row("optimizer steps", _steps_text(p))
     for key in cfg.ignored_keys:
         if key.named_alone:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 from safetensors.torch import load_file
 
 from llmkit.config.plan import GRPO_UNPLANNED, plan
@@ -18,6 +19,7 @@ from llmkit.config.schema import ConfigError, ConfigWarning, load_config
 from llmkit.data.preference import build_preference_datasets
 from llmkit.data.sources import DataError
 from llmkit.train.run import train, training_arguments
+from llmkit.train.validate import validate
 
 REWARDS = """
 import json
@@ -130,6 +132,38 @@ def test_grpo_prompts_come_from_the_users_transform(tiny_config, tmp_path, token
     cfg = load_config(_grpo_config(tiny_config, tmp_path, datasets=[{"path": str(untyped)}]))
     with pytest.raises(DataError, match=r"row 1: no prompt: GRPO's rows need `prompt`"):
         build_preference_datasets(cfg, tokenizer)
+
+
+def test_prompts_longer_than_sequence_len_are_dropped_and_counted(tiny_config, tmp_path, tokenizer):
+    # TRL's GRPOTrainer neither cuts nor drops a long prompt: it generated past sequence_len
+    long = {"question": "What is " + " + ".join(["1"] * 60) + "?", "answer": "60"}
+    rows = tmp_path / "long.jsonl"
+    rows.write_text("".join(json.dumps(row) + "\n" for row in [*ROWS, long]))
+    datasets = [{"path": str(rows), "type": "rewards.questions"}]
+    cfg = load_config(_grpo_config(tiny_config, tmp_path, datasets=datasets, sequence_len=48))
+    data = build_preference_datasets(cfg, tokenizer)
+    assert len(data.train) == 4 and "60" not in data.train["answer"]
+    counted = data.stats.datasets[0]
+    assert (counted.rows, counted.kept, counted.dropped_overlong) == (5, 4, 1)
+    cfg = load_config(_grpo_config(tiny_config, tmp_path, datasets=datasets, sequence_len=48,
+                                   excess_length_strategy="raise"))  # fmt: skip
+    raised = r"row 5: the prompt is \d+ tokens long, longer than sequence_len 48, and excess_length_strategy is raise"
+    with pytest.raises(DataError, match=raised):
+        build_preference_datasets(cfg, tokenizer)
+    cut = _error(_grpo_config(tiny_config, tmp_path, excess_length_strategy="truncate"))
+    assert "excess_length_strategy: truncate does not work with rl: grpo (prompts longer than sequence_len" in cut
+
+
+def test_grpo_says_its_own_batch_and_why_it_has_no_causal_lm_eval(tiny_config, tmp_path):
+    path = _grpo_config(tiny_config, tmp_path, gradient_accumulation_steps=2)
+    said = _error(path, {"do_causal_lm_eval": True, "val_set_size": 2})
+    assert "do_causal_lm_eval: not with rl: grpo (a GRPO row is a prompt whose answers the model generates" in said
+    console = Console(width=400, record=True)
+    assert validate(path, console=console) == 0
+    text = console.export_text()
+    assert "tokens per optimizer step" not in text  # not micro_batch_size x sequence_len: GRPO trains completions
+    assert "completions per optimizer step" in text
+    assert "4 (2 x 2 accum x 1 GPU), each its prompt and at most 6 generated tokens; unknown: rl: grpo" in text
 
 
 def test_the_plan_counts_generations_and_projects_no_grpo_time_or_memory(tiny_config, tmp_path):
