@@ -24,7 +24,7 @@ from datasets import (
     load_from_disk,
 )
 from datasets.data_files import get_data_patterns
-from datasets.utils import are_progress_bars_disabled
+from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
 from llmkit.config.sections import COMPRESSIONS, UNREADABLE, DatasetSpec, DsType, data_file_builder, data_files_pattern
 from llmkit.core.files import user_path
@@ -304,10 +304,30 @@ def find_bad_json_row(path: Path, check: RowCheck) -> None:
             raise DataError(f"{where}: {err}") from None
 
 
+_steps_unsaid = False  # set by `steps_said(False)`: a process that is not the run's main one
+
+
+@contextmanager
+def steps_said(said: bool) -> Iterator[None]:
+    """Data preparation's steps (datasets' bars, the lines `say_step_when_piped` writes) said or not while inside:
+    under DDP every process prepares the same data, and only the main one says so (one line for the run)."""
+    global _steps_unsaid
+    bars_were_off, unsaid_before = are_progress_bars_disabled(), _steps_unsaid
+    if not said:
+        disable_progress_bars()
+        _steps_unsaid = True
+    try:
+        yield
+    finally:
+        _steps_unsaid = unsaid_before
+        if not said and not bars_were_off:
+            enable_progress_bars()
+
+
 def say_step_when_piped(desc: str, rows: int) -> None:
     """A step over every row, as one plain line where datasets draws no bar (stderr piped: CI, `| tee`, a file;
     core.processes.no_bars_when_piped): 20,000 rows took half a minute with nothing said until the table."""
-    if are_progress_bars_disabled():
+    if are_progress_bars_disabled() and not _steps_unsaid:
         LOG.info("%s: %s rows", desc, f"{rows:,}")
 
 

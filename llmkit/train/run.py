@@ -49,6 +49,7 @@ from llmkit.core.models import stop_at_turn_ends
 from llmkit.data.grpo import reward_functions
 from llmkit.data.pipeline import PreparedData, build_datasets, make_collator
 from llmkit.data.preference import PreferenceData, build_preference_datasets
+from llmkit.data.sources import steps_said
 from llmkit.data.tokenizer import load_tokenizer
 from llmkit.train.causal_lm_eval import CausalLMEval, held_out_answers
 from llmkit.train.dft import dft_loss
@@ -114,7 +115,8 @@ def _train(cfg: AxolotlConfig, args: TrainingArguments, output_dir: Path, *, fre
         args.eval_on_start = False  # the curve has this point: evaluating the same weights again costs a full pass
     set_seed(cfg.seed)  # before the adapter exists: its initialisation is part of the run
     tokenizer = load_tokenizer(cfg)
-    with args.main_process_first(desc="dataset preparation"):  # rank 0 fills dataset_prepared_path first
+    # rank 0 fills dataset_prepared_path first; under DDP each process prepares the same data: one set of lines
+    with args.main_process_first(desc="dataset preparation"), steps_said(is_main):
         data = build_preference_datasets(cfg, tokenizer) if cfg.rl else build_datasets(cfg, tokenizer)
     if is_main:  # under DDP each process holds the same data: one line for the run
         _log_data(cfg, data)

@@ -398,15 +398,15 @@ def test_a_checkpoint_cut_off_by_a_full_disk_is_removed_as_the_error_is_said(tin
 def test_a_resumed_ddp_run_ends_as_the_run_that_was_not_stopped_and_says_so_once(tiny_config, ddp_launch):
     """`make train NPROC=2` (two processes over gloo) stopped after its checkpoint of step 3 of 6 and rerun takes
     steps 4 to 6 as the run that was not stopped did, bit for bit (the losses, the published adapter): each process
-    skips its own shard's rows of steps 1 to 3. The rerun says 'Resuming' and its 'Data' line once, as one process
-    does: each process logged its own."""
+    skips its own shard's rows of steps 1 to 3. Each run says 'Tokenizing ...' and its 'Data' line once (the rerun
+    'Resuming' too), as one process does: each process logged its own."""
     import shutil
 
     path = tiny_config(max_steps=6, save_steps=3, micro_batch_size=1)
     whole = subprocess.run(ddp_launch(path), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]
     out = Path(load_config(path).output_dir)
-    assert whole.stderr.count("Data: ") == 1, whole.stderr[-3000:]
+    assert whole.stderr.count("Data: ") == 1 and whole.stderr.count("Tokenizing ") == 1, whole.stderr[-3000:]
     expected = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
     adapter = (out / "adapter_model.safetensors").read_bytes()
     shutil.rmtree(out / "checkpoint-6")  # as if killed after saving checkpoint-3
@@ -415,7 +415,8 @@ def test_a_resumed_ddp_run_ends_as_the_run_that_was_not_stopped_and_says_so_once
 
     rerun = subprocess.run(ddp_launch(path), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert rerun.stderr.count("Resuming from") == 1 and rerun.stderr.count("Data: ") == 1, rerun.stderr[-3000:]
+    said = [rerun.stderr.count(line) for line in ("Resuming from", "Data: ", "Tokenizing ")]
+    assert said == [1, 1, 1], rerun.stderr[-3000:]
     history = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
     losses = [[(entry["step"], entry["loss"]) for entry in log if "loss" in entry] for log in (history, expected)]
     assert losses[0] == losses[1] and [step for step, _ in losses[0]] == [1, 2, 3, 4, 5, 6]
