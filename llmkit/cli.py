@@ -454,13 +454,22 @@ def merge(
 
 
 # --- submission: submit/ ---------------------------------------------------------------------------------------------
+def _track(value: str | Track) -> Track:
+    """--track in any case (Track reads a100 as A100); another value is refused naming the tracks as the README and
+    the Makefile write them."""
+    try:
+        return Track(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not one of {', '.join(repr(track.value) for track in Track)}.") from None
+
+
 @app.command()
 def submission(
     track: Annotated[
         Track,
         typer.Option(
-            case_sensitive=False,
-            metavar=f"[{'|'.join(track.value for track in Track)}]",  # the canonical names, which typer lowercases
+            parser=_track,  # typer's own check, case_sensitive=False, listed the names lowercased: 'a100'
+            metavar=f"[{'|'.join(track.value for track in Track)}]",
             help="The challenge track the image targets (in any case: a100 is A100).",
         ),
     ],

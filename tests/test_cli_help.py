@@ -61,6 +61,8 @@ def test_serve_shows_the_servers_own_help():
             ["submission", "--track", "4090", "--loading", "xx"],
             "'--loading': 'xx' is not one of 'bf16', 'int8', 'nf4'.",
         ),
+        # typer's case-insensitive check listed them lowercased ('a100'), where the README and Makefile write A100
+        (["submission", "--track", "3090"], "'--track': '3090' is not one of '4090', 'A100'."),
         (["bench", "--stage", "typing"], "'--stage': 'typing' is not one of 'serving', 'training', 'merging'."),
         (["random-model", "x", "--out", "y", "--device", "tpu"], "'--device': 'tpu' is not one of 'auto', 'cpu',"),
         (["bench", "--steps", "0"], "'--steps': Input should be greater than or equal to 1"),
