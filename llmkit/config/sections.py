@@ -507,7 +507,7 @@ class TrlSettings(BaseModel):
         None, ge=2, description="rl: grpo: completions generated per prompt, compared in their group (TRL's 8)."
     )
     max_completion_length: int | None = Field(
-        None, ge=1, description="rl: grpo: most tokens generated per completion (TRL's 256)."
+        None, ge=1, description="rl: grpo: most tokens generated per completion (TRL's 512)."
     )
     temperature: float | None = Field(None, gt=0, description="rl: grpo: sampling temperature (TRL's 1.0).")
     use_vllm: bool = Field(False, description="rl: grpo: only false: generation runs in the trainer here.")
