@@ -30,6 +30,8 @@ from llmkit.server.vllm_engine import VLLM_MAX_TEMPERATURE
 
 LOG = logging.getLogger(__name__)
 BACKSTOP_S = 2.0  # past --shutdown-timeout-s, uvicorn cancels what still runs
+DOCKER_STOP_S = 10.0  # docker stop's SIGKILL after its SIGTERM
+EXIT_S = 1.0  # after the drain and the engine's close: the 503s sent, uvicorn's shutdown, the interpreter's exit
 
 
 def create_app(
@@ -127,11 +129,32 @@ def serve(settings: ServerSettings) -> None:
             access_log=False,
             http=header_timeout_protocol(settings.body_timeout_s),  # a request's headers get the body's time limit
         )
-        DrainingServer(config, app.state.stopping, settings.shutdown_timeout_s).run()
+        DrainingServer(config, app.state.stopping, drain_s(settings, engine)).run()
     except KeyboardInterrupt:  # Ctrl-C with requests in flight: asyncio re-raises it once the server has drained
         raise SystemExit(130) from None
     finally:
         close_once()
+
+
+def drain_s(settings: ServerSettings, engine: Engine) -> float:
+    """How long a SIGTERM's drain lasts: --shutdown-timeout-s, unless it is left at its default and the engine's close
+    would then end past docker stop's SIGKILL (vLLM's takes seconds: VLLM_CLOSE_S); the drain then gets what the
+    close leaves, so that the close and the cleanup after it (vLLM's socket folder) happen. A value given is kept
+    (a `docker stop -t` longer than 10 s)."""
+    if "shutdown_timeout_s" in settings.model_fields_set:
+        return settings.shutdown_timeout_s
+    left = max(0.0, DOCKER_STOP_S - engine.close_s - EXIT_S)
+    if left < settings.shutdown_timeout_s:
+        LOG.info(
+            "On SIGTERM requests in flight get %g s to finish, not --shutdown-timeout-s' default %g s: the %s engine "
+            "takes up to %g s to stop, and docker stop kills at %g s",
+            left,
+            settings.shutdown_timeout_s,
+            engine.name,
+            engine.close_s,
+            DOCKER_STOP_S,
+        )
+    return min(left, settings.shutdown_timeout_s)
 
 
 def _check_address(host: str, port: int) -> None:

@@ -39,6 +39,7 @@ class Engine:
 
     name: ClassVar[str]
     version: str
+    close_s: ClassVar[float] = 0.0  # how long `close` may take; a SIGTERM's drain leaves it that much of docker's 10 s
 
     def __init__(self, loaded: LoadedModel, settings: ServerSettings):
         self.settings = settings

@@ -125,7 +125,7 @@ class ServerSettings(BaseSettings):
         ge=0,
         description=(
             "On SIGTERM/Ctrl-C, how long requests in flight may finish before they are cut off (docker stop kills "
-            "after 10 s)."
+            "after 10 s; unset, vLLM's gets what its engine's stop leaves of those 10 s)."
         ),
     )
     host: str = Field("127.0.0.1", description="Address to bind.")

@@ -9,11 +9,14 @@ import re
 import signal
 import socket
 import time
+from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import torch
 
+from llmkit.server.app import DOCKER_STOP_S
 from llmkit.server.protocol import ProcessResponse, helm_body
 
 NEVER = ["<<no such text>>"]
@@ -251,6 +254,38 @@ def test_shutdown_answers_requests_in_flight_503_within_its_grace_period(start_s
     log = server.log_tail(20_000)
     assert "Traceback" not in log and "never retrieved" not in log, log
     assert server.process.returncode == {signal.SIGTERM: -signal.SIGTERM, signal.SIGINT: 130}[signum], log
+
+
+@pytest.mark.slow
+def test_vllm_drains_and_stops_its_engine_before_docker_stop_kills_it(start_server, http):
+    """docker stop SIGKILLs 10 s after its SIGTERM, and vLLM's engine takes seconds to stop (VLLM_CLOSE_S): its
+    server drains for what that leaves of the 10 s, where a request that can finish does, the others get the 503,
+    and then the engine stops cleanly. It drained the default 5 s and exited after 10-13 s, vLLM having SIGKILLed its
+    EngineCore mid-teardown (its own 5 s limit): shared memory leaked, and under docker the server's own cleanup (its
+    socket folder) never ran."""
+    server = start_server("--engine", "vllm", startup_timeout=600)
+    children = psutil.Process(server.process.pid).children(recursive=True)  # the resource tracker among them
+    folders = {Path(folder) for folder in (child.environ().get("VLLM_RPC_BASE_PATH") for child in children) if folder}
+    long = helm_body(COUNTING, max_new_tokens=1000, stop_sequences=NEVER)
+    short_body = helm_body("Hi", max_new_tokens=4)  # can finish in the drain
+    for body in (short_body, {**long, "max_new_tokens": 4}):  # a fresh vLLM's first requests take seconds
+        assert http.post(f"{server.url}/process", json=body).status_code == 200
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = [pool.submit(http.post, f"{server.url}/process", json=long) for _ in range(3)]
+        wait_for(http, server.url, lambda b: b["running"] == 3)
+        short = pool.submit(http.post, f"{server.url}/process", json=short_body)
+        wait_for(http, server.url, lambda b: b["running"] == 4 or short.done())
+        sent = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(timeout=60)
+        took = time.monotonic() - sent
+        statuses = [answer.result(timeout=10).status_code for answer in [*answers, short]]
+    psutil.wait_procs(children, timeout=30)  # the resource tracker names what leaked as it ends
+    log = server.log_tail(50_000)
+    assert took < DOCKER_STOP_S, f"exited {took:.1f} s after SIGTERM\n{log}"
+    assert statuses == [503, 503, 503, 200], log
+    assert "force killing" not in log and "leaked" not in log, log
+    assert len(folders) == 1 and not any(folder.exists() for folder in folders), folders
 
 
 def test_body_over_the_limit_is_413_unread(batching, http):
