@@ -354,6 +354,14 @@ def check_adapters(settings: ServerSettings) -> None:
                 "it, vLLM has none): merge it into the base (llmkit merge --adapter DIR --base MODEL --out DIR) and "
                 "serve the merged folder"
             )
+        if targets := config.get("target_parameters"):
+            # peft's ParamWrapper refuses the per-row adapter_names every batch passes ("does not support mixed
+            # adapter batches yet"): each request was a 500, the base's too
+            raise ValueError(
+                f"Adapter {path} trains fused MoE expert parameters (target_parameters {targets}), which peft cannot "
+                "apply per request in a batch: merge it into the base (llmkit merge --adapter DIR --base MODEL --out "
+                "DIR) and serve the merged folder"
+            )
         if (every_row := applies_to_every_row(config)) and (len(settings.adapters) > 1 or base_is_default):
             raise ValueError(
                 f"Adapter {path} is {every_row}, which peft applies to every row of a batch (a request for another "
@@ -391,26 +399,6 @@ def check_adapters(settings: ServerSettings) -> None:
             raise ValueError(
                 f"Adapter {path} trains {trained}, which cannot be served beside other adapters in one batch: serve "
                 "it alone, or merge it and serve the merged folder"
-            )
-    _check_same_target_parameters(settings)
-
-
-def _check_same_target_parameters(settings: ServerSettings) -> None:
-    """Adapters of the fused MoE experts (peft's target_parameters) served side by side target the same ones: peft
-    nests a ParamWrapper per targeted parameter and places an adapter's weights by that nesting, so it refuses to add
-    an adapter whose target_parameters differ from a loaded one's."""
-    first: tuple[str, set[str]] | None = None
-    for name, config in settings.adapter_configs.items():
-        if not (targets := config.get("target_parameters")):
-            continue  # peft compares only adapters that target parameters
-        if first is None:
-            first = (name, set(targets))
-        elif set(targets) != first[1]:
-            raise ValueError(
-                f"Adapters {first[0]} ({settings.adapters[first[0]]}) and {name} ({settings.adapters[name]}) train "
-                f"different fused expert parameters (target_parameters {sorted(first[1])} and {sorted(targets)}), "
-                "which peft cannot serve side by side: serve them from separate servers, or merge each and serve the "
-                "merged folders"
             )
 
 
