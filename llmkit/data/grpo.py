@@ -23,6 +23,7 @@ other columns, all by name, and returns a float (or None) per completion.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -70,10 +71,32 @@ def reward_functions(cfg: AxolotlConfig) -> list[Callable[..., Any]]:
                 f"{key} {name!r}: {function.__name__} must take **kwargs: TRL passes prompts, completions, "
                 "completion_ids, trainer_state, log_extra, log_metric and the dataset's columns by name"
             )
-        functions.append(function)
+        functions.append(_said_as_the_users(function, f"{key} {name!r}"))
     if problems:
         raise ConfigError(problems, cfg.source)
     return functions
+
+
+def _said_as_the_users(function: Callable[..., Any], named: str) -> Callable[..., Any]:
+    """`function` as TRL calls it, whose exception or wrong count of rewards is a DataError naming the key (one
+    line), not TRL's traceback around the user's. functools.wraps keeps the name TRL logs (`rewards/<name>/mean`)
+    and the signature it reads."""
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            rewards = function(*args, **kwargs)
+        except Exception as err:  # the user's code
+            raise DataError(f"{named} raised {type(err).__name__}: {err}") from err
+        completions = kwargs.get("completions")
+        if completions is not None and (not isinstance(rewards, list | tuple) or len(rewards) != len(completions)):
+            got = f"{len(rewards)} rewards" if isinstance(rewards, list | tuple) else type(rewards).__name__
+            raise DataError(
+                f"{named} returned {got} for {len(completions)} completions: give one float (or None) each"
+            )
+        return rewards
+
+    return call
 
 
 def _takes_any_keyword(function: Callable[..., Any]) -> bool:

@@ -36,6 +36,14 @@ def token_sum(prompts, completions, completion_ids, **kwargs):
     return rewards
 
 
+def broken(prompts, completions, **kwargs):
+    return [kwargs["score"] for _ in completions]
+
+
+def one_short(prompts, completions, **kwargs):
+    return [0.0 for _ in completions[1:]]
+
+
 def no_kwargs(prompts, completions):
     return [0.0 for _ in completions]
 
@@ -207,3 +215,25 @@ def test_a_grpo_run_logs_the_rewards_of_the_users_function_and_moves_the_adapter
     lora_b = [tensor for name, tensor in adapter.items() if "lora_B" in name]
     assert lora_b and any(torch.count_nonzero(tensor) for tensor in lora_b), "lora_B starts at zero: no step moved it"
     assert load_config(out / "config.resolved.yml").rl.value == "grpo"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("reward", "said"),
+    [
+        ("broken", "Error: trl.reward_funcs[0] 'rewards.broken' raised KeyError: 'score'"),
+        ("one_short", "Error: trl.reward_funcs[0] 'rewards.one_short' returned 1 rewards for 2 completions"),
+    ],
+)
+def test_a_reward_function_that_fails_is_one_error_line_naming_it(tiny_config, tmp_path, reward, said):
+    """A reward function's exception, or a count of rewards other than the completions', came out of TRL as a
+    ~190-line traceback; the train command says it in one line naming the key."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    trl = {"num_generations": 2, "max_completion_length": 6, "reward_funcs": [f"rewards.{reward}"]}
+    path = _grpo_config(tiny_config, tmp_path, max_steps=1, trl=trl)
+    result = CliRunner().invoke(app, ["train", str(path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 1 and said in result.output, result.output
+    assert "Traceback" not in result.output
