@@ -195,8 +195,8 @@ def training_time_table(p: TrainingPlan):
 
 def _renamed_left_out(p: TrainingPlan) -> list[str]:
     """Linear layers lora_target_linear skips because peft renames them (AxolotlConfig.resolved_target_modules)."""
-    if p.shape is None or not p.target_modules:
-        return []
+    if p.shape is None or not p.target_modules or not p.cfg.lora_target_linear:
+        return []  # a list alone: what it does not name it never asked for
     return [name for name in p.shape.linear_names() if name in p.shape.peft_renamed and name not in p.target_modules]
 
 

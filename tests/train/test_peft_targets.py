@@ -108,3 +108,19 @@ def test_a_module_both_adapted_and_saved_whole_on_an_untied_model_is_not_called_
     saved = {**keys, "lora_modules_to_save": ["embed_tokens"], "lora_target_modules": ["q_proj", "lm_head"]}
     cfg = load_config(tiny_config(base_model=str(untied), **saved))
     assert plan(cfg).target_modules == ["q_proj", "lm_head"]
+
+
+def test_validate_says_what_lora_target_linear_leaves_out_only_when_it_is_set(tiny_config, tiny_family_dir, capsys):
+    """The 'not targeted' row blamed lora_target_linear for renamed layers a config with lora_target_modules alone
+    never asked for."""
+    from llmkit.train.validate import validate
+
+    base = str(tiny_family_dir("qwen3_moe"))
+    for keys, said in (
+        ({}, True),
+        ({"lora_target_linear": False, "lora_target_modules": ["q_proj", "v_proj"]}, False),
+    ):
+        assert validate(tiny_config(base_model=base, **keys)) == 0
+        out = capsys.readouterr()
+        text = " ".join((out.out + out.err).split())
+        assert ("not targeted" in text) is said, text
