@@ -29,15 +29,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset
 
 from llmkit.config.plan import TokenizedSplit
 from llmkit.config.schema import ConfigError
 from llmkit.data.fields import RowError
 from llmkit.data.pipeline import count_kept
-from llmkit.data.preference import TOKENS
+from llmkit.data.preference import TOKENS, merged_and_held_out
 from llmkit.data.rows import RawRow
-from llmkit.data.sources import DataError, convert_rows, load_rows, source_name, split_held_out
+from llmkit.data.sources import DataError, convert_rows, load_rows, source_name
 from llmkit.data.stats import DatasetStats, DataStats
 from llmkit.data.user_strategy import ConfigView, UserStrategyError, takes, user_function
 
@@ -212,24 +212,13 @@ def build_prompt_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase
     Raises:
         DataError: a file, row or transform is bad, a row has no prompt, or datasets' columns differ.
     """
-    from llmkit.data.preference import PreferenceData
-
     prompts: dict[str, list[Dataset]] = {"datasets": [], "test_datasets": []}
     stats = DataStats()
     for key, _, spec in cfg.dataset_entries():
         rows, counted = _spec_prompts(cfg, spec, tokenizer)
         prompts[key].append(rows)
         (stats.datasets if key == "datasets" else stats.eval_datasets).append(counted)
-    try:
-        rows = concatenate_datasets(prompts["datasets"])
-        held_out = concatenate_datasets(prompts["test_datasets"]) if prompts["test_datasets"] else None
-    except ValueError as err:  # datasets' columns differ: TRL passes each column to the reward functions
-        raise DataError(f"the GRPO datasets' rows have different columns: {err}") from None
-    rows = (rows.shuffle(seed=cfg.seed) if cfg.shuffle_merged_datasets else rows).flatten_indices()
-    train, held_out = (rows, held_out) if held_out is not None else split_held_out(rows, cfg, "prompts")
-    stats.train_rows = stats.train_sequences = len(train)
-    stats.eval_rows = len(held_out) if held_out is not None else 0
-    return PreferenceData(train, held_out, stats)
+    return merged_and_held_out(cfg, prompts, stats, "prompts")
 
 
 def epoch_prompt_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> TokenizedSplit:

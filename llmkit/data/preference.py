@@ -622,16 +622,30 @@ def build_preference_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizer
         rows, spec_stats = _spec_rows(cfg, spec, build, tokenizer)
         pairs[key].append(rows)
         (stats.datasets if key == "datasets" else stats.eval_datasets).append(spec_stats)
-    rows = concatenate_datasets(pairs["datasets"])
+    data = merged_and_held_out(cfg, pairs, stats, "pairs")
+    if cfg.rl is not None and not cfg.rl.paired:
+        _warn_one_sided(data.train)
+    return data
+
+
+def merged_and_held_out(
+    cfg: AxolotlConfig, parts: dict[str, list[Dataset]], stats: DataStats, noun: str
+) -> PreferenceData:
+    """The `datasets` parts concatenated and shuffled with `seed` (shuffle_merged_datasets); held out: the
+    `test_datasets` parts, or the last `val_set_size` of them (`noun`: what a row is, in split_held_out's errors).
+
+    Raises:
+        DataError: the parts' columns differ (GRPO's rows carry the user's columns, which TRL passes on by name).
+    """
+    try:
+        rows = concatenate_datasets(parts["datasets"])
+        held_out = concatenate_datasets(parts["test_datasets"]) if parts["test_datasets"] else None
+    except ValueError as err:
+        raise DataError(f"the datasets' {noun} have different columns: {err}") from None
     rows = (rows.shuffle(seed=cfg.seed) if cfg.shuffle_merged_datasets else rows).flatten_indices()
-    if pairs["test_datasets"]:
-        train, held_out = rows, concatenate_datasets(pairs["test_datasets"])
-    else:
-        train, held_out = split_held_out(rows, cfg, "pairs")
+    train, held_out = (rows, held_out) if held_out is not None else split_held_out(rows, cfg, noun)
     stats.train_rows = stats.train_sequences = len(train)
     stats.eval_rows = len(held_out) if held_out is not None else 0
-    if cfg.rl is not None and not cfg.rl.paired:
-        _warn_one_sided(train)
     return PreferenceData(train, held_out, stats)
 
 
