@@ -408,14 +408,14 @@ def _configure(module: LoraModule | ParameterLora, config: LoraConfig, adapter_d
                 f"{adapter_dir}: LoRA on {module.name} has factors {list(module.a.shape)} and {list(module.b.shape)}, "
                 f"which do not fit its {experts} experts"
             )
-        module.scale = config.lora_alpha / rank**0.5 if config.use_rslora else config.lora_alpha / rank
-        return
-    if module.magnitude is not None and module.transposed:
-        raise AdapterMismatchError(
-            f"{adapter_dir}: DoRA on {module.name} (an embedding or a Conv1D layer) cannot be merged here"
-        )
-    rank = module.a.shape[0]
-    alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), module.name), config.lora_alpha)
+        alpha = config.lora_alpha
+    else:
+        if module.magnitude is not None and module.transposed:
+            raise AdapterMismatchError(
+                f"{adapter_dir}: DoRA on {module.name} (an embedding or a Conv1D layer) cannot be merged here"
+            )
+        rank = module.a.shape[0]
+        alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), module.name), config.lora_alpha)
     module.scale = alpha / rank**0.5 if config.use_rslora else alpha / rank
 
 
