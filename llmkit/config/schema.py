@@ -319,7 +319,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             shape_or_model: a `llmkit.core.shapes.ModelShape`, a loaded torch model, or None when the model's shape
                 is unknown (the names are then returned unchecked).
         """
-        from llmkit.core.shapes import ModelShape
+        from llmkit.core.shapes import ModelShape, peft_target_matches
 
         listed = list(self.lora_target_parameters or [])
         if not listed or shape_or_model is None or self.adapter is None:
@@ -328,7 +328,11 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         missing = [name for name in listed if not shape.matching_experts(name)]
         # peft would also wrap a 2-D parameter (a bias, a norm) the name ends, as one expert: never what was meant
         experts = {expert[0] for expert in shape.experts}
-        others = [name for name, _ in shape.parameters if name not in experts and any(_ends(name, t) for t in listed)]
+        others = [
+            name
+            for name, _ in shape.parameters
+            if name not in experts and any(peft_target_matches(t, name) for t in listed)
+        ]
         if missing or others:
             raise ConfigError([_unknown_parameters(missing, others, shape)], self.source)
         return listed
@@ -940,11 +944,6 @@ def _unknown_targets(missing: list[str], shape) -> str:
     if hints:
         line += "; did you mean " + ", ".join(f"{hint} for {name}" for name, hint in hints.items())
     return line
-
-
-def _ends(name: str, target: str) -> bool:
-    """peft's rule for a target_parameters entry: the full parameter name, or a suffix of it after a dot."""
-    return name == target or name.endswith("." + target)
 
 
 def _unknown_parameters(missing: list[str], others: list[str], shape) -> str:

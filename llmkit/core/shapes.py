@@ -40,6 +40,12 @@ class ModelConfigNotFound(LookupError):
     """No config.json for a model: the message says where it looked and how to provide one."""
 
 
+def peft_target_matches(target: str, name: str) -> bool:
+    """peft's rule for a target_modules or target_parameters entry: the full module or parameter name, or a suffix of
+    it after a dot."""
+    return name == target or name.endswith("." + target)
+
+
 @dataclass(frozen=True)
 class Module:
     """A module an adapter can wrap: a linear layer (nn.Linear or GPT-2's Conv1D) or an embedding."""
@@ -60,8 +66,8 @@ class Module:
         return self.fan_in * self.fan_out
 
     def matches(self, target: str) -> bool:
-        """peft's rule for a target_modules entry: the full name, or a suffix after a dot."""
-        return self.name == target or self.name.endswith("." + target)
+        """peft's rule for a target_modules entry (`peft_target_matches`)."""
+        return peft_target_matches(target, self.name)
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,7 @@ class ModelShape:
     def matching_experts(self, target: str) -> list[tuple[str, tuple[int, ...], int]]:
         """The fused expert parameters a target_parameters entry wraps (peft's rule: the full parameter name, or a
         suffix of it after a dot); empty when it names none."""
-        return [expert for expert in self.experts if expert[0] == target or expert[0].endswith("." + target)]
+        return [expert for expert in self.experts if peft_target_matches(target, expert[0])]
 
     def with_vocabulary(self, tokens: int) -> ModelShape:
         """The shape once training grows the embeddings for a tokenizer of `tokens` (transformers'
