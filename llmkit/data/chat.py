@@ -13,20 +13,25 @@ or when the message's own `message_field_training` flag says so. Messages are re
 mapped by `roles`; a `field_system` text (default: a `system` column) becomes the first turn, and
 `drop_system_message` removes a leading system turn. A message's reasoning trace (`field_thinking`, default
 `reasoning_content`) reaches the template under `template_thinking_key` (default `reasoning_content`); where the
-template writes it (Qwen3's <think> block, gpt-oss's analysis channel), it trains with its turn.
+template writes it (Qwen3's <think> block, gpt-oss's analysis channel), it trains with its turn. A message's other keys
+reach the template under their own names where it reads them on `message` (tool_calls, name, a custom key), as
+axolotl's analysis of the template finds them; what the template writes of them in a trained turn trains with it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from jinja2 import TemplateError
+from jinja2 import Environment, TemplateError, TemplateSyntaxError, nodes
+from jinja2.ext import Extension
 
 from llmkit.config.sections import DatasetSpec, DatasetType
 from llmkit.core.files import user_path
@@ -488,11 +493,12 @@ def _sharegpt_speakers(spec: DatasetSpec) -> dict[str, list[str]] | None:
     return None
 
 
-def chat_messages(row: RawRow, spec: DatasetSpec) -> tuple[str, list[Message]]:
+def chat_messages(row: RawRow, spec: DatasetSpec, read: frozenset[str] = frozenset()) -> tuple[str, list[Message]]:
     """(the messages field, the conversation as template messages, system turn added or dropped as configured).
 
     Reads `field_messages` (default `messages`, else ShareGPT's `conversations`), each message's keys through
-    `message_property_mappings` (default role/content, or ShareGPT's from/value).
+    `message_property_mappings` (default role/content, or ShareGPT's from/value), and its other keys that the
+    template reads (`read`: `template_message_keys`) under their own names.
     """
     field = spec.field_messages or ("messages" if "messages" in row else "conversations")
     turns = row.get(field)
@@ -518,7 +524,7 @@ def chat_messages(row: RawRow, spec: DatasetSpec) -> tuple[str, list[Message]]:
     keys.setdefault(spec.template_thinking_key or _THINKING, spec.field_thinking or _THINKING)
     roles = _role_map(spec)
     accepted = sorted({*roles, *roles.values(), *_TEMPLATE_ROLES})
-    messages = [_message(turn, i, field, keys, roles, accepted, spec) for i, turn in enumerate(turns)]
+    messages = [_message(turn, i, field, keys, roles, accepted, spec, read) for i, turn in enumerate(turns)]
     system = row.get(spec.field_system or "system")
     if system is not None and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": text_field(row, spec.field_system or "system")})
@@ -537,6 +543,7 @@ def _message(
     roles: dict[str, str],
     accepted: list[str],
     spec: DatasetSpec,
+    read: frozenset[str],
 ) -> Message:
     where = f"{field}[{i}]."
     if not isinstance(turn, dict):
@@ -544,16 +551,92 @@ def _message(
     role = text_field(turn, keys["role"], where=where)
     if role not in accepted:
         raise FieldError(where + keys["role"], f"is {role!r}, not one of {accepted}")
-    message: Message = {"role": roles.get(role, role), "content": _content(turn, keys["content"], where)}
+    message: Message = {"role": roles.get(role, role)}
+    calls = keys.get("tool_calls", "tool_calls")
+    if (content := _content(turn, keys["content"], where, bool(turn.get(calls)))) is not None:
+        message["content"] = content  # a tool-call turn without text has none, as axolotl gives it
     for key, source in keys.items():
         if key not in ("role", "content") and turn.get(source) is not None:
             message[key] = turn[source]
+    # As axolotl: a key no mapping reads reaches the template under its own name where the template reads it on a
+    # message (tool_calls, name, tool_call_id, a custom key of a chat_template_jinja). A mapped key wins over a key
+    # of the same name left in the row (axolotl's would overwrite it: a row with both `from` and `role`).
+    mapped = set(keys.values())
+    for key in sorted(read - mapped - message.keys()):
+        if turn.get(key) is not None:
+            message[key] = turn[key]
+    if "content" not in message and "tool_calls" not in message:
+        raise FieldError(
+            where + keys["content"],
+            "is empty: a tool-call turn, and the chat template reads no message.tool_calls, so it would write "
+            "nothing of the turn (use a template that writes tool calls, e.g. the model's own: tokenizer_default)",
+        )
+    if isinstance(message.get("tool_calls"), list):
+        message["tool_calls"] = [
+            _json_arguments(call, f"{where}{calls}[{j}]") for j, call in enumerate(message["tool_calls"])
+        ]
     if spec.message_field_training and turn.get(spec.message_field_training) is not None:
         training = turn[spec.message_field_training]
         if not isinstance(training, bool):
             raise FieldError(where + spec.message_field_training, f"must be true or false, got {training!r}")
         message["training"] = training
     return message
+
+
+def _json_arguments(call: object, where: str) -> object:
+    """A tool call whose `function.arguments` is a JSON string, with the arguments read (as axolotl reads them: a
+    template writes them with `tojson`, which would quote the string); anything else as it is."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not (isinstance(function, dict) and isinstance(function.get("arguments"), str)):
+        return call
+    return {**call, "function": {**function, "arguments": _json(function["arguments"], where + ".function.arguments")}}
+
+
+def _json(text: str, where: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise FieldError(
+            where, f"is a string but not JSON ({err}); write the object itself or its JSON text"
+        ) from None
+
+
+_MESSAGE = "message"  # the loop variable whose keys axolotl's template analysis reads (`for message in messages`)
+
+
+class _GenerationTags(Extension):
+    """transformers' `{% generation %}` / `{% endgeneration %}` markers, read as nothing: what they enclose is parsed
+    as the template's own text."""
+
+    tags = {"generation", "endgeneration"}
+
+    def parse(self, parser):
+        return nodes.Output([], lineno=next(parser.stream).lineno)
+
+
+@lru_cache(maxsize=64)
+def template_message_keys(template: str) -> frozenset[str]:
+    """The keys `template` reads on a message, as axolotl's JinjaTemplateAnalyzer finds them: every attribute or
+    string subscript on a variable named `message` (`message.tool_calls`, `message['name']`, and the inner names of a
+    chain such as `message.a.b`), wherever it is used. Its other traces (the `messages` list, assignments, other
+    loop variables) find nothing in axolotl's analysis as it runs, so a template that names its messages `m` reads
+    none (but the mapped keys and the reasoning key, which are given whatever the template reads)."""
+    try:
+        tree = Environment(extensions=[_GenerationTags, "jinja2.ext.loopcontrols"]).parse(template)
+    except TemplateSyntaxError:
+        return frozenset()  # rendering the first row says what is wrong with it
+    keys = set()
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        root = node.node
+        while isinstance(root, (nodes.Getattr, nodes.Getitem)):
+            root = root.node
+        if not (isinstance(root, nodes.Name) and root.name == _MESSAGE):
+            continue
+        if isinstance(node, nodes.Getattr):
+            keys.add(node.attr)
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            keys.add(node.arg.value)
+    return frozenset(keys)
 
 
 def make_chat_builder(
@@ -579,12 +662,13 @@ def make_chat_builder(
     trained_roles = {role_map.get(role, role) for role in named}
     in_whole = spec.template_choice(defaults.template, defaults.jinja)[0] in _CUT_AS_WHOLE
     thinking = spec.template_thinking_key or _THINKING
+    read = template_message_keys(template)
     unended = False  # warned already: the template ends a trained turn with none of eot_tokens
     unthought = False  # warned already: a row's reasoning is not in its text
 
     def build(row: RawRow, _spec: DatasetSpec) -> Parts:  # the Builder signature; this one is bound to `spec`
         nonlocal unended, unthought
-        field, messages = chat_messages(row, spec)
+        field, messages = chat_messages(row, spec, read)
         trains = [message.pop("training", train_on_inputs or message["role"] in trained_roles) for message in messages]
         render = _Renderer(tokenizer, template, field)
         # As axolotl: the whole conversation is the row's text, and each turn is found in it by rendering the
@@ -597,7 +681,7 @@ def make_chat_builder(
         for i, (message, train) in enumerate(zip(messages, trains, strict=True)):
             if not (train or every):  # axolotl looks for a turn only where it trains, or where every end token does
                 continue
-            dummied = [*messages[:i], _dummy_turn(message, thinking)]
+            dummied = [*messages[:i], _dummy_turn(message)]
             full = whole if in_whole else render(messages[: i + 1])
             span = _content_span(full, render(dummied + messages[i + 1 :] if in_whole else dummied), done)
             # The template leaves this message out (a role it skips), or its content is empty: axolotl's find_turn
@@ -687,11 +771,12 @@ class _Renderer:
         return cast(str, text)
 
 
-def _content(turn: dict, key: str, where: str) -> str:
-    """A turn's text: a string, or OpenAI's list of parts, whose text parts are joined (other parts are refused)."""
+def _content(turn: dict, key: str, where: str, calls: bool = False) -> str | None:
+    """A turn's text: a string, or OpenAI's list of parts, whose text parts are joined (other parts are refused);
+    None for a turn with tool calls (`calls`) and no content."""
     parts = turn.get(key)
-    if parts is None and turn.get("tool_calls"):
-        raise FieldError(where + key, "is empty: a tool-call turn, and training on tool calls is not implemented")
+    if parts is None and calls:
+        return None
     if not isinstance(parts, list):
         return text_field(turn, key, where=where)
     for j, part in enumerate(parts):
@@ -724,11 +809,11 @@ def _unsplit(i: int, messages: list[Message]) -> str:
     return why
 
 
-def _dummy_turn(message: Message, thinking: str) -> Message:
-    """`message` with `_DUMMY` as its content and without its reasoning trace (axolotl's find_turn renders a turn's
-    place with its role and a dummy content alone): what the template writes of the reasoning differs too, so it
-    trains with the content."""
-    return {**{key: value for key, value in message.items() if key != thinking}, "content": _DUMMY}
+def _dummy_turn(message: Message) -> Message:
+    """`message` as axolotl's find_turn renders its place: its role, and `_DUMMY` as its content, without its other
+    keys (its reasoning, tool calls, name): what the template writes of them differs too, so they train with the
+    content (a tool-call turn trains its calls)."""
+    return {"role": message["role"], "content": _DUMMY}
 
 
 def _content_span(full: str, dummy: str, done: int) -> tuple[int, int] | None:

@@ -1286,7 +1286,9 @@ def test_content_as_a_list_of_text_parts_trains_as_the_joined_text(write_rows, m
         build_datasets(make_cfg([{"path": str(path), **MAPPED}]), tokenizer)
     tool = [SHAREGPT[1], {"from": "gpt", "value": None, "tool_calls": [{"type": "function"}]}]
     path = write_rows([{"conversations": tool}], "jsonl")
-    with pytest.raises(DataError, match="is empty: a tool-call turn, and training on tool calls is not implemented"):
+    with pytest.raises(
+        DataError, match="is empty: a tool-call turn, and the chat template reads no message.tool_calls"
+    ):
         build_datasets(make_cfg([{"path": str(path), **MAPPED}]), tokenizer)
 
 
