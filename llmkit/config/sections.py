@@ -749,6 +749,12 @@ class DatasetSpec(BaseModel):
         description="chat_template: message key the template reads the reasoning trace from (default "
         "`reasoning_content`; gpt-oss: `thinking`).",
     )
+    split_thinking: bool = Field(
+        False,
+        description="chat_template: an assistant turn's reasoning written in its content between `<think>` and "
+        "`</think>` (or `<reasoning>` tags, or Open-Thoughts' begin/end_of_thought ones) becomes its reasoning "
+        "(template_thinking_key), the text after it its content (or what the begin/end_of_solution tags enclose).",
+    )
     roles: dict[str, list[str]] | None = Field(
         None,
         description="chat_template: role names in the data for each template role, {user: [human, user]}; sharegpt's "

@@ -13,7 +13,8 @@ or when the message's own `message_field_training` flag says so. Messages are re
 mapped by `roles`; a `field_system` text (default: a `system` column) becomes the first turn, and
 `drop_system_message` removes a leading system turn. A message's reasoning trace (`field_thinking`, default
 `reasoning_content`) reaches the template under `template_thinking_key` (default `reasoning_content`); where the
-template writes it (Qwen3's <think> block, gpt-oss's analysis channel), it trains with its turn. A message's other keys
+template writes it (Qwen3's <think> block, gpt-oss's analysis channel), it trains with its turn; `split_thinking` takes
+it out of an assistant's content (<think>...</think> and the like) first. A message's other keys
 reach the template under their own names where it reads them on `message` (tool_calls, name, a custom key), as
 axolotl's analysis of the template finds them; what the template writes of them in a trained turn trains with it.
 """
@@ -558,6 +559,9 @@ def _message(
     for key, source in keys.items():
         if key not in ("role", "content") and turn.get(source) is not None:
             message[key] = turn[source]
+    if spec.split_thinking and message["role"] == "assistant" and isinstance(message.get("content"), str):
+        if (split := _split_thinking(message["content"])) is not None:
+            message[spec.template_thinking_key or _THINKING], message["content"] = split
     # As axolotl: a key no mapping reads reaches the template under its own name where the template reads it on a
     # message (tool_calls, name, tool_call_id, a custom key of a chat_template_jinja). A mapped key wins over a key
     # of the same name left in the row (axolotl's would overwrite it: a row with both `from` and `role`).
@@ -581,6 +585,32 @@ def _message(
             raise FieldError(where + spec.message_field_training, f"must be true or false, got {training!r}")
         message["training"] = training
     return message
+
+
+# split_thinking's delimiters, as axolotl's: the reasoning's pairs, tried in this order, and the answer's pair within
+# what follows the reasoning (Open-Thoughts' <|begin_of_solution|>)
+_THINKING_TAGS = (
+    ("<think>", "</think>"),
+    ("<reasoning>", "</reasoning>"),
+    ("<|begin_of_thought|>", "<|end_of_thought|>"),
+)
+_SOLUTION_TAGS = ("<|begin_of_solution|>", "<|end_of_solution|>")
+
+
+def _split_thinking(content: str) -> tuple[str, str] | None:
+    """(reasoning, answer) of an assistant's content that holds both tags of one of `_THINKING_TAGS`, as axolotl's
+    split_thinking cuts it: the reasoning is what lies between the first opening and the first closing tag, stripped;
+    the answer what follows the closing tag, its leading whitespace dropped, or, where that holds both
+    `_SOLUTION_TAGS`, what they enclose, stripped. None: no pair in the content (left as it is)."""
+    for opening, closing in _THINKING_TAGS:
+        if opening in content and closing in content:
+            start, end = content.find(opening), content.find(closing)
+            answer = content[end + len(closing) :].lstrip()
+            begin, finish = _SOLUTION_TAGS
+            if begin in answer and finish in answer:
+                answer = answer[answer.find(begin) + len(begin) : answer.find(finish)].strip()
+            return content[start + len(opening) : end].strip(), answer
+    return None
 
 
 def _json_arguments(call: object, where: str) -> object:

@@ -1407,6 +1407,45 @@ def test_reasoning_the_template_does_not_write_is_warned_about_once(write_rows, 
     ]
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        "<think>\nTwo and two make four.\n</think>\n\n4.",
+        "  <reasoning> Two and two make four. </reasoning>4.",
+        "<|begin_of_thought|>\n\nTwo and two make four.\n\n<|end_of_thought|>\n\n<|begin_of_solution|>\n\n4.\n\n"
+        "<|end_of_solution|>",
+    ],
+    ids=["think", "reasoning", "open-thoughts"],
+)
+def test_split_thinking_takes_an_assistants_reasoning_out_of_its_content(write_rows, make_cfg, tokenizer, content):
+    """axolotl's split_thinking: the text between an assistant content's thinking tags becomes its reasoning, the
+    text after them (or within the solution tags) its content; the template then writes the reasoning where it
+    writes reasoning, and it trains with the turn. Without it the content, tags and all, is the content (Qwen3's
+    layout then writes an empty <think> block before it). It was an ignored key."""
+    messages = [*QUESTION, {"role": "assistant", "content": content}]
+    (row,) = _reasoned(
+        write_rows, make_cfg, tokenizer, messages, chat_template_jinja=QWEN3_THINKING, split_thinking=True
+    )
+    text = "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    assert tokenizer.decode(row["input_ids"]) == text + "<think>\nTwo and two make four.\n</think>\n\n4.<|im_end|>\n"
+    assert _trained_runs(tokenizer, row) == ["Two and two make four.\n</think>\n\n4.<|im_end|>"]
+    (row,) = _reasoned(write_rows, make_cfg, tokenizer, messages, chat_template_jinja=QWEN3_THINKING)
+    assert (
+        tokenizer.decode(row["input_ids"]) == text + "<think>\n\n</think>\n\n" + content.lstrip("\n") + "<|im_end|>\n"
+    )
+
+
+def test_split_thinking_leaves_other_turns_and_contents_without_both_tags(write_rows, make_cfg, tokenizer):
+    messages = [
+        {"role": "user", "content": "<think>a</think>b"},
+        {"role": "assistant", "content": "<think>unclosed, so kept"},
+    ]
+    (row,) = _reasoned(write_rows, make_cfg, tokenizer, messages, chat_template="chatml", split_thinking=True)
+    assert tokenizer.decode(row["input_ids"]) == (
+        "<|im_start|>user\n<think>a</think>b<|im_end|>\n<|im_start|>assistant\n<think>unclosed, so kept<|im_end|>\n"
+    )
+
+
 def test_two_spellings_of_one_message_key_must_agree(tmp_path):
     keys = {"message_field_role": "from", "message_property_mappings": {"role": "speaker"}}
     with pytest.raises(
