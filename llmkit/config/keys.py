@@ -187,6 +187,11 @@ FIXED_BEHAVIOUR = {
     "the key, so axolotl runs the same)",
     "save_safetensors": "the model is saved as safetensors only here (false asks axolotl for pytorch_model.bin files)",
 }
+# Dataset entry keys of DATASET_UNIMPLEMENTED_KEYS that axolotl ignores too, said in their own words.
+DATASET_KEY_NOTES = {
+    "field_tools": "axolotl's loader never passes it on, so a row's tools are its `tools` column whatever this names, "
+    "there as here",
+}
 # Keys whose value is what this project always does: dropped without a word ("ignored" would mislead).
 AS_HERE = {"save_safetensors": True}
 
@@ -259,6 +264,8 @@ def split_keys(data: dict, fields: list[str], unimplemented: frozenset, prefix: 
             known = key in unimplemented
             hint = None if known else suggest(str(key), fields)
             note = _reference_note(data) if not prefix and key == "rl_adapter_ref_model" else None
+            if prefix and known:
+                note = DATASET_KEY_NOTES.get(key)
             ignored.append(IgnoredKey(f"{prefix}{key}", value, known, hint, note))
     return kept, ignored
 

@@ -16,7 +16,8 @@ mapped by `roles`; a `field_system` text (default: a `system` column) becomes th
 template writes it (Qwen3's <think> block, gpt-oss's analysis channel), it trains with its turn; `split_thinking` takes
 it out of an assistant's content (<think>...</think> and the like) first. A message's other keys
 reach the template under their own names where it reads them on `message` (tool_calls, name, a custom key), as
-axolotl's analysis of the template finds them; what the template writes of them in a trained turn trains with it.
+axolotl's analysis of the template finds them; what the template writes of them in a trained turn trains with it. A
+row's `tools` column is given to the template as its tools.
 """
 
 from __future__ import annotations
@@ -536,6 +537,34 @@ def chat_messages(row: RawRow, spec: DatasetSpec, read: frozenset[str] = frozens
     return field, messages
 
 
+# The row's column of tools that axolotl gives the template (its `field_tools` is never passed on by its loader, so
+# this name is read whatever that key says).
+TOOLS = "tools"
+
+
+def chat_tools(row: RawRow) -> list | None:
+    """The row's tools (a list of JSON-schema objects, OpenAI's {type: function, function: {name, description,
+    parameters}}) for the template, a function's `parameters` given as JSON text read as JSON, as axolotl reads them;
+    None where the row has none.
+
+    Raises:
+        FieldError: the column is not a list, or a `parameters` text is not JSON.
+    """
+    tools = row.get(TOOLS)
+    if tools is None:
+        return None
+    if not isinstance(tools, list):
+        raise FieldError(TOOLS, f"must be a list of tools (objects), got {type(tools).__name__} {str(tools)[:60]!r}")
+    read = []
+    for j, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("parameters"), str):
+            parameters = _json(function["parameters"], f"{TOOLS}[{j}].function.parameters")
+            tool = {**tool, "function": {**function, "parameters": parameters}}
+        read.append(tool)
+    return read
+
+
 def _message(
     turn: object,
     i: int,
@@ -699,8 +728,9 @@ def make_chat_builder(
     def build(row: RawRow, _spec: DatasetSpec) -> Parts:  # the Builder signature; this one is bound to `spec`
         nonlocal unended, unthought
         field, messages = chat_messages(row, spec, read)
+        tools = chat_tools(row)
         trains = [message.pop("training", train_on_inputs or message["role"] in trained_roles) for message in messages]
-        render = _Renderer(tokenizer, template, field)
+        render = _Renderer(tokenizer, template, field, tools)
         # As axolotl: the whole conversation is the row's text, and each turn is found in it by rendering the
         # conversation up to that turn, with and without its content. A template that writes more after the
         # conversation's last turn (metharme's EOS) trains what the whole conversation writes there.
@@ -788,14 +818,18 @@ def _turn_ends(spec: DatasetSpec, eos: str | None, eot_tokens: tuple[str, ...]) 
 
 
 class _Renderer:
-    """Renders message lists with one template; a template's refusal is the row's error."""
+    """Renders message lists with one template, and the row's tools (in every render: the conversation cut at a turn
+    writes them too, as axolotl's find_turn renders it); a template's refusal is the row's error."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, template: str, field: str):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, template: str, field: str, tools: list | None = None):
         self.tokenizer, self.template, self.field = tokenizer, template, field
+        self.extra = {"tools": tools} if tools else {}  # as axolotl: an empty list is no tools
 
     def __call__(self, messages: list[Message]) -> str:
         try:
-            text = self.tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False)
+            text = self.tokenizer.apply_chat_template(
+                messages, chat_template=self.template, tokenize=False, **self.extra
+            )
         except TemplateError as err:
             raise FieldError(self.field, f"is refused by the chat template: {err}") from None
         return cast(str, text)

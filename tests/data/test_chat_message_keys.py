@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from llmkit.config.schema import ConfigWarning
 from llmkit.data.chat import template_message_keys
 from llmkit.data.pipeline import DataError, build_datasets
 from llmkit.data.rows import IGNORE_INDEX
@@ -152,3 +153,58 @@ def test_keys_are_read_as_axolotls_template_analysis_finds_them(write_rows, make
         message_property_mappings={"role": "role", "content": "content", "name": "speaker"},
     )
     assert tokenizer.decode(row["input_ids"]).startswith("<|im_start|>user (Ann)\nHi there. [glad]")
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": '{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}',
+    },
+}
+# Qwen2.5's system turn where the conversation has tools: each tool's JSON (`tojson`), the parameters an object
+WEATHER_SYSTEM = (
+    "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.\n\n# Tools\n\nYou may "
+    "call one or more functions to assist with the user query.\n\nYou are provided with function signatures within "
+    '<tools></tools> XML tags:\n<tools>\n{"type": "function", "function": {"name": "get_weather", "description": '
+    '"The weather in a city.", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, '
+    '"required": ["city"]}}}\n</tools>\n\nFor each function call, return a json object with function name and '
+    'arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": '
+    "<args-json-object>}\n</tool_call><|im_end|>\n"
+)
+
+
+def test_a_rows_tools_column_reaches_the_template(write_rows, make_cfg, tokenizer):
+    """A row's `tools` (its function's parameters given as JSON text, read as JSON as axolotl reads them) are given
+    to the template in every render, so Qwen2.5 writes them into its system turn and the turns train where the whole
+    conversation writes them; a row without tools in the same file renders none. They were dropped."""
+    rows = [{"messages": TOOL_TURNS, "tools": [WEATHER]}, {"messages": TOOL_TURNS}]
+    built = _rows(write_rows, make_cfg, tokenizer, rows, chat_template_jinja=str(QWEN25))
+    without, with_tools = sorted(built, key=lambda row: len(row["input_ids"]))  # merged rows are shuffled
+    text = TOOL_TEXT.replace(QWEN25_SYSTEM, WEATHER_SYSTEM)
+    assert tokenizer.decode(with_tools["input_ids"]) == text
+    assert with_tools["input_ids"] == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert _runs(tokenizer, with_tools) == [TOOL_CALL_TEXT + "<|im_end|>", "It is 18 degrees.<|im_end|>"]
+    assert tokenizer.decode(without["input_ids"]) == TOOL_TEXT
+
+
+def test_tools_that_are_not_a_list_or_whose_parameters_are_not_json_name_the_field(write_rows, make_cfg, tokenizer):
+    rows = [{"messages": TOOL_TURNS, "tools": json.dumps([WEATHER])}]
+    with pytest.raises(DataError, match=re.escape("row 1: field 'tools' must be a list of tools (objects), got str")):
+        _rows(write_rows, make_cfg, tokenizer, rows, chat_template_jinja=str(QWEN25))
+    bad = {**WEATHER, "function": {**WEATHER["function"], "parameters": "{type: object"}}
+    rows = [{"messages": TOOL_TURNS, "tools": [bad]}]
+    with pytest.raises(DataError, match=re.escape("field 'tools[0].function.parameters' is a string but not JSON")):
+        _rows(write_rows, make_cfg, tokenizer, rows, chat_template_jinja=str(QWEN25))
+
+
+def test_field_tools_is_said_to_be_ignored_as_axolotl_ignores_it(make_cfg):
+    """axolotl's schema takes field_tools but its loader never gives it to the prompter, which reads `tools`: the
+    key is listed among the ignored ones, saying so (it was said 'not implemented here')."""
+    with pytest.warns(ConfigWarning, match="field_tools='functions': axolotl's loader never passes it on"):
+        cfg = make_cfg([{"path": "rows.jsonl", "type": "chat_template", "field_tools": "functions"}])
+    assert [key.describe() for key in cfg.ignored_keys] == [
+        "datasets[0].field_tools='functions': axolotl's loader never passes it on, so a row's tools are its `tools` "
+        "column whatever this names, there as here"
+    ]
