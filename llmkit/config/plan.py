@@ -413,11 +413,11 @@ def _full_weights(cfg: AxolotlConfig) -> str:
 def optimizer_steps(cfg: AxolotlConfig, train_rows: int, world_size: int) -> int:
     """Optimizer steps of a run over `train_rows` training rows (or packed sequences), as transformers' Trainer
     counts them: max_steps when set. A GRPO prompt is trained as num_generations completions, each a place of the
-    micro-batch (TRL's sampler repeats it)."""
+    micro-batch, num_iterations times (TRL's sampler repeats it)."""
     if cfg.max_steps:
         return cfg.max_steps
     if cfg.rl is RLMethod.grpo:
-        train_rows *= cfg.grpo_generations
+        train_rows *= cfg.grpo_generations * cfg.grpo_iterations
     batches = math.ceil(train_rows / (cfg.micro_batch_size * world_size))
     per_epoch = max(math.ceil(batches / cfg.gradient_accumulation_steps), 1)
     return math.ceil(cfg.num_epochs * per_epoch)

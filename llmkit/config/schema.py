@@ -37,6 +37,7 @@ from llmkit.config.sections import (
     CAUSAL_LM_METRICS,
     DATASET_LISTS,
     GRPO_DEFAULT_GENERATIONS,
+    GRPO_SYNC_DEFAULTS,
     Adapter,
     BnbConfigKwargs,
     CustomPrompt,
@@ -208,6 +209,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 data[key] = entries
         ignored += _unimplemented_metrics(data)
         cfg = handler(data)
+        ignored += _unread_sync_keys(cfg)
         cfg._ignored, cfg._notices = ignored, notices
         blocking = [key.describe() for key in ignored if not key.known or key.effective]
         if cfg.strict and (blocking or notices):
@@ -536,6 +538,17 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 f"trl.reward_weights: {len(trl.reward_weights)} weights for {len(trl.reward_funcs)} trl.reward_funcs; "
                 "give one per function"
             )
+        if trl.sync_ref_model and not self.preference_beta:
+            raise ValueError(
+                "trl.sync_ref_model: true needs a reference model, which GRPO has only with a KL penalty: set "
+                "trl.beta (or rl_beta) above 0"
+            )
+        if trl.sync_ref_model and self.adapter is not None:
+            raise ValueError(
+                f"trl.sync_ref_model: true needs a copy of the model as its reference, which TRL keeps only in full "
+                f"fine-tuning (an adapter's reference is the base with the adapter off); remove it or adapter: "
+                f"{self.adapter.value}"
+            )
         world = int(os.environ.get("WORLD_SIZE", "1"))
         group = self.grpo_generations
         batch = self.micro_batch_size * self.gradient_accumulation_steps * world
@@ -632,6 +645,11 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
     def grpo_generations(self) -> int:
         """rl: grpo: completions generated per prompt (trl.num_generations; unset: TRL's default)."""
         return (self.trl.num_generations if self.trl else None) or GRPO_DEFAULT_GENERATIONS
+
+    @property
+    def grpo_iterations(self) -> int:
+        """rl: grpo: optimizer passes over each generation batch (trl.num_iterations; unset: TRL's 1)."""
+        return (self.trl.num_iterations if self.trl else None) or 1
 
     @property
     def preference_beta(self) -> float | None:
@@ -989,6 +1007,18 @@ def _per_epoch(per_epoch: int | None, num_epochs: float) -> float | None:
         return None
     fraction = 1.0 / (per_epoch * num_epochs)
     return fraction if fraction < 1.0 else None
+
+
+def _unread_sync_keys(cfg: AxolotlConfig) -> list[IgnoredKey]:
+    """trl.ref_model_mixup_alpha and trl.ref_model_sync_steps without trl.sync_ref_model, which axolotl passes only
+    with it (its own config dumps hold its defaults)."""
+    if cfg.trl is None or cfg.trl.sync_ref_model:
+        return []
+    values = {key: getattr(cfg.trl, key) for key in GRPO_SYNC_DEFAULTS}
+    note = "read only with trl.sync_ref_model: true"
+    return [
+        IgnoredKey(f"trl.{key}", value, known=True, note=note) for key, value in values.items() if value is not None
+    ]
 
 
 def _refused(key: IgnoredKey) -> bool:

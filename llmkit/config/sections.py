@@ -486,9 +486,76 @@ class PeftSettings(BaseModel):
 
 GRPO_DEFAULT_GENERATIONS = 8  # TRL's GRPOConfig.num_generations, which the batch rule checks when it is unset
 
+# The trl: keys axolotl's GRPO strategy passes to TRL's GRPOConfig under their own names, each when it is set (unset:
+# TRL's default, which axolotl leaves too); reward_funcs goes to the trainer, use_vllm is false here, and
+# sync_ref_model brings the two keys of GRPO_SYNC_DEFAULTS.
+GRPO_CONFIG_KEYS = (
+    "num_generations",
+    "max_completion_length",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "generation_kwargs",
+    "reward_weights",
+    "scale_rewards",
+    "multi_objective_aggregation",
+    "loss_type",
+    "importance_sampling_level",
+    "mask_truncated_completions",
+    "num_iterations",
+    "epsilon",
+    "epsilon_high",
+    "off_policy_mask_threshold",
+    "use_bias_correction_kl",
+    "num_completions_to_print",
+)
+# axolotl's own defaults of the reference model's sync (TRL's are 0.6 and 512), passed only with sync_ref_model: true
+GRPO_SYNC_DEFAULTS = {"ref_model_mixup_alpha": 0.9, "ref_model_sync_steps": 64}
+
+# axolotl's trl: keys that cannot work here, each refused by name with the reason when set (null or false: nothing).
+_VLLM = "vLLM is not used here; GRPO's completions are generated in the trainer (trl.use_vllm is false)"
+REFUSED_TRL_KEYS = {
+    **dict.fromkeys(
+        (
+            "vllm_mode",
+            "vllm_server_host",
+            "vllm_server_port",
+            "vllm_server_timeout",
+            "vllm_guided_decoding_regex",
+            "vllm_enable_sleep_mode",
+            "vllm_device",
+            "vllm_gpu_memory_utilization",
+            "vllm_dtype",
+            "vllm_max_model_len",
+            "vllm_enable_prefix_caching",
+            "vllm_importance_sampling_correction",
+            "vllm_importance_sampling_mode",
+            "vllm_importance_sampling_cap",
+            "vllm_sync_interval",
+            "vllm_lora_sync",
+        ),
+        _VLLM,
+    ),
+    **dict.fromkeys(
+        ("async_prefetch", "prefetch_depth", "streaming_partial_batch", "streaming_min_groups"),
+        "axolotl's asynchronous GRPO trainer, which generates with vLLM; TRL's GRPOTrainer generates in the step",
+    ),
+    "rollout_func": "a custom rollout replaces TRL's generation (axolotl runs it through vLLM); the model generates "
+    "its own completions here",
+    "reward_processing_classes": "tokenizers of reward models; trl.reward_funcs here are Python functions, not "
+    "reward models",
+    "use_liger_loss": "TRL 1.16's GRPOConfig has no liger loss (its use_liger_kernel is deprecated); TRL's own loss "
+    "runs here",
+}
+_LOSS_TYPES = Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"]
+# GRPO's own: the group size and the generation length are trl.num_generations and trl.max_completion_length
+_GENERATION_OWN = {"num_return_sequences": "trl.num_generations", "max_new_tokens": "trl.max_completion_length"}
+
 
 class TrlSettings(BaseModel):
-    """axolotl's `trl:` mapping: the keys DPO's loss reads (beta) and GRPO's (generation and rewards)."""
+    """axolotl's `trl:` mapping: the keys DPO's loss reads (beta) and GRPO's (generation, rewards and its loss)."""
 
     model_config = _SECTION
 
@@ -510,18 +577,79 @@ class TrlSettings(BaseModel):
         None, ge=1, description="rl: grpo: most tokens generated per completion (TRL's 512)."
     )
     temperature: float | None = Field(None, gt=0, description="rl: grpo: sampling temperature (TRL's 1.0).")
+    top_p: float | None = Field(None, gt=0, le=1, description="rl: grpo: nucleus sampling's top-p (TRL's 1.0: off).")
+    top_k: int | None = Field(None, ge=0, description="rl: grpo: sample from the k likeliest tokens (TRL's 0: off).")
+    min_p: float | None = Field(
+        None, ge=0, le=1, description="rl: grpo: least probability kept, times the likeliest's (TRL's none)."
+    )
+    repetition_penalty: float | None = Field(
+        None, gt=0, description="rl: grpo: >1 penalizes tokens already in the prompt or completion (TRL's 1.0)."
+    )
+    generation_kwargs: dict[str, Any] | None = Field(
+        None, description="rl: grpo: more GenerationConfig settings for the completions (they win over the above)."
+    )
+    scale_rewards: bool | None = Field(
+        None, description="rl: grpo: divide the advantages by their group's standard deviation (TRL's true)."
+    )
+    multi_objective_aggregation: Literal["sum_then_normalize", "normalize_then_sum"] | None = Field(
+        None, description="rl: grpo: weigh and sum the rewards, then normalize (TRL's), or normalize each (GDPO)."
+    )
+    loss_type: _LOSS_TYPES | None = Field(
+        None, description="rl: grpo: TRL's loss: grpo, dr_grpo, dapo (TRL's), bnpo, cispo, sapo, luspo or vespo."
+    )
+    importance_sampling_level: Literal["token", "sequence"] | None = Field(
+        None, description="rl: grpo: importance ratios per token (TRL's) or per sequence (GSPO)."
+    )
+    mask_truncated_completions: bool | None = Field(
+        None, description="rl: grpo: leave completions cut at max_completion_length out of the loss (TRL's false)."
+    )
+    num_iterations: int | None = Field(
+        None, ge=1, description="rl: grpo: optimizer passes over each generation batch (μ; TRL's 1)."
+    )
+    epsilon: float | None = Field(None, ge=0, description="rl: grpo: the ratio's clipping range (TRL's 0.2).")
+    epsilon_high: float | None = Field(
+        None, ge=0, description="rl: grpo: the upper clipping range (TRL's: epsilon; DAPO's 0.28)."
+    )
+    off_policy_mask_threshold: float | None = Field(
+        None, gt=0, description="rl: grpo: mask sequences with negative advantage past this KL (TRL's none: off)."
+    )
+    use_bias_correction_kl: bool | None = Field(
+        None, description="rl: grpo: weigh the KL term by the importance ratio (TRL's true)."
+    )
+    sync_ref_model: bool = Field(
+        False, description="rl: grpo: mix the model into its reference every ref_model_sync_steps (TR-DPO)."
+    )
+    ref_model_mixup_alpha: float | None = Field(
+        None, gt=0, le=1, description="rl: grpo: the model's share in each sync of the reference (axolotl's 0.9)."
+    )
+    ref_model_sync_steps: int | None = Field(
+        None, ge=1, description="rl: grpo: steps between syncs of the reference model (axolotl's 64)."
+    )
     use_vllm: bool = Field(False, description="rl: grpo: only false: generation runs in the trainer here.")
     log_completions: bool = Field(False, description="rl: grpo: print sample completions and rewards when logging.")
+    num_completions_to_print: int | None = Field(
+        None, ge=1, description="rl: grpo: completions printed with log_completions (TRL's: all)."
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _only_known(cls, data: Any) -> Any:
         # axolotl passes every trl: key to TRL; a key that changes the loss or the generation must not be dropped in
         # silence (`rl:` picks the loss: dpo, ipo, orpo, ...).
-        if isinstance(data, dict) and (others := sorted(str(key) for key in data if key not in cls.model_fields)):
+        if not isinstance(data, dict):
+            return data
+        refused = [
+            f"trl.{key}: {reason}"
+            for key, reason in REFUSED_TRL_KEYS.items()
+            if data.get(key) not in (None, False)  # null or false asks for nothing
+        ]
+        if refused:
+            raise ValueError("not implemented here: " + "; ".join(refused))
+        others = sorted(str(key) for key in data if key not in cls.model_fields and key not in REFUSED_TRL_KEYS)
+        if others:
             read = ", ".join(f"trl.{key}" for key in cls.model_fields)
             raise ValueError(f"not implemented here: {', '.join(others)} (read: {read}; rl: picks the loss)")
-        return data
+        return {key: value for key, value in data.items() if key not in REFUSED_TRL_KEYS}
 
     @field_validator("use_vllm")
     @classmethod
@@ -533,12 +661,39 @@ class TrlSettings(BaseModel):
             )
         return value
 
+    @field_validator("generation_kwargs")
+    @classmethod
+    def _generation_settings(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not value:
+            return value
+        from transformers import GenerationConfig  # only where the key is set: transformers is slow to import
+
+        known = GenerationConfig().to_dict()
+        problems = [f"{key}: GRPO's own, set {own}" for key, own in _GENERATION_OWN.items() if key in value]
+        unknown = sorted(key for key in value if key not in known and key not in _GENERATION_OWN)
+        if unknown:
+            problems.append(f"{', '.join(unknown)}: not transformers' GenerationConfig settings")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
     @property
     def grpo_keys(self) -> list[str]:
         """The GRPO-only keys this mapping sets."""
-        keys = ("reward_funcs", "reward_weights", "num_generations", "max_completion_length", "temperature")
+        keys = ("reward_funcs", *GRPO_CONFIG_KEYS, *GRPO_SYNC_DEFAULTS)
         set_keys = [f"trl.{key}" for key in keys if getattr(self, key) is not None]
-        return set_keys + (["trl.log_completions"] if self.log_completions else [])
+        flags = [f"trl.{key}" for key in ("sync_ref_model", "log_completions") if getattr(self, key)]
+        return set_keys + flags
+
+    def grpo_settings(self) -> dict[str, Any]:
+        """GRPOConfig's settings from these keys, as axolotl passes them (GRPO_CONFIG_KEYS when set, the reference
+        model's sync at axolotl's defaults); generation runs in the trainer (no vLLM)."""
+        settings = {key: getattr(self, key) for key in GRPO_CONFIG_KEYS if getattr(self, key) is not None}
+        if self.sync_ref_model:
+            settings["sync_ref_model"] = True
+            for key, default in GRPO_SYNC_DEFAULTS.items():
+                settings[key] = default if getattr(self, key) is None else getattr(self, key)
+        return settings | {"use_vllm": False, "log_completions": self.log_completions}
 
 
 class LrScheduler(str, Enum):

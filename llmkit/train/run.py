@@ -409,10 +409,11 @@ def _preference_loss(cfg: AxolotlConfig) -> dict[str, Any]:
     """TRL's settings of the `rl:` loss: max_length and beta (unset: TRL's), and DPO's loss (sigmoid; ipo; plus the
     chosen answers' NLL with rpo_alpha), ORPO's lambda (axolotl passes orpo_alpha, the odds-ratio loss's weight, as
     TRL's beta), SimPO's gamma and cpo_alpha (unset: TRL's 1.0, as axolotl) or KTO's weights (unset: 1.0, as
-    axolotl) and its sequential order; GRPO's generation and rewards (`_grpo_settings`)."""
+    axolotl) and its sequential order; GRPO's generation, rewards and loss (TrlSettings.grpo_settings)."""
     beta = {} if cfg.preference_beta is None else {"beta": cfg.preference_beta}
     if cfg.rl is RLMethod.grpo:
-        return beta | _grpo_settings(cfg)
+        assert cfg.trl is not None  # rl: grpo requires trl.reward_funcs
+        return beta | cfg.trl.grpo_settings()
     settings: dict[str, Any] = {"max_length": cfg.sequence_len, **beta}
     if cfg.rl is RLMethod.orpo:
         return settings
@@ -431,16 +432,6 @@ def _preference_loss(cfg: AxolotlConfig) -> dict[str, Any]:
         losses.append("sft")  # RPO: DPO + rpo_alpha x the negative log-likelihood of the chosen answers
         weights = [1.0, cfg.rpo_alpha]
     return settings | {"loss_type": losses, "loss_weights": weights, "use_weighting": cfg.dpo_use_weighting}
-
-
-def _grpo_settings(cfg: AxolotlConfig) -> dict[str, Any]:
-    """GRPOConfig's generation and reward settings from trl: (unset: TRL's, as axolotl leaves them); generation runs
-    in the trainer (no vLLM)."""
-    trl = cfg.trl
-    assert trl is not None  # rl: grpo requires trl.reward_funcs
-    keys = ("num_generations", "max_completion_length", "temperature", "reward_weights")
-    settings = {key: getattr(trl, key) for key in keys if getattr(trl, key) is not None}
-    return settings | {"use_vllm": False, "log_completions": trl.log_completions}
 
 
 def _report_to(cfg: AxolotlConfig) -> list[str]:

@@ -515,8 +515,12 @@ def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
     assert load_quietly(write(tmp_path, DPO), {"dpo_beta": 0.2, "rl_beta": 0.3}).preference_beta == 0.3
     assert load_quietly(write(tmp_path, DPO), {"rl_beta": 0.3, "trl": {"beta": 0.4}}).preference_beta == 0.4
     assert load_quietly(write(tmp_path, DPO), {"rl": "ipo"}).rl.value == "ipo"
-    refused = error_of(write(tmp_path, DPO), {"trl": {"beta": 0.1, "loss_type": "hinge", "max_length": 9}})
-    assert "trl: not implemented here: loss_type, max_length (read: trl.beta, trl.reward_funcs" in refused
+    refused = error_of(write(tmp_path, DPO), {"trl": {"beta": 0.1, "max_length": 9}})
+    assert "trl: not implemented here: max_length (read: trl.beta, trl.reward_funcs" in refused
+    # trl.loss_type is GRPO's (DPO's loss is rl: dpo or ipo)
+    grpo_loss = error_of(write(tmp_path, DPO), {"trl": {"beta": 0.1, "loss_type": "grpo"}})
+    assert "trl.loss_type: GRPO's keys, read with rl: grpo, not rl: dpo" in grpo_loss
+    assert "trl.loss_type: Input should be 'grpo'" in error_of(write(tmp_path, DPO), {"trl": {"loss_type": "hinge"}})
     assert load_quietly(write(tmp_path, MINIMAL), {"rl": False}).rl is None  # false: no preference training
 
 

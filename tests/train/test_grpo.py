@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from llmkit.config.plan import GRPO_UNPLANNED, plan
 from llmkit.config.schema import ConfigError, ConfigWarning, load_config
+from llmkit.config.sections import GRPO_CONFIG_KEYS
 from llmkit.data.preference import build_preference_datasets
 from llmkit.data.sources import DataError
 from llmkit.train.run import train, training_arguments
@@ -237,3 +238,113 @@ def test_a_reward_function_that_fails_is_one_error_line_naming_it(tiny_config, t
     result = CliRunner().invoke(app, ["train", str(path)], env={"COLUMNS": "200"})
     assert result.exit_code == 1 and said in result.output, result.output
     assert "Traceback" not in result.output
+
+
+# Each supported trl: key with a value other than TRL's default, as GRPOConfig reads it (sync_ref_model needs full
+# fine-tuning and a KL penalty)
+GRPO_KEYS = {
+    "num_generations": 2,
+    "max_completion_length": 6,
+    "reward_weights": [2.0],
+    "temperature": 0.7,
+    "top_p": 0.9,
+    "top_k": 1,
+    "min_p": 0.05,
+    "repetition_penalty": 1.1,
+    "generation_kwargs": {"min_new_tokens": 6},
+    "scale_rewards": False,
+    "multi_objective_aggregation": "normalize_then_sum",
+    "loss_type": "grpo",
+    "importance_sampling_level": "sequence",
+    "mask_truncated_completions": True,
+    "num_iterations": 2,
+    "epsilon": 0.3,
+    "epsilon_high": 0.28,
+    "off_policy_mask_threshold": 0.5,
+    "use_bias_correction_kl": False,
+    "num_completions_to_print": 1,
+    "log_completions": True,
+    "sync_ref_model": True,
+    "beta": 0.04,
+}
+# what GRPOConfig holds for a key whose value TRL turns into its own (axolotl's scale_rewards is a bool)
+GRPO_READ_AS = {"scale_rewards": "none"}
+
+
+def _grpo_keys_config(tiny_config, tmp_path: Path, **trl) -> Path:
+    return _grpo_config(
+        tiny_config, tmp_path, adapter=None, trl={"reward_funcs": ["rewards.token_sum"]} | GRPO_KEYS | trl
+    )
+
+
+def _assert_grpo_keys(args, **expected) -> None:
+    for key, value in (GRPO_KEYS | expected).items():
+        assert getattr(args, key) == GRPO_READ_AS.get(key, value), key
+
+
+def test_every_grpo_key_of_axolotl_is_passed_to_grpoconfig_by_name(tiny_config, tmp_path):
+    assert set(GRPO_CONFIG_KEYS) < set(GRPO_KEYS)  # every key of the table, tried here
+    cfg = load_config(_grpo_keys_config(tiny_config, tmp_path))
+    args = training_arguments(cfg, cfg.optimizer.value)
+    # sync_ref_model brings axolotl's defaults of its two keys (TRL's are 0.6 and 512)
+    _assert_grpo_keys(args, ref_model_mixup_alpha=0.9, ref_model_sync_steps=64)
+    cfg = load_config(_grpo_keys_config(tiny_config, tmp_path, ref_model_mixup_alpha=0.5, ref_model_sync_steps=3))
+    _assert_grpo_keys(training_arguments(cfg, cfg.optimizer.value), ref_model_mixup_alpha=0.5, ref_model_sync_steps=3)
+    # μ passes over each generation batch: the plan counts them (4 prompts x 2 completions x 2 passes, 2 a step)
+    assert plan(load_config(_grpo_keys_config(tiny_config, tmp_path), {"max_steps": None})).steps == 8
+
+
+def test_bad_grpo_values_are_errors_naming_the_key(tiny_config, tmp_path):
+    path = _grpo_config(tiny_config, tmp_path)
+    trl = {"num_generations": 2, "reward_funcs": ["rewards.token_sum"]}
+    for key, value, said in [
+        ("top_p", 1.5, "trl.top_p: Input should be less than or equal to 1 (got 1.5)"),
+        ("top_k", -1, "trl.top_k: Input should be greater than or equal to 0"),
+        ("min_p", 2, "trl.min_p: Input should be less than or equal to 1"),
+        ("repetition_penalty", 0, "trl.repetition_penalty: Input should be greater than 0"),
+        ("loss_type", "ppo", "trl.loss_type: Input should be 'grpo', 'dr_grpo', 'dapo', 'bnpo', 'cispo', 'sapo'"),
+        ("importance_sampling_level", "turn", "trl.importance_sampling_level: Input should be 'token' or 'sequence'"),
+        ("num_iterations", 0, "trl.num_iterations: Input should be greater than or equal to 1"),
+        ("epsilon", -0.1, "trl.epsilon: Input should be greater than or equal to 0"),
+        ("scale_rewards", "batch", "trl.scale_rewards: Input should be a valid boolean"),
+        ("ref_model_mixup_alpha", 1.5, "trl.ref_model_mixup_alpha: Input should be less than or equal to 1"),
+        ("generation_kwargs", {"max_new_tokens": 3}, "trl.generation_kwargs: max_new_tokens: GRPO's own, set "
+                                                     "trl.max_completion_length"),
+        ("generation_kwargs", {"top_kk": 3}, "trl.generation_kwargs: top_kk: not transformers' GenerationConfig"),
+        ("vllm_mode", "colocate", "trl.vllm_mode: vLLM is not used here; GRPO's completions are generated in the "
+                                  "trainer"),
+        ("rollout_func", "rollouts.run", "trl.rollout_func: a custom rollout replaces TRL's generation"),
+        ("use_liger_loss", True, "trl.use_liger_loss: TRL 1.16's GRPOConfig has no liger loss"),
+    ]:  # fmt: skip
+        assert said in _error(path, {"trl": {**trl, key: value}}), key
+    assert load_config(path, {"trl": {**trl, "vllm_server_host": None, "async_prefetch": False}})  # asks for nothing
+    reference = "trl.sync_ref_model: true needs a reference model, which GRPO has only with a KL penalty"
+    assert reference in _error(path, {"trl": {**trl, "sync_ref_model": True}})
+    adapter = "trl.sync_ref_model: true needs a copy of the model as its reference, which TRL keeps only in full"
+    assert adapter in _error(path, {"trl": {**trl, "sync_ref_model": True, "beta": 0.1}})
+    with pytest.warns(ConfigWarning):
+        cfg = load_config(path, {"trl": {**trl, "ref_model_sync_steps": 8}})
+    assert [key.describe() for key in cfg.ignored_keys] == [
+        "trl.ref_model_sync_steps=8: read only with trl.sync_ref_model: true"
+    ]
+    assert not training_arguments(cfg, cfg.optimizer.value).sync_ref_model
+
+
+@pytest.mark.slow
+def test_a_grpo_run_trains_with_the_keys_it_was_given(tiny_config, tmp_path):
+    # full fine-tuning with a KL penalty, the reference synced every step; 2 of the 4 prompts, 2 completions each,
+    # each generation trained twice (num_iterations): 4 steps, 2 generations
+    path = _grpo_keys_config(tiny_config, tmp_path, ref_model_sync_steps=1)
+    cfg = load_config(path, {"max_steps": None, "num_epochs": 0.5})
+    assert plan(cfg).steps == 4
+    out = train(cfg)
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+    args = torch.load(out / "training_args.bin", weights_only=False)  # the settings the trainer ran with
+    assert type(args).__name__ == "GRPOConfig"
+    _assert_grpo_keys(args, ref_model_mixup_alpha=0.9, ref_model_sync_steps=1)
+    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert len(calls) == 2  # one generation for each 2 steps: num_iterations
+    for call in calls:
+        first, second = call["completion_ids"]
+        assert first == second  # top_k 1: the likeliest token each time, the same completion twice
+        assert len(first) == 6  # generation_kwargs' min_new_tokens: no end before max_completion_length
