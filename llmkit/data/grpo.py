@@ -10,15 +10,16 @@ loads both.
         name: main
         type: rewards.gsm8k_transform     # rewards.py's gsm8k_transform(cfg) -> transform[, {"remove_columns": [...]}]
 
-A dataset's `type: module.function` is called with the config (a dict whose keys read as attributes, and `ds_cfg=`
-the dataset's entry where it takes it) and returns a function of one row (given `tokenizer=` where it takes it),
-alone or with datasets' map options, of which `remove_columns` is read. Its result is merged into the row as
-datasets' map merges it: the row TRL reads has a `prompt` (a text, or a list of messages that TRL renders with the
-tokenizer's chat template) and other columns, which TRL passes to every reward function by name. A dataset without
-a type has its prompts already. A prompt longer than sequence_len (as TRL renders it) is dropped and counted as
-other long rows are (excess_length_strategy: raise: an error naming its row). A reward function is called as TRL
-calls it: with `prompts`, `completions`, `completion_ids`, `trainer_state`, `log_extra`, `log_metric` and the rows'
-other columns, all by name, and returns a float (or None) per completion.
+A dataset's `type: module.function` is called with the config (a dict whose keys read as attributes), `dataset_idx=`
+the entry's position in its list (datasets or test_datasets) where it takes it or **kwargs, as axolotl passes it,
+and `ds_cfg=` the dataset's entry where it takes it by name. It returns a function of one row (given `tokenizer=`
+where it takes it), alone or with datasets' map options, of which `remove_columns` is read. Its result is merged
+into the row as datasets' map merges it: the row TRL reads has a `prompt` (a text, or a list of messages that TRL
+renders with the tokenizer's chat template) and other columns, which TRL passes to every reward function by name. A
+dataset without a type has its prompts already. A prompt longer than sequence_len (as TRL renders it) is dropped and
+counted as other long rows are (excess_length_strategy: raise: an error naming its row). A reward function is called
+as TRL calls it: with `prompts`, `completions`, `completion_ids`, `trainer_state`, `log_extra`, `log_metric` and the
+rows' other columns, all by name, and returns a float (or None) per completion.
 """
 
 from __future__ import annotations
@@ -107,7 +108,9 @@ def _takes_any_keyword(function: Callable[..., Any]) -> bool:
     return any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters)
 
 
-def _row_transform(spec: DatasetSpec, cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> RowTransform:
+def _row_transform(
+    spec: DatasetSpec, position: int, cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase
+) -> RowTransform:
     """The dataset's rows as TRL reads them: through the user's transform (`type: module.function`), or as they
     are; a row without a prompt is an error."""
     transform, remove = None, set()
@@ -115,6 +118,9 @@ def _row_transform(spec: DatasetSpec, cfg: AxolotlConfig, tokenizer: PreTrainedT
         name = str(spec.type)
         path, load = user_function(name, cfg, "type")
         kwargs = {"ds_cfg": ConfigView.of(spec.model_dump(mode="json"))} if takes(load, "ds_cfg") else {}
+        if takes(load, "dataset_idx") or _takes_any_keyword(load):
+            # axolotl calls every RL transform with its entry's position in datasets (or test_datasets) by name
+            kwargs["dataset_idx"] = position
         try:
             made = load(ConfigView.of(cfg.model_dump(mode="json")), **kwargs)
         except Exception as err:  # the user's code
@@ -153,13 +159,13 @@ def _with_tokenizer(transform: Callable[..., Any], tokenizer: PreTrainedTokenize
 
 
 def _spec_prompts(
-    cfg: AxolotlConfig, spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase
+    cfg: AxolotlConfig, spec: DatasetSpec, position: int, tokenizer: PreTrainedTokenizerBase
 ) -> tuple[Dataset, DatasetStats]:
     """One dataset's prompts, those longer than sequence_len dropped and counted (excess_length_strategy: raise: an
     error naming the row)."""
     source = source_name(spec)
     try:
-        build = _row_transform(spec, cfg, tokenizer)
+        build = _row_transform(spec, position, cfg, tokenizer)
     except UserStrategyError as err:
         raise DataError(f"{source}: {err}") from None
     rows = load_rows(spec, build, cfg.seed)
@@ -214,8 +220,8 @@ def build_prompt_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase
     """
     prompts: dict[str, list[Dataset]] = {"datasets": [], "test_datasets": []}
     stats = DataStats()
-    for key, _, spec in cfg.dataset_entries():
-        rows, counted = _spec_prompts(cfg, spec, tokenizer)
+    for key, position, spec in cfg.dataset_entries():
+        rows, counted = _spec_prompts(cfg, spec, position, tokenizer)
         prompts[key].append(rows)
         (stats.datasets if key == "datasets" else stats.eval_datasets).append(counted)
     return merged_and_held_out(cfg, prompts, stats, "prompts")

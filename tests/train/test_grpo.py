@@ -49,6 +49,13 @@ def no_kwargs(prompts, completions):
     return [0.0 for _ in completions]
 
 
+def by_position(cfg, dataset_idx):
+    def transform(example):
+        return {"prompt": example["question"], "answer": example["answer"], "position": dataset_idx}
+
+    return transform
+
+
 def questions(cfg, *args, **kwargs):
     def transform(example, tokenizer=None):
         return {"prompt": [{"role": "user", "content": "Q: " + example["question"]}], "answer": example["answer"]}
@@ -141,6 +148,20 @@ def test_grpo_prompts_come_from_the_users_transform(tiny_config, tmp_path, token
     cfg = load_config(_grpo_config(tiny_config, tmp_path, datasets=[{"path": str(untyped)}]))
     with pytest.raises(DataError, match=r"row 1: no prompt: GRPO's rows need `prompt`"):
         build_preference_datasets(cfg, tokenizer)
+
+
+def test_a_transform_is_given_its_datasets_position_as_axolotl_gives_it(tiny_config, tmp_path, tokenizer):
+    files = []
+    for name, rows in [("first", ROWS[:2]), ("second", ROWS[2:]), ("held", ROWS[:2])]:
+        files.append(tmp_path / f"{name}.jsonl")
+        files[-1].write_text("".join(json.dumps(row) + "\n" for row in rows))
+    first, second, held = ({"path": str(path), "type": "rewards.by_position", "split": "train"} for path in files)
+    cfg = load_config(_grpo_config(tiny_config, tmp_path, datasets=[first, second], test_datasets=[held]))
+    data = build_preference_datasets(cfg, tokenizer)
+    # dataset_idx: the entry's position in its list, datasets or test_datasets
+    placed = sorted(zip(data.train["answer"], data.train["position"], strict=True))
+    assert placed == [("0", 0), ("2", 0), ("4", 1), ("6", 1)]
+    assert data.eval["position"] == [0, 0]
 
 
 def test_prompts_longer_than_sequence_len_are_dropped_and_counted(tiny_config, tmp_path, tokenizer):
