@@ -428,18 +428,19 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         if self.peft_method is not PeftMethod.lora:
             method = self.peft_method.value
             raise ValueError(f"rl: {self.rl.value} trains a LoRA adapter or the full model, not {method}")
-        # axolotl drops long rows; TRL would cut the answers off. A GRPO prompt is dropped as long rows are
+        # axolotl drops long rows; TRL would cut the answers off. axolotl keeps a long GRPO prompt whole
         if self.excess_length_strategy == "truncate":
             why = (
                 "axolotl drops preference pairs longer than sequence_len, and a pair cut short compares answers that "
                 "are not the data's" if self.rl.paired
-                else "prompts longer than sequence_len are dropped, and a prompt cut short asks what the data does "
-                "not" if self.rl is RLMethod.grpo
+                else "axolotl keeps prompts longer than sequence_len whole, and a prompt cut short asks what the data "
+                "does not" if self.rl is RLMethod.grpo
                 else "axolotl drops KTO rows longer than sequence_len, and a row cut short rates an answer that is "
                 "not the data's"
             )  # fmt: skip
+            instead = "remove it or use raise" if self.rl is RLMethod.grpo else "use drop or raise"
             raise ValueError(
-                f"excess_length_strategy: truncate does not work with rl: {self.rl.value} ({why}); use drop or raise"
+                f"excess_length_strategy: truncate does not work with rl: {self.rl.value} ({why}); {instead}"
             )
         if self.dpo_label_smoothing:
             raise ValueError(

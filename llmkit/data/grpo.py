@@ -16,16 +16,17 @@ and `ds_cfg=` the dataset's entry where it takes it by name. It returns a functi
 where it takes it), alone or with datasets' map options, of which `remove_columns` is read. Its result is merged
 into the row as datasets' map merges it: the row TRL reads has a `prompt` (a text, or a list of messages that TRL
 renders with the tokenizer's chat template) and other columns, which TRL passes to every reward function by name. A
-dataset without a type has its prompts already. A prompt longer than sequence_len (as TRL renders it) is dropped and
-counted as other long rows are (excess_length_strategy: raise: an error naming its row). A reward function is called
-as TRL calls it: with `prompts`, `completions`, `completion_ids`, `trainer_state`, `log_extra`, `log_metric` and the
-rows' other columns, all by name, and returns a float (or None) per completion.
+dataset without a type has its prompts already. A prompt longer than sequence_len (as TRL renders it) is kept, as
+axolotl keeps it, and counted in a warning (excess_length_strategy: raise: an error naming its row). A reward
+function is called as TRL calls it: with `prompts`, `completions`, `completion_ids`, `trainer_state`, `log_extra`,
+`log_metric` and the rows' other columns, all by name, and returns a float (or None) per completion.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from llmkit.config.schema import AxolotlConfig
     from llmkit.config.sections import DatasetSpec
     from llmkit.data.preference import PreferenceData
+
+LOG = logging.getLogger(__name__)
 
 RowTransform = Callable[[RawRow], dict[str, Any]]
 
@@ -161,8 +164,8 @@ def _with_tokenizer(transform: Callable[..., Any], tokenizer: PreTrainedTokenize
 def _spec_prompts(
     cfg: AxolotlConfig, spec: DatasetSpec, position: int, tokenizer: PreTrainedTokenizerBase
 ) -> tuple[Dataset, DatasetStats]:
-    """One dataset's prompts, those longer than sequence_len dropped and counted (excess_length_strategy: raise: an
-    error naming the row)."""
+    """One dataset's prompts, those longer than sequence_len kept, as axolotl keeps them, and counted in a warning
+    (excess_length_strategy: raise: an error naming the row)."""
     source = source_name(spec)
     try:
         build = _row_transform(spec, position, cfg, tokenizer)
@@ -190,12 +193,16 @@ def _spec_prompts(
     prompts = convert_rows(rows, source, convert, (*columns, TOKENS), f"GRPO prompts of {Path(source).name}")
     lengths: list[int] = prompts[TOKENS]
     stats = DatasetStats(source, spec.type_name if spec.type else "prompt as it is", len(rows), 0)
-    # TRL's GRPOTrainer neither cuts nor drops a long prompt (axolotl keeps every one): a prompt past sequence_len
-    # alone leaves no room for a completion within the length the run is set for, so it is dropped as long rows are
-    keep = [length <= limit for length in lengths]
-    stats.dropped_overlong = keep.count(False)
-    count_kept(stats, keep, lengths, limit)
-    return prompts.select([i for i, kept in enumerate(keep) if kept]).remove_columns(TOKENS), stats
+    count_kept(stats, [True] * len(lengths), lengths, limit)
+    # axolotl keeps every GRPO prompt (its long-row filter passes them all) and TRL's GRPOTrainer neither cuts nor
+    # drops one: a long prompt is trained, its completions generated past sequence_len, and said
+    if long := [length for length in lengths if length > limit]:
+        LOG.warning(
+            "%s: %d of %d prompts are longer than sequence_len %d (up to %d tokens), kept as axolotl keeps them: "
+            "their completions are generated past it (excess_length_strategy: raise makes them an error)",
+            source, len(long), len(lengths), limit, max(long),
+        )  # fmt: skip
+    return prompts.remove_columns(TOKENS), stats
 
 
 def _prompt_tokens(tokenizer: PreTrainedTokenizerBase) -> Callable[[str | list[dict[str, Any]]], int]:

@@ -6,7 +6,9 @@ TRL's arguments) and logs that function's rewards, its adapter moved by them."""
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -164,24 +166,30 @@ def test_a_transform_is_given_its_datasets_position_as_axolotl_gives_it(tiny_con
     assert data.eval["position"] == [0, 0]
 
 
-def test_prompts_longer_than_sequence_len_are_dropped_and_counted(tiny_config, tmp_path, tokenizer):
-    # TRL's GRPOTrainer neither cuts nor drops a long prompt: it generated past sequence_len
+def test_prompts_longer_than_sequence_len_are_kept_as_axolotl_keeps_them_and_counted(
+    tiny_config, tmp_path, tokenizer, caplog
+):
+    # axolotl's long-row filter keeps every GRPO prompt, and TRL's GRPOTrainer neither cuts nor drops one
     long = {"question": "What is " + " + ".join(["1"] * 60) + "?", "answer": "60"}
     rows = tmp_path / "long.jsonl"
     rows.write_text("".join(json.dumps(row) + "\n" for row in [*ROWS, long]))
     datasets = [{"path": str(rows), "type": "rewards.questions"}]
     cfg = load_config(_grpo_config(tiny_config, tmp_path, datasets=datasets, sequence_len=48))
-    data = build_preference_datasets(cfg, tokenizer)
-    assert len(data.train) == 4 and "60" not in data.train["answer"]
+    with caplog.at_level(logging.WARNING, logger="llmkit.data.grpo"):
+        data = build_preference_datasets(cfg, tokenizer)
+    assert len(data.train) == 5 and "60" in data.train["answer"]
     counted = data.stats.datasets[0]
-    assert (counted.rows, counted.kept, counted.dropped_overlong) == (5, 4, 1)
+    assert (counted.rows, counted.kept, counted.dropped_overlong) == (5, 5, 0)
+    said = rf"{rows}: 1 of 5 prompts are longer than sequence_len 48 \(up to \d+ tokens\), kept as axolotl keeps them"
+    assert re.search(said, caplog.text), caplog.text
     cfg = load_config(_grpo_config(tiny_config, tmp_path, datasets=datasets, sequence_len=48,
                                    excess_length_strategy="raise"))  # fmt: skip
     raised = r"row 5: the prompt is \d+ tokens long, longer than sequence_len 48, and excess_length_strategy is raise"
     with pytest.raises(DataError, match=raised):
         build_preference_datasets(cfg, tokenizer)
     cut = _error(_grpo_config(tiny_config, tmp_path, excess_length_strategy="truncate"))
-    assert "excess_length_strategy: truncate does not work with rl: grpo (prompts longer than sequence_len" in cut
+    assert "excess_length_strategy: truncate does not work with rl: grpo (axolotl keeps prompts longer than" in cut
+    assert "remove it or use raise" in cut
 
 
 def test_grpo_says_its_own_batch_and_why_it_has_no_causal_lm_eval(tiny_config, tmp_path):
