@@ -38,6 +38,7 @@ from llmkit.config.sections import (
     DATASET_LISTS,
     GRPO_DEFAULT_GENERATIONS,
     GRPO_SYNC_DEFAULTS,
+    VLLM_TRL_KEYS,
     Adapter,
     BnbConfigKwargs,
     CustomPrompt,
@@ -207,7 +208,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                         ignored += dropped
                     entries.append(entry)
                 data[key] = entries
-        ignored += _unimplemented_metrics(data)
+        ignored += _unimplemented_metrics(data) + _unread_vllm_keys(data)
         cfg = handler(data)
         ignored += _unread_sync_keys(cfg)
         cfg._ignored, cfg._notices = ignored, notices
@@ -1064,6 +1065,16 @@ def _migrate_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         data["peft_method"] = data.pop("peft")
         notices.append(f"peft: {peft} is this project's old spelling; use peft_method: {peft}")
     return data, notices
+
+
+def _unread_vllm_keys(data: dict) -> list[IgnoredKey]:
+    """trl: keys of axolotl's vLLM generation, which it reads only with trl.use_vllm: true (refused here: the
+    trainer generates): reported as ignored keys, as axolotl ignores them then."""
+    trl = data.get("trl")
+    if not isinstance(trl, dict) or trl.get("use_vllm"):
+        return []  # not a mapping, or use_vllm: true: their own checks say what is wrong
+    note = "read only with trl.use_vllm: true (GRPO's completions are generated in the trainer here)"
+    return [IgnoredKey(f"trl.{key}", trl[key], known=True, note=note) for key in VLLM_TRL_KEYS if key in trl]
 
 
 def _unimplemented_metrics(data: dict) -> list[IgnoredKey]:

@@ -514,30 +514,29 @@ GRPO_CONFIG_KEYS = (
 # axolotl's own defaults of the reference model's sync (TRL's are 0.6 and 512), passed only with sync_ref_model: true
 GRPO_SYNC_DEFAULTS = {"ref_model_mixup_alpha": 0.9, "ref_model_sync_steps": 64}
 
+# axolotl's trl: keys of its vLLM generation, which it reads only with trl.use_vllm: true (an error here): without it
+# they change nothing, there as here (axolotl's own config dumps hold the server's host and port), so they are
+# reported as ignored keys.
+VLLM_TRL_KEYS = (
+    "vllm_mode",
+    "vllm_server_host",
+    "vllm_server_port",
+    "vllm_server_timeout",
+    "vllm_guided_decoding_regex",
+    "vllm_enable_sleep_mode",
+    "vllm_device",
+    "vllm_gpu_memory_utilization",
+    "vllm_dtype",
+    "vllm_max_model_len",
+    "vllm_enable_prefix_caching",
+    "vllm_importance_sampling_correction",
+    "vllm_importance_sampling_mode",
+    "vllm_importance_sampling_cap",
+    "vllm_sync_interval",
+    "vllm_lora_sync",
+)
 # axolotl's trl: keys that cannot work here, each refused by name with the reason when set (null or false: nothing).
-_VLLM = "vLLM is not used here; GRPO's completions are generated in the trainer (trl.use_vllm is false)"
 REFUSED_TRL_KEYS = {
-    **dict.fromkeys(
-        (
-            "vllm_mode",
-            "vllm_server_host",
-            "vllm_server_port",
-            "vllm_server_timeout",
-            "vllm_guided_decoding_regex",
-            "vllm_enable_sleep_mode",
-            "vllm_device",
-            "vllm_gpu_memory_utilization",
-            "vllm_dtype",
-            "vllm_max_model_len",
-            "vllm_enable_prefix_caching",
-            "vllm_importance_sampling_correction",
-            "vllm_importance_sampling_mode",
-            "vllm_importance_sampling_cap",
-            "vllm_sync_interval",
-            "vllm_lora_sync",
-        ),
-        _VLLM,
-    ),
     **dict.fromkeys(
         ("async_prefetch", "prefetch_depth", "streaming_partial_batch", "streaming_min_groups"),
         "axolotl's asynchronous GRPO trainer, which generates with vLLM; TRL's GRPOTrainer generates in the step",
@@ -645,11 +644,12 @@ class TrlSettings(BaseModel):
         ]
         if refused:
             raise ValueError("not implemented here: " + "; ".join(refused))
-        others = sorted(str(key) for key in data if key not in cls.model_fields and key not in REFUSED_TRL_KEYS)
+        skipped = REFUSED_TRL_KEYS.keys() | set(VLLM_TRL_KEYS)  # the vLLM keys: reported by the config as ignored
+        others = sorted(str(key) for key in data if key not in cls.model_fields and key not in skipped)
         if others:
             read = ", ".join(f"trl.{key}" for key in cls.model_fields)
             raise ValueError(f"not implemented here: {', '.join(others)} (read: {read}; rl: picks the loss)")
-        return {key: value for key, value in data.items() if key not in REFUSED_TRL_KEYS}
+        return {key: value for key, value in data.items() if key not in skipped}
 
     @field_validator("use_vllm")
     @classmethod

@@ -340,8 +340,6 @@ def test_bad_grpo_values_are_errors_naming_the_key(tiny_config, tmp_path):
         ("generation_kwargs", {"max_new_tokens": 3}, "trl.generation_kwargs: max_new_tokens: GRPO's own, set "
                                                      "trl.max_completion_length"),
         ("generation_kwargs", {"top_kk": 3}, "trl.generation_kwargs: top_kk: not transformers' GenerationConfig"),
-        ("vllm_mode", "colocate", "trl.vllm_mode: vLLM is not used here; GRPO's completions are generated in the "
-                                  "trainer"),
         ("rollout_func", "rollouts.run", "trl.rollout_func: a custom rollout replaces TRL's generation"),
         ("use_liger_loss", True, "trl.use_liger_loss: TRL 1.16's GRPOConfig has no liger loss"),
     ]:  # fmt: skip
@@ -357,6 +355,17 @@ def test_bad_grpo_values_are_errors_naming_the_key(tiny_config, tmp_path):
         "trl.ref_model_sync_steps=8: read only with trl.sync_ref_model: true"
     ]
     assert not training_arguments(cfg, cfg.optimizer.value).sync_ref_model
+    # axolotl reads its vLLM keys only with use_vllm: true (its own config dumps hold the server's host and port):
+    # ignored keys here too, with the reason; with use_vllm: true, that key is the error
+    with pytest.warns(ConfigWarning):
+        cfg = load_config(path, {"trl": {**trl, "vllm_server_host": "0.0.0.0", "vllm_mode": "server"}})
+    assert [key.describe() for key in cfg.ignored_keys] == [
+        f"trl.{key}: read only with trl.use_vllm: true (GRPO's completions are generated in the trainer here)"
+        for key in ("vllm_mode='server'", "vllm_server_host='0.0.0.0'")
+    ]
+    assert "trl.use_vllm: true: vLLM is not used here" in _error(
+        path, {"trl": {**trl, "use_vllm": True, "vllm_mode": "server"}}
+    )
 
 
 @pytest.mark.slow
