@@ -411,16 +411,25 @@ def _full_weights(cfg: AxolotlConfig) -> str:
 
 
 def optimizer_steps(cfg: AxolotlConfig, train_rows: int, world_size: int) -> int:
-    """Optimizer steps of a run over `train_rows` training rows (or packed sequences), as transformers' Trainer
-    counts them: max_steps when set. A GRPO prompt is trained as num_generations completions, each a place of the
-    micro-batch, num_iterations times (TRL's sampler repeats it)."""
+    """Optimizer steps of a run over `train_rows` training rows (or packed sequences, or GRPO prompts), as
+    transformers' Trainer counts them: max_steps when set. GRPO trains each generation batch num_iterations times
+    (TRL's sampler repeats it)."""
     if cfg.max_steps:
         return cfg.max_steps
     if cfg.rl is RLMethod.grpo:
-        train_rows *= cfg.grpo_generations * cfg.grpo_iterations
+        batches = max(train_rows // grpo_step_prompts(cfg, world_size), 1)
+        return math.ceil(cfg.num_epochs * batches * cfg.grpo_iterations)
     batches = math.ceil(train_rows / (cfg.micro_batch_size * world_size))
     per_epoch = max(math.ceil(batches / cfg.gradient_accumulation_steps), 1)
     return math.ceil(cfg.num_epochs * per_epoch)
+
+
+def grpo_step_prompts(cfg: AxolotlConfig, world_size: int) -> int:
+    """rl: grpo: the prompts of one optimizer step. TRL's GRPOTrainer (generation_batch_size and
+    steps_per_generation unset, num_iterations 1) generates once a step, micro_batch_size x accumulation x GPUs
+    completions, num_generations of each prompt; its RepeatSampler hands out only whole generation batches, so the
+    prompts left over at an epoch's end that do not fill one are not trained."""
+    return cfg.micro_batch_size * cfg.gradient_accumulation_steps * world_size // cfg.grpo_generations
 
 
 def warmup_steps(cfg: AxolotlConfig, total_steps: int) -> int:

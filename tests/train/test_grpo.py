@@ -215,6 +215,27 @@ def test_the_plan_counts_generations_and_projects_no_grpo_time_or_memory(tiny_co
     assert (args.num_generations, args.max_completion_length, args.use_vllm, args.beta) == (2, 6, False, 0.0)
 
 
+def test_the_plan_counts_steps_as_trls_sampler_hands_out_prompts(tiny_config, tmp_path):
+    """TRL's RepeatSampler hands out whole generation batches (here 2 prompts x 2 completions a step) and leaves out
+    the prompts at an epoch's end that do not fill one: 5 prompts are 2 steps, where the plan counted 3."""
+    from trl.trainer.utils import RepeatSampler
+
+    rows = tmp_path / "five.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"What is {i} + {i}?"}) + "\n" for i in range(5)))
+    overrides = {"datasets": [{"path": str(rows)}], "gradient_accumulation_steps": 2}
+    cfg = load_config(_grpo_config(tiny_config, tmp_path, max_steps=None, num_epochs=1, **overrides))
+    args = training_arguments(cfg, cfg.optimizer.value)
+    sampler = RepeatSampler(
+        range(5),
+        mini_repeat_count=args.num_generations,
+        batch_size=args.generation_batch_size // args.num_generations,
+        repeat_count=args.num_iterations * args.steps_per_generation,
+    )
+    batches = len(sampler) // (args.per_device_train_batch_size * args.steps_per_generation)  # GRPOTrainer's loader
+    per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)  # transformers' Trainer
+    assert plan(cfg).steps == per_epoch == 2
+
+
 @pytest.mark.slow
 def test_a_grpo_run_logs_the_rewards_of_the_users_function_and_moves_the_adapter(tiny_config, tmp_path, tokenizer):
     # half an epoch: 2 of the 4 prompts, each as 2 completions, 2 completions a step: the plan's 2 steps
