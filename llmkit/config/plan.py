@@ -20,9 +20,9 @@ from pathlib import Path
 
 from llmkit.config.schema import Adapter, AxolotlConfig, ConfigError, DatasetSpec, PeftMethod, RLMethod
 from llmkit.config.sections import COMPRESSIONS, UNREADABLE, data_file_builder, local_data_files
-from llmkit.core.challenge import TRACKS, Loading, Track, TrainingProjection, project_training
+from llmkit.core.challenge import TRACKS, Decoding, Loading, Track, TrainingProjection, project_training
 from llmkit.core.files import user_path
-from llmkit.core.memory import TrainingMemory, TrainingSetup, estimate_training
+from llmkit.core.memory import TrainingMemory, TrainingSetup, estimate_training, model_bytes
 from llmkit.core.shapes import (
     ModelConfigNotFound,
     ModelShape,
@@ -33,13 +33,6 @@ from llmkit.core.shapes import (
 )
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-# rl: grpo's time and memory are not projected: both are dominated by generation (num_generations completions of
-# each prompt, token by token, with their KV cache), which the teacher-forced throughput and activation formulas
-# here do not describe; a number from them would be wrong without saying so
-GRPO_UNPLANNED = (
-    "unknown: rl: grpo generates its completions in training (trl.num_generations per prompt, token by token); "
-    "its {} is not projected here"
-)
 _COUNTED_BUILDERS = ("json", "csv", "parquet", "text")  # the `datasets` builders whose files' rows the plan counts
 
 
@@ -49,6 +42,20 @@ class TokenizedSplit:
 
     tokens: int  # preference pairs: the longer sequence of each pair
     sequences: int  # what training batches: packed sequences, rows, or preference pairs, after dropping
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """rl: grpo's generation as TRL's GRPOTrainer runs it (generation_batch_size and steps_per_generation unset):
+    each GPU decodes its `sequences` completions of a step (its micro-batches) in one generate() call, then trains on
+    them, prompt and completion, `iterations` (trl.num_iterations) optimizer steps in a row."""
+
+    calls: int | None  # generate() calls on all GPUs: optimizer steps / iterations x GPUs (None: steps unknown)
+    sequences: int  # completions one call decodes at once: micro_batch_size x gradient_accumulation_steps
+    prompt_tokens: float  # a prompt's tokens: the tokenized prompts' mean, or sequence_len (at most) without them
+    prompt_basis: str
+    completion_tokens: int  # trl.max_completion_length: every completion at its longest, an upper bound
+    iterations: int = 1  # optimizer steps trained on each generation (trl.num_iterations)
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,7 @@ class TrainingPlan:
     tokens: int | None  # tokens the run trains on, over all epochs; None when the data cannot be counted
     tokens_basis: str  # where `tokens` comes from, or why it is unknown
     training_time: list[TrainingProjection]  # one per track, on one GPU; empty when the shape is unknown
+    rollout: Rollout | None = None  # rl: grpo's generation
 
 
 def plan(
@@ -104,32 +112,35 @@ def plan(
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     shape, source = base or base_shape(cfg, model_config)
     parameters = cfg.resolved_target_parameters(shape)
-    if shape is None:
-        targets = cfg.resolved_target_modules(None)
-        trainable, total, memory = None, None, []
-        cfg.check_new_tokens_trained(None)  # as the shape's check below, as far as it goes without the model's names
-    else:
-        targets = cfg.resolved_target_modules(shape)
-        trained = shape.with_vocabulary(tokenizer_size) if tokenizer_size else shape
-        trainable, total = trainable_params(cfg, trained, targets, parameters), trained.num_params
-        unplanned = cfg.rl is RLMethod.grpo  # GRPO_UNPLANNED
-        memory = (
-            []
-            if unplanned
-            else [training_memory(cfg, trained, targets, trainable, track, parameters) for track in Track]
-        )
-    micro_tokens = cfg.micro_batch_size * cfg.sequence_len
     rows = _count_all_rows(cfg)
     step_rows = cfg.micro_batch_size * cfg.gradient_accumulation_steps * world_size
-    tokens_per_step = micro_tokens * cfg.gradient_accumulation_steps * world_size
-    tokens, tokens_basis = training_tokens(cfg, rows, tokens_per_step, data.tokens if data else None)
     if data is not None:
         steps = optimizer_steps(cfg, data.sequences, world_size)
     elif rows is not None:
         steps = optimizer_steps(cfg, rows - cfg.held_out_rows(rows), world_size)
     else:
         steps = cfg.max_steps
-    projections = [] if shape is None else [training_time(cfg, shape, tokens, tokens_basis, t) for t in Track]
+    rollout = _rollout(cfg, steps, world_size, data) if cfg.rl is RLMethod.grpo else None
+    if rollout is None:
+        tokens_per_step = cfg.micro_batch_size * cfg.sequence_len * cfg.gradient_accumulation_steps * world_size
+        tokens, tokens_basis = training_tokens(cfg, rows, tokens_per_step, data.tokens if data else None)
+    else:  # a completion and its prompt of at most sequence_len tokens, in each place of a micro-batch
+        tokens_per_step = step_rows * (cfg.sequence_len + rollout.completion_tokens)
+        tokens, tokens_basis = _rollout_tokens(cfg, rollout)
+    if shape is None:
+        targets = cfg.resolved_target_modules(None)
+        trainable, total, memory, projections = None, None, [], []
+        cfg.check_new_tokens_trained(None)  # as the shape's check below, as far as it goes without the model's names
+    else:
+        targets = cfg.resolved_target_modules(shape)
+        trained = shape.with_vocabulary(tokenizer_size) if tokenizer_size else shape
+        trainable, total = trainable_params(cfg, trained, targets, parameters), trained.num_params
+        setups = {track: training_setup(cfg, trained, targets, trainable, track, parameters) for track in Track}
+        memory = [estimate_training(trained, setups[track], track) for track in Track]
+        projections = [
+            training_time(cfg, shape, tokens, tokens_basis, track, rollout, model_bytes(trained, setups[track]))
+            for track in Track
+        ]
     return TrainingPlan(
         cfg=cfg,
         shape=shape,
@@ -149,7 +160,40 @@ def plan(
         tokens=tokens,
         tokens_basis=tokens_basis,
         training_time=projections,
+        rollout=rollout,
     )
+
+
+def _rollout(cfg: AxolotlConfig, steps: int | None, world_size: int, data: TokenizedSplit | None) -> Rollout:
+    """rl: grpo's generation over the run (`Rollout`)."""
+    if data is not None and data.sequences:
+        prompt = data.tokens / data.sequences
+        basis = f"{prompt:,.1f} tokens on average, of the {data.sequences:,} tokenized training prompts"
+    else:  # a longer prompt is dropped (llmkit.data.grpo)
+        prompt, basis = cfg.sequence_len, f"at most sequence_len {cfg.sequence_len} tokens (prompts not tokenized)"
+    return Rollout(
+        calls=None if steps is None else math.ceil(steps / cfg.grpo_iterations) * world_size,
+        sequences=cfg.micro_batch_size * cfg.gradient_accumulation_steps,
+        prompt_tokens=prompt,
+        prompt_basis=basis,
+        completion_tokens=cfg.grpo_completion_tokens,
+        iterations=cfg.grpo_iterations,
+    )
+
+
+def _rollout_tokens(cfg: AxolotlConfig, rollout: Rollout) -> tuple[int | None, str]:
+    """The tokens rl: grpo trains on: each completion with its prompt, every completion at its longest."""
+    if rollout.calls is None:
+        return None, _uncounted(cfg)
+    completions = rollout.calls * rollout.sequences * rollout.iterations
+    each = rollout.prompt_tokens + rollout.completion_tokens
+    trained = f", each trained {rollout.iterations} times (trl.num_iterations)" if rollout.iterations > 1 else ""
+    basis = (
+        f"{completions:,} completions ({rollout.calls:,} generation batches of {rollout.sequences:,}{trained}), "
+        f"each a prompt ({rollout.prompt_basis}) and {rollout.completion_tokens:,} generated tokens "
+        "(trl.max_completion_length: every completion at its longest, an upper bound)"
+    )
+    return math.ceil(completions * each), basis
 
 
 def training_tokens(
@@ -163,8 +207,6 @@ def training_tokens(
     row once. The passes without gradients (`_forward_only_sequences`) are not tokens trained: the projection
     (`training_time`) counts their cost.
     """
-    if cfg.rl is RLMethod.grpo:
-        return None, GRPO_UNPLANNED.format("time")
     pairs = _trained_sequences(cfg)
     twice = " x 2 (preference pairs)" if pairs == 2 else ""
     if cfg.max_steps:
@@ -175,13 +217,18 @@ def training_tokens(
         basis = f"{data_tokens:,} tokens of the tokenized training split x {epochs}"
         return math.ceil(data_tokens * cfg.num_epochs) * pairs, basis + twice
     if rows is None:
-        missing = [f"datasets[{i}].path {spec.path}" for i, spec in enumerate(cfg.datasets) if spec.missing_local_path]
-        if missing:
-            return None, f"unknown: no such file or folder here: {', '.join(missing)}"
-        return None, "unknown: a dataset is on the hub, so its rows cannot be counted offline"
+        return None, _uncounted(cfg)
     train_rows = rows - cfg.held_out_rows(rows)
     tokens = math.ceil(train_rows * cfg.sequence_len * cfg.num_epochs) * pairs
     return tokens, f"at most {train_rows:,} rows x sequence_len {cfg.sequence_len} x {epochs} (data not tokenized)"
+
+
+def _uncounted(cfg: AxolotlConfig) -> str:
+    """Why the rows cannot be counted here."""
+    missing = [f"datasets[{i}].path {spec.path}" for i, spec in enumerate(cfg.datasets) if spec.missing_local_path]
+    if missing:
+        return f"unknown: no such file or folder here: {', '.join(missing)}"
+    return "unknown: a dataset is on the hub, so its rows cannot be counted offline"
 
 
 def _trained_sequences(cfg: AxolotlConfig) -> int:
@@ -190,33 +237,64 @@ def _trained_sequences(cfg: AxolotlConfig) -> int:
     return 2 if cfg.rl is not None and cfg.rl.paired else 1
 
 
-def _forward_only_sequences(cfg: AxolotlConfig) -> int:
+def _forward_only_sequences(cfg: AxolotlConfig, rollout: Rollout | None = None) -> float:
     """Sequences per trained sequence that go through a model without gradients (TRL's trainers): DPO's and IPO's
     reference model over chosen and rejected (one each); for a KTO row, the model over its KL sequence (the row's
-    prompt with another row's answer) and the reference over both (three). ORPO, SimPO and SFT run none. An
-    adapter's reference (TRL's frozen copy of the adapter) is a pass of the model all the same."""
+    prompt with another row's answer) and the reference over both (three); for a GRPO completion, the reference
+    over it and its prompt under a KL penalty (one), and, once per generation (trained trl.num_iterations times),
+    generation's prefill of its prompt (the prompt's share of the sequence) and, where it is trained more than once,
+    TRL's pass for the log-probabilities it had when generated. ORPO, SimPO and SFT run none. An adapter's
+    reference (TRL's frozen copy of the adapter, or the model with its adapter disabled) is a pass of the model all
+    the same."""
     if cfg.rl is None:
         return 0
-    reference = 1 if cfg.rl.has_reference else 0
+    reference = 1 if cfg.has_reference_model else 0
+    if cfg.rl is RLMethod.grpo:
+        if rollout is None:
+            return reference
+        prefill = rollout.prompt_tokens / (rollout.prompt_tokens + rollout.completion_tokens)
+        generated = 1 if rollout.iterations > 1 else 0  # TRL's old_per_token_logps
+        return reference + (prefill + generated) / rollout.iterations
     return reference if cfg.rl.paired else 1 + 2 * reference
 
 
 def training_time(
-    cfg: AxolotlConfig, shape: ModelShape, tokens: int | None, basis: str, track: Track
+    cfg: AxolotlConfig,
+    shape: ModelShape,
+    tokens: int | None,
+    basis: str,
+    track: Track,
+    rollout: Rollout | None = None,
+    weights: float = 0,
 ) -> TrainingProjection:
-    """The run's duration on one GPU of `track` (llmkit.core.challenge.project_training) against the 24 hours."""
+    """The run's duration on one GPU of `track` (llmkit.core.challenge.project_training) against the 24 hours;
+    rl: grpo's with its generation (`rollout`), each decode step reading the model's `weights` (bytes, as training
+    holds them) and its sequences' KV cache so far (on average each prompt and half its completion)."""
     if cfg.adapter is None:
         method = "full"
     else:
         method = "qlora" if cfg.load_in_4bit or cfg.load_in_8bit else "lora"
-    return project_training(
+    decoding = None
+    if rollout is not None and rollout.calls is not None:
+        context = rollout.prompt_tokens + (rollout.completion_tokens - 1) / 2  # the cache a step reads, on average
+        kv = rollout.sequences * context * shape.kv_cache_bytes_per_token(_DTYPE_BYTES[_compute_dtype(cfg, track)])
+        decoding = Decoding(rollout.calls, rollout.sequences, rollout.completion_tokens, weights + kv)
+    projection = project_training(
         track,
         tokens=tokens,
         tokens_basis=basis,
         params=shape.num_params,
         method=method,
-        forward_only=_forward_only_sequences(cfg),
+        forward_only=_forward_only_sequences(cfg, rollout),
+        decoding=decoding,
     )
+    if rollout is not None and decoding is None:
+        return projection.model_copy(update={"generation_basis": "generation unknown: the steps are unknown"})
+    return projection
+
+
+def _compute_dtype(cfg: AxolotlConfig, track: Track) -> str:
+    return cfg.compute_dtype("cuda", capability=TRACKS[track].capability)
 
 
 def tokens_countable_here(cfg: AxolotlConfig) -> bool:
@@ -319,34 +397,44 @@ def _wrapped(shape: ModelShape, names: list[str]) -> list[Module]:
     return list({module.name: module for name in names for module in shape.matching(name)}.values())
 
 
-def training_memory(
+def training_setup(
     cfg: AxolotlConfig, shape: ModelShape, targets: list[str], trainable: int, track: Track, parameters: list[str] = ()
-) -> TrainingMemory:
-    """Peak training memory on one GPU of `track`, from `llmkit.core.memory` (its docstring has the formulas)."""
-    dtype = cfg.compute_dtype("cuda", capability=TRACKS[track].capability)
+) -> TrainingSetup:
+    """What one training process of the config holds on one GPU of `track` (`llmkit.core.memory.TrainingSetup`; its
+    peak memory is `estimate_training`'s, whose docstring has the formulas).
+    rl: grpo: a micro-batch place is a completion with its prompt, each at its longest (sequence_len and
+    trl.max_completion_length), whose logits TRL computes over the completion alone; its generation decodes a
+    step's micro-batches at once (TRL's generation batch), prompts padded to the longest."""
+    dtype = _compute_dtype(cfg, track)
     weights = cfg.weights_dtype("cuda", capability=TRACKS[track].capability)
     dropout = cfg.adapter is not None and cfg.lora_dropout > 0
     adapted = [module for module in _wrapped(shape, targets) if module in shape.linear]
     experts = _wrapped_experts(shape, parameters)
-    setup = TrainingSetup(
+    grpo = cfg.rl is RLMethod.grpo
+    made = cfg.grpo_completion_tokens if grpo else 0
+    return TrainingSetup(
         loading=Loading.nf4 if cfg.load_in_4bit else Loading.int8 if cfg.load_in_8bit else Loading.bf16,
         dtype_bytes=_DTYPE_BYTES[dtype],
         trainable_params=trainable,
         optimizer=cfg.optimizer.value,
-        tokens=cfg.micro_batch_size * cfg.sequence_len * _trained_sequences(cfg),
+        tokens=cfg.micro_batch_size * (cfg.sequence_len + made) * _trained_sequences(cfg),
+        logits_tokens=cfg.micro_batch_size * made if grpo else None,
         gradient_checkpointing=cfg.gradient_checkpointing,
         full_fine_tune=cfg.adapter is None,
         trained_bytes=_DTYPE_BYTES[weights] if cfg.adapter is None else 4,  # adapters train in float32
         double_quant=cfg.quantization_options.bnb_4bit_use_double_quant,
-        # DPO's and KTO's full fine-tune keeps a frozen copy of the model (an adapter's reference is the base)
-        reference_model=cfg.rl is not None and cfg.rl.has_reference and cfg.adapter is None,
+        # DPO's, KTO's and GRPO's (beta > 0) full fine-tune keeps a frozen copy of the model (an adapter's reference
+        # is the base: GRPOTrainer disables the adapter)
+        reference_model=cfg.has_reference_model and cfg.adapter is None,
         # per layer: dropout keeps a copy of each adapted layer's input
         dropout_width=sum(module.fan_in for module in adapted) // shape.num_layers if dropout else 0,
         rebuilt_params=sum(math.prod(size) for _, size, _ in experts),
         # per layer: each token's input to each of its experts' targeted matmuls, which now have a weight to train
         expert_input_width=sum(shape.active_experts * width for _, _, width in experts) // shape.num_layers,
+        generated_sequences=cfg.micro_batch_size * cfg.gradient_accumulation_steps if grpo else 0,
+        generated_context=cfg.sequence_len + made if grpo else 0,
+        generated_prompt=cfg.sequence_len if grpo else 0,
     )
-    return estimate_training(shape, setup, track)
 
 
 def _describe_method(cfg: AxolotlConfig) -> str:

@@ -36,6 +36,7 @@ from llmkit.config.keys import (
 from llmkit.config.sections import (
     CAUSAL_LM_METRICS,
     DATASET_LISTS,
+    GRPO_DEFAULT_COMPLETION_TOKENS,
     GRPO_DEFAULT_GENERATIONS,
     GRPO_SYNC_DEFAULTS,
     VLLM_TRL_KEYS,
@@ -652,6 +653,19 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
     def grpo_iterations(self) -> int:
         """rl: grpo: optimizer passes over each generation batch (trl.num_iterations; unset: TRL's 1)."""
         return (self.trl.num_iterations if self.trl else None) or 1
+
+    @property
+    def grpo_completion_tokens(self) -> int:
+        """rl: grpo: the most tokens generated per completion (trl.max_completion_length; unset: TRL's default)."""
+        return (self.trl.max_completion_length if self.trl else None) or GRPO_DEFAULT_COMPLETION_TOKENS
+
+    @property
+    def has_reference_model(self) -> bool:
+        """Whether training computes a frozen reference's log-probabilities: DPO's, IPO's and KTO's always; GRPO's
+        under a KL penalty (beta > 0; TRL's 0 loads no reference)."""
+        if self.rl is RLMethod.grpo:
+            return bool(self.preference_beta)
+        return self.rl is not None and self.rl.has_reference
 
     @property
     def preference_beta(self) -> float | None:

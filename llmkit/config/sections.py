@@ -485,6 +485,7 @@ class PeftSettings(BaseModel):
 
 
 GRPO_DEFAULT_GENERATIONS = 8  # TRL's GRPOConfig.num_generations, which the batch rule checks when it is unset
+GRPO_DEFAULT_COMPLETION_TOKENS = 512  # TRL's GRPOConfig.max_completion_length, which the plan takes when it is unset
 
 # The trl: keys axolotl's GRPO strategy passes to TRL's GRPOConfig under their own names, each when it is set (unset:
 # TRL's default, which axolotl leaves too); reward_funcs goes to the trainer, use_vllm is false here, and

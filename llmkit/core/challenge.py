@@ -58,6 +58,7 @@ class TrackSpec:
     memory_gib: float  # what the card reports usable, not the marketing number
     compute_capability: str  # TORCH_CUDA_ARCH_LIST entry
     bf16_tflops: float  # dense BF16 tensor-core peak with FP32 accumulate, for training-speed projections
+    memory_bandwidth_gbs: float  # peak GPU-memory bandwidth in GB/s, for the pace of decoding in training (GRPO)
     cuda_base_image: str = CUDA_BASE_IMAGE  # pinned base image of the submission's Dockerfile
     torch_index: str = PYPI  # where the CUDA build of torch comes from
     loadings: tuple[Loading, ...] = LOADINGS  # default loading: the first of these whose memory estimate fits
@@ -77,10 +78,12 @@ TRACKS: dict[Track, TrackSpec] = {
     Track.rtx4090: TrackSpec(
         name="4090", gpu="NVIDIA RTX 4090", memory_gib=23.6, compute_capability="8.9",
         bf16_tflops=165.2,  # dense, FP32 accumulate: https://waredb.com/processor/nvidia-geforce-rtx-4090 (165.15)
+        memory_bandwidth_gbs=1008,  # GDDR6X: NVIDIA Ada Lovelace GPU Architecture whitepaper, table 1
     ),
     Track.a100: TrackSpec(
         name="A100", gpu="NVIDIA A100 40GB", memory_gib=39.4, compute_capability="8.0",
         bf16_tflops=312,  # NVIDIA A100 Tensor Core GPU datasheet (40GB and 80GB alike)
+        memory_bandwidth_gbs=1555,  # HBM2: NVIDIA A100 Tensor Core GPU datasheet (the 40GB's; the 80GB's is more)
     ),
 }  # fmt: skip
 
@@ -213,6 +216,18 @@ _FORWARD_FLOPS, _ADAPTER_STEP_FLOPS, _FULL_STEP_FLOPS = 2, 4, 6
 _FULL_FINE_TUNE_FACTOR = _ADAPTER_STEP_FLOPS / _FULL_STEP_FLOPS
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """Generation inside training (rl: grpo's completions, transformers' generate): `calls` calls, each
+    `new_tokens` decode steps, a step one token of each of `batch` sequences through the model, which reads its
+    weights and the KV cache so far from GPU memory, `bytes_per_step` in all."""
+
+    calls: int
+    batch: int
+    new_tokens: int  # each completion at its longest (trl.max_completion_length): an upper bound
+    bytes_per_step: float
+
+
 class TrainingProjection(BaseModel):
     """How long a config trains on one GPU of a track, against the 24-hour reproduction limit."""
 
@@ -221,11 +236,13 @@ class TrainingProjection(BaseModel):
     tokens_basis: str  # where the token count comes from, or why it is unknown
     tokens_per_s: float
     throughput_basis: str  # where tokens_per_s comes from, and how it was scaled
+    generation_s: float = 0  # decoding in training (rl: grpo), on top of the tokens trained
+    generation_basis: str = ""  # how generation_s was worked out; empty: the run generates nothing
     limit_s: int = TRAINING_LIMIT_S
 
     @property
     def projected_s(self) -> float | None:
-        return None if self.tokens is None else self.tokens / self.tokens_per_s
+        return None if self.tokens is None else self.tokens / self.tokens_per_s + self.generation_s
 
     @property
     def ratio(self) -> float | None:
@@ -237,27 +254,41 @@ class TrainingProjection(BaseModel):
 
     def verdict(self) -> str:
         if self.projected_s is None:
-            return f"tokens unknown; {_duration(self.limit_s)} hold {self.tokens_per_s * self.limit_s:,.0f} tokens"
+            held = f"{_duration(self.limit_s)} hold {self.tokens_per_s * self.limit_s:,.0f} tokens"
+            less = " trained, less the generation's time" if self.generation_basis else ""
+            return f"tokens unknown; {held}{less}"
         within = _within_or_over(self.ratio)
-        return f"about {_duration(self.projected_s)}, {within} the {_duration(self.limit_s)} limit ({self.ratio:.0%})"
+        generation = f" ({_duration(self.generation_s)} of it generating)" if self.generation_basis else ""
+        limit = f"{within} the {_duration(self.limit_s)} limit ({self.ratio:.0%})"
+        return f"about {_duration(self.projected_s)}{generation}, {limit}"
 
     def sentence(self) -> str:
         tokens = "unknown tokens" if self.tokens is None else f"{self.tokens:,} tokens"
+        generation = f"; {self.generation_basis}" if self.generation_basis and self.tokens is not None else ""
         return (
             f"{tokens} ({self.tokens_basis}) at {self.tokens_per_s:,.0f} tokens/s on the "
-            f"{TRACKS[self.track].gpu} ({self.throughput_basis}): {self.verdict()}"
+            f"{TRACKS[self.track].gpu} ({self.throughput_basis}){generation}: {self.verdict()}"
         )
 
 
 def project_training(
-    track: Track, *, tokens: int | None, tokens_basis: str, params: float, method: str, forward_only: float = 0
+    track: Track,
+    *,
+    tokens: int | None,
+    tokens_basis: str,
+    params: float,
+    method: str,
+    forward_only: float = 0,
+    decoding: Decoding | None = None,
 ) -> TrainingProjection:
     """Training time of `tokens` tokens for a model of `params` parameters on one GPU of `track`.
 
     Args:
         method: "qlora" (a 4- or 8-bit base with an adapter), "lora" (a 16-bit base with an adapter) or "full".
         forward_only: sequences that go through a model without gradients per sequence trained (DPO's reference
-            passes, KTO's KL and reference passes), each a forward pass's share of a step's FLOPs.
+            passes, KTO's KL and reference passes, GRPO's prefill of a prompt), each a forward pass's share of a
+            step's FLOPs.
+        decoding: the completions the run generates (rl: grpo), timed by `_decode_step_s`.
 
     The reference figure (TRAINING_THROUGHPUT) is scaled by the GPUs' BF16 peaks and by parameters (the FLOPs per
     token are proportional to them): an order of magnitude, not a measurement of this config.
@@ -271,18 +302,43 @@ def project_training(
     if method == "full":
         tokens_per_s *= _FULL_FINE_TUNE_FACTOR
         scaling.append("x 2/3 for a full fine-tune's weight gradients")
+    share = _FORWARD_FLOPS / (_FULL_STEP_FLOPS if method == "full" else _ADAPTER_STEP_FLOPS)
+    forward_s = share / tokens_per_s  # a token's forward pass without gradients
     if forward_only:
-        share = _FORWARD_FLOPS / (_FULL_STEP_FLOPS if method == "full" else _ADAPTER_STEP_FLOPS)
         tokens_per_s /= 1 + forward_only * share
         scaling.append(
             f"/ {1 + forward_only * share:.3g} for {forward_only:g} forward-only pass(es) per trained sequence (each "
             f"{share:.2g} of a step)"
         )
     basis = f"{reference.tokens_per_s:,.0f} tokens/s {reference.source}, " + ", ".join(scaling)
+    generation_s, generation_basis = 0.0, ""
+    if decoding is not None:
+        step_s, bound = _decode_step_s(spec, decoding, forward_s)
+        generation_s = decoding.calls * decoding.new_tokens * step_s
+        generation_basis = (
+            f"generation: {decoding.calls:,} calls x {decoding.new_tokens:,} decode steps of {decoding.batch:,} "
+            f"sequences, {step_s * 1e3:.3g} ms a step ({bound})"
+        )
     return TrainingProjection(
         track=track,
         tokens=tokens,
         tokens_basis=tokens_basis,
         tokens_per_s=tokens_per_s,
         throughput_basis=basis,
+        generation_s=generation_s,
+        generation_basis=generation_basis,
     )
+
+
+def _decode_step_s(spec: TrackSpec, decoding: Decoding, forward_s: float) -> tuple[float, str]:
+    """One decode step's seconds, and what bounds it. A step moves one token of each sequence, so it is bound by
+    reading the weights and the KV cache from GPU memory at the card's bandwidth (TrackSpec.memory_bandwidth_gbs),
+    until the batch is large enough for its forward passes (`forward_s` a token, at the training throughput) to
+    take longer. A floor: transformers' generate also spends time launching each layer's kernels, which for a small
+    model is most of a step."""
+    read_s = decoding.bytes_per_step / (spec.memory_bandwidth_gbs * 1e9)
+    compute_s = decoding.batch * forward_s
+    if read_s >= compute_s:
+        gb = decoding.bytes_per_step / 1e9
+        return read_s, f"memory-bound: {gb:.3g} GB read at the {spec.gpu}'s {spec.memory_bandwidth_gbs:g} GB/s"
+    return compute_s, f"compute-bound: {decoding.batch:,} tokens' forward passes at the training throughput"

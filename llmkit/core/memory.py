@@ -173,6 +173,11 @@ class TrainingSetup:
     # and per layer the summed input widths of their matmuls per token (experts per token x in_features)
     rebuilt_params: int = 0
     expert_input_width: int = 0
+    logits_tokens: int | None = None  # of `tokens`, those whose logits training computes (None: all)
+    # rl: grpo's generation: sequences one generate() call decodes at once, each its prompt and completion tokens
+    generated_sequences: int = 0
+    generated_context: int = 0
+    generated_prompt: int = 0
 
 
 @dataclass(frozen=True)
@@ -184,10 +189,11 @@ class TrainingMemory:
     trainable: int  # trainable weights + their gradients + optimizer states
     activations: int
     overhead: int
+    generation: int = 0  # rl: grpo: generation's KV cache and prefill, live while training's activations are not
 
     @property
     def total(self) -> int:
-        return self.weights + self.trainable + self.activations + self.overhead
+        return self.weights + self.trainable + max(self.activations, self.generation) + self.overhead
 
     @property
     def fits(self) -> bool:
@@ -208,6 +214,10 @@ def estimate_training(shape: ModelShape, setup: TrainingSetup, track: Track) -> 
       SGD/Adafactor; torch's optimizers keep it in the parameter's dtype (`optimizer_state_bytes`).
     - preference training (DPO): `tokens` counts the chosen and the rejected answers (one batch); the reference
       policy's forward runs without gradients and keeps nothing, and is the base itself for an adapter.
+    - generation in training (rl: grpo): before the steps that train on them, transformers' generate decodes a
+      batch of sequences with a KV cache (in b, its prompt and completion tokens each), after prefilling their
+      prompts one layer at a time (A at r a token) and the logits of each one's last token. Training's activations
+      are freed by then (and generation's before training runs), so the peak counts the larger of the two.
     - activations at r, the residual stream's dtype (it follows the embeddings and norms: fp32 beside a quantized
       base or fp32 master weights): backward needs every layer's A (T x L x A); with gradient checkpointing only
       each layer's input (T x L x r x h) and one recomputed layer (T x A). Plus the logits at b, and, for LoRA on
@@ -217,13 +227,8 @@ def estimate_training(shape: ModelShape, setup: TrainingSetup, track: Track) -> 
     """
     b = setup.dtype_bytes
     w = setup.trained_bytes
-    if setup.full_fine_tune:
-        r = w
-        weights = (shape.num_params - setup.trainable_params) * w + _autocast_copies(shape, setup, r)
-    else:
-        r = b if setup.loading is Loading.bf16 else 4
-        base = weight_bytes(shape, setup.loading, float_bytes=r, double_quant=setup.double_quant)
-        weights = base + _autocast_copies(shape, setup, r)
+    r = _residual_bytes(setup)
+    weights = _frozen_bytes(shape, setup) + _autocast_copies(shape, setup, r)
     if setup.reference_model:  # a deep copy of a full fine-tune's weights (an adapter's reference is the base itself)
         weights += w * shape.num_params
     trainable = setup.trainable_params * (w + w + optimizer_state_bytes(setup.optimizer, w))
@@ -236,13 +241,39 @@ def estimate_training(shape: ModelShape, setup: TrainingSetup, track: Track) -> 
     # fp32 once a quantized base is prepared), and the experts' matmuls keep it for backward: every layer's without
     # gradient checkpointing, the recomputed layer's with it (measured: tests/core/test_memory.py)
     rebuilt = setup.rebuilt_params * r
-    activations = (
-        layers
-        + logits_bytes(shape, setup.tokens, b)
-        + (rebuilt // shape.num_layers if setup.gradient_checkpointing else rebuilt)
+    logits = logits_bytes(shape, setup.tokens if setup.logits_tokens is None else setup.logits_tokens, b)
+    activations = layers + logits + (rebuilt // shape.num_layers if setup.gradient_checkpointing else rebuilt)
+    sequences = setup.generated_sequences
+    generation = (
+        sequences * setup.generated_context * int(shape.kv_cache_bytes_per_token(b))
+        + sequences * setup.generated_prompt * layer_activation_bytes(shape, r)
+        + logits_bytes(shape, sequences, b)
     )
-    overhead = overhead_bytes(weights + trainable + activations)
-    return TrainingMemory(TRACKS[track], int(weights), int(trainable), activations, int(overhead))
+    overhead = overhead_bytes(weights + trainable + max(activations, generation))
+    return TrainingMemory(TRACKS[track], int(weights), int(trainable), activations, int(overhead), generation)
+
+
+def model_bytes(shape: ModelShape, setup: TrainingSetup) -> float:
+    """Bytes of the model as training holds it, its frozen and its trained weights, each once (no autocast copy,
+    no reference copy): what each decode step of generation in training (rl: grpo) reads."""
+    return _frozen_bytes(shape, setup) + setup.trainable_params * setup.trained_bytes
+
+
+def _residual_bytes(setup: TrainingSetup) -> int:
+    """r: the residual stream's bytes, which follow the embeddings and norms: a full fine-tune's trained dtype; fp32
+    beside a quantized base (peft's preparation upcasts them); else the compute dtype."""
+    if setup.full_fine_tune:
+        return setup.trained_bytes
+    return setup.dtype_bytes if setup.loading is Loading.bf16 else 4
+
+
+def _frozen_bytes(shape: ModelShape, setup: TrainingSetup) -> float:
+    """The frozen weights: an adapter's base, its unquantized tensors at r; those of a full fine-tune that
+    unfrozen_parameters leaves out, at its trained dtype."""
+    if setup.full_fine_tune:
+        return (shape.num_params - setup.trainable_params) * setup.trained_bytes
+    r = _residual_bytes(setup)
+    return weight_bytes(shape, setup.loading, float_bytes=r, double_quant=setup.double_quant)
 
 
 def _autocast_copies(shape: ModelShape, setup: TrainingSetup, residual_bytes: int) -> int:

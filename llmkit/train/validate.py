@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from llmkit.config.plan import GRPO_UNPLANNED, TrainingPlan, base_shape, plan
+from llmkit.config.plan import TrainingPlan, base_shape, plan
 from llmkit.config.schema import ConfigError, ConfigWarning, RLMethod, load_config
 from llmkit.core.memory import GIB
 from llmkit.core.shapes import ModelConfigNotFound
@@ -133,13 +133,13 @@ def render(p: TrainingPlan):
         # an adapter's share is of the base alone; peft's log at training counts the adapter into its total
         of = "the base's " if cfg.adapter is not None else ""
         summary.add_row("trainable parameters", f"{p.trainable_params:,} ({share:.2%} of {of}{p.total_params:,})")
-    if cfg.rl is RLMethod.grpo:  # a GRPO row is a generated completion, not sequence_len tokens of the data
+    if p.rollout is not None:  # a GRPO row is a generated completion, not sequence_len tokens of the data
         batch = f"{cfg.micro_batch_size} x {cfg.gradient_accumulation_steps} accum x {p.world_size} GPU"
-        made = cfg.trl.max_completion_length if cfg.trl else None
-        most = f"{made:,}" if made else "TRL's default (trl.max_completion_length unset)"
-        each = f"each its prompt and at most {most} generated tokens; {GRPO_UNPLANNED.format('tokens per step')}"
+        unset = "" if cfg.trl and cfg.trl.max_completion_length else ", TRL's default: trl.max_completion_length unset"
+        each = f"each its prompt and at most {p.rollout.completion_tokens:,} generated tokens{unset}"
         completions = cfg.micro_batch_size * cfg.gradient_accumulation_steps * p.world_size
-        summary.add_row("completions per optimizer step", escape(f"{completions:,} ({batch}), {each}"))
+        generated = f"generated {p.rollout.sequences:,} at once on each GPU, then trained"
+        summary.add_row("completions per optimizer step", escape(f"{completions:,} ({batch}), {each}; {generated}"))
     else:
         batch = f"{cfg.micro_batch_size} x {cfg.gradient_accumulation_steps} accum x {cfg.sequence_len} tokens"
         summary.add_row("tokens per optimizer step", f"{p.tokens_per_step:,} ({batch} x {p.world_size} GPU)")
@@ -153,18 +153,25 @@ def render(p: TrainingPlan):
     if empty:
         summary.add_row("[dim]off, not implemented[/dim]", f"[dim]{escape(', '.join(empty))}[/dim]")
     summary.add_row("tokens to train", escape(f"{p.tokens:,} ({p.tokens_basis})" if p.tokens else p.tokens_basis))
-    if cfg.rl is RLMethod.grpo and p.shape is not None:
-        summary.add_row("[yellow]memory plan[/yellow]", f"[yellow]{escape(GRPO_UNPLANNED.format('memory'))}[/yellow]")
     if not p.memory:
         return summary
     title = "Estimated training memory per GPU in GiB (trainable: + gradients and optimizer states)"
     memory = Table(title=title, title_justify="left")
-    for column in ("track", "memory", "weights", "trainable", "activations", "overhead", "total", "fits"):
+    generates = any(m.generation for m in p.memory)
+    columns = ("track", "memory", "weights", "trainable", "activations", "generation", "overhead", "total", "fits")
+    for column in columns if generates else [c for c in columns if c != "generation"]:
         memory.add_column(column, justify="left" if column in ("track", "fits") else "right")
     for m in p.memory:
         fits = "[green]fits[/green]" if m.fits else "[red]too big[/red]"
-        parts = (m.weights, m.trainable, m.activations, m.overhead, m.total)
+        parts = (m.weights, m.trainable, m.activations, *([m.generation] if generates else []), m.overhead, m.total)
         memory.add_row(m.track.name, f"{m.track.memory_gib}", *(f"{x / GIB:.1f}" for x in parts), fits)
+    if generates and p.rollout is not None:
+        memory.caption = escape(
+            f"rl: grpo: a micro-batch place is a prompt of at most sequence_len {cfg.sequence_len} and a completion "
+            f"of {p.rollout.completion_tokens:,} tokens; generation: the KV cache of {p.rollout.sequences:,} such "
+            "sequences and their prompts' prefill, a layer at a time. Generation and training's activations are not "
+            "live at once: the total counts the larger."
+        )
     if not p.training_time:
         return Group(summary, memory)
     return Group(summary, memory, training_time_table(p))
@@ -190,6 +197,13 @@ def training_time_table(p: TrainingPlan):
     time.caption = (
         f"Tokens/s: {escape(p.training_time[0].throughput_basis.split(', x ')[0])}; scaled per track and model size."
     )
+    if p.rollout is not None:
+        generation = [f"{t.track.value}: {t.generation_basis.removeprefix('generation: ')}" for t in p.training_time]
+        time.caption += escape(
+            f"\nGeneration (rl: grpo): {'; '.join(generation)}. A floor: each decode "
+            "step is timed by the bytes it reads at the card's memory bandwidth, and transformers' generate also "
+            "spends time launching each layer's kernels, most of a step for a small model."
+        )
     return time
 
 

@@ -260,6 +260,10 @@ def test_grpo_reward_functions_go_with_the_config(tmp_path):
     files = training_files(tmp_path / "mine.yml", "4090")
     assert files["scores.py"] == (tmp_path / "scores.py").read_bytes()
     assert "COPY scores.py ./" in files[DOCKERFILE].decode()
+    # the training time the summary shows for the track's GPU: generation in it, as for other methods a verdict
+    projected = json.loads(files["pins.json"])["projected_training_time"]
+    assert "on the NVIDIA RTX 4090 (" in projected[0] and "; generation: " in projected[0]
+    assert "of it generating), within the 24 h 00 min limit" in projected[0]
     folder = tmp_path / "training"
     for name, data in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ TRL's arguments) and logs that function's rewards, its adapter moved by them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -16,10 +17,11 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
-from llmkit.config.plan import GRPO_UNPLANNED, plan
+from llmkit.config.plan import plan
 from llmkit.config.schema import ConfigError, ConfigWarning, load_config
-from llmkit.config.sections import GRPO_CONFIG_KEYS
-from llmkit.data.preference import build_preference_datasets
+from llmkit.config.sections import GRPO_CONFIG_KEYS, GRPO_DEFAULT_COMPLETION_TOKENS
+from llmkit.core.challenge import TRACKS
+from llmkit.data.preference import build_preference_datasets, epoch_pair_tokens
 from llmkit.data.sources import DataError
 from llmkit.train.run import train, training_arguments
 from llmkit.train.validate import validate
@@ -201,18 +203,97 @@ def test_grpo_says_its_own_batch_and_why_it_has_no_causal_lm_eval(tiny_config, t
     text = console.export_text()
     assert "tokens per optimizer step" not in text  # not micro_batch_size x sequence_len: GRPO trains completions
     assert "completions per optimizer step" in text
-    assert "4 (2 x 2 accum x 1 GPU), each its prompt and at most 6 generated tokens; unknown: rl: grpo" in text
+    assert "4 (2 x 2 accum x 1 GPU), each its prompt and at most 6 generated tokens; generated 4 at once" in text
 
 
-def test_the_plan_counts_generations_and_projects_no_grpo_time_or_memory(tiny_config, tmp_path):
+def test_validate_projects_grpo_time_and_memory_with_their_verdicts(tiny_config, tmp_path):
+    """validate said GRPO's time and memory were not projected; it prints both, generation in them, and the
+    verdicts other methods get."""
+    console = Console(width=400, record=True)
+    assert validate(_grpo_config(tiny_config, tmp_path, max_steps=None, num_epochs=1), console=console) == 0
+    text = console.export_text()
+    assert "not projected" not in text
+    assert "Estimated training memory per GPU" in text and "generation" in text
+    assert text.count("fits") >= 4  # each track's memory and time
+    assert "of it generating), within the 24 h 00 min limit" in text
+    assert "memory-bound" in text and "1008 GB/s" in text  # the 4090's bandwidth
+
+
+def test_the_grpo_projection_is_the_hand_calculation(tiny_config, tmp_path, tiny_model_dir, tokenizer):
+    """GRPO's time and memory on the tiny Llama (LoRA r=4 on every linear layer, 16-bit base, beta 0.1), from its
+    config.json's sizes and the real tokenizer's prompts, worked out here by hand."""
+    trl = {"num_generations": 2, "max_completion_length": 6, "reward_funcs": ["rewards.token_sum"], "beta": 0.1}
+    cfg = load_config(_grpo_config(tiny_config, tmp_path, max_steps=None, num_epochs=1, trl=trl))
+    data = epoch_pair_tokens(cfg, tokenizer)
+    p = plan(cfg, data=data)
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    h, i, layers, vocab = (config[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size"))
+    kv = config["num_key_value_heads"] * h // config["num_attention_heads"]  # 32
+    params = vocab * h + layers * (2 * h * h + 2 * h * kv + 3 * h * i + 2 * h) + h  # tied embeddings
+    lora = layers * 4 * (2 * (h + h) + 2 * (h + kv) + 3 * (h + i))  # r=4 on q, o; k, v; gate, up, down
+    assert (p.shape.num_params, p.trainable_params) == (params, lora)
+    # the prompts as TRL renders them: the chat template with the generation prompt
+    prompts = [[{"role": "user", "content": "Q: " + row["question"]}] for row in ROWS]
+    rendered = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in prompts]
+    prompt = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in rendered) / 4
+    # 4 prompts, 1 a step (2 x 1 accum completions, 2 of a prompt): 4 steps, one generate() of 2 completions each
+    completions, made, calls = 8, 6, 4
+    assert p.steps == calls and p.tokens == math.ceil(completions * (prompt + made))
+    kv_bytes = 2 * layers * kv * 2  # K and V, bf16, a token
+    for t, m in zip(p.training_time, p.memory, strict=True):
+        spec = TRACKS[t.track]
+        step_tokens_per_s = 8 * 2048 / 5.2 * (spec.bf16_tflops / 312) * (7e9 / params)  # LoRA's published pace
+        # forward-only a trained sequence: the reference (the adapter disabled) and the prompt's prefill, each pass
+        # half a LoRA step's FLOPs
+        tokens_per_s = step_tokens_per_s / (1 + (1 + prompt / (prompt + made)) * 0.5)
+        read = params * 2 + lora * 4 + 2 * (prompt + (made - 1) / 2) * kv_bytes  # weights, 2 sequences' KV so far
+        step_s = max(read / (spec.memory_bandwidth_gbs * 1e9), 2 * 0.5 / step_tokens_per_s)
+        assert t.tokens_per_s == pytest.approx(tokens_per_s)
+        assert t.generation_s == pytest.approx(calls * made * step_s)
+        assert t.projected_s == pytest.approx(p.tokens / tokens_per_s + calls * made * step_s)
+        # memory: a micro-batch of 2 completions of at most 96 + 6 tokens, logits over the 6 completion tokens
+        layer = 2 * (6 * h + 4 * kv + 4 * i)  # a token's activations of a layer, bf16
+        activations = 2 * (96 + 6) * layers * layer + 2 * 6 * vocab * (2 + 8)
+        generation = 2 * (96 + 6) * kv_bytes + 2 * 96 * layer + 2 * vocab * (2 + 8)  # KV cache, prefill, last logits
+        weights = params * 2 + 2 * lora  # the 16-bit base (no reference copy) and autocast's copies of the adapter
+        trainable = lora * (4 + 4 + 8)  # fp32 weights, gradients, AdamW's two states
+        peak = weights + trainable + max(activations, generation)
+        assert (m.weights, m.trainable, m.activations, m.generation) == (weights, trainable, activations, generation)
+        assert m.total == pytest.approx(peak + 1024**3 + 0.05 * peak, abs=2)
+
+
+def test_grpo_holds_a_reference_copy_only_for_a_full_fine_tune_under_beta(tiny_config, tmp_path):
+    """TRL's GRPOTrainer loads a reference model under a KL penalty, a copy for a full fine-tune and none for an
+    adapter (the adapter disabled); a run whose prompts cannot be counted says its generation is left out."""
+    trl = {"num_generations": 2, "max_completion_length": 6, "reward_funcs": ["rewards.token_sum"]}
+    for adapter, copy in (("lora", 0), (None, 2)):  # a full fine-tune's bf16 weights
+        keys = {"adapter": adapter} if adapter else {"adapter": None, "lora_target_linear": None}
+        plain, under_beta = (
+            plan(load_config(_grpo_config(tiny_config, tmp_path, **keys, trl=trl | beta)))
+            for beta in ({}, {"beta": 0.1})
+        )
+        assert len(plain.memory) == len(under_beta.memory) == 2  # a track each
+        for before, now in zip(plain.memory, under_beta.memory, strict=True):
+            assert now.weights - before.weights == copy * plain.shape.num_params, adapter
+        for before, now in zip(plain.training_time, under_beta.training_time, strict=True):
+            assert now.tokens_per_s < before.tokens_per_s and "forward-only" in now.sentence()
+    hub = _grpo_config(tiny_config, tmp_path, datasets=[{"path": "org/prompts"}], max_steps=None)
+    unknown = plan(load_config(hub))
+    assert unknown.tokens is None and unknown.steps is None
+    assert all(t.verdict().endswith("tokens trained, less the generation's time") for t in unknown.training_time)
+
+
+def test_the_plan_counts_generations_as_trl_configures_them(tiny_config, tmp_path):
     cfg = load_config(_grpo_config(tiny_config, tmp_path, max_steps=None, num_epochs=1))
     p = plan(cfg)
     assert p.steps == 4  # 4 prompts x 2 completions, 2 completions a step
-    assert p.tokens is None and p.tokens_basis == GRPO_UNPLANNED.format("time")
-    assert p.memory == [] and all(t.fits is None for t in p.training_time)
+    assert p.rollout.completion_tokens == 6 and p.rollout.sequences == 2
     args = training_arguments(cfg, cfg.optimizer.value)
     assert type(args).__name__ == "GRPOConfig"
     assert (args.num_generations, args.max_completion_length, args.use_vllm, args.beta) == (2, 6, False, 0.0)
+    assert (args.generation_batch_size, args.steps_per_generation, args.num_iterations) == (2, 1, 1)
+    defaults = {field.name: field.default for field in dataclasses.fields(type(args))}
+    assert defaults["max_completion_length"] == GRPO_DEFAULT_COMPLETION_TOKENS  # what the plan takes when unset
 
 
 def test_the_plan_counts_steps_as_trls_sampler_hands_out_prompts(tiny_config, tmp_path):
@@ -342,6 +423,21 @@ def test_every_grpo_key_of_axolotl_is_passed_to_grpoconfig_by_name(tiny_config, 
     _assert_grpo_keys(training_arguments(cfg, cfg.optimizer.value), ref_model_mixup_alpha=0.5, ref_model_sync_steps=3)
     # μ passes over each generation batch: the plan counts them (4 prompts x 2 completions x 2 passes, 2 a step)
     assert plan(load_config(_grpo_keys_config(tiny_config, tmp_path), {"max_steps": None})).steps == 8
+
+
+def test_the_projection_generates_once_per_num_iterations_steps(tiny_config, tmp_path):
+    # TRL generates once every num_iterations optimizer steps and trains each of them on that generation, so μ
+    # passes train μ times the tokens from the same generate() calls, with one more forward pass per generation (the
+    # log-probabilities the completions had when generated)
+    path = _grpo_config(tiny_config, tmp_path, max_steps=None)
+    trl = {"num_generations": 2, "max_completion_length": 6, "reward_funcs": ["rewards.token_sum"]}
+    once, twice = (plan(load_config(path, {"trl": trl | {"num_iterations": n}})) for n in (1, 2))
+    assert twice.steps == 2 * once.steps and twice.rollout.calls == once.rollout.calls
+    assert twice.tokens == 2 * once.tokens
+    assert "each trained 2 times (trl.num_iterations)" in twice.tokens_basis
+    for one, two in zip(once.training_time, twice.training_time, strict=True):
+        assert two.generation_s == one.generation_s > 0
+        assert two.tokens_per_s < one.tokens_per_s  # the generation's log-probabilities: one more pass
 
 
 def test_bad_grpo_values_are_errors_naming_the_key(tiny_config, tmp_path):
