@@ -40,6 +40,7 @@ from llmkit.config.sections import (
     GRPO_DEFAULT_GENERATIONS,
     GRPO_SYNC_DEFAULTS,
     VLLM_TRL_KEYS,
+    TYPE_MAPPINGS,
     Adapter,
     BnbConfigKwargs,
     CustomPrompt,
@@ -47,6 +48,7 @@ from llmkit.config.sections import (
     DatasetSpec,
     DatasetType,
     DsType,
+    KTOPrompt,
     KTOType,
     LoraSection,
     LrScheduler,
@@ -481,21 +483,13 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         names = ", ".join(kind.value for kind in read)
         names += "" if self.rl is RLMethod.orpo else ", or a {field_prompt, field_chosen, ...} mapping"
         for key, i, spec in self.dataset_entries():
-            if self.rl is RLMethod.orpo and isinstance(spec.type, (CustomPrompt, PreferencePrompt)):
+            if self.rl is RLMethod.orpo and isinstance(spec.type, TYPE_MAPPINGS):
                 raise ValueError(
-                    f"{key}[{i}].type: a mapping is axolotl's DPO user-defined format, which rl: orpo does not read;"
-                    f" supported: {names}, or no type (rows already prompt, chosen, rejected)"
+                    f"{key}[{i}].type: a mapping is axolotl's user-defined DPO or KTO format, which rl: orpo does "
+                    f"not read; supported: {names}, or no type (rows already prompt, chosen, rejected)"
                 )
-            if isinstance(spec.type, CustomPrompt):
-                given, keys = sorted(spec.type.model_fields_set), ", ".join(PreferencePrompt.model_fields)
-                if not set(given) <= set(PreferencePrompt.model_fields):
-                    raise ValueError(
-                        f"{key}[{i}].type: {', '.join(given)}: keys of axolotl's SFT user-defined prompt; the "
-                        f"preference mapping rl: {self.rl.value} reads takes {keys}"
-                    )
-                # {} or {field_system}: keys both mappings have, read as the preference one
-                spec.type = PreferencePrompt(**spec.type.model_dump(include=set(given)))
-            if isinstance(spec.type, PreferencePrompt):
+            if isinstance(spec.type, TYPE_MAPPINGS):
+                self._read_mapping_as(PreferencePrompt, key, i, spec)
                 continue
             if spec.type is not None and spec.type not in {kind.value for kind in read}:
                 other = "dpo" if self.rl is RLMethod.orpo else "orpo"  # axolotl loads each method's from its module
@@ -507,16 +501,37 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 raise ValueError(f"{key}[{i}].type: {spec.type_name} {what}; supported: {names}")
         return self
 
+    def _read_mapping_as(
+        self, mapping: type[PreferencePrompt | KTOPrompt], key: str, i: int, spec: DatasetSpec
+    ) -> None:
+        """A `type:` mapping read as the user-defined format of this `rl` (`mapping`; axolotl reads any mapping as
+        its method's user_defined.default): one whose keys that format has too ({}, {field_prompt, prompt_format},
+        ...) becomes it; a key of another format is an error naming it."""
+        assert isinstance(spec.type, TYPE_MAPPINGS)  # the callers' check
+        if isinstance(spec.type, mapping):
+            return
+        given = spec.type.model_fields_set
+        if foreign := sorted(given - set(mapping.model_fields)):
+            whose = {
+                CustomPrompt: "axolotl's SFT user-defined prompt",
+                PreferencePrompt: "axolotl's DPO user-defined mapping (rl: dpo)",
+                KTOPrompt: "axolotl's KTO user-defined mapping (rl: kto)",
+            }[type(spec.type)]
+            what = "KTO" if mapping is KTOPrompt else "preference"
+            raise ValueError(
+                f"{key}[{i}].type: {', '.join(foreign)}: keys of {whose}; the {what} mapping rl: {self.rl.value} "
+                f"reads takes {', '.join(mapping.model_fields)}"
+            )
+        spec.type = mapping(**spec.type.model_dump(include=given))
+
     def _check_kto_types(self) -> AxolotlConfig:
-        """rl: kto reads axolotl's kto strategies (rows with one completion and a label), or rows already {prompt,
-        completion, label}; DPO's names mean other rows there, and axolotl's user-defined KTO mapping is not read."""
+        """rl: kto reads axolotl's kto strategies (rows with one completion and a label), its user-defined KTO
+        mapping, or rows already {prompt, completion, label}; DPO's names mean other rows there."""
         names = ", ".join(kind.value for kind in KTOType)
         for key, i, spec in self.dataset_entries():
-            if isinstance(spec.type, (CustomPrompt, PreferencePrompt)):
-                raise ValueError(
-                    f"{key}[{i}].type: a mapping (axolotl's kto user_defined.default) is not implemented for rl: kto; "
-                    f"supported: {names}, or no type (rows already prompt, completion, label)"
-                )
+            if isinstance(spec.type, TYPE_MAPPINGS):
+                self._read_mapping_as(KTOPrompt, key, i, spec)
+                continue
             if spec.type is not None and spec.type not in KTOType._value2member_map_:
                 what = (
                     "is a pair type (axolotl's dpo and orpo strategies), which rl: kto does not read"
@@ -569,7 +584,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 "val_set_size and test_datasets"
             )
         for key, i, spec in self.dataset_entries():
-            if isinstance(spec.type, (CustomPrompt, PreferencePrompt)) or (spec.type and not spec.user_module):
+            if isinstance(spec.type, TYPE_MAPPINGS) or (spec.type and not spec.user_module):
                 raise ValueError(
                     f"{key}[{i}].type: {spec.type_name} is not a GRPO dataset type; rl: grpo reads module.function "
                     "(axolotl's transform in a Python file beside the config or in the current directory), or no "
@@ -588,15 +603,19 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             "tokenized (input_ids, labels), which axolotl reads without a type, are not supported: write them as "
             "text with type: input_output (segments of {label, text}: the false ones masked)"
         )
-        preference = (
-            "a {field_prompt, field_chosen, field_rejected, ...} mapping is axolotl's preference format, read under "
-            "rl only (rl: dpo); the SFT mapping takes field_instruction, format, ..."
-        )
+        preference = {
+            PreferencePrompt: "a {field_prompt, field_chosen, field_rejected, ...} mapping is axolotl's preference "
+            "format, read under rl only (rl: dpo); the SFT mapping takes field_instruction, format, ...",
+            KTOPrompt: "a {field_prompt, field_completion, field_label, ...} mapping is axolotl's KTO format, read "
+            "under rl: kto only; the SFT mapping takes field_instruction, format, ...",
+        }
         problems = [
             (key, i, spec.type_problem() if spec.type else required) for key, i, spec in self.dataset_entries()
         ]
         problems += [
-            (key, i, preference) for key, i, spec in self.dataset_entries() if isinstance(spec.type, PreferencePrompt)
+            (key, i, preference[type(spec.type)])
+            for key, i, spec in self.dataset_entries()
+            if isinstance(spec.type, (PreferencePrompt, KTOPrompt))
         ]
         wrong = [f"{key}[{i}].type: {problem}" for key, i, problem in problems if problem]
         if wrong:

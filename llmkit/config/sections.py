@@ -816,8 +816,33 @@ class PreferencePrompt(_FormatMapping):
     rejected_format: str = Field("{rejected}", description="How the worse answer is written; placeholder {rejected}.")
 
 
-# The keys that make a `type:` mapping the preference one (the rest it shares with CustomPrompt, or has none).
+class KTOPrompt(_FormatMapping):
+    """A `type:` given as a mapping under rl: kto: axolotl's user-defined KTO format (kto/user_defined.py, as its
+    RLHF docs write it).
+
+    The row is its prompt and completion fields, each written with its format, and its label field; `{system}` in
+    prompt_format is the row's system field ("" where the row has none). Nothing else is added: no chat template.
+    """
+
+    PLACEHOLDERS: ClassVar[dict[str, set[str]]] = {
+        "prompt_format": {"prompt", "system"},
+        "completion_format": {"completion"},
+    }
+
+    field_prompt: str = Field("prompt", description="Row field holding the prompt.")
+    field_system: str = Field("system", description="Row field holding a system text (optional).")
+    field_completion: str = Field("completion", description="Row field holding the answer.")
+    field_label: str = Field("label", description="Row field holding true (a desirable answer) or false.")
+    prompt_format: str = Field("{prompt}", description="How the prompt is written; placeholders {prompt}, {system}.")
+    completion_format: str = Field("{completion}", description="How the answer is written; placeholder {completion}.")
+
+
+# `type:` given as a mapping: axolotl's user-defined SFT prompt, DPO pair or KTO row.
+TYPE_MAPPINGS = (CustomPrompt, PreferencePrompt, KTOPrompt)
+# The keys that make a `type:` mapping the preference one (the rest it shares with CustomPrompt, or has none), and
+# the KTO one (the rest it shares with the preference one).
 _PREFERENCE_ONLY = frozenset(PreferencePrompt.model_fields) - frozenset(CustomPrompt.model_fields)
+_KTO_ONLY = frozenset(KTOPrompt.model_fields) - frozenset(PreferencePrompt.model_fields)
 
 
 def _mapping_problem(error: ErrorDetails, mapping: type[BaseModel]) -> str:
@@ -848,11 +873,12 @@ class DatasetSpec(BaseModel):
     model_config = _SECTION
 
     path: str = Field(description="Hub dataset id, or a local file or folder.")
-    type: str | CustomPrompt | PreferencePrompt | None = Field(
+    type: str | CustomPrompt | PreferencePrompt | KTOPrompt | None = Field(
         None,
         description="Prompt format: a name from the README's dataset-type table (alpaca, alpaca:chat, "
         "alpaca_chat.load_qa, chat_template, ...), a user-defined {field_instruction, format, ...} mapping (under "
-        "rl: {field_prompt, field_chosen, field_rejected, prompt_format, ...}), or module.function of a Python file "
+        "rl: {field_prompt, field_chosen, field_rejected, prompt_format, ...}; rl: kto: {field_prompt, "
+        "field_completion, field_label, prompt_format, completion_format, ...}), or module.function of a Python file "
         "beside the config. Required, except under rl: there, left out, the rows are already {prompt, chosen, "
         "rejected} texts, used as they are.",
     )
@@ -947,11 +973,15 @@ class DatasetSpec(BaseModel):
     @classmethod
     def _mapping_type(cls, value: object) -> object:
         # Validated here so that its errors read `datasets[0].type: format: ...`, not as a failed union branch. A
-        # mapping with a preference key is the preference one (the config's rl check says if rl is not set); one
-        # without is the SFT one, which the rl check turns into the preference one where it can be read as one.
+        # mapping with a KTO key (field_completion, field_label, completion_format) is the KTO one, with another
+        # preference key the preference one (the config's rl check says if rl is not set or is another); one
+        # without either is the SFT one, which the rl check turns into the rl's own where it can be read as one.
         if not isinstance(value, dict):
             return value
-        mapping = PreferencePrompt if _PREFERENCE_ONLY & value.keys() else CustomPrompt
+        mapping: type[_FormatMapping] = (
+            KTOPrompt if _KTO_ONLY & value.keys() else PreferencePrompt if _PREFERENCE_ONLY & value.keys()
+            else CustomPrompt
+        )  # fmt: skip
         try:
             return mapping.model_validate(value)
         except ValidationError as err:
@@ -1002,7 +1032,7 @@ class DatasetSpec(BaseModel):
 
     def type_problem(self) -> str | None:
         """What is wrong with `type`, or None (a user module is only looked for when the data is built)."""
-        if isinstance(self.type, (DatasetType, CustomPrompt, PreferencePrompt)):
+        if isinstance(self.type, (DatasetType, *TYPE_MAPPINGS)):
             return None
         try:
             parse_dataset_type(self.type)
@@ -1021,7 +1051,7 @@ class DatasetSpec(BaseModel):
     @property
     def base_type(self) -> DatasetType | None:
         """The named type without its `:style`; None for a mapping or a user's module."""
-        if isinstance(self.type, (CustomPrompt, PreferencePrompt)):
+        if isinstance(self.type, TYPE_MAPPINGS):
             return None
         parsed = parse_dataset_type(self.type)
         return parsed[0] if parsed else None
@@ -1029,14 +1059,14 @@ class DatasetSpec(BaseModel):
     @property
     def user_module(self) -> str | None:
         """The `module.function` naming the user's own strategy, or None."""
-        if self.type is None or isinstance(self.type, (CustomPrompt, PreferencePrompt, DatasetType)):
+        if self.type is None or isinstance(self.type, (*TYPE_MAPPINGS, DatasetType)):
             return None  # None: rl's rows as they are
         return self.type if parse_dataset_type(self.type) is None else None
 
     @property
     def type_name(self) -> str:
         """`type` as the stats table shows it."""
-        if isinstance(self.type, (CustomPrompt, PreferencePrompt)):
+        if isinstance(self.type, TYPE_MAPPINGS):
             return "custom"
         if self.type is None:
             return "prompt/chosen/rejected as they are"

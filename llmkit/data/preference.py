@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 from datasets import Dataset, concatenate_datasets
 
 from llmkit.config.plan import TokenizedSplit
-from llmkit.config.sections import DatasetSpec, KTOType, PreferencePrompt, PreferenceType, RLMethod
+from llmkit.config.sections import DatasetSpec, KTOPrompt, KTOType, PreferencePrompt, PreferenceType, RLMethod
 from llmkit.core.errors import short_repr
 from llmkit.data.chat import ChatDefaults, template_for_rows
 from llmkit.data.fields import FieldError, RowError, absent, text_field
@@ -367,16 +367,16 @@ def _without_double_bos(build: Callable[[RawRow], Row], tokenizer: PreTrainedTok
     return build_once
 
 
-def _label(row: RawRow) -> bool:
+def _label(row: RawRow, field: str = "label") -> bool:
     """A row's label: a bool, or the text true or false in any case (a CSV file's columns are read as text, so
     its TRUE or False comes as a string; a JSON file's "true" says the same)."""
-    value = row.get("label")
+    value = row.get(field)
     if value is None:
-        raise absent(row, "label")
+        raise absent(row, field)
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
     if not isinstance(value, bool):  # TRL splits a batch on it: 1 or "yes" would be read as a number or fail there
-        raise FieldError("label", f"must be true (a desirable answer) or false, got {short_repr(value)}")
+        raise FieldError(field, f"must be true (a desirable answer) or false, got {short_repr(value)}")
     return value
 
 
@@ -420,6 +420,21 @@ def _question_and_answer(row: RawRow) -> tuple[str, str]:
             f"its label rates), got {got}; llama3.argilla_chat reads a longer conversation, its last turn the answer",
         )
     return _turn_content(row, "completion", 0), _turn_content(row, "completion", 1)
+
+
+def _user_defined_kto(mapping: KTOPrompt) -> KTOBuilder:
+    """A `type:` mapping under rl: kto: the row's prompt and completion fields written with the mapping's formats
+    and its label field, as axolotl's kto/user_defined.py is documented to (a missing or empty system field is "")."""
+
+    def build(row: RawRow) -> KTORow:
+        system = text_field(row, mapping.field_system, optional=True)
+        return KTORow(
+            prompt=mapping.prompt_format.format(prompt=text_field(row, mapping.field_prompt), system=system),
+            completion=mapping.completion_format.format(completion=text_field(row, mapping.field_completion)),
+            label=_label(row, mapping.field_label),
+        )
+
+    return build
 
 
 def _is_conversational(row: RawRow) -> bool:
@@ -475,7 +490,8 @@ def kto_builder(
     spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, defaults: ChatDefaults | None = None
 ) -> KTOBuilder:
     """What turns one of the spec's rows into a `KTORow` (rl: kto): axolotl's kto strategies write the chat format
-    themselves, the answer closed by its turn's end marker; no type: rows already {prompt, completion, label}, as
+    themselves, the answer closed by its turn's end marker; a mapping writes the row's fields with its formats; no
+    type: rows already {prompt, completion, label}, as
     strings or in TRL's conversational form (rendered with the chat template, `_conversational_kto`).
 
     Raises:
@@ -493,6 +509,8 @@ def kto_builder(
             )
 
         return _without_double_bos(as_they_are, tokenizer)
+    if isinstance(spec.type, KTOPrompt):
+        return _without_double_bos(_user_defined_kto(spec.type), tokenizer)
     if not isinstance(spec.type, str) or spec.type not in KTOType._value2member_map_:
         names = ", ".join(kind.value for kind in KTOType)
         raise ValueError(f"type {spec.type!r} is not a KTO dataset type; supported: {names}")

@@ -80,8 +80,6 @@ def test_kto_keys_and_types(make_cfg):
         make_cfg(
             rows, rl="kto", micro_batch_size=2, test_datasets=[{"path": "t.jsonl", "type": "chat_template.default"}]
         )
-    with pytest.raises(ValueError, match=r"datasets\[0\]\.type: a mapping \(axolotl's kto user_defined\.default\)"):
-        make_cfg([{"path": "k.jsonl", "type": {"field_prompt": "q"}}], rl="kto", micro_batch_size=2)
     with pytest.raises(ValueError, match=r"rpo_alpha, dpo_use_weighting: options of DPO's loss, not rl: kto's"):
         make_cfg(rows, rl="kto", micro_batch_size=2, rpo_alpha=1.0, dpo_use_weighting=True)
     with pytest.raises(ValueError, match=r"kto_desirable_weight: KTO's, read with rl: kto, not rl: dpo"):
@@ -96,6 +94,52 @@ def test_kto_keys_and_types(make_cfg):
         r"sequence_len, and a row cut short rates an answer that is not the data's",
     ):
         make_cfg(rows, rl="kto", micro_batch_size=2, excess_length_strategy="truncate")
+
+
+def test_a_type_mapping_is_axolotls_user_defined_kto_format(make_cfg, tokenizer, tmp_path):
+    """axolotl's `type: {field_prompt, field_completion, field_label, prompt_format, completion_format}` under
+    rl: kto (its kto user_defined.default) was refused as not implemented."""
+    rows = [
+        {"q": "Name a colour.", "sys": "Be brief.", "answer": "Red", "good": True},
+        {"q": "Name a fruit.", "answer": "Nine", "good": "FALSE"},  # no system field: {system} is ""
+    ]
+    mapping = {
+        "field_prompt": "q",
+        "field_system": "sys",
+        "field_completion": "answer",
+        "field_label": "good",
+        "prompt_format": "[{system}] Q: {prompt}\nA:",
+        "completion_format": " {completion}.",
+    }
+    cfg = make_cfg([{"path": str(_rows(tmp_path, rows)), "type": mapping}], rl="kto", micro_batch_size=2)
+    assert sorted(build_preference_datasets(cfg, tokenizer).train, key=lambda row: row["prompt"]) == [
+        {"prompt": "[Be brief.] Q: Name a colour.\nA:", "completion": " Red.", "label": True},
+        {"prompt": "[] Q: Name a fruit.\nA:", "completion": " Nine.", "label": False},
+    ]
+    # keys the DPO mapping shares ({}, field_prompt, prompt_format) are read as the KTO mapping under rl: kto
+    plain = _rows(tmp_path, [{"prompt": "Hi.", "completion": " Hello", "label": True}] * 2, "plain.jsonl")
+    cfg = make_cfg([{"path": str(plain), "type": {"prompt_format": "Q: {prompt}"}}], rl="kto", micro_batch_size=2)
+    assert build_preference_datasets(cfg, tokenizer).train[0] == {"prompt": "Q: Hi.", "completion": " Hello",
+                                                                  "label": True}  # fmt: skip
+    bad = _rows(tmp_path, [rows[0], {**rows[0], "good": 2}], "bad.jsonl")
+    cfg = make_cfg([{"path": str(bad), "type": mapping}], rl="kto", micro_batch_size=2)
+    with pytest.raises(DataError, match=rf"{bad}: row 2: field 'good' must be true .* or false, got 2"):
+        build_preference_datasets(cfg, tokenizer)
+
+    mapping_said = r"datasets\[0\]\.type: "  # the rl check's errors; the mapping's own come from its field
+    for keys, rl, said in [
+        ({"field_chosen": "a"}, "kto", mapping_said + r"field_chosen: keys of axolotl's DPO user-defined mapping "
+         r"\(rl: dpo\); the KTO mapping rl: kto reads takes field_prompt, field_system, field_completion"),
+        ({"field_label": "a"}, "dpo", mapping_said + r"field_label: keys of axolotl's KTO user-defined mapping "
+         r"\(rl: kto\); the preference mapping rl: dpo reads"),
+        ({"field_completion": "a"}, None, mapping_said + r"a \{field_prompt, field_completion, field_label, "
+         r"\.\.\.\} mapping is axolotl's KTO format, read under rl: kto only"),
+        ({"completion_format": "{chosen}"}, "kto", r"completion_format: unknown placeholder \{chosen\}; use "
+         r"\{completion\}"),
+        ({"field_lable": "a", "field_label": "b"}, "kto", r"field_lable: unknown key \(did you mean field_label\?\)"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=said):
+            make_cfg([{"path": "k.jsonl", "type": keys}], rl=rl, micro_batch_size=2)
 
 
 def test_kto_settings_reach_trl(tiny_config, tmp_path):

@@ -66,7 +66,7 @@ def test_orpo_keys_and_types(make_cfg, tmp_path):
         make_cfg([{"path": "p.jsonl", "type": "chatml.intel"}], rl="orpo")
     with pytest.raises(ValueError, match=r"chat_template\.argilla is rl: orpo's type .* rl: dpo does not read"):
         make_cfg(argilla, rl="dpo")
-    with pytest.raises(ValueError, match=r"a mapping is axolotl's DPO user-defined format, which rl: orpo does not"):
+    with pytest.raises(ValueError, match=r"a mapping is axolotl's user-defined DPO or KTO format, which rl: orpo"):
         make_cfg([{"path": "p.jsonl", "type": {"field_prompt": "q"}}], rl="orpo")
     with pytest.raises(ValueError, match=r"rpo_alpha, dpo_use_weighting: options of DPO's loss, not rl: orpo's"):
         make_cfg(argilla, rl="orpo", rpo_alpha=1.0, dpo_use_weighting=True)
