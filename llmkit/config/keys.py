@@ -118,8 +118,6 @@ REFUSED_KEYS = {
     "peft_ensure_weight_tying": "tying adapter weights across tied embeddings is not implemented",
     "use_pose": "PoSE context extension (skipped position ids) is not implemented",
     "fp8": "FP8 mixed-precision training is not implemented",
-    "dpo_loss_type": "DPO loss variants are not implemented; rl: dpo/ipo set the loss",
-    "dpo_loss_weights": "DPO loss variants are not implemented; rl: dpo/ipo set the loss",
     "use_eaft": "the entropy-aware focal loss (EAFT) is not implemented",
     "ebft": "energy-based fine-tuning (EBFT) is not implemented",
     "jagged_restart_steps": "jagged learning-rate restarts are not implemented",

@@ -40,6 +40,7 @@ from llmkit.config.sections import (
     GRPO_DEFAULT_GENERATIONS,
     GRPO_SYNC_DEFAULTS,
     VLLM_TRL_KEYS,
+    SMOOTHED_DPO_LOSSES,
     TYPE_MAPPINGS,
     Adapter,
     BnbConfigKwargs,
@@ -410,6 +411,8 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             set_keys = [key for key in keys.split() if getattr(self, key) is not None]
             set_keys += ["trl.beta"] if self.trl and self.trl.beta is not None else []
             set_keys += ["dpo_use_weighting"] if self.dpo_use_weighting else []
+            set_keys += [key for key in ("dpo_loss_type", "dpo_loss_weights") if getattr(self, key) is not None]
+            set_keys += ["dpo_label_smoothing"] if self.dpo_label_smoothing else []
             if set_keys:
                 raise ValueError(f"{', '.join(set_keys)}: preference-training keys, but rl is not set (rl: dpo)")
             if self.trl and self.trl.grpo_keys:
@@ -446,11 +449,6 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             raise ValueError(
                 f"excess_length_strategy: truncate does not work with rl: {self.rl.value} ({why}); {instead}"
             )
-        if self.dpo_label_smoothing:
-            raise ValueError(
-                "dpo_label_smoothing: TRL 1.16's sigmoid DPO loss has no label smoothing (conservative DPO); "
-                "llmkit does not implement it; set 0"
-            )
         if self.orpo_alpha is not None and self.rl is not RLMethod.orpo:
             raise ValueError(f"orpo_alpha: ORPO's weight, read with rl: orpo; rl: {self.rl.value}'s beta is rl_beta")
         simpo_keys = [key for key in ("simpo_gamma", "cpo_alpha") if getattr(self, key) is not None]
@@ -468,13 +466,22 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 "micro_batch_size: rl: kto needs at least 2 (TRL's KTO estimates its KL term from each row's prompt "
                 "with another row's answer of the same micro-batch)"
             )
+        # axolotl passes these under rl: dpo only (rl: ipo's loss is TRL's [ipo], whatever they say)
+        dpo_losses = [key for key in ("dpo_loss_type", "dpo_loss_weights") if getattr(self, key) is not None]
+        dpo_losses += ["dpo_label_smoothing"] if self.dpo_label_smoothing else []
         if not self.rl.is_dpo:  # DPO's options: ORPOTrainer, CPOTrainer and KTOTrainer have none of them
             dpo_only = ["rpo_alpha"] if self.rpo_alpha is not None else []
             dpo_only += ["dpo_use_weighting"] if self.dpo_use_weighting else []
-            if dpo_only:
-                raise ValueError(
-                    f"{', '.join(dpo_only)}: options of DPO's loss, not rl: {self.rl.value}'s; remove them"
-                )
+            if dpo_only + dpo_losses:
+                named = ", ".join(dpo_only + dpo_losses)
+                raise ValueError(f"{named}: options of DPO's loss, not rl: {self.rl.value}'s; remove them")
+        if self.rl is RLMethod.ipo and dpo_losses:
+            raise ValueError(
+                f"{', '.join(dpo_losses)}: read with rl: dpo; rl: ipo's loss is TRL's ipo alone (axolotl drops "
+                "them): use rl: dpo with dpo_loss_type: [ipo, ...] to combine it"
+            )
+        if self.rl is RLMethod.dpo:
+            self._check_dpo_losses()
         if self.rl is RLMethod.kto:
             return self._check_kto_types()
         if self.rl is RLMethod.grpo:
@@ -500,6 +507,40 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 )
                 raise ValueError(f"{key}[{i}].type: {spec.type_name} {what}; supported: {names}")
         return self
+
+    def _check_dpo_losses(self) -> None:
+        """rl: dpo's losses as TRL's DPOTrainer would refuse them, only once training starts: a weight per loss,
+        label smoothing where a loss reads it (EXO's required), no WPO weighting of the sorted aot losses, and one
+        chosen-NLL term (rpo_alpha adds TRL's sft loss)."""
+        losses = self.dpo_loss_type or ["sigmoid"]
+        given = "dpo_loss_type" if self.dpo_loss_type else "the default dpo_loss_type"
+        if self.dpo_loss_weights is not None and len(self.dpo_loss_weights) != len(losses):
+            raise ValueError(
+                f"dpo_loss_weights: {len(self.dpo_loss_weights)} weights for {len(losses)} losses of {given} "
+                f"{losses}; give one per loss"
+            )
+        if len(set(losses)) != len(losses):
+            raise ValueError(f"dpo_loss_type: {losses} names a loss twice; weight it with dpo_loss_weights instead")
+        smoothed = [loss for loss in losses if loss in SMOOTHED_DPO_LOSSES]
+        if self.dpo_label_smoothing and not smoothed:
+            raise ValueError(
+                f"dpo_label_smoothing: read by TRL's {', '.join(SMOOTHED_DPO_LOSSES)} losses only, none of {given} "
+                f"{losses}: it would change nothing; set 0, or add one of them"
+            )
+        if "exo_pair" in losses and not self.dpo_label_smoothing:
+            raise ValueError(
+                "dpo_label_smoothing: required above 0 with dpo_loss_type exo_pair (EXO's epsilon; its paper's 1e-3)"
+            )
+        if self.dpo_use_weighting and (sorted_losses := [loss for loss in losses if loss.startswith("aot")]):
+            raise ValueError(
+                f"dpo_use_weighting: TRL does not weight the {', '.join(sorted_losses)} loss (it sorts the pairs, "
+                "which would misalign their weights); remove one of them"
+            )
+        if self.rpo_alpha is not None and "sft" in losses:
+            raise ValueError(
+                "rpo_alpha: adds TRL's sft loss, which dpo_loss_type already has; weight that one with "
+                "dpo_loss_weights instead"
+            )
 
     def _read_mapping_as(
         self, mapping: type[PreferencePrompt | KTOPrompt], key: str, i: int, spec: DatasetSpec

@@ -403,6 +403,15 @@ class RLMethod(str, Enum):
         return "SimPO" if self is RLMethod.simpo else self.value.upper()
 
 
+# TRL 1.16's DPO losses (DPOConfig.loss_type), which dpo_loss_type names; TRL refuses another only mid-training.
+DPOLoss = Literal[
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+    "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+]  # fmt: skip
+# The ones that read label_smoothing (dpo_label_smoothing); the others leave it unread.
+SMOOTHED_DPO_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
+
+
 # axolotl's other `rl:` values: what each is (none is implemented here).
 UNSUPPORTED_RL = {
     "gdpo": "axolotl's GDPO",
@@ -1565,8 +1574,21 @@ class RLSection(BaseModel):
     rpo_alpha: float | None = Field(
         None, gt=0, description="rl: add the chosen answers' NLL loss x rpo_alpha (RPO; TRL sft loss, weighted)."
     )
+    dpo_loss_type: list[DPOLoss] | None = Field(
+        None,
+        min_length=1,
+        description="rl: dpo: TRL's DPO losses, summed (TRL loss_type; default [sigmoid]).",
+    )
+    dpo_loss_weights: list[float] | None = Field(
+        None, min_length=1, description="rl: dpo: a weight per dpo_loss_type loss (TRL loss_weights; default 1 each)."
+    )
     dpo_label_smoothing: float = Field(
-        0.0, ge=0, lt=0.5, description="rl: conservative DPO label smoothing; only 0 here (TRL 1.16 dropped it)."
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="rl: dpo: TRL label_smoothing, read by the robust, exo_pair (required there), aot and "
+        "aot_unpaired losses only.",
     )
 
     _rl = field_validator("rl", mode="before")(rl_method)
+    _loss_list = field_validator("dpo_loss_type", "dpo_loss_weights", mode="before")(one_as_list)

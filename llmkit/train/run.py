@@ -406,10 +406,12 @@ def _optim_args(value: str | dict[str, Any] | None) -> str | None:
 
 
 def _preference_loss(cfg: AxolotlConfig) -> dict[str, Any]:
-    """TRL's settings of the `rl:` loss: max_length and beta (unset: TRL's), and DPO's loss (sigmoid; ipo; plus the
-    chosen answers' NLL with rpo_alpha), ORPO's lambda (axolotl passes orpo_alpha, the odds-ratio loss's weight, as
-    TRL's beta), SimPO's gamma and cpo_alpha (unset: TRL's 1.0, as axolotl) or KTO's weights (unset: 1.0, as
-    axolotl) and its sequential order; GRPO's generation, rewards and loss (TrlSettings.grpo_settings)."""
+    """TRL's settings of the `rl:` loss: max_length and beta (unset: TRL's), and DPO's losses (dpo_loss_type, default
+    sigmoid, and dpo_loss_weights; ipo; plus the chosen answers' NLL with rpo_alpha) and label smoothing, ORPO's
+    lambda (axolotl passes orpo_alpha, the odds-ratio loss's weight, as TRL's beta), SimPO's gamma and cpo_alpha
+    (unset: TRL's 1.0, as axolotl) or KTO's weights (unset: 1.0, as axolotl) and its sequential order; GRPO's
+    generation, rewards and loss (TrlSettings.grpo_settings). The one place the config's rl keys become TRL's
+    settings."""
     beta = {} if cfg.preference_beta is None else {"beta": cfg.preference_beta}
     if cfg.rl is RLMethod.grpo:
         assert cfg.trl is not None  # rl: grpo requires trl.reward_funcs
@@ -426,12 +428,19 @@ def _preference_loss(cfg: AxolotlConfig) -> dict[str, Any]:
     if cfg.rl is RLMethod.simpo:
         settings.update(loss_type="simpo", simpo_gamma=cfg.simpo_gamma)
         return settings | ({} if cfg.cpo_alpha is None else {"cpo_alpha": cfg.cpo_alpha})
-    losses = ["ipo" if cfg.rl is RLMethod.ipo else "sigmoid"]
-    weights = None
+    # rl: dpo: dpo_loss_type and its weights, as axolotl passes them (rl: ipo: TRL's ipo alone)
+    losses = ["ipo"] if cfg.rl is RLMethod.ipo else list(cfg.dpo_loss_type or ["sigmoid"])
+    weights = list(cfg.dpo_loss_weights) if cfg.dpo_loss_weights else None
     if cfg.rpo_alpha:
-        losses.append("sft")  # RPO: DPO + rpo_alpha x the negative log-likelihood of the chosen answers
-        weights = [1.0, cfg.rpo_alpha]
-    return settings | {"loss_type": losses, "loss_weights": weights, "use_weighting": cfg.dpo_use_weighting}
+        # RPO: the losses + rpo_alpha x the negative log-likelihood of the chosen answers
+        weights = [*(weights or [1.0] * len(losses)), cfg.rpo_alpha]
+        losses.append("sft")
+    return settings | {
+        "loss_type": losses,
+        "loss_weights": weights,
+        "use_weighting": cfg.dpo_use_weighting,
+        "label_smoothing": cfg.dpo_label_smoothing,
+    }
 
 
 def _report_to(cfg: AxolotlConfig) -> list[str]:

@@ -481,7 +481,11 @@ def test_optimizer_names_are_transformers_and_axolotls(tmp_path):
         ),  # fmt: skip
         ({"datasets": [{"path": "x.jsonl", "type": "alpaca"}]}, "datasets[0].type: alpaca is not a preference"),
         ({"sample_packing": True}, "sample_packing: true does not work with rl: dpo"),
-        ({"dpo_label_smoothing": 0.1}, "dpo_label_smoothing: TRL 1.16's sigmoid DPO loss has no label smoothing"),
+        (
+            {"dpo_label_smoothing": 0.1},
+            "dpo_label_smoothing: read by TRL's robust, exo_pair, aot, aot_unpaired losses "
+            "only, none of the default dpo_loss_type ['sigmoid']",
+        ),  # fmt: skip
         ({"peft_method": "vera"}, "rl: dpo trains a LoRA adapter or the full model, not vera"),
         # axolotl's DFT replaces the causal LM loss, which DPO's loss never calls: the run would be plain DPO
         ({"use_dynamic_finetuning": True}, "use_dynamic_finetuning: true reweights the supervised cross-entropy"),

@@ -12,7 +12,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from llmkit.config.schema import load_config
+from llmkit.config.schema import ConfigError, load_config
 from llmkit.config.sections import DatasetSpec
 from llmkit.data.preference import build_preference_datasets, preference_builder
 from llmkit.data.sources import DataError
@@ -281,6 +281,55 @@ def test_ipo_rpo_and_beta_reach_trl(tiny_config, tmp_path):
     assert (args.max_length, args.use_weighting) == (96, True)
 
 
+def test_dpo_loss_type_weights_and_label_smoothing_reach_trl(tiny_config, tmp_path):
+    """axolotl's dpo_loss_type and dpo_loss_weights (rl: dpo) were refused as not implemented, and any
+    dpo_label_smoothing but 0; they are TRL's loss_type, loss_weights and label_smoothing, rpo_alpha's sft last."""
+    pairs = _pairs(tmp_path, [{"question": "q", "chosen": "a", "rejected": "b"}])
+    dataset = [{"path": str(pairs), "type": "chatml.intel"}]
+
+    def args(**keys):
+        cfg = load_config(tiny_config(datasets=dataset, rl="dpo", **keys))
+        return training_arguments(cfg, cfg.optimizer.value)
+
+    made = args(dpo_loss_type=["robust", "apo_zero"], dpo_loss_weights=[1.0, 0.5], dpo_label_smoothing=0.1,
+                rpo_alpha=0.2)  # fmt: skip
+    assert (made.loss_type, made.loss_weights, made.label_smoothing) == (
+        ["robust", "apo_zero", "sft"],
+        [1, 0.5, 0.2],
+        0.1,
+    )
+    made = args(dpo_loss_type="hinge", rpo_alpha=0.3)  # one name: a list of one, as TRL reads it
+    assert (made.loss_type, made.loss_weights, made.label_smoothing) == (["hinge", "sft"], [1.0, 0.3], 0.0)
+    assert (args().loss_type, args().loss_weights) == (["sigmoid"], None)
+
+    for keys, said in [
+        ({"dpo_loss_type": ["sigmoid", "kto_pair"]}, r"dpo_loss_type\[1\]: Input should be 'sigmoid', 'hinge', "),
+        ({"dpo_loss_type": []}, r"dpo_loss_type: List should have at least 1 item"),
+        ({"dpo_loss_type": ["sigmoid", "sft"], "dpo_loss_weights": [1.0]},
+         r"dpo_loss_weights: 1 weights for 2 losses of dpo_loss_type \['sigmoid', 'sft'\]; give one per loss"),
+        ({"dpo_loss_weights": [1.0, 2.0]}, r"dpo_loss_weights: 2 weights for 1 losses of the default dpo_loss_type"),
+        ({"dpo_loss_type": ["sigmoid", "sigmoid"]}, r"dpo_loss_type: \['sigmoid', 'sigmoid'\] names a loss twice"),
+        ({"dpo_loss_type": ["hinge"], "dpo_label_smoothing": 0.1}, r"dpo_label_smoothing: read by TRL's robust, "
+         r"exo_pair, aot, aot_unpaired losses only, none of dpo_loss_type \['hinge'\]: it would change nothing"),
+        ({"dpo_loss_type": ["exo_pair"]}, r"dpo_label_smoothing: required above 0 with dpo_loss_type exo_pair"),
+        ({"dpo_loss_type": ["aot"], "dpo_use_weighting": True}, r"dpo_use_weighting: TRL does not weight the aot"),
+        ({"dpo_loss_type": ["sigmoid", "sft"], "rpo_alpha": 0.5}, r"rpo_alpha: adds TRL's sft loss, which "
+         r"dpo_loss_type already has"),
+        ({"dpo_label_smoothing": 0.5, "dpo_loss_type": ["robust"]}, r"dpo_label_smoothing: Input should be less "),
+        ({"rl": "ipo", "dpo_loss_type": ["hinge"]}, r"dpo_loss_type: read with rl: dpo; rl: ipo's loss is TRL's ipo "
+         r"alone \(axolotl drops them\): use rl: dpo with dpo_loss_type: \[ipo, \.\.\.\]"),
+        ({"rl": "orpo", "dpo_loss_weights": [2.0], "datasets": None}, r"dpo_loss_weights: options of DPO's loss, "
+         r"not rl: orpo's"),
+        ({"rl": None, "dpo_loss_type": ["hinge"], "datasets": None}, r"dpo_loss_type: preference-training keys, "
+         r"but rl is not set"),
+    ]:  # fmt: skip
+        keys = {"rl": "dpo", "datasets": dataset, **keys}
+        if keys["datasets"] is None:
+            del keys["datasets"]
+        with pytest.raises(ConfigError, match=said):
+            load_config(tiny_config(**keys))
+
+
 SUMS = [{"question": f"What is {a} plus {a}?", "chosen": str(2 * a), "rejected": f"Maybe {a}"} for a in range(6)]
 
 
@@ -323,6 +372,25 @@ def test_two_preference_steps_train_and_publish_an_adapter(kind, keys, tiny_conf
         before = base(probe).logits[0, -1]
         after = PeftModel.from_pretrained(base, out)(probe).logits[0, -1]
     assert (after - before).abs().max() > 1e-6, "training changed nothing"
+
+
+@pytest.mark.slow
+def test_a_dpo_step_trains_dpo_loss_type_with_its_weights_and_label_smoothing(tiny_config, tmp_path):
+    """The first step's policy is its reference (LoRA starts as the base): every log-ratio is 0, so EXO's loss is
+    -log 2 - (log(1 - e) + log e) / 2 with e = dpo_label_smoothing, and APO-zero's (1 - sigmoid(0)) + sigmoid(0) = 1,
+    each times its dpo_loss_weights weight: the first logged loss is theirs, not sigmoid DPO's log 2."""
+    smoothing, weights = 0.1, [1.0, 2.0]
+    path = tiny_config(
+        datasets=[{"path": str(_pairs(tmp_path, SUMS)), "type": "chatml.intel"}], rl="dpo", micro_batch_size=2,
+        dpo_loss_type=["exo_pair", "apo_zero"], dpo_loss_weights=weights, dpo_label_smoothing=smoothing,
+    )  # fmt: skip
+    out = train(load_config(path))
+    losses = [entry["loss"] for entry in json.loads((out / "trainer_state.json").read_text())["log_history"]
+              if "loss" in entry]  # fmt: skip
+    exo = -math.log(2) - (math.log(1 - smoothing) + math.log(smoothing)) / 2
+    assert losses[0] == pytest.approx(weights[0] * exo + weights[1] * 1.0, rel=1e-4), losses
+    assert len(losses) == 2 and losses[1] != pytest.approx(losses[0], rel=1e-5), "the first step changed nothing"
+    assert load_config(out / "config.resolved.yml").dpo_loss_type == ["exo_pair", "apo_zero"]
 
 
 def test_preprocess_reads_and_counts_preference_pairs(tiny_config, tmp_path):
