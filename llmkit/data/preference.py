@@ -367,17 +367,23 @@ def _without_double_bos(build: Callable[[RawRow], Row], tokenizer: PreTrainedTok
     return build_once
 
 
+# A label's text (a CSV file's columns are read as text, so its TRUE, False or 1 comes as a string; a JSON file's
+# "true" says the same) and the bool it is.
+_LABEL_TEXTS = {"true": True, "false": False, "1": True, "0": False}
+
+
 def _label(row: RawRow, field: str = "label") -> bool:
-    """A row's label: a bool, or the text true or false in any case (a CSV file's columns are read as text, so
-    its TRUE or False comes as a string; a JSON file's "true" says the same)."""
+    """A row's label: a bool, 1 or 0 (TRL's KTOTrainer reads the label as a bool, so axolotl, which passes it on as
+    it is, trains a 1 as true), or one of their texts in any case."""
     value = row.get(field)
     if value is None:
         raise absent(row, field)
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    if not isinstance(value, bool):  # TRL splits a batch on it: 1 or "yes" would be read as a number or fail there
-        raise FieldError(field, f"must be true (a desirable answer) or false, got {short_repr(value)}")
-    return value
+    if isinstance(value, str) and value.lower() in _LABEL_TEXTS:
+        return _LABEL_TEXTS[value.lower()]
+    if isinstance(value, int) and value in (0, 1):  # a bool too
+        return bool(value)
+    # 2 or "yes": TRL would count a 2 twice among the desirable rows, and fail on a text
+    raise FieldError(field, f"must be true (a desirable answer) or false (or 1 or 0), got {short_repr(value)}")
 
 
 # KTO's prompt field per row shape, as axolotl's kto strategies read it (the row's system text comes first).

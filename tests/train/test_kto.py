@@ -123,7 +123,7 @@ def test_a_type_mapping_is_axolotls_user_defined_kto_format(make_cfg, tokenizer,
                                                                   "label": True}  # fmt: skip
     bad = _rows(tmp_path, [rows[0], {**rows[0], "good": 2}], "bad.jsonl")
     cfg = make_cfg([{"path": str(bad), "type": mapping}], rl="kto", micro_batch_size=2)
-    with pytest.raises(DataError, match=rf"{bad}: row 2: field 'good' must be true .* or false, got 2"):
+    with pytest.raises(DataError, match=rf"{bad}: row 2: field 'good' must be true .* or 0\), got 2"):
         build_preference_datasets(cfg, tokenizer)
 
     mapping_said = r"datasets\[0\]\.type: "  # the rl check's errors; the mapping's own come from its field
@@ -154,7 +154,7 @@ def test_kto_settings_reach_trl(tiny_config, tmp_path):
 
 def test_a_bad_kto_row_names_the_row_and_field(make_cfg, tokenizer, tmp_path):
     good = {"instruction": "a", "completion": "b", "label": True}
-    for bad, said in [({**good, "label": 1}, "field 'label' must be true .* or false, got 1"),
+    for bad, said in [({**good, "label": 2}, r"field 'label' must be true .* or false \(or 1 or 0\), got 2"),
                       ({"instruction": "a", "completion": "b"}, "field 'label' is missing")]:  # fmt: skip
         path = _rows(tmp_path, [good, bad])
         cfg = make_cfg([{"path": str(path), "type": "chatml.argilla"}], rl="kto", micro_batch_size=2)
@@ -227,16 +227,21 @@ def test_trls_conversational_kto_rows_render_as_ktotrainer_renders_them(make_cfg
 
 
 def test_a_csv_kto_dataset_loads_its_labels_as_text(make_cfg, tokenizer, write_rows):
-    """CSV columns are read as text, so a CSV's labels are "True"/"false" strings: read as bools (any case); "1",
-    "yes" and 0 are still refused."""
-    rows = [{"prompt": "Q", "completion": "A", "label": label} for label in ("True", "false", "TRUE", "False")]
+    """CSV columns are read as text, so a CSV's labels are "True"/"false" (or "1"/"0") strings: read as bools (any
+    case); a JSON row's 1 and 0 are true and false, as TRL's KTOTrainer reads them (they were refused); "yes", 2 and
+    "2" are still refused."""
+    labels = ("True", "false", "TRUE", "False", "1", "0")
+    rows = [{"prompt": "Q", "completion": "A", "label": label} for label in labels]
     path = write_rows(rows, "csv")
     data = build_preference_datasets(make_cfg([{"path": str(path)}], rl="kto", micro_batch_size=2), tokenizer)
-    assert sorted(row["label"] for row in data.train) == [False, False, True, True]
-    for bad in ("1", "yes", 0):
+    assert sorted(row["label"] for row in data.train) == [False, False, False, True, True, True]
+    path = write_rows([{**rows[0], "label": label} for label in (1, 0, 1)], "jsonl")
+    data = build_preference_datasets(make_cfg([{"path": str(path)}], rl="kto", micro_batch_size=2), tokenizer)
+    assert sorted(row["label"] for row in data.train) == [False, True, True]
+    for bad in ("2", "yes", 2, -1):
         path = write_rows([rows[0], {**rows[0], "label": bad}], "csv" if isinstance(bad, str) else "jsonl")
         cfg = make_cfg([{"path": str(path)}], rl="kto", micro_batch_size=2)
-        with pytest.raises(DataError, match=rf"{path}: row 2: field 'label' must be true .* or false, got "):
+        with pytest.raises(DataError, match=rf"{path}: row 2: field 'label' must be true .* or 0\), got "):
             build_preference_datasets(cfg, tokenizer)
 
 
