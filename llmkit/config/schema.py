@@ -94,6 +94,16 @@ __all__ = [
 RESOLVED_CONFIG = "config.resolved.yml"
 
 
+# axolotl's name for the preference and KTO `type:` mappings, which it reads from the mapping only (a string
+# `type: user_defined.default` is an error there too).
+USER_DEFINED = "user_defined.default"
+
+
+def _user_defined_by_name(mapping: type[PreferencePrompt | KTOPrompt]) -> str:
+    keys = ", ".join(mapping.model_fields)
+    return f"is axolotl's name for a type given as a mapping, which it reads from the mapping: write type: {{{keys}}}"
+
+
 class ConfigError(ValueError):
     """A config that cannot be used; `problems` are `key.path: what is wrong` lines, said under "Invalid config
     <file>:". With `invalid=False` nothing in the file's keys is at fault (the file cannot be read, a flag's value
@@ -501,10 +511,11 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             if spec.type is not None and spec.type not in {kind.value for kind in read}:
                 other = "dpo" if self.rl is RLMethod.orpo else "orpo"  # axolotl loads each method's from its module
                 what = (
-                    f"is rl: {other}'s type (axolotl's {other} strategies), which rl: {self.rl.value} does not read"
-                    if spec.type in PreferenceType._value2member_map_
+                    _user_defined_by_name(PreferencePrompt) if spec.type == USER_DEFINED
+                    else f"is rl: {other}'s type (axolotl's {other} strategies), which rl: {self.rl.value} does not "
+                    "read" if spec.type in PreferenceType._value2member_map_
                     else f"is not a preference dataset type, which rl: {self.rl.value} needs"
-                )
+                )  # fmt: skip
                 raise ValueError(f"{key}[{i}].type: {spec.type_name} {what}; supported: {names}")
         return self
 
@@ -575,10 +586,11 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 continue
             if spec.type is not None and spec.type not in KTOType._value2member_map_:
                 what = (
-                    "is a pair type (axolotl's dpo and orpo strategies), which rl: kto does not read"
+                    _user_defined_by_name(KTOPrompt) if spec.type == USER_DEFINED
+                    else "is a pair type (axolotl's dpo and orpo strategies), which rl: kto does not read"
                     if spec.type in PreferenceType._value2member_map_
                     else "is not a KTO dataset type (axolotl's kto strategies), which rl: kto needs"
-                )
+                )  # fmt: skip
                 raise ValueError(f"{key}[{i}].type: {spec.type_name} {what}; supported: {names}")
         return self
 

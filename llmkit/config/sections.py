@@ -439,16 +439,19 @@ class PreferenceType(str, Enum):
     chat_template_argilla = "chat_template.argilla"
     chatml_intel = "chatml.intel"  # {system?, question, chosen, rejected}
     chatml_argilla = "chatml.argilla"  # {system?, prompt|input|question|instruction, chosen|chosen_response, ...}
+    chatml_default = "chatml.default"  # axolotl's name for the same reading as chatml.argilla
     chatml_argilla_chat = "chatml.argilla_chat"  # {chosen: [user, assistant], rejected: [user, assistant]}
     chatml_icr = "chatml.icr"  # {system?, input, chosen, rejected}
     chatml_prompt_pairs = "chatml.prompt_pairs"  # {system?, prompt, chosen, rejected}
     chatml_ultra = "chatml.ultra"  # {system?, prompt, chosen: [user, assistant], rejected: [user, assistant]}
     llama3_intel = "llama3.intel"
     llama3_argilla = "llama3.argilla"
+    llama3_default = "llama3.default"
     llama3_argilla_chat = "llama3.argilla_chat"
     llama3_icr = "llama3.icr"
     llama3_prompt_pairs = "llama3.prompt_pairs"
     llama3_ultra = "llama3.ultra"
+    passthrough_default = "passthrough.default"  # rows already {prompt, chosen, rejected}, as with no type
 
     @classmethod
     def read_by(cls, method: RLMethod) -> list[PreferenceType]:

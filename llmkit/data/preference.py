@@ -129,6 +129,7 @@ _SHAPES: dict[str, Callable[[RawRow], tuple[str, str, str]]] = {
         _first_present(row, ("chosen", "chosen_response")),
         _first_present(row, ("rejected", "rejected_response")),
     ),
+    "default": lambda row: _SHAPES["argilla"](row),  # axolotl's dpo chatml.default and llama3.default
     "icr": lambda row: (text_field(row, "input"), text_field(row, "chosen"), text_field(row, "rejected")),
     "prompt_pairs": lambda row: (text_field(row, "prompt"), text_field(row, "chosen"), text_field(row, "rejected")),
     "ultra": lambda row: (
@@ -334,8 +335,8 @@ def preference_builder(
     Raises:
         ValueError: a type that is no preference type, or a chat template that cannot be used.
     """
-    if spec.type is None:  # as axolotl: rows already in TRL's format, used as they are
-        return _as_they_are
+    if spec.type is None or spec.type == PreferenceType.passthrough_default:  # as axolotl: rows already in TRL's
+        return _as_they_are  # format, used as they are
     if isinstance(spec.type, PreferencePrompt):
         return _without_double_bos(_user_defined_builder(spec.type), tokenizer)
     if not isinstance(spec.type, str) or spec.type not in PreferenceType._value2member_map_:

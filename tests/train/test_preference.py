@@ -81,6 +81,37 @@ def test_chatml_and_llama3_types_build_the_exact_rows(tokenizer):
     }
 
 
+def test_axolotls_default_and_passthrough_dpo_types_are_read(make_cfg, tokenizer, tmp_path):
+    """axolotl's dpo chatml.default and llama3.default (rows {system?, prompt|input|question|instruction,
+    chosen|chosen_response, rejected|rejected_response}) and passthrough.default (rows as they are) were refused as
+    no preference types; `type: user_defined.default`, which axolotl refuses as a string, now says to write the
+    mapping."""
+    row = {"system": "Be brief.", "input": "Name a colour.", "chosen_response": "Red", "rejected": "Seven"}
+    for family in ("chatml", "llama3"):
+        assert _build(tokenizer, f"{family}.default", row) == _build(tokenizer, f"{family}.argilla", row)
+    assert _build(tokenizer, "chatml.default", row) == {
+        "prompt": "<|im_start|>system\nBe brief.<|im_end|>\n" + CHATML_USER.format("Name a colour."),
+        "chosen": "Red<|im_end|>",
+        "rejected": "Seven<|im_end|>",
+    }
+    plain = {"prompt": "Name a colour.", "chosen": " Red", "rejected": " Seven"}
+    path = _pairs(tmp_path, [{**plain, "id": 3}] * 2)
+    data = build_preference_datasets(make_cfg([{"path": str(path), "type": "passthrough.default"}], rl="dpo"),
+                                     tokenizer)  # fmt: skip
+    assert data.train.to_list() == [plain, plain]
+    with pytest.raises(ValueError, match=r"passthrough\.default is rl: dpo's type .* which rl: orpo does not read"):
+        make_cfg([{"path": str(path), "type": "passthrough.default"}], rl="orpo")
+    for rl, keys in [("dpo", "field_chosen, field_rejected, prompt_format, "),
+                     ("kto", "field_completion, field_label, prompt_format, ")]:  # fmt: skip
+        said = r"datasets\[0\]\.type: user_defined\.default is axolotl's name for a type given as a mapping, which"
+        with pytest.raises(
+            ValueError,
+            match=said + r" it reads from the mapping: write type: \{field_prompt, "
+            r"field_system, " + keys,
+        ):
+            make_cfg([{"path": str(path), "type": "user_defined.default"}], rl=rl, micro_batch_size=2)
+
+
 def test_chat_template_default_reads_axolotls_dataset_keys(tokenizer):
     row = {
         "conversation": [{"from": "human", "value": "What is 2 plus 2?"}],
