@@ -28,6 +28,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -1595,3 +1596,14 @@ class RLSection(BaseModel):
 
     _rl = field_validator("rl", mode="before")(rl_method)
     _loss_list = field_validator("dpo_loss_type", "dpo_loss_weights", mode="before")(one_as_list)
+
+    @field_validator("kto_desirable_weight", "kto_undesirable_weight", mode="before")
+    @classmethod
+    def _kto_weight_not_zero(cls, value: object, info: ValidationInfo) -> object:
+        # axolotl passes `weight or 1.0`: its 0 trains those rows at TRL's 1.0, where 0 asks for them untrained
+        if value == 0 and not isinstance(value, bool):
+            raise ValueError(
+                f"0 trains those rows at weight 1.0 in axolotl (it passes {info.field_name} or 1.0), not at 0; "
+                "remove the key for 1.0, or give a weight above 0 (rows that should not train belong out of the data)"
+            )
+        return value

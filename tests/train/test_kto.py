@@ -86,6 +86,15 @@ def test_kto_keys_and_types(make_cfg):
         make_cfg([{"path": "p.jsonl", "type": "chatml.intel"}], rl="dpo", kto_desirable_weight=2.0)
     with pytest.raises(ValueError, match=r"kto_undesirable_weight: preference-training keys, but rl is not set"):
         make_cfg(kto_undesirable_weight=1.0)
+    for key in ("kto_desirable_weight", "kto_undesirable_weight"):  # was pydantic's "greater than 0", no reason
+        with pytest.raises(
+            ValueError,
+            match=rf"0 trains those rows at weight 1\.0 in axolotl \(it passes {key} or "
+            r"1\.0\), not at 0; remove the key for 1\.0, or give a weight above 0",
+        ):
+            make_cfg(rows, rl="kto", micro_batch_size=2, **{key: 0})
+    with pytest.raises(ValueError, match=r"Input should be greater than 0"):
+        make_cfg(rows, rl="kto", micro_batch_size=2, kto_desirable_weight=-1)
     with pytest.raises(ValueError, match=r"micro_batch_size: rl: kto needs at least 2"):
         make_cfg(rows, rl="kto")
     with pytest.raises(
