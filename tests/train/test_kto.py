@@ -357,3 +357,25 @@ def test_a_kto_step_logs_ktos_loss_and_the_answers_log_probabilities(tiny_config
     assert (out / "adapter_model.safetensors").is_file() and (out / "loss_curve.png").is_file()
     assert not (out / "ref").exists(), "the reference copy of the adapter must not be published"
     assert load_config(out / "config.resolved.yml").rl.value == "kto"
+
+
+@pytest.mark.slow
+def test_a_kto_step_trains_the_user_defined_mapping_and_its_labels_of_1_and_0(tiny_config, tmp_path):
+    """A mapping's rows with labels 1 and 0 reach KTOTrainer as desirable and undesirable: the first step's loss
+    (every log-ratio and the KL estimate 0, the policy its reference) is the weighted mean of 1 - sigmoid(0) over
+    them, which a label read otherwise (all desirable, or counted as numbers) would not give."""
+    rows = [{"q": q, "a": answer, "ok": label} for q, good, bad in SUMS for answer, label in ((good, 1), (bad, 0))]
+    rows.append({"q": "What is 9 plus 9?", "a": "18", "ok": 1})  # 4 desirable, 3 not
+    mapping = {"field_prompt": "q", "field_completion": "a", "field_label": "ok", "prompt_format": "Q: {prompt}\nA:",
+               "completion_format": " {completion}"}  # fmt: skip
+    desirable, undesirable = 0.8, 1.3
+    config = tiny_config(
+        datasets=[{"path": str(_rows(tmp_path, rows)), "type": mapping}], rl="kto", kto_desirable_weight=desirable,
+        kto_undesirable_weight=undesirable, micro_batch_size=len(rows), max_steps=1, sequence_len=96,
+    )  # fmt: skip
+    out = train(load_config(config))
+    logged = [
+        entry for entry in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in entry
+    ]
+    assert logged[0]["loss"] == pytest.approx((desirable * 4 * 0.5 + undesirable * 3 * 0.5) / 7, rel=1e-3), logged
+    assert load_config(out / "config.resolved.yml").datasets[0].type.field_label == "ok"
