@@ -104,6 +104,15 @@ def _user_defined_by_name(mapping: type[PreferencePrompt | KTOPrompt]) -> str:
     return f"is axolotl's name for a type given as a mapping, which it reads from the mapping: write type: {{{keys}}}"
 
 
+def _name_as_default(spec: DatasetSpec, read: set[str]) -> None:
+    """axolotl loads an rl type named without a dot as its module's `default` (type: chatml is chatml.default, and
+    chat_template, which names the SFT type here until rl is known, chat_template.default): such a name becomes
+    that, where `rl` reads it (or it is user_defined.default, to be refused by name)."""
+    bare = spec.type.value if isinstance(spec.type, DatasetType) else spec.type
+    if isinstance(bare, str) and "." not in bare and f"{bare}.default" in read | {USER_DEFINED}:
+        spec.type = f"{bare}.default"
+
+
 class ConfigError(ValueError):
     """A config that cannot be used; `problems` are `key.path: what is wrong` lines, said under "Invalid config
     <file>:". With `invalid=False` nothing in the file's keys is at fault (the file cannot be read, a flag's value
@@ -508,6 +517,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             if isinstance(spec.type, TYPE_MAPPINGS):
                 self._read_mapping_as(PreferencePrompt, key, i, spec)
                 continue
+            _name_as_default(spec, {kind.value for kind in read})
             if spec.type is not None and spec.type not in {kind.value for kind in read}:
                 other = "dpo" if self.rl is RLMethod.orpo else "orpo"  # axolotl loads each method's from its module
                 what = (
@@ -584,6 +594,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             if isinstance(spec.type, TYPE_MAPPINGS):
                 self._read_mapping_as(KTOPrompt, key, i, spec)
                 continue
+            _name_as_default(spec, set(KTOType._value2member_map_))
             if spec.type is not None and spec.type not in KTOType._value2member_map_:
                 what = (
                     _user_defined_by_name(KTOPrompt) if spec.type == USER_DEFINED

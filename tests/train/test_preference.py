@@ -112,6 +112,33 @@ def test_axolotls_default_and_passthrough_dpo_types_are_read(make_cfg, tokenizer
             make_cfg([{"path": str(path), "type": "user_defined.default"}], rl=rl, micro_batch_size=2)
 
 
+def test_a_dpo_type_named_without_a_dot_is_its_modules_default_as_axolotl_loads_it(make_cfg, tokenizer, tmp_path):
+    """axolotl's rlhf docs write `type: chatml` under rl: dpo: its loader reads chatml.default, as it reads
+    chat_template as chat_template.default; both were refused as no preference types (chat_template as the SFT
+    type)."""
+    for name, rl in [("chatml", "dpo"), ("llama3", "ipo"), ("chat_template", "dpo"), ("passthrough", "dpo")]:
+        cfg = make_cfg([{"path": "p.jsonl", "type": name}], rl=rl)
+        assert cfg.datasets[0].type == f"{name}.default"
+    rows = [{"messages": [{"role": "user", "content": "Name a colour."}], "chosen": "Red", "rejected": "Seven"}] * 2
+    path = _pairs(tmp_path, rows)
+    pairs = {
+        name: build_preference_datasets(make_cfg([{"path": str(path), "type": name}], rl="dpo"), tokenizer).train[0]
+        for name in ("chat_template", "chat_template.default")
+    }
+    assert pairs["chat_template"] == pairs["chat_template.default"] and pairs["chat_template"]["chosen"].startswith(
+        "Red"
+    )
+    # a module without that default is refused as before: kto's strategies have no chatml.default, orpo's read
+    # chat_template.argilla
+    with pytest.raises(ValueError, match=r"datasets\[0\]\.type: chatml is not a KTO dataset type"):
+        make_cfg([{"path": "p.jsonl", "type": "chatml"}], rl="kto", micro_batch_size=2)
+    with pytest.raises(ValueError, match=r"datasets\[0\]\.type: chat_template is not a preference dataset type, "
+                                         r"which rl: orpo needs"):  # fmt: skip
+        make_cfg([{"path": "p.jsonl", "type": "chat_template"}], rl="orpo")
+    with pytest.raises(ValueError, match=r"datasets\[0\]\.type: user_defined\.default is axolotl's name for a type "):
+        make_cfg([{"path": "p.jsonl", "type": "user_defined"}], rl="dpo")
+
+
 def test_chat_template_default_reads_axolotls_dataset_keys(tokenizer):
     row = {
         "conversation": [{"from": "human", "value": "What is 2 plus 2?"}],
