@@ -557,7 +557,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 f"dpo_use_weighting: TRL does not weight the {', '.join(sorted_losses)} loss (it sorts the pairs, "
                 "which would misalign their weights); remove one of them"
             )
-        if self.rpo_alpha is not None and "sft" in losses:
+        if self.rpo_alpha and "sft" in losses:
             raise ValueError(
                 "rpo_alpha: adds TRL's sft loss, which dpo_loss_type already has; weight that one with "
                 "dpo_loss_weights instead"

@@ -1576,7 +1576,10 @@ class RLSection(BaseModel):
     trl: TrlSettings | None = Field(None, description="axolotl's TRL options; DPO reads beta, GRPO its own keys.")
     dpo_use_weighting: bool = Field(False, description="rl: WPO weighting of the pairs (TRL use_weighting).")
     rpo_alpha: float | None = Field(
-        None, gt=0, description="rl: add the chosen answers' NLL loss x rpo_alpha (RPO; TRL sft loss, weighted)."
+        None,
+        ge=0,
+        description="rl: add the chosen answers' NLL loss x rpo_alpha (RPO; TRL sft loss, weighted; 0: none, as in "
+        "axolotl).",
     )
     dpo_loss_type: list[DPOLoss] | None = Field(
         None,

@@ -431,7 +431,7 @@ def _preference_loss(cfg: AxolotlConfig) -> dict[str, Any]:
     # rl: dpo: dpo_loss_type and its weights, as axolotl passes them (rl: ipo: TRL's ipo alone)
     losses = ["ipo"] if cfg.rl is RLMethod.ipo else list(cfg.dpo_loss_type or ["sigmoid"])
     weights = list(cfg.dpo_loss_weights) if cfg.dpo_loss_weights else None
-    if cfg.rpo_alpha:
+    if cfg.rpo_alpha:  # 0: no NLL term, as axolotl's TRL adds 0 x it
         # RPO: the losses + rpo_alpha x the negative log-likelihood of the chosen answers
         weights = [*(weights or [1.0] * len(losses)), cfg.rpo_alpha]
         losses.append("sft")

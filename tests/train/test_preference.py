@@ -359,6 +359,9 @@ def test_dpo_loss_type_weights_and_label_smoothing_reach_trl(tiny_config, tmp_pa
     made = args(dpo_loss_type="hinge", rpo_alpha=0.3)  # one name: a list of one, as TRL reads it
     assert (made.loss_type, made.loss_weights, made.label_smoothing) == (["hinge", "sft"], [1.0, 0.3], 0.0)
     assert (args().loss_type, args().loss_weights) == (["sigmoid"], None)
+    # rpo_alpha 0 is no NLL term, as axolotl's TRL adds 0 x it (it was refused as not above 0)
+    made = args(rpo_alpha=0, dpo_loss_type=["sigmoid", "sft"])
+    assert (made.loss_type, made.loss_weights) == (["sigmoid", "sft"], None)
 
     for keys, said in [
         ({"dpo_loss_type": ["sigmoid", "kto_pair"]}, r"dpo_loss_type\[1\]: Input should be 'sigmoid', 'hinge', "),
