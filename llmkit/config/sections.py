@@ -436,6 +436,8 @@ class PreferenceType(str, Enum):
     become prompt/chosen/rejected."""
 
     chat_template_default = "chat_template.default"  # {messages, chosen, rejected}, the tokenizer's chat template
+    # {chosen: [turns..., answer], rejected: [..., answer]}: the prompt chosen's turns before its answer; template
+    chat_template_argilla_chat = "chat_template.argilla_chat"
     # ORPO's (axolotl's orpo/chat_template.py): {system?, prompt?, chosen: [turns], rejected: [turns]}, chat template
     chat_template_argilla = "chat_template.argilla"
     chatml_intel = "chatml.intel"  # {system?, question, chosen, rejected}

@@ -233,11 +233,14 @@ def _render(
     return cast(str, tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, **options))
 
 
-def _template_builder(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, template: str) -> PreferenceBuilder:
+def _template_builder(
+    spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, template: str, history_in_chosen: bool = False
+) -> PreferenceBuilder:
     """chat_template.default: the prompt is the conversation in `field_messages` (a string: one user turn) rendered
     with the generation prompt; an answer is the template's assistant turn from the answer's content on, trailing
-    whitespace removed (axolotl's rule)."""
-    field = spec.field_messages or "messages"
+    whitespace removed (axolotl's rule). chat_template.argilla_chat (`history_in_chosen`): the prompt is the chosen
+    conversation's turns before its last, and each answer its conversation's last turn, as axolotl reads them."""
+    field = (spec.field_chosen or "chosen") if history_in_chosen else (spec.field_messages or "messages")
 
     def render(messages: list[dict[str, Any]], generation_prompt: bool) -> str:
         return _render(tokenizer, template, messages, add_generation_prompt=generation_prompt)
@@ -259,6 +262,10 @@ def _template_builder(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, tem
         prompt = row.get(field)
         if prompt is None:
             raise absent(row, field)
+        if history_in_chosen:
+            if not isinstance(prompt, list) or len(prompt) < 2:
+                raise FieldError(field, "must be a conversation: the turns before the answer, then the answer")
+            prompt = prompt[:-1]
         messages = _messages(prompt, field, spec)
         chosen_field = spec.field_chosen or "chosen"
         pair = PreferenceRow(
@@ -266,7 +273,7 @@ def _template_builder(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, tem
             chosen=answer(row, chosen_field),
             rejected=answer(row, spec.field_rejected or "rejected"),
         )
-        if messages and messages[-1]["role"] == "assistant" and not warned:
+        if messages and messages[-1]["role"] == "assistant" and not warned and not history_in_chosen:
             warned = True
             # axolotl renders all of field_messages as the prompt, a last assistant turn included (field_messages:
             # chosen in DPO tutorials): so does this, but each answer then follows an answer already given.
@@ -343,9 +350,9 @@ def preference_builder(
         names = ", ".join(kind.value for kind in PreferenceType)
         raise ValueError(f"type {spec.type!r} is not a preference dataset type; supported: {names}")
     kind = PreferenceType(spec.type)
-    if kind is PreferenceType.chat_template_default:
+    if kind in (PreferenceType.chat_template_default, PreferenceType.chat_template_argilla_chat):
         template = template_for_rows(spec, tokenizer, defaults or ChatDefaults())
-        build = _template_builder(spec, tokenizer, template)
+        build = _template_builder(spec, tokenizer, template, kind is PreferenceType.chat_template_argilla_chat)
     elif kind is PreferenceType.chat_template_argilla:
         build = _argilla_builder(tokenizer, template_for_rows(spec, tokenizer, defaults or ChatDefaults()))
     else:

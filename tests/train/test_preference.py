@@ -163,6 +163,26 @@ def test_chat_template_default_reads_axolotls_dataset_keys(tokenizer):
     assert (own["chosen"], own["rejected"]) == ("4<|im_end|>", "5<|im_end|>")
 
 
+def test_chat_template_argilla_chat_reads_the_prompt_from_the_chosen_conversation(make_cfg, tokenizer, tmp_path):
+    """axolotl's dpo chat_template.argilla_chat (refused as no preference type): the prompt is the chosen
+    conversation's turns before its last, rendered with the generation prompt; each answer its conversation's last
+    turn, rendered as chat_template.default renders an answer; the dataset's keys (roles, property mappings) apply."""
+    turns = [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "What is 2 plus 2?"}]
+    row = {"chosen": [*turns, {"from": "gpt", "value": "4"}], "rejected": [*turns, {"from": "gpt", "value": "5"}]}
+    keys = {"message_property_mappings": {"role": "from", "content": "value"},
+            "roles": {"system": ["system"], "user": ["human"], "assistant": ["gpt"]}}  # fmt: skip
+    assert _build(tokenizer, "chat_template.argilla_chat", row, chat_template="chatml", **keys) == {
+        "prompt": "<|im_start|>system\nBe brief.<|im_end|>\n" + CHATML_USER.format("What is 2 plus 2?"),
+        "chosen": "4<|im_end|>",
+        "rejected": "5<|im_end|>",
+    }
+    path = _pairs(tmp_path, [row, {**row, "chosen": [{"from": "gpt", "value": "4"}]}])
+    cfg = make_cfg([{"path": str(path), "type": "chat_template.argilla_chat", "chat_template": "chatml", **keys}],
+                   rl="dpo")  # fmt: skip
+    with pytest.raises(DataError, match=rf"{path}: row 2: field 'chosen' must be a conversation: the turns before"):
+        build_preference_datasets(cfg, tokenizer)
+
+
 def test_field_messages_ending_on_the_chosen_answer_is_the_prompt_as_axolotl_renders_it_and_warned_once(
     make_cfg, tokenizer, tmp_path, caplog
 ):
