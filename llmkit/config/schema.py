@@ -40,6 +40,7 @@ from llmkit.config.sections import (
     GRPO_DEFAULT_GENERATIONS,
     GRPO_SYNC_DEFAULTS,
     VLLM_TRL_KEYS,
+    REFUSED_PREFERENCE_TYPES,
     SMOOTHED_DPO_LOSSES,
     TYPE_MAPPINGS,
     Adapter,
@@ -522,6 +523,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 other = "dpo" if self.rl is RLMethod.orpo else "orpo"  # axolotl loads each method's from its module
                 what = (
                     _user_defined_by_name(PreferencePrompt) if spec.type == USER_DEFINED
+                    else f"is refused: {REFUSED_PREFERENCE_TYPES[spec.type]}" if spec.type in REFUSED_PREFERENCE_TYPES
                     else f"is rl: {other}'s type (axolotl's {other} strategies), which rl: {self.rl.value} does not "
                     "read" if spec.type in PreferenceType._value2member_map_
                     else f"is not a preference dataset type, which rl: {self.rl.value} needs"

@@ -404,6 +404,15 @@ class RLMethod(str, Enum):
         return "SimPO" if self is RLMethod.simpo else self.value.upper()
 
 
+# axolotl's DPO types that are not read here, and why (each refused by name, not as an unknown type).
+REFUSED_PREFERENCE_TYPES = {
+    "zephyr.nectar": "axolotl's zephyr.nectar sorts Nectar's answers by rank and takes the last two, the worst "
+    "ranked (rank 1 is Nectar's best), as chosen and rejected; not implemented",
+    "mistral.prompt_pairs": "axolotl cannot load it (its loader passes a dataset_idx the function does not take); "
+    "not implemented (mistral.argilla_chat is)",
+}
+
+
 # TRL 1.16's DPO losses (DPOConfig.loss_type), which dpo_loss_type names; TRL refuses another only mid-training.
 DPOLoss = Literal[
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
@@ -454,6 +463,7 @@ class PreferenceType(str, Enum):
     llama3_icr = "llama3.icr"
     llama3_prompt_pairs = "llama3.prompt_pairs"
     llama3_ultra = "llama3.ultra"
+    mistral_argilla_chat = "mistral.argilla_chat"  # as chatml.argilla_chat, in [INST] ... [/INST], answers + "</s>"
     passthrough_default = "passthrough.default"  # rows already {prompt, chosen, rejected}, as with no type
 
     @classmethod

@@ -103,7 +103,9 @@ LLAMA3 = ChatFormat(
     "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
     "<|eot_id|>",
 )
-_FORMATS = {"chatml": CHATML, "llama3": LLAMA3}
+# axolotl's dpo/mistral.py argilla_chat (its only mistral type that loads): no system turn, EOS written as text.
+MISTRAL = ChatFormat("", "", "[INST] ", " [/INST]", "</s>")
+_FORMATS = {"chatml": CHATML, "llama3": LLAMA3, "mistral": MISTRAL}
 # argilla rows name their prompt in one of these fields (the first present wins), as axolotl reads them.
 _ARGILLA_PROMPT = ("prompt", "input", "question", "instruction")
 

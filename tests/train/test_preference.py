@@ -112,6 +112,25 @@ def test_axolotls_default_and_passthrough_dpo_types_are_read(make_cfg, tokenizer
             make_cfg([{"path": str(path), "type": "user_defined.default"}], rl=rl, micro_batch_size=2)
 
 
+def test_mistral_argilla_chat_builds_axolotls_row_and_its_unloadable_dpo_types_are_refused_by_name(
+    make_cfg, tokenizer
+):
+    """axolotl's dpo mistral.argilla_chat (refused as no preference type) writes the question in [INST] ... [/INST]
+    and closes each answer with the text </s>; zephyr.nectar (which trains Nectar's two worst answers) and
+    mistral.prompt_pairs (which axolotl cannot load) are refused with their reasons, not as unknown types."""
+    chat = {
+        "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+        "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away."}],
+    }
+    assert _build(tokenizer, "mistral.argilla_chat", chat) == {
+        "prompt": "[INST] Hi [/INST]", "chosen": "Hello!</s>", "rejected": "Go away.</s>"
+    }  # fmt: skip
+    for name, why in [("zephyr.nectar", r"takes the last two, the worst ranked \(rank 1 is Nectar's best\)"),
+                      ("mistral.prompt_pairs", r"axolotl cannot load it")]:  # fmt: skip
+        with pytest.raises(ValueError, match=rf"datasets\[0\]\.type: {name} is refused: .*{why}"):
+            make_cfg([{"path": "p.jsonl", "type": name}], rl="dpo")
+
+
 def test_a_dpo_type_named_without_a_dot_is_its_modules_default_as_axolotl_loads_it(make_cfg, tokenizer, tmp_path):
     """axolotl's rlhf docs write `type: chatml` under rl: dpo: its loader reads chatml.default, as it reads
     chat_template as chat_template.default; both were refused as no preference types (chat_template as the SFT
