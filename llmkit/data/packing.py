@@ -22,7 +22,7 @@ from datasets import Dataset
 from transformers.utils.generic import is_flash_attention_requested
 
 from llmkit.data.rows import IGNORE_INDEX, Batch, PackedBatch, PackedColumns, PackedRow, TrainingRow
-from llmkit.data.sources import say_step_when_piped
+from llmkit.data.sources import say_step_when_piped, step_fingerprint
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -85,7 +85,7 @@ def pack_dataset(rows: Dataset, capacity: int) -> tuple[Dataset, float]:
         remove_columns=["members"],
         desc="Packing",
         load_from_cache_file=False,
-        new_fingerprint=f"llmkit-pack-{rows._fingerprint}-{capacity}",
+        new_fingerprint=step_fingerprint(f"llmkit-pack-{capacity}-{rows._fingerprint}"),
     )
     total = sum(len(ids) for ids in input_ids)
     return packed, total / max(1, len(bins) * capacity)

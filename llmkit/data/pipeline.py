@@ -23,7 +23,15 @@ from llmkit.data.chat import ChatDefaults
 from llmkit.data.packing import make_collator, pack_dataset
 from llmkit.data.prompts import builder_for
 from llmkit.data.rows import IGNORE_INDEX, Parts, RawRow, TokenizedRow
-from llmkit.data.sources import DataError, convert_rows, load_rows, row_texts, source_name, split_held_out
+from llmkit.data.sources import (
+    DataError,
+    convert_rows,
+    load_rows,
+    row_texts,
+    source_name,
+    split_held_out,
+    step_fingerprint,
+)
 from llmkit.data.stats import DatasetStats, DataStats, stats_table
 from llmkit.data.user_strategy import UserStrategyError, load_strategy, tokenize_row
 
@@ -208,7 +216,7 @@ def _excess_length(cfg: AxolotlConfig, rows: Dataset, source: str, name: str) ->
         input_columns=["input_ids", "labels"],
         desc="Truncating",
         load_from_cache_file=False,
-        new_fingerprint=f"llmkit-truncate-{name}",
+        new_fingerprint=step_fingerprint(f"llmkit-truncate-{name}"),
     )
 
 
@@ -293,7 +301,7 @@ def _with_attention_masks(rows: Dataset, name: str) -> Dataset:
         input_columns="input_ids",
         desc="Masks",
         load_from_cache_file=False,
-        new_fingerprint=f"llmkit-attention-mask-{name}",
+        new_fingerprint=step_fingerprint(f"llmkit-attention-mask-{name}"),
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import csv
 import glob
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -331,6 +332,20 @@ def say_step_when_piped(desc: str, rows: int) -> None:
         LOG.info("%s: %s rows", desc, f"{rows:,}")
 
 
+# datasets refuses a fingerprint longer than this (validate_fingerprint)
+_FINGERPRINT_CHARS = 64
+
+
+def step_fingerprint(name: str) -> str:
+    """`name` as the fingerprint of a datasets map (which names its result without hashing the function, whose
+    closure may hold every row): as it is where datasets takes it, else its head and a hash of the whole, so a
+    long name (a long sequence_len's packing after a long chain of steps) is no error."""
+    if len(name) <= _FINGERPRINT_CHARS:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:24]
+    return f"{name[: _FINGERPRINT_CHARS - len(digest) - 1]}-{digest}"
+
+
 def convert_rows(
     rows: Dataset,
     source: str,
@@ -364,7 +379,7 @@ def convert_rows(
         remove_columns=rows.column_names,
         desc=desc,
         load_from_cache_file=False,
-        new_fingerprint=fingerprint,
+        new_fingerprint=None if fingerprint is None else step_fingerprint(fingerprint),
     )
 
 

@@ -467,6 +467,23 @@ def test_packed_dataset_rows(write_rows, make_cfg, tokenizer):
     assert sum(sum(p == 0 for p in row["position_ids"]) for row in data.eval) == data.stats.eval_rows == 4
 
 
+def test_rows_pack_at_the_sequence_lens_real_configs_use(write_rows, make_cfg, tokenizer):
+    # datasets refuses a fingerprint over 64 characters: packing's named the steps before it and the length, so
+    # every sequence_len of four digits or more (most real configs: 2048 to 8192) stopped training with a traceback
+    rows = [{"instruction": f"Say {i}.", "input": "", "output": str(i)} for i in range(8)]
+    path = write_rows(rows, "jsonl")
+    for sequence_len in (2048, 131072):
+        cfg = make_cfg(
+            [{"path": str(path), "type": "alpaca"}],
+            sample_packing=True,
+            sequence_len=sequence_len,
+            excess_length_strategy="truncate",
+        )
+        data = build_datasets(cfg, tokenizer)
+        assert len(data.train) == 1  # the 8 rows in one packed sequence
+        assert sum(p == 0 for p in data.train[0]["position_ids"]) == 8
+
+
 def test_committed_datasets_are_their_generators_output():
     for path, generate in shipped.generators().items():
         assert path.read_text(encoding="utf-8") == shipped.render(generate()), "regenerate: llmkit default-dataset"
