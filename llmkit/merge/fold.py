@@ -4,7 +4,9 @@ The base is read unquantized, shard by shard, and never merged while 4-bit; the 
 training dtype into `<output_dir>/merged` with config, generation config and the tokenizer training used.
 Everything is written into a temporary sibling directory, verified against base + unmerged adapter, and only
 then renamed into place, so a failure or a kill never leaves a half-written `merged` (an earlier good one stays).
-A merge whose inputs (base and adapter file hashes, options) are unchanged is skipped.
+A merge whose inputs (base and adapter file hashes, options) are unchanged is skipped, while the folder still holds
+the files it wrote (names, sizes and sha256s, recorded beside the inputs); one deleted, cut short or changed is merged
+again.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 
-MANIFEST = "llmkit_merge.json"  # what was merged from what; also the "inputs unchanged" check
+MANIFEST = "llmkit_merge.json"  # what was merged from what, and into which files; also the rerun's "unchanged" check
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -301,8 +303,11 @@ def run_merge(
     report = MergeReport(out_dir, base.model_id, label, str(options.dtype).removeprefix("torch."), bool(options.nf4))
     clean_stale(out_dir)  # first: it may restore the out_dir a killed swap had moved aside
     previous = _read_manifest(out_dir)
-    if previous.get("inputs") == inputs and (previous.get("verification") or not options.verify):
-        LOG.info("%s already holds this merge (inputs unchanged); skipping", out_dir)
+    unchanged = previous.get("inputs") == inputs and (previous.get("verification") or not options.verify)
+    if unchanged and (broken := _outputs_problem(out_dir, previous.get("outputs"))):
+        LOG.warning("%s no longer holds the merge its %s records (%s); merging again", out_dir, MANIFEST, broken)
+    elif unchanged:
+        LOG.info("%s already holds this merge (inputs unchanged) in the files it wrote; skipping", out_dir)
         # the inputs are file hashes and options: the same files may be named otherwise now (another adapter folder
         # or path, the base by folder or hub id), so the names are this run's; the folder's facts are its merge's
         made = previous["report"]
@@ -323,7 +328,13 @@ def run_merge(
         report.files = sorted([*(p.name for p in tmp.iterdir()), MANIFEST])
         report.size_bytes = sum(p.stat().st_size for p in tmp.iterdir())
         report.seconds = round(time.monotonic() - started, 1)
-        manifest = {"inputs": inputs, "verification": report.verification, "report": report.to_dict()}
+        outputs = _output_files(tmp)
+        manifest = {
+            "inputs": inputs,
+            "outputs": outputs,
+            "verification": report.verification,
+            "report": report.to_dict(),
+        }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         swap_in(tmp, out_dir)
     return report
@@ -436,6 +447,32 @@ def _with_id(current, token_id: int):
     if isinstance(current, list):
         return current if token_id in current else [token_id, *current]
     return token_id
+
+
+def _output_files(folder: Path) -> dict[str, dict]:
+    """Each file of a merged folder (its manifest aside): size and sha256, as a rerun checks them."""
+    return {
+        p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(folder.iterdir())
+        if p.name != MANIFEST
+    }
+
+
+def _outputs_problem(out_dir: Path, recorded: dict | None) -> str | None:
+    """Why `out_dir` no longer holds the files its manifest records (deleted, cut short, changed), or None. The
+    sizes are compared first: a missing or truncated file is found without reading gigabytes."""
+    if not isinstance(recorded, dict) or not recorded:
+        return "it lists no files: written by an older llmkit"
+    for name, facts in recorded.items():
+        file = out_dir / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != facts.get("bytes"):
+            return f"{name} is {file.stat().st_size:,} bytes, not the {facts.get('bytes'):,} it was written with"
+    for name, facts in recorded.items():
+        if sha256_file(out_dir / name) != facts.get("sha256"):
+            return f"{name} has changed since it was written (another sha256)"
+    return None
 
 
 def _read_manifest(out_dir: Path) -> dict:

@@ -173,6 +173,42 @@ def test_unchanged_inputs_skip_and_changed_adapter_remerges(adapters, tiny_model
     assert not list(tmp_path.glob(".merged.*"))  # no temp or moved-aside folders left
 
 
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "changed", "unrecorded"])
+def test_a_merge_whose_files_were_damaged_is_merged_again_saying_why(
+    damage, adapters, tiny_model_dir, tmp_path, caplog
+):
+    """A weights file deleted or cut to 1,000 bytes was "already holds this merge (inputs unchanged); skipping",
+    with the old size and file count in the summary: the inputs alone were compared, and the submission bundled
+    the broken file."""
+    out = tmp_path / "merged"
+    flags = ["--adapter", str(adapters["plain"]), "--base", str(tiny_model_dir), "--out", str(out), "--no-verify"]
+    assert CliRunner().invoke(app, ["merge", *flags]).exit_code == 0
+    weights = out / "model.safetensors"
+    good = weights.read_bytes()
+    if damage == "deleted":
+        weights.unlink()
+        why = "model.safetensors is missing"
+    elif damage == "truncated":
+        os.truncate(weights, 1000)
+        why = f"model.safetensors is 1,000 bytes, not the {len(good):,} it was written with"
+    elif damage == "changed":  # the same size: only the hash tells
+        weights.write_bytes(good[:-4] + bytes(4 * [255]))
+        why = "model.safetensors has changed since it was written (another sha256)"
+    else:  # a merge an older llmkit wrote: its manifest records no output files, so none can be checked
+        manifest = json.loads((out / MANIFEST).read_text())
+        del manifest["outputs"]
+        (out / MANIFEST).write_text(json.dumps(manifest))
+        why = "it lists no files: written by an older llmkit"
+    result = CliRunner().invoke(app, ["merge", *flags], env={"COLUMNS": "400"})
+    assert result.exit_code == 0 and "unchanged, skipped" not in result.output, result.output
+    assert f"{out} no longer holds the merge its {MANIFEST} records ({why}); merging again" in caplog.text
+    assert weights.read_bytes() == good
+    size = sum(p.stat().st_size for p in out.iterdir() if p.name != MANIFEST) / 1e6
+    assert f"{size:,.1f} MB in {len(list(out.iterdir()))} files" in result.output
+    again = CliRunner().invoke(app, ["merge", *flags])
+    assert again.exit_code == 0 and "unchanged, skipped" in again.output, again.output
+
+
 def test_verification_catches_a_wrong_merge(adapters, tiny_model_dir, tmp_path):
     out = tmp_path / "merged"
     good = merge_adapter(tiny_model_dir, adapters["plain"], out, dtype="float32")
