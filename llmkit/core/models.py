@@ -291,6 +291,7 @@ def load_for_inference(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model(model, revision)
+    check_model_weights(source.path)
     device = devices.resolve_device(device)
     torch_dtype = devices.resolve_dtype(dtype, device)
     # Quantized layers compute in the model's dtype, so --dtype sets bnb_4bit_compute_dtype too.
@@ -360,9 +361,9 @@ def adapter_weight_shapes(adapter: str | Path) -> dict[str, list[int]]:
 
 @contextmanager
 def reading_weights(file: Path) -> Iterator[None]:
-    """Around reading an adapter's weights `file`: one that cannot be read (empty, cut short by an interrupted copy,
-    not the format its name says) is a ValueError naming it; safetensors' and torch's errors name no file and ended
-    serve, merge and train in a traceback."""
+    """Around reading a weights `file` (an adapter's, or a model's: `check_model_weights`): one that cannot be read
+    (empty, cut short by an interrupted copy, not the format its name says) is a ValueError naming it; safetensors'
+    and torch's errors name no file and ended serve, merge and train in a traceback."""
     import pickle
 
     from safetensors import SafetensorError
@@ -373,6 +374,24 @@ def reading_weights(file: Path) -> Iterator[None]:
         raise ValueError(f"{file} cannot be read as safetensors (empty or cut short?): {err}") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
         raise ValueError(f"{file} cannot be read as a weights-only PyTorch file: {err}") from None
+
+
+def check_model_weights(model_dir: Path) -> None:
+    """The safetensors files a model folder's weights are loaded from (its index's shards, else model.safetensors)
+    open: each header read and checked to cover its file, no tensor read. One that does not is `reading_weights`'
+    ValueError naming it, before serve or merge starts; a base cut short (`truncate -s 3000 model.safetensors`) ended
+    both in safetensors' traceback ("incomplete metadata"), naming no file."""
+    from safetensors import safe_open
+
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted({model_dir / name for name in json.loads(index.read_text()).get("weight_map", {}).values()})
+    else:
+        files = [model_dir / "model.safetensors"]
+    for file in files:
+        if file.is_file():  # a missing one is said by the loader, naming it; other formats are not checked here
+            with reading_weights(file), safe_open(file, "pt"):
+                pass
 
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")

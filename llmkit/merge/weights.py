@@ -32,6 +32,7 @@ from llmkit.core.models import (
     PROMPT_LEARNING,
     adapter_config,
     adapter_weights_file,
+    check_model_weights,
     check_named_weights,
     peft_type,
     reading_weights,
@@ -442,7 +443,9 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def base_weight_files(base_dir: Path) -> dict[str, Path]:
-    """Tensor name -> safetensors file of a model directory (single file or sharded with an index)."""
+    """Tensor name -> safetensors file of a model directory (single file or sharded with an index); a file that
+    cannot be read is a ValueError naming it (`check_model_weights`)."""
+    check_model_weights(base_dir)
     index = base_dir / INDEX_FILE
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]

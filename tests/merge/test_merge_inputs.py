@@ -6,7 +6,9 @@ adapters with a rank_pattern, a new EOS, and a full fine-tune's folder given as 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -481,3 +483,27 @@ def test_a_refused_merge_leaves_no_new_parent_folders_of_out(tiny_model_dir, def
     result = CliRunner().invoke(app, ["merge", *flags, "--out", str(tmp_path / "new" / "deeper" / "merged")])
     assert result.exit_code == 1 and "in the base but" in result.output, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_a_base_whose_weights_are_cut_short_is_named_by_merge_and_serve(sharded, tiny_model_dir, python, tmp_path):
+    """`truncate -s 3000 model.safetensors` in the base ended merge and serve in safetensors' traceback ("incomplete
+    metadata"), naming no file; an adapter's weights cut short were already said so, in these words."""
+    base = tmp_path / "base"
+    if sharded:  # a shard of an indexed base
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(base, max_shard_size="2MB")
+        AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(base)
+    else:
+        shutil.copytree(tiny_model_dir, base)
+    adapter = lora_adapter(base, tmp_path / "adapter")
+    cut = sorted(base.glob("*.safetensors"))[-1]
+    os.truncate(cut, 3000)
+    said = f"{cut} cannot be read as safetensors (empty or cut short?)"
+    flags = ["--adapter", str(adapter), "--base", str(base), "--out", str(tmp_path / "merged")]
+    result = CliRunner().invoke(app, ["merge", *flags], env={"COLUMNS": "400"})
+    assert result.exit_code == 1 and said in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "merged").exists() and not list(tmp_path.glob(".merged.*"))
+    command = [python, "-m", "llmkit.server", "--model", str(base), "--device", "cpu", "--port", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and f"Error: cannot serve: {said}" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
