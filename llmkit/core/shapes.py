@@ -530,17 +530,11 @@ def find_model_config(
             raise ModelConfigNotFound(f"{explicit}: {'not a file' if path.exists() else 'no such file or folder'}")
         return FoundConfig(_read(path), f"{path}")
     local = user_path(model)
-    if (local / "config.json").is_file():
-        return FoundConfig(_read(local / "config.json"), "local folder")
-    if local.is_dir() or model.startswith((".", "/", "~")):
+    if not (local / "config.json").is_file() and (local.is_dir() or model.startswith((".", "/", "~"))):
         raise ModelConfigNotFound(f"{model} is a local path without a config.json")
-    if model == DEFAULT_MODEL_ID and revision is None:  # what `llmkit train` will load: the embedded copy
-        return FoundConfig(_read(embedded_model_dir() / "config.json"), "the embedded default model")
-    if cached := _from_cache(model, revision):
-        return FoundConfig(_read(cached), "Hugging Face cache")
+    if found := config_at_hand(model, revision):
+        return found
     shipped = shipped_configs()
-    if model in shipped:
-        return FoundConfig(_read(shipped[model]), "shipped with llmkit")
     downloaded, why = _from_hub(model, revision)
     if downloaded:
         return FoundConfig(_read(downloaded), "the hub")
@@ -552,6 +546,47 @@ def find_model_config(
         f"no config.json for {model}: not a local folder, not in the Hugging Face cache, not among the "
         f"{len(shipped)} shipped with llmkit, and {why}. Give it {how_to_give}"
     )
+
+
+def config_at_hand(model: str, revision: str | None = None) -> FoundConfig | None:
+    """config.json of `model` where it is without the network: a local folder, the embedded default, the Hugging Face
+    cache, or the configs shipped with llmkit (`find_model_config`'s first places); None where none has it."""
+    local = user_path(model)
+    if (local / "config.json").is_file():
+        return FoundConfig(_read(local / "config.json"), "local folder")
+    if local.is_dir() or model.startswith((".", "/", "~")):
+        return None
+    if model == DEFAULT_MODEL_ID and revision is None:  # what `llmkit train` will load: the embedded copy
+        return FoundConfig(_read(embedded_model_dir() / "config.json"), "the embedded default model")
+    if cached := _from_cache(model, revision):
+        return FoundConfig(_read(cached), "Hugging Face cache")
+    shipped = shipped_configs()
+    if model in shipped:
+        return FoundConfig(_read(shipped[model]), "shipped with llmkit")
+    return None
+
+
+# What makes two config.json files another model, not a copy of one (a folder and its hub id, a re-save): the
+# architecture and the sizes. The tokens' ids, dtype, rope scaling and the like are left out: a copy may differ there.
+_MODEL_IDENTITY = (
+    "model_type",
+    "architectures",
+    "hidden_size",
+    "num_hidden_layers",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+)
+
+
+def model_difference(first: dict, second: dict) -> str | None:
+    """The first of `_MODEL_IDENTITY` in which two config.json files differ ("model_type llama vs mistral"), where
+    both give it; None where they agree (no evidence of another model)."""
+    for key in _MODEL_IDENTITY:
+        if key in first and key in second and first[key] != second[key]:
+            return f"{key} {first[key]} vs {second[key]}"
+    return None
 
 
 def model_shape(

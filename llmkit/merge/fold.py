@@ -37,7 +37,7 @@ from llmkit.core.models import (
     tokenizer_dir,
 )
 from llmkit.core.processes import sigterm_as_exit
-from llmkit.core.shapes import base_model_refusal, find_model_config
+from llmkit.core.shapes import base_model_refusal, config_at_hand, find_model_config, model_difference
 from llmkit.merge import weights as mw
 from llmkit.merge.verify import TOLERANCES, Agreement, verify_merge
 
@@ -115,8 +115,11 @@ def merge_adapter(
     check_merge_target(Path(out_dir), [adapter], max_shard_size)  # before a base model is downloaded
     base = resolve_model(base_model or trained_on(adapter))
     key = "base_model" if cfg is not None else "--base" if base_model else "base_model_name_or_path"
-    if problem := base_model_refusal(find_model_config(str(base.path)).config, base.model_id, key):
+    base_config = find_model_config(str(base.path)).config
+    if problem := base_model_refusal(base_config, base.model_id, key):
         raise ValueError(problem)  # before the base is loaded: remote code would be asked for on the terminal
+    if base_model:
+        warn_other_base(adapter, base, base_config, f"{key} {base_model}")
     options = merge_options(dtype, training_config(adapter) or cfg, base.path, nf4_roundtrip, verify, max_shard_size)
     inputs = {"base": fingerprint(base.path), "adapter": fingerprint(adapter, ADAPTER_FILES)}
     return run_merge(base, lambda _staging: adapter, inputs, Path(out_dir), options, label=str(adapter))
@@ -201,6 +204,43 @@ def trained_on(adapter: Path) -> str:
     if not name:
         raise ValueError(f"{adapter}/adapter_config.json names no base_model_name_or_path; pass --base")
     return name
+
+
+def warn_other_base(adapter: Path, base: ResolvedModel, base_config: dict, given: str) -> None:
+    """One warning where the base given (`given`: "--base NAME") is another model than the one the adapter was
+    trained on (its base_model_name_or_path), as their config.json files show where that model's is at hand (a local
+    folder, the cache, shipped: `config_at_hand`). Nothing where it is the same name or folder, or where there is no
+    evidence: a local copy and its hub id are the same model, and an unknown hub id may be too. An adapter for
+    another model was merged without a word wherever its shapes happened to fit (a Llama adapter into Mistral)."""
+    trained = adapter_config(adapter).get("base_model_name_or_path")
+    if not trained or trained == base.model_id or user_path(trained).resolve() == base.path:
+        return
+    found = config_at_hand(trained)
+    if found and (difference := model_difference(found.config, base_config)):
+        LOG.warning(
+            "%s was trained on %s, but %s is another model (%s): the merge is not the model that was trained, even "
+            "where the shapes fit",
+            adapter,
+            trained,
+            given,
+            difference,
+        )
+
+
+def check_same_base(adapters: list[Path]) -> None:
+    """Refuse adapters whose recorded bases (base_model_name_or_path) are different models, as their config.json
+    files show where both are at hand (`warn_other_base`): a weighted merge adds their deltas onto one base, and
+    folded both without a word where the shapes fit."""
+    trained = {a: adapter_config(a).get("base_model_name_or_path") for a in adapters}
+    configs = {name: config_at_hand(name) for name in set(trained.values()) if name}
+    for i, first in enumerate(adapters):
+        for other in adapters[i + 1 :]:
+            a, b = configs.get(trained[first]), configs.get(trained[other])
+            if trained[first] != trained[other] and a and b and (difference := model_difference(a.config, b.config)):
+                raise ValueError(
+                    f"{first} was trained on {trained[first]} but {other} on {trained[other]}, another model "
+                    f"({difference}): a weighted merge adds their deltas onto one base; merge each onto its own base"
+                )
 
 
 def training_config(adapter: Path) -> AxolotlConfig | None:

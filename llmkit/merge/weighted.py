@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from llmkit.core.errors import problems
 from llmkit.core.files import user_path
 from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE, adapter_key_mapping, resolve_model
+from llmkit.core.shapes import find_model_config
 from llmkit.core.yaml_files import YamlFileError, read_mapping
 from llmkit.merge import weights as mw
 from llmkit.merge.fold import (
@@ -40,12 +41,14 @@ from llmkit.merge.fold import (
     MergeReport,
     check_adapter_dir,
     check_merge_target,
+    check_same_base,
     fingerprint,
     merge_options,
     plan_merge,
     run_merge,
     trained_on,
     training_config,
+    warn_other_base,
 )
 
 LOG = logging.getLogger(__name__)
@@ -147,6 +150,9 @@ def merge_weighted(
     options = merge_options(dtype, cfg, base.path, nf4_roundtrip, verify, max_shard_size)
     while read:  # peft's own mismatch is a state-dict dump naming neither the adapter nor its base
         plan_merge(base.path, read.pop(0), options.dtype)  # let go once checked: peft reads them to combine them
+    check_same_base(adapters)  # those that fit the base, but were trained on different models
+    if spec.base_model:
+        warn_other_base(adapters[0], base, find_model_config(str(base.path)).config, f"the base {spec.base_model}")
     inputs = {
         "base": fingerprint(base.path),
         "adapters": [fingerprint(a, ADAPTER_FILES) for a in adapters],

@@ -507,3 +507,42 @@ def test_a_base_whose_weights_are_cut_short_is_named_by_merge_and_serve(sharded,
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and f"Error: cannot serve: {said}" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_adapter_merged_into_another_model_whose_shapes_fit_is_warned_of(
+    tiny_model_dir, tiny_family_dir, tmp_path, caplog
+):
+    """A Llama adapter merged into a Mistral of the same sizes (`merge --base <mistral>`) was merged without a word,
+    and a weighted merge of a Llama's and a Mistral's adapters folded both."""
+    mistral = tiny_family_dir("mistral")
+    adapter = lora_adapter(tiny_model_dir, tmp_path / "adapter")
+    merge_adapter(mistral, adapter, tmp_path / "merged", dtype="float32", verify=False)
+    said = [r.getMessage() for r in caplog.records if "is another model" in r.getMessage()]
+    assert said == [
+        f"{adapter} was trained on {tiny_model_dir}, but --base {mistral} is another model (model_type llama vs "
+        "mistral): the merge is not the model that was trained, even where the shapes fit"
+    ]
+    # the same model under another name: a local copy, or a hub id whose config is nowhere at hand (no evidence)
+    caplog.clear()
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "copy")
+    merge_adapter(copy, adapter, tmp_path / "merged-copy", dtype="float32", verify=False)
+    unknown = shutil.copytree(adapter, tmp_path / "from-hub")
+    config = json.loads((unknown / "adapter_config.json").read_text())
+    (unknown / "adapter_config.json").write_text(json.dumps(config | {"base_model_name_or_path": "someone/unknown"}))
+    merge_adapter(copy, unknown, tmp_path / "merged-unknown", dtype="float32", verify=False)
+    assert not [r for r in caplog.records if "is another model" in r.getMessage()]
+
+    # a weighted merge of adapters trained on different models is refused; on one model named two ways it is not
+    other = lora_adapter(mistral, tmp_path / "mistral-adapter")
+    refusal = (
+        f"{adapter} was trained on {tiny_model_dir} but {other} on {mistral}, another model (model_type llama vs "
+        "mistral): a weighted merge adds their deltas onto one base; merge each onto its own base"
+    )
+    result = CliRunner().invoke(
+        app, ["merge", "--adapter", str(adapter), "--adapter", str(other), "--out", str(tmp_path / "fused")]
+    )
+    assert result.exit_code == 1 and refusal in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "fused").exists() and not list(tmp_path.glob(".fused.*"))
+    from llmkit.merge.fold import check_same_base  # here: the parts above fail on the code before it, not the import
+
+    check_same_base([adapter, lora_adapter(copy, tmp_path / "copy-adapter"), unknown])
