@@ -26,7 +26,16 @@ from huggingface_hub.utils import tqdm  # off with HF_HUB_DISABLE_PROGRESS_BARS:
 
 from llmkit.core import devices
 from llmkit.core.errors import UsageError
-from llmkit.core.files import check_replaceable, clean_stale, disk_full, sha256_file, staging_dir, swap_in, user_path
+from llmkit.core.files import (
+    check_replaceable,
+    clean_stale,
+    disk_full,
+    sha256_file,
+    staging_dir,
+    swap_in,
+    through_link,
+    user_path,
+)
 from llmkit.core.models import (
     ADAPTER_WEIGHTS,
     DEFAULT_MAX_SHARD_SIZE,
@@ -342,6 +351,7 @@ def run_merge(
     }
     report = MergeReport(out_dir, base.model_id, label, str(options.dtype).removeprefix("torch."), bool(options.nf4))
     clean_stale(out_dir)  # first: it may restore the out_dir a killed swap had moved aside
+    clean_killed_merges(through_link(out_dir).parent)
     previous = _read_manifest(out_dir)
     unchanged = previous.get("inputs") == inputs and (previous.get("verification") or not options.verify)
     if unchanged and (broken := _outputs_problem(out_dir, previous.get("outputs"))):
@@ -357,7 +367,8 @@ def run_merge(
     if options.dtype_note:
         LOG.warning(options.dtype_note)
     started = time.monotonic()
-    with _disk_full_named(out_dir), staging_dir(out_dir, "tmp") as tmp, staging_dir(out_dir, "adapter") as staging:
+    merged, combined = _STAGING
+    with _disk_full_named(out_dir), staging_dir(out_dir, merged) as tmp, staging_dir(out_dir, combined) as staging:
         adapter = adapter_source(staging)
         write_merged(base.path, adapter, tmp, options)
         if options.verify:
@@ -378,6 +389,22 @@ def run_merge(
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         swap_in(tmp, out_dir)
     return report
+
+
+# The staging folders' kinds (`.<out>.<kind>-<pid>-*` beside --out): the merged model, and a weighted merge's
+# combined adapter. No other command stages folders of these kinds.
+_STAGING = ("tmp", "adapter")
+
+
+def clean_killed_merges(folder: Path) -> None:
+    """Remove the staging folders that merges killed with SIGKILL left in `folder`, beside any --out: `clean_stale`
+    of each one's target, which removes those whose pid is gone and keeps a running merge's. Only a rerun to the same
+    --out removed them, so a killed merge never retried left gigabytes hidden there."""
+    for kind in _STAGING:
+        for path in folder.glob(f".*.{kind}-*-*"):
+            target = path.name[1:].rsplit(f".{kind}-", 1)[0]
+            if path.is_dir() and target:
+                clean_stale(folder / target)
 
 
 @contextmanager

@@ -659,3 +659,28 @@ def test_the_train_first_command_quotes_a_config_path_with_spaces(tiny_model_dir
     config.write_text(yaml.safe_dump({**keys, "datasets": [{"path": "tatsu-lab/alpaca", "type": "alpaca"}]}))
     result = CliRunner().invoke(app, ["merge", str(config)], env={"COLUMNS": "400"})
     assert result.exit_code == 1 and f"train first (llmkit train '{config}')" in result.output
+
+
+_KILLED_MID_MERGE = """
+import os, signal, sys
+from pathlib import Path
+from llmkit.core.files import staging_dir
+out = Path(sys.argv[1])
+with staging_dir(out, "tmp") as tmp, staging_dir(out, "adapter") as adapter:
+    (tmp / "model.safetensors").write_bytes(b"\\0" * 1000)  # half a merge, and a weighted merge's adapter
+    (adapter / "weighted").mkdir()
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_merge_removes_what_killed_merges_left_beside_any_out(adapters, tiny_model_dir, python, tmp_path):
+    """A merge killed with SIGKILL left `.<out>.tmp-PID-*` and `.<out>.adapter-PID-*` beside --out (a model's size),
+    hidden; only a merge to that same --out removed them, so a merge never retried left them there for good."""
+    killed = subprocess.run([python, "-c", _KILLED_MID_MERGE, str(tmp_path / "abandoned")], cwd=ROOT, timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert [name.split("-")[0] for name in left] == [".abandoned.adapter", ".abandoned.tmp"], left
+    running = tmp_path / f".busy.tmp-{os.getpid()}-x"  # a merge still running (this process): kept
+    running.mkdir()
+    merge_adapter(tiny_model_dir, adapters["plain"], tmp_path / "merged", dtype="bfloat16", verify=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "merged"]
