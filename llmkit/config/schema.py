@@ -170,12 +170,13 @@ ATTENTION_NAMES = {
     "flex_attention": "flex_attention",
     "xformers": "xformers",
 }
+# In axolotl's priority order (its LEGACY_ATTN_FLAG_TO_IMPL): of several set, the first wins, the others ignored.
 _ATTENTION_FLAGS = {
+    "xformers_attention": "xformers",
+    "flex_attention": "flex_attention",
     "flash_attention": "flash_attention_2",
     "sdp_attention": "sdpa",
-    "flex_attention": "flex_attention",
     "eager_attention": "eager",
-    "xformers_attention": "xformers",
 }
 # axolotl's older key names, read as the newer ones.
 _RENAMED_KEYS = {  # axolotl's aliases and older names
@@ -771,26 +772,30 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         """The attention asked for, in transformers' names (axolotl's `xformers` kept); None: transformers' default.
 
         A name (attn_implementation, attention) wins over the boolean keys (flash_attention, ...), which are then
-        ignored, as axolotl's model loader does (`ignored_attention_flags`).
+        ignored, as axolotl's model loader does (`ignored_attention_flags`); of several boolean keys, the first in
+        axolotl's priority order wins (xformers, flex, flash, sdp, eager), as its config normalizer picks one.
 
         Raises:
-            ValueError: an unknown name, or two names or two boolean keys that ask for different implementations.
+            ValueError: an unknown name, or two names that ask for different implementations.
         """
         named, flags = self._attention_asks()
-        for asked in (named, flags):
-            if len(set(asked.values())) > 1:
-                raise ValueError(
-                    "attention set more than one way: " + ", ".join(f"{k}: {v}" for k, v in asked.items())
-                )
+        if len(set(named.values())) > 1:
+            raise ValueError("attention set more than one way: " + ", ".join(f"{k}: {v}" for k, v in named.items()))
         return next(iter((named or flags).values()), None)
 
     @property
-    def ignored_attention_flags(self) -> list[str]:
-        """The boolean attention keys set beside a name that asks for another implementation: axolotl loads the
-        named one and ignores them (empty when they agree, or no name is given)."""
+    def attention_key(self) -> str | None:
+        """The key whose attention is used (see attention_implementation); None when none is set."""
         named, flags = self._attention_asks()
-        chosen = next(iter(named.values()), None)
-        return [key for key, name in flags.items() if chosen is not None and name != chosen]
+        return next(iter(named or flags), None)
+
+    @property
+    def ignored_attention_flags(self) -> list[str]:
+        """The boolean attention keys set beside the key that names the attention used (attention_key) and asking
+        for another implementation: axolotl loads the one chosen and ignores them (empty when they agree)."""
+        chosen = self.attention_implementation
+        _, flags = self._attention_asks()
+        return [key for key, name in flags.items() if key != self.attention_key and name != chosen]
 
     def _attention_asks(self) -> tuple[dict[str, str], dict[str, str]]:
         """The attention each key asks for, in transformers' names: the named keys', then the boolean keys'.
@@ -1210,9 +1215,16 @@ def _sharegpt_notices(cfg: AxolotlConfig) -> list[str]:
 
 
 def _attention_notices(cfg: AxolotlConfig) -> list[str]:
-    """A boolean attention key beside attn_implementation changes nothing: say so, as axolotl loads the named
-    attention without a word (gpt-oss's examples set flash_attention: true beside a hub kernel)."""
-    key = "attn_implementation" if cfg.attn_implementation else "attention"
+    """A boolean attention key beside the one axolotl takes changes nothing: say so, and which won. A name wins
+    without a word from axolotl's loader (gpt-oss's examples set flash_attention: true beside a hub kernel); of two
+    boolean keys its config normalizer takes the first in its priority order (flash_attention over sdp_attention)."""
+    key = cfg.attention_key
+    if key in _ATTENTION_FLAGS:
+        why = "the first of the boolean attention keys in axolotl's priority order (xformers, flex, flash, sdp, eager)"
+        return [
+            f"{flag}: true is ignored: {key}: true wins ({cfg.attention_implementation}), {why}"
+            for flag in cfg.ignored_attention_flags
+        ]
     return [
         f"{flag}: true is ignored: {key}: {getattr(cfg, key)} names the attention, as in axolotl, whose model "
         "loader takes a named attention over the boolean keys"

@@ -31,6 +31,7 @@ TEAM = {
     "Mistral-02": (M7, ML, 8192, 32, 16, MLP, 2, 4, 3, 300, B8, 4e-4),
     "Mistral-03": (M7, ML, 8192, 64, 32, MLP, 4, 8, 3, 300, B8, 3e-4),
 }
+REAL_WORLD = Path(__file__).parent / "real_world"  # users' configs, as written (the corpus of test_real_world_configs)
 MINIMAL = """\
 base_model: HuggingFaceTB/SmolLM2-135M-Instruct
 adapter: qlora
@@ -367,9 +368,19 @@ def test_a_named_attention_wins_over_a_boolean_key_as_in_axolotl(tmp_path):
     assert agreeing.ignored_attention_flags == [] and agreeing.notices == []
 
 
+def test_two_boolean_attention_keys_take_axolotls_priority_order_with_a_note():
+    """A user's real config sets flash_attention: true and sdp_attention: true: axolotl's config normalizer takes
+    the first in its LEGACY_ATTN_FLAG_TO_IMPL order (flash_attention_2); it was refused as attention set two ways."""
+    with pytest.warns(ConfigWarning) as caught:
+        cfg = load_config(REAL_WORLD / "mistral-7b-qlora-completion-sdp-gpu-limit.yml")
+    assert cfg.attention_implementation == "flash_attention_2" and cfg.ignored_attention_flags == ["sdp_attention"]
+    said = " ".join(str(warning.message) for warning in caught)
+    assert "sdp_attention: true is ignored: flash_attention: true wins (flash_attention_2)" in said
+
+
 def test_conflicting_or_unknown_attention_is_an_error(tmp_path):
-    message = error_of(write(tmp_path, MINIMAL), {"flash_attention": True, "sdp_attention": True})
-    assert "attention set more than one way: flash_attention: flash_attention_2, sdp_attention: sdpa" in message
+    message = error_of(write(tmp_path, MINIMAL), {"attn_implementation": "eager", "attention": "sdpa"})
+    assert "attention set more than one way: attn_implementation: eager, attention: sdpa" in message
     assert "attn_implementation: 'sage' is not an attention implementation here" in error_of(
         write(tmp_path, MINIMAL), {"attn_implementation": "sage"}
     )
