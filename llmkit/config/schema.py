@@ -922,8 +922,9 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             return (["all-linear"] if all_linear else []) + listed
         shape = shape_or_model if isinstance(shape_or_model, ModelShape) else ModelShape.from_model(shape_or_model)
         missing = [name for name in listed if not shape.matching(name)]
-        if missing:
-            raise ConfigError([_unknown_targets(missing, shape)], self.source)
+        if missing and len(missing) == len(listed) and not all_linear:  # peft's own error: nothing to wrap
+            raise ConfigError([_unknown_targets(missing, shape, listed)], self.source)
+        listed = [name for name in listed if name not in missing]
         renamed = self._peft_renamed(shape)
         refused = [name for name in listed if name.rsplit(".", 1)[-1] in renamed]
         if refused:
@@ -931,7 +932,18 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         chosen = [name for name in shape.linear_names() if name not in renamed] if all_linear else []
         targets = chosen + [name for name in listed if name not in chosen]
         self._check_not_saved_whole(targets, shape)
+        if missing:  # peft wraps the names that match and skips the rest, so axolotl trains the subset
+            self._notice(
+                f"{_unknown_targets(missing, shape, missing + listed)}. peft skips them, as axolotl's training does: "
+                f"the adapter wraps {targets}"
+            )
         return targets
+
+    def _notice(self, note: str) -> None:
+        """A note found after loading (the model's shape known): shown with the plan's notes, warned once."""
+        if note not in self._notices:
+            self._notices.append(note)
+            warnings.warn(note, ConfigWarning, stacklevel=3)
 
     def _check_not_saved_whole(self, targets: list[str], shape) -> None:
         """A module is adapted with LoRA or trained whole (lora_modules_to_save), not both: peft stopped training on
@@ -1044,8 +1056,18 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
 AXOLOTL_TOKEN_ROWS = ("embed_tokens", "lm_head")
 
 
-def _unknown_targets(missing: list[str], shape) -> str:
-    """Which listed names wrap nothing, and what the model has instead."""
+# Layer names of common architectures: one of them missing from this model is no typo of a name it has (up_proj is
+# Llama's MLP, not a misspelt v_proj), so spelling alone suggests nothing for it.
+_KNOWN_LAYER_NAMES = frozenset(
+    "q_proj k_proj v_proj o_proj qkv_proj gate_proj up_proj down_proj gate_up_proj out_proj dense dense_h_to_4h "
+    "dense_4h_to_h query_key_value query key value c_attn c_proj c_fc fc1 fc2 fc_in fc_out w1 w2 w3 wq wk wv wo "
+    "Wqkv in_proj x_proj dt_proj lm_head embed_tokens".split()
+)
+
+
+def _unknown_targets(missing: list[str], shape, listed: list[str]) -> str:
+    """Which listed names wrap nothing, and what the model has instead: a MoE expert's MLP name points at
+    lora_target_parameters, a projection fused into another layer at that layer, a typo at the nearest name."""
     others = [m.leaf for m in shape.embeddings] + ([shape.head.leaf] if shape.head else [])
     line = (
         f"lora_target_modules: {missing} match no module of {shape.architecture} an adapter can wrap; its linear "
@@ -1058,15 +1080,23 @@ def _unknown_targets(missing: list[str], shape) -> str:
             "trains the experts"
         )
     experts = dict(shape.expert_sources)
-    hints = {
-        name: (f"lora_target_parameters: {experts[leaf]}" if (leaf := name.rsplit(".", 1)[-1]) in experts else None)
-        or _fused_into(name, shape.linear_names())
-        or suggest(name, shape.linear_names() + others)
-        for name in missing
-    }
-    hints = {name: hint for name, hint in hints.items() if hint}
+    fused_experts = {name.rsplit(".", 1)[-1]: name for name in shape.expert_names}
+
+    def hint(name: str) -> str | None:
+        leaf = name.rsplit(".", 1)[-1]
+        expert = experts.get(leaf) or fused_experts.get(_fused_into(leaf, list(fused_experts)) or "")
+        if expert:  # the experts' MLP (Llama's names on Mixtral): a parameter, not a module
+            return f"lora_target_parameters: {expert}"
+        if fused := _fused_into(name, shape.linear_names()):
+            return fused
+        if leaf in _KNOWN_LAYER_NAMES:
+            return None
+        typo = suggest(name, shape.linear_names() + others)
+        return typo if typo not in listed else None
+
+    hints = {name: text for name in missing if (text := hint(name))}
     if hints:
-        line += "; did you mean " + ", ".join(f"{hint} for {name}" for name, hint in hints.items())
+        line += "; did you mean " + ", ".join(f"{text} for {name}" for name, text in hints.items())
     return line
 
 

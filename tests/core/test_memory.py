@@ -257,8 +257,10 @@ def test_moe_experts_are_counted_unquantized_and_cannot_be_listed_as_modules(tin
     assert shape.expert_names == ("experts.gate_up_proj", "experts.down_proj")
     assert shape.expert_params == 2 * 4 * (2 * 128 * 64 + 64 * 128)  # layers x experts x (gate+up, down)
     assert shape.linear_names() == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    with pytest.warns(UserWarning, match="its MoE experts are fused parameters"):  # peft wraps q_proj, skips w1
+        assert plan(lora_config(model_dir, lora_target_modules=["w1", "q_proj"])).target_modules == ["q_proj"]
     with pytest.raises(ValueError, match="its MoE experts are fused parameters"):
-        plan(lora_config(model_dir, lora_target_modules=["w1", "q_proj"]))
+        plan(lora_config(model_dir, lora_target_modules=["w1"]))
 
 
 def test_qlora_on_moe_experts_counts_them_in_fp32_and_their_rebuilt_weights(tiny_family_dir):

@@ -6,14 +6,16 @@ the experts; on Mamba models it refuses some linear layers outright."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from llmkit.config.plan import plan
-from llmkit.config.schema import ConfigError, load_config
+from llmkit.config.schema import ConfigError, ConfigWarning, load_config
 from llmkit.merge.fold import merge_adapter
 from llmkit.train.run import train
 
@@ -30,6 +32,44 @@ def test_lora_target_linear_trains_what_the_plan_says_on_a_moe_with_dense_layers
         shapes = [weights.get_slice(name).get_shape() for name in weights.keys()]
     assert sum(rows * columns for rows, columns in shapes) == planned.trainable_params
     merge_adapter(None, out, out / "merged", dtype="float32")  # verifies against base + adapter
+
+
+REAL_WORLD = Path(__file__).parents[1] / "config" / "real_world"
+
+
+def test_listed_names_the_model_lacks_are_skipped_as_peft_skips_them(tiny_config, tiny_family_dir):
+    """A user's Mixtral config lists Llama's MLP names beside attention: peft wraps the names that match and skips
+    the rest, so axolotl trains attention alone. It was refused, with hints of v_proj for up_proj; the plan's
+    count must be what training wraps."""
+    real = yaml.safe_load((REAL_WORLD / "mixtral-8x7b-instruct-lora4bit-chat-legacy-fields.yml").read_text())
+    targets = real["lora_target_modules"]
+    config = tiny_config(
+        base_model=str(tiny_family_dir("mixtral")), lora_target_linear=False, lora_target_modules=targets
+    )
+    with pytest.warns(ConfigWarning) as caught:
+        planned = plan(load_config(config))
+    said = " ".join(str(warning.message) for warning in caught)
+    assert "lora_target_modules: ['gate_proj', 'up_proj', 'down_proj'] match no module of MixtralForCausalLM" in said
+    assert "lora_target_parameters: experts.gate_up_proj for up_proj" in said and "v_proj for" not in said
+    assert "the adapter wraps ['q_proj', 'k_proj', 'v_proj', 'o_proj']" in said
+    assert planned.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    with pytest.warns(ConfigWarning):
+        out = train(load_config(config))
+    assert set(json.loads((out / "adapter_config.json").read_text())["target_modules"]) == set(planned.target_modules)
+    with safe_open(out / "adapter_model.safetensors", "pt") as weights:
+        shapes = [weights.get_slice(name).get_shape() for name in weights.keys()]
+    assert sum(rows * columns for rows, columns in shapes) == planned.trainable_params
+    # nothing listed matches: peft's own error, said before training
+    with pytest.raises(ConfigError, match=r"lora_target_modules: \['gate_proj', 'up_proj'\] match no module"):
+        plan(
+            load_config(
+                tiny_config(
+                    base_model=str(tiny_family_dir("mixtral")),
+                    lora_target_linear=False,
+                    lora_target_modules=["gate_proj", "up_proj"],
+                )
+            )
+        )
 
 
 def test_listing_a_name_peft_renames_to_the_experts_is_refused_with_its_key(tiny_config, tiny_family_dir):
