@@ -70,7 +70,7 @@ UNIMPLEMENTED_KEYS = frozenset(
     pretraining_sample_concatenation relora_cpu_offload relora_prune_method relora_prune_ratio scaling_softmax_bias
     scaling_softmax_factor model_quantization_config_kwargs vllm mean_resizing_embeddings
     float32 unsloth_cross_entropy_loss unsloth_lora_mlp unsloth_lora_qkv unsloth_lora_o unsloth_rms_norm unsloth_rope
-    fused_attn_kernel base_model_ignore_patterns qalora_group_size rl_adapter_ref_model
+    fused_attn_kernel base_model_ignore_patterns qalora_group_size rl_adapter_ref_model max_prompt_len
     """.split()
 )
 # axolotl keys that would change what is trained and that this project does not implement: a value other than
@@ -85,7 +85,6 @@ REFUSED_KEYS = {
     "pretraining_dataset": "streamed pretraining data is not implemented; use datasets: with type: completion",
     "dataset_shard_num": "training on one shard of the data is not implemented",
     "dataset_shard_idx": "training on one shard of the data is not implemented",
-    "max_prompt_len": "TRL 1.16's DPOTrainer no longer cuts prompts on their own; rows are cut at sequence_len",
     "dpo_norm_loss": "length-normalised DPO loss is not implemented",
     "reward_model": "reward-model training (a scalar head on preference pairs) is not implemented",
     "process_reward_model": "reward-model training (a scalar head on preference pairs) is not implemented",
@@ -183,6 +182,10 @@ FIXED_BEHAVIOUR = {
     "rl_adapter_ref_model": "an adapter's reference here is the model before training (TRL's frozen copy of the "
     "adapter), the weights a second copy of the base would hold, without that copy's memory (axolotl's schema drops "
     "the key, so axolotl runs the same)",
+    # axolotl's schema keeps it, but its trainer builder no longer passes it to TRL: DPO gets max_length alone, and
+    # KTO, ORPO and SimPO strip max_prompt_length from their arguments.
+    "max_prompt_len": "axolotl no longer passes it to TRL (DPO cuts a row at max_length alone; KTO, ORPO and SimPO "
+    "drop it), so it changes nothing there either; rows are cut at sequence_len",
     "save_safetensors": "the model is saved as safetensors only here (false asks axolotl for pytorch_model.bin files)",
 }
 # Dataset entry keys of DATASET_UNIMPLEMENTED_KEYS that axolotl ignores too, said in their own words.

@@ -539,6 +539,17 @@ def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
     assert load_quietly(write(tmp_path, MINIMAL), {"rl": False}).rl is None  # false: no preference training
 
 
+def test_max_prompt_len_is_ignored_as_axolotl_no_longer_passes_it():
+    """A blog's DPO config sets max_prompt_len: 512 beside max_length: axolotl's trainer builder passes DPO
+    max_length alone and strips max_prompt_length for KTO, ORPO and SimPO; it was refused as a key that changes
+    what is trained."""
+    with pytest.warns(ConfigWarning) as caught:
+        cfg = load_config(REAL_WORLD / "llama3.1-8b-instruct-dpo-qlora-chatml-intel-blog.yml")
+    said = " ".join(str(warning.message) for warning in caught)
+    assert "max_prompt_len=512: axolotl no longer passes it to TRL (DPO cuts a row at max_length alone" in said
+    assert [key.path for key in cfg.ignored_keys if key.path == "max_prompt_len"] == ["max_prompt_len"]
+
+
 @pytest.mark.parametrize(
     ("key", "value", "reason"),
     [
@@ -547,7 +558,6 @@ def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
         ("gptq", True, "training on a GPTQ-quantized base is not implemented"),
         ("lr_quadratic_warmup", True, "warmup here is linear"),
         ("dataset_shard_num", 4, "one shard of the data"),
-        ("max_prompt_len", 512, "rows are cut at sequence_len"),
         ("reward_model", True, "reward-model training"),
         ("qat", {"weight_dtype": "int4"}, "quantization-aware training is not implemented"),
         ("gkd_trainer", True, "GKD"),
