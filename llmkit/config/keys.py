@@ -30,7 +30,7 @@ UNIMPLEMENTED_KEYS = frozenset(
     local_rank debug deepspeed fsdp fsdp_config
     eval_table_size eval_table_max_new_tokens do_bench_eval eval_batch_size
     merge_lora default_system_message dataset_processes
-    push_dataset_to_hub hf_use_auth_token eval_sample_packing
+    push_dataset_to_hub hf_use_auth_token
     sample_packing_eff_est total_num_tokens max_packed_sequence_len save_safetensors hub_strategy torch_compile
     torch_compile_backend ddp_timeout ddp_bucket_cap_mb ddp_broadcast_buffers lr_div_factor
     auto_resume_from_checkpoints loss_watchdog_threshold loss_watchdog_patience

@@ -1348,6 +1348,11 @@ class DataSection(BaseModel):
     )
     sequence_len: int = Field(512, gt=0, description="Maximum tokens per row; longer rows are dropped.")
     sample_packing: bool = Field(False, description="Pack several rows per sequence, without cross-attention.")
+    eval_sample_packing: bool | None = Field(
+        None,
+        description="Pack the evaluation rows too; default: as sample_packing (axolotl's default). false evaluates "
+        "them one row per sequence while training packs.",
+    )
     pad_to_sequence_len: bool = Field(False, description="Pad every batch to sequence_len (steady memory).")
     train_on_inputs: bool = Field(False, description="Train on prompt tokens too; false masks them (label -100).")
     chat_template: str | None = Field(

@@ -102,6 +102,7 @@ def cache_key(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> str:
         "sequence_len": cfg.sequence_len,
         "train_on_inputs": bool(cfg.train_on_inputs),
         "sample_packing": bool(cfg.sample_packing),
+        "eval_sample_packing": cfg.eval_sample_packing is not False,
         "val_set_size": cfg.val_set_size,
         "seed": cfg.seed,
     }

@@ -134,7 +134,9 @@ class PackedCollator:
     length: int | None = None
     flatten: bool = False
 
-    def __call__(self, rows: Sequence[PackedRow]) -> PackedBatch:
+    def __call__(self, rows: Sequence[PackedRow] | Sequence[TrainingRow]) -> PackedBatch | Batch:
+        if "position_ids" not in rows[0]:  # the evaluation rows, left unpacked by eval_sample_packing: false
+            return PaddingCollator(self.pad_id, self.length)(rows)
         if self.flatten:
             rows = [_flatten(rows)]
             width = len(rows[0]["input_ids"])

@@ -338,7 +338,7 @@ def _prepare(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase, key: str) -
     if cfg.sample_packing:
         train, stats.packing_efficiency = pack_dataset(train, cfg.sequence_len)
         stats.train_sequences = len(train)
-        if evaluation is not None:
+        if evaluation is not None and cfg.eval_sample_packing is not False:  # axolotl's default: as training
             evaluation, _ = pack_dataset(evaluation, cfg.sequence_len)
     return PreparedData(train, evaluation, stats)
 

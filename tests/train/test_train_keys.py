@@ -440,3 +440,25 @@ def test_a_lora_model_dir_that_is_not_here_is_the_configs_error_in_validate_and_
     assert result.exit_code == 0, result.output
     trained = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "out")
     assert trained.peft_config["default"].r == 4 and trained.peft_config["default"].target_modules == {"q_proj"}
+
+
+def test_eval_sample_packing_false_evaluates_rows_unpacked_while_training_packs(tiny_config):
+    """axolotl's mistral full fine-tune example packs training (sample_packing: true) and sets eval_sample_packing:
+    false; it was ignored as "left empty or false, no effect either way", and the evaluation rows were packed."""
+    import yaml
+
+    from llmkit.data.pipeline import build_datasets
+
+    real = yaml.safe_load((Path(__file__).parents[1] / "config" / "real_world" / "mistral-7b-full.yml").read_text())
+    keys = {key: real[key] for key in ("sample_packing", "eval_sample_packing")}
+    assert keys == {"sample_packing": True, "eval_sample_packing": False}
+    cfg = load_config(tiny_config(**keys, val_set_size=0.25, eval_steps=1))
+    assert "eval_sample_packing" not in [key.path for key in cfg.ignored_keys]
+    data = build_datasets(cfg, load_tokenizer(cfg))
+    assert "position_ids" in data.train.column_names and "position_ids" not in data.eval.column_names
+    assert len(data.eval) == 6  # one row per sequence: a quarter of the 24 rows
+    packed = build_datasets(load_config(tiny_config(sample_packing=True, val_set_size=0.25)), load_tokenizer(cfg))
+    assert "position_ids" in packed.eval.column_names  # axolotl's default: as training
+    out = train(cfg)
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [entry["eval_loss"] for entry in history if "eval_loss" in entry]  # the unpacked rows evaluated
