@@ -195,6 +195,16 @@ DATASET_KEY_NOTES = {
 }
 # Keys whose value is what this project always does: dropped without a word ("ignored" would mislead).
 AS_HERE = {"save_safetensors": True}
+# Unimplemented keys whose axolotl default is true: `false` asks axolotl for something else, so it is said on a line
+# of its own (an error under strict), not listed as changing nothing (axolotl's schema: utils/schemas/model.py).
+DEFAULT_TRUE_KEYS = {
+    "tokenizer_use_fast": "axolotl's default is true; false loads the slow (Python) tokenizer, which can give other "
+    "token ids; the fast tokenizer is loaded here",
+    "tokenizer_save_jinja_files": "axolotl's default is true; false keeps the chat template inside "
+    "tokenizer_config.json instead of a chat_template.jinja file; transformers' default file layout is written here",
+    "experimental_skip_move_to_device": "axolotl's default is true; false moves the model to the device before "
+    "sharding (its legacy behaviour); the model is placed as loaded here",
+}
 
 EMPTY_VALUES = (None, False, "", [], {})  # an unimplemented key set to one of these changes nothing
 
@@ -236,6 +246,8 @@ class IgnoredKey:
     @property
     def effective(self) -> bool:
         """Whether the value would have changed anything (empty and false values change nothing)."""
+        if self.value is False and self.path in DEFAULT_TRUE_KEYS:  # false is not axolotl's default here
+            return True
         return not any(self.value == empty and type(self.value) is type(empty) for empty in EMPTY_VALUES)
 
     @property
@@ -246,7 +258,9 @@ class IgnoredKey:
 
     def describe(self) -> str:
         hint = f" (did you mean {self.suggestion}?)" if self.suggestion else ""
-        kind = self.note or FIXED_BEHAVIOUR.get(self.path, "not implemented here") if self.known else "unknown key"
+        fixed = DEFAULT_TRUE_KEYS.get(self.path) if self.value is False else None
+        fixed = fixed or FIXED_BEHAVIOUR.get(self.path, "not implemented here")
+        kind = (self.note or fixed) if self.known else "unknown key"
         shown = short_repr(self.value)
         value = f"={shown}" if self.named_alone else f" ({shown}: no effect)"
         return f"{self.path}{value}: {kind}{hint}"

@@ -539,6 +539,18 @@ def test_dpo_beta_is_axolotls_older_rl_beta_and_trl_beta_wins(tmp_path):
     assert load_quietly(write(tmp_path, MINIMAL), {"rl": False}).rl is None  # false: no preference training
 
 
+def test_a_false_key_whose_axolotl_default_is_true_is_said_to_change_something():
+    """Dolphin 2.9's config sets tokenizer_use_fast: false (axolotl's default true: the slow tokenizer): it was
+    listed as "left empty or false, no effect either way", and passed under strict."""
+    with pytest.warns(ConfigWarning) as caught:
+        cfg = load_config(REAL_WORLD / "dolphin-2.9-llama3-8b-fft-sharegpt-chatml-tokens.yml")
+    said = " ".join(str(warning.message) for warning in caught)
+    assert "tokenizer_use_fast=False: axolotl's default is true; false loads the slow (Python) tokenizer" in said
+    assert [key.effective for key in cfg.ignored_keys if key.path == "tokenizer_use_fast"] == [True]
+    message = error_of(REAL_WORLD / "dolphin-2.9-llama3-8b-fft-sharegpt-chatml-tokens.yml", {"strict": True})
+    assert "tokenizer_use_fast=False: axolotl's default is true" in message
+
+
 def test_max_prompt_len_is_ignored_as_axolotl_no_longer_passes_it():
     """A blog's DPO config sets max_prompt_len: 512 beside max_length: axolotl's trainer builder passes DPO
     max_length alone and strips max_prompt_length for KTO, ORPO and SimPO; it was refused as a key that changes
