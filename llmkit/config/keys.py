@@ -209,6 +209,10 @@ DEFAULT_TRUE_KEYS = {
 EMPTY_VALUES = (None, False, "", [], {})  # an unimplemented key set to one of these changes nothing
 
 
+# Top-level keys users write for an axolotl key that spelling alone does not reach (val_datasets is nearer datasets).
+MISNAMED_KEYS = {"val_datasets": "test_datasets", "val_dataset": "test_datasets"}
+
+
 def suggest(key: str, candidates: list[str]) -> str | None:
     """The known key a typo most likely meant, or None."""
     match = get_close_matches(key, candidates, n=1, cutoff=0.75)
@@ -277,7 +281,7 @@ def split_keys(data: dict, fields: list[str], unimplemented: frozenset, prefix: 
             continue
         else:
             known = key in unimplemented
-            hint = None if known else suggest(str(key), fields)
+            hint = None if known else (not prefix and MISNAMED_KEYS.get(key)) or suggest(str(key), fields)
             note = _reference_note(data) if not prefix and key == "rl_adapter_ref_model" else None
             if prefix and known:
                 note = DATASET_KEY_NOTES.get(key)

@@ -551,6 +551,21 @@ def test_a_false_key_whose_axolotl_default_is_true_is_said_to_change_something()
     assert "tokenizer_use_fast=False: axolotl's default is true" in message
 
 
+def test_val_datasets_and_val_dataset_point_at_test_datasets():
+    """A user's Gemma config holds its validation file under val_datasets: the hint was datasets (spelling alone),
+    and val_dataset got none; axolotl's key is test_datasets."""
+    with pytest.warns(ConfigWarning) as caught:
+        load_config(REAL_WORLD / "gemma-2b-it-lora4bit-alpaca-valdatasets.yml")
+    said = " ".join(str(warning.message) for warning in caught)
+    assert "val_datasets=" in said and "unknown key (did you mean test_datasets?)" in said
+    assert "did you mean datasets?" not in said
+    entry = [{"path": "rows.jsonl", "type": "alpaca"}]
+    with pytest.warns(ConfigWarning, match=r"val_dataset=.*unknown key \(did you mean test_datasets\?\)"):
+        load_config(
+            REAL_WORLD / "gemma-2b-it-lora4bit-alpaca-valdatasets.yml", {"val_datasets": None, "val_dataset": entry}
+        )
+
+
 def test_max_prompt_len_is_ignored_as_axolotl_no_longer_passes_it():
     """A blog's DPO config sets max_prompt_len: 512 beside max_length: axolotl's trainer builder passes DPO
     max_length alone and strips max_prompt_length for KTO, ORPO and SimPO; it was refused as a key that changes
