@@ -275,8 +275,8 @@ _DEFAULT_SYSTEM_PROBES = {
     ),
 }
 TEMPLATE_CHOICES = (
-    f"{', '.join(MODEL_TEMPLATES)} (the base model's own), tokenizer_default, tokenizer_default_fallback_<name>, "
-    "jinja, a Jinja string"
+    f"the base model's own where it is that model's ({', '.join(MODEL_TEMPLATES)}), tokenizer_default, "
+    "tokenizer_default_fallback_<name>, jinja, a Jinja string"
 )
 _FALLBACK = "tokenizer_default_fallback_"  # + a name: the tokenizer's template, else the named one
 # axolotl's default role names; `roles:` replaces them.
@@ -420,11 +420,19 @@ def named_template(choice: str, jinja: str | None, base_dir: Path | None, key: s
             f"{OTHER_MODEL_TEMPLATES[choice]}; chat_template: tokenizer_default renders the base model's own, and "
             f"chat_template: jinja with chat_template_jinja holding {choice}'s text renders axolotl's"
         )
+    hint = _spelled_otherwise(choice, [*CHAT_TEMPLATES, *MODEL_TEMPLATES])
     raise ValueError(
         f"{key}: {choice!r} is not one of {', '.join(CHAT_TEMPLATES)}, {TEMPLATE_CHOICES} (axolotl names more "
         "templates than this project renders: tokenizer_default renders the model's own, which a model-named template "
         "such as phi_35 or deepseek_v3 is written after; chat_template_jinja takes any other)"
+        + (f"; did you mean {hint}?" if hint else "")
     )
+
+
+def _spelled_otherwise(choice: str, names: list[str]) -> str | None:
+    """The template name `choice` spells another way: FastChat's llama-3 for llama3, a case or separator apart."""
+    squeezed = re.sub(r"[-_. ]", "", choice.lower())
+    return next((name for name in names if re.sub(r"[-_. ]", "", name) == squeezed), None)
 
 
 def template_for_rows(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, defaults: ChatDefaults) -> str:

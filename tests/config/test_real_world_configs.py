@@ -274,3 +274,13 @@ def test_a_missing_folder_given_as_model_is_named_as_a_folder(tmp_path):
     said = result.stderr.strip().splitlines()
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert said[-1].startswith("Error: cannot serve: There is no folder nonexist_dir here, and the hub cannot be")
+
+
+@pytest.mark.timeout(600)
+def test_fastchats_llama_3_spelling_is_pointed_at_llama3(runs):
+    """A user's Tagengo config writes sharegpt's conversation: llama-3 (FastChat's name): the refusal listed the
+    names without saying which one was meant."""
+    run = next(run for run in runs if run.name == "llama3-8b-instruct-fft-sharegpt-llama3-tagengo.yml")
+    said = " ".join(run.output.split())  # rich wraps the problem lines
+    assert run.result == "error" and "datasets[0].conversation: 'llama-3' is not one of chatml, llama3," in said
+    assert "did you mean llama3?" in said

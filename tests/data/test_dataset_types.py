@@ -495,10 +495,12 @@ def test_chat_template_names_are_checked_without_the_tokenizer(tmp_path):
         {"path": "a.jsonl", "type": "chat_template", "chat_template": "jinja", "chat_template_jinja": "no.jinja"},
     ]
     cfg = _load(tmp_path, datasets, base_model="Qwen/Qwen2.5-0.5B", chat_template="chatlm")
-    choices = "chatml, llama3, phi_3, gemma, qwen_25, alpaca, metharme, falcon_h1, qwen3, gemma3, gemma3n, "
+    # the models' own templates in one parenthesis: it was attached to llama3_2_vision alone
+    choices = "chatml, llama3, phi_3, gemma, qwen_25, alpaca, metharme, falcon_h1, the base model's own where it is "
+    choices += "that model's (qwen3, gemma3, gemma3n, "
     choices += "gemma4, gemma4_unified, llama4, cohere, aya, deepseek_v2, exaone, mistral_v1, mistral_v2v3, "
     choices += "mistral_v3_tekken, "
-    choices += "pixtral, mistral_v7_tekken, qwen2_vl, llama3_2_vision (the base model's own),"
+    choices += "pixtral, mistral_v7_tekken, qwen2_vl, llama3_2_vision),"
     choices += " tokenizer_default, tokenizer_default_fallback_<name>, jinja, a Jinja string (axolotl names more"
     choices += " templates than this project renders: tokenizer_default renders the model's own, which a"
     choices += (
