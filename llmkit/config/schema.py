@@ -235,7 +235,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 data[key] = entries
         ignored += _unimplemented_metrics(data) + _unread_vllm_keys(data)
         cfg = handler(data)
-        ignored += _unread_sync_keys(cfg)
+        ignored += _unread_sync_keys(cfg) + _unread_chat_keys(cfg)
         cfg._ignored, cfg._notices = ignored, notices
         blocking = [key.describe() for key in ignored if not key.known or key.effective]
         if cfg.strict and (blocking or notices):
@@ -1155,6 +1155,27 @@ def _unread_sync_keys(cfg: AxolotlConfig) -> list[IgnoredKey]:
     return [
         IgnoredKey(f"trl.{key}", value, known=True, note=note) for key, value in values.items() if value is not None
     ]
+
+
+# A conversation's keys: read by the chat types alone (chat_template, sharegpt), as in axolotl, whose other SFT
+# strategies take their fields from the row by their own names.
+_CHAT_KEYS = ("field_messages", "message_property_mappings", "message_field_role", "message_field_content")
+
+
+def _unread_chat_keys(cfg: AxolotlConfig) -> list[IgnoredKey]:
+    """A conversation's keys on an SFT dataset of another type (type: alpaca with field_messages): they do nothing
+    there, and passed silently, under strict too."""
+    if cfg.rl is not None:  # preference types read some of them (chat_template.argilla_chat's roles)
+        return []
+    ignored = []
+    for key, i, spec in cfg.dataset_entries():
+        if not isinstance(spec.type, DatasetType) or spec.type in (DatasetType.chat_template, DatasetType.sharegpt):
+            continue
+        note = f"read only by type: chat_template (and sharegpt); type: {spec.type.value} does not read it"
+        for field in _CHAT_KEYS:
+            if (value := getattr(spec, field)) is not None:
+                ignored.append(IgnoredKey(f"{key}[{i}].{field}", value, known=True, note=note))
+    return ignored
 
 
 def _refused(key: IgnoredKey) -> bool:

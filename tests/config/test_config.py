@@ -566,6 +566,20 @@ def test_val_datasets_and_val_dataset_point_at_test_datasets():
         )
 
 
+def test_a_conversations_keys_on_an_alpaca_dataset_are_said_to_do_nothing():
+    """A user's TinyLlama config sets field_messages and message_property_mappings under type: alpaca: only the chat
+    types read them; they passed silently, under strict too."""
+    path = REAL_WORLD / "tinyllama-chat-qlora-postman-alpaca-fieldmsgs.yml"
+    with pytest.warns(ConfigWarning) as caught:
+        load_config(path)
+    said = " ".join(str(warning.message) for warning in caught)
+    assert (
+        "datasets[0].field_messages='conversations': read only by type: chat_template (and sharegpt); type: " in said
+    )
+    assert "datasets[0].message_property_mappings=" in said
+    assert "datasets[0].field_messages='conversations'" in error_of(path, {"strict": True})
+
+
 def test_max_prompt_len_is_ignored_as_axolotl_no_longer_passes_it():
     """A blog's DPO config sets max_prompt_len: 512 beside max_length: axolotl's trainer builder passes DPO
     max_length alone and strips max_prompt_length for KTO, ORPO and SimPO; it was refused as a key that changes
