@@ -7,6 +7,7 @@ import json
 import posixpath
 import re
 import shlex
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -74,6 +75,110 @@ def exec_form(instruction: Instruction, value: str | None = None) -> list[str]:
     if not isinstance(command, list) or not command or not all(isinstance(part, str) for part in command):
         raise DockerfileError(f"line {instruction.line}: {instruction.keyword} is not in exec form (a JSON array)")
     return command
+
+
+def cmd_words(command: list[str], flags: Collection[str]) -> Iterator[tuple[str | None, str]]:
+    """The words of an exec-form command after its program, as the server's CLI (argparse) reads the `flags` among
+    them: (flag, value) for `--flag V` and for `--flag=V` alike, (None, word) for every other word. The one reader of
+    a CMD's flags: verify judges what it reads, and the smoke test runs the same.
+
+    Raises:
+        DockerfileError: one of `flags` ends the command with no value.
+    """
+    words = iter(command[1:])
+    for word in words:
+        flag, equals, value = word.partition("=")
+        if equals and flag in flags:
+            yield flag, value
+        elif word in flags:
+            value = next(words, None)
+            if value is None:
+                raise DockerfileError(f"CMD ends with {word} and no value")
+            yield word, value
+        else:
+            yield None, word
+
+
+def flag_values(command: list[str], flag: str) -> list[str]:
+    """Every value `flag` has in the command (`cmd_words`), in order; argparse keeps the last of a plain flag."""
+    return [value for name, value in cmd_words(command, {flag}) if name == flag]
+
+
+def image_path(instructions: list[Instruction], before: Instruction, path: str) -> str:
+    """`path` as the image resolves it at `before`: relative to the last WORKDIR above it, normalised, no slash
+    at its end."""
+    workdir = "/"
+    for inst in instructions:
+        if inst is before:
+            break
+        if inst.keyword == "WORKDIR" and inst.value:
+            workdir = posixpath.join(workdir, inst.value.strip())
+    return posixpath.normpath(posixpath.join(workdir, path))
+
+
+def copy_targets(stage: list[Instruction]) -> list[tuple[str, str, Instruction]]:
+    """(source in the build context, folder or file in the image, the line) of each COPY/ADD of the stage from the
+    context (not --from another stage), a source's trailing slash dropped."""
+    targets = []
+    for inst in stage:
+        if inst.keyword not in ("COPY", "ADD"):
+            continue
+        words = _json_list(inst.value) if inst.value.startswith("[") else inst.value.split()
+        if any(word.startswith("--from") for word in words):
+            continue
+        paths = [word for word in words if not word.startswith("--")]
+        if len(paths) < 2:
+            continue
+        destination = image_path(stage, inst, paths[-1])
+        for source in paths[:-1]:
+            source = posixpath.normpath(source.lstrip("/"))
+            # `COPY a b/` puts a file a in b/a; a folder's contents land in b itself
+            into = destination
+            if paths[-1].endswith("/") and not source.endswith("/") and len(paths) > 2:
+                into = posixpath.join(destination, posixpath.basename(source))
+            targets.append((source, into, inst))
+    return targets
+
+
+def _json_list(text: str) -> list[str]:
+    try:
+        words = json.loads(text)
+    except json.JSONDecodeError:
+        return text.split()
+    return [str(word) for word in words] if isinstance(words, list) else []
+
+
+def venv_pythons(stage: list[Instruction]) -> set[str]:
+    """The interpreters the stage's RUN lines create: `<venv>/bin/python`, `python3` (and `python3.X` where `uv
+    venv --python 3.X...` says which) of each `uv venv [--python V] DIR` or `python -m venv DIR`."""
+    pythons = set()
+    for inst in stage:
+        if inst.keyword != "RUN":
+            continue
+        try:
+            words = shlex.split(inst.value)
+        except ValueError:
+            words = inst.value.split()
+        for i, word in enumerate(words):
+            uv = word == "venv" and i > 0 and PurePosixPath(words[i - 1]).name == "uv"
+            module = word == "venv" and i > 1 and words[i - 1] == "-m"
+            if not (uv or module):
+                continue
+            folder, version, rest = ".venv", None, iter(words[i + 1 :])
+            for option in rest:
+                if option in ("&&", "||", ";", "|"):
+                    break
+                if option in ("--python", "-p", "--prompt") or option.startswith(("--python=", "--prompt=")):
+                    value = option.partition("=")[2] or next(rest, "")
+                    version = value if option.startswith(("--python", "-p")) else version
+                elif not option.startswith("-"):
+                    folder = option
+                    break
+            bin_dir = posixpath.join(image_path(stage, inst, folder), "bin")
+            pythons |= {f"{bin_dir}/python", f"{bin_dir}/python3"}
+            if version and (match := re.match(r"(\d+\.\d+)", version)):
+                pythons.add(f"{bin_dir}/python{match.group(1)}")
+    return pythons
 
 
 def env_vars(instructions: list[Instruction]) -> dict[str, str]:

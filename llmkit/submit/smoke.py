@@ -37,6 +37,7 @@ from llmkit.server.protocol import helm_body
 from llmkit.server.settings import EngineName
 from llmkit.submit.dockerfile import DockerfileError, env_vars, exec_form, final_stage, last, parse_dockerfile
 from llmkit.submit.manifest import MANIFEST_NAME, ZIP_ADAPTER_DIR, ZIP_MODEL_DIR, Manifest, WeightsSource
+from llmkit.submit.verify import served_problems
 from llmkit.submit.zip_env import DockerBuild, docker_build, missing_module, zip_environment
 
 LOG = logging.getLogger(__name__)
@@ -128,6 +129,10 @@ def _smoke(zip_path: str | Path, startup_timeout: float, docker: bool) -> SmokeR
         cmd = last(stage, "CMD")
         if cmd is None:
             raise SmokeError("the Dockerfile has no CMD")
+        # The CMD is run with local stand-ins for its interpreter and weights: only where they are what the image
+        # would have (else the image's server would fail, or serve another model, while this one passes).
+        if problems := served_problems(stage, manifest):
+            raise SmokeError("the CMD would not run in the image: " + "; ".join(problems))
         # Container paths (HF_HOME=/opt/hf) mean nothing here; the rest (HF_HUB_OFFLINE, LLMKIT_*) applies.
         env = {k: v for k, v in env_vars(stage).items() if not v.startswith("/")}
         env["PYTHONPATH"] = str(root)  # the zip's server package, not the checkout's

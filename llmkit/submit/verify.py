@@ -45,15 +45,19 @@ from llmkit.submit.dockerfile import (
     DockerfileError,
     Instruction,
     arg_names,
+    cmd_words,
+    copy_targets,
     dockerignored,
     env_vars,
     exec_form,
     final_stage,
+    flag_values,
     last,
     parse_dockerfile,
+    venv_pythons,
 )
 from llmkit.submit.imports import run_time_imports
-from llmkit.submit.manifest import MANIFEST_NAME, Manifest, is_weight_file
+from llmkit.submit.manifest import MANIFEST_NAME, ZIP_ADAPTER_DIR, ZIP_MODEL_DIR, Manifest, is_weight_file
 
 # Secrets, each with what to call it in the report; bytes patterns, so a file is scanned without a decoded copy.
 # [ \t] rather than \s around `=`: a match stays on one line.
@@ -105,6 +109,8 @@ def verify_submission(zip_path: str | Path, *, lint: bool = True) -> list[str]:
     problems += _check_hashes(digests, manifest)
     cmd = _server_cmd(instructions)
     problems += _check_engine(cmd, manifest)
+    if manifest is not None and cmd is not None:
+        problems += served_problems(final_stage(instructions), manifest)
     nested = _nested_archives(files)  # a wheel (training/), another zip, a tarball: their files, read once
     problems += _check_secrets(files, nested)
     problems += _check_requirements(files)
@@ -339,14 +345,110 @@ def _dockerfile_rules(instructions: list[Instruction]) -> list[str]:
 
 
 def _flag(command: list[str], flag: str) -> str | None:
-    """The value the server's CLI (argparse) takes: the last `--flag V` or `--flag=V`."""
-    value = None
-    for i, part in enumerate(command):
-        if part == flag and i + 1 < len(command):
-            value = command[i + 1]
-        elif part.startswith(flag + "="):
-            value = part.split("=", 1)[1]
-    return value
+    """The value the server's CLI (argparse) takes: the last `--flag V` or `--flag=V` (None: absent, or no value;
+    served_problems names the flag that ends the CMD)."""
+    try:
+        values = flag_values(command, flag)
+    except DockerfileError:
+        return None
+    return values[-1] if values else None
+
+
+# The CMD's flags that name what the server loads: each must be what the Dockerfile puts in the image.
+SERVED_FLAGS = ("--model", "--revision", "--adapter", "--port", "--host", "--engine")
+
+
+def served_problems(stage: list[Instruction], manifest: Manifest) -> list[str]:
+    """Where the final `stage`'s CMD would serve something the image lacks: an interpreter no RUN line installs
+    (and, named bare, not on ENV PATH), a --model (or --adapter) other than the folder the bundled weights are
+    copied to, or than the hub id (and --revision) the build downloads as manifest.json says; HF_HUB_OFFLINE=1
+    leaves the server nothing else to load. The smoke test runs the CMD only where this finds nothing."""
+    cmd = last(stage, "CMD")
+    if cmd is None:
+        return []
+    command, at = exec_form(cmd), f"Dockerfile line {cmd.line}: CMD"
+    try:
+        words = list(cmd_words(command, SERVED_FLAGS))
+    except DockerfileError as err:
+        return [f"Dockerfile line {cmd.line}: {err}"]
+    problems = _check_interpreter(stage, command[0], manifest, at)
+    given = {flag: [value for name, value in words if name == flag] for flag in SERVED_FLAGS}
+    copies = copy_targets(stage)
+    runs = [inst.value for inst in stage if inst.keyword == "RUN"]
+    model, revision = (given["--model"] or [None])[-1], (given["--revision"] or [None])[-1]
+    source = manifest.model
+    if model is None:
+        problems.append(f"{at} names no --model; {MANIFEST_NAME} serves {source.id}")
+    elif source.bundled:
+        problems += _check_copied(at, "--model", model, ZIP_MODEL_DIR, copies)
+    elif model != source.id:
+        problems.append(
+            f"{at} --model {model}, but the Dockerfile downloads {source.id} ({MANIFEST_NAME}'s model), and "
+            "HF_HUB_OFFLINE=1 leaves the server nothing else"
+        )
+    elif revision is not None and revision != source.revision:
+        problems.append(
+            f"{at} --revision {revision}, but the Dockerfile downloads {source.id} at {source.revision} "
+            f"({MANIFEST_NAME}'s revision)"
+        )
+    elif not any(_names(run, model) and (not revision or _names(run, revision)) for run in runs):
+        at_revision = f" at revision {revision}" if revision else ""
+        problems.append(f"{at} --model {model}{at_revision}, which no RUN line of the Dockerfile downloads")
+    adapters = given["--adapter"]
+    if manifest.adapter is None:
+        problems += [f"{at} --adapter {value}, but {MANIFEST_NAME} names no adapter" for value in adapters]
+    elif not adapters:
+        problems.append(f"{at} serves no --adapter; {MANIFEST_NAME} names {manifest.adapter.id}")
+    for value in adapters if manifest.adapter is not None else []:
+        path = value.partition("=")[2] or value  # NAME=DIR or DIR
+        if manifest.adapter.bundled:
+            problems += _check_copied(at, "--adapter", path, ZIP_ADAPTER_DIR, copies)
+        else:
+            downloaded = [
+                m.group(1) for run in runs if _names(run, manifest.adapter.id) for m in _LOCAL_DIR.finditer(run)
+            ]
+            if posixpath.normpath(path) not in {posixpath.normpath(folder) for folder in downloaded}:
+                problems.append(
+                    f"{at} --adapter {value}, but the Dockerfile downloads {manifest.adapter.id} to "
+                    f"{', '.join(downloaded) or 'no folder'}"
+                )
+    return problems
+
+
+_LOCAL_DIR = re.compile(r"local_dir\s*=\s*[\"']([^\"']+)[\"']")  # snapshot_download's target folder
+
+
+def _names(run: str, value: str) -> bool:
+    """A RUN line names `value` as a word of its own (a quoted hub id or revision), not as part of a longer one."""
+    return re.search(rf"(?<![\w./-]){re.escape(value)}(?![\w./-])", run) is not None
+
+
+def _check_copied(at: str, flag: str, path: str, folder: str, copies: list[tuple[str, str, Instruction]]) -> list[str]:
+    """The CMD's `flag path` is where a COPY puts the zip's bundled `folder`."""
+    targets = [target for source, target, _ in copies if source == folder]
+    if posixpath.normpath(path) in targets:
+        return []
+    where = ", ".join(f"{target} (line {inst.line})" for source, target, inst in copies if source == folder)
+    return [f"{at} {flag} {path}, but the Dockerfile copies the bundled {folder}/ to {where or 'no folder'}"]
+
+
+def _check_interpreter(stage: list[Instruction], program: str, manifest: Manifest, at: str) -> list[str]:
+    """The CMD's program is an interpreter the Dockerfile installs: a venv's python by its path, or named bare, one
+    on ENV PATH (vLLM's image: its own python3, which the generated Dockerfile installs into)."""
+    from llmkit.submit.image import image_python
+
+    pythons = venv_pythons(stage)
+    if "/" in program:
+        if posixpath.normpath(program) in pythons:
+            return []
+    else:
+        path = env_vars(stage).get("PATH", "").split(":")
+        on_path = {posixpath.join(folder, program) for folder in path if folder}
+        if on_path & pythons or (manifest.engine is EngineName.vllm and program == image_python(manifest.engine)):
+            return []
+    installed = ", ".join(sorted(pythons)) or "no python"
+    bare = " (none of them on ENV PATH)" if "/" not in program and pythons else ""
+    return [f"{at} runs {program}, but the Dockerfile installs {installed}{bare}"]
 
 
 def _json(text: str) -> object:

@@ -23,6 +23,13 @@ def default_zips(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def bundled_zip(tiny_model_dir, tmp_path_factory) -> Path:
+    """A 4090 submission with the tiny model's weights in the zip (COPY model/ /opt/model/)."""
+    root = tmp_path_factory.mktemp("bundled-submission")
+    return build_submission("4090", model=str(tiny_model_dir), bundle_weights=True, out_root=root)
+
+
+@pytest.fixture(scope="session")
 def vllm_zips(tmp_path_factory) -> dict[str, Path]:
     """Both tracks' vLLM submissions (`--engine vllm`) for the default model's hub id at revision main."""
     root = tmp_path_factory.mktemp("vllm-submissions")

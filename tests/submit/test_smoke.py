@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,25 @@ def test_a_zip_whose_server_cannot_start_fails_loudly(broken_zip, tmp_path, monk
     assert not result.ok and result.name == "server start" and result.detail.startswith("ServerStartError: ")
     assert "bfloat17" in report.error
     assert Path(broken_zip).is_file()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "said"),
+    [
+        ('"/opt/model"', '"/opt/modell"', "CMD --model /opt/modell, but the Dockerfile copies the bundled model/"),
+        ('"/opt/venv/bin/python", "-m"', '"python", "-m"', "CMD runs python, but the Dockerfile installs"),
+    ],
+)
+def test_the_smoke_test_runs_no_cmd_the_image_could_not(bundled_zip, tmp_path, rewrite_zip, old, new, said):
+    """It replaced the CMD's --model with the manifest's model and any python* with its own: a server serving a
+    folder the image lacks, or run by a python it lacks, passed the smoke test. Refused before any venv or server."""
+    with zipfile.ZipFile(bundled_zip) as archive:
+        dockerfile = archive.read("Dockerfile").decode()
+    cmd = next(line for line in dockerfile.splitlines() if line.startswith("CMD ["))
+    edited = dockerfile.replace(cmd, cmd.replace(old, new))
+    zip_path = rewrite_zip(bundled_zip, tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
+    [result] = run_smoke(zip_path, docker=False).results
+    assert not result.ok and result.detail.startswith(
+        "SmokeError: the CMD would not run in the image: Dockerfile line "
+    )
+    assert said in result.detail, result.detail

@@ -627,3 +627,78 @@ def test_a_file_that_parses_but_does_not_compile_is_not_valid_python(good_zip, t
     assert verify_submission(broken, lint=False) == [
         f"llmkit/server/extra.py: not valid Python ({why} (extra.py, line {last_line}))"
     ]
+
+
+def _edited_cmd(zip_path, tmp_path, rewrite_zip, old: str, new: str):
+    """The zip with its Dockerfile's CMD edited (`old` -> `new` in the CMD's JSON), its manifest re-hashed."""
+    with zipfile.ZipFile(zip_path) as archive:
+        dockerfile = archive.read("Dockerfile").decode()
+    cmd = next(line for line in dockerfile.splitlines() if line.startswith("CMD ["))
+    assert old in cmd
+    edited = dockerfile.replace(cmd, cmd.replace(old, new))
+    return rewrite_zip(zip_path, tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
+
+
+@pytest.mark.parametrize(
+    ("bundled", "old", "new", "said"),
+    [
+        (
+            True,
+            '"/opt/model"',
+            '"/opt/modell"',
+            "--model /opt/modell, but the Dockerfile copies the bundled model/ to /opt/model (line ",
+        ),
+        (True, '"--model", "/opt/model"', '"--model=/opt/model/"', None),  # the same folder, written otherwise
+        (
+            False,
+            '"HuggingFaceTB/SmolLM2-135M-Instruct"',
+            '"HuggingFaceTB/SmolLM2-1.7B-Instruct"',
+            "--model HuggingFaceTB/SmolLM2-1.7B-Instruct, but the Dockerfile downloads "
+            "HuggingFaceTB/SmolLM2-135M-Instruct (manifest.json's model)",
+        ),
+        (False, '"--revision", "', '"--revision", "v2', "--revision v2"),
+        (
+            True,
+            '"/opt/venv/bin/python", "-m"',
+            '"python", "-m"',
+            "runs python, but the Dockerfile installs /opt/venv/bin/python, /opt/venv/bin/python3, "
+            "/opt/venv/bin/python3.11 (none of them on ENV PATH)",
+        ),
+        (
+            True,
+            '"/opt/venv/bin/python", "-m"',
+            '"/opt/venv/bin/pythonX", "-m"',
+            "runs /opt/venv/bin/pythonX, but the Dockerfile installs /opt/venv/bin/python, ",
+        ),
+        (True, '"/opt/venv/bin/python", "-m"', '"/opt/venv/bin/python3", "-m"', None),
+        (
+            True,
+            '"--model", "/opt/model"',
+            '"--model", "/opt/model", "--adapter", "/opt/adapter"',
+            "--adapter /opt/adapter, but manifest.json names no adapter",
+        ),
+    ],
+)
+def test_the_cmd_serves_what_the_dockerfile_puts_in_the_image(
+    bundled_zip, good_zip, tmp_path, rewrite_zip, bundled, old, new, said
+):
+    """The CMD's --model and interpreter were never compared with the Dockerfile: a CMD serving /opt/modell (the
+    weights are copied to /opt/model), another hub id than the build downloads (HF_HUB_OFFLINE=1 after it), or a
+    python the image lacks passed, and the smoke test ran the manifest's model with its own python."""
+    zip_path = _edited_cmd(bundled_zip if bundled else good_zip, tmp_path, rewrite_zip, old, new)
+    problems = verify_submission(zip_path, lint=False)
+    if said is None:
+        assert problems == []
+    else:
+        [problem] = problems
+        assert re.match(r"Dockerfile line \d+: CMD ", problem) and said in problem, problem
+
+
+def test_python_on_path_is_the_venvs_when_env_path_names_it(bundled_zip, tmp_path, rewrite_zip):
+    with zipfile.ZipFile(bundled_zip) as archive:
+        dockerfile = archive.read("Dockerfile").decode()
+    dockerfile = dockerfile.replace('CMD ["/opt/venv/bin/python"', 'CMD ["python"')
+    on_path = dockerfile.replace("ENV HF_HUB_OFFLINE=1", "ENV HF_HUB_OFFLINE=1 PATH=/opt/venv/bin:$PATH")
+    assert on_path != dockerfile
+    zip_path = rewrite_zip(bundled_zip, tmp_path / "on-path.zip", {"Dockerfile": on_path.encode()})
+    assert verify_submission(zip_path, lint=False) == []
