@@ -35,9 +35,17 @@ from llmkit.core.venvs import ToolVenvError, has_cuda
 from llmkit.server.launch import ServerProcess, ServerStartError
 from llmkit.server.protocol import helm_body
 from llmkit.server.settings import EngineName
-from llmkit.submit.dockerfile import DockerfileError, env_vars, exec_form, final_stage, last, parse_dockerfile
+from llmkit.submit.dockerfile import (
+    DockerfileError,
+    cmd_words,
+    env_vars,
+    exec_form,
+    final_stage,
+    last,
+    parse_dockerfile,
+)
 from llmkit.submit.manifest import MANIFEST_NAME, ZIP_ADAPTER_DIR, ZIP_MODEL_DIR, Manifest, WeightsSource
-from llmkit.submit.verify import served_problems
+from llmkit.submit.verify import SERVED_FLAGS, served_problems
 from llmkit.submit.zip_env import DockerBuild, docker_build, missing_module, zip_environment
 
 LOG = logging.getLogger(__name__)
@@ -184,29 +192,31 @@ def _device(health: dict) -> str:
 
 
 def local_command(cmd: list[str], manifest: Manifest, root: Path, *, python: str | Path = sys.executable) -> list[str]:
-    """The CMD with `python`, a free loopback port and local copies of the weights."""
+    """The CMD with `python`, a free loopback port and local copies of the weights, each flag read as verify reads
+    it (`cmd_words`); what it stands in for must agree with the Dockerfile first (`verify.served_problems`)."""
     if not Path(cmd[0]).name.startswith("python"):
         raise SmokeError(f"CMD starts with {cmd[0]!r}, not a python interpreter")
-    command, args = [str(python)], iter(cmd[1:])
-    for part in args:
-        if part not in ("--port", "--host", "--model", "--adapter", "--revision"):
-            command.append(part)
-            continue
-        value = next(args, None)
-        if value is None:
-            raise SmokeError(f"CMD ends with {part} and no value")
-        if part == "--port":
+    command = [str(python)]
+    try:
+        words = list(cmd_words(cmd, SERVED_FLAGS))
+    except DockerfileError as err:
+        raise SmokeError(str(err)) from None
+    for flag, value in words:
+        if flag in (None, "--engine"):
+            command += [flag, value] if flag else [value]
+        elif flag == "--port":
             if value != str(CONTAINER_PORT):
                 raise DockerfileError(f"CMD serves port {value}; the harness expects {CONTAINER_PORT}")
-            command += [part, "{port}"]
-        elif part == "--host":
-            command += [part, "127.0.0.1"]
-        elif part == "--model":
-            command += [part, str(_local_weights(manifest.model, root / ZIP_MODEL_DIR, adapter=False))]
-        elif part == "--adapter":
+            command += [flag, "{port}"]
+        elif flag == "--host":
+            command += [flag, "127.0.0.1"]
+        elif flag == "--model":
+            command += [flag, str(_local_weights(manifest.model, root / ZIP_MODEL_DIR, adapter=False))]
+        elif flag == "--adapter":
             if manifest.adapter is None:
                 raise SmokeError("CMD names --adapter, but the manifest names no adapter")
-            command += [part, str(_local_weights(manifest.adapter, root / ZIP_ADAPTER_DIR, adapter=True))]
+            command += [flag, str(_local_weights(manifest.adapter, root / ZIP_ADAPTER_DIR, adapter=True))]
+        # --revision: the local copy _local_weights resolved is that revision's (or the embedded one's)
     if "{port}" not in command:
         raise SmokeError("CMD names no --port")
     return command

@@ -17,6 +17,7 @@ from llmkit.core.challenge import Loading, Track
 from llmkit.core.memory import estimate_memory
 from llmkit.core.models import DEFAULT_MODEL_ID, resolve_model
 from llmkit.core.shapes import model_shape
+from llmkit.submit.dockerfile import DockerfileError
 from llmkit.submit.manifest import Manifest, WeightsSource
 from llmkit.submit.smoke import CHECKS, SmokeError, local_command, run_smoke
 
@@ -63,6 +64,21 @@ def test_cmd_is_rewritten_for_a_loopback_port_and_local_weights(tmp_path):
         local_command(["uvicorn", *cmd[1:]], bundled, tmp_path)
     with pytest.raises(SmokeError, match="names no adapter"):
         local_command([*cmd, "--adapter", "/opt/adapter"], bundled, tmp_path)
+
+
+def test_flags_written_with_an_equals_sign_are_read_as_verify_reads_them(tmp_path):
+    """`--port=80` passed verify (it read both forms) and failed the smoke test with "CMD names no --port" (it read
+    `--port 80` only); `--host=0.0.0.0` was run as it was, on every interface of this machine."""
+    cmd = ["/opt/venv/bin/python", "-m", "llmkit.server", "--host=0.0.0.0", "--port=80", "--model=/opt/model"]
+    bundled = _manifest(WeightsSource(id="outputs/merged", bundled=True))
+    assert local_command([*cmd, "--dtype=bfloat16"], bundled, tmp_path) == [
+        *(sys.executable, "-m", "llmkit.server", "--host", "127.0.0.1", "--port", "{port}"),
+        *("--model", str(tmp_path / "model"), "--dtype=bfloat16"),
+    ]
+    with pytest.raises(DockerfileError, match="CMD serves port 8080"):
+        local_command([*cmd, "--port=8080"], bundled, tmp_path)
+    with pytest.raises(SmokeError, match="CMD ends with --model and no value"):
+        local_command([*cmd, "--model"], bundled, tmp_path)
 
 
 def test_wrong_answers_fail_the_checks_under_python_O(stand_in_server, python):
