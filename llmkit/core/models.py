@@ -312,6 +312,31 @@ def load_for_inference(
     return LoadedModel(lm, tokenizer, source, adapter, str(torch_dtype).removeprefix("torch."), quantization, device)
 
 
+def check_fit(model_dir: str | Path, adapters: dict[str, str] | None = None) -> None:
+    """Refuse what load_for_inference would refuse of a local model folder and its adapters, without reading a
+    weight of the model: its tokenizer (`tokenizer_dir`, read as it reads it) and each adapter's fit to the base
+    (`apply_adapter`, on the base built on the meta device from its config.json). `llmkit submission` runs it on
+    bundled files, so that a zip whose server would not start is not called good.
+
+    Raises:
+        ValueError, OSError: what the server's start-up would say.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    adapters = adapters or {}
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(Path(model_dir), next(iter(adapters.values()), None)))
+    if not adapters:
+        return
+    with torch.device("meta"):  # the shapes and names alone: nothing allocated, nothing read
+        lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    lm.name_or_path = str(model_dir)  # what apply_adapter's error names
+    with warnings.catch_warnings():  # torch's "copying ... to a meta parameter is a no-op", once per weight
+        warnings.simplefilter("ignore", UserWarning)
+        for name, path in adapters.items():
+            lm = apply_adapter(lm, path, tokenizer, name)
+
+
 # peft's prompt-learning methods (peft_type): virtual tokens before the prompt, no weight of the base changed.
 PROMPT_LEARNING = frozenset({"PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "MULTITASK_PROMPT_TUNING", "CPT"})
 

@@ -119,7 +119,7 @@ def build_submission(
         adapter_weights = adapter and hub_or_local(
             adapter, adapter_revision, bundle=bundle_weights, marker="adapter_config.json", what="adapter"
         )
-        if adapter_weights and adapter_weights.bundled:
+        if weights.bundled or (adapter_weights and adapter_weights.bundled):
             _check_servable(weights, adapter_weights, engine)
     estimate = _fitted_loading(weights, adapter_weights, track, loading)
     track_dir.mkdir(parents=True, exist_ok=True)
@@ -178,23 +178,34 @@ def _check_flags(
     return engine
 
 
-def _check_servable(weights: Weights, adapter: Weights, engine: EngineName) -> None:
-    """Refuse, before the zip is built, a bundled adapter the image's server would refuse at start-up, as the
-    server's own check does (`engine.check_adapters`): the smoke test said so in one line, after the build."""
+def _check_servable(weights: Weights, adapter: Weights | None, engine: EngineName) -> None:
+    """Refuse, before the zip is built, bundled files the image's server would refuse at start-up, with the server's
+    own checks: an adapter its engine cannot serve (`engine.check_adapters`), and, where the model is bundled, a
+    model folder without a tokenizer or an adapter that does not fit it (`models.check_fit`: the fit check loading
+    runs). Without them the zip was called good and only the smoke test's server said so, after the build."""
+    from llmkit.core.models import check_fit
     from llmkit.server.engine import check_adapters
     from llmkit.server.settings import ServerSettings
 
+    bundled = adapter if adapter is not None and adapter.bundled else None
     try:
-        # as the image's CMD names them, with nothing of this shell's LLMKIT_* variables, which the image has not:
-        # the adapter in its own folder, the only one, so the default
-        settings = ServerSettings.given(
-            model=str(weights.local_dir or weights.name),
-            adapter=[f"{ZIP_ADAPTER_DIR}={adapter.local_dir}"],
-            engine=engine,
-        )
-        check_adapters(settings)
+        if bundled:
+            # as the image's CMD names them, with nothing of this shell's LLMKIT_* variables, which the image has
+            # not: the adapter in its own folder, the only one, so the default
+            settings = ServerSettings.given(
+                model=str(weights.local_dir or weights.name),
+                adapter=[f"{ZIP_ADAPTER_DIR}={bundled.local_dir}"],
+                engine=engine,
+            )
+            check_adapters(settings)
+        if weights.bundled:
+            check_fit(weights.local_dir, {ZIP_ADAPTER_DIR: str(bundled.local_dir)} if bundled else None)
     except (ValueError, OSError) as err:
-        raise SubmissionError(f"--adapter {adapter.name}: the server would refuse it: {err}") from None
+        # an adapter's own problem, or its fit (apply_adapter's "Adapter DIR does not fit ..."); else the model's
+        flag = (
+            f"--adapter {bundled.name}" if bundled and str(err).startswith("Adapter ") else f"--model {weights.name}"
+        )
+        raise SubmissionError(f"{flag}: the server would refuse it: {err}") from None
 
 
 def _fitted_loading(

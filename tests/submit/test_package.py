@@ -409,3 +409,31 @@ def test_a_given_revision_the_hub_cannot_be_asked_about_is_said_unchecked(monkey
     weights = hub_or_local(DEFAULT_MODEL_ID, "3" * 40, bundle=False, marker="config.json", what="model")
     assert weights.revision == "3" * 40
     assert f"Could not check --revision {'3' * 40} against the hub" in caplog.text
+
+
+def test_bundled_files_the_server_would_refuse_at_start_up_are_refused_before_the_zip_is_built(
+    tmp_path, tiny_model_dir, make_tiny_model
+):
+    """The server's fit check (models.apply_adapter: "has no place in the base") and its tokenizer lookup ran only
+    when a server started: `submission --no-smoke` and verify-submission called such a zip good."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "lora")
+    one_layer = make_tiny_model(LlamaConfig, LlamaForCausalLM, num_hidden_layers=1)  # not the base it trained on
+    with pytest.raises(SubmissionError) as refused:
+        build_submission(
+            "4090", model=str(one_layer), adapter=str(tmp_path / "lora"), bundle_weights=True, out_root=tmp_path
+        )
+    said = f"--adapter {tmp_path / 'lora'}: the server would refuse it: Adapter {tmp_path / 'lora'} does not fit "
+    assert str(refused.value).startswith(said) and "has no place in the base" in str(refused.value)
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    for file in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copyfile(tiny_model_dir / file, no_tokenizer / file)
+    with pytest.raises(
+        SubmissionError, match=f"--model {no_tokenizer}: the server would refuse it: .* holds no token"
+    ):
+        build_submission("4090", model=str(no_tokenizer), bundle_weights=True, out_root=tmp_path)
+    assert not (tmp_path / "4090_track").exists()  # refused before anything was written
