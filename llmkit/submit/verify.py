@@ -127,7 +127,41 @@ def verify_submission(zip_path: str | Path, *, lint: bool = True) -> list[str]:
         problems += [
             f"{name}: a file of the bundled model {context.why_out(name)}" for name in model if context.out(name)
         ]
+        problems += _check_bundled_fit(zip_path, manifest)
     return problems
+
+
+def _check_bundled_fit(zip_path: str | Path, manifest: Manifest) -> list[str]:
+    """The server's start-up checks of a bundled model and adapter (`models.check_fit`: its tokenizer, the adapter's
+    fit to the base), on their files unpacked but the model's weights (the base is built on the meta device)."""
+    from llmkit.core.models import check_fit
+
+    if not manifest.model.bundled:
+        return []
+    bundled_adapter = manifest.adapter is not None and manifest.adapter.bundled
+    folders = (ZIP_MODEL_DIR, ZIP_ADAPTER_DIR) if bundled_adapter else (ZIP_MODEL_DIR,)
+    with tempfile.TemporaryDirectory(prefix="llmkit-verify-") as folder:
+        root = Path(folder)
+        try:
+            with zipfile.ZipFile(zip_path) as archive:
+                for info in archive.infolist():
+                    top, _, rest = info.filename.partition("/")
+                    if info.is_dir() or top not in folders or is_symlink(info) or ".." in rest.split("/"):
+                        continue
+                    if top == ZIP_MODEL_DIR and is_weight_file(info.filename):
+                        continue
+                    (root / info.filename).parent.mkdir(parents=True, exist_ok=True)
+                    with archive.open(info) as source, (root / info.filename).open("wb") as target:
+                        shutil.copyfileobj(source, target)
+        except ZIP_READ_ERRORS:  # an entry that cannot be read is reported as such
+            return []
+        adapters = {ZIP_ADAPTER_DIR: str(root / ZIP_ADAPTER_DIR)} if bundled_adapter else None
+        try:
+            check_fit(root / ZIP_MODEL_DIR, adapters)
+        except (ValueError, OSError) as err:
+            said = str(err).replace(f"{root}/", "")  # the zip's paths, not the temporary folder's
+            return [f"{ZIP_MODEL_DIR}/: the server would refuse it at start-up: {said}"]
+    return []
 
 
 @dataclass(frozen=True)

@@ -702,3 +702,35 @@ def test_python_on_path_is_the_venvs_when_env_path_names_it(bundled_zip, tmp_pat
     assert on_path != dockerfile
     zip_path = rewrite_zip(bundled_zip, tmp_path / "on-path.zip", {"Dockerfile": on_path.encode()})
     assert verify_submission(zip_path, lint=False) == []
+
+
+def test_bundled_files_the_server_would_refuse_at_start_up_are_reported(
+    bundled_zip, tiny_model_dir, tmp_path, rewrite_zip
+):
+    """verify-submission (and so `submission --no-smoke` on a zip) called these good: a bundled model without a
+    tokenizer, a bundled adapter that does not fit the model (the server's start-up: "has no place in the base")."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from llmkit.submit.package import build_submission
+
+    with zipfile.ZipFile(bundled_zip) as archive:
+        tokenizer = [name for name in archive.namelist() if name.startswith("model/tokenizer")]
+    no_tokenizer = rewrite_zip(bundled_zip, tmp_path / "no-tokenizer.zip", dict.fromkeys(tokenizer))
+    [problem] = verify_submission(no_tokenizer, lint=False)
+    assert problem.startswith("model/: the server would refuse it at start-up: model holds no tokenizer"), problem
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "lora")
+    fits = build_submission(
+        "4090", model=str(tiny_model_dir), adapter=str(tmp_path / "lora"), bundle_weights=True, out_root=tmp_path
+    )
+    assert verify_submission(fits, lint=False) == []
+    with zipfile.ZipFile(fits) as archive:
+        config = json.loads(archive.read("model/config.json"))
+    other = json.dumps(config | {"num_hidden_layers": 1}).encode()  # the base is another model: one layer
+    misfit = rewrite_zip(fits, tmp_path / "misfit.zip", {"model/config.json": other})
+    [problem] = verify_submission(misfit, lint=False)
+    assert problem.startswith("model/: the server would refuse it at start-up: Adapter adapter does not fit base "), (
+        problem
+    )
+    assert "has no place in the base" in problem
