@@ -100,6 +100,11 @@ def verify_submission(zip_path: str | Path, *, lint: bool = True) -> list[str]:
             files, digests, unread = _read_entries(archive, zip_path)
     except ZIP_READ_ERRORS as err:
         return [f"{zip_path}: cannot read it as a zip ({err})"]
+    if nested := _one_folder_deep(digests):  # every other problem would follow from that one
+        return [
+            f"{zip_path}: every file is inside {nested}/, so the zip's root has no Dockerfile or {MANIFEST_NAME}: "
+            f"zip what {nested}/ holds, not the folder (or hand in the zip `llmkit submission` wrote beside it)"
+        ]
     manifest, problems = _read_manifest(files)
     problems = unread + problems
     problems += _check_paths(digests)
@@ -162,6 +167,16 @@ def _check_bundled_fit(zip_path: str | Path, manifest: Manifest) -> list[str]:
             said = str(err).replace(f"{root}/", "")  # the zip's paths, not the temporary folder's
             return [f"{ZIP_MODEL_DIR}/: the server would refuse it at start-up: {said}"]
     return []
+
+
+def _one_folder_deep(names: dict[str, str | None]) -> str | None:
+    """The one folder every entry is in, where it holds the submission (a Dockerfile or manifest.json) and the
+    root does not: a submission's folder zipped whole. None otherwise."""
+    tops = {name.split("/")[0] for name in names if "/" in name}
+    if len(tops) != 1 or any("/" not in name for name in names):
+        return None
+    [top] = tops
+    return top if {f"{top}/Dockerfile", f"{top}/{MANIFEST_NAME}"} & set(names) else None
 
 
 @dataclass(frozen=True)

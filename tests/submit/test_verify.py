@@ -734,3 +734,17 @@ def test_bundled_files_the_server_would_refuse_at_start_up_are_reported(
         problem
     )
     assert "has no place in the base" in problem
+
+
+def test_a_zip_of_the_submissions_folder_itself_is_said_so(bundled_zip, tmp_path):
+    """A zip re-made with its folder inside (`zip -r x.zip 4090_submission_1`) got three problems, one of them
+    "a weight file, but bundling was not asked for" (the manifest saying so was one folder down)."""
+    nested = tmp_path / "nested.zip"
+    with zipfile.ZipFile(bundled_zip) as source, zipfile.ZipFile(nested, "w") as target:
+        target.writestr("4090_submission_1/", b"")
+        for name in source.namelist():
+            target.writestr(f"4090_submission_1/{name}", source.read(name))
+    assert verify_submission(nested, lint=False) == [
+        f"{nested}: every file is inside 4090_submission_1/, so the zip's root has no Dockerfile or manifest.json: "
+        "zip what 4090_submission_1/ holds, not the folder (or hand in the zip `llmkit submission` wrote beside it)"
+    ]
