@@ -287,3 +287,10 @@ def disk_full(path: Path, err: BaseException) -> str | None:
     if getattr(err, "errno", None) != errno.ENOSPC and free >= LOW_SPACE_BYTES:
         return None
     return f"the disk holding {path} is full ({free / 2**20:.0f} MiB free)"
+
+
+def did_not_fit(path: Path, err: BaseException, what: str) -> str | None:
+    """`disk_full`'s words for a write of `what` to `path` whose staging folder is gone: nothing of it is left
+    (merge, submission); None where `err` is not a full disk."""
+    full = disk_full(path, err)
+    return f"{full}: {what} did not fit; nothing of it is left" if full else None

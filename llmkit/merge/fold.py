@@ -29,7 +29,7 @@ from llmkit.core.errors import UsageError
 from llmkit.core.files import (
     check_replaceable,
     clean_stale,
-    disk_full,
+    did_not_fit,
     sha256_file,
     staging_dir,
     swap_in,
@@ -415,8 +415,8 @@ def _disk_full_named(out_dir: Path) -> Iterator[None]:
         with sigterm_as_exit():
             yield
     except OSError as err:
-        if full := disk_full(out_dir, err):
-            raise OSError(f"{full}: the merged model for {out_dir} did not fit; nothing of it is left") from None
+        if said := did_not_fit(out_dir, err, f"the merged model for {out_dir}"):
+            raise OSError(said) from None
         raise
 
 

@@ -20,7 +20,15 @@ from pathlib import Path
 
 from llmkit.core.assets import DEFAULT_CONFIG, DOCKER_DIR
 from llmkit.core.challenge import MAX_SUBMISSIONS, TRACKS, Loading, Track
-from llmkit.core.files import check_folder_target, clean_stale, sha256_file, staging_dir, swap_in, user_path
+from llmkit.core.files import (
+    check_folder_target,
+    clean_stale,
+    did_not_fit,
+    sha256_file,
+    staging_dir,
+    swap_in,
+    user_path,
+)
 from llmkit.core.memory import MemoryEstimate, choose_loading
 from llmkit.core.models import MODEL_FILE_PATTERNS
 from llmkit.core.shapes import model_shape
@@ -122,7 +130,6 @@ def build_submission(
         if weights.bundled or (adapter_weights and adapter_weights.bundled):
             _check_servable(weights, adapter_weights, engine)
     estimate = _fitted_loading(weights, adapter_weights, track, loading)
-    track_dir.mkdir(parents=True, exist_ok=True)
     # Without N: a submission already built with these very files is kept under its number, rather than copied to
     # the next one (each number is one of the challenge's 3 per track).
     taken = taken_numbers(track_dir, track)
@@ -131,7 +138,13 @@ def build_submission(
     # Bundled folders are named relative to the folder holding submissions/, not to where the command runs: the
     # same files and --out give the same zip (and so keep their number) from any working directory.
     contents = ZipContents(track, weights, adapter_weights, estimate, engine, extra, track_dir.resolve().parent.parent)
-    zip_path = _write(track_dir, f"{track.value}_submission_{number}", contents, earlier)
+    name = f"{track.value}_submission_{number}"
+    try:  # track_dir too is made by the staging folder, and removed with it where it was new
+        zip_path = _write(track_dir, name, contents, earlier)
+    except OSError as err:
+        if said := did_not_fit(track_dir, err, f"submission {name}"):
+            raise SubmissionError(said) from None
+        raise
     if (written := int(zip_path.stem.rsplit("_", 1)[1])) > MAX_SUBMISSIONS:
         LOG.warning("Submission %d: the challenge accepts at most %d per track", written, MAX_SUBMISSIONS)
     return zip_path
@@ -231,7 +244,8 @@ def _fitted_loading(
 def taken_numbers(track_dir: Path, track: Track) -> list[int]:
     """The numbers of the track's submissions in `track_dir` (a zip or its folder), ascending."""
     pattern = re.compile(rf"^{re.escape(track.value)}_submission_(\d+)(\.zip)?$")
-    return sorted({int(m.group(1)) for p in track_dir.iterdir() if (m := pattern.match(p.name))})
+    names = [p.name for p in track_dir.iterdir()] if track_dir.is_dir() else []
+    return sorted({int(m.group(1)) for name in names if (m := pattern.match(name))})
 
 
 @dataclass(frozen=True)

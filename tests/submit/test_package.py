@@ -437,3 +437,20 @@ def test_bundled_files_the_server_would_refuse_at_start_up_are_refused_before_th
     ):
         build_submission("4090", model=str(no_tokenizer), bundle_weights=True, out_root=tmp_path)
     assert not (tmp_path / "4090_track").exists()  # refused before anything was written
+
+
+def test_a_full_disk_is_named_and_leaves_nothing(tmp_path, monkeypatch):
+    """It said only "[Errno 28] No space left on device", and left an empty A100_track/ behind."""
+    from llmkit.submit import package
+
+    def full(folder, zip_path):
+        zip_path.write_bytes(b"PK\3\4")  # a zip cut short
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(package, "write_zip", full)
+    with pytest.raises(SubmissionError) as refused:
+        build_submission("A100", model=DEFAULT_MODEL_ID, revision="main", out_root=tmp_path)
+    track_dir = tmp_path / "A100_track"
+    assert str(refused.value).startswith(f"the disk holding {track_dir} is full (")
+    assert str(refused.value).endswith("MiB free): submission A100_submission_1 did not fit; nothing of it is left")
+    assert os.listdir(tmp_path) == []
