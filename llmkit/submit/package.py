@@ -288,6 +288,8 @@ def _write(track_dir: Path, name: str, contents: ZipContents, earlier: list[Path
         problems = verify_submission(staged_zip)
         if problems:
             raise SubmissionError("The submission failed verification:\n  " + "\n  ".join(problems))
+        if zip_path.exists() or unpacked.exists():  # --number N of one built before, with other files
+            LOG.warning("Replacing %s, which held another submission (its files differ from these)", zip_path)
         # The zip is one atomic rename; the folder's old copy is set aside until the new one is in place.
         swap_in(staged_zip, zip_path)
         swap_in(stage, unpacked)

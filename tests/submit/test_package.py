@@ -454,3 +454,13 @@ def test_a_full_disk_is_named_and_leaves_nothing(tmp_path, monkeypatch):
     assert str(refused.value).startswith(f"the disk holding {track_dir} is full (")
     assert str(refused.value).endswith("MiB free): submission A100_submission_1 did not fit; nothing of it is left")
     assert os.listdir(tmp_path) == []
+
+
+def test_rebuilding_over_a_number_says_it_replaces_that_submission(tmp_path, caplog):
+    """`--number 1` over a submission 1 with other files replaced it without a word."""
+    first = build_submission("A100", model=DEFAULT_MODEL_ID, revision="main", out_root=tmp_path)
+    assert "Replacing" not in caplog.text
+    again = build_submission("A100", model=DEFAULT_MODEL_ID, revision="main", out_root=tmp_path, number=1)
+    assert again == first and "Replacing" not in caplog.text  # the same files: kept as they are
+    build_submission("A100", model=DEFAULT_MODEL_ID, revision="main", out_root=tmp_path, number=1, loading="nf4")
+    assert f"Replacing {first}, which held another submission (its files differ from these)" in caplog.text
