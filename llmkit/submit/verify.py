@@ -482,11 +482,14 @@ def _check_copied(at: str, flag: str, path: str, folder: str, copies: list[tuple
 
 
 def _check_interpreter(stage: list[Instruction], program: str, manifest: Manifest, at: str) -> list[str]:
-    """The CMD's program is an interpreter the Dockerfile installs: a venv's python by its path, or named bare, one
-    on ENV PATH (vLLM's image: its own python3, which the generated Dockerfile installs into)."""
+    """The CMD's program is the interpreter of a venv the Dockerfile makes, where it makes one (the packages are
+    there): by its path, or named bare, one on ENV PATH (vLLM's image: its own python3, which the generated
+    Dockerfile installs into). Without a venv, a base image's python is taken on trust."""
     from llmkit.submit.image import image_python
 
     pythons = venv_pythons(stage)
+    if not pythons:
+        return []  # no venv: its packages go to an interpreter of the base image, which cannot be read here
     if "/" in program:
         if posixpath.normpath(program) in pythons:
             return []
@@ -495,7 +498,7 @@ def _check_interpreter(stage: list[Instruction], program: str, manifest: Manifes
         on_path = {posixpath.join(folder, program) for folder in path if folder}
         if on_path & pythons or (manifest.engine is EngineName.vllm and program == image_python(manifest.engine)):
             return []
-    installed = ", ".join(sorted(pythons)) or "no python"
+    installed = ", ".join(sorted(pythons))
     bare = " (none of them on ENV PATH)" if "/" not in program and pythons else ""
     return [f"{at} runs {program}, but the Dockerfile installs {installed}{bare}"]
 

@@ -702,6 +702,16 @@ def test_python_on_path_is_the_venvs_when_env_path_names_it(bundled_zip, tmp_pat
     assert on_path != dockerfile
     zip_path = rewrite_zip(bundled_zip, tmp_path / "on-path.zip", {"Dockerfile": on_path.encode()})
     assert verify_submission(zip_path, lint=False) == []
+    # a Dockerfile of the user's own that makes no venv installs into its base image's python, which cannot be
+    # read here: its CMD's python is taken on trust
+    system = re.sub(
+        r"    && uv venv --python \S+ /opt/venv \\\n    && uv pip install --python /opt/venv/bin/python ",
+        "    && uv pip install --system ",
+        dockerfile,
+    ).replace('CMD ["/opt/venv/bin/python"', 'CMD ["python3"')
+    assert "/opt/venv" not in system, system
+    zip_path = rewrite_zip(bundled_zip, tmp_path / "system.zip", {"Dockerfile": system.encode()})
+    assert verify_submission(zip_path, lint=False) == []
 
 
 def test_bundled_files_the_server_would_refuse_at_start_up_are_reported(
