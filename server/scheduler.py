@@ -146,8 +146,9 @@ class Scheduler:
             self._wake.notify()
 
     def stats(self) -> dict[str, int]:
-        """The batch as the model thread left it after its last step (one consistent snapshot)."""
-        return {**self._stats, "waiting": len(self.waiting)}
+        """One consistent snapshot: every request in flight counted once, as waiting, prefilling or running."""
+        with self._wake:  # waiting only changes under the lock, and admission retakes the snapshot under it
+            return {**self._stats, "waiting": len(self.waiting)}
 
     def call(self, fn: Callable, *args):
         """Run `fn(*args)` on the model thread between steps and return its result (benchmarks use it: torch work
@@ -186,6 +187,9 @@ class Scheduler:
                 if self._closed:
                     break
                 self._admit()
+                # Retaken with the queue it leaves: the requests just admitted are prefilled within this pass, and the
+                # last pass's snapshot counted them nowhere until it ended (a 40-request burst showed 37).
+                self._snapshot()
                 calls, self._calls = list(self._calls), deque()
             for fn, future in calls:
                 try:

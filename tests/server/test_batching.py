@@ -215,6 +215,27 @@ def test_a_burst_gets_the_batch_and_the_queue_and_no_more(start_server, http):
 
 
 @pytest.mark.slow
+def test_health_counts_each_request_in_flight_once(start_server, http):
+    """While requests arrive and none ends, /health's running + prefilling + waiting only grows: the requests a pass
+    admitted were counted nowhere until it ended (the last pass's snapshot beside the live queue), so a burst of 40
+    read 37, and here the whole group being prefilled (4 prompts of ~450 tokens in one pass) vanished."""
+    server = start_server("--prefill-chunk-tokens", "8192")
+    long = helm_body(COUNTING * 5, max_new_tokens=900, stop_sequences=NEVER)
+    clients = [open_request(server.url, long)]
+    wait_for(http, server.url, lambda b: b["running"] == 1)
+    clients += [open_request(server.url, long) for _ in range(4)]
+    seen, deadline = [], time.monotonic() + 120
+    while time.monotonic() < deadline and (not seen or seen[-1]["running"] < 5):
+        seen.append(http.get(f"{server.url}/health").json()["batch"])
+    for client in clients:
+        client.close()
+    totals = [batch["running"] + batch["prefilling"] + batch["waiting"] for batch in seen]
+    counts = [(batch["running"], batch["prefilling"], batch["waiting"]) for batch in seen]
+    assert seen[-1]["running"] == 5 and totals == sorted(totals), counts
+    wait_for(http, server.url, lambda b: b["running"] == b["waiting"] == 0, seconds=30)
+
+
+@pytest.mark.slow
 def test_request_time_limit_gives_504(start_server, http):
     server = start_server("--request-timeout-s", "2")
     response = http.post(f"{server.url}/process", json=helm_body(COUNTING, max_new_tokens=1000, stop_sequences=NEVER))
