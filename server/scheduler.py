@@ -1,8 +1,8 @@
 """Continuous batching: one model thread serves every /process request in a shared batch.
 
 Each pass of the loop (iteration-level scheduling):
-1. drops sequences whose client left or whose time ran out;
-2. admits waiting sequences while the batch has a free row and their worst-case KV cache fits the budget;
+1. drops sequences whose client left or whose time ran out, so that their places are free for
+2. admitting waiting sequences while the batch has a free row and their worst-case KV cache fits the budget;
 3. prefills prompts: short ones together in one left-padded pass, a long one alone in `prefill_chunk_tokens`
    chunks so the running rows keep decoding in between; a prefilled sequence chooses its first token and joins;
 4. runs one decode step for every running row and retires the rows that finished.
@@ -186,6 +186,11 @@ class Scheduler:
                     self._wake.wait()
                 if self._closed:
                     break
+            with torch.inference_mode():
+                # Before admission: the place of a row whose client left (or whose time ran out) goes to a waiting
+                # request in this pass; dropped after it, the row held the place for one more pass
+                self._drop_abandoned()
+            with self._wake:
                 self._admit()
                 # Retaken with the queue it leaves: the requests just admitted are prefilled within this pass, and the
                 # last pass's snapshot counted them nowhere until it ended (a 40-request burst showed 37).
@@ -197,7 +202,6 @@ class Scheduler:
                 except Exception as err:  # the caller gets it
                     future.set_exception(err)
             with torch.inference_mode():
-                self._drop_abandoned()
                 self._guarded(self._prefill_step)
                 self._guarded(self._decode_step)
             self._snapshot()
