@@ -125,9 +125,13 @@ class ErrorResponse(WireModel):
 class BatchStats(WireModel):
     """The batch in flight. null: the engine does not report this figure (vLLM schedules inside its own process)."""
 
-    running: int = Field(description="Sequences in the decode batch (vLLM: requests in flight).")
+    running: int = Field(
+        description="Sequences in the decode batch (vLLM: derived from the requests in flight, up to max_batch_size)."
+    )
     prefilling: int | None = Field(description="Admitted sequences whose prompt is being prefilled.")
-    waiting: int | None = Field(description="Requests queued for a batch row.")
+    waiting: int | None = Field(
+        description="Requests queued for a batch row (vLLM: derived, the requests in flight past max_batch_size)."
+    )
     max_batch_size: int
     max_queue: int
     kv_cache_bytes_used: int | None

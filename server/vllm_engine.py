@@ -184,10 +184,14 @@ class VllmEngine(Engine):
         return not self.llm.errored
 
     def stats(self) -> dict[str, int | None]:
+        # Derived from the requests in flight: vLLM's scheduler counts its own (SchedulerStats) only for stat loggers,
+        # which need log_stats on. It runs at most max_num_seqs (--max-batch-size) at once and queues the rest; it
+        # reported every request in flight as running (40 with --max-batch-size 16) and none waiting.
+        running = min(self._in_flight, self.settings.max_batch_size)
         return {
-            "running": self._in_flight,
+            "running": running,
             "prefilling": None,
-            "waiting": None,
+            "waiting": self._in_flight - running,
             "max_batch_size": self.settings.max_batch_size,
             "max_queue": self.settings.max_queue,
             "kv_cache_bytes_used": None,

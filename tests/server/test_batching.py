@@ -261,6 +261,20 @@ def test_health_counts_each_request_in_flight_once(start_server, http):
 
 
 @pytest.mark.slow
+def test_vllm_health_counts_requests_past_the_batch_as_waiting(start_server, http):
+    """vLLM runs at most --max-batch-size requests at once (its max_num_seqs) and queues the rest: /health derives
+    running and waiting from the requests in flight. It said all 4 were running with 2 rows, and waiting null."""
+    server = start_server("--engine", "vllm", "--max-batch-size", "2", startup_timeout=600)
+    long = helm_body(COUNTING, max_new_tokens=1000, stop_sequences=NEVER)
+    clients = [open_request(server.url, long) for _ in range(4)]
+    batch = wait_for(http, server.url, lambda b: b["running"] + (b["waiting"] or 0) == 4)
+    for client in clients:
+        client.close()
+    assert (batch["running"], batch["waiting"]) == (2, 2), batch
+    wait_for(http, server.url, lambda b: b["running"] == b["waiting"] == 0, seconds=30)
+
+
+@pytest.mark.slow
 def test_request_time_limit_gives_504(start_server, http):
     server = start_server("--request-timeout-s", "2")
     response = http.post(f"{server.url}/process", json=helm_body(COUNTING, max_new_tokens=1000, stop_sequences=NEVER))
