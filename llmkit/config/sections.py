@@ -1180,12 +1180,24 @@ class ModelSection(BaseModel):
 
     @field_validator("base_model", "base_model_config", "tokenizer_config")
     @classmethod
-    def _folder_or_hub_id(cls, value: str | None) -> str | None:
+    def _folder_or_hub_id(cls, value: str | None, info: ValidationInfo) -> str | None:
         # A path that is not here: validate passed it, and preprocess and train stopped on a traceback. Relative
         # paths are the current directory's, as from_pretrained reads them.
-        from llmkit.core.models import is_hub_id
+        from llmkit.core.models import is_hub_id, local_model_dir
 
-        if value is None or is_hub_id(value) or user_path(value).exists():
+        if value is None:
+            return value
+        if not value.strip():  # "" is the current folder to Path: validate passed it, train found no model there
+            raise ValueError("empty")
+        local = user_path(value)
+        if info.field_name == "base_model" and local.exists():
+            try:  # a folder without config.json: the same refusal train's model loading gives, said at load
+                local_model_dir(value)
+            except OSError as err:
+                raise ValueError(str(err)) from None
+        if info.field_name == "base_model_config" and local.is_dir() and not (local / "config.json").is_file():
+            raise ValueError(f"{local} is a directory but holds no config.json")
+        if is_hub_id(value) or local.exists():
             return value
         raise ValueError("no such folder here, and not a hub id (owner/name)")
 

@@ -125,6 +125,19 @@ def test_a_model_or_tokenizer_that_is_neither_here_nor_a_hub_id_is_refused(tmp_p
     assert load_quietly(write(tmp_path, MINIMAL), {"tokenizer_config": "org/tok"}).tokenizer_config == "org/tok"
 
 
+def test_an_empty_base_model_or_a_folder_without_config_json_is_refused_at_load(tmp_path):
+    """validate passed both ("base model (size unknown)") and train stopped on a FileNotFoundError traceback: "" is
+    the current folder to a path."""
+    (tmp_path / "empty").mkdir()
+    for key in ("tokenizer_config", "base_model", "base_model_config"):
+        assert f"{key}: empty (got '')" in error_of(write(tmp_path, MINIMAL), {key: ""})
+    for key in ("base_model", "base_model_config"):
+        message = error_of(write(tmp_path, MINIMAL), {key: str(tmp_path / "empty")})
+        assert f"{key}: {tmp_path / 'empty'} is a directory but holds no config.json" in message
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    assert load_quietly(write(tmp_path, MINIMAL), {"base_model": str(tmp_path / "empty")}).base_model
+
+
 def test_a_key_given_twice_is_a_warning_naming_its_lines(tmp_path):
     """PyYAML, and so axolotl, keeps the last of two equal keys without a word: a second learning_rate further down
     a long config silently replaced the first."""
