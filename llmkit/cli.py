@@ -295,9 +295,10 @@ def config_keys() -> None:
 
 # --- train: llmkit/train/run.py --------------------------------------------------------------------------------------
 def _named_folder(value: str | None) -> str | None:
-    # "" read as the current folder: train then refused it for the files there, naming another problem
+    from llmkit.core.files import EMPTY_FOLDER
+
     if value == "":
-        raise typer.BadParameter("an empty folder name; give a folder (./x, or . for the current one)")
+        raise typer.BadParameter(EMPTY_FOLDER)
     return value
 
 

@@ -36,7 +36,7 @@ from pydantic_core import ErrorDetails
 
 from llmkit.config.keys import suggest
 from llmkit.core.errors import error_message, key_path
-from llmkit.core.files import user_path
+from llmkit.core.files import EMPTY_FOLDER, user_path
 
 # Keys may be repeated as empty (`wandb_project:`) in axolotl's templates; the root treats null as "not set".
 # allow_inf_nan: a learning rate of 1e400 (inf) passed every `gt=0` check.
@@ -1543,6 +1543,13 @@ class TrainingSection(BaseModel):
     wandb_log_model: str | None = Field(None, description="W&B: upload checkpoints (checkpoint, end).")
 
     _optimizer = field_validator("optimizer", mode="before")(optimizer_name)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _named_output_dir(cls, value: str) -> str:
+        if value == "":  # as --output-dir "": train stopped on a FileNotFoundError traceback
+            raise ValueError(EMPTY_FOLDER)
+        return value
 
     @field_validator("lr_scheduler", mode="before")
     @classmethod

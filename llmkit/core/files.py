@@ -44,6 +44,11 @@ def cache_dir() -> Path:
     return path
 
 
+# "" is the current folder to Path: a run writing its output there was then refused for the files it holds, or
+# stopped on a traceback; said alike for the config's key and the flag that overrides it.
+EMPTY_FOLDER = "an empty folder name; give a folder (./x, or . for the current one)"
+
+
 def user_path(path: str | os.PathLike) -> Path:
     """A path as the user wrote it (a flag, a config key), with `~` expanded as an unquoted shell word would have
     been: a quoted "~/x" or `--out=~/x` names the home folder's x, never a folder called `~` here."""

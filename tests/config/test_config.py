@@ -138,6 +138,13 @@ def test_an_empty_base_model_or_a_folder_without_config_json_is_refused_at_load(
     assert load_quietly(write(tmp_path, MINIMAL), {"base_model": str(tmp_path / "empty")}).base_model
 
 
+def test_an_empty_output_dir_is_refused_at_load_as_the_flag_is(tmp_path):
+    """validate passed `output_dir: ""` and train stopped on a FileNotFoundError traceback; --output-dir "" was
+    already refused."""
+    message = error_of(write(tmp_path, MINIMAL + 'output_dir: ""\n'))
+    assert "output_dir: an empty folder name; give a folder (./x, or . for the current one) (got '')" in message
+
+
 def test_a_key_given_twice_is_a_warning_naming_its_lines(tmp_path):
     """PyYAML, and so axolotl, keeps the last of two equal keys without a word: a second learning_rate further down
     a long config silently replaced the first."""
