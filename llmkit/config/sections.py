@@ -88,6 +88,27 @@ def one_as_list(value: object) -> object:
     return [value] if isinstance(value, str) else value
 
 
+# Upper bounds far above any real run (and, multiplied, inside an int64), so that an absurd integer (10**30 written
+# out, 2**63) is an error naming its key: validate passed them and train stopped on a traceback (islice's sys.maxsize)
+# or looped without end. 2**20 rows a forward pass, micro-batches a step or rows a step (batch_size), 2**24 tokens a
+# row (the longest contexts are 10M), rank 2**16 (no layer is that wide).
+UPPER_BOUNDS = {
+    "micro_batch_size": 2**20,
+    "gradient_accumulation_steps": 2**20,
+    "batch_size": 2**20,
+    "sequence_len": 2**24,
+    "lora_r": 2**16,
+}
+
+
+def at_most_bound(value: int | None, info: ValidationInfo) -> int | None:
+    """`value` where it is at most its key's UPPER_BOUNDS entry."""
+    bound = UPPER_BOUNDS[info.field_name]
+    if value is not None and value > bound:
+        raise ValueError(f"at most {bound:,} (2**{bound.bit_length() - 1}): no real run comes near it")
+    return value
+
+
 class Adapter(str, Enum):
     lora = "lora"  # adapter on a 16-bit (or 8-bit) base
     qlora = "qlora"  # adapter on a 4-bit NF4 base; requires load_in_4bit
@@ -1297,6 +1318,7 @@ class LoraSection(BaseModel):
         "peft_layers_to_transform",
         mode="before",
     )(one_as_list)
+    _bounded_rank = field_validator("lora_r")(at_most_bound)
 
     @field_validator("peft_init_lora_weights")
     @classmethod
@@ -1386,6 +1408,7 @@ class DataSection(BaseModel):
     shuffle_merged_datasets: bool = Field(True, description="Shuffle the concatenated datasets (false: keep order).")
 
     _eot_list = field_validator("eot_tokens", mode="before")(one_as_list)
+    _bounded_length = field_validator("sequence_len")(at_most_bound)
 
     @field_validator("val_set_size")
     @classmethod
@@ -1543,6 +1566,7 @@ class TrainingSection(BaseModel):
     wandb_log_model: str | None = Field(None, description="W&B: upload checkpoints (checkpoint, end).")
 
     _optimizer = field_validator("optimizer", mode="before")(optimizer_name)
+    _bounded_batch = field_validator("micro_batch_size", "gradient_accumulation_steps", "batch_size")(at_most_bound)
 
     @field_validator("output_dir")
     @classmethod

@@ -145,6 +145,24 @@ def test_an_empty_output_dir_is_refused_at_load_as_the_flag_is(tmp_path):
     assert "output_dir: an empty folder name; give a folder (./x, or . for the current one) (got '')" in message
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "bound"),
+    [
+        ("micro_batch_size", 10**30, "1,048,576 (2**20)"),
+        ("gradient_accumulation_steps", 10**30, "1,048,576 (2**20)"),
+        ("gradient_accumulation_steps", 2**63, "1,048,576 (2**20)"),
+        ("batch_size", 2**63, "1,048,576 (2**20)"),
+        ("sequence_len", 10**30, "16,777,216 (2**24)"),
+        ("lora_r", 10**30, "65,536 (2**16)"),
+    ],
+)
+def test_an_absurd_integer_is_an_error_saying_its_bound(tmp_path, key, value, bound):
+    """validate passed them and train stopped on a traceback (islice's sys.maxsize limit) or looped without end."""
+    message = error_of(write(tmp_path, MINIMAL + f"{key}: {value}\n"))
+    assert f"{key}: at most {bound}: no real run comes near it (got {value})" in message
+    assert load_quietly(write(tmp_path, MINIMAL + f"{key}: {2 ** int(bound.split('**')[1][:-1])}\n"))
+
+
 def test_a_key_given_twice_is_a_warning_naming_its_lines(tmp_path):
     """PyYAML, and so axolotl, keeps the last of two equal keys without a word: a second learning_rate further down
     a long config silently replaced the first."""
