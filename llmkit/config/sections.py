@@ -1222,6 +1222,26 @@ class ModelSection(BaseModel):
             return value
         raise ValueError("no such folder here, and not a hub id (owner/name)")
 
+    @field_validator("rope_scaling")
+    @classmethod
+    def _rope_scaling(cls, scaling: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Checked here: an unknown type stopped train with a KeyError traceback from the model's rotary embedding,
+        # after validate passed it. The types are the ones transformers computes (modeling.model_config passes
+        # them on), plus its "default", unscaled.
+        if scaling is None:
+            return scaling
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        known = ["default", *ROPE_INIT_FUNCTIONS]
+        rope_type = scaling.get("rope_type") or scaling.get("type")
+        if rope_type not in known:
+            said = "no type" if rope_type is None else f"type {rope_type!r}"
+            raise ValueError(f"{said}: give type: one of {', '.join(known)}")
+        factor = scaling.get("factor")
+        if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int | float) or factor <= 0):
+            raise ValueError(f"factor {factor!r}: give a number above 0 (2.0 stretches the context twofold)")
+        return scaling
+
     @field_validator("tokenizer_type")
     @classmethod
     def _tokenizer_class(cls, name: str | None) -> str | None:

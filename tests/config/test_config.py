@@ -163,6 +163,20 @@ def test_an_absurd_integer_is_an_error_saying_its_bound(tmp_path, key, value, bo
     assert load_quietly(write(tmp_path, MINIMAL + f"{key}: {2 ** int(bound.split('**')[1][:-1])}\n"))
 
 
+def test_a_rope_scaling_transformers_cannot_compute_is_refused_at_load(tmp_path):
+    """validate passed {type: wizard, factor: -2} and train stopped on KeyError: 'wizard' from the rotary embedding."""
+    says = {
+        "{type: wizard, factor: -2}": "rope_scaling: type 'wizard': give type: one of default, linear, dynamic, yarn",
+        "{factor: 2.0}": "rope_scaling: no type: give type: one of default, linear",
+        "{type: linear, factor: -2}": "rope_scaling: factor -2: give a number above 0",
+        "{rope_type: linear, factor: big}": "rope_scaling: factor 'big': give a number above 0",
+    }
+    for value, message in says.items():
+        assert message in error_of(write(tmp_path, MINIMAL + f"rope_scaling: {value}\n")), value
+    cfg = load_quietly(write(tmp_path, MINIMAL + "rope_scaling: {type: yarn, factor: 4.0}\n"))
+    assert cfg.rope_scaling == {"type": "yarn", "factor": 4.0}
+
+
 def test_a_key_given_twice_is_a_warning_naming_its_lines(tmp_path):
     """PyYAML, and so axolotl, keeps the last of two equal keys without a word: a second learning_rate further down
     a long config silently replaced the first."""
