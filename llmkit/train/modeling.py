@@ -70,9 +70,11 @@ def check_base_model(cfg: AxolotlConfig) -> None:
     listed (checked on its meta-device shape, as validate checks them)."""
     from llmkit.core.shapes import base_model_refusal, find_model_config, shape_from_config
 
-    config = find_model_config(str(resolve_model(cfg.base_model, cfg.revision_of_model).path)).config
+    path = str(resolve_model(cfg.base_model, cfg.revision_of_model).path)
+    config = find_model_config(path).config
     if problem := base_model_refusal(config, cfg.base_model):
         raise ConfigError([problem], cfg.source)
+    model_config(cfg, path)  # raises ConfigError naming an override the model's config cannot take
     try:
         shape = shape_from_config(config)
     except ValueError:  # not buildable on the meta device: the model's own load says why
@@ -142,6 +144,7 @@ def model_config(cfg: AxolotlConfig, path: str) -> PretrainedConfig | None:
     if cfg.rope_scaling is None and not overrides:
         return None
     config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    _check_overrides(cfg, config, overrides)
     if cfg.rope_scaling is not None:
         scaling = dict(cfg.rope_scaling)
         rope_type = scaling.pop("rope_type", None) or scaling.pop("type", None)
@@ -151,6 +154,25 @@ def model_config(cfg: AxolotlConfig, path: str) -> PretrainedConfig | None:
         else:
             overrides["rope_scaling"] = {**scaling, "type": rope_type}
     return type(config).from_dict({**config.to_dict(), **overrides})
+
+
+def _check_overrides(cfg: AxolotlConfig, config: PretrainedConfig, overrides: dict[str, Any]) -> None:
+    """Refuse, naming the key, an override the config cannot take: transformers' own checks (a string for
+    hidden_size, a count of heads that leaves no head size) raised tracebacks, and a size or count not above 0 (a
+    model of -5 layers) built a model without layers that peft then found no module in."""
+    held = config.to_dict()
+    for key, value in overrides.items():
+        current = held.get(key)
+        counted = key.startswith("num_") or key.endswith(("_size", "_dim", "_embeddings"))
+        positive = isinstance(current, int) and not isinstance(current, bool) and current > 0
+        if counted and positive and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            problem = f"{value!r}: a size or count, {current} in the model's config.json; give a whole number above 0"
+            raise ConfigError([f"overrides_of_model_config.{key}: {problem}"], cfg.source)
+        try:
+            type(config).from_dict({**held, key: value})
+        except Exception as err:
+            said = str(err).strip().splitlines()[-1].strip() or type(err).__name__
+            raise ConfigError([f"overrides_of_model_config.{key}: {value!r}: {said}"], cfg.source) from None
 
 
 def _model_class(cfg: AxolotlConfig) -> Any:

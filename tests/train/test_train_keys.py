@@ -250,6 +250,25 @@ def test_rope_scaling_and_config_overrides_reach_the_model(tiny_config):
     assert model.config.attention_dropout == 0.1
 
 
+def test_an_override_the_model_config_cannot_take_is_one_line_naming_it(tiny_config):
+    """train stopped on a StrictDataclassFieldValidationError traceback (hidden_size: big), a ZeroDivisionError
+    (num_attention_heads: 0) or peft's NoMatchingPeftModuleError (num_hidden_layers: -5: a model of no layers)."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    says = {
+        "hidden_size": ("big", "'big': a size or count, 64 in the model's config.json; give a whole number above 0"),
+        "num_hidden_layers": (-5, "-5: a size or count, 2 in the model's config.json; give a whole number above 0"),
+        "rms_norm_eps": ("x", "'x': TypeError: Field 'rms_norm_eps' expected float, got str (value: 'x')"),
+    }
+    for key, (value, said) in says.items():
+        config = tiny_config(overrides_of_model_config={key: value})
+        result = CliRunner().invoke(app, ["train", str(config)])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+        assert result.output.splitlines()[-1] == f"  - overrides_of_model_config.{key}: {said}", result.output
+
+
 def test_trainer_settings_the_keys_become(tiny_config):
     keys = {
         "noisy_embedding_alpha": 5,
