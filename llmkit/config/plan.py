@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,7 @@ def plan(
         cfg.check_new_tokens_trained(None)  # as the shape's check below, as far as it goes without the model's names
     else:
         targets = cfg.resolved_target_modules(shape)
+        check_layers_to_transform(cfg, shape)
         trained = shape.with_vocabulary(tokenizer_size) if tokenizer_size else shape
         trainable, total = trainable_params(cfg, trained, targets, parameters), trained.num_params
         setups = {track: training_setup(cfg, trained, targets, trainable, track, parameters) for track in Track}
@@ -349,7 +351,7 @@ def trainable_params(cfg: AxolotlConfig, shape: ModelShape, targets: list[str], 
     per_module = _PARAMS_PER_MODULE[cfg.peft_method]
     saved = _saved_modules(cfg, shape)
     # peft trains a module it saves whole, and wraps no adapter around it
-    wrapped = [module for module in _wrapped(shape, targets) if module.name not in saved]
+    wrapped = [module for module in _adapted(cfg, shape, targets) if module.name not in saved]
     modules = sum(per_module(cfg, module) for module in wrapped) + sum(module.params for module in saved.values())
     return modules + sum(_expert_lora_params(cfg, size) for _, size, _ in _wrapped_experts(shape, parameters))
 
@@ -397,6 +399,45 @@ def _wrapped(shape: ModelShape, names: list[str]) -> list[Module]:
     return list({module.name: module for name in names for module in shape.matching(name)}.values())
 
 
+def _adapted(cfg: AxolotlConfig, shape: ModelShape, targets: list[str]) -> list[Module]:
+    """The modules peft wraps an adapter around: those `targets` match, in the layers peft_layers_to_transform lists
+    (peft's rule in check_target_module_exists: the first numbered name part after peft_layers_pattern, or after
+    any part without it; a module in no such layer, as lm_head, is left out). The plan counted every layer's."""
+    wrapped = _wrapped(shape, targets)
+    layers = cfg.peft_layers_to_transform
+    if not layers:  # None or [], as peft reads an empty list: every layer
+        return wrapped
+    patterns = cfg.peft_layers_pattern or []
+    regexes = [rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\." for pattern in patterns] or [r".*?\.[^.]*\.(?P<idx>\d+)\."]
+    kept = []
+    for module in wrapped:
+        if module.name in targets:  # named in full: peft wraps it whatever its layer
+            kept.append(module)
+            continue
+        match = next((found for regex in regexes if (found := re.match(regex, module.name))), None)
+        if match and int(match["idx"]) in layers:
+            kept.append(module)
+    return kept
+
+
+def check_layers_to_transform(cfg: AxolotlConfig, shape: ModelShape) -> None:
+    """Refuse peft_layers_to_transform indices the model has no layer for: peft wrapped nothing there, and train
+    stopped on its NoMatchingPeftModuleError traceback (or trained fewer layers than listed) after validate passed.
+
+    Raises:
+        ConfigError: an index below 0 or at or above the model's layer count.
+    """
+    outside = [index for index in cfg.peft_layers_to_transform or [] if not 0 <= index < shape.num_layers]
+    if outside and cfg.adapter is not None:
+        raise ConfigError(
+            [
+                f"peft_layers_to_transform: {outside} not among the model's layers: it has {shape.num_layers}, "
+                f"numbered 0 to {shape.num_layers - 1}"
+            ],
+            cfg.source,
+        )
+
+
 def training_setup(
     cfg: AxolotlConfig, shape: ModelShape, targets: list[str], trainable: int, track: Track, parameters: list[str] = ()
 ) -> TrainingSetup:
@@ -408,7 +449,7 @@ def training_setup(
     dtype = _compute_dtype(cfg, track)
     weights = cfg.weights_dtype("cuda", capability=TRACKS[track].capability)
     dropout = cfg.adapter is not None and cfg.lora_dropout > 0
-    adapted = [module for module in _wrapped(shape, targets) if module in shape.linear]
+    adapted = [module for module in _adapted(cfg, shape, targets) if module in shape.linear]
     experts = _wrapped_experts(shape, parameters)
     grpo = cfg.rl is RLMethod.grpo
     made = cfg.grpo_completion_tokens if grpo else 0

@@ -68,6 +68,7 @@ def check_base_model(cfg: AxolotlConfig) -> None:
     """Refuse, before any data is prepared, a base model llmkit cannot train on (one that needs its repository's own
     code, which llmkit never runs, or one stored quantized), and adapter targets it lacks or peft cannot train as
     listed (checked on its meta-device shape, as validate checks them)."""
+    from llmkit.config.plan import check_layers_to_transform
     from llmkit.core.shapes import base_model_refusal, find_model_config, shape_from_config
 
     path = str(resolve_model(cfg.base_model, cfg.revision_of_model).path)
@@ -80,6 +81,7 @@ def check_base_model(cfg: AxolotlConfig) -> None:
     except ValueError:  # not buildable on the meta device: the model's own load says why
         return
     cfg.resolved_target_modules(shape)  # raises ConfigError, naming the key
+    check_layers_to_transform(cfg, shape)
     cfg.resolved_target_parameters(shape)
 
 

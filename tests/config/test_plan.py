@@ -304,8 +304,22 @@ def test_a_projection_fused_into_another_layer_is_named_for_what_holds_it():
             {"peft": "prompt_tuning", "peft_num_virtual_tokens": 8},
             lambda t: {"kind": "prompt", "num_virtual_tokens": 8},
         ),
+        (  # the plan counted every layer's modules (the same count for [0], [999] and none)
+            {"lora_r": 8, "lora_target_linear": True, "peft_layers_to_transform": [0, 2]},
+            lambda t: {"kind": "lora", "r": 8, "target_modules": t, "layers_to_transform": [0, 2]},
+        ),
+        (
+            {"lora_r": 8, "lora_target_linear": True, "peft_layers_to_transform": 3, "peft_layers_pattern": "layers"},
+            lambda t: {
+                "kind": "lora",
+                "r": 8,
+                "target_modules": t,
+                "layers_to_transform": [3],
+                "layers_pattern": "layers",
+            },
+        ),
     ],
-    ids=["lora-all-linear", "dora-qv", "vera", "prompt-tuning"],
+    ids=["lora-all-linear", "dora-qv", "vera", "prompt-tuning", "lora-layers-0-2", "lora-layer-3-pattern"],
 )
 def test_trainable_parameters_equal_peft_count_on_the_real_model(default_model_dir, keys, peft_config):
     from peft import LoraConfig, PromptTuningConfig, TaskType, VeraConfig, get_peft_model
@@ -321,6 +335,22 @@ def test_trainable_parameters_equal_peft_count_on_the_real_model(default_model_d
     config = {"lora": LoraConfig, "vera": VeraConfig, "prompt": PromptTuningConfig}[kind]
     peft_model = get_peft_model(model, config(task_type=TaskType.CAUSAL_LM, **options))
     assert p.trainable_params == peft_model.get_nb_trainable_parameters()[0]
+
+
+def test_layers_to_transform_the_model_lacks_are_refused_by_validate_and_train(default_model_dir, tiny_config):
+    """validate passed [999] and [-1], and train stopped on peft's NoMatchingPeftModuleError traceback."""
+    for layers in ([999], [0, -1]):
+        with pytest.raises(ConfigError) as err:
+            plan(small(default_model_dir, lora_target_linear=True, peft_layers_to_transform=layers))
+        outside = [index for index in layers if index != 0]
+        assert f"peft_layers_to_transform: {outside} not among the model's layers: it has 30, numbered 0 to 29" in (
+            str(err.value)
+        )
+    result = CliRunner().invoke(app, ["train", str(tiny_config(peft_layers_to_transform=[2]))])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output.splitlines()[-1] == (
+        "  - peft_layers_to_transform: [2] not among the model's layers: it has 2, numbered 0 to 1"
+    ), result.output
 
 
 @pytest.mark.parametrize("tokens", [[], ["<sum>", "<carry>"]], ids=["no-tokens", "added-tokens"])
