@@ -488,6 +488,19 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
     assert "my_table=[[0, 1, 2, 3, 4, 5, 6, 7, ...]" in str(caught[0].message) and len(str(caught[0].message)) < 400
 
 
+def test_a_yaml_nested_too_deeply_or_holding_itself_is_one_line(tmp_path):
+    """5,000 levels stopped validate on a RecursionError traceback in PyYAML's reader; `loop: &l [*l]` was called an
+    alias bomb of more than 100,000 values, naming no key."""
+    deep = write(tmp_path, MINIMAL + "deep: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "nested too deeply: more than 100 levels of mappings or lists" in error_of(deep)
+    deep = write(tmp_path, MINIMAL + "my_tree: " + "{a: " * 150 + "1" + "}" * 150 + "\n")
+    assert "my_tree: nested too deeply: more than 100 levels of mappings or lists" in error_of(deep)
+    loop = write(tmp_path, MINIMAL + "loop: &l [*l]\n")
+    assert "loop[0]: a YAML alias inside its own anchor (a cycle), which holds itself without end" in error_of(loop)
+    shared = write(tmp_path, MINIMAL + "one: &x [1, 2]\ntwo: [*x, *x]\n")  # an alias used twice is no cycle
+    assert load_quietly(shared).base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
 def test_a_shard_index_must_name_one_of_the_shards(tmp_path):
     spec = {"path": "org/data", "type": "alpaca"}
     assert "datasets[0]: shards_idx: 3 is not one of the 3 shards (0..2)" in error_of(
