@@ -1297,7 +1297,7 @@ def _resolve_local(path: str, base: Path) -> str:
 def _resolve_dataset_paths(raw: dict, base: Path) -> None:
     entries = [entry for key in DATASET_LISTS if isinstance(raw.get(key), list) for entry in raw[key]]
     for entry in entries:  # any other shape is the schema's error to name
-        if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str) and entry["path"].strip():  # "": empty
             entry["path"] = _resolve_local(entry["path"], base)
             files = entry.get("data_files")
             if not Path(entry["path"]).is_dir() and isinstance(files, (str, list)):

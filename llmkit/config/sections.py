@@ -1001,6 +1001,13 @@ class DatasetSpec(BaseModel):
 
     _lists = field_validator("data_files", "roles_to_train", mode="before")(one_as_list)
 
+    @field_validator("path")
+    @classmethod
+    def _named_path(cls, value: str) -> str:
+        if not value.strip():  # the config's folder to a path: validate scanned it for 25 s, then failed obscurely
+            raise ValueError("empty")
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _path_for_data_files(cls, data: object) -> object:

@@ -177,6 +177,15 @@ def test_a_rope_scaling_transformers_cannot_compute_is_refused_at_load(tmp_path)
     assert cfg.rope_scaling == {"type": "yarn", "factor": 4.0}
 
 
+def test_an_empty_dataset_path_is_refused_at_load(tmp_path):
+    """`path: ""` was the config's folder: validate scanned it for 25 s, then failed on a datasets error naming no
+    key."""
+    (tmp_path / "rows.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
+    for path in ('""', '"  "'):
+        text = MINIMAL.replace("path: onuralp/open-otter", f"path: {path}")
+        assert "datasets[0].path: empty (got " in error_of(write(tmp_path, text))
+
+
 def test_a_key_given_twice_is_a_warning_naming_its_lines(tmp_path):
     """PyYAML, and so axolotl, keeps the last of two equal keys without a word: a second learning_rate further down
     a long config silently replaced the first."""
