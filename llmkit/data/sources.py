@@ -86,7 +86,18 @@ def load_rows(spec: DatasetSpec, check: RowCheck, seed: int) -> Dataset:
     except Exception as err:  # datasets wraps parse errors of every format in its own exception types
         if local.is_file() and _builder(spec, local) == "json":
             find_bad_json_row(local, check)
-        raise DataError(f"{source_name(spec)}: cannot be read: {type(err).__name__}: {err}") from err
+        # `path: json` with local data_files, as axolotl's examples write: their rows are checked as path's would
+        # be, and the files named; the error named only "hub dataset json", and datasets' wrapper without its cause
+        files = [] if local.exists() else [user_path(f) for f in spec.data_files or [] if user_path(f).is_file()]
+        for file in files:
+            if (spec.ds_type.value if spec.ds_type else spec.path) == "json":
+                find_bad_json_row(file, check)
+        name = f"{source_name(spec)} data_files {', '.join(map(str, files))}" if files else source_name(spec)
+        cause = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        why = f" ({type(cause).__name__}: {cause})" if cause is not err else ""
+        raise DataError(f"{name}: cannot be read: {type(err).__name__}: {err}{why}") from err
     if not len(rows):  # a slice past the end (datasets refuses a file with no rows itself)
         raise DataError(f"{source_name(spec)}: the dataset is empty (no rows)")
     if len(rows) == 1 and local.is_file() and _builder(spec, local) == "json":
@@ -139,7 +150,8 @@ def _load(spec: DatasetSpec, local: Path) -> Dataset:
     if local.is_dir():
         return load_dataset(str(local), data_files=_folder_files(local, spec.data_files), split=split)
     files = [data_files_pattern(f) for f in spec.data_files] if spec.data_files else None
-    return load_dataset(spec.path, name=spec.name, data_files=files, split=split, revision=spec.revision)
+    with _json_failure_unlogged():  # path: json with data_files: load_rows names the bad row
+        return load_dataset(spec.path, name=spec.name, data_files=files, split=split, revision=spec.revision)
 
 
 @contextmanager

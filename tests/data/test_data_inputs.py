@@ -125,6 +125,21 @@ def test_a_compressed_file_names_its_bad_row_as_the_file_inside_it(
     _fails(make_cfg, tokenizer, path, "alpaca", expected)
 
 
+def test_path_json_with_local_data_files_names_the_file_and_its_bad_row(make_cfg, tokenizer, tmp_path):
+    """`path: json` with data_files, as axolotl's examples write it: the error was "hub dataset json: cannot be
+    read: DatasetGenerationError: An error occurred while generating the dataset", naming neither the file nor the
+    row that `path: <file>` gets."""
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(f'{ROW_1}\n{{"instruction": \n')
+    with pytest.raises(DataError, match=re.escape(str(broken)) + r": row 2 \(line 2\): not valid JSON"):
+        build_datasets(make_cfg([{"path": "json", "data_files": [str(broken)], "type": "alpaca"}]), tokenizer)
+    repeated = tmp_path / "repeated.jsonl"  # no row to blame: datasets' error, with the file and what caused it
+    repeated.write_text(f'{ROW_1[:-1]}, "output": "Red."}}\n')
+    expected = re.escape(f"hub dataset json data_files {repeated}: cannot be read: DatasetGenerationError: ")
+    with pytest.raises(DataError, match=expected + r".* \(\w+: .+\)$"):
+        build_datasets(make_cfg([{"path": "json", "data_files": [str(repeated)], "type": "alpaca"}]), tokenizer)
+
+
 def test_a_line_that_is_not_json_is_said_once_with_its_own_row(tiny_config, tmp_path):
     """datasets logged "Failed to load JSON from file ... in row 10" (Arrow's row, from 0) before llmkit's error
     naming row 11 (line 11): two rows named for one bad line."""
