@@ -840,7 +840,16 @@ class CustomPrompt(_FormatMapping):
     field: str | None = Field(None, description="Accepted for axolotl compatibility; unused there too.")
 
 
-class PreferencePrompt(_FormatMapping):
+class _PromptedMapping(_FormatMapping):
+    """The prompt of axolotl's user-defined preference and KTO formats: its field, the row's system field, and how
+    they are written."""
+
+    field_prompt: str = Field("prompt", description="Row field holding the prompt.")
+    field_system: str = Field("system", description="Row field holding a system text (optional).")
+    prompt_format: str = Field("{prompt}", description="How the prompt is written; placeholders {prompt}, {system}.")
+
+
+class PreferencePrompt(_PromptedMapping):
     """A `type:` given as a mapping under `rl`: axolotl's user-defined preference format (dpo/user_defined.py).
 
     The pair is the row's prompt, chosen and rejected fields, each written with its format; `{system}` in
@@ -853,16 +862,13 @@ class PreferencePrompt(_FormatMapping):
         "rejected_format": {"rejected"},
     }
 
-    field_prompt: str = Field("prompt", description="Row field holding the prompt.")
-    field_system: str = Field("system", description="Row field holding a system text (optional).")
     field_chosen: str = Field("chosen", description="Row field holding the preferred answer.")
     field_rejected: str = Field("rejected", description="Row field holding the worse answer.")
-    prompt_format: str = Field("{prompt}", description="How the prompt is written; placeholders {prompt}, {system}.")
     chosen_format: str = Field("{chosen}", description="How the preferred answer is written; placeholder {chosen}.")
     rejected_format: str = Field("{rejected}", description="How the worse answer is written; placeholder {rejected}.")
 
 
-class KTOPrompt(_FormatMapping):
+class KTOPrompt(_PromptedMapping):
     """A `type:` given as a mapping under rl: kto: axolotl's user-defined KTO format (kto/user_defined.py, as its
     RLHF docs write it).
 
@@ -875,11 +881,8 @@ class KTOPrompt(_FormatMapping):
         "completion_format": {"completion"},
     }
 
-    field_prompt: str = Field("prompt", description="Row field holding the prompt.")
-    field_system: str = Field("system", description="Row field holding a system text (optional).")
     field_completion: str = Field("completion", description="Row field holding the answer.")
     field_label: str = Field("label", description="Row field holding true (a desirable answer) or false.")
-    prompt_format: str = Field("{prompt}", description="How the prompt is written; placeholders {prompt}, {system}.")
     completion_format: str = Field("{completion}", description="How the answer is written; placeholder {completion}.")
 
 

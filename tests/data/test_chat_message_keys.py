@@ -14,11 +14,11 @@ import re
 from pathlib import Path
 
 import pytest
+from test_dataset_types import trained_runs  # tests/data is on pytest's path
 
 from llmkit.config.schema import ConfigWarning
 from llmkit.data.chat import template_message_keys
 from llmkit.data.pipeline import DataError, build_datasets
-from llmkit.data.rows import IGNORE_INDEX
 
 QWEN25 = Path(__file__).with_name("qwen2_5_instruct.jinja")
 QWEN25_SYSTEM = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
@@ -40,17 +40,6 @@ TOOL_TEXT = (
 )
 
 
-def _runs(tokenizer, row) -> list[str]:
-    """The trained stretches of a built row, decoded."""
-    runs, current = [], []
-    for token, label in zip(row["input_ids"], row["labels"], strict=True):
-        if label != IGNORE_INDEX:
-            current.append(token)
-        elif current:
-            runs, current = [*runs, tokenizer.decode(current)], []
-    return runs + ([tokenizer.decode(current)] if current else [])
-
-
 def _rows(write_rows, make_cfg, tokenizer, rows: list[dict], **keys) -> list[dict]:
     dataset = {"path": str(write_rows(rows, "jsonl")), "type": "chat_template", **keys}
     cfg = make_cfg([dataset], dataset_prepared_path=None)
@@ -68,7 +57,7 @@ def test_a_tool_calling_conversation_renders_its_calls_and_results_and_trains_th
     (row,) = _rows(write_rows, make_cfg, tokenizer, [{"messages": TOOL_TURNS}], chat_template_jinja=str(QWEN25))
     assert tokenizer.decode(row["input_ids"]) == TOOL_TEXT
     assert row["input_ids"] == tokenizer(TOOL_TEXT, add_special_tokens=False)["input_ids"]
-    assert _runs(tokenizer, row) == [TOOL_CALL_TEXT + "<|im_end|>", "It is 18 degrees.<|im_end|>"]
+    assert trained_runs(tokenizer, row) == [TOOL_CALL_TEXT + "<|im_end|>", "It is 18 degrees.<|im_end|>"]
     # a call beside text trains both; roles_to_train: [tool] trains the result's content
     turns = [TOOL_TURNS[0], {**TOOL_TURNS[1], "content": "Let me look."}, *TOOL_TURNS[2:]]
     (row,) = _rows(
@@ -82,7 +71,7 @@ def test_a_tool_calling_conversation_renders_its_calls_and_results_and_trains_th
     assert tokenizer.decode(row["input_ids"]) == TOOL_TEXT.replace(
         "assistant\n<tool_call>", "assistant\nLet me look.\n<tool_call>"
     )
-    assert _runs(tokenizer, row) == [
+    assert trained_runs(tokenizer, row) == [
         f"Let me look.\n{TOOL_CALL_TEXT}<|im_end|>",
         '{"temp": 18}',  # its <|im_end|> is 6 tokens on: past axolotl's 3, untrained
         "It is 18 degrees.<|im_end|>",
@@ -131,7 +120,7 @@ def test_keys_a_custom_template_reads_reach_it_and_train_with_their_turn(write_r
     (row,) = _rows(write_rows, make_cfg, tokenizer, [{"messages": NAMED_TURNS}], chat_template_jinja=NAMED)
     text = "<|im_start|>user (Ann)\nHi there. [glad]<|im_end|>\n<|im_start|>assistant (Bot)\nHello, Ann.<|im_end|>\n"
     assert tokenizer.decode(row["input_ids"]) == text
-    assert _runs(tokenizer, row) == [" (Bot)\nHello, Ann.<|im_end|>"]
+    assert trained_runs(tokenizer, row) == [" (Bot)\nHello, Ann.<|im_end|>"]
 
 
 def test_keys_are_read_as_axolotls_template_analysis_finds_them(write_rows, make_cfg, tokenizer):
@@ -185,7 +174,7 @@ def test_a_rows_tools_column_reaches_the_template(write_rows, make_cfg, tokenize
     text = TOOL_TEXT.replace(QWEN25_SYSTEM, WEATHER_SYSTEM)
     assert tokenizer.decode(with_tools["input_ids"]) == text
     assert with_tools["input_ids"] == tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert _runs(tokenizer, with_tools) == [TOOL_CALL_TEXT + "<|im_end|>", "It is 18 degrees.<|im_end|>"]
+    assert trained_runs(tokenizer, with_tools) == [TOOL_CALL_TEXT + "<|im_end|>", "It is 18 degrees.<|im_end|>"]
     assert tokenizer.decode(without["input_ids"]) == TOOL_TEXT
 
 

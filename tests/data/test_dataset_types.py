@@ -386,7 +386,7 @@ MAPPED = {
 }
 
 
-def _trained_runs(tokenizer, row) -> list[str]:
+def trained_runs(tokenizer, row) -> list[str]:
     """The trained stretches of a built row, decoded."""
     runs, current = [], []
     for token, label in zip(row["input_ids"], row["labels"], strict=True):
@@ -415,7 +415,7 @@ def test_chat_keys_map_fields_and_roles_and_train_contents_with_their_eos(write_
     (row,) = _chat(write_rows, make_cfg, tokenizer, [{"conversations": SHAREGPT}], **keys)
     assert tokenizer.decode(row["input_ids"]) == CHATML_TEXT
     assert row["input_ids"] == tokenizer(CHATML_TEXT, add_special_tokens=False)["input_ids"]
-    assert _trained_runs(tokenizer, row) == ["Hello!<|im_end|>", "Goodbye.<|im_end|>"]
+    assert trained_runs(tokenizer, row) == ["Hello!<|im_end|>", "Goodbye.<|im_end|>"]
 
 
 @pytest.mark.parametrize(
@@ -436,7 +436,7 @@ def test_chat_keys_map_fields_and_roles_and_train_contents_with_their_eos(write_
 )
 def test_roles_to_train_and_train_on_eos_choose_what_is_trained(write_rows, make_cfg, tokenizer, keys, runs):
     (row,) = _chat(write_rows, make_cfg, tokenizer, [{"conversations": SHAREGPT}], **keys)
-    assert _trained_runs(tokenizer, row) == runs
+    assert trained_runs(tokenizer, row) == runs
     expected = (
         CHATML_TEXT.removeprefix("<|im_start|>system\nBe brief.<|im_end|>\n")
         if "drop_system_message" in keys
@@ -477,7 +477,7 @@ def test_sharegpt_roles_input_and_output_are_more_speakers_masked_or_trained(wri
         "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>narrator\nA door opens.<|im_end|>\n"
         "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>char\nWho is it?<|im_end|>\n"
     )
-    assert _trained_runs(tokenizer, row) == ["Hello!<|im_end|>", "Who is it?<|im_end|>"]
+    assert trained_runs(tokenizer, row) == ["Hello!<|im_end|>", "Who is it?<|im_end|>"]
 
 
 def test_chat_template_names_are_checked_without_the_tokenizer(tmp_path):
@@ -552,7 +552,7 @@ def test_eot_tokens_and_train_on_eot_choose_the_turn_ends_trained(write_rows, ma
     path = write_rows([{"conversations": SHAREGPT}], "jsonl")
     dataset = {**MAPPED, "path": str(path), "chat_template": "jinja", "chat_template_jinja": TURN_END_TEMPLATE, **keys}
     (row,) = build_datasets(make_cfg([dataset], **top), tokenizer).train
-    assert _trained_runs(tokenizer, row) == runs
+    assert trained_runs(tokenizer, row) == runs
 
 
 def test_train_on_eot_last_is_the_last_turn_looked_at_where_the_eos_trains_after_every_turn(
@@ -567,7 +567,7 @@ def test_train_on_eot_last_is_the_last_turn_looked_at_where_the_eos_trains_after
     (row,) = build_datasets(make_cfg([dataset], eot_tokens=["<|endoftext|>"]), tokenizer).train
     # each turn's EOS; the last turn's end-of-turn token before its EOS
     runs = ["<|im_end|>", "<|im_end|>", "Hello!", "<|im_end|>", "<|endoftext|><|im_end|>"]
-    assert _trained_runs(tokenizer, row) == runs
+    assert trained_runs(tokenizer, row) == runs
 
 
 def test_train_on_eot_and_train_on_eos_that_disagree_on_the_eos_are_refused(
@@ -597,7 +597,7 @@ def test_train_on_inputs_trains_every_content_but_never_the_role_headers(write_r
     cfg = make_cfg([{"path": str(write_rows([{"conversations": SHAREGPT}], "jsonl")), **MAPPED}], train_on_inputs=True)
     (row,) = build_datasets(cfg, tokenizer).train
     contents = [f"{m['value']}<|im_end|>" for m in SHAREGPT]
-    assert _trained_runs(tokenizer, row) == contents
+    assert trained_runs(tokenizer, row) == contents
     assert row["labels"][:3] == [IGNORE_INDEX] * 3  # "<|im_start|>system\n"
 
 
@@ -609,7 +609,7 @@ def test_field_system_adds_the_rows_system_turn_and_message_training_overrides_r
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\nHello!"
         "<|im_end|>\n"
     )
-    assert _trained_runs(tokenizer, row) == ["Hi there<|im_end|>"]
+    assert trained_runs(tokenizer, row) == ["Hi there<|im_end|>"]
 
 
 @pytest.fixture
@@ -629,7 +629,7 @@ def test_the_llama3_template_trains_contents_and_eot(write_rows, make_cfg, llama
         turn.format(r, c) for r, c in [("system", "Be brief."), ("user", "Hi there"), ("assistant", "Hello!")]
     )
     assert llama3_tokenizer.decode(row["input_ids"]) == text  # the bos_token first: here the embedded model's
-    assert _trained_runs(llama3_tokenizer, row) == ["Hello!<|eot_id|>"]
+    assert trained_runs(llama3_tokenizer, row) == ["Hello!<|eot_id|>"]
 
 
 @pytest.mark.parametrize(
@@ -663,7 +663,7 @@ def test_shipped_templates_render_as_their_models_do(write_rows, make_cfg, token
     tokenizer.chat_template = None  # a base model's tokenizer: the fallback is what renders
     (row,) = _chat(write_rows, make_cfg, tokenizer, [{"conversations": SHAREGPT[1:3]}], chat_template=template)
     assert tokenizer.decode(row["input_ids"]) == text
-    assert _trained_runs(tokenizer, row) == runs
+    assert trained_runs(tokenizer, row) == runs
 
 
 # What axolotl's own alpaca.jinja, metharme.jinja and falcon_h1.jinja write for SHAREGPT[:3] (its ChatTemplate names
@@ -694,7 +694,7 @@ def test_the_alpaca_chat_template_trains_each_response_and_its_eos(write_rows, m
         "<|im_start|>Be brief.\n\n### Instruction:\nHi there\n\n### Response:\nHello!<|im_end|>\n\n"
         "### Instruction:\nBye\n\n### Response:\nGoodbye.<|im_end|>"
     )
-    assert _trained_runs(tokenizer, row) == ["Hello!<|im_end|>", "Goodbye.<|im_end|>"]
+    assert trained_runs(tokenizer, row) == ["Hello!<|im_end|>", "Goodbye.<|im_end|>"]
 
 
 # What axolotl's falcon_h1.jinja writes for more conversations (rendered with its text, add_generation_prompt off
@@ -731,7 +731,7 @@ def test_falcon_h1_writes_axolotls_text_of_each_conversation(tokenizer, turns, t
 def test_the_falcon_h1_chat_template_trains_each_reply_and_its_end_token(write_rows, make_cfg, tokenizer):
     (row,) = _chat(write_rows, make_cfg, tokenizer, [{"conversations": SHAREGPT}], chat_template="falcon_h1")
     assert tokenizer.decode(row["input_ids"]) == tokenizer.bos_token + CHATML_TEXT  # ChatML after a BOS
-    assert _trained_runs(tokenizer, row) == ["Hello!<|im_end|>", "Goodbye.<|im_end|>"]
+    assert trained_runs(tokenizer, row) == ["Hello!<|im_end|>", "Goodbye.<|im_end|>"]
 
 
 # metharme's text of SHAREGPT and of SHAREGPT[:4] (which ends with the user's "Bye"): one EOS, after the last turn
@@ -781,7 +781,7 @@ def test_metharme_rows_train_what_axolotl_finds_in_the_whole_conversation(
         bos=tokenizer.bos_token, eos=tokenizer.eos_token
     )
     assert row["input_ids"] == tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert _trained_runs(tokenizer, row) == runs
+    assert trained_runs(tokenizer, row) == runs
 
 
 def test_metharme_writes_its_default_system_text_into_a_conversation_without_one(write_rows, make_cfg, tokenizer):
@@ -791,7 +791,7 @@ def test_metharme_writes_its_default_system_text_into_a_conversation_without_one
         "must be detailed, creative, immersive, and drive the scenario forward.<|user|>Hi there<|model|>Hello!"
         "<|im_end|>"
     )
-    assert _trained_runs(tokenizer, row) == ["Hello!<|im_end|>"]
+    assert trained_runs(tokenizer, row) == ["Hello!<|im_end|>"]
 
 
 def test_a_top_level_chat_template_no_dataset_uses_is_saved_with_the_tokenizer(tmp_path, write_rows, tokenizer):
@@ -998,7 +998,7 @@ def test_a_model_named_template_renders_the_models_own(
     assert built[name] == built["tokenizer_default"]
     assert tokenizer.decode(built[name][0]["input_ids"]) == text
     # the content is trained (after Mistral's space before it, which the tokenizer merges into its first token)
-    assert _trained_runs(tokenizer, built[name][0])[0].lstrip().startswith("Hello!")
+    assert trained_runs(tokenizer, built[name][0])[0].lstrip().startswith("Hello!")
     config = tmp_path / "run.yml"
     raw = yaml.safe_load(config.read_text()) | {"chat_template": name}  # the config's own, as real configs set it
     raw["datasets"][0].pop("chat_template")
@@ -1025,7 +1025,7 @@ def test_qwen3_rows_of_several_exchanges_train_each_reply_as_axolotl_finds_it(wr
     path = write_rows([{"conversations": SHAREGPT}], "jsonl")
     (row,) = _chat(write_rows, make_cfg, tokenizer, [{"conversations": SHAREGPT}], chat_template="qwen3")
     assert row["input_ids"] == tokenizer(QWEN3_TEXT, add_special_tokens=False)["input_ids"]
-    assert _trained_runs(tokenizer, row) == ["Hello!<|im_end|>", "Goodbye.<|im_end|>"]
+    assert trained_runs(tokenizer, row) == ["Hello!<|im_end|>", "Goodbye.<|im_end|>"]
     said = r"row 1: field 'conversations' cannot be split into turns: .* up to message 2 \(assistant\)"
     with pytest.raises(DataError, match=said) as info:
         build_datasets(make_cfg([{"path": str(path), **MAPPED, "chat_template": "tokenizer_default"}]), tokenizer)
@@ -1060,7 +1060,7 @@ def test_mistral_v3_rows_with_a_system_turn_train_their_assistant_turns(
     tokenizer.chat_template = OWN_TEMPLATES["mistral_v2v3"][1]
     (row,) = _chat(write_rows, make_cfg, tokenizer, [{"conversations": rows}], chat_template="tokenizer_default")
     assert row["input_ids"] == tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert _trained_runs(tokenizer, row) == runs
+    assert trained_runs(tokenizer, row) == runs
 
 
 _EVERY_TURN = [" Hi there", " Hello!<|im_end|>", " Bye", " Goodbye.<|im_end|>"]
@@ -1093,7 +1093,7 @@ def test_mistral_v3_rows_with_a_system_turn_that_train_a_user_turn_say_why_they_
         build_datasets(make_cfg([dataset], **top), tokenizer)
     (row,) = build_datasets(make_cfg([{**dataset, "drop_system_message": True}], **top), tokenizer).train
     assert tokenizer.decode(row["input_ids"]) == MISTRAL_V3_TEXT
-    assert _trained_runs(tokenizer, row) == runs  # without it, the user turns train where the whole writes them
+    assert trained_runs(tokenizer, row) == runs  # without it, the user turns train where the whole writes them
 
 
 @pytest.mark.parametrize(
@@ -1222,7 +1222,7 @@ def test_a_template_that_opens_a_turn_after_the_last_trains_through_chat_templat
         "<|START_RESPONSE|>Goodbye.<|END_RESPONSE|><|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>"
     )
     runs = ["Hello!", "<|END_OF_TURN_TOKEN|>", "Goodbye.", "<|END_OF_TURN_TOKEN|>"]
-    assert _trained_runs(tokenizer, row) == runs
+    assert trained_runs(tokenizer, row) == runs
 
 
 def test_template_choices_that_cannot_render_are_clear_errors(write_rows, make_cfg, tokenizer, tmp_path):
@@ -1260,7 +1260,7 @@ def test_a_jinja_template_from_a_file(write_rows, make_cfg, tokenizer, tmp_path)
         chat_template_jinja=str(template),
     )
     assert tokenizer.decode(row["input_ids"]) == "user: Hi there<|im_end|>\nassistant: Hello!<|im_end|>\n"
-    assert _trained_runs(tokenizer, row) == [" Hello!<|im_end|>"]
+    assert trained_runs(tokenizer, row) == [" Hello!<|im_end|>"]
 
 
 def test_bad_chat_rows_name_the_mapped_field(write_rows, make_cfg, tokenizer):
@@ -1360,7 +1360,7 @@ def test_a_messages_reasoning_trains_with_its_turn_where_the_template_writes_it(
     key = keys.get("template_thinking_key", "reasoning_content")
     rendered = tokenizer.apply_chat_template([*QUESTION, {**REASONED[1], key: "Two and two"}], tokenize=False)
     assert tokenizer.decode(row["input_ids"]) == rendered.replace("Two and two", "Two and two make four.")
-    assert _trained_runs(tokenizer, row) == [runs[0] + "<|im_end|>"]
+    assert trained_runs(tokenizer, row) == [runs[0] + "<|im_end|>"]
     assert "reasoning" not in caplog.text
 
 
@@ -1379,7 +1379,7 @@ def test_reasoning_in_every_turn_trains_where_the_whole_conversation_writes_it(w
     whole = tokenizer.apply_chat_template(messages, chat_template=every, tokenize=False)
     assert "<think>\nTwo and two make four.\n</think>\n\n4." in whole and "<think>\nSix.\n</think>\n\n6." in whole
     assert tokenizer.decode(row["input_ids"]) == whole
-    assert _trained_runs(tokenizer, row) == [  # without its reasoning a turn writes no <think> block: it trains too
+    assert trained_runs(tokenizer, row) == [  # without its reasoning a turn writes no <think> block: it trains too
         "<think>\nTwo and two make four.\n</think>\n\n4.<|im_end|>",
         "<think>\nSix.\n</think>\n\n6.<|im_end|>",
     ]
@@ -1388,7 +1388,7 @@ def test_reasoning_in_every_turn_trains_where_the_whole_conversation_writes_it(w
     whole = tokenizer.apply_chat_template(messages, tokenize=False)
     assert "Two and two" not in whole and "<think>\nSix.\n</think>\n\n6." in whole
     assert tokenizer.decode(row["input_ids"]) == whole
-    assert _trained_runs(tokenizer, row) == ["4.<|im_end|>", "Six.\n</think>\n\n6.<|im_end|>"]
+    assert trained_runs(tokenizer, row) == ["4.<|im_end|>", "Six.\n</think>\n\n6.<|im_end|>"]
     with pytest.raises(DataError, match=r"row 1: field 'messages' cannot be split into turns"):
         _reasoned(write_rows, make_cfg, tokenizer, messages, chat_template="tokenizer_default")
 
@@ -1400,7 +1400,7 @@ def test_reasoning_the_template_does_not_write_is_warned_about_once(write_rows, 
         rows = _reasoned(write_rows, make_cfg, tokenizer, REASONED, chat_template="chatml")
     (row,) = rows
     assert "Two and two" not in tokenizer.decode(row["input_ids"])
-    assert _trained_runs(tokenizer, row) == ["4.<|im_end|>"]
+    assert trained_runs(tokenizer, row) == ["4.<|im_end|>"]
     said = [r.getMessage() for r in caplog.records if "reasoning" in r.getMessage()]
     assert said == [
         "messages: a row's reasoning (field_thinking 'reasoning_content') is not in the text the chat template "
@@ -1430,7 +1430,7 @@ def test_split_thinking_takes_an_assistants_reasoning_out_of_its_content(write_r
     )
     text = "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
     assert tokenizer.decode(row["input_ids"]) == text + "<think>\nTwo and two make four.\n</think>\n\n4.<|im_end|>\n"
-    assert _trained_runs(tokenizer, row) == ["Two and two make four.\n</think>\n\n4.<|im_end|>"]
+    assert trained_runs(tokenizer, row) == ["Two and two make four.\n</think>\n\n4.<|im_end|>"]
     (row,) = _reasoned(write_rows, make_cfg, tokenizer, messages, chat_template_jinja=QWEN3_THINKING)
     assert (
         tokenizer.decode(row["input_ids"]) == text + "<think>\n\n</think>\n\n" + content.lstrip("\n") + "<|im_end|>\n"
@@ -1623,7 +1623,7 @@ def test_deduplication_keeps_the_same_tokens_trained_differently(write_rows, mak
     path = str(write_rows([{"conversations": SHAREGPT}], "jsonl"))
     both = [{"path": path, **MAPPED}, {"path": path, **MAPPED, "roles_to_train": ["human", "assistant"]}]
     train = build_datasets(make_cfg(both, dataset_exact_deduplication=True), tokenizer).train
-    assert sorted(len(_trained_runs(tokenizer, row)) for row in train) == [2, 4]  # one chat, two sets of labels
+    assert sorted(len(trained_runs(tokenizer, row)) for row in train) == [2, 4]  # one chat, two sets of labels
     again = build_datasets(make_cfg([both[0], both[0]], dataset_exact_deduplication=True), tokenizer).train
     assert len(again) == 1
 

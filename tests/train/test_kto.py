@@ -138,7 +138,8 @@ def test_a_type_mapping_is_axolotls_user_defined_kto_format(make_cfg, tokenizer,
     mapping_said = r"datasets\[0\]\.type: "  # the rl check's errors; the mapping's own come from its field
     for keys, rl, said in [
         ({"field_chosen": "a"}, "kto", mapping_said + r"field_chosen: keys of axolotl's DPO user-defined mapping "
-         r"\(rl: dpo\); the KTO mapping rl: kto reads takes field_prompt, field_system, field_completion"),
+         r"\(rl: dpo\); the KTO mapping rl: kto reads takes field_prompt, field_system, prompt_format, "
+         r"field_completion"),
         ({"field_label": "a"}, "dpo", mapping_said + r"field_label: keys of axolotl's KTO user-defined mapping "
          r"\(rl: kto\); the preference mapping rl: dpo reads"),
         ({"field_completion": "a"}, None, mapping_said + r"a \{field_prompt, field_completion, field_label, "

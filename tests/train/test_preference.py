@@ -101,8 +101,8 @@ def test_axolotls_default_and_passthrough_dpo_types_are_read(make_cfg, tokenizer
     assert data.train.to_list() == [plain, plain]
     with pytest.raises(ValueError, match=r"passthrough\.default is rl: dpo's type .* which rl: orpo does not read"):
         make_cfg([{"path": str(path), "type": "passthrough.default"}], rl="orpo")
-    for rl, keys in [("dpo", "field_chosen, field_rejected, prompt_format, "),
-                     ("kto", "field_completion, field_label, prompt_format, ")]:  # fmt: skip
+    for rl, keys in [("dpo", "prompt_format, field_chosen, field_rejected, "),
+                     ("kto", "prompt_format, field_completion, field_label, ")]:  # fmt: skip
         said = r"datasets\[0\]\.type: user_defined\.default is axolotl's name for a type given as a mapping, which"
         with pytest.raises(
             ValueError,
