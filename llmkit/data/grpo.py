@@ -37,7 +37,7 @@ from llmkit.config.plan import TokenizedSplit
 from llmkit.config.schema import ConfigError
 from llmkit.data.fields import RowError
 from llmkit.data.pipeline import count_kept
-from llmkit.data.preference import TOKENS, merged_and_held_out
+from llmkit.data.preference import TOKENS, PreferenceData, merged_and_held_out
 from llmkit.data.rows import RawRow
 from llmkit.data.sources import DataError, convert_rows, load_rows, source_name
 from llmkit.data.stats import DatasetStats, DataStats
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 
     from llmkit.config.schema import AxolotlConfig
     from llmkit.config.sections import DatasetSpec
-    from llmkit.data.preference import PreferenceData
 
 LOG = logging.getLogger(__name__)
 
@@ -164,8 +163,8 @@ def _with_tokenizer(transform: Callable[..., Any], tokenizer: PreTrainedTokenize
 def _spec_prompts(
     cfg: AxolotlConfig, spec: DatasetSpec, position: int, tokenizer: PreTrainedTokenizerBase
 ) -> tuple[Dataset, DatasetStats]:
-    """One dataset's prompts, those longer than sequence_len kept, as axolotl keeps them, and counted in a warning
-    (excess_length_strategy: raise: an error naming the row)."""
+    """One dataset's prompts, with their tokens (the TOKENS column), those longer than sequence_len kept, as axolotl
+    keeps them, and counted in a warning (excess_length_strategy: raise: an error naming the row)."""
     source = source_name(spec)
     try:
         build = _row_transform(spec, position, cfg, tokenizer)
@@ -202,7 +201,7 @@ def _spec_prompts(
             "their completions are generated past it (excess_length_strategy: raise makes them an error)",
             source, len(long), len(lengths), limit, max(long),
         )  # fmt: skip
-    return prompts.remove_columns(TOKENS), stats
+    return prompts, stats
 
 
 def _prompt_tokens(tokenizer: PreTrainedTokenizerBase) -> Callable[[str | list[dict[str, Any]]], int]:
@@ -225,6 +224,20 @@ def build_prompt_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase
     Raises:
         DataError: a file, row or transform is bad, a row has no prompt, or datasets' columns differ.
     """
+    measured = _measured_prompts(cfg, tokenizer)
+    held_out = measured.eval.remove_columns(TOKENS) if measured.eval is not None else None
+    return PreferenceData(measured.train.remove_columns(TOKENS), held_out, measured.stats)
+
+
+def epoch_prompt_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> TokenizedSplit:
+    """The training prompts (one epoch) with their tokens as TRL renders them (messages through the chat template,
+    with the generation prompt); the completions, generated in training, are not counted."""
+    train = _measured_prompts(cfg, tokenizer).train
+    return TokenizedSplit(tokens=sum(train[TOKENS]), sequences=len(train))
+
+
+def _measured_prompts(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> PreferenceData:
+    """`build_prompt_datasets`' prompts with each one's tokens in the TOKENS column, counted once as they are read."""
     prompts: dict[str, list[Dataset]] = {"datasets": [], "test_datasets": []}
     stats = DataStats()
     for key, position, spec in cfg.dataset_entries():
@@ -232,11 +245,3 @@ def build_prompt_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase
         prompts[key].append(rows)
         (stats.datasets if key == "datasets" else stats.eval_datasets).append(counted)
     return merged_and_held_out(cfg, prompts, stats, "prompts")
-
-
-def epoch_prompt_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> TokenizedSplit:
-    """The training prompts (one epoch) with their tokens as TRL renders them (messages through the chat template,
-    with the generation prompt); the completions, generated in training, are not counted."""
-    train = build_prompt_datasets(cfg, tokenizer).train
-    tokens = _prompt_tokens(tokenizer)
-    return TokenizedSplit(tokens=sum(tokens(prompt) for prompt in train["prompt"]), sequences=len(train))

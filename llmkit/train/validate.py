@@ -137,7 +137,7 @@ def render(p: TrainingPlan):
         batch = f"{cfg.micro_batch_size} x {cfg.gradient_accumulation_steps} accum x {p.world_size} GPU"
         unset = "" if cfg.trl and cfg.trl.max_completion_length else ", TRL's default: trl.max_completion_length unset"
         each = f"each its prompt and at most {p.rollout.completion_tokens:,} generated tokens{unset}"
-        completions = cfg.micro_batch_size * cfg.gradient_accumulation_steps * p.world_size
+        completions = p.rollout.sequences * p.world_size
         generated = f"generated {p.rollout.sequences:,} at once on each GPU, then trained"
         summary.add_row("completions per optimizer step", escape(f"{completions:,} ({batch}), {each}; {generated}"))
     else:
