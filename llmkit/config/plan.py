@@ -171,8 +171,8 @@ def _rollout(cfg: AxolotlConfig, steps: int | None, world_size: int, data: Token
     if data is not None and data.sequences:
         prompt = data.tokens / data.sequences
         basis = f"{prompt:,.1f} tokens on average, of the {data.sequences:,} tokenized training prompts"
-    else:  # a longer prompt is dropped (llmkit.data.grpo)
-        prompt, basis = cfg.sequence_len, f"at most sequence_len {cfg.sequence_len} tokens (prompts not tokenized)"
+    else:  # a longer prompt is kept (llmkit.data.grpo), so sequence_len bounds none: an estimate
+        prompt, basis = cfg.sequence_len, f"sequence_len {cfg.sequence_len} tokens each (prompts not tokenized)"
     return Rollout(
         calls=None if steps is None else math.ceil(steps / cfg.grpo_iterations) * world_size,
         sequences=cfg.micro_batch_size * cfg.gradient_accumulation_steps,
