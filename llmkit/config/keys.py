@@ -199,7 +199,7 @@ AS_HERE = {"save_safetensors": True}
 # of its own (an error under strict), not listed as changing nothing (axolotl's schema: utils/schemas/model.py).
 DEFAULT_TRUE_KEYS = {
     "tokenizer_use_fast": "axolotl's default is true; false loads the slow (Python) tokenizer, which can give other "
-    "token ids; the fast tokenizer is loaded here",
+    "token ids; transformers 5 has no slow tokenizers (AutoTokenizer drops use_fast), so the fast one is loaded here",
     "tokenizer_save_jinja_files": "axolotl's default is true; false keeps the chat template inside "
     "tokenizer_config.json instead of a chat_template.jinja file; transformers' default file layout is written here",
     "experimental_skip_move_to_device": "axolotl's default is true; false moves the model to the device before "
