@@ -161,7 +161,7 @@ def refused_plugins(value: object) -> list[str]:
 DATASET_UNIMPLEMENTED_KEYS = frozenset(
     """
     preprocess_shards train_on_split trust_remote_code input_transform input_format
-    message_field_training_detail field_tools
+    field_tools
     field_human field_model logprobs_field temperature
     skip text_column step_separator train_on_last_step_only max_completion_length
     length seed sequence_length min_input_id max_input_id

@@ -970,6 +970,12 @@ class DatasetSpec(BaseModel):
     message_field_training: str | None = Field(
         None, description="chat_template: message key holding true/false: train that turn (over roles_to_train)."
     )
+    message_field_training_detail: str | None = Field(
+        None,
+        description="chat_template: message key holding [{begin_offset, end_offset, train}] spans of the turn's "
+        "content (character positions, both ends counted): only the trained spans' tokens train; the turn trains "
+        "when the list is not empty (message_field_training wins).",
+    )
     field_thinking: str | None = Field(
         None,
         description="chat_template: message key holding a reasoning trace (default `reasoning_content`), given to "

@@ -8,7 +8,9 @@ after the content in the whole conversation, trained as
 follows it is trained as `train_on_eos` says. A turn with empty content (and no reasoning) trains nothing, its end
 token included (axolotl finds no turn there). Role headers and the template's other text stay masked. A turn is
 trained when its role is in `roles_to_train` (default: assistant), when train_on_inputs is set,
-or when the message's own `message_field_training` flag says so. Messages are read through
+or when the message's own `message_field_training` flag says so; a message's `message_field_training_detail` spans
+(character offsets into its content) train only the tokens axolotl picks for them (`_detail_tokens`), and train the
+turn where no flag says otherwise. Messages are read through
 `message_property_mappings` (or the older `message_field_role` / `message_field_content`), their role names
 mapped by `roles`; a `field_system` text (default: a `system` column) becomes the first turn, and
 `drop_system_message` removes a leading system turn. A message's reasoning trace (`field_thinking`, default
@@ -26,16 +28,18 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from jinja2 import Environment, TemplateError, TemplateSyntaxError, nodes
 from jinja2.ext import Extension
 
 from llmkit.config.sections import DatasetSpec, DatasetType
+from llmkit.core.errors import short_repr
 from llmkit.core.files import user_path
 from llmkit.data.fields import Builder, FieldError, text_field
 from llmkit.data.rows import Parts, RawRow, Segment
@@ -621,7 +625,126 @@ def _message(
         if not isinstance(training, bool):
             raise FieldError(where + spec.message_field_training, f"must be true or false, got {training!r}")
         message["training"] = training
+    if (detail_key := spec.message_field_training_detail) and turn.get(detail_key) is not None:
+        if not isinstance(turn.get(keys["content"]), str):  # axolotl refuses it too: its offsets are a text's
+            raise FieldError(
+                where + detail_key,
+                f"needs the turn's {keys['content']!r} as a string: its offsets are characters of it",
+            )
+        message[_DETAIL] = _training_detail(turn[detail_key], where + detail_key)
     return message
+
+
+# A message's training_detail spans, under this key until the builder takes them off (the template never sees them).
+_DETAIL = "training_detail"
+
+
+class DetailSpan(NamedTuple):
+    """One span of axolotl's training_detail: the content's characters `begin` to `end`, both included."""
+
+    begin: int
+    end: int
+    train: bool
+
+
+def _training_detail(value: object, where: str) -> list[DetailSpan]:
+    """A message's training_detail: a list of {begin_offset, end_offset, train}, as axolotl's docs write it."""
+    if not isinstance(value, list):
+        raise FieldError(
+            where, f"must be a list of {{begin_offset, end_offset, train}} spans, got {short_repr(value)}"
+        )
+    spans = []
+    for j, span in enumerate(value):
+        begin, end, train = (span.get(key) for key in _SPAN_KEYS) if isinstance(span, dict) else (None, None, None)
+        if not (_whole(begin) and _whole(end) and isinstance(train, bool)):
+            raise FieldError(
+                f"{where}[{j}]",
+                "must be {begin_offset, end_offset, train}: the span's first and last character of the content "
+                f"(whole numbers) and true or false, got {short_repr(span)}",
+            )
+        if not 0 <= begin <= end:
+            raise FieldError(
+                f"{where}[{j}]", f"begin_offset {begin}, end_offset {end}: needs 0 <= begin_offset <= end_offset"
+            )
+        spans.append(DetailSpan(begin, end, train))
+    return spans
+
+
+_SPAN_KEYS = ("begin_offset", "end_offset", "train")
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _detail_tokens(
+    tokenizer: PreTrainedTokenizerBase, content: str, detail: list[DetailSpan], on_skip: Callable[[int, int], None]
+) -> list[tuple[int, int]]:
+    """The character ranges (end excluded) of the content's tokens that a turn's training_detail trains, picked as
+    axolotl's get_offsets_for_train_detail picks them: the content is tokenized alone; each token is taken to reach
+    from its first character to the one before the next token's (the last one to the content's end); a span is
+    widened to the tokens it partly covers, except one whose last character is the span's first or whose first is
+    the span's last (axolotl's comparisons); the tokens inside a trained span train. A span that keeps no token
+    trains nothing (`on_skip` is told); untrained spans mask what no trained span holds, as everything starts
+    masked."""
+    offsets: list[tuple[int, int]] = tokenizer(content, add_special_tokens=False, return_offsets_mapping=True)[
+        "offset_mapping"
+    ]
+    starts = [start for start, _ in offsets]
+    ends = [following - 1 for following in starts[1:]] + [len(content) - 1]
+    bounds = []  # each trained span, widened: (first character, last character)
+    for span in detail:
+        first = next((i for i, start in enumerate(starts) if start >= span.begin), len(starts))
+        if first > 0 and ends[first - 1] > span.begin:
+            first -= 1
+        last = next((i for i in reversed(range(len(ends))) if ends[i] <= span.end), -1)
+        if last < len(starts) - 1 and starts[last + 1] < span.end:
+            last += 1
+        if first > last:
+            if span.train:
+                on_skip(span.begin, span.end)
+        elif span.train:
+            bounds.append((starts[first], ends[last]))
+    return [offsets[i] for i in range(len(offsets)) if any(lo <= starts[i] and ends[i] <= hi for lo, hi in bounds)]
+
+
+def _detail_segments(
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    message: Message,
+    detail: list[DetailSpan],
+    on_skip: Callable[[int, int], None],
+    where: str,
+) -> list[Segment]:
+    """A trained turn's `text` (as `_content_span` finds it) as segments: its content's characters that
+    `_detail_tokens` picks trained, the rest of the turn (the content's other characters, reasoning or tool calls
+    written beside it) masked, as axolotl labels only the content's picked tokens.
+
+    Raises:
+        FieldError: the template does not write the content as it is (nor stripped), so its offsets cannot be placed.
+    """
+    content = message.get("content") or ""
+    stripped = content.strip()
+    if text.endswith(content) and content:
+        at = len(text) - len(content)
+    elif (found := text.find(stripped) if stripped else -1) >= 0:
+        at = found - (len(content) - len(content.lstrip()))  # a template that trims the content (llama3)
+    else:
+        raise FieldError(
+            where,
+            f"cannot be placed: the chat template does not write the {message['role']} turn's content as it is, so "
+            "its character offsets name no characters of the text",
+        )
+    trained = bytearray(len(text))
+    for begin, finish in _detail_tokens(tokenizer, content, detail, on_skip):
+        lo, hi = max(at + begin, 0), min(at + finish, len(text))
+        trained[lo:hi] = b"\x01" * max(hi - lo, 0)
+    segments, run = [], 0
+    for i in range(1, len(text) + 1):
+        if i == len(text) or trained[i] != trained[run]:
+            segments.append(Segment(text[run:i], bool(trained[run])))
+            run = i
+    return segments
 
 
 # split_thinking's delimiters, as axolotl's: the reasoning's pairs, tried in this order, and the answer's pair within
@@ -732,12 +855,34 @@ def make_chat_builder(
     read = template_message_keys(template)
     unended = False  # warned already: the template ends a trained turn with none of eot_tokens
     unthought = False  # warned already: a row's reasoning is not in its text
+    unspanned = False  # warned already: a trained training_detail span covers no whole token
+
+    def on_skip(begin: int, end: int) -> None:
+        nonlocal unspanned
+        if not unspanned:
+            unspanned = True
+            # axolotl skips such a span too, with a warning: said once per dataset, as the span trains nothing
+            LOG.warning(
+                "message_field_training_detail %r: a trained span (%d..%d) holds no token of its content as axolotl "
+                "widens it to tokens (a span of one token's last and the next one's first character, or past the "
+                "content's end), so it trains nothing, as in axolotl",
+                spec.message_field_training_detail,
+                begin,
+                end,
+            )
 
     def build(row: RawRow, _spec: DatasetSpec) -> Parts:  # the Builder signature; this one is bound to `spec`
         nonlocal unended, unthought
         field, messages = chat_messages(row, spec, read)
         tools = chat_tools(row)
-        trains = [message.pop("training", train_on_inputs or message["role"] in trained_roles) for message in messages]
+        # As axolotl: the message's training flag, else a training_detail (a non-empty one trains), else the role
+        details: list[list[DetailSpan] | None] = [message.pop(_DETAIL, None) for message in messages]
+        trains = [
+            message.pop(
+                "training", (train_on_inputs or message["role"] in trained_roles) if detail is None else bool(detail)
+            )
+            for message, detail in zip(messages, details, strict=True)
+        ]
         render = _Renderer(tokenizer, template, field, tools)
         # As axolotl: the whole conversation is the row's text, and each turn is found in it by rendering the
         # conversation up to that turn, with and without its content. A template that writes more after the
@@ -759,7 +904,12 @@ def make_chat_builder(
             start, end = span
             if not whole.startswith(full[:end]):
                 raise FieldError(field, _unsplit(i, messages))
-            segments += [Segment(whole[done:start], False), Segment(whole[start:end], train)]
+            segments.append(Segment(whole[done:start], False))
+            if train and (detail := details[i]):
+                where = f"{field}[{i}].{spec.message_field_training_detail}"
+                segments += _detail_segments(tokenizer, whole[start:end], message, detail, on_skip, where)
+            else:
+                segments.append(Segment(whole[start:end], train))
             rest = whole[end:]
             ended = False
             for kind, (tokens, policy) in enumerate(ends):

@@ -612,6 +612,82 @@ def test_field_system_adds_the_rows_system_turn_and_message_training_overrides_r
     assert trained_runs(tokenizer, row) == ["Hi there<|im_end|>"]
 
 
+# axolotl's docs' example turn: characters 0..8 ("I'm doing"), 9..18 (" very well") and 19..30 (", thank you!"), both
+# ends counted; SmolLM2 splits it I|'m| doing| very| well|,| thank| you|!
+DETAILED = "I'm doing very well, thank you!"
+
+
+def _detailed(detail: list[dict], **flags) -> list[dict]:
+    return [
+        {"from": "human", "value": "How are you?"},
+        {"from": "gpt", "value": DETAILED, "detail": detail, **flags},
+    ]
+
+
+def _trained_tokens(tokenizer, row) -> list[str]:
+    trained = [token for token, label in zip(row["input_ids"], row["labels"], strict=True) if label != IGNORE_INDEX]
+    return tokenizer.convert_ids_to_tokens(trained)
+
+
+def test_message_field_training_detail_trains_the_tokens_axolotl_picks_for_each_span(
+    write_rows, make_cfg, tokenizer, caplog
+):
+    """A turn's training_detail trains only the content tokens axolotl's get_offsets_for_train_detail picks: the
+    content tokenized alone, a span widened to the tokens it partly covers (not to one it touches by its first or last
+    character alone), then the end-of-turn token as the turn trains. The key was ignored: the whole turn trained."""
+    keys = {"message_field_training_detail": "detail", "message_field_training": "train"}
+    docs_example = [
+        {"begin_offset": 0, "end_offset": 8, "train": False},
+        {"begin_offset": 9, "end_offset": 18, "train": True},
+        {"begin_offset": 19, "end_offset": 30, "train": False},
+    ]
+    rows = [
+        {"conversations": _detailed(docs_example)},
+        # 10..16: inside " very" (9..13) and " well" (14..18): both, widened; 27..27: the "y" of " you" alone
+        {"conversations": _detailed([{"begin_offset": 10, "end_offset": 16, "train": True}, *docs_example[2:]])},
+        {"conversations": _detailed([{"begin_offset": 27, "end_offset": 27, "train": True}])},
+        # 13..14: " very"'s last and " well"'s first character: axolotl's widening keeps neither (it warns)
+        {"conversations": _detailed([{"begin_offset": 13, "end_offset": 14, "train": True}])},
+        # the flag wins over the detail; a user turn with a detail trains (a non-empty detail trains its turn)
+        {"conversations": _detailed(docs_example, train=False)},
+        {"conversations": [{"from": "human", "value": DETAILED, "detail": docs_example[1:2]}]},
+    ]
+    built = [_chat(write_rows, make_cfg, tokenizer, [row], **keys) for row in rows[:4]]
+    assert [_trained_tokens(tokenizer, row) for (row,) in built] == [
+        ["Ġvery", "Ġwell", "<|im_end|>"],
+        ["Ġvery", "Ġwell", "<|im_end|>"],
+        ["Ġyou", "<|im_end|>"],
+        ["<|im_end|>"],
+    ]
+    assert "(13..14) holds no token of its content" in caplog.text
+    with pytest.raises(DataError, match="no row is left of 1: 1 with no trained token"):
+        _chat(write_rows, make_cfg, tokenizer, [rows[4]], **keys)
+    ((row,),) = [_chat(write_rows, make_cfg, tokenizer, [rows[5]], **keys)]
+    assert _trained_tokens(tokenizer, row) == ["Ġvery", "Ġwell", "<|im_end|>"]
+    # the text is the conversation's, as without the key
+    (plain,) = _chat(write_rows, make_cfg, tokenizer, [{"conversations": _detailed([])}])
+    assert built[0][0]["input_ids"] == plain["input_ids"]
+
+
+@pytest.mark.parametrize(
+    ("detail", "error"),
+    [
+        ("0-8", "field 'conversations[1].detail' must be a list of {begin_offset, end_offset, train} spans"),
+        ([{"begin_offset": 0, "end_offset": 8}], "field 'conversations[1].detail[0]' must be {begin_offset, end_o"),
+        ([{"begin_offset": 9, "end_offset": 3, "train": True}], "needs 0 <= begin_offset <= end_offset"),
+    ],
+)
+def test_a_bad_training_detail_names_the_field(write_rows, make_cfg, tokenizer, detail, error):
+    with pytest.raises(DataError, match=re.escape(error)):
+        _chat(
+            write_rows,
+            make_cfg,
+            tokenizer,
+            [{"conversations": _detailed(detail)}],
+            message_field_training_detail="detail",
+        )
+
+
 @pytest.fixture
 def llama3_tokenizer(default_model_dir):
     """The embedded tokenizer with Llama 3's turn markers as special tokens and <|eot_id|> as its EOS."""
