@@ -161,7 +161,6 @@ def refused_plugins(value: object) -> list[str]:
 DATASET_UNIMPLEMENTED_KEYS = frozenset(
     """
     preprocess_shards train_on_split trust_remote_code input_transform input_format
-    field_tools
     field_human field_model logprobs_field temperature
     skip text_column step_separator train_on_last_step_only max_completion_length
     length seed sequence_length min_input_id max_input_id
@@ -187,11 +186,6 @@ FIXED_BEHAVIOUR = {
     "max_prompt_len": "axolotl no longer passes it to TRL (DPO cuts a row at max_length alone; KTO, ORPO and SimPO "
     "drop it), so it changes nothing there either; rows are cut at sequence_len",
     "save_safetensors": "the model is saved as safetensors only here (false asks axolotl for pytorch_model.bin files)",
-}
-# Dataset entry keys of DATASET_UNIMPLEMENTED_KEYS that axolotl ignores too, said in their own words.
-DATASET_KEY_NOTES = {
-    "field_tools": "axolotl's loader never passes it on, so a row's tools are its `tools` column whatever this names, "
-    "there as here",
 }
 # Keys whose value is what this project always does: dropped without a word ("ignored" would mislead).
 AS_HERE = {"save_safetensors": True}
@@ -283,8 +277,6 @@ def split_keys(data: dict, fields: list[str], unimplemented: frozenset, prefix: 
             known = key in unimplemented
             hint = None if known else (not prefix and MISNAMED_KEYS.get(key)) or suggest(str(key), fields)
             note = _reference_note(data) if not prefix and key == "rl_adapter_ref_model" else None
-            if prefix and known:
-                note = DATASET_KEY_NOTES.get(key)
             ignored.append(IgnoredKey(f"{prefix}{key}", value, known, hint, note))
     return kept, ignored
 

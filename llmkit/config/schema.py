@@ -235,7 +235,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 data[key] = entries
         ignored += _unimplemented_metrics(data) + _unread_vllm_keys(data)
         cfg = handler(data)
-        ignored += _unread_sync_keys(cfg) + _unread_chat_keys(cfg)
+        ignored += _unread_sync_keys(cfg) + _unread_chat_keys(cfg) + _unread_field_tools(cfg)
         cfg._ignored, cfg._notices = ignored, notices
         blocking = [key.describe() for key in ignored if not key.known or key.effective]
         if cfg.strict and (blocking or notices):
@@ -1175,6 +1175,26 @@ def _unread_chat_keys(cfg: AxolotlConfig) -> list[IgnoredKey]:
         for field in _CHAT_KEYS:
             if (value := getattr(spec, field)) is not None:
                 ignored.append(IgnoredKey(f"{key}[{i}].{field}", value, known=True, note=note))
+    return ignored
+
+
+# The preference types whose rows' tools axolotl reads from `field_tools` (its dpo chat_template strategies).
+_TOOLS_TYPES = (PreferenceType.chat_template_default, PreferenceType.chat_template_argilla_chat)
+
+
+def _unread_field_tools(cfg: AxolotlConfig) -> list[IgnoredKey]:
+    """field_tools on a dataset whose type does not read it: said, as it changes nothing there."""
+    ignored = []
+    for key, i, spec in cfg.dataset_entries():
+        if spec.field_tools is None or (cfg.rl is not None and cfg.rl.paired and spec.type in _TOOLS_TYPES):
+            continue
+        note = (
+            "axolotl's loader never passes it on, so a row's tools are its `tools` column whatever this names, "
+            "there as here"
+            if cfg.rl is None and spec.type in (DatasetType.chat_template, DatasetType.sharegpt)
+            else "read only by rl's chat_template.default and chat_template.argilla_chat (a row's tools column)"
+        )
+        ignored.append(IgnoredKey(f"{key}[{i}].field_tools", spec.field_tools, known=True, note=note))
     return ignored
 
 

@@ -960,6 +960,12 @@ class DatasetSpec(BaseModel):
         None, description="chat_template: row field with a system prompt, used as the first turn (default `system`)."
     )
     field_messages: str | None = Field(None, description="chat_template: field holding the message list.")
+    field_tools: str | None = Field(
+        None,
+        description="rl: chat_template.default / chat_template.argilla_chat: field holding the row's tools for the "
+        "template (default `tools`); type: chat_template reads `tools` whatever this says (axolotl's SFT loader "
+        "never passes it on).",
+    )
     field_chosen: str | None = Field(None, description="rl: field holding the preferred answer (default chosen).")
     field_rejected: str | None = Field(None, description="rl: field holding the worse answer (default rejected).")
     message_property_mappings: dict[str, str] | None = Field(

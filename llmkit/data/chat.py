@@ -554,24 +554,24 @@ def chat_messages(row: RawRow, spec: DatasetSpec, read: frozenset[str] = frozens
 TOOLS = "tools"
 
 
-def chat_tools(row: RawRow) -> list | None:
+def chat_tools(row: RawRow, column: str = TOOLS) -> list | None:
     """The row's tools (a list of JSON-schema objects, OpenAI's {type: function, function: {name, description,
-    parameters}}) for the template, a function's `parameters` given as JSON text read as JSON, as axolotl reads them;
-    None where the row has none.
+    parameters}}) in `column` for the template, a function's `parameters` given as JSON text read as JSON, as axolotl
+    reads them; None where the row has none.
 
     Raises:
         FieldError: the column is not a list, or a `parameters` text is not JSON.
     """
-    tools = row.get(TOOLS)
+    tools = row.get(column)
     if tools is None:
         return None
     if not isinstance(tools, list):
-        raise FieldError(TOOLS, f"must be a list of tools (objects), got {type(tools).__name__} {str(tools)[:60]!r}")
+        raise FieldError(column, f"must be a list of tools (objects), got {type(tools).__name__} {str(tools)[:60]!r}")
     read = []
     for j, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
         if isinstance(function, dict) and isinstance(function.get("parameters"), str):
-            parameters = _json(function["parameters"], f"{TOOLS}[{j}].function.parameters")
+            parameters = _json(function["parameters"], f"{column}[{j}].function.parameters")
             tool = {**tool, "function": {**function, "parameters": parameters}}
         read.append(tool)
     return read
@@ -595,31 +595,18 @@ def _message(
         raise FieldError(where + keys["role"], f"is {role!r}, not one of {accepted}")
     message: Message = {"role": roles.get(role, role)}
     calls = keys.get("tool_calls", "tool_calls")
-    if (content := _content(turn, keys["content"], where, bool(turn.get(calls)))) is not None:
+    if (content := message_text(turn, keys["content"], where, bool(turn.get(calls)))) is not None:
         message["content"] = content  # a tool-call turn without text has none, as axolotl gives it
-    for key, source in keys.items():
-        if key not in ("role", "content") and turn.get(source) is not None:
-            message[key] = turn[source]
+    message.update(template_fields(turn, keys, read, where))
     if spec.split_thinking and message["role"] == "assistant" and isinstance(message.get("content"), str):
         if (split := _split_thinking(message["content"])) is not None:
             message[spec.template_thinking_key or _THINKING], message["content"] = split
-    # As axolotl: a key no mapping reads reaches the template under its own name where the template reads it on a
-    # message (tool_calls, name, tool_call_id, a custom key of a chat_template_jinja). A mapped key wins over a key
-    # of the same name left in the row (axolotl's would overwrite it: a row with both `from` and `role`).
-    mapped = set(keys.values())
-    for key in sorted(read - mapped - message.keys()):
-        if turn.get(key) is not None:
-            message[key] = turn[key]
     if "content" not in message and "tool_calls" not in message:
         raise FieldError(
             where + keys["content"],
             "is empty: a tool-call turn, and the chat template reads no message.tool_calls, so it would write "
             "nothing of the turn (use a template that writes tool calls, e.g. the model's own: tokenizer_default)",
         )
-    if isinstance(message.get("tool_calls"), list):
-        message["tool_calls"] = [
-            _json_arguments(call, f"{where}{calls}[{j}]") for j, call in enumerate(message["tool_calls"])
-        ]
     if spec.message_field_training and turn.get(spec.message_field_training) is not None:
         training = turn[spec.message_field_training]
         if not isinstance(training, bool):
@@ -633,6 +620,29 @@ def _message(
             )
         message[_DETAIL] = _training_detail(turn[detail_key], where + detail_key)
     return message
+
+
+def template_fields(turn: dict, keys: dict[str, str], read: frozenset[str], where: str) -> Message:
+    """A message's keys beyond role and content as axolotl gives them to the template, in its SFT and preference
+    strategies alike: each mapped one (message_property_mappings) under its template name, then each key no mapping
+    reads that the template reads on a message (`read`: tool_calls, name, tool_call_id, a custom key of a
+    chat_template_jinja) under its own name; tool calls' JSON-string arguments read as JSON. A mapped key wins over
+    a key of the same name left in the row (axolotl's would overwrite it: a row with both `from` and `role`)."""
+    fields = {
+        key: turn[source] for key, source in keys.items() if key not in _TEXT_KEYS and turn.get(source) is not None
+    }
+    for key in sorted(read - set(keys.values()) - fields.keys() - _TEXT_KEYS):
+        if turn.get(key) is not None:
+            fields[key] = turn[key]
+    if isinstance(fields.get("tool_calls"), list):
+        calls = keys.get("tool_calls", "tool_calls")
+        fields["tool_calls"] = [
+            _json_arguments(call, f"{where}{calls}[{j}]") for j, call in enumerate(fields["tool_calls"])
+        ]
+    return fields
+
+
+_TEXT_KEYS = frozenset({"role", "content"})  # what every message has, read by the callers of template_fields
 
 
 # A message's training_detail spans, under this key until the builder takes them off (the template never sees them).
@@ -993,7 +1003,7 @@ class _Renderer:
         return cast(str, text)
 
 
-def _content(turn: dict, key: str, where: str, calls: bool = False) -> str | None:
+def message_text(turn: dict, key: str, where: str, calls: bool = False) -> str | None:
     """A turn's text: a string, or OpenAI's list of parts, whose text parts are joined (other parts are refused);
     None for a turn with tool calls (`calls`) and no content."""
     parts = turn.get(key)

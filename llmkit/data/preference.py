@@ -32,7 +32,15 @@ from datasets import Dataset, concatenate_datasets
 from llmkit.config.plan import TokenizedSplit
 from llmkit.config.sections import DatasetSpec, KTOPrompt, KTOType, PreferencePrompt, PreferenceType, RLMethod
 from llmkit.core.errors import short_repr
-from llmkit.data.chat import ChatDefaults, template_for_rows
+from llmkit.data.chat import (
+    TOOLS,
+    ChatDefaults,
+    chat_tools,
+    message_text,
+    template_fields,
+    template_for_rows,
+    template_message_keys,
+)
 from llmkit.data.fields import FieldError, RowError, absent, text_field
 from llmkit.data.pipeline import count_kept
 from llmkit.data.rows import RawRow
@@ -194,10 +202,17 @@ def _formatted_builder(kind: PreferenceType) -> PreferenceBuilder:
 _TEMPLATE_ROLES = ("system", "user", "assistant", "tool")
 # Stands in for the user turn before an answer, to render the answer as the template writes an assistant turn.
 _DUMMY_USER = {"role": "user", "content": "\ue000"}
+# The message keys axolotl's preference strategies give the template whatever its analysis finds (it misses a key
+# read with message.get(...)), beside those the template reads.
+_OPENAI_KEYS = frozenset({"tool_calls", "tool_call_id", "name", "reasoning_content", "reasoning"})
 
 
-def _messages(value: object, field: str, spec: DatasetSpec) -> list[dict[str, Any]]:
-    """A message list (or a single message, or a plain string: one turn) as {role, content} template messages."""
+def _messages(
+    value: object, field: str, spec: DatasetSpec, read: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
+    """A message list (or a single message, or a plain string: one turn) as template messages: role and content
+    (absent in a tool-call turn without text), and the other keys as chat_template's SFT rows give them
+    (`template_fields`: mapped ones, and those in `read`)."""
     keys = {"role": "role", "content": "content", **spec.message_keys}
     roles = {source: target for target, sources in (spec.roles or {}).items() for source in sources}
     roles = roles or {role: role for role in _TEMPLATE_ROLES}
@@ -210,11 +225,15 @@ def _messages(value: object, field: str, spec: DatasetSpec) -> list[dict[str, An
         role = text_field(turn, keys["role"], where=where)
         if role not in roles:
             raise FieldError(where + keys["role"], f"is {role!r}, not one of {sorted(roles)} (set roles: to map it)")
-        messages.append({"role": roles[role], "content": text_field(turn, keys["content"], where=where)})
+        message: dict[str, Any] = {"role": roles[role]}
+        calls = bool(turn.get(keys.get("tool_calls", "tool_calls")))
+        if (content := message_text(turn, keys["content"], where, calls)) is not None:
+            message["content"] = content
+        messages.append(message | template_fields(turn, keys, read, where))
     return messages
 
 
-def _answer(row: RawRow, field: str, spec: DatasetSpec) -> dict[str, Any]:
+def _answer(row: RawRow, field: str, spec: DatasetSpec, read: frozenset[str] = frozenset()) -> dict[str, Any]:
     """An answer field: a string (the assistant's text), a message, or a conversation whose last message it is."""
     value = row.get(field)
     if value is None:
@@ -225,37 +244,58 @@ def _answer(row: RawRow, field: str, spec: DatasetSpec) -> dict[str, Any]:
         raise FieldError(field, "is an empty list: expected the answer message last")
     last = value[-1] if isinstance(value, list) else value
     where = f"{field}[{len(value) - 1}]" if isinstance(value, list) else field
-    return _messages(last, where, spec)[0]
+    return _messages(last, where, spec, read)[0]
 
 
 def _render(
-    tokenizer: PreTrainedTokenizerBase, template: str | None, messages: list[dict[str, Any]], **options: bool
+    tokenizer: PreTrainedTokenizerBase,
+    template: str | None,
+    messages: list[dict[str, Any]],
+    tools: list | None = None,
+    **options: bool,
 ) -> str:
-    """`messages` as text, rendered with `template` (the chat template the dataset's spec resolved)."""
-    return cast(str, tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, **options))
+    """`messages` as text, rendered with `template` (the chat template the dataset's spec resolved) and the row's
+    `tools` (none given where there are none, as axolotl and TRL give them)."""
+    extra = {"tools": tools} if tools else {}
+    return cast(
+        str, tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, **extra, **options)
+    )
+
+
+def _response(full: str, prompt: str, content: str) -> str:
+    """An answer's text in `full` (the dummy user turn and the answer, rendered), as axolotl extracts it: what follows
+    the longest prefix `full` shares with `prompt` (the dummy user turn with the generation prompt, which a template
+    may write otherwise than an answer's opening: Qwen3's <think>), trailing whitespace removed; where that still holds
+    the dummy turn, from the answer's content on."""
+    response = full[len(os.path.commonprefix([prompt, full])) :]
+    if _DUMMY_USER["content"] not in response:
+        return response.rstrip()
+    at = full.find(content) if content else -1
+    return full[at:].rstrip() if at >= 0 else full.rstrip()
 
 
 def _template_builder(
     spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, template: str, history_in_chosen: bool = False
 ) -> PreferenceBuilder:
     """chat_template.default: the prompt is the conversation in `field_messages` (a string: one user turn) rendered
-    with the generation prompt; an answer is the template's assistant turn from the answer's content on, trailing
-    whitespace removed (axolotl's rule). chat_template.argilla_chat (`history_in_chosen`): the prompt is the chosen
-    conversation's turns before its last, and each answer its conversation's last turn, as axolotl reads them."""
+    with the generation prompt; an answer is the template's assistant turn after a dummy user turn, from where it
+    parts from that turn's generation prompt, trailing whitespace removed (axolotl's rule). chat_template.argilla_chat
+    (`history_in_chosen`): the prompt is the chosen conversation's turns before its last, and each answer its
+    conversation's last turn, as axolotl reads them. As axolotl's, every render has the row's tools (`field_tools`,
+    default `tools`), and a message the keys the template reads (tool calls, a tool's name and call id, ...)."""
     field = (spec.field_chosen or "chosen") if history_in_chosen else (spec.field_messages or "messages")
+    read = template_message_keys(template) | _OPENAI_KEYS
 
-    def render(messages: list[dict[str, Any]], generation_prompt: bool) -> str:
-        return _render(tokenizer, template, messages, add_generation_prompt=generation_prompt)
+    def render(messages: list[dict[str, Any]], generation_prompt: bool, tools: list | None) -> str:
+        return _render(tokenizer, template, messages, tools, add_generation_prompt=generation_prompt)
 
-    def answer(row: RawRow, answer_field: str) -> str:
-        message = _answer(row, answer_field, spec)
-        if not message["content"].strip():
+    def answer(row: RawRow, answer_field: str, tools: list | None) -> str:
+        message = _answer(row, answer_field, spec, read)
+        content = message.get("content") or ""
+        if not content.strip() and not message.get("tool_calls"):
             return ""  # as the chatml types give it: a pair with no chosen answer is dropped
-        rendered = render([_DUMMY_USER, message], generation_prompt=False)
-        start = rendered.find(message["content"].strip())
-        if start < 0:
-            raise FieldError(answer_field, "cannot be found in the chat template's rendering of it")
-        return rendered[start:].rstrip()
+        full = render([_DUMMY_USER, message], False, tools)
+        return _response(full, render([_DUMMY_USER], True, tools), content)
 
     warned = False  # the prompt ending on an answer: said once per dataset, not per row
 
@@ -268,19 +308,20 @@ def _template_builder(
             if not isinstance(prompt, list) or len(prompt) < 2:
                 raise FieldError(field, "must be a conversation: the turns before the answer, then the answer")
             prompt = prompt[:-1]
-        messages = _messages(prompt, field, spec)
+        messages = _messages(prompt, field, spec, read)
+        tools = chat_tools(row, spec.field_tools or TOOLS)
         chosen_field = spec.field_chosen or "chosen"
         pair = PreferenceRow(
-            prompt=render(messages, generation_prompt=True),
-            chosen=answer(row, chosen_field),
-            rejected=answer(row, spec.field_rejected or "rejected"),
+            prompt=render(messages, True, tools),
+            chosen=answer(row, chosen_field, tools),
+            rejected=answer(row, spec.field_rejected or "rejected", tools),
         )
         if messages and messages[-1]["role"] == "assistant" and not warned and not history_in_chosen:
             warned = True
             # axolotl renders all of field_messages as the prompt, a last assistant turn included (field_messages:
             # chosen in DPO tutorials): so does this, but each answer then follows an answer already given.
-            chosen = _answer(row, chosen_field, spec)["content"].strip()
-            which = " (the chosen answer itself)" if messages[-1]["content"].strip() == chosen else ""
+            chosen = (_answer(row, chosen_field, spec).get("content") or "").strip()
+            which = " (the chosen answer itself)" if (messages[-1].get("content") or "").strip() == chosen else ""
             LOG.warning(
                 "%s: field_messages %r ends on an assistant turn%s, which the prompt keeps, as axolotl's "
                 "chat_template.default renders it: every pair's answers follow an answer already given; set "

@@ -12,7 +12,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from llmkit.config.schema import ConfigError, load_config
+from llmkit.config.schema import ConfigError, ConfigWarning, load_config
 from llmkit.config.sections import DatasetSpec
 from llmkit.data.preference import build_preference_datasets, preference_builder
 from llmkit.data.sources import DataError
@@ -200,6 +200,64 @@ def test_chat_template_argilla_chat_reads_the_prompt_from_the_chosen_conversatio
                    rl="dpo")  # fmt: skip
     with pytest.raises(DataError, match=rf"{path}: row 2: field 'chosen' must be a conversation: the turns before"):
         build_preference_datasets(cfg, tokenizer)
+
+
+QWEN25 = Path(__file__).parents[1] / "data" / "qwen2_5_instruct.jinja"  # Qwen2.5-Instruct's own, tools included
+CALL = {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+CALL_TEXT = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>'
+WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "description": "The weather in a city.", "parameters": '{"type": "object"}'},
+}
+
+
+def test_chat_template_preference_rows_render_tools_and_tool_calls_as_axolotls_dpo_strategies(tokenizer):
+    """axolotl's dpo chat_template.default and argilla_chat give the template the row's tools (`field_tools`,
+    default `tools`; a function's parameters JSON text read as JSON) and a message's keys beyond role and content
+    (tool_calls, with their JSON-string arguments read, a tool's tool_call_id) in every render, as its SFT rows get
+    them; an answer that is a tool call (no content) is the template's text for it. Both were dropped: the prompt
+    had no tools, a tool-call turn was an error (its content missing)."""
+    keys = {"chat_template": "jinja", "chat_template_jinja": str(QWEN25)}
+    user = {"role": "user", "content": "Weather in Paris?"}
+    called = {"role": "assistant", "content": None, "tool_calls": [CALL]}
+    row = {"messages": [user], "chosen": called, "rejected": "I cannot know.", "functions": [WEATHER]}
+    tools = [{**WEATHER, "function": {**WEATHER["function"], "parameters": {"type": "object"}}}]
+    own = tokenizer.apply_chat_template([user], tools=tools, chat_template=QWEN25.read_text(), tokenize=False,
+                                        add_generation_prompt=True)  # fmt: skip
+    assert '"description": "The weather in a city."' in own
+    assert _build(tokenizer, "chat_template.default", row, field_tools="functions", **keys) == {
+        "prompt": own,
+        "chosen": CALL_TEXT,
+        "rejected": "I cannot know.<|im_end|>",
+    }
+    # argilla_chat: the history holds the call and its result, whose tool_call_id reaches the template
+    result = {"role": "tool", "content": '{"temp": 18}', "tool_call_id": "call_1"}
+    history = [user, called, result]
+    row = {
+        "chosen": [*history, {"role": "assistant", "content": "18 degrees."}],
+        "rejected": [*history, {"role": "assistant", "content": "Sunny."}],
+        "tools": [WEATHER],
+    }
+    parsed = [
+        user,
+        {**called, "tool_calls": [{**CALL, "function": {**CALL["function"], "arguments": {"city": "Paris"}}}]},
+        result,
+    ]
+    own = tokenizer.apply_chat_template(parsed, tools=tools, chat_template=QWEN25.read_text(), tokenize=False,
+                                        add_generation_prompt=True)  # fmt: skip
+    assert own.endswith('<tool_response>\n{"temp": 18}\n</tool_response><|im_end|>\n<|im_start|>assistant\n')
+    assert _build(tokenizer, "chat_template.argilla_chat", row, **keys) == {
+        "prompt": own,
+        "chosen": "18 degrees.<|im_end|>",
+        "rejected": "Sunny.<|im_end|>",
+    }
+
+
+def test_field_tools_is_said_to_be_ignored_where_no_type_reads_it(make_cfg):
+    with pytest.warns(ConfigWarning, match=r"field_tools='functions': read only by rl's chat_template\.default and "):
+        make_cfg([{"path": "p.jsonl", "type": "chatml.intel", "field_tools": "functions"}], rl="dpo")
+    with pytest.warns(ConfigWarning, match=r"field_tools='functions': axolotl's loader never passes it on"):
+        make_cfg([{"path": "p.jsonl", "type": "chat_template", "field_tools": "functions"}])
 
 
 def test_field_messages_ending_on_the_chosen_answer_is_the_prompt_as_axolotl_renders_it_and_warned_once(
