@@ -656,7 +656,9 @@ def _spec_rows(
 
     desc = f"{'Preference pairs' if paired else 'KTO rows'} of {Path(source).name}"
     columns = ("prompt", "chosen", "rejected") if paired else ("prompt", "completion", "label")
-    pairs = convert_rows(rows, source, measured, (*columns, TOKENS), desc)
+    # original_types off: a conversation column (chosen, prompt) of messages of mixed keys (tool calls) is typed
+    # as JSON, which would take the text the pair holds in its place as a list of characters
+    pairs = convert_rows(rows, source, measured, (*columns, TOKENS), desc, original_types=False)
     lengths: list[int] = pairs[TOKENS]
     stats = DatasetStats(source, spec.type_name, len(rows), 0)
     keep = []

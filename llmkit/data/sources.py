@@ -365,10 +365,13 @@ def convert_rows(
     columns: tuple[str, ...],
     desc: str,
     fingerprint: str | None = None,
+    original_types: bool = True,
 ) -> Dataset:
     """Each raw row through `convert` (one row in, any number of rows with `columns` out), batched through
     `datasets`; a row `convert` cannot use is a DataError naming the source and the row (counted from 1, with its
-    line where they differ)."""
+    line where they differ). `original_types`: an output column named as an input one is cast to its type where it
+    can be (datasets' default; off where a column of messages becomes their text: a JSON-typed list of mixed
+    messages takes a string as its characters)."""
 
     def convert_batch(batch: RawColumns, indices: list[int]) -> dict[str, list]:
         out: dict[str, list] = {column: [] for column in columns}
@@ -392,6 +395,7 @@ def convert_rows(
         desc=desc,
         load_from_cache_file=False,
         new_fingerprint=None if fingerprint is None else step_fingerprint(fingerprint),
+        try_original_type=original_types,
     )
 
 

@@ -211,7 +211,9 @@ WEATHER = {
 }
 
 
-def test_chat_template_preference_rows_render_tools_and_tool_calls_as_axolotls_dpo_strategies(tokenizer):
+def test_chat_template_preference_rows_render_tools_and_tool_calls_as_axolotls_dpo_strategies(
+    make_cfg, tokenizer, tmp_path
+):
     """axolotl's dpo chat_template.default and argilla_chat give the template the row's tools (`field_tools`,
     default `tools`; a function's parameters JSON text read as JSON) and a message's keys beyond role and content
     (tool_calls, with their JSON-string arguments read, a tool's tool_call_id) in every render, as its SFT rows get
@@ -246,11 +248,12 @@ def test_chat_template_preference_rows_render_tools_and_tool_calls_as_axolotls_d
     own = tokenizer.apply_chat_template(parsed, tools=tools, chat_template=QWEN25.read_text(), tokenize=False,
                                         add_generation_prompt=True)  # fmt: skip
     assert own.endswith('<tool_response>\n{"temp": 18}\n</tool_response><|im_end|>\n<|im_start|>assistant\n')
-    assert _build(tokenizer, "chat_template.argilla_chat", row, **keys) == {
-        "prompt": own,
-        "chosen": "18 degrees.<|im_end|>",
-        "rejected": "Sunny.<|im_end|>",
-    }
+    expected = {"prompt": own, "chosen": "18 degrees.<|im_end|>", "rejected": "Sunny.<|im_end|>"}
+    assert _build(tokenizer, "chat_template.argilla_chat", row, **keys) == expected
+    # read from a file: its conversations of mixed messages are typed as JSON, which took a pair's text as characters
+    path = _pairs(tmp_path, [row, row])
+    cfg = make_cfg([{"path": str(path), "type": "chat_template.argilla_chat", **keys}], rl="dpo")
+    assert list(build_preference_datasets(cfg, tokenizer).train) == [expected, expected]
 
 
 def test_field_tools_is_said_to_be_ignored_where_no_type_reads_it(make_cfg):
