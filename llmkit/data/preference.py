@@ -20,6 +20,7 @@ than sequence_len as KTOTrainer tokenizes it, or with an empty completion.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -505,8 +506,9 @@ def _conversational_kto(
     """A conversational row's (prompt, completion) as TRL's KTOTrainer renders it (trl.apply_chat_template), with the
     dataset's chat template as chat_template.default resolves it: the prompt with the generation prompt (continuing
     a last assistant message), the completion the rendering of both from where that prompt ends (the common prefix:
-    a template may write the generation prompt otherwise before an answer). The template is resolved at the first
-    such row: a dataset of plain strings needs none."""
+    a template may write the generation prompt otherwise before an answer). As TRL's, every render has the row's
+    `tools` and each message all its keys (tool calls as written: TRL reads no JSON in them). The template is
+    resolved at the first such row: a dataset of plain strings needs none."""
     template: str | None = None
 
     def conversation(row: RawRow, field: str) -> list[dict[str, Any]]:
@@ -518,7 +520,7 @@ def _conversational_kto(
                 field, f"must be a non-empty list of {{role, content}} messages in TRL's conversational form (as "
                 f"the other of prompt and completion is), got {short_repr(value)}"
             )  # fmt: skip
-        return _messages(value, field, spec)
+        return [{**turn, **message} for turn, message in zip(value, _messages(value, field, spec), strict=True)]
 
     def build(row: RawRow) -> tuple[str, str]:
         nonlocal template
@@ -533,14 +535,30 @@ def _conversational_kto(
         if role not in ("user", "tool", "assistant"):  # as TRL refuses it
             raise FieldError(f"prompt[{last}]", f"is a {role} message: a prompt ends on a user, tool or assistant one")
         continued = role == "assistant"
+        tools = _trl_tools(row)
         head = _render(
-            tokenizer, template, prompt, add_generation_prompt=not continued, continue_final_message=continued
+            tokenizer, template, prompt, tools, add_generation_prompt=not continued, continue_final_message=continued
         )
-        whole = _render(tokenizer, template, prompt + completion)
+        whole = _render(tokenizer, template, prompt + completion, tools)
         head = os.path.commonprefix([head, whole])
         return head, whole[len(head) :]
 
     return build
+
+
+def _trl_tools(row: RawRow) -> list | None:
+    """A conversational row's `tools` as TRL's KTOTrainer reads them: a list, or its JSON text."""
+    tools = row.get(TOOLS)
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as err:
+            raise FieldError(
+                TOOLS, f"is a string but not JSON ({err}): write the list of tools or its JSON text"
+            ) from None
+    if tools is not None and not isinstance(tools, list):
+        raise FieldError(TOOLS, f"must be a list of tools (objects) or its JSON text, got {short_repr(tools)}")
+    return tools
 
 
 def kto_builder(

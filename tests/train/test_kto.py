@@ -236,6 +236,35 @@ def test_trls_conversational_kto_rows_render_as_ktotrainer_renders_them(make_cfg
     }  # fmt: skip
 
 
+def test_trls_conversational_kto_rows_render_their_tools_and_tool_calls_as_ktotrainer_does(
+    make_cfg, tokenizer, tmp_path
+):
+    """TRL's KTOTrainer renders a conversational row with its `tools` column (a list, or its JSON text) and each
+    message whole (a tool call, a tool's call id): the strings its apply_chat_template makes with those tools. The
+    tools were dropped, and a tool-call turn without content was an error."""
+    from trl.data_utils import apply_chat_template
+
+    qwen25 = Path(__file__).parents[1] / "data" / "qwen2_5_instruct.jinja"  # Qwen2.5-Instruct's own, tools included
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",
+                                               "parameters": {"type": "object"}}}]  # fmt: skip
+    prompt = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "content": '{"temp": 18}', "tool_call_id": "call_1"},
+    ]
+    row = {"prompt": prompt, "completion": [{"role": "assistant", "content": "18 degrees."}], "label": True}
+    path = _rows(tmp_path, [{**row, "tools": json.dumps(tools)}, {**row, "label": False}])
+    keys = {"chat_template": "jinja", "chat_template_jinja": str(qwen25)}
+    cfg = make_cfg([{"path": str(path), "type": None, **keys}], rl="kto", micro_batch_size=2)
+    built = sorted(build_preference_datasets(cfg, tokenizer).train, key=lambda made: made["label"])
+    template = qwen25.read_text()
+    with_tools = apply_chat_template(row, tokenizer, tools=tools, chat_template=template)
+    assert built == [{**apply_chat_template(row, tokenizer, chat_template=template), "label": False}, with_tools]
+    assert '"description": "The weather in a city."' in with_tools["prompt"]
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in with_tools["prompt"]
+
+
 def test_a_csv_kto_dataset_loads_its_labels_as_text(make_cfg, tokenizer, write_rows):
     """CSV columns are read as text, so a CSV's labels are "True"/"false" (or "1"/"0") strings: read as bools (any
     case); a JSON row's 1 and 0 are true and false, as TRL's KTOTrainer reads them (they were refused); "yes", 2 and
