@@ -527,6 +527,9 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                     else f"is refused: {REFUSED_PREFERENCE_TYPES[spec.type]}" if spec.type in REFUSED_PREFERENCE_TYPES
                     else f"is rl: {other}'s type (axolotl's {other} strategies), which rl: {self.rl.value} does not "
                     "read" if spec.type in PreferenceType._value2member_map_
+                    else f"is rl: {other}'s {spec.type_name}.default (axolotl loads a name without a dot as its "
+                    f"module's default, and its {self.rl.value} strategies have none: its loader fails on it)"
+                    if f"{spec.type_name}.default" in PreferenceType._value2member_map_
                     else f"is not a preference dataset type, which rl: {self.rl.value} needs"
                 )  # fmt: skip
                 raise ValueError(f"{key}[{i}].type: {spec.type_name} {what}; supported: {names}")
