@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
 from datasets import Dataset, concatenate_datasets
+from jinja2 import TemplateError
 
 from llmkit.config.plan import TokenizedSplit
 from llmkit.config.sections import DatasetSpec, KTOPrompt, KTOType, PreferencePrompt, PreferenceType, RLMethod
@@ -256,11 +257,17 @@ def _render(
     **options: bool,
 ) -> str:
     """`messages` as text, rendered with `template` (the chat template the dataset's spec resolved) and the row's
-    `tools` (none given where there are none, as axolotl and TRL give them)."""
+    `tools` (none given where there are none, as axolotl and TRL give them).
+
+    Raises:
+        RowError: the template refuses the row (its raise_exception: Gemma's system turn) or cannot render it.
+    """
     extra = {"tools": tools} if tools else {}
-    return cast(
-        str, tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, **extra, **options)
-    )
+    try:
+        text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, **extra, **options)
+    except TemplateError as err:
+        raise RowError(f"the chat template refuses the row: {err}") from None
+    return cast(str, text)
 
 
 def _response(full: str, prompt: str, content: str) -> str:

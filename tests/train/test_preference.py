@@ -318,6 +318,14 @@ def test_a_bad_row_names_the_file_row_and_field(make_cfg, tokenizer, tmp_path):
     cfg = make_cfg([{"path": str(path), "type": "chatml.intel"}], rl="dpo")
     with pytest.raises(DataError, match=rf"{path}: row 2: field 'rejected' is missing"):
         build_preference_datasets(cfg, tokenizer)
+    # a row the chat template refuses (its raise_exception): said as the row's, not Jinja's traceback
+    system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    path = _pairs(tmp_path, [{"messages": system, "chosen": "Hello", "rejected": "Go"}] * 2, "refused.jsonl")
+    cfg = make_cfg([{"path": str(path), "type": "chat_template.default", "chat_template": "gemma"}], rl="dpo")
+    with pytest.raises(
+        DataError, match=rf"{path}: row 1: the chat template refuses the row: gemma has no system role"
+    ):
+        build_preference_datasets(cfg, tokenizer)
 
 
 # The same five pairs in each type's row shape: two usable, one far longer than sequence_len, one whose chosen answer
