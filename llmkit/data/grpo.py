@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset
 
-from llmkit.config.plan import TokenizedSplit
 from llmkit.config.schema import ConfigError
 from llmkit.data.fields import RowError
 from llmkit.data.pipeline import count_kept
@@ -217,27 +216,14 @@ def _prompt_tokens(tokenizer: PreTrainedTokenizerBase) -> Callable[[str | list[d
     return tokens
 
 
-def build_prompt_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> PreferenceData:
-    """Every dataset's prompts, concatenated, shuffled with `seed` (shuffle_merged_datasets); evaluated: the last
-    `val_set_size` of them held out, or test_datasets' prompts.
+def measured_prompts(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> PreferenceData:
+    """Every dataset's prompts, each one's tokens in the TOKENS column (counted once, as they are read), concatenated,
+    shuffled with `seed` (shuffle_merged_datasets); evaluated: the last `val_set_size` of them held out, or
+    test_datasets' prompts (llmkit.data.preference.build_preference_datasets removes the column).
 
     Raises:
         DataError: a file, row or transform is bad, a row has no prompt, or datasets' columns differ.
     """
-    measured = _measured_prompts(cfg, tokenizer)
-    held_out = measured.eval.remove_columns(TOKENS) if measured.eval is not None else None
-    return PreferenceData(measured.train.remove_columns(TOKENS), held_out, measured.stats)
-
-
-def epoch_prompt_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> TokenizedSplit:
-    """The training prompts (one epoch) with their tokens as TRL renders them (messages through the chat template,
-    with the generation prompt); the completions, generated in training, are not counted."""
-    train = _measured_prompts(cfg, tokenizer).train
-    return TokenizedSplit(tokens=sum(train[TOKENS]), sequences=len(train))
-
-
-def _measured_prompts(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> PreferenceData:
-    """`build_prompt_datasets`' prompts with each one's tokens in the TOKENS column, counted once as they are read."""
     prompts: dict[str, list[Dataset]] = {"datasets": [], "test_datasets": []}
     stats = DataStats()
     for key, position, spec in cfg.dataset_entries():

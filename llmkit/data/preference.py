@@ -624,7 +624,9 @@ def kto_builder(
     return _without_double_bos(build, tokenizer)
 
 
-TOKENS = "_tokens"  # a column holding a pair's length in tokens, until the long pairs are dropped
+# A column holding a row's length in tokens, measured as it is read; build_preference_datasets removes it, and
+# epoch_pair_tokens sums it for the plan (a pair: its longer sequence; a GRPO row: its prompt)
+TOKENS = "_tokens"
 # What a pair (a KTO row) with nothing to train is, in the message when none is left (`count_kept`).
 UNTRAINED_PAIRS = "with nothing to train on (an empty chosen answer, or chosen the same as rejected)"
 UNTRAINED_KTO_ROWS = "with nothing to train on (an empty completion)"
@@ -661,9 +663,9 @@ def _trains_nothing(row: AnyRow) -> bool:
 def _spec_rows(
     cfg: AxolotlConfig, spec: DatasetSpec, build: Callable[[RawRow], AnyRow], tokenizer: PreTrainedTokenizerBase
 ) -> tuple[Dataset, DatasetStats]:
-    """One dataset's pairs (KTO rows) with the ones training cannot use (longer than sequence_len, training
-    nothing) dropped and counted, as axolotl drops them before merging; excess_length_strategy: raise makes a long
-    pair an error naming its row."""
+    """One dataset's pairs (KTO rows), with their tokens (the TOKENS column), the ones training cannot use (longer
+    than sequence_len, training nothing) dropped and counted, as axolotl drops them before merging;
+    excess_length_strategy: raise makes a long pair an error naming its row."""
     source = source_name(spec)
     rows = load_rows(spec, build, cfg.seed)
     tokens, limit = _pair_tokens(tokenizer, cfg), cfg.sequence_len
@@ -694,22 +696,30 @@ def _spec_rows(
         stats.dropped_untrained += untrained
         keep.append(not (overlong or untrained))
     count_kept(stats, keep, lengths, limit, UNTRAINED_PAIRS if paired else UNTRAINED_KTO_ROWS)
-    kept = pairs.select([i for i, usable in enumerate(keep) if usable]).remove_columns(TOKENS)
-    return kept, stats
+    return pairs.select([i for i, usable in enumerate(keep) if usable]), stats
 
 
 def build_preference_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> PreferenceData:
     """Every dataset's usable rows as preference pairs, concatenated, shuffled with `seed`
-    (shuffle_merged_datasets); evaluated: the last `val_set_size` of them held out, or test_datasets' pairs.
+    (shuffle_merged_datasets); evaluated: the last `val_set_size` of them held out, or test_datasets' pairs. rl: grpo:
+    its prompts (llmkit.data.grpo).
 
     Raises:
         DataError: a file, row or field is bad, a dataset's chat template cannot be used, a dataset has no usable
             pair, or a pair is too long under excess_length_strategy: raise.
     """
-    if cfg.rl is RLMethod.grpo:  # prompts, not pairs: llmkit.data.grpo
-        from llmkit.data.grpo import build_prompt_datasets
+    measured = _measured_rows(cfg, tokenizer)
+    held_out = measured.eval.remove_columns(TOKENS) if measured.eval is not None else None
+    return PreferenceData(measured.train.remove_columns(TOKENS), held_out, measured.stats)
 
-        return build_prompt_datasets(cfg, tokenizer)
+
+def _measured_rows(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> PreferenceData:
+    """`build_preference_datasets`' rows with each one's tokens in the TOKENS column, measured once, as they are
+    read (`_spec_rows`): the plan's count reads them there (`epoch_pair_tokens`)."""
+    if cfg.rl is RLMethod.grpo:  # prompts, not pairs
+        from llmkit.data.grpo import measured_prompts
+
+        return measured_prompts(cfg, tokenizer)
     defaults = ChatDefaults.from_config(cfg)
     pairs: dict[str, list[Dataset]] = {"datasets": [], "test_datasets": []}
     stats = DataStats()
@@ -782,12 +792,9 @@ def _warn_one_sided(train: Dataset) -> None:
 
 
 def epoch_pair_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> TokenizedSplit:
-    """The training pairs that training keeps (one epoch), with the tokens of each pair's longer sequence;
-    `llmkit validate`'s plan counts both sequences of a pair from them. rl: grpo: its prompts, and their tokens."""
-    if cfg.rl is RLMethod.grpo:
-        from llmkit.data.grpo import epoch_prompt_tokens
-
-        return epoch_prompt_tokens(cfg, tokenizer)
-    tokens = _pair_tokens(tokenizer, cfg)
-    pairs = build_preference_datasets(cfg, tokenizer).train
-    return TokenizedSplit(tokens=sum(tokens(cast(AnyRow, pair)) for pair in pairs), sequences=len(pairs))
+    """The training pairs that training keeps (one epoch), with the tokens of each pair's longer sequence, as they
+    were measured when read (not tokenized again); `llmkit validate`'s plan counts both sequences of a pair from
+    them. rl: grpo: its prompts, with their tokens as TRL renders them (messages through the chat template, with the
+    generation prompt); the completions, generated in training, are not counted."""
+    train = _measured_rows(cfg, tokenizer).train
+    return TokenizedSplit(tokens=sum(train[TOKENS]), sequences=len(train))

@@ -607,3 +607,35 @@ def test_validate_counts_the_pairs_training_keeps_and_refuses_a_long_one_under_r
     result = CliRunner().invoke(app, ["validate", str(strict)], terminal_width=200)
     assert result.exit_code == 1
     assert "row 7: the pair is" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("rl", ["dpo", "simpo", "kto"])
+def test_the_plans_pair_count_reads_the_lengths_measured_when_the_pairs_were_read(rl, make_cfg, tmp_path):
+    """epoch_pair_tokens tokenized every pair (KTO row) a second time after reading had measured it: its count is the
+    same sum, from the texts tokenized once (as many as building the pairs for training tokenizes)."""
+    from llmkit.data.preference import _pair_tokens, epoch_pair_tokens
+
+    if rl == "kto":
+        rows = [{"prompt": row["question"], "completion": row["chosen"], "label": i % 2 == 0}
+                for i, row in enumerate(SUMS)]  # fmt: skip
+        spec = {"path": str(_pairs(tmp_path, rows)), "type": None}
+    else:
+        spec = {"path": str(_pairs(tmp_path, SUMS)), "type": "chatml.intel"}
+    gamma = {"simpo_gamma": 0.5} if rl == "simpo" else {}  # simpo: tokenized without special tokens, BOS put first
+    cfg = make_cfg([spec], rl=rl, val_set_size=2, sequence_len=40, micro_batch_size=2, **gamma)
+    tokenizer = load_tokenizer(cfg)  # its own: its class is changed below
+    tokenized = []  # the texts each call tokenizes: the real tokenizer, its calls counted
+
+    class Counting(type(tokenizer)):
+        def __call__(self, text, *args, **kwargs):
+            tokenized.extend(text if isinstance(text, list) else [text])
+            return super().__call__(text, *args, **kwargs)
+
+    tokenizer.__class__ = Counting
+    train = build_preference_datasets(cfg, tokenizer).train
+    building, tokenized[:] = len(tokenized), []
+    split = epoch_pair_tokens(cfg, tokenizer)
+    assert len(tokenized) == building > 0, "the pairs were tokenized again for the count"
+    tokens = _pair_tokens(tokenizer, cfg)
+    assert split.sequences == len(train) == 4
+    assert split.tokens == sum(tokens(pair) for pair in train)  # the count the plan had
