@@ -43,6 +43,7 @@ class TokenizedSplit:
 
     tokens: int  # preference pairs: the longer sequence of each pair
     sequences: int  # what training batches: packed sequences, rows, or preference pairs, after dropping
+    longest: int | None = None  # preference pairs, KTO rows, GRPO prompts: the longest one's tokens, as measured
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class Rollout:
     sequences: int  # completions one call decodes at once: micro_batch_size x gradient_accumulation_steps
     prompt_tokens: float  # a prompt's tokens: the tokenized prompts' mean, or sequence_len (at most) without them
     prompt_basis: str
+    # a prompt at its longest, which a micro-batch and a generation batch pad to (memory): the longest tokenized
+    # training prompt (longer than sequence_len where such prompts are kept), or sequence_len without them
+    longest_prompt: int
+    longest_basis: str
     completion_tokens: int  # trl.max_completion_length: every completion at its longest, an upper bound
     iterations: int = 1  # optimizer steps trained on each generation (trl.num_iterations)
 
@@ -125,8 +130,8 @@ def plan(
     if rollout is None:
         tokens_per_step = cfg.micro_batch_size * cfg.sequence_len * cfg.gradient_accumulation_steps * world_size
         tokens, tokens_basis = training_tokens(cfg, rows, tokens_per_step, data.tokens if data else None)
-    else:  # a completion and its prompt of at most sequence_len tokens, in each place of a micro-batch
-        tokens_per_step = step_rows * (cfg.sequence_len + rollout.completion_tokens)
+    else:  # a completion and its prompt, each at its longest, in each place of a micro-batch
+        tokens_per_step = step_rows * (rollout.longest_prompt + rollout.completion_tokens)
         tokens, tokens_basis = _rollout_tokens(cfg, rollout)
     if shape is None:
         targets = cfg.resolved_target_modules(None)
@@ -137,7 +142,9 @@ def plan(
         check_layers_to_transform(cfg, shape)
         trained = shape.with_vocabulary(tokenizer_size) if tokenizer_size else shape
         trainable, total = trainable_params(cfg, trained, targets, parameters), trained.num_params
-        setups = {track: training_setup(cfg, trained, targets, trainable, track, parameters) for track in Track}
+        setups = {
+            track: training_setup(cfg, trained, targets, trainable, track, parameters, rollout) for track in Track
+        }
         memory = [estimate_training(trained, setups[track], track) for track in Track]
         projections = [
             training_time(cfg, shape, tokens, tokens_basis, track, rollout, model_bytes(trained, setups[track]))
@@ -173,11 +180,18 @@ def _rollout(cfg: AxolotlConfig, steps: int | None, world_size: int, data: Token
         basis = f"{prompt:,.1f} tokens on average, of the {data.sequences:,} tokenized training prompts"
     else:  # a longer prompt is kept (llmkit.data.grpo), so sequence_len bounds none: an estimate
         prompt, basis = cfg.sequence_len, f"sequence_len {cfg.sequence_len} tokens each (prompts not tokenized)"
+    if data is not None and data.sequences and data.longest is not None:
+        longest, longest_basis = data.longest, f"{data.longest:,} tokens, the longest tokenized training prompt"
+    else:
+        longest = cfg.sequence_len
+        longest_basis = f"sequence_len {cfg.sequence_len} tokens (prompts not tokenized: an estimate)"
     return Rollout(
         calls=None if steps is None else math.ceil(steps / cfg.grpo_iterations) * world_size,
         sequences=cfg.micro_batch_size * cfg.gradient_accumulation_steps,
         prompt_tokens=prompt,
         prompt_basis=basis,
+        longest_prompt=longest,
+        longest_basis=longest_basis,
         completion_tokens=cfg.grpo_completion_tokens,
         iterations=cfg.grpo_iterations,
     )
@@ -439,13 +453,20 @@ def check_layers_to_transform(cfg: AxolotlConfig, shape: ModelShape) -> None:
 
 
 def training_setup(
-    cfg: AxolotlConfig, shape: ModelShape, targets: list[str], trainable: int, track: Track, parameters: list[str] = ()
+    cfg: AxolotlConfig,
+    shape: ModelShape,
+    targets: list[str],
+    trainable: int,
+    track: Track,
+    parameters: list[str] = (),
+    rollout: Rollout | None = None,
 ) -> TrainingSetup:
     """What one training process of the config holds on one GPU of `track` (`llmkit.core.memory.TrainingSetup`; its
     peak memory is `estimate_training`'s, whose docstring has the formulas).
-    rl: grpo: a micro-batch place is a completion with its prompt, each at its longest (sequence_len and
-    trl.max_completion_length), whose logits TRL computes over the completion alone; its generation decodes a
-    step's micro-batches at once (TRL's generation batch), prompts padded to the longest."""
+    rl: grpo: a micro-batch place is a completion with its prompt, each at its longest (`rollout.longest_prompt`:
+    the longest tokenized prompt, or sequence_len without them; and trl.max_completion_length), whose logits TRL
+    computes over the completion alone; its generation decodes a step's micro-batches at once (TRL's generation
+    batch), prompts padded to the longest."""
     dtype = _compute_dtype(cfg, track)
     weights = cfg.weights_dtype("cuda", capability=TRACKS[track].capability)
     dropout = cfg.adapter is not None and cfg.lora_dropout > 0
@@ -453,12 +474,14 @@ def training_setup(
     experts = _wrapped_experts(shape, parameters)
     grpo = cfg.rl is RLMethod.grpo
     made = cfg.grpo_completion_tokens if grpo else 0
+    # GRPO keeps prompts longer than sequence_len (llmkit.data.grpo): the longest measured one is what pads
+    length = rollout.longest_prompt if grpo and rollout is not None else cfg.sequence_len
     return TrainingSetup(
         loading=Loading.nf4 if cfg.load_in_4bit else Loading.int8 if cfg.load_in_8bit else Loading.bf16,
         dtype_bytes=_DTYPE_BYTES[dtype],
         trainable_params=trainable,
         optimizer=cfg.optimizer.value,
-        tokens=cfg.micro_batch_size * (cfg.sequence_len + made) * _trained_sequences(cfg),
+        tokens=cfg.micro_batch_size * (length + made) * _trained_sequences(cfg),
         logits_tokens=cfg.micro_batch_size * made if grpo else None,
         gradient_checkpointing=cfg.gradient_checkpointing,
         full_fine_tune=cfg.adapter is None,
@@ -473,8 +496,8 @@ def training_setup(
         # per layer: each token's input to each of its experts' targeted matmuls, which now have a weight to train
         expert_input_width=sum(shape.active_experts * width for _, _, width in experts) // shape.num_layers,
         generated_sequences=cfg.micro_batch_size * cfg.gradient_accumulation_steps if grpo else 0,
-        generated_context=cfg.sequence_len + made if grpo else 0,
-        generated_prompt=cfg.sequence_len if grpo else 0,
+        generated_context=length + made if grpo else 0,
+        generated_prompt=length if grpo else 0,
     )
 
 

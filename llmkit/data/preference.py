@@ -794,7 +794,8 @@ def _warn_one_sided(train: Dataset) -> None:
 def epoch_pair_tokens(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> TokenizedSplit:
     """The training pairs that training keeps (one epoch), with the tokens of each pair's longer sequence, as they
     were measured when read (not tokenized again); `llmkit validate`'s plan counts both sequences of a pair from
-    them. rl: grpo: its prompts, with their tokens as TRL renders them (messages through the chat template, with the
-    generation prompt); the completions, generated in training, are not counted."""
-    train = _measured_rows(cfg, tokenizer).train
-    return TokenizedSplit(tokens=sum(train[TOKENS]), sequences=len(train))
+    them, and the longest. rl: grpo: its prompts, with their tokens as TRL renders them (messages through the chat
+    template, with the generation prompt), and the longest, which the memory plan pads to; the completions,
+    generated in training, are not counted."""
+    lengths: list[int] = _measured_rows(cfg, tokenizer).train[TOKENS]
+    return TokenizedSplit(tokens=sum(lengths), sequences=len(lengths), longest=max(lengths, default=None))

@@ -167,7 +167,7 @@ def render(p: TrainingPlan):
         memory.add_row(m.track.name, f"{m.track.memory_gib}", *(f"{x / GIB:.1f}" for x in parts), fits)
     if generates and p.rollout is not None:
         memory.caption = escape(
-            f"rl: grpo: a micro-batch place is a prompt of at most sequence_len {cfg.sequence_len} and a completion "
+            f"rl: grpo: a micro-batch place is a prompt at its longest ({p.rollout.longest_basis}) and a completion "
             f"of {p.rollout.completion_tokens:,} tokens; generation: the KV cache of {p.rollout.sequences:,} such "
             "sequences and their prompts' prefill, a layer at a time. Generation and training's activations are not "
             "live at once: the total counts the larger."

@@ -235,7 +235,8 @@ def test_the_grpo_projection_is_the_hand_calculation(tiny_config, tmp_path, tiny
     # the prompts as TRL renders them: the chat template with the generation prompt
     prompts = [[{"role": "user", "content": "Q: " + row["question"]}] for row in ROWS]
     rendered = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in prompts]
-    prompt = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in rendered) / 4
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in rendered]
+    prompt, longest = sum(lengths) / 4, max(lengths)
     # 4 prompts, 1 a step (2 x 1 accum completions, 2 of a prompt): 4 steps, one generate() of 2 completions each
     completions, made, calls = 8, 6, 4
     assert p.steps == calls and p.tokens == math.ceil(completions * (prompt + made))
@@ -251,10 +252,11 @@ def test_the_grpo_projection_is_the_hand_calculation(tiny_config, tmp_path, tiny
         assert t.tokens_per_s == pytest.approx(tokens_per_s)
         assert t.generation_s == pytest.approx(calls * made * step_s)
         assert t.projected_s == pytest.approx(p.tokens / tokens_per_s + calls * made * step_s)
-        # memory: a micro-batch of 2 completions of at most 96 + 6 tokens, logits over the 6 completion tokens
+        # memory: a micro-batch of 2 completions of the longest prompt + 6 tokens, logits over the 6 completion tokens
         layer = 2 * (6 * h + 4 * kv + 4 * i)  # a token's activations of a layer, bf16
-        activations = 2 * (96 + 6) * layers * layer + 2 * 6 * vocab * (2 + 8)
-        generation = 2 * (96 + 6) * kv_bytes + 2 * 96 * layer + 2 * vocab * (2 + 8)  # KV cache, prefill, last logits
+        activations = 2 * (longest + 6) * layers * layer + 2 * 6 * vocab * (2 + 8)
+        # KV cache, prefill, last logits
+        generation = 2 * (longest + 6) * kv_bytes + 2 * longest * layer + 2 * vocab * (2 + 8)
         weights = params * 2 + 2 * lora  # the 16-bit base (no reference copy) and autocast's copies of the adapter
         trainable = lora * (4 + 4 + 8)  # fp32 weights, gradients, AdamW's two states
         peak = weights + trainable + max(activations, generation)
@@ -281,6 +283,34 @@ def test_grpo_holds_a_reference_copy_only_for_a_full_fine_tune_under_beta(tiny_c
     unknown = plan(load_config(hub))
     assert unknown.tokens is None and unknown.steps is None
     assert all(t.verdict().endswith("tokens trained, less the generation's time") for t in unknown.training_time)
+
+
+def test_grpo_memory_pads_to_the_longest_tokenized_prompt_past_sequence_len(tiny_config, tmp_path, tokenizer):
+    """GRPO keeps prompts longer than sequence_len (as axolotl does), but the memory plan took each prompt as
+    sequence_len tokens even with the prompts tokenized: a micro-batch and a generation batch pad to the longest
+    prompt, so its activations and KV cache are that prompt's (sequence_len stays the estimate without them)."""
+    long = {"question": "What is " + " + ".join(["1"] * 60) + "?", "answer": "60"}
+    rows = tmp_path / "long.jsonl"
+    rows.write_text("".join(json.dumps(row) + "\n" for row in [*ROWS, long]))
+    datasets = [{"path": str(rows), "type": "rewards.questions"}]
+    cfg = load_config(_grpo_config(tiny_config, tmp_path, datasets=datasets, sequence_len=48, max_steps=None))
+    # the long prompt as TRL renders it: the chat template with the generation prompt
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Q: " + long["question"]}], add_generation_prompt=True, tokenize=False
+    )
+    longest = len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    assert longest > 48 + 60
+    measured, estimated = plan(cfg, data=epoch_pair_tokens(cfg, tokenizer)), plan(cfg)
+    assert len(measured.memory) == len(estimated.memory) == 2
+    for grown, before in zip(measured.memory, estimated.memory, strict=True):
+        assert grown.activations > before.activations and grown.generation > before.generation
+        assert grown.total > before.total
+    assert (measured.rollout.longest_prompt, estimated.rollout.longest_prompt) == (longest, 48)
+    assert measured.tokens_per_step == 2 * (longest + 6)  # 2 completions, each the longest prompt + 6
+    console = Console(width=400, record=True)
+    assert validate(_grpo_config(tiny_config, tmp_path, datasets=datasets, sequence_len=48), console=console) == 0
+    said = " ".join(console.export_text().split())
+    assert f"a prompt at its longest ({longest} tokens, the longest tokenized training prompt)" in said, said
 
 
 def test_the_plan_counts_generations_as_trl_configures_them(tiny_config, tmp_path):
