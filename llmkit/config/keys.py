@@ -85,7 +85,6 @@ REFUSED_KEYS = {
     "pretraining_dataset": "streamed pretraining data is not implemented; use datasets: with type: completion",
     "dataset_shard_num": "training on one shard of the data is not implemented",
     "dataset_shard_idx": "training on one shard of the data is not implemented",
-    "dpo_norm_loss": "length-normalised DPO loss is not implemented",
     "reward_model": "reward-model training (a scalar head on preference pairs) is not implemented",
     "process_reward_model": "reward-model training (a scalar head on preference pairs) is not implemented",
     "qat": "quantization-aware training is not implemented; QLoRA here trains on a bitsandbytes NF4 base",

@@ -39,6 +39,7 @@ from llmkit.config.sections import (
     GRPO_DEFAULT_COMPLETION_TOKENS,
     GRPO_DEFAULT_GENERATIONS,
     GRPO_SYNC_DEFAULTS,
+    NORMALISED_DPO_LOSSES,
     REFUSED_PREFERENCE_TYPES,
     SMOOTHED_DPO_LOSSES,
     TYPE_MAPPINGS,
@@ -434,6 +435,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
             set_keys += ["dpo_use_weighting"] if self.dpo_use_weighting else []
             set_keys += [key for key in ("dpo_loss_type", "dpo_loss_weights") if getattr(self, key) is not None]
             set_keys += ["dpo_label_smoothing"] if self.dpo_label_smoothing else []
+            set_keys += ["dpo_norm_loss"] if self.dpo_norm_loss else []
             if set_keys:
                 raise ValueError(f"{', '.join(set_keys)}: preference-training keys, but rl is not set (rl: dpo)")
             if self.trl and self.trl.grpo_keys:
@@ -493,6 +495,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         if not self.rl.is_dpo:  # DPO's options: ORPOTrainer, CPOTrainer and KTOTrainer have none of them
             dpo_only = ["rpo_alpha"] if self.rpo_alpha is not None else []
             dpo_only += ["dpo_use_weighting"] if self.dpo_use_weighting else []
+            dpo_only += ["dpo_norm_loss"] if self.dpo_norm_loss else []
             if dpo_only + dpo_losses:
                 named = ", ".join(dpo_only + dpo_losses)
                 raise ValueError(f"{named}: options of DPO's loss, not rl: {self.rl.value}'s; remove them")
@@ -568,6 +571,19 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 "rpo_alpha: adds TRL's sft loss, which dpo_loss_type already has; weight that one with "
                 "dpo_loss_weights instead"
             )
+        if self.dpo_norm_loss:
+            summed = [loss for loss in losses if loss not in NORMALISED_DPO_LOSSES]
+            if summed:  # axolotl's trainer averaged every loss's log-probabilities; TRL 1.16 cannot for these
+                raise ValueError(
+                    f"dpo_norm_loss: averages each answer's log-probabilities over its tokens, which TRL 1.16 does "
+                    f"in its sigmoid_norm (the sigmoid loss's) and ipo losses only; {given} {summed} would be "
+                    "trained on the summed ones, so it cannot go with them: remove dpo_norm_loss or those losses"
+                )
+            if {"sigmoid", "sigmoid_norm"} <= set(losses):
+                raise ValueError(
+                    "dpo_norm_loss: makes sigmoid sigmoid_norm, which dpo_loss_type already has; weight that one "
+                    "with dpo_loss_weights instead"
+                )
 
     def _read_mapping_as(
         self, mapping: type[PreferencePrompt | KTOPrompt], key: str, i: int, spec: DatasetSpec

@@ -441,6 +441,10 @@ DPOLoss = Literal[
 ]  # fmt: skip
 # The ones that read label_smoothing (dpo_label_smoothing); the others leave it unread.
 SMOOTHED_DPO_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
+# dpo_norm_loss: each loss on the answers' log-probabilities averaged over their tokens (the model's and the
+# reference's), as axolotl's DPO trainer computed them under it (TRL's ipo averaging, whatever the loss). TRL 1.16
+# averages them in sigmoid_norm (sigmoid's loss on them) and ipo only; sft's NLL is a per-token mean whatever it says.
+NORMALISED_DPO_LOSSES = {"sigmoid": "sigmoid_norm", "sigmoid_norm": "sigmoid_norm", "ipo": "ipo", "sft": "sft"}
 
 
 # axolotl's other `rl:` values: what each is (none is implemented here).
@@ -1697,6 +1701,12 @@ class RLSection(BaseModel):
         lt=0.5,
         description="rl: dpo: TRL label_smoothing, read by the robust, exo_pair (required there), aot and "
         "aot_unpaired losses only.",
+    )
+    dpo_norm_loss: bool = Field(
+        False,
+        description="rl: dpo, ipo: the loss on each answer's log-probability averaged over its tokens (the model's "
+        "and the reference's), as axolotl's; TRL's sigmoid_norm for the sigmoid loss (ipo already averages; the "
+        "other losses cannot).",
     )
 
     _rl = field_validator("rl", mode="before")(rl_method)

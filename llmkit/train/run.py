@@ -42,6 +42,7 @@ from transformers.utils.logging import is_progress_bar_enabled
 
 from llmkit.config.plan import logging_steps, optimizer_steps, warmup_steps
 from llmkit.config.schema import RESOLVED_CONFIG, AxolotlConfig, ConfigError, RLMethod
+from llmkit.config.sections import NORMALISED_DPO_LOSSES
 from llmkit.core import devices
 from llmkit.core.errors import headline
 from llmkit.core.files import clean_stale, staging_dir, swap_in
@@ -430,6 +431,8 @@ def _preference_loss(cfg: AxolotlConfig) -> dict[str, Any]:
         return settings | ({} if cfg.cpo_alpha is None else {"cpo_alpha": cfg.cpo_alpha})
     # rl: dpo: dpo_loss_type and its weights, as axolotl passes them (rl: ipo: TRL's ipo alone)
     losses = ["ipo"] if cfg.rl is RLMethod.ipo else list(cfg.dpo_loss_type or ["sigmoid"])
+    if cfg.dpo_norm_loss:  # the log-probabilities averaged over each answer's tokens (ipo's already are)
+        losses = [NORMALISED_DPO_LOSSES[loss] for loss in losses]
     weights = list(cfg.dpo_loss_weights) if cfg.dpo_loss_weights else None
     if cfg.rpo_alpha:  # 0: no NLL term, as axolotl's TRL adds 0 x it
         # RPO: the losses + rpo_alpha x the negative log-likelihood of the chosen answers

@@ -639,3 +639,60 @@ def test_the_plans_pair_count_reads_the_lengths_measured_when_the_pairs_were_rea
     tokens = _pair_tokens(tokenizer, cfg)
     assert split.sequences == len(train) == 4
     assert split.tokens == sum(tokens(pair) for pair in train)  # the count the plan had
+
+
+def test_dpo_norm_loss_averages_the_log_probabilities_as_axolotls_trainer_did(tiny_config, tmp_path):
+    """dpo_norm_loss was refused; axolotl's DPO trainer ran every loss on the answers' log-probabilities averaged
+    over their tokens (TRL's ipo averaging) under it: TRL 1.16's sigmoid_norm for the sigmoid loss, ipo as it is,
+    and an error beside a loss TRL cannot average."""
+    pairs = _pairs(tmp_path, [{"question": "q", "chosen": "a", "rejected": "b"}])
+    dataset = [{"path": str(pairs), "type": "chatml.intel"}]
+
+    def loss(**keys):
+        cfg = load_config(tiny_config(datasets=dataset, dpo_norm_loss=True, **{"rl": "dpo", **keys}))
+        args = training_arguments(cfg, cfg.optimizer.value)
+        return args.loss_type, args.loss_weights
+
+    assert loss() == (["sigmoid_norm"], None)
+    assert loss(rl="ipo") == (["ipo"], None)  # IPO's loss already averages them
+    assert loss(rpo_alpha=0.5) == (["sigmoid_norm", "sft"], [1.0, 0.5])
+    assert loss(dpo_loss_type=["ipo", "sigmoid", "sft"], dpo_loss_weights=[1, 2, 3]) == (
+        ["ipo", "sigmoid_norm", "sft"],
+        [1, 2, 3],
+    )
+    for keys, said in [
+        ({"dpo_loss_type": ["sigmoid", "hinge", "robust"], "dpo_label_smoothing": 0.1},
+         r"dpo_norm_loss: averages each answer's log-probabilities over its tokens, which TRL 1.16 does in its "
+         r"sigmoid_norm \(the sigmoid loss's\) and ipo losses only; dpo_loss_type \['hinge', 'robust'\] would be "
+         r"trained on the summed ones"),
+        ({"dpo_loss_type": ["sigmoid", "sigmoid_norm"]}, r"dpo_norm_loss: makes sigmoid sigmoid_norm, which "
+         r"dpo_loss_type already has"),
+        ({"rl": "orpo", "datasets": None}, r"dpo_norm_loss: options of DPO's loss, not rl: orpo's"),
+        ({"rl": None, "datasets": None}, r"dpo_norm_loss: preference-training keys, but rl is not set"),
+    ]:  # fmt: skip
+        keys = {"rl": "dpo", "datasets": dataset, "dpo_norm_loss": True, **keys}
+        if keys["datasets"] is None:
+            del keys["datasets"]
+        with pytest.raises(ConfigError, match=said):
+            load_config(tiny_config(**keys))
+    assert not load_config(tiny_config(datasets=dataset, rl="dpo", dpo_norm_loss=False)).ignored_keys
+
+
+@pytest.mark.slow
+def test_a_dpo_step_under_dpo_norm_loss_trains_the_averaged_loss(tiny_config, tmp_path):
+    """Two DPO steps under dpo_norm_loss train TRL's sigmoid_norm loss, step for step, not the summed sigmoid one
+    (the first step's log-ratios are all 0, log 2 either way: the second step tells them apart)."""
+
+    def losses(run: str, **keys) -> list[float]:
+        path = tiny_config(
+            datasets=[{"path": str(_pairs(tmp_path, SUMS)), "type": "chatml.intel"}], rl="dpo", micro_batch_size=2,
+            output_dir=str(tmp_path / run), **keys,
+        )  # fmt: skip
+        state = json.loads((train(load_config(path)) / "trainer_state.json").read_text())
+        return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+    normed = losses("normed", dpo_norm_loss=True)
+    averaged, summed = losses("averaged", dpo_loss_type=["sigmoid_norm"]), losses("summed")
+    assert len(normed) == 2 and normed[0] == pytest.approx(math.log(2), rel=1e-4)
+    assert normed == pytest.approx(averaged, rel=1e-5)
+    assert normed[1] != pytest.approx(summed[1], rel=1e-4), (normed, summed)
