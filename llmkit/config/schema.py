@@ -36,6 +36,7 @@ from llmkit.config.keys import (
 from llmkit.config.sections import (
     CAUSAL_LM_METRICS,
     DATASET_LISTS,
+    GDPO_AGGREGATION,
     GRPO_DEFAULT_COMPLETION_TOKENS,
     GRPO_DEFAULT_GENERATIONS,
     GRPO_SYNC_DEFAULTS,
@@ -204,6 +205,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         if not isinstance(data, dict):
             return handler(data)
         data, notices = _migrate_keys(dict(data))
+        data = _gdpo_as_grpo(data)
         known = UNIMPLEMENTED_KEYS | REFUSED_KEYS.keys()
         data, ignored = split_keys(data, list(cls.model_fields), known, "")
         refused = [
@@ -1219,6 +1221,19 @@ def _unread_field_tools(cfg: AxolotlConfig) -> list[IgnoredKey]:
 
 def _refused(key: IgnoredKey) -> bool:
     return key.path in REFUSED_KEYS and key.effective
+
+
+def _gdpo_as_grpo(data: dict[str, Any]) -> dict[str, Any]:
+    """rl: gdpo as axolotl runs it: its GRPO trainer, trl.multi_objective_aggregation normalize_then_sum where trl:
+    leaves it unset (axolotl's setdefault), so the resolved config says rl: grpo with that aggregation."""
+    if data.get("rl") != "gdpo":
+        return data
+    trl = data.get("trl")
+    if trl is None:
+        trl = {}
+    if isinstance(trl, dict) and trl.get("multi_objective_aggregation") is None:
+        trl = {**trl, "multi_objective_aggregation": GDPO_AGGREGATION}
+    return {**data, "rl": "grpo", "trl": trl}  # a trl: that is no mapping: TrlSettings says so, naming it
 
 
 def _migrate_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

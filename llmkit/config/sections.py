@@ -449,9 +449,11 @@ NORMALISED_DPO_LOSSES = {"sigmoid": "sigmoid_norm", "sigmoid_norm": "sigmoid_nor
 
 # axolotl's other `rl:` values: what each is (none is implemented here).
 UNSUPPORTED_RL = {
-    "gdpo": "axolotl's GDPO",
     "ebft": "axolotl's EBFT",
 }
+# axolotl's rl: gdpo is its GRPO trainer with each reward normalized within its group before the rewards are weighed
+# and summed (TRL's multi_objective_aggregation: normalize_then_sum) where trl: does not say otherwise: read so.
+GDPO_AGGREGATION = "normalize_then_sum"
 
 
 def rl_method(value: object) -> object:
@@ -461,7 +463,7 @@ def rl_method(value: object) -> object:
         return None
     if isinstance(value, str) and value in UNSUPPORTED_RL:
         supported = ", ".join(method.value for method in RLMethod)
-        raise ValueError(f"{value}: {UNSUPPORTED_RL[value]} is not implemented here; supported: {supported}")
+        raise ValueError(f"{value}: {UNSUPPORTED_RL[value]} is not implemented here; supported: {supported}, gdpo")
     return value
 
 
@@ -1660,7 +1662,8 @@ class RLSection(BaseModel):
     rl: RLMethod | None = Field(
         None,
         description="Preference training: dpo, ipo (DPO with the IPO loss), orpo, simpo or kto; datasets need "
-        "preference types (kto: KTO's); grpo: online RL, the model's own completions scored by trl.reward_funcs.",
+        "preference types (kto: KTO's); grpo: online RL, the model's own completions scored by trl.reward_funcs; "
+        "gdpo (axolotl's GDPO): grpo with trl.multi_objective_aggregation normalize_then_sum unless trl: sets it.",
     )
     rl_beta: float | None = Field(None, gt=0, description="rl: beta of the preference loss (TRL beta; default 0.1).")
     dpo_beta: float | None = Field(None, gt=0, description="rl: axolotl's older name for rl_beta.")

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from llmkit.config.plan import plan
 from llmkit.config.schema import ConfigError, ConfigWarning, load_config
-from llmkit.config.sections import GRPO_CONFIG_KEYS, GRPO_DEFAULT_COMPLETION_TOKENS
+from llmkit.config.sections import GRPO_CONFIG_KEYS, GRPO_DEFAULT_COMPLETION_TOKENS, RLMethod
 from llmkit.core.challenge import TRACKS
 from llmkit.data.preference import build_preference_datasets, epoch_pair_tokens
 from llmkit.data.sources import DataError
@@ -43,6 +43,10 @@ def token_sum(prompts, completions, completion_ids, **kwargs):
 
 def broken(prompts, completions, **kwargs):
     return [kwargs["score"] for _ in completions]
+
+
+def length(completion_ids, **kwargs):
+    return [float(len(ids)) for ids in completion_ids]
 
 
 def one_short(prompts, completions, **kwargs):
@@ -453,6 +457,36 @@ def test_every_grpo_key_of_axolotl_is_passed_to_grpoconfig_by_name(tiny_config, 
     _assert_grpo_keys(training_arguments(cfg, cfg.optimizer.value), ref_model_mixup_alpha=0.5, ref_model_sync_steps=3)
     # μ passes over each generation batch: the plan counts them (4 prompts x 2 completions x 2 passes, 2 a step)
     assert plan(load_config(_grpo_keys_config(tiny_config, tmp_path), {"max_steps": None})).steps == 8
+
+
+def test_rl_gdpo_is_grpo_normalizing_each_reward_before_the_sum_as_axolotl_runs_it(tiny_config, tmp_path):
+    """axolotl's rl: gdpo (its GRPO trainer, TRL's multi_objective_aggregation normalize_then_sum unless trl: sets
+    it) was refused as not implemented."""
+    trl = {"num_generations": 2, "max_completion_length": 6, "reward_funcs": ["rewards.token_sum", "rewards.length"]}
+    cfg = load_config(_grpo_config(tiny_config, tmp_path, rl="gdpo", trl=trl))
+    assert cfg.rl is RLMethod.grpo and not cfg.ignored_keys and not cfg.notices
+    args = training_arguments(cfg, cfg.optimizer.value)
+    assert (type(args).__name__, args.multi_objective_aggregation) == ("GRPOConfig", "normalize_then_sum")
+    assert load_config(_grpo_config(tiny_config, tmp_path, trl=trl)).trl.multi_objective_aggregation is None
+    own = trl | {"multi_objective_aggregation": "sum_then_normalize"}  # the config's own wins, as axolotl's setdefault
+    summed = load_config(_grpo_config(tiny_config, tmp_path, rl="gdpo", trl=own))
+    assert summed.trl.multi_objective_aggregation == "sum_then_normalize"
+    missing = _error(_grpo_config(tiny_config, tmp_path, rl="gdpo", trl=None))
+    assert "trl.reward_funcs: required with rl: grpo" in missing
+
+
+@pytest.mark.slow
+def test_a_gdpo_step_trains_on_each_reward_normalized(tiny_config, tmp_path):
+    trl = {"num_generations": 2, "max_completion_length": 6, "reward_funcs": ["rewards.token_sum", "rewards.length"]}
+    out = train(load_config(_grpo_config(tiny_config, tmp_path, rl="gdpo", trl=trl, max_steps=1)))
+    args = torch.load(out / "training_args.bin", weights_only=False)  # the settings the trainer ran with
+    assert args.multi_objective_aggregation == "normalize_then_sum"
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 1
+    logged = next(entry for entry in state["log_history"] if "reward" in entry)
+    assert {"rewards/token_sum/mean", "rewards/length/mean"} <= set(logged) and math.isfinite(logged["loss"])
+    resolved = load_config(out / "config.resolved.yml")
+    assert (resolved.rl, resolved.trl.multi_objective_aggregation) == (RLMethod.grpo, "normalize_then_sum")
 
 
 def test_the_projection_generates_once_per_num_iterations_steps(tiny_config, tmp_path):

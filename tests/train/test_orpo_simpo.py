@@ -74,8 +74,8 @@ def test_orpo_keys_and_types(make_cfg, tmp_path):
         make_cfg([{"path": "p.jsonl", "type": "chatml.intel"}], rl="dpo", orpo_alpha=0.1)
     with pytest.raises(ValueError, match=r"orpo_alpha: preference-training keys, but rl is not set"):
         make_cfg(orpo_alpha=0.1)
-    with pytest.raises(ValueError, match=r"gdpo: axolotl's GDPO is not implemented here; supported: dpo, ipo, orpo"):
-        make_cfg(argilla, rl="gdpo")
+    with pytest.raises(ValueError, match=r"ebft: axolotl's EBFT is not implemented here; supported: dpo, ipo, orpo"):
+        make_cfg(argilla, rl="ebft")
 
 
 def test_simpo_keys_and_types(make_cfg):
