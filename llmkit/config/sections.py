@@ -447,9 +447,12 @@ SMOOTHED_DPO_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
 NORMALISED_DPO_LOSSES = {"sigmoid": "sigmoid_norm", "sigmoid_norm": "sigmoid_norm", "ipo": "ipo", "sft": "sft"}
 
 
-# axolotl's other `rl:` values: what each is (none is implemented here).
+# axolotl's other `rl:` values: what each is, and why it is not implemented here.
 UNSUPPORTED_RL = {
-    "ebft": "axolotl's EBFT",
+    "ebft": "axolotl's EBFT (energy-based fine-tuning) runs a trainer of axolotl's own, which TRL 1.16 has no "
+    "counterpart of",
+    "kto_pair": "axolotl's older kto_pair (DPO's trainer with the kto_pair loss) needs a loss TRL 1.16's DPOTrainer "
+    "no longer has; rl: kto trains KTO on unpaired rows",
 }
 # axolotl's rl: gdpo is its GRPO trainer with each reward normalized within its group before the rewards are weighed
 # and summed (TRL's multi_objective_aggregation: normalize_then_sum) where trl: does not say otherwise: read so.
@@ -463,7 +466,7 @@ def rl_method(value: object) -> object:
         return None
     if isinstance(value, str) and value in UNSUPPORTED_RL:
         supported = ", ".join(method.value for method in RLMethod)
-        raise ValueError(f"{value}: {UNSUPPORTED_RL[value]} is not implemented here; supported: {supported}, gdpo")
+        raise ValueError(f"{value}: {UNSUPPORTED_RL[value]}: not implemented here; supported: {supported}, gdpo")
     return value
 
 

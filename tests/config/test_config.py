@@ -556,7 +556,7 @@ def test_optimizer_names_are_transformers_and_axolotls(tmp_path):
             "read; supported: chatml.argilla, ",
         ),  # fmt: skip
         ({"rl": "kto", "micro_batch_size": 1}, "micro_batch_size: rl: kto needs at least 2"),
-        ({"rl": "ebft"}, "supported: dpo, ipo, orpo, simpo, kto, grpo, gdpo"),
+        ({"rl": "kto_pair"}, "supported: dpo, ipo, orpo, simpo, kto, grpo, gdpo"),
         ({"rl": "ppo"}, "rl: Input should be 'dpo', 'ipo', 'orpo', 'simpo', 'kto' or 'grpo'"),
         ({"rl": "simpo"}, "simpo_gamma: required with rl: simpo"),
         (
@@ -741,8 +741,9 @@ def test_plugins_that_may_change_training_are_refused_and_speed_only_ones_ignore
 def test_an_unsupported_rl_is_the_only_error_and_reward_data_says_what_it_is(tmp_path):
     ebft = {"rl": "ebft", "trl": {"use_vllm": True, "num_generations": 8, "reward_funcs": ["r.f"]}}
     message = error_of(write(tmp_path, DPO), ebft)
-    assert message.endswith("- rl: ebft: axolotl's EBFT is not implemented here; supported: dpo, ipo, orpo, simpo, "
-                            "kto, grpo, gdpo")  # fmt: skip
+    assert message.endswith("- rl: ebft: axolotl's EBFT (energy-based fine-tuning) runs a trainer of axolotl's own, "
+                            "which TRL 1.16 has no counterpart of: not implemented here; supported: dpo, ipo, orpo, "
+                            "simpo, kto, grpo, gdpo")  # fmt: skip
     assert "trl." not in message
     pairs = write(tmp_path, MINIMAL.replace("type: alpaca", "type: bradley_terry.chat_template"))
     assert "datasets[0].type: dataset type 'bradley_terry.chat_template' is reward-model data" in error_of(pairs)

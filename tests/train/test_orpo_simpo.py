@@ -74,8 +74,12 @@ def test_orpo_keys_and_types(make_cfg, tmp_path):
         make_cfg([{"path": "p.jsonl", "type": "chatml.intel"}], rl="dpo", orpo_alpha=0.1)
     with pytest.raises(ValueError, match=r"orpo_alpha: preference-training keys, but rl is not set"):
         make_cfg(orpo_alpha=0.1)
-    with pytest.raises(ValueError, match=r"ebft: axolotl's EBFT is not implemented here; supported: dpo, ipo, orpo"):
-        make_cfg(argilla, rl="ebft")
+    older = (
+        r"kto_pair: axolotl's older kto_pair \(DPO's trainer with the kto_pair loss\) needs a loss TRL 1.16's "
+        r"DPOTrainer no longer has; rl: kto trains KTO on unpaired rows: not implemented here; supported: dpo"
+    )
+    with pytest.raises(ValueError, match=older):
+        make_cfg(argilla, rl="kto_pair")
 
 
 def test_simpo_keys_and_types(make_cfg):
