@@ -250,7 +250,7 @@ class Engine:
             else:
                 why = f"over the {room} positions this model has (max_position_embeddings)"
                 why += f", with the {added} special token(s) the tokenizer adds" if added else ""
-            raise RequestError(f"prompt is {len(ids) - added} tokens, {why}")
+            raise RequestError(f"prompt is {len(ids) - added} tokens, {why}", field="prompt")
         timeout = self.settings.request_timeout_s
         return Sequence(
             request=request,

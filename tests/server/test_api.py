@@ -254,8 +254,8 @@ def test_bad_input_is_4xx_with_a_message(client, name):
 def test_prompt_over_context_limit(client):
     response = client.post("/process", json=helm_body("hello " * 2100))
     assert response.status_code == 422
-    [error] = response.json()["detail"]  # the shape of a validation error's 422
-    assert error["loc"] == ["body"] and "context limit" in error["msg"] and error["type"] == "value_error"
+    [error] = response.json()["detail"]  # the shape of a validation error's 422, naming the field as its others do
+    assert error["loc"] == ["body", "prompt"] and "context limit" in error["msg"] and error["type"] == "value_error"
     over = client.post("/process", json=helm_body("Hi", max_new_tokens=5000))
     [error] = over.json()["detail"]
     assert over.status_code == 422 and "over this server's limit" in error["msg"]
