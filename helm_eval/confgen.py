@@ -30,6 +30,11 @@ class ConfError(ValueError):
     """A task list that cannot be read, or a budget that cannot cover its runs."""
 
 
+class UnknownTaskListError(ConfError, UsageError):
+    """A task list named without a path that is none of SUITES: a flag's value the command cannot take, exit 2 (a
+    path to a missing file is what it could not read, exit 1)."""
+
+
 class BudgetUsageError(ConfError, UsageError):
     """A budget given on the command line (--budget) that cannot cover the task list's runs: a usage error, exit 2;
     the task list's own budget is the file's fault, exit 1."""
@@ -150,7 +155,9 @@ def load_task_list(name_or_path: str | Path) -> TaskList:
     if not path.suffix:
         path = SUITES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise ConfError(f"no task list {name_or_path!r} (known: {', '.join(SUITES)}, or a path to a .yaml file)")
+        named = path.parent == SUITES_DIR and Path(name_or_path).name == str(name_or_path)
+        error = UnknownTaskListError if named else ConfError
+        raise error(f"no task list {name_or_path!r} (known: {', '.join(SUITES)}, or a path to a .yaml file)")
     try:
         return TaskList.model_validate(read_mapping(path, "a task list", "families: ...")[0])
     except YamlFileError as err:

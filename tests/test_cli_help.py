@@ -7,12 +7,15 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
 from llmkit.cli import app
+
+SHIPPED_CONFIG = Path(__file__).parents[1] / "axolotl_configs" / "smollm2-135m-qlora.yml"
 
 COMMANDS = sorted(get_command(app).commands)
 # What typer 0.29 prints by itself ("--help <bool>", "<int>", "{config}") and pydantic-settings ("{str,null}").
@@ -99,6 +102,8 @@ def test_a_bad_serve_flag_value_is_a_usage_error_on_one_line():
         (["train", "CONFIG", "--max-steps", "0"], 2, "  - --max-steps: Input should be greater than 0 (got 0)"),
         (["helm-eval", "--suite", "../x", "--url", "http://127.0.0.1:9"], 2, "Error: --suite '../x': use letters"),
         (["helm-conf", "--budget", "0"], 2, "Error: a budget of 0 instances cannot cover the"),
+        (["helm-conf", "nosuch"], 2, "Error: no task list 'nosuch' (known: open, quick, skill"),
+        (["decontaminate", str(SHIPPED_CONFIG), "--conf", "nosuch"], 2, "Error: no task list 'nosuch'"),
         (["helm-eval", "--budget", "0", "--out", "h"], 2, "Error: a budget of 0 instances cannot cover the"),
         # found by the settings, before vLLM's venv is started: it was an `Error: cannot serve:` once vLLM had loaded
         (
@@ -112,7 +117,7 @@ def test_a_bad_serve_flag_value_is_a_usage_error_on_one_line():
         (["train", "missing.yml"], 1, "Error: cannot read the config missing.yml: No such file or directory"),
         (["validate", "missing.yml"], 1, "Error: cannot read the config missing.yml: No such file or directory"),
         (["merge", "--adapter", "missing"], 1, "Error: Adapter directory missing does not exist"),
-        (["helm-conf", "nosuch"], 1, "Error: no task list 'nosuch'"),
+        (["helm-conf", "missing.yaml"], 1, "Error: no task list 'missing.yaml'"),
     ],
 )
 def test_usage_errors_exit_2_and_failures_1_in_every_command(args, status, said, tmp_path, monkeypatch):
