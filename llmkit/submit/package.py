@@ -120,7 +120,7 @@ def build_submission(
         files = training_files(Path(config or DEFAULT_CONFIG), track)
         extra = {f"{TRAINING_DIR}/{relative}": data for relative, data in files.items()}
     if model is None:
-        weights = pipeline_weights(Path(config or DEFAULT_CONFIG), config_overrides, cpu_fallback=cpu_fallback)
+        weights = pipeline_weights(Path(config or DEFAULT_CONFIG), track, config_overrides, cpu_fallback=cpu_fallback)
         adapter_weights = None
     else:
         weights = hub_or_local(model, revision, bundle=bundle_weights, marker="config.json", what="model")

@@ -13,8 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmkit.core.challenge import TRACKS, Track
 from llmkit.core.errors import UsageError
 from llmkit.core.files import user_path
+from llmkit.core.memory import GIB
 from llmkit.core.models import is_hub_id, resolve_model
 
 LOG = logging.getLogger(__name__)
@@ -55,14 +57,35 @@ class Weights:
         return self.local_dir is not None
 
 
-def pipeline_weights(config: Path, overrides: dict | None = None, *, cpu_fallback: bool = False) -> Weights:
+def pipeline_weights(
+    config: Path, track: Track, overrides: dict | None = None, *, cpu_fallback: bool = False
+) -> Weights:
     """Train `config` (resuming a finished run is quick), merge the adapter, and return the merged model to bundle
-    (a full fine-tune's output_dir is the model itself); `cpu_fallback` is `train`'s."""
+    (a full fine-tune's output_dir is the model itself); `cpu_fallback` is `train`'s.
+
+    Raises:
+        SubmissionError: the plan puts the training over the memory of the track's GPU (`validate`'s memory table):
+            the challenge fine-tunes on one GPU of the track, so such a submission could not be reproduced there.
+    """
+    from llmkit.config.plan import plan
     from llmkit.config.schema import load_config
     from llmkit.merge.fold import merge_from_config
     from llmkit.train.run import train
 
     cfg = load_config(config, overrides)
+    training = plan(cfg)
+    for memory in training.memory:
+        if memory.track is TRACKS[track] and not memory.fits:
+            raise SubmissionError(
+                f"{config}: training needs about {memory.total / GIB:.1f} GiB per GPU by its plan, over the "
+                f"{memory.track.memory_gib} GiB of the {track.value} track's {memory.track.gpu}, on which the "
+                "challenge fine-tunes (`llmkit validate` shows the parts): lower micro_batch_size or sequence_len"
+                f"{'' if cfg.load_in_4bit else ', train QLoRA (load_in_4bit: true)'}, or submit to a track with more "
+                "memory"
+            )
+    for projection in training.training_time:
+        if projection.track == track and projection.fits is False:  # the throughput is a projection: said, not refused
+            LOG.warning("%s: %s", config, projection.sentence())
     LOG.info("Training %s into %s", config, cfg.output_dir)
     train(cfg, cpu_fallback=cpu_fallback)
     # a full fine-tune's output_dir is the model itself: nothing to merge

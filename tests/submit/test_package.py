@@ -12,6 +12,7 @@ import string
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -464,3 +465,19 @@ def test_rebuilding_over_a_number_says_it_replaces_that_submission(tmp_path, cap
     assert again == first and "Replacing" not in caplog.text  # the same files: kept as they are
     build_submission("A100", model=DEFAULT_MODEL_ID, revision="main", out_root=tmp_path, number=1, loading="nf4")
     assert f"Replacing {first}, which held another submission (its files differ from these)" in caplog.text
+
+
+def test_a_config_whose_training_does_not_fit_the_tracks_gpu_is_refused_before_it_trains(tmp_path):
+    """The challenge fine-tunes on one GPU of the track: Mistral-01 (QLoRA, 2 x 4096 tokens) needs about 28.8 GiB
+    by validate's plan, so a 4090 submission of it could not be reproduced. It went on to train (on whatever GPU
+    this machine has) and packaged a zip for the 4090."""
+    config = Path(__file__).parents[2] / "axolotl_configs" / "Mistral-01.yml"
+    with pytest.raises(SubmissionError) as caught:
+        build_submission("4090", config=str(config), out_root=tmp_path)
+    said = str(caught.value)
+    assert said.startswith(
+        f"{config}: training needs about 28.8 GiB per GPU by its plan, over the 23.6 GiB of the "
+        "4090 track's NVIDIA RTX 4090"
+    ), said
+    assert "load_in_4bit" not in said  # it is QLoRA already: lowering the batch or the length is what is left
+    assert not list(tmp_path.rglob("*.zip"))
