@@ -435,7 +435,14 @@ def served_problems(stage: list[Instruction], manifest: Manifest) -> list[str]:
             f"{at} --model {model}, but the Dockerfile downloads {source.id} ({MANIFEST_NAME}'s model), and "
             "HF_HUB_OFFLINE=1 leaves the server nothing else"
         )
-    elif revision is not None and revision != source.revision:
+    elif revision is None and source.revision is not None:
+        # without it the server loads whatever the image holds under the hub's main (the default's id: the embedded
+        # copy), and the RUN line below need not pin the download either
+        problems.append(
+            f"{at} --model {model} has no --revision, but {MANIFEST_NAME} pins {source.id} at revision "
+            f"{source.revision}: add --revision {source.revision}"
+        )
+    elif revision != source.revision:
         problems.append(
             f"{at} --revision {revision}, but the Dockerfile downloads {source.id} at {source.revision} "
             f"({MANIFEST_NAME}'s revision)"

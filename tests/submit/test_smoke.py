@@ -160,3 +160,31 @@ def test_the_smoke_test_runs_no_cmd_the_image_could_not(bundled_zip, tmp_path, r
         "SmokeError: the CMD would not run in the image: Dockerfile line "
     )
     assert said in result.detail, result.detail
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "said"),
+    [
+        (
+            ', "--revision", "main"',
+            "",
+            "has no --revision, but manifest.json pins HuggingFaceTB/SmolLM2-135M-Instruct",
+        ),
+        ('"--revision", "main"', '"--revision", "v2"', "CMD --revision v2, but the Dockerfile downloads"),
+    ],
+)
+def test_the_smoke_test_refuses_a_cmd_serving_another_revision_than_the_manifest_pins(
+    default_zips, tmp_path, rewrite_zip, old, new, said
+):
+    """A CMD without --revision passed verify and the smoke test while the manifest pinned one: the server would load
+    whatever the image holds under the hub's main (and the RUN line that downloads need not pin it)."""
+    zip_path = default_zips["4090"]
+    with zipfile.ZipFile(zip_path) as archive:
+        dockerfile = archive.read("Dockerfile").decode()
+    cmd = next(line for line in dockerfile.splitlines() if line.startswith("CMD ["))
+    assert old in cmd
+    edited = dockerfile.replace(cmd, cmd.replace(old, new))
+    zip_path = rewrite_zip(zip_path, tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
+    [result] = run_smoke(zip_path, docker=False).results
+    assert not result.ok and result.detail.startswith("SmokeError: the CMD would not run in the image: ")
+    assert said in result.detail, result.detail

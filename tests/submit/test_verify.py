@@ -658,6 +658,14 @@ def _edited_cmd(zip_path, tmp_path, rewrite_zip, old: str, new: str):
         ),
         (False, '"--revision", "', '"--revision", "v2', "--revision v2"),
         (
+            False,
+            ', "--revision", "main"',
+            "",
+            "--model HuggingFaceTB/SmolLM2-135M-Instruct has no --revision, but manifest.json pins "
+            "HuggingFaceTB/SmolLM2-135M-Instruct at revision main: add --revision main",
+        ),
+        (False, '"--revision", "main"', '"--revision=main"', None),
+        (
             True,
             '"/opt/venv/bin/python", "-m"',
             '"python", "-m"',
