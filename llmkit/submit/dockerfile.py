@@ -29,7 +29,8 @@ def parse_dockerfile(text: str) -> list[Instruction]:
     """Instructions in order, read by dockerfile-parse: comments dropped, continuation lines joined (no heredocs).
 
     Raises:
-        DockerfileError: the last instruction ends in a line continuation (docker build refuses it).
+        DockerfileError: the last instruction ends in a line continuation, or a COPY/ADD's JSON array holds other
+            than strings (docker build refuses both).
     """
     parser = DockerfileParser(fileobj=io.BytesIO(text.encode()))
     instructions = [
@@ -41,6 +42,9 @@ def parse_dockerfile(text: str) -> list[Instruction]:
     written = [(number, line) for number, line in enumerate(lines, 1) if line and not line.startswith("#")]
     if written and written[-1][1].endswith("\\"):  # dockerfile-parse drops such an instruction without a word
         raise DockerfileError(f"line {written[-1][0]}: the instruction ends in a line continuation")
+    for inst in instructions:  # BuildKit's parser refuses a COPY/ADD JSON array of other than strings
+        if inst.keyword in ("COPY", "ADD"):
+            copy_line(inst)
     return instructions
 
 
@@ -116,36 +120,75 @@ def image_path(instructions: list[Instruction], before: Instruction, path: str) 
     return posixpath.normpath(posixpath.join(workdir, path))
 
 
+@dataclass(frozen=True)
+class CopyLine:
+    """A COPY/ADD line as Docker reads it (`copy_line`)."""
+
+    instruction: Instruction
+    flags: dict[str, str]  # --from, --chown, --chmod, --link, --parents...: the value after `=`, "" for none
+    sources: list[str]  # as written
+    destination: str | None  # None where the line names fewer than two paths (docker build refuses it)
+
+
+# A flag word at the start of a COPY/ADD line: `--name` or `--name=value` (BuildKit reads only this form).
+_COPY_FLAG = re.compile(r"\s*--([^\s=]*)(?:=(\S*))?(?=\s|$)")
+
+
+def copy_line(inst: Instruction) -> CopyLine:
+    """A COPY/ADD line's flags, sources and destination, by BuildKit's parser: the `--` words at its start are flags
+    (a lone `--` ends them); the rest is a JSON array of strings where it parses as one, and otherwise (a line that
+    starts with `[` but is not valid JSON too: `['a', 'b']`) words split at whitespace, each a path. The one reader of
+    COPY/ADD lines: verify's build context and the image's folders both come from it.
+
+    Raises:
+        DockerfileError: the rest is a JSON array holding something other than a string (docker build refuses it).
+    """
+    flags, rest = {}, inst.value
+    while match := _COPY_FLAG.match(rest):
+        rest = rest[match.end() :]
+        if not match.group(1):  # `--`: what follows is paths
+            break
+        flags[f"--{match.group(1)}"] = match.group(2) or ""
+    try:  # Go's JSON has no NaN or Infinity: such a line is not JSON to Docker
+        words = json.loads(rest, parse_constant=_not_json) if rest.lstrip().startswith("[") else None
+    except ValueError:
+        words = None
+    if words is None:
+        words = rest.split()
+    elif not all(isinstance(word, str) for word in words):
+        raise DockerfileError(f"line {inst.line}: {inst.keyword}'s JSON array holds a value that is not a string")
+    return CopyLine(inst, flags, words[:-1], words[-1] if len(words) > 1 else None)
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(constant)
+
+
+def context_copies(stage: list[Instruction]) -> Iterator[CopyLine]:
+    """The COPY/ADD lines of `stage` that copy from the build context (not --from another stage or image), with at
+    least one source."""
+    for inst in stage:
+        if inst.keyword in ("COPY", "ADD"):
+            line = copy_line(inst)
+            if "--from" not in line.flags and line.destination is not None:
+                yield line
+
+
 def copy_targets(stage: list[Instruction]) -> list[tuple[str, str, Instruction]]:
     """(source in the build context, folder or file in the image, the line) of each COPY/ADD of the stage from the
     context (not --from another stage), a source's trailing slash dropped."""
     targets = []
-    for inst in stage:
-        if inst.keyword not in ("COPY", "ADD"):
-            continue
-        words = _json_list(inst.value) if inst.value.startswith("[") else inst.value.split()
-        if any(word.startswith("--from") for word in words):
-            continue
-        paths = [word for word in words if not word.startswith("--")]
-        if len(paths) < 2:
-            continue
-        destination = image_path(stage, inst, paths[-1])
+    for line in context_copies(stage):
+        paths = [*line.sources, line.destination]
+        destination = image_path(stage, line.instruction, paths[-1])
         for source in paths[:-1]:
             source = posixpath.normpath(source.lstrip("/"))
             # `COPY a b/` puts a file a in b/a; a folder's contents land in b itself
             into = destination
             if paths[-1].endswith("/") and not source.endswith("/") and len(paths) > 2:
                 into = posixpath.join(destination, posixpath.basename(source))
-            targets.append((source, into, inst))
+            targets.append((source, into, line.instruction))
     return targets
-
-
-def _json_list(text: str) -> list[str]:
-    try:
-        words = json.loads(text)
-    except json.JSONDecodeError:
-        return text.split()
-    return [str(word) for word in words] if isinstance(words, list) else []
 
 
 def venv_pythons(stage: list[Instruction]) -> set[str]:

@@ -46,6 +46,7 @@ from llmkit.submit.dockerfile import (
     Instruction,
     arg_names,
     cmd_words,
+    context_copies,
     copy_targets,
     dockerignored,
     env_vars,
@@ -520,17 +521,11 @@ def _json(text: str) -> object:
 def _context_sources(instructions: list[Instruction]) -> Iterator[tuple[Instruction, str, str | None]]:
     """(instruction, source as written, its path in the build context) of every COPY/ADD from the context; the path
     is None where it cannot be known here (a build variable, a URL)."""
-    for inst in instructions:
-        if inst.keyword not in ("COPY", "ADD"):
-            continue
-        words = _json(inst.value) if inst.value.startswith("[") else inst.value.split()
-        words = [str(word) for word in words] if isinstance(words, list) else []
-        if any(word.startswith("--from") for word in words):
-            continue  # another stage's or image's files, not the zip's
-        for source in [word for word in words if not word.startswith("--")][:-1]:
+    for line in context_copies(instructions):
+        for source in line.sources:
             unknown = "$" in source or "://" in source
             # the context's root is `/`; `../` leaves it
-            yield inst, source, None if unknown else posixpath.normpath("./" + source.lstrip("/"))
+            yield line.instruction, source, None if unknown else posixpath.normpath("./" + source.lstrip("/"))
 
 
 def _copy_sources(instructions: list[Instruction], context: BuildContext) -> list[str]:
