@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import posixpath
 import re
@@ -192,9 +193,82 @@ def copy_targets(stage: list[Instruction]) -> list[tuple[str, str, Instruction]]
 
 
 def venv_pythons(stage: list[Instruction]) -> set[str]:
-    """The interpreters the stage's RUN lines create: `<venv>/bin/python`, `python3` (and `python3.X` where `uv
-    venv --python 3.X...` says which) of each `uv venv [--python V] DIR` or `python -m venv DIR`."""
+    """The interpreters the stage's RUN lines create: `<env>/bin/python`, `python3` (and `python3.X` where the
+    line says which) of each environment a RUN line makes: `uv venv [--python V] [DIR]`, `python[3.X] -m venv DIR`
+    (or `-m virtualenv`), `virtualenv [-p V] DIR`, `conda create -p DIR` (mamba, micromamba; `conda env create`),
+    and `conda create -n NAME`, in the conda root's envs/ (ENV CONDA_DIR or MAMBA_ROOT_PREFIX, else /opt/conda:
+    the miniconda, miniforge and pytorch images' root). Another form (pip install --target, a venv copied from
+    another stage) makes none: a stage without one has its CMD's python taken on trust."""
     pythons = set()
+    try:
+        env = env_vars(stage)
+    except DockerfileError:  # an unclosed quote: the ENV check says so
+        env = {}
+    conda_root = env.get("CONDA_DIR") or env.get("MAMBA_ROOT_PREFIX") or "/opt/conda"
+    for inst in stage:
+        if inst.keyword != "RUN":
+            continue
+        try:
+            words = shlex.split(inst.value)
+        except ValueError:
+            words = inst.value.split()
+        for i in range(len(words)):
+            made = _environment_at(words, i)
+            if made is None:
+                continue
+            folder, version = made
+            if folder.startswith("envs/"):  # conda -n NAME
+                folder = posixpath.join(conda_root, folder)
+            bin_dir = posixpath.join(image_path(stage, inst, folder), "bin")
+            pythons |= {f"{bin_dir}/python", f"{bin_dir}/python3"}
+            if version and (match := re.search(r"(\d+\.\d+)", version)):
+                pythons.add(f"{bin_dir}/python{match.group(1)}")
+    return pythons
+
+
+_SHELL_SEPARATORS = ("&&", "||", ";", "|", "then", "do", "else")
+# Options of the environment makers that take a value (the rest are flags): the python, or what names the folder.
+_VALUE_OPTIONS = {"--python", "-p", "--prompt", "--seeder", "--activators", "-f", "--file", "-c", "--channel"}
+
+
+def _environment_at(words: list[str], i: int) -> tuple[str, str | None] | None:
+    """(the folder, the python version or None) of the environment the command at `words[i]` makes, or None where
+    it makes none. Conda's `-n NAME` is given as envs/NAME."""
+    word, before = words[i], words[i - 1] if i else "&&"
+    name = PurePosixPath(word).name
+    command_start = before in _SHELL_SEPARATORS
+    if word == "venv" and i > 0 and PurePosixPath(before).name == "uv":
+        return _folder_and_python(words[i + 1 :], default=".venv")
+    if word in ("venv", "virtualenv") and before == "-m" and i > 1:  # python3.11 -m venv: that python's version
+        folder, version = _folder_and_python(words[i + 1 :], default=None) or (None, None)
+        interpreter = re.fullmatch(r"python(\d+\.\d+)", PurePosixPath(words[i - 2]).name)
+        return (folder, version or (interpreter and interpreter.group(1))) if folder else None
+    if name == "virtualenv" and command_start:
+        return _folder_and_python(words[i + 1 :], default=None)
+    if name in ("conda", "mamba", "micromamba") and command_start:
+        rest = words[i + 1 :]
+        rest = rest[1:] if rest[:1] == ["env"] else rest
+        if rest[:1] != ["create"]:
+            return None
+        folder, python = None, None
+        options = iter(rest[1:])
+        for option in options:
+            if option in _SHELL_SEPARATORS:
+                break
+            key, equals, value = option.partition("=")
+            if key in ("-p", "--prefix", "-n", "--name"):
+                value = value if equals else next(options, "")
+                folder = value if key in ("-p", "--prefix") else folder or f"envs/{value}"
+            elif option.startswith("python="):  # the package spec python=3.11
+                python = option.partition("=")[2]
+        return (folder, python) if folder else None
+    return None
+
+
+def requirement_targets(stage: list[Instruction]) -> list[tuple[str, Instruction]]:
+    """(folder, line) of each `pip install --target DIR -r FILE` (`uv pip` too, `-t DIR`, `--target=DIR`) of the
+    stage: the server's packages in a folder of their own, which its python finds only through PYTHONPATH."""
+    targets = []
     for inst in stage:
         if inst.keyword != "RUN":
             continue
@@ -203,25 +277,33 @@ def venv_pythons(stage: list[Instruction]) -> set[str]:
         except ValueError:
             words = inst.value.split()
         for i, word in enumerate(words):
-            uv = word == "venv" and i > 0 and PurePosixPath(words[i - 1]).name == "uv"
-            module = word == "venv" and i > 1 and words[i - 1] == "-m"
-            if not (uv or module):
+            if word != "install" or i == 0 or not re.fullmatch(r"pip[\d.]*", PurePosixPath(words[i - 1]).name):
                 continue
-            folder, version, rest = ".venv", None, iter(words[i + 1 :])
-            for option in rest:
-                if option in ("&&", "||", ";", "|"):
-                    break
-                if option in ("--python", "-p", "--prompt") or option.startswith(("--python=", "--prompt=")):
-                    value = option.partition("=")[2] or next(rest, "")
-                    version = value if option.startswith(("--python", "-p")) else version
-                elif not option.startswith("-"):
-                    folder = option
-                    break
-            bin_dir = posixpath.join(image_path(stage, inst, folder), "bin")
-            pythons |= {f"{bin_dir}/python", f"{bin_dir}/python3"}
-            if version and (match := re.match(r"(\d+\.\d+)", version)):
-                pythons.add(f"{bin_dir}/python{match.group(1)}")
-    return pythons
+            command = list(itertools.takewhile(lambda w: w not in _SHELL_SEPARATORS, words[i + 1 :]))
+            reads_requirements = any(w in ("-r", "--requirement") or w.startswith("--requirement=") for w in command)
+            for j, option in enumerate(command):
+                key, equals, value = option.partition("=")
+                if key in ("--target", "-t") and reads_requirements:
+                    folder = value if equals else (command[j + 1] if j + 1 < len(command) else "")
+                    targets.append((image_path(stage, inst, folder), inst))
+    return targets
+
+
+def _folder_and_python(options: list[str], default: str | None) -> tuple[str, str | None] | None:
+    """The folder (the first word that is no option) and --python/-p value among a venv command's `options`, up to
+    the shell's next command; the `default` folder where it names none (None: it makes no environment)."""
+    folder, version, rest = default, None, iter(options)
+    for option in rest:
+        if option in _SHELL_SEPARATORS:
+            break
+        key, equals, value = option.partition("=")
+        if key in _VALUE_OPTIONS:
+            value = value if equals else next(rest, "")
+            version = value if key in ("--python", "-p") else version
+        elif not option.startswith("-"):
+            folder = option
+            break
+    return (folder, version) if folder else None
 
 
 def env_vars(instructions: list[Instruction]) -> dict[str, str]:

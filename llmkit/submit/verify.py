@@ -55,6 +55,7 @@ from llmkit.submit.dockerfile import (
     flag_values,
     last,
     parse_dockerfile,
+    requirement_targets,
     venv_pythons,
 )
 from llmkit.submit.imports import run_time_imports
@@ -492,12 +493,23 @@ def _check_copied(at: str, flag: str, path: str, folder: str, copies: list[tuple
 def _check_interpreter(stage: list[Instruction], program: str, manifest: Manifest, at: str) -> list[str]:
     """The CMD's program is the interpreter of a venv the Dockerfile makes, where it makes one (the packages are
     there): by its path, or named bare, one on ENV PATH (vLLM's image: its own python3, which the generated
-    Dockerfile installs into). Without a venv, a base image's python is taken on trust."""
+    Dockerfile installs into). Without a venv, a base image's python is taken on trust, but for the folder pip
+    installs the requirements to with --target, which PYTHONPATH must name."""
     from llmkit.submit.image import image_python
 
     pythons = venv_pythons(stage)
-    if not pythons:
-        return []  # no venv: its packages go to an interpreter of the base image, which cannot be read here
+    if not pythons:  # no venv: its packages go to an interpreter of the base image, which cannot be read here
+        try:
+            env = env_vars(stage)
+        except DockerfileError:  # an unclosed quote: the ENV check says so
+            env = {}
+        path = {posixpath.normpath(folder) for folder in env.get("PYTHONPATH", "").split(":") if folder}
+        return [
+            f"Dockerfile line {inst.line}: pip installs the requirements to {folder} (--target), which ENV "
+            f"PYTHONPATH does not name: {program} would not find the server's packages"
+            for folder, inst in requirement_targets(stage)
+            if folder not in path
+        ]
     if "/" in program:
         if posixpath.normpath(program) in pythons:
             return []

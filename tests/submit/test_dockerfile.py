@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from llmkit.submit.dockerfile import DockerfileError, copy_line, copy_targets, parse_dockerfile
+from llmkit.submit.dockerfile import DockerfileError, copy_line, copy_targets, parse_dockerfile, venv_pythons
 from llmkit.submit.verify import verify_submission
 
 
@@ -82,3 +82,77 @@ def test_verify_reads_copy_lines_as_docker_does(bundled_zip, tmp_path, rewrite_z
     docker build fails on it), and a JSON form after flags as whitespace words (`["model/",` was not in the zip)."""
     problems = verify_submission(_with_dockerfile(bundled_zip, tmp_path, rewrite_zip, old, new), lint=False)
     assert len(problems) == len(said) and all(s in p for p, s in zip(problems, said, strict=True)), problems
+
+
+@pytest.mark.parametrize(
+    ("run", "pythons"),
+    [
+        ("python3 -m venv /opt/venv && /opt/venv/bin/pip install -r requirements.txt", "/opt/venv python python3"),
+        ("python3.11 -m venv --system-site-packages /opt/venv", "/opt/venv python python3 python3.11"),
+        ("pip3 install virtualenv==20.24.0 && virtualenv /venv", "/venv python python3"),
+        ("virtualenv -p python3.10 venv", "/app/venv python python3 python3.10"),  # relative to the WORKDIR
+        ("python -m virtualenv --python=python3.12 /v", "/v python python3 python3.12"),
+        ("conda create -y -p /opt/env python=3.11", "/opt/env python python3 python3.11"),
+        ("micromamba create --prefix=/opt/mm -c conda-forge python=3.10", "/opt/mm python python3 python3.10"),
+        ("conda create -y -n llm python=3.11 && conda clean -a", "/opt/conda/envs/llm python python3 python3.11"),
+        ("conda env create -f environment.yml -n srv", "/opt/conda/envs/srv python python3"),
+        ("uv venv", "/app/.venv python python3"),
+        # no environment: a name inside the file, a package called virtualenv, packages in a folder
+        ("conda env create -f environment.yml", ""),
+        ("pip install virtualenv==20.24.0", ""),
+        ("pip install --target /opt/deps -r requirements.txt", ""),
+    ],
+)
+def test_the_environments_users_make_are_the_images_pythons(run, pythons):
+    """Only `uv venv` and `python -m venv` were read: a CMD running the python of a virtualenv or conda env was
+    taken on trust, whichever python it named."""
+    folder, *names = pythons.split() or [""]
+    stage = parse_dockerfile(f"FROM python:3.11\nWORKDIR /app\nRUN {run}\n")
+    assert venv_pythons(stage) == {f"{folder}/bin/{name}" for name in names}
+
+
+_ENVIRONMENT = "    && uv venv --python 3.11.18 /opt/venv \\\n    && uv pip install --python /opt/venv/bin/python "
+
+
+@pytest.mark.parametrize(
+    ("made", "python", "said"),
+    [
+        (
+            "    && uv pip install --system virtualenv==20.24.0 && virtualenv /venv && /venv/bin/pip install ",
+            "/venv/bin/python",
+            None,
+        ),
+        (
+            "    && uv pip install --system virtualenv==20.24.0 && virtualenv /venv && /venv/bin/pip install ",
+            "/usr/bin/python3",
+            "CMD runs /usr/bin/python3, but the Dockerfile installs /venv/bin/python, /venv/bin/python3",
+        ),
+        (
+            "    && conda create -y -p /opt/env python=3.11 && /opt/env/bin/pip install ",
+            "/opt/env/bin/python3.11",
+            None,
+        ),
+        (
+            "    && uv pip install --system --target /opt/deps ",
+            "python3",
+            "pip installs the requirements to /opt/deps (--target), which ENV PYTHONPATH does not name: python3 would "
+            "not find the server's packages",
+        ),
+        ("    && uv pip install --system --target /opt/deps ", "PYTHONPATH", None),
+    ],
+)
+def test_verify_checks_the_cmds_python_against_the_environment_the_dockerfile_makes(
+    bundled_zip, tmp_path, rewrite_zip, made, python, said
+):
+    """A virtualenv's or conda env's python was taken on trust (a CMD running the base image's python, without the
+    packages, passed), and a `pip install --target` folder that PYTHONPATH does not name as well."""
+    with zipfile.ZipFile(bundled_zip) as archive:
+        dockerfile = archive.read("Dockerfile").decode()
+    assert _ENVIRONMENT in dockerfile
+    edited = dockerfile.replace(_ENVIRONMENT, made)
+    if python == "PYTHONPATH":  # the folder on the path of a base image's python
+        edited, python = edited.replace("ENV HF_HUB_OFFLINE=1", "ENV HF_HUB_OFFLINE=1 PYTHONPATH=/opt/deps"), "python3"
+    edited = edited.replace('CMD ["/opt/venv/bin/python"', f'CMD ["{python}"')
+    zip_path = rewrite_zip(bundled_zip, tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
+    problems = verify_submission(zip_path, lint=False)
+    assert problems == ([] if said is None else [problems[0]]) and (said is None or said in problems[0]), problems
