@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
 import posixpath
 import re
 import shlex
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -43,10 +44,53 @@ def parse_dockerfile(text: str) -> list[Instruction]:
     written = [(number, line) for number, line in enumerate(lines, 1) if line and not line.startswith("#")]
     if written and written[-1][1].endswith("\\"):  # dockerfile-parse drops such an instruction without a word
         raise DockerfileError(f"line {written[-1][0]}: the instruction ends in a line continuation")
+    instructions = _substituted(instructions)
     for inst in instructions:  # BuildKit's parser refuses a COPY/ADD JSON array of other than strings
         if inst.keyword in ("COPY", "ADD"):
             copy_line(inst)
     return instructions
+
+
+# The instructions whose values the build reads with the stage's ENV and ARG values in place: Docker substitutes
+# them (RUN: its shell, which has them in its environment). CMD, ENTRYPOINT and HEALTHCHECK run later, and their
+# exec form is never substituted.
+_SUBSTITUTED = {"ADD", "ARG", "COPY", "ENV", "EXPOSE", "LABEL", "RUN", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR"}
+# `$NAME`, `${NAME}`, `${NAME:-word}`, `${NAME-word}`, `${NAME:+word}`, `${NAME+word}`; `\$` is a literal `$`.
+_VARIABLE = re.compile(r"\\\$|\$(?:\{(\w+)(?:(:?[-+])([^}]*))?\}|(\w+))")
+
+
+def _substituted(instructions: list[Instruction]) -> list[Instruction]:
+    """The instructions with each stage's ENV and ARG values (those with a default) in place where Docker puts them,
+    so `WORKDIR $APP_HOME`, `COPY model/ ${MODEL_DIR}/` and `RUN python -m venv $VIRTUAL_ENV` name their folders. A
+    variable the Dockerfile does not set (the base image's PATH, an ARG without a default) stays as written."""
+    result, variables = [], {}
+    for inst in instructions:
+        if inst.keyword == "FROM":  # a stage starts with none of another's
+            variables = {}
+        if inst.keyword in _SUBSTITUTED:
+            inst = Instruction(inst.keyword, substitute(inst.value, variables), inst.line)
+        if inst.keyword in ("ENV", "ARG"):
+            with contextlib.suppress(DockerfileError):  # an unclosed quote: the ENV check says so
+                variables |= {key: value for key, value in _assignments(inst).items() if value is not None}
+        result.append(inst)
+    return result
+
+
+def substitute(text: str, variables: Mapping[str, str]) -> str:
+    """`text` with the `variables` it names in place, as Docker's shell-word expansion does; others as written."""
+
+    def value(match: re.Match) -> str:
+        name = match.group(1) or match.group(4)
+        if name is None or name not in variables:
+            return match.group(0)
+        operator, word, found = match.group(2), match.group(3), variables[name]
+        if operator == ":-":
+            return found or word
+        if operator == ":+":
+            return word if found else ""
+        return word if operator == "+" else found  # `-`: NAME is set, so its value
+
+    return _VARIABLE.sub(value, text)
 
 
 def _one_line(content: str) -> str:
@@ -200,10 +244,7 @@ def venv_pythons(stage: list[Instruction]) -> set[str]:
     the miniconda, miniforge and pytorch images' root). Another form (pip install --target, a venv copied from
     another stage) makes none: a stage without one has its CMD's python taken on trust."""
     pythons = set()
-    try:
-        env = env_vars(stage)
-    except DockerfileError:  # an unclosed quote: the ENV check says so
-        env = {}
+    env = env_vars(stage, strict=False)
     conda_root = env.get("CONDA_DIR") or env.get("MAMBA_ROOT_PREFIX") or "/opt/conda"
     for inst in stage:
         if inst.keyword != "RUN":
@@ -306,23 +347,37 @@ def _folder_and_python(options: list[str], default: str | None) -> tuple[str, st
     return (folder, version) if folder else None
 
 
-def env_vars(instructions: list[Instruction]) -> dict[str, str]:
-    """ENV settings in order (`ENV K=V K2=V2` and the legacy `ENV K V`)."""
+def env_vars(instructions: list[Instruction], *, strict: bool = True) -> dict[str, str]:
+    """ENV settings in order (`ENV K=V K2=V2` and the legacy `ENV K V`).
+
+    Args:
+        strict: raise on an ENV line that cannot be read; else skip it (the ENV check reports it).
+    """
     env: dict[str, str] = {}
     for inst in instructions:
-        if inst.keyword != "ENV":
-            continue
-        try:
-            words = shlex.split(inst.value)
-        except ValueError as err:  # an unclosed quote: docker build refuses it too
-            raise DockerfileError(f"line {inst.line}: ENV {inst.value}: {err}") from None
-        if words and "=" not in words[0]:
-            env[words[0]] = " ".join(words[1:])
-            continue
-        for word in words:
-            key, _, value = word.partition("=")
-            env[key] = value
+        if inst.keyword == "ENV":
+            try:
+                env |= _assignments(inst)
+            except DockerfileError:
+                if strict:
+                    raise
     return env
+
+
+def _assignments(inst: Instruction) -> dict[str, str | None]:
+    """What an ENV or ARG line sets: `K=V K2=V2`, ENV's legacy `K V`; an ARG without a default: None.
+
+    Raises:
+        DockerfileError: an unclosed quote (docker build refuses it too).
+    """
+    try:
+        words = shlex.split(inst.value)
+    except ValueError as err:
+        raise DockerfileError(f"line {inst.line}: {inst.keyword} {inst.value}: {err}") from None
+    if inst.keyword == "ENV" and words and "=" not in words[0]:
+        return {words[0]: " ".join(words[1:])}
+    pairs = (word.partition("=") for word in words)
+    return {key: value if equals or inst.keyword == "ENV" else None for key, equals, value in pairs}
 
 
 def arg_names(instructions: list[Instruction]) -> list[str]:

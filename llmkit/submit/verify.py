@@ -499,11 +499,8 @@ def _check_interpreter(stage: list[Instruction], program: str, manifest: Manifes
 
     pythons = venv_pythons(stage)
     if not pythons:  # no venv: its packages go to an interpreter of the base image, which cannot be read here
-        try:
-            env = env_vars(stage)
-        except DockerfileError:  # an unclosed quote: the ENV check says so
-            env = {}
-        path = {posixpath.normpath(folder) for folder in env.get("PYTHONPATH", "").split(":") if folder}
+        python_path = env_vars(stage, strict=False).get("PYTHONPATH", "")
+        path = {posixpath.normpath(folder) for folder in python_path.split(":") if folder}
         return [
             f"Dockerfile line {inst.line}: pip installs the requirements to {folder} (--target), which ENV "
             f"PYTHONPATH does not name: {program} would not find the server's packages"
@@ -514,7 +511,7 @@ def _check_interpreter(stage: list[Instruction], program: str, manifest: Manifes
         if posixpath.normpath(program) in pythons:
             return []
     else:
-        path = env_vars(stage).get("PATH", "").split(":")
+        path = env_vars(stage, strict=False).get("PATH", "").split(":")
         on_path = {posixpath.join(folder, program) for folder in path if folder}
         if on_path & pythons or (manifest.engine is EngineName.vllm and program == image_python(manifest.engine)):
             return []

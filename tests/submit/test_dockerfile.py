@@ -156,3 +156,64 @@ def test_verify_checks_the_cmds_python_against_the_environment_the_dockerfile_ma
     zip_path = rewrite_zip(bundled_zip, tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
     problems = verify_submission(zip_path, lint=False)
     assert problems == ([] if said is None else [problems[0]]) and (said is None or said in problems[0]), problems
+
+
+def test_env_and_arg_values_are_substituted_where_docker_substitutes_them():
+    stage = parse_dockerfile(
+        "ARG BASE=python:3.11\n"
+        "FROM $BASE\n"
+        "ARG APP_HOME=/srv/app\n"
+        "ARG UNSET\n"
+        "ENV MODEL_DIR=${APP_HOME}/model VIRTUAL_ENV=/opt/venv\n"
+        'ENV PATH="$VIRTUAL_ENV/bin:$PATH" OTHER=${UNSET:-/x} ESCAPED=\\$APP_HOME\n'
+        "WORKDIR $APP_HOME\n"
+        "RUN python -m venv $VIRTUAL_ENV\n"
+        "COPY model/ ${MODEL_DIR}/\n"
+        'CMD ["python", "-m", "llmkit.server", "--model", "$MODEL_DIR"]\n'
+    )
+    assert [inst.value for inst in stage[5:]] == [
+        'PATH="/opt/venv/bin:$PATH" OTHER=${UNSET:-/x} ESCAPED=\\$APP_HOME',  # what the build does not set: as written
+        "/srv/app",
+        "python -m venv /opt/venv",
+        "model/ /srv/app/model/",
+        '["python", "-m", "llmkit.server", "--model", "$MODEL_DIR"]',  # exec form: never substituted
+    ]
+    assert venv_pythons(stage) == {"/opt/venv/bin/python", "/opt/venv/bin/python3"}
+    assert copy_targets(stage) == [("model", "/srv/app/model", stage[8])]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (
+            "COPY model/ /opt/model/",
+            "ARG MODEL_HOME=/opt\nENV MODEL_DIR=${MODEL_HOME}/model\nCOPY model/ ${MODEL_DIR}/",
+        ),
+        (_ENVIRONMENT, "    && uv venv --python 3.11.18 $VENV \\\n    && uv pip install --python $VENV/bin/python "),
+    ],
+)
+def test_verify_reads_paths_through_the_dockerfiles_variables(bundled_zip, tmp_path, rewrite_zip, old, new):
+    """A COPY to ${MODEL_DIR}/ was said to copy the bundled model to /app/${MODEL_DIR}, and `python -m venv $VENV`
+    to make /app/$VENV/bin/python: both refused, though docker build puts them where the CMD looks."""
+    with zipfile.ZipFile(bundled_zip) as archive:
+        dockerfile = archive.read("Dockerfile").decode()
+    assert old in dockerfile
+    edited = dockerfile.replace(old, new).replace("WORKDIR /app\n", "ENV VENV=/opt/venv\nWORKDIR /app\n")
+    if old == _ENVIRONMENT:  # the venv's python by ENV PATH, written with the variable
+        edited = edited.replace('CMD ["/opt/venv/bin/python"', 'CMD ["python"')
+        edited = edited.replace("ENV HF_HUB_OFFLINE=1", 'ENV HF_HUB_OFFLINE=1 PATH="$VENV/bin:$PATH"')
+    zip_path = rewrite_zip(bundled_zip, tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
+    assert verify_submission(zip_path, lint=False) == []
+
+
+def test_an_env_line_that_cannot_be_read_is_reported_once_not_a_traceback(bundled_zip, tmp_path, rewrite_zip):
+    """The CMD's python named bare was looked up on ENV PATH by reading every ENV line, which raised out of
+    verify_submission on an unclosed quote (DockerfileError traceback)."""
+    with zipfile.ZipFile(bundled_zip) as archive:
+        dockerfile = archive.read("Dockerfile").decode()
+    edited = dockerfile.replace('CMD ["/opt/venv/bin/python"', 'CMD ["python"').replace(
+        "ENV HF_HUB_OFFLINE=1", 'ENV HF_HUB_OFFLINE=1 PATH=/opt/venv/bin:$PATH\nENV A="x'
+    )
+    zip_path = rewrite_zip(bundled_zip, tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
+    [problem] = verify_submission(zip_path, lint=False)
+    assert problem.startswith("Dockerfile: line ") and 'ENV A="x: No closing quotation' in problem, problem
