@@ -153,9 +153,9 @@ def flag_values(command: list[str], flag: str) -> list[str]:
     return [value for name, value in cmd_words(command, {flag}) if name == flag]
 
 
-def image_path(instructions: list[Instruction], before: Instruction, path: str) -> str:
-    """`path` as the image resolves it at `before`: relative to the last WORKDIR above it, normalised, no slash
-    at its end."""
+def image_path(instructions: list[Instruction], before: Instruction | None, path: str) -> str:
+    """`path` as the image resolves it at `before` (None: when the container runs): relative to the last WORKDIR
+    above it, normalised, no slash at its end."""
     workdir = "/"
     for inst in instructions:
         if inst is before:

@@ -53,6 +53,7 @@ from llmkit.submit.dockerfile import (
     exec_form,
     final_stage,
     flag_values,
+    image_path,
     last,
     parse_dockerfile,
     requirement_targets,
@@ -431,7 +432,7 @@ def served_problems(stage: list[Instruction], manifest: Manifest) -> list[str]:
     if model is None:
         problems.append(f"{at} names no --model; {MANIFEST_NAME} serves {source.id}")
     elif source.bundled:
-        problems += _check_copied(at, "--model", model, ZIP_MODEL_DIR, copies)
+        problems += _check_copied(at, "--model", model, ZIP_MODEL_DIR, copies, stage)
     elif model != source.id:
         problems.append(
             f"{at} --model {model}, but the Dockerfile downloads {source.id} ({MANIFEST_NAME}'s model), and "
@@ -460,7 +461,7 @@ def served_problems(stage: list[Instruction], manifest: Manifest) -> list[str]:
     for value in adapters if manifest.adapter is not None else []:
         path = value.partition("=")[2] or value  # NAME=DIR or DIR
         if manifest.adapter.bundled:
-            problems += _check_copied(at, "--adapter", path, ZIP_ADAPTER_DIR, copies)
+            problems += _check_copied(at, "--adapter", path, ZIP_ADAPTER_DIR, copies, stage)
         else:
             downloaded = [
                 m.group(1) for run in runs if _names(run, manifest.adapter.id) for m in _LOCAL_DIR.finditer(run)
@@ -481,12 +482,19 @@ def _names(run: str, value: str) -> bool:
     return re.search(rf"(?<![\w./-]){re.escape(value)}(?![\w./-])", run) is not None
 
 
-def _check_copied(at: str, flag: str, path: str, folder: str, copies: list[tuple[str, str, Instruction]]) -> list[str]:
-    """The CMD's `flag path` is where a COPY puts the zip's bundled `folder`."""
-    targets = [target for source, target, _ in copies if source == folder]
-    if posixpath.normpath(path) in targets:
+def _check_copied(
+    at: str, flag: str, path: str, folder: str, copies: list[tuple[str, str, Instruction]], stage: list[Instruction]
+) -> list[str]:
+    """The CMD's `flag path` (relative: to the stage's last WORKDIR, where the server starts) is where a COPY puts
+    the zip's bundled `folder`: copied itself, or inside a folder copied whole (`COPY . /workspace`)."""
+    targets = {
+        posixpath.normpath(posixpath.join(target, posixpath.relpath(folder, source))): inst
+        for source, target, inst in copies
+        if source in (".", folder) or folder.startswith(source + "/")
+    }
+    if image_path(stage, None, path) in targets:
         return []
-    where = ", ".join(f"{target} (line {inst.line})" for source, target, inst in copies if source == folder)
+    where = ", ".join(f"{target} (line {inst.line})" for target, inst in targets.items())
     return [f"{at} {flag} {path}, but the Dockerfile copies the bundled {folder}/ to {where or 'no folder'}"]
 
 

@@ -217,3 +217,25 @@ def test_an_env_line_that_cannot_be_read_is_reported_once_not_a_traceback(bundle
     zip_path = rewrite_zip(bundled_zip, tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
     [problem] = verify_submission(zip_path, lint=False)
     assert problem.startswith("Dockerfile: line ") and 'ENV A="x: No closing quotation' in problem, problem
+
+
+@pytest.mark.parametrize(
+    ("copy", "served", "said"),
+    [
+        ("COPY . /workspace/", "/workspace/model", None),
+        ("COPY . .", "./model", None),  # relative to the WORKDIR the server starts in (/app)
+        ("COPY . .", "model/", None),
+        ("COPY . /workspace/", "/app/model", "copies the bundled model/ to /workspace/model (line "),
+    ],
+)
+def test_a_bundled_model_copied_inside_its_parent_folder_is_where_the_cmd_serves_it(
+    bundled_zip, tmp_path, rewrite_zip, copy, served, said
+):
+    """`COPY . /workspace` (the 2023 submissions' way) put model/ at /workspace/model, but verify looked only for a
+    COPY of model/ itself ('copies the bundled model/ to no folder'), and read a relative --model as written."""
+    with zipfile.ZipFile(bundled_zip) as archive:
+        dockerfile = archive.read("Dockerfile").decode()
+    edited = dockerfile.replace("COPY model/ /opt/model/", copy).replace('"/opt/model"', f'"{served}"')
+    zip_path = rewrite_zip(bundled_zip, tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
+    problems = verify_submission(zip_path, lint=False)
+    assert problems == ([] if said is None else [problems[0]]) and (said is None or said in problems[0]), problems
