@@ -220,19 +220,19 @@ def context_copies(stage: list[Instruction]) -> Iterator[CopyLine]:
 
 
 def copy_targets(stage: list[Instruction]) -> list[tuple[str, str, Instruction]]:
-    """(source in the build context, folder or file in the image, the line) of each COPY/ADD of the stage from the
-    context (not --from another stage), a source's trailing slash dropped."""
+    """(source in the build context, the folder a source folder's contents land in, the line) of each COPY/ADD of
+    the stage from the context (not --from another stage). Docker copies a folder's contents, not the folder, into
+    the destination, however many sources the line names; with --parents, into the destination under the source's
+    path (from a `/./` in it, where it has one)."""
     targets = []
     for line in context_copies(stage):
-        paths = [*line.sources, line.destination]
-        destination = image_path(stage, line.instruction, paths[-1])
-        for source in paths[:-1]:
-            source = posixpath.normpath(source.lstrip("/"))
-            # `COPY a b/` puts a file a in b/a; a folder's contents land in b itself
+        destination = image_path(stage, line.instruction, line.destination)
+        for source in line.sources:
             into = destination
-            if paths[-1].endswith("/") and not source.endswith("/") and len(paths) > 2:
-                into = posixpath.join(destination, posixpath.basename(source))
-            targets.append((source, into, line.instruction))
+            if "--parents" in line.flags:
+                kept = source.split("/./", 1)[1] if "/./" in source else source
+                into = posixpath.normpath(posixpath.join(destination, kept.lstrip("/")))
+            targets.append((posixpath.normpath(source.lstrip("/")), into, line.instruction))
     return targets
 
 

@@ -239,3 +239,26 @@ def test_a_bundled_model_copied_inside_its_parent_folder_is_where_the_cmd_serves
     zip_path = rewrite_zip(bundled_zip, tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
     problems = verify_submission(zip_path, lint=False)
     assert problems == ([] if said is None else [problems[0]]) and (said is None or said in problems[0]), problems
+
+
+@pytest.mark.parametrize(
+    ("copy", "said"),
+    [
+        ("COPY requirements.txt model/ /opt/model/", None),  # model/'s files land in /opt/model itself
+        ("COPY requirements.txt model /opt/", "copies the bundled model/ to /opt (line "),
+        ("# syntax=docker/dockerfile:1.7-labs\nCOPY --parents model /opt/", None),
+        ("COPY --parents ./model /opt/model/", "copies the bundled model/ to /opt/model/model (line "),
+    ],
+)
+def test_a_folder_among_several_sources_puts_its_files_in_the_destination(
+    bundled_zip, tmp_path, rewrite_zip, copy, said
+):
+    """With more than one source and a destination ending in /, a folder was taken to land in the destination
+    under its own name, as a file does: `COPY requirements.txt model /opt/` passed for --model /opt/model (docker
+    build puts model/'s files in /opt), and `COPY requirements.txt model/ /opt/model/` was refused."""
+    with zipfile.ZipFile(bundled_zip) as archive:
+        dockerfile = archive.read("Dockerfile").decode()
+    edited = dockerfile.replace("COPY model/ /opt/model/", copy)
+    zip_path = rewrite_zip(bundled_zip, tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
+    problems = verify_submission(zip_path, lint=False)
+    assert problems == ([] if said is None else [problems[0]]) and (said is None or said in problems[0]), problems
