@@ -433,11 +433,14 @@ def served_problems(stage: list[Instruction], manifest: Manifest) -> list[str]:
         problems.append(f"{at} names no --model; {MANIFEST_NAME} serves {source.id}")
     elif source.bundled:
         problems += _check_copied(at, "--model", model, ZIP_MODEL_DIR, copies, stage)
-    elif model != source.id:
-        problems.append(
-            f"{at} --model {model}, but the Dockerfile downloads {source.id} ({MANIFEST_NAME}'s model), and "
-            "HF_HUB_OFFLINE=1 leaves the server nothing else"
-        )
+    elif model != source.id:  # or a folder a RUN line downloads the manifest's model into, at its revision
+        folders = _download_folders(stage, source.id, source.revision)
+        if image_path(stage, None, model) not in folders:
+            into = f" into {', '.join(folders)}" if folders else ""
+            problems.append(
+                f"{at} --model {model}, but the Dockerfile downloads {source.id} ({MANIFEST_NAME}'s model){into}, "
+                "and HF_HUB_OFFLINE=1 leaves the server nothing else"
+            )
     elif revision is None and source.revision is not None:
         # without it the server loads whatever the image holds under the hub's main (the default's id: the embedded
         # copy), and the RUN line below need not pin the download either
@@ -463,10 +466,8 @@ def served_problems(stage: list[Instruction], manifest: Manifest) -> list[str]:
         if manifest.adapter.bundled:
             problems += _check_copied(at, "--adapter", path, ZIP_ADAPTER_DIR, copies, stage)
         else:
-            downloaded = [
-                m.group(1) for run in runs if _names(run, manifest.adapter.id) for m in _LOCAL_DIR.finditer(run)
-            ]
-            if posixpath.normpath(path) not in {posixpath.normpath(folder) for folder in downloaded}:
+            downloaded = _download_folders(stage, manifest.adapter.id)
+            if image_path(stage, None, path) not in downloaded:
                 problems.append(
                     f"{at} --adapter {value}, but the Dockerfile downloads {manifest.adapter.id} to "
                     f"{', '.join(downloaded) or 'no folder'}"
@@ -474,7 +475,23 @@ def served_problems(stage: list[Instruction], manifest: Manifest) -> list[str]:
     return problems
 
 
-_LOCAL_DIR = re.compile(r"local_dir\s*=\s*[\"']([^\"']+)[\"']")  # snapshot_download's target folder
+# The folder a download goes to: snapshot_download's local_dir=, `huggingface-cli download`'s (or `hf download`'s)
+# --local-dir.
+_LOCAL_DIR = re.compile(r"local_dir\s*=\s*[\"']([^\"']+)[\"']|--local-dir(?:=|\s+)[\"']?([^\s\"']+)")
+
+
+def _download_folders(stage: list[Instruction], hub_id: str, revision: str | None = None) -> list[str]:
+    """The folders in the image that the stage's RUN lines download `hub_id` into (at `revision`, where given), each
+    resolved from the WORKDIR of its line: the folder of a command (between `&&`, `||`, `;`) naming them, not of
+    another download in the same line."""
+    return [
+        image_path(stage, inst, match.group(1) or match.group(2))
+        for inst in stage
+        if inst.keyword == "RUN"
+        for command in re.split(r"&&|\|\||;", inst.value)
+        if _names(command, hub_id) and (revision is None or _names(command, revision))
+        for match in _LOCAL_DIR.finditer(command)
+    ]
 
 
 def _names(run: str, value: str) -> bool:

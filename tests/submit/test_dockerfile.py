@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zipfile
 
 import pytest
@@ -260,5 +261,48 @@ def test_a_folder_among_several_sources_puts_its_files_in_the_destination(
         dockerfile = archive.read("Dockerfile").decode()
     edited = dockerfile.replace("COPY model/ /opt/model/", copy)
     zip_path = rewrite_zip(bundled_zip, tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
+    problems = verify_submission(zip_path, lint=False)
+    assert problems == ([] if said is None else [problems[0]]) and (said is None or said in problems[0]), problems
+
+
+_HUB = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@pytest.mark.parametrize(
+    ("download", "served", "said"),
+    [
+        (f"/opt/venv/bin/huggingface-cli download {_HUB} --revision main --local-dir /opt/model", "/opt/model", None),
+        (f"/opt/venv/bin/hf download {_HUB} --revision=main --local-dir=models/smol", "models/smol", None),
+        (
+            f"/opt/venv/bin/python -c \"from huggingface_hub import snapshot_download; snapshot_download('{_HUB}', "
+            "revision='main', local_dir='/app/models/smol')\"",
+            "/app/models/smol",
+            None,
+        ),
+        (  # not at the manifest's revision: the folder holds whatever the hub has on the day of the build
+            f"/opt/venv/bin/huggingface-cli download {_HUB} --local-dir /opt/model",
+            "/opt/model",
+            f"CMD --model /opt/model, but the Dockerfile downloads {_HUB} (manifest.json's model), and ",
+        ),
+        (
+            f"/opt/venv/bin/huggingface-cli download {_HUB} --revision main --local-dir /opt/model",
+            "/opt/other",
+            f"CMD --model /opt/other, but the Dockerfile downloads {_HUB} (manifest.json's model) into /opt/model, ",
+        ),
+    ],
+)
+def test_a_hub_model_downloaded_into_a_folder_is_served_from_it(
+    default_zips, tmp_path, rewrite_zip, download, served, said
+):
+    """`huggingface-cli download ID --revision R --local-dir DIR` (or snapshot_download's local_dir) and a CMD
+    serving DIR: the 2023 submissions' way, refused ('downloads ID, and HF_HUB_OFFLINE=1 leaves the server nothing
+    else'); only an adapter's folder was read."""
+    good_zip = default_zips["4090"]
+    with zipfile.ZipFile(good_zip) as archive:
+        dockerfile = archive.read("Dockerfile").decode()
+    edited = re.sub(r"/opt/venv/bin/python -c \"from llmkit.core.models import resolve_model.*", download, dockerfile)
+    edited = edited.replace(f'"{_HUB}", "--revision", "main"', f'"{served}"')
+    assert download in edited and served in edited
+    zip_path = rewrite_zip(good_zip, tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
     problems = verify_submission(zip_path, lint=False)
     assert problems == ([] if said is None else [problems[0]]) and (said is None or said in problems[0]), problems
