@@ -306,11 +306,13 @@ def _environment_at(words: list[str], i: int) -> tuple[str, str | None] | None:
     return None
 
 
-def requirement_targets(stage: list[Instruction]) -> list[tuple[str, Instruction]]:
-    """(folder, line) of each `pip install --target DIR -r FILE` (`uv pip` too, `-t DIR`, `--target=DIR`) of the
-    stage: the server's packages in a folder of their own, which its python finds only through PYTHONPATH."""
-    targets = []
+def pip_installs(stage: list[Instruction]) -> Iterator[tuple[Instruction, str, list[str]]]:
+    """(line, the user it runs as, the options) of each `pip install` (`pip3`, `python -m pip`, `uv pip`) of the
+    stage's RUN lines; the user: the USER above the line, root where none is."""
+    user = "root"
     for inst in stage:
+        if inst.keyword == "USER":
+            user = inst.value
         if inst.keyword != "RUN":
             continue
         try:
@@ -318,16 +320,27 @@ def requirement_targets(stage: list[Instruction]) -> list[tuple[str, Instruction
         except ValueError:
             words = inst.value.split()
         for i, word in enumerate(words):
-            if word != "install" or i == 0 or not re.fullmatch(r"pip[\d.]*", PurePosixPath(words[i - 1]).name):
-                continue
-            command = list(itertools.takewhile(lambda w: w not in _SHELL_SEPARATORS, words[i + 1 :]))
-            reads_requirements = any(w in ("-r", "--requirement") or w.startswith("--requirement=") for w in command)
-            for j, option in enumerate(command):
-                key, equals, value = option.partition("=")
-                if key in ("--target", "-t") and reads_requirements:
-                    folder = value if equals else (command[j + 1] if j + 1 < len(command) else "")
-                    targets.append((image_path(stage, inst, folder), inst))
+            if word == "install" and i and re.fullmatch(r"pip[\d.]*", PurePosixPath(words[i - 1]).name):
+                yield inst, user, list(itertools.takewhile(lambda w: w not in _SHELL_SEPARATORS, words[i + 1 :]))
+
+
+def requirement_targets(stage: list[Instruction]) -> list[tuple[str, Instruction]]:
+    """(folder, line) of each `pip install --target DIR -r FILE` (`uv pip` too, `-t DIR`, `--target=DIR`) of the
+    stage: the server's packages in a folder of their own, which its python finds only through PYTHONPATH."""
+    targets = []
+    for inst, _, command in pip_installs(stage):
+        reads_requirements = any(w in ("-r", "--requirement") or w.startswith("--requirement=") for w in command)
+        for j, option in enumerate(command):
+            key, equals, value = option.partition("=")
+            if key in ("--target", "-t") and reads_requirements:
+                folder = value if equals else (command[j + 1] if j + 1 < len(command) else "")
+                targets.append((image_path(stage, inst, folder), inst))
     return targets
+
+
+def is_root(user: str) -> bool:
+    """Whether a USER value (`name[:group]`) is root's."""
+    return user.split(":")[0].strip() in ("root", "0")
 
 
 def _folder_and_python(options: list[str], default: str | None) -> tuple[str, str | None] | None:

@@ -54,8 +54,10 @@ from llmkit.submit.dockerfile import (
     final_stage,
     flag_values,
     image_path,
+    is_root,
     last,
     parse_dockerfile,
+    pip_installs,
     requirement_targets,
     venv_pythons,
 )
@@ -388,8 +390,15 @@ def _dockerfile_rules(instructions: list[Instruction]) -> list[str]:
     if health is None or "CMD" not in health.value.upper().split():  # its options, then CMD and the command
         problems.append("Dockerfile: no HEALTHCHECK ... CMD")
     user = last(stage, "USER")
-    if user is None or user.value.split(":")[0] in ("root", "0"):
+    if user is None or is_root(user.value):
         problems.append("Dockerfile: the server runs as root (add a USER that is not root)")
+    else:  # pip's --user folder is the home of the user it runs as: root's /root/.local, which the server's lacks
+        problems += [
+            f"Dockerfile line {inst.line}: pip install --user runs as root, so the packages go to /root/.local, "
+            f"which the server's user ({user.value}) does not read"
+            for inst, runs_as, options in pip_installs(stage)
+            if "--user" in options and is_root(runs_as)
+        ]
     for name in [*env_vars(instructions), *arg_names(instructions)]:
         if _SECRET_NAME.search(name) and name != "HF_TOKEN_PATH":
             problems.append(f"Dockerfile: {name} in ENV/ARG ends up in the image; pass tokens as a BuildKit secret")

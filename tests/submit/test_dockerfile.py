@@ -306,3 +306,28 @@ def test_a_hub_model_downloaded_into_a_folder_is_served_from_it(
     zip_path = rewrite_zip(good_zip, tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
     problems = verify_submission(zip_path, lint=False)
     assert problems == ([] if said is None else [problems[0]]) and (said is None or said in problems[0]), problems
+
+
+@pytest.mark.parametrize(
+    ("install", "said"),
+    [
+        ("COPY requirements.txt ./\nRUN pip install --user -r requirements.txt\nUSER 10001", "line 21: pip install"),
+        ("COPY requirements.txt ./\nUSER 10001\nRUN pip install --user -r requirements.txt", None),  # the user's own
+        ("COPY requirements.txt ./\nRUN pip install -r requirements.txt\nUSER 10001", None),
+    ],
+)
+def test_packages_pip_installs_for_root_alone_are_reported(tmp_path, rewrite_zip, bundled_zip, install, said):
+    """`RUN pip install --user` before `USER appuser` puts the packages in /root/.local, which the server's user
+    does not read (its import fails at start-up); verify passed it."""
+    with zipfile.ZipFile(bundled_zip) as archive:
+        dockerfile = archive.read("Dockerfile").decode()
+    start, end = dockerfile.index("COPY requirements.txt ./"), dockerfile.index("COPY llmkit/ llmkit/")
+    edited = dockerfile[:start] + install + "\n" + dockerfile[end:].replace("USER 10001\n", "", 1)
+    edited = edited.replace('CMD ["/opt/venv/bin/python"', 'CMD ["python3"')
+    zip_path = rewrite_zip(bundled_zip, tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
+    problems = verify_submission(zip_path, lint=False)
+    expected = [
+        f"Dockerfile {said} --user runs as root, so the packages go to /root/.local, which the server's user (10001) "
+        "does not read"
+    ]
+    assert problems == ([] if said is None else expected), problems
