@@ -62,7 +62,14 @@ from llmkit.submit.dockerfile import (
     venv_pythons,
 )
 from llmkit.submit.imports import run_time_imports
-from llmkit.submit.manifest import MANIFEST_NAME, ZIP_ADAPTER_DIR, ZIP_MODEL_DIR, Manifest, is_weight_file
+from llmkit.submit.manifest import (
+    MANIFEST_NAME,
+    ZIP_ADAPTER_DIR,
+    ZIP_MODEL_DIR,
+    Manifest,
+    WeightsSource,
+    is_weight_file,
+)
 
 # Secrets, each with what to call it in the report; bytes patterns, so a file is scanned without a decoded copy.
 # [ \t] rather than \s around `=`: a match stays on one line.
@@ -465,6 +472,7 @@ def served_problems(stage: list[Instruction], manifest: Manifest) -> list[str]:
     elif not any(_names(run, model) and (not revision or _names(run, revision)) for run in runs):
         at_revision = f" at revision {revision}" if revision else ""
         problems.append(f"{at} --model {model}{at_revision}, which no RUN line of the Dockerfile downloads")
+    problems += _offline_downloads(stage, [manifest.model, manifest.adapter])
     adapters = given["--adapter"]
     if manifest.adapter is None:
         problems += [f"{at} --adapter {value}, but {MANIFEST_NAME} names no adapter" for value in adapters]
@@ -480,6 +488,28 @@ def served_problems(stage: list[Instruction], manifest: Manifest) -> list[str]:
                 problems.append(
                     f"{at} --adapter {value}, but the Dockerfile downloads {manifest.adapter.id} to "
                     f"{', '.join(downloaded) or 'no folder'}"
+                )
+    return problems
+
+
+def _offline_downloads(stage: list[Instruction], sources: list[WeightsSource | None]) -> list[str]:
+    """The RUN lines naming a hub model or adapter of `sources` that run with HF_HUB_OFFLINE on (an ENV above them
+    in the stage): huggingface_hub then refuses to download, and docker build stops there."""
+    problems = []
+    for index, inst in enumerate(stage):
+        if inst.keyword != "RUN" or "HF_HUB_OFFLINE=" in inst.value:  # a line that sets it for itself
+            continue
+        offline = env_vars(stage[:index], strict=False).get("HF_HUB_OFFLINE", "")
+        for source in sources:
+            if (
+                source is not None
+                and not source.bundled
+                and offline.lower() in _TRUE
+                and _names(inst.value, source.id)
+            ):
+                problems.append(
+                    f"Dockerfile line {inst.line}: the RUN line downloading {source.id} runs with HF_HUB_OFFLINE="
+                    f"{offline}, so docker build cannot download it (set HF_HUB_OFFLINE=1 after the download)"
                 )
     return problems
 

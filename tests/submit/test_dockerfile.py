@@ -331,3 +331,26 @@ def test_packages_pip_installs_for_root_alone_are_reported(tmp_path, rewrite_zip
         "does not read"
     ]
     assert problems == ([] if said is None else expected), problems
+
+
+@pytest.mark.parametrize("own_setting", [False, True])
+def test_a_download_that_runs_offline_is_reported(default_zips, tmp_path, rewrite_zip, own_setting):
+    """ENV HF_HUB_OFFLINE=1 moved above the RUN line that downloads the model (the ENV lines grouped at the top):
+    huggingface_hub refuses to download and docker build fails, but verify only read the value the server runs
+    with."""
+    with zipfile.ZipFile(default_zips["4090"]) as archive:
+        dockerfile = archive.read("Dockerfile").decode()
+    edited = dockerfile.replace("ENV HF_HUB_OFFLINE=1\n", "").replace(
+        "USER 10001\n", "USER 10001\nENV HF_HUB_OFFLINE=1\n"
+    )
+    download = '/opt/venv/bin/python -c "from llmkit.core.models import resolve_model'
+    assert download in edited
+    if own_setting:  # the line turns it off for itself
+        edited = edited.replace(download, "HF_HUB_OFFLINE=0 " + download)
+    zip_path = rewrite_zip(default_zips["4090"], tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
+    problems = verify_submission(zip_path, lint=False)
+    expected = [
+        f"Dockerfile line 29: the RUN line downloading {_HUB} runs with HF_HUB_OFFLINE=1, so docker build cannot "
+        "download it (set HF_HUB_OFFLINE=1 after the download)"
+    ]
+    assert problems == ([] if own_setting else expected), problems
