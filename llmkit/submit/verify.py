@@ -538,16 +538,21 @@ def _names(run: str, value: str) -> bool:
     return re.search(rf"(?<![\w./-]){re.escape(value)}(?![\w./-])", run) is not None
 
 
+_GLOB = re.compile(r"[*?\[]")  # a COPY source that is a pattern (Go's filepath.Match)
+
+
 def _check_copied(
     at: str, flag: str, path: str, folder: str, copies: list[tuple[str, str, Instruction]], stage: list[Instruction]
 ) -> list[str]:
     """The CMD's `flag path` (relative: to the stage's last WORKDIR, where the server starts) is where a COPY puts
-    the zip's bundled `folder`: copied itself, or inside a folder copied whole (`COPY . /workspace`)."""
-    targets = {
-        posixpath.normpath(posixpath.join(target, posixpath.relpath(folder, source))): inst
-        for source, target, inst in copies
-        if source in (".", folder) or folder.startswith(source + "/")
-    }
+    the zip's bundled `folder`: copied itself, inside a folder copied whole (`COPY . /workspace`), or its files by
+    a pattern (`COPY model/* /workspace/model/`; a folder a pattern matches puts its files in the destination)."""
+    targets = {}
+    for source, target, inst in copies:
+        if source in (".", folder) or folder.startswith(source + "/"):
+            targets[posixpath.normpath(posixpath.join(target, posixpath.relpath(folder, source)))] = inst
+        elif _GLOB.search(source) and (posixpath.dirname(source) == folder or fnmatch.fnmatchcase(folder, source)):
+            targets[target] = inst
     if image_path(stage, None, path) in targets:
         return []
     where = ", ".join(f"{target} (line {inst.line})" for target, inst in targets.items())

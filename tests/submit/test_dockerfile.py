@@ -354,3 +354,28 @@ def test_a_download_that_runs_offline_is_reported(default_zips, tmp_path, rewrit
         "download it (set HF_HUB_OFFLINE=1 after the download)"
     ]
     assert problems == ([] if own_setting else expected), problems
+
+
+@pytest.mark.parametrize(
+    ("copy", "said"),
+    [
+        ("COPY model/* /opt/model/", None),
+        (  # the model's files the patterns leave out are said by name
+            "COPY ./model/*.json ./model/*.safetensors /opt/model/",
+            "model/chat_template.jinja: a file of the bundled model copied by no COPY or ADD line",
+        ),
+        ("COPY mod[e]l /opt/model", None),  # a folder a pattern matches: its files, as a folder's
+        ("COPY model/* /opt/", "copies the bundled model/ to /opt (line "),
+    ],
+)
+def test_a_bundled_model_copied_by_a_pattern_is_where_the_cmd_serves_it(
+    bundled_zip, tmp_path, rewrite_zip, copy, said
+):
+    """`COPY ./model/* /workspace/model/` put the model's files where the CMD serves them, but verify compared the
+    pattern with model/ as a name ('copies the bundled model/ to no folder')."""
+    with zipfile.ZipFile(bundled_zip) as archive:
+        dockerfile = archive.read("Dockerfile").decode()
+    edited = dockerfile.replace("COPY model/ /opt/model/", copy)
+    zip_path = rewrite_zip(bundled_zip, tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
+    problems = verify_submission(zip_path, lint=False)
+    assert problems == ([] if said is None else [problems[0]]) and (said is None or said in problems[0]), problems
