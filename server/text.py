@@ -6,6 +6,7 @@ import copy
 import itertools
 import queue
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -194,21 +195,35 @@ def cut_pieces(pieces: list[str], end: int) -> list[str]:
 
 
 class TokenizerPool:
-    """Copies of one tokenizer, each lent to one thread at a time.
+    """Up to `size` copies of one tokenizer, each lent to one thread at a time.
 
     A fast tokenizer is a Rust object: a call that changes its settings while another thread encodes fails with
     "Already borrowed", and one long text keeps it busy for seconds. With copies, request threads tokenize in
     parallel with each other and with the model thread, which has a copy of its own.
+
+    A copy is made when a thread finds none free, until there are `size`: a copy of a 49,152-token tokenizer takes
+    a few tenths of a second of CPU, and a server whose requests never overlap needs one, not `size` made at start.
+    `tokenizer` itself is only copied (read), never lent.
     """
 
     def __init__(self, tokenizer, size: int):
+        self._tokenizer, self._left = tokenizer, size
         self._free: queue.SimpleQueue = queue.SimpleQueue()
-        for _ in range(size):
-            self._free.put(copy.deepcopy(tokenizer))
+        self._lock = threading.Lock()
+
+    def _take(self):
+        """A free copy, a new one while fewer than `size` exist, else the next one given back."""
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                make = self._left > 0
+                self._left -= make
+            return copy.deepcopy(self._tokenizer) if make else self._free.get()
 
     @contextmanager
     def borrow(self) -> Iterator:
-        tokenizer = self._free.get()
+        tokenizer = self._take()
         try:
             yield tokenizer
         finally:

@@ -3,11 +3,14 @@ token), an echoed prompt's text pieces under a Llama-2-style tokenizer, and how 
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from llmkit.server.text import (
     IncrementalDecoder,
     TokenBytes,
+    TokenizerPool,
     TopCandidates,
     cut_pieces,
     prompt_pieces,
@@ -83,3 +86,30 @@ def test_top_candidates_are_the_fewest_ids_that_always_hold_k_texts(tokenizer, l
     for k in range(len(groups) + 2):
         fewest = next((n for n in range(len(worst) + 1) if len(set(worst[:n])) >= k), len(worst))
         assert candidates(k) == fewest, k
+
+
+def test_the_tokenizer_pool_makes_a_copy_only_when_every_copy_is_lent(llama2_style_tokenizer):
+    """The server made all 4 copies of its tokenizer as it started (a few tenths of a second of CPU each for
+    SmolLM2's 49,152 tokens), where requests that never overlap use one; the pool still lends each copy to one
+    thread at a time, never the tokenizer it copies, and makes no more than its size."""
+    pool = TokenizerPool(llama2_style_tokenizer, 2)
+    lent = []
+    for _ in range(3):
+        with pool.borrow() as tokenizer:
+            lent.append(tokenizer)
+    assert lent[0] is lent[1] is lent[2] and lent[0] is not llama2_style_tokenizer
+    assert lent[0].encode("Hello world") == llama2_style_tokenizer.encode("Hello world")
+    got = []
+
+    def borrow_a_third():
+        with pool.borrow() as tokenizer:
+            got.append(tokenizer)
+
+    with pool.borrow() as first, pool.borrow() as second:
+        assert first is lent[0] and second not in (first, llama2_style_tokenizer)
+        third = threading.Thread(target=borrow_a_third)
+        third.start()
+        third.join(0.5)
+        assert third.is_alive() and not got  # both copies lent: it waits for one
+    third.join(10)
+    assert got and got[0] in (first, second)
