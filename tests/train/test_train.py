@@ -51,7 +51,7 @@ def test_default_config_learns_and_its_adapter_loads_with_peft(default_run, defa
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((out / "runs").rglob("events.out.tfevents.*")), "no TensorBoard log"
     resolved = load_config(out / "config.resolved.yml")
-    assert resolved.max_steps == 10 and resolved.optimizer.value == "adamw_torch"
+    assert resolved.max_steps == 6 and resolved.optimizer.value == "adamw_torch"
     assert set(resolved.lora_target_modules) == {
         "q_proj",
         "k_proj",
@@ -63,9 +63,9 @@ def test_default_config_learns_and_its_adapter_loads_with_peft(default_run, defa
     }
     history = _state(out)["log_history"]
     losses = [entry["loss"] for entry in history if "loss" in entry]
-    assert len(losses) == 10 and sum(losses[-3:]) / 3 < losses[0] * 0.8, losses
+    assert len(losses) == 6 and sum(losses[-3:]) / 3 < losses[0] * 0.8, losses
     eval_losses = {entry["step"]: entry["eval_loss"] for entry in history if "eval_loss" in entry}
-    assert list(eval_losses) == [0, 10] and eval_losses[10] < eval_losses[0] * 0.8, eval_losses
+    assert list(eval_losses) == [0, 6] and eval_losses[6] < eval_losses[0] * 0.8, eval_losses
 
     # The adapter on the unquantized base: lower loss on the held-out questions than the base alone.
     held_out = build_datasets(cfg, load_tokenizer(cfg)).eval
