@@ -148,10 +148,20 @@ def test_no_smoke_and_bundled_weights_are_said_plainly(tmp_path, tiny_model_dir)
 
 @pytest.mark.slow
 def test_verify_submission_smoke_prints_the_same_summary(default_zips):
+    """Also the default model's zip answering the harness and HELM: the smoke test's requests, each passed, in the
+    order it sends them (run_smoke's report, which test_smoke.py read in a smoke test of its own on the same zip)."""
     done = _llmkit("verify-submission", str(default_zips["4090"]), "--smoke")
     assert done.returncode == 0, done.stdout + done.stderr
     for label in ("zip", "track", "memory fit", "weights", "checks", "smoke test", *CHECKS, "eval time"):
         _row(done.stdout, label)
+    requests = [_cells(line) for line in done.stdout.splitlines() if re.match(r"│ {3}\S", line)]  # indented rows
+    assert [cells[:2] for cells in requests if cells[0] != "python"] == [
+        ["harness probe", "✓"],
+        ["generation + stop", "✓"],
+        ["multiple choice", "✓"],
+        ["echo scoring", "✓"],
+        ["/tokenize, /decode", "✓"],
+    ], done.stdout
     assert "Smoke test of" not in done.stdout  # the table it printed before the summary existed
     assert _closing(done.stdout) == f"✓ {default_zips['4090']}: checks passed, smoke test passed."
 
