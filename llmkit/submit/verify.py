@@ -32,6 +32,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -340,12 +341,16 @@ def _check_dockerfile(
     others = [name for name in dockerfiles if name != "Dockerfile"]
     problems = [f"{name}: a second Dockerfile; the harness builds whichever it finds first" for name in others]
     text = files["Dockerfile"].decode(errors="replace")
-    try:
-        if instructions is None:
-            raise DockerfileError(unparsed)
-        problems += _dockerfile_rules(instructions) + _copy_sources(instructions, context)
-    except DockerfileError as err:  # unparsed; no FROM; a CMD in shell form; an ENV that cannot be read
-        problems.append(f"Dockerfile: {err}")
+    if instructions is None:
+        problems.append(f"Dockerfile: {unparsed}")
+    # Each check on its own: one that cannot read a line (no FROM, an ENV that cannot be read) leaves the others'
+    # problems said, so a hand-written Dockerfile's are found in one run, not one per fix.
+    for check in (_dockerfile_rules, partial(_copy_sources, context=context)) if instructions else ():
+        try:
+            problems += check(instructions)
+        except DockerfileError as err:
+            if (said := f"Dockerfile: {err}") not in problems:
+                problems.append(said)
     if lint:
         problems += [f"Dockerfile: hadolint: {line}" for line in hadolint(text)]
         # `make submission TRAINING=1`'s training image (llmkit/submit/training.py), held to the same lint.
@@ -373,10 +378,14 @@ def _dockerfile_rules(instructions: list[Instruction]) -> list[str]:
     if not any(inst.keyword == "EXPOSE" and port in re.split(r"[\s/]+", inst.value) for inst in stage):
         problems.append(f"Dockerfile: no EXPOSE {port} (the harness maps container port {port} to 8080)")
     cmd = last(stage, "CMD")
+    try:
+        command = exec_form(cmd) if cmd is not None else None
+    except DockerfileError as err:  # a shell-form CMD: said, and the rules below still checked
+        problems.append(f"Dockerfile: {err}")
+        command = None
     if cmd is None:
         problems.append("Dockerfile: no CMD")
-    else:
-        command = exec_form(cmd)
+    elif command is not None:
         if _flag(command, "--port") != port:
             problems.append(f"Dockerfile line {cmd.line}: CMD does not run the server with --port {port}")
         if _flag(command, "--host") != "0.0.0.0":

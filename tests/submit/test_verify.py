@@ -200,6 +200,20 @@ def test_shell_form_cmd_is_reported(good_zip, tmp_path, rewrite_zip):
     shell = head + "CMD python -m llmkit.server --host 0.0.0.0 --port 80\n"
     problems = verify_submission(rewrite_zip(good_zip, tmp_path / "shell.zip", {"Dockerfile": shell.encode()}))
     assert any("CMD is not in exec form" in p for p in problems)
+    # the other rules are still checked: a shell-form CMD hid the rest, so a hand-written Dockerfile's problems came
+    # one per run
+    worse = shell.replace("EXPOSE 80", "EXPOSE 8000").replace("HEALTHCHECK", "# HEALTHCHECK")
+    worse += 'ENTRYPOINT ["python"]\nCOPY missing.txt /opt/\n'
+    problems = verify_submission(rewrite_zip(good_zip, tmp_path / "worse.zip", {"Dockerfile": worse.encode()}))
+    said = "\n".join(problems)
+    for expected in (
+        "CMD is not in exec form",
+        "no EXPOSE 80",
+        "an ENTRYPOINT runs instead",
+        "no HEALTHCHECK",
+        "missing.txt",
+    ):
+        assert expected in said, said
 
 
 def test_weights_without_bundling_and_hash_mismatch(good_zip, tmp_path, rewrite_zip):
