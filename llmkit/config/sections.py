@@ -1166,8 +1166,15 @@ class DatasetSpec(BaseModel):
         if choice := self.chat_template or ("jinja" if self.chat_template_jinja else None):
             return choice, self.chat_template_jinja, "chat_template"
         if self.type is DatasetType.sharegpt and self.conversation:
-            return self.conversation, self.chat_template_jinja, "conversation"
+            choice = FASTCHAT_TEMPLATES.get(self.conversation, self.conversation)
+            return choice, self.chat_template_jinja, "conversation"
         return default or ("jinja" if default_jinja else "tokenizer_default"), default_jinja, "chat_template"
+
+
+# sharegpt's `conversation` named a FastChat template, as axolotl's sharegpt strategy read it (get_conv_template):
+# FastChat's names for templates rendered here under another name, the same text (llama-3: Llama 3's headers, each
+# turn's content stripped, <|eot_id|> after it).
+FASTCHAT_TEMPLATES = {"llama-3": "llama3"}
 
 
 class ModelSection(BaseModel):
