@@ -315,9 +315,10 @@ def _compute_dtype(cfg: AxolotlConfig, track: Track) -> str:
 
 def tokens_countable_here(cfg: AxolotlConfig) -> bool:
     """Whether the training data can be tokenized offline to count its tokens
-    (llmkit.data.tokenizer.count_training_tokens): local datasets only, a local tokenizer (the embedded default's,
-    or a model folder)."""
-    return _count_all_rows(cfg) is not None and tokenizer_here(cfg)
+    (llmkit.data.tokenizer.count_training_tokens): local datasets only (test_datasets too), a local tokenizer (the
+    embedded default's, or a model folder). Local rows the plan cannot count (an empty folder, a data_files entry
+    that names nothing, a split a file lacks) are read too: training's refusal of them is validate's."""
+    return all(spec.read_here for _, _, spec in cfg.dataset_entries()) and tokenizer_here(cfg)
 
 
 def tokenizer_here(cfg: AxolotlConfig) -> bool:

@@ -1126,6 +1126,14 @@ class DatasetSpec(BaseModel):
         return written_local and not local.exists()
 
     @property
+    def read_here(self) -> bool:
+        """Its rows come from this machine alone: a local file or folder, or a `datasets` builder (`path: json`)
+        over data_files that are no URLs. Only such data is read by `llmkit validate`, which never downloads."""
+        if user_path(self.path).exists():
+            return True
+        return self.path in DsType._value2member_map_ and not any("://" in f for f in self.data_files or [])
+
+    @property
     def base_type(self) -> DatasetType | None:
         """The named type without its `:style`; None for a mapping or a user's module."""
         if isinstance(self.type, TYPE_MAPPINGS):

@@ -632,6 +632,35 @@ def test_validate_refuses_a_bad_row_that_training_would_stop_on(tiny_config, tmp
     assert f"{rows}: row 2: field 'output' is missing" in output  # the data pipeline's own message
 
 
+def test_validate_reads_local_data_whose_rows_the_plan_cannot_count_as_training_reads_it(tiny_config, tmp_path):
+    """An empty folder, a data_files entry that names no file and a split a local file lacks: the plan cannot count
+    their rows, so validate tokenized nothing and exited 0; training then refused each (preprocess too)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n")
+    gone = tmp_path / "gone.jsonl"
+    for spec, said in [
+        ({"path": str(empty)}, "doesn't contain any data files"),
+        ({"path": "json", "data_files": [str(rows), str(gone)]}, f"Unable to find '{gone}'"),
+        ({"path": str(rows), "split": "validation"}, 'Unknown split "validation"'),
+    ]:
+        config = tiny_config(datasets=[spec | {"type": "alpaca"}])
+        status, output = _validate_output(config)
+        assert status == 1 and said in output, output
+        preprocess = CliRunner().invoke(app, ["preprocess", str(config)])
+        assert preprocess.exit_code == 1 and said in " ".join(preprocess.output.split())  # the same refusal
+
+
+def test_validate_reads_no_hub_test_dataset(tiny_config, monkeypatch):
+    """Local training data with a hub test_datasets entry: validate tokenized both (the plan counted the training
+    rows alone), downloading the hub's, and offline refused the config for it."""
+    test = [{"path": "nobody-here/no-such-dataset", "type": "alpaca"}]
+    status, output = _validate_output(tiny_config(test_datasets=test, val_set_size=0))
+    assert status == 0, output
+    assert "tokens to train" in output
+
+
 def test_validate_loads_the_tokenizer_once_for_all_its_checks(tiny_config, monkeypatch):
     """The token count, the added tokens' embeddings and the tokenizer's problems each loaded it again: three loads
     (seconds each for a large tokenizer) in one validate."""
