@@ -347,6 +347,7 @@ def base_shape(cfg: AxolotlConfig, model_config: str | None) -> tuple[ModelShape
         found.config, name, "base_model_config" if cfg.base_model_config else "base_model"
     ):
         raise ConfigError([problem], cfg.source)  # train, merge and serve would each fail on it: say so now
+    check_model_overrides(cfg, found.config)  # as train checks them before loading the model
     try:
         return shape_from_config(found.config), found.where
     except ValueError as err:  # not a causal LM transformers can build: the rest of the plan still holds
@@ -451,6 +452,31 @@ def check_layers_to_transform(cfg: AxolotlConfig, shape: ModelShape) -> None:
             ],
             cfg.source,
         )
+
+
+def check_model_overrides(cfg: AxolotlConfig, config: dict) -> None:
+    """Refuse, naming the key, an overrides_of_model_config value the base's config.json (`config`) cannot take:
+    transformers' own checks (a string for hidden_size, a count of heads that leaves no head size) raised tracebacks,
+    and a size or count not above 0 (a model of -5 layers) built a model without layers that peft then found no
+    module in. Training asks before it loads the model, validate as it sizes it.
+
+    Raises:
+        ConfigError: the first override the config cannot take.
+    """
+    from transformers import AutoConfig
+
+    for key, value in (cfg.overrides_of_model_config or {}).items():
+        current = config.get(key)
+        counted = key.startswith("num_") or key.endswith(("_size", "_dim", "_embeddings"))
+        positive = isinstance(current, int) and not isinstance(current, bool) and current > 0
+        if counted and positive and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            problem = f"{value!r}: a size or count, {current} in the model's config.json; give a whole number above 0"
+            raise ConfigError([f"overrides_of_model_config.{key}: {problem}"], cfg.source)
+        try:
+            AutoConfig.for_model(**{**config, key: value})
+        except Exception as err:
+            said = str(err).strip().splitlines()[-1].strip() or type(err).__name__
+            raise ConfigError([f"overrides_of_model_config.{key}: {value!r}: {said}"], cfg.source) from None
 
 
 def training_setup(

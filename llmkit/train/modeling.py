@@ -145,8 +145,10 @@ def model_config(cfg: AxolotlConfig, path: str) -> PretrainedConfig | None:
     overrides = dict(cfg.overrides_of_model_config or {})
     if cfg.rope_scaling is None and not overrides:
         return None
+    from llmkit.config.plan import check_model_overrides
+
     config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-    _check_overrides(cfg, config, overrides)
+    check_model_overrides(cfg, config.to_dict())
     if cfg.rope_scaling is not None:
         scaling = dict(cfg.rope_scaling)
         rope_type = scaling.pop("rope_type", None) or scaling.pop("type", None)
@@ -156,25 +158,6 @@ def model_config(cfg: AxolotlConfig, path: str) -> PretrainedConfig | None:
         else:
             overrides["rope_scaling"] = {**scaling, "type": rope_type}
     return type(config).from_dict({**config.to_dict(), **overrides})
-
-
-def _check_overrides(cfg: AxolotlConfig, config: PretrainedConfig, overrides: dict[str, Any]) -> None:
-    """Refuse, naming the key, an override the config cannot take: transformers' own checks (a string for
-    hidden_size, a count of heads that leaves no head size) raised tracebacks, and a size or count not above 0 (a
-    model of -5 layers) built a model without layers that peft then found no module in."""
-    held = config.to_dict()
-    for key, value in overrides.items():
-        current = held.get(key)
-        counted = key.startswith("num_") or key.endswith(("_size", "_dim", "_embeddings"))
-        positive = isinstance(current, int) and not isinstance(current, bool) and current > 0
-        if counted and positive and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-            problem = f"{value!r}: a size or count, {current} in the model's config.json; give a whole number above 0"
-            raise ConfigError([f"overrides_of_model_config.{key}: {problem}"], cfg.source)
-        try:
-            type(config).from_dict({**held, key: value})
-        except Exception as err:
-            said = str(err).strip().splitlines()[-1].strip() or type(err).__name__
-            raise ConfigError([f"overrides_of_model_config.{key}: {value!r}: {said}"], cfg.source) from None
 
 
 def _model_class(cfg: AxolotlConfig) -> Any:

@@ -252,7 +252,8 @@ def test_rope_scaling_and_config_overrides_reach_the_model(tiny_config):
 
 def test_an_override_the_model_config_cannot_take_is_one_line_naming_it(tiny_config):
     """train stopped on a StrictDataclassFieldValidationError traceback (hidden_size: big), a ZeroDivisionError
-    (num_attention_heads: 0) or peft's NoMatchingPeftModuleError (num_hidden_layers: -5: a model of no layers)."""
+    (num_attention_heads: 0) or peft's NoMatchingPeftModuleError (num_hidden_layers: -5: a model of no layers);
+    validate passed them all, the check being train's alone."""
     from typer.testing import CliRunner
 
     from llmkit.cli import app
@@ -264,9 +265,10 @@ def test_an_override_the_model_config_cannot_take_is_one_line_naming_it(tiny_con
     }
     for key, (value, said) in says.items():
         config = tiny_config(overrides_of_model_config={key: value})
-        result = CliRunner().invoke(app, ["train", str(config)])
-        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
-        assert result.output.splitlines()[-1] == f"  - overrides_of_model_config.{key}: {said}", result.output
+        for command in ("validate", "train"):
+            result = CliRunner().invoke(app, [command, str(config)])
+            assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+            assert result.output.splitlines()[-1] == f"  - overrides_of_model_config.{key}: {said}", result.output
 
 
 def test_trainer_settings_the_keys_become(tiny_config):
