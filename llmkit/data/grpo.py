@@ -160,7 +160,7 @@ def _with_tokenizer(transform: Callable[..., Any], tokenizer: PreTrainedTokenize
 
 
 def _spec_prompts(
-    cfg: AxolotlConfig, spec: DatasetSpec, position: int, tokenizer: PreTrainedTokenizerBase
+    cfg: AxolotlConfig, spec: DatasetSpec, key: str, position: int, tokenizer: PreTrainedTokenizerBase
 ) -> tuple[Dataset, DatasetStats]:
     """One dataset's prompts, with their tokens (the TOKENS column), those longer than sequence_len kept, as axolotl
     keeps them, and counted in a warning (excess_length_strategy: raise: an error naming the row)."""
@@ -169,7 +169,7 @@ def _spec_prompts(
         build = _row_transform(spec, position, cfg, tokenizer)
     except UserStrategyError as err:
         raise DataError(f"{source}: {err}") from None
-    rows = load_rows(spec, build, cfg.seed)
+    rows = load_rows(spec, build, cfg.seed, f"{key}[{position}]")
     try:
         columns = tuple(build(rows[0]))
     except RowError as err:
@@ -227,7 +227,7 @@ def measured_prompts(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> 
     prompts: dict[str, list[Dataset]] = {"datasets": [], "test_datasets": []}
     stats = DataStats()
     for key, position, spec in cfg.dataset_entries():
-        rows, counted = _spec_prompts(cfg, spec, position, tokenizer)
+        rows, counted = _spec_prompts(cfg, spec, key, position, tokenizer)
         prompts[key].append(rows)
         (stats.datasets if key == "datasets" else stats.eval_datasets).append(counted)
     return merged_and_held_out(cfg, prompts, stats, "prompts")

@@ -181,7 +181,7 @@ def _tokenize_spec(
     (dropped after the shuffle, as axolotl drops them); `entry` is where the config lists it (`("datasets", 0)`)."""
     source = source_name(spec)
     to_rows = _checked_row_tokens(cfg, spec, f"{entry[0]}[{entry[1]}]", tokenize)
-    rows = load_rows(spec, to_rows, cfg.seed)
+    rows = load_rows(spec, to_rows, cfg.seed, f"{entry[0]}[{entry[1]}]")
 
     tokenized = convert_rows(
         rows,

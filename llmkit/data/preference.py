@@ -661,13 +661,17 @@ def _trains_nothing(row: AnyRow) -> bool:
 
 
 def _spec_rows(
-    cfg: AxolotlConfig, spec: DatasetSpec, build: Callable[[RawRow], AnyRow], tokenizer: PreTrainedTokenizerBase
+    cfg: AxolotlConfig,
+    spec: DatasetSpec,
+    entry: str,
+    build: Callable[[RawRow], AnyRow],
+    tokenizer: PreTrainedTokenizerBase,
 ) -> tuple[Dataset, DatasetStats]:
     """One dataset's pairs (KTO rows), with their tokens (the TOKENS column), the ones training cannot use (longer
     than sequence_len, training nothing) dropped and counted, as axolotl drops them before merging;
     excess_length_strategy: raise makes a long pair an error naming its row."""
     source = source_name(spec)
-    rows = load_rows(spec, build, cfg.seed)
+    rows = load_rows(spec, build, cfg.seed, entry)
     tokens, limit = _pair_tokens(tokenizer, cfg), cfg.sequence_len
     paired = cfg.rl is None or cfg.rl.paired
     what = "the pair is {} tokens long (its prompt and longer answer)" if paired else "the row is {} tokens long"
@@ -723,7 +727,7 @@ def _measured_rows(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> Pr
     defaults = ChatDefaults.from_config(cfg)
     pairs: dict[str, list[Dataset]] = {"datasets": [], "test_datasets": []}
     stats = DataStats()
-    for key, _, spec in cfg.dataset_entries():
+    for key, position, spec in cfg.dataset_entries():
         try:  # a bad template is the spec's error, not every row's: said once, before reading
             build: Callable[[RawRow], AnyRow] = (
                 preference_builder(spec, tokenizer, defaults) if cfg.rl is None or cfg.rl.paired
@@ -731,7 +735,7 @@ def _measured_rows(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> Pr
             )  # fmt: skip
         except ValueError as err:
             raise DataError(f"{source_name(spec)}: {err}") from None
-        rows, spec_stats = _spec_rows(cfg, spec, build, tokenizer)
+        rows, spec_stats = _spec_rows(cfg, spec, f"{key}[{position}]", build, tokenizer)
         pairs[key].append(rows)
         (stats.datasets if key == "datasets" else stats.eval_datasets).append(spec_stats)
     data = merged_and_held_out(cfg, pairs, stats, "pairs")

@@ -24,10 +24,18 @@ from datasets import (
     load_dataset,
     load_from_disk,
 )
-from datasets.data_files import get_data_patterns
+from datasets.data_files import EmptyDatasetError, get_data_patterns
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-from llmkit.config.sections import COMPRESSIONS, UNREADABLE, DatasetSpec, DsType, data_file_builder, data_files_pattern
+from llmkit.config.sections import (
+    COMPRESSIONS,
+    UNREADABLE,
+    DatasetSpec,
+    DsType,
+    data_file_builder,
+    data_files_pattern,
+    local_data_files,
+)
 from llmkit.core.files import user_path
 from llmkit.data.fields import IS_NULL, FieldError, RowError
 from llmkit.data.rows import RawColumns, RawRow
@@ -67,10 +75,11 @@ def source_name(spec: DatasetSpec) -> str:
     return f"{name} (shard {spec.shards_idx} of {spec.shards})" if spec.shards else name
 
 
-def load_rows(spec: DatasetSpec, check: RowCheck, seed: int) -> Dataset:
+def load_rows(spec: DatasetSpec, check: RowCheck, seed: int, entry: str) -> Dataset:
     """Read one dataset spec's rows (each a `RawRow`), the spec's `split` only, and of those its shard (as axolotl
     takes it: the rows shuffled with `seed`, then datasets' `shard`); `check` (what the type does with a row) finds
-    the bad row in a JSON file that `datasets` cannot read.
+    the bad row in a JSON file that `datasets` cannot read. `entry`: where the config lists the spec
+    (`datasets[0]`), which an error in one of its keys names.
 
     Local files are read as axolotl reads them: a file by its suffix (or ds_type), whose one split is "train"
     (slices such as `train[:100]` select from it); a folder written by `save_to_disk` by `load_from_disk`; any
@@ -79,10 +88,14 @@ def load_rows(spec: DatasetSpec, check: RowCheck, seed: int) -> Dataset:
     local = user_path(spec.path)
     if spec.missing_local_path:
         raise DataError(f"{spec.path}: no such file or folder")
+    if problem := _local_key_problem(spec, local):
+        raise DataError(f"{entry}.{problem}")
     try:
         rows = _load(spec, local)
     except DataError:
         raise
+    except EmptyDatasetError as err:  # the only case of it here: a local folder (a hub dataset's is a hub id)
+        raise DataError(f"{entry}.path: {local}: holds no data file datasets reads ({err})") from None
     except Exception as err:  # datasets wraps parse errors of every format in its own exception types
         if local.is_file() and _builder(spec, local) == "json":
             find_bad_json_row(local, check)
@@ -107,6 +120,28 @@ def load_rows(spec: DatasetSpec, check: RowCheck, seed: int) -> Dataset:
             raise DataError(f"{source_name(spec)}: the shard is empty ({len(rows)} rows in {spec.shards} shards)")
         rows = rows.shuffle(seed=seed).shard(num_shards=spec.shards, index=spec.shards_idx)
     return rows
+
+
+def _local_key_problem(spec: DatasetSpec, local: Path) -> str | None:
+    """A local dataset's `split` or `data_files` entry that selects nothing there (`split: <problem>`), said by its
+    key before datasets is asked: its errors named the file alone (or "hub dataset json"). None for a hub dataset,
+    and where the keys select something."""
+    if local.is_file() and spec.split != "train":
+        try:  # a local file's one split is train; the row count does not matter to the split's names
+            ReadInstruction.from_spec(spec.split).to_absolute({"train": 1})
+        except (ValueError, KeyError, AssertionError) as err:
+            why = "a local file has one split, train (train[:100] or train[:10%] select rows of it)"
+            if spec.split == "test":  # what a test_datasets entry naming no split asks for: it is easily missed
+                why += "; a test_datasets entry that names no split asks for test, as in axolotl: write split: train"
+            return f"split: {spec.split}: {why}: {err}"
+    if local.is_file() or not spec.read_here:
+        return None  # a local file's data_files are not read; a hub dataset's name files in its repository
+    folder = local if local.is_dir() else None
+    for index, entry in enumerate(spec.data_files or []):
+        if "://" not in entry and not local_data_files([entry], folder):
+            where = f" in {folder}" if folder else ""
+            return f"data_files[{index}]: {entry}: no such file{where}"
+    return None
 
 
 def _builder(spec: DatasetSpec, local: Path) -> str | None:
@@ -434,8 +469,8 @@ def row_texts(cfg: AxolotlConfig) -> Iterator[tuple[str, int, str]]:
     from rich.markup import escape
     from rich.progress import track
 
-    for spec in cfg.datasets:
+    for position, spec in enumerate(cfg.datasets):
         source = source_name(spec)
-        rows = load_rows(spec, lambda row: None, cfg.seed)  # any row shape: only its strings are read
+        rows = load_rows(spec, lambda row: None, cfg.seed, f"datasets[{position}]")  # any row: only its strings
         for index, row in enumerate(track(rows, description=f"Reading {escape(Path(source).name)}", transient=True)):
             yield source, index, " ".join(_strings(row))

@@ -197,7 +197,7 @@ def test_a_folders_data_files_are_counted_as_the_loader_reads_them(tmp_path, dat
     for name in ("part-0.jsonl", "part-1.jsonl", "part-[01].jsonl"):
         (folder / name).write_text(row * 5)
     cfg = team("Mistral-01", {"datasets": [{"path": str(folder), "type": "alpaca", "data_files": data_files}]})
-    assert plan(cfg).rows == len(load_rows(cfg.datasets[0], lambda row: None, cfg.seed)) == rows
+    assert plan(cfg).rows == len(load_rows(cfg.datasets[0], lambda row: None, cfg.seed, "datasets[0]")) == rows
 
 
 @pytest.mark.parametrize(
@@ -640,14 +640,22 @@ def test_validate_reads_local_data_whose_rows_the_plan_cannot_count_as_training_
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n")
     gone = tmp_path / "gone.jsonl"
-    for spec, said in [
-        ({"path": str(empty)}, "doesn't contain any data files"),
-        ({"path": "json", "data_files": [str(rows), str(gone)]}, f"Unable to find '{gone}'"),
-        ({"path": str(rows), "split": "validation"}, 'Unknown split "validation"'),
+    # each said by its key: datasets' own errors named the file alone, a missing data_files entry as "hub dataset json"
+    for key, spec, said in [
+        ("datasets", {"path": str(empty)}, f"datasets[0].path: {empty}: holds no data file datasets reads"),
+        ("datasets", {"path": "json", "data_files": [str(rows), str(gone)]}, f"[0].data_files[1]: {gone}: no such"),
+        ("datasets", {"path": str(rows), "split": "validation"}, "[0].split: validation: a local file has one split"),
+        ("test_datasets", {"path": str(rows)}, "test_datasets[0].split: test: a local file has one split, train"),
     ]:
-        config = tiny_config(datasets=[spec | {"type": "alpaca"}])
+        config = tiny_config(
+            **{key: [spec | {"type": "alpaca"}]}, **({"val_set_size": 0} if key != "datasets" else {})
+        )
         status, output = _validate_output(config)
         assert status == 1 and said in output, output
+        if key == "test_datasets":  # axolotl's default split for test_datasets, which a local file lacks
+            assert (
+                "a test_datasets entry that names no split asks for test, as in axolotl: write split: train" in output
+            )
         preprocess = CliRunner().invoke(app, ["preprocess", str(config)])
         assert preprocess.exit_code == 1 and said in " ".join(preprocess.output.split())  # the same refusal
 

@@ -169,7 +169,10 @@ def test_a_txt_file_is_text_rows(make_cfg, tokenizer, tmp_path):
 
 def test_a_split_a_local_file_lacks_is_an_error(write_rows, make_cfg, tokenizer):
     path = write_rows(_rows(2), "jsonl")
-    _fails(make_cfg, tokenizer, path, r"cannot be read: .*Unknown split \"validation\"", split="validation")
+    # said by its key; datasets' words follow
+    said = "datasets[0].split: validation: a local file has one split, train (train[:100] or train[:10%] select rows"
+    with pytest.raises(DataError, match=re.escape(said) + r".*Unknown split \"validation\""):
+        build_datasets(_alpaca(make_cfg, path, split="validation"), tokenizer)
     with pytest.raises(DataError, match=re.escape(f"{path} (split train[5:]): cannot be read: ") + ".*no data"):
         build_datasets(_alpaca(make_cfg, path, split="train[5:]"), tokenizer)
 
