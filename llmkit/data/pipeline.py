@@ -174,6 +174,23 @@ def spec_problems(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> lis
     return problems
 
 
+def check_local_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Each local dataset of a config that also reads the hub's, read and tokenized alone as training tokenizes it
+    (its file, rows, fields, lengths), the hub's left unread: `llmkit validate` downloads no dataset, and passed a
+    bad local file beside a hub dataset that training then stopped on. What depends on every dataset's rows (the
+    held-out split, packing) is not checked. Preference and GRPO rows are built elsewhere: not checked here.
+
+    Raises:
+        DataError: as `build_datasets` would raise it for that dataset.
+    """
+    if cfg.rl:
+        return
+    tokenize = Tokenize(tokenizer, cfg.train_on_inputs, cfg.sequence_len)
+    for list_key, position, spec in cfg.dataset_entries():
+        if spec.read_here:
+            _tokenize_spec(cfg, spec, (list_key, position), tokenize, f"local-{cache_key(cfg, tokenizer)}")
+
+
 def _tokenize_spec(
     cfg: AxolotlConfig, spec: DatasetSpec, entry: tuple[str, int], tokenize: Tokenize, key: str
 ) -> tuple[Dataset, DatasetStats]:

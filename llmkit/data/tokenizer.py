@@ -239,18 +239,23 @@ def trained_tokenizer_size(cfg: AxolotlConfig, checked: CheckedTokenizer | None)
 def count_training_tokens(cfg: AxolotlConfig, checked: CheckedTokenizer | None) -> TokenizedSplit | None:
     """One epoch of the training split as training prepares it, for the plan's steps and training-time projection
     (preference pairs: the longer sequence of each pair training keeps); None when the data cannot be tokenized here
-    offline (a hub dataset or tokenizer, a tokenizer that does not load: `checked` is None).
+    offline (a hub dataset or tokenizer, a tokenizer that does not load: `checked` is None). Beside a hub dataset,
+    the local ones are read and tokenized alone (`check_local_datasets`): their bad rows are training's refusal too.
 
     Raises:
         ConfigError: bad data (a file, row or field; nothing left to train on): training would stop on it, so
             `llmkit validate` refuses the config with the data pipeline's message.
     """
-    from llmkit.config.plan import tokens_countable_here
+    from llmkit.config.plan import tokenizer_here, tokens_countable_here
     from llmkit.data import DataError, epoch_tokens
+    from llmkit.data.pipeline import check_local_datasets
 
-    if checked is None or not tokens_countable_here(cfg):
+    if checked is None or not tokenizer_here(cfg):
         return None
     try:
+        if not tokens_countable_here(cfg):  # a hub dataset, never downloaded here: its rows stay uncounted
+            check_local_datasets(cfg, checked.configured)
+            return None
         if cfg.rl:
             from llmkit.data.preference import epoch_pair_tokens
 

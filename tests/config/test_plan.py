@@ -660,6 +660,20 @@ def test_validate_reads_local_data_whose_rows_the_plan_cannot_count_as_training_
         assert preprocess.exit_code == 1 and said in " ".join(preprocess.output.split())  # the same refusal
 
 
+def test_validate_reads_a_local_dataset_beside_a_hub_one(tiny_config, tiny_dataset, tmp_path):
+    """A hub dataset left the data uncounted, and the local file beside it unread: validate passed a bad row that
+    training stopped on once the hub's rows were downloaded. The hub's are still not read (offline here)."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n" + json.dumps({"instruction": "c"}) + "\n")
+    hub = {"path": "nobody-here/no-such-dataset", "type": "alpaca"}
+    status, output = _validate_output(tiny_config(datasets=[hub, {"path": str(rows), "type": "alpaca"}]))
+    assert status == 1
+    assert f"{rows}: row 2: field 'output' is missing" in output  # the data pipeline's own message
+    status, output = _validate_output(tiny_config(datasets=[hub, {"path": str(tiny_dataset), "type": "alpaca"}]))
+    assert status == 0, output
+    assert "tokens to train" in output
+
+
 def test_validate_reads_no_hub_test_dataset(tiny_config, monkeypatch):
     """Local training data with a hub test_datasets entry: validate tokenized both (the plan counted the training
     rows alone), downloading the hub's, and offline refused the config for it."""
