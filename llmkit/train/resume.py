@@ -145,7 +145,7 @@ def plan_run(cfg: AxolotlConfig, output_dir: Path, *, is_main: bool, fresh: bool
         ConfigError: output_dir cannot be a folder to write in, holds a run of another config (without `fresh`), or
             `resume_from_checkpoint` is not a checkpoint.
     """
-    _check_writable(output_dir, cfg)
+    check_writable(output_dir, cfg)
     if path := resume_checkpoint(cfg):
         if fresh and path.resolve().is_relative_to(output_dir.resolve()):
             raise ConfigError(
@@ -190,7 +190,7 @@ def hold_output_dir(cfg: AxolotlConfig, output_dir: Path) -> Iterator[None]:
     refused instead of writing the same checkpoints and records. An flock: the kernel lets go of it when the process
     ends, however it ends, so a killed run never leaves the folder locked."""
     _check_ours(output_dir, cfg)
-    _check_writable(output_dir, cfg)
+    check_writable(output_dir, cfg)
     created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -231,9 +231,10 @@ def _locked(cfg: AxolotlConfig, output_dir: Path) -> Iterator[None]:
             (output_dir / LOCK).unlink(missing_ok=True)  # still held: nobody else can be holding it
 
 
-def _check_writable(output_dir: Path, cfg: AxolotlConfig) -> None:
+def check_writable(output_dir: Path, cfg: AxolotlConfig) -> None:
     """Before the model loads and anything is written: output_dir and dataset_prepared_path are, or can be made,
-    folders this process may write in."""
+    folders this process may write in (checked by `validate` as well as by `train`, which names its output_dir:
+    the config's, or --output-dir)."""
     folders = {"output_dir": output_dir}
     if cfg.dataset_prepared_path:
         folders["dataset_prepared_path"] = user_path(cfg.dataset_prepared_path)

@@ -22,7 +22,7 @@ from llmkit.data.tokenizer import (
     validation_tokenizer,
 )
 from llmkit.train.machine import fallbacks_here, refusals_here, wandb_unavailable
-from llmkit.train.resume import check_lora_model_dir, resume_checkpoint
+from llmkit.train.resume import check_lora_model_dir, check_writable, resume_checkpoint
 
 
 def validate(
@@ -56,6 +56,7 @@ def validate(
             ]
             if missing:
                 raise ConfigError(missing, cfg.source)
+            check_writable(Path(cfg.output_dir), cfg)  # as train checks it first: a file where a folder goes
             resume_checkpoint(cfg)
             lora_model_dir_note = check_lora_model_dir(cfg)
             if cfg.rl is RLMethod.grpo:

@@ -674,6 +674,19 @@ def test_validate_reads_a_local_dataset_beside_a_hub_one(tiny_config, tiny_datas
     assert "tokens to train" in output
 
 
+def test_validate_refuses_a_file_where_train_writes_a_folder(tiny_config, tmp_path):
+    """output_dir or dataset_prepared_path naming a file: train refused it before loading anything, validate passed
+    it (its tokenizing writes no prepared data)."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for key in ("output_dir", "dataset_prepared_path"):
+        status, output = _validate_output(tiny_config(**{key: str(afile)}))
+        assert status == 1
+        assert f"{key}: {afile} is a file, not a folder" in output  # train's own message
+        train = CliRunner().invoke(app, ["train", str(tiny_config(**{key: str(afile)}))])
+        assert train.exit_code == 1 and f"{key}: {afile} is a file, not a folder" in " ".join(train.output.split())
+
+
 def test_validate_reads_no_hub_test_dataset(tiny_config, monkeypatch):
     """Local training data with a hub test_datasets entry: validate tokenized both (the plan counted the training
     rows alone), downloading the hub's, and offline refused the config for it."""
