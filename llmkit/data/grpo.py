@@ -159,7 +159,7 @@ def _with_tokenizer(transform: Callable[..., Any], tokenizer: PreTrainedTokenize
     return lambda row: transform(row, tokenizer=tokenizer)
 
 
-def _spec_prompts(
+def spec_prompts(
     cfg: AxolotlConfig, spec: DatasetSpec, key: str, position: int, tokenizer: PreTrainedTokenizerBase
 ) -> tuple[Dataset, DatasetStats]:
     """One dataset's prompts, with their tokens (the TOKENS column), those longer than sequence_len kept, as axolotl
@@ -227,7 +227,7 @@ def measured_prompts(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> 
     prompts: dict[str, list[Dataset]] = {"datasets": [], "test_datasets": []}
     stats = DataStats()
     for key, position, spec in cfg.dataset_entries():
-        rows, counted = _spec_prompts(cfg, spec, key, position, tokenizer)
+        rows, counted = spec_prompts(cfg, spec, key, position, tokenizer)
         prompts[key].append(rows)
         (stats.datasets if key == "datasets" else stats.eval_datasets).append(counted)
     return merged_and_held_out(cfg, prompts, stats, "prompts")

@@ -178,16 +178,24 @@ def check_local_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase)
     """Each local dataset of a config that also reads the hub's, read and tokenized alone as training tokenizes it
     (its file, rows, fields, lengths), the hub's left unread: `llmkit validate` downloads no dataset, and passed a
     bad local file beside a hub dataset that training then stopped on. What depends on every dataset's rows (the
-    held-out split, packing) is not checked. Preference and GRPO rows are built elsewhere: not checked here.
+    held-out split, packing) is not checked. Preference pairs and GRPO prompts are read by their own dataset step.
 
     Raises:
-        DataError: as `build_datasets` would raise it for that dataset.
+        DataError: as `build_datasets` (`build_preference_datasets`) would raise it for that dataset.
     """
-    if cfg.rl:
-        return
+    from llmkit.config.sections import RLMethod
+    from llmkit.data.grpo import spec_prompts
+    from llmkit.data.preference import spec_pairs
+
     tokenize = Tokenize(tokenizer, cfg.train_on_inputs, cfg.sequence_len)
     for list_key, position, spec in cfg.dataset_entries():
-        if spec.read_here:
+        if not spec.read_here:
+            continue
+        if cfg.rl is RLMethod.grpo:
+            spec_prompts(cfg, spec, list_key, position, tokenizer)
+        elif cfg.rl:
+            spec_pairs(cfg, spec, f"{list_key}[{position}]", tokenizer)
+        else:
             _tokenize_spec(cfg, spec, (list_key, position), tokenize, f"local-{cache_key(cfg, tokenizer)}")
 
 

@@ -660,6 +660,21 @@ def _trains_nothing(row: AnyRow) -> bool:
     return not row["chosen"].strip() or row["chosen"] == row["rejected"]  # type: ignore[typeddict-item]
 
 
+def spec_pairs(
+    cfg: AxolotlConfig, spec: DatasetSpec, entry: str, tokenizer: PreTrainedTokenizerBase
+) -> tuple[Dataset, DatasetStats]:
+    """One dataset's usable pairs (KTO rows) and their stats (`_spec_rows`); `entry`: where the config lists it."""
+    defaults = ChatDefaults.from_config(cfg)
+    try:  # a bad template is the spec's error, not every row's: said once, before reading
+        build: Callable[[RawRow], AnyRow] = (
+            preference_builder(spec, tokenizer, defaults) if cfg.rl is None or cfg.rl.paired
+            else kto_builder(spec, tokenizer, defaults)
+        )  # fmt: skip
+    except ValueError as err:
+        raise DataError(f"{source_name(spec)}: {err}") from None
+    return _spec_rows(cfg, spec, entry, build, tokenizer)
+
+
 def _spec_rows(
     cfg: AxolotlConfig,
     spec: DatasetSpec,
@@ -724,18 +739,10 @@ def _measured_rows(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase) -> Pr
         from llmkit.data.grpo import measured_prompts
 
         return measured_prompts(cfg, tokenizer)
-    defaults = ChatDefaults.from_config(cfg)
     pairs: dict[str, list[Dataset]] = {"datasets": [], "test_datasets": []}
     stats = DataStats()
     for key, position, spec in cfg.dataset_entries():
-        try:  # a bad template is the spec's error, not every row's: said once, before reading
-            build: Callable[[RawRow], AnyRow] = (
-                preference_builder(spec, tokenizer, defaults) if cfg.rl is None or cfg.rl.paired
-                else kto_builder(spec, tokenizer, defaults)
-            )  # fmt: skip
-        except ValueError as err:
-            raise DataError(f"{source_name(spec)}: {err}") from None
-        rows, spec_stats = _spec_rows(cfg, spec, f"{key}[{position}]", build, tokenizer)
+        rows, spec_stats = spec_pairs(cfg, spec, f"{key}[{position}]", tokenizer)
         pairs[key].append(rows)
         (stats.datasets if key == "datasets" else stats.eval_datasets).append(spec_stats)
     data = merged_and_held_out(cfg, pairs, stats, "pairs")

@@ -674,6 +674,24 @@ def test_validate_reads_a_local_dataset_beside_a_hub_one(tiny_config, tiny_datas
     assert "tokens to train" in output
 
 
+def test_validate_reads_local_preference_pairs_and_grpo_prompts_beside_a_hub_dataset(tiny_config, tmp_path):
+    """rl: the local dataset beside a hub one was not read at all (only SFT rows were): validate passed rows that
+    training's pair or prompt step stops on."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"instruction": "a", "chosen": "b"}) + "\n")
+    (tmp_path / "rewards.py").write_text("def reward(completions, **kwargs):\n    return [0.0] * len(completions)\n")
+    hub, local = {"path": "nobody-here/no-such-dataset"}, {"path": str(rows)}
+    for keys, said in [
+        ({"rl": "dpo"}, f"{rows}: row 1: field 'prompt' is missing"),
+        (
+            {"rl": "grpo", "micro_batch_size": 8, "trl": {"reward_funcs": ["rewards.reward"]}},
+            f"{rows}: row 1: no prompt: GRPO's rows need `prompt`",
+        ),
+    ]:
+        status, output = _validate_output(tiny_config(datasets=[hub, local], sample_packing=False, **keys))
+        assert status == 1 and said in output, output
+
+
 def test_validate_refuses_a_file_where_train_writes_a_folder(tiny_config, tmp_path):
     """output_dir or dataset_prepared_path naming a file: train refused it before loading anything, validate passed
     it (its tokenizing writes no prepared data)."""
