@@ -349,9 +349,29 @@ def base_shape(cfg: AxolotlConfig, model_config: str | None) -> tuple[ModelShape
         raise ConfigError([problem], cfg.source)  # train, merge and serve would each fail on it: say so now
     check_model_overrides(cfg, found.config)  # as train checks them before loading the model
     try:
-        return shape_from_config(found.config), found.where
+        shape = shape_from_config(found.config)
     except ValueError as err:  # not a causal LM transformers can build: the rest of the plan still holds
         return None, f"unknown: the config.json ({found.where}) cannot be built here: {err}"
+    check_sequence_len(cfg, shape)
+    return shape, found.where
+
+
+def check_sequence_len(cfg: AxolotlConfig, shape: ModelShape) -> None:
+    """Refuse a sequence_len over a learned position table's rows (GPT-2's 1,024): a packed or long sequence indexed
+    past it, and training stopped on torch's IndexError. Validate asks as it sizes the model, train once it is loaded.
+
+    Raises:
+        ConfigError: sequence_len is over the model's learned positions.
+    """
+    if shape.learned_positions is not None and cfg.sequence_len > shape.learned_positions:
+        raise ConfigError(
+            [
+                f"sequence_len: {cfg.sequence_len} is over the {shape.learned_positions} positions of "
+                f"{shape.architecture}'s learned position table (max_position_embeddings): no sequence can be "
+                f"longer; write sequence_len: {shape.learned_positions} or less"
+            ],
+            cfg.source,
+        )
 
 
 def trainable_params(cfg: AxolotlConfig, shape: ModelShape, targets: list[str], parameters: list[str] = ()) -> int:

@@ -100,6 +100,9 @@ class ModelShape:
     vocab_size: int
     # linear layers' last name parts that peft, wrapping this model, renames into its MoE experts' fused parameters
     peft_renamed: frozenset[str] = frozenset()
+    # the rows of a learned position table (GPT-2's wpe, OPT's embed_positions: max_position_embeddings), which no
+    # sequence may pass (torch's embedding lookup fails past them); None: positions are computed (RoPE, ALiBi)
+    learned_positions: int | None = None
 
     @property
     def quantizable_params(self) -> int:
@@ -202,7 +205,16 @@ class ModelShape:
             parameters=tuple((n, p.numel()) for n, p in model.named_parameters()),
             **_attention_and_mlp(text),
             peft_renamed=_renamed_by_peft(model, linear_leaves),
+            learned_positions=_learned_positions(embeddings[1:], getattr(text, "max_position_embeddings", None)),
         )
+
+
+def _learned_positions(others: list[Module], positions: int | None) -> int | None:
+    """`positions` where an embedding beside the token one is a table of that many rows (OPT's keeps 2 more, its
+    offset); None where none is (computed positions, or a config without max_position_embeddings)."""
+    if not isinstance(positions, int):
+        return None
+    return positions if any(positions <= module.fan_in <= positions + 2 for module in others) else None
 
 
 def _input_width(model, name: str, parameter) -> int:

@@ -37,6 +37,7 @@ from llmkit.core.bnb_kernels import dequantizing_4bit_kernel
 from llmkit.core.errors import headline
 from llmkit.core.files import user_path
 from llmkit.core.models import apply_adapter, hub_tries_held, resolve_model
+from llmkit.core.shapes import ModelShape
 
 LOG = logging.getLogger(__name__)
 
@@ -191,8 +192,12 @@ def load_base_model(cfg: AxolotlConfig, *, for_training: bool = True) -> PreTrai
         attn_implementation=attn_implementation(cfg),
         **options,
     )
+    from llmkit.config.plan import check_sequence_len
+
+    shape = ModelShape.from_model(model)
+    check_sequence_len(cfg, shape)  # validate asks as it sizes the model; a config.json found only here is asked now
     if quantization is not None:
-        _warn_unquantized(model)
+        _warn_unquantized(model, shape)
     if not for_training:
         return model
     model.config.use_cache = False  # a KV cache is useless in training and breaks packed-sequence masking
@@ -207,12 +212,10 @@ def load_base_model(cfg: AxolotlConfig, *, for_training: bool = True) -> PreTrai
     return model
 
 
-def _warn_unquantized(model: PreTrainedModel) -> None:
+def _warn_unquantized(model: PreTrainedModel, shape: ModelShape) -> None:
     # transformers hands bitsandbytes only modules whose type is exactly nn.Linear (or Conv1D): a subclass such as
     # Falcon's FalconLinear stays in 16 bits, and "QLoRA" on it is plain LoRA with the memory of a 16-bit base.
-    from llmkit.core.shapes import ModelShape
-
-    kept = ModelShape.from_model(model).linear
+    kept = shape.linear
     names = sorted({module.leaf for module in kept if not module.quantizable})
     if names:
         LOG.warning(

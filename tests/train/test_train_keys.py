@@ -271,6 +271,31 @@ def test_an_override_the_model_config_cannot_take_is_one_line_naming_it(tiny_con
             assert result.output.splitlines()[-1] == f"  - overrides_of_model_config.{key}: {said}", result.output
 
 
+def test_a_sequence_len_over_a_learned_position_table_is_one_line_in_validate_and_train(
+    tiny_config, tiny_family_dir, tiny_model_dir
+):
+    """GPT-2's positions are a table of n_positions rows: sequence_len 2048 over its 1,024 passed validate, and
+    train stopped on torch's IndexError (index out of range in self) once a packed sequence passed the table."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+    from llmkit.config.plan import base_shape
+
+    gpt2 = tiny_family_dir("gpt2")
+    config = tiny_config(base_model=str(gpt2), sequence_len=2048, sample_packing=True)
+    said = (
+        "  - sequence_len: 2048 is over the 1024 positions of GPT2LMHeadModel's learned position table "
+        "(max_position_embeddings): no sequence can be longer; write sequence_len: 1024 or less"
+    )
+    for command in ("validate", "train"):
+        result = CliRunner().invoke(app, [command, str(config)])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+        assert said in result.output.splitlines(), result.output
+    assert base_shape(load_config(tiny_config(base_model=str(gpt2), sequence_len=1024)), None)[0].learned_positions
+    llama = load_config(tiny_config(sequence_len=4096))  # rotary positions: no table to pass (2048 in its config)
+    assert base_shape(llama, None)[0].learned_positions is None
+
+
 def test_trainer_settings_the_keys_become(tiny_config):
     keys = {
         "noisy_embedding_alpha": 5,
