@@ -11,7 +11,6 @@ import functools
 import importlib.util
 import logging
 import os
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -41,8 +40,25 @@ from llmkit.core.shapes import ModelShape
 
 LOG = logging.getLogger(__name__)
 
-# bitsandbytes' 8-bit matmul warns on every call that it casts float32 inputs to float16; once is enough.
-warnings.filterwarnings("once", message="MatMul8bitLt: inputs will be cast")
+
+class _OnceEach(logging.Filter):
+    """Lets each message through the first time only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+# bitsandbytes' 8-bit matmul logs on every call that it casts float32 inputs to float16 (a 2-step load_in_8bit run
+# printed it 48 times): once is enough.
+logging.getLogger("bitsandbytes.autograd._functions").addFilter(_OnceEach())
 
 
 def compute_torch_dtype(cfg: AxolotlConfig) -> torch.dtype:

@@ -5,6 +5,7 @@ resuming after a kill, and two DDP processes on the CPU through the Makefile's l
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import signal
@@ -120,6 +121,21 @@ def test_each_method_trains_two_steps_and_saves_what_loads(method, tiny_config, 
             assert any("embed_tokens" in name for name in weights.keys())
     if keys.get("val_set_size"):
         assert [entry["step"] for entry in _state(out)["log_history"] if "eval_loss" in entry] == [0, 1, 2]
+
+
+def test_bitsandbytes_cast_is_logged_once(caplog):
+    """bitsandbytes' 8-bit matmul logs its float32-to-float16 cast on every call, from this logger (bitsandbytes
+    0.50's autograd/_functions.py): a user's 2-step load_in_8bit run of Pythia printed it 48 times."""
+    import bitsandbytes.autograd._functions as matmul_8bit
+
+    import llmkit.train.modeling  # noqa: F401 (its filter, installed on import)
+
+    cast = "MatMul8bitLt: inputs will be cast from %s to float16 during quantization"
+    assert cast.split(":")[0] in Path(matmul_8bit.__file__).read_text()  # the message this filter is for
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            matmul_8bit.logger.warning(cast, torch.float32)
+    assert caplog.text.count("MatMul8bitLt: inputs will be cast") == 1, caplog.text
 
 
 def test_the_last_step_is_logged_whatever_logging_steps_says(tiny_config):
