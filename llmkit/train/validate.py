@@ -45,6 +45,7 @@ def validate(
 
     out = console or Console()
     err = console or Console(stderr=True)
+    cfg = None
     try:
         with warnings.catch_warnings():  # the plan lists the ignored keys itself
             warnings.simplefilter("ignore", ConfigWarning)
@@ -76,6 +77,8 @@ def validate(
         # soft_wrap: the terminal wraps a long line; rich would break paths in two with newlines of its own
         said = str(error) if error.invalid else f"Error: {error}"  # no "Invalid config" heading: as other commands
         err.print(f"[red]{escape(said)}[/red]", highlight=False, soft_wrap=True)
+        if cfg is not None:  # what train would also stop on here: both said in one run, not one per fix
+            _machine_warnings(cfg, err)
         return 1
     except ModelConfigNotFound as error:  # only for the file given: a model's own config.json may be unknown
         err.print(f"Error: --model-config {error}", style="red", markup=False, highlight=False, soft_wrap=True)
@@ -84,12 +87,20 @@ def validate(
     for note in (wandb_unavailable(cfg), lora_model_dir_note):
         if note:
             err.print(f"[yellow]Warning: {escape(note)}[/yellow]", highlight=False, soft_wrap=True)  # a path: whole
-    for problem in refusals_here(cfg):  # a warning: the config may be meant for another machine
+    _machine_warnings(cfg, err)
+    return 0
+
+
+def _machine_warnings(cfg, err) -> None:
+    """What train would stop on or substitute on this machine (a CUDA-only optimizer, tf32), as warnings: the
+    config may be meant for another machine."""
+    from rich.markup import escape
+
+    for problem in refusals_here(cfg):
         err.print(f"[yellow]Warning: on this machine, train would stop: {escape(problem)}[/yellow]", highlight=False)
     for fallback in fallbacks_here(cfg):  # said here, not logged again by the check
         said = f"Warning: on this machine, train would substitute: {escape(fallback)}"
         err.print(f"[yellow]{said}[/yellow]", highlight=False)
-    return 0
 
 
 def render(p: TrainingPlan):

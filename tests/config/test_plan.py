@@ -797,6 +797,12 @@ def test_validate_warns_of_what_train_would_refuse_on_this_machine(tiny_config):
     with pytest.raises(ConfigError, match="tf32: true needs"):
         train(load_config(config), cpu_fallback=True)
     assert "on this machine" not in _validate_output(tiny_config())[1]
+    # beside a config error too: it was said alone, and train then stopped on the optimizer (one fix per run)
+    bad = tiny_config(optimizer="paged_adamw_8bit", special_tokens={"bos_token": ">>ABSTRACT<<"})
+    status, output = _validate_output(bad)
+    said = " ".join(output.split())
+    assert status == 1 and "special_tokens.bos_token: '>>ABSTRACT<<' is a new token here" in said, output
+    assert "on this machine, train would stop: optimizer: paged_adamw_8bit pages its state through CUDA" in said
 
 
 def test_validate_says_an_attention_train_would_replace_once_as_a_warning_of_this_machine(tiny_config, caplog):
