@@ -348,8 +348,8 @@ def base_shape(cfg: AxolotlConfig, model_config: str | None) -> tuple[ModelShape
     ):
         raise ConfigError([problem], cfg.source)  # train, merge and serve would each fail on it: say so now
     check_model_overrides(cfg, found.config)  # as train checks them before loading the model
-    try:
-        shape = shape_from_config(found.config)
+    try:  # the model train builds: the config.json with overrides_of_model_config over it (modeling.model_config)
+        shape = shape_from_config({**found.config, **(cfg.overrides_of_model_config or {})})
     except ValueError as err:  # not a causal LM transformers can build: the rest of the plan still holds
         return None, f"unknown: the config.json ({found.where}) cannot be built here: {err}"
     check_sequence_len(cfg, shape)

@@ -250,6 +250,19 @@ def test_rope_scaling_and_config_overrides_reach_the_model(tiny_config):
     assert model.config.attention_dropout == 0.1
 
 
+def test_the_plan_sizes_the_model_with_its_config_overrides(tiny_config):
+    """The plan sized the base from its config.json alone: num_hidden_layers: 1 trained a 1-layer model while
+    validate counted (and budgeted memory for) both layers."""
+    from llmkit.config.plan import plan
+
+    cfg = load_config(tiny_config(overrides_of_model_config={"num_hidden_layers": 1}))
+    planned = plan(cfg)
+    model = build_peft_model(cfg, load_base_model(cfg), load_tokenizer(cfg))
+    assert planned.shape.num_layers == model.config.num_hidden_layers == 1
+    assert planned.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert planned.total_params == sum(p.numel() for p in model.base_model.model.parameters() if not p.requires_grad)
+
+
 def test_an_override_the_model_config_cannot_take_is_one_line_naming_it(tiny_config):
     """train stopped on a StrictDataclassFieldValidationError traceback (hidden_size: big), a ZeroDivisionError
     (num_attention_heads: 0) or peft's NoMatchingPeftModuleError (num_hidden_layers: -5: a model of no layers);
