@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llmkit.config.plan import TrainingPlan, base_shape, plan
-from llmkit.config.schema import ConfigError, ConfigWarning, RLMethod, load_config
+from llmkit.config.schema import AxolotlConfig, ConfigError, ConfigWarning, RLMethod, load_config
 from llmkit.core.memory import GIB
 from llmkit.core.shapes import ModelConfigNotFound
 from llmkit.data.grpo import reward_functions
@@ -23,6 +24,9 @@ from llmkit.data.tokenizer import (
 )
 from llmkit.train.machine import fallbacks_here, refusals_here, wandb_unavailable
 from llmkit.train.resume import check_lora_model_dir, check_writable, resume_checkpoint
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def validate(
@@ -91,7 +95,7 @@ def validate(
     return 0
 
 
-def _machine_warnings(cfg, err) -> None:
+def _machine_warnings(cfg: AxolotlConfig, err: Console) -> None:
     """What train would stop on or substitute on this machine (a CUDA-only optimizer, tf32), as warnings: the
     config may be meant for another machine."""
     from rich.markup import escape
