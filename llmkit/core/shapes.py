@@ -103,6 +103,7 @@ class ModelShape:
     # the rows of a learned position table (GPT-2's wpe, OPT's embed_positions: max_position_embeddings), which no
     # sequence may pass (torch's embedding lookup fails past them); None: positions are computed (RoPE, ALiBi)
     learned_positions: int | None = None
+    positions: int | None = None  # max_position_embeddings: the server's bound on prompt + completion
 
     @property
     def quantizable_params(self) -> int:
@@ -206,6 +207,7 @@ class ModelShape:
             **_attention_and_mlp(text),
             peft_renamed=_renamed_by_peft(model, linear_leaves),
             learned_positions=_learned_positions(embeddings[1:], getattr(text, "max_position_embeddings", None)),
+            positions=getattr(text, "max_position_embeddings", None),
         )
 
 

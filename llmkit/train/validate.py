@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from llmkit.config.plan import TrainingPlan, base_shape, plan
 from llmkit.config.schema import AxolotlConfig, ConfigError, ConfigWarning, RLMethod, load_config
+from llmkit.core.challenge import CONTEXT_TOKENS
 from llmkit.core.memory import GIB
 from llmkit.core.shapes import ModelConfigNotFound
 from llmkit.data.grpo import reward_functions
@@ -127,6 +128,13 @@ def render(p: TrainingPlan):
         where = f"{n_params / 1e9:.2f}B parameters, {p.shape.architecture}; config.json: {p.shape_source}"
         summary.add_row("base model", escape(f"{cfg.base_model} ({where})"))
     summary.add_row("method", escape(p.method))
+    if p.shape is not None and isinstance(p.shape.positions, int) and p.shape.positions < CONTEXT_TOKENS:
+        summary.add_row(
+            "[yellow]positions[/yellow]",
+            f"[yellow]the model has {p.shape.positions:,} (max_position_embeddings), fewer than the challenge's "
+            f"{CONTEXT_TOKENS:,}-token prompt and completion: the server answers a longer HELM prompt with a 422, "
+            "and HELM stops that run[/yellow]",
+        )
     if p.shape is not None and p.shape.expert_params and (cfg.load_in_4bit or cfg.load_in_8bit):
         summary.add_row(
             "[yellow]MoE experts[/yellow]",

@@ -305,6 +305,12 @@ def test_a_sequence_len_over_a_learned_position_table_is_one_line_in_validate_an
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
         assert said in result.output.splitlines(), result.output
     assert base_shape(load_config(tiny_config(base_model=str(gpt2), sequence_len=1024)), None)[0].learned_positions
+    # within the table it trains, and the plan says what the 1,024 positions mean for HELM's 2,048-token prompts
+    fits = CliRunner().invoke(app, ["validate", str(tiny_config(base_model=str(gpt2), sequence_len=1024))])
+    said = " ".join(fits.output.replace("│", " ").split())
+    assert fits.exit_code == 0, fits.output
+    assert "the model has 1,024 (max_position_embeddings), fewer than the challenge's 2,048-token prompt" in said
+    assert "fewer than the challenge's" not in CliRunner().invoke(app, ["validate", str(tiny_config())]).output
     llama = load_config(tiny_config(sequence_len=4096))  # rotary positions: no table to pass (2048 in its config)
     assert base_shape(llama, None)[0].learned_positions is None
 
