@@ -352,23 +352,24 @@ def base_shape(cfg: AxolotlConfig, model_config: str | None) -> tuple[ModelShape
         shape = shape_from_config({**found.config, **(cfg.overrides_of_model_config or {})})
     except ValueError as err:  # not a causal LM transformers can build: the rest of the plan still holds
         return None, f"unknown: the config.json ({found.where}) cannot be built here: {err}"
-    check_sequence_len(cfg, shape)
+    check_sequence_len(cfg, shape.learned_positions, shape.architecture)
     return shape, found.where
 
 
-def check_sequence_len(cfg: AxolotlConfig, shape: ModelShape) -> None:
-    """Refuse a sequence_len over a learned position table's rows (GPT-2's 1,024): a packed or long sequence indexed
-    past it, and training stopped on torch's IndexError. Validate asks as it sizes the model, train once it is loaded.
+def check_sequence_len(cfg: AxolotlConfig, learned_positions: int | None, architecture: str) -> None:
+    """Refuse a sequence_len over a learned position table's rows (GPT-2's 1,024, `shapes.learned_positions`): a
+    packed or long sequence indexed past it, and training stopped on torch's IndexError. Validate asks as it sizes
+    the model, train once it is loaded.
 
     Raises:
         ConfigError: sequence_len is over the model's learned positions.
     """
-    if shape.learned_positions is not None and cfg.sequence_len > shape.learned_positions:
+    if learned_positions is not None and cfg.sequence_len > learned_positions:
         raise ConfigError(
             [
-                f"sequence_len: {cfg.sequence_len} is over the {shape.learned_positions} positions of "
-                f"{shape.architecture}'s learned position table (max_position_embeddings): no sequence can be "
-                f"longer; write sequence_len: {shape.learned_positions} or less"
+                f"sequence_len: {cfg.sequence_len} is over the {learned_positions} positions of {architecture}'s "
+                f"learned position table (max_position_embeddings): no sequence can be longer; write sequence_len: "
+                f"{learned_positions} or less"
             ],
             cfg.source,
         )

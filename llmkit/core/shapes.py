@@ -206,17 +206,23 @@ class ModelShape:
             parameters=tuple((n, p.numel()) for n, p in model.named_parameters()),
             **_attention_and_mlp(text),
             peft_renamed=_renamed_by_peft(model, linear_leaves),
-            learned_positions=_learned_positions(embeddings[1:], getattr(text, "max_position_embeddings", None)),
+            learned_positions=learned_positions(model),
             positions=getattr(text, "max_position_embeddings", None),
         )
 
 
-def _learned_positions(others: list[Module], positions: int | None) -> int | None:
-    """`positions` where an embedding beside the token one is a table of that many rows (OPT's keeps 2 more, its
-    offset); None where none is (computed positions, or a config without max_position_embeddings)."""
+def learned_positions(model) -> int | None:
+    """The model's max_position_embeddings where an embedding beside the token one is a table of that many rows
+    (OPT's keeps 2 more, its offset); None where none is (computed positions, or a config without it). Read from
+    the embeddings alone: train asks it of the loaded model, whose whole shape it does not need."""
+    import torch
+
+    positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
     if not isinstance(positions, int):
         return None
-    return positions if any(positions <= module.fan_in <= positions + 2 for module in others) else None
+    inputs = model.get_input_embeddings()
+    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and m is not inputs]
+    return positions if any(positions <= table.num_embeddings <= positions + 2 for table in tables) else None
 
 
 def _input_width(model, name: str, parameter) -> int:

@@ -36,7 +36,7 @@ from llmkit.core.bnb_kernels import dequantizing_4bit_kernel
 from llmkit.core.errors import headline
 from llmkit.core.files import user_path
 from llmkit.core.models import apply_adapter, hub_tries_held, resolve_model
-from llmkit.core.shapes import ModelShape
+from llmkit.core.shapes import ModelShape, learned_positions
 
 LOG = logging.getLogger(__name__)
 
@@ -210,10 +210,10 @@ def load_base_model(cfg: AxolotlConfig, *, for_training: bool = True) -> PreTrai
     )
     from llmkit.config.plan import check_sequence_len
 
-    shape = ModelShape.from_model(model)
-    check_sequence_len(cfg, shape)  # validate asks as it sizes the model; a config.json found only here is asked now
+    # validate asks as it sizes the model; a config.json found only here is asked now
+    check_sequence_len(cfg, learned_positions(model), type(model).__name__)
     if quantization is not None:
-        _warn_unquantized(model, shape)
+        _warn_unquantized(model)
     if not for_training:
         return model
     model.config.use_cache = False  # a KV cache is useless in training and breaks packed-sequence masking
@@ -228,10 +228,10 @@ def load_base_model(cfg: AxolotlConfig, *, for_training: bool = True) -> PreTrai
     return model
 
 
-def _warn_unquantized(model: PreTrainedModel, shape: ModelShape) -> None:
+def _warn_unquantized(model: PreTrainedModel) -> None:
     # transformers hands bitsandbytes only modules whose type is exactly nn.Linear (or Conv1D): a subclass such as
     # Falcon's FalconLinear stays in 16 bits, and "QLoRA" on it is plain LoRA with the memory of a 16-bit base.
-    kept = shape.linear
+    kept = ModelShape.from_model(model).linear
     names = sorted({module.leaf for module in kept if not module.quantizable})
     if names:
         LOG.warning(
