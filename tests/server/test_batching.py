@@ -138,13 +138,6 @@ def one_row(start_server):
     return start_server("--max-batch-size", "1", "--max-queue", "1")
 
 
-@pytest.fixture(scope="module")
-def two_rows(start_server):
-    """Two rows, one waiting place; long prompts prefilled in 512-token chunks (the default, said for the test that
-    counts them). Each test using it leaves it idle."""
-    return start_server("--max-batch-size", "2", "--max-queue", "1", "--prefill-chunk-tokens", "512")
-
-
 def wait_for(http: httpx.Client, url: str, check, seconds: float = 60) -> dict:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -188,12 +181,12 @@ def test_disconnect_frees_the_row_and_full_queue_answers_503(one_row, http):
 
 
 @pytest.mark.slow
-def test_a_row_whose_client_left_frees_its_place_in_the_same_pass(two_rows, http):
+def test_a_row_whose_client_left_frees_its_place_in_the_same_pass(start_server, http):
     """Cancelled rows are dropped before admission: they held their place while a pass checked it, so a waiting
     request waited one more pass (here a 512-token chunk of a long prompt). /health's snapshot, retaken as each pass
     admits, shows the row that left for the rest of the pass in which its client left, not through the next one as
     well (kv_cache_bytes_used tells the passes apart: the chunked prompt's cache grows by a chunk each pass)."""
-    server = two_rows
+    server = start_server("--max-batch-size", "2", "--max-queue", "1", "--prefill-chunk-tokens", "512")
     leaving = open_request(server.url, helm_body("Hi", max_new_tokens=1000, stop_sequences=NEVER))
     wait_for(http, server.url, lambda b: b["running"] == 1)
     chunked = open_request(server.url, helm_body(COUNTING * 14, max_new_tokens=100, stop_sequences=NEVER))
@@ -226,10 +219,10 @@ def test_free_batch_rows_take_requests_before_the_queue_counts(start_server, htt
     wait_for(http, server.url, lambda b: b["running"] == b["waiting"] == 0, seconds=30)
 
 
-def test_a_burst_gets_the_batch_and_the_queue_and_no_more(two_rows, http):
+def test_a_burst_gets_the_batch_and_the_queue_and_no_more(start_server, http):
     """Admission counted free rows from the last step's snapshot while the model thread was taking requests into the
     batch: 10 requests at once got 6 places where 2 rows and 1 queue place are 3."""
-    server = two_rows
+    server = start_server("--max-batch-size", "2", "--max-queue", "1")
     long = helm_body(COUNTING, max_new_tokens=1000, stop_sequences=NEVER)
     clients = [open_request(server.url, long) for _ in range(10)]
     wait_for(http, server.url, lambda b: b["running"] == 2 and b["waiting"] == 1)
@@ -380,15 +373,9 @@ def _half_body(url: str) -> socket.socket:
     return sock
 
 
-@pytest.fixture(scope="module")
-def body_limit(start_server):
-    """A 2 s limit on a request's headers and body, for the tests of half-sent requests."""
-    return start_server("--body-timeout-s", "2")
-
-
-def test_a_body_that_never_ends_gets_408_and_one_that_is_dropped_is_logged_499(body_limit, http):
+def test_a_body_that_never_ends_gets_408_and_one_that_is_dropped_is_logged_499(start_server, http):
     """Half-sent bodies had no time limit (3,000 of them held open), and a client gone mid-body was counted a 400."""
-    server = body_limit
+    server = start_server("--body-timeout-s", "2")
     stalled = _half_body(server.url)
     answer = _read_to_close(stalled)  # the connection is closed after the answer
     assert answer.startswith("HTTP/1.1 408") and "request body incomplete after 2 s (--body-timeout-s)" in answer
@@ -398,10 +385,10 @@ def test_a_body_that_never_ends_gets_408_and_one_that_is_dropped_is_logged_499(b
     assert '"status": 400' not in log and "Traceback" not in log, log
 
 
-def test_headers_that_never_end_get_408_on_a_new_and_a_kept_alive_connection(body_limit, http):
+def test_headers_that_never_end_get_408_on_a_new_and_a_kept_alive_connection(start_server, http):
     """The body had a time limit, the headers none: a connection that never finished them was held open for good
     (60 of them still open after 40 s), as was one that sent nothing."""
-    server = body_limit
+    server = start_server("--body-timeout-s", "2")
     host, port = server.url.removeprefix("http://").split(":")
     silent = socket.create_connection((host, int(port)))
     partial = socket.create_connection((host, int(port)))
