@@ -157,9 +157,21 @@ _SHAPES: dict[str, Callable[[RawRow], tuple[str, str, str]]] = {
 }
 
 
-def _as_they_are(row: RawRow) -> PreferenceRow:
-    prompt, chosen, rejected = _SHAPES["prompt_pairs"](row)
-    return PreferenceRow(prompt=prompt, chosen=chosen, rejected=rejected)
+def _as_they_are(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, defaults: ChatDefaults) -> PreferenceBuilder:
+    """No type (or passthrough.default): axolotl hands the rows to TRL as they are, {prompt, chosen, rejected} as
+    strings, or in TRL's conversational form, which TRL's DPOTrainer (ORPOTrainer, CPOTrainer) renders with the chat
+    template (`_conversational`)."""
+    answers = ("chosen", "rejected")
+    conversational = _conversational(spec, tokenizer, defaults, answers)
+
+    def build(row: RawRow) -> PreferenceRow:
+        if _is_conversational(row, answers):
+            prompt, (chosen, rejected) = conversational(row)
+            return PreferenceRow(prompt=prompt, chosen=chosen, rejected=rejected)
+        prompt, chosen, rejected = _SHAPES["prompt_pairs"](row)
+        return PreferenceRow(prompt=prompt, chosen=chosen, rejected=rejected)
+
+    return build
 
 
 def _user_defined_builder(mapping: PreferencePrompt) -> PreferenceBuilder:
@@ -394,7 +406,7 @@ def preference_builder(
         ValueError: a type that is no preference type, or a chat template that cannot be used.
     """
     if spec.type is None or spec.type == PreferenceType.passthrough_default:  # as axolotl: rows already in TRL's
-        return _as_they_are  # format, used as they are
+        return _without_double_bos(_as_they_are(spec, tokenizer, defaults or ChatDefaults()), tokenizer)  # format
     if isinstance(spec.type, PreferencePrompt):
         return _without_double_bos(_user_defined_builder(spec.type), tokenizer)
     if not isinstance(spec.type, str) or spec.type not in PreferenceType._value2member_map_:
@@ -502,20 +514,22 @@ def _user_defined_kto(mapping: KTOPrompt) -> KTOBuilder:
     return build
 
 
-def _is_conversational(row: RawRow) -> bool:
-    """TRL's conversational form of a row (trl-lib/kto-mix-14k): `prompt` and `completion` lists of messages."""
-    return isinstance(row.get("prompt"), list) or isinstance(row.get("completion"), list)
+def _is_conversational(row: RawRow, answers: tuple[str, ...]) -> bool:
+    """TRL's conversational form of a row (trl-lib/kto-mix-14k; its conversational preference rows): `prompt` and the
+    `answers` fields (completion; chosen and rejected) lists of messages."""
+    return any(isinstance(row.get(field), list) for field in ("prompt", *answers))
 
 
-def _conversational_kto(
-    spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, defaults: ChatDefaults
-) -> Callable[[RawRow], tuple[str, str]]:
-    """A conversational row's (prompt, completion) as TRL's KTOTrainer renders it (trl.apply_chat_template), with the
-    dataset's chat template as chat_template.default resolves it: the prompt with the generation prompt (continuing
-    a last assistant message), the completion the rendering of both from where that prompt ends (the common prefix:
-    a template may write the generation prompt otherwise before an answer). As TRL's, every render has the row's
-    `tools` and each message all its keys (tool calls as written: TRL reads no JSON in them). The template is
-    resolved at the first such row: a dataset of plain strings needs none."""
+def _conversational(
+    spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, defaults: ChatDefaults, answers: tuple[str, ...]
+) -> Callable[[RawRow], tuple[str, list[str]]]:
+    """A conversational row's prompt and `answers` (KTO's completion; DPO's chosen and rejected) as TRL's trainers
+    render them (trl.apply_chat_template), with the dataset's chat template as chat_template.default resolves it:
+    the prompt with the generation prompt (continuing a last assistant message), each answer the rendering of the
+    prompt and it from where the prompt ends (the prefix all renderings share: a template may write the generation
+    prompt otherwise before an answer). As TRL's, every render has the row's `tools` and each message all its keys
+    (tool calls as written: TRL reads no JSON in them). The template is resolved at the first such row: a dataset
+    of plain strings needs none."""
     template: str | None = None
 
     def conversation(row: RawRow, field: str) -> list[dict[str, Any]]:
@@ -524,19 +538,19 @@ def _conversational_kto(
             raise absent(row, field)
         if not isinstance(value, list) or not value:
             raise FieldError(
-                field, f"must be a non-empty list of {{role, content}} messages in TRL's conversational form (as "
-                f"the other of prompt and completion is), got {short_repr(value)}"
+                field, f"must be a non-empty list of {{role, content}} messages: the row is in TRL's conversational "
+                f"form ({', '.join(('prompt', *answers))} all lists of messages), got {short_repr(value)}"
             )  # fmt: skip
         return [{**turn, **message} for turn, message in zip(value, _messages(value, field, spec), strict=True)]
 
-    def build(row: RawRow) -> tuple[str, str]:
+    def build(row: RawRow) -> tuple[str, list[str]]:
         nonlocal template
         if template is None:
             try:
                 template = template_for_rows(spec, tokenizer, defaults)
             except ValueError as err:
                 raise DataError(f"{source_name(spec)}: {err}") from None
-        prompt, completion = conversation(row, "prompt"), conversation(row, "completion")
+        prompt = conversation(row, "prompt")
         last = len(prompt) - 1
         role = prompt[last]["role"]
         if role not in ("user", "tool", "assistant"):  # as TRL refuses it
@@ -546,9 +560,9 @@ def _conversational_kto(
         head = _render(
             tokenizer, template, prompt, tools, add_generation_prompt=not continued, continue_final_message=continued
         )
-        whole = _render(tokenizer, template, prompt + completion, tools)
-        head = os.path.commonprefix([head, whole])
-        return head, whole[len(head) :]
+        wholes = [_render(tokenizer, template, prompt + conversation(row, field), tools) for field in answers]
+        head = os.path.commonprefix([head, *wholes])
+        return head, [whole[len(head) :] for whole in wholes]
 
     return build
 
@@ -574,17 +588,17 @@ def kto_builder(
     """What turns one of the spec's rows into a `KTORow` (rl: kto): axolotl's kto strategies write the chat format
     themselves, the answer closed by its turn's end marker; a mapping writes the row's fields with its formats; no
     type: rows already {prompt, completion, label}, as
-    strings or in TRL's conversational form (rendered with the chat template, `_conversational_kto`).
+    strings or in TRL's conversational form (rendered with the chat template, `_conversational`).
 
     Raises:
         ValueError: a type that is no KTO type.
     """
     if spec.type is None:
-        conversational = _conversational_kto(spec, tokenizer, defaults or ChatDefaults())
+        conversational = _conversational(spec, tokenizer, defaults or ChatDefaults(), ("completion",))
 
         def as_they_are(row: RawRow) -> KTORow:
-            if _is_conversational(row):
-                prompt, completion = conversational(row)
+            if _is_conversational(row, ("completion",)):
+                prompt, (completion,) = conversational(row)
                 return KTORow(prompt=prompt, completion=completion, label=_label(row))
             return KTORow(
                 prompt=text_field(row, "prompt"), completion=text_field(row, "completion"), label=_label(row)

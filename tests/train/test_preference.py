@@ -387,6 +387,42 @@ def test_a_dataset_without_type_is_used_as_it_is_under_rl_and_required_without(m
         make_cfg([{"path": str(path)}])
 
 
+def test_trls_conversational_preference_rows_render_as_dpotrainer_renders_them(make_cfg, tokenizer, tmp_path):
+    """No type, rows in TRL's conversational preference form (prompt, chosen and rejected lists of messages), which
+    axolotl hands to TRL as they are: the strings TRL's own apply_chat_template makes of them, with the dataset's chat
+    template (the tokenizer's, or the one chat_template names), under rl: dpo and rl: orpo alike. They were refused
+    (`prompt` must be a string)."""
+    from trl.data_utils import apply_chat_template
+
+    from llmkit.data.chat import CHAT_TEMPLATES
+
+    def said(text: str) -> list[dict]:
+        return [{"role": "assistant", "content": text}]
+
+    rows = [
+        {"prompt": [{"role": "user", "content": "Name a colour."}], "chosen": said("Red."), "rejected": said("7.")},
+        {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye?"}],
+         "chosen": said("Bye."), "rejected": said("No.")},
+        {"prompt": [{"role": "user", "content": "Count."}, {"role": "assistant", "content": "One,"}],
+         "chosen": said(" two."), "rejected": said(" five.")},  # a prompt TRL continues
+    ]  # fmt: skip
+    path = _pairs(tmp_path, rows)
+    for rl in ("dpo", "orpo"):
+        built = build_preference_datasets(make_cfg([{"path": str(path), "type": None}], rl=rl), tokenizer).train
+        assert sorted(built, key=str) == sorted((apply_chat_template(row, tokenizer) for row in rows), key=str)
+    llama3 = make_cfg([{"path": str(path), "type": None, "chat_template": "llama3"}], rl="dpo")
+    built = build_preference_datasets(llama3, tokenizer).train
+    expected = [apply_chat_template(row, tokenizer, chat_template=CHAT_TEMPLATES["llama3"]) for row in rows]
+    assert sorted(built, key=str) == sorted(expected, key=str)
+    assert "<|start_header_id|>user<|end_header_id|>" in built[0]["prompt"]
+
+    half = _pairs(tmp_path, [rows[0], {**rows[0], "rejected": "Seven."}], "half.jsonl")
+    said = rf"{half}: row 2: field 'rejected' must be a non-empty list of .*\(prompt, chosen, rejected all .*Seven"
+    with pytest.raises(DataError, match=said):
+        build_preference_datasets(make_cfg([{"path": str(half), "type": None}], rl="dpo"), tokenizer)
+
+
 def test_a_type_mapping_is_axolotls_user_defined_preference_format(make_cfg, tokenizer, tmp_path):
     """axolotl's `type: {field_prompt, field_chosen, ..., prompt_format}` under rl was refused as unknown keys."""
     rows = [
