@@ -731,7 +731,8 @@ def _detail_segments(
     written beside it) masked, as axolotl labels only the content's picked tokens.
 
     Raises:
-        FieldError: the template does not write the content as it is (nor stripped), so its offsets cannot be placed.
+        FieldError: the template does not write the content as it is (nor stripped), so its offsets cannot be placed;
+            or it writes more of the turn before the content (its reasoning), where axolotl places the spans.
     """
     content = message.get("content") or ""
     stripped = content.strip()
@@ -744,6 +745,17 @@ def _detail_segments(
             where,
             f"cannot be placed: the chat template does not write the {message['role']} turn's content as it is, so "
             "its character offsets name no characters of the text",
+        )
+    if at > 0:
+        # axolotl counts the content's tokens from where its find_turn starts the turn, the first token that differs
+        # from a dummy turn without the message's reasoning: its spans train that many tokens into the reasoning
+        # (Qwen3's <think> block), not the content they name. Neither is what the row says, so it is refused.
+        raise FieldError(
+            where,
+            f"cannot be placed as axolotl places it: the chat template writes {short_repr(text[:at], 60)} of the "
+            f"{message['role']} turn before its content (its reasoning), and axolotl counts the spans' tokens from "
+            "the start of that text, so they would train the reasoning's tokens, not the content's they name; drop "
+            "the message's reasoning (field_thinking) or its training_detail",
         )
     trained = bytearray(len(text))
     for begin, finish in _detail_tokens(tokenizer, content, detail, on_skip):

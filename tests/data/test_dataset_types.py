@@ -669,6 +669,37 @@ def test_message_field_training_detail_trains_the_tokens_axolotl_picks_for_each_
     assert built[0][0]["input_ids"] == plain["input_ids"]
 
 
+# Qwen3's assistant turn, its reasoning in a <think> block before the content (empty where the message has none)
+THINKING_TEMPLATE = (
+    "{% for m in messages %}{% if m.role == 'assistant' %}{{ '<|im_start|>assistant\\n<think>\\n' + "
+    "(m.reasoning_content or '') + '\\n</think>\\n\\n' + m.content + '<|im_end|>\\n' }}{% else %}{{ '<|im_start|>' + "
+    "m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+)
+
+
+def test_a_training_detail_after_a_reasoning_the_template_writes_first_is_refused(write_rows, make_cfg, tokenizer):
+    """axolotl places a turn's training_detail tokens counting from where its find_turn starts the turn, the first
+    token that differs from a dummy turn without the message's reasoning: after an empty <think> block that is the
+    content, and the spans train the content's tokens, as here; after a reasoning the template writes, it is the
+    reasoning, and axolotl's spans train the reasoning's tokens (here " answer." for the content's " very well").
+    That trained the content's tokens silently; it is an error naming the field now."""
+    keys = {"message_field_training_detail": "detail", "chat_template": "jinja"}
+    keys["chat_template_jinja"] = THINKING_TEMPLATE
+    detail = [{"begin_offset": 9, "end_offset": 18, "train": True}]
+    (row,) = _chat(write_rows, make_cfg, tokenizer, [{"conversations": _detailed(detail)}], **keys)
+    assert "<think>\n\n</think>\n\nI'm doing" in tokenizer.decode(row["input_ids"])
+    assert _trained_tokens(tokenizer, row) == ["Ġvery", "Ġwell", "<|im_end|>"]
+    reasoned = _detailed(detail)
+    reasoned[1]["reasoning_content"] = "Be polite and answer."
+    said = (
+        r"row 1: field 'conversations\[1\]\.detail' cannot be placed as axolotl places it: the chat template writes "
+        r"'Be polite and answer\.\\n</think>\\n\\n' of the assistant turn before its content .* drop the message's "
+        r"reasoning \(field_thinking\) or its training_detail"
+    )
+    with pytest.raises(DataError, match=said):
+        _chat(write_rows, make_cfg, tokenizer, [{"conversations": reasoned}], **keys)
+
+
 @pytest.mark.parametrize(
     ("detail", "error"),
     [
