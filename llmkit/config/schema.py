@@ -238,7 +238,9 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
                 data[key] = entries
         ignored += _unimplemented_metrics(data) + _unread_vllm_keys(data)
         cfg = handler(data)
-        ignored += _unread_sync_keys(cfg) + _unread_chat_keys(cfg) + _unread_field_tools(cfg)
+        ignored += (
+            _unread_sync_keys(cfg) + _unread_chat_keys(cfg) + _unread_field_tools(cfg) + _unread_argilla_template(cfg)
+        )
         cfg._ignored, cfg._notices = ignored, notices
         blocking = [key.describe() for key in ignored if not key.known or key.effective]
         if cfg.strict and (blocking or notices):
@@ -1217,6 +1219,22 @@ def _unread_field_tools(cfg: AxolotlConfig) -> list[IgnoredKey]:
         )
         ignored.append(IgnoredKey(f"{key}[{i}].field_tools", spec.field_tools, known=True, note=note))
     return ignored
+
+
+def _unread_argilla_template(cfg: AxolotlConfig) -> list[IgnoredKey]:
+    """A chat_template (chat_template_jinja) on an rl: orpo chat_template.argilla entry: axolotl's orpo argilla renders
+    with the config's chat template (get_chat_template_from_config without the entry), and so does this; said, as the
+    entry's key changes nothing."""
+    if cfg.rl is not RLMethod.orpo:
+        return []
+    note = "rl: orpo's chat_template.argilla renders with the config's top-level chat_template, as axolotl's does"
+    return [
+        IgnoredKey(f"{key}[{i}].{field}", value, known=True, note=note)
+        for key, i, spec in cfg.dataset_entries()
+        if spec.type == PreferenceType.chat_template_argilla
+        for field in ("chat_template", "chat_template_jinja")
+        if (value := getattr(spec, field)) is not None
+    ]
 
 
 def _refused(key: IgnoredKey) -> bool:

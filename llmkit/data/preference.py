@@ -359,7 +359,8 @@ def _argilla_builder(tokenizer: PreTrainedTokenizerBase, template: str) -> Prefe
     """chat_template.argilla (ORPO's, axolotl's orpo/chat_template.py): `chosen` and `rejected` are conversations of
     user/assistant turns ending in the answer; the prompt is the row's system text and `chosen`'s turns before its
     last answer (each user turn the row's `prompt` text where it has one, as axolotl reads it) rendered with the
-    generation prompt; an answer is the rendering with it, from where the prompt ends."""
+    generation prompt; an answer is the rendering with it, from where the prompt ends. `template`: the config's (or
+    the tokenizer's), as axolotl's: it reads no dataset's own chat_template for this type."""
 
     def turns(row: RawRow, field: str) -> list[Any]:
         value = row.get(field)
@@ -417,7 +418,10 @@ def preference_builder(
         template = template_for_rows(spec, tokenizer, defaults or ChatDefaults())
         build = _template_builder(spec, tokenizer, template, kind is PreferenceType.chat_template_argilla_chat)
     elif kind is PreferenceType.chat_template_argilla:
-        build = _argilla_builder(tokenizer, template_for_rows(spec, tokenizer, defaults or ChatDefaults()))
+        # axolotl's orpo argilla resolves the config's chat template alone (get_chat_template_from_config without
+        # the dataset's entry): the entry's own chat_template is said to be ignored (config.schema)
+        config_only = spec.model_copy(update={"chat_template": None, "chat_template_jinja": None})
+        build = _argilla_builder(tokenizer, template_for_rows(config_only, tokenizer, defaults or ChatDefaults()))
     else:
         build = _formatted_builder(kind)
     return _without_double_bos(build, tokenizer)

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from llmkit.config.schema import load_config
 from llmkit.config.sections import DatasetSpec
+from llmkit.data.chat import ChatDefaults
 from llmkit.data.preference import build_preference_datasets, preference_builder
 from llmkit.data.sources import DataError
 from llmkit.data.tokenizer import load_tokenizer
@@ -36,7 +37,7 @@ def _pairs(tmp_path: Path, rows: list[dict]) -> Path:
 
 def test_chat_template_argilla_builds_axolotls_rows(tokenizer):
     build = preference_builder(
-        DatasetSpec(path="unused.jsonl", type="chat_template.argilla", chat_template="chatml"), tokenizer
+        DatasetSpec(path="unused.jsonl", type="chat_template.argilla"), tokenizer, ChatDefaults(template="chatml")
     )
     row = {"system": "Be brief.", "chosen": _turns("Hi", "Hello!"), "rejected": _turns("Hi", "Go away.")}
     assert build(row) == {
@@ -54,6 +55,24 @@ def test_chat_template_argilla_builds_axolotls_rows(tokenizer):
     )
     with pytest.raises(ValueError, match=r"chosen.*must be a list of user and assistant turns"):
         build({"chosen": "Hello!", "rejected": _turns("Hi", "Go")})
+
+
+def test_chat_template_argilla_renders_with_the_configs_template_as_axolotls_orpo_does(make_cfg, tokenizer, tmp_path):
+    """axolotl's orpo argilla resolves the config's chat template alone (get_chat_template_from_config without the
+    dataset's entry): an entry's chat_template changes nothing there, and is said to; it rendered the rows here."""
+    from llmkit.config.schema import ConfigWarning
+
+    path = _pairs(tmp_path, [{"chosen": _turns("Hi", "Hello!"), "rejected": _turns("Hi", "Go away.")}])
+    entry = {"path": str(path), "type": "chat_template.argilla", "chat_template": "llama3"}
+    said = (
+        r"datasets\[0\]\.chat_template='llama3': rl: orpo's chat_template\.argilla renders with the config's "
+        r"top-level chat_template, as axolotl's does"
+    )
+    with pytest.warns(ConfigWarning, match=said):
+        cfg = make_cfg([entry], rl="orpo", chat_template="chatml")
+    assert build_preference_datasets(cfg, tokenizer).train.to_list() == [
+        {"prompt": CHATML_USER.format("Hi"), "chosen": "Hello!<|im_end|>\n", "rejected": "Go away.<|im_end|>\n"}
+    ]
 
 
 def test_orpo_keys_and_types(make_cfg, tmp_path):
@@ -110,8 +129,8 @@ def test_an_orpo_step_logs_orpos_loss_and_publishes(tiny_config, tiny_model_dir,
     pairs = _pairs(tmp_path, rows)
     alpha = 0.7
     config = tiny_config(
-        datasets=[{"path": str(pairs), "type": "chat_template.argilla", "chat_template": "chatml"}],
-        rl="orpo", orpo_alpha=alpha, micro_batch_size=len(rows), max_steps=2, sequence_len=96,
+        datasets=[{"path": str(pairs), "type": "chat_template.argilla"}], chat_template="chatml", rl="orpo",
+        orpo_alpha=alpha, micro_batch_size=len(rows), max_steps=2, sequence_len=96,
     )  # fmt: skip
     cfg = load_config(config)
     args = training_arguments(cfg, cfg.optimizer.value)
@@ -261,7 +280,7 @@ def test_a_resumed_preference_run_ends_as_the_run_that_was_not_stopped(rl, tiny_
     questions = [(f"What is {a} plus {a}?", str(2 * a), f"Maybe {a}") for a in range(8)]
     if rl == "orpo":  # ORPO reads axolotl's argilla rows only; SimPO reads DPO's types
         rows = [{"chosen": _turns(q, good), "rejected": _turns(q, bad)} for q, good, bad in questions]
-        dataset = {"path": str(_pairs(tmp_path, rows)), "type": "chat_template.argilla", "chat_template": "chatml"}
+        dataset = {"path": str(_pairs(tmp_path, rows)), "type": "chat_template.argilla"}
     elif rl == "kto":  # one answer a row, desirable or not
         rows = [{"prompt": q, "completion": (bad, good)[i % 2], "label": i % 2 == 1} for i, (q, good, bad) in
                 enumerate(questions)]  # fmt: skip
@@ -273,7 +292,7 @@ def test_a_resumed_preference_run_ends_as_the_run_that_was_not_stopped(rl, tiny_
         "datasets": [dataset], "rl": rl, "micro_batch_size": 2, "max_steps": 6, "save_steps": 3,
         "sequence_len": 96, "learning_rate": 1e-2,
     }  # fmt: skip
-    keys |= {"simpo_gamma": 0.5} if rl == "simpo" else {}
+    keys |= {"simpo_gamma": 0.5} if rl == "simpo" else {"chat_template": "chatml"} if rl == "orpo" else {}
     whole = train(load_config(tiny_config(**keys, output_dir=str(tmp_path / "whole"))))
     expected = _checkpoint_state(whole / "checkpoint-6")
     assert [step for step, _ in expected[2]] == [1, 2, 3, 4, 5, 6]
