@@ -554,6 +554,15 @@ def _conversational(
                 template = template_for_rows(spec, tokenizer, defaults)
             except ValueError as err:
                 raise DataError(f"{source_name(spec)}: {err}") from None
+        if row.get("prompt") is None and "chosen" in answers:
+            # TRL's implicit-prompt rows (trl-lib/ultrafeedback_binarized): DPOTrainer would split the shared turns
+            # off as the prompt, but axolotl's rl loader refuses a row without one before TRL sees it
+            raise FieldError(
+                "prompt",
+                f"{absent(row, 'prompt').problem}: chosen and rejected hold whole conversations (TRL's implicit "
+                "prompt), which axolotl's rl loader refuses without a prompt column; put the turns before the "
+                "answers in prompt, and the answers alone in chosen and rejected",
+            )
         prompt = conversation(row, "prompt")
         last = len(prompt) - 1
         role = prompt[last]["role"]

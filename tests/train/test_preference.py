@@ -423,6 +423,23 @@ def test_trls_conversational_preference_rows_render_as_dpotrainer_renders_them(m
         build_preference_datasets(make_cfg([{"path": str(half), "type": None}], rl="dpo"), tokenizer)
 
 
+def test_trls_implicit_prompt_rows_are_refused_saying_where_the_prompt_goes(make_cfg, tokenizer, tmp_path):
+    """trl-lib/ultrafeedback_binarized's rows have no prompt: chosen and rejected are whole conversations, whose
+    shared turns DPOTrainer would take as the prompt; axolotl's rl loader refuses a row without a prompt before TRL
+    sees it. The error said only that prompt is missing."""
+    turns = [{"role": "user", "content": "Hi"}]
+    row = {"chosen": [*turns, {"role": "assistant", "content": "Hello"}], "score_chosen": 8.0,
+           "rejected": [*turns, {"role": "assistant", "content": "Go"}], "score_rejected": 2.0}  # fmt: skip
+    path = _pairs(tmp_path, [row])
+    said = (
+        rf"{path}: row 1: field 'prompt' is missing: chosen and rejected hold whole conversations \(TRL's implicit "
+        r"prompt\), which axolotl's rl loader refuses without a prompt column; put the turns before the answers in "
+        r"prompt, and the answers alone in chosen and rejected"
+    )
+    with pytest.raises(DataError, match=said):
+        build_preference_datasets(make_cfg([{"path": str(path)}], rl="dpo"), tokenizer)
+
+
 def test_a_type_mapping_is_axolotls_user_defined_preference_format(make_cfg, tokenizer, tmp_path):
     """axolotl's `type: {field_prompt, field_chosen, ..., prompt_format}` under rl was refused as unknown keys."""
     rows = [
