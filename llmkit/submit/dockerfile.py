@@ -126,6 +126,82 @@ def exec_form(instruction: Instruction, value: str | None = None) -> list[str]:
     return command
 
 
+@dataclass(frozen=True)
+class RunCommand:
+    """What the container runs (`run_command`): its words, and the ENTRYPOINT and CMD lines they come from."""
+
+    argv: list[str]
+    lines: tuple[Instruction, ...]  # the ENTRYPOINT (where one runs), then the CMD
+
+    @property
+    def at(self) -> str:
+        """How a message names it: `line 36: CMD`, or `lines 35 and 36: ENTRYPOINT + CMD`."""
+        numbers = " and ".join(str(inst.line) for inst in self.lines)
+        keywords = " + ".join(inst.keyword for inst in self.lines)
+        return f"line{'s' if len(self.lines) > 1 else ''} {numbers}: {keywords}"
+
+
+def run_command(stage: list[Instruction]) -> RunCommand | None:
+    """The command the final `stage`'s container runs, as Docker joins ENTRYPOINT and CMD: an exec-form ENTRYPOINT
+    with the exec-form CMD's words after it (`ENTRYPOINT ["python", "-m", "llmkit.server"]` + `CMD ["--port",
+    "80"]` is one argv); CMD alone where there is no ENTRYPOINT, or `ENTRYPOINT []` (which clears a base image's).
+    None where neither is there. A base image's own ENTRYPOINT cannot be read here.
+
+    Raises:
+        DockerfileError: a shell-form ENTRYPOINT (Docker runs it with /bin/sh -c, and CMD is dropped), or a
+            shell-form CMD (its words are not what the server's CLI reads).
+    """
+    entrypoint, cmd = last(stage, "ENTRYPOINT"), last(stage, "CMD")
+    if entrypoint is None or _is_empty_array(entrypoint.value):
+        return RunCommand(exec_form(cmd), (cmd,)) if cmd is not None else None
+    try:
+        program = exec_form(entrypoint)
+    except DockerfileError:
+        raise DockerfileError(
+            f"line {entrypoint.line}: ENTRYPOINT is not in exec form (a JSON array): Docker runs it with /bin/sh -c "
+            "and drops CMD"
+        ) from None
+    if cmd is None:
+        return RunCommand(program, (entrypoint,))
+    if _is_empty_array(cmd.value):  # `CMD []`: no arguments
+        return RunCommand(program, (entrypoint, cmd))
+    try:
+        arguments = exec_form(cmd)
+    except DockerfileError:
+        raise DockerfileError(
+            f"line {cmd.line}: CMD is not in exec form (a JSON array): the ENTRYPOINT of line {entrypoint.line} "
+            "gets it as /bin/sh -c and its text"
+        ) from None
+    return RunCommand(program + arguments, (entrypoint, cmd))
+
+
+def _is_empty_array(text: str) -> bool:
+    try:
+        return json.loads(text) == []
+    except json.JSONDecodeError:
+        return False
+
+
+# Python's options that take a value as the next word (`python -X importtime -m pkg`).
+_PYTHON_VALUE_OPTIONS = {"-X", "-W", "-c"}
+
+
+def python_module(argv: list[str]) -> str | None:
+    """The module a command `python[3.X] [options] -m MODULE ...` runs; None for any other command (a script, `-c`,
+    another program)."""
+    if not argv or not PurePosixPath(argv[0]).name.startswith("python"):
+        return None
+    words = iter(argv[1:])
+    for word in words:
+        if word == "-m":
+            return next(words, None)
+        if word == "-c" or not word.startswith("-"):
+            return None
+        if word in _PYTHON_VALUE_OPTIONS:
+            next(words, None)
+    return None
+
+
 def cmd_words(command: list[str], flags: Collection[str]) -> Iterator[tuple[str | None, str]]:
     """The words of an exec-form command after its program, as the server's CLI (argparse) reads the `flags` among
     them: (flag, value) for `--flag V` and for `--flag=V` alike, (None, word) for every other word. The one reader of

@@ -1,7 +1,8 @@
 """llmkit verify-submission ZIP --smoke: what `docker build` and `docker run` would do, without Docker.
 
-Unpack the zip, take the Dockerfile's exec-form CMD (and its ENV), run it from the unpacked folder on a loopback port
-(port 80 -> a free port, host 0.0.0.0 -> 127.0.0.1) with the model the manifest names (the bundled files, or the hub
+Unpack the zip, take the command the Dockerfile runs (its exec-form CMD, after an exec-form ENTRYPOINT as Docker
+joins them) and its ENV, run it from the unpacked folder on a loopback port (port 80 -> a free port, host 0.0.0.0 ->
+127.0.0.1) with the model the manifest names (the bundled files, or the hub
 id resolved locally: the default's id is the embedded copy), then send the harness's probe and one request of each
 kind HELM sends. The python is a venv of the zip's own requirements.txt (llmkit/submit/zip_env.py: cached by the
 file's sha256; torch's CPU build on a machine without CUDA), with only the unpacked zip on its path, so a package the
@@ -39,10 +40,9 @@ from llmkit.submit.dockerfile import (
     DockerfileError,
     cmd_words,
     env_vars,
-    exec_form,
     final_stage,
-    last,
     parse_dockerfile,
+    run_command,
 )
 from llmkit.submit.manifest import MANIFEST_NAME, ZIP_ADAPTER_DIR, ZIP_MODEL_DIR, Manifest, WeightsSource
 from llmkit.submit.verify import SERVED_FLAGS, served_problems
@@ -134,7 +134,7 @@ def _smoke(zip_path: str | Path, startup_timeout: float, docker: bool) -> SmokeR
             archive.extractall(root)
         manifest = Manifest.model_validate_json((root / MANIFEST_NAME).read_bytes())
         stage = final_stage(parse_dockerfile((root / "Dockerfile").read_text()))
-        cmd = last(stage, "CMD")
+        cmd = run_command(stage)  # ENTRYPOINT + CMD, as Docker joins them
         if cmd is None:
             raise SmokeError("the Dockerfile has no CMD")
         # The CMD is run with local stand-ins for its interpreter and weights: only where they are what the image
@@ -157,7 +157,7 @@ def _smoke(zip_path: str | Path, startup_timeout: float, docker: bool) -> SmokeR
             python, environment = zip_env.python, zip_env.describe()
             # That venv and the zip alone: no user site-packages, no checkout or other venv on PATH.
             env |= {"PYTHONNOUSERSITE": "1", "VIRTUAL_ENV": str(zip_env.venv.path)}
-        command = local_command(exec_form(cmd), manifest, root, python=python)
+        command = local_command(cmd.argv, manifest, root, python=python)
         LOG.info("Running the Dockerfile's CMD as: %s", " ".join(command))
         start = time.perf_counter()
         try:

@@ -1,12 +1,13 @@
 """llmkit verify-submission ZIP: everything the harness and the rules need, checked without Docker.
 
-The first Dockerfile sits at the root and is the only one; it exposes port 80, runs an exec-form CMD that binds
-0.0.0.0:80, has a HEALTHCHECK and a non-root USER, passes hadolint with no finding, and puts no token in ENV or
-ARG. No file holds a secret; weight files are present only when the manifest says they were bundled; manifest.json
-lists every other file with its sha256 and names the engine the CMD runs. Every COPY/ADD source is in the zip and
-not kept out by its .dockerignore, no ENTRYPOINT replaces the server, HF_HUB_OFFLINE is 1 at run time, every
-requirement is pinned with ==, each package to one version. Each entry is read once, and only if it can be: no name
-twice, no symbolic link, no damaged or encrypted entry, no file but weights over 64 MiB.
+The first Dockerfile sits at the root and is the only one; it exposes port 80, runs an exec-form command (CMD, or an
+exec-form ENTRYPOINT and CMD, which Docker runs as one) that binds 0.0.0.0:80, has a HEALTHCHECK and a non-root USER,
+passes hadolint with no finding, and puts no token in ENV or ARG. No file holds a secret; weight files are present
+only when the manifest says they were bundled; manifest.json lists every other file with its sha256 and names the
+engine the CMD runs. Every COPY/ADD source is in the zip and not kept out by its .dockerignore, no ENTRYPOINT replaces
+the server, HF_HUB_OFFLINE is 1 at run time, every requirement is pinned with ==, each package to one version. Each
+entry is read once, and only if it can be: no name twice, no symbolic link, no damaged or encrypted entry, no file but
+weights over 64 MiB.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import contextlib
 import fnmatch
 import gzip
 import io
-import json
 import lzma
 import posixpath
 import re
@@ -45,6 +45,7 @@ from llmkit.server.settings import EngineName
 from llmkit.submit.dockerfile import (
     DockerfileError,
     Instruction,
+    RunCommand,
     arg_names,
     cmd_words,
     context_copies,
@@ -59,7 +60,9 @@ from llmkit.submit.dockerfile import (
     last,
     parse_dockerfile,
     pip_installs,
+    python_module,
     requirement_targets,
+    run_command,
     venv_pythons,
 )
 from llmkit.submit.imports import run_time_imports
@@ -125,9 +128,9 @@ def verify_submission(zip_path: str | Path, *, lint: bool = True) -> list[str]:
     context = BuildContext.of(set(digests), instructions, files)
     problems += _check_dockerfile(files, instructions, unparsed, context, lint)
     problems += _check_hashes(digests, manifest)
-    cmd = _server_cmd(instructions)
+    cmd = _server_command(instructions)
     problems += _check_engine(cmd, manifest)
-    if manifest is not None and cmd is not None:
+    if manifest is not None and cmd is not None and runs_llmkit_server(cmd):
         problems += served_problems(final_stage(instructions), manifest)
     nested = _nested_archives(files)  # a wheel (training/), another zip, a tarball: their files, read once
     problems += _check_secrets(files, nested)
@@ -307,24 +310,31 @@ def _parse_dockerfile(files: dict[str, bytes]) -> tuple[list[Instruction] | None
         return None, str(err)
 
 
-def _server_cmd(instructions: list[Instruction] | None) -> Instruction | None:
-    """The final stage's CMD, where it is there and in exec form (else None: _check_dockerfile reports it)."""
+def _server_command(instructions: list[Instruction] | None) -> RunCommand | None:
+    """What the final stage's container runs (its ENTRYPOINT and CMD), where it can be read (else None:
+    _check_dockerfile reports why)."""
     try:
-        cmd = last(final_stage(instructions), "CMD") if instructions is not None else None
-        return cmd if cmd is not None and exec_form(cmd) is not None else None
+        return run_command(final_stage(instructions)) if instructions is not None else None
     except DockerfileError:
         return None
 
 
-def _check_engine(cmd: Instruction | None, manifest: Manifest | None) -> list[str]:
-    """The CMD's --engine (the server's default when absent) is the manifest's engine."""
-    if manifest is None or cmd is None:
+def runs_llmkit_server(command: RunCommand) -> bool:
+    """The container runs llmkit's server (`python -m llmkit.server`), whose flags (--model, --engine...) verify
+    and the smoke test know."""
+    from llmkit.submit.image import SERVER_MODULE
+
+    return python_module(command.argv) == SERVER_MODULE
+
+
+def _check_engine(cmd: RunCommand | None, manifest: Manifest | None) -> list[str]:
+    """The server's --engine (its default when absent) is the manifest's engine."""
+    if manifest is None or cmd is None or not runs_llmkit_server(cmd):
         return []
-    command = exec_form(cmd)
-    engine, said = _flag(command, "--engine") or EngineName.builtin.value, manifest.engine.value
+    engine, said = _flag(cmd.argv, "--engine") or EngineName.builtin.value, manifest.engine.value
     if engine == said:
         return []
-    return [f"Dockerfile line {cmd.line}: CMD runs --engine {engine}, {MANIFEST_NAME} says {said}"]
+    return [f"Dockerfile {cmd.at} runs --engine {engine}, {MANIFEST_NAME} says {said}"]
 
 
 def _check_dockerfile(
@@ -377,25 +387,15 @@ def _dockerfile_rules(instructions: list[Instruction]) -> list[str]:
     port = str(CONTAINER_PORT)
     if not any(inst.keyword == "EXPOSE" and port in re.split(r"[\s/]+", inst.value) for inst in stage):
         problems.append(f"Dockerfile: no EXPOSE {port} (the harness maps container port {port} to 8080)")
-    cmd = last(stage, "CMD")
     try:
-        command = exec_form(cmd) if cmd is not None else None
-    except DockerfileError as err:  # a shell-form CMD: said, and the rules below still checked
+        command = run_command(stage)
+    except DockerfileError as err:  # a shell-form CMD or ENTRYPOINT: said, and the rules below still checked
         problems.append(f"Dockerfile: {err}")
-        command = None
-    if cmd is None:
-        problems.append("Dockerfile: no CMD")
-    elif command is not None:
-        if _flag(command, "--port") != port:
-            problems.append(f"Dockerfile line {cmd.line}: CMD does not run the server with --port {port}")
-        if _flag(command, "--host") != "0.0.0.0":
-            problems.append(f"Dockerfile line {cmd.line}: CMD does not bind --host 0.0.0.0 (unreachable from outside)")
-    entrypoint = last(stage, "ENTRYPOINT")
-    if entrypoint is not None and _json(entrypoint.value) != []:  # `ENTRYPOINT []` clears a base image's (vLLM's)
-        problems.append(
-            f"Dockerfile line {entrypoint.line}: an ENTRYPOINT runs instead of the server, with CMD as its arguments "
-            "(the generated Dockerfile has none, or `ENTRYPOINT []`)"
-        )
+    else:
+        if command is None:
+            problems.append("Dockerfile: no CMD")
+        else:
+            problems += _command_rules(stage, command)
     offline = env_vars(stage).get("HF_HUB_OFFLINE")
     if (offline or "").lower() not in _TRUE:
         problems.append(
@@ -421,6 +421,26 @@ def _dockerfile_rules(instructions: list[Instruction]) -> list[str]:
     return problems
 
 
+def _command_rules(stage: list[Instruction], command: RunCommand) -> list[str]:
+    """The container's command (ENTRYPOINT + CMD, as Docker joins them) binds 0.0.0.0:80. An ENTRYPOINT that takes
+    a CMD running the server as its arguments is said to be a problem of its own, and the CMD checked alone."""
+    port, problems = str(CONTAINER_PORT), []
+    entrypoint, cmd = last(stage, "ENTRYPOINT"), last(stage, "CMD")
+    if command.lines[0] is entrypoint and cmd is not None and not runs_llmkit_server(command):
+        with contextlib.suppress(DockerfileError):
+            if runs_llmkit_server(alone := RunCommand(exec_form(cmd), (cmd,))):
+                problems.append(
+                    f"Dockerfile line {entrypoint.line}: an ENTRYPOINT runs instead of the server, with CMD as its "
+                    "arguments (the generated Dockerfile has none, or `ENTRYPOINT []`)"
+                )
+                command = alone
+    if _flag(command.argv, "--port") != port:
+        problems.append(f"Dockerfile {command.at} does not run the server with --port {port}")
+    if _flag(command.argv, "--host") != "0.0.0.0":
+        problems.append(f"Dockerfile {command.at} does not bind --host 0.0.0.0 (unreachable from outside)")
+    return problems
+
+
 def _flag(command: list[str], flag: str) -> str | None:
     """The value the server's CLI (argparse) takes: the last `--flag V` or `--flag=V` (None: absent, or no value;
     served_problems names the flag that ends the CMD)."""
@@ -440,14 +460,14 @@ def served_problems(stage: list[Instruction], manifest: Manifest) -> list[str]:
     (and, named bare, not on ENV PATH), a --model (or --adapter) other than the folder the bundled weights are
     copied to, or than the hub id (and --revision) the build downloads as manifest.json says; HF_HUB_OFFLINE=1
     leaves the server nothing else to load. The smoke test runs the CMD only where this finds nothing."""
-    cmd = last(stage, "CMD")
-    if cmd is None:
+    run = run_command(stage)
+    if run is None:
         return []
-    command, at = exec_form(cmd), f"Dockerfile line {cmd.line}: CMD"
+    command, at = run.argv, f"Dockerfile {run.at}"
     try:
         words = list(cmd_words(command, SERVED_FLAGS))
     except DockerfileError as err:
-        return [f"Dockerfile line {cmd.line}: {err}"]
+        return [f"Dockerfile line {run.lines[-1].line}: {err}"]
     problems = _check_interpreter(stage, command[0], manifest, at)
     given = {flag: [value for name, value in words if name == flag] for flag in SERVED_FLAGS}
     copies = copy_targets(stage)
@@ -598,13 +618,6 @@ def _check_interpreter(stage: list[Instruction], program: str, manifest: Manifes
     return [f"{at} runs {program}, but the Dockerfile installs {installed}{bare}"]
 
 
-def _json(text: str) -> object:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return None
-
-
 def _context_sources(instructions: list[Instruction]) -> Iterator[tuple[Instruction, str, str | None]]:
     """(instruction, source as written, its path in the build context) of every COPY/ADD from the context; the path
     is None where it cannot be known here (a build variable, a URL)."""
@@ -728,9 +741,9 @@ def _tar_members(archive: tarfile.TarFile) -> Unpacked:
 
 
 def _check_imports(
-    files: dict[str, bytes], context: BuildContext | None = None, cmd: Instruction | None = None
+    files: dict[str, bytes], context: BuildContext | None = None, cmd: RunCommand | None = None
 ) -> list[str]:
-    """The server the CMD runs can import its own code: the module `-m` names (`cmd`, the Dockerfile's CMD), and
+    """The server the CMD runs can import its own code: the module `-m` names (`cmd`, the container's command), and
     every module the zip's Python files import from a package the zip holds (`llmkit`), are files in the zip, and
     in the build `context` (not kept out by .dockerignore). A third-party package is the requirements' affair (the
     smoke test imports them)."""
@@ -754,14 +767,13 @@ def _check_imports(
             except (SyntaxError, ValueError) as err:
                 trees[_module_name(name)] = (name, None)
                 problems.append(f"{name}: not valid Python ({err})")
-    command = exec_form(cmd) if cmd is not None else []
-    if cmd is not None and "-m" in command[:-1]:
-        module = command[command.index("-m") + 1]
+    module = python_module(cmd.argv) if cmd is not None else None
+    if module is not None:
         is_package = any(name.startswith(module.replace(".", "/") + "/") for name in files)
         runs = f"{module}.__main__" if is_package else module  # `python -m` runs a package's __main__
         if module.split(".")[0] in packages and runs not in modules:
             where = f"{runs}, {missing(runs)}" if runs in in_zip else f"the zip has no {runs}"
-            problems.append(f"Dockerfile line {cmd.line}: CMD runs -m {module}, but {where}")
+            problems.append(f"Dockerfile {cmd.at} runs -m {module}, but {where}")
     for here, (name, tree) in sorted(trees.items()):
         if tree is None:
             continue

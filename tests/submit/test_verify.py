@@ -206,10 +206,10 @@ def test_shell_form_cmd_is_reported(good_zip, tmp_path, rewrite_zip):
     worse += 'ENTRYPOINT ["python"]\nCOPY missing.txt /opt/\n'
     problems = verify_submission(rewrite_zip(good_zip, tmp_path / "worse.zip", {"Dockerfile": worse.encode()}))
     said = "\n".join(problems)
+    entrypoint = len(worse.splitlines()) - 1
     for expected in (
-        "CMD is not in exec form",
+        f"CMD is not in exec form (a JSON array): the ENTRYPOINT of line {entrypoint} gets it as /bin/sh -c",
         "no EXPOSE 80",
-        "an ENTRYPOINT runs instead",
         "no HEALTHCHECK",
         "missing.txt",
     ):
@@ -319,6 +319,42 @@ def test_what_docker_build_or_run_would_do_otherwise_is_reported(good_zip, tmp_p
     assert verify_submission(bad, lint=False) == [
         f"Dockerfile line {cmd_line}: CMD does not run the server with --port 80"
     ]
+
+
+_SERVER = '"/opt/venv/bin/python", "-m", "llmkit.server"'
+
+
+@pytest.mark.parametrize(
+    ("entrypoint", "cmd", "said"),
+    [
+        (f"[{_SERVER}]", '["--host", "0.0.0.0", "--port", "80", ', None),
+        (f'[{_SERVER}, "--host", "0.0.0.0", "--port", "80"]', "[", None),
+        (f"[{_SERVER}, \"--port\", \"8000\"]", '["--host", "0.0.0.0", ', "{lines}: ENTRYPOINT + CMD does not run the "
+         "server with --port 80"),
+        (f"[{_SERVER}]", '["--port", "80", ', "{lines}: ENTRYPOINT + CMD does not bind --host "
+         "0.0.0.0 (unreachable from outside)"),
+        (f'[{_SERVER}, "--engine", "vllm"]', '["--host", "0.0.0.0", "--port", "80", ',
+         "{lines}: ENTRYPOINT + CMD runs --engine vllm, manifest.json says builtin"),
+        ("/opt/venv/bin/python -m llmkit.server", '["--host", "0.0.0.0", "--port", "80", ',
+         ": line {entrypoint}: ENTRYPOINT is not in exec form (a JSON array): Docker runs it with /bin/sh -c and "
+         "drops CMD"),
+    ],
+)  # fmt: skip
+def test_an_entrypoint_and_cmd_are_read_as_the_one_command_docker_runs(
+    good_zip, tmp_path, rewrite_zip, entrypoint, cmd, said
+):
+    """`ENTRYPOINT ["python", "-m", "llmkit.server"]` + `CMD ["--host", "0.0.0.0", ...]` is one argv to Docker, but
+    verify read the CMD alone: "CMD does not bind --host 0.0.0.0", "an ENTRYPOINT runs instead of the server"."""
+    dockerfile = _dockerfile(good_zip)
+    served = f'CMD [{_SERVER}, "--host", "0.0.0.0", "--port", "80", '
+    assert served in dockerfile
+    edited = dockerfile.replace(served, f"ENTRYPOINT {entrypoint}\nCMD {cmd}")
+    line = _cmd_line(good_zip)
+    problems = _verify_dockerfile(good_zip, tmp_path, rewrite_zip, edited)
+    expected = (
+        [] if said is None else ["Dockerfile" + said.format(lines=f" lines {line} and {line + 1}", entrypoint=line)]
+    )
+    assert problems == expected
 
 
 def _cmd_line(zip_path) -> int:
