@@ -45,7 +45,7 @@ from llmkit.submit.dockerfile import (
     run_command,
 )
 from llmkit.submit.manifest import MANIFEST_NAME, ZIP_ADAPTER_DIR, ZIP_MODEL_DIR, Manifest, WeightsSource
-from llmkit.submit.verify import SERVED_FLAGS, served_problems
+from llmkit.submit.verify import SERVED_FLAGS, own_server_note, runs_llmkit_server, served_problems
 from llmkit.submit.zip_env import DockerBuild, docker_build, missing_module, zip_environment
 
 LOG = logging.getLogger(__name__)
@@ -59,6 +59,10 @@ _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Exit)\b")
 
 class SmokeError(RuntimeError):
     """The zip's server cannot be started as its Dockerfile says."""
+
+
+class SmokeSkipped(Exception):
+    """The zip's server is one this test cannot start (a server of its own, not llmkit's): why, for the summary."""
 
 
 class SmokeCheckFailed(Exception):
@@ -86,6 +90,7 @@ class SmokeReport:
     error: str = ""  # the whole error (server log tail included) when the server did not start
     environment: str = ""  # the python the CMD ran with: the zip's own venv, described
     docker: DockerBuild | None = None  # `docker build` of the unpacked zip, or why it was skipped
+    skipped: str = ""  # why the server was not started (a server of the zip's own): no results, and no failure
 
     @property
     def failed(self) -> list[SmokeResult]:
@@ -107,6 +112,8 @@ def run_smoke(zip_path: str | Path, *, startup_timeout: float = 300, docker: boo
     start = time.perf_counter()
     try:
         return _smoke(zip_path, startup_timeout, docker)
+    except SmokeSkipped as why:
+        return SmokeReport([], skipped=str(why))
     except (SmokeError, DockerfileError, ServerStartError, ToolVenvError, OSError, ValueError, BadZipFile) as err:
         seconds = round(time.perf_counter() - start, 3)
         detail = f"{type(err).__name__}: {_headline(str(err))}"
@@ -137,6 +144,8 @@ def _smoke(zip_path: str | Path, startup_timeout: float, docker: bool) -> SmokeR
         cmd = run_command(stage)  # ENTRYPOINT + CMD, as Docker joins them
         if cmd is None:
             raise SmokeError("the Dockerfile has no CMD")
+        if not runs_llmkit_server(cmd):  # its flags, and what it loads, are its own: nothing here can stand in
+            raise SmokeSkipped(own_server_note(cmd, manifest))
         # The CMD is run with local stand-ins for its interpreter and weights: only where they are what the image
         # would have (else the image's server would fail, or serve another model, while this one passes).
         if problems := served_problems(stage, manifest):

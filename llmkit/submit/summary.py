@@ -81,7 +81,7 @@ def summarize(
         kept = " The zip stays written; rebuild after fixing it." if built else ""
         console.print(Text(f"✗ {zip_path}: " + "; ".join(failures) + "." + kept, "bold red"), soft_wrap=True)
         return 1
-    smoke_note = "smoke test passed" if report is not None else "smoke test skipped"
+    smoke_note = "smoke test passed" if report is not None and not report.skipped else "smoke test skipped"
     console.print(Text(f"✓ {zip_path}: checks passed, {smoke_note}.", "bold green"), soft_wrap=True)
     return 0
 
@@ -217,6 +217,9 @@ def _smoke_rows(table: Table, report: SmokeReport | None, not_run: str) -> None:
     if report is None:
         table.add_row("smoke test", SKIP, "", Text(f"smoke test: {not_run}"))
         return
+    if report.skipped:
+        table.add_row("smoke test", SKIP, "", Text(f"smoke test: not run: {report.skipped}"))
+        return
     if not report.device:  # the server did not start: its one result says why
         [result] = report.results
         table.add_row("smoke test", FAIL, f"{result.seconds:.2f} s", Text(f"{result.name}: {result.detail}"))
@@ -265,7 +268,7 @@ def _projection(report: SmokeReport | None, manifest: Manifest | None) -> tuple[
 
     timed = report.timed_requests if report is not None else []
     if not timed:
-        reason = "the smoke test was not run" if report is None else "no smoke request succeeded"
+        reason = "the smoke test was not run" if report is None or report.skipped else "no smoke request succeeded"
         return SKIP, Text(f"not projected: {reason}"), None
     gpu = manifest.gpu if manifest is not None else "GPU"
     here = report.device.split(",")[0]

@@ -18,9 +18,11 @@ import contextlib
 import fnmatch
 import gzip
 import io
+import logging
 import lzma
 import posixpath
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -74,6 +76,8 @@ from llmkit.submit.manifest import (
     WeightsSource,
     is_weight_file,
 )
+
+LOG = logging.getLogger(__name__)
 
 # Secrets, each with what to call it in the report; bytes patterns, so a file is scanned without a decoded copy.
 # [ \t] rather than \s around `=`: a match stays on one line.
@@ -130,8 +134,13 @@ def verify_submission(zip_path: str | Path, *, lint: bool = True) -> list[str]:
     problems += _check_hashes(digests, manifest)
     cmd = _server_command(instructions)
     problems += _check_engine(cmd, manifest)
-    if manifest is not None and cmd is not None and runs_llmkit_server(cmd):
-        problems += served_problems(final_stage(instructions), manifest)
+    if manifest is not None and cmd is not None:
+        stage = final_stage(instructions)
+        if runs_llmkit_server(cmd):
+            problems += served_problems(stage, manifest)
+        elif _cmd_runs_the_server(stage, cmd) is None:  # not an ENTRYPOINT in the server's way: said as such
+            LOG.warning(own_server_note(cmd, manifest))
+            problems += _check_interpreter(stage, cmd.argv[0], manifest, f"Dockerfile {cmd.at}")
     nested = _nested_archives(files)  # a wheel (training/), another zip, a tarball: their files, read once
     problems += _check_secrets(files, nested)
     problems += _check_requirements(files)
@@ -327,6 +336,16 @@ def runs_llmkit_server(command: RunCommand) -> bool:
     return python_module(command.argv) == SERVER_MODULE
 
 
+def own_server_note(cmd: RunCommand, manifest: Manifest) -> str:
+    """What cannot be checked of a container that runs a server of the zip's own (`uvicorn main:app`, the 2023
+    sample submissions' way) rather than llmkit's, whose flags verify and the smoke test know."""
+    return (
+        f"Dockerfile {cmd.at} runs `{shlex.join(cmd.argv)}`, not llmkit's server (python -m llmkit.server): the "
+        f"model it loads ({MANIFEST_NAME} names {manifest.model.id}) cannot be checked here, nor can the smoke test "
+        "start it; its port, host and interpreter are checked"
+    )
+
+
 def _check_engine(cmd: RunCommand | None, manifest: Manifest | None) -> list[str]:
     """The server's --engine (its default when absent) is the manifest's engine."""
     if manifest is None or cmd is None or not runs_llmkit_server(cmd):
@@ -425,20 +444,30 @@ def _command_rules(stage: list[Instruction], command: RunCommand) -> list[str]:
     """The container's command (ENTRYPOINT + CMD, as Docker joins them) binds 0.0.0.0:80. An ENTRYPOINT that takes
     a CMD running the server as its arguments is said to be a problem of its own, and the CMD checked alone."""
     port, problems = str(CONTAINER_PORT), []
-    entrypoint, cmd = last(stage, "ENTRYPOINT"), last(stage, "CMD")
-    if command.lines[0] is entrypoint and cmd is not None and not runs_llmkit_server(command):
-        with contextlib.suppress(DockerfileError):
-            if runs_llmkit_server(alone := RunCommand(exec_form(cmd), (cmd,))):
-                problems.append(
-                    f"Dockerfile line {entrypoint.line}: an ENTRYPOINT runs instead of the server, with CMD as its "
-                    "arguments (the generated Dockerfile has none, or `ENTRYPOINT []`)"
-                )
-                command = alone
+    if (alone := _cmd_runs_the_server(stage, command)) is not None:
+        problems.append(
+            f"Dockerfile line {command.lines[0].line}: an ENTRYPOINT runs instead of the server, with CMD as its "
+            "arguments (the generated Dockerfile has none, or `ENTRYPOINT []`)"
+        )
+        command = alone
     if _flag(command.argv, "--port") != port:
         problems.append(f"Dockerfile {command.at} does not run the server with --port {port}")
     if _flag(command.argv, "--host") != "0.0.0.0":
         problems.append(f"Dockerfile {command.at} does not bind --host 0.0.0.0 (unreachable from outside)")
     return problems
+
+
+def _cmd_runs_the_server(stage: list[Instruction], command: RunCommand) -> RunCommand | None:
+    """The CMD alone, where it runs llmkit's server and an ENTRYPOINT takes it as its arguments (`sleep infinity
+    python -m llmkit.server ...`): that ENTRYPOINT is in the server's way. None otherwise."""
+    entrypoint, cmd = last(stage, "ENTRYPOINT"), last(stage, "CMD")
+    if command.lines[0] is not entrypoint or cmd is None or runs_llmkit_server(command):
+        return None
+    try:
+        alone = RunCommand(exec_form(cmd), (cmd,))
+    except DockerfileError:
+        return None
+    return alone if runs_llmkit_server(alone) else None
 
 
 def _flag(command: list[str], flag: str) -> str | None:
@@ -591,7 +620,8 @@ def _check_copied(
 def _check_interpreter(stage: list[Instruction], program: str, manifest: Manifest, at: str) -> list[str]:
     """The CMD's program is the interpreter of a venv the Dockerfile makes, where it makes one (the packages are
     there): by its path, or named bare, one on ENV PATH (vLLM's image: its own python3, which the generated
-    Dockerfile installs into). Without a venv, a base image's python is taken on trust, but for the folder pip
+    Dockerfile installs into); a program other than python (a server's own `uvicorn`) is a script the venv's
+    packages installed in its bin/. Without a venv, a base image's python is taken on trust, but for the folder pip
     installs the requirements to with --target, which PYTHONPATH must name."""
     from llmkit.submit.image import image_python
 
@@ -605,17 +635,24 @@ def _check_interpreter(stage: list[Instruction], program: str, manifest: Manifes
             for folder, inst in requirement_targets(stage)
             if folder not in path
         ]
+    is_python = PurePosixPath(program).name.startswith("python")
+    bin_folders = {posixpath.dirname(python) for python in pythons}
     if "/" in program:
-        if posixpath.normpath(program) in pythons:
-            return []
+        candidates = {posixpath.normpath(program)}
     else:
         path = env_vars(stage, strict=False).get("PATH", "").split(":")
-        on_path = {posixpath.join(folder, program) for folder in path if folder}
-        if on_path & pythons or (manifest.engine is EngineName.vllm and program == image_python(manifest.engine)):
+        candidates = {posixpath.join(folder, program) for folder in path if folder}
+        if manifest.engine is EngineName.vllm and program == image_python(manifest.engine):
             return []
-    installed = ", ".join(sorted(pythons))
-    bare = " (none of them on ENV PATH)" if "/" not in program and pythons else ""
-    return [f"{at} runs {program}, but the Dockerfile installs {installed}{bare}"]
+    if candidates & pythons or (not is_python and {posixpath.dirname(c) for c in candidates} & bin_folders):
+        return []
+    bare = " (none of them on ENV PATH)" if "/" not in program else ""
+    if not is_python:
+        return [
+            f"{at} runs {program}, which is in none of the environments the Dockerfile makes: "
+            f"{', '.join(sorted(bin_folders))}{bare}"
+        ]
+    return [f"{at} runs {program}, but the Dockerfile installs {', '.join(sorted(pythons))}{bare}"]
 
 
 def _context_sources(instructions: list[Instruction]) -> Iterator[tuple[Instruction, str, str | None]]:

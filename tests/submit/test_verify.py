@@ -357,6 +357,50 @@ def test_an_entrypoint_and_cmd_are_read_as_the_one_command_docker_runs(
     assert problems == expected
 
 
+_OWN_SERVER = {"main.py": b"from fastapi import FastAPI\n\napp = FastAPI()\n"}
+
+
+@pytest.mark.parametrize(
+    ("cmd", "said"),
+    [
+        ('["/opt/venv/bin/uvicorn", "main:app", "--host", "0.0.0.0", "--port", "80"]', None),
+        ('["/opt/venv/bin/python", "-m", "uvicorn", "main:app", "--host", "0.0.0.0", "--port", "80"]', None),
+        ('["/opt/venv/bin/uvicorn", "main:app", "--host", "0.0.0.0", "--port", "8000"]',
+         "CMD does not run the server with --port 80"),
+        ('["uvicorn", "main:app", "--host", "0.0.0.0", "--port", "80"]',
+         "CMD runs uvicorn, which is in none of the environments the Dockerfile makes: /opt/venv/bin (none of them on "
+         "ENV PATH)"),
+    ],
+)  # fmt: skip
+def test_a_server_of_the_zips_own_is_said_to_be_unchecked_not_refused(
+    good_zip, tmp_path, rewrite_zip, caplog, cmd, said
+):
+    """`CMD ["uvicorn", "main:app", "--host", "0.0.0.0", "--port", "80"]` with the zip's own main.py (the 2023 sample
+    submissions' shape) was refused: 'names no --model', and its venv's uvicorn 'not installed'. What it loads
+    cannot be known here: a warning says so, and its port, host and program are still checked."""
+    from rich.console import Console
+
+    from llmkit.submit.smoke import run_smoke
+    from llmkit.submit.summary import summarize
+
+    dockerfile = _dockerfile(good_zip).replace("COPY llmkit/ llmkit/", "COPY main.py ./")
+    line = _cmd_line(good_zip)
+    edited = dockerfile.rpartition("\nCMD [")[0] + f"\nCMD {cmd}\n"
+    zip_path = rewrite_zip(good_zip, tmp_path / "own.zip", {"Dockerfile": edited.encode(), **_OWN_SERVER})
+    with caplog.at_level("WARNING", logger="llmkit.submit.verify"):
+        problems = verify_submission(zip_path, lint=False)
+    assert problems == ([] if said is None else [f"Dockerfile line {line}: {said}"])
+    [warning] = [record.getMessage() for record in caplog.records]
+    assert warning.startswith(f"Dockerfile line {line}: CMD runs `") and "not llmkit's server" in warning, warning
+    assert "(manifest.json names HuggingFaceTB/SmolLM2-135M-Instruct) cannot be checked here" in warning
+    if said is None:  # the smoke test cannot start it: skipped, said why, and not a failure
+        report = run_smoke(zip_path, docker=False)
+        assert report.results == [] and report.skipped == warning
+        console = Console(file=io.StringIO(), width=300)
+        assert summarize(zip_path, problems=problems, smoke=True, console=console) == 0
+        assert "smoke test: not run: Dockerfile line" in console.file.getvalue()
+
+
 def _cmd_line(zip_path) -> int:
     return next(n for n, text in enumerate(_dockerfile(zip_path).splitlines(), 1) if text.startswith("CMD"))
 
