@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import io
 import itertools
 import json
@@ -310,6 +311,35 @@ def copy_targets(stage: list[Instruction]) -> list[tuple[str, str, Instruction]]
                 into = posixpath.normpath(posixpath.join(destination, kept.lstrip("/")))
             targets.append((posixpath.normpath(source.lstrip("/")), into, line.instruction))
     return targets
+
+
+GLOB = re.compile(r"[*?\[]")  # a COPY source that is a pattern (Go's filepath.Match)
+
+
+def copied_to(stage: list[Instruction], name: str) -> list[tuple[str, Instruction]]:
+    """(path in the image, line) for each COPY/ADD of the stage that puts the build context's file `name` in the
+    image (`copy_targets`): below a folder source, at its path under that folder in the folder its contents land in;
+    a file source (or a pattern that matches it) in the destination folder where the destination ends in `/` or the
+    line names several sources (with --parents, at its own path there), else at the destination itself."""
+    landed = []
+    for source, into, inst in copy_targets(stage):
+        line = copy_line(inst)
+        into_folder = len(line.sources) > 1 or line.destination.endswith("/") or GLOB.search(source)
+        folders = [PurePosixPath(name).parents[i].as_posix() for i in range(len(PurePosixPath(name).parents) - 1)]
+        if source == "." or name == source or fnmatch.fnmatchcase(name, source):  # the file itself
+            if source == ".":
+                landed.append((posixpath.join(into, name), inst))
+            elif "--parents" in line.flags or not into_folder:
+                landed.append((into, inst))
+            else:
+                landed.append((posixpath.join(into, PurePosixPath(name).name), inst))
+            continue
+        folder = next(
+            (f for f in folders if f == source or (GLOB.search(source) and fnmatch.fnmatchcase(f, source))), None
+        )
+        if folder is not None:  # a folder's contents, however many sources the line names
+            landed.append((posixpath.join(into, posixpath.relpath(name, folder)), inst))
+    return landed
 
 
 def venv_pythons(stage: list[Instruction]) -> set[str]:

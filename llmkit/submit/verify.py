@@ -45,12 +45,14 @@ from llmkit.core.challenge import CONTAINER_PORT
 from llmkit.core.files import sha256_bytes, sha256_stream
 from llmkit.server.settings import EngineName
 from llmkit.submit.dockerfile import (
+    GLOB,
     DockerfileError,
     Instruction,
     RunCommand,
     arg_names,
     cmd_words,
     context_copies,
+    copied_to,
     copy_targets,
     dockerignored,
     env_vars,
@@ -144,7 +146,7 @@ def verify_submission(zip_path: str | Path, *, lint: bool = True) -> list[str]:
     nested = _nested_archives(files)  # a wheel (training/), another zip, a tarball: their files, read once
     problems += _check_secrets(files, nested)
     problems += _check_requirements(files)
-    problems += _check_imports(files, context, cmd)
+    problems += _check_imports(files, context, cmd, final_stage(instructions) if cmd is not None else None)
     for name in sorted(nested):
         if name.endswith(".whl"):  # --training's wheel: the organisers' `llmkit train` imports from it
             problems += [f"{name}!{problem}" for problem in _check_imports(nested[name])]
@@ -596,9 +598,6 @@ def _names(run: str, value: str) -> bool:
     return re.search(rf"(?<![\w./-]){re.escape(value)}(?![\w./-])", run) is not None
 
 
-_GLOB = re.compile(r"[*?\[]")  # a COPY source that is a pattern (Go's filepath.Match)
-
-
 def _check_copied(
     at: str, flag: str, path: str, folder: str, copies: list[tuple[str, str, Instruction]], stage: list[Instruction]
 ) -> list[str]:
@@ -609,7 +608,7 @@ def _check_copied(
     for source, target, inst in copies:
         if source in (".", folder) or folder.startswith(source + "/"):
             targets[posixpath.normpath(posixpath.join(target, posixpath.relpath(folder, source)))] = inst
-        elif _GLOB.search(source) and (posixpath.dirname(source) == folder or fnmatch.fnmatchcase(folder, source)):
+        elif GLOB.search(source) and (posixpath.dirname(source) == folder or fnmatch.fnmatchcase(folder, source)):
             targets[target] = inst
     if image_path(stage, None, path) in targets:
         return []
@@ -778,12 +777,16 @@ def _tar_members(archive: tarfile.TarFile) -> Unpacked:
 
 
 def _check_imports(
-    files: dict[str, bytes], context: BuildContext | None = None, cmd: RunCommand | None = None
+    files: dict[str, bytes],
+    context: BuildContext | None = None,
+    cmd: RunCommand | None = None,
+    stage: list[Instruction] | None = None,
 ) -> list[str]:
     """The server the CMD runs can import its own code: the module `-m` names (`cmd`, the container's command), and
     every module the zip's Python files import from a package the zip holds (`llmkit`), are files in the zip, and
-    in the build `context` (not kept out by .dockerignore). A third-party package is the requirements' affair (the
-    smoke test imports them)."""
+    in the build `context` (not kept out by .dockerignore); the module `-m` runs is copied where its python finds it
+    in the final `stage` (`_module_found`). A third-party package is the requirements' affair (the smoke test
+    imports them)."""
     in_zip = _modules(files)
     inside = {name: data for name, data in files.items() if not (context and context.out(name))}
     modules = _modules(inside)
@@ -811,6 +814,8 @@ def _check_imports(
         if module.split(".")[0] in packages and runs not in modules:
             where = f"{runs}, {missing(runs)}" if runs in in_zip else f"the zip has no {runs}"
             problems.append(f"Dockerfile {cmd.at} runs -m {module}, but {where}")
+        elif module.split(".")[0] in packages and stage is not None:
+            problems += _module_found(stage, cmd, module, runs, files)
     for here, (name, tree) in sorted(trees.items()):
         if tree is None:
             continue
@@ -826,6 +831,35 @@ def _check_imports(
                     why = missing(lacking) if lacking in in_zip else f"which neither {module} defines nor the zip has"
                     problems.append(f"{name}:{node.lineno}: imports {lacking}, {why}")
     return problems
+
+
+def _module_found(
+    stage: list[Instruction], cmd: RunCommand, module: str, runs: str, files: dict[str, bytes]
+) -> list[str]:
+    """`python -m module` finds the zip's file of `runs` (the module, or its package's __main__) where the COPY lines
+    put it: under the folder the container starts in (the last WORKDIR) or a folder of ENV PYTHONPATH. Docker copies
+    a folder's contents, not the folder: `COPY llmkit/ /app/` puts llmkit/server/ at /app/server/, where -m
+    llmkit.server is not. A package pip installs from the context (`pip install .`) is found wherever it was."""
+    file = next((name for name in files if name.endswith(".py") and _module_name(name) == runs), None)
+    landed = copied_to(stage, file) if file is not None else []
+    installs_local = any(
+        word == "." or word.startswith(("./", "../", ".["))  # a project folder of the context (`-e .` too)
+        for _, _, options in pip_installs(stage)
+        for word in options
+    )
+    if not landed or installs_local:  # not copied at all: said as such; installed: taken on trust
+        return []
+    workdir = image_path(stage, None, ".")
+    python_path = env_vars(stage, strict=False).get("PYTHONPATH", "")
+    roots = [workdir, *(image_path(stage, None, folder) for folder in python_path.split(":") if folder)]
+    if any(posixpath.join(root, file) in {path for path, _ in landed} for root in roots):
+        return []
+    where = ", ".join(f"{path} (line {inst.line})" for path, inst in landed)
+    from_path = f" or ENV PYTHONPATH's {python_path}" if python_path else ""
+    return [
+        f"Dockerfile {cmd.at} runs -m {module} from {workdir}{from_path}, which needs {file} at "
+        f"{posixpath.join(workdir, file)}, but the Dockerfile copies it to {where}"
+    ]
 
 
 def _modules(files: dict[str, bytes]) -> set[str]:

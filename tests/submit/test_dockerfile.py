@@ -260,6 +260,51 @@ def test_a_folder_among_several_sources_puts_its_files_in_the_destination(
     _check_model_copy(bundled_zip, tmp_path, rewrite_zip, copy, said)
 
 
+_NEEDS = "which needs llmkit/server/__main__.py at /app/llmkit/server/__main__.py, but the Dockerfile copies it to "
+
+
+@pytest.mark.parametrize(
+    ("copy", "said"),
+    [
+        ("COPY llmkit/ /app/", "from /app, " + _NEEDS + "/app/server/__main__.py (line 26)"),
+        ("COPY llmkit requirements.txt /app/", "from /app, " + _NEEDS + "/app/server/__main__.py (line 26)"),
+        ("COPY llmkit/ /srv/\nENV PYTHONPATH=/srv",
+         "from /app or ENV PYTHONPATH's /srv, " + _NEEDS + "/srv/server/__main__.py (line 26)"),
+        ("COPY ./llmkit ./llmkit", None),
+        ("COPY . /app/", None),
+        ("COPY --parents llmkit requirements.txt /app/", None),  # --parents keeps llmkit/
+        ("COPY llmkit/ /srv/llmkit/\nENV PYTHONPATH=/srv", None),
+    ],
+)  # fmt: skip
+def test_the_module_the_cmd_runs_is_copied_where_python_finds_it(default_zips, tmp_path, rewrite_zip, copy, said):
+    """Docker copies a source folder's contents, not the folder: `COPY llmkit/ /app/` (or `COPY llmkit model /app/`,
+    several sources into one folder) puts llmkit/server/ at /app/server/, where `python -m llmkit.server` finds
+    nothing; verify asked only whether the files were copied, and passed it."""
+    good_zip = default_zips["4090"]
+    with zipfile.ZipFile(good_zip) as archive:
+        dockerfile = archive.read("Dockerfile").decode()
+    edited = dockerfile.replace("COPY llmkit/ llmkit/", copy)
+    cmd_line = next(n for n, text in enumerate(edited.splitlines(), 1) if text.startswith("CMD"))
+    zip_path = rewrite_zip(good_zip, tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
+    expected = [] if said is None else [f"Dockerfile line {cmd_line}: CMD runs -m llmkit.server {said}"]
+    assert verify_submission(zip_path, lint=False) == expected
+
+
+def test_a_bundled_model_and_the_server_copied_into_one_folder_are_both_said(bundled_zip, tmp_path, rewrite_zip):
+    """`COPY llmkit model /app/` flattens both folders into /app: neither --model /app/model nor llmkit.server is
+    there."""
+    with zipfile.ZipFile(bundled_zip) as archive:
+        dockerfile = archive.read("Dockerfile").decode()
+    edited = dockerfile.replace("COPY llmkit/ llmkit/\n", "")
+    edited = edited.replace("COPY model/ /opt/model/", "COPY llmkit model /app/").replace(
+        '"/opt/model"', '"/app/model"'
+    )
+    zip_path = rewrite_zip(bundled_zip, tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
+    model, module = verify_submission(zip_path, lint=False)
+    assert "CMD --model /app/model, but the Dockerfile copies the bundled model/ to /app (line " in model, model
+    assert "CMD runs -m llmkit.server from /app, " + _NEEDS + "/app/server/__main__.py (line " in module, module
+
+
 def _check_model_copy(bundled_zip, tmp_path, rewrite_zip, copy: str, said: str | None) -> None:
     """The bundled zip with its model's COPY line written as `copy`: verify finds no problem (`said` None), or one
     problem that says `said`."""
