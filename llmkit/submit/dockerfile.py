@@ -250,6 +250,20 @@ class CopyLine:
     flags: dict[str, str]  # --from, --chown, --chmod, --link, --parents...: the value after `=`, "" for none
     sources: list[str]  # as written
     destination: str | None  # None where the line names fewer than two paths (docker build refuses it)
+    excludes: tuple[str, ...] = ()  # every --exclude pattern (the flag may be given more than once)
+
+    def excluded(self, source: str, name: str) -> bool:
+        """Whether the line's --exclude patterns leave out the context's file `name`, which its `source` (a path of
+        the context: a folder, a file or a pattern) takes: matched as .dockerignore's patterns are, against the
+        file's path below the source folder (its name, for a file the source names or matches)."""
+        if not self.excludes:
+            return False
+        parts = [name, *(parent.as_posix() for parent in PurePosixPath(name).parents if parent.as_posix() != ".")]
+        folder = (
+            "." if source == "." else next((p for p in parts if p == source or fnmatch.fnmatchcase(p, source)), None)
+        )
+        below = PurePosixPath(name).name if folder in (None, name) else posixpath.relpath(name, folder)
+        return bool(dockerignored({below}, "\n".join(self.excludes)))
 
 
 # A flag word at the start of a COPY/ADD line: `--name` or `--name=value` (BuildKit reads only this form).
@@ -265,12 +279,14 @@ def copy_line(inst: Instruction) -> CopyLine:
     Raises:
         DockerfileError: the rest is a JSON array holding something other than a string (docker build refuses it).
     """
-    flags, rest = {}, inst.value
+    flags, excludes, rest = {}, [], inst.value
     while match := _COPY_FLAG.match(rest):
         rest = rest[match.end() :]
         if not match.group(1):  # `--`: what follows is paths
             break
         flags[f"--{match.group(1)}"] = match.group(2) or ""
+        if match.group(1) == "exclude" and match.group(2):
+            excludes.append(match.group(2))
     try:  # Go's JSON has no NaN or Infinity: such a line is not JSON to Docker
         words = json.loads(rest, parse_constant=_not_json) if rest.lstrip().startswith("[") else None
     except ValueError:
@@ -279,7 +295,7 @@ def copy_line(inst: Instruction) -> CopyLine:
         words = rest.split()
     elif not all(isinstance(word, str) for word in words):
         raise DockerfileError(f"line {inst.line}: {inst.keyword}'s JSON array holds a value that is not a string")
-    return CopyLine(inst, flags, words[:-1], words[-1] if len(words) > 1 else None)
+    return CopyLine(inst, flags, words[:-1], words[-1] if len(words) > 1 else None, tuple(excludes))
 
 
 def _not_json(constant: str) -> None:
@@ -324,6 +340,8 @@ def copied_to(stage: list[Instruction], name: str) -> list[tuple[str, Instructio
     landed = []
     for source, into, inst in copy_targets(stage):
         line = copy_line(inst)
+        if line.excluded(source, name):
+            continue
         into_folder = len(line.sources) > 1 or line.destination.endswith("/") or GLOB.search(source)
         folders = [PurePosixPath(name).parents[i].as_posix() for i in range(len(PurePosixPath(name).parents) - 1)]
         if source == "." or name == source or fnmatch.fnmatchcase(name, source):  # the file itself

@@ -33,7 +33,7 @@ import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
 
@@ -46,6 +46,7 @@ from llmkit.core.files import sha256_bytes, sha256_stream
 from llmkit.server.settings import EngineName
 from llmkit.submit.dockerfile import (
     GLOB,
+    CopyLine,
     DockerfileError,
     Instruction,
     RunCommand,
@@ -209,27 +210,36 @@ def _one_folder_deep(names: dict[str, str | None]) -> str | None:
 @dataclass(frozen=True)
 class BuildContext:
     """What `docker build` sees of the unpacked zip: every entry (`names`) less what the ignore file keeps out; and
-    of those, what the Dockerfile's COPY/ADD lines put in the image (`copied`)."""
+    of those, what the Dockerfile's COPY/ADD lines put in the image (`copied`), and what a line would copy but its
+    --exclude leaves out (`excluded`, with the line)."""
 
     names: set[str]
     kept_out: set[str]
     copied: set[str]
     ignore_file: str  # the one BuildKit reads: Dockerfile.dockerignore where there is one, else .dockerignore
+    excluded: dict[str, Instruction] = field(default_factory=dict)
 
     @classmethod
     def of(cls, names: set[str], instructions: list[Instruction] | None, files: dict[str, bytes]) -> BuildContext:
         ignore_file = "Dockerfile.dockerignore" if "Dockerfile.dockerignore" in files else ".dockerignore"
         ignore = files.get(ignore_file, b"").decode(errors="replace")
         # no Dockerfile to read (its check says so): what it would copy is unknown, so everything counts as copied
-        paths = [path for _, _, path in _context_sources(instructions)] if instructions is not None else [None]
-        return cls(names, dockerignored(names, ignore), _copied(names, paths), ignore_file)
+        sources = (
+            [(line, path) for line, _, path in _context_sources(instructions)] if instructions is not None else None
+        )
+        copied, excluded = _copied(names, sources)
+        return cls(names, dockerignored(names, ignore), copied, ignore_file, excluded)
 
     def out(self, name: str) -> bool:
         """Whether `name` is not in the image: kept out of the build, or copied by no COPY/ADD line."""
         return name in self.kept_out or name not in self.copied
 
     def why_out(self, name: str) -> str:
-        return self.kept_out_by if name in self.kept_out else "copied by no COPY or ADD line of the Dockerfile"
+        if name in self.kept_out:
+            return self.kept_out_by
+        if name in self.excluded:
+            return f"left out by the --exclude of Dockerfile line {self.excluded[name].line}"
+        return "copied by no COPY or ADD line of the Dockerfile"
 
     @property
     def kept_out_by(self) -> str:
@@ -654,20 +664,21 @@ def _check_interpreter(stage: list[Instruction], program: str, manifest: Manifes
     return [f"{at} runs {program}, but the Dockerfile installs {', '.join(sorted(pythons))}{bare}"]
 
 
-def _context_sources(instructions: list[Instruction]) -> Iterator[tuple[Instruction, str, str | None]]:
-    """(instruction, source as written, its path in the build context) of every COPY/ADD from the context; the path
-    is None where it cannot be known here (a build variable, a URL)."""
+def _context_sources(instructions: list[Instruction]) -> Iterator[tuple[CopyLine, str, str | None]]:
+    """(line, source as written, its path in the build context) of every COPY/ADD from the context; the path is None
+    where it cannot be known here (a build variable, a URL)."""
     for line in context_copies(instructions):
         for source in line.sources:
             unknown = "$" in source or "://" in source
             # the context's root is `/`; `../` leaves it
-            yield line.instruction, source, None if unknown else posixpath.normpath("./" + source.lstrip("/"))
+            yield line, source, None if unknown else posixpath.normpath("./" + source.lstrip("/"))
 
 
 def _copy_sources(instructions: list[Instruction], context: BuildContext) -> list[str]:
     """COPY/ADD sources that are not in the build context, and nothing above it."""
     problems = []
-    for inst, source, path in _context_sources(instructions):
+    for line, source, path in _context_sources(instructions):
+        inst = line.instruction
         if path is None or path == "." or _in_context(path, context.names - context.kept_out):
             continue
         where = f"is {context.kept_out_by}" if _in_context(path, context.names) else "is not in the zip"
@@ -675,12 +686,24 @@ def _copy_sources(instructions: list[Instruction], context: BuildContext) -> lis
     return problems
 
 
-def _copied(names: set[str], paths: list[str | None]) -> set[str]:
-    """The `names` that COPY/ADD sources at `paths` (from `_context_sources`) put in the image: under a folder,
-    matched by a glob, or everything where a path cannot be known here."""
-    if None in paths or "." in paths:
-        return set(names)
-    return {name for name in names if any(_covers(path, name) for path in paths if path)}
+def _copied(
+    names: set[str], sources: list[tuple[CopyLine, str | None]] | None
+) -> tuple[set[str], dict[str, Instruction]]:
+    """(the `names` that COPY/ADD `sources` (line, path: from `_context_sources`) put in the image: under a folder,
+    matched by a glob, or everything where a path cannot be known here (or no Dockerfile can be read); the names a
+    source takes but its line's --exclude leaves out, and copies no other, with that line)."""
+    if sources is None or any(path is None for _, path in sources):
+        return set(names), {}
+    copied, excluded = set(), {}
+    for name in names:
+        for line, path in sources:
+            if path != "." and not _covers(path, name):
+                continue
+            if not line.excluded(path, name):
+                copied.add(name)
+                break
+            excluded.setdefault(name, line.instruction)
+    return copied, {name: inst for name, inst in excluded.items() if name not in copied}
 
 
 def _covers(path: str, name: str) -> bool:

@@ -305,6 +305,41 @@ def test_a_bundled_model_and_the_server_copied_into_one_folder_are_both_said(bun
     assert "CMD runs -m llmkit.server from /app, " + _NEEDS + "/app/server/__main__.py (line " in module, module
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "said"),
+    [
+        ("COPY model/ /opt/model/", "COPY --exclude=*.safetensors model/ /opt/model/",
+         "model/model.safetensors: a file of the bundled model left out by the --exclude of Dockerfile line {line}"),
+        ("COPY model/ /opt/model/", "COPY --exclude=README.md --exclude=model.safetensors model/ /opt/model/",
+         "model/model.safetensors: a file of the bundled model left out by the --exclude of Dockerfile line {line}"),
+        ("COPY model/ /opt/model/", "COPY --exclude=*.md model/ /opt/model/", None),  # none of the model's files
+        ("COPY llmkit/ llmkit/", "COPY --exclude=server llmkit/ llmkit/",
+         "Dockerfile line {cmd}: CMD runs -m llmkit.server, but llmkit.server.__main__, which is left out by the "
+         "--exclude of Dockerfile line {line}"),
+        ("COPY llmkit/ llmkit/", "COPY --exclude=**/app.py llmkit/ llmkit/",
+         "llmkit/server/ANY.py:ANY: imports llmkit.server.app, which is left out by the --exclude of "
+         "Dockerfile line {line}"),
+        ("COPY llmkit/ llmkit/", "COPY --exclude=*.py llmkit/ llmkit/", None),  # below llmkit/: its __init__.py alone
+    ],
+)  # fmt: skip
+def test_files_a_copy_excludes_are_not_in_the_image(bundled_zip, tmp_path, rewrite_zip, old, new, said):
+    """`COPY --exclude=PATTERN` (Dockerfile 1.7 labs, stable since 1.19) leaves out what the pattern matches below
+    each source, but verify read the flag as any other and counted the files copied: a bundled model without its
+    weights, or a server without the module it imports, passed."""
+    with zipfile.ZipFile(bundled_zip) as archive:
+        dockerfile = archive.read("Dockerfile").decode()
+    edited = dockerfile.replace(old, new)
+    line = next(n for n, text in enumerate(edited.splitlines(), 1) if text == new)
+    cmd = next(n for n, text in enumerate(edited.splitlines(), 1) if text.startswith("CMD"))
+    zip_path = rewrite_zip(bundled_zip, tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
+    problems = verify_submission(zip_path, lint=False)
+    if said is None:
+        assert problems == []
+    else:
+        expected = re.escape(said.format(line=line, cmd=cmd)).replace("ANY", r"\w+")
+        assert problems and all(re.fullmatch(expected, problem) for problem in problems), problems
+
+
 def _check_model_copy(bundled_zip, tmp_path, rewrite_zip, copy: str, said: str | None) -> None:
     """The bundled zip with its model's COPY line written as `copy`: verify finds no problem (`said` None), or one
     problem that says `said`."""
