@@ -360,14 +360,28 @@ def copied_to(stage: list[Instruction], name: str) -> list[tuple[str, Instructio
     return landed
 
 
-def venv_pythons(stage: list[Instruction]) -> set[str]:
+def stage_named(instructions: list[Instruction], name: str) -> tuple[list[Instruction], list[Instruction]] | None:
+    """(the stage, the instructions before it) of the build stage `name` among `instructions`: the one `FROM image
+    AS name` names (case aside), or the stage of that index (`COPY --from=0`); None where none is (an image)."""
+    froms = [i for i, inst in enumerate(instructions) if inst.keyword == "FROM"]
+    for index, start in enumerate(froms):
+        words = instructions[start].value.split()
+        if (len(words) == 3 and words[1].lower() == "as" and words[2].lower() == name.lower()) or name == str(index):
+            end = froms[index + 1] if index + 1 < len(froms) else len(instructions)
+            return instructions[start:end], instructions[:start]
+    return None
+
+
+def venv_pythons(stage: list[Instruction], earlier: list[Instruction] = ()) -> set[str]:
     """The interpreters the stage's RUN lines create: `<env>/bin/python`, `python3` (and `python3.X` where the
     line says which) of each environment a RUN line makes: `uv venv [--python V] [DIR]`, `python[3.X] -m venv DIR`
     (or `-m virtualenv`), `virtualenv [-p V] DIR`, `conda create -p DIR` (mamba, micromamba; `conda env create`),
     and `conda create -n NAME`, in the conda root's envs/ (ENV CONDA_DIR or MAMBA_ROOT_PREFIX, else /opt/conda:
-    the miniconda, miniforge and pytorch images' root). Another form (pip install --target, a venv copied from
-    another stage) makes none: a stage without one has its CMD's python taken on trust."""
-    pythons = set()
+    the miniconda, miniforge and pytorch images' root); and those a `COPY --from=STAGE` copies from a stage of the
+    `earlier` instructions (the Dockerfile's stages above this one) that makes them, where the copy puts them.
+    Another form (pip install --target or --prefix, a folder copied from another image, which cannot be read here)
+    makes none: a stage without one has its CMD's python taken on trust."""
+    pythons = _copied_pythons(stage, earlier)
     env = env_vars(stage, strict=False)
     conda_root = env.get("CONDA_DIR") or env.get("MAMBA_ROOT_PREFIX") or "/opt/conda"
     for inst in stage:
@@ -388,6 +402,27 @@ def venv_pythons(stage: list[Instruction]) -> set[str]:
             pythons |= {f"{bin_dir}/python", f"{bin_dir}/python3"}
             if version and (match := re.search(r"(\d+\.\d+)", version)):
                 pythons.add(f"{bin_dir}/python{match.group(1)}")
+    return pythons
+
+
+def _copied_pythons(stage: list[Instruction], earlier: list[Instruction]) -> set[str]:
+    """The interpreters of the environments the stage's `COPY --from=STAGE SRC DEST` lines copy from an `earlier`
+    stage: each under SRC (a path of that stage's root) moved to DEST, whose contents Docker copies SRC's."""
+    pythons = set()
+    for inst in stage:
+        line = copy_line(inst) if inst.keyword == "COPY" else None
+        if line is None or "--from" not in line.flags or line.destination is None:
+            continue
+        found = stage_named(earlier, line.flags["--from"])
+        if found is None:
+            continue
+        made = venv_pythons(*found)
+        destination = image_path(stage, inst, line.destination)
+        for source in line.sources:
+            root = posixpath.normpath(posixpath.join("/", source))
+            for python in made:
+                if python == root or python.startswith(root.rstrip("/") + "/"):
+                    pythons.add(posixpath.normpath(posixpath.join(destination, posixpath.relpath(python, root))))
     return pythons
 
 

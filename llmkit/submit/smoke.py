@@ -140,7 +140,8 @@ def _smoke(zip_path: str | Path, startup_timeout: float, docker: bool) -> SmokeR
         with zipfile.ZipFile(zip_path) as archive:
             archive.extractall(root)
         manifest = Manifest.model_validate_json((root / MANIFEST_NAME).read_bytes())
-        stage = final_stage(parse_dockerfile((root / "Dockerfile").read_text()))
+        instructions = parse_dockerfile((root / "Dockerfile").read_text())
+        stage = final_stage(instructions)
         cmd = run_command(stage)  # ENTRYPOINT + CMD, as Docker joins them
         if cmd is None:
             raise SmokeError("the Dockerfile has no CMD")
@@ -148,7 +149,7 @@ def _smoke(zip_path: str | Path, startup_timeout: float, docker: bool) -> SmokeR
             raise SmokeSkipped(own_server_note(cmd, manifest))
         # The CMD is run with local stand-ins for its interpreter and weights: only where they are what the image
         # would have (else the image's server would fail, or serve another model, while this one passes).
-        if problems := served_problems(stage, manifest):
+        if problems := served_problems(instructions, manifest):
             raise SmokeError("the CMD would not run in the image: " + "; ".join(problems))
         # Container paths (HF_HOME=/opt/hf) mean nothing here; the rest (HF_HUB_OFFLINE, LLMKIT_*) applies.
         env = {k: v for k, v in env_vars(stage).items() if not v.startswith("/")}

@@ -140,10 +140,10 @@ def verify_submission(zip_path: str | Path, *, lint: bool = True) -> list[str]:
     if manifest is not None and cmd is not None:
         stage = final_stage(instructions)
         if runs_llmkit_server(cmd):
-            problems += served_problems(stage, manifest)
+            problems += served_problems(instructions, manifest)
         elif _cmd_runs_the_server(stage, cmd) is None:  # not an ENTRYPOINT in the server's way: said as such
             LOG.warning(own_server_note(cmd, manifest))
-            problems += _check_interpreter(stage, cmd.argv[0], manifest, f"Dockerfile {cmd.at}")
+            problems += _check_interpreter(instructions, cmd.argv[0], manifest, f"Dockerfile {cmd.at}")
     nested = _nested_archives(files)  # a wheel (training/), another zip, a tarball: their files, read once
     problems += _check_secrets(files, nested)
     problems += _check_requirements(files)
@@ -496,11 +496,12 @@ def _flag(command: list[str], flag: str) -> str | None:
 SERVED_FLAGS = ("--model", "--revision", "--adapter", "--port", "--host", "--engine")
 
 
-def served_problems(stage: list[Instruction], manifest: Manifest) -> list[str]:
-    """Where the final `stage`'s CMD would serve something the image lacks: an interpreter no RUN line installs
+def served_problems(instructions: list[Instruction], manifest: Manifest) -> list[str]:
+    """Where the final stage's CMD would serve something the image lacks: an interpreter no RUN line installs
     (and, named bare, not on ENV PATH), a --model (or --adapter) other than the folder the bundled weights are
     copied to, or than the hub id (and --revision) the build downloads as manifest.json says; HF_HUB_OFFLINE=1
     leaves the server nothing else to load. The smoke test runs the CMD only where this finds nothing."""
+    stage = final_stage(instructions)
     run = run_command(stage)
     if run is None:
         return []
@@ -509,7 +510,7 @@ def served_problems(stage: list[Instruction], manifest: Manifest) -> list[str]:
         words = list(cmd_words(command, SERVED_FLAGS))
     except DockerfileError as err:
         return [f"Dockerfile line {run.lines[-1].line}: {err}"]
-    problems = _check_interpreter(stage, command[0], manifest, at)
+    problems = _check_interpreter(instructions, command[0], manifest, at)
     given = {flag: [value for name, value in words if name == flag] for flag in SERVED_FLAGS}
     copies = copy_targets(stage)
     runs = [inst.value for inst in stage if inst.keyword == "RUN"]
@@ -626,15 +627,17 @@ def _check_copied(
     return [f"{at} {flag} {path}, but the Dockerfile copies the bundled {folder}/ to {where or 'no folder'}"]
 
 
-def _check_interpreter(stage: list[Instruction], program: str, manifest: Manifest, at: str) -> list[str]:
-    """The CMD's program is the interpreter of a venv the Dockerfile makes, where it makes one (the packages are
-    there): by its path, or named bare, one on ENV PATH (vLLM's image: its own python3, which the generated
-    Dockerfile installs into); a program other than python (a server's own `uvicorn`) is a script the venv's
-    packages installed in its bin/. Without a venv, a base image's python is taken on trust, but for the folder pip
-    installs the requirements to with --target, which PYTHONPATH must name."""
+def _check_interpreter(instructions: list[Instruction], program: str, manifest: Manifest, at: str) -> list[str]:
+    """The CMD's program is the interpreter of a venv the Dockerfile makes, where it makes one (the packages are there;
+    in the final stage, or in an earlier one that a COPY --from copies it from): by its path, or named bare, one on
+    ENV PATH (vLLM's image: its own python3, which the generated Dockerfile installs into); a program other than
+    python (a server's own `uvicorn`) is a script the venv's packages installed in its bin/. Without a venv, a base
+    image's python is taken on trust, but for the folder pip installs the requirements to with --target, which
+    PYTHONPATH must name."""
     from llmkit.submit.image import image_python
 
-    pythons = venv_pythons(stage)
+    stage = final_stage(instructions)
+    pythons = venv_pythons(stage, instructions[: len(instructions) - len(stage)])
     if not pythons:  # no venv: its packages go to an interpreter of the base image, which cannot be read here
         python_path = env_vars(stage, strict=False).get("PYTHONPATH", "")
         path = {posixpath.normpath(folder) for folder in python_path.split(":") if folder}

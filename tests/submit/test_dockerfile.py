@@ -112,6 +112,55 @@ def test_the_environments_users_make_are_the_images_pythons(run, pythons):
     assert venv_pythons(stage) == {f"{folder}/bin/{name}" for name in names}
 
 
+@pytest.mark.parametrize(
+    ("copy", "pythons"),
+    [
+        ("COPY --from=build /opt/venv /opt/venv", "/opt/venv python python3 python3.11"),
+        ("COPY --from=BUILD /opt/venv/ /srv/env/", "/srv/env python python3 python3.11"),  # stage names: any case
+        ("COPY --from=0 /opt /usr/local/", "/usr/local/venv python python3 python3.11"),  # by index, a folder above
+        ("COPY --from=python:3.11 /opt/venv /opt/venv", ""),  # an image: what it holds cannot be read
+        ("COPY --from=build /opt/other /opt/venv", ""),  # the stage makes none there
+    ],
+)
+def test_an_environment_copied_from_an_earlier_stage_is_the_images(copy, pythons):
+    """`COPY --from=build /opt/venv /opt/venv` (a builder stage's venv, the usual multi-stage image) was taken on
+    trust: the final stage made no venv, so any python its CMD named passed."""
+    folder, *names = pythons.split() or [""]
+    instructions = parse_dockerfile(
+        f"FROM python:3.11 AS build\nRUN python3.11 -m venv /opt/venv\nFROM python:3.11-slim\nWORKDIR /app\n{copy}\n"
+    )
+    stage = instructions[2:]
+    assert venv_pythons(stage, instructions[:2]) == {f"{folder}/bin/{name}" for name in names}
+
+
+@pytest.mark.parametrize(
+    ("copy", "said"),
+    [
+        ("COPY --from=build /opt/venv /opt/venv", None),
+        ("COPY --from=1 /opt/venv/ /opt/venv/", None),
+        ("COPY --from=build /opt/venv /venv",
+         "CMD runs /opt/venv/bin/python, but the Dockerfile installs /venv/bin/python, /venv/bin/python3, "
+         "/venv/bin/python3.11"),
+    ],
+)  # fmt: skip
+def test_verify_reads_the_venv_a_final_stage_copies_from_a_build_stage(
+    default_zips, tmp_path, rewrite_zip, copy, said
+):
+    """A venv made in a build stage and copied into the final one was taken on trust: the CMD's python passed
+    wherever the copy put the venv."""
+    good_zip = default_zips["4090"]
+    with zipfile.ZipFile(good_zip) as archive:
+        lines = archive.read("Dockerfile").decode().splitlines()
+    base = [n for n, text in enumerate(lines) if text.startswith("FROM ")][-1]
+    image = lines[base].split()[1]
+    lines[base] += " AS build"
+    server = lines.index("COPY llmkit/ llmkit/")
+    lines[server:server] = [f"FROM {image}", copy, "WORKDIR /app"]
+    zip_path = rewrite_zip(good_zip, tmp_path / "edited.zip", {"Dockerfile": ("\n".join(lines) + "\n").encode()})
+    problems = verify_submission(zip_path, lint=False)
+    assert problems == ([] if said is None else [problems[0]]) and (said is None or said in problems[0]), problems
+
+
 _ENVIRONMENT = "    && uv venv --python 3.11.18 /opt/venv \\\n    && uv pip install --python /opt/venv/bin/python "
 
 
