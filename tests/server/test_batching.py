@@ -180,31 +180,6 @@ def test_disconnect_frees_the_row_and_full_queue_answers_503(one_row, http):
     assert post(httpx.Client(base_url=one_row.url, timeout=http.timeout), helm_body("Hi", max_new_tokens=2)).text
 
 
-@pytest.mark.slow
-def test_a_row_whose_client_left_frees_its_place_in_the_same_pass(start_server, http):
-    """Cancelled rows are dropped before admission: they held their place while a pass checked it, so a waiting
-    request waited one more pass (here a 512-token chunk of a long prompt). /health's snapshot, retaken as each pass
-    admits, shows the row that left for the rest of the pass in which its client left, not through the next one as
-    well (kv_cache_bytes_used tells the passes apart: the chunked prompt's cache grows by a chunk each pass)."""
-    server = start_server("--max-batch-size", "2", "--max-queue", "1", "--prefill-chunk-tokens", "512")
-    leaving = open_request(server.url, helm_body("Hi", max_new_tokens=1000, stop_sequences=NEVER))
-    wait_for(http, server.url, lambda b: b["running"] == 1)
-    chunked = open_request(server.url, helm_body(COUNTING * 14, max_new_tokens=100, stop_sequences=NEVER))
-    wait_for(http, server.url, lambda b: b["prefilling"] == 1)
-    waiting = open_request(server.url, helm_body("Hi", max_new_tokens=1000, stop_sequences=NEVER))
-    wait_for(http, server.url, lambda b: b["waiting"] == 1)
-    leaving.close()
-    seen, deadline = [], time.monotonic() + 60
-    while time.monotonic() < deadline and (not seen or seen[-1]["waiting"]):
-        seen.append(http.get(f"{server.url}/health").json()["batch"])
-    for client in (chunked, waiting):
-        client.close()
-    counts = [(b["running"], b["prefilling"], b["waiting"], b["kv_cache_bytes_used"]) for b in seen]
-    assert seen[-1]["waiting"] == 0, counts
-    assert len({b["kv_cache_bytes_used"] for b in seen if b["running"]}) <= 1, counts  # passes showing the row
-    wait_for(http, server.url, lambda b: b["running"] == b["waiting"] == 0, seconds=30)
-
-
 def test_free_batch_rows_take_requests_before_the_queue_counts(start_server, http):
     """--max-queue 0: no request waits, but every free row of the batch still takes one (a burst included)."""
     server = start_server("--max-batch-size", "2", "--max-queue", "0")

@@ -1,5 +1,6 @@
 """The scheduler in-process on tiny random models: batching is exact (sliding windows too), a cache that cannot be
-re-padded falls back to one row at a time, and the KV budget bounds the batch."""
+re-padded falls back to one row at a time, the KV budget bounds the batch, and a row whose client left gives its
+place to a waiting request in the pass that drops it."""
 
 from __future__ import annotations
 
@@ -311,3 +312,34 @@ def test_kv_budget_bounds_the_batch(engine_for, tiny_model_dir):
     too_big = ProcessRequest(**helm_body("hi " * 1500, max_new_tokens=1000))
     with pytest.raises(RequestError, match="KV cache"):
         engine.scheduler.submit(engine.new_sequence(too_big))
+
+
+def test_a_row_whose_client_left_frees_its_place_in_the_same_pass(engine_for, tiny_model_dir):
+    """Cancelled rows are dropped before admission: they held their place while a pass checked it, so a waiting
+    request waited one more pass. Passes are counted in the tokens of a row that decodes one in each, read on the
+    model thread as the sequences finish (their futures' callbacks): from the drop of the row that left to the
+    answer of the request that waited for its place (one token, chosen in the pass that admits it) is one pass,
+    wherever in a pass the client leaves; it was two. Over HTTP this was read off /health's cache size, which
+    changes twice a pass: a poll between the end of the pass in which the client left and the next pass's drop
+    saw the row running at a second size (a fresh-clone suite run failed so)."""
+    engine = engine_for(tiny_model_dir, max_batch_size=2, max_queue=1)
+
+    def sequence(max_new_tokens: int):
+        body = helm_body("a b c", max_new_tokens=max_new_tokens, stop_sequences=["<<never>>"])
+        return engine.new_sequence(ProcessRequest(**body))
+
+    running, leaving, waiting = sequence(1000), sequence(1000), sequence(1)
+    dropped, answered = [], []
+    leaving.future.add_done_callback(lambda _: dropped.append(len(running.completion.ids)))
+    waiting.future.add_done_callback(lambda _: answered.append(len(running.completion.ids)))
+    for seq in (running, leaving, waiting):  # the first two take the batch's rows, the third waits
+        engine.scheduler.submit(seq)
+    deadline = time.monotonic() + 60
+    while engine.scheduler.stats()["running"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.scheduler.stats()["running"] == 2
+    engine.scheduler.cancel(leaving)  # what the route does when the client disconnects
+    waiting.future.result(timeout=60)
+    engine.scheduler.cancel(running)
+    assert (running.finish_reason, leaving.finish_reason) == (None, None)  # both ran until cancelled
+    assert answered[0] - dropped[0] == 1, (dropped, answered)
