@@ -64,7 +64,8 @@ def create_app(
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
             fields = schema["components"]["schemas"]["ProcessRequest"]["properties"]
-            fields["max_new_tokens"]["maximum"] = settings.max_new_tokens_limit
+            max_new_tokens, limit = fields["max_new_tokens"], settings.max_new_tokens_limit
+            max_new_tokens["maximum"], max_new_tokens["default"] = limit, min(max_new_tokens["default"], limit)
             if settings.engine is EngineName.vllm:
                 fields["temperature"]["maximum"] = VLLM_MAX_TEMPERATURE
             token_ids = schema["components"]["schemas"]["DecodeRequest"]["properties"]["tokens"]["items"]

@@ -223,7 +223,11 @@ class Engine:
             stop_at_newline: HELM's newline rule; None: the server's setting (/process).
             max_tokens_field: what the client called max_new_tokens (OpenAI: max_tokens), for its error.
         """
-        if request.max_new_tokens > self.settings.max_new_tokens_limit:
+        limit = self.settings.max_new_tokens_limit
+        if "max_new_tokens" not in request.model_fields_set and request.max_new_tokens > limit:
+            # the harness's probe sends only `prompt`: the wire default yields to this server's lower limit
+            request = request.model_copy(update={"max_new_tokens": limit})
+        if request.max_new_tokens > limit:
             raise RequestError(
                 f"{max_tokens_field} {request.max_new_tokens} is over this server's limit "
                 f"{self.settings.max_new_tokens_limit}",

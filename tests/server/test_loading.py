@@ -186,6 +186,18 @@ def adapter_greedy(default_model_dir, adapter_dir) -> str:
 
 
 @pytest.mark.slow
+def test_a_probe_sending_only_a_prompt_gets_the_servers_lower_token_limit(padded_gpt2_server, http):
+    """The wire default of max_new_tokens (50) was checked against --max-new-tokens-limit 8: the challenge harness's
+    probe, which sends only `prompt`, got a 422 for a number it never sent, and the schema's default broke its own
+    maximum. A default now yields to the server's limit; a number the client sends is still checked."""
+    probe = http.post(f"{padded_gpt2_server.url}/process", json={"prompt": "Hello world", "stop_sequences": ["<<"]})
+    assert probe.status_code == 200 and 1 <= len(probe.json()["tokens"]) <= 8, probe.text
+    asked = http.post(f"{padded_gpt2_server.url}/process", json={"prompt": "Hello world", "max_new_tokens": 50})
+    assert asked.status_code == 422 and "max_new_tokens 50 is over this server's limit 8" in asked.text, asked.text
+    field = http.get(f"{padded_gpt2_server.url}/openapi.json").json()["components"]["schemas"]["ProcessRequest"]
+    assert field["properties"]["max_new_tokens"].items() >= {"default": 8, "maximum": 8}.items()
+
+
 def test_serves_base_plus_unmerged_adapter(
     start_server, http, default_model_dir, adapter_dir, adapter_greedy, monkeypatch
 ):
