@@ -155,6 +155,13 @@ def _row_transform(
     return build
 
 
+def untransformed_check(cfg: AxolotlConfig, spec: DatasetSpec, position: int) -> RowTransform | None:
+    """What a dataset's rows must hold that no tokenizer is needed to check (`llmkit validate`, where the tokenizer
+    is not here): rows used as they are need a prompt; None for rows through the user's transform, which may take
+    the tokenizer."""
+    return _row_transform(spec, position, cfg, None) if spec.type is None else None  # type: ignore[arg-type]
+
+
 def _with_tokenizer(transform: Callable[..., Any], tokenizer: PreTrainedTokenizerBase) -> RowTransform:
     return lambda row: transform(row, tokenizer=tokenizer)
 

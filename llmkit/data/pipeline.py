@@ -199,6 +199,43 @@ def check_local_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase)
             _tokenize_spec(cfg, spec, (list_key, position), tokenize, f"local-{cache_key(cfg, tokenizer)}")
 
 
+def check_local_rows(cfg: AxolotlConfig) -> list[str]:
+    """Each local dataset read as training reads it (its file, split, shard; a bad JSON line named) and each row
+    checked for what its type needs of it that no tokenizer is needed to check (`prompts.fields_check`;
+    preference and GRPO rows by their own step's): `llmkit validate`'s data check where the tokenizer is not here,
+    which passed rows without the fields their type needs that training stopped on. Returns the entries
+    (`datasets[1]`) whose rows only the tokenizer can check (a user's module, a chat template's rendering).
+
+    Raises:
+        DataError: as training would raise it for that dataset's file or row.
+    """
+    from llmkit.config.sections import RLMethod
+    from llmkit.data import grpo, preference
+    from llmkit.data.prompts import fields_check
+
+    unchecked = []
+    for list_key, position, spec in cfg.dataset_entries():
+        if not spec.read_here:
+            continue
+        entry = f"{list_key}[{position}]"
+        if cfg.rl is RLMethod.grpo:
+            check = grpo.untransformed_check(cfg, spec, position)
+        else:
+            check = preference.fields_check(cfg, spec) if cfg.rl else fields_check(spec)
+        rows = load_rows(spec, check or (lambda row: None), cfg.seed, entry)
+        if check is None:
+            unchecked.append(entry)
+            continue
+        source = source_name(spec)
+
+        def checked(row: RawRow, check: Callable[[RawRow], object] = check) -> list[dict]:
+            check(row)
+            return []
+
+        convert_rows(rows, source, checked, (), desc=f"Checking {Path(source).name}")
+    return unchecked
+
+
 def _tokenize_spec(
     cfg: AxolotlConfig, spec: DatasetSpec, entry: tuple[str, int], tokenize: Tokenize, key: str
 ) -> tuple[Dataset, DatasetStats]:

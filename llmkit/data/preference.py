@@ -408,23 +408,35 @@ def preference_builder(
     """
     if spec.type is None or spec.type == PreferenceType.passthrough_default:  # as axolotl: rows already in TRL's
         return _without_double_bos(_as_they_are(spec, tokenizer, defaults or ChatDefaults()), tokenizer)  # format
-    if isinstance(spec.type, PreferencePrompt):
-        return _without_double_bos(_user_defined_builder(spec.type), tokenizer)
+    if (plain := _plain_builder(spec)) is not None:
+        return _without_double_bos(plain, tokenizer)
     if not isinstance(spec.type, str) or spec.type not in PreferenceType._value2member_map_:
         names = ", ".join(kind.value for kind in PreferenceType)
         raise ValueError(f"type {spec.type!r} is not a preference dataset type; supported: {names}")
-    kind = PreferenceType(spec.type)
-    if kind in (PreferenceType.chat_template_default, PreferenceType.chat_template_argilla_chat):
-        template = template_for_rows(spec, tokenizer, defaults or ChatDefaults())
-        build = _template_builder(spec, tokenizer, template, kind is PreferenceType.chat_template_argilla_chat)
-    elif kind is PreferenceType.chat_template_argilla:
+    kind = PreferenceType(spec.type)  # a chat_template.* type: rendered with the chat template
+    if kind is PreferenceType.chat_template_argilla:
         # axolotl's orpo argilla resolves the config's chat template alone (get_chat_template_from_config without
         # the dataset's entry): the entry's own chat_template is said to be ignored (config.schema)
         config_only = spec.model_copy(update={"chat_template": None, "chat_template_jinja": None})
         build = _argilla_builder(tokenizer, template_for_rows(config_only, tokenizer, defaults or ChatDefaults()))
     else:
-        build = _formatted_builder(kind)
+        template = template_for_rows(spec, tokenizer, defaults or ChatDefaults())
+        build = _template_builder(spec, tokenizer, template, kind is PreferenceType.chat_template_argilla_chat)
     return _without_double_bos(build, tokenizer)
+
+
+def _plain_builder(spec: DatasetSpec) -> PreferenceBuilder | None:
+    """The spec's pair builder where it needs no tokenizer: a mapping, or a type that writes its own chat format
+    (chatml.*, llama3.*); None where the chat template renders the rows (chat_template.*, and rows as
+    they are, which may be TRL's conversational ones), or for no preference type."""
+    if spec.type is None or spec.type == PreferenceType.passthrough_default:
+        return None
+    if isinstance(spec.type, PreferencePrompt):
+        return _user_defined_builder(spec.type)
+    if not isinstance(spec.type, str) or spec.type not in PreferenceType._value2member_map_:
+        return None
+    kind = PreferenceType(spec.type)
+    return None if kind.value.startswith("chat_template.") else _formatted_builder(kind)
 
 
 def _without_double_bos(build: Callable[[RawRow], Row], tokenizer: PreTrainedTokenizerBase) -> Callable[[RawRow], Row]:
@@ -618,11 +630,19 @@ def kto_builder(
             )
 
         return _without_double_bos(as_they_are, tokenizer)
+    if (plain := _plain_kto_builder(spec)) is not None:
+        return _without_double_bos(plain, tokenizer)
+    names = ", ".join(kind.value for kind in KTOType)
+    raise ValueError(f"type {spec.type!r} is not a KTO dataset type; supported: {names}")
+
+
+def _plain_kto_builder(spec: DatasetSpec) -> KTOBuilder | None:
+    """The spec's KTO row builder where it needs no tokenizer: a mapping, or a type that writes its own chat format;
+    None for rows as they are (TRL's conversational ones are rendered by the chat template), or no KTO type."""
     if isinstance(spec.type, KTOPrompt):
-        return _without_double_bos(_user_defined_kto(spec.type), tokenizer)
+        return _user_defined_kto(spec.type)
     if not isinstance(spec.type, str) or spec.type not in KTOType._value2member_map_:
-        names = ", ".join(kind.value for kind in KTOType)
-        raise ValueError(f"type {spec.type!r} is not a KTO dataset type; supported: {names}")
+        return None
     family, shape = spec.type.split(".")
     chat = _FORMATS[family]
 
@@ -648,7 +668,14 @@ def kto_builder(
             answer = text_field(row, "completion")
         return KTORow(prompt=prompt, completion=_closed(answer, chat.answer_end), label=_label(row))
 
-    return _without_double_bos(build, tokenizer)
+    return build
+
+
+def fields_check(cfg: AxolotlConfig, spec: DatasetSpec) -> Callable[[RawRow], object] | None:
+    """The spec's pair (rl: kto: KTO row) builder where it needs no tokenizer (`_plain_builder`,
+    `_plain_kto_builder`): what `llmkit validate` checks each row with where the tokenizer is not here; None where
+    the chat template renders the rows."""
+    return _plain_builder(spec) if cfg.rl is None or cfg.rl.paired else _plain_kto_builder(spec)
 
 
 # A column holding a row's length in tokens, measured as it is read; build_preference_datasets removes it, and

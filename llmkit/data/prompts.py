@@ -8,10 +8,11 @@ masks the same way. A user's own `module.function` strategy tokenizes for itself
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from llmkit.config.sections import CustomPrompt, DatasetSpec, DatasetType
-from llmkit.data.chat import ChatDefaults, make_chat_builder, resolve_template
+from llmkit.data.chat import ChatDefaults, chat_messages, chat_tools, make_chat_builder, resolve_template
 from llmkit.data.fields import Builder, FieldError, text_field
 from llmkit.data.formats import (
     ALPACA_NO_INPUT,
@@ -34,6 +35,7 @@ __all__ = [
     "FieldError",
     "STATIC_BUILDERS",
     "builder_for",
+    "fields_check",
     "resolve_template",
     "text_field",
 ]
@@ -63,6 +65,7 @@ def build_input_output(row: RawRow, spec: DatasetSpec) -> Parts:
 
 
 CHAT_TYPES = (DatasetType.chat_template, DatasetType.sharegpt)
+_TOOL_CALLS = frozenset({"tool_calls"})  # a message key a chat type's template may read (`fields_check`)
 # Builders that need no tokenizer; a chat type's builder is made per dataset by `builder_for` (a test checks that
 # these and CHAT_TYPES cover every `DatasetType`, the only names the config admits).
 STATIC_BUILDERS: dict[DatasetType, Builder] = {
@@ -93,3 +96,16 @@ def builder_for(
     if kind in CHAT_TYPES:
         return make_chat_builder(spec, tokenizer, train_on_inputs, chat)
     return STATIC_BUILDERS[kind]
+
+
+def fields_check(spec: DatasetSpec) -> Callable[[RawRow], object] | None:
+    """What the spec's rows must hold that no tokenizer is needed to check (`llmkit validate`, where the tokenizer is
+    not here): the whole builder of a type that writes its own text, a chat type's messages and tools (the template
+    renders them, and reads further keys of a message, which `builder_for`'s builder checks); None for a user's
+    module, which tokenizes its rows itself."""
+    if isinstance(spec.type, CustomPrompt) or spec.base_type in STATIC_BUILDERS:
+        build = build_custom if isinstance(spec.type, CustomPrompt) else STATIC_BUILDERS[spec.base_type]
+        return lambda row: build(row, spec)
+    if spec.base_type in CHAT_TYPES:  # a tool-call turn without text is refused only by a template without
+        return lambda row: (chat_messages(row, spec, _TOOL_CALLS), chat_tools(row))  # tool calls: unknown here
+    return None

@@ -236,6 +236,36 @@ def trained_tokenizer_size(cfg: AxolotlConfig, checked: CheckedTokenizer | None)
     return len(checked.configured)
 
 
+def check_untokenized(cfg: AxolotlConfig) -> str | None:
+    """Where the tokenizer is not here offline: the local datasets read and their rows checked as far as no
+    tokenizer is needed (`check_local_rows`: a file that cannot be read, a bad JSON line, a row without the fields
+    its type needs), where validate had read no local data at all; returns the line saying what stayed unchecked
+    and how to check it. None where the tokenizer is here (the data is tokenized) or no dataset is local.
+
+    Raises:
+        ConfigError: bad data training would stop on, with the data pipeline's message.
+    """
+    from llmkit.config.plan import tokenizer_here
+    from llmkit.data import DataError
+    from llmkit.data.pipeline import check_local_rows
+
+    if tokenizer_here(cfg) or not any(spec.read_here for _, _, spec in cfg.dataset_entries()):
+        return None
+    try:
+        unread = check_local_rows(cfg)
+    except DataError as err:
+        raise ConfigError([str(err)], cfg.source) from None
+    key = "tokenizer_config" if cfg.tokenizer_config else "base_model"
+    source = cfg.tokenizer_config or cfg.base_model
+    rows = f" (nor {', '.join(unread)}'s rows at all: only the tokenizer builds them)" if unread else ""
+    return (
+        f"{key}: {source}: the tokenizer is not a folder here (validate downloads no model), so the local data's "
+        f"files and rows' fields were checked but not tokenized{rows}: rows longer than sequence_len or with nothing "
+        f"to train, the chat template's rendering and the token count are unchecked; to check them, download it "
+        f"(hf download {source} --local-dir <folder>) and set {key} to that folder"
+    )
+
+
 def count_training_tokens(cfg: AxolotlConfig, checked: CheckedTokenizer | None) -> TokenizedSplit | None:
     """One epoch of the training split as training prepares it, for the plan's steps and training-time projection
     (preference pairs: the longer sequence of each pair training keeps); None when the data cannot be tokenized here

@@ -18,6 +18,7 @@ from llmkit.core.memory import GIB
 from llmkit.core.shapes import ModelConfigNotFound
 from llmkit.data.grpo import reward_functions
 from llmkit.data.tokenizer import (
+    check_untokenized,
     count_training_tokens,
     tokenizer_problems,
     trained_tokenizer_size,
@@ -72,6 +73,7 @@ def validate(
             base = base_shape(cfg, model_config)
             tokenizer = validation_tokenizer(cfg, base[0])  # loaded once for the three checks that read it
             split = count_training_tokens(cfg, tokenizer)  # bad data is the config's error (a ConfigError)
+            untokenized = check_untokenized(cfg)  # no tokenizer here: the rows' fields alone
             size = trained_tokenizer_size(cfg, tokenizer)  # the embeddings the plan counts, added tokens included
             training_plan = plan(cfg, model_config=model_config, data=split, tokenizer_size=size, base=base)
             vocab_size = training_plan.shape.vocab_size if training_plan.shape else None
@@ -89,7 +91,7 @@ def validate(
         err.print(f"Error: --model-config {error}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 1
     out.print(render(training_plan))
-    for note in (wandb_unavailable(cfg), lora_model_dir_note):
+    for note in (untokenized, wandb_unavailable(cfg), lora_model_dir_note):
         if note:
             err.print(f"[yellow]Warning: {escape(note)}[/yellow]", highlight=False, soft_wrap=True)  # a path: whole
     _machine_warnings(cfg, err)

@@ -674,6 +674,37 @@ def test_validate_reads_a_local_dataset_beside_a_hub_one(tiny_config, tiny_datas
     assert "tokens to train" in output
 
 
+def test_validate_checks_local_rows_without_the_tokenizer(tiny_config, tiny_dataset, tmp_path):
+    """A hub base model whose tokenizer is not here (HF_HUB_OFFLINE, never downloaded): validate read no local data
+    at all, and passed rows without the fields their type needs, and bad JSON, that training stopped on."""
+    hub = {"base_model": "meta-llama/Llama-2-7b-hf"}  # no folder here: its tokenizer is not loaded
+    rows, chats, pairs, broken = (tmp_path / name for name in ("rows.jsonl", "chats.jsonl", "pairs.jsonl", "b.jsonl"))
+    rows.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n" + json.dumps({"instruction": "c"}) + "\n")
+    chats.write_text(json.dumps({"messages": "hello"}) + "\n")
+    pairs.write_text(json.dumps({"question": "q", "chosen": "a"}) + "\n")
+    broken.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n{bad\n")
+    for keys, said in [
+        ({"datasets": [{"path": str(rows), "type": "alpaca"}]}, f"{rows}: row 2: field 'output' is missing"),
+        ({"datasets": [{"path": str(chats), "type": "chat_template"}]}, "row 1: field 'messages' must be a list"),
+        ({"datasets": [{"path": str(pairs), "type": "chatml.intel"}], "rl": "dpo"}, "field 'rejected' is missing"),
+        ({"datasets": [{"path": str(broken), "type": "alpaca"}]}, f"{broken}: row 2 (line 2): not valid JSON"),
+    ]:
+        status, output = _validate_output(tiny_config(**hub, **keys))
+        assert status == 1 and said in output, output
+    call = {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, call]}) + "\n")
+    tools = {"datasets": [{"path": str(chats), "type": "chat_template"}]}  # a template may write the call: unknown
+    assert _validate_output(tiny_config(**hub, **tools))[0] == 0
+    status, output = _validate_output(tiny_config(**hub))  # good rows: what stayed unchecked is said, and how
+    assert status == 0, output
+    assert (
+        "base_model: meta-llama/Llama-2-7b-hf: the tokenizer is not a folder here (validate downloads no model), so "
+        "the local data's files and rows' fields were checked but not tokenized" in output
+    )
+    assert "hf download meta-llama/Llama-2-7b-hf --local-dir <folder>" in output
+    assert "tokenizer is not a folder here" not in _validate_output(tiny_config())[1]  # the tiny model's is
+
+
 def test_validate_reads_local_preference_pairs_and_grpo_prompts_beside_a_hub_dataset(tiny_config, tmp_path):
     """rl: the local dataset beside a hub one was not read at all (only SFT rows were): validate passed rows that
     training's pair or prompt step stops on."""
