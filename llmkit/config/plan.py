@@ -321,6 +321,27 @@ def tokens_countable_here(cfg: AxolotlConfig) -> bool:
     return all(spec.read_here for _, _, spec in cfg.dataset_entries()) and tokenizer_here(cfg)
 
 
+def hub_data_unchecked(cfg: AxolotlConfig) -> str | None:
+    """What `llmkit validate` leaves unchecked for the datasets on the hub, which it never downloads: their rows,
+    and what needs every dataset's rows (the held-out split, packing, the steps and tokens); the local datasets
+    beside them are checked one by one (`check_local_datasets`, `check_local_rows`). None where all data is local.
+    Said: the plan's unknown token count alone did not say that val_set_size's split or packing went unchecked."""
+    hub = [f"{key}[{position}] ({spec.path})" for key, position, spec in cfg.dataset_entries() if not spec.read_here]
+    if not hub:
+        return None
+    local = [f"{key}[{position}]" for key, position, spec in cfg.dataset_entries() if spec.read_here]
+    held_out = cfg.val_set_size and not cfg.test_datasets
+    whole = [f"val_set_size {cfg.val_set_size:g}'s held-out split"] if held_out else []
+    whole += ["sample_packing's packed sequences"] if cfg.sample_packing and not cfg.rl else []
+    whole += ["the steps and tokens to train"]
+    checked = f"; {', '.join(local)} {'was' if len(local) == 1 else 'were'} read and checked alone" if local else ""
+    return (
+        f"{', '.join(hub)} {'is' if len(hub) == 1 else 'are'} on the hub, which validate does not download: "
+        f"{'its' if len(hub) == 1 else 'their'} rows are unchecked, and so is what needs every dataset's rows: "
+        f"{', '.join(whole)}{checked}; training checks them once it has downloaded the data"
+    )
+
+
 def tokenizer_here(cfg: AxolotlConfig) -> bool:
     """Whether the tokenizer can be loaded offline: the embedded default's, or a model folder."""
     from llmkit.core.models import DEFAULT_MODEL_ID

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llmkit.config.plan import TrainingPlan, base_shape, plan
+from llmkit.config.plan import TrainingPlan, base_shape, hub_data_unchecked, plan
 from llmkit.config.schema import AxolotlConfig, ConfigError, ConfigWarning, RLMethod, load_config
 from llmkit.core.challenge import CONTEXT_TOKENS
 from llmkit.core.memory import GIB
@@ -91,7 +91,7 @@ def validate(
         err.print(f"Error: --model-config {error}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 1
     out.print(render(training_plan))
-    for note in (untokenized, wandb_unavailable(cfg), lora_model_dir_note):
+    for note in (hub_data_unchecked(cfg), untokenized, wandb_unavailable(cfg), lora_model_dir_note):
         if note:
             err.print(f"[yellow]Warning: {escape(note)}[/yellow]", highlight=False, soft_wrap=True)  # a path: whole
     _machine_warnings(cfg, err)

@@ -705,6 +705,21 @@ def test_validate_checks_local_rows_without_the_tokenizer(tiny_config, tiny_data
     assert "tokenizer is not a folder here" not in _validate_output(tiny_config())[1]  # the tiny model's is
 
 
+def test_validate_says_what_a_hub_dataset_leaves_unchecked(tiny_config, tiny_dataset):
+    """Beside a hub dataset, val_set_size's held-out split and packing need every dataset's rows, so validate skips
+    them: it said only that the tokens to train were unknown, not that these went unchecked."""
+    hub = {"path": "nobody-here/no-such-dataset", "type": "alpaca"}
+    datasets = [hub, {"path": str(tiny_dataset), "type": "alpaca"}]
+    status, output = _validate_output(tiny_config(datasets=datasets, val_set_size=0.5, sample_packing=True))
+    assert status == 0, output
+    assert (
+        "datasets[0] (nobody-here/no-such-dataset) is on the hub, which validate does not download: its rows are "
+        "unchecked, and so is what needs every dataset's rows: val_set_size 0.5's held-out split, sample_packing's "
+        "packed sequences, the steps and tokens to train; datasets[1] was read and checked alone" in output
+    )
+    assert "on the hub, which validate does not download" not in _validate_output(tiny_config())[1]  # all local
+
+
 def test_validate_reads_local_preference_pairs_and_grpo_prompts_beside_a_hub_dataset(tiny_config, tmp_path):
     """rl: the local dataset beside a hub one was not read at all (only SFT rows were): validate passed rows that
     training's pair or prompt step stops on."""
