@@ -5,6 +5,7 @@ machine and trained on another."""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 from llmkit.config.schema import AxolotlConfig, ConfigError
 from llmkit.core import devices
@@ -33,11 +34,15 @@ def refusals_here(cfg: AxolotlConfig) -> list[str]:
     optimizers' CUDA need goes away); empty when it would train here."""
     from llmkit.train.modeling import attn_implementation
     from llmkit.train.optimizers import optimizer_for_machine
+    from llmkit.train.resume import check_writable
+
+    def writable_here(cfg: AxolotlConfig) -> None:  # a file in their place is refused on any machine: not here
+        check_writable(Path(cfg.output_dir), cfg, PermissionError)
 
     problems = []
     # Not strict, an attention this machine lacks is replaced, not a stop (fallbacks_here); the check would log it.
     attention = (attn_implementation,) if cfg.strict else ()
-    for check in (optimizer_for_machine, check_tf32, check_loftq, *attention):
+    for check in (writable_here, optimizer_for_machine, check_tf32, check_loftq, *attention):
         try:
             check(cfg)
         except ConfigError as error:

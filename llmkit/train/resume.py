@@ -231,18 +231,23 @@ def _locked(cfg: AxolotlConfig, output_dir: Path) -> Iterator[None]:
             (output_dir / LOCK).unlink(missing_ok=True)  # still held: nobody else can be holding it
 
 
-def check_writable(output_dir: Path, cfg: AxolotlConfig) -> None:
+def check_writable(output_dir: Path, cfg: AxolotlConfig, refused: type[OSError] = OSError) -> None:
     """Before the model loads and anything is written: output_dir and dataset_prepared_path are, or can be made,
     folders this process may write in (checked by `validate` as well as by `train`, which names its output_dir:
-    the config's, or --output-dir)."""
+    the config's, or --output-dir). `refused`: which of check_folder_target's errors are raised; train refuses
+    them all, validate a file where a folder goes (NotADirectoryError) and, apart, as a warning of what train would
+    stop on here (machine.refusals_here), a folder it may not write in (PermissionError): validate refused
+    `output_dir: /workspace/out` on a laptop, where / is not writable, for a config trained on a cluster."""
     folders = {"output_dir": output_dir}
     if cfg.dataset_prepared_path:
         folders["dataset_prepared_path"] = user_path(cfg.dataset_prepared_path)
     for key, folder in folders.items():
         try:
             check_folder_target(folder)
-        except OSError as err:
+        except refused as err:
             raise ConfigError([f"{key}: {err}"], cfg.source) from None
+        except OSError:  # not `refused`: the caller checks it apart
+            continue
 
 
 def _check_ours(output_dir: Path, cfg: AxolotlConfig) -> None:

@@ -63,7 +63,8 @@ def validate(
             ]
             if missing:
                 raise ConfigError(missing, cfg.source)
-            check_writable(Path(cfg.output_dir), cfg)  # as train checks it first: a file where a folder goes
+            # as train checks it first: a file where a folder goes; no permission is this machine's (a warning)
+            check_writable(Path(cfg.output_dir), cfg, NotADirectoryError)
             resume_checkpoint(cfg)
             lora_model_dir_note = check_lora_model_dir(cfg)
             if cfg.rl is RLMethod.grpo:

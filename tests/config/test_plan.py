@@ -751,6 +751,24 @@ def test_validate_refuses_a_file_where_train_writes_a_folder(tiny_config, tmp_pa
         assert train.exit_code == 1 and f"{key}: {afile} is a file, not a folder" in " ".join(train.output.split())
 
 
+def test_validate_warns_of_an_output_dir_it_may_not_write_in_here(tiny_config, tmp_path, monkeypatch):
+    """A folder this process may not write in (`output_dir: /workspace/out` on a laptop, where / is not writable)
+    depends on the machine: validate refused the config, which trains on the cluster it was written for. Train
+    here still stops on it."""
+    # os.access stands in for a read-only folder: root, which these tests may run as, may write anywhere.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    for key in ("output_dir", "dataset_prepared_path"):
+        config = tiny_config(**{key: str(locked / "out")})
+        status, output = _validate_output(config)
+        assert status == 0, output
+        assert f"on this machine, train would stop: {key}: no permission to write in {locked}" in output
+        train = CliRunner().invoke(app, ["train", str(config)])
+        assert train.exit_code == 1 and f"{key}: no permission to write in {locked}" in " ".join(train.output.split())
+
+
 def test_validate_reads_no_hub_test_dataset(tiny_config, monkeypatch):
     """Local training data with a hub test_datasets entry: validate tokenized both (the plan counted the training
     rows alone), downloading the hub's, and offline refused the config for it."""
