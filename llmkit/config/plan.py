@@ -140,6 +140,7 @@ def plan(
     else:
         targets = cfg.resolved_target_modules(shape)
         check_layers_to_transform(cfg, shape)
+        check_unfrozen_parameters(cfg, [name for name, _ in shape.parameters])
         trained = shape.with_vocabulary(tokenizer_size) if tokenizer_size else shape
         trainable, total = trainable_params(cfg, trained, targets, parameters), trained.num_params
         setups = {
@@ -494,6 +495,23 @@ def check_layers_to_transform(cfg: AxolotlConfig, shape: ModelShape) -> None:
             ],
             cfg.source,
         )
+
+
+def check_unfrozen_parameters(cfg: AxolotlConfig, names: list[str]) -> None:
+    """Refuse unfrozen_parameters that match none of the model's parameter `names` (a full fine-tune that would
+    train nothing): train checks the loaded model's names, validate the shape's (`ModelShape.parameters`), where it
+    had passed the config and train stopped on it once the data was prepared.
+
+    Raises:
+        ConfigError: no pattern matches a name.
+    """
+    patterns = cfg.unfrozen_patterns
+    if cfg.adapter is not None or not patterns or any(p.matches(name) for p in patterns for name in names):
+        return
+    example = names[0] if names else "none"
+    raise ConfigError(
+        [f"unfrozen_parameters: {cfg.unfrozen_parameters} match no parameter name (e.g. {example})"], cfg.source
+    )
 
 
 def check_model_overrides(cfg: AxolotlConfig, config: dict) -> None:

@@ -366,6 +366,8 @@ def _lora_init(cfg: AxolotlConfig) -> dict[str, Any]:
 def _train_only(model: PreTrainedModel, cfg: AxolotlConfig) -> None:
     """unfrozen_parameters: freeze every parameter no pattern matches; patterns with a row range limit its gradient
     to those rows of dim 0 (as axolotl does: a hook zeroes the other rows' gradient)."""
+    from llmkit.config.plan import check_unfrozen_parameters
+
     patterns = cfg.unfrozen_patterns
     for name, parameter in model.named_parameters():
         matched = [pattern for pattern in patterns if pattern.matches(name)]
@@ -381,11 +383,7 @@ def _train_only(model: PreTrainedModel, cfg: AxolotlConfig) -> None:
                     )
                 trained[start:end] = True
             parameter.register_hook(_zero_rows_hook(~trained))
-    if not any(parameter.requires_grad for parameter in model.parameters()):
-        example = next(name for name, _ in model.named_parameters())
-        raise ConfigError(
-            [f"unfrozen_parameters: {cfg.unfrozen_parameters} match no parameter name (e.g. {example})"], cfg.source
-        )
+    check_unfrozen_parameters(cfg, [name for name, _ in model.named_parameters()])
 
 
 def _zero_rows_hook(frozen: torch.Tensor):

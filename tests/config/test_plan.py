@@ -769,6 +769,20 @@ def test_validate_warns_of_an_output_dir_it_may_not_write_in_here(tiny_config, t
         assert train.exit_code == 1 and f"{key}: no permission to write in {locked}" in " ".join(train.output.split())
 
 
+def test_validate_refuses_unfrozen_parameters_that_match_no_parameter(tiny_config):
+    """A full fine-tune whose unfrozen_parameters match no parameter of the model trains nothing: train refused it,
+    once the data was prepared and the model loaded, and validate passed it."""
+    keys = {"adapter": None, "lora_target_linear": None, "max_steps": 1}
+    said = "unfrozen_parameters: ['^nothing_here$'] match no parameter name (e.g. model.embed_tokens.weight)"
+    config = tiny_config(**keys, unfrozen_parameters=["^nothing_here$"])
+    status, output = _validate_output(config)
+    assert status == 1 and said in output, output
+    train = CliRunner().invoke(app, ["train", str(config), "--cpu-fallback"])
+    assert train.exit_code == 1 and said in " ".join(train.output.split())  # train's own refusal, the same line
+    status, output = _validate_output(tiny_config(**keys, unfrozen_parameters=["model.embed_tokens.weight"]))
+    assert status == 0, output
+
+
 def test_validate_reads_no_hub_test_dataset(tiny_config, monkeypatch):
     """Local training data with a hub test_datasets entry: validate tokenized both (the plan counted the training
     rows alone), downloading the hub's, and offline refused the config for it."""
