@@ -1526,6 +1526,13 @@ class DataSection(BaseModel):
         return min(size, rows) if isinstance(size, int) else math.ceil(rows * size)
 
 
+def optim_args_text(value: str | dict[str, Any] | None) -> str | None:
+    """optim_args as transformers reads it, `key=value,key=value`; axolotl also takes a mapping."""
+    if isinstance(value, dict):
+        return ",".join(f"{key}={item}" for key, item in value.items())
+    return value
+
+
 class TrainingSection(BaseModel):
     model_config = _SECTION
 
@@ -1654,6 +1661,20 @@ class TrainingSection(BaseModel):
     _target_modules = field_validator("optim_target_modules", mode="before")(
         lambda value: value if value == "all_linear" else one_as_list(value)
     )
+
+    @field_validator("optim_args")
+    @classmethod
+    def _optim_args_pairs(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        """transformers splits optim_args (`optim_args_text`) at every comma, then each piece at `=`: a piece
+        without one `=` (a value holding a comma, `betas=(0.9,0.95)`) raised its ValueError traceback as the
+        optimizer was made, once the data was prepared and the model loaded."""
+        pieces = (optim_args_text(value) or "").replace(" ", "").split(",") if value else []
+        if bad := next((piece for piece in pieces if piece.count("=") != 1), None):
+            raise ValueError(
+                f"{bad!r} is no key=value pair: transformers splits optim_args at each comma, then at '=', so a "
+                "value can hold neither (Adam's betas are adam_beta1 and adam_beta2)"
+            )
+        return value
 
     @field_validator("eval_causal_lm_metrics", mode="before")
     @classmethod

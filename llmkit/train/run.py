@@ -42,7 +42,7 @@ from transformers.utils.logging import is_progress_bar_enabled
 
 from llmkit.config.plan import logging_steps, optimizer_steps, warmup_steps
 from llmkit.config.schema import RESOLVED_CONFIG, AxolotlConfig, ConfigError, RLMethod
-from llmkit.config.sections import NORMALISED_DPO_LOSSES
+from llmkit.config.sections import NORMALISED_DPO_LOSSES, optim_args_text
 from llmkit.core import devices
 from llmkit.core.errors import headline
 from llmkit.core.files import clean_stale, staging_dir, swap_in
@@ -321,7 +321,7 @@ def training_arguments(cfg: AxolotlConfig, optimizer: str) -> TrainingArguments:
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps or -1,  # wins over num_epochs when set
         optim=optimizer,
-        optim_args=_optim_args(cfg.optim_args),
+        optim_args=optim_args_text(cfg.optim_args),
         optim_target_modules=cfg.optim_target_modules,
         learning_rate=cfg.learning_rate,
         weight_decay=cfg.weight_decay,
@@ -397,13 +397,6 @@ def _schedule(cfg: AxolotlConfig) -> dict[str, Any]:
 def _adam(cfg: AxolotlConfig) -> dict[str, float]:
     values = {"adam_beta1": cfg.adam_beta1, "adam_beta2": cfg.adam_beta2, "adam_epsilon": cfg.adam_epsilon}
     return {key: value for key, value in values.items() if value is not None}  # unset: transformers' defaults
-
-
-def _optim_args(value: str | dict[str, Any] | None) -> str | None:
-    """transformers reads optim_args as `key=value,key=value`; axolotl also takes a mapping."""
-    if isinstance(value, dict):
-        return ",".join(f"{key}={item}" for key, item in value.items())
-    return value
 
 
 def _preference_loss(cfg: AxolotlConfig) -> dict[str, Any]:

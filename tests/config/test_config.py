@@ -971,3 +971,14 @@ def test_a_save_cadence_off_the_evaluations_is_refused_at_load_where_the_best_ch
     assert load_quietly(write(tmp_path, MINIMAL), {**best, "save_steps": 6}).save_steps == 6
     assert load_quietly(write(tmp_path, MINIMAL), {**best, "eval_steps": 0.1, "save_steps": 0.3}).save_steps == 0.3
     assert load_quietly(write(tmp_path, MINIMAL), {"eval_steps": 3, "save_steps": 2}).save_steps == 2  # no best
+
+
+def test_optim_args_that_transformers_cannot_split_are_refused_naming_the_key(tmp_path):
+    """transformers splits optim_args at each comma, then at '=': a value holding a comma (betas as a tuple) passed
+    validate and stopped train with transformers' ValueError traceback as the optimizer was made."""
+    path = write(tmp_path, MINIMAL)
+    for value, piece in [({"betas": "(0.9,0.95)"}, "0.95)"), ("betas=(0.9, 0.95)", "0.95)"), ("decay", "decay")]:
+        message = error_of(path, {"optim_args": value})
+        assert f"optim_args: {piece!r} is no key=value pair: transformers splits optim_args at each comma" in message
+    for value in ({"foo": 1, "bar": "x"}, "foo=1, bar=x"):
+        assert load_quietly(path, {"optim_args": value}).optim_args == value
