@@ -146,7 +146,8 @@ def run_command(stage: list[Instruction]) -> RunCommand | None:
     """The command the final `stage`'s container runs, as Docker joins ENTRYPOINT and CMD: an exec-form ENTRYPOINT
     with the exec-form CMD's words after it (`ENTRYPOINT ["python", "-m", "llmkit.server"]` + `CMD ["--port",
     "80"]` is one argv); CMD alone where there is no ENTRYPOINT, or `ENTRYPOINT []` (which clears a base image's).
-    None where neither is there. A base image's own ENTRYPOINT cannot be read here.
+    None where neither is there. A base image's own ENTRYPOINT cannot be read here. A known wrapper at its start
+    (`ENTRYPOINT ["tini", "--"]`: `through_wrappers`) is read through to the command it runs.
 
     Raises:
         DockerfileError: a shell-form ENTRYPOINT (Docker runs it with /bin/sh -c, and CMD is dropped), or a
@@ -154,7 +155,7 @@ def run_command(stage: list[Instruction]) -> RunCommand | None:
     """
     entrypoint, cmd = last(stage, "ENTRYPOINT"), last(stage, "CMD")
     if entrypoint is None or _is_empty_array(entrypoint.value):
-        return RunCommand(exec_form(cmd), (cmd,)) if cmd is not None else None
+        return RunCommand(through_wrappers(exec_form(cmd)), (cmd,)) if cmd is not None else None
     try:
         program = exec_form(entrypoint)
     except DockerfileError:
@@ -163,9 +164,9 @@ def run_command(stage: list[Instruction]) -> RunCommand | None:
             "and drops CMD"
         ) from None
     if cmd is None:
-        return RunCommand(program, (entrypoint,))
+        return RunCommand(through_wrappers(program), (entrypoint,))
     if _is_empty_array(cmd.value):  # `CMD []`: no arguments
-        return RunCommand(program, (entrypoint, cmd))
+        return RunCommand(through_wrappers(program), (entrypoint, cmd))
     try:
         arguments = exec_form(cmd)
     except DockerfileError:
@@ -173,7 +174,33 @@ def run_command(stage: list[Instruction]) -> RunCommand | None:
             f"line {cmd.line}: CMD is not in exec form (a JSON array): the ENTRYPOINT of line {entrypoint.line} "
             "gets it as /bin/sh -c and its text"
         ) from None
-    return RunCommand(program + arguments, (entrypoint, cmd))
+    return RunCommand(through_wrappers(program + arguments), (entrypoint, cmd))
+
+
+# Programs an ENTRYPOINT runs only to run their arguments (an init that reaps zombies and forwards signals; env), each
+# with its options that take a value (None: env, read through only without options or NAME=VALUE, which change
+# what the server runs with). The server is the command after them.
+_WRAPPERS = {"tini": {"-p", "-e"}, "tini-static": {"-p", "-e"}, "dumb-init": {"-r", "--rewrite"}, "env": None}
+
+
+def through_wrappers(argv: list[str]) -> list[str]:
+    """The command `argv` runs once its known wrappers (`_WRAPPERS`, by name or path: `["tini", "--"]`,
+    `["/usr/bin/dumb-init", "--"]`, `["/usr/bin/env"]`) have started it: after their options and a `--` ending
+    them. A wrapper with nothing to run, or env with an option or assignment, is the command itself."""
+    while argv and PurePosixPath(argv[0]).name in _WRAPPERS:
+        options, words, start = _WRAPPERS[PurePosixPath(argv[0]).name], iter(enumerate(argv[1:], 1)), None
+        for index, word in words:
+            if word == "--" or not word.startswith("-"):
+                start = index + (word == "--")
+                break
+            if options is None:
+                return argv
+            if word in options:
+                next(words, None)
+        if start is None or start >= len(argv) or (options is None and "=" in argv[start]):
+            return argv
+        argv = argv[start:]
+    return argv
 
 
 def _is_empty_array(text: str) -> bool:

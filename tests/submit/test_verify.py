@@ -338,13 +338,25 @@ _SERVER = '"/opt/venv/bin/python", "-m", "llmkit.server"'
         ("/opt/venv/bin/python -m llmkit.server", '["--host", "0.0.0.0", "--port", "80", ',
          ": line {entrypoint}: ENTRYPOINT is not in exec form (a JSON array): Docker runs it with /bin/sh -c and "
          "drops CMD"),
+        # wrappers that run their arguments: the server is what they run
+        ('["tini", "--"]', f'[{_SERVER}, "--host", "0.0.0.0", "--port", "80", ', None),
+        ('["/usr/bin/tini", "-g", "-p", "SIGTERM", "--"]', f'[{_SERVER}, "--host", "0.0.0.0", "--port", "80", ', None),
+        ('["dumb-init", "--"]', f'[{_SERVER}, "--host", "0.0.0.0", "--port", "80", ', None),
+        ('["/usr/bin/env"]', f'[{_SERVER}, "--host", "0.0.0.0", "--port", "80", ', None),
+        (f'["tini", "--", {_SERVER}]', '["--host", "0.0.0.0", "--port", "80", ', None),
+        ('["tini", "--"]', f'[{_SERVER}, "--host", "0.0.0.0", "--port", "8000", ',
+         "{lines}: ENTRYPOINT + CMD does not run the server with --port 80"),
+        ('["/usr/bin/env", "HF_HUB_OFFLINE=0"]', f'[{_SERVER}, "--host", "0.0.0.0", "--port", "80", ',
+         " line {entrypoint}: an ENTRYPOINT runs instead of the server, with CMD as its arguments (the generated "
+         "Dockerfile has none, or `ENTRYPOINT []`)"),
     ],
 )  # fmt: skip
 def test_an_entrypoint_and_cmd_are_read_as_the_one_command_docker_runs(
     good_zip, tmp_path, rewrite_zip, entrypoint, cmd, said
 ):
     """`ENTRYPOINT ["python", "-m", "llmkit.server"]` + `CMD ["--host", "0.0.0.0", ...]` is one argv to Docker, but
-    verify read the CMD alone: "CMD does not bind --host 0.0.0.0", "an ENTRYPOINT runs instead of the server"."""
+    verify read the CMD alone: "CMD does not bind --host 0.0.0.0", "an ENTRYPOINT runs instead of the server". An
+    init that runs its arguments (`ENTRYPOINT ["tini", "--"]` + the server's CMD) was said to run instead of it."""
     dockerfile = _dockerfile(good_zip)
     served = f'CMD [{_SERVER}, "--host", "0.0.0.0", "--port", "80", '
     assert served in dockerfile
