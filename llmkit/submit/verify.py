@@ -354,7 +354,7 @@ def own_server_note(cmd: RunCommand, manifest: Manifest) -> str:
     return (
         f"Dockerfile {cmd.at} runs `{shlex.join(cmd.argv)}`, not llmkit's server (python -m llmkit.server): the "
         f"model it loads ({MANIFEST_NAME} names {manifest.model.id}) cannot be checked here, nor can the smoke test "
-        "start it; its port, host and interpreter are checked"
+        "start it; its port and host (where its command names them) and interpreter are checked"
     )
 
 
@@ -454,7 +454,9 @@ def _dockerfile_rules(instructions: list[Instruction]) -> list[str]:
 
 def _command_rules(stage: list[Instruction], command: RunCommand) -> list[str]:
     """The container's command (ENTRYPOINT + CMD, as Docker joins them) binds 0.0.0.0:80. An ENTRYPOINT that takes
-    a CMD running the server as its arguments is said to be a problem of its own, and the CMD checked alone."""
+    a CMD running the server as its arguments is said to be a problem of its own, and the CMD checked alone. A server
+    of the zip's own is held to the --port and --host it names (uvicorn: to its defaults where it names none); one
+    that names neither may bind them in its code, which is warned of, not refused."""
     port, problems = str(CONTAINER_PORT), []
     if (alone := _cmd_runs_the_server(stage, command)) is not None:
         problems.append(
@@ -462,11 +464,36 @@ def _command_rules(stage: list[Instruction], command: RunCommand) -> list[str]:
             "arguments (the generated Dockerfile has none, or `ENTRYPOINT []`)"
         )
         command = alone
-    if _flag(command.argv, "--port") != port:
-        problems.append(f"Dockerfile {command.at} does not run the server with --port {port}")
-    if _flag(command.argv, "--host") != "0.0.0.0":
-        problems.append(f"Dockerfile {command.at} does not bind --host 0.0.0.0 (unreachable from outside)")
+    bound = {flag: _flag(command.argv, flag) for flag in ("--port", "--host")}
+    said = dict.fromkeys(bound, "")  # where a value comes from other than the command: said with it
+    if not runs_llmkit_server(command):
+        unnamed = [flag for flag, value in bound.items() if value is None]
+        if "uvicorn" in (PurePosixPath(command.argv[0]).name, python_module(command.argv)):
+            env = env_vars(stage, strict=False)  # uvicorn's CLI reads UVICORN_HOST and UVICORN_PORT in their stead
+            for flag in unnamed:
+                bound[flag] = env.get(f"UVICORN_{flag[2:].upper()}")
+                if bound[flag] is None:
+                    bound[flag] = _UVICORN_DEFAULTS[flag]
+                    said[flag] = f"it binds {bound[flag]}, uvicorn's default where neither CMD nor ENV names one"
+        elif unnamed:  # a server of the zip's own may set them in its code
+            LOG.warning(
+                f"Dockerfile {command.at} runs `{shlex.join(command.argv)}`, which names no {' or '.join(unnamed)}: "
+                f"whether it listens on 0.0.0.0 at port {port} (the port the harness maps to 8080) cannot be checked "
+                "from the Dockerfile"
+            )
+            bound = {"--port": port, "--host": "0.0.0.0"} | {k: v for k, v in bound.items() if v is not None}
+    if bound["--port"] != port:
+        why = f" ({said['--port']})" if said["--port"] else ""
+        problems.append(f"Dockerfile {command.at} does not run the server with --port {port}{why}")
+    if bound["--host"] != "0.0.0.0":
+        why = f"{said['--host']}: " if said["--host"] else ""
+        problems.append(f"Dockerfile {command.at} does not bind --host 0.0.0.0 ({why}unreachable from outside)")
     return problems
+
+
+# What uvicorn's CLI binds without --host and --port (uvicorn.org/settings): 127.0.0.1, unreachable from outside the
+# container, and not the port the harness maps.
+_UVICORN_DEFAULTS = {"--host": "127.0.0.1", "--port": "8000"}
 
 
 def _cmd_runs_the_server(stage: list[Instruction], command: RunCommand) -> RunCommand | None:

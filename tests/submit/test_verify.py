@@ -10,6 +10,7 @@ import lzma
 import os
 import random
 import re
+import shlex
 import shutil
 import stat
 import string
@@ -411,6 +412,48 @@ def test_a_server_of_the_zips_own_is_said_to_be_unchecked_not_refused(
         console = Console(file=io.StringIO(), width=300)
         assert summarize(zip_path, problems=problems, smoke=True, console=console) == 0
         assert "smoke test: not run: Dockerfile line" in console.file.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("cmd", "env", "said", "unnamed"),
+    [
+        ('["/opt/venv/bin/python", "main.py"]', "", None, "--port or --host"),
+        ('["/opt/venv/bin/python", "main.py", "--host", "0.0.0.0"]', "", None, "--port"),
+        ('["/opt/venv/bin/python", "main.py", "--port", "8000"]', "", "CMD does not run the server with --port 80",
+         "--host"),
+        ('["/opt/venv/bin/python", "main.py", "--host", "127.0.0.1", "--port", "80"]', "",
+         "CMD does not bind --host 0.0.0.0 (unreachable from outside)", None),
+        ('["/opt/venv/bin/uvicorn", "main:app", "--port", "80"]', "",
+         "CMD does not bind --host 0.0.0.0 (it binds 127.0.0.1, uvicorn's default where neither CMD nor ENV names "
+         "one: unreachable from outside)", None),
+        ('["/opt/venv/bin/python", "-m", "uvicorn", "main:app", "--host", "0.0.0.0"]', "",
+         "CMD does not run the server with --port 80 (it binds 8000, uvicorn's default where neither CMD nor ENV "
+         "names one)", None),
+        ('["/opt/venv/bin/uvicorn", "main:app"]', "ENV UVICORN_HOST=0.0.0.0 UVICORN_PORT=80\n", None, None),
+    ],
+)  # fmt: skip
+def test_a_server_of_the_zips_own_that_names_no_port_or_host_is_warned_of(
+    good_zip, tmp_path, rewrite_zip, caplog, cmd, env, said, unnamed
+):
+    """`CMD ["python", "main.py"]`, whose server sets its port and host in its code, was refused: "does not run the
+    server with --port 80", "does not bind --host 0.0.0.0". What the code binds cannot be known from the Dockerfile:
+    a warning says what the harness needs. A --port or --host it names is still held to 80 and 0.0.0.0, and uvicorn
+    without them to its defaults (127.0.0.1:8000), which its ENV UVICORN_HOST and UVICORN_PORT replace."""
+    dockerfile = _dockerfile(good_zip).replace("COPY llmkit/ llmkit/", "COPY main.py ./")
+    edited = dockerfile.rpartition("\nCMD [")[0] + f"\n{env}CMD {cmd}\n"
+    line = len(edited.splitlines())
+    zip_path = rewrite_zip(good_zip, tmp_path / "own.zip", {"Dockerfile": edited.encode(), **_OWN_SERVER})
+    with caplog.at_level("WARNING", logger="llmkit.submit.verify"):
+        problems = verify_submission(zip_path, lint=False)
+    assert problems == ([] if said is None else [f"Dockerfile line {line}: {said}"])
+    warnings = [record.getMessage() for record in caplog.records if "which names no" in record.getMessage()]
+    if unnamed is None:
+        assert warnings == []
+    else:
+        assert warnings == [
+            f"Dockerfile line {line}: CMD runs `{shlex.join(json.loads(cmd))}`, which names no {unnamed}: whether it "
+            "listens on 0.0.0.0 at port 80 (the port the harness maps to 8080) cannot be checked from the Dockerfile"
+        ]
 
 
 def _cmd_line(zip_path) -> int:
