@@ -64,15 +64,21 @@ def _substituted(instructions: list[Instruction]) -> list[Instruction]:
     """The instructions with each stage's ENV and ARG values (those with a default) in place where Docker puts them,
     so `WORKDIR $APP_HOME`, `COPY model/ ${MODEL_DIR}/` and `RUN python -m venv $VIRTUAL_ENV` name their folders. A
     variable the Dockerfile does not set (the base image's PATH, an ARG without a default) stays as written."""
-    result, variables = [], {}
+    result, variables, env, stage_env = [], {}, {}, {}  # stage_env: each named stage's ENV at its end
     for inst in instructions:
-        if inst.keyword == "FROM":  # a stage starts with none of another's
-            variables = {}
+        if inst.keyword == "FROM":  # a stage starts with none of another's, but the ENV of the stage it is built on
+            env = dict(stage_env.get(base_name(inst).lower(), {}))
+            variables = dict(env)
+            words = [word for word in inst.value.split() if not word.startswith("--")]
+            if len(words) == 3 and words[1].lower() == "as":
+                stage_env[words[2].lower()] = env  # filled in as the stage's ENV lines come
         if inst.keyword in _SUBSTITUTED:
             inst = Instruction(inst.keyword, substitute(inst.value, variables), inst.line)
         if inst.keyword in ("ENV", "ARG"):
             with contextlib.suppress(DockerfileError):  # an unclosed quote: the ENV check says so
-                variables |= {key: value for key, value in _assignments(inst).items() if value is not None}
+                values = {key: value for key, value in _assignments(inst).items() if value is not None}
+                variables |= values
+                env |= values if inst.keyword == "ENV" else {}
         result.append(inst)
     return result
 
@@ -103,11 +109,31 @@ def _one_line(content: str) -> str:
 
 
 def final_stage(instructions: list[Instruction]) -> list[Instruction]:
-    """The instructions of the last build stage (what the image runs)."""
+    """The instructions of the last build stage (what the image runs), after those of the stages it is built on:
+    `FROM build` starts from the earlier stage `build`, with its files, ENV, WORKDIR, USER, EXPOSE, ENTRYPOINT and
+    CMD, as Docker does (`run_command` drops an inherited CMD that the stage's own ENTRYPOINT resets)."""
     froms = [i for i, inst in enumerate(instructions) if inst.keyword == "FROM"]
     if not froms:
         raise DockerfileError("no FROM instruction")
-    return instructions[froms[-1] :]
+    return _built_on(instructions[: froms[-1]], instructions[froms[-1] :])
+
+
+def earlier_stages(instructions: list[Instruction]) -> list[Instruction]:
+    """The instructions above the last build stage: the stages a `COPY --from` of the final one may name."""
+    froms = [i for i, inst in enumerate(instructions) if inst.keyword == "FROM"]
+    return instructions[: froms[-1]] if froms else []
+
+
+def _built_on(earlier: list[Instruction], stage: list[Instruction]) -> list[Instruction]:
+    """`stage` after the instructions of the `earlier` stage its FROM names (and of those that one is built on)."""
+    found = stage_named(earlier, base_name(stage[0]), by_index=False)
+    return _built_on(found[1], found[0]) + stage if found is not None else stage
+
+
+def base_name(inst: Instruction) -> str:
+    """What a FROM line starts from: its image or stage name, after its flags (`--platform=...`)."""
+    words = [word for word in inst.value.split() if not word.startswith("--")]
+    return words[0] if words else ""
 
 
 def last(instructions: list[Instruction], keyword: str) -> Instruction | None:
@@ -154,6 +180,9 @@ def run_command(stage: list[Instruction]) -> RunCommand | None:
             shell-form CMD (its words are not what the server's CLI reads).
     """
     entrypoint, cmd = last(stage, "ENTRYPOINT"), last(stage, "CMD")
+    if entrypoint is not None and cmd is not None and stage.index(cmd) < stage.index(entrypoint):
+        if any(inst.keyword == "FROM" for inst in stage[stage.index(cmd) : stage.index(entrypoint)]):
+            cmd = None  # a stage that sets an ENTRYPOINT resets the CMD it inherits
     if entrypoint is None or _is_empty_array(entrypoint.value):
         return RunCommand(through_wrappers(exec_form(cmd)), (cmd,)) if cmd is not None else None
     try:
@@ -387,13 +416,17 @@ def copied_to(stage: list[Instruction], name: str) -> list[tuple[str, Instructio
     return landed
 
 
-def stage_named(instructions: list[Instruction], name: str) -> tuple[list[Instruction], list[Instruction]] | None:
+def stage_named(
+    instructions: list[Instruction], name: str, *, by_index: bool = True
+) -> tuple[list[Instruction], list[Instruction]] | None:
     """(the stage, the instructions before it) of the build stage `name` among `instructions`: the one `FROM image
-    AS name` names (case aside), or the stage of that index (`COPY --from=0`); None where none is (an image)."""
+    AS name` names (case aside), or (`by_index`: COPY --from=0 may, FROM may not) the stage of that index; None where
+    none is (an image)."""
     froms = [i for i, inst in enumerate(instructions) if inst.keyword == "FROM"]
     for index, start in enumerate(froms):
-        words = instructions[start].value.split()
-        if (len(words) == 3 and words[1].lower() == "as" and words[2].lower() == name.lower()) or name == str(index):
+        words = [word for word in instructions[start].value.split() if not word.startswith("--")]
+        named = len(words) == 3 and words[1].lower() == "as" and words[2].lower() == name.lower()
+        if named or (by_index and name == str(index)):
             end = froms[index + 1] if index + 1 < len(froms) else len(instructions)
             return instructions[start:end], instructions[:start]
     return None
@@ -443,7 +476,7 @@ def _copied_pythons(stage: list[Instruction], earlier: list[Instruction]) -> set
         found = stage_named(earlier, line.flags["--from"])
         if found is None:
             continue
-        made = venv_pythons(*found)
+        made = venv_pythons(_built_on(found[1], found[0]), found[1])
         destination = image_path(stage, inst, line.destination)
         for source in line.sources:
             root = posixpath.normpath(posixpath.join("/", source))

@@ -56,6 +56,7 @@ from llmkit.submit.dockerfile import (
     copied_to,
     copy_targets,
     dockerignored,
+    earlier_stages,
     env_vars,
     exec_form,
     final_stage,
@@ -664,7 +665,7 @@ def _check_interpreter(instructions: list[Instruction], program: str, manifest: 
     from llmkit.submit.image import image_python
 
     stage = final_stage(instructions)
-    pythons = venv_pythons(stage, instructions[: len(instructions) - len(stage)])
+    pythons = venv_pythons(stage, earlier_stages(instructions))
     if not pythons:  # no venv: its packages go to an interpreter of the base image, which cannot be read here
         python_path = env_vars(stage, strict=False).get("PYTHONPATH", "")
         path = {posixpath.normpath(folder) for folder in python_path.split(":") if folder}

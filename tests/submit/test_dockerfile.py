@@ -509,3 +509,42 @@ def test_a_bundled_model_copied_by_a_pattern_is_where_the_cmd_serves_it(
     """`COPY ./model/* /workspace/model/` put the model's files where the CMD serves them, but verify compared the
     pattern with model/ as a name ('copies the bundled model/ to no folder')."""
     _check_model_copy(bundled_zip, tmp_path, rewrite_zip, copy, said)
+
+
+@pytest.mark.parametrize(
+    ("final", "said"),
+    [
+        ("FROM build", []),
+        ("FROM build AS again\nFROM again", []),  # built on a stage built on the one that has it all
+        ("FROM --platform=linux/amd64 build\nENV HF_HUB_OFFLINE=0",
+         ["Dockerfile: HF_HUB_OFFLINE is 0: the server must not reach the hub at run time (ENV HF_HUB_OFFLINE=1 "
+          "after the weights are in the image)"]),
+        # its own ENTRYPOINT resets the CMD it inherits: the server runs with no flags
+        ('FROM build\nENTRYPOINT ["/opt/venv/bin/python", "-m", "llmkit.server"]',
+         ["Dockerfile line {line}: ENTRYPOINT does not run the server with --port 80",
+          "Dockerfile line {line}: ENTRYPOINT does not bind --host 0.0.0.0 (unreachable from outside)",
+          "Dockerfile line {line}: ENTRYPOINT names no --model; manifest.json serves "
+          "HuggingFaceTB/SmolLM2-135M-Instruct"]),
+        # the ENV it inherits is substituted, and -m llmkit.server is looked for under the WORKDIR it names
+        ("FROM build\nWORKDIR ${HF_HOME}",
+         ["Dockerfile line {cmd}: CMD runs -m llmkit.server from /opt/hf, which needs llmkit/server/__main__.py at "
+          "/opt/hf/llmkit/server/__main__.py, but the Dockerfile copies it to /app/llmkit/server/__main__.py (line "
+          "{copy})"]),
+    ],
+)  # fmt: skip
+def test_a_final_stage_built_on_an_earlier_one_inherits_what_it_sets(default_zips, tmp_path, rewrite_zip, final, said):
+    """`FROM build` starts from the stage `build` with its ENV, WORKDIR, USER, EXPOSE, HEALTHCHECK and CMD, as Docker
+    builds it; verify read the final stage's lines alone and refused it (no EXPOSE, no CMD, no HEALTHCHECK, root)."""
+    good_zip = default_zips["4090"]
+    with zipfile.ZipFile(good_zip) as archive:
+        lines = archive.read("Dockerfile").decode().splitlines()
+    base = [n for n, text in enumerate(lines) if text.startswith("FROM ")][-1]
+    lines[base] += " AS build"
+    edited = "\n".join([*lines, *final.splitlines()]) + "\n"
+    zip_path = rewrite_zip(good_zip, tmp_path / "edited.zip", {"Dockerfile": edited.encode()})
+    numbers = {
+        "line": len(edited.splitlines()),
+        "cmd": next(n for n, text in enumerate(lines, 1) if text.startswith("CMD [")),
+        "copy": lines.index("COPY llmkit/ llmkit/") + 1,
+    }
+    assert sorted(verify_submission(zip_path, lint=False)) == sorted(s.format(**numbers) for s in said)
