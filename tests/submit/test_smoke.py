@@ -127,6 +127,30 @@ def test_a_zip_whose_server_cannot_start_fails_loudly(broken_zip, tmp_path, monk
     assert Path(broken_zip).is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "entrypoint",
+    ['ENTRYPOINT ["/opt/venv/bin/python", "-m", "llmkit.server"]\nCMD [', 'ENTRYPOINT ["tini", "--"]\nCMD [{server}'],
+)
+def test_the_smoke_test_runs_an_entrypoint_and_cmd_as_docker_joins_them(
+    default_zips, tmp_path, rewrite_zip, entrypoint
+):
+    """ENTRYPOINT + CMD is one command to Docker, and an init's ENTRYPOINT (tini) runs the CMD: the server they start
+    answers every check (under 30 s each once the zip's venv is installed). tini's was skipped as a server of the
+    zip's own."""
+    zip_path = default_zips["4090"]
+    with zipfile.ZipFile(zip_path) as archive:
+        dockerfile = archive.read("Dockerfile").decode()
+    server = '"/opt/venv/bin/python", "-m", "llmkit.server", '
+    assert f"CMD [{server}" in dockerfile
+    edited = dockerfile.replace(f"CMD [{server}", entrypoint.format(server=server))
+    report = run_smoke(
+        rewrite_zip(zip_path, tmp_path / "entrypoint.zip", {"Dockerfile": edited.encode()}), docker=False
+    )
+    assert not report.skipped and report.results and not report.error, (report.skipped, report.error)
+    assert all(result.ok for result in report.results), report.results
+
+
 @pytest.mark.parametrize(
     ("old", "new", "said"),
     [
