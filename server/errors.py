@@ -4,6 +4,7 @@ and the exception handler for each error a request can meet, from FastAPI's vali
 from __future__ import annotations
 
 import logging
+import sys
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +43,8 @@ def add_error_handlers(app: FastAPI) -> None:
         status, detail = err.status_code, err.detail
         if isinstance(err.__cause__, RecursionError):
             status, detail = 422, "body is not usable JSON: nested too deeply to parse"
+        elif isinstance(err.__cause__, ValueError) and "integer string conversion" in str(err.__cause__):
+            status, detail = 422, f"body is not usable JSON: a number of over {sys.get_int_max_str_digits()} digits"
         return error_response(request.url.path, status, detail, getattr(err, "headers", None))
 
     @app.exception_handler(Exception)

@@ -58,6 +58,8 @@ HOSTILE = {
         422,
         "deeply",
     ),
+    "a number of 5000 digits": ("/tokenize", b'{"text": "Hi", "max_length": ' + b"9" * 5000 + b"}", 422, "digits"),
+    "/v1 a number of 5000 digits": ("/v1/completions", b'{"prompt": "x", "n": ' + b"9" * 5000 + b"}", 400, "digits"),
     "/v1 JSON nested too deeply": ("/v1/completions", b'{"x": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, '"error"'),
     "/v1 not JSON": ("/v1/completions", b"{x", 400, '"param":null'),  # a character offset is no field name
     "/v1 unknown route": ("/v1/nothing", b"{}", 404, '"error"'),
