@@ -39,6 +39,12 @@ class _Sampling(WireModel):
     frequency_penalty: float = Field(0.0, description="Only 0 (no penalty) is served.")
     logit_bias: dict[str, float] | None = Field(None, description="Not served: only empty.")
 
+    @field_validator("temperature", "top_p", "n", "presence_penalty", "frequency_penalty", mode="before")
+    @classmethod
+    def _null_is_the_default(cls, value: object, info: ValidationInfo) -> object:
+        # OpenAI's API marks these nullable, and clients that write every field send null for "unset"
+        return cls.model_fields[info.field_name].default if value is None else value
+
     @field_validator("presence_penalty", "frequency_penalty")
     @classmethod
     def _no_penalty(cls, value: float) -> float:
@@ -177,6 +183,8 @@ class ChatCompletionRequest(_Sampling):
     @field_validator("response_format")
     @classmethod
     def _text_only(cls, value: dict | None) -> dict | None:
+        if value is not None and "type" not in value:
+            raise ValueError('type is missing: only {"type": "text"} is served (no JSON mode or schema)')
         if value is not None and value.get("type") != "text":
             raise ValueError(f"only type 'text' is served, not {value.get('type')!r} (no JSON mode or schema)")
         return value

@@ -253,8 +253,14 @@ def test_client_mistakes_are_4xx_in_openai_shape(oai, server, http):
             {"messages": HI, "response_format": {"type": "json_object"}},
             "response_format: only type 'text' is served",
         ),
+        ("chat/completions", {"messages": HI, "response_format": {}}, "response_format: type is missing"),
         ("chat/completions", {"messages": HI, "top_logprobs": 2}, "top_logprobs needs logprobs"),
     ]
+    # null is "unset" for the fields OpenAI marks nullable (clients that write every field send it)
+    unset = {"temperature": None, "top_p": None, "n": None, "presence_penalty": None, "frequency_penalty": None}
+    for path, body in (("completions", {"prompt": "x"}), ("chat/completions", {"messages": HI})):
+        answer = http.post(f"{server.url}/v1/{path}", json={"model": MODEL, "max_tokens": 1, **body, **unset})
+        assert answer.status_code == 200 and len(answer.json()["choices"]) == 1, answer.text
     text = {"messages": HI, "response_format": {"type": "text"}, "tool_choice": "none", "tools": []}
     assert http.post(f"{server.url}/v1/chat/completions", json={"model": MODEL, "max_tokens": 1, **text}).is_success
     for path, body, message in cases:
