@@ -339,11 +339,12 @@ def train(
         try:
             with named_as_flags(overrides):  # --output-dir afile: the run's error, as --out elsewhere
                 out = run(cfg, cpu_fallback=cpu_fallback, fresh=fresh)
-        except (OSError, RuntimeError) as err:
-            # A full disk fails a checkpoint save deep in torch ("unexpected pos", errno 28): say what it is.
+        except Exception as err:
+            # A full disk (or `ulimit -f`) fails a save deep in torch ("unexpected pos", errno 28), in tokenizers (a
+            # bare Exception) or in datasets' cache: `disk_full` knows their shapes; say what it is.
             if not (full := disk_full(Path(cfg.output_dir), err)):
                 raise
-            typer.echo(f"Error: {full}. Free some space, then:\n{stopped()}", err=True)
+            typer.echo(f"Error: {full}. Make room, then:\n{stopped()}", err=True)
             raise typer.Exit(1) from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns here; one summary is enough
         from rich.console import Console

@@ -284,12 +284,32 @@ def _remove(path: Path) -> None:
 
 LOW_SPACE_BYTES = 256 << 20  # below this, a failed write is taken for a full disk
 
+# How libraries that are not Python's io say errno 28 and 27: tokenizers raises a bare Exception("No space left on
+# device (os error 28)"), safetensors a SafetensorError; neither is an OSError, and neither has an errno.
+_SAID_AS = {errno.ENOSPC: ("No space left on device", "os error 28"), errno.EFBIG: ("File too large", "os error 27")}
+
+
+def _write_errno(err: BaseException) -> int | None:
+    """ENOSPC or EFBIG where `err` is one, whatever type a library raised it as; None otherwise."""
+    if (code := getattr(err, "errno", None)) in _SAID_AS:
+        return code
+    return next((code for code, words in _SAID_AS.items() if any(word in str(err) for word in words)), None)
+
 
 def disk_full(path: Path, err: BaseException) -> str | None:
-    """What to say when `err` came from the disk holding `path` filling up (errno 28, or any write error while
-    under LOW_SPACE_BYTES are free: torch reports a full disk as "unexpected pos"); None otherwise."""
+    """What to say when `err` came from the disk holding `path` filling up (errno 28 as any library raises it, or
+    an OSError or RuntimeError while under LOW_SPACE_BYTES are free: torch reports a full disk as "unexpected pos"),
+    or from a write past the process's file size limit (errno 27, `ulimit -f`); None otherwise."""
+    code = _write_errno(err)
+    if code == errno.EFBIG:
+        import resource  # here: Unix only, and only once a write failed
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        written = getattr(err, "filename", None) or f"a file written for {path}"
+        size = "" if limit == resource.RLIM_INFINITY else f" of {limit:,} bytes"
+        return f"{written} reached this process's file size limit{size} (`ulimit -f`)"
     free = shutil.disk_usage(nearest_existing(path)).free
-    if getattr(err, "errno", None) != errno.ENOSPC and free >= LOW_SPACE_BYTES:
+    if code != errno.ENOSPC and not (isinstance(err, (OSError, RuntimeError)) and free < LOW_SPACE_BYTES):
         return None
     return f"the disk holding {path} is full ({free / 2**20:.0f} MiB free)"
 

@@ -414,7 +414,7 @@ def _disk_full_named(out_dir: Path) -> Iterator[None]:
     try:
         with sigterm_as_exit():
             yield
-    except OSError as err:
+    except Exception as err:  # safetensors' SafetensorError is no OSError: `did_not_fit` knows it
         if said := did_not_fit(out_dir, err, f"the merged model for {out_dir}"):
             raise OSError(said) from None
         raise

@@ -141,7 +141,7 @@ def build_submission(
     name = f"{track.value}_submission_{number}"
     try:  # track_dir too is made by the staging folder, and removed with it where it was new
         zip_path = _write(track_dir, name, contents, earlier)
-    except OSError as err:
+    except Exception as err:  # a library's full disk need not be an OSError: `did_not_fit` knows them
         if said := did_not_fit(track_dir, err, f"submission {name}"):
             raise SubmissionError(said) from None
         raise

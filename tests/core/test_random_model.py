@@ -169,3 +169,31 @@ def test_an_out_that_is_a_link_is_written_through_and_stays_a_link(tmp_path):
     assert result.exit_code == 1 and "in a folder that does not exist" in result.output, result.output
     assert not (tmp_path / "gone").exists() and (tmp_path / "nowhere").is_symlink()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # nothing staged is left
+
+
+def _under_a_file_size_limit(limit: int) -> None:
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG as an error the writer raises, not a kill
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_write_past_the_file_size_limit_is_one_line_naming_out(tmp_path):
+    """safetensors says errno 27 (and 28, a full disk) as a SafetensorError, no OSError: random-model let it through
+    as a traceback. A real failed write: a file-size limit stands in for a full disk (no tmpfs in tests)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "tiny"
+    done = subprocess.run(
+        [sys.executable, "-m", "llmkit", "random-model", str(config_file(tmp_path)), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        preexec_fn=lambda: _under_a_file_size_limit(100_000),
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "file size limit of 100,000 bytes" in done.stderr and str(out) in done.stderr
+    assert not out.exists() and list(tmp_path.glob(".tiny*")) == []  # nothing of it is left

@@ -324,6 +324,11 @@ def test_a_full_disk_is_named_whatever_the_error_says(tmp_path):
     unexpected = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
     roomy = __import__("shutil").disk_usage(tmp_path).free >= LOW_SPACE_BYTES
     assert (disk_full(tmp_path / "not" / "yet", unexpected) is None) is roomy  # an error with room is not a full disk
+    # tokenizers raises a bare Exception when saving tokenizer.json into a checkpoint; train let it through
+    assert "is full" in disk_full(tmp_path, Exception("No space left on device (os error 28)"))
+    assert disk_full(tmp_path, ValueError("no such key")) is None  # room or not: only writes fill a disk
+    too_large = disk_full(tmp_path, OSError(27, "File too large"))  # `ulimit -f`: datasets' cache write in train
+    assert "file size limit" in too_large and str(tmp_path) in too_large
 
 
 def test_a_resumed_run_saves_and_logs_as_the_config_now_says(tiny_config):
