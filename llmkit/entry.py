@@ -9,16 +9,19 @@ the window left is the interpreter's own start and the moment it takes to read t
 
 import sys
 
-from llmkit.core.interrupted import command_in, interrupted_line
+from llmkit.core.interrupted import command_in, interrupted_line, record_sigint, sigint_received
 
 
 def main() -> None:
+    record_sigint()
     try:
         from llmkit.cli import app
 
         # typer's own parsing turns a Ctrl-C into a bare exit and `_Commands` says the line from there on; what
         # reaches here is the moments before (typer building the click command) and the import above
         app()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ImportError) as err:
+        if not isinstance(err, KeyboardInterrupt) and not sigint_received():
+            raise  # an import that failed of itself
         sys.stderr.write(f"\n{interrupted_line(command_in(sys.argv[1:]))}\n")
         sys.exit(130)

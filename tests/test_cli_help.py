@@ -209,3 +209,62 @@ def test_ctrl_c_while_the_cli_loads_is_the_same_interrupted_line(launch, delay, 
     # The shell's 130: under -m, CPython 3.11 ends the process by SIGINT (which the shell reports as 130) after a
     # Ctrl-C that landed in an exec() of a string (dataclasses' generated methods), caught or not; a script exits 130
     assert run.returncode == 130 or (launch != "llmkit" and run.returncode == -signal.SIGINT), said
+
+
+# Imitates numpy's extension as torch imports it: a Ctrl-C in its initialisation comes out of the import as an
+# ImportError with nothing of the KeyboardInterrupt left (a real SIGINT, to the process, through llmkit's handler).
+_CTRL_C_IN_AN_IMPORT = """
+import os, signal, sys, time
+from llmkit.entry import main
+
+class CtrlCInTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name != "torch":
+            return None
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(30)  # the handler raises here
+        except KeyboardInterrupt:
+            raise ImportError("cannot load module more than once per process") from None
+
+sys.meta_path.insert(0, CtrlCInTorch())
+sys.argv = ["llmkit", *sys.argv[1:]]
+main()
+"""
+
+
+def test_ctrl_c_that_an_import_turns_into_an_import_error_is_the_interrupted_line(tmp_path):
+    """Ctrl-C while merge imported torch exited 1 on numpy's "ImportError: cannot load module more than once per
+    process" traceback: the import machinery had turned the KeyboardInterrupt into it. Without a Ctrl-C, an
+    ImportError is still a failure."""
+    import signal
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    command = [sys.executable, "-c", _CTRL_C_IN_AN_IMPORT, "merge", "--adapter", str(adapter), "--out", "merged"]
+    done = subprocess.run(
+        command,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a suite run with nohup ignores it
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().startswith("interrupted: no merged model was written"), done.stderr
+    failed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from llmkit.entry import main; import sys; sys.modules['torch'] = None; "
+            "sys.argv = ['llmkit', 'merge', '--adapter', 'adapter', '--out', 'merged']; main()",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert failed.returncode == 1 and "import of torch halted" in failed.stderr, (
+        failed.stderr
+    )  # no Ctrl-C: not interrupted
