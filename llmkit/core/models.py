@@ -314,9 +314,10 @@ def load_for_inference(
 
 def check_fit(model_dir: str | Path, adapters: dict[str, str] | None = None) -> None:
     """Refuse what load_for_inference would refuse of a local model folder and its adapters, without reading a
-    weight of the model: its tokenizer (`tokenizer_dir`, read as it reads it) and each adapter's fit to the base
-    (`apply_adapter`, on the base built on the meta device from its config.json). `llmkit submission` runs it on
-    bundled files, so that a zip whose server would not start is not called good.
+    weight of the model: its weights files cut short (`check_model_weights`: their headers), its tokenizer
+    (`tokenizer_dir`, read as it reads it) and each adapter's fit to the base (`apply_adapter`, on the base built on
+    the meta device from its config.json). `llmkit submission` runs it on bundled files, so that a zip whose server
+    would not start is not called good.
 
     Raises:
         ValueError, OSError: what the server's start-up would say.
@@ -325,6 +326,7 @@ def check_fit(model_dir: str | Path, adapters: dict[str, str] | None = None) -> 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     adapters = adapters or {}
+    check_model_weights(Path(model_dir))  # a half-written model.safetensors passed submission and verify
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(Path(model_dir), next(iter(adapters.values()), None)))
     if not adapters:
         return

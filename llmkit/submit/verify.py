@@ -165,9 +165,19 @@ def verify_submission(zip_path: str | Path, *, lint: bool = True) -> list[str]:
     return problems
 
 
+def _header_stand_in(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
+    """A safetensors file's header, unpacked, in a sparse file of the entry's size: what `models.check_model_weights`
+    reads (the header's offsets against the file's size), without unpacking gigabytes of weights."""
+    with archive.open(info) as source, target.open("wb") as out:
+        head = source.read(8)
+        out.write(head + source.read(min(int.from_bytes(head, "little"), info.file_size) if len(head) == 8 else 0))
+        out.truncate(info.file_size)
+
+
 def _check_bundled_fit(zip_path: str | Path, manifest: Manifest) -> list[str]:
-    """The server's start-up checks of a bundled model and adapter (`models.check_fit`: its tokenizer, the adapter's
-    fit to the base), on their files unpacked but the model's weights (the base is built on the meta device)."""
+    """The server's start-up checks of a bundled model and adapter (`models.check_fit`: its weights' headers, its
+    tokenizer, the adapter's fit to the base), on their files unpacked but the model's weights (their headers alone,
+    `_header_stand_in`; the base is built on the meta device)."""
     from llmkit.core.models import check_fit
 
     if not manifest.model.bundled:
@@ -182,9 +192,11 @@ def _check_bundled_fit(zip_path: str | Path, manifest: Manifest) -> list[str]:
                     top, _, rest = info.filename.partition("/")
                     if info.is_dir() or top not in folders or is_symlink(info) or ".." in rest.split("/"):
                         continue
-                    if top == ZIP_MODEL_DIR and is_weight_file(info.filename):
-                        continue
                     (root / info.filename).parent.mkdir(parents=True, exist_ok=True)
+                    if top == ZIP_MODEL_DIR and is_weight_file(info.filename):
+                        if info.filename.endswith(".safetensors"):
+                            _header_stand_in(archive, info, root / info.filename)
+                        continue
                     with archive.open(info) as source, (root / info.filename).open("wb") as target:
                         shutil.copyfileobj(source, target)
         except ZIP_READ_ERRORS:  # an entry that cannot be read is reported as such

@@ -440,6 +440,20 @@ def test_bundled_files_the_server_would_refuse_at_start_up_are_refused_before_th
     assert not (tmp_path / "4090_track").exists()  # refused before anything was written
 
 
+def test_a_bundled_model_cut_short_is_refused_as_the_server_refuses_it(tmp_path, tiny_model_dir):
+    """A half-written model.safetensors (a copy or a merge stopped midway) passed submission ("checks passed") where
+    serve refused it; its header's offsets against the file's size say so, no weight read."""
+    half = tmp_path / "half"
+    shutil.copytree(tiny_model_dir, half)
+    weights = half / "model.safetensors"
+    with weights.open("r+b") as file:
+        file.truncate(weights.stat().st_size // 2)
+    refused = f"--model {half}: the server would refuse it: {weights} cannot be read as safetensors (empty or cut"
+    with pytest.raises(SubmissionError, match=re.escape(refused)):
+        build_submission("4090", model=str(half), bundle_weights=True, out_root=tmp_path)
+    assert not (tmp_path / "4090_track").exists()
+
+
 def test_a_full_disk_is_named_and_leaves_nothing(tmp_path, monkeypatch):
     """It said only "[Errno 28] No space left on device", and left an empty A100_track/ behind."""
     from llmkit.submit import package

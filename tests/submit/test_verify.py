@@ -903,6 +903,17 @@ def test_bundled_files_the_server_would_refuse_at_start_up_are_reported(
     assert "has no place in the base" in problem
 
 
+def test_a_bundled_model_cut_short_is_reported(bundled_zip, tmp_path, rewrite_zip):
+    """verify-submission said "no problem" of a zip whose model.safetensors was cut short, which the server refuses;
+    only its header is unpacked to check it (a sparse stand-in of the entry's size)."""
+    with zipfile.ZipFile(bundled_zip) as archive:
+        weights = archive.read("model/model.safetensors")
+    half = rewrite_zip(bundled_zip, tmp_path / "half.zip", {"model/model.safetensors": weights[: len(weights) // 2]})
+    [problem] = verify_submission(half, lint=False)
+    said = "model/: the server would refuse it at start-up: model/model.safetensors cannot be read as safetensors"
+    assert problem.startswith(said), problem
+
+
 def test_a_zip_of_the_submissions_folder_itself_is_said_so(bundled_zip, tmp_path):
     """A zip re-made with its folder inside (`zip -r x.zip 4090_submission_1`) got three problems, one of them
     "a weight file, but bundling was not asked for" (the manifest saying so was one folder down)."""
