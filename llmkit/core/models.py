@@ -142,7 +142,9 @@ def local_model_dir(model: str) -> Path | None:
     --model with it before importing torch (5 s), so that a mistyped folder is said at once."""
     local = user_path(model)
     if local.is_dir():
-        if not (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():
+        if (local / "adapter_config.json").is_file() and not (local / "config.json").is_file():
+            raise FileNotFoundError(_adapter_not_model(local))
+        if not (local / "config.json").is_file():
             raise FileNotFoundError(f"{local} is a directory but holds no config.json (not a model directory)")
         return local
     if local.exists():
@@ -150,6 +152,20 @@ def local_model_dir(model: str) -> Path | None:
     if not is_hub_id(model):
         raise FileNotFoundError(f"Model directory {model} does not exist")
     return None
+
+
+def _adapter_not_model(folder: Path) -> str:
+    """What to do with a peft adapter's folder given as a model: transformers said only "Unrecognized model ...
+    Should have a model_type key in its config.json" (serve), or merge and submission failed on it."""
+    try:
+        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or "BASE"
+    except (OSError, ValueError, AttributeError):
+        base = "BASE"
+    return (
+        f"{folder} is a LoRA adapter (adapter_config.json, no config.json), not a model: serve or submit it on its "
+        f"base model (--model {base} --adapter {folder}), or merge the two first (llmkit merge --adapter {folder} "
+        "--out DIR)"
+    )
 
 
 def hub_id_problem(name: str) -> str | None:

@@ -122,8 +122,11 @@ def merge_adapter(
     """
     adapter = check_adapter_dir(adapter_dir)
     check_merge_target(Path(out_dir), [adapter], max_shard_size)  # before a base model is downloaded
-    base = resolve_model(base_model or trained_on(adapter))
     key = "base_model" if cfg is not None else "--base" if base_model else "base_model_name_or_path"
+    try:
+        base = resolve_model(base_model or trained_on(adapter))
+    except (FileNotFoundError, NotADirectoryError) as err:  # a folder that is no model (an adapter's): its key named
+        raise type(err)(f"{key}: {err}") from None
     base_config = find_model_config(str(base.path)).config
     if problem := base_model_refusal(base_config, base.model_id, key):
         raise ValueError(problem)  # before the base is loaded: remote code would be asked for on the terminal

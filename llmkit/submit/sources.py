@@ -17,7 +17,7 @@ from llmkit.core.challenge import TRACKS, Track
 from llmkit.core.errors import UsageError
 from llmkit.core.files import user_path
 from llmkit.core.memory import GIB
-from llmkit.core.models import is_hub_id, resolve_model
+from llmkit.core.models import is_hub_id, local_model_dir, resolve_model
 
 LOG = logging.getLogger(__name__)
 
@@ -106,7 +106,12 @@ def hub_or_local(name: str, revision: str | None, *, bundle: bool, marker: str, 
     if local.is_dir():
         if revision is not None:
             raise SubmissionError(f"{flag} {revision}: --{what} {name} is a local folder, which has no hub revision")
-        if not (local / marker).is_file():
+        if what == "model":  # as serve reads it: an adapter's folder is said to be one
+            try:
+                local_model_dir(name)
+            except OSError as err:
+                raise SubmissionError(f"--model {name}: {err}") from None
+        elif not (local / marker).is_file():
             raise SubmissionError(f"--{what} {name}: the directory holds no {marker}")
         if not bundle:
             raise SubmissionError(

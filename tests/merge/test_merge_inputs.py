@@ -323,6 +323,18 @@ def test_a_full_fine_tune_is_said_to_need_no_merge(tiny_model_dir, tmp_path):
     assert result.exit_code == 1 and "not a peft adapter directory" in result.output
 
 
+def test_an_adapter_given_as_the_base_is_said_to_be_one(tiny_model_dir, tmp_path):
+    """`merge --base <an adapter's folder>` stopped on ModelConfigNotFound's traceback ("a local path without a
+    config.json"); it is the same line serve and submission say (models.local_model_dir), naming --base."""
+    adapter = lora_adapter(tiny_model_dir, tmp_path / "run")
+    flags = ["merge", "--adapter", str(adapter), "--base", str(adapter), "--out", str(tmp_path / "merged")]
+    result = CliRunner().invoke(app, flags)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    said = f"Error: --base: {adapter} is a LoRA adapter (adapter_config.json, no config.json), not a model: serve or"
+    assert said in " ".join(result.output.split()), result.output
+    assert f"--model {tiny_model_dir} --adapter {adapter}" in " ".join(result.output.split()), result.output
+
+
 def test_an_out_folder_holding_other_files_or_the_adapter_is_refused_untouched(tiny_model_dir, tmp_path):
     """A merge replaces its --out whole: it deleted a folder of notes, and the adapter itself when --out named it."""
     adapter = lora_adapter(tiny_model_dir, tmp_path / "run")

@@ -312,6 +312,19 @@ def test_unusable_settings_end_in_one_message_without_a_traceback(python, tmp_pa
     assert "torch" not in imported  # said before the engine's imports (5 s), a --model mistake too
 
 
+def test_an_adapter_folder_as_the_model_says_how_to_serve_it(python, tmp_path):
+    """`serve --model <a LoRA adapter's folder>` went on to transformers' "Unrecognized model ... Should have a
+    model_type key in its config.json" (or a missing tokenizer): it names the adapter's base and --adapter."""
+    adapter = tmp_path / "lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "owner/base", "peft_type": "LORA"}')
+    command = [python, "-m", "llmkit.server", "--model", str(adapter)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    said = f"Error: cannot serve: {adapter} is a LoRA adapter (adapter_config.json, no config.json), not a model"
+    assert result.returncode == 1 and said in result.stderr, result.stderr
+    assert f"(--model owner/base --adapter {adapter})" in result.stderr and "llmkit merge" in result.stderr
+
+
 def test_a_bad_environment_variable_is_named_as_such(python):
     env = {**os.environ, "LLMKIT_DTYPE": "int3", "LLMKIT_MAX_CONTEXT": "0"}
     result = subprocess.run(

@@ -440,6 +440,18 @@ def test_bundled_files_the_server_would_refuse_at_start_up_are_refused_before_th
     assert not (tmp_path / "4090_track").exists()  # refused before anything was written
 
 
+def test_an_adapter_folder_as_the_model_is_said_to_be_one(tmp_path):
+    """`submission --model <an adapter's folder>` said only "the directory holds no config.json": it says what serve
+    says (models.local_model_dir), the adapter's base and --adapter."""
+    adapter = tmp_path / "lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "owner/base", "peft_type": "LORA"}')
+    refused = f"--model {adapter}: {adapter} is a LoRA adapter (adapter_config.json, no config.json), not a model"
+    with pytest.raises(SubmissionError, match=re.escape(refused)) as said:
+        build_submission("4090", model=str(adapter), bundle_weights=True, out_root=tmp_path)
+    assert f"(--model owner/base --adapter {adapter})" in str(said.value)
+
+
 def test_a_bundled_model_cut_short_is_refused_as_the_server_refuses_it(tmp_path, tiny_model_dir):
     """A half-written model.safetensors (a copy or a merge stopped midway) passed submission ("checks passed") where
     serve refused it; its header's offsets against the file's size say so, no weight read."""
