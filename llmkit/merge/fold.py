@@ -332,6 +332,8 @@ def check_merge_target(out_dir: Path, adapters: list[Path], max_shard_size: str)
         check_replaceable(out_dir, MANIFEST, "an earlier merge")
     except FileExistsError as err:
         raise ValueError(f"--out {err}") from None
+    except OSError as err:  # no permission, a file on the way: said of --out, as train and submission say theirs
+        raise type(err)(f"--out {out_dir}: {err}") from None
 
 
 def run_merge(

@@ -335,6 +335,17 @@ def test_an_adapter_given_as_the_base_is_said_to_be_one(tiny_model_dir, tmp_path
     assert f"--model {tiny_model_dir} --adapter {adapter}" in " ".join(result.output.split()), result.output
 
 
+def test_an_out_that_cannot_be_made_is_said_as_out(tiny_model_dir, tmp_path):
+    """A --out under a file (or where it may not write) said "Error: <folder> is a file, not a folder", naming no
+    flag; train and submission name theirs."""
+    adapter = lora_adapter(tiny_model_dir, tmp_path / "run")
+    (tmp_path / "notes.txt").write_text("mine")
+    out = tmp_path / "notes.txt" / "merged"
+    result = CliRunner().invoke(app, ["merge", "--adapter", str(adapter), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert f"Error: --out {out}: {tmp_path / 'notes.txt'} is a file, not a folder" in result.output, result.output
+
+
 def test_an_out_folder_holding_other_files_or_the_adapter_is_refused_untouched(tiny_model_dir, tmp_path):
     """A merge replaces its --out whole: it deleted a folder of notes, and the adapter itself when --out named it."""
     adapter = lora_adapter(tiny_model_dir, tmp_path / "run")
