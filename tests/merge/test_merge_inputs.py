@@ -346,6 +346,35 @@ def test_an_out_that_cannot_be_made_is_said_as_out(tiny_model_dir, tmp_path):
     assert f"Error: --out {out}: {tmp_path / 'notes.txt'} is a file, not a folder" in result.output, result.output
 
 
+def _file_size_limit(limit: int) -> None:
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG as an error the writer raises, not a kill
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_merge_past_the_file_size_limit_names_the_limit_and_out(tiny_model_dir, tmp_path):
+    """Under `ulimit -f` merge said a bare "Error: [Errno 27] File too large", naming neither the limit nor --out
+    (core.files.disk_full now knows errno 27). A real failed write, in a process of its own."""
+    import sys
+
+    adapter = lora_adapter(tiny_model_dir, tmp_path / "run")
+    out = tmp_path / "merged"
+    done = subprocess.run(
+        [sys.executable, "-m", "llmkit", "merge", "--adapter", str(adapter), "--base", str(tiny_model_dir)]
+        + ["--out", str(out), "--dtype", "float32"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        preexec_fn=lambda: _file_size_limit(100_000),
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    said = f"reached this process's file size limit of 100,000 bytes (`ulimit -f`): the merged model for {out} did not"
+    assert said in " ".join(done.stderr.split()), done.stderr
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["run"]  # nothing of it is left
+
+
 def test_an_out_folder_holding_other_files_or_the_adapter_is_refused_untouched(tiny_model_dir, tmp_path):
     """A merge replaces its --out whole: it deleted a folder of notes, and the adapter itself when --out named it."""
     adapter = lora_adapter(tiny_model_dir, tmp_path / "run")
