@@ -1580,7 +1580,9 @@ class TrainingSection(BaseModel):
     gradient_checkpointing_kwargs: GradientCheckpointingKwargs | None = Field(
         None, description="Options for gradient checkpointing."
     )
-    neftune_noise_alpha: float | None = Field(None, gt=0, description="NEFTune noise scale on input embeddings.")
+    neftune_noise_alpha: float | None = Field(
+        None, gt=0, description="NEFTune noise scale on input embeddings; 0 or false: no noise."
+    )
     noisy_embedding_alpha: float | None = Field(
         None, gt=0, description="axolotl's older name for neftune_noise_alpha."
     )
@@ -1640,6 +1642,13 @@ class TrainingSection(BaseModel):
 
     _optimizer = field_validator("optimizer", mode="before")(optimizer_name)
     _bounded_batch = field_validator("micro_batch_size", "gradient_accumulation_steps", "batch_size")(at_most_bound)
+
+    @field_validator("neftune_noise_alpha", "noisy_embedding_alpha", mode="before")
+    @classmethod
+    def _no_noise(cls, value: object) -> object:
+        """0 or false is NEFTune off: axolotl's check_neftune moves noisy_embedding_alpha only where it is truthy,
+        and a noise scale of 0 adds nothing (`noisy_embedding_alpha: false` was refused as not greater than 0)."""
+        return None if value is False or (type(value) in (int, float) and value == 0) else value
 
     @field_validator("output_dir")
     @classmethod

@@ -398,6 +398,16 @@ def test_neftune_and_its_older_name(tmp_path):
     assert "neftune_noise_alpha: 3.0 and noisy_embedding_alpha (its older name): 5.0; set one" in message
 
 
+def test_neftune_zero_or_false_is_off(tmp_path):
+    # axolotl moves noisy_embedding_alpha only where it is truthy: 0 or false is NEFTune off, as is a scale of 0
+    for key in ("noisy_embedding_alpha", "neftune_noise_alpha"):
+        for off in (False, 0, 0.0, None):
+            assert load_quietly(write(tmp_path, MINIMAL), {key: off}).neftune_alpha is None
+    both = {"noisy_embedding_alpha": False, "neftune_noise_alpha": 5}
+    assert load_quietly(write(tmp_path, MINIMAL), both).neftune_alpha == 5
+    assert "greater than 0" in error_of(write(tmp_path, MINIMAL), {"neftune_noise_alpha": -1})
+
+
 @pytest.mark.parametrize(
     ("keys", "expected"),
     [
