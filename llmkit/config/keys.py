@@ -185,9 +185,11 @@ FIXED_BEHAVIOUR = {
     "max_prompt_len": "axolotl no longer passes it to TRL (DPO cuts a row at max_length alone; KTO, ORPO and SimPO "
     "drop it), so it changes nothing there either; rows are cut at sequence_len",
     "save_safetensors": "the model is saved as safetensors only here (false asks axolotl for pytorch_model.bin files)",
+    # train's report_to always holds tensorboard (train/run.py _report_to)
+    "use_tensorboard": "TensorBoard logs are always written here, under output_dir/runs/ (false does not stop them)",
 }
 # Keys whose value is what this project always does: dropped without a word ("ignored" would mislead).
-AS_HERE = {"save_safetensors": True}
+AS_HERE = {"save_safetensors": True, "use_tensorboard": True}
 # Unimplemented keys whose axolotl default is true: `false` asks axolotl for something else, so it is said on a line
 # of its own (an error under strict), not listed as changing nothing (axolotl's schema: utils/schemas/model.py).
 DEFAULT_TRUE_KEYS = {

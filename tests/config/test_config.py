@@ -765,7 +765,6 @@ def test_documented_axolotl_keys_for_speed_or_parallelism_are_known_not_unknown(
         "sequence_parallel_degree": 2,
         "experts_implementation": "scattermoe",
         "use_kernels": 1,
-        "use_tensorboard": True,
         "unsloth_lora_mlp": True,
         "gc_steps": 10,
         "save_only_model": True,
@@ -817,6 +816,16 @@ def test_save_safetensors_true_is_what_happens_and_false_says_safetensors_only(t
         "pytorch_model.bin files)"
     ]
     assert all(key.named_alone for key in cfg.ignored_keys)  # its own line, not among the keys left off
+
+
+def test_use_tensorboard_true_is_what_happens_and_false_says_it_stays_on(tmp_path):
+    """train always logs to TensorBoard, yet use_tensorboard: true was an ignored key "not implemented here"."""
+    assert load_quietly(write(tmp_path, MINIMAL), {"use_tensorboard": True}).ignored_keys == []
+    cfg = load_quietly(write(tmp_path, MINIMAL), {"use_tensorboard": False})
+    assert [key.describe() for key in cfg.ignored_keys] == [
+        "use_tensorboard=False: TensorBoard logs are always written here, under output_dir/runs/ (false does not "
+        "stop them)"
+    ]
 
 
 def test_gradient_checkpointing_offload_values(tmp_path):
