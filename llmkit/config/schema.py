@@ -70,7 +70,7 @@ from llmkit.config.sections import (
     rl_method,
 )
 from llmkit.core import devices
-from llmkit.core.errors import UsageError, problems, short_repr
+from llmkit.core.errors import UsageError, error_message, problems, short_repr
 from llmkit.core.files import user_path
 from llmkit.core.yaml_files import YamlFileError, read_mapping
 
@@ -1420,6 +1420,22 @@ def _more_values_than(raw: object, limit: int) -> bool:
     return False
 
 
+def _named_missing(lines: list[str], err: ValidationError, raw: dict) -> list[str]:
+    """`lines` where a required key's "Field required" names the key the file holds for it (`Base_Model:`, keys
+    being case-sensitive, or a typo): an unknown key is reported only once the config loads, so the error said the
+    key was missing and nothing of the one written."""
+    others = [key for key in raw if isinstance(key, str) and key not in AxolotlConfig.model_fields]
+    for error in err.errors(include_url=False):
+        if error["type"] != "missing" or len(error["loc"]) != 1:
+            continue
+        name = str(error["loc"][0])
+        written = next((key for key in others if key.lower() == name.lower()), None)
+        if written := written or next((key for key in others if suggest(key, [name])), None):
+            line = f"{name}: {error_message(error)}"
+            lines = [f"{line} ({written} is set: did you mean {name}?)" if said == line else said for said in lines]
+    return lines
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> AxolotlConfig:
     """Read, check and type an axolotl-style YAML file.
 
@@ -1451,7 +1467,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> AxolotlConfi
             warnings.simplefilter("ignore", ConfigWarning)
             cfg = AxolotlConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(problems(err), path) from None
+        raise ConfigError(_named_missing(problems(err), err, raw), path) from None
     cfg._source = path
     cfg._notices += repeated  # after validation: a warning even under strict, as axolotl reads such a file
     if cfg.warning_message():

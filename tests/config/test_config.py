@@ -258,6 +258,16 @@ def test_missing_required_keys_are_named(tmp_path, key):
     assert f"{key}: Field required" in error_of(write(tmp_path, text))
 
 
+def test_a_required_key_written_in_another_case_is_named(tmp_path):
+    """Base_Model: got "base_model: Field required" alone, though a miscased optional key gets "did you mean"."""
+    text = MINIMAL.replace("base_model:", "Base_Model:").replace("learning_rate:", "Learning_Rate:")
+    message = error_of(write(tmp_path, text))
+    assert "base_model: Field required (Base_Model is set: did you mean base_model?)" in message
+    assert "learning_rate: Field required (Learning_Rate is set: did you mean learning_rate?)" in message
+    typo = error_of(write(tmp_path, MINIMAL.replace("base_model:", "base_modle:")))
+    assert "base_model: Field required (base_modle is set: did you mean base_model?)" in typo
+
+
 def test_a_full_fine_tune_cannot_carry_a_peft_method(tmp_path):
     message = error_of(write(tmp_path, MINIMAL), {"adapter": None, "load_in_4bit": False, "peft_method": "vera"})
     assert "peft_method: vera needs adapter: lora or qlora" in message
