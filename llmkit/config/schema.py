@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import yaml
-from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from llmkit.config.keys import (
     DATASET_UNIMPLEMENTED_KEYS,
@@ -68,6 +68,7 @@ from llmkit.config.sections import (
     UnfrozenPattern,
     one_as_list,
     rl_method,
+    whole_numbers,
 )
 from llmkit.core import devices
 from llmkit.core.errors import UsageError, error_message, problems, short_repr
@@ -195,6 +196,7 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     strict: bool = Field(False, description="Unknown or unimplemented keys are an error instead of a warning.")
+    _whole_numbers = field_validator("*", mode="before")(whole_numbers)
     _ignored: list[IgnoredKey] = PrivateAttr(default_factory=list)
     _notices: list[str] = PrivateAttr(default_factory=list)
     _source: Path | None = PrivateAttr(None)

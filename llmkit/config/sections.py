@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from string import Formatter
-from typing import Annotated, Any, ClassVar, Literal
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -106,6 +107,23 @@ def at_most_bound(value: int | None, info: ValidationInfo) -> int | None:
     bound = UPPER_BOUNDS[info.field_name]
     if value is not None and value > bound:
         raise ValueError(f"at most {bound:,} (2**{bound.bit_length() - 1}): no real run comes near it")
+    return value
+
+
+def _takes_int(annotation: Any) -> bool:
+    """Whether a field's type holds int and not bool (`int | None`, `int | float | None`)."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    choices = get_args(annotation) if isinstance(annotation, UnionType) or get_origin(annotation) is Union else ()
+    choices = choices or (annotation,)
+    return int in choices and bool not in choices
+
+
+def whole_numbers(cls: type[BaseModel], value: object, info: ValidationInfo) -> object:
+    """`value`, unless it is true or false for an integer key: pydantic reads true as 1, so `lora_r: yes` (a YAML
+    boolean) trained a rank-1 adapter. Used as `field_validator("*", mode="before")` by each model with int keys."""
+    if isinstance(value, bool) and info.field_name and _takes_int(cls.model_fields[info.field_name].annotation):
+        raise ValueError("a whole number, not true or false (YAML reads yes, no, on and off as true or false)")
     return value
 
 
@@ -613,6 +631,7 @@ class TrlSettings(BaseModel):
     """axolotl's `trl:` mapping: the keys DPO's loss reads (beta) and GRPO's (generation, rewards and its loss)."""
 
     model_config = _SECTION
+    _whole_numbers = field_validator("*", mode="before")(whole_numbers)
 
     beta: float | None = Field(
         None, ge=0, description="rl: the loss's beta (same as rl_beta; wins); grpo: the KL penalty (TRL's 0: none)."
@@ -929,6 +948,7 @@ class DatasetSpec(BaseModel):
     """One entry of `datasets:`; axolotl's keys. A relative local `path` is resolved by `load_config`."""
 
     model_config = _SECTION
+    _whole_numbers = field_validator("*", mode="before")(whole_numbers)
 
     path: str = Field(description="Hub dataset id, or a local file or folder.")
     type: str | CustomPrompt | PreferencePrompt | KTOPrompt | None = Field(

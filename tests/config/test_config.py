@@ -258,6 +258,21 @@ def test_missing_required_keys_are_named(tmp_path, key):
     assert f"{key}: Field required" in error_of(write(tmp_path, text))
 
 
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"lora_r": True}, "lora_r"),
+        ({"micro_batch_size": False}, "micro_batch_size"),
+        ({"eval_steps": True}, "eval_steps"),  # int | float
+        ({"datasets": [{"path": "onuralp/open-otter", "type": "alpaca", "shards": True}]}, "datasets[0].shards"),
+        ({"rl": "grpo", "trl": {"num_generations": True}}, "trl.num_generations"),
+    ],
+)
+def test_a_boolean_for_an_integer_key_is_refused(tmp_path, change, path):
+    """pydantic reads true as 1: `lora_r: yes` (a YAML boolean) trained a rank-1 adapter."""
+    assert f"{path}: a whole number, not true or false" in error_of(write(tmp_path, MINIMAL), change)
+
+
 def test_a_required_key_written_in_another_case_is_named(tmp_path):
     """Base_Model: got "base_model: Field required" alone, though a miscased optional key gets "did you mean"."""
     text = MINIMAL.replace("base_model:", "Base_Model:").replace("learning_rate:", "Learning_Rate:")
