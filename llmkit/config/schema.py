@@ -40,6 +40,7 @@ from llmkit.config.sections import (
     GRPO_DEFAULT_COMPLETION_TOKENS,
     GRPO_DEFAULT_GENERATIONS,
     GRPO_SYNC_DEFAULTS,
+    MODELS_ELSEWHERE,
     NORMALISED_DPO_LOSSES,
     REFUSED_PREFERENCE_TYPES,
     SMOOTHED_DPO_LOSSES,
@@ -1438,12 +1439,14 @@ def _named_missing(lines: list[str], err: ValidationError, raw: dict) -> list[st
     return lines
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> AxolotlConfig:
+def load_config(path: str | Path, overrides: dict | None = None, *, models_elsewhere: bool = False) -> AxolotlConfig:
     """Read, check and type an axolotl-style YAML file.
 
     Args:
         path: the YAML file.
         overrides: top-level keys replacing the file's (e.g. {"max_steps": 5, "output_dir": "/tmp/run"}).
+        models_elsewhere: keep a local base_model, base_model_config or tokenizer_config path that is not on this
+            machine (validate, which warns of it: machine.check_model_paths); else it is an error.
 
     Raises:
         ConfigError: unreadable YAML, or values that don't fit the schema; names the file and each key path.
@@ -1467,7 +1470,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> AxolotlConfi
     try:
         with warnings.catch_warnings():  # re-issued below, pointing at the caller instead of pydantic's internals
             warnings.simplefilter("ignore", ConfigWarning)
-            cfg = AxolotlConfig.model_validate(raw)
+            cfg = AxolotlConfig.model_validate(raw, context={MODELS_ELSEWHERE: models_elsewhere})
     except ValidationError as err:
         raise ConfigError(_named_missing(problems(err), err, raw), path) from None
     cfg._source = path

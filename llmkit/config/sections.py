@@ -127,6 +127,21 @@ def whole_numbers(cls: type[BaseModel], value: object, info: ValidationInfo) -> 
     return value
 
 
+# load_config's context key: a local model path that is not on this machine is kept (validate, where a config written
+# for the GPU box is checked on a laptop), for the caller to say that train would stop on it here.
+MODELS_ELSEWHERE = "models_elsewhere"
+MODEL_PATH_KEYS = ("base_model", "base_model_config", "tokenizer_config")
+
+
+def model_path_problem(value: str) -> str | None:
+    """Why `value` (a MODEL_PATH_KEYS value) names no model from here: neither a hub id nor a path here."""
+    from llmkit.core.models import is_hub_id
+
+    if is_hub_id(value) or user_path(value).exists():
+        return None
+    return "no such folder here, and not a hub id (owner/name)"
+
+
 class Adapter(str, Enum):
     lora = "lora"  # adapter on a 16-bit (or 8-bit) base
     qlora = "qlora"  # adapter on a 4-bit NF4 base; requires load_in_4bit
@@ -1265,12 +1280,12 @@ class ModelSection(BaseModel):
             UnfrozenPattern.parse(text)
         return patterns
 
-    @field_validator("base_model", "base_model_config", "tokenizer_config")
+    @field_validator(*MODEL_PATH_KEYS)
     @classmethod
     def _folder_or_hub_id(cls, value: str | None, info: ValidationInfo) -> str | None:
         # A path that is not here: validate passed it, and preprocess and train stopped on a traceback. Relative
         # paths are the current directory's, as from_pretrained reads them.
-        from llmkit.core.models import is_hub_id, local_model_dir
+        from llmkit.core.models import local_model_dir
 
         if value is None:
             return value
@@ -1284,9 +1299,9 @@ class ModelSection(BaseModel):
                 raise ValueError(str(err)) from None
         if info.field_name == "base_model_config" and local.is_dir() and not (local / "config.json").is_file():
             raise ValueError(f"{local} is a directory but holds no config.json")
-        if is_hub_id(value) or local.exists():
-            return value
-        raise ValueError("no such folder here, and not a hub id (owner/name)")
+        if not (problem := model_path_problem(value)) or (info.context or {}).get(MODELS_ELSEWHERE):
+            return value  # elsewhere: validate warns that train would stop here (machine.check_model_paths)
+        raise ValueError(problem)
 
     @field_validator("rope_scaling")
     @classmethod

@@ -551,6 +551,8 @@ def find_model_config(
         return FoundConfig(_read(path), f"{path}")
     local = user_path(model)
     if not (local / "config.json").is_file() and (local.is_dir() or model.startswith((".", "/", "~"))):
+        if not local.exists():  # a config written for another machine (validate): its config.json is there
+            raise ModelConfigNotFound(f"{model} is not on this machine; --model-config names its config.json")
         raise ModelConfigNotFound(f"{model} is a local path without a config.json")
     if found := config_at_hand(model, revision):
         return found

@@ -8,6 +8,7 @@ import importlib.util
 from pathlib import Path
 
 from llmkit.config.schema import AxolotlConfig, ConfigError
+from llmkit.config.sections import MODEL_PATH_KEYS, model_path_problem
 from llmkit.core import devices
 
 
@@ -29,6 +30,15 @@ def check_loftq(cfg: AxolotlConfig) -> None:
         raise ConfigError(["peft.loftq_config: peft's LoftQ needs a CUDA GPU, which this machine lacks"], cfg.source)
 
 
+def check_model_paths(cfg: AxolotlConfig) -> None:
+    """Raises ConfigError: a local base_model, base_model_config or tokenizer_config path not on this machine (a
+    config loaded with models_elsewhere, as validate loads it; load_config refuses it for train)."""
+    named = [(key, value) for key in MODEL_PATH_KEYS if (value := getattr(cfg, key))]
+    problems = [f"{key}: {value}: {problem}" for key, value in named if (problem := model_path_problem(value))]
+    if problems:
+        raise ConfigError(problems, cfg.source)
+
+
 def refusals_here(cfg: AxolotlConfig) -> list[str]:
     """Each `key: why` for which `train` would stop on this machine (run with --cpu-fallback, only the paged
     optimizers' CUDA need goes away); empty when it would train here."""
@@ -42,7 +52,7 @@ def refusals_here(cfg: AxolotlConfig) -> list[str]:
     problems = []
     # Not strict, an attention this machine lacks is replaced, not a stop (fallbacks_here); the check would log it.
     attention = (attn_implementation,) if cfg.strict else ()
-    for check in (writable_here, optimizer_for_machine, check_tf32, check_loftq, *attention):
+    for check in (check_model_paths, writable_here, optimizer_for_machine, check_tf32, check_loftq, *attention):
         try:
             check(cfg)
         except ConfigError as error:

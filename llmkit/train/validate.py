@@ -55,7 +55,8 @@ def validate(
     try:
         with warnings.catch_warnings():  # the plan lists the ignored keys itself
             warnings.simplefilter("ignore", ConfigWarning)
-            cfg = load_config(path, {"strict": True} if strict else None)
+            # a model path not here is a warning (train would stop here), as a config is often checked on a laptop
+            cfg = load_config(path, {"strict": True} if strict else None, models_elsewhere=True)
             missing = [
                 f"{key}[{position}].path: {spec.path}: no such file or folder"
                 for key, position, spec in cfg.dataset_entries()
@@ -105,7 +106,8 @@ def _machine_warnings(cfg: AxolotlConfig, err: Console) -> None:
     from rich.markup import escape
 
     for problem in refusals_here(cfg):
-        err.print(f"[yellow]Warning: on this machine, train would stop: {escape(problem)}[/yellow]", highlight=False)
+        said = f"Warning: on this machine, train would stop: {escape(problem)}"  # soft_wrap: a path kept whole
+        err.print(f"[yellow]{said}[/yellow]", highlight=False, soft_wrap=True)
     for fallback in fallbacks_here(cfg):  # said here, not logged again by the check
         said = f"Warning: on this machine, train would substitute: {escape(fallback)}"
         err.print(f"[yellow]{said}[/yellow]", highlight=False)

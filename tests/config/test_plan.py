@@ -769,6 +769,26 @@ def test_validate_warns_of_an_output_dir_it_may_not_write_in_here(tiny_config, t
         assert train.exit_code == 1 and f"{key}: no permission to write in {locked}" in " ".join(train.output.split())
 
 
+def test_validate_warns_of_a_model_path_not_on_this_machine(tiny_config, tiny_model_dir, tmp_path):
+    """`base_model: /workspace/models/llama-3-8b`, written for the GPU box: validate refused it ("no such folder
+    here"), even with --model-config, which is for a model it cannot find offline. A warning now, the plan sized
+    from --model-config (or said unknown without it); train and preprocess here still stop on it."""
+    away = str(tmp_path / "workspace" / "models" / "llama-3-8b")
+    config = tiny_config(base_model="./curr-model", tokenizer_config=away)
+    status, output = _validate_output(config)
+    assert status == 0, output
+    for key, value in (("base_model", "./curr-model"), ("tokenizer_config", away)):
+        assert f"on this machine, train would stop: {key}: {value}: no such folder here, and not a hub id" in output
+    table = " ".join(output.replace("│", " ").split())  # the plan's cells wrap
+    assert "size unknown) memory plan unknown: ./curr-model is not on this machine; --model-config names its" in table
+    sized = CliRunner().invoke(app, ["validate", str(config), "--model-config", str(tiny_model_dir)])
+    assert sized.exit_code == 0 and "LlamaForCausalLM; config.json:" in " ".join(sized.output.split())
+    for command in ("train", "preprocess"):
+        refused = CliRunner().invoke(app, [command, str(config)])
+        said = " ".join(refused.output.split())
+        assert refused.exit_code == 1 and "base_model: no such folder here, and not a hub id (owner/name)" in said
+
+
 def test_validate_refuses_unfrozen_parameters_that_match_no_parameter(tiny_config):
     """A full fine-tune whose unfrozen_parameters match no parameter of the model trains nothing: train refused it,
     once the data was prepared and the model loaded, and validate passed it."""
