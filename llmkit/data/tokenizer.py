@@ -107,6 +107,11 @@ def _template_name_problems(cfg: AxolotlConfig) -> list[str]:
     return problems
 
 
+# What a folder holds where a tokenizer loads from it: fast (tokenizer.json), sentencepiece (tokenizer.model,
+# spiece.model), BPE or WordPiece vocabularies (vocab.json + merges.txt, vocab.txt), tiktoken files.
+_TOKENIZER_FILES = ("tokenizer.json", "*.model", "vocab*", "merges.txt", "*tiktoken*")
+
+
 def _pretrained_tokenizer(cfg: AxolotlConfig) -> Any:
     """The tokenizer as loaded (`tokenizer_type`'s class, else AutoTokenizer), before the config's tokens.
 
@@ -114,6 +119,13 @@ def _pretrained_tokenizer(cfg: AxolotlConfig) -> Any:
         ConfigError: `tokenizer_type` names a class that reads these files unlike the model's own class.
     """
     source = _tokenizer_source(cfg)
+    key = "tokenizer_config" if cfg.tokenizer_config else "base_model"
+    if source.is_dir() and not any(next(source.glob(pattern), None) for pattern in _TOKENIZER_FILES):
+        # AutoTokenizer stopped train on transformers' "Couldn't instantiate the backend tokenizer" traceback
+        raise ConfigError(
+            [f"{key}: {source} holds no tokenizer files ({', '.join(_TOKENIZER_FILES)}): nothing to tokenize with"],
+            cfg.source,
+        )
     tokenizer_cls = getattr(transformers, cfg.tokenizer_type or "AutoTokenizer")
     options: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.tokenizer_legacy is not None:
@@ -121,6 +133,17 @@ def _pretrained_tokenizer(cfg: AxolotlConfig) -> Any:
     tokenizer = tokenizer_cls.from_pretrained(source, **options)
     if cfg.tokenizer_type not in (None, "AutoTokenizer"):
         _check_tokenizer_type(cfg, tokenizer, source, options)
+    if not tokenizer.encode(_READING_SAMPLE, add_special_tokens=False):
+        # LlamaTokenizer.from_pretrained on a folder holding config.json alone loads, and gives [] for every text:
+        # validate and train said only that no row had a trained token ("every token masked ...").
+        raise ConfigError(
+            [
+                f"{key}: {source}: its tokenizer ({type(tokenizer).__name__}) encodes text to no tokens "
+                f"({_READING_SAMPLE!r} gives []): the folder holds no tokenizer files it reads, so every training "
+                "row would be empty"
+            ],
+            cfg.source,
+        )
     return tokenizer
 
 

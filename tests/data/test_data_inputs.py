@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -295,6 +296,33 @@ def test_a_tokenizer_type_that_reads_the_tokenizer_otherwise_is_refused_first(co
     assert "'The sky is blue.\\nÜber 🙂' comes back as 'Theskyisblue.Über'" in said
     assert "remove tokenizer_type: the model's own tokenizer class is used" in said
     assert not prepared.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "train"])
+def test_a_base_folder_without_a_usable_tokenizer_is_refused(command, tiny_config, tiny_model_dir, tmp_path):
+    """A folder with config.json alone: with tokenizer_type: LlamaTokenizer the class loaded there and gave [] for
+    every text (validate and train said only "no row is left of 24: 24 with no trained token (every token
+    masked ...)"); with AutoTokenizer validate passed it and train stopped on transformers' traceback."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(tiny_model_dir / "config.json", bare / "config.json")
+    for keys in ({"tokenizer_type": "LlamaTokenizer"}, {}):
+        result = CliRunner().invoke(app, [command, str(tiny_config(base_model=str(bare), **keys))])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 1, result.output
+        assert f"base_model: {bare} holds no tokenizer files (tokenizer.json, *.model, vocab*" in said
+    (bare / "vocab.txt").write_text("")  # a file of the names, which LlamaTokenizer does not read
+    result = CliRunner().invoke(
+        app, [command, str(tiny_config(base_model=str(bare), tokenizer_type="LlamaTokenizer"))]
+    )
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert f"base_model: {bare}: its tokenizer (LlamaTokenizer) encodes text to no tokens" in said
+    assert "no trained token" not in said and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("name", ["AutoTokenizer", "GPT2Tokenizer", "TokenizersBackend"])
