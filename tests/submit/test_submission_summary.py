@@ -112,17 +112,19 @@ def test_vllm_submission_smoke_tests_its_cmd_on_vllm(tmp_path):
 @pytest.mark.slow
 def test_a_failing_smoke_request_fails_the_command_and_keeps_the_zip(tmp_path):
     # The zip's server honours LLMKIT_* variables from the environment, as a container's `docker run -e` would: a
-    # limit of 40 new tokens refuses the harness probe (50 by default) and nothing else.
+    # limit of 20 new tokens refuses the generation check's 30 and nothing else (the harness probe, which names no
+    # max_new_tokens, gets the limit).
     args = ["--track", "A100", "--model", DEFAULT_MODEL_ID, "--revision", "main", "--out", str(tmp_path)]
-    done = _llmkit("submission", *args, env={"LLMKIT_MAX_NEW_TOKENS_LIMIT": "40"})
+    done = _llmkit("submission", *args, env={"LLMKIT_MAX_NEW_TOKENS_LIMIT": "20"})
     assert done.returncode == 1, done.stdout + done.stderr
     zip_path = tmp_path / "A100_track" / "A100_submission_1.zip"
     assert zip_path.is_file()
-    assert _cells(_row(done.stdout, "harness probe"))[1] == "✗"
-    assert "max_new_tokens 50 is over this server's limit 40" in _row(done.stdout, "harness probe")
-    assert [_cells(_row(done.stdout, name))[1] for name in list(CHECKS)[1:]] == ["✓"] * (len(CHECKS) - 1)
+    failing = "generation + stop"
+    assert _cells(_row(done.stdout, failing))[1] == "✗"
+    assert "max_new_tokens 30 is over this server's limit 20" in _row(done.stdout, failing)
+    assert [_cells(_row(done.stdout, name))[1] for name in CHECKS if name != failing] == ["✓"] * (len(CHECKS) - 1)
     closing = _closing(done.stdout)
-    assert closing.startswith(f"✗ {zip_path}: smoke test: 'harness probe' failed (SmokeCheckFailed: HTTP 422")
+    assert closing.startswith(f"✗ {zip_path}: smoke test: '{failing}' failed (SmokeCheckFailed: HTTP 422")
     assert closing.endswith("The zip stays written; rebuild after fixing it.")
 
 
