@@ -314,8 +314,14 @@ def disk_full(path: Path, err: BaseException) -> str | None:
     return f"the disk holding {path} is full ({free / 2**20:.0f} MiB free)"
 
 
-def did_not_fit(path: Path, err: BaseException, what: str) -> str | None:
-    """`disk_full`'s words for a write of `what` to `path` whose staging folder is gone: nothing of it is left
-    (merge, submission); None where `err` is not a full disk."""
-    full = disk_full(path, err)
-    return f"{full}: {what} did not fit; nothing of it is left" if full else None
+@contextmanager
+def said_if_it_did_not_fit(path: Path, what: str, error: type[Exception] = OSError) -> Iterator[None]:
+    """A full disk (or file size limit) met inside, raised as `error` in `disk_full`'s words for a write of `what` to
+    `path` whose staging folder is gone: nothing of it is left (merge, submission, random-model). Any exception is
+    looked at: safetensors and tokenizers raise a full disk as no OSError; the others go on as they were."""
+    try:
+        yield
+    except Exception as err:
+        if full := disk_full(path, err):
+            raise error(f"{full}: {what} did not fit; nothing of it is left") from None
+        raise

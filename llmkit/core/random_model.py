@@ -20,7 +20,14 @@ from pathlib import Path
 import torch
 
 from llmkit.core import devices
-from llmkit.core.files import check_replaceable, clean_stale, did_not_fit, staging_dir, swap_in, user_path
+from llmkit.core.files import (
+    check_replaceable,
+    clean_stale,
+    said_if_it_did_not_fit,
+    staging_dir,
+    swap_in,
+    user_path,
+)
 from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE
 
 MARKER = "llmkit_random_model.json"  # what the folder was made from; an --out holding it may be replaced
@@ -100,34 +107,27 @@ def write_random_model(
     out = user_path(out)
     check_replaceable(out, MARKER, "an earlier random model")
     clean_stale(out)
-    try:
-        with staging_dir(out, "random") as staged:
-            with torch.device(device):
-                model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
-            params = sum(p.numel() for p in model.parameters())
-            model.generation_config.pad_token_id = (
-                tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-            )
-            model.save_pretrained(staged, max_shard_size=DEFAULT_MAX_SHARD_SIZE)
-            tok.save_pretrained(staged)
-            del model
-            written = RandomModel(
-                path=out,
-                shape_from=found.where,
-                model_type=config.model_type,
-                params=params,
-                dtype=str(torch_dtype).removeprefix("torch."),
-                vocab_size=config.vocab_size,
-                widened_from=own_vocab if config.vocab_size != own_vocab else None,
-                tokenizer_from=tokenizer or "the embedded default model",
-            )
-            record = {**asdict(written), "path": str(out), "seed": seed}
-            (staged / MARKER).write_text(json.dumps(record, indent=2) + "\n")
-            swap_in(staged, out)
-    except Exception as err:  # safetensors and tokenizers raise a full disk as no OSError: `did_not_fit` knows them
-        if said := did_not_fit(out, err, f"the random model for {out}"):
-            raise OSError(said) from None
-        raise
+    with said_if_it_did_not_fit(out, f"the random model for {out}"), staging_dir(out, "random") as staged:
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        params = sum(p.numel() for p in model.parameters())
+        model.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        model.save_pretrained(staged, max_shard_size=DEFAULT_MAX_SHARD_SIZE)
+        tok.save_pretrained(staged)
+        del model
+        written = RandomModel(
+            path=out,
+            shape_from=found.where,
+            model_type=config.model_type,
+            params=params,
+            dtype=str(torch_dtype).removeprefix("torch."),
+            vocab_size=config.vocab_size,
+            widened_from=own_vocab if config.vocab_size != own_vocab else None,
+            tokenizer_from=tokenizer or "the embedded default model",
+        )
+        record = {**asdict(written), "path": str(out), "seed": seed}
+        (staged / MARKER).write_text(json.dumps(record, indent=2) + "\n")
+        swap_in(staged, out)
     if devices.is_cuda(device):
         torch.cuda.empty_cache()
     return written

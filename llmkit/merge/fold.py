@@ -29,7 +29,7 @@ from llmkit.core.errors import UsageError
 from llmkit.core.files import (
     check_replaceable,
     clean_stale,
-    did_not_fit,
+    said_if_it_did_not_fit,
     sha256_file,
     staging_dir,
     swap_in,
@@ -416,13 +416,8 @@ def clean_killed_merges(folder: Path) -> None:
 def _disk_full_named(out_dir: Path) -> Iterator[None]:
     """SIGTERM as an exit, and a full disk said as one (the bare errno named no disk and no folder); the staging
     folders opened inside are removed either way."""
-    try:
-        with sigterm_as_exit():
-            yield
-    except Exception as err:  # safetensors' SafetensorError is no OSError: `did_not_fit` knows it
-        if said := did_not_fit(out_dir, err, f"the merged model for {out_dir}"):
-            raise OSError(said) from None
-        raise
+    with said_if_it_did_not_fit(out_dir, f"the merged model for {out_dir}"), sigterm_as_exit():
+        yield
 
 
 def plan_merge(

@@ -23,7 +23,7 @@ from llmkit.core.challenge import MAX_SUBMISSIONS, TRACKS, Loading, Track
 from llmkit.core.files import (
     check_folder_target,
     clean_stale,
-    did_not_fit,
+    said_if_it_did_not_fit,
     sha256_file,
     staging_dir,
     swap_in,
@@ -139,12 +139,9 @@ def build_submission(
     # same files and --out give the same zip (and so keep their number) from any working directory.
     contents = ZipContents(track, weights, adapter_weights, estimate, engine, extra, track_dir.resolve().parent.parent)
     name = f"{track.value}_submission_{number}"
-    try:  # track_dir too is made by the staging folder, and removed with it where it was new
+    # track_dir too is made by the staging folder, and removed with it where it was new
+    with said_if_it_did_not_fit(track_dir, f"submission {name}", SubmissionError):
         zip_path = _write(track_dir, name, contents, earlier)
-    except Exception as err:  # a library's full disk need not be an OSError: `did_not_fit` knows them
-        if said := did_not_fit(track_dir, err, f"submission {name}"):
-            raise SubmissionError(said) from None
-        raise
     if (written := int(zip_path.stem.rsplit("_", 1)[1])) > MAX_SUBMISSIONS:
         LOG.warning("Submission %d: the challenge accepts at most %d per track", written, MAX_SUBMISSIONS)
     return zip_path
