@@ -229,8 +229,7 @@ class Engine:
             request = request.model_copy(update={"max_new_tokens": limit})
         if request.max_new_tokens > limit:
             raise RequestError(
-                f"{max_tokens_field} {request.max_new_tokens} is over this server's limit "
-                f"{self.settings.max_new_tokens_limit}",
+                f"{max_tokens_field} {request.max_new_tokens} is over this server's limit {limit}",
                 field=max_tokens_field,
             )
         if ids is None:
