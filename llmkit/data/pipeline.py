@@ -188,6 +188,7 @@ def check_local_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase)
     from llmkit.data.preference import spec_pairs
 
     tokenize = Tokenize(tokenizer, cfg.train_on_inputs, cfg.sequence_len)
+    key = None  # hashes every local file and the tokenizer: once, and only where SFT rows are tokenized
     for list_key, position, spec in cfg.dataset_entries():
         if not spec.read_here:
             continue
@@ -196,7 +197,8 @@ def check_local_datasets(cfg: AxolotlConfig, tokenizer: PreTrainedTokenizerBase)
         elif cfg.rl:
             spec_pairs(cfg, spec, f"{list_key}[{position}]", tokenizer)
         else:
-            _tokenize_spec(cfg, spec, (list_key, position), tokenize, f"local-{cache_key(cfg, tokenizer)}")
+            key = key or f"local-{cache_key(cfg, tokenizer)}"
+            _tokenize_spec(cfg, spec, (list_key, position), tokenize, key)
 
 
 def check_local_rows(cfg: AxolotlConfig) -> list[str]:
