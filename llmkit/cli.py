@@ -25,7 +25,7 @@ from llmkit.core.challenge import Loading, Track
 from llmkit.core.devices import Device, dtype_name, quiet_bitsandbytes_kernel_notice
 from llmkit.core.errors import UsageError, error_message
 from llmkit.core.files import CacheError, user_path
-from llmkit.core.interrupted import command_in, interrupted_line, sigint_received
+from llmkit.core.interrupted import command_in, interrupted_line
 from llmkit.core.models import DEFAULT_MAX_SHARD_SIZE
 from llmkit.core.processes import exit_on_sigterm, interrupted_exit_code, log_to_stderr, no_bars_when_piped
 from llmkit.helm_eval.confgen import DEFAULT_TASK_LIST, SUITES
@@ -87,9 +87,8 @@ def _one_line_errors(
         raise typer.Exit(1) from None
     except (KeyboardInterrupt, SystemExit, ImportError) as err:
         # Ctrl-C while an extension loads (numpy, as torch is imported) escapes as an ImportError: an interruption
-        # where a Ctrl-C came (llmkit.entry records it), a failed import otherwise
-        stop = KeyboardInterrupt() if isinstance(err, ImportError) and sigint_received() else err
-        if interrupted is None or (code := interrupted_exit_code(stop)) is None:
+        # where a Ctrl-C came (llmkit.entry records it), a failed import otherwise (interrupted_exit_code: None)
+        if interrupted is None or (code := interrupted_exit_code(err)) is None:
             raise
         if not (message := interrupted() if callable(interrupted) else interrupted):
             raise  # nothing to say here: `_Commands` says the command's own line

@@ -9,7 +9,7 @@ the window left is the interpreter's own start and the moment it takes to read t
 
 import sys
 
-from llmkit.core.interrupted import command_in, interrupted_line, record_sigint, sigint_received
+from llmkit.core.interrupted import command_in, interrupted_line, is_ctrl_c, record_sigint
 
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
         # reaches here is the moments before (typer building the click command) and the import above
         app()
     except (KeyboardInterrupt, ImportError) as err:
-        if not isinstance(err, KeyboardInterrupt) and not sigint_received():
+        if not is_ctrl_c(err):
             raise  # an import that failed of itself
         sys.stderr.write(f"\n{interrupted_line(command_in(sys.argv[1:]))}\n")
         sys.exit(130)

@@ -24,6 +24,12 @@ def sigint_received() -> bool:
     return _sigint["received"]
 
 
+def is_ctrl_c(err: BaseException) -> bool:
+    """A KeyboardInterrupt, or the ImportError an extension's import made of a Ctrl-C (`record_sigint`); an import
+    that failed of itself is none."""
+    return isinstance(err, KeyboardInterrupt) or (isinstance(err, ImportError) and sigint_received())
+
+
 def interrupted_line(command: str | None) -> str:
     """The one line: `command` is the subcommand, if known."""
     return f"interrupted: {' '.join(filter(None, ['llmkit', command]))} stopped before it finished"

@@ -17,6 +17,8 @@ import sys
 import threading
 from collections.abc import Iterator
 
+from llmkit.core.interrupted import is_ctrl_c
+
 
 def stop_process_group(process: subprocess.Popen, grace_s: float) -> None:
     """SIGTERM the process's group, wait up to `grace_s` seconds for the process, then SIGKILL the group.
@@ -74,7 +76,7 @@ def sigterm_as_exit() -> Iterator[None]:
 def interrupted_exit_code(err: BaseException) -> int | None:
     """The shell's exit status for Ctrl-C (KeyboardInterrupt: 130) or SIGTERM (`exit_on_sigterm`'s SystemExit:
     143); None for any other exit (a message, or argparse's sys.exit(0) after --help), which is no interruption."""
-    if isinstance(err, KeyboardInterrupt):
+    if is_ctrl_c(err):  # an ImportError too, where an extension's import met the Ctrl-C
         return 130
     sigterm = 128 + signal.SIGTERM
     return sigterm if isinstance(err, SystemExit) and err.code == sigterm else None
