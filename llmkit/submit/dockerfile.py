@@ -432,6 +432,15 @@ def stage_named(
     return None
 
 
+def _run_words(inst: Instruction) -> list[str]:
+    """A RUN line's words as the shell splits them (an unclosed quote, which docker build refuses elsewhere: at
+    spaces)."""
+    try:
+        return shlex.split(inst.value)
+    except ValueError:
+        return inst.value.split()
+
+
 def venv_pythons(stage: list[Instruction], earlier: list[Instruction] = ()) -> set[str]:
     """The interpreters the stage's RUN lines create: `<env>/bin/python`, `python3` (and `python3.X` where the
     line says which) of each environment a RUN line makes: `uv venv [--python V] [DIR]`, `python[3.X] -m venv DIR`
@@ -447,10 +456,7 @@ def venv_pythons(stage: list[Instruction], earlier: list[Instruction] = ()) -> s
     for inst in stage:
         if inst.keyword != "RUN":
             continue
-        try:
-            words = shlex.split(inst.value)
-        except ValueError:
-            words = inst.value.split()
+        words = _run_words(inst)
         for i in range(len(words)):
             made = _environment_at(words, i)
             if made is None:
@@ -534,10 +540,7 @@ def pip_installs(stage: list[Instruction]) -> Iterator[tuple[Instruction, str, l
             user = inst.value
         if inst.keyword != "RUN":
             continue
-        try:
-            words = shlex.split(inst.value)
-        except ValueError:
-            words = inst.value.split()
+        words = _run_words(inst)
         for i, word in enumerate(words):
             if word == "install" and i and re.fullmatch(r"pip[\d.]*", PurePosixPath(words[i - 1]).name):
                 yield inst, user, list(itertools.takewhile(lambda w: w not in _SHELL_SEPARATORS, words[i + 1 :]))

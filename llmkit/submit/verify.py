@@ -606,11 +606,12 @@ def served_problems(instructions: list[Instruction], manifest: Manifest) -> list
 def _offline_downloads(stage: list[Instruction], sources: list[WeightsSource | None]) -> list[str]:
     """The RUN lines naming a hub model or adapter of `sources` that run with HF_HUB_OFFLINE on (an ENV above them
     in the stage): huggingface_hub then refuses to download, and docker build stops there."""
-    problems = []
-    for index, inst in enumerate(stage):
+    problems, offline = [], ""
+    for inst in stage:
+        if inst.keyword == "ENV":  # what the RUN lines below it run with
+            offline = env_vars([inst], strict=False).get("HF_HUB_OFFLINE", offline)
         if inst.keyword != "RUN" or "HF_HUB_OFFLINE=" in inst.value:  # a line that sets it for itself
             continue
-        offline = env_vars(stage[:index], strict=False).get("HF_HUB_OFFLINE", "")
         for source in sources:
             if (
                 source is not None
