@@ -123,7 +123,7 @@ def build_submission(
         weights = pipeline_weights(Path(config or DEFAULT_CONFIG), track, config_overrides, cpu_fallback=cpu_fallback)
         adapter_weights = None
     else:
-        weights = hub_or_local(model, revision, bundle=bundle_weights, marker="config.json", what="model")
+        weights = hub_or_local(model, revision, bundle=bundle_weights, marker=None, what="model")
         adapter_weights = adapter and hub_or_local(
             adapter, adapter_revision, bundle=bundle_weights, marker="adapter_config.json", what="adapter"
         )

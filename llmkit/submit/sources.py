@@ -94,11 +94,12 @@ def pipeline_weights(
     return Weights(name=str(merged), local_dir=Path(merged), base_model=cfg.base_model)
 
 
-def hub_or_local(name: str, revision: str | None, *, bundle: bool, marker: str, what: str) -> Weights:
+def hub_or_local(name: str, revision: str | None, *, bundle: bool, marker: str | None, what: str) -> Weights:
     """A `--model`/`--adapter` argument as Weights; a local directory needs `bundle`, a hub id gets a pinned revision.
 
     Args:
-        marker: the file a directory of this kind holds (config.json, adapter_config.json).
+        marker: the file a directory of this kind holds (adapter_config.json); None: a model folder, checked as
+            serve checks it (`local_model_dir`: config.json, and not an adapter's folder).
         what: "model" or "adapter", for messages.
     """
     local = user_path(name)
@@ -106,7 +107,7 @@ def hub_or_local(name: str, revision: str | None, *, bundle: bool, marker: str, 
     if local.is_dir():
         if revision is not None:
             raise SubmissionError(f"{flag} {revision}: --{what} {name} is a local folder, which has no hub revision")
-        if what == "model":  # as serve reads it: an adapter's folder is said to be one
+        if marker is None:  # a model folder, as serve reads it: an adapter's folder is said to be one
             try:
                 local_model_dir(name)
             except OSError as err:
