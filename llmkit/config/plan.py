@@ -347,8 +347,7 @@ def tokenizer_here(cfg: AxolotlConfig) -> bool:
     """Whether the tokenizer can be loaded offline: the embedded default's, or a model folder."""
     from llmkit.core.models import DEFAULT_MODEL_ID
 
-    source = cfg.tokenizer_config or cfg.base_model
-    return source == DEFAULT_MODEL_ID or user_path(source).is_dir()
+    return cfg.tokenizer_source == DEFAULT_MODEL_ID or user_path(cfg.tokenizer_source).is_dir()
 
 
 def base_shape(cfg: AxolotlConfig, model_config: str | None) -> tuple[ModelShape | None, str]:

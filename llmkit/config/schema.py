@@ -746,6 +746,16 @@ class AxolotlConfig(RLSection, TrainingSection, DataSection, LoraSection, ModelS
         return [UnfrozenPattern.parse(text) for text in self.unfrozen_parameters or []]
 
     @property
+    def tokenizer_key(self) -> str:
+        """The key naming the tokenizer, which its errors name: tokenizer_config where set, else base_model."""
+        return "tokenizer_config" if self.tokenizer_config else "base_model"
+
+    @property
+    def tokenizer_source(self) -> str:
+        """Where the tokenizer is read from: `tokenizer_key`'s value (a hub id or a folder)."""
+        return self.tokenizer_config or self.base_model
+
+    @property
     def loftq_bits(self) -> int | None:
         """`peft.loftq_config.loftq_bits`, or None without LoftQ."""
         loftq = self.peft.loftq_config if self.peft else None

@@ -77,11 +77,10 @@ def tokenizer_problems(cfg: AxolotlConfig, vocab_size: int | None, checked: Chec
         return []
     problems = []
     if vocab_size is not None and checked.loaded_size > vocab_size:  # a smaller tokenizer leaves rows unused: fine
-        key = "tokenizer_config" if cfg.tokenizer_config else "base_model"
         problems.append(
-            f"{key}: the tokenizer has {checked.loaded_size:,} tokens but the model has {vocab_size:,} embedding rows "
-            f"(vocab_size in config.json): token ids from {vocab_size:,} up index past the embeddings; use the "
-            "model's own tokenizer or a model whose vocab_size covers this one"
+            f"{cfg.tokenizer_key}: the tokenizer has {checked.loaded_size:,} tokens but the model has {vocab_size:,} "
+            f"embedding rows (vocab_size in config.json): token ids from {vocab_size:,} up index past the embeddings; "
+            "use the model's own tokenizer or a model whose vocab_size covers this one"
         )
     return problems + spec_problems(cfg, checked.configured)
 
@@ -119,7 +118,7 @@ def _pretrained_tokenizer(cfg: AxolotlConfig) -> Any:
         ConfigError: `tokenizer_type` names a class that reads these files unlike the model's own class.
     """
     source = _tokenizer_source(cfg)
-    key = "tokenizer_config" if cfg.tokenizer_config else "base_model"
+    key = cfg.tokenizer_key
     if source.is_dir() and not any(next(source.glob(pattern), None) for pattern in _TOKENIZER_FILES):
         # AutoTokenizer stopped train on transformers' "Couldn't instantiate the backend tokenizer" traceback
         raise ConfigError(
@@ -184,7 +183,7 @@ def _tokenizer_source(cfg: AxolotlConfig) -> Path:
     axolotl's AutoTokenizer reads them; a model folder needs config.json), else the model `resolve_model` finds."""
     if cfg.tokenizer_config and (folder := user_path(cfg.tokenizer_config)).is_dir():
         return folder
-    return resolve_model(cfg.tokenizer_config or cfg.base_model, cfg.revision_of_model).path
+    return resolve_model(cfg.tokenizer_source, cfg.revision_of_model).path
 
 
 def _check_new_special_tokens_trained(
@@ -278,8 +277,7 @@ def check_untokenized(cfg: AxolotlConfig) -> str | None:
         unread = check_local_rows(cfg)
     except DataError as err:
         raise ConfigError([str(err)], cfg.source) from None
-    key = "tokenizer_config" if cfg.tokenizer_config else "base_model"
-    source = cfg.tokenizer_config or cfg.base_model
+    key, source = cfg.tokenizer_key, cfg.tokenizer_source
     rows = f" (nor {', '.join(unread)}'s rows at all: only the tokenizer builds them)" if unread else ""
     return (
         f"{key}: {source}: the tokenizer is not a folder here (validate downloads no model), so the local data's "
