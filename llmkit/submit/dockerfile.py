@@ -314,10 +314,7 @@ class CopyLine:
         file's path below the source folder (its name, for a file the source names or matches)."""
         if not self.excludes:
             return False
-        parts = [name, *(parent.as_posix() for parent in PurePosixPath(name).parents if parent.as_posix() != ".")]
-        folder = (
-            "." if source == "." else next((p for p in parts if p == source or fnmatch.fnmatchcase(p, source)), None)
-        )
+        folder = "." if source == "." else covered_part(source, name)
         below = PurePosixPath(name).name if folder in (None, name) else posixpath.relpath(name, folder)
         return bool(dockerignored({below}, "\n".join(self.excludes)))
 
@@ -388,6 +385,13 @@ def copy_targets(stage: list[Instruction]) -> list[tuple[str, str, Instruction]]
 GLOB = re.compile(r"[*?\[]")  # a COPY source that is a pattern (Go's filepath.Match)
 
 
+def covered_part(source: str, name: str) -> str | None:
+    """What of the build context's file `name` a COPY source (a file, a folder or a glob) takes: the file itself, or
+    the deepest folder above it that the source is or matches; None where it takes neither."""
+    parts = [name, *(parent.as_posix() for parent in PurePosixPath(name).parents if parent.as_posix() != ".")]
+    return next((part for part in parts if part == source or fnmatch.fnmatchcase(part, source)), None)
+
+
 def copied_to(stage: list[Instruction], name: str) -> list[tuple[str, Instruction]]:
     """(path in the image, line) for each COPY/ADD of the stage that puts the build context's file `name` in the
     image (`copy_targets`): below a folder source, at its path under that folder in the folder its contents land in;
@@ -399,8 +403,8 @@ def copied_to(stage: list[Instruction], name: str) -> list[tuple[str, Instructio
         if line.excluded(source, name):
             continue
         into_folder = len(line.sources) > 1 or line.destination.endswith("/") or GLOB.search(source)
-        folders = [PurePosixPath(name).parents[i].as_posix() for i in range(len(PurePosixPath(name).parents) - 1)]
-        if source == "." or name == source or fnmatch.fnmatchcase(name, source):  # the file itself
+        part = covered_part(source, name)
+        if source == "." or part == name:  # the file itself
             if source == ".":
                 landed.append((posixpath.join(into, name), inst))
             elif "--parents" in line.flags or not into_folder:
@@ -408,11 +412,8 @@ def copied_to(stage: list[Instruction], name: str) -> list[tuple[str, Instructio
             else:
                 landed.append((posixpath.join(into, PurePosixPath(name).name), inst))
             continue
-        folder = next(
-            (f for f in folders if f == source or (GLOB.search(source) and fnmatch.fnmatchcase(f, source))), None
-        )
-        if folder is not None:  # a folder's contents, however many sources the line names
-            landed.append((posixpath.join(into, posixpath.relpath(name, folder)), inst))
+        if part is not None:  # a folder's contents, however many sources the line names
+            landed.append((posixpath.join(into, posixpath.relpath(name, part)), inst))
     return landed
 
 

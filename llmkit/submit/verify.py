@@ -55,6 +55,7 @@ from llmkit.submit.dockerfile import (
     context_copies,
     copied_to,
     copy_targets,
+    covered_part,
     dockerignored,
     earlier_stages,
     env_vars,
@@ -752,8 +753,7 @@ def _copied(
 
 def _covers(path: str, name: str) -> bool:
     """Whether a COPY source `path` (a file, a folder or a glob) takes the file `name`: it or a folder above it."""
-    parts = [name, *(parent.as_posix() for parent in PurePosixPath(name).parents if parent.as_posix() != ".")]
-    return path in parts or any(fnmatch.fnmatchcase(part, path) for part in parts)
+    return covered_part(path, name) is not None
 
 
 def _in_context(path: str, names: set[str]) -> bool:
